@@ -1,0 +1,62 @@
+"""The ``gridpatrol`` command.
+
+Each package contributes its sub-commands through a module with a ``register(subparsers)``
+function. Those modules import only argparse-level things at the top, so ``gridpatrol --help``
+and light commands start fast; heavy imports (OpenVINO, FastAPI, Ultralytics) happen inside
+the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gridpatrol import __version__
+
+# Modules that register sub-commands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "gridpatrol.commands",
+    "gridpatrol.api.cli",
+    "gridpatrol.ingest.cli",
+    "gridpatrol.detectors.cli",
+    "gridpatrol.alarm_bridge.cli",
+    "gridpatrol.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gridpatrol", description="Video patrol and sensor ingestion for grid centres."
+    )
+    parser.add_argument("--version", action="version", version=f"gridpatrol {__version__}")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue  # a package without commands yet
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

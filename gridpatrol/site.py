@@ -1,0 +1,541 @@
+"""The site file: one strict schema for the whole deployment (SPEC §4).
+
+Every component loads the file through :func:`load_site`; unknown keys are rejected and
+every error names the file, the line and the field, so an operator can fix a typo at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+ID_RE = re.compile(ID_PATTERN)
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+VIOLATION_TYPES = (
+    "street_vending",
+    "shop_front_occupation",
+    "garbage_overflow",
+    "illegal_parking",
+    "non_motor_parking",
+    "piled_materials",
+    "crowd_gathering",
+)
+SENSOR_TYPES = ("manhole_cover", "waterlogging", "smoke", "bin_full", "noise", "device_offline")
+CANDIDATE_TYPES = VIOLATION_TYPES + SENSOR_TYPES
+
+# Chinese and English names of every candidate type, shown by the console and in descriptions.
+TYPE_NAMES: dict[str, tuple[str, str]] = {
+    "street_vending": ("占道经营", "Street vending"),
+    "shop_front_occupation": ("店外经营", "Shop-front occupation"),
+    "garbage_overflow": ("暴露垃圾", "Garbage overflow"),
+    "illegal_parking": ("机动车乱停放", "Illegal parking"),
+    "non_motor_parking": ("非机动车乱停放", "Non-motor vehicle parking"),
+    "piled_materials": ("乱堆物料", "Piled materials"),
+    "crowd_gathering": ("人群聚集", "Crowd gathering"),
+    "manhole_cover": ("井盖异常", "Manhole cover"),
+    "waterlogging": ("道路积水", "Waterlogging"),
+    "smoke": ("烟雾报警", "Smoke"),
+    "bin_full": ("垃圾箱满溢", "Bin full"),
+    "noise": ("噪声扰民", "Noise"),
+    "device_offline": ("设备离线", "Device offline"),
+}
+
+SensorKind = Literal["manhole_cover", "waterlogging", "smoke", "bin_fill", "noise"]
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+ALL_DAYS: tuple[Day, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+_HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+
+
+def parse_hhmm(value: str) -> time:
+    """Parse a 24-hour ``HH:MM`` clock time (``24:00`` is not accepted; use ``00:00``)."""
+    match = _HHMM.match(value)
+    if match is None:
+        raise ValueError(f"expected a 24-hour time HH:MM, got {value!r}")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+HHMM = Annotated[str, Field(pattern=_HHMM.pattern)]
+
+
+class SiteInfo(Strict):
+    name: str = Field(min_length=1)
+    timezone: str = "Asia/Shanghai"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+        return value
+
+
+class MqttSection(Strict):
+    prefix: str = Field(default="gridpatrol", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+class TimeWindow(Strict):
+    """A daily window in the site time zone; ``start > end`` crosses midnight."""
+
+    start: HHMM
+    end: HHMM
+
+
+class Category(Strict):
+    scheme: str
+    code: str
+    name_zh: str
+    name_en: str | None = None
+
+
+DEFAULT_ROUTING: dict[str, str] = {
+    "street_vending": "城管中队",
+    "shop_front_occupation": "城管中队",
+    "garbage_overflow": "绿化市容所",
+    "bin_full": "绿化市容所",
+    "illegal_parking": "交警中队",
+    "non_motor_parking": "城管中队",
+    "piled_materials": "城管中队",
+    "crowd_gathering": "派出所",
+    "manhole_cover": "区级平台",
+    "waterlogging": "区级平台",
+    "smoke": "派出所",
+    "noise": "城管中队",
+    "device_offline": "区级平台",
+}
+
+
+def _check_types(values: Iterable[str], what: str) -> None:
+    unknown = sorted(set(values) - set(CANDIDATE_TYPES))
+    if unknown:
+        raise ValueError(f"unknown {what} type(s) {unknown}; known: {list(CANDIDATE_TYPES)}")
+
+
+class Policy(Strict):
+    night: TimeWindow = TimeWindow(start="22:00", end="08:00")
+    urgent_types: list[str] = ["manhole_cover", "smoke", "waterlogging", "crowd_gathering"]
+    auto_confirm: list[str] = ["manhole_cover", "smoke", "waterlogging"]
+    sla_minutes: int = Field(default=15, gt=0, le=24 * 60)
+    routing: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_ROUTING))
+    categories: dict[str, Category] = Field(default_factory=dict)
+
+    @field_validator("urgent_types", "auto_confirm")
+    @classmethod
+    def _known_list(cls, value: list[str]) -> list[str]:
+        _check_types(value, "candidate")
+        return value
+
+    @field_validator("routing", "categories")
+    @classmethod
+    def _known_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        _check_types(value.keys(), "candidate")
+        return value
+
+
+class Patrol(Strict):
+    max_fps: float = Field(default=8.0, gt=0, le=1000)
+
+
+class Location(Strict):
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    crs: str = "WGS84"
+    address: str | None = None
+    grid_code: str | None = None
+
+    @model_validator(mode="after")
+    def _enough(self) -> Location:
+        if (self.lat is None) != (self.lon is None):
+            raise ValueError("lat and lon go together")
+        if self.lat is None and not self.address and not self.grid_code:
+            raise ValueError("a location needs lat+lon, an address or a grid_code")
+        return self
+
+
+class Schedule(Strict):
+    """When a zone's rules are active, in the site time zone; ``from > to`` crosses midnight."""
+
+    days: list[Day] = Field(default_factory=lambda: list(ALL_DAYS), min_length=1)
+    from_: HHMM = Field(default="00:00", alias="from")
+    to: HHMM = "23:59"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rule parameters. Every rule shares the episode timing below; each adds its own thresholds.
+
+
+class RuleParams(Strict):
+    """Timing shared by every rule.
+
+    dwell_s: how long the condition must hold before a candidate is raised.
+    gap_s: absences shorter than this (occlusion, a missed detection, an id switch) do not
+        break the episode.
+    clear_s: how long the condition must be absent before the episode clears.
+    update_s: at most one update (better snapshot, longer dwell) per this many seconds.
+    min_confidence: detections below this confidence are ignored.
+    """
+
+    dwell_s: float = Field(default=300.0, ge=0)
+    gap_s: float = Field(default=20.0, ge=0)
+    clear_s: float = Field(default=60.0, ge=0)
+    update_s: float = Field(default=120.0, ge=0)
+    min_confidence: float = Field(default=0.35, ge=0, le=1)
+
+
+class StreetVendingParams(RuleParams):
+    """Stationary person(s) with stall props.
+
+    min_persons: stationary persons needed. min_props: stall props (umbrella, dining table,
+    chair, food, suitcase, a bicycle / motorcycle / truck used as a cart) near them.
+    max_displacement: a track is stationary while its centre stays within this fraction of
+    its box size. prop_distance: a prop counts when within this many person heights.
+    """
+
+    min_persons: int = Field(default=1, ge=1)
+    min_props: int = Field(default=1, ge=1)
+    max_displacement: float = Field(default=0.5, gt=0)
+    prop_distance: float = Field(default=1.5, gt=0)
+
+
+class CrowdGatheringParams(RuleParams):
+    """At least ``min_persons`` persons in the zone for ``dwell_s``."""
+
+    dwell_s: float = Field(default=120.0, ge=0)
+    min_persons: int = Field(default=8, ge=1)
+
+
+class IllegalParkingParams(RuleParams):
+    """A car, truck or bus stationary in the zone for ``dwell_s``."""
+
+    dwell_s: float = Field(default=180.0, ge=0)
+    max_displacement: float = Field(default=0.3, gt=0)
+    classes: list[str] = Field(default_factory=lambda: ["car", "truck", "bus"], min_length=1)
+
+
+class NonMotorParkingParams(RuleParams):
+    """More than ``min_count`` bicycles / motorcycles stationary in the zone for ``dwell_s``."""
+
+    dwell_s: float = Field(default=600.0, ge=0)
+    min_count: int = Field(default=5, ge=1)
+    max_displacement: float = Field(default=0.3, gt=0)
+
+
+class GarbageOverflowParams(RuleParams):
+    """The scene head ``head`` scores the zone crop at or above its threshold for ``dwell_s``.
+
+    threshold: overrides the decision threshold stored in the head file.
+    """
+
+    dwell_s: float = Field(default=60.0, ge=0)
+    head: str = "garbage"
+    threshold: float | None = Field(default=None, ge=0, le=1)
+
+
+class StaticForegroundParams(RuleParams):
+    """Static foreground unexplained by a COCO class covers at least ``min_area`` of the zone.
+
+    learn_s: time constant of the zone's long-term background model.
+    """
+
+    dwell_s: float = Field(default=600.0, ge=0)
+    min_area: float = Field(default=0.05, gt=0, le=1)
+    learn_s: float = Field(default=3600.0, gt=0)
+
+
+class ShopFrontParams(StaticForegroundParams):
+    """New static objects (tables, racks, goods) in a shop-front zone."""
+
+    classes: list[str] = Field(
+        default_factory=lambda: ["dining table", "chair", "bench", "potted plant", "suitcase"]
+    )
+
+
+class PiledMaterialsParams(StaticForegroundParams):
+    """Static foreground accumulating against the zone's learned background."""
+
+    dwell_s: float = Field(default=1800.0, ge=0)
+
+
+RULE_PARAMS: dict[str, type[RuleParams]] = {
+    "street_vending": StreetVendingParams,
+    "shop_front_occupation": ShopFrontParams,
+    "garbage_overflow": GarbageOverflowParams,
+    "illegal_parking": IllegalParkingParams,
+    "non_motor_parking": NonMotorParkingParams,
+    "piled_materials": PiledMaterialsParams,
+    "crowd_gathering": CrowdGatheringParams,
+}
+
+
+class ZoneRules(Strict):
+    street_vending: StreetVendingParams | None = None
+    shop_front_occupation: ShopFrontParams | None = None
+    garbage_overflow: GarbageOverflowParams | None = None
+    illegal_parking: IllegalParkingParams | None = None
+    non_motor_parking: NonMotorParkingParams | None = None
+    piled_materials: PiledMaterialsParams | None = None
+    crowd_gathering: CrowdGatheringParams | None = None
+
+    def enabled(self) -> dict[str, RuleParams]:
+        """The configured rules by type, in a stable order."""
+        return {name: p for name in RULE_PARAMS if (p := getattr(self, name)) is not None}
+
+
+Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
+
+
+class Zone(Strict):
+    id: Id
+    polygon: list[Point] = Field(min_length=3)
+    schedule: Schedule | None = None
+    rules: ZoneRules = ZoneRules()
+
+
+class Camera(Strict):
+    id: Id
+    name: str = ""
+    source: str = Field(min_length=1)
+    fps: float | None = Field(default=None, gt=0, le=60)
+    interval_s: float | None = Field(default=None, gt=0)
+    loop: bool = False
+    resize: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
+    jpeg_quality: int = Field(default=85, ge=1, le=100)
+    weight: float = Field(default=1.0, gt=0)
+    location: Location
+    zones: list[Zone] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _sampling(self) -> Camera:
+        if self.fps is not None and self.interval_s is not None:
+            raise ValueError("give either fps (continuous) or interval_s (patrol), not both")
+        ids = [z.id for z in self.zones]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate zone id(s) {dup}")
+        return self
+
+    @property
+    def is_patrol(self) -> bool:
+        return self.interval_s is not None
+
+    @property
+    def sample_fps(self) -> float:
+        """Continuous sampling rate; 2 fps when the file gives neither fps nor interval_s."""
+        return self.fps if self.fps is not None else 2.0
+
+
+class Thresholds(Strict):
+    """Hysteresis for threshold readings: raise at ``raise``, clear at ``clear``.
+
+    A value must stay beyond ``raise`` for ``debounce_s`` before the alarm is active and back
+    beyond ``clear`` for ``clear_hold_s`` before it clears. ``raise < clear`` means a falling
+    alarm (for example a low battery).
+    """
+
+    raise_: float = Field(alias="raise")
+    clear: float
+    unit: str = ""
+    debounce_s: float = Field(default=0.0, ge=0)
+    clear_hold_s: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> Thresholds:
+        if self.raise_ == self.clear:
+            raise ValueError("raise and clear must differ (hysteresis)")
+        return self
+
+    @property
+    def rising(self) -> bool:
+        return self.raise_ > self.clear
+
+
+class Sensor(Strict):
+    id: Id
+    kind: SensorKind
+    name: str = ""
+    location: Location
+    camera: Id | None = None
+    expected_interval_s: float | None = Field(default=None, gt=0)
+    thresholds: Thresholds | None = None
+
+
+class Site(Strict):
+    site: SiteInfo
+    mqtt: MqttSection = MqttSection()
+    policy: Policy = Policy()
+    patrol: Patrol = Patrol()
+    cameras: list[Camera] = Field(default_factory=list)
+    sensors: list[Sensor] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Site:
+        for what, ids in (
+            ("camera", [c.id for c in self.cameras]),
+            ("sensor", [s.id for s in self.sensors]),
+        ):
+            dup = sorted({i for i in ids if ids.count(i) > 1})
+            if dup:
+                raise ValueError(f"duplicate {what} id(s) {dup}")
+        known = {c.id for c in self.cameras}
+        for sensor in self.sensors:
+            if sensor.camera is not None and sensor.camera not in known:
+                raise ValueError(f"sensor {sensor.id!r} links unknown camera {sensor.camera!r}")
+        return self
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.site.timezone)
+
+    def camera(self, camera_id: str) -> Camera:
+        for cam in self.cameras:
+            if cam.id == camera_id:
+                return cam
+        raise KeyError(camera_id)
+
+    def sensor(self, sensor_id: str) -> Sensor:
+        for sensor in self.sensors:
+            if sensor.id == sensor_id:
+                return sensor
+        raise KeyError(sensor_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading with line numbers.
+
+
+class SiteConfigError(ValueError):
+    """The site file is invalid; ``problems`` holds one ``file:line: field: message`` each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid site file:\n  " + "\n  ".join(problems))
+
+
+Path_ = tuple[str | int, ...]
+
+
+def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str) -> Any:
+    """Build plain Python from a composed YAML node, recording the line of every path."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        result: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = yaml.safe_load(yaml.serialize(key_node))
+            if key in result:
+                raise SiteConfigError(
+                    [
+                        f"{name}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: "
+                        "duplicate key"
+                    ]
+                )
+            result[key] = _to_python(value_node, (*path, key), lines, name)
+            lines[(*path, key)] = key_node.start_mark.line + 1
+        return result
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, (*path, i), lines, name) for i, v in enumerate(node.value)]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _dotted(path: Iterable[str | int]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_for(loc: Path_, lines: dict[Path_, int]) -> int:
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in lines:
+            return lines[loc[:end]]
+    return 1
+
+
+def _clean_loc(loc: tuple[str | int, ...]) -> Path_:
+    """Drop pydantic's union-member and function-validator tags from an error location."""
+    aliases = {"raise_": "raise", "from_": "from"}
+    return tuple(
+        aliases.get(p, p) if isinstance(p, str) else p
+        for p in loc
+        if not (isinstance(p, str) and "[" in p)
+    )
+
+
+def parse_site(text: str, name: str = "<site>") -> Site:
+    """Validate site-file text; raise :class:`SiteConfigError` naming file, line and field."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise SiteConfigError([f"{name}:{line}: YAML syntax: {exc}"]) from exc
+    if root is None:
+        raise SiteConfigError([f"{name}:1: (top level): the file is empty"])
+    lines: dict[Path_, int] = {}
+    data = _to_python(root, (), lines, name)
+    if not isinstance(data, dict):
+        raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
+    try:
+        return Site.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = _clean_loc(err["loc"])
+            problems.append(f"{name}:{_line_for(loc, lines)}: {_dotted(loc)}: {err['msg']}")
+        raise SiteConfigError(problems) from exc
+
+
+def load_site(path: str | Path) -> Site:
+    """Load and validate a site file; the one entry point every component uses."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SiteConfigError([f"{file}:0: cannot read the site file: {exc.strerror}"]) from exc
+    return parse_site(text, str(file))
+
+
+def summarise(site: Site) -> list[str]:
+    """Human summary lines for ``gridpatrol check-config``."""
+    out = [f"site: {site.site.name} ({site.site.timezone}), MQTT prefix {site.mqtt.prefix}/"]
+    night = site.policy.night
+    out.append(
+        f"policy: night {night.start}-{night.end}, SLA {site.policy.sla_minutes} min, "
+        f"urgent {', '.join(site.policy.urgent_types) or '-'}, "
+        f"auto-confirm {', '.join(site.policy.auto_confirm) or '-'}"
+    )
+    patrol = [c for c in site.cameras if c.is_patrol]
+    out.append(
+        f"cameras: {len(site.cameras)} ({len(patrol)} on patrol sharing "
+        f"{site.patrol.max_fps:g} fps)"
+    )
+    for cam in site.cameras:
+        rate = f"every {cam.interval_s:g} s" if cam.is_patrol else f"{cam.sample_fps:g} fps"
+        zones = ", ".join(f"{z.id}[{'/'.join(z.rules.enabled())}]" for z in cam.zones) or "-"
+        out.append(f"  {cam.id} {cam.name} {rate}; zones: {zones}")
+    out.append(f"sensors: {len(site.sensors)}")
+    for sensor in site.sensors:
+        link = f" -> camera {sensor.camera}" if sensor.camera else ""
+        out.append(f"  {sensor.id} {sensor.kind}{link}")
+    return out

@@ -1,0 +1,115 @@
+"""Fixtures shared by every test package: a private Mosquitto, PostgreSQL, shared assets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+POSTGRES_URL = os.environ.get(
+    "GRIDPATROL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class Mosquitto:
+    """A Mosquitto of the test's own on a free port; it may be stopped and restarted."""
+
+    def __init__(self, workdir: Path, persistence: bool = True) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.conf = workdir / "mosquitto.conf"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if persistence else 'false'}",
+            f"persistence_location {workdir}/",
+            "autosave_interval 1",
+            "max_queued_messages 100000",
+            "max_inflight_messages 100",
+            "log_dest stderr",
+            "log_type error",
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stderr=subprocess.PIPE)
+        wait_port(self.port)
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop gracefully (SIGTERM: persistence is written) or kill."""
+        if self.proc is None:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private broker with persistence on, stopped at the end of the test."""
+    broker = Mosquitto(_mkdir(tmp_path / "broker"))
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture
+def mqtt_prefix() -> str:
+    """A topic prefix no other test uses, for tests on the shared broker."""
+    return f"gptest-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only assets folder (models, footage, datasets) beside the repository."""
+    path = Path(os.environ.get("GRIDPATROL_SHARED", REPO.parent / "shared"))
+    if not path.is_dir():
+        raise RuntimeError(f"shared assets not found at {path}; set GRIDPATROL_SHARED")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    return POSTGRES_URL

@@ -1,0 +1,88 @@
+"""The site file schema through its public interface: ``gridpatrol check-config``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gridpatrol.site import SiteConfigError, load_site, parse_site
+
+REPO = Path(__file__).resolve().parents[1]
+
+MINIMAL = """\
+site: {name: Test, timezone: Asia/Shanghai}
+cameras:
+  - id: c1
+    source: a.mp4
+    fps: 2
+    location: {address: here}
+"""
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", *args], capture_output=True, text=True
+    )
+
+
+def test_sample_site_is_valid() -> None:
+    result = run_cli("check-config", str(REPO / "samples" / "site.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("samples/site.yaml: OK")
+
+
+@pytest.mark.parametrize(
+    ("patch", "line", "field", "message"),
+    [
+        (("fps: 2", "fps: -2"), 5, "cameras[0].fps", "greater than 0"),
+        (("fps: 2", "fps: 2\n    bogus: 1"), 6, "cameras[0].bogus", "Extra inputs"),
+        (("timezone: Asia/Shanghai", "timezone: Mars/Base"), 1, "site.timezone", "unknown"),
+        (("fps: 2", "fps: 2\n    interval_s: 30"), 3, "cameras[0]", "not both"),
+        (("location: {address: here}", "location: {lat: 1}"), 6, "cameras[0].location", "lon"),
+        (("id: c1", "id: 'bad id'"), 3, "cameras[0].id", "pattern"),
+    ],
+)
+def test_errors_name_file_line_and_field(
+    tmp_path: Path, patch: tuple[str, str], line: int, field: str, message: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL.replace(*patch))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"{path}:{line}: {field}: "), first
+    assert message in first
+
+
+def test_duplicate_keys_are_rejected() -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL + "site: {name: again}\n", "s.yaml")
+    assert info.value.problems == ["s.yaml:7: site: duplicate key"]
+
+
+def test_unknown_camera_link_and_rule_type() -> None:
+    text = MINIMAL + (
+        "sensors:\n  - id: s1\n    kind: smoke\n    location: {address: x}\n    camera: nope\n"
+    )
+    with pytest.raises(SiteConfigError, match="unknown camera 'nope'"):
+        parse_site(text)
+    bad_rule = MINIMAL + (
+        "    zones:\n      - id: z\n        polygon: [[0, 0], [1, 0], [1, 1]]\n"
+        "        rules: {parking: {}}\n"
+    )
+    with pytest.raises(SiteConfigError, match=r"cameras\[0\].zones\[0\].rules.parking"):
+        parse_site(bad_rule)
+
+
+def test_defaults_and_helpers() -> None:
+    site = load_site(REPO / "samples" / "site.yaml")
+    assert site.policy.sla_minutes == 15
+    assert site.policy.routing["garbage_overflow"] == "绿化市容所"
+    cam = site.camera("cam-dn-001")
+    rules = cam.zones[0].rules.enabled()
+    assert list(rules) == ["crowd_gathering"]
+    assert rules["crowd_gathering"].dwell_s == 5
+    assert str(site.tz) == "Asia/Shanghai"
