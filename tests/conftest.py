@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,3 +116,87 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     return POSTGRES_URL
+
+
+TEST_TOKENS = {
+    "producer": "tok-producer-0123456789",
+    "reviewer": "tok-reviewer-0123456789",
+    "platform": "tok-platform-0123456789",
+    "admin": "tok-admin-0123456789",
+}
+
+
+class ApiServer:
+    """``gridpatrol api`` in a subprocess on a free port, with a temp SQLite database.
+
+    ``tokens`` maps each role to its bearer token. ``stop()`` / ``start()`` simulate downtime
+    on the same port and database.
+    """
+
+    def __init__(self, workdir: Path, site_file: Path | None = None, db_url: str | None = None):
+        self.port = free_port()
+        self.workdir = workdir
+        self.tokens = dict(TEST_TOKENS)
+        self.env = {
+            **os.environ,
+            "GRIDPATROL_DATABASE_URL": db_url or f"sqlite:///{workdir}/api.db",
+            "GRIDPATROL_EVIDENCE_DIR": str(workdir / "evidence"),
+            "GRIDPATROL_API_TOKENS": json.dumps(
+                {tok: {"role": role, "name": f"test-{role}"} for role, tok in self.tokens.items()}
+            ),
+        }
+        if site_file is not None:
+            self.env["GRIDPATROL_CONFIG"] = str(site_file)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "api.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--host", "127.0.0.1"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"the API did not become healthy: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def client(self, role: str = "admin") -> httpx.Client:
+        return httpx.Client(
+            base_url=f"{self.url}/api/v1",
+            headers={"Authorization": f"Bearer {self.tokens[role]}"},
+            timeout=30,
+        )
+
+
+@pytest.fixture
+def api_server(tmp_path: Path) -> Iterator[ApiServer]:
+    """A real intake API on SQLite, stopped at the end of the test."""
+    server = ApiServer(_mkdir(tmp_path / "api"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
