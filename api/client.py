@@ -1,0 +1,532 @@
+"""HTTP client of the intake API and the durable outbox producers send through.
+
+Producers (detector workers, the alarm bridge) never call the API on their hot path. They
+write evidence and candidate operations into a per-process SQLite outbox inside their own
+transaction, and a background thread delivers them in order with retries. Client-supplied
+candidate ids and stored idempotency keys make every retry safe: minutes of API downtime lose
+nothing and duplicate nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import random
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+JsonDict = dict[str, Any]
+DEFAULT_API_URL = "http://127.0.0.1:8000"
+# Statuses worth retrying: the request may succeed later without any change on our side.
+RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class ApiError(Exception):
+    """The API answered with an error; ``problem`` is its RFC 9457 body."""
+
+    def __init__(self, status: int, problem: JsonDict) -> None:
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or ""
+        super().__init__(f"HTTP {status}: {detail}")
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in RETRYABLE
+
+
+class ApiClient:
+    """A typed, synchronous client of ``/api/v1``."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 10.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=f"{self.base_url}/api/v1",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+
+    @classmethod
+    def from_env(cls) -> ApiClient:
+        token = os.environ.get("GRIDPATROL_API_TOKEN", "")
+        if not token:
+            raise RuntimeError("GRIDPATROL_API_TOKEN is not set: producers need a producer token")
+        return cls(os.environ.get("GRIDPATROL_API_URL", DEFAULT_API_URL), token)
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- producer ---------------------------------------------------------------------------
+
+    def put_evidence(self, data: bytes, content_type: str) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self._call("PUT", f"/evidence/{sha}", content=data, headers={"Content-Type": content_type})
+        return sha
+
+    def create_candidate(self, body: JsonDict, idempotency_key: str) -> JsonDict:
+        return self._json("POST", "/candidates", json=body, key=idempotency_key)
+
+    def create_batch(self, items: list[tuple[str, JsonDict]]) -> list[JsonDict]:
+        payload = {"items": [{"idempotency_key": k, "body": b} for k, b in items]}
+        result = self._json("POST", "/candidates/batch", json=payload)
+        results: list[JsonDict] = result["items"]
+        return results
+
+    def patch_candidate(self, candidate_id: str, patch: JsonDict, idempotency_key: str) -> JsonDict:
+        return self._json("PATCH", f"/candidates/{candidate_id}", json=patch, key=idempotency_key)
+
+    # -- reviewer and platform ----------------------------------------------------------------
+
+    def get_candidate(self, candidate_id: str) -> JsonDict:
+        return self._json("GET", f"/candidates/{candidate_id}")
+
+    def list_candidates(self, **params: str | int) -> JsonDict:
+        return self._json("GET", "/candidates", params=params)
+
+    def review(
+        self,
+        candidate_id: str,
+        decision: str,
+        *,
+        reason_code: str | None = None,
+        reason: str | None = None,
+        merge_into: str | None = None,
+    ) -> JsonDict:
+        body = {"decision": decision, "reason_code": reason_code, "reason": reason}
+        if merge_into is not None:
+            body["merge_into"] = merge_into
+        return self._json("POST", f"/candidates/{candidate_id}/review", json=body)
+
+    def set_status(self, candidate_id: str, stage: str, at: datetime | None = None) -> JsonDict:
+        when = (at or datetime.now(UTC)).isoformat()
+        return self._json(
+            "POST", f"/candidates/{candidate_id}/status", json={"stage": stage, "at": when}
+        )
+
+    def feed(self, cursor: str | None = None, limit: int = 100, wait: float = 0) -> JsonDict:
+        params: dict[str, str | int | float] = {"limit": limit, "wait": wait}
+        if cursor is not None:
+            params["cursor"] = cursor
+        timeout = max(self._http.timeout.read or 10.0, wait + 10.0)
+        return self._json("GET", "/feed", params=params, timeout=timeout)
+
+    def ack(self, cursor: str) -> None:
+        self._call("POST", "/feed/ack", json={"cursor": cursor})
+
+    def get_evidence(self, sha256: str) -> bytes:
+        return self._call("GET", f"/evidence/{sha256}").content
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> JsonDict:
+        if key is not None:
+            kw["headers"] = {**kw.get("headers", {}), "Idempotency-Key": key}
+        data: JsonDict = self._call(method, path, **kw).json()
+        return data
+
+    def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kw)
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"title": response.text[:200]}
+            raise ApiError(response.status_code, problem if isinstance(problem, dict) else {})
+        return response
+
+
+# ---------------------------------------------------------------------------------------------
+# The outbox.
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox_ops (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL CHECK (kind IN ('evidence', 'create', 'patch')),
+    candidate_id TEXT,
+    idempotency_key TEXT,
+    payload BLOB NOT NULL,
+    content_type TEXT,
+    sha256 TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+    last_error TEXT,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_ops_state ON outbox_ops (state, seq);
+"""
+
+
+@dataclass(frozen=True)
+class _Op:
+    seq: int
+    kind: str
+    candidate_id: str | None
+    key: str | None
+    payload: bytes
+    content_type: str | None
+    sha256: str | None
+
+    def body(self) -> JsonDict:
+        data: JsonDict = json.loads(self.payload)
+        return data
+
+
+class OutboxTxn:
+    """Operations queued inside one producer transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def add_evidence(self, data: bytes, content_type: str) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        queued = self.conn.execute(
+            "SELECT 1 FROM outbox_ops WHERE kind = 'evidence' AND sha256 = ? AND state = 'pending'",
+            (sha,),
+        ).fetchone()
+        if queued is None:
+            self._insert("evidence", None, None, data, content_type, sha)
+        return sha
+
+    def create_candidate(self, body: Mapping[str, Any], candidate_id: str | None = None) -> str:
+        cid = str(uuid.UUID(candidate_id or body.get("id") or str(uuid.uuid4())))
+        payload = json.dumps({**body, "id": cid}, ensure_ascii=False).encode()
+        self._insert("create", cid, str(uuid.uuid4()), payload, None, None)
+        return cid
+
+    def patch_candidate(self, candidate_id: str, patch: Mapping[str, Any]) -> None:
+        payload = json.dumps(dict(patch), ensure_ascii=False).encode()
+        self._insert("patch", str(uuid.UUID(candidate_id)), str(uuid.uuid4()), payload, None, None)
+
+    def _insert(
+        self,
+        kind: str,
+        candidate_id: str | None,
+        key: str | None,
+        payload: bytes,
+        content_type: str | None,
+        sha: str | None,
+    ) -> None:
+        self.conn.execute(
+            "INSERT INTO outbox_ops (kind, candidate_id, idempotency_key, payload, content_type,"
+            " sha256, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (kind, candidate_id, key, payload, content_type, sha, time.time()),
+        )
+
+
+def merge_patches(first: JsonDict, second: JsonDict) -> JsonDict:
+    """Combine two consecutive PATCH bodies into one with the same effect.
+
+    Objects merge recursively and the later value wins, except that evidence and references
+    accumulate: a later patch adds to them, it never replaces what an earlier one added.
+    """
+    merged = dict(first)
+    for key, value in second.items():
+        old = merged.get(key)
+        if key in ("evidence", "references") and isinstance(old, list) and isinstance(value, list):
+            merged[key] = old + [v for v in value if v not in old]
+        elif isinstance(old, dict) and isinstance(value, dict):
+            merged[key] = merge_patches(old, value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class Outbox:
+    """Durable, ordered delivery of evidence and candidate operations to the intake API."""
+
+    BATCH = 200
+    MAX_BACKOFF_S = 30.0
+
+    def __init__(self, path: str | Path, client: ApiClient | None, *, component: str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.client = client
+        self.component = component
+        self._local = threading.local()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counts = {"sent": 0, "retried": 0, "failed": 0}
+        self._counts_lock = threading.Lock()
+        self._backoff = 0.0
+        with contextlib.closing(self._connect()) as conn:
+            conn.executescript(_SCHEMA)
+
+    @classmethod
+    def from_env(cls, component: str) -> Outbox:
+        path = os.environ.get("GRIDPATROL_OUTBOX") or f"var/outbox-{component}.db"
+        return cls(path, ApiClient.from_env(), component=component)
+
+    # -- producer side ------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[OutboxTxn]:
+        """One SQLite transaction: the producer's own writes and its outbox entries together."""
+        conn = self._thread_conn()
+        with _write(conn):
+            yield OutboxTxn(conn)
+        self._wake.set()
+
+    def depth(self) -> int:
+        row = (
+            self._thread_conn()
+            .execute("SELECT COUNT(*) FROM outbox_ops WHERE state = 'pending'")
+            .fetchone()
+        )
+        return int(row[0])
+
+    def stats(self) -> dict[str, int]:
+        with self._counts_lock:
+            counts = dict(self._counts)
+        counts["depth"] = self.depth()
+        return counts
+
+    def failed(self) -> list[JsonDict]:
+        """Operations the API refused for good, with its reason, for an operator to inspect."""
+        rows = self._thread_conn().execute(
+            "SELECT seq, kind, candidate_id, last_error FROM outbox_ops WHERE state = 'failed'"
+        )
+        return [
+            {"seq": s, "kind": k, "candidate_id": c, "error": e} for s, k, c, e in rows.fetchall()
+        ]
+
+    # -- delivery -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.client is None:
+            raise RuntimeError("an outbox without an API client can only store")
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, name=f"outbox-{self.component}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything queued so far has been delivered (or refused for good)."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self.depth() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def _run(self) -> None:
+        conn = self._connect()
+        try:
+            while not self._stop.is_set():
+                try:
+                    progressed = self._deliver_some(conn)
+                except Exception:
+                    log.exception("outbox %s: unexpected error while delivering", self.component)
+                    progressed = False
+                if progressed:
+                    self._backoff = 0.0
+                    continue
+                self._wake.wait(self._backoff or 1.0)
+                self._wake.clear()
+        finally:
+            conn.close()
+
+    def _deliver_some(self, conn: sqlite3.Connection) -> bool:
+        """Send the oldest pending operations; False when nothing could be sent now."""
+        ops = self._pending(conn)
+        if not ops:
+            return False
+        first = ops[0]
+        try:
+            if first.kind == "evidence":
+                self._send_evidence(conn, first)
+            elif first.kind == "create":
+                self._send_creates(conn, _leading(ops, "create"))
+            else:
+                self._send_patches(conn, _same_candidate_patches(ops))
+        except (httpx.TransportError, ApiError) as exc:
+            # Senders settle refusals themselves; what reaches here is worth retrying.
+            self._retry_later(conn, first, exc)
+            return False
+        return True
+
+    def _pending(self, conn: sqlite3.Connection) -> list[_Op]:
+        rows = conn.execute(
+            "SELECT seq, kind, candidate_id, idempotency_key, payload, content_type, sha256 "
+            "FROM outbox_ops WHERE state = 'pending' ORDER BY seq LIMIT ?",
+            (self.BATCH,),
+        ).fetchall()
+        return [_Op(*row) for row in rows]
+
+    def _send_evidence(self, conn: sqlite3.Connection, op: _Op) -> None:
+        assert self.client is not None and op.content_type is not None
+        try:
+            self.client.put_evidence(op.payload, op.content_type)
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            self._fail(conn, [op], exc)
+            return
+        self._done(conn, [op])
+
+    def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        assert self.client is not None
+        if len(ops) == 1:
+            self._send_one_create(conn, ops[0])
+            return
+        try:
+            results = self.client.create_batch([(op.key or "", op.body()) for op in ops])
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            # The batch as a whole was refused: find the culprit one request at a time.
+            self._send_one_create(conn, ops[0])
+            return
+        done: list[_Op] = []
+        failed: list[tuple[_Op, ApiError]] = []
+        for op, result in zip(ops, results, strict=True):
+            status = int(result.get("status", 500))
+            if status < 300:
+                done.append(op)
+            elif status not in RETRYABLE:
+                failed.append((op, ApiError(status, result.get("body") or {})))
+            else:
+                break  # keep order: retry this one and everything after it
+        self._done(conn, done)
+        for op, refusal in failed:
+            self._fail(conn, [op], refusal)
+        if len(done) + len(failed) < len(ops):
+            raise ApiError(409, {"title": "part of the batch must be retried"})
+
+    def _send_one_create(self, conn: sqlite3.Connection, op: _Op) -> None:
+        assert self.client is not None
+        try:
+            self.client.create_candidate(op.body(), op.key or "")
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            self._fail(conn, [op], exc)
+            return
+        self._done(conn, [op])
+
+    def _send_patches(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        assert self.client is not None and ops[0].candidate_id is not None
+        body: JsonDict = {}
+        for op in ops:
+            body = merge_patches(body, op.body())
+        try:
+            # The last op's key: a retry after a partial failure re-sends the same merged body.
+            self.client.patch_candidate(ops[0].candidate_id, body, ops[-1].key or "")
+        except ApiError as exc:
+            if exc.retryable:
+                raise
+            self._fail(conn, ops, exc)
+            return
+        self._done(conn, ops)
+
+    def _done(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        with _write(conn):
+            conn.executemany("DELETE FROM outbox_ops WHERE seq = ?", [(op.seq,) for op in ops])
+        with self._counts_lock:
+            self._counts["sent"] += len(ops)
+
+    def _fail(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
+        reason = json.dumps(exc.problem, ensure_ascii=False)[:2000]
+        with _write(conn):
+            conn.executemany(
+                "UPDATE outbox_ops SET state = 'failed', last_error = ? WHERE seq = ?",
+                [(f"{exc.status} {reason}", op.seq) for op in ops],
+            )
+        with self._counts_lock:
+            self._counts["failed"] += len(ops)
+        for op in ops:
+            log.error(
+                "outbox %s: API refused %s for candidate %s: %s",
+                self.component,
+                op.kind,
+                op.candidate_id or op.sha256,
+                exc,
+            )
+
+    def _retry_later(self, conn: sqlite3.Connection, op: _Op, exc: Exception) -> None:
+        conn.execute("UPDATE outbox_ops SET attempts = attempts + 1 WHERE seq = ?", (op.seq,))
+        self._backoff = min(self.MAX_BACKOFF_S, max(0.5, self._backoff * 2))
+        self._backoff *= random.uniform(0.8, 1.2)  # jitter spreads producers out
+        with self._counts_lock:
+            self._counts["retried"] += 1
+        log.warning(
+            "outbox %s: %s for candidate %s not delivered (%s); retrying in %.1f s",
+            self.component,
+            op.kind,
+            op.candidate_id or op.sha256,
+            exc,
+            self._backoff,
+        )
+
+    # -- connections --------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _thread_conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+        return conn
+
+
+@contextlib.contextmanager
+def _write(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _leading(ops: list[_Op], kind: str) -> list[_Op]:
+    out = []
+    for op in ops:
+        if op.kind != kind:
+            break
+        out.append(op)
+    return out
+
+
+def _same_candidate_patches(ops: list[_Op]) -> list[_Op]:
+    """Consecutive patches of the first op's candidate: they coalesce into one request."""
+    out = []
+    for op in ops:
+        if op.kind != "patch" or op.candidate_id != ops[0].candidate_id:
+            break
+        out.append(op)
+    return out
