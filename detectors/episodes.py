@@ -1,0 +1,251 @@
+"""Episodes: one candidate per occupancy episode keyed (camera, zone, type) (SPEC §6).
+
+Rules emit ``raise`` / ``update`` / ``clear`` events; this module turns them into candidate
+operations: a raise opens an episode and creates ONE candidate, updates patch it at most every
+``update_s`` (with a better snapshot when the confidence improved), a clear ends it, and the
+next episode of the same key references the previous candidate.
+
+:func:`step` is pure. The SQLite helpers at the bottom keep the book in the outbox's database
+file, written in the same transaction as the outbox operation, so a restart reloads exactly
+what was sent and never creates a second candidate for a running episode.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Literal, Protocol
+
+Key = tuple[str, str, str]  # camera_id, zone_id, type
+OpKind = Literal["open", "update", "end"]
+
+
+class EventLike(Protocol):
+    """What episodes need from a rule event (``gridpatrol.detectors.pipeline.RuleEvent``)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def rule(self) -> str: ...
+    @property
+    def zone_id(self) -> str: ...
+    @property
+    def t(self) -> datetime: ...
+    @property
+    def confidence(self) -> float: ...
+    @property
+    def dwell_s(self) -> float: ...
+    @property
+    def first_seen(self) -> datetime: ...
+
+
+@dataclass(frozen=True)
+class Episode:
+    camera_id: str
+    zone_id: str
+    type: str
+    candidate_id: str
+    source_event_id: str
+    started_at: datetime  # when the occupancy began (the rule's first_seen)
+    reported_at: datetime  # last create / patch sent
+    last_event_at: datetime
+    best_confidence: float
+    dwell_s: float
+    previous_id: str | None = None
+    ended_at: datetime | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.camera_id, self.zone_id, self.type)
+
+    @property
+    def open(self) -> bool:
+        return self.ended_at is None
+
+
+@dataclass(frozen=True)
+class Op:
+    """A candidate operation for the worker to render and queue.
+
+    ``better`` is true when the event's confidence beats every snapshot sent so far, so the
+    worker replaces the annotated / clean evidence; otherwise only dwell and the latest frame
+    are refreshed.
+    """
+
+    kind: OpKind
+    episode: Episode
+    better: bool = False
+
+
+Book = Mapping[Key, Episode]
+
+
+def source_event_id(camera_id: str, zone_id: str, type_: str, started_at: datetime) -> str:
+    """``<camera>:<zone>:<type>:<episode start epoch ms>``, stable for the whole episode."""
+    return f"{camera_id}:{zone_id}:{type_}:{round(started_at.timestamp() * 1000)}"
+
+
+def _open(camera_id: str, ev: EventLike, new_id: str, previous: Episode | None) -> Episode:
+    started = min(ev.first_seen, ev.t)
+    return Episode(
+        camera_id=camera_id,
+        zone_id=ev.zone_id,
+        type=ev.rule,
+        candidate_id=new_id,
+        source_event_id=source_event_id(camera_id, ev.zone_id, ev.rule, started),
+        started_at=started,
+        reported_at=ev.t,
+        last_event_at=ev.t,
+        best_confidence=ev.confidence,
+        dwell_s=ev.dwell_s,
+        previous_id=previous.candidate_id if previous is not None else None,
+    )
+
+
+def step(
+    book: Book,
+    camera_id: str,
+    ev: EventLike,
+    *,
+    update_s: float,
+    resume_s: float,
+    new_id: Callable[[], str],
+) -> tuple[dict[Key, Episode], list[Op]]:
+    """Apply one rule event; return the new book and the operations to send.
+
+    resume_s: a raise for a key whose episode is still open continues that episode (the rule
+    state was lost, e.g. by a restart) when the occupancy began no later than ``resume_s``
+    after the episode was last seen; otherwise the stale episode ends and a new one opens.
+    """
+    out = dict(book)
+    key: Key = (camera_id, ev.zone_id, ev.rule)
+    current = out.get(key)
+    ops: list[Op] = []
+    if ev.kind == "clear":
+        if current is not None and current.open:
+            ended = replace(
+                current,
+                ended_at=ev.t,
+                last_event_at=ev.t,
+                reported_at=ev.t,
+                dwell_s=max(current.dwell_s, ev.dwell_s),
+            )
+            out[key] = ended
+            ops.append(Op("end", ended))
+        return out, ops
+    if current is not None and current.open:
+        if (
+            ev.kind == "raise"
+            and (ev.first_seen - current.last_event_at).total_seconds() > resume_s
+        ):
+            stale = replace(current, ended_at=current.last_event_at)
+            fresh = _open(camera_id, ev, new_id(), stale)
+            out[key] = fresh
+            return out, [Op("end", stale), Op("open", fresh, better=True)]
+        return _refresh(out, key, current, ev, update_s)
+    fresh = _open(camera_id, ev, new_id(), current)
+    out[key] = fresh
+    return out, [Op("open", fresh, better=True)]
+
+
+def _refresh(
+    out: dict[Key, Episode], key: Key, current: Episode, ev: EventLike, update_s: float
+) -> tuple[dict[Key, Episode], list[Op]]:
+    seen = replace(
+        current,
+        last_event_at=max(current.last_event_at, ev.t),
+        dwell_s=max(current.dwell_s, ev.dwell_s),
+    )
+    if (ev.t - current.reported_at).total_seconds() < update_s:
+        out[key] = seen
+        return out, []
+    better = ev.confidence > current.best_confidence
+    sent = replace(
+        seen,
+        reported_at=ev.t,
+        best_confidence=max(current.best_confidence, ev.confidence),
+    )
+    out[key] = sent
+    return out, [Op("update", sent, better=better)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Persistence in the outbox's SQLite file (the caller owns the transaction).
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS detector_episodes (
+    camera_id TEXT NOT NULL,
+    zone_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    candidate_id TEXT NOT NULL,
+    source_event_id TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    reported_at REAL NOT NULL,
+    last_event_at REAL NOT NULL,
+    best_confidence REAL NOT NULL,
+    dwell_s REAL NOT NULL,
+    previous_id TEXT,
+    ended_at REAL,
+    PRIMARY KEY (camera_id, zone_id, type)
+)
+"""
+
+_COLUMNS = (
+    "camera_id, zone_id, type, candidate_id, source_event_id, started_at, reported_at, "
+    "last_event_at, best_confidence, dwell_s, previous_id, ended_at"
+)
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    conn.execute(SCHEMA)
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, UTC)
+
+
+def load_book(conn: sqlite3.Connection, camera_ids: set[str] | None = None) -> dict[Key, Episode]:
+    """The latest episode of every key (open or ended), optionally for some cameras only."""
+    book: dict[Key, Episode] = {}
+    for row in conn.execute(f"SELECT {_COLUMNS} FROM detector_episodes"):
+        if camera_ids is not None and row[0] not in camera_ids:
+            continue
+        ep = Episode(
+            camera_id=row[0],
+            zone_id=row[1],
+            type=row[2],
+            candidate_id=row[3],
+            source_event_id=row[4],
+            started_at=datetime.fromtimestamp(row[5], UTC),
+            reported_at=datetime.fromtimestamp(row[6], UTC),
+            last_event_at=datetime.fromtimestamp(row[7], UTC),
+            best_confidence=row[8],
+            dwell_s=row[9],
+            previous_id=row[10],
+            ended_at=_ts(row[11]),
+        )
+        book[ep.key] = ep
+    return book
+
+
+def save_episode(conn: sqlite3.Connection, ep: Episode) -> None:
+    conn.execute(
+        f"INSERT OR REPLACE INTO detector_episodes ({_COLUMNS}) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ep.camera_id,
+            ep.zone_id,
+            ep.type,
+            ep.candidate_id,
+            ep.source_event_id,
+            ep.started_at.timestamp(),
+            ep.reported_at.timestamp(),
+            ep.last_event_at.timestamp(),
+            ep.best_confidence,
+            ep.dwell_s,
+            ep.previous_id,
+            None if ep.ended_at is None else ep.ended_at.timestamp(),
+        ),
+    )

@@ -1,0 +1,224 @@
+"""Evidence for camera candidates (SPEC §6, §8).
+
+A candidate carries the clean frame exactly as received (the original JPEG bytes, so its
+hash proves it came from the camera untouched), an annotated copy (boxes, zone, labels with
+confidence, timestamp and camera id burned in), and the first-seen and latest frames that
+prove the dwell. First-seen frames come from a small per-camera ring of recent clean frames
+that is thinned evenly over time, so it covers long dwell times with bounded memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from typing import Any
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from gridpatrol.site import TYPE_NAMES
+
+Image = npt.NDArray[np.uint8]
+Box = Sequence[float]
+
+# BGR colours.
+_EVENT = (0, 0, 255)
+_OTHER = (200, 200, 200)
+_ZONE = (0, 220, 255)
+_TEXT_BG = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """A received frame: the original bytes and their size, with the frame's timestamp."""
+
+    t: datetime
+    data: bytes
+    width: int
+    height: int
+
+
+class FrameRing:
+    """Recent clean frames of one camera, bounded in count and age.
+
+    When full, the interior frame whose removal opens the smallest time gap is dropped, so the
+    newest frames stay dense and older ones thin out evenly across ``horizon_s``. The newest
+    ``keep_recent`` frames are never thinned.
+    """
+
+    def __init__(self, capacity: int = 32, horizon_s: float = 3600.0, keep_recent: int = 4):
+        if capacity < keep_recent + 2:
+            raise ValueError("capacity must exceed keep_recent by at least 2")
+        self.capacity = capacity
+        self.horizon_s = horizon_s
+        self.keep_recent = keep_recent
+        self._frames: list[StoredFrame] = []
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def add(self, frame: StoredFrame) -> None:
+        if self._frames and frame.t < self._frames[-1].t:
+            self._frames.clear()  # the camera clock went backwards: the history is not comparable
+        self._frames.append(frame)
+        oldest_allowed = frame.t.timestamp() - self.horizon_s
+        while len(self._frames) > 1 and self._frames[0].t.timestamp() < oldest_allowed:
+            self._frames.pop(0)
+        if len(self._frames) > self.capacity:
+            self._frames.pop(self._thin_index())
+
+    def _thin_index(self) -> int:
+        times = [f.t.timestamp() for f in self._frames]
+        last = len(times) - self.keep_recent
+        best, best_gap = 1, float("inf")
+        for i in range(1, last):
+            gap = times[i + 1] - times[i - 1]
+            if gap < best_gap:
+                best, best_gap = i, gap
+        return best
+
+    def at(self, t: datetime) -> StoredFrame | None:
+        """The earliest frame at or after ``t`` (the occupancy already visible), else the
+        newest frame before it."""
+        for frame in self._frames:
+            if frame.t >= t:
+                return frame
+        return self._frames[-1] if self._frames else None
+
+    def latest(self) -> StoredFrame | None:
+        return self._frames[-1] if self._frames else None
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def evidence_item(
+    sha256: str, kind: str, captured_at: datetime, width: int, height: int
+) -> dict[str, Any]:
+    return {
+        "sha256": sha256,
+        "kind": kind,
+        "captured_at": captured_at.isoformat(),
+        "width": width,
+        "height": height,
+    }
+
+
+@dataclass(frozen=True)
+class Label:
+    """A box to draw, in pixels of the image being annotated."""
+
+    box: Box
+    text: str
+    highlight: bool
+
+
+def _put_text(img: Image, text: str, org: tuple[int, int], scale: float, color: Any) -> None:
+    thickness = max(1, round(scale * 2))
+    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x, y = org
+    y = max(y, h + base)
+    cv2.rectangle(img, (x, y - h - base), (x + w, y + base), _TEXT_BG, -1)
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+
+
+def annotate(
+    image: Image,
+    *,
+    labels: Iterable[Label],
+    zone_polygon: Sequence[tuple[float, float]] | None,
+    camera_id: str,
+    t: datetime,
+    tz: tzinfo,
+    title: str,
+    quality: int = 85,
+) -> bytes:
+    """Draw the zone, the boxes and a header (camera id, local time, title); return a JPEG."""
+    img = image.copy()
+    h, w = img.shape[:2]
+    scale = max(0.4, min(w, h) / 900.0)
+    if zone_polygon:
+        pts = np.array([[x * w, y * h] for x, y in zone_polygon], dtype=np.int32)
+        cv2.polylines(img, [pts], True, _ZONE, max(1, round(2 * scale)), cv2.LINE_AA)
+    # Context boxes first so the event's boxes are drawn on top.
+    for label in sorted(labels, key=lambda lb: lb.highlight):
+        x1, y1, x2, y2 = (round(float(v)) for v in label.box[:4])
+        color = _EVENT if label.highlight else _OTHER
+        width = max(1, round((3 if label.highlight else 1) * scale))
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, width)
+        _put_text(img, label.text, (x1, max(0, y1 - 4)), 0.5 * scale, color)
+    stamp = t.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
+    _put_text(img, f"{camera_id}  {stamp}  {title}", (4, 4), 0.7 * scale, (255, 255, 255))
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError(f"JPEG encoding of the annotated frame failed for camera {camera_id}")
+    return bytes(buf.tobytes())
+
+
+def title_for(type_: str, confidence: float) -> str:
+    """The header line: English name (the Hershey font has no CJK glyphs) and confidence."""
+    name = TYPE_NAMES.get(type_, (type_, type_))[1]
+    return f"{name} {confidence:.2f}"
+
+
+def description(type_: str, camera_name: str, zone_id: str, dwell_s: float) -> str:
+    zh, en = TYPE_NAMES.get(type_, (type_, type_))
+    where = camera_name or "camera"
+    return (
+        f"{zh}：{where} 区域 {zone_id} 持续 {dwell_s:.0f} 秒 / "
+        f"{en}: zone {zone_id} at {where} for {dwell_s:.0f} s"
+    )
+
+
+def detection_block(
+    *,
+    model: str,
+    model_version: str,
+    model_sha256: str | None,
+    score: float,
+    boxes: Sequence[Box],
+    track_ids: Sequence[int],
+    zone_id: str,
+    dwell_s: float,
+    ended_at: datetime | None = None,
+) -> dict[str, Any]:
+    """The candidate's ``detection`` element (SPEC §8); boxes in pixels of the clean frame."""
+    block: dict[str, Any] = {
+        "model": model,
+        "model_version": model_version,
+        "score": round(float(score), 4),
+        "boxes": [[round(float(v), 1) for v in box[:4]] for box in boxes],
+        "track_ids": [int(i) for i in track_ids],
+        "zone_id": zone_id,
+        "dwell_s": round(float(dwell_s), 1),
+    }
+    if model_sha256:
+        block["model_sha256"] = model_sha256
+    if ended_at is not None:
+        block["ended_at"] = ended_at.isoformat()
+    return block
+
+
+def decode_jpeg(data: bytes, reduce: int = 1) -> Image | None:
+    """Decode image bytes at 1/1, 1/2, 1/4 or 1/8 scale (the JPEG decoder's own DCT scaling)."""
+    flags = {
+        1: cv2.IMREAD_COLOR,
+        2: cv2.IMREAD_REDUCED_COLOR_2,
+        4: cv2.IMREAD_REDUCED_COLOR_4,
+        8: cv2.IMREAD_REDUCED_COLOR_8,
+    }
+    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags[reduce])
+    return None if img is None else np.asarray(img, dtype=np.uint8)
+
+
+def reduction_for(width: int, height: int, imgsz: int) -> int:
+    """The largest decode reduction that keeps the long side at or above the model input."""
+    long_side = max(width, height)
+    for factor in (4, 2):
+        if long_side >= factor * imgsz:
+            return factor
+    return 1

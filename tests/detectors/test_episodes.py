@@ -1,0 +1,190 @@
+"""Episodes: one candidate per (camera, zone, type) episode, rate-limited updates, persistence."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gridpatrol.api.client import Outbox
+from gridpatrol.detectors.episodes import (
+    Episode,
+    Key,
+    ensure_schema,
+    load_book,
+    save_episode,
+    source_event_id,
+    step,
+)
+
+T0 = datetime(2026, 5, 4, 9, 0, 0, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Ev:
+    kind: str
+    t: datetime
+    confidence: float = 0.6
+    dwell_s: float = 0.0
+    first_seen: datetime = T0
+    rule: str = "crowd_gathering"
+    zone_id: str = "plaza"
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def _ids() -> itertools.count[int]:
+    return itertools.count(1)
+
+
+def run(events: list[Ev], update_s: float = 60.0, resume_s: float = 120.0) -> list[tuple[str, str]]:
+    """Feed events; return (op kind, candidate id) per operation, plus the final book."""
+    counter = _ids()
+    book: dict[Key, Episode] = {}
+    out: list[tuple[str, str]] = []
+    for ev in events:
+        book, ops = step(
+            book,
+            "cam-1",
+            ev,
+            update_s=update_s,
+            resume_s=resume_s,
+            new_id=lambda: f"c{next(counter)}",
+        )
+        out.extend((op.kind, op.episode.candidate_id) for op in ops)
+    return out
+
+
+CASES = {
+    "raise then updates within update_s then clear": (
+        [Ev("raise", at(5)), Ev("update", at(10)), Ev("update", at(30)), Ev("clear", at(90))],
+        [("open", "c1"), ("end", "c1")],
+    ),
+    "updates at most every update_s": (
+        [Ev("raise", at(5))] + [Ev("update", at(5 + 10 * k)) for k in range(1, 14)],
+        [("open", "c1"), ("update", "c1"), ("update", "c1")],
+    ),
+    "second episode after clear is a new candidate": (
+        [Ev("raise", at(5)), Ev("clear", at(50)), Ev("raise", at(200), first_seen=at(190))],
+        [("open", "c1"), ("end", "c1"), ("open", "c2")],
+    ),
+    "repeated raise while open continues the episode": (
+        [Ev("raise", at(5)), Ev("raise", at(80), first_seen=at(75))],
+        [("open", "c1"), ("update", "c1")],
+    ),
+    "raise long after the open episode was last seen ends it and opens another": (
+        [Ev("raise", at(5)), Ev("raise", at(900), first_seen=at(890))],
+        [("open", "c1"), ("end", "c1"), ("open", "c2")],
+    ),
+    "clear without an episode does nothing": ([Ev("clear", at(5))], []),
+    "update without a raise opens the episode": (
+        [Ev("update", at(5)), Ev("update", at(6))],
+        [("open", "c1")],
+    ),
+    "other zones and types are separate episodes": (
+        [
+            Ev("raise", at(5)),
+            Ev("raise", at(6), zone_id="kerb"),
+            Ev("raise", at(7), rule="street_vending"),
+            Ev("clear", at(8), zone_id="kerb"),
+        ],
+        [("open", "c1"), ("open", "c2"), ("open", "c3"), ("end", "c2")],
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_episode_operations(name: str) -> None:
+    events, expected = CASES[name]
+    assert run(events) == expected
+
+
+def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id() -> None:
+    counter = _ids()
+    book: dict[Key, Episode] = {}
+    ops_all = []
+    for ev in [
+        Ev("raise", at(10), first_seen=at(4.5)),
+        Ev("update", at(200), confidence=0.9, dwell_s=195),
+        Ev("clear", at(300), dwell_s=250),
+        Ev("raise", at(400), first_seen=at(390)),
+    ]:
+        book, ops = step(
+            book, "cam-1", ev, update_s=60, resume_s=120, new_id=lambda: f"c{next(counter)}"
+        )
+        ops_all.extend(ops)
+    first, update, end, second = ops_all
+    assert first.episode.source_event_id == "cam-1:plaza:crowd_gathering:" + str(
+        round(at(4.5).timestamp() * 1000)
+    )
+    assert first.episode.previous_id is None and first.better
+    assert update.better and update.episode.dwell_s == 195
+    assert update.episode.source_event_id == first.episode.source_event_id
+    assert end.episode.ended_at == at(300) and end.episode.dwell_s == 250
+    assert second.episode.previous_id == "c1"
+    assert second.episode.source_event_id == source_event_id(
+        "cam-1", "plaza", "crowd_gathering", at(390)
+    )
+
+
+def test_update_is_better_only_when_confidence_improves() -> None:
+    counter = _ids()
+    book: dict[Key, Episode] = {}
+    flags = []
+    for ev in [
+        Ev("raise", at(0), confidence=0.7),
+        Ev("update", at(70), confidence=0.6),
+        Ev("update", at(140), confidence=0.8),
+        Ev("update", at(210), confidence=0.75),
+    ]:
+        book, ops = step(
+            book, "cam-1", ev, update_s=60, resume_s=120, new_id=lambda: f"c{next(counter)}"
+        )
+        flags.extend(op.better for op in ops)
+    assert flags == [True, False, True, False]
+
+
+def test_book_persists_in_the_outbox_file_and_a_restart_continues_the_episode(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "outbox.db"
+    outbox = Outbox(db, None, component="detect-test")
+    counter = _ids()
+    with outbox.transaction() as txn:
+        ensure_schema(txn.conn)
+        book = load_book(txn.conn)
+    book, ops = step(
+        book,
+        "cam-1",
+        Ev("raise", at(10)),
+        update_s=60,
+        resume_s=120,
+        new_id=lambda: f"c{next(counter)}",
+    )
+    with outbox.transaction() as txn:
+        for op in ops:
+            save_episode(txn.conn, op.episode)
+        txn.create_candidate({"type": "crowd_gathering"}, "6f1b0c52-8f0e-4a55-9d1e-1a2b3c4d5e6f")
+
+    # A fresh process: the book comes back from the same file, the raise continues it.
+    reopened = Outbox(db, None, component="detect-test")
+    with reopened.transaction() as txn:
+        ensure_schema(txn.conn)
+        loaded = load_book(txn.conn)
+        assert load_book(txn.conn, {"cam-2"}) == {}
+    assert loaded == book
+    _, ops2 = step(
+        loaded,
+        "cam-1",
+        Ev("raise", at(70), first_seen=at(65)),
+        update_s=60,
+        resume_s=120,
+        new_id=lambda: "never",
+    )
+    assert [(op.kind, op.episode.candidate_id) for op in ops2] == [("update", "c1")]
+    assert reopened.depth() == 1
