@@ -1,0 +1,338 @@
+"""Model resolution (SPEC §9) and backend loading.
+
+Resolution order: ``--model`` / ``GRIDPATROL_MODEL`` (an OpenVINO IR folder, ``.xml``, ``.onnx``,
+``.pt`` or a manifest name) → a local folder named in ``models/manifest.yaml`` (``models/``,
+``$GRIDPATROL_SHARED/models``, the cache) → the Ultralytics name, downloaded and exported to
+OpenVINO once into the cache. Nothing here imports torch or Ultralytics at module level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+
+from gridpatrol.detectors.types import Backend, ModelInfo
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ModelFormat = Literal["openvino", "onnx", "pt"]
+BackendKind = Literal["openvino", "ultralytics"]
+
+
+class ModelNotFoundError(RuntimeError):
+    """No usable weights: the message says what to put where."""
+
+
+class MissingExtraError(RuntimeError):
+    """The optional ``ultralytics`` extra is needed but not installed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestEntry:
+    name: str
+    ultralytics: str
+    openvino_folder: str
+    task: str = "detect"
+    imgsz: int = 640
+    sha256: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def folder_names(self) -> tuple[str, ...]:
+        """Folders that hold this model: the named export and the one Ultralytics writes."""
+        export = f"{Path(self.ultralytics).stem}_openvino_model"
+        return (self.openvino_folder, export)
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    default: str
+    models: Mapping[str, ManifestEntry]
+
+    def entry(self, name: str) -> ManifestEntry | None:
+        return self.models.get(name)
+
+    def entry_for_folder(self, folder: str) -> ManifestEntry | None:
+        return next((e for e in self.models.values() if folder in e.folder_names), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """Where a model's weights are and in which format; ``source`` says how it was found."""
+
+    name: str
+    path: Path
+    format: ModelFormat
+    source: str
+    entry: ManifestEntry | None = None
+
+
+# --- locations ---------------------------------------------------------------------------------
+
+
+def models_dir() -> Path:
+    return Path(os.environ.get("GRIDPATROL_MODELS_DIR", REPO_ROOT / "models"))
+
+
+def shared_models_dir() -> Path:
+    return Path(os.environ.get("GRIDPATROL_SHARED", REPO_ROOT.parent / "shared")) / "models"
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("GRIDPATROL_CACHE") or os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base else Path.home() / ".cache"
+    return (root if os.environ.get("GRIDPATROL_CACHE") else root / "gridpatrol") / "models"
+
+
+def search_dirs() -> tuple[Path, ...]:
+    return (models_dir(), shared_models_dir(), cache_dir())
+
+
+def load_manifest(path: Path | None = None) -> Manifest:
+    candidates = (
+        [path] if path else [models_dir() / "manifest.yaml", REPO_ROOT / "models/manifest.yaml"]
+    )
+    for candidate in candidates:
+        if candidate is not None and candidate.is_file():
+            raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
+            entries = {
+                name: ManifestEntry(
+                    name=name,
+                    ultralytics=str(body["ultralytics"]),
+                    openvino_folder=str(body["openvino_folder"]),
+                    task=str(body.get("task", "detect")),
+                    imgsz=int(body.get("imgsz", 640)),
+                    sha256={str(k): str(v) for k, v in (body.get("sha256") or {}).items()},
+                )
+                for name, body in (raw.get("models") or {}).items()
+            }
+            return Manifest(default=str(raw.get("default", "yolo11n")), models=entries)
+    log.warning("no models/manifest.yaml found; using the built-in yolo11n entry")
+    builtin = ManifestEntry("yolo11n", "yolo11n.pt", "yolo11n_int8_openvino_model")
+    return Manifest(default="yolo11n", models={"yolo11n": builtin})
+
+
+# --- resolution --------------------------------------------------------------------------------
+
+
+def resolve_model(arg: str | None = None, *, manifest: Manifest | None = None) -> ModelSpec:
+    """Find the weights for ``arg`` (or ``GRIDPATROL_MODEL``, or the manifest default)."""
+    manifest = manifest or load_manifest()
+    explicit = arg or os.environ.get("GRIDPATROL_MODEL") or None
+    source = "argument" if arg else "environment"
+    if explicit:
+        entry = manifest.entry(explicit)
+        if entry is None:
+            path = Path(explicit).expanduser()
+            if path.exists():
+                return spec_from_path(path, source, manifest)
+            if path.suffix == ".pt" and path.parent == Path():
+                entry = ManifestEntry(path.stem, path.name, f"{path.stem}_openvino_model")
+            else:
+                raise ModelNotFoundError(
+                    f"model {explicit!r} ({source}) does not exist: give an OpenVINO IR folder, "
+                    f"an .xml, .onnx or .pt file, or one of {sorted(manifest.models)}"
+                )
+        return _resolve_entry(entry, manifest)
+    entry = manifest.entry(manifest.default)
+    if entry is None:
+        raise ModelNotFoundError(f"models/manifest.yaml: default {manifest.default!r} not listed")
+    return _resolve_entry(entry, manifest)
+
+
+def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) -> ModelSpec:
+    path = path.resolve()
+    manifest = manifest or load_manifest()
+    if path.is_dir():
+        xmls = sorted(path.glob("*.xml"))
+        if len(xmls) != 1:
+            raise ModelNotFoundError(
+                f"{path} is not an OpenVINO IR folder: expected exactly one .xml (with its .bin "
+                f"and metadata.yaml), found {len(xmls)}"
+            )
+        entry = manifest.entry_for_folder(path.name)
+        return ModelSpec(entry.name if entry else xmls[0].stem, xmls[0], "openvino", source, entry)
+    formats: dict[str, ModelFormat] = {".xml": "openvino", ".onnx": "onnx", ".pt": "pt"}
+    fmt = formats.get(path.suffix.lower())
+    if fmt is None:
+        raise ModelNotFoundError(
+            f"{path}: unsupported model file; use an IR folder, .xml, .onnx or .pt"
+        )
+    entry = manifest.entry_for_folder(path.parent.name) or manifest.entry(path.stem)
+    return ModelSpec(entry.name if entry else path.stem, path, fmt, source, entry)
+
+
+def _resolve_entry(entry: ManifestEntry, manifest: Manifest) -> ModelSpec:
+    for directory in search_dirs():
+        for name in entry.folder_names:
+            candidate = directory / name
+            if candidate.is_dir() and any(candidate.glob("*.xml")):
+                spec = spec_from_path(candidate, f"local:{directory}", manifest)
+                return ModelSpec(entry.name, spec.path, spec.format, spec.source, entry)
+    exported = _download_and_export(entry)
+    spec = spec_from_path(exported, "download", manifest)
+    return ModelSpec(entry.name, spec.path, spec.format, spec.source, entry)
+
+
+def _not_found_message(entry: ManifestEntry, why: str) -> str:
+    looked = ", ".join(str(d / entry.openvino_folder) for d in search_dirs())
+    return (
+        f"no weights for model {entry.name!r}: looked for {looked}; {why}.\n"
+        f"Fix one of:\n"
+        f"  1. put the OpenVINO IR folder {entry.openvino_folder}/ (with "
+        f"{entry.name}.xml, {entry.name}.bin and metadata.yaml) into {models_dir()}/ "
+        f"(`make links` links it from $GRIDPATROL_SHARED/models);\n"
+        f"  2. pass --model PATH or set GRIDPATROL_MODEL=PATH to an OpenVINO IR folder, "
+        f".xml, .onnx or .pt file;\n"
+        f"  3. put {entry.ultralytics} into {cache_dir()}/ (or allow internet access) and "
+        f"install the extra: pip install 'gridpatrol[ultralytics]'; it is exported to "
+        f"OpenVINO once into {cache_dir()}/."
+    )
+
+
+def _download_and_export(entry: ManifestEntry) -> Path:
+    if os.environ.get("GRIDPATROL_OFFLINE", "") not in ("", "0"):
+        raise ModelNotFoundError(
+            _not_found_message(entry, "downloads are off (GRIDPATROL_OFFLINE)")
+        )
+    if importlib.util.find_spec("ultralytics") is None:
+        raise ModelNotFoundError(
+            _not_found_message(
+                entry, "the ultralytics extra that downloads weights is not installed"
+            )
+        )
+    from gridpatrol.detectors import ultralytics_backend
+
+    try:
+        return ultralytics_backend.export_openvino(entry.ultralytics, cache_dir())
+    except Exception as exc:  # network, disk, export: all mean "no weights here"
+        log.warning("fetching %s failed: %s", entry.ultralytics, exc)
+        raise ModelNotFoundError(
+            _not_found_message(entry, f"downloading {entry.ultralytics} failed ({exc})")
+        ) from exc
+
+
+# --- identity ----------------------------------------------------------------------------------
+
+
+def weights_file(spec: ModelSpec) -> Path:
+    """The file whose hash identifies the model (the .bin of an IR)."""
+    return spec.path.with_suffix(".bin") if spec.format == "openvino" else spec.path
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, cached by (path, size, mtime) so a start does not re-hash weights."""
+    stat = path.stat()
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
+    sidecar = cache_dir().parent / "sha256" / f"{key}.json"
+    stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        cached = json.loads(sidecar.read_text(encoding="utf-8"))
+        if {k: cached.get(k) for k in stamp} == stamp:
+            return str(cached["sha256"])
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    try:
+        sidecar.parent.mkdir(parents=True, exist_ok=True)
+        tmp = sidecar.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({**stamp, "sha256": sha}), encoding="utf-8")
+        tmp.replace(sidecar)
+    except OSError as exc:
+        log.debug("cannot cache the hash of %s: %s", path, exc)
+    return sha
+
+
+def read_metadata(spec: ModelSpec) -> dict[str, object]:
+    meta = spec.path.parent / "metadata.yaml"
+    if not meta.is_file():
+        return {}
+    data = yaml.safe_load(meta.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def parse_names(raw: object) -> tuple[str, ...]:
+    """Class names from metadata (a {id: name} mapping or a list)."""
+    if isinstance(raw, Mapping):
+        return tuple(str(raw[k]) for k in sorted(raw, key=int))
+    if isinstance(raw, Sequence) and not isinstance(raw, str):
+        return tuple(str(n) for n in raw)
+    return ()
+
+
+def parse_imgsz(raw: object, default: int) -> int:
+    if isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
+        return int(raw[0])
+    return int(raw) if isinstance(raw, int | float | str) and str(raw).isdigit() else default
+
+
+def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
+    """The identity every detection result carries: name, version, weights hash, classes."""
+    meta = read_metadata(spec)
+    weights = weights_file(spec)
+    sha = file_sha256(weights)
+    if spec.entry and weights.name in spec.entry.sha256 and spec.entry.sha256[weights.name] != sha:
+        log.warning(
+            "model %s: %s differs from the manifest hash (a different export?)", spec.name, weights
+        )
+    default_size = spec.entry.imgsz if spec.entry else 640
+    return ModelInfo(
+        name=spec.name,
+        version=str(meta.get("version", "unknown")),
+        sha256=sha,
+        path=spec.path,
+        names=parse_names(meta.get("names")) or tuple(names),
+        imgsz=parse_imgsz(meta.get("imgsz"), default_size),
+    )
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+
+def load_backend(
+    spec: ModelSpec,
+    kind: BackendKind = "openvino",
+    feature_nodes: Sequence[str] = (),
+    *,
+    mode: Literal["throughput", "latency"] = "throughput",
+    conf: float = 0.25,
+    iou: float = 0.7,
+) -> Backend:
+    """Open ``spec`` with the fast OpenVINO backend or the Ultralytics reference backend."""
+    if kind == "ultralytics":
+        _require_ultralytics(f"the Ultralytics reference backend for {spec.path}")
+        from gridpatrol.detectors.ultralytics_backend import UltralyticsBackend
+
+        return UltralyticsBackend(spec, conf=conf, iou=iou)
+    if spec.format == "pt":
+        _require_ultralytics(f"loading {spec.path} (.pt weights are exported to OpenVINO)")
+        from gridpatrol.detectors import ultralytics_backend
+
+        folder = ultralytics_backend.export_openvino(str(spec.path), cache_dir())
+        spec = ModelSpec(spec.name, spec_from_path(folder, "export").path, "openvino", "export")
+    from gridpatrol.detectors.openvino_backend import OpenVinoBackend
+
+    return OpenVinoBackend(
+        spec.path, model_info(spec), feature_nodes=feature_nodes, mode=mode, conf=conf, iou=iou
+    )
+
+
+def _require_ultralytics(what: str) -> None:
+    if importlib.util.find_spec("ultralytics") is None:
+        raise MissingExtraError(
+            f"{what} needs the ultralytics extra: pip install 'gridpatrol[ultralytics]' "
+            f"(or give an OpenVINO IR folder / .onnx instead)"
+        )

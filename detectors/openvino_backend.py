@@ -1,0 +1,268 @@
+"""The fast inference path: OpenVINO runtime, numpy pre- and post-processing, no torch.
+
+Pre-processing reproduces Ultralytics' ``LetterBox`` (INTER_LINEAR resize, centred 114-grey
+padding to the square model input) and post-processing its ``non_max_suppression`` (best class
+per anchor, confidence threshold, class-aware NMS, ``max_det``), so both backends agree box for
+box. Images go through an ``AsyncInferQueue`` sized by the device's optimal number of requests:
+the caller's thread prepares the next tensor while earlier ones are inferred.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import cv2
+import numpy as np
+import openvino as ov
+from numpy.typing import NDArray
+
+from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox, ModelInfo
+
+log = logging.getLogger(__name__)
+
+PAD_VALUE = 114
+MAX_NMS = 30000  # candidates kept before NMS, as Ultralytics
+MAX_WH = 7680.0  # class offset that makes one NMS pass class-aware, as Ultralytics
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A model-ready tensor (1, 3, S, S) float32 and how it maps back to the original image."""
+
+    tensor: NDArray[np.float32]
+    letterbox: Letterbox
+    shape: tuple[int, int]  # original (height, width)
+
+
+def letterbox_params(shape: tuple[int, int], size: int) -> tuple[float, int, int, int, int]:
+    """Scale, resized width/height and left/top padding for an image of ``shape`` (h, w)."""
+    h, w = shape
+    r = min(size / h, size / w)
+    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
+    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    return r, new_w, new_h, round(dw - 0.1), round(dh - 0.1)
+
+
+def prepare(image: NDArray[np.uint8], size: int) -> Prepared:
+    """Letterbox a BGR uint8 image into an RGB NCHW float32 tensor scaled to [0, 1]."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    r, new_w, new_h, left, top = letterbox_params((h, w), size)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    target = canvas[top : top + new_h, left : left + new_w]
+    if (new_w, new_h) == (w, h):
+        target[...] = image
+    else:
+        cv2.resize(image, (new_w, new_h), dst=target, interpolation=cv2.INTER_LINEAR)
+    # One pass: BGR->RGB, HWC->CHW, uint8->float32 / 255.
+    tensor = cast(NDArray[np.float32], cv2.dnn.blobFromImage(canvas, 1.0 / 255.0, swapRB=True))
+    return Prepared(tensor, Letterbox(scale=r, pad_x=float(left), pad_y=float(top)), (h, w))
+
+
+def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> NDArray[np.intp]:
+    """Greedy NMS; ``boxes`` xyxy sorted or not. Returns kept indices by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = iw * ih
+        union = areas[i] + areas[rest] - inter
+        order = rest[inter <= iou * union]  # IoU <= iou, without dividing by zero
+    return np.asarray(keep, dtype=np.intp)
+
+
+def decode(
+    output: NDArray[np.float32],
+    nc: int,
+    *,
+    conf: float,
+    iou: float,
+    max_det: int,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.int32]]:
+    """YOLOv8/11 head output (4 + nc, anchors) → xyxy in model pixels, confidence, class."""
+    scores = output[4 : 4 + nc]
+    best = scores.max(axis=0)
+    cand = np.flatnonzero(best > conf)
+    if cand.size == 0:
+        return np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32)
+    confidence = best[cand]
+    class_id = scores[:, cand].argmax(axis=0).astype(np.int32)
+    if cand.size > MAX_NMS:
+        top = np.argsort(-confidence, kind="stable")[:MAX_NMS]
+        cand, confidence, class_id = cand[top], confidence[top], class_id[top]
+    xywh = output[:4, cand].T
+    xyxy = np.empty_like(xywh)
+    half = xywh[:, 2:] / 2
+    xyxy[:, :2] = xywh[:, :2] - half
+    xyxy[:, 2:] = xywh[:, :2] + half
+    offset = (class_id.astype(np.float32) * MAX_WH)[:, None]
+    keep = nms(xyxy + offset, confidence, iou)[:max_det]
+    return xyxy[keep], confidence[keep], class_id[keep]
+
+
+def to_detections(
+    xyxy: NDArray[np.float32],
+    confidence: NDArray[np.float32],
+    class_id: NDArray[np.int32],
+    letterbox: Letterbox,
+    shape: tuple[int, int],
+) -> Detections:
+    """Model-input boxes → original-image pixels, clipped to the image."""
+    boxes = letterbox.to_image(xyxy)
+    h, w = shape
+    np.clip(boxes[:, 0::2], 0, w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], 0, h, out=boxes[:, 1::2])
+    return Detections(
+        np.ascontiguousarray(boxes, dtype=np.float32),
+        np.ascontiguousarray(confidence, dtype=np.float32),
+        np.ascontiguousarray(class_id, dtype=np.int32),
+    )
+
+
+class OpenVinoBackend:
+    """OpenVINO IR (or ONNX) detector. ``infer`` is thread-safe (one batch at a time)."""
+
+    def __init__(
+        self,
+        model_path: Path,
+        info: ModelInfo,
+        *,
+        feature_nodes: Sequence[str] = (),
+        mode: Literal["throughput", "latency"] = "throughput",
+        conf: float = 0.25,
+        iou: float = 0.7,
+        max_det: int = 300,
+        device: str = "CPU",
+    ) -> None:
+        self.info = info
+        self.conf, self.iou, self.max_det = conf, iou, max_det
+        self.feature_nodes = tuple(feature_nodes)
+        core = ov.Core()
+        model = core.read_model(str(model_path))
+        self._add_feature_outputs(model)
+        self.size = int(model.input(0).get_partial_shape()[2].get_length())
+        self.nc = int(model.output(0).get_partial_shape()[1].get_length()) - 4
+        if not info.names:
+            self.info = ModelInfo(
+                info.name,
+                info.version,
+                info.sha256,
+                info.path,
+                tuple(f"class_{i}" for i in range(self.nc)),
+                info.imgsz,
+            )
+        self.compiled = core.compile_model(model, device, {"PERFORMANCE_HINT": mode.upper()})
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        self._queue.set_callback(self._on_done)
+        self._lock = threading.Lock()
+        log.info(
+            "model %s %s (sha256 %s…) on %s, %s mode, %d infer requests",
+            self.info.name,
+            self.info.version,
+            self.info.sha256[:12],
+            device,
+            mode,
+            self.requests,
+        )
+
+    def _add_feature_outputs(self, model: ov.Model) -> None:
+        if not self.feature_nodes:
+            return
+        by_name = {op.get_friendly_name(): op for op in model.get_ordered_ops()}
+        outputs: list[Any] = []
+        for name in self.feature_nodes:
+            op = by_name.get(name)
+            if op is None:
+                raise ValueError(f"feature node {name!r} is not in {model.get_friendly_name()}")
+            outputs.append(op.output(0))
+        model.add_outputs(outputs)
+
+    # --- public API ---
+
+    def prepare(self, image: NDArray[np.uint8]) -> Prepared:
+        return prepare(image, self.size)
+
+    def infer(self, images: Sequence[NDArray[np.uint8]]) -> list[InferenceResult]:
+        """Infer a batch; preparing image k+1 overlaps with the inference of image k."""
+        return self.infer_prepared(self.prepare(image) for image in images)
+
+    def infer_prepared(self, prepared: Iterable[Prepared]) -> list[InferenceResult]:
+        results: dict[int, InferenceResult] = {}
+        with self._lock:
+            count = 0
+            for index, item in enumerate(prepared):
+                self._queue.start_async({0: item.tensor}, (results, index, item))
+                count = index + 1
+            self._queue.wait_all()
+        return [results[i] for i in range(count)]
+
+    def stream(
+        self, items: Iterable[tuple[object, NDArray[np.uint8]]]
+    ) -> Iterator[tuple[object, InferenceResult]]:
+        """Pipelined inference over an endless source of (key, image); results in order."""
+        window = max(self.requests * 2, 2)
+        batch: list[tuple[object, NDArray[np.uint8]]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) >= window:
+                yield from zip(
+                    (k for k, _ in batch), self.infer([im for _, im in batch]), strict=True
+                )
+                batch = []
+        if batch:
+            yield from zip((k for k, _ in batch), self.infer([im for _, im in batch]), strict=True)
+
+    def raw(self, tensors: Sequence[NDArray[np.float32]], repeat: int = 1) -> int:
+        """Runtime alone: infer prepared tensors ``repeat`` times, no decoding. Returns count."""
+        done = [0]
+
+        def count(_request: ov.InferRequest, _userdata: object) -> None:
+            done[0] += 1
+
+        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        queue.set_callback(count)
+        for _ in range(repeat):
+            for tensor in tensors:
+                queue.start_async({0: tensor})
+        queue.wait_all()
+        return done[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._queue.wait_all()
+
+    # --- completion (runs on an OpenVINO thread) ---
+
+    def _on_done(self, request: ov.InferRequest, userdata: object) -> None:
+        results, index, item = _unpack(userdata)
+        try:
+            output = request.get_output_tensor(0).data[0]
+            xyxy, confidence, class_id = decode(
+                output, self.nc, conf=self.conf, iou=self.iou, max_det=self.max_det
+            )
+            features = {
+                name: np.array(request.get_output_tensor(i + 1).data[0], dtype=np.float32)
+                for i, name in enumerate(self.feature_nodes)
+            }
+            detections = to_detections(xyxy, confidence, class_id, item.letterbox, item.shape)
+            results[index] = InferenceResult(detections, features, item.letterbox)
+        except Exception:
+            log.exception("decoding the output of model %s failed", self.info.name)
+            results[index] = InferenceResult(Detections.empty(), {}, item.letterbox)
+
+
+def _unpack(userdata: object) -> tuple[dict[int, InferenceResult], int, Prepared]:
+    return cast(tuple[dict[int, InferenceResult], int, Prepared], userdata)
