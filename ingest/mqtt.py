@@ -1,0 +1,512 @@
+"""The one owner of MQTT connections (paho-mqtt 2.x).
+
+Every component talks to the broker through :class:`MqttConnection`: MQTT 5 first, 3.1.1 when
+the broker refuses 5; a last will ``offline`` on ``{prefix}/components/{id}/status``;
+reconnection with backoff and re-subscription on every connect; no retry loop on bad
+credentials. paho's network thread only ever appends to bounded queues (dropping the oldest and
+counting), so a slow consumer can never stall keep-alives or other subscriptions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gridpatrol.ingest.topics import component_status_topic
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "mqtt://127.0.0.1:1883"
+ONLINE = b"online"
+OFFLINE = b"offline"
+_RC_UNSUPPORTED_PROTOCOL = 132
+_V5_CONNACK_GRACE_S = 2.5
+_RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
+
+# Brokers known to refuse MQTT 5, so later connections skip the failed attempt.
+_V311_BROKERS: set[tuple[str, int]] = set()
+
+
+class MqttAuthError(RuntimeError):
+    """The broker refused the credentials; retrying would only lock the account."""
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive: int = 30
+
+    @classmethod
+    def from_url(cls, url: str) -> MqttSettings:
+        parts = urlsplit(url)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ValueError(f"broker URL must be mqtt:// or mqtts://, got {url!r}")
+        tls = parts.scheme in ("mqtts", "ssl")
+        return cls(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )
+
+    @classmethod
+    def from_env(cls) -> MqttSettings:
+        """``GRIDPATROL_MQTT_URL`` plus the credential and TLS variables that override it."""
+        env = os.environ
+        settings = cls.from_url(env.get("GRIDPATROL_MQTT_URL") or DEFAULT_URL)
+        return replace(
+            settings,
+            username=env.get("GRIDPATROL_MQTT_USERNAME") or settings.username,
+            password=env.get("GRIDPATROL_MQTT_PASSWORD") or settings.password,
+            ca_file=env.get("GRIDPATROL_MQTT_CA") or None,
+            cert_file=env.get("GRIDPATROL_MQTT_CERT") or None,
+            key_file=env.get("GRIDPATROL_MQTT_KEY") or None,
+        )
+
+    @property
+    def url(self) -> str:
+        """The URL without the password, for logs."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+    def ssl_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        return context
+
+
+@dataclass(frozen=True)
+class Message:
+    topic: str
+    payload: bytes = field(repr=False)
+    qos: int
+    retain: bool
+    received_at: datetime
+    mid: int
+    session: int = 0  # connection generation, so an ack never crosses a reconnect
+
+
+class Subscription:
+    """A bounded inbound queue for one topic filter; the oldest message goes when full."""
+
+    def __init__(self, topic_filter: str, qos: int, maxsize: int) -> None:
+        self.topic_filter = topic_filter
+        self.qos = qos
+        self.received = 0
+        self.dropped = 0
+        self._queue: deque[Message] = deque(maxlen=maxsize)
+        self._ready = threading.Condition()
+
+    def _put(self, message: Message) -> Message | None:
+        """Append; return the message pushed out when the queue was full."""
+        with self._ready:
+            evicted = None
+            if len(self._queue) == self._queue.maxlen:
+                evicted = self._queue[0]
+                self.dropped += 1
+            self._queue.append(message)
+            self.received += 1
+            self._ready.notify()
+            return evicted
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        """The oldest queued message, waiting up to ``timeout`` s; None when nothing came."""
+        with self._ready:
+            if not self._queue:
+                self._ready.wait(timeout)
+            return self._queue.popleft() if self._queue else None
+
+    def drain(self) -> list[Message]:
+        with self._ready:
+            items = list(self._queue)
+            self._queue.clear()
+            return items
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+
+class MqttConnection:
+    """One component's broker connection; see the module docstring."""
+
+    def __init__(
+        self,
+        component_id: str,
+        settings: MqttSettings | None = None,
+        *,
+        prefix: str = "gridpatrol",
+        persistent: bool = False,
+        session_expiry_s: int = 86400,
+        manual_ack: bool = False,
+        client_id: str | None = None,
+        max_queued_messages: int = 10000,
+    ) -> None:
+        self.component_id = component_id
+        self.settings = settings or MqttSettings.from_env()
+        self.prefix = prefix
+        self.persistent = persistent
+        self.session_expiry_s = session_expiry_s
+        self.manual_ack = manual_ack
+        # A persistent session is found again by its client id, so it must be stable.
+        default_id = f"gp-{component_id}" if persistent else f"gp-{component_id}-{_short_id()}"
+        self.client_id = client_id or default_id
+        self.status_topic = component_status_topic(prefix, component_id)
+        self.max_queued_messages = max_queued_messages
+        self.protocol = self._initial_protocol()
+        self.published = 0
+        self.publish_dropped = 0
+        self.connects = 0
+        self.auth_failed = False
+        self._subs: list[Subscription] = []
+        self._hooks: list[Callable[[MqttConnection], None]] = []
+        self._lock = threading.Lock()
+        self._session = 0
+        # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip.
+        self._pending: OrderedDict[int, list[Any]] = OrderedDict()
+        self._connected = threading.Event()
+        self._refused = threading.Event()
+        self._client: paho.Client | None = None
+        self._stopping = False
+        self._socket_opened_at: float | None = None
+        self._connack_seen = False
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def _initial_protocol(self) -> MQTTProtocolVersion:
+        key = (self.settings.host, self.settings.port)
+        return MQTTProtocolVersion.MQTTv311 if key in _V311_BROKERS else MQTTProtocolVersion.MQTTv5
+
+    def start(self, timeout: float = 10.0) -> bool:
+        """Connect in the background; True once connected within ``timeout``.
+
+        False means the broker is not reachable yet: paho keeps retrying with backoff.
+        Raises :class:`MqttAuthError` on refused credentials.
+        """
+        self._stopping = False
+        self._open()
+        if self._wait_first(timeout) or not self._refused.is_set():
+            return self._result()
+        log.warning(
+            "broker %s refuses MQTT 5; falling back to MQTT 3.1.1 for %s",
+            self.settings.url,
+            self.component_id,
+        )
+        _V311_BROKERS.add((self.settings.host, self.settings.port))
+        self._close_client()
+        self.protocol = MQTTProtocolVersion.MQTTv311
+        self._open()
+        self._wait_first(timeout)
+        return self._result()
+
+    def _wait_first(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._connected.is_set() or self._refused.is_set() or self.auth_failed:
+                break
+            opened = self._socket_opened_at
+            if (
+                self.protocol == MQTTProtocolVersion.MQTTv5
+                and opened is not None
+                and not self._connack_seen
+                and time.monotonic() - opened > _V5_CONNACK_GRACE_S
+            ):
+                # amqtt 0.12 neither answers nor closes on an MQTT 5 CONNECT with a will.
+                self._refused.set()
+                break
+            time.sleep(0.02)
+        return self._connected.is_set()
+
+    def _result(self) -> bool:
+        if self.auth_failed:
+            self._close_client()
+            raise MqttAuthError(
+                f"broker {self.settings.url} refused the credentials of {self.component_id}"
+            )
+        if not self._connected.is_set():
+            log.warning(
+                "%s: broker %s not reachable yet; retrying in the background",
+                self.component_id,
+                self.settings.url,
+            )
+        return self._connected.is_set()
+
+    def _open(self) -> None:
+        self._refused.clear()
+        self._socket_opened_at = None
+        self._connack_seen = False
+        client = self._make_client()
+        self._client = client
+        kwargs: dict[str, Any] = {}
+        if self.protocol == MQTTProtocolVersion.MQTTv5:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.session_expiry_s if self.persistent else 0
+            kwargs = {"clean_start": not self.persistent, "properties": props}
+        client.connect_async(
+            self.settings.host, self.settings.port, self.settings.keepalive, **kwargs
+        )
+        client.loop_start()
+
+    def _make_client(self) -> paho.Client:
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=self.protocol,
+            clean_session=None if v5 else not self.persistent,
+            manual_ack=self.manual_ack,
+        )
+        if self.settings.username:
+            client.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.tls:
+            client.tls_set_context(self.settings.ssl_context())
+        client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
+        client.reconnect_delay_set(1, 30)
+        client.max_queued_messages_set(self.max_queued_messages)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_socket_open = self._on_socket_open
+        return client
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Publish ``offline``, disconnect cleanly and stop the network thread."""
+        client = self._client
+        if client is None:
+            return
+        self._stopping = True
+        if self._connected.is_set():
+            info = client.publish(self.status_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                log.warning("%s: could not publish offline before stopping", self.component_id)
+        self._close_client()
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        client.disconnect()
+        client.loop_stop()
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def on_connect(self, hook: Callable[[MqttConnection], None]) -> None:
+        """Run ``hook(connection)`` after every (re)connect, e.g. to republish retained state."""
+        self._hooks.append(hook)
+
+    # -- paho callbacks (network thread: never block) ------------------------------------------
+
+    def _on_socket_open(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+        if self._socket_opened_at is None:
+            self._socket_opened_at = time.monotonic()
+
+    def _on_connect(
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        self._connack_seen = True
+        code = int(getattr(reason, "value", reason))
+        if code == _RC_UNSUPPORTED_PROTOCOL and self.protocol == MQTTProtocolVersion.MQTTv5:
+            self._refused.set()
+            client.disconnect()
+            return
+        if code in _RC_AUTH:
+            log.error(
+                "%s: broker %s refused the credentials (%s); not retrying",
+                self.component_id,
+                self.settings.url,
+                reason,
+            )
+            self.auth_failed = True
+            client.disconnect()
+            return
+        if code != 0:
+            log.warning("%s: connection refused: %s", self.component_id, reason)
+            return
+        with self._lock:
+            self._session += 1
+            self._pending.clear()
+        self.connects += 1
+        log.info(
+            "%s: connected to %s (MQTT %s)",
+            self.component_id,
+            self.settings.url,
+            "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
+        )
+        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+        subs = [(s.topic_filter, s.qos) for s in self._subs]
+        if subs:
+            client.subscribe(subs)
+        self._connected.set()
+        for hook in self._hooks:
+            try:
+                hook(self)
+            except Exception:
+                log.exception("%s: connect hook failed", self.component_id)
+
+    def _on_disconnect(
+        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+    ) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if self._socket_opened_at is not None and not self._connack_seen:
+            self._refused.set()  # closed on our CONNECT: try the older protocol
+        if was and not self._stopping:
+            log.warning(
+                "%s: disconnected from %s (%s); reconnecting",
+                self.component_id,
+                self.settings.url,
+                reason,
+            )
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        message = Message(
+            topic=msg.topic,
+            payload=bytes(msg.payload),
+            qos=msg.qos,
+            retain=bool(msg.retain),
+            received_at=datetime.now(UTC),
+            mid=msg.mid,
+            session=self._session,
+        )
+        tracked = self.manual_ack and msg.qos > 0
+        if tracked:
+            with self._lock:
+                self._pending[msg.mid] = ["wait", msg.qos]
+        for sub in self._subs:
+            if paho.topic_matches_sub(sub.topic_filter, msg.topic):
+                evicted = sub._put(message)
+                if evicted is not None:
+                    self._on_evicted(sub, evicted)
+                if tracked:
+                    return  # a message to acknowledge has exactly one consumer
+        if tracked:
+            self._settle(msg.mid, "skip")
+
+    def _on_evicted(self, sub: Subscription, evicted: Message) -> None:
+        if self.manual_ack and evicted.qos > 0:
+            # Left unacknowledged: the broker redelivers it after the next reconnect.
+            log.error(
+                "%s: queue for %s full; message %d left for redelivery",
+                self.component_id,
+                sub.topic_filter,
+                evicted.mid,
+            )
+            if evicted.session == self._session:
+                self._settle(evicted.mid, "skip")
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def subscribe(self, topic_filter: str, qos: int = 0, maxsize: int = 1000) -> Subscription:
+        sub = Subscription(topic_filter, qos, maxsize)
+        self._subs.append(sub)
+        client = self._client
+        if client is not None and self._connected.is_set():
+            client.subscribe(topic_filter, qos)
+        return sub
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+        """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue)."""
+        client = self._client
+        if client is None or (qos == 0 and not self._connected.is_set()):
+            self.publish_dropped += 1
+            return False
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or (
+            qos == 0 and info.rc != paho.MQTT_ERR_SUCCESS
+        ):
+            self.publish_dropped += 1
+            return False
+        self.published += 1
+        return True
+
+    def publish_wait(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 1,
+        retain: bool = False,
+        timeout: float = 10.0,
+    ) -> bool:
+        """Publish and wait until the broker acknowledged it (QoS 1/2) or it was sent (QoS 0)."""
+        client = self._client
+        if client is None:
+            return False
+        info = client.publish(topic, payload, qos=qos, retain=retain)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def ack(self, message: Message) -> None:
+        """Acknowledge a manual-ack message once it is durably handled.
+
+        Acknowledgements leave in the order the messages arrived, whatever order the consumer
+        acknowledges them in; an ack from before a reconnect is void (the broker redelivers).
+        """
+        if not self.manual_ack or message.qos == 0 or message.session != self._session:
+            return
+        self._settle(message.mid, "ack")
+
+    def _settle(self, mid: int, state: str) -> None:
+        ready: list[tuple[int, int]] = []
+        with self._lock:
+            entry = self._pending.get(mid)
+            if entry is None:
+                return
+            entry[0] = state
+            while self._pending:
+                first_mid, (first_state, qos) = next(iter(self._pending.items()))
+                if first_state == "wait":
+                    break
+                self._pending.popitem(last=False)
+                if first_state == "ack":
+                    ready.append((first_mid, qos))
+        client = self._client
+        if client is not None:
+            for done, qos in ready:
+                client.ack(done, qos)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "published": self.published,
+            "publish_dropped": self.publish_dropped,
+            "received": sum(s.received for s in self._subs),
+            "dropped": sum(s.dropped for s in self._subs),
+            "connects": self.connects,
+        }
+
+
+def _short_id() -> str:
+    return uuid.uuid4().hex[:8]
