@@ -205,18 +205,33 @@ class RuleParams(Strict):
 
 
 class StreetVendingParams(RuleParams):
-    """Stationary person(s) with stall props.
+    """Stationary person(s) with stationary stall props that nobody carries.
 
-    min_persons: stationary persons needed. min_props: stall props (umbrella, dining table,
-    chair, food, suitcase, a bicycle / motorcycle / truck used as a cart) near them.
+    min_persons: stationary persons with a prop near them. min_props: stall props near them.
+    props: COCO classes that count as stall props (benches, handbags, backpacks, bottles and
+    cups never do: they are street furniture or what every passer-by carries).
+    supporting_props: props that count only together with another prop not in this list (a
+    person on a chair, beside a parked bicycle or with a suitcase is not a stall by itself).
     max_displacement: a track is stationary while its centre stays within this fraction of
-    its box size. prop_distance: a prop counts when within this many person heights.
+    its box size over the last 10 s. prop_distance: a prop counts when its centre is within
+    this many person heights of the person's box.
     """
 
     min_persons: int = Field(default=1, ge=1)
     min_props: int = Field(default=1, ge=1)
     max_displacement: float = Field(default=0.5, gt=0)
     prop_distance: float = Field(default=1.5, gt=0)
+    props: list[str] = Field(
+        default_factory=lambda: [
+            "umbrella", "dining table", "chair", "suitcase", "bicycle", "motorcycle", "truck",
+            "banana", "apple", "orange", "broccoli", "carrot", "sandwich", "hot dog", "pizza",
+            "donut", "cake",
+        ],
+        min_length=1,
+    )  # fmt: skip
+    supporting_props: list[str] = Field(
+        default_factory=lambda: ["chair", "suitcase", "bicycle", "motorcycle", "truck"]
+    )
 
 
 class CrowdGatheringParams(RuleParams):
@@ -235,11 +250,12 @@ class IllegalParkingParams(RuleParams):
 
 
 class NonMotorParkingParams(RuleParams):
-    """More than ``min_count`` bicycles / motorcycles stationary in the zone for ``dwell_s``."""
+    """At least ``min_count`` bicycles / motorcycles stationary in the zone for ``dwell_s``."""
 
     dwell_s: float = Field(default=600.0, ge=0)
     min_count: int = Field(default=5, ge=1)
     max_displacement: float = Field(default=0.3, gt=0)
+    classes: list[str] = Field(default_factory=lambda: ["bicycle", "motorcycle"], min_length=1)
 
 
 class GarbageOverflowParams(RuleParams):
@@ -265,11 +281,16 @@ class StaticForegroundParams(RuleParams):
 
 
 class ShopFrontParams(StaticForegroundParams):
-    """New static objects (tables, racks, goods) in a shop-front zone."""
+    """New static objects (tables, racks, goods) in a shop-front zone.
+
+    classes: COCO classes counted when stationary and absent from the learned background
+    (benches are street furniture and are not counted). max_displacement: as for vending.
+    """
 
     classes: list[str] = Field(
-        default_factory=lambda: ["dining table", "chair", "bench", "potted plant", "suitcase"]
+        default_factory=lambda: ["dining table", "chair", "potted plant", "suitcase"]
     )
+    max_displacement: float = Field(default=0.3, gt=0)
 
 
 class PiledMaterialsParams(StaticForegroundParams):

@@ -1,0 +1,165 @@
+"""Long-term background model for static foreground (SPEC §5: shop fronts, piled materials).
+
+Works on a small grayscale frame (e.g. 160×90) cropped to a zone's bounding box. Two running
+averages with time constants in seconds (frames arrive irregularly):
+
+* the long-term background ``B`` (time constant ``learn_s``, typically an hour) is what the
+  zone normally looks like;
+* the short-term average ``S`` (``short_s``, seconds) is what it looks like now, without noise.
+
+A pixel is *static foreground* when ``S`` differs from ``B`` (something is there that is not
+usually there) while the current frame agrees with ``S`` (it is not moving). Pixels covered by
+detected objects (persons, vehicles) are excluded from both the result and the long-term
+learning, so passers-by neither count nor smear into the background; a global brightness
+shift (clouds, street lights) is removed before comparing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+Gray = NDArray[np.uint8]
+FloatImage = NDArray[np.float32]
+Mask = NDArray[np.bool_]
+
+
+@dataclass(frozen=True)
+class BackgroundParams:
+    learn_s: float = 3600.0
+    short_s: float = 10.0
+    fg_threshold: float = 25.0  # gray levels between S and B
+    stable_threshold: float = 20.0  # gray levels between the frame and S
+
+
+@dataclass(frozen=True)
+class BackgroundState:
+    background: FloatImage
+    short: FloatImage
+    t: float
+    start_t: float
+
+
+@dataclass(frozen=True)
+class StaticForeground:
+    """Static foreground of one zone: fraction of the zone's pixels, and where."""
+
+    fraction: float
+    bbox: tuple[float, float, float, float] | None  # normalized to the whole frame
+    mask: Mask  # in the crop's pixels; True = static foreground not explained by a detection
+    foreground: Mask  # static foreground including pixels under detections ("new objects")
+
+
+def _alpha(dt: float, tau: float) -> float:
+    return 1.0 - math.exp(-max(dt, 0.0) / tau)
+
+
+def _open(mask: Mask) -> Mask:
+    """3×3 morphological opening: drops isolated pixels (noise, compression artefacts)."""
+    padded = np.pad(mask, 1, constant_values=False)
+    h, w = mask.shape
+    eroded = np.ones_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            eroded &= padded[dy : dy + h, dx : dx + w]
+    padded = np.pad(eroded, 1, constant_values=False)
+    dilated = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            dilated |= padded[dy : dy + h, dx : dx + w]
+    return dilated
+
+
+def step(
+    state: BackgroundState | None,
+    gray: Gray,
+    t: float,
+    zone_mask: Mask,
+    objects: Mask,
+    params: BackgroundParams,
+) -> tuple[BackgroundState, Mask]:
+    """Advance the model with one frame crop; returns the new state and the static mask.
+
+    ``zone_mask`` and ``objects`` (pixels under detections) have the crop's shape. The first
+    frame seeds the background: whatever stays there while monitoring starts is normal.
+    """
+    frame = gray.astype(np.float32)
+    if state is None or state.background.shape != frame.shape:
+        return BackgroundState(frame, frame.copy(), t, t), np.zeros(frame.shape, dtype=bool)
+    dt = t - state.t
+    short = state.short + _alpha(dt, params.short_s) * (frame - state.short)
+    diff = short - state.background
+    inside = zone_mask & ~objects
+    if inside.any():
+        diff -= float(np.median(diff[inside]))  # global illumination change
+    stable = np.abs(frame - short) < params.stable_threshold
+    static = _open((np.abs(diff) > params.fg_threshold) & stable & zone_mask)
+    # Until learn_s has passed the background is the running mean of everything seen so far,
+    # so someone standing in the very first frame does not leave a ghost for an hour.
+    tau = min(params.learn_s, max(t - state.start_t, params.short_s))
+    learn = _alpha(dt, tau)
+    background = np.where(
+        objects, state.background, state.background + learn * (frame - state.background)
+    )
+    new_state = BackgroundState(
+        background.astype(np.float32), short.astype(np.float32), t, state.start_t
+    )
+    return new_state, static
+
+
+def measure(
+    static: Mask,
+    zone_mask: Mask,
+    objects: Mask,
+    origin: tuple[int, int],
+    small_size: tuple[int, int],
+) -> StaticForeground:
+    """Fraction and normalized bbox of the static foreground not explained by detections.
+
+    ``origin`` is the crop's top-left in the small frame, ``small_size`` its (width, height).
+    """
+    unexplained = static & ~objects
+    zone_px = int(zone_mask.sum())
+    fraction = float(unexplained.sum()) / zone_px if zone_px else 0.0
+    bbox = None
+    if unexplained.any():
+        rows = np.flatnonzero(unexplained.any(axis=1))
+        cols = np.flatnonzero(unexplained.any(axis=0))
+        w, h = small_size
+        ox, oy = origin
+        bbox = (
+            (ox + cols[0]) / w,
+            (oy + rows[0]) / h,
+            (ox + cols[-1] + 1) / w,
+            (oy + rows[-1] + 1) / h,
+        )
+    return StaticForeground(fraction, bbox, unexplained, static)
+
+
+def boxes_mask(
+    xyxy_norm: NDArray[np.float32],
+    origin: tuple[int, int],
+    shape: tuple[int, int],
+    small_size: tuple[int, int],
+    grow: float = 0.1,
+) -> Mask:
+    """Pixels of a crop covered by normalized boxes, each grown by ``grow`` of its size.
+
+    Growing covers shadows and the loose fit of detector boxes.
+    """
+    h, w = shape
+    out = np.zeros((h, w), dtype=bool)
+    sw, sh = small_size
+    ox, oy = origin
+    for x1, y1, x2, y2 in xyxy_norm.tolist():
+        gx, gy = (x2 - x1) * grow, (y2 - y1) * grow
+        c1 = max(math.floor((x1 - gx) * sw) - ox, 0)
+        r1 = max(math.floor((y1 - gy) * sh) - oy, 0)
+        c2 = min(math.ceil((x2 + gx) * sw) - ox, w)
+        r2 = min(math.ceil((y2 + gy) * sh) - oy, h)
+        if c2 > c1 and r2 > r1:
+            out[r1:r2, c1:c2] = True
+    return out

@@ -1,0 +1,351 @@
+"""Per-camera rule pipeline: tracking → zones → schedules → background → rules → events.
+
+:class:`CameraPipeline` holds all the state of one camera (tracker, per-zone background
+models, one episode per (zone, rule)) and turns each inferred frame into rule events. It does
+no I/O and reads no clock: the frame timestamp is the time. :func:`judge_still` applies the
+rules that can judge a single image, on the whole frame, with default parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gridpatrol.detectors import background as bg
+from gridpatrol.detectors.rules import (
+    EVALUATORS,
+    Box,
+    Presence,
+    RuleState,
+    Transition,
+    ZoneObservation,
+    crowd_gathering,
+    garbage_overflow,
+    step,
+    street_vending,
+)
+from gridpatrol.detectors.tracking import Tracker
+from gridpatrol.detectors.types import Detections
+from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
+from gridpatrol.site import (
+    Camera,
+    CrowdGatheringParams,
+    GarbageOverflowParams,
+    RuleParams,
+    StaticForegroundParams,
+    StreetVendingParams,
+    Zone,
+)
+
+log = logging.getLogger(__name__)
+
+EventKind = Literal["raise", "update", "clear"]
+SceneFn = Callable[[tuple[float, float, float, float]], Mapping[str, float]]
+BACKGROUND_RULES = ("shop_front_occupation", "piled_materials")
+# Rules that can judge one still image without a zone or a learned background.
+STILL_RULES = ("street_vending", "crowd_gathering", "garbage_overflow")
+
+
+@dataclass(frozen=True)
+class RuleEvent:
+    """A rule's episode transition; ``boxes`` in pixels of the frame, times timezone-aware."""
+
+    kind: EventKind
+    rule: str
+    zone_id: str
+    t: datetime
+    confidence: float
+    dwell_s: float
+    boxes: tuple[Box, ...]
+    track_ids: tuple[int, ...]
+    first_seen: datetime
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A violation judged on a single image (``gridpatrol scan``)."""
+
+    type: str
+    confidence: float
+    zone: str | None = None
+    bbox: Box = (0.0, 0.0, 0.0, 0.0)
+    dwell_verified: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "confidence": round(self.confidence, 4),
+            "zone": self.zone,
+            "bbox": [round(v, 1) for v in self.bbox],
+            "dwell_verified": self.dwell_verified,
+        }
+
+
+@dataclass
+class _ZoneRuntime:
+    zone: Zone
+    geometry: ZoneGeometry
+    rules: dict[str, RuleParams]
+    states: dict[str, RuleState] = field(default_factory=dict)
+    background: bg.BackgroundState | None = None
+    bg_params: bg.BackgroundParams | None = None
+
+    @property
+    def needs_scene(self) -> bool:
+        return "garbage_overflow" in self.rules
+
+
+def _union(boxes: NDArray[np.float32]) -> Box:
+    return (
+        float(boxes[:, 0].min()),
+        float(boxes[:, 1].min()),
+        float(boxes[:, 2].max()),
+        float(boxes[:, 3].max()),
+    )
+
+
+def _bg_params(rules: Mapping[str, RuleParams]) -> bg.BackgroundParams | None:
+    learn = [p.learn_s for n, p in rules.items() if isinstance(p, StaticForegroundParams)]
+    return bg.BackgroundParams(learn_s=min(learn)) if learn else None
+
+
+class CameraPipeline:
+    """All rule state of one camera; call :meth:`process` once per inferred frame.
+
+    ``names`` are the model's class names (index = class id). ``head_thresholds`` are the
+    decision thresholds of the loaded scene heads (``garbage_overflow`` uses its head's
+    threshold unless the zone overrides it; 0.5 when the head is unknown).
+    """
+
+    def __init__(
+        self,
+        camera: Camera,
+        tz: ZoneInfo,
+        names: Sequence[str],
+        *,
+        head_thresholds: Mapping[str, float] | None = None,
+    ) -> None:
+        self.camera = camera
+        self.tz = tz
+        self.names = tuple(names)
+        self.head_thresholds = dict(head_thresholds or {})
+        # Patrol cameras are seen every interval_s: keep tracks (and the stationarity window)
+        # across a few intervals so a parked car keeps its id between visits.
+        interval = camera.interval_s if camera.interval_s is not None else 1 / camera.sample_fps
+        self.tracker = Tracker(lost_s=max(3.0, 2.5 * interval), history_s=max(10.0, 2.5 * interval))
+        self.zones = [
+            _ZoneRuntime(
+                zone=z,
+                geometry=ZoneGeometry.of(z.polygon),
+                rules=z.rules.enabled(),
+                bg_params=_bg_params(z.rules.enabled()),
+            )
+            for z in camera.zones
+        ]
+
+    def process(
+        self,
+        t: datetime,
+        frame_size: tuple[int, int],
+        detections: Detections,
+        scene_fn: SceneFn | None = None,
+        gray_small: NDArray[np.uint8] | None = None,
+    ) -> list[RuleEvent]:
+        """Run tracking and every zone rule on one frame.
+
+        t: the frame timestamp (timezone-aware). frame_size: (width, height) of the image the
+        detection boxes refer to. scene_fn: scene-head scores of a normalized region; called
+        only for active zones with ``garbage_overflow``. gray_small: a small grayscale copy of
+        the whole frame (e.g. 160×90) for the background model of shop-front / piled-materials
+        zones; None leaves those zones without static foreground.
+        """
+        if t.tzinfo is None:
+            raise ValueError("CameraPipeline.process needs a timezone-aware timestamp")
+        ts = t.timestamp()
+        tracked = self.tracker.update(detections, ts)
+        assert tracked.tracker_id is not None
+        motion = self.tracker.motion(tracked.tracker_id)
+        labels = tuple(tracked.labels(self.names))
+        events: list[RuleEvent] = []
+        for zr in self.zones:
+            fg = self._background(zr, ts, frame_size, detections, gray_small)
+            active = schedule_active(zr.zone.schedule, t, self.tz)
+            obs = None
+            if active:
+                obs = self._observe(zr, frame_size, tracked, labels, motion, fg, scene_fn)
+            for rule, params in zr.rules.items():
+                presence = EVALUATORS[rule](obs, params) if obs is not None else None
+                state, transitions = step(zr.states.get(rule, RuleState()), presence, ts, params)
+                zr.states[rule] = state
+                events.extend(self._event(t, zr.zone.id, rule, tr) for tr in transitions)
+        for ev in events:
+            log.info(
+                "camera %s zone %s %s %s (dwell %.0f s, confidence %.2f)",
+                self.camera.id, ev.zone_id, ev.rule, ev.kind, ev.dwell_s, ev.confidence,
+            )  # fmt: skip
+        return events
+
+    def active_episodes(self) -> dict[tuple[str, str], float]:
+        """(zone, rule) → first_seen epoch seconds of the episodes currently raised."""
+        return {
+            (zr.zone.id, rule): st.first_seen
+            for zr in self.zones
+            for rule, st in zr.states.items()
+            if st.phase == "active"
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _event(self, t: datetime, zone_id: str, rule: str, tr: Transition) -> RuleEvent:
+        return RuleEvent(
+            kind=tr.kind,
+            rule=rule,
+            zone_id=zone_id,
+            t=t,
+            confidence=tr.presence.confidence,
+            dwell_s=tr.dwell_s,
+            boxes=tr.presence.boxes,
+            track_ids=tr.presence.track_ids,
+            first_seen=datetime.fromtimestamp(tr.first_seen, tz=t.tzinfo),
+            labels=tr.presence.labels,
+        )
+
+    def _background(
+        self,
+        zr: _ZoneRuntime,
+        ts: float,
+        frame_size: tuple[int, int],
+        detections: Detections,
+        gray: NDArray[np.uint8] | None,
+    ) -> tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]] | None:
+        """Update the zone's background model; returns its static foreground and crop."""
+        if zr.bg_params is None or gray is None:
+            return None
+        small = (gray.shape[1], gray.shape[0])
+        x1, y1, x2, y2 = zr.geometry.bbox
+        c1, r1 = int(x1 * small[0]), int(y1 * small[1])
+        c2, r2 = max(int(np.ceil(x2 * small[0])), c1 + 1), max(int(np.ceil(y2 * small[1])), r1 + 1)
+        crop = gray[r1:r2, c1:c2]
+        zone_mask = zr.geometry.mask(small)[r1:r2, c1:c2]
+        w, h = frame_size
+        norm = (detections.xyxy / np.asarray([w, h, w, h], dtype=np.float32)).astype(np.float32)
+        objects = bg.boxes_mask(norm, (c1, r1), crop.shape, small)
+        zr.background, static = bg.step(zr.background, crop, ts, zone_mask, objects, zr.bg_params)
+        return bg.measure(static, zone_mask, objects, (c1, r1), small), (c1, r1), small
+
+    def _observe(
+        self,
+        zr: _ZoneRuntime,
+        frame_size: tuple[int, int],
+        tracked: Detections,
+        labels: tuple[str, ...],
+        motion: Any,
+        fg: tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]] | None,
+        scene_fn: SceneFn | None,
+    ) -> ZoneObservation:
+        inside = zr.geometry.boxes_in(tracked.xyxy, frame_size)
+        idx = np.flatnonzero(inside)
+        w, h = frame_size
+        zx1, zy1, zx2, zy2 = zr.geometry.bbox
+        zone_box = (zx1 * w, zy1 * h, zx2 * w, zy2 * h)
+        new_object = np.ones(len(idx), dtype=bool)
+        static_fraction = static_bbox = None
+        if fg is not None:
+            found, origin, small = fg
+            static_fraction = found.fraction
+            if found.bbox is not None:
+                bx1, by1, bx2, by2 = found.bbox
+                static_bbox = (bx1 * w, by1 * h, bx2 * w, by2 * h)
+            new_object = _covers_foreground(
+                tracked.xyxy[idx], frame_size, found.foreground, origin, small
+            )
+        scene: Mapping[str, float] = {}
+        if zr.needs_scene and scene_fn is not None:
+            scene = scene_fn(zr.geometry.bbox)
+        assert tracked.tracker_id is not None
+        return ZoneObservation(
+            xyxy=tracked.xyxy[idx],
+            confidence=tracked.confidence[idx],
+            labels=tuple(labels[i] for i in idx),
+            track_id=tracked.tracker_id[idx],
+            displacement=motion.displacement[idx],
+            observed_s=motion.observed_s[idx],
+            new_object=new_object,
+            zone_box=zone_box,
+            zone_area_px=float(zr.geometry.mask(frame_size).sum()),
+            scene=scene,
+            head_thresholds=self.head_thresholds,
+            static_fraction=static_fraction,
+            static_bbox=static_bbox,
+        )
+
+
+def _covers_foreground(
+    xyxy: NDArray[np.float32],
+    frame_size: tuple[int, int],
+    foreground: NDArray[np.bool_],
+    origin: tuple[int, int],
+    small: tuple[int, int],
+    min_cover: float = 0.3,
+) -> NDArray[np.bool_]:
+    """Whether each box covers foreground the long-term background lacks (a new object)."""
+    w, h = frame_size
+    out = np.zeros(len(xyxy), dtype=bool)
+    for k, (x1, y1, x2, y2) in enumerate(xyxy.tolist()):
+        box: NDArray[np.float32] = np.asarray([[x1 / w, y1 / h, x2 / w, y2 / h]], np.float32)
+        cover = bg.boxes_mask(box, origin, foreground.shape, small, grow=0.0)
+        if cover.any():
+            out[k] = foreground[cover].mean() >= min_cover
+    return out
+
+
+def judge_still(
+    detections: Detections,
+    scene: Mapping[str, float],
+    frame_size: tuple[int, int],
+    names: Sequence[str],
+    *,
+    head_thresholds: Mapping[str, float] | None = None,
+) -> list[Violation]:
+    """Violations visible in one still image, judged on the whole frame with defaults.
+
+    Judged: ``street_vending`` (persons with uncarried stall props near them; stationarity
+    cannot be seen in a still, so every object counts as stationary), ``crowd_gathering``
+    (person count) and ``garbage_overflow`` (scene score vs the head's threshold). Not judged:
+    ``illegal_parking`` and ``non_motor_parking`` (a vehicle is only illegal in a no-parking
+    zone, and parked cannot be told from stopped), ``shop_front_occupation`` and
+    ``piled_materials`` (they need the zone's learned background).
+    """
+    w, h = frame_size
+    n = len(detections)
+    obs = ZoneObservation(
+        xyxy=detections.xyxy,
+        confidence=detections.confidence,
+        labels=tuple(detections.labels(names)),
+        track_id=np.arange(n, dtype=np.int64),
+        displacement=np.zeros(n, dtype=np.float32),
+        observed_s=np.full(n, np.inf, dtype=np.float32),
+        new_object=np.ones(n, dtype=bool),
+        zone_box=(0.0, 0.0, float(w), float(h)),
+        zone_area_px=float(w * h),
+        scene=dict(scene),
+        head_thresholds=dict(head_thresholds or {}),
+    )
+    found: list[tuple[str, Presence | None]] = [
+        ("street_vending", street_vending(obs, StreetVendingParams())),
+        ("crowd_gathering", crowd_gathering(obs, CrowdGatheringParams())),
+        ("garbage_overflow", garbage_overflow(obs, GarbageOverflowParams())),
+    ]
+    return [
+        Violation(type=rule, confidence=p.confidence, bbox=_union(np.asarray(p.boxes, np.float32)))
+        for rule, p in found
+        if p is not None and p.boxes
+    ]

@@ -1,0 +1,312 @@
+"""Zone rules: what each violation looks like in one frame, and the episode state machine.
+
+Every rule has two pure parts:
+
+* ``evaluate(observation, params) -> Presence | None`` decides from one frame of one zone
+  whether the violation is visible (and which boxes show it);
+* :func:`step` ``(state, presence, t, params) -> (state, transitions)`` turns the per-frame
+  answers into an occupancy episode with ``raise`` / ``update`` / ``clear`` transitions.
+
+Dwell belongs to the (zone, rule) episode, not to a track id: the episode starts when the
+condition first holds and survives absences shorter than ``gap_s`` (occlusion, a missed
+detection, an id switch that makes a stationary object look new for a moment). Time is the
+frame timestamp in seconds, injected by the caller; nothing here reads a clock or does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gridpatrol.site import (
+    CrowdGatheringParams,
+    GarbageOverflowParams,
+    IllegalParkingParams,
+    NonMotorParkingParams,
+    PiledMaterialsParams,
+    RuleParams,
+    ShopFrontParams,
+    StaticForegroundParams,
+    StreetVendingParams,
+)
+
+Box = tuple[float, float, float, float]
+TransitionKind = Literal["raise", "update", "clear"]
+
+# A track must have been seen for this long before it can count as stationary: a passer-by
+# detected for the first time has not yet had the chance to show that it moves.
+STATIONARY_MIN_S = 2.0
+DEFAULT_HEAD_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class ZoneObservation:
+    """One frame as seen by the rules of one zone (arrays are the detections in the zone).
+
+    displacement / observed_s: how far each track moved over the recent window relative to
+    its size, and how long that window is (0 for a track seen once). new_object: the box
+    covers foreground that the long-term background does not contain (all True when the zone
+    has no background model). static_fraction / static_bbox: static foreground not explained
+    by any detection (None without a background model).
+    """
+
+    xyxy: NDArray[np.float32]
+    confidence: NDArray[np.float32]
+    labels: tuple[str, ...]
+    track_id: NDArray[np.int64]
+    displacement: NDArray[np.float32]
+    observed_s: NDArray[np.float32]
+    new_object: NDArray[np.bool_]
+    zone_box: Box
+    zone_area_px: float
+    scene: Mapping[str, float] = field(default_factory=dict)
+    head_thresholds: Mapping[str, float] = field(default_factory=dict)
+    static_fraction: float | None = None
+    static_bbox: Box | None = None
+
+    def of(
+        self, wanted: list[str] | tuple[str, ...] | frozenset[str], min_conf: float
+    ) -> NDArray[np.bool_]:
+        names = np.asarray(self.labels, dtype=object)
+        if len(names) == 0:
+            return np.zeros(0, dtype=bool)
+        found: NDArray[np.bool_] = np.isin(names, list(wanted)) & (self.confidence >= min_conf)
+        return found
+
+    def stationary(self, max_displacement: float) -> NDArray[np.bool_]:
+        return (self.displacement <= max_displacement) & (self.observed_s >= STATIONARY_MIN_S)
+
+
+@dataclass(frozen=True)
+class Presence:
+    """The violation is visible in this frame: how sure, and which objects show it."""
+
+    confidence: float
+    boxes: tuple[Box, ...] = ()
+    track_ids: tuple[int, ...] = ()
+    labels: tuple[str, ...] = ()
+
+
+def _presence(obs: ZoneObservation, sel: NDArray[np.bool_], confidence: float) -> Presence:
+    idx = np.flatnonzero(sel)
+    return Presence(
+        confidence=float(min(max(confidence, 0.0), 1.0)),
+        boxes=tuple(tuple(float(v) for v in obs.xyxy[i]) for i in idx),  # type: ignore[misc]
+        track_ids=tuple(int(obs.track_id[i]) for i in idx),
+        labels=tuple(obs.labels[i] for i in idx),
+    )
+
+
+# -- per-frame evaluation, one function per rule ---------------------------------------------
+
+
+def crowd_gathering(obs: ZoneObservation, p: CrowdGatheringParams) -> Presence | None:
+    persons = obs.of(["person"], p.min_confidence)
+    if int(persons.sum()) < p.min_persons:
+        return None
+    top = np.sort(obs.confidence[persons])[::-1][: p.min_persons]
+    return _presence(obs, persons, float(top.mean()))
+
+
+def illegal_parking(obs: ZoneObservation, p: IllegalParkingParams) -> Presence | None:
+    parked = obs.of(p.classes, p.min_confidence) & obs.stationary(p.max_displacement)
+    if not parked.any():
+        return None
+    return _presence(obs, parked, float(obs.confidence[parked].max()))
+
+
+def non_motor_parking(obs: ZoneObservation, p: NonMotorParkingParams) -> Presence | None:
+    parked = obs.of(p.classes, p.min_confidence) & obs.stationary(p.max_displacement)
+    if int(parked.sum()) < p.min_count:
+        return None
+    return _presence(obs, parked, float(obs.confidence[parked].mean()))
+
+
+def _held(props: NDArray[np.float32], persons: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Props carried by a person: not larger than 1.5 persons and centred on one of them.
+
+    The person's box is extended upwards by half its height so an umbrella held overhead
+    counts as carried. A stall umbrella is larger and stands beside its owner.
+    """
+    if len(props) == 0 or len(persons) == 0:
+        return np.zeros(len(props), dtype=bool)
+    cx = (props[:, 0] + props[:, 2]) / 2
+    cy = (props[:, 1] + props[:, 3]) / 2
+    area = (props[:, 2] - props[:, 0]) * (props[:, 3] - props[:, 1])
+    ph = persons[:, 3] - persons[:, 1]
+    p_area = (persons[:, 2] - persons[:, 0]) * ph
+    inside = (
+        (cx[:, None] >= persons[None, :, 0])
+        & (cx[:, None] <= persons[None, :, 2])
+        & (cy[:, None] >= persons[None, :, 1] - ph[None, :] / 2)
+        & (cy[:, None] <= persons[None, :, 3])
+        & (area[:, None] <= 1.5 * p_area[None, :])
+    )
+    return np.asarray(inside.any(axis=1), dtype=bool)
+
+
+def _near(
+    props: NDArray[np.float32], persons: NDArray[np.float32], reach: float
+) -> NDArray[np.bool_]:
+    """(persons, props): the prop's centre is within ``reach`` person heights of the person box."""
+    cx = (props[:, 0] + props[:, 2]) / 2
+    cy = (props[:, 1] + props[:, 3]) / 2
+    dx = np.maximum(
+        np.maximum(persons[:, None, 0] - cx[None, :], cx[None, :] - persons[:, None, 2]), 0
+    )
+    dy = np.maximum(
+        np.maximum(persons[:, None, 1] - cy[None, :], cy[None, :] - persons[:, None, 3]), 0
+    )
+    height = (persons[:, 3] - persons[:, 1])[:, None]
+    near: NDArray[np.bool_] = np.hypot(dx, dy) <= reach * height
+    return near
+
+
+def street_vending(obs: ZoneObservation, p: StreetVendingParams) -> Presence | None:
+    """Stationary person(s) next to stationary stall props that nobody is carrying.
+
+    At least one prop must be a primary one (not in ``supporting_props``): a person resting
+    on a chair, standing by a parked bicycle or waiting with a suitcase is not a stall.
+    """
+    all_persons = obs.of(["person"], p.min_confidence)
+    persons = all_persons & obs.stationary(p.max_displacement)
+    props = obs.of(p.props, p.min_confidence) & obs.stationary(p.max_displacement)
+    if int(persons.sum()) < p.min_persons or not props.any():
+        return None
+    prop_idx = np.flatnonzero(props)
+    carried = _held(obs.xyxy[prop_idx], obs.xyxy[all_persons])
+    prop_idx = prop_idx[~carried]
+    if len(prop_idx) < p.min_props:
+        return None
+    person_idx = np.flatnonzero(persons)
+    near = _near(obs.xyxy[prop_idx], obs.xyxy[person_idx], p.prop_distance)
+    vendors = person_idx[near.any(axis=1)]
+    used = prop_idx[near[near.any(axis=1)].any(axis=0)] if len(vendors) else prop_idx[:0]
+    supporting = set(p.supporting_props)
+    if (
+        len(vendors) < p.min_persons
+        or len(used) < p.min_props
+        or all(obs.labels[i] in supporting for i in used)
+    ):
+        return None
+    sel = np.zeros(len(obs.labels), dtype=bool)
+    sel[vendors] = True
+    sel[used] = True
+    conf = float(np.sqrt(obs.confidence[vendors].max() * obs.confidence[used].max()))
+    return _presence(obs, sel, conf)
+
+
+def garbage_overflow(obs: ZoneObservation, p: GarbageOverflowParams) -> Presence | None:
+    score = obs.scene.get(p.head)
+    if score is None:
+        return None
+    threshold = p.threshold
+    if threshold is None:
+        threshold = obs.head_thresholds.get(p.head, DEFAULT_HEAD_THRESHOLD)
+    if score < threshold:
+        return None
+    return Presence(confidence=float(score), boxes=(obs.zone_box,), labels=(p.head,))
+
+
+def _static_confidence(area: float, min_area: float) -> float:
+    """0.5 at the area threshold, rising to 1.0 at three times it (no detector score here)."""
+    return min(1.0, 0.5 + 0.25 * (area / min_area - 1.0))
+
+
+def _static_presence(
+    obs: ZoneObservation, p: StaticForegroundParams, objects: NDArray[np.bool_]
+) -> Presence | None:
+    area = obs.static_fraction or 0.0
+    if objects.any() and obs.zone_area_px > 0:
+        wh = obs.xyxy[objects, 2:] - obs.xyxy[objects, :2]
+        area += float((wh[:, 0] * wh[:, 1]).sum()) / obs.zone_area_px
+    if area < p.min_area:
+        return None
+    found = _presence(obs, objects, _static_confidence(area, p.min_area))
+    if obs.static_bbox is not None and (obs.static_fraction or 0.0) > 0:
+        found = replace(
+            found, boxes=(*found.boxes, obs.static_bbox), labels=(*found.labels, "static")
+        )
+    return found
+
+
+def shop_front_occupation(obs: ZoneObservation, p: ShopFrontParams) -> Presence | None:
+    """Static foreground plus new stationary objects of ``classes`` cover ``min_area``."""
+    objects = obs.of(p.classes, p.min_confidence) & obs.stationary(p.max_displacement)
+    return _static_presence(obs, p, objects & obs.new_object)
+
+
+def piled_materials(obs: ZoneObservation, p: PiledMaterialsParams) -> Presence | None:
+    return _static_presence(obs, p, np.zeros(len(obs.labels), dtype=bool))
+
+
+Evaluate = Callable[[ZoneObservation, RuleParams], Presence | None]
+EVALUATORS: dict[str, Evaluate] = {
+    "street_vending": street_vending,  # type: ignore[dict-item]
+    "shop_front_occupation": shop_front_occupation,  # type: ignore[dict-item]
+    "garbage_overflow": garbage_overflow,  # type: ignore[dict-item]
+    "illegal_parking": illegal_parking,  # type: ignore[dict-item]
+    "non_motor_parking": non_motor_parking,  # type: ignore[dict-item]
+    "piled_materials": piled_materials,  # type: ignore[dict-item]
+    "crowd_gathering": crowd_gathering,  # type: ignore[dict-item]
+}
+
+
+# -- the episode state machine ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RuleState:
+    """idle → pending (condition holds, dwell running) → active (raised) → idle (cleared)."""
+
+    phase: Literal["idle", "pending", "active"] = "idle"
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    last_report: float = 0.0
+    last: Presence | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    kind: TransitionKind
+    t: float
+    first_seen: float
+    dwell_s: float
+    presence: Presence
+
+
+def step(
+    state: RuleState, presence: Presence | None, t: float, p: RuleParams
+) -> tuple[RuleState, list[Transition]]:
+    """Advance one (zone, rule) episode by one frame; ``presence`` None = not visible now."""
+    if presence is None:
+        return _absent(state, t, p)
+    ended: list[Transition] = []
+    if state.phase == "active" and t - state.last_seen >= p.clear_s:
+        # No frame arrived for clear_s (camera or worker down): the old episode is over.
+        state, ended = _absent(state, t, p)
+    if state.phase == "idle" or (state.phase == "pending" and t - state.last_seen > p.gap_s):
+        state = RuleState("pending", first_seen=t, last_seen=t, last=presence)
+    else:
+        state = replace(state, last_seen=t, last=presence)
+    dwell = t - state.first_seen
+    if state.phase == "pending" and dwell >= p.dwell_s:
+        state = replace(state, phase="active", last_report=t)
+        return state, [*ended, Transition("raise", t, state.first_seen, dwell, presence)]
+    if state.phase == "active" and t - state.last_report >= p.update_s:
+        state = replace(state, last_report=t)
+        return state, [Transition("update", t, state.first_seen, dwell, presence)]
+    return state, ended
+
+
+def _absent(state: RuleState, t: float, p: RuleParams) -> tuple[RuleState, list[Transition]]:
+    if state.phase == "pending" and t - state.last_seen > p.gap_s:
+        return RuleState(), []
+    if state.phase == "active" and t - state.last_seen >= p.clear_s and state.last is not None:
+        dwell = state.last_seen - state.first_seen
+        return RuleState(), [Transition("clear", t, state.first_seen, dwell, state.last)]
+    return state, []

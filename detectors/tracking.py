@@ -1,0 +1,254 @@
+"""ByteTrack-style multi-object tracking in numpy, with time in seconds.
+
+Two-stage association (Zhang et al., ByteTrack): confident detections are matched to every
+live track first, then the low-confidence leftovers are matched to the tracks still unmatched
+(occluded or blurred objects keep their id instead of spawning a new one). Matching is IoU
+against a constant-velocity prediction, assigned greedily best-first, never across classes.
+Lost tracks are kept for ``lost_s`` seconds, not frames: frames arrive irregularly (motion
+gate, patrol cameras), so every duration here comes from the injected timestamps.
+
+Besides ids, the tracker keeps a short position history per track so rules can ask whether an
+object is stationary: displacement measured relative to the object's own size, which works
+at any distance from the camera.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gridpatrol.detectors.types import Detections
+
+TrackState = Literal["new", "tracked", "lost"]
+
+# Extrapolating a lost track far ahead makes it match the wrong object: cap the prediction.
+_MAX_PREDICT_S = 1.0
+
+
+def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Pairwise IoU of boxes a (N, 4) and b (M, 4) in xyxy."""
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    tl = np.maximum(a[:, None, :2], b[None, :, :2])
+    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(br - tl, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    iou: NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
+    return iou
+
+
+def match(
+    iou: NDArray[np.float32], min_iou: float
+) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+    """Greedy assignment on IoU, best pair first; pairs below ``min_iou`` are not matches.
+
+    With a minimum IoU of 0.2 or more the optimal (Hungarian) and greedy assignments differ
+    only in contrived overlaps, and greedy needs nothing beyond numpy.
+    """
+    rows, cols = iou.shape
+    pairs: list[tuple[int, int]] = []
+    if rows and cols:
+        flat = np.argsort(-iou, axis=None, kind="stable")
+        used_r = np.zeros(rows, dtype=bool)
+        used_c = np.zeros(cols, dtype=bool)
+        for k in flat.tolist():
+            i, j = divmod(k, cols)
+            if iou[i, j] < min_iou:
+                break
+            if not used_r[i] and not used_c[j]:
+                used_r[i] = used_c[j] = True
+                pairs.append((i, j))
+    done_r = {i for i, _ in pairs}
+    done_c = {j for _, j in pairs}
+    return (
+        pairs,
+        [i for i in range(rows) if i not in done_r],
+        [j for j in range(cols) if j not in done_c],
+    )
+
+
+@dataclass
+class Track:
+    id: int
+    class_id: int
+    box: NDArray[np.float64]  # xyxy at last_t
+    velocity: NDArray[np.float64]  # xyxy per second
+    confidence: float
+    state: TrackState
+    first_t: float
+    last_t: float
+    hits: int = 1
+    # (t, cx, cy) samples, the oldest within history_s and always at least two.
+    history: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def predict(self, t: float) -> NDArray[np.float64]:
+        dt = min(max(t - self.last_t, 0.0), _MAX_PREDICT_S)
+        return self.box + self.velocity * dt
+
+    @property
+    def size(self) -> float:
+        """The larger side of the box: a scale that does not shrink for a person sitting down."""
+        return float(max(self.box[2] - self.box[0], self.box[3] - self.box[1], 1.0))
+
+
+@dataclass(frozen=True)
+class Motion:
+    """How far each track moved recently, relative to its size."""
+
+    displacement: NDArray[np.float32]  # max distance of the centre over the window / size
+    observed_s: NDArray[np.float32]  # span of the history the displacement covers
+
+    def stationary(self, max_displacement: float, min_observed_s: float) -> NDArray[np.bool_]:
+        return (self.displacement <= max_displacement) & (self.observed_s >= min_observed_s)
+
+
+@dataclass
+class Tracker:
+    """ByteTrack-style tracker; ``update`` is called once per frame with its timestamp.
+
+    high_conf: detections at or above start new tracks and take part in the first stage.
+    low_conf: detections between low and high only continue existing tracks.
+    first_iou / second_iou: minimum IoU to match in the first / second stage.
+    lost_s: how long an unmatched track is kept for re-association.
+    history_s: the window over which stationarity is measured.
+    """
+
+    high_conf: float = 0.45
+    low_conf: float = 0.1
+    first_iou: float = 0.2
+    second_iou: float = 0.4
+    lost_s: float = 3.0
+    history_s: float = 10.0
+    tracks: list[Track] = field(default_factory=list)
+    next_id: int = 1
+    last_t: float | None = None
+
+    def update(self, detections: Detections, t: float) -> Detections:
+        """Associate this frame's detections; returns the tracked ones with ``tracker_id``.
+
+        Low-confidence detections that continue no track are dropped, as in ByteTrack.
+        """
+        if self.last_t is not None and t < self.last_t:
+            # A frame older than the last one (reordered delivery): treat it as simultaneous.
+            t = self.last_t
+        self.last_t = t
+        self._expire(t)
+        conf = detections.confidence
+        high = np.flatnonzero(conf >= self.high_conf)
+        low = np.flatnonzero((conf >= self.low_conf) & (conf < self.high_conf))
+        assigned = np.full(len(detections), -1, dtype=np.int64)
+
+        live = list(range(len(self.tracks)))
+        pairs, rest, new_high = self._associate(detections, high, live, t, self.first_iou)
+        self._apply(detections, pairs, assigned, t)
+        # Second stage: only tracks that were being followed (not already lost) pick up weak boxes.
+        followed = [i for i in rest if self.tracks[i].state != "lost"]
+        pairs2, unmatched, _ = self._associate(detections, low, followed, t, self.second_iou)
+        self._apply(detections, pairs2, assigned, t)
+
+        for i in set(unmatched) | (set(rest) - set(followed)):
+            track = self.tracks[i]
+            # A track seen once and not confirmed is noise; a followed one waits as lost.
+            track.state = "lost" if track.hits > 1 or track.state == "lost" else track.state
+        self.tracks = [tr for tr in self.tracks if not (tr.state == "new" and tr.last_t < t)]
+        for d in new_high:
+            assigned[d] = self._start(detections, int(d), t)
+        keep = assigned >= 0
+        return detections[keep].with_tracker_id(assigned[keep])
+
+    def motion(self, track_ids: NDArray[np.int64]) -> Motion:
+        """Displacement and observed span of the given tracks (0 / 0 for unknown ids)."""
+        by_id = {tr.id: tr for tr in self.tracks}
+        disp = np.zeros(len(track_ids), dtype=np.float32)
+        span = np.zeros(len(track_ids), dtype=np.float32)
+        for k, tid in enumerate(track_ids.tolist()):
+            track = by_id.get(tid)
+            if track is None or len(track.history) < 2:
+                continue
+            hist = np.asarray(track.history)
+            now = hist[-1]
+            disp[k] = np.hypot(hist[:, 1] - now[1], hist[:, 2] - now[2]).max() / track.size
+            span[k] = now[0] - hist[0, 0]
+        return Motion(disp, span)
+
+    def states(self) -> dict[int, TrackState]:
+        return {tr.id: tr.state for tr in self.tracks}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _expire(self, t: float) -> None:
+        self.tracks = [
+            tr for tr in self.tracks if tr.state != "lost" or t - tr.last_t <= self.lost_s
+        ]
+
+    def _associate(
+        self,
+        detections: Detections,
+        det_idx: NDArray[np.intp],
+        track_idx: list[int],
+        t: float,
+        min_iou: float,
+    ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """Match detections ``det_idx`` to tracks ``track_idx``; returns original indices."""
+        if not track_idx or len(det_idx) == 0:
+            return [], list(track_idx), [int(d) for d in det_idx]
+        predicted = np.stack([self.tracks[i].predict(t) for i in track_idx]).astype(np.float32)
+        iou = iou_matrix(predicted, detections.xyxy[det_idx])
+        classes = np.asarray([self.tracks[i].class_id for i in track_idx])
+        iou[classes[:, None] != detections.class_id[det_idx][None, :]] = 0.0
+        pairs, rest_t, rest_d = match(iou, min_iou)
+        return (
+            [(track_idx[i], int(det_idx[j])) for i, j in pairs],
+            [track_idx[i] for i in rest_t],
+            [int(det_idx[j]) for j in rest_d],
+        )
+
+    def _apply(
+        self,
+        detections: Detections,
+        pairs: list[tuple[int, int]],
+        assigned: NDArray[np.int64],
+        t: float,
+    ) -> None:
+        for ti, di in pairs:
+            track = self.tracks[ti]
+            box = detections.xyxy[di].astype(np.float64)
+            dt = t - track.last_t
+            if dt > 1e-6:
+                # Smoothed velocity: detections jitter by a few pixels from frame to frame.
+                track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / dt
+            track.box = box
+            track.last_t = t
+            track.confidence = float(detections.confidence[di])
+            track.hits += 1
+            track.state = "tracked"
+            self._remember(track, t)
+            assigned[di] = track.id
+
+    def _remember(self, track: Track, t: float) -> None:
+        cx = float(track.box[0] + track.box[2]) / 2
+        cy = float(track.box[1] + track.box[3]) / 2
+        track.history.append((t, cx, cy))
+        while len(track.history) > 2 and t - track.history[1][0] >= self.history_s:
+            track.history.pop(0)
+
+    def _start(self, detections: Detections, di: int, t: float) -> int:
+        track = Track(
+            id=self.next_id,
+            class_id=int(detections.class_id[di]),
+            box=detections.xyxy[di].astype(np.float64),
+            velocity=np.zeros(4),
+            confidence=float(detections.confidence[di]),
+            state="new",
+            first_t=t,
+            last_t=t,
+        )
+        self._remember(track, t)
+        self.next_id += 1
+        self.tracks.append(track)
+        return track.id
