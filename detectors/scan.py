@@ -1,0 +1,317 @@
+"""``gridpatrol scan``: detections, scene scores and violations for images, folders and videos.
+
+One JSON object per image or sampled video frame on stdout (pixels of the original image);
+progress and problems on stderr. Without ``--config`` the rules that can judge a still image do
+so on the whole frame (``dwell_verified: false``); with ``--config --camera`` a video runs
+through that camera's full pipeline (tracking, zones, schedules, dwell) with timestamps from
+the video position, and raised / updated violations carry ``dwell_verified: true``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from gridpatrol.detectors.models import (
+    MissingExtraError,
+    ModelNotFoundError,
+    load_backend,
+    model_info,
+    resolve_model,
+)
+from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".ts"})
+CHUNK = 8  # frames per backend call: enough to keep the async queue busy
+Region = tuple[float, float, float, float]
+
+
+class Head(Protocol):
+    """What scan needs of a scene head (``gridpatrol.detectors.heads.SceneHead``)."""
+
+    name: str
+    threshold: float
+    feature_nodes: tuple[str, ...]
+
+    def score(self, result: InferenceResult, region: Region | None = None) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One image to judge: a still (frame 0, no ts) or a sampled video frame."""
+
+    source: str
+    frame: int
+    ts: float | None
+    image: NDArray[np.uint8]
+
+
+class ScanError(Exception):
+    """A source that cannot be read; reported and skipped."""
+
+
+# --- sources -----------------------------------------------------------------------------------
+
+
+def expand(paths: Sequence[str]) -> list[Path]:
+    """Files to scan: given files as they are, folders recursively (images and videos)."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(
+                p
+                for p in sorted(path.rglob("*"))
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            )
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ScanError(f"{raw}: no such file or folder")
+    return found
+
+
+def read_still(path: Path) -> Sample:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ScanError(f"{path}: not a readable image")
+    return Sample(str(path), 0, None, np.asarray(image, dtype=np.uint8))
+
+
+def read_video(path: Path, fps: float) -> Iterator[Sample]:
+    """Frames sampled at ``fps`` (by video position); frames in between are skipped undecoded."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ScanError(f"{path}: not a readable video")
+    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    step = 1.0 / fps
+    next_t = 0.0
+    index = 0
+    try:
+        while cap.grab():
+            t = index / native
+            if t + 1e-6 >= next_t:
+                ok, image = cap.retrieve()
+                if ok:
+                    yield Sample(str(path), index, round(t, 3), np.asarray(image, dtype=np.uint8))
+                next_t += step * max(1, int((t - next_t) // step) + 1)
+            index += 1
+    finally:
+        cap.release()
+    if index == 0:
+        raise ScanError(f"{path}: no frames could be decoded")
+
+
+def samples(path: Path, fps: float) -> Iterator[Sample]:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        yield from read_video(path, fps)
+    else:
+        yield read_still(path)
+
+
+# --- judging -----------------------------------------------------------------------------------
+
+
+def load_heads(info: ModelInfo) -> dict[str, Head]:
+    if importlib.util.find_spec("gridpatrol.detectors.heads") is None:
+        log.warning("no scene heads available: scene scores and garbage_overflow are off")
+        return {}
+    heads_module = importlib.import_module("gridpatrol.detectors.heads")
+    loaded: Mapping[str, Head] = heads_module.load_default_heads(info)
+    return dict(loaded)
+
+
+def detections_json(detections: Detections, names: Sequence[str]) -> list[dict[str, Any]]:
+    labels = detections.labels(names)
+    return [
+        {
+            "label": label,
+            "class_id": int(cls),
+            "confidence": round(float(conf), 4),
+            "bbox": [round(float(v), 1) for v in box],
+        }
+        for label, cls, conf, box in zip(
+            labels, detections.class_id, detections.confidence, detections.xyxy, strict=True
+        )
+    ]
+
+
+class Judge:
+    """Turns inference results into violation dicts: still rules, or a camera's pipeline."""
+
+    def __init__(self, info: ModelInfo, heads: Mapping[str, Head], args: argparse.Namespace):
+        self.info = info
+        self.heads = heads
+        self.thresholds = {name: head.threshold for name, head in heads.items()}
+        self.camera: Any = None
+        self.tz: Any = None
+        self.start = datetime.now(UTC)
+        if args.start:
+            self.start = datetime.fromisoformat(args.start)
+            if self.start.tzinfo is None:
+                raise ScanError("--start needs a timezone offset, e.g. 2026-05-01T09:00:00+08:00")
+        if args.config:
+            from gridpatrol.site import load_site
+
+            site = load_site(args.config)
+            if not args.camera:
+                raise ScanError("--config needs --camera ID (the camera whose zones to apply)")
+            try:
+                self.camera = site.camera(args.camera)
+            except KeyError:
+                known = ", ".join(c.id for c in site.cameras) or "none"
+                raise ScanError(
+                    f"camera {args.camera!r} is not in {args.config} ({known})"
+                ) from None
+            self.tz = site.tz
+        elif args.camera:
+            raise ScanError("--camera needs --config site.yaml")
+        self.pipelines: dict[str, Any] = {}
+
+    def scene(self, result: InferenceResult, region: Region | None = None) -> dict[str, float]:
+        return {name: float(head.score(result, region)) for name, head in self.heads.items()}
+
+    def violations(
+        self, sample: Sample, result: InferenceResult, scene: Mapping[str, float]
+    ) -> list[dict[str, Any]]:
+        h, w = sample.image.shape[:2]
+        if self.camera is None or sample.ts is None:
+            from gridpatrol.detectors.pipeline import judge_still
+
+            found = judge_still(
+                result.detections, scene, (w, h), self.info.names, head_thresholds=self.thresholds
+            )
+            return [v.as_json() for v in found]
+        return self._pipeline(sample, result, (w, h))
+
+    def _pipeline(
+        self, sample: Sample, result: InferenceResult, size: tuple[int, int]
+    ) -> list[dict[str, Any]]:
+        from gridpatrol.detectors.motion import small_gray
+        from gridpatrol.detectors.pipeline import CameraPipeline
+
+        pipeline = self.pipelines.get(sample.source)
+        if pipeline is None:  # each video is its own timeline
+            pipeline = CameraPipeline(
+                self.camera, self.tz, self.info.names, head_thresholds=self.thresholds
+            )
+            self.pipelines[sample.source] = pipeline
+        t = self.start + timedelta(seconds=sample.ts or 0.0)
+        events = pipeline.process(
+            t,
+            size,
+            result.detections,
+            lambda region: self.scene(result, region),
+            small_gray(sample.image),
+        )
+        return [
+            {
+                "type": ev.rule,
+                "confidence": round(float(ev.confidence), 4),
+                "zone": ev.zone_id,
+                "bbox": [round(float(v), 1) for v in _union(ev.boxes, size)],
+                "dwell_verified": True,
+                "event": ev.kind,
+                "dwell_s": round(float(ev.dwell_s), 1),
+            }
+            for ev in events
+            if ev.kind in ("raise", "update")
+        ]
+
+
+def _union(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> tuple[float, ...]:
+    if not boxes:
+        return (0.0, 0.0, float(size[0]), float(size[1]))
+    arr = np.asarray(boxes, dtype=np.float64)
+    return (arr[:, 0].min(), arr[:, 1].min(), arr[:, 2].max(), arr[:, 3].max())
+
+
+def record(
+    sample: Sample, result: InferenceResult, judge: Judge, info: ModelInfo
+) -> dict[str, Any]:
+    scene = judge.scene(result)
+    h, w = sample.image.shape[:2]
+    return {
+        "source": sample.source,
+        "frame": sample.frame,
+        "ts": sample.ts,
+        "width": w,
+        "height": h,
+        "detections": detections_json(result.detections, info.names),
+        "scene": {k: round(v, 4) for k, v in scene.items()},
+        "violations": judge.violations(sample, result, scene),
+        "model": info.as_record(),
+    }
+
+
+# --- driver ------------------------------------------------------------------------------------
+
+
+def chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def scan_file(path: Path, backend: Backend, judge: Judge, fps: float, out: TextIO) -> int:
+    """Scan one file; returns the number of records written."""
+    written = 0
+    for batch in chunks(samples(path, fps), CHUNK):
+        results = backend.infer([s.image for s in batch])
+        for sample, result in zip(batch, results, strict=True):
+            out.write(json.dumps(record(sample, result, judge, backend.info)) + "\n")
+            written += 1
+        out.flush()
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every source was scanned, 1 when some could not be read, 2 on setup errors."""
+    if args.fps <= 0:
+        print("scan: --fps must be positive", file=sys.stderr)
+        return 2
+    try:
+        files = expand(args.paths)
+        spec = resolve_model(args.model)
+        heads = load_heads(model_info(spec))
+        nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
+        backend = load_backend(spec, args.backend, nodes, conf=args.conf)
+        judge = Judge(backend.info, heads, args)
+    except (ScanError, ModelNotFoundError, MissingExtraError, ValueError) as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return 2
+    failed = 0
+    try:
+        for number, path in enumerate(files, 1):
+            print(f"scan: [{number}/{len(files)}] {path}", file=sys.stderr, flush=True)
+            try:
+                count = scan_file(path, backend, judge, args.fps, sys.stdout)
+            except ScanError as exc:
+                print(f"scan: {exc}", file=sys.stderr, flush=True)
+                failed += 1
+                continue
+            print(f"scan: {path}: {count} frame(s)", file=sys.stderr, flush=True)
+    finally:
+        backend.close()
+    return 1 if failed else 0
