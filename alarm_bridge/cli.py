@@ -1,0 +1,157 @@
+"""``gridpatrol bridge`` and ``gridpatrol simulate-sensors``.
+
+Light at import time: everything heavy is imported inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    bridge: argparse.ArgumentParser = sub.add_parser(
+        "bridge",
+        help="turn field-sensor alarms into candidate cases",
+        description="Environment: GRIDPATROL_MQTT_URL, GRIDPATROL_API_URL, GRIDPATROL_API_TOKEN, "
+        "GRIDPATROL_STATE_DIR (default var/state; the state database is bridge.db there).",
+    )
+    bridge.add_argument("--config", required=True, help="the site YAML file")
+    bridge.add_argument(
+        "--client-id", default=None, help="MQTT client id of the persistent session"
+    )
+    bridge.add_argument("--progress-s", type=float, default=5.0, help="seconds between progress")
+    bridge.set_defaults(func=run_bridge)
+
+    sim: argparse.ArgumentParser = sub.add_parser(
+        "simulate-sensors", help="publish realistic simulated sensor traffic"
+    )
+    sim.add_argument("--config", required=True, help="the site YAML file")
+    sim.add_argument("--rate", type=float, required=True, help="messages per second in total")
+    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.set_defaults(func=run_simulate)
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:
+    stop.wait()
+    action()
+
+
+def default_client_id(prefix: str) -> str:
+    """Stable per prefix, so the persistent session is found again after a restart."""
+    suffix = "" if prefix == "gridpatrol" else "-" + prefix.replace("/", "-")
+    return f"gp-alarm_bridge{suffix}"
+
+
+def run_bridge(args: argparse.Namespace) -> int:
+    from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
+    from gridpatrol.api.client import ApiClient, Outbox
+    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.site import SiteConfigError, load_site
+
+    try:
+        site = load_site(args.config)
+    except SiteConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    prefix = site.mqtt.prefix
+    state_dir = Path(os.environ.get("GRIDPATROL_STATE_DIR") or "var/state")
+    outbox = Outbox(state_dir / "bridge.db", ApiClient.from_env(), component=COMPONENT)
+    mqtt = MqttConnection(
+        COMPONENT,
+        prefix=prefix,
+        persistent=True,
+        manual_ack=True,
+        client_id=args.client_id or default_client_id(prefix),
+    )
+    media = MqttConnection(f"{COMPONENT}-media", prefix=prefix)
+    bridge = Bridge(site, outbox, mqtt, media, progress_s=args.progress_s)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
+    outbox.start()
+    mqtt.start()
+    media.start()
+    log.info(
+        "bridge: %d sensors, state %s, broker %s",
+        len(site.sensors),
+        state_dir / "bridge.db",
+        mqtt.settings.url,
+    )
+    try:
+        bridge.run()
+    finally:
+        media.stop()
+        mqtt.stop()
+        outbox.stop()
+    log.info("bridge: stopped (outbox depth %d)", outbox.depth())
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from gridpatrol.alarm_bridge.simulate import simulated_sensors
+    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.site import SiteConfigError, load_site
+
+    try:
+        site = load_site(args.config)
+    except SiteConfigError as exc:
+        log.error("%s", exc)
+        return 2
+    if not site.sensors or args.rate <= 0:
+        log.error("nothing to simulate: the site has no sensors or the rate is not positive")
+        return 2
+    prefix = site.mqtt.prefix
+    sensors = simulated_sensors(site.sensors, prefix, seed=args.seed)
+    conn = MqttConnection("simulate-sensors", prefix=prefix)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    conn.start()
+    start = time.monotonic()
+    sent = 0
+    tick = 0
+    last_report = start
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if args.duration is not None and now - start >= args.duration:
+                break
+            due = start + sent / args.rate
+            if due > now:
+                stop.wait(min(due - now, 0.5))
+                continue
+            sim = sensors[tick % len(sensors)]
+            tick += 1
+            pub = sim.next_message(time.time())
+            if pub is None:
+                continue
+            conn.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
+            sent += 1
+            if now - last_report >= 5.0:
+                log.info("simulate-sensors: %d messages, %.1f/s", sent, sent / (now - start))
+                last_report = now
+    finally:
+        # QoS 1 publications leave in order: once this one is acknowledged, all earlier are.
+        conn.publish_wait(conn.status_topic, b"online", qos=1, retain=True, timeout=30)
+        conn.stop()
+    log.info("simulate-sensors: %d messages in %.1f s", sent, time.monotonic() - start)
+    return 0

@@ -1,0 +1,143 @@
+"""Simulated field sensors: realistic alarm traffic for the demo, tests and the benchmark.
+
+Each sensor of the site file gets a pattern by kind: manhole covers tilt and are put back
+(device envelopes), water levels rise and fall (SenML packs), bins fill up slowly and are
+emptied (threshold readings), noise wobbles around its thresholds, smoke detectors fire now
+and then; every sensor sometimes goes offline through its last will. The generators are pure:
+``next_message(t)`` returns what to publish at time ``t``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import uuid
+from dataclasses import dataclass, field
+
+from gridpatrol.ingest.messages import (
+    AlarmEnvelope,
+    SenMLRecord,
+    Severity,
+    ThresholdReading,
+    Transition,
+    from_epoch,
+)
+from gridpatrol.ingest.topics import sensor_alarm_topic, sensor_status_topic
+from gridpatrol.site import Sensor
+
+
+@dataclass(frozen=True)
+class Publication:
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+@dataclass
+class SimulatedSensor:
+    sensor: Sensor
+    prefix: str
+    rng: random.Random
+    boot_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    seq: int = 0
+    level: float = 0.0
+    tilted: bool = False
+    offline_until: float = 0.0
+
+    def next_message(self, t: float) -> Publication | None:
+        """What the sensor sends at ``t``; None while it is offline (silent)."""
+        if self.offline_until:
+            if t < self.offline_until:
+                return None
+            self.offline_until = 0.0
+            return Publication(sensor_status_topic(self.prefix, self.sensor.id), b"online", True)
+        if self.rng.random() < 0.002:
+            self.offline_until = t + self.rng.uniform(5, 30)
+            return Publication(sensor_status_topic(self.prefix, self.sensor.id), b"offline", True)
+        kind = self.sensor.kind
+        if kind == "manhole_cover":
+            return self._manhole(t)
+        if kind == "smoke":
+            return self._smoke(t)
+        if kind == "waterlogging":
+            return self._senml(t, self._water_level(t))
+        if kind == "bin_fill":
+            return self._reading(t, self._bin_fill())
+        return self._reading(t, self._noisy(t))
+
+    # -- patterns ---------------------------------------------------------------------------------
+
+    def _water_level(self, t: float) -> float:
+        # A storm every ten minutes: the underpass floods to ~25 cm and drains again.
+        return max(0.0, 25 * math.sin(2 * math.pi * t / 600.0) + self.rng.gauss(0, 0.8))
+
+    def _bin_fill(self) -> float:
+        self.level = min(100.0, self.level + self.rng.uniform(0.0, 0.6))
+        if self.level >= 98 and self.rng.random() < 0.05:
+            self.level = self.rng.uniform(2, 8)  # the truck came
+        return round(self.level, 1)
+
+    def _noisy(self, t: float) -> float:
+        th = self.sensor.thresholds
+        centre = th.raise_ if th is not None else 65.0
+        return round(centre + 6 * math.sin(t / 45.0) + self.rng.gauss(0, 3), 1)
+
+    def _manhole(self, t: float) -> Publication:
+        if not self.tilted and self.rng.random() < 0.05:
+            self.tilted = True
+            return self._envelope(t, "manhole_tilt", "raise", "MAJOR", 20 + self.rng.random() * 30)
+        if self.tilted and self.rng.random() < 0.1:
+            self.tilted = False
+            return self._envelope(t, "manhole_tilt", "clear", "MAJOR", self.rng.random() * 3)
+        if self.tilted:
+            severity: Severity = "CRITICAL" if self.rng.random() < 0.2 else "MAJOR"
+            tilt = 25 + self.rng.random() * 40
+            return self._envelope(t, "manhole_tilt", "update", severity, tilt)
+        return self._reading(t, round(self.rng.uniform(0, 4), 2))
+
+    def _smoke(self, t: float) -> Publication:
+        if self.rng.random() < 0.02:
+            transition: Transition = "clear" if self.tilted else "raise"
+            self.tilted = not self.tilted
+            return self._envelope(t, "smoke", transition, "CRITICAL", self.rng.uniform(0.1, 0.5))
+        return self._envelope(t, "smoke", "update" if self.tilted else "clear", "CRITICAL", 0.05)
+
+    # -- payloads ---------------------------------------------------------------------------------
+
+    def _envelope(
+        self, t: float, alarm_type: str, transition: Transition, severity: Severity, value: float
+    ) -> Publication:
+        self.seq += 1
+        unit = self.sensor.thresholds.unit if self.sensor.thresholds else ""
+        env = AlarmEnvelope(
+            event_id=f"{self.boot_id}-{self.seq}",
+            sensor_id=self.sensor.id,
+            alarm_type=alarm_type,
+            transition=transition,
+            severity=severity,
+            ts=from_epoch(t),
+            measurements=(SenMLRecord(n=alarm_type, u=unit or None, v=round(value, 3)),),
+            seq=self.seq,
+            boot_id=self.boot_id,
+        )
+        return Publication(sensor_alarm_topic(self.prefix, self.sensor.id), env.encode())
+
+    def _reading(self, t: float, value: float) -> Publication:
+        reading = ThresholdReading(self.sensor.id, float(value), from_epoch(t))
+        return Publication(sensor_alarm_topic(self.prefix, self.sensor.id), reading.encode())
+
+    def _senml(self, t: float, value: float) -> Publication:
+        unit = self.sensor.thresholds.unit if self.sensor.thresholds else "cm"
+        pack = [
+            {"bn": f"{self.sensor.id}:", "bt": round(t, 3), "n": "level", "u": unit, "v": value},
+            {"n": "battery", "u": "%EL", "v": 87},
+        ]
+        return Publication(
+            sensor_alarm_topic(self.prefix, self.sensor.id), json.dumps(pack).encode()
+        )
+
+
+def simulated_sensors(sensors: list[Sensor], prefix: str, seed: int = 1) -> list[SimulatedSensor]:
+    rng = random.Random(seed)
+    return [SimulatedSensor(s, prefix, random.Random(rng.random())) for s in sensors]

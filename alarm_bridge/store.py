@@ -1,0 +1,129 @@
+"""The bridge's own tables, kept in the outbox's SQLite file and written in its transactions.
+
+Dedup keys, lifecycle states, per-boot sequence numbers, the per-sensor reading ring and the
+last-heard times all commit together with the outbox entries they cause, so a crash at any
+point either keeps all of a message's effects or none of them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict
+from typing import Any
+
+from gridpatrol.alarm_bridge.lifecycle import AlarmState
+
+TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS bridge_dedup (
+    sensor_id TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    processed_at REAL NOT NULL,
+    PRIMARY KEY (sensor_id, event_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bridge_alarm_state (
+    sensor_id TEXT NOT NULL,
+    alarm_type TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (sensor_id, alarm_type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bridge_seq (
+    sensor_id TEXT PRIMARY KEY,
+    boot_id TEXT,
+    seq INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bridge_trace (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    sensor_id TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS bridge_trace_sensor ON bridge_trace (sensor_id, id);
+CREATE TABLE IF NOT EXISTS bridge_seen (
+    sensor_id TEXT PRIMARY KEY,
+    last_heard REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+def init(conn: sqlite3.Connection) -> None:
+    """Create the tables; statement by statement, as executescript would end the transaction."""
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def claim(conn: sqlite3.Connection, sensor_id: str, event_key: str, now: float) -> bool:
+    """Record the message as processed; False when it already was (a redelivery)."""
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO bridge_dedup (sensor_id, event_key, processed_at) VALUES (?, ?, ?)",
+        (sensor_id, event_key, now),
+    )
+    return cur.rowcount == 1
+
+
+def prune_dedup(conn: sqlite3.Connection, older_than: float) -> int:
+    return conn.execute("DELETE FROM bridge_dedup WHERE processed_at < ?", (older_than,)).rowcount
+
+
+def load_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str) -> AlarmState:
+    row = conn.execute(
+        "SELECT state FROM bridge_alarm_state WHERE sensor_id = ? AND alarm_type = ?",
+        (sensor_id, alarm_type),
+    ).fetchone()
+    if row is None:
+        return AlarmState()
+    return AlarmState(**json.loads(row[0]))
+
+
+def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
+        (sensor_id, alarm_type, json.dumps(asdict(st))),
+    )
+
+
+def last_seq(conn: sqlite3.Connection, sensor_id: str) -> tuple[str | None, int] | None:
+    row = conn.execute("SELECT boot_id, seq FROM bridge_seq WHERE sensor_id = ?", (sensor_id,))
+    found = row.fetchone()
+    return (found[0], int(found[1])) if found is not None else None
+
+
+def save_seq(conn: sqlite3.Connection, sensor_id: str, boot_id: str | None, seq: int) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq) VALUES (?, ?, ?)",
+        (sensor_id, boot_id, seq),
+    )
+
+
+def append_trace(conn: sqlite3.Connection, sensor_id: str, entry: dict[str, Any]) -> None:
+    conn.execute(
+        "INSERT INTO bridge_trace (sensor_id, entry) VALUES (?, ?)",
+        (sensor_id, json.dumps(entry, ensure_ascii=False)),
+    )
+    # Bounded ring: only the newest TRACE_LEN rows of each sensor stay.
+    conn.execute(
+        "DELETE FROM bridge_trace WHERE sensor_id = ? AND id < (SELECT id FROM bridge_trace"
+        " WHERE sensor_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+        (sensor_id, sensor_id, TRACE_LEN - 1),
+    )
+
+
+def trace(conn: sqlite3.Connection, sensor_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT entry FROM bridge_trace WHERE sensor_id = ? ORDER BY id DESC LIMIT ?",
+        (sensor_id, TRACE_LEN),
+    ).fetchall()
+    return [json.loads(r[0]) for r in reversed(rows)]
+
+
+def heard(conn: sqlite3.Connection, sensor_id: str, now: float) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_seen (sensor_id, last_heard) VALUES (?, ?)",
+        (sensor_id, now),
+    )
+
+
+def last_heard(conn: sqlite3.Connection) -> dict[str, float]:
+    return {s: float(t) for s, t in conn.execute("SELECT sensor_id, last_heard FROM bridge_seen")}

@@ -1,0 +1,421 @@
+"""The bridge worker: sensor messages in, candidate operations out, exactly once in effect.
+
+Per batch of MQTT messages: one SQLite transaction writes every dedup key, lifecycle state and
+outbox entry the batch causes; only after the commit are dead letters published and the
+messages acknowledged, in arrival order. A crash before the commit leaves the messages
+unacknowledged (the persistent session redelivers them); a crash after it finds their dedup
+keys on redelivery. Camera snapshots are fetched on a side thread and added by PATCH later,
+so a slow camera never holds up an alarm.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from gridpatrol.alarm_bridge import candidates, store
+from gridpatrol.alarm_bridge.adapters import (
+    DEVICE_OFFLINE,
+    AlarmInput,
+    Rejected,
+    adapt,
+    alarm_id_for,
+    seq_in_order,
+)
+from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
+from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
+from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic
+from gridpatrol.site import Sensor, Site
+
+if TYPE_CHECKING:
+    from gridpatrol.api.client import Outbox, OutboxTxn
+    from gridpatrol.ingest.mqtt import Message, MqttConnection
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "alarm_bridge"
+BATCH = 100  # messages per transaction; also below the broker's usual in-flight window
+SILENCE_FACTOR = 3.0
+DEDUP_RETENTION_S = 7 * 86400
+SNAPSHOT_TIMEOUT_S = 5.0
+SNAPSHOT_QUEUE = 256
+
+
+@dataclass
+class Counters:
+    received: int = 0
+    created: int = 0
+    updated: int = 0
+    cleared: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    ignored: int = 0
+    snapshots: int = 0
+    snapshot_fallbacks: int = 0
+    snapshot_missing: int = 0
+    snapshot_dropped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    topic: str
+    payload: bytes
+    received_at: datetime
+
+
+@dataclass
+class BatchResult:
+    dead: list[DeadLetter] = field(default_factory=list)
+    snapshots: list[tuple[str, str]] = field(default_factory=list)  # (candidate id, camera id)
+
+
+class BridgeCore:
+    """Message handling inside a transaction; no network, time injected by the caller."""
+
+    def __init__(self, site: Site, *, prefix: str | None = None) -> None:
+        self.site = site
+        self.prefix = prefix or site.mqtt.prefix
+        self.registry: dict[str, Sensor] = {s.id: s for s in site.sensors}
+        self.counts = Counters()
+        self.started_at: float | None = None
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def handle(
+        self, txn: OutboxTxn, topic: str, payload: bytes, received_at: datetime, out: BatchResult
+    ) -> None:
+        """One message from ``{prefix}/sensors/#``; anything unusable becomes a dead letter."""
+        self.counts.received += 1
+        match = parse_topic(self.prefix, topic)
+        if match is not None and match.kind == "sensor_status":
+            self._status(txn, match.id, payload, received_at.timestamp(), out)
+            return
+        if match is None or match.kind != "sensor_alarm":
+            self._reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
+            return
+        adapted = adapt(
+            payload, sensor_id=match.id, registry=self.registry, received_at=received_at
+        )
+        if isinstance(adapted, Rejected):
+            self._reject(out, adapted, topic, payload, received_at)
+            return
+        conn = txn.conn
+        now = received_at.timestamp()
+        if not store.claim(conn, adapted.sensor_id, adapted.event_key, now):
+            self.counts.duplicates += 1
+            return
+        store.heard(conn, adapted.sensor_id, now)
+        self._back_online(txn, self.registry[adapted.sensor_id], now, out)
+        first = adapted.inputs[0]
+        if first.seq is not None:
+            if not seq_in_order(store.last_seq(conn, first.sensor.id), first.boot_id, first.seq):
+                self.counts.out_of_order += 1
+                log.info("sensor %s: seq %s out of order, ignored", first.sensor.id, first.seq)
+                return
+            store.save_seq(conn, first.sensor.id, first.boot_id, first.seq)
+        for item in adapted.inputs:
+            store.append_trace(conn, item.sensor.id, _trace_entry(item))
+            self._advance(txn, item, now, out)
+
+    def _reject(
+        self, out: BatchResult, why: Rejected, topic: str, payload: bytes, received_at: datetime
+    ) -> None:
+        self.counts.dead_letters += 1
+        self.counts.reasons[why.reason] = self.counts.reasons.get(why.reason, 0) + 1
+        log.warning("dead letter from %s: %s %s", topic, why.reason, why.detail)
+        out.dead.append(DeadLetter(why.reason, topic, payload, received_at))
+
+    def _advance(self, txn: OutboxTxn, item: AlarmInput, now: float, out: BatchResult) -> None:
+        conn = txn.conn
+        state = store.load_state(conn, item.sensor.id, item.alarm_type)
+        new_state, effects = step(state, item.event, item.t)
+        store.save_state(conn, item.sensor.id, item.alarm_type, new_state)
+        for effect in effects:
+            self._apply(txn, item, effect, now, out)
+
+    def _apply(
+        self, txn: OutboxTxn, item: AlarmInput, effect: Effect, now: float, out: BatchResult
+    ) -> None:
+        if effect.kind == "raise":
+            assert effect.alarm.alarm_id is not None
+            trace = _trace_document(item.sensor, store.trace(txn.conn, item.sensor.id))
+            sha = txn.add_evidence(trace, "application/json")
+            body = candidates.create_body(item, effect, self.site.policy, sha, now)
+            txn.create_candidate(body, effect.alarm.alarm_id)
+            self.counts.created += 1
+            log.info(
+                "sensor %s: %s raised as candidate %s",
+                item.sensor.id,
+                item.alarm_type,
+                effect.alarm.alarm_id,
+            )
+            if item.sensor.camera is not None:
+                out.snapshots.append((effect.alarm.alarm_id, item.sensor.camera))
+        elif effect.kind in ("update", "clear"):
+            assert effect.alarm.alarm_id is not None
+            txn.patch_candidate(effect.alarm.alarm_id, candidates.update_patch(item, effect))
+            if effect.kind == "update":
+                self.counts.updated += 1
+            else:
+                self.counts.cleared += 1
+                log.info("sensor %s: %s cleared", item.sensor.id, item.alarm_type)
+        else:
+            self.counts.ignored += 1
+
+    # -- device_offline -------------------------------------------------------------------------
+
+    def _offline_input(self, sensor: Sensor, key: str, transition: str, t: float) -> AlarmInput:
+        event = DeviceInput(
+            transition="raise" if transition == "raise" else "clear",
+            severity="MAJOR",
+            new_alarm_id=alarm_id_for(sensor.id, DEVICE_OFFLINE, key),
+        )
+        return AlarmInput(sensor, DEVICE_OFFLINE, key, t, event)
+
+    def _status(
+        self, txn: OutboxTxn, sensor_id: str, payload: bytes, now: float, out: BatchResult
+    ) -> None:
+        sensor = self.registry.get(sensor_id)
+        if sensor is None:
+            self.counts.ignored += 1  # retained status of a sensor no longer in the site file
+            return
+        text = payload.strip().lower()
+        state = store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE)
+        if text == b"offline" and not state.active:
+            # The device's last will: a state, so only its edge raises (it is retained).
+            item = self._offline_input(sensor, f"lwt:{now:.6f}", "raise", now)
+            self._advance(txn, item, now, out)
+        elif text == b"online":
+            store.heard(txn.conn, sensor.id, now)
+            self._back_online(txn, sensor, now, out)
+
+    def _back_online(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
+        if store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE).active:
+            item = self._offline_input(sensor, f"online:{now:.6f}", "clear", now)
+            self._advance(txn, item, now, out)
+
+    def check_silence(self, txn: OutboxTxn, now: float, out: BatchResult) -> int:
+        """Raise ``device_offline`` for sensors silent longer than 3 x expected_interval_s."""
+        if self.started_at is None:
+            self.started_at = now
+        heard = store.last_heard(txn.conn)
+        raised = 0
+        for sensor in self.site.sensors:
+            if sensor.expected_interval_s is None:
+                continue
+            last = heard.get(sensor.id, self.started_at)
+            if now - last <= SILENCE_FACTOR * sensor.expected_interval_s:
+                continue
+            if store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE).active:
+                continue
+            item = self._offline_input(sensor, f"silence:{last:.6f}", "raise", now)
+            self._advance(txn, item, now, out)
+            raised += 1
+        return raised
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def attach_snapshot(self, txn: OutboxTxn, candidate_id: str, frame: Frame) -> None:
+        sha = txn.add_evidence(frame.image, frame.header.content_type)
+        patch = candidates.snapshot_patch(
+            sha, frame.header.ts.timestamp(), frame.header.width, frame.header.height
+        )
+        txn.patch_candidate(candidate_id, patch)
+
+
+def _trace_entry(item: AlarmInput) -> dict[str, object]:
+    entry: dict[str, object] = {"t": candidates.iso(item.t), "alarm_type": item.alarm_type}
+    event = item.event
+    if isinstance(event, DeviceInput):
+        entry.update(transition=event.transition, severity=event.severity)
+    else:
+        entry["value"] = event.value
+    if item.measurements:
+        entry["measurements"] = candidates.senml(item.measurements)
+    return entry
+
+
+def _trace_document(sensor: Sensor, entries: list[dict[str, object]]) -> bytes:
+    doc = {
+        "sensor_id": sensor.id,
+        "kind": sensor.kind,
+        "location": candidates.location(sensor),
+        "thresholds": sensor.thresholds.model_dump(by_alias=True) if sensor.thresholds else None,
+        "readings": entries,
+    }
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Bridge:
+    """Runs :class:`BridgeCore` against the broker and the outbox until ``stop()``."""
+
+    def __init__(
+        self,
+        site: Site,
+        outbox: Outbox,
+        mqtt: MqttConnection,
+        media: MqttConnection | None = None,
+        *,
+        prefix: str | None = None,
+        clock: Callable[[], float] = time.time,
+        progress_s: float = 5.0,
+    ) -> None:
+        self.core = BridgeCore(site, prefix=prefix)
+        self.prefix = self.core.prefix
+        self.outbox = outbox
+        self.mqtt = mqtt
+        self.media = media
+        self.clock = clock
+        self.progress_s = progress_s
+        self._stop = threading.Event()
+        self._snapshots: queue.Queue[tuple[str, str]] = queue.Queue(SNAPSHOT_QUEUE)
+        self._newest: dict[str, bytes] = {}
+        with outbox.transaction() as txn:
+            store.init(txn.conn)
+        self._sub = mqtt.subscribe(f"{self.prefix}/sensors/#", qos=1, maxsize=20000)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        media_thread = None
+        if self.media is not None:
+            media_thread = threading.Thread(target=self._media_loop, name="bridge-media")
+            media_thread.start()
+        last_silence = last_progress = last_prune = 0.0
+        done_at_progress = 0
+        try:
+            while not self._stop.is_set():
+                self._one_batch()
+                now = self.clock()
+                if now - last_silence >= 1.0:
+                    last_silence = now
+                    self._silence(now)
+                if now - last_prune >= 3600:
+                    last_prune = now
+                    with self.outbox.transaction() as txn:
+                        store.prune_dedup(txn.conn, now - DEDUP_RETENTION_S)
+                if now - last_progress >= self.progress_s:
+                    rate = (self.core.counts.received - done_at_progress) / max(
+                        now - last_progress, 1e-6
+                    )
+                    if last_progress:
+                        self._progress(rate)
+                    last_progress, done_at_progress = now, self.core.counts.received
+        finally:
+            self._stop.set()
+            if media_thread is not None:
+                media_thread.join(SNAPSHOT_TIMEOUT_S + 2)
+
+    def _collect(self) -> list[Message]:
+        first = self._sub.get(timeout=0.2)
+        if first is None:
+            return []
+        batch = [first]
+        while len(batch) < BATCH:
+            more = self._sub.get(timeout=0)
+            if more is None:
+                break
+            batch.append(more)
+        return batch
+
+    def _one_batch(self) -> int:
+        messages = self._collect()
+        if not messages:
+            return 0
+        out = BatchResult()
+        with self.outbox.transaction() as txn:
+            for message in messages:
+                self.core.handle(txn, message.topic, message.payload, message.received_at, out)
+        for dead in out.dead:
+            body = dead_letter(dead.reason, dead.topic, dead.payload, dead.received_at)
+            self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
+        for message in messages:
+            self.mqtt.ack(message)
+        self._queue_snapshots(out)
+        return len(messages)
+
+    def _silence(self, now: float) -> None:
+        out = BatchResult()
+        with self.outbox.transaction() as txn:
+            self.core.check_silence(txn, now, out)
+        self._queue_snapshots(out)
+
+    def _queue_snapshots(self, out: BatchResult) -> None:
+        if self.media is None:
+            return
+        for job in out.snapshots:
+            try:
+                self._snapshots.put_nowait(job)
+            except queue.Full:
+                self.core.counts.snapshot_dropped += 1
+                log.warning("snapshot queue full: candidate %s gets no snapshot", job[0])
+
+    def _progress(self, rate: float) -> None:
+        c = self.core.counts
+        log.info(
+            "bridge: %.1f alarms/s, candidates %d created / %d updated / %d cleared, "
+            "dead letters %d, duplicates %d, outbox depth %d",
+            rate,
+            c.created,
+            c.updated,
+            c.cleared,
+            c.dead_letters,
+            c.duplicates,
+            self.outbox.depth(),
+        )
+
+    # -- snapshots (side thread) ------------------------------------------------------------------
+
+    def _media_loop(self) -> None:
+        assert self.media is not None
+        cameras = sorted({s.camera for s in self.core.site.sensors if s.camera is not None})
+        frame_subs = {
+            cam: self.media.subscribe(frame_topic(self.prefix, cam), qos=0, maxsize=2)
+            for cam in cameras
+        }
+        while not self._stop.is_set():
+            for cam, sub in frame_subs.items():
+                for message in sub.drain():
+                    self._newest[cam] = message.payload
+            try:
+                candidate_id, camera_id = self._snapshots.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self._snapshot(candidate_id, camera_id)
+
+    def _snapshot(self, candidate_id: str, camera_id: str) -> None:
+        from gridpatrol.ingest.snapshot import request_snapshot
+
+        assert self.media is not None
+        frame = request_snapshot(self.media, camera_id, timeout=SNAPSHOT_TIMEOUT_S)
+        if frame is None:
+            frame = self._fallback_frame(camera_id)
+            if frame is None:
+                self.core.counts.snapshot_missing += 1
+                log.warning("camera %s: no snapshot for candidate %s", camera_id, candidate_id)
+                return
+            self.core.counts.snapshot_fallbacks += 1
+        with self.outbox.transaction() as txn:
+            self.core.attach_snapshot(txn, candidate_id, frame)
+        self.core.counts.snapshots += 1
+        log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
+
+    def _fallback_frame(self, camera_id: str) -> Frame | None:
+        payload = self._newest.get(camera_id)
+        if payload is None:
+            return None
+        try:
+            return decode_frame(payload, topic_camera_id=camera_id, received_at=datetime.now(UTC))
+        except MessageError:
+            return None

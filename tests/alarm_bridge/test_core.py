@@ -1,0 +1,245 @@
+"""The bridge core against a real SQLite outbox: adapters, dedup, lifecycle, candidate bodies."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gridpatrol.alarm_bridge import store
+from gridpatrol.alarm_bridge.adapters import alarm_id_for
+from gridpatrol.alarm_bridge.worker import BatchResult, BridgeCore
+from gridpatrol.api.client import Outbox
+from gridpatrol.site import Site
+
+from .conftest import outbox_ops
+
+T0 = 1_790_000_000.0
+
+
+def envelope(sensor: str, event_id: str, transition: str = "raise", **kw: Any) -> bytes:
+    body = {
+        "schema": "gridalarm/1",
+        "event_id": event_id,
+        "sensor_id": sensor,
+        "alarm_type": kw.pop("alarm_type", "manhole_tilt"),
+        "transition": transition,
+        "severity": kw.pop("severity", "MAJOR"),
+        "ts": kw.pop("ts", T0),
+        "measurements": [{"n": "tilt", "u": "deg", "v": 21.5}],
+        **kw,
+    }
+    return json.dumps(body).encode()
+
+
+def reading(sensor: str, value: float, ts: float) -> bytes:
+    return json.dumps({"sensor_id": sensor, "value": value, "ts": ts}).encode()
+
+
+class Harness:
+    def __init__(self, site: Site, outbox: Outbox) -> None:
+        self.core = BridgeCore(site)
+        self.outbox = outbox
+        self.dead: list[str] = []
+        self.snapshots: list[tuple[str, str]] = []
+
+    def send(self, topic: str, payload: bytes, at: float = T0) -> None:
+        out = BatchResult()
+        with self.outbox.transaction() as txn:
+            store.init(txn.conn)
+            self.core.handle(txn, topic, payload, datetime.fromtimestamp(at, tz=UTC), out)
+        self.dead += [d.reason for d in out.dead]
+        self.snapshots += out.snapshots
+
+    def alarm(self, sensor: str, payload: bytes, at: float = T0) -> None:
+        self.send(f"gridpatrol/sensors/{sensor}/alarm", payload, at)
+
+    def silence(self, now: float) -> None:
+        out = BatchResult()
+        with self.outbox.transaction() as txn:
+            store.init(txn.conn)
+            self.core.check_silence(txn, now, out)
+
+
+@pytest.fixture
+def h(site: Site, outbox: Outbox) -> Harness:
+    return Harness(site, outbox)
+
+
+def test_raise_update_clear_and_redelivery(h: Harness) -> None:
+    h.alarm("mh-1", envelope("mh-1", "e1", severity="MINOR"))
+    h.alarm("mh-1", envelope("mh-1", "e2", "update", severity="CRITICAL", ts=T0 + 60))
+    h.alarm("mh-1", envelope("mh-1", "e2", "update", severity="CRITICAL", ts=T0 + 60))  # replay
+    h.alarm("mh-1", envelope("mh-1", "e3", "clear", ts=T0 + 120))
+    ops = outbox_ops(h.outbox)
+    assert [(k, c) for k, c, _ in ops] == [
+        ("evidence", None),
+        ("create", alarm_id_for("mh-1", "manhole_tilt", "e:e1")),
+        ("patch", alarm_id_for("mh-1", "manhole_tilt", "e:e1")),
+        ("patch", alarm_id_for("mh-1", "manhole_tilt", "e:e1")),
+    ]
+    assert ops[0][2] == "application/json"
+    body = ops[1][2]
+    assert body["type"] == "manhole_cover"
+    assert body["urgency"] == "immediate"
+    assert body["severity"] == "MINOR"
+    assert body["source"] == {
+        "type": "sensor",
+        "system": "gridpatrol-bridge",
+        "sensor_id": "mh-1",
+        "source_event_id": "mh-1/e:e1",
+    }
+    assert body["location"]["address"] == "大宁路 102号"
+    assert body["description"].startswith("井盖异常")
+    assert "Manhole cover" in body["description"]
+    assert body["evidence"][0]["kind"] == "sensor_trace"
+    assert body["measurements"] == [{"n": "tilt", "u": "deg", "v": 21.5, "t": T0}]
+    assert body["alarm"]["count"] == 1 and body["alarm"]["previous_alarm_id"] is None
+    assert body["occurred_at"].endswith("Z")
+    update = ops[2][2]
+    assert update["alarm"]["count"] == 2 and update["severity"] == "CRITICAL"
+    assert update["alarm"]["first_seen"] != update["alarm"]["last_seen"]
+    assert h.core.counts.duplicates == 1
+    assert (h.core.counts.created, h.core.counts.updated, h.core.counts.cleared) == (1, 1, 1)
+    assert h.snapshots == [(body["id"], "cam-1")]
+
+
+def test_raise_after_clear_references_previous(h: Harness) -> None:
+    h.alarm("sm-1", envelope("sm-1", "a", alarm_type="smoke"))
+    h.alarm("sm-1", envelope("sm-1", "b", "clear", alarm_type="smoke"))
+    h.alarm("sm-1", envelope("sm-1", "c", alarm_type="smoke"))
+    creates = [body for kind, _, body in outbox_ops(h.outbox) if kind == "create"]
+    first, second = creates
+    assert second["alarm"]["previous_alarm_id"] == first["id"]
+    assert second["references"] == [first["id"]]
+    assert second["type"] == "smoke" and second["urgency"] == "immediate"
+
+
+DEAD_LETTERS = [
+    ("unknown sensor", "gridpatrol/sensors/zz-9/alarm", envelope("zz-9", "1"), "unknown_sensor"),
+    (
+        "kind vs alarm type",
+        "gridpatrol/sensors/sm-1/alarm",
+        envelope("sm-1", "1", alarm_type="water_level"),
+        "alarm_type_mismatch",
+    ),
+    (
+        "reading without thresholds",
+        "gridpatrol/sensors/sm-1/alarm",
+        reading("sm-1", 3.0, T0),
+        "no_thresholds",
+    ),
+    ("oversized", "gridpatrol/sensors/mh-1/alarm", b" " * 70_000, "too_large"),
+    ("bad JSON", "gridpatrol/sensors/mh-1/alarm", b"{nope", "bad_json"),
+    (
+        "unknown schema",
+        "gridpatrol/sensors/mh-1/alarm",
+        envelope("mh-1", "1").replace(b"gridalarm/1", b"gridalarm/9"),
+        "unknown_schema",
+    ),
+    ("not a sensor topic", "gridpatrol/sensors/mh-1/other", b"{}", "bad_topic"),
+    (
+        "sensor id mismatch",
+        "gridpatrol/sensors/mh-1/alarm",
+        envelope("wl-1", "1", alarm_type="water_level"),
+        "sensor_id_mismatch",
+    ),
+    ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "invalid"),
+    (
+        "SenML without a reading in the unit",
+        "gridpatrol/sensors/wl-1/alarm",
+        json.dumps([{"bn": "wl-1:", "n": "battery", "u": "%EL", "v": 80}]).encode(),
+        "no_reading",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [c[1:] for c in DEAD_LETTERS],
+    ids=[c[0] for c in DEAD_LETTERS],
+)
+def test_dead_letters(h: Harness, topic: str, payload: bytes, reason: str) -> None:
+    h.send(topic, payload)
+    assert h.dead == [reason]
+    assert outbox_ops(h.outbox) == []
+    assert h.core.counts.dead_letters == 1
+
+
+def test_seq_out_of_order_and_new_boot(h: Harness) -> None:
+    h.alarm("mh-1", envelope("mh-1", "a", seq=5, boot_id="b1"))
+    h.alarm("mh-1", envelope("mh-1", "b", "update", seq=3, boot_id="b1"))  # late: ignored
+    h.alarm("mh-1", envelope("mh-1", "c", "update", seq=1, boot_id="b2"))  # reboot: accepted
+    kinds = [k for k, _, _ in outbox_ops(h.outbox)]
+    assert kinds == ["evidence", "create", "patch"]
+    assert h.core.counts.out_of_order == 1
+
+
+def test_threshold_readings_and_senml(h: Harness) -> None:
+    for i, value in enumerate([40, 92, 95, 70, 50, 93]):
+        h.alarm("bf-1", reading("bf-1", value, T0 + i))
+    pack = [{"bn": "wl-1:", "bt": T0, "n": "level", "u": "cm", "v": 18.0}]
+    h.alarm("wl-1", json.dumps(pack).encode())
+    ops = outbox_ops(h.outbox)
+    assert [(k, b["type"] if k == "create" else None) for k, _, b in ops if k != "evidence"] == [
+        ("create", "bin_full"),
+        ("patch", None),
+        ("patch", None),  # 50 % clears (clear_hold_s 0)
+        ("create", "bin_full"),
+        ("create", "waterlogging"),
+    ]
+    creates = [b for k, _, b in ops if k == "create"]
+    assert creates[0]["urgency"] == "normal" and creates[2]["urgency"] == "immediate"
+    assert creates[0]["severity"] == "MAJOR"
+    assert creates[1]["alarm"]["previous_alarm_id"] == creates[0]["id"]
+    assert creates[2]["measurements"][0]["n"] == "wl-1:level"
+    trace_evidence = [b for k, _, b in ops if k == "evidence"]
+    assert trace_evidence == ["application/json"] * 3
+
+
+def test_offline_by_last_will_and_back(h: Harness) -> None:
+    h.send("gridpatrol/sensors/mh-1/status", b"offline", T0)
+    h.send("gridpatrol/sensors/mh-1/status", b"offline", T0 + 5)  # retained again: no new alarm
+    h.alarm("mh-1", reading("mh-1", 1.0, T0 + 10), T0 + 10)  # any message clears it
+    ops = outbox_ops(h.outbox)
+    assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]
+    assert ops[1][2]["type"] == "device_offline"
+    assert ops[1][2]["urgency"] == "normal"
+    assert ops[2][1] == ops[1][1]
+    assert h.core.counts.cleared == 1
+
+
+def test_offline_by_silence(h: Harness) -> None:
+    h.silence(T0)  # the bridge starts: silence is measured from now
+    h.alarm("wl-1", reading("wl-1", 1.0, T0), T0 + 100)
+    h.silence(T0 + 3 * 300 + 50)  # wl-1 heard at T0+100: not silent yet; mh-1: not yet
+    assert outbox_ops(h.outbox) == []
+    h.silence(T0 + 3 * 300 + 101)
+    h.silence(T0 + 3 * 300 + 200)  # still silent: no second alarm
+    creates = [(c, b) for k, c, b in outbox_ops(h.outbox) if k == "create"]
+    assert [(b["type"], b["source"]["sensor_id"]) for _, b in creates] == [
+        ("device_offline", "wl-1")
+    ]
+    h.send("gridpatrol/sensors/wl-1/status", b"online", T0 + 1000)
+    assert [k for k, _, _ in outbox_ops(h.outbox)][-1] == "patch"
+    h.silence(T0 + 3 * 600 + 1)
+    creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert [b["source"]["sensor_id"] for b in creates] == ["wl-1", "mh-1"]
+
+
+def test_sensor_trace_is_bounded(h: Harness) -> None:
+    for i in range(store.TRACE_LEN + 30):
+        h.alarm("bf-1", reading("bf-1", 10, T0 + i))
+    h.alarm("bf-1", reading("bf-1", 99, T0 + 500))
+    with h.outbox.transaction() as txn:
+        evidence = txn.conn.execute(
+            "SELECT payload FROM outbox_ops WHERE kind = 'evidence'"
+        ).fetchone()[0]
+        rows = txn.conn.execute("SELECT COUNT(*) FROM bridge_trace").fetchone()[0]
+    doc = json.loads(evidence)
+    assert rows == store.TRACE_LEN
+    assert len(doc["readings"]) == store.TRACE_LEN
+    assert doc["readings"][-1]["value"] == 99
+    assert doc["thresholds"]["raise"] == 90

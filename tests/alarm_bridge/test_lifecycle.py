@@ -1,0 +1,207 @@
+"""Table-driven tests of the pure alarm lifecycle: every path of SPEC §7."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from gridpatrol.alarm_bridge.lifecycle import (
+    AlarmState,
+    DeviceInput,
+    LifecycleInput,
+    ReadingInput,
+    Severity,
+    Transition,
+    step,
+)
+from gridpatrol.site import Thresholds
+
+RISING = Thresholds.model_validate(
+    {"raise": 15, "clear": 5, "unit": "deg", "debounce_s": 10, "clear_hold_s": 60}
+)
+FALLING = Thresholds.model_validate({"raise": 10, "clear": 20, "debounce_s": 0})
+INSTANT = Thresholds.model_validate({"raise": 80, "clear": 60})
+
+
+def dev(transition: Transition, severity: Severity = "MAJOR", aid: str = "a") -> DeviceInput:
+    return DeviceInput(transition=transition, severity=severity, new_alarm_id=aid)
+
+
+def rd(value: float, th: Thresholds = RISING, aid: str = "a") -> ReadingInput:
+    return ReadingInput(value=value, thresholds=th, new_alarm_id=aid)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    inputs: list[tuple[float, LifecycleInput]]
+    effects: list[str]  # "kind:alarm_id:count[:severity]" per effect, in order
+    phase: str
+
+
+def run(inputs: list[tuple[float, LifecycleInput]]) -> tuple[AlarmState, list[str]]:
+    state = AlarmState()
+    out: list[str] = []
+    for t, event in inputs:
+        state, effects = step(state, event, t)
+        for e in effects:
+            text = f"{e.kind}:{e.alarm.alarm_id}:{e.alarm.count}"
+            if e.kind in ("raise", "update"):
+                text += f":{e.alarm.severity}"
+            if e.kind == "ignore":
+                text += f":{e.reason}"
+            out.append(text)
+    return state, out
+
+
+CASES = [
+    # Device transitions followed as sent.
+    Case("device raise", [(0, dev("raise"))], ["raise:a:1:MAJOR"], "active"),
+    Case(
+        "device raise, update, clear",
+        [(0, dev("raise")), (5, dev("update")), (9, dev("clear"))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR", "clear:a:2"],
+        "cleared",
+    ),
+    Case(
+        "raise while active is an update",
+        [(0, dev("raise")), (1, dev("raise", aid="b"))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR"],
+        "active",
+    ),
+    Case(
+        "severity escalates while active",
+        [(0, dev("raise", "MINOR")), (1, dev("update", "CRITICAL"))],
+        ["raise:a:1:MINOR", "update:a:2:CRITICAL"],
+        "active",
+    ),
+    Case(
+        "severity never de-escalates while active",
+        [(0, dev("raise", "CRITICAL")), (1, dev("update", "WARNING"))],
+        ["raise:a:1:CRITICAL", "update:a:2:CRITICAL"],
+        "active",
+    ),
+    Case(
+        "clear when not active is ignored",
+        [(0, dev("clear"))],
+        ["ignore:None:0:clear_not_active"],
+        "normal",
+    ),
+    Case(
+        "clear twice: the second is ignored",
+        [(0, dev("raise")), (1, dev("clear")), (2, dev("clear"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:clear_not_active"],
+        "cleared",
+    ),
+    Case(
+        "update without a raise raises",
+        [(0, dev("update", "MINOR"))],
+        ["raise:a:1:MINOR"],
+        "active",
+    ),
+    Case(
+        "raise after clear is a new alarm",
+        [(0, dev("raise")), (1, dev("clear")), (2, dev("raise", aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
+        "active",
+    ),
+    # Threshold readings with debounce and hysteresis.
+    Case("below raise stays normal", [(0, rd(3)), (20, rd(14.9))], [], "normal"),
+    Case("beyond raise starts the debounce", [(0, rd(16))], [], "pending"),
+    Case(
+        "debounce held raises",
+        [(0, rd(16)), (5, rd(20)), (10, rd(17))],
+        ["raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case("debounce broken by a dip", [(0, rd(16)), (5, rd(14)), (12, rd(16))], [], "pending"),
+    Case(
+        "noisy readings around the raise level never raise",
+        [(t, rd(16 if t % 2 == 0 else 14)) for t in range(0, 60, 3)],
+        [],
+        "normal",
+    ),
+    Case("zero debounce raises at once", [(0, rd(81, INSTANT))], ["raise:a:1:MAJOR"], "active"),
+    Case(
+        "repeats while active update",
+        [(0, rd(16)), (10, rd(16)), (20, rd(30)), (30, rd(18))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR", "update:a:3:MAJOR"],
+        "active",
+    ),
+    Case(
+        "between clear and raise keeps active",
+        [(0, rd(16)), (10, rd(16)), (20, rd(10)), (200, rd(10))],
+        ["raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "clear needs the hold",
+        [(0, rd(16)), (10, rd(16)), (20, rd(3)), (50, rd(4))],
+        ["raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "clear held clears",
+        [(0, rd(16)), (10, rd(16)), (20, rd(3)), (50, rd(4)), (80, rd(2))],
+        ["raise:a:1:MAJOR", "clear:a:1"],
+        "cleared",
+    ),
+    Case(
+        "a value between breaks the clear hold",
+        [(0, rd(16)), (10, rd(16)), (20, rd(3)), (50, rd(8)), (80, rd(2)), (100, rd(2))],
+        ["raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a repeat breaks the clear hold",
+        [(0, rd(16)), (10, rd(16)), (20, rd(3)), (50, rd(20)), (80, rd(2)), (100, rd(2))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR"],
+        "active",
+    ),
+    Case(
+        "falling thresholds (low value alarms)",
+        [(0, rd(12, FALLING)), (1, rd(9, FALLING)), (2, rd(15, FALLING)), (3, rd(21, FALLING))],
+        ["raise:a:1:MAJOR", "clear:a:1"],
+        "cleared",
+    ),
+    Case(
+        "re-raise after clear is a new alarm",
+        [(0, rd(90, INSTANT)), (1, rd(50, INSTANT)), (2, rd(85, INSTANT, aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "broken debounce after a clear rests in cleared",
+        [(0, rd(90, INSTANT)), (1, rd(50, INSTANT)), (2, rd(16)), (3, rd(3))],
+        ["raise:a:1:MAJOR", "clear:a:1"],
+        "cleared",
+    ),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_lifecycle(case: Case) -> None:
+    state, effects = run(case.inputs)
+    assert effects == case.effects
+    assert state.phase == case.phase
+
+
+def test_new_alarm_references_the_previous_one() -> None:
+    state, _ = step(AlarmState(), dev("raise", aid="first"), 0)
+    state, _ = step(state, dev("clear"), 10)
+    state, effects = step(state, dev("raise", aid="second"), 20)
+    assert [(e.kind, e.alarm.alarm_id, e.alarm.previous_alarm_id) for e in effects] == [
+        ("raise", "second", "first")
+    ]
+    assert (state.first_seen, state.last_seen, state.count) == (20, 20, 1)
+
+
+def test_repeat_tracks_first_and_last_seen() -> None:
+    state, _ = step(AlarmState(), dev("raise"), 100)
+    state, effects = step(state, dev("update"), 160)
+    alarm = effects[0].alarm
+    assert (alarm.first_seen, alarm.last_seen, alarm.count) == (100, 160, 2)
+    # A late repeat (clock skew) never moves last_seen backwards.
+    state, effects = step(state, dev("update"), 120)
+    assert (effects[0].alarm.last_seen, effects[0].alarm.count) == (160, 3)
