@@ -429,11 +429,20 @@ class MqttConnection:
 
     def subscribe(self, topic_filter: str, qos: int = 0, maxsize: int = 1000) -> Subscription:
         sub = Subscription(topic_filter, qos, maxsize)
-        self._subs.append(sub)
+        self._subs = [*self._subs, sub]
         client = self._client
         if client is not None and self._connected.is_set():
             client.subscribe(topic_filter, qos)
         return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Stop delivering to ``sub``; the broker subscription goes when no one else shares it."""
+        # Copy on write: the network thread iterates the list without a lock.
+        self._subs = [s for s in self._subs if s is not sub]
+        client = self._client
+        still = any(s.topic_filter == sub.topic_filter for s in self._subs)
+        if client is not None and self._connected.is_set() and not still:
+            client.unsubscribe(sub.topic_filter)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue)."""

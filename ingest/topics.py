@@ -22,6 +22,7 @@ TopicKind = Literal[
     "sensor_alarm",
     "sensor_status",
     "deadletter",
+    "patrol_boost",
 ]
 
 # (first segment, trailing segments) -> kind; the id sits between them.
@@ -30,6 +31,7 @@ _SHAPES: dict[tuple[str, tuple[str, ...]], TopicKind] = {
     ("cameras", ("snapshot", "request")): "snapshot_request",
     ("cameras", ("snapshot",)): "snapshot",
     ("cameras", ("status",)): "camera_status",
+    ("cameras", ("patrol", "boost")): "patrol_boost",
     ("components", ("status",)): "component_status",
     ("sensors", ("alarm",)): "sensor_alarm",
     ("sensors", ("status",)): "sensor_status",
@@ -71,6 +73,11 @@ def snapshot_topic(prefix: str, camera_id: str) -> str:
 
 def camera_status_topic(prefix: str, camera_id: str) -> str:
     return _join(prefix, "cameras", _check(camera_id), "status")
+
+
+def patrol_boost_topic(prefix: str, camera_id: str) -> str:
+    """Ingest-internal: ``{"factor", "duration_s"}`` makes patrol visit the camera more often."""
+    return _join(prefix, "cameras", _check(camera_id), "patrol", "boost")
 
 
 def component_status_topic(prefix: str, component_id: str) -> str:

@@ -1,0 +1,169 @@
+"""A broker for the demo and the tests: the configured one, else Mosquitto, else amqtt.
+
+``ensure_broker()`` returns a handle whose URL every component can use (it also exports
+``GRIDPATROL_MQTT_URL`` when it started a broker of its own). The embedded amqtt broker speaks
+MQTT 3.1.1 only and keeps nothing on disk: persistent sessions do not survive its restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from gridpatrol.ingest.mqtt import MqttSettings
+
+log = logging.getLogger(__name__)
+
+BrokerKind = Literal["configured", "mosquitto", "amqtt"]
+
+
+@dataclass
+class BrokerHandle:
+    url: str
+    kind: BrokerKind
+    _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+
+    def stop(self) -> None:
+        self._stop()
+        self._stop = lambda: None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the broker exited with code {proc.returncode}")
+        if reachable("127.0.0.1", port, 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"the broker did not listen on 127.0.0.1:{port} within {timeout} s")
+
+
+def mosquitto_binary() -> str | None:
+    found = shutil.which("mosquitto")
+    if found:
+        return found
+    return next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+MOSQUITTO_TEMPLATE = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence true
+persistence_location {dir}/
+autosave_interval 5
+max_queued_messages 100000
+max_queued_bytes 0
+max_inflight_messages 100
+persistent_client_expiration 1d
+log_dest stderr
+log_type error
+log_type warning
+"""
+
+
+def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
+    port = port or free_port()
+    workdir = Path(tempfile.mkdtemp(prefix="gridpatrol-mosquitto-"))
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(MOSQUITTO_TEMPLATE.format(port=port, dir=workdir))
+    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, 10.0)
+    log.info("started Mosquitto on 127.0.0.1:%d (data in %s)", port, workdir)
+    return BrokerHandle(f"mqtt://127.0.0.1:{port}", "mosquitto", _stopper(proc, workdir))
+
+
+def start_amqtt(port: int | None = None) -> BrokerHandle:
+    port = port or free_port()
+    cmd = [sys.executable, "-m", "gridpatrol.ingest.broker", "--amqtt-port", str(port)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    _wait_port(port, proc, 20.0)
+    log.warning(
+        "no broker configured and no mosquitto binary: started the embedded amqtt broker on "
+        "127.0.0.1:%d (MQTT 3.1.1 only, no persistence: sessions and queued messages are lost "
+        "when it stops; use Mosquitto or EMQX in production)",
+        port,
+    )
+    return BrokerHandle(f"mqtt://127.0.0.1:{port}", "amqtt", _stopper(proc, None))
+
+
+def _stopper(proc: subprocess.Popen[bytes], workdir: Path | None) -> Callable[[], None]:
+    def stop() -> None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    return stop
+
+
+def ensure_broker(*, use_configured: bool = True, use_mosquitto: bool = True) -> BrokerHandle:
+    """The configured broker when reachable; else a private Mosquitto; else embedded amqtt."""
+    url = os.environ.get("GRIDPATROL_MQTT_URL")
+    if url and use_configured:
+        settings = MqttSettings.from_url(url)
+        if reachable(settings.host, settings.port):
+            return BrokerHandle(url, "configured")
+        log.warning("configured broker %s is not reachable; starting one", settings.url)
+    binary = mosquitto_binary() if use_mosquitto else None
+    handle = start_mosquitto(binary) if binary else start_amqtt()
+    os.environ["GRIDPATROL_MQTT_URL"] = handle.url
+    return handle
+
+
+def _run_amqtt(port: int) -> None:
+    import asyncio
+
+    from amqtt.broker import Broker
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+        "auth": {"allow-anonymous": True},
+        "topic-check": {"enabled": False},
+    }
+
+    async def serve() -> None:
+        broker = Broker(config)
+        await broker.start()
+        await asyncio.Event().wait()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Run the embedded amqtt broker.")
+    parser.add_argument("--amqtt-port", type=int, required=True)
+    logging.basicConfig(level=logging.ERROR)
+    _run_amqtt(parser.parse_args().amqtt_port)

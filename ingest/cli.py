@@ -1,0 +1,146 @@
+"""``gridpatrol ingest`` and ``gridpatrol broker`` (light at import time)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    ingest = sub.add_parser(
+        "ingest", help="publish the site's cameras (files, RTSP, HTTP snapshots) to MQTT"
+    )
+    ingest.add_argument("--config", required=True, help="the site file (YAML)")
+    ingest.add_argument("--cameras", help="comma-separated camera ids (default: all)")
+    ingest.add_argument(
+        "--component-id", help="MQTT component id (default: ingest-<host>, or with the cameras)"
+    )
+    ingest.add_argument("--progress-s", type=float, default=10.0, help="progress line interval")
+    ingest.set_defaults(func=run_ingest)
+
+    watch = sub.add_parser(
+        "watch-frames",
+        help="print one JSON line per valid frame; dead-letter malformed ones",
+    )
+    watch.add_argument("--config", required=True, help="the site file (YAML)")
+    watch.add_argument("--cameras", help="comma-separated camera ids (default: all)")
+    watch.add_argument("--count", type=int, default=0, help="stop after this many frames")
+    watch.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    watch.add_argument("--component-id", default="watch-frames")
+    watch.set_defaults(func=run_watch)
+
+    broker = sub.add_parser(
+        "broker", help="run a broker: the configured one, else mosquitto, else embedded amqtt"
+    )
+    broker.add_argument("--amqtt", action="store_true", help="use the embedded amqtt broker")
+    broker.set_defaults(func=run_broker)
+
+
+def _component_id(args: argparse.Namespace) -> str:
+    if args.component_id:
+        return str(args.component_id)
+    host = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname())
+    suffix = f"-{args.cameras.replace(',', '-')}" if args.cameras else ""
+    return f"ingest-{host}{suffix}"[:64]
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handler(signum: int, _frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def run_ingest(args: argparse.Namespace) -> int:
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
+    from gridpatrol.ingest.service import IngestService
+    from gridpatrol.site import SiteConfigError, load_site
+
+    try:
+        site = load_site(args.config)
+    except SiteConfigError as exc:
+        print(exc)
+        return 1
+    wanted = [c for c in args.cameras.split(",") if c] if args.cameras else None
+    known = {c.id for c in site.cameras}
+    unknown = sorted(set(wanted or ()) - known)
+    if unknown:
+        log.error("unknown camera id(s) %s; the site file has %s", unknown, sorted(known))
+        return 2
+    cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
+    conn = MqttConnection(_component_id(args), prefix=site.mqtt.prefix)
+    service = IngestService(
+        site, conn, cameras, base_dir=Path(args.config).resolve().parent, progress_s=args.progress_s
+    )
+    try:
+        conn.start()
+    except MqttAuthError as exc:
+        log.error("%s", exc)
+        return 3
+    stop = service.stop_event
+    _stop_on_signals(stop)
+    service.start()
+    try:
+        service.wait()
+    finally:
+        service.stop()
+        conn.stop()
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.ingest.receiver import FrameReceiver
+    from gridpatrol.site import SiteConfigError, load_site
+
+    try:
+        site = load_site(args.config)
+    except SiteConfigError as exc:
+        print(exc)
+        return 1
+    conn = MqttConnection(args.component_id, prefix=site.mqtt.prefix)
+    cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None
+    receiver = FrameReceiver(conn, cameras, maxsize=100)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    conn.start()
+    deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
+    seen = 0
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            if args.count and seen >= args.count:
+                break
+            frame = receiver.get(0.2)
+            if frame is None:
+                continue
+            seen += 1
+            line = {**frame.header.to_json(), "bytes": len(frame.image)}
+            print(json.dumps(line), flush=True)
+    finally:
+        conn.stop()
+    log.info("%d frames, %d dropped, rejected %s", seen, receiver.dropped, dict(receiver.rejected))
+    return 0
+
+
+def run_broker(args: argparse.Namespace) -> int:
+    from gridpatrol.ingest.broker import ensure_broker
+
+    handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
+    print(f"GRIDPATROL_MQTT_URL={handle.url}  ({handle.kind})", flush=True)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    stop.wait()
+    handle.stop()
+    return 0

@@ -1,0 +1,96 @@
+"""Patrol scheduling: many ``interval_s`` cameras share one ``patrol.max_fps`` budget.
+
+Pure logic with time passed in. Visits are handed out at most ``max_fps`` per second; among the
+cameras whose interval has elapsed, the one with the smallest virtual start time goes next
+(start-time fair queueing, weighted by ``weight``). Each visit advances a camera's virtual time
+by ``1 / weight``, so under overload cameras are visited in proportion to their weight, and a
+camera never comes round more often than its interval. A camera with an active violation can be
+boosted: its weight is multiplied for a while, then falls back by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class _Entry:
+    interval_s: float
+    weight: float
+    finish: float = 0.0  # virtual finish time of the last visit
+    last_visit: float | None = None
+    boost: float = 1.0
+    boost_until: float = 0.0
+    visits: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``camera_id`` to visit now, or None and how long to wait before asking again."""
+
+    camera_id: str | None
+    wait_s: float
+
+
+class PatrolScheduler:
+    def __init__(self, max_fps: float) -> None:
+        if max_fps <= 0:
+            raise ValueError("max_fps must be positive")
+        self.period = 1.0 / max_fps
+        self._cams: dict[str, _Entry] = {}
+        self._vtime = 0.0
+        self._next_slot: float | None = None
+
+    def add(self, camera_id: str, interval_s: float, weight: float = 1.0) -> None:
+        if interval_s <= 0 or weight <= 0:
+            raise ValueError(f"camera {camera_id}: interval_s and weight must be positive")
+        # A newcomer starts at the current virtual time: no credit for the past.
+        self._cams[camera_id] = _Entry(interval_s, weight, finish=self._vtime)
+
+    def remove(self, camera_id: str) -> None:
+        self._cams.pop(camera_id, None)
+
+    def boost(
+        self, camera_id: str, now: float, factor: float = 4.0, duration_s: float = 600.0
+    ) -> None:
+        """Multiply the camera's weight by ``factor`` until ``now + duration_s``."""
+        entry = self._cams[camera_id]
+        entry.boost = max(factor, 1.0)
+        entry.boost_until = now + duration_s
+
+    def weight(self, camera_id: str, now: float) -> float:
+        entry = self._cams[camera_id]
+        return entry.weight * (entry.boost if now < entry.boost_until else 1.0)
+
+    def visits(self, camera_id: str) -> int:
+        return self._cams[camera_id].visits
+
+    def next(self, now: float) -> Decision:
+        """Pick the camera to visit at ``now`` and record the visit, or say how long to wait."""
+        if not self._cams:
+            return Decision(None, self.period)
+        if self._next_slot is not None and now < self._next_slot:
+            return Decision(None, self._next_slot - now)
+        due = [cid for cid, e in self._cams.items() if self._due_in(e, now) <= 0]
+        if not due:
+            wait = min(self._due_in(e, now) for e in self._cams.values())
+            return Decision(None, wait)
+        chosen = min(due, key=lambda cid: (max(self._cams[cid].finish, self._vtime), cid))
+        self._visit(chosen, now)
+        return Decision(chosen, 0.0)
+
+    def _due_in(self, entry: _Entry, now: float) -> float:
+        if entry.last_visit is None:
+            return 0.0
+        return entry.last_visit + entry.interval_s - now
+
+    def _visit(self, camera_id: str, now: float) -> None:
+        entry = self._cams[camera_id]
+        start = max(entry.finish, self._vtime)
+        self._vtime = start
+        entry.finish = start + 1.0 / self.weight(camera_id, now)
+        entry.last_visit = now
+        entry.visits += 1
+        # Falling behind (a slow visit) must not turn into a burst afterwards.
+        base = now if self._next_slot is None else self._next_slot
+        self._next_slot = max(base + self.period, now)

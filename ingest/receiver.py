@@ -1,0 +1,76 @@
+"""Frame consumption with validation: decoded frames out, malformed payloads dead-lettered.
+
+Keeps only the newest frames per camera when the consumer falls behind (the subscription's
+bounded queue drops the oldest and counts), and never stops on bad input: each rejection is
+published to ``{prefix}/deadletter/{component}`` with its reason and the original bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
+from gridpatrol.ingest.mqtt import Message, MqttConnection
+from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic, wildcard
+
+log = logging.getLogger(__name__)
+
+
+class FrameReceiver:
+    def __init__(
+        self, conn: MqttConnection, camera_ids: Sequence[str] | None = None, maxsize: int = 8
+    ) -> None:
+        self.conn = conn
+        filters = (
+            [frame_topic(conn.prefix, c) for c in camera_ids]
+            if camera_ids
+            else [wildcard(conn.prefix, "frame")]
+        )
+        self.subs = [conn.subscribe(f, qos=0, maxsize=maxsize) for f in filters]
+        self.rejected: Counter[str] = Counter()
+        self.accepted = 0
+
+    @property
+    def dropped(self) -> int:
+        return sum(s.dropped for s in self.subs)
+
+    def get(self, timeout: float) -> Frame | None:
+        """The next valid frame, waiting up to ``timeout`` s in total."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for sub in self.subs:
+                while (message := sub.get(0)) is not None:
+                    if (frame := self._decode(message)) is not None:
+                        return frame
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if len(self.subs) > 1:
+                time.sleep(min(left, 0.02))
+            elif (message := self.subs[0].get(min(left, 0.5))) is not None:
+                if (frame := self._decode(message)) is not None:
+                    return frame
+
+    def _decode(self, message: Message) -> Frame | None:
+        match = parse_topic(self.conn.prefix, message.topic)
+        if match is None or match.kind != "frame":
+            return None
+        try:
+            frame = decode_frame(
+                message.payload, topic_camera_id=match.id, received_at=message.received_at
+            )
+        except MessageError as exc:
+            self.reject(exc.reason, message)
+            return None
+        self.accepted += 1
+        return frame
+
+    def reject(self, reason: str, message: Message) -> None:
+        self.rejected[reason] += 1
+        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
+        body = dead_letter(reason, message.topic, message.payload, message.received_at)
+        self.conn.publish(topic, body, qos=1)
+        log.warning("dead-lettered a frame on %s: %s", message.topic, reason)

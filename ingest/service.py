@@ -1,0 +1,223 @@
+"""The ingest process: camera publishers, the patrol loop and snapshot answers on one connection."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gridpatrol.ingest.messages import Frame, MessageError, dead_letter
+from gridpatrol.ingest.mqtt import Message, MqttConnection
+from gridpatrol.ingest.patrol import PatrolScheduler
+from gridpatrol.ingest.snapshot import encode_reply, parse_request
+from gridpatrol.ingest.sources import (
+    CameraOutput,
+    CameraPublisher,
+    grab_once,
+    source_kind,
+)
+from gridpatrol.ingest.topics import deadletter_topic, parse_topic, snapshot_topic, wildcard
+from gridpatrol.site import Camera, Site
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BOOST = 4.0
+DEFAULT_BOOST_S = 600.0
+
+
+class IngestService:
+    """Publishes every camera of ``cameras`` whose source is not ``mqtt``."""
+
+    def __init__(
+        self,
+        site: Site,
+        conn: MqttConnection,
+        cameras: Sequence[Camera],
+        *,
+        base_dir: Path | None = None,
+        progress_s: float = 10.0,
+    ) -> None:
+        self.site = site
+        self.conn = conn
+        self.base_dir = base_dir
+        self.progress_s = progress_s
+        self.stop_event = threading.Event()
+        served = [c for c in cameras if source_kind(c.source) != "mqtt"]
+        self.outputs = {c.id: CameraOutput(c, conn) for c in served}
+        self.continuous = [c for c in served if not c.is_patrol]
+        self.patrol = [c for c in served if c.is_patrol]
+        self.scheduler = PatrolScheduler(site.patrol.max_fps)
+        for cam in self.patrol:
+            self.scheduler.add(cam.id, cam.interval_s or 60.0, cam.weight)
+        self._sched_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._grabs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
+        self.bad_requests = 0
+        self._requests = conn.subscribe(
+            wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
+        )
+        self._boosts = conn.subscribe(wildcard(conn.prefix, "patrol_boost"), qos=1, maxsize=100)
+        conn.on_connect(self._republish_status)
+
+    def start(self) -> None:
+        for cam in self.continuous:
+            publisher = CameraPublisher(self.outputs[cam.id], self.stop_event, self.base_dir)
+            self._threads.append(publisher)
+        if self.patrol:
+            self._threads.append(threading.Thread(target=self._patrol_loop, name="patrol"))
+        self._threads.append(threading.Thread(target=self._request_loop, name="snapshot-requests"))
+        self._threads.append(threading.Thread(target=self._progress_loop, name="progress"))
+        for thread in self._threads:
+            thread.daemon = True
+            thread.start()
+        log.info(
+            "ingest: %d continuous and %d patrol camera(s) sharing %g fps",
+            len(self.continuous),
+            len(self.patrol),
+            self.site.patrol.max_fps,
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.1, deadline - time.monotonic()))
+        self._grabs.shutdown(wait=False, cancel_futures=True)
+        for output in self.outputs.values():
+            output.set_status(False)
+        self.log_progress()
+
+    def wait(self) -> None:
+        """Block until every continuous camera has ended (non-looping files) or stop()."""
+        while not self.stop_event.wait(0.5):
+            live = [t for t in self._threads if isinstance(t, CameraPublisher) and t.is_alive()]
+            if not live and not self.patrol:
+                return
+
+    def boost(
+        self, camera_id: str, factor: float = DEFAULT_BOOST, duration_s: float = DEFAULT_BOOST_S
+    ) -> None:
+        """Visit a patrol camera more often for a while (a violation is active there)."""
+        with self._sched_lock:
+            self.scheduler.boost(camera_id, time.monotonic(), factor, duration_s)
+        log.info("camera %s: patrol boosted x%g for %g s", camera_id, factor, duration_s)
+
+    # -- loops ----------------------------------------------------------------------------------
+
+    def _patrol_loop(self) -> None:
+        while not self.stop_event.is_set():
+            self._apply_boosts()
+            with self._sched_lock:
+                decision = self.scheduler.next(time.monotonic())
+            if decision.camera_id is None:
+                self.stop_event.wait(min(decision.wait_s, 0.5))
+                continue
+            self._visit(decision.camera_id)
+
+    def _visit(self, camera_id: str) -> Frame | None:
+        output = self.outputs[camera_id]
+        grabbed = grab_once(output.camera, self.base_dir)
+        if grabbed is None:
+            output.stats.failures += 1
+            output.set_status(False)
+            return None
+        return output.publish(*grabbed)
+
+    def _apply_boosts(self) -> None:
+        while (message := self._boosts.get(0)) is not None:
+            match = parse_topic(self.conn.prefix, message.topic)
+            if (
+                match is None
+                or match.id not in self.outputs
+                or not self.outputs[match.id].camera.is_patrol
+            ):
+                continue
+            try:
+                body = json.loads(message.payload or b"{}")
+                factor = float(body.get("factor", DEFAULT_BOOST))
+                duration = float(body.get("duration_s", DEFAULT_BOOST_S))
+            except (ValueError, TypeError, AttributeError):
+                self._dead_letter("bad_boost", message)
+                continue
+            self.boost(match.id, factor, duration)
+
+    def _request_loop(self) -> None:
+        while not self.stop_event.is_set():
+            message = self._requests.get(0.5)
+            if message is None:
+                continue
+            if not self.patrol:
+                self._apply_boosts()  # nobody else drains them
+            match = parse_topic(self.conn.prefix, message.topic)
+            if match is None or match.id not in self.outputs:
+                continue  # another ingest process serves that camera
+            try:
+                request_id = parse_request(message.payload)
+            except MessageError as exc:
+                self._dead_letter(exc.reason, message)
+                continue
+            self._answer(match.id, request_id)
+
+    def _answer(self, camera_id: str, request_id: str) -> None:
+        output = self.outputs[camera_id]
+        latest = output.latest
+        fresh_s = 2.0 / output.camera.sample_fps if not output.camera.is_patrol else 0.0
+        age = (datetime.now(UTC) - latest.header.ts).total_seconds() if latest else None
+        if latest is not None and age is not None and age <= max(fresh_s, 1.0):
+            self._reply(camera_id, latest, request_id)
+            return
+
+        def grab_and_reply() -> None:
+            frame = self._visit(camera_id) or output.latest
+            if frame is not None:
+                self._reply(camera_id, frame, request_id)
+
+        self._grabs.submit(grab_and_reply)
+
+    def _reply(self, camera_id: str, frame: Frame, request_id: str) -> None:
+        topic = snapshot_topic(self.conn.prefix, camera_id)
+        self.conn.publish(topic, encode_reply(frame, request_id), qos=1)
+        log.info("camera %s: answered snapshot request %s", camera_id, request_id)
+
+    def _dead_letter(self, reason: str, message: Message) -> None:
+        self.bad_requests += 1
+        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
+        body = dead_letter(reason, message.topic, message.payload, message.received_at)
+        self.conn.publish(topic, body, qos=1)
+        log.warning("dead-lettered %s from %s: %s", reason, message.topic, message.payload[:60])
+
+    def _republish_status(self, _conn: MqttConnection) -> None:
+        # A broker without persistence forgets retained statuses when it restarts.
+        for output in self.outputs.values():
+            if output.online is not None:
+                output.set_status(output.online, force=True)
+
+    def _progress_loop(self) -> None:
+        last = dict.fromkeys(self.outputs, 0)
+        started = time.monotonic()
+        while not self.stop_event.wait(self.progress_s):
+            elapsed = time.monotonic() - started
+            started = time.monotonic()
+            self.log_progress(last, elapsed)
+
+    def log_progress(self, last: dict[str, int] | None = None, elapsed: float = 0.0) -> None:
+        for cid, output in self.outputs.items():
+            stats = output.stats
+            before = last.get(cid, 0) if last is not None else stats.published
+            rate = (stats.published - before) / elapsed if elapsed > 0 else 0.0
+            if last is not None:
+                last[cid] = stats.published
+            log.info(
+                "camera %s: %d frames published, %.2f fps, %d dropped, %d source failures, %s",
+                cid,
+                stats.published,
+                rate,
+                stats.dropped,
+                stats.failures,
+                "online" if output.online else "offline",
+            )

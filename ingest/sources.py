@@ -1,0 +1,336 @@
+"""Camera sources republished to MQTT: video files, RTSP streams and HTTP snapshot URLs.
+
+Each continuously sampled camera runs one thread (:class:`CameraPublisher`) that reads its
+source, samples it at the camera's ``fps``, resizes, encodes JPEG and publishes a frame
+envelope. Streams are drained with ``grab()`` and only the sampled frame is decoded, so a slow
+consumer never makes us fall behind the live picture. :func:`grab_once` is the open-grab-close
+visit used by patrol and by snapshot requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import urlsplit
+
+from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame, jpeg_size
+from gridpatrol.ingest.topics import camera_status_topic, frame_topic
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.site import Camera
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["mqtt", "stream", "http", "file"]
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtp", "udp", "srt")
+OPEN_TIMEOUT_MS = 10000
+MAX_BACKOFF_S = 30.0
+
+
+def source_kind(source: str) -> SourceKind:
+    if source == "mqtt":
+        return "mqtt"
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in STREAM_SCHEMES:
+        return "stream"
+    if scheme in ("http", "https"):
+        return "http"
+    return "file"
+
+
+def resolve_path(source: str, base_dir: Path | None) -> Path:
+    """A file source: as given (``$VARS`` and ``~`` expanded), else beside the site file."""
+    path = Path(os.path.expandvars(source)).expanduser()
+    if path.is_absolute() or path.exists() or base_dir is None:
+        return path
+    return base_dir / path
+
+
+def redact(source: str) -> str:
+    """The source without credentials, for logs."""
+    parts = urlsplit(source)
+    if parts.password is None:
+        return source
+    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port or ''}".rstrip(":")).geturl()
+
+
+# ---------------------------------------------------------------------------------------------
+# Image helpers
+
+
+def encode_image(image: np.ndarray, camera: Camera) -> tuple[bytes, int, int]:
+    """Resize as configured and JPEG-encode; returns (jpeg, width, height)."""
+    import cv2
+
+    if camera.resize is not None and (image.shape[1], image.shape[0]) != tuple(camera.resize):
+        image = cv2.resize(image, camera.resize, interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, camera.jpeg_quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes(), int(image.shape[1]), int(image.shape[0])
+
+
+def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
+    """A JPEG from an HTTP camera: passed through unless it must be resized."""
+    if camera.resize is None and data.startswith(b"\xff\xd8"):
+        width, height = jpeg_size(data)
+        return data, width, height
+    import cv2
+    import numpy as np
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("the snapshot URL did not return a decodable image")
+    return encode_image(image, camera)
+
+
+def open_capture(source: str, base_dir: Path | None) -> object:
+    import cv2
+
+    if source_kind(source) == "stream":
+        # Interleaved TCP survives the packet loss that corrupts UDP RTP on busy networks.
+        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
+        params += [cv2.CAP_PROP_READ_TIMEOUT_MSEC, OPEN_TIMEOUT_MS]
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG, params)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        return cap
+    return cv2.VideoCapture(str(resolve_path(source, base_dir)))
+
+
+def http_get(url: str, timeout: float = 10.0) -> bytes:
+    import httpx
+
+    response = httpx.get(url, timeout=timeout, follow_redirects=True)
+    response.raise_for_status()
+    return response.content
+
+
+def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+    """One frame by open-grab-close (patrol visits, snapshots); None when the source failed.
+
+    A file is read at the position the wall clock points to (modulo its length), so successive
+    visits see the scene move on as a live camera's would.
+    """
+    import cv2
+
+    kind = source_kind(camera.source)
+    try:
+        if kind == "http":
+            return reencode_jpeg(http_get(camera.source), camera)
+        cap = open_capture(camera.source, base_dir)
+        try:
+            if not cap.isOpened():  # type: ignore[attr-defined]
+                return None
+            if kind == "file":
+                count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0  # type: ignore[attr-defined]
+                rate = cap.get(cv2.CAP_PROP_FPS) or 25.0  # type: ignore[attr-defined]
+                if count > 1:
+                    position = int(time.time() * rate) % int(count)
+                    cap.set(cv2.CAP_PROP_POS_FRAMES, position)  # type: ignore[attr-defined]
+            ok, image = cap.read()  # type: ignore[attr-defined]
+            return encode_image(image, camera) if ok else None
+        finally:
+            cap.release()  # type: ignore[attr-defined]
+    except Exception as exc:
+        log.warning("camera %s: grab from %s failed: %s", camera.id, redact(camera.source), exc)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Publishing
+
+
+@dataclass
+class CameraStats:
+    published: int = 0
+    dropped: int = 0
+    failures: int = 0
+
+
+class CameraOutput:
+    """Frame numbering, publication, the newest frame and the retained status of one camera."""
+
+    def __init__(self, camera: Camera, conn: MqttConnection) -> None:
+        self.camera = camera
+        self.conn = conn
+        self.topic = frame_topic(conn.prefix, camera.id)
+        self.status_topic = camera_status_topic(conn.prefix, camera.id)
+        self.stats = CameraStats()
+        self.latest: Frame | None = None
+        self.online: bool | None = None
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def publish(self, jpeg: bytes, width: int, height: int, ts: datetime | None = None) -> Frame:
+        with self._lock:
+            header = FrameHeader(ts or datetime.now(UTC), self._seq, self.camera.id, width, height)
+            self._seq += 1
+            frame = Frame(header, jpeg)
+            self.latest = frame
+        if self.conn.publish(self.topic, encode_frame(header, jpeg), qos=0):
+            self.stats.published += 1
+        else:
+            self.stats.dropped += 1
+        self.set_status(True)
+        return frame
+
+    def set_status(self, online: bool, force: bool = False) -> None:
+        if online == self.online and not force:
+            return
+        self.online = online
+        self.conn.publish(self.status_topic, b"online" if online else b"offline", 1, retain=True)
+        if not force:
+            log.info("camera %s: %s", self.camera.id, "online" if online else "offline")
+
+
+class CameraPublisher(threading.Thread):
+    """Samples one continuous camera at its ``fps`` until ``stop`` is set."""
+
+    def __init__(
+        self, output: CameraOutput, stop: threading.Event, base_dir: Path | None = None
+    ) -> None:
+        super().__init__(name=f"camera-{output.camera.id}", daemon=True)
+        self.output = output
+        self.camera = output.camera
+        self.stop_event = stop
+        self.base_dir = base_dir
+        self.period = 1.0 / self.camera.sample_fps
+
+    def run(self) -> None:
+        kind = source_kind(self.camera.source)
+        try:
+            if kind == "file":
+                self._run_file()
+            elif kind == "stream":
+                self._run_stream()
+            elif kind == "http":
+                self._run_http()
+        except Exception:
+            log.exception("camera %s: source thread failed", self.camera.id)
+        finally:
+            self.output.set_status(False)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _run_file(self) -> None:
+        path = resolve_path(self.camera.source, self.base_dir)
+        start = time.time()
+        offset = 0.0  # file seconds played before the current pass (looping)
+        next_sample = 0.0
+        while not self.stop_event.is_set():
+            played = self._play_file_once(path, start, offset, next_sample)
+            if played is None:
+                self._file_missing(path)
+                continue
+            offset, next_sample = played
+            if not self.camera.loop:
+                log.info("camera %s: end of %s", self.camera.id, path.name)
+                return
+
+    def _file_missing(self, path: Path) -> None:
+        self.output.stats.failures += 1
+        self.output.set_status(False)
+        log.error("camera %s: cannot open %s; retrying in %g s", self.camera.id, path, 30)
+        self.stop_event.wait(MAX_BACKOFF_S)
+
+    def _play_file_once(
+        self, path: Path, start: float, offset: float, next_sample: float
+    ) -> tuple[float, float] | None:
+        """Play one pass at real speed; returns (offset, next_sample) for the next pass."""
+        import cv2
+
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            return None
+        position = 0.0
+        frame_step = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
+        try:
+            while not self.stop_event.is_set() and cap.grab():
+                position = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                moment = offset + position
+                if moment + 1e-6 < next_sample:
+                    continue
+                ok, image = cap.retrieve()
+                if not ok:
+                    continue
+                # The file's own timing paces the replay, as a live camera would.
+                if self.stop_event.wait(max(0.0, start + moment - time.time())):
+                    break
+                jpeg, width, height = encode_image(image, self.camera)
+                ts = datetime.fromtimestamp(start, UTC) + timedelta(seconds=moment)
+                self.output.publish(jpeg, width, height, ts)
+                while next_sample <= moment + 1e-6:
+                    next_sample += self.period
+        finally:
+            cap.release()
+        return offset + position + frame_step, next_sample
+
+    # -- streams --------------------------------------------------------------------------------
+
+    def _run_stream(self) -> None:
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            cap = open_capture(self.camera.source, None)
+            if not cap.isOpened():  # type: ignore[attr-defined]
+                self._lost(backoff, "cannot open")
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            log.info("camera %s: connected to %s", self.camera.id, redact(self.camera.source))
+            backoff = 1.0
+            try:
+                self._drain(cap)
+            finally:
+                cap.release()  # type: ignore[attr-defined]
+            if not self.stop_event.is_set():
+                self._lost(backoff, "stream lost")
+
+    def _drain(self, cap: object) -> None:
+        next_due = time.monotonic()
+        while not self.stop_event.is_set():
+            # grab() without decoding keeps up with the stream; only sampled frames decode.
+            if not cap.grab():  # type: ignore[attr-defined]
+                return
+            now = time.monotonic()
+            if now < next_due:
+                continue
+            ok, image = cap.retrieve()  # type: ignore[attr-defined]
+            if ok:
+                self.output.publish(*encode_image(image, self.camera))
+            next_due = max(next_due + self.period, now)
+
+    def _lost(self, backoff: float, why: str) -> None:
+        self.output.stats.failures += 1
+        self.output.set_status(False)
+        log.warning(
+            "camera %s: %s %s; retrying in %g s",
+            self.camera.id,
+            why,
+            redact(self.camera.source),
+            backoff,
+        )
+        self.stop_event.wait(backoff)
+
+    # -- HTTP snapshots -------------------------------------------------------------------------
+
+    def _run_http(self) -> None:
+        backoff = 1.0
+        while not self.stop_event.is_set():
+            started = time.monotonic()
+            try:
+                self.output.publish(*reencode_jpeg(http_get(self.camera.source), self.camera))
+                backoff = 1.0
+            except Exception as exc:
+                self._lost(backoff, f"snapshot failed ({exc})")
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                continue
+            self.stop_event.wait(max(0.0, self.period - (time.monotonic() - started)))
