@@ -1,0 +1,125 @@
+"""The intake API application: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import json
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from gridpatrol import __version__
+from gridpatrol.api import problems
+from gridpatrol.api.auth import Authenticator
+from gridpatrol.api.db import Database
+from gridpatrol.api.deps import Services
+from gridpatrol.api.evidence import EvidenceStore
+from gridpatrol.api.hub import Hub
+from gridpatrol.api.metrics import Metrics, MetricsMiddleware
+from gridpatrol.api.policy import SitePolicy
+from gridpatrol.api.service import CandidateService, Clock
+from gridpatrol.api.settings import Settings, TokenEntry, generate_tokens, site_policy
+
+log = logging.getLogger(__name__)
+
+# Every router of the app, by module (each module exposes ``router``).
+ROUTERS = (
+    "gridpatrol.api.routers.meta",
+    "gridpatrol.api.routers.session",
+    "gridpatrol.api.routers.evidence",
+    "gridpatrol.api.routers.candidates",
+    "gridpatrol.api.routers.review",
+    "gridpatrol.api.routers.status",
+    "gridpatrol.api.routers.feed",
+    "gridpatrol.api.routers.stats",
+    "gridpatrol.api.routers.events",
+    "gridpatrol.api.routers.console",
+    "gridpatrol.api.routers.cameras",
+)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> FastAPI:
+    """Build the app: migrate the database, load the policy, wire the routers."""
+    settings = settings or Settings()
+    settings = _with_tokens(settings)
+    policy, timezone = site_policy(settings.load_site())
+    site_policy_ = SitePolicy.of(policy, timezone)
+    db = Database(settings.database_url)
+    db.migrate()
+    store = EvidenceStore(settings.evidence_dir)
+    hub = Hub()
+    services = Services(
+        settings=settings,
+        candidates=CandidateService(db, store, site_policy_, clock, hub),
+        store=store,
+        policy=site_policy_,
+        hub=hub,
+        auth=Authenticator(settings),
+        clock=clock,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        hub.bind(asyncio.get_running_loop())
+        task = asyncio.create_task(_release_loop(services))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            db.dispose()
+
+    app = FastAPI(
+        title="gridpatrol intake API",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/api/v1/docs",
+        openapi_url="/api/v1/openapi.json",
+        redoc_url=None,
+    )
+    app.state.services = services
+    app.state.db = db
+    app.state.metrics = Metrics(db)
+    problems.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    for name in ROUTERS:
+        app.include_router(importlib.import_module(name).router)
+    log.info("intake API ready: database %s, evidence in %s", db.dialect, settings.evidence_dir)
+    return app
+
+
+async def _release_loop(services: Services) -> None:
+    """Release night-held candidates when their hold ends (reads also check)."""
+    while True:
+        await asyncio.sleep(services.settings.release_interval_s)
+        try:
+            await run_in_threadpool(services.candidates.release_held)
+        except Exception:
+            log.exception("releasing held candidates failed; retrying")
+
+
+def _with_tokens(settings: Settings) -> Settings:
+    if settings.api_tokens:
+        return settings
+    if not settings.allow_generated_tokens:
+        raise RuntimeError(
+            "no API tokens: set GRIDPATROL_API_TOKENS to a JSON object "
+            '{"<token or sha256:hex>": {"role": "producer|reviewer|platform|admin", "name": ...}}'
+        )
+    tokens = generate_tokens()
+    print("generated API tokens (valid until the API stops):", file=sys.stderr)
+    print(json.dumps(tokens, indent=2), file=sys.stderr)
+    entries = {token: TokenEntry.model_validate(entry) for token, entry in tokens.items()}
+    return settings.model_copy(update={"api_tokens": entries})

@@ -1,0 +1,193 @@
+"""The database: SQLAlchemy 2 models, the engine, sessions and migrations.
+
+The candidate document is stored whole as JSON next to the columns the API filters, sorts and
+locks on, so a read is one query and a write one row. SQLite runs in WAL mode with a busy
+timeout and takes its write lock at the start of every write transaction (``BEGIN IMMEDIATE``)
+so concurrent writers queue instead of failing on a lock upgrade.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import (
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
+
+log = logging.getLogger(__name__)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every backend (SQLite stores naive text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class CandidateRow(Base):
+    __tablename__ = "candidates"
+    __table_args__ = (
+        UniqueConstraint("source_system", "source_event_id", name="uq_candidates_natural"),
+        Index("ix_candidates_created", "created_at", "id"),
+        Index("ix_candidates_status", "status"),
+        Index("ix_candidates_type", "type"),
+        Index("ix_candidates_camera", "camera_id"),
+        Index("ix_candidates_sensor", "sensor_id"),
+        Index("ix_candidates_hold", "hold_until"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    type: Mapped[str | None] = mapped_column(String(64))
+    camera_id: Mapped[str | None] = mapped_column(String(64))
+    sensor_id: Mapped[str | None] = mapped_column(String(64))
+    source_system: Mapped[str | None] = mapped_column(String(128))
+    source_event_id: Mapped[str | None] = mapped_column(String(256))
+    urgency: Mapped[str | None] = mapped_column(String(16))
+    reject_reason: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    hold_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    arrive_by: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    arrived_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # The candidate's latest feed position; NULL while it is not (yet) visible to the feed.
+    feed_pos: Mapped[int | None] = mapped_column(Integer)
+    doc: Mapped[str] = mapped_column(Text)
+
+
+class IdempotencyRow(Base):
+    __tablename__ = "idempotency"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(100), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16))  # in_flight | done
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    response: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class FeedRow(Base):
+    __tablename__ = "feed"
+
+    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    candidate_id: Mapped[str] = mapped_column(String(36), index=True)
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class FeedCounterRow(Base):
+    """One row holding the last assigned feed position; its row lock orders the feed."""
+
+    __tablename__ = "feed_counter"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last: Mapped[int] = mapped_column(Integer)
+
+
+class FeedCursorRow(Base):
+    __tablename__ = "feed_cursors"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and immediate write locks."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        url, pool_size=10, max_overflow=20, connect_args={"check_same_thread": False}
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        # Transactions are begun explicitly below, not by the driver.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=30000")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        readonly = conn.get_execution_options().get("readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """The engine and session factory of one app; the only owner of the DB connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def migrate(self) -> None:
+        """Apply every Alembic migration (idempotent; run at start)."""
+        ini = files("gridpatrol.api").joinpath("alembic.ini")
+        cfg = Config(str(ini))
+        cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+        log.info("database %s migrated to head", make_url(self.url).render_as_string())
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction, committed on exit."""
+        with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        with self._sessions() as session:
+            session.connection(execution_options={"readonly": True})
+            yield session
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,87 @@
+"""Dependencies shared by every router: services, the caller and role checks."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from gridpatrol.api.auth import CSRF_HEADER, SESSION_COOKIE, Authenticator
+from gridpatrol.api.evidence import EvidenceStore
+from gridpatrol.api.hub import Hub
+from gridpatrol.api.policy import SitePolicy
+from gridpatrol.api.problems import Problem
+from gridpatrol.api.service import CandidateService, Clock
+from gridpatrol.api.settings import Principal, Role, Settings
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+bearer = HTTPBearer(auto_error=False, description="a token from GRIDPATROL_API_TOKENS")
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    candidates: CandidateService
+    store: EvidenceStore
+    policy: SitePolicy
+    hub: Hub
+    auth: Authenticator
+    clock: Clock
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+Svc = Annotated[Services, Depends(get_services)]
+
+
+def get_principal(
+    request: Request,
+    services: Svc,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from a bearer token or the console's session cookie (with CSRF on writes)."""
+    if request.headers.get("authorization"):
+        if credentials is None:
+            raise Problem(401, "use Authorization: Bearer <token>")
+        principal = services.auth.by_token(credentials.credentials)
+        if principal is None:
+            raise Problem(401, "unknown token")
+        return principal
+    cookie = request.cookies.get(SESSION_COOKIE)
+    if cookie is None:
+        raise Problem(401, "authentication required: a bearer token or a session")
+    opened = services.auth.open_session(cookie)
+    if opened is None:
+        raise Problem(401, "the session has expired or is invalid")
+    principal, csrf = opened
+    if request.method not in SAFE_METHODS:
+        presented = request.headers.get(CSRF_HEADER, "")
+        if not hmac.compare_digest(presented.encode(), csrf.encode()):
+            raise Problem(403, f"a session write needs the {CSRF_HEADER} header")
+    return principal
+
+
+def require(*roles: Role) -> Callable[[Principal], Principal]:
+    def check(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+        if not any(principal.has(role) for role in roles):
+            raise Problem(
+                403,
+                f"this needs the role {' or '.join(roles)}; {principal.name} is {principal.role}",
+            )
+        return principal
+
+    return check
+
+
+AnyRole = Annotated[Principal, Depends(get_principal)]
+Producer = Annotated[Principal, Depends(require("producer"))]
+Reviewer = Annotated[Principal, Depends(require("reviewer"))]
+Platform = Annotated[Principal, Depends(require("platform"))]
+ReviewerOrPlatform = Annotated[Principal, Depends(require("reviewer", "platform"))]

@@ -1,0 +1,163 @@
+"""The content-addressed evidence store: the only module that touches evidence files.
+
+Files live at ``<dir>/<first two hex digits>/<sha256>``, written to a temporary file and
+renamed so a reader never sees half a file. Every path is built from a validated hash only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic) carry the size.
+SOF_MARKERS = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+
+
+class EvidenceError(Exception):
+    """Refused evidence; ``status`` is the HTTP status that says why."""
+
+    def __init__(self, status: int, title: str, detail: str) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        super().__init__(detail)
+
+
+@dataclass(frozen=True)
+class Stored:
+    sha256: str
+    media_type: str
+    size: int
+    created: bool
+    width: int | None = None
+    height: int | None = None
+
+
+def media_type_of(header: str | None) -> str:
+    """The accepted media type named by a Content-Type header, or raise 415."""
+    media = (header or "").split(";", 1)[0].strip().lower()
+    if media not in MEDIA_TYPES:
+        raise EvidenceError(
+            415, "Unsupported Media Type", f"evidence must be one of {', '.join(MEDIA_TYPES)}"
+        )
+    return media
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's start-of-frame segment; ValueError if it is no JPEG."""
+    if data[:2] != b"\xff\xd8":
+        raise ValueError("no JPEG start-of-image marker")
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            raise ValueError(f"bad JPEG marker at byte {pos}")
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # segments without a length
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker in SOF_MARKERS:
+            if pos + 9 > len(data):
+                break
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            if width == 0 or height == 0:
+                raise ValueError("JPEG frame of zero size")
+            return width, height
+        if marker == 0xDA or length < 2:
+            break
+        pos += 2 + length
+    raise ValueError("no JPEG start-of-frame segment")
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    if data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR" or len(data) < 24:
+        raise ValueError("no PNG signature and IHDR chunk")
+    width, height = struct.unpack(">II", data[16:24])
+    if width == 0 or height == 0:
+        raise ValueError("PNG image of zero size")
+    return width, height
+
+
+def sniff(data: bytes) -> str:
+    """The media type of stored bytes (they were verified when stored)."""
+    if data[:2] == b"\xff\xd8":
+        return "image/jpeg"
+    if data[:8] == PNG_SIGNATURE:
+        return "image/png"
+    return "application/json"
+
+
+class EvidenceStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha256: str) -> Path:
+        """The file of a hash; the hash is validated before it becomes part of a path."""
+        if not SHA256_RE.fullmatch(sha256):
+            raise EvidenceError(404, "Not Found", "evidence is addressed by a lowercase SHA-256")
+        return self.root / sha256[:2] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return bool(SHA256_RE.fullmatch(sha256)) and self.path(sha256).is_file()
+
+    def put(self, sha256: str, data: bytes, content_type: str | None) -> Stored:
+        if not SHA256_RE.fullmatch(sha256):
+            raise EvidenceError(422, "Invalid Hash", "the path must be a lowercase SHA-256")
+        media = media_type_of(content_type)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise EvidenceError(
+                422, "Hash Mismatch", f"the body hashes to {actual}, not to the path's {sha256}"
+            )
+        width, height = _verify(media, data)
+        target = self.path(sha256)
+        if target.is_file():
+            return Stored(sha256, media, len(data), False, width, height)
+        target.parent.mkdir(exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+            Path(tmp).replace(target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
+        return Stored(sha256, media, len(data), True, width, height)
+
+    def get(self, sha256: str) -> tuple[bytes, str]:
+        try:
+            data = self.path(sha256).read_bytes()
+        except FileNotFoundError:
+            raise EvidenceError(404, "Not Found", f"no evidence {sha256}") from None
+        return data, sniff(data)
+
+
+def _verify(media: str, data: bytes) -> tuple[int | None, int | None]:
+    try:
+        if media == "image/jpeg":
+            return jpeg_size(data)
+        if media == "image/png":
+            return png_size(data)
+        json.loads(data)
+    except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise EvidenceError(422, "Invalid Content", f"not a valid {media}: {exc}") from exc
+    return None, None

@@ -1,0 +1,95 @@
+"""Prometheus metrics of one app: requests, latencies, candidates by status, feed lag."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow
+
+
+class Metrics:
+    def __init__(self, db: Database) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "gridpatrol_api_requests",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "gridpatrol_api_request_seconds",
+            "HTTP request latency by route and method",
+            ["route", "method"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30),
+            registry=self.registry,
+        )
+        self.registry.register(_StorageCollector(db))
+
+
+class _StorageCollector:
+    """Gauges read from the database at scrape time, so every process reports the truth."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self.db.read() as session:
+            counts = session.execute(
+                select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
+            ).all()
+            last = session.execute(select(FeedCounterRow.last)).scalar() or 0
+            cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
+        by_status = GaugeMetricFamily(
+            "gridpatrol_candidates", "candidates by status", labels=["status"]
+        )
+        for status, count in counts:
+            by_status.add_metric([status], count)
+        yield by_status
+        yield GaugeMetricFamily(
+            "gridpatrol_feed_last_position", "the last assigned feed position", value=last
+        )
+        lag = GaugeMetricFamily(
+            "gridpatrol_feed_lag", "feed positions not yet acknowledged, per token", labels=["name"]
+        )
+        for name, position in cursors:
+            lag.add_metric([name], last - position)
+        yield lag
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(route, method, str(status)).inc()
+            self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

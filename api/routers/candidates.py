@@ -1,0 +1,85 @@
+"""Candidate intake (producers) and reads (reviewers, the platform)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
+from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc
+from gridpatrol.api.schemas import BatchIn, CandidateIn, CandidatePatch, Page
+
+router = APIRouter(prefix="/api/v1", tags=["candidates"])
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+def raw_page(items: list[str], next_cursor: str | None) -> Response:
+    """A page built from stored JSON documents without parsing them again."""
+    cursor = "null" if next_cursor is None else f'"{next_cursor}"'
+    body = '{"items":[' + ",".join(items) + '],"next_cursor":' + cursor + "}"
+    return Response(body.encode(), media_type="application/json")
+
+
+@router.post("/candidates", status_code=201, response_model=dict[str, Any])
+def create_candidate(
+    candidate: CandidateIn, who: Producer, services: Svc, key: IdempotencyKey = None
+) -> JSONResponse:
+    status, doc = services.candidates.create(who, key, candidate)
+    return JSONResponse(doc, status_code=status)
+
+
+@router.post("/candidates/batch", status_code=207, response_model=dict[str, Any])
+def create_batch(batch: BatchIn, who: Producer, services: Svc) -> JSONResponse:
+    results = services.candidates.batch(
+        who, [(item.idempotency_key, item.body) for item in batch.items]
+    )
+    return JSONResponse({"items": results}, status_code=207)
+
+
+@router.get("/candidates", response_model=Page)
+def list_candidates(
+    _who: ReviewerOrPlatform,
+    services: Svc,
+    status: str | None = None,
+    type: str | None = None,
+    camera_id: str | None = None,
+    sensor_id: str | None = None,
+    since: AwareDatetime | None = None,
+    until: AwareDatetime | None = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> Response:
+    items, next_cursor = services.candidates.search(
+        status=status,
+        ctype=type,
+        camera_id=camera_id,
+        sensor_id=sensor_id,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
+    return raw_page(items, next_cursor)
+
+
+@router.get("/candidates/{candidate_id}", response_model=dict[str, Any])
+def get_candidate(
+    candidate_id: str,
+    _who: ReviewerOrPlatform,
+    services: Svc,
+) -> Response:
+    return Response(services.candidates.get(candidate_id).encode(), media_type="application/json")
+
+
+@router.patch("/candidates/{candidate_id}", response_model=dict[str, Any])
+def patch_candidate(
+    candidate_id: str,
+    patch: CandidatePatch,
+    who: Producer,
+    services: Svc,
+    key: IdempotencyKey = None,
+) -> JSONResponse:
+    status, doc = services.candidates.patch(who, candidate_id, key, patch)
+    return JSONResponse(doc, status_code=status)

@@ -1,0 +1,80 @@
+"""Evidence upload and download (content-addressed)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc
+from gridpatrol.api.evidence import SHA256_RE, EvidenceError, media_type_of
+from gridpatrol.api.problems import Problem
+
+router = APIRouter(prefix="/api/v1", tags=["evidence"])
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {"schema": {}},
+        },
+    }
+}
+
+
+@router.put("/evidence/{sha256}", status_code=201, openapi_extra=UPLOAD_BODY)
+async def put_evidence(
+    sha256: str, request: Request, _who: Producer, services: Svc
+) -> JSONResponse:
+    try:
+        if not SHA256_RE.fullmatch(sha256):
+            raise EvidenceError(422, "Invalid Hash", "the path must be a lowercase SHA-256")
+        media_type_of(request.headers.get("content-type"))
+        limit = services.settings.max_evidence_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise EvidenceError(413, "Content Too Large", f"evidence is limited to {limit} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise EvidenceError(
+                    413, "Content Too Large", f"evidence is limited to {limit} bytes"
+                )
+            chunks.append(chunk)
+        stored = await run_in_threadpool(
+            services.store.put, sha256, b"".join(chunks), request.headers.get("content-type")
+        )
+    except EvidenceError as exc:
+        raise Problem(exc.status, exc.detail, exc.title) from exc
+    body = {
+        "sha256": stored.sha256,
+        "media_type": stored.media_type,
+        "size": stored.size,
+        "width": stored.width,
+        "height": stored.height,
+    }
+    return JSONResponse(body, status_code=201 if stored.created else 200)
+
+
+@router.get("/evidence/{sha256}", response_class=Response)
+def get_evidence(
+    sha256: str,
+    _who: ReviewerOrPlatform,
+    services: Svc,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    etag = f'"{sha256}"'
+    try:
+        if if_none_match == etag and services.store.has(sha256):
+            return Response(status_code=304, headers={"ETag": etag})
+        data, media = services.store.get(sha256)
+    except EvidenceError as exc:
+        raise Problem(exc.status, exc.detail, exc.title) from exc
+    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
+    return Response(data, media_type=media, headers=headers)

@@ -1,0 +1,43 @@
+"""The grid platform's pull feed with long-poll and per-token cursors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from starlette.concurrency import run_in_threadpool
+
+from gridpatrol.api.deps import Platform, Svc
+from gridpatrol.api.routers.candidates import raw_page
+from gridpatrol.api.schemas import AckIn, Page
+
+router = APIRouter(prefix="/api/v1", tags=["feed"])
+# Waiters also look again this often: positions assigned by another process, or a night hold
+# ending, wake nobody in this one.
+POLL_S = 1.0
+
+
+@router.get("/feed", response_model=Page)
+async def feed(
+    who: Platform,
+    services: Svc,
+    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    wait: Annotated[float, Query(ge=0, le=30)] = 0,
+) -> Response:
+    services.hub.bind(asyncio.get_running_loop())
+    deadline = time.monotonic() + wait
+    while True:
+        items, last = await run_in_threadpool(services.candidates.feed, who, cursor, limit)
+        remaining = deadline - time.monotonic()
+        if items or remaining <= 0:
+            return raw_page(items, str(last))
+        await services.hub.wait_feed(min(remaining, POLL_S))
+
+
+@router.post("/feed/ack", status_code=204)
+def ack(body: AckIn, who: Platform, services: Svc) -> Response:
+    services.candidates.ack(who, int(body.cursor))
+    return Response(status_code=204)

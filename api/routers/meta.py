@@ -1,0 +1,40 @@
+"""Liveness, Prometheus metrics and the candidate types."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from gridpatrol.api.deps import AnyRole, Svc
+from gridpatrol.api.schemas import TypeInfo
+from gridpatrol.site import TYPE_NAMES
+
+router = APIRouter(prefix="/api/v1", tags=["meta"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    body = await run_in_threadpool(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/types")
+def types(_who: AnyRole, services: Svc) -> list[TypeInfo]:
+    policy = services.policy
+    return [
+        TypeInfo(
+            type=name,
+            name_zh=zh,
+            name_en=en,
+            unit=policy.suggested_unit(name),
+            urgent=name in policy.policy.urgent_types,
+        )
+        for name, (zh, en) in TYPE_NAMES.items()
+    ]

@@ -1,0 +1,19 @@
+"""The platform's reports of later stages (registered … closed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from gridpatrol.api.deps import Platform, Svc
+from gridpatrol.api.schemas import StatusIn
+
+router = APIRouter(prefix="/api/v1", tags=["hand-over"])
+
+
+@router.post("/candidates/{candidate_id}/status")
+def report_stage(
+    candidate_id: str, report: StatusIn, who: Platform, services: Svc
+) -> dict[str, Any]:
+    return services.candidates.set_stage(who, candidate_id, report)

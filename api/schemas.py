@@ -1,0 +1,190 @@
+"""Request and response models of the intake API (SPEC §8).
+
+Candidate bodies are typed but every element is optional here: a body with wrong types is
+refused (422), while one with missing required elements is stored as ``incomplete``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from gridpatrol.api.status import Decision, RejectReason, Stage
+
+Text = Annotated[str, Field(max_length=10_000)]
+Short = Annotated[str, Field(min_length=1, max_length=256)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
+SourceType = Literal["camera", "sensor", "patrol", "hotline_12345", "police_110", "public"]
+EvidenceKind = Literal[
+    "clean", "annotated", "first_seen", "latest", "crop", "sensor_trace", "snapshot"
+]
+REQUIRED = (
+    "source",
+    "type",
+    "description",
+    "occurred_at",
+    "location",
+    "severity",
+    "urgency",
+    "evidence",
+)
+
+
+class Open(BaseModel):
+    """Known fields are typed; unknown ones are kept (producers may add context)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class Source(Open):
+    type: SourceType | None = None
+    system: Short | None = None
+    camera_id: Short | None = None
+    sensor_id: Short | None = None
+    source_event_id: Short | None = None
+
+
+class Location(Open):
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    crs: Short | None = None
+    address: Text | None = None
+    grid_code: Short | None = None
+
+
+class EvidenceRef(Open):
+    sha256: Sha256 | None = None
+    kind: EvidenceKind | None = None
+    captured_at: AwareDatetime | None = None
+    width: int | None = Field(default=None, ge=0)
+    height: int | None = Field(default=None, ge=0)
+
+
+class Detection(Open):
+    model: Short | None = None
+    model_version: Short | None = None
+    score: float | None = None
+    boxes: list[list[float]] | None = None
+    track_ids: list[int] | None = None
+    zone_id: Short | None = None
+    dwell_s: float | None = None
+
+
+class Alarm(Open):
+    alarm_id: Short | None = None
+    alarm_type: Short | None = None
+    count: int | None = Field(default=None, ge=0)
+    first_seen: AwareDatetime | None = None
+    last_seen: AwareDatetime | None = None
+    previous_alarm_id: Short | None = None
+
+
+class CandidatePatch(Open):
+    """Elements a producer may send; in a PATCH every one is optional."""
+
+    type: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+    description: Text | None = None
+    occurred_at: AwareDatetime | None = None
+    location: Location | None = None
+    severity: Severity | None = None
+    urgency: Literal["immediate", "normal"] | None = None
+    evidence: list[EvidenceRef] | None = Field(default=None, max_length=100)
+    detection: Detection | None = None
+    measurements: list[dict[str, Any]] | None = None
+    alarm: Alarm | None = None
+    references: list[Short] | None = None
+    source: Source | None = None
+
+    @field_validator("severity", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
+class CandidateIn(CandidatePatch):
+    id: uuid.UUID | None = None
+
+
+def missing_elements(doc: dict[str, Any], held: set[str]) -> list[str]:
+    """The required elements a candidate document lacks (SPEC §8 ★).
+
+    ``held`` are the evidence hashes the server holds; evidence referring to anything else
+    counts as missing.
+    """
+    missing = []
+    for name in REQUIRED:
+        value = doc.get(name)
+        if name == "source":
+            if not isinstance(value, dict) or not value.get("source_event_id"):
+                missing.append("source.source_event_id" if isinstance(value, dict) else name)
+            continue
+        if name == "location":
+            if not _located(value):
+                missing.append(name)
+            continue
+        if name == "evidence":
+            hashes = [e.get("sha256") for e in value or [] if isinstance(e, dict)]
+            if not hashes or any(h not in held for h in hashes):
+                missing.append(name)
+            continue
+        if value in (None, "", [], {}):
+            missing.append(name)
+    return missing
+
+
+def _located(value: object) -> bool:
+    if not isinstance(value, dict):
+        return False
+    has_point = value.get("lat") is not None and value.get("lon") is not None
+    return has_point or bool(value.get("address")) or bool(value.get("grid_code"))
+
+
+class BatchItem(BaseModel):
+    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
+    body: dict[str, Any]
+
+
+class BatchIn(BaseModel):
+    items: list[BatchItem] = Field(max_length=500)
+
+
+class ReviewIn(BaseModel):
+    decision: Decision
+    reason_code: RejectReason | None = None
+    reason: Text | None = None
+    merge_into: uuid.UUID | None = None
+
+
+class StatusIn(BaseModel):
+    stage: Stage
+    at: AwareDatetime | None = None
+
+
+class AckIn(BaseModel):
+    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,18}$")]
+
+
+class SessionIn(BaseModel):
+    token: Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class SessionOut(BaseModel):
+    name: str
+    role: str
+    csrf_token: str
+
+
+class Page(BaseModel):
+    items: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class TypeInfo(BaseModel):
+    type: str
+    name_zh: str
+    name_en: str
+    unit: str | None
+    urgent: bool

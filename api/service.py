@@ -1,0 +1,709 @@
+"""Candidate operations: intake with idempotency, supplements, review, hand-over, the feed.
+
+Every operation is one short database transaction (two for idempotent writes: the key is
+claimed first so a concurrent retry sees it in flight). Notifications go out after commit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from gridpatrol.api import status as sm
+from gridpatrol.api.client import merge_patches
+from gridpatrol.api.db import (
+    CandidateRow,
+    Database,
+    FeedCounterRow,
+    FeedCursorRow,
+    FeedRow,
+    IdempotencyRow,
+)
+from gridpatrol.api.evidence import EvidenceStore
+from gridpatrol.api.hub import Event, Hub
+from gridpatrol.api.policy import SitePolicy
+from gridpatrol.api.problems import Problem
+from gridpatrol.api.schemas import CandidateIn, CandidatePatch, ReviewIn, StatusIn, missing_elements
+from gridpatrol.api.settings import Principal
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+JsonDict = dict[str, Any]
+# Fields the server owns; a producer cannot set them.
+SERVER_FIELDS = frozenset(
+    {
+        "id",
+        "status",
+        "category",
+        "suggested_unit",
+        "hold_until",
+        "arrive_by",
+        "history",
+        "missing_elements",
+        "created_at",
+        "updated_at",
+        "stages",
+        "merged_into",
+        "review",
+    }
+)
+# An in-flight idempotency key older than this belongs to a request that died: take it over.
+STALE_IN_FLIGHT = timedelta(seconds=60)
+
+
+@dataclass
+class Outcome:
+    status: int
+    doc: JsonDict
+    events: list[Event] = field(default_factory=list)
+    feed: bool = False
+
+
+def request_hash(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+def iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _event(kind: str, doc: JsonDict) -> Event:
+    source = doc.get("source") or {}
+    return (
+        kind,
+        {
+            "id": doc["id"],
+            "status": doc["status"],
+            "type": doc.get("type"),
+            "camera_id": source.get("camera_id"),
+            "sensor_id": source.get("sensor_id"),
+            "updated_at": doc["updated_at"],
+        },
+    )
+
+
+def validation_problem(exc: ValidationError) -> Problem:
+    errors = [
+        {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    return Problem(422, "the candidate does not match the schema", errors=errors)
+
+
+class CandidateService:
+    def __init__(
+        self, db: Database, store: EvidenceStore, policy: SitePolicy, clock: Clock, hub: Hub
+    ) -> None:
+        self.db = db
+        self.store = store
+        self.policy = policy
+        self.clock = clock
+        self.hub = hub
+        self._pg = db.dialect == "postgresql"
+
+    # -- idempotency -------------------------------------------------------------------------
+
+    def idempotent(
+        self, who: Principal, key: str | None, digest: str, work: Callable[[Session], Outcome]
+    ) -> tuple[int, JsonDict]:
+        """Run ``work`` once per (key, principal); replay the stored response afterwards."""
+        if not key:
+            raise Problem(400, "the Idempotency-Key header is required")
+        if len(key) > 200:
+            raise Problem(400, "the Idempotency-Key header is longer than 200 characters")
+        replay = self._claim(who.name, key, digest)
+        if replay is not None:
+            return replay
+        try:
+            with self.db.write() as session:
+                outcome = work(session)
+                session.execute(
+                    update(IdempotencyRow)
+                    .where(IdempotencyRow.key == key, IdempotencyRow.principal == who.name)
+                    .values(
+                        state="done",
+                        status_code=outcome.status,
+                        response=json.dumps(outcome.doc, ensure_ascii=False),
+                    )
+                )
+        except BaseException:
+            with self.db.write() as session:
+                session.execute(
+                    delete(IdempotencyRow).where(
+                        IdempotencyRow.key == key, IdempotencyRow.principal == who.name
+                    )
+                )
+            raise
+        self._notify(outcome)
+        return outcome.status, outcome.doc
+
+    def _claim(self, who: str, key: str, digest: str) -> tuple[int, JsonDict] | None:
+        for _attempt in range(5):
+            try:
+                with self.db.write() as session:
+                    row = session.get(IdempotencyRow, (key, who))
+                    now = self.clock()
+                    if row is None:
+                        session.add(
+                            IdempotencyRow(
+                                key=key,
+                                principal=who,
+                                request_hash=digest,
+                                state="in_flight",
+                                created_at=now,
+                            )
+                        )
+                        return None
+                    if row.request_hash != digest:
+                        raise Problem(
+                            422, "this Idempotency-Key was used with another request body"
+                        )
+                    if row.state == "done" and row.status_code is not None:
+                        return row.status_code, json.loads(row.response or "{}")
+                    if now - row.created_at < STALE_IN_FLIGHT:
+                        raise Problem(409, "a request with this Idempotency-Key is in flight")
+                    row.created_at = now
+                    return None
+            except IntegrityError:
+                continue  # a concurrent request inserted the key first: look again
+        raise Problem(409, "a request with this Idempotency-Key is in flight")
+
+    def _notify(self, outcome: Outcome) -> None:
+        self.hub.publish(outcome.events)
+        if outcome.feed:
+            self.hub.feed_changed()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, JsonDict]:
+        body = parsed.model_dump(mode="json", exclude_unset=True)
+        digest = request_hash("POST", "/candidates", body)
+        return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed))
+
+    def batch(self, who: Principal, items: list[tuple[str, Any]]) -> list[JsonDict]:
+        results: list[JsonDict] = []
+        for key, body in items:
+            try:
+                if not isinstance(body, dict):
+                    raise Problem(422, "the candidate must be a JSON object")
+                try:
+                    parsed = CandidateIn.model_validate(body)
+                except ValidationError as exc:
+                    raise validation_problem(exc) from exc
+                code, doc = self.create(who, key, parsed)
+                results.append({"status": code, "body": doc})
+            except Problem as exc:
+                problem = {
+                    "type": "about:blank",
+                    "title": exc.title,
+                    "status": exc.status,
+                    "detail": exc.detail,
+                    **exc.extra,
+                }
+                results.append({"status": exc.status, "body": problem})
+        return results
+
+    def _create(self, session: Session, who: Principal, parsed: CandidateIn) -> Outcome:
+        source = parsed.source
+        if source is not None and source.system and source.source_event_id:
+            existing = session.scalars(
+                select(CandidateRow).where(
+                    CandidateRow.source_system == source.system,
+                    CandidateRow.source_event_id == source.source_event_id,
+                )
+            ).first()
+            if existing is not None:
+                return Outcome(200, json.loads(existing.doc))
+        cid = str(parsed.id or uuid.uuid4())
+        if parsed.id is not None and (row := session.get(CandidateRow, cid)) is not None:
+            return Outcome(200, json.loads(row.doc))
+        now = self.clock()
+        doc = parsed.model_dump(mode="json", exclude_unset=True, exclude={"id"})
+        doc = {"id": cid, **doc, "created_at": now.isoformat(), "status": "incomplete"}
+        doc["history"] = [{"at": now.isoformat(), "who": who.name, "action": "created"}]
+        row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
+        outcome = Outcome(201, doc)
+        self._derive(doc)
+        self._save(row, doc, now)
+        try:
+            with session.begin_nested():
+                session.add(row)
+        except IntegrityError:
+            # The same natural key or id was created concurrently: answer with that one.
+            found = session.scalars(
+                select(CandidateRow).where(
+                    or_(
+                        CandidateRow.id == cid,
+                        and_(
+                            CandidateRow.source_system == row.source_system,
+                            CandidateRow.source_event_id == row.source_event_id,
+                        ),
+                    )
+                )
+            ).first()
+            if found is None:
+                raise
+            return Outcome(200, json.loads(found.doc))
+        if not doc["missing_elements"]:
+            self._enter_review(session, row, doc, now, outcome)
+            self._save(row, doc, now)
+        log.info("candidate %s created: %s %s", cid, doc["status"], doc.get("type"))
+        outcome.events.insert(0, _event("candidate.created", doc))
+        return outcome
+
+    def patch(
+        self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
+    ) -> tuple[int, JsonDict]:
+        body = parsed.model_dump(mode="json", exclude_unset=True)
+        owned = sorted(SERVER_FIELDS & body.keys())
+        if owned:
+            raise Problem(422, f"the server owns {', '.join(owned)}; a patch cannot set them")
+        digest = request_hash("PATCH", f"/candidates/{cid}", body)
+        return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))
+
+    def _patch(self, session: Session, who: Principal, cid: str, parsed: CandidatePatch) -> Outcome:
+        row = self._load(session, cid)
+        if row.status not in sm.PATCHABLE:
+            raise Problem(409, f"candidate {cid} is {row.status}; it can no longer change")
+        now = self.clock()
+        doc = json.loads(row.doc)
+        before = row.status
+        changes = parsed.model_dump(mode="json", exclude_unset=True)
+        doc = merge_patches(doc, changes)
+        self._derive(doc)
+        outcome = Outcome(200, doc)
+        if before in ("incomplete", "returned", "new"):
+            new = sm.after_supplement(before, not doc["missing_elements"])
+            action = "supplemented" if new != before else "updated"
+            self._history(doc, now, who.name, action, fields=sorted(changes))
+            doc["status"] = new
+            if new == "new" and before != "new":
+                self._enter_review(session, row, doc, now, outcome)
+        else:
+            self._history(doc, now, who.name, "updated", fields=sorted(changes))
+            if row.feed_pos is not None:  # visible already: the platform sees the change
+                self._assign_positions(session, [row], now)
+                outcome.feed = True
+        self._save(row, doc, now)
+        try:
+            with session.begin_nested():
+                session.flush()
+        except IntegrityError as exc:
+            raise Problem(409, "another candidate has this source_event_id") from exc
+        outcome.events.append(_event("candidate.changed", doc))
+        log.info("candidate %s patched: %s -> %s", cid, before, doc["status"])
+        return outcome
+
+    # -- review and hand-over ----------------------------------------------------------------
+
+    def review(self, who: Principal, cid: str, decision: ReviewIn) -> JsonDict:
+        if decision.decision == "reject" and decision.reason_code is None:
+            raise Problem(422, "a rejection needs a reason_code")
+        if decision.decision == "merge" and decision.merge_into is None:
+            raise Problem(422, "a merge needs merge_into")
+        with self.db.write() as session:
+            row = self._load(session, cid)
+            try:
+                new = sm.review(row.status, decision.decision)
+            except sm.IllegalTransition as exc:
+                raise Problem(409, str(exc)) from exc
+            now = self.clock()
+            doc: JsonDict = json.loads(row.doc)
+            outcome = Outcome(200, doc)
+            if decision.decision == "merge":
+                self._merge_into(session, who, row, str(decision.merge_into), now, outcome)
+            doc["status"] = new
+            self._history(
+                doc,
+                now,
+                who.name,
+                new,
+                reason=decision.reason,
+                reason_code=decision.reason_code,
+                merge_into=str(decision.merge_into) if decision.merge_into else None,
+            )
+            if new == "rejected":
+                row.reject_reason = decision.reason_code
+                doc["review"] = {"reason_code": decision.reason_code, "reason": decision.reason}
+            if new == "confirmed":
+                self._make_visible(session, row, doc, now, outcome)
+            self._save(row, doc, now)
+            outcome.events.append(_event("candidate.changed", doc))
+        log.info("candidate %s %s by %s", cid, new, who.name)
+        self._notify(outcome)
+        return doc
+
+    def _merge_into(
+        self,
+        session: Session,
+        who: Principal,
+        row: CandidateRow,
+        target_id: str,
+        now: datetime,
+        outcome: Outcome,
+    ) -> None:
+        if target_id == row.id:
+            raise Problem(422, "a candidate cannot be merged into itself")
+        target = self._load(session, target_id, status=422)
+        if target.status in ("rejected", "merged"):
+            raise Problem(409, f"cannot merge into candidate {target_id}: it is {target.status}")
+        tdoc = json.loads(target.doc)
+        tdoc["references"] = [*tdoc.get("references", []), row.id]
+        self._history(tdoc, now, who.name, "merged_from", source=row.id)
+        self._save(target, tdoc, now)
+        json_doc = outcome.doc
+        json_doc["merged_into"] = target_id
+        outcome.events.append(_event("candidate.changed", tdoc))
+
+    def set_stage(self, who: Principal, cid: str, report: StatusIn) -> JsonDict:
+        with self.db.write() as session:
+            row = self._load(session, cid)
+            try:
+                new = sm.advance(row.status, report.stage)
+            except sm.IllegalTransition as exc:
+                raise Problem(409, str(exc)) from exc
+            doc: JsonDict = json.loads(row.doc)
+            if new is None:
+                return doc
+            now = self.clock()
+            at = report.at or now
+            doc["status"] = new
+            doc.setdefault("stages", {})[new] = at.isoformat()
+            if new == "dispatched":
+                row.arrive_by = self.policy.arrive_by(at)
+                doc["arrive_by"] = row.arrive_by.isoformat()
+            if new == "arrived":
+                row.arrived_at = at
+            self._history(doc, now, who.name, new, at=at.isoformat())
+            self._save(row, doc, now)
+        log.info("candidate %s %s (reported by %s)", cid, new, who.name)
+        self.hub.publish([_event("candidate.changed", doc)])
+        return doc
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, cid: str) -> str:
+        with self.db.read() as session:
+            return self._load(session, cid).doc
+
+    def search(
+        self,
+        *,
+        status: str | None = None,
+        ctype: str | None = None,
+        camera_id: str | None = None,
+        sensor_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[str], str | None]:
+        query = select(CandidateRow.created_at, CandidateRow.id, CandidateRow.doc)
+        for column, value in (
+            (CandidateRow.status, status),
+            (CandidateRow.type, ctype),
+            (CandidateRow.camera_id, camera_id),
+            (CandidateRow.sensor_id, sensor_id),
+        ):
+            if value is not None:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(CandidateRow.created_at >= since)
+        if until is not None:
+            query = query.where(CandidateRow.created_at < until)
+        if cursor:
+            at, cid = _decode_list_cursor(cursor)
+            query = query.where(
+                or_(
+                    CandidateRow.created_at < at,
+                    and_(CandidateRow.created_at == at, CandidateRow.id < cid),
+                )
+            )
+        query = query.order_by(CandidateRow.created_at.desc(), CandidateRow.id.desc())
+        with self.db.read() as session:
+            rows = session.execute(query.limit(limit + 1)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_list_cursor(rows[-1][0], rows[-1][1]) if more else None
+        return [r[2] for r in rows], next_cursor
+
+    # -- the feed ----------------------------------------------------------------------------
+
+    def feed(self, who: Principal, cursor: str | None, limit: int) -> tuple[list[str], int]:
+        """Visible candidates after ``cursor`` (or the token's acknowledged position)."""
+        self.release_held()
+        with self.db.read() as session:
+            if cursor is None:
+                stored = session.get(FeedCursorRow, who.name)
+                after = stored.position if stored is not None else 0
+            else:
+                after = int(cursor)
+            rows = session.execute(
+                select(FeedRow.position, CandidateRow.doc)
+                .join(CandidateRow, CandidateRow.id == FeedRow.candidate_id)
+                .where(FeedRow.position > after)
+                .order_by(FeedRow.position)
+                .limit(limit)
+            ).all()
+        return [r[1] for r in rows], (rows[-1][0] if rows else after)
+
+    def ack(self, who: Principal, cursor: int) -> None:
+        """Store the token's cursor; candidates up to it are now pulled by the platform."""
+        events: list[Event] = []
+        with self.db.write() as session:
+            last = session.execute(select(FeedCounterRow.last).where(FeedCounterRow.id == 1))
+            if cursor > last.scalar_one():
+                raise Problem(422, f"cursor {cursor} is beyond the end of the feed")
+            now = self.clock()
+            stored = session.get(FeedCursorRow, who.name)
+            previous = stored.position if stored is not None else 0
+            if stored is None:
+                session.add(FeedCursorRow(name=who.name, position=cursor, updated_at=now))
+            elif cursor > stored.position:
+                stored.position = cursor
+                stored.updated_at = now
+            if cursor > previous:
+                pulled = session.scalars(
+                    select(CandidateRow)
+                    .join(FeedRow, FeedRow.candidate_id == CandidateRow.id)
+                    .where(
+                        FeedRow.position > previous,
+                        FeedRow.position <= cursor,
+                        CandidateRow.status == "confirmed",
+                    )
+                ).unique()
+                for row in pulled:
+                    doc = json.loads(row.doc)
+                    doc["status"] = "pulled"
+                    self._history(doc, now, who.name, "pulled")
+                    self._save(row, doc, now)
+                    events.append(_event("candidate.changed", doc))
+        self.hub.publish(events)
+
+    def release_held(self) -> int:
+        """Give held candidates whose night hold has ended their feed positions."""
+        now = self.clock()
+        due = (
+            select(CandidateRow.id)
+            .where(
+                CandidateRow.feed_pos.is_(None),
+                CandidateRow.hold_until <= now,
+                CandidateRow.status.in_(sm.VISIBLE),
+            )
+            .limit(1)
+        )
+        with self.db.read() as session:
+            if session.execute(due).first() is None:
+                return 0
+        events: list[Event] = []
+        with self.db.write() as session:
+            rows = list(
+                session.scalars(
+                    select(CandidateRow)
+                    .where(
+                        CandidateRow.feed_pos.is_(None),
+                        CandidateRow.hold_until <= now,
+                        CandidateRow.status.in_(sm.VISIBLE),
+                    )
+                    .order_by(CandidateRow.hold_until, CandidateRow.updated_at, CandidateRow.id)
+                )
+            )
+            if rows:
+                self._assign_positions(session, rows, now)
+                for row in rows:
+                    doc = json.loads(row.doc)
+                    self._history(doc, now, "policy", "released")
+                    self._save(row, doc, now)
+                    events.append(_event("candidate.changed", doc))
+        if events:
+            log.info("night hold ended for %d candidate(s)", len(events))
+            self.hub.publish(events)
+            self.hub.feed_changed()
+        return len(events)
+
+    # -- statistics --------------------------------------------------------------------------
+
+    def stats(self, since: datetime | None, until: datetime | None) -> JsonDict:
+        query = select(
+            CandidateRow.id,
+            CandidateRow.status,
+            CandidateRow.type,
+            CandidateRow.camera_id,
+            CandidateRow.created_at,
+            CandidateRow.reject_reason,
+            CandidateRow.arrive_by,
+            CandidateRow.arrived_at,
+        )
+        if since is not None:
+            query = query.where(CandidateRow.created_at >= since)
+        if until is not None:
+            query = query.where(CandidateRow.created_at < until)
+        with self.db.read() as session:
+            rows = session.execute(query).all()
+        return compute_stats(rows, self.clock(), self.policy)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _load(self, session: Session, cid: str, status: int = 404) -> CandidateRow:
+        query = select(CandidateRow).where(CandidateRow.id == cid)
+        if self._pg:
+            query = query.with_for_update()
+        row = session.scalars(query).first()
+        if row is None:
+            raise Problem(status, f"no candidate {cid}")
+        return row
+
+    def _derive(self, doc: JsonDict) -> None:
+        """Server-computed elements: urgency raise, routing, category, missing elements."""
+        ctype = doc.get("type")
+        if "urgency" in doc or ctype in self.policy.policy.urgent_types:
+            doc["urgency"] = self.policy.urgency(ctype, doc.get("urgency"))
+        doc["category"] = self.policy.category(ctype)
+        doc["suggested_unit"] = self.policy.suggested_unit(ctype)
+        held = {
+            h
+            for e in doc.get("evidence") or []
+            if isinstance(e, dict) and isinstance(h := e.get("sha256"), str) and self.store.has(h)
+        }
+        doc["missing_elements"] = missing_elements(doc, held)
+
+    def _enter_review(
+        self, session: Session, row: CandidateRow, doc: JsonDict, now: datetime, outcome: Outcome
+    ) -> None:
+        doc["status"] = "new"
+        if self.policy.auto_confirms(doc.get("type")):
+            doc["status"] = "confirmed"
+            self._history(doc, now, "policy", "auto_confirmed")
+            self._make_visible(session, row, doc, now, outcome)
+
+    def _make_visible(
+        self, session: Session, row: CandidateRow, doc: JsonDict, now: datetime, outcome: Outcome
+    ) -> None:
+        hold = self.policy.hold_until(doc.get("urgency"), now)
+        doc["hold_until"] = iso(hold)
+        row.hold_until = hold
+        if hold is None:
+            self._assign_positions(session, [row], now)
+            outcome.feed = True
+        else:
+            self._history(doc, now, "policy", "held", until=hold.isoformat())
+
+    def _assign_positions(self, session: Session, rows: list[CandidateRow], now: datetime) -> None:
+        # The counter row's lock (PostgreSQL) or the database write lock (SQLite) is held to
+        # commit, so positions become visible in order and without gaps.
+        last = session.execute(
+            update(FeedCounterRow)
+            .where(FeedCounterRow.id == 1)
+            .values(last=FeedCounterRow.last + len(rows))
+            .returning(FeedCounterRow.last)
+        ).scalar_one()
+        first = last - len(rows) + 1
+        for position, row in enumerate(rows, start=first):
+            session.add(FeedRow(position=position, candidate_id=row.id, at=now))
+            row.feed_pos = position
+
+    @staticmethod
+    def _history(doc: JsonDict, now: datetime, who: str, action: str, **extra: Any) -> None:
+        entry = {"at": now.isoformat(), "who": who, "action": action}
+        entry.update({k: v for k, v in extra.items() if v is not None})
+        doc.setdefault("history", []).append(entry)
+
+    @staticmethod
+    def _save(row: CandidateRow, doc: JsonDict, now: datetime) -> None:
+        doc["updated_at"] = now.isoformat()
+        source = doc.get("source") or {}
+        row.status = doc["status"]
+        row.type = doc.get("type")
+        row.camera_id = source.get("camera_id")
+        row.sensor_id = source.get("sensor_id")
+        row.source_system = source.get("system") if source.get("source_event_id") else None
+        row.source_event_id = source.get("source_event_id") if source.get("system") else None
+        row.urgency = doc.get("urgency")
+        row.updated_at = now
+        row.doc = json.dumps(doc, ensure_ascii=False)
+
+
+def _encode_list_cursor(at: datetime, cid: str) -> str:
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{cid}".encode()).decode().rstrip("=")
+
+
+def _decode_list_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        at, cid = raw.split("|", 1)
+        parsed = datetime.fromisoformat(at)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise Problem(422, "invalid cursor") from exc
+    if parsed.tzinfo is None:
+        raise Problem(422, "invalid cursor")
+    return parsed, cid
+
+
+CONFIRMED_OR_LATER = sm.VISIBLE
+
+
+def compute_stats(rows: Iterable[Any], now: datetime, policy: SitePolicy) -> JsonDict:
+    """Counts, precision and SLA breaches from (id, status, type, camera, created, reason,
+    arrive_by, arrived_at) rows; precision = confirmed / (confirmed + false positives)."""
+    by: dict[str, dict[str, int]] = {"type": {}, "camera": {}, "status": {}, "day": {}}
+    hits: dict[str, dict[str, list[int]]] = {"type": {}, "camera": {}}
+    breaches: list[JsonDict] = []
+    total = 0
+    for cid, status, ctype, camera, created, reason, arrive_by, arrived_at in rows:
+        total += 1
+        day = created.astimezone(policy.tz).date().isoformat()
+        for name, value in (("type", ctype), ("camera", camera), ("status", status), ("day", day)):
+            if value is not None:
+                by[name][value] = by[name].get(value, 0) + 1
+        good = status in CONFIRMED_OR_LATER
+        false_positive = status == "rejected" and reason == "false_positive"
+        if good or false_positive:
+            for name, value in (("type", ctype), ("camera", camera)):
+                if value is not None:
+                    counts = hits[name].setdefault(value, [0, 0])
+                    counts[0 if good else 1] += 1
+        if arrive_by is not None and (
+            (arrived_at is not None and arrived_at > arrive_by)
+            or (arrived_at is None and now > arrive_by)
+        ):
+            breaches.append(
+                {
+                    "id": cid,
+                    "type": ctype,
+                    "camera_id": camera,
+                    "arrive_by": arrive_by.isoformat(),
+                    "arrived_at": iso(arrived_at),
+                }
+            )
+    precision = {
+        name: {
+            key: {"confirmed": tp, "false_positive": fp, "precision": tp / (tp + fp)}
+            for key, (tp, fp) in sorted(values.items())
+        }
+        for name, values in hits.items()
+    }
+    return {
+        "total": total,
+        "by_type": dict(sorted(by["type"].items())),
+        "by_camera": dict(sorted(by["camera"].items())),
+        "by_status": dict(sorted(by["status"].items())),
+        "by_day": dict(sorted(by["day"].items())),
+        "precision_by_type": precision["type"],
+        "precision_by_camera": precision["camera"],
+        "sla": {"minutes": policy.policy.sla_minutes, "breaches": len(breaches)},
+        "sla_breaches": breaches,
+    }

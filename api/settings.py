@@ -1,0 +1,94 @@
+"""Settings of the intake API, read from ``GRIDPATROL_*`` environment variables."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gridpatrol.site import Policy, Site, load_site
+
+log = logging.getLogger(__name__)
+
+Role = Literal["producer", "reviewer", "platform", "admin"]
+DEFAULT_TIMEZONE = "Asia/Shanghai"
+
+
+class TokenEntry(BaseModel):
+    role: Role
+    name: str = Field(min_length=1, max_length=100)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the configured name of the token and its role."""
+
+    name: str
+    role: Role
+    token_digest: bytes
+
+    def has(self, role: Role) -> bool:
+        return self.role == role or self.role == "admin"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRIDPATROL_", extra="ignore")
+
+    database_url: str = "sqlite:///./var/gridpatrol.db"
+    evidence_dir: Path = Path("./var/evidence")
+    # token (or "sha256:<hex>" of a token) -> {"role", "name"}
+    api_tokens: dict[str, TokenEntry] = Field(default_factory=dict)
+    config: Path | None = None
+    max_evidence_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    session_secret: str = Field(default_factory=lambda: secrets.token_hex(32))
+    session_max_age_s: int = 12 * 3600
+    allow_generated_tokens: bool = False
+    release_interval_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _json_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value) if value.strip() else {}
+        return value
+
+    def token_digests(self) -> list[tuple[bytes, TokenEntry]]:
+        """Configured tokens as SHA-256 digests, so presented tokens compare in constant time."""
+        out = []
+        for token, entry in self.api_tokens.items():
+            if token.startswith("sha256:"):
+                digest = bytes.fromhex(token.removeprefix("sha256:"))
+            else:
+                digest = hashlib.sha256(token.encode()).digest()
+            out.append((digest, entry))
+        return out
+
+    def load_site(self) -> Site | None:
+        if self.config is None:
+            log.warning(
+                "GRIDPATROL_CONFIG is not set: using the default policy and %s", DEFAULT_TIMEZONE
+            )
+            return None
+        return load_site(self.config)
+
+
+def site_policy(site: Site | None) -> tuple[Policy, str]:
+    """The policy and time zone the API applies."""
+    if site is None:
+        return Policy(), DEFAULT_TIMEZONE
+    return site.policy, site.site.timezone
+
+
+def generate_tokens() -> dict[str, dict[str, str]]:
+    """Fresh random tokens, one per role, for a demo started without configured tokens."""
+    return {
+        f"gp-{role}-{secrets.token_urlsafe(18)}": {"role": role, "name": f"demo-{role}"}
+        for role in ("producer", "reviewer", "platform", "admin")
+    }

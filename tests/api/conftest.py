@@ -1,0 +1,212 @@
+"""Intake API fixtures: the app on SQLite and on PostgreSQL, a settable clock, sample bodies."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from gridpatrol.api.app import create_app
+from gridpatrol.api.settings import Settings
+
+TOKENS = {
+    "producer": "t-producer-5b0c",
+    "reviewer": "t-reviewer-91aa",
+    "platform": "t-platform-77de",
+    "platform2": "t-platform-second",
+    "admin": "t-admin-0f3e",
+}
+# 12:00 in Shanghai: outside the night window.
+NOON = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A settable clock the app reads instead of the wall clock."""
+
+    def __init__(self, now: datetime = NOON) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+def token_config() -> dict[str, dict[str, str]]:
+    out = {}
+    for role, token in TOKENS.items():
+        base = "platform" if role == "platform2" else role
+        out[token] = {"role": base, "name": f"test-{role}"}
+    return out
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    """A fresh database: a SQLite file, or a PostgreSQL schema of this test's own."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/api.db"
+        return
+    schema = f"gp_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{postgres_url}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def settings_for(db_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    return Settings(
+        database_url=db_url,
+        evidence_dir=tmp_path / "evidence",
+        api_tokens=token_config(),  # type: ignore[arg-type]
+        **extra,
+    )
+
+
+class RoleClient:
+    """Requests through the shared client with one role's bearer token."""
+
+    def __init__(self, http: TestClient, token: str) -> None:
+        self.http = http
+        self.auth = {"Authorization": f"Bearer {token}"}
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        kw["headers"] = {**self.auth, **(kw.get("headers") or {})}
+        return self.http.request(method, url, **kw)
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.request("GET", url, **kw)
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.request("POST", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> Any:
+        return self.request("PUT", url, **kw)
+
+    def patch(self, url: str, **kw: Any) -> Any:
+        return self.request("PATCH", url, **kw)
+
+    def delete(self, url: str, **kw: Any) -> Any:
+        return self.request("DELETE", url, **kw)
+
+
+class Api:
+    """A TestClient per role over one app."""
+
+    def __init__(self, client: TestClient, clock: Clock) -> None:
+        self.http = client
+        self.clock = clock
+
+    def as_(self, role: str) -> RoleClient:
+        return RoleClient(self.http, TOKENS[role])
+
+    def put_jpeg(self, seed: int = 0) -> str:
+        data = jpeg(seed)
+        sha = hashlib.sha256(data).hexdigest()
+        response = self.as_("producer").put(
+            f"/api/v1/evidence/{sha}", content=data, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code in (200, 201), response.text
+        return sha
+
+    def create(self, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        response = self.as_("producer").post(
+            "/api/v1/candidates", json=body, headers={"Idempotency-Key": key or str(uuid.uuid4())}
+        )
+        assert response.status_code in (200, 201), response.text
+        out: dict[str, Any] = response.json()
+        return out
+
+    @staticmethod
+    def body(
+        event_id: str | None = None,
+        sha: str | None = None,
+        ctype: str = "garbage_overflow",
+        **override: Any,
+    ) -> dict[str, Any]:
+        return body(event_id, sha, ctype, **override)
+
+    @staticmethod
+    def jpeg(seed: int = 0) -> bytes:
+        return jpeg(seed)
+
+    def review(self, cid: str, decision: str, **extra: Any) -> Any:
+        return self.as_("reviewer").post(
+            f"/api/v1/candidates/{cid}/review", json={"decision": decision, **extra}
+        )
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def make_api(db_url: str, tmp_path: Path, clock: Clock) -> Iterator[Callable[..., Api]]:
+    """Build an app on this test's database; extra keyword arguments go to Settings."""
+    clients: list[TestClient] = []
+
+    def build(**extra: Any) -> Api:
+        app = create_app(settings_for(db_url, tmp_path, **extra), clock=clock)
+        client = TestClient(app)
+        client.__enter__()
+        clients.append(client)
+        return Api(client, clock)
+
+    yield build
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def api(make_api: Callable[..., Api]) -> Api:
+    return make_api()
+
+
+def jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+def body(
+    event_id: str | None = None,
+    sha: str | None = None,
+    ctype: str = "garbage_overflow",
+    **override: Any,
+) -> dict[str, Any]:
+    """A complete camera candidate body."""
+    out: dict[str, Any] = {
+        "source": {
+            "type": "camera",
+            "system": "test-worker",
+            "camera_id": "cam-1",
+            "source_event_id": event_id or uuid.uuid4().hex,
+        },
+        "type": ctype,
+        "description": "暴露垃圾 beside the bin",
+        "occurred_at": "2026-11-27T03:59:00+00:00",
+        "location": {"lat": 31.28, "lon": 121.45, "grid_code": "JA-DN-0101"},
+        "severity": "MINOR",
+        "urgency": "normal",
+        "evidence": [{"sha256": sha or "0" * 64, "kind": "clean"}],
+        "detection": {"model": "yolo11n", "score": 0.8, "zone_id": "z1", "dwell_s": 10},
+    }
+    out.update(override)
+    return out

@@ -1,0 +1,213 @@
+"""Candidate intake over HTTP: idempotency, natural keys, incomplete bodies, PATCH, batch."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Any
+
+import pytest
+
+URL = "/api/v1/candidates"
+
+
+def post(api: Any, payload: Any, key: str | None = "k") -> Any:
+    headers = {"Idempotency-Key": key} if key is not None else {}
+    return api.as_("producer").post(URL, json=payload, headers=headers)
+
+
+def test_complete_candidate_is_new_with_policy_fields(api: Any) -> None:
+    sha = api.put_jpeg()
+    response = post(api, api.body("e1", sha))
+    assert response.status_code == 201
+    doc = response.json()
+    assert doc["status"] == "new"
+    assert doc["missing_elements"] == []
+    assert doc["suggested_unit"] == "绿化市容所"
+    assert doc["urgency"] == "normal"
+    assert doc["history"][0]["who"] == "test-producer"
+    assert doc["history"][0]["action"] == "created"
+    uuid.UUID(doc["id"])
+    got = api.as_("reviewer").get(f"{URL}/{doc['id']}")
+    assert got.status_code == 200
+    assert got.json() == doc
+
+
+def test_replay_conflict_and_missing_key(api: Any) -> None:
+    sha = api.put_jpeg()
+    first = post(api, api.body("e1", sha), key="key-1")
+    replay = post(api, api.body("e1", sha), key="key-1")
+    assert (first.status_code, replay.status_code) == (201, 201)
+    assert replay.json() == first.json()
+    other = post(api, api.body("e2", sha), key="key-1")
+    assert other.status_code == 422
+    assert other.headers["content-type"] == "application/problem+json"
+    missing = post(api, api.body("e3", sha), key=None)
+    assert missing.status_code == 400
+    assert missing.json()["status"] == 400
+
+
+def test_known_natural_key_under_a_new_key_returns_the_existing(api: Any) -> None:
+    sha = api.put_jpeg()
+    first = post(api, api.body("same-event", sha), key="a").json()
+    again = post(api, api.body("same-event", sha, description="again"), key="b")
+    assert again.status_code == 200
+    assert again.json()["id"] == first["id"]
+    page = api.as_("reviewer").get(URL).json()
+    assert [c["id"] for c in page["items"]] == [first["id"]]
+
+
+def test_client_supplied_id(api: Any) -> None:
+    cid = str(uuid.uuid4())
+    doc = post(api, {**api.body("e1", api.put_jpeg()), "id": cid}).json()
+    assert doc["id"] == cid
+    assert api.as_("platform").get(f"{URL}/{cid}").json()["id"] == cid
+
+
+@pytest.mark.parametrize(
+    ("drop", "missing"),
+    [
+        ("description", ["description"]),
+        ("location", ["location"]),
+        ("severity", ["severity"]),
+        ("urgency", ["urgency"]),
+        ("occurred_at", ["occurred_at"]),
+        ("type", ["type"]),
+        ("evidence", ["evidence"]),
+        ("source", ["source"]),
+    ],
+)
+def test_missing_elements_are_stored_incomplete(api: Any, drop: str, missing: list[str]) -> None:
+    payload = api.body("e1", api.put_jpeg())
+    del payload[drop]
+    response = post(api, payload)
+    assert response.status_code == 201
+    assert response.json()["status"] == "incomplete"
+    assert response.json()["missing_elements"] == missing
+
+
+def test_unknown_evidence_and_empty_location_count_as_missing(api: Any) -> None:
+    payload = api.body("e1", "a" * 64, location={"crs": "WGS84"})
+    doc = post(api, payload).json()
+    assert doc["status"] == "incomplete"
+    assert doc["missing_elements"] == ["location", "evidence"]
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"occurred_at": [1, 2]},
+        {"occurred_at": "2026-11-27T03:59:00"},  # naive time
+        {"severity": "SEVERE"},
+        {"urgency": "now"},
+        {"evidence": [{"sha256": "xyz"}]},
+        {"location": {"lat": 91, "lon": 0}},
+        {"source": {"type": "rumour"}},
+        {"id": "not-a-uuid"},
+    ],
+)
+def test_schema_invalid_bodies_are_refused_and_not_stored(api: Any, bad: dict[str, Any]) -> None:
+    response = post(api, {**api.body("e1", api.put_jpeg()), **bad})
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"]
+    assert api.as_("reviewer").get(URL).json()["items"] == []
+
+
+def test_urgent_types_are_raised_to_immediate(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg(), ctype="crowd_gathering")).json()
+    assert doc["urgency"] == "immediate"
+    assert doc["suggested_unit"] == "派出所"
+
+
+def test_patch_supplements_an_incomplete_candidate(api: Any) -> None:
+    late = hashlib.sha256(api.jpeg(5)).hexdigest()
+    payload = api.body("e1", late)
+    del payload["description"]
+    doc = post(api, payload).json()
+    assert doc["missing_elements"] == ["description", "evidence"]
+    assert api.put_jpeg(5) == late  # the evidence arrives after the candidate
+    sha = api.put_jpeg(6)
+    patch = {"description": "garbage", "evidence": [{"sha256": sha, "kind": "latest"}]}
+    response = api.as_("producer").patch(
+        f"{URL}/{doc['id']}", json=patch, headers={"Idempotency-Key": "p1"}
+    )
+    assert response.status_code == 200, response.text
+    done = response.json()
+    assert done["status"] == "new"
+    assert done["missing_elements"] == []
+    assert [e["sha256"] for e in done["evidence"]] == [late, sha]
+    assert [h["action"] for h in done["history"]] == ["created", "supplemented"]
+    assert done["history"][1]["fields"] == ["description", "evidence"]
+
+
+def test_patch_merges_detection_and_alarm(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    patch = {"detection": {"dwell_s": 40}, "severity": "major"}
+    done = (
+        api.as_("producer")
+        .patch(f"{URL}/{doc['id']}", json=patch, headers={"Idempotency-Key": "p1"})
+        .json()
+    )
+    assert done["detection"] == {**doc["detection"], "dwell_s": 40}
+    assert done["severity"] == "MAJOR"
+
+
+def test_patch_errors(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    producer = api.as_("producer")
+    no_key = producer.patch(f"{URL}/{doc['id']}", json={"description": "x"})
+    assert no_key.status_code == 400
+    unknown = producer.patch(
+        f"{URL}/{uuid.uuid4()}", json={"description": "x"}, headers={"Idempotency-Key": "u"}
+    )
+    assert unknown.status_code == 404
+    owned = producer.patch(
+        f"{URL}/{doc['id']}", json={"status": "confirmed"}, headers={"Idempotency-Key": "o"}
+    )
+    assert owned.status_code == 422
+    assert api.review(doc["id"], "reject", reason_code="false_positive").status_code == 200
+    late = producer.patch(
+        f"{URL}/{doc['id']}", json={"description": "x"}, headers={"Idempotency-Key": "l"}
+    )
+    assert late.status_code == 409
+
+
+def test_batch_gives_per_item_results(api: Any) -> None:
+    sha = api.put_jpeg()
+    items = [
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"idempotency_key": "b2", "body": {**api.body("e2", sha), "severity": 5}},
+        {"idempotency_key": "b3", "body": api.body("e1", sha)},
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+    ]
+    response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [201, 422, 200, 201]
+    assert results[2]["body"]["id"] == results[0]["body"]["id"]
+    assert results[3]["body"] == results[0]["body"]
+    assert results[1]["body"]["status"] == 422
+    too_many = [{"idempotency_key": f"k{i}", "body": {}} for i in range(501)]
+    assert api.as_("producer").post(f"{URL}/batch", json={"items": too_many}).status_code == 422
+
+
+def test_list_filters_and_pages_newest_first(api: Any) -> None:
+    sha = api.put_jpeg()
+    ids = []
+    for i in range(5):
+        api.clock.advance(seconds=1)
+        camera = "cam-1" if i % 2 == 0 else "cam-2"
+        payload = api.body(f"e{i}", sha)
+        payload["source"]["camera_id"] = camera
+        ids.append(post(api, payload, key=f"k{i}").json()["id"])
+    reviewer = api.as_("reviewer")
+    first = reviewer.get(URL, params={"limit": 2}).json()
+    assert [c["id"] for c in first["items"]] == ids[::-1][:2]
+    rest = reviewer.get(URL, params={"limit": 10, "cursor": first["next_cursor"]}).json()
+    assert [c["id"] for c in rest["items"]] == ids[::-1][2:]
+    assert rest["next_cursor"] is None
+    cam2 = reviewer.get(URL, params={"camera_id": "cam-2"}).json()
+    assert [c["id"] for c in cam2["items"]] == [ids[3], ids[1]]
+    assert reviewer.get(URL, params={"status": "confirmed"}).json()["items"] == []
+    assert reviewer.get(f"{URL}/{uuid.uuid4()}").status_code == 404
