@@ -263,7 +263,7 @@ class CameraPipeline:
             static_fraction = found.fraction
             if found.bbox is not None:
                 bx1, by1, bx2, by2 = found.bbox
-                static_bbox = (bx1 * w, by1 * h, bx2 * w, by2 * h)
+                static_bbox = (float(bx1 * w), float(by1 * h), float(bx2 * w), float(by2 * h))
             new_object = _covers_foreground(
                 tracked.xyxy[idx], frame_size, found.foreground, origin, small
             )

@@ -1,0 +1,122 @@
+"""Long-term background model: static foreground appears, movers and known objects do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gridpatrol.detectors import background as bg
+
+SMALL = (160, 90)
+ZONE = np.ones((90, 160), dtype=bool)
+NOTHING = np.zeros((90, 160), dtype=bool)
+PARAMS = bg.BackgroundParams(learn_s=600.0, short_s=5.0)
+
+
+def street(seed: int) -> np.ndarray:
+    """A textured grey street with a little sensor noise per frame."""
+    base = np.tile(np.linspace(60, 140, 160, dtype=np.float32), (90, 1))
+    noise = np.random.default_rng(seed).normal(0, 2, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def run(
+    frames: list[tuple[float, np.ndarray, np.ndarray]], params: bg.BackgroundParams = PARAMS
+) -> bg.StaticForeground:
+    state = None
+    result = None
+    for t, image, objects in frames:
+        state, static = bg.step(state, image, t, ZONE, objects, params)
+        result = bg.measure(static, ZONE, objects, (0, 0), SMALL)
+    assert result is not None
+    return result
+
+
+def with_box(image: np.ndarray, value: int, rows: slice, cols: slice) -> np.ndarray:
+    out = image.copy()
+    out[rows, cols] = value
+    return out
+
+
+BOX_R, BOX_C = slice(50, 80), slice(40, 80)  # 30 × 40 = 1200 px = 8.3 % of the frame
+
+
+def scenario(name: str) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    warm = [(t, street(t), NOTHING) for t in range(0, 60, 2)]
+    later = range(60, 90, 2)
+    if name == "empty street":
+        return warm + [(t, street(t), NOTHING) for t in later]
+    if name == "pile appears and stays":
+        return warm + [(t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in later]
+    if name == "pile under a detection box":
+        covered = NOTHING.copy()
+        covered[45:85, 35:85] = True
+        return warm + [(t, with_box(street(t), 230, BOX_R, BOX_C), covered) for t in later]
+    if name == "object moving across":
+        return warm + [
+            (t, with_box(street(t), 230, BOX_R, slice(6 * t - 360, 6 * t - 340)), NOTHING)
+            for t in later
+        ]
+    if name == "lights go down":
+        return warm + [(t, (street(t) * 0.7).astype(np.uint8), NOTHING) for t in later]
+    if name == "pile present from the start":
+        return [(t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(0, 90, 2)]
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "static_min", "static_max"),
+    [
+        ("empty street", 0.0, 0.005),
+        ("pile appears and stays", 0.07, 0.09),
+        ("pile under a detection box", 0.0, 0.005),
+        ("object moving across", 0.0, 0.005),
+        ("lights go down", 0.0, 0.005),
+        ("pile present from the start", 0.0, 0.005),
+    ],
+)
+def test_static_foreground(name: str, static_min: float, static_max: float) -> None:
+    found = run(scenario(name))
+    assert static_min <= found.fraction <= static_max, (name, found.fraction)
+    if found.fraction > 0.05:
+        assert found.bbox == pytest.approx((40 / 160, 50 / 90, 80 / 160, 80 / 90))
+
+
+def test_pile_under_a_detection_is_foreground_but_explained() -> None:
+    found = run(scenario("pile under a detection box"))
+    assert found.foreground[BOX_R, BOX_C].mean() > 0.9  # new object: differs from background
+    assert not found.mask.any()
+
+
+def test_needs_short_term_stability_before_it_counts() -> None:
+    frames = [*scenario("empty street"), (90.0, with_box(street(90), 230, BOX_R, BOX_C), NOTHING)]
+    assert run(frames).fraction < 0.005  # one frame old: not yet stable in the short term
+
+
+def test_background_absorbs_a_static_object_after_learn_s() -> None:
+    quick = bg.BackgroundParams(learn_s=20.0, short_s=5.0)
+    frames = scenario("empty street")[:30] + [
+        (t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(60, 200, 2)
+    ]
+    assert run(frames, quick).fraction < 0.005
+
+
+def test_irregular_frames_use_elapsed_time() -> None:
+    # Same scene sampled every 2 s or at random instants gives the same answer.
+    rng = np.random.default_rng(1)
+    times = [*sorted({0, *rng.integers(1, 60, 12).tolist()}), 60, 61, 75, 89]
+    frames = [
+        (float(t), with_box(street(t), 230, BOX_R, BOX_C) if t >= 60 else street(t), NOTHING)
+        for t in times
+    ]
+    assert 0.07 <= run(frames).fraction <= 0.09
+
+
+def test_boxes_mask_grows_and_clips() -> None:
+    boxes = np.asarray([[0.25, 0.5, 0.5, 1.0]], np.float32)
+    mask = bg.boxes_mask(boxes, (0, 0), (90, 160), SMALL, grow=0.0)
+    assert mask.sum() == 40 * 45
+    grown = bg.boxes_mask(boxes, (0, 0), (90, 160), SMALL, grow=0.1)
+    assert grown.sum() > mask.sum() and grown[89, 40]
+    crop = bg.boxes_mask(boxes, (30, 40), (20, 20), SMALL, grow=0.0)
+    assert crop.shape == (20, 20) and crop[5:, 10:].all() and not crop[:5].any()

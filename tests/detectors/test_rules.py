@@ -1,0 +1,339 @@
+"""Zone rules: the episode state machine and each rule's per-frame judgement, table-driven."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gridpatrol.detectors.rules import (
+    EVALUATORS,
+    Presence,
+    RuleState,
+    ZoneObservation,
+    crowd_gathering,
+    garbage_overflow,
+    illegal_parking,
+    non_motor_parking,
+    piled_materials,
+    shop_front_occupation,
+    step,
+    street_vending,
+)
+from gridpatrol.site import (
+    RULE_PARAMS,
+    CrowdGatheringParams,
+    GarbageOverflowParams,
+    IllegalParkingParams,
+    NonMotorParkingParams,
+    PiledMaterialsParams,
+    RuleParams,
+    ShopFrontParams,
+    StreetVendingParams,
+)
+
+SEEN = Presence(0.8, boxes=((0.0, 0.0, 1.0, 1.0),), track_ids=(1,), labels=("person",))
+
+# -- episode state machine ----------------------------------------------------------------------
+
+TIMING = RuleParams(dwell_s=10, gap_s=5, clear_s=8, update_s=6)
+
+
+def run(frames: list[tuple[float, bool]], p: RuleParams = TIMING) -> list[tuple[str, float, float]]:
+    """(t, visible) frames → (kind, t, dwell) of every transition."""
+    state, out = RuleState(), []
+    for t, visible in frames:
+        state, transitions = step(state, SEEN if visible else None, t, p)
+        out += [(tr.kind, tr.t, tr.dwell_s) for tr in transitions]
+    return out
+
+
+def seq(start: float, stop: float, visible: bool, every: float = 1.0) -> list[tuple[float, bool]]:
+    return [(start + k * every, visible) for k in range(round((stop - start) / every) + 1)]
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "expected"),
+    [
+        ("too short: no raise", seq(0, 9, True), []),
+        ("raise exactly at dwell", seq(0, 10, True), [("raise", 10, 10)]),
+        (
+            "update at most every update_s while present",
+            seq(0, 23, True),
+            [("raise", 10, 10), ("update", 16, 16), ("update", 22, 22)],
+        ),
+        (
+            "clear after clear_s absence, dwell until last seen",
+            seq(0, 12, True) + seq(13, 20, False),
+            [("raise", 10, 10), ("clear", 20, 12)],
+        ),
+        (
+            "absence shorter than clear_s keeps the episode",
+            seq(0, 12, True) + seq(13, 18, False) + seq(19, 22, True),
+            [("raise", 10, 10), ("update", 19, 19)],
+        ),
+        (
+            "gap shorter than gap_s keeps the dwell running",
+            seq(0, 4, True) + seq(5, 8, False) + seq(9, 10, True),
+            [("raise", 10, 10)],
+        ),
+        (
+            "gap longer than gap_s restarts the dwell",
+            seq(0, 4, True) + seq(5, 10, False) + seq(11, 21, True),
+            [("raise", 21, 10)],
+        ),
+        (
+            "irregular frames: a long silence then presence is a gap",
+            [(0, True), (3, True), (12, True), (16, True), (20, True), (22, True)],
+            [("raise", 22, 10)],
+        ),
+        (
+            "a new episode after a clear",
+            seq(0, 10, True) + seq(11, 18, False) + seq(19, 29, True),
+            [("raise", 10, 10), ("clear", 18, 10), ("raise", 29, 10)],
+        ),
+        (
+            "no frames for clear_s while active: old episode cleared, new one starts",
+            [*seq(0, 10, True), (30, True), (34, True), (38, True), (40, True)],
+            [("raise", 10, 10), ("clear", 30, 10), ("raise", 40, 10)],
+        ),
+    ],
+)
+def test_episode_transitions(
+    name: str, frames: list[tuple[float, bool]], expected: list[tuple[str, float, float]]
+) -> None:
+    assert run(frames) == expected, name
+
+
+def test_zero_dwell_raises_on_first_sight() -> None:
+    p = RuleParams(dwell_s=0, gap_s=5, clear_s=3, update_s=100)
+    assert run([(0, True), (1, False), (4, False)], p) == [("raise", 0, 0), ("clear", 4, 0)]
+
+
+def test_transition_carries_first_seen_and_latest_presence() -> None:
+    state, trs = step(RuleState(), SEEN, 100.0, RuleParams(dwell_s=0))
+    assert trs[0].first_seen == 100.0 and trs[0].presence is SEEN
+    later = Presence(0.95, boxes=((5.0, 5.0, 9.0, 9.0),), track_ids=(7,))
+    state, trs = step(state, later, 150.0, RuleParams(dwell_s=0, update_s=40))
+    assert [(tr.kind, tr.first_seen, tr.presence.track_ids) for tr in trs] == [
+        ("update", 100.0, (7,))
+    ]
+
+
+# -- per-frame judgements ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Thing:
+    label: str
+    box: tuple[float, float, float, float]
+    conf: float = 0.8
+    disp: float = 0.0  # displacement / size over the recent window
+    seen_s: float = 10.0  # observed span
+    new: bool = True
+
+
+def person(x: float, y: float = 200, **kw: float) -> Thing:
+    return Thing("person", (x, y, x + 40, y + 100), **kw)  # type: ignore[arg-type]
+
+
+def thing(label: str, x: float, y: float = 250, w: float = 40, h: float = 40, **kw: float) -> Thing:
+    return Thing(label, (x, y, x + w, y + h), **kw)  # type: ignore[arg-type]
+
+
+def observe(
+    *objs: Thing,
+    scene: dict[str, float] | None = None,
+    heads: dict[str, float] | None = None,
+    static: float | None = None,
+) -> ZoneObservation:
+    n = len(objs)
+    return ZoneObservation(
+        xyxy=np.asarray([o.box for o in objs], np.float32).reshape(n, 4),
+        confidence=np.asarray([o.conf for o in objs], np.float32),
+        labels=tuple(o.label for o in objs),
+        track_id=np.arange(1, n + 1, dtype=np.int64),
+        displacement=np.asarray([o.disp for o in objs], np.float32),
+        observed_s=np.asarray([o.seen_s for o in objs], np.float32),
+        new_object=np.asarray([o.new for o in objs], bool),
+        zone_box=(0.0, 0.0, 1000.0, 500.0),
+        zone_area_px=500_000.0,
+        scene=scene or {},
+        head_thresholds=heads or {},
+        static_fraction=static,
+        static_bbox=None if static is None else (10.0, 10.0, 50.0, 50.0),
+    )
+
+
+VENDING = StreetVendingParams()
+
+VENDING_CASES = [
+    # (name, objects, vending?)
+    ("vendor beside a dining table", [person(100), thing("dining table", 150, 240, 80, 50)], True),
+    ("vendor under a stall umbrella", [person(100), thing("umbrella", 60, 100, 200, 80)], True),
+    ("fruit laid out beside the vendor", [person(100), thing("orange", 160, 280, 20, 20)], True),
+    ("persons sitting on a bench", [person(100), person(150),
+                                    thing("bench", 90, 250, 120, 50)], False),
+    ("bench plus a chair is still only seating", [person(100), thing("bench", 90, 250, 120, 50),
+                                                  thing("chair", 150, 250, 40, 50)], False),
+    ("person resting on a chair", [person(100), thing("chair", 100, 250, 40, 50)], False),
+    ("waiting with a suitcase", [person(100), thing("suitcase", 145, 260, 30, 40)], False),
+    ("standing by a parked bicycle", [person(100), thing("bicycle", 145, 230, 80, 60)], False),
+    ("cart and goods", [person(100), thing("bicycle", 145, 230, 80, 60),
+                        thing("banana", 150, 200, 20, 15)], True),
+    ("passer-by walking past a table", [person(100, disp=3.0),
+                                        thing("dining table", 150, 240, 80, 50)], False),
+    ("passer-by just appeared", [person(100, seen_s=0.4), thing("dining table", 150, 240, 80, 50)],
+     False),
+    ("table being carried (moving prop)", [person(100), thing("dining table", 150, 240, 80, 50,
+                                                               disp=2.0)], False),
+    ("eating a sandwich (held food)", [person(100), thing("sandwich", 110, 230, 15, 10)], False),
+    ("holding an umbrella overhead", [person(100), thing("umbrella", 85, 170, 70, 40)], False),
+    ("table far from anyone", [person(100), thing("dining table", 600, 240, 80, 50)], False),
+    ("low-confidence prop", [person(100),
+                             thing("dining table", 150, 240, 80, 50, conf=0.2)], False),
+    ("handbag and backpack are not stall props", [person(100), thing("handbag", 145, 260, 20, 20),
+                                                   thing("backpack", 170, 260, 20, 20)], False),
+    ("bottles and cups are not stall props", [person(100), thing("bottle", 145, 260, 10, 20),
+                                              thing("cup", 170, 260, 10, 10)], False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "objs", "vending"), VENDING_CASES, ids=[c[0] for c in VENDING_CASES]
+)
+def test_street_vending_judgement(name: str, objs: list[Thing], vending: bool) -> None:
+    found = street_vending(observe(*objs), VENDING)
+    assert (found is not None) is vending, name
+    if found is not None:
+        assert "person" in found.labels and len(found.boxes) == len(found.track_ids) >= 2
+
+
+def test_street_vending_counts_vendors_and_props() -> None:
+    scene = [
+        person(100),
+        thing("dining table", 150, 240, 80, 50),
+        thing("umbrella", 60, 100, 200, 80),
+    ]
+    assert street_vending(observe(*scene), VENDING.model_copy(update={"min_props": 2}))
+    assert not street_vending(observe(*scene), VENDING.model_copy(update={"min_props": 3}))
+    assert not street_vending(observe(*scene), VENDING.model_copy(update={"min_persons": 2}))
+    two = [*scene, person(160)]
+    assert street_vending(observe(*two), VENDING.model_copy(update={"min_persons": 2}))
+    # prop_distance is in person heights: 2.5 heights away counts only with a longer reach.
+    far = [person(100), thing("dining table", 390, 240, 80, 50)]
+    assert not street_vending(observe(*far), VENDING)
+    assert street_vending(observe(*far), VENDING.model_copy(update={"prop_distance": 3.0}))
+
+
+@pytest.mark.parametrize(
+    ("persons", "min_persons", "crowd"),
+    [(4, 5, False), (5, 5, True), (12, 8, True), (7, 8, False)],
+)
+def test_crowd_gathering_threshold(persons: int, min_persons: int, crowd: bool) -> None:
+    objs = [person(50 * k, disp=5.0, seen_s=0.0) for k in range(persons)]  # moving is fine
+    objs.append(person(900, conf=0.2))  # below min_confidence: not counted
+    found = crowd_gathering(observe(*objs), CrowdGatheringParams(min_persons=min_persons))
+    assert (found is not None) is crowd
+    if found is not None:
+        assert len(found.boxes) == persons and found.confidence == pytest.approx(0.8)
+
+
+CAR_BOX = (300.0, 200.0, 500.0, 320.0)
+
+
+@pytest.mark.parametrize(
+    ("obj", "parked"),
+    [
+        (Thing("car", CAR_BOX), True),
+        (Thing("truck", CAR_BOX), True),
+        (Thing("bus", CAR_BOX), True),
+        (Thing("car", CAR_BOX, disp=1.0), False),  # driving through
+        (Thing("car", CAR_BOX, seen_s=0.5), False),  # just arrived
+        (Thing("car", CAR_BOX, conf=0.2), False),
+        (Thing("bicycle", CAR_BOX), False),
+        (Thing("person", CAR_BOX), False),
+    ],
+)
+def test_illegal_parking_judgement(obj: Thing, parked: bool) -> None:
+    assert (illegal_parking(observe(obj), IllegalParkingParams()) is not None) is parked
+
+
+@pytest.mark.parametrize(
+    ("bikes", "moving", "min_count", "parked"),
+    [(5, 0, 5, True), (4, 0, 5, False), (6, 2, 5, False), (3, 0, 3, True), (1, 1, 1, False)],
+)
+def test_non_motor_parking_counts_stationary_bikes(
+    bikes: int, moving: int, min_count: int, parked: bool
+) -> None:
+    objs = [
+        thing("bicycle" if k % 2 else "motorcycle", 60 * k, disp=2.0 if k < moving else 0.0)
+        for k in range(bikes)
+    ]
+    found = non_motor_parking(observe(*objs), NonMotorParkingParams(min_count=min_count))
+    assert (found is not None) is parked
+
+
+@pytest.mark.parametrize(
+    ("score", "zone_threshold", "head_threshold", "garbage"),
+    [
+        (0.7, None, None, True),  # default threshold 0.5
+        (0.4, None, None, False),
+        (0.6, None, 0.65, False),  # the head file's threshold
+        (0.7, None, 0.65, True),
+        (0.6, 0.55, 0.65, True),  # the zone overrides the head
+        (None, None, None, False),  # head not scored (no scene head loaded)
+    ],
+)
+def test_garbage_overflow_threshold(
+    score: float | None, zone_threshold: float | None, head_threshold: float | None, garbage: bool
+) -> None:
+    obs = observe(
+        scene={} if score is None else {"garbage": score},
+        heads={} if head_threshold is None else {"garbage": head_threshold},
+    )
+    found = garbage_overflow(obs, GarbageOverflowParams(threshold=zone_threshold))
+    assert (found is not None) is garbage
+    if found is not None:
+        assert found.boxes == ((0.0, 0.0, 1000.0, 500.0),) and found.confidence == score
+
+
+@pytest.mark.parametrize(
+    ("static", "objs", "shop", "piled"),
+    [
+        (None, [], False, False),  # no background model
+        (0.02, [], False, False),
+        (0.06, [], True, True),
+        # A new table covering 8 % of the zone: shop front, but not piled materials.
+        (0.0, [thing("dining table", 0, 0, 400, 100)], True, False),
+        # The same table already in the learned background is not new.
+        (0.0, [thing("dining table", 0, 0, 400, 100, new=False)], False, False),
+        # A table carried through is not static.
+        (0.0, [thing("dining table", 0, 0, 400, 100, disp=1.0)], False, False),
+        # Benches are street furniture.
+        (0.0, [thing("bench", 0, 0, 400, 100)], False, False),
+        # Small static foreground plus a small new chair add up.
+        (0.03, [thing("chair", 0, 0, 200, 75)], True, False),
+    ],
+)
+def test_static_foreground_rules(
+    static: float | None, objs: list[Thing], shop: bool, piled: bool
+) -> None:
+    obs = observe(*objs, static=static)
+    assert (shop_front_occupation(obs, ShopFrontParams()) is not None) is shop
+    assert (piled_materials(obs, PiledMaterialsParams()) is not None) is piled
+
+
+def test_static_confidence_grows_with_area() -> None:
+    small = piled_materials(observe(static=0.05), PiledMaterialsParams())
+    large = piled_materials(observe(static=0.2), PiledMaterialsParams())
+    assert small is not None and large is not None
+    assert small.confidence == pytest.approx(0.5) and large.confidence == 1.0
+    assert small.labels == ("static",) and small.boxes == ((10.0, 10.0, 50.0, 50.0),)
+
+
+def test_every_rule_type_has_an_evaluator_and_empty_zones_are_quiet() -> None:
+    assert set(EVALUATORS) == set(RULE_PARAMS)
+    for name, evaluate in EVALUATORS.items():
+        assert evaluate(observe(), RULE_PARAMS[name]()) is None, name

@@ -1,0 +1,153 @@
+"""ByteTrack-style tracker: ids across frames, both association stages, time-based loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gridpatrol.detectors.tracking import Tracker, iou_matrix, match
+from gridpatrol.detectors.types import Detections
+
+PERSON, CAR = 0, 2
+
+
+@dataclass(frozen=True)
+class Obj:
+    box: tuple[float, float, float, float]
+    conf: float = 0.9
+    cls: int = PERSON
+
+
+def frame(*objs: Obj) -> Detections:
+    if not objs:
+        return Detections.empty()
+    return Detections.from_arrays(
+        [o.box for o in objs], [o.conf for o in objs], [o.cls for o in objs]
+    )
+
+
+def ids(tracker: Tracker, t: float, *objs: Obj) -> list[int]:
+    """Track ids in input order; -1 for a detection the tracker dropped."""
+    det = frame(*objs)
+    out = tracker.update(det, t)
+    assert out.tracker_id is not None
+    result = []
+    for o in objs:
+        hit = np.flatnonzero((out.xyxy == np.asarray(o.box, np.float32)).all(axis=1))
+        result.append(int(out.tracker_id[hit[0]]) if len(hit) else -1)
+    return result
+
+
+def walk(x: float, y: float = 100.0, w: float = 40.0, h: float = 100.0) -> Obj:
+    return Obj((x, y, x + w, y + h))
+
+
+def test_iou_and_greedy_match() -> None:
+    a = np.asarray([[0, 0, 10, 10], [100, 100, 110, 110]], np.float32)
+    b = np.asarray([[100, 100, 110, 110], [0, 0, 10, 5], [500, 500, 510, 510]], np.float32)
+    iou = iou_matrix(a, b)
+    assert iou[0, 1] == pytest.approx(0.5) and iou[1, 0] == pytest.approx(1.0)
+    pairs, rest_a, rest_b = match(iou, 0.3)
+    assert sorted(pairs) == [(0, 1), (1, 0)] and rest_a == [] and rest_b == [2]
+    assert match(np.zeros((0, 3), np.float32), 0.3) == ([], [], [0, 1, 2])
+
+
+def test_moving_object_keeps_its_id_with_irregular_frames() -> None:
+    tracker = Tracker()
+    # 60 px/s walker seen at irregular instants (motion gate): prediction bridges the gaps.
+    seen = {ids(tracker, t, walk(60 * t))[0] for t in (0.0, 0.1, 0.3, 0.35, 0.9, 1.0, 1.6)}
+    assert seen == {1}
+
+
+def test_two_objects_get_distinct_stable_ids() -> None:
+    tracker = Tracker()
+    first = ids(tracker, 0.0, walk(0), walk(300))
+    assert first == [1, 2]
+    for k in range(1, 10):
+        t = k * 0.2
+        assert ids(tracker, t, walk(300 - 50 * t), walk(50 * t)) == [2, 1]
+
+
+def test_low_confidence_detection_continues_a_track_but_never_starts_one() -> None:
+    tracker = Tracker()
+    assert ids(tracker, 0.0, walk(0)) == [1]
+    assert ids(tracker, 0.2, walk(0)) == [1]
+    # Partly occluded: confidence drops below the first-stage threshold, second stage keeps it.
+    assert ids(tracker, 0.4, Obj(walk(2).box, conf=0.2)) == [1]
+    # A weak detection elsewhere is not a new object.
+    assert ids(tracker, 0.6, walk(4), Obj((500, 0, 540, 100), conf=0.2)) == [1, -1]
+
+
+def test_classes_never_match_each_other() -> None:
+    tracker = Tracker()
+    assert ids(tracker, 0.0, Obj((0, 0, 50, 50), cls=CAR)) == [1]
+    assert ids(tracker, 0.2, Obj((0, 0, 50, 50), cls=CAR)) == [1]
+    assert ids(tracker, 0.4, Obj((0, 0, 50, 50), cls=PERSON)) == [2]
+
+
+@pytest.mark.parametrize(
+    ("absent_s", "same_id"),
+    [(1.0, True), (2.9, True), (3.5, False), (30.0, False)],
+)
+def test_lost_tracks_are_kept_for_lost_s_seconds(absent_s: float, same_id: bool) -> None:
+    tracker = Tracker(lost_s=3.0)
+    for t in (0.0, 0.5, 1.0):
+        assert ids(tracker, t, Obj((10, 10, 60, 110))) == [1]
+    assert ids(tracker, 1.5) == []
+    assert tracker.states() == {1: "lost"}
+    again = ids(tracker, 1.0 + absent_s, Obj((10, 10, 60, 110)))
+    assert (again == [1]) is same_id
+
+
+def test_unconfirmed_single_detection_is_forgotten() -> None:
+    tracker = Tracker()
+    assert ids(tracker, 0.0, Obj((10, 10, 60, 110))) == [1]
+    assert ids(tracker, 0.2) == []
+    assert tracker.states() == {}
+    assert ids(tracker, 0.4, Obj((10, 10, 60, 110))) == [2]
+
+
+@pytest.mark.parametrize(
+    ("speed_px_s", "stationary"),
+    [(0.0, True), (3.0, True), (30.0, False), (100.0, False)],
+)
+def test_motion_is_relative_to_box_size(speed_px_s: float, stationary: bool) -> None:
+    tracker = Tracker(history_s=10.0)
+    for k in range(26):  # 5 s at 5 fps; a 100 px tall person
+        t = k * 0.2
+        out = tracker.update(frame(walk(speed_px_s * t)), t)
+    assert out.tracker_id is not None
+    motion = tracker.motion(out.tracker_id)
+    assert motion.observed_s[0] == pytest.approx(5.0)
+    assert bool(motion.stationary(0.5, 2.0)[0]) is stationary
+
+
+def test_new_track_has_no_observed_span_and_unknown_ids_are_zero() -> None:
+    tracker = Tracker()
+    out = tracker.update(frame(walk(0)), 0.0)
+    assert out.tracker_id is not None
+    motion = tracker.motion(np.asarray([*out.tracker_id.tolist(), 99], np.int64))
+    assert motion.observed_s.tolist() == [0.0, 0.0]
+    assert not motion.stationary(0.5, 2.0).any()
+
+
+def test_history_window_forgets_old_positions() -> None:
+    tracker = Tracker(history_s=2.0)
+    # Walks for 2 s, then stands still for 4 s: stationary again once the walk leaves the window.
+    for k in range(31):
+        t = k * 0.2
+        x = 50 * min(t, 2.0)
+        out = tracker.update(frame(walk(x)), t)
+    assert out.tracker_id is not None
+    motion = tracker.motion(out.tracker_id)
+    assert motion.stationary(0.5, 1.5).tolist() == [True]
+    assert motion.observed_s[0] <= 2.2
+
+
+def test_out_of_order_frame_is_treated_as_simultaneous() -> None:
+    tracker = Tracker()
+    assert ids(tracker, 5.0, walk(0)) == [1]
+    assert ids(tracker, 4.0, walk(0)) == [1]
+    assert tracker.last_t == 5.0
