@@ -363,10 +363,11 @@ class MqttConnection:
             self.settings.url,
             "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
         )
-        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         subs = [(s.topic_filter, s.qos) for s in self._subs]
         if subs:
             client.subscribe(subs)
+        # After the SUBSCRIBE: whoever sees "online" can count on our subscriptions.
+        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
         self._connected.set()
         for hook in self._hooks:
             try:

@@ -75,9 +75,15 @@ class PatrolScheduler:
         if not due:
             wait = min(self._due_in(e, now) for e in self._cams.values())
             return Decision(None, wait)
-        chosen = min(due, key=lambda cid: (max(self._cams[cid].finish, self._vtime), cid))
+        chosen = min(due, key=lambda cid: self._order(cid))
         self._visit(chosen, now)
         return Decision(chosen, 0.0)
+
+    def _order(self, camera_id: str) -> tuple[float, float, str]:
+        """Smallest virtual start first; on a tie, the camera waiting longest."""
+        entry = self._cams[camera_id]
+        last = entry.last_visit if entry.last_visit is not None else float("-inf")
+        return (max(entry.finish, self._vtime), last, camera_id)
 
     def _due_in(self, entry: _Entry, now: float) -> float:
         if entry.last_visit is None:

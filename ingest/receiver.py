@@ -50,9 +50,10 @@ class FrameReceiver:
                 return None
             if len(self.subs) > 1:
                 time.sleep(min(left, 0.02))
-            elif (message := self.subs[0].get(min(left, 0.5))) is not None:
-                if (frame := self._decode(message)) is not None:
-                    return frame
+                continue
+            message = self.subs[0].get(min(left, 0.5))
+            if message is not None and (frame := self._decode(message)) is not None:
+                return frame
 
     def _decode(self, message: Message) -> Frame | None:
         match = parse_topic(self.conn.prefix, message.topic)

@@ -1,0 +1,107 @@
+"""Ingest fixtures: watchers on a broker, site files for the CLI, the ingest process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
+
+FOOTAGE = "car_park_people_bikes.mp4"
+SHARED_BROKER = "mqtt://127.0.0.1:1883"
+
+
+class Watcher:
+    """A plain subscriber that collects what arrives on one topic filter."""
+
+    def __init__(self, url: str, topic_filter: str, prefix: str) -> None:
+        self.conn = MqttConnection("watcher", MqttSettings.from_url(url), prefix=prefix)
+        self.sub: Subscription = self.conn.subscribe(topic_filter, qos=1, maxsize=100000)
+        assert self.conn.start(10)
+        self.seen: list[Message] = []
+
+    def collect(
+        self, until: Callable[[list[Message]], bool], timeout: float = 20.0
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout
+        while not until(self.seen) and time.monotonic() < deadline:
+            message = self.sub.get(0.1)
+            if message is not None:
+                self.seen.append(message)
+        return self.seen
+
+    def payloads(self, topic: str) -> list[bytes]:
+        return [m.payload for m in self.seen if m.topic == topic]
+
+
+@pytest.fixture
+def watch() -> Iterator[Callable[[str, str, str], Watcher]]:
+    made: list[Watcher] = []
+
+    def make(url: str, topic_filter: str, prefix: str) -> Watcher:
+        made.append(Watcher(url, topic_filter, prefix))
+        return made[-1]
+
+    yield make
+    for watcher in made:
+        watcher.conn.stop()
+
+
+@pytest.fixture
+def site_file(tmp_path: Path, mqtt_prefix: str, shared_dir: Path) -> Callable[[str], Path]:
+    """Write a site file whose ``cameras:`` section is the given YAML text."""
+
+    def write(cameras: str, max_fps: float = 4) -> Path:
+        text = (
+            "site: {name: Test}\n"
+            f"mqtt: {{prefix: {mqtt_prefix}}}\n"
+            f"patrol: {{max_fps: {max_fps}}}\n"
+            "cameras:\n" + cameras.replace("$FOOTAGE", str(shared_dir / "footage" / FOOTAGE))
+        )
+        path = tmp_path / "site.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+class IngestProcess:
+    def __init__(self, args: list[str], url: str) -> None:
+        env = {**os.environ, "GRIDPATROL_MQTT_URL": url}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gridpatrol.cli", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> tuple[int, str, str]:
+        out, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, out, err
+
+
+@pytest.fixture
+def gridpatrol_proc() -> Iterator[Callable[[list[str], str], IngestProcess]]:
+    """Start ``gridpatrol <args>`` against a broker URL; killed at the end if still running."""
+    procs: list[IngestProcess] = []
+
+    def start(args: list[str], url: str = SHARED_BROKER) -> IngestProcess:
+        procs.append(IngestProcess(args, url))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.send_signal(signal.SIGKILL)
+            p.proc.wait(10)

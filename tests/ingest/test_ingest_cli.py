@@ -1,0 +1,137 @@
+"""``gridpatrol ingest`` and ``gridpatrol watch-frames`` as subprocesses on a real broker."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.ingest.messages import FrameHeader, decode_frame, encode_frame
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
+from gridpatrol.ingest.snapshot import request_snapshot
+
+SHARED = "mqtt://127.0.0.1:1883"
+CONTINUOUS = """\
+  - id: c1
+    source: $FOOTAGE
+    fps: 2
+    loop: {loop}
+    location: {{address: here}}
+"""
+PATROL = """\
+  - id: p1
+    source: $FOOTAGE
+    interval_s: 3600
+    resize: [240, 136]
+    location: {address: there}
+"""
+
+
+def statuses(seen: list[Message], topic: str) -> list[bytes]:
+    return [m.payload for m in seen if m.topic == topic]
+
+
+def test_file_source_publishes_every_sampled_frame_in_order(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file(CONTINUOUS.format(loop="false"))
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/c1/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-a"])
+    code, _, err = proc.wait(60)
+    assert code == 0, err
+    status_topic = f"{mqtt_prefix}/cameras/c1/status"
+    seen = watcher.collect(lambda s: statuses(s, status_topic)[-1:] == [b"offline"])
+    assert statuses(seen, status_topic) == [b"online", b"offline"]
+    frames = [
+        decode_frame(m.payload, topic_camera_id="c1", received_at=m.received_at)
+        for m in seen
+        if m.topic.endswith("/frame")
+    ]
+    # 41 frames at 12 fps (3.42 s) sampled at 2 fps: file times 0, 0.5, ..., 3.0.
+    assert [f.header.seq for f in frames] == list(range(7))
+    assert {(f.header.width, f.header.height) for f in frames} == {(480, 270)}
+    steps = [(b.header.ts - a.header.ts).total_seconds() for a, b in itertools.pairwise(frames)]
+    assert steps == pytest.approx([0.5] * 6, abs=1e-3)
+    image = cv2.imdecode(np.frombuffer(frames[0].image, np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (270, 480, 3)
+    assert "camera c1: 7 frames published" in err
+
+
+def test_snapshots_and_clean_shutdown_on_sigterm(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file(CONTINUOUS.format(loop="true") + PATROL)
+    component = f"{mqtt_prefix}/components/ing-b/status"
+    watcher = watch(SHARED, f"{mqtt_prefix}/+/+/status", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-b"])
+    watcher.collect(lambda s: b"online" in statuses(s, component), timeout=30)
+    conn = MqttConnection("asker", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start(10)
+    try:
+        live = request_snapshot(conn, "c1", timeout=10)
+        patrol = request_snapshot(conn, "p1", timeout=10)
+        nobody = request_snapshot(conn, "c-unknown", timeout=1)
+    finally:
+        conn.stop()
+    assert live is not None
+    assert live.header.request_id is not None
+    assert (live.header.camera_id, live.header.width, live.header.height) == ("c1", 480, 270)
+    assert patrol is not None
+    assert (patrol.header.camera_id, patrol.header.width, patrol.header.height) == ("p1", 240, 136)
+    assert nobody is None
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    for topic in (
+        component,
+        f"{mqtt_prefix}/cameras/c1/status",
+        f"{mqtt_prefix}/cameras/p1/status",
+    ):
+        seen = watcher.collect(lambda s, t=topic: statuses(s, t)[-1:] == [b"offline"])
+        assert statuses(seen, topic)[-1] == b"offline", topic
+    assert "answered snapshot request" in err
+
+
+def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file("  - {id: c1, source: mqtt, location: {address: here}}\n")
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    args = ["watch-frames", "--config", str(site), "--count", "2", "--timeout", "60"]
+    proc = gridpatrol_proc([*args, "--component-id", "wf"])
+    component = f"{mqtt_prefix}/components/wf/status"
+    watcher.collect(lambda s: b"online" in statuses(s, component), timeout=30)
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
+    assert ok
+    image = jpeg.tobytes()
+    good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), image)
+    other = encode_frame(FrameHeader(datetime.now(UTC), 6, "c2", 160, 90), image)
+    bad = [b"not a frame at all", other]
+    topic = f"{mqtt_prefix}/cameras/c1/frame"
+    conn = MqttConnection("feeder", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start(10)
+    for payload in (bad[0], good, bad[1], image):
+        assert conn.publish_wait(topic, payload, qos=1)
+    conn.stop()
+    code, out, err = proc.wait(60)
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(x["camera_id"], x["seq"], x["width"], x["height"]) for x in lines] == [
+        ("c1", 5, 160, 90),
+        ("c1", -1, 160, 90),
+    ]
+    dead_topic = f"{mqtt_prefix}/deadletter/wf"
+    seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= 2)
+    letters = [json.loads(p) for p in statuses(seen, dead_topic)]
+    assert [x["reason"] for x in letters] == ["bad_magic", "camera_id_mismatch"]
+    assert [base64.b64decode(x["payload_b64"]) for x in letters] == bad
+    assert {x["topic"] for x in letters} == {topic}

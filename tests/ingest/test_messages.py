@@ -1,0 +1,293 @@
+"""Envelope encoding and validation (SPEC §3): every rejection carries a machine-readable reason."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.ingest.messages import (
+    AlarmEnvelope,
+    FrameHeader,
+    MessageError,
+    SenMLPack,
+    SenMLRecord,
+    ThresholdReading,
+    dead_letter,
+    decode_frame,
+    decode_sensor_payload,
+    encode_frame,
+    jpeg_size,
+)
+from gridpatrol.ingest.topics import (
+    camera_status_topic,
+    component_status_topic,
+    deadletter_topic,
+    frame_topic,
+    parse_topic,
+    patrol_boost_topic,
+    sensor_alarm_topic,
+    sensor_status_topic,
+    snapshot_request_topic,
+    snapshot_topic,
+    wildcard,
+)
+
+NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
+
+
+def jpeg(width: int = 64, height: int = 48) -> bytes:
+    ok, buf = cv2.imencode(".jpg", np.zeros((height, width, 3), np.uint8))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def envelope(header: dict[str, object], image: bytes | None = None) -> bytes:
+    raw = json.dumps(header).encode()
+    return b"GPF1" + len(raw).to_bytes(4, "big") + raw + (jpeg() if image is None else image)
+
+
+GOOD = {"ts": 1777622400.5, "seq": 3, "camera_id": "cam-1", "width": 64, "height": 48,
+        "content_type": "image/jpeg"}  # fmt: skip
+
+
+def test_frame_round_trip() -> None:
+    header = FrameHeader(NOW, 7, "cam-1", 64, 48, request_id="r1")
+    frame = decode_frame(encode_frame(header, jpeg()), topic_camera_id="cam-1", received_at=NOW)
+    assert frame.header == header
+    assert frame.image == jpeg()
+
+
+def test_bare_jpeg_takes_size_from_the_image_and_time_from_receipt() -> None:
+    frame = decode_frame(jpeg(320, 200), topic_camera_id="third-party", received_at=NOW)
+    assert (frame.header.width, frame.header.height) == (320, 200)
+    assert frame.header.ts == NOW
+    assert frame.header.seq == -1
+    assert frame.header.camera_id == "third-party"
+    assert jpeg_size(jpeg(17, 9)) == (17, 9)
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"", "bad_magic"),
+        (b"GIF89a....", "bad_magic"),
+        (b"GPF1\x00\x00", "truncated"),
+        (b"GPF1\x00\x01\x00\x00{}", "bad_header_length"),
+        (b"GPF1\x00\x00\x00\x00", "bad_header_length"),
+        (b"GPF1\x00\x00\x00\x40{}", "truncated"),
+        (b"GPF1\x00\x00\x00\x02{x" + jpeg(), "bad_header_json"),
+        (b"GPF1\x00\x00\x00\x02[]" + jpeg(), "bad_header_json"),
+        (envelope({**GOOD, "camera_id": "cam-2"}), "camera_id_mismatch"),
+        (envelope({**GOOD, "camera_id": "bad id"}), "bad_camera_id"),
+        (envelope({**GOOD, "width": 0}), "bad_width"),
+        (envelope({**GOOD, "height": 16385}), "bad_height"),
+        (envelope({**GOOD, "width": "64"}), "bad_width"),
+        (envelope({**GOOD, "seq": -1}), "bad_seq"),
+        (envelope({**GOOD, "seq": True}), "bad_seq"),
+        (envelope({**GOOD, "ts": "yesterday"}), "bad_ts"),
+        (envelope({**GOOD, "ts": 1e15}), "bad_ts"),
+        (envelope({**GOOD, "content_type": "image/gif"}), "bad_content_type"),
+        (envelope(GOOD, b""), "empty_image"),
+        (envelope(GOOD, b"\x89PNG...."), "bad_image"),
+        (b"\xff\xd8\xff\xda\x00\x02", "bad_jpeg"),
+        (b"\xff\xd8garbage", "bad_jpeg"),
+    ],
+)
+def test_malformed_frames_are_rejected_with_a_reason(payload: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as err:
+        decode_frame(payload, topic_camera_id="cam-1", received_at=NOW)
+    assert err.value.reason == reason
+
+
+def test_frame_size_cap() -> None:
+    with pytest.raises(MessageError) as err:
+        decode_frame(envelope(GOOD), topic_camera_id="cam-1", received_at=NOW, max_bytes=100)
+    assert err.value.reason == "too_large"
+
+
+ALARM = {
+    "schema": "gridalarm/1",
+    "event_id": "e-1",
+    "sensor_id": "mh-0001",
+    "alarm_type": "manhole_tilt",
+    "transition": "raise",
+    "severity": "MAJOR",
+    "ts": "2026-05-01T16:00:00+08:00",
+    "seq": 12,
+    "boot_id": "b7",
+    "measurements": [{"n": "tilt", "u": "deg", "v": 21.5}],
+}
+
+
+def sensor(body: object, topic_id: str = "mh-0001") -> object:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return decode_sensor_payload(raw, topic_sensor_id=topic_id, received_at=NOW)
+
+
+def test_alarm_envelope() -> None:
+    env = sensor(ALARM)
+    assert env == AlarmEnvelope(
+        event_id="e-1",
+        sensor_id="mh-0001",
+        alarm_type="manhole_tilt",
+        transition="raise",
+        severity="MAJOR",
+        ts=NOW,
+        measurements=(SenMLRecord(n="tilt", u="deg", v=21.5, t=NOW),),
+        seq=12,
+        boot_id="b7",
+    )
+    assert isinstance(env, AlarmEnvelope)
+    assert sensor(env.encode()) == env
+
+
+def test_alarm_epoch_time_and_integer_event_id() -> None:
+    env = sensor({**ALARM, "ts": NOW.timestamp(), "event_id": 42})
+    assert isinstance(env, AlarmEnvelope)
+    assert (env.ts, env.event_id) == (NOW, "42")
+
+
+@pytest.mark.parametrize(
+    ("patch", "reason"),
+    [
+        ({"schema": "gridalarm/2"}, "unknown_schema"),
+        ({"sensor_id": "mh-0002"}, "sensor_id_mismatch"),
+        ({"sensor_id": "mh 1"}, "bad_sensor_id"),
+        ({"alarm_type": "alien"}, "unknown_alarm_type"),
+        ({"transition": "start"}, "bad_transition"),
+        ({"severity": "major"}, "bad_severity"),
+        ({"ts": "2026-05-01T16:00:00"}, "bad_ts"),
+        ({"ts": True}, "bad_ts"),
+        ({"event_id": ""}, "bad_event_id"),
+        ({"measurements": {"n": "x"}}, "bad_measurements"),
+        ({"measurements": [{"u": "deg", "v": 1}]}, "bad_senml"),
+        ({"measurements": [{"n": "tilt"}]}, "bad_senml"),
+        ({"seq": "7"}, "bad_seq"),
+        ({"extra": 1}, "unknown_field"),
+        ({"location": "here"}, "bad_location"),
+    ],
+)
+def test_bad_alarm_envelopes(patch: dict[str, object], reason: str) -> None:
+    with pytest.raises(MessageError) as err:
+        sensor({**ALARM, **patch})
+    assert err.value.reason == reason
+
+
+def test_senml_pack_resolves_base_fields() -> None:
+    pack = sensor(
+        [
+            {"bn": "wl-01/", "bt": NOW.timestamp(), "bu": "cm", "bv": 10, "n": "level", "v": 2},
+            {"n": "level", "t": 60, "v": 5.5},
+            {"n": "door", "vb": True, "u": "bool"},
+            {"n": "fw", "vs": "1.2"},
+        ],
+        topic_id="wl-01",
+    )
+    assert isinstance(pack, SenMLPack)
+    assert pack.sensor_id == "wl-01"
+    first, second, door, fw = pack.records
+    assert (first.n, first.u, first.v, first.t) == ("wl-01/level", "cm", 12.0, NOW)
+    assert (second.v, second.t) == (15.5, datetime(2026, 5, 1, 8, 1, tzinfo=UTC))
+    assert (door.n, door.vb, door.u, door.v) == ("wl-01/door", True, "bool", None)
+    assert fw.vs == "1.2"
+
+
+def test_senml_relative_time_counts_from_receipt() -> None:
+    pack = sensor([{"n": "level", "v": 1, "t": -30}], topic_id="wl-01")
+    assert isinstance(pack, SenMLPack)
+    assert pack.records[0].t == datetime(2026, 5, 1, 7, 59, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ([], "bad_senml"),
+        ([1], "bad_senml"),
+        ([{"n": "x", "v": "high"}], "bad_senml"),
+        ([{"n": "x", "v": True}], "bad_senml"),
+        ([{"n": "x", "v": 1, "zz": 1}], "bad_senml"),
+        ([{"bn": "wl-02/", "n": "level", "v": 1}], "sensor_id_mismatch"),
+        ("text", "bad_shape"),
+        ({"hello": 1}, "unknown_payload"),
+        (b"\xff\xfe", "bad_json"),
+        (b"{", "bad_json"),
+    ],
+)
+def test_bad_senml_and_others(body: object, reason: str) -> None:
+    with pytest.raises(MessageError) as err:
+        sensor(body, topic_id="wl-01")
+    assert err.value.reason == reason
+
+
+def test_threshold_reading() -> None:
+    reading = sensor({"sensor_id": "mh-0001", "value": 17, "ts": NOW.timestamp()})
+    assert reading == ThresholdReading("mh-0001", 17.0, NOW)
+    assert isinstance(reading, ThresholdReading)
+    assert sensor(reading.encode()) == reading
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"sensor_id": "mh-0001", "value": "17", "ts": 1}, "bad_value"),
+        ({"sensor_id": "mh-0001", "value": None, "ts": 1}, "bad_value"),
+        ({"sensor_id": "other", "value": 1, "ts": 1}, "sensor_id_mismatch"),
+        ({"sensor_id": "mh-0001", "value": 1, "ts": "soon"}, "bad_ts"),
+        ({"sensor_id": "mh-0001", "value": 1, "ts": 1, "x": 2}, "unknown_field"),
+    ],
+)
+def test_bad_threshold_readings(body: dict[str, object], reason: str) -> None:
+    with pytest.raises(MessageError) as err:
+        sensor(body)
+    assert err.value.reason == reason
+
+
+def test_sensor_size_cap() -> None:
+    with pytest.raises(MessageError) as err:
+        sensor(b"[" + b" " * 70000 + b"]")
+    assert err.value.reason == "too_large"
+
+
+def test_dead_letter_keeps_the_original_bytes() -> None:
+    body = json.loads(dead_letter("bad_magic", "gp/cameras/c/frame", b"\x00\x01junk", NOW))
+    assert body == {
+        "reason": "bad_magic",
+        "topic": "gp/cameras/c/frame",
+        "payload_b64": base64.b64encode(b"\x00\x01junk").decode(),
+        "received_at": "2026-05-01T08:00:00Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("topic", "kind", "ident"),
+    [
+        (frame_topic("gp", "c1"), "frame", "c1"),
+        (snapshot_request_topic("gp", "c1"), "snapshot_request", "c1"),
+        (snapshot_topic("gp", "c1"), "snapshot", "c1"),
+        (camera_status_topic("gp", "c1"), "camera_status", "c1"),
+        (component_status_topic("gp", "ingest-1"), "component_status", "ingest-1"),
+        (sensor_alarm_topic("gp", "mh.1"), "sensor_alarm", "mh.1"),
+        (sensor_status_topic("gp", "mh_1"), "sensor_status", "mh_1"),
+        (deadletter_topic("gp", "bridge"), "deadletter", "bridge"),
+        (patrol_boost_topic("gp", "c1"), "patrol_boost", "c1"),
+    ],
+)
+def test_topics_round_trip(topic: str, kind: str, ident: str) -> None:
+    match = parse_topic("gp", topic)
+    assert match is not None
+    assert (match.kind, match.id) == (kind, ident)
+
+
+def test_topic_scheme_details() -> None:
+    assert frame_topic("gridpatrol", "cam-dn-001") == "gridpatrol/cameras/cam-dn-001/frame"
+    assert wildcard("gp", "sensor_alarm") == "gp/sensors/+/alarm"
+    assert parse_topic("gp", "gp/cameras/c1/unknown") is None
+    assert parse_topic("gp", "other/cameras/c1/frame") is None
+    assert parse_topic("gp", "gp/cameras/bad id/frame") is None
+    with pytest.raises(ValueError, match="does not match"):
+        frame_topic("gp", "a/b")

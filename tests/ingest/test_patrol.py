@@ -1,0 +1,100 @@
+"""Patrol scheduling with a fake clock: budget, intervals, weighted fairness and boosts."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import pytest
+
+from gridpatrol.ingest.patrol import PatrolScheduler
+
+
+def simulate(sched: PatrolScheduler, start: float, end: float) -> tuple[Counter[str], list[float]]:
+    """Drive the scheduler as the patrol loop does; visits take no time."""
+    now, visits, times = start, Counter[str](), []
+    while now < end:
+        decision = sched.next(now)
+        if decision.camera_id is None:
+            now += decision.wait_s
+            continue
+        visits[decision.camera_id] += 1
+        times.append(now)
+    return visits, times
+
+
+def test_budget_is_never_exceeded() -> None:
+    sched = PatrolScheduler(max_fps=4)
+    for i in range(50):
+        sched.add(f"cam-{i:02d}", interval_s=1.0)
+    visits, times = simulate(sched, 0.0, 100.0)
+    assert sum(visits.values()) == 400
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) == pytest.approx(0.25)
+
+
+def test_equal_weights_share_equally() -> None:
+    sched = PatrolScheduler(max_fps=2)
+    for i in range(10):
+        sched.add(f"cam-{i}", interval_s=0.1)
+    visits, _ = simulate(sched, 0.0, 100.0)
+    assert set(visits.values()) == {20}
+
+
+def test_weights_share_in_proportion() -> None:
+    sched = PatrolScheduler(max_fps=4)
+    sched.add("a", interval_s=0.1, weight=1)
+    sched.add("b", interval_s=0.1, weight=1)
+    sched.add("c", interval_s=0.1, weight=2)
+    visits, _ = simulate(sched, 0.0, 100.0)
+    assert visits == {"a": 100, "b": 100, "c": 200}
+
+
+def test_a_camera_never_comes_round_more_often_than_its_interval() -> None:
+    sched = PatrolScheduler(max_fps=10)
+    sched.add("slow", interval_s=30.0, weight=100)
+    sched.add("fast", interval_s=0.5)
+    visits, _ = simulate(sched, 0.0, 300.0)
+    assert visits["slow"] == 10
+    assert visits["fast"] == 600
+
+
+def test_spare_budget_goes_to_the_others() -> None:
+    sched = PatrolScheduler(max_fps=4)
+    sched.add("rare", interval_s=10.0, weight=10)
+    sched.add("x", interval_s=0.01)
+    sched.add("y", interval_s=0.01)
+    visits, _ = simulate(sched, 0.0, 100.0)
+    assert visits["rare"] == 10
+    assert visits["x"] + visits["y"] == 390
+    assert abs(visits["x"] - visits["y"]) <= 1
+
+
+def test_boost_raises_the_share_then_expires() -> None:
+    sched = PatrolScheduler(max_fps=8)
+    for cid in ("a", "b", "c", "d", "e"):
+        sched.add(cid, interval_s=0.01)
+    sched.boost("a", now=0.0, factor=4.0, duration_s=80.0)
+    during, _ = simulate(sched, 0.0, 80.0)
+    assert during == {"a": 320, "b": 80, "c": 80, "d": 80, "e": 80}
+    after, _ = simulate(sched, 80.0, 180.0)
+    assert set(after.values()) == {160}
+
+
+def test_newcomer_gets_no_credit_for_the_past() -> None:
+    sched = PatrolScheduler(max_fps=2)
+    sched.add("old", interval_s=0.01)
+    simulate(sched, 0.0, 100.0)
+    sched.add("new", interval_s=0.01)
+    visits, _ = simulate(sched, 100.0, 200.0)
+    assert visits["old"] + visits["new"] == 200
+    assert abs(visits["old"] - visits["new"]) <= 1
+
+
+def test_idle_scheduler_waits_for_the_earliest_due_camera() -> None:
+    sched = PatrolScheduler(max_fps=100)
+    sched.add("a", interval_s=30.0)
+    assert sched.next(0.0).camera_id == "a"
+    decision = sched.next(1.0)
+    assert decision.camera_id is None
+    assert decision.wait_s == pytest.approx(29.0)
