@@ -1,0 +1,262 @@
+"""Cameras and sensors of the site file, for the console's filters and zone editor.
+
+``GET /cameras`` and ``GET /sensors`` list the site's devices (camera sources are left out:
+they may carry stream credentials); ``GET /cameras/rule-schema`` gives the JSON schema of
+every rule's parameters; ``POST /cameras/{id}/snapshot`` asks the camera's ingest component
+for a fresh frame over MQTT; ``POST /cameras/{id}/zones/validate`` turns the editor's
+polygons into the YAML of that camera's ``zones``, validated by the site schema.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from typing import TYPE_CHECKING, Any
+
+import yaml
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+
+from gridpatrol.api.deps import Reviewer, get_services
+from gridpatrol.api.problems import Problem
+from gridpatrol.site import RULE_PARAMS, Camera, Site, SiteConfigError, parse_site
+
+if TYPE_CHECKING:
+    from gridpatrol.ingest.mqtt import MqttConnection
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api/v1", tags=["cameras"])
+SNAPSHOT_TIMEOUT_S = 5.0
+ZONES_FILE = "zones.yaml"
+_ZONE_KEY_ORDER = ("id", "polygon", "schedule", "rules")
+_HHMM = re.compile(r"^\d{1,2}:\d{2}$")
+
+
+class ZonesIn(BaseModel):
+    zones: list[dict[str, Any]] = Field(max_length=100)
+
+
+class ZonesOut(BaseModel):
+    camera_id: str
+    yaml: str
+
+
+def _loaded_site(request: Request) -> Site | None:
+    """The site file named by GRIDPATROL_CONFIG, loaded once per app."""
+    state = request.app.state
+    if not hasattr(state, "cameras_site"):
+        state.cameras_site = get_services(request).settings.load_site()
+    site: Site | None = state.cameras_site
+    return site
+
+
+def _site(request: Request) -> Site:
+    site = _loaded_site(request)
+    if site is None:
+        raise Problem(404, "the API runs without a site file (set GRIDPATROL_CONFIG)")
+    return site
+
+
+def _camera(site: Site, camera_id: str) -> Camera:
+    try:
+        return site.camera(camera_id)
+    except KeyError:
+        raise Problem(404, f"unknown camera {camera_id!r}") from None
+
+
+@router.get("/cameras")
+def list_cameras(request: Request, _who: Reviewer) -> list[dict[str, Any]]:
+    """The site's cameras with their zones; sources are omitted (they may hold credentials)."""
+    site = _loaded_site(request)
+    if site is None:
+        return []
+    return [_camera_view(cam) for cam in site.cameras]
+
+
+def _camera_view(camera: Camera) -> dict[str, Any]:
+    # Zones as written in the site file (unset defaults left out), so the YAML stays short.
+    view = camera.model_dump(
+        mode="json", by_alias=True, exclude={"source", "zones"}, exclude_none=True
+    )
+    view["zones"] = [
+        zone.model_dump(mode="json", by_alias=True, exclude_unset=True) for zone in camera.zones
+    ]
+    return view
+
+
+@router.get("/sensors")
+def list_sensors(request: Request, _who: Reviewer) -> list[dict[str, Any]]:
+    site = _loaded_site(request)
+    if site is None:
+        return []
+    return [s.model_dump(mode="json", by_alias=True, exclude_none=True) for s in site.sensors]
+
+
+@router.get("/cameras/rule-schema")
+def rule_schema(_who: Reviewer) -> dict[str, Any]:
+    """JSON schema of every rule's parameters, keyed by rule (candidate type)."""
+    return {name: model.model_json_schema(by_alias=True) for name, model in RULE_PARAMS.items()}
+
+
+@router.post(
+    "/cameras/{camera_id}/snapshot",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {}}}},
+)
+def snapshot(camera_id: str, request: Request, _who: Reviewer) -> Response:
+    """A fresh frame from the camera, requested over MQTT (SPEC §3 snapshot request/reply)."""
+    site = _site(request)
+    _camera(site, camera_id)
+    from gridpatrol.ingest.snapshot import request_snapshot
+
+    conn = _snapshot_connection(site.mqtt.prefix)
+    frame = request_snapshot(conn, camera_id, timeout=SNAPSHOT_TIMEOUT_S)
+    if frame is None:
+        log.warning("camera %s: no snapshot reply within %.0f s", camera_id, SNAPSHOT_TIMEOUT_S)
+        raise Problem(
+            504, f"camera {camera_id!r} did not answer within {SNAPSHOT_TIMEOUT_S:g} s", "Timeout"
+        )
+    return Response(
+        frame.image,
+        media_type=frame.header.content_type or "image/jpeg",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.post("/cameras/{camera_id}/zones/validate")
+def validate_zones(camera_id: str, body: ZonesIn, request: Request, _who: Reviewer) -> ZonesOut:
+    """The YAML of the camera's ``zones``; 422 with every schema error (line and field)."""
+    site = _site(request)
+    camera = _camera(site, camera_id)
+    text = zones_yaml(body.zones)
+    problems = check_zones(site, camera, text)
+    if problems:
+        raise Problem(422, f"{len(problems)} problem(s) in the zones", errors=problems)
+    log.info("camera %s: %d zone(s) validated", camera_id, len(body.zones))
+    return ZonesOut(camera_id=camera_id, yaml=text)
+
+
+# ---------------------------------------------------------------------------------------------
+# The MQTT connection for snapshots: opened on first use, shared by every request.
+
+_conn_lock = threading.Lock()
+_conn: MqttConnection | None = None
+
+
+def _snapshot_connection(prefix: str) -> MqttConnection:
+    global _conn
+    if not os.environ.get("GRIDPATROL_MQTT_URL"):
+        raise Problem(503, "snapshots need a broker: set GRIDPATROL_MQTT_URL", "No broker")
+    with _conn_lock:
+        if _conn is None:
+            from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+
+            conn = MqttConnection(
+                f"api-snapshot-{os.getpid()}", MqttSettings.from_env(), prefix=prefix
+            )
+            if not conn.start(timeout=SNAPSHOT_TIMEOUT_S):
+                conn.stop()
+                raise Problem(503, "the broker is not reachable", "No broker")
+            _conn = conn
+        return _conn
+
+
+def close_snapshot_connection() -> None:
+    """Stop the snapshot connection, if one was opened (called when the app shuts down)."""
+    global _conn
+    with _conn_lock:
+        if _conn is not None:
+            _conn.stop()
+            _conn = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Zones YAML: flow style for polygons and parameters, as people write the site file by hand.
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return _scalar(str(value))
+        text = repr(round(value, 4))
+        return text if "e" not in text else f"{value:.6f}"
+    if _HHMM.match(str(value)):
+        return f'"{value}"'  # quoted, or YAML 1.1 readers may take 12:30 for a number
+    dumped = yaml.safe_dump(str(value), allow_unicode=True, default_flow_style=True, width=10**6)
+    return dumped.removesuffix("\n").removesuffix("\n...")
+
+
+def _flow(value: Any) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_scalar(k)}: {_flow(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_flow(v) for v in value) + "]"
+    return _scalar(value)
+
+
+def _zone_lines(zone: dict[str, Any]) -> list[str]:
+    keys = [k for k in _ZONE_KEY_ORDER if k in zone] + [k for k in zone if k not in _ZONE_KEY_ORDER]
+    lines: list[str] = []
+    for key in keys:
+        value = zone[key]
+        if key == "rules" and isinstance(value, dict) and value:
+            lines.append("rules:")
+            lines += [f"  {_scalar(rule)}: {_flow(params)}" for rule, params in value.items()]
+        else:
+            lines.append(f"{_scalar(key)}: {_flow(value)}")
+    if not lines:
+        return ["- {}"]
+    return ["- " + lines[0], *("  " + line for line in lines[1:])]
+
+
+def zones_yaml(zones: list[dict[str, Any]]) -> str:
+    """The ``zones:`` block of a camera, ready to paste under the camera in the site file."""
+    if not zones:
+        return "zones: []\n"
+    body = [line for zone in zones for line in _zone_lines(zone)]
+    return "zones:\n" + "".join(f"  {line}\n" for line in body)
+
+
+def check_zones(site: Site, camera: Camera, text: str) -> list[str]:
+    """Validate the zones text in the camera's context; problems name line (in ``text``) and field.
+
+    The camera is re-serialised without its zones and the zones text appended as its last key,
+    so the site schema sees exactly the text the editor returns.
+    """
+    head_data = {
+        "site": site.site.model_dump(mode="json"),
+        "cameras": [
+            camera.model_dump(mode="json", by_alias=True, exclude={"zones"}, exclude_none=True)
+        ],
+    }
+    head = yaml.safe_dump(head_data, allow_unicode=True, sort_keys=False)
+    offset = head.count("\n")
+    document = head + "".join(f"  {line}\n" for line in text.splitlines())
+    try:
+        parse_site(document, ZONES_FILE)
+    except SiteConfigError as exc:
+        return [_relocate(problem, offset) for problem in exc.problems]
+    return []
+
+
+def _relocate(problem: str, offset: int) -> str:
+    """``zones.yaml:L: cameras[0].zones[1].x: msg`` → ``zones.yaml:L-offset: zones[1].x: msg``."""
+    prefix = f"{ZONES_FILE}:"
+    if not problem.startswith(prefix):
+        return problem
+    line_text, _, rest = problem.removeprefix(prefix).partition(": ")
+    try:
+        line = max(1, int(line_text) - offset)
+    except ValueError:
+        return problem
+    return f"{prefix}{line}: {rest.replace('cameras[0].', '', 1)}"

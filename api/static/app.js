@@ -1,0 +1,134 @@
+// Console entry: session, navigation, shared reference data, toasts and the modal dialog.
+import { ApiError, get, request, setCsrf } from './api.js';
+import { applyStatic, currentLang, setLang, t } from './i18n.js';
+import { initQueue, showQueue } from './queue.js';
+import { showStats } from './stats.js';
+import { showZones } from './zones.js';
+
+export const ref = { types: new Map(), cameras: [], sensors: [], session: null };
+
+const $ = (sel) => document.querySelector(sel);
+
+export function toast(message, isError = false) {
+  const el = $('#toast');
+  el.textContent = message;
+  el.classList.toggle('error', isError);
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  toast.timer = setTimeout(() => { el.hidden = true; }, 3500);
+}
+
+export function typeName(type) {
+  const info = ref.types.get(type);
+  if (!info) return { main: type, other: '' };
+  return currentLang() === 'zh'
+    ? { main: info.name_zh, other: info.name_en }
+    : { main: info.name_en, other: info.name_zh };
+}
+
+// A modal dialog whose body the caller fills; resolves with the form data or null.
+export function dialog(title, fill) {
+  const dlg = $('#dlg');
+  $('#dlg-title').textContent = title;
+  const body = $('#dlg-body');
+  body.replaceChildren();
+  const read = fill(body);
+  return new Promise((resolve) => {
+    const done = (value) => {
+      dlg.removeEventListener('close', onClose);
+      $('#dlg-form').removeEventListener('submit', onSubmit);
+      $('#dlg-cancel').removeEventListener('click', onCancel);
+      if (dlg.open) dlg.close();
+      resolve(value);
+    };
+    const onSubmit = (ev) => { ev.preventDefault(); done(read()); };
+    const onCancel = () => done(null);
+    const onClose = () => done(null);
+    $('#dlg-form').addEventListener('submit', onSubmit);
+    $('#dlg-cancel').addEventListener('click', onCancel);
+    dlg.addEventListener('close', onClose);
+    dlg.showModal();
+  });
+}
+
+async function loadReference() {
+  const [types, cameras, sensors] = await Promise.all([
+    get('/types').catch(() => []),
+    get('/cameras').catch(() => []),
+    get('/sensors').catch(() => []),
+  ]);
+  ref.types = new Map(types.map((x) => [x.type, x]));
+  ref.cameras = cameras;
+  ref.sensors = sensors;
+}
+
+function route() {
+  const view = (location.hash.replace(/^#\//, '').split('/')[0]) || 'queue';
+  document.querySelectorAll('.view').forEach((el) => { el.hidden = el.id !== `view-${view}`; });
+  document.querySelectorAll('nav a').forEach((a) => a.classList.toggle('active', a.dataset.view === view));
+  if (view === 'stats') showStats();
+  else if (view === 'zones') showZones();
+  else showQueue();
+}
+
+async function enter(session) {
+  ref.session = session;
+  setCsrf(session.csrf_token);
+  $('#who').textContent = `${session.name} · ${session.role}`;
+  $('#login').hidden = true;
+  $('#app').hidden = false;
+  await loadReference();
+  initQueue();
+  route();
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const token = $('#token').value.trim();
+  try {
+    const session = await request('/session', { method: 'POST', body: { token } });
+    $('#token').value = '';
+    $('#login-error').textContent = '';
+    await enter(session);
+  } catch (err) {
+    $('#login-error').textContent = err instanceof ApiError && err.status === 401
+      ? t('login.bad') : err.message;
+  }
+}
+
+async function logout() {
+  await request('/session', { method: 'DELETE' }).catch(() => null);
+  location.hash = '';
+  location.reload();
+}
+
+function showLogin() {
+  $('#app').hidden = true;
+  $('#login').hidden = false;
+  $('#token').focus();
+}
+
+async function start() {
+  applyStatic(document);
+  document.querySelectorAll('.lang-toggle').forEach((btn) => btn.addEventListener('click', () => {
+    setLang(currentLang() === 'zh' ? 'en' : 'zh');
+    if (ref.session) route();
+  }));
+  $('#login-form').addEventListener('submit', login);
+  // Enter confirms a dialog wherever the focus is (radio buttons and lists do not submit).
+  $('#dlg-form').addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter') {
+      ev.preventDefault();
+      $('#dlg-form').requestSubmit();
+    }
+  });
+  $('#logout').addEventListener('click', logout);
+  window.addEventListener('hashchange', () => { if (ref.session) route(); });
+  try {
+    await enter(await get('/session'));
+  } catch {
+    showLogin();
+  }
+}
+
+start();

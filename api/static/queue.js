@@ -1,0 +1,446 @@
+// The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
+import { ApiError, evidenceUrl, get, post, query } from './api.js';
+import { dialog, ref, toast, typeName } from './app.js';
+import { REASON_CODES, STATUSES, t } from './i18n.js';
+
+const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
+const state = {
+  items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
+  initialised: false, loadSeq: 0,
+};
+const $ = (sel) => document.querySelector(sel);
+const el = (tag, attrs = {}, ...children) => {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === 'class') node.className = v;
+    else if (k === 'text') node.textContent = v;
+    else if (k.startsWith('on')) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v);
+  }
+  node.append(...children.filter((c) => c != null));
+  return node;
+};
+
+// ---- formatting -----------------------------------------------------------------------------
+
+function age(iso) {
+  if (!iso) return '';
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  if (s < 60) return `${Math.round(s)} ${t('age.s')}`;
+  if (s < 3600) return `${Math.round(s / 60)} ${t('age.m')}`;
+  if (s < 86400) return `${(s / 3600).toFixed(1)} ${t('age.h')}`;
+  return `${(s / 86400).toFixed(1)} ${t('age.d')}`;
+}
+
+const when = (iso) => (iso ? new Date(iso).toLocaleString() : '');
+
+function place(c) {
+  const loc = c.location || {};
+  if (loc.address) return loc.address;
+  if (loc.grid_code) return loc.grid_code;
+  if (loc.lat != null) return `${Number(loc.lat).toFixed(4)}, ${Number(loc.lon).toFixed(4)}`;
+  return '';
+}
+
+const sourceId = (c) => (c.source?.camera_id || c.source?.sensor_id || c.source?.type || '');
+const cameraId = (c) => c.source?.camera_id || c.camera_id || '';
+const sensorId = (c) => c.source?.sensor_id || c.sensor_id || '';
+
+function evidenceOf(c, kind) {
+  return (c.evidence || []).find((e) => e.kind === kind && e.sha256);
+}
+
+function thumbnailSha(c) {
+  for (const kind of IMAGE_KINDS) {
+    const e = evidenceOf(c, kind);
+    if (e) return e.sha256;
+  }
+  return null;
+}
+
+const statusBadge = (status) => el('span', { class: `badge s-${status}`, text: t(`s.${status}`) });
+
+// ---- filters and list -----------------------------------------------------------------------
+
+function fillSelect(select, values, label) {
+  const current = select.value;
+  select.replaceChildren(el('option', { value: '', text: t('f.all') }));
+  for (const v of values) select.append(el('option', { value: v, text: label(v) }));
+  select.value = current;
+}
+
+function fillFilters() {
+  const status = $('#f-status');
+  fillSelect(status, STATUSES, (s) => t(`s.${s}`));
+  if (!state.initialised) status.value = 'new';
+  fillSelect($('#f-type'), [...ref.types.keys()], (k) => typeName(k).main);
+  fillSelect($('#f-camera'), ref.cameras.map((c) => c.id), (id) => {
+    const cam = ref.cameras.find((c) => c.id === id);
+    return cam?.name ? `${id} ${cam.name}` : id;
+  });
+  fillSelect($('#f-sensor'), ref.sensors.map((s) => s.id), (id) => id);
+}
+
+function filters() {
+  const form = new FormData($('#filters'));
+  const params = {};
+  for (const [k, v] of form.entries()) {
+    if (!v) continue;
+    params[k] = (k === 'since' || k === 'until') ? new Date(v).toISOString() : v;
+  }
+  return params;
+}
+
+function matches(c) {
+  const f = filters();
+  if (f.status && c.status !== f.status) return false;
+  if (f.type && c.type !== f.type) return false;
+  if (f.camera_id && cameraId(c) !== f.camera_id) return false;
+  if (f.sensor_id && sensorId(c) !== f.sensor_id) return false;
+  const at = Date.parse(c.occurred_at || c.created_at || '');
+  if (f.since && at < Date.parse(f.since)) return false;
+  if (f.until && at > Date.parse(f.until)) return false;
+  return true;
+}
+
+async function load(append = false) {
+  const seq = ++state.loadSeq;
+  const params = { ...filters(), limit: 50 };
+  if (append && state.cursor) params.cursor = state.cursor;
+  let page;
+  try {
+    page = await get(`/candidates${query(params)}`);
+  } catch (err) {
+    toast(err.message, true);
+    return;
+  }
+  if (seq !== state.loadSeq) return; // a newer filter change won
+  state.items = append ? [...state.items, ...page.items] : page.items;
+  state.cursor = page.next_cursor || null;
+  if (!append) state.selected = state.items.length ? 0 : -1;
+  renderList();
+  if (!append) await showDetail();
+}
+
+function row(c, index) {
+  const sha = thumbnailSha(c);
+  const name = typeName(c.type);
+  const thumb = sha
+    ? el('img', { class: 'thumb', src: evidenceUrl(sha), alt: c.type, loading: 'lazy' })
+    : el('span', { class: 'thumb none' });
+  const tr = el('tr', {
+    'data-id': c.id, class: index === state.selected ? 'selected' : '',
+    onclick: () => select(index),
+  },
+  el('td', {}, thumb),
+  el('td', {}, el('div', { text: name.main }), el('div', { class: 'muted small', text: name.other })),
+  el('td', { class: 'mono', text: sourceId(c) }),
+  el('td', { text: place(c) }),
+  el('td', { class: 'age', 'data-at': c.occurred_at || '', text: age(c.occurred_at) }),
+  el('td', {}, statusBadge(c.status)));
+  if (c._fresh) tr.classList.add('fresh');
+  return tr;
+}
+
+function renderList() {
+  const body = $('#queue-body');
+  body.replaceChildren(...state.items.map(row));
+  $('#queue-empty').hidden = state.items.length > 0;
+  $('#queue-more').hidden = !state.cursor;
+  const current = body.querySelector('tr.selected');
+  if (current) current.scrollIntoView({ block: 'nearest' });
+}
+
+async function select(index) {
+  if (index < 0 || index >= state.items.length) return;
+  state.selected = index;
+  document.querySelectorAll('#queue-body tr').forEach((tr, i) => tr.classList.toggle('selected', i === index));
+  document.querySelector('#queue-body tr.selected')?.scrollIntoView({ block: 'nearest' });
+  await showDetail();
+}
+
+// ---- detail ---------------------------------------------------------------------------------
+
+function zoom(src) {
+  const overlay = el('div', { class: 'zoom' });
+  let scale = 1;
+  const img = el('img', { src, alt: '' });
+  overlay.addEventListener('wheel', (ev) => {
+    ev.preventDefault();
+    scale = Math.min(8, Math.max(0.5, scale * (ev.deltaY < 0 ? 1.2 : 1 / 1.2)));
+    img.style.transform = `scale(${scale})`;
+  });
+  overlay.addEventListener('click', () => overlay.remove());
+  overlay.append(img);
+  document.body.append(overlay);
+}
+
+function figure(ev, caption, cls = '') {
+  if (!ev) return null;
+  const src = evidenceUrl(ev.sha256);
+  return el('figure', { class: cls },
+    el('img', { src, alt: caption, class: 'evidence', onclick: () => zoom(src) }),
+    el('figcaption', { text: `${caption} ${when(ev.captured_at)}` }));
+}
+
+function facts(c) {
+  const rows = [];
+  const add = (key, value) => { if (value !== undefined && value !== null && value !== '') rows.push([t(key), String(value)]); };
+  add('d.description', c.description);
+  add('d.occurred', when(c.occurred_at));
+  add('d.severity', c.severity);
+  add('d.urgency', c.urgency);
+  add('d.category', c.category ? `${c.category.code || ''} ${c.category.name_zh || ''}`.trim() : '');
+  add('d.unit', c.suggested_unit);
+  add('d.hold', when(c.hold_until));
+  add('d.arrive', when(c.arrive_by));
+  if (c.missing_elements?.length) add('d.missing', c.missing_elements.join(', '));
+  const d = c.detection;
+  if (d) {
+    add('d.model', [d.model, d.model_version].filter(Boolean).join(' '));
+    add('d.score', d.score != null ? Number(d.score).toFixed(2) : null);
+    add('d.zone', d.zone_id);
+    add('d.dwell', d.dwell_s != null ? `${Math.round(d.dwell_s)} ${t('age.s')}` : null);
+    add('d.boxes', d.boxes?.length);
+  }
+  const a = c.alarm;
+  if (a) {
+    add('d.alarm_type', a.alarm_type);
+    add('d.count', a.count);
+    add('d.first_seen', when(a.first_seen));
+    add('d.last_seen', when(a.last_seen));
+  }
+  if (c.measurements?.length) {
+    add('d.measurements', c.measurements.map((m) => `${m.n ?? ''} ${m.v ?? m.vs ?? ''} ${m.u ?? ''}`.trim()).join('; '));
+  }
+  return el('dl', { class: 'facts' }, ...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
+}
+
+function history(c) {
+  return el('ol', { class: 'history' }, ...(c.history || []).map((h) => el('li', {},
+    el('span', { class: 'muted', text: when(h.at) }), ' ',
+    el('strong', { text: h.action }), ' ', el('span', { text: h.who || '' }),
+    h.reason ? el('span', { class: 'muted', text: ` — ${h.reason}` }) : null)));
+}
+
+function renderDetail() {
+  const pane = $('#detail');
+  const c = state.detail;
+  if (!c) {
+    pane.replaceChildren(el('p', { class: 'muted', text: t('d.none') }));
+    return;
+  }
+  const name = typeName(c.type);
+  const annotated = evidenceOf(c, 'annotated');
+  const clean = evidenceOf(c, 'clean') || evidenceOf(c, 'snapshot');
+  const main = state.annotated ? (annotated || clean) : (clean || annotated);
+  const mainKind = main === annotated ? t('d.annotated') : t('d.clean');
+  const others = (c.evidence || []).filter((e) => !IMAGE_KINDS.includes(e.kind));
+  const actions = el('div', { class: 'actions' },
+    el('button', { type: 'button', id: 'act-confirm', text: t('d.confirm'), onclick: () => decide('confirm') }),
+    el('button', { type: 'button', id: 'act-reject', text: t('d.reject'), onclick: () => decide('reject') }),
+    el('button', { type: 'button', id: 'act-return', text: t('d.return'), onclick: () => decide('return') }),
+    el('button', { type: 'button', id: 'act-merge', text: t('d.merge'), onclick: () => decide('merge') }));
+  const parts = [
+    el('header', { class: 'detail-head' },
+      el('h2', {}, `${name.main} `, el('small', { class: 'muted', text: name.other })),
+      statusBadge(c.status),
+      el('div', { class: 'mono small muted', text: `${c.id} · ${sourceId(c)} · ${place(c)}` })),
+    actions,
+    main
+      ? el('div', { class: 'main-evidence' },
+        el('div', { class: 'toggle' },
+          el('button', { type: 'button', id: 'toggle-annotated', class: state.annotated ? 'on' : '', text: t('d.annotated'), onclick: () => toggle(true) }),
+          el('button', { type: 'button', id: 'toggle-clean', class: state.annotated ? '' : 'on', text: t('d.clean'), onclick: () => toggle(false) })),
+        figure(main, mainKind, 'main'))
+      : el('p', { class: 'muted', text: t('d.noimage') }),
+    el('div', { class: 'dwell' }, figure(evidenceOf(c, 'first_seen'), t('d.first')), figure(evidenceOf(c, 'latest'), t('d.latest'))),
+    others.length
+      ? el('p', {}, `${t('d.evidence')}: `, ...others.map((e) => el('a', { href: evidenceUrl(e.sha256), target: '_blank', text: `${e.kind} ` })))
+      : null,
+    el('h3', { text: t('d.facts') }), facts(c),
+    el('h3', { text: t('d.history') }), history(c)];
+  pane.replaceChildren(...parts.filter((p) => p != null));
+}
+
+function toggle(annotated) {
+  state.annotated = annotated;
+  renderDetail();
+}
+
+async function showDetail() {
+  const c = state.items[state.selected];
+  if (!c) {
+    state.detail = null;
+    renderDetail();
+    return;
+  }
+  state.detail = c;
+  renderDetail();
+  try {
+    const full = await get(`/candidates/${c.id}`);
+    if (state.items[state.selected]?.id === full.id) {
+      state.detail = full;
+      renderDetail();
+    }
+  } catch (err) {
+    toast(err.message, true);
+  }
+}
+
+// ---- triage ---------------------------------------------------------------------------------
+
+function reasonPicker(body) {
+  const list = el('div', { class: 'reasons' });
+  REASON_CODES.forEach((code, i) => {
+    list.append(el('label', {},
+      el('input', { type: 'radio', name: 'reason_code', value: code, ...(i === 0 ? { checked: '' } : {}) }),
+      ` ${i + 1} ${t(`r.${code}`)}`));
+  });
+  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reason') });
+  body.append(list, note);
+  body.onkeydown = (ev) => {
+    const n = Number(ev.key);
+    if (ev.target === note || !(n >= 1 && n <= REASON_CODES.length)) return;
+    body.querySelectorAll('input[name=reason_code]')[n - 1].checked = true;
+  };
+  setTimeout(() => body.querySelector('input[name=reason_code]:checked').focus(), 0);
+  return () => ({
+    reason_code: body.querySelector('input[name=reason_code]:checked').value,
+    reason: note.value || undefined,
+  });
+}
+
+function returnNote(body) {
+  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reason') });
+  body.append(note);
+  setTimeout(() => note.focus(), 0);
+  return () => ({ reason: note.value || undefined });
+}
+
+function mergePicker(current) {
+  return (body) => {
+    const targets = state.items.filter((c) => c.id !== current.id);
+    targets.sort((a, b) => (b.type === current.type) - (a.type === current.type));
+    if (!targets.length) {
+      body.append(el('p', { class: 'muted', text: t('dlg.nomerge') }));
+      return () => null;
+    }
+    const select = el('select', { name: 'merge_into', size: String(Math.min(8, targets.length)) });
+    for (const c of targets) {
+      select.append(el('option', { value: c.id, text: `${typeName(c.type).main} · ${sourceId(c)} · ${age(c.occurred_at)} · ${c.id.slice(0, 8)}` }));
+    }
+    select.selectedIndex = 0;
+    body.append(select);
+    setTimeout(() => select.focus(), 0);
+    return () => (select.value ? { merge_into: select.value } : null);
+  };
+}
+
+async function decide(decision) {
+  const c = state.items[state.selected];
+  if (!c) return;
+  let extra = {};
+  if (decision === 'reject') extra = await dialog(t('dlg.reject'), reasonPicker);
+  else if (decision === 'return') extra = await dialog(t('dlg.return'), returnNote);
+  else if (decision === 'merge') extra = await dialog(t('dlg.merge'), mergePicker(c));
+  if (extra === null) return;
+  try {
+    const updated = await post(`/candidates/${c.id}/review`, { decision, ...extra });
+    toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
+    applyUpdate(updated, true);
+  } catch (err) {
+    toast(err instanceof ApiError && err.status === 409 ? t('err.conflict') : err.message, true);
+  }
+}
+
+// Replace or drop a changed candidate; after the reviewer's own decision move on to the next.
+function applyUpdate(updated, advance) {
+  const index = state.items.findIndex((x) => x.id === updated.id);
+  if (index < 0) return;
+  const wasSelected = index === state.selected;
+  if (matches(updated)) {
+    state.items[index] = updated;
+    if (wasSelected && advance && index + 1 < state.items.length) state.selected = index + 1;
+  } else {
+    state.items.splice(index, 1);
+    if (index < state.selected || state.selected >= state.items.length) state.selected -= 1;
+    if (state.selected < 0 && state.items.length) state.selected = 0;
+  }
+  renderList();
+  if (wasSelected || advance) showDetail();
+}
+
+function onKey(ev) {
+  if ($('#view-queue').hidden || $('#dlg').open) return;
+  if (ev.target.closest('input, select, textarea') || ev.ctrlKey || ev.metaKey || ev.altKey) return;
+  const actions = {
+    j: () => select(state.selected + 1), k: () => select(state.selected - 1),
+    c: () => decide('confirm'), r: () => decide('reject'), i: () => decide('return'),
+    m: () => decide('merge'), a: () => toggle(!state.annotated),
+  };
+  const action = actions[ev.key];
+  if (action) {
+    ev.preventDefault();
+    action();
+  }
+}
+
+// ---- live updates ---------------------------------------------------------------------------
+
+async function onEvent(kind, message) {
+  let data;
+  try { data = JSON.parse(message.data); } catch { return; }
+  const known = state.items.some((x) => x.id === data.id);
+  if (kind === 'candidate.changed' && !known) {
+    if (!matches({ ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } })) return;
+  }
+  let full;
+  try { full = await get(`/candidates/${data.id}`); } catch { return; }
+  if (state.items.some((x) => x.id === full.id)) {
+    applyUpdate(full, false);
+  } else if (matches(full)) {
+    full._fresh = true;
+    state.items.unshift(full);
+    if (state.selected >= 0) state.selected += 1;
+    else state.selected = 0;
+    renderList();
+    if (state.selected === 0) showDetail();
+  }
+}
+
+function connectEvents() {
+  if (state.source) state.source.close();
+  const source = new EventSource('/api/v1/events', { withCredentials: true });
+  const live = $('#live');
+  source.onopen = () => { live.className = 'live on'; };
+  source.onerror = () => { live.className = 'live off'; };
+  source.addEventListener('candidate.created', (m) => onEvent('candidate.created', m));
+  source.addEventListener('candidate.changed', (m) => onEvent('candidate.changed', m));
+  state.source = source;
+}
+
+// ---- entry points ---------------------------------------------------------------------------
+
+export function initQueue() {
+  if (state.initialised) return;
+  fillFilters();
+  state.initialised = true;
+  $('#filters').addEventListener('change', () => load());
+  $('#f-reset').addEventListener('click', () => {
+    $('#filters').reset();
+    $('#f-status').value = 'new';
+    load();
+  });
+  $('#queue-more').addEventListener('click', () => load(true));
+  document.addEventListener('keydown', onKey);
+  setInterval(() => {
+    document.querySelectorAll('#queue-body td.age').forEach((td) => { td.textContent = age(td.dataset.at); });
+  }, 15000);
+  connectEvents();
+}
+
+export function showQueue() {
+  fillFilters();
+  load();
+}

@@ -1,0 +1,81 @@
+// Statistics page: renders whatever GET /stats returns — numbers, maps of numbers, maps of rows.
+import { get } from './api.js';
+import { toast, typeName } from './app.js';
+import { t } from './i18n.js';
+
+const LABELS = {
+  by_type: 'st.by_type', by_camera: 'st.by_camera', by_status: 'st.by_status', by_day: 'st.by_day',
+  by_rule: 'st.by_rule', counts: 'st.counts', precision: 'st.precision', sla_breaches: 'st.sla',
+  total: 'st.total',
+};
+const label = (key) => (LABELS[key] ? t(LABELS[key]) : key.replaceAll('_', ' '));
+
+function cell(value) {
+  const td = document.createElement('td');
+  if (typeof value === 'number' && !Number.isInteger(value)) td.textContent = value.toFixed(3);
+  else if (value !== null && typeof value === 'object') td.textContent = JSON.stringify(value);
+  else td.textContent = value ?? '';
+  return td;
+}
+
+function rowName(key) {
+  const name = typeName(key);
+  return name.other ? `${name.main} (${key})` : key;
+}
+
+function table(entries) {
+  const columns = new Set();
+  for (const [, v] of entries) {
+    if (v !== null && typeof v === 'object' && !Array.isArray(v)) Object.keys(v).forEach((k) => columns.add(k));
+  }
+  const tbl = document.createElement('table');
+  tbl.className = 'stats-table';
+  const head = tbl.createTHead().insertRow();
+  head.append(document.createElement('th'));
+  const cols = columns.size ? [...columns] : [''];
+  cols.forEach((c) => { const th = document.createElement('th'); th.textContent = label(c); head.append(th); });
+  const body = tbl.createTBody();
+  for (const [k, v] of entries) {
+    const tr = body.insertRow();
+    const th = document.createElement('th');
+    th.textContent = rowName(k);
+    tr.append(th);
+    if (columns.size && v !== null && typeof v === 'object' && !Array.isArray(v)) cols.forEach((c) => tr.append(cell(v[c])));
+    else tr.append(cell(v));
+  }
+  return tbl;
+}
+
+function section(key, value, depth = 0) {
+  const box = document.createElement('section');
+  box.className = 'stat-block';
+  box.dataset.key = key;
+  const h = document.createElement(depth ? 'h4' : 'h3');
+  h.textContent = label(key);
+  box.append(h);
+  if (Array.isArray(value)) {
+    box.append(table(value.map((item, i) => [item.key ?? item.name ?? item.id ?? String(i), item])));
+  } else if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value);
+    const nested = entries.some(([, v]) => v !== null && typeof v === 'object'
+      && Object.values(v).some((x) => x !== null && typeof x === 'object'));
+    if (nested && depth === 0) entries.forEach(([k, v]) => box.append(section(k, v, depth + 1)));
+    else box.append(table(entries));
+  } else {
+    const big = document.createElement('p');
+    big.className = 'big';
+    big.textContent = typeof value === 'number' && !Number.isInteger(value) ? value.toFixed(3) : String(value);
+    box.append(big);
+  }
+  return box;
+}
+
+export async function showStats() {
+  const body = document.querySelector('#stats-body');
+  try {
+    const stats = await get('/stats');
+    body.replaceChildren(...Object.entries(stats).map(([k, v]) => section(k, v)));
+  } catch (err) {
+    toast(err.message, true);
+  }
+}

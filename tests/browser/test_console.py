@@ -1,0 +1,147 @@
+"""The review console in headless Chromium against a real API with real evidence frames."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.browser]
+
+PARKING = {
+    "type_": "illegal_parking",
+    "camera_id": "cam-dn-002",
+    "zone_id": "fire-lane",
+    "address": "共和新路 1878号",
+}
+VENDING = {
+    "type_": "street_vending",
+    "camera_id": "cam-dn-001",
+    "zone_id": "sidewalk-north",
+    "address": "大宁路 100号",
+}
+
+
+def status_of(console: Any, candidate_id: str) -> dict[str, Any]:
+    with console.client("reviewer") as client:
+        response = client.get(f"/candidates/{candidate_id}")
+        assert response.status_code == 200, response.text
+        result: dict[str, Any] = response.json()
+        return result
+
+
+def test_login_flagged_frame_keyboard_confirm_and_reject(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    oldest = seeder.camera_candidate(frames, minutes_ago=30, **PARKING)
+    middle = seeder.sensor_candidate(frames, sensor_id="bf-0001")
+    newest = seeder.camera_candidate(frames, minutes_ago=1, **VENDING)
+    page = ui.page
+    page.goto(f"{console.url}/review")
+    page.wait_for_selector("#login:not([hidden])")
+    ui.shot("login")
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    queue = ui.rows()
+    assert set(queue) == {oldest["id"], middle["id"], newest["id"]}
+    first = ui.selected()
+    assert first == queue[0]
+
+    # The flagged frame of the selected candidate has loaded pixels, and so has its thumbnail.
+    page.wait_for_selector(f"#detail:has-text('{first[:8]}') figure.main img")
+    assert ui.image_width("#detail figure.main img") > 0
+    assert ui.image_width("#queue-body tr.selected img.thumb") > 0
+    ui.shot("flagged-frame")
+    if first != middle["id"]:
+        assert ui.image_width("#detail .dwell figure:first-child img") > 0
+        page.click("#toggle-clean")
+        page.wait_for_selector("#toggle-clean.on")
+        assert ui.image_width("#detail figure.main img") > 0
+        ui.shot("clean-frame")
+
+    # c confirms; the confirmed item leaves the "new" queue and the next one is selected.
+    page.keyboard.press("c")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    assert status_of(console, first)["status"] == "confirmed"
+    second = ui.selected()
+    assert second == queue[1]
+    ui.shot("confirmed")
+
+    # r opens the reason picker; 2 picks "duplicate"; Enter rejects.
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    ui.shot("reject-dialog")
+    page.keyboard.press("2")
+    page.fill("#dlg-body input[name=reason]", "same stall as the earlier case")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    rejected = status_of(console, second)
+    assert rejected["status"] == "rejected"
+    assert any("duplicate" in str(h) for h in rejected["history"]), rejected["history"]
+    assert ui.selected() == queue[2]
+    ui.shot("rejected")
+
+    # j/k stay within the list; i returns the last one for missing information.
+    page.keyboard.press("k")
+    page.keyboard.press("i")
+    page.wait_for_selector("#dlg[open] input[name=reason]")
+    page.fill("#dlg-body input[name=reason]", "address missing")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#queue-empty:not([hidden])")
+    assert status_of(console, queue[2])["status"] == "returned"
+    ui.shot("queue-empty")
+
+
+def test_filters_live_arrival_and_statistics(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    parking = seeder.camera_candidate(frames, minutes_ago=20, **PARKING)
+    vending = seeder.camera_candidate(frames, minutes_ago=10, **VENDING)
+    bins = seeder.sensor_candidate(frames, sensor_id="bf-0001")
+    page = ui.page
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+
+    page.select_option("#f-type", "illegal_parking")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    assert ui.rows() == [parking["id"]]
+    ui.shot("filter-type")
+
+    page.select_option("#f-type", "")
+    page.select_option("#f-sensor", "bf-0001")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    assert ui.rows() == [bins["id"]]
+    page.select_option("#f-sensor", "")
+    page.select_option("#f-camera", "cam-dn-001")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    assert ui.rows() == [vending["id"]]
+    ui.shot("filter-camera")
+
+    # A candidate created while the reviewer watches arrives through server-sent events.
+    page.wait_for_selector("#live.on")
+    fresh = seeder.camera_candidate(frames, minutes_ago=0, **VENDING)
+    other_camera = seeder.camera_candidate(frames, minutes_ago=0, **PARKING)
+    page.wait_for_selector(f"#queue-body tr[data-id='{fresh['id']}']")
+    assert other_camera["id"] not in ui.rows()  # the camera filter applies to live arrivals
+    assert ui.image_width(f"#queue-body tr[data-id='{fresh['id']}'] img.thumb") > 0
+    ui.shot("live-arrival")
+
+    # Confirm one so the statistics have a decision; then the statistics page.
+    page.click(f"#queue-body tr[data-id='{vending['id']}']")
+    page.wait_for_selector(f"#detail:has-text('{vending['id'][:8]}')")
+    page.keyboard.press("c")
+    page.wait_for_function(
+        f"() => !document.querySelector(\"#queue-body tr[data-id='{vending['id']}']\")"
+    )
+    page.click("nav a[data-view=stats]")
+    page.wait_for_selector("#stats-body .stat-block")
+    text = page.inner_text("#stats-body")
+    assert "illegal_parking" in text or "机动车乱停放" in text
+    ui.shot("statistics")
+
+    # English UI.
+    page.click("#app .lang-toggle")
+    page.wait_for_selector("nav a[data-view=queue]:has-text('Queue')")
+    page.click("nav a[data-view=queue]")
+    page.wait_for_selector("th:has-text('Location')")
+    ui.shot("english")

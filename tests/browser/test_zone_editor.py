@@ -1,0 +1,130 @@
+"""The zone editor: a fresh snapshot over MQTT, a polygon drawn with the mouse, valid YAML."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from gridpatrol.ingest.messages import Frame, FrameHeader
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.snapshot import encode_reply, parse_request
+from gridpatrol.ingest.topics import snapshot_request_topic
+from gridpatrol.site import Zone
+
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture
+def mqtt_url(mosquitto: Any) -> str:
+    url: str = mosquitto.url
+    return url
+
+
+@pytest.fixture
+def camera_responder(mqtt_url: str, frames: list[bytes]) -> Iterator[list[str]]:
+    """Answers snapshot requests for cam-dn-001 like the ingest component serving it."""
+    conn = MqttConnection("test-camera-responder", MqttSettings.from_url(mqtt_url))
+    assert conn.start(timeout=10)
+    requests = conn.subscribe(snapshot_request_topic(conn.prefix, "cam-dn-001"), qos=1)
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            message = requests.get(0.2)
+            if message is None:
+                continue
+            request_id = parse_request(message.payload)
+            header = FrameHeader(
+                ts=datetime.now(UTC),
+                seq=len(answered),
+                camera_id="cam-dn-001",
+                width=1280,
+                height=720,
+            )
+            conn.publish(
+                message.topic.removesuffix("/request"),
+                encode_reply(Frame(header, frames[3]), request_id),
+                qos=1,
+            )
+            answered.append(request_id)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        thread.join(5)
+        conn.stop()
+
+
+def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) -> None:
+    page = ui.page
+    ui.login("reviewer")
+    page.click("nav a[data-view=zones]")
+    page.wait_for_selector("#z-camera option[value='cam-dn-001']", state="attached")
+    page.select_option("#z-camera", "cam-dn-001")
+    ui.shot("zones-existing")
+
+    page.click("#z-snapshot")
+    page.wait_for_function("() => document.querySelector('#z-canvas').dataset.snapshot === 'ok'")
+    assert len(camera_responder) == 1
+    # The canvas shows the camera's picture, not the empty grey background.
+    grey = page.evaluate(
+        """() => { const c = document.querySelector('#z-canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let n = 0; for (let i = 0; i < d.length; i += 4000)
+                     if (d[i] === 0x3a && d[i+1] === 0x3f && d[i+2] === 0x47) n++;
+                   return n / (d.length / 4000); }"""
+    )
+    assert grey < 0.05
+    ui.shot("snapshot")
+
+    page.click("#z-new")
+    box = page.locator("#z-canvas").bounding_box()
+    assert box is not None
+    corners = [(0.10, 0.60), (0.45, 0.55), (0.50, 0.95), (0.08, 0.95)]
+    for x, y in corners:
+        page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])
+    # Drag the last corner a little to the right.
+    page.mouse.move(box["x"] + 0.08 * box["width"], box["y"] + 0.95 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.12 * box["width"], box["y"] + 0.93 * box["height"], steps=5)
+    page.mouse.up()
+    page.fill("#z-form input[name=zone-id]", "kerb-west")
+    page.press("#z-form input[name=zone-id]", "Tab")
+    page.check("#z-form input[name=rule-street_vending]")
+    page.fill("#z-form input[name='street_vending.dwell_s']", "240")
+    page.press("#z-form input[name='street_vending.dwell_s']", "Tab")
+    ui.shot("zone-drawn")
+
+    page.click("#z-validate")
+    page.wait_for_function("() => document.querySelector('#z-yaml').dataset.valid === 'true'")
+    text = page.input_value("#z-yaml")
+    ui.shot("zone-yaml")
+    zones = yaml.safe_load(text)["zones"]
+    drawn = [Zone.model_validate(z) for z in zones if z["id"] == "kerb-west"]
+    assert len(drawn) == 1
+    zone = drawn[0]
+    assert len(zone.polygon) == 4
+    assert zone.rules.street_vending is not None
+    assert zone.rules.street_vending.dwell_s == 240
+    xs = sorted(round(p[0], 2) for p in zone.polygon)
+    assert xs[0] == pytest.approx(0.10, abs=0.01) and xs[1] == pytest.approx(0.12, abs=0.01)
+    # The camera's existing zones come back too, so the block replaces the camera's zones.
+    assert {z["id"] for z in zones} >= {"plaza", "sidewalk-north", "kerb-west"}
+
+    # A zone with too few points is refused with the field named.
+    page.click("#z-new")
+    page.mouse.click(box["x"] + 0.8 * box["width"], box["y"] + 0.2 * box["height"])
+    page.click("#z-validate")
+    page.wait_for_function("() => document.querySelector('#z-yaml').dataset.valid === 'false'")
+    errors = page.inner_text("#z-errors")
+    assert "polygon" in errors and "at least 3" in errors
+    ui.shot("zone-invalid")
