@@ -87,14 +87,20 @@ def shared_models_dir() -> Path:
     return Path(os.environ.get("GRIDPATROL_SHARED", REPO_ROOT.parent / "shared")) / "models"
 
 
+def cache_root() -> Path:
+    """``$GRIDPATROL_CACHE``, else ``$XDG_CACHE_HOME/gridpatrol`` or ``~/.cache/gridpatrol``."""
+    if explicit := os.environ.get("GRIDPATROL_CACHE"):
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gridpatrol"
+
+
 def cache_dir() -> Path:
-    base = os.environ.get("GRIDPATROL_CACHE") or os.environ.get("XDG_CACHE_HOME")
-    root = Path(base) if base else Path.home() / ".cache"
-    return (root if os.environ.get("GRIDPATROL_CACHE") else root / "gridpatrol") / "models"
+    return cache_root() / "models"
 
 
 def search_dirs() -> tuple[Path, ...]:
-    return (models_dir(), shared_models_dir(), cache_dir())
+    return tuple(dict.fromkeys((models_dir(), shared_models_dir(), cache_dir())))
 
 
 def load_manifest(path: Path | None = None) -> Manifest:
@@ -204,7 +210,7 @@ def _download_and_export(entry: ManifestEntry) -> Path:
         raise ModelNotFoundError(
             _not_found_message(entry, "downloads are off (GRIDPATROL_OFFLINE)")
         )
-    if importlib.util.find_spec("ultralytics") is None:
+    if not ultralytics_available():
         raise ModelNotFoundError(
             _not_found_message(
                 entry, "the ultralytics extra that downloads weights is not installed"
@@ -233,7 +239,7 @@ def file_sha256(path: Path) -> str:
     """SHA-256 of a file, cached by (path, size, mtime) so a start does not re-hash weights."""
     stat = path.stat()
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
-    sidecar = cache_dir().parent / "sha256" / f"{key}.json"
+    sidecar = cache_root() / "sha256" / f"{key}.json"
     stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     try:
         cached = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -330,8 +336,12 @@ def load_backend(
     )
 
 
+def ultralytics_available() -> bool:
+    return importlib.util.find_spec("ultralytics") is not None
+
+
 def _require_ultralytics(what: str) -> None:
-    if importlib.util.find_spec("ultralytics") is None:
+    if not ultralytics_available():
         raise MissingExtraError(
             f"{what} needs the ultralytics extra: pip install 'gridpatrol[ultralytics]' "
             f"(or give an OpenVINO IR folder / .onnx instead)"

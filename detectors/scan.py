@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TextIO
+from zoneinfo import ZoneInfo
 
 import cv2
 import numpy as np
@@ -32,7 +33,10 @@ from gridpatrol.detectors.models import (
     model_info,
     resolve_model,
 )
+from gridpatrol.detectors.motion import small_gray
+from gridpatrol.detectors.pipeline import CameraPipeline, judge_still
 from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
+from gridpatrol.site import Camera, SiteConfigError, load_site
 
 log = logging.getLogger(__name__)
 
@@ -152,37 +156,47 @@ def detections_json(detections: Detections, names: Sequence[str]) -> list[dict[s
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class SiteContext:
+    """The camera whose zones apply (``--config --camera``) and the clock of a video's start."""
+
+    camera: Camera | None
+    tz: ZoneInfo | None
+    start: datetime
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SiteContext:
+        start = datetime.now(UTC)
+        if args.start:
+            start = datetime.fromisoformat(args.start)
+            if start.tzinfo is None:
+                raise ScanError("--start needs a timezone offset, e.g. 2026-05-01T09:00:00+08:00")
+        if not args.config:
+            if args.camera:
+                raise ScanError("--camera needs --config site.yaml")
+            return cls(None, None, start)
+        if not args.camera:
+            raise ScanError("--config needs --camera ID (the camera whose zones to apply)")
+        site = load_site(args.config)
+        try:
+            camera = site.camera(args.camera)
+        except KeyError:
+            known = ", ".join(c.id for c in site.cameras) or "none"
+            raise ScanError(f"camera {args.camera!r} is not in {args.config} ({known})") from None
+        return cls(camera, site.tz, start)
+
+
 class Judge:
     """Turns inference results into violation dicts: still rules, or a camera's pipeline."""
 
-    def __init__(self, info: ModelInfo, heads: Mapping[str, Head], args: argparse.Namespace):
+    def __init__(self, info: ModelInfo, heads: Mapping[str, Head], context: SiteContext):
         self.info = info
         self.heads = heads
         self.thresholds = {name: head.threshold for name, head in heads.items()}
-        self.camera: Any = None
-        self.tz: Any = None
-        self.start = datetime.now(UTC)
-        if args.start:
-            self.start = datetime.fromisoformat(args.start)
-            if self.start.tzinfo is None:
-                raise ScanError("--start needs a timezone offset, e.g. 2026-05-01T09:00:00+08:00")
-        if args.config:
-            from gridpatrol.site import load_site
-
-            site = load_site(args.config)
-            if not args.camera:
-                raise ScanError("--config needs --camera ID (the camera whose zones to apply)")
-            try:
-                self.camera = site.camera(args.camera)
-            except KeyError:
-                known = ", ".join(c.id for c in site.cameras) or "none"
-                raise ScanError(
-                    f"camera {args.camera!r} is not in {args.config} ({known})"
-                ) from None
-            self.tz = site.tz
-        elif args.camera:
-            raise ScanError("--camera needs --config site.yaml")
-        self.pipelines: dict[str, Any] = {}
+        self.camera = context.camera
+        self.tz = context.tz
+        self.start = context.start
+        self.pipelines: dict[str, CameraPipeline] = {}
 
     def scene(self, result: InferenceResult, region: Region | None = None) -> dict[str, float]:
         return {name: float(head.score(result, region)) for name, head in self.heads.items()}
@@ -192,8 +206,6 @@ class Judge:
     ) -> list[dict[str, Any]]:
         h, w = sample.image.shape[:2]
         if self.camera is None or sample.ts is None:
-            from gridpatrol.detectors.pipeline import judge_still
-
             found = judge_still(
                 result.detections, scene, (w, h), self.info.names, head_thresholds=self.thresholds
             )
@@ -203,11 +215,9 @@ class Judge:
     def _pipeline(
         self, sample: Sample, result: InferenceResult, size: tuple[int, int]
     ) -> list[dict[str, Any]]:
-        from gridpatrol.detectors.motion import small_gray
-        from gridpatrol.detectors.pipeline import CameraPipeline
-
         pipeline = self.pipelines.get(sample.source)
         if pipeline is None:  # each video is its own timeline
+            assert self.camera is not None and self.tz is not None
             pipeline = CameraPipeline(
                 self.camera, self.tz, self.info.names, head_thresholds=self.thresholds
             )
@@ -293,12 +303,13 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files = expand(args.paths)
+        context = SiteContext.from_args(args)
         spec = resolve_model(args.model)
         heads = load_heads(model_info(spec))
         nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
         backend = load_backend(spec, args.backend, nodes, conf=args.conf)
-        judge = Judge(backend.info, heads, args)
-    except (ScanError, ModelNotFoundError, MissingExtraError, ValueError) as exc:
+        judge = Judge(backend.info, heads, context)
+    except (ScanError, SiteConfigError, ModelNotFoundError, MissingExtraError, ValueError) as exc:
         print(f"scan: {exc}", file=sys.stderr)
         return 2
     failed = 0

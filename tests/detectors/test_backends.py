@@ -1,0 +1,183 @@
+"""The OpenVINO fast path: Ultralytics-identical letterbox and NMS, async batches, features,
+no torch; and the Ultralytics reference backend's shared result type."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from numpy.typing import NDArray
+from ultralytics.data.augment import LetterBox
+from ultralytics.utils.nms import non_max_suppression
+
+from gridpatrol.detectors.models import ModelSpec, load_backend, resolve_model
+from gridpatrol.detectors.openvino_backend import OpenVinoBackend, decode, prepare
+from gridpatrol.detectors.types import Backend, InferenceResult
+
+ASSETS = Path(sys.modules["ultralytics"].__file__ or "").parent / "assets"
+FEATURE_NODE = "__module.model.10/aten::cat/Concat"  # yolo11n C2PSA block input, 256×20×20
+
+
+@pytest.fixture(scope="module")
+def spec(shared_dir: Path) -> ModelSpec:
+    return resolve_model(str(shared_dir / "models" / "yolo11n_int8_openvino_model"))
+
+
+@pytest.fixture(scope="module")
+def backend(spec: ModelSpec) -> Iterator[Backend]:
+    b = load_backend(spec, "openvino", feature_nodes=[FEATURE_NODE])
+    yield b
+    b.close()
+
+
+@pytest.fixture(scope="module")
+def bus() -> NDArray[np.uint8]:
+    return np.asarray(cv2.imread(str(ASSETS / "bus.jpg")), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("height", "width"),
+    [(1080, 810), (720, 1280), (1080, 1920), (270, 480), (640, 640), (333, 517), (100, 50)],
+)
+def test_letterbox_is_pixel_identical_to_ultralytics(height: int, width: int) -> None:
+    rng = np.random.default_rng(height * width)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    ours = prepare(image, 640)
+    theirs = LetterBox(new_shape=(640, 640), auto=False, stride=32)(image=image)
+    expected = theirs[..., ::-1].transpose(2, 0, 1)[None]  # RGB, NCHW
+    assert ours.tensor.shape == (1, 3, 640, 640) and ours.tensor.dtype == np.float32
+    # Same pixels; the float scaling differs from x / 255 by at most one ulp.
+    np.testing.assert_array_equal(np.rint(ours.tensor * 255.0).astype(np.uint8), expected)
+    np.testing.assert_allclose(ours.tensor, expected / np.float32(255.0), rtol=0, atol=1e-7)
+    assert ours.shape == (height, width)
+    scale = min(640 / height, 640 / width)
+    assert ours.letterbox.scale == pytest.approx(scale)
+
+
+def _random_head(seed: int, anchors: int = 8400, hot: int = 600) -> NDArray[np.float32]:
+    """A raw (84, anchors) head output with clustered, overlapping boxes of a few classes."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros((84, anchors), dtype=np.float32)
+    centres = rng.uniform(50, 590, (12, 2))
+    pick = rng.integers(0, 12, anchors)
+    out[0:2] = (centres[pick] + rng.normal(0, 8, (anchors, 2))).T
+    out[2:4] = rng.uniform(20, 120, (2, anchors))
+    out[4:] = rng.uniform(0, 0.2, (80, anchors))
+    idx = rng.choice(anchors, hot, replace=False)
+    out[4 + rng.integers(0, 4, hot), idx] = rng.uniform(0.2, 0.99, hot)
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+@pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.7), (0.5, 0.45)])
+def test_numpy_decode_and_nms_match_ultralytics(seed: int, conf: float, iou: float) -> None:
+    head = _random_head(seed)
+    xyxy, score, cls = decode(head, 80, conf=conf, iou=iou, max_det=300)
+    (ref,) = non_max_suppression(torch.from_numpy(head[None]), conf, iou, max_det=300)
+    ref_np = ref.numpy()
+    assert len(xyxy) == len(ref_np) > 0
+    np.testing.assert_allclose(xyxy, ref_np[:, :4], atol=1e-3)
+    np.testing.assert_allclose(score, ref_np[:, 4], atol=1e-6)
+    assert cls.tolist() == ref_np[:, 5].astype(int).tolist()
+
+
+def test_decode_respects_max_det_and_empty_output() -> None:
+    head = _random_head(5)
+    xyxy, _, _ = decode(head, 80, conf=0.25, iou=0.7, max_det=7)
+    assert len(xyxy) == 7
+    quiet = np.zeros((84, 8400), dtype=np.float32)
+    xyxy, score, cls = decode(quiet, 80, conf=0.25, iou=0.7, max_det=300)
+    assert xyxy.shape == (0, 4) and score.shape == (0,) and cls.shape == (0,)
+
+
+def test_bus_detections_in_original_pixels(backend: Backend, bus: NDArray[np.uint8]) -> None:
+    (result,) = backend.infer([bus])
+    det = result.detections
+    labels = det.labels(backend.info.names)
+    assert labels.count("bus") == 1 and labels.count("person") >= 3
+    h, w = bus.shape[:2]
+    assert (det.xyxy[:, [0, 2]] >= 0).all() and (det.xyxy[:, [0, 2]] <= w).all()
+    assert (det.xyxy[:, [1, 3]] >= 0).all() and (det.xyxy[:, [1, 3]] <= h).all()
+    bus_box = det.xyxy[labels.index("bus")]
+    assert bus_box[2] - bus_box[0] > 0.9 * w  # the bus spans the width of the photo
+    assert (np.diff(det.confidence) <= 0).all()  # sorted by confidence, as Ultralytics
+
+
+def test_batches_keep_order_and_match_single_calls(
+    backend: Backend, bus: NDArray[np.uint8]
+) -> None:
+    zidane = np.asarray(cv2.imread(str(ASSETS / "zidane.jpg")), dtype=np.uint8)
+    images = [bus, zidane, bus[:, ::-1].copy(), zidane[::2, ::2].copy(), bus]
+    batch = backend.infer(images)
+    assert len(batch) == len(images)
+    for image, result in zip(images, batch, strict=True):
+        (single,) = backend.infer([image])
+        np.testing.assert_array_equal(result.detections.xyxy, single.detections.xyxy)
+        assert result.detections.class_id.tolist() == single.detections.class_id.tolist()
+    assert backend.infer([]) == []
+
+
+def test_feature_nodes_come_from_the_same_forward_pass(
+    backend: Backend, bus: NDArray[np.uint8]
+) -> None:
+    (result,) = backend.infer([bus])
+    assert isinstance(result, InferenceResult)
+    feature = result.features[FEATURE_NODE]
+    assert feature.shape == (256, 20, 20) and feature.dtype == np.float32
+    assert np.isfinite(feature).all() and float(np.abs(feature).sum()) > 0
+    (other,) = backend.infer([np.full_like(bus, 30)])
+    assert not np.allclose(other.features[FEATURE_NODE], feature)
+
+
+def test_unknown_feature_node_is_an_error(spec: ModelSpec) -> None:
+    with pytest.raises(ValueError, match="feature node 'no/such/node'"):
+        load_backend(spec, feature_nodes=["no/such/node"])
+
+
+def test_latency_mode_and_info(spec: ModelSpec, bus: NDArray[np.uint8]) -> None:
+    b = load_backend(spec, mode="latency", conf=0.5)
+    assert isinstance(b, OpenVinoBackend)
+    assert b.info.name == "yolo11n" and len(b.info.sha256) == 64
+    (result,) = b.infer([bus])
+    assert len(result.detections) > 0 and float(result.detections.confidence.min()) > 0.5
+    assert b.raw([b.prepare(bus).tensor], repeat=3) == 3
+    b.close()
+
+
+def test_fast_path_never_imports_torch(shared_dir: Path) -> None:
+    model = str(shared_dir / "models/yolo11n_int8_openvino_model")
+    code = (
+        "import sys, json, cv2\n"
+        "from gridpatrol.detectors.models import resolve_model, load_backend\n"
+        f"b = load_backend(resolve_model({model!r}))\n"
+        f"r = b.infer([cv2.imread({str(ASSETS / 'bus.jpg')!r})])\n"
+        "print(json.dumps({'n': len(r[0].detections), 'mods': sorted(sys.modules)}))\n"
+    )
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] >= 4
+    heavy = [m for m in out["mods"] if m.split(".")[0] in ("torch", "ultralytics", "torchvision")]
+    assert heavy == []
+
+
+def test_ultralytics_backend_returns_the_same_type(spec: ModelSpec, bus: NDArray[np.uint8]) -> None:
+    ref = load_backend(spec, "ultralytics")
+    (result,) = ref.infer([bus])
+    assert isinstance(result, InferenceResult)
+    assert result.features == {}
+    assert result.detections.xyxy.dtype == np.float32
+    assert ref.info.sha256 == load_backend(spec, mode="latency").info.sha256
+    assert ref.info.names[5] == "bus"
+    assert result.letterbox == prepare(bus, 640).letterbox
+    ref.close()

@@ -1,0 +1,227 @@
+"""Model resolution (SPEC §9), model identity and the errors that say what to put where."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gridpatrol.detectors import models
+from gridpatrol.detectors.models import (
+    MissingExtraError,
+    ModelNotFoundError,
+    ModelSpec,
+    file_sha256,
+    load_backend,
+    load_manifest,
+    model_info,
+    resolve_model,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = yaml.safe_load((REPO / "models" / "manifest.yaml").read_text())
+
+
+@pytest.fixture
+def isolated(tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty models dir and cache; the shared assets stay where they are."""
+    (tmp_path / "models").mkdir()
+    monkeypatch.setenv("GRIDPATROL_MODELS_DIR", str(tmp_path / "models"))
+    monkeypatch.setenv("GRIDPATROL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(shared_dir))
+    monkeypatch.delenv("GRIDPATROL_MODEL", raising=False)
+    (tmp_path / "models" / "manifest.yaml").write_text(yaml.safe_dump(MANIFEST))
+    yield tmp_path
+
+
+def test_manifest_names_both_models_with_hashes() -> None:
+    manifest = load_manifest(REPO / "models" / "manifest.yaml")
+    assert manifest.default == "yolo11n"
+    assert set(manifest.models) == {"yolo11n", "yolov8n"}
+    entry = manifest.models["yolo11n"]
+    assert entry.ultralytics == "yolo11n.pt"
+    assert entry.openvino_folder == "yolo11n_int8_openvino_model"
+    assert (entry.task, entry.imgsz) == ("detect", 640)
+    assert set(entry.sha256) == {"yolo11n.bin", "yolo11n.xml"}
+
+
+def test_default_resolves_to_the_shared_folder(isolated: Path, shared_dir: Path) -> None:
+    spec = resolve_model(None)
+    assert spec.name == "yolo11n"
+    assert spec.format == "openvino"
+    assert spec.path == (shared_dir / "models/yolo11n_int8_openvino_model/yolo11n.xml").resolve()
+    assert spec.source == f"local:{shared_dir / 'models'}"
+
+
+def test_local_models_folder_wins_over_shared(isolated: Path, shared_dir: Path) -> None:
+    src = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    (isolated / "models" / "yolo11n_int8_openvino_model").symlink_to(src)
+    spec = resolve_model(None)
+    assert spec.source == f"local:{isolated / 'models'}"
+
+
+@pytest.mark.parametrize(
+    ("arg", "name", "fmt"),
+    [
+        ("yolov8n", "yolov8n", "openvino"),
+        ("{shared}/models/yolov8n_int8_openvino_model", "yolov8n", "openvino"),
+        ("{shared}/models/yolov8n_int8_openvino_model/yolov8n.xml", "yolov8n", "openvino"),
+        ("{shared}/models/yolo11n_int8_openvino_model/", "yolo11n", "openvino"),
+    ],
+)
+def test_explicit_model_argument(
+    isolated: Path, shared_dir: Path, arg: str, name: str, fmt: str
+) -> None:
+    spec = resolve_model(arg.format(shared=shared_dir))
+    assert (spec.name, spec.format) == (name, fmt)
+    assert spec.source == ("argument" if "/" in arg else f"local:{shared_dir / 'models'}")
+    assert spec.path.suffix == ".xml" and spec.path.is_file()
+
+
+def test_environment_variable_names_the_model(
+    isolated: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = shared_dir / "models" / "yolov8n_int8_openvino_model"
+    monkeypatch.setenv("GRIDPATROL_MODEL", str(folder))
+    spec = resolve_model(None)
+    assert (spec.name, spec.source) == ("yolov8n", "environment")
+    # --model wins over the environment
+    assert resolve_model("yolo11n").name == "yolo11n"
+
+
+@pytest.mark.parametrize(("suffix", "fmt"), [(".onnx", "onnx"), (".pt", "pt")])
+def test_onnx_and_pt_files_are_recognised(isolated: Path, suffix: str, fmt: str) -> None:
+    weights = isolated / f"custom{suffix}"
+    weights.write_bytes(b"weights")
+    spec = resolve_model(str(weights))
+    assert (spec.name, spec.format, spec.path) == ("custom", fmt, weights.resolve())
+
+
+def test_unknown_path_is_an_error(isolated: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="does not exist"):
+        resolve_model(str(isolated / "nope_openvino_model"))
+
+
+def test_folder_without_ir_is_an_error(isolated: Path) -> None:
+    empty = isolated / "empty_openvino_model"
+    empty.mkdir()
+    with pytest.raises(ModelNotFoundError, match=r"exactly one \.xml"):
+        resolve_model(str(empty))
+
+
+def test_model_info_records_name_version_hash_and_classes(isolated: Path) -> None:
+    info = model_info(resolve_model("yolo11n"))
+    assert info.name == "yolo11n"
+    assert info.version == "8.3.167"
+    assert info.sha256 == MANIFEST["models"]["yolo11n"]["sha256"]["yolo11n.bin"]
+    assert len(info.names) == 80 and info.names[0] == "person" and info.names[79] == "toothbrush"
+    assert info.imgsz == 640
+    v8 = model_info(resolve_model("yolov8n"))
+    assert (v8.version, v8.sha256) == (
+        "8.1.22",
+        MANIFEST["models"]["yolov8n"]["sha256"]["yolov8n.bin"],
+    )
+
+
+def test_weights_hash_is_cached_in_a_sidecar(isolated: Path) -> None:
+    weights = isolated / "w.bin"
+    weights.write_bytes(b"x" * 1000)
+    first = file_sha256(weights)
+    sidecars = list((isolated / "cache" / "sha256").glob("*.json"))
+    assert len(sidecars) == 1
+    cached = json.loads(sidecars[0].read_text())
+    assert cached["sha256"] == first
+    # The sidecar is trusted while path, size and mtime match: no re-hash on start.
+    sidecars[0].write_text(json.dumps(cached | {"sha256": "cached"}))
+    assert file_sha256(weights) == "cached"
+    # A changed file (new size and mtime) is hashed again.
+    weights.write_bytes(b"y" * 1001)
+    assert file_sha256(weights) not in ("cached", first)
+
+
+def _no_weights_env(tmp_path: Path) -> dict[str, str]:
+    empty = tmp_path / "nothing"
+    (empty / "models").mkdir(parents=True)
+    env = dict(os.environ)
+    env.pop("GRIDPATROL_MODEL", None)
+    env |= {
+        "GRIDPATROL_MODELS_DIR": str(empty / "models"),
+        "GRIDPATROL_SHARED": str(empty),
+        "GRIDPATROL_CACHE": str(empty / "cache"),
+    }
+    return env
+
+
+def _scan(env: dict[str, str], image: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "scan", str(image)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_no_weights_offline_says_what_to_put_where(tmp_path: Path) -> None:
+    env = _no_weights_env(tmp_path) | {"GRIDPATROL_OFFLINE": "1"}
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    proc = _scan(env, image)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    models_dir = tmp_path / "nothing" / "models"
+    assert f"{models_dir}/yolo11n_int8_openvino_model" in proc.stderr
+    assert "put the OpenVINO IR folder yolo11n_int8_openvino_model/" in proc.stderr
+    assert "yolo11n.xml, yolo11n.bin and metadata.yaml" in proc.stderr
+    assert "--model PATH or set GRIDPATROL_MODEL=PATH" in proc.stderr
+    assert f"put yolo11n.pt into {tmp_path / 'nothing' / 'cache' / 'models'}/" in proc.stderr
+
+
+def test_no_weights_no_internet_download_fails_with_the_same_guidance(tmp_path: Path) -> None:
+    # A proxy that refuses connections stands in for a machine without internet access.
+    env = _no_weights_env(tmp_path) | {
+        "HTTPS_PROXY": "http://127.0.0.1:9",
+        "HTTP_PROXY": "http://127.0.0.1:9",
+        "https_proxy": "http://127.0.0.1:9",
+        "http_proxy": "http://127.0.0.1:9",
+    }
+    image = tmp_path / "x.jpg"
+    image.write_bytes(b"")
+    proc = _scan(env, image)
+    assert proc.returncode == 2
+    assert "downloading yolo11n.pt failed" in proc.stderr
+    assert "put the OpenVINO IR folder yolo11n_int8_openvino_model/" in proc.stderr
+    assert not (tmp_path / "nothing" / "cache" / "models" / "yolo11n_openvino_model").exists()
+
+
+def test_pt_needs_the_ultralytics_extra(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(models, "ultralytics_available", lambda: False)
+    weights = isolated / "custom.pt"
+    weights.write_bytes(b"weights")
+    spec = resolve_model(str(weights))
+    with pytest.raises(MissingExtraError, match=r"pip install 'gridpatrol\[ultralytics\]'"):
+        load_backend(spec)
+    with pytest.raises(MissingExtraError, match="ultralytics extra"):
+        load_backend(resolve_model("yolo11n"), kind="ultralytics")
+
+
+def test_ultralytics_name_without_extra_or_weights(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "ultralytics_available", lambda: False)
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
+    with pytest.raises(ModelNotFoundError, match="ultralytics extra that downloads weights"):
+        resolve_model("yolo11n")
+
+
+def test_spec_is_a_plain_value(isolated: Path) -> None:
+    spec = resolve_model("yolo11n")
+    assert isinstance(spec, ModelSpec)
+    assert spec.entry is not None and spec.entry.name == "yolo11n"

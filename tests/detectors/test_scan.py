@@ -1,0 +1,183 @@
+"""``gridpatrol scan`` through its command line: stills, folders, videos, site rules, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import ultralytics
+import yaml
+
+from gridpatrol.detectors.models import load_backend, resolve_model
+
+ASSETS = Path(ultralytics.__file__).parent / "assets"
+REPO = Path(__file__).resolve().parents[2]
+MANIFEST = yaml.safe_load((REPO / "models" / "manifest.yaml").read_text())
+YOLO11N_SHA = MANIFEST["models"]["yolo11n"]["sha256"]["yolo11n.bin"]
+
+
+def scan(*args: str, cwd: Path | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "scan", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=cwd,
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc.returncode, records, proc.stderr
+
+
+def street_frame(shared_dir: Path, index: int = 0) -> np.ndarray:
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    return np.asarray(frame, dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def stills(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder tree: bus.jpg at the top, zidane as PNG two levels down, and a text file."""
+    root = tmp_path_factory.mktemp("stills")
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "bus.jpg").write_bytes((ASSETS / "bus.jpg").read_bytes())
+    zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
+    cv2.imwrite(str(root / "nested" / "deeper" / "zidane.png"), zidane)
+    (root / "nested" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_folder_is_scanned_recursively_one_record_per_image(stills: Path) -> None:
+    code, records, stderr = scan(str(stills))
+    assert code == 0, stderr
+    assert [Path(r["source"]).name for r in records] == ["bus.jpg", "zidane.png"]
+    bus, zidane = records
+    assert set(bus) >= {"source", "frame", "ts", "width", "height", "detections", "scene"}
+    assert (bus["frame"], bus["ts"], bus["width"], bus["height"]) == (0, None, 810, 1080)
+    assert (zidane["width"], zidane["height"]) == (1280, 720)
+    assert bus["model"] == {"name": "yolo11n", "version": "8.3.167", "sha256": YOLO11N_SHA}
+    labels = [d["label"] for d in bus["detections"]]
+    assert labels.count("bus") == 1 and labels.count("person") >= 3
+    for det in bus["detections"]:
+        assert set(det) == {"label", "class_id", "confidence", "bbox"}
+        x1, y1, x2, y2 = det["bbox"]
+        assert 0 <= x1 <= x2 <= 810 and 0 <= y1 <= y2 <= 1080
+        assert 0.25 < det["confidence"] <= 1
+    assert [d["label"] for d in zidane["detections"]][:2] == ["person", "person"]
+    assert "[1/2]" in stderr and "[2/2]" in stderr
+
+
+def test_detections_are_the_fast_backend_in_original_pixels(stills: Path) -> None:
+    _, records, _ = scan(str(stills / "bus.jpg"))
+    backend = load_backend(resolve_model(None), mode="latency")
+    (result,) = backend.infer([np.asarray(cv2.imread(str(stills / "bus.jpg")), dtype=np.uint8)])
+    expected = [[round(float(v), 1) for v in box] for box in result.detections.xyxy]
+    assert [d["bbox"] for d in records[0]["detections"]] == expected
+    assert [d["class_id"] for d in records[0]["detections"]] == result.detections.class_id.tolist()
+
+
+def test_video_is_sampled_at_fps(shared_dir: Path) -> None:
+    clip = shared_dir / "footage" / "car_park_people_bikes.mp4"
+    cap = cv2.VideoCapture(str(clip))
+    native, count = cap.get(cv2.CAP_PROP_FPS), int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    cap.release()
+    code, records, stderr = scan("--fps", "2", str(clip))
+    assert code == 0, stderr
+    duration = (count - 1) / native
+    assert len(records) == int(duration / 0.5) + 1
+    for k, rec in enumerate(records):
+        assert rec["ts"] == pytest.approx(0.5 * k, abs=1 / native)
+        assert rec["frame"] == round(rec["ts"] * native)
+        assert (rec["width"], rec["height"]) == (480, 270)
+    assert any(d["label"] == "car" for r in records for d in r["detections"])
+
+
+def test_still_rules_judge_the_whole_frame(shared_dir: Path, tmp_path: Path) -> None:
+    crowd = tmp_path / "street.jpg"
+    cv2.imwrite(str(crowd), street_frame(shared_dir))
+    code, records, stderr = scan(str(crowd), str(ASSETS / "bus.jpg"))
+    assert code == 0, stderr
+    street, bus = records
+    persons = [d for d in street["detections"] if d["label"] == "person"]
+    assert len(persons) >= 8  # a busy shopping street: more than the default crowd size
+    assert [v["type"] for v in street["violations"]] == ["crowd_gathering"]
+    (violation,) = street["violations"]
+    assert violation["dwell_verified"] is False and violation["zone"] is None
+    x1, y1, x2, y2 = violation["bbox"]
+    assert 0 <= x1 < x2 <= 1920 and 0 <= y1 < y2 <= 1080
+    assert bus["violations"] == []  # four people and a bus are neither a crowd nor a stall
+
+
+SITE = """
+site: {name: scan test, timezone: Asia/Shanghai}
+cameras:
+  - id: street
+    source: footage.mp4
+    location: {address: test street}
+    zones:
+      - id: plaza
+        polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+        rules:
+          crowd_gathering: {min_persons: 5, dwell_s: 3, gap_s: 2, clear_s: 5, update_s: 2}
+          street_vending: {dwell_s: 3}
+"""
+
+
+@pytest.mark.slow
+def test_site_camera_runs_the_pipeline_with_dwell(shared_dir: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    clip = shared_dir / "footage" / "pedestrian_street_1080p.mp4"
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", "--fps", "2",
+        "--start", "2026-05-04T10:00:00+08:00", str(clip),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert len(records) == 21
+    found = [(r["ts"], v) for r in records for v in r["violations"]]
+    assert found, "the crowd on the street must raise crowd_gathering"
+    first_ts, first = found[0]
+    assert first["type"] == "crowd_gathering" and first["event"] == "raise"
+    assert first["zone"] == "plaza" and first["dwell_verified"] is True
+    assert first_ts >= 3.0 and first["dwell_s"] >= 3.0  # nothing before the dwell is verified
+    assert all(v["type"] == "crowd_gathering" for _, v in found)  # no vending on this street
+    assert sum(v["event"] == "raise" for _, v in found) == 1  # one episode, then updates
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/no/such/file.jpg"], "no such file or folder"),
+        (["--camera", "street", "{image}"], "--camera needs --config"),
+        (["--config", "{site}", "{image}"], "--config needs --camera"),
+        (["--config", "{site}", "--camera", "nope", "{image}"], "camera 'nope' is not in"),
+        (["--fps", "0", "{image}"], "--fps must be positive"),
+        (["--model", "/no/such/model_openvino_model", "{image}"], "does not exist"),
+    ],
+)
+def test_setup_errors_exit_2_without_output(tmp_path: Path, args: list[str], message: str) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    image = str(ASSETS / "bus.jpg")
+    code, records, stderr = scan(*(a.format(site=site, image=image) for a in args))
+    assert code == 2
+    assert records == []
+    assert message in stderr
+
+
+def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not really a jpeg")
+    code, records, stderr = scan(str(broken), str(ASSETS / "zidane.jpg"))
+    assert code == 1
+    assert [Path(r["source"]).name for r in records] == ["zidane.jpg"]
+    assert f"{broken}: not a readable image" in stderr
