@@ -463,7 +463,7 @@ class Outbox:
             self._counts["failed"] += len(ops)
         for op in ops:
             log.error(
-                "outbox %s: API refused %s for candidate %s: %s",
+                "outbox %s: API refused %s %s: %s",
                 self.component,
                 op.kind,
                 op.candidate_id or op.sha256,
@@ -477,7 +477,7 @@ class Outbox:
         with self._counts_lock:
             self._counts["retried"] += 1
         log.warning(
-            "outbox %s: %s for candidate %s not delivered (%s); retrying in %.1f s",
+            "outbox %s: %s %s not delivered (%s); retrying in %.1f s",
             self.component,
             op.kind,
             op.candidate_id or op.sha256,

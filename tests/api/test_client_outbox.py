@@ -1,0 +1,208 @@
+"""The producers' outbox against a real intake API: ordered, durable, duplicate-free."""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.api.client import ApiClient, ApiError, Outbox, merge_patches
+
+
+def jpeg(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return data.tobytes()
+
+
+def candidate(event_id: str, sha: str) -> dict[str, Any]:
+    return {
+        "source": {
+            "type": "camera",
+            "system": "outbox-test",
+            "camera_id": "cam-1",
+            "source_event_id": event_id,
+        },
+        "type": "garbage_overflow",
+        "description": "暴露垃圾 / Garbage overflow",
+        "occurred_at": datetime(2026, 11, 27, 3, 0, tzinfo=UTC).isoformat(),
+        "location": {"lat": 31.28, "lon": 121.45},
+        "severity": "MINOR",
+        "urgency": "normal",
+        "evidence": [{"sha256": sha, "kind": "clean"}],
+        "detection": {"model": "yolo11n", "score": 0.8, "dwell_s": 10},
+    }
+
+
+def producer(api_server: Any, tmp_path: Path, name: str = "test") -> Outbox:
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    return Outbox(tmp_path / f"outbox-{name}.db", client, component=name)
+
+
+def all_candidates(api_server: Any) -> list[dict[str, Any]]:
+    with api_server.client("admin") as http:
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"limit": 200}
+            if cursor:
+                params["cursor"] = cursor
+            page = http.get("/candidates", params=params).json()
+            items += page["items"]
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+
+def test_evidence_then_candidate_then_patch_in_order(api_server: Any, tmp_path: Path) -> None:
+    outbox = producer(api_server, tmp_path)
+    image = jpeg(1)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(image, "image/jpeg")
+        cid = txn.create_candidate(candidate("e-1", sha))
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 40}})
+    outbox.start()
+    try:
+        assert outbox.flush(30)
+    finally:
+        outbox.stop()
+    assert sha == hashlib.sha256(image).hexdigest()
+    with api_server.client("reviewer") as http:
+        got = http.get(f"/candidates/{cid}").json()
+        assert got["id"] == cid
+        assert got["status"] == "new"
+        assert got["detection"]["dwell_s"] == 40
+        assert [e["sha256"] for e in got["evidence"]] == [sha]
+        assert http.get(f"/evidence/{sha}").content == image
+    assert outbox.stats() == {"sent": 3, "retried": 0, "failed": 0, "depth": 0}
+
+
+def test_api_downtime_loses_and_duplicates_nothing(api_server: Any, tmp_path: Path) -> None:
+    api_server.stop()
+    outbox = producer(api_server, tmp_path)
+    ids = []
+    for i in range(40):
+        with outbox.transaction() as txn:
+            sha = txn.add_evidence(jpeg(i), "image/jpeg")
+            cid = txn.create_candidate(candidate(f"down-{i}", sha))
+            txn.patch_candidate(cid, {"detection": {"dwell_s": 20 + i}})
+            txn.patch_candidate(cid, {"detection": {"score": 0.9}})
+        ids.append(cid)
+    outbox.start()
+    try:
+        time.sleep(3)  # the sender retries against a closed port meanwhile
+        assert outbox.depth() == 160
+        api_server.start()
+        assert outbox.flush(90)
+    finally:
+        outbox.stop()
+    stats = outbox.stats()
+    assert stats["failed"] == 0 and stats["retried"] >= 1
+    items = {c["id"]: c for c in all_candidates(api_server)}
+    assert sorted(items) == sorted(ids)
+    with api_server.client("reviewer") as http:
+        for i, cid in enumerate(ids):
+            got = http.get(f"/candidates/{cid}").json()
+            assert got["detection"]["dwell_s"] == 20 + i
+            assert got["detection"]["score"] == 0.9
+
+
+def test_a_restarted_producer_resends_without_duplicates(api_server: Any, tmp_path: Path) -> None:
+    path = tmp_path / "outbox-restart.db"
+    offline = Outbox(path, None, component="restart")
+    with offline.transaction() as txn:
+        sha = txn.add_evidence(jpeg(7), "image/jpeg")
+        cid = txn.create_candidate(candidate("restart-1", sha))
+    # Deliver the same stored operation twice, as a crash after sending but before the
+    # bookkeeping would: the idempotency key makes the second delivery a replay.
+    key = (
+        sqlite3.connect(path)
+        .execute("SELECT idempotency_key FROM outbox_ops WHERE kind = 'create'")
+        .fetchone()[0]
+    )
+    client = ApiClient(api_server.url, api_server.tokens["producer"])
+    client.put_evidence(jpeg(7), "image/jpeg")
+    client.create_candidate({**candidate("restart-1", sha), "id": cid}, key)
+    online = Outbox(path, client, component="restart")
+    online.start()
+    try:
+        assert online.flush(30)
+    finally:
+        online.stop()
+    assert [c["id"] for c in all_candidates(api_server)] == [cid]
+
+
+def test_producer_state_and_outbox_share_one_transaction(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "outbox-txn.db", None, component="txn")
+    with outbox.transaction() as txn:
+        txn.conn.execute("CREATE TABLE IF NOT EXISTS episodes (key TEXT PRIMARY KEY)")
+    with pytest.raises(RuntimeError), outbox.transaction() as txn:
+        txn.conn.execute("INSERT INTO episodes VALUES ('cam-1:z:t')")
+        txn.create_candidate(candidate("txn-1", "0" * 64))
+        raise RuntimeError("producer failed before its commit")
+    rows = outbox._thread_conn().execute("SELECT COUNT(*) FROM episodes").fetchone()
+    assert rows[0] == 0
+    assert outbox.depth() == 0
+
+
+def test_refused_operations_are_kept_and_do_not_block(api_server: Any, tmp_path: Path) -> None:
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        txn.add_evidence(b"GIF89a not an accepted medium", "image/gif")
+        bad = txn.create_candidate({**candidate("bad-1", "0" * 64), "occurred_at": [1, 2]})
+        sha = txn.add_evidence(jpeg(3), "image/jpeg")
+        good = txn.create_candidate(candidate("good-1", sha))
+    outbox.start()
+    try:
+        assert outbox.flush(30)
+    finally:
+        outbox.stop()
+    failed = outbox.failed()
+    assert [(f["kind"], f["candidate_id"]) for f in failed] == [
+        ("evidence", None),
+        ("create", bad),
+    ]
+    assert failed[0]["error"].startswith("415 ")
+    assert failed[1]["error"].startswith("422 ")
+    assert [c["id"] for c in all_candidates(api_server)] == [good]
+
+
+def test_client_raises_problem_details(api_server: Any) -> None:
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    with pytest.raises(ApiError) as info:
+        reviewer.get_evidence("f" * 64)
+    assert (info.value.status, info.value.problem["status"]) == (404, 404)
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    with pytest.raises(ApiError) as info:
+        producer.review(str(uuid.uuid4()), "confirm")
+    assert (info.value.status, info.value.retryable) == (403, False)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "merged"),
+    [
+        ({"a": 1}, {"a": 2}, {"a": 2}),
+        ({"alarm": {"count": 2, "x": 1}}, {"alarm": {"count": 3}}, {"alarm": {"count": 3, "x": 1}}),
+        (
+            {"evidence": [{"sha256": "a"}]},
+            {"evidence": [{"sha256": "b"}]},
+            {"evidence": [{"sha256": "a"}, {"sha256": "b"}]},
+        ),
+        ({"references": ["x"]}, {"references": ["x", "y"]}, {"references": ["x", "y"]}),
+        ({"severity": "MINOR"}, {"severity": "MAJOR", "b": None}, {"severity": "MAJOR", "b": None}),
+    ],
+)
+def test_merge_patches(
+    first: dict[str, Any], second: dict[str, Any], merged: dict[str, Any]
+) -> None:
+    assert merge_patches(first, second) == merged
