@@ -153,10 +153,12 @@ def step(
 def _refresh(
     out: dict[Key, Episode], key: Key, current: Episode, ev: EventLike, update_s: float
 ) -> tuple[dict[Key, Episode], list[Op]]:
+    # A continued episode has lasted since it began, even when the rule's own dwell restarted
+    # (its state was lost in a restart).
     seen = replace(
         current,
         last_event_at=max(current.last_event_at, ev.t),
-        dwell_s=max(current.dwell_s, ev.dwell_s),
+        dwell_s=max(current.dwell_s, ev.dwell_s, (ev.t - current.started_at).total_seconds()),
     )
     if (ev.t - current.reported_at).total_seconds() < update_s:
         out[key] = seen

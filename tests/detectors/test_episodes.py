@@ -123,7 +123,7 @@ def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id(
         round(at(4.5).timestamp() * 1000)
     )
     assert first.episode.previous_id is None and first.better
-    assert update.better and update.episode.dwell_s == 195
+    assert update.better and update.episode.dwell_s == 195.5  # since first seen
     assert update.episode.source_event_id == first.episode.source_event_id
     assert end.episode.ended_at == at(300) and end.episode.dwell_s == 250
     assert second.episode.previous_id == "c1"

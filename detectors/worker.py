@@ -1,0 +1,773 @@
+"""``gridpatrol detect``: the detector worker (SPEC §6).
+
+Frames arrive on ``{prefix}/cameras/{id}/frame`` (QoS 0). Each camera has its own one-slot
+subscription queue, so paho's network thread only replaces the pending frame (counted as a
+drop) and never blocks. One processing thread takes the ready frame of every camera, decodes
+it (at 1/2 or 1/4 scale when it is much larger than the model input, keeping the original
+bytes as clean evidence), runs the motion gate, infers the moving cameras' frames as one batch
+through the backend's async queue, runs the camera's rules, and turns rule events into episode
+operations that go, with rendered evidence, into the outbox in one SQLite transaction together
+with the episode book.
+
+This module is imported when the CLI is built: OpenCV, OpenVINO and the rules are imported
+inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+    from gridpatrol.api.client import Outbox
+    from gridpatrol.detectors.episodes import Episode, Key, Op
+    from gridpatrol.detectors.evidence import FrameRing
+    from gridpatrol.detectors.motion import MotionSettings, MotionState
+    from gridpatrol.detectors.types import Backend, Detections, InferenceResult
+    from gridpatrol.ingest.messages import Frame
+    from gridpatrol.ingest.mqtt import MqttConnection, Subscription
+    from gridpatrol.site import Camera, RuleParams, Site
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "gridpatrol-detect"
+COMPONENT = "detect"
+# Crowds and blocked roads are a public-order matter; the rest is street management.
+SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
+DEFAULT_SEVERITY = "MINOR"
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("GRIDPATROL_CONFIG"),
+        help="site file (default $GRIDPATROL_CONFIG)",
+    )
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--cameras", help="comma-separated camera ids served by this worker")
+    which.add_argument(
+        "--shard", help="k/n: serve the cameras whose stable id hash mod n is k (0-based)"
+    )
+    parser.add_argument(
+        "--model", help="OpenVINO IR folder, .xml, .onnx, .pt or manifest name (GRIDPATROL_MODEL)"
+    )
+    parser.add_argument(
+        "--keyframe-s",
+        type=float,
+        default=10.0,
+        help="infer at least every this many seconds on a static scene (default 10)",
+    )
+    parser.add_argument(
+        "--no-motion-gate", action="store_true", help="infer every frame (no motion gate)"
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("GRIDPATROL_METRICS_PORT", "0") or 0),
+        help="serve Prometheus metrics on this port (0 = off; $GRIDPATROL_METRICS_PORT)",
+    )
+    parser.add_argument("--component-id", help="MQTT component id (default detect[-k-of-n])")
+    parser.add_argument(
+        "--progress-s", type=float, default=30.0, help="seconds between progress log lines"
+    )
+
+
+def shard_of(camera_id: str, n: int) -> int:
+    """Stable across processes and Python versions (unlike ``hash``)."""
+    return zlib.crc32(camera_id.encode("utf-8")) % n
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    try:
+        k_text, n_text = value.split("/")
+        k, n = int(k_text), int(n_text)
+    except ValueError as exc:
+        raise ValueError(f"--shard must be k/n, got {value!r}") from exc
+    if n < 1 or not 0 <= k < n:
+        raise ValueError(f"--shard {value}: need 0 <= k < n")
+    return k, n
+
+
+def select_cameras(site: Site, cameras: str | None, shard: str | None) -> list[Camera]:
+    """The site's cameras this worker serves; unknown ids are an error."""
+    if cameras:
+        wanted = [c.strip() for c in cameras.split(",") if c.strip()]
+        known = {c.id for c in site.cameras}
+        unknown = [c for c in wanted if c not in known]
+        if unknown:
+            raise ValueError(f"unknown camera id(s) {unknown}; the site has {sorted(known)}")
+        return [c for c in site.cameras if c.id in wanted]
+    if shard:
+        k, n = parse_shard(shard)
+        return [c for c in site.cameras if shard_of(c.id, n) == k]
+    return list(site.cameras)
+
+
+def _component_id(args: argparse.Namespace) -> str:
+    if args.component_id:
+        return str(args.component_id)
+    if args.shard:
+        k, n = parse_shard(args.shard)
+        return f"{COMPONENT}-{k}-of-{n}"
+    return COMPONENT
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-camera state
+
+
+@dataclass(frozen=True)
+class EpisodeEvent:
+    """A rule event normalised for :mod:`episodes` (aware datetimes, plain boxes)."""
+
+    kind: str
+    rule: str
+    zone_id: str
+    t: datetime
+    confidence: float
+    dwell_s: float
+    first_seen: datetime
+    boxes: tuple[tuple[float, float, float, float], ...]
+    track_ids: tuple[int, ...]
+    labels: tuple[str, ...]
+
+
+def _when(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def normalise_event(ev: Any) -> EpisodeEvent:
+    boxes = tuple(tuple(float(v) for v in box[:4]) for box in (getattr(ev, "boxes", ()) or ()))
+    return EpisodeEvent(
+        kind=str(ev.kind),
+        rule=str(ev.rule),
+        zone_id=str(ev.zone_id),
+        t=_when(ev.t),
+        confidence=float(ev.confidence),
+        dwell_s=float(ev.dwell_s),
+        first_seen=_when(getattr(ev, "first_seen", ev.t)),
+        boxes=boxes,  # type: ignore[arg-type]
+        track_ids=tuple(int(i) for i in (getattr(ev, "track_ids", ()) or ())),
+        labels=tuple(str(x) for x in (getattr(ev, "labels", ()) or ())),
+    )
+
+
+@dataclass
+class CameraRuntime:
+    camera: Camera
+    sub: Subscription
+    pipeline: Any
+    ring: FrameRing
+    motion: MotionState
+    last: InferenceResult | None = None
+    frames_in: int = 0
+    inferred: int = 0
+    skipped: int = 0
+    bad: int = 0
+    dropped_seen: int = 0
+    latency_s: float = 0.0
+    candidates: int = 0
+    window: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Ready:
+    """A decoded frame on its way through one processing cycle."""
+
+    rt: CameraRuntime
+    frame: Frame
+    image: NDArray[np.uint8]
+    scale: float  # original pixels per decoded pixel
+    gray: NDArray[np.uint8]
+    infer: bool
+    result: InferenceResult | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics
+
+
+class Metrics:
+    """Prometheus metrics per camera, in a registry of the worker's own."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        labels = ["camera"]
+        self.frames = Counter(
+            "gridpatrol_detect_frames", "Frames received", labels, registry=self.registry
+        )
+        self.inferred = Counter(
+            "gridpatrol_detect_inferred_frames", "Frames inferred", labels, registry=self.registry
+        )
+        self.skipped = Counter(
+            "gridpatrol_detect_skipped_frames",
+            "Frames skipped by the motion gate",
+            labels,
+            registry=self.registry,
+        )
+        self.dropped = Counter(
+            "gridpatrol_detect_dropped_frames",
+            "Frames replaced by a newer one before processing",
+            labels,
+            registry=self.registry,
+        )
+        self.bad = Counter(
+            "gridpatrol_detect_bad_frames", "Undecodable frames", labels, registry=self.registry
+        )
+        self.latency = Histogram(
+            "gridpatrol_detect_inference_seconds",
+            "Inference latency of the batch a frame was in",
+            labels,
+            buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=self.registry,
+        )
+        self.candidates = Counter(
+            "gridpatrol_detect_candidate_ops",
+            "Candidate operations queued",
+            [*labels, "op"],
+            registry=self.registry,
+        )
+        self.outbox_depth = Gauge(
+            "gridpatrol_detect_outbox_depth", "Operations waiting", registry=self.registry
+        )
+
+    def serve(self, port: int) -> None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, registry=self.registry)
+        log.info("metrics on :%d/metrics", port)
+
+
+# ---------------------------------------------------------------------------------------------
+# The worker
+
+
+class DetectorWorker:
+    def __init__(
+        self,
+        site: Site,
+        cameras: Sequence[Camera],
+        backend: Backend,
+        heads: dict[str, Any],
+        outbox: Outbox,
+        conn: MqttConnection,
+        *,
+        motion: MotionSettings,
+        component_id: str,
+        progress_s: float = 30.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        from gridpatrol.detectors import episodes
+        from gridpatrol.detectors.evidence import FrameRing
+        from gridpatrol.detectors.motion import MotionState
+        from gridpatrol.ingest.topics import frame_topic
+
+        self.site = site
+        self.backend = backend
+        self.heads = heads
+        self.outbox = outbox
+        self.conn = conn
+        self.motion_settings = motion
+        self.component_id = component_id
+        self.progress_s = progress_s
+        self.metrics = metrics or Metrics()
+        self.stop_event = threading.Event()
+        self.names = tuple(backend.info.names)
+        self.imgsz = backend.info.imgsz
+        self.cams: dict[str, CameraRuntime] = {}
+        for cam in cameras:
+            sub = conn.subscribe(frame_topic(site.mqtt.prefix, cam.id), qos=0, maxsize=1)
+            self.cams[cam.id] = CameraRuntime(
+                camera=cam,
+                sub=sub,
+                pipeline=_make_pipeline(cam, site, self.names, heads),
+                ring=FrameRing(capacity=24, horizon_s=_horizon_s(cam)),
+                motion=MotionState(),
+            )
+        with outbox.transaction() as txn:
+            episodes.ensure_schema(txn.conn)
+            self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
+        open_eps = [ep for ep in self.book.values() if ep.open]
+        log.info(
+            "%s: serving %d camera(s) %s; %d open episode(s) reloaded",
+            component_id,
+            len(self.cams),
+            ",".join(self.cams),
+            len(open_eps),
+        )
+        self._last_detection: dict[str, dict[str, Any]] = {}
+        self._last_progress = time.monotonic()
+
+    # -- main loop ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                busy = self.cycle()
+            except Exception:
+                log.exception("%s: processing cycle failed; continuing", self.component_id)
+                busy = False
+            if not busy:
+                self.stop_event.wait(0.005)
+            self._progress()
+
+    def cycle(self) -> bool:
+        """Process the newest pending frame of every camera; False when none was waiting."""
+        ready: list[Ready] = []
+        for rt in self.cams.values():
+            self._count_drops(rt)
+            message = rt.sub.get(0)
+            if message is None:
+                continue
+            item = self._decode(rt, message.topic, message.payload, message.received_at)
+            if item is not None:
+                ready.append(item)
+        if not ready:
+            return False
+        self._infer([r for r in ready if r.infer])
+        for item in ready:
+            self._judge(item)
+        return True
+
+    def _count_drops(self, rt: CameraRuntime) -> None:
+        dropped = rt.sub.dropped
+        if dropped > rt.dropped_seen:
+            self.metrics.dropped.labels(rt.camera.id).inc(dropped - rt.dropped_seen)
+            rt.dropped_seen = dropped
+
+    def _decode(
+        self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime
+    ) -> Ready | None:
+        from gridpatrol.detectors.evidence import decode_jpeg, reduction_for
+        from gridpatrol.detectors.motion import gate, small_gray
+        from gridpatrol.ingest.messages import MessageError, decode_frame
+
+        cam = rt.camera.id
+        rt.frames_in += 1
+        self.metrics.frames.labels(cam).inc()
+        try:
+            frame = decode_frame(payload, topic_camera_id=cam, received_at=received_at)
+        except MessageError as exc:
+            self._bad(rt, topic, payload, received_at, f"invalid frame: {exc}")
+            return None
+        h = frame.header
+        reduce = reduction_for(h.width, h.height, self.imgsz)
+        image = decode_jpeg(frame.image, reduce)
+        if image is None:
+            self._bad(rt, topic, payload, received_at, "undecodable image")
+            return None
+        gray = small_gray(image)
+        rt.motion, decision = gate(rt.motion, gray, h.ts.timestamp(), self.motion_settings)
+        if not decision.infer and rt.last is None:
+            decision = type(decision)(True, "first", decision.changed)
+        scale = h.width / image.shape[1]
+        return Ready(rt, frame, image, scale, gray, decision.infer)
+
+    def _bad(
+        self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
+    ) -> None:
+        from gridpatrol.ingest.messages import dead_letter
+        from gridpatrol.ingest.topics import deadletter_topic
+
+        rt.bad += 1
+        self.metrics.bad.labels(rt.camera.id).inc()
+        log.warning("camera %s: %s; sent to the dead-letter topic", rt.camera.id, why)
+        self.conn.publish(
+            deadletter_topic(self.site.mqtt.prefix, self.component_id),
+            dead_letter(why, topic, payload, received_at),
+            qos=1,
+        )
+
+    def _infer(self, items: list[Ready]) -> None:
+        if not items:
+            return
+        started = time.perf_counter()
+        results = self.backend.infer([item.image for item in items])
+        elapsed = time.perf_counter() - started
+        for item, result in zip(items, results, strict=True):
+            item.result = _to_original(result, item.scale)
+            item.rt.last = item.result
+            item.rt.inferred += 1
+            item.rt.latency_s += elapsed
+            self.metrics.inferred.labels(item.rt.camera.id).inc()
+            self.metrics.latency.labels(item.rt.camera.id).observe(elapsed)
+
+    def _judge(self, item: Ready) -> None:
+        from gridpatrol.detectors.evidence import StoredFrame
+
+        rt = item.rt
+        if item.result is None:
+            rt.skipped += 1
+            self.metrics.skipped.labels(rt.camera.id).inc()
+        # A skipped frame shows the same scene as the last inferred one: its detections stand.
+        result = item.result or rt.last
+        if result is None:
+            return
+        h = item.frame.header
+        rt.ring.add(StoredFrame(h.ts, item.frame.image, h.width, h.height))
+        events = rt.pipeline.process(
+            h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
+        )
+        for raw in events:
+            self._episode(rt, normalise_event(raw), item, result.detections)
+
+    def _scene_fn(
+        self, result: InferenceResult
+    ) -> Callable[[tuple[float, float, float, float]], dict[str, float]]:
+        """Scene-head scores of a normalized region, from the frame's one forward pass."""
+
+        def scores(region: tuple[float, float, float, float]) -> dict[str, float]:
+            return {name: float(h.score(result, region)) for name, h in self.heads.items()}
+
+        return scores
+
+    # -- episodes -> outbox ---------------------------------------------------------------------
+
+    def _episode(
+        self, rt: CameraRuntime, ev: EpisodeEvent, item: Ready, detections: Detections
+    ) -> None:
+        from gridpatrol.detectors import episodes
+
+        params = _rule_params(rt.camera, ev.zone_id, ev.rule)
+        if params is None:
+            log.warning(
+                "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
+            )
+            return
+        self.book, ops = episodes.step(
+            self.book,
+            rt.camera.id,
+            ev,
+            update_s=params.update_s,
+            # The book's last-seen time is only written with an operation, so allow a full
+            # update interval on top of the rule's own gap and clear times.
+            resume_s=params.gap_s + params.clear_s + params.update_s,
+            new_id=lambda: str(uuid.uuid4()),
+        )
+        if not ops:
+            return
+        rendered = [(op, self._render(rt, op, ev, item, detections)) for op in ops]
+        with self.outbox.transaction() as txn:
+            for op, (files, body) in rendered:
+                items = []
+                for data, meta in files:
+                    sha = txn.add_evidence(data, "image/jpeg")
+                    items.append({**meta, "sha256": sha})
+                if items:
+                    body["evidence"] = items
+                if op.kind == "open":
+                    txn.create_candidate(body, op.episode.candidate_id)
+                else:
+                    txn.patch_candidate(op.episode.candidate_id, body)
+                episodes.save_episode(txn.conn, op.episode)
+        for op, _ in rendered:
+            rt.candidates += op.kind == "open"
+            self.metrics.candidates.labels(rt.camera.id, op.kind).inc()
+            log.info(
+                "camera %s: %s candidate %s (%s in zone %s, dwell %.0f s, confidence %.2f)",
+                rt.camera.id,
+                {"open": "created", "update": "updated", "end": "ended"}[op.kind],
+                op.episode.candidate_id,
+                op.episode.type,
+                op.episode.zone_id,
+                op.episode.dwell_s,
+                ev.confidence,
+            )
+
+    def _render(
+        self, rt: CameraRuntime, op: Op, ev: EpisodeEvent, item: Ready, detections: Detections
+    ) -> tuple[list[tuple[bytes, dict[str, Any]]], dict[str, Any]]:
+        """Evidence files (bytes, item without sha) and the create / patch body for ``op``."""
+        from gridpatrol.detectors.evidence import evidence_item
+
+        ep = op.episode
+        h = item.frame.header
+        detection = self._detection(ep, ev, op)
+        files: list[tuple[bytes, dict[str, Any]]] = []
+        if op.kind in ("open", "update"):
+            if op.better:
+                files.append(
+                    (item.frame.image, evidence_item("", "clean", h.ts, h.width, h.height))
+                )
+                annotated = self._annotated(rt, ev, item, detections)
+                if annotated is not None:
+                    files.append(
+                        (annotated, evidence_item("", "annotated", h.ts, h.width, h.height))
+                    )
+            if op.kind == "open":
+                first = rt.ring.at(ep.started_at)
+                if first is not None:
+                    files.append(
+                        (
+                            first.data,
+                            evidence_item("", "first_seen", first.t, first.width, first.height),
+                        )
+                    )
+            files.append((item.frame.image, evidence_item("", "latest", h.ts, h.width, h.height)))
+        for _, meta in files:
+            del meta["sha256"]
+        if op.kind != "open":
+            return files, {"detection": detection}
+        return files, self._create_body(rt.camera, ep, detection)
+
+    def _detection(self, ep: Episode, ev: EpisodeEvent, op: Op) -> dict[str, Any]:
+        from gridpatrol.detectors.evidence import detection_block
+
+        info = self.backend.info
+        previous = self._last_detection.get(ep.candidate_id)
+        keep_boxes = previous is not None and (op.kind == "end" or not op.better or not ev.boxes)
+        block = detection_block(
+            model=info.name,
+            model_version=info.version,
+            model_sha256=info.sha256,
+            score=ep.best_confidence,
+            boxes=previous["boxes"] if keep_boxes and previous else ev.boxes,
+            track_ids=previous["track_ids"] if keep_boxes and previous else ev.track_ids,
+            zone_id=ep.zone_id,
+            dwell_s=ep.dwell_s,
+            ended_at=ep.ended_at,
+        )
+        block["started_at"] = ep.started_at.isoformat()
+        if op.kind == "end":
+            self._last_detection.pop(ep.candidate_id, None)
+        else:
+            self._last_detection[ep.candidate_id] = block
+        return block
+
+    def _create_body(self, cam: Camera, ep: Episode, detection: dict[str, Any]) -> dict[str, Any]:
+        from gridpatrol.detectors.evidence import description
+
+        body: dict[str, Any] = {
+            "source": {
+                "type": "camera",
+                "system": SYSTEM,
+                "camera_id": cam.id,
+                "source_event_id": ep.source_event_id,
+            },
+            "type": ep.type,
+            "description": description(ep.type, cam.name, ep.zone_id, ep.dwell_s),
+            "occurred_at": ep.started_at.isoformat(),
+            "location": cam.location.model_dump(exclude_none=True),
+            "severity": SEVERITY.get(ep.type, DEFAULT_SEVERITY),
+            "urgency": "immediate" if ep.type in self.site.policy.urgent_types else "normal",
+            "detection": detection,
+        }
+        if ep.previous_id is not None:
+            body["references"] = [ep.previous_id]
+        return body
+
+    def _annotated(
+        self, rt: CameraRuntime, ev: EpisodeEvent, item: Ready, detections: Detections
+    ) -> bytes | None:
+        from gridpatrol.detectors.evidence import Label, annotate, decode_jpeg, title_for
+
+        full = decode_jpeg(item.frame.image) if item.scale > 1.0 else item.image
+        if full is None:
+            return None
+        labels = [
+            Label(tuple(float(v) for v in box), f"{name} {conf:.2f}", highlight=False)
+            for box, name, conf in zip(
+                detections.xyxy.tolist(),
+                detections.labels(self.names),
+                detections.confidence.tolist(),
+                strict=True,
+            )
+        ]
+        for i, box in enumerate(ev.boxes):
+            text = ev.labels[i] if i < len(ev.labels) else ev.rule
+            labels.append(Label(box, text, highlight=True))
+        zone = next((z for z in rt.camera.zones if z.id == ev.zone_id), None)
+        return annotate(
+            full,
+            labels=labels,
+            zone_polygon=[(float(x), float(y)) for x, y in zone.polygon] if zone else None,
+            camera_id=rt.camera.id,
+            t=ev.t,
+            tz=self.site.tz,
+            title=f"{ev.zone_id}: {title_for(ev.rule, ev.confidence)}",
+        )
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < self.progress_s:
+            return
+        self._last_progress = now
+        self.metrics.outbox_depth.set(self.outbox.depth())
+        for rt in self.cams.values():
+            mean_ms = 1000 * rt.latency_s / rt.inferred if rt.inferred else 0.0
+            log.info(
+                "camera %s: %d frames in, %d inferred, %d skipped, %d dropped, %d bad, "
+                "%.0f ms mean batch latency, %d candidate(s)",
+                rt.camera.id,
+                rt.frames_in,
+                rt.inferred,
+                rt.skipped,
+                rt.sub.dropped,
+                rt.bad,
+                mean_ms,
+                rt.candidates,
+            )
+
+
+def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
+    """Express a result on a reduced decode in pixels of the original frame."""
+    if scale == 1.0:
+        return result
+    from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox
+
+    d = result.detections
+    lb = result.letterbox
+    detections = Detections(d.xyxy * scale, d.confidence, d.class_id, d.tracker_id)
+    letterbox = Letterbox(lb.scale / scale, lb.pad_x, lb.pad_y)
+    return InferenceResult(detections, result.features, letterbox)
+
+
+def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:
+    for zone in cam.zones:
+        if zone.id == zone_id:
+            return zone.rules.enabled().get(rule)
+    return None
+
+
+def _horizon_s(cam: Camera) -> float:
+    """How far back first-seen frames are kept: the longest dwell plus its gap, at least 60 s."""
+    longest = 60.0
+    for zone in cam.zones:
+        for params in zone.rules.enabled().values():
+            longest = max(longest, params.dwell_s + params.gap_s + 30.0)
+    return min(longest, 4 * 3600.0)
+
+
+def _make_pipeline(cam: Camera, site: Site, names: tuple[str, ...], heads: dict[str, Any]) -> Any:
+    from gridpatrol.detectors.pipeline import CameraPipeline
+
+    thresholds = {name: float(h.threshold) for name, h in heads.items()}
+    return CameraPipeline(cam, site.tz, names, head_thresholds=thresholds)
+
+
+def _needs_heads(cameras: Sequence[Camera]) -> bool:
+    return any(z.rules.garbage_overflow is not None for c in cameras for z in c.zones)
+
+
+# ---------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run(args: argparse.Namespace) -> int:
+    from gridpatrol.site import SiteConfigError, load_site
+
+    if not args.config:
+        log.error("detect needs --config (or GRIDPATROL_CONFIG)")
+        return 2
+    try:
+        site = load_site(args.config)
+        cameras = select_cameras(site, args.cameras, args.shard)
+    except (SiteConfigError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
+    if not cameras:
+        log.error("no camera selected (--cameras %s, --shard %s)", args.cameras, args.shard)
+        return 2
+    component_id = _component_id(args)
+    try:
+        worker, backend, conn = _build(args, site, cameras, component_id)
+    except Exception as exc:
+        log.error("%s: cannot start: %s", component_id, exc)
+        return 1
+    return _serve(worker, backend, conn, args)
+
+
+def _build(
+    args: argparse.Namespace, site: Site, cameras: list[Camera], component_id: str
+) -> tuple[DetectorWorker, Backend, MqttConnection]:
+    from gridpatrol.api.client import Outbox
+    from gridpatrol.detectors.models import load_backend, model_info, resolve_model
+    from gridpatrol.detectors.motion import MotionSettings
+    from gridpatrol.ingest.mqtt import MqttConnection
+
+    spec = resolve_model(args.model)
+    heads = _load_heads(model_info(spec)) if _needs_heads(cameras) else {}
+    nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
+    backend = load_backend(spec, feature_nodes=nodes)
+    outbox = Outbox.from_env(component_id)
+    conn = MqttConnection(component_id, prefix=site.mqtt.prefix)
+    metrics = Metrics()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)
+    worker = DetectorWorker(
+        site,
+        cameras,
+        backend,
+        heads,
+        outbox,
+        conn,
+        motion=MotionSettings(enabled=not args.no_motion_gate, keyframe_s=args.keyframe_s),
+        component_id=component_id,
+        progress_s=args.progress_s,
+        metrics=metrics,
+    )
+    return worker, backend, conn
+
+
+def _load_heads(info: Any) -> dict[str, Any]:
+    try:
+        module = importlib.import_module("gridpatrol.detectors.heads")
+    except ModuleNotFoundError:
+        log.warning("no scene heads installed: garbage_overflow zones cannot fire")
+        return {}
+    heads: dict[str, Any] = module.load_default_heads(info)
+    log.info("scene heads: %s", ", ".join(sorted(heads)) or "none")
+    return heads
+
+
+def _serve(
+    worker: DetectorWorker, backend: Backend, conn: MqttConnection, args: argparse.Namespace
+) -> int:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: signal %d, shutting down", worker.component_id, signum)
+        worker.stop_event.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    conn.start()
+    worker.outbox.start()
+    try:
+        worker.run()
+    finally:
+        # Processing has stopped; the outbox gets a few seconds to drain before going offline.
+        flushed = worker.outbox.flush(timeout=5.0)
+        worker.outbox.stop()
+        conn.stop()
+        backend.close()
+        log.info(
+            "%s: stopped (outbox %s, %d operation(s) left for the next start)",
+            worker.component_id,
+            "flushed" if flushed else "not flushed",
+            worker.outbox.depth(),
+        )
+    return 0

@@ -1,0 +1,109 @@
+"""The detect command's camera selection, sharding and start-up errors (no broker needed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gridpatrol.detectors.worker import (
+    normalise_event,
+    parse_shard,
+    select_cameras,
+    shard_of,
+)
+from gridpatrol.site import parse_site
+
+SITE = """
+site: {name: 测试}
+cameras:
+""" + "".join(
+    f"""
+  - id: cam-{i:02d}
+    source: mqtt
+    location: {{address: 大宁路 {i}号}}
+"""
+    for i in range(12)
+)
+
+
+def test_every_camera_is_on_exactly_one_shard() -> None:
+    site = parse_site(SITE)
+    for n in (1, 2, 3, 5):
+        served = [c.id for k in range(n) for c in select_cameras(site, None, f"{k}/{n}")]
+        assert sorted(served) == sorted(c.id for c in site.cameras)
+    # Stable across processes: crc32, not Python's salted hash.
+    code = "from gridpatrol.detectors.worker import shard_of; print(shard_of('cam-07', 5))"
+    out = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+        for _ in range(2)
+    ]
+    assert out[0] == out[1] == f"{shard_of('cam-07', 5)}\n"
+
+
+@pytest.mark.parametrize(
+    ("cameras", "shard", "expected"),
+    [
+        ("cam-03,cam-01", None, ["cam-01", "cam-03"]),
+        (None, None, [f"cam-{i:02d}" for i in range(12)]),
+    ],
+)
+def test_select_cameras(cameras: str | None, shard: str | None, expected: list[str]) -> None:
+    assert [c.id for c in select_cameras(parse_site(SITE), cameras, shard)] == expected
+
+
+@pytest.mark.parametrize(
+    ("cameras", "shard", "message"),
+    [
+        ("cam-99", None, "unknown camera id(s) ['cam-99']"),
+        (None, "2/2", "need 0 <= k < n"),
+        (None, "1-of-2", "--shard must be k/n"),
+    ],
+)
+def test_selection_errors(cameras: str | None, shard: str | None, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        select_cameras(parse_site(SITE), cameras, shard)
+    assert parse_shard("1/3") == (1, 3)
+
+
+def test_detect_refuses_an_unknown_camera(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site),
+         "--cameras", "cam-99"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "unknown camera id(s) ['cam-99']" in run.stderr
+
+
+def test_detect_without_a_site_file() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect"],
+        capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin"},
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "detect needs --config" in run.stderr
+
+
+def test_rule_events_are_normalised_to_aware_datetimes() -> None:
+    class Raw:
+        kind = "raise"
+        rule = "illegal_parking"
+        zone_id = "kerb"
+        t = 1_777_860_000.5
+        confidence = 0.8
+        dwell_s = 12.0
+        first_seen = 1_777_859_988.5
+        boxes = ((1, 2, 3, 4),)
+        track_ids = (7,)
+
+    ev = normalise_event(Raw())
+    assert ev.t == datetime.fromtimestamp(1_777_860_000.5, UTC)
+    assert ev.first_seen.tzinfo is not None
+    assert ev.boxes == ((1.0, 2.0, 3.0, 4.0),) and ev.track_ids == (7,) and ev.labels == ()
