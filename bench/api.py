@@ -1,0 +1,326 @@
+"""Intake API throughput, as ratios to a bare FastAPI endpoint measured in the same run.
+
+    .venv/bin/python bench/api.py            # SQLite and PostgreSQL, full run (~2 min)
+    .venv/bin/python bench/api.py --quick    # fewer requests
+    .venv/bin/python bench/api.py --json     # one JSON object last
+
+Every candidate is of an auto-confirmed, urgent type, so each one reaches the feed at once.
+Each "post" is what a producer does per finding: PUT a ~100 KB JPEG evidence file, then POST a
+candidate that references it. The bare baseline is a FastAPI app served by the same uvicorn
+settings that accepts the same two requests and does nothing with them, so the ratio shows
+what storage, validation and idempotency cost on top of the framework on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+
+TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer", "bench-platform": "platform"}
+PG_ADMIN_URL = os.environ.get("GRIDPATROL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+BARE_APP = textwrap.dedent(
+    """
+    from fastapi import FastAPI, Request
+    app = FastAPI()
+
+    @app.get("/api/v1/healthz")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.put("/api/v1/evidence/{sha}", status_code=201)
+    async def put(sha: str, request: Request) -> dict:
+        await request.body()
+        return {"sha256": sha}
+
+    @app.post("/api/v1/candidates", status_code=201)
+    async def post(body: dict) -> dict:
+        return body
+    """
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def base_jpeg(target: int = 100_000) -> bytes:
+    """A real-looking JPEG of about ``target`` bytes (textured noise)."""
+    rng = np.random.default_rng(0)
+    side = 200
+    while True:
+        image = cv2.GaussianBlur(rng.integers(0, 255, (side, side, 3), dtype=np.uint8), (3, 3), 0)
+        data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+        if len(data) >= target:
+            return data
+        side += 40
+
+
+def unique_jpeg(base: bytes, n: int) -> bytes:
+    """The same picture with a unique JPEG comment segment, so every upload is new."""
+    text = f"bench {n} {uuid.uuid4()}".encode()
+    segment = b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text
+    return base[:2] + segment + base[2:]
+
+
+def body(sha: str, n: int, kind: str = "manhole_cover") -> dict[str, Any]:
+    return {
+        "id": str(uuid.uuid4()),
+        "source": {
+            "type": "camera",
+            "system": "bench",
+            "camera_id": f"cam-{n % 50}",
+            "source_event_id": f"bench-{uuid.uuid4()}",
+        },
+        "type": kind,
+        "description": "井盖异常 / Manhole cover",
+        "occurred_at": datetime.now(UTC).isoformat(),
+        "location": {"lat": 31.28, "lon": 121.45, "grid_code": "JA-DN-0101"},
+        "severity": "MINOR",
+        "urgency": "immediate",
+        "evidence": [{"sha256": sha, "kind": "clean", "width": 640, "height": 480}],
+        "detection": {"model": "yolo11n", "model_version": "8.3", "score": 0.81, "dwell_s": 12},
+    }
+
+
+class Server:
+    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
+        self.port = port
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise TimeoutError(f"server not healthy: {log.read_text()[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+
+def start_gridpatrol(workdir: Path, db_url: str) -> Server:
+    port = free_port()
+    env = {
+        **os.environ,
+        "GRIDPATROL_DATABASE_URL": db_url,
+        "GRIDPATROL_EVIDENCE_DIR": str(workdir / "evidence"),
+        "GRIDPATROL_API_TOKENS": json.dumps(
+            {tok: {"role": role, "name": tok} for tok, role in TOKENS.items()}
+        ),
+    }
+    cmd = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "api"]
+    return Server([*cmd, "--host", "127.0.0.1", "--port", str(port)], env, port, workdir / "log")
+
+
+def start_bare(workdir: Path) -> Server:
+    (workdir / "bare_app.py").write_text(BARE_APP)
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bare_app:app", "--host", "127.0.0.1"]
+    cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+    env = {**os.environ, "PYTHONPATH": str(workdir)}
+    return Server(cmd, env, port, workdir / "bare.log")
+
+
+async def run_load(
+    n: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+) -> tuple[float, list[float]]:
+    """Run ``one(i)`` for i < n with a fixed concurrency; rate per second and latencies."""
+    latencies: list[float] = []
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            started = time.perf_counter()
+            await one(i)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.perf_counter() - started), latencies
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else 0.0
+
+
+async def posts(url: str, n: int, concurrency: int, image: bytes) -> dict[str, float]:
+    headers = {"Authorization": "Bearer bench-producer"}
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=60) as http:
+
+        async def one(i: int) -> None:
+            data = unique_jpeg(image, i)
+            sha = hashlib.sha256(data).hexdigest()
+            put = await http.put(
+                f"/evidence/{sha}", content=data, headers={"Content-Type": "image/jpeg"}
+            )
+            assert put.status_code in (200, 201), put.text
+            post = await http.post(
+                "/candidates", json=body(sha, i), headers={"Idempotency-Key": str(uuid.uuid4())}
+            )
+            assert post.status_code in (200, 201), post.text
+
+        rate, lat = await run_load(n, concurrency, one)
+    return {"posts_per_s": rate, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
+
+
+async def batches(url: str, n_batches: int, size: int, image: bytes) -> float:
+    headers = {"Authorization": "Bearer bench-producer"}
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=120) as http:
+        sha = hashlib.sha256(image).hexdigest()
+        await http.put(f"/evidence/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
+
+        async def one(i: int) -> None:
+            items = [
+                {"idempotency_key": str(uuid.uuid4()), "body": body(sha, i * size + k)}
+                for k in range(size)
+            ]
+            response = await http.post("/candidates/batch", json={"items": items})
+            assert response.status_code in (200, 207), response.text
+
+        rate, _ = await run_load(n_batches, 2, one)
+    return rate * size
+
+
+async def feed(url: str, expected: int) -> float:
+    headers = {"Authorization": "Bearer bench-platform"}
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=60) as http:
+        seen, cursor = 0, None
+        started = time.perf_counter()
+        while seen < expected:
+            params: dict[str, Any] = {"limit": 500}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await http.get("/feed", params=params)).json()
+            if not page["items"]:
+                break
+            seen += len(page["items"])
+            cursor = page["next_cursor"]
+        elapsed = time.perf_counter() - started
+    if seen < expected:
+        raise RuntimeError(f"the feed returned {seen} of {expected} candidates")
+    return seen / elapsed
+
+
+def create_pg_database() -> tuple[str, Callable[[], None]]:
+    import psycopg
+
+    name = f"gp_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql:", "postgresql+psycopg:") + (
+        f"/{name}"
+    ), drop
+
+
+def measure_backend(
+    label: str, db_url: str, workdir: Path, n: int, image: bytes, bare: dict[str, float]
+) -> dict[str, Any]:
+    print(f"[{label}] starting the API", file=sys.stderr)
+    server = start_gridpatrol(workdir, db_url)
+    try:
+        print(f"[{label}] {n} posts with evidence", file=sys.stderr)
+        result: dict[str, Any] = asyncio.run(posts(server.url, n, 16, image))
+        size = 100
+        print(f"[{label}] batch posts", file=sys.stderr)
+        result["batch_candidates_per_s"] = asyncio.run(
+            batches(server.url, max(4, n // 50), size, image)
+        )
+        expected = n + max(4, n // 50) * size
+        print(f"[{label}] reading {expected} candidates through the feed", file=sys.stderr)
+        result["feed_candidates_per_s"] = asyncio.run(feed(server.url, expected))
+    finally:
+        server.stop()
+    result["posts_ratio_to_bare"] = result["posts_per_s"] / bare["posts_per_s"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer requests")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+    n = 300 if args.quick else 1500
+    image = base_jpeg()
+    results: dict[str, Any] = {"jpeg_bytes": len(image), "posts": n, "concurrency": 16}
+    with tempfile.TemporaryDirectory(prefix="gp-bench-api-") as tmp:
+        work = Path(tmp)
+        bare_server = start_bare(work)
+        try:
+            print("[bare] posts with evidence", file=sys.stderr)
+            bare = asyncio.run(posts(bare_server.url, n, 16, image))
+        finally:
+            bare_server.stop()
+        results["bare"] = bare
+        (work / "sqlite").mkdir()
+        sqlite_url = f"sqlite:///{work}/sqlite/api.db"
+        results["sqlite"] = measure_backend("sqlite", sqlite_url, work / "sqlite", n, image, bare)
+        if not args.no_postgres:
+            (work / "pg").mkdir()
+            pg_url, drop = create_pg_database()
+            try:
+                results["postgres"] = measure_backend(
+                    "postgres", pg_url, work / "pg", n, image, bare
+                )
+            finally:
+                drop()
+    print_table(results)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def print_table(results: dict[str, Any]) -> None:
+    bare = results["bare"]
+    print(f"bare FastAPI: {bare['posts_per_s']:.0f} posts/s, p50 {bare['p50_ms']:.1f} ms")
+    for label in ("sqlite", "postgres"):
+        if label not in results:
+            continue
+        r = results[label]
+        print(
+            f"{label}: {r['posts_per_s']:.0f} posts/s with evidence "
+            f"({r['posts_ratio_to_bare']:.2f} x bare), p50 {r['p50_ms']:.1f} ms, "
+            f"p99 {r['p99_ms']:.1f} ms; batch {r['batch_candidates_per_s']:.0f} candidates/s; "
+            f"feed {r['feed_candidates_per_s']:.0f} candidates/s"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
