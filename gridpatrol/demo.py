@@ -1,0 +1,369 @@
+"""``gridpatrol demo``: the whole pipeline on sample footage, in one command.
+
+Start-up order: broker → API → bridge → detector worker → ingest → simulated sensors; shutdown
+in reverse, so producers flush their outboxes while the API still runs. Every component runs as
+its own ``gridpatrol`` subprocess with its log under ``var/demo/logs/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[1]
+ROLES = ("producer", "reviewer", "platform", "admin")
+# Public clips used when the shared footage is absent (CC BY 4.0, intel-iot-devkit/sample-videos).
+SAMPLE_CLIPS = {
+    "pedestrian_street_1080p.mp4": "people-detection.mp4",
+    "car_park_overhead.mp4": "car-detection.mp4",
+    "car_park_people_bikes.mp4": "person-bicycle-car-detection.mp4",
+}
+SAMPLE_CLIPS_URL = "https://github.com/intel-iot-devkit/sample-videos/raw/master/"
+STOP_TIMEOUT_S = 20.0
+
+
+def register(sub: Any) -> None:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        "demo",
+        help="run broker, API, ingest, detector, bridge and simulated sensors on sample footage",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, help="stop after S seconds (default: Ctrl-C)"
+    )
+    parser.add_argument("--no-browser", action="store_true", help="do not open the console")
+    parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    parser.add_argument(
+        "--config", default=str(ROOT / "samples" / "site.yaml"), help="the site file"
+    )
+    parser.add_argument(
+        "--workdir", default=str(ROOT / "var" / "demo"), help="database, evidence, logs"
+    )
+    parser.set_defaults(func=run_demo)
+
+
+# ---------------------------------------------------------------------------------------------
+# Footage
+
+
+def find_footage(root: Path = ROOT) -> Path:
+    """``var/footage`` (linked by the Makefile), else the shared folder, else downloaded clips."""
+    target = root / "var" / "footage"
+    if all((target / name).exists() for name in SAMPLE_CLIPS):
+        return target
+    shared = Path(os.environ.get("GRIDPATROL_SHARED") or root.parent / "shared") / "footage"
+    if all((shared / name).exists() for name in SAMPLE_CLIPS):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or not target.exists():
+            target.unlink(missing_ok=True)
+            target.symlink_to(shared.resolve(), target_is_directory=True)
+            return target
+        for name in SAMPLE_CLIPS:
+            if not (target / name).exists():
+                shutil.copyfile(shared / name, target / name)
+        return target
+    return download_clips(target)
+
+
+def download_clips(target: Path) -> Path:
+    target.mkdir(parents=True, exist_ok=True)
+    for name, remote in SAMPLE_CLIPS.items():
+        path = target / name
+        if path.exists():
+            continue
+        url = SAMPLE_CLIPS_URL + remote
+        print(f"downloading sample footage {url} -> {path}", flush=True)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                data = response.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise SystemExit(
+                f"no footage: {path} is missing, GRIDPATROL_SHARED has no footage/ folder and "
+                f"the public sample clips could not be downloaded ({exc}).\n"
+                f"Put MP4 clips named {', '.join(SAMPLE_CLIPS)} in {target}, or set "
+                "GRIDPATROL_SHARED to a folder holding footage/, and run the demo again."
+            ) from exc
+        path.write_bytes(data)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+@dataclass
+class Component:
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    stopped: bool = False
+
+    def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gridpatrol.cli", *self.args],
+                env=self.env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the demo only; it stops us in order
+            )
+        command = " ".join(self.args)
+        log.info("started %s (pid %d): gridpatrol %s", self.name, self.proc.pid, command)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None or self.stopped:
+            return
+        self.stopped = True
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s: killing it", self.name, STOP_TIMEOUT_S)
+                self.proc.kill()
+                self.proc.wait()
+        log.info("stopped %s (exit %s)", self.name, self.proc.returncode)
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class Demo:
+    config: Path
+    workdir: Path
+    port: int
+    tokens: dict[str, str] = field(default_factory=dict)
+    components: list[Component] = field(default_factory=list)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {**os.environ, "GRIDPATROL_CONFIG": str(self.config), **extra}
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return env
+
+    def add(self, name: str, args: list[str], **extra_env: str) -> Component:
+        component = Component(
+            name, args, self.env(**extra_env), self.workdir / "logs" / f"{name}.log"
+        )
+        self.components.append(component)
+        component.start()
+        return component
+
+    def producer_env(self, component: str) -> dict[str, str]:
+        return {
+            "GRIDPATROL_API_URL": self.api_url,
+            "GRIDPATROL_API_TOKEN": self.tokens["producer"],
+            "GRIDPATROL_STATE_DIR": str(self.workdir / "state"),
+            "GRIDPATROL_OUTBOX": str(self.workdir / "state" / f"outbox-{component}.db"),
+        }
+
+    def stop_all(self) -> None:
+        for component in reversed(self.components):
+            component.stop()
+
+
+def generate_tokens() -> dict[str, str]:
+    return {role: f"gp-{role}-{secrets.token_urlsafe(18)}" for role in ROLES}
+
+
+def free_port(preferred: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+            return preferred
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+            return port
+
+
+def http_json(url: str, token: str, timeout: float = 10.0) -> Any:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def wait_healthy(demo: Demo, api: Component, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not api.alive():
+            raise RuntimeError(f"the API exited:\n{api.tail()}")
+        try:
+            with urllib.request.urlopen(f"{demo.api_url}/api/v1/healthz", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API did not become healthy in {timeout:.0f} s:\n{api.tail()}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary
+
+
+def all_candidates(demo: Demo) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor = ""
+    while True:
+        query = "limit=200" + (f"&cursor={cursor}" if cursor else "")
+        page = http_json(f"{demo.api_url}/api/v1/candidates?{query}", demo.tokens["admin"])
+        items += page["items"]
+        cursor = page.get("next_cursor") or ""
+        if not cursor or not page["items"]:
+            return items
+
+
+def summary_lines(items: list[dict[str, Any]]) -> list[str]:
+    """A table by type and source: count, with evidence, statuses; last line ``candidates: N``."""
+    rows: Counter[tuple[str, str]] = Counter()
+    with_evidence: Counter[tuple[str, str]] = Counter()
+    statuses: dict[tuple[str, str], Counter[str]] = {}
+    for item in items:
+        source = item.get("source") or {}
+        key = (str(item.get("type")), str(source.get("camera_id") or source.get("sensor_id")))
+        rows[key] += 1
+        with_evidence[key] += bool(item.get("evidence"))
+        statuses.setdefault(key, Counter())[str(item.get("status"))] += 1
+    header = f"{'type':<22} {'camera / sensor':<16} {'count':>5} {'evidence':>8}  statuses"
+    lines = [header, "-" * len(header)]
+    for key in sorted(rows):
+        states = ", ".join(f"{s} {n}" for s, n in sorted(statuses[key].items()))
+        lines.append(f"{key[0]:<22} {key[1]:<16} {rows[key]:>5} {with_evidence[key]:>8}  {states}")
+    lines.append(f"candidates: {len(items)}")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+@contextmanager
+def _broker() -> Iterator[str]:
+    from gridpatrol.ingest.broker import ensure_broker
+
+    handle = ensure_broker()
+    log.info("broker at %s", handle.url)
+    try:
+        yield handle.url
+    finally:
+        handle.stop()
+
+
+def _start_components(demo: Demo) -> None:
+    config = str(demo.config)
+    api = demo.add(
+        "api",
+        ["api", "--host", "127.0.0.1", "--port", str(demo.port)],
+        GRIDPATROL_DATABASE_URL=f"sqlite:///{demo.workdir / 'api.db'}",
+        GRIDPATROL_EVIDENCE_DIR=str(demo.workdir / "evidence"),
+        GRIDPATROL_API_TOKENS=json.dumps(
+            {tok: {"role": role, "name": f"demo-{role}"} for role, tok in demo.tokens.items()}
+        ),
+    )
+    wait_healthy(demo, api)
+    demo.add("bridge", ["bridge", "--config", config], **demo.producer_env("bridge"))
+    demo.add("detect", ["detect", "--config", config], **demo.producer_env("detect"))
+    demo.add("ingest", ["ingest", "--config", config])
+    demo.add("sensors", ["simulate-sensors", "--config", config, "--rate", "1"])
+
+
+def _watch(demo: Demo, duration: float | None) -> None:
+    """Run until the duration ends or Ctrl-C; report progress; a crashed component ends it."""
+    started = time.monotonic()
+    next_report = started + 10
+    while duration is None or time.monotonic() - started < duration:
+        time.sleep(0.5)
+        dead = [c for c in demo.components if not c.alive()]
+        if dead:
+            for component in dead:
+                print(f"{component.name} exited unexpectedly:\n{component.tail()}", flush=True)
+            return
+        if time.monotonic() >= next_report:
+            next_report += 10
+            try:
+                count = len(all_candidates(demo))
+            except (urllib.error.URLError, OSError, ValueError):
+                continue
+            elapsed = time.monotonic() - started
+            print(f"[{elapsed:5.0f} s] candidates so far: {count}", flush=True)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    config = Path(args.config).resolve()
+    workdir = Path(args.workdir).resolve()
+    footage = find_footage()
+    print(f"footage: {footage}", flush=True)
+    shutil.rmtree(workdir, ignore_errors=True)  # every demo starts from an empty database
+    (workdir / "logs").mkdir(parents=True)
+    (workdir / "state").mkdir()
+    demo = Demo(config, workdir, free_port(args.port), generate_tokens())
+    interrupted = False
+    items: list[dict[str, Any]] = []
+    with _broker() as broker_url:
+        try:
+            _start_components(demo)
+            url = f"{demo.api_url}/review"
+            print(f"broker:          {broker_url}", flush=True)
+            print(f"review console:  {url}", flush=True)
+            print(f"reviewer token:  {demo.tokens['reviewer']}", flush=True)
+            print(f"platform token:  {demo.tokens['platform']}", flush=True)
+            print(f"API reference:   {demo.api_url}/api/v1/docs", flush=True)
+            print(f"logs:            {workdir / 'logs'}", flush=True)
+            if not args.no_browser:
+                import webbrowser
+
+                webbrowser.open(url)
+            _watch(demo, args.duration)
+        except KeyboardInterrupt:
+            interrupted = True
+        except RuntimeError as exc:
+            print(f"demo failed: {exc}", file=sys.stderr, flush=True)
+            demo.stop_all()
+            return 1
+        finally:
+            api = next((c for c in demo.components if c.name == "api"), None)
+            for component in reversed(demo.components):
+                if component is not api:
+                    component.stop()
+            if api is not None and api.alive():
+                try:
+                    items = all_candidates(demo)
+                except (urllib.error.URLError, OSError, ValueError) as exc:
+                    print(f"could not read the candidates: {exc}", file=sys.stderr)
+            demo.stop_all()
+    for line in summary_lines(items):
+        print(line, flush=True)
+    return 130 if interrupted else 0
