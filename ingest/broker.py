@@ -94,7 +94,12 @@ def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="gridpatrol-mosquitto-"))
     conf = workdir / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_TEMPLATE.format(port=port, dir=workdir))
+    text = MOSQUITTO_TEMPLATE.format(port=port, dir=workdir)
+    if os.geteuid() == 0:
+        # Started as root, Mosquitto drops to its own user, which cannot write our private
+        # temporary directory: persistence would silently stay off.
+        text += "user root\n"
+    conf.write_text(text)
     proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
     _wait_port(port, proc, 10.0)
     log.info("started Mosquitto on 127.0.0.1:%d (data in %s)", port, workdir)

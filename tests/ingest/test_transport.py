@@ -1,0 +1,273 @@
+"""The MQTT connection owner against real brokers: restarts, sessions, wills, fallback, auth."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from paho.mqtt.enums import MQTTProtocolVersion
+
+from gridpatrol.ingest.broker import ensure_broker, free_port
+from gridpatrol.ingest.mqtt import Message, MqttAuthError, MqttConnection, MqttSettings
+from gridpatrol.ingest.reliable import ReliableConsumer
+from gridpatrol.ingest.topics import sensor_alarm_topic
+
+
+def wait_for(check: Callable[[], bool], timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.05)
+
+
+def drain(
+    get: Callable[[float], Message | None], count: int, timeout: float = 30.0
+) -> list[Message]:
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        message = get(0.2)
+        if message is not None:
+            out.append(message)
+    return out
+
+
+def first_seen(messages: list[Message]) -> list[int]:
+    order: list[int] = []
+    for m in messages:
+        if int(m.payload) not in order:
+            order.append(int(m.payload))
+    return order
+
+
+def keep_privileges(broker: Any) -> None:
+    """Restart the private broker so that, run as root, it can write its persistence file.
+
+    As root, Mosquitto drops to its own user, which cannot write pytest's private temporary
+    directory, and persistence would silently stay off.
+    """
+    if os.geteuid() == 0 and "user root" not in broker.conf.read_text():
+        broker.stop()
+        broker.conf.write_text(broker.conf.read_text() + "user root\n")
+        broker.start()
+
+
+def consumer(url: str, prefix: str, name: str = "bridge-t") -> ReliableConsumer:
+    return ReliableConsumer(
+        name,
+        [f"{prefix}/sensors/+/alarm"],
+        MqttSettings.from_url(url),
+        prefix=prefix,
+        client_id=f"{prefix}-{name}",
+        retry_delay_s=0.05,
+    )
+
+
+def test_publisher_and_consumer_recover_after_a_broker_restart(
+    mosquitto: Any, mqtt_prefix: str
+) -> None:
+    keep_privileges(mosquitto)
+    reader = consumer(mosquitto.url, mqtt_prefix)
+    assert reader.start()
+    pub = MqttConnection("sensor-gw", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    assert pub.start()
+    topic = sensor_alarm_topic(mqtt_prefix, "s1")
+    try:
+        assert pub.publish(topic, b"0", qos=1)
+        received = drain(reader.get, 1)
+        mosquitto.stop()  # graceful: sessions are written to disk
+        wait_for(lambda: not pub.connected and not reader.conn.connected)
+        for i in range(1, 21):  # queued by the publisher while the broker is away
+            assert pub.publish(topic, str(i).encode(), qos=1)
+        assert not pub.publish(topic, b"lost", qos=0)  # QoS 0 while offline: dropped, counted
+        assert list(mosquitto.workdir.glob("*.db")), "the broker did not persist its state"
+        mosquitto.start()
+        wait_for(lambda: pub.connected and reader.conn.connected)
+        for i in range(21, 31):
+            assert pub.publish(topic, str(i).encode(), qos=1)
+        deadline = time.monotonic() + 30
+        while len(first_seen(received)) < 31 and time.monotonic() < deadline:
+            received += drain(reader.get, 1, timeout=1)  # QoS 1 may repeat one
+        for m in received:
+            reader.ack(m)
+    finally:
+        pub.stop()
+        reader.stop()
+    assert first_seen(received) == list(range(31))
+    assert pub.stats()["publish_dropped"] == 1
+    assert pub.connects == reader.conn.connects == 2
+
+
+def test_persistent_consumer_gets_what_was_published_while_away_and_acks_in_order(
+    mosquitto: Any, mqtt_prefix: str
+) -> None:
+    first = consumer(mosquitto.url, mqtt_prefix)
+    assert first.start()
+    first.stop()
+    pub = MqttConnection("sensor-gw", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    assert pub.start()
+    topic = sensor_alarm_topic(mqtt_prefix, "s1")
+    for i in range(50):
+        assert pub.publish_wait(topic, str(i).encode(), qos=1)
+    pub.stop()
+
+    second = consumer(mosquitto.url, mqtt_prefix)
+    assert second.start()
+    got = drain(second.get, 50)
+    assert [int(m.payload) for m in got] == list(range(50))
+    for m in got[:20]:
+        second.ack(m)
+    second.ack(got[21])  # out of order: held back until 20 is acknowledged, which never happens
+    time.sleep(0.5)
+    second.stop()
+
+    third = consumer(mosquitto.url, mqtt_prefix)
+    assert third.start()
+    again = drain(third.get, 30)
+    assert [int(m.payload) for m in again] == list(range(20, 50))
+    handled: list[int] = []
+    for m in again:
+        assert third.handle(m, lambda msg: handled.append(int(msg.payload)))
+    assert handled == list(range(20, 50))
+    time.sleep(0.5)
+    third.stop()
+
+    fourth = consumer(mosquitto.url, mqtt_prefix)
+    assert fourth.start()
+    assert drain(fourth.get, 1, timeout=1.5) == []
+    fourth.stop()
+
+
+def test_a_failing_handler_ends_in_the_dead_letter_topic(mosquitto: Any, mqtt_prefix: str) -> None:
+    reader = consumer(mosquitto.url, mqtt_prefix)
+    letters = MqttConnection("dl-watch", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    dead = letters.subscribe(f"{mqtt_prefix}/deadletter/#", qos=1)
+    assert reader.start() and letters.start()
+    pub = MqttConnection("sensor-gw", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    assert pub.start()
+    try:
+        assert pub.publish_wait(sensor_alarm_topic(mqtt_prefix, "s1"), b"poison", qos=1)
+        (message,) = drain(reader.get, 1)
+
+        def broken(_m: Message) -> None:
+            raise RuntimeError("database is down")
+
+        assert not reader.handle(message, broken)
+        letter = dead.get(10)
+    finally:
+        pub.stop()
+        letters.stop()
+        reader.stop()
+    assert letter is not None
+    assert letter.topic == f"{mqtt_prefix}/deadletter/bridge-t"
+    assert b'"reason":"handler_failed"' in letter.payload
+    assert reader.dead_lettered == 1
+
+
+def test_component_status_goes_offline_when_the_process_is_killed(
+    mosquitto: Any,
+    mqtt_prefix: str,
+    site_file: Callable[..., Path],
+    gridpatrol_proc: Any,
+    watch: Any,
+) -> None:
+    site = site_file(
+        "  - {id: c1, source: $FOOTAGE, fps: 1, loop: true, location: {address: here}}\n"
+    )
+    status = f"{mqtt_prefix}/components/ing-k/status"
+    watcher = watch(mosquitto.url, status, mqtt_prefix)
+    proc = gridpatrol_proc(
+        ["ingest", "--config", str(site), "--component-id", "ing-k"], mosquitto.url
+    )
+    seen = watcher.collect(lambda s: [m.payload for m in s] == [b"online"], timeout=30)
+    assert [m.payload for m in seen] == [b"online"]
+    proc.signal(signal.SIGKILL)
+    seen = watcher.collect(lambda s: len(s) >= 2, timeout=30)
+    assert [m.payload for m in seen] == [b"online", b"offline"]
+    assert seen[-1].retain is False  # delivered live; it stays retained for later subscribers
+    late = watch(mosquitto.url, status, mqtt_prefix)
+    assert [m.payload for m in late.collect(lambda s: len(s) >= 1, timeout=10)] == [b"offline"]
+
+
+def test_falls_back_to_mqtt_311_on_the_embedded_amqtt_broker(
+    monkeypatch: pytest.MonkeyPatch, mqtt_prefix: str
+) -> None:
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", f"mqtt://127.0.0.1:{free_port()}")  # unreachable
+    handle = ensure_broker(use_mosquitto=False)
+    try:
+        assert handle.kind == "amqtt"
+        sub = MqttConnection("amqtt-sub", prefix=mqtt_prefix)  # settings from the exported URL
+        messages = sub.subscribe(f"{mqtt_prefix}/x", qos=1)
+        assert sub.start(20)
+        pub = MqttConnection("amqtt-pub", prefix=mqtt_prefix)
+        assert pub.start(20)
+        assert pub.publish_wait(f"{mqtt_prefix}/x", b"hello", qos=1)
+        message = messages.get(10)
+        pub.stop()
+        sub.stop()
+    finally:
+        handle.stop()
+    assert sub.protocol == pub.protocol == MQTTProtocolVersion.MQTTv311
+    assert message is not None
+    assert message.payload == b"hello"
+
+
+def test_ensure_broker_prefers_the_configured_one_then_mosquitto(
+    monkeypatch: pytest.MonkeyPatch, mosquitto: Any
+) -> None:
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", mosquitto.url)
+    configured = ensure_broker()
+    assert (configured.kind, configured.url) == ("configured", mosquitto.url)
+    monkeypatch.delenv("GRIDPATROL_MQTT_URL")
+    own = ensure_broker()
+    try:
+        assert own.kind == "mosquitto"
+        conn = MqttConnection("probe", MqttSettings.from_url(own.url))
+        assert conn.start()
+        assert conn.protocol == MQTTProtocolVersion.MQTTv5
+        conn.stop()
+    finally:
+        own.stop()
+
+
+def test_bad_credentials_fail_fast_without_retrying(tmp_path: Path) -> None:
+    port = free_port()
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")  # see keep_privileges
+    )
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), 10)
+        wrong = MqttConnection("ing", MqttSettings.from_url(f"mqtt://gp:wrong@127.0.0.1:{port}"))
+        started = time.monotonic()
+        with pytest.raises(MqttAuthError, match="refused the credentials"):
+            wrong.start(20)
+        assert time.monotonic() - started < 15  # no retry loop until the start() timeout
+        assert wrong.auth_failed and not wrong.connected
+        right = MqttConnection("ing", MqttSettings.from_url(f"mqtt://gp:s3cret@127.0.0.1:{port}"))
+        assert right.start(10)
+        right.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
