@@ -164,6 +164,7 @@ class MqttConnection:
         manual_ack: bool = False,
         client_id: str | None = None,
         max_queued_messages: int = 10000,
+        max_inflight_messages: int = 100,
     ) -> None:
         self.component_id = component_id
         self.settings = settings or MqttSettings.from_env()
@@ -176,6 +177,7 @@ class MqttConnection:
         self.client_id = client_id or default_id
         self.status_topic = component_status_topic(prefix, component_id)
         self.max_queued_messages = max_queued_messages
+        self.max_inflight_messages = max_inflight_messages
         self.protocol = self._initial_protocol()
         self.published = 0
         self.publish_dropped = 0
@@ -286,6 +288,7 @@ class MqttConnection:
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
         client.reconnect_delay_set(1, 30)
         client.max_queued_messages_set(self.max_queued_messages)
+        client.max_inflight_messages_set(self.max_inflight_messages)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
