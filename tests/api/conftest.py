@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
@@ -50,11 +58,14 @@ def token_config() -> dict[str, dict[str, str]]:
     return out
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
-    """A fresh database: a SQLite file, or a PostgreSQL schema of this test's own."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path}/api.db"
+DATABASES = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@contextmanager
+def fresh_database(kind: str, workdir: Path, postgres_url: str) -> Iterator[str]:
+    """A SQLite file, or a PostgreSQL schema of the caller's own (dropped afterwards)."""
+    if kind == "sqlite":
+        yield f"sqlite:///{workdir}/api.db"
         return
     schema = f"gp_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(postgres_url)
@@ -66,6 +77,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) ->
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture(params=DATABASES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    with fresh_database(request.param, tmp_path, postgres_url) as url:
+        yield url
 
 
 def settings_for(db_url: str, tmp_path: Path, **extra: Any) -> Settings:
@@ -173,6 +190,12 @@ def make_api(db_url: str, tmp_path: Path, clock: Clock) -> Iterator[Callable[...
 
 
 @pytest.fixture
+def api_body() -> type[Api]:
+    """Sample bodies and images without an app."""
+    return Api
+
+
+@pytest.fixture
 def api(make_api: Callable[..., Api]) -> Api:
     return make_api()
 
@@ -210,3 +233,65 @@ def body(
     }
     out.update(override)
     return out
+
+
+class Server:
+    """``gridpatrol api`` in a subprocess on a free port."""
+
+    def __init__(self, db_url: str, workdir: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.log = workdir / "api-server.log"
+        self.env = {
+            **os.environ,
+            "GRIDPATROL_DATABASE_URL": db_url,
+            "GRIDPATROL_EVIDENCE_DIR": str(workdir / "evidence"),
+            "GRIDPATROL_API_TOKENS": json.dumps(token_config()),
+        }
+        self.env.pop("GRIDPATROL_CONFIG", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api/v1"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--port", str(self.port)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.log.read_text()[-3000:])
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=15)
+            self.proc = None
+
+    def client(self, role: str) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {TOKENS[role]}"}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module", params=DATABASES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, postgres_url: str
+) -> Iterator[Server]:
+    """A real API process, shared by a module's tests, on a database of its own."""
+    workdir = tmp_path_factory.mktemp("server")
+    with fresh_database(request.param, workdir, postgres_url) as url:
+        srv = Server(url, workdir)
+        srv.start()
+        try:
+            yield srv
+        finally:
+            srv.stop()

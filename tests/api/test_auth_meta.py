@@ -1,0 +1,149 @@
+"""Authentication, console sessions with CSRF, problem details, health, metrics, types."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gridpatrol.api.app import create_app
+from gridpatrol.api.settings import Settings
+
+
+def test_hashed_tokens_and_401s(db_url: str, tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"secret-reviewer").hexdigest()
+    settings = Settings(
+        database_url=db_url,
+        evidence_dir=tmp_path / "ev",
+        api_tokens={f"sha256:{digest}": {"role": "reviewer", "name": "alice"}},  # type: ignore[dict-item]
+    )
+    with TestClient(create_app(settings)) as http:
+        ok = http.get("/api/v1/session", headers={"Authorization": "Bearer secret-reviewer"})
+        assert ok.json() == {"name": "alice", "role": "reviewer", "csrf_token": ""}
+        for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "Basic eA=="}):
+            response = http.get("/api/v1/candidates", headers=headers)
+            assert response.status_code == 401
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_refuses_to_start_without_tokens(db_url: str, tmp_path: Path) -> None:
+    settings = Settings(database_url=db_url, evidence_dir=tmp_path / "ev")
+    with pytest.raises(RuntimeError, match="no API tokens"):
+        create_app(settings)
+    generated = create_app(settings.model_copy(update={"allow_generated_tokens": True}))
+    assert len(generated.state.services.settings.api_tokens) == 4
+
+
+def test_session_cookie_and_csrf(api: Any) -> None:
+    http: TestClient = api.http
+    assert http.post("/api/v1/session", json={"token": "wrong"}).status_code == 401
+    login = http.post("/api/v1/session", json={"token": "t-reviewer-91aa"})
+    assert login.status_code == 200
+    session = login.json()
+    assert (session["name"], session["role"]) == ("test-reviewer", "reviewer")
+    cookie = login.headers["set-cookie"]
+    assert "gp_session=" in cookie and "HttpOnly" in cookie
+    assert "samesite=strict" in cookie.lower() and "Path=/" in cookie
+    assert http.get("/api/v1/session").json() == session
+    assert http.get("/api/v1/candidates").status_code == 200
+    cid = api.create(api.body("e1", api.put_jpeg()))["id"]
+    url = f"/api/v1/candidates/{cid}/review"
+    http.headers.pop("Authorization", None)
+    refused = http.post(url, json={"decision": "confirm"})
+    assert refused.status_code == 403
+    bad = http.post(url, json={"decision": "confirm"}, headers={"X-CSRF-Token": "guess"})
+    assert bad.status_code == 403
+    good = http.post(
+        url, json={"decision": "confirm"}, headers={"X-CSRF-Token": session["csrf_token"]}
+    )
+    assert good.status_code == 200
+    assert good.json()["history"][-1]["who"] == "test-reviewer"
+    assert http.delete("/api/v1/session").status_code == 204
+    assert http.get("/api/v1/session").status_code == 401
+    http.cookies.set("gp_session", "forged.value")
+    assert http.get("/api/v1/candidates").status_code == 401
+
+
+def test_problem_details_everywhere(api: Any) -> None:
+    for response in (
+        api.http.get("/api/v1/nowhere"),
+        api.http.get("/nowhere"),
+        api.as_("reviewer").get("/api/v1/candidates", params={"limit": "many"}),
+        api.as_("reviewer").delete("/api/v1/candidates"),
+        api.as_("producer").post(
+            "/api/v1/candidates", content=b"{", headers={"Idempotency-Key": "x"}
+        ),
+    ):
+        assert response.status_code in (404, 405, 422)
+        assert response.headers["content-type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["status"] == response.status_code
+        assert problem["title"] and problem["type"] == "about:blank"
+
+
+def test_health_metrics_and_types(api: Any) -> None:
+    assert api.http.get("/api/v1/healthz").json() == {"status": "ok"}
+    api.create(api.body("e1", api.put_jpeg()))
+    api.as_("platform").get("/api/v1/feed")
+    text = api.http.get("/api/v1/metrics").text
+    assert 'gridpatrol_candidates{status="new"} 1.0' in text
+    assert (
+        'gridpatrol_api_requests_total{method="POST",route="/api/v1/candidates",status="201"} 1.0'
+        in text
+    )
+    assert (
+        'gridpatrol_api_request_seconds_count{method="PUT",route="/api/v1/evidence/{sha256}"}'
+        in text
+    )
+    assert "gridpatrol_feed_last_position 0.0" in text
+    types = api.as_("producer").get("/api/v1/types").json()
+    smoke = next(t for t in types if t["type"] == "smoke")
+    assert smoke == {
+        "type": "smoke",
+        "name_zh": "烟雾报警",
+        "name_en": "Smoke",
+        "unit": "派出所",
+        "urgent": True,
+    }
+    assert len(types) == 13
+    assert api.http.get("/api/v1/types").status_code == 401
+
+
+def test_site_file_policy_applies(db_url: str, tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        "site: {name: test, timezone: Europe/Berlin}\n"
+        "policy:\n  urgent_types: [street_vending]\n  auto_confirm: []\n  sla_minutes: 30\n"
+        "  categories: {street_vending: {scheme: SH-2015, code: '0201', name_zh: 占道经营}}\n"
+    )
+    settings = Settings(
+        database_url=db_url,
+        evidence_dir=tmp_path / "ev",
+        config=site,
+        api_tokens={"tok": {"role": "admin", "name": "root"}},  # type: ignore[dict-item]
+    )
+    with TestClient(create_app(settings)) as http:
+        http.headers["Authorization"] = "Bearer tok"
+        body = {"type": "street_vending", "urgency": "normal", "source": {"type": "camera"}}
+        doc = http.post("/api/v1/candidates", json=body, headers={"Idempotency-Key": "k"}).json()
+        assert doc["urgency"] == "immediate"
+        assert doc["category"] == {"scheme": "SH-2015", "code": "0201", "name_zh": "占道经营"}
+        assert doc["missing_elements"] == [
+            "source.source_event_id",
+            "description",
+            "occurred_at",
+            "location",
+            "severity",
+            "evidence",
+        ]
+        smoke = http.post(
+            "/api/v1/candidates",
+            json={"type": "smoke", "description": "x"},
+            headers={"Idempotency-Key": "k2"},
+        ).json()
+        assert json.dumps(smoke["status"]) == '"incomplete"'

@@ -1,0 +1,97 @@
+"""Evidence upload and download: content addressing, media checks, size limit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import zlib
+from typing import Any
+
+import pytest
+
+URL = "/api/v1/evidence"
+
+
+def png(width: int = 3, height: int = 2) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data)
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    raw = b"".join(b"\x00" + b"\x00\x00\x00" * width for _ in range(height))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def put(api: Any, data: bytes, media: str, sha: str | None = None, role: str = "producer") -> Any:
+    sha = sha or hashlib.sha256(data).hexdigest()
+    return api.as_(role).put(f"{URL}/{sha}", content=data, headers={"Content-Type": media})
+
+
+def test_jpeg_png_and_json_are_stored_once(api: Any) -> None:
+    image = api.jpeg(1)
+    first = put(api, image, "image/jpeg")
+    assert first.status_code == 201
+    assert first.json()["width"] == 64 and first.json()["height"] == 48
+    assert put(api, image, "image/jpeg").status_code == 200
+    pic = put(api, png(3, 2), "image/png")
+    assert (pic.status_code, pic.json()["width"], pic.json()["height"]) == (201, 3, 2)
+    trace = json.dumps({"n": "tilt", "v": [1, 2, 3]}).encode()
+    assert put(api, trace, "application/json; charset=utf-8").status_code == 201
+    sha = hashlib.sha256(image).hexdigest()
+    for role in ("reviewer", "platform", "admin"):
+        got = api.as_(role).get(f"{URL}/{sha}")
+        assert got.status_code == 200
+        assert got.content == image
+        assert got.headers["content-type"] == "image/jpeg"
+        assert got.headers["etag"] == f'"{sha}"'
+    cached = api.as_("reviewer").get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'})
+    assert cached.status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("data", "media", "sha", "status"),
+    [
+        (b"\xff\xd8\xff\xe0 not really a jpeg", "image/jpeg", None, 422),
+        (b"\x89PNG\r\n\x1a\nbroken", "image/png", None, 422),
+        (b"{not json", "application/json", None, 422),
+        (b"GIF89a....", "image/gif", None, 415),
+        (b"plain", "text/plain", None, 415),
+        (b'{"a": 1}', "application/json", "0" * 64, 422),
+        (b'{"a": 1}', "application/json", "ABC", 422),
+        (b'{"a": 1}', "application/json", "../../etc/passwd" + "0" * 48, 404),
+    ],
+)
+def test_refused_evidence(
+    api: Any, data: bytes, media: str, sha: str | None, status: int, tmp_path: Any
+) -> None:
+    response = put(api, data, media, sha)
+    assert response.status_code == status, response.text
+    if status != 404:  # an unroutable path is a plain 404 problem
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["status"] == status
+
+
+def test_too_large_is_413(make_api: Any) -> None:
+    api = make_api(max_evidence_bytes=1000)
+    big = json.dumps({"v": list(range(1000))}).encode()
+    response = put(api, big, "application/json")
+    assert response.status_code == 413
+    assert response.json()["status"] == 413
+    assert put(api, b'{"v": 1}', "application/json").status_code == 201
+
+
+def test_roles_and_unknown_hashes(api: Any) -> None:
+    image = api.jpeg(2)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg", role="reviewer").status_code == 403
+    assert api.http.put(f"{URL}/{sha}", content=image).status_code == 401
+    assert put(api, image, "image/jpeg", role="admin").status_code == 201
+    assert api.as_("producer").get(f"{URL}/{sha}").status_code == 403
+    assert api.as_("reviewer").get(f"{URL}/{'e' * 64}").status_code == 404
+    assert api.as_("reviewer").get(f"{URL}/not-a-hash").status_code == 404

@@ -1,0 +1,103 @@
+"""Review decisions, history, merges and auto-confirmation over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+
+def new_candidate(api: Any, event: str = "e1", **kw: Any) -> dict[str, Any]:
+    return dict(api.create(api.body(event, api.put_jpeg(), **kw)))
+
+
+def test_confirm_records_history(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    response = api.review(cid, "confirm", reason="clearly garbage")
+    assert response.status_code == 200
+    doc = response.json()
+    assert doc["status"] == "confirmed"
+    assert doc["hold_until"] is None
+    entry = doc["history"][-1]
+    assert (entry["who"], entry["action"], entry["reason"]) == (
+        "test-reviewer",
+        "confirmed",
+        "clearly garbage",
+    )
+    assert entry["at"] == api.clock.now.isoformat()
+    again = api.review(cid, "confirm")
+    assert again.status_code == 409
+    assert again.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "false_positive",
+        "duplicate",
+        "licensed_activity",
+        "out_of_jurisdiction",
+        "insufficient_evidence",
+        "other",
+    ],
+)
+def test_reject_needs_a_listed_reason_code(api: Any, code: str) -> None:
+    cid = new_candidate(api)["id"]
+    assert api.review(cid, "reject").status_code == 422
+    assert api.review(cid, "reject", reason_code="bored").status_code == 422
+    doc = api.review(cid, "reject", reason_code=code, reason="see photo").json()
+    assert doc["status"] == "rejected"
+    assert doc["history"][-1]["reason_code"] == code
+    assert api.review(cid, "confirm").status_code == 409
+
+
+def test_return_then_supplement_comes_back_as_new(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    assert api.review(cid, "return", reason="no address").json()["status"] == "returned"
+    assert api.review(cid, "confirm").status_code == 409
+    patched = api.as_("producer").patch(
+        f"/api/v1/candidates/{cid}",
+        json={"location": {"address": "大宁路 100号"}},
+        headers={"Idempotency-Key": "s1"},
+    )
+    assert patched.json()["status"] == "new"
+    assert api.review(cid, "confirm").json()["status"] == "confirmed"
+    actions = [h["action"] for h in patched.json()["history"]]
+    assert actions == ["created", "returned", "supplemented"]
+
+
+def test_merge_into_an_existing_candidate(api: Any) -> None:
+    target = new_candidate(api, "t")["id"]
+    dup = new_candidate(api, "d")["id"]
+    assert api.review(dup, "merge").status_code == 422
+    assert api.review(dup, "merge", merge_into=str(uuid.uuid4())).status_code == 422
+    assert api.review(dup, "merge", merge_into=dup).status_code == 422
+    doc = api.review(dup, "merge", merge_into=target).json()
+    assert doc["status"] == "merged"
+    assert doc["merged_into"] == target
+    got = api.as_("reviewer").get(f"/api/v1/candidates/{target}").json()
+    assert got["references"] == [dup]
+    assert got["history"][-1]["action"] == "merged_from"
+    other = new_candidate(api, "o")["id"]
+    assert api.review(other, "merge", merge_into=dup).status_code == 409
+
+
+def test_auto_confirm_types_skip_review(api: Any) -> None:
+    doc = new_candidate(api, ctype="smoke")
+    assert doc["status"] == "confirmed"
+    assert doc["urgency"] == "immediate"
+    assert doc["history"][-1]["who"] == "policy"
+    feed = api.as_("platform").get("/api/v1/feed").json()
+    assert [c["id"] for c in feed["items"]] == [doc["id"]]
+
+
+def test_review_roles_and_unknown(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    url = f"/api/v1/candidates/{cid}/review"
+    assert api.as_("producer").post(url, json={"decision": "confirm"}).status_code == 403
+    assert api.as_("platform").post(url, json={"decision": "confirm"}).status_code == 403
+    assert api.http.post(url, json={"decision": "confirm"}).status_code == 401
+    assert api.as_("reviewer").post(url, json={"decision": "approve"}).status_code == 422
+    assert api.review(str(uuid.uuid4()), "confirm").status_code == 404
+    assert api.as_("admin").post(url, json={"decision": "confirm"}).status_code == 200

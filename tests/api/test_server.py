@@ -1,0 +1,182 @@
+"""The real API process: concurrent intake, feed order under load, long-poll, events."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+
+def upload(server: Any, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    with server.client("producer") as http:
+        response = http.put(
+            f"/evidence/{sha}", content=data, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code in (200, 201)
+    return sha
+
+
+def test_twenty_concurrent_posts_of_one_key_make_one_candidate(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(1))
+    payload = api_body.body(None, sha)
+    camera = payload["source"]["camera_id"] = f"cam-{uuid.uuid4().hex[:8]}"
+    barrier = threading.Barrier(20)
+
+    def post(_i: int) -> tuple[int, dict[str, Any]]:
+        with server.client("producer") as http:
+            barrier.wait()
+            r = http.post("/candidates", json=payload, headers={"Idempotency-Key": "one-key"})
+            return r.status_code, r.json()
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(post, range(20)))
+    created = [doc for code, doc in results if code == 201]
+    assert created
+    assert {code for code, _ in results} <= {201, 409}
+    assert len({doc["id"] for doc in created}) == 1
+    with server.client("reviewer") as http:
+        items = http.get("/candidates", params={"camera_id": camera}).json()["items"]
+    assert [c["id"] for c in items] == [created[0]["id"]]
+
+
+def test_concurrent_posts_of_one_event_under_many_keys(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(2))
+    payload = api_body.body(None, sha)
+    barrier = threading.Barrier(10)
+
+    def post(i: int) -> tuple[int, str]:
+        with server.client("producer") as http:
+            barrier.wait()
+            r = http.post("/candidates", json=payload, headers={"Idempotency-Key": f"k-{i}"})
+            return r.status_code, r.json()["id"]
+
+    with ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(post, range(10)))
+    assert sorted(code for code, _ in results) == [200] * 9 + [201]
+    assert len({cid for _, cid in results}) == 1
+
+
+def feed_end(server: Any) -> str:
+    with server.client("platform") as http:
+        cursor = "0"
+        while True:
+            page = http.get("/feed", params={"cursor": cursor, "limit": 1000}).json()
+            if not page["items"]:
+                return str(page["next_cursor"])
+            cursor = page["next_cursor"]
+
+
+def test_feed_has_no_gaps_while_writers_race(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(3))
+    start = feed_end(server)
+    per_writer, writers = 15, 4
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def write(w: int) -> None:
+        with server.client("producer") as http:
+            for _i in range(per_writer):
+                body = api_body.body(None, sha, ctype="smoke")  # auto-confirmed
+                r = http.post(
+                    "/candidates", json=body, headers={"Idempotency-Key": str(uuid.uuid4())}
+                )
+                assert r.status_code == 201
+
+    def read() -> None:
+        cursor = start
+        with server.client("platform") as http:
+            while not stop.is_set() or len(seen) < per_writer * writers:
+                page = http.get("/feed", params={"cursor": cursor, "wait": 1}).json()
+                positions = list(range(int(cursor) + 1, int(page["next_cursor"]) + 1))
+                assert len(positions) == len(page["items"])
+                seen.extend(c["id"] for c in page["items"])
+                cursor = page["next_cursor"]
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(write, range(writers)))
+    stop.set()
+    reader.join(timeout=60)
+    assert not reader.is_alive()
+    assert len(seen) == per_writer * writers
+    assert len(set(seen)) == len(seen)
+
+
+def test_long_poll_returns_when_a_candidate_becomes_visible(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(4))
+    start = feed_end(server)
+    result: dict[str, Any] = {}
+
+    def poll() -> None:
+        with server.client("platform") as http:
+            params = {"wait": 25, "cursor": start}
+            result["page"] = http.get("/feed", params=params).json()
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    with server.client("producer") as http:
+        body = api_body.body(None, sha, ctype="waterlogging")
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        created = http.post("/candidates", json=body, headers=key).json()
+    poller.join(timeout=40)
+    assert [c["id"] for c in result["page"]["items"]] == [created["id"]]
+    assert result["page"]["next_cursor"] == str(int(start) + 1)
+
+
+def test_server_sent_events(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(5))
+    events: list[tuple[str, dict[str, Any]]] = []
+    cid = str(uuid.uuid4())
+    wanted = {"id": cid}
+    connected = threading.Event()
+
+    def listen() -> None:
+        with server.client("reviewer") as http, http.stream("GET", "/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            kind = ""
+            for line in stream.iter_lines():
+                connected.set()
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: "):
+                    data = json.loads(line.removeprefix("data: "))
+                    if data["id"] == wanted.get("id"):
+                        events.append((kind, data))
+                    if len(events) == 2:
+                        return
+
+    listener = threading.Thread(target=listen)
+    listener.start()
+    assert connected.wait(20)
+    with server.client("producer") as http:
+        body = {**api_body.body(None, sha), "id": cid}
+        doc = http.post("/candidates", json=body, headers={"Idempotency-Key": cid}).json()
+    with server.client("reviewer") as http:
+        http.post(f"/candidates/{doc['id']}/review", json={"decision": "confirm"})
+    listener.join(timeout=30)
+    assert [k for k, _ in events] == ["candidate.created", "candidate.changed"]
+    assert events[0][1]["id"] == doc["id"]
+    assert events[0][1]["camera_id"] == "cam-1"
+    assert events[1][1]["status"] == "confirmed"
+    assert set(events[0][1]) == {"id", "status", "type", "camera_id", "sensor_id", "updated_at"}
+
+
+def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
+    env = {"GRIDPATROL_DATABASE_URL": f"sqlite:///{tmp_path}/x.db", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "no API tokens" in proc.stderr

@@ -1,0 +1,79 @@
+"""Later stages reported by the platform, SLA, and statistics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+
+def stage(api: Any, cid: str, name: str, at: Any = None) -> Any:
+    payload = {"stage": name}
+    if at is not None:
+        payload["at"] = at.isoformat()
+    return api.as_("platform").post(f"/api/v1/candidates/{cid}/status", json=payload)
+
+
+def test_stages_in_order_with_arrive_by(api: Any) -> None:
+    cid = api.create(api.body("a", api.put_jpeg()))["id"]
+    assert stage(api, cid, "registered").status_code == 409  # not confirmed yet
+    api.review(cid, "confirm")
+    assert stage(api, cid, "dispatched").status_code == 409
+    assert stage(api, cid, "registered").json()["status"] == "registered"
+    assert stage(api, cid, "registered").status_code == 200  # a retry changes nothing
+    dispatched = api.clock.now + timedelta(minutes=1)
+    doc = stage(api, cid, "dispatched", dispatched).json()
+    assert doc["arrive_by"] == (dispatched + timedelta(minutes=15)).isoformat()
+    for name in ("arrived", "resolved", "verified", "closed"):
+        doc = stage(api, cid, name).json()
+        assert doc["status"] == name
+    assert list(doc["stages"]) == [
+        "registered",
+        "dispatched",
+        "arrived",
+        "resolved",
+        "verified",
+        "closed",
+    ]
+    assert [h["who"] for h in doc["history"][-6:]] == ["test-platform"] * 6
+    assert stage(api, cid, "verified").status_code == 409
+    assert (
+        api.as_("reviewer")
+        .post(f"/api/v1/candidates/{cid}/status", json={"stage": "closed"})
+        .status_code
+        == 403
+    )
+    assert stage(api, cid, "teleported").status_code == 422
+
+
+def test_stats_counts_precision_and_sla(api: Any) -> None:
+    sha = api.put_jpeg()
+    ids = []
+    for i, camera in enumerate(["cam-1", "cam-1", "cam-2", "cam-2"]):
+        body = api.body(f"e{i}", sha)
+        body["source"]["camera_id"] = camera
+        ids.append(api.create(body)["id"])
+    api.review(ids[0], "confirm")
+    api.review(ids[1], "reject", reason_code="false_positive")
+    api.review(ids[2], "confirm")
+    api.review(ids[3], "reject", reason_code="licensed_activity")
+    late, waiting = ids[0], ids[2]
+    now = api.clock.now
+    for cid in (late, waiting):
+        stage(api, cid, "registered", now)
+        stage(api, cid, "dispatched", now)
+    stage(api, late, "arrived", now + timedelta(minutes=20))
+    stats = api.as_("reviewer").get("/api/v1/stats").json()
+    assert stats["total"] == 4
+    assert stats["by_type"] == {"garbage_overflow": 4}
+    assert stats["by_camera"] == {"cam-1": 2, "cam-2": 2}
+    assert stats["by_status"] == {"arrived": 1, "dispatched": 1, "rejected": 2}
+    assert stats["by_day"] == {"2026-11-27": 4}
+    assert stats["precision_by_type"]["garbage_overflow"]["precision"] == 2 / 3
+    assert stats["precision_by_camera"]["cam-1"]["precision"] == 0.5
+    assert stats["precision_by_camera"]["cam-2"]["precision"] == 1.0
+    assert stats["sla"]["breaches"] == 1
+    assert [b["id"] for b in stats["sla_breaches"]] == [late]
+    api.clock.advance(minutes=16)
+    stats = api.as_("reviewer").get("/api/v1/stats").json()
+    assert sorted(b["id"] for b in stats["sla_breaches"]) == sorted([late, waiting])
+    assert api.as_("platform").get("/api/v1/stats").status_code == 403
