@@ -81,11 +81,11 @@ def create_body(
 
 
 def update_patch(item: AlarmInput, effect: Effect) -> JsonDict:
-    patch: JsonDict = {
-        "alarm": alarm_block(effect, item.alarm_type),
-        "severity": effect.alarm.severity,
-    }
-    if item.measurements:
+    """A repeat updates count, last_seen, severity and measurements; a clear only last_seen."""
+    patch: JsonDict = {"alarm": alarm_block(effect, item.alarm_type)}
+    if effect.kind == "update":
+        patch["severity"] = effect.alarm.severity
+    if item.measurements and effect.kind == "update":
         patch["measurements"] = senml(item.measurements)
     return patch
 

@@ -73,6 +73,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         log.error("%s", exc)
         return 2
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     prefix = site.mqtt.prefix
     state_dir = Path(os.environ.get("GRIDPATROL_STATE_DIR") or "var/state")
     outbox = Outbox(state_dir / "bridge.db", ApiClient.from_env(), component=COMPONENT)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict
+from dataclasses import astuple
 from typing import Any
 
 from gridpatrol.alarm_bridge.lifecycle import AlarmState
+from gridpatrol.api.client import merge_patches
 
 TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
 
@@ -40,6 +41,11 @@ CREATE TABLE IF NOT EXISTS bridge_trace (
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS bridge_trace_sensor ON bridge_trace (sensor_id, id);
+CREATE TABLE IF NOT EXISTS bridge_pending_patch (
+    candidate_id TEXT PRIMARY KEY,
+    body TEXT NOT NULL,
+    since REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bridge_seen (
     sensor_id TEXT PRIMARY KEY,
     last_heard REAL NOT NULL
@@ -74,13 +80,13 @@ def load_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str) -> Ala
     ).fetchone()
     if row is None:
         return AlarmState()
-    return AlarmState(**json.loads(row[0]))
+    return AlarmState(*json.loads(row[0]))
 
 
 def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
-        (sensor_id, alarm_type, json.dumps(asdict(st))),
+        (sensor_id, alarm_type, json.dumps(astuple(st))),
     )
 
 
@@ -98,11 +104,16 @@ def save_seq(conn: sqlite3.Connection, sensor_id: str, boot_id: str | None, seq:
 
 
 def append_trace(conn: sqlite3.Connection, sensor_id: str, entry: dict[str, Any]) -> None:
-    conn.execute(
+    cur = conn.execute(
         "INSERT INTO bridge_trace (sensor_id, entry) VALUES (?, ?)",
         (sensor_id, json.dumps(entry, ensure_ascii=False)),
     )
-    # Bounded ring: only the newest TRACE_LEN rows of each sensor stay.
+    # Bounded ring: only the newest TRACE_LEN rows of each sensor stay (pruned now and then).
+    if (cur.lastrowid or 0) % 16 == 0:
+        prune_trace(conn, sensor_id)
+
+
+def prune_trace(conn: sqlite3.Connection, sensor_id: str) -> None:
     conn.execute(
         "DELETE FROM bridge_trace WHERE sensor_id = ? AND id < (SELECT id FROM bridge_trace"
         " WHERE sensor_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -118,6 +129,34 @@ def trace(conn: sqlite3.Connection, sensor_id: str) -> list[dict[str, Any]]:
     return [json.loads(r[0]) for r in reversed(rows)]
 
 
+def pend_patch(
+    conn: sqlite3.Connection, candidate_id: str, patch: dict[str, Any], now: float
+) -> None:
+    """Merge ``patch`` into the candidate's pending update (repeats coalesce into one PATCH)."""
+    row = conn.execute(
+        "SELECT body, since FROM bridge_pending_patch WHERE candidate_id = ?", (candidate_id,)
+    ).fetchone()
+    body, since = (merge_patches(json.loads(row[0]), patch), row[1]) if row else (patch, now)
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_pending_patch (candidate_id, body, since) VALUES (?, ?, ?)",
+        (candidate_id, json.dumps(body, ensure_ascii=False), since),
+    )
+
+
+def oldest_pending(conn: sqlite3.Connection) -> float | None:
+    row = conn.execute("SELECT MIN(since) FROM bridge_pending_patch").fetchone()
+    return float(row[0]) if row and row[0] is not None else None
+
+
+def take_pending(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
+    """Every pending update, oldest first, removed from the table (same transaction)."""
+    rows = conn.execute(
+        "SELECT candidate_id, body FROM bridge_pending_patch ORDER BY since"
+    ).fetchall()
+    conn.execute("DELETE FROM bridge_pending_patch")
+    return [(cid, json.loads(body)) for cid, body in rows]
+
+
 def heard(conn: sqlite3.Connection, sensor_id: str, now: float) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO bridge_seen (sensor_id, last_heard) VALUES (?, ?)",
@@ -127,3 +166,59 @@ def heard(conn: sqlite3.Connection, sensor_id: str, now: float) -> None:
 
 def last_heard(conn: sqlite3.Connection) -> dict[str, float]:
     return {s: float(t) for s, t in conn.execute("SELECT sensor_id, last_heard FROM bridge_seen")}
+
+
+class StateBatch:
+    """Write-behind view of the state tables for one transaction.
+
+    A batch touches the same few sensors many times; reading and writing their state once
+    per batch instead of once per message keeps the bridge ahead of a chattering field.
+    ``flush`` must run before the transaction commits.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self._states: dict[tuple[str, str], AlarmState] = {}
+        self._seqs: dict[str, tuple[str | None, int]] = {}
+        self._heard: dict[str, float] = {}
+        self._patches: dict[str, tuple[dict[str, Any], float]] = {}
+
+    def state(self, sensor_id: str, alarm_type: str) -> AlarmState:
+        key = (sensor_id, alarm_type)
+        found = self._states.get(key)
+        if found is None:
+            found = self._states[key] = load_state(self.conn, sensor_id, alarm_type)
+        return found
+
+    def set_state(self, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
+        self._states[(sensor_id, alarm_type)] = st
+
+    def last_seq(self, sensor_id: str) -> tuple[str | None, int] | None:
+        if sensor_id in self._seqs:
+            return self._seqs[sensor_id]
+        return last_seq(self.conn, sensor_id)
+
+    def set_seq(self, sensor_id: str, boot_id: str | None, seq: int) -> None:
+        self._seqs[sensor_id] = (boot_id, seq)
+
+    def heard(self, sensor_id: str, now: float) -> None:
+        self._heard[sensor_id] = max(now, self._heard.get(sensor_id, now))
+
+    def pend_patch(self, candidate_id: str, patch: dict[str, Any], now: float) -> None:
+        old = self._patches.get(candidate_id)
+        merged = (merge_patches(old[0], patch), old[1]) if old else (patch, now)
+        self._patches[candidate_id] = merged
+
+    def flush(self) -> None:
+        for (sensor_id, alarm_type), st in self._states.items():
+            save_state(self.conn, sensor_id, alarm_type, st)
+        for sensor_id, (boot_id, seq) in self._seqs.items():
+            save_seq(self.conn, sensor_id, boot_id, seq)
+        for sensor_id, now in self._heard.items():
+            heard(self.conn, sensor_id, now)
+        for candidate_id, (patch, since) in self._patches.items():
+            pend_patch(self.conn, candidate_id, patch, since)
+        self._states.clear()
+        self._seqs.clear()
+        self._heard.clear()
+        self._patches.clear()

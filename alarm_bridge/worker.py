@@ -10,6 +10,7 @@ so a slow camera never holds up an alarm.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import queue
@@ -35,6 +36,8 @@ from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic
 from gridpatrol.site import Sensor, Site
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from gridpatrol.api.client import Outbox, OutboxTxn
     from gridpatrol.ingest.mqtt import Message, MqttConnection
 
@@ -46,6 +49,11 @@ SILENCE_FACTOR = 3.0
 DEDUP_RETENTION_S = 7 * 86400
 SNAPSHOT_TIMEOUT_S = 5.0
 SNAPSHOT_QUEUE = 256
+SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay the others
+# Repeats of an active alarm are merged for this long into one PATCH per candidate: a
+# chattering sensor costs the API a request per second, not one per message.
+PATCH_COALESCE_S = 1.0
+PATCH_CHECK_S = 0.2
 
 
 @dataclass
@@ -73,10 +81,24 @@ class DeadLetter:
     received_at: datetime
 
 
+@dataclass(frozen=True)
+class NewCandidate:
+    candidate_id: str
+    trace: bytes
+    body: dict[str, object]
+
+
 @dataclass
 class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     snapshots: list[tuple[str, str]] = field(default_factory=list)  # (candidate id, camera id)
+    creates: list[NewCandidate] = field(default_factory=list)
+    view: store.StateBatch | None = None
+
+    def state(self, conn: sqlite3.Connection) -> store.StateBatch:
+        if self.view is None:
+            self.view = store.StateBatch(conn)
+        return self.view
 
 
 class BridgeCore:
@@ -114,15 +136,16 @@ class BridgeCore:
         if not store.claim(conn, adapted.sensor_id, adapted.event_key, now):
             self.counts.duplicates += 1
             return
-        store.heard(conn, adapted.sensor_id, now)
+        view = out.state(conn)
+        view.heard(adapted.sensor_id, now)
         self._back_online(txn, self.registry[adapted.sensor_id], now, out)
         first = adapted.inputs[0]
         if first.seq is not None:
-            if not seq_in_order(store.last_seq(conn, first.sensor.id), first.boot_id, first.seq):
+            if not seq_in_order(view.last_seq(first.sensor.id), first.boot_id, first.seq):
                 self.counts.out_of_order += 1
                 log.info("sensor %s: seq %s out of order, ignored", first.sensor.id, first.seq)
                 return
-            store.save_seq(conn, first.sensor.id, first.boot_id, first.seq)
+            view.set_seq(first.sensor.id, first.boot_id, first.seq)
         for item in adapted.inputs:
             store.append_trace(conn, item.sensor.id, _trace_entry(item))
             self._advance(txn, item, now, out)
@@ -136,10 +159,10 @@ class BridgeCore:
         out.dead.append(DeadLetter(why.reason, topic, payload, received_at))
 
     def _advance(self, txn: OutboxTxn, item: AlarmInput, now: float, out: BatchResult) -> None:
-        conn = txn.conn
-        state = store.load_state(conn, item.sensor.id, item.alarm_type)
+        view = out.state(txn.conn)
+        state = view.state(item.sensor.id, item.alarm_type)
         new_state, effects = step(state, item.event, item.t)
-        store.save_state(conn, item.sensor.id, item.alarm_type, new_state)
+        view.set_state(item.sensor.id, item.alarm_type, new_state)
         for effect in effects:
             self._apply(txn, item, effect, now, out)
 
@@ -149,9 +172,9 @@ class BridgeCore:
         if effect.kind == "raise":
             assert effect.alarm.alarm_id is not None
             trace = _trace_document(item.sensor, store.trace(txn.conn, item.sensor.id))
-            sha = txn.add_evidence(trace, "application/json")
+            sha = hashlib.sha256(trace).hexdigest()
             body = candidates.create_body(item, effect, self.site.policy, sha, now)
-            txn.create_candidate(body, effect.alarm.alarm_id)
+            out.creates.append(NewCandidate(effect.alarm.alarm_id, trace, body))
             self.counts.created += 1
             log.info(
                 "sensor %s: %s raised as candidate %s",
@@ -163,7 +186,8 @@ class BridgeCore:
                 out.snapshots.append((effect.alarm.alarm_id, item.sensor.camera))
         elif effect.kind in ("update", "clear"):
             assert effect.alarm.alarm_id is not None
-            txn.patch_candidate(effect.alarm.alarm_id, candidates.update_patch(item, effect))
+            patch = candidates.update_patch(item, effect)
+            out.state(txn.conn).pend_patch(effect.alarm.alarm_id, patch, now)
             if effect.kind == "update":
                 self.counts.updated += 1
             else:
@@ -171,6 +195,26 @@ class BridgeCore:
                 log.info("sensor %s: %s cleared", item.sensor.id, item.alarm_type)
         else:
             self.counts.ignored += 1
+
+    def finish(self, txn: OutboxTxn, out: BatchResult) -> None:
+        """Queue the batch's new candidates: every trace first, then the creates together.
+
+        Adjacent creates leave the outbox as one batch request; a trace is uploaded before
+        the create that refers to it.
+        """
+        if out.view is not None:
+            out.view.flush()
+        for new in out.creates:
+            txn.add_evidence(new.trace, "application/json")
+        for new in out.creates:
+            txn.create_candidate(new.body, new.candidate_id)
+
+    def flush_patches(self, txn: OutboxTxn) -> int:
+        """Move the coalesced updates into the outbox (after the creates they follow)."""
+        pending = store.take_pending(txn.conn)
+        for candidate_id, patch in pending:
+            txn.patch_candidate(candidate_id, patch)
+        return len(pending)
 
     # -- device_offline -------------------------------------------------------------------------
 
@@ -190,17 +234,17 @@ class BridgeCore:
             self.counts.ignored += 1  # retained status of a sensor no longer in the site file
             return
         text = payload.strip().lower()
-        state = store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE)
-        if text == b"offline" and not state.active:
+        view = out.state(txn.conn)
+        if text == b"offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
             # The device's last will: a state, so only its edge raises (it is retained).
             item = self._offline_input(sensor, f"lwt:{now:.6f}", "raise", now)
             self._advance(txn, item, now, out)
         elif text == b"online":
-            store.heard(txn.conn, sensor.id, now)
+            view.heard(sensor.id, now)
             self._back_online(txn, sensor, now, out)
 
     def _back_online(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
-        if store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE).active:
+        if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
             item = self._offline_input(sensor, f"online:{now:.6f}", "clear", now)
             self._advance(txn, item, now, out)
 
@@ -216,7 +260,7 @@ class BridgeCore:
             last = heard.get(sensor.id, self.started_at)
             if now - last <= SILENCE_FACTOR * sensor.expected_interval_s:
                 continue
-            if store.load_state(txn.conn, sensor.id, DEVICE_OFFLINE).active:
+            if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
                 continue
             item = self._offline_input(sensor, f"silence:{last:.6f}", "raise", now)
             self._advance(txn, item, now, out)
@@ -280,42 +324,65 @@ class Bridge:
         self._stop = threading.Event()
         self._snapshots: queue.Queue[tuple[str, str]] = queue.Queue(SNAPSHOT_QUEUE)
         self._newest: dict[str, bytes] = {}
+        self._due: dict[str, float] = {}
+        self._received_at_progress = 0
         with outbox.transaction() as txn:
             store.init(txn.conn)
         self._sub = mqtt.subscribe(f"{self.prefix}/sensors/#", qos=1, maxsize=20000)
+        # The newest frame of each linked camera: the snapshot fallback.
+        linked = sorted({s.camera for s in site.sensors if s.camera is not None})
+        self._frame_subs = {}
+        if media is not None:
+            self._frame_subs = {
+                cam: media.subscribe(frame_topic(self.prefix, cam), qos=0, maxsize=2)
+                for cam in linked
+            }
 
     def stop(self) -> None:
         self._stop.set()
 
     def run(self) -> None:
-        media_thread = None
-        if self.media is not None:
-            media_thread = threading.Thread(target=self._media_loop, name="bridge-media")
-            media_thread.start()
-        last_silence = last_progress = last_prune = 0.0
-        done_at_progress = 0
+        media_threads = [
+            threading.Thread(target=self._media_loop, name=f"bridge-media-{i}")
+            for i in range(SNAPSHOT_WORKERS if self.media is not None else 0)
+        ]
+        for thread in media_threads:
+            thread.start()
         try:
             while not self._stop.is_set():
                 self._one_batch()
-                now = self.clock()
-                if now - last_silence >= 1.0:
-                    last_silence = now
-                    self._silence(now)
-                if now - last_prune >= 3600:
-                    last_prune = now
-                    with self.outbox.transaction() as txn:
-                        store.prune_dedup(txn.conn, now - DEDUP_RETENTION_S)
-                if now - last_progress >= self.progress_s:
-                    rate = (self.core.counts.received - done_at_progress) / max(
-                        now - last_progress, 1e-6
-                    )
-                    if last_progress:
-                        self._progress(rate)
-                    last_progress, done_at_progress = now, self.core.counts.received
+                self._housekeeping(self.clock())
         finally:
             self._stop.set()
-            if media_thread is not None:
-                media_thread.join(SNAPSHOT_TIMEOUT_S + 2)
+            self._flush_patches()
+            for thread in media_threads:
+                thread.join(SNAPSHOT_TIMEOUT_S + 2)
+
+    def _housekeeping(self, now: float) -> None:
+        due = self._due
+        if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
+            due["patches"] = now
+            with self.outbox.transaction() as txn:
+                oldest = store.oldest_pending(txn.conn)
+            if oldest is not None and now - oldest >= PATCH_COALESCE_S:
+                self._flush_patches()
+        if now - due.get("silence", 0.0) >= 1.0:
+            due["silence"] = now
+            self._silence(now)
+        if now - due.get("prune", 0.0) >= 3600:
+            due["prune"] = now
+            with self.outbox.transaction() as txn:
+                store.prune_dedup(txn.conn, now - DEDUP_RETENTION_S)
+        if now - due.get("progress", now) >= self.progress_s:
+            received = self.core.counts.received
+            self._progress((received - self._received_at_progress) / (now - due["progress"]))
+            self._received_at_progress = received
+            due["progress"] = now
+        due.setdefault("progress", now)
+
+    def _flush_patches(self) -> None:
+        with self.outbox.transaction() as txn:
+            self.core.flush_patches(txn)
 
     def _collect(self) -> list[Message]:
         first = self._sub.get(timeout=0.2)
@@ -337,6 +404,7 @@ class Bridge:
         with self.outbox.transaction() as txn:
             for message in messages:
                 self.core.handle(txn, message.topic, message.payload, message.received_at, out)
+            self.core.finish(txn, out)
         for dead in out.dead:
             body = dead_letter(dead.reason, dead.topic, dead.payload, dead.received_at)
             self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
@@ -349,6 +417,7 @@ class Bridge:
         out = BatchResult()
         with self.outbox.transaction() as txn:
             self.core.check_silence(txn, now, out)
+            self.core.finish(txn, out)
         self._queue_snapshots(out)
 
     def _queue_snapshots(self, out: BatchResult) -> None:
@@ -378,14 +447,8 @@ class Bridge:
     # -- snapshots (side thread) ------------------------------------------------------------------
 
     def _media_loop(self) -> None:
-        assert self.media is not None
-        cameras = sorted({s.camera for s in self.core.site.sensors if s.camera is not None})
-        frame_subs = {
-            cam: self.media.subscribe(frame_topic(self.prefix, cam), qos=0, maxsize=2)
-            for cam in cameras
-        }
         while not self._stop.is_set():
-            for cam, sub in frame_subs.items():
+            for cam, sub in self._frame_subs.items():
                 for message in sub.drain():
                     self._newest[cam] = message.payload
             try:
