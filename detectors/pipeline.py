@@ -140,7 +140,13 @@ class CameraPipeline:
         # Patrol cameras are seen every interval_s: keep tracks (and the stationarity window)
         # across a few intervals so a parked car keeps its id between visits.
         interval = camera.interval_s if camera.interval_s is not None else 1 / camera.sample_fps
-        self.tracker = Tracker(lost_s=max(3.0, 2.5 * interval), history_s=max(10.0, 2.5 * interval))
+        # An object a rule would accept must be able to start a track.
+        floors = [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
+        self.tracker = Tracker(
+            high_conf=min([Tracker.high_conf, *floors]),
+            lost_s=max(3.0, 2.5 * interval),
+            history_s=max(10.0, 2.5 * interval),
+        )
         self.zones = [
             _ZoneRuntime(
                 zone=z,
@@ -280,7 +286,7 @@ class CameraPipeline:
             observed_s=motion.observed_s[idx],
             new_object=new_object,
             zone_box=zone_box,
-            zone_area_px=float(zr.geometry.mask(frame_size).sum()),
+            zone_area_px=float(zr.geometry.area(frame_size)),
             scene=scene,
             head_thresholds=self.head_thresholds,
             static_fraction=static_fraction,

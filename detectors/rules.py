@@ -71,10 +71,10 @@ class ZoneObservation:
     def of(
         self, wanted: list[str] | tuple[str, ...] | frozenset[str], min_conf: float
     ) -> NDArray[np.bool_]:
-        names = np.asarray(self.labels, dtype=object)
-        if len(names) == 0:
-            return np.zeros(0, dtype=bool)
-        found: NDArray[np.bool_] = np.isin(names, list(wanted)) & (self.confidence >= min_conf)
+        # A dozen labels per zone: a set lookup beats np.isin on strings by far.
+        classes = set(wanted)
+        named = np.fromiter((lab in classes for lab in self.labels), bool, len(self.labels))
+        found: NDArray[np.bool_] = named & (self.confidence >= min_conf)
         return found
 
     def stationary(self, max_displacement: float) -> NDArray[np.bool_]:

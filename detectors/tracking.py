@@ -233,7 +233,12 @@ class Tracker:
     def _remember(self, track: Track, t: float) -> None:
         cx = float(track.box[0] + track.box[2]) / 2
         cy = float(track.box[1] + track.box[3]) / 2
-        track.history.append((t, cx, cy))
+        hist = track.history
+        if len(hist) >= 2 and t - hist[-2][0] < self.history_s / 20:
+            # Enough samples for this stretch already: keep the newest position only.
+            hist[-1] = (t, cx, cy)
+        else:
+            hist.append((t, cx, cy))
         while len(track.history) > 2 and t - track.history[1][0] >= self.history_s:
             track.history.pop(0)
 

@@ -47,6 +47,7 @@ class ZoneGeometry:
 
     polygon: tuple[tuple[float, float], ...]
     _masks: dict[Size, NDArray[np.bool_]] = field(default_factory=dict, repr=False)
+    _areas: dict[Size, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, polygon: Sequence[tuple[float, float]]) -> ZoneGeometry:
@@ -57,6 +58,13 @@ class ZoneGeometry:
         if cached is None:
             # A handful of sizes per camera (frame, background): the cache stays tiny.
             cached = self._masks[size] = rasterise(self.polygon, size)
+        return cached
+
+    def area(self, size: Size) -> int:
+        """Pixels of the zone at ``size`` (cached with the mask)."""
+        cached = self._areas.get(size)
+        if cached is None:
+            cached = self._areas[size] = int(self.mask(size).sum())
         return cached
 
     @property

@@ -22,6 +22,7 @@ def test_mask_is_rasterised_at_the_frame_size_and_cached() -> None:
     assert mask[60, 10] and not mask[10, 10] and not mask[60, 250]
     assert LOWER_LEFT.mask((300, 90)) is mask
     assert abs(mask.mean() - (0.5 * 2 / 3)) < 0.02
+    assert LOWER_LEFT.area((300, 90)) == int(mask.sum())
 
 
 @pytest.mark.parametrize(
