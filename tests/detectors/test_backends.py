@@ -52,11 +52,8 @@ def test_letterbox_is_pixel_identical_to_ultralytics(height: int, width: int) ->
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     ours = prepare(image, 640)
     theirs = LetterBox(new_shape=(640, 640), auto=False, stride=32)(image=image)
-    expected = theirs[..., ::-1].transpose(2, 0, 1)[None]  # RGB, NCHW
-    assert ours.tensor.shape == (1, 3, 640, 640) and ours.tensor.dtype == np.float32
-    # Same pixels; the float scaling differs from x / 255 by at most one ulp.
-    np.testing.assert_array_equal(np.rint(ours.tensor * 255.0).astype(np.uint8), expected)
-    np.testing.assert_allclose(ours.tensor, expected / np.float32(255.0), rtol=0, atol=1e-7)
+    assert ours.tensor.shape == (1, 640, 640, 3) and ours.tensor.dtype == np.uint8
+    np.testing.assert_array_equal(ours.tensor[0], theirs)
     assert ours.shape == (height, width)
     scale = min(640 / height, 640 / width)
     assert ours.letterbox.scale == pytest.approx(scale)
@@ -123,6 +120,25 @@ def test_batches_keep_order_and_match_single_calls(
         np.testing.assert_array_equal(result.detections.xyxy, single.detections.xyxy)
         assert result.detections.class_id.tolist() == single.detections.class_id.tolist()
     assert backend.infer([]) == []
+
+
+def test_stream_keeps_order_over_a_lazy_source(backend: Backend, bus: NDArray[np.uint8]) -> None:
+    assert isinstance(backend, OpenVinoBackend)
+    zidane = np.asarray(cv2.imread(str(ASSETS / "zidane.jpg")), dtype=np.uint8)
+    pulled: list[int] = []
+
+    def source() -> Iterator[tuple[int, NDArray[np.uint8]] | None]:
+        for k in range(7):
+            pulled.append(k)
+            yield None if k == 3 else (k, bus if k % 2 else zidane)
+
+    out = list(backend.stream(source()))
+    assert [k for k, _ in out] == [0, 1, 2, 4, 5, 6]
+    singles = {k: backend.infer([bus if k % 2 else zidane])[0] for k in (0, 1)}
+    for k, result in out:
+        expected = singles[k % 2]
+        np.testing.assert_array_equal(result.detections.xyxy, expected.detections.xyxy)
+    assert pulled == list(range(7))
 
 
 def test_feature_nodes_come_from_the_same_forward_pass(
