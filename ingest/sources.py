@@ -177,11 +177,11 @@ class CameraOutput:
             self._seq += 1
             frame = Frame(header, jpeg)
             self.latest = frame
+        self.set_status(True)  # before the frame: a watcher never sees frames of an offline camera
         if self.conn.publish(self.topic, encode_frame(header, jpeg), qos=0):
             self.stats.published += 1
         else:
             self.stats.dropped += 1
-        self.set_status(True)
         return frame
 
     def set_status(self, online: bool, force: bool = False) -> None:

@@ -1,0 +1,161 @@
+"""HTTP snapshot cameras, unreachable RTSP cameras and patrol boosts via ``gridpatrol ingest``."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.ingest.messages import Frame, decode_frame
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
+from gridpatrol.ingest.topics import patrol_boost_topic
+
+SHARED = "mqtt://127.0.0.1:1883"
+
+
+def make_jpeg(width: int, height: int) -> bytes:
+    image = np.zeros((height, width, 3), np.uint8)
+    cv2.rectangle(image, (10, 10), (width // 2, height // 2), (0, 200, 255), -1)
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(buf.tobytes())
+
+
+class SnapshotServer:
+    """An HTTP camera: ``/snap.jpg`` returns a 640x360 JPEG until ``broken`` is set."""
+
+    def __init__(self) -> None:
+        self.image = make_jpeg(640, 360)
+        self.broken = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if server.broken.is_set() or self.path != "/snap.jpg":
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(server.image)))
+                self.end_headers()
+                self.wfile.write(server.image)
+
+            def log_message(self, *_args: Any) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/snap.jpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def http_camera() -> Iterator[SnapshotServer]:
+    server = SnapshotServer()
+    yield server
+    server.httpd.shutdown()
+
+
+def frames_of(seen: list[Message], camera: str) -> list[Frame]:
+    return [
+        decode_frame(m.payload, topic_camera_id=camera, received_at=m.received_at)
+        for m in seen
+        if m.topic.endswith(f"/cameras/{camera}/frame")
+    ]
+
+
+def last_status(seen: list[Message], camera: str) -> bytes | None:
+    found = [m.payload for m in seen if m.topic.endswith(f"/cameras/{camera}/status")]
+    return found[-1] if found else None
+
+
+def test_http_snapshot_cameras(
+    http_camera: SnapshotServer,
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+) -> None:
+    site = site_file(
+        f"  - {{id: h1, source: '{http_camera.url}', fps: 4, resize: [320, 180], "
+        "location: {address: a}}\n"
+        f"  - {{id: h2, source: '{http_camera.url}', fps: 4, location: {{address: b}}}}\n"
+    )
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-h"])
+    seen = watcher.collect(lambda s: min(len(frames_of(s, "h1")), len(frames_of(s, "h2"))) >= 3)
+    resized, passed = frames_of(seen, "h1")[:3], frames_of(seen, "h2")[:3]
+    assert [f.header.seq for f in resized] == [0, 1, 2]
+    assert {(f.header.width, f.header.height) for f in resized} == {(320, 180)}
+    assert {f.image for f in passed} == {http_camera.image}  # no resize: passed through
+    assert {(f.header.width, f.header.height) for f in passed} == {(640, 360)}
+    http_camera.broken.set()
+    seen = watcher.collect(lambda s: last_status(s, "h1") == last_status(s, "h2") == b"offline")
+    assert (last_status(seen, "h1"), last_status(seen, "h2")) == (b"offline", b"offline")
+    http_camera.broken.clear()
+    count = len(frames_of(seen, "h1"))
+    seen = watcher.collect(lambda s: len(frames_of(s, "h1")) > count, timeout=30)
+    assert last_status(seen, "h1") == b"online"  # back by itself after the backoff
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    assert "snapshot failed" in err
+
+
+def test_an_unreachable_rtsp_camera_is_offline_and_retried(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    site = site_file(
+        f"  - {{id: r1, source: 'rtsp://user:secret@127.0.0.1:{port}/live', fps: 2, "
+        "location: {address: a}}\n"
+    )
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/r1/status", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-r"])
+    seen = watcher.collect(lambda s: last_status(s, "r1") == b"offline", timeout=40)
+    assert last_status(seen, "r1") == b"offline"
+    time.sleep(2)  # long enough for a retry after the 1 s backoff
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(40)
+    assert code == 0, err
+    assert err.count("camera r1: cannot open") >= 2
+    assert "secret" not in err  # credentials never reach the log
+
+
+def test_a_boosted_patrol_camera_is_visited_more_often(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    cams = "".join(
+        f"  - {{id: {c}, source: $FOOTAGE, interval_s: 0.05, location: {{address: a}}}}\n"
+        for c in ("p1", "p2")
+    )
+    site = site_file(cams, max_fps=4)
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/+/frame", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-p"])
+    seen = watcher.collect(lambda s: len(s) >= 4, timeout=30)
+    before = len(seen)
+    conn = MqttConnection("worker", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start()
+    boost = json.dumps({"factor": 8, "duration_s": 120}).encode()
+    assert conn.publish_wait(patrol_boost_topic(mqtt_prefix, "p1"), boost, qos=1)
+    conn.stop()
+    seen = watcher.collect(lambda s: len(s) >= before + 30, timeout=60)
+    after = seen[before + 3 :]  # visits already decided before the boost arrived
+    p1 = sum(m.topic.endswith("/p1/frame") for m in after)
+    p2 = len(after) - p1
+    assert p1 >= 4 * p2, (p1, p2)
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    assert "camera p1: patrol boosted x8" in err
