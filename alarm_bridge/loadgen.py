@@ -14,7 +14,7 @@ from typing import Any
 
 from gridpatrol.ingest.topics import sensor_alarm_topic
 
-CYCLE = 100  # messages per alarm per sensor: raise, CYCLE - 2 updates, clear
+CYCLE = 100  # default messages per alarm per sensor: raise, CYCLE - 2 updates, clear
 T_BASE = 1_790_000_000.0
 
 
@@ -45,9 +45,9 @@ def sensor_id(index: int) -> str:
     return f"lg-{index:04d}"
 
 
-def _envelope(sensor: str, j: int, run: str) -> bytes:
-    phase = j % CYCLE
-    transition = "raise" if phase == 0 else "clear" if phase == CYCLE - 1 else "update"
+def _envelope(sensor: str, j: int, run: str, cycle: int) -> bytes:
+    phase = j % cycle
+    transition = "raise" if phase == 0 else "clear" if phase == cycle - 1 else "update"
     body: dict[str, Any] = {
         "schema": "gridalarm/1",
         "event_id": f"{run}-{j}",
@@ -64,24 +64,31 @@ def _envelope(sensor: str, j: int, run: str) -> bytes:
 
 
 def traffic(
-    prefix: str, sensors: int, alarms: int, *, run: str = "r1", invalid_every: int = 0
+    prefix: str,
+    sensors: int,
+    alarms: int,
+    *,
+    run: str = "r1",
+    invalid_every: int = 0,
+    cycle: int = CYCLE,
 ) -> Iterator[tuple[str, bytes]]:
     """``alarms`` valid envelopes round-robin over the sensors, plus an invalid message (a
-    unique bad-JSON payload) after every ``invalid_every`` of them."""
+    unique bad-JSON payload) after every ``invalid_every`` of them. Each sensor cycles
+    through raise, ``cycle - 2`` updates and a clear."""
     for i in range(alarms):
         sensor = sensor_id(i % sensors)
-        yield sensor_alarm_topic(prefix, sensor), _envelope(sensor, i // sensors, run)
+        yield sensor_alarm_topic(prefix, sensor), _envelope(sensor, i // sensors, run, cycle)
         if invalid_every and (i + 1) % invalid_every == 0:
             yield sensor_alarm_topic(prefix, sensor), f"{{broken {run} {i}".encode()
 
 
-def expected(sensors: int, alarms: int, invalid_every: int = 0) -> Expected:
+def expected(sensors: int, alarms: int, invalid_every: int = 0, cycle: int = CYCLE) -> Expected:
     candidates = counted = 0
     for s in range(min(sensors, alarms)):
         n = len(range(s, alarms, sensors))  # messages for this sensor
-        full, rest = divmod(n, CYCLE)
+        full, rest = divmod(n, cycle)
         candidates += full + (1 if rest else 0)
-        counted += full * (CYCLE - 1) + rest
+        counted += full * (cycle - 1) + rest
     dead = alarms // invalid_every if invalid_every else 0
     return Expected(candidates, counted, dead)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +14,7 @@ from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import Adapted, Rejected, adapt
 from gridpatrol.alarm_bridge.worker import BatchResult, BridgeCore
 from gridpatrol.api.client import Outbox
+from gridpatrol.ingest.messages import AlarmEnvelope
 
 from .conftest import make_site
 
@@ -56,21 +58,7 @@ envelopes = st.builds(
     _mutated_envelope,
     SENSOR_IDS,
     st.dictionaries(
-        st.sampled_from(
-            [
-                "event_id",
-                "alarm_type",
-                "transition",
-                "severity",
-                "ts",
-                "seq",
-                "boot_id",
-                "measurements",
-                "location",
-                "schema",
-                "extra",
-            ]
-        ),
+        st.sampled_from([f.name for f in fields(AlarmEnvelope)] + ["schema", "extra"]),
         json_value,
         max_size=3,
     ),
