@@ -1,24 +1,32 @@
 // Statistics page: renders whatever GET /stats returns — numbers, maps of numbers, maps of rows.
 import { get } from './api.js';
 import { toast, typeName } from './app.js';
-import { t } from './i18n.js';
+import { STATUSES, t } from './i18n.js';
 
 const LABELS = {
   by_type: 'st.by_type', by_camera: 'st.by_camera', by_status: 'st.by_status', by_day: 'st.by_day',
   by_rule: 'st.by_rule', counts: 'st.counts', precision: 'st.precision', sla_breaches: 'st.sla',
-  total: 'st.total',
+  total: 'st.total', precision_by_type: 'st.precision_type', precision_by_camera: 'st.precision_camera',
+  sla: 'st.sla_summary', minutes: 'st.minutes', breaches: 'st.breaches', confirmed: 's.confirmed',
+  false_positive: 'r.false_positive', type: 'col.type', camera_id: 'f.camera', arrive_by: 'd.arrive',
+  arrived_at: 'st.arrived_at',
 };
+const STATUS_KEYS = new Set(STATUSES);
 const label = (key) => (LABELS[key] ? t(LABELS[key]) : key.replaceAll('_', ' '));
 
-function cell(value) {
+function cell(value, column) {
   const td = document.createElement('td');
-  if (typeof value === 'number' && !Number.isInteger(value)) td.textContent = value.toFixed(3);
+  if (column === 'precision' && typeof value === 'number') td.textContent = `${(value * 100).toFixed(1)} %`;
+  else if (column === 'type' && value) td.textContent = typeName(value).main;
+  else if (typeof value === 'number' && !Number.isInteger(value)) td.textContent = value.toFixed(3);
   else if (value !== null && typeof value === 'object') td.textContent = JSON.stringify(value);
   else td.textContent = value ?? '';
   return td;
 }
 
 function rowName(key) {
+  if (STATUS_KEYS.has(key)) return t(`s.${key}`);
+  if (LABELS[key]) return label(key);
   const name = typeName(key);
   return name.other ? `${name.main} (${key})` : key;
 }
@@ -40,7 +48,7 @@ function table(entries) {
     const th = document.createElement('th');
     th.textContent = rowName(k);
     tr.append(th);
-    if (columns.size && v !== null && typeof v === 'object' && !Array.isArray(v)) cols.forEach((c) => tr.append(cell(v[c])));
+    if (columns.size && v !== null && typeof v === 'object' && !Array.isArray(v)) cols.forEach((c) => tr.append(cell(v[c], c)));
     else tr.append(cell(v));
   }
   return tbl;

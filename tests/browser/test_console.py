@@ -30,22 +30,31 @@ def status_of(console: Any, candidate_id: str) -> dict[str, Any]:
         return result
 
 
-def test_login_flagged_frame_keyboard_confirm_and_reject(
+def test_login_flagged_frame_and_keyboard_triage(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
     oldest = seeder.camera_candidate(frames, minutes_ago=30, **PARKING)
     middle = seeder.sensor_candidate(frames, sensor_id="bf-0001")
     newest = seeder.camera_candidate(frames, minutes_ago=1, **VENDING)
+    again = seeder.camera_candidate(frames, minutes_ago=3, **VENDING)
     page = ui.page
     page.goto(f"{console.url}/review")
     page.wait_for_selector("#login:not([hidden])")
     ui.shot("login")
     ui.login("reviewer")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 4")
     queue = ui.rows()
-    assert set(queue) == {oldest["id"], middle["id"], newest["id"]}
+    assert set(queue) == {oldest["id"], middle["id"], newest["id"], again["id"]}
     first = ui.selected()
     assert first == queue[0]
+    page.keyboard.press("j")
+    page.wait_for_function(
+        f"() => document.querySelector('#queue-body tr.selected').dataset.id === '{queue[1]}'"
+    )
+    page.keyboard.press("k")
+    page.wait_for_function(
+        f"() => document.querySelector('#queue-body tr.selected').dataset.id === '{queue[0]}'"
+    )
 
     # The flagged frame of the selected candidate has loaded pixels, and so has its thumbnail.
     page.wait_for_selector(f"#detail:has-text('{first[:8]}') figure.main img")
@@ -61,7 +70,7 @@ def test_login_flagged_frame_keyboard_confirm_and_reject(
 
     # c confirms; the confirmed item leaves the "new" queue and the next one is selected.
     page.keyboard.press("c")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
     assert status_of(console, first)["status"] == "confirmed"
     second = ui.selected()
     assert second == queue[1]
@@ -74,21 +83,33 @@ def test_login_flagged_frame_keyboard_confirm_and_reject(
     page.keyboard.press("2")
     page.fill("#dlg-body input[name=reason]", "same stall as the earlier case")
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
     rejected = status_of(console, second)
     assert rejected["status"] == "rejected"
     assert any("duplicate" in str(h) for h in rejected["history"]), rejected["history"]
     assert ui.selected() == queue[2]
     ui.shot("rejected")
 
-    # j/k stay within the list; i returns the last one for missing information.
+    # m merges into the case picked in the list (the only other one left), Enter confirms.
+    page.keyboard.press("m")
+    page.wait_for_selector(f"#dlg[open] option[value='{queue[3]}']", state="attached")
+    ui.shot("merge-dialog")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    merged = status_of(console, queue[2])
+    assert merged["status"] == "merged"
+    assert queue[3] in str(merged), merged
+    assert ui.selected() == queue[3]
+
+    # k at the top stays there; i returns the last one for missing information.
     page.keyboard.press("k")
+    assert ui.selected() == queue[3]
     page.keyboard.press("i")
     page.wait_for_selector("#dlg[open] input[name=reason]")
     page.fill("#dlg-body input[name=reason]", "address missing")
     page.keyboard.press("Enter")
     page.wait_for_selector("#queue-empty:not([hidden])")
-    assert status_of(console, queue[2])["status"] == "returned"
+    assert status_of(console, queue[3])["status"] == "returned"
     ui.shot("queue-empty")
 
 
