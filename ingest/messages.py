@@ -415,7 +415,7 @@ def _alarm(data: Mapping[str, Any], topic_sensor_id: str, received_at: datetime)
     if not isinstance(event_id, str) or not 0 < len(event_id) <= 128:
         raise MessageError("bad_event_id", repr(event_id)[:40])
     alarm_type = data.get("alarm_type")
-    if alarm_type not in ALARM_TYPES:
+    if not isinstance(alarm_type, str) or alarm_type not in ALARM_TYPES:
         raise MessageError("unknown_alarm_type", repr(alarm_type)[:40])
     transition = data.get("transition")
     if transition not in TRANSITIONS:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from datetime import UTC, datetime
 
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpatrol.ingest.messages import (
     AlarmEnvelope,
@@ -291,3 +294,32 @@ def test_topic_scheme_details() -> None:
     assert parse_topic("gp", "gp/cameras/bad id/frame") is None
     with pytest.raises(ValueError, match="does not match"):
         frame_topic("gp", "a/b")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=600))
+def test_any_bytes_either_decode_or_raise_message_error(payload: bytes) -> None:
+    for data in (payload, b"GPF1" + payload, b"\xff\xd8" + payload):
+        with contextlib.suppress(MessageError):
+            decode_frame(data, topic_camera_id="cam-1", received_at=NOW)
+        with contextlib.suppress(MessageError):
+            decode_sensor_payload(data, topic_sensor_id="s-1", received_at=NOW)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=12),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(JSON, st.dictionaries(st.sampled_from(sorted(ALARM)), JSON, max_size=4))
+def test_any_json_either_decodes_or_raises_message_error(
+    value: object, patch: dict[str, object]
+) -> None:
+    for body in (value, {**ALARM, **patch}, [value], [{"n": "x", **patch}]):
+        with contextlib.suppress(MessageError):
+            sensor(json.dumps(body).encode())

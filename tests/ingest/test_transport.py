@@ -237,7 +237,9 @@ def test_ensure_broker_prefers_the_configured_one_then_mosquitto(
         own.stop()
 
 
-def test_bad_credentials_fail_fast_without_retrying(tmp_path: Path) -> None:
+def test_bad_credentials_fail_fast_without_retrying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     port = free_port()
     passwords = tmp_path / "passwd"
     subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
@@ -258,6 +260,12 @@ def test_bad_credentials_fail_fast_without_retrying(tmp_path: Path) -> None:
         right = MqttConnection("ing", MqttSettings.from_url(f"mqtt://gp:s3cret@127.0.0.1:{port}"))
         assert right.start(10)
         right.stop()
+        # The environment overrides credentials in the URL.
+        monkeypatch.setenv("GRIDPATROL_MQTT_URL", f"mqtt://gp:wrong@127.0.0.1:{port}")
+        monkeypatch.setenv("GRIDPATROL_MQTT_PASSWORD", "s3cret")
+        from_env = MqttConnection("ing")
+        assert from_env.start(10)
+        from_env.stop()
     finally:
         broker.terminate()
         broker.wait(10)
@@ -271,3 +279,61 @@ def _listening(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1."""
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt")
+    )
+    ext = folder / "san.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    run = [
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-days", "2", "-subj", "/CN=gridpatrol test CA"],
+        ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+         "-subj", "/CN=127.0.0.1"],
+        ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "2", "-extfile", ext],
+    ]  # fmt: skip
+    for cmd in run:
+        subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_tls_with_a_private_ca_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mqtt_prefix: str
+) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
+        + ("user root\n" if os.geteuid() == 0 else "")  # see keep_privileges
+    )
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _listening(port), 10)
+        monkeypatch.setenv("GRIDPATROL_MQTT_URL", f"mqtts://127.0.0.1:{port}")
+        untrusted = MqttConnection("tls-untrusted", prefix=mqtt_prefix)
+        assert not untrusted.start(3)  # the system CAs do not know our private CA
+        untrusted.stop()
+        monkeypatch.setenv("GRIDPATROL_MQTT_CA", str(ca))
+        settings = MqttSettings.from_env()
+        assert (settings.tls, settings.ca_file, settings.url) == (
+            True,
+            str(ca),
+            f"mqtts://127.0.0.1:{port}",
+        )
+        conn = MqttConnection("tls-ok", settings, prefix=mqtt_prefix)
+        echo = conn.subscribe(f"{mqtt_prefix}/tls", qos=1)
+        assert conn.start(10)
+        assert conn.publish_wait(f"{mqtt_prefix}/tls", b"secure", qos=1)
+        message = echo.get(10)
+        conn.stop()
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert message is not None
+    assert message.payload == b"secure"
