@@ -378,3 +378,24 @@ def test_real_street_tracks_are_stable(
     # far fewer ids than person detections over the clip.
     assert np.mean(persons_per_frame) >= 8
     assert ids < sum(persons_per_frame) / 5
+
+
+@pytest.mark.parametrize(
+    ("name", "scene", "expected"),
+    [
+        # Seen every 30 s: the parked car keeps its track between visits and raises once.
+        ("parked for ten minutes", lambda s: [("car", (300, 300, 600, 480))] if s < 600 else [],
+         [("raise", 210.0), ("clear", 630.0)]),
+        # Traffic: a different car at a different place on every visit.
+        ("passing traffic", lambda s: [("car", (s * 11 % 900, 300, s * 11 % 900 + 300, 480))], []),
+    ],
+)  # fmt: skip
+def test_patrol_camera_parking(
+    name: str, scene: Callable[[float], list[Obj]], expected: list[tuple[str, float]]
+) -> None:
+    zone = {"id": "kerb", "polygon": WHOLE,
+            "rules": {"illegal_parking": {"dwell_s": 180, "gap_s": 40, "clear_s": 60,
+                                          "update_s": 3600}}}  # fmt: skip
+    pipe = CameraPipeline(camera([zone], interval_s=30), SHANGHAI, NAMES)
+    events = play(pipe, scene, 900, fps=1 / 30)
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpatrol.detectors.rules import (
     EVALUATORS,
@@ -337,3 +339,40 @@ def test_every_rule_type_has_an_evaluator_and_empty_zones_are_quiet() -> None:
     assert set(EVALUATORS) == set(RULE_PARAMS)
     for name, evaluate in EVALUATORS.items():
         assert evaluate(observe(), RULE_PARAMS[name]()) is None, name
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    gaps=st.lists(st.floats(0.1, 40.0), min_size=1, max_size=80),
+    visible=st.lists(st.booleans(), min_size=80, max_size=80),
+    dwell=st.floats(0.0, 60.0),
+    gap=st.floats(0.0, 30.0),
+    clear=st.floats(0.0, 60.0),
+    update=st.floats(0.0, 60.0),
+)
+def test_episode_invariants(
+    gaps: list[float],
+    visible: list[bool],
+    dwell: float,
+    gap: float,
+    clear: float,
+    update: float,
+) -> None:
+    """Any frame sequence: raise → update* → clear, never overlapping, spaced and dwelt."""
+    p = RuleParams(dwell_s=dwell, gap_s=gap, clear_s=clear, update_s=update)
+    state, t, active, last_report = RuleState(), 0.0, False, 0.0
+    for dt, seen in zip(gaps, visible, strict=False):
+        t += dt
+        state, transitions = step(state, SEEN if seen else None, t, p)
+        for tr in transitions:
+            assert tr.t == t and tr.first_seen <= t
+            if tr.kind == "raise":
+                assert not active and seen and tr.dwell_s >= dwell
+                active, last_report = True, t
+            elif tr.kind == "update":
+                assert active and seen and t - last_report >= update
+                last_report = t
+            else:
+                assert active and tr.dwell_s >= 0
+                active = False
+        assert (state.phase == "active") is active
