@@ -1,0 +1,136 @@
+"""The cameras router: site devices for the console, rule schemas, zone YAML, snapshots."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+SITE = REPO / "samples" / "site.yaml"
+TRIANGLE = [[0.1, 0.5], [0.4, 0.5], [0.25, 0.9]]
+
+
+@pytest.fixture
+def site_api(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The API with the demo site file and no broker configured."""
+    monkeypatch.setenv("GRIDPATROL_CONFIG", str(SITE))
+    monkeypatch.delenv("GRIDPATROL_MQTT_URL", raising=False)
+    return request.getfixturevalue("api_server")
+
+
+def test_devices_schema_roles_and_snapshot_without_broker(site_api: Any) -> None:
+    with site_api.client("reviewer") as client:
+        cameras = client.get("/cameras").json()
+        sensors = client.get("/sensors").json()
+        schema = client.get("/cameras/rule-schema").json()
+        no_broker = client.post("/cameras/cam-dn-001/snapshot")
+        unknown = client.post("/cameras/nope/snapshot")
+    assert [c["id"] for c in cameras] == ["cam-dn-001", "cam-dn-002", "cam-dn-003", "cam-dn-101"]
+    assert all("source" not in c for c in cameras)  # stream URLs may hold credentials
+    plaza = cameras[0]["zones"][0]
+    assert plaza["id"] == "plaza"
+    # Zones come back as written in the site file, without the defaults it left out.
+    assert plaza["rules"]["crowd_gathering"] == {
+        "min_persons": 5,
+        "dwell_s": 5.0,
+        "gap_s": 4.0,
+        "clear_s": 10.0,
+        "update_s": 20.0,
+    }
+    assert {s["id"]: s.get("camera") for s in sensors}["mh-0001"] == "cam-dn-001"
+    assert set(schema) == {
+        "street_vending",
+        "shop_front_occupation",
+        "garbage_overflow",
+        "illegal_parking",
+        "non_motor_parking",
+        "piled_materials",
+        "crowd_gathering",
+    }
+    assert schema["crowd_gathering"]["properties"]["min_persons"]["default"] == 8
+    assert no_broker.status_code == 503
+    assert no_broker.headers["content-type"].startswith("application/problem+json")
+    assert unknown.status_code == 404
+    with site_api.client("producer") as client:
+        assert client.get("/cameras").status_code == 403
+
+
+def test_zone_yaml_is_valid_site_file_text(site_api: Any, tmp_path: Path) -> None:
+    zones = [
+        {
+            "id": "kerb",
+            "polygon": TRIANGLE,
+            "schedule": {"days": ["mon", "sat"], "from": "22:00", "to": "06:00"},
+            "rules": {"illegal_parking": {"dwell_s": 90}, "crowd_gathering": {}},
+        }
+    ]
+    with site_api.client("reviewer") as client:
+        response = client.post("/cameras/cam-dn-002/zones/validate", json={"zones": zones})
+    assert response.status_code == 200, response.text
+    text = response.json()["yaml"]
+    assert text == (
+        "zones:\n"
+        "  - id: kerb\n"
+        "    polygon: [[0.1, 0.5], [0.4, 0.5], [0.25, 0.9]]\n"
+        '    schedule: {days: [mon, sat], from: "22:00", to: "06:00"}\n'
+        "    rules:\n"
+        "      illegal_parking: {dwell_s: 90}\n"
+        "      crowd_gathering: {}\n"
+    )
+    # Pasted under the camera in the site file, it passes check-config.
+    site = yaml.safe_load(SITE.read_text())
+    site["cameras"][1]["zones"] = yaml.safe_load(text)["zones"]
+    for camera in site["cameras"]:
+        camera["source"] = str(REPO / camera["source"])
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, allow_unicode=True))
+    check = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert check.returncode == 0, check.stderr
+    assert "cam-dn-002" in check.stdout and "kerb[illegal_parking/crowd_gathering]" in check.stdout
+
+
+INVALID = [
+    (
+        {"id": "a", "polygon": TRIANGLE[:2]},
+        "zones.yaml:3: zones[0].polygon: List should have at least 3 items",
+    ),
+    (
+        {"id": "bad id", "polygon": TRIANGLE},
+        "zones.yaml:2: zones[0].id: String should match pattern",
+    ),
+    (
+        {"id": "a", "polygon": [[0.1, 0.5], [1.4, 0.5], [0.2, 0.9]]},
+        "zones.yaml:3: zones[0].polygon[1][0]: Input should be less than or equal to 1",
+    ),
+    (
+        {"id": "a", "polygon": TRIANGLE, "rules": {"parking": {}}},
+        "zones.yaml:5: zones[0].rules.parking: Extra inputs are not permitted",
+    ),
+    (
+        {"id": "a", "polygon": TRIANGLE, "rules": {"crowd_gathering": {"min_persons": 0}}},
+        "zones.yaml:5: zones[0].rules.crowd_gathering.min_persons: Input should be greater",
+    ),
+    (
+        {"id": "a", "polygon": TRIANGLE, "schedule": {"from": "25:00"}},
+        "zones.yaml:4: zones[0].schedule.from: String should match pattern",
+    ),
+]
+
+
+def test_invalid_zones_name_line_and_field(site_api: Any) -> None:
+    with site_api.client("reviewer") as client:
+        for zone, expected in INVALID:
+            response = client.post("/cameras/cam-dn-001/zones/validate", json={"zones": [zone]})
+            assert response.status_code == 422, zone
+            assert response.headers["content-type"].startswith("application/problem+json")
+            errors = response.json()["errors"]
+            assert any(e.startswith(expected) for e in errors), (zone, errors)
