@@ -1,0 +1,467 @@
+"""Detector benchmark (issue 4, requirement 9): one run, ratios measured in the same run.
+
+    .venv/bin/python bench/detector.py [--quick] [--json] [--cameras 8]
+
+Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
+
+- ``raw_fps``: the OpenVINO runtime alone on prepared (letterboxed) tensors, throughput mode,
+  ``AsyncInferQueue``; measured before and after the pipeline phase (the machine is shared, so
+  the mean of the two is the reference and both are printed).
+- ``ultralytics_fps``: the Ultralytics predictor (``YOLO(folder, task="detect")``) on the same
+  JPEG frames, decoded in the loop like the pipeline decodes them.
+- ``pipeline_fps``: the full worker path: JPEG frame envelopes published over MQTT to a private
+  Mosquitto, ``gridpatrol detect`` (motion gate off) decoding, inferring, tracking, judging a
+  low-threshold ``crowd_gathering`` zone per camera and posting candidates with evidence through
+  its outbox to a real ``gridpatrol api`` on a temporary SQLite database. Frames are offered
+  faster than the worker can take them (it keeps the newest per camera); throughput is read
+  from the worker's Prometheus counters over a window after warm-up.
+- ``inferred_fraction``: the same worker with the motion gate on over static footage (one real
+  street frame with fresh sensor noise and JPEG re-encoding per frame); every camera must still
+  raise its crowd candidate (stationary objects keep their dwell through keyframes).
+- ``rss_mb``: the worker's resident memory while serving the cameras.
+
+``--json`` prints one JSON object as the last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GRIDPATROL_SHARED", REPO.parent / "shared"))
+FOOTAGE = SHARED / "footage"
+MODEL = SHARED / "models" / "yolo11n_int8_openvino_model"
+SIZE = (1280, 720)
+TOKENS = {"producer": "bench-producer-0123456789", "reviewer": "bench-reviewer-0123456789"}
+
+
+def say(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+# --- frames ------------------------------------------------------------------------------------
+
+
+def encode(image: np.ndarray, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def footage_jpegs(count: int) -> list[bytes]:
+    """``count`` frames spread over the three clips, resized to 1280×720, JPEG-encoded."""
+    clips = sorted(FOOTAGE.glob("*.mp4"))
+    out: list[bytes] = []
+    for n, clip in enumerate(clips):
+        want = count // len(clips) + (1 if n < count % len(clips) else 0)
+        cap = cv2.VideoCapture(str(clip))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        for index in np.linspace(0, total - 1, want).astype(int).tolist():
+            cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+            ok, frame = cap.read()
+            if ok:
+                out.append(encode(cv2.resize(frame, SIZE, interpolation=cv2.INTER_AREA)))
+        cap.release()
+    return out
+
+
+def street_jpegs(count: int) -> list[bytes]:
+    """The busy pedestrian street (the crowd the zones look for), 1280×720."""
+    cap = cv2.VideoCapture(str(FOOTAGE / "pedestrian_street_1080p.mp4"))
+    out: list[bytes] = []
+    while len(out) < count:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        out.append(encode(cv2.resize(frame, SIZE, interpolation=cv2.INTER_AREA)))
+        for _ in range(2):  # 10 fps of a 30 fps clip: real motion between frames
+            cap.grab()
+    cap.release()
+    return out
+
+
+def static_jpegs(count: int, seed: int = 7) -> list[bytes]:
+    """One real street frame, re-encoded with fresh sensor noise each time: a static scene."""
+    cap = cv2.VideoCapture(str(FOOTAGE / "pedestrian_street_1080p.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    base = cv2.resize(frame, SIZE, interpolation=cv2.INTER_AREA).astype(np.int16)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        noisy = np.clip(base + rng.normal(0, 2.0, base.shape), 0, 255).astype(np.uint8)
+        out.append(encode(noisy))
+    return out
+
+
+def decode(jpeg: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_REDUCED_COLOR_2)
+    assert image is not None
+    return np.asarray(image)
+
+
+# --- runtime alone, Ultralytics ----------------------------------------------------------------
+
+
+def measure_raw(jpegs: list[bytes], seconds: float) -> dict[str, float]:
+    from gridpatrol.detectors.models import load_backend, resolve_model
+    from gridpatrol.detectors.openvino_backend import OpenVinoBackend
+
+    backend = load_backend(resolve_model(str(MODEL)))
+    assert isinstance(backend, OpenVinoBackend)
+    tensors = [backend.prepare(decode(j)).tensor for j in jpegs]
+    backend.raw(tensors[: backend.requests * 2])  # warm-up
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        done += backend.raw(tensors)
+    elapsed = time.perf_counter() - started
+    # The caller-side cost per frame (decode at half scale + letterbox), for the record.
+    cpu0 = time.thread_time()
+    for j in jpegs:
+        backend.prepare(decode(j))
+    prep_ms = 1000 * (time.thread_time() - cpu0) / len(jpegs)
+    backend.close()
+    return {"fps": done / elapsed, "requests": backend.requests, "prepare_cpu_ms": prep_ms}
+
+
+def measure_ultralytics(jpegs: list[bytes], seconds: float) -> float:
+    from ultralytics.models.yolo.model import YOLO
+
+    model: Any = YOLO(str(MODEL), task="detect")
+    first = cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR)
+    model.predict(first, verbose=False)  # warm-up: builds the predictor, compiles the model
+    done, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        for j in jpegs:
+            image = cv2.imdecode(np.frombuffer(j, np.uint8), cv2.IMREAD_COLOR)
+            model.predict(image, verbose=False)
+            done += 1
+            if time.perf_counter() - started >= seconds:
+                break
+    return done / (time.perf_counter() - started)
+
+
+# --- the full worker path ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} not up after {timeout} s: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class Stack:
+    """Broker, API and worker of one phase."""
+
+    workdir: Path
+    broker_url: str
+    api_url: str
+    metrics_url: str
+    worker: subprocess.Popen[bytes]
+    prefix: str
+
+    def metric(self, name: str) -> float:
+        text = httpx.get(self.metrics_url, timeout=5).text
+        pattern = re.compile(rf"^{name}_total\{{[^}}]*\}} ([0-9.e+]+)$", re.M)
+        return sum(float(v) for v in pattern.findall(text))
+
+    def rss_mb(self) -> float:
+        status = Path(f"/proc/{self.worker.pid}/status").read_text()
+        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        return int(match.group(1)) / 1024 if match else float("nan")
+
+    def candidates(self) -> list[dict[str, Any]]:
+        headers = {"Authorization": f"Bearer {TOKENS['reviewer']}"}
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+            page = httpx.get(
+                f"{self.api_url}/api/v1/candidates", params=params, headers=headers, timeout=10
+            ).json()
+            items += page.get("items", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                return items
+
+
+def camera_of(candidate: dict[str, Any]) -> str | None:
+    camera: str | None = (candidate.get("source") or {}).get("camera_id")
+    return camera
+
+
+def write_site(path: Path, prefix: str, cameras: list[str]) -> None:
+    zone = {
+        "id": "street",
+        "polygon": [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]],
+        "rules": {
+            "crowd_gathering": {
+                "min_persons": 5, "dwell_s": 5, "gap_s": 10, "clear_s": 30, "update_s": 60,
+            }
+        },
+    }  # fmt: skip
+    site = {
+        "site": {"name": "bench", "timezone": "Asia/Shanghai"},
+        "mqtt": {"prefix": prefix},
+        "cameras": [
+            {"id": cam, "source": "mqtt", "location": {"address": f"bench {cam}"}, "zones": [zone]}
+            for cam in cameras
+        ],
+    }
+    path.write_text(yaml.safe_dump(site))
+
+
+@contextmanager
+def stack(cameras: list[str], gate: bool) -> Iterator[Stack]:
+    from gridpatrol.ingest.broker import mosquitto_binary, start_amqtt, start_mosquitto
+
+    workdir = Path(tempfile.mkdtemp(prefix="gridpatrol-bench-"))
+    binary = mosquitto_binary()
+    broker = start_mosquitto(binary) if binary else start_amqtt()
+    prefix = f"bench{os.getpid()}"
+    site = workdir / "site.yaml"
+    write_site(site, prefix, cameras)
+    api_port, metrics_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "GRIDPATROL_DATABASE_URL": f"sqlite:///{workdir}/api.db",
+        "GRIDPATROL_EVIDENCE_DIR": str(workdir / "evidence"),
+        "GRIDPATROL_API_TOKENS": json.dumps(
+            {tok: {"role": role, "name": f"bench-{role}"} for role, tok in TOKENS.items()}
+        ),
+        "GRIDPATROL_MQTT_URL": broker.url,
+        "GRIDPATROL_API_URL": f"http://127.0.0.1:{api_port}",
+        "GRIDPATROL_API_TOKEN": TOKENS["producer"],
+        "GRIDPATROL_OUTBOX": str(workdir / "outbox-detect.db"),
+        "GRIDPATROL_MODEL": str(MODEL),
+    }
+    cli = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING"]
+    api_log, worker_log = workdir / "api.log", workdir / "detect.log"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        with api_log.open("wb") as out:
+            api = subprocess.Popen(
+                [*cli, "api", "--port", str(api_port)], env=env, stdout=out, stderr=out
+            )
+        procs.append(api)
+        wait_http(f"http://127.0.0.1:{api_port}/api/v1/healthz", api, api_log)
+        detect = [*cli, "detect", "--config", str(site), "--metrics-port", str(metrics_port)]
+        if not gate:
+            detect.append("--no-motion-gate")
+        with worker_log.open("wb") as out:
+            worker = subprocess.Popen(detect, env=env, stdout=out, stderr=out)
+        procs.append(worker)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        wait_http(metrics_url, worker, worker_log)
+        yield Stack(
+            workdir, broker.url, f"http://127.0.0.1:{api_port}", metrics_url, worker, prefix
+        )
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        broker.stop()
+        if os.environ.get("GRIDPATROL_BENCH_KEEP"):
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class Publisher:
+    """Publishes frame envelopes round-robin over the cameras at a fixed total rate."""
+
+    def __init__(self, broker_url: str, prefix: str) -> None:
+        from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+
+        self.conn = MqttConnection(
+            f"bench-pub-{os.getpid()}", MqttSettings.from_url(broker_url), prefix=prefix
+        )
+        if not self.conn.start(timeout=10):
+            raise RuntimeError(f"cannot connect to {broker_url}")
+        self.prefix = prefix
+        self.seq = 0
+
+    def run(self, cameras: list[str], jpegs: list[bytes], rate: float, seconds: float) -> int:
+        from gridpatrol.ingest.messages import FrameHeader, encode_frame
+        from gridpatrol.ingest.topics import frame_topic
+
+        started = time.perf_counter()
+        sent = 0
+        while (now := time.perf_counter()) - started < seconds:
+            due = started + sent / rate
+            if due > now:
+                time.sleep(due - now)
+            cam = cameras[sent % len(cameras)]
+            header = FrameHeader(
+                ts=datetime.now(UTC), seq=self.seq, camera_id=cam, width=SIZE[0], height=SIZE[1]
+            )
+            image = jpegs[(sent // len(cameras)) % len(jpegs)]
+            self.conn.publish(frame_topic(self.prefix, cam), encode_frame(header, image))
+            self.seq += 1
+            sent += 1
+        return sent
+
+    def stop(self) -> None:
+        self.conn.stop()
+
+
+def measure_pipeline(
+    cameras: list[str], jpegs: list[bytes], rate: float, warm_s: float, seconds: float
+) -> dict[str, Any]:
+    with stack(cameras, gate=False) as s:
+        pub = Publisher(s.broker_url, s.prefix)
+        try:
+            pub.run(cameras, jpegs, rate, warm_s)
+            inferred0, t0 = s.metric("gridpatrol_detect_inferred_frames"), time.perf_counter()
+            frames0 = s.metric("gridpatrol_detect_frames")
+            sent = pub.run(cameras, jpegs, rate, seconds)
+            inferred1, t1 = s.metric("gridpatrol_detect_inferred_frames"), time.perf_counter()
+            frames1 = s.metric("gridpatrol_detect_frames")
+            rss = s.rss_mb()
+        finally:
+            pub.stop()
+        time.sleep(3)  # let the outbox deliver what it queued
+        found = s.candidates()
+        return {
+            "fps": (inferred1 - inferred0) / (t1 - t0),
+            "offered_fps": sent / (t1 - t0),
+            "received_fps": (frames1 - frames0) / (t1 - t0),
+            "rss_mb": rss,
+            "candidates": len(found),
+            "cameras_with_candidates": len({camera_of(c) for c in found}),
+        }
+
+
+def measure_gate(
+    cameras: list[str], jpegs: list[bytes], fps: float, seconds: float
+) -> dict[str, Any]:
+    with stack(cameras, gate=True) as s:
+        pub = Publisher(s.broker_url, s.prefix)
+        try:
+            pub.run(cameras, jpegs, fps * len(cameras), seconds)
+        finally:
+            pub.stop()
+        time.sleep(3)
+        frames = s.metric("gridpatrol_detect_frames")
+        inferred = s.metric("gridpatrol_detect_inferred_frames")
+        found = s.candidates()
+        raised = {camera_of(c) for c in found if c.get("type") == "crowd_gathering"}
+        return {
+            "inferred_fraction": inferred / frames if frames else float("nan"),
+            "frames": frames,
+            "inferred": inferred,
+            "missed_violations": len(set(cameras) - raised),
+        }
+
+
+# --- main --------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--cameras", type=int, default=8)
+    args = parser.parse_args(argv)
+    raw_s, ul_s, warm_s, pipe_s, gate_s = (4, 8, 8, 15, 30) if args.quick else (10, 20, 15, 45, 60)
+    cameras = [f"cam{k:02d}" for k in range(args.cameras)]
+    say(f"frames: 1280×720 JPEG from {FOOTAGE}; {args.cameras} cameras")
+    mixed = footage_jpegs(24 if args.quick else 60)
+    street = street_jpegs(30 if args.quick else 90)
+
+    raw_before = measure_raw(mixed, raw_s)
+    say(f"raw (runtime alone): {raw_before['fps']:.1f} fps, {raw_before['requests']} requests")
+    ultra = measure_ultralytics(mixed, ul_s)
+    say(f"ultralytics predictor: {ultra:.1f} fps")
+    rate = 1.3 * raw_before["fps"]
+    pipe = measure_pipeline(cameras, street, rate, warm_s, pipe_s)
+    say(
+        f"pipeline (MQTT→detect→API): {pipe['fps']:.1f} fps inferred of "
+        f"{pipe['offered_fps']:.1f} offered; RSS {pipe['rss_mb']:.0f} MB; "
+        f"{pipe['candidates']} candidates"
+    )
+    raw_after = measure_raw(mixed, raw_s)
+    raw = (raw_before["fps"] + raw_after["fps"]) / 2
+    say(f"raw again: {raw_after['fps']:.1f} fps; reference {raw:.1f} fps")
+    gate = measure_gate(cameras, static_jpegs(20), 5.0, gate_s)
+    say(
+        f"motion gate on static footage: {gate['inferred_fraction']:.3f} inferred "
+        f"({gate['inferred']:.0f}/{gate['frames']:.0f}), missed violations "
+        f"{gate['missed_violations']}"
+    )
+    result = {
+        "raw_fps": round(raw, 2),
+        "raw_fps_before": round(raw_before["fps"], 2),
+        "raw_fps_after": round(raw_after["fps"], 2),
+        "pipeline_fps": round(pipe["fps"], 2),
+        "ultralytics_fps": round(ultra, 2),
+        "inferred_fraction": round(gate["inferred_fraction"], 4),
+        "pipeline_over_raw": round(pipe["fps"] / raw, 3),
+        "pipeline_over_ultralytics": round(pipe["fps"] / ultra, 3),
+        "missed_violations": gate["missed_violations"],
+        "rss_mb_8_cameras" if args.cameras == 8 else f"rss_mb_{args.cameras}_cameras": round(
+            pipe["rss_mb"], 1
+        ),
+        "pipeline_offered_fps": round(pipe["offered_fps"], 2),
+        "pipeline_received_fps": round(pipe["received_fps"], 2),
+        "pipeline_candidates": pipe["candidates"],
+        "prepare_cpu_ms": round(raw_before["prepare_cpu_ms"], 2),
+        "infer_requests": raw_before["requests"],
+        "cameras": args.cameras,
+        "quick": args.quick,
+        "load_avg": os.getloadavg()[0],
+        "cpus": os.cpu_count(),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
