@@ -155,6 +155,8 @@ def test_compose_services_run_outside_containers(
         "GRIDPATROL_STATE_DIR": str(tmp_path / "state"),
         "GRIDPATROL_DETECT0_METRICS_PORT": str(metrics_ports[0]),
         "GRIDPATROL_DETECT1_METRICS_PORT": str(metrics_ports[1]),
+        # The private test broker allows anonymous clients and accepts any credentials.
+        **{f"GRIDPATROL_MQTT_PASSWORD_{c}": "pw" for c in ("API", "INGEST", "DETECT", "BRIDGE")},
     }
     running = {
         name: Service(name, spec, env, tmp_path / f"{name}.log") for name, spec in services.items()
