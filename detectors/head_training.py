@@ -1,0 +1,534 @@
+"""Training and grouped, nested cross-validation of scene heads (``gridpatrol train-head``).
+
+Protocol (also in docs/scene-heads.md):
+
+* every image goes through the detector once (plus once mirrored: horizontal flips are added
+  to the TRAINING folds only, never scored), and its feature maps are pooled by the head's
+  recipe;
+* outer loop: ``StratifiedGroupKFold`` (``--folds``), repeated ``--repeats`` times with
+  different shuffles; groups keep near-duplicates (same place, same report session) on one
+  side of every split;
+* inner loop, on the outer training part only: grouped CV picks the regularisation C (by
+  log-loss) and then the decision threshold from the inner out-of-fold probabilities;
+* the naive linear probe (mean-pooled C2PSA map, logistic regression, threshold 0.5) is
+  scored on the same outer splits, so the two lines of the table are comparable;
+* the shipped head is refitted on everything, with C and threshold chosen by the inner
+  procedure run on all the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
+from gridpatrol.detectors.heads import SceneHead
+from gridpatrol.detectors.types import Backend, ModelInfo
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
+BASELINE_RECIPE = PoolingRecipe(nodes=(YOLO11_NODES["c2psa"],), levels=(1,), stats=("mean",))
+HEAD_RECIPE = PoolingRecipe()
+# Statuses after a reviewer confirmed the candidate (SPEC §8 life cycle).
+CONFIRMED = frozenset(
+    {"confirmed", "pulled", "registered", "dispatched", "arrived", "resolved", "verified", "closed"}
+)
+# Only these rejections say "the picture shows no garbage"; a duplicate or an out-of-area
+# report may well show garbage and would poison the negatives.
+NEGATIVE_REASONS = frozenset({"false_positive"})
+_EPOCH_MS = re.compile(r"(?<!\d)(1[3-9]\d{11})(?!\d)")
+
+Matrix = NDArray[np.float32]
+
+
+def progress(message: str) -> None:
+    print(f"train-head: {message}", file=sys.stderr, flush=True)
+
+
+# --- samples ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One training image: a file or fetched bytes, a label, a CV group, an optional region."""
+
+    key: str
+    label: int
+    group: str
+    path: Path | None = None
+    data: bytes | None = None
+    region: Region | None = None
+
+    def image(self) -> NDArray[np.uint8] | None:
+        import cv2
+
+        if self.path is not None:
+            image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        else:
+            buf = np.frombuffer(self.data or b"", dtype=np.uint8)
+            image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+        return None if image is None else np.asarray(image, dtype=np.uint8)
+
+
+def time_groups(names: Sequence[str], gap_min: float) -> list[str]:
+    """Group ids by single-linkage on the epoch-ms timestamps in file names.
+
+    Photos of one report session (same place, minutes apart) share a group; names without a
+    timestamp are their own group.
+    """
+    stamps: list[tuple[int, int]] = []
+    groups = [f"file:{n}" for n in names]
+    for i, name in enumerate(names):
+        found = _EPOCH_MS.findall(name)
+        if found:
+            stamps.append((int(found[0]), i))
+    stamps.sort()
+    current, last = -1, None
+    for ms, i in stamps:
+        if last is None or ms - last >= gap_min * 60_000:
+            current += 1
+        groups[i] = f"session:{current}"
+        last = ms
+    return groups
+
+
+def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
+    """Images of ``root``'s class sub-folders; ``positive`` is label 1, every other folder 0."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if positive not in {f.name for f in folders}:
+        raise ValueError(
+            f"{root} has no sub-folder {positive!r} (found: {', '.join(f.name for f in folders)})"
+        )
+    files = [
+        (f, int(folder.name == positive))
+        for folder in folders
+        for f in sorted(folder.rglob("*"))
+        if f.suffix.lower() in IMAGE_SUFFIXES
+    ]
+    groups = time_groups([f.name for f, _ in files], gap_min)
+    return [
+        Sample(key=str(f.relative_to(root)), label=label, group=g, path=f)
+        for (f, label), g in zip(files, groups, strict=True)
+    ]
+
+
+def review_samples(client: Any, rule_type: str, since: str | None) -> list[Sample]:
+    """Confirmed (1) vs rejected-as-false-positive (0) candidates of ``rule_type``."""
+    samples: list[Sample] = []
+    for item in _all_candidates(client, rule_type, since):
+        doc = client.get_candidate(str(item["id"]))
+        label = _review_label(doc)
+        if label is None:
+            continue
+        picked = _evidence_for_training(doc)
+        if picked is None:
+            progress(f"candidate {doc['id']}: no clean or crop evidence, skipped")
+            continue
+        sha, region = picked
+        source = doc.get("source") or {}
+        detection = doc.get("detection") or {}
+        group = f"{source.get('camera_id', '?')}:{detection.get('zone_id', '?')}"
+        samples.append(
+            Sample(
+                key=f"candidate:{doc['id']}",
+                label=label,
+                group=group,
+                data=client.get_evidence(sha),
+                region=region,
+            )
+        )
+    return samples
+
+
+def _all_candidates(client: Any, rule_type: str, since: str | None) -> Iterable[dict[str, Any]]:
+    params: dict[str, str | int] = {"type": rule_type, "limit": 100}
+    if since:
+        params["since"] = since
+    while True:
+        page = client.list_candidates(**params)
+        yield from page.get("items", [])
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return
+        params["cursor"] = cursor
+
+
+def _review_label(doc: dict[str, Any]) -> int | None:
+    status = doc.get("status")
+    if status in CONFIRMED:
+        return 1
+    if status == "rejected":
+        reason = (doc.get("review") or {}).get("reason_code")
+        return 0 if reason in NEGATIVE_REASONS else None
+    return None
+
+
+def _evidence_for_training(doc: dict[str, Any]) -> tuple[str, Region | None] | None:
+    """A crop as it is, else the clean frame with the detection's zone box as the region."""
+    evidence = doc.get("evidence") or []
+    for ev in evidence:
+        if ev.get("kind") == "crop":
+            return str(ev["sha256"]), None
+    for ev in evidence:
+        if ev.get("kind") == "clean":
+            return str(ev["sha256"]), _region(doc, ev)
+    return None
+
+
+def _region(doc: dict[str, Any], ev: dict[str, Any]) -> Region | None:
+    boxes = (doc.get("detection") or {}).get("boxes") or []
+    width, height = ev.get("width"), ev.get("height")
+    if not boxes or not width or not height:
+        return None
+    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    x0, y0 = arr[:, 0].min() / width, arr[:, 1].min() / height
+    x1, y1 = arr[:, 2].max() / width, arr[:, 3].max() / height
+    return (float(x0), float(y0), float(x1), float(y1))
+
+
+# --- features ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSet:
+    x: Matrix  # head features of the images
+    x_flip: Matrix  # the same of the mirrored images (training augmentation)
+    x_base: Matrix  # naive probe features
+    y: NDArray[np.int64]
+    groups: NDArray[np.int64]
+    keys: tuple[str, ...]
+
+
+def extract(
+    samples: Sequence[Sample], backend: Backend, recipe: PoolingRecipe, chunk: int = 8
+) -> FeatureSet:
+    rows: list[tuple[Matrix, Matrix, Matrix]] = []
+    kept: list[Sample] = []
+    for start in range(0, len(samples), chunk):
+        batch = samples[start : start + chunk]
+        images = [(s, s.image()) for s in batch]
+        good = [(s, im) for s, im in images if im is not None]
+        for s, im in images:
+            if im is None:
+                progress(f"{s.key}: not a readable image, skipped")
+        flat = [im for _, im in good] + [np.ascontiguousarray(im[:, ::-1]) for _, im in good]
+        results = backend.infer(flat)
+        n = len(good)
+        for i, (s, _) in enumerate(good):
+            region = s.region
+            flip_region = None if region is None else _mirror(region)
+            r, rf = results[i], results[n + i]
+            rows.append(
+                (
+                    pooled_features(r.features, r.letterbox, recipe, region),
+                    pooled_features(rf.features, rf.letterbox, recipe, flip_region),
+                    pooled_features(r.features, r.letterbox, BASELINE_RECIPE, region),
+                )
+            )
+            kept.append(s)
+        progress(f"features {min(start + chunk, len(samples))}/{len(samples)}")
+    if not kept:
+        raise ValueError("no readable images")
+    group_ids = {g: i for i, g in enumerate(dict.fromkeys(s.group for s in kept))}
+    return FeatureSet(
+        x=np.stack([r[0] for r in rows]),
+        x_flip=np.stack([r[1] for r in rows]),
+        x_base=np.stack([r[2] for r in rows]),
+        y=np.array([s.label for s in kept], dtype=np.int64),
+        groups=np.array([group_ids[s.group] for s in kept], dtype=np.int64),
+        keys=tuple(s.key for s in kept),
+    )
+
+
+def _mirror(region: Region) -> Region:
+    x0, y0, x1, y1 = region
+    return (1.0 - x1, y0, 1.0 - x0, y1)
+
+
+# --- model selection -------------------------------------------------------------------------
+
+
+def choose_threshold(
+    prob: NDArray[np.float64], y: NDArray[np.int64], min_recall: float, max_fpr: float
+) -> float:
+    """Decision threshold from out-of-fold probabilities.
+
+    Thresholds lie midway between consecutive distinct scores (a margin on both sides).
+    If some meet both targets, take the one with the largest recall - FPR; otherwise keep
+    FPR <= max_fpr and take the highest recall (the FPR bound is the hard constraint).
+    """
+    levels = np.unique(np.concatenate([prob, [0.0, 1.0]]))
+    cands = (levels[:-1] + levels[1:]) / 2.0
+    pos, neg = prob[y == 1], prob[y == 0]
+    rec = np.array([(pos >= t).mean() if pos.size else 0.0 for t in cands])
+    fpr = np.array([(neg >= t).mean() if neg.size else 0.0 for t in cands])
+    ok = fpr <= max_fpr + 1e-9
+    both = ok & (rec >= min_recall - 1e-9)
+    if both.any():
+        idx = np.flatnonzero(both)
+        best = idx[np.argmax(rec[idx] - fpr[idx])]
+    elif ok.any():
+        idx = np.flatnonzero(ok)
+        best = idx[np.lexsort((fpr[idx], -rec[idx]))[0]]
+    else:
+        return 0.5
+    return float(cands[best])
+
+
+def _fit(x: Matrix, y: NDArray[np.int64], c: float, x_aug: Matrix | None = None) -> Any:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if x_aug is not None:
+        x, y = np.vstack([x, x_aug]), np.concatenate([y, y])
+    model = make_pipeline(
+        StandardScaler(), LogisticRegression(C=c, max_iter=5000, class_weight="balanced")
+    )
+    return model.fit(x, y)
+
+
+def _folds(y: NDArray[np.int64], groups: NDArray[np.int64], k: int, seed: int) -> list[Any]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    smallest = int(min(np.bincount(y, minlength=2)))
+    k = max(2, min(k, smallest, len(set(groups.tolist()))))
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(y)), y, groups))
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    c: float
+    threshold: float
+
+
+def select(
+    fs: FeatureSet, idx: NDArray[np.intp], seed: int, min_recall: float, max_fpr: float
+) -> Choice:
+    """Inner grouped CV on ``idx``: C by out-of-fold log-loss, then the threshold."""
+    from sklearn.metrics import log_loss
+
+    y = fs.y[idx]
+    folds = _folds(y, fs.groups[idx], 4, seed)
+    best: tuple[float, float, NDArray[np.float64]] | None = None
+    for c in C_GRID:
+        oof = np.zeros(len(idx))
+        for tr, te in folds:
+            a, b = idx[tr], idx[te]
+            oof[te] = _fit(fs.x[a], fs.y[a], c, fs.x_flip[a]).predict_proba(fs.x[b])[:, 1]
+        loss = float(log_loss(y, np.clip(oof, 1e-6, 1 - 1e-6), labels=[0, 1]))
+        if best is None or loss < best[0]:
+            best = (loss, c, oof)
+    assert best is not None
+    return Choice(best[1], choose_threshold(best[2], y, min_recall, max_fpr))
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    precision: float
+    recall: float
+    accuracy: float
+    fpr: float
+    auc: float
+
+    @classmethod
+    def of(cls, y: NDArray[np.int64], prob: NDArray[np.float64], pred: NDArray[np.bool_]) -> Scores:
+        from sklearn.metrics import roc_auc_score
+
+        tp = int((pred & (y == 1)).sum())
+        fp = int((pred & (y == 0)).sum())
+        auc = float(roc_auc_score(y, prob)) if len(set(y.tolist())) == 2 else float("nan")
+        return cls(
+            precision=tp / max(int(pred.sum()), 1),
+            recall=tp / max(int((y == 1).sum()), 1),
+            accuracy=float((pred == (y == 1)).mean()),
+            fpr=fp / max(int((y == 0).sum()), 1),
+            auc=auc,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CvReport:
+    head: list[Scores]  # one per repeat, at the inner-CV threshold
+    head_half: list[Scores]  # the same probabilities at threshold 0.5
+    baseline: list[Scores]
+    thresholds: list[float]  # per outer fold
+    cs: list[float]
+
+
+def nested_cv(
+    fs: FeatureSet,
+    folds: int,
+    repeats: int,
+    seed: int,
+    min_recall: float,
+    max_fpr: float,
+    on_fold: Callable[[str], None] = progress,
+) -> CvReport:
+    report = CvReport([], [], [], [], [])
+    for rep in range(repeats):
+        n = len(fs.y)
+        prob, pred = np.zeros(n), np.zeros(n, dtype=bool)
+        bprob = np.zeros(n)
+        splits = _folds(fs.y, fs.groups, folds, seed + rep)
+        for k, (tr, te) in enumerate(splits, 1):
+            choice = select(fs, tr, seed + 100 + rep, min_recall, max_fpr)
+            model = _fit(fs.x[tr], fs.y[tr], choice.c, fs.x_flip[tr])
+            prob[te] = model.predict_proba(fs.x[te])[:, 1]
+            pred[te] = prob[te] >= choice.threshold
+            bprob[te] = _fit(fs.x_base[tr], fs.y[tr], 1.0).predict_proba(fs.x_base[te])[:, 1]
+            report.thresholds.append(choice.threshold)
+            report.cs.append(choice.c)
+            on_fold(
+                f"repeat {rep + 1}/{repeats} fold {k}/{len(splits)}: C={choice.c:g} "
+                f"threshold={choice.threshold:.3f}"
+            )
+        report.head.append(Scores.of(fs.y, prob, pred))
+        report.head_half.append(Scores.of(fs.y, prob, prob >= 0.5))
+        report.baseline.append(Scores.of(fs.y, bprob, bprob >= 0.5))
+    return report
+
+
+def _score_names() -> list[str]:
+    return [f.name for f in fields(Scores)]
+
+
+def _mean(scores: list[Scores]) -> Scores:
+    return Scores(*(float(np.mean([getattr(s, f) for s in scores])) for f in _score_names()))
+
+
+def format_report(fs: FeatureSet, rep: CvReport, folds: int, repeats: int) -> str:
+    npos = int(fs.y.sum())
+    lines = [
+        f"grouped nested CV: {len(fs.y)} images ({npos} positive / {len(fs.y) - npos} negative), "
+        f"{len(set(fs.groups.tolist()))} groups, {folds} folds x {repeats} repeats",
+        f"{'model':<50} {'threshold':>9} {'precision':>9} {'recall':>7} {'accuracy':>8} "
+        f"{'FPR':>6} {'AUC':>6}",
+    ]
+    rows = [
+        ("naive probe (mean-pooled C2PSA, LR, t=0.5)", "0.500", _mean(rep.baseline)),
+        (
+            "head (P3/P4/P5/C2PSA SPP mean+max, LR)",
+            f"{float(np.mean(rep.thresholds)):.3f}",
+            _mean(rep.head),
+        ),
+        ("same head at threshold 0.5", "0.500", _mean(rep.head_half)),
+    ]
+    for name, thr, s in rows:
+        lines.append(
+            f"{name:<50} {thr:>9} {s.precision:>9.3f} {s.recall:>7.3f} {s.accuracy:>8.3f} "
+            f"{s.fpr:>6.3f} {s.auc:>6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def fit_head(
+    fs: FeatureSet, name: str, info: ModelInfo, choice: Choice, meta: dict[str, Any]
+) -> SceneHead:
+    model = _fit(fs.x, fs.y, choice.c, fs.x_flip)
+    scaler, lr = model.steps[0][1], model.steps[1][1]
+    std = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+    return SceneHead(
+        name=name,
+        threshold=choice.threshold,
+        recipe=HEAD_RECIPE,
+        model_name=info.name,
+        backbone_sha256=info.sha256,
+        mean=scaler.mean_.astype(np.float32),
+        std=std.astype(np.float32),
+        weights=lr.coef_[0].astype(np.float32),
+        bias=float(lr.intercept_[0]),
+        meta=meta,
+    )
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> int:
+    from gridpatrol.detectors.models import load_backend, resolve_model
+
+    try:
+        samples = _samples(args)
+    except (ValueError, OSError) as exc:
+        print(f"train-head: {exc}", file=sys.stderr)
+        return 2
+    counts = np.bincount([s.label for s in samples], minlength=2)
+    if min(counts) < 2:
+        print(
+            f"train-head: need at least 2 images of each class, got {counts[1]} positive / "
+            f"{counts[0]} negative",
+            file=sys.stderr,
+        )
+        return 2
+    spec = resolve_model(args.model)
+    backend = load_backend(spec, feature_nodes=HEAD_RECIPE.nodes, mode="latency")
+    try:
+        fs = extract(samples, backend, HEAD_RECIPE)
+    finally:
+        backend.close()
+    report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
+    print(format_report(fs, report, args.folds, args.repeats), flush=True)
+    choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
+    print(
+        f"final head: C={choice.c:g}, threshold={choice.threshold:.3f} "
+        "(inner procedure on all data)"
+    )
+    if args.cv_only:
+        return 0
+    head = fit_head(fs, args.name, backend.info, choice, _meta(args, fs, report))
+    npz, meta = head.save(Path(args.out) if args.out else Path("var/heads") / args.name)
+    print(f"wrote {npz} and {meta}")
+    return 0
+
+
+def _samples(args: argparse.Namespace) -> list[Sample]:
+    if args.from_reviews:
+        from gridpatrol.api.client import ApiClient
+
+        url = args.api_url or os.environ.get("GRIDPATROL_API_URL", "http://127.0.0.1:8000")
+        token = args.token or os.environ.get("GRIDPATROL_API_TOKEN", "")
+        client = ApiClient(url, token)
+        try:
+            found = review_samples(client, args.type, args.since)
+        finally:
+            client.close()
+        progress(f"{len(found)} reviewed {args.type} candidates")
+        return found
+    if not args.dataset:
+        raise ValueError("give DATASET_DIR or --from-reviews")
+    found = dataset_samples(Path(args.dataset), args.positive or args.name, args.group_gap_min)
+    progress(f"{len(found)} images in {args.dataset}")
+    return found
+
+
+def _meta(args: argparse.Namespace, fs: FeatureSet, rep: CvReport) -> dict[str, Any]:
+    head, half, base = _mean(rep.head), _mean(rep.head_half), _mean(rep.baseline)
+    return {
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "training": {
+            "source": "reviews" if args.from_reviews else "folders",
+            "images": len(fs.y),
+            "positive": int(fs.y.sum()),
+            "groups": len(set(fs.groups.tolist())),
+            "augmentation": "horizontal flip (training only)",
+            "targets": {"min_recall": args.min_recall, "max_fpr": args.max_fpr},
+        },
+        "cv": {
+            "protocol": f"grouped nested CV, {args.folds} folds x {args.repeats} repeats",
+            "head": {k: round(getattr(head, k), 4) for k in _score_names()},
+            "head_at_0.5": {k: round(getattr(half, k), 4) for k in _score_names()},
+            "naive_probe": {k: round(getattr(base, k), 4) for k in _score_names()},
+        },
+    }

@@ -1,0 +1,525 @@
+"""End to end: a private Mosquitto, the real intake API and the real ``gridpatrol detect``.
+
+Frames of real footage (and scenes composed from real frames, see docs/detectors.md) are
+published as SPEC §3 frame envelopes with timestamps advancing at 2 fps; the publisher may run
+faster than real time because the worker's clock is the frame timestamp. Outcomes are read back
+through the API: candidates per episode, their evidence bytes and hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.topics import component_status_topic, frame_topic
+
+pytestmark = pytest.mark.slow
+
+T0 = datetime(2026, 5, 4, 2, 0, 0, tzinfo=UTC)  # 10:00 in Shanghai: inside any day schedule
+FPS = 2.0
+WHOLE = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+Image = np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Footage and composed scenes
+
+
+def video_frames(path: Path, fps: float = FPS) -> list[Image]:
+    """The video sampled at ``fps`` by its own timing."""
+    cap = cv2.VideoCapture(str(path))
+    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    out: list[Image] = []
+    index, next_t = 0, 0.0
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        if index / native >= next_t - 1e-9:
+            out.append(frame)
+            next_t += 1.0 / fps
+        index += 1
+    cap.release()
+    assert out, f"no frames in {path}"
+    return out
+
+
+def frame_at(path: Path, index: int) -> Image:
+    cap = cv2.VideoCapture(str(path))
+    frame = None
+    for _ in range(index + 1):
+        ok, frame = cap.read()
+        assert ok, f"{path} has fewer than {index + 1} frames"
+    cap.release()
+    assert frame is not None
+    return frame
+
+
+def jpeg(img: Image, quality: int = 85) -> bytes:
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def crop(img: Image, box: tuple[int, int, int, int], pad: int = 10) -> Image:
+    x1, y1, x2, y2 = box
+    h, w = img.shape[:2]
+    return img[max(0, y1 - pad) : min(h, y2 + pad), max(0, x1 - pad) : min(w, x2 + pad)].copy()
+
+
+def paste(base: Image, obj: Image, x: int, y: int, scale: float = 1.0) -> Image:
+    out = base.copy()
+    o = cv2.resize(obj, None, fx=scale, fy=scale) if scale != 1.0 else obj
+    h, w = o.shape[:2]
+    out[y : y + h, x : x + w] = o
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def write_site(path: Path, prefix: str, cameras: dict[str, list[dict[str, Any]]]) -> Path:
+    site = {
+        "site": {"name": "端到端测试", "timezone": "Asia/Shanghai"},
+        "mqtt": {"prefix": prefix},
+        "cameras": [
+            {
+                "id": cam,
+                "name": f"测试 {cam}",
+                "source": "mqtt",
+                "fps": FPS,
+                "location": {"lat": 31.28, "lon": 121.45, "address": "大宁路 100号"},
+                "zones": zones,
+            }
+            for cam, zones in cameras.items()
+        ],
+    }
+    path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+class Worker:
+    """``gridpatrol detect`` in a subprocess; killed or stopped like a real deployment."""
+
+    def __init__(self, workdir: Path, site: Path, broker_url: str, api: Any, shared: Path):
+        self.log = workdir / "detect.log"
+        self.site = site
+        self.env = {
+            **os.environ,
+            "GRIDPATROL_MQTT_URL": broker_url,
+            "GRIDPATROL_API_URL": api.url,
+            "GRIDPATROL_API_TOKEN": api.tokens["producer"],
+            "GRIDPATROL_OUTBOX": str(workdir / "outbox-detect.db"),
+            "GRIDPATROL_MODEL": str(shared / "models" / "yolo11n_int8_openvino_model"),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.metrics_port = sock.getsockname()[1]
+
+    def frames_taken(self, camera_id: str) -> int:
+        """Frames the worker took off the camera's slot (processed, not replaced)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
+        except httpx.TransportError:
+            return 0
+        pattern = rf'^gridpatrol_detect_frames_total{{camera="{re.escape(camera_id)}"}} (\S+)$'
+        match = re.search(pattern, text, re.MULTILINE)
+        return int(float(match.group(1))) if match else 0
+
+    def start(self, status: StatusWatch) -> None:
+        status.reset()
+        cmd = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(self.site)]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--progress-s", "5", "--metrics-port", str(self.metrics_port)],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 90
+        while not status.online():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"detect exited: {self.text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"detect did not come online: {self.text()[-3000:]}")
+            time.sleep(0.1)
+        time.sleep(0.5)  # the frame subscriptions follow the online status on connect
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def stop(self) -> int:
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.proc = None
+        return code
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+class StatusWatch:
+    """Follows the worker's retained component status topic."""
+
+    def __init__(self, conn: MqttConnection, prefix: str) -> None:
+        self.sub = conn.subscribe(component_status_topic(prefix, "detect"), qos=1, maxsize=100)
+        self.last = b""
+
+    def reset(self) -> None:
+        self.sub.drain()
+        self.last = b""
+
+    def online(self) -> bool:
+        while (msg := self.sub.get(0)) is not None:
+            self.last = msg.payload
+        return self.last == b"online"
+
+
+class Publisher:
+    def __init__(self, conn: MqttConnection, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+        self.seq: dict[str, int] = {}
+
+    def send(self, camera_id: str, t: datetime, data: bytes, width: int, height: int) -> None:
+        seq = self.seq.get(camera_id, 0)
+        self.seq[camera_id] = seq + 1
+        header = FrameHeader(ts=t, seq=seq, camera_id=camera_id, width=width, height=height)
+        assert self.conn.publish(frame_topic(self.prefix, camera_id), encode_frame(header, data))
+
+    def play(
+        self,
+        scenes: dict[str, list[bytes]],
+        sizes: dict[str, tuple[int, int]],
+        start: datetime,
+        worker: Worker,
+        offsets: list[float] | None = None,
+    ) -> datetime:
+        """Publish the cameras' frames interleaved at ``offsets`` seconds of frame time
+        (default 1/FPS apart); return the time after the last one.
+
+        Each step waits until the worker has taken the previous frames, so a loaded machine
+        changes how long this takes, not which frames the worker sees.
+        """
+        length = max(len(frames) for frames in scenes.values())
+        offsets = offsets or [k / FPS for k in range(length)]
+        base = {cam: worker.frames_taken(cam) for cam in scenes}
+        for k in range(length):
+            t = start + timedelta(seconds=offsets[k])
+            for cam, frames in scenes.items():
+                if k < len(frames):
+                    self.send(cam, t, frames[k], *sizes[cam])
+            for cam, frames in scenes.items():
+                want = base[cam] + min(k + 1, len(frames))
+                wait_for(
+                    f"camera {cam} frame {k}",
+                    lambda c=cam, n=want: worker.frames_taken(c) >= n,
+                    60,
+                    worker,
+                    poll_s=0.02,
+                )
+        return start + timedelta(seconds=offsets[length - 1] + 1 / FPS)
+
+
+@pytest.fixture
+def bus(mosquitto: Any, mqtt_prefix: str) -> Iterator[tuple[Publisher, StatusWatch]]:
+    conn = MqttConnection("e2e-publisher", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    status = StatusWatch(conn, mqtt_prefix)
+    assert conn.start(timeout=10)
+    try:
+        yield Publisher(conn, mqtt_prefix), status
+    finally:
+        conn.stop()
+
+
+def wait_for(
+    what: str, probe: Callable[[], Any], timeout: float, worker: Worker, poll_s: float = 0.3
+) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out waiting for {what}; worker log:\n{worker.text()[-4000:]}"
+            )
+        time.sleep(poll_s)
+
+
+def candidates(client: httpx.Client, camera_id: str) -> list[dict[str, Any]]:
+    response = client.get("/candidates", params={"camera_id": camera_id, "limit": 100})
+    response.raise_for_status()
+    items: list[dict[str, Any]] = response.json()["items"]
+    full = []
+    for item in items:
+        got = client.get(f"/candidates/{item['id']}")
+        got.raise_for_status()
+        full.append(got.json())
+    return sorted(full, key=lambda c: c["occurred_at"])
+
+
+def check_evidence(client: httpx.Client, candidate: dict[str, Any]) -> set[str]:
+    """Every evidence hash is served by the API and re-hashes to itself; returns the kinds."""
+    kinds = set()
+    for item in candidate["evidence"]:
+        response = client.get(f"/evidence/{item['sha256']}")
+        assert response.status_code == 200, item
+        assert hashlib.sha256(response.content).hexdigest() == item["sha256"]
+        assert cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR) is not None
+        assert item["width"] > 0 and item["height"] > 0 and item["captured_at"]
+        kinds.add(item["kind"])
+    return kinds
+
+
+def check_camera_candidate(candidate: dict[str, Any], camera_id: str, type_: str) -> None:
+    assert candidate["type"] == type_
+    assert candidate["status"] == "new", candidate.get("missing_elements")
+    source = candidate["source"]
+    assert source["type"] == "camera" and source["system"] == "gridpatrol-detect"
+    assert source["camera_id"] == camera_id
+    assert re.fullmatch(rf"{camera_id}:[\w.-]+:{type_}:\d{{13}}", source["source_event_id"])
+    det = candidate["detection"]
+    assert det["model"] and det["model_version"] and len(det["model_sha256"]) == 64
+    assert det["zone_id"] and det["dwell_s"] > 0 and 0 < det["score"] <= 1
+    assert candidate["location"]["address"] == "大宁路 100号"
+
+
+# ---------------------------------------------------------------------------------------------
+# The pedestrian street: crowd episodes, and no vending
+
+
+@pytest.fixture(scope="module")
+def street(shared_dir: Path) -> list[Image]:
+    return video_frames(shared_dir / "footage" / "pedestrian_street_1080p.mp4")
+
+
+def crowd_zone(clear_s: float) -> dict[str, Any]:
+    """The whole street, a crowd of five for 5 s; updates every 4 s of frame time."""
+    params = {"min_persons": 5, "dwell_s": 5, "gap_s": 2, "clear_s": clear_s, "update_s": 4}
+    return {"id": "whole-street", "polygon": WHOLE, "rules": {"crowd_gathering": params}}
+
+
+def test_street_crowd_episodes_and_no_vending(
+    tmp_path: Path,
+    shared_dir: Path,
+    bus: tuple[Publisher, StatusWatch],
+    api_server: Any,
+    mqtt_prefix: str,
+    mosquitto: Any,
+    street: list[Image],
+) -> None:
+    publisher, status = bus
+    site = write_site(
+        tmp_path / "site.yaml",
+        mqtt_prefix,
+        {
+            "street": [
+                crowd_zone(clear_s=3),
+                {
+                    "id": "market",
+                    "polygon": WHOLE,
+                    "rules": {"street_vending": {"dwell_s": 3, "gap_s": 2, "clear_s": 3}},
+                },
+            ]
+        },
+    )
+    worker = Worker(tmp_path, site, mosquitto.url, api_server, shared_dir)
+    worker.start(status)
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street]  # 10 s of the street at 2 fps
+    # The same street blurred beyond recognition: nobody is detected, the crowd is gone.
+    empty = jpeg(cv2.GaussianBlur(street[0], (151, 151), 0))
+    timeline = crowd + crowd[:10] + [empty] * 10 + crowd[:14]
+    publisher.play({"street": timeline}, {"street": (w, h)}, T0, worker)
+
+    client = api_server.client("reviewer")
+    found = wait_for(
+        "two crowd candidates",
+        lambda: len(c := candidates(client, "street")) >= 2 and c,
+        60,
+        worker,
+    )
+    time.sleep(2)  # nothing else may follow
+    found = candidates(client, "street")
+    assert worker.stop() == 0
+    assert [c["type"] for c in found] == ["crowd_gathering", "crowd_gathering"], found
+    first, second = found
+    for cand in found:
+        check_camera_candidate(cand, "street", "crowd_gathering")
+        assert cand["detection"]["zone_id"] == "whole-street"
+        assert cand["urgency"] == "immediate" and cand["severity"] == "MAJOR"
+        assert "人群聚集" in cand["description"]
+        kinds = check_evidence(client, cand)
+        assert {"clean", "annotated", "first_seen", "latest"} <= kinds
+    # The first episode was updated while it lasted, then ended; the second refers to it.
+    assert first["detection"]["dwell_s"] >= 9
+    assert "ended_at" in first["detection"]
+    assert "ended_at" not in second["detection"]
+    assert second["references"] == [first["id"]]
+    occurred = datetime.fromisoformat(first["occurred_at"])
+    assert T0 <= occurred <= T0 + timedelta(seconds=3)
+    log = worker.text()
+    assert "street_vending raise" not in log
+    assert re.search(r"camera street: \d+ frames in", log)
+
+
+def test_restart_mid_episode_makes_no_duplicate(
+    tmp_path: Path,
+    shared_dir: Path,
+    bus: tuple[Publisher, StatusWatch],
+    api_server: Any,
+    mqtt_prefix: str,
+    mosquitto: Any,
+    street: list[Image],
+) -> None:
+    publisher, status = bus
+    site = write_site(
+        tmp_path / "site.yaml",
+        mqtt_prefix,
+        {"street": [crowd_zone(clear_s=10)]},
+    )
+    worker = Worker(tmp_path, site, mosquitto.url, api_server, shared_dir)
+    worker.start(status)
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street]
+    end = publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
+    client = api_server.client("reviewer")
+    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+
+    worker.kill()  # mid-episode, no chance to flush or say goodbye
+    worker.start(status)
+    assert "1 open episode(s) reloaded" in worker.text()
+    publisher.play({"street": crowd[:16]}, {"street": (w, h)}, end, worker)
+
+    updated = wait_for(
+        "the episode to continue on the same candidate",
+        lambda: [c for c in candidates(client, "street") if c["detection"]["dwell_s"] >= 10],
+        60,
+        worker,
+    )
+    assert worker.stop() == 0
+    assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
+    assert updated[0]["source"]["source_event_id"] == first["source"]["source_event_id"]
+    assert "ended_at" not in updated[0]["detection"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Composed scenes for the other rules (docs/detectors.md, "End-to-end scenes")
+
+
+def compose_scenes(shared_dir: Path) -> dict[str, tuple[Image, Image]]:
+    """Static camera scenes built from real frames: (before, after) an object appears."""
+    footage = shared_dir / "footage"
+    road = cv2.resize(frame_at(footage / "car_park_overhead.mp4", 0), (1280, 720))
+    car = crop(frame_at(footage / "car_park_people_bikes.mp4", 30), (38, 37, 142, 118))
+    bike = crop(frame_at(footage / "pedestrian_street_1080p.mp4", 30), (779, 539, 938, 711))
+    board = crop(frame_at(footage / "pedestrian_street_1080p.mp4", 180), (608, 234, 810, 418))
+    garbage_dir = shared_dir / "datasets" / "garbage_dev" / "garbage"
+    bags = cv2.resize(cv2.imread(str(sorted(garbage_dir.glob("*.jpg"))[0])), (360, 270))
+    bikes = road
+    for x, y in ((300, 400), (500, 420), (700, 400)):
+        bikes = paste(bikes, bike, x, y)
+    return {
+        "parking": (road, paste(road, car, 500, 300, 1.5)),
+        "bikes": (road, bikes),
+        "shop": (road, paste(paste(road, board, 200, 380, 1.2), board, 900, 350, 1.2)),
+        "piled": (road, paste(road, bags, 420, 380)),
+    }
+
+
+# Frame times: the empty scene every 5 s for a minute (the background model learns it), then
+# the object held for 30 s at one frame a second.
+LEARN_STEPS, HOLD_STEPS = 12, 30
+TIMELINE = [5.0 * k for k in range(LEARN_STEPS)] + [60.0 + k for k in range(HOLD_STEPS)]
+
+
+COMPOSED_ZONES: dict[str, tuple[str, dict[str, Any]]] = {
+    "parking": ("illegal_parking", {"dwell_s": 4, "gap_s": 3, "clear_s": 10}),
+    "bikes": (
+        "non_motor_parking",
+        {"dwell_s": 4, "gap_s": 3, "clear_s": 10, "min_count": 2},
+    ),
+    "shop": (
+        "shop_front_occupation",
+        {"dwell_s": 3, "gap_s": 3, "clear_s": 10, "learn_s": 120, "min_area": 0.01},
+    ),
+    "piled": (
+        "piled_materials",
+        {"dwell_s": 3, "gap_s": 3, "clear_s": 10, "learn_s": 120, "min_area": 0.02},
+    ),
+}
+
+
+def test_composed_scenes_raise_the_other_rules(
+    tmp_path: Path,
+    shared_dir: Path,
+    bus: tuple[Publisher, StatusWatch],
+    api_server: Any,
+    mqtt_prefix: str,
+    mosquitto: Any,
+) -> None:
+    publisher, status = bus
+    site = write_site(
+        tmp_path / "site.yaml",
+        mqtt_prefix,
+        {
+            cam: [{"id": f"{cam}-zone", "polygon": WHOLE, "rules": {rule: params}}]
+            for cam, (rule, params) in COMPOSED_ZONES.items()
+        },
+    )
+    worker = Worker(tmp_path, site, mosquitto.url, api_server, shared_dir)
+    worker.start(status)
+    composed = compose_scenes(shared_dir)
+    scenes = {
+        cam: [jpeg(before)] * LEARN_STEPS + [jpeg(after)] * HOLD_STEPS
+        for cam, (before, after) in composed.items()
+    }
+    sizes = {cam: (after.shape[1], after.shape[0]) for cam, (_, after) in composed.items()}
+    publisher.play(scenes, sizes, T0, worker, offsets=TIMELINE)
+
+    client = api_server.client("reviewer")
+    wait_for(
+        "one candidate per composed scene",
+        lambda: all(candidates(client, cam) for cam in COMPOSED_ZONES),
+        60,
+        worker,
+    )
+    time.sleep(1)
+    assert worker.stop() == 0
+    for cam, (rule, _) in COMPOSED_ZONES.items():
+        found = candidates(client, cam)
+        assert [c["type"] for c in found] == [rule], (cam, found)
+        check_camera_candidate(found[0], cam, rule)
+        assert found[0]["urgency"] == "normal"
+        assert {"clean", "annotated", "first_seen", "latest"} <= check_evidence(client, found[0])

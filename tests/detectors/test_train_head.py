@@ -1,0 +1,228 @@
+"""``gridpatrol train-head`` through its command line: class folders and reviewed candidates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.api.client import ApiClient
+from gridpatrol.detectors.features import YOLO11_NODES
+from gridpatrol.detectors.head_training import choose_threshold, time_groups
+from gridpatrol.detectors.heads import SceneHead
+
+GARBAGE = (
+    "ams_mdc_photo_mdc_0e995a_cdv_photo_001_1495902895486.jpg",
+    "ams_mdc_photo_mdc_896400_cdv_photo_001_1495902157887.jpg",  # 12 min later: same session
+    "ams_mdc_photo_mdc_a33710_cdv_photo_001_1471973946025.jpg",
+    "ams_mdc_photo_mdc_c5a100_cdv_photo_001_1466102046307.jpg",
+    "ams_mdc_photo_mdc_f1fe20_cdv_photo_001_1465321177692.jpg",
+    "ams_mdc_photo_mdc_8458ba_cdv_photo_001_1479245585932.jpg",
+)
+CLEAN = (
+    "ams_mdc_photo_mdc_60fc5a_cdv_photo_001_1460486508409.jpg",
+    "ams_mdc_photo_mdc_984dc0_cdv_photo_001_1462308321981.jpg",
+    "ams_mdc_photo_mdc_9a02c0_cdv_photo_001_1466532924604.jpg",
+    "ams_mdc_photo_mdc_b2f360_cdv_photo_001_1466877620695.jpg",
+    "ams_mdc_photo_mdc_bd5c60_cdv_photo_001_1468348317902.jpg",
+    "ams_mdc_photo_mdc_cb0db0_cdv_photo_001_1470157407442.jpg",
+)
+
+
+def dataset(shared_dir: Path) -> Path:
+    return shared_dir / "datasets" / "garbage_dev"
+
+
+def model_env(shared_dir: Path) -> dict[str, str]:
+    model = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    return {**os.environ, "GRIDPATROL_MODEL": str(model)}
+
+
+def weights_sha(shared_dir: Path) -> str:
+    path = shared_dir / "models" / "yolo11n_int8_openvino_model" / "yolo11n.bin"
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def train_head(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "train-head", *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+        env=env,
+    )
+
+
+def check_report(stdout: str, images: int, positive: int) -> None:
+    lines = stdout.splitlines()
+    assert lines[0].startswith(
+        f"grouped nested CV: {images} images ({positive} positive / {images - positive} negative)"
+    )
+    assert lines[1].split() == [
+        "model",
+        "threshold",
+        "precision",
+        "recall",
+        "accuracy",
+        "FPR",
+        "AUC",
+    ]
+    rows = {line.split("  ")[0]: line.split()[-6:] for line in lines[2:5]}
+    assert set(rows) == {
+        "naive probe (mean-pooled C2PSA, LR, t=0.5)",
+        "head (P3/P4/P5/C2PSA SPP mean+max, LR)",
+        "same head at threshold 0.5",
+    }
+    for figures in rows.values():
+        assert all(0.0 <= float(v) <= 1.0 for v in figures)
+    assert lines[5].startswith("final head: C=")
+
+
+def test_time_groups_link_photos_minutes_apart() -> None:
+    names = [
+        "a_1495902895486.jpg",  # 12 min after the next one
+        "b_1495902157887.jpg",
+        "c_1495990000000.jpg",  # a day later
+        "no_stamp.jpg",
+    ]
+    groups = time_groups(names, gap_min=30)
+    assert groups[0] == groups[1]
+    assert len({groups[0], groups[2], groups[3]}) == 3
+    assert time_groups(names, gap_min=5)[0] != time_groups(names, gap_min=5)[1]
+
+
+@pytest.mark.parametrize(
+    ("prob", "y", "expected"),
+    [
+        # separable: the middle of the widest gap that meets both targets
+        ([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1], 0.5),
+        # no threshold reaches recall 0.92 at FPR <= 0.10: the FPR bound wins
+        ([0.1, 0.6, 0.3, 0.7, 0.9], [0, 0, 1, 1, 1], 0.65),
+    ],
+)
+def test_threshold_favours_recall_within_the_fpr_bound(
+    prob: list[float], y: list[int], expected: float
+) -> None:
+    got = choose_threshold(np.array(prob), np.array(y), min_recall=0.92, max_fpr=0.10)
+    assert got == pytest.approx(expected)
+
+
+def test_train_head_from_class_folders(shared_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for folder, names in (("garbage", GARBAGE), ("clean", CLEAN)):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
+    out = tmp_path / "heads" / "garbage"
+    proc = train_head(
+        str(root), "--name", "garbage", "--out", str(out), "--folds", "3", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    check_report(proc.stdout, images=12, positive=6)
+    assert "train-head: features 12/12" in proc.stderr
+    assert "11 groups" in proc.stdout  # two photos of one report session share a group
+
+    head = SceneHead.load(out.with_suffix(".npz"))
+    assert head.name == "garbage"
+    assert head.backbone_sha256 == weights_sha(shared_dir)
+    assert head.model_name == "yolo11n"
+    assert head.feature_nodes == tuple(YOLO11_NODES.values())
+    assert 0.0 < head.threshold < 1.0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["training"]["images"] == 12
+    assert meta["cv"]["head"].keys() == {"precision", "recall", "accuracy", "fpr", "auc"}
+
+
+def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "bins").mkdir()
+    proc = train_head(str(tmp_path), "--name", "garbage", env=model_env(shared_dir))
+    assert proc.returncode == 2
+    assert "no sub-folder 'garbage'" in proc.stderr
+    proc = train_head("--name", "garbage", env=model_env(shared_dir))
+    assert proc.returncode == 2
+    assert "DATASET_DIR or --from-reviews" in proc.stderr
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    return int(image.shape[1]), int(image.shape[0])
+
+
+def post_candidate(producer: ApiClient, data: bytes, kind: str, camera: str) -> str:
+    sha = producer.put_evidence(data, "image/jpeg")
+    width, height = jpeg_size(data)
+    body: dict[str, Any] = {
+        "source": {
+            "type": "camera",
+            "system": "test-detector",
+            "camera_id": camera,
+            "source_event_id": uuid.uuid4().hex,
+        },
+        "type": "garbage_overflow",
+        "description": "暴露垃圾",
+        "occurred_at": "2026-11-27T03:59:00+00:00",
+        "location": {"lat": 31.28, "lon": 121.45},
+        "severity": "MINOR",
+        "urgency": "normal",
+        "evidence": [{"sha256": sha, "kind": kind, "width": width, "height": height}],
+        "detection": {
+            "model": "yolo11n",
+            "score": 0.8,
+            "zone_id": "bins",
+            "boxes": [[0, 0, width, height]],
+        },
+    }
+    created = producer.create_candidate(body, uuid.uuid4().hex)
+    assert created["status"] == "new", created
+    return str(created["id"])
+
+
+def test_train_head_from_reviewed_candidates(
+    shared_dir: Path, tmp_path: Path, api_server: Any
+) -> None:
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    photos = [("garbage", n) for n in GARBAGE] + [("clean", n) for n in CLEAN]
+    for i, (label, name) in enumerate(photos):
+        data = (dataset(shared_dir) / label / name).read_bytes()
+        kind = "clean" if i % 2 else "crop"  # both evidence paths
+        cid = post_candidate(producer, data, kind, camera=f"cam-{i % 4}")
+        if label == "garbage":
+            reviewer.review(cid, "confirm")
+        else:
+            reviewer.review(cid, "reject", reason_code="false_positive")
+    # neither confirmed nor rejected as a false positive: not training data
+    data = (dataset(shared_dir) / "garbage" / GARBAGE[0]).read_bytes()
+    duplicate = post_candidate(producer, data, "crop", camera="cam-9")
+    reviewer.review(duplicate, "reject", reason_code="duplicate")
+    post_candidate(producer, data, "crop", camera="cam-9")  # never reviewed
+    producer.close()
+    reviewer.close()
+
+    out = tmp_path / "reviewed"
+    proc = train_head(
+        "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
+        "--token", api_server.tokens["reviewer"], "--out", str(out),
+        "--folds", "2", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "12 reviewed garbage_overflow candidates" in proc.stderr
+    check_report(proc.stdout, images=12, positive=6)
+    assert "4 groups" in proc.stdout  # camera + zone
+    head = SceneHead.load(out)
+    assert head.backbone_sha256 == weights_sha(shared_dir)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["training"]["source"] == "reviews"
