@@ -300,8 +300,8 @@ def _start_components(demo: Demo) -> None:
     demo.add("sensors", ["simulate-sensors", "--config", config, "--rate", "1"])
 
 
-def _watch(demo: Demo, duration: float | None) -> None:
-    """Run until the duration ends or Ctrl-C; report progress; a crashed component ends it."""
+def _watch(demo: Demo, duration: float | None) -> bool:
+    """Run until the duration ends or Ctrl-C; report progress; False when a component died."""
     started = time.monotonic()
     next_report = started + 10
     while duration is None or time.monotonic() - started < duration:
@@ -310,7 +310,7 @@ def _watch(demo: Demo, duration: float | None) -> None:
         if dead:
             for component in dead:
                 print(f"{component.name} exited unexpectedly:\n{component.tail()}", flush=True)
-            return
+            return False
         if time.monotonic() >= next_report:
             next_report += 10
             try:
@@ -319,6 +319,7 @@ def _watch(demo: Demo, duration: float | None) -> None:
                 continue
             elapsed = time.monotonic() - started
             print(f"[{elapsed:5.0f} s] candidates so far: {count}", flush=True)
+    return True
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -331,6 +332,7 @@ def run_demo(args: argparse.Namespace) -> int:
     (workdir / "state").mkdir()
     demo = Demo(config, workdir, free_port(args.port), generate_tokens())
     interrupted = False
+    healthy = True
     items: list[dict[str, Any]] = []
     with _broker() as broker_url:
         try:
@@ -346,7 +348,7 @@ def run_demo(args: argparse.Namespace) -> int:
                 import webbrowser
 
                 webbrowser.open(url)
-            _watch(demo, args.duration)
+            healthy = _watch(demo, args.duration)
         except KeyboardInterrupt:
             interrupted = True
         except RuntimeError as exc:
@@ -366,4 +368,6 @@ def run_demo(args: argparse.Namespace) -> int:
             demo.stop_all()
     for line in summary_lines(items):
         print(line, flush=True)
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return 0 if healthy else 1

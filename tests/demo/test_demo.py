@@ -62,3 +62,31 @@ def test_demo_runs_unattended_and_produces_candidates_with_evidence(tmp_path: Pa
     assert len(stored) >= 1
     for name in ("api", "ingest", "detect", "bridge", "sensors"):
         assert (workdir / "logs" / f"{name}.log").stat().st_size > 0
+
+
+def test_footage_comes_from_the_shared_folder(
+    tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gridpatrol import demo
+
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(shared_dir))
+    footage = demo.find_footage(tmp_path)
+    assert footage == tmp_path / "var" / "footage"
+    assert footage.is_symlink() and footage.resolve() == (shared_dir / "footage").resolve()
+    assert demo.find_footage(tmp_path) == footage  # the second run finds the link
+
+
+def test_offline_without_footage_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gridpatrol import demo
+
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(tmp_path / "nothing-here"))
+    monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{_port()}/")
+    with pytest.raises(SystemExit) as exc:
+        demo.find_footage(tmp_path)
+    message = str(exc.value)
+    assert message.startswith("no footage: ")
+    assert "could not be downloaded" in message
+    assert str(tmp_path / "var" / "footage") in message
+    assert "pedestrian_street_1080p.mp4" in message and "GRIDPATROL_SHARED" in message
