@@ -193,6 +193,7 @@ class MqttConnection:
         self._refused = threading.Event()
         self._client: paho.Client | None = None
         self._stopping = False
+        self._starting = False
         self._socket_opened_at: float | None = None
         self._connack_seen = False
 
@@ -209,9 +210,17 @@ class MqttConnection:
         Raises :class:`MqttAuthError` on refused credentials.
         """
         self._stopping = False
-        self._open()
-        if self._wait_first(timeout) or not self._refused.is_set():
-            return self._result()
+        self._starting = True
+        try:
+            self._open()
+            if not self._wait_first(timeout) and self._refused.is_set():
+                self._fall_back()
+                self._wait_first(timeout)
+        finally:
+            self._starting = False
+        return self._result()
+
+    def _fall_back(self) -> None:
         log.warning(
             "broker %s refuses MQTT 5; falling back to MQTT 3.1.1 for %s",
             self.settings.url,
@@ -220,24 +229,20 @@ class MqttConnection:
         _V311_BROKERS.add((self.settings.host, self.settings.port))
         self._close_client()
         self.protocol = MQTTProtocolVersion.MQTTv311
-        self._open()
-        self._wait_first(timeout)
-        return self._result()
+        if not self._stopping:
+            self._open()
+
+    def _refuse_v5(self) -> None:
+        """The broker turned MQTT 5 away; after start() the fall-back runs on its own thread."""
+        first = not self._refused.is_set()
+        self._refused.set()
+        if first and not self._starting and self.protocol == MQTTProtocolVersion.MQTTv5:
+            threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
 
     def _wait_first(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._connected.is_set() or self._refused.is_set() or self.auth_failed:
-                break
-            opened = self._socket_opened_at
-            if (
-                self.protocol == MQTTProtocolVersion.MQTTv5
-                and opened is not None
-                and not self._connack_seen
-                and time.monotonic() - opened > _V5_CONNACK_GRACE_S
-            ):
-                # amqtt 0.12 neither answers nor closes on an MQTT 5 CONNECT with a will.
-                self._refused.set()
                 break
             time.sleep(0.02)
         return self._connected.is_set()
@@ -330,9 +335,19 @@ class MqttConnection:
 
     # -- paho callbacks (network thread: never block) ------------------------------------------
 
-    def _on_socket_open(self, _client: paho.Client, _userdata: Any, _sock: Any) -> None:
+    def _on_socket_open(self, client: paho.Client, _userdata: Any, _sock: Any) -> None:
         if self._socket_opened_at is None:
             self._socket_opened_at = time.monotonic()
+        if self.protocol == MQTTProtocolVersion.MQTTv5 and not self._connack_seen:
+            # amqtt 0.12 neither answers nor closes on an MQTT 5 CONNECT with a will; paho
+            # would only notice at the keep-alive timeout.
+            timer = threading.Timer(_V5_CONNACK_GRACE_S, self._check_connack, args=(client,))
+            timer.daemon = True
+            timer.start()
+
+    def _check_connack(self, client: paho.Client) -> None:
+        if client is self._client and not self._connack_seen and not self._stopping:
+            self._refuse_v5()
 
     def _on_connect(
         self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -340,8 +355,8 @@ class MqttConnection:
         self._connack_seen = True
         code = int(getattr(reason, "value", reason))
         if code == _RC_UNSUPPORTED_PROTOCOL and self.protocol == MQTTProtocolVersion.MQTTv5:
-            self._refused.set()
             client.disconnect()
+            self._refuse_v5()
             return
         if code in _RC_AUTH:
             log.error(
@@ -383,8 +398,9 @@ class MqttConnection:
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
-        if self._socket_opened_at is not None and not self._connack_seen:
-            self._refused.set()  # closed on our CONNECT: try the older protocol
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        if v5 and self._socket_opened_at is not None and not self._connack_seen:
+            self._refuse_v5()  # closed on our CONNECT (or no CONNACK): try the older protocol
         if was and not self._stopping:
             log.warning(
                 "%s: disconnected from %s (%s); reconnecting",

@@ -315,7 +315,7 @@ JSON = st.recursive(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(JSON, st.dictionaries(st.sampled_from(sorted(ALARM)), JSON, max_size=4))
 def test_any_json_either_decodes_or_raises_message_error(
     value: object, patch: dict[str, object]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
-from gridpatrol.ingest.broker import ensure_broker, free_port
+from gridpatrol.ingest.broker import ensure_broker, free_port, start_amqtt
 from gridpatrol.ingest.mqtt import Message, MqttAuthError, MqttConnection, MqttSettings
 from gridpatrol.ingest.reliable import ReliableConsumer
 from gridpatrol.ingest.topics import sensor_alarm_topic
@@ -337,3 +337,23 @@ def test_tls_with_a_private_ca_from_the_environment(
         broker.wait(10)
     assert message is not None
     assert message.payload == b"secure"
+
+
+def test_falls_back_when_amqtt_comes_up_after_the_component(mqtt_prefix: str) -> None:
+    port = free_port()
+    conn = MqttConnection(
+        "early-bird", MqttSettings.from_url(f"mqtt://127.0.0.1:{port}"), prefix=mqtt_prefix
+    )
+    messages = conn.subscribe(f"{mqtt_prefix}/late", qos=1)
+    assert not conn.start(1)  # nothing listens yet: paho keeps retrying
+    handle = start_amqtt(port)
+    try:
+        assert conn.wait_connected(60)
+        assert conn.protocol == MQTTProtocolVersion.MQTTv311
+        assert conn.publish_wait(f"{mqtt_prefix}/late", b"made it", qos=1)
+        message = messages.get(10)
+        conn.stop()
+    finally:
+        handle.stop()
+    assert message is not None
+    assert message.payload == b"made it"
