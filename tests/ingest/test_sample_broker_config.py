@@ -1,0 +1,106 @@
+"""samples/mosquitto.conf and samples/mosquitto.acl on a real Mosquitto: rights per component."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridpatrol.ingest.broker import free_port, reachable
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+
+REPO = Path(__file__).resolve().parents[2]
+USERS = ("ingest-1", "detect-1", "alarm-bridge", "api", "sensor-gw-1", "monitor")
+
+
+@pytest.fixture
+def sample_broker(tmp_path: Path) -> Iterator[int]:
+    """Mosquitto with the sample configuration: local port, local paths, one password each."""
+    passwd = tmp_path / "passwd"
+    for i, user in enumerate(USERS):
+        create = ["-c"] if i == 0 else []
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *create, str(passwd), user, f"pw-{user}"], check=True
+        )
+    port = free_port()
+    lines = []
+    for line in (REPO / "samples" / "mosquitto.conf").read_text().splitlines():
+        key = line.split(" ", 1)[0]
+        replaced = {
+            "listener": f"listener {port} 127.0.0.1",
+            "persistence_location": f"persistence_location {tmp_path}/",
+            "password_file": f"password_file {passwd}",
+            "acl_file": f"acl_file {REPO / 'samples' / 'mosquitto.acl'}",
+        }
+        lines.append(replaced.get(key, line))
+    if os.geteuid() == 0:
+        lines.append("user root")  # as root Mosquitto drops to a user that cannot read tmp_path
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text("\n".join(lines) + "\n")
+    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while not reachable("127.0.0.1", port, 0.2):
+        assert proc.poll() is None, "mosquitto refused samples/mosquitto.conf"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def connect(port: int, user: str, component: str) -> MqttConnection:
+    settings = MqttSettings.from_url(f"mqtt://{user}:pw-{user}@127.0.0.1:{port}")
+    return MqttConnection(component, settings)
+
+
+def test_each_component_has_its_rights_and_nothing_more(sample_broker: int) -> None:
+    detect = connect(sample_broker, "detect-1", "detect-0-of-2")
+    frames = detect.subscribe("gridpatrol/cameras/+/frame")
+    statuses = detect.subscribe("gridpatrol/components/+/status", qos=1)
+    ingest = connect(sample_broker, "ingest-1", "ingest-1")
+    gateway = connect(sample_broker, "sensor-gw-1", "sensor-gw-1")
+    bridge = connect(sample_broker, "alarm-bridge", "alarm-bridge")
+    alarms = bridge.subscribe("gridpatrol/sensors/+/alarm", qos=1)
+    try:
+        for conn in (detect, ingest, gateway, bridge):
+            assert conn.start(10), conn.component_id
+        assert ingest.publish_wait("gridpatrol/cameras/c1/frame", b"from ingest", qos=1)
+        assert gateway.publish_wait("gridpatrol/cameras/c1/frame", b"spoofed", qos=1)
+        assert gateway.publish_wait("gridpatrol/sensors/mh-1/alarm", b"alarm", qos=1)
+        assert ingest.publish_wait("gridpatrol/sensors/mh-1/alarm", b"forged alarm", qos=1)
+        time.sleep(0.5)
+        assert [m.payload for m in frames.drain()] == [b"from ingest"]
+        assert [m.payload for m in alarms.drain()] == [b"alarm"]
+        seen = {m.topic.split("/")[2] for m in statuses.drain()}
+        assert {"detect-0-of-2", "ingest-1", "sensor-gw-1", "alarm-bridge"} <= seen
+    finally:
+        for conn in (detect, ingest, gateway, bridge):
+            conn.stop()
+
+
+def test_a_killed_component_is_seen_offline_whatever_its_id(
+    sample_broker: int, tmp_path: Path, gridpatrol_proc: Any
+) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text("site: {name: T}\ncameras: []\n")
+    watcher = connect(sample_broker, "monitor", "monitor-1")
+    statuses = watcher.subscribe("gridpatrol/components/watch-7/status", qos=1)
+    assert watcher.start(10)
+    url = f"mqtt://detect-1:pw-detect-1@127.0.0.1:{sample_broker}"
+    args = ["watch-frames", "--config", str(site), "--component-id", "watch-7"]
+    proc = gridpatrol_proc(args, url)
+    try:
+        first = statuses.get(30)
+        assert first is not None and first.payload == b"online"
+        proc.signal(signal.SIGKILL)
+        last = statuses.get(30)
+    finally:
+        watcher.stop()
+    assert last is not None
+    assert last.payload == b"offline"
