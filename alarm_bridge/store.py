@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import astuple
+from dataclasses import fields
 from typing import Any
 
 from gridpatrol.alarm_bridge.lifecycle import AlarmState
 from gridpatrol.api.client import merge_patches
 
+_STATE_FIELDS = tuple(f.name for f in fields(AlarmState))
 TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
 
 SCHEMA = """
@@ -46,6 +47,7 @@ CREATE TABLE IF NOT EXISTS bridge_pending_patch (
     body TEXT NOT NULL,
     since REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS bridge_outbox_evidence ON outbox_ops (sha256);
 CREATE TABLE IF NOT EXISTS bridge_seen (
     sensor_id TEXT PRIMARY KEY,
     last_heard REAL NOT NULL
@@ -80,13 +82,13 @@ def load_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str) -> Ala
     ).fetchone()
     if row is None:
         return AlarmState()
-    return AlarmState(*json.loads(row[0]))
+    return AlarmState(*json.loads(row[0]))  # the field order of AlarmState
 
 
 def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
-        (sensor_id, alarm_type, json.dumps(astuple(st))),
+        (sensor_id, alarm_type, json.dumps([getattr(st, f) for f in _STATE_FIELDS])),
     )
 
 
@@ -121,12 +123,13 @@ def prune_trace(conn: sqlite3.Connection, sensor_id: str) -> None:
     )
 
 
-def trace(conn: sqlite3.Connection, sensor_id: str) -> list[dict[str, Any]]:
+def trace(conn: sqlite3.Connection, sensor_id: str) -> list[str]:
+    """The newest readings of the sensor, oldest first, as stored JSON texts."""
     rows = conn.execute(
         "SELECT entry FROM bridge_trace WHERE sensor_id = ? ORDER BY id DESC LIMIT ?",
         (sensor_id, TRACE_LEN),
     ).fetchall()
-    return [json.loads(r[0]) for r in reversed(rows)]
+    return [r[0] for r in reversed(rows)]
 
 
 def pend_patch(
@@ -143,17 +146,18 @@ def pend_patch(
     )
 
 
-def oldest_pending(conn: sqlite3.Connection) -> float | None:
-    row = conn.execute("SELECT MIN(since) FROM bridge_pending_patch").fetchone()
-    return float(row[0]) if row and row[0] is not None else None
-
-
-def take_pending(conn: sqlite3.Connection) -> list[tuple[str, dict[str, Any]]]:
-    """Every pending update, oldest first, removed from the table (same transaction)."""
+def take_pending(
+    conn: sqlite3.Connection, limit: int = -1, since_before: float = float("inf")
+) -> list[tuple[str, dict[str, Any]]]:
+    """The oldest pending updates (all by default), removed from the table."""
     rows = conn.execute(
-        "SELECT candidate_id, body FROM bridge_pending_patch ORDER BY since"
+        "SELECT candidate_id, body FROM bridge_pending_patch WHERE since < ? ORDER BY since"
+        " LIMIT ?",
+        (since_before, limit),
     ).fetchall()
-    conn.execute("DELETE FROM bridge_pending_patch")
+    conn.executemany(
+        "DELETE FROM bridge_pending_patch WHERE candidate_id = ?", [(r[0],) for r in rows]
+    )
     return [(cid, json.loads(body)) for cid, body in rows]
 
 

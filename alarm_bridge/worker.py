@@ -53,7 +53,9 @@ SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay th
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
-PATCH_CHECK_S = 0.2
+PATCH_CHECK_S = 0.1
+PATCH_TRICKLE = 8  # updates handed to the outbox per check, when it is nearly idle
+PATCH_IDLE_DEPTH = 4
 
 
 @dataclass
@@ -209,9 +211,11 @@ class BridgeCore:
         for new in out.creates:
             txn.create_candidate(new.body, new.candidate_id)
 
-    def flush_patches(self, txn: OutboxTxn) -> int:
-        """Move the coalesced updates into the outbox (after the creates they follow)."""
-        pending = store.take_pending(txn.conn)
+    def flush_patches(
+        self, txn: OutboxTxn, limit: int = -1, since_before: float = float("inf")
+    ) -> int:
+        """Move coalesced updates into the outbox (after the creates they follow)."""
+        pending = store.take_pending(txn.conn, limit, since_before)
         for candidate_id, patch in pending:
             txn.patch_candidate(candidate_id, patch)
         return len(pending)
@@ -289,15 +293,17 @@ def _trace_entry(item: AlarmInput) -> dict[str, object]:
     return entry
 
 
-def _trace_document(sensor: Sensor, entries: list[dict[str, object]]) -> bytes:
-    doc = {
+def _trace_document(sensor: Sensor, entries: list[str]) -> bytes:
+    """The sensor-trace evidence; the stored readings are spliced in as they are (JSON)."""
+    doc: dict[str, object] = {
         "sensor_id": sensor.id,
         "kind": sensor.kind,
         "location": candidates.location(sensor),
         "thresholds": sensor.thresholds.model_dump(by_alias=True) if sensor.thresholds else None,
-        "readings": entries,
+        "readings": [],
     }
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    head = json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+    return (head[: -len("[]}")] + "[" + ",".join(entries) + "]}").encode()
 
 
 class Bridge:
@@ -362,10 +368,7 @@ class Bridge:
         due = self._due
         if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
             due["patches"] = now
-            with self.outbox.transaction() as txn:
-                oldest = store.oldest_pending(txn.conn)
-            if oldest is not None and now - oldest >= PATCH_COALESCE_S:
-                self._flush_patches()
+            self._trickle_patches(now)
         if now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
             self._silence(now)
@@ -379,6 +382,18 @@ class Bridge:
             self._received_at_progress = received
             due["progress"] = now
         due.setdefault("progress", now)
+
+    def _trickle_patches(self, now: float) -> None:
+        """Hand a few coalesced updates to the outbox when it is nearly idle.
+
+        Updates wait in the state database while the outbox is busy, merging further, so the
+        API sees at most about one PATCH per active alarm per round and a new alarm's create
+        never queues behind a long run of updates.
+        """
+        if self.outbox.depth() >= PATCH_IDLE_DEPTH:
+            return
+        with self.outbox.transaction() as txn:
+            self.core.flush_patches(txn, PATCH_TRICKLE, now - PATCH_COALESCE_S)
 
     def _flush_patches(self) -> None:
         with self.outbox.transaction() as txn:
