@@ -31,6 +31,7 @@ Mask = NDArray[np.bool_]
 class BackgroundParams:
     learn_s: float = 3600.0
     short_s: float = 10.0
+    bootstrap_s: float = 30.0  # the background is the plain running mean for this long
     fg_threshold: float = 25.0  # gray levels between S and B
     stable_threshold: float = 20.0  # gray levels between the frame and S
 
@@ -41,6 +42,7 @@ class BackgroundState:
     short: FloatImage
     t: float
     start_t: float
+    known: Mask  # pixels seen at least once without a detection on them
 
 
 @dataclass(frozen=True)
@@ -83,29 +85,34 @@ def step(
 ) -> tuple[BackgroundState, Mask]:
     """Advance the model with one frame crop; returns the new state and the static mask.
 
-    ``zone_mask`` and ``objects`` (pixels under detections) have the crop's shape. The first
-    frame seeds the background: whatever stays there while monitoring starts is normal.
+    ``zone_mask`` and ``objects`` (pixels under detections) have the crop's shape. The
+    background is seeded from the first frame, except under detections: those pixels are
+    seeded when first seen uncovered, so a person standing in the first frame leaves no ghost.
+    Whatever else is there when monitoring starts is normal.
     """
     frame = gray.astype(np.float32)
     if state is None or state.background.shape != frame.shape:
-        return BackgroundState(frame, frame.copy(), t, t), np.zeros(frame.shape, dtype=bool)
+        fresh = BackgroundState(frame, frame.copy(), t, t, ~objects)
+        return fresh, np.zeros(frame.shape, dtype=bool)
     dt = t - state.t
+    newly = ~state.known & ~objects
+    known = state.known | newly
+    base = np.where(newly, frame, state.background)
     short = state.short + _alpha(dt, params.short_s) * (frame - state.short)
-    diff = short - state.background
-    inside = zone_mask & ~objects
+    diff = short - base
+    inside = zone_mask & ~objects & known
     if inside.any():
         diff -= float(np.median(diff[inside]))  # global illumination change
     stable = np.abs(frame - short) < params.stable_threshold
-    static = _open((np.abs(diff) > params.fg_threshold) & stable & zone_mask)
-    # Until learn_s has passed the background is the running mean of everything seen so far,
-    # so someone standing in the very first frame does not leave a ghost for an hour.
-    tau = min(params.learn_s, max(t - state.start_t, params.short_s))
+    static = _open((np.abs(diff) > params.fg_threshold) & stable & zone_mask & known)
+    # During the first bootstrap_s the background is the running mean of what was seen, which
+    # washes out anything undetected that moved through the first frames.
+    elapsed = t - state.start_t
+    tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
     learn = _alpha(dt, tau)
-    background = np.where(
-        objects, state.background, state.background + learn * (frame - state.background)
-    )
+    background = np.where(objects, base, base + learn * (frame - base))
     new_state = BackgroundState(
-        background.astype(np.float32), short.astype(np.float32), t, state.start_t
+        background.astype(np.float32), short.astype(np.float32), t, state.start_t, known
     )
     return new_state, static
 

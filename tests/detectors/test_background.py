@@ -59,6 +59,14 @@ def scenario(name: str) -> list[tuple[float, np.ndarray, np.ndarray]]:
         ]
     if name == "lights go down":
         return warm + [(t, (street(t) * 0.7).astype(np.uint8), NOTHING) for t in later]
+    if name == "person in the first frames walks away":
+        covered = NOTHING.copy()
+        covered[45:85, 35:85] = True
+        first = [(t, with_box(street(t), 230, BOX_R, BOX_C), covered) for t in range(0, 6, 2)]
+        return first + [(t, street(t), NOTHING) for t in range(6, 90, 2)]
+    if name == "undetected mover in the first frames":
+        first = [(t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(0, 4, 2)]
+        return first + [(t, street(t), NOTHING) for t in range(4, 90, 2)]
     if name == "pile present from the start":
         return [(t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(0, 90, 2)]
     raise AssertionError(name)
@@ -73,6 +81,8 @@ def scenario(name: str) -> list[tuple[float, np.ndarray, np.ndarray]]:
         ("object moving across", 0.0, 0.005),
         ("lights go down", 0.0, 0.005),
         ("pile present from the start", 0.0, 0.005),
+        ("person in the first frames walks away", 0.0, 0.005),
+        ("undetected mover in the first frames", 0.0, 0.005),
     ],
 )
 def test_static_foreground(name: str, static_min: float, static_max: float) -> None:
