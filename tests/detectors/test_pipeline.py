@@ -430,3 +430,38 @@ def test_real_street_background_finds_a_composed_pile(
     x1, y1, x2, y2 = found.boxes[-1]
     # The pile covers x 1320-1560, y 720-900 in frame pixels.
     assert 1260 <= x1 <= 1340 and 1540 <= x2 <= 1620 and 680 <= y1 <= 740 and 880 <= y2 <= 940
+
+
+def test_real_street_with_a_composed_stall_raises_one_vending_episode(
+    street_frames: tuple[tuple[str, ...], list[tuple[float, Detections, np.ndarray]]],
+) -> None:
+    """The real detections of the busy street, plus a vendor and a stall table composed into
+    every frame from 2 s (with the detector's usual jitter): one vending episode, with the
+    stall's boxes only — none of the real passers-by."""
+    names, frames = street_frames
+    zone = {"id": "street", "polygon": WHOLE,
+            "rules": {"street_vending": {"dwell_s": 3, "gap_s": 5, "clear_s": 5}}}  # fmt: skip
+    pipe = CameraPipeline(camera([zone], fps=6), SHANGHAI, names)
+    rng = np.random.default_rng(7)
+    vendor = np.asarray([1500, 500, 1580, 720], np.float32)
+    table = np.asarray([1590, 610, 1760, 720], np.float32)
+    events: list[RuleEvent] = []
+    for s, detections, _ in frames:
+        if s >= 2:
+            jitter = rng.normal(0, 3, (2, 4)).astype(np.float32)
+            stall = Detections.from_arrays(
+                np.stack([vendor, table]) + jitter,
+                [0.72, 0.55],
+                [names.index("person"), names.index("dining table")],
+            )
+            detections = Detections.from_arrays(
+                np.concatenate([detections.xyxy, stall.xyxy]),
+                np.concatenate([detections.confidence, stall.confidence]),
+                np.concatenate([detections.class_id, stall.class_id]),
+            )
+        events += pipe.process(T0 + timedelta(seconds=s), (1920, 1080), detections)
+    assert [e.kind for e in events] == ["raise"]
+    raised = events[0]
+    assert sorted(raised.labels) == ["dining table", "person"]
+    assert np.asarray(raised.boxes) == pytest.approx(np.stack([vendor, table]), abs=15)
+    assert 3.9 <= (raised.first_seen - T0).total_seconds() <= 5.0
