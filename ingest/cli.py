@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import socket
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,7 +69,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.config)
     except SiteConfigError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 1
     wanted = [c for c in args.cameras.split(",") if c] if args.cameras else None
     known = {c.id for c in site.cameras}
@@ -108,7 +109,7 @@ def run_watch(args: argparse.Namespace) -> int:
     try:
         site = load_site(args.config)
     except SiteConfigError as exc:
-        print(exc)
+        print(exc, file=sys.stderr)
         return 1
     conn = MqttConnection(args.component_id, prefix=site.mqtt.prefix)
     cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None

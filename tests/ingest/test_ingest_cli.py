@@ -135,3 +135,27 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     assert [x["reason"] for x in letters] == ["bad_magic", "camera_id_mismatch"]
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == bad
     assert {x["topic"] for x in letters} == {topic}
+
+
+@pytest.mark.parametrize(
+    ("cameras", "extra", "code", "message"),
+    [
+        ("  - {id: c1, source: x.mp4, fps: -1, location: {address: a}}\n", [], 1,
+         "site.yaml:5: cameras[0].fps: Input should be greater than 0"),
+        ("  - {id: c1, source: x.mp4, fps: 1, location: {address: a}}\n", ["--cameras", "c1,c9"], 2,
+         "unknown camera id(s) ['c9']"),
+    ],
+)  # fmt: skip
+def test_bad_configuration_stops_before_connecting(
+    site_file: Callable[..., Path],
+    gridpatrol_proc: Any,
+    cameras: str,
+    extra: list[str],
+    code: int,
+    message: str,
+) -> None:
+    site = site_file(cameras)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), *extra], "mqtt://127.0.0.1:1")
+    returncode, _, err = proc.wait(30)
+    assert returncode == code
+    assert message in err
