@@ -97,7 +97,8 @@ function matches(c) {
   if (f.type && c.type !== f.type) return false;
   if (f.camera_id && cameraId(c) !== f.camera_id) return false;
   if (f.sensor_id && sensorId(c) !== f.sensor_id) return false;
-  const at = Date.parse(c.occurred_at || c.created_at || '');
+  // The API filters the time window on when it received the candidate.
+  const at = Date.parse(c.created_at || c.occurred_at || '');
   if (f.since && at < Date.parse(f.since)) return false;
   if (f.until && at > Date.parse(f.until)) return false;
   return true;

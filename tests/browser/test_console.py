@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
 pytestmark = [pytest.mark.browser]
 
+SITE_TZ = ZoneInfo("Asia/Shanghai")  # the browser context's time zone (conftest)
 PARKING = {
     "type_": "illegal_parking",
     "camera_id": "cam-dn-002",
@@ -133,10 +136,33 @@ def test_filters_live_arrival_and_statistics(
     page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
     assert ui.rows() == [bins["id"]]
     page.select_option("#f-sensor", "")
+
+    # Time window (on when the API received the candidates: a moment ago).
+    local = datetime.now(SITE_TZ)
+    page.fill("#f-since", (local + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M"))
+    page.wait_for_selector("#queue-empty:not([hidden])")
+    assert ui.rows() == []
+    page.fill("#f-since", (local - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"))
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    page.fill("#f-until", (local - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M"))
+    page.wait_for_selector("#queue-empty:not([hidden])")
+    ui.shot("filter-time")
+    page.click("#f-reset")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+
     page.select_option("#f-camera", "cam-dn-001")
     page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
     assert ui.rows() == [vending["id"]]
     ui.shot("filter-camera")
+
+    # Zoom: the flagged frame opens full size; a click closes it.
+    page.wait_for_selector(f"#detail:has-text('{vending['id'][:8]}') figure.main img")
+    page.click("#detail figure.main img")
+    page.wait_for_selector(".zoom img")
+    page.mouse.wheel(0, -300)
+    ui.shot("zoom")
+    page.click(".zoom")
+    page.wait_for_selector(".zoom", state="detached")
 
     # A candidate created while the reviewer watches arrives through server-sent events.
     page.wait_for_selector("#live.on")
