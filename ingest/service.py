@@ -75,6 +75,8 @@ class IngestService:
         for thread in self._threads:
             thread.daemon = True
             thread.start()
+        if not self.outputs:
+            log.warning("ingest: no camera to publish (every selected source is mqtt)")
         log.info(
             "ingest: %d continuous and %d patrol camera(s) sharing %g fps",
             len(self.continuous),
