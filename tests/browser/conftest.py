@@ -45,6 +45,8 @@ class Shots:
         self.page = page
         self.dir = ARTIFACTS / name
         self.dir.mkdir(parents=True, exist_ok=True)
+        for old in self.dir.glob("*.png"):  # from an earlier run
+            old.unlink()
         self.count = 0
 
     def __call__(self, state: str) -> Path:
