@@ -295,6 +295,13 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
             "model %s: %s differs from the manifest hash (a different export?)", spec.name, weights
         )
     default_size = spec.entry.imgsz if spec.entry else 640
+    if not meta:
+        log.warning(
+            "model %s: no metadata.yaml beside %s; version unknown and class names taken from "
+            "the runtime (class_<id> when it has none)",
+            spec.name,
+            spec.path,
+        )
     return ModelInfo(
         name=spec.name,
         version=str(meta.get("version", "unknown")),
