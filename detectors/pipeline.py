@@ -31,7 +31,7 @@ from gridpatrol.detectors.rules import (
     step,
     street_vending,
 )
-from gridpatrol.detectors.tracking import Tracker
+from gridpatrol.detectors.tracking import Motion, Tracker
 from gridpatrol.detectors.types import Detections
 from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
 from gridpatrol.site import (
@@ -253,7 +253,7 @@ class CameraPipeline:
         frame_size: tuple[int, int],
         tracked: Detections,
         labels: tuple[str, ...],
-        motion: Any,
+        motion: Motion,
         fg: tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]] | None,
         scene_fn: SceneFn | None,
     ) -> ZoneObservation:
