@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -401,6 +402,15 @@ class Sensor(Strict):
     expected_interval_s: float | None = Field(default=None, gt=0)
     thresholds: Thresholds | None = None
 
+    @field_validator("camera")
+    @classmethod
+    def _known_camera(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked here, not only on the site, so that the error names the sensor's line.
+        known = (info.context or {}).get("camera_ids")
+        if value is not None and known is not None and value not in known:
+            raise ValueError(f"links unknown camera {value!r}")
+        return value
+
 
 class Site(Strict):
     site: SiteInfo
@@ -518,7 +528,13 @@ def parse_site(text: str, name: str = "<site>") -> Site:
     if not isinstance(data, dict):
         raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
     try:
-        return Site.model_validate(data)
+        cameras = data.get("cameras")
+        ids = (
+            {c.get("id") for c in cameras if isinstance(c, dict)}
+            if isinstance(cameras, list)
+            else set()
+        )
+        return Site.model_validate(data, context={"camera_ids": ids})
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
 from gridpatrol.alarm_bridge.worker import BatchResult, BridgeCore
 from gridpatrol.api.client import Outbox
-from gridpatrol.site import Site
+from gridpatrol.site import Site, load_site
 
 from .conftest import outbox_ops
 
@@ -271,3 +272,29 @@ def test_batch_queues_traces_first_and_coalesces_repeats(h: Harness) -> None:
     assert ops[-1][1] == ops[2][1]
     assert patch["alarm"]["count"] == 6
     assert patch["alarm"]["last_seen"] == "2026-09-21T14:13:25Z"  # T0 + 5 s
+
+
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+
+
+def test_sample_payloads_do_what_their_readme_says(outbox: Outbox) -> None:
+    h = Harness(load_site(SAMPLES / "site.yaml"), outbox)
+    for name, sensor in [
+        ("envelope-raise", "mh-0001"),
+        ("envelope-update", "mh-0001"),
+        ("envelope-clear", "mh-0001"),
+        ("senml-water-level", "wl-0001"),
+        ("reading-bin-fill", "bf-0001"),
+        ("invalid-kind-mismatch", "sm-0001"),
+        ("invalid-reading-without-thresholds", "sm-0001"),
+    ]:
+        h.alarm(sensor, (SAMPLES / "alarms" / f"{name}.json").read_bytes())
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [(k, b.get("type")) for k, b in ops] == [
+        ("create", "manhole_cover"),
+        ("patch", None),
+        ("patch", None),
+        ("create", "waterlogging"),
+    ]
+    assert ops[1][1]["alarm"]["count"] == 2 and ops[1][1]["severity"] == "CRITICAL"
+    assert h.dead == ["alarm_type_mismatch", "no_thresholds"]

@@ -54,6 +54,7 @@ def test_the_base_file_is_valid(tmp_path: Path) -> None:
         ("interval_s: 30", "interval_s: -1", 7, "cameras[0].interval_s", "greater than 0"),
         ("weight: 2", "weight: 0", 8, "cameras[0].weight", "greater than 0"),
         ("kind: manhole_cover", "kind: volcano", 12, "sensors[0].kind", "manhole_cover"),
+        ("camera: c1", "camera: c9", 13, "sensors[0].camera", "unknown camera 'c9'"),
         ("id: mh-1", "id: mh 1", 11, "sensors[0].id", "pattern"),
         (
             "expected_interval_s: 600",

@@ -1,0 +1,146 @@
+"""Camera evidence: a fresh snapshot over MQTT, else the newest frame seen, added by PATCH."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.snapshot import encode_reply, parse_request
+from gridpatrol.ingest.topics import frame_topic, sensor_alarm_topic, snapshot_request_topic
+
+from .conftest import BridgeRig
+
+BROKER = "mqtt://127.0.0.1:1883"
+
+SITE = """
+site: {{name: 快照测试}}
+mqtt: {{prefix: {prefix}}}
+cameras:
+  - {{id: cam-live, source: mqtt, location: {{grid_code: JA-DN-0101}}}}
+  - {{id: cam-mute, source: mqtt, location: {{grid_code: JA-DN-0102}}}}
+sensors:
+  - id: mh-live
+    kind: manhole_cover
+    location: {{address: 大宁路 1号}}
+    camera: cam-live
+  - id: sm-mute
+    kind: smoke
+    location: {{address: 大宁路 2号}}
+    camera: cam-mute
+  - id: sm-none
+    kind: smoke
+    location: {{address: 大宁路 3号}}
+"""
+
+
+def jpeg(shade: int) -> bytes:
+    image = np.full((48, 64, 3), shade, np.uint8)
+    ok, data = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(data.tobytes())
+
+
+def frame(camera_id: str, image: bytes) -> Frame:
+    return Frame(FrameHeader(datetime.now(UTC), 1, camera_id, 64, 48), image)
+
+
+class Cameras:
+    """cam-live answers snapshot requests; cam-mute only streams frames."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.live_image = jpeg(200)
+        self.stream_image = jpeg(90)
+        self.conn = MqttConnection("snap-cams", MqttSettings.from_url(BROKER), prefix=prefix)
+        self.requests = self.conn.subscribe(snapshot_request_topic(prefix, "cam-live"), qos=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        stream = encode_frame(frame("cam-mute", self.stream_image).header, self.stream_image)
+        while not self.stop.is_set():
+            self.conn.publish(frame_topic(self.prefix, "cam-mute"), stream, qos=0)
+            request = self.requests.get(timeout=0.2)
+            if request is not None:
+                reply = encode_reply(
+                    frame("cam-live", self.live_image), parse_request(request.payload)
+                )
+                self.conn.publish(f"{self.prefix}/cameras/cam-live/snapshot", reply, qos=1)
+
+    def __enter__(self) -> Cameras:
+        self.conn.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.conn.stop()
+
+
+@pytest.fixture
+def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig]:
+    r = BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, SITE.format(prefix=mqtt_prefix))
+    r.pub.start()
+    r.dead.start()
+    r.start_bridge()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def raise_alarm(sensor_id: str, alarm_type: str) -> bytes:
+    body = {
+        "schema": "gridalarm/1",
+        "event_id": "1",
+        "sensor_id": sensor_id,
+        "alarm_type": alarm_type,
+        "transition": "raise",
+        "severity": "CRITICAL",
+        "ts": time.time(),
+    }
+    return json.dumps(body).encode()
+
+
+def test_snapshot_reply_and_newest_frame_fallback(rig: BridgeRig) -> None:
+    with Cameras(rig.prefix) as cams:
+        time.sleep(1.0)  # the bridge has seen a few cam-mute frames
+        rig.publish(
+            [
+                (sensor_alarm_topic(rig.prefix, "mh-live"), raise_alarm("mh-live", "manhole_tilt")),
+                (sensor_alarm_topic(rig.prefix, "sm-mute"), raise_alarm("sm-mute", "smoke")),
+                (sensor_alarm_topic(rig.prefix, "sm-none"), raise_alarm("sm-none", "smoke")),
+            ]
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            found = {c["source"]["sensor_id"]: c for c in rig.candidates()}
+            kinds = {s: [e["kind"] for e in c["evidence"]] for s, c in found.items()}
+            if kinds.get("mh-live") == kinds.get("sm-mute") == ["sensor_trace", "snapshot"]:
+                break
+            assert time.monotonic() < deadline, kinds
+            time.sleep(0.5)
+    snapshots = {s: found[s]["evidence"][1] for s in ("mh-live", "sm-mute")}
+    assert snapshots["mh-live"]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
+    assert snapshots["sm-mute"]["sha256"] == hashlib.sha256(cams.stream_image).hexdigest()
+    assert (snapshots["mh-live"]["width"], snapshots["mh-live"]["height"]) == (64, 48)
+    assert kinds["sm-none"] == ["sensor_trace"]  # no linked camera: the trace alone
+    with rig.api.client("reviewer") as http:
+        stored = http.get(f"/evidence/{snapshots['mh-live']['sha256']}")
+        assert stored.content == cams.live_image
+        trace = http.get(f"/evidence/{found['mh-live']['evidence'][0]['sha256']}").json()
+    assert trace["sensor_id"] == "mh-live"
+    assert [r["transition"] for r in trace["readings"]] == ["raise"]
