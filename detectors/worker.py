@@ -27,6 +27,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=int(os.environ.get("GRIDPATROL_METRICS_PORT", "0") or 0),
         help="serve Prometheus metrics on this port (0 = off; $GRIDPATROL_METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--heads", help="folder of scene-head files (default: the heads shipped with gridpatrol)"
     )
     parser.add_argument("--component-id", help="MQTT component id (default detect[-k-of-n])")
     parser.add_argument(
@@ -711,7 +715,7 @@ def _build(
     from gridpatrol.ingest.mqtt import MqttConnection
 
     spec = resolve_model(args.model)
-    heads = _load_heads(model_info(spec)) if _needs_heads(cameras) else {}
+    heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
     backend = load_backend(spec, feature_nodes=nodes)
     outbox = Outbox.from_env(component_id)
@@ -734,13 +738,13 @@ def _build(
     return worker, backend, conn
 
 
-def _load_heads(info: Any) -> dict[str, Any]:
+def _load_heads(info: Any, folder: str | None) -> dict[str, Any]:
     try:
         module = importlib.import_module("gridpatrol.detectors.heads")
     except ModuleNotFoundError:
         log.warning("no scene heads installed: garbage_overflow zones cannot fire")
         return {}
-    heads: dict[str, Any] = module.load_default_heads(info)
+    heads: dict[str, Any] = module.load_default_heads(info, Path(folder) if folder else None)
     log.info("scene heads: %s", ", ".join(sorted(heads)) or "none")
     return heads
 
