@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridpatrol.detectors.tracking import Tracker, iou_matrix, match
 from gridpatrol.detectors.types import Detections
@@ -151,3 +153,38 @@ def test_out_of_order_frame_is_treated_as_simultaneous() -> None:
     assert ids(tracker, 5.0, walk(0)) == [1]
     assert ids(tracker, 4.0, walk(0)) == [1]
     assert tracker.last_t == 5.0
+
+
+box_st = st.tuples(
+    st.floats(0, 600), st.floats(0, 400), st.floats(5, 200), st.floats(5, 200),
+    st.floats(0.0, 1.0), st.integers(0, 2),
+)  # fmt: skip
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    frames=st.lists(
+        st.tuples(st.floats(0.01, 5.0), st.lists(box_st, max_size=12)), min_size=1, max_size=25
+    )
+)
+def test_tracker_invariants(frames: list[tuple[float, list[tuple[float, ...]]]]) -> None:
+    """Any input: output rows are input rows, ids unique per frame, weak boxes never new."""
+    tracker = Tracker()
+    t, seen_ids = 0.0, set()
+    for dt, boxes in frames:
+        t += dt
+        det = Detections.from_arrays(
+            [(x, y, x + w, y + h) for x, y, w, h, _, _ in boxes],
+            [c for *_, c, _ in boxes],
+            [k for *_, k in boxes],
+        )
+        out = tracker.update(det, t)
+        assert out.tracker_id is not None
+        assert len(set(out.tracker_id.tolist())) == len(out)
+        assert (out.confidence >= tracker.low_conf).all()
+        rows = {tuple(r) for r in det.xyxy.tolist()}
+        assert all(tuple(r) in rows for r in out.xyxy.tolist())
+        new = set(out.tracker_id.tolist()) - seen_ids
+        fresh = np.isin(out.tracker_id, list(new))
+        assert (out.confidence[fresh] >= tracker.high_conf).all()
+        seen_ids |= new
