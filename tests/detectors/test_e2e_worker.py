@@ -9,6 +9,7 @@ through the API: candidates per episode, their evidence bytes and hashes.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
@@ -137,15 +138,19 @@ class Worker:
             sock.bind(("127.0.0.1", 0))
             self.metrics_port = sock.getsockname()[1]
 
-    def frames_taken(self, camera_id: str) -> int:
-        """Frames the worker took off the camera's slot (processed, not replaced)."""
+    def metric(self, name: str, camera_id: str) -> int:
+        """A per-camera counter from the worker's Prometheus endpoint (0 before it serves)."""
         try:
             text = httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
         except httpx.TransportError:
             return 0
-        pattern = rf'^gridpatrol_detect_frames_total{{camera="{re.escape(camera_id)}"}} (\S+)$'
+        pattern = rf'^gridpatrol_detect_{name}_total{{camera="{re.escape(camera_id)}"}} (\S+)$'
         match = re.search(pattern, text, re.MULTILINE)
         return int(float(match.group(1))) if match else 0
+
+    def frames_taken(self, camera_id: str) -> int:
+        """Frames the worker took off the camera's slot (processed, not replaced)."""
+        return self.metric("frames", camera_id)
 
     def start(self, status: StatusWatch) -> None:
         status.reset()
@@ -200,10 +205,13 @@ class StatusWatch:
         self.sub.drain()
         self.last = b""
 
-    def online(self) -> bool:
-        while (msg := self.sub.get(0)) is not None:
+    def latest(self) -> bytes:
+        while (msg := self.sub.get(0.2)) is not None:
             self.last = msg.payload
-        return self.last == b"online"
+        return self.last
+
+    def online(self) -> bool:
+        return self.latest() == b"online"
 
 
 class Publisher:
@@ -490,6 +498,14 @@ def test_composed_scenes_raise_the_other_rules(
             for cam, (rule, params) in COMPOSED_ZONES.items()
         }
     )
+    # Bad input goes to the dead-letter topic and the worker carries on.
+    dead = rig.publisher.conn.subscribe(f"{rig.prefix}/deadletter/detect", qos=1)
+    time.sleep(0.3)
+    assert rig.publisher.conn.publish(frame_topic(rig.prefix, "parking"), b"not a frame")
+    letter = wait_for("a dead letter", lambda: dead.get(0.1), 30, worker)
+    assert json.loads(letter.payload)["topic"] == frame_topic(rig.prefix, "parking")
+    assert worker.metric("bad_frames", "parking") == 1
+
     composed = compose_scenes(rig.shared)
     scenes = {
         cam: [jpeg(before)] * LEARN_STEPS + [jpeg(after)] * HOLD_STEPS
@@ -506,7 +522,14 @@ def test_composed_scenes_raise_the_other_rules(
         worker,
     )
     time.sleep(1)
+    # Static scenes: the motion gate skips most frames, keyframes keep the dwell going.
+    for cam in COMPOSED_ZONES:
+        inferred = worker.metric("inferred_frames", cam)
+        skipped = worker.metric("skipped_frames", cam)
+        assert inferred + skipped == LEARN_STEPS + HOLD_STEPS
+        assert 0 < inferred <= 0.3 * (LEARN_STEPS + HOLD_STEPS), (cam, inferred)
     assert worker.stop() == 0
+    assert rig.status.latest() == b"offline"
     for cam, (rule, _) in COMPOSED_ZONES.items():
         found = candidates(client, cam)
         assert [c["type"] for c in found] == [rule], (cam, found)
