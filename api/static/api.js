@@ -19,6 +19,10 @@ export async function request(path, { method = 'GET', body, accept = 'json' } = 
     method, headers, credentials: 'same-origin',
     body: body === undefined ? undefined : JSON.stringify(body),
   });
+  if (response.status === 401 && path !== '/session') {
+    // The session expired or its token was revoked: back to the login form.
+    window.dispatchEvent(new CustomEvent('gp:unauthorized'));
+  }
   if (!response.ok) {
     let problem;
     try { problem = await response.json(); } catch { problem = { title: response.statusText }; }

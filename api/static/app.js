@@ -124,6 +124,11 @@ async function start() {
   });
   $('#logout').addEventListener('click', logout);
   window.addEventListener('hashchange', () => { if (ref.session) route(); });
+  window.addEventListener('gp:unauthorized', () => {
+    if (!ref.session) return;
+    ref.session = null;
+    showLogin();
+  });
   try {
     await enter(await get('/session'));
   } catch {
