@@ -19,6 +19,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
+    BigInteger,
     DateTime,
     Engine,
     Index,
@@ -87,7 +88,7 @@ class CandidateRow(Base):
     arrive_by: Mapped[datetime | None] = mapped_column(UtcDateTime())
     arrived_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # The candidate's latest feed position; NULL while it is not (yet) visible to the feed.
-    feed_pos: Mapped[int | None] = mapped_column(Integer)
+    feed_pos: Mapped[int | None] = mapped_column(BigInteger)
     doc: Mapped[str] = mapped_column(Text)
 
 
@@ -106,7 +107,7 @@ class IdempotencyRow(Base):
 class FeedRow(Base):
     __tablename__ = "feed"
 
-    position: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    position: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     candidate_id: Mapped[str] = mapped_column(String(36), index=True)
     at: Mapped[datetime] = mapped_column(UtcDateTime())
 
@@ -117,14 +118,14 @@ class FeedCounterRow(Base):
     __tablename__ = "feed_counter"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    last: Mapped[int] = mapped_column(Integer)
+    last: Mapped[int] = mapped_column(BigInteger)
 
 
 class FeedCursorRow(Base):
     __tablename__ = "feed_cursors"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    position: Mapped[int] = mapped_column(Integer)
+    position: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 

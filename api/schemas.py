@@ -7,14 +7,31 @@ refused (422), while one with missing required elements is stored as ``incomplet
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from gridpatrol.api.status import Decision, RejectReason, Stage
 
+NO_NUL = r"^[^\x00]*$"
+ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+TYPE_PATTERN = r"^[a-z0-9_]{1,64}$"
+CANDIDATE_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
 Text = Annotated[str, Field(max_length=10_000)]
-Short = Annotated[str, Field(min_length=1, max_length=256)]
+Short = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def _plausible(value: datetime) -> datetime:
+    """Aware instants within years 1900-9000, in UTC (arithmetic on them cannot overflow)."""
+    value = value.astimezone(UTC) if 1 < value.year < 9999 else value
+    if not 1900 <= value.year <= 9000:
+        raise ValueError("the time must lie between the years 1900 and 9000")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
 SourceType = Literal["camera", "sensor", "patrol", "hotline_12345", "police_110", "public"]
@@ -36,14 +53,14 @@ REQUIRED = (
 class Open(BaseModel):
     """Known fields are typed; unknown ones are kept (producers may add context)."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class Source(Open):
     type: SourceType | None = None
-    system: Short | None = None
-    camera_id: Short | None = None
-    sensor_id: Short | None = None
+    system: Annotated[str, Field(min_length=1, max_length=128, pattern=NO_NUL)] | None = None
+    camera_id: Id | None = None
+    sensor_id: Id | None = None
     source_event_id: Short | None = None
 
 
@@ -58,7 +75,7 @@ class Location(Open):
 class EvidenceRef(Open):
     sha256: Sha256 | None = None
     kind: EvidenceKind | None = None
-    captured_at: AwareDatetime | None = None
+    captured_at: Instant | None = None
     width: int | None = Field(default=None, ge=0)
     height: int | None = Field(default=None, ge=0)
 
@@ -77,17 +94,17 @@ class Alarm(Open):
     alarm_id: Short | None = None
     alarm_type: Short | None = None
     count: int | None = Field(default=None, ge=0)
-    first_seen: AwareDatetime | None = None
-    last_seen: AwareDatetime | None = None
+    first_seen: Instant | None = None
+    last_seen: Instant | None = None
     previous_alarm_id: Short | None = None
 
 
 class CandidatePatch(Open):
     """Elements a producer may send; in a PATCH every one is optional."""
 
-    type: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,64}$")] | None = None
+    type: Annotated[str, Field(pattern=TYPE_PATTERN)] | None = None
     description: Text | None = None
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Instant | None = None
     location: Location | None = None
     severity: Severity | None = None
     urgency: Literal["immediate", "normal"] | None = None
@@ -160,7 +177,7 @@ class ReviewIn(BaseModel):
 
 class StatusIn(BaseModel):
     stage: Stage
-    at: AwareDatetime | None = None
+    at: Instant | None = None
 
 
 class AckIn(BaseModel):

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -35,10 +36,19 @@ from gridpatrol.api.evidence import EvidenceStore
 from gridpatrol.api.hub import Event, Hub
 from gridpatrol.api.policy import SitePolicy
 from gridpatrol.api.problems import Problem
-from gridpatrol.api.schemas import CandidateIn, CandidatePatch, ReviewIn, StatusIn, missing_elements
+from gridpatrol.api.schemas import (
+    CANDIDATE_ID_PATTERN,
+    CandidateIn,
+    CandidatePatch,
+    ReviewIn,
+    StatusIn,
+    missing_elements,
+)
 from gridpatrol.api.settings import Principal
 
 log = logging.getLogger(__name__)
+CANDIDATE_ID_RE = re.compile(CANDIDATE_ID_PATTERN)
+IDEMPOTENCY_KEY_RE = re.compile(r"^[\x20-\x7e]{1,200}$")
 
 Clock = Callable[[], datetime]
 JsonDict = dict[str, Any]
@@ -73,7 +83,12 @@ class Outcome:
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    try:
+        canonical = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError as exc:
+        raise Problem(422, "numbers must be finite (no NaN or Infinity)") from exc
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
@@ -123,8 +138,8 @@ class CandidateService:
         """Run ``work`` once per (key, principal); replay the stored response afterwards."""
         if not key:
             raise Problem(400, "the Idempotency-Key header is required")
-        if len(key) > 200:
-            raise Problem(400, "the Idempotency-Key header is longer than 200 characters")
+        if not IDEMPOTENCY_KEY_RE.fullmatch(key):
+            raise Problem(400, "an Idempotency-Key is 1-200 printable ASCII characters")
         replay = self._claim(who.name, key, digest)
         if replay is not None:
             return replay
@@ -648,7 +663,7 @@ def _decode_list_cursor(cursor: str) -> tuple[datetime, str]:
         parsed = datetime.fromisoformat(at)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Problem(422, "invalid cursor") from exc
-    if parsed.tzinfo is None:
+    if parsed.tzinfo is None or not CANDIDATE_ID_RE.fullmatch(cid):
         raise Problem(422, "invalid cursor")
     return parsed, cid
 

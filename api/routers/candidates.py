@@ -4,15 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc
-from gridpatrol.api.schemas import BatchIn, CandidateIn, CandidatePatch, Page
+from gridpatrol.api.schemas import (
+    CANDIDATE_ID_PATTERN,
+    ID_PATTERN,
+    TYPE_PATTERN,
+    BatchIn,
+    CandidateIn,
+    CandidatePatch,
+    Instant,
+    Page,
+)
 
 router = APIRouter(prefix="/api/v1", tags=["candidates"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+CandidateId = Annotated[str, Path(pattern=CANDIDATE_ID_PATTERN)]
 
 
 def raw_page(items: list[str], next_cursor: str | None) -> Response:
@@ -42,12 +51,12 @@ def create_batch(batch: BatchIn, who: Producer, services: Svc) -> JSONResponse:
 def list_candidates(
     _who: ReviewerOrPlatform,
     services: Svc,
-    status: str | None = None,
-    type: str | None = None,
-    camera_id: str | None = None,
-    sensor_id: str | None = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    status: Annotated[str | None, Query(pattern=r"^[a-z]{1,16}$")] = None,
+    type: Annotated[str | None, Query(pattern=TYPE_PATTERN)] = None,
+    camera_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    sensor_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
@@ -66,7 +75,7 @@ def list_candidates(
 
 @router.get("/candidates/{candidate_id}", response_model=dict[str, Any])
 def get_candidate(
-    candidate_id: str,
+    candidate_id: CandidateId,
     _who: ReviewerOrPlatform,
     services: Svc,
 ) -> Response:
@@ -75,7 +84,7 @@ def get_candidate(
 
 @router.patch("/candidates/{candidate_id}", response_model=dict[str, Any])
 def patch_candidate(
-    candidate_id: str,
+    candidate_id: CandidateId,
     patch: CandidatePatch,
     who: Producer,
     services: Svc,

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime
 
 from gridpatrol.api.deps import Reviewer, Svc
+from gridpatrol.api.schemas import Instant
 
 router = APIRouter(prefix="/api/v1", tags=["stats"])
 
@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1", tags=["stats"])
 def stats(
     _who: Reviewer,
     services: Svc,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: Instant | None = None,
+    until: Instant | None = None,
 ) -> dict[str, Any]:
     return services.candidates.stats(since, until)

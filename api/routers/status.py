@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from gridpatrol.api.deps import Platform, Svc
+from gridpatrol.api.routers.candidates import CandidateId
 from gridpatrol.api.schemas import StatusIn
 
 router = APIRouter(prefix="/api/v1", tags=["hand-over"])
@@ -14,6 +15,6 @@ router = APIRouter(prefix="/api/v1", tags=["hand-over"])
 
 @router.post("/candidates/{candidate_id}/status")
 def report_stage(
-    candidate_id: str, report: StatusIn, who: Platform, services: Svc
+    candidate_id: CandidateId, report: StatusIn, who: Platform, services: Svc
 ) -> dict[str, Any]:
     return services.candidates.set_stage(who, candidate_id, report)

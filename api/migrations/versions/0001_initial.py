@@ -34,7 +34,7 @@ def upgrade() -> None:
         sa.Column("hold_until", UtcDateTime()),
         sa.Column("arrive_by", UtcDateTime()),
         sa.Column("arrived_at", UtcDateTime()),
-        sa.Column("feed_pos", sa.Integer()),
+        sa.Column("feed_pos", sa.BigInteger()),
         sa.Column("doc", sa.Text(), nullable=False),
         sa.UniqueConstraint("source_system", "source_event_id", name="uq_candidates_natural"),
     )
@@ -56,7 +56,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "feed",
-        sa.Column("position", sa.Integer(), primary_key=True, autoincrement=False),
+        sa.Column("position", sa.BigInteger(), primary_key=True, autoincrement=False),
         sa.Column("candidate_id", sa.String(36), nullable=False),
         sa.Column("at", UtcDateTime(), nullable=False),
     )
@@ -64,13 +64,13 @@ def upgrade() -> None:
     op.create_table(
         "feed_counter",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
-        sa.Column("last", sa.Integer(), nullable=False),
+        sa.Column("last", sa.BigInteger(), nullable=False),
     )
     op.execute("INSERT INTO feed_counter (id, last) VALUES (1, 0)")
     op.create_table(
         "feed_cursors",
         sa.Column("name", sa.String(100), primary_key=True),
-        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("position", sa.BigInteger(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
     )
 
