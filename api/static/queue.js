@@ -1,7 +1,7 @@
 // The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
 import { dialog, ref, toast, typeName } from './app.js';
-import { REASON_CODES, STATUSES, t } from './i18n.js';
+import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
 const state = {
@@ -191,7 +191,9 @@ function facts(c) {
   add('d.occurred', when(c.occurred_at));
   add('d.severity', c.severity);
   add('d.urgency', c.urgency);
-  add('d.category', c.category ? `${c.category.code || ''} ${c.category.name_zh || ''}`.trim() : '');
+  const cat = c.category;
+  const catName = cat && (currentLang() === 'en' && cat.name_en ? cat.name_en : cat.name_zh);
+  add('d.category', cat ? `${cat.code || ''} ${catName || ''}`.trim() : '');
   add('d.unit', c.suggested_unit);
   add('d.hold', when(c.hold_until));
   add('d.arrive', when(c.arrive_by));

@@ -61,7 +61,12 @@ function section(key, value, depth = 0) {
   const h = document.createElement(depth ? 'h4' : 'h3');
   h.textContent = label(key);
   box.append(h);
-  if (Array.isArray(value)) {
+  if (Array.isArray(value) && !value.length) {
+    const none = document.createElement('p');
+    none.className = 'big muted';
+    none.textContent = '0';
+    box.append(none);
+  } else if (Array.isArray(value)) {
     box.append(table(value.map((item, i) => [item.key ?? item.name ?? item.id ?? String(i), item])));
   } else if (value !== null && typeof value === 'object') {
     const entries = Object.entries(value);
