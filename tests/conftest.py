@@ -58,6 +58,10 @@ class Mosquitto:
             "log_dest stderr",
             "log_type error",
         ]
+        if os.geteuid() == 0:
+            # As root Mosquitto drops to its own user, which cannot write pytest's temp dirs:
+            # persistence would silently be off.
+            lines.append("user root")
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
