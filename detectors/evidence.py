@@ -92,6 +92,24 @@ class FrameRing:
         return self._frames[-1] if self._frames else None
 
 
+@dataclass(frozen=True)
+class EvidenceFile:
+    """An image to upload and reference as ``kind`` once the outbox has its hash."""
+
+    kind: str
+    data: bytes
+    captured_at: datetime
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, kind: str, frame: StoredFrame) -> EvidenceFile:
+        return cls(kind, frame.data, frame.t, frame.width, frame.height)
+
+    def item(self, sha256: str) -> dict[str, Any]:
+        return evidence_item(sha256, self.kind, self.captured_at, self.width, self.height)
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.episodes import Episode, Key, Op
-    from gridpatrol.detectors.evidence import FrameRing
+    from gridpatrol.detectors.evidence import EvidenceFile, FrameRing
     from gridpatrol.detectors.motion import MotionSettings, MotionState
     from gridpatrol.detectors.types import Backend, Detections, InferenceResult
     from gridpatrol.ingest.messages import Frame
@@ -476,12 +476,10 @@ class DetectorWorker:
         rendered = [(op, self._render(rt, op, ev, item, detections)) for op in ops]
         with self.outbox.transaction() as txn:
             for op, (files, body) in rendered:
-                items = []
-                for data, meta in files:
-                    sha = txn.add_evidence(data, "image/jpeg")
-                    items.append({**meta, "sha256": sha})
-                if items:
-                    body["evidence"] = items
+                if files:
+                    body["evidence"] = [
+                        f.item(txn.add_evidence(f.data, "image/jpeg")) for f in files
+                    ]
                 if op.kind == "open":
                     txn.create_candidate(body, op.episode.candidate_id)
                 else:
@@ -503,37 +501,27 @@ class DetectorWorker:
 
     def _render(
         self, rt: CameraRuntime, op: Op, ev: EpisodeEvent, item: Ready, detections: Detections
-    ) -> tuple[list[tuple[bytes, dict[str, Any]]], dict[str, Any]]:
-        """Evidence files (bytes, item without sha) and the create / patch body for ``op``."""
-        from gridpatrol.detectors.evidence import evidence_item
+    ) -> tuple[list[EvidenceFile], dict[str, Any]]:
+        """The evidence files and the create / patch body for ``op``."""
+        from gridpatrol.detectors.evidence import EvidenceFile, StoredFrame
 
         ep = op.episode
         h = item.frame.header
         detection = self._detection(ep, ev, op)
-        files: list[tuple[bytes, dict[str, Any]]] = []
-        if op.kind in ("open", "update"):
-            if op.better:
-                files.append(
-                    (item.frame.image, evidence_item("", "clean", h.ts, h.width, h.height))
-                )
-                annotated = self._annotated(rt, ev, item, detections)
-                if annotated is not None:
-                    files.append(
-                        (annotated, evidence_item("", "annotated", h.ts, h.width, h.height))
-                    )
-            if op.kind == "open":
-                first = rt.ring.at(ep.started_at)
-                if first is not None:
-                    files.append(
-                        (
-                            first.data,
-                            evidence_item("", "first_seen", first.t, first.width, first.height),
-                        )
-                    )
-            files.append((item.frame.image, evidence_item("", "latest", h.ts, h.width, h.height)))
-        for _, meta in files:
-            del meta["sha256"]
-        if op.kind != "open":
+        if op.kind == "end":
+            return [], {"detection": detection}
+        now = StoredFrame(h.ts, item.frame.image, h.width, h.height)
+        files: list[EvidenceFile] = []
+        if op.better:
+            files.append(EvidenceFile.of("clean", now))
+            annotated = self._annotated(rt, ev, item, detections)
+            if annotated is not None:
+                files.append(EvidenceFile("annotated", annotated, h.ts, h.width, h.height))
+        first = rt.ring.at(ep.started_at) if op.kind == "open" else None
+        if first is not None:
+            files.append(EvidenceFile.of("first_seen", first))
+        files.append(EvidenceFile.of("latest", now))
+        if op.kind == "update":
             return files, {"detection": detection}
         return files, self._create_body(rt.camera, ep, detection)
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from gridpatrol.detectors.evidence import (
+    EvidenceFile,
     FrameRing,
     Label,
     StoredFrame,
@@ -146,3 +147,12 @@ def test_detection_block_and_evidence_item() -> None:
     }
     text = description("crowd_gathering", "广场", "plaza", 42)
     assert "人群聚集" in text and "Crowd gathering" in text and "42" in text
+
+
+def test_evidence_file_from_a_stored_frame() -> None:
+    frame = StoredFrame(T0, b"\xff\xd8jpeg", 640, 360)
+    file = EvidenceFile.of("first_seen", frame)
+    assert file.data == frame.data
+    assert file.item(sha256_hex(file.data)) == evidence_item(
+        sha256_hex(b"\xff\xd8jpeg"), "first_seen", T0, 640, 360
+    )
