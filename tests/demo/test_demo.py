@@ -6,8 +6,12 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import cv2
+import httpx
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,34 +28,50 @@ def _port() -> int:
 def test_demo_runs_unattended_and_produces_candidates_with_evidence(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}  # own broker
     workdir = tmp_path / "demo"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gridpatrol.cli",
-            "demo",
-            "--duration",
-            "60",
-            "--no-browser",
-            "--port",
-            str(_port()),
-            "--workdir",
-            str(workdir),
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--duration", "60", "--no-browser"]
+    argv += ["--port", str(_port()), "--workdir", str(workdir)]
+    stderr = (tmp_path / "stderr.log").open("w")
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    out = result.stdout.splitlines()
-    assert any(line.startswith("review console:  http://127.0.0.1:") for line in out)
-    assert any(line.startswith("reviewer token:  gp-reviewer-") for line in out)
+    assert proc.stdout is not None
+    printed: dict[str, str] = {}
+    out: list[str] = []
+    for line in proc.stdout:
+        out.append(line.rstrip("\n"))
+        key, sep, value = line.partition(":  ")
+        if sep:
+            printed[key.strip()] = value.strip()
+        if "reviewer token" in printed:
+            break
+    console, token = printed["review console"], printed["reviewer token"]
+    assert console.startswith("http://127.0.0.1:") and console.endswith("/review")
+    assert token.startswith("gp-reviewer-")
+
+    # While it runs: the console is served, and a zone-editor snapshot comes from ingest over MQTT.
+    page = httpx.get(console, timeout=30)
+    assert page.status_code == 200 and "<title>" in page.text
+    api = console.removesuffix("/review") + "/api/v1"
+    headers = {"Authorization": f"Bearer {token}"}
+    deadline = time.monotonic() + 45  # ingest may still be opening its sources
+    while True:
+        snapshot = httpx.post(f"{api}/cameras/cam-dn-002/snapshot", headers=headers, timeout=30)
+        if snapshot.status_code != 504 or time.monotonic() > deadline:
+            break
+    assert snapshot.status_code == 200, snapshot.text
+    assert snapshot.headers["content-type"] == "image/jpeg"
+    image = cv2.imdecode(np.frombuffer(snapshot.content, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[:2] == (432, 768)  # the car park clip's frames
+
+    rest, _ = proc.communicate(timeout=240)
+    stderr.close()
+    out += rest.splitlines()
+    log = (tmp_path / "stderr.log").read_text()[-3000:]
+    assert proc.returncode == 0, "\n".join(out[-30:]) + log
     last = out[-1]
     assert last.startswith("candidates: "), out[-10:]
     count = int(last.removeprefix("candidates: "))
-    assert count >= 1, result.stderr[-3000:]
+    assert count >= 1, log
 
     # The table rows above the last line: type, camera/sensor, count, with evidence, statuses.
     header = next(i for i, line in enumerate(out) if line.startswith("type "))
