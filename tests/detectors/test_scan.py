@@ -187,3 +187,33 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
     assert code == 1
     assert [Path(r["source"]).name for r in records] == ["zidane.jpg"]
     assert f"{broken}: not a readable image" in stderr
+
+
+def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir: Path) -> None:
+    heads = {
+        doc["name"]: doc
+        for doc in (json.loads(p.read_text()) for p in (REPO / "detectors/heads").glob("*.json"))
+    }
+    assert "garbage" in heads
+    threshold = float(heads["garbage"]["threshold"])
+    data = shared_dir / "datasets" / "garbage_dev"
+    images = (
+        sorted((data / "garbage").glob("*.jpg"))[:4] + sorted((data / "clean").glob("*.jpg"))[:4]
+    )
+    code, records, stderr = scan(*map(str, images))
+    assert code == 0, stderr
+    assert len(records) == len(images)
+    flagged = []
+    for record in records:
+        assert set(record["scene"]) == set(heads)
+        score = record["scene"]["garbage"]
+        garbage = [v for v in record["violations"] if v["type"] == "garbage_overflow"]
+        assert bool(garbage) == (score >= threshold), (record["source"], score, threshold)
+        if garbage:
+            (violation,) = garbage
+            assert violation["bbox"] == [0.0, 0.0, record["width"], record["height"]]
+            assert violation["confidence"] == pytest.approx(score, abs=1e-3)
+            assert violation["dwell_verified"] is False
+        flagged.append(bool(garbage))
+    assert any(flagged[:4]), "no garbage photo was flagged"
+    assert not all(flagged[4:]), "every clean container was flagged"
