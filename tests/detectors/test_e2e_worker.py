@@ -536,3 +536,46 @@ def test_composed_scenes_raise_the_other_rules(
         check_camera_candidate(found[0], cam, rule)
         assert found[0]["urgency"] == "normal"
         assert {"clean", "annotated", "first_seen", "latest"} <= check_evidence(client, found[0])
+
+
+def test_garbage_photo_as_a_static_camera(rig: Rig) -> None:
+    """The shipped garbage head on a whole-frame zone: garbage beside a container raises,
+    a clean container does not; the clean evidence is the camera's JPEG byte for byte."""
+    photos = rig.shared / "datasets" / "garbage_dev"
+    shots = {
+        "bins-dirty": (photos / "garbage" / "ams_mdc_photo_cdv_photo_158_1463528949521.jpg"),
+        "bins-clean": next((photos / "clean").glob("*1513890566013.jpg")),
+    }
+    rule = {"dwell_s": 3, "gap_s": 3, "clear_s": 10}
+    worker = rig.worker(
+        {
+            cam: [{"id": "bins", "polygon": WHOLE, "rules": {"garbage_overflow": rule}}]
+            for cam in shots
+        }
+    )
+    data = {cam: path.read_bytes() for cam, path in shots.items()}
+    sizes = {}
+    for cam, raw in data.items():
+        h, w = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_COLOR).shape[:2]
+        sizes[cam] = (w, h)
+    steps = 12
+    rig.publisher.play(
+        {cam: [raw] * steps for cam, raw in data.items()},
+        sizes,
+        T0,
+        worker,
+        offsets=[float(k) for k in range(steps)],
+    )
+    client = rig.api.client("reviewer")
+    (found,) = wait_for(
+        "the garbage candidate", lambda: candidates(client, "bins-dirty"), 60, worker
+    )
+    time.sleep(1)
+    assert worker.stop() == 0
+    assert candidates(client, "bins-clean") == []
+    check_camera_candidate(found, "bins-dirty", "garbage_overflow")
+    assert found["urgency"] == "normal" and found["severity"] == "MINOR"
+    assert {"clean", "annotated", "first_seen", "latest"} <= check_evidence(client, found)
+    clean = [e for e in found["evidence"] if e["kind"] == "clean"]
+    assert [e["sha256"] for e in clean] == [hashlib.sha256(data["bins-dirty"]).hexdigest()]
+    assert (clean[0]["width"], clean[0]["height"]) == sizes["bins-dirty"]
