@@ -108,6 +108,7 @@ class EvidenceStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
+        self._dirs: set[str] = set()  # fan-out directories known to exist
 
     def path(self, sha256: str) -> Path:
         """The file of a hash; the hash is validated before it becomes part of a path."""
@@ -131,7 +132,9 @@ class EvidenceStore:
         target = self.path(sha256)
         if target.is_file():
             return Stored(sha256, media, len(data), False, width, height)
-        target.parent.mkdir(exist_ok=True)
+        if target.parent.name not in self._dirs:
+            target.parent.mkdir(exist_ok=True)
+            self._dirs.add(target.parent.name)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -7,6 +7,7 @@ claimed first so a concurrent retry sees it in flight). Notifications go out aft
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -253,12 +254,18 @@ class CandidateService:
         row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
         outcome = Outcome(201, doc)
         self._derive(doc)
-        self._save(row, doc, now)
+        # On PostgreSQL a concurrent insert of the same natural key or id fails at the flush;
+        # the savepoint then also takes back the feed position, so the feed keeps no gap.
+        # SQLite's write lock, held since the lookups above, rules that race out.
+        guard = session.begin_nested() if self._pg else contextlib.nullcontext()
         try:
-            with session.begin_nested():
+            with guard, session.no_autoflush:
+                if not doc["missing_elements"]:
+                    self._enter_review(session, row, doc, now, outcome)
+                self._save(row, doc, now)
                 session.add(row)
+                session.flush()
         except IntegrityError:
-            # The same natural key or id was created concurrently: answer with that one.
             found = session.scalars(
                 select(CandidateRow).where(
                     or_(
@@ -273,9 +280,6 @@ class CandidateService:
             if found is None:
                 raise
             return Outcome(200, json.loads(found.doc))
-        if not doc["missing_elements"]:
-            self._enter_review(session, row, doc, now, outcome)
-            self._save(row, doc, now)
         log.info("candidate %s created: %s %s", cid, doc["status"], doc.get("type"))
         outcome.events.insert(0, _event("candidate.created", doc))
         return outcome
