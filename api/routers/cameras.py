@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import re
+import socket
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -155,8 +156,11 @@ def _snapshot_connection(prefix: str) -> MqttConnection:
         if _conn is None:
             from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
+            # Component "api" matches the broker user of samples/mosquitto.acl; the client id is
+            # unique so several API processes do not take over each other's connection.
+            client_id = f"api-{socket.gethostname()}-{os.getpid()}"[:64]
             conn = MqttConnection(
-                f"api-snapshot-{os.getpid()}", MqttSettings.from_env(), prefix=prefix
+                "api", MqttSettings.from_env(), prefix=prefix, client_id=client_id
             )
             if not conn.start(timeout=SNAPSHOT_TIMEOUT_S):
                 conn.stop()
