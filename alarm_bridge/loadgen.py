@@ -45,9 +45,11 @@ def sensor_id(index: int) -> str:
     return f"lg-{index:04d}"
 
 
-def _envelope(sensor: str, j: int, run: str, cycle: int) -> bytes:
-    phase = j % cycle
+def _envelope(sensor: str, j: int, run: str, cycle: int, shift: int = 0) -> bytes:
+    phase = (j - shift) % cycle
     transition = "raise" if phase == 0 else "clear" if phase == cycle - 1 else "update"
+    if j < shift:
+        transition = "clear"  # all-clear heartbeats until this sensor's first alarm
     body: dict[str, Any] = {
         "schema": "gridalarm/1",
         "event_id": f"{run}-{j}",
@@ -71,13 +73,17 @@ def traffic(
     run: str = "r1",
     invalid_every: int = 0,
     cycle: int = CYCLE,
+    stagger: bool = False,
 ) -> Iterator[tuple[str, bytes]]:
     """``alarms`` valid envelopes round-robin over the sensors, plus an invalid message (a
     unique bad-JSON payload) after every ``invalid_every`` of them. Each sensor cycles
-    through raise, ``cycle - 2`` updates and a clear."""
+    through raise, ``cycle - 2`` updates and a clear; with ``stagger`` the sensors start
+    their cycles spread over one cycle, so raises are spread evenly in time."""
     for i in range(alarms):
-        sensor = sensor_id(i % sensors)
-        yield sensor_alarm_topic(prefix, sensor), _envelope(sensor, i // sensors, run, cycle)
+        index = i % sensors
+        shift = index * cycle // sensors if stagger else 0
+        sensor = sensor_id(index)
+        yield sensor_alarm_topic(prefix, sensor), _envelope(sensor, i // sensors, run, cycle, shift)
         if invalid_every and (i + 1) % invalid_every == 0:
             yield sensor_alarm_topic(prefix, sensor), f"{{broken {run} {i}".encode()
 

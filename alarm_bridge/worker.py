@@ -31,6 +31,7 @@ from gridpatrol.alarm_bridge.adapters import (
     seq_in_order,
 )
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
+from gridpatrol.api.client import merge_patches
 from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic
 from gridpatrol.site import Sensor, Site
@@ -54,8 +55,8 @@ SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay th
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
 PATCH_CHECK_S = 0.1
-PATCH_TRICKLE = 8  # updates handed to the outbox per check, when it is nearly idle
-PATCH_IDLE_DEPTH = 4
+PATCH_TRICKLE = 4  # updates handed to the outbox per check, when it is idle
+PATCH_IDLE_DEPTH = 1
 
 
 @dataclass
@@ -91,11 +92,27 @@ class NewCandidate:
 
 
 @dataclass
+class PendingUpdate:
+    """The repeats of one candidate within a batch: only the last ones shape its PATCH."""
+
+    since: float
+    update: tuple[AlarmInput, Effect] | None = None
+    clear: tuple[AlarmInput, Effect] | None = None  # a clear after the last update
+
+    def patch(self) -> dict[str, object]:
+        body = candidates.update_patch(*self.update) if self.update else {}
+        if self.clear is not None:
+            body = merge_patches(body, candidates.update_patch(*self.clear))
+        return body
+
+
+@dataclass
 class BatchResult:
     dead: list[DeadLetter] = field(default_factory=list)
     snapshots: list[tuple[str, str]] = field(default_factory=list)  # (candidate id, camera id)
     creates: list[NewCandidate] = field(default_factory=list)
     view: store.StateBatch | None = None
+    updates: dict[str, PendingUpdate] = field(default_factory=dict)
 
     def state(self, conn: sqlite3.Connection) -> store.StateBatch:
         if self.view is None:
@@ -188,13 +205,14 @@ class BridgeCore:
                 out.snapshots.append((effect.alarm.alarm_id, item.sensor.camera))
         elif effect.kind in ("update", "clear"):
             assert effect.alarm.alarm_id is not None
-            patch = candidates.update_patch(item, effect)
-            out.state(txn.conn).pend_patch(effect.alarm.alarm_id, patch, now)
+            pending = out.updates.setdefault(effect.alarm.alarm_id, PendingUpdate(now))
             if effect.kind == "update":
+                pending.update, pending.clear = (item, effect), None
                 self.counts.updated += 1
             else:
+                pending.clear = (item, effect)
                 self.counts.cleared += 1
-                log.info("sensor %s: %s cleared", item.sensor.id, item.alarm_type)
+                log.debug("sensor %s: %s cleared", item.sensor.id, item.alarm_type)
         else:
             self.counts.ignored += 1
 
@@ -204,6 +222,10 @@ class BridgeCore:
         Adjacent creates leave the outbox as one batch request; a trace is uploaded before
         the create that refers to it.
         """
+        if out.updates:
+            view = out.state(txn.conn)
+            for candidate_id, pending in out.updates.items():
+                view.pend_patch(candidate_id, pending.patch(), pending.since)
         if out.view is not None:
             out.view.flush()
         for new in out.creates:

@@ -12,7 +12,8 @@ Everything runs locally: a private Mosquitto (persistence on), ``gridpatrol api`
   as possible; "committed" is when the bridge has written all of them to its state database,
   "stored" when the API holds every candidate with the exact ``alarm.count`` sums (zero loss);
   a second burst where every other message raises a new candidate shows the cost of creates;
-* latency: alarms at a fixed rate (500/s); for every raise, the time from publish to the
+* latency: alarms at a fixed rate (500/s; 50 sensors each raising, repeating and clearing,
+  their cycles spread out); for every raise, the time from publish to the
   ``candidate.created`` server-sent event of the API (visible to reviewers).
 """
 
@@ -22,6 +23,7 @@ import argparse
 import base64
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import statistics
@@ -252,8 +254,8 @@ def sustained(stack: Stack, n: int, cycle: int, run: str) -> dict[str, float]:
 def latency(stack: Stack, rate: float, seconds: float) -> dict[str, float]:
     """Publish → ``candidate.created`` SSE for every raise, at a fixed alarm rate."""
     n = int(rate * seconds)
-    cycle = loadgen.CYCLE  # one raise per sensor in a hundred messages
-    messages = list(loadgen.traffic(stack.prefix, SENSORS, n, run="lat", cycle=cycle))
+    # One raise per sensor in a hundred messages, the sensors' cycles spread out in time.
+    messages = list(loadgen.traffic(stack.prefix, SENSORS, n, run="lat", stagger=True))
     seen: dict[str, float] = {}
     stop = threading.Event()
     ready = threading.Event()
@@ -298,19 +300,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the logs and databases")
     args = parser.parse_args()
     n = 5_000 if args.quick else 20_000
-    with tempfile.TemporaryDirectory(prefix="gp-bench-bridge-") as tmp:
-        stack = Stack(Path(tmp))
-        stack.start()
-        try:
-            wait_subscribed(stack)
-            base = baseline(stack, n)
-            repeat = sustained(stack, n, loadgen.CYCLE, "s1")
-            creates = sustained(stack, n // 5, 2, "s2")  # every sensor ends cleared
-            lat = latency(stack, 500.0, 10.0 if args.quick else 30.0)
-        finally:
-            stack.stop()
+    tmp = Path(tempfile.mkdtemp(prefix="gp-bench-bridge-"))
+    stack = Stack(tmp)
+    stack.start()
+    try:
+        wait_subscribed(stack)
+        base = baseline(stack, n)
+        repeat = sustained(stack, n, loadgen.CYCLE, "s1")
+        creates = sustained(stack, n // 5, 2, "s2")  # every sensor ends cleared
+        lat = latency(stack, 500.0, 10.0 if args.quick else 30.0)
+    finally:
+        stack.stop()
+        if args.keep:
+            print(f"logs and databases kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
     result = {"baseline_mqtt_per_s": base, "sustained": repeat, "creates": creates, "latency": lat}
     print(f"MQTT QoS 1 baseline (manual-ack subscriber): {base:,.0f} msg/s")
     for name, r in (("repeats (1 raise per 100)", repeat), ("creates (1 raise per 2)", creates)):
