@@ -76,7 +76,12 @@ def run_bridge(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     prefix = site.mqtt.prefix
     state_dir = Path(os.environ.get("GRIDPATROL_STATE_DIR") or "var/state")
-    outbox = Outbox(state_dir / "bridge.db", ApiClient.from_env(), component=COMPONENT)
+    try:
+        client = ApiClient.from_env()
+    except RuntimeError as exc:  # no producer token: say so instead of a traceback
+        log.error("%s", exc)
+        return 2
+    outbox = Outbox(state_dir / "bridge.db", client, component=COMPONENT)
     mqtt = MqttConnection(
         COMPONENT,
         prefix=prefix,

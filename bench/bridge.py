@@ -159,7 +159,8 @@ class Publisher:
 
     def burst(self, messages: list[tuple[str, bytes]]) -> None:
         for topic, payload in messages:
-            self.conn.publish(topic, payload, qos=1)
+            while not self.conn.publish(topic, payload, qos=1):
+                time.sleep(0.002)  # the client's outgoing queue is full: let it drain
         assert self.conn.publish_wait(self.conn.status_topic, b"online", qos=1, timeout=120)
 
     def paced(self, messages: list[tuple[str, bytes]], rate: float) -> list[float]:
@@ -171,7 +172,8 @@ class Publisher:
             if delay > 0:
                 time.sleep(delay)
             times.append(time.time())
-            self.conn.publish(topic, payload, qos=1)
+            while not self.conn.publish(topic, payload, qos=1):
+                time.sleep(0.002)
         return times
 
 

@@ -1,0 +1,39 @@
+"""Command-line failures an operator meets first: a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
+
+
+def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env_drop", "message"),
+    [
+        (["bridge", "--config", str(SAMPLE_SITE)], "GRIDPATROL_API_TOKEN", "GRIDPATROL_API_TOKEN"),
+        (["bridge", "--config", "/nonexistent/site.yaml"], "", "cannot read the site file"),
+        (["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "0"], "", "nothing to"),
+    ],
+    ids=["no producer token", "missing site file", "zero rate"],
+)
+def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != env_drop}
+    env["GRIDPATROL_STATE_DIR"] = str(tmp_path)
+    done = run(args, env)
+    assert done.returncode == 2
+    assert message in done.stderr
