@@ -6,7 +6,7 @@ import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
-  initialised: false, loadSeq: 0,
+  initialised: false, loadSeq: 0, busy: false,
 };
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -342,7 +342,16 @@ function mergePicker(current) {
 
 async function decide(decision) {
   const c = state.items[state.selected];
-  if (!c) return;
+  if (!c || state.busy) return; // one decision at a time: a double press must not hit the next case
+  state.busy = true;
+  try {
+    await decideOn(c, decision);
+  } finally {
+    state.busy = false;
+  }
+}
+
+async function decideOn(c, decision) {
   let extra = {};
   if (decision === 'reject') extra = await dialog(t('dlg.reject'), reasonPicker);
   else if (decision === 'return') extra = await dialog(t('dlg.return'), returnNote);
