@@ -61,6 +61,10 @@ class Manifest:
     def entry(self, name: str) -> ManifestEntry | None:
         return self.models.get(name)
 
+    def entry_for_weights(self, name: str) -> ManifestEntry | None:
+        """The entry whose Ultralytics weights are called ``name`` (e.g. ``yolo11n.pt``)."""
+        return next((e for e in self.models.values() if e.ultralytics == name), None)
+
     def entry_for_folder(self, folder: str) -> ManifestEntry | None:
         return next((e for e in self.models.values() if folder in e.folder_names), None)
 
@@ -136,7 +140,7 @@ def resolve_model(arg: str | None = None, *, manifest: Manifest | None = None) -
     explicit = arg or os.environ.get("GRIDPATROL_MODEL") or None
     source = "argument" if arg else "environment"
     if explicit:
-        entry = manifest.entry(explicit)
+        entry = manifest.entry(explicit) or manifest.entry_for_weights(explicit)
         if entry is None:
             path = Path(explicit).expanduser()
             if path.exists():

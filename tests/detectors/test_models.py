@@ -221,6 +221,11 @@ def test_ultralytics_name_without_extra_or_weights(
         resolve_model("yolo11n")
 
 
+def test_ultralytics_weights_name_maps_to_the_manifest_entry(isolated: Path) -> None:
+    spec = resolve_model("yolo11n.pt")  # no file of that name here: the manifest entry's folder
+    assert (spec.name, spec.format) == ("yolo11n", "openvino")
+
+
 def test_spec_is_a_plain_value(isolated: Path) -> None:
     spec = resolve_model("yolo11n")
     assert isinstance(spec, ModelSpec)
