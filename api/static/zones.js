@@ -302,6 +302,7 @@ async function validate() {
     toast(t('z.valid'));
   } catch (err) {
     $('#z-yaml').dataset.valid = 'false';
+    $('#z-yaml').value = ''; // never leave an older, now stale, YAML to be copied
     const list = err instanceof ApiError ? err.problem.errors : null;
     errors.textContent = list?.length
       ? list.map((e) => (typeof e === 'string' ? e : `${(e.loc || []).join('.')}: ${e.msg}`)).join('\n')

@@ -126,5 +126,6 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     page.click("#z-validate")
     page.wait_for_function("() => document.querySelector('#z-yaml').dataset.valid === 'false'")
     errors = page.inner_text("#z-errors")
-    assert "polygon" in errors and "at least 3" in errors
+    assert "zones[5].polygon" in errors and "at least 3" in errors
+    assert page.input_value("#z-yaml") == ""
     ui.shot("zone-invalid")
