@@ -457,27 +457,16 @@ def fit_head(
 
 
 def run(args: argparse.Namespace) -> int:
-    from gridpatrol.detectors.models import load_backend, resolve_model
+    """Exit 0 when trained (or cross-validated), 2 on setup errors."""
+    from gridpatrol.api.client import ApiError
+    from gridpatrol.detectors.models import MissingExtraError, ModelNotFoundError
 
     try:
         samples = _samples(args)
-    except (ValueError, OSError) as exc:
+        fs, info = _features(args, samples)
+    except (ValueError, OSError, ApiError, ModelNotFoundError, MissingExtraError) as exc:
         print(f"train-head: {exc}", file=sys.stderr)
         return 2
-    counts = np.bincount([s.label for s in samples], minlength=2)
-    if min(counts) < 2:
-        print(
-            f"train-head: need at least 2 images of each class, got {counts[1]} positive / "
-            f"{counts[0]} negative",
-            file=sys.stderr,
-        )
-        return 2
-    spec = resolve_model(args.model)
-    backend = load_backend(spec, feature_nodes=HEAD_RECIPE.nodes, mode="latency")
-    try:
-        fs = extract(samples, backend, HEAD_RECIPE)
-    finally:
-        backend.close()
     report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
     print(format_report(fs, report, args.folds, args.repeats), flush=True)
     choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
@@ -487,14 +476,33 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.cv_only:
         return 0
-    head = fit_head(fs, args.name, backend.info, choice, _meta(args, fs, report))
+    head = fit_head(fs, args.name, info, choice, _meta(args, fs, report))
     npz, meta = head.save(Path(args.out) if args.out else Path("var/heads") / args.name)
     print(f"wrote {npz} and {meta}")
     return 0
 
 
+def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[FeatureSet, ModelInfo]:
+    from gridpatrol.detectors.models import load_backend, resolve_model
+
+    counts = np.bincount([s.label for s in samples], minlength=2)
+    if min(counts) < 2:
+        raise ValueError(
+            f"need at least 2 images of each class, got {counts[1]} positive / {counts[0]} negative"
+        )
+    backend = load_backend(
+        resolve_model(args.model), feature_nodes=HEAD_RECIPE.nodes, mode="latency"
+    )
+    try:
+        return extract(samples, backend, HEAD_RECIPE), backend.info
+    finally:
+        backend.close()
+
+
 def _samples(args: argparse.Namespace) -> list[Sample]:
     if args.from_reviews:
+        import httpx
+
         from gridpatrol.api.client import ApiClient
 
         url = args.api_url or os.environ.get("GRIDPATROL_API_URL", "http://127.0.0.1:8000")
@@ -502,6 +510,8 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
         client = ApiClient(url, token)
         try:
             found = review_samples(client, args.type, args.since)
+        except httpx.HTTPError as exc:
+            raise OSError(f"intake API at {url}: {exc}") from exc
         finally:
             client.close()
         progress(f"{len(found)} reviewed {args.type} candidates")

@@ -226,3 +226,10 @@ def test_train_head_from_reviewed_candidates(
     assert head.backbone_sha256 == weights_sha(shared_dir)
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["source"] == "reviews"
+
+    refused = train_head(
+        "--from-reviews", "--name", "garbage", "--api-url", api_server.url, "--token", "wrong",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "train-head: HTTP 401" in refused.stderr
