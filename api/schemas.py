@@ -161,7 +161,7 @@ def _located(value: object) -> bool:
 
 class BatchItem(BaseModel):
     idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
-    body: dict[str, Any]
+    body: Any
 
 
 class BatchIn(BaseModel):

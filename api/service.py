@@ -112,6 +112,35 @@ def _event(kind: str, doc: JsonDict) -> Event:
     )
 
 
+def check_key(key: str | None) -> str:
+    if not key:
+        raise Problem(400, "the Idempotency-Key header is required")
+    if not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise Problem(400, "an Idempotency-Key is 1-200 printable ASCII characters")
+    return key
+
+
+def parse_candidate(body: Any) -> CandidateIn:
+    if not isinstance(body, dict):
+        raise Problem(422, "the candidate must be a JSON object")
+    try:
+        return CandidateIn.model_validate(body)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc
+
+
+def problem_item(exc: Problem) -> JsonDict:
+    """A refused batch item: its status and problem body."""
+    body = {
+        "type": "about:blank",
+        "title": exc.title,
+        "status": exc.status,
+        "detail": exc.detail,
+        **exc.extra,
+    }
+    return {"status": exc.status, "body": body}
+
+
 def validation_problem(exc: ValidationError) -> Problem:
     errors = [
         {"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
@@ -137,32 +166,16 @@ class CandidateService:
         self, who: Principal, key: str | None, digest: str, work: Callable[[Session], Outcome]
     ) -> tuple[int, JsonDict]:
         """Run ``work`` once per (key, principal); replay the stored response afterwards."""
-        if not key:
-            raise Problem(400, "the Idempotency-Key header is required")
-        if not IDEMPOTENCY_KEY_RE.fullmatch(key):
-            raise Problem(400, "an Idempotency-Key is 1-200 printable ASCII characters")
+        key = check_key(key)
         replay = self._claim(who.name, key, digest)
         if replay is not None:
             return replay
         try:
             with self.db.write() as session:
                 outcome = work(session)
-                session.execute(
-                    update(IdempotencyRow)
-                    .where(IdempotencyRow.key == key, IdempotencyRow.principal == who.name)
-                    .values(
-                        state="done",
-                        status_code=outcome.status,
-                        response=json.dumps(outcome.doc, ensure_ascii=False),
-                    )
-                )
+                self._finish(session, who.name, key, outcome)
         except BaseException:
-            with self.db.write() as session:
-                session.execute(
-                    delete(IdempotencyRow).where(
-                        IdempotencyRow.key == key, IdempotencyRow.principal == who.name
-                    )
-                )
+            self._release(who.name, [key])
             raise
         self._notify(outcome)
         return outcome.status, outcome.doc
@@ -171,32 +184,51 @@ class CandidateService:
         for _attempt in range(5):
             try:
                 with self.db.write() as session:
-                    row = session.get(IdempotencyRow, (key, who))
-                    now = self.clock()
-                    if row is None:
-                        session.add(
-                            IdempotencyRow(
-                                key=key,
-                                principal=who,
-                                request_hash=digest,
-                                state="in_flight",
-                                created_at=now,
-                            )
-                        )
-                        return None
-                    if row.request_hash != digest:
-                        raise Problem(
-                            422, "this Idempotency-Key was used with another request body"
-                        )
-                    if row.state == "done" and row.status_code is not None:
-                        return row.status_code, json.loads(row.response or "{}")
-                    if now - row.created_at < STALE_IN_FLIGHT:
-                        raise Problem(409, "a request with this Idempotency-Key is in flight")
-                    row.created_at = now
-                    return None
+                    return self._claim_in(session, who, key, digest)
             except IntegrityError:
                 continue  # a concurrent request inserted the key first: look again
         raise Problem(409, "a request with this Idempotency-Key is in flight")
+
+    def _claim_in(
+        self, session: Session, who: str, key: str, digest: str
+    ) -> tuple[int, JsonDict] | None:
+        """Claim a key (None) or return the stored response; raise 422 / 409 problems."""
+        row = session.get(IdempotencyRow, (key, who))
+        now = self.clock()
+        if row is None:
+            session.add(
+                IdempotencyRow(
+                    key=key, principal=who, request_hash=digest, state="in_flight", created_at=now
+                )
+            )
+            return None
+        if row.request_hash != digest:
+            raise Problem(422, "this Idempotency-Key was used with another request body")
+        if row.state == "done" and row.status_code is not None:
+            return row.status_code, json.loads(row.response or "{}")
+        if now - row.created_at < STALE_IN_FLIGHT:
+            raise Problem(409, "a request with this Idempotency-Key is in flight")
+        row.created_at = now
+        return None
+
+    def _finish(self, session: Session, who: str, key: str, outcome: Outcome) -> None:
+        session.execute(
+            update(IdempotencyRow)
+            .where(IdempotencyRow.key == key, IdempotencyRow.principal == who)
+            .values(
+                state="done",
+                status_code=outcome.status,
+                response=json.dumps(outcome.doc, ensure_ascii=False),
+            )
+        )
+
+    def _release(self, who: str, keys: list[str]) -> None:
+        with self.db.write() as session:
+            session.execute(
+                delete(IdempotencyRow).where(
+                    IdempotencyRow.principal == who, IdempotencyRow.key.in_(keys)
+                )
+            )
 
     def _notify(self, outcome: Outcome) -> None:
         self.hub.publish(outcome.events)
@@ -211,27 +243,77 @@ class CandidateService:
         return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed))
 
     def batch(self, who: Principal, items: list[tuple[str, Any]]) -> list[JsonDict]:
-        results: list[JsonDict] = []
-        for key, body in items:
+        """Create many candidates: one transaction claims the keys, one does the work."""
+        results: list[JsonDict | None] = [None] * len(items)
+        valid: list[tuple[int, str, str, CandidateIn]] = []
+        for index, (key, body) in enumerate(items):
             try:
-                if not isinstance(body, dict):
-                    raise Problem(422, "the candidate must be a JSON object")
-                try:
-                    parsed = CandidateIn.model_validate(body)
-                except ValidationError as exc:
-                    raise validation_problem(exc) from exc
-                code, doc = self.create(who, key, parsed)
-                results.append({"status": code, "body": doc})
+                parsed = parse_candidate(body)
+                body_json = parsed.model_dump(mode="json", exclude_unset=True)
+                digest = request_hash("POST", "/candidates", body_json)
+                valid.append((index, check_key(key), digest, parsed))
             except Problem as exc:
-                problem = {
-                    "type": "about:blank",
-                    "title": exc.title,
-                    "status": exc.status,
-                    "detail": exc.detail,
-                    **exc.extra,
-                }
-                results.append({"status": exc.status, "body": problem})
-        return results
+                results[index] = problem_item(exc)
+        claimed, repeats = self._claim_batch(who, valid, results)
+        outcomes: list[Outcome] = []
+        try:
+            with self.db.write() as session:
+                for index, key, _digest, parsed in claimed:
+                    outcome = self._create(session, who, parsed)
+                    self._finish(session, who.name, key, outcome)
+                    results[index] = {"status": outcome.status, "body": outcome.doc}
+                    outcomes.append(outcome)
+        except BaseException:
+            self._release(who.name, [key for _i, key, _d, _p in claimed])
+            raise
+        for index, first in repeats:
+            results[index] = results[first]
+        self._notify(
+            Outcome(207, {}, [e for o in outcomes for e in o.events], any(o.feed for o in outcomes))
+        )
+        return [r for r in results if r is not None]
+
+    def _claim_batch(
+        self,
+        who: Principal,
+        valid: list[tuple[int, str, str, CandidateIn]],
+        results: list[JsonDict | None],
+    ) -> tuple[list[tuple[int, str, str, CandidateIn]], list[tuple[int, int]]]:
+        """Claim every key of a batch in one transaction; fill in replays and refusals."""
+        for _attempt in range(5):
+            claimed: list[tuple[int, str, str, CandidateIn]] = []
+            repeats: list[tuple[int, int]] = []  # (item, earlier item with the same key)
+            answers: dict[int, JsonDict] = {}
+            seen: dict[str, tuple[int, str]] = {}
+            try:
+                with self.db.write() as session:
+                    for item in valid:
+                        index, key, digest, _parsed = item
+                        if key in seen:
+                            first, first_digest = seen[key]
+                            if first_digest == digest:
+                                repeats.append((index, first))
+                            else:
+                                answers[index] = problem_item(
+                                    Problem(422, "this Idempotency-Key was used with another body")
+                                )
+                            continue
+                        seen[key] = (index, digest)
+                        try:
+                            replay = self._claim_in(session, who.name, key, digest)
+                        except Problem as exc:
+                            answers[index] = problem_item(exc)
+                            continue
+                        if replay is None:
+                            claimed.append(item)
+                        else:
+                            answers[index] = {"status": replay[0], "body": replay[1]}
+            except IntegrityError:
+                continue  # a concurrent request claimed one of the keys first: look again
+            for index, answer in answers.items():
+                results[index] = answer
+            return claimed, repeats
+        raise Problem(409, "requests with these Idempotency-Keys are in flight")
 
     def _create(self, session: Session, who: Principal, parsed: CandidateIn) -> Outcome:
         source = parsed.source

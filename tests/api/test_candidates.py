@@ -180,11 +180,15 @@ def test_batch_gives_per_item_results(api: Any) -> None:
         {"idempotency_key": "b2", "body": {**api.body("e2", sha), "severity": 5}},
         {"idempotency_key": "b3", "body": api.body("e1", sha)},
         {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"idempotency_key": "b1", "body": api.body("e9", sha)},
+        {"idempotency_key": "b4", "body": [1]},
     ]
     response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
     assert response.status_code == 207
     results = response.json()["items"]
-    assert [r["status"] for r in results] == [201, 422, 200, 201]
+    assert [r["status"] for r in results] == [201, 422, 200, 201, 422, 422]
+    again = api.as_("producer").post(f"{URL}/batch", json={"items": items[:1]})
+    assert again.json()["items"] == results[:1]
     assert results[2]["body"]["id"] == results[0]["body"]["id"]
     assert results[3]["body"] == results[0]["body"]
     assert results[1]["body"]["status"] == 422

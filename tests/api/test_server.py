@@ -180,3 +180,30 @@ def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no API tokens" in proc.stderr
+
+
+def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(6))
+    camera = f"cam-{uuid.uuid4().hex[:8]}"
+    bodies = []
+    for _ in range(30):
+        body = api_body.body(None, sha)
+        body["source"]["camera_id"] = camera
+        bodies.append(body)
+    keys = [str(uuid.uuid4()) for _ in bodies]
+    items = [{"idempotency_key": k, "body": b} for k, b in zip(keys, bodies, strict=True)]
+    barrier = threading.Barrier(4)
+
+    def post(_i: int) -> list[int]:
+        with server.client("producer") as http:
+            barrier.wait()
+            response = http.post("/candidates/batch", json={"items": items})
+            assert response.status_code == 207
+            return [r["status"] for r in response.json()["items"]]
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(post, range(4)))
+    assert all(set(s) <= {201, 409} for s in statuses)
+    with server.client("reviewer") as http:
+        page = http.get("/candidates", params={"camera_id": camera, "limit": 100}).json()
+    assert len(page["items"]) == 30
