@@ -51,6 +51,8 @@ COMPONENT = "detect"
 # Crowds and blocked roads are a public-order matter; the rest is street management.
 SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
+RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
+CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts its rules
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +187,8 @@ class CameraRuntime:
     ring: FrameRing
     motion: MotionState
     last: InferenceResult | None = None
+    last_ts: datetime | None = None
+    out_of_order: int = 0
     frames_in: int = 0
     inferred: int = 0
     skipped: int = 0
@@ -308,7 +312,7 @@ class DetectorWorker:
                 camera=cam,
                 sub=sub,
                 pipeline=_make_pipeline(cam, site, self.names, heads),
-                ring=FrameRing(capacity=24, horizon_s=_horizon_s(cam)),
+                ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
                 motion=MotionState(),
             )
         with outbox.transaction() as txn:
@@ -353,7 +357,13 @@ class DetectorWorker:
             return False
         self._infer([r for r in ready if r.infer])
         for item in ready:
-            self._judge(item)
+            try:
+                self._judge(item)
+            except Exception:
+                # One camera's bad frame or rule state must not stop the others.
+                log.exception(
+                    "camera %s: judging frame %d failed", item.rt.camera.id, item.frame.header.seq
+                )
         return True
 
     def _count_drops(self, rt: CameraRuntime) -> None:
@@ -378,6 +388,8 @@ class DetectorWorker:
             self._bad(rt, topic, payload, received_at, f"invalid frame: {exc}")
             return None
         h = frame.header
+        if not self._in_order(rt, h.ts):
+            return None
         reduce = reduction_for(h.width, h.height, self.imgsz)
         image = decode_jpeg(frame.image, reduce)
         if image is None:
@@ -389,6 +401,35 @@ class DetectorWorker:
             decision = type(decision)(True, "first", decision.changed)
         scale = h.width / image.shape[1]
         return Ready(rt, frame, image, scale, gray, decision.infer)
+
+    def _in_order(self, rt: CameraRuntime, ts: datetime) -> bool:
+        """Drop a frame older than the last one; start the camera's rules over when its
+        clock jumped back for good (a camera resynchronised to NTP)."""
+        last = rt.last_ts
+        rt.last_ts = ts if last is None or ts >= last else last
+        if last is None or ts >= last:
+            return True
+        if (last - ts).total_seconds() <= CLOCK_RESET_S:
+            rt.out_of_order += 1
+            self.metrics.dropped.labels(rt.camera.id).inc()
+            return False
+        log.warning(
+            "camera %s: clock went back %.0f s; its rules start over",
+            rt.camera.id,
+            (last - ts).total_seconds(),
+        )
+        self._reset(rt)
+        rt.last_ts = ts
+        return True
+
+    def _reset(self, rt: CameraRuntime) -> None:
+        from gridpatrol.detectors.evidence import FrameRing
+        from gridpatrol.detectors.motion import MotionState
+
+        rt.pipeline = _make_pipeline(rt.camera, self.site, self.names, self.heads)
+        rt.motion = MotionState()
+        rt.ring = FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(rt.camera))
+        rt.last = None
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -461,7 +502,7 @@ class DetectorWorker:
                 "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
             )
             return
-        self.book, ops = episodes.step(
+        book, ops = episodes.step(
             self.book,
             rt.camera.id,
             ev,
@@ -472,6 +513,7 @@ class DetectorWorker:
             new_id=lambda: str(uuid.uuid4()),
         )
         if not ops:
+            self.book = book
             return
         rendered = [(op, self._render(rt, op, ev, item, detections)) for op in ops]
         with self.outbox.transaction() as txn:
@@ -485,6 +527,9 @@ class DetectorWorker:
                 else:
                     txn.patch_candidate(op.episode.candidate_id, body)
                 episodes.save_episode(txn.conn, op.episode)
+        # Only a committed transaction moves the book: after a failure the next event of the
+        # episode tries again.
+        self.book = book
         for op, _ in rendered:
             rt.candidates += op.kind == "open"
             self.metrics.candidates.labels(rt.camera.id, op.kind).inc()

@@ -381,7 +381,12 @@ def test_street_crowd_episodes_and_no_vending(
     # The same street blurred beyond recognition: nobody is detected, the crowd is gone.
     empty = jpeg(cv2.GaussianBlur(street[0], (151, 151), 0))
     timeline = crowd + [empty] * 8 + crowd[:12]
-    rig.publisher.play({"street": timeline}, {"street": (w, h)}, T0, worker)
+    end = rig.publisher.play({"street": timeline}, {"street": (w, h)}, T0, worker)
+    # A frame older than the last one (late delivery) is dropped, not judged.
+    taken = worker.frames_taken("street")
+    rig.publisher.send("street", end - timedelta(seconds=3), crowd[0], w, h)
+    wait_for("the late frame", lambda: worker.frames_taken("street") > taken, 30, worker)
+    assert worker.metric("dropped_frames", "street") == 1
 
     client = rig.api.client("reviewer")
     found = wait_for(
