@@ -54,7 +54,7 @@ SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay th
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
-PATCH_CHECK_S = 0.1
+PATCH_CHECK_S = 0.05
 PATCH_TRICKLE = 4  # updates handed to the outbox per check, when it is idle
 PATCH_IDLE_DEPTH = 1
 
