@@ -56,7 +56,12 @@ def register(sub: Any) -> None:
     scan_parser = sub.add_parser(
         "scan",
         help="detect and judge violations in images, folders and videos (JSON lines)",
-        description="One JSON object per image or sampled video frame on stdout.",
+        description="One JSON object per image or sampled video frame on stdout: source, "
+        "frame (index in the video; 0 for stills), ts (seconds from the video start; null for "
+        "stills), width, height, detections (pixels), scene (head scores) and violations. "
+        "Without --config the rules that can judge a still do so on the whole frame "
+        "(dwell_verified false); with --config and --camera a video runs through that "
+        "camera's zones, schedules and dwell (dwell_verified true). Progress goes to stderr.",
     )
     add_scan_arguments(scan_parser)
     scan_parser.set_defaults(func=run_scan)
