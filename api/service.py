@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import and_, delete, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -112,6 +112,13 @@ def _event(kind: str, doc: JsonDict) -> Event:
     )
 
 
+def _natural_key(parsed: CandidateIn) -> tuple[str, str] | None:
+    source = parsed.source
+    if source is not None and source.system and source.source_event_id:
+        return source.system, source.source_event_id
+    return None
+
+
 def check_key(key: str | None) -> str:
     if not key:
         raise Problem(400, "the Idempotency-Key header is required")
@@ -190,10 +197,18 @@ class CandidateService:
         raise Problem(409, "a request with this Idempotency-Key is in flight")
 
     def _claim_in(
-        self, session: Session, who: str, key: str, digest: str
+        self,
+        session: Session,
+        who: str,
+        key: str,
+        digest: str,
+        known: dict[str, IdempotencyRow] | None = None,
     ) -> tuple[int, JsonDict] | None:
-        """Claim a key (None) or return the stored response; raise 422 / 409 problems."""
-        row = session.get(IdempotencyRow, (key, who))
+        """Claim a key (None) or return the stored response; raise 422 / 409 problems.
+
+        ``known`` holds the rows of a batch's keys, loaded in one query.
+        """
+        row = session.get(IdempotencyRow, (key, who)) if known is None else known.get(key)
         now = self.clock()
         if row is None:
             session.add(
@@ -255,17 +270,21 @@ class CandidateService:
             except Problem as exc:
                 results[index] = problem_item(exc)
         claimed, repeats = self._claim_batch(who, valid, results)
-        outcomes: list[Outcome] = []
         try:
-            with self.db.write() as session:
-                for index, key, _digest, parsed in claimed:
-                    outcome = self._create(session, who, parsed)
-                    self._finish(session, who.name, key, outcome)
-                    results[index] = {"status": outcome.status, "body": outcome.doc}
-                    outcomes.append(outcome)
+            try:
+                with self.db.write() as session:
+                    outcomes = self._create_many(session, who, [p for *_, p in claimed])
+                    self._finish_many(session, who.name, [k for _i, k, *_ in claimed], outcomes)
+            except IntegrityError:
+                # A concurrent request created one of these: go one by one (PostgreSQL only).
+                with self.db.write() as session:
+                    outcomes = [self._create(session, who, p) for *_, p in claimed]
+                    self._finish_many(session, who.name, [k for _i, k, *_ in claimed], outcomes)
         except BaseException:
             self._release(who.name, [key for _i, key, _d, _p in claimed])
             raise
+        for (index, *_), outcome in zip(claimed, outcomes, strict=True):
+            results[index] = {"status": outcome.status, "body": outcome.doc}
         for index, first in repeats:
             results[index] = results[first]
         self._notify(
@@ -287,6 +306,15 @@ class CandidateService:
             seen: dict[str, tuple[int, str]] = {}
             try:
                 with self.db.write() as session:
+                    known = {
+                        row.key: row
+                        for row in session.scalars(
+                            select(IdempotencyRow).where(
+                                IdempotencyRow.principal == who.name,
+                                IdempotencyRow.key.in_([key for _i, key, _d, _p in valid]),
+                            )
+                        )
+                    }
                     for item in valid:
                         index, key, digest, _parsed = item
                         if key in seen:
@@ -300,7 +328,7 @@ class CandidateService:
                             continue
                         seen[key] = (index, digest)
                         try:
-                            replay = self._claim_in(session, who.name, key, digest)
+                            replay = self._claim_in(session, who.name, key, digest, known)
                         except Problem as exc:
                             answers[index] = problem_item(exc)
                             continue
@@ -330,12 +358,8 @@ class CandidateService:
         if parsed.id is not None and (row := session.get(CandidateRow, cid)) is not None:
             return Outcome(200, json.loads(row.doc))
         now = self.clock()
-        doc = parsed.model_dump(mode="json", exclude_unset=True, exclude={"id"})
-        doc = {"id": cid, **doc, "created_at": now.isoformat(), "status": "incomplete"}
-        doc["history"] = [{"at": now.isoformat(), "who": who.name, "action": "created"}]
-        row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
-        outcome = Outcome(201, doc)
-        self._derive(doc)
+        row, outcome = self._new(who, parsed, cid, now)
+        doc = outcome.doc
         # On PostgreSQL a concurrent insert of the same natural key or id fails at the flush;
         # the savepoint then also takes back the feed position, so the feed keeps no gap.
         # SQLite's write lock, held since the lookups above, rules that race out.
@@ -365,6 +389,87 @@ class CandidateService:
         log.info("candidate %s created: %s %s", cid, doc["status"], doc.get("type"))
         outcome.events.insert(0, _event("candidate.created", doc))
         return outcome
+
+    def _new(
+        self, who: Principal, parsed: CandidateIn, cid: str, now: datetime
+    ) -> tuple[CandidateRow, Outcome]:
+        doc = parsed.model_dump(mode="json", exclude_unset=True, exclude={"id"})
+        doc = {"id": cid, **doc, "created_at": now.isoformat(), "status": "incomplete"}
+        doc["history"] = [{"at": now.isoformat(), "who": who.name, "action": "created"}]
+        row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
+        self._derive(doc)
+        return row, Outcome(201, doc)
+
+    def _create_many(
+        self, session: Session, who: Principal, items: list[CandidateIn]
+    ) -> list[Outcome]:
+        """:meth:`_create` for many bodies with a fixed number of statements."""
+        now = self.clock()
+        natural = [_natural_key(p) for p in items]
+        wanted = [k for k in natural if k is not None]
+        by_key: dict[tuple[str, str], JsonDict] = {}
+        by_id: dict[str, JsonDict] = {}
+        if wanted:
+            found = session.execute(
+                select(
+                    CandidateRow.source_system, CandidateRow.source_event_id, CandidateRow.doc
+                ).where(
+                    tuple_(CandidateRow.source_system, CandidateRow.source_event_id).in_(wanted)
+                )
+            )
+            by_key = {(str(a), str(b)): json.loads(doc) for a, b, doc in found}
+        ids = [str(p.id) for p in items if p.id is not None]
+        if ids:
+            found_ids = session.execute(
+                select(CandidateRow.id, CandidateRow.doc).where(CandidateRow.id.in_(ids))
+            )
+            by_id = {cid: json.loads(doc) for cid, doc in found_ids}
+        outcomes: list[Outcome] = []
+        rows: list[CandidateRow] = []
+        visible: list[CandidateRow] = []
+        with session.no_autoflush:
+            for parsed, key in zip(items, natural, strict=True):
+                earlier = by_key.get(key) if key else None
+                if earlier is None and parsed.id is not None:
+                    earlier = by_id.get(str(parsed.id))
+                if earlier is not None:
+                    outcomes.append(Outcome(200, earlier))
+                    continue
+                row, outcome = self._new(who, parsed, str(parsed.id or uuid.uuid4()), now)
+                if not outcome.doc["missing_elements"]:
+                    self._enter_review(session, row, outcome.doc, now, outcome, visible)
+                self._save(row, outcome.doc, now)
+                outcome.events.insert(0, _event("candidate.created", outcome.doc))
+                rows.append(row)
+                outcomes.append(outcome)
+                by_id[row.id] = outcome.doc
+                if key is not None:
+                    by_key[key] = outcome.doc
+            if visible:
+                self._assign_positions(session, visible, now)
+            session.add_all(rows)
+            session.flush()
+        log.info("%d candidate(s) created in a batch", len(rows))
+        return outcomes
+
+    def _finish_many(
+        self, session: Session, who: str, keys: list[str], outcomes: list[Outcome]
+    ) -> None:
+        if not keys:
+            return
+        session.execute(
+            update(IdempotencyRow),
+            [
+                {
+                    "key": key,
+                    "principal": who,
+                    "state": "done",
+                    "status_code": o.status,
+                    "response": json.dumps(o.doc, ensure_ascii=False),
+                }
+                for key, o in zip(keys, outcomes, strict=True)
+            ],
+        )
 
     def patch(
         self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
@@ -683,22 +788,41 @@ class CandidateService:
         doc["missing_elements"] = missing_elements(doc, held)
 
     def _enter_review(
-        self, session: Session, row: CandidateRow, doc: JsonDict, now: datetime, outcome: Outcome
+        self,
+        session: Session,
+        row: CandidateRow,
+        doc: JsonDict,
+        now: datetime,
+        outcome: Outcome,
+        defer: list[CandidateRow] | None = None,
     ) -> None:
         doc["status"] = "new"
         if self.policy.auto_confirms(doc.get("type")):
             doc["status"] = "confirmed"
             self._history(doc, now, "policy", "auto_confirmed")
-            self._make_visible(session, row, doc, now, outcome)
+            self._make_visible(session, row, doc, now, outcome, defer)
 
     def _make_visible(
-        self, session: Session, row: CandidateRow, doc: JsonDict, now: datetime, outcome: Outcome
+        self,
+        session: Session,
+        row: CandidateRow,
+        doc: JsonDict,
+        now: datetime,
+        outcome: Outcome,
+        defer: list[CandidateRow] | None = None,
     ) -> None:
+        """Give a confirmed candidate its feed position, or hold it for the night.
+
+        With ``defer`` the row is queued there for one position assignment later.
+        """
         hold = self.policy.hold_until(doc.get("urgency"), now)
         doc["hold_until"] = iso(hold)
         row.hold_until = hold
         if hold is None:
-            self._assign_positions(session, [row], now)
+            if defer is None:
+                self._assign_positions(session, [row], now)
+            else:
+                defer.append(row)
             outcome.feed = True
         else:
             self._history(doc, now, "policy", "held", until=hold.isoformat())

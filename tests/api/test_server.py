@@ -207,3 +207,31 @@ def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None
     with server.client("reviewer") as http:
         page = http.get("/candidates", params={"camera_id": camera, "limit": 100}).json()
     assert len(page["items"]) == 30
+
+
+def test_concurrent_batches_of_one_set_of_events(server: Any, api_body: Any) -> None:
+    sha = upload(server, api_body.jpeg(7))
+    camera = f"cam-{uuid.uuid4().hex[:8]}"
+    bodies = []
+    for _ in range(30):
+        body = api_body.body(None, sha)
+        body["source"]["camera_id"] = camera
+        bodies.append(body)
+    barrier = threading.Barrier(4)
+
+    def post(_i: int) -> list[str]:
+        items = [{"idempotency_key": str(uuid.uuid4()), "body": b} for b in bodies]
+        with server.client("producer") as http:
+            barrier.wait()
+            response = http.post("/candidates/batch", json={"items": items})
+            assert response.status_code == 207
+            results = response.json()["items"]
+            assert {r["status"] for r in results} <= {200, 201}
+            return [r["body"]["id"] for r in results]
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = list(pool.map(post, range(4)))
+    assert ids[0] == ids[1] == ids[2] == ids[3]
+    with server.client("reviewer") as http:
+        page = http.get("/candidates", params={"camera_id": camera, "limit": 100}).json()
+    assert sorted(c["id"] for c in page["items"]) == sorted(ids[0])
