@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -230,3 +231,30 @@ def test_spec_is_a_plain_value(isolated: Path) -> None:
     spec = resolve_model("yolo11n")
     assert isinstance(spec, ModelSpec)
     assert spec.entry is not None and spec.entry.name == "yolo11n"
+
+
+def test_download_and_export_happen_once_then_the_cache_is_used(
+    isolated: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No internet here: the Ultralytics download + export is replaced by copying the shared
+    export into the cache, which is what a successful export leaves behind."""
+    from gridpatrol.detectors import ultralytics_backend
+
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
+    calls: list[tuple[str, Path]] = []
+
+    def fake_export(weights: str, cache: Path) -> Path:
+        calls.append((weights, cache))
+        folder = cache / f"{Path(weights).stem}_openvino_model"
+        shutil.copytree(shared_dir / "models" / "yolo11n_int8_openvino_model", folder)
+        return folder
+
+    monkeypatch.setattr(ultralytics_backend, "export_openvino", fake_export)
+    first = resolve_model(None)
+    assert calls == [("yolo11n.pt", isolated / "cache" / "models")]
+    assert first.source == "download" and first.name == "yolo11n"
+    second = resolve_model(None)
+    assert len(calls) == 1  # reused, not exported again
+    assert second.source == f"local:{isolated / 'cache' / 'models'}"
+    assert second.path == first.path
+    assert model_info(second).sha256 == MANIFEST["models"]["yolo11n"]["sha256"]["yolo11n.bin"]
