@@ -279,5 +279,6 @@ class Ui:
 
 
 @pytest.fixture
-def ui(page: Page, console: Any, shots: Shots) -> Ui:
+def ui(console: Any, page: Page, shots: Shots) -> Ui:
+    # The server first, so the tab (with its open event stream) closes before the server stops.
     return Ui(page, console, shots)
