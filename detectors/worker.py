@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -164,7 +164,10 @@ def _when(value: Any) -> datetime:
 
 
 def normalise_event(ev: Any) -> EpisodeEvent:
-    boxes = tuple(tuple(float(v) for v in box[:4]) for box in (getattr(ev, "boxes", ()) or ()))
+    boxes = tuple(
+        (float(b[0]), float(b[1]), float(b[2]), float(b[3]))
+        for b in (getattr(ev, "boxes", ()) or ())
+    )
     return EpisodeEvent(
         kind=str(ev.kind),
         rule=str(ev.rule),
@@ -173,7 +176,7 @@ def normalise_event(ev: Any) -> EpisodeEvent:
         confidence=float(ev.confidence),
         dwell_s=float(ev.dwell_s),
         first_seen=_when(getattr(ev, "first_seen", ev.t)),
-        boxes=boxes,  # type: ignore[arg-type]
+        boxes=boxes,
         track_ids=tuple(int(i) for i in (getattr(ev, "track_ids", ()) or ())),
         labels=tuple(str(x) for x in (getattr(ev, "labels", ()) or ())),
     )
@@ -196,7 +199,6 @@ class CameraRuntime:
     dropped_seen: int = 0
     latency_s: float = 0.0
     candidates: int = 0
-    window: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,7 +240,7 @@ class Metrics:
         )
         self.dropped = Counter(
             "gridpatrol_detect_dropped_frames",
-            "Frames replaced by a newer one before processing",
+            "Frames replaced by a newer one before processing, or older than the last one",
             labels,
             registry=self.registry,
         )
@@ -274,6 +276,8 @@ class Metrics:
 
 
 class DetectorWorker:
+    """The processing side of ``gridpatrol detect`` for a set of cameras (one thread)."""
+
     def __init__(
         self,
         site: Site,
@@ -289,8 +293,6 @@ class DetectorWorker:
         metrics: Metrics | None = None,
     ) -> None:
         from gridpatrol.detectors import episodes
-        from gridpatrol.detectors.evidence import FrameRing
-        from gridpatrol.detectors.motion import MotionState
         from gridpatrol.ingest.topics import frame_topic
 
         self.site = site
@@ -308,13 +310,7 @@ class DetectorWorker:
         self.cams: dict[str, CameraRuntime] = {}
         for cam in cameras:
             sub = conn.subscribe(frame_topic(site.mqtt.prefix, cam.id), qos=0, maxsize=1)
-            self.cams[cam.id] = CameraRuntime(
-                camera=cam,
-                sub=sub,
-                pipeline=_make_pipeline(cam, site, self.names, heads),
-                ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
-                motion=MotionState(),
-            )
+            self.cams[cam.id] = self._runtime(cam, sub)
         with outbox.transaction() as txn:
             episodes.ensure_schema(txn.conn)
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
@@ -422,14 +418,22 @@ class DetectorWorker:
         rt.last_ts = ts
         return True
 
-    def _reset(self, rt: CameraRuntime) -> None:
+    def _runtime(self, cam: Camera, sub: Subscription) -> CameraRuntime:
+        """A camera's fresh processing state: rules, motion gate and frame ring."""
         from gridpatrol.detectors.evidence import FrameRing
         from gridpatrol.detectors.motion import MotionState
 
-        rt.pipeline = _make_pipeline(rt.camera, self.site, self.names, self.heads)
-        rt.motion = MotionState()
-        rt.ring = FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(rt.camera))
-        rt.last = None
+        return CameraRuntime(
+            camera=cam,
+            sub=sub,
+            pipeline=_make_pipeline(cam, self.site, self.names, self.heads),
+            ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
+            motion=MotionState(),
+        )
+
+    def _reset(self, rt: CameraRuntime) -> None:
+        fresh = self._runtime(rt.camera, rt.sub)
+        rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -664,7 +668,7 @@ class DetectorWorker:
                 rt.frames_in,
                 rt.inferred,
                 rt.skipped,
-                rt.sub.dropped,
+                rt.sub.dropped + rt.out_of_order,
                 rt.bad,
                 mean_ms,
                 rt.candidates,
