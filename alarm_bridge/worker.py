@@ -139,6 +139,10 @@ class BridgeCore:
         self.counts.received += 1
         match = parse_topic(self.prefix, topic)
         if match is not None and match.kind == "sensor_status":
+            if payload.strip().lower() not in (b"online", b"offline"):
+                why = Rejected("bad_status", "expected online or offline")
+                self._reject(out, why, topic, payload, received_at)
+                return
             self._status(txn, match.id, payload, received_at.timestamp(), out)
             return
         if match is None or match.kind != "sensor_alarm":

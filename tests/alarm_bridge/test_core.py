@@ -149,6 +149,7 @@ DEAD_LETTERS = [
         "unknown_schema",
     ),
     ("not a sensor topic", "gridpatrol/sensors/mh-1/other", b"{}", "bad_topic"),
+    ("garbage status", "gridpatrol/sensors/mh-1/status", b"maybe", "bad_status"),
     (
         "sensor id mismatch",
         "gridpatrol/sensors/mh-1/alarm",
