@@ -414,6 +414,13 @@ def test_street_crowd_episodes_and_no_vending(
     assert second["references"] == [first["id"]]
     occurred = datetime.fromisoformat(first["occurred_at"])
     assert T0 <= occurred <= T0 + timedelta(seconds=3)
+    # First-seen is the frame where the crowd began; the annotated frame is full resolution.
+    by_kind = {e["kind"]: e for e in first["evidence"]}
+    assert datetime.fromisoformat(by_kind["first_seen"]["captured_at"]) == occurred
+    assert (by_kind["annotated"]["width"], by_kind["annotated"]["height"]) == (w, h)
+    annotated = client.get(f"/evidence/{by_kind['annotated']['sha256']}").content
+    drawn = cv2.imdecode(np.frombuffer(annotated, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == (h, w, 3)
     log = worker.text()
     assert "street_vending raise" not in log
     assert re.search(r"camera street: \d+ frames in", log)
