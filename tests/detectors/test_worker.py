@@ -107,3 +107,13 @@ def test_rule_events_are_normalised_to_aware_datetimes() -> None:
     assert ev.t == datetime.fromtimestamp(1_777_860_000.5, UTC)
     assert ev.first_seen.tzinfo is not None
     assert ev.boxes == ((1.0, 2.0, 3.0, 4.0),) and ev.track_ids == (7,) and ev.labels == ()
+
+
+def test_the_cli_module_stays_light() -> None:
+    """``gridpatrol --help`` imports the worker module; the heavy runtimes load only in run()."""
+    code = (
+        "import sys, gridpatrol.detectors.worker; "
+        "print(sorted(m for m in ('cv2', 'numpy', 'openvino', 'paho') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "[]\n", out.stderr
