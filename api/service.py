@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import and_, delete, or_, select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -166,6 +167,10 @@ class CandidateService:
         self.clock = clock
         self.hub = hub
         self._pg = db.dialect == "postgresql"
+        dialect_insert = postgresql.insert if self._pg else sqlite.insert
+        self._insert_claim = (
+            dialect_insert(IdempotencyRow).on_conflict_do_nothing().returning(IdempotencyRow.key)
+        )
 
     # -- idempotency -------------------------------------------------------------------------
 
@@ -188,13 +193,18 @@ class CandidateService:
         return outcome.status, outcome.doc
 
     def _claim(self, who: str, key: str, digest: str) -> tuple[int, JsonDict] | None:
-        for _attempt in range(5):
-            try:
-                with self.db.write() as session:
-                    return self._claim_in(session, who, key, digest)
-            except IntegrityError:
-                continue  # a concurrent request inserted the key first: look again
-        raise Problem(409, "a request with this Idempotency-Key is in flight")
+        """Claim one key with a single INSERT ... ON CONFLICT DO NOTHING in the common case."""
+        values = {
+            "key": key,
+            "principal": who,
+            "request_hash": digest,
+            "state": "in_flight",
+            "created_at": self.clock(),
+        }
+        with self.db.write() as session:
+            if session.execute(self._insert_claim, values).first() is not None:
+                return None
+            return self._claim_in(session, who, key, digest)
 
     def _claim_in(
         self,
