@@ -396,7 +396,13 @@ class CandidateService:
             if found is None:
                 raise
             return Outcome(200, json.loads(found.doc))
-        log.info("candidate %s created: %s %s", cid, doc["status"], doc.get("type"))
+        log.info(
+            "candidate %s created: %s %s",
+            cid,
+            doc["status"],
+            doc.get("type"),
+            extra={"candidate_id": cid, "status": doc["status"], "principal": who.name},
+        )
         outcome.events.insert(0, _event("candidate.created", doc))
         return outcome
 
@@ -459,7 +465,12 @@ class CandidateService:
                 self._assign_positions(session, visible, now)
             session.add_all(rows)
             session.flush()
-        log.info("%d candidate(s) created in a batch", len(rows))
+        log.info(
+            "%d candidate(s) created in a batch: %s",
+            len(rows),
+            " ".join(r.id for r in rows),
+            extra={"candidate_ids": [r.id for r in rows], "principal": who.name},
+        )
         return outcomes
 
     def _finish_many(
@@ -521,7 +532,13 @@ class CandidateService:
         except IntegrityError as exc:
             raise Problem(409, "another candidate has this source_event_id") from exc
         outcome.events.append(_event("candidate.changed", doc))
-        log.info("candidate %s patched: %s -> %s", cid, before, doc["status"])
+        log.info(
+            "candidate %s patched: %s -> %s",
+            cid,
+            before,
+            doc["status"],
+            extra={"candidate_id": cid, "status": doc["status"], "principal": who.name},
+        )
         return outcome
 
     # -- review and hand-over ----------------------------------------------------------------
@@ -559,7 +576,13 @@ class CandidateService:
                 self._make_visible(session, row, doc, now, outcome)
             self._save(row, doc, now)
             outcome.events.append(_event("candidate.changed", doc))
-        log.info("candidate %s %s by %s", cid, new, who.name)
+        log.info(
+            "candidate %s %s by %s",
+            cid,
+            new,
+            who.name,
+            extra={"candidate_id": cid, "status": new, "principal": who.name},
+        )
         self._notify(outcome)
         return doc
 
@@ -606,7 +629,13 @@ class CandidateService:
                 row.arrived_at = at
             self._history(doc, now, who.name, new, at=at.isoformat())
             self._save(row, doc, now)
-        log.info("candidate %s %s (reported by %s)", cid, new, who.name)
+        log.info(
+            "candidate %s %s (reported by %s)",
+            cid,
+            new,
+            who.name,
+            extra={"candidate_id": cid, "status": new, "principal": who.name},
+        )
         self.hub.publish([_event("candidate.changed", doc)])
         return doc
 
@@ -746,7 +775,13 @@ class CandidateService:
                     self._save(row, doc, now)
                     events.append(_event("candidate.changed", doc))
         if events:
-            log.info("night hold ended for %d candidate(s)", len(events))
+            ids = [data["id"] for _kind, data in events]
+            log.info(
+                "night hold ended for %d candidate(s): %s",
+                len(ids),
+                " ".join(ids),
+                extra={"candidate_ids": ids},
+            )
             self.hub.publish(events)
             self.hub.feed_changed()
         return len(events)

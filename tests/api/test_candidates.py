@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from typing import Any
 
@@ -215,3 +216,12 @@ def test_list_filters_and_pages_newest_first(api: Any) -> None:
     assert [c["id"] for c in cam2["items"]] == [ids[3], ids[1]]
     assert reviewer.get(URL, params={"status": "confirmed"}).json()["items"] == []
     assert reviewer.get(f"{URL}/{uuid.uuid4()}").status_code == 404
+
+
+def test_logs_carry_candidate_ids(api: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="gridpatrol.api.service")
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    api.review(doc["id"], "confirm")
+    records = [r for r in caplog.records if getattr(r, "candidate_id", None) == doc["id"]]
+    assert [r.__dict__["status"] for r in records] == ["new", "confirmed"]
+    assert doc["id"] in records[0].getMessage()
