@@ -273,6 +273,16 @@ class Ui:
         )
         return ids
 
+    def wait_rows(self, ids: list[str]) -> None:
+        """Wait until the queue shows exactly these candidates (in any order)."""
+        self.page.wait_for_function(
+            """want => {
+              const got = [...document.querySelectorAll('#queue-body tr')].map(r => r.dataset.id);
+              return JSON.stringify(got.sort()) === JSON.stringify(want);
+            }""",
+            arg=sorted(ids),
+        )
+
     def selected(self) -> str:
         value: str = self.page.eval_on_selector("#queue-body tr.selected", "r => r.dataset.id")
         return value

@@ -73,7 +73,7 @@ def test_login_flagged_frame_and_keyboard_triage(
 
     # c confirms; the confirmed item leaves the "new" queue and the next one is selected.
     page.keyboard.press("c")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    ui.wait_rows(queue[1:])
     assert status_of(console, first)["status"] == "confirmed"
     second = ui.selected()
     assert second == queue[1]
@@ -86,7 +86,7 @@ def test_login_flagged_frame_and_keyboard_triage(
     page.keyboard.press("2")
     page.fill("#dlg-body input[name=reason]", "same stall as the earlier case")
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    ui.wait_rows(queue[2:])
     rejected = status_of(console, second)
     assert rejected["status"] == "rejected"
     assert any("duplicate" in str(h) for h in rejected["history"]), rejected["history"]
@@ -98,7 +98,7 @@ def test_login_flagged_frame_and_keyboard_triage(
     page.wait_for_selector(f"#dlg[open] option[value='{queue[3]}']", state="attached")
     ui.shot("merge-dialog")
     page.keyboard.press("Enter")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
+    ui.wait_rows(queue[3:])
     merged = status_of(console, queue[2])
     assert merged["status"] == "merged"
     assert queue[3] in str(merged), merged
@@ -123,36 +123,34 @@ def test_filters_live_arrival_and_statistics(
     vending = seeder.camera_candidate(frames, minutes_ago=10, **VENDING)
     bins = seeder.sensor_candidate(frames, sensor_id="bf-0001")
     page = ui.page
+    everything = [parking["id"], vending["id"], bins["id"]]
     ui.login("reviewer")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    ui.wait_rows(everything)
 
     page.select_option("#f-type", "illegal_parking")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
-    assert ui.rows() == [parking["id"]]
+    ui.wait_rows([parking["id"]])
     ui.shot("filter-type")
 
     page.select_option("#f-type", "")
     page.select_option("#f-sensor", "bf-0001")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
-    assert ui.rows() == [bins["id"]]
+    ui.wait_rows([bins["id"]])
     page.select_option("#f-sensor", "")
 
     # Time window (on when the API received the candidates: a moment ago).
     local = datetime.now(SITE_TZ)
     page.fill("#f-since", (local + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M"))
-    page.wait_for_selector("#queue-empty:not([hidden])")
-    assert ui.rows() == []
+    ui.wait_rows([])
     page.fill("#f-since", (local - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"))
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    ui.wait_rows(everything)
     page.fill("#f-until", (local - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M"))
-    page.wait_for_selector("#queue-empty:not([hidden])")
+    ui.wait_rows([])
+    assert page.is_visible("#queue-empty")
     ui.shot("filter-time")
     page.click("#f-reset")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 3")
+    ui.wait_rows(everything)
 
     page.select_option("#f-camera", "cam-dn-001")
-    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 1")
-    assert ui.rows() == [vending["id"]]
+    ui.wait_rows([vending["id"]])
     ui.shot("filter-camera")
 
     # Zoom: the flagged frame opens full size; a click closes it.
