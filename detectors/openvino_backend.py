@@ -174,6 +174,9 @@ class OpenVinoBackend:
         self.feature_nodes = tuple(feature_nodes)
         core = ov.Core()
         model = core.read_model(str(model_path))
+        if model.input(0).get_partial_shape().is_dynamic:
+            # A dynamic export (e.g. ONNX with dynamic axes): fix it at the model's own size.
+            model.reshape([1, 3, info.imgsz, info.imgsz])
         self._add_feature_outputs(model)
         self.size = int(model.input(0).get_partial_shape()[2].get_length())
         model = with_preprocessing(model)

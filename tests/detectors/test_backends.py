@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -197,3 +198,22 @@ def test_ultralytics_backend_returns_the_same_type(spec: ModelSpec, bus: NDArray
     assert ref.info.names[5] == "bus"
     assert result.letterbox == prepare(bus, 640).letterbox
     ref.close()
+
+
+def test_dynamic_input_export_is_fixed_at_the_model_size(
+    shared_dir: Path, tmp_path: Path, bus: NDArray[np.uint8]
+) -> None:
+    import openvino as ov
+
+    source = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    model = ov.Core().read_model(str(source / "yolo11n.xml"))
+    model.reshape([1, 3, -1, -1])  # as an export with dynamic axes would be
+    folder = tmp_path / "dynamic_openvino_model"
+    folder.mkdir()
+    ov.save_model(model, str(folder / "yolo11n.xml"), compress_to_fp16=False)
+    shutil.copy(source / "metadata.yaml", folder / "metadata.yaml")
+    dynamic = load_backend(resolve_model(str(folder)), mode="latency")
+    static = load_backend(resolve_model(str(source)), mode="latency")
+    (a,), (b,) = dynamic.infer([bus]), static.infer([bus])
+    np.testing.assert_allclose(a.detections.xyxy, b.detections.xyxy, atol=0.5)
+    assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
