@@ -147,3 +147,17 @@ def test_site_file_policy_applies(db_url: str, tmp_path: Path) -> None:
             headers={"Idempotency-Key": "k2"},
         ).json()
         assert json.dumps(smoke["status"]) == '"incomplete"'
+
+
+def test_console_files(api: Any) -> None:
+    index = api.http.get("/review")
+    assert index.status_code == 200
+    assert index.headers["content-type"].startswith("text/html")
+    same = api.http.get("/review/static/index.html")
+    assert same.status_code == 200
+    assert same.content == index.content
+    for path in ("/review/static/nothing.js", "/review/static/%2e%2e/service.py"):
+        missing = api.http.get(path)
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+    assert api.http.get("/", follow_redirects=False).headers["location"] == "/review"
