@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -44,25 +45,30 @@ def test_demo_runs_unattended_and_produces_candidates_with_evidence(tmp_path: Pa
             printed[key.strip()] = value.strip()
         if "reviewer token" in printed:
             break
-    console, token = printed["review console"], printed["reviewer token"]
-    assert console.startswith("http://127.0.0.1:") and console.endswith("/review")
-    assert token.startswith("gp-reviewer-")
+    try:
+        console, token = printed["review console"], printed["reviewer token"]
+        assert console.startswith("http://127.0.0.1:") and console.endswith("/review")
+        assert token.startswith("gp-reviewer-")
 
-    # While it runs: the console is served, and a zone-editor snapshot comes from ingest over MQTT.
-    page = httpx.get(console, timeout=30)
-    assert page.status_code == 200 and "<title>" in page.text
-    api = console.removesuffix("/review") + "/api/v1"
-    headers = {"Authorization": f"Bearer {token}"}
-    deadline = time.monotonic() + 45  # ingest may still be opening its sources
-    while True:
-        snapshot = httpx.post(f"{api}/cameras/cam-dn-002/snapshot", headers=headers, timeout=30)
-        if snapshot.status_code != 504 or time.monotonic() > deadline:
-            break
-    assert snapshot.status_code == 200, snapshot.text
-    assert snapshot.headers["content-type"] == "image/jpeg"
-    image = cv2.imdecode(np.frombuffer(snapshot.content, np.uint8), cv2.IMREAD_COLOR)
-    assert image is not None and image.shape[:2] == (432, 768)  # the car park clip's frames
+        # While it runs: the console is served; a zone-editor snapshot comes from ingest (MQTT).
+        page = httpx.get(console, timeout=30)
+        assert page.status_code == 200 and "<title>" in page.text
+        api = console.removesuffix("/review") + "/api/v1"
+        headers = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 45  # ingest may still be opening its sources
+        while True:
+            snapshot = httpx.post(f"{api}/cameras/cam-dn-002/snapshot", headers=headers, timeout=30)
+            if snapshot.status_code != 504 or time.monotonic() > deadline:
+                break
+        assert snapshot.status_code == 200, snapshot.text
+        assert snapshot.headers["content-type"] == "image/jpeg"
+        image = cv2.imdecode(np.frombuffer(snapshot.content, np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None and image.shape[:2] == (432, 768)  # the car park clip's frames
 
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # the demo stops its components in order
+        proc.wait(timeout=120)
+        raise
     rest, _ = proc.communicate(timeout=240)
     stderr.close()
     out += rest.splitlines()
