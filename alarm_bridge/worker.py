@@ -14,10 +14,11 @@ import hashlib
 import json
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
@@ -37,15 +38,13 @@ from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic
 from gridpatrol.site import Sensor, Site
 
 if TYPE_CHECKING:
-    import sqlite3
-
     from gridpatrol.api.client import Outbox, OutboxTxn
     from gridpatrol.ingest.mqtt import Message, MqttConnection
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "alarm_bridge"
-BATCH = 100  # messages per transaction; also below the broker's usual in-flight window
+BATCH = 100  # messages per transaction (the broker's in-flight window may make it fewer)
 SILENCE_FACTOR = 3.0
 DEDUP_RETENTION_S = 7 * 86400
 SNAPSHOT_TIMEOUT_S = 5.0
@@ -141,18 +140,18 @@ class BridgeCore:
         if match is not None and match.kind == "sensor_status":
             if payload.strip().lower() not in (b"online", b"offline"):
                 why = Rejected("bad_status", "expected online or offline")
-                self._reject(out, why, topic, payload, received_at)
+                self.reject(out, why, topic, payload, received_at)
                 return
             self._status(txn, match.id, payload, received_at.timestamp(), out)
             return
         if match is None or match.kind != "sensor_alarm":
-            self._reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
+            self.reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
             return
         adapted = adapt(
             payload, sensor_id=match.id, registry=self.registry, received_at=received_at
         )
         if isinstance(adapted, Rejected):
-            self._reject(out, adapted, topic, payload, received_at)
+            self.reject(out, adapted, topic, payload, received_at)
             return
         conn = txn.conn
         now = received_at.timestamp()
@@ -173,7 +172,7 @@ class BridgeCore:
             store.append_trace(conn, item.sensor.id, _trace_entry(item))
             self._advance(txn, item, now, out)
 
-    def _reject(
+    def reject(
         self, out: BatchResult, why: Rejected, topic: str, payload: bytes, received_at: datetime
     ) -> None:
         self.counts.dead_letters += 1
@@ -441,18 +440,46 @@ class Bridge:
         messages = self._collect()
         if not messages:
             return 0
+        counts = replace(self.core.counts, reasons=dict(self.core.counts.reasons))
+        try:
+            results = [self._commit(messages)]
+        except sqlite3.Error:
+            raise  # the database, not the message: stop; the broker redelivers after restart
+        except Exception:
+            log.exception("batch of %d failed; handling its messages one by one", len(messages))
+            self.core.counts = counts  # the batch was rolled back: so are its counts
+            results = [self._commit_alone(message) for message in messages]
+        for out in results:
+            for dead in out.dead:
+                body = dead_letter(dead.reason, dead.topic, dead.payload, dead.received_at)
+                self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
+        for message in messages:
+            self.mqtt.ack(message)
+        for out in results:
+            self._queue_snapshots(out)
+        return len(messages)
+
+    def _commit(self, messages: list[Message]) -> BatchResult:
         out = BatchResult()
         with self.outbox.transaction() as txn:
             for message in messages:
                 self.core.handle(txn, message.topic, message.payload, message.received_at, out)
             self.core.finish(txn, out)
-        for dead in out.dead:
-            body = dead_letter(dead.reason, dead.topic, dead.payload, dead.received_at)
-            self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
-        for message in messages:
-            self.mqtt.ack(message)
-        self._queue_snapshots(out)
-        return len(messages)
+        return out
+
+    def _commit_alone(self, message: Message) -> BatchResult:
+        """One message in its own transaction; one that still fails is dead-lettered, so a
+        message that trips a bug cannot stop the session."""
+        try:
+            return self._commit([message])
+        except sqlite3.Error:
+            raise
+        except Exception as exc:
+            log.exception("message on %s failed; dead-lettered", message.topic)
+            out = BatchResult()
+            why = Rejected("internal_error", type(exc).__name__)
+            self.core.reject(out, why, message.topic, message.payload, message.received_at)
+            return out
 
     def _silence(self, now: float) -> None:
         out = BatchResult()

@@ -1,0 +1,94 @@
+"""The worker loop on the real broker: batches, acknowledgements, a message that trips a bug."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridpatrol.alarm_bridge.worker import Bridge, BridgeCore
+from gridpatrol.api.client import Outbox
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic
+
+from .conftest import make_site, outbox_ops
+
+SETTINGS = MqttSettings.from_url("mqtt://127.0.0.1:1883")
+
+
+def envelope(event_id: str, transition: str = "raise") -> bytes:
+    body = {
+        "schema": "gridalarm/1",
+        "event_id": event_id,
+        "sensor_id": "sm-1",
+        "alarm_type": "smoke",
+        "transition": transition,
+        "severity": "MAJOR",
+        "ts": 1_790_000_000 + int(event_id),
+    }
+    return json.dumps(body).encode()
+
+
+@pytest.fixture
+def running(tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection(
+        "alarm_bridge",
+        SETTINGS,
+        prefix=mqtt_prefix,
+        persistent=True,
+        manual_ack=True,
+        client_id=f"gp-test-bridge-{mqtt_prefix}",
+    )
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    handle = BridgeCore.handle
+
+    def buggy(self: BridgeCore, txn: Any, topic: str, payload: bytes, *rest: Any) -> None:
+        if b'"event_id": "13"' in payload:
+            raise KeyError("a bug this message trips")
+        handle(self, txn, topic, payload, *rest)
+
+    monkeypatch.setattr(BridgeCore, "handle", buggy)
+    conn.start()
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    thread.start()
+    yield bridge, outbox
+    bridge.stop()
+    thread.join(10)
+    conn.stop()
+
+
+def test_a_message_that_trips_a_bug_is_dead_lettered_and_the_rest_go_on(
+    running: Any, mqtt_prefix: str
+) -> None:
+    bridge, outbox = running
+    watch = MqttConnection("bug-watch", SETTINGS, prefix=mqtt_prefix)
+    dead = watch.subscribe(deadletter_topic(mqtt_prefix, "alarm_bridge"), qos=1)
+    watch.start()
+    topic = sensor_alarm_topic(mqtt_prefix, "sm-1")
+    for event_id in ("11", "12", "13", "14"):
+        transition = "raise" if event_id == "11" else "update"
+        assert watch.publish_wait(topic, envelope(event_id, transition), qos=1)
+    letter = dead.get(timeout=20)
+    watch.stop()
+    assert letter is not None
+    body = json.loads(letter.payload)
+    assert body["reason"] == "internal_error"
+    assert b'"event_id": "13"' in base64.b64decode(body["payload_b64"])
+    deadline = time.monotonic() + 20
+    while bridge.core.counts.updated + bridge.core.counts.dead_letters < 3:
+        assert time.monotonic() < deadline, bridge.core.counts
+        time.sleep(0.1)
+    counts = bridge.core.counts
+    assert (counts.created, counts.updated, counts.dead_letters) == (1, 2, 1)
+    bridge.stop()
+    time.sleep(1.0)  # the loop ends and queues the coalesced update
+    kinds = [k for k, _, _ in outbox_ops(outbox)]
+    assert kinds == ["evidence", "create", "patch"]
+    assert outbox_ops(outbox)[-1][2]["alarm"]["count"] == 3  # 11, 12 and 14
