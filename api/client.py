@@ -19,7 +19,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -378,16 +378,21 @@ class Outbox:
         ).fetchall()
         return [_Op(*row) for row in rows]
 
-    def _send_evidence(self, conn: sqlite3.Connection, op: _Op) -> None:
-        assert self.client is not None and op.content_type is not None
+    def _settle(self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any]) -> None:
+        """Send one request for ``ops``: done on success, failed for good on a refusal."""
         try:
-            self.client.put_evidence(op.payload, op.content_type)
+            send()
         except ApiError as exc:
             if exc.retryable:
                 raise
-            self._fail(conn, [op], exc)
+            self._fail(conn, ops, exc)
             return
-        self._done(conn, [op])
+        self._done(conn, ops)
+
+    def _send_evidence(self, conn: sqlite3.Connection, op: _Op) -> None:
+        assert self.client is not None and op.content_type is not None
+        client, content_type = self.client, op.content_type
+        self._settle(conn, [op], lambda: client.put_evidence(op.payload, content_type))
 
     def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         assert self.client is not None
@@ -420,29 +425,18 @@ class Outbox:
 
     def _send_one_create(self, conn: sqlite3.Connection, op: _Op) -> None:
         assert self.client is not None
-        try:
-            self.client.create_candidate(op.body(), op.key or "")
-        except ApiError as exc:
-            if exc.retryable:
-                raise
-            self._fail(conn, [op], exc)
-            return
-        self._done(conn, [op])
+        client = self.client
+        self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""))
 
     def _send_patches(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         assert self.client is not None and ops[0].candidate_id is not None
+        client, candidate_id = self.client, ops[0].candidate_id
         body: JsonDict = {}
         for op in ops:
             body = merge_patches(body, op.body())
-        try:
-            # The last op's key: a retry after a partial failure re-sends the same merged body.
-            self.client.patch_candidate(ops[0].candidate_id, body, ops[-1].key or "")
-        except ApiError as exc:
-            if exc.retryable:
-                raise
-            self._fail(conn, ops, exc)
-            return
-        self._done(conn, ops)
+        # The last op's key: a retry after a partial failure re-sends the same merged body.
+        key = ops[-1].key or ""
+        self._settle(conn, ops, lambda: client.patch_candidate(candidate_id, body, key))
 
     def _done(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         if not ops:
