@@ -26,8 +26,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         app = create_app()
-    except (RuntimeError, SiteConfigError) as exc:
-        log.error("%s", exc)
+    except (RuntimeError, SiteConfigError, ValueError) as exc:
+        # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).
+        log.error("the intake API cannot start: %s", exc)
         return 2
     level = logging.getLogger().getEffectiveLevel()
     uvicorn.run(

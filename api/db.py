@@ -170,6 +170,8 @@ class Database:
 
     def migrate(self) -> None:
         """Apply every Alembic migration (idempotent; run at start)."""
+        # Alembic's own INFO lines (plugin setup, each step) drown the service's start-up log.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
         ini = files("gridpatrol.api").joinpath("alembic.ini")
         cfg = Config(str(ini))
         cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
