@@ -192,6 +192,15 @@ class BridgeRig:
                 raise AssertionError(f"not settled: {got} {len(self.dead_payloads)}\n{tail}")
             time.sleep(1.0)
 
+    def __enter__(self) -> BridgeRig:
+        self.pub.start()
+        self.dead.start()
+        self.start_bridge()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.proc is not None:
             self.stop_bridge(signal.SIGKILL)

@@ -39,14 +39,9 @@ def _persist_as_root(broker: Any) -> None:
 def rig(tmp_path: Path, mosquitto: Any, api_server: Any) -> Iterator[BridgeRig]:
     _persist_as_root(mosquitto)
     prefix = f"gprel-{uuid.uuid4().hex[:8]}"
-    r = BridgeRig(tmp_path, mosquitto.url, api_server, prefix, loadgen.site_yaml(prefix, SENSORS))
-    r.pub.start()
-    r.dead.start()
-    r.start_bridge()
-    try:
+    site = loadgen.site_yaml(prefix, SENSORS)
+    with BridgeRig(tmp_path, mosquitto.url, api_server, prefix, site) as r:
         yield r
-    finally:
-        r.close()
 
 
 def _check(rig: BridgeRig) -> None:

@@ -92,14 +92,9 @@ class Cameras:
 
 @pytest.fixture
 def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig]:
-    r = BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, SITE.format(prefix=mqtt_prefix))
-    r.pub.start()
-    r.dead.start()
-    r.start_bridge()
-    try:
+    site = SITE.format(prefix=mqtt_prefix)
+    with BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, site) as r:
         yield r
-    finally:
-        r.close()
 
 
 def raise_alarm(sensor_id: str, alarm_type: str) -> bytes:
