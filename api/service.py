@@ -505,7 +505,8 @@ class CandidateService:
     def _patch(self, session: Session, who: Principal, cid: str, parsed: CandidatePatch) -> Outcome:
         row = self._load(session, cid)
         if row.status not in sm.PATCHABLE:
-            raise Problem(409, f"candidate {cid} is {row.status}; it can no longer change")
+            # 410, not 409: the refusal is final, so an outbox must not retry it.
+            raise Problem(410, f"candidate {cid} is {row.status}; it takes no more updates")
         now = self.clock()
         doc = json.loads(row.doc)
         before = row.status

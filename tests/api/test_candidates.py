@@ -171,7 +171,8 @@ def test_patch_errors(api: Any) -> None:
     late = producer.patch(
         f"{URL}/{doc['id']}", json={"description": "x"}, headers={"Idempotency-Key": "l"}
     )
-    assert late.status_code == 409
+    assert late.status_code == 410
+    assert late.json()["title"] == "Gone"
 
 
 def test_batch_gives_per_item_results(api: Any) -> None:
