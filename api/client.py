@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -167,6 +168,7 @@ CREATE TABLE IF NOT EXISTS outbox_ops (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_ops_state ON outbox_ops (state, seq);
+CREATE INDEX IF NOT EXISTS outbox_ops_sha256 ON outbox_ops (sha256) WHERE sha256 IS NOT NULL;
 """
 
 
@@ -249,6 +251,7 @@ class Outbox:
     """Durable, ordered delivery of evidence and candidate operations to the intake API."""
 
     BATCH = 200
+    UPLOADS = 8  # evidence files uploaded side by side
     MAX_BACKOFF_S = 30.0
 
     def __init__(self, path: str | Path, client: ApiClient | None, *, component: str) -> None:
@@ -263,6 +266,7 @@ class Outbox:
         self._counts = {"sent": 0, "retried": 0, "failed": 0}
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
+        self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"upload-{component}")
         with contextlib.closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
 
@@ -359,7 +363,7 @@ class Outbox:
         first = ops[0]
         try:
             if first.kind == "evidence":
-                self._send_evidence(conn, first)
+                self._send_evidence(conn, _leading(ops, "evidence")[: self.UPLOADS])
             elif first.kind == "create":
                 self._send_creates(conn, _leading(ops, "create"))
             else:
@@ -389,10 +393,22 @@ class Outbox:
             return
         self._done(conn, ops)
 
-    def _send_evidence(self, conn: sqlite3.Connection, op: _Op) -> None:
-        assert self.client is not None and op.content_type is not None
-        client, content_type = self.client, op.content_type
-        self._settle(conn, [op], lambda: client.put_evidence(op.payload, content_type))
+    def _send_evidence(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        """Upload consecutive evidence files side by side: they do not depend on each other."""
+        assert self.client is not None
+        client = self.client
+        futures = [
+            (op, self._uploads.submit(client.put_evidence, op.payload, op.content_type or ""))
+            for op in ops
+        ]
+        retry: Exception | None = None
+        for op, future in futures:
+            try:
+                self._settle(conn, [op], future.result)
+            except (httpx.TransportError, ApiError) as exc:
+                retry = retry or exc
+        if retry is not None:
+            raise retry
 
     def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         assert self.client is not None
