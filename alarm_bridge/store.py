@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS bridge_pending_patch (
     body TEXT NOT NULL,
     since REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS bridge_outbox_evidence ON outbox_ops (sha256);
+DROP INDEX IF EXISTS bridge_outbox_evidence; -- the outbox indexes evidence hashes itself
 CREATE TABLE IF NOT EXISTS bridge_seen (
     sensor_id TEXT PRIMARY KEY,
     last_heard REAL NOT NULL
