@@ -358,6 +358,16 @@ def decode_sensor_payload(
         data = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError("bad_json", str(exc)[:80]) from exc
+    except RecursionError as exc:
+        raise MessageError("bad_json", "nested too deeply") from exc
+    try:
+        return _sensor_payload(data, topic_sensor_id, received_at)
+    except (OverflowError, RecursionError) as exc:
+        # Huge integers and deep nesting are valid JSON but no sensor sends them.
+        raise MessageError("bad_value", type(exc).__name__) from exc
+
+
+def _sensor_payload(data: Any, topic_sensor_id: str, received_at: datetime) -> SensorPayload:
     if isinstance(data, list):
         return decode_senml(data, topic_sensor_id=topic_sensor_id, received_at=received_at)
     if not isinstance(data, dict):

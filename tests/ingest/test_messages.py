@@ -323,3 +323,17 @@ def test_any_json_either_decodes_or_raises_message_error(
     for body in (value, {**ALARM, **patch}, [value], [{"n": "x", **patch}]):
         with contextlib.suppress(MessageError):
             sensor(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"sensor_id": "s1", "value": 1' + b"0" * 400 + b', "ts": 1}',
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"schema": "gridalarm/1", "event_id": "e", "sensor_id": "s1", "alarm_type": "smoke",'
+        b' "transition": "raise", "severity": "MAJOR", "ts": 1e400, "measurements": []}',
+    ],
+)
+def test_huge_numbers_and_deep_nesting_are_message_errors(payload: bytes) -> None:
+    with pytest.raises(MessageError):
+        decode_sensor_payload(payload, topic_sensor_id="s1", received_at=datetime.now(UTC))
