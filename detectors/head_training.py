@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,44 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
     ]
 
 
+def negative_samples(paths: Sequence[str], fps: float) -> list[Sample]:
+    """Extra negatives: image folders (recursive) or videos sampled at ``fps``."""
+    out: list[Sample] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            out += [Sample(key=str(f), label=0, group=f"extra:{path}", path=f) for f in files]
+        elif path.is_file():
+            out += _video_samples(path, fps)
+        else:
+            raise ValueError(f"--negatives {path}: no such file or folder")
+    return out
+
+
+def _video_samples(path: Path, fps: float) -> list[Sample]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"--negatives {path}: not a readable video")
+    step = max(1, round((cap.get(cv2.CAP_PROP_FPS) or 25.0) / fps))
+    out: list[Sample] = []
+    index = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if index % step == 0:
+                data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                out.append(Sample(f"{path.name}#{index}", 0, f"extra:{path}", data=data))
+            index += 1
+    finally:
+        cap.release()
+    return out
+
+
 def review_samples(client: Any, rule_type: str, since: str | None) -> list[Sample]:
     """Confirmed (1) vs rejected-as-false-positive (0) candidates of ``rule_type``."""
     samples: list[Sample] = []
@@ -207,6 +245,9 @@ class FeatureSet:
     y: NDArray[np.int64]
     groups: NDArray[np.int64]
     keys: tuple[str, ...]
+    # Negatives used for training only (with their mirrors), never scored: other scenes the
+    # head must not fire on (e.g. busy streets without any bin).
+    extra: Matrix | None = None
 
 
 def extract(
@@ -285,6 +326,15 @@ def choose_threshold(
     return float(cands[best])
 
 
+def _fit_head(fs: FeatureSet, idx: NDArray[np.intp], c: float) -> Any:
+    """The head's classifier on the images ``idx``, their mirrors and the extra negatives."""
+    parts, labels = [fs.x[idx], fs.x_flip[idx]], [fs.y[idx], fs.y[idx]]
+    if fs.extra is not None and len(fs.extra):
+        parts.append(fs.extra)
+        labels.append(np.zeros(len(fs.extra), dtype=np.int64))
+    return _fit(np.vstack(parts), np.concatenate(labels), c)
+
+
 def _fit(x: Matrix, y: NDArray[np.int64], c: float, x_aug: Matrix | None = None) -> Any:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -326,7 +376,7 @@ def select(
         oof = np.zeros(len(idx))
         for tr, te in folds:
             a, b = idx[tr], idx[te]
-            oof[te] = _fit(fs.x[a], fs.y[a], c, fs.x_flip[a]).predict_proba(fs.x[b])[:, 1]
+            oof[te] = _fit_head(fs, a, c).predict_proba(fs.x[b])[:, 1]
         loss = float(log_loss(y, np.clip(oof, 1e-6, 1 - 1e-6), labels=[0, 1]))
         if best is None or loss < best[0]:
             best = (loss, c, oof)
@@ -384,7 +434,7 @@ def nested_cv(
         splits = _folds(fs.y, fs.groups, folds, seed + rep)
         for k, (tr, te) in enumerate(splits, 1):
             choice = select(fs, tr, seed + 100 + rep, min_recall, max_fpr)
-            model = _fit(fs.x[tr], fs.y[tr], choice.c, fs.x_flip[tr])
+            model = _fit_head(fs, tr, choice.c)
             prob[te] = model.predict_proba(fs.x[te])[:, 1]
             pred[te] = prob[te] >= choice.threshold
             bprob[te] = _fit(fs.x_base[tr], fs.y[tr], 1.0).predict_proba(fs.x_base[te])[:, 1]
@@ -436,7 +486,7 @@ def format_report(fs: FeatureSet, rep: CvReport, folds: int, repeats: int) -> st
 def fit_head(
     fs: FeatureSet, name: str, info: ModelInfo, choice: Choice, meta: dict[str, Any]
 ) -> SceneHead:
-    model = _fit(fs.x, fs.y, choice.c, fs.x_flip)
+    model = _fit_head(fs, np.arange(len(fs.y)), choice.c)
     scaler, lr = model.steps[0][1], model.steps[1][1]
     std = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
     return SceneHead(
@@ -494,7 +544,13 @@ def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[Feat
         resolve_model(args.model), feature_nodes=HEAD_RECIPE.nodes, mode="latency"
     )
     try:
-        return extract(samples, backend, HEAD_RECIPE), backend.info
+        fs = extract(samples, backend, HEAD_RECIPE)
+        extras = negative_samples(args.negatives or [], args.negative_fps)
+        if extras:
+            progress(f"{len(extras)} extra negatives (training only)")
+            ex = extract(extras, backend, HEAD_RECIPE)
+            fs = replace(fs, extra=np.vstack([ex.x, ex.x_flip]))
+        return fs, backend.info
     finally:
         backend.close()
 
@@ -533,6 +589,10 @@ def _meta(args: argparse.Namespace, fs: FeatureSet, rep: CvReport) -> dict[str, 
             "positive": int(fs.y.sum()),
             "groups": len(set(fs.groups.tolist())),
             "augmentation": "horizontal flip (training only)",
+            "extra_negatives": {
+                "sources": [str(p) for p in args.negatives or []],
+                "frames": 0 if fs.extra is None else len(fs.extra) // 2,
+            },
             "targets": {"min_recall": args.min_recall, "max_fpr": args.max_fpr},
         },
         "cv": {

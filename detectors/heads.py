@@ -211,6 +211,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--token", help="reviewer token (default GRIDPATROL_API_TOKEN)")
     parser.add_argument("--since", help="only candidates created since (ISO 8601)")
     parser.add_argument("--type", default="garbage_overflow", help="candidate type (reviews)")
+    parser.add_argument(
+        "--negatives",
+        nargs="+",
+        metavar="PATH",
+        help="extra negative scenes for training only (image folders or videos)",
+    )
+    parser.add_argument(
+        "--negative-fps", type=float, default=1.0, help="frames per second taken from videos"
+    )
     parser.add_argument("--cv-only", action="store_true", help="report CV figures, write nothing")
     parser.add_argument("--folds", type=int, default=5, help="outer CV folds (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="outer CV repeats (default 3)")

@@ -125,8 +125,10 @@ def test_train_head_from_class_folders(shared_dir: Path, tmp_path: Path) -> None
         for name in names:
             shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
     out = tmp_path / "heads" / "garbage"
+    street = shared_dir / "footage" / "pedestrian_street_1080p.mp4"  # 302 frames at 30 fps
     proc = train_head(
         str(root), "--name", "garbage", "--out", str(out), "--folds", "3", "--repeats", "1",
+        "--negatives", str(street), "--negative-fps", "0.2",
         env=model_env(shared_dir),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -142,6 +144,8 @@ def test_train_head_from_class_folders(shared_dir: Path, tmp_path: Path) -> None
     assert 0.0 < head.threshold < 1.0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["training"]["images"] == 12
+    assert meta["training"]["extra_negatives"]["frames"] == 3  # frames 0, 150 and 300
+    assert "3 extra negatives (training only)" in proc.stderr
     assert meta["cv"]["head"].keys() == {"precision", "recall", "accuracy", "fpr", "auc"}
 
 
@@ -150,6 +154,11 @@ def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> Non
     proc = train_head(str(tmp_path), "--name", "garbage", env=model_env(shared_dir))
     assert proc.returncode == 2
     assert "no sub-folder 'garbage'" in proc.stderr
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "a.jpg").write_bytes(b"x")
+    proc = train_head(str(tmp_path), "--name", "garbage", env=model_env(shared_dir))
+    assert proc.returncode == 2
+    assert "need at least 2 images of each class, got 1 positive / 0 negative" in proc.stderr
     proc = train_head("--name", "garbage", env=model_env(shared_dir))
     assert proc.returncode == 2
     assert "DATASET_DIR or --from-reviews" in proc.stderr
