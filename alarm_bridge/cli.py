@@ -8,12 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from gridpatrol.cli import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +41,6 @@ def register(sub: Any) -> None:
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     sim.add_argument("--seed", type=int, default=1)
     sim.set_defaults(func=run_simulate)
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
 
 
 def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:
@@ -92,7 +84,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     media = MqttConnection(f"{COMPONENT}-media", prefix=prefix)
     bridge = Bridge(site, outbox, mqtt, media, progress_s=args.progress_s)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
     outbox.start()
     mqtt.start()
@@ -130,7 +122,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     sensors = simulated_sensors(site.sensors, prefix, seed=args.seed)
     conn = MqttConnection("simulate-sensors", prefix=prefix)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     conn.start()
     start = time.monotonic()
     sent = 0

@@ -19,7 +19,6 @@ import argparse
 import importlib
 import logging
 import os
-import signal
 import threading
 import time
 import uuid
@@ -28,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+from gridpatrol.cli import stop_on_signals
 
 if TYPE_CHECKING:
     import numpy as np
@@ -789,12 +789,7 @@ def _load_heads(info: Any, folder: str | None) -> dict[str, Any]:
 def _serve(
     worker: DetectorWorker, backend: Backend, conn: MqttConnection, args: argparse.Namespace
 ) -> int:
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: signal %d, shutting down", worker.component_id, signum)
-        worker.stop_event.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    stop_on_signals(worker.stop_event, worker.component_id)
     conn.start()
     worker.outbox.start()
     try:

@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from gridpatrol import __version__
 
@@ -25,6 +28,20 @@ COMMAND_MODULES = (
     "gridpatrol.alarm_bridge.cli",
     "gridpatrol.demo",
 )
+
+
+log = logging.getLogger(__name__)
+
+
+def stop_on_signals(stop: threading.Event, component: str = "gridpatrol") -> None:
+    """SIGTERM and SIGINT set ``stop`` so a component can shut down in order."""
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: signal %d, shutting down", component, signum)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handler)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import sys
 import threading
 from pathlib import Path
 from typing import Any
+
+from gridpatrol.cli import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +53,6 @@ def _component_id(args: argparse.Namespace) -> str:
     return f"ingest-{host}{suffix}"[:64]
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handler(signum: int, _frame: object) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
 def run_ingest(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
     from gridpatrol.ingest.service import IngestService
@@ -88,7 +80,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 3
     stop = service.stop_event
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     service.start()
     try:
         service.wait()
@@ -115,7 +107,7 @@ def run_watch(args: argparse.Namespace) -> int:
     cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None
     receiver = FrameReceiver(conn, cameras, maxsize=100)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     conn.start()
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
     seen = 0
@@ -141,7 +133,7 @@ def run_broker(args: argparse.Namespace) -> int:
     handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
     print(f"GRIDPATROL_MQTT_URL={handle.url}  ({handle.kind})", flush=True)
     stop = threading.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     stop.wait()
     handle.stop()
     return 0
