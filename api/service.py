@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -74,6 +74,24 @@ SERVER_FIELDS = frozenset(
 )
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
+
+
+# Hot-path statements, built once.
+_BY_NATURAL_KEY = select(CandidateRow.doc).where(
+    CandidateRow.source_system == bindparam("system"),
+    CandidateRow.source_event_id == bindparam("event"),
+)
+_FINISH = (
+    update(IdempotencyRow)
+    .where(IdempotencyRow.key == bindparam("k"), IdempotencyRow.principal == bindparam("p"))
+    .values(state="done", status_code=bindparam("code"), response=bindparam("response"))
+)
+_ADVANCE_FEED = (
+    update(FeedCounterRow)
+    .where(FeedCounterRow.id == 1)
+    .values(last=FeedCounterRow.last + bindparam("n"))
+    .returning(FeedCounterRow.last)
+)
 
 
 @dataclass
@@ -240,13 +258,13 @@ class CandidateService:
         # Core statements on the session's connection: the ORM's bulk-update bookkeeping
         # costs more than the statement itself on this hot path.
         session.connection().execute(
-            update(IdempotencyRow)
-            .where(IdempotencyRow.key == key, IdempotencyRow.principal == who)
-            .values(
-                state="done",
-                status_code=outcome.status,
-                response=json.dumps(outcome.doc, ensure_ascii=False),
-            )
+            _FINISH,
+            {
+                "k": key,
+                "p": who,
+                "code": outcome.status,
+                "response": json.dumps(outcome.doc, ensure_ascii=False),
+            },
         )
 
     def _release(self, who: str, keys: list[str]) -> None:
@@ -358,14 +376,15 @@ class CandidateService:
     def _create(self, session: Session, who: Principal, parsed: CandidateIn) -> Outcome:
         source = parsed.source
         if source is not None and source.system and source.source_event_id:
-            existing = session.scalars(
-                select(CandidateRow).where(
-                    CandidateRow.source_system == source.system,
-                    CandidateRow.source_event_id == source.source_event_id,
+            existing = (
+                session.connection()
+                .execute(
+                    _BY_NATURAL_KEY, {"system": source.system, "event": source.source_event_id}
                 )
-            ).first()
+                .scalar()
+            )
             if existing is not None:
-                return Outcome(200, json.loads(existing.doc))
+                return Outcome(200, json.loads(existing))
         cid = str(parsed.id or uuid.uuid4())
         if parsed.id is not None and (row := session.get(CandidateRow, cid)) is not None:
             return Outcome(200, json.loads(row.doc))
@@ -879,12 +898,7 @@ class CandidateService:
         # The counter row's lock (PostgreSQL) or the database write lock (SQLite) is held to
         # commit, so positions become visible in order and without gaps.
         conn = session.connection()
-        last = conn.execute(
-            update(FeedCounterRow)
-            .where(FeedCounterRow.id == 1)
-            .values(last=FeedCounterRow.last + len(rows))
-            .returning(FeedCounterRow.last)
-        ).scalar_one()
+        last = conn.execute(_ADVANCE_FEED, {"n": len(rows)}).scalar_one()
         first = last - len(rows) + 1
         for position, row in enumerate(rows, start=first):
             row.feed_pos = position
