@@ -2,12 +2,13 @@
 
 Frames arrive on ``{prefix}/cameras/{id}/frame`` (QoS 0). Each camera has its own one-slot
 subscription queue, so paho's network thread only replaces the pending frame (counted as a
-drop) and never blocks. One processing thread takes the ready frame of every camera, decodes
-it (at 1/2 or 1/4 scale when it is much larger than the model input, keeping the original
-bytes as clean evidence), runs the motion gate, infers the moving cameras' frames as one batch
-through the backend's async queue, runs the camera's rules, and turns rule events into episode
-operations that go, with rendered evidence, into the outbox in one SQLite transaction together
-with the episode book.
+drop) and never blocks. One processing thread takes the newest frame of each camera that
+has none in flight, decodes it (at 1/2 or 1/4 scale when it is much larger than the model
+input, keeping the original bytes as clean evidence) and runs the motion gate; moving frames
+go into the backend's inference stream, which stays full across cameras and cycles, and each
+frame's rules run as soon as its result is back while later frames are still being inferred.
+Rule events become episode operations that go, with rendered evidence, into the outbox in one
+SQLite transaction together with the episode book.
 
 This module is imported when the CLI is built: OpenCV, OpenVINO and the rules are imported
 inside the functions that need them.
@@ -23,11 +24,11 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gridpatrol.cli import stop_on_signals
 
@@ -212,6 +213,7 @@ class Ready:
     gray: NDArray[np.uint8]
     infer: bool
     result: InferenceResult | None = None
+    submitted: float = 0.0  # perf_counter when handed to the backend
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,7 +251,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "gridpatrol_detect_inference_seconds",
-            "Inference latency of the batch a frame was in",
+            "Time from handing a frame to the model runtime to its result",
             labels,
             buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
             registry=self.registry,
@@ -323,44 +325,91 @@ class DetectorWorker:
             len(open_eps),
         )
         self._last_detection: dict[str, dict[str, Any]] = {}
+        self._in_flight: set[str] = set()  # cameras with a frame in the inference queue
         self._last_progress = time.monotonic()
 
     # -- main loop ------------------------------------------------------------------------------
 
     def run(self) -> None:
-        while not self.stop_event.is_set():
-            try:
-                busy = self.cycle()
-            except Exception:
-                log.exception("%s: processing cycle failed; continuing", self.component_id)
-                busy = False
-            if not busy:
-                self.stop_event.wait(0.005)
-            self._progress()
+        """Stream frames through the backend until stopped.
 
-    def cycle(self) -> bool:
-        """Process the newest pending frame of every camera; False when none was waiting."""
-        ready: list[Ready] = []
-        for rt in self.cams.values():
-            self._count_drops(rt)
-            message = rt.sub.get(0)
-            if message is None:
-                continue
-            item = self._decode(rt, message.topic, message.payload, message.received_at)
-            if item is not None:
-                ready.append(item)
-        if not ready:
-            return False
-        self._infer([r for r in ready if r.infer])
-        for item in ready:
+        One long-lived stream keeps the backend's inference queue full: a camera's next frame
+        is decoded and letterboxed, and finished frames are tracked and judged, while earlier
+        frames are still being inferred. A camera has at most one frame in flight, so its frames
+        are judged in order and the newest one waits in its one-slot queue meanwhile.
+        """
+        while not self.stop_event.is_set():
+            self._in_flight.clear()
             try:
-                self._judge(item)
+                for item, result in self._stream(self._source()):
+                    self._done(item, result)
             except Exception:
-                # One camera's bad frame or rule state must not stop the others.
-                log.exception(
-                    "camera %s: judging frame %d failed", item.rt.camera.id, item.frame.header.seq
-                )
-        return True
+                log.exception("%s: inference stream failed; restarting it", self.component_id)
+                self.stop_event.wait(0.5)
+
+    def _stream(
+        self, source: Iterator[tuple[Ready, NDArray[np.uint8]] | None]
+    ) -> Iterator[tuple[Ready, InferenceResult]]:
+        stream = getattr(self.backend, "stream", None)
+        if callable(stream):
+            return cast("Iterator[tuple[Ready, InferenceResult]]", stream(source))
+        return _serial_stream(self.backend, source)
+
+    def _source(self) -> Iterator[tuple[Ready, NDArray[np.uint8]] | None]:
+        """The frames to infer, as they become ready; None hands finished results back."""
+        while not self.stop_event.is_set():
+            took = False
+            for rt in self.cams.values():
+                if rt.camera.id in self._in_flight:
+                    continue
+                item = self._take(rt)
+                if item is None:
+                    continue
+                took = True
+                if item.infer:
+                    self._in_flight.add(rt.camera.id)
+                    item.submitted = time.perf_counter()
+                    yield item, item.image
+                else:
+                    self._judge_safely(item)
+            self._progress()
+            if not took:
+                yield None
+                # Nothing new: wait briefly instead of spinning on the inference threads' cores.
+                self.stop_event.wait(0.002 if self._in_flight else 0.005)
+
+    def _take(self, rt: CameraRuntime) -> Ready | None:
+        """The camera's newest pending frame, decoded and gated; None when there is none."""
+        self._count_drops(rt)
+        message = rt.sub.get(0)
+        if message is None:
+            return None
+        try:
+            return self._decode(rt, message.topic, message.payload, message.received_at)
+        except Exception:
+            log.exception("camera %s: decoding a frame failed", rt.camera.id)
+            return None
+
+    def _done(self, item: Ready, result: InferenceResult) -> None:
+        rt = item.rt
+        self._in_flight.discard(rt.camera.id)
+        elapsed = time.perf_counter() - item.submitted
+        item.result = _to_original(result, item.scale)
+        rt.last = item.result
+        rt.inferred += 1
+        rt.latency_s += elapsed
+        self.metrics.inferred.labels(rt.camera.id).inc()
+        self.metrics.latency.labels(rt.camera.id).observe(elapsed)
+        self._judge_safely(item)
+
+    def _judge_safely(self, item: Ready) -> None:
+        try:
+            self._judge(item)
+        except Exception:
+            # One camera's bad frame or rule state must not stop the others.
+            log.exception(
+                "camera %s: judging frame %d failed", item.rt.camera.id, item.frame.header.seq
+            )
 
     def _count_drops(self, rt: CameraRuntime) -> None:
         dropped = rt.sub.dropped
@@ -449,20 +498,6 @@ class DetectorWorker:
             dead_letter(why, topic, payload, received_at),
             qos=1,
         )
-
-    def _infer(self, items: list[Ready]) -> None:
-        if not items:
-            return
-        started = time.perf_counter()
-        results = self.backend.infer([item.image for item in items])
-        elapsed = time.perf_counter() - started
-        for item, result in zip(items, results, strict=True):
-            item.result = _to_original(result, item.scale)
-            item.rt.last = item.result
-            item.rt.inferred += 1
-            item.rt.latency_s += elapsed
-            self.metrics.inferred.labels(item.rt.camera.id).inc()
-            self.metrics.latency.labels(item.rt.camera.id).observe(elapsed)
 
     def _judge(self, item: Ready) -> None:
         from gridpatrol.detectors.evidence import StoredFrame
@@ -663,7 +698,7 @@ class DetectorWorker:
             mean_ms = 1000 * rt.latency_s / rt.inferred if rt.inferred else 0.0
             log.info(
                 "camera %s: %d frames in, %d inferred, %d skipped, %d dropped, %d bad, "
-                "%.0f ms mean batch latency, %d candidate(s)",
+                "%.0f ms mean inference latency, %d candidate(s)",
                 rt.camera.id,
                 rt.frames_in,
                 rt.inferred,
@@ -673,6 +708,16 @@ class DetectorWorker:
                 mean_ms,
                 rt.candidates,
             )
+
+
+def _serial_stream(
+    backend: Backend, source: Iterator[tuple[Ready, NDArray[np.uint8]] | None]
+) -> Iterator[tuple[Ready, InferenceResult]]:
+    """``stream`` for a backend without one: each frame inferred on its own, in order."""
+    for entry in source:
+        if entry is not None:
+            item, image = entry
+            yield item, backend.infer([image])[0]
 
 
 def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
