@@ -305,7 +305,10 @@ def run(args: argparse.Namespace) -> int:
         files = expand(args.paths)
         context = SiteContext.from_args(args)
         spec = resolve_model(args.model)
-        heads = load_heads(model_info(spec))
+        heads = load_heads(model_info(spec)) if args.backend == "openvino" else {}
+        if args.backend != "openvino":
+            # Scene heads read intermediate feature maps, which only the OpenVINO path returns.
+            log.warning("scan: scene heads need the openvino backend; garbage_overflow is off")
         nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
         backend = load_backend(spec, args.backend, nodes, conf=args.conf)
         judge = Judge(backend.info, heads, context)

@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 from ultralytics.models.yolo.model import YOLO
+from ultralytics.utils import LOGGER as ULTRALYTICS_LOG
 
 from gridpatrol.detectors.models import ModelSpec, file_sha256, model_info, parse_names
 from gridpatrol.detectors.openvino_backend import letterbox_params
 from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox, ModelInfo
 
 log = logging.getLogger(__name__)
+# Ultralytics logs its progress to stdout, which `gridpatrol scan` keeps for JSON lines only.
+ULTRALYTICS_LOG.setLevel(logging.WARNING)
 
 
 class UltralyticsBackend:

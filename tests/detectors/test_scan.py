@@ -217,3 +217,12 @@ def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir
         flagged.append(bool(garbage))
     assert any(flagged[:4]), "no garbage photo was flagged"
     assert not all(flagged[4:]), "every clean container was flagged"
+
+
+def test_reference_backend_scans_without_scene_heads() -> None:
+    code, records, stderr = scan("--backend", "ultralytics", str(ASSETS / "bus.jpg"))
+    assert code == 0, stderr
+    assert [r["scene"] for r in records] == [{}]
+    assert "bus" in {d["label"] for d in records[0]["detections"]}
+    assert "scene heads need the openvino backend" in stderr
+    assert "garbage_overflow" not in {v["type"] for v in records[0]["violations"]}
