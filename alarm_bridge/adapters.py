@@ -111,7 +111,7 @@ def adapt(
     except MessageError as exc:
         return Rejected(exc.reason, exc.detail)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
-        # Huge integers, absurd nesting and the like that slip past the wire decoder.
+        # The bridge's own checks must never stop the worker on a bad message either.
         return Rejected("invalid", f"{type(exc).__name__}: {str(exc)[:80]}")
 
 

@@ -156,7 +156,7 @@ DEAD_LETTERS = [
         envelope("wl-1", "1", alarm_type="water_level"),
         "sensor_id_mismatch",
     ),
-    ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "invalid"),
+    ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "bad_value"),
     (
         "SenML without a reading in the unit",
         "gridpatrol/sensors/wl-1/alarm",
