@@ -21,7 +21,7 @@ import yaml
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 
-from gridpatrol.api.deps import Reviewer, get_services
+from gridpatrol.api.deps import Reviewer, services_of
 from gridpatrol.api.problems import Problem
 from gridpatrol.site import RULE_PARAMS, Camera, Site, SiteConfigError, parse_site
 
@@ -50,7 +50,7 @@ def _loaded_site(request: Request) -> Site | None:
     """The site file named by GRIDPATROL_CONFIG, loaded once per app."""
     state = request.app.state
     if not hasattr(state, "cameras_site"):
-        state.cameras_site = get_services(request).settings.load_site()
+        state.cameras_site = services_of(request).settings.load_site()
     site: Site | None = state.cameras_site
     return site
 
