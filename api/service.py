@@ -1,7 +1,8 @@
 """Candidate operations: intake with idempotency, supplements, review, hand-over, the feed.
 
-Every operation is one short database transaction (two for idempotent writes: the key is
-claimed first so a concurrent retry sees it in flight). Notifications go out after commit.
+Every operation is one short database transaction; an idempotent write claims its key in the
+same transaction, so a concurrent retry waits for it and replays the stored response. A batch
+claims its keys in a transaction of their own. Notifications go out after commit.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy import and_, bindparam, delete, insert, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from gridpatrol.api import status as sm
@@ -77,10 +78,6 @@ STALE_IN_FLIGHT = timedelta(seconds=60)
 
 
 # Hot-path statements, built once.
-_BY_NATURAL_KEY = select(CandidateRow.doc).where(
-    CandidateRow.source_system == bindparam("system"),
-    CandidateRow.source_event_id == bindparam("event"),
-)
 _FINISH = (
     update(IdempotencyRow)
     .where(IdempotencyRow.key == bindparam("k"), IdempotencyRow.principal == bindparam("p"))
@@ -129,6 +126,11 @@ def _event(kind: str, doc: JsonDict) -> Event:
             "updated_at": doc["updated_at"],
         },
     )
+
+
+def _columns(row: CandidateRow) -> JsonDict:
+    """A row's column values, for a Core insert that skips the ORM's unit of work."""
+    return {column.key: getattr(row, column.key) for column in CandidateRow.__table__.columns}
 
 
 def _natural_key(parsed: CandidateIn) -> tuple[str, str] | None:
@@ -195,22 +197,35 @@ class CandidateService:
     def idempotent(
         self, who: Principal, key: str | None, digest: str, work: Callable[[Session], Outcome]
     ) -> tuple[int, JsonDict]:
-        """Run ``work`` once per (key, principal); replay the stored response afterwards."""
+        """Run ``work`` once per (key, principal); replay the stored response afterwards.
+
+        The claim, the work and the stored response share one transaction. A concurrent
+        request with the same key waits on the claim's row (PostgreSQL) or the write lock
+        (SQLite) and then replays the committed response; a failure leaves no claim behind.
+        """
         key = check_key(key)
-        replay = self._claim(who.name, key, digest)
-        if replay is not None:
-            return replay
-        try:
-            with self.db.write() as session:
-                outcome = work(session)
-                self._finish(session, who.name, key, outcome)
-        except BaseException:
-            self._release(who.name, [key])
-            raise
+        for attempt in range(2):
+            try:
+                with self.db.write() as session:
+                    replay = self._claim(session, who.name, key, digest)
+                    if replay is not None:
+                        return replay
+                    outcome = work(session)
+                    self._finish(session, who.name, key, outcome)
+                break
+            except DBAPIError as exc:
+                # Run again once when a concurrent request inserted the same candidate first
+                # (PostgreSQL only; the second attempt finds it) or when the database had
+                # dropped the pooled connection (the pool is fresh now).
+                if attempt or not (isinstance(exc, IntegrityError) or exc.connection_invalidated):
+                    raise
+                log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
         self._notify(outcome)
         return outcome.status, outcome.doc
 
-    def _claim(self, who: str, key: str, digest: str) -> tuple[int, JsonDict] | None:
+    def _claim(
+        self, session: Session, who: str, key: str, digest: str
+    ) -> tuple[int, JsonDict] | None:
         """Claim one key with a single INSERT ... ON CONFLICT DO NOTHING in the common case."""
         values = {
             "key": key,
@@ -219,10 +234,9 @@ class CandidateService:
             "state": "in_flight",
             "created_at": self.clock(),
         }
-        with self.db.write() as session:
-            if session.connection().execute(self._insert_claim, values).first() is not None:
-                return None
-            return self._claim_in(session, who, key, digest)
+        if session.connection().execute(self._insert_claim, values).first() is not None:
+            return None
+        return self._claim_in(session, who, key, digest)
 
     def _claim_in(
         self,
@@ -308,7 +322,7 @@ class CandidateService:
             except IntegrityError:
                 # A concurrent request created one of these: go one by one (PostgreSQL only).
                 with self.db.write() as session:
-                    outcomes = [self._create(session, who, p) for *_, p in claimed]
+                    outcomes = [self._create(session, who, p, guarded=True) for *_, p in claimed]
                     self._finish_many(session, who.name, [k for _i, k, *_ in claimed], outcomes)
         except BaseException:
             self._release(who.name, [key for _i, key, _d, _p in claimed])
@@ -373,50 +387,35 @@ class CandidateService:
             return claimed, repeats
         raise Problem(409, "requests with these Idempotency-Keys are in flight")
 
-    def _create(self, session: Session, who: Principal, parsed: CandidateIn) -> Outcome:
-        source = parsed.source
-        if source is not None and source.system and source.source_event_id:
-            existing = (
-                session.connection()
-                .execute(
-                    _BY_NATURAL_KEY, {"system": source.system, "event": source.source_event_id}
-                )
-                .scalar()
-            )
-            if existing is not None:
-                return Outcome(200, json.loads(existing))
+    def _create(
+        self, session: Session, who: Principal, parsed: CandidateIn, guarded: bool = False
+    ) -> Outcome:
+        """Insert one candidate, or return the one its id or natural key already names.
+
+        A concurrent insert of the same id or natural key (PostgreSQL only; SQLite's write
+        lock, held since the lookup, rules that out) fails with IntegrityError, which aborts
+        the transaction: :meth:`idempotent` then runs the request again and finds the winner.
+        ``guarded`` instead contains the failure in a savepoint, for the batch's one-by-one
+        fallback; rolling back the savepoint also takes back the feed position.
+        """
+        existing = self._existing(session, parsed)
+        if existing is not None:
+            return Outcome(200, json.loads(existing))
         cid = str(parsed.id or uuid.uuid4())
-        if parsed.id is not None and (row := session.get(CandidateRow, cid)) is not None:
-            return Outcome(200, json.loads(row.doc))
         now = self.clock()
         row, outcome = self._new(who, parsed, cid, now)
         doc = outcome.doc
-        # On PostgreSQL a concurrent insert of the same natural key or id fails at the flush;
-        # the savepoint then also takes back the feed position, so the feed keeps no gap.
-        # SQLite's write lock, held since the lookups above, rules that race out.
-        guard = session.begin_nested() if self._pg else contextlib.nullcontext()
+        guard = session.begin_nested() if guarded else contextlib.nullcontext()
         try:
-            with guard, session.no_autoflush:
+            with guard:
                 if not doc["missing_elements"]:
                     self._enter_review(session, row, doc, now, outcome)
                 self._save(row, doc, now)
-                session.add(row)
-                session.flush()
+                session.connection().execute(insert(CandidateRow), [_columns(row)])
         except IntegrityError:
-            found = session.scalars(
-                select(CandidateRow).where(
-                    or_(
-                        CandidateRow.id == cid,
-                        and_(
-                            CandidateRow.source_system == row.source_system,
-                            CandidateRow.source_event_id == row.source_event_id,
-                        ),
-                    )
-                )
-            ).first()
-            if found is None:
+            if not guarded or (found := self._existing(session, parsed, cid)) is None:
                 raise
-            return Outcome(200, json.loads(found.doc))
+            return Outcome(200, json.loads(found))
         log.info(
             "candidate %s created: %s %s",
             cid,
@@ -426,6 +425,28 @@ class CandidateService:
         )
         outcome.events.insert(0, _event("candidate.created", doc))
         return outcome
+
+    @staticmethod
+    def _existing(session: Session, parsed: CandidateIn, cid: str | None = None) -> str | None:
+        """The stored document with the body's natural key, else the one with its id."""
+        cid = str(parsed.id) if parsed.id is not None else cid
+        natural = _natural_key(parsed)
+        conditions = [] if cid is None else [CandidateRow.id == cid]
+        if natural is not None:
+            conditions.append(
+                and_(
+                    CandidateRow.source_system == natural[0],
+                    CandidateRow.source_event_id == natural[1],
+                )
+            )
+        if not conditions:
+            return None
+        rows = session.execute(
+            select(CandidateRow.id, CandidateRow.doc).where(or_(*conditions))
+        ).all()
+        by_natural = [doc for found, doc in rows if found != cid]
+        docs: list[str] = by_natural or [doc for _found, doc in rows]
+        return docs[0] if docs else None
 
     def _new(
         self, who: Principal, parsed: CandidateIn, cid: str, now: datetime
