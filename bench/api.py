@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import httpx
 import numpy as np
+from rawhttp import Connection
 
 TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer", "bench-platform": "platform"}
 PG_ADMIN_URL = os.environ.get("GRIDPATROL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -154,20 +155,26 @@ def start_bare(workdir: Path) -> Server:
 
 
 async def run_load(
-    n: int, concurrency: int, one: Callable[[int], Awaitable[None]]
+    url: str, n: int, concurrency: int, one: Callable[[Connection, int], Awaitable[None]]
 ) -> tuple[float, list[float]]:
-    """Run ``one(i)`` for i < n with a fixed concurrency; rate per second and latencies."""
+    """Run ``one(conn, i)`` for i < n over ``concurrency`` keep-alive connections."""
     latencies: list[float] = []
     counter = iter(range(n))
+    host, port = url.removeprefix("http://").split(":")
+    connections = [await Connection.open(host, int(port)) for _ in range(concurrency)]
 
-    async def worker() -> None:
+    async def worker(conn: Connection) -> None:
         for i in counter:
             started = time.perf_counter()
-            await one(i)
+            await one(conn, i)
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    try:
+        await asyncio.gather(*(worker(conn) for conn in connections))
+    finally:
+        for conn in connections:
+            await conn.close()
     return n / (time.perf_counter() - started), latencies
 
 
@@ -176,40 +183,41 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def posts(url: str, n: int, concurrency: int, image: bytes) -> dict[str, float]:
-    headers = {"Authorization": "Bearer bench-producer"}
-    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=60) as http:
+    auth = {"Authorization": "Bearer bench-producer"}
+    put_headers = {**auth, "Content-Type": "image/jpeg"}
 
-        async def one(i: int) -> None:
-            data = unique_jpeg(image, i)
-            sha = hashlib.sha256(data).hexdigest()
-            put = await http.put(
-                f"/evidence/{sha}", content=data, headers={"Content-Type": "image/jpeg"}
-            )
-            assert put.status_code in (200, 201), put.text
-            post = await http.post(
-                "/candidates", json=body(sha, i), headers={"Idempotency-Key": str(uuid.uuid4())}
-            )
-            assert post.status_code in (200, 201), post.text
+    async def one(conn: Connection, i: int) -> None:
+        data = unique_jpeg(image, i)
+        sha = hashlib.sha256(data).hexdigest()
+        put = await conn.request("PUT", f"/api/v1/evidence/{sha}", put_headers, data)
+        assert put.status in (200, 201), put.body
+        headers = {**auth, "Content-Type": "application/json", "Idempotency-Key": str(uuid.uuid4())}
+        post = await conn.request(
+            "POST", "/api/v1/candidates", headers, json.dumps(body(sha, i)).encode()
+        )
+        assert post.status in (200, 201), post.body
 
-        rate, lat = await run_load(n, concurrency, one)
+    rate, lat = await run_load(url, n, concurrency, one)
     return {"posts_per_s": rate, "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99)}
 
 
 async def batches(url: str, n_batches: int, size: int, image: bytes) -> float:
-    headers = {"Authorization": "Bearer bench-producer"}
-    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=headers, timeout=120) as http:
-        sha = hashlib.sha256(image).hexdigest()
+    auth = {"Authorization": "Bearer bench-producer"}
+    sha = hashlib.sha256(image).hexdigest()
+    async with httpx.AsyncClient(base_url=f"{url}/api/v1", headers=auth, timeout=120) as http:
         await http.put(f"/evidence/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
+    headers = {**auth, "Content-Type": "application/json"}
 
-        async def one(i: int) -> None:
-            items = [
-                {"idempotency_key": str(uuid.uuid4()), "body": body(sha, i * size + k)}
-                for k in range(size)
-            ]
-            response = await http.post("/candidates/batch", json={"items": items})
-            assert response.status_code in (200, 207), response.text
+    async def one(conn: Connection, i: int) -> None:
+        items = [
+            {"idempotency_key": str(uuid.uuid4()), "body": body(sha, i * size + k)}
+            for k in range(size)
+        ]
+        payload = json.dumps({"items": items}).encode()
+        response = await conn.request("POST", "/api/v1/candidates/batch", headers, payload)
+        assert response.status in (200, 207), response.body
 
-        rate, _ = await run_load(n_batches, 2, one)
+    rate, _ = await run_load(url, n_batches, 2, one)
     return rate * size
 
 
