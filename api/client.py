@@ -250,8 +250,15 @@ def merge_patches(first: JsonDict, second: JsonDict) -> JsonDict:
 class Outbox:
     """Durable, ordered delivery of evidence and candidate operations to the intake API."""
 
-    BATCH = 200
-    UPLOADS = 8  # evidence files uploaded side by side
+    # One delivery round reads this many pending operations; the larger a backlog, the more
+    # updates of one candidate merge into a single PATCH.
+    WINDOW = 10_000
+    WINDOW_BYTES = 32 << 20  # ... and at most this many payload bytes (evidence can be large)
+    MAX_BATCH = 500  # creates per POST /candidates/batch (the API's limit)
+    PARALLEL = 8  # evidence uploads and PATCHes of different candidates in flight at once
+    # Candidates whose patches one round sends: bounds how long a create that arrives
+    # meanwhile waits for the next round; the rest merge further in the meantime.
+    MAX_PATCHED = 4 * PARALLEL
     MAX_BACKOFF_S = 30.0
 
     def __init__(self, path: str | Path, client: ApiClient | None, *, component: str) -> None:
@@ -266,7 +273,7 @@ class Outbox:
         self._counts = {"sent": 0, "retried": 0, "failed": 0}
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
-        self._uploads = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"upload-{component}")
+        self._senders = ThreadPoolExecutor(self.PARALLEL, thread_name_prefix=f"send-{component}")
         with contextlib.closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
 
@@ -356,31 +363,43 @@ class Outbox:
             conn.close()
 
     def _deliver_some(self, conn: sqlite3.Connection) -> bool:
-        """Send the oldest pending operations; False when nothing could be sent now."""
-        ops = self._pending(conn)
+        """One round over the oldest pending operations; False when nothing could be sent.
+
+        A round sends every evidence file of the window, then its creates, then its patches
+        merged per candidate. Evidence is content-addressed and independent of everything;
+        a candidate's create precedes its patches in the queue; operations of different
+        candidates commute. So each candidate still sees its operations in order, after the
+        evidence they reference, and a failure stops the round before anything that may
+        depend on it.
+        """
+        ops = _round(self._pending(conn), self.MAX_BATCH)
         if not ops:
             return False
-        first = ops[0]
         try:
-            if first.kind == "evidence":
-                self._send_evidence(conn, _leading(ops, "evidence")[: self.UPLOADS])
-            elif first.kind == "create":
-                self._send_creates(conn, _leading(ops, "create"))
-            else:
-                self._send_patches(conn, _same_candidate_patches(ops))
+            self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
+            if self._send_creates(conn, [op for op in ops if op.kind == "create"]):
+                self._send_in_parallel(conn, _patches_by_candidate(ops)[: self.MAX_PATCHED])
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
-            self._retry_later(conn, first, exc)
+            self._retry_later(conn, ops[0], exc)
             return False
         return True
 
     def _pending(self, conn: sqlite3.Connection) -> list[_Op]:
-        rows = conn.execute(
+        """The oldest pending operations, up to WINDOW of them and about WINDOW_BYTES."""
+        query = (
             "SELECT seq, kind, candidate_id, idempotency_key, payload, content_type, sha256 "
-            "FROM outbox_ops WHERE state = 'pending' ORDER BY seq LIMIT ?",
-            (self.BATCH,),
-        ).fetchall()
-        return [_Op(*row) for row in rows]
+            "FROM outbox_ops WHERE state = 'pending' ORDER BY seq LIMIT ?"
+        )
+        ops: list[_Op] = []
+        size = 0
+        with contextlib.closing(conn.execute(query, (self.WINDOW,))) as rows:
+            for row in rows:  # the cursor streams: rows past the byte budget are never read
+                ops.append(_Op(*row))
+                size += len(row[4])
+                if size >= self.WINDOW_BYTES:
+                    break
+        return ops
 
     def _settle(self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any]) -> None:
         """Send one request for ``ops``: done on success, failed for good on a refusal."""
@@ -393,28 +412,39 @@ class Outbox:
             return
         self._done(conn, ops)
 
-    def _send_evidence(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        """Upload consecutive evidence files side by side: they do not depend on each other."""
-        assert self.client is not None
-        client = self.client
-        futures = [
-            (op, self._uploads.submit(client.put_evidence, op.payload, op.content_type or ""))
-            for op in ops
-        ]
+    def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
+        """One request per group (an evidence file, or one candidate's merged patches), side
+        by side; every group is settled, then the first retryable failure is raised."""
+        futures = [(group, self._senders.submit(self._request_for(group))) for group in groups]
         retry: Exception | None = None
-        for op, future in futures:
+        for group, future in futures:
             try:
-                self._settle(conn, [op], future.result)
+                self._settle(conn, group, future.result)
             except (httpx.TransportError, ApiError) as exc:
                 retry = retry or exc
         if retry is not None:
             raise retry
 
-    def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _request_for(self, group: list[_Op]) -> Callable[[], Any]:
         assert self.client is not None
-        if len(ops) == 1:
-            self._send_one_create(conn, ops[0])
-            return
+        client, first = self.client, group[0]
+        if first.kind == "evidence":
+            return lambda: client.put_evidence(first.payload, first.content_type or "")
+        assert first.candidate_id is not None
+        body: JsonDict = {}
+        for op in group:
+            body = merge_patches(body, op.body())
+        # The last op's key: a retry after a partial failure re-sends the same merged body.
+        key, candidate_id = group[-1].key or "", first.candidate_id
+        return lambda: client.patch_candidate(candidate_id, body, key)
+
+    def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> bool:
+        """Send the creates in order; False when some are left for the next round."""
+        assert self.client is not None
+        if len(ops) <= 1:
+            if ops:
+                self._send_one_create(conn, ops[0])
+            return True
         try:
             results = self.client.create_batch([(op.key or "", op.body()) for op in ops])
         except ApiError as exc:
@@ -422,7 +452,7 @@ class Outbox:
                 raise
             # The batch as a whole was refused: find the culprit one request at a time.
             self._send_one_create(conn, ops[0])
-            return
+            return False
         done: list[_Op] = []
         failed: list[tuple[_Op, ApiError]] = []
         for op, result in zip(ops, results, strict=True):
@@ -438,21 +468,12 @@ class Outbox:
             self._fail(conn, [op], refusal)
         if len(done) + len(failed) < len(ops):
             raise ApiError(409, {"title": "part of the batch must be retried"})
+        return True
 
     def _send_one_create(self, conn: sqlite3.Connection, op: _Op) -> None:
         assert self.client is not None
         client = self.client
         self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""))
-
-    def _send_patches(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
-        assert self.client is not None and ops[0].candidate_id is not None
-        client, candidate_id = self.client, ops[0].candidate_id
-        body: JsonDict = {}
-        for op in ops:
-            body = merge_patches(body, op.body())
-        # The last op's key: a retry after a partial failure re-sends the same merged body.
-        key = ops[-1].key or ""
-        self._settle(conn, ops, lambda: client.patch_candidate(candidate_id, body, key))
 
     def _done(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
         if not ops:
@@ -523,20 +544,20 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _leading(ops: list[_Op], kind: str) -> list[_Op]:
-    out = []
-    for op in ops:
-        if op.kind != kind:
-            break
-        out.append(op)
-    return out
+def _round(ops: list[_Op], max_creates: int) -> list[_Op]:
+    """The window cut before its ``max_creates + 1``-th create: one batch takes the rest."""
+    creates = 0
+    for index, op in enumerate(ops):
+        creates += op.kind == "create"
+        if creates > max_creates:
+            return ops[:index]
+    return ops
 
 
-def _same_candidate_patches(ops: list[_Op]) -> list[_Op]:
-    """Consecutive patches of the first op's candidate: they coalesce into one request."""
-    out = []
+def _patches_by_candidate(ops: list[_Op]) -> list[list[_Op]]:
+    """The window's patches grouped by candidate, each group in queue order."""
+    groups: dict[str, list[_Op]] = {}
     for op in ops:
-        if op.kind != "patch" or op.candidate_id != ops[0].candidate_id:
-            break
-        out.append(op)
-    return out
+        if op.kind == "patch" and op.candidate_id is not None:
+            groups.setdefault(op.candidate_id, []).append(op)
+    return list(groups.values())

@@ -177,6 +177,51 @@ def test_refused_operations_are_kept_and_do_not_block(api_server: Any, tmp_path:
     assert [c["id"] for c in all_candidates(api_server)] == [good]
 
 
+def patch_requests(api_server: Any) -> int:
+    """PATCH /candidates/{id} requests the API has answered, from its /metrics."""
+    with api_server.client("admin") as http:
+        text = http.get("/metrics").text
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("gridpatrol_api_requests_total{")
+        and 'method="PATCH"' in line
+        and 'route="/api/v1/candidates/{candidate_id}"' in line
+    )
+
+
+def test_interleaved_updates_merge_per_candidate_in_order(api_server: Any, tmp_path: Path) -> None:
+    """Updates of many candidates, interleaved as an alarm stream makes them, reach the API
+    as one merged PATCH per candidate per round; each candidate's last value wins."""
+    api_server.stop()
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(7), "image/jpeg")
+        ids = [txn.create_candidate(candidate(f"mix-{i}", sha)) for i in range(10)]
+    for count in range(1, 31):
+        with outbox.transaction() as txn:
+            for cid in ids:
+                txn.patch_candidate(cid, {"detection": {"dwell_s": count}})
+    # A later patch references evidence queued after the creates; it must arrive first.
+    with outbox.transaction() as txn:
+        late = txn.add_evidence(jpeg(8), "image/jpeg")
+        txn.patch_candidate(ids[0], {"evidence": [{"sha256": late, "kind": "latest"}]})
+    api_server.start()
+    before = patch_requests(api_server)
+    outbox.start()
+    try:
+        assert outbox.flush(60)
+    finally:
+        outbox.stop()
+    assert outbox.stats() == {"sent": 1 + 10 + 300 + 2, "retried": 0, "failed": 0, "depth": 0}
+    assert patch_requests(api_server) - before == len(ids)
+    with api_server.client("reviewer") as http:
+        docs = [http.get(f"/candidates/{cid}").json() for cid in ids]
+        assert [d["detection"]["dwell_s"] for d in docs] == [30] * 10
+        assert [e["sha256"] for e in docs[0]["evidence"]] == [sha, late]
+        assert http.get(f"/evidence/{late}").content == jpeg(8)
+
+
 def test_client_raises_problem_details(api_server: Any) -> None:
     reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
     with pytest.raises(ApiError) as info:
