@@ -54,7 +54,10 @@ SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay th
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
 PATCH_CHECK_S = 0.05
-PATCH_TRICKLE = 4  # updates handed to the outbox per check, when it is idle
+# Updates handed to the outbox per check, when it is idle. The outbox sends a round's creates
+# before its patches and merges each candidate's patches, so a new alarm's create waits at
+# most for one round of updates, never behind a long queue of them.
+PATCH_HANDOVER = 500
 PATCH_IDLE_DEPTH = 1
 
 
@@ -393,7 +396,7 @@ class Bridge:
         due = self._due
         if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
             due["patches"] = now
-            self._trickle_patches(now)
+            self._hand_over_patches(now)
         if now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
             self._silence(now)
@@ -408,17 +411,16 @@ class Bridge:
             due["progress"] = now
         due.setdefault("progress", now)
 
-    def _trickle_patches(self, now: float) -> None:
-        """Hand a few coalesced updates to the outbox when it is nearly idle.
+    def _hand_over_patches(self, now: float) -> None:
+        """Hand coalesced updates to the outbox when it is idle.
 
         Updates wait in the state database while the outbox is busy, merging further, so the
-        API sees at most about one PATCH per active alarm per round and a new alarm's create
-        never queues behind a long run of updates.
+        API sees at most about one PATCH per active alarm per round.
         """
         if self.outbox.depth() >= PATCH_IDLE_DEPTH:
             return
         with self.outbox.transaction() as txn:
-            self.core.flush_patches(txn, PATCH_TRICKLE, now - PATCH_COALESCE_S)
+            self.core.flush_patches(txn, PATCH_HANDOVER, now - PATCH_COALESCE_S)
 
     def _flush_patches(self) -> None:
         with self.outbox.transaction() as txn:
