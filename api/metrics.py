@@ -1,36 +1,62 @@
-"""Prometheus metrics of one app: requests, latencies, candidates by status, feed lag."""
+"""Prometheus metrics of one app: requests, latencies, candidates by status, feed lag.
+
+With ``gridpatrol api --workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR``: each worker's
+counters and histograms live in files there and every scrape, whichever worker answers it,
+sums all of them. The database gauges are read at scrape time by the answering worker only.
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow
 
 
+def multiprocess() -> bool:
+    return "PROMETHEUS_MULTIPROC_DIR" in os.environ
+
+
 class Metrics:
     def __init__(self, db: Database) -> None:
         self.registry = CollectorRegistry()
+        # In multiprocess mode the collector below reports this process's values from its
+        # file; registering the metrics as well would count them twice.
+        own = None if multiprocess() else self.registry
         self.requests = Counter(
             "gridpatrol_api_requests",
             "HTTP requests by route, method and status",
             ["route", "method", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self.latency = Histogram(
             "gridpatrol_api_request_seconds",
             "HTTP request latency by route and method",
             ["route", "method"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 30),
-            registry=self.registry,
+            registry=own,
         )
+        self.bus_dropped = Counter(
+            "gridpatrol_api_bus_dropped",
+            "notifications the inter-process bus lost (queue full, connection lost, too large)",
+            registry=own,
+        )
+        if multiprocess():
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.registry.register(_StorageCollector(db))
+
+    def close(self) -> None:
+        """At the worker's exit: drop its live-gauge files (its counters keep counting)."""
+        if multiprocess():
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 class _StorageCollector:
