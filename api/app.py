@@ -11,8 +11,10 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
+from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
 from gridpatrol import __version__
@@ -26,6 +28,9 @@ from gridpatrol.api.metrics import Metrics, MetricsMiddleware
 from gridpatrol.api.policy import SitePolicy
 from gridpatrol.api.service import CandidateService, Clock
 from gridpatrol.api.settings import Settings, TokenEntry, generate_tokens, site_policy
+
+if TYPE_CHECKING:
+    from gridpatrol.api.bus import Bus
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +55,22 @@ def utc_now() -> datetime:
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> FastAPI:
-    """Build the app: migrate the database, load the policy, wire the routers."""
+    """Build the app: migrate the database, load the policy, wire the routers.
+
+    Also the factory of each ``gridpatrol api --workers N`` process, which reads the settings
+    the parent prepared (``prepare_workers``) from the environment.
+    """
     settings = settings or Settings()
     settings = _with_tokens(settings)
     policy, timezone = site_policy(settings.load_site())
     site_policy_ = SitePolicy.of(policy, timezone)
     db = Database(settings.database_url)
-    db.migrate()
+    if settings.migrate_on_start:
+        db.migrate()
     store = EvidenceStore(settings.evidence_dir)
     hub = Hub()
+    metrics = Metrics(db)
+    bus = _bus(settings, db, hub, metrics)
     services = Services(
         settings=settings,
         candidates=CandidateService(db, store, site_policy_, clock, hub),
@@ -72,6 +84,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
+        if bus is not None:
+            bus.start()
         task = asyncio.create_task(_release_loop(services))
         try:
             yield
@@ -79,6 +93,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            if bus is not None:
+                # Joining the bus's threads must not stall the event loop's last requests.
+                await asyncio.to_thread(bus.stop)
+            metrics.close()
             db.dispose()
 
     app = FastAPI(
@@ -91,13 +109,52 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     )
     app.state.services = services
     app.state.db = db
-    app.state.metrics = Metrics(db)
+    app.state.metrics = metrics
     problems.install(app)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     for name in ROUTERS:
         app.include_router(importlib.import_module(name).router)
     log.info("intake API ready: database %s, evidence in %s", db.dialect, settings.evidence_dir)
     return app
+
+
+def _bus(settings: Settings, db: Database, hub: Hub, metrics: Metrics) -> Bus | None:
+    if not settings.bus:
+        return None
+    if db.dialect != "postgresql":
+        raise RuntimeError("GRIDPATROL_BUS relays over PostgreSQL LISTEN/NOTIFY: use PostgreSQL")
+    # Imported here: psycopg is an optional dependency that SQLite installations lack.
+    from gridpatrol.api.bus import Bus
+
+    return Bus(settings.database_url, hub, on_drop=metrics.bus_dropped.inc)
+
+
+def prepare_workers(settings: Settings, workers: int) -> dict[str, str]:
+    """In the parent of ``gridpatrol api --workers N``, before it spawns them: check the
+    settings, migrate once, and return the environment the workers must share.
+
+    Tokens and the session secret are fixed here, so a generated token or a console cookie is
+    valid on every worker; the workers skip migrations and relay notifications over the bus.
+    """
+    if make_url(settings.database_url).get_backend_name() != "postgresql":
+        raise RuntimeError(
+            f"--workers {workers} needs PostgreSQL: SQLite admits one writer at a time and one "
+            "process already serves it at full rate; use --workers 1"
+        )
+    settings = _with_tokens(settings)
+    site_policy(settings.load_site())  # a broken site file stops the parent, not each worker
+    db = Database(settings.database_url)
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    tokens = {token: entry.model_dump() for token, entry in settings.api_tokens.items()}
+    return {
+        "GRIDPATROL_API_TOKENS": json.dumps(tokens),
+        "GRIDPATROL_SESSION_SECRET": settings.session_secret,
+        "GRIDPATROL_MIGRATE_ON_START": "false",
+        "GRIDPATROL_BUS": "true",
+    }
 
 
 async def _release_loop(services: Services) -> None:

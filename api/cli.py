@@ -3,33 +3,63 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
+import os
+import shutil
+import tempfile
 from typing import Any
 
 log = logging.getLogger(__name__)
 
+# The format of ``gridpatrol.cli``: spawned workers start without the parent's logging.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
-        "api", help="serve the intake API, the pull feed and the review console"
+        "api",
+        help="serve the intake API, the pull feed and the review console",
+        description="Serve the intake API, the pull feed and the review console.",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="worker processes (default 1). More than one needs PostgreSQL: the parent "
+        "migrates once and shares tokens and the session secret; events and feed wake-ups "
+        "travel between workers over LISTEN/NOTIFY; /metrics sums the workers' counters",
+    )
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    import uvicorn
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
-    from gridpatrol.api.app import create_app
+
+def run(args: argparse.Namespace) -> int:
     from gridpatrol.site import SiteConfigError
 
     try:
-        app = create_app()
+        return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
         # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).
         log.error("the intake API cannot start: %s", exc)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gridpatrol.api.app import create_app
+
+    app = create_app()
     level = logging.getLogger().getEffectiveLevel()
     uvicorn.run(
         app,
@@ -40,3 +70,49 @@ def run(args: argparse.Namespace) -> int:
         access_log=level <= logging.DEBUG,
     )
     return 0
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gridpatrol.api.app import prepare_workers
+    from gridpatrol.api.settings import Settings
+
+    shared = prepare_workers(Settings(), args.workers)
+    # Fresh, so no stale counters of an earlier run are summed in.
+    metrics_dir = tempfile.mkdtemp(prefix="gridpatrol-metrics-")
+    # Spawned workers inherit this environment and build their app from it.
+    os.environ.update(shared, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
+    level = logging.getLogger().getEffectiveLevel()
+    log.info("starting %d workers on %s:%d", args.workers, args.host, args.port)
+    try:
+        uvicorn.run(
+            "gridpatrol.api.app:create_app",
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            log_config=_log_config(level),
+            log_level=logging.getLevelName(level).lower(),
+            access_log=level <= logging.DEBUG,
+        )
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def _log_config(level: int) -> dict[str, Any]:
+    """uvicorn's logging plus a root handler, applied again in every worker."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["gridpatrol"] = {"format": LOG_FORMAT}
+    config["handlers"]["gridpatrol"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "gridpatrol",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["gridpatrol"], "level": logging.getLevelName(level)}
+    # Alembic logs its plugin set-up at import; the workers import it but never migrate.
+    config["loggers"]["alembic"] = {"level": "WARNING"}
+    return config

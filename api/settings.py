@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     allow_generated_tokens: bool = False
     release_interval_s: float = Field(default=5.0, gt=0)
+    # ``gridpatrol api --workers N`` migrates once in its parent and turns this off for the
+    # workers, so they do not race on Alembic's version table.
+    migrate_on_start: bool = True
+    # Relay notifications (events, feed wake-ups) between processes over PostgreSQL
+    # LISTEN/NOTIFY; on for the workers of ``--workers N``.
+    bus: bool = False
 
     @field_validator("api_tokens", mode="before")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -14,7 +16,9 @@ router = APIRouter(prefix="/api/v1", tags=["meta"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+def healthz(response: Response) -> dict[str, str]:
+    # Which worker process answered: lets a check (or a test) tell ``--workers N`` apart.
+    response.headers["X-Worker-Pid"] = str(os.getpid())
     return {"status": "ok"}
 
 
