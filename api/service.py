@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -78,10 +78,11 @@ STALE_IN_FLIGHT = timedelta(seconds=60)
 
 
 # Hot-path statements, built once.
-_FINISH = (
-    update(IdempotencyRow)
-    .where(IdempotencyRow.key == bindparam("k"), IdempotencyRow.principal == bindparam("p"))
-    .values(state="done", status_code=bindparam("code"), response=bindparam("response"))
+# PostgreSQL: advance the counter, append to the feed and store the position in one statement.
+_POSITION_LAST = text(
+    "WITH c AS (UPDATE feed_counter SET last = last + 1 WHERE id = 1 RETURNING last),"
+    " f AS (INSERT INTO feed (position, candidate_id, at) SELECT last, :cid, :at FROM c)"
+    " UPDATE candidates SET feed_pos = c.last FROM c WHERE candidates.id = :cid"
 )
 _ADVANCE_FEED = (
     update(FeedCounterRow)
@@ -97,6 +98,8 @@ class Outcome:
     doc: JsonDict
     events: list[Event] = field(default_factory=list)
     feed: bool = False
+    # Candidates that get their feed position as the transaction's last statement.
+    positions: list[str] = field(default_factory=list)
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -126,6 +129,23 @@ def _event(kind: str, doc: JsonDict) -> Event:
             "updated_at": doc["updated_at"],
         },
     )
+
+
+class _KeyTaken(Exception):
+    """The idempotency key was stored by another request: roll back and replay."""
+
+
+def _stored_response(
+    row: IdempotencyRow, digest: str, now: datetime
+) -> tuple[int, JsonDict] | None:
+    """A key's stored response, or None for a stale claim; 422 / 409 problems otherwise."""
+    if row.request_hash != digest:
+        raise Problem(422, "this Idempotency-Key was used with another request body")
+    if row.state == "done" and row.status_code is not None:
+        return row.status_code, json.loads(row.response or "{}")
+    if now - row.created_at < STALE_IN_FLIGHT:
+        raise Problem(409, "a request with this Idempotency-Key is in flight")
+    return None
 
 
 def _columns(row: CandidateRow) -> JsonDict:
@@ -188,7 +208,7 @@ class CandidateService:
         self.hub = hub
         self._pg = db.dialect == "postgresql"
         dialect_insert = postgresql.insert if self._pg else sqlite.insert
-        self._insert_claim = (
+        self._insert_record = (
             dialect_insert(IdempotencyRow).on_conflict_do_nothing().returning(IdempotencyRow.key)
         )
 
@@ -199,44 +219,59 @@ class CandidateService:
     ) -> tuple[int, JsonDict]:
         """Run ``work`` once per (key, principal); replay the stored response afterwards.
 
-        The claim, the work and the stored response share one transaction. A concurrent
-        request with the same key waits on the claim's row (PostgreSQL) or the write lock
-        (SQLite) and then replays the committed response; a failure leaves no claim behind.
+        The work and the key's record, response included, share one transaction; the record
+        is one INSERT ... ON CONFLICT DO NOTHING at its end. If the key is taken, the work is
+        rolled back and the stored response replayed: a concurrent request with the same key
+        waits on the key's row (PostgreSQL) or the write lock (SQLite), so exactly one wins.
         """
         key = check_key(key)
-        for attempt in range(2):
+        for attempt in range(3):
             try:
                 with self.db.write() as session:
-                    replay = self._claim(session, who.name, key, digest)
-                    if replay is not None:
-                        return replay
                     outcome = work(session)
-                    self._finish(session, who.name, key, outcome)
-                break
+                    if not self._record(session, who.name, key, digest, outcome):
+                        raise _KeyTaken
+                    self._assign_last(session, outcome.positions)
+                self._notify(outcome)
+                return outcome.status, outcome.doc
+            except _KeyTaken:
+                replay = self._replay(who.name, key, digest)
+                if replay is not None:
+                    return replay
             except DBAPIError as exc:
-                # Run again once when a concurrent request inserted the same candidate first
-                # (PostgreSQL only; the second attempt finds it) or when the database had
+                # Run again when a concurrent request inserted the same candidate first
+                # (PostgreSQL only; the next attempt finds it) or when the database had
                 # dropped the pooled connection (the pool is fresh now).
-                if attempt or not (isinstance(exc, IntegrityError) or exc.connection_invalidated):
+                if attempt == 2 or not (
+                    isinstance(exc, IntegrityError) or exc.connection_invalidated
+                ):
                     raise
                 log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
-        self._notify(outcome)
-        return outcome.status, outcome.doc
+        raise Problem(409, "a request with this Idempotency-Key is in flight")
 
-    def _claim(
-        self, session: Session, who: str, key: str, digest: str
-    ) -> tuple[int, JsonDict] | None:
-        """Claim one key with a single INSERT ... ON CONFLICT DO NOTHING in the common case."""
+    def _record(self, session: Session, who: str, key: str, digest: str, outcome: Outcome) -> bool:
+        """Store the key with its response; False when the key was already stored."""
         values = {
             "key": key,
             "principal": who,
             "request_hash": digest,
-            "state": "in_flight",
+            "state": "done",
+            "status_code": outcome.status,
+            "response": json.dumps(outcome.doc, ensure_ascii=False),
             "created_at": self.clock(),
         }
-        if session.connection().execute(self._insert_claim, values).first() is not None:
-            return None
-        return self._claim_in(session, who, key, digest)
+        return session.connection().execute(self._insert_record, values).first() is not None
+
+    def _replay(self, who: str, key: str, digest: str) -> tuple[int, JsonDict] | None:
+        """The stored response of a taken key; None when a stale claim was removed."""
+        with self.db.write() as session:
+            row = session.get(IdempotencyRow, (key, who))
+            if row is None:
+                return None  # a failed batch released it meanwhile
+            stored = _stored_response(row, digest, self.clock())
+            if stored is None:
+                session.delete(row)
+            return stored
 
     def _claim_in(
         self,
@@ -244,13 +279,13 @@ class CandidateService:
         who: str,
         key: str,
         digest: str,
-        known: dict[str, IdempotencyRow] | None = None,
+        known: dict[str, IdempotencyRow],
     ) -> tuple[int, JsonDict] | None:
-        """Claim a key (None) or return the stored response; raise 422 / 409 problems.
+        """Claim a batch item's key (None) or return its stored response; raise 422 / 409.
 
-        ``known`` holds the rows of a batch's keys, loaded in one query.
+        ``known`` holds the rows of the batch's keys, loaded in one query.
         """
-        row = session.get(IdempotencyRow, (key, who)) if known is None else known.get(key)
+        row = known.get(key)
         now = self.clock()
         if row is None:
             session.add(
@@ -259,27 +294,10 @@ class CandidateService:
                 )
             )
             return None
-        if row.request_hash != digest:
-            raise Problem(422, "this Idempotency-Key was used with another request body")
-        if row.state == "done" and row.status_code is not None:
-            return row.status_code, json.loads(row.response or "{}")
-        if now - row.created_at < STALE_IN_FLIGHT:
-            raise Problem(409, "a request with this Idempotency-Key is in flight")
-        row.created_at = now
-        return None
-
-    def _finish(self, session: Session, who: str, key: str, outcome: Outcome) -> None:
-        # Core statements on the session's connection: the ORM's bulk-update bookkeeping
-        # costs more than the statement itself on this hot path.
-        session.connection().execute(
-            _FINISH,
-            {
-                "k": key,
-                "p": who,
-                "code": outcome.status,
-                "response": json.dumps(outcome.doc, ensure_ascii=False),
-            },
-        )
+        stored = _stored_response(row, digest, now)
+        if stored is None:
+            row.created_at = now  # take over the stale claim
+        return stored
 
     def _release(self, who: str, keys: list[str]) -> None:
         with self.db.write() as session:
@@ -405,13 +423,17 @@ class CandidateService:
         now = self.clock()
         row, outcome = self._new(who, parsed, cid, now)
         doc = outcome.doc
+        # On PostgreSQL the position is assigned by the transaction's last statement: the
+        # feed counter's row lock is then held only from there to the commit.
+        last: list[CandidateRow] | None = [] if self._pg and not guarded else None
         guard = session.begin_nested() if guarded else contextlib.nullcontext()
         try:
             with guard:
                 if not doc["missing_elements"]:
-                    self._enter_review(session, row, doc, now, outcome)
+                    self._enter_review(session, row, doc, now, outcome, last)
                 self._save(row, doc, now)
                 session.connection().execute(insert(CandidateRow), [_columns(row)])
+                outcome.positions = [r.id for r in last or []]
         except IntegrityError:
             if not guarded or (found := self._existing(session, parsed, cid)) is None:
                 raise
@@ -927,6 +949,11 @@ class CandidateService:
             insert(FeedRow),
             [{"position": r.feed_pos, "candidate_id": r.id, "at": now} for r in rows],
         )
+
+    def _assign_last(self, session: Session, ids: list[str]) -> None:
+        """Feed positions for candidates already inserted, one statement each (PostgreSQL)."""
+        for cid in ids:
+            session.connection().execute(_POSITION_LAST, {"cid": cid, "at": self.clock()})
 
     @staticmethod
     def _history(doc: JsonDict, now: datetime, who: str, action: str, **extra: Any) -> None:

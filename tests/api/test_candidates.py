@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 
+from gridpatrol.api.db import IdempotencyRow
+from gridpatrol.api.service import parse_candidate, request_hash
+
 URL = "/api/v1/candidates"
 
 
@@ -46,6 +49,33 @@ def test_replay_conflict_and_missing_key(api: Any) -> None:
     missing = post(api, api.body("e3", sha), key=None)
     assert missing.status_code == 400
     assert missing.json()["status"] == 400
+
+
+def leave_claim_in_flight(api: Any, key: str, payload: dict[str, Any]) -> None:
+    """The claim a batch leaves when its process dies between its two transactions."""
+    parsed = parse_candidate(payload).model_dump(mode="json", exclude_unset=True)
+    digest = request_hash("POST", "/candidates", parsed)
+    row = IdempotencyRow(
+        key=key,
+        principal="test-producer",
+        request_hash=digest,
+        state="in_flight",
+        created_at=api.clock(),
+    )
+    with api.http.app.state.db.write() as session:
+        session.add(row)
+
+
+def test_a_claim_in_flight_refuses_then_goes_stale(api: Any) -> None:
+    payload = api.body("e-stale", api.put_jpeg())
+    leave_claim_in_flight(api, "key-stale", payload)
+    assert post(api, payload, key="key-stale").status_code == 409
+    assert post(api, {**payload, "description": "other"}, key="key-stale").status_code == 422
+    api.clock.advance(seconds=61)
+    taken = post(api, payload, key="key-stale")
+    assert taken.status_code == 201
+    replay = post(api, payload, key="key-stale")
+    assert (replay.status_code, replay.json()) == (201, taken.json())
 
 
 def test_known_natural_key_under_a_new_key_returns_the_existing(api: Any) -> None:
