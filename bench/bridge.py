@@ -1,6 +1,6 @@
 """Alarm bridge throughput and latency, with a bare MQTT baseline measured in the same run.
 
-    .venv/bin/python bench/bridge.py            # full run (~2 min)
+    .venv/bin/python bench/bridge.py            # full run (~1 min on a quiet machine)
     .venv/bin/python bench/bridge.py --quick    # shorter streams
     .venv/bin/python bench/bridge.py --json     # one JSON object last
 
