@@ -157,6 +157,11 @@ class CameraPipeline:
             for z in camera.zones
         ]
 
+    @property
+    def needs_gray(self) -> bool:
+        """Whether a zone keeps a background model, which needs the small grayscale copy."""
+        return any(zr.bg_params is not None for zr in self.zones)
+
     def process(
         self,
         t: datetime,
