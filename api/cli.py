@@ -73,10 +73,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _serve_workers(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gridpatrol.api.app import prepare_workers
     from gridpatrol.api.settings import Settings
+    from gridpatrol.api.workers import Supervisor, WorkerSpec
 
     shared = prepare_workers(Settings(), args.workers)
     # Fresh, so no stale counters of an earlier run are summed in.
@@ -84,21 +83,18 @@ def _serve_workers(args: argparse.Namespace) -> int:
     # Spawned workers inherit this environment and build their app from it.
     os.environ.update(shared, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     level = logging.getLogger().getEffectiveLevel()
+    spec = WorkerSpec(
+        host=args.host,
+        port=args.port,
+        log_config=_log_config(level),
+        log_level=logging.getLevelName(level).lower(),
+        access_log=level <= logging.DEBUG,
+    )
     log.info("starting %d workers on %s:%d", args.workers, args.host, args.port)
     try:
-        uvicorn.run(
-            "gridpatrol.api.app:create_app",
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            log_config=_log_config(level),
-            log_level=logging.getLevelName(level).lower(),
-            access_log=level <= logging.DEBUG,
-        )
+        return Supervisor(spec, args.workers).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
-    return 0
 
 
 def _log_config(level: int) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -311,6 +312,61 @@ def test_workers_refuse_sqlite(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--workers 2 needs PostgreSQL: SQLite admits one writer" in proc.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def worker_pids(workers: Workers, connections: int) -> Counter[int]:
+    """Which worker answered each of ``connections`` fresh connections, held open together."""
+    clients = [httpx.Client(base_url=workers.url, timeout=30) for _ in range(connections)]
+    try:
+        return Counter(int(c.get("/healthz").headers["X-Worker-Pid"]) for c in clients)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_each_worker_has_a_socket_of_its_own(workers: Workers) -> None:
+    """The kernel spreads connections over the workers' own sockets (SO_REUSEPORT); with one
+    shared socket a burst of connections can all go to whichever worker is in accept()."""
+    workers.pin()  # both are serving
+    assert len(worker_pids(workers, 32)) == 2
+
+
+def test_a_killed_worker_is_replaced_and_sigterm_stops_all(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    with fresh_database("postgres", tmp_path, postgres_url) as url:
+        server = Workers(url, tmp_path)
+        server.start()
+        assert server.proc is not None
+        try:
+            (first, *_), (second, *_) = server.pin()
+            os.kill(first.pid, 9)
+            deadline = time.monotonic() + WAIT_S
+            while True:
+                pids = set(worker_pids(server, 16))
+                if second.pid in pids and len(pids) == 2 and first.pid not in pids:
+                    break
+                assert time.monotonic() < deadline, f"no replacement for {first.pid}: {pids}"
+                time.sleep(0.2)
+            assert server.proc.poll() is None
+            assert "died (exit code -9)" in server.log.read_text()
+            server.proc.terminate()
+            assert server.proc.wait(timeout=60) == 0
+            for pid in (*pids,):
+                with pytest.raises(ProcessLookupError):
+                    os.kill(pid, 0)
+        finally:
+            server.stop()
+
+
+def test_workers_refuse_a_port_in_use(tmp_path: Path, postgres_url: str) -> None:
+    with fresh_database("postgres", tmp_path, postgres_url) as url:
+        server = Workers(url, tmp_path)
+        with socket.create_server(("127.0.0.1", server.port)):
+            server.start()
+            assert server.proc is not None
+            assert server.proc.wait(timeout=60) == 2
+        assert f"cannot listen on 127.0.0.1:{server.port}" in server.log.read_text()
 
 
 # -- the bus in this process -----------------------------------------------------------------
