@@ -110,19 +110,28 @@ def body(sha: str, n: int, kind: str = "manhole_cover") -> dict[str, Any]:
 
 
 class Server:
-    def __init__(self, cmd: list[str], env: dict[str, str], port: int, log: Path) -> None:
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], port: int, log: Path, workers: int = 1
+    ) -> None:
         self.port = port
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+        # Ready when every worker has answered on a fresh connection: connections opened
+        # while one is still starting would all go to the others.
+        answered: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
             try:
-                if httpx.get(f"{self.url}/api/v1/healthz", timeout=1).status_code == 200:
-                    return
+                health = httpx.get(f"{self.url}/api/v1/healthz", timeout=1)
+                if health.status_code == 200:
+                    answered.add(health.headers.get("X-Worker-Pid", "one"))
+                    if len(answered) >= workers:
+                        return
             except httpx.TransportError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.05)
         raise TimeoutError(f"server not healthy: {log.read_text()[-2000:]}")
 
     @property
@@ -146,7 +155,7 @@ def start_gridpatrol(workdir: Path, db_url: str, workers: int = 1) -> Server:
     }
     cmd = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "api"]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    return Server(cmd, env, port, workdir / "log")
+    return Server(cmd, env, port, workdir / "log", workers)
 
 
 def start_bare(workdir: Path) -> Server:
