@@ -10,10 +10,9 @@ import shutil
 import tempfile
 from typing import Any
 
-log = logging.getLogger(__name__)
+from gridpatrol.cli import LOG_FORMAT
 
-# The format of ``gridpatrol.cli``: spawned workers start without the parent's logging.
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+log = logging.getLogger(__name__)
 
 
 def register(sub: Any) -> None:

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from gridpatrol.cli import stop_on_signals
+
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 20.0
@@ -97,7 +99,7 @@ class Supervisor:
             guard = listening_socket(self.spec.host, self.spec.port)
         except OSError as exc:
             raise RuntimeError(f"cannot listen on {address}: {exc}") from exc
-        self._install_signals()
+        stop_on_signals(self.stop, "api")
         try:
             self._workers = [self._spawn(slot) for slot in range(self.count)]
             log.info("%d workers serving on %s:%d", self.count, self.spec.host, self.spec.port)
@@ -108,14 +110,6 @@ class Supervisor:
         finally:
             self._stop_all()
             guard.close()
-
-    def _install_signals(self) -> None:
-        def handler(signum: int, _frame: Any) -> None:
-            log.info("api: signal %d, stopping %d workers", signum, self.count)
-            self.stop.set()
-
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handler)
 
     def _spawn(self, slot: int) -> BaseProcess:
         process = self._context.Process(

@@ -32,6 +32,8 @@ COMMAND_MODULES = (
 
 log = logging.getLogger(__name__)
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
 
 def stop_on_signals(stop: threading.Event, component: str = "gridpatrol") -> None:
     """SIGTERM and SIGINT set ``stop`` so a component can shut down in order."""
@@ -68,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=LOG_FORMAT,
         stream=sys.stderr,
     )
     code: int = args.func(args)
