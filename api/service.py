@@ -84,6 +84,7 @@ _POSITION_LAST = text(
     " f AS (INSERT INTO feed (position, candidate_id, at) SELECT last, :cid, :at FROM c)"
     " UPDATE candidates SET feed_pos = c.last FROM c WHERE candidates.id = :cid"
 )
+_select_docs = select(CandidateRow.id, CandidateRow.doc)
 _ADVANCE_FEED = (
     update(FeedCounterRow)
     .where(FeedCounterRow.id == 1)
@@ -100,6 +101,11 @@ class Outcome:
     feed: bool = False
     # Candidates that get their feed position as the transaction's last statement.
     positions: list[str] = field(default_factory=list)
+    # ``doc`` as stored, when it was serialized already: the response reuses it.
+    text: str | None = None
+
+    def json(self) -> str:
+        return self.text if self.text is not None else json.dumps(self.doc, ensure_ascii=False)
 
 
 def request_hash(method: str, path: str, body: Any) -> str:
@@ -135,17 +141,23 @@ class _KeyTaken(Exception):
     """The idempotency key was stored by another request: roll back and replay."""
 
 
-def _stored_response(
-    row: IdempotencyRow, digest: str, now: datetime
-) -> tuple[int, JsonDict] | None:
-    """A key's stored response, or None for a stale claim; 422 / 409 problems otherwise."""
+def _stored_text(row: IdempotencyRow, digest: str, now: datetime) -> tuple[int, str] | None:
+    """A key's stored response as JSON text, or None for a stale claim; 422 / 409 otherwise."""
     if row.request_hash != digest:
         raise Problem(422, "this Idempotency-Key was used with another request body")
     if row.state == "done" and row.status_code is not None:
-        return row.status_code, json.loads(row.response or "{}")
+        return row.status_code, row.response or "{}"
     if now - row.created_at < STALE_IN_FLIGHT:
         raise Problem(409, "a request with this Idempotency-Key is in flight")
     return None
+
+
+def _stored_response(
+    row: IdempotencyRow, digest: str, now: datetime
+) -> tuple[int, JsonDict] | None:
+    """:func:`_stored_text`, parsed."""
+    stored = _stored_text(row, digest, now)
+    return None if stored is None else (stored[0], json.loads(stored[1]))
 
 
 def _columns(row: CandidateRow) -> JsonDict:
@@ -216,8 +228,10 @@ class CandidateService:
 
     def idempotent(
         self, who: Principal, key: str | None, digest: str, work: Callable[[Session], Outcome]
-    ) -> tuple[int, JsonDict]:
+    ) -> tuple[int, str]:
         """Run ``work`` once per (key, principal); replay the stored response afterwards.
+
+        Returns the status and the response body as JSON text.
 
         The work and the key's record, response included, share one transaction; the record
         is one INSERT ... ON CONFLICT DO NOTHING at its end. If the key is taken, the work is
@@ -233,7 +247,7 @@ class CandidateService:
                         raise _KeyTaken
                     self._assign_last(session, outcome.positions)
                 self._notify(outcome)
-                return outcome.status, outcome.doc
+                return outcome.status, outcome.json()
             except _KeyTaken:
                 replay = self._replay(who.name, key, digest)
                 if replay is not None:
@@ -257,18 +271,18 @@ class CandidateService:
             "request_hash": digest,
             "state": "done",
             "status_code": outcome.status,
-            "response": json.dumps(outcome.doc, ensure_ascii=False),
+            "response": outcome.json(),
             "created_at": self.clock(),
         }
         return session.connection().execute(self._insert_record, values).first() is not None
 
-    def _replay(self, who: str, key: str, digest: str) -> tuple[int, JsonDict] | None:
+    def _replay(self, who: str, key: str, digest: str) -> tuple[int, str] | None:
         """The stored response of a taken key; None when a stale claim was removed."""
         with self.db.write() as session:
             row = session.get(IdempotencyRow, (key, who))
             if row is None:
                 return None  # a failed batch released it meanwhile
-            stored = _stored_response(row, digest, self.clock())
+            stored = _stored_text(row, digest, self.clock())
             if stored is None:
                 session.delete(row)
             return stored
@@ -314,10 +328,10 @@ class CandidateService:
 
     # -- intake ------------------------------------------------------------------------------
 
-    def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, JsonDict]:
+    def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, str]:
         body = parsed.model_dump(mode="json", exclude_unset=True)
         digest = request_hash("POST", "/candidates", body)
-        return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed))
+        return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
 
     def batch(self, who: Principal, items: list[tuple[str, Any]]) -> list[JsonDict]:
         """Create many candidates: one transaction claims the keys, one does the work."""
@@ -406,7 +420,12 @@ class CandidateService:
         raise Problem(409, "requests with these Idempotency-Keys are in flight")
 
     def _create(
-        self, session: Session, who: Principal, parsed: CandidateIn, guarded: bool = False
+        self,
+        session: Session,
+        who: Principal,
+        parsed: CandidateIn,
+        guarded: bool = False,
+        body: JsonDict | None = None,
     ) -> Outcome:
         """Insert one candidate, or return the one its id or natural key already names.
 
@@ -414,14 +433,15 @@ class CandidateService:
         lock, held since the lookup, rules that out) fails with IntegrityError, which aborts
         the transaction: :meth:`idempotent` then runs the request again and finds the winner.
         ``guarded`` instead contains the failure in a savepoint, for the batch's one-by-one
-        fallback; rolling back the savepoint also takes back the feed position.
+        fallback; rolling back the savepoint also takes back the feed position. ``body`` is
+        ``parsed`` dumped already, if the caller has it.
         """
         existing = self._existing(session, parsed)
         if existing is not None:
-            return Outcome(200, json.loads(existing))
+            return Outcome(200, json.loads(existing), text=existing)
         cid = str(parsed.id or uuid.uuid4())
         now = self.clock()
-        row, outcome = self._new(who, parsed, cid, now)
+        row, outcome = self._new(who, parsed, cid, now, body)
         doc = outcome.doc
         # On PostgreSQL the position is assigned by the transaction's last statement: the
         # feed counter's row lock is then held only from there to the commit.
@@ -431,13 +451,13 @@ class CandidateService:
             with guard:
                 if not doc["missing_elements"]:
                     self._enter_review(session, row, doc, now, outcome, last)
-                self._save(row, doc, now)
+                outcome.text = self._save(row, doc, now)
                 session.connection().execute(insert(CandidateRow), [_columns(row)])
                 outcome.positions = [r.id for r in last or []]
         except IntegrityError:
             if not guarded or (found := self._existing(session, parsed, cid)) is None:
                 raise
-            return Outcome(200, json.loads(found))
+            return Outcome(200, json.loads(found), text=found)
         log.info(
             "candidate %s created: %s %s",
             cid,
@@ -463,18 +483,23 @@ class CandidateService:
             )
         if not conditions:
             return None
-        rows = session.execute(
-            select(CandidateRow.id, CandidateRow.doc).where(or_(*conditions))
-        ).all()
+        # Core on the connection: the ORM's result processing is not needed for two columns.
+        rows = session.connection().execute(_select_docs.where(or_(*conditions))).all()
         by_natural = [doc for found, doc in rows if found != cid]
         docs: list[str] = by_natural or [doc for _found, doc in rows]
         return docs[0] if docs else None
 
     def _new(
-        self, who: Principal, parsed: CandidateIn, cid: str, now: datetime
+        self,
+        who: Principal,
+        parsed: CandidateIn,
+        cid: str,
+        now: datetime,
+        body: JsonDict | None = None,
     ) -> tuple[CandidateRow, Outcome]:
-        doc = parsed.model_dump(mode="json", exclude_unset=True, exclude={"id"})
-        doc = {"id": cid, **doc, "created_at": now.isoformat(), "status": "incomplete"}
+        dumped = parsed.model_dump(mode="json", exclude_unset=True) if body is None else body
+        fields = {k: v for k, v in dumped.items() if k != "id"}
+        doc = {"id": cid, **fields, "created_at": now.isoformat(), "status": "incomplete"}
         doc["history"] = [{"at": now.isoformat(), "who": who.name, "action": "created"}]
         row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
         self._derive(doc)
@@ -518,7 +543,7 @@ class CandidateService:
                 row, outcome = self._new(who, parsed, str(parsed.id or uuid.uuid4()), now)
                 if not outcome.doc["missing_elements"]:
                     self._enter_review(session, row, outcome.doc, now, outcome, visible)
-                self._save(row, outcome.doc, now)
+                outcome.text = self._save(row, outcome.doc, now)
                 outcome.events.insert(0, _event("candidate.created", outcome.doc))
                 rows.append(row)
                 outcomes.append(outcome)
@@ -550,7 +575,7 @@ class CandidateService:
                     "principal": who,
                     "state": "done",
                     "status_code": o.status,
-                    "response": json.dumps(o.doc, ensure_ascii=False),
+                    "response": o.json(),
                 }
                 for key, o in zip(keys, outcomes, strict=True)
             ],
@@ -558,7 +583,7 @@ class CandidateService:
 
     def patch(
         self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
-    ) -> tuple[int, JsonDict]:
+    ) -> tuple[int, str]:
         body = parsed.model_dump(mode="json", exclude_unset=True)
         owned = sorted(SERVER_FIELDS & body.keys())
         if owned:
@@ -590,7 +615,7 @@ class CandidateService:
             if row.feed_pos is not None:  # visible already: the platform sees the change
                 self._assign_positions(session, [row], now)
                 outcome.feed = True
-        self._save(row, doc, now)
+        outcome.text = self._save(row, doc, now)
         try:
             with session.begin_nested():
                 session.flush()
@@ -962,7 +987,8 @@ class CandidateService:
         doc.setdefault("history", []).append(entry)
 
     @staticmethod
-    def _save(row: CandidateRow, doc: JsonDict, now: datetime) -> None:
+    def _save(row: CandidateRow, doc: JsonDict, now: datetime) -> str:
+        """Store ``doc`` in ``row``; returns the document's JSON text."""
         doc["updated_at"] = now.isoformat()
         source = doc.get("source") or {}
         row.status = doc["status"]
@@ -974,6 +1000,7 @@ class CandidateService:
         row.urgency = doc.get("urgency")
         row.updated_at = now
         row.doc = json.dumps(doc, ensure_ascii=False)
+        return row.doc
 
 
 def _encode_list_cursor(at: datetime, cid: str) -> str:

@@ -24,6 +24,11 @@ IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 CandidateId = Annotated[str, Path(pattern=CANDIDATE_ID_PATTERN)]
 
 
+def json_text(text: str, status: int = 200) -> Response:
+    """A response whose body is JSON serialized already (the stored document)."""
+    return Response(text.encode(), status_code=status, media_type="application/json")
+
+
 def raw_page(items: list[str], next_cursor: str | None) -> Response:
     """A page built from stored JSON documents without parsing them again."""
     cursor = "null" if next_cursor is None else f'"{next_cursor}"'
@@ -34,9 +39,9 @@ def raw_page(items: list[str], next_cursor: str | None) -> Response:
 @router.post("/candidates", status_code=201, response_model=dict[str, Any])
 def create_candidate(
     candidate: CandidateIn, who: Producer, services: Svc, key: IdempotencyKey = None
-) -> JSONResponse:
-    status, doc = services.candidates.create(who, key, candidate)
-    return JSONResponse(doc, status_code=status)
+) -> Response:
+    status, text = services.candidates.create(who, key, candidate)
+    return json_text(text, status)
 
 
 @router.post("/candidates/batch", status_code=207, response_model=dict[str, Any])
@@ -79,7 +84,7 @@ def get_candidate(
     _who: ReviewerOrPlatform,
     services: Svc,
 ) -> Response:
-    return Response(services.candidates.get(candidate_id).encode(), media_type="application/json")
+    return json_text(services.candidates.get(candidate_id))
 
 
 @router.patch("/candidates/{candidate_id}", response_model=dict[str, Any])
@@ -89,6 +94,6 @@ def patch_candidate(
     who: Producer,
     services: Svc,
     key: IdempotencyKey = None,
-) -> JSONResponse:
-    status, doc = services.candidates.patch(who, candidate_id, key, patch)
-    return JSONResponse(doc, status_code=status)
+) -> Response:
+    status, text = services.candidates.patch(who, candidate_id, key, patch)
+    return json_text(text, status)
