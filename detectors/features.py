@@ -92,30 +92,26 @@ class PoolingRecipe:
         return sum(channels[n] for n in self.nodes) * cells * len(self.stats)
 
 
-def _content_box(letterbox: Letterbox, imgsz: int) -> tuple[float, float, float, float]:
-    """The image's extent in model-input pixels (the letterbox pads both sides equally)."""
-    return (
-        letterbox.pad_x,
-        letterbox.pad_y,
-        imgsz - letterbox.pad_x,
-        imgsz - letterbox.pad_y,
-    )
-
-
 def cell_box(
     letterbox: Letterbox, imgsz: int, shape: tuple[int, int], region: Region | None
 ) -> tuple[int, int, int, int]:
-    """Feature-map cells (y0, y1, x0, x1), end-exclusive, covering ``region``; never empty."""
+    """Feature-map cells (y0, y1, x0, x1), end-exclusive, covering ``region``; never empty.
+
+    The model input's long side is ``imgsz`` (square, or a rectangle that only shortened the
+    other side), so the map's stride is ``imgsz`` over its long side; the letterbox pads both
+    sides of an axis equally.
+    """
     h, w = shape
-    cx0, cy0, cx1, cy1 = _content_box(letterbox, imgsz)
+    stride = imgsz / max(h, w)  # model pixels per cell
+    cx0, cy0 = letterbox.pad_x, letterbox.pad_y
+    cx1, cy1 = w * stride - letterbox.pad_x, h * stride - letterbox.pad_y
     rx0, ry0, rx1, ry1 = region if region is not None else (0.0, 0.0, 1.0, 1.0)
     rx0, rx1 = sorted((min(max(rx0, 0.0), 1.0), min(max(rx1, 0.0), 1.0)))
     ry0, ry1 = sorted((min(max(ry0, 0.0), 1.0), min(max(ry1, 0.0), 1.0)))
-    sx, sy = imgsz / w, imgsz / h  # model pixels per cell
-    x0 = math.floor((cx0 + rx0 * (cx1 - cx0)) / sx)
-    x1 = math.ceil((cx0 + rx1 * (cx1 - cx0)) / sx)
-    y0 = math.floor((cy0 + ry0 * (cy1 - cy0)) / sy)
-    y1 = math.ceil((cy0 + ry1 * (cy1 - cy0)) / sy)
+    x0 = math.floor((cx0 + rx0 * (cx1 - cx0)) / stride)
+    x1 = math.ceil((cx0 + rx1 * (cx1 - cx0)) / stride)
+    y0 = math.floor((cy0 + ry0 * (cy1 - cy0)) / stride)
+    y1 = math.ceil((cy0 + ry1 * (cy1 - cy0)) / stride)
     x0, y0 = min(max(x0, 0), w - 1), min(max(y0, 0), h - 1)
     return y0, max(min(y1, h), y0 + 1), x0, max(min(x1, w), x0 + 1)
 

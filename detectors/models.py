@@ -327,8 +327,13 @@ def load_backend(
     mode: Literal["throughput", "latency"] = "throughput",
     conf: float = 0.25,
     iou: float = 0.7,
+    rect: bool = False,
 ) -> Backend:
-    """Open ``spec`` with the fast OpenVINO backend or the Ultralytics reference backend."""
+    """Open ``spec`` with the fast OpenVINO backend or the Ultralytics reference backend.
+
+    ``rect``: the OpenVINO backend letterboxes into the smallest stride multiple that holds
+    each image instead of the square input (see :mod:`gridpatrol.detectors.rect`).
+    """
     if kind == "ultralytics":
         _require_ultralytics(f"the Ultralytics reference backend for {spec.path}")
         from gridpatrol.detectors.ultralytics_backend import UltralyticsBackend
@@ -343,7 +348,13 @@ def load_backend(
     from gridpatrol.detectors.openvino_backend import OpenVinoBackend
 
     return OpenVinoBackend(
-        spec.path, model_info(spec), feature_nodes=feature_nodes, mode=mode, conf=conf, iou=iou
+        spec.path,
+        model_info(spec),
+        feature_nodes=feature_nodes,
+        mode=mode,
+        conf=conf,
+        iou=iou,
+        rect=rect,
     )
 
 

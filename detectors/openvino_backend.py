@@ -3,7 +3,11 @@
 Pre-processing reproduces Ultralytics' ``LetterBox`` (INTER_LINEAR resize, centred 114-grey
 padding to the square model input) and post-processing its ``non_max_suppression`` (best class
 per anchor, confidence threshold, class-aware NMS, ``max_det``), so both backends agree box for
-box. The caller's thread only letterboxes into a uint8 BGR canvas; BGR→RGB, /255 and the
+box. With ``rect=True`` an image is instead letterboxed into the smallest stride multiple that
+holds it (Ultralytics' "auto" letterbox, e.g. 640×384 for 16:9) and inferred by a copy of the
+model reshaped to that input (:mod:`gridpatrol.detectors.rect`), compiled once per shape.
+
+The caller's thread only letterboxes into a uint8 BGR canvas; BGR→RGB, /255 and the
 NHWC→NCHW float32 conversion are compiled into the model (OpenVINO pre-processing), which runs
 them fused on the inference threads and moves a quarter of the bytes. Images go through an
 ``AsyncInferQueue`` sized by the device's optimal number of requests: the caller prepares the
@@ -26,6 +30,7 @@ import openvino as ov
 from numpy.typing import NDArray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
+from gridpatrol.detectors.rect import rect_shape, to_input_shape
 from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -33,34 +38,41 @@ log = logging.getLogger(__name__)
 PAD_VALUE = 114
 MAX_NMS = 30000  # candidates kept before NMS, as Ultralytics
 MAX_WH = 7680.0  # class offset that makes one NMS pass class-aware, as Ultralytics
+MAX_SHAPES = 4  # rectangular inputs compiled per backend; other shapes take the square one
 K = TypeVar("K")
 
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A model-ready tensor (1, S, S, 3) uint8 BGR and how it maps back to the original image."""
+    """A model-ready tensor (1, H, W, 3) uint8 BGR and how it maps back to the original image."""
 
     tensor: NDArray[np.uint8]
     letterbox: Letterbox
     shape: tuple[int, int]  # original (height, width)
 
 
-def letterbox_params(shape: tuple[int, int], size: int) -> tuple[float, int, int, int, int]:
-    """Scale, resized width/height and left/top padding for an image of ``shape`` (h, w)."""
+def letterbox_params(
+    shape: tuple[int, int], size: int | tuple[int, int]
+) -> tuple[float, int, int, int, int]:
+    """Scale, resized width/height and left/top padding for an image of ``shape`` (h, w) in
+    an input of ``size`` (a square side or (height, width))."""
     h, w = shape
-    r = min(size / h, size / w)
+    in_h, in_w = (size, size) if isinstance(size, int) else size
+    r = min(in_h / h, in_w / w)
     new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
-    dw, dh = (size - new_w) / 2, (size - new_h) / 2
+    dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
     return r, new_w, new_h, round(dw - 0.1), round(dh - 0.1)
 
 
-def prepare(image: NDArray[np.uint8], size: int) -> Prepared:
-    """Letterbox a BGR uint8 image into a (1, size, size, 3) uint8 canvas (Ultralytics' way)."""
+def prepare(image: NDArray[np.uint8], size: int | tuple[int, int]) -> Prepared:
+    """Letterbox a BGR uint8 image into a (1, H, W, 3) uint8 canvas (Ultralytics' way); ``size``
+    is a square side or (height, width)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected a BGR uint8 image (H, W, 3), got {image.dtype} {image.shape}")
     h, w = image.shape[:2]
     r, new_w, new_h, left, top = letterbox_params((h, w), size)
-    tensor = np.empty((1, size, size, 3), dtype=np.uint8)
+    in_h, in_w = (size, size) if isinstance(size, int) else size
+    tensor = np.empty((1, in_h, in_w, 3), dtype=np.uint8)
     canvas = tensor[0]
     # Only the borders are painted: the resized image overwrites the rest in place.
     canvas[:top] = PAD_VALUE
@@ -154,6 +166,15 @@ def to_detections(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    """The model compiled for one input (height, width), with its inference queue."""
+
+    hw: tuple[int, int]
+    compiled: ov.CompiledModel
+    queue: ov.AsyncInferQueue
+
+
 class OpenVinoBackend:
     """OpenVINO IR (or ONNX) detector. ``infer`` is thread-safe (one batch at a time)."""
 
@@ -168,18 +189,19 @@ class OpenVinoBackend:
         iou: float = 0.7,
         max_det: int = 300,
         device: str = "CPU",
+        rect: bool = False,
     ) -> None:
         self.info = info
         self.conf, self.iou, self.max_det = conf, iou, max_det
         self.feature_nodes = tuple(feature_nodes)
-        core = ov.Core()
-        model = core.read_model(str(model_path))
+        self.device, self.mode = device, mode
+        self._core = ov.Core()
+        model = self._core.read_model(str(model_path))
         if model.input(0).get_partial_shape().is_dynamic:
             # A dynamic export (e.g. ONNX with dynamic axes): fix it at the model's own size.
             model.reshape([1, 3, info.imgsz, info.imgsz])
         self._add_feature_outputs(model)
         self.size = int(model.input(0).get_partial_shape()[2].get_length())
-        model = with_preprocessing(model)
         self.nc = int(model.output(0).get_partial_shape()[1].get_length()) - 4
         if not info.names:
             self.info = ModelInfo(
@@ -190,20 +212,33 @@ class OpenVinoBackend:
                 tuple(f"class_{i}" for i in range(self.nc)),
                 info.imgsz,
             )
-        self.compiled = core.compile_model(model, device, {"PERFORMANCE_HINT": mode.upper()})
-        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._queue = ov.AsyncInferQueue(self.compiled, self.requests)
-        self._queue.set_callback(self._on_done)
+        self._model = model.clone() if rect else None  # the source of rectangular copies
         self._lock = threading.Lock()
+        self._shapes_lock = threading.Lock()
+        square = self._compile(model, (self.size, self.size))
+        self.compiled = square.compiled
+        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self._by_shape: dict[tuple[int, int], _Compiled] = {square.hw: square}
+        self._shape_of: dict[tuple[int, int], tuple[int, int]] = {}  # image shape -> input
         log.info(
-            "model %s %s (sha256 %s…) on %s, %s mode, %d infer requests",
+            "model %s %s (sha256 %s…) on %s, %s mode, %d infer requests, %s input",
             self.info.name,
             self.info.version,
             self.info.sha256[:12],
             device,
             mode,
             self.requests,
+            "rectangular" if rect else "square",
         )
+
+    def _compile(self, model: ov.Model, hw: tuple[int, int]) -> _Compiled:
+        compiled = self._core.compile_model(
+            with_preprocessing(model), self.device, {"PERFORMANCE_HINT": self.mode.upper()}
+        )
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(compiled, requests)
+        queue.set_callback(self._on_done)
+        return _Compiled(hw, compiled, queue)
 
     def _add_feature_outputs(self, model: ov.Model) -> None:
         if not self.feature_nodes:
@@ -217,10 +252,43 @@ class OpenVinoBackend:
             outputs.append(op.output(0))
         model.add_outputs(outputs)
 
+    def input_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        """The model input (height, width) an image of ``shape`` (h, w) is letterboxed into."""
+        square = (self.size, self.size)
+        if self._model is None:
+            return square
+        hw = self._shape_of.get(shape)
+        if hw is None:
+            with self._shapes_lock:  # a new shape compiles once, whoever asks first
+                hw = self._shape_of.get(shape) or self._rect_for(shape)
+                self._shape_of[shape] = hw
+        return hw
+
+    def _rect_for(self, shape: tuple[int, int]) -> tuple[int, int]:
+        hw = rect_shape(shape, self.size)
+        if hw in self._by_shape:
+            return hw
+        if self._model is None or len(self._by_shape) > MAX_SHAPES:
+            return (self.size, self.size)
+        try:
+            compiled = self._compile(to_input_shape(self._model.clone(), hw, self.size), hw)
+        except (ValueError, RuntimeError) as exc:
+            log.warning("model %s: square input only: %s", self.info.name, exc)
+            self._model = None
+            return (self.size, self.size)
+        self._by_shape[hw] = compiled
+        log.info("model %s compiled for a %d×%d input", self.info.name, hw[1], hw[0])
+        return hw
+
+    @property
+    def compiled_shapes(self) -> list[tuple[int, int]]:
+        """The inputs (height, width) compiled so far, the square one first."""
+        return list(self._by_shape)
+
     # --- public API ---
 
     def prepare(self, image: NDArray[np.uint8]) -> Prepared:
-        return prepare(image, self.size)
+        return prepare(image, self.input_shape((image.shape[0], image.shape[1])))
 
     def infer(self, images: Iterable[NDArray[np.uint8]]) -> list[InferenceResult]:
         """Infer a batch in order. ``images`` may be a lazy iterable (e.g. decoding generator):
@@ -232,9 +300,9 @@ class OpenVinoBackend:
         with self._lock:
             count = 0
             for index, item in enumerate(prepared):
-                self._queue.start_async({0: item.tensor}, (results, index, item))
+                self._start(item, (results, index, item))
                 count = index + 1
-            self._queue.wait_all()
+            self._wait_all()
         return [results[i] for i in range(count)]
 
     def stream(
@@ -255,13 +323,13 @@ class OpenVinoBackend:
                 if item is not None:
                     key, image = item
                     prepared = self.prepare(image)
-                    self._queue.start_async({0: prepared.tensor}, (results, index, prepared))
+                    self._start(prepared, (results, index, prepared))
                     pending.append((index, key))
                     index += 1
                 while pending and pending[0][0] in results:
                     done, key = pending.popleft()
                     yield key, results.pop(done)
-            self._queue.wait_all()
+            self._wait_all()
             while pending:
                 done, key = pending.popleft()
                 yield key, results.pop(done)
@@ -269,14 +337,16 @@ class OpenVinoBackend:
     def raw(self, tensors: Sequence[NDArray[np.uint8]], repeat: int = 1) -> int:
         """The runtime alone on prepared tensors (no letterbox, no decode), ``repeat`` times.
 
-        Returns the number of inferences; used by the benchmark as the throughput ceiling.
+        The tensors share one shape. Returns the number of inferences; used by the benchmark
+        as the throughput ceiling.
         """
         done = [0]
 
         def count(_request: ov.InferRequest, _userdata: object) -> None:
             done[0] += 1
 
-        queue = ov.AsyncInferQueue(self.compiled, self.requests)
+        compiled = self._by_shape[_hw(tensors[0])].compiled
+        queue = ov.AsyncInferQueue(compiled, self.requests)
         queue.set_callback(count)
         for _ in range(repeat):
             for tensor in tensors:
@@ -286,7 +356,14 @@ class OpenVinoBackend:
 
     def close(self) -> None:
         with self._lock:
-            self._queue.wait_all()
+            self._wait_all()
+
+    def _start(self, item: Prepared, userdata: object) -> None:
+        self._by_shape[_hw(item.tensor)].queue.start_async({0: item.tensor}, userdata)
+
+    def _wait_all(self) -> None:
+        for compiled in self._by_shape.values():
+            compiled.queue.wait_all()
 
     # --- completion (runs on an OpenVINO thread) ---
 
@@ -306,6 +383,10 @@ class OpenVinoBackend:
         except Exception:
             log.exception("decoding the output of model %s failed", self.info.name)
             results[index] = InferenceResult(Detections.empty(), {}, item.letterbox)
+
+
+def _hw(tensor: NDArray[np.uint8]) -> tuple[int, int]:
+    return int(tensor.shape[1]), int(tensor.shape[2])
 
 
 def _unpack(userdata: object) -> tuple[dict[int, InferenceResult], int, Prepared]:
