@@ -84,6 +84,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-motion-gate", action="store_true", help="infer every frame (no motion gate)"
     )
     parser.add_argument(
+        "--square-input",
+        action="store_true",
+        help="letterbox every frame into the square model input (default: the smallest "
+        "multiple of 32 that holds the frame, e.g. 640x384 for 16:9, which is faster)",
+    )
+    parser.add_argument(
         "--metrics-port",
         type=int,
         default=int(os.environ.get("GRIDPATROL_METRICS_PORT", "0") or 0),
@@ -802,7 +808,7 @@ def _build(
     spec = resolve_model(args.model)
     heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
-    backend = load_backend(spec, feature_nodes=nodes)
+    backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input)
     outbox = Outbox.from_env(component_id)
     conn = MqttConnection(component_id, prefix=site.mqtt.prefix)
     metrics = Metrics()
