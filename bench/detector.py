@@ -5,10 +5,13 @@
 Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
 
 - ``raw_fps``: the OpenVINO runtime alone on prepared (letterboxed) tensors, throughput mode,
-  ``AsyncInferQueue``; measured before and after the pipeline phase (the machine is shared, so
-  the mean of the two is the reference and both are printed).
+  ``AsyncInferQueue``, with the input the worker uses: 640×384, the smallest stride multiple
+  that holds a 16:9 frame (``--square-input``: 640×640 everywhere). Measured before and after
+  the pipeline phase (the machine is shared, so the mean of the two is the reference and both
+  are printed). ``raw_square_fps``: the same on the square 640×640 input, for the record.
 - ``ultralytics_fps``: the Ultralytics predictor (``YOLO(folder, task="detect")``) on the same
-  JPEG frames, decoded in the loop like the pipeline decodes them.
+  JPEG frames, decoded in the loop like the pipeline decodes them. The export has a fixed
+  640×640 input, so the predictor letterboxes every frame to the square.
 - ``pipeline_fps``: the full worker path: JPEG frame envelopes published over MQTT to a private
   Mosquitto, ``gridpatrol detect`` (motion gate off) decoding, inferring, tracking, judging a
   low-threshold ``crowd_gathering`` zone per camera and posting candidates with evidence through
@@ -124,11 +127,13 @@ def decode(jpeg: bytes) -> np.ndarray:
 # --- runtime alone, Ultralytics ----------------------------------------------------------------
 
 
-def measure_raw(jpegs: list[bytes], seconds: float) -> dict[str, float]:
+def measure_raw(
+    jpegs: list[bytes], seconds: float, rect: bool, details: bool = True
+) -> dict[str, Any]:
     from gridpatrol.detectors.models import load_backend, resolve_model
     from gridpatrol.detectors.openvino_backend import OpenVinoBackend
 
-    backend = load_backend(resolve_model(str(MODEL)))
+    backend = load_backend(resolve_model(str(MODEL)), rect=rect)
     assert isinstance(backend, OpenVinoBackend)
     tensors = [backend.prepare(decode(j)).tensor for j in jpegs]
     backend.raw(tensors[: backend.requests * 2])  # warm-up
@@ -136,6 +141,10 @@ def measure_raw(jpegs: list[bytes], seconds: float) -> dict[str, float]:
     while time.perf_counter() - started < seconds:
         done += backend.raw(tensors)
     elapsed = time.perf_counter() - started
+    shape = "x".join(str(d) for d in reversed(tensors[0].shape[1:3]))
+    if not details:
+        backend.close()
+        return {"fps": done / elapsed, "requests": backend.requests, "input": shape}
     # The caller-side cost per frame (decode at half scale + letterbox), for the record.
     cpu0 = time.thread_time()
     for j in jpegs:
@@ -156,6 +165,7 @@ def measure_raw(jpegs: list[bytes], seconds: float) -> dict[str, float]:
     return {
         "fps": done / elapsed,
         "requests": backend.requests,
+        "input": shape,
         "prepare_cpu_ms": prep_ms,
         "decode_then_infer_fps": eager,
         "lazy_decode_infer_fps": lazy,
@@ -268,7 +278,7 @@ def write_site(path: Path, prefix: str, cameras: list[str]) -> None:
 
 
 @contextmanager
-def stack(cameras: list[str], gate: bool) -> Iterator[Stack]:
+def stack(cameras: list[str], gate: bool, square: bool = False) -> Iterator[Stack]:
     from gridpatrol.ingest.broker import mosquitto_binary, start_amqtt, start_mosquitto
 
     workdir = Path(tempfile.mkdtemp(prefix="gridpatrol-bench-"))
@@ -304,6 +314,8 @@ def stack(cameras: list[str], gate: bool) -> Iterator[Stack]:
         detect = [*cli, "detect", "--config", str(site), "--metrics-port", str(metrics_port)]
         if not gate:
             detect.append("--no-motion-gate")
+        if square:
+            detect.append("--square-input")
         with worker_log.open("wb") as out:
             worker = subprocess.Popen(detect, env=env, stdout=out, stderr=out)
         procs.append(worker)
@@ -387,9 +399,14 @@ class Publisher:
 
 
 def measure_pipeline(
-    cameras: list[str], jpegs: list[bytes], rate: float, warm_s: float, seconds: float
+    cameras: list[str],
+    jpegs: list[bytes],
+    rate: float,
+    warm_s: float,
+    seconds: float,
+    square: bool,
 ) -> dict[str, Any]:
-    with stack(cameras, gate=False) as s:
+    with stack(cameras, gate=False, square=square) as s:
         pub = Publisher(s.broker_url, s.prefix)
         try:
             pub.saturate(cameras, jpegs, s, rate, warm_s)
@@ -414,9 +431,9 @@ def measure_pipeline(
 
 
 def measure_gate(
-    cameras: list[str], jpegs: list[bytes], fps: float, seconds: float
+    cameras: list[str], jpegs: list[bytes], fps: float, seconds: float, square: bool
 ) -> dict[str, Any]:
-    with stack(cameras, gate=True) as s:
+    with stack(cameras, gate=True, square=square) as s:
         pub = Publisher(s.broker_url, s.prefix)
         try:
             pub.run(cameras, jpegs, fps * len(cameras), seconds)
@@ -443,28 +460,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--cameras", type=int, default=8)
+    parser.add_argument(
+        "--square-input", action="store_true", help="worker and raw on the square 640×640 input"
+    )
     args = parser.parse_args(argv)
+    rect = not args.square_input
     raw_s, ul_s, warm_s, pipe_s, gate_s = (4, 8, 8, 15, 30) if args.quick else (10, 20, 15, 45, 60)
     cameras = [f"cam{k:02d}" for k in range(args.cameras)]
     say(f"frames: 1280×720 JPEG from {FOOTAGE}; {args.cameras} cameras")
     mixed = footage_jpegs(24 if args.quick else 60)
     street = street_jpegs(30 if args.quick else 90)
 
-    raw_before = measure_raw(mixed, raw_s)
-    say(f"raw (runtime alone): {raw_before['fps']:.1f} fps, {raw_before['requests']} requests")
+    raw_before = measure_raw(mixed, raw_s, rect)
+    say(
+        f"raw (runtime alone, {raw_before['input']}): {raw_before['fps']:.1f} fps, "
+        f"{raw_before['requests']} requests"
+    )
+    raw_square = measure_raw(mixed, raw_s, rect=False, details=False)
+    say(f"raw on the square input ({raw_square['input']}): {raw_square['fps']:.1f} fps")
     ultra = measure_ultralytics(mixed, ul_s)
     say(f"ultralytics predictor: {ultra:.1f} fps")
     rate = 1.15 * raw_before["fps"]  # a little above capacity: the worker always has a frame
-    pipe = measure_pipeline(cameras, street, rate, warm_s, pipe_s)
+    pipe = measure_pipeline(cameras, street, rate, warm_s, pipe_s, args.square_input)
     say(
         f"pipeline (MQTT→detect→API): {pipe['fps']:.1f} fps inferred of "
         f"{pipe['offered_fps']:.1f} offered; RSS {pipe['rss_mb']:.0f} MB; "
         f"{pipe['candidates']} candidates"
     )
-    raw_after = measure_raw(mixed, raw_s)
+    raw_after = measure_raw(mixed, raw_s, rect)
     raw = (raw_before["fps"] + raw_after["fps"]) / 2
     say(f"raw again: {raw_after['fps']:.1f} fps; reference {raw:.1f} fps")
-    gate = measure_gate(cameras, static_jpegs(20), 5.0, gate_s)
+    gate = measure_gate(cameras, static_jpegs(20), 5.0, gate_s, args.square_input)
     say(
         f"motion gate on static footage: {gate['inferred_fraction']:.3f} inferred "
         f"({gate['inferred']:.0f}/{gate['frames']:.0f}), missed violations "
@@ -474,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
         "raw_fps": round(raw, 2),
         "raw_fps_before": round(raw_before["fps"], 2),
         "raw_fps_after": round(raw_after["fps"], 2),
+        "input": raw_before["input"],
+        "raw_square_fps": round(raw_square["fps"], 2),
         "pipeline_fps": round(pipe["fps"], 2),
         "ultralytics_fps": round(ultra, 2),
         "inferred_fraction": round(gate["inferred_fraction"], 4),
