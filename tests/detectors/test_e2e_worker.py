@@ -433,6 +433,8 @@ def test_street_crowd_episodes_and_no_vending(
     log = worker.text()
     assert "street_vending raise" not in log
     assert re.search(r"camera street: \d+ frames in", log)
+    # 16:9 frames were inferred on the rectangular model input, not the square one.
+    assert "compiled for a 640×384 input" in log
 
 
 def test_restart_mid_episode_makes_no_duplicate(
