@@ -22,6 +22,10 @@ Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
   street frame with fresh sensor noise and JPEG re-encoding per frame); every camera must still
   raise its crowd candidate (stationary objects keep their dwell through keyframes).
 - ``rss_mb``: the worker's resident memory while serving the cameras.
+- ``pipeline_cpu_ms_per_frame``: CPU milliseconds per inferred frame during the pipeline window,
+  for the worker, the API, this process (the publisher), the rest (broker, system) and the
+  cores' idle time, from ``/proc``; ``raw_cpu_ms_per_frame`` is the runtime alone's (all cores
+  for ``1 / raw_fps``). Their difference is what the pipeline spends beside inference.
 
 ``--json`` prints one JSON object as the last line.
 """
@@ -225,6 +229,7 @@ class Stack:
     metrics_url: str
     worker: subprocess.Popen[bytes]
     prefix: str
+    api: subprocess.Popen[bytes]
 
     def metric(self, name: str) -> float:
         text = httpx.get(self.metrics_url, timeout=5).text
@@ -322,7 +327,7 @@ def stack(cameras: list[str], gate: bool, square: bool = False) -> Iterator[Stac
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         wait_http(metrics_url, worker, worker_log)
         yield Stack(
-            workdir, broker.url, f"http://127.0.0.1:{api_port}", metrics_url, worker, prefix
+            workdir, broker.url, f"http://127.0.0.1:{api_port}", metrics_url, worker, prefix, api
         )
     finally:
         for proc in reversed(procs):
@@ -398,6 +403,56 @@ class Publisher:
         self.conn.stop()
 
 
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu_s() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole machine, all cores."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK"), idle / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuSnapshot:
+    """Where the CPU goes during the pipeline window: per process and the machine."""
+
+    worker: float
+    api: float
+    bench: float
+    busy: float
+    idle: float
+
+    @classmethod
+    def take(cls, s: Stack) -> CpuSnapshot:
+        busy, idle = machine_cpu_s()
+        return cls(
+            process_cpu_s(s.worker.pid),
+            process_cpu_s(s.api.pid),
+            process_cpu_s(os.getpid()),
+            busy,
+            idle,
+        )
+
+    def per_frame_ms(self, later: CpuSnapshot, frames: float) -> dict[str, float]:
+        """CPU milliseconds per inferred frame between two snapshots; ``other`` is the broker
+        and everything else on the machine, ``idle`` the cores' idle time."""
+        worker, api = later.worker - self.worker, later.api - self.api
+        bench = later.bench - self.bench
+        other = (later.busy - self.busy) - worker - api - bench
+        per = 1000 / max(frames, 1.0)
+        return {
+            "worker": round(worker * per, 2),
+            "api": round(api * per, 2),
+            "publisher": round(bench * per, 2),
+            "other": round(other * per, 2),
+            "idle": round((later.idle - self.idle) * per, 2),
+        }
+
+
 def measure_pipeline(
     cameras: list[str],
     jpegs: list[bytes],
@@ -411,10 +466,10 @@ def measure_pipeline(
         try:
             pub.saturate(cameras, jpegs, s, rate, warm_s)
             inferred0, t0 = s.metric("gridpatrol_detect_inferred_frames"), time.perf_counter()
-            frames0 = s.metric("gridpatrol_detect_frames")
+            frames0, cpu0 = s.metric("gridpatrol_detect_frames"), CpuSnapshot.take(s)
             sent = pub.saturate(cameras, jpegs, s, pub.rate, seconds)
             inferred1, t1 = s.metric("gridpatrol_detect_inferred_frames"), time.perf_counter()
-            frames1 = s.metric("gridpatrol_detect_frames")
+            frames1, cpu1 = s.metric("gridpatrol_detect_frames"), CpuSnapshot.take(s)
             rss = s.rss_mb()
         finally:
             pub.stop()
@@ -425,6 +480,7 @@ def measure_pipeline(
             "offered_fps": sent / (t1 - t0),
             "received_fps": (frames1 - frames0) / (t1 - t0),
             "rss_mb": rss,
+            "cpu_ms_per_frame": cpu0.per_frame_ms(cpu1, inferred1 - inferred0),
             "candidates": len(found),
             "cameras_with_candidates": len({camera_of(c) for c in found}),
         }
@@ -514,6 +570,10 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_offered_fps": round(pipe["offered_fps"], 2),
         "pipeline_received_fps": round(pipe["received_fps"], 2),
         "pipeline_candidates": pipe["candidates"],
+        # CPU per inferred frame in the pipeline window, against the runtime alone's
+        # (all cores busy for 1 / raw_fps s per frame).
+        "pipeline_cpu_ms_per_frame": pipe["cpu_ms_per_frame"],
+        "raw_cpu_ms_per_frame": round(1000 * (os.cpu_count() or 1) / raw, 2),
         "prepare_cpu_ms": round(raw_before["prepare_cpu_ms"], 2),
         "decode_then_infer_fps": round(raw_after["decode_then_infer_fps"], 2),
         "lazy_decode_infer_fps": round(raw_after["lazy_decode_infer_fps"], 2),
