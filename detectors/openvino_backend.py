@@ -39,6 +39,7 @@ PAD_VALUE = 114
 MAX_NMS = 30000  # candidates kept before NMS, as Ultralytics
 MAX_WH = 7680.0  # class offset that makes one NMS pass class-aware, as Ultralytics
 MAX_SHAPES = 4  # rectangular inputs compiled per backend; other shapes take the square one
+MAX_IMAGE_SHAPES = 1024  # image shapes whose input is remembered
 K = TypeVar("K")
 
 
@@ -258,6 +259,8 @@ class OpenVinoBackend:
         if hw is None:
             with self._shapes_lock:  # a new shape compiles once, whoever asks first
                 hw = self._shape_of.get(shape) or self._rect_for(shape)
+                if len(self._shape_of) >= MAX_IMAGE_SHAPES:
+                    self._shape_of.clear()  # bare JPEGs of ever new sizes: stay bounded
                 self._shape_of[shape] = hw
         return hw
 
@@ -359,7 +362,7 @@ class OpenVinoBackend:
         self._by_shape[_hw(item.tensor)].queue.start_async({0: item.tensor}, userdata)
 
     def _wait_all(self) -> None:
-        for compiled in self._by_shape.values():
+        for compiled in list(self._by_shape.values()):  # another thread may add a shape
             compiled.queue.wait_all()
 
     # --- completion (runs on an OpenVINO thread) ---
