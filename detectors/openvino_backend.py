@@ -112,7 +112,7 @@ def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> 
     xywh = np.empty((len(boxes), 4), dtype=np.float64)
     xywh[:, :2] = boxes[:, :2]
     xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
-    keep = cv2.dnn.NMSBoxes(xywh.tolist(), scores.astype(np.float64).tolist(), 0.0, iou)
+    keep = cv2.dnn.NMSBoxes(xywh, scores.astype(np.float64), 0.0, iou)
     return np.asarray(keep, dtype=np.intp).reshape(-1)
 
 
