@@ -102,18 +102,21 @@ def with_preprocessing(model: ov.Model) -> ov.Model:
 
 
 def nms(boxes: NDArray[np.float32], scores: NDArray[np.float32], iou: float) -> NDArray[np.intp]:
-    """Greedy NMS; ``boxes`` xyxy sorted or not. Returns kept indices by descending score.
-
-    OpenCV's implementation: one call that leaves the interpreter lock free, which matters
-    because decoding runs on an inference thread.
-    """
-    if not len(scores):
-        return np.zeros(0, dtype=np.intp)
-    xywh = np.empty((len(boxes), 4), dtype=np.float64)
-    xywh[:, :2] = boxes[:, :2]
-    xywh[:, 2:] = boxes[:, 2:] - boxes[:, :2]
-    keep = cv2.dnn.NMSBoxes(xywh, scores.astype(np.float64), 0.0, iou)
-    return np.asarray(keep, dtype=np.intp).reshape(-1)
+    """Greedy NMS; ``boxes`` xyxy sorted or not. Returns kept indices by descending score."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    areas = (x2 - x1) * (y2 - y1)
+    keep: list[int] = []
+    while order.size:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        iw = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        ih = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = iw * ih
+        union = areas[i] + areas[rest] - inter
+        order = rest[inter <= iou * union]  # IoU <= iou, without dividing by zero
+    return np.asarray(keep, dtype=np.intp)
 
 
 def decode(
