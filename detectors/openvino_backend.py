@@ -30,7 +30,7 @@ import openvino as ov
 from numpy.typing import NDArray
 from openvino.preprocess import ColorFormat, PrePostProcessor
 
-from gridpatrol.detectors.rect import rect_shape, to_input_shape
+from gridpatrol.detectors.rect import to_input_shape
 from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox, ModelInfo
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,16 @@ def letterbox_params(
     new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
     dw, dh = (in_w - new_w) / 2, (in_h - new_h) / 2
     return r, new_w, new_h, round(dw - 0.1), round(dh - 0.1)
+
+
+def rect_shape(shape: tuple[int, int], size: int, stride: int = 32) -> tuple[int, int]:
+    """The (height, width) input for an image of ``shape`` (h, w): Ultralytics' auto letterbox.
+
+    The image is scaled as into the ``size`` square; each side is then padded only up to the
+    next multiple of ``stride``.
+    """
+    _r, new_w, new_h, _left, _top = letterbox_params(shape, size)
+    return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
 
 
 def prepare(image: NDArray[np.uint8], size: int | tuple[int, int]) -> Prepared:
@@ -217,8 +227,7 @@ class OpenVinoBackend:
         self._lock = threading.Lock()
         self._shapes_lock = threading.Lock()
         square = self._compile(model, (self.size, self.size))
-        self.compiled = square.compiled
-        self.requests = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.requests = len(square.queue)
         self._by_shape: dict[tuple[int, int], _Compiled] = {square.hw: square}
         self._shape_of: dict[tuple[int, int], tuple[int, int]] = {}  # image shape -> input
         log.info(

@@ -19,18 +19,6 @@ from numpy.typing import NDArray
 STRIDES = (8, 16, 32)
 
 
-def rect_shape(shape: tuple[int, int], size: int, stride: int = 32) -> tuple[int, int]:
-    """The (height, width) input for an image of ``shape`` (h, w): Ultralytics' auto letterbox.
-
-    The image is scaled as into the ``size`` square; each side is then padded only up to the
-    next multiple of ``stride``.
-    """
-    h, w = shape
-    r = min(size / h, size / w)
-    new_w, new_h = max(round(w * r), 1), max(round(h * r), 1)
-    return new_h + (size - new_h) % stride, new_w + (size - new_w) % stride
-
-
 def anchors_for(hw: tuple[int, int]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """Anchor points (2, A) in cells (+0.5) and their strides (A,), level by level."""
     points: list[NDArray[np.float64]] = []

@@ -15,8 +15,8 @@ from ultralytics.data.augment import LetterBox
 
 from gridpatrol.detectors.features import cell_box
 from gridpatrol.detectors.models import ModelSpec, load_backend, resolve_model
-from gridpatrol.detectors.openvino_backend import MAX_SHAPES, OpenVinoBackend, prepare
-from gridpatrol.detectors.rect import anchors_for, rect_shape, to_input_shape
+from gridpatrol.detectors.openvino_backend import MAX_SHAPES, OpenVinoBackend, prepare, rect_shape
+from gridpatrol.detectors.rect import anchors_for, to_input_shape
 from gridpatrol.detectors.types import Letterbox
 
 MODELS = ["yolo11n_int8_openvino_model", "yolov8n_int8_openvino_model"]
