@@ -532,8 +532,11 @@ def main(argv: list[str] | None = None) -> int:
         f"raw (runtime alone, {raw_before['input']}): {raw_before['fps']:.1f} fps, "
         f"{raw_before['requests']} requests"
     )
-    raw_square = measure_raw(mixed, raw_s, rect=False, details=False)
-    say(f"raw on the square input ({raw_square['input']}): {raw_square['fps']:.1f} fps")
+    if rect:  # with --square-input the phase above measured the square input already
+        raw_square = measure_raw(mixed, raw_s, rect=False, details=False)
+        say(f"raw on the square input ({raw_square['input']}): {raw_square['fps']:.1f} fps")
+    else:
+        raw_square = raw_before
     ultra = measure_ultralytics(mixed, ul_s)
     say(f"ultralytics predictor: {ultra:.1f} fps")
     rate = 1.15 * raw_before["fps"]  # a little above capacity: the worker always has a frame
