@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         hub=hub,
         auth=Authenticator(settings),
         clock=clock,
+        db=db,
     )
 
     @asynccontextmanager

@@ -177,9 +177,21 @@ class Database:
         # SQLite admits one writer; threads of this process queue on a lock that wakes the next
         # one at once, instead of SQLite's busy handler, which polls with sleeps of up to
         # 100 ms. Writers in other processes still meet the busy timeout.
+        self._sqlite_lock = threading.Lock() if self.dialect == "sqlite" else None
         self._write_lock: contextlib.AbstractContextManager[Any] = (
-            threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+            self._sqlite_lock or contextlib.nullcontext()
         )
+
+    def writes_inline(self) -> bool:
+        """Whether a short write had better run on the calling thread (the event loop's).
+
+        True on SQLite while no other thread of this process is writing. The sqlite3 module
+        releases the GIL around every call, so a write on a worker thread hands the GIL to the
+        event loop and back several times per transaction, which costs more CPU than the write
+        itself. A write waiting for the lock, and every PostgreSQL statement (a network round
+        trip), would stall the loop instead: those go to the thread pool.
+        """
+        return self._sqlite_lock is not None and not self._sqlite_lock.locked()
 
     def migrate(self) -> None:
         """Apply every Alembic migration (idempotent; run at start)."""

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from gridpatrol.api.auth import CSRF_HEADER, SESSION_COOKIE, Authenticator
+from gridpatrol.api.db import Database
 from gridpatrol.api.evidence import EvidenceStore
 from gridpatrol.api.hub import Hub
 from gridpatrol.api.policy import SitePolicy
@@ -19,6 +21,7 @@ from gridpatrol.api.service import CandidateService, Clock
 from gridpatrol.api.settings import Principal, Role, Settings
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+T = TypeVar("T")
 bearer = HTTPBearer(auto_error=False, description="a token from GRIDPATROL_API_TOKENS")
 
 
@@ -31,6 +34,16 @@ class Services:
     hub: Hub
     auth: Authenticator
     clock: Clock
+    db: Database
+
+    async def write(self, call: Callable[[], T]) -> T:
+        """Run one short storage write (a candidate's create, patch, review or stage)."""
+        return await run_blocking(call, inline=self.db.writes_inline())
+
+
+async def run_blocking(call: Callable[[], T], *, inline: bool) -> T:
+    """Run blocking work in place when ``inline`` (cheaper than a thread hop), else in the pool."""
+    return call() if inline else await run_in_threadpool(call)
 
 
 # Dependencies are coroutines although they never await: FastAPI runs a plain function

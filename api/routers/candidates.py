@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
@@ -37,10 +38,10 @@ def raw_page(items: list[str], next_cursor: str | None) -> Response:
 
 
 @router.post("/candidates", status_code=201, response_model=dict[str, Any])
-def create_candidate(
+async def create_candidate(
     candidate: CandidateIn, who: Producer, services: Svc, key: IdempotencyKey = None
 ) -> Response:
-    status, text = services.candidates.create(who, key, candidate)
+    status, text = await services.write(partial(services.candidates.create, who, key, candidate))
     return json_text(text, status)
 
 
@@ -88,12 +89,13 @@ def get_candidate(
 
 
 @router.patch("/candidates/{candidate_id}", response_model=dict[str, Any])
-def patch_candidate(
+async def patch_candidate(
     candidate_id: CandidateId,
     patch: CandidatePatch,
     who: Producer,
     services: Svc,
     key: IdempotencyKey = None,
 ) -> Response:
-    status, text = services.candidates.patch(who, candidate_id, key, patch)
+    call = partial(services.candidates.patch, who, candidate_id, key, patch)
+    status, text = await services.write(call)
     return json_text(text, status)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["review"])
 
 
 @router.post("/candidates/{candidate_id}/review")
-def review(
+async def review(
     candidate_id: CandidateId, decision: ReviewIn, who: Reviewer, services: Svc
 ) -> dict[str, Any]:
-    return services.candidates.review(who, candidate_id, decision)
+    return await services.write(partial(services.candidates.review, who, candidate_id, decision))

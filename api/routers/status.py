@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,7 +15,7 @@ router = APIRouter(prefix="/api/v1", tags=["hand-over"])
 
 
 @router.post("/candidates/{candidate_id}/status")
-def report_stage(
+async def report_stage(
     candidate_id: CandidateId, report: StatusIn, who: Platform, services: Svc
 ) -> dict[str, Any]:
-    return services.candidates.set_stage(who, candidate_id, report)
+    return await services.write(partial(services.candidates.set_stage, who, candidate_id, report))

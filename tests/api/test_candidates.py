@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -256,3 +258,21 @@ def test_logs_carry_candidate_ids(api: Any, caplog: pytest.LogCaptureFixture) ->
     records = [r for r in caplog.records if getattr(r, "candidate_id", None) == doc["id"]]
     assert [r.__dict__["status"] for r in records] == ["new", "confirmed"]
     assert doc["id"] in records[0].getMessage()
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_post_waiting_for_the_sqlite_write_lock_leaves_the_event_loop_free(api: Any) -> None:
+    # SQLite writes run on the event loop only while no other thread writes; one that would
+    # wait for the lock goes to the thread pool, so other requests are still answered.
+    sha = api.put_jpeg()
+    db = api.http.app.state.db
+    with ThreadPoolExecutor(2) as pool:
+        with db.write():
+            pending = pool.submit(post, api, api.body("e-locked", sha), "k-locked")
+            time.sleep(0.3)  # time for the post to reach the lock
+            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=10)
+            assert health.status_code == 200
+            assert not pending.done()
+        response = pending.result(timeout=10)
+    assert response.status_code == 201
+    assert response.json()["source"]["source_event_id"] == "e-locked"
