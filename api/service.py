@@ -85,6 +85,20 @@ _POSITION_LAST = text(
     " UPDATE candidates SET feed_pos = c.last FROM c WHERE candidates.id = :cid"
 )
 _select_docs = select(CandidateRow.id, CandidateRow.doc)
+_INSERT_CANDIDATE = insert(CandidateRow)
+_INSERT_FEED = insert(FeedRow)
+# A posted candidate's lookup, by (has id, has natural key): rebuilding the statement per
+# request cost more than running it.
+_by_id = CandidateRow.id == bindparam("cid")
+_by_natural = and_(
+    CandidateRow.source_system == bindparam("system"),
+    CandidateRow.source_event_id == bindparam("event"),
+)
+_LOOKUPS = {
+    (True, False): _select_docs.where(_by_id),
+    (False, True): _select_docs.where(_by_natural),
+    (True, True): _select_docs.where(or_(_by_id, _by_natural)),
+}
 _ADVANCE_FEED = (
     update(FeedCounterRow)
     .where(FeedCounterRow.id == 1)
@@ -452,7 +466,7 @@ class CandidateService:
                 if not doc["missing_elements"]:
                     self._enter_review(session, row, doc, now, outcome, last)
                 outcome.text = self._save(row, doc, now)
-                session.connection().execute(insert(CandidateRow), [_columns(row)])
+                session.connection().execute(_INSERT_CANDIDATE, [_columns(row)])
                 outcome.positions = [r.id for r in last or []]
         except IntegrityError:
             if not guarded or (found := self._existing(session, parsed, cid)) is None:
@@ -473,18 +487,13 @@ class CandidateService:
         """The stored document with the body's natural key, else the one with its id."""
         cid = str(parsed.id) if parsed.id is not None else cid
         natural = _natural_key(parsed)
-        conditions = [] if cid is None else [CandidateRow.id == cid]
-        if natural is not None:
-            conditions.append(
-                and_(
-                    CandidateRow.source_system == natural[0],
-                    CandidateRow.source_event_id == natural[1],
-                )
-            )
-        if not conditions:
+        lookup = _LOOKUPS.get((cid is not None, natural is not None))
+        if lookup is None:
             return None
+        system, event = natural or (None, None)
+        params = {"cid": cid, "system": system, "event": event}
         # Core on the connection: the ORM's result processing is not needed for two columns.
-        rows = session.connection().execute(_select_docs.where(or_(*conditions))).all()
+        rows = session.connection().execute(lookup, params).all()
         by_natural = [doc for found, doc in rows if found != cid]
         docs: list[str] = by_natural or [doc for _found, doc in rows]
         return docs[0] if docs else None
@@ -971,7 +980,7 @@ class CandidateService:
         for position, row in enumerate(rows, start=first):
             row.feed_pos = position
         conn.execute(
-            insert(FeedRow),
+            _INSERT_FEED,
             [{"position": r.feed_pos, "candidate_id": r.id, "at": now} for r in rows],
         )
 
