@@ -10,12 +10,13 @@ model reshaped to that input (:mod:`gridpatrol.detectors.rect`), compiled once p
 The caller's thread only letterboxes into a uint8 BGR canvas; BGR→RGB, /255 and the
 NHWC→NCHW float32 conversion are compiled into the model (OpenVINO pre-processing), which runs
 them fused on the inference threads and moves a quarter of the bytes. Images go through an
-``AsyncInferQueue`` sized by the device's optimal number of requests: the caller prepares the
-next image while earlier ones are inferred.
+``AsyncInferQueue`` sized by the device's optimal number of requests plus a spare: the caller
+prepares the next image while earlier ones are inferred.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import deque
@@ -36,6 +37,11 @@ from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox, M
 log = logging.getLogger(__name__)
 
 PAD_VALUE = 114
+# Infer requests beyond the device's optimal number (throughput mode). A finished request
+# stays taken until its completion callback, which decodes the outputs in Python, gets the GIL;
+# without a spare, a core idles meanwhile (measured: 1.3-1.9 ms of idle CPU per frame, 0.1-0.3
+# with one spare; docs/PERFORMANCE.md).
+SPARE_REQUESTS = 1
 MAX_NMS = 30000  # candidates kept before NMS, as Ultralytics
 MAX_WH = 7680.0  # class offset that makes one NMS pass class-aware, as Ultralytics
 MAX_SHAPES = 4  # rectangular inputs compiled per backend; other shapes take the square one
@@ -225,9 +231,11 @@ class OpenVinoBackend:
             )
         self._model = model.clone() if rect else None  # the source of rectangular copies
         self._lock = threading.Lock()
+        self._wake: threading.Event | None = None  # the running stream's, set on each result
         self._shapes_lock = threading.Lock()
         square = self._compile(model, (self.size, self.size))
         self.requests = len(square.queue)
+        self.device_requests = self.requests - (SPARE_REQUESTS if mode == "throughput" else 0)
         self._by_shape: dict[tuple[int, int], _Compiled] = {square.hw: square}
         self._shape_of: dict[tuple[int, int], tuple[int, int]] = {}  # image shape -> input
         log.info(
@@ -246,6 +254,8 @@ class OpenVinoBackend:
             with_preprocessing(model), self.device, {"PERFORMANCE_HINT": self.mode.upper()}
         )
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        if self.mode == "throughput":
+            requests += SPARE_REQUESTS
         queue = ov.AsyncInferQueue(compiled, requests)
         queue.set_callback(self._on_done)
         return _Compiled(hw, compiled, queue)
@@ -318,19 +328,22 @@ class OpenVinoBackend:
         return [results[i] for i in range(count)]
 
     def stream(
-        self, items: Iterable[tuple[K, NDArray[np.uint8]] | None]
+        self,
+        items: Iterable[tuple[K, NDArray[np.uint8]] | None],
+        wake: threading.Event | None = None,
     ) -> Iterator[tuple[K, InferenceResult]]:
         """Keep the queue full over an open-ended source of (key, image); results in order.
 
         The source is pulled again as soon as an image is queued, so the next image is decoded
         and prepared while earlier ones are inferred and the queue never drains between
         batches. The source may yield None when nothing is waiting: finished results are
-        handed back then. One consumer at a time (the generator holds the backend).
+        handed back then. ``wake`` is set whenever an inference finishes, so a source that
+        waits for work can wait on it. One consumer at a time (the generator holds the backend).
         """
         results: dict[int, InferenceResult] = {}
         pending: deque[tuple[int, K]] = deque()
         index = 0
-        with self._lock:
+        with self._lock, self._waking(wake):
             for item in items:
                 if item is not None:
                     key, image = item
@@ -346,8 +359,11 @@ class OpenVinoBackend:
                 done, key = pending.popleft()
                 yield key, results.pop(done)
 
-    def raw(self, tensors: Sequence[NDArray[np.uint8]], repeat: int = 1) -> int:
-        """The runtime alone on prepared tensors (no letterbox, no decode), ``repeat`` times.
+    def raw(
+        self, tensors: Sequence[NDArray[np.uint8]], repeat: int = 1, requests: int | None = None
+    ) -> int:
+        """The runtime alone on prepared tensors (no letterbox, no decode), ``repeat`` times,
+        over ``requests`` infer requests (default: as many as the backend's).
 
         The tensors share one shape. Returns the number of inferences; used by the benchmark
         as the throughput ceiling.
@@ -358,7 +374,7 @@ class OpenVinoBackend:
             done[0] += 1
 
         compiled = self._by_shape[_hw(tensors[0])].compiled
-        queue = ov.AsyncInferQueue(compiled, self.requests)
+        queue = ov.AsyncInferQueue(compiled, requests or self.requests)
         queue.set_callback(count)
         for _ in range(repeat):
             for tensor in tensors:
@@ -369,6 +385,15 @@ class OpenVinoBackend:
     def close(self) -> None:
         with self._lock:
             self._wait_all()
+
+    @contextlib.contextmanager
+    def _waking(self, wake: threading.Event | None) -> Iterator[None]:
+        self._wake = wake
+        try:
+            yield
+        finally:
+            self._wait_all()  # no callback may set the event after the stream ends
+            self._wake = None
 
     def _start(self, item: Prepared, userdata: object) -> None:
         self._by_shape[_hw(item.tensor)].queue.start_async({0: item.tensor}, userdata)
@@ -395,6 +420,8 @@ class OpenVinoBackend:
         except Exception:
             log.exception("decoding the output of model %s failed", self.info.name)
             results[index] = InferenceResult(Detections.empty(), {}, item.letterbox)
+        if (wake := self._wake) is not None:
+            wake.set()
 
 
 def _hw(tensor: NDArray[np.uint8]) -> tuple[int, int]:

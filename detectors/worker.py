@@ -54,6 +54,7 @@ SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
 CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts its rules
+WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,11 +314,15 @@ class DetectorWorker:
         self.progress_s = progress_s
         self.metrics = metrics or Metrics()
         self.stop_event = threading.Event()
+        # Set when a frame arrives or an inference finishes: the loop's only reasons to go on.
+        self._wake = threading.Event()
         self.names = tuple(backend.info.names)
         self.imgsz = backend.info.imgsz
         self.cams: dict[str, CameraRuntime] = {}
         for cam in cameras:
-            sub = conn.subscribe(frame_topic(site.mqtt.prefix, cam.id), qos=0, maxsize=1)
+            sub = conn.subscribe(
+                frame_topic(site.mqtt.prefix, cam.id), qos=0, maxsize=1, wake=self._wake
+            )
             self.cams[cam.id] = self._runtime(cam, sub)
         with outbox.transaction() as txn:
             episodes.ensure_schema(txn.conn)
@@ -358,7 +363,7 @@ class DetectorWorker:
     ) -> Iterator[tuple[Ready, InferenceResult]]:
         stream = getattr(self.backend, "stream", None)
         if callable(stream):
-            return cast("Iterator[tuple[Ready, InferenceResult]]", stream(source))
+            return cast("Iterator[tuple[Ready, InferenceResult]]", stream(source, self._wake))
         return _serial_stream(self.backend, source)
 
     def _source(self) -> Iterator[tuple[Ready, NDArray[np.uint8]] | None]:
@@ -381,8 +386,10 @@ class DetectorWorker:
             self._progress()
             if not took:
                 yield None
-                # Nothing new: wait briefly instead of spinning on the inference threads' cores.
-                self.stop_event.wait(0.002 if self._in_flight else 0.005)
+                # Nothing new: sleep until a frame or a result comes. A fixed short sleep
+                # left the inference queue empty for up to its length, and cost wake-ups.
+                self._wake.wait(WAKE_TIMEOUT_S)
+                self._wake.clear()
 
     def _take(self, rt: CameraRuntime) -> Ready | None:
         """The camera's newest pending frame, decoded and gated; None when there is none."""
@@ -399,6 +406,7 @@ class DetectorWorker:
     def _done(self, item: Ready, result: InferenceResult) -> None:
         rt = item.rt
         self._in_flight.discard(rt.camera.id)
+        self._wake.set()  # the camera's next frame, if one came meanwhile, may go now
         elapsed = time.perf_counter() - item.submitted
         item.result = _to_original(result, item.scale)
         rt.last = item.result

@@ -113,13 +113,17 @@ class Message:
 class Subscription:
     """A bounded inbound queue for one topic filter; the oldest message goes when full."""
 
-    def __init__(self, topic_filter: str, qos: int, maxsize: int) -> None:
+    def __init__(
+        self, topic_filter: str, qos: int, maxsize: int, wake: threading.Event | None = None
+    ) -> None:
         self.topic_filter = topic_filter
         self.qos = qos
         self.received = 0
         self.dropped = 0
         self._queue: deque[Message] = deque(maxlen=maxsize)
         self._ready = threading.Condition()
+        # Set on every arrival: lets one consumer wait for any of several subscriptions.
+        self._wake = wake
 
     def _put(self, message: Message) -> Message | None:
         """Append; return the message pushed out when the queue was full."""
@@ -131,7 +135,9 @@ class Subscription:
             self._queue.append(message)
             self.received += 1
             self._ready.notify()
-            return evicted
+        if self._wake is not None:
+            self._wake.set()
+        return evicted
 
     def get(self, timeout: float | None = None) -> Message | None:
         """The oldest queued message, waiting up to ``timeout`` s; None when nothing came."""
@@ -447,8 +453,15 @@ class MqttConnection:
 
     # -- API ----------------------------------------------------------------------------------
 
-    def subscribe(self, topic_filter: str, qos: int = 0, maxsize: int = 1000) -> Subscription:
-        sub = Subscription(topic_filter, qos, maxsize)
+    def subscribe(
+        self,
+        topic_filter: str,
+        qos: int = 0,
+        maxsize: int = 1000,
+        wake: threading.Event | None = None,
+    ) -> Subscription:
+        """A queue of the messages matching ``topic_filter``; ``wake`` is set on each arrival."""
+        sub = Subscription(topic_filter, qos, maxsize, wake)
         self._subs = [*self._subs, sub]
         client = self._client
         if client is not None and self._connected.is_set():

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,6 +143,25 @@ def test_stream_keeps_order_over_a_lazy_source(backend: Backend, bus: NDArray[np
     assert pulled == list(range(7))
 
 
+def test_stream_sets_the_wake_event_when_a_result_is_ready(
+    backend: Backend, bus: NDArray[np.uint8]
+) -> None:
+    # The worker sleeps on this event when it has nothing to queue; a result must end that.
+    assert isinstance(backend, OpenVinoBackend)
+    wake = threading.Event()
+    woken: list[bool] = []
+
+    def source() -> Iterator[tuple[int, NDArray[np.uint8]] | None]:
+        yield 0, bus
+        woken.append(wake.wait(30))
+        yield None
+
+    out = list(backend.stream(source(), wake))
+    assert woken == [True]
+    assert [k for k, _ in out] == [0]
+    assert len(out[0][1].detections) == len(backend.infer([bus])[0].detections)
+
+
 def test_feature_nodes_come_from_the_same_forward_pass(
     backend: Backend, bus: NDArray[np.uint8]
 ) -> None:
@@ -166,7 +186,16 @@ def test_latency_mode_and_info(spec: ModelSpec, bus: NDArray[np.uint8]) -> None:
     (result,) = b.infer([bus])
     assert len(result.detections) > 0 and float(result.detections.confidence.min()) > 0.5
     assert b.raw([b.prepare(bus).tensor], repeat=3) == 3
+    assert b.requests == b.device_requests  # one stream: a second request would only queue
     b.close()
+
+
+def test_throughput_mode_keeps_one_spare_request(backend: Backend, bus: NDArray[np.uint8]) -> None:
+    assert isinstance(backend, OpenVinoBackend)
+    assert backend.requests == backend.device_requests + 1 >= 2
+    tensor = backend.prepare(bus).tensor
+    for n in (1, backend.device_requests, backend.requests):
+        assert backend.raw([tensor], repeat=5, requests=n) == 5
 
 
 def test_fast_path_never_imports_torch(shared_dir: Path) -> None:

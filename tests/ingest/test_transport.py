@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -357,3 +358,27 @@ def test_falls_back_when_amqtt_comes_up_after_the_component(mqtt_prefix: str) ->
         handle.stop()
     assert message is not None
     assert message.payload == b"made it"
+
+
+def test_a_wake_event_is_set_by_any_of_its_subscriptions(mqtt_prefix: str) -> None:
+    wake = threading.Event()
+    conn = MqttConnection("wake-t", MqttSettings.from_url("mqtt://127.0.0.1:1883"))
+    assert conn.start(timeout=10)
+    try:
+        subs = [
+            conn.subscribe(f"{mqtt_prefix}/{name}", qos=1, maxsize=1, wake=wake)
+            for name in ("a", "b")
+        ]
+        time.sleep(0.5)  # the broker registers the subscriptions
+        assert not wake.is_set()
+        for count, (name, body) in enumerate((("b", b"1"), ("b", b"2"), ("a", b"3")), start=1):
+            wake.clear()
+            assert conn.publish(f"{mqtt_prefix}/{name}", body, qos=1)
+            assert wake.wait(10), f"no wake-up for {name}"
+            # The event is set after the message is queued: it is there already.
+            assert sum(sub.received for sub in subs) == count
+        # One slot per subscription: the newest message stays, the older one is counted.
+        assert [(sub.received, sub.dropped) for sub in subs] == [(1, 0), (2, 1)]
+        assert [m.payload for m in subs[1].drain()] == [b"2"]
+    finally:
+        conn.stop()
