@@ -14,7 +14,8 @@ Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
 - ``ultralytics_fps``: the Ultralytics predictor (``YOLO(folder, task="detect")``) on the same
   JPEG frames, decoded in the loop like the pipeline decodes them. The export has a fixed
   640×640 input, so the predictor letterboxes every frame to the square.
-- ``pipeline_fps``: the full worker path: JPEG frame envelopes published over MQTT to a private
+- ``pipeline_fps``: the full worker path: JPEG frame envelopes published over MQTT (by the
+  minimal client in ``bench/rawmqtt.py``, so the publisher takes little CPU) to a private
   Mosquitto, ``gridpatrol detect`` (motion gate off) decoding, inferring, tracking, judging a
   low-threshold ``crowd_gathering`` zone per camera and posting candidates with evidence through
   its outbox to a real ``gridpatrol api`` on a temporary SQLite database. Frames are offered
