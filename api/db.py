@@ -189,7 +189,8 @@ class Database:
         releases the GIL around every call, so a write on a worker thread hands the GIL to the
         event loop and back several times per transaction, which costs more CPU than the write
         itself. A write waiting for the lock, and every PostgreSQL statement (a network round
-        trip), would stall the loop instead: those go to the thread pool.
+        trip), would stall the loop instead: those go to the thread pool. (A pool thread that
+        takes the lock between this check and the write makes the loop wait for that one write.)
         """
         return self._sqlite_lock is not None and not self._sqlite_lock.locked()
 

@@ -8,7 +8,11 @@ import struct
 import zlib
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
+
+from gridpatrol.api.routers.evidence import INLINE_BYTES
 
 URL = "/api/v1/evidence"
 
@@ -95,3 +99,23 @@ def test_roles_and_unknown_hashes(api: Any) -> None:
     assert api.as_("producer").get(f"{URL}/{sha}").status_code == 403
     assert api.as_("reviewer").get(f"{URL}/{'e' * 64}").status_code == 404
     assert api.as_("reviewer").get(f"{URL}/not-a-hash").status_code == 404
+
+
+def test_evidence_above_the_inline_size_is_stored_from_the_thread_pool(api: Any) -> None:
+    # Up to 1 MiB the upload is stored on the event loop, above it in the pool: same result.
+    noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    ok, encoded = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    data = encoded.tobytes()
+    assert len(data) > INLINE_BYTES
+    sha = hashlib.sha256(data).hexdigest()
+    first = put(api, data, "image/jpeg", sha)
+    assert first.status_code == 201
+    assert (first.json()["width"], first.json()["height"], first.json()["size"]) == (
+        1600,
+        1200,
+        len(data),
+    )
+    assert put(api, data, "image/jpeg", sha).status_code == 200
+    got = api.as_("reviewer").get(f"{URL}/{sha}")
+    assert got.status_code == 200 and got.content == data
