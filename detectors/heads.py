@@ -37,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HEADS_DIR = Path(__file__).resolve().parent / "heads"
+HEADS_DIR = Path(__file__).resolve().parent / "shipped_heads"
 FORMAT = "gridpatrol-scene-head/1"
 
 
