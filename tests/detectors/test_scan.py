@@ -14,6 +14,7 @@ import pytest
 import ultralytics
 import yaml
 
+from gridpatrol.detectors.heads import HEADS_DIR
 from gridpatrol.detectors.models import load_backend, model_info, resolve_model
 from gridpatrol.detectors.scan import load_heads
 
@@ -197,8 +198,7 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
 
 def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir: Path) -> None:
     heads = {
-        doc["name"]: doc
-        for doc in (json.loads(p.read_text()) for p in (REPO / "detectors/heads").glob("*.json"))
+        doc["name"]: doc for doc in (json.loads(p.read_text()) for p in HEADS_DIR.glob("*.json"))
     }
     assert "garbage" in heads
     threshold = float(heads["garbage"]["threshold"])
