@@ -3,12 +3,12 @@ FROM python:3.11-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /srv/gridpatrol
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gridpatrol gridpatrol
 COPY ingest ingest
 COPY detectors detectors
 COPY alarm_bridge alarm_bridge
 COPY api api
 COPY models/manifest.yaml models/manifest.yaml
-RUN pip install --no-cache-dir '.[postgres]'
+RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
 USER nobody

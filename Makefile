@@ -5,14 +5,14 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 
-.PHONY: setup links demo test pytest lint format typecheck bench clean
+.PHONY: setup links demo test pytest lint format typecheck bench clean constraints
 
 # The environment: the project with the Ultralytics extra (reference backend, training) and
-# the development tools. Re-run when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# the development tools, at the versions in constraints.txt. Re-run when either file changes.
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[ultralytics,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[ultralytics,dev]'
 	touch $@
 
 setup: $(VENV)/.installed links
@@ -49,6 +49,12 @@ typecheck: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+# After upgrading packages in .venv (and a passing make test): pin what passed.
+constraints: setup
+	@{ sed -n '1,/^[^#]/{/^#/p}' constraints.txt; \
+	  $(BIN)/pip freeze --exclude-editable | grep -v -i -E '^(gridpatrol|torch|torchvision|triton|nvidia-|cuda-)'; \
+	} > constraints.txt.new && mv constraints.txt.new constraints.txt
 
 clean:
 	rm -rf .typecheck .pytest_cache .mypy_cache .ruff_cache build *.egg-info
