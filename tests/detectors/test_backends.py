@@ -21,7 +21,15 @@ from ultralytics.data.augment import LetterBox
 from ultralytics.utils.nms import non_max_suppression
 
 from gridpatrol.detectors.models import ModelSpec, load_backend, resolve_model
-from gridpatrol.detectors.openvino_backend import OpenVinoBackend, decode, prepare
+from gridpatrol.detectors.openvino_backend import (
+    NMS_MATRIX,
+    OpenVinoBackend,
+    decode,
+    decode_best,
+    prepare,
+    with_best_class,
+    with_preprocessing,
+)
 from gridpatrol.detectors.types import Backend, InferenceResult
 
 ASSETS = Path(sys.modules["ultralytics"].__file__ or "").parent / "assets"
@@ -77,8 +85,12 @@ def _random_head(seed: int, anchors: int = 8400, hot: int = 600) -> NDArray[np.f
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
 @pytest.mark.parametrize(("conf", "iou"), [(0.25, 0.7), (0.5, 0.45)])
-def test_numpy_decode_and_nms_match_ultralytics(seed: int, conf: float, iou: float) -> None:
-    head = _random_head(seed)
+@pytest.mark.parametrize("hot", [600, 2 * NMS_MATRIX])  # all pairs at once / box by box
+def test_numpy_decode_and_nms_match_ultralytics(
+    seed: int, conf: float, iou: float, hot: int
+) -> None:
+    head = _random_head(seed, hot=hot)
+    assert (head[4:].max(axis=0) > 0.25).sum() > (NMS_MATRIX if hot > NMS_MATRIX else 100)
     xyxy, score, cls = decode(head, 80, conf=conf, iou=iou, max_det=300)
     (ref,) = non_max_suppression(torch.from_numpy(head[None]), conf, iou, max_det=300)
     ref_np = ref.numpy()
@@ -86,6 +98,41 @@ def test_numpy_decode_and_nms_match_ultralytics(seed: int, conf: float, iou: flo
     np.testing.assert_allclose(xyxy, ref_np[:, :4], atol=1e-3)
     np.testing.assert_allclose(score, ref_np[:, 4], atol=1e-6)
     assert cls.tolist() == ref_np[:, 5].astype(int).tolist()
+
+
+def _best_rows(head: NDArray[np.float32]) -> NDArray[np.float32]:
+    """What :func:`with_best_class` computes in-graph, in numpy: (6, anchors)."""
+    scores = head[4:]
+    return np.concatenate([head[:4], scores.max(0)[None], scores.argmax(0)[None]]).astype(
+        np.float32
+    )
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_best_class_rows_decode_like_the_full_head(seed: int) -> None:
+    head = _random_head(seed)
+    full = decode(head, 80, conf=0.25, iou=0.7, max_det=300)
+    best = decode_best(_best_rows(head), conf=0.25, iou=0.7, max_det=300)
+    for a, b in zip(full, best, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_in_graph_best_class_equals_max_and_argmax_of_the_head(
+    spec: ModelSpec, bus: NDArray[np.uint8]
+) -> None:
+    import openvino as ov
+
+    core = ov.Core()
+    tensor = prepare(bus, 640).tensor
+    heads = [
+        core.compile_model(with_preprocessing(build(core.read_model(str(spec.path)))), "CPU")(
+            tensor
+        )[0][0]
+        for build in (lambda m: m, with_best_class)
+    ]
+    full, rows = heads
+    assert full.shape == (84, 8400) and rows.shape == (6, 8400)
+    np.testing.assert_array_equal(rows, _best_rows(full))
 
 
 def test_decode_respects_max_det_and_empty_output() -> None:
