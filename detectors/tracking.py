@@ -14,6 +14,7 @@ at any distance from the camera.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,11 +33,12 @@ def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.flo
     """Pairwise IoU of boxes a (N, 4) and b (M, 4) in xyxy."""
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float32)
-    tl = np.maximum(a[:, None, :2], b[None, :, :2])
-    br = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(br - tl, 0, None).prod(axis=2)
-    area_a = (a[:, 2:] - a[:, :2]).prod(axis=1)
-    area_b = (b[:, 2:] - b[:, :2]).prod(axis=1)
+    # Coordinate by coordinate: a product over a trailing axis of length 2 is slow in numpy.
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     iou: NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return iou
@@ -170,10 +172,11 @@ class Tracker:
             track = by_id.get(tid)
             if track is None or len(track.history) < 2:
                 continue
-            hist = np.asarray(track.history)
-            now = hist[-1]
-            disp[k] = np.hypot(hist[:, 1] - now[1], hist[:, 2] - now[2]).max() / track.size
-            span[k] = now[0] - hist[0, 0]
+            # A few dozen samples per track: plain floats beat building an array per track.
+            t_now, cx, cy = track.history[-1]
+            far = max(math.hypot(x - cx, y - cy) for _, x, y in track.history)
+            disp[k] = far / track.size
+            span[k] = t_now - track.history[0][0]
         return Motion(disp, span)
 
     def states(self) -> dict[int, TrackState]:
@@ -197,9 +200,9 @@ class Tracker:
         """Match detections ``det_idx`` to tracks ``track_idx``; returns original indices."""
         if not track_idx or len(det_idx) == 0:
             return [], list(track_idx), [int(d) for d in det_idx]
-        predicted = np.stack([self.tracks[i].predict(t) for i in track_idx]).astype(np.float32)
-        iou = iou_matrix(predicted, detections.xyxy[det_idx])
-        classes = np.asarray([self.tracks[i].class_id for i in track_idx])
+        tracks = [self.tracks[i] for i in track_idx]
+        iou = iou_matrix(_predict(tracks, t), detections.xyxy[det_idx])
+        classes = np.asarray([tr.class_id for tr in tracks])
         iou[classes[:, None] != detections.class_id[det_idx][None, :]] = 0.0
         pairs, rest_t, rest_d = match(iou, min_iou)
         return (
@@ -257,3 +260,12 @@ class Tracker:
         self.next_id += 1
         self.tracks.append(track)
         return track.id
+
+
+def _predict(tracks: list[Track], t: float) -> NDArray[np.float32]:
+    """:meth:`Track.predict` of many tracks at once, (N, 4)."""
+    boxes = np.array([tr.box for tr in tracks])
+    velocity = np.array([tr.velocity for tr in tracks])
+    dt = np.clip(t - np.array([tr.last_t for tr in tracks]), 0.0, _MAX_PREDICT_S)
+    predicted: NDArray[np.float32] = (boxes + velocity * dt[:, None]).astype(np.float32)
+    return predicted
