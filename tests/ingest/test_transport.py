@@ -382,3 +382,36 @@ def test_a_wake_event_is_set_by_any_of_its_subscriptions(mqtt_prefix: str) -> No
         assert [m.payload for m in subs[1].drain()] == [b"2"]
     finally:
         conn.stop()
+
+
+def test_routes_follow_subscribe_and_unsubscribe(mqtt_prefix: str) -> None:
+    conn = MqttConnection("routes-t", MqttSettings.from_url("mqtt://127.0.0.1:1883"))
+    assert conn.start(timeout=10)
+    topic = f"{mqtt_prefix}/cameras/c1/frame"
+    try:
+        wild = conn.subscribe(f"{mqtt_prefix}/cameras/+/frame", maxsize=10)
+        time.sleep(0.5)  # the broker registers the subscription
+        assert conn.publish(topic, b"1", qos=1)
+        assert wild.get(10) is not None  # the topic's route is now remembered
+        exact = conn.subscribe(topic, maxsize=10)
+        other = conn.subscribe(f"{mqtt_prefix}/cameras/c2/frame", maxsize=10)
+        time.sleep(0.5)
+        assert conn.publish(topic, b"2", qos=1)
+        first = exact.get(10)
+        assert first is not None and first.payload == b"2"
+        time.sleep(0.3)  # MQTT 5 lets the broker deliver once per matching filter
+        to_exact = [first, *exact.drain()]
+        to_wild = wild.drain()
+        # Every copy reaches both matching queues, none the other one.
+        assert [m.payload for m in to_wild] == [m.payload for m in to_exact]
+        assert other.received == 0
+        conn.unsubscribe(wild)
+        time.sleep(0.5)
+        seen = wild.received
+        assert conn.publish(topic, b"3", qos=1)
+        third = exact.get(10)
+        assert third is not None and third.payload == b"3"
+        time.sleep(0.3)
+        assert wild.received == seen and other.received == 0
+    finally:
+        conn.stop()
