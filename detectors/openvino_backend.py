@@ -446,7 +446,7 @@ class OpenVinoBackend:
         queue.set_callback(count)
         for _ in range(repeat):
             for tensor in tensors:
-                queue.start_async({0: tensor}, share_inputs=True)
+                queue.start_async(shared(tensor), share_inputs=True)
         queue.wait_all()
         return done[0]
 
@@ -465,7 +465,7 @@ class OpenVinoBackend:
 
     def _start(self, item: Prepared, userdata: object) -> None:
         self._by_shape[_hw(item.tensor)].queue.start_async(
-            {0: item.tensor}, userdata, share_inputs=True
+            shared(item.tensor), userdata, share_inputs=True
         )
 
     def _wait_all(self) -> None:
@@ -492,6 +492,16 @@ class OpenVinoBackend:
             results[index] = InferenceResult(Detections.empty(), {}, item.letterbox)
         if (wake := self._wake) is not None:
             wake.set()
+
+
+def shared(tensor: NDArray[np.uint8]) -> ov.Tensor:
+    """The runtime's view of a prepared canvas, without a copy.
+
+    Handed a NumPy array, ``start_async`` looks up the request's input tensor and checks type,
+    layout and flags before wrapping it (about 0.05 ms a call); a Tensor goes through as it is.
+    The canvas stays alive in the request's userdata until the completion callback.
+    """
+    return ov.Tensor(tensor, shared_memory=True)
 
 
 def _hw(tensor: NDArray[np.uint8]) -> tuple[int, int]:
