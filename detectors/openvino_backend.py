@@ -495,13 +495,16 @@ class OpenVinoBackend:
 
 
 def shared(tensor: NDArray[np.uint8]) -> ov.Tensor:
-    """The runtime's view of a prepared canvas, without a copy.
+    """The runtime's view of a prepared canvas, without a copy where the array allows it.
 
     Handed a NumPy array, ``start_async`` looks up the request's input tensor and checks type,
     layout and flags before wrapping it (about 0.05 ms a call); a Tensor goes through as it is.
-    The canvas stays alive in the request's userdata until the completion callback.
+    The canvas stays alive in the request's userdata until the completion callback. The
+    runtime can only share a C-contiguous, writeable array: any other is copied.
     """
-    return ov.Tensor(tensor, shared_memory=True)
+    if tensor.flags.c_contiguous and tensor.flags.writeable:
+        return ov.Tensor(tensor, shared_memory=True)
+    return ov.Tensor(np.ascontiguousarray(tensor), shared_memory=False)
 
 
 def _hw(tensor: NDArray[np.uint8]) -> tuple[int, int]:

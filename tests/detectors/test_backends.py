@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -27,6 +28,7 @@ from gridpatrol.detectors.openvino_backend import (
     decode,
     decode_best,
     prepare,
+    shared,
     with_best_class,
     with_preprocessing,
 )
@@ -169,6 +171,29 @@ def test_batches_keep_order_and_match_single_calls(
         np.testing.assert_array_equal(result.detections.xyxy, single.detections.xyxy)
         assert result.detections.class_id.tolist() == single.detections.class_id.tolist()
     assert backend.infer([]) == []
+
+
+def test_read_only_and_strided_canvases_infer_like_owned_ones(
+    backend: Backend, bus: NDArray[np.uint8]
+) -> None:
+    """The runtime shares only C-contiguous, writeable memory; other canvases are copied."""
+    assert isinstance(backend, OpenVinoBackend)
+    owned = backend.prepare(bus)
+    frozen = owned.tensor.copy()
+    frozen.flags.writeable = False
+    wide = np.zeros((*owned.tensor.shape[:3], 6), dtype=np.uint8)
+    wide[..., ::2] = owned.tensor
+    strided = wide[..., ::2]
+    assert not strided.flags.c_contiguous
+    expected = backend.infer_prepared([owned])[0].detections
+    assert len(expected) > 0
+    for tensor in (frozen, strided):
+        assert not np.shares_memory(shared(tensor).data, tensor)
+        got = backend.infer_prepared([replace(owned, tensor=tensor)])[0].detections
+        np.testing.assert_array_equal(got.xyxy, expected.xyxy)
+        np.testing.assert_array_equal(got.class_id, expected.class_id)
+        np.testing.assert_array_equal(got.confidence, expected.confidence)
+    assert np.shares_memory(shared(owned.tensor).data, owned.tensor)
 
 
 def test_stream_keeps_order_over_a_lazy_source(backend: Backend, bus: NDArray[np.uint8]) -> None:
