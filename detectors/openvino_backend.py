@@ -446,7 +446,7 @@ class OpenVinoBackend:
         queue.set_callback(count)
         for _ in range(repeat):
             for tensor in tensors:
-                queue.start_async(shared(tensor), share_inputs=True)
+                queue.start_async(shared(tensor))
         queue.wait_all()
         return done[0]
 
@@ -464,9 +464,7 @@ class OpenVinoBackend:
             self._wake = None
 
     def _start(self, item: Prepared, userdata: object) -> None:
-        self._by_shape[_hw(item.tensor)].queue.start_async(
-            shared(item.tensor), userdata, share_inputs=True
-        )
+        self._by_shape[_hw(item.tensor)].queue.start_async(shared(item.tensor), userdata)
 
     def _wait_all(self) -> None:
         for compiled in list(self._by_shape.values()):  # another thread may add a shape
@@ -498,7 +496,8 @@ def shared(tensor: NDArray[np.uint8]) -> ov.Tensor:
     """The runtime's view of a prepared canvas, without a copy where the array allows it.
 
     Handed a NumPy array, ``start_async`` looks up the request's input tensor and checks type,
-    layout and flags before wrapping it (about 0.05 ms a call); a Tensor goes through as it is.
+    layout and flags before wrapping it (about 0.05 ms a call); a Tensor goes through as it is,
+    whatever ``share_inputs`` says, so whether memory is shared is decided here.
     The canvas stays alive in the request's userdata until the completion callback. The
     runtime can only share a C-contiguous, writeable array: any other is copied.
     """
