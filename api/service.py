@@ -179,6 +179,31 @@ def _columns(row: CandidateRow) -> JsonDict:
     return {column.key: getattr(row, column.key) for column in CandidateRow.__table__.columns}
 
 
+def _stored_docs(
+    session: Session, natural: list[tuple[str, str] | None], items: list[CandidateIn]
+) -> tuple[dict[tuple[str, str], JsonDict], dict[str, JsonDict]]:
+    """Documents already stored under the bodies' natural keys and under their ids, one
+    statement each, so a batch of retries costs two queries, not two per body."""
+    by_key: dict[tuple[str, str], JsonDict] = {}
+    by_id: dict[str, JsonDict] = {}
+    wanted = [k for k in natural if k is not None]
+    if wanted:
+        pair = tuple_(CandidateRow.source_system, CandidateRow.source_event_id)
+        found = session.execute(
+            select(
+                CandidateRow.source_system, CandidateRow.source_event_id, CandidateRow.doc
+            ).where(pair.in_(wanted))
+        )
+        by_key = {(str(a), str(b)): json.loads(doc) for a, b, doc in found}
+    ids = [str(p.id) for p in items if p.id is not None]
+    if ids:
+        found_ids = session.execute(
+            select(CandidateRow.id, CandidateRow.doc).where(CandidateRow.id.in_(ids))
+        )
+        by_id = {cid: json.loads(doc) for cid, doc in found_ids}
+    return by_key, by_id
+
+
 def _natural_key(parsed: CandidateIn) -> tuple[str, str] | None:
     source = parsed.source
     if source is not None and source.system and source.source_event_id:
@@ -520,24 +545,7 @@ class CandidateService:
         """:meth:`_create` for many bodies with a fixed number of statements."""
         now = self.clock()
         natural = [_natural_key(p) for p in items]
-        wanted = [k for k in natural if k is not None]
-        by_key: dict[tuple[str, str], JsonDict] = {}
-        by_id: dict[str, JsonDict] = {}
-        if wanted:
-            found = session.execute(
-                select(
-                    CandidateRow.source_system, CandidateRow.source_event_id, CandidateRow.doc
-                ).where(
-                    tuple_(CandidateRow.source_system, CandidateRow.source_event_id).in_(wanted)
-                )
-            )
-            by_key = {(str(a), str(b)): json.loads(doc) for a, b, doc in found}
-        ids = [str(p.id) for p in items if p.id is not None]
-        if ids:
-            found_ids = session.execute(
-                select(CandidateRow.id, CandidateRow.doc).where(CandidateRow.id.in_(ids))
-            )
-            by_id = {cid: json.loads(doc) for cid, doc in found_ids}
+        by_key, by_id = _stored_docs(session, natural, items)
         outcomes: list[Outcome] = []
         rows: list[CandidateRow] = []
         visible: list[CandidateRow] = []
