@@ -571,22 +571,11 @@ class DetectorWorker:
         if not ops:
             self.book = book
             return
-        rendered = [(op, self._render(rt, op, ev, item, detections)) for op in ops]
-        with self.outbox.transaction() as txn:
-            for op, (files, body) in rendered:
-                if files:
-                    body["evidence"] = [
-                        f.item(txn.add_evidence(f.data, "image/jpeg")) for f in files
-                    ]
-                if op.kind == "open":
-                    txn.create_candidate(body, op.episode.candidate_id)
-                else:
-                    txn.patch_candidate(op.episode.candidate_id, body)
-                episodes.save_episode(txn.conn, op.episode)
+        self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
         # Only a committed transaction moves the book: after a failure the next event of the
         # episode tries again.
         self.book = book
-        for op, _ in rendered:
+        for op in ops:
             rt.candidates += op.kind == "open"
             self.metrics.candidates.labels(rt.camera.id, op.kind).inc()
             log.info(
@@ -599,6 +588,23 @@ class DetectorWorker:
                 op.episode.dwell_s,
                 ev.confidence,
             )
+
+    def _commit(self, rendered: list[tuple[Op, tuple[list[EvidenceFile], dict[str, Any]]]]) -> None:
+        """Evidence, candidate operations and episode state in one outbox transaction, so a
+        restart neither loses an operation nor repeats one."""
+        from gridpatrol.detectors import episodes
+
+        with self.outbox.transaction() as txn:
+            for op, (files, body) in rendered:
+                if files:
+                    body["evidence"] = [
+                        f.item(txn.add_evidence(f.data, "image/jpeg")) for f in files
+                    ]
+                if op.kind == "open":
+                    txn.create_candidate(body, op.episode.candidate_id)
+                else:
+                    txn.patch_candidate(op.episode.candidate_id, body)
+                episodes.save_episode(txn.conn, op.episode)
 
     def _render(
         self, rt: CameraRuntime, op: Op, ev: EpisodeEvent, item: Ready, detections: Detections
