@@ -45,6 +45,9 @@ if TYPE_CHECKING:
     from gridpatrol.ingest.mqtt import MqttConnection, Subscription
     from gridpatrol.site import Camera, RuleParams, Site
 
+    # A candidate operation's evidence files and JSON body, rendered before the transaction.
+    Rendered = tuple[list[EvidenceFile], dict[str, Any]]
+
 log = logging.getLogger(__name__)
 
 SYSTEM = "gridpatrol-detect"
@@ -589,7 +592,7 @@ class DetectorWorker:
                 ev.confidence,
             )
 
-    def _commit(self, rendered: list[tuple[Op, tuple[list[EvidenceFile], dict[str, Any]]]]) -> None:
+    def _commit(self, rendered: list[tuple[Op, Rendered]]) -> None:
         """Evidence, candidate operations and episode state in one outbox transaction, so a
         restart neither loses an operation nor repeats one."""
         from gridpatrol.detectors import episodes
@@ -608,7 +611,7 @@ class DetectorWorker:
 
     def _render(
         self, rt: CameraRuntime, op: Op, ev: EpisodeEvent, item: Ready, detections: Detections
-    ) -> tuple[list[EvidenceFile], dict[str, Any]]:
+    ) -> Rendered:
         """The evidence files and the create / patch body for ``op``."""
         from gridpatrol.detectors.evidence import EvidenceFile, StoredFrame
 
