@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,20 @@ def summary_lines(items: list[dict[str, Any]]) -> list[str]:
 # The command
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, systemd, ``timeout``): stop in order, as on Ctrl-C."""
+
+
+def _stop_in_order_on_sigterm() -> None:
+    # The components run in sessions of their own, so a SIGTERM that killed only the demo
+    # would leave them running; turn it into the same orderly stop as Ctrl-C instead.
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stop short
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 @contextmanager
 def _broker() -> Iterator[str]:
     from gridpatrol.ingest.broker import ensure_broker
@@ -301,7 +316,7 @@ def _start_components(demo: Demo) -> None:
 
 
 def _watch(demo: Demo, duration: float | None) -> bool:
-    """Run until the duration ends or Ctrl-C; report progress; False when a component died."""
+    """Run until the duration ends or a stop signal; report progress; False when one died."""
     started = time.monotonic()
     next_report = started + 10
     while duration is None or time.monotonic() - started < duration:
@@ -331,7 +346,8 @@ def run_demo(args: argparse.Namespace) -> int:
     (workdir / "logs").mkdir(parents=True)
     (workdir / "state").mkdir()
     demo = Demo(config, workdir, free_port(args.port), generate_tokens())
-    interrupted = False
+    _stop_in_order_on_sigterm()
+    interrupted: int | None = None  # the exit status of a stop by signal
     healthy = True
     items: list[dict[str, Any]] = []
     with _broker() as broker_url:
@@ -349,8 +365,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
                 webbrowser.open(url)
             healthy = _watch(demo, args.duration)
-        except KeyboardInterrupt:
-            interrupted = True
+        except KeyboardInterrupt as exc:
+            interrupted = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
         except RuntimeError as exc:
             print(f"demo failed: {exc}", file=sys.stderr, flush=True)
             demo.stop_all()
@@ -368,6 +384,6 @@ def run_demo(args: argparse.Namespace) -> int:
             demo.stop_all()
     for line in summary_lines(items):
         print(line, flush=True)
-    if interrupted:
-        return 130
+    if interrupted is not None:
+        return interrupted
     return 0 if healthy else 1

@@ -90,6 +90,50 @@ def test_demo_runs_unattended_and_produces_candidates_with_evidence(tmp_path: Pa
         assert (workdir / "logs" / f"{name}.log").stat().st_size > 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_component_and_prints_the_summary(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}  # own broker
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser"]
+    argv += ["--port", str(_port()), "--workdir", str(tmp_path / "demo")]
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+        assert proc.stdout is not None
+        out = []
+        for line in proc.stdout:
+            out.append(line.rstrip("\n"))
+            if line.startswith("logs:"):  # the last line printed once everything has started
+                break
+        proc.send_signal(signal.SIGTERM)  # as `docker stop` or systemd would
+        proc.wait(timeout=180)
+    log = stderr_path.read_text()
+    started = {
+        line.split("started ")[1].split(" ")[0]: int(line.split("(pid ")[1].split(")")[0])
+        for line in log.splitlines()
+        if "gridpatrol.demo: started " in line
+    }
+    left_running = [name for name, pid in started.items() if _alive(pid)]
+    for name in left_running:
+        os.kill(started[name], signal.SIGKILL)
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert set(started) == {"api", "bridge", "detect", "ingest", "sensors"}
+    assert left_running == []
+    for name in ("sensors", "ingest", "detect", "bridge", "api"):
+        assert f"gridpatrol.demo: stopped {name} (exit " in log
+    out += proc.stdout.read().splitlines()
+    assert out[-1].startswith("candidates: "), out[-10:]
+
+
 def test_footage_comes_from_the_shared_folder(
     tmp_path: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
