@@ -196,6 +196,22 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
     assert f"{broken}: not a readable image" in stderr
 
 
+def test_a_reader_that_stops_early_ends_the_scan_quietly(shared_dir: Path) -> None:
+    argv = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "scan"]
+    proc = subprocess.Popen(
+        [*argv, str(shared_dir / "datasets" / "garbage_dev")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = json.loads(proc.stdout.readline())  # as `gridpatrol scan … | head -1` reads
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=600) == 141  # 128 + SIGPIPE
+    assert first["frame"] == 0
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
 def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir: Path) -> None:
     heads = {
         doc["name"]: doc for doc in (json.loads(p.read_text()) for p in HEADS_DIR.glob("*.json"))
