@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 
-.PHONY: setup links demo test pytest lint format typecheck bench clean constraints
+.PHONY: setup links browser demo test pytest lint format typecheck bench clean constraints
 
 # The environment: the project with the Ultralytics extra (reference backend, training) and
 # the development tools, at the versions in constraints.txt. Re-run when either file changes.
@@ -24,12 +24,24 @@ links:
 	  for m in $(GRIDPATROL_SHARED)/models/*/; do ln -sfn "$${m%/}" models/; done; fi
 	@if [ -d "$(GRIDPATROL_SHARED)/footage" ]; then ln -sfn "$(GRIDPATROL_SHARED)/footage" var/footage; fi
 
+# The console's browser tests drive a system Chromium (Playwright's own download needs its CDN):
+# GRIDPATROL_CHROMIUM, else `chromium` on PATH, else Debian's package is installed.
+browser:
+	@if [ -z "$$GRIDPATROL_CHROMIUM" ] && ! command -v chromium >/dev/null; then \
+	  echo "installing Debian's chromium for the browser tests"; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$sudo apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; } || \
+	  { echo "the browser tests need Chromium: install it, or set GRIDPATROL_CHROMIUM" >&2; \
+	    exit 1; }; \
+	fi
+
 demo: setup
 	$(BIN)/gridpatrol demo
 
 test: setup lint pytest
 
-pytest: setup
+pytest: setup browser
 	$(BIN)/pytest tests
 
 lint: setup typecheck
