@@ -47,9 +47,13 @@ def source_kind(source: str) -> SourceKind:
     return "file"
 
 
+def _expanded(source: str) -> Path:
+    return Path(os.path.expandvars(source)).expanduser()
+
+
 def resolve_path(source: str, base_dir: Path | None) -> Path:
     """A file source: as given (``$VARS`` and ``~`` expanded), else beside the site file."""
-    path = Path(os.path.expandvars(source)).expanduser()
+    path = _expanded(source)
     if path.is_absolute() or path.exists() or base_dir is None:
         return path
     return base_dir / path
@@ -240,8 +244,23 @@ class CameraPublisher(threading.Thread):
     def _file_missing(self, path: Path) -> None:
         self.output.stats.failures += 1
         self.output.set_status(False)
-        log.error("camera %s: cannot open %s; retrying in %g s", self.camera.id, path, 30)
+        log.error(
+            "camera %s: cannot open %s%s; retrying in %g s",
+            self.camera.id,
+            path,
+            self._lookup_hint(path),
+            MAX_BACKOFF_S,
+        )
         self.stop_event.wait(MAX_BACKOFF_S)
+
+    def _lookup_hint(self, path: Path) -> str:
+        # A relative source that works from one directory and not another is the usual cause.
+        if path.exists() or _expanded(self.camera.source).is_absolute():
+            return ""
+        return (
+            f": no such file; {self.camera.source!r} was looked up from the working directory"
+            f" ({Path.cwd()}), then beside the site file"
+        )
 
     def _play_file_once(
         self, path: Path, start: float, offset: float, next_sample: float

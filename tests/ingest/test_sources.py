@@ -133,6 +133,24 @@ def test_an_unreachable_rtsp_camera_is_offline_and_retried(
     assert "secret" not in err  # credentials never reach the log
 
 
+def test_a_missing_footage_file_says_where_it_was_looked_up(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file("  - {id: f1, source: var/footage/nothing.mp4, location: {address: a}}\n")
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/f1/status", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-f"])
+    seen = watcher.collect(lambda s: last_status(s, "f1") == b"offline", timeout=40)
+    assert last_status(seen, "f1") == b"offline"
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(40)
+    assert code == 0, err
+    assert (
+        f"camera f1: cannot open {site.parent / 'var' / 'footage' / 'nothing.mp4'}: no such file; "
+        f"'var/footage/nothing.mp4' was looked up from the working directory ({Path.cwd()}), "
+        "then beside the site file; retrying in 30 s"
+    ) in err
+
+
 def test_a_boosted_patrol_camera_is_visited_more_often(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
