@@ -43,6 +43,8 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError
+
     from gridpatrol.site import SiteConfigError
 
     try:
@@ -50,6 +52,11 @@ def run(args: argparse.Namespace) -> int:
     except (RuntimeError, SiteConfigError, ValueError) as exc:
         # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).
         log.error("the intake API cannot start: %s", exc)
+        return 2
+    except OperationalError as exc:
+        # The driver's own first line names host and port (never the password).
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        log.error("the intake API cannot start: the database is not reachable: %s", reason)
         return 2
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -183,6 +184,31 @@ def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no API tokens" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_command_names_an_unreachable_database(workers: str) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {
+        "GRIDPATROL_DATABASE_URL": f"postgresql+psycopg://gp:secret@127.0.0.1:{port}/gp",
+        "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
+        "PATH": "/usr/bin:/bin",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1", "--workers", workers],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert (
+        "the intake API cannot start: the database is not reachable: connection failed: "
+        f'connection to server at "127.0.0.1", port {port} failed: Connection refused'
+    ) in proc.stderr
+    assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
 
 
 def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None:
