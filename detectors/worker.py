@@ -719,6 +719,10 @@ class DetectorWorker:
         if now - self._last_progress < self.progress_s:
             return
         self._last_progress = now
+        self.report()
+
+    def report(self) -> None:
+        """One line per camera: what came in, what was inferred, dropped and reported."""
         self.metrics.outbox_depth.set(self.outbox.depth())
         for rt in self.cams.values():
             mean_ms = 1000 * rt.latency_s / rt.inferred if rt.inferred else 0.0
@@ -866,6 +870,7 @@ def _serve(
     try:
         worker.run()
     finally:
+        worker.report()  # the final tally, however short the run
         # Processing has stopped; the outbox gets a few seconds to drain before going offline.
         flushed = worker.outbox.flush(timeout=5.0)
         worker.outbox.stop()
