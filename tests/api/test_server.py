@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -15,6 +14,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
+from gridpatrol.ingest.broker import free_port
 
 
 def upload(server: Any, data: bytes) -> str:
@@ -188,9 +189,7 @@ def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_the_command_names_an_unreachable_database(workers: str) -> None:
-    with socket.socket() as sock:  # a port nothing listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens on it
     env = {
         "GRIDPATROL_DATABASE_URL": f"postgresql+psycopg://gp:secret@127.0.0.1:{port}/gp",
         "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
