@@ -65,6 +65,12 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise TimeoutError(f"the broker did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    # A session of its own: a terminal's Ctrl-C signals the whole foreground process group, and
+    # the broker must outlive the components that still flush through it while they stop.
+    return subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
 def mosquitto_binary() -> str | None:
     found = shutil.which("mosquitto")
     if found:
@@ -100,7 +106,7 @@ def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
         # temporary directory: persistence would silently stay off.
         text += "user root\n"
     conf.write_text(text)
-    proc = subprocess.Popen([binary, "-c", str(conf)], stderr=subprocess.DEVNULL)
+    proc = _spawn([binary, "-c", str(conf)])
     _wait_port(port, proc, 10.0)
     log.info("started Mosquitto on 127.0.0.1:%d (data in %s)", port, workdir)
     return BrokerHandle(f"mqtt://127.0.0.1:{port}", "mosquitto", _stopper(proc, workdir))
@@ -109,7 +115,7 @@ def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
 def start_amqtt(port: int | None = None) -> BrokerHandle:
     port = port or free_port()
     cmd = [sys.executable, "-m", "gridpatrol.ingest.broker", "--amqtt-port", str(port)]
-    proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    proc = _spawn(cmd)
     _wait_port(port, proc, 20.0)
     log.warning(
         "no broker configured and no mosquitto binary: started the embedded amqtt broker on "

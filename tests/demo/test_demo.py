@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -98,15 +99,53 @@ def _alive(pid: int) -> bool:
     return True
 
 
+MQTT_COMPONENTS = ("sensors", "ingest", "detect", "bridge")
+
+
+def _wait_until_connected(logs: Path, names: tuple[str, ...], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(names)
+    while waiting and time.monotonic() < deadline:
+        waiting = [n for n in waiting if ": connected to mqtt://" not in _read(logs / f"{n}.log")]
+        time.sleep(0.2)
+    assert waiting == [], f"not connected to the broker within {timeout} s: {waiting}"
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _terminal_ctrl_c(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)  # a terminal signals its whole foreground process group
+
+
+def _sigterm(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGTERM)  # as `docker stop` or systemd would
+
+
 @pytest.mark.slow
-def test_sigterm_stops_every_component_and_prints_the_summary(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("stop", "exit_code"),
+    [(_sigterm, 128 + signal.SIGTERM), (_terminal_ctrl_c, 128 + signal.SIGINT)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_stop_signal_stops_every_component_in_order_and_prints_the_summary(
+    tmp_path: Path, stop: Callable[[subprocess.Popen[str]], None], exit_code: int
+) -> None:
     env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}  # own broker
+    workdir = tmp_path / "demo"
     argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser"]
-    argv += ["--port", str(_port()), "--workdir", str(tmp_path / "demo")]
+    argv += ["--port", str(_port()), "--workdir", str(workdir)]
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
+            argv,
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            start_new_session=True,  # a process group of its own, as a terminal gives it
         )
         assert proc.stdout is not None
         out = []
@@ -114,7 +153,8 @@ def test_sigterm_stops_every_component_and_prints_the_summary(tmp_path: Path) ->
             out.append(line.rstrip("\n"))
             if line.startswith("logs:"):  # the last line printed once everything has started
                 break
-        proc.send_signal(signal.SIGTERM)  # as `docker stop` or systemd would
+        _wait_until_connected(workdir / "logs", MQTT_COMPONENTS)
+        stop(proc)
         proc.wait(timeout=180)
     log = stderr_path.read_text()
     started = {
@@ -125,11 +165,15 @@ def test_sigterm_stops_every_component_and_prints_the_summary(tmp_path: Path) ->
     left_running = [name for name, pid in started.items() if _alive(pid)]
     for name in left_running:
         os.kill(started[name], signal.SIGKILL)
-    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    assert proc.returncode == exit_code, log[-3000:]
     assert set(started) == {"api", "bridge", "detect", "ingest", "sensors"}
     assert left_running == []
     for name in ("sensors", "ingest", "detect", "bridge", "api"):
         assert f"gridpatrol.demo: stopped {name} (exit " in log
+    assert "did not stop in" not in log
+    # The broker outlives the components: none of them lost it while stopping.
+    for name in MQTT_COMPONENTS:
+        assert "disconnected from" not in (workdir / "logs" / f"{name}.log").read_text(), name
     out += proc.stdout.read().splitlines()
     assert out[-1].startswith("candidates: "), out[-10:]
 
