@@ -296,6 +296,9 @@ class CameraPipeline:
             head_thresholds=self.head_thresholds,
             static_fraction=static_fraction,
             static_bbox=static_bbox,
+            frame_xyxy=tracked.xyxy,
+            frame_confidence=tracked.confidence,
+            frame_labels=labels,
         )
 
 

@@ -67,18 +67,43 @@ class ZoneObservation:
     head_thresholds: Mapping[str, float] = field(default_factory=dict)
     static_fraction: float | None = None
     static_bbox: Box | None = None
+    # Every detection of the frame, inside the zone or not: what may stand in front of it.
+    frame_xyxy: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    frame_confidence: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+    frame_labels: tuple[str, ...] = ()
 
     def of(
         self, wanted: list[str] | tuple[str, ...] | frozenset[str], min_conf: float
     ) -> NDArray[np.bool_]:
-        # A dozen labels per zone: a set lookup beats np.isin on strings by far.
-        classes = set(wanted)
-        named = np.fromiter((lab in classes for lab in self.labels), bool, len(self.labels))
-        found: NDArray[np.bool_] = named & (self.confidence >= min_conf)
-        return found
+        return _named(self.labels, self.confidence, wanted, min_conf)
+
+    def occluded(self, occluders: list[str], min_conf: float) -> float:
+        """How much of the zone box the frame's ``occluders`` cover (summed overlaps, ≤ 1)."""
+        sel = _named(self.frame_labels, self.frame_confidence, occluders, min_conf)
+        if not sel.any():
+            return 0.0
+        zx1, zy1, zx2, zy2 = self.zone_box
+        boxes = self.frame_xyxy[sel]
+        w = np.clip(np.minimum(boxes[:, 2], zx2) - np.maximum(boxes[:, 0], zx1), 0, None)
+        h = np.clip(np.minimum(boxes[:, 3], zy2) - np.maximum(boxes[:, 1], zy1), 0, None)
+        area = max((zx2 - zx1) * (zy2 - zy1), 1e-9)
+        return min(float((w * h).sum()) / area, 1.0)
 
     def stationary(self, max_displacement: float) -> NDArray[np.bool_]:
         return (self.displacement <= max_displacement) & (self.observed_s >= STATIONARY_MIN_S)
+
+
+def _named(
+    labels: tuple[str, ...],
+    confidence: NDArray[np.float32],
+    wanted: list[str] | tuple[str, ...] | frozenset[str],
+    min_conf: float,
+) -> NDArray[np.bool_]:
+    # A dozen labels per zone: a set lookup beats np.isin on strings by far.
+    classes = set(wanted)
+    named = np.fromiter((lab in classes for lab in labels), bool, len(labels))
+    found: NDArray[np.bool_] = named & (confidence >= min_conf)
+    return found
 
 
 @dataclass(frozen=True)
@@ -208,6 +233,10 @@ def garbage_overflow(obs: ZoneObservation, p: GarbageOverflowParams) -> Presence
     if threshold is None:
         threshold = obs.head_thresholds.get(p.head, DEFAULT_HEAD_THRESHOLD)
     if score < threshold:
+        return None
+    if obs.occluded(p.occluders, p.min_confidence) > p.max_occluded:
+        # Someone in front of the zone: the crop shows them, not the ground, and on a busy
+        # street a passer-by every few seconds would otherwise keep the dwell alive.
         return None
     return Presence(confidence=float(score), boxes=(obs.zone_box,), labels=(p.head,))
 

@@ -263,11 +263,15 @@ class GarbageOverflowParams(RuleParams):
     """The scene head ``head`` scores the zone crop at or above its threshold for ``dwell_s``.
 
     threshold: overrides the decision threshold stored in the head file.
+    occluders / max_occluded: a frame in which detections of these classes (at
+    ``min_confidence``) cover more than this fraction of the zone's box is not judged.
     """
 
     dwell_s: float = Field(default=60.0, ge=0)
     head: str = "garbage"
     threshold: float | None = Field(default=None, ge=0, le=1)
+    occluders: list[str] = ["person", "bicycle", "motorcycle"]
+    max_occluded: float = Field(default=0.1, ge=0, le=1)
 
 
 class StaticForegroundParams(RuleParams):

@@ -149,6 +149,7 @@ def observe(
     scene: dict[str, float] | None = None,
     heads: dict[str, float] | None = None,
     static: float | None = None,
+    frame: tuple[Thing, ...] = (),
 ) -> ZoneObservation:
     n = len(objs)
     return ZoneObservation(
@@ -165,6 +166,9 @@ def observe(
         head_thresholds=heads or {},
         static_fraction=static,
         static_bbox=None if static is None else (10.0, 10.0, 50.0, 50.0),
+        frame_xyxy=np.asarray([o.box for o in frame], np.float32).reshape(len(frame), 4),
+        frame_confidence=np.asarray([o.conf for o in frame], np.float32),
+        frame_labels=tuple(o.label for o in frame),
     )
 
 
@@ -299,6 +303,32 @@ def test_garbage_overflow_threshold(
     assert (found is not None) is garbage
     if found is not None:
         assert found.boxes == ((0.0, 0.0, 1000.0, 500.0),) and found.confidence == score
+
+
+@pytest.mark.parametrize(
+    ("frame", "params", "judged"),
+    [
+        ((), {}, True),
+        # The zone box is 1000 x 500 px: a 300 x 500 passer-by hides 30 % of it.
+        ((thing("person", 100, 0, 300, 500),), {}, False),
+        ((thing("bicycle", 100, 0, 300, 500),), {}, False),
+        ((thing("person", 100, 0, 100, 250),), {}, True),  # 5 %: far off, small
+        ((thing("person", 900, 0, 300, 500),), {}, True),  # 10 % inside the zone box, the rest out
+        ((thing("person", 1100, 0, 300, 500),), {}, True),  # beside the zone, not in front
+        ((thing("bicycle", 0, 0, 120, 250), thing("person", 500, 0, 120, 250)), {}, False),  # 12 %
+        ((thing("car", 100, 0, 500, 500),), {}, True),  # not an occluder by default
+        ((thing("car", 100, 0, 500, 500),), {"occluders": ["car"]}, False),
+        ((thing("person", 100, 0, 300, 500, conf=0.2),), {}, True),  # below min_confidence
+        ((thing("person", 0, 0, 1000, 500),), {"max_occluded": 1.0}, True),  # gate off
+        ((thing("person", 100, 0, 300, 500),), {"max_occluded": 0.4}, True),
+    ],
+)
+def test_garbage_overflow_is_not_judged_behind_passers_by(
+    frame: tuple[Thing, ...], params: dict[str, object], judged: bool
+) -> None:
+    obs = observe(scene={"garbage": 0.9}, heads={"garbage": 0.7}, frame=frame)
+    found = garbage_overflow(obs, GarbageOverflowParams.model_validate(params))
+    assert (found is not None) is judged
 
 
 @pytest.mark.parametrize(
