@@ -166,14 +166,16 @@ function paramInput(zone, rule, name, prop) {
   const value = zone.rules[rule]?.[name];
   const kind = prop.type || (prop.anyOf || []).map((x) => x.type).find((x) => x !== 'null');
   const isList = kind === 'array';
+  const isText = isList || kind === 'string';
   const input = h('input', {
-    type: isList ? 'text' : 'number', step: 'any', name: `${rule}.${name}`,
+    type: isText ? 'text' : 'number', step: !isText && 'any', name: `${rule}.${name}`,
     placeholder: isList ? (prop.default || []).join(', ') : String(prop.default ?? ''),
     value: value == null ? '' : (isList ? value.join(', ') : String(value)),
     onchange: (ev) => {
       const raw = ev.target.value.trim();
       if (!raw) delete zone.rules[rule][name];
       else if (isList) zone.rules[rule][name] = raw.split(',').map((s) => s.trim()).filter(Boolean);
+      else if (isText) zone.rules[rule][name] = raw;
       else zone.rules[rule][name] = kind === 'integer' ? parseInt(raw, 10) : parseFloat(raw);
     },
   });

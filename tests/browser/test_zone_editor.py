@@ -102,6 +102,11 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     page.check("#z-form input[name=rule-street_vending]")
     page.fill("#z-form input[name='street_vending.dwell_s']", "240")
     page.press("#z-form input[name='street_vending.dwell_s']", "Tab")
+    # Parameters of every JSON type: a string, a list of strings, a number.
+    page.check("#z-form input[name=rule-garbage_overflow]")
+    for name, value in (("head", "garbage"), ("occluders", "person, bicycle"), ("max_occluded", "0.2")):
+        page.fill(f"#z-form input[name='garbage_overflow.{name}']", value)
+        page.press(f"#z-form input[name='garbage_overflow.{name}']", "Tab")
     ui.shot("zone-drawn")
 
     page.click("#z-validate")
@@ -115,6 +120,13 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     assert len(zone.polygon) == 4
     assert zone.rules.street_vending is not None
     assert zone.rules.street_vending.dwell_s == 240
+    garbage = zone.rules.garbage_overflow
+    assert garbage is not None
+    assert (garbage.head, garbage.occluders, garbage.max_occluded) == (
+        "garbage",
+        ["person", "bicycle"],
+        0.2,
+    )
     xs = sorted(round(p[0], 2) for p in zone.polygon)
     assert xs[0] == pytest.approx(0.10, abs=0.01) and xs[1] == pytest.approx(0.12, abs=0.01)
     # The camera's existing zones come back too, so the block replaces the camera's zones.
