@@ -104,7 +104,8 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     page.press("#z-form input[name='street_vending.dwell_s']", "Tab")
     # Parameters of every JSON type: a string, a list of strings, a number.
     page.check("#z-form input[name=rule-garbage_overflow]")
-    for name, value in (("head", "garbage"), ("occluders", "person, bicycle"), ("max_occluded", "0.2")):
+    typed = {"head": "garbage", "occluders": "person, bicycle", "max_occluded": "0.2"}
+    for name, value in typed.items():
         page.fill(f"#z-form input[name='garbage_overflow.{name}']", value)
         page.press(f"#z-form input[name='garbage_overflow.{name}']", "Tab")
     ui.shot("zone-drawn")
