@@ -223,7 +223,7 @@ class StreetVendingParams(RuleParams):
     max_displacement: float = Field(default=0.5, gt=0)
     prop_distance: float = Field(default=1.5, gt=0)
     props: list[str] = Field(
-        default_factory=lambda: [
+        default=[
             "umbrella", "dining table", "chair", "suitcase", "bicycle", "motorcycle", "truck",
             "banana", "apple", "orange", "broccoli", "carrot", "sandwich", "hot dog", "pizza",
             "donut", "cake",
@@ -231,7 +231,7 @@ class StreetVendingParams(RuleParams):
         min_length=1,
     )  # fmt: skip
     supporting_props: list[str] = Field(
-        default_factory=lambda: ["chair", "suitcase", "bicycle", "motorcycle", "truck"]
+        default=["chair", "suitcase", "bicycle", "motorcycle", "truck"]
     )
 
 
@@ -247,7 +247,7 @@ class IllegalParkingParams(RuleParams):
 
     dwell_s: float = Field(default=180.0, ge=0)
     max_displacement: float = Field(default=0.3, gt=0)
-    classes: list[str] = Field(default_factory=lambda: ["car", "truck", "bus"], min_length=1)
+    classes: list[str] = Field(default=["car", "truck", "bus"], min_length=1)
 
 
 class NonMotorParkingParams(RuleParams):
@@ -256,7 +256,7 @@ class NonMotorParkingParams(RuleParams):
     dwell_s: float = Field(default=600.0, ge=0)
     min_count: int = Field(default=5, ge=1)
     max_displacement: float = Field(default=0.3, gt=0)
-    classes: list[str] = Field(default_factory=lambda: ["bicycle", "motorcycle"], min_length=1)
+    classes: list[str] = Field(default=["bicycle", "motorcycle"], min_length=1)
 
 
 class GarbageOverflowParams(RuleParams):
@@ -292,9 +292,7 @@ class ShopFrontParams(StaticForegroundParams):
     (benches are street furniture and are not counted). max_displacement: as for vending.
     """
 
-    classes: list[str] = Field(
-        default_factory=lambda: ["dining table", "chair", "potted plant", "suitcase"]
-    )
+    classes: list[str] = Field(default=["dining table", "chair", "potted plant", "suitcase"])
     max_displacement: float = Field(default=0.3, gt=0)
 
 

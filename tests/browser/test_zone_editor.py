@@ -14,7 +14,7 @@ from gridpatrol.ingest.messages import Frame, FrameHeader
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.topics import snapshot_request_topic
-from gridpatrol.site import Zone
+from gridpatrol.site import StreetVendingParams, Zone
 
 pytestmark = [pytest.mark.browser]
 
@@ -102,6 +102,9 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     page.check("#z-form input[name=rule-street_vending]")
     page.fill("#z-form input[name='street_vending.dwell_s']", "240")
     page.press("#z-form input[name='street_vending.dwell_s']", "Tab")
+    # An empty field shows the default it stands for, lists included.
+    props = page.get_attribute("#z-form input[name='street_vending.props']", "placeholder")
+    assert props == ", ".join(StreetVendingParams().props)
     # Parameters of every JSON type: a string, a list of strings, a number.
     page.check("#z-form input[name=rule-garbage_overflow]")
     typed = {"head": "garbage", "occluders": "person, bicycle", "max_occluded": "0.2"}
