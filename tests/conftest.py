@@ -16,17 +16,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gridpatrol.ingest.broker import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get(
     "GRIDPATROL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:

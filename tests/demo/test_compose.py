@@ -12,7 +12,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import psycopg
 import pytest
 import yaml
 
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,13 +49,6 @@ def interpolate(text: str, env: dict[str, str]) -> str:
         return arg if op else ""
 
     return _VAR.sub(sub, text)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,9 @@ import httpx
 import numpy as np
 import pytest
 
+from gridpatrol.ingest.broker import free_port
+
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow
@@ -31,7 +25,7 @@ def test_demo_runs_unattended_and_produces_candidates_with_evidence(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}  # own broker
     workdir = tmp_path / "demo"
     argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--duration", "60", "--no-browser"]
-    argv += ["--port", str(_port()), "--workdir", str(workdir)]
+    argv += ["--port", str(free_port()), "--workdir", str(workdir)]
     stderr = (tmp_path / "stderr.log").open("w")
     proc = subprocess.Popen(
         argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True
@@ -135,7 +129,7 @@ def test_a_stop_signal_stops_every_component_in_order_and_prints_the_summary(
     env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}  # own broker
     workdir = tmp_path / "demo"
     argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser"]
-    argv += ["--port", str(_port()), "--workdir", str(workdir)]
+    argv += ["--port", str(free_port()), "--workdir", str(workdir)]
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
@@ -196,7 +190,7 @@ def test_offline_without_footage_says_what_to_do(
     from gridpatrol import demo
 
     monkeypatch.setenv("GRIDPATROL_SHARED", str(tmp_path / "nothing-here"))
-    monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{_port()}/")
+    monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{free_port()}/")
     with pytest.raises(SystemExit) as exc:
         demo.find_footage(tmp_path)
     message = str(exc.value)
