@@ -4,7 +4,9 @@ Each sensor of the site file gets a pattern by kind: manhole covers tilt and are
 (device envelopes), water levels rise and fall (SenML packs), bins fill up slowly and are
 emptied (threshold readings), noise wobbles around its thresholds, smoke detectors fire now
 and then; every sensor sometimes goes offline through its last will. The generators are pure:
-``next_message(t)`` returns what to publish at time ``t``.
+``next_message(t)`` returns what to publish at time ``t``. Patterns run from the first ``t`` a
+sensor is asked about, and each starts just before its first alarm (bins nearly full, noise and
+water rising), so a run of a couple of minutes, like the demo's, shows every kind of alarm.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from gridpatrol.ingest.messages import (
 from gridpatrol.ingest.topics import sensor_alarm_topic, sensor_status_topic
 from gridpatrol.site import Sensor
 
+BIN_FILL_PER_S = 0.1  # % per second: an empty bin is full in about a quarter of an hour
+BIN_START_MIN, BIN_START_MAX = 88.0, 90.0  # % at the start: at the raise level within 20 s
+
 
 @dataclass(frozen=True)
 class Publication:
@@ -44,9 +49,14 @@ class SimulatedSensor:
     level: float = 0.0
     tilted: bool = False
     offline_until: float = 0.0
+    started: float | None = None
+    filled_at: float | None = None
 
     def next_message(self, t: float) -> Publication | None:
         """What the sensor sends at ``t``; None while it is offline (silent)."""
+        if self.started is None:
+            self.started = t
+        elapsed = t - self.started
         if self.offline_until:
             if t < self.offline_until:
                 return None
@@ -61,27 +71,33 @@ class SimulatedSensor:
         if kind == "smoke":
             return self._smoke(t)
         if kind == "waterlogging":
-            return self._senml(t, self._water_level(t))
+            return self._senml(t, self._water_level(elapsed))
         if kind == "bin_fill":
-            return self._reading(t, self._bin_fill())
-        return self._reading(t, self._noisy(t))
+            return self._reading(t, self._bin_fill(t))
+        return self._reading(t, self._noisy(elapsed))
 
     # -- patterns ---------------------------------------------------------------------------------
 
-    def _water_level(self, t: float) -> float:
+    def _water_level(self, elapsed: float) -> float:
         # A storm every ten minutes: the underpass floods to ~25 cm and drains again.
-        return max(0.0, 25 * math.sin(2 * math.pi * t / 600.0) + self.rng.gauss(0, 0.8))
+        return max(0.0, 25 * math.sin(2 * math.pi * elapsed / 600.0) + self.rng.gauss(0, 0.8))
 
-    def _bin_fill(self) -> float:
-        self.level = min(100.0, self.level + self.rng.uniform(0.0, 0.6))
+    def _bin_fill(self, t: float) -> float:
+        # By time, not by message, so the bin fills at the same pace whatever the rate.
+        if self.filled_at is None:
+            self.level = self.rng.uniform(BIN_START_MIN, BIN_START_MAX)
+        since = 0.0 if self.filled_at is None else max(0.0, t - self.filled_at)
+        self.filled_at = t
+        self.level = min(100.0, self.level + since * BIN_FILL_PER_S * self.rng.uniform(0.5, 1.5))
         if self.level >= 98 and self.rng.random() < 0.05:
             self.level = self.rng.uniform(2, 8)  # the truck came
         return round(self.level, 1)
 
-    def _noisy(self, t: float) -> float:
+    def _noisy(self, elapsed: float) -> float:
+        # Wobbles around the raise level with a period of about five minutes, rising first.
         th = self.sensor.thresholds
         centre = th.raise_ if th is not None else 65.0
-        return round(centre + 6 * math.sin(t / 45.0) + self.rng.gauss(0, 3), 1)
+        return round(centre + 6 * math.sin(elapsed / 45.0) + self.rng.gauss(0, 3), 1)
 
     def _manhole(self, t: float) -> Publication:
         if not self.tilted and self.rng.random() < 0.05:
