@@ -7,7 +7,9 @@ import copy
 import logging
 import os
 import shutil
+import signal
 import tempfile
+from types import FrameType
 from typing import Any
 
 from gridpatrol.cli import LOG_FORMAT
@@ -67,6 +69,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     app = create_app()
     level = logging.getLogger().getEffectiveLevel()
+    # After its graceful shutdown uvicorn raises the stop signal again; with SIGTERM's default
+    # handler that would end the process as killed (status 143). This handler takes it (and a
+    # SIGTERM before uvicorn listens), so SIGTERM ends with status 0, like Ctrl-C and like
+    # every other gridpatrol command.
+    signal.signal(signal.SIGTERM, _stopped)
     uvicorn.run(
         app,
         host=args.host,
@@ -76,6 +83,11 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=level <= logging.DEBUG,
     )
     return 0
+
+
+def _stopped(signum: int, _frame: FrameType | None) -> None:
+    log.info("api: stopped on signal %d", signum)
+    raise SystemExit(0)
 
 
 def _serve_workers(args: argparse.Namespace) -> int:

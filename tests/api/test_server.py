@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +17,8 @@ import pytest
 import sqlalchemy as sa
 
 from gridpatrol.ingest.broker import free_port
+
+from .conftest import Server
 
 
 def upload(server: Any, data: bytes) -> str:
@@ -303,3 +306,17 @@ def test_dropped_database_connections(server: Any, api_body: Any, postgres_url: 
         created = producer.post("/candidates", **again)
         assert created.status_code == 201
         assert reviewer.get(f"/candidates/{created.json()['id']}").status_code == 200
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_signal_shuts_the_api_down_gracefully_with_status_0(
+    tmp_path: Path, stop: signal.Signals
+) -> None:
+    srv = Server(f"sqlite:///{tmp_path / 'api.db'}", tmp_path)
+    srv.start()
+    assert srv.proc is not None
+    srv.proc.send_signal(stop)
+    assert srv.proc.wait(timeout=30) == 0
+    log = srv.log.read_text()
+    assert "Application shutdown complete." in log
+    assert "Traceback" not in log
