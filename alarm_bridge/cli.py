@@ -105,6 +105,10 @@ def run_bridge(args: argparse.Namespace) -> int:
     return 0
 
 
+# How long simulate-sensors waits at exit for the broker to acknowledge what it sent.
+FINAL_ACK_TIMEOUT_S = 10.0
+
+
 def run_simulate(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.simulate import simulated_sensors
     from gridpatrol.ingest.mqtt import MqttConnection
@@ -149,7 +153,15 @@ def run_simulate(args: argparse.Namespace) -> int:
                 last_report = now
     finally:
         # QoS 1 publications leave in order: once this one is acknowledged, all earlier are.
-        conn.publish_wait(conn.status_topic, b"online", qos=1, retain=True, timeout=30)
+        # The wait is bounded below the demo's stop timeout, so a lost broker cannot hold it.
+        if not conn.publish_wait(
+            conn.status_topic, b"online", qos=1, retain=True, timeout=FINAL_ACK_TIMEOUT_S
+        ):
+            log.warning(
+                "simulate-sensors: the broker did not acknowledge the last messages within "
+                "%.0f s; some of them may not have arrived",
+                FINAL_ACK_TIMEOUT_S,
+            )
         conn.stop()
     log.info("simulate-sensors: %d messages in %.1f s", sent, time.monotonic() - start)
     return 0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -13,10 +15,13 @@ import pytest
 from gridpatrol.alarm_bridge.adapters import Adapted, adapt
 from gridpatrol.alarm_bridge.lifecycle import AlarmState, step
 from gridpatrol.alarm_bridge.simulate import simulated_sensors
+from gridpatrol.demo import STOP_TIMEOUT_S
 from gridpatrol.ingest.messages import AlarmEnvelope, decode_sensor_payload
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import parse_topic
 from gridpatrol.site import load_site
+
+from ..conftest import Mosquitto
 
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
@@ -112,3 +117,33 @@ def test_a_two_minute_run_at_the_demos_rate_raises_every_reading_alarm(seed: int
     raised = _first_raises(seed, rate=1.0, seconds=120)
     assert {"noise", "bin_full", "waterlogging"} <= set(raised), raised
     assert raised["noise"] <= 100 and raised["bin_full"] <= 100, raised
+
+
+def test_a_stop_after_the_broker_is_gone_warns_that_the_last_messages_may_be_lost(
+    mosquitto: Mosquitto, mqtt_prefix: str, tmp_path: Path
+) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        SAMPLE_SITE.read_text(encoding="utf-8").replace(
+            "prefix: gridpatrol", f"prefix: {mqtt_prefix}"
+        ),
+        encoding="utf-8",
+    )
+    listener = MqttConnection(
+        "sim-listen", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix
+    )
+    sub = listener.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1, maxsize=10_000)
+    listener.start()
+    cmd = [sys.executable, "-m", "gridpatrol.cli", "simulate-sensors", "--config", str(site)]
+    env = {**os.environ, "GRIDPATROL_MQTT_URL": mosquitto.url}
+    proc = subprocess.Popen([*cmd, "--rate", "20"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert sub.get(timeout=30) is not None  # it is publishing
+        listener.stop()
+        mosquitto.stop(kill=True)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=STOP_TIMEOUT_S)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "the broker did not acknowledge the last messages" in stderr
