@@ -17,7 +17,7 @@ from gridpatrol.alarm_bridge.lifecycle import AlarmState, step
 from gridpatrol.alarm_bridge.simulate import simulated_sensors
 from gridpatrol.demo import STOP_TIMEOUT_S
 from gridpatrol.ingest.messages import AlarmEnvelope, decode_sensor_payload
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import parse_topic
 from gridpatrol.site import load_site
 
@@ -58,18 +58,23 @@ def test_simulated_patterns_are_valid_and_varied() -> None:
     assert statuses[b"offline"] > 0 and statuses[b"online"] > 0
 
 
-def test_cli_publishes_at_the_given_rate(mqtt_prefix: str, tmp_path: Path) -> None:
+def _site_with_prefix(tmp_path: Path, prefix: str) -> Path:
+    """The sample site on a topic prefix of the test's own."""
     site = tmp_path / "site.yaml"
-    site.write_text(
-        SAMPLE_SITE.read_text(encoding="utf-8").replace(
-            "prefix: gridpatrol", f"prefix: {mqtt_prefix}"
-        ),
-        encoding="utf-8",
-    )
-    listener = MqttConnection(
-        "sim-listen", MqttSettings.from_url("mqtt://127.0.0.1:1883"), prefix=mqtt_prefix
-    )
-    sub = listener.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1, maxsize=10_000)
+    text = SAMPLE_SITE.read_text(encoding="utf-8")
+    site.write_text(text.replace("prefix: gridpatrol", f"prefix: {prefix}"), encoding="utf-8")
+    return site
+
+
+def _listen(url: str, prefix: str) -> tuple[MqttConnection, Subscription]:
+    listener = MqttConnection("sim-listen", MqttSettings.from_url(url), prefix=prefix)
+    sub = listener.subscribe(f"{prefix}/sensors/+/alarm", qos=1, maxsize=10_000)
+    return listener, sub
+
+
+def test_cli_publishes_at_the_given_rate(mqtt_prefix: str, tmp_path: Path) -> None:
+    site = _site_with_prefix(tmp_path, mqtt_prefix)
+    listener, sub = _listen("mqtt://127.0.0.1:1883", mqtt_prefix)
     listener.start()
     try:
         cmd = [sys.executable, "-m", "gridpatrol.cli", "simulate-sensors", "--config", str(site)]
@@ -122,17 +127,8 @@ def test_a_two_minute_run_at_the_demos_rate_raises_every_reading_alarm(seed: int
 def test_a_stop_after_the_broker_is_gone_warns_that_the_last_messages_may_be_lost(
     mosquitto: Mosquitto, mqtt_prefix: str, tmp_path: Path
 ) -> None:
-    site = tmp_path / "site.yaml"
-    site.write_text(
-        SAMPLE_SITE.read_text(encoding="utf-8").replace(
-            "prefix: gridpatrol", f"prefix: {mqtt_prefix}"
-        ),
-        encoding="utf-8",
-    )
-    listener = MqttConnection(
-        "sim-listen", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix
-    )
-    sub = listener.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1, maxsize=10_000)
+    site = _site_with_prefix(tmp_path, mqtt_prefix)
+    listener, sub = _listen(mosquitto.url, mqtt_prefix)
     listener.start()
     cmd = [sys.executable, "-m", "gridpatrol.cli", "simulate-sensors", "--config", str(site)]
     env = {**os.environ, "GRIDPATROL_MQTT_URL": mosquitto.url}
