@@ -21,7 +21,6 @@ import asyncio
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,8 @@ import cv2
 import httpx
 import numpy as np
 from rawhttp import Connection
+
+from gridpatrol.ingest.broker import free_port
 
 TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer", "bench-platform": "platform"}
 PG_ADMIN_URL = os.environ.get("GRIDPATROL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -61,13 +62,6 @@ BARE_APP = textwrap.dedent(
         return body
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def base_jpeg(target: int = 100_000) -> bytes:

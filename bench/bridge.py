@@ -24,7 +24,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -40,18 +39,12 @@ import httpx
 
 from gridpatrol.alarm_bridge import loadgen
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import deadletter_topic
 
 TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer"}
 SENSORS = 50
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_for(check: Any, timeout: float, what: str, interval: float = 0.05) -> float:

@@ -16,7 +16,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,16 +31,11 @@ import httpx
 import numpy as np
 from playwright.sync_api import Page, sync_playwright
 
+from gridpatrol.ingest.broker import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer"}
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-gpu"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def frames(count: int) -> list[bytes]:

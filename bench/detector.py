@@ -58,6 +58,8 @@ import numpy as np
 import yaml
 from rawmqtt import RawPublisher
 
+from gridpatrol.ingest.broker import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GRIDPATROL_SHARED", REPO.parent / "shared"))
 FOOTAGE = SHARED / "footage"
@@ -214,15 +216,6 @@ def measure_ultralytics(jpegs: list[bytes], seconds: float) -> float:
 
 
 # --- the full worker path ----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 120) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from gridpatrol.api.app import create_app
 from gridpatrol.api.settings import Settings
+from gridpatrol.ingest.broker import free_port
 
 TOKENS = {
     "producer": "t-producer-5b0c",
@@ -239,9 +239,7 @@ class Server:
     """``gridpatrol api`` in a subprocess on a free port."""
 
     def __init__(self, db_url: str, workdir: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.log = workdir / "api-server.log"
         self.env = {
             **os.environ,

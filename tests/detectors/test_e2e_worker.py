@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import component_status_topic, frame_topic
@@ -143,9 +143,7 @@ class Worker:
             "GRIDPATROL_MODEL": str(shared / "models" / "yolo11n_int8_openvino_model"),
         }
         self.proc: subprocess.Popen[bytes] | None = None
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.metrics_port = sock.getsockname()[1]
+        self.metrics_port = free_port()
 
     def metric(self, name: str, camera_id: str) -> int:
         """A per-camera counter from the worker's Prometheus endpoint (0 before it serves)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import Frame, decode_frame
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import patrol_boost_topic
@@ -114,9 +114,7 @@ def test_http_snapshot_cameras(
 def test_an_unreachable_rtsp_camera_is_offline_and_retried(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # nothing listens there
     site = site_file(
         f"  - {{id: r1, source: 'rtsp://user:secret@127.0.0.1:{port}/live', fps: 2, "
         "location: {address: a}}\n"
