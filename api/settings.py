@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # token (or "sha256:<hex>" of a token) -> {"role", "name"}
     api_tokens: dict[str, TokenEntry] = Field(default_factory=dict)
     config: Path | None = None
+    # The detection model (GRIDPATROL_MODEL, as for the workers): the zone editor checks the
+    # classes a rule names against it when its weights are on this machine.
+    model: str | None = None
     max_evidence_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     session_secret: str = Field(default_factory=lambda: secrets.token_hex(32))
     session_max_age_s: int = 12 * 3600

@@ -134,8 +134,13 @@ def load_manifest(path: Path | None = None) -> Manifest:
 # --- resolution --------------------------------------------------------------------------------
 
 
-def resolve_model(arg: str | None = None, *, manifest: Manifest | None = None) -> ModelSpec:
-    """Find the weights for ``arg`` (or ``GRIDPATROL_MODEL``, or the manifest default)."""
+def resolve_model(
+    arg: str | None = None, *, manifest: Manifest | None = None, download: bool = True
+) -> ModelSpec:
+    """Find the weights for ``arg`` (or ``GRIDPATROL_MODEL``, or the manifest default).
+
+    ``download=False`` looks on disk only (for commands that merely read the class names).
+    """
     manifest = manifest or load_manifest()
     explicit = arg or os.environ.get("GRIDPATROL_MODEL") or None
     source = "argument" if arg else "environment"
@@ -152,11 +157,11 @@ def resolve_model(arg: str | None = None, *, manifest: Manifest | None = None) -
                     f"model {explicit!r} ({source}) does not exist: give an OpenVINO IR folder, "
                     f"an .xml, .onnx or .pt file, or one of {sorted(manifest.models)}"
                 )
-        return _resolve_entry(entry, manifest)
+        return _resolve_entry(entry, manifest, download)
     entry = manifest.entry(manifest.default)
     if entry is None:
         raise ModelNotFoundError(f"models/manifest.yaml: default {manifest.default!r} not listed")
-    return _resolve_entry(entry, manifest)
+    return _resolve_entry(entry, manifest, download)
 
 
 def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) -> ModelSpec:
@@ -181,13 +186,15 @@ def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) ->
     return ModelSpec(entry.name if entry else path.stem, path, fmt, source, entry)
 
 
-def _resolve_entry(entry: ManifestEntry, manifest: Manifest) -> ModelSpec:
+def _resolve_entry(entry: ManifestEntry, manifest: Manifest, download: bool = True) -> ModelSpec:
     for directory in search_dirs():
         for name in entry.folder_names:
             candidate = directory / name
             if candidate.is_dir() and any(candidate.glob("*.xml")):
                 spec = spec_from_path(candidate, f"local:{directory}", manifest)
                 return ModelSpec(entry.name, spec.path, spec.format, spec.source, entry)
+    if not download:
+        raise ModelNotFoundError(_not_found_message(entry, "this command does not download"))
     exported = _download_and_export(entry)
     spec = spec_from_path(exported, "download", manifest)
     return ModelSpec(entry.name, spec.path, spec.format, spec.source, entry)
@@ -272,6 +279,20 @@ def read_metadata(spec: ModelSpec) -> dict[str, object]:
         return {}
     data = yaml.safe_load(meta.read_text(encoding="utf-8"))
     return data if isinstance(data, dict) else {}
+
+
+def class_names(spec: ModelSpec) -> tuple[str, ...]:
+    """The class names in the model's metadata.yaml, without loading it; () when it has none."""
+    return parse_names(read_metadata(spec).get("names"))
+
+
+def local_class_names(arg: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """The name and class names of the model ``arg`` resolves to, looked up on disk only.
+
+    Raises :class:`ModelNotFoundError` when the weights are not on this machine.
+    """
+    spec = resolve_model(arg, download=False)
+    return spec.name, class_names(spec)
 
 
 def parse_names(raw: object) -> tuple[str, ...]:

@@ -29,12 +29,13 @@ from numpy.typing import NDArray
 from gridpatrol.detectors.models import (
     MissingExtraError,
     ModelNotFoundError,
+    class_names,
     load_backend,
     model_info,
     resolve_model,
 )
 from gridpatrol.detectors.motion import small_gray
-from gridpatrol.detectors.pipeline import CameraPipeline, judge_still
+from gridpatrol.detectors.pipeline import CameraPipeline, judge_still, warn_missing_heads
 from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
 from gridpatrol.site import Camera, SiteConfigError, load_site
 
@@ -165,7 +166,7 @@ class SiteContext:
     start: datetime
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SiteContext:
+    def from_args(cls, args: argparse.Namespace, class_names: Sequence[str] = ()) -> SiteContext:
         start = datetime.now(UTC)
         if args.start:
             start = datetime.fromisoformat(args.start)
@@ -177,7 +178,7 @@ class SiteContext:
             return cls(None, None, start)
         if not args.camera:
             raise ScanError("--config needs --camera ID (the camera whose zones to apply)")
-        site = load_site(args.config)
+        site = load_site(args.config, class_names=class_names or None)
         try:
             camera = site.camera(args.camera)
         except KeyError:
@@ -303,12 +304,14 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files = expand(args.paths)
-        context = SiteContext.from_args(args)
         spec = resolve_model(args.model)
+        context = SiteContext.from_args(args, class_names(spec))
         heads = load_heads(model_info(spec)) if args.backend == "openvino" else {}
         if args.backend != "openvino":
             # Scene heads read intermediate feature maps, which only the OpenVINO path returns.
             log.warning("scan: scene heads need the openvino backend; garbage_overflow is off")
+        if context.camera is not None:
+            warn_missing_heads([context.camera], heads)
         nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
         backend = load_backend(spec, args.backend, nodes, conf=args.conf)
         judge = Judge(backend.info, heads, context)

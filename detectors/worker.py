@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.episodes import Episode, Key, Op
     from gridpatrol.detectors.evidence import EvidenceFile, FrameRing
+    from gridpatrol.detectors.models import ModelSpec
     from gridpatrol.detectors.motion import MotionSettings, MotionState
     from gridpatrol.detectors.types import Backend, Detections, InferenceResult
     from gridpatrol.ingest.messages import Frame
@@ -795,15 +796,18 @@ def _needs_heads(cameras: Sequence[Camera]) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gridpatrol.detectors.models import ModelNotFoundError, class_names, resolve_model
     from gridpatrol.site import SiteConfigError, load_site
 
     if not args.config:
         log.error("detect needs --config (or GRIDPATROL_CONFIG)")
         return 2
     try:
-        site = load_site(args.config)
+        # The model first: its class names are part of what makes the site file valid.
+        spec = resolve_model(args.model)
+        site = load_site(args.config, class_names=class_names(spec) or None)
         cameras = select_cameras(site, args.cameras, args.shard)
-    except (SiteConfigError, ValueError) as exc:
+    except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
     if not cameras:
@@ -811,7 +815,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     component_id = _component_id(args)
     try:
-        worker, backend, conn = _build(args, site, cameras, component_id)
+        worker, backend, conn = _build(args, site, cameras, component_id, spec)
     except Exception as exc:
         log.error("%s: cannot start: %s", component_id, exc)
         return 1
@@ -819,15 +823,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(
-    args: argparse.Namespace, site: Site, cameras: list[Camera], component_id: str
+    args: argparse.Namespace,
+    site: Site,
+    cameras: list[Camera],
+    component_id: str,
+    spec: ModelSpec,
 ) -> tuple[DetectorWorker, Backend, MqttConnection]:
     from gridpatrol.api.client import Outbox
-    from gridpatrol.detectors.models import load_backend, model_info, resolve_model
+    from gridpatrol.detectors.models import load_backend, model_info
     from gridpatrol.detectors.motion import MotionSettings
+    from gridpatrol.detectors.pipeline import warn_missing_heads
     from gridpatrol.ingest.mqtt import MqttConnection
 
-    spec = resolve_model(args.model)
     heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
+    warn_missing_heads(cameras, heads)
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
     backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input)
     outbox = Outbox.from_env(component_id)

@@ -6,8 +6,9 @@ every error names the file, the line and the field, so an operator can fix a typ
 
 from __future__ import annotations
 
+import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import time
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -187,6 +189,32 @@ class Schedule(Strict):
 # Rule parameters. Every rule shares the episode timing below; each adds its own thresholds.
 
 
+def _known_classes(value: list[str], info: ValidationInfo) -> list[str]:
+    # The class names live in the model, not in this file: they are checked only when the
+    # loader is given them (detect, scan, check-config and the zone editor pass the model's).
+    # A misspelt class would otherwise match nothing and the rule would never fire.
+    names: Sequence[str] | None = (info.context or {}).get("class_names")
+    if not names:
+        return value
+    unknown = [n for n in value if n not in names]
+    if unknown:
+        raise ValueError("; ".join(_not_a_class(n, names) for n in unknown))
+    return value
+
+
+def _not_a_class(name: str, names: Sequence[str]) -> str:
+    # A word of a longer name first ("table" → "dining table"), then the closest spelling.
+    wanted = name.strip().lower()
+    close = [n for n in names if wanted in n.split()] or difflib.get_close_matches(
+        wanted, names, n=1, cutoff=0.6
+    )
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{name!r} is not a class of the detection model{hint}"
+
+
+ClassNames = Annotated[list[str], AfterValidator(_known_classes)]
+
+
 class RuleParams(Strict):
     """Timing shared by every rule.
 
@@ -222,7 +250,7 @@ class StreetVendingParams(RuleParams):
     min_props: int = Field(default=1, ge=1)
     max_displacement: float = Field(default=0.5, gt=0)
     prop_distance: float = Field(default=1.5, gt=0)
-    props: list[str] = Field(
+    props: ClassNames = Field(
         default=[
             "umbrella", "dining table", "chair", "suitcase", "bicycle", "motorcycle", "truck",
             "banana", "apple", "orange", "broccoli", "carrot", "sandwich", "hot dog", "pizza",
@@ -230,7 +258,7 @@ class StreetVendingParams(RuleParams):
         ],
         min_length=1,
     )  # fmt: skip
-    supporting_props: list[str] = Field(
+    supporting_props: ClassNames = Field(
         default=["chair", "suitcase", "bicycle", "motorcycle", "truck"]
     )
 
@@ -247,7 +275,7 @@ class IllegalParkingParams(RuleParams):
 
     dwell_s: float = Field(default=180.0, ge=0)
     max_displacement: float = Field(default=0.3, gt=0)
-    classes: list[str] = Field(default=["car", "truck", "bus"], min_length=1)
+    classes: ClassNames = Field(default=["car", "truck", "bus"], min_length=1)
 
 
 class NonMotorParkingParams(RuleParams):
@@ -256,7 +284,7 @@ class NonMotorParkingParams(RuleParams):
     dwell_s: float = Field(default=600.0, ge=0)
     min_count: int = Field(default=5, ge=1)
     max_displacement: float = Field(default=0.3, gt=0)
-    classes: list[str] = Field(default=["bicycle", "motorcycle"], min_length=1)
+    classes: ClassNames = Field(default=["bicycle", "motorcycle"], min_length=1)
 
 
 class GarbageOverflowParams(RuleParams):
@@ -270,7 +298,7 @@ class GarbageOverflowParams(RuleParams):
     dwell_s: float = Field(default=60.0, ge=0)
     head: str = "garbage"
     threshold: float | None = Field(default=None, ge=0, le=1)
-    occluders: list[str] = ["person", "bicycle", "motorcycle"]
+    occluders: ClassNames = Field(default=["person", "bicycle", "motorcycle"])
     max_occluded: float = Field(default=0.1, ge=0, le=1)
 
 
@@ -292,7 +320,7 @@ class ShopFrontParams(StaticForegroundParams):
     (benches are street furniture and are not counted). max_displacement: as for vending.
     """
 
-    classes: list[str] = Field(default=["dining table", "chair", "potted plant", "suitcase"])
+    classes: ClassNames = Field(default=["dining table", "chair", "potted plant", "suitcase"])
     max_displacement: float = Field(default=0.3, gt=0)
 
 
@@ -515,8 +543,12 @@ def _clean_loc(loc: tuple[str | int, ...]) -> Path_:
     )
 
 
-def parse_site(text: str, name: str = "<site>") -> Site:
-    """Validate site-file text; raise :class:`SiteConfigError` naming file, line and field."""
+def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | None = None) -> Site:
+    """Validate site-file text; raise :class:`SiteConfigError` naming file, line and field.
+
+    ``class_names``: the detection model's classes; when given, every class a rule names must
+    be one of them.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -536,7 +568,8 @@ def parse_site(text: str, name: str = "<site>") -> Site:
             if isinstance(cameras, list)
             else set()
         )
-        return Site.model_validate(data, context={"camera_ids": ids})
+        context = {"camera_ids": ids, "class_names": class_names}
+        return Site.model_validate(data, context=context)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -545,14 +578,14 @@ def parse_site(text: str, name: str = "<site>") -> Site:
         raise SiteConfigError(problems) from exc
 
 
-def load_site(path: str | Path) -> Site:
+def load_site(path: str | Path, class_names: Sequence[str] | None = None) -> Site:
     """Load and validate a site file; the one entry point every component uses."""
     file = Path(path)
     try:
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise SiteConfigError([f"{file}:0: cannot read the site file: {exc.strerror}"]) from exc
-    return parse_site(text, str(file))
+    return parse_site(text, str(file), class_names)
 
 
 def summarise(site: Site) -> list[str]:

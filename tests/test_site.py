@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,81 @@ def test_defaults_and_helpers() -> None:
     assert list(rules) == ["crowd_gathering"]
     assert rules["crowd_gathering"].dwell_s == 5
     assert str(site.tz) == "Asia/Shanghai"
+
+
+ZONE = """\
+    zones:
+      - id: z
+        polygon: [[0, 0], [1, 0], [1, 1]]
+        rules:
+          {rule}: {{{field}: [{value}]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "value", "hint"),
+    [
+        ("street_vending", "props", "umbrela", " (did you mean 'umbrella'?)"),
+        ("street_vending", "supporting_props", "bycicle", " (did you mean 'bicycle'?)"),
+        ("illegal_parking", "classes", "cars", " (did you mean 'car'?)"),
+        ("non_motor_parking", "classes", "scooter", ""),
+        ("shop_front_occupation", "classes", "table", " (did you mean 'dining table'?)"),
+        ("shop_front_occupation", "classes", "Chair", " (did you mean 'chair'?)"),
+        ("garbage_overflow", "occluders", "persons", " (did you mean 'person'?)"),
+    ],
+)
+def test_a_class_the_model_does_not_know_is_named_with_its_line(
+    tmp_path: Path, rule: str, field: str, value: str, hint: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + ZONE.format(rule=rule, field=field, value=value))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:11: cameras[0].zones[0].rules.{rule}.{field}: Value error, "
+        f"{value!r} is not a class of the detection model{hint}"
+    )
+
+
+def test_known_classes_pass_and_the_check_names_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + ZONE.format(rule="illegal_parking", field="classes", value="bus"))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "classes: checked against model yolo11n (80 classes)" in result.stdout.splitlines()
+
+
+def test_without_weights_on_the_machine_classes_are_not_checked(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + ZONE.format(rule="illegal_parking", field="classes", value="cars"))
+    nowhere = tmp_path / "nowhere"
+    env = {
+        **os.environ,
+        "GRIDPATROL_MODELS_DIR": str(nowhere / "models"),
+        "GRIDPATROL_SHARED": str(nowhere),
+        "GRIDPATROL_CACHE": str(nowhere / "cache"),
+    }
+    env.pop("GRIDPATROL_MODEL", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "check-config", str(path)],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[-2].startswith("classes: not checked (no model on this machine: no weights for")
+    assert lines[-1] == f"{path}: OK"
+
+
+def test_a_model_named_on_the_command_line_must_exist(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL)
+    result = run_cli("check-config", str(path), "--model", str(tmp_path / "missing"))
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"check-config: model '{tmp_path / 'missing'}' (argument)")
+
+
+def test_class_names_are_checked_only_when_given() -> None:
+    text = MINIMAL + ZONE.format(rule="garbage_overflow", field="occluders", value="persons")
+    assert parse_site(text).cameras[0].zones[0].rules.garbage_overflow is not None
+    with pytest.raises(SiteConfigError, match="'persons' is not a class"):
+        parse_site(text, class_names=("person", "bicycle"))

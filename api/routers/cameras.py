@@ -134,7 +134,7 @@ def validate_zones(camera_id: str, body: ZonesIn, request: Request, _who: Review
     site = _site(request)
     camera = _camera(site, camera_id)
     text = zones_yaml(body.zones)
-    problems = check_zones(site, camera, text)
+    problems = check_zones(site, camera, text, _class_names(request))
     if problems:
         raise Problem(422, f"{len(problems)} problem(s) in the zones", errors=problems)
     log.info("camera %s: %d zone(s) validated", camera_id, len(body.zones))
@@ -231,7 +231,25 @@ def zones_yaml(zones: list[dict[str, Any]]) -> str:
     return "zones:\n" + "".join(f"  {line}\n" for line in body)
 
 
-def check_zones(site: Site, camera: Camera, text: str) -> list[str]:
+def _class_names(request: Request) -> tuple[str, ...]:
+    """The detection model's class names, read once per app; () when its weights are not here."""
+    state = request.app.state
+    if not hasattr(state, "class_names"):
+        from gridpatrol.detectors.models import ModelNotFoundError, local_class_names
+
+        try:
+            model, state.class_names = local_class_names(services_of(request).settings.model)
+            log.info("zone editor: rule classes checked against model %s", model)
+        except ModelNotFoundError as exc:
+            log.warning("zone editor: rule classes not checked: %s", str(exc).splitlines()[0])
+            state.class_names = ()
+    names: tuple[str, ...] = state.class_names
+    return names
+
+
+def check_zones(
+    site: Site, camera: Camera, text: str, class_names: tuple[str, ...] = ()
+) -> list[str]:
     """Validate the zones text in the camera's context; problems name line (in ``text``) and field.
 
     The camera is re-serialised without its zones and the zones text appended as its last key,
@@ -247,7 +265,7 @@ def check_zones(site: Site, camera: Camera, text: str) -> list[str]:
     offset = head.count("\n")
     document = head + "".join(f"  {line}\n" for line in text.splitlines())
     try:
-        parse_site(document, ZONES_FILE)
+        parse_site(document, ZONES_FILE, class_names or None)
     except SiteConfigError as exc:
         return [_relocate(problem, offset) for problem in exc.problems]
     return []

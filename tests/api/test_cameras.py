@@ -123,6 +123,11 @@ INVALID = [
         {"id": "a", "polygon": TRIANGLE, "schedule": {"from": "25:00"}},
         "zones.yaml:4: zones[0].schedule.from: String should match pattern",
     ),
+    (
+        {"id": "a", "polygon": TRIANGLE, "rules": {"garbage_overflow": {"occluders": ["persons"]}}},
+        "zones.yaml:5: zones[0].rules.garbage_overflow.occluders: Value error, 'persons' is not a "
+        "class of the detection model (did you mean 'person'?)",
+    ),
 ]
 
 

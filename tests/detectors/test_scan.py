@@ -187,6 +187,35 @@ def test_setup_errors_exit_2_without_output(tmp_path: Path, args: list[str], mes
     assert message in stderr
 
 
+def test_a_misspelt_class_in_the_site_file_is_a_setup_error(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    text = SITE.replace("street_vending: {dwell_s: 3}", "street_vending: {props: [umbrela]}")
+    site.write_text(text)
+    line = text.splitlines().index("          street_vending: {props: [umbrela]}") + 1
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", str(ASSETS / "bus.jpg")
+    )
+    assert (code, records) == (2, [])
+    assert stderr.endswith(
+        f"{site}:{line}: cameras[0].zones[0].rules.street_vending.props: Value error, "
+        "'umbrela' is not a class of the detection model (did you mean 'umbrella'?)\n"
+    )
+
+
+def test_a_zone_whose_scene_head_is_not_loaded_is_named(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE.replace("street_vending: {dwell_s: 3}", "garbage_overflow: {head: bins}"))
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", str(ASSETS / "bus.jpg")
+    )
+    assert code == 0, stderr
+    assert [r["source"] for r in records] == [str(ASSETS / "bus.jpg")]
+    assert (
+        "camera street zone plaza: garbage_overflow needs the scene head 'bins', which is not "
+        "loaded (loaded: garbage); this zone cannot raise candidates"
+    ) in stderr
+
+
 def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> None:
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not really a jpeg")

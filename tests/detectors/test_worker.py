@@ -82,6 +82,28 @@ def test_detect_refuses_an_unknown_camera(tmp_path: Path) -> None:
     assert "unknown camera id(s) ['cam-99']" in run.stderr
 
 
+def test_detect_refuses_a_class_the_model_does_not_know(tmp_path: Path) -> None:
+    site = tmp_path / "site.yaml"
+    zone = (
+        "    zones:\n      - id: kerb\n        polygon: [[0, 0], [1, 0], [1, 1]]\n"
+        "        rules: {illegal_parking: {classes: [car, lorry]}}\n"
+    )
+    text = SITE.replace(
+        "    location: {address: 大宁路 0号}\n", "    location: {address: 大宁路 0号}\n" + zone
+    )
+    site.write_text(text, encoding="utf-8")
+    line = text.splitlines().index("        rules: {illegal_parking: {classes: [car, lorry]}}") + 1
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert (
+        f"{site}:{line}: cameras[0].zones[0].rules.illegal_parking.classes: Value error, "
+        "'lorry' is not a class of the detection model\n"
+    ) in run.stderr
+
+
 def test_detect_without_a_site_file() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "gridpatrol.cli", "detect"],
