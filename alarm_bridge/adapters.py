@@ -1,4 +1,4 @@
-"""Sensor payloads to lifecycle inputs: decoding, registry checks and dedup keys (SPEC §3).
+"""Sensor payloads to lifecycle inputs: decoding, registry checks and dedup keys.
 
 The ingest decoders validate the wire format; this module adds what only the bridge knows:
 whether the sensor is registered, whether its kind can raise the alarm type, whether a plain
@@ -31,7 +31,7 @@ from gridpatrol.site import Sensor
 
 log = logging.getLogger(__name__)
 
-# SPEC §3: the alarm types each sensor kind may send; the first is what its readings raise.
+# The alarm types each sensor kind may send; the first is what its readings raise.
 KIND_ALARMS: dict[str, tuple[str, ...]] = {
     "manhole_cover": ("manhole_tilt", "manhole_open"),
     "waterlogging": ("water_level",),

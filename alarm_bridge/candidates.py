@@ -1,4 +1,4 @@
-"""Candidate bodies and patches for sensor alarms (SPEC §8), built from lifecycle effects."""
+"""Candidate bodies and patches for sensor alarms, built from lifecycle effects."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Alarm lifecycle per (sensor, alarm type): pure state machines with injected time (SPEC §7).
+"""Alarm lifecycle per (sensor, alarm type): pure state machines with injected time.
+
+The lifecycle is described in docs/alarm-bridge.md.
 
 ``step(state, input, t) -> (state, effects)`` never reads a clock, a database or the network:
 the worker feeds it decoded inputs and turns the effects into candidate operations. Two kinds of

@@ -1,4 +1,4 @@
-"""Request and response models of the intake API (SPEC §8).
+"""Request and response models of the intake API.
 
 Candidate bodies are typed but every element is optional here: a body with wrong types is
 refused (422), while one with missing required elements is stored as ``incomplete``.
@@ -126,7 +126,7 @@ class CandidateIn(CandidatePatch):
 
 
 def missing_elements(doc: dict[str, Any], held: set[str]) -> list[str]:
-    """The required elements a candidate document lacks (SPEC §8 ★).
+    """The required elements a candidate document lacks.
 
     ``held`` are the evidence hashes the server holds; evidence referring to anything else
     counts as missing.

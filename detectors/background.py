@@ -1,4 +1,4 @@
-"""Long-term background model for static foreground (SPEC §5: shop fronts, piled materials).
+"""Long-term background model for static foreground (shop fronts, piled materials).
 
 Works on a small grayscale frame (e.g. 160×90) cropped to a zone's bounding box. Two running
 averages with time constants in seconds (frames arrive irregularly):

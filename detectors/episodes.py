@@ -1,4 +1,4 @@
-"""Episodes: one candidate per occupancy episode keyed (camera, zone, type) (SPEC §6).
+"""Episodes: one candidate per occupancy episode keyed (camera, zone, type).
 
 Rules emit ``raise`` / ``update`` / ``clear`` events; this module turns them into candidate
 operations: a raise opens an episode and creates ONE candidate, updates patch it at most every

@@ -1,4 +1,4 @@
-"""Evidence for camera candidates (SPEC §6, §8).
+"""Evidence for camera candidates.
 
 A candidate carries the clean frame exactly as received (the original JPEG bytes, so its
 hash proves it came from the camera untouched), an annotated copy (boxes, zone, labels with
@@ -204,7 +204,7 @@ def detection_block(
     dwell_s: float,
     ended_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The candidate's ``detection`` element (SPEC §8); boxes in pixels of the clean frame."""
+    """The candidate's ``detection`` element; boxes in pixels of the clean frame."""
     block: dict[str, Any] = {
         "model": model,
         "model_version": model_version,

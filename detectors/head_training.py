@@ -39,7 +39,7 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
 BASELINE_RECIPE = PoolingRecipe(nodes=(YOLO11_NODES["c2psa"],), levels=(1,), stats=("mean",))
 HEAD_RECIPE = PoolingRecipe()
-# Statuses after a reviewer confirmed the candidate (SPEC §8 life cycle).
+# Statuses after a reviewer confirmed the candidate (the candidate life cycle).
 CONFIRMED = frozenset(
     {"confirmed", "pulled", "registered", "dispatched", "arrived", "resolved", "verified", "closed"}
 )

@@ -201,7 +201,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--positive", help="positive class sub-folder (default: the folder named like --name)"
     )
     parser.add_argument("--out", help="output path stem (default: var/heads/<name>)")
-    parser.add_argument("--model", help="detector model (path or name; see SPEC §9)")
+    parser.add_argument("--model", help="detector model (path or name; see models/README.md)")
     parser.add_argument(
         "--from-reviews",
         action="store_true",

@@ -1,4 +1,4 @@
-"""Model resolution (SPEC §9) and backend loading.
+"""Model resolution and backend loading.
 
 Resolution order: ``--model`` / ``GRIDPATROL_MODEL`` (an OpenVINO IR folder, ``.xml``, ``.onnx``,
 ``.pt`` or a manifest name) → a local folder named in ``models/manifest.yaml`` (``models/``,

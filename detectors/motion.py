@@ -1,4 +1,4 @@
-"""Motion gate: static scenes skip inference (SPEC §6).
+"""Motion gate: static scenes skip inference.
 
 The gate compares a small blurred grayscale copy of each frame with the copy of the last
 frame that was inferred. Comparing against the last *inferred* frame (not the previous

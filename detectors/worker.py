@@ -1,4 +1,4 @@
-"""``gridpatrol detect``: the detector worker (SPEC §6).
+"""``gridpatrol detect``: the detector worker.
 
 Frames arrive on ``{prefix}/cameras/{id}/frame`` (QoS 0). Each camera has its own one-slot
 subscription queue, so paho's network thread only replaces the pending frame (counted as a

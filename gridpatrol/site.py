@@ -1,4 +1,4 @@
-"""The site file: one strict schema for the whole deployment (SPEC §4).
+"""The site file: one strict schema for the whole deployment.
 
 Every component loads the file through :func:`load_site`; unknown keys are rejected and
 every error names the file, the line and the field, so an operator can fix a typo at 3 a.m.

@@ -1,4 +1,4 @@
-"""Envelopes of SPEC §3: frames, alarm envelopes, SenML packs and threshold readings.
+"""MQTT payload envelopes: frames, alarm envelopes, SenML packs and threshold readings.
 
 Decoding is the trust boundary: every payload from the broker goes through a decoder here,
 which either returns a frozen dataclass or raises :class:`MessageError` with a short
@@ -31,7 +31,7 @@ Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
 TRANSITIONS: tuple[Transition, ...] = ("raise", "update", "clear")
 SEVERITIES: tuple[Severity, ...] = ("CRITICAL", "MAJOR", "MINOR", "WARNING")
 
-# Alarm types a device may send (SPEC §3), and the candidate type each becomes.
+# Alarm types a device may send, and the candidate type each becomes.
 ALARM_TYPES: dict[str, str] = {
     "manhole_tilt": "manhole_cover",
     "manhole_open": "manhole_cover",
@@ -564,7 +564,7 @@ def _senml_record(
 
 
 def dead_letter(reason: str, topic: str, payload: bytes, received_at: datetime) -> bytes:
-    """The JSON of SPEC §3 for ``{prefix}/deadletter/{component}``."""
+    """The JSON published to ``{prefix}/deadletter/{component}``."""
     body = {
         "reason": reason,
         "topic": topic,

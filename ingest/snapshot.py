@@ -1,4 +1,4 @@
-"""Snapshot request / reply (SPEC §3).
+"""Snapshot request / reply.
 
 A consumer publishes ``{"request_id"}`` to ``…/cameras/{id}/snapshot/request``; the component
 serving the camera answers on ``…/cameras/{id}/snapshot`` with a frame envelope whose header

@@ -1,7 +1,7 @@
-"""The MQTT topic scheme of SPEC §3: builders and one parser.
+"""The MQTT topic scheme: builders and one parser.
 
 Every topic string in the project is built here, so a change of scheme is one edit. The id in
-the topic is authoritative; builders refuse ids outside the SPEC charset rather than publish to
+the topic is authoritative; builders refuse ids outside ``ID_RE`` rather than publish to
 a topic no consumer can parse.
 """
 
@@ -105,7 +105,7 @@ def wildcard(prefix: str, kind: TopicKind) -> str:
 
 
 def parse_topic(prefix: str, topic: str) -> TopicMatch | None:
-    """Classify ``topic`` under ``prefix``; None when it is not a well-formed SPEC topic."""
+    """Classify ``topic`` under ``prefix``; None when it is not a well-formed gridpatrol topic."""
     head = prefix.rstrip("/") + "/"
     if not topic.startswith(head):
         return None

@@ -109,7 +109,7 @@ def rule_schema(_who: Reviewer) -> dict[str, Any]:
     responses={200: {"content": {"image/jpeg": {}}}},
 )
 def snapshot(camera_id: str, request: Request, _who: Reviewer) -> Response:
-    """A fresh frame from the camera, requested over MQTT (SPEC §3 snapshot request/reply)."""
+    """A fresh frame from the camera, requested over MQTT (``gridpatrol.ingest.snapshot``)."""
     site = _site(request)
     _camera(site, camera_id)
     from gridpatrol.ingest.snapshot import request_snapshot

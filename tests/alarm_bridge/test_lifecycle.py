@@ -1,4 +1,4 @@
-"""Table-driven tests of the pure alarm lifecycle: every path of SPEC §7."""
+"""Table-driven tests of the pure alarm lifecycle: every path in docs/alarm-bridge.md."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """End to end: a private Mosquitto, the real intake API and the real ``gridpatrol detect``.
 
 Frames of real footage (and scenes composed from real frames, see docs/detectors.md) are
-published as SPEC §3 frame envelopes with timestamps advancing at 2 fps; the publisher may run
+published as frame envelopes with timestamps advancing at 2 fps; the publisher may run
 faster than real time because the worker's clock is the frame timestamp. Outcomes are read back
 through the API: candidates per episode, their evidence bytes and hashes.
 """

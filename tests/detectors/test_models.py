@@ -1,4 +1,4 @@
-"""Model resolution (SPEC §9), model identity and the errors that say what to put where."""
+"""Model resolution, model identity and the errors that say what to put where."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Envelope encoding and validation (SPEC §3): every rejection carries a machine-readable reason."""
+"""Envelope encoding and validation: every rejection carries a machine-readable reason."""
 
 from __future__ import annotations
 
