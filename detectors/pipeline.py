@@ -35,6 +35,7 @@ from gridpatrol.detectors.tracking import Motion, Tracker
 from gridpatrol.detectors.types import Detections
 from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
 from gridpatrol.site import (
+    PATROL_VISITS,
     Camera,
     CrowdGatheringParams,
     GarbageOverflowParams,
@@ -144,14 +145,14 @@ class CameraPipeline:
         floors = [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
         self.tracker = Tracker(
             high_conf=min([Tracker.high_conf, *floors]),
-            lost_s=max(3.0, 2.5 * interval),
-            history_s=max(10.0, 2.5 * interval),
+            lost_s=max(3.0, PATROL_VISITS * interval),
+            history_s=max(10.0, PATROL_VISITS * interval),
         )
         self.zones = [
             _ZoneRuntime(
                 zone=z,
                 geometry=ZoneGeometry.of(z.polygon),
-                rules=z.rules.enabled(),
+                rules=camera.zone_rules(z),
                 bg_params=_bg_params(z.rules.enabled()),
             )
             for z in camera.zones

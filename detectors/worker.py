@@ -767,7 +767,7 @@ def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
 def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:
     for zone in cam.zones:
         if zone.id == zone_id:
-            return zone.rules.enabled().get(rule)
+            return cam.zone_rules(zone).get(rule)
     return None
 
 
@@ -775,7 +775,7 @@ def _horizon_s(cam: Camera) -> float:
     """How far back first-seen frames are kept: the longest dwell plus its gap, at least 60 s."""
     longest = 60.0
     for zone in cam.zones:
-        for params in zone.rules.enabled().values():
+        for params in cam.zone_rules(zone).values():
             longest = max(longest, params.dwell_s + params.gap_s + 30.0)
     return min(longest, 4 * 3600.0)
 

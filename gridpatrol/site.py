@@ -365,6 +365,10 @@ class Zone(Strict):
     rules: ZoneRules = ZoneRules()
 
 
+# How many patrol intervals a track, a dwell gap or a clear may span on a patrol camera.
+PATROL_VISITS = 2.5
+
+
 class Camera(Strict):
     id: Id
     name: str = ""
@@ -391,6 +395,25 @@ class Camera(Strict):
     @property
     def is_patrol(self) -> bool:
         return self.interval_s is not None
+
+    def zone_rules(self, zone: Zone) -> dict[str, RuleParams]:
+        """The zone's rules with the timing this camera can honour.
+
+        A patrol camera sees the zone only every ``interval_s`` (or less often under load), so
+        ``gap_s`` and ``clear_s`` are at least ``PATROL_VISITS`` intervals: with the defaults
+        (20 s, 60 s) and a 30 s patrol, every dwell would restart on the next visit and one
+        missed visit would split an episode into two candidates.
+        """
+        rules = zone.rules.enabled()
+        if self.interval_s is None:
+            return rules
+        floor = PATROL_VISITS * self.interval_s
+        return {
+            name: p.model_copy(
+                update={"gap_s": max(p.gap_s, floor), "clear_s": max(p.clear_s, floor)}
+            )
+            for name, p in rules.items()
+        }
 
     @property
     def sample_fps(self) -> float:

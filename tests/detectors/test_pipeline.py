@@ -406,9 +406,10 @@ def test_real_street_tracks_are_stable(
 @pytest.mark.parametrize(
     ("name", "scene", "expected"),
     [
-        # Seen every 30 s: the parked car keeps its track between visits and raises once.
+        # Seen every 30 s: the parked car keeps its track between visits and raises once; it
+        # clears 2.5 visits (75 s, the patrol floor of clear_s 60) after it was last seen.
         ("parked for ten minutes", lambda s: [("car", (300, 300, 600, 480))] if s < 600 else [],
-         [("raise", 210.0), ("clear", 630.0)]),
+         [("raise", 210.0), ("clear", 660.0)]),
         # Traffic: a different car at a different place on every visit.
         ("passing traffic", lambda s: [("car", (s * 11 % 900, 300, s * 11 % 900 + 300, 480))], []),
     ],
@@ -421,6 +422,38 @@ def test_patrol_camera_parking(
                                           "update_s": 3600}}}  # fmt: skip
     pipe = CameraPipeline(camera([zone], interval_s=30), SHANGHAI, NAMES)
     events = play(pipe, scene, 900, fps=1 / 30)
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
+
+
+PARKED: Obj = ("car", (300, 300, 600, 480))
+
+
+@pytest.mark.parametrize(
+    ("name", "rules", "seen", "expected"),
+    [
+        # The rule's default timing (gap 20 s, clear 60 s) on a camera visited every 30 s: the
+        # gap and clear floors of 2.5 visits let the dwell accumulate from visit to visit.
+        ("defaults", {"dwell_s": 120}, lambda s: s < 600,
+         [("raise", 150.0), ("update", 270.0), ("update", 390.0), ("update", 510.0),
+          ("clear", 660.0)]),
+        # One visit without the car (a lorry in front) neither restarts the dwell nor splits the
+        # episode into two candidates.
+        ("a missed visit", {"dwell_s": 120}, lambda s: s < 600 and s != 150,
+         [("raise", 180.0), ("update", 300.0), ("update", 420.0), ("update", 540.0),
+          ("clear", 660.0)]),
+        ("a missed visit, raised", {"dwell_s": 0, "update_s": 3600},
+         lambda s: s < 600 and s != 300, [("raise", 30.0), ("clear", 660.0)]),
+        # Longer settings than the floor are kept.
+        ("long clear", {"dwell_s": 120, "clear_s": 200, "update_s": 3600}, lambda s: s < 600,
+         [("raise", 150.0), ("clear", 780.0)]),
+    ],
+)  # fmt: skip
+def test_patrol_timing_survives_the_gaps_between_visits(
+    name: str, rules: dict[str, float], seen: Callable[[float], bool], expected: list[Any]
+) -> None:
+    zone = {"id": "kerb", "polygon": WHOLE, "rules": {"illegal_parking": rules}}
+    pipe = CameraPipeline(camera([zone], interval_s=30), SHANGHAI, NAMES)
+    events = play(pipe, lambda s: [PARKED] if seen(s) else [], 900, fps=1 / 30)
     assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
 
 
