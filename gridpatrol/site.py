@@ -358,11 +358,27 @@ class ZoneRules(Strict):
 Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]]
 
 
+# A zone smaller than this share of the frame (about 2×2 pixels at 720p) holds no object.
+MIN_ZONE_AREA = 5e-6
+
+
 class Zone(Strict):
     id: Id
     polygon: list[Point] = Field(min_length=3)
     schedule: Schedule | None = None
     rules: ZoneRules = ZoneRules()
+
+    @field_validator("polygon")
+    @classmethod
+    def _encloses_an_area(cls, value: list[Point]) -> list[Point]:
+        # Points on one line (a misplaced click, a pasted list) rasterise to an empty mask:
+        # the zone would never contain anything and its rules would never fire.
+        area = 0.5 * abs(
+            sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(value, value[1:] + value[:1]))
+        )
+        if area < MIN_ZONE_AREA:
+            raise ValueError(f"the polygon encloses no area ({area:.2g} of the frame)")
+        return value
 
 
 # How many patrol intervals a track, a dwell gap or a clear may span on a patrol camera.

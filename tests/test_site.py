@@ -165,3 +165,22 @@ def test_class_names_are_checked_only_when_given() -> None:
     assert parse_site(text).cameras[0].zones[0].rules.garbage_overflow is not None
     with pytest.raises(SiteConfigError, match="'persons' is not a class"):
         parse_site(text, class_names=("person", "bicycle"))
+
+
+@pytest.mark.parametrize(
+    ("polygon", "area"),
+    [
+        ("[[0, 0], [0.5, 0.5], [1, 1]]", "0"),
+        ("[[0.5, 0.5], [0.501, 0.5], [0.501, 0.501]]", "5e-07"),
+    ],
+)
+def test_a_zone_that_encloses_no_area_is_rejected(tmp_path: Path, polygon: str, area: str) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + ZONE.format(rule="crowd_gathering", field="x", value="").replace(
+        "[[0, 0], [1, 0], [1, 1]]", polygon).replace("{x: []}", "{}"))  # fmt: skip
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == (
+        f"{path}:9: cameras[0].zones[0].polygon: Value error, "
+        f"the polygon encloses no area ({area} of the frame)"
+    )

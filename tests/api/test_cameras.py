@@ -124,6 +124,10 @@ INVALID = [
         "zones.yaml:4: zones[0].schedule.from: String should match pattern",
     ),
     (
+        {"id": "a", "polygon": [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]},
+        "zones.yaml:3: zones[0].polygon: Value error, the polygon encloses no area",
+    ),
+    (
         {"id": "a", "polygon": TRIANGLE, "rules": {"garbage_overflow": {"occluders": ["persons"]}}},
         "zones.yaml:5: zones[0].rules.garbage_overflow.occluders: Value error, 'persons' is not a "
         "class of the detection model (did you mean 'person'?)",
