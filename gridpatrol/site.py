@@ -374,7 +374,10 @@ class Zone(Strict):
         # Points on one line (a misplaced click, a pasted list) rasterise to an empty mask:
         # the zone would never contain anything and its rules would never fire.
         area = 0.5 * abs(
-            sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(value, value[1:] + value[:1]))
+            sum(
+                x0 * y1 - x1 * y0
+                for (x0, y0), (x1, y1) in zip(value, value[1:] + value[:1], strict=True)
+            )
         )
         if area < MIN_ZONE_AREA:
             raise ValueError(f"the polygon encloses no area ({area:.2g} of the frame)")
