@@ -262,6 +262,16 @@ class StreetVendingParams(RuleParams):
         default=["chair", "suitcase", "bicycle", "motorcycle", "truck"]
     )
 
+    @model_validator(mode="after")
+    def _a_prop_that_stands_alone(self) -> StreetVendingParams:
+        # A stall needs one prop outside supporting_props: without one the rule never fires.
+        if set(self.props) <= set(self.supporting_props):
+            raise ValueError(
+                "every prop is also a supporting prop, so no stall can ever be found: "
+                "keep at least one of props out of supporting_props"
+            )
+        return self
+
 
 class CrowdGatheringParams(RuleParams):
     """At least ``min_persons`` persons in the zone for ``dwell_s``."""

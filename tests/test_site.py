@@ -184,3 +184,16 @@ def test_a_zone_that_encloses_no_area_is_rejected(tmp_path: Path, polygon: str, 
         f"{path}:9: cameras[0].zones[0].polygon: Value error, "
         f"the polygon encloses no area ({area} of the frame)"
     )
+
+
+def test_vending_needs_a_prop_that_is_not_only_supporting() -> None:
+    zone = ZONE.format(rule="street_vending", field="props", value="chair, bicycle")
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL + zone, "s.yaml")
+    assert info.value.problems == [
+        "s.yaml:11: cameras[0].zones[0].rules.street_vending: Value error, every prop is also a "
+        "supporting prop, so no stall can ever be found: keep at least one of props out of "
+        "supporting_props"
+    ]
+    stall = ZONE.format(rule="street_vending", field="props", value="chair, umbrella")
+    assert parse_site(MINIMAL + stall).cameras[0].zones[0].rules.street_vending is not None
