@@ -170,8 +170,7 @@ def _reading(reading: ThresholdReading, sensor: Sensor, payload: bytes) -> Adapt
 def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejected:
     if sensor.thresholds is None:
         return Rejected("no_thresholds", f"sensor {sensor.id} has no thresholds for SenML")
-    unit = sensor.thresholds.unit or None
-    numeric = [r for r in pack.records if r.v is not None and (unit is None or r.u in (unit, None))]
+    numeric = _in_unit([r for r in pack.records if r.v is not None], sensor.thresholds.unit)
     if not numeric:
         return Rejected("no_reading", "no numeric SenML record in the sensor's unit")
     key = f"s:{_digest(payload)}"
@@ -183,6 +182,17 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
             return item
         items.append(item)
     return Adapted(sensor.id, key, tuple(items))
+
+
+def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
+    """The records a sensor's thresholds judge: those in its unit.
+
+    A pack in which no record has a unit is read as being in it (a simple device); a unit-less
+    record beside records with units (a battery level, say) is not.
+    """
+    if not unit or all(r.u is None for r in records):
+        return records
+    return [r for r in records if r.u == unit]
 
 
 def seq_in_order(last: tuple[str | None, int] | None, boot_id: str | None, seq: int | None) -> bool:

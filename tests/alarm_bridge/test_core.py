@@ -209,6 +209,26 @@ def test_threshold_readings_and_senml(h: Harness) -> None:
     assert trace_evidence == ["application/json"] * 3
 
 
+@pytest.mark.parametrize(
+    ("records", "expected"),
+    [
+        # A battery record without a unit beside the level is not a level reading: the flood
+        # stays raised (it used to be read as 3.6 cm and cleared at once).
+        ([{"n": "level", "u": "cm", "v": 20.0}, {"n": "battery", "v": 3.6}], ["create"]),
+        ([{"n": "level", "u": "cm", "v": 20.0}, {"n": "battery", "u": "V", "v": 3.6}], ["create"]),
+        # A device that sends no units at all is read in the sensor's unit.
+        ([{"n": "level", "v": 20.0}, {"n": "level", "t": 1, "v": 3.0}], ["create", "patch"]),
+    ],
+)
+def test_senml_records_outside_the_sensor_unit_are_not_judged(
+    h: Harness, records: list[dict[str, object]], expected: list[str]
+) -> None:
+    pack = [{"bn": "wl-1:", "bt": T0, **records[0]}, *records[1:]]
+    h.alarm("wl-1", json.dumps(pack).encode())
+    assert [k for k, _, _ in outbox_ops(h.outbox) if k != "evidence"] == expected
+    assert h.dead == []
+
+
 def test_offline_by_last_will_and_back(h: Harness) -> None:
     h.send("gridpatrol/sensors/mh-1/status", b"offline", T0)
     h.send("gridpatrol/sensors/mh-1/status", b"offline", T0 + 5)  # retained again: no new alarm
