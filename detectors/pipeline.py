@@ -140,7 +140,7 @@ class CameraPipeline:
         self.head_thresholds = dict(head_thresholds or {})
         # Patrol cameras are seen every interval_s: keep tracks (and the stationarity window)
         # across a few intervals so a parked car keeps its id between visits.
-        interval = camera.interval_s if camera.interval_s is not None else 1 / camera.sample_fps
+        interval = camera.frame_interval_s
         # An object a rule would accept must be able to start a track.
         floors = [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
         self.tracker = Tracker(

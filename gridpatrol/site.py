@@ -394,7 +394,7 @@ class Zone(Strict):
         return value
 
 
-# How many patrol intervals a track, a dwell gap or a clear may span on a patrol camera.
+# How many frame intervals (patrol visits) a track, a dwell gap or a clear may span.
 PATROL_VISITS = 2.5
 
 
@@ -425,18 +425,21 @@ class Camera(Strict):
     def is_patrol(self) -> bool:
         return self.interval_s is not None
 
+    @property
+    def frame_interval_s(self) -> float:
+        """Seconds between two frames of this camera: the patrol interval or 1 / fps."""
+        return self.interval_s if self.interval_s is not None else 1.0 / self.sample_fps
+
     def zone_rules(self, zone: Zone) -> dict[str, RuleParams]:
         """The zone's rules with the timing this camera can honour.
 
-        A patrol camera sees the zone only every ``interval_s`` (or less often under load), so
-        ``gap_s`` and ``clear_s`` are at least ``PATROL_VISITS`` intervals: with the defaults
-        (20 s, 60 s) and a 30 s patrol, every dwell would restart on the next visit and one
-        missed visit would split an episode into two candidates.
+        A camera sees the zone only every ``frame_interval_s`` (a patrol camera even less often
+        under load), so ``gap_s`` and ``clear_s`` are at least ``PATROL_VISITS`` intervals:
+        with the defaults (20 s, 60 s) and a 30 s patrol, every dwell would restart on the next
+        visit and one missed visit would split an episode into two candidates.
         """
         rules = zone.rules.enabled()
-        if self.interval_s is None:
-            return rules
-        floor = PATROL_VISITS * self.interval_s
+        floor = PATROL_VISITS * self.frame_interval_s
         return {
             name: p.model_copy(
                 update={"gap_s": max(p.gap_s, floor), "clear_s": max(p.clear_s, floor)}

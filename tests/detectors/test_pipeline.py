@@ -457,6 +457,18 @@ def test_patrol_timing_survives_the_gaps_between_visits(
     assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
 
 
+def test_a_slow_continuous_camera_gets_the_same_floor() -> None:
+    # One frame every 50 s: gap_s and clear_s become 125 s (2.5 frames), the dwell accumulates.
+    zone = {"id": "kerb", "polygon": WHOLE, "rules": {"illegal_parking": {"dwell_s": 120}}}
+    pipe = CameraPipeline(camera([zone], fps=0.02), SHANGHAI, NAMES)
+    events = play(pipe, lambda s: [PARKED] if s < 600 else [], 900, fps=0.02)
+    # Stationary from the second frame (50 s); raised at the first frame 120 s later; the car
+    # was last seen at 550 s and the episode clears at the first frame 125 s after that.
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == [
+        ("raise", 200.0), ("update", 350.0), ("update", 500.0), ("clear", 700.0),
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("pile", [False, True])
 def test_real_street_background_finds_a_composed_pile(
     street_frames: tuple[tuple[str, ...], list[tuple[float, Detections, np.ndarray]]],
