@@ -277,6 +277,12 @@ class Metrics:
             "gridpatrol_detect_outbox_depth", "Operations waiting", registry=self.registry
         )
 
+    def register(self, camera_id: str) -> None:
+        """Export the camera's series at 0 from the start, so that an alert on a camera whose
+        frame rate is 0 also fires for one that never sent a frame."""
+        for counter in (self.frames, self.inferred, self.skipped, self.dropped, self.bad):
+            counter.labels(camera_id)
+
     def serve(self, port: int) -> None:
         from prometheus_client import start_http_server
 
@@ -328,6 +334,7 @@ class DetectorWorker:
                 frame_topic(site.mqtt.prefix, cam.id), qos=0, maxsize=1, wake=self._wake
             )
             self.cams[cam.id] = self._runtime(cam, sub)
+            self.metrics.register(cam.id)
         with outbox.transaction() as txn:
             episodes.ensure_schema(txn.conn)
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))

@@ -383,7 +383,10 @@ def test_street_crowd_episodes_and_no_vending(
     vending = {"dwell_s": 3, "gap_s": 2, "clear_s": 3}
     market = {"id": "market", "polygon": WHOLE, "rules": {"street_vending": vending}}
     # No periodic progress lines in this run: the tally checked below is the one at stop.
-    worker = rig.worker({"street": [crowd_zone(clear_s=3), market]}, "--progress-s", "3600")
+    # "quiet" never sends a frame: its series must exist at 0 for the camera-offline alert.
+    worker = rig.worker(
+        {"street": [crowd_zone(clear_s=3), market], "quiet": []}, "--progress-s", "3600"
+    )
     h, w = street[0].shape[:2]
     crowd = [jpeg(f) for f in street]  # 10 s of the street at 2 fps
     # The same street blurred beyond recognition: nobody is detected, the crowd is gone.
@@ -406,7 +409,9 @@ def test_street_crowd_episodes_and_no_vending(
     time.sleep(2)  # nothing else may follow
     found = candidates(client, "street")
     taken = worker.frames_taken("street")
+    metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
     assert worker.stop() == 0
+    assert 'gridpatrol_detect_frames_total{camera="quiet"} 0.0\n' in metrics
     assert [c["type"] for c in found] == ["crowd_gathering", "crowd_gathering"], found
     first, second = found
     for cand in found:
