@@ -29,6 +29,10 @@ Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
   for the worker, the API, this process (the publisher), the rest (broker, system) and the
   cores' idle time, from ``/proc``; ``raw_cpu_ms_per_frame`` is the runtime alone's (all cores
   for ``1 / raw_fps``). Their difference is what the pipeline spends beside inference.
+- ``decode_infer_stream_fps``: JPEG decoding and inference alone, streamed through the backend
+  on the worker's frames (no MQTT, tracking or rules), and ``decode_infer_stream_over_raw`` its
+  ratio to the runtime alone on the same frames measured in alternating slices: the ceiling of
+  ``pipeline / raw`` for a worker that decodes on the same cores.
 
 ``--json`` prints one JSON object as the last line.
 """
@@ -137,9 +141,8 @@ def decode(jpeg: bytes) -> np.ndarray:
 # --- runtime alone, Ultralytics ----------------------------------------------------------------
 
 
-def measure_raw(
-    jpegs: list[bytes], seconds: float, rect: bool, details: bool = True
-) -> dict[str, Any]:
+def open_backend(jpegs: list[bytes], rect: bool) -> tuple[Any, list[np.ndarray]]:
+    """The OpenVINO backend the worker uses, warmed up, and the frames as prepared tensors."""
     from gridpatrol.detectors.models import load_backend, resolve_model
     from gridpatrol.detectors.openvino_backend import OpenVinoBackend
 
@@ -147,6 +150,13 @@ def measure_raw(
     assert isinstance(backend, OpenVinoBackend)
     tensors = [backend.prepare(decode(j)).tensor for j in jpegs]
     backend.raw(tensors[: backend.requests * 2])  # warm-up
+    return backend, tensors
+
+
+def measure_raw(
+    jpegs: list[bytes], seconds: float, rect: bool, details: bool = True
+) -> dict[str, Any]:
+    backend, tensors = open_backend(jpegs, rect)
     # The device's optimal number of requests and the backend's (one spare more), alternately
     # in slices of about a second so that drift affects both alike; the faster is the ceiling.
     counts = sorted({backend.device_requests, backend.requests})
@@ -173,24 +183,29 @@ def measure_raw(
     for j in jpegs:
         backend.prepare(decode(j))
     prep_ms = 1000 * (time.thread_time() - cpu0) / len(jpegs)
-    # Decode + infer in batches of 8 (one per camera): all decoded first, or decoded lazily
-    # while the previous images are inferred (a generator passed to ``infer``).
-    batches = [jpegs[k : k + 8] for k in range(0, len(jpegs) - 7, 8)]
-    t0 = time.perf_counter()
-    for batch in batches:
-        backend.infer([decode(j) for j in batch])
-    eager = 8 * len(batches) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for batch in batches:
-        backend.infer(decode(j) for j in batch)
-    lazy = 8 * len(batches) / (time.perf_counter() - t0)
     backend.close()
-    return {
-        **base,
-        "prepare_cpu_ms": prep_ms,
-        "decode_then_infer_fps": eager,
-        "lazy_decode_infer_fps": lazy,
-    }
+    return {**base, "prepare_cpu_ms": prep_ms}
+
+
+def measure_stream(jpegs: list[bytes], seconds: float, rect: bool) -> dict[str, float]:
+    """Decode + infer streamed through ``backend.stream`` (the worker's inference path without
+    MQTT, tracking or rules; the queue never drains), alternating in slices of about a second
+    with the runtime alone on the same frames, so that both see the same drift."""
+    backend, tensors = open_backend(jpegs, rect)
+    frames = max(len(jpegs), 100)
+    done = {"stream": 0, "raw": 0}
+    elapsed = {"stream": 0.0, "raw": 0.0}
+    while sum(elapsed.values()) < seconds * 2:
+        started = time.perf_counter()
+        items = ((k, decode(jpegs[k % len(jpegs)])) for k in range(frames))
+        done["stream"] += sum(1 for _ in backend.stream(items))
+        elapsed["stream"] += time.perf_counter() - started
+        started = time.perf_counter()
+        done["raw"] += backend.raw(tensors, repeat=max(1, frames // len(tensors)))
+        elapsed["raw"] += time.perf_counter() - started
+    backend.close()
+    stream, raw = done["stream"] / elapsed["stream"], done["raw"] / elapsed["raw"]
+    return {"fps": stream, "raw_fps": raw, "over_raw": stream / raw}
 
 
 def by(raw: dict[str, Any]) -> str:
@@ -564,6 +579,11 @@ def main(argv: list[str] | None = None) -> int:
     raw_after = measure_raw(mixed, raw_s, rect)
     raw = (raw_before["fps"] + raw_after["fps"]) / 2
     say(f"raw again: {raw_after['fps']:.1f} fps, {by(raw_after)}; reference {raw:.1f} fps")
+    stream = measure_stream(street, raw_s, rect)
+    say(
+        f"decode + infer streamed on the worker's frames: {stream['fps']:.1f} fps, "
+        f"{stream['over_raw']:.3f} × the runtime alone on them ({stream['raw_fps']:.1f} fps)"
+    )
     gate = measure_gate(cameras, static_jpegs(20), 5.0, gate_s, args.square_input)
     say(
         f"motion gate on static footage: {gate['inferred_fraction']:.3f} inferred "
@@ -593,8 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         "pipeline_cpu_ms_per_frame": pipe["cpu_ms_per_frame"],
         "raw_cpu_ms_per_frame": round(1000 * (os.cpu_count() or 1) / raw, 2),
         "prepare_cpu_ms": round(raw_before["prepare_cpu_ms"], 2),
-        "decode_then_infer_fps": round(raw_after["decode_then_infer_fps"], 2),
-        "lazy_decode_infer_fps": round(raw_after["lazy_decode_infer_fps"], 2),
+        "decode_infer_stream_fps": round(stream["fps"], 2),
+        "decode_infer_stream_over_raw": round(stream["over_raw"], 3),
         "infer_requests": raw_before["requests"],
         "raw_fps_by_requests": {
             "before": {str(n): round(f, 2) for n, f in raw_before["fps_by_requests"].items()},
