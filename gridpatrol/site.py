@@ -652,6 +652,10 @@ def summarise(site: Site) -> list[str]:
         f"urgent {', '.join(site.policy.urgent_types) or '-'}, "
         f"auto-confirm {', '.join(site.policy.auto_confirm) or '-'}"
     )
+    unrouted = [t for t in CANDIDATE_TYPES if t not in site.policy.routing]
+    if unrouted:
+        # A routing table replaces the default one: a partial table leaves types unrouted.
+        out.append(f"routing: no unit for {', '.join(unrouted)} (no suggested unit on them)")
     patrol = [c for c in site.cameras if c.is_patrol]
     out.append(
         f"cameras: {len(site.cameras)} ({len(patrol)} on patrol sharing "

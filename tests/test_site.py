@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gridpatrol.site import SiteConfigError, load_site, parse_site
+from gridpatrol.site import CANDIDATE_TYPES, SiteConfigError, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,3 +197,13 @@ def test_vending_needs_a_prop_that_is_not_only_supporting() -> None:
     ]
     stall = ZONE.format(rule="street_vending", field="props", value="chair, umbrella")
     assert parse_site(MINIMAL + stall).cameras[0].zones[0].rules.street_vending is not None
+
+
+def test_check_config_names_the_types_a_partial_routing_leaves_unrouted(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    routes = "".join(f"    {t}: 城管中队\n" for t in CANDIDATE_TYPES if t not in ("noise", "smoke"))
+    path.write_text(MINIMAL + "policy:\n  routing:\n" + routes, encoding="utf-8")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "routing: no unit for smoke, noise (no suggested unit on them)" in result.stdout
+    assert "routing:" not in run_cli("check-config", str(REPO / "samples" / "site.yaml")).stdout
