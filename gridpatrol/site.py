@@ -184,6 +184,12 @@ class Schedule(Strict):
     from_: HHMM = Field(default="00:00", alias="from")
     to: HHMM = "23:59"
 
+    @property
+    def window_s(self) -> float:
+        """Length of one day's window in seconds (``to`` inclusive to the minute)."""
+        start, end = (t.hour * 60 + t.minute for t in map(parse_hhmm, (self.from_, self.to)))
+        return 60.0 * ((end - start) % 1440 + 1 if start != end else 1440)
+
 
 # ---------------------------------------------------------------------------------------------
 # Rule parameters. Every rule shares the episode timing below; each adds its own thresholds.
@@ -392,6 +398,22 @@ class Zone(Strict):
         if area < MIN_ZONE_AREA:
             raise ValueError(f"the polygon encloses no area ({area:.2g} of the frame)")
         return value
+
+    @model_validator(mode="after")
+    def _dwell_fits_the_schedule(self) -> Zone:
+        # An episode cannot outlast the window it is seen in: a rule whose dwell is longer
+        # than the daily window could never raise (a whole-day window joins the next day's).
+        window = self.schedule.window_s if self.schedule is not None else 1440 * 60.0
+        if window >= 1440 * 60.0:
+            return self
+        too_long = [f"{n} (dwell_s {p.dwell_s:g})" for n, p in self.rules.enabled().items()
+                    if p.dwell_s > window]  # fmt: skip
+        if too_long:
+            raise ValueError(
+                f"the schedule is active {window / 60:g} min a day, shorter than the dwell of "
+                f"{', '.join(too_long)}: it could never raise"
+            )
+        return self
 
 
 # How many frame intervals (patrol visits) a track, a dwell gap or a clear may span.

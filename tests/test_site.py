@@ -207,3 +207,28 @@ def test_check_config_names_the_types_a_partial_routing_leaves_unrouted(tmp_path
     assert result.returncode == 0, result.stderr
     assert "routing: no unit for smoke, noise (no suggested unit on them)" in result.stdout
     assert "routing:" not in run_cli("check-config", str(REPO / "samples" / "site.yaml")).stdout
+
+
+@pytest.mark.parametrize(
+    ("schedule", "problem"),
+    [
+        ('{from: "06:00", to: "06:19"}', "the schedule is active 20 min a day, shorter than the "
+         "dwell of piled_materials (dwell_s 1800): it could never raise"),
+        ('{from: "23:50", to: "00:09"}', "the schedule is active 20 min a day, shorter than the "
+         "dwell of piled_materials (dwell_s 1800): it could never raise"),
+        ('{from: "06:00", to: "06:29"}', None),
+        ('{from: "06:00", to: "06:00"}', None),
+        ('{days: [sat], from: "00:00", to: "23:59"}', None),
+    ],
+)  # fmt: skip
+def test_a_dwell_longer_than_the_daily_window_is_rejected(
+    schedule: str, problem: str | None
+) -> None:
+    zone = ZONE.format(rule="piled_materials", field="x", value="").replace("{x: []}", "{}")
+    zone = zone.replace("        rules:", f"        schedule: {schedule}\n        rules:")
+    if problem is None:
+        assert parse_site(MINIMAL + zone).cameras[0].zones[0].schedule is not None
+        return
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL + zone, "s.yaml")
+    assert info.value.problems == [f"s.yaml:8: cameras[0].zones[0]: Value error, {problem}"]
