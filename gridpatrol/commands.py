@@ -36,7 +36,9 @@ def check_config(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{args.file}: INVALID ({len(exc.problems)} problem(s))", file=sys.stderr)
         return 1
-    for line in summarise(site):
+    from gridpatrol.ingest.patrol import patrol_overload
+
+    for line in [*summarise(site), *patrol_overload(site.cameras, site.patrol.max_fps)]:
         print(line)
     if names:
         print(f"classes: checked against model {model} ({len(names)} classes)")

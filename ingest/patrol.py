@@ -10,7 +10,10 @@ boosted: its weight is multiplied for a while, then falls back by itself.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from gridpatrol.site import PATROL_VISITS, Camera
 
 
 @dataclass
@@ -100,3 +103,62 @@ class PatrolScheduler:
         # Falling behind (a slow visit) must not turn into a burst afterwards.
         base = now if self._next_slot is None else self._next_slot
         self._next_slot = max(base + self.period, now)
+
+
+def expected_revisit_s(
+    cameras: Mapping[str, tuple[float, float]], max_fps: float
+) -> dict[str, float]:
+    """How often each patrol camera comes round in the long run, in seconds, from its
+    ``(interval_s, weight)`` and the shared budget: the scheduler's fair shares, computed.
+
+    Cameras that ask for less than their weighted share get their interval; the budget they
+    leave is shared by the others in proportion to their weights (water-filling). Under
+    overload a camera is visited less often than its interval asks.
+    """
+    rates: dict[str, float] = {}
+    left = dict(cameras)
+    budget = max_fps
+    while left:
+        total = sum(w for _, w in left.values())
+        modest = {c: 1.0 / i for c, (i, w) in left.items() if 1.0 / i <= budget * w / total}
+        if not modest:
+            rates.update({c: budget * w / total for c, (_, w) in left.items()})
+            break
+        rates.update(modest)
+        budget -= sum(modest.values())
+        for camera_id in modest:
+            del left[camera_id]
+    return {c: 1.0 / r for c, r in rates.items()}
+
+
+def overload_report(
+    cameras: Mapping[str, tuple[float, float]], max_fps: float, hold_visits: float
+) -> list[str]:
+    """Lines about patrol cameras visited less often than their interval; none when the budget
+    suffices. ``hold_visits``: how many intervals a dwell survives between two visits."""
+    demand = sum(1.0 / interval for interval, _ in cameras.values())
+    if demand <= max_fps * 1.001:
+        return []
+    revisit = expected_revisit_s(cameras, max_fps)
+    late = sorted(
+        (c for c in cameras if revisit[c] > cameras[c][0] * 1.001), key=revisit.__getitem__
+    )
+    lines = [
+        f"patrol: the cameras ask for {demand:.2f} visits/s and the budget is {max_fps:g} fps: "
+        f"{len(late)} come round less often than their interval_s"
+    ]
+    lost = [c for c in late if revisit[c] > hold_visits * cameras[c][0]]
+    if lost:
+        shown = ", ".join(f"{c} every {revisit[c]:.0f} s" for c in lost[:5])
+        more = f" and {len(lost) - 5} more" if len(lost) > 5 else ""
+        lines.append(
+            f"patrol: beyond {hold_visits:g} intervals between visits no dwell can build up "
+            f"(raise patrol.max_fps, lengthen interval_s or weight them): {shown}{more}"
+        )
+    return lines
+
+
+def patrol_overload(cameras: Sequence[Camera], max_fps: float) -> list[str]:
+    """:func:`overload_report` for the patrol cameras among ``cameras``."""
+    patrol = {c.id: (c.interval_s, c.weight) for c in cameras if c.interval_s is not None}
+    return overload_report(patrol, max_fps, PATROL_VISITS)

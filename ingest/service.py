@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gridpatrol.ingest.messages import Frame, MessageError, dead_letter
 from gridpatrol.ingest.mqtt import Message, MqttConnection
-from gridpatrol.ingest.patrol import PatrolScheduler
+from gridpatrol.ingest.patrol import PatrolScheduler, patrol_overload
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
     CameraOutput,
@@ -83,6 +83,8 @@ class IngestService:
             len(self.patrol),
             self.site.patrol.max_fps,
         )
+        for line in patrol_overload(self.patrol, self.site.patrol.max_fps):
+            log.warning("ingest: %s", line)
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()

@@ -232,3 +232,23 @@ def test_a_dwell_longer_than_the_daily_window_is_rejected(
     with pytest.raises(SiteConfigError) as info:
         parse_site(MINIMAL + zone, "s.yaml")
     assert info.value.problems == [f"s.yaml:8: cameras[0].zones[0]: Value error, {problem}"]
+
+
+def test_check_config_warns_when_the_patrol_budget_cannot_keep_dwells(tmp_path: Path) -> None:
+    cameras = "".join(
+        f"  - {{id: p{i}, source: a.mp4, interval_s: 1, location: {{address: here}}}}\n"
+        for i in range(3)
+    )
+    path = tmp_path / "site.yaml"
+    path.write_text(f"site: {{name: T}}\npatrol: {{max_fps: 1}}\ncameras:\n{cameras}")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-4:-2] == [
+        "patrol: the cameras ask for 3.00 visits/s and the budget is 1 fps: 3 come round less "
+        "often than their interval_s",
+        "patrol: beyond 2.5 intervals between visits no dwell can build up (raise "
+        "patrol.max_fps, lengthen interval_s or weight them): p0 every 3 s, p1 every 3 s, "
+        "p2 every 3 s",
+    ]
+    path.write_text(f"site: {{name: T}}\npatrol: {{max_fps: 3}}\ncameras:\n{cameras}")
+    assert "patrol:" not in run_cli("check-config", str(path)).stdout

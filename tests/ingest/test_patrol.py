@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from gridpatrol.ingest.patrol import PatrolScheduler
+from gridpatrol.ingest.patrol import PatrolScheduler, expected_revisit_s
 
 
 def simulate(sched: PatrolScheduler, start: float, end: float) -> tuple[Counter[str], list[float]]:
@@ -98,3 +98,25 @@ def test_idle_scheduler_waits_for_the_earliest_due_camera() -> None:
     decision = sched.next(1.0)
     assert decision.camera_id is None
     assert decision.wait_s == pytest.approx(29.0)
+
+
+@pytest.mark.parametrize(
+    ("cameras", "max_fps"),
+    [
+        ({"rare": (10.0, 10.0), "x": (0.01, 1.0), "y": (0.01, 1.0)}, 4.0),
+        ({"a": (0.1, 1.0), "b": (0.1, 1.0), "c": (0.1, 2.0)}, 4.0),
+        ({f"p{i}": (30.0, 1.0) for i in range(200)} | {"half": (30.0, 0.5)}, 4.0),
+        ({"slow": (30.0, 100.0), "fast": (0.5, 1.0)}, 10.0),
+        ({"one": (30.0, 1.0), "two": (60.0, 1.0)}, 4.0),
+    ],
+)
+def test_expected_revisit_matches_the_scheduler(
+    cameras: dict[str, tuple[float, float]], max_fps: float
+) -> None:
+    sched = PatrolScheduler(max_fps)
+    for camera_id, (interval, weight) in cameras.items():
+        sched.add(camera_id, interval, weight)
+    visits, _ = simulate(sched, 0.0, 3000.0)
+    expected = expected_revisit_s(cameras, max_fps)
+    for camera_id in cameras:
+        assert 3000.0 / expected[camera_id] == pytest.approx(visits[camera_id], rel=0.03, abs=1)
