@@ -40,6 +40,9 @@ KIND_ALARMS: dict[str, tuple[str, ...]] = {
     "noise": ("noise",),
 }
 DEVICE_OFFLINE = "device_offline"
+# How far ahead of its reception a message's time may be (device clocks drift). A reading
+# timed in the future would hold a debounce or a clear hold open until that time.
+MAX_AHEAD_S = 300.0
 # Alarm ids are UUIDs derived from the triggering message, so a replay proposes the same id.
 ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
 
@@ -104,15 +107,26 @@ def adapt(
             payload, topic_sensor_id=sensor_id, received_at=received_at, max_bytes=max_bytes
         )
         if isinstance(decoded, AlarmEnvelope):
-            return _envelope(decoded, sensor)
-        if isinstance(decoded, ThresholdReading):
-            return _reading(decoded, sensor, payload)
-        return _senml(decoded, sensor, payload)
+            adapted = _envelope(decoded, sensor)
+        elif isinstance(decoded, ThresholdReading):
+            adapted = _reading(decoded, sensor, payload)
+        else:
+            adapted = _senml(decoded, sensor, payload)
+        return _not_ahead(adapted, received_at)
     except MessageError as exc:
         return Rejected(exc.reason, exc.detail)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
         # The bridge's own checks must never stop the worker on a bad message either.
         return Rejected("invalid", f"{type(exc).__name__}: {str(exc)[:80]}")
+
+
+def _not_ahead(adapted: Adapted | Rejected, received_at: datetime) -> Adapted | Rejected:
+    if isinstance(adapted, Rejected):
+        return adapted
+    ahead = max(item.t for item in adapted.inputs) - received_at.timestamp()
+    if ahead > MAX_AHEAD_S:
+        return Rejected("future_ts", f"timed {ahead:.0f} s after its reception")
+    return adapted
 
 
 def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:

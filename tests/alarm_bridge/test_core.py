@@ -158,6 +158,12 @@ DEAD_LETTERS = [
     ),
     ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "bad_value"),
     (
+        "a reading timed an hour ahead (a device clock)",
+        "gridpatrol/sensors/bf-1/alarm",
+        reading("bf-1", 95, T0 + 3600),
+        "future_ts",
+    ),
+    (
         "SenML without a reading in the unit",
         "gridpatrol/sensors/wl-1/alarm",
         json.dumps([{"bn": "wl-1:", "n": "battery", "u": "%EL", "v": 80}]).encode(),
@@ -261,8 +267,8 @@ def test_offline_by_silence(h: Harness) -> None:
 
 def test_sensor_trace_is_bounded(h: Harness) -> None:
     for i in range(store.TRACE_LEN + 30):
-        h.alarm("bf-1", reading("bf-1", 10, T0 + i))
-    h.alarm("bf-1", reading("bf-1", 99, T0 + 500))
+        h.alarm("bf-1", reading("bf-1", 10, T0 + i), T0 + i)
+    h.alarm("bf-1", reading("bf-1", 99, T0 + 500), T0 + 500)
     with h.outbox.transaction() as txn:
         evidence = txn.conn.execute(
             "SELECT payload FROM outbox_ops WHERE kind = 'evidence'"
@@ -309,7 +315,8 @@ def test_sample_payloads_do_what_their_readme_says(outbox: Outbox) -> None:
         ("invalid-kind-mismatch", "sm-0001"),
         ("invalid-reading-without-thresholds", "sm-0001"),
     ]:
-        h.alarm(sensor, (SAMPLES / "alarms" / f"{name}.json").read_bytes())
+        # Received an hour after the samples' latest time (1795833667, 2026-11-28 02:41 UTC).
+        h.alarm(sensor, (SAMPLES / "alarms" / f"{name}.json").read_bytes(), 1_795_837_300.0)
     ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
     assert [(k, b.get("type")) for k, b in ops] == [
         ("create", "manhole_cover"),
