@@ -690,5 +690,9 @@ def summarise(site: Site) -> list[str]:
     out.append(f"sensors: {len(site.sensors)}")
     for sensor in site.sensors:
         link = f" -> camera {sensor.camera}" if sensor.camera else ""
-        out.append(f"  {sensor.id} {sensor.kind}{link}")
+        # Without an interval only the device's last will can report it offline.
+        silence = (
+            "" if sensor.expected_interval_s else " (silence not watched: no expected_interval_s)"
+        )
+        out.append(f"  {sensor.id} {sensor.kind}{link}{silence}")
     return out

@@ -252,3 +252,16 @@ def test_check_config_warns_when_the_patrol_budget_cannot_keep_dwells(tmp_path: 
     ]
     path.write_text(f"site: {{name: T}}\npatrol: {{max_fps: 3}}\ncameras:\n{cameras}")
     assert "patrol:" not in run_cli("check-config", str(path)).stdout
+
+
+def test_check_config_marks_sensors_whose_silence_is_not_watched(tmp_path: Path) -> None:
+    sensors = (
+        "sensors:\n"
+        "  - {id: s1, kind: smoke, location: {address: x}}\n"
+        "  - {id: s2, kind: smoke, location: {address: x}, expected_interval_s: 600}\n"
+    )
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + sensors)
+    lines = run_cli("check-config", str(path)).stdout.splitlines()
+    assert "  s1 smoke (silence not watched: no expected_interval_s)" in lines
+    assert "  s2 smoke" in lines
