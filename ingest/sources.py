@@ -234,19 +234,25 @@ class CameraPublisher(threading.Thread):
         while not self.stop_event.is_set():
             played = self._play_file_once(path, start, offset, next_sample)
             if played is None:
-                self._file_missing(path)
+                self._file_missing(path, "cannot open")
                 continue
-            offset, next_sample = played
+            offset, next_sample, frames = played
+            if frames == 0 and not self.stop_event.is_set():
+                # Opens but holds no frame (empty, audio only, an unknown codec): looping it
+                # would spin without a pause.
+                self._file_missing(path, "no video frame could be read from")
+                continue
             if not self.camera.loop:
                 log.info("camera %s: end of %s", self.camera.id, path.name)
                 return
 
-    def _file_missing(self, path: Path) -> None:
+    def _file_missing(self, path: Path, what: str) -> None:
         self.output.stats.failures += 1
         self.output.set_status(False)
         log.error(
-            "camera %s: cannot open %s%s; retrying in %g s",
+            "camera %s: %s %s%s; retrying in %g s",
             self.camera.id,
+            what,
             path,
             self._lookup_hint(path),
             MAX_BACKOFF_S,
@@ -264,17 +270,20 @@ class CameraPublisher(threading.Thread):
 
     def _play_file_once(
         self, path: Path, start: float, offset: float, next_sample: float
-    ) -> tuple[float, float] | None:
-        """Play one pass at real speed; returns (offset, next_sample) for the next pass."""
+    ) -> tuple[float, float, int] | None:
+        """Play one pass at real speed; returns (offset, next_sample) for the next pass and the
+        number of frames the pass read, or None when the file cannot be opened."""
         import cv2
 
         cap = cv2.VideoCapture(str(path))
         if not cap.isOpened():
             return None
         position = 0.0
+        frames = 0
         frame_step = 1.0 / (cap.get(cv2.CAP_PROP_FPS) or 25.0)
         try:
             while not self.stop_event.is_set() and cap.grab():
+                frames += 1
                 position = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
                 moment = offset + position
                 if moment + 1e-6 < next_sample:
@@ -292,7 +301,7 @@ class CameraPublisher(threading.Thread):
                     next_sample += self.period
         finally:
             cap.release()
-        return offset + position + frame_step, next_sample
+        return offset + position + frame_step, next_sample, frames
 
     # -- streams --------------------------------------------------------------------------------
 

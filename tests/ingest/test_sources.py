@@ -131,22 +131,44 @@ def test_an_unreachable_rtsp_camera_is_offline_and_retried(
     assert "secret" not in err  # credentials never reach the log
 
 
+def ingest_until_offline(
+    site: Path, camera: str, watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> str:
+    """Run ``gridpatrol ingest`` until the camera is reported offline, stop it; its stderr."""
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/{camera}/status", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", f"ing-{camera}"])
+    seen = watcher.collect(lambda s: last_status(s, camera) == b"offline", timeout=40)
+    assert last_status(seen, camera) == b"offline"
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(40)
+    assert code == 0, err
+    return str(err)
+
+
 def test_a_missing_footage_file_says_where_it_was_looked_up(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
     site = site_file("  - {id: f1, source: var/footage/nothing.mp4, location: {address: a}}\n")
-    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/f1/status", mqtt_prefix)
-    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-f"])
-    seen = watcher.collect(lambda s: last_status(s, "f1") == b"offline", timeout=40)
-    assert last_status(seen, "f1") == b"offline"
-    proc.signal(signal.SIGTERM)
-    code, _, err = proc.wait(40)
-    assert code == 0, err
+    err = ingest_until_offline(site, "f1", watch, gridpatrol_proc, mqtt_prefix)
     assert (
         f"camera f1: cannot open {site.parent / 'var' / 'footage' / 'nothing.mp4'}: no such file; "
         f"'var/footage/nothing.mp4' was looked up from the working directory ({Path.cwd()}), "
         "then beside the site file; retrying in 30 s"
     ) in err
+
+
+def test_a_looped_file_without_frames_is_offline_and_retried_not_spun(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file("  - {id: e1, source: empty.avi, loop: true, location: {address: a}}\n")
+    # A video file that opens but holds no frame.
+    writer = cv2.VideoWriter(
+        str(site.parent / "empty.avi"), cv2.VideoWriter_fourcc(*"MJPG"), 2, (64, 48)
+    )
+    writer.release()
+    err = ingest_until_offline(site, "e1", watch, gridpatrol_proc, mqtt_prefix)
+    expected = f"camera e1: no video frame could be read from {site.parent / 'empty.avi'}; "
+    assert err.count(expected + "retrying in 30 s") == 1, err[-2000:]
 
 
 def test_a_boosted_patrol_camera_is_visited_more_often(
