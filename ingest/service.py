@@ -19,6 +19,7 @@ from gridpatrol.ingest.sources import (
     CameraOutput,
     CameraPublisher,
     grab_once,
+    redact,
     source_kind,
 )
 from gridpatrol.ingest.topics import deadletter_topic, parse_topic, snapshot_topic, wildcard
@@ -128,6 +129,13 @@ class IngestService:
         grabbed = grab_once(output.camera, self.base_dir)
         if grabbed is None:
             output.stats.failures += 1
+            if output.online is not False:  # once per failing streak, not on every visit
+                log.warning(
+                    "camera %s: the patrol visit got no frame from %s (it cannot be opened or "
+                    "returned none); offline until a visit succeeds",
+                    camera_id,
+                    redact(output.camera.source),
+                )
             output.set_status(False)
             return None
         return output.publish(*grabbed)

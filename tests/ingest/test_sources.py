@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -132,13 +133,20 @@ def test_an_unreachable_rtsp_camera_is_offline_and_retried(
 
 
 def ingest_until_offline(
-    site: Path, camera: str, watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+    site: Path,
+    camera: str,
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    linger_s: float = 0.0,
 ) -> str:
-    """Run ``gridpatrol ingest`` until the camera is reported offline, stop it; its stderr."""
+    """Run ``gridpatrol ingest`` until the camera is reported offline (and ``linger_s`` more),
+    stop it; its stderr."""
     watcher = watch(SHARED, f"{mqtt_prefix}/cameras/{camera}/status", mqtt_prefix)
     proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", f"ing-{camera}"])
     seen = watcher.collect(lambda s: last_status(s, camera) == b"offline", timeout=40)
     assert last_status(seen, camera) == b"offline"
+    time.sleep(linger_s)
     proc.signal(signal.SIGTERM)
     code, _, err = proc.wait(40)
     assert code == 0, err
@@ -155,6 +163,25 @@ def test_a_missing_footage_file_says_where_it_was_looked_up(
         f"'var/footage/nothing.mp4' was looked up from the working directory ({Path.cwd()}), "
         "then beside the site file; retrying in 30 s"
     ) in err
+
+
+def test_a_failing_patrol_camera_is_named_once_per_failing_streak(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file(
+        "  - {id: p1, source: 'rtsp://user:secret@127.0.0.1:9/live', interval_s: 1, "
+        "location: {address: a}}\n"
+    )
+    err = ingest_until_offline(site, "p1", watch, gridpatrol_proc, mqtt_prefix, linger_s=3)
+    assert (
+        err.count(
+            "camera p1: the patrol visit got no frame from rtsp://***@127.0.0.1:9/live (it cannot "
+            "be opened or returned none); offline until a visit succeeds"
+        )
+        == 1
+    ), err[-2000:]
+    failures = re.findall(r"camera p1: .* (\d+) source failures, offline", err)
+    assert failures and int(failures[-1]) >= 2, err[-2000:]  # several visits, one warning
 
 
 def test_a_looped_file_without_frames_is_offline_and_retried_not_spun(
