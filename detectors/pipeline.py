@@ -366,17 +366,15 @@ def judge_still(
     ]
 
 
-def warn_missing_heads(cameras: Sequence[Camera], heads: Mapping[str, object]) -> int:
-    """Warn about each ``garbage_overflow`` zone whose scene head is not loaded; their count.
+def warn_missing_heads(cameras: Sequence[Camera], heads: Mapping[str, object]) -> None:
+    """Warn about each ``garbage_overflow`` zone whose scene head is not loaded.
 
     Such a zone is never scored, so without this line it would stay silent for good.
     """
-    missing = 0
     for cam in cameras:
         for zone in cam.zones:
             rule = zone.rules.garbage_overflow
             if rule is not None and rule.head not in heads:
-                missing += 1
                 log.warning(
                     "camera %s zone %s: garbage_overflow needs the scene head %r, which is not "
                     "loaded (loaded: %s); this zone cannot raise candidates",
@@ -385,4 +383,3 @@ def warn_missing_heads(cameras: Sequence[Camera], heads: Mapping[str, object]) -
                     rule.head,
                     ", ".join(sorted(heads)) or "none",
                 )
-    return missing
