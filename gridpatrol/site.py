@@ -318,15 +318,43 @@ class GarbageOverflowParams(RuleParams):
     max_occluded: float = Field(default=0.1, ge=0, le=1)
 
 
+# The background model absorbs a static object of contrast C (grey levels) after about
+# learn_s * ln(C / 25): it must stay foreground for the whole dwell. At 4 x dwell_s a contrast
+# of 33 suffices, at 2 x dwell_s it takes 41, at 1 x dwell_s 68.
+LEARN_PER_DWELL = 4.0
+MIN_LEARN_PER_DWELL = 2.0
+
+
 class StaticForegroundParams(RuleParams):
     """Static foreground unexplained by a COCO class covers at least ``min_area`` of the zone.
 
-    learn_s: time constant of the zone's long-term background model.
+    learn_s: time constant of the zone's long-term background model; by default 4 x dwell_s
+    and at least an hour, and never below 2 x dwell_s, so that what appeared is not learned
+    into the background before its dwell is over.
     """
 
     dwell_s: float = Field(default=600.0, ge=0)
     min_area: float = Field(default=0.05, gt=0, le=1)
-    learn_s: float = Field(default=3600.0, gt=0)
+    learn_s: float = Field(default=3600.0, gt=0, description="default: 4 x dwell_s, at least 3600")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _learn_from_the_dwell(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "learn_s" not in data:
+            dwell = data.get("dwell_s", cls.model_fields["dwell_s"].default)
+            if isinstance(dwell, int | float) and not isinstance(dwell, bool):
+                return {**data, "learn_s": max(3600.0, LEARN_PER_DWELL * dwell)}
+        return data
+
+    @model_validator(mode="after")
+    def _learn_slower_than_the_dwell(self) -> StaticForegroundParams:
+        if self.learn_s < MIN_LEARN_PER_DWELL * self.dwell_s:
+            raise ValueError(
+                f"learn_s {self.learn_s:g} is shorter than twice dwell_s {self.dwell_s:g}: the "
+                f"background would absorb what appeared before its dwell is over (leave learn_s "
+                f"out for {max(3600.0, LEARN_PER_DWELL * self.dwell_s):g})"
+            )
+        return self
 
 
 class ShopFrontParams(StaticForegroundParams):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -265,3 +266,20 @@ def test_check_config_marks_sensors_whose_silence_is_not_watched(tmp_path: Path)
     lines = run_cli("check-config", str(path)).stdout.splitlines()
     assert "  s1 smoke (silence not watched: no expected_interval_s)" in lines
     assert "  s2 smoke" in lines
+
+
+def test_the_background_learns_slower_than_the_dwell() -> None:
+    def rules(params: str) -> Any:
+        zone = ZONE.format(rule="piled_materials", field="x", value="").replace("{x: []}", params)
+        return parse_site(MINIMAL + zone, "s.yaml").cameras[0].zones[0].rules.piled_materials
+
+    assert rules("{}").learn_s == 7200  # 4 x the default dwell of 30 min
+    assert rules("{dwell_s: 60}").learn_s == 3600  # at least an hour
+    assert rules("{dwell_s: 60, learn_s: 120}").learn_s == 120
+    with pytest.raises(SiteConfigError) as info:
+        rules("{learn_s: 3000}")
+    assert info.value.problems == [
+        "s.yaml:11: cameras[0].zones[0].rules.piled_materials: Value error, learn_s 3000 is "
+        "shorter than twice dwell_s 1800: the background would absorb what appeared before its "
+        "dwell is over (leave learn_s out for 7200)"
+    ]

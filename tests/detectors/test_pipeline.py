@@ -266,6 +266,27 @@ def test_piled_materials_and_shop_front_from_the_background_model() -> None:
     assert piled.boxes == ((320.0, 400.0, 640.0, 640.0),)
 
 
+def test_a_modest_contrast_pile_outlasts_the_default_dwell() -> None:
+    """A pile 35 grey levels darker than the lane, with every default of piled_materials
+    (dwell 30 min): the background must not absorb it before the dwell is over."""
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    pipe = CameraPipeline(camera([zone], fps=0.1), SHANGHAI, NAMES)
+    events: list[RuleEvent] = []
+    for k in range(0, 241):  # 40 min at one frame every 10 s; the pile from 5 min
+        s = 10.0 * k
+        gray = gray_street(s, pile=False)
+        if s >= 300:
+            gray[50:80, 40:80] -= 35
+        events += pipe.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, gray)
+    # Raised 30 min after it settled; learned into the background (learn_s 7200, from the
+    # dwell) a few minutes later, when the episode clears. With learn_s 3600 it was absorbed
+    # before the dwell was over, and nothing was raised.
+    assert [(e.kind, (e.t - T0).total_seconds(), (e.first_seen - T0).total_seconds())
+            for e in events] == [
+        ("raise", 2110.0, 310.0), ("update", 2240.0, 310.0), ("clear", 2310.0, 310.0),
+    ]  # fmt: skip
+
+
 def test_timestamps_must_be_aware() -> None:
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     with pytest.raises(ValueError, match="timezone-aware"):
