@@ -372,6 +372,8 @@ class PiledMaterialsParams(StaticForegroundParams):
     """Static foreground accumulating against the zone's learned background."""
 
     dwell_s: float = Field(default=1800.0, ge=0)
+    # 4 x the default dwell, as derived when learn_s is left out: the zone editor shows it.
+    learn_s: float = Field(default=7200.0, gt=0, description="default: 4 x dwell_s, at least 3600")
 
 
 RULE_PARAMS: dict[str, type[RuleParams]] = {
