@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
-from gridpatrol.site import ALL_DAYS, Schedule, parse_hhmm
+from gridpatrol.site import ALL_DAYS, Schedule
 
 Anchor = Literal["bottom", "center"]
 Size = tuple[int, int]  # (width, height) in pixels
@@ -91,11 +91,6 @@ class ZoneGeometry:
         return self.contains(anchors(xyxy, anchor), size)
 
 
-def _minutes(hhmm: str) -> int:
-    clock = parse_hhmm(hhmm)
-    return clock.hour * 60 + clock.minute
-
-
 def schedule_active(schedule: Schedule | None, t: datetime, tz: ZoneInfo) -> bool:
     """Whether a zone's rules are active at ``t`` (timezone-aware) in the site time zone.
 
@@ -110,7 +105,7 @@ def schedule_active(schedule: Schedule | None, t: datetime, tz: ZoneInfo) -> boo
         raise ValueError("schedule_active needs a timezone-aware datetime")
     local = t.astimezone(tz)
     now = local.hour * 60 + local.minute
-    start, end = _minutes(schedule.from_), _minutes(schedule.to)
+    start, end = schedule.minutes
     if start < end:
         started_on = local if start <= now <= end else None
     elif start == end:

@@ -177,6 +177,9 @@ class Location(Strict):
         return self
 
 
+DAY_S = 86400.0
+
+
 class Schedule(Strict):
     """When a zone's rules are active, in the site time zone; ``from > to`` crosses midnight."""
 
@@ -185,10 +188,16 @@ class Schedule(Strict):
     to: HHMM = "23:59"
 
     @property
+    def minutes(self) -> tuple[int, int]:
+        """``from`` and ``to`` as minutes of the day."""
+        start, end = (parse_hhmm(v) for v in (self.from_, self.to))
+        return start.hour * 60 + start.minute, end.hour * 60 + end.minute
+
+    @property
     def window_s(self) -> float:
         """Length of one day's window in seconds (``to`` inclusive to the minute)."""
-        start, end = (t.hour * 60 + t.minute for t in map(parse_hhmm, (self.from_, self.to)))
-        return 60.0 * ((end - start) % 1440 + 1 if start != end else 1440)
+        start, end = self.minutes
+        return DAY_S if start == end else 60.0 * ((end - start) % 1440 + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,6 +332,11 @@ class GarbageOverflowParams(RuleParams):
 # of 33 suffices, at 2 x dwell_s it takes 41, at 1 x dwell_s 68.
 LEARN_PER_DWELL = 4.0
 MIN_LEARN_PER_DWELL = 2.0
+LEARN_S_DOC = "default: 4 x dwell_s, at least 3600"
+
+
+def default_learn_s(dwell_s: float) -> float:
+    return max(3600.0, LEARN_PER_DWELL * dwell_s)
 
 
 class StaticForegroundParams(RuleParams):
@@ -335,7 +349,7 @@ class StaticForegroundParams(RuleParams):
 
     dwell_s: float = Field(default=600.0, ge=0)
     min_area: float = Field(default=0.05, gt=0, le=1)
-    learn_s: float = Field(default=3600.0, gt=0, description="default: 4 x dwell_s, at least 3600")
+    learn_s: float = Field(default=default_learn_s(600.0), gt=0, description=LEARN_S_DOC)
 
     @model_validator(mode="before")
     @classmethod
@@ -343,7 +357,7 @@ class StaticForegroundParams(RuleParams):
         if isinstance(data, dict) and "learn_s" not in data:
             dwell = data.get("dwell_s", cls.model_fields["dwell_s"].default)
             if isinstance(dwell, int | float) and not isinstance(dwell, bool):
-                return {**data, "learn_s": max(3600.0, LEARN_PER_DWELL * dwell)}
+                return {**data, "learn_s": default_learn_s(dwell)}
         return data
 
     @model_validator(mode="after")
@@ -352,7 +366,7 @@ class StaticForegroundParams(RuleParams):
             raise ValueError(
                 f"learn_s {self.learn_s:g} is shorter than twice dwell_s {self.dwell_s:g}: the "
                 f"background would absorb what appeared before its dwell is over (leave learn_s "
-                f"out for {max(3600.0, LEARN_PER_DWELL * self.dwell_s):g})"
+                f"out for {default_learn_s(self.dwell_s):g})"
             )
         return self
 
@@ -373,7 +387,7 @@ class PiledMaterialsParams(StaticForegroundParams):
 
     dwell_s: float = Field(default=1800.0, ge=0)
     # 4 x the default dwell, as derived when learn_s is left out: the zone editor shows it.
-    learn_s: float = Field(default=7200.0, gt=0, description="default: 4 x dwell_s, at least 3600")
+    learn_s: float = Field(default=default_learn_s(1800.0), gt=0, description=LEARN_S_DOC)
 
 
 RULE_PARAMS: dict[str, type[RuleParams]] = {
@@ -433,8 +447,8 @@ class Zone(Strict):
     def _dwell_fits_the_schedule(self) -> Zone:
         # An episode cannot outlast the window it is seen in: a rule whose dwell is longer
         # than the daily window could never raise (a whole-day window joins the next day's).
-        window = self.schedule.window_s if self.schedule is not None else 1440 * 60.0
-        if window >= 1440 * 60.0:
+        window = self.schedule.window_s if self.schedule is not None else DAY_S
+        if window >= DAY_S:
             return self
         too_long = [f"{n} (dwell_s {p.dwell_s:g})" for n, p in self.rules.enabled().items()
                     if p.dwell_s > window]  # fmt: skip
