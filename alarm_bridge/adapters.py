@@ -187,15 +187,31 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     numeric = _in_unit([r for r in pack.records if r.v is not None], sensor.thresholds.unit)
     if not numeric:
         return Rejected("no_reading", "no numeric SenML record in the sensor's unit")
-    key = f"s:{_digest(payload)}"
+    ordered = sorted(numeric, key=_record_time)
+    key = _senml_key(payload, [_record_time(r) for r in ordered])
     items: list[AlarmInput] = []
-    for index, record in enumerate(sorted(numeric, key=lambda r: r.t.timestamp() if r.t else 0)):
+    for index, record in enumerate(ordered):
         assert record.v is not None and record.t is not None
         item = _reading_item(sensor, f"{key}:{index}", record.v, record.t.timestamp(), record)
         if isinstance(item, Rejected):
             return item
         items.append(item)
     return Adapted(sensor.id, key, tuple(items))
+
+
+def _record_time(record: SenMLRecord) -> float:
+    return record.t.timestamp() if record.t is not None else 0.0
+
+
+def _senml_key(payload: bytes, times: list[float]) -> str:
+    """Sensor time and pack identify a pack, as value and time identify a plain reading.
+
+    The times are the resolved ones: a pack without ``bt``/``t`` is timed at its reception, so
+    a gauge sending the same bytes every minute sends a new reading every minute, while a
+    redelivery of a pack with absolute times still finds its key.
+    """
+    stamps = ",".join(f"{t:.6f}" for t in times)
+    return f"s:{times[0]:.6f}:{_digest(payload + b'|' + stamps.encode())}"
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:

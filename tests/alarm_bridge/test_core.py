@@ -215,6 +215,32 @@ def test_threshold_readings_and_senml(h: Harness) -> None:
     assert trace_evidence == ["application/json"] * 3
 
 
+def senml_level(value: float, **base: float) -> bytes:
+    return json.dumps([{"bn": "wl-1:", **base, "n": "level", "u": "cm", "v": value}]).encode()
+
+
+def test_senml_packs_without_a_time_are_a_new_reading_each_time(h: Harness) -> None:
+    """A gauge sending the same bytes every minute: each pack is timed at its reception."""
+    high, low = senml_level(35), senml_level(2)
+    for at in (T0, T0 + 60, T0 + 120):
+        h.alarm("wl-1", high, at)
+    h.alarm("wl-1", low, T0 + 180)  # clears (clear_hold_s 0)
+    h.alarm("wl-1", high, T0 + 240)  # raises again
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch", "patch", "patch", "create"]
+    assert [b["alarm"]["count"] for _, b in ops] == [1, 2, 3, 3, 1]
+    assert ops[4][1]["alarm"]["previous_alarm_id"] == ops[0][1]["id"]
+    assert h.core.counts.duplicates == 0
+
+
+def test_senml_pack_with_its_own_time_is_deduplicated(h: Harness) -> None:
+    pack = senml_level(35, bt=T0)
+    h.alarm("wl-1", pack, T0 + 1)
+    h.alarm("wl-1", pack, T0 + 300)  # a redelivery, later
+    assert [k for k, _, _ in outbox_ops(h.outbox) if k != "evidence"] == ["create"]
+    assert h.core.counts.duplicates == 1
+
+
 @pytest.mark.parametrize(
     ("records", "expected"),
     [
