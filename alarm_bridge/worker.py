@@ -280,8 +280,15 @@ class BridgeCore:
             item = self._offline_input(sensor, f"online:{now:.6f}", "clear", now)
             self._advance(txn, item, now, out)
 
-    def check_silence(self, txn: OutboxTxn, now: float, out: BatchResult) -> int:
-        """Raise ``device_offline`` for sensors silent longer than 3 x expected_interval_s."""
+    def check_silence(
+        self, txn: OutboxTxn, now: float, out: BatchResult, *, connected_since: float
+    ) -> int:
+        """Raise ``device_offline`` for sensors silent longer than 3 x expected_interval_s.
+
+        Call only while connected. Silence counts from the start of the current broker
+        connection at the earliest: while the bridge was down or cut off, a sensor's messages
+        waited in the persistent session and are only now on their way.
+        """
         if self.started_at is None:
             self.started_at = now
         heard = store.last_heard(txn.conn)
@@ -289,7 +296,7 @@ class BridgeCore:
         for sensor in self.site.sensors:
             if sensor.expected_interval_s is None:
                 continue
-            last = heard.get(sensor.id, self.started_at)
+            last = max(heard.get(sensor.id, self.started_at), connected_since)
             if now - last <= SILENCE_FACTOR * sensor.expected_interval_s:
                 continue
             if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
@@ -360,6 +367,8 @@ class Bridge:
         self._newest: dict[str, bytes] = {}
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
+        # (connect count, first seen at) of the current broker connection; None while cut off.
+        self._connection: tuple[int, float] | None = None
         with outbox.transaction() as txn:
             store.init(txn.conn)
         self._sub = mqtt.subscribe(f"{self.prefix}/sensors/#", qos=1, maxsize=20000)
@@ -397,9 +406,11 @@ class Bridge:
         if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
             due["patches"] = now
             self._hand_over_patches(now)
-        if now - due.get("silence", 0.0) >= 1.0:
+        connected_since = self._connected_since(now)
+        # Cut off from the broker, the bridge cannot tell a silent sensor from its own outage.
+        if connected_since is not None and now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
-            self._silence(now)
+            self._silence(now, connected_since)
         if now - due.get("prune", 0.0) >= 3600:
             due["prune"] = now
             with self.outbox.transaction() as txn:
@@ -410,6 +421,17 @@ class Bridge:
             self._received_at_progress = received
             due["progress"] = now
         due.setdefault("progress", now)
+
+    def _connected_since(self, now: float) -> float | None:
+        """When the current broker connection began, as first noticed here; None if there is
+        none. The connect count tells a reconnection between two looks from the same one."""
+        if not self.mqtt.connected:
+            self._connection = None
+            return None
+        connects = self.mqtt.connects
+        if self._connection is None or self._connection[0] != connects:
+            self._connection = (connects, now)
+        return self._connection[1]
 
     def _hand_over_patches(self, now: float) -> None:
         """Hand coalesced updates to the outbox when it is idle.
@@ -483,10 +505,10 @@ class Bridge:
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
             return out
 
-    def _silence(self, now: float) -> None:
+    def _silence(self, now: float, connected_since: float) -> None:
         out = BatchResult()
         with self.outbox.transaction() as txn:
-            self.core.check_silence(txn, now, out)
+            self.core.check_silence(txn, now, out, connected_since=connected_since)
             self.core.finish(txn, out)
         self._queue_snapshots(out)
 

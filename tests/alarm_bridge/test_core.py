@@ -64,11 +64,11 @@ class Harness:
     def alarm(self, sensor: str, payload: bytes, at: float = T0) -> None:
         self.send(f"gridpatrol/sensors/{sensor}/alarm", payload, at)
 
-    def silence(self, now: float) -> None:
+    def silence(self, now: float, connected_since: float = T0) -> None:
         out = BatchResult()
         with self.outbox.transaction() as txn:
             store.init(txn.conn)
-            self.core.check_silence(txn, now, out)
+            self.core.check_silence(txn, now, out, connected_since=connected_since)
             self.core.finish(txn, out)
 
 
@@ -289,6 +289,26 @@ def test_offline_by_silence(h: Harness) -> None:
     h.silence(T0 + 3 * 600 + 1)
     creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
     assert [b["source"]["sensor_id"] for b in creates] == ["wl-1", "mh-1"]
+
+
+def test_silence_counts_from_the_current_connection(site: Site, outbox: Outbox) -> None:
+    """After a broker outage or the bridge's own downtime, the sensors' messages queued in the
+    persistent session are still on their way: nobody is silent for that time."""
+    before = Harness(site, outbox)
+    before.silence(T0)
+    for sensor in ("wl-1", "mh-1"):
+        before.alarm(sensor, reading(sensor, 1.0, T0), T0)
+    before.silence(T0 + 600, connected_since=T0)
+    outage_over = T0 + 2100  # 35 min without the broker
+    before.silence(outage_over + 3 * 300, connected_since=outage_over)
+    restarted = Harness(site, outbox)  # the bridge back after an hour down
+    back = T0 + 3600
+    restarted.silence(back, connected_since=back)
+    restarted.silence(back + 3 * 300, connected_since=back)
+    assert outbox_ops(outbox) == []
+    restarted.silence(back + 3 * 300 + 1, connected_since=back)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
 
 
 def test_sensor_trace_is_bounded(h: Harness) -> None:

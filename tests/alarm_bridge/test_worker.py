@@ -92,3 +92,41 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_the_rest_go_on(
     kinds = [k for k, _, _ in outbox_ops(outbox)]
     assert kinds == ["evidence", "create", "patch"]
     assert outbox_ops(outbox)[-1][2]["alarm"]["count"] == 3  # 11, 12 and 14
+
+
+def _wait_until(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_silence_is_not_judged_while_cut_off_from_the_broker(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """A broker outage longer than 3 x expected_interval_s raises no device_offline; silence
+    counts again from the reconnection. The loop is driven by hand with injected times."""
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(mosquitto.url)
+    conn = MqttConnection("alarm_bridge", settings, client_id="gp-test-silence")
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    t0 = 1_790_000_000.0
+    try:
+        assert conn.start(10)
+        bridge._housekeeping(t0)
+        mosquitto.stop()
+        _wait_until(lambda: not conn.connected, "still connected")
+        bridge._housekeeping(t0 + 2100)  # 35 min later: wl-1 and mh-1 would be "silent"
+        assert outbox_ops(outbox) == []
+        mosquitto.start()
+        assert conn.wait_connected(30)
+        back = t0 + 2101
+        bridge._housekeeping(back)
+        bridge._housekeeping(back + 3 * 300)
+        assert outbox_ops(outbox) == []
+        bridge._housekeeping(back + 3 * 300 + 1)
+    finally:
+        conn.stop()
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
