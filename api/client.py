@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 # Statuses worth retrying: the request may succeed later without any change on our side.
-RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# 401 and 403 judge the token, not the operation: a rotation half done or a mistyped token on
+# one API instance must hold the outbox until it is mended, never discard it.
+RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504})
 
 
 class ApiError(Exception):
@@ -507,12 +509,15 @@ class Outbox:
         self._backoff *= random.uniform(0.8, 1.2)  # jitter spreads producers out
         with self._counts_lock:
             self._counts["retried"] += 1
-        log.warning(
-            "outbox %s: %s %s not delivered (%s); retrying in %.1f s",
+        token = isinstance(exc, ApiError) and exc.status in (401, 403)
+        log.log(
+            logging.ERROR if token else logging.WARNING,
+            "outbox %s: %s %s not delivered (%s%s); retrying in %.1f s",
             self.component,
             op.kind,
             op.candidate_id or op.sha256,
             exc,
+            "; check GRIDPATROL_API_TOKEN and the API's producer tokens" if token else "",
             self._backoff,
         )
 

@@ -177,6 +177,33 @@ def test_refused_operations_are_kept_and_do_not_block(api_server: Any, tmp_path:
     assert [c["id"] for c in all_candidates(api_server)] == [good]
 
 
+@pytest.mark.parametrize("token", ["not-a-token", "reviewer"])
+def test_a_refused_token_holds_the_outbox_until_mended(
+    api_server: Any, tmp_path: Path, token: str
+) -> None:
+    wrong = api_server.tokens.get(token, token)  # 401 for an unknown token, 403 for a reviewer's
+    outbox = Outbox(
+        tmp_path / "outbox-token.db", ApiClient(api_server.url, wrong, timeout=5), component="t"
+    )
+    ids = []
+    for i in range(3):
+        with outbox.transaction() as txn:
+            sha = txn.add_evidence(jpeg(20 + i), "image/jpeg")
+            ids.append(txn.create_candidate(candidate(f"token-{i}", sha)))
+    outbox.start()
+    try:
+        assert not outbox.flush(2)
+        assert (outbox.depth(), outbox.failed()) == (6, [])
+        outbox.client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+        assert outbox.flush(60)
+    finally:
+        outbox.stop()
+    stats = outbox.stats()
+    assert (stats["sent"], stats["failed"], stats["depth"]) == (6, 0, 0)
+    assert stats["retried"] >= 1
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted(ids)
+
+
 def patch_requests(api_server: Any) -> int:
     """PATCH /candidates/{id} requests the API has answered, from its /metrics."""
     with api_server.client("admin") as http:
@@ -230,7 +257,7 @@ def test_client_raises_problem_details(api_server: Any) -> None:
     producer = ApiClient(api_server.url, api_server.tokens["producer"])
     with pytest.raises(ApiError) as info:
         producer.review(str(uuid.uuid4()), "confirm")
-    assert (info.value.status, info.value.retryable) == (403, False)
+    assert (info.value.status, info.value.retryable) == (403, True)  # the token, not the request
 
 
 @pytest.mark.parametrize(
