@@ -235,18 +235,28 @@ def merge_patches(first: JsonDict, second: JsonDict) -> JsonDict:
     """Combine two consecutive PATCH bodies into one with the same effect.
 
     Objects merge recursively and the later value wins, except that evidence and references
-    accumulate: a later patch adds to them, it never replaces what an earlier one added.
+    accumulate: a later patch adds to them, it never replaces what an earlier one added. The
+    one exception is a ``latest`` frame, which supersedes the earlier one: an episode updated
+    every two minutes for a week would otherwise carry thousands of them.
     """
     merged = dict(first)
     for key, value in second.items():
         old = merged.get(key)
-        if key in ("evidence", "references") and isinstance(old, list) and isinstance(value, list):
+        if key == "evidence" and isinstance(old, list) and isinstance(value, list):
+            if any(_kind(v) == "latest" for v in value):
+                old = [v for v in old if _kind(v) != "latest"]
+            merged[key] = old + [v for v in value if v not in old]
+        elif key == "references" and isinstance(old, list) and isinstance(value, list):
             merged[key] = old + [v for v in value if v not in old]
         elif isinstance(old, dict) and isinstance(value, dict):
             merged[key] = merge_patches(old, value)
         else:
             merged[key] = value
     return merged
+
+
+def _kind(item: object) -> object:
+    return item.get("kind") if isinstance(item, dict) else None
 
 
 class Outbox:

@@ -96,6 +96,8 @@ async def patch_candidate(
     services: Svc,
     key: IdempotencyKey = None,
 ) -> Response:
+    """Merge the elements into the candidate: objects merge, the later value wins; evidence
+    and references accumulate, except that a ``latest`` frame supersedes the earlier one."""
     call = partial(services.candidates.patch, who, candidate_id, key, patch)
     status, text = await services.write(call)
     return json_text(text, status)

@@ -204,6 +204,33 @@ def test_a_refused_token_holds_the_outbox_until_mended(
     assert sorted(c["id"] for c in all_candidates(api_server)) == sorted(ids)
 
 
+def test_a_week_of_updates_keeps_one_latest_frame(api_server: Any, tmp_path: Path) -> None:
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        clean = txn.add_evidence(jpeg(30), "image/jpeg")
+        body = candidate("week-1", clean)
+        body["evidence"].append({"sha256": clean, "kind": "latest"})
+        cid = txn.create_candidate(body)
+    outbox.start()
+    try:
+        for update in range(1, 151):  # more than a PATCH may carry, had they accumulated
+            with outbox.transaction() as txn:
+                sha = txn.add_evidence(jpeg(30 + update), "image/jpeg")
+                evidence = [{"sha256": sha, "kind": "latest"}]
+                txn.patch_candidate(cid, {"evidence": evidence, "detection": {"dwell_s": update}})
+        assert outbox.flush(60)
+    finally:
+        outbox.stop()
+    assert outbox.failed() == []
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert [(e["kind"], e["sha256"]) for e in doc["evidence"]] == [
+        ("clean", clean),
+        ("latest", hashlib.sha256(jpeg(180)).hexdigest()),
+    ]
+    assert doc["detection"]["dwell_s"] == 150
+
+
 def patch_requests(api_server: Any) -> int:
     """PATCH /candidates/{id} requests the API has answered, from its /metrics."""
     with api_server.client("admin") as http:
@@ -269,6 +296,16 @@ def test_client_raises_problem_details(api_server: Any) -> None:
             {"evidence": [{"sha256": "a"}]},
             {"evidence": [{"sha256": "b"}]},
             {"evidence": [{"sha256": "a"}, {"sha256": "b"}]},
+        ),
+        (
+            {"evidence": [{"sha256": "a", "kind": "clean"}, {"sha256": "b", "kind": "latest"}]},
+            {"evidence": [{"sha256": "c", "kind": "latest"}]},
+            {"evidence": [{"sha256": "a", "kind": "clean"}, {"sha256": "c", "kind": "latest"}]},
+        ),
+        (
+            {"evidence": [{"sha256": "b", "kind": "latest"}]},
+            {"evidence": [{"sha256": "d", "kind": "clean"}]},
+            {"evidence": [{"sha256": "b", "kind": "latest"}, {"sha256": "d", "kind": "clean"}]},
         ),
         ({"references": ["x"]}, {"references": ["x", "y"]}, {"references": ["x", "y"]}),
         ({"severity": "MINOR"}, {"severity": "MAJOR", "b": None}, {"severity": "MAJOR", "b": None}),
