@@ -1,8 +1,8 @@
 """The bridge's own tables, kept in the outbox's SQLite file and written in its transactions.
 
-Dedup keys, lifecycle states, per-boot sequence numbers, the per-sensor reading ring and the
-last-heard times all commit together with the outbox entries they cause, so a crash at any
-point either keeps all of a message's effects or none of them.
+Dedup keys, lifecycle states, per-boot sequence numbers, the per-sensor reading ring, the
+last-heard times and each sensor's last status all commit together with the outbox entries
+they cause, so a crash at any point either keeps all of a message's effects or none of them.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ DROP INDEX IF EXISTS bridge_outbox_evidence; -- the outbox indexes evidence hash
 CREATE TABLE IF NOT EXISTS bridge_seen (
     sensor_id TEXT PRIMARY KEY,
     last_heard REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bridge_status (
+    sensor_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -172,6 +176,20 @@ def last_heard(conn: sqlite3.Connection) -> dict[str, float]:
     return {s: float(t) for s, t in conn.execute("SELECT sensor_id, last_heard FROM bridge_seen")}
 
 
+def last_status(conn: sqlite3.Connection, sensor_id: str) -> str | None:
+    """The sensor's last status payload (``online`` / ``offline``), None if never seen."""
+    row = conn.execute("SELECT status FROM bridge_status WHERE sensor_id = ?", (sensor_id,))
+    found = row.fetchone()
+    return str(found[0]) if found is not None else None
+
+
+def save_status(conn: sqlite3.Connection, sensor_id: str, status: str) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_status (sensor_id, status) VALUES (?, ?)",
+        (sensor_id, status),
+    )
+
+
 class StateBatch:
     """Write-behind view of the state tables for one transaction.
 
@@ -185,6 +203,7 @@ class StateBatch:
         self._states: dict[tuple[str, str], AlarmState] = {}
         self._seqs: dict[str, tuple[str | None, int]] = {}
         self._heard: dict[str, float] = {}
+        self._statuses: dict[str, str] = {}
         self._patches: dict[str, tuple[dict[str, Any], float]] = {}
 
     def state(self, sensor_id: str, alarm_type: str) -> AlarmState:
@@ -208,6 +227,14 @@ class StateBatch:
     def heard(self, sensor_id: str, now: float) -> None:
         self._heard[sensor_id] = max(now, self._heard.get(sensor_id, now))
 
+    def last_status(self, sensor_id: str) -> str | None:
+        if sensor_id in self._statuses:
+            return self._statuses[sensor_id]
+        return last_status(self.conn, sensor_id)
+
+    def set_status(self, sensor_id: str, status: str) -> None:
+        self._statuses[sensor_id] = status
+
     def pend_patch(self, candidate_id: str, patch: dict[str, Any], now: float) -> None:
         old = self._patches.get(candidate_id)
         merged = (merge_patches(old[0], patch), old[1]) if old else (patch, now)
@@ -220,9 +247,12 @@ class StateBatch:
             save_seq(self.conn, sensor_id, boot_id, seq)
         for sensor_id, now in self._heard.items():
             heard(self.conn, sensor_id, now)
+        for sensor_id, status in self._statuses.items():
+            save_status(self.conn, sensor_id, status)
         for candidate_id, (patch, since) in self._patches.items():
             pend_patch(self.conn, candidate_id, patch, since)
         self._states.clear()
         self._seqs.clear()
         self._heard.clear()
+        self._statuses.clear()
         self._patches.clear()

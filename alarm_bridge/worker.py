@@ -135,17 +135,28 @@ class BridgeCore:
     # -- messages -------------------------------------------------------------------------------
 
     def handle(
-        self, txn: OutboxTxn, topic: str, payload: bytes, received_at: datetime, out: BatchResult
+        self,
+        txn: OutboxTxn,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        out: BatchResult,
+        *,
+        retained: bool = False,
     ) -> None:
-        """One message from ``{prefix}/sensors/#``; anything unusable becomes a dead letter."""
+        """One message from ``{prefix}/sensors/#``; anything unusable becomes a dead letter.
+
+        ``retained``: the broker's stored copy, sent on (re)subscription, not news.
+        """
         self.counts.received += 1
         match = parse_topic(self.prefix, topic)
         if match is not None and match.kind == "sensor_status":
-            if payload.strip().lower() not in (b"online", b"offline"):
+            status = payload.strip().lower().decode("utf-8", "replace")
+            if status not in ("online", "offline"):
                 why = Rejected("bad_status", "expected online or offline")
                 self.reject(out, why, topic, payload, received_at)
                 return
-            self._status(txn, match.id, payload, received_at.timestamp(), out)
+            self._status(txn, match.id, status, retained, received_at.timestamp(), out)
             return
         if match is None or match.kind != "sensor_alarm":
             self.reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
@@ -259,19 +270,29 @@ class BridgeCore:
         return AlarmInput(sensor, DEVICE_OFFLINE, key, t, event)
 
     def _status(
-        self, txn: OutboxTxn, sensor_id: str, payload: bytes, now: float, out: BatchResult
+        self,
+        txn: OutboxTxn,
+        sensor_id: str,
+        status: str,
+        retained: bool,
+        now: float,
+        out: BatchResult,
     ) -> None:
         sensor = self.registry.get(sensor_id)
         if sensor is None:
             self.counts.ignored += 1  # retained status of a sensor no longer in the site file
             return
-        text = payload.strip().lower()
         view = out.state(txn.conn)
-        if text == b"offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
-            # The device's last will: a state, so only its edge raises (it is retained).
+        if retained and view.last_status(sensor.id) == status:
+            # The broker replays retained status on every (re)subscription: an offline the
+            # sensor's readings have since cleared, or an online a dead sensor left behind.
+            self.counts.ignored += 1
+            return
+        view.set_status(sensor.id, status)
+        if status == "offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
             item = self._offline_input(sensor, f"lwt:{now:.6f}", "raise", now)
             self._advance(txn, item, now, out)
-        elif text == b"online":
+        elif status == "online":
             view.heard(sensor.id, now)
             self._back_online(txn, sensor, now, out)
 
@@ -487,7 +508,14 @@ class Bridge:
         out = BatchResult()
         with self.outbox.transaction() as txn:
             for message in messages:
-                self.core.handle(txn, message.topic, message.payload, message.received_at, out)
+                self.core.handle(
+                    txn,
+                    message.topic,
+                    message.payload,
+                    message.received_at,
+                    out,
+                    retained=message.retain,
+                )
             self.core.finish(txn, out)
         return out
 

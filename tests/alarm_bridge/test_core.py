@@ -46,16 +46,19 @@ class Harness:
         self.dead: list[str] = []
         self.snapshots: list[tuple[str, str]] = []
 
-    def send(self, topic: str, payload: bytes, at: float = T0) -> None:
-        self.send_batch([(topic, payload)], at)
+    def send(self, topic: str, payload: bytes, at: float = T0, retained: bool = False) -> None:
+        self.send_batch([(topic, payload)], at, retained)
 
-    def send_batch(self, messages: list[tuple[str, bytes]], at: float = T0) -> None:
+    def send_batch(
+        self, messages: list[tuple[str, bytes]], at: float = T0, retained: bool = False
+    ) -> None:
         """One transaction, as the worker does for a batch of MQTT messages."""
         out = BatchResult()
+        received_at = datetime.fromtimestamp(at, tz=UTC)
         with self.outbox.transaction() as txn:
             store.init(txn.conn)
             for topic, payload in messages:
-                self.core.handle(txn, topic, payload, datetime.fromtimestamp(at, tz=UTC), out)
+                self.core.handle(txn, topic, payload, received_at, out, retained=retained)
             self.core.finish(txn, out)
             self.core.flush_patches(txn)
         self.dead += [d.reason for d in out.dead]
@@ -271,6 +274,38 @@ def test_offline_by_last_will_and_back(h: Harness) -> None:
     assert ops[1][2]["urgency"] == "normal"
     assert ops[2][1] == ops[1][1]
     assert h.core.counts.cleared == 1
+
+
+def test_retained_last_will_replayed_after_readings_cleared_it(site: Site, outbox: Outbox) -> None:
+    """The sensor came back without saying ``online``: its retained last will stays, and the
+    broker sends it again on every resubscription, also to a restarted bridge."""
+    h = Harness(site, outbox)
+    status = "gridpatrol/sensors/mh-1/status"
+    h.send(status, b"offline", T0, retained=True)  # first seen: raises
+    h.alarm("mh-1", reading("mh-1", 1.0, T0 + 10), T0 + 10)  # clears
+    h.send(status, b"offline", T0 + 60, retained=True)  # a broker blip
+    restarted = Harness(site, outbox)
+    restarted.send(status, b"offline", T0 + 120, retained=True)
+    assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create", "patch"]
+    restarted.send(status, b"offline", T0 + 180)  # a new last will: a new alarm
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [b["type"] for b in creates] == ["device_offline", "device_offline"]
+
+
+def test_stale_retained_online_does_not_clear_silence(h: Harness) -> None:
+    """A sensor died without a last will: its old retained ``online`` is replayed on every
+    reconnection, and is neither a sign of life nor a clear."""
+    status = "gridpatrol/sensors/wl-1/status"
+    h.silence(T0)
+    h.send(status, b"online", T0)
+    h.silence(T0 + 3 * 300 + 1)  # silent: raised
+    h.send(status, b"online", T0 + 1000, retained=True)  # the reconnection's replay
+    h.silence(T0 + 1001)
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create"]
+    h.send(status, b"online", T0 + 1100)  # the sensor is back: clears
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create", "patch"]
+    with h.outbox.transaction() as txn:
+        assert store.last_heard(txn.conn)["wl-1"] == T0 + 1100
 
 
 def test_offline_by_silence(h: Harness) -> None:

@@ -14,7 +14,7 @@ import pytest
 from gridpatrol.alarm_bridge.worker import Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
-from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic
+from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic, sensor_status_topic
 
 from .conftest import make_site, outbox_ops
 
@@ -49,10 +49,12 @@ def running(tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch) -
     bridge = Bridge(site, outbox, conn, None, progress_s=3600)
     handle = BridgeCore.handle
 
-    def buggy(self: BridgeCore, txn: Any, topic: str, payload: bytes, *rest: Any) -> None:
+    def buggy(
+        self: BridgeCore, txn: Any, topic: str, payload: bytes, *rest: Any, **kw: Any
+    ) -> None:
         if b'"event_id": "13"' in payload:
             raise KeyError("a bug this message trips")
-        handle(self, txn, topic, payload, *rest)
+        handle(self, txn, topic, payload, *rest, **kw)
 
     monkeypatch.setattr(BridgeCore, "handle", buggy)
     conn.start()
@@ -130,3 +132,46 @@ def test_silence_is_not_judged_while_cut_off_from_the_broker(
         conn.stop()
     creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
     assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
+
+
+def _pump(bridge: Bridge, received: int) -> None:
+    """Run the bridge's batches by hand until it has taken ``received`` messages."""
+    deadline = time.monotonic() + 30
+    while bridge.core.counts.received < received:
+        assert time.monotonic() < deadline, bridge.core.counts
+        bridge._one_batch()
+    bridge._flush_patches()
+
+
+def test_retained_last_will_replayed_on_resubscription_raises_nothing(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """The bin came back with readings but its retained ``offline`` stays on the broker: the
+    restarted bridge gets it again, flagged retained, and raises no second device_offline."""
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    status = sensor_status_topic(mqtt_prefix, "bf-1")
+    back = json.dumps({"sensor_id": "bf-1", "value": 40, "ts": time.time()}).encode()
+    pub = MqttConnection("retain-pub", SETTINGS, prefix=mqtt_prefix)
+    assert pub.start(10)
+    try:
+        assert pub.publish_wait(status, b"offline", qos=1, retain=True)
+        for restarted in (False, True):
+            conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+            bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+            assert conn.start(10)
+            try:
+                _pump(bridge, 1)  # the retained last will
+                if not restarted:
+                    topic = sensor_alarm_topic(mqtt_prefix, "bf-1")
+                    assert pub.publish_wait(topic, back, qos=1)
+                    _pump(bridge, 2)
+            finally:
+                conn.stop()
+    finally:
+        pub.publish_wait(status, b"", qos=1, retain=True)  # leave the shared broker clean
+        pub.stop()
+    ops = outbox_ops(outbox)
+    assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]
+    assert ops[1][2]["type"] == "device_offline"
+    assert bridge.core.counts.ignored == 1
