@@ -110,13 +110,11 @@ def save_seq(conn: sqlite3.Connection, sensor_id: str, boot_id: str | None, seq:
 
 
 def append_trace(conn: sqlite3.Connection, sensor_id: str, entry: dict[str, Any]) -> None:
-    cur = conn.execute(
+    """Add a reading to the sensor's ring; :meth:`StateBatch.flush` keeps the ring bounded."""
+    conn.execute(
         "INSERT INTO bridge_trace (sensor_id, entry) VALUES (?, ?)",
         (sensor_id, json.dumps(entry, ensure_ascii=False)),
     )
-    # Bounded ring: only the newest TRACE_LEN rows of each sensor stay (pruned now and then).
-    if (cur.lastrowid or 0) % 16 == 0:
-        prune_trace(conn, sensor_id)
 
 
 def prune_trace(conn: sqlite3.Connection, sensor_id: str) -> None:
@@ -204,6 +202,7 @@ class StateBatch:
         self._seqs: dict[str, tuple[str | None, int]] = {}
         self._heard: dict[str, float] = {}
         self._statuses: dict[str, str] = {}
+        self._traced: set[str] = set()
         self._patches: dict[str, tuple[dict[str, Any], float]] = {}
 
     def state(self, sensor_id: str, alarm_type: str) -> AlarmState:
@@ -235,6 +234,11 @@ class StateBatch:
     def set_status(self, sensor_id: str, status: str) -> None:
         self._statuses[sensor_id] = status
 
+    def append_trace(self, sensor_id: str, entry: dict[str, Any]) -> None:
+        # Written at once: a raise later in the batch puts the trace into its evidence.
+        append_trace(self.conn, sensor_id, entry)
+        self._traced.add(sensor_id)
+
     def pend_patch(self, candidate_id: str, patch: dict[str, Any], now: float) -> None:
         old = self._patches.get(candidate_id)
         merged = (merge_patches(old[0], patch), old[1]) if old else (patch, now)
@@ -251,8 +255,11 @@ class StateBatch:
             save_status(self.conn, sensor_id, status)
         for candidate_id, (patch, since) in self._patches.items():
             pend_patch(self.conn, candidate_id, patch, since)
+        for sensor_id in self._traced:
+            prune_trace(self.conn, sensor_id)  # each ring back to its newest TRACE_LEN rows
         self._states.clear()
         self._seqs.clear()
         self._heard.clear()
         self._statuses.clear()
+        self._traced.clear()
         self._patches.clear()

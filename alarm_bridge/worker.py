@@ -183,7 +183,7 @@ class BridgeCore:
                 return
             view.set_seq(first.sensor.id, first.boot_id, first.seq)
         for item in adapted.inputs:
-            store.append_trace(conn, item.sensor.id, _trace_entry(item))
+            view.append_trace(item.sensor.id, _trace_entry(item))
             self._advance(txn, item, now, out)
 
     def reject(

@@ -356,10 +356,36 @@ def test_sensor_trace_is_bounded(h: Harness) -> None:
         ).fetchone()[0]
         rows = txn.conn.execute("SELECT COUNT(*) FROM bridge_trace").fetchone()[0]
     doc = json.loads(evidence)
-    assert store.TRACE_LEN <= rows < store.TRACE_LEN + 16  # pruned every 16 rows
+    assert rows == store.TRACE_LEN
     assert len(doc["readings"]) == store.TRACE_LEN
     assert doc["readings"][-1]["value"] == 99
     assert doc["thresholds"]["raise"] == 90
+
+
+def test_sensor_traces_stay_bounded_for_sensors_interleaved(h: Harness) -> None:
+    """Four sensors taking turns, in batches and one by one: every ring is pruned."""
+    rounds = store.TRACE_LEN + 20
+
+    def turn(i: int) -> list[tuple[str, bytes]]:
+        smoke = envelope("sm-1", f"s{i}", "raise" if i == 0 else "update", alarm_type="smoke")
+        return [
+            ("gridpatrol/sensors/mh-1/alarm", reading("mh-1", 1.0, T0 + i)),
+            ("gridpatrol/sensors/wl-1/alarm", reading("wl-1", 1.0, T0 + i)),
+            ("gridpatrol/sensors/bf-1/alarm", reading("bf-1", 10.0, T0 + i)),
+            ("gridpatrol/sensors/sm-1/alarm", smoke),
+        ]
+
+    h.send_batch([m for i in range(rounds) for m in turn(i)], T0 + rounds)
+    for i in range(rounds, 2 * rounds):
+        for topic, payload in turn(i):
+            h.send(topic, payload, T0 + 2 * rounds)
+    with h.outbox.transaction() as txn:
+        counts = dict(
+            txn.conn.execute("SELECT sensor_id, COUNT(*) FROM bridge_trace GROUP BY sensor_id")
+        )
+        newest_bin = json.loads(store.trace(txn.conn, "bf-1")[-1])
+    assert counts == dict.fromkeys(("mh-1", "wl-1", "bf-1", "sm-1"), store.TRACE_LEN)
+    assert newest_bin["t"] == "2026-09-21T14:15:39Z"  # T0 + 2 * rounds - 1 = T0 + 139 s
 
 
 def test_batch_queues_traces_first_and_coalesces_repeats(h: Harness) -> None:
