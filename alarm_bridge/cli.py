@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import threading
 import time
@@ -30,7 +31,9 @@ def register(sub: Any) -> None:
     bridge.add_argument(
         "--client-id", default=None, help="MQTT client id of the persistent session"
     )
-    bridge.add_argument("--progress-s", type=float, default=5.0, help="seconds between progress")
+    bridge.add_argument(
+        "--progress-s", type=positive_seconds, default=5.0, help="seconds between progress lines"
+    )
     bridge.set_defaults(func=run_bridge)
 
     sim: argparse.ArgumentParser = sub.add_parser(
@@ -41,6 +44,17 @@ def register(sub: Any) -> None:
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     sim.add_argument("--seed", type=int, default=1)
     sim.set_defaults(func=run_simulate)
+
+
+def positive_seconds(text: str) -> float:
+    """An interval for argparse: a finite number above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:

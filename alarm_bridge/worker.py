@@ -376,6 +376,8 @@ class Bridge:
         clock: Callable[[], float] = time.time,
         progress_s: float = 5.0,
     ) -> None:
+        if not progress_s > 0:
+            raise ValueError(f"progress_s must be positive, got {progress_s}")
         self.core = BridgeCore(site, prefix=prefix)
         self.prefix = self.core.prefix
         self.outbox = outbox
@@ -436,12 +438,12 @@ class Bridge:
             due["prune"] = now
             with self.outbox.transaction() as txn:
                 store.prune_dedup(txn.conn, now - DEDUP_RETENTION_S)
-        if now - due.get("progress", now) >= self.progress_s:
+        last_progress = due.setdefault("progress", now)
+        if now - last_progress >= self.progress_s:
             received = self.core.counts.received
-            self._progress((received - self._received_at_progress) / (now - due["progress"]))
+            self._progress((received - self._received_at_progress) / (now - last_progress))
             self._received_at_progress = received
             due["progress"] = now
-        due.setdefault("progress", now)
 
     def _connected_since(self, now: float) -> float | None:
         """When the current broker connection began, as first noticed here; None if there is

@@ -28,8 +28,13 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
         (["bridge", "--config", str(SAMPLE_SITE)], "GRIDPATROL_API_TOKEN", "GRIDPATROL_API_TOKEN"),
         (["bridge", "--config", "/nonexistent/site.yaml"], "", "cannot read the site file"),
         (["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "0"], "", "nothing to"),
+        (
+            ["bridge", "--config", str(SAMPLE_SITE), "--progress-s", "0"],
+            "",
+            "argument --progress-s: must be a positive number of seconds, got '0'",
+        ),
     ],
-    ids=["no producer token", "missing site file", "zero rate"],
+    ids=["no producer token", "missing site file", "zero rate", "zero progress interval"],
 )
 def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != env_drop}

@@ -175,3 +175,10 @@ def test_retained_last_will_replayed_on_resubscription_raises_nothing(
     assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]
     assert ops[1][2]["type"] == "device_offline"
     assert bridge.core.counts.ignored == 1
+
+
+def test_a_progress_interval_must_be_positive(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection("alarm_bridge", SETTINGS)  # never started
+    with pytest.raises(ValueError, match="progress_s must be positive, got 0"):
+        Bridge(make_site(), outbox, conn, None, progress_s=0)
