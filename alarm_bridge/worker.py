@@ -31,10 +31,17 @@ from gridpatrol.alarm_bridge.adapters import (
     alarm_id_for,
     seq_in_order,
 )
+from gridpatrol.alarm_bridge.inbox import Inbox
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
 from gridpatrol.api.client import merge_patches
 from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
-from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic
+from gridpatrol.ingest.topics import (
+    TopicKind,
+    deadletter_topic,
+    frame_topic,
+    parse_topic,
+    wildcard,
+)
 from gridpatrol.site import Sensor, Site
 
 if TYPE_CHECKING:
@@ -144,7 +151,8 @@ class BridgeCore:
         *,
         retained: bool = False,
     ) -> None:
-        """One message from ``{prefix}/sensors/#``; anything unusable becomes a dead letter.
+        """One message from a sensor's alarm or status topic; anything unusable becomes a
+        dead letter.
 
         ``retained``: the broker's stored copy, sent on (re)subscription, not news.
         """
@@ -394,7 +402,16 @@ class Bridge:
         self._connection: tuple[int, float] | None = None
         with outbox.transaction() as txn:
             store.init(txn.conn)
-        self._sub = mqtt.subscribe(f"{self.prefix}/sensors/#", qos=1, maxsize=20000)
+        # Exactly the sensors' alarm and status topics: a device's other subtopics are not ours.
+        wake = threading.Event()
+        kinds: tuple[TopicKind, ...] = ("sensor_alarm", "sensor_status")
+        self._inbox = Inbox(
+            [
+                mqtt.subscribe(wildcard(self.prefix, kind), qos=1, maxsize=20000, wake=wake)
+                for kind in kinds
+            ],
+            wake,
+        )
         # The newest frame of each linked camera: the snapshot fallback.
         linked = sorted({s.camera for s in site.sensors if s.camera is not None})
         self._frame_subs = {}
@@ -472,12 +489,12 @@ class Bridge:
             self.core.flush_patches(txn)
 
     def _collect(self) -> list[Message]:
-        first = self._sub.get(timeout=0.2)
+        first = self._inbox.get(timeout=0.2)
         if first is None:
             return []
         batch = [first]
         while len(batch) < BATCH:
-            more = self._sub.get(timeout=0)
+            more = self._inbox.get(timeout=0)
             if more is None:
                 break
             batch.append(more)

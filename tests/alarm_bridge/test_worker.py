@@ -182,3 +182,35 @@ def test_a_progress_interval_must_be_positive(tmp_path: Path) -> None:
     conn = MqttConnection("alarm_bridge", SETTINGS)  # never started
     with pytest.raises(ValueError, match="progress_s must be positive, got 0"):
         Bridge(make_site(), outbox, conn, None, progress_s=0)
+
+
+def test_only_alarm_and_status_topics_are_read_in_arrival_order(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """A device's other subtopics are not the bridge's (no bad_topic dead letter each); its
+    last will and the reading after it are handled as they came, in one batch."""
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    pub = MqttConnection("topics-pub", SETTINGS, prefix=mqtt_prefix)
+    back = json.dumps({"sensor_id": "bf-1", "value": 40, "ts": time.time()}).encode()
+    assert conn.start(10) and pub.start(10)
+    try:
+        for topic, payload in [
+            (f"{mqtt_prefix}/sensors/bf-1/config", b"{}"),
+            (sensor_status_topic(mqtt_prefix, "bf-1"), b"offline"),
+            (sensor_alarm_topic(mqtt_prefix, "bf-1"), back),
+        ]:
+            assert pub.publish_wait(topic, payload, qos=1)
+        _wait_until(lambda: conn.stats()["received"] >= 2, "messages not delivered")
+        bridge._one_batch()
+        bridge._flush_patches()
+    finally:
+        pub.stop()
+        conn.stop()
+    counts = bridge.core.counts
+    assert (counts.received, counts.dead_letters) == (2, 0)
+    ops = outbox_ops(outbox)
+    assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]  # raised, then cleared
+    assert ops[1][2]["type"] == "device_offline"

@@ -1,0 +1,57 @@
+"""Several MQTT subscriptions read as one queue, in the order their messages arrived.
+
+The bridge subscribes to exactly the sensors' alarm and status topics, one queue each, but
+must handle them as they came: a last will followed by the readings of a sensor back online
+raises and clears, the other way round it would leave an alarm standing.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gridpatrol.ingest.mqtt import Message, Subscription
+
+
+class Inbox:
+    """The oldest message across ``subs``, whose arrivals all set ``wake``.
+
+    One network thread stamps and queues every message in turn, so a queue that is empty
+    when looked at cannot later receive a message older than another queue's head: the head
+    with the earliest ``received_at`` is always the next message (short of the wall clock
+    stepping back between two arrivals).
+    """
+
+    def __init__(self, subs: list[Subscription], wake: threading.Event) -> None:
+        self._subs = subs
+        self._wake = wake
+        # Each subscription's next message, taken out of its queue but not handed out yet.
+        self._heads: list[Message | None] = [None] * len(subs)
+
+    def get(self, timeout: float) -> Message | None:
+        """The next message, waiting up to ``timeout`` s for one; None when nothing came."""
+        if not self._fill():
+            self._wake.clear()
+            # A message queued between the look and the clear has set wake before it.
+            if not self._fill() and not (self._wake.wait(timeout) and self._fill()):
+                return None
+        return self._take()
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self._subs) + sum(h is not None for h in self._heads)
+
+    def _fill(self) -> bool:
+        """Take the head of every queue whose head is not held yet; True when any is held."""
+        for index, sub in enumerate(self._subs):
+            if self._heads[index] is None:
+                self._heads[index] = sub.get(timeout=0)
+        return any(h is not None for h in self._heads)
+
+    def _take(self) -> Message:
+        held = [(h.received_at, i) for i, h in enumerate(self._heads) if h is not None]
+        _, index = min(held)
+        message = self._heads[index]
+        assert message is not None
+        self._heads[index] = None
+        return message

@@ -1,0 +1,27 @@
+"""The bridge's two subscriptions read as one queue, in arrival order."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+from gridpatrol.alarm_bridge.inbox import Inbox
+from gridpatrol.ingest.mqtt import Message, Subscription
+
+T0 = datetime(2026, 9, 21, 14, 13, 20, tzinfo=UTC)
+
+
+def test_messages_of_several_subscriptions_come_out_oldest_first() -> None:
+    wake = threading.Event()
+    alarms = Subscription("p/sensors/+/alarm", 1, 10, wake)
+    statuses = Subscription("p/sensors/+/status", 1, 10, wake)
+    inbox = Inbox([alarms, statuses], wake)
+    assert inbox.get(timeout=0) is None
+    arrivals = [(alarms, "a1"), (statuses, "s1"), (statuses, "s2"), (alarms, "a2")]
+    for offset, (sub, name) in enumerate(arrivals):
+        received_at = T0 + timedelta(microseconds=offset)
+        sub._put(Message(name, b"", 1, False, received_at, mid=offset + 1))
+    assert len(inbox) == 4
+    got = [inbox.get(timeout=0) for _ in range(5)]
+    assert [m.topic if m else None for m in got] == ["a1", "s1", "s2", "a2", None]
+    assert len(inbox) == 0
