@@ -73,6 +73,8 @@ SERVER_FIELDS = frozenset(
         "review",
     }
 )
+# A new candidate may bring its own id, so an outbox can refer to it before the server has it.
+CREATE_OWNED = SERVER_FIELDS - {"id"}
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
 
@@ -228,6 +230,13 @@ def parse_candidate(body: Any) -> CandidateIn:
         raise validation_problem(exc) from exc
 
 
+def refuse_server_fields(body: JsonDict, owned: frozenset[str], what: str) -> None:
+    """422 when ``body`` sets a field in ``owned``, as PATCH and POST both refuse them."""
+    found = sorted(owned & body.keys())
+    if found:
+        raise Problem(422, f"the server owns {', '.join(found)}; {what} cannot set them")
+
+
 def problem_item(exc: Problem) -> JsonDict:
     """A refused batch item: its status and problem body."""
     body = {
@@ -369,6 +378,7 @@ class CandidateService:
 
     def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, str]:
         body = parsed.model_dump(mode="json", exclude_unset=True)
+        refuse_server_fields(body, CREATE_OWNED, "a new candidate")
         digest = request_hash("POST", "/candidates", body)
         return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
 
@@ -380,6 +390,7 @@ class CandidateService:
             try:
                 parsed = parse_candidate(body)
                 body_json = parsed.model_dump(mode="json", exclude_unset=True)
+                refuse_server_fields(body_json, CREATE_OWNED, "a new candidate")
                 digest = request_hash("POST", "/candidates", body_json)
                 valid.append((index, check_key(key), digest, parsed))
             except Problem as exc:
@@ -602,9 +613,7 @@ class CandidateService:
         self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
     ) -> tuple[int, str]:
         body = parsed.model_dump(mode="json", exclude_unset=True)
-        owned = sorted(SERVER_FIELDS & body.keys())
-        if owned:
-            raise Problem(422, f"the server owns {', '.join(owned)}; a patch cannot set them")
+        refuse_server_fields(body, SERVER_FIELDS, "a patch")
         digest = request_hash("PATCH", f"/candidates/{cid}", body)
         return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))
 

@@ -276,3 +276,42 @@ def test_a_post_waiting_for_the_sqlite_write_lock_leaves_the_event_loop_free(api
         response = pending.result(timeout=10)
     assert response.status_code == 201
     assert response.json()["source"]["source_event_id"] == "e-locked"
+
+
+def test_a_new_candidate_cannot_set_server_fields(api: Any) -> None:
+    sha = api.put_jpeg()
+    owned: dict[str, Any] = {
+        "hold_until": "2026-11-27T00:00:00+00:00",
+        "arrive_by": "2026-11-27T00:00:00+00:00",
+        "stages": {"closed": "2026-11-27T00:00:00+00:00"},
+        "merged_into": str(uuid.uuid4()),
+        "review": {"reason_code": "other"},
+        "status": "confirmed",
+    }
+    for name, value in owned.items():
+        response = post(api, {**api.body(f"e-{name}", sha), name: value}, key=f"k-{name}")
+        assert response.status_code == 422, name
+        assert response.headers["content-type"] == "application/problem+json"
+        detail = f"the server owns {name}; a new candidate cannot set them"
+        assert response.json()["detail"] == detail
+    assert api.as_("reviewer").get(URL).json()["items"] == []
+
+
+def test_a_batch_refuses_server_fields_per_item(api: Any) -> None:
+    sha = api.put_jpeg()
+    at = "2026-11-27T00:00:00+00:00"
+    items = [
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"idempotency_key": "b2", "body": {**api.body("e2", sha), "hold_until": at}},
+        {"idempotency_key": "b3", "body": {**api.body("e3", sha), "stages": {}, "review": {}}},
+    ]
+    response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [201, 422, 422]
+    assert [r["body"].get("detail") for r in results[1:]] == [
+        "the server owns hold_until; a new candidate cannot set them",
+        "the server owns review, stages; a new candidate cannot set them",
+    ]
+    page = api.as_("reviewer").get(URL).json()
+    assert [c["id"] for c in page["items"]] == [results[0]["body"]["id"]]
