@@ -646,7 +646,8 @@ class CandidateService:
             with session.begin_nested():
                 session.flush()
         except IntegrityError as exc:
-            raise Problem(409, "another candidate has this source_event_id") from exc
+            # 422, not 409: the request itself is refused, and an outbox retries a 409.
+            raise Problem(422, "another candidate has this source_event_id") from exc
         outcome.events.append(_event("candidate.changed", doc))
         log.info(
             "candidate %s patched: %s -> %s",

@@ -315,3 +315,18 @@ def test_a_batch_refuses_server_fields_per_item(api: Any) -> None:
     ]
     page = api.as_("reviewer").get(URL).json()
     assert [c["id"] for c in page["items"]] == [results[0]["body"]["id"]]
+
+
+def test_patch_to_another_candidates_source_event_id_is_refused_for_good(api: Any) -> None:
+    # 422, not 409: the producers' outbox retries a 409, and this request can never succeed.
+    sha = api.put_jpeg()
+    post(api, api.body("e1", sha), key="a")
+    second = post(api, api.body("e2", sha), key="b").json()
+    source = {**second["source"], "source_event_id": "e1"}
+    response = api.as_("producer").patch(
+        f"{URL}/{second['id']}", json={"source": source}, headers={"Idempotency-Key": "p"}
+    )
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "another candidate has this source_event_id"
+    assert api.as_("reviewer").get(f"{URL}/{second['id']}").json() == second
