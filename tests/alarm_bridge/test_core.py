@@ -161,6 +161,12 @@ DEAD_LETTERS = [
     ),
     ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "bad_value"),
     (
+        "SenML value too large for a float",
+        "gridpatrol/sensors/wl-1/alarm",
+        json.dumps([{"bn": "wl-1:", "n": "level", "u": "cm", "v": 10**400}]).encode(),
+        "bad_value",
+    ),
+    (
         "a reading timed an hour ahead (a device clock)",
         "gridpatrol/sensors/bf-1/alarm",
         reading("bf-1", 95, T0 + 3600),
