@@ -101,6 +101,7 @@ _LOOKUPS = {
     (False, True): _select_docs.where(_by_natural),
     (True, True): _select_docs.where(or_(_by_id, _by_natural)),
 }
+_doc_by_id = select(CandidateRow.doc).where(_by_id)
 _ADVANCE_FEED = (
     update(FeedCounterRow)
     .where(FeedCounterRow.id == 1)
@@ -759,8 +760,12 @@ class CandidateService:
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, cid: str) -> str:
+        # No row lock (unlike _load): a read must not wait for, or hold up, a writer.
         with self.db.read() as session:
-            return self._load(session, cid).doc
+            doc = session.execute(_doc_by_id, {"cid": cid}).scalar()
+        if doc is None:
+            raise Problem(404, f"no candidate {cid}")
+        return str(doc)
 
     def search(
         self,

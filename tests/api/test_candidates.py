@@ -10,8 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
-from gridpatrol.api.db import IdempotencyRow
+from gridpatrol.api.db import CandidateRow, IdempotencyRow
 from gridpatrol.api.service import parse_candidate, request_hash
 
 URL = "/api/v1/candidates"
@@ -330,3 +331,15 @@ def test_patch_to_another_candidates_source_event_id_is_refused_for_good(api: An
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == "another candidate has this source_event_id"
     assert api.as_("reviewer").get(f"{URL}/{second['id']}").json() == second
+
+
+def test_a_read_does_not_wait_for_a_writers_row_lock(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    db = api.http.app.state.db
+    locked = select(CandidateRow.id).where(CandidateRow.id == doc["id"]).with_for_update()
+    with ThreadPoolExecutor(1) as pool, db.write() as session:
+        session.execute(locked)  # a PATCH or review in progress on PostgreSQL holds this
+        # Bounded only so that a read that waits fails instead of hanging the test.
+        got = pool.submit(api.as_("reviewer").get, f"{URL}/{doc['id']}").result(timeout=20)
+    assert got.status_code == 200
+    assert got.json() == doc
