@@ -716,11 +716,14 @@ class CandidateService:
         if target_id == row.id:
             raise Problem(422, "a candidate cannot be merged into itself")
         target = self._load(session, target_id, status=422)
-        if target.status in ("rejected", "merged"):
+        if target.status in sm.FINAL:
             raise Problem(409, f"cannot merge into candidate {target_id}: it is {target.status}")
         tdoc = json.loads(target.doc)
         tdoc["references"] = [*tdoc.get("references", []), row.id]
         self._history(tdoc, now, who.name, "merged_from", source=row.id)
+        if target.feed_pos is not None:  # visible already: the platform sees the change
+            self._assign_positions(session, [target], now)
+            outcome.feed = True
         self._save(target, tdoc, now)
         json_doc = outcome.doc
         json_doc["merged_into"] = target_id

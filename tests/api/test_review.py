@@ -101,3 +101,35 @@ def test_review_roles_and_unknown(api: Any) -> None:
     assert api.as_("reviewer").post(url, json={"decision": "approve"}).status_code == 422
     assert api.review(str(uuid.uuid4()), "confirm").status_code == 404
     assert api.as_("admin").post(url, json={"decision": "confirm"}).status_code == 200
+
+
+def test_merging_into_a_visible_candidate_gives_it_a_new_feed_position(api: Any) -> None:
+    target = new_candidate(api, "t")["id"]
+    assert api.review(target, "confirm").status_code == 200
+    dup = new_candidate(api, "d")["id"]
+    assert api.review(dup, "merge", merge_into=target).status_code == 200
+    feed = api.as_("platform").get("/api/v1/feed").json()
+    assert [c["id"] for c in feed["items"]] == [target, target]
+    assert feed["next_cursor"] == "2"
+    later = api.as_("platform").get("/api/v1/feed", params={"cursor": "1"}).json()
+    assert [c["id"] for c in later["items"]] == [target]
+    assert later["items"][0]["references"] == [dup]
+    assert later["items"][0]["history"][-1]["action"] == "merged_from"
+
+
+def test_a_closed_candidate_takes_no_merge(api: Any) -> None:
+    target = new_candidate(api, "t")["id"]
+    assert api.review(target, "confirm").status_code == 200
+    for stage in ("registered", "dispatched", "arrived", "resolved", "verified", "closed"):
+        reported = api.as_("platform").post(
+            f"/api/v1/candidates/{target}/status", json={"stage": stage}
+        )
+        assert reported.status_code == 200
+    closed = api.as_("reviewer").get(f"/api/v1/candidates/{target}").json()
+    dup = new_candidate(api, "d")["id"]
+    refused = api.review(dup, "merge", merge_into=target)
+    assert refused.status_code == 409
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["detail"] == f"cannot merge into candidate {target}: it is closed"
+    assert api.as_("reviewer").get(f"/api/v1/candidates/{dup}").json()["status"] == "new"
+    assert api.as_("reviewer").get(f"/api/v1/candidates/{target}").json() == closed
