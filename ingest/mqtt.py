@@ -198,6 +198,9 @@ class MqttConnection:
         self._routes: tuple[list[Subscription], dict[str, tuple[Subscription, ...]]] = ([], {})
         self._hooks: list[Callable[[MqttConnection], None]] = []
         self._lock = threading.Lock()
+        # Serialises (un)subscribe, which snapshot threads call side by side. Never taken in a
+        # paho callback: those run under paho's callback mutex, which client.subscribe may take.
+        self._subs_lock = threading.Lock()
         self._session = 0
         # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip.
         self._pending: OrderedDict[int, list[Any]] = OrderedDict()
@@ -486,20 +489,23 @@ class MqttConnection:
     ) -> Subscription:
         """A queue of the messages matching ``topic_filter``; ``wake`` is set on each arrival."""
         sub = Subscription(topic_filter, qos, maxsize, wake)
-        self._subs = [*self._subs, sub]
-        client = self._client
-        if client is not None and self._connected.is_set():
-            client.subscribe(topic_filter, qos)
+        with self._subs_lock:
+            self._subs = [*self._subs, sub]
+            client = self._client
+            if client is not None and self._connected.is_set():
+                client.subscribe(topic_filter, qos)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Stop delivering to ``sub``; the broker subscription goes when no one else shares it."""
-        # Copy on write: the network thread iterates the list without a lock.
-        self._subs = [s for s in self._subs if s is not sub]
-        client = self._client
-        still = any(s.topic_filter == sub.topic_filter for s in self._subs)
-        if client is not None and self._connected.is_set() and not still:
-            client.unsubscribe(sub.topic_filter)
+        # Copy on write: the network thread iterates the list without a lock. The broker call
+        # stays under the lock too, or a concurrent subscribe to the same filter could be undone.
+        with self._subs_lock:
+            self._subs = [s for s in self._subs if s is not sub]
+            client = self._client
+            still = any(s.topic_filter == sub.topic_filter for s in self._subs)
+            if client is not None and self._connected.is_set() and not still:
+                client.unsubscribe(sub.topic_filter)
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue)."""

@@ -1,0 +1,50 @@
+"""MqttConnection.subscribe / unsubscribe from several threads at once (snapshot workers)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
+
+SETTINGS = MqttSettings.from_url("mqtt://127.0.0.1:1883")
+
+
+class _ReadTogether(list[Subscription]):
+    """A subscription list whose first two readers wait for each other inside the read: the
+    widest window a read-modify-write of the list can have. A reader that waits in vain (the
+    other is held off by a lock) goes on after the barrier's timeout."""
+
+    def __init__(self, subs: list[Subscription], barrier: threading.Barrier) -> None:
+        super().__init__(subs)
+        self.barrier = barrier
+
+    def __iter__(self) -> Iterator[Subscription]:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            self.barrier.wait()
+        return super().__iter__()
+
+
+def _side_by_side(conn: MqttConnection, *actions: Callable[[], object]) -> None:
+    conn._subs = _ReadTogether(conn._subs, threading.Barrier(len(actions), timeout=1.0))
+    threads = [threading.Thread(target=action) for action in actions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def test_concurrent_subscribes_keep_every_subscription() -> None:
+    conn = MqttConnection("subs-test", SETTINGS)  # never started: no broker needed
+    _side_by_side(
+        conn, lambda: conn.subscribe("p/cameras/a/snapshot"), lambda: conn.subscribe("p/b")
+    )
+    assert sorted(s.topic_filter for s in conn._subs) == ["p/b", "p/cameras/a/snapshot"]
+
+
+def test_concurrent_unsubscribes_remove_every_subscription() -> None:
+    conn = MqttConnection("subs-test", SETTINGS)
+    first, second, kept = conn.subscribe("p/a"), conn.subscribe("p/b"), conn.subscribe("p/c")
+    _side_by_side(conn, lambda: conn.unsubscribe(first), lambda: conn.unsubscribe(second))
+    assert list(conn._subs) == [kept]
