@@ -13,7 +13,7 @@ what was sent and never creates a second candidate for a running episode.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Literal, Protocol
@@ -148,6 +148,47 @@ def step(
     fresh = _open(camera_id, ev, new_id(), current)
     out[key] = fresh
     return out, [Op("open", fresh, better=True)]
+
+
+def end_unfollowed(
+    book: Book,
+    waiting: Iterable[Key],
+    t: datetime,
+    occupied: Mapping[tuple[str, str], datetime],
+    resume_s: Callable[[str, str], float | None],
+) -> tuple[dict[Key, Episode], list[Op], set[Key]]:
+    """End the open episodes in ``waiting`` that no rule follows any more.
+
+    After a restart the rules start over and know nothing of the episodes left open. One
+    whose occupancy comes back in time is continued by :func:`step`; one whose zone or rule
+    is gone from the site file (``resume_s`` None) ends at once; one whose occupancy has not
+    come back within ``resume_s`` of its last sighting ends then. Either way it ends at its
+    last sighting, the last moment anyone saw it. ``occupied`` maps (zone, rule) to the
+    beginning of the occupancy a rule is timing or has raised now.
+
+    Returns the new book, the end operations and the keys still waiting.
+    """
+    out = dict(book)
+    ops: list[Op] = []
+    still: set[Key] = set()
+    for key in waiting:
+        ep = out.get(key)
+        if ep is None or not ep.open:
+            continue
+        resume = resume_s(ep.zone_id, ep.type)
+        if resume is not None and _may_resume(ep, t, occupied.get((ep.zone_id, ep.type)), resume):
+            still.add(key)
+            continue
+        ended = replace(ep, ended_at=ep.last_event_at, reported_at=max(ep.reported_at, t))
+        out[key] = ended
+        ops.append(Op("end", ended))
+    return out, ops, still
+
+
+def _may_resume(ep: Episode, t: datetime, began: datetime | None, resume_s: float) -> bool:
+    if began is not None and (began - ep.last_event_at).total_seconds() <= resume_s:
+        return True  # the occupancy is back: the rule's raise will continue the episode
+    return (t - ep.last_event_at).total_seconds() <= resume_s
 
 
 def _refresh(

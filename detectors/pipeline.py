@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -205,13 +205,13 @@ class CameraPipeline:
             )  # fmt: skip
         return events
 
-    def active_episodes(self) -> dict[tuple[str, str], float]:
-        """(zone, rule) → first_seen epoch seconds of the episodes currently raised."""
+    def occupied(self) -> dict[tuple[str, str], datetime]:
+        """(zone, rule) → when the occupancy began, for every rule timing a dwell or raised."""
         return {
-            (zr.zone.id, rule): st.first_seen
+            (zr.zone.id, rule): datetime.fromtimestamp(st.first_seen, UTC)
             for zr in self.zones
             for rule, st in zr.states.items()
-            if st.phase == "active"
+            if st.phase != "idle"
         }
 
     # -- internals ---------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -211,6 +211,8 @@ class CameraRuntime:
     dropped_seen: int = 0
     latency_s: float = 0.0
     candidates: int = 0
+    # Open episodes no rule follows yet (reloaded at start): ended unless they come back.
+    waiting: set[Key] = field(default_factory=set)
 
 
 @dataclass
@@ -339,6 +341,8 @@ class DetectorWorker:
             episodes.ensure_schema(txn.conn)
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
         open_eps = [ep for ep in self.book.values() if ep.open]
+        for ep in open_eps:
+            self.cams[ep.camera_id].waiting.add(ep.key)
         log.info(
             "%s: serving %d camera(s) %s; %d open episode(s) reloaded",
             component_id,
@@ -491,7 +495,7 @@ class DetectorWorker:
             rt.camera.id,
             (last - ts).total_seconds(),
         )
-        self._reset(rt)
+        self._reset(rt, ts)
         rt.last_ts = ts
         return True
 
@@ -508,9 +512,13 @@ class DetectorWorker:
             motion=MotionState(),
         )
 
-    def _reset(self, rt: CameraRuntime) -> None:
+    def _reset(self, rt: CameraRuntime, ts: datetime) -> None:
         fresh = self._runtime(rt.camera, rt.sub)
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
+        # Its open episodes were timed on the clock that was abandoned: they end where they
+        # were last seen, and an occupancy that is still there opens a new episode.
+        rt.waiting = {k for k, ep in self.book.items() if ep.open and k[0] == rt.camera.id}
+        self._end_unfollowed(rt, ts, everything=True)
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -545,6 +553,8 @@ class DetectorWorker:
         )
         for raw in events:
             self._episode(rt, normalise_event(raw), item, result.detections)
+        if rt.waiting:
+            self._end_unfollowed(rt, h.ts)
 
     def _scene_fn(
         self, result: InferenceResult
@@ -569,14 +579,13 @@ class DetectorWorker:
                 "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
             )
             return
+        rt.waiting.discard((rt.camera.id, ev.zone_id, ev.rule))  # its rule follows it now
         book, ops = episodes.step(
             self.book,
             rt.camera.id,
             ev,
             update_s=params.update_s,
-            # The book's last-seen time is only written with an operation, so allow a full
-            # update interval on top of the rule's own gap and clear times.
-            resume_s=params.gap_s + params.clear_s + params.update_s,
+            resume_s=_resume_s(params),
             new_id=lambda: str(uuid.uuid4()),
         )
         if not ops:
@@ -598,6 +607,34 @@ class DetectorWorker:
                 op.episode.zone_id,
                 op.episode.dwell_s,
                 ev.confidence,
+            )
+
+    def _end_unfollowed(self, rt: CameraRuntime, t: datetime, everything: bool = False) -> None:
+        """End the camera's waiting episodes that did not come back (all, with ``everything``)."""
+        from gridpatrol.detectors import episodes
+
+        cam = rt.camera
+
+        def resume(zone_id: str, rule: str) -> float | None:
+            params = _rule_params(cam, zone_id, rule)
+            return None if params is None or everything else _resume_s(params)
+
+        book, ops, rt.waiting = episodes.end_unfollowed(
+            self.book, rt.waiting, t, rt.pipeline.occupied(), resume
+        )
+        if not ops:
+            return
+        self._commit([(op, ([], {"detection": self._end_block(op.episode)})) for op in ops])
+        self.book = book
+        for op in ops:
+            self.metrics.candidates.labels(cam.id, "end").inc()
+            log.info(
+                "camera %s: ended candidate %s (%s in zone %s): not seen since %s",
+                cam.id,
+                op.episode.candidate_id,
+                op.episode.type,
+                op.episode.zone_id,
+                op.episode.last_event_at.isoformat(),
             )
 
     def _commit(self, rendered: list[tuple[Op, Rendered]]) -> None:
@@ -625,9 +662,9 @@ class DetectorWorker:
 
         ep = op.episode
         h = item.frame.header
-        detection = self._detection(ep, ev, op)
         if op.kind == "end":
-            return [], {"detection": detection}
+            return [], {"detection": self._end_block(ep)}
+        detection = self._detection(ep, ev, op)
         now = StoredFrame(h.ts, item.frame.image, h.width, h.height)
         files: list[EvidenceFile] = []
         if op.better:
@@ -648,7 +685,7 @@ class DetectorWorker:
 
         info = self.backend.info
         previous = self._last_detection.get(ep.candidate_id)
-        keep_boxes = previous is not None and (op.kind == "end" or not op.better or not ev.boxes)
+        keep_boxes = previous is not None and (not op.better or not ev.boxes)
         block = detection_block(
             model=info.name,
             model_version=info.version,
@@ -661,10 +698,29 @@ class DetectorWorker:
             ended_at=ep.ended_at,
         )
         block["started_at"] = ep.started_at.isoformat()
-        if op.kind == "end":
-            self._last_detection.pop(ep.candidate_id, None)
-        else:
-            self._last_detection[ep.candidate_id] = block
+        self._last_detection[ep.candidate_id] = block
+        return block
+
+    def _end_block(self, ep: Episode) -> dict[str, Any]:
+        """An ending's detection: no boxes, so those of the candidate's evidence stand (after
+        a restart the worker no longer knows them)."""
+        from gridpatrol.detectors.evidence import detection_block
+
+        self._last_detection.pop(ep.candidate_id, None)
+        info = self.backend.info
+        block = detection_block(
+            model=info.name,
+            model_version=info.version,
+            model_sha256=info.sha256,
+            score=ep.best_confidence,
+            boxes=(),
+            track_ids=(),
+            zone_id=ep.zone_id,
+            dwell_s=ep.dwell_s,
+            ended_at=ep.ended_at,
+        )
+        del block["boxes"], block["track_ids"]
+        block["started_at"] = ep.started_at.isoformat()
         return block
 
     def _create_body(self, cam: Camera, ep: Episode, detection: dict[str, Any]) -> dict[str, Any]:
@@ -776,6 +832,15 @@ def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:
         if zone.id == zone_id:
             return cam.zone_rules(zone).get(rule)
     return None
+
+
+def _resume_s(params: RuleParams) -> float:
+    """How long after its last sighting a reloaded episode may still be continued.
+
+    The book's last-seen time is only written with an operation, so a full update interval
+    comes on top of the rule's own gap and clear times.
+    """
+    return params.gap_s + params.clear_s + params.update_s
 
 
 def _horizon_s(cam: Camera) -> float:

@@ -472,6 +472,69 @@ def test_restart_mid_episode_makes_no_duplicate(
     assert "ended_at" not in updated[0]["detection"]
 
 
+def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
+    rig: Rig,
+    street: list[Image],
+) -> None:
+    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street]
+    end = rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+
+    worker.kill()  # mid-episode; the crowd leaves while the worker is down
+    worker.start(rig.status)
+    assert "1 open episode(s) reloaded" in worker.text()
+    empty = jpeg(cv2.GaussianBlur(street[0], (151, 151), 0))
+    # 40 s of an empty street, a frame every 2 s: well past gap_s + clear_s + update_s (16 s).
+    offsets = [2.0 * k for k in range(20)]
+    rig.publisher.play({"street": [empty] * 20}, {"street": (w, h)}, end, worker, offsets)
+
+    (ended,) = wait_for(
+        "the reloaded episode to end",
+        lambda: [c for c in candidates(client, "street") if "ended_at" in c["detection"]],
+        60,
+        worker,
+    )
+    assert worker.stop() == 0
+    assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
+    # It ended where it was last seen before the restart, and kept the boxes of its evidence.
+    ended_at = datetime.fromisoformat(ended["detection"]["ended_at"])
+    assert datetime.fromisoformat(first["occurred_at"]) < ended_at < end
+    assert ended["detection"]["boxes"] == first["detection"]["boxes"]
+    assert f"ended candidate {first['id']} (crowd_gathering in zone whole-street)" in worker.text()
+
+
+def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[Image]) -> None:
+    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street]
+    rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+
+    # The camera is resynchronised an hour back while the crowd is still there.
+    back = T0 - timedelta(hours=1)
+    rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, back, worker)
+    found = wait_for(
+        "a second candidate",
+        lambda: len(c := candidates(client, "street")) == 2 and c,
+        60,
+        worker,
+    )
+    assert worker.stop() == 0
+    by_id = {c["id"]: c for c in found}
+    old = by_id.pop(first["id"])
+    (new,) = by_id.values()
+    # The old episode ended where it was last seen on the old clock; the new one refers to it.
+    ended_at = datetime.fromisoformat(old["detection"]["ended_at"])
+    assert datetime.fromisoformat(old["occurred_at"]) < ended_at < T0 + timedelta(seconds=7)
+    assert new["references"] == [first["id"]]
+    assert back <= datetime.fromisoformat(new["occurred_at"]) < back + timedelta(seconds=3)
+    assert "clock went back 3606 s; its rules start over" in worker.text()
+
+
 # ---------------------------------------------------------------------------------------------
 # Composed scenes for the other rules (docs/detectors.md, "End-to-end scenes")
 

@@ -13,6 +13,7 @@ from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import (
     Episode,
     Key,
+    end_unfollowed,
     ensure_schema,
     load_book,
     save_episode,
@@ -188,3 +189,55 @@ def test_book_persists_in_the_outbox_file_and_a_restart_continues_the_episode(
     )
     assert [(op.kind, op.episode.candidate_id) for op in ops2] == [("update", "c1")]
     assert reopened.depth() == 1
+
+
+def _open_episode(last_seen_s: float, ended: bool = False) -> Episode:
+    return Episode(
+        camera_id="cam-1",
+        zone_id="plaza",
+        type="crowd_gathering",
+        candidate_id="c1",
+        source_event_id=source_event_id("cam-1", "plaza", "crowd_gathering", T0),
+        started_at=T0,
+        reported_at=at(last_seen_s),
+        last_event_at=at(last_seen_s),
+        best_confidence=0.7,
+        dwell_s=last_seen_s,
+        ended_at=at(last_seen_s) if ended else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("configured", "now_s", "occupied_since_s", "ended", "ended_at_s", "waiting"),
+    [
+        (False, 100, None, False, 100, False),  # zone or rule gone from the site file: end now
+        (True, 200, None, False, None, True),  # not back yet, within resume_s (120 s)
+        (True, 221, None, False, 100, False),  # not back within resume_s: ends at last sighting
+        (True, 400, 190, False, None, True),  # back in time, dwell running: step continues it
+        (True, 400, 260, False, 100, False),  # back too late: a new episode, the old one ends
+        (True, 400, None, True, None, False),  # ended already: nothing to do
+    ],
+)
+def test_end_unfollowed(
+    configured: bool,
+    now_s: float,
+    occupied_since_s: float | None,
+    ended: bool,
+    ended_at_s: float | None,
+    waiting: bool,
+) -> None:
+    ep = _open_episode(100, ended)
+    since = occupied_since_s
+    occupied = {} if since is None else {("plaza", "crowd_gathering"): at(since)}
+    book, ops, still = end_unfollowed(
+        {ep.key: ep},
+        [ep.key],
+        at(now_s),
+        occupied,
+        lambda zone, rule: 120.0 if configured else None,
+    )
+    assert [(op.kind, op.episode.ended_at) for op in ops] == (
+        [] if ended_at_s is None else [("end", at(ended_at_s))]
+    )
+    assert still == ({ep.key} if waiting else set())
+    assert book[ep.key].open == waiting
