@@ -58,6 +58,7 @@ SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
 CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts its rules
+MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
 
 
@@ -462,6 +463,13 @@ class DetectorWorker:
             self._bad(rt, topic, payload, received_at, f"invalid frame: {exc}")
             return None
         h = frame.header
+        ahead = (h.ts - received_at).total_seconds()
+        if ahead > MAX_AHEAD_S:
+            # One frame from a clock far ahead would end every episode of the camera and
+            # make the frames after it look like a clock reset.
+            why = f"future_ts: frame time {h.ts.isoformat()} is {ahead:.0f} s after its reception"
+            self._bad(rt, topic, payload, received_at, why)
+            return None
         if not self._in_order(rt, h.ts):
             return None
         reduce = reduction_for(h.width, h.height, self.imgsz)

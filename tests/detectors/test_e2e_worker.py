@@ -600,6 +600,12 @@ def test_composed_scenes_raise_the_other_rules(rig: Rig, gate: bool) -> None:
     letter = wait_for("a dead letter", lambda: dead.get(0.1), 30, worker)
     assert json.loads(letter.payload)["topic"] == frame_topic(rig.prefix, "parking")
     assert worker.metric("bad_frames", "parking") == 1
+    # A frame timed a day ahead (a camera clock gone wrong) would end every episode.
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    rig.publisher.send("parking", tomorrow, jpeg(np.zeros((72, 128, 3), np.uint8)), 128, 72)
+    letter = wait_for("a second dead letter", lambda: dead.get(0.1), 30, worker)
+    assert json.loads(letter.payload)["reason"].startswith("future_ts: frame time ")
+    assert worker.metric("bad_frames", "parking") == 2
 
     composed = compose_scenes(rig.shared)
     scenes = {
