@@ -867,29 +867,26 @@ class CandidateService:
     def release_held(self) -> int:
         """Give held candidates whose night hold has ended their feed positions."""
         now = self.clock()
-        due = (
-            select(CandidateRow.id)
-            .where(
-                CandidateRow.feed_pos.is_(None),
-                CandidateRow.hold_until <= now,
-                CandidateRow.status.in_(sm.VISIBLE),
-            )
-            .limit(1)
+        due = and_(
+            CandidateRow.feed_pos.is_(None),
+            CandidateRow.hold_until <= now,
+            CandidateRow.status.in_(sm.VISIBLE),
         )
         with self.db.read() as session:
-            if session.execute(due).first() is None:
+            if session.execute(select(CandidateRow.id).where(due).limit(1)).first() is None:
                 return 0
         events: list[Event] = []
         with self.db.write() as session:
+            # Rows another transaction holds are skipped, not waited for: a concurrent release
+            # (another worker's loop, a feed read) is placing them, or a writer is changing
+            # them and the next release takes them. Either way no row gets two positions and
+            # no concurrent change is overwritten.
             rows = list(
                 session.scalars(
                     select(CandidateRow)
-                    .where(
-                        CandidateRow.feed_pos.is_(None),
-                        CandidateRow.hold_until <= now,
-                        CandidateRow.status.in_(sm.VISIBLE),
-                    )
+                    .where(due)
                     .order_by(CandidateRow.hold_until, CandidateRow.updated_at, CandidateRow.id)
+                    .with_for_update(skip_locked=True)
                 )
             )
             if rows:
