@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import and_, bindparam, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import Select, and_, bindparam, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -271,6 +271,9 @@ class CandidateService:
         dialect_insert = postgresql.insert if self._pg else sqlite.insert
         self._insert_record = (
             dialect_insert(IdempotencyRow).on_conflict_do_nothing().returning(IdempotencyRow.key)
+        )
+        self._insert_cursor = (
+            dialect_insert(FeedCursorRow).on_conflict_do_nothing().returning(FeedCursorRow.name)
         )
 
     # -- idempotency -------------------------------------------------------------------------
@@ -839,30 +842,53 @@ class CandidateService:
             if cursor > last.scalar_one():
                 raise Problem(422, f"cursor {cursor} is beyond the end of the feed")
             now = self.clock()
-            stored = session.get(FeedCursorRow, who.name)
-            previous = stored.position if stored is not None else 0
-            if stored is None:
-                session.add(FeedCursorRow(name=who.name, position=cursor, updated_at=now))
-            elif cursor > stored.position:
-                stored.position = cursor
-                stored.updated_at = now
+            previous = self._advance_cursor(session, who.name, cursor, now)
             if cursor > previous:
-                pulled = session.scalars(
-                    select(CandidateRow)
-                    .join(FeedRow, FeedRow.candidate_id == CandidateRow.id)
-                    .where(
-                        FeedRow.position > previous,
-                        FeedRow.position <= cursor,
-                        CandidateRow.status == "confirmed",
-                    )
-                ).unique()
-                for row in pulled:
+                for row in session.scalars(self._pulled(previous, cursor)):
                     doc = json.loads(row.doc)
                     doc["status"] = "pulled"
                     self._history(doc, now, who.name, "pulled")
                     self._save(row, doc, now)
                     events.append(_event("candidate.changed", doc))
         self.hub.publish(events)
+
+    def _advance_cursor(self, session: Session, name: str, cursor: int, now: datetime) -> int:
+        """Move the token's cursor up to ``cursor``; returns its position before.
+
+        The cursor row stays locked to the commit, so concurrent acks of one token run one
+        after the other: the cursor never moves back and each position is pulled once.
+        """
+        conn = session.connection()
+        values = {"name": name, "position": cursor, "updated_at": now}
+        if conn.execute(self._insert_cursor, values).first() is not None:
+            return 0
+        previous: int = conn.execute(
+            select(FeedCursorRow.position).where(FeedCursorRow.name == name).with_for_update()
+        ).scalar_one()
+        if cursor > previous:
+            conn.execute(
+                update(FeedCursorRow)
+                .where(FeedCursorRow.name == name)
+                .values(position=cursor, updated_at=now)
+            )
+        return previous
+
+    @staticmethod
+    def _pulled(previous: int, cursor: int) -> Select[CandidateRow]:
+        """Confirmed candidates at positions (previous, cursor], locked in id order.
+
+        Locked because the ack rewrites their documents: a concurrent PATCH or stage report
+        must not be overwritten (after waiting, PostgreSQL checks the status again).
+        """
+        positions = select(FeedRow.candidate_id).where(
+            FeedRow.position > previous, FeedRow.position <= cursor
+        )
+        return (
+            select(CandidateRow)
+            .where(CandidateRow.id.in_(positions), CandidateRow.status == "confirmed")
+            .order_by(CandidateRow.id)
+            .with_for_update(of=CandidateRow)
+        )
 
     def release_held(self) -> int:
         """Give held candidates whose night hold has ended their feed positions."""

@@ -157,6 +157,18 @@ def patch(api: Any, cid: str) -> int:
     return int(response.status_code)
 
 
+def ack(api: Any, role: str, cursor: int) -> int:
+    response = api.as_(role).post(f"{FEED}/ack", json={"cursor": str(cursor)})
+    return int(response.status_code)
+
+
+def register(api: Any, cid: str) -> int:
+    response = api.as_("platform").post(
+        f"/api/v1/candidates/{cid}/status", json={"stage": "registered"}
+    )
+    return int(response.status_code)
+
+
 def doc_of(api: Any, cid: str) -> dict[str, Any]:
     return dict(api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json())
 
@@ -191,3 +203,35 @@ def test_a_release_loses_no_concurrent_update(make_api: Any) -> None:
         # Patched after its release, a visible candidate gets a second position.
         order = [h["action"] for h in doc["history"] if h["action"] in ("released", "updated")]
         assert positions.count(cid) == (2 if order == ["released", "updated"] else 1)
+
+
+def test_an_ack_loses_no_concurrent_update(make_api: Any) -> None:
+    apis = [make_api(), make_api()]
+    ids = batch(apis[0], 30, "smoke")  # auto-confirmed: positions 1 to 30
+    registered, patched = ids[::2], ids[1::2]
+    calls = [partial(ack, apis[0], "platform", 30), partial(ack, apis[1], "platform2", 30)]
+    calls += [partial(register, apis[i % 2], cid) for i, cid in enumerate(registered)]
+    calls += [partial(patch, apis[i % 2], cid) for i, cid in enumerate(patched)]
+    assert together(calls) == [204, 204] + [200] * len(ids)
+    for cid in registered:
+        doc = doc_of(apis[0], cid)
+        assert doc["status"] == "registered"
+        assert list(doc["stages"]) == ["registered"]
+    for cid in patched:
+        doc = doc_of(apis[0], cid)
+        assert doc["status"] == "pulled"
+        assert doc["description"] == f"patched {cid}"
+        assert (actions(doc, "pulled"), actions(doc, "updated")) == (1, 1)
+
+
+def test_concurrent_acks_of_one_token_keep_the_furthest_cursor(make_api: Any) -> None:
+    apis = [make_api(), make_api()]
+    last = 0
+    for _round in range(3):
+        ids = batch(apis[0], 8, "smoke")
+        cursors = list(range(last + 8, last, -1))
+        last += 8
+        calls = [partial(ack, apis[i % 2], "platform", c) for i, c in enumerate(cursors)]
+        assert together(calls) == [204] * len(cursors)
+        assert feed(apis[0]) == {"items": [], "next_cursor": str(last)}
+        assert all(actions(doc_of(apis[0], cid), "pulled") == 1 for cid in ids)
