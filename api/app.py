@@ -69,7 +69,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         db.migrate()
     store = EvidenceStore(settings.evidence_dir)
     hub = Hub()
-    metrics = Metrics(db)
+    metrics = Metrics(db, feed_names(settings))
     bus = _bus(settings, db, hub, metrics)
     services = Services(
         settings=settings,
@@ -117,6 +117,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         app.include_router(importlib.import_module(name).router)
     log.info("intake API ready: database %s, evidence in %s", db.dialect, settings.evidence_dir)
     return app
+
+
+def feed_names(settings: Settings) -> list[str]:
+    """The names of the platform tokens: each has a feed cursor of its own."""
+    return sorted({e.name for e in settings.api_tokens.values() if e.role == "platform"})
 
 
 def _bus(settings: Settings, db: Database, hub: Hub, metrics: Metrics) -> Bus | None:

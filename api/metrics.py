@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -26,7 +26,9 @@ def multiprocess() -> bool:
 
 
 class Metrics:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, feed_names: Iterable[str] = ()) -> None:
+        """``feed_names``: the platform tokens' names, whose feed lag is reported from the
+        start, before their first ack."""
         self.registry = CollectorRegistry()
         # In multiprocess mode the collector below reports this process's values from its
         # file; registering the metrics as well would count them twice.
@@ -51,7 +53,7 @@ class Metrics:
         )
         if multiprocess():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-        self.registry.register(_StorageCollector(db))
+        self.registry.register(_StorageCollector(db, frozenset(feed_names)))
 
     def close(self) -> None:
         """At the worker's exit: drop its live-gauge files (its counters keep counting)."""
@@ -62,8 +64,9 @@ class Metrics:
 class _StorageCollector:
     """Gauges read from the database at scrape time, so every process reports the truth."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, feed_names: frozenset[str]) -> None:
         self.db = db
+        self.feed_names = feed_names
 
     def describe(self) -> list[Any]:
         return []
@@ -87,7 +90,10 @@ class _StorageCollector:
         lag = GaugeMetricFamily(
             "gridpatrol_feed_lag", "feed positions not yet acknowledged, per token", labels=["name"]
         )
-        for name, position in cursors:
+        # A platform that never acknowledged has no cursor row: it is at position 0, and
+        # without a series the alert on its lag could not fire.
+        positions = dict.fromkeys(self.feed_names, 0) | dict(cursors)
+        for name, position in sorted(positions.items()):
             lag.add_metric([name], last - position)
         yield lag
 

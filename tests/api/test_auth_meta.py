@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from gridpatrol.api.app import create_app
 from gridpatrol.api.settings import Settings
@@ -161,3 +162,20 @@ def test_console_files(api: Any) -> None:
         assert missing.status_code == 404
         assert missing.headers["content-type"] == "application/problem+json"
     assert api.http.get("/", follow_redirects=False).headers["location"] == "/review"
+
+
+def feed_lag(api: Any) -> dict[str, float]:
+    text = api.http.get("/api/v1/metrics").text
+    families = text_string_to_metric_families(text)
+    family = next(f for f in families if f.name == "gridpatrol_feed_lag")
+    return {s.labels["name"]: s.value for s in family.samples}
+
+
+def test_feed_lag_for_every_platform_token_from_the_start(api: Any) -> None:
+    # A platform that never acknowledged must show its lag, or the alert on it cannot fire.
+    assert feed_lag(api) == {"test-platform": 0.0, "test-platform2": 0.0}
+    for event in ("a", "b"):
+        api.create(api.body(event, api.put_jpeg(), ctype="smoke"))  # auto-confirmed
+    assert feed_lag(api) == {"test-platform": 2.0, "test-platform2": 2.0}
+    assert api.as_("platform").post("/api/v1/feed/ack", json={"cursor": "1"}).status_code == 204
+    assert feed_lag(api) == {"test-platform": 1.0, "test-platform2": 2.0}
