@@ -26,6 +26,7 @@ from gridpatrol.api.evidence import EvidenceStore
 from gridpatrol.api.hub import Hub
 from gridpatrol.api.metrics import Metrics, MetricsMiddleware
 from gridpatrol.api.policy import SitePolicy
+from gridpatrol.api.routers.cameras import close_snapshot_connection
 from gridpatrol.api.service import CandidateService, Clock
 from gridpatrol.api.settings import Settings, TokenEntry, generate_tokens, site_policy
 
@@ -97,6 +98,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
             if bus is not None:
                 # Joining the bus's threads must not stall the event loop's last requests.
                 await asyncio.to_thread(bus.stop)
+            # The zone editor's broker connection: closed here, the broker marks the API
+            # offline at once (its last will waits for the process to go), and an app stopped
+            # inside a longer-lived process (tests, an embedding) does not leave it open.
+            await asyncio.to_thread(close_snapshot_connection)
             metrics.close()
             db.dispose()
 

@@ -170,7 +170,8 @@ def _snapshot_connection(prefix: str) -> MqttConnection:
 
 
 def close_snapshot_connection() -> None:
-    """Stop the snapshot connection, if one was opened (called when the app shuts down)."""
+    """Stop the snapshot connection, if one was opened (the app's lifespan calls this when it
+    shuts down). The connection belongs to the process: a later snapshot opens a new one."""
     global _conn
     with _conn_lock:
         if _conn is not None:

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from gridpatrol.ingest.messages import Frame, FrameHeader
+from gridpatrol.ingest.mqtt import OFFLINE, ONLINE, MqttConnection, MqttSettings, Subscription
+from gridpatrol.ingest.snapshot import encode_reply, parse_request
+from gridpatrol.ingest.topics import (
+    component_status_topic,
+    snapshot_request_topic,
+    snapshot_topic,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "samples" / "site.yaml"
@@ -143,3 +154,56 @@ def test_invalid_zones_name_line_and_field(site_api: Any) -> None:
             assert response.headers["content-type"].startswith("application/problem+json")
             errors = response.json()["errors"]
             assert any(e.startswith(expected) for e in errors), (zone, errors)
+
+
+SNAPSHOT_SITE = """
+site: {{name: 快照}}
+mqtt: {{prefix: {prefix}}}
+cameras:
+  - {{id: cam-live, source: mqtt, location: {{grid_code: JA-DN-0101}}}}
+"""
+
+
+def statuses_until(sub: Subscription, wanted: bytes) -> list[bytes]:
+    """Status payloads up to ``wanted``; stops early when none comes for 20 s."""
+    seen: list[bytes] = []
+    while wanted not in seen and (message := sub.get(timeout=20)) is not None:
+        seen.append(message.payload)
+    return seen
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_the_snapshot_connection_closes_with_the_app(
+    make_api: Any,
+    mosquitto: Any,
+    mqtt_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", mosquitto.url)
+    for name in ("USERNAME", "PASSWORD", "CA", "CERT", "KEY"):
+        monkeypatch.delenv(f"GRIDPATROL_MQTT_{name}", raising=False)
+    site = tmp_path / "site.yaml"
+    site.write_text(SNAPSHOT_SITE.format(prefix=mqtt_prefix))
+    api = make_api(config=site)
+    camera = MqttConnection("test-camera", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    requests = camera.subscribe(snapshot_request_topic(mqtt_prefix, "cam-live"), qos=1)
+    api_status = camera.subscribe(component_status_topic(mqtt_prefix, "api"), qos=1)
+    assert camera.start()
+    image = api.jpeg(7)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(api.as_("reviewer").post, "/api/v1/cameras/cam-live/snapshot")
+            request = requests.get(timeout=20)
+            assert request is not None
+            header = FrameHeader(datetime.now(UTC), 1, "cam-live", 64, 48)
+            reply = encode_reply(Frame(header, image), parse_request(request.payload))
+            camera.publish(snapshot_topic(mqtt_prefix, "cam-live"), reply, qos=1)
+            response = pending.result(timeout=20)
+        assert response.status_code == 200
+        assert response.content == image
+        assert statuses_until(api_status, ONLINE)[-1:] == [ONLINE]
+        api.http.__exit__(None, None, None)  # the app shuts down: its lifespan ends
+        assert statuses_until(api_status, OFFLINE) == [OFFLINE]
+    finally:
+        camera.stop()
