@@ -13,8 +13,11 @@ from gridpatrol.api.evidence import SHA256_RE, EvidenceError, media_type_of
 from gridpatrol.api.problems import Problem
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
-# Up to this size, hashing and writing the file (about 1 ms) cost less than a thread hop
-# and its GIL hand-overs; larger uploads are stored in the pool, not on the event loop.
+# Up to this size, hashing and writing the file to a local disk (about 1 ms) cost less than a
+# thread hop and its GIL hand-overs; larger uploads are stored in the pool, not on the event
+# loop. Only the single-box SQLite setup does this: with PostgreSQL the evidence store is
+# typically shared (NFS, an object store mount), where one slow write would stall every
+# request of the process.
 INLINE_BYTES = 1 << 20
 
 UPLOAD_BODY: dict[str, Any] = {
@@ -52,7 +55,8 @@ async def put_evidence(
             chunks.append(chunk)
         data = b"".join(chunks)
         put = partial(services.store.put, sha256, data, request.headers.get("content-type"))
-        stored = await run_blocking(put, inline=len(data) <= INLINE_BYTES)
+        inline = services.db.dialect == "sqlite" and len(data) <= INLINE_BYTES
+        stored = await run_blocking(put, inline=inline)
     except EvidenceError as exc:
         raise Problem(exc.status, exc.detail, exc.title) from exc
     body = {

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
+import threading
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cv2
@@ -102,7 +104,8 @@ def test_roles_and_unknown_hashes(api: Any) -> None:
 
 
 def test_evidence_above_the_inline_size_is_stored_from_the_thread_pool(api: Any) -> None:
-    # Up to 1 MiB the upload is stored on the event loop, above it in the pool: same result.
+    # On SQLite up to 1 MiB the upload is stored on the event loop, above it in the pool:
+    # same result.
     noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
     ok, encoded = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
@@ -119,3 +122,36 @@ def test_evidence_above_the_inline_size_is_stored_from_the_thread_pool(api: Any)
     assert put(api, data, "image/jpeg", sha).status_code == 200
     got = api.as_("reviewer").get(f"{URL}/{sha}")
     assert got.status_code == 200 and got.content == data
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+def test_with_postgresql_a_slow_evidence_store_holds_up_no_other_request(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With PostgreSQL the evidence store is typically shared (NFS, an object store mount):
+    # small uploads too are stored from the thread pool, not on the event loop.
+    store = api.http.app.state.services.store
+    stored = store.put
+    writing = threading.Event()
+    done = threading.Event()
+
+    def slow_put(*args: Any) -> Any:
+        writing.set()
+        done.wait(60)
+        return stored(*args)
+
+    monkeypatch.setattr(store, "put", slow_put)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            upload = pool.submit(put, api, api.jpeg(3), "image/jpeg")
+            assert writing.wait(20)
+            # Bounded only so that a stalled event loop fails the test instead of hanging it.
+            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=20)
+            assert not upload.done()
+        finally:
+            done.set()
+        assert health.status_code == 200
+        assert upload.result(timeout=20).status_code == 201
