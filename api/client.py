@@ -536,7 +536,9 @@ class Outbox:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a producer acknowledges its input once the commit returns (the bridge its MQTT
+        # messages), so the commit must survive a power cut, not only a crash.
+        conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=30000")
         return conn
 
