@@ -10,6 +10,7 @@ nothing and duplicate nothing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -36,6 +37,10 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 # 401 and 403 judge the token, not the operation: a rotation half done or a mistyped token on
 # one API instance must hold the outbox until it is mended, never discard it.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504})
+
+
+class OutboxBusy(RuntimeError):
+    """Another process delivers from the same outbox file."""
 
 
 class ApiError(Exception):
@@ -286,6 +291,7 @@ class Outbox:
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
         self._senders = ThreadPoolExecutor(self.PARALLEL, thread_name_prefix=f"send-{component}")
+        self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
 
@@ -329,11 +335,31 @@ class Outbox:
 
     # -- delivery -----------------------------------------------------------------------------
 
+    def claim(self) -> None:
+        """Hold the outbox file for this process until :meth:`stop`.
+
+        Two processes delivering from one file (two workers left on the default component
+        id) would send every operation twice and reorder a candidate's patches.
+        """
+        if self._lock_file is not None:
+            return
+        handle = self.path.with_name(self.path.name + ".lock").open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise OutboxBusy(
+                f"outbox {self.path} is in use by another process; give each worker its own "
+                "GRIDPATROL_OUTBOX or --component-id"
+            ) from None
+        self._lock_file = handle
+
     def start(self) -> None:
         if self.client is None:
             raise RuntimeError("an outbox without an API client can only store")
         if self._thread is not None:
             return
+        self.claim()
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run, name=f"outbox-{self.component}", daemon=True
@@ -346,6 +372,9 @@ class Outbox:
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far has been delivered (or refused for good)."""

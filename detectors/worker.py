@@ -920,6 +920,7 @@ def _build(
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
     backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input)
     outbox = Outbox.from_env(component_id)
+    outbox.claim()  # before the episode book is read: one process per outbox file
     conn = MqttConnection(component_id, prefix=site.mqtt.prefix)
     metrics = Metrics()
     if args.metrics_port:

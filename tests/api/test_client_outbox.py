@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from gridpatrol.api.client import ApiClient, ApiError, Outbox, merge_patches
+from gridpatrol.api.client import ApiClient, ApiError, Outbox, OutboxBusy, merge_patches
 
 
 def jpeg(seed: int) -> bytes:
@@ -229,6 +229,20 @@ def test_a_week_of_updates_keeps_one_latest_frame(api_server: Any, tmp_path: Pat
         ("latest", hashlib.sha256(jpeg(180)).hexdigest()),
     ]
     assert doc["detection"]["dwell_s"] == 150
+
+
+def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path) -> None:
+    client = ApiClient("http://127.0.0.1:9", "token")
+    first = Outbox(tmp_path / "outbox-shared.db", client, component="a")
+    second = Outbox(tmp_path / "outbox-shared.db", client, component="b")
+    first.start()
+    try:
+        with pytest.raises(OutboxBusy, match=r"outbox-shared\.db is in use by another process"):
+            second.start()
+    finally:
+        first.stop()
+    second.start()  # released by the first one's stop
+    second.stop()
 
 
 def patch_requests(api_server: Any) -> int:

@@ -454,6 +454,12 @@ def test_restart_mid_episode_makes_no_duplicate(
     end = rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
     client = rig.api.client("reviewer")
     (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    # A second worker on the same outbox file would send everything twice: it is refused.
+    (rig.tmp / "twin").mkdir()
+    twin = Worker(rig.tmp / "twin", worker.site, rig.broker_url, rig.api, rig.shared)
+    twin.env["GRIDPATROL_OUTBOX"] = worker.env["GRIDPATROL_OUTBOX"]
+    with pytest.raises(RuntimeError, match=r"outbox-detect\.db is in use by another process"):
+        twin.start(rig.status)
 
     worker.kill()  # mid-episode, no chance to flush or say goodbye
     worker.start(rig.status)
