@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -290,7 +290,7 @@ class Outbox:
         self._counts = {"sent": 0, "retried": 0, "failed": 0}
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
-        self._senders = ThreadPoolExecutor(self.PARALLEL, thread_name_prefix=f"send-{component}")
+        self._senders = self._new_senders()
         self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
             conn.executescript(_SCHEMA)
@@ -361,6 +361,8 @@ class Outbox:
             return
         self.claim()
         self._stop.clear()
+        if self._senders_closed:
+            self._senders = self._new_senders()
         self._thread = threading.Thread(
             target=self._run, name=f"outbox-{self.component}", daemon=True
         )
@@ -369,12 +371,20 @@ class Outbox:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._wake.set()
+        # Uploads not begun are dropped from the pool (they stay pending in the file), so
+        # exit does not wait for a whole window of them against a hung API.
+        self._senders.shutdown(wait=False, cancel_futures=True)
+        self._senders_closed = True
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
+
+    def _new_senders(self) -> ThreadPoolExecutor:
+        self._senders_closed = False
+        return ThreadPoolExecutor(self.PARALLEL, thread_name_prefix=f"send-{self.component}")
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far has been delivered (or refused for good)."""
@@ -392,6 +402,8 @@ class Outbox:
             while not self._stop.is_set():
                 try:
                     progressed = self._deliver_some(conn)
+                except CancelledError:
+                    break  # stopping: the pool dropped the round's remaining requests
                 except Exception:
                     log.exception("outbox %s: unexpected error while delivering", self.component)
                     progressed = False

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import socket
 import sqlite3
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -243,6 +248,42 @@ def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path) -> N
         first.stop()
     second.start()  # released by the first one's stop
     second.stop()
+
+
+HUNG_PRODUCER = """
+import sys, time
+from gridpatrol.api.client import ApiClient, Outbox
+outbox = Outbox(sys.argv[1], ApiClient(sys.argv[2], "token", timeout=2), component="hung")
+with outbox.transaction() as txn:
+    for i in range(40):
+        txn.add_evidence(b"evidence %d" % i, "application/json")
+outbox.start()
+time.sleep(0.5)
+outbox.stop()
+"""
+
+
+def test_stopping_drops_the_uploads_not_begun(tmp_path: Path) -> None:
+    """An API that accepts connections and never answers: exit waits for the uploads under
+    way, not for the whole window behind them (they stay in the file for the next start)."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    path = tmp_path / "outbox-hung.db"
+    done = subprocess.run(
+        [sys.executable, "-c", HUNG_PRODUCER, str(path), url], capture_output=True, timeout=120
+    )
+    server.close()
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(accepted) == Outbox.PARALLEL
+    assert Outbox(path, None, component="hung").depth() == 40
 
 
 def patch_requests(api_server: Any) -> int:
