@@ -70,7 +70,7 @@ def default_client_id(prefix: str) -> str:
 
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
-    from gridpatrol.api.client import ApiClient, Outbox
+    from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
     from gridpatrol.ingest.mqtt import MqttConnection
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -88,6 +88,11 @@ def run_bridge(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     outbox = Outbox(state_dir / "bridge.db", client, component=COMPONENT)
+    try:
+        outbox.claim()  # one bridge per state directory
+    except OutboxBusy as exc:
+        log.error("%s", exc)
+        return 2
     mqtt = MqttConnection(
         COMPONENT,
         prefix=prefix,

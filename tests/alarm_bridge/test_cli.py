@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gridpatrol.api.client import Outbox
+
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
 
@@ -42,3 +44,15 @@ def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) 
     done = run(args, env)
     assert done.returncode == 2
     assert message in done.stderr
+
+
+def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
+    env = {**os.environ, "GRIDPATROL_STATE_DIR": str(tmp_path), "GRIDPATROL_API_TOKEN": "t"}
+    running = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    running.claim()  # as a bridge already serving this directory holds it
+    try:
+        done = run(["bridge", "--config", str(SAMPLE_SITE)], env)
+    finally:
+        running.stop()
+    assert done.returncode == 2
+    assert f"outbox {tmp_path / 'bridge.db'} is in use by another process" in done.stderr
