@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -96,12 +96,35 @@ class _ZoneRuntime:
     geometry: ZoneGeometry
     rules: dict[str, RuleParams]
     states: dict[str, RuleState] = field(default_factory=dict)
-    background: bg.BackgroundState | None = None
-    bg_params: bg.BackgroundParams | None = None
+    # One background model per learning time: shop fronts and piled materials in one zone
+    # each absorb at their own rate.
+    bg_params: tuple[bg.BackgroundParams, ...] = ()
+    backgrounds: dict[float, bg.BackgroundState] = field(default_factory=dict)
 
     @property
     def needs_scene(self) -> bool:
         return "garbage_overflow" in self.rules
+
+
+# A zone's static foreground, with the crop origin and the small frame size it refers to.
+Foreground = tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]]
+
+
+def _static(found: bg.StaticForeground, frame_size: tuple[int, int]) -> tuple[float, Box | None]:
+    """Static-foreground fraction and its box in frame pixels."""
+    if found.bbox is None:
+        return found.fraction, None
+    w, h = frame_size
+    bx1, by1, bx2, by2 = found.bbox
+    return found.fraction, (float(bx1 * w), float(by1 * h), float(bx2 * w), float(by2 * h))
+
+
+def _with_static(
+    obs: ZoneObservation, fg: Foreground, frame_size: tuple[int, int]
+) -> ZoneObservation:
+    """The observation as seen against one particular background model."""
+    fraction, box = _static(fg[0], frame_size)
+    return replace(obs, static_fraction=fraction, static_bbox=box)
 
 
 def _union(boxes: NDArray[np.float32]) -> Box:
@@ -113,9 +136,10 @@ def _union(boxes: NDArray[np.float32]) -> Box:
     )
 
 
-def _bg_params(rules: Mapping[str, RuleParams]) -> bg.BackgroundParams | None:
-    learn = [p.learn_s for n, p in rules.items() if isinstance(p, StaticForegroundParams)]
-    return bg.BackgroundParams(learn_s=min(learn)) if learn else None
+def _bg_params(rules: Mapping[str, RuleParams]) -> tuple[bg.BackgroundParams, ...]:
+    """The zone's background models, fastest learner first."""
+    learn = {p.learn_s for p in rules.values() if isinstance(p, StaticForegroundParams)}
+    return tuple(bg.BackgroundParams(learn_s=t) for t in sorted(learn))
 
 
 class CameraPipeline:
@@ -161,7 +185,7 @@ class CameraPipeline:
     @property
     def needs_gray(self) -> bool:
         """Whether a zone keeps a background model, which needs the small grayscale copy."""
-        return any(zr.bg_params is not None for zr in self.zones)
+        return any(zr.bg_params for zr in self.zones)
 
     def process(
         self,
@@ -188,13 +212,17 @@ class CameraPipeline:
         labels = tuple(tracked.labels(self.names))
         events: list[RuleEvent] = []
         for zr in self.zones:
-            fg = self._background(zr, ts, frame_size, detections, gray_small)
+            fgs = self._backgrounds(zr, ts, frame_size, detections, gray_small)
             active = schedule_active(zr.zone.schedule, t, self.tz)
             obs = None
             if active:
+                fg = next(iter(fgs.values()), None)
                 obs = self._observe(zr, frame_size, tracked, labels, motion, fg, scene_fn)
             for rule, params in zr.rules.items():
-                presence = EVALUATORS[rule](obs, params) if obs is not None else None
+                seen = obs
+                if obs is not None and isinstance(params, StaticForegroundParams):
+                    seen = _with_static(obs, fgs[params.learn_s], frame_size)
+                presence = EVALUATORS[rule](seen, params) if seen is not None else None
                 state, transitions = step(zr.states.get(rule, RuleState()), presence, ts, params)
                 zr.states[rule] = state
                 events.extend(self._event(t, zr.zone.id, rule, tr) for tr in transitions)
@@ -230,17 +258,17 @@ class CameraPipeline:
             labels=tr.presence.labels,
         )
 
-    def _background(
+    def _backgrounds(
         self,
         zr: _ZoneRuntime,
         ts: float,
         frame_size: tuple[int, int],
         detections: Detections,
         gray: NDArray[np.uint8] | None,
-    ) -> tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]] | None:
-        """Update the zone's background model; returns its static foreground and crop."""
-        if zr.bg_params is None or gray is None:
-            return None
+    ) -> dict[float, Foreground]:
+        """Update the zone's background models; learn_s → static foreground and crop."""
+        if not zr.bg_params or gray is None:
+            return {}
         small = (gray.shape[1], gray.shape[0])
         x1, y1, x2, y2 = zr.geometry.bbox
         c1, r1 = int(x1 * small[0]), int(y1 * small[1])
@@ -250,8 +278,14 @@ class CameraPipeline:
         w, h = frame_size
         norm = (detections.xyxy / np.asarray([w, h, w, h], dtype=np.float32)).astype(np.float32)
         objects = bg.boxes_mask(norm, (c1, r1), crop.shape, small)
-        zr.background, static = bg.step(zr.background, crop, ts, zone_mask, objects, zr.bg_params)
-        return bg.measure(static, zone_mask, objects, (c1, r1), small), (c1, r1), small
+        found: dict[float, Foreground] = {}
+        for params in zr.bg_params:
+            state = zr.backgrounds.get(params.learn_s)
+            state, static = bg.step(state, crop, ts, zone_mask, objects, params)
+            zr.backgrounds[params.learn_s] = state
+            measured = bg.measure(static, zone_mask, objects, (c1, r1), small)
+            found[params.learn_s] = (measured, (c1, r1), small)
+        return found
 
     def _observe(
         self,
@@ -260,7 +294,7 @@ class CameraPipeline:
         tracked: Detections,
         labels: tuple[str, ...],
         motion: Motion,
-        fg: tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]] | None,
+        fg: Foreground | None,
         scene_fn: SceneFn | None,
     ) -> ZoneObservation:
         inside = zr.geometry.boxes_in(tracked.xyxy, frame_size)
@@ -272,10 +306,7 @@ class CameraPipeline:
         static_fraction = static_bbox = None
         if fg is not None:
             found, origin, small = fg
-            static_fraction = found.fraction
-            if found.bbox is not None:
-                bx1, by1, bx2, by2 = found.bbox
-                static_bbox = (float(bx1 * w), float(by1 * h), float(bx2 * w), float(by2 * h))
+            static_fraction, static_bbox = _static(found, frame_size)
             new_object = _covers_foreground(
                 tracked.xyxy[idx], frame_size, found.foreground, origin, small
             )
