@@ -12,6 +12,12 @@ usually there) while the current frame agrees with ``S`` (it is not moving). Pix
 detected objects (persons, vehicles) are excluded from both the result and the long-term
 learning, so passers-by neither count nor smear into the background; a global brightness
 shift (clouds, street lights) is removed before comparing.
+
+An object that stays is absorbed into ``B`` in the end; when it is taken away, the uncovered
+ground differs from ``B`` and would look like a new object (a *ghost*). So each pixel also keeps
+its *clean* look, what it looked like the last time it matched the background before anything
+stood on it (following slow lighting drift meanwhile). A pixel that turns foreground while
+looking clean again is a ghost: the background takes it back at once.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ class BackgroundState:
     t: float
     start_t: float
     known: Mask  # pixels seen at least once without a detection on them
+    clean: FloatImage  # each pixel's look when it last matched the background
+    changed: Mask  # pixels foreground since they last looked clean (their clean look is kept)
 
 
 @dataclass(frozen=True)
@@ -92,8 +100,8 @@ def step(
     """
     frame = gray.astype(np.float32)
     if state is None or state.background.shape != frame.shape:
-        fresh = BackgroundState(frame, frame.copy(), t, t, ~objects)
-        return fresh, np.zeros(frame.shape, dtype=bool)
+        nothing = np.zeros(frame.shape, dtype=bool)
+        return BackgroundState(frame, frame.copy(), t, t, ~objects, frame.copy(), nothing), nothing
     dt = t - state.t
     newly = ~state.known & ~objects
     known = state.known | newly
@@ -101,20 +109,44 @@ def step(
     short = state.short + _alpha(dt, params.short_s) * (frame - state.short)
     diff = short - base
     inside = zone_mask & ~objects & known
-    if inside.any():
-        diff -= float(np.median(diff[inside]))  # global illumination change
+    shift = float(np.median(diff[inside])) if inside.any() else 0.0  # global illumination
+    diff -= shift
     stable = np.abs(frame - short) < params.stable_threshold
-    static = _open((np.abs(diff) > params.fg_threshold) & stable & zone_mask & known)
+    differs = np.abs(diff) > params.fg_threshold
+    candidate = differs & stable & zone_mask & known
+    looks_clean = np.abs(short - shift - state.clean) <= params.fg_threshold
+    ghost = candidate & state.changed & looks_clean
+    static = _open(candidate & ~ghost)
+    base = np.where(ghost, short - shift, base)  # the uncovered ground is background again
     # During the first bootstrap_s the background is the running mean of what was seen, which
     # washes out anything undetected that moved through the first frames.
     elapsed = t - state.start_t
     tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
     learn = _alpha(dt, tau)
     background = np.where(objects, base, base + learn * (frame - base))
+    # Changed until it looks clean and matches the background again (or was a ghost).
+    changed = ((state.changed & (differs | ~looks_clean)) | candidate) & ~ghost
+    clean = _follow_clean(state, background, changed, inside)
     new_state = BackgroundState(
-        background.astype(np.float32), short.astype(np.float32), t, state.start_t, known
+        background.astype(np.float32),
+        short.astype(np.float32),
+        t,
+        state.start_t,
+        known,
+        clean,
+        changed,
     )
     return new_state, static
+
+
+def _follow_clean(
+    state: BackgroundState, background: FloatImage, changed: Mask, inside: Mask
+) -> FloatImage:
+    """Unchanged pixels look like the background; changed ones keep their clean look,
+    moved by the lighting drift the unchanged ones saw in the meantime."""
+    steady = inside & ~changed & ~state.changed
+    drift = float(np.median((background - state.background)[steady])) if steady.any() else 0.0
+    return np.where(changed, state.clean + drift, background).astype(np.float32)
 
 
 def measure(

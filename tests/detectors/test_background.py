@@ -111,6 +111,17 @@ def test_background_absorbs_a_static_object_after_learn_s() -> None:
     assert run(frames, quick).fraction < 0.005
 
 
+@pytest.mark.parametrize("light", [1.0, 0.8], ids=["same light", "darker by then"])
+def test_an_absorbed_object_taken_away_leaves_no_ghost(light: float) -> None:
+    quick = bg.BackgroundParams(learn_s=120.0, short_s=5.0)
+    frames = scenario("empty street")[:30] + [
+        (t, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(60, 900, 2)
+    ]
+    assert run(frames, quick).fraction < 0.005  # absorbed
+    frames += [(t, (street(t) * light).astype(np.uint8), NOTHING) for t in range(900, 922, 2)]
+    assert run(frames, quick).fraction < 0.005  # taken away
+
+
 def test_irregular_frames_use_elapsed_time() -> None:
     # Same scene sampled every 2 s or at random instants gives the same answer.
     rng = np.random.default_rng(1)

@@ -297,6 +297,26 @@ def test_a_modest_contrast_pile_outlasts_the_default_dwell(rules: dict[str, Any]
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("brighter", [0, 30], ids=["steady light", "lights up meanwhile"])
+def test_taking_a_pile_away_clears_it_without_a_ghost(brighter: int) -> None:
+    """A bright pile stays an hour, long enough for the background to learn part of it, and
+    is taken away: the ground it uncovers differs from the background, but is no pile."""
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    pipe = CameraPipeline(camera([zone], fps=0.1), SHANGHAI, NAMES)
+    events: list[tuple[str, float]] = []
+    for k in range(0, 721):  # two hours at one frame every 10 s
+        s = 10.0 * k
+        gray = gray_street(s, pile=300 <= s < 4000).astype(np.int16)
+        gray += round(brighter * min(max(s - 2400, 0) / 1200, 1))  # between 2400 and 3600 s
+        small = np.clip(gray, 0, 255).astype(np.uint8)
+        found = pipe.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, small)
+        events += [(e.kind, (e.t - T0).total_seconds()) for e in found]
+    # Raised after the dwell, updated every update_s while it stays, cleared clear_s after it
+    # went. Before, the uncovered ground kept the episode going for another 1.6 hours.
+    updates = [("update", 2110.0 + 120 * n) for n in range(1, 16)]
+    assert events == [("raise", 2110.0), *updates, ("clear", 4050.0)]
+
+
 def test_timestamps_must_be_aware() -> None:
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     with pytest.raises(ValueError, match="timezone-aware"):
