@@ -670,6 +670,8 @@ class CandidateService:
         if decision.decision == "merge" and decision.merge_into is None:
             raise Problem(422, "a merge needs merge_into")
         with self.db.write() as session:
+            if decision.decision == "merge":
+                self._lock_in_order(session, [cid, str(decision.merge_into)])
             row = self._load(session, cid)
             try:
                 new = sm.review(row.status, decision.decision)
@@ -956,6 +958,14 @@ class CandidateService:
         return compute_stats(rows, self.clock(), self.policy)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _lock_in_order(self, session: Session, ids: list[str]) -> None:
+        """Lock candidates in id order: merges of A into B and of B into A at the same time
+        would otherwise each hold one row and wait for the other (a deadlock)."""
+        if self._pg:
+            ordered = sorted(set(ids))
+            query = select(CandidateRow.id).where(CandidateRow.id.in_(ordered))
+            session.execute(query.order_by(CandidateRow.id).with_for_update()).all()
 
     def _load(self, session: Session, cid: str, status: int = 404) -> CandidateRow:
         query = select(CandidateRow).where(CandidateRow.id == cid)

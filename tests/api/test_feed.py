@@ -235,3 +235,19 @@ def test_concurrent_acks_of_one_token_keep_the_furthest_cursor(make_api: Any) ->
         assert together(calls) == [204] * len(cursors)
         assert feed(apis[0]) == {"items": [], "next_cursor": str(last)}
         assert all(actions(doc_of(apis[0], cid), "pulled") == 1 for cid in ids)
+
+
+def test_crossed_merges_one_wins_the_other_is_refused(make_api: Any) -> None:
+    """A into B and B into A at once: one merge goes through, the other finds its target
+    merged (409), never a deadlock (503)."""
+    apis = [make_api(), make_api()]
+    for _round in range(5):
+        a, b = batch(apis[0], 2, "garbage_overflow")
+        calls = [
+            partial(apis[0].review, a, "merge", merge_into=b),
+            partial(apis[1].review, b, "merge", merge_into=a),
+        ]
+        statuses = sorted(r.status_code for r in together(calls))
+        assert statuses == [200, 409]
+        merged = [doc_of(apis[0], cid)["status"] for cid in (a, b)]
+        assert sorted(merged) == ["merged", "new"]
