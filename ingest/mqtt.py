@@ -396,12 +396,15 @@ class MqttConnection:
             self.settings.url,
             "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
         )
-        subs = [(s.topic_filter, s.qos) for s in self._subs]
-        if subs:
-            client.subscribe(subs)
-        # After the SUBSCRIBE: whoever sees "online" can count on our subscriptions.
-        client.publish(self.status_topic, ONLINE, qos=1, retain=True)
-        self._connected.set()
+        # Under the subscriptions' lock up to "connected": a subscribe() meanwhile either is
+        # in the list read here or finds the connection up and subscribes itself.
+        with self._subs_lock:
+            subs = [(s.topic_filter, s.qos) for s in self._subs]
+            if subs:
+                client.subscribe(subs)
+            # After the SUBSCRIBE: whoever sees "online" can count on our subscriptions.
+            client.publish(self.status_topic, ONLINE, qos=1, retain=True)
+            self._connected.set()
         for hook in self._hooks:
             try:
                 hook(self)

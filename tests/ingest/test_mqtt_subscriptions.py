@@ -48,3 +48,44 @@ def test_concurrent_unsubscribes_remove_every_subscription() -> None:
     first, second, kept = conn.subscribe("p/a"), conn.subscribe("p/b"), conn.subscribe("p/c")
     _side_by_side(conn, lambda: conn.unsubscribe(first), lambda: conn.unsubscribe(second))
     assert list(conn._subs) == [kept]
+
+
+class _SubscribeWhileConnecting(list[Subscription]):
+    """The first read of the list (the connect handler's) lets another thread subscribe
+    meanwhile and waits up to a second for it: the moment between the handler reading the
+    list and the connection counting as up."""
+
+    def __init__(self, conn: MqttConnection, topic: str) -> None:
+        super().__init__()
+        self.conn, self.topic = conn, topic
+        self.fired = False
+        self.made: list[Subscription] = []
+
+    def __iter__(self) -> Iterator[Subscription]:
+        if not self.fired:
+            self.fired = True
+            other = threading.Thread(
+                target=lambda: self.made.append(self.conn.subscribe(self.topic))
+            )
+            other.start()
+            other.join(timeout=1.0)  # held off by a lock in the handler: go on
+        return super().__iter__()
+
+
+def test_a_subscription_made_while_connecting_reaches_the_broker(mqtt_prefix: str) -> None:
+    topic = f"{mqtt_prefix}/race/late"
+    conn = MqttConnection("subs-race", SETTINGS, prefix=mqtt_prefix)
+    hook = _SubscribeWhileConnecting(conn, topic)
+    conn._subs = hook
+    try:
+        assert conn.start(timeout=10)
+        for _ in range(100):  # the other thread's subscribe, however late the lock lets it
+            if hook.made:
+                break
+            threading.Event().wait(0.05)
+        (sub,) = hook.made
+        assert conn.publish(topic, b"hello", qos=1)
+        message = sub.get(5)
+        assert message is not None and message.payload == b"hello"
+    finally:
+        conn.stop()
