@@ -22,7 +22,9 @@ looking clean again is a ghost: the background takes it back at once.
 
 from __future__ import annotations
 
+import io
 import math
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,8 +126,10 @@ def step(
     tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
     learn = _alpha(dt, tau)
     background = np.where(objects, base, base + learn * (frame - base))
-    # Changed until it looks clean and matches the background again (or was a ghost).
-    changed = ((state.changed & (differs | ~looks_clean)) | candidate) & ~ghost
+    # Changed until both the pixel and its background look clean again (or it was a ghost):
+    # on the way back the pixel passes between the two, near both, before it is stable.
+    back = looks_clean & (np.abs(base - state.clean) <= params.fg_threshold)
+    changed = ((state.changed & ~back) | candidate) & ~ghost
     clean = _follow_clean(state, background, changed, inside)
     new_state = BackgroundState(
         background.astype(np.float32),
@@ -147,6 +151,43 @@ def _follow_clean(
     steady = inside & ~changed & ~state.changed
     drift = float(np.median((background - state.background)[steady])) if steady.any() else 0.0
     return np.where(changed, state.clean + drift, background).astype(np.float32)
+
+
+def encode(state: BackgroundState) -> bytes:
+    """The state as bytes (NumPy's npz), to survive a restart of the worker."""
+    buffer = io.BytesIO()
+    np.savez_compressed(
+        buffer,
+        background=state.background,
+        short=state.short,
+        times=np.asarray([state.t, state.start_t], dtype=np.float64),
+        known=state.known,
+        clean=state.clean,
+        changed=state.changed,
+    )
+    return buffer.getvalue()
+
+
+def decode(data: bytes) -> BackgroundState:
+    """The state :func:`encode` wrote; ValueError when the bytes are not one."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            t, start_t = (float(v) for v in npz["times"])
+            state = BackgroundState(
+                npz["background"].astype(np.float32),
+                npz["short"].astype(np.float32),
+                t,
+                start_t,
+                npz["known"].astype(bool),
+                npz["clean"].astype(np.float32),
+                npz["changed"].astype(bool),
+            )
+    except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a stored background model: {exc}") from exc
+    shapes = {a.shape for a in (state.short, state.known, state.clean, state.changed)}
+    if shapes != {state.background.shape}:
+        raise ValueError("not a stored background model: its images differ in size")
+    return state
 
 
 def measure(

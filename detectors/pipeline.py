@@ -233,6 +233,25 @@ class CameraPipeline:
             )  # fmt: skip
         return events
 
+    def backgrounds(self) -> dict[tuple[str, float], bg.BackgroundState]:
+        """(zone, learn_s) → the zone's background model, for saving across a restart."""
+        return {
+            (zr.zone.id, learn_s): state
+            for zr in self.zones
+            for learn_s, state in zr.backgrounds.items()
+        }
+
+    def restore_backgrounds(self, saved: Mapping[tuple[str, float], bg.BackgroundState]) -> int:
+        """Take back saved models of zones that still have one of that learn_s; how many."""
+        restored = 0
+        for zr in self.zones:
+            for params in zr.bg_params:
+                state = saved.get((zr.zone.id, params.learn_s))
+                if state is not None:
+                    zr.backgrounds[params.learn_s] = state
+                    restored += 1
+        return restored
+
     def occupied(self) -> dict[tuple[str, str], datetime]:
         """(zone, rule) → when the occupancy began, for every rule timing a dwell or raised."""
         return {

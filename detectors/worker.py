@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, cast
 from gridpatrol.cli import stop_on_signals
 
 if TYPE_CHECKING:
+    import sqlite3
+
     import numpy as np
     from numpy.typing import NDArray
 
@@ -59,6 +61,7 @@ DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
 CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts its rules
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
+BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
 
 
@@ -341,6 +344,7 @@ class DetectorWorker:
         with outbox.transaction() as txn:
             episodes.ensure_schema(txn.conn)
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
+            self._restore_backgrounds(txn.conn)
         open_eps = [ep for ep in self.book.values() if ep.open]
         for ep in open_eps:
             self.cams[ep.camera_id].waiting.add(ep.key)
@@ -353,7 +357,7 @@ class DetectorWorker:
         )
         self._last_detection: dict[str, dict[str, Any]] = {}
         self._in_flight: set[str] = set()  # cameras with a frame in the inference queue
-        self._last_progress = time.monotonic()
+        self._last_progress = self._last_save = time.monotonic()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -788,10 +792,34 @@ class DetectorWorker:
 
     def _progress(self) -> None:
         now = time.monotonic()
+        if now - self._last_save >= BACKGROUND_SAVE_S:
+            self._last_save = now
+            self.save_backgrounds()
         if now - self._last_progress < self.progress_s:
             return
         self._last_progress = now
         self.report()
+
+    def _restore_backgrounds(self, conn: sqlite3.Connection) -> None:
+        from gridpatrol.detectors import bg_store
+
+        bg_store.ensure_schema(conn)
+        for cam_id, rt in self.cams.items():
+            if rt.pipeline.needs_gray:
+                restored = rt.pipeline.restore_backgrounds(bg_store.load(conn, cam_id))
+                if restored:
+                    log.info("camera %s: %d saved background model(s) restored", cam_id, restored)
+
+    def save_backgrounds(self) -> None:
+        """Keep the zones' background models with the outbox (every minute, and at stop)."""
+        from gridpatrol.detectors import bg_store
+
+        models = {cam_id: rt.pipeline.backgrounds() for cam_id, rt in self.cams.items()}
+        if not any(models.values()):
+            return
+        with self.outbox.transaction() as txn:
+            for cam_id, states in models.items():
+                bg_store.save(txn.conn, cam_id, states)
 
     def report(self) -> None:
         """One line per camera: what came in, what was inferred, dropped and reported."""
@@ -961,6 +989,7 @@ def _serve(
         worker.run()
     finally:
         worker.report()  # the final tally, however short the run
+        worker.save_backgrounds()
         # Processing has stopped; the outbox gets a few seconds to drain before going offline.
         flushed = worker.outbox.flush(timeout=5.0)
         worker.outbox.stop()

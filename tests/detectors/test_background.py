@@ -141,3 +141,25 @@ def test_boxes_mask_grows_and_clips() -> None:
     assert grown.sum() > mask.sum() and grown[89, 40]
     crop = bg.boxes_mask(boxes, (30, 40), (20, 20), SMALL, grow=0.0)
     assert crop.shape == (20, 20) and crop[5:, 10:].all() and not crop[:5].any()
+
+
+def test_a_model_survives_encoding() -> None:
+    state = None
+    for t, image, objects in scenario("pile appears and stays"):
+        state, _ = bg.step(state, image, t, ZONE, objects, PARAMS)
+    assert state is not None
+    again = bg.decode(bg.encode(state))
+    assert (again.t, again.start_t) == (state.t, state.start_t)
+    for name in ("background", "short", "known", "clean", "changed"):
+        assert np.array_equal(getattr(again, name), getattr(state, name)), name
+        assert getattr(again, name).dtype == getattr(state, name).dtype, name
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"not npz at all", b"PK\x03\x04broken zip"],
+    ids=["empty", "text", "broken zip"],
+)
+def test_decoding_refuses_what_is_not_a_model(data: bytes) -> None:
+    with pytest.raises(ValueError, match="not a stored background model"):
+        bg.decode(data)

@@ -689,3 +689,33 @@ def test_garbage_photo_as_a_static_camera(rig: Rig) -> None:
     clean = [e for e in found["evidence"] if e["kind"] == "clean"]
     assert [e["sha256"] for e in clean] == [hashlib.sha256(data["bins-dirty"]).hexdigest()]
     assert (clean[0]["width"], clean[0]["height"]) == sizes["bins-dirty"]
+
+
+def test_a_restart_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
+    """A pile is raised, the worker restarts, the pile is taken away: the candidate ends, and
+    the road it uncovers is not taken for a pile of its own (the background was saved)."""
+    rule, params = COMPOSED_ZONES["piled"]
+    worker = rig.worker({"piled": [{"id": "lane", "polygon": WHOLE, "rules": {rule: params}}]})
+    before, after = compose_scenes(rig.shared)["piled"]
+    size = {"piled": (after.shape[1], after.shape[0])}
+    scenes = {"piled": [jpeg(before)] * LEARN_STEPS + [jpeg(after)] * HOLD_STEPS}
+    end = rig.publisher.play(scenes, size, T0, worker, offsets=TIMELINE)
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the pile candidate", lambda: candidates(client, "piled"), 60, worker)
+
+    assert worker.stop() == 0
+    worker.start(rig.status)
+    assert "camera piled: 1 saved background model(s) restored" in worker.text()
+    # The pile stays a few more seconds, then the road is clear for a minute.
+    scenes = {"piled": [jpeg(after)] * 5 + [jpeg(before)] * 60}
+    rig.publisher.play(scenes, size, end, worker, offsets=[float(k) for k in range(65)])
+    (ended,) = wait_for(
+        "the pile candidate to end",
+        lambda: [c for c in candidates(client, "piled") if "ended_at" in c["detection"]],
+        60,
+        worker,
+    )
+    time.sleep(1)  # nothing else may follow
+    assert worker.stop() == 0
+    assert ended["id"] == first["id"]
+    assert [c["id"] for c in candidates(client, "piled")] == [first["id"]]

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from gridpatrol.detectors import background as bg
 from gridpatrol.detectors.pipeline import CameraPipeline, RuleEvent, Violation, judge_still
 from gridpatrol.detectors.types import Detections
 from gridpatrol.site import Camera
@@ -315,6 +316,32 @@ def test_taking_a_pile_away_clears_it_without_a_ghost(brighter: int) -> None:
     # went. Before, the uncovered ground kept the episode going for another 1.6 hours.
     updates = [("update", 2110.0 + 120 * n) for n in range(1, 16)]
     assert events == [("raise", 2110.0), *updates, ("clear", 4050.0)]
+
+
+@pytest.mark.parametrize("restored", [True, False], ids=["restored", "started afresh"])
+def test_a_restored_background_takes_no_uncovered_road_for_a_pile(restored: bool) -> None:
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    cam = camera([zone], fps=0.1)
+
+    def feed(pipe: CameraPipeline, start: float, stop: float, pile: bool) -> list[str]:
+        kinds = []
+        for k in range(int(start / 10), int(stop / 10)):
+            gray = gray_street(10.0 * k, pile=pile)
+            at = T0 + timedelta(seconds=10.0 * k)
+            kinds += [e.kind for e in pipe.process(at, SIZE, dets([]), None, gray)]
+        return kinds
+
+    before = CameraPipeline(cam, SHANGHAI, NAMES)
+    feed(before, 0, 300, pile=False)
+    assert feed(before, 300, 2200, pile=True) == ["raise"]
+    after = CameraPipeline(cam, SHANGHAI, NAMES)  # the worker restarted
+    if restored:
+        saved = {key: bg.decode(bg.encode(st)) for key, st in before.backgrounds().items()}
+        assert after.restore_backgrounds(saved) == 1
+    feed(after, 2200, 2400, pile=True)
+    # The pile is taken away: only a model learned afresh on it takes the road for a pile.
+    raised = [kind for kind in feed(after, 2400, 4800, pile=False) if kind == "raise"]
+    assert raised == ([] if restored else ["raise"])
 
 
 def test_timestamps_must_be_aware() -> None:
