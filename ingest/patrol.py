@@ -5,7 +5,9 @@ cameras whose interval has elapsed, the one with the smallest virtual start time
 (start-time fair queueing, weighted by ``weight``). Each visit advances a camera's virtual time
 by ``1 / weight``, so under overload cameras are visited in proportion to their weight, and a
 camera never comes round more often than its interval. A camera with an active violation can be
-boosted: its weight is multiplied for a while, then falls back by itself.
+boosted: its weight is multiplied for a while, then falls back by itself. A camera whose visits
+get no frame is tried every 2, 4, then 8 intervals until one succeeds: opening a dead camera
+takes seconds, and a few of them would otherwise hold up the patrol of all the others.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gridpatrol.site import PATROL_VISITS, Camera
+
+MAX_BACKOFF = 8  # a failing camera is still tried at least every 8 intervals
 
 
 @dataclass
@@ -25,6 +29,7 @@ class _Entry:
     boost: float = 1.0
     boost_until: float = 0.0
     visits: int = 0
+    failures: int = 0  # consecutive visits that got no frame
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,15 @@ class PatrolScheduler:
     def visits(self, camera_id: str) -> int:
         return self._cams[camera_id].visits
 
+    def failed(self, camera_id: str) -> float:
+        """The last visit got no frame; returns the seconds until the camera is tried again."""
+        entry = self._cams[camera_id]
+        entry.failures += 1
+        return entry.interval_s * _backoff(entry.failures)
+
+    def succeeded(self, camera_id: str) -> None:
+        self._cams[camera_id].failures = 0
+
     def next(self, now: float) -> Decision:
         """Pick the camera to visit at ``now`` and record the visit, or say how long to wait."""
         if not self._cams:
@@ -91,7 +105,7 @@ class PatrolScheduler:
     def _due_in(self, entry: _Entry, now: float) -> float:
         if entry.last_visit is None:
             return 0.0
-        return entry.last_visit + entry.interval_s - now
+        return entry.last_visit + entry.interval_s * _backoff(entry.failures) - now
 
     def _visit(self, camera_id: str, now: float) -> None:
         entry = self._cams[camera_id]
@@ -103,6 +117,10 @@ class PatrolScheduler:
         # Falling behind (a slow visit) must not turn into a burst afterwards.
         base = now if self._next_slot is None else self._next_slot
         self._next_slot = max(base + self.period, now)
+
+
+def _backoff(failures: int) -> int:
+    return min(2**failures, MAX_BACKOFF)
 
 
 def expected_revisit_s(

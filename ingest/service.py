@@ -129,16 +129,29 @@ class IngestService:
         grabbed = grab_once(output.camera, self.base_dir)
         if grabbed is None:
             output.stats.failures += 1
+            retry_s = self._scheduled(camera_id, ok=False)
             if output.online is not False:  # once per failing streak, not on every visit
                 log.warning(
                     "camera %s: the patrol visit got no frame from %s (it cannot be opened or "
-                    "returned none); offline until a visit succeeds",
+                    "returned none); offline until a visit succeeds, next try in %.0f s",
                     camera_id,
                     redact(output.camera.source),
+                    retry_s,
                 )
             output.set_status(False)
             return None
+        self._scheduled(camera_id, ok=True)
         return output.publish(*grabbed)
+
+    def _scheduled(self, camera_id: str, ok: bool) -> float:
+        """Tell the patrol how a visit went; seconds until the next (0 off the patrol)."""
+        if not self.outputs[camera_id].camera.is_patrol:
+            return 0.0  # a snapshot grab of a continuous camera
+        with self._sched_lock:
+            if ok:
+                self.scheduler.succeeded(camera_id)
+                return 0.0
+            return self.scheduler.failed(camera_id)
 
     def _apply_boosts(self) -> None:
         while (message := self._boosts.get(0)) is not None:

@@ -120,3 +120,29 @@ def test_expected_revisit_matches_the_scheduler(
     expected = expected_revisit_s(cameras, max_fps)
     for camera_id in cameras:
         assert 3000.0 / expected[camera_id] == pytest.approx(visits[camera_id], rel=0.03, abs=1)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "next_due"),
+    [
+        ("", 30.0),  # never failed: every interval
+        ("F", 60.0),
+        ("FF", 120.0),
+        ("FFF", 240.0),
+        ("FFFFFF", 240.0),  # at most every 8 intervals
+        ("FFFS", 30.0),  # one success and it is back to every interval
+    ],
+)
+def test_a_failing_camera_is_tried_less_often_until_a_visit_succeeds(
+    outcomes: str, next_due: float
+) -> None:
+    sched = PatrolScheduler(max_fps=10)
+    sched.add("dead", interval_s=30.0)
+    assert sched.next(0.0).camera_id == "dead"
+    for outcome in outcomes:
+        if outcome == "F":
+            sched.failed("dead")
+        else:
+            sched.succeeded("dead")
+    assert sched.next(next_due - 0.1).camera_id is None
+    assert sched.next(next_due).camera_id == "dead"
