@@ -120,7 +120,7 @@ class PatrolScheduler:
 
 
 def _backoff(failures: int) -> int:
-    return min(2**failures, MAX_BACKOFF)
+    return min(1 << min(failures, 8), MAX_BACKOFF)
 
 
 def expected_revisit_s(
