@@ -56,6 +56,11 @@ CREATE TABLE IF NOT EXISTS bridge_status (
     sensor_id TEXT PRIMARY KEY,
     status TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bridge_snapshot_wanted (
+    candidate_id TEXT PRIMARY KEY,
+    camera_id TEXT NOT NULL,
+    wanted_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
 
@@ -186,6 +191,27 @@ def save_status(conn: sqlite3.Connection, sensor_id: str, status: str) -> None:
         "INSERT OR REPLACE INTO bridge_status (sensor_id, status) VALUES (?, ?)",
         (sensor_id, status),
     )
+
+
+def want_snapshot(conn: sqlite3.Connection, candidate_id: str, camera_id: str, now: float) -> None:
+    """Remember that the candidate waits for a camera snapshot, with the candidate's create."""
+    conn.execute(
+        "INSERT OR IGNORE INTO bridge_snapshot_wanted (candidate_id, camera_id, wanted_at) "
+        "VALUES (?, ?, ?)",
+        (candidate_id, camera_id, now),
+    )
+
+
+def snapshot_settled(conn: sqlite3.Connection, candidate_id: str) -> None:
+    conn.execute("DELETE FROM bridge_snapshot_wanted WHERE candidate_id = ?", (candidate_id,))
+
+
+def wanted_snapshots(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    """(candidate id, camera id) of every snapshot still wanted, oldest first."""
+    rows = conn.execute(
+        "SELECT candidate_id, camera_id FROM bridge_snapshot_wanted ORDER BY wanted_at"
+    )
+    return [(str(c), str(cam)) for c, cam in rows]
 
 
 class StateBatch:

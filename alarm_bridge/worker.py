@@ -56,6 +56,7 @@ SILENCE_FACTOR = 3.0
 DEDUP_RETENTION_S = 7 * 86400
 SNAPSHOT_TIMEOUT_S = 5.0
 SNAPSHOT_QUEUE = 256
+SNAPSHOT_SWEEP_S = 30.0  # how often snapshots still wanted (a full queue, a restart) are queued
 SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay the others
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
@@ -81,7 +82,7 @@ class Counters:
     snapshots: int = 0
     snapshot_fallbacks: int = 0
     snapshot_missing: int = 0
-    snapshot_dropped: int = 0
+    snapshot_deferred: int = 0  # queue full: left for the next sweep
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -228,6 +229,8 @@ class BridgeCore:
             )
             if item.sensor.camera is not None:
                 out.snapshots.append((effect.alarm.alarm_id, item.sensor.camera))
+                # Kept until the snapshot is attached, so a restart still fetches it.
+                store.want_snapshot(txn.conn, effect.alarm.alarm_id, item.sensor.camera, now)
         elif effect.kind in ("update", "clear"):
             assert effect.alarm.alarm_id is not None
             pending = out.updates.setdefault(effect.alarm.alarm_id, PendingUpdate(now))
@@ -395,6 +398,8 @@ class Bridge:
         self.progress_s = progress_s
         self._stop = threading.Event()
         self._snapshots: queue.Queue[tuple[str, str]] = queue.Queue(SNAPSHOT_QUEUE)
+        self._snapshot_jobs: set[str] = set()  # candidates queued or being served
+        self._jobs_lock = threading.Lock()
         self._newest: dict[str, bytes] = {}
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
@@ -451,6 +456,9 @@ class Bridge:
         if connected_since is not None and now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
             self._silence(now, connected_since)
+        if now - due.get("snapshots", 0.0) >= SNAPSHOT_SWEEP_S:
+            due["snapshots"] = now
+            self._sweep_snapshots()
         if now - due.get("prune", 0.0) >= 3600:
             due["prune"] = now
             with self.outbox.transaction() as txn:
@@ -563,11 +571,30 @@ class Bridge:
         if self.media is None:
             return
         for job in out.snapshots:
+            self._enqueue_snapshot(job)
+
+    def _enqueue_snapshot(self, job: tuple[str, str]) -> None:
+        with self._jobs_lock:
+            if job[0] in self._snapshot_jobs:
+                return
             try:
                 self._snapshots.put_nowait(job)
             except queue.Full:
-                self.core.counts.snapshot_dropped += 1
-                log.warning("snapshot queue full: candidate %s gets no snapshot", job[0])
+                # Still wanted in the state database: a later sweep queues it again.
+                self.core.counts.snapshot_deferred += 1
+                return
+            self._snapshot_jobs.add(job[0])
+
+    def _sweep_snapshots(self) -> None:
+        """Queue the snapshots still wanted: those of a full queue, or of before a restart."""
+        with self.outbox.transaction() as txn:
+            wanted = store.wanted_snapshots(txn.conn)
+            if self.media is None:  # nobody to fetch them
+                for candidate_id, _ in wanted:
+                    store.snapshot_settled(txn.conn, candidate_id)
+                return
+        for job in wanted:
+            self._enqueue_snapshot(job)
 
     def _progress(self, rate: float) -> None:
         c = self.core.counts
@@ -594,7 +621,11 @@ class Bridge:
                 candidate_id, camera_id = self._snapshots.get(timeout=0.5)
             except queue.Empty:
                 continue
-            self._snapshot(candidate_id, camera_id)
+            try:
+                self._snapshot(candidate_id, camera_id)
+            finally:
+                with self._jobs_lock:
+                    self._snapshot_jobs.discard(candidate_id)
 
     def _snapshot(self, candidate_id: str, camera_id: str) -> None:
         from gridpatrol.ingest.snapshot import request_snapshot
@@ -606,10 +637,13 @@ class Bridge:
             if frame is None:
                 self.core.counts.snapshot_missing += 1
                 log.warning("camera %s: no snapshot for candidate %s", camera_id, candidate_id)
+                with self.outbox.transaction() as txn:
+                    store.snapshot_settled(txn.conn, candidate_id)
                 return
             self.core.counts.snapshot_fallbacks += 1
         with self.outbox.transaction() as txn:
             self.core.attach_snapshot(txn, candidate_id, frame)
+            store.snapshot_settled(txn.conn, candidate_id)
         self.core.counts.snapshots += 1
         log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -139,3 +141,37 @@ def test_snapshot_reply_and_newest_frame_fallback(rig: BridgeRig) -> None:
         trace = http.get(f"/evidence/{found['mh-live']['evidence'][0]['sha256']}").json()
     assert trace["sensor_id"] == "mh-live"
     assert [r["transition"] for r in trace["readings"]] == ["raise"]
+
+
+def wanted(rig: BridgeRig) -> list[str]:
+    """Candidates waiting for a snapshot, from the bridge's state file (to time the kill)."""
+    try:
+        with sqlite3.connect(rig.state / "bridge.db", timeout=5) as conn:
+            rows = conn.execute("SELECT candidate_id FROM bridge_snapshot_wanted").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    return [str(r[0]) for r in rows]
+
+
+def test_a_snapshot_wanted_before_a_crash_is_fetched_after_it(rig: BridgeRig) -> None:
+    # No camera answers yet: the bridge waits 5 s for the snapshot and is killed meanwhile.
+    rig.publish(
+        [(sensor_alarm_topic(rig.prefix, "mh-live"), raise_alarm("mh-live", "manhole_tilt"))]
+    )
+    deadline = time.monotonic() + 30
+    while not wanted(rig):
+        assert time.monotonic() < deadline, "the snapshot was never wanted"
+        time.sleep(0.05)
+    rig.stop_bridge(signal.SIGKILL)
+    with Cameras(rig.prefix) as cams:
+        rig.start_bridge()
+        deadline = time.monotonic() + 60
+        while True:
+            found = rig.candidates()
+            kinds = [[e["kind"] for e in c["evidence"]] for c in found]
+            if kinds == [["sensor_trace", "snapshot"]]:
+                break
+            assert time.monotonic() < deadline, kinds
+            time.sleep(0.5)
+    assert found[0]["evidence"][1]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
+    assert wanted(rig) == []
