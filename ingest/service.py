@@ -58,6 +58,10 @@ class IngestService:
         self._sched_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._grabs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
+        # Requests waiting for a camera's grab under way: a burst of them takes one grab, not
+        # one each (opening a dead camera can take seconds).
+        self._waiting: dict[str, list[str]] = {}
+        self._waiting_lock = threading.Lock()
         self.bad_requests = 0
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
@@ -197,10 +201,19 @@ class IngestService:
             self._reply(camera_id, latest, request_id)
             return
 
+        with self._waiting_lock:
+            waiting = self._waiting.setdefault(camera_id, [])
+            waiting.append(request_id)
+            if len(waiting) > 1:
+                return  # a grab is under way: it answers this request too
+
         def grab_and_reply() -> None:
             frame = self._visit(camera_id) or output.latest
+            with self._waiting_lock:
+                request_ids = self._waiting.pop(camera_id, [])
             if frame is not None:
-                self._reply(camera_id, frame, request_id)
+                for waiting_id in request_ids:
+                    self._reply(camera_id, frame, waiting_id)
 
         self._grabs.submit(grab_and_reply)
 
