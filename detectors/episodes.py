@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
 
 Key = tuple[str, str, str]  # camera_id, zone_id, type
@@ -125,9 +125,12 @@ def step(
     ops: list[Op] = []
     if ev.kind == "clear":
         if current is not None and current.open:
+            # It ended at its last sighting, not when the clear was decided clear_s later (or,
+            # after a camera outage, when the first frame came back).
+            last_seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
             ended = replace(
                 current,
-                ended_at=ev.t,
+                ended_at=min(max(last_seen, current.started_at), ev.t),
                 last_event_at=ev.t,
                 reported_at=ev.t,
                 dwell_s=max(current.dwell_s, ev.dwell_s),

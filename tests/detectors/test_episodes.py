@@ -112,7 +112,7 @@ def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id(
     for ev in [
         Ev("raise", at(10), first_seen=at(4.5)),
         Ev("update", at(200), confidence=0.9, dwell_s=195),
-        Ev("clear", at(300), dwell_s=250),
+        Ev("clear", at(300), dwell_s=245.5, first_seen=at(4.5)),  # last seen at 250
         Ev("raise", at(400), first_seen=at(390)),
     ]:
         book, ops = step(
@@ -126,7 +126,7 @@ def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id(
     assert first.episode.previous_id is None and first.better
     assert update.better and update.episode.dwell_s == 195.5  # since first seen
     assert update.episode.source_event_id == first.episode.source_event_id
-    assert end.episode.ended_at == at(300) and end.episode.dwell_s == 250
+    assert end.episode.ended_at == at(250) and end.episode.dwell_s == 245.5
     assert second.episode.previous_id == "c1"
     assert second.episode.source_event_id == source_event_id(
         "cam-1", "plaza", "crowd_gathering", at(390)
