@@ -272,17 +272,33 @@ def summary_lines(items: list[dict[str, Any]]) -> list[str]:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``docker stop``, systemd, ``timeout``): stop in order, as on Ctrl-C."""
+    """SIGTERM (``docker stop``, systemd, ``timeout``) or SIGHUP (the terminal closed): stop
+    in order, as on Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _stop_in_order_on_sigterm() -> None:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stop_in_order_on_signals() -> None:
     # The components run in sessions of their own, so a SIGTERM that killed only the demo
     # would leave them running; turn it into the same orderly stop as Ctrl-C instead.
-    def handler(_signum: int, _frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the stop short
-        raise Terminated
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        _ignore_stop_signals()
+        raise Terminated(signum)
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGHUP, handler)
+
+
+def _ignore_stop_signals() -> None:
+    """While the components stop, a second Ctrl-C must not cut the stop short and leave the
+    rest of them running."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
 
 
 @contextmanager
@@ -346,7 +362,7 @@ def run_demo(args: argparse.Namespace) -> int:
     (workdir / "logs").mkdir(parents=True)
     (workdir / "state").mkdir()
     demo = Demo(config, workdir, free_port(args.port), generate_tokens())
-    _stop_in_order_on_sigterm()
+    _stop_in_order_on_signals()
     interrupted: int | None = None  # the exit status of a stop by signal
     healthy = True
     items: list[dict[str, Any]] = []
@@ -366,12 +382,13 @@ def run_demo(args: argparse.Namespace) -> int:
                 webbrowser.open(url)
             healthy = _watch(demo, args.duration)
         except KeyboardInterrupt as exc:
-            interrupted = 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+            interrupted = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
         except RuntimeError as exc:
             print(f"demo failed: {exc}", file=sys.stderr, flush=True)
             demo.stop_all()
             return 1
         finally:
+            _ignore_stop_signals()
             api = next((c for c in demo.components if c.name == "api"), None)
             for component in reversed(demo.components):
                 if component is not api:

@@ -117,11 +117,26 @@ def _sigterm(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGTERM)  # as `docker stop` or systemd would
 
 
+def _impatient_ctrl_c(proc: subprocess.Popen[str]) -> None:
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(1.0)  # the stop has begun
+    os.killpg(proc.pid, signal.SIGINT)  # pressed again while the components stop
+
+
+def _terminal_closed(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGHUP)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("stop", "exit_code"),
-    [(_sigterm, 128 + signal.SIGTERM), (_terminal_ctrl_c, 128 + signal.SIGINT)],
-    ids=["sigterm", "ctrl-c"],
+    [
+        (_sigterm, 128 + signal.SIGTERM),
+        (_terminal_ctrl_c, 128 + signal.SIGINT),
+        (_impatient_ctrl_c, 128 + signal.SIGINT),
+        (_terminal_closed, 128 + signal.SIGHUP),
+    ],
+    ids=["sigterm", "ctrl-c", "ctrl-c twice", "terminal closed"],
 )
 def test_a_stop_signal_stops_every_component_in_order_and_prints_the_summary(
     tmp_path: Path, stop: Callable[[subprocess.Popen[str]], None], exit_code: int
