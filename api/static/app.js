@@ -115,12 +115,12 @@ async function start() {
     if (ref.session) route();
   }));
   $('#login-form').addEventListener('submit', login);
-  // Enter confirms a dialog wherever the focus is (radio buttons and lists do not submit).
+  // Enter confirms a dialog from its fields (radio buttons and lists do not submit by
+  // themselves); on a button it presses that button, so Enter on Cancel cancels.
   $('#dlg-form').addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter') {
-      ev.preventDefault();
-      $('#dlg-form').requestSubmit();
-    }
+    if (ev.key !== 'Enter' || ev.target.closest('button')) return;
+    ev.preventDefault();
+    $('#dlg-form').requestSubmit();
   });
   $('#logout').addEventListener('click', logout);
   window.addEventListener('hashchange', () => { if (ref.session) route(); });

@@ -190,3 +190,45 @@ def test_filters_live_arrival_and_statistics(
     page.click("nav a[data-view=queue]")
     page.wait_for_selector("th:has-text('Location')")
     ui.shot("english")
+
+
+def test_enter_on_the_dialogs_cancel_button_cancels(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    second = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([first["id"], second["id"]])
+    selected = ui.selected()
+    page.wait_for_selector(f"#detail:has-text('{selected[:8]}')")
+
+    # r opens the reason picker; Tab moves to Cancel; Enter there cancels, it does not reject.
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    for _ in range(10):
+        if page.evaluate("() => document.activeElement.id") == "dlg-cancel":
+            break
+        page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.id") == "dlg-cancel"
+    ui.shot("cancel-focused")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dlg:not([open])", state="attached")
+
+    # The case is still the selected, undecided one: c now confirms it, not the next case.
+    assert ui.selected() == selected
+    page.keyboard.press("c")
+    page.wait_for_function(
+        f"() => !document.querySelector(\"#queue-body tr[data-id='{selected}']\")"
+    )
+    assert status_of(console, selected)["status"] == "confirmed"
+    other = second["id"] if selected == first["id"] else first["id"]
+    assert status_of(console, other)["status"] == "new"
+
+    # Enter on the OK button still submits.
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    page.focus("#dlg-ok")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#queue-empty:not([hidden])")
+    assert status_of(console, other)["status"] == "rejected"
