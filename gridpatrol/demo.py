@@ -56,7 +56,10 @@ def register(sub: Any) -> None:
         "--config", default=str(ROOT / "samples" / "site.yaml"), help="the site file"
     )
     parser.add_argument(
-        "--workdir", default=str(ROOT / "var" / "demo"), help="database, evidence, logs"
+        "--workdir",
+        default=str(ROOT / "var" / "demo"),
+        help="database, evidence, logs; cleared at every start (a new, empty or earlier demo's "
+        "folder)",
     )
     parser.set_defaults(func=run_demo)
 
@@ -271,6 +274,18 @@ def summary_lines(items: list[dict[str, Any]]) -> list[str]:
 # The command
 
 
+WORKDIR_MARKER = ".gridpatrol-demo"
+
+
+def _ours_to_clear(workdir: Path) -> bool:
+    """Whether the demo may empty ``workdir``: new, empty, or made by an earlier demo."""
+    if not workdir.exists():
+        return True
+    if not workdir.is_dir():
+        return False
+    return (workdir / WORKDIR_MARKER).is_file() or not any(workdir.iterdir())
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``docker stop``, systemd, ``timeout``) or SIGHUP (the terminal closed): stop
     in order, as on Ctrl-C."""
@@ -356,11 +371,19 @@ def _watch(demo: Demo, duration: float | None) -> bool:
 def run_demo(args: argparse.Namespace) -> int:
     config = Path(args.config).resolve()
     workdir = Path(args.workdir).resolve()
+    if not _ours_to_clear(workdir):
+        print(
+            f"demo: --workdir {workdir} is not empty and was not made by the demo, which clears "
+            "its folder at every start; give a new or empty folder",
+            file=sys.stderr,
+        )
+        return 2
     footage = find_footage()
     print(f"footage: {footage}", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)  # every demo starts from an empty database
     (workdir / "logs").mkdir(parents=True)
     (workdir / "state").mkdir()
+    (workdir / WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
     demo = Demo(config, workdir, free_port(args.port), generate_tokens())
     _stop_in_order_on_signals()
     interrupted: int | None = None  # the exit status of a stop by signal

@@ -213,3 +213,28 @@ def test_offline_without_footage_says_what_to_do(
     assert "could not be downloaded" in message
     assert str(tmp_path / "var" / "footage") in message
     assert "pedestrian_street_1080p.mp4" in message and "GRIDPATROL_SHARED" in message
+
+
+@pytest.mark.parametrize(
+    ("prepare", "code"),
+    [("a folder of someone's files", 2), ("an earlier demo's folder", None), ("a file", 2)],
+)
+def test_the_demo_clears_only_a_folder_of_its_own(tmp_path: Path, prepare: str, code: int) -> None:
+    workdir = tmp_path / "work"
+    if prepare == "a file":
+        workdir.write_text("not a folder")
+    else:
+        workdir.mkdir()
+        (workdir / "notes.txt").write_text("keep me")
+    if prepare == "an earlier demo's folder":
+        (workdir / ".gridpatrol-demo").write_text("")
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", "--duration", "0"]
+    argv += ["--port", str(free_port()), "--workdir", str(workdir)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
+    if code is None:  # it was the demo's own: cleared and used
+        assert not (workdir / "notes.txt").exists()
+        assert (workdir / "logs").is_dir() and (workdir / ".gridpatrol-demo").is_file()
+    else:
+        assert done.returncode == code
+        assert "is not empty and was not made by the demo" in done.stderr
+        assert workdir.exists() and (workdir.is_file() or (workdir / "notes.txt").exists())
