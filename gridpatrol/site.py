@@ -703,10 +703,29 @@ def load_site(path: str | Path, class_names: Sequence[str] | None = None) -> Sit
     """Load and validate a site file; the one entry point every component uses."""
     file = Path(path)
     try:
-        text = file.read_text(encoding="utf-8")
+        data = file.read_bytes()
     except OSError as exc:
         raise SiteConfigError([f"{file}:0: cannot read the site file: {exc.strerror}"]) from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SiteConfigError([_not_utf8(file, data, exc)]) from exc
     return parse_site(text, str(file), class_names)
+
+
+def _not_utf8(file: Path, data: bytes, exc: UnicodeDecodeError) -> str:
+    # Windows editors often save Chinese text as GBK (code page 936): say so when it decodes.
+    line = data.count(b"\n", 0, exc.start) + 1
+    try:
+        data.decode("gb18030")
+        guess = ", it looks like GBK/GB18030"
+    except UnicodeDecodeError:
+        guess = ""
+    return (
+        f"{file}:{line}: the site file is not UTF-8 text (byte 0x{data[exc.start]:02X} "
+        f"cannot be decoded{guess}): save it as UTF-8, e.g. in Notepad with "
+        f"Save As, Encoding: UTF-8"
+    )
 
 
 def summarise(site: Site) -> list[str]:

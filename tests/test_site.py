@@ -59,6 +59,28 @@ def test_errors_name_file_line_and_field(
     assert message in first
 
 
+@pytest.mark.parametrize(
+    ("encoding", "name", "byte", "guess"),
+    [
+        ("gbk", "东门", "0xB6", ", it looks like GBK/GB18030"),
+        ("latin-1", "café", "0xE9", ""),
+    ],
+)
+def test_a_site_file_that_is_not_utf8_is_named_with_its_line(
+    tmp_path: Path, encoding: str, name: str, byte: str, guess: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    text = MINIMAL.replace("    source:", f"    name: {name}\n    source:")
+    path.write_bytes(text.encode(encoding))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:4: the site file is not UTF-8 text (byte {byte} cannot be decoded{guess}): "
+        "save it as UTF-8, e.g. in Notepad with Save As, Encoding: UTF-8",
+        f"{path}: INVALID (1 problem(s))",
+    ]
+
+
 def test_duplicate_keys_are_rejected() -> None:
     with pytest.raises(SiteConfigError) as info:
         parse_site(MINIMAL + "site: {name: again}\n", "s.yaml")
