@@ -11,4 +11,6 @@ COPY alarm_bridge alarm_bridge
 COPY api api
 COPY models/manifest.yaml models/manifest.yaml
 RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
+# Installed, not editable: the package cannot find models/ beside itself, so name it.
+ENV GRIDPATROL_MODELS_DIR=/srv/gridpatrol/models
 USER nobody

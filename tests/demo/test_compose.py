@@ -198,3 +198,18 @@ def test_compose_services_run_outside_containers(
     assert codes.pop("api") in (0, -signal.SIGTERM)
     assert "Application shutdown complete" in api.log.read_text()
     assert codes == dict.fromkeys(reversed(order[1:]), 0), codes
+
+
+def test_the_image_looks_for_weights_where_compose_mounts_them() -> None:
+    """Installed (not editable) in the image, the package cannot find models/ beside itself:
+    the Dockerfile names the folder, and compose mounts the weights there."""
+    env = dict(
+        line.removeprefix("ENV ").split("=", 1)
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("ENV ")
+    )
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = [interpolate(volume, {}).split(":") for volume in compose["x-gridpatrol"]["volumes"]]
+    assert [source for source, target, *_ in mounts if target == env["GRIDPATROL_MODELS_DIR"]] == [
+        "./models"  # overridden with GRIDPATROL_WEIGHTS
+    ]
