@@ -104,3 +104,31 @@ def test_a_killed_component_is_seen_offline_whatever_its_id(
         watcher.stop()
     assert last is not None
     assert last.payload == b"offline"
+
+
+def _unit_env(unit: Path) -> dict[str, str]:
+    """The variables a systemd unit loads, read from the sample environment files it names."""
+    env: dict[str, str] = {}
+    for line in unit.read_text().splitlines():
+        if line.startswith("EnvironmentFile="):
+            sample = unit.parent / Path(line.split("=", 1)[1].lstrip("-")).name
+            for entry in sample.read_text().splitlines():
+                if entry and not entry.startswith("#"):
+                    key, value = entry.split("=", 1)
+                    env[key] = value
+    return env
+
+
+@pytest.mark.parametrize(
+    ("unit", "user"),
+    [
+        ("gridpatrol-ingest.service", "ingest-1"),
+        ("gridpatrol-detect@.service", "detect-1"),
+        ("gridpatrol-bridge.service", "alarm-bridge"),
+        ("gridpatrol-api.service", "api"),
+    ],
+)
+def test_each_systemd_unit_connects_as_its_own_user_of_the_sample_acl(unit: str, user: str) -> None:
+    acl = (REPO / "samples" / "mosquitto.acl").read_text().splitlines()
+    assert f"user {user}" in acl
+    assert _unit_env(REPO / "samples" / "systemd" / unit)["GRIDPATROL_MQTT_USERNAME"] == user
