@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 SHARED ?= ../shared
 export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 
-.PHONY: setup links browser demo test pytest lint format typecheck bench clean constraints
+.PHONY: setup links browser services demo test pytest lint format typecheck bench clean constraints
 
 # The environment: the project with the Ultralytics extra (reference backend, training) and
 # the development tools, at the versions in constraints.txt. Re-run when either file changes.
@@ -41,8 +41,17 @@ demo: setup
 
 test: setup lint pytest
 
-pytest: setup browser
+pytest: setup browser services
 	$(BIN)/pytest tests
+
+# The suite runs against real services; say which one is missing instead of a wall of errors.
+services:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
+	  { echo "the tests start their own brokers: install Mosquitto (Debian: mosquitto)" >&2; exit 1; }
+	@$(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 1883), 2)' 2>/dev/null || \
+	  { echo "the tests need an MQTT broker on 127.0.0.1:1883 (mosquitto -d)" >&2; exit 1; }
+	@$(BIN)/python -c 'import os, psycopg; psycopg.connect(os.environ.get("GRIDPATROL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("+psycopg", ""), connect_timeout=3).close()' 2>/dev/null || \
+	  { echo "the tests need PostgreSQL: a database 'test' on 127.0.0.1:5432 for user postgres (trust), or GRIDPATROL_TEST_POSTGRES_URL" >&2; exit 1; }
 
 lint: setup typecheck
 	$(BIN)/ruff check .
