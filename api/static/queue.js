@@ -162,7 +162,10 @@ async function select(index) {
 
 // ---- detail ---------------------------------------------------------------------------------
 
+const closeZoom = () => document.querySelectorAll('.zoom').forEach((z) => z.remove());
+
 function zoom(src) {
+  closeZoom();
   const overlay = el('div', { class: 'zoom' });
   let scale = 1;
   const img = el('img', { src, alt: '' });
@@ -392,10 +395,18 @@ function onKey(ev) {
     m: () => decide('merge'), a: () => toggle(!state.annotated),
   };
   const action = actions[ev.key];
-  if (action) {
+  if (document.querySelector('.zoom') && (action || ev.key === 'Escape')) {
+    // The zoomed frame covers the list: Escape or a triage key closes it and does nothing else.
     ev.preventDefault();
-    action();
+    closeZoom();
+    return;
   }
+  if (!action) return;
+  ev.preventDefault();
+  // A held key repeats: j/k keep moving, but a decision (or the a toggle) is one press each,
+  // so holding c does not confirm the next cases too.
+  if (ev.repeat && ev.key !== 'j' && ev.key !== 'k') return;
+  action();
 }
 
 // ---- live updates ---------------------------------------------------------------------------

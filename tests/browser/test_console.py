@@ -232,3 +232,44 @@ def test_enter_on_the_dialogs_cancel_button_cancels(
     page.keyboard.press("Enter")
     page.wait_for_selector("#queue-empty:not([hidden])")
     assert status_of(console, other)["status"] == "rejected"
+
+
+def test_zoom_closes_on_keys_and_held_keys_decide_once(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    second = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([first["id"], second["id"]])
+    selected = ui.selected()
+    other = second["id"] if selected == first["id"] else first["id"]
+    page.wait_for_selector(f"#detail:has-text('{selected[:8]}') figure.main img")
+
+    # With the zoomed frame open, a triage key closes it and does not act on the list.
+    for key in ("j", "c", "Escape"):
+        page.click("#detail figure.main img")
+        page.wait_for_selector(".zoom img")
+        page.keyboard.press(key)
+        page.wait_for_selector(".zoom", state="detached")
+        assert ui.selected() == selected
+    ui.shot("zoom-closed")
+    assert status_of(console, selected)["status"] == "new"
+
+    # Holding c confirms the selected case once; its key repeats do not confirm the next one.
+    page.keyboard.down("c")
+    page.wait_for_function(
+        f"() => !document.querySelector(\"#queue-body tr[data-id='{selected}']\")"
+    )
+    page.wait_for_selector(f"#detail:has-text('{other[:8]}')")
+    assert ui.selected() == other
+    page.keyboard.down("c")  # a repeat (KeyboardEvent.repeat) of the held key
+    page.keyboard.up("c")
+    # No decision is in flight: r opens the reason picker for the remaining case at once.
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#dlg:not([open])", state="attached")
+    assert status_of(console, selected)["status"] == "confirmed"
+    assert status_of(console, other)["status"] == "new"
+    assert ui.rows() == [other]
