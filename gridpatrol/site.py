@@ -2,6 +2,10 @@
 
 Every component loads the file through :func:`load_site`; unknown keys are rejected and
 every error names the file, the line and the field, so an operator can fix a typo at 3 a.m.
+
+Times are ``HH:MM``, quoted or not (YAML 1.1 would read an unquoted ``22:00`` as the number
+1320: it is taken as written). Where text is expected, an unquoted value YAML reads as a number
+or a boolean (a code ``0102`` is octal 66, ``no`` is false) is refused with a hint to quote it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -78,7 +83,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-HHMM = Annotated[str, Field(pattern=_HHMM.pattern)]
+class _Sexagesimal(int):
+    """An unquoted ``22:00``: YAML 1.1 reads it as the base-60 number 1320; ``text`` keeps it."""
+
+    text: str
+
+    def __new__(cls, value: int, text: str) -> _Sexagesimal:
+        number = super().__new__(cls, value)
+        number.text = text
+        return number
+
+
+def _clock_text(value: Any) -> Any:
+    # An unquoted 22:00 is taken as written (06:00 stays a string anyway: no base-60 number
+    # starts with 0); any other number is not a time.
+    if isinstance(value, _Sexagesimal):
+        return value.text
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError(f'{value} is not a time: write times as HH:MM in quotes, e.g. "22:00"')
+    return value
+
+
+HHMM = Annotated[str, BeforeValidator(_clock_text), Field(pattern=_HHMM.pattern)]
 
 
 class SiteInfo(Strict):
@@ -618,8 +644,14 @@ class SiteConfigError(ValueError):
 Path_ = tuple[str | int, ...]
 
 
-def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str) -> Any:
-    """Build plain Python from a composed YAML node, recording the line of every path."""
+def _to_python(
+    node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str, texts: dict[Path_, str]
+) -> Any:
+    """Build plain Python from a composed YAML node, recording the line of every path.
+
+    ``texts`` receives the source text of every unquoted scalar YAML reads as a number or a
+    boolean, so that where a string is expected the error can show what was written.
+    """
     lines[path] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
@@ -632,12 +664,30 @@ def _to_python(node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str)
                         "duplicate key"
                     ]
                 )
-            result[key] = _to_python(value_node, (*path, key), lines, name)
+            result[key] = _to_python(value_node, (*path, key), lines, name, texts)
             lines[(*path, key)] = key_node.start_mark.line + 1
         return result
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, (*path, i), lines, name) for i, v in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+        return [_to_python(v, (*path, i), lines, name, texts) for i, v in enumerate(node.value)]
+    value = yaml.safe_load(yaml.serialize(node))
+    if node.style is None and isinstance(value, bool | int | float):
+        texts[path] = node.value
+        if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
+            return _Sexagesimal(value, node.value)
+    return value
+
+
+def _read_as(text: str, value: Any) -> str:
+    """Why an unquoted ``text`` is not the string it looks like, with the fix."""
+    what = str(value).lower() if isinstance(value, bool) else f"the number {value}"
+    why = ""
+    if isinstance(value, int) and not isinstance(value, bool):
+        digits = text.lstrip("+-")
+        if ":" in text:
+            why = " (YAML reads digits joined by ':' as base 60)"
+        elif len(digits) > 1 and digits[0] == "0" and digits.isdigit():
+            why = " (YAML reads a leading 0 as octal)"
+    return f'{text} is read as {what}{why}: write it in quotes, e.g. "{text}"'
 
 
 def _dotted(path: Iterable[str | int]) -> str:
@@ -679,7 +729,8 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     if root is None:
         raise SiteConfigError([f"{name}:1: (top level): the file is empty"])
     lines: dict[Path_, int] = {}
-    data = _to_python(root, (), lines, name)
+    texts: dict[Path_, str] = {}
+    data = _to_python(root, (), lines, name, texts)
     if not isinstance(data, dict):
         raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
     try:
@@ -695,7 +746,10 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
         problems = []
         for err in exc.errors():
             loc = _clean_loc(err["loc"])
-            problems.append(f"{name}:{_line_for(loc, lines)}: {_dotted(loc)}: {err['msg']}")
+            msg = err["msg"]
+            if err["type"] == "string_type" and loc in texts:
+                msg = _read_as(texts[loc], err["input"])
+            problems.append(f"{name}:{_line_for(loc, lines)}: {_dotted(loc)}: {msg}")
         raise SiteConfigError(problems) from exc
 
 

@@ -81,6 +81,70 @@ def test_a_site_file_that_is_not_utf8_is_named_with_its_line(
     ]
 
 
+@pytest.mark.parametrize(
+    ("night", "schedule", "start", "end", "from_", "to"),
+    [
+        ("{start: 22:00, end: 06:00}", "{from: 10:30, to: 23:59}", "22:00", "06:00", "10:30",
+         "23:59"),
+        ('{start: "22:00", end: "06:00"}', '{from: "10:30", to: "23:59"}', "22:00", "06:00",
+         "10:30", "23:59"),
+        ("{start: 23:30, end: 08:15}", "{from: 00:00, to: 12:00}", "23:30", "08:15", "00:00",
+         "12:00"),
+    ],
+)  # fmt: skip
+def test_unquoted_times_are_taken_as_written(
+    night: str, schedule: str, start: str, end: str, from_: str, to: str
+) -> None:
+    zone = ZONE.format(rule="crowd_gathering", field="x", value="").replace("{x: []}", "{}")
+    zone = zone.replace("        rules:", f"        schedule: {schedule}\n        rules:")
+    site = parse_site(MINIMAL + zone + f"policy:\n  night: {night}\n")
+    assert (site.policy.night.start, site.policy.night.end) == (start, end)
+    sched = site.cameras[0].zones[0].schedule
+    assert sched is not None
+    assert (sched.from_, sched.to) == (from_, to)
+
+
+HHMM_PATTERN = "String should match pattern '^([01]\\d|2[0-3]):([0-5]\\d)$'"
+
+
+@pytest.mark.parametrize(
+    ("patch", "problem"),
+    [
+        ("policy: {night: {start: 1320, end: '06:00'}}",
+         '2: policy.night.start: Value error, 1320 is not a time: write times as HH:MM in '
+         'quotes, e.g. "22:00"'),
+        ("policy: {night: {start: 24:00, end: '06:00'}}",
+         f"2: policy.night.start: {HHMM_PATTERN}"),
+        ("policy: {night: {start: '22:00', end: 6:00}}",
+         f"2: policy.night.end: {HHMM_PATTERN}"),
+        ("policy: {categories: {smoke: {scheme: dcm, code: 0102, name_zh: 烟雾}}}",
+         '2: policy.categories.smoke.code: 0102 is read as the number 66 (YAML reads a leading '
+         '0 as octal): write it in quotes, e.g. "0102"'),
+        ("policy: {categories: {smoke: {scheme: dcm, code: 10:30, name_zh: 烟雾}}}",
+         "2: policy.categories.smoke.code: 10:30 is read as the number 630 (YAML reads digits "
+         'joined by \':\' as base 60): write it in quotes, e.g. "10:30"'),
+        ("policy: {categories: {smoke: {scheme: dcm, code: 1.10, name_zh: 烟雾}}}",
+         "2: policy.categories.smoke.code: 1.10 is read as the number 1.1: write it in quotes, "
+         'e.g. "1.10"'),
+        ("policy: {routing: {smoke: no}}",
+         '2: policy.routing.smoke: no is read as false: write it in quotes, e.g. "no"'),
+        ("mqtt: {prefix: 0755}",
+         "2: mqtt.prefix: 0755 is read as the number 493 (YAML reads a leading 0 as octal): "
+         'write it in quotes, e.g. "0755"'),
+        ("sensors: [{id: 0017, kind: smoke, location: {address: x}}]",
+         "2: sensors[0].id: 0017 is read as the number 15 (YAML reads a leading 0 as octal): "
+         'write it in quotes, e.g. "0017"'),
+        ("sensors: [{id: s1, kind: smoke, location: {grid_code: 110105}}]",
+         "2: sensors[0].location.grid_code: 110105 is read as the number 110105: write it in "
+         'quotes, e.g. "110105"'),
+    ],
+)  # fmt: skip
+def test_unquoted_numbers_where_text_is_expected_say_to_quote(patch: str, problem: str) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(f"site: {{name: T}}\n{patch}\n", "s.yaml")
+    assert info.value.problems == [f"s.yaml:{problem}"]
+
+
 def test_duplicate_keys_are_rejected() -> None:
     with pytest.raises(SiteConfigError) as info:
         parse_site(MINIMAL + "site: {name: again}\n", "s.yaml")
