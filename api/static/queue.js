@@ -46,8 +46,20 @@ const sourceId = (c) => (c.source?.camera_id || c.source?.sensor_id || c.source?
 const cameraId = (c) => c.source?.camera_id || c.camera_id || '';
 const sensorId = (c) => c.source?.sensor_id || c.sensor_id || '';
 
+// Frames of a kind accumulate as a detector sends better ones while an episode goes on: show
+// the newest (captured last; the later one in the list when the times do not tell), except
+// for first_seen, which is the earliest sighting.
 function evidenceOf(c, kind) {
-  return (c.evidence || []).find((e) => e.kind === kind && e.sha256);
+  const earliest = kind === 'first_seen';
+  let best;
+  for (const e of c.evidence || []) {
+    if (e.kind !== kind || !e.sha256) continue;
+    const at = Date.parse(e.captured_at || '');
+    const bestAt = best ? Date.parse(best.captured_at || '') : NaN;
+    if (!best) best = e;
+    else if (earliest) { if (at < bestAt) best = e; } else if (!(at < bestAt)) best = e;
+  }
+  return best;
 }
 
 function thumbnailSha(c) {
@@ -240,7 +252,8 @@ function renderDetail() {
   const annotated = evidenceOf(c, 'annotated');
   const clean = evidenceOf(c, 'clean') || evidenceOf(c, 'snapshot');
   const main = state.annotated ? (annotated || clean) : (clean || annotated);
-  const mainKind = main === annotated ? t('d.annotated') : t('d.clean');
+  const showsAnnotated = main != null && main === annotated;
+  const mainKind = showsAnnotated ? t('d.annotated') : t('d.clean');
   const others = (c.evidence || []).filter((e) => !IMAGE_KINDS.includes(e.kind));
   const actions = el('div', { class: 'actions' },
     el('button', { type: 'button', id: 'act-confirm', text: t('d.confirm'), onclick: () => decide('confirm') }),
@@ -256,8 +269,15 @@ function renderDetail() {
     main
       ? el('div', { class: 'main-evidence' },
         el('div', { class: 'toggle' },
-          el('button', { type: 'button', id: 'toggle-annotated', class: state.annotated ? 'on' : '', text: t('d.annotated'), onclick: () => toggle(true) }),
-          el('button', { type: 'button', id: 'toggle-clean', class: state.annotated ? '' : 'on', text: t('d.clean'), onclick: () => toggle(false) })),
+          // The toggle tells which frame is shown; a kind the candidate lacks cannot be picked.
+          el('button', {
+            type: 'button', id: 'toggle-annotated', class: showsAnnotated ? 'on' : '', text: t('d.annotated'),
+            ...(annotated ? {} : { disabled: '' }), onclick: () => toggle(true),
+          }),
+          el('button', {
+            type: 'button', id: 'toggle-clean', class: showsAnnotated ? '' : 'on', text: t('d.clean'),
+            ...(clean ? {} : { disabled: '' }), onclick: () => toggle(false),
+          })),
         figure(main, mainKind, 'main'))
       : el('p', { class: 'muted', text: t('d.noimage') }),
     el('div', { class: 'dwell' }, figure(evidenceOf(c, 'first_seen'), t('d.first')), figure(evidenceOf(c, 'latest'), t('d.latest'))),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+
+from .conftest import annotate
 
 pytestmark = [pytest.mark.browser]
 
@@ -273,3 +276,51 @@ def test_zoom_closes_on_keys_and_held_keys_decide_once(
     assert status_of(console, selected)["status"] == "confirmed"
     assert status_of(console, other)["status"] == "new"
     assert ui.rows() == [other]
+
+
+def test_the_newest_frames_of_a_kind_are_shown(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    bins = seeder.sensor_candidate(frames, sensor_id="bf-0001")
+    # The detector sends a better annotated and clean frame later; evidence accumulates.
+    now = datetime.now(SITE_TZ)
+    newer = {
+        "annotated": seeder._ref(annotate(frames[2], "better"), "annotated", now),
+        "clean": seeder._ref(frames[2], "clean", now),
+    }
+    response = seeder.client.patch(
+        f"/candidates/{case['id']}",
+        json={"evidence": list(newer.values())},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 200, response.text
+    kinds = [e["kind"] for e in response.json()["evidence"]]
+    assert kinds.count("annotated") == 2 and kinds.count("clean") == 2, kinds
+
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([case["id"], bins["id"]])
+    page.click(f"#queue-body tr[data-id='{case['id']}']")
+    main = f"#detail:has-text('{case['id'][:8]}') figure.main img"
+    page.wait_for_selector(main)
+    assert page.get_attribute(main, "src") == f"/api/v1/evidence/{newer['annotated']['sha256']}"
+    assert (
+        page.get_attribute(f"#queue-body tr[data-id='{case['id']}'] img.thumb", "src")
+        == f"/api/v1/evidence/{newer['annotated']['sha256']}"
+    )
+    assert page.is_enabled("#toggle-clean")
+    page.click("#toggle-clean")
+    page.wait_for_selector("#toggle-clean.on")
+    assert page.get_attribute(main, "src") == f"/api/v1/evidence/{newer['clean']['sha256']}"
+    ui.shot("newest-clean")
+
+    # The sensor case has a snapshot and no annotated frame: the toggle does not claim one.
+    page.click(f"#queue-body tr[data-id='{bins['id']}']")
+    page.wait_for_selector(f"#detail:has-text('{bins['id'][:8]}') figure.main img")
+    page.keyboard.press("a")  # the reviewer asks for the annotated frame again
+    page.wait_for_selector(f"#detail:has-text('{bins['id'][:8]}') #toggle-clean.on")
+    assert not page.is_enabled("#toggle-annotated")
+    assert page.get_attribute("#toggle-annotated", "class") == ""
+    assert page.inner_text("#detail figure.main figcaption").startswith("原图 ")
+    ui.shot("no-annotated")
