@@ -4,6 +4,13 @@ import { dialog, ref, toast, typeName } from './app.js';
 import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
+// The decisions the API accepts in each status (api/status.py REVIEW); none in the others.
+const DECISIONS = {
+  new: ['confirm', 'reject', 'return', 'merge'],
+  incomplete: ['reject', 'return', 'merge'],
+  returned: ['reject', 'merge'],
+};
+const allowed = (c, decision) => (DECISIONS[c.status] || []).includes(decision);
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
   initialised: false, loadSeq: 0, busy: false,
@@ -255,11 +262,12 @@ function renderDetail() {
   const showsAnnotated = main != null && main === annotated;
   const mainKind = showsAnnotated ? t('d.annotated') : t('d.clean');
   const others = (c.evidence || []).filter((e) => !IMAGE_KINDS.includes(e.kind));
+  const action = (decision) => el('button', {
+    type: 'button', id: `act-${decision}`, text: t(`d.${decision}`),
+    ...(allowed(c, decision) ? {} : { disabled: '' }), onclick: () => decide(decision),
+  });
   const actions = el('div', { class: 'actions' },
-    el('button', { type: 'button', id: 'act-confirm', text: t('d.confirm'), onclick: () => decide('confirm') }),
-    el('button', { type: 'button', id: 'act-reject', text: t('d.reject'), onclick: () => decide('reject') }),
-    el('button', { type: 'button', id: 'act-return', text: t('d.return'), onclick: () => decide('return') }),
-    el('button', { type: 'button', id: 'act-merge', text: t('d.merge'), onclick: () => decide('merge') }));
+    action('confirm'), action('reject'), action('return'), action('merge'));
   const parts = [
     el('header', { class: 'detail-head' },
       el('h2', {}, `${name.main} `, el('small', { class: 'muted', text: name.other })),
@@ -366,6 +374,10 @@ function mergePicker(current) {
 async function decide(decision) {
   const c = state.items[state.selected];
   if (!c || state.busy) return; // one decision at a time: a double press must not hit the next case
+  if (!allowed(c, decision)) {
+    toast(`${t('err.notallowed')} (${t(`s.${c.status}`)})`, true);
+    return;
+  }
   state.busy = true;
   try {
     await decideOn(c, decision);
@@ -385,7 +397,16 @@ async function decideOn(c, decision) {
     toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
     applyUpdate(updated, true);
   } catch (err) {
-    toast(err instanceof ApiError && err.status === 409 ? t('err.conflict') : err.message, true);
+    if (!(err instanceof ApiError && err.status === 409)) {
+      toast(err.message, true);
+      return;
+    }
+    // Someone else decided first (or the case changed meanwhile): say what the API said and
+    // show the case as it is now, so its badge and buttons tell what is still possible.
+    toast(`${t('err.conflict')}: ${err.message}`, true);
+    let current;
+    try { current = await get(`/candidates/${c.id}`); } catch { return; }
+    applyUpdate(current, false);
   }
 }
 

@@ -324,3 +324,50 @@ def test_the_newest_frames_of_a_kind_are_shown(
     assert page.get_attribute("#toggle-annotated", "class") == ""
     assert page.inner_text("#detail figure.main figcaption").startswith("原图 ")
     ui.shot("no-annotated")
+
+
+def test_a_conflicting_decision_shows_the_case_as_it_is_now(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    second = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
+    page = ui.page
+    # No live updates reach this tab: it learns of the other reviewer's decision only from
+    # the 409 of its own.
+    page.route("**/api/v1/events", lambda route: route.abort())
+    ui.login("reviewer")
+    ui.wait_rows([first["id"], second["id"]])
+    page.select_option("#f-status", "")  # all statuses: a decided case stays in the list
+    ui.wait_rows([first["id"], second["id"]])
+    selected = ui.selected()
+    page.wait_for_selector(f"#detail:has-text('{selected[:8]}') #act-confirm:enabled")
+
+    with console.client("reviewer") as client:
+        response = client.post(f"/candidates/{selected}/review", json={"decision": "confirm"})
+        assert response.status_code == 200, response.text
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#queue-body tr[data-id='{selected}'] .badge.s-confirmed")
+    page.wait_for_selector(f"#detail:has-text('{selected[:8]}') .detail-head .badge.s-confirmed")
+    assert page.inner_text("#toast") == (
+        "状态已变化，无法执行: cannot reject a candidate that is confirmed"
+    )
+    for decision in ("confirm", "reject", "return", "merge"):
+        assert not page.is_enabled(f"#act-{decision}"), decision
+    assert ui.selected() == selected
+    ui.shot("conflict")
+    assert status_of(console, selected)["status"] == "confirmed"
+
+    # In the default "new" queue the case decided elsewhere leaves the list on the 409.
+    other = second["id"] if selected == first["id"] else first["id"]
+    page.select_option("#f-status", "new")
+    ui.wait_rows([other])
+    page.wait_for_selector(f"#detail:has-text('{other[:8]}') #act-confirm:enabled")
+    with console.client("reviewer") as client:
+        response = client.post(f"/candidates/{other}/review", json={"decision": "return"})
+        assert response.status_code == 200, response.text
+    page.keyboard.press("c")
+    ui.wait_rows([])
+    assert page.inner_text("#toast").endswith("cannot confirm a candidate that is returned")
+    assert status_of(console, other)["status"] == "returned"
