@@ -504,12 +504,12 @@ class Camera(Strict):
     zones: list[Zone] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _sampling(self) -> Camera:
+    def _sampling(self, info: ValidationInfo) -> Camera:
         if self.fps is not None and self.interval_s is not None:
             raise ValueError("give either fps (continuous) or interval_s (patrol), not both")
         ids = [z.id for z in self.zones]
         dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
+        if dup and not (info.context or {}).get("ids_checked"):
             raise ValueError(f"duplicate zone id(s) {dup}")
         return self
 
@@ -598,13 +598,14 @@ class Site(Strict):
     sensors: list[Sensor] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _references(self) -> Site:
+    def _references(self, info: ValidationInfo) -> Site:
+        # parse_site reports duplicates itself, each at its own line.
         for what, ids in (
             ("camera", [c.id for c in self.cameras]),
             ("sensor", [s.id for s in self.sensors]),
         ):
             dup = sorted({i for i in ids if ids.count(i) > 1})
-            if dup:
+            if dup and not (info.context or {}).get("ids_checked"):
                 raise ValueError(f"duplicate {what} id(s) {dup}")
         known = {c.id for c in self.cameras}
         for sensor in self.sensors:
@@ -714,6 +715,40 @@ def _clean_loc(loc: tuple[str | int, ...]) -> Path_:
     )
 
 
+def _duplicate_ids(
+    data: dict[str, Any], lines: dict[Path_, int], name: str
+) -> list[tuple[int, str]]:
+    """A problem for every camera, sensor or zone (within its camera) whose id came before."""
+    lists: list[tuple[str, Path_, Any]] = [
+        ("camera", ("cameras",), data.get("cameras")),
+        ("sensor", ("sensors",), data.get("sensors")),
+    ]
+    cameras = data.get("cameras")
+    for i, cam in enumerate(cameras if isinstance(cameras, list) else []):
+        if isinstance(cam, dict):
+            lists.append(("zone", ("cameras", i, "zones"), cam.get("zones")))
+    problems = []
+    for what, path, items in lists:
+        first: dict[str, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else []):
+            ident = item.get("id") if isinstance(item, dict) else None
+            if not isinstance(ident, str):
+                continue
+            loc = (*path, i, "id")
+            line = _line_for(loc, lines)
+            if ident in first:
+                problems.append(
+                    (
+                        line,
+                        f"{name}:{line}: {_dotted(loc)}: duplicate {what} id {ident!r} "
+                        f"(first at line {first[ident]})",
+                    )
+                )
+            else:
+                first[ident] = line
+    return problems
+
+
 def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | None = None) -> Site:
     """Validate site-file text; raise :class:`SiteConfigError` naming file, line and field.
 
@@ -733,24 +768,29 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     data = _to_python(root, (), lines, name, texts)
     if not isinstance(data, dict):
         raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
+    duplicates = _duplicate_ids(data, lines, name)
+    cameras = data.get("cameras")
+    ids = (
+        {c.get("id") for c in cameras if isinstance(c, dict)}
+        if isinstance(cameras, list)
+        else set()
+    )
+    context = {"camera_ids": ids, "class_names": class_names, "ids_checked": True}
     try:
-        cameras = data.get("cameras")
-        ids = (
-            {c.get("id") for c in cameras if isinstance(c, dict)}
-            if isinstance(cameras, list)
-            else set()
-        )
-        context = {"camera_ids": ids, "class_names": class_names}
-        return Site.model_validate(data, context=context)
+        site = Site.model_validate(data, context=context)
     except ValidationError as exc:
-        problems = []
+        problems = list(duplicates)
         for err in exc.errors():
             loc = _clean_loc(err["loc"])
             msg = err["msg"]
             if err["type"] == "string_type" and loc in texts:
                 msg = _read_as(texts[loc], err["input"])
-            problems.append(f"{name}:{_line_for(loc, lines)}: {_dotted(loc)}: {msg}")
-        raise SiteConfigError(problems) from exc
+            line = _line_for(loc, lines)
+            problems.append((line, f"{name}:{line}: {_dotted(loc)}: {msg}"))
+        raise SiteConfigError([p for _, p in sorted(problems, key=lambda p: p[0])]) from exc
+    if duplicates:
+        raise SiteConfigError([p for _, p in sorted(duplicates, key=lambda p: p[0])])
+    return site
 
 
 def load_site(path: str | Path, class_names: Sequence[str] | None = None) -> Site:

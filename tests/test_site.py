@@ -151,6 +151,61 @@ def test_duplicate_keys_are_rejected() -> None:
     assert info.value.problems == ["s.yaml:7: site: duplicate key"]
 
 
+CAMERA = "  - {{id: {id}, source: a.mp4, location: {{address: x}}{zones}}}\n"
+SENSOR = "  - {{id: {id}, kind: smoke, location: {{address: x}}}}\n"
+ZONE_OF = "{{id: {id}, polygon: [[0, 0], [1, 0], [1, 1]]}}"
+
+
+def _site_with(cameras: list[tuple[str, list[str]]], sensors: list[str]) -> str:
+    text = "site: {name: T}\ncameras:\n"
+    for cam, zones in cameras:
+        listed = ", ".join(ZONE_OF.format(id=z) for z in zones)
+        text += CAMERA.format(id=cam, zones=f", zones: [{listed}]" if zones else "")
+    if sensors:
+        text += "sensors:\n" + "".join(SENSOR.format(id=s) for s in sensors)
+    return text
+
+
+@pytest.mark.parametrize(
+    ("cameras", "sensors", "problems"),
+    [
+        ([("c1", []), ("c2", []), ("c1", [])], ["s1"],
+         ["5: cameras[2].id: duplicate camera id 'c1' (first at line 3)"]),
+        ([("c1", [])], ["s1", "s2", "s1", "s1"],
+         ["7: sensors[2].id: duplicate sensor id 's1' (first at line 5)",
+          "8: sensors[3].id: duplicate sensor id 's1' (first at line 5)"]),
+        ([("c1", ["z1"]), ("c2", ["z1", "z2", "z1"])], [],
+         ["4: cameras[1].zones[2].id: duplicate zone id 'z1' (first at line 4)"]),
+        ([("c1", []), ("c1", ["z", "z"])], ["c1", "c1"],
+         ["4: cameras[1].id: duplicate camera id 'c1' (first at line 3)",
+          "4: cameras[1].zones[1].id: duplicate zone id 'z' (first at line 4)",
+          "7: sensors[1].id: duplicate sensor id 'c1' (first at line 6)"]),
+        ([("c1", ["z1"]), ("c2", ["z1"])], ["c1"], []),
+    ],
+)  # fmt: skip
+def test_a_duplicate_id_is_named_at_its_own_line(
+    cameras: list[tuple[str, list[str]]], sensors: list[str], problems: list[str]
+) -> None:
+    text = _site_with(cameras, sensors)
+    if not problems:
+        assert [c.id for c in parse_site(text).cameras] == [c for c, _ in cameras]
+        return
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml")
+    assert info.value.problems == [f"s.yaml:{p}" for p in problems]
+
+
+def test_a_duplicate_camera_id_fails_check_config_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + MINIMAL.split("cameras:\n")[1])
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:7: cameras[1].id: duplicate camera id 'c1' (first at line 3)",
+        f"{path}: INVALID (1 problem(s))",
+    ]
+
+
 def test_unknown_camera_link_and_rule_type() -> None:
     text = MINIMAL + (
         "sensors:\n  - id: s1\n    kind: smoke\n    location: {address: x}\n    camera: nope\n"
