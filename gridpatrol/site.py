@@ -657,7 +657,7 @@ def _to_python(
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node))
+            key = _scalar(key_node)
             if key in result:
                 raise SiteConfigError(
                     [
@@ -670,12 +670,18 @@ def _to_python(
         return result
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, (*path, i), lines, name, texts) for i, v in enumerate(node.value)]
-    value = yaml.safe_load(yaml.serialize(node))
+    value = _scalar(node)
     if node.style is None and isinstance(value, bool | int | float):
         texts[path] = node.value
         if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
             return _Sexagesimal(value, node.value)
     return value
+
+
+def _scalar(node: yaml.Node) -> Any:
+    # Constructed in place: an empty value (``name:``) serialises to a document of its own
+    # that does not load back.
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
 
 
 def _read_as(text: str, value: Any) -> str:
@@ -765,7 +771,12 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
         raise SiteConfigError([f"{name}:1: (top level): the file is empty"])
     lines: dict[Path_, int] = {}
     texts: dict[Path_, str] = {}
-    data = _to_python(root, (), lines, name, texts)
+    try:
+        data = _to_python(root, (), lines, name, texts)
+    except yaml.YAMLError as exc:  # a tag the safe loader does not construct
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise SiteConfigError([f"{name}:{line}: YAML: {exc}"]) from exc
     if not isinstance(data, dict):
         raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
     duplicates = _duplicate_ids(data, lines, name)

@@ -206,6 +206,26 @@ def test_a_duplicate_camera_id_fails_check_config_at_its_line(tmp_path: Path) ->
     ]
 
 
+@pytest.mark.parametrize(
+    ("patch", "first"),
+    [
+        (("fps: 2", "fps: 2\n    name:"), ":6: cameras[0].name: Input should be a valid string"),
+        (("cameras:", "sensors:\ncameras:"), ":2: sensors: Input should be a valid list"),
+        (("id: c1", "id: !camera c1"),
+         ":3: YAML: could not determine a constructor for the tag '!camera'"),
+    ],
+)  # fmt: skip
+def test_an_empty_value_or_an_unknown_tag_is_a_problem_not_a_crash(
+    tmp_path: Path, patch: tuple[str, str], first: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL.replace(*patch))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"{path}{first}"
+    assert result.stderr.splitlines()[-1] == f"{path}: INVALID (1 problem(s))"
+
+
 def test_unknown_camera_link_and_rule_type() -> None:
     text = MINIMAL + (
         "sensors:\n  - id: s1\n    kind: smoke\n    location: {address: x}\n    camera: nope\n"
