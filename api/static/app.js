@@ -1,7 +1,7 @@
 // Console entry: session, navigation, shared reference data, toasts and the modal dialog.
 import { ApiError, get, request, setCsrf } from './api.js';
 import { applyStatic, currentLang, setLang, t } from './i18n.js';
-import { initQueue, showQueue } from './queue.js';
+import { connectEvents, initQueue, showQueue, stopEvents } from './queue.js';
 import { showStats } from './stats.js';
 import { showZones } from './zones.js';
 
@@ -79,6 +79,7 @@ async function enter(session) {
   $('#app').hidden = false;
   await loadReference();
   initQueue();
+  connectEvents(); // every time: after a new login the old stream is closed or refused
   route();
 }
 
@@ -127,6 +128,7 @@ async function start() {
   window.addEventListener('gp:unauthorized', () => {
     if (!ref.session) return;
     ref.session = null;
+    stopEvents();
     showLogin();
   });
   try {

@@ -14,6 +14,7 @@ const allowed = (c, decision) => (DECISIONS[c.status] || []).includes(decision);
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
   initialised: false, loadSeq: 0, busy: false,
+  missed: false, retries: 0, retryTimer: null, // live updates: see connectEvents
 };
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -123,8 +124,11 @@ function matches(c) {
   return true;
 }
 
-async function load(append = false) {
+// The first page of the queue (or, with append, the next one). keep holds on to the selected
+// case when it is still listed (a reload after lost live updates must not move the reviewer).
+async function load(append = false, keep = false) {
   const seq = ++state.loadSeq;
+  const keepId = keep ? state.items[state.selected]?.id : undefined;
   const params = { ...filters(), limit: 50 };
   if (append && state.cursor) params.cursor = state.cursor;
   let page;
@@ -137,7 +141,10 @@ async function load(append = false) {
   if (seq !== state.loadSeq) return; // a newer filter change won
   state.items = append ? [...state.items, ...page.items] : page.items;
   state.cursor = page.next_cursor || null;
-  if (!append) state.selected = state.items.length ? 0 : -1;
+  if (!append) {
+    const kept = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
+    state.selected = kept >= 0 ? kept : (state.items.length ? 0 : -1);
+  }
   renderList();
   if (!append) await showDetail();
 }
@@ -473,15 +480,66 @@ async function onEvent(kind, message) {
   }
 }
 
-function connectEvents() {
-  if (state.source) state.source.close();
+// Events carry no ids and the API replays nothing, so after any break in the stream the list is
+// loaded again. The browser reconnects a dropped stream by itself, but gives up for good on an
+// answer other than 200 (a 401 after an API restart, a proxy's 502 or 503): then the console
+// reconnects, with backoff, or shows the login form when the session is gone.
+const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+
+export function connectEvents() {
+  stopEvents();
+  state.missed = false; // (re)entering the console loads the list anyway
   const source = new EventSource('/api/v1/events', { withCredentials: true });
   const live = $('#live');
-  source.onopen = () => { live.className = 'live on'; };
-  source.onerror = () => { live.className = 'live off'; };
+  source.onopen = () => {
+    live.className = 'live on';
+    state.retries = 0;
+    if (state.missed) {
+      state.missed = false;
+      load(false, true);
+    }
+  };
+  source.onerror = () => {
+    live.className = 'live off';
+    state.missed = true;
+    if (source.readyState === EventSource.CLOSED && state.source === source) retryEvents();
+  };
   source.addEventListener('candidate.created', (m) => onEvent('candidate.created', m));
   source.addEventListener('candidate.changed', (m) => onEvent('candidate.changed', m));
   state.source = source;
+}
+
+function retryEvents() {
+  clearTimeout(state.retryTimer);
+  const delay = RETRY_MS[Math.min(state.retries, RETRY_MS.length - 1)];
+  state.retries += 1;
+  state.retryTimer = setTimeout(async () => {
+    state.retryTimer = null;
+    try {
+      await get('/session');
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) {
+        // The session is gone (e.g. a new session secret after a restart): log in again;
+        // entering the console connects the events again.
+        stopEvents();
+        window.dispatchEvent(new CustomEvent('gp:unauthorized'));
+      } else {
+        retryEvents(); // the API is still down or unreachable
+      }
+      return;
+    }
+    const missed = state.missed;
+    connectEvents();
+    state.missed = missed;
+  }, delay);
+}
+
+export function stopEvents() {
+  clearTimeout(state.retryTimer);
+  state.retryTimer = null;
+  if (state.source) state.source.close();
+  state.source = null;
+  $('#live').className = 'live off';
 }
 
 // ---- entry points ---------------------------------------------------------------------------
@@ -501,7 +559,6 @@ export function initQueue() {
   setInterval(() => {
     document.querySelectorAll('#queue-body td.age').forEach((td) => { td.textContent = age(td.dataset.at); });
   }, 15000);
-  connectEvents();
 }
 
 export function showQueue() {

@@ -371,3 +371,69 @@ def test_a_conflicting_decision_shows_the_case_as_it_is_now(
     ui.wait_rows([])
     assert page.inner_text("#toast").endswith("cannot confirm a candidate that is returned")
     assert status_of(console, other)["status"] == "returned"
+
+
+def test_live_updates_resume_after_a_broken_or_refused_event_stream(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    missed: list[dict[str, Any]] = []
+    requests: list[int] = []
+    up = {"now": False}
+    # A stream that opens and ends at once; the browser reconnects after 100 ms by itself.
+    short_stream = {"status": 200, "content_type": "text/event-stream", "body": "retry: 100\n\n"}
+
+    def events(route: Any) -> None:
+        n = len(requests)
+        requests.append(n)
+        if n == 0:  # the stream opens, then breaks
+            route.fulfill(**short_stream)
+        elif n == 1:  # a candidate arrives while the console is not connected
+            missed.append(seeder.camera_candidate(frames, minutes_ago=2, **VENDING))
+            route.fulfill(**short_stream)
+        elif n == 2 or not up["now"]:  # a proxy answers 503: EventSource gives up for good
+            route.fulfill(status=503, body="no upstream")
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/events", events)
+    ui.login("reviewer")
+    # Reopened after a break, the console loads the list again: the missed case is there.
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    ui.wait_rows([first["id"], missed[0]["id"]])
+
+    # After the 503 (readyState CLOSED) the console reconnects by itself, with backoff.
+    later = seeder.camera_candidate(frames, minutes_ago=1, **VENDING)
+    up["now"] = True
+    ui.wait_rows([first["id"], missed[0]["id"], later["id"]])
+    page.wait_for_selector("#live.on")
+    assert len(requests) >= 4
+    live = seeder.camera_candidate(frames, minutes_ago=0, **PARKING)
+    ui.wait_rows([first["id"], missed[0]["id"], later["id"], live["id"]])
+    ui.shot("reconnected")
+
+
+def test_live_updates_resume_after_logging_in_again(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    ui.login("reviewer")
+    ui.wait_rows([first["id"]])
+    page.wait_for_selector("#live.on")
+
+    # The API restarts with a new session secret: the event stream's reconnect gets a 401,
+    # so the console asks the reviewer to log in again.
+    console.stop()
+    page.wait_for_selector("#live.off", state="attached")
+    console.start()
+    page.wait_for_selector("#login:not([hidden])")
+    ui.shot("login-again")
+    page.fill("#token", console.tokens["reviewer"])
+    page.click("#login-form button[type=submit]")  # the same page: no reload
+    page.wait_for_selector("#app:not([hidden])")
+    page.wait_for_selector("#live.on")
+    fresh = seeder.camera_candidate(frames, minutes_ago=0, **VENDING)
+    ui.wait_rows([first["id"], fresh["id"]])
+    ui.shot("live-again")
