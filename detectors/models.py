@@ -37,6 +37,10 @@ class MissingExtraError(RuntimeError):
     """The optional ``ultralytics`` extra is needed but not installed."""
 
 
+class ModelLoadError(RuntimeError):
+    """The weights are there but the runtime cannot read them (a broken or partial copy)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestEntry:
     name: str
@@ -175,6 +179,7 @@ def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) ->
                 f"and metadata.yaml), found {len(xmls)}"
             )
         entry = manifest.entry_for_folder(path.name)
+        _require_weights(xmls[0])
         return ModelSpec(entry.name if entry else xmls[0].stem, xmls[0], "openvino", source, entry)
     formats: dict[str, ModelFormat] = {".xml": "openvino", ".onnx": "onnx", ".pt": "pt"}
     fmt = formats.get(path.suffix.lower())
@@ -182,8 +187,21 @@ def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) ->
         raise ModelNotFoundError(
             f"{path}: unsupported model file; use an IR folder, .xml, .onnx or .pt"
         )
+    if fmt == "openvino":
+        _require_weights(path)
     entry = manifest.entry_for_folder(path.parent.name) or manifest.entry(path.stem)
     return ModelSpec(entry.name if entry else path.stem, path, fmt, source, entry)
+
+
+def _require_weights(xml: Path) -> None:
+    """An OpenVINO IR is the .xml and the .bin beside it: a copy without the .bin is unusable."""
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise ModelNotFoundError(
+            f"{xml.parent} is an incomplete OpenVINO IR: {xml.name} is there but its weights "
+            f"{weights.name} are missing; copy the whole folder ({xml.name}, {weights.name} and "
+            f"metadata.yaml)"
+        )
 
 
 def _resolve_entry(entry: ManifestEntry, manifest: Manifest, download: bool = True) -> ModelSpec:
@@ -277,7 +295,13 @@ def read_metadata(spec: ModelSpec) -> dict[str, object]:
     meta = spec.path.parent / "metadata.yaml"
     if not meta.is_file():
         return {}
-    data = yaml.safe_load(meta.read_text(encoding="utf-8"))
+    try:
+        data = yaml.safe_load(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelNotFoundError(
+            f"{meta}: the model's metadata cannot be read ({' '.join(str(exc).split())}); "
+            f"copy the whole model folder again"
+        ) from exc
     return data if isinstance(data, dict) else {}
 
 
@@ -368,15 +392,29 @@ def load_backend(
         spec = ModelSpec(spec.name, spec_from_path(folder, "export").path, "openvino", "export")
     from gridpatrol.detectors.openvino_backend import OpenVinoBackend
 
-    return OpenVinoBackend(
-        spec.path,
-        model_info(spec),
-        feature_nodes=feature_nodes,
-        mode=mode,
-        conf=conf,
-        iou=iou,
-        rect=rect,
-    )
+    info = model_info(spec)
+    try:
+        return OpenVinoBackend(
+            spec.path,
+            info,
+            feature_nodes=feature_nodes,
+            mode=mode,
+            conf=conf,
+            iou=iou,
+            rect=rect,
+        )
+    except RuntimeError as exc:  # OpenVINO's read or compile: a truncated or foreign file
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        fix = (
+            f"copy the whole IR folder ({spec.path.name}, {spec.path.with_suffix('.bin').name} "
+            f"and metadata.yaml) again"
+            if spec.format == "openvino"
+            else f"export {spec.path.name} again"
+        )
+        raise ModelLoadError(
+            f"OpenVINO cannot load model {spec.name!r} from {spec.path}: "
+            f"{lines[-1] if lines else type(exc).__name__}; {fix} or give another --model"
+        ) from exc
 
 
 def ultralytics_available() -> bool:

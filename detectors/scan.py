@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from gridpatrol.detectors.models import (
     MissingExtraError,
+    ModelLoadError,
     ModelNotFoundError,
     class_names,
     load_backend,
@@ -317,6 +318,10 @@ def run(args: argparse.Namespace) -> int:
         judge = Judge(backend.info, heads, context)
     except (ScanError, SiteConfigError, ModelNotFoundError, MissingExtraError, ValueError) as exc:
         print(f"scan: {exc}", file=sys.stderr)
+        return 2
+    except (ModelLoadError, OSError, RuntimeError) as exc:  # the model's files, its runtime
+        what = "" if isinstance(exc, ModelLoadError) else "cannot load the model or the heads: "
+        print(f"scan: {what}{exc}", file=sys.stderr)
         return 2
     failed = 0
     try:

@@ -16,6 +16,7 @@ import yaml
 from gridpatrol.detectors import models
 from gridpatrol.detectors.models import (
     MissingExtraError,
+    ModelLoadError,
     ModelNotFoundError,
     ModelSpec,
     file_sha256,
@@ -114,6 +115,76 @@ def test_folder_without_ir_is_an_error(isolated: Path) -> None:
     empty.mkdir()
     with pytest.raises(ModelNotFoundError, match=r"exactly one \.xml"):
         resolve_model(str(empty))
+
+
+def _partial_copy(shared_dir: Path, folder: Path, files: dict[str, int | None]) -> None:
+    """yolo11n's IR files into ``folder``: whole (None) or their first n bytes."""
+    src = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    folder.mkdir(parents=True)
+    for name, size in files.items():
+        (folder / name).write_bytes((src / name).read_bytes()[:size])
+
+
+INCOMPLETE = (
+    "{folder} is an incomplete OpenVINO IR: yolo11n.xml is there but its weights yolo11n.bin are "
+    "missing; copy the whole folder (yolo11n.xml, yolo11n.bin and metadata.yaml)"
+)
+
+
+@pytest.mark.parametrize(
+    ("arg", "folder"),
+    [
+        ("{models}/copy_openvino_model", "{models}/copy_openvino_model"),
+        ("{models}/copy_openvino_model/yolo11n.xml", "{models}/copy_openvino_model"),
+        ("yolo11n", "{models}/yolo11n_int8_openvino_model"),  # found by name in models/
+    ],
+)
+def test_an_ir_without_its_bin_says_what_is_missing_where(
+    isolated: Path, shared_dir: Path, arg: str, folder: str
+) -> None:
+    models_dir = isolated / "models"
+    path = Path(folder.format(models=models_dir))
+    _partial_copy(shared_dir, path, {"yolo11n.xml": None, "metadata.yaml": None})
+    with pytest.raises(ModelNotFoundError) as info:
+        resolve_model(arg.format(models=models_dir))
+    assert str(info.value) == INCOMPLETE.format(folder=path.resolve())
+
+
+def test_unreadable_metadata_is_a_model_error(isolated: Path, shared_dir: Path) -> None:
+    folder = isolated / "models" / "copy_openvino_model"
+    _partial_copy(shared_dir, folder, {"yolo11n.xml": None, "yolo11n.bin": None})
+    (folder / "metadata.yaml").write_text("names: {0: person\n")
+    spec = resolve_model(str(folder))
+    with pytest.raises(ModelNotFoundError) as info:
+        model_info(spec)
+    assert str(info.value).startswith(
+        f"{folder.resolve() / 'metadata.yaml'}: the model's metadata cannot be read (while "
+        "parsing a flow mapping"
+    )
+    assert str(info.value).endswith("; copy the whole model folder again")
+
+
+@pytest.mark.parametrize(
+    ("files", "reason"),
+    [
+        ({"yolo11n.xml": None, "yolo11n.bin": 1000, "metadata.yaml": None},
+         "Incorrect weights in bin file!"),
+        ({"yolo11n.xml": 500, "yolo11n.bin": None, "metadata.yaml": None},
+         "Error parsing element attribute at offset 493"),
+    ],
+)  # fmt: skip
+def test_an_ir_openvino_cannot_read_is_a_model_load_error(
+    isolated: Path, shared_dir: Path, files: dict[str, int | None], reason: str
+) -> None:
+    folder = isolated / "models" / "copy_openvino_model"
+    _partial_copy(shared_dir, folder, files)
+    spec = resolve_model(str(folder))
+    with pytest.raises(ModelLoadError) as info:
+        load_backend(spec)
+    assert str(info.value) == (
+        f"OpenVINO cannot load model 'yolo11n' from {spec.path}: {reason}; copy the whole IR "
+        "folder (yolo11n.xml, yolo11n.bin and metadata.yaml) again or give another --model"
+    )
 
 
 def test_model_info_records_name_version_hash_and_classes(isolated: Path) -> None:

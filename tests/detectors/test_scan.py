@@ -187,6 +187,37 @@ def test_setup_errors_exit_2_without_output(tmp_path: Path, args: list[str], mes
     assert message in stderr
 
 
+@pytest.mark.parametrize(
+    ("files", "arg", "message"),
+    [
+        ({"yolo11n.xml": None, "metadata.yaml": None}, "",
+         "scan: {folder} is an incomplete OpenVINO IR: yolo11n.xml is there but its weights "
+         "yolo11n.bin are missing; copy the whole folder (yolo11n.xml, yolo11n.bin and "
+         "metadata.yaml)"),
+        ({"yolo11n.xml": None, "metadata.yaml": None}, "yolo11n.xml",
+         "scan: {folder} is an incomplete OpenVINO IR: yolo11n.xml is there but its weights "
+         "yolo11n.bin are missing; copy the whole folder (yolo11n.xml, yolo11n.bin and "
+         "metadata.yaml)"),
+        ({"yolo11n.xml": None, "yolo11n.bin": 1000, "metadata.yaml": None}, "",
+         "scan: OpenVINO cannot load model 'yolo11n' from {folder}/yolo11n.xml: Incorrect "
+         "weights in bin file!; copy the whole IR folder (yolo11n.xml, yolo11n.bin and "
+         "metadata.yaml) again or give another --model"),
+    ],
+)  # fmt: skip
+def test_an_incomplete_or_broken_model_is_a_setup_error(
+    tmp_path: Path, shared_dir: Path, files: dict[str, int | None], arg: str, message: str
+) -> None:
+    src = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    folder = tmp_path / "copy_openvino_model"
+    folder.mkdir()
+    for name, size in files.items():
+        (folder / name).write_bytes((src / name).read_bytes()[:size])
+    code, records, stderr = scan("--model", str(folder / arg), str(ASSETS / "bus.jpg"))
+    assert (code, records) == (2, [])
+    assert "Traceback" not in stderr
+    assert stderr.splitlines()[-1] == message.format(folder=folder), stderr
+
+
 def test_a_misspelt_class_in_the_site_file_is_a_setup_error(tmp_path: Path) -> None:
     site = tmp_path / "site.yaml"
     text = SITE.replace("street_vending: {dwell_s: 3}", "street_vending: {props: [umbrela]}")
