@@ -9,7 +9,7 @@ const COLORS = ['#e4572e', '#29a3a3', '#f3a712', '#7768ae', '#4caf50', '#d81b60'
 const HIT = 9; // px: how close a click must be to grab a vertex
 const state = {
   camera: null, image: null, zones: [], sel: -1, vsel: -1, drag: false, schema: null,
-  bound: false,
+  bound: false, snapSeq: 0, edits: 0,
 };
 const $ = (sel) => document.querySelector(sel);
 
@@ -122,6 +122,7 @@ function onDown(ev) {
   const at = insertAt(zone.polygon, p);
   zone.polygon.splice(at, 0, p);
   state.vsel = at;
+  edited();
   renderSide();
   draw();
 }
@@ -130,6 +131,7 @@ function onMove(ev) {
   if (!state.drag) return;
   const zone = state.zones[state.sel];
   zone.polygon[state.vsel] = toNorm(ev);
+  edited();
   draw();
 }
 
@@ -144,6 +146,7 @@ function onKey(ev) {
     ev.preventDefault();
     state.zones[state.sel].polygon.splice(state.vsel, 1);
     state.vsel = -1;
+    edited();
     renderSide();
     draw();
   }
@@ -172,6 +175,7 @@ function paramInput(zone, rule, name, prop) {
     placeholder: isList ? (prop.default || []).join(', ') : String(prop.default ?? ''),
     value: value == null ? '' : (isList ? value.join(', ') : String(value)),
     onchange: (ev) => {
+      edited();
       const raw = ev.target.value.trim();
       if (!raw) delete zone.rules[rule][name];
       else if (isList) zone.rules[rule][name] = raw.split(',').map((s) => s.trim()).filter(Boolean);
@@ -189,6 +193,7 @@ function rulesForm(zone) {
     const check = h('input', {
       type: 'checkbox', name: `rule-${rule}`, checked: on,
       onchange: (ev) => {
+        edited();
         if (ev.target.checked) zone.rules[rule] = {};
         else delete zone.rules[rule];
         renderSide();
@@ -211,6 +216,7 @@ function scheduleForm(zone) {
   const box = h('fieldset', {}, h('legend', {}, h('label', {}, h('input', {
     type: 'checkbox', name: 'schedule', checked: on,
     onchange: (ev) => {
+      edited();
       zone.schedule = ev.target.checked ? { days: [...DAYS], from: '06:00', to: '23:00' } : null;
       renderSide();
     },
@@ -220,10 +226,11 @@ function scheduleForm(zone) {
   const days = h('div', { class: 'days' }, ...DAYS.map((d) => h('label', {}, h('input', {
     type: 'checkbox', checked: s.days.includes(d),
     onchange: (ev) => {
+      edited();
       s.days = ev.target.checked ? DAYS.filter((x) => x === d || s.days.includes(x)) : s.days.filter((x) => x !== d);
     },
   }), d)));
-  const time = (key) => h('input', { type: 'time', value: s[key], onchange: (ev) => { s[key] = ev.target.value; } });
+  const time = (key) => h('input', { type: 'time', value: s[key], onchange: (ev) => { edited(); s[key] = ev.target.value; } });
   box.append(days, h('div', {}, time('from'), ' – ', time('to')));
   return box;
 }
@@ -242,7 +249,7 @@ function renderSide() {
   }
   const id = h('input', {
     type: 'text', name: 'zone-id', value: zone.id,
-    onchange: (ev) => { zone.id = ev.target.value.trim(); renderSide(); draw(); },
+    onchange: (ev) => { edited(); zone.id = ev.target.value.trim(); renderSide(); draw(); },
   });
   form.replaceChildren(h('label', {}, h('span', { text: t('z.id') }), id), scheduleForm(zone), rulesForm(zone));
 }
@@ -261,27 +268,55 @@ function loadCamera(id) {
   }));
   state.sel = state.zones.length ? 0 : -1;
   state.vsel = -1;
-  $('#z-yaml').value = '';
+  state.snapSeq += 1; // a snapshot still on its way is another camera's
+  state.edits += 1; // ... and so is a validation
+  showYaml('');
   $('#z-errors').textContent = '';
   renderSide();
   draw();
 }
 
+// The YAML of the last validation; empty (and the buttons off) once the zones change after it.
+function showYaml(text, valid) {
+  const area = $('#z-yaml');
+  area.value = text;
+  if (valid === undefined) delete area.dataset.valid;
+  else area.dataset.valid = String(valid);
+  $('#z-copy').disabled = !text;
+  $('#z-download').disabled = !text;
+}
+
+// Any change of the zones: the YAML validated before no longer describes them.
+function edited() {
+  state.edits += 1;
+  if ($('#z-yaml').value || $('#z-yaml').dataset.valid === 'true') showYaml('', false);
+}
+
 async function snapshot() {
-  if (!state.camera) return;
+  const camera = state.camera;
+  if (!camera) return;
+  const seq = ++state.snapSeq;
+  const canvas = $('#z-canvas');
+  let shown = false;
   try {
-    const blob = await request(`/cameras/${state.camera.id}/snapshot`, { method: 'POST', accept: 'image' });
+    const blob = await request(`/cameras/${camera.id}/snapshot`, { method: 'POST', accept: 'image' });
     const img = new Image();
     img.src = URL.createObjectURL(blob);
     await img.decode();
-    const canvas = $('#z-canvas');
+    // The reviewer may have picked another camera (or asked again) meanwhile: a frame of
+    // this request would then be drawn behind another camera's zones.
+    if (seq !== state.snapSeq) return;
     canvas.width = 960;
     canvas.height = Math.round((960 * img.naturalHeight) / img.naturalWidth);
     state.image = img;
     canvas.dataset.snapshot = 'ok';
+    shown = true;
     draw();
   } catch (err) {
-    toast(`${t('z.nosnap')}: ${err.message}`, true);
+    if (seq === state.snapSeq) toast(`${t('z.nosnap')}: ${err.message}`, true);
+  } finally {
+    // Tells whoever waits (the browser tests) that this request is over, shown or dropped.
+    canvas.dispatchEvent(new CustomEvent('snapshot', { detail: { camera: camera.id, shown } }));
   }
 }
 
@@ -295,16 +330,19 @@ function zonesBody() {
 
 async function validate() {
   if (!state.camera) return;
+  const camera = state.camera;
+  const edits = state.edits;
+  const current = () => state.camera === camera && state.edits === edits;
   const errors = $('#z-errors');
   errors.textContent = '';
   try {
     const result = await post(`/cameras/${state.camera.id}/zones/validate`, { zones: zonesBody() });
-    $('#z-yaml').value = result.yaml;
-    $('#z-yaml').dataset.valid = 'true';
+    if (!current()) return; // edited, or another camera, while the API was checking
+    showYaml(result.yaml, true);
     toast(t('z.valid'));
   } catch (err) {
-    $('#z-yaml').dataset.valid = 'false';
-    $('#z-yaml').value = ''; // never leave an older, now stale, YAML to be copied
+    if (!current()) return;
+    showYaml('', false); // never leave an older, now stale, YAML to be copied
     const list = err instanceof ApiError ? err.problem.errors : null;
     errors.textContent = list?.length
       ? list.map((e) => (typeof e === 'string' ? e : `${(e.loc || []).join('.')}: ${e.msg}`)).join('\n')
@@ -341,9 +379,10 @@ function bind() {
   document.addEventListener('keydown', onKey);
   $('#z-camera').addEventListener('change', (ev) => loadCamera(ev.target.value));
   $('#z-snapshot').addEventListener('click', snapshot);
-  $('#z-new').addEventListener('click', () => { newZone(); renderSide(); draw(); });
+  $('#z-new').addEventListener('click', () => { newZone(); edited(); renderSide(); draw(); });
   $('#z-delete').addEventListener('click', () => {
     if (state.sel < 0) return;
+    edited();
     state.zones.splice(state.sel, 1);
     state.sel = state.zones.length - 1;
     state.vsel = -1;

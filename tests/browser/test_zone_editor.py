@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -145,3 +146,157 @@ def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) ->
     assert "zones[5].polygon" in errors and "at least 3" in errors
     assert page.input_value("#z-yaml") == ""
     ui.shot("zone-invalid")
+
+
+@pytest.fixture
+def held_camera(mqtt_url: str, frames: list[bytes]) -> Iterator[tuple[list[str], threading.Event]]:
+    """Answers snapshot requests for cam-dn-001 only once the test sets the event."""
+    conn = MqttConnection("test-camera-held", MqttSettings.from_url(mqtt_url))
+    assert conn.start(timeout=10)
+    requests = conn.subscribe(snapshot_request_topic(conn.prefix, "cam-dn-001"), qos=1)
+    received: list[str] = []
+    release = threading.Event()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            message = requests.get(0.2)
+            if message is None:
+                continue
+            request_id = parse_request(message.payload)
+            received.append(request_id)
+            while not (release.is_set() or stop.is_set()):
+                release.wait(0.2)
+            header = FrameHeader(
+                ts=datetime.now(UTC), seq=0, camera_id="cam-dn-001", width=1280, height=720
+            )
+            conn.publish(
+                message.topic.removesuffix("/request"),
+                encode_reply(Frame(header, frames[3]), request_id),
+                qos=1,
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield received, release
+    finally:
+        stop.set()
+        thread.join(5)
+        conn.stop()
+
+
+# How many colours a sample of the canvas has: a handful for zones on the empty background,
+# hundreds for a camera picture.
+CANVAS_COLOURS = """() => { const c = document.querySelector('#z-canvas');
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const seen = new Set();
+  for (let i = 0; i < d.length; i += 4 * 97) seen.add(`${d[i]},${d[i+1]},${d[i+2]}`);
+  return seen.size; }"""
+
+
+def test_a_snapshot_arriving_after_a_camera_switch_is_dropped(
+    ui: Any, held_camera: tuple[list[str], threading.Event]
+) -> None:
+    received, release = held_camera
+    page = ui.page
+    ui.login("reviewer")
+    page.click("nav a[data-view=zones]")
+    page.wait_for_selector("#z-camera option[value='cam-dn-002']", state="attached")
+    page.select_option("#z-camera", "cam-dn-001")
+    page.evaluate(
+        """() => { window.snapshots = [];
+          document.querySelector('#z-canvas').addEventListener(
+            'snapshot', (ev) => window.snapshots.push(ev.detail)); }"""
+    )
+    page.click("#z-snapshot")
+    deadline = time.monotonic() + 10
+    while not received and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert len(received) == 1  # cam-dn-001's frame is on its way, held back
+
+    page.select_option("#z-camera", "cam-dn-002")
+    release.set()
+    # Done with the request: dropped (the editor says so), or drawn (the canvas says so).
+    page.wait_for_function(
+        "() => window.snapshots.length === 1"
+        " || document.querySelector('#z-canvas').dataset.snapshot === 'ok'"
+    )
+    # cam-dn-002's zones are drawn on the empty background, not on cam-dn-001's picture.
+    assert page.get_attribute("#z-canvas", "data-snapshot") is None
+    assert page.evaluate(CANVAS_COLOURS) < 20
+    assert page.evaluate("() => window.snapshots") == [{"camera": "cam-dn-001", "shown": False}]
+    assert page.input_value("#z-camera") == "cam-dn-002"
+    assert page.inner_text("#toast") == "" or not page.is_visible("#toast")
+    ui.shot("stale-snapshot-dropped")
+
+    # Asked for on the camera it is for, the picture is drawn.
+    page.select_option("#z-camera", "cam-dn-001")
+    page.click("#z-snapshot")
+    page.wait_for_function("() => document.querySelector('#z-canvas').dataset.snapshot === 'ok'")
+    assert page.evaluate(CANVAS_COLOURS) > 100
+    assert page.evaluate("() => window.snapshots")[-1] == {"camera": "cam-dn-001", "shown": True}
+
+
+def test_an_edit_after_validation_withdraws_the_yaml(ui: Any) -> None:
+    page = ui.page
+    ui.login("reviewer")
+    page.click("nav a[data-view=zones]")
+    page.wait_for_selector("#z-camera option[value='cam-dn-001']", state="attached")
+    page.select_option("#z-camera", "cam-dn-001")
+    page.click("#z-new")
+    box = page.locator("#z-canvas").bounding_box()
+    assert box is not None
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return box["x"] + x * box["width"], box["y"] + y * box["height"]
+
+    for x, y in [(0.10, 0.60), (0.45, 0.55), (0.50, 0.95), (0.08, 0.95)]:
+        page.mouse.click(*at(x, y))
+    page.check("#z-form input[name=rule-street_vending]")
+
+    def validated() -> str:
+        page.click("#z-validate")
+        page.wait_for_function("() => document.querySelector('#z-yaml').dataset.valid === 'true'")
+        assert page.is_enabled("#z-download") and page.is_enabled("#z-copy")
+        return page.input_value("#z-yaml")
+
+    def withdrawn(change: str) -> None:
+        assert page.input_value("#z-yaml") == "", change
+        assert page.get_attribute("#z-yaml", "data-valid") == "false", change
+        assert not page.is_enabled("#z-download"), change
+        assert not page.is_enabled("#z-copy"), change
+
+    def drag() -> None:
+        page.mouse.move(*at(0.50, 0.95))
+        page.mouse.down()
+        page.mouse.move(*at(0.55, 0.90), steps=5)
+        page.mouse.up()
+
+    def delete_vertex() -> None:
+        page.mouse.click(*at(0.08, 0.95))  # grabs the vertex (selects it), adds none
+        page.keyboard.press("Delete")
+
+    def edit(selector: str, value: str) -> Any:
+        return lambda: (page.fill(selector, value), page.press(selector, "Tab"))
+
+    changes = {
+        "vertex moved": drag,
+        "vertex added": lambda: page.mouse.click(*at(0.30, 0.98)),
+        "vertex deleted": delete_vertex,
+        "zone id": edit("#z-form input[name=zone-id]", "kerb-east"),
+        "rule parameter": edit("#z-form input[name='street_vending.dwell_s']", "200"),
+        "rule added": lambda: page.check("#z-form input[name=rule-garbage_overflow]"),
+        "schedule": lambda: page.check("#z-form input[name=schedule]"),
+        "zone deleted": lambda: page.click("#z-delete"),
+    }
+    before = validated()
+    for change, act in changes.items():
+        act()
+        withdrawn(change)
+        after = validated()
+        assert after != before, change
+        before = after
+    ui.shot("yaml-after-edits")
+    zones = {z["id"]: z for z in yaml.safe_load(before)["zones"]}
+    assert "kerb-east" not in zones  # the last change deleted the drawn zone
