@@ -1,4 +1,4 @@
-"""Liveness, Prometheus metrics and the candidate types."""
+"""Liveness, Prometheus metrics, the candidate types and the site's time zone."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from gridpatrol.api.deps import AnyRole, Svc
@@ -42,3 +43,14 @@ def types(_who: AnyRole, services: Svc) -> list[TypeInfo]:
         )
         for name, (zh, en) in TYPE_NAMES.items()
     ]
+
+
+class SiteInfo(BaseModel):
+    timezone: str
+
+
+@router.get("/site")
+def site(_who: AnyRole, services: Svc) -> SiteInfo:
+    """The site's time zone (IANA name; the default when the API runs without a site file):
+    the console shows times and reads its time filters in it, whatever the browser's zone."""
+    return SiteInfo(timezone=services.policy.tz.key)

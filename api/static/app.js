@@ -5,7 +5,8 @@ import { connectEvents, initQueue, showQueue, stopEvents } from './queue.js';
 import { showStats } from './stats.js';
 import { showZones } from './zones.js';
 
-export const ref = { types: new Map(), cameras: [], sensors: [], session: null };
+// timezone: the site's (IANA name); times are shown and time filters read in it.
+export const ref = { types: new Map(), cameras: [], sensors: [], session: null, timezone: undefined };
 
 const $ = (sel) => document.querySelector(sel);
 
@@ -52,14 +53,19 @@ export function dialog(title, fill) {
 }
 
 async function loadReference() {
-  const [types, cameras, sensors] = await Promise.all([
+  const [types, cameras, sensors, site] = await Promise.all([
     get('/types').catch(() => []),
     get('/cameras').catch(() => []),
     get('/sensors').catch(() => []),
+    get('/site').catch(() => null),
   ]);
   ref.types = new Map(types.map((x) => [x.type, x]));
   ref.cameras = cameras;
   ref.sensors = sensors;
+  ref.timezone = undefined; // without it (an older API), the browser's zone
+  try {
+    if (site?.timezone) ref.timezone = new Intl.DateTimeFormat('en', { timeZone: site.timezone }).resolvedOptions().timeZone;
+  } catch { /* a zone this browser does not know */ }
 }
 
 function route() {

@@ -40,7 +40,28 @@ function age(iso) {
   return `${(s / 86400).toFixed(1)} ${t('age.d')}`;
 }
 
-const when = (iso) => (iso ? new Date(iso).toLocaleString() : '');
+// Times are the site's wall-clock times, wherever the reviewer's browser is.
+const when = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { timeZone: ref.timezone }) : '');
+
+// The instant of a wall-clock time ("YYYY-MM-DDTHH:MM[:SS]", a datetime-local value) in the site's
+// zone, as ISO 8601 UTC.
+function siteInstant(local) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?$/.exec(local);
+  if (!ref.timezone || !m) return new Date(local).toISOString();
+  const [y, mo, d, h, mi, sec] = m.slice(1).map((x) => Number(x || 0));
+  const wall = Date.UTC(y, mo - 1, d, h, mi, sec);
+  const fmt = new Intl.DateTimeFormat('en-US', {
+    timeZone: ref.timezone, hourCycle: 'h23', year: 'numeric', month: 'numeric', day: 'numeric',
+    hour: 'numeric', minute: 'numeric', second: 'numeric',
+  });
+  // The zone's offset at an instant: its wall clock then, read as UTC, minus the instant.
+  const offset = (at) => {
+    const p = Object.fromEntries(fmt.formatToParts(new Date(at)).map((x) => [x.type, x.value]));
+    return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) - at;
+  };
+  const guess = wall - offset(wall);
+  return new Date(wall - offset(guess)).toISOString(); // again, in case a DST change lies between
+}
 
 function place(c) {
   const loc = c.location || {};
@@ -90,6 +111,7 @@ function fillSelect(select, values, label) {
 }
 
 function fillFilters() {
+  for (const input of [$('#f-since'), $('#f-until')]) input.title = ref.timezone || '';
   const status = $('#f-status');
   fillSelect(status, STATUSES, (s) => t(`s.${s}`));
   if (!state.initialised) status.value = 'new';
@@ -106,7 +128,7 @@ function filters() {
   const params = {};
   for (const [k, v] of form.entries()) {
     if (!v) continue;
-    params[k] = (k === 'since' || k === 'until') ? new Date(v).toISOString() : v;
+    params[k] = (k === 'since' || k === 'until') ? siteInstant(v) : v;
   }
   return params;
 }

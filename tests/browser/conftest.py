@@ -59,9 +59,15 @@ class Shots:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+def browser_timezone() -> str:
+    """The browser's time zone: the demo site's; parametrize it to run a test elsewhere."""
+    return "Asia/Shanghai"
+
+
+@pytest.fixture
+def page(browser: Browser, browser_timezone: str, request: pytest.FixtureRequest) -> Iterator[Page]:
     context = browser.new_context(
-        viewport={"width": 1440, "height": 900}, locale="zh-CN", timezone_id="Asia/Shanghai"
+        viewport={"width": 1440, "height": 900}, locale="zh-CN", timezone_id=browser_timezone
     )
     tab = context.new_page()
     errors: list[str] = []

@@ -437,3 +437,38 @@ def test_live_updates_resume_after_logging_in_again(
     fresh = seeder.camera_candidate(frames, minutes_ago=0, **VENDING)
     ui.wait_rows([first["id"], fresh["id"]])
     ui.shot("live-again")
+
+
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
+def test_times_are_the_sites_in_a_browser_elsewhere(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, browser_timezone: str
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=10, **PARKING)
+    page = ui.page
+    assert page.evaluate("() => Intl.DateTimeFormat().resolvedOptions().timeZone") == (
+        browser_timezone
+    )
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    page.wait_for_selector(f"#detail:has-text('{case['id'][:8]}') dl.facts")
+
+    # The detail shows the site's (Shanghai's) wall-clock time, not New York's.
+    occurred = datetime.fromisoformat(case["occurred_at"]).astimezone(SITE_TZ)
+    shown = page.evaluate(
+        """() => { const dts = [...document.querySelectorAll('#detail dl.facts dt')];
+          const dt = dts.find((x) => x.textContent === '发生时间');
+          return dt ? dt.nextElementSibling.textContent : null; }"""
+    )
+    assert shown == f"{occurred.year}/{occurred.month}/{occurred.day} {occurred:%H:%M:%S}"
+    ui.shot("site-time")
+
+    # The time filters are read as Shanghai times too.
+    local = datetime.now(SITE_TZ)
+    page.fill("#f-since", (local - timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M"))
+    ui.wait_rows([case["id"]])
+    page.fill("#f-until", (local - timedelta(minutes=3)).strftime("%Y-%m-%dT%H:%M"))
+    ui.wait_rows([])
+    page.fill("#f-until", (local + timedelta(minutes=2)).strftime("%Y-%m-%dT%H:%M"))
+    ui.wait_rows([case["id"]])
+    page.fill("#f-since", (local + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
+    ui.wait_rows([])
