@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
-from gridpatrol.detectors.heads import SceneHead
+from gridpatrol.detectors.heads import SceneHead, _pair
 from gridpatrol.detectors.types import Backend, ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -511,7 +512,16 @@ def run(args: argparse.Namespace) -> int:
     from gridpatrol.api.client import ApiError
     from gridpatrol.detectors.models import MissingExtraError, ModelNotFoundError
 
+    if args.negative_fps <= 0:
+        print(
+            f"train-head: --negative-fps must be positive (got {args.negative_fps:g})",
+            file=sys.stderr,
+        )
+        return 2
+    out = None if args.cv_only else Path(args.out) if args.out else Path("var/heads") / args.name
     try:
+        if out is not None:
+            check_writable(out)  # before the features, which take long
         samples = _samples(args)
         fs, info = _features(args, samples)
     except (ValueError, OSError, ApiError, ModelNotFoundError, MissingExtraError) as exc:
@@ -524,12 +534,39 @@ def run(args: argparse.Namespace) -> int:
         f"final head: C={choice.c:g}, threshold={choice.threshold:.3f} "
         "(inner procedure on all data)"
     )
-    if args.cv_only:
+    if out is None:
         return 0
     head = fit_head(fs, args.name, info, choice, _meta(args, fs, report))
-    npz, meta = head.save(Path(args.out) if args.out else Path("var/heads") / args.name)
+    try:
+        npz, meta = head.save(out)
+    except OSError as exc:  # checked at the start; the disk filled up or the folder went since
+        print(f"train-head: cannot write the head {out}: {exc}", file=sys.stderr)
+        return 1
     print(f"wrote {npz} and {meta}")
     return 0
+
+
+def check_writable(out: Path) -> None:
+    """Raise :class:`OSError` unless the head's ``.npz`` and ``.json`` can be written at ``out``.
+
+    The folder is created (as saving would); nothing else is left behind.
+    """
+    npz, meta = _pair(out)
+    folder = npz.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise OSError(f"--out {out}: cannot write there, {existing} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".train-head-"):
+            pass
+    except OSError as exc:
+        raise OSError(f"--out {out}: cannot write to {folder}: {exc.strerror or exc}") from exc
+    for path in (npz, meta):
+        if path.is_dir():
+            raise OSError(f"--out {out}: cannot write {path}, it is a folder")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise OSError(f"--out {out}: cannot write {path}: permission denied")
 
 
 def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[FeatureSet, ModelInfo]:

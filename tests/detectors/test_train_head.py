@@ -164,6 +164,49 @@ def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> Non
     assert "DATASET_DIR or --from-reviews" in proc.stderr
 
 
+@pytest.fixture(scope="module")
+def small_dataset(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    for folder, names in (("garbage", GARBAGE), ("clean", CLEAN)):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{tmp}/taken/head"],
+         "--out {tmp}/taken/head: cannot write there, {tmp}/taken is a file, not a folder"),
+        (["--out", "{tmp}/taken/deeper/head.npz"],
+         "--out {tmp}/taken/deeper/head.npz: cannot write there, {tmp}/taken is a file, not a "
+         "folder"),
+        (["--out", "{tmp}/heads/garbage"],
+         "--out {tmp}/heads/garbage: cannot write {tmp}/heads/garbage.json, it is a folder"),
+        (["--negatives", "{street}", "--negative-fps", "0"],
+         "--negative-fps must be positive (got 0)"),
+        (["--negatives", "{street}", "--negative-fps", "-1", "--cv-only"],
+         "--negative-fps must be positive (got -1)"),
+    ],
+)  # fmt: skip
+def test_train_head_refuses_an_unwritable_out_or_a_bad_fps_before_any_work(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "taken").write_text("a file where a folder is expected")
+    (tmp_path / "heads" / "garbage.json").mkdir(parents=True)
+    street = shared_dir / "footage" / "pedestrian_street_1080p.mp4"
+    values = {"tmp": tmp_path, "street": street}
+    proc = train_head(
+        str(small_dataset), "--name", "garbage", "--folds", "2", "--repeats", "1",
+        *(a.format(**values) for a in args), env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"train-head: {message.format(**values)}"]
+    assert proc.stdout == ""
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["garbage.json", "heads", "taken"]
+
+
 def jpeg_size(data: bytes) -> tuple[int, int]:
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     return int(image.shape[1]), int(image.shape[0])
