@@ -34,6 +34,12 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
         "(ISO 8601 with offset; default now)",
     )
     parser.add_argument(
+        "--heads",
+        metavar="DIR",
+        help="folder of scene-head files, e.g. var/heads where train-head writes (default: the "
+        "heads shipped with gridpatrol)",
+    )
+    parser.add_argument(
         "--backend", choices=["openvino", "ultralytics"], default="openvino", help=argparse.SUPPRESS
     )
 

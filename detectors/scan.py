@@ -134,12 +134,17 @@ def samples(path: Path, fps: float) -> Iterator[Sample]:
 # --- judging -----------------------------------------------------------------------------------
 
 
-def load_heads(info: ModelInfo) -> dict[str, Head]:
+def load_heads(info: ModelInfo, folder: Path | None = None) -> dict[str, Head]:
+    """The scene heads in ``folder`` (default: the shipped ones) trained on this model."""
+    if folder is not None and not folder.is_dir():
+        raise ScanError(f"--heads {folder}: no such folder")
     if importlib.util.find_spec("gridpatrol.detectors.heads") is None:
         log.warning("no scene heads available: scene scores and garbage_overflow are off")
         return {}
     heads_module = importlib.import_module("gridpatrol.detectors.heads")
-    loaded: Mapping[str, Head] = heads_module.load_default_heads(info)
+    loaded: Mapping[str, Head] = heads_module.load_default_heads(info, folder)
+    if folder is not None and not loaded:
+        log.warning("--heads %s: no scene head for model %s there", folder, info.name)
     return dict(loaded)
 
 
@@ -307,7 +312,8 @@ def run(args: argparse.Namespace) -> int:
         files = expand(args.paths)
         spec = resolve_model(args.model)
         context = SiteContext.from_args(args, class_names(spec))
-        heads = load_heads(model_info(spec)) if args.backend == "openvino" else {}
+        folder = Path(args.heads) if args.heads else None
+        heads = load_heads(model_info(spec), folder) if args.backend == "openvino" else {}
         if args.backend != "openvino":
             # Scene heads read intermediate feature maps, which only the OpenVINO path returns.
             log.warning("scan: scene heads need the openvino backend; garbage_overflow is off")

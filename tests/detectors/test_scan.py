@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -299,6 +300,33 @@ def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir
         flagged.append(bool(garbage))
     assert any(flagged[:4]), "no garbage photo was flagged"
     assert not all(flagged[4:]), "every clean container was flagged"
+
+
+@pytest.mark.parametrize(
+    ("heads", "code", "scene", "message"),
+    [
+        (["bins"], 0, {"bins"}, None),
+        (["bins", "garbage"], 0, {"bins", "garbage"}, None),
+        ([], 0, set(), "--heads {folder}: no scene head for model yolo11n there"),
+        (None, 2, None, "scan: --heads {folder}: no such folder"),
+    ],
+)
+def test_heads_come_from_the_folder_given(
+    tmp_path: Path, heads: list[str] | None, code: int, scene: set[str] | None, message: str | None
+) -> None:
+    folder = tmp_path / "heads"
+    for name in heads if heads is not None else ():
+        folder.mkdir(exist_ok=True)
+        doc = json.loads((HEADS_DIR / "garbage.json").read_text())
+        (folder / f"{name}.json").write_text(json.dumps({**doc, "name": name}))
+        shutil.copy(HEADS_DIR / "garbage.npz", folder / f"{name}.npz")
+    if heads == []:
+        folder.mkdir()
+    got, records, stderr = scan("--heads", str(folder), str(ASSETS / "bus.jpg"))
+    assert got == code, stderr
+    assert [set(r["scene"]) for r in records] == ([] if scene is None else [scene])
+    if message is not None:
+        assert message.format(folder=folder) in stderr
 
 
 def test_reference_backend_scans_without_scene_heads() -> None:
