@@ -671,7 +671,8 @@ def _to_python(
     if isinstance(node, yaml.SequenceNode):
         return [_to_python(v, (*path, i), lines, name, texts) for i, v in enumerate(node.value)]
     value = _scalar(node)
-    if node.style is None and isinstance(value, bool | int | float):
+    plain = isinstance(node, yaml.ScalarNode) and node.style is None
+    if plain and isinstance(value, bool | int | float):
         texts[path] = node.value
         if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
             return _Sexagesimal(value, node.value)
