@@ -286,10 +286,11 @@ function showYaml(text, valid) {
   $('#z-download').disabled = !text;
 }
 
-// Any change of the zones: the YAML validated before no longer describes them.
+// Any change of the zones: the YAML validated before no longer describes them, and they are
+// not validated (data-valid is gone: neither true nor the false of a refusal).
 function edited() {
   state.edits += 1;
-  if ($('#z-yaml').value || $('#z-yaml').dataset.valid === 'true') showYaml('', false);
+  if ($('#z-yaml').value || $('#z-yaml').dataset.valid) showYaml('');
 }
 
 async function snapshot() {
