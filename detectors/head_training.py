@@ -524,6 +524,7 @@ def run(args: argparse.Namespace) -> int:
             check_writable(out)  # before the features, which take long
         samples = _samples(args)
         fs, info = _features(args, samples)
+        check_enough(fs)
     except (ValueError, OSError, ApiError, ModelNotFoundError, MissingExtraError) as exc:
         print(f"train-head: {exc}", file=sys.stderr)
         return 2
@@ -544,6 +545,21 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {npz} and {meta}")
     return 0
+
+
+# An outer split in two still leaves each class two groups for the inner split.
+MIN_GROUPS_PER_CLASS = 4
+
+
+def check_enough(fs: FeatureSet) -> None:
+    """Raise :class:`ValueError` unless nested cross-validation can split both classes."""
+    counts = [len(set(fs.groups[fs.y == label].tolist())) for label in (1, 0)]
+    if min(counts) < MIN_GROUPS_PER_CLASS:
+        raise ValueError(
+            f"nested cross-validation needs at least {MIN_GROUPS_PER_CLASS} groups of each class "
+            f"(photos taken minutes apart at one place count once), got {counts[0]} positive / "
+            f"{counts[1]} negative"
+        )
 
 
 def check_writable(out: Path) -> None:

@@ -164,6 +164,19 @@ def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> Non
     assert "DATASET_DIR or --from-reviews" in proc.stderr
 
 
+def test_too_few_groups_for_nested_cv_is_a_setup_error(shared_dir: Path, tmp_path: Path) -> None:
+    for folder, names in (("garbage", GARBAGE[2:4]), ("clean", CLEAN[:2])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, tmp_path / folder / name)
+    proc = train_head(str(tmp_path), "--name", "garbage", "--cv-only", env=model_env(shared_dir))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "train-head: nested cross-validation needs at least 4 groups of each class (photos "
+        "taken minutes apart at one place count once), got 2 positive / 2 negative"
+    )
+
+
 @pytest.fixture(scope="module")
 def small_dataset(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("data")
