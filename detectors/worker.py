@@ -921,9 +921,16 @@ def run(args: argparse.Namespace) -> int:
     if not cameras:
         log.error("no camera selected (--cameras %s, --shard %s)", args.cameras, args.shard)
         return 2
+    from gridpatrol.api.client import OutboxBusy
+    from gridpatrol.detectors.models import ModelLoadError, ModelNotFoundError
+
     component_id = _component_id(args)
     try:
         worker, backend, conn = _build(args, site, cameras, component_id, spec)
+    except (ModelLoadError, ModelNotFoundError, OutboxBusy) as exc:
+        # Setup the operator must mend (weights, another worker on the file): as scan does.
+        log.error("%s: cannot start: %s", component_id, exc)
+        return 2
     except Exception as exc:
         log.error("%s: cannot start: %s", component_id, exc)
         return 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -139,3 +141,24 @@ def test_the_cli_module_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout == "[]\n", out.stderr
+
+
+def test_detect_on_weights_the_runtime_cannot_read_is_a_setup_error(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    model = tmp_path / "cut_openvino_model"  # the weights cut short, as by a broken copy
+    model.mkdir()
+    source = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    for name in ("yolo11n.xml", "metadata.yaml"):
+        shutil.copy(source / name, model / name)
+    (model / "yolo11n.bin").write_bytes((source / "yolo11n.bin").read_bytes()[:1000])
+    env = {**os.environ, "GRIDPATROL_OUTBOX": str(tmp_path / "outbox.db")}
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site),
+         "--model", str(model)],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert f"detect: cannot start: OpenVINO cannot load model 'yolo11n' from {model}" in run.stderr
