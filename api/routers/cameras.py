@@ -282,4 +282,9 @@ def _relocate(problem: str, offset: int) -> str:
         line = max(1, int(line_text) - offset)
     except ValueError:
         return problem
+    rest = re.sub(r"\(first at line (\d+)\)", lambda m: _first_at(m, offset), rest)
     return f"{prefix}{line}: {rest.replace('cameras[0].', '', 1)}"
+
+
+def _first_at(match: re.Match[str], offset: int) -> str:
+    return f"(first at line {max(1, int(match.group(1)) - offset)})"

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from gridpatrol.api.routers.cameras import zones_yaml
 from gridpatrol.ingest.messages import Frame, FrameHeader
 from gridpatrol.ingest.mqtt import OFFLINE, ONLINE, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
@@ -154,6 +155,19 @@ def test_invalid_zones_name_line_and_field(site_api: Any) -> None:
             assert response.headers["content-type"].startswith("application/problem+json")
             errors = response.json()["errors"]
             assert any(e.startswith(expected) for e in errors), (zone, errors)
+
+
+def test_a_duplicate_zone_id_names_both_lines_of_the_zones_text(site_api: Any) -> None:
+    zones = [{"id": "a", "polygon": TRIANGLE}, {"id": "a", "polygon": TRIANGLE}]
+    with site_api.client("reviewer") as client:
+        response = client.post("/cameras/cam-dn-001/zones/validate", json={"zones": zones})
+    assert response.status_code == 422
+    text = zones_yaml(zones)  # what the editor shows once the zones are valid
+    lines = [n for n, line in enumerate(text.splitlines(), 1) if "id: a" in line]
+    assert len(lines) == 2
+    assert response.json()["errors"] == [
+        f"zones.yaml:{lines[1]}: zones[1].id: duplicate zone id 'a' (first at line {lines[0]})"
+    ]
 
 
 SNAPSHOT_SITE = """
