@@ -8,11 +8,15 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridpatrol.cli import LOG_FORMAT
+
+if TYPE_CHECKING:
+    from gridpatrol.api.client import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,62 @@ def register(sub: Any) -> None:
         "travel between workers over LISTEN/NOTIFY; /metrics sums the workers' counters",
     )
     parser.set_defaults(func=run)
+    outbox = sub.add_parser(
+        "outbox",
+        help="show what a producer's outbox file holds, or deliver it (--drain)",
+        description="Show the operations a producer's outbox file still holds and those the "
+        "API refused; with --drain, deliver the pending ones to GRIDPATROL_API_URL with "
+        "GRIDPATROL_API_TOKEN (e.g. the file of a detector shard that no longer runs).",
+    )
+    outbox.add_argument("file", help="the outbox SQLite file, e.g. var/outbox-detect-1-of-2.db")
+    outbox.add_argument("--drain", action="store_true", help="deliver the pending operations")
+    outbox.add_argument(
+        "--timeout", type=float, default=120.0, help="give up draining after S seconds"
+    )
+    outbox.set_defaults(func=run_outbox)
+
+
+def run_outbox(args: argparse.Namespace) -> int:
+    """0: shown, or drained; 1: not drained in time; 2: no such file, no token, or in use."""
+    from pathlib import Path
+
+    from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
+
+    path = Path(args.file)
+    if not path.is_file():
+        print(f"outbox: no such file {path}", file=sys.stderr)
+        return 2
+    try:
+        client = ApiClient.from_env() if args.drain else None
+    except RuntimeError as exc:
+        print(f"outbox: {exc}", file=sys.stderr)
+        return 2
+    box = Outbox(path, client, component="outbox-cli")
+    try:
+        return _drain(box, args.timeout) if args.drain else _show(box)
+    except OutboxBusy as exc:
+        print(f"outbox: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        box.stop()
+
+
+def _show(box: Outbox) -> int:
+    print(f"{box.path}: {box.depth()} operation(s) pending")
+    for op in box.failed():
+        target = op["candidate_id"] or "evidence"
+        print(f"refused: {op['kind']} {target}: {op['error']}")
+    return 0
+
+
+def _drain(box: Outbox, timeout: float) -> int:
+    pending, refused = box.depth(), len(box.failed())
+    box.start()  # holds the file: refused while its worker runs
+    drained = box.flush(timeout)
+    left, newly_refused = box.depth(), len(box.failed()) - refused
+    delivered = pending - left - newly_refused
+    print(f"{box.path}: {delivered} delivered, {left} pending, {newly_refused} refused")
+    return 0 if drained else 1
 
 
 def _positive(text: str) -> int:

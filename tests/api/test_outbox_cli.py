@@ -1,0 +1,86 @@
+"""``gridpatrol outbox FILE [--drain]``: what a producer's file holds, delivered by hand."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gridpatrol.api.client import Outbox
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "outbox", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or dict(os.environ),
+    )
+
+
+def left_behind(path: Path) -> str:
+    """A shard's file after its worker went away: evidence and a candidate not delivered."""
+    box = Outbox(path, None, component="detect-1-of-2")
+    with box.transaction() as txn:
+        sha = txn.add_evidence(b'{"trace": []}', "application/json")
+        return txn.create_candidate(
+            {
+                "source": {
+                    "type": "camera",
+                    "system": "gridpatrol-detect",
+                    "camera_id": "cam-1",
+                    "source_event_id": "cam-1:kerb:illegal_parking:1",
+                },
+                "type": "illegal_parking",
+                "description": "违章停车 / Illegal parking",
+                "occurred_at": datetime(2026, 11, 29, 8, 0, tzinfo=UTC).isoformat(),
+                "location": {"lat": 31.28, "lon": 121.45},
+                "severity": "MINOR",
+                "urgency": "normal",
+                "evidence": [{"sha256": sha, "kind": "clean"}],
+            }
+        )
+
+
+def test_a_left_behind_outbox_is_shown_then_drained(api_server: Any, tmp_path: Path) -> None:
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    cid = left_behind(path)
+    shown = run(str(path))
+    assert (shown.returncode, shown.stdout) == (0, f"{path}: 2 operation(s) pending\n")
+
+    env = {
+        **os.environ,
+        "GRIDPATROL_API_URL": api_server.url,
+        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
+    }
+    running = Outbox(path, None, component="detect-1-of-2")
+    running.claim()  # its worker still runs: the file is not drained behind its back
+    try:
+        busy = run(str(path), "--drain", env=env)
+    finally:
+        running.stop()
+    assert busy.returncode == 2
+    assert f"outbox {path} is in use by another process" in busy.stderr
+
+    drained = run(str(path), "--drain", env=env)
+    assert drained.returncode == 0, drained.stderr
+    assert drained.stdout == f"{path}: 2 delivered, 0 pending, 0 refused\n"
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{cid}").json()["status"] == "new"
+
+
+def test_no_such_file_or_no_token_is_a_setup_error(tmp_path: Path) -> None:
+    missing = run(str(tmp_path / "nothing.db"))
+    assert missing.returncode == 2
+    assert f"outbox: no such file {tmp_path / 'nothing.db'}" in missing.stderr
+    assert not (tmp_path / "nothing.db").exists()
+    path = tmp_path / "outbox.db"
+    left_behind(path)
+    env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_API_TOKEN"}
+    no_token = run(str(path), "--drain", env=env)
+    assert no_token.returncode == 2
+    assert "GRIDPATROL_API_TOKEN is not set" in no_token.stderr
