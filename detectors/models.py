@@ -364,6 +364,21 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
 # --- loading -----------------------------------------------------------------------------------
 
 
+def served_spec(spec: ModelSpec) -> ModelSpec:
+    """What the OpenVINO backend runs for ``spec``: a ``.pt`` is exported to an IR once (cached).
+
+    Scene heads are keyed to the weights the backend runs, so a caller that loads heads for a
+    ``.pt`` takes the model's identity from this spec, not from the ``.pt`` file.
+    """
+    if spec.format != "pt":
+        return spec
+    _require_ultralytics(f"loading {spec.path} (.pt weights are exported to OpenVINO)")
+    from gridpatrol.detectors import ultralytics_backend
+
+    folder = ultralytics_backend.export_openvino(str(spec.path), cache_dir())
+    return ModelSpec(spec.name, spec_from_path(folder, "export").path, "openvino", "export")
+
+
 def load_backend(
     spec: ModelSpec,
     kind: BackendKind = "openvino",
@@ -384,12 +399,7 @@ def load_backend(
         from gridpatrol.detectors.ultralytics_backend import UltralyticsBackend
 
         return UltralyticsBackend(spec, conf=conf, iou=iou)
-    if spec.format == "pt":
-        _require_ultralytics(f"loading {spec.path} (.pt weights are exported to OpenVINO)")
-        from gridpatrol.detectors import ultralytics_backend
-
-        folder = ultralytics_backend.export_openvino(str(spec.path), cache_dir())
-        spec = ModelSpec(spec.name, spec_from_path(folder, "export").path, "openvino", "export")
+    spec = served_spec(spec)
     from gridpatrol.detectors.openvino_backend import OpenVinoBackend
 
     info = model_info(spec)

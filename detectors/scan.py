@@ -34,6 +34,7 @@ from gridpatrol.detectors.models import (
     load_backend,
     model_info,
     resolve_model,
+    served_spec,
 )
 from gridpatrol.detectors.motion import small_gray
 from gridpatrol.detectors.pipeline import CameraPipeline, judge_still, warn_missing_heads
@@ -313,6 +314,8 @@ def run(args: argparse.Namespace) -> int:
         spec = resolve_model(args.model)
         context = SiteContext.from_args(args, class_names(spec))
         folder = Path(args.heads) if args.heads else None
+        if args.backend == "openvino":
+            spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
         heads = load_heads(model_info(spec), folder) if args.backend == "openvino" else {}
         if args.backend != "openvino":
             # Scene heads read intermediate feature maps, which only the OpenVINO path returns.

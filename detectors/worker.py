@@ -945,11 +945,12 @@ def _build(
     spec: ModelSpec,
 ) -> tuple[DetectorWorker, Backend, MqttConnection]:
     from gridpatrol.api.client import Outbox
-    from gridpatrol.detectors.models import load_backend, model_info
+    from gridpatrol.detectors.models import load_backend, model_info, served_spec
     from gridpatrol.detectors.motion import MotionSettings
     from gridpatrol.detectors.pipeline import warn_missing_heads
     from gridpatrol.ingest.mqtt import MqttConnection
 
+    spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
     heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
     warn_missing_heads(cameras, heads)
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})

@@ -329,3 +329,29 @@ def test_download_and_export_happen_once_then_the_cache_is_used(
     assert second.source == f"local:{isolated / 'cache' / 'models'}"
     assert second.path == first.path
     assert model_info(second).sha256 == MANIFEST["models"]["yolo11n"]["sha256"]["yolo11n.bin"]
+
+
+def test_heads_of_an_exported_pt_are_loaded_by_scan(
+    isolated: Path,
+    shared_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A head trained on a .pt's export is keyed to the exported weights: scan --model x.pt
+    must look it up by those, not by the hash of the .pt file."""
+    from gridpatrol.cli import main
+    from gridpatrol.detectors import ultralytics_backend
+
+    def fake_export(weights: str, cache: Path) -> Path:  # what a real export leaves behind
+        folder = cache / f"{Path(weights).stem}_openvino_model"
+        if not folder.exists():
+            shutil.copytree(shared_dir / "models" / "yolo11n_int8_openvino_model", folder)
+        return folder
+
+    monkeypatch.setattr(ultralytics_backend, "export_openvino", fake_export)
+    weights = isolated / "yolo11n.pt"
+    weights.write_bytes(b"trained weights")  # only exported (faked), never read here
+    photo = sorted((shared_dir / "datasets" / "garbage_dev" / "garbage").glob("*.jpg"))[0]
+    assert main(["--log-level", "WARNING", "scan", "--model", str(weights), str(photo)]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert set(record["scene"]) == {"garbage"}  # the shipped head, keyed to these weights
