@@ -444,16 +444,35 @@ def test_street_crowd_episodes_and_no_vending(
     assert "compiled for a 640×384 input" in log
 
 
+@dataclass
+class CrowdEpisode:
+    """A worker that has raised one crowd candidate on 7 s of the street (clear_s 10)."""
+
+    worker: Worker
+    crowd: list[bytes]
+    size: dict[str, tuple[int, int]]
+    end: datetime
+    client: httpx.Client
+    first: dict[str, Any]
+
+
+def start_crowd_episode(rig: Rig, street: list[Image]) -> CrowdEpisode:
+    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street]
+    size = {"street": (w, h)}
+    end = rig.publisher.play({"street": crowd[:14]}, size, T0, worker)
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    return CrowdEpisode(worker, crowd, size, end, client, first)
+
+
 def test_restart_mid_episode_makes_no_duplicate(
     rig: Rig,
     street: list[Image],
 ) -> None:
-    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
-    h, w = street[0].shape[:2]
-    crowd = [jpeg(f) for f in street]
-    end = rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
-    client = rig.api.client("reviewer")
-    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    ep = start_crowd_episode(rig, street)
+    worker, client, first, size, end = ep.worker, ep.client, ep.first, ep.size, ep.end
     # A second worker on the same outbox file would send everything twice: it is refused.
     (rig.tmp / "twin").mkdir()
     twin = Worker(rig.tmp / "twin", worker.site, rig.broker_url, rig.api, rig.shared)
@@ -464,7 +483,7 @@ def test_restart_mid_episode_makes_no_duplicate(
     worker.kill()  # mid-episode, no chance to flush or say goodbye
     worker.start(rig.status)
     assert "1 open episode(s) reloaded" in worker.text()
-    rig.publisher.play({"street": crowd[:16]}, {"street": (w, h)}, end, worker)
+    rig.publisher.play({"street": ep.crowd[:16]}, size, end, worker)
 
     updated = wait_for(
         "the episode to continue on the same candidate",
@@ -482,12 +501,8 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
     rig: Rig,
     street: list[Image],
 ) -> None:
-    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
-    h, w = street[0].shape[:2]
-    crowd = [jpeg(f) for f in street]
-    end = rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
-    client = rig.api.client("reviewer")
-    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    ep = start_crowd_episode(rig, street)
+    worker, client, first, size, end = ep.worker, ep.client, ep.first, ep.size, ep.end
 
     worker.kill()  # mid-episode; the crowd leaves while the worker is down
     worker.start(rig.status)
@@ -495,7 +510,7 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
     empty = jpeg(cv2.GaussianBlur(street[0], (151, 151), 0))
     # 40 s of an empty street, a frame every 2 s: well past gap_s + clear_s + update_s (16 s).
     offsets = [2.0 * k for k in range(20)]
-    rig.publisher.play({"street": [empty] * 20}, {"street": (w, h)}, end, worker, offsets)
+    rig.publisher.play({"street": [empty] * 20}, size, end, worker, offsets)
 
     (ended,) = wait_for(
         "the reloaded episode to end",
@@ -513,16 +528,12 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
 
 
 def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[Image]) -> None:
-    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
-    h, w = street[0].shape[:2]
-    crowd = [jpeg(f) for f in street]
-    rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, T0, worker)
-    client = rig.api.client("reviewer")
-    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    ep = start_crowd_episode(rig, street)
+    worker, client, first = ep.worker, ep.client, ep.first
 
     # The camera is resynchronised an hour back while the crowd is still there.
     back = T0 - timedelta(hours=1)
-    rig.publisher.play({"street": crowd[:14]}, {"street": (w, h)}, back, worker)
+    rig.publisher.play({"street": ep.crowd[:14]}, ep.size, back, worker)
     found = wait_for(
         "a second candidate",
         lambda: len(c := candidates(client, "street")) == 2 and c,
