@@ -49,6 +49,12 @@ def register(sub: Any) -> None:
     outbox.add_argument("file", help="the outbox SQLite file, e.g. var/outbox-detect-1-of-2.db")
     outbox.add_argument("--drain", action="store_true", help="deliver the pending operations")
     outbox.add_argument(
+        "--end-episodes",
+        action="store_true",
+        help="the file's detector will not run again (a retired shard): end its open episodes "
+        "at their last sighting, then drain",
+    )
+    outbox.add_argument(
         "--timeout", type=float, default=120.0, help="give up draining after S seconds"
     )
     outbox.set_defaults(func=run_outbox)
@@ -64,14 +70,17 @@ def run_outbox(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"outbox: no such file {path}", file=sys.stderr)
         return 2
+    drain = args.drain or args.end_episodes
     try:
-        client = ApiClient.from_env() if args.drain else None
+        client = ApiClient.from_env() if drain else None
     except RuntimeError as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return 2
     box = Outbox(path, client, component="outbox-cli")
     try:
-        return _drain(box, args.timeout) if args.drain else _show(box)
+        if args.end_episodes:
+            _end_episodes(box)
+        return _drain(box, args.timeout) if drain else _show(box)
     except OutboxBusy as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return 2
@@ -80,11 +89,32 @@ def run_outbox(args: argparse.Namespace) -> int:
 
 
 def _show(box: Outbox) -> int:
+    from gridpatrol.detectors.episodes import open_episodes
+
     print(f"{box.path}: {box.depth()} operation(s) pending")
     for op in box.failed():
         target = op["candidate_id"] or "evidence"
         print(f"refused: {op['kind']} {target}: {op['error']}")
+    for ep in open_episodes(box.path):
+        print(
+            f"open episode: camera {ep.camera_id} zone {ep.zone_id} {ep.type}, "
+            f"candidate {ep.candidate_id}, last seen {ep.last_event_at.isoformat()}"
+        )
     return 0
+
+
+def _end_episodes(box: Outbox) -> None:
+    """End a retired detector file's open episodes: nothing else ever would."""
+    from datetime import UTC, datetime
+
+    from gridpatrol.detectors.worker import end_unserved_episodes
+
+    box.claim()  # not while its worker runs: that worker still follows them
+    for ep in end_unserved_episodes(box, set(), datetime.now(UTC)):
+        print(
+            f"ended candidate {ep.candidate_id} (camera {ep.camera_id} zone {ep.zone_id} "
+            f"{ep.type}) at its last sighting {ep.last_event_at.isoformat()}"
+        )
 
 
 def _drain(box: Outbox, timeout: float) -> int:

@@ -12,10 +12,12 @@ what was sent and never creates a second candidate for a running episode.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal, Protocol
 
 Key = tuple[str, str, str]  # camera_id, zone_id, type
@@ -188,6 +190,18 @@ def end_unfollowed(
     return out, ops, still
 
 
+def end_unserved(book: Book, served: set[str], t: datetime) -> tuple[dict[Key, Episode], list[Op]]:
+    """End, at their last sighting, the open episodes of cameras not in ``served``.
+
+    An outbox file outlives a change of the cameras its worker serves (``--cameras``, or
+    ``--shard`` with a pinned ``GRIDPATROL_OUTBOX``), and a retired shard's file outlives its
+    worker: no rule will ever follow those episodes again.
+    """
+    gone = [k for k, ep in book.items() if ep.open and ep.camera_id not in served]
+    out, ops, _ = end_unfollowed(book, gone, t, {}, lambda _zone, _rule: None)
+    return out, ops
+
+
 def _may_resume(ep: Episode, t: datetime, began: datetime | None, resume_s: float) -> bool:
     if began is not None and (began - ep.last_event_at).total_seconds() <= resume_s:
         return True  # the occupancy is back: the rule's raise will continue the episode
@@ -274,6 +288,18 @@ def load_book(conn: sqlite3.Connection, camera_ids: set[str] | None = None) -> d
         )
         book[ep.key] = ep
     return book
+
+
+def open_episodes(path: str | os.PathLike[str]) -> list[Episode]:
+    """The open episodes recorded in an outbox file (none when it is not a detector's)."""
+    conn = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True)
+    try:
+        known = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'detector_episodes'"
+        ).fetchone()
+        return [ep for ep in load_book(conn).values() if ep.open] if known else []
+    finally:
+        conn.close()
 
 
 def save_episode(conn: sqlite3.Connection, ep: Episode) -> None:

@@ -13,13 +13,16 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from gridpatrol.site import TYPE_NAMES
+
+if TYPE_CHECKING:
+    from gridpatrol.detectors.episodes import Episode
 
 Image = npt.NDArray[np.uint8]
 Box = Sequence[float]
@@ -218,6 +221,30 @@ def detection_block(
         block["model_sha256"] = model_sha256
     if ended_at is not None:
         block["ended_at"] = ended_at.isoformat()
+    return block
+
+
+def end_detection(
+    ep: Episode, model: str | None = None, model_version: str = "", model_sha256: str | None = None
+) -> dict[str, Any]:
+    """An ending's ``detection``: no boxes, so those of the candidate's evidence stand (after
+    a restart the worker no longer knows them). Without ``model`` (no model judged the end,
+    e.g. a retired shard's file) the candidate keeps the model of its evidence."""
+    block = detection_block(
+        model=model or "",
+        model_version=model_version,
+        model_sha256=model_sha256,
+        score=ep.best_confidence,
+        boxes=(),
+        track_ids=(),
+        zone_id=ep.zone_id,
+        dwell_s=ep.dwell_s,
+        ended_at=ep.ended_at,
+    )
+    del block["boxes"], block["track_ids"]
+    if model is None:
+        del block["model"], block["model_version"]
+    block["started_at"] = ep.started_at.isoformat()
     return block
 
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from gridpatrol.detectors.evidence import EvidenceFile, FrameRing
     from gridpatrol.detectors.models import ModelSpec
     from gridpatrol.detectors.motion import MotionSettings, MotionState
-    from gridpatrol.detectors.types import Backend, Detections, InferenceResult
+    from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
     from gridpatrol.ingest.messages import Frame
     from gridpatrol.ingest.mqtt import MqttConnection, Subscription
     from gridpatrol.site import Camera, RuleParams, Site
@@ -341,8 +341,17 @@ class DetectorWorker:
             )
             self.cams[cam.id] = self._runtime(cam, sub)
             self.metrics.register(cam.id)
+        for ep in end_unserved_episodes(outbox, set(self.cams), datetime.now(UTC), backend.info):
+            log.warning(
+                "camera %s is not served by this worker any more: its candidate %s (%s in "
+                "zone %s) ended at its last sighting %s",
+                ep.camera_id,
+                ep.candidate_id,
+                ep.type,
+                ep.zone_id,
+                ep.last_event_at.isoformat(),
+            )
         with outbox.transaction() as txn:
-            episodes.ensure_schema(txn.conn)
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
             self._restore_backgrounds(txn.conn)
         open_eps = [ep for ep in self.book.values() if ep.open]
@@ -714,26 +723,11 @@ class DetectorWorker:
         return block
 
     def _end_block(self, ep: Episode) -> dict[str, Any]:
-        """An ending's detection: no boxes, so those of the candidate's evidence stand (after
-        a restart the worker no longer knows them)."""
-        from gridpatrol.detectors.evidence import detection_block
+        from gridpatrol.detectors.evidence import end_detection
 
         self._last_detection.pop(ep.candidate_id, None)
         info = self.backend.info
-        block = detection_block(
-            model=info.name,
-            model_version=info.version,
-            model_sha256=info.sha256,
-            score=ep.best_confidence,
-            boxes=(),
-            track_ids=(),
-            zone_id=ep.zone_id,
-            dwell_s=ep.dwell_s,
-            ended_at=ep.ended_at,
-        )
-        del block["boxes"], block["track_ids"]
-        block["started_at"] = ep.started_at.isoformat()
-        return block
+        return end_detection(ep, info.name, info.version, info.sha256)
 
     def _create_body(self, cam: Camera, ep: Episode, detection: dict[str, Any]) -> dict[str, Any]:
         from gridpatrol.detectors.evidence import description
@@ -901,6 +895,30 @@ def _needs_heads(cameras: Sequence[Camera]) -> bool:
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
+
+
+def end_unserved_episodes(
+    outbox: Outbox, served: set[str], t: datetime, model: ModelInfo | None = None
+) -> list[Episode]:
+    """End the outbox file's open episodes of cameras not in ``served`` at their last sighting,
+    queueing each ending in the same transaction as the book. ``model``: the model of the
+    worker that stopped following them (none for a retired file)."""
+    from gridpatrol.detectors import episodes
+    from gridpatrol.detectors.evidence import end_detection
+
+    with outbox.transaction() as txn:
+        episodes.ensure_schema(txn.conn)
+        _, ops = episodes.end_unserved(episodes.load_book(txn.conn), served, t)
+        for op in ops:
+            if model is None:
+                body = {"detection": end_detection(op.episode)}
+            else:
+                body = {
+                    "detection": end_detection(op.episode, model.name, model.version, model.sha256)
+                }
+            txn.patch_candidate(op.episode.candidate_id, body)
+            episodes.save_episode(txn.conn, op.episode)
+    return [op.episode for op in ops]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from gridpatrol.api.client import Outbox
+from gridpatrol.detectors import episodes
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -84,3 +85,57 @@ def test_no_such_file_or_no_token_is_a_setup_error(tmp_path: Path) -> None:
     no_token = run(str(path), "--drain", env=env)
     assert no_token.returncode == 2
     assert "GRIDPATROL_API_TOKEN is not set" in no_token.stderr
+
+
+def test_a_retired_shards_open_episodes_end_at_their_last_sighting(
+    api_server: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    cid = left_behind(path)
+    started, last_seen = (
+        datetime(2026, 11, 29, 8, 0, tzinfo=UTC),
+        datetime(2026, 11, 29, 8, 7, tzinfo=UTC),
+    )
+    ep = episodes.Episode(
+        camera_id="cam-1",
+        zone_id="kerb",
+        type="illegal_parking",
+        candidate_id=cid,
+        source_event_id="cam-1:kerb:illegal_parking:1",
+        started_at=started,
+        reported_at=last_seen,
+        last_event_at=last_seen,
+        best_confidence=0.8,
+        dwell_s=420.0,
+    )
+    with Outbox(path, None, component="detect-1-of-2").transaction() as txn:
+        episodes.ensure_schema(txn.conn)
+        episodes.save_episode(txn.conn, ep)
+    shown = run(str(path))
+    assert shown.stdout.splitlines()[1:] == [
+        f"open episode: camera cam-1 zone kerb illegal_parking, candidate {cid}, "
+        "last seen 2026-11-29T08:07:00+00:00"
+    ]
+
+    env = {
+        **os.environ,
+        "GRIDPATROL_API_URL": api_server.url,
+        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
+    }
+    retired = run(str(path), "--end-episodes", env=env)
+    assert retired.returncode == 0, retired.stderr
+    assert retired.stdout.splitlines() == [
+        f"ended candidate {cid} (camera cam-1 zone kerb illegal_parking) at its last sighting "
+        "2026-11-29T08:07:00+00:00",
+        f"{path}: 3 delivered, 0 pending, 0 refused",
+    ]
+    assert episodes.open_episodes(path) == []
+    with api_server.client("reviewer") as http:
+        detection = http.get(f"/candidates/{cid}").json()["detection"]
+    assert detection == {
+        "score": 0.8,
+        "zone_id": "kerb",
+        "dwell_s": 420.0,
+        "ended_at": "2026-11-29T08:07:00+00:00",
+        "started_at": "2026-11-29T08:00:00+00:00",
+    }

@@ -467,6 +467,22 @@ def start_crowd_episode(rig: Rig, street: list[Image]) -> CrowdEpisode:
     return CrowdEpisode(worker, crowd, size, end, client, first)
 
 
+def assert_ended_at_last_sighting(ep: CrowdEpisode) -> None:
+    """The episode's candidate, the only one, ends where it was last seen before the worker
+    lost it, and keeps the boxes of its evidence."""
+    (ended,) = wait_for(
+        "the episode to end",
+        lambda: [c for c in candidates(ep.client, "street") if "ended_at" in c["detection"]],
+        60,
+        ep.worker,
+    )
+    assert ep.worker.stop() == 0
+    assert [c["id"] for c in candidates(ep.client, "street")] == [ep.first["id"]]
+    ended_at = datetime.fromisoformat(ended["detection"]["ended_at"])
+    assert datetime.fromisoformat(ep.first["occurred_at"]) < ended_at < ep.end
+    assert ended["detection"]["boxes"] == ep.first["detection"]["boxes"]
+
+
 def test_restart_mid_episode_makes_no_duplicate(
     rig: Rig,
     street: list[Image],
@@ -502,7 +518,7 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
     street: list[Image],
 ) -> None:
     ep = start_crowd_episode(rig, street)
-    worker, client, first, size, end = ep.worker, ep.client, ep.first, ep.size, ep.end
+    worker, first, size, end = ep.worker, ep.first, ep.size, ep.end
 
     worker.kill()  # mid-episode; the crowd leaves while the worker is down
     worker.start(rig.status)
@@ -512,19 +528,27 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
     offsets = [2.0 * k for k in range(20)]
     rig.publisher.play({"street": [empty] * 20}, size, end, worker, offsets)
 
-    (ended,) = wait_for(
-        "the reloaded episode to end",
-        lambda: [c for c in candidates(client, "street") if "ended_at" in c["detection"]],
-        60,
-        worker,
-    )
-    assert worker.stop() == 0
-    assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
-    # It ended where it was last seen before the restart, and kept the boxes of its evidence.
-    ended_at = datetime.fromisoformat(ended["detection"]["ended_at"])
-    assert datetime.fromisoformat(first["occurred_at"]) < ended_at < end
-    assert ended["detection"]["boxes"] == first["detection"]["boxes"]
+    assert_ended_at_last_sighting(ep)
     assert f"ended candidate {first['id']} (crowd_gathering in zone whole-street)" in worker.text()
+
+
+def test_an_episode_of_a_camera_moved_off_the_worker_ends(rig: Rig, street: list[Image]) -> None:
+    ep = start_crowd_episode(rig, street)
+    worker, first = ep.worker, ep.first
+
+    # The outbox file stays, its worker now serves another camera (--cameras changed): no
+    # rule here will ever follow the street's episode again.
+    worker.kill()
+    write_site(worker.site, rig.prefix, {"street": [crowd_zone(clear_s=10)], "square": []})
+    worker.args = ("--cameras", "square")
+    worker.start(rig.status)
+    assert_ended_at_last_sighting(ep)
+    text = worker.text()
+    assert "0 open episode(s) reloaded" in text
+    assert (
+        f"camera street is not served by this worker any more: its candidate {first['id']} "
+        f"(crowd_gathering in zone whole-street) ended at its last sighting"
+    ) in text
 
 
 def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[Image]) -> None:
