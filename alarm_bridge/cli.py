@@ -71,7 +71,7 @@ def default_client_id(prefix: str) -> str:
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
-    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -105,9 +105,15 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
+    try:
+        mqtt.start()
+        media.start()
+    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
+        log.error("bridge: cannot start: %s", exc)
+        mqtt.stop()
+        outbox.stop()
+        return 2
     outbox.start()
-    mqtt.start()
-    media.start()
     log.info(
         "bridge: %d sensors, state %s, broker %s",
         len(site.sensors),

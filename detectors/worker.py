@@ -1008,8 +1008,16 @@ def _load_heads(info: Any, folder: str | None) -> dict[str, Any]:
 def _serve(
     worker: DetectorWorker, backend: Backend, conn: MqttConnection, args: argparse.Namespace
 ) -> int:
+    from gridpatrol.ingest.mqtt import MqttAuthError
+
     stop_on_signals(worker.stop_event, worker.component_id)
-    conn.start()
+    try:
+        conn.start()
+    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
+        log.error("%s: cannot start: %s", worker.component_id, exc)
+        worker.outbox.stop()
+        backend.close()
+        return 2
     worker.outbox.start()
     try:
         worker.run()

@@ -62,7 +62,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         site = load_site(args.config)
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return 2
     wanted = [c for c in args.cameras.split(",") if c] if args.cameras else None
     known = {c.id for c in site.cameras}
     unknown = sorted(set(wanted or ()) - known)
@@ -76,9 +76,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     )
     try:
         conn.start()
-    except MqttAuthError as exc:
-        log.error("%s", exc)
-        return 3
+    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
+        log.error("ingest: cannot start: %s", exc)
+        return 2
     stop = service.stop_event
     stop_on_signals(stop)
     service.start()

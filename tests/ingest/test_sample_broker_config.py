@@ -111,7 +111,8 @@ def _unit_env(unit: Path) -> dict[str, str]:
     env: dict[str, str] = {}
     for line in unit.read_text().splitlines():
         if line.startswith("EnvironmentFile="):
-            sample = unit.parent / Path(line.split("=", 1)[1].lstrip("-")).name
+            name = Path(line.split("=", 1)[1].lstrip("-")).name.replace("%i", "0")
+            sample = unit.parent / name
             for entry in sample.read_text().splitlines():
                 if entry and not entry.startswith("#"):
                     key, value = entry.split("=", 1)
@@ -132,3 +133,20 @@ def test_each_systemd_unit_connects_as_its_own_user_of_the_sample_acl(unit: str,
     acl = (REPO / "samples" / "mosquitto.acl").read_text().splitlines()
     assert f"user {user}" in acl
     assert _unit_env(REPO / "samples" / "systemd" / unit)["GRIDPATROL_MQTT_USERNAME"] == user
+
+
+@pytest.mark.parametrize(
+    "unit", sorted(p.name for p in (REPO / "samples" / "systemd").glob("*.service"))
+)
+def test_each_systemd_unit_stays_down_on_setup_errors(unit: str) -> None:
+    """Status 2 is setup to mend (refused credentials among it): a restart would repeat it."""
+    lines = (REPO / "samples" / "systemd" / unit).read_text().splitlines()
+    assert "RestartPreventExitStatus=2" in lines
+
+
+def test_each_detector_shard_names_its_own_metrics_port() -> None:
+    """A port built from the shard number ("910%i") is 9100 for shard 0 and no port from 10."""
+    unit = REPO / "samples" / "systemd" / "gridpatrol-detect@.service"
+    lines = unit.read_text().splitlines()
+    assert not [line for line in lines if line.startswith("Environment=GRIDPATROL_METRICS_PORT")]
+    assert _unit_env(unit)["GRIDPATROL_METRICS_PORT"] == "9101"
