@@ -11,6 +11,13 @@ COPY alarm_bridge alarm_bridge
 COPY api api
 COPY models/manifest.yaml models/manifest.yaml
 RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
-# Installed, not editable: the package cannot find models/ beside itself, so name it.
+# Installed, not editable: the package cannot find models/ beside itself, so name it. The
+# weights are mounted at $GRIDPATROL_SHARED/models, beside the manifest, not over it.
 ENV GRIDPATROL_MODELS_DIR=/srv/gridpatrol/models
-USER nobody
+ENV GRIDPATROL_SHARED=/srv/gridpatrol/shared
+# The state and evidence volumes start as copies of these folders, owner included: the
+# workers and the API write there as this user, never as root.
+RUN useradd --system --uid 10001 --no-create-home --home-dir /srv/gridpatrol gridpatrol \
+    && mkdir -p /srv/gridpatrol/var/state /srv/gridpatrol/var/evidence /srv/gridpatrol/shared/models \
+    && chown -R gridpatrol:gridpatrol /srv/gridpatrol/var
+USER gridpatrol

@@ -200,16 +200,49 @@ def test_compose_services_run_outside_containers(
     assert codes == dict.fromkeys(reversed(order[1:]), 0), codes
 
 
+def _image() -> tuple[dict[str, str], str, list[str]]:
+    """The Dockerfile's ENV values, its USER, and the folders it gives that user."""
+    lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    env = dict(line.removeprefix("ENV ").split("=", 1) for line in lines if line.startswith("ENV "))
+    (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
+    owned = [
+        m.group(1) for line in lines for m in re.finditer(rf"chown -R {user}:{user} (\S+)", line)
+    ]
+    return env, user, owned
+
+
+def _mounts(service: dict[str, Any]) -> list[list[str]]:
+    return [interpolate(volume, {}).split(":") for volume in service["volumes"]]
+
+
 def test_the_image_looks_for_weights_where_compose_mounts_them() -> None:
     """Installed (not editable) in the image, the package cannot find models/ beside itself:
-    the Dockerfile names the folder, and compose mounts the weights there."""
-    env = dict(
-        line.removeprefix("ENV ").split("=", 1)
-        for line in (REPO / "Dockerfile").read_text().splitlines()
-        if line.startswith("ENV ")
-    )
+    the Dockerfile names the manifest's folder, and compose mounts the weights in the shared
+    models folder, so the manifest the image carries is not hidden."""
+    env, _, _ = _image()
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    mounts = [interpolate(volume, {}).split(":") for volume in compose["x-gridpatrol"]["volumes"]]
-    assert [source for source, target, *_ in mounts if target == env["GRIDPATROL_MODELS_DIR"]] == [
-        "./models"  # overridden with GRIDPATROL_WEIGHTS
-    ]
+    mounts = _mounts(compose["x-gridpatrol"])
+    weights = f"{env['GRIDPATROL_SHARED']}/models"
+    assert [source for source, target, *_ in mounts if target == weights] == ["./models"]
+    assert not [target for _, target, *_ in mounts if target == env["GRIDPATROL_MODELS_DIR"]]
+
+
+def test_what_the_services_write_is_on_volumes_their_user_owns() -> None:
+    """The image runs as its own user: a volume it writes must start as a copy of a folder that
+    user owns, and the API's evidence must outlive the container."""
+    _, user, owned = _image()
+    assert user not in ("root", "0")
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    checked = []
+    for name, spec in compose["services"].items():
+        if (spec.get("command") or [None])[0] != "gridpatrol":
+            continue
+        env = spec.get("environment") or {}
+        keys = ("GRIDPATROL_STATE_DIR", "GRIDPATROL_EVIDENCE_DIR")
+        written = [interpolate(env[k], {}) for k in keys if k in env]
+        volumes = [t for s, t, *rest in _mounts(spec) if not s.startswith(".") and rest != ["ro"]]
+        for path in written:
+            (volume,) = [t for t in volumes if path == t or path.startswith(t + "/")]
+            assert any(volume == o or volume.startswith(o + "/") for o in owned), (name, volume)
+            checked.append(name)
+    assert sorted(checked) == ["api", "bridge", "detect-0", "detect-1"]
