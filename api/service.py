@@ -645,6 +645,13 @@ class CandidateService:
             if row.feed_pos is not None:  # visible already: the platform sees the change
                 self._assign_positions(session, [row], now)
                 outcome.feed = True
+            elif (
+                row.hold_until is not None
+                and self.policy.hold_until(doc.get("urgency"), now) is None
+            ):
+                # Held for the night, and urgent now (or the night is over): visible at once.
+                self._history(doc, now, "policy", "released")
+                self._make_visible(session, row, doc, now, outcome)
         outcome.text = self._save(row, doc, now)
         try:
             with session.begin_nested():

@@ -11,6 +11,8 @@ from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
 FEED = "/api/v1/feed"
 SH = ZoneInfo("Asia/Shanghai")
 NIGHT = datetime(2026, 11, 27, 23, 30, tzinfo=SH).astimezone(UTC)
@@ -251,3 +253,28 @@ def test_crossed_merges_one_wins_the_other_is_refused(make_api: Any) -> None:
         assert statuses == [200, 409]
         merged = [doc_of(apis[0], cid)["status"] for cid in (a, b)]
         assert sorted(merged) == ["merged", "new"]
+
+
+@pytest.mark.parametrize("change", [{"urgency": "immediate"}, {"type": "smoke"}])
+def test_a_held_candidate_made_urgent_is_visible_at_once(api: Any, change: dict[str, Any]) -> None:
+    api.clock.now = NIGHT
+    held = confirmed(api, "held")
+    other = confirmed(api, "other")
+    assert doc_of(api, held)["hold_until"] == MORNING.isoformat()
+    patched = api.as_("producer").patch(
+        f"/api/v1/candidates/{held}", json=change, headers={"Idempotency-Key": "urgent"}
+    )
+    assert patched.status_code == 200, patched.text
+    doc = patched.json()
+    assert (doc["urgency"], doc["hold_until"]) == ("immediate", None)
+    assert [h["action"] for h in doc["history"]][-2:] == ["updated", "released"]
+    assert doc["history"][-1]["who"] == "policy"
+    page = feed(api)
+    assert [c["id"] for c in page["items"]] == [held]
+    assert page["items"][0] == doc_of(api, held) == doc
+    # The morning releases the other one; the urgent one keeps its single position.
+    api.clock.now = MORNING
+    page = feed(api)
+    assert [c["id"] for c in page["items"]] == [held, other]
+    assert page["next_cursor"] == "2"
+    assert actions(doc_of(api, held), "released") == 1
