@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, LifecycleInput, ReadingInput
 from gridpatrol.ingest.messages import (
@@ -45,6 +46,9 @@ DEVICE_OFFLINE = "device_offline"
 MAX_AHEAD_S = 300.0
 # Alarm ids are UUIDs derived from the triggering message, so a replay proposes the same id.
 ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
+# A seq this far below the last one restarts the counter (a wrap, a reboot): a message
+# overtaken by later ones is never that many messages behind.
+SEQ_REORDER_WINDOW = 1000
 
 
 @dataclass(frozen=True)
@@ -225,11 +229,25 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
     return [r for r in records if r.u == unit]
 
 
-def seq_in_order(last: tuple[str | None, int] | None, boot_id: str | None, seq: int | None) -> bool:
-    """Whether a message's ``seq`` is new for its ``boot_id`` (a new boot resets seq)."""
+SeqVerdict = Literal["new", "restart", "late"]
+# The last accepted message of a sensor: its boot_id, seq and time (None: stored before the
+# time was kept).
+SeqMark = tuple[str | None, int, float | None]
+
+
+def seq_verdict(last: SeqMark | None, boot_id: str | None, seq: int | None, t: float) -> SeqVerdict:
+    """Whether a message's ``seq`` is new, restarts the device's counter, or came late.
+
+    Within one ``boot_id`` (or without any) a seq not above the last one is a restart when it
+    lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit counter wrapping from 65535
+    to 0) or when the message is timed after the last one (a device without a boot_id that
+    rebooted and counts from 1 again); otherwise it is a message overtaken by later ones.
+    """
     if seq is None or last is None:
-        return True
-    last_boot, last_seq = last
-    if boot_id != last_boot:
-        return True
-    return seq > last_seq
+        return "new"
+    last_boot, last_seq, last_t = last
+    if boot_id != last_boot or seq > last_seq:
+        return "new"
+    if last_seq - seq > SEQ_REORDER_WINDOW or (last_t is not None and t > last_t):
+        return "restart"
+    return "late"

@@ -12,6 +12,7 @@ import sqlite3
 from dataclasses import fields
 from typing import Any
 
+from gridpatrol.alarm_bridge.adapters import SeqMark
 from gridpatrol.alarm_bridge.lifecycle import AlarmState
 from gridpatrol.api.client import merge_patches
 
@@ -34,7 +35,8 @@ CREATE TABLE IF NOT EXISTS bridge_alarm_state (
 CREATE TABLE IF NOT EXISTS bridge_seq (
     sensor_id TEXT PRIMARY KEY,
     boot_id TEXT,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    t REAL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bridge_trace (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,6 +71,9 @@ def init(conn: sqlite3.Connection) -> None:
     for statement in SCHEMA.split(";"):
         if statement.strip():
             conn.execute(statement)
+    seq_columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_seq)")}
+    if "t" not in seq_columns:  # a state file from before the message time was kept
+        conn.execute("ALTER TABLE bridge_seq ADD COLUMN t REAL")
 
 
 def claim(conn: sqlite3.Connection, sensor_id: str, event_key: str, now: float) -> bool:
@@ -101,16 +106,16 @@ def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: Al
     )
 
 
-def last_seq(conn: sqlite3.Connection, sensor_id: str) -> tuple[str | None, int] | None:
-    row = conn.execute("SELECT boot_id, seq FROM bridge_seq WHERE sensor_id = ?", (sensor_id,))
+def last_seq(conn: sqlite3.Connection, sensor_id: str) -> SeqMark | None:
+    row = conn.execute("SELECT boot_id, seq, t FROM bridge_seq WHERE sensor_id = ?", (sensor_id,))
     found = row.fetchone()
-    return (found[0], int(found[1])) if found is not None else None
+    return (found[0], int(found[1]), found[2]) if found is not None else None
 
 
-def save_seq(conn: sqlite3.Connection, sensor_id: str, boot_id: str | None, seq: int) -> None:
+def save_seq(conn: sqlite3.Connection, sensor_id: str, mark: SeqMark) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq) VALUES (?, ?, ?)",
-        (sensor_id, boot_id, seq),
+        "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq, t) VALUES (?, ?, ?, ?)",
+        (sensor_id, *mark),
     )
 
 
@@ -225,7 +230,7 @@ class StateBatch:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._states: dict[tuple[str, str], AlarmState] = {}
-        self._seqs: dict[str, tuple[str | None, int]] = {}
+        self._seqs: dict[str, SeqMark] = {}
         self._heard: dict[str, float] = {}
         self._statuses: dict[str, str] = {}
         self._traced: set[str] = set()
@@ -241,13 +246,13 @@ class StateBatch:
     def set_state(self, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
         self._states[(sensor_id, alarm_type)] = st
 
-    def last_seq(self, sensor_id: str) -> tuple[str | None, int] | None:
+    def last_seq(self, sensor_id: str) -> SeqMark | None:
         if sensor_id in self._seqs:
             return self._seqs[sensor_id]
         return last_seq(self.conn, sensor_id)
 
-    def set_seq(self, sensor_id: str, boot_id: str | None, seq: int) -> None:
-        self._seqs[sensor_id] = (boot_id, seq)
+    def set_seq(self, sensor_id: str, mark: SeqMark) -> None:
+        self._seqs[sensor_id] = mark
 
     def heard(self, sensor_id: str, now: float) -> None:
         self._heard[sensor_id] = max(now, self._heard.get(sensor_id, now))
@@ -273,8 +278,8 @@ class StateBatch:
     def flush(self) -> None:
         for (sensor_id, alarm_type), st in self._states.items():
             save_state(self.conn, sensor_id, alarm_type, st)
-        for sensor_id, (boot_id, seq) in self._seqs.items():
-            save_seq(self.conn, sensor_id, boot_id, seq)
+        for sensor_id, mark in self._seqs.items():
+            save_seq(self.conn, sensor_id, mark)
         for sensor_id, now in self._heard.items():
             heard(self.conn, sensor_id, now)
         for sensor_id, status in self._statuses.items():

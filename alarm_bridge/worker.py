@@ -29,7 +29,7 @@ from gridpatrol.alarm_bridge.adapters import (
     Rejected,
     adapt,
     alarm_id_for,
-    seq_in_order,
+    seq_verdict,
 )
 from gridpatrol.alarm_bridge.inbox import Inbox
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
@@ -78,6 +78,7 @@ class Counters:
     dead_letters: int = 0
     duplicates: int = 0
     out_of_order: int = 0
+    seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
     ignored: int = 0
     snapshots: int = 0
     snapshot_fallbacks: int = 0
@@ -184,16 +185,29 @@ class BridgeCore:
         view = out.state(conn)
         view.heard(adapted.sensor_id, now)
         self._back_online(txn, self.registry[adapted.sensor_id], now, out)
-        first = adapted.inputs[0]
-        if first.seq is not None:
-            if not seq_in_order(view.last_seq(first.sensor.id), first.boot_id, first.seq):
-                self.counts.out_of_order += 1
-                log.info("sensor %s: seq %s out of order, ignored", first.sensor.id, first.seq)
-                return
-            view.set_seq(first.sensor.id, first.boot_id, first.seq)
+        if not self._in_sequence(view, adapted.inputs[0]):
+            return
         for item in adapted.inputs:
             view.append_trace(item.sensor.id, _trace_entry(item))
             self._advance(txn, item, now, out)
+
+    def _in_sequence(self, view: store.StateBatch, item: AlarmInput) -> bool:
+        """Check the message's ``seq`` (if any) against the sensor's last; remember it if new."""
+        if item.seq is None:
+            return True
+        sensor_id = item.sensor.id
+        last = view.last_seq(sensor_id)
+        verdict = seq_verdict(last, item.boot_id, item.seq, item.t)
+        if verdict == "late":
+            self.counts.out_of_order += 1
+            log.info("sensor %s: seq %s out of order, ignored", sensor_id, item.seq)
+            return False
+        if verdict == "restart":
+            self.counts.seq_restarts += 1
+            assert last is not None
+            log.info("sensor %s: seq restarted at %s (was %s)", sensor_id, item.seq, last[1])
+        view.set_seq(sensor_id, (item.boot_id, item.seq, item.t))
+        return True
 
     def reject(
         self, out: BatchResult, why: Rejected, topic: str, payload: bytes, received_at: datetime

@@ -202,6 +202,78 @@ def test_seq_out_of_order_and_new_boot(h: Harness) -> None:
     assert h.core.counts.out_of_order == 1
 
 
+SEQ_CASES = [
+    # (name, [(seq, boot_id, seconds after T0)], alarm.count at the end, out of order, restarts)
+    (
+        "a 16-bit counter wraps from 65535 to 0",
+        [(65534, "b1", 0), (65535, "b1", 1), (0, "b1", 2), (1, "b1", 3)],
+        4,
+        0,
+        1,
+    ),
+    (
+        "a device without boot_id reboots and counts from 1 again",
+        [(499, None, 0), (500, None, 60), (1, None, 120), (2, None, 180)],
+        4,
+        0,
+        1,
+    ),
+    (
+        "a message overtaken by a later one is still out of order",
+        [(5, None, 0), (7, None, 20), (6, None, 10), (8, None, 30)],
+        3,
+        1,
+        0,
+    ),
+    (
+        "a step back beyond the window is a restart, even at the same time",
+        [(5000, "b1", 100), (3000, "b1", 100), (3001, "b1", 101)],
+        3,
+        0,
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "count", "out_of_order", "restarts"),
+    [c[1:] for c in SEQ_CASES],
+    ids=[c[0] for c in SEQ_CASES],
+)
+def test_seq_wraps_and_restarts_are_not_out_of_order(
+    h: Harness,
+    messages: list[tuple[int, str | None, float]],
+    count: int,
+    out_of_order: int,
+    restarts: int,
+) -> None:
+    for i, (seq, boot_id, dt) in enumerate(messages):
+        transition = "raise" if i == 0 else "update"
+        extra: dict[str, Any] = {"seq": seq} | ({"boot_id": boot_id} if boot_id else {})
+        h.alarm("mh-1", envelope("mh-1", f"s{i}", transition, ts=T0 + dt, **extra), T0 + 200)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create"] + ["patch"] * (count - 1)
+    assert ops[-1][1]["alarm"]["count"] == count
+    assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (out_of_order, restarts)
+
+
+def test_seq_state_from_before_message_times_were_kept(site: Site, outbox: Outbox) -> None:
+    """A state file written before the seq table had a time column still works."""
+    with outbox.transaction() as txn:
+        txn.conn.execute(
+            "CREATE TABLE bridge_seq (sensor_id TEXT PRIMARY KEY, boot_id TEXT,"
+            " seq INTEGER NOT NULL) WITHOUT ROWID"
+        )
+        txn.conn.execute("INSERT INTO bridge_seq VALUES ('mh-1', NULL, 500)")
+    h = Harness(site, outbox)
+    h.alarm("mh-1", envelope("mh-1", "a", seq=499))  # no time to compare: late
+    h.alarm("mh-1", envelope("mh-1", "b", seq=1, ts=T0 + 1))  # 499 back: within the window
+    h.alarm("mh-1", envelope("mh-1", "c", seq=501, ts=T0 + 2))
+    h.alarm("mh-1", envelope("mh-1", "d", "update", seq=1, ts=T0 + 3))  # timed later: restart
+    assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create", "patch"]
+    assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (2, 1)
+
+
 def test_threshold_readings_and_senml(h: Harness) -> None:
     for i, value in enumerate([40, 92, 95, 70, 50, 93]):
         h.alarm("bf-1", reading("bf-1", value, T0 + i))
