@@ -75,6 +75,9 @@ SERVER_FIELDS = frozenset(
 )
 # A new candidate may bring its own id, so an outbox can refer to it before the server has it.
 CREATE_OWNED = SERVER_FIELDS - {"id"}
+# A \ud800-style escape in free-form JSON (extra fields, measurements) decodes to a lone
+# surrogate, which no UTF-8 text (nor the database) can hold: such a body is refused.
+SURROGATES = "text must be valid Unicode (no lone surrogates)"
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
 
@@ -132,7 +135,19 @@ def request_hash(method: str, path: str, body: Any) -> str:
         )
     except ValueError as exc:
         raise Problem(422, "numbers must be finite (no NaN or Infinity)") from exc
-    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+    try:
+        encoded = f"{method} {path}\n{canonical}".encode()
+    except UnicodeEncodeError as exc:
+        raise Problem(422, SURROGATES) from exc
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def dump_body(parsed: CandidatePatch) -> JsonDict:
+    """A parsed body as JSON values, the fields it set only."""
+    try:
+        return parsed.model_dump(mode="json", exclude_unset=True)
+    except UnicodeEncodeError as exc:  # a lone surrogate in an object key
+        raise Problem(422, SURROGATES) from exc
 
 
 def iso(t: datetime | None) -> str | None:
@@ -381,7 +396,7 @@ class CandidateService:
     # -- intake ------------------------------------------------------------------------------
 
     def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, str]:
-        body = parsed.model_dump(mode="json", exclude_unset=True)
+        body = dump_body(parsed)
         refuse_server_fields(body, CREATE_OWNED, "a new candidate")
         digest = request_hash("POST", "/candidates", body)
         return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
@@ -393,7 +408,7 @@ class CandidateService:
         for index, (key, body) in enumerate(items):
             try:
                 parsed = parse_candidate(body)
-                body_json = parsed.model_dump(mode="json", exclude_unset=True)
+                body_json = dump_body(parsed)
                 refuse_server_fields(body_json, CREATE_OWNED, "a new candidate")
                 digest = request_hash("POST", "/candidates", body_json)
                 valid.append((index, check_key(key), digest, parsed))
@@ -616,7 +631,7 @@ class CandidateService:
     def patch(
         self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
     ) -> tuple[int, str]:
-        body = parsed.model_dump(mode="json", exclude_unset=True)
+        body = dump_body(parsed)
         refuse_server_fields(body, SERVER_FIELDS, "a patch")
         digest = request_hash("PATCH", f"/candidates/{cid}", body)
         return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
 import uuid
@@ -343,3 +344,45 @@ def test_a_read_does_not_wait_for_a_writers_row_lock(api: Any) -> None:
         got = pool.submit(api.as_("reviewer").get, f"{URL}/{doc['id']}").result(timeout=20)
     assert got.status_code == 200
     assert got.json() == doc
+
+
+def raw_json(api: Any, method: str, url: str, payload: Any, key: str | None = None) -> Any:
+    """``payload`` as ASCII JSON, where a lone surrogate travels as its \\u escape."""
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    content = json.dumps(payload, ensure_ascii=True).encode()
+    return api.as_("producer").request(method, url, content=content, headers=headers)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"note": "broken \ud800 text"},
+        {"measurements": [{"n": "level", "v": 1.0, "label": "\udc00"}]},
+        {"context": {"\ud83d": 1}},
+    ],
+)
+def test_lone_surrogates_are_refused_not_a_server_error(api: Any, bad: dict[str, Any]) -> None:
+    # A 500 is retried by a producer's outbox: one bad string would block it for good.
+    sha = api.put_jpeg()
+    response = raw_json(api, "POST", URL, {**api.body("e1", sha), **bad}, key="k1")
+    assert response.status_code == 422
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["detail"] == "text must be valid Unicode (no lone surrogates)"
+    assert api.as_("reviewer").get(URL).json()["items"] == []
+    items = [
+        {"idempotency_key": "b1", "body": api.body("e2", sha)},
+        {"idempotency_key": "b2", "body": {**api.body("e3", sha), **bad}},
+        {"idempotency_key": "b3", "body": api.body("e4", sha)},
+    ]
+    batch = raw_json(api, "POST", f"{URL}/batch", {"items": items})
+    assert batch.status_code == 207
+    results = batch.json()["items"]
+    assert [r["status"] for r in results] == [201, 422, 201]
+    assert results[1]["body"]["detail"] == "text must be valid Unicode (no lone surrogates)"
+    doc = results[0]["body"]
+    patched = raw_json(api, "PATCH", f"{URL}/{doc['id']}", bad, key="p1")
+    assert patched.status_code == 422
+    assert patched.headers["content-type"] == "application/problem+json"
+    assert api.as_("reviewer").get(f"{URL}/{doc['id']}").json() == doc
