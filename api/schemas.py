@@ -6,11 +6,21 @@ refused (422), while one with missing required elements is stored as ``incomplet
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+)
 
 from gridpatrol.api.status import Decision, RejectReason, Stage
 
@@ -18,6 +28,9 @@ NO_NUL = r"^[^\x00]*$"
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 TYPE_PATTERN = r"^[a-z0-9_]{1,64}$"
 CANDIDATE_ID_PATTERN = r"^[A-Za-z0-9-]{1,64}$"
+# A candidate id in a path: the stored form, or any other spelling of a UUID that a body's
+# ``id`` accepts (upper case, without hyphens, in braces, as a URN).
+CANDIDATE_PATH_PATTERN = r"^[A-Za-z0-9:{}-]{1,64}$"
 Text = Annotated[str, Field(max_length=10_000)]
 Short = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -123,6 +136,24 @@ class CandidatePatch(Open):
 
 class CandidateIn(CandidatePatch):
     id: uuid.UUID | None = None
+
+
+_UUID = TypeAdapter(uuid.UUID)
+
+
+def canonical_candidate_id(value: str) -> str:
+    """A path's candidate id as stored: a UUID in lowercase hyphenated form.
+
+    A client-supplied id is stored so whichever way the body spelled it; its path finds it in
+    the same spelling. Anything else is kept as it is (and names no candidate), except what
+    no body could have spelled.
+    """
+    try:
+        return str(_UUID.validate_python(value))
+    except ValidationError:
+        if re.fullmatch(CANDIDATE_ID_PATTERN, value):
+            return value
+        raise ValueError("a candidate id is a UUID") from None
 
 
 def missing_elements(doc: dict[str, Any], held: set[str]) -> list[str]:

@@ -7,10 +7,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Response
 from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
 
 from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc
 from gridpatrol.api.schemas import (
-    CANDIDATE_ID_PATTERN,
+    CANDIDATE_PATH_PATTERN,
     ID_PATTERN,
     TYPE_PATTERN,
     BatchIn,
@@ -18,11 +19,14 @@ from gridpatrol.api.schemas import (
     CandidatePatch,
     Instant,
     Page,
+    canonical_candidate_id,
 )
 
 router = APIRouter(prefix="/api/v1", tags=["candidates"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
-CandidateId = Annotated[str, Path(pattern=CANDIDATE_ID_PATTERN)]
+CandidateId = Annotated[
+    str, Path(pattern=CANDIDATE_PATH_PATTERN), AfterValidator(canonical_candidate_id)
+]
 
 
 def json_text(text: str, status: int = 200) -> Response:

@@ -386,3 +386,39 @@ def test_lone_surrogates_are_refused_not_a_server_error(api: Any, bad: dict[str,
     assert patched.status_code == 422
     assert patched.headers["content-type"] == "application/problem+json"
     assert api.as_("reviewer").get(f"{URL}/{doc['id']}").json() == doc
+
+
+@pytest.mark.parametrize(
+    "spell",
+    [str.upper, lambda cid: cid.replace("-", ""), lambda cid: f"urn:uuid:{cid}"],
+    ids=["uppercase", "hyphenless", "urn"],
+)
+def test_a_client_id_is_found_in_any_spelling_the_body_accepts(api: Any, spell: Any) -> None:
+    cid, target = str(uuid.uuid4()), str(uuid.uuid4())
+    sha = api.put_jpeg()
+    doc = post(api, {**api.body("e1", sha), "id": spell(cid)}, key="k1").json()
+    assert doc["id"] == cid  # stored in canonical form
+    post(api, {**api.body("e2", sha), "id": spell(target)}, key="k2")
+    assert api.as_("reviewer").get(f"{URL}/{spell(cid)}").json() == doc
+    patched = api.as_("producer").patch(
+        f"{URL}/{spell(cid)}", json={"description": "x"}, headers={"Idempotency-Key": "p1"}
+    )
+    assert (patched.status_code, patched.json()["id"]) == (200, cid)
+    merged = api.review(spell(cid), "merge", merge_into=spell(target))
+    assert merged.status_code == 200, merged.text
+    assert (merged.json()["id"], merged.json()["merged_into"]) == (cid, target)
+    assert api.as_("reviewer").get(f"{URL}/{target}").json()["references"] == [cid]
+    confirmed = api.review(spell(target), "confirm")
+    assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")
+    registered = api.as_("platform").post(
+        f"{URL}/{spell(target)}/status", json={"stage": "registered"}
+    )
+    assert (registered.status_code, registered.json()["status"]) == (200, "registered")
+
+
+def test_a_path_id_that_is_no_uuid_is_unknown_or_refused(api: Any) -> None:
+    reviewer = api.as_("reviewer")
+    assert reviewer.get(f"{URL}/not-a-uuid").status_code == 404
+    refused = reviewer.get(f"{URL}/a%3Bb")
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
