@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
@@ -41,8 +41,9 @@ KIND_ALARMS: dict[str, tuple[str, ...]] = {
     "noise": ("noise",),
 }
 DEVICE_OFFLINE = "device_offline"
-# How far ahead of its reception a message's time may be (device clocks drift). A reading
-# timed in the future would hold a debounce or a clear hold open until that time.
+# How far ahead of its reception a message's time may be (device clocks drift). A message
+# timed further ahead is moved back to its reception: a future time would hold a debounce or
+# a clear hold open until then, and a candidate must not occur in the future.
 MAX_AHEAD_S = 300.0
 # Alarm ids are UUIDs derived from the triggering message, so a replay proposes the same id.
 ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
@@ -55,6 +56,7 @@ SEQ_REORDER_WINDOW = 1000
 class Rejected:
     reason: str
     detail: str = ""
+    heard: bool = False  # a well-formed message from a registered sensor: it is alive
 
 
 @dataclass(frozen=True)
@@ -69,10 +71,16 @@ class AlarmInput:
     measurements: tuple[SenMLRecord, ...] = ()
     seq: int | None = None
     boot_id: str | None = None
+    moved_s: float = 0.0  # how far ``t`` was moved back from the device's time
 
     @property
     def candidate_type(self) -> str:
         return ALARM_TYPES[self.alarm_type]
+
+    @property
+    def device_t(self) -> float:
+        """The time the device gave: its order among the device's messages."""
+        return self.t + self.moved_s
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,8 @@ def adapt(
             adapted = _reading(decoded, sensor, payload)
         else:
             adapted = _senml(decoded, sensor, payload)
+        if isinstance(adapted, Rejected):
+            return replace(adapted, heard=True)
         return _not_ahead(adapted, received_at)
     except MessageError as exc:
         return Rejected(exc.reason, exc.detail)
@@ -124,13 +134,13 @@ def adapt(
         return Rejected("invalid", f"{type(exc).__name__}: {str(exc)[:80]}")
 
 
-def _not_ahead(adapted: Adapted | Rejected, received_at: datetime) -> Adapted | Rejected:
-    if isinstance(adapted, Rejected):
-        return adapted
+def _not_ahead(adapted: Adapted, received_at: datetime) -> Adapted:
+    """Move a message timed too far ahead back to its reception, keeping its records' spacing."""
     ahead = max(item.t for item in adapted.inputs) - received_at.timestamp()
-    if ahead > MAX_AHEAD_S:
-        return Rejected("future_ts", f"timed {ahead:.0f} s after its reception")
-    return adapted
+    if ahead <= MAX_AHEAD_S:
+        return adapted
+    moved = tuple(replace(item, t=item.t - ahead, moved_s=ahead) for item in adapted.inputs)
+    return replace(adapted, inputs=moved)
 
 
 def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:

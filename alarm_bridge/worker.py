@@ -79,6 +79,7 @@ class Counters:
     duplicates: int = 0
     out_of_order: int = 0
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
+    moved_to_reception: int = 0  # timed more than MAX_AHEAD_S after reception (device clock)
     ignored: int = 0
     snapshots: int = 0
     snapshot_fallbacks: int = 0
@@ -140,6 +141,7 @@ class BridgeCore:
         self.registry: dict[str, Sensor] = {s.id: s for s in site.sensors}
         self.counts = Counters()
         self.started_at: float | None = None
+        self._clock_ahead: set[str] = set()  # sensors already logged for a clock ahead
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -174,17 +176,18 @@ class BridgeCore:
         adapted = adapt(
             payload, sensor_id=match.id, registry=self.registry, received_at=received_at
         )
+        now = received_at.timestamp()
         if isinstance(adapted, Rejected):
+            if adapted.heard:
+                self._heard(txn, self.registry[match.id], now, out)
             self.reject(out, adapted, topic, payload, received_at)
             return
-        conn = txn.conn
-        now = received_at.timestamp()
-        if not store.claim(conn, adapted.sensor_id, adapted.event_key, now):
+        if not store.claim(txn.conn, adapted.sensor_id, adapted.event_key, now):
             self.counts.duplicates += 1
             return
-        view = out.state(conn)
-        view.heard(adapted.sensor_id, now)
-        self._back_online(txn, self.registry[adapted.sensor_id], now, out)
+        view = out.state(txn.conn)
+        self._heard(txn, self.registry[adapted.sensor_id], now, out)
+        self._note_moved(adapted.inputs[0])
         if not self._in_sequence(view, adapted.inputs[0]):
             return
         for item in adapted.inputs:
@@ -197,7 +200,7 @@ class BridgeCore:
             return True
         sensor_id = item.sensor.id
         last = view.last_seq(sensor_id)
-        verdict = seq_verdict(last, item.boot_id, item.seq, item.t)
+        verdict = seq_verdict(last, item.boot_id, item.seq, item.device_t)
         if verdict == "late":
             self.counts.out_of_order += 1
             log.info("sensor %s: seq %s out of order, ignored", sensor_id, item.seq)
@@ -206,8 +209,20 @@ class BridgeCore:
             self.counts.seq_restarts += 1
             assert last is not None
             log.info("sensor %s: seq restarted at %s (was %s)", sensor_id, item.seq, last[1])
-        view.set_seq(sensor_id, (item.boot_id, item.seq, item.t))
+        view.set_seq(sensor_id, (item.boot_id, item.seq, item.device_t))
         return True
+
+    def _note_moved(self, item: AlarmInput) -> None:
+        if item.moved_s <= 0:
+            return
+        self.counts.moved_to_reception += 1
+        if item.sensor.id not in self._clock_ahead:
+            self._clock_ahead.add(item.sensor.id)
+            log.warning(
+                "sensor %s: timed %.0f s after its reception (device clock?); timed at reception",
+                item.sensor.id,
+                item.moved_s,
+            )
 
     def reject(
         self, out: BatchResult, why: Rejected, topic: str, payload: bytes, received_at: datetime
@@ -318,8 +333,12 @@ class BridgeCore:
             item = self._offline_input(sensor, f"lwt:{now:.6f}", "raise", now)
             self._advance(txn, item, now, out)
         elif status == "online":
-            view.heard(sensor.id, now)
-            self._back_online(txn, sensor, now, out)
+            self._heard(txn, sensor, now, out)
+
+    def _heard(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
+        """The sensor is alive: silence counts from now, and a device_offline clears."""
+        out.state(txn.conn).heard(sensor.id, now)
+        self._back_online(txn, sensor, now, out)
 
     def _back_online(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
         if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:

@@ -167,12 +167,6 @@ DEAD_LETTERS = [
         "bad_value",
     ),
     (
-        "a reading timed an hour ahead (a device clock)",
-        "gridpatrol/sensors/bf-1/alarm",
-        reading("bf-1", 95, T0 + 3600),
-        "future_ts",
-    ),
-    (
         "SenML without a reading in the unit",
         "gridpatrol/sensors/wl-1/alarm",
         json.dumps([{"bn": "wl-1:", "n": "battery", "u": "%EL", "v": 80}]).encode(),
@@ -191,6 +185,103 @@ def test_dead_letters(h: Harness, topic: str, payload: bytes, reason: str) -> No
     assert h.dead == [reason]
     assert outbox_ops(h.outbox) == []
     assert h.core.counts.dead_letters == 1
+
+
+AHEAD_CASES = [
+    # (name, sensor, payload received at T0, occurred_at of the candidate, alarm.count)
+    (
+        "a device raise timed an hour ahead",
+        "mh-1",
+        envelope("mh-1", "e1", ts=T0 + 3600),
+        "2026-09-21T14:13:20Z",  # T0
+        1,
+    ),
+    (
+        "a device raise timed 8 h ahead (local time sent as UTC)",
+        "sm-1",
+        envelope("sm-1", "e1", alarm_type="smoke", ts="2026-09-21T22:13:20+00:00"),
+        "2026-09-21T14:13:20Z",
+        1,
+    ),
+    (
+        "a threshold reading timed an hour ahead",
+        "bf-1",
+        reading("bf-1", 95, T0 + 3600),
+        "2026-09-21T14:13:20Z",
+        1,
+    ),
+    (
+        "a SenML pack timed an hour ahead keeps its records 10 s apart",
+        "wl-1",
+        json.dumps(
+            [
+                {"bn": "wl-1:", "bt": T0 + 3600, "n": "level", "u": "cm", "v": 20},
+                {"n": "level", "u": "cm", "t": 10, "v": 21},
+            ]
+        ).encode(),
+        "2026-09-21T14:13:10Z",  # T0 - 10 s: the later record is at T0
+        2,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("sensor", "payload", "occurred_at", "count"),
+    [c[1:] for c in AHEAD_CASES],
+    ids=[c[0] for c in AHEAD_CASES],
+)
+def test_a_message_timed_ahead_is_timed_at_its_reception(
+    h: Harness, sensor: str, payload: bytes, occurred_at: str, count: int
+) -> None:
+    h.alarm(sensor, payload, T0)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert h.dead == []
+    assert ops[0][0] == "create" and ops[0][1]["occurred_at"] == occurred_at
+    assert ops[-1][1]["alarm"]["count"] == count
+    assert ops[-1][1]["alarm"]["last_seen"] == "2026-09-21T14:13:20Z"
+    assert h.core.counts.moved_to_reception == 1
+
+
+def test_a_sensor_with_its_clock_ahead_is_ordered_by_its_own_times(h: Harness) -> None:
+    """Timed at reception, a late message would look like a restart of the counter."""
+    for event_id, seq, at in [("a", 5, T0), ("b", 7, T0 + 20), ("c", 6, T0 + 30)]:
+        ts = at + 3600 - (10 if event_id == "c" else 0)  # c was sent before b
+        h.alarm("mh-1", envelope("mh-1", event_id, "update", seq=seq, ts=ts), at)
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create", "patch"]
+    assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (1, 0)
+
+
+def test_a_sensor_with_its_clock_ahead_is_heard(h: Harness) -> None:
+    """Its alarms used to be dead-lettered, and it then looked silent: device_offline."""
+    h.silence(T0)
+    for i, at in enumerate((T0 + 600, T0 + 1200, T0 + 1800)):
+        transition = "raise" if i == 0 else "update"
+        h.alarm("mh-1", envelope("mh-1", f"e{i}", transition, ts=at + 3600), at)
+    h.silence(T0 + 1900)  # mh-1 heard at T0 + 1800; wl-1 never: silent
+    creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [
+        ("manhole_cover", "mh-1"),
+        ("device_offline", "wl-1"),
+    ]
+    with h.outbox.transaction() as txn:
+        assert store.last_heard(txn.conn)["mh-1"] == T0 + 1800
+
+
+def test_a_well_formed_message_the_bridge_cannot_use_still_shows_the_sensor_alive(
+    h: Harness,
+) -> None:
+    h.send("gridpatrol/sensors/sm-1/status", b"offline", T0)
+    h.alarm("sm-1", reading("sm-1", 3.0, T0 + 10), T0 + 10)  # no thresholds: dead letter
+    ops = outbox_ops(h.outbox)
+    assert [(k, b["type"] if k == "create" else None) for k, _, b in ops] == [
+        ("evidence", None),
+        ("create", "device_offline"),
+        ("patch", None),
+    ]
+    assert ops[2][1] == ops[1][1] and ops[2][2]["alarm"]["last_seen"] == "2026-09-21T14:13:30Z"
+    assert h.dead == ["no_thresholds"]
+    with h.outbox.transaction() as txn:
+        assert store.last_heard(txn.conn)["sm-1"] == T0 + 10
 
 
 def test_seq_out_of_order_and_new_boot(h: Harness) -> None:
