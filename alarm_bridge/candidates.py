@@ -24,8 +24,10 @@ def source_event_id(sensor_id: str, event_key: str) -> str:
 
 
 def alarm_block(effect: Effect, alarm_type: str) -> JsonDict:
+    """The candidate's ``alarm``; a clear adds ``cleared_at`` (its time, never before the
+    last repeat)."""
     alarm = effect.alarm
-    return {
+    block: JsonDict = {
         "alarm_id": alarm.alarm_id,
         "alarm_type": alarm_type,
         "count": alarm.count,
@@ -33,6 +35,9 @@ def alarm_block(effect: Effect, alarm_type: str) -> JsonDict:
         "last_seen": iso(alarm.last_seen) if alarm.last_seen is not None else None,
         "previous_alarm_id": alarm.previous_alarm_id,
     }
+    if effect.kind == "clear":
+        block["cleared_at"] = block["last_seen"]
+    return block
 
 
 def senml(records: tuple[SenMLRecord, ...]) -> list[JsonDict]:
@@ -81,7 +86,8 @@ def create_body(
 
 
 def update_patch(item: AlarmInput, effect: Effect) -> JsonDict:
-    """A repeat updates count, last_seen, severity and measurements; a clear only last_seen."""
+    """A repeat updates count, last_seen, severity and measurements; a clear last_seen and
+    cleared_at."""
     patch: JsonDict = {"alarm": alarm_block(effect, item.alarm_type)}
     if effect.kind == "update":
         patch["severity"] = effect.alarm.severity

@@ -118,6 +118,82 @@ def test_raise_update_clear_and_redelivery(h: Harness) -> None:
     assert h.snapshots == [(body["id"], "cam-1")]
 
 
+CLEAR_CASES = [
+    # (name, [(topic, payload, received at)], alarm type, count, first_seen, cleared at)
+    (
+        "a device clear",
+        [
+            ("sensors/mh-1/alarm", envelope("mh-1", "r"), T0),
+            ("sensors/mh-1/alarm", envelope("mh-1", "u", "update", ts=T0 + 60), T0 + 60),
+            ("sensors/mh-1/alarm", envelope("mh-1", "c", "clear", ts=T0 + 90), T0 + 90),
+        ],
+        "manhole_tilt",
+        2,
+        "2026-09-21T14:13:20Z",
+        "2026-09-21T14:14:50Z",
+    ),
+    (
+        "a reading back below the clear level",
+        [
+            ("sensors/bf-1/alarm", reading("bf-1", 95, T0), T0),
+            ("sensors/bf-1/alarm", reading("bf-1", 40, T0 + 30), T0 + 30),
+        ],
+        "bin_fill",
+        1,
+        "2026-09-21T14:13:20Z",
+        "2026-09-21T14:13:50Z",
+    ),
+    (
+        "a device_offline cleared by the sensor's online",
+        [
+            ("sensors/sm-1/status", b"offline", T0),
+            ("sensors/sm-1/status", b"online", T0 + 45),
+        ],
+        "device_offline",
+        1,
+        "2026-09-21T14:13:20Z",
+        "2026-09-21T14:14:05Z",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "alarm_type", "count", "first_seen", "cleared_at"),
+    [c[1:] for c in CLEAR_CASES],
+    ids=[c[0] for c in CLEAR_CASES],
+)
+def test_a_clear_tells_the_candidate_when_it_cleared(
+    h: Harness,
+    messages: list[tuple[str, bytes, float]],
+    alarm_type: str,
+    count: int,
+    first_seen: str,
+    cleared_at: str,
+) -> None:
+    for topic, payload, at in messages:
+        h.send(f"gridpatrol/{topic}", payload, at)
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _, _ in ops][-1] == "patch" and ops[-1][1] == ops[0][1]
+    assert ops[-1][2] == {
+        "alarm": {
+            "alarm_id": ops[0][1],
+            "alarm_type": alarm_type,
+            "count": count,
+            "first_seen": first_seen,
+            "last_seen": cleared_at,
+            "previous_alarm_id": None,
+            "cleared_at": cleared_at,
+        }
+    }
+
+
+def test_an_update_carries_no_cleared_at(h: Harness) -> None:
+    h.alarm("mh-1", envelope("mh-1", "r"))
+    h.alarm("mh-1", envelope("mh-1", "u", "update", ts=T0 + 60))
+    patches = [b for k, _, b in outbox_ops(h.outbox) if k == "patch"]
+    assert len(patches) == 1 and "cleared_at" not in patches[0]["alarm"]
+
+
 def test_raise_after_clear_references_previous(h: Harness) -> None:
     h.alarm("sm-1", envelope("sm-1", "a", alarm_type="smoke"))
     h.alarm("sm-1", envelope("sm-1", "b", "clear", alarm_type="smoke"))
