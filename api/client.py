@@ -37,6 +37,9 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 # 401 and 403 judge the token, not the operation: a rotation half done or a mistyped token on
 # one API instance must hold the outbox until it is mended, never discard it.
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504})
+# The problem ``type`` of a 409 that is final: a create whose client-supplied id names another
+# event's candidate (other 409s, a request in flight with the same key, pass).
+ID_TAKEN = "urn:gridpatrol:problem:candidate-id-taken"
 
 
 class OutboxBusy(RuntimeError):
@@ -54,7 +57,7 @@ class ApiError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE
+        return self.status in RETRYABLE and self.problem.get("type") != ID_TAKEN
 
 
 class ApiClient:
@@ -176,6 +179,8 @@ CREATE TABLE IF NOT EXISTS outbox_ops (
 );
 CREATE INDEX IF NOT EXISTS outbox_ops_state ON outbox_ops (state, seq);
 CREATE INDEX IF NOT EXISTS outbox_ops_sha256 ON outbox_ops (sha256) WHERE sha256 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS outbox_ops_refused_creates ON outbox_ops (candidate_id)
+    WHERE kind = 'create' AND state = 'failed';
 """
 
 
@@ -431,7 +436,8 @@ class Outbox:
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
             if self._send_creates(conn, [op for op in ops if op.kind == "create"]):
-                self._send_in_parallel(conn, _patches_by_candidate(ops)[: self.MAX_PATCHED])
+                patches = _patches_by_candidate(ops)[: self.MAX_PATCHED]
+                self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
             self._retry_later(conn, ops[0], exc)
@@ -512,16 +518,46 @@ class Outbox:
             status = int(result.get("status", 500))
             if status < 300:
                 done.append(op)
-            elif status not in RETRYABLE:
-                failed.append((op, ApiError(status, result.get("body") or {})))
-            else:
+                continue
+            refusal = ApiError(status, result.get("body") or {})
+            if refusal.retryable:
                 break  # keep order: retry this one and everything after it
+            failed.append((op, refusal))
         self._done(conn, done)
         for op, refusal in failed:
             self._fail(conn, [op], refusal)
         if len(done) + len(failed) < len(ops):
             raise ApiError(409, {"title": "part of the batch must be retried"})
         return True
+
+    def _without_refused_creates(
+        self, conn: sqlite3.Connection, groups: list[list[_Op]]
+    ) -> list[list[_Op]]:
+        """The patch groups to send; those of a candidate whose create the API refused for
+        good are refused with it, unsent: such an id may name another producer's candidate
+        (409), which they must not change."""
+        ids = [group[0].candidate_id for group in groups]
+        if not ids:
+            return groups
+        marks = ",".join("?" * len(ids))
+        refused: dict[str, str] = dict(
+            conn.execute(
+                "SELECT candidate_id, last_error FROM outbox_ops WHERE kind = 'create' AND"
+                f" state = 'failed' AND candidate_id IN ({marks})",
+                ids,
+            ).fetchall()
+        )
+        for group in groups:
+            error = refused.get(group[0].candidate_id or "")
+            if error is not None:
+                status = error.split(" ", 1)[0]
+                detail = f"not sent: the API refused this candidate's create ({error[:500]})"
+                self._fail(
+                    conn,
+                    group,
+                    ApiError(int(status) if status.isdigit() else 0, {"detail": detail}),
+                )
+        return [group for group in groups if group[0].candidate_id not in refused]
 
     def _send_one_create(self, conn: sqlite3.Connection, op: _Op) -> None:
         assert self.client is not None

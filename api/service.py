@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from gridpatrol.api import status as sm
-from gridpatrol.api.client import merge_patches
+from gridpatrol.api.client import ID_TAKEN, merge_patches
 from gridpatrol.api.db import (
     CandidateRow,
     Database,
@@ -89,7 +89,9 @@ _POSITION_LAST = text(
     " f AS (INSERT INTO feed (position, candidate_id, at) SELECT last, :cid, :at FROM c)"
     " UPDATE candidates SET feed_pos = c.last FROM c WHERE candidates.id = :cid"
 )
-_select_docs = select(CandidateRow.id, CandidateRow.doc)
+_select_docs = select(
+    CandidateRow.id, CandidateRow.source_system, CandidateRow.source_event_id, CandidateRow.doc
+)
 _INSERT_CANDIDATE = insert(CandidateRow)
 _INSERT_FEED = insert(FeedRow)
 # A posted candidate's lookup, by (has id, has natural key): rebuilding the statement per
@@ -227,6 +229,22 @@ def _natural_key(parsed: CandidateIn) -> tuple[str, str] | None:
     if source is not None and source.system and source.source_event_id:
         return source.system, source.source_event_id
     return None
+
+
+def _doc_natural_key(doc: JsonDict) -> tuple[str, str] | None:
+    source = doc.get("source") or {}
+    system, event = source.get("system"), source.get("source_event_id")
+    return (system, event) if system and event else None
+
+
+def id_taken(cid: str) -> Problem:
+    """A client-supplied id that names another event's candidate: refused for good (the
+    ``type`` tells a producer's outbox not to retry it, as it retries other 409s)."""
+    return Problem(
+        409,
+        f"candidate {cid} exists with another (source.system, source_event_id)",
+        type=ID_TAKEN,
+    )
 
 
 def check_key(key: str | None) -> str:
@@ -505,7 +523,12 @@ class CandidateService:
         fallback; rolling back the savepoint also takes back the feed position. ``body`` is
         ``parsed`` dumped already, if the caller has it.
         """
-        existing = self._existing(session, parsed)
+        try:
+            existing = self._existing(session, parsed)
+        except Problem as exc:
+            if not guarded:
+                raise
+            return Outcome(exc.status, problem_item(exc)["body"])
         if existing is not None:
             return Outcome(200, json.loads(existing), text=existing)
         cid = str(parsed.id or uuid.uuid4())
@@ -524,7 +547,13 @@ class CandidateService:
                 session.connection().execute(_INSERT_CANDIDATE, [_columns(row)])
                 outcome.positions = [r.id for r in last or []]
         except IntegrityError:
-            if not guarded or (found := self._existing(session, parsed, cid)) is None:
+            if not guarded:
+                raise
+            try:
+                found = self._existing(session, parsed, cid)
+            except Problem as exc:
+                return Outcome(exc.status, problem_item(exc)["body"])
+            if found is None:
                 raise
             return Outcome(200, json.loads(found), text=found)
         log.info(
@@ -539,7 +568,10 @@ class CandidateService:
 
     @staticmethod
     def _existing(session: Session, parsed: CandidateIn, cid: str | None = None) -> str | None:
-        """The stored document with the body's natural key, else the one with its id."""
+        """The stored document with the body's natural key, else the one with its id.
+
+        409 (:func:`id_taken`) when the id names a candidate of another natural key.
+        """
         cid = str(parsed.id) if parsed.id is not None else cid
         natural = _natural_key(parsed)
         lookup = _LOOKUPS.get((cid is not None, natural is not None))
@@ -547,10 +579,13 @@ class CandidateService:
             return None
         system, event = natural or (None, None)
         params = {"cid": cid, "system": system, "event": event}
-        # Core on the connection: the ORM's result processing is not needed for two columns.
+        # Core on the connection: the ORM's result processing is not needed for four columns.
         rows = session.connection().execute(lookup, params).all()
-        by_natural = [doc for found, doc in rows if found != cid]
-        docs: list[str] = by_natural or [doc for _found, doc in rows]
+        for found, found_system, found_event, _doc in rows:
+            if found == cid and (found_system, found_event) != (system, event):
+                raise id_taken(cid)
+        by_natural = [doc for found, *_key, doc in rows if found != cid]
+        docs: list[str] = by_natural or [doc for *_found, doc in rows]
         return docs[0] if docs else None
 
     def _new(
@@ -581,9 +616,11 @@ class CandidateService:
         visible: list[CandidateRow] = []
         with session.no_autoflush:
             for parsed, key in zip(items, natural, strict=True):
-                earlier = by_key.get(key) if key else None
-                if earlier is None and parsed.id is not None:
-                    earlier = by_id.get(str(parsed.id))
+                named = by_id.get(str(parsed.id)) if parsed.id is not None else None
+                if named is not None and _doc_natural_key(named) != key:
+                    outcomes.append(Outcome(409, problem_item(id_taken(named["id"]))["body"]))
+                    continue
+                earlier = (by_key.get(key) if key else None) or named
                 if earlier is not None:
                     outcomes.append(Outcome(200, earlier))
                     continue

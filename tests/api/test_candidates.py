@@ -422,3 +422,43 @@ def test_a_path_id_that_is_no_uuid_is_unknown_or_refused(api: Any) -> None:
     refused = reviewer.get(f"{URL}/a%3Bb")
     assert refused.status_code == 422
     assert refused.headers["content-type"] == "application/problem+json"
+
+
+ID_TAKEN = "urn:gridpatrol:problem:candidate-id-taken"
+
+
+def test_a_client_id_reused_for_another_event_is_a_conflict(api: Any) -> None:
+    sha = api.put_jpeg()
+    cid, other = str(uuid.uuid4()), str(uuid.uuid4())
+    first = post(api, {**api.body("e1", sha), "id": cid}, key="k1").json()
+    post(api, {**api.body("e2", sha), "id": other}, key="k2")
+    # The same event again, under a new key and in another spelling of its id: the original.
+    again = post(api, {**api.body("e1", sha), "id": cid.upper()}, key="k3")
+    assert (again.status_code, again.json()) == (200, first)
+    detail = f"candidate {cid} exists with another (source.system, source_event_id)"
+    # Another event under that id, also one whose natural key another candidate has.
+    for event, key in (("e3", "k4"), ("e2", "k5")):
+        taken = post(api, {**api.body(event, sha), "id": cid}, key=key)
+        assert taken.status_code == 409
+        assert taken.headers["content-type"] == "application/problem+json"
+        assert (taken.json()["type"], taken.json()["detail"]) == (ID_TAKEN, detail)
+    no_event = api.body(None, sha)
+    del no_event["source"]["source_event_id"]
+    assert post(api, {**no_event, "id": cid}, key="k6").status_code == 409
+    fresh = str(uuid.uuid4())
+    items = [
+        {"idempotency_key": "b1", "body": {**api.body("e4", sha), "id": cid}},
+        {"idempotency_key": "b2", "body": {**api.body("e5", sha), "id": fresh}},
+        {"idempotency_key": "b3", "body": {**api.body("e6", sha), "id": fresh}},
+        {"idempotency_key": "b4", "body": {**api.body("e1", sha), "id": cid}},
+    ]
+    response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [409, 201, 409, 200]
+    assert (results[0]["body"]["type"], results[0]["body"]["detail"]) == (ID_TAKEN, detail)
+    assert results[2]["body"]["type"] == ID_TAKEN
+    assert results[3]["body"] == first
+    page = api.as_("reviewer").get(URL).json()
+    assert sorted(c["source"]["source_event_id"] for c in page["items"]) == ["e1", "e2", "e5"]
+    assert api.as_("reviewer").get(f"{URL}/{cid}").json() == first

@@ -370,3 +370,36 @@ def test_merge_patches(
     first: dict[str, Any], second: dict[str, Any], merged: dict[str, Any]
 ) -> None:
     assert merge_patches(first, second) == merged
+
+
+def test_an_id_taken_by_another_event_is_refused_for_good(api_server: Any, tmp_path: Path) -> None:
+    """Two producers that give one id to different events: the second one's create is final
+    (409, not retried) and its patches are not sent, so they change nothing of the first's."""
+    first, second = producer(api_server, tmp_path, "first"), producer(api_server, tmp_path, "two")
+    cid, own = str(uuid.uuid4()), str(uuid.uuid4())
+    with first.transaction() as txn:
+        sha = txn.add_evidence(jpeg(40), "image/jpeg")
+        txn.create_candidate(candidate("taken-1", sha), cid)
+    rounds = [(first, []), (second, ["taken-2"]), (second, ["taken-3", "own-4"])]
+    for outbox, events in rounds:  # the second's creates alone, then in a batch
+        with outbox.transaction() as txn:
+            for event in events:
+                txn.create_candidate(candidate(event, sha), own if event == "own-4" else cid)
+                txn.patch_candidate(cid, {"description": f"from {event}"})
+        outbox.start()
+        try:
+            assert outbox.flush(30)
+        finally:
+            outbox.stop()
+    assert first.failed() == []
+    failed = second.failed()
+    kinds = ["create", "patch", "create", "patch", "patch"]  # round 2, then round 3
+    assert [(f["kind"], f["candidate_id"]) for f in failed] == [(k, cid) for k in kinds]
+    assert all(f["error"].startswith("409 ") for f in failed)
+    assert "candidate-id-taken" in failed[0]["error"]
+    assert "not sent: the API refused this candidate's create" in failed[1]["error"]
+    assert second.stats() == {"sent": 1, "retried": 0, "failed": 5, "depth": 0}
+    docs = {c["id"]: c for c in all_candidates(api_server)}
+    assert sorted(docs) == sorted([cid, own])
+    assert docs[cid]["source"]["source_event_id"] == "taken-1"
+    assert docs[cid]["description"] == candidate("taken-1", sha)["description"]
