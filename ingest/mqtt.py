@@ -192,6 +192,7 @@ class MqttConnection:
         self.published = 0
         self.publish_dropped = 0
         self.connects = 0
+        self.unrouted = 0  # messages no subscription matched (acknowledged under manual ack)
         self.auth_failed = False
         self._subs: list[Subscription] = []
         # The subscription list the routes were computed for, and topic -> its subscriptions.
@@ -202,7 +203,9 @@ class MqttConnection:
         # paho callback: those run under paho's callback mutex, which client.subscribe may take.
         self._subs_lock = threading.Lock()
         self._session = 0
-        # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip.
+        self._unrouted_warned = -1  # the connection whose first unrouted message was logged
+        # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip
+        # (skip: pushed out of a full queue, left for redelivery).
         self._pending: OrderedDict[int, list[Any]] = OrderedDict()
         self._connected = threading.Event()
         self._refused = threading.Event()
@@ -441,14 +444,20 @@ class MqttConnection:
         if tracked:
             with self._lock:
                 self._pending[msg.mid] = ["wait", msg.qos]
-        for sub in self._route(msg.topic):
+        subs = self._route(msg.topic)
+        if not subs:
+            self._on_unrouted(message)
+            if tracked:
+                # Nobody will ever acknowledge it; unacknowledged, it would hold a slot of the
+                # broker's in-flight window until the next reconnect, and be sent again then.
+                self._settle(msg.mid, "ack")
+            return
+        for sub in subs:
             evicted = sub._put(message)
             if evicted is not None:
                 self._on_evicted(sub, evicted)
             if tracked:
                 return  # a message to acknowledge has exactly one consumer
-        if tracked:
-            self._settle(msg.mid, "skip")
 
     def _route(self, topic: str) -> tuple[Subscription, ...]:
         """The subscriptions whose filter matches ``topic``, in subscription order.
@@ -469,9 +478,28 @@ class MqttConnection:
             routes[topic] = found
         return found
 
+    def _on_unrouted(self, message: Message) -> None:
+        """A message no subscription matches: counted, and acknowledged by the caller.
+
+        On a persistent session it comes from a filter the broker kept from an earlier run
+        (say ``prefix/sensors/#`` where this version wants ``prefix/sensors/+/alarm``).
+        """
+        self.unrouted += 1
+        if self.persistent and self._unrouted_warned != self._session:
+            self._unrouted_warned = self._session
+            log.warning(
+                "%s: got %s, which none of its subscriptions wants (a filter the persistent "
+                "session kept from an earlier run?); such messages are acknowledged and counted",
+                self.component_id,
+                message.topic,
+            )
+
     def _on_evicted(self, sub: Subscription, evicted: Message) -> None:
         if self.manual_ack and evicted.qos > 0:
-            # Left unacknowledged: the broker redelivers it after the next reconnect.
+            # Left unacknowledged: the broker redelivers it after the next reconnect. It holds
+            # a slot of the broker's in-flight window until then, yet never closes the window:
+            # a message of this connection is pushed out only when the queue holds ``maxsize``
+            # unacknowledged ones of this connection, i.e. the window is larger than the queue.
             log.error(
                 "%s: queue for %s full; message %d left for redelivery",
                 self.component_id,
@@ -579,6 +607,7 @@ class MqttConnection:
             "publish_dropped": self.publish_dropped,
             "received": sum(s.received for s in self._subs),
             "dropped": sum(s.dropped for s in self._subs),
+            "unrouted": self.unrouted,
             "connects": self.connects,
         }
 

@@ -415,3 +415,81 @@ def test_routes_follow_subscribe_and_unsubscribe(mqtt_prefix: str) -> None:
         assert wild.received == seen and other.received == 0
     finally:
         conn.stop()
+
+
+def limit_inflight(broker: Any, window: int) -> None:
+    """Restart the private broker with at most ``window`` unacknowledged messages per client."""
+    broker.stop()
+    lines = [line for line in broker.conf.read_text().splitlines() if "max_inflight" not in line]
+    broker.conf.write_text("\n".join([*lines, f"max_inflight_messages {window}"]) + "\n")
+    broker.start()
+
+
+def acking(settings: MqttSettings, prefix: str) -> MqttConnection:
+    """A persistent manual-ack connection with a stable client id, as the alarm bridge has."""
+    return MqttConnection(
+        "bridge-t",
+        settings,
+        prefix=prefix,
+        persistent=True,
+        manual_ack=True,
+        client_id=f"{prefix}-bridge",
+    )
+
+
+def test_messages_no_subscription_wants_are_acknowledged(mosquitto: Any, mqtt_prefix: str) -> None:
+    limit_inflight(mosquitto, 5)
+    settings = MqttSettings.from_url(mosquitto.url)
+    # An earlier version subscribed wider; the persistent session keeps that filter.
+    earlier = acking(settings, mqtt_prefix)
+    earlier.subscribe(f"{mqtt_prefix}/sensors/#", qos=1)
+    assert earlier.start()
+    earlier.stop()
+    conn = acking(settings, mqtt_prefix)
+    alarms = conn.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1)
+    pub = MqttConnection("sensor-gw", settings, prefix=mqtt_prefix)
+    assert conn.start() and pub.start()
+    try:
+        for i in range(12):  # more than the broker's window, none of them ours
+            assert pub.publish_wait(f"{mqtt_prefix}/sensors/s1/reading", str(i).encode(), qos=1)
+        assert pub.publish_wait(sensor_alarm_topic(mqtt_prefix, "s1"), b"alarm", qos=1)
+        message = alarms.get(10)
+        assert message is not None and message.payload == b"alarm"
+        wait_for(lambda: conn.stats()["unrouted"] == 12, 10)
+    finally:
+        pub.stop()
+        conn.stop()
+
+
+def test_a_full_queue_leaves_its_oldest_for_redelivery_without_closing_the_window(
+    mosquitto: Any, mqtt_prefix: str
+) -> None:
+    limit_inflight(mosquitto, 5)
+    settings = MqttSettings.from_url(mosquitto.url)
+    conn = acking(settings, mqtt_prefix)
+    alarms = conn.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1, maxsize=3)
+    pub = MqttConnection("sensor-gw", settings, prefix=mqtt_prefix)
+    assert conn.start() and pub.start()
+    topic = sensor_alarm_topic(mqtt_prefix, "s1")
+    got: list[Message] = []
+
+    def consume(count: int) -> None:
+        for message in drain(alarms.get, count, timeout=10):
+            got.append(message)
+            conn.ack(message)
+
+    try:
+        for i in range(5):  # the whole window comes in while the consumer is busy
+            assert pub.publish_wait(topic, str(i).encode(), qos=1)
+        wait_for(lambda: alarms.dropped == 2, 10)
+        consume(3)
+        assert pub.publish_wait(topic, b"5", qos=1)  # 0 and 1 are in flight, yet 5 comes
+        consume(1)
+        mosquitto.stop()
+        wait_for(lambda: not conn.connected)
+        mosquitto.start()
+        consume(2)  # never acknowledged: sent again on the next connection
+    finally:
+        pub.stop()
+        conn.stop()
+    assert [int(m.payload) for m in got] == [2, 3, 4, 5, 0, 1]
