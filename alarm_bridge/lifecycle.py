@@ -6,7 +6,8 @@ The lifecycle is described in docs/alarm-bridge.md.
 the worker feeds it decoded inputs and turns the effects into candidate operations. Two kinds of
 input drive it:
 
-* device transitions (alarm envelopes, the device's last will, silence): followed as sent;
+* device transitions (alarm envelopes, the device's last will, silence): followed as sent,
+  except one timed before the alarm's ``last_seen`` (a late message: ignored as stale);
 * threshold readings: NORMAL -> PENDING (beyond ``raise`` for ``debounce_s``) -> ACTIVE ->
   CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between.
 
@@ -135,6 +136,9 @@ def _clear(state: AlarmState, t: float) -> tuple[AlarmState, list[Effect]]:
 
 
 def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState, list[Effect]]:
+    if state.last_seen is not None and t < state.last_seen:
+        # Sent before the last transition followed (a repeat or the clear): overtaken by it.
+        return _ignore(state, "stale")
     if event.transition == "clear":
         return _clear(state, t) if state.active else _ignore(state, "clear_not_active")
     if state.active:

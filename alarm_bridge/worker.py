@@ -81,6 +81,7 @@ class Counters:
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
     moved_to_reception: int = 0  # timed more than MAX_AHEAD_S after reception (device clock)
     ignored: int = 0
+    stale: int = 0  # a device transition timed before the alarm's last one
     snapshots: int = 0
     snapshot_fallbacks: int = 0
     snapshot_missing: int = 0
@@ -270,6 +271,9 @@ class BridgeCore:
                 pending.clear = (item, effect)
                 self.counts.cleared += 1
                 log.debug("sensor %s: %s cleared", item.sensor.id, item.alarm_type)
+        elif effect.reason == "stale":
+            self.counts.stale += 1
+            log.info("sensor %s: %s sent before its last, ignored", item.sensor.id, item.alarm_type)
         else:
             self.counts.ignored += 1
 
@@ -301,13 +305,22 @@ class BridgeCore:
 
     # -- device_offline -------------------------------------------------------------------------
 
-    def _offline_input(self, sensor: Sensor, key: str, transition: str, t: float) -> AlarmInput:
+    def _offline(
+        self, txn: OutboxTxn, sensor: Sensor, key: str, raise_: bool, now: float, out: BatchResult
+    ) -> None:
+        """Raise or clear the sensor's device_offline: the bridge's own decision, timed now.
+
+        Never before the alarm's last_seen: a message received just before a silence check
+        that raised is handled after it, and must still clear the alarm, not be stale.
+        """
+        last_seen = out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).last_seen
         event = DeviceInput(
-            transition="raise" if transition == "raise" else "clear",
+            transition="raise" if raise_ else "clear",
             severity="MAJOR",
             new_alarm_id=alarm_id_for(sensor.id, DEVICE_OFFLINE, key),
         )
-        return AlarmInput(sensor, DEVICE_OFFLINE, key, t, event)
+        t = max(now, last_seen if last_seen is not None else now)
+        self._advance(txn, AlarmInput(sensor, DEVICE_OFFLINE, key, t, event), now, out)
 
     def _status(
         self,
@@ -330,8 +343,7 @@ class BridgeCore:
             return
         view.set_status(sensor.id, status)
         if status == "offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
-            item = self._offline_input(sensor, f"lwt:{now:.6f}", "raise", now)
-            self._advance(txn, item, now, out)
+            self._offline(txn, sensor, f"lwt:{now:.6f}", True, now, out)
         elif status == "online":
             self._heard(txn, sensor, now, out)
 
@@ -342,8 +354,7 @@ class BridgeCore:
 
     def _back_online(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
         if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
-            item = self._offline_input(sensor, f"online:{now:.6f}", "clear", now)
-            self._advance(txn, item, now, out)
+            self._offline(txn, sensor, f"online:{now:.6f}", False, now, out)
 
     def check_silence(
         self, txn: OutboxTxn, now: float, out: BatchResult, *, connected_since: float
@@ -366,8 +377,7 @@ class BridgeCore:
                 continue
             if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
                 continue
-            item = self._offline_input(sensor, f"silence:{last:.6f}", "raise", now)
-            self._advance(txn, item, now, out)
+            self._offline(txn, sensor, f"silence:{last:.6f}", True, now, out)
             raised += 1
         return raised
 

@@ -205,6 +205,55 @@ def test_raise_after_clear_references_previous(h: Harness) -> None:
     assert second["type"] == "smoke" and second["urgency"] == "immediate"
 
 
+STALE_CASES = [
+    # (name, [(event id, transition, seconds after T0)], kinds queued, created, stale)
+    (
+        "a late clear leaves the live alarm open",
+        [("r", "raise", 100), ("u", "update", 300), ("c", "clear", 200)],
+        ["evidence", "create", "patch"],
+        1,
+        1,
+    ),
+    (
+        "a late update after the clear opens no false candidate",
+        [("r", "raise", 100), ("c", "clear", 200), ("u", "update", 150)],
+        ["evidence", "create", "patch"],
+        1,
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("messages", "kinds", "created", "stale"),
+    [c[1:] for c in STALE_CASES],
+    ids=[c[0] for c in STALE_CASES],
+)
+def test_device_transitions_sent_before_the_last_one_are_stale(
+    h: Harness, messages: list[tuple[str, str, float]], kinds: list[str], created: int, stale: int
+) -> None:
+    for i, (event_id, transition, dt) in enumerate(messages):
+        h.alarm(
+            "sm-1",
+            envelope("sm-1", event_id, transition, alarm_type="smoke", ts=T0 + dt),
+            T0 + 400 + i,
+        )
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == kinds
+    assert (h.core.counts.created, h.core.counts.stale) == (created, stale)
+
+
+def test_a_message_received_before_a_silence_check_still_clears_its_alarm(h: Harness) -> None:
+    """Handled after the check that raised device_offline, it is not a stale clear."""
+    h.silence(T0)
+    h.silence(T0 + 3 * 300 + 2)  # wl-1 silent: raised
+    h.alarm("wl-1", reading("wl-1", 1.0, T0 + 900), T0 + 901)  # waited in the inbox
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [(k, c) for k, c, _ in ops] == [("create", ops[0][1]), ("patch", ops[0][1])]
+    assert ops[0][2]["type"] == "device_offline"
+    assert ops[1][2]["alarm"]["cleared_at"] == "2026-09-21T14:28:22Z"  # the raise's time
+    assert h.core.counts.stale == 0
+
+
 DEAD_LETTERS = [
     ("unknown sensor", "gridpatrol/sensors/zz-9/alarm", envelope("zz-9", "1"), "unknown_sensor"),
     (

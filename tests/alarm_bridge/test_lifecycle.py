@@ -106,6 +106,37 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
         "active",
     ),
+    # Device transitions sent before the last one followed are stale (no seq to order them).
+    Case(
+        "a late clear does not end a live alarm",
+        [(100, dev("raise")), (300, dev("update")), (200, dev("clear"))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR", "ignore:a:2:stale"],
+        "active",
+    ),
+    Case(
+        "a late update after the clear opens no new alarm",
+        [(100, dev("raise")), (200, dev("clear")), (150, dev("update", aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale"],
+        "cleared",
+    ),
+    Case(
+        "a late raise while active is not a repeat",
+        [(100, dev("raise")), (300, dev("update")), (250, dev("raise", aid="b"))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR", "ignore:a:2:stale"],
+        "active",
+    ),
+    Case(
+        "a clear at the same time as the raise is not late",
+        [(100, dev("raise")), (100, dev("clear"))],
+        ["raise:a:1:MAJOR", "clear:a:1"],
+        "cleared",
+    ),
+    Case(
+        "a raise after a clear, timed after it, is a new alarm",
+        [(100, dev("raise")), (200, dev("clear")), (201, dev("raise", aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
+        "active",
+    ),
     # Threshold readings with debounce and hysteresis.
     Case("below raise stays normal", [(0, rd(3)), (20, rd(14.9))], [], "normal"),
     Case("beyond raise starts the debounce", [(0, rd(16))], [], "pending"),
@@ -202,6 +233,19 @@ def test_repeat_tracks_first_and_last_seen() -> None:
     state, effects = step(state, dev("update"), 160)
     alarm = effects[0].alarm
     assert (alarm.first_seen, alarm.last_seen, alarm.count) == (100, 160, 2)
-    # A late repeat (clock skew) never moves last_seen backwards.
+    # A late device repeat is stale: it neither counts nor moves last_seen backwards.
     state, effects = step(state, dev("update"), 120)
-    assert (effects[0].alarm.last_seen, effects[0].alarm.count) == (160, 3)
+    assert [(e.kind, e.reason, e.alarm.last_seen, e.alarm.count) for e in effects] == [
+        ("ignore", "stale", 160, 2)
+    ]
+
+
+def test_a_late_reading_counts_but_never_moves_last_seen_backwards() -> None:
+    state, _ = step(AlarmState(), rd(81, INSTANT), 100)
+    state, _ = step(state, rd(90, INSTANT), 160)
+    state, effects = step(state, rd(85, INSTANT), 120)
+    assert (effects[0].kind, effects[0].alarm.last_seen, effects[0].alarm.count) == (
+        "update",
+        160,
+        3,
+    )
