@@ -2,9 +2,10 @@
 
 Every component talks to the broker through :class:`MqttConnection`: MQTT 5 first, 3.1.1 when
 the broker refuses 5; a last will ``offline`` on ``{prefix}/components/{id}/status``;
-reconnection with backoff and re-subscription on every connect; no retry loop on bad
-credentials. paho's network thread only ever appends to bounded queues (dropping the oldest and
-counting), so a slow consumer can never stall keep-alives or other subscriptions.
+reconnection with backoff and re-subscription on every connect; no retry loop on credentials
+refused at the first connection, a slow one on credentials that worked before. paho's network
+thread only ever appends to bounded queues (dropping the oldest and counting), so a slow
+consumer can never stall keep-alives or other subscriptions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ OFFLINE = b"offline"
 _RC_UNSUPPORTED_PROTOCOL = 132
 _V5_CONNACK_GRACE_S = 2.5
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
+RECONNECT_S = (1, 30)  # backoff between reconnection attempts, doubling
+# Backoff after the broker refused credentials it had accepted before: a password rotated on
+# the broker first, an authentication backend that comes up after the broker. Slow, so an
+# account lock-out policy sees few attempts.
+AUTH_RETRY_S = (30, 120)
 
 # Topics whose matching subscriptions are remembered (per subscription list). paho's
 # topic_matches_sub builds a matcher per call, a few microseconds per subscription and message.
@@ -47,7 +53,8 @@ _V311_BROKERS: set[tuple[str, int]] = set()
 
 
 class MqttAuthError(RuntimeError):
-    """The broker refused the credentials; retrying would only lock the account."""
+    """The broker refused the credentials at the first connection; retrying would only lock
+    the account."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +182,7 @@ class MqttConnection:
         client_id: str | None = None,
         max_queued_messages: int = 10000,
         max_inflight_messages: int = 100,
+        auth_retry_s: tuple[int, int] = AUTH_RETRY_S,
     ) -> None:
         self.component_id = component_id
         self.settings = settings or MqttSettings.from_env()
@@ -188,12 +196,15 @@ class MqttConnection:
         self.status_topic = component_status_topic(prefix, component_id)
         self.max_queued_messages = max_queued_messages
         self.max_inflight_messages = max_inflight_messages
+        self.auth_retry_s = auth_retry_s
         self.protocol = self._initial_protocol()
         self.published = 0
         self.publish_dropped = 0
         self.connects = 0
         self.unrouted = 0  # messages no subscription matched (acknowledged under manual ack)
-        self.auth_failed = False
+        self.auth_failed = False  # refused at the first connection: not retried
+        self.auth_refusals = 0  # refusals of credentials that had worked: retried slowly
+        self._auth_backoff = False
         self._subs: list[Subscription] = []
         # The subscription list the routes were computed for, and topic -> its subscriptions.
         self._routes: tuple[list[Subscription], dict[str, tuple[Subscription, ...]]] = ([], {})
@@ -309,7 +320,7 @@ class MqttConnection:
         if self.settings.tls:
             client.tls_set_context(self.settings.ssl_context())
         client.will_set(self.status_topic, OFFLINE, qos=1, retain=True)
-        client.reconnect_delay_set(1, 30)
+        client.reconnect_delay_set(*RECONNECT_S)
         client.max_queued_messages_set(self.max_queued_messages)
         client.max_inflight_messages_set(self.max_inflight_messages)
         client.on_connect = self._on_connect
@@ -376,6 +387,9 @@ class MqttConnection:
             client.disconnect()
             self._refuse_v5()
             return
+        if code in _RC_AUTH and self.connects and not self._starting:
+            self._refused_again(client, reason)
+            return
         if code in _RC_AUTH:
             log.error(
                 "%s: broker %s refused the credentials (%s); not retrying",
@@ -389,6 +403,10 @@ class MqttConnection:
         if code != 0:
             log.warning("%s: connection refused: %s", self.component_id, reason)
             return
+        if self._auth_backoff:
+            self._auth_backoff = False
+            client.reconnect_delay_set(*RECONNECT_S)
+            log.info("%s: the broker accepts the credentials again", self.component_id)
         with self._lock:
             self._session += 1
             self._pending.clear()
@@ -413,6 +431,28 @@ class MqttConnection:
                 hook(self)
             except Exception:
                 log.exception("%s: connect hook failed", self.component_id)
+
+    def _refused_again(self, client: paho.Client, reason: Any) -> None:
+        """Credentials that worked were refused on a reconnect: retry, slowly, for good.
+
+        A typo never gets this far; this is a password rotated on the broker before the
+        component, or an authentication backend not up yet. Retrying in the process keeps the
+        subscriptions and the queued QoS 1 publications, and mends itself when the broker does.
+        """
+        self.auth_refusals += 1
+        low, high = self.auth_retry_s
+        if not self._auth_backoff:  # only at the first refusal, or the backoff would not grow
+            self._auth_backoff = True
+            client.reconnect_delay_set(low, high)
+        log.error(
+            "%s: broker %s refused the credentials it accepted before (%s); retrying every "
+            "%d-%d s until it accepts them",
+            self.component_id,
+            self.settings.url,
+            reason,
+            low,
+            high,
+        )
 
     def _on_disconnect(
         self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
@@ -609,6 +649,7 @@ class MqttConnection:
             "dropped": sum(s.dropped for s in self._subs),
             "unrouted": self.unrouted,
             "connects": self.connects,
+            "auth_refusals": self.auth_refusals,
         }
 
 

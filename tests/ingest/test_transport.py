@@ -238,20 +238,40 @@ def test_ensure_broker_prefers_the_configured_one_then_mosquitto(
         own.stop()
 
 
-def test_bad_credentials_fail_fast_without_retrying(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def set_passwords(passwords: Path, users: dict[str, str]) -> None:
+    passwords.unlink(missing_ok=True)
+    for user, password in users.items():
+        create = ["-c"] if not passwords.exists() else []
+        subprocess.run(
+            ["mosquitto_passwd", "-b", *create, str(passwords), user, password], check=True
+        )
+
+
+def password_broker(folder: Path, users: dict[str, str]) -> tuple[int, Path, Path]:
+    """The port, password file and configuration of a broker that wants credentials."""
     port = free_port()
-    passwords = tmp_path / "passwd"
-    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
-    conf = tmp_path / "mosquitto.conf"
+    passwords = folder / "passwd"
+    set_passwords(passwords, users)
+    conf = folder / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwords}\n"
         + ("user root\n" if os.geteuid() == 0 else "")  # see keep_privileges
     )
+    return port, passwords, conf
+
+
+def run_broker(conf: Path, port: int) -> subprocess.Popen[bytes]:
     broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    wait_for(lambda: _listening(port), 10)
+    return broker
+
+
+def test_bad_credentials_fail_fast_without_retrying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, _, conf = password_broker(tmp_path, {"gp": "s3cret"})
+    broker = run_broker(conf, port)
     try:
-        wait_for(lambda: _listening(port), 10)
         wrong = MqttConnection("ing", MqttSettings.from_url(f"mqtt://gp:wrong@127.0.0.1:{port}"))
         started = time.monotonic()
         with pytest.raises(MqttAuthError, match="refused the credentials"):
@@ -270,6 +290,45 @@ def test_bad_credentials_fail_fast_without_retrying(
     finally:
         broker.terminate()
         broker.wait(10)
+
+
+def test_credentials_refused_after_a_reconnect_are_retried_until_accepted_again(
+    tmp_path: Path, mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    users = {"gp": "s3cret", "watch": "w4tch"}
+    port, passwords, conf = password_broker(tmp_path, users)
+    url = f"mqtt://{{}}@127.0.0.1:{port}"
+    topic = f"{mqtt_prefix}/alarms"
+    broker = run_broker(conf, port)
+    conn = MqttConnection(
+        "ing",
+        MqttSettings.from_url(url.format("gp:s3cret")),
+        prefix=mqtt_prefix,
+        auth_retry_s=(1, 2),
+    )
+    watcher = MqttConnection("watch", MqttSettings.from_url(url.format("watch:w4tch")))
+    seen = watcher.subscribe(topic, qos=1)
+    try:
+        assert conn.start(10) and watcher.start(10)
+        # The password is rotated on the broker before the component knows the new one.
+        set_passwords(passwords, {**users, "gp": "n3w"})
+        broker.terminate()
+        broker.wait(10)
+        broker = run_broker(conf, port)
+        wait_for(lambda: "refused the credentials" in caplog.text, 20)
+        assert watcher.wait_connected(20) and not conn.connected
+        assert conn.publish(topic, b"kept", qos=1)  # waits in the component's queue
+        set_passwords(passwords, users)  # rotated back; the broker rereads it on SIGHUP
+        broker.send_signal(signal.SIGHUP)
+        assert conn.wait_connected(20)
+        message = seen.get(10)
+    finally:
+        conn.stop()
+        watcher.stop()
+        broker.terminate()
+        broker.wait(10)
+    assert message is not None and message.payload == b"kept"
+    assert conn.connects == 2 and conn.auth_refusals >= 1 and not conn.auth_failed
 
 
 def _listening(port: int) -> bool:
