@@ -190,6 +190,26 @@ def end_unfollowed(
     return out, ops, still
 
 
+def end_silent(
+    book: Book, keys: Iterable[Key], t: datetime, last_seen: Mapping[Key, datetime]
+) -> tuple[dict[Key, Episode], list[Op]]:
+    """End the open episodes ``keys`` of a camera that stopped sending frames.
+
+    No frame will clear them: each ends at its last sighting, which is what its rule saw last
+    (``last_seen``) when that is later than the book's last event (the book is written only
+    with an operation, so after a restart it is all there is).
+    """
+    keys = list(keys)
+    out = dict(book)
+    for key in keys:
+        ep, seen = out.get(key), last_seen.get(key)
+        if ep is not None and ep.open and seen is not None and seen > ep.last_event_at:
+            dwell = max(ep.dwell_s, (seen - ep.started_at).total_seconds())
+            out[key] = replace(ep, last_event_at=seen, dwell_s=dwell)
+    out, ops, _ = end_unfollowed(out, keys, t, {}, lambda _zone, _rule: None)
+    return out, ops
+
+
 def end_unserved(book: Book, served: set[str], t: datetime) -> tuple[dict[Key, Episode], list[Op]]:
     """End, at their last sighting, the open episodes of cameras not in ``served``.
 

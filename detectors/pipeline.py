@@ -261,6 +261,21 @@ class CameraPipeline:
             if st.phase != "idle"
         }
 
+    def last_seen(self) -> dict[tuple[str, str], datetime]:
+        """(zone, rule) → the last frame time its condition held, for every raised rule."""
+        return {
+            (zr.zone.id, rule): datetime.fromtimestamp(st.last_seen, UTC)
+            for zr in self.zones
+            for rule, st in zr.states.items()
+            if st.phase == "active"
+        }
+
+    def forget(self, zone_id: str, rule: str) -> None:
+        """Drop the (zone, rule) episode state: its next occupancy has a dwell of its own."""
+        for zr in self.zones:
+            if zr.zone.id == zone_id:
+                zr.states.pop(rule, None)
+
     # -- internals ---------------------------------------------------------------------------
 
     def _event(self, t: datetime, zone_id: str, rule: str, tr: Transition) -> RuleEvent:

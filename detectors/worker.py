@@ -63,6 +63,7 @@ CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts i
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
+SILENCE_CHECK_S = 1.0  # how often the worker looks for cameras that stopped sending frames
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,6 +218,7 @@ class CameraRuntime:
     candidates: int = 0
     # Open episodes no rule follows yet (reloaded at start): ended unless they come back.
     waiting: set[Key] = field(default_factory=set)
+    judged_at: float = 0.0  # the worker's clock when a frame of the camera was last judged
 
 
 @dataclass
@@ -316,6 +318,7 @@ class DetectorWorker:
         component_id: str,
         progress_s: float = 30.0,
         metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         from gridpatrol.detectors import episodes
         from gridpatrol.ingest.topics import frame_topic
@@ -329,6 +332,9 @@ class DetectorWorker:
         self.component_id = component_id
         self.progress_s = progress_s
         self.metrics = metrics or Metrics()
+        # Seconds on a clock that never steps (not the cameras' clocks): how long a camera
+        # has been silent.
+        self.clock = clock
         self.stop_event = threading.Event()
         # Set when a frame arrives or an inference finishes: the loop's only reasons to go on.
         self._wake = threading.Event()
@@ -367,6 +373,7 @@ class DetectorWorker:
         self._last_detection: dict[str, dict[str, Any]] = {}
         self._in_flight: set[str] = set()  # cameras with a frame in the inference queue
         self._last_progress = self._last_save = time.monotonic()
+        self._silence_checked = self.clock()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -413,6 +420,7 @@ class DetectorWorker:
                 else:
                     self._judge_safely(item)
             self._progress()
+            self._end_silent()
             if not took:
                 yield None
                 # Nothing new: sleep until a frame or a result comes. A fixed short sleep
@@ -531,6 +539,7 @@ class DetectorWorker:
             pipeline=_make_pipeline(cam, self.site, self.names, self.heads),
             ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
             motion=MotionState(),
+            judged_at=self.clock(),
         )
 
     def _reset(self, rt: CameraRuntime, ts: datetime) -> None:
@@ -568,6 +577,7 @@ class DetectorWorker:
         if result is None:
             return
         h = item.frame.header
+        rt.judged_at = self.clock()
         rt.ring.add(StoredFrame(h.ts, item.frame.image, h.width, h.height))
         events = rt.pipeline.process(
             h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
@@ -652,6 +662,56 @@ class DetectorWorker:
             log.info(
                 "camera %s: ended candidate %s (%s in zone %s): not seen since %s",
                 cam.id,
+                op.episode.candidate_id,
+                op.episode.type,
+                op.episode.zone_id,
+                op.episode.last_event_at.isoformat(),
+            )
+
+    def _end_silent(self) -> None:
+        """End the open episodes of cameras that have sent no frame for longer than their
+        rule's ``gap_s + clear_s``: a dead camera or a finished file sends none that would
+        clear them. Each ends at its last sighting; the camera's next occupancy is a new
+        episode."""
+        now = self.clock()
+        if now - self._silence_checked < SILENCE_CHECK_S:
+            return
+        self._silence_checked = now
+        for rt in self.cams.values():
+            try:
+                self._end_silent_camera(rt, now - rt.judged_at)
+            except Exception:
+                log.exception(
+                    "camera %s: ending the episodes of a silent camera failed", rt.camera.id
+                )
+
+    def _end_silent_camera(self, rt: CameraRuntime, silent_s: float) -> None:
+        from gridpatrol.detectors import episodes
+
+        cam = rt.camera
+        keys: list[Key] = []
+        for key, ep in self.book.items():
+            if ep.open and ep.camera_id == cam.id:
+                params = _rule_params(cam, ep.zone_id, ep.type)
+                if silent_s > (0.0 if params is None else _silence_s(params)):
+                    keys.append(key)
+        if not keys:
+            return
+        seen = {(cam.id, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
+        t = rt.last_ts or max(self.book[k].last_event_at for k in keys)
+        book, ops = episodes.end_silent(self.book, keys, t, seen)
+        self._commit([(op, ([], {"detection": self._end_block(op.episode)})) for op in ops])
+        self.book = book
+        for key in keys:
+            rt.pipeline.forget(key[1], key[2])
+            rt.waiting.discard(key)
+        for op in ops:
+            self.metrics.candidates.labels(cam.id, "end").inc()
+            log.warning(
+                "camera %s has sent no frame for %.0f s: ended candidate %s (%s in zone %s) at "
+                "its last sighting %s",
+                cam.id,
+                silent_s,
                 op.episode.candidate_id,
                 op.episode.type,
                 op.episode.zone_id,
@@ -871,6 +931,12 @@ def _resume_s(params: RuleParams) -> float:
     comes on top of the rule's own gap and clear times.
     """
     return params.gap_s + params.clear_s + params.update_s
+
+
+def _silence_s(params: RuleParams) -> float:
+    """How long a camera may send no frame before the rule's open episode ends: the time its
+    rule would take to clear it had frames without the condition kept coming."""
+    return params.gap_s + params.clear_s
 
 
 def _horizon_s(cam: Camera) -> float:

@@ -335,6 +335,11 @@ def candidates(client: httpx.Client, camera_id: str) -> list[dict[str, Any]]:
     return sorted(full, key=lambda c: c["occurred_at"])
 
 
+def ended(client: httpx.Client, camera_id: str = "street") -> list[dict[str, Any]]:
+    """The camera's candidates whose episode has ended."""
+    return [c for c in candidates(client, camera_id) if "ended_at" in c["detection"]]
+
+
 def check_evidence(client: httpx.Client, candidate: dict[str, Any]) -> set[str]:
     """Every evidence hash is served by the API and re-hashes to itself; returns the kinds."""
     kinds = set()
@@ -400,9 +405,10 @@ def test_street_crowd_episodes_and_no_vending(
     assert worker.metric("dropped_frames", "street") == 1
 
     client = rig.api.client("reviewer")
+    # The camera then sends nothing: 5 s (gap_s + clear_s) later the second episode ends too.
     found = wait_for(
-        "two crowd candidates",
-        lambda: len(c := candidates(client, "street")) >= 2 and c,
+        "two ended crowd candidates",
+        lambda: len(c := ended(client)) >= 2 and c,
         60,
         worker,
     )
@@ -421,10 +427,11 @@ def test_street_crowd_episodes_and_no_vending(
         assert "人群聚集" in cand["description"]
         kinds = check_evidence(client, cand)
         assert {"clean", "annotated", "first_seen", "latest"} <= kinds
-    # The first episode was updated while it lasted, then ended; the second refers to it.
+    # The first episode was updated while it lasted, then ended; the second refers to it and
+    # ended at its last sighting, the street's last frame, when the camera fell silent.
     assert first["detection"]["dwell_s"] >= 8
     assert "ended_at" in first["detection"]
-    assert "ended_at" not in second["detection"]
+    assert datetime.fromisoformat(second["detection"]["ended_at"]) == end - timedelta(seconds=0.5)
     assert second["references"] == [first["id"]]
     occurred = datetime.fromisoformat(first["occurred_at"])
     assert T0 <= occurred <= T0 + timedelta(seconds=3)
@@ -446,7 +453,8 @@ def test_street_crowd_episodes_and_no_vending(
 
 @dataclass
 class CrowdEpisode:
-    """A worker that has raised one crowd candidate on 7 s of the street (clear_s 10)."""
+    """A worker that has raised one crowd candidate on 7 s of the street (clear_s 10 unless
+    said otherwise); the crowd shows in every frame."""
 
     worker: Worker
     crowd: list[bytes]
@@ -456,8 +464,8 @@ class CrowdEpisode:
     first: dict[str, Any]
 
 
-def start_crowd_episode(rig: Rig, street: list[Image]) -> CrowdEpisode:
-    worker = rig.worker({"street": [crowd_zone(clear_s=10)]})
+def start_crowd_episode(rig: Rig, street: list[Image], clear_s: float = 10) -> CrowdEpisode:
+    worker = rig.worker({"street": [crowd_zone(clear_s=clear_s)]})
     h, w = street[0].shape[:2]
     crowd = [jpeg(f) for f in street]
     size = {"street": (w, h)}
@@ -530,6 +538,53 @@ def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
 
     assert_ended_at_last_sighting(ep)
     assert f"ended candidate {first['id']} (crowd_gathering in zone whole-street)" in worker.text()
+
+
+def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: list[Image]) -> None:
+    """No frame clears an episode of a camera that died: it ends at its last sighting once
+    the camera has been silent for gap_s + clear_s (2 + 3 s), also after a restart."""
+    ep = start_crowd_episode(rig, street, clear_s=3)
+    worker, client, first = ep.worker, ep.client, ep.first
+    silent_since = time.monotonic()
+    (gone,) = wait_for("the silent camera's episode to end", lambda: ended(client), 30, worker)
+    waited = time.monotonic() - silent_since
+    assert gone["id"] == first["id"]
+    # The crowd was in the last frame, half a second before the end of the footage.
+    last_sighting = ep.end - timedelta(seconds=0.5)
+    assert datetime.fromisoformat(gone["detection"]["ended_at"]) == last_sighting
+    assert gone["detection"]["dwell_s"] == 6.5
+    assert (
+        "boxes" in gone["detection"] and gone["detection"]["boxes"] == first["detection"]["boxes"]
+    )
+    assert 5.0 <= waited < 15.0
+    assert (
+        f"camera street has sent no frame for 5 s: ended candidate {first['id']} "
+        f"(crowd_gathering in zone whole-street) at its last sighting {last_sighting.isoformat()}"
+    ) in worker.text()
+
+    # The camera comes back where it stopped (a paused source): the crowd is a new episode,
+    # with a dwell of its own.
+    again = rig.publisher.play({"street": ep.crowd[:14]}, ep.size, ep.end, worker)
+    found = wait_for(
+        "a second candidate", lambda: len(c := candidates(client, "street")) == 2 and c, 30, worker
+    )
+    second = found[1]
+    assert second["references"] == [first["id"]]
+    assert datetime.fromisoformat(second["occurred_at"]) == ep.end
+    assert "ended_at" not in second["detection"]
+
+    # Killed, restarted while the camera stays dark: the reloaded episode ends too, at the
+    # last sighting its book knows (its raise, 5 s into the crowd).
+    worker.kill()
+    worker.start(rig.status)
+    assert "1 open episode(s) reloaded" in worker.text()
+    wait_for("the reloaded episode to end", lambda: len(ended(client)) == 2, 30, worker)
+    assert worker.stop() == 0
+    by_id = {c["id"]: c for c in candidates(client, "street")}
+    assert len(by_id) == 2
+    ended_at = datetime.fromisoformat(by_id[second["id"]]["detection"]["ended_at"])
+    assert ended_at == ep.end + timedelta(seconds=5)
+    assert again == ep.end + timedelta(seconds=7)
 
 
 def test_an_episode_of_a_camera_moved_off_the_worker_ends(rig: Rig, street: list[Image]) -> None:

@@ -13,6 +13,7 @@ from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import (
     Episode,
     Key,
+    end_silent,
     end_unfollowed,
     ensure_schema,
     load_book,
@@ -241,3 +242,25 @@ def test_end_unfollowed(
     )
     assert still == ({ep.key} if waiting else set())
     assert book[ep.key].open == waiting
+
+
+@pytest.mark.parametrize(
+    ("rule_last_seen_s", "ended_at_s", "dwell_s"),
+    [
+        (130, 130, 130),  # the rule saw it after the book's last event: that is its last sighting
+        (None, 100, 100),  # no rule follows it (reloaded at start): the book's last event
+        (90, 100, 100),  # the rule's sighting is older than the book's: the book's
+    ],
+)
+def test_end_silent_ends_at_the_last_sighting(
+    rule_last_seen_s: float | None, ended_at_s: float, dwell_s: float
+) -> None:
+    ep = _open_episode(100)
+    seen = {} if rule_last_seen_s is None else {ep.key: at(rule_last_seen_s)}
+    book, ops = end_silent({ep.key: ep}, [ep.key], at(140), seen)
+    assert [(op.kind, op.episode.ended_at, op.episode.dwell_s) for op in ops] == [
+        ("end", at(ended_at_s), dwell_s)
+    ]
+    assert book[ep.key] == ops[0].episode and not book[ep.key].open
+    assert book[ep.key].reported_at == at(140)
+    assert end_silent(book, [ep.key], at(150), seen) == (book, [])  # ended already
