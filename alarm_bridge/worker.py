@@ -33,6 +33,7 @@ from gridpatrol.alarm_bridge.adapters import (
 )
 from gridpatrol.alarm_bridge.inbox import Inbox
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
+from gridpatrol.alarm_bridge.uptime import Uptime
 from gridpatrol.api.client import merge_patches
 from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
 from gridpatrol.ingest.topics import (
@@ -141,7 +142,6 @@ class BridgeCore:
         self.prefix = prefix or site.mqtt.prefix
         self.registry: dict[str, Sensor] = {s.id: s for s in site.sensors}
         self.counts = Counters()
-        self.started_at: float | None = None
         self._clock_ahead: set[str] = set()  # sensors already logged for a clock ahead
 
     # -- messages -------------------------------------------------------------------------------
@@ -356,28 +356,30 @@ class BridgeCore:
         if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
             self._offline(txn, sensor, f"online:{now:.6f}", False, now, out)
 
-    def check_silence(
-        self, txn: OutboxTxn, now: float, out: BatchResult, *, connected_since: float
-    ) -> int:
+    def silence_horizon(self) -> float:
+        """The longest silence judged: 3 x the largest expected_interval_s."""
+        intervals = [s.expected_interval_s or 0.0 for s in self.site.sensors]
+        return SILENCE_FACTOR * max(intervals, default=0.0)
+
+    def check_silence(self, txn: OutboxTxn, now: float, out: BatchResult, uptime: Uptime) -> int:
         """Raise ``device_offline`` for sensors silent longer than 3 x expected_interval_s.
 
-        Call only while connected. Silence counts from the start of the current broker
-        connection at the earliest: while the bridge was down or cut off, a sensor's messages
-        waited in the persistent session and are only now on their way.
+        Call only while connected. Silence is the time connected since the sensor's last
+        message (since the bridge's start for a sensor never heard), see :class:`Uptime`:
+        while the bridge was down or cut off, a sensor's messages waited in the persistent
+        session, but a link that flaps does not restart the count.
         """
-        if self.started_at is None:
-            self.started_at = now
         heard = store.last_heard(txn.conn)
         raised = 0
         for sensor in self.site.sensors:
             if sensor.expected_interval_s is None:
                 continue
-            last = max(heard.get(sensor.id, self.started_at), connected_since)
-            if now - last <= SILENCE_FACTOR * sensor.expected_interval_s:
+            since = heard.get(sensor.id, uptime.started if uptime.started is not None else now)
+            if uptime.connected_for(since, now) <= SILENCE_FACTOR * sensor.expected_interval_s:
                 continue
             if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
                 continue
-            self._offline(txn, sensor, f"silence:{last:.6f}", True, now, out)
+            self._offline(txn, sensor, f"silence:{since:.6f}", True, now, out)
             raised += 1
         return raised
 
@@ -446,8 +448,7 @@ class Bridge:
         self._newest: dict[str, bytes] = {}
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
-        # (connect count, first seen at) of the current broker connection; None while cut off.
-        self._connection: tuple[int, float] | None = None
+        self._uptime = Uptime(self.core.silence_horizon())
         with outbox.transaction() as txn:
             store.init(txn.conn)
         # Exactly the sensors' alarm and status topics: a device's other subtopics are not ours.
@@ -494,11 +495,11 @@ class Bridge:
         if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
             due["patches"] = now
             self._hand_over_patches(now)
-        connected_since = self._connected_since(now)
+        connected = self._uptime.look(now, self.mqtt.connected, self.mqtt.connects)
         # Cut off from the broker, the bridge cannot tell a silent sensor from its own outage.
-        if connected_since is not None and now - due.get("silence", 0.0) >= 1.0:
+        if connected and now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
-            self._silence(now, connected_since)
+            self._silence(now)
         if now - due.get("snapshots", 0.0) >= SNAPSHOT_SWEEP_S:
             due["snapshots"] = now
             self._sweep_snapshots()
@@ -512,17 +513,6 @@ class Bridge:
             self._progress((received - self._received_at_progress) / (now - last_progress))
             self._received_at_progress = received
             due["progress"] = now
-
-    def _connected_since(self, now: float) -> float | None:
-        """When the current broker connection began, as first noticed here; None if there is
-        none. The connect count tells a reconnection between two looks from the same one."""
-        if not self.mqtt.connected:
-            self._connection = None
-            return None
-        connects = self.mqtt.connects
-        if self._connection is None or self._connection[0] != connects:
-            self._connection = (connects, now)
-        return self._connection[1]
 
     def _hand_over_patches(self, now: float) -> None:
         """Hand coalesced updates to the outbox when it is idle.
@@ -603,10 +593,10 @@ class Bridge:
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
             return out
 
-    def _silence(self, now: float, connected_since: float) -> None:
+    def _silence(self, now: float) -> None:
         out = BatchResult()
         with self.outbox.transaction() as txn:
-            self.core.check_silence(txn, now, out, connected_since=connected_since)
+            self.core.check_silence(txn, now, out, self._uptime)
             self.core.finish(txn, out)
         self._queue_snapshots(out)
 

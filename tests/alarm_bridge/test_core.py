@@ -11,6 +11,7 @@ import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
+from gridpatrol.alarm_bridge.uptime import SETTLE_S, Uptime
 from gridpatrol.alarm_bridge.worker import BatchResult, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.site import Site, load_site
@@ -40,9 +41,10 @@ def reading(sensor: str, value: float, ts: float) -> bytes:
 
 
 class Harness:
-    def __init__(self, site: Site, outbox: Outbox) -> None:
+    def __init__(self, site: Site, outbox: Outbox, settle_s: float = 0.0) -> None:
         self.core = BridgeCore(site)
         self.outbox = outbox
+        self.uptime = Uptime(self.core.silence_horizon(), settle_s)
         self.dead: list[str] = []
         self.snapshots: list[tuple[str, str]] = []
 
@@ -67,11 +69,13 @@ class Harness:
     def alarm(self, sensor: str, payload: bytes, at: float = T0) -> None:
         self.send(f"gridpatrol/sensors/{sensor}/alarm", payload, at)
 
-    def silence(self, now: float, connected_since: float = T0) -> None:
+    def silence(self, now: float, connects: int = 1) -> None:
+        """A look at a connection (a new one when ``connects`` changed), then the check."""
+        assert self.uptime.look(now, True, connects)
         out = BatchResult()
         with self.outbox.transaction() as txn:
             store.init(txn.conn)
-            self.core.check_silence(txn, now, out, connected_since=connected_since)
+            self.core.check_silence(txn, now, out, self.uptime)
             self.core.finish(txn, out)
 
 
@@ -620,24 +624,55 @@ def test_offline_by_silence(h: Harness) -> None:
     assert [b["source"]["sensor_id"] for b in creates] == ["wl-1", "mh-1"]
 
 
-def test_silence_counts_from_the_current_connection(site: Site, outbox: Outbox) -> None:
-    """After a broker outage or the bridge's own downtime, the sensors' messages queued in the
-    persistent session are still on their way: nobody is silent for that time."""
-    before = Harness(site, outbox)
+def test_silence_does_not_count_an_outage_of_the_broker(site: Site, outbox: Outbox) -> None:
+    """While cut off, and while the messages the persistent session queued meanwhile arrive
+    (the first SETTLE_S of the new connection), nobody is silent; before, they were."""
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    h.silence(T0)  # the bridge starts: listening from T0 + 60
+    h.alarm("wl-1", reading("wl-1", 1.0, T0 + 60), T0 + 60)
+    h.silence(T0 + 600)  # 540 s of wl-1's 900
+    outage_over = T0 + 2100  # 25 min without the broker, noticed at the next look
+    h.silence(outage_over, connects=2)
+    h.silence(outage_over + SETTLE_S + 360, connects=2)  # 540 + 360 = 900: not yet
+    assert outbox_ops(outbox) == []
+    h.silence(outage_over + SETTLE_S + 361, connects=2)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T14:55:21Z")  # T0 + 2100 + 60 + 361
+    ]
+
+
+def test_silence_does_not_count_the_bridges_own_downtime(site: Site, outbox: Outbox) -> None:
+    before = Harness(site, outbox, settle_s=SETTLE_S)
     before.silence(T0)
     for sensor in ("wl-1", "mh-1"):
         before.alarm(sensor, reading(sensor, 1.0, T0), T0)
-    before.silence(T0 + 600, connected_since=T0)
-    outage_over = T0 + 2100  # 35 min without the broker
-    before.silence(outage_over + 3 * 300, connected_since=outage_over)
-    restarted = Harness(site, outbox)  # the bridge back after an hour down
+    before.silence(T0 + 600)
+    restarted = Harness(site, outbox, settle_s=SETTLE_S)  # the bridge back after an hour down
     back = T0 + 3600
-    restarted.silence(back, connected_since=back)
-    restarted.silence(back + 3 * 300, connected_since=back)
+    restarted.silence(back)
+    restarted.silence(back + SETTLE_S + 3 * 300)
     assert outbox_ops(outbox) == []
-    restarted.silence(back + 3 * 300 + 1, connected_since=back)
+    restarted.silence(back + SETTLE_S + 3 * 300 + 1)
     creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
     assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
+
+
+def test_a_flapping_link_does_not_restart_the_silence(site: Site, outbox: Outbox) -> None:
+    """Reconnected every 20 minutes, mh-1 (600 s: 30 min of silence) used to never be judged
+    silent. Looked at every 10 s: each reconnection costs the 10 s since the last look and
+    the settling minute."""
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    h.silence(T0)
+    for sensor in ("wl-1", "mh-1"):
+        h.alarm(sensor, reading(sensor, 1.0, T0 + 60), T0 + 60)
+    for at in range(int(T0) + 10, int(T0) + 4 * 1200, 10):
+        h.silence(at, connects=1 + (at - int(T0)) // 1200)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T14:29:30Z"),  # T0 + 970: 910 s heard nothing, connected
+        ("mh-1", "2026-09-21T14:45:40Z"),  # T0 + 1940: 1130 s + 680 s after the reconnection
+    ]
 
 
 def test_sensor_trace_is_bounded(h: Harness) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
@@ -103,11 +104,30 @@ def _wait_until(check: Any, what: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
+def _broker_gone(broker: Any, conn: MqttConnection) -> None:
+    broker.stop()
+    _wait_until(lambda: not conn.connected, "still connected")
+
+
+def _broker_back(broker: Any, conn: MqttConnection) -> None:
+    broker.start()
+    assert conn.wait_connected(30)
+
+
+def _offline_creates(outbox: Outbox) -> list[tuple[str, str]]:
+    return [
+        (b["source"]["sensor_id"], b["occurred_at"])
+        for k, _, b in outbox_ops(outbox)
+        if k == "create" and b["type"] == "device_offline"
+    ]
+
+
 def test_silence_is_not_judged_while_cut_off_from_the_broker(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     """A broker outage longer than 3 x expected_interval_s raises no device_offline; silence
-    counts again from the reconnection. The loop is driven by hand with injected times."""
+    counts again once the reconnection has settled. The loop is driven by hand with injected
+    times."""
     site = make_site("gridpatrol")
     outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
     settings = MqttSettings.from_url(mosquitto.url)
@@ -117,21 +137,49 @@ def test_silence_is_not_judged_while_cut_off_from_the_broker(
     try:
         assert conn.start(10)
         bridge._housekeeping(t0)
-        mosquitto.stop()
-        _wait_until(lambda: not conn.connected, "still connected")
+        _broker_gone(mosquitto, conn)
         bridge._housekeeping(t0 + 2100)  # 35 min later: wl-1 and mh-1 would be "silent"
         assert outbox_ops(outbox) == []
-        mosquitto.start()
-        assert conn.wait_connected(30)
+        _broker_back(mosquitto, conn)
         back = t0 + 2101
         bridge._housekeeping(back)
-        bridge._housekeeping(back + 3 * 300)
+        bridge._housekeeping(back + SETTLE_S + 3 * 300)
         assert outbox_ops(outbox) == []
-        bridge._housekeeping(back + 3 * 300 + 1)
+        bridge._housekeeping(back + SETTLE_S + 3 * 300 + 1)
     finally:
         conn.stop()
-    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
-    assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
+    assert _offline_creates(outbox) == [("wl-1", "2026-09-21T15:04:22Z")]
+
+
+def test_a_link_that_drops_pauses_the_silence_without_restarting_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """mh-1 (600 s: 30 min) silent 17 min 20 s, the broker gone 100 s, then 12 min 40 s more:
+    device_offline. Counted from the reconnection, it would still be 17 min away."""
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection(
+        "alarm_bridge", MqttSettings.from_url(mosquitto.url), client_id="gp-test-flap"
+    )
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    t0 = 1_790_000_000.0
+    try:
+        assert conn.start(10)
+        bridge._housekeeping(t0)  # listening from t0 + 60
+        bridge._housekeeping(t0 + 1100)  # 1040 s: wl-1 (900 s) is silent
+        _broker_gone(mosquitto, conn)
+        bridge._housekeeping(t0 + 1200)
+        _broker_back(mosquitto, conn)
+        bridge._housekeeping(t0 + 1210)  # cut off from the last look, t0 + 1100, to t0 + 1270
+        bridge._housekeeping(t0 + 2030)  # 1040 + 760 = 1800 s: not yet
+        assert _offline_creates(outbox) == [("wl-1", "2026-09-21T14:31:40Z")]
+        bridge._housekeeping(t0 + 2031)
+    finally:
+        conn.stop()
+    assert _offline_creates(outbox) == [
+        ("wl-1", "2026-09-21T14:31:40Z"),  # t0 + 1100
+        ("mh-1", "2026-09-21T14:47:11Z"),  # t0 + 2031
+    ]
 
 
 def _pump(bridge: Bridge, received: int) -> None:
