@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from gridpatrol import __version__
 from gridpatrol.api import problems
 from gridpatrol.api.auth import Authenticator
+from gridpatrol.api.bodylimit import BodyLimit
 from gridpatrol.api.db import Database
 from gridpatrol.api.deps import Services
 from gridpatrol.api.evidence import EvidenceStore
@@ -74,7 +75,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     bus = _bus(settings, db, hub, metrics)
     services = Services(
         settings=settings,
-        candidates=CandidateService(db, store, site_policy_, clock, hub),
+        candidates=CandidateService(
+            db, store, site_policy_, clock, hub, max_body_bytes=settings.max_body_bytes
+        ),
         store=store,
         policy=site_policy_,
         hub=hub,
@@ -117,7 +120,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.state.db = db
     app.state.metrics = metrics
     problems.install(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(
+        BodyLimit, body_bytes=settings.max_body_bytes, batch_bytes=settings.max_batch_bytes
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: it counts the 413s
     for name in ROUTERS:
         app.include_router(importlib.import_module(name).router)
     log.info("intake API ready: database %s, evidence in %s", db.dialect, settings.evidence_dir)

@@ -277,6 +277,8 @@ class Outbox:
     WINDOW = 10_000
     WINDOW_BYTES = 32 << 20  # ... and at most this many payload bytes (evidence can be large)
     MAX_BATCH = 500  # creates per POST /candidates/batch (the API's limit)
+    # ... and at most this many bytes of them: half the API's default GRIDPATROL_MAX_BATCH_BYTES.
+    MAX_BATCH_BYTES = 8 << 20
     PARALLEL = 8  # evidence uploads and PATCHes of different candidates in flight at once
     # Candidates whose patches one round sends: bounds how long a create that arrives
     # meanwhile waits for the next round; the rest merge further in the meantime.
@@ -430,7 +432,7 @@ class Outbox:
         evidence they reference, and a failure stops the round before anything that may
         depend on it.
         """
-        ops = _round(self._pending(conn), self.MAX_BATCH)
+        ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
             return False
         try:
@@ -638,12 +640,17 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def _round(ops: list[_Op], max_creates: int) -> list[_Op]:
-    """The window cut before its ``max_creates + 1``-th create: one batch takes the rest."""
-    creates = 0
+def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:
+    """The window cut before its ``max_creates + 1``-th create, or before the create that
+    would take the creates past ``max_bytes`` (never before the first): one batch takes the
+    rest."""
+    creates = size = 0
     for index, op in enumerate(ops):
-        creates += op.kind == "create"
-        if creates > max_creates:
+        if op.kind != "create":
+            continue
+        creates += 1
+        size += len(op.payload)
+        if creates > max_creates or (creates > 1 and size > max_bytes):
             return ops[:index]
     return ops
 

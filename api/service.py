@@ -130,7 +130,8 @@ class Outcome:
         return self.text if self.text is not None else json.dumps(self.doc, ensure_ascii=False)
 
 
-def request_hash(method: str, path: str, body: Any) -> str:
+def canonical_json(body: Any) -> bytes:
+    """``body`` as compact UTF-8 JSON with sorted keys: what a request's hash is taken of."""
     try:
         canonical = json.dumps(
             body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
@@ -138,10 +139,17 @@ def request_hash(method: str, path: str, body: Any) -> str:
     except ValueError as exc:
         raise Problem(422, "numbers must be finite (no NaN or Infinity)") from exc
     try:
-        encoded = f"{method} {path}\n{canonical}".encode()
+        return canonical.encode()
     except UnicodeEncodeError as exc:
         raise Problem(422, SURROGATES) from exc
-    return hashlib.sha256(encoded).hexdigest()
+
+
+def request_hash(method: str, path: str, body: Any, canonical: bytes | None = None) -> str:
+    """The hash an idempotency key's request is recognised by; ``canonical`` is
+    :func:`canonical_json` of ``body``, if the caller has it."""
+    digest = hashlib.sha256(f"{method} {path}\n".encode())
+    digest.update(canonical_json(body) if canonical is None else canonical)
+    return digest.hexdigest()
 
 
 def dump_body(parsed: CandidatePatch) -> JsonDict:
@@ -293,9 +301,17 @@ def validation_problem(exc: ValidationError) -> Problem:
 
 class CandidateService:
     def __init__(
-        self, db: Database, store: EvidenceStore, policy: SitePolicy, clock: Clock, hub: Hub
+        self,
+        db: Database,
+        store: EvidenceStore,
+        policy: SitePolicy,
+        clock: Clock,
+        hub: Hub,
+        max_body_bytes: int = 1 << 20,
     ) -> None:
         self.db = db
+        # A batch item's limit, as the app's BodyLimit applies it to a single POST's body.
+        self.max_body_bytes = max_body_bytes
         self.store = store
         self.policy = policy
         self.clock = clock
@@ -428,7 +444,11 @@ class CandidateService:
                 parsed = parse_candidate(body)
                 body_json = dump_body(parsed)
                 refuse_server_fields(body_json, CREATE_OWNED, "a new candidate")
-                digest = request_hash("POST", "/candidates", body_json)
+                canonical = canonical_json(body_json)
+                if len(canonical) > self.max_body_bytes:
+                    limit = self.max_body_bytes
+                    raise Problem(413, f"a candidate body is limited to {limit} bytes")
+                digest = request_hash("POST", "/candidates", body_json, canonical)
                 valid.append((index, check_key(key), digest, parsed))
             except Problem as exc:
                 results[index] = problem_item(exc)

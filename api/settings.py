@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # classes a rule names against it when its weights are on this machine.
     model: str | None = None
     max_evidence_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # JSON bodies: a candidate's (POST, PATCH, each item of a batch) and a whole batch's.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    max_batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     session_secret: str = Field(default_factory=lambda: secrets.token_hex(32))
     session_max_age_s: int = 12 * 3600
     allow_generated_tokens: bool = False

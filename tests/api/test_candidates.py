@@ -462,3 +462,53 @@ def test_a_client_id_reused_for_another_event_is_a_conflict(api: Any) -> None:
     page = api.as_("reviewer").get(URL).json()
     assert sorted(c["source"]["source_event_id"] for c in page["items"]) == ["e1", "e2", "e5"]
     assert api.as_("reviewer").get(f"{URL}/{cid}").json() == first
+
+
+def test_bodies_over_the_size_limits_are_refused_and_not_stored(make_api: Any) -> None:
+    api = make_api(max_body_bytes=4096, max_batch_bytes=10_000)
+    producer = api.as_("producer")
+    sha = api.put_jpeg()
+    big = {**api.body("big", sha), "note": "x" * 5000}
+    limit = "a candidate body is limited to 4096 bytes"
+
+    def refused(response: Any, detail: str = limit) -> None:
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"] == detail
+
+    refused(post(api, big))
+
+    def chunked(payload: Any, key: str) -> Any:
+        data = json.dumps(payload).encode()
+        parts = iter([data[i : i + 1000] for i in range(0, len(data), 1000)])
+        headers = {"Idempotency-Key": key, "Content-Type": "application/json"}
+        return producer.post(URL, content=parts, headers=headers)
+
+    refused(chunked(big, "c1"))  # no Content-Length: counted as it arrives
+    small = chunked(api.body("small", sha), "c2")
+    assert small.status_code == 201, small.text
+    cid = small.json()["id"]
+    refused(
+        producer.patch(f"{URL}/{cid}", json={"note": "x" * 5000}, headers={"Idempotency-Key": "p"})
+    )
+    items = [
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"idempotency_key": "b2", "body": big},
+        {"idempotency_key": "b3", "body": api.body("e3", sha)},
+    ]
+    response = producer.post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [201, 413, 201]
+    assert (results[1]["body"]["status"], results[1]["body"]["detail"]) == (413, limit)
+    near = [
+        {"idempotency_key": f"n{i}", "body": {**api.body(f"n{i}", sha), "note": "x" * 3000}}
+        for i in range(3)
+    ]
+    refused(
+        producer.post(f"{URL}/batch", json={"items": near}),
+        "a batch is limited to 10000 bytes",
+    )
+    page = api.as_("reviewer").get(URL).json()
+    assert sorted(c["source"]["source_event_id"] for c in page["items"]) == ["e1", "e3", "small"]
+    assert api.as_("reviewer").get(f"{URL}/{cid}").json() == small.json()

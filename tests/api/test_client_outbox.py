@@ -54,6 +54,15 @@ def producer(api_server: Any, tmp_path: Path, name: str = "test") -> Outbox:
     return Outbox(tmp_path / f"outbox-{name}.db", client, component=name)
 
 
+def deliver(outbox: Outbox, timeout: float = 30) -> None:
+    """Start the outbox, wait until it holds nothing pending, stop it."""
+    outbox.start()
+    try:
+        assert outbox.flush(timeout)
+    finally:
+        outbox.stop()
+
+
 def all_candidates(api_server: Any) -> list[dict[str, Any]]:
     with api_server.client("admin") as http:
         items: list[dict[str, Any]] = []
@@ -286,17 +295,22 @@ def test_stopping_drops_the_uploads_not_begun(tmp_path: Path) -> None:
     assert Outbox(path, None, component="hung").depth() == 40
 
 
-def patch_requests(api_server: Any) -> int:
-    """PATCH /candidates/{id} requests the API has answered, from its /metrics."""
+def api_requests(api_server: Any, *labels: str) -> int:
+    """Requests the API has answered with all of ``labels`` (e.g. 'method="PATCH"'), from
+    its /metrics."""
     with api_server.client("admin") as http:
         text = http.get("/metrics").text
     return sum(
         int(float(line.rsplit(" ", 1)[1]))
         for line in text.splitlines()
         if line.startswith("gridpatrol_api_requests_total{")
-        and 'method="PATCH"' in line
-        and 'route="/api/v1/candidates/{candidate_id}"' in line
+        and all(label in line for label in labels)
     )
+
+
+def patch_requests(api_server: Any) -> int:
+    """PATCH /candidates/{id} requests the API has answered."""
+    return api_requests(api_server, 'method="PATCH"', 'route="/api/v1/candidates/{candidate_id}"')
 
 
 def test_interleaved_updates_merge_per_candidate_in_order(api_server: Any, tmp_path: Path) -> None:
@@ -386,11 +400,7 @@ def test_an_id_taken_by_another_event_is_refused_for_good(api_server: Any, tmp_p
             for event in events:
                 txn.create_candidate(candidate(event, sha), own if event == "own-4" else cid)
                 txn.patch_candidate(cid, {"description": f"from {event}"})
-        outbox.start()
-        try:
-            assert outbox.flush(30)
-        finally:
-            outbox.stop()
+        deliver(outbox)
     assert first.failed() == []
     failed = second.failed()
     kinds = ["create", "patch", "create", "patch", "patch"]  # round 2, then round 3
@@ -403,3 +413,29 @@ def test_an_id_taken_by_another_event_is_refused_for_good(api_server: Any, tmp_p
     assert sorted(docs) == sorted([cid, own])
     assert docs[cid]["source"]["source_event_id"] == "taken-1"
     assert docs[cid]["description"] == candidate("taken-1", sha)["description"]
+
+
+def test_batches_stay_under_the_size_limit_and_a_body_over_it_is_refused(
+    api_server: Any, tmp_path: Path
+) -> None:
+    api_server.stop()
+    api_server.env["GRIDPATROL_MAX_BODY_BYTES"] = "100000"
+    api_server.env["GRIDPATROL_MAX_BATCH_BYTES"] = "200000"
+    api_server.start()
+    outbox = producer(api_server, tmp_path)
+    outbox.MAX_BATCH_BYTES = 150_000  # 5 creates of 30 kB a batch
+    ids = []
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(50), "image/jpeg")
+        for i in range(20):
+            ids.append(txn.create_candidate({**candidate(f"size-{i}", sha), "note": "x" * 30_000}))
+            if i == 10:
+                big = txn.create_candidate({**candidate("size-big", sha), "note": "x" * 120_000})
+    deliver(outbox, 60)
+    failed = outbox.failed()
+    assert [(f["kind"], f["candidate_id"]) for f in failed] == [("create", big)]
+    assert failed[0]["error"].startswith("413 ")
+    assert outbox.stats() == {"sent": 21, "retried": 0, "failed": 1, "depth": 0}
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted(ids)
+    # Only the body over the limit, sent alone (it fills a batch by itself): no batch was.
+    assert api_requests(api_server, 'method="POST"', 'status="413"') == 1

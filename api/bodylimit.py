@@ -1,0 +1,78 @@
+"""Size limits of the JSON bodies under ``/api/v1/candidates``, enforced before they are read.
+
+A body whose ``Content-Length`` is over the limit is answered 413 at once; a chunked one is
+counted as it arrives and answered 413 as soon as it passes the limit. Evidence uploads have a
+limit of their own (``max_evidence_bytes``, in the evidence router).
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gridpatrol.api.problems import problem_response
+
+PREFIX = "/api/v1/candidates"
+BATCH = f"{PREFIX}/batch"
+WRITES = frozenset({"POST", "PUT", "PATCH"})
+
+
+class BodyLimit:
+    """413 problem+json for a candidate body over ``body_bytes`` (a batch: ``batch_bytes``)."""
+
+    def __init__(self, app: ASGIApp, body_bytes: int, batch_bytes: int) -> None:
+        self.app = app
+        self.body_bytes = body_bytes
+        self.batch_bytes = batch_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] not in WRITES or not path.startswith(PREFIX):
+            await self.app(scope, receive, send)
+            return
+        batch = path == BATCH
+        limit = self.batch_bytes if batch else self.body_bytes
+        what = "a batch" if batch else "a candidate body"
+
+        async def refuse() -> None:
+            detail = f"{what} is limited to {limit} bytes"
+            await problem_response(413, detail, instance=path)(scope, receive, send)
+
+        declared = _content_length(scope)
+        if declared is not None:
+            # The server reads no more than the declared length: nothing to count.
+            if declared > limit:
+                await refuse()
+            else:
+                await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await refuse()
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body: Message | None = {"type": "http.request", "body": b"".join(chunks)}
+
+        async def replay() -> Message:
+            nonlocal body
+            if body is None:
+                return await receive()
+            message, body = body, None
+            return message
+
+        await self.app(scope, replay, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
