@@ -259,3 +259,14 @@ class IngestService:
                 stats.failures,
                 "online" if output.online else "offline",
             )
+        # Requests and boosts come in faster than they are served only in a storm, and a
+        # dropped request is a candidate without its snapshot: say so.
+        log.info(
+            "ingest: snapshot requests %d received, %d dropped (queue full); patrol boosts %d "
+            "received, %d dropped; %d malformed (dead-lettered)",
+            self._requests.received,
+            self._requests.dropped,
+            self._boosts.received,
+            self._boosts.dropped,
+            self.bad_requests,
+        )

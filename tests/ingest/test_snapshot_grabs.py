@@ -1,7 +1,9 @@
-"""Snapshot requests for a camera that takes long to open: a burst takes one grab."""
+"""Snapshot requests for a camera that takes long to open: a burst takes one grab; requests
+that overflow the queue are counted in the progress line."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import uuid
 from collections.abc import Callable
@@ -14,7 +16,7 @@ import pytest
 
 from gridpatrol.ingest import service as ingest_service
 from gridpatrol.ingest.messages import decode_frame
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
@@ -77,3 +79,21 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
         asker.stop()
     assert answered == set(ids)
     assert camera.grabs == 1
+
+
+def test_the_progress_line_counts_snapshot_requests_dropped_from_a_full_queue(
+    site_file: Callable[..., Path], mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    site = load_site(
+        site_file("  - {id: p1, source: 'rtsp://127.0.0.1:9/x', interval_s: 3600,\n"
+                  "     location: {address: a}}\n")
+    )  # fmt: skip
+    conn = MqttConnection("ing-progress", SHARED, prefix=mqtt_prefix)  # never started
+    service = IngestService(site, conn, site.cameras)
+    topic = snapshot_request_topic(mqtt_prefix, "p1")
+    for mid in range(1, 106):  # a burst while nothing serves them: the queue holds 100
+        request = encode_request(uuid.uuid4().hex)
+        service._requests._put(Message(topic, request, 1, False, datetime.now(UTC), mid))
+    with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.service"):
+        service.log_progress()
+    assert "snapshot requests 105 received, 5 dropped (queue full);" in caplog.text
