@@ -699,11 +699,15 @@ class CandidateService:
             # 410, not 409: the refusal is final, so an outbox must not retry it.
             raise Problem(410, f"candidate {cid} is {row.status}; it takes no more updates")
         now = self.clock()
-        doc = json.loads(row.doc)
+        stored = json.loads(row.doc)
         before = row.status
         changes = parsed.model_dump(mode="json", exclude_unset=True)
-        doc = merge_patches(doc, changes)
+        doc = merge_patches(stored, changes)
         self._derive(doc)
+        if doc == stored:
+            # Nothing changes (a producer sent what the candidate has): no history entry,
+            # and no new feed position, which is for a visible change.
+            return Outcome(200, stored, text=row.doc)
         outcome = Outcome(200, doc)
         if before in ("incomplete", "returned", "new"):
             new = sm.after_supplement(before, not doc["missing_elements"])

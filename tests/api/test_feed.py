@@ -278,3 +278,25 @@ def test_a_held_candidate_made_urgent_is_visible_at_once(api: Any, change: dict[
     assert [c["id"] for c in page["items"]] == [held, other]
     assert page["next_cursor"] == "2"
     assert actions(doc_of(api, held), "released") == 1
+
+
+def test_a_patch_that_changes_nothing_keeps_position_and_history(api: Any) -> None:
+    a = confirmed(api, "a")
+    b = confirmed(api, "b")
+    new = api.create(api.body("n", api.put_jpeg()))
+    api.clock.advance(minutes=5)
+    for cid in (a, new["id"]):
+        before = doc_of(api, cid)
+        same = {
+            "description": before["description"],
+            "detection": {"dwell_s": before["detection"]["dwell_s"]},
+            "evidence": before["evidence"][:1],
+            "severity": before["severity"].lower(),
+        }
+        patched = api.as_("producer").patch(
+            f"/api/v1/candidates/{cid}", json=same, headers={"Idempotency-Key": f"same-{cid}"}
+        )
+        assert (patched.status_code, patched.json()) == (200, before)
+        assert doc_of(api, cid) == before
+    assert feed(api, cursor="2") == {"items": [], "next_cursor": "2"}
+    assert [c["id"] for c in feed(api)["items"]] == [a, b]
