@@ -82,6 +82,7 @@ class Counters:
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
     moved_to_reception: int = 0  # timed more than MAX_AHEAD_S after reception (device clock)
     ignored: int = 0
+    retained_alarms: int = 0  # the broker's stored copy of an alarm: not news
     stale: int = 0  # a device transition timed before the alarm's last one
     snapshots: int = 0
     snapshot_fallbacks: int = 0
@@ -173,6 +174,12 @@ class BridgeCore:
             return
         if match is None or match.kind != "sensor_alarm":
             self.reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
+            return
+        if retained:
+            # Replayed on every subscription, also once its dedup key is long pruned: an old
+            # alarm, not a sign of life.
+            self.counts.retained_alarms += 1
+            log.info("sensor %s: retained copy on its alarm topic ignored", match.id)
             return
         adapted = adapt(
             payload, sensor_id=match.id, registry=self.registry, received_at=received_at

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
@@ -223,6 +224,43 @@ def test_retained_last_will_replayed_on_resubscription_raises_nothing(
     assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]
     assert ops[1][2]["type"] == "device_offline"
     assert bridge.core.counts.ignored == 1
+
+
+def test_a_retained_alarm_is_not_news(tmp_path: Path, mqtt_prefix: str) -> None:
+    """A dead manhole sensor left a retained last will and a retained raise (its device
+    publishes alarms with the retain flag). A bridge subscribing later, its dedup keys long
+    pruned, raises device_offline from the will and ignores the old alarm: it neither opens
+    a candidate nor shows the sensor alive."""
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    status = sensor_status_topic(mqtt_prefix, "mh-1")
+    alarm = sensor_alarm_topic(mqtt_prefix, "mh-1")
+    old = {**json.loads(envelope("1")), "sensor_id": "mh-1", "alarm_type": "manhole_tilt"}
+    pub = MqttConnection("retained-alarm-pub", SETTINGS, prefix=mqtt_prefix)
+    assert pub.start(10)
+    try:
+        assert pub.publish_wait(status, b"offline", qos=1, retain=True)
+        assert pub.publish_wait(alarm, json.dumps(old).encode(), qos=1, retain=True)
+        conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+        bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+        assert conn.start(10)
+        try:
+            _pump(bridge, 2)
+        finally:
+            conn.stop()
+    finally:
+        for topic in (status, alarm):  # leave the shared broker clean
+            pub.publish_wait(topic, b"", qos=1, retain=True)
+        pub.stop()
+    ops = outbox_ops(outbox)
+    assert [(k, b["type"] if k == "create" else None) for k, _, b in ops] == [
+        ("evidence", None),
+        ("create", "device_offline"),
+    ]
+    counts = bridge.core.counts
+    assert (counts.retained_alarms, counts.dead_letters, counts.duplicates) == (1, 0, 0)
+    with outbox.transaction() as txn:
+        assert "mh-1" not in store.last_heard(txn.conn)
 
 
 def test_a_progress_interval_must_be_positive(tmp_path: Path) -> None:
