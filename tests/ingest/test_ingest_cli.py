@@ -140,7 +140,7 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
 @pytest.mark.parametrize(
     ("cameras", "extra", "code", "message"),
     [
-        ("  - {id: c1, source: x.mp4, fps: -1, location: {address: a}}\n", [], 1,
+        ("  - {id: c1, source: x.mp4, fps: -1, location: {address: a}}\n", [], 2,
          "site.yaml:5: cameras[0].fps: Input should be greater than 0"),
         ("  - {id: c1, source: x.mp4, fps: 1, location: {address: a}}\n", ["--cameras", "c1,c9"], 2,
          "unknown camera id(s) ['c9']"),
