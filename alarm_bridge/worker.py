@@ -87,7 +87,7 @@ class Counters:
     snapshots: int = 0
     snapshot_fallbacks: int = 0
     snapshot_missing: int = 0
-    snapshot_deferred: int = 0  # queue full: left for the next sweep
+    snapshot_deferred: int = 0  # queue full or media cut off: left for the next sweep
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -668,10 +668,16 @@ class Bridge:
                     self._snapshot_jobs.discard(candidate_id)
 
     def _snapshot(self, candidate_id: str, camera_id: str) -> None:
-        from gridpatrol.ingest.snapshot import request_snapshot
-
         assert self.media is not None
-        frame = request_snapshot(self.media, camera_id, timeout=SNAPSHOT_TIMEOUT_S)
+        frame = self._request_snapshot(self.media, camera_id)
+        if frame is None and not self.media.connected:
+            # Cut off from the cameras: no reply can come and the newest frame seen may be
+            # long stale. The wanted row stays; the sweep queues it again.
+            self.core.counts.snapshot_deferred += 1
+            log.info(
+                "camera %s: media connection down; snapshot of %s later", camera_id, candidate_id
+            )
+            return
         if frame is None:
             frame = self._fallback_frame(camera_id)
             if frame is None:
@@ -686,6 +692,13 @@ class Bridge:
             store.snapshot_settled(txn.conn, candidate_id)
         self.core.counts.snapshots += 1
         log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
+
+    def _request_snapshot(self, media: MqttConnection, camera_id: str) -> Frame | None:
+        from gridpatrol.ingest.snapshot import request_snapshot
+
+        if not media.connected:
+            return None
+        return request_snapshot(media, camera_id, timeout=SNAPSHOT_TIMEOUT_S)
 
     def _fallback_frame(self, camera_id: str) -> Frame | None:
         payload = self._newest.get(camera_id)

@@ -17,12 +17,15 @@ import cv2
 import numpy as np
 import pytest
 
+from gridpatrol.alarm_bridge import store
+from gridpatrol.alarm_bridge.worker import BatchResult, Bridge
+from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.topics import frame_topic, sensor_alarm_topic, snapshot_request_topic
 
-from .conftest import BridgeRig
+from .conftest import BridgeRig, make_site, outbox_ops
 
 BROKER = "mqtt://127.0.0.1:1883"
 
@@ -175,3 +178,42 @@ def test_a_snapshot_wanted_before_a_crash_is_fetched_after_it(rig: BridgeRig) ->
             time.sleep(0.5)
     assert found[0]["evidence"][1]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
     assert wanted(rig) == []
+
+
+def test_a_snapshot_wanted_while_the_media_connection_is_down_waits_for_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """Neither a reply nor the newest frame seen before the cut (stale by now) settles it:
+    the wanted row stays, and the sweep after the reconnection queues it again."""
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(mosquitto.url)
+    media = MqttConnection("bridge-media", settings, client_id="gp-test-media")
+    bridge = Bridge(site, outbox, MqttConnection("alarm_bridge", settings), media)
+    body = json.loads(raise_alarm("mh-1", "manhole_tilt"))
+    out = BatchResult()
+    with outbox.transaction() as txn:
+        topic = sensor_alarm_topic("gridpatrol", "mh-1")
+        bridge.core.handle(txn, topic, json.dumps(body).encode(), datetime.now(UTC), out)
+        bridge.core.finish(txn, out)
+    [(candidate_id, camera_id)] = out.snapshots
+    stale = jpeg(30)
+    bridge._newest["cam-1"] = encode_frame(frame("cam-1", stale).header, stale)
+    try:
+        assert media.start(10)
+        mosquitto.stop()
+        deadline = time.monotonic() + 30
+        while media.connected:
+            assert time.monotonic() < deadline, "still connected"
+            time.sleep(0.05)
+        bridge._snapshot(candidate_id, camera_id)
+        assert (bridge.core.counts.snapshot_deferred, bridge.core.counts.snapshots) == (1, 0)
+        mosquitto.start()
+        assert media.wait_connected(30)
+        bridge._sweep_snapshots()
+    finally:
+        media.stop()
+    assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
+    with outbox.transaction() as txn:
+        assert store.wanted_snapshots(txn.conn) == [(candidate_id, "cam-1")]
+    assert bridge._snapshots.get_nowait() == (candidate_id, "cam-1")
