@@ -191,8 +191,13 @@ def _located(value: object) -> bool:
 
 
 class BatchItem(BaseModel):
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200)]
-    body: Any
+    """One create of a batch. Judged per item, as a POST would judge it: without a usable
+    key (1-200 printable ASCII characters) the item is refused with 400, without a body 422."""
+
+    idempotency_key: Annotated[
+        Any, Field(json_schema_extra={"type": "string", "minLength": 1, "maxLength": 200})
+    ] = None
+    body: Any = None
 
 
 class BatchIn(BaseModel):

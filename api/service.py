@@ -255,6 +255,15 @@ def id_taken(cid: str) -> Problem:
     )
 
 
+def check_item_key(key: object) -> str:
+    """A batch item's ``idempotency_key``, or a 400 for that item."""
+    if key is None or key == "":
+        raise Problem(400, "a batch item needs its idempotency_key")
+    if not isinstance(key, str) or not IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise Problem(400, "an idempotency_key is 1-200 printable ASCII characters")
+    return key
+
+
 def check_key(key: str | None) -> str:
     if not key:
         raise Problem(400, "the Idempotency-Key header is required")
@@ -435,7 +444,7 @@ class CandidateService:
         digest = request_hash("POST", "/candidates", body)
         return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
 
-    def batch(self, who: Principal, items: list[tuple[str, Any]]) -> list[JsonDict]:
+    def batch(self, who: Principal, items: list[tuple[Any, Any]]) -> list[JsonDict]:
         """Create many candidates: one transaction claims the keys, one does the work."""
         results: list[JsonDict | None] = [None] * len(items)
         valid: list[tuple[int, str, str, CandidateIn]] = []
@@ -449,7 +458,7 @@ class CandidateService:
                     limit = self.max_body_bytes
                     raise Problem(413, f"a candidate body is limited to {limit} bytes")
                 digest = request_hash("POST", "/candidates", body_json, canonical)
-                valid.append((index, check_key(key), digest, parsed))
+                valid.append((index, check_item_key(key), digest, parsed))
             except Problem as exc:
                 results[index] = problem_item(exc)
         claimed, repeats = self._claim_batch(who, valid, results)

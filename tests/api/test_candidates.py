@@ -512,3 +512,27 @@ def test_bodies_over_the_size_limits_are_refused_and_not_stored(make_api: Any) -
     page = api.as_("reviewer").get(URL).json()
     assert sorted(c["source"]["source_event_id"] for c in page["items"]) == ["e1", "e3", "small"]
     assert api.as_("reviewer").get(f"{URL}/{cid}").json() == small.json()
+
+
+def test_a_batch_item_without_a_usable_key_is_refused_alone(api: Any) -> None:
+    sha = api.put_jpeg()
+    items: list[dict[str, Any]] = [
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"body": api.body("e2", sha)},
+        {"idempotency_key": None, "body": api.body("e3", sha)},
+        {"idempotency_key": "", "body": api.body("e4", sha)},
+        {"idempotency_key": 5, "body": api.body("e5", sha)},
+        {"idempotency_key": "é", "body": api.body("e6", sha)},
+        {"idempotency_key": "b7", "body": api.body("e7", sha)},
+        {"idempotency_key": "b8"},
+    ]
+    response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [201, 400, 400, 400, 400, 400, 201, 422]
+    required = "a batch item needs its idempotency_key"
+    malformed = "an idempotency_key is 1-200 printable ASCII characters"
+    assert [r["body"]["detail"] for r in results[1:6]] == [required] * 3 + [malformed] * 2
+    assert results[7]["body"]["detail"] == "the candidate must be a JSON object"
+    page = api.as_("reviewer").get(URL).json()
+    assert sorted(c["source"]["source_event_id"] for c in page["items"]) == ["e1", "e7"]
