@@ -198,19 +198,28 @@ def _reading(reading: ThresholdReading, sensor: Sensor, payload: bytes) -> Adapt
 def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejected:
     if sensor.thresholds is None:
         return Rejected("no_thresholds", f"sensor {sensor.id} has no thresholds for SenML")
-    numeric = _in_unit([r for r in pack.records if r.v is not None], sensor.thresholds.unit)
+    readable = [r for r in pack.records if r.v is not None or r.vb is not None]
+    numeric = _in_unit(readable, sensor.thresholds.unit)
     if not numeric:
-        return Rejected("no_reading", "no numeric SenML record in the sensor's unit")
+        return Rejected("no_reading", "no numeric or boolean SenML record in the sensor's unit")
     ordered = sorted(numeric, key=_record_time)
     key = _senml_key(payload, [_record_time(r) for r in ordered])
     items: list[AlarmInput] = []
     for index, record in enumerate(ordered):
-        assert record.v is not None and record.t is not None
-        item = _reading_item(sensor, f"{key}:{index}", record.v, record.t.timestamp(), record)
+        assert record.t is not None
+        value = _record_value(record)
+        item = _reading_item(sensor, f"{key}:{index}", value, record.t.timestamp(), record)
         if isinstance(item, Rejected):
             return item
         items.append(item)
     return Adapted(sensor.id, key, tuple(items))
+
+
+def _record_value(record: SenMLRecord) -> float:
+    """A record's reading: its number, else its boolean (``vb``) as 1.0 or 0.0."""
+    if record.v is not None:
+        return record.v
+    return 1.0 if record.vb else 0.0
 
 
 def _record_time(record: SenMLRecord) -> float:

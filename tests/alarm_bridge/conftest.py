@@ -45,6 +45,10 @@ sensors:
   - id: sm-1
     kind: smoke
     location: {grid_code: JA-DN-0203}
+  - id: sm-2
+    kind: smoke
+    location: {grid_code: JA-DN-0204}
+    thresholds: {raise: 1, clear: 0}
   - id: bf-1
     kind: bin_fill
     location: {lat: 31.2821, lon: 121.4491}

@@ -40,6 +40,11 @@ def reading(sensor: str, value: float, ts: float) -> bytes:
     return json.dumps({"sensor_id": sensor, "value": value, "ts": ts}).encode()
 
 
+def named(cases: list[tuple[Any, ...]]) -> list[Any]:
+    """The rows of a table whose first column names the case, as pytest parameters."""
+    return [pytest.param(*case[1:], id=case[0]) for case in cases]
+
+
 class Harness:
     def __init__(self, site: Site, outbox: Outbox, settle_s: float = 0.0) -> None:
         self.core = BridgeCore(site)
@@ -163,8 +168,7 @@ CLEAR_CASES = [
 
 @pytest.mark.parametrize(
     ("messages", "alarm_type", "count", "first_seen", "cleared_at"),
-    [c[1:] for c in CLEAR_CASES],
-    ids=[c[0] for c in CLEAR_CASES],
+    named(CLEAR_CASES),
 )
 def test_a_clear_tells_the_candidate_when_it_cleared(
     h: Harness,
@@ -230,8 +234,7 @@ STALE_CASES = [
 
 @pytest.mark.parametrize(
     ("messages", "kinds", "created", "stale"),
-    [c[1:] for c in STALE_CASES],
-    ids=[c[0] for c in STALE_CASES],
+    named(STALE_CASES),
 )
 def test_device_transitions_sent_before_the_last_one_are_stale(
     h: Harness, messages: list[tuple[str, str, float]], kinds: list[str], created: int, stale: int
@@ -306,8 +309,7 @@ DEAD_LETTERS = [
 
 @pytest.mark.parametrize(
     ("topic", "payload", "reason"),
-    [c[1:] for c in DEAD_LETTERS],
-    ids=[c[0] for c in DEAD_LETTERS],
+    named(DEAD_LETTERS),
 )
 def test_dead_letters(h: Harness, topic: str, payload: bytes, reason: str) -> None:
     h.send(topic, payload)
@@ -356,8 +358,7 @@ AHEAD_CASES = [
 
 @pytest.mark.parametrize(
     ("sensor", "payload", "occurred_at", "count"),
-    [c[1:] for c in AHEAD_CASES],
-    ids=[c[0] for c in AHEAD_CASES],
+    named(AHEAD_CASES),
 )
 def test_a_message_timed_ahead_is_timed_at_its_reception(
     h: Harness, sensor: str, payload: bytes, occurred_at: str, count: int
@@ -457,8 +458,7 @@ SEQ_CASES = [
 
 @pytest.mark.parametrize(
     ("messages", "count", "out_of_order", "restarts"),
-    [c[1:] for c in SEQ_CASES],
-    ids=[c[0] for c in SEQ_CASES],
+    named(SEQ_CASES),
 )
 def test_seq_wraps_and_restarts_are_not_out_of_order(
     h: Harness,
@@ -540,6 +540,63 @@ def test_senml_pack_with_its_own_time_is_deduplicated(h: Harness) -> None:
     h.alarm("wl-1", pack, T0 + 300)  # a redelivery, later
     assert [k for k, _, _ in outbox_ops(h.outbox) if k != "evidence"] == ["create"]
     assert h.core.counts.duplicates == 1
+
+
+def smoke_pack(bt: float, *records: dict[str, object]) -> bytes:
+    return json.dumps([{"bn": "sm-2:", "bt": bt, **records[0]}, *records[1:]]).encode()
+
+
+BOOLEAN_CASES = [
+    # (name, packs, kinds queued, measurements of the create, alarm of the last operation)
+    (
+        "true raises, false clears",
+        [
+            smoke_pack(T0, {"n": "smoke", "vb": True}),
+            smoke_pack(T0 + 10, {"n": "smoke", "vb": False}),
+        ],
+        ["create", "patch"],
+        [{"n": "sm-2:smoke", "vb": True, "t": T0}],
+        {"count": 1, "last_seen": "2026-09-21T14:13:30Z", "cleared_at": "2026-09-21T14:13:30Z"},
+    ),
+    (
+        "true again while raised is a repeat",
+        [
+            smoke_pack(T0, {"n": "smoke", "vb": True}),
+            smoke_pack(T0 + 10, {"n": "smoke", "vb": True}),
+        ],
+        ["create", "patch"],
+        [{"n": "sm-2:smoke", "vb": True, "t": T0}],
+        {"count": 2, "last_seen": "2026-09-21T14:13:30Z"},
+    ),
+    (
+        "false alone raises nothing",
+        [smoke_pack(T0, {"n": "smoke", "vb": False})],
+        [],
+        None,
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("packs", "kinds", "measurements", "alarm"),
+    named(BOOLEAN_CASES),
+)
+def test_senml_boolean_records_are_readings(
+    h: Harness,
+    packs: list[bytes],
+    kinds: list[str],
+    measurements: list[dict[str, object]] | None,
+    alarm: dict[str, object] | None,
+) -> None:
+    for i, pack in enumerate(packs):
+        h.alarm("sm-2", pack, T0 + 10 * i)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert h.dead == []
+    assert [k for k, _ in ops] == kinds
+    if ops:
+        assert ops[0][1]["type"] == "smoke" and ops[0][1]["measurements"] == measurements
+        assert {k: ops[-1][1]["alarm"][k] for k in alarm or {}} == alarm
 
 
 @pytest.mark.parametrize(
