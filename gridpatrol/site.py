@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import time
 from pathlib import Path
@@ -154,6 +155,11 @@ DEFAULT_ROUTING: dict[str, str] = {
     "noise": "城管中队",
     "device_offline": "区级平台",
 }
+
+
+def _repeated(ids: Iterable[str]) -> list[str]:
+    """The ids that occur more than once, sorted."""
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
 
 
 def _check_types(values: Iterable[str], what: str) -> None:
@@ -507,10 +513,10 @@ class Camera(Strict):
     def _sampling(self, info: ValidationInfo) -> Camera:
         if self.fps is not None and self.interval_s is not None:
             raise ValueError("give either fps (continuous) or interval_s (patrol), not both")
-        ids = [z.id for z in self.zones]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup and not (info.context or {}).get("ids_checked"):
-            raise ValueError(f"duplicate zone id(s) {dup}")
+        if not (info.context or {}).get("ids_checked"):
+            dup = _repeated(z.id for z in self.zones)
+            if dup:
+                raise ValueError(f"duplicate zone id(s) {dup}")
         return self
 
     @property
@@ -600,13 +606,14 @@ class Site(Strict):
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> Site:
         # parse_site reports duplicates itself, each at its own line.
-        for what, ids in (
-            ("camera", [c.id for c in self.cameras]),
-            ("sensor", [s.id for s in self.sensors]),
-        ):
-            dup = sorted({i for i in ids if ids.count(i) > 1})
-            if dup and not (info.context or {}).get("ids_checked"):
-                raise ValueError(f"duplicate {what} id(s) {dup}")
+        if not (info.context or {}).get("ids_checked"):
+            for what, ids in (
+                ("camera", (c.id for c in self.cameras)),
+                ("sensor", (s.id for s in self.sensors)),
+            ):
+                dup = _repeated(ids)
+                if dup:
+                    raise ValueError(f"duplicate {what} id(s) {dup}")
         known = {c.id for c in self.cameras}
         for sensor in self.sensors:
             if sensor.camera is not None and sensor.camera not in known:
@@ -644,45 +651,58 @@ class SiteConfigError(ValueError):
 
 Path_ = tuple[str | int, ...]
 
+# libyaml's parser when PyYAML was built with it (its nodes keep their marks, so lines are
+# kept): the pure-Python one takes tens of seconds on a site of thousands of sensors.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-def _to_python(
-    node: yaml.Node, path: Path_, lines: dict[Path_, int], name: str, texts: dict[Path_, str]
-) -> Any:
-    """Build plain Python from a composed YAML node, recording the line of every path.
+
+class _Builder:
+    """Plain Python from a composed YAML node, recording the line of every path.
 
     ``texts`` receives the source text of every unquoted scalar YAML reads as a number or a
-    boolean, so that where a string is expected the error can show what was written.
+    boolean, so that where a string is expected the error can show what was written. One
+    constructor serves the whole file: scalars are built by its constructor for their tag.
     """
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        result: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _scalar(key_node)
-            if key in result:
-                raise SiteConfigError(
-                    [
-                        f"{name}:{key_node.start_mark.line + 1}: {_dotted((*path, key))}: "
-                        "duplicate key"
-                    ]
-                )
-            result[key] = _to_python(value_node, (*path, key), lines, name, texts)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return result
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, (*path, i), lines, name, texts) for i, v in enumerate(node.value)]
-    value = _scalar(node)
-    plain = isinstance(node, yaml.ScalarNode) and node.style is None
-    if plain and isinstance(value, bool | int | float):
-        texts[path] = node.value
-        if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
-            return _Sexagesimal(value, node.value)
-    return value
 
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.lines: dict[Path_, int] = {}
+        self.texts: dict[Path_, str] = {}
+        self.constructor = yaml.constructor.SafeConstructor()
+        self.by_tag = yaml.constructor.SafeConstructor.yaml_constructors
 
-def _scalar(node: yaml.Node) -> Any:
-    # Constructed in place: an empty value (``name:``) serialises to a document of its own
-    # that does not load back.
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = self.scalar(key_node)
+                if key in result:
+                    line = key_node.start_mark.line + 1
+                    raise SiteConfigError(
+                        [f"{self.name}:{line}: {_dotted((*path, key))}: duplicate key"]
+                    )
+                result[key] = self.build(value_node, (*path, key))
+                self.lines[(*path, key)] = key_node.start_mark.line + 1
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
+        value = self.scalar(node)
+        # A plain (unquoted) scalar: style None from the Python parser, '' from libyaml.
+        plain = isinstance(node, yaml.ScalarNode) and not node.style
+        if plain and isinstance(value, bool | int | float):
+            self.texts[path] = node.value
+            if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
+                return _Sexagesimal(value, node.value)
+        return value
+
+    def scalar(self, node: yaml.Node) -> Any:
+        # Constructed in place: an empty value (``name:``) serialises to a document of its own
+        # that does not load back. An unknown tag goes through construct_object for its error.
+        construct = self.by_tag.get(node.tag) if isinstance(node, yaml.ScalarNode) else None
+        if construct is None:
+            return self.constructor.construct_object(node, deep=True)
+        return construct(self.constructor, node)
 
 
 def _read_as(text: str, value: Any) -> str:
@@ -763,17 +783,17 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     be one of them.
     """
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
         raise SiteConfigError([f"{name}:{line}: YAML syntax: {exc}"]) from exc
     if root is None:
         raise SiteConfigError([f"{name}:1: (top level): the file is empty"])
-    lines: dict[Path_, int] = {}
-    texts: dict[Path_, str] = {}
+    builder = _Builder(name)
+    lines, texts = builder.lines, builder.texts
     try:
-        data = _to_python(root, (), lines, name, texts)
+        data = builder.build(root, ())
     except yaml.YAMLError as exc:  # a tag the safe loader does not construct
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1

@@ -444,3 +444,44 @@ def test_the_background_learns_slower_than_the_dwell() -> None:
         "shorter than twice dwell_s 1800: the background would absorb what appeared before its "
         "dwell is over (leave learn_s out for 7200)"
     ]
+
+
+def _big_site(sensors: int, duplicates: dict[int, int] | None = None) -> str:
+    """Two cameras and ``sensors`` threshold sensors, one line each; ``duplicates`` maps a
+    sensor's index to the index whose id it repeats."""
+    kinds = ("manhole_cover", "waterlogging", "smoke", "bin_fill", "noise")
+    rows = []
+    for i in range(sensors):
+        ident = f"s-{(duplicates or {}).get(i, i):05d}"
+        rows.append(
+            f"  - {{id: {ident}, kind: {kinds[i % 5]}, camera: c{i % 2}, "
+            f"location: {{lat: 31.28, lon: 121.45, address: 大宁路 {i}号}}, "
+            "expected_interval_s: 600, thresholds: {raise: 15, clear: 5, unit: deg}}\n"
+        )
+    cameras = "".join(
+        f"  - {{id: c{i}, source: a.mp4, interval_s: 30, location: {{address: x}}}}\n"
+        for i in range(2)
+    )
+    return f"site: {{name: T}}\ncameras:\n{cameras}sensors:\n" + "".join(rows)
+
+
+def test_a_site_of_twenty_thousand_sensors_loads(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(_big_site(20_000), encoding="utf-8")
+    site = load_site(path)
+    assert len(site.sensors) == 20_000
+    last = site.sensors[-1]
+    assert (last.id, last.kind, last.camera) == ("s-19999", "noise", "c1")
+    assert last.thresholds is not None and last.thresholds.raise_ == 15
+    assert last.location.address == "大宁路 19999号"
+
+
+def test_duplicates_among_thousands_are_named_at_their_own_lines() -> None:
+    # Line 6 holds sensor 0: the sensor at index i is on line i + 6.
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(_big_site(5_000, {4_000: 10, 4_999: 10, 2_500: 7}), "s.yaml")
+    assert info.value.problems == [
+        "s.yaml:2506: sensors[2500].id: duplicate sensor id 's-00007' (first at line 13)",
+        "s.yaml:4006: sensors[4000].id: duplicate sensor id 's-00010' (first at line 16)",
+        "s.yaml:5005: sensors[4999].id: duplicate sensor id 's-00010' (first at line 16)",
+    ]
