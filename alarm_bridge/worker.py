@@ -90,6 +90,20 @@ class Counters:
     snapshot_deferred: int = 0  # queue full or media cut off: left for the next sweep
     reasons: dict[str, int] = field(default_factory=dict)
 
+    def progress(self, rate: float, depth: int) -> str:
+        """The progress line: what came in, what it became, what was not used and why."""
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.reasons.items()))
+        return (
+            f"bridge: {rate:.1f} alarms/s, candidates {self.created} created / {self.updated}"
+            f" updated / {self.cleared} cleared, dead letters {self.dead_letters}"
+            f"{f' ({reasons})' if reasons else ''}, duplicates {self.duplicates}, out of order"
+            f" {self.out_of_order}, seq restarts {self.seq_restarts}, stale {self.stale},"
+            f" ignored {self.ignored}, retained alarms {self.retained_alarms}, timed at"
+            f" reception {self.moved_to_reception}, snapshots {self.snapshots} (fallback"
+            f" {self.snapshot_fallbacks}, missing {self.snapshot_missing}, deferred"
+            f" {self.snapshot_deferred}), outbox depth {depth}"
+        )
+
 
 @dataclass(frozen=True)
 class DeadLetter:
@@ -637,18 +651,7 @@ class Bridge:
             self._enqueue_snapshot(job)
 
     def _progress(self, rate: float) -> None:
-        c = self.core.counts
-        log.info(
-            "bridge: %.1f alarms/s, candidates %d created / %d updated / %d cleared, "
-            "dead letters %d, duplicates %d, outbox depth %d",
-            rate,
-            c.created,
-            c.updated,
-            c.cleared,
-            c.dead_letters,
-            c.duplicates,
-            self.outbox.depth(),
-        )
+        log.info("%s", self.core.counts.progress(rate, self.outbox.depth()))
 
     # -- snapshots (side thread) ------------------------------------------------------------------
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
-from gridpatrol.alarm_bridge.worker import Bridge, BridgeCore
+from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic, sensor_status_topic
@@ -261,6 +263,45 @@ def test_a_retained_alarm_is_not_news(tmp_path: Path, mqtt_prefix: str) -> None:
     assert (counts.retained_alarms, counts.dead_letters, counts.duplicates) == (1, 0, 0)
     with outbox.transaction() as txn:
         assert "mh-1" not in store.last_heard(txn.conn)
+
+
+def test_the_progress_line_says_what_was_not_used_and_why(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    bridge = Bridge(make_site(), outbox, MqttConnection("alarm_bridge", SETTINGS), None)
+    late = json.loads(envelope("2", "update")) | {"ts": 1_790_000_000}
+    manhole = {"sensor_id": "mh-1", "alarm_type": "manhole_tilt", "transition": "clear"}
+    nothing_raised = json.loads(envelope("5")) | manhole | {"seq": 5}
+    overtaken = json.loads(envelope("6")) | manhole | {"seq": 4, "ts": 1_790_000_004}
+    messages = [
+        ("sm-1/alarm", envelope("1"), False),  # raised, timed T0 + 1 s
+        ("sm-1/alarm", envelope("1"), False),  # a redelivery
+        ("sm-1/alarm", json.dumps(late).encode(), False),  # sent before the raise: stale
+        ("sm-1/alarm", envelope("3"), True),  # a retained copy
+        ("sm-1/alarm", b"{nope", False),
+        ("zz-9/alarm", envelope("4"), False),
+        ("sm-1/status", b"online", False),  # online while nothing is offline: nothing to do
+        ("mh-1/alarm", json.dumps(nothing_raised).encode(), False),  # a clear: ignored
+        ("mh-1/alarm", json.dumps(overtaken).encode(), False),  # seq 4 after 5: out of order
+    ]
+    out = BatchResult()
+    with outbox.transaction() as txn:
+        for topic, payload, retained in messages:
+            received_at = datetime.fromtimestamp(1_790_000_010, UTC)
+            bridge.core.handle(
+                txn, f"gridpatrol/sensors/{topic}", payload, received_at, out, retained=retained
+            )
+        bridge.core.finish(txn, out)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="gridpatrol.alarm_bridge.worker"):
+        bridge._progress(1.5)
+    assert caplog.messages == [
+        "bridge: 1.5 alarms/s, candidates 1 created / 0 updated / 0 cleared, dead letters 2"
+        " (bad_json 1, unknown_sensor 1), duplicates 1, out of order 1, seq restarts 0,"
+        " stale 1, ignored 1, retained alarms 1, timed at reception 0, snapshots 0"
+        " (fallback 0, missing 0, deferred 0), outbox depth 2"
+    ]
 
 
 def test_a_progress_interval_must_be_positive(tmp_path: Path) -> None:
