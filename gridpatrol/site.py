@@ -6,6 +6,12 @@ every error names the file, the line and the field, so an operator can fix a typ
 Times are ``HH:MM``, quoted or not (YAML 1.1 would read an unquoted ``22:00`` as the number
 1320: it is taken as written). Where text is expected, an unquoted value YAML reads as a number
 or a boolean (a code ``0102`` is octal 66, ``no`` is false) is refused with a hint to quote it.
+
+Anchors, aliases and merge keys share fields between entries, e.g. one set of thresholds for
+thousands of sensors: ``thresholds: &tilt {raise: 15, clear: 5, unit: deg}`` on the first,
+``thresholds: *tilt`` or ``thresholds: {<<: *tilt, raise: 20}`` on the others (the keys an entry
+sets itself win; in ``<<: [*a, *b]`` the earlier anchor wins). An error in a merged field names
+its line in the anchor.
 """
 
 from __future__ import annotations
@@ -654,6 +660,7 @@ Path_ = tuple[str | int, ...]
 # libyaml's parser when PyYAML was built with it (its nodes keep their marks, so lines are
 # kept): the pure-Python one takes tens of seconds on a site of thousands of sensors.
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 class _Builder:
@@ -670,23 +677,23 @@ class _Builder:
         self.texts: dict[Path_, str] = {}
         self.constructor = yaml.constructor.SafeConstructor()
         self.by_tag = yaml.constructor.SafeConstructor.yaml_constructors
+        self.open: set[yaml.Node] = set()  # the mappings and lists being built
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.lines[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            result: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                key = self.scalar(key_node)
-                if key in result:
-                    line = key_node.start_mark.line + 1
-                    raise SiteConfigError(
-                        [f"{self.name}:{line}: {_dotted((*path, key))}: duplicate key"]
-                    )
-                result[key] = self.build(value_node, (*path, key))
-                self.lines[(*path, key)] = key_node.start_mark.line + 1
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if node in self.open:  # an alias inside the anchor it names
+                line = node.start_mark.line + 1
+                raise SiteConfigError(
+                    [f"{self.name}:{line}: {_dotted(path)}: an alias refers to what contains it"]
+                )
+            self.open.add(node)
+            try:
+                if isinstance(node, yaml.MappingNode):
+                    return self.mapping(node, path)
+                return [self.build(v, (*path, i)) for i, v in enumerate(node.value)]
+            finally:
+                self.open.discard(node)
         value = self.scalar(node)
         # A plain (unquoted) scalar: style None from the Python parser, '' from libyaml.
         plain = isinstance(node, yaml.ScalarNode) and not node.style
@@ -695,6 +702,52 @@ class _Builder:
             if isinstance(value, int) and not isinstance(value, bool) and ":" in node.value:
                 return _Sexagesimal(value, node.value)
         return value
+
+    def mapping(self, node: yaml.MappingNode, path: Path_) -> dict[Any, Any]:
+        result: dict[Any, Any] = {}
+        merges = []
+        for key_node, value_node in node.value:
+            if key_node.tag == MERGE_TAG:
+                merges.append(value_node)
+                continue
+            key = self.scalar(key_node)
+            if key in result:
+                line = key_node.start_mark.line + 1
+                raise SiteConfigError(
+                    [f"{self.name}:{line}: {_dotted((*path, key))}: duplicate key"]
+                )
+            result[key] = self.build(value_node, (*path, key))
+            self.lines[(*path, key)] = key_node.start_mark.line + 1
+        for value_node in merges:
+            self.merge(result, value_node, path)
+        return result
+
+    def merge(self, result: dict[Any, Any], node: yaml.Node, path: Path_) -> None:
+        """``<<: *anchor`` or ``<<: [*a, *b]``: the keys the mapping does not set itself, an
+        earlier anchor before a later one; a merged field keeps its line in the anchor."""
+        sources = node.value if isinstance(node, yaml.SequenceNode) else [node]
+        for source in sources:
+            if not isinstance(source, yaml.MappingNode):
+                line = source.start_mark.line + 1
+                raise SiteConfigError(
+                    [
+                        f"{self.name}:{line}: {_dotted((*path, '<<'))}: a merge key takes a "
+                        "mapping or a list of mappings, e.g. <<: *defaults"
+                    ]
+                )
+            saved = self.lines, self.texts
+            self.lines, self.texts = {}, {}
+            try:
+                merged = self.build(source, path)
+                lines, texts = self.lines, self.texts
+            finally:
+                self.lines, self.texts = saved
+            added = {k for k in merged if k not in result}
+            result.update((k, merged[k]) for k in merged if k in added)
+            depth = len(path)
+            ours = [p for p in lines if len(p) > depth and p[depth] in added]
+            self.lines.update((p, lines[p]) for p in ours)
+            self.texts.update((p, texts[p]) for p in ours if p in texts)
 
     def scalar(self, node: yaml.Node) -> Any:
         # Constructed in place: an empty value (``name:``) serialises to a document of its own

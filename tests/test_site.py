@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from gridpatrol.site import CANDIDATE_TYPES, SiteConfigError, load_site, parse_site
+from gridpatrol.site import CANDIDATE_TYPES, SiteConfigError, Thresholds, load_site, parse_site
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -485,3 +485,74 @@ def test_duplicates_among_thousands_are_named_at_their_own_lines() -> None:
         "s.yaml:4006: sensors[4000].id: duplicate sensor id 's-00010' (first at line 16)",
         "s.yaml:5005: sensors[4999].id: duplicate sensor id 's-00010' (first at line 16)",
     ]
+
+
+MERGING = """\
+site: {name: T}
+sensors:
+  - id: mh-1
+    kind: manhole_cover
+    location: &here {address: 大宁路 1号, grid_code: JA-DN-0101}
+    expected_interval_s: 600
+    thresholds: &tilt
+      raise: 15
+      clear: 5
+      unit: deg
+"""
+
+
+@pytest.mark.parametrize(
+    ("sensor", "expected"),
+    [
+        # A whole sensor as the template, its id replaced.
+        ("  - &mh {id: mh-2, kind: manhole_cover, location: *here, thresholds: *tilt}\n"
+         "  - {<<: *mh, id: mh-3}\n",
+         ("mh-3", "manhole_cover", 15, 5, "deg", "JA-DN-0101")),
+        # Shared thresholds, one of them overridden.
+        ("  - id: mh-3\n    kind: manhole_cover\n    location: *here\n"
+         "    thresholds: {<<: *tilt, raise: 20}\n",
+         ("mh-3", "manhole_cover", 20, 5, "deg", "JA-DN-0101")),
+        # A list of merges: the earlier one wins.
+        ("  - id: mh-3\n    kind: manhole_cover\n    location: {<<: [{grid_code: G2}, *here]}\n"
+         "    thresholds: {<<: [{unit: mm}, *tilt]}\n",
+         ("mh-3", "manhole_cover", 15, 5, "mm", "G2")),
+    ],
+)  # fmt: skip
+def test_merge_keys_share_fields_between_entries(
+    sensor: str, expected: tuple[str, str, float, float, str, str]
+) -> None:
+    site = parse_site(MERGING + sensor, "s.yaml")
+    last = site.sensors[-1]
+    assert last.thresholds is not None
+    assert (
+        last.id, last.kind, last.thresholds.raise_, last.thresholds.clear, last.thresholds.unit,
+        last.location.grid_code,
+    ) == expected  # fmt: skip
+    assert site.sensors[0].thresholds == Thresholds(raise_=15, clear=5, unit="deg")
+
+
+@pytest.mark.parametrize(
+    ("patch", "sensor", "problems"),
+    [
+        # A merged field is named at its line in the anchor, for every entry that merges it.
+        (("      unit: deg\n", "      unit: deg\n      debounce_s: -1\n"),
+         "  - {id: mh-2, kind: manhole_cover, location: *here, thresholds: {<<: *tilt}}\n",
+         ["11: sensors[0].thresholds.debounce_s: Input should be greater than or equal to 0",
+          "11: sensors[1].thresholds.debounce_s: Input should be greater than or equal to 0"]),
+        (("", ""),
+         "  - {id: mh-2, kind: manhole_cover, location: *here, thresholds: {<<: *tilt, typo: 1}}\n",
+         ["11: sensors[1].thresholds.typo: Extra inputs are not permitted"]),
+        (("", ""),
+         "  - {id: mh-2, kind: manhole_cover, location: *here, thresholds: {<<: 5}}\n",
+         ["11: sensors[1].thresholds.<<: a merge key takes a mapping or a list of mappings, "
+          "e.g. <<: *defaults"]),
+        (("", ""), "  - &loop {id: mh-2, kind: smoke, location: {<<: *loop}}\n",
+         ["11: sensors[1].location: an alias refers to what contains it"]),
+    ],
+)  # fmt: skip
+def test_merge_key_problems_name_their_lines(
+    patch: tuple[str, str], sensor: str, problems: list[str]
+) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MERGING.replace(*patch) + sensor, "s.yaml")
+    assert info.value.problems == [f"s.yaml:{p}" for p in problems]
