@@ -59,7 +59,9 @@ COMPONENT = "detect"
 SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
-CLOCK_RESET_S = 5.0  # a camera clock stepping back further than this restarts its rules
+# A frame more than this behind the camera's last one, or ahead of it beyond the time passed
+# between their receptions, is a clock jump: taken only when the next frame follows it.
+CLOCK_RESET_S = 5.0
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
@@ -199,6 +201,23 @@ def normalise_event(ev: Any) -> EpisodeEvent:
     )
 
 
+@dataclass(frozen=True)
+class ClockJump:
+    """A frame whose time jumped away from its camera's clock, held until the next frame
+    says whether the clock really moved there (and kept for the dead-letter topic)."""
+
+    ts: datetime
+    received_at: datetime
+    topic: str
+    payload: bytes
+
+    def followed_by(self, ts: datetime, received_at: datetime) -> bool:
+        """Whether a frame at ``ts`` continues this frame's clock: not before it, and not
+        further ahead of it than the time passed between their receptions allows."""
+        ahead = (ts - self.ts).total_seconds() - (received_at - self.received_at).total_seconds()
+        return ts >= self.ts and ahead <= CLOCK_RESET_S
+
+
 @dataclass
 class CameraRuntime:
     camera: Camera
@@ -208,6 +227,8 @@ class CameraRuntime:
     motion: MotionState
     last: InferenceResult | None = None
     last_ts: datetime | None = None
+    last_received_at: datetime | None = None  # the reception of the frame at last_ts
+    jump: ClockJump | None = None  # a frame off the camera's clock, waiting for the next one
     out_of_order: int = 0
     frames_in: int = 0
     inferred: int = 0
@@ -491,7 +512,7 @@ class DetectorWorker:
             why = f"future_ts: frame time {h.ts.isoformat()} is {ahead:.0f} s after its reception"
             self._bad(rt, topic, payload, received_at, why)
             return None
-        if not self._in_order(rt, h.ts):
+        if not self._in_order(rt, h.ts, received_at, topic, payload):
             return None
         reduce = reduction_for(h.width, h.height, self.imgsz)
         image = decode_jpeg(frame.image, reduce)
@@ -508,25 +529,77 @@ class DetectorWorker:
             decision = type(decision)(True, "first", decision.changed)
         return Ready(rt, frame, image, scale, gray, decision.infer)
 
-    def _in_order(self, rt: CameraRuntime, ts: datetime) -> bool:
-        """Drop a frame older than the last one; start the camera's rules over when its
-        clock jumped back for good (a camera resynchronised to NTP)."""
-        last = rt.last_ts
-        rt.last_ts = ts if last is None or ts >= last else last
-        if last is None or ts >= last:
+    def _in_order(
+        self, rt: CameraRuntime, ts: datetime, received_at: datetime, topic: str, payload: bytes
+    ) -> bool:
+        """Whether to judge a frame at ``ts``: a frame older than the last one is dropped, and a
+        clock jump (CLOCK_RESET_S) counts only when the camera's clock stays there.
+
+        A jump back is a camera resynchronised to NTP: its rules start over. A jump ahead
+        that the time between receptions does not explain (an outage does) is a clock stepped
+        forward. Either way one frame is not enough: a lone frame off the clock, followed by
+        frames on the old one, would end every episode of the camera. The jumping frame is
+        held back; when the next frame continues its clock the jump is taken, otherwise the
+        frame was an outlier (one ahead goes to the dead-letter topic, one behind counts as a
+        late frame) and the next frame is judged on the old clock.
+        """
+        jump, rt.jump = rt.jump, None
+        if jump is not None:
+            if jump.followed_by(ts, received_at):
+                self._take_jump(rt, ts)
+                rt.last_ts, rt.last_received_at = ts, received_at
+                return True
+            self._outlier(rt, jump)
+        last, last_received = rt.last_ts, rt.last_received_at
+        if last is None or last_received is None:
+            rt.last_ts, rt.last_received_at = ts, received_at
             return True
-        if (last - ts).total_seconds() <= CLOCK_RESET_S:
-            rt.out_of_order += 1
-            self.metrics.dropped.labels(rt.camera.id).inc()
+        behind = (last - ts).total_seconds()
+        ahead = -behind - (received_at - last_received).total_seconds()
+        if behind > CLOCK_RESET_S or ahead > CLOCK_RESET_S:
+            rt.jump = ClockJump(ts, received_at, topic, payload)
             return False
+        if ts < last:
+            self._late(rt)
+            return False
+        rt.last_ts, rt.last_received_at = ts, received_at
+        return True
+
+    def _take_jump(self, rt: CameraRuntime, ts: datetime) -> None:
+        """The camera's clock moved to ``ts`` for good (two frames in a row say so)."""
+        last = rt.last_ts
+        assert last is not None
+        if ts >= last:
+            log.warning(
+                "camera %s: clock went ahead %.0f s more than the time between frames",
+                rt.camera.id,
+                (ts - last).total_seconds(),
+            )
+            return
         log.warning(
             "camera %s: clock went back %.0f s; its rules start over",
             rt.camera.id,
             (last - ts).total_seconds(),
         )
         self._reset(rt, ts)
-        rt.last_ts = ts
-        return True
+
+    def _outlier(self, rt: CameraRuntime, jump: ClockJump) -> None:
+        """A lone frame off the camera's clock: the frames around it disagree with it."""
+        last = rt.last_ts
+        assert last is not None
+        if jump.ts < last:
+            self._late(rt)
+            return
+        why = (
+            f"clock_outlier: frame time {jump.ts.isoformat()} is "
+            f"{(jump.ts - last).total_seconds():.0f} s ahead of the camera's frames before "
+            "and after it"
+        )
+        self._bad(rt, jump.topic, jump.payload, jump.received_at, why)
+
+    def _late(self, rt: CameraRuntime) -> None:
+        rt.out_of_order += 1
+        self.metrics.dropped.labels(rt.camera.id).inc()
 
     def _runtime(self, cam: Camera, sub: Subscription) -> CameraRuntime:
         """A camera's fresh processing state: rules, motion gate and frame ring."""

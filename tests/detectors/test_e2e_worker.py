@@ -631,6 +631,42 @@ def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[I
     assert "clock went back 3606 s; its rules start over" in worker.text()
 
 
+def test_one_frame_off_the_camera_clock_changes_nothing(rig: Rig, street: list[Image]) -> None:
+    """A lone frame stamped 120 s ahead between frames on the camera's clock is refused (dead
+    letter), not taken for a clock jump: the episode goes on, nothing ends or re-raises."""
+    ep = start_crowd_episode(rig, street)
+    worker, client, first = ep.worker, ep.client, ep.first
+    dead = rig.publisher.conn.subscribe(f"{rig.prefix}/deadletter/detect", qos=1)
+    time.sleep(0.3)
+    w, h = ep.size["street"]
+    outlier = ep.end + timedelta(seconds=119.5)  # 120 s after the last frame
+    taken = worker.frames_taken("street")
+    rig.publisher.send("street", outlier, ep.crowd[14], w, h)
+    wait_for("the outlier frame", lambda: worker.frames_taken("street") > taken, 30, worker)
+    rig.publisher.play({"street": ep.crowd[:16]}, ep.size, ep.end, worker)
+
+    letter = wait_for("the outlier's dead letter", lambda: dead.get(0.1), 30, worker)
+    assert json.loads(letter.payload)["reason"] == (
+        f"clock_outlier: frame time {outlier.isoformat()} is 120 s ahead of the camera's "
+        "frames before and after it"
+    )
+    (updated,) = wait_for(
+        "the episode's update at 13 s",
+        lambda: [c for c in candidates(client, "street") if c["detection"]["dwell_s"] == 13.0],
+        30,
+        worker,
+    )
+    assert updated["id"] == first["id"] and "ended_at" not in updated["detection"]
+    time.sleep(1)  # nothing else may follow
+    assert worker.metric("bad_frames", "street") == 1
+    assert worker.stop() == 0
+    assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
+    assert "ended_at" not in candidates(client, "street")[0]["detection"]
+    text = worker.text()
+    assert "clock went" not in text and "rules start over" not in text
+    assert "sent to the dead-letter topic" in text
+
+
 # ---------------------------------------------------------------------------------------------
 # Composed scenes for the other rules (docs/detectors.md, "End-to-end scenes")
 
