@@ -95,6 +95,16 @@ class CandidateRow(Base):
     doc: Mapped[str] = mapped_column(Text)
 
 
+class MissingEvidenceRow(Base):
+    """Evidence an incomplete candidate refers to that the store did not hold: its upload
+    judges the candidate again (``CandidateService.evidence_arrived``)."""
+
+    __tablename__ = "missing_evidence"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    candidate_id: Mapped[str] = mapped_column(String(36), primary_key=True)
+
+
 class IdempotencyRow(Base):
     __tablename__ = "idempotency"
 

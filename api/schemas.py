@@ -156,11 +156,12 @@ def canonical_candidate_id(value: str) -> str:
         raise ValueError("a candidate id is a UUID") from None
 
 
-def missing_elements(doc: dict[str, Any], held: set[str]) -> list[str]:
+def missing_elements(doc: dict[str, Any], held: set[str], any_evidence: bool = False) -> list[str]:
     """The required elements a candidate document lacks.
 
     ``held`` are the evidence hashes the server holds; evidence referring to anything else
-    counts as missing.
+    counts as missing, unless ``any_evidence``: then one held file is enough (for a candidate
+    that had its evidence, a supplement whose upload failed does not take it away).
     """
     missing = []
     for name in REQUIRED:
@@ -175,7 +176,8 @@ def missing_elements(doc: dict[str, Any], held: set[str]) -> list[str]:
             continue
         if name == "evidence":
             hashes = [e.get("sha256") for e in value or [] if isinstance(e, dict)]
-            if not hashes or any(h not in held for h in hashes):
+            unheld = [h for h in hashes if h not in held]
+            if not hashes or (unheld and (not any_evidence or len(unheld) == len(hashes))):
                 missing.append(name)
             continue
         if value in (None, "", [], {}):

@@ -34,6 +34,7 @@ from gridpatrol.api.db import (
     FeedCursorRow,
     FeedRow,
     IdempotencyRow,
+    MissingEvidenceRow,
 )
 from gridpatrol.api.evidence import EvidenceStore
 from gridpatrol.api.hub import Event, Hub
@@ -333,6 +334,7 @@ class CandidateService:
         self._insert_cursor = (
             dialect_insert(FeedCursorRow).on_conflict_do_nothing().returning(FeedCursorRow.name)
         )
+        self._insert_missing = dialect_insert(MissingEvidenceRow).on_conflict_do_nothing()
 
     # -- idempotency -------------------------------------------------------------------------
 
@@ -574,6 +576,7 @@ class CandidateService:
                     self._enter_review(session, row, doc, now, outcome, last)
                 outcome.text = self._save(row, doc, now)
                 session.connection().execute(_INSERT_CANDIDATE, [_columns(row)])
+                self._wait_for_evidence(session, [doc])
                 outcome.positions = [r.id for r in last or []]
         except IntegrityError:
             if not guarded:
@@ -667,6 +670,7 @@ class CandidateService:
                 self._assign_positions(session, visible, now)
             session.add_all(rows)
             session.flush()
+            self._wait_for_evidence(session, [o.doc for o in outcomes if o.status == 201])
         log.info(
             "%d candidate(s) created in a batch: %s",
             len(rows),
@@ -725,6 +729,7 @@ class CandidateService:
             doc["status"] = new
             if new == "new" and before != "new":
                 self._enter_review(session, row, doc, now, outcome)
+            self._wait_for_evidence(session, [doc])
         else:
             self._history(doc, now, who.name, "updated", fields=sorted(changes))
             if row.feed_pos is not None:  # visible already: the platform sees the change
@@ -856,6 +861,51 @@ class CandidateService:
         )
         self.hub.publish([_event("candidate.changed", doc)])
         return doc
+
+    def evidence_arrived(self, who: Principal, sha256: str) -> int:
+        """Judge the incomplete candidates that wait for this evidence file again, now that
+        the store holds it: those it completes enter review (``new``, or confirmed when their
+        type is auto-confirmed). Returns how many changed.
+
+        Run after every upload of the file, also one that found it there already: a
+        candidate created while its file was being stored may have missed the first.
+        """
+        waiting = select(MissingEvidenceRow.candidate_id).where(MissingEvidenceRow.sha256 == sha256)
+        with self.db.read() as session:
+            if session.execute(waiting.limit(1)).first() is None:
+                return 0
+        outcome = Outcome(200, {})
+        with self.db.write() as session:
+            ids = sorted(session.scalars(waiting))
+            session.execute(delete(MissingEvidenceRow).where(MissingEvidenceRow.sha256 == sha256))
+            self._lock_in_order(session, ids)
+            now = self.clock()
+            for cid in ids:
+                row = session.scalars(select(CandidateRow).where(CandidateRow.id == cid)).first()
+                if row is None or row.status != "incomplete":
+                    continue
+                doc = json.loads(row.doc)
+                missing = doc.get("missing_elements")
+                self._derive(doc)
+                if doc["missing_elements"] == missing:
+                    continue
+                complete = not doc["missing_elements"]
+                action = "supplemented" if complete else "updated"
+                self._history(doc, now, who.name, action, fields=["evidence"])
+                if complete:
+                    self._enter_review(session, row, doc, now, outcome)
+                self._save(row, doc, now)
+                outcome.events.append(_event("candidate.changed", doc))
+        if outcome.events:
+            changed = [data["id"] for _kind, data in outcome.events]
+            log.info(
+                "evidence %s completes or supplements %s",
+                sha256,
+                " ".join(changed),
+                extra={"candidate_ids": changed, "principal": who.name},
+            )
+        self._notify(outcome)
+        return len(outcome.events)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -1075,12 +1125,24 @@ class CandidateService:
             doc["urgency"] = self.policy.urgency(ctype, doc.get("urgency"))
         doc["category"] = self.policy.category(ctype)
         doc["suggested_unit"] = self.policy.suggested_unit(ctype)
-        held = {
-            h
-            for e in doc.get("evidence") or []
-            if isinstance(e, dict) and isinstance(h := e.get("sha256"), str) and self.store.has(h)
-        }
-        doc["missing_elements"] = missing_elements(doc, held)
+        held = {h for h in _evidence_hashes(doc) if self.store.has(h)}
+        # A candidate judged complete once keeps its evidence element while one file is held
+        # (an incomplete or returned one needs every file it refers to).
+        passed = doc.get("status") not in ("incomplete", "returned")
+        doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
+
+    def _wait_for_evidence(self, session: Session, docs: list[JsonDict]) -> None:
+        """Note the evidence files incomplete candidates miss, so that each file's upload
+        judges them again (:meth:`evidence_arrived`)."""
+        waiting = [
+            {"sha256": sha, "candidate_id": doc["id"]}
+            for doc in docs
+            if doc["status"] == "incomplete" and "evidence" in doc["missing_elements"]
+            for sha in sorted(set(_evidence_hashes(doc)))
+            if not self.store.has(sha)
+        ]
+        if waiting:
+            session.connection().execute(self._insert_missing, waiting)
 
     def _enter_review(
         self,
@@ -1161,6 +1223,14 @@ class CandidateService:
         row.updated_at = now
         row.doc = json.dumps(doc, ensure_ascii=False)
         return row.doc
+
+
+def _evidence_hashes(doc: JsonDict) -> list[str]:
+    return [
+        h
+        for e in doc.get("evidence") or []
+        if isinstance(e, dict) and isinstance(h := e.get("sha256"), str)
+    ]
 
 
 def _encode_list_cursor(at: datetime, cid: str) -> str:

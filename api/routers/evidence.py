@@ -33,9 +33,7 @@ UPLOAD_BODY: dict[str, Any] = {
 
 
 @router.put("/evidence/{sha256}", status_code=201, openapi_extra=UPLOAD_BODY)
-async def put_evidence(
-    sha256: str, request: Request, _who: Producer, services: Svc
-) -> JSONResponse:
+async def put_evidence(sha256: str, request: Request, who: Producer, services: Svc) -> JSONResponse:
     try:
         if not SHA256_RE.fullmatch(sha256):
             raise EvidenceError(422, "Invalid Hash", "the path must be a lowercase SHA-256")
@@ -59,6 +57,8 @@ async def put_evidence(
         stored = await run_blocking(put, inline=inline)
     except EvidenceError as exc:
         raise Problem(exc.status, exc.detail, exc.title) from exc
+    # Incomplete candidates that refer to this file are judged again.
+    await services.write(partial(services.candidates.evidence_arrived, who, sha256))
     body = {
         "sha256": stored.sha256,
         "media_type": stored.media_type,

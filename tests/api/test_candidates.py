@@ -162,6 +162,8 @@ def test_patch_supplements_an_incomplete_candidate(api: Any) -> None:
     doc = post(api, payload).json()
     assert doc["missing_elements"] == ["description", "evidence"]
     assert api.put_jpeg(5) == late  # the evidence arrives after the candidate
+    waiting = api.as_("reviewer").get(f"{URL}/{doc['id']}").json()
+    assert (waiting["status"], waiting["missing_elements"]) == ("incomplete", ["description"])
     sha = api.put_jpeg(6)
     patch = {"description": "garbage", "evidence": [{"sha256": sha, "kind": "latest"}]}
     response = api.as_("producer").patch(
@@ -172,8 +174,8 @@ def test_patch_supplements_an_incomplete_candidate(api: Any) -> None:
     assert done["status"] == "new"
     assert done["missing_elements"] == []
     assert [e["sha256"] for e in done["evidence"]] == [late, sha]
-    assert [h["action"] for h in done["history"]] == ["created", "supplemented"]
-    assert done["history"][1]["fields"] == ["description", "evidence"]
+    assert [h["action"] for h in done["history"]] == ["created", "updated", "supplemented"]
+    assert [h["fields"] for h in done["history"][1:]] == [["evidence"], ["description", "evidence"]]
 
 
 def test_patch_merges_detection_and_alarm(api: Any) -> None:

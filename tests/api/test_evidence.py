@@ -8,11 +8,14 @@ import struct
 import threading
 import zlib
 from concurrent.futures import ThreadPoolExecutor
+from importlib.resources import files
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
+from alembic import command
+from alembic.config import Config
 
 from gridpatrol.api.routers.evidence import INLINE_BYTES
 
@@ -155,3 +158,98 @@ def test_with_postgresql_a_slow_evidence_store_holds_up_no_other_request(
             done.set()
         assert health.status_code == 200
         assert upload.result(timeout=20).status_code == 201
+
+
+CANDIDATES = "/api/v1/candidates"
+
+
+def doc_of(api: Any, cid: str) -> dict[str, Any]:
+    return dict(api.as_("reviewer").get(f"{CANDIDATES}/{cid}").json())
+
+
+def test_evidence_uploaded_after_its_candidates_completes_them(api: Any) -> None:
+    late = hashlib.sha256(api.jpeg(5)).hexdigest()
+    waiting = api.create(api.body("e1", late))
+    no_text = api.body("e2", late)
+    del no_text["description"]
+    partly = api.create(no_text)
+    auto = api.create(api.body("e3", late, ctype="smoke"))
+    rejected = api.create(api.body("e4", late))
+    assert [d["missing_elements"] for d in (waiting, partly, auto)] == [
+        ["evidence"],
+        ["description", "evidence"],
+        ["evidence"],
+    ]
+    rejected = api.review(rejected["id"], "reject", reason_code="other").json()
+    api.clock.advance(minutes=1)
+    assert put(api, api.jpeg(5), "image/jpeg").status_code == 201
+    entry = {"at": api.clock.now.isoformat(), "who": "test-producer", "fields": ["evidence"]}
+    done = doc_of(api, waiting["id"])
+    assert (done["status"], done["missing_elements"]) == ("new", [])
+    assert done["history"][-1] == {**entry, "action": "supplemented"}
+    still = doc_of(api, partly["id"])
+    assert (still["status"], still["missing_elements"]) == ("incomplete", ["description"])
+    assert still["history"][-1] == {**entry, "action": "updated"}
+    confirmed = doc_of(api, auto["id"])
+    assert confirmed["status"] == "confirmed"
+    assert [h["action"] for h in confirmed["history"]] == [
+        "created",
+        "supplemented",
+        "auto_confirmed",
+    ]
+    feed = api.as_("platform").get("/api/v1/feed").json()
+    assert [c["id"] for c in feed["items"]] == [auto["id"]]
+    assert doc_of(api, rejected["id"]) == rejected
+    # Uploaded again: nothing waits for it any more.
+    assert put(api, api.jpeg(5), "image/jpeg").status_code == 200
+    assert doc_of(api, waiting["id"]) == done
+    assert doc_of(api, partly["id"]) == still
+
+
+def test_a_supplement_whose_upload_failed_does_not_demote_a_candidate(api: Any) -> None:
+    sha = api.put_jpeg(1)
+    lost = hashlib.sha256(api.jpeg(9)).hexdigest()  # its upload was refused: never held
+    new = api.create(api.body("e1", sha))
+    visible = api.create(api.body("e2", sha))
+    assert api.review(visible["id"], "confirm").status_code == 200
+    extra = {"evidence": [{"sha256": lost, "kind": "snapshot"}]}
+    for cid, status in ((new["id"], "new"), (visible["id"], "confirmed")):
+        response = api.as_("producer").patch(
+            f"{CANDIDATES}/{cid}", json=extra, headers={"Idempotency-Key": f"x-{cid}"}
+        )
+        assert response.status_code == 200
+        doc = response.json()
+        assert (doc["status"], doc["missing_elements"]) == (status, [])
+        assert [e["sha256"] for e in doc["evidence"]] == [sha, lost]
+    # An incomplete candidate needs every file it refers to before it enters review.
+    no_text = api.body("e3", sha)
+    del no_text["description"]
+    incomplete = api.create(no_text)
+    supplement = {"description": "garbage", **extra}
+    response = api.as_("producer").patch(
+        f"{CANDIDATES}/{incomplete['id']}", json=supplement, headers={"Idempotency-Key": "s"}
+    )
+    doc = response.json()
+    assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
+    assert put(api, api.jpeg(9), "image/jpeg").status_code == 201
+    doc = doc_of(api, incomplete["id"])
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+
+
+def migrate(db: Any, revision: str, down: bool = False) -> None:
+    """Run the API's Alembic migrations up (or down) to ``revision``."""
+    cfg = Config(str(files("gridpatrol.api").joinpath("alembic.ini")))
+    cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(cfg, revision)
+
+
+def test_candidates_stored_before_the_upgrade_wait_for_their_evidence(api: Any) -> None:
+    late = hashlib.sha256(api.jpeg(5)).hexdigest()
+    doc = api.create(api.body("e1", late))
+    db = api.http.app.state.db
+    migrate(db, "0001", down=True)  # as stored by a version that noted no missing evidence
+    migrate(db, "head")
+    assert put(api, api.jpeg(5), "image/jpeg").status_code == 201
+    assert doc_of(api, doc["id"])["status"] == "new"
