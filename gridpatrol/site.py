@@ -795,6 +795,130 @@ def _clean_loc(loc: tuple[str | int, ...]) -> Path_:
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# YAML syntax errors, named at the line to fix.
+
+# Punctuation a Chinese input method types in its full-width form: YAML knows only the ASCII one.
+FULL_WIDTH = {"：": ":", "，": ",", "［": "[", "］": "]", "｛": "{", "｝": "}", "\u3000": " "}
+_QUOTED = re.compile(r"\"(?:[^\"\\]|\\.)*\"|'(?:[^']|'')*'")
+_UNCLOSED = {
+    "while scanning a quoted scalar": "a quote opened at column {col} is not closed",
+    "while parsing a flow mapping": "a '{{' at column {col} is not closed",
+    "while parsing a flow sequence": "a '[' at column {col} is not closed",
+    "while scanning a simple key": "this line has no ':' after its key",
+}
+
+
+def _full_width(char: str, column: int | None = None) -> str:
+    where = f" at column {column}" if column is not None else ""
+    if char == "\u3000":
+        return f"an ideographic space (U+3000){where}: YAML needs ASCII spaces"
+    return (
+        f"full-width {char!r} (U+{ord(char):04X}){where}: YAML needs the ASCII {FULL_WIDTH[char]!r}"
+    )
+
+
+def _misplaced_full_width(line: str) -> tuple[str, int] | None:
+    """A full-width character standing in YAML's syntax rather than in text on ``line``: a
+    colon after an ASCII key, a bracket, a comma in a flow collection, an ideographic space
+    that indents or follows a colon or a dash. Returns (char, 1-based column)."""
+    if line.lstrip().startswith("#"):
+        return None
+    # Quoted text keeps its characters; the columns stay as written.
+    code = _QUOTED.sub(lambda m: "x" * len(m.group()), line).split(" #")[0]
+    in_flow = False
+    for i, char in enumerate(code):
+        before = code[:i].rstrip(" ")
+        if char in "[{［｛":
+            in_flow = True
+        if (
+            char in "［］｛｝"
+            or (char == "：" and before[-1:].isascii() and before[-1:].strip() != "")
+            or (char == "，" and in_flow)
+            or (char == "\u3000" and (not code[:i].strip(" \u3000-") or before[-1:] in (":", "-")))
+        ):
+            return char, i + 1
+    return None
+
+
+def _full_width_in(value: object) -> str:
+    """A note naming the first full-width character of a refused key or value, else ''."""
+    if isinstance(value, str):
+        for char in value:
+            if char in FULL_WIDTH:
+                return f" ({_full_width(char)})"
+    return ""
+
+
+def _syntax_problem(exc: yaml.YAMLError, text: str, name: str) -> str:
+    """``file:line: YAML syntax: …`` at the line to fix, which is not always where the parser
+    stopped: a full-width colon or a key without ':' shows only on the next line, an unclosed
+    quote or bracket at the end of what it swallowed."""
+    problem = str(getattr(exc, "problem", None) or exc)
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return f"{name}:1: YAML syntax: {problem}"
+    line, what = _culprit(text.splitlines() or [""], mark, problem, exc)
+    return f"{name}:{line}: YAML syntax: {what}"
+
+
+def _culprit(lines: list[str], mark: Any, problem: str, exc: yaml.YAMLError) -> tuple[int, str]:
+    at = min(mark.line, len(lines) - 1)
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    stopped = f"(the parser stopped at line {mark.line + 1}, column {mark.column + 1}: {problem})"
+    before = _line_before(lines, at)
+    first = context_mark.line if context_mark is not None else before
+    for n in range(min(first, at), at + 1):
+        found = _misplaced_full_width(lines[n])
+        if found is not None:
+            return n + 1, f"{_full_width(*found)} {stopped}"
+    indent = lines[at][: len(lines[at]) - len(lines[at].lstrip(" \t"))]
+    if "\t" in indent or lines[at][mark.column : mark.column + 1] == "\t":
+        column = indent.index("\t") + 1 if "\t" in indent else mark.column + 1
+        return at + 1, (
+            f"a tab at column {column}: YAML indents with spaces only, replace tabs with spaces"
+        )
+    if context_mark is not None and context in _UNCLOSED and context_mark.line != mark.line:
+        # A bracket closed after the stop was open on purpose: the mistake is where it stopped.
+        rest = lines[at][mark.column :]
+        pair = {"flow mapping": "{}", "flow sequence": "[]"}.get(context.split(" a ")[-1])
+        if pair is None or rest.count(pair[1]) <= rest.count(pair[0]):
+            what = _UNCLOSED[context].format(col=context_mark.column + 1)
+            return context_mark.line + 1, f"{what} {stopped}"
+    if problem.startswith("mapping values are not allowed") and before < at:
+        previous = lines[before].strip().removeprefix("- ")
+        if ":" not in previous:
+            return before + 1, f"this line has no ':' after its key {stopped}"
+        if _indent(lines[at]) > _indent(lines[before]) and not previous.endswith(":"):
+            return at + 1, (
+                f"{problem} at column {mark.column + 1}: is this line indented deeper than "
+                f"line {before + 1}?"
+            )
+    alias = re.match(r"\*([^\s,\[\]{}]+)", lines[at][mark.column :])
+    if problem.startswith("found undefined alias") and alias is not None:
+        return at + 1, (
+            f"found undefined alias {alias.group(1)!r} at column {mark.column + 1}: an alias "
+            f"*{alias.group(1)} needs an anchor &{alias.group(1)} earlier in the file"
+        )
+    where = f"{problem} at column {mark.column + 1}"
+    if context and context_mark is not None:
+        where += f" ({context} at line {context_mark.line + 1}, column {context_mark.column + 1})"
+    return mark.line + 1, where
+
+
+def _line_before(lines: list[str], at: int) -> int:
+    """The last line before ``at`` that holds more than blanks or a comment (else ``at``)."""
+    for n in range(at - 1, -1, -1):
+        stripped = lines[n].strip()
+        if stripped and not stripped.startswith("#"):
+            return n
+    return at
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
 def _duplicate_ids(
     data: dict[str, Any], lines: dict[Path_, int], name: str
 ) -> list[tuple[int, str]]:
@@ -838,9 +962,7 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else 1
-        raise SiteConfigError([f"{name}:{line}: YAML syntax: {exc}"]) from exc
+        raise SiteConfigError([_syntax_problem(exc, text, name)]) from exc
     if root is None:
         raise SiteConfigError([f"{name}:1: (top level): the file is empty"])
     builder = _Builder(name)
@@ -850,7 +972,7 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     except yaml.YAMLError as exc:  # a tag the safe loader does not construct
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 1
-        raise SiteConfigError([f"{name}:{line}: YAML: {exc}"]) from exc
+        raise SiteConfigError([f"{name}:{line}: YAML: {getattr(exc, 'problem', exc)}"]) from exc
     if not isinstance(data, dict):
         raise SiteConfigError([f"{name}:1: (top level): expected a mapping"])
     duplicates = _duplicate_ids(data, lines, name)
@@ -870,6 +992,8 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
             msg = err["msg"]
             if err["type"] == "string_type" and loc in texts:
                 msg = _read_as(texts[loc], err["input"])
+            refused = loc[-1] if err["type"] == "extra_forbidden" and loc else err["input"]
+            msg += _full_width_in(refused)
             line = _line_for(loc, lines)
             problems.append((line, f"{name}:{line}: {_dotted(loc)}: {msg}"))
         raise SiteConfigError([p for _, p in sorted(problems, key=lambda p: p[0])]) from exc

@@ -556,3 +556,82 @@ def test_merge_key_problems_name_their_lines(
     with pytest.raises(SiteConfigError) as info:
         parse_site(MERGING.replace(*patch) + sensor, "s.yaml")
     assert info.value.problems == [f"s.yaml:{p}" for p in problems]
+
+
+STOPPED = "(the parser stopped at line {}: {})"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # Full-width punctuation typed by a Chinese input method, named at its own line.
+        ("site: {name: T}\ncameras:\n  - id：c1\n    source: a.mp4\n",
+         "3: YAML syntax: full-width '：' (U+FF1A) at column 7: YAML needs the ASCII ':' "
+         + STOPPED.format("4, column 11", "mapping values are not allowed in this context")),
+        ("site：\n  name: T\n",
+         "1: YAML syntax: full-width '：' (U+FF1A) at column 5: YAML needs the ASCII ':' "
+         + STOPPED.format("2, column 7", "mapping values are not allowed in this context")),
+        ("site: {name: T， timezone: Asia/Shanghai}\n",
+         "1: YAML syntax: full-width '，' (U+FF0C) at column 15: YAML needs the ASCII ',' "
+         + STOPPED.format("1, column 25", "did not find expected ',' or '}'")),
+        ("site: ｛name: T}\n",
+         "1: YAML syntax: full-width '｛' (U+FF5B) at column 7: YAML needs the ASCII '{' "
+         + STOPPED.format("1, column 12", "mapping values are not allowed in this context")),
+        ("site: {name: T}\ncameras:\n  - id: c1\n    source: a.mp4\n    location: {address: x}\n"
+         "    resize: ［1280, 720］\n",
+         "6: cameras[0].resize: Input should be a valid tuple (full-width '［' (U+FF3B): YAML "
+         "needs the ASCII '[')"),
+        ("site:\n  name: T\n\u3000\u3000timezone: Asia/Shanghai\n",
+         "3: \u3000\u3000timezone: Extra inputs are not permitted (an ideographic space (U+3000): "
+         "YAML needs ASCII spaces)"),
+        # Full-width punctuation in text is text.
+        ("site: {name: 大宁路，街道}\nmqtt: {prefix: a}\n# 注意：中文\npolicy: {sla_minutes: 0}\n",
+         "4: policy.sla_minutes: Input should be greater than 0"),
+        # Tabs.
+        ("site:\n\tname: T\n",
+         "2: YAML syntax: a tab at column 1: YAML indents with spaces only, replace tabs with "
+         "spaces"),
+        ("site:\n  name: T\n\ttimezone: Asia/Shanghai\n",
+         "3: YAML syntax: a tab at column 1: YAML indents with spaces only, replace tabs with "
+         "spaces"),
+        # Where what is open began, not where the parser ran out.
+        ("site: {name: T\nmqtt: {prefix: a}\n",
+         "1: YAML syntax: a '{' at column 7 is not closed "
+         + STOPPED.format("2, column 5", "did not find expected ',' or '}'")),
+        ("site: {name: \"T}\nmqtt: {prefix: a}\n",
+         "1: YAML syntax: a quote opened at column 14 is not closed "
+         + STOPPED.format("3, column 1", "found unexpected end of stream")),
+        ("site: {name: T}\ncameras:\n  - id: c1\n    source a.mp4\n    fps: 2\n",
+         "4: YAML syntax: this line has no ':' after its key "
+         + STOPPED.format("5, column 5", "could not find expected ':'")),
+        ("site:\n  name T\n  timezone: Asia/Shanghai\n",
+         "2: YAML syntax: this line has no ':' after its key "
+         + STOPPED.format("3, column 11", "mapping values are not allowed in this context")),
+        # ... and where the parser stopped when that is the mistake.
+        ("site: {name: T,\n   timezone: Asia/Shanghai x: y}\n",
+         "2: YAML syntax: did not find expected ',' or '}' at column 29 (while parsing a flow "
+         "mapping at line 1, column 7)"),
+        ("site:\n  name: T\n   timezone: Asia/Shanghai\n",
+         "3: YAML syntax: mapping values are not allowed in this context at column 12: is this "
+         "line indented deeper than line 2?"),
+        ("site: {name: *x}\n",
+         "1: YAML syntax: found undefined alias 'x' at column 14: an alias *x needs an anchor &x "
+         "earlier in the file"),
+    ],
+)  # fmt: skip
+def test_a_yaml_mistake_is_named_at_the_line_to_fix(text: str, problem: str) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml")
+    assert info.value.problems == [f"s.yaml:{problem}"]
+
+
+def test_a_yaml_mistake_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text("site:\n\tname: T\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:2: YAML syntax: a tab at column 1: YAML indents with spaces only, replace tabs "
+        "with spaces",
+        f"{path}: INVALID (1 problem(s))",
+    ]
