@@ -99,7 +99,12 @@ class BridgeRig:
         self.pub = MqttConnection("rel-pub", settings, prefix=self.prefix)
         # Persistent, so dead letters published while the broker restarts are kept for us.
         self.dead = MqttConnection(
-            "rel-dead", settings, prefix=self.prefix, persistent=True, manual_ack=True
+            "rel-dead",
+            settings,
+            prefix=self.prefix,
+            persistent=True,
+            manual_ack=True,
+            client_id=f"gp-rel-dead-{self.prefix}",  # runs side by side keep their sessions
         )
         self.dead_sub = self.dead.subscribe(
             deadletter_topic(self.prefix, "alarm_bridge"), qos=1, maxsize=100_000

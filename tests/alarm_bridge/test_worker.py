@@ -64,7 +64,7 @@ def running(tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch) -
     conn.start()
     thread = threading.Thread(target=bridge.run, daemon=True)
     thread.start()
-    yield bridge, outbox
+    yield bridge, outbox, thread
     bridge.stop()
     thread.join(10)
     conn.stop()
@@ -73,7 +73,7 @@ def running(tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch) -
 def test_a_message_that_trips_a_bug_is_dead_lettered_and_the_rest_go_on(
     running: Any, mqtt_prefix: str
 ) -> None:
-    bridge, outbox = running
+    bridge, outbox, thread = running
     watch = MqttConnection("bug-watch", SETTINGS, prefix=mqtt_prefix)
     dead = watch.subscribe(deadletter_topic(mqtt_prefix, "alarm_bridge"), qos=1)
     watch.start()
@@ -94,7 +94,8 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_the_rest_go_on(
     counts = bridge.core.counts
     assert (counts.created, counts.updated, counts.dead_letters) == (1, 2, 1)
     bridge.stop()
-    time.sleep(1.0)  # the loop ends and queues the coalesced update
+    thread.join(30)  # the loop ends and queues the coalesced update
+    assert not thread.is_alive()
     kinds = [k for k, _, _ in outbox_ops(outbox)]
     assert kinds == ["evidence", "create", "patch"]
     assert outbox_ops(outbox)[-1][2]["alarm"]["count"] == 3  # 11, 12 and 14
