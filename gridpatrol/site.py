@@ -19,10 +19,11 @@ from __future__ import annotations
 import difflib
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import time
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -40,6 +41,7 @@ from pydantic import (
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 ID_RE = re.compile(ID_PATTERN)
+PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 VIOLATION_TYPES = (
@@ -107,7 +109,7 @@ def _clock_text(value: Any) -> Any:
     if isinstance(value, _Sexagesimal):
         return value.text
     if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError(f'{value} is not a time: write times as HH:MM in quotes, e.g. "22:00"')
+        raise ValueError(f'{value} is not a time: write HH:MM in quotes, e.g. "06:00"')
     return value
 
 
@@ -129,7 +131,7 @@ class SiteInfo(Strict):
 
 
 class MqttSection(Strict):
-    prefix: str = Field(default="gridpatrol", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+    prefix: str = Field(default="gridpatrol", pattern=PREFIX_PATTERN)
 
 
 class TimeWindow(Strict):
@@ -919,6 +921,76 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip(" "))
 
 
+# ---------------------------------------------------------------------------------------------
+# Schema messages an operator can act on.
+
+
+def _id_message(value: Any, key: str | int) -> str:
+    text = (
+        f"{value!r} is not an id: ids are MQTT topic levels, 1-64 of the letters A-Z a-z, the "
+        "digits 0-9 and _ . -"
+    )
+    return text + ("; put Chinese text in name" if key == "id" else "")
+
+
+def _clock_message(value: Any, _key: str | int) -> str:
+    end = ' (a day ends at "23:59")' if str(value).startswith("24:") else ""
+    return f'{value!r} is not a time: write HH:MM, e.g. "06:00"{end}'
+
+
+def _prefix_message(value: Any, _key: str | int) -> str:
+    return (
+        f"{value!r} is not a topic prefix: MQTT topic levels of the letters A-Z a-z, the digits "
+        "0-9 and _ . -, joined by /, e.g. gridpatrol"
+    )
+
+
+_PATTERN_MESSAGES: dict[str, Callable[[Any, str | int], str]] = {
+    ID_PATTERN: _id_message,
+    _HHMM.pattern: _clock_message,
+    PREFIX_PATTERN: _prefix_message,
+}
+
+
+def _did_you_mean(key: str | int, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _keys_at(loc: Path_) -> list[str]:
+    """The keys the schema allows in the mapping at ``loc``, as written ([] when unknown)."""
+    node: Any = Site
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel) and isinstance(part, str):
+            field = next((f for n, f in node.model_fields.items() if part in (n, f.alias)), None)
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) is list and isinstance(part, int):
+            node = get_args(node)[0]
+        elif get_origin(node) is dict and isinstance(part, str):
+            node = get_args(node)[1]
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return [f.alias or n for n, f in node.model_fields.items()]
+    return []
+
+
+def _unwrap(node: Any) -> Any:
+    """``X | None`` → ``X``; a type from an ``Annotated`` one."""
+    while True:
+        origin = get_origin(node)
+        if origin is Annotated:
+            node = get_args(node)[0]
+        elif origin in (Union, UnionType):
+            node = next(a for a in get_args(node) if a is not type(None))
+        else:
+            return node
+
+
 def _duplicate_ids(
     data: dict[str, Any], lines: dict[Path_, int], name: str
 ) -> list[tuple[int, str]]:
@@ -992,6 +1064,11 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
             msg = err["msg"]
             if err["type"] == "string_type" and loc in texts:
                 msg = _read_as(texts[loc], err["input"])
+            explain = _PATTERN_MESSAGES.get((err.get("ctx") or {}).get("pattern", ""))
+            if err["type"] == "string_pattern_mismatch" and explain is not None:
+                msg = explain(err["input"], loc[-1] if loc else "")
+            if err["type"] == "extra_forbidden" and loc:
+                msg += _did_you_mean(loc[-1], _keys_at(loc[:-1]))
             refused = loc[-1] if err["type"] == "extra_forbidden" and loc else err["input"]
             msg += _full_width_in(refused)
             line = _line_for(loc, lines)

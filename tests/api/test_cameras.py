@@ -117,7 +117,7 @@ INVALID = [
     ),
     (
         {"id": "bad id", "polygon": TRIANGLE},
-        "zones.yaml:2: zones[0].id: String should match pattern",
+        "zones.yaml:2: zones[0].id: 'bad id' is not an id: ids are MQTT topic levels",
     ),
     (
         {"id": "a", "polygon": [[0.1, 0.5], [1.4, 0.5], [0.2, 0.9]]},
@@ -133,7 +133,7 @@ INVALID = [
     ),
     (
         {"id": "a", "polygon": TRIANGLE, "schedule": {"from": "25:00"}},
-        "zones.yaml:4: zones[0].schedule.from: String should match pattern",
+        "zones.yaml:4: zones[0].schedule.from: '25:00' is not a time: write HH:MM",
     ),
     (
         {"id": "a", "polygon": [[0.1, 0.1], [0.2, 0.2], [0.3, 0.3]]},

@@ -49,13 +49,13 @@ def test_the_base_file_is_valid(tmp_path: Path) -> None:
     [
         ("max_fps: 8", "max_fps: 0", 3, "patrol.max_fps", "greater than 0"),
         ("max_fps: 8", "max_fps: 8, burst: 2", 3, "patrol.burst", "Extra inputs"),
-        ("prefix: gridpatrol", "prefix: grid/#", 2, "mqtt.prefix", "pattern"),
+        ("prefix: gridpatrol", "prefix: grid/#", 2, "mqtt.prefix", "is not a topic prefix"),
         ("prefix: gridpatrol", "prefix: gp, url: x", 2, "mqtt.url", "Extra inputs"),
         ("interval_s: 30", "interval_s: -1", 7, "cameras[0].interval_s", "greater than 0"),
         ("weight: 2", "weight: 0", 8, "cameras[0].weight", "greater than 0"),
         ("kind: manhole_cover", "kind: volcano", 12, "sensors[0].kind", "manhole_cover"),
         ("camera: c1", "camera: c9", 13, "sensors[0].camera", "unknown camera 'c9'"),
-        ("id: mh-1", "id: mh 1", 11, "sensors[0].id", "pattern"),
+        ("id: mh-1", "id: mh 1", 11, "sensors[0].id", "is not an id"),
         (
             "expected_interval_s: 600",
             "expected_interval_s: -5",
