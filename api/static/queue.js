@@ -249,6 +249,12 @@ function facts(c) {
   add('d.hold', when(c.hold_until));
   add('d.arrive', when(c.arrive_by));
   if (c.missing_elements?.length) add('d.missing', c.missing_elements.join(', '));
+  // A rejection's reason as the reject dialog names it; where a merged case went, and the
+  // cases merged into this one (or that its producer refers to).
+  if (c.review?.reason_code) add('d.reason_code', t(`r.${c.review.reason_code}`));
+  add('d.reason', c.review?.reason);
+  add('d.merged_into', c.merged_into);
+  if (c.references?.length) add('d.references', c.references.join(', '));
   const d = c.detection;
   if (d) {
     add('d.model', [d.model, d.model_version].filter(Boolean).join(' '));
@@ -274,6 +280,7 @@ function history(c) {
   return el('ol', { class: 'history' }, ...(c.history || []).map((h) => el('li', {},
     el('span', { class: 'muted', text: when(h.at) }), ' ',
     el('strong', { text: h.action }), ' ', el('span', { text: h.who || '' }),
+    h.reason_code ? el('span', { text: ` · ${t(`r.${h.reason_code}`)}` }) : null,
     h.reason ? el('span', { class: 'muted', text: ` — ${h.reason}` }) : null)));
 }
 

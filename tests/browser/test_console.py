@@ -470,3 +470,64 @@ def test_times_are_the_sites_in_a_browser_elsewhere(
     ui.wait_rows([case["id"]])
     page.fill("#f-since", (local + timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M"))
     ui.wait_rows([])
+
+
+def test_a_decided_case_shows_its_reject_reason_and_merge(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    rejected = seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
+    merged = seeder.camera_candidate(frames, minutes_ago=6, **VENDING)
+    target = seeder.camera_candidate(frames, minutes_ago=3, **VENDING)
+    with console.client("reviewer") as client:
+        for cid, decision in (
+            (
+                rejected["id"],
+                {
+                    "decision": "reject",
+                    "reason_code": "licensed_activity",
+                    "reason": "the stall has a permit",
+                },
+            ),
+            (merged["id"], {"decision": "merge", "merge_into": target["id"]}),
+        ):
+            response = client.post(f"/candidates/{cid}/review", json=decision)
+            assert response.status_code == 200, response.text
+    page = ui.page
+    ui.login("reviewer")
+    page.select_option("#f-status", "")  # all statuses
+    ui.wait_rows([rejected["id"], merged["id"], target["id"]])
+
+    def facts(cid: str) -> dict[str, str]:
+        """The detail's facts of a case, label -> value, once it is selected."""
+        page.click(f"#queue-body tr[data-id='{cid}']")
+        page.wait_for_selector(f"#detail .detail-head:has-text('{cid}')")
+        page.wait_for_selector("#detail dl.facts")
+        shown: dict[str, str] = page.evaluate(
+            """() => Object.fromEntries([...document.querySelectorAll('#detail dl.facts dt')]
+                 .map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))"""
+        )
+        return shown
+
+    # The reason as the reject dialog names it (5 许可经营), with the reviewer's note.
+    shown = facts(rejected["id"])
+    assert (shown["驳回原因"], shown["说明"]) == ("许可经营", "the stall has a permit")
+    assert "已合并到" not in shown and "关联线索" not in shown
+    last = page.inner_text("#detail ol.history li:last-child")
+    assert "rejected" in last and "· 许可经营" in last and "the stall has a permit" in last
+    ui.shot("rejected-reason")
+    shown = facts(merged["id"])
+    assert shown["已合并到"] == target["id"]
+    assert "驳回原因" not in shown
+    shown = facts(target["id"])
+    assert shown["关联线索"] == merged["id"]
+    ui.shot("merged-references")
+
+    page.click("#app .lang-toggle")
+    page.wait_for_selector("#detail dl.facts dt:text-is('Description')")
+    shown = facts(rejected["id"])
+    assert (shown["Reject reason"], shown["Note"]) == (
+        "Licensed activity",
+        "the stall has a permit",
+    )
+    assert facts(merged["id"])["Merged into"] == target["id"]
+    assert facts(target["id"])["References"] == merged["id"]
