@@ -462,6 +462,26 @@ Point = tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, 
 MIN_ZONE_AREA = 5e-6
 
 
+def _crossing_edges(points: Sequence[Point]) -> tuple[int, int, int, int] | None:
+    """The first two edges of the closed polygon that cross, by their points' indices.
+
+    Only a proper crossing counts: edges that touch at a point (a ring that repeats its first
+    point at the end) do not.
+    """
+
+    def side(p: Point, q: Point, r: Point) -> float:
+        return (q[0] - p[0]) * (r[1] - p[1]) - (q[1] - p[1]) * (r[0] - p[0])
+
+    n = len(points)
+    for i in range(n):
+        p, q = points[i], points[(i + 1) % n]
+        for j in range(i + 2, n if i else n - 1):  # not the edge itself nor its neighbours
+            r, t = points[j], points[(j + 1) % n]
+            if side(p, q, r) * side(p, q, t) < 0 and side(r, t, p) * side(r, t, q) < 0:
+                return i, (i + 1) % n, j, (j + 1) % n
+    return None
+
+
 class Zone(Strict):
     id: Id
     polygon: list[Point] = Field(min_length=3)
@@ -471,6 +491,12 @@ class Zone(Strict):
     @field_validator("polygon")
     @classmethod
     def _encloses_an_area(cls, value: list[Point]) -> list[Point]:
+        # Edges that cross (two points swapped) make a bow-tie whose halves rasterise apart,
+        # or cancel out to no area at all: not the zone that was meant.
+        crossing = _crossing_edges(value)
+        if crossing is not None:
+            a, b, c, d = crossing
+            raise ValueError(f"edges {a}\u2013{b} and {c}\u2013{d} cross: points out of order?")
         # Points on one line (a misplaced click, a pasted list) rasterise to an empty mask:
         # the zone would never contain anything and its rules would never fire.
         area = 0.5 * abs(

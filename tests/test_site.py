@@ -684,3 +684,31 @@ def test_schema_messages_say_what_to_write(patch: str, problems: list[str]) -> N
     with pytest.raises(SiteConfigError) as info:
         parse_site(base + patch, "s.yaml")
     assert info.value.problems == [f"s.yaml:{p}" for p in problems]
+
+
+@pytest.mark.parametrize(
+    ("polygon", "problem"),
+    [
+        # A square with two points swapped: a symmetric bow-tie cancels out to no area at all.
+        ("[[0, 0], [1, 0], [0, 1], [1, 1]]", "edges 1–2 and 3–0 cross: points out of order?"),
+        ("[[0.1, 0.1], [0.9, 0.1], [0.2, 0.9], [0.9, 0.7]]",
+         "edges 1–2 and 3–0 cross: points out of order?"),
+        ("[[0.5, 0], [0.8, 1], [0, 0.35], [1, 0.35], [0.2, 1]]",
+         "edges 0–1 and 2–3 cross: points out of order?"),
+        ("[[0, 0], [0.5, 0], [0.5, 0.5], [1, 0.5], [1, 1], [0.8, 0.2]]",
+         "edges 1–2 and 5–0 cross: points out of order?"),
+        # Convex, concave, and a ring that repeats its first point: no edges cross.
+        ("[[0, 0], [1, 0], [1, 1], [0, 1]]", None),
+        ("[[0, 0], [1, 0], [1, 1], [0.5, 1], [0.5, 0.5], [0, 0.5]]", None),
+        ("[[0, 0], [1, 0], [1, 1], [0, 1], [0, 0]]", None),
+    ],
+)  # fmt: skip
+def test_a_zone_whose_edges_cross_is_rejected(polygon: str, problem: str | None) -> None:
+    zone = ZONE.format(rule="crowd_gathering", field="x", value="").replace("{x: []}", "{}")
+    text = MINIMAL + zone.replace("[[0, 0], [1, 0], [1, 1]]", polygon)
+    if problem is None:
+        assert len(parse_site(text).cameras[0].zones[0].polygon) == polygon.count("[") - 1
+        return
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml")
+    assert info.value.problems == [f"s.yaml:9: cameras[0].zones[0].polygon: Value error, {problem}"]
