@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gridpatrol.site import SiteFile
 
 
 def register(sub: Any) -> None:
@@ -22,7 +27,7 @@ def register(sub: Any) -> None:
 
 def check_config(args: argparse.Namespace) -> int:
     from gridpatrol.detectors.models import ModelNotFoundError
-    from gridpatrol.site import SiteConfigError, load_site, summarise
+    from gridpatrol.site import SiteConfigError, read_site, site_warnings, summarise
 
     try:
         model, names, why = _model_classes(args.model)
@@ -30,7 +35,7 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"check-config: {exc}", file=sys.stderr)
         return 2
     try:
-        site = load_site(args.file, class_names=names or None)
+        checked = read_site(args.file, class_names=names or None)
     except SiteConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -38,7 +43,13 @@ def check_config(args: argparse.Namespace) -> int:
         return 1
     from gridpatrol.ingest.patrol import patrol_overload
 
-    for line in [*summarise(site), *patrol_overload(site.cameras, site.patrol.max_fps)]:
+    site = checked.site
+    for line in [
+        *summarise(site),
+        *patrol_overload(site.cameras, site.patrol.max_fps),
+        *site_warnings(checked),
+        *_head_warnings(checked),
+    ]:
         print(line)
     if names:
         print(f"classes: checked against model {model} ({len(names)} classes)")
@@ -63,3 +74,30 @@ def _model_classes(arg: str | None) -> tuple[str, tuple[str, ...], str]:
             raise
         return "", (), f"no model on this machine: {str(exc).splitlines()[0]}"
     return model, names, f"model {model} has no metadata.yaml with class names"
+
+
+def _head_warnings(checked: SiteFile) -> list[str]:
+    """A garbage_overflow zone whose scene head is not shipped needs detect --heads."""
+    from gridpatrol.detectors.heads import HEADS_DIR
+
+    shipped = sorted(_head_name(meta) for meta in HEADS_DIR.glob("*.json"))
+    out = []
+    for c, cam in enumerate(checked.site.cameras):
+        for z, zone in enumerate(cam.zones):
+            rule = zone.rules.garbage_overflow
+            if rule is not None and rule.head not in shipped:
+                at = checked.at("cameras", c, "zones", z, "rules", "garbage_overflow", "head")
+                out.append(
+                    f"{at}: warning: {rule.head!r} is not a shipped scene head (shipped: "
+                    f"{', '.join(shipped) or 'none'}): detect and scan need --heads with a folder "
+                    f"holding {rule.head}.json and {rule.head}.npz, or the zone never raises"
+                )
+    return out
+
+
+def _head_name(meta: Path) -> str:
+    try:
+        name = json.loads(meta.read_text(encoding="utf-8")).get("name")
+    except (OSError, ValueError, AttributeError):
+        return meta.stem
+    return name if isinstance(name, str) else meta.stem

@@ -17,9 +17,11 @@ its line in the anchor.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import time
 from pathlib import Path
 from types import UnionType
@@ -450,6 +452,19 @@ class ZoneRules(Strict):
     piled_materials: PiledMaterialsParams | None = None
     crowd_gathering: CrowdGatheringParams | None = None
 
+    @field_validator(*RULE_PARAMS)
+    @classmethod
+    def _clears_no_sooner_than_a_gap(cls, value: RuleParams | None) -> RuleParams | None:
+        # After a raise, a miss longer than clear_s but shorter than gap_s would end the
+        # episode, and the next sighting would raise it again: one case, many candidates.
+        if value is not None and value.clear_s < value.gap_s:
+            raise ValueError(
+                f"clear_s {value.clear_s:g} is shorter than gap_s {value.gap_s:g}: a miss "
+                "shorter than gap_s would end a raised episode and the next sighting raise a "
+                "new candidate; make clear_s at least gap_s"
+            )
+        return value
+
     def enabled(self) -> dict[str, RuleParams]:
         """The configured rules by type, in a stable order."""
         return {name: p for name in RULE_PARAMS if (p := getattr(self, name)) is not None}
@@ -806,7 +821,7 @@ def _dotted(path: Iterable[str | int]) -> str:
     return out or "(top level)"
 
 
-def _line_for(loc: Path_, lines: dict[Path_, int]) -> int:
+def _line_for(loc: Path_, lines: Mapping[Path_, int]) -> int:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return lines[loc[:end]]
@@ -1057,6 +1072,23 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
     ``class_names``: the detection model's classes; when given, every class a rule names must
     be one of them.
     """
+    return _parse(text, name, class_names).site
+
+
+@dataclass(frozen=True)
+class SiteFile:
+    """A valid site with the line of every field, for what is said about it afterwards."""
+
+    site: Site
+    name: str
+    lines: Mapping[Path_, int]
+
+    def at(self, *path: str | int) -> str:
+        """``file:line: field`` of a field of the site."""
+        return f"{self.name}:{_line_for(path, self.lines)}: {_dotted(path)}"
+
+
+def _parse(text: str, name: str, class_names: Sequence[str] | None) -> SiteFile:
     try:
         root = yaml.compose(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
@@ -1102,11 +1134,16 @@ def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | Non
         raise SiteConfigError([p for _, p in sorted(problems, key=lambda p: p[0])]) from exc
     if duplicates:
         raise SiteConfigError([p for _, p in sorted(duplicates, key=lambda p: p[0])])
-    return site
+    return SiteFile(site, name, lines)
 
 
 def load_site(path: str | Path, class_names: Sequence[str] | None = None) -> Site:
     """Load and validate a site file; the one entry point every component uses."""
+    return read_site(path, class_names).site
+
+
+def read_site(path: str | Path, class_names: Sequence[str] | None = None) -> SiteFile:
+    """:func:`load_site` with the line of every field (``check-config`` names them)."""
     file = Path(path)
     try:
         data = file.read_bytes()
@@ -1116,7 +1153,7 @@ def load_site(path: str | Path, class_names: Sequence[str] | None = None) -> Sit
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SiteConfigError([_not_utf8(file, data, exc)]) from exc
-    return parse_site(text, str(file), class_names)
+    return _parse(text, str(file), class_names)
 
 
 def _not_utf8(file: Path, data: bytes, exc: UnicodeDecodeError) -> str:
@@ -1132,6 +1169,65 @@ def _not_utf8(file: Path, data: bytes, exc: UnicodeDecodeError) -> str:
         f"cannot be decoded{guess}): save it as UTF-8, e.g. in Notepad with "
         f"Save As, Encoding: UTF-8"
     )
+
+
+# Sensor kinds that report a level (water, bin fill, noise): their readings are judged against
+# thresholds. Manhole covers and smoke detectors usually send alarm envelopes of their own.
+LEVEL_KINDS = ("waterlogging", "bin_fill", "noise")
+# Rules whose min_confidence selects the detections they judge (piled_materials has none;
+# garbage_overflow uses it for its occluders only).
+DETECTING_RULES = (
+    "street_vending",
+    "shop_front_occupation",
+    "illegal_parking",
+    "non_motor_parking",
+    "crowd_gathering",
+)
+
+
+def site_warnings(checked: SiteFile) -> list[str]:
+    """What is valid but will not work as meant: ``file:line: field: warning: …`` each."""
+    site, out = checked.site, []
+    for c, cam in enumerate(site.cameras):
+        for z, zone in enumerate(cam.zones):
+            for rule, p in zone.rules.enabled().items():
+                at = checked.at("cameras", c, "zones", z, "rules", rule)
+                out += [f"{at}: warning: {w}" for w in _rule_warnings(cam, zone, rule, p)]
+    for i, sensor in enumerate(site.sensors):
+        if sensor.kind in LEVEL_KINDS and sensor.thresholds is None:
+            out.append(
+                f"{checked.at('sensors', i)}: warning: a {sensor.kind} sensor without thresholds: "
+                "its readings are dead-lettered (no_thresholds), only the alarms it raises "
+                "itself count"
+            )
+    return out
+
+
+def _rule_warnings(cam: Camera, zone: Zone, rule: str, p: RuleParams) -> list[str]:
+    out = []
+    window = zone.schedule.window_s if zone.schedule is not None else DAY_S
+    if cam.interval_s is not None and window < DAY_S and p.dwell_s > 0:
+        # The dwell holds from the first visit that sees it to a visit dwell_s later or more.
+        visits = math.ceil(p.dwell_s / cam.interval_s)
+        if visits * cam.interval_s > window:
+            out.append(
+                f"dwell_s {p.dwell_s:g} takes {visits + 1} patrol visits {cam.interval_s:g} s "
+                f"apart ({visits * cam.interval_s / 60:g} min), longer than the schedule's "
+                f"{window / 60:g} min a day: it can never raise"
+            )
+    if rule in DETECTING_RULES and p.min_confidence >= 1:
+        out.append(
+            "min_confidence 1 keeps no detection (a detector's confidence stays below 1): it "
+            "can never raise"
+        )
+    if isinstance(p, GarbageOverflowParams) and p.min_confidence >= 1 and p.occluders:
+        out.append("min_confidence 1 sees no occluder: people in front of the zone are judged")
+    if isinstance(p, GarbageOverflowParams) and p.threshold is not None and p.threshold >= 1:
+        out.append(
+            "threshold 1: only a saturated score of the scene head reaches it, so it will "
+            "almost never raise"
+        )
+    return out
 
 
 def summarise(site: Site) -> list[str]:

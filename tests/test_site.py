@@ -34,6 +34,7 @@ def test_sample_site_is_valid() -> None:
     result = run_cli("check-config", str(REPO / "samples" / "site.yaml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("samples/site.yaml: OK")
+    assert "warning" not in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -712,3 +713,93 @@ def test_a_zone_whose_edges_cross_is_rejected(polygon: str, problem: str | None)
     with pytest.raises(SiteConfigError) as info:
         parse_site(text, "s.yaml")
     assert info.value.problems == [f"s.yaml:9: cameras[0].zones[0].polygon: Value error, {problem}"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        ("{gap_s: 30, clear_s: 10}", "clear_s 10 is shorter than gap_s 30"),
+        ("{clear_s: 10}", "clear_s 10 is shorter than gap_s 20"),  # the default gap_s
+        ("{gap_s: 5, clear_s: 5}", None),
+        ("{gap_s: 0, clear_s: 0}", None),
+    ],
+)
+def test_a_rule_that_clears_sooner_than_a_gap_is_rejected(rule: str, problem: str | None) -> None:
+    zone = ZONE.format(rule="crowd_gathering", field="x", value="").replace("{x: []}", rule)
+    if problem is None:
+        assert parse_site(MINIMAL + zone).cameras[0].zones[0].rules.crowd_gathering is not None
+        return
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL + zone, "s.yaml")
+    assert info.value.problems == [
+        f"s.yaml:11: cameras[0].zones[0].rules.crowd_gathering: Value error, {problem}: a miss "
+        "shorter than gap_s would end a raised episode and the next sighting raise a new "
+        "candidate; make clear_s at least gap_s"
+    ]
+
+
+PATROLLED = """\
+site: {name: T}
+cameras:
+  - id: p1
+    source: mqtt
+    interval_s: 700
+    location: {address: here}
+    zones:
+      - id: z
+        polygon: [[0, 0], [1, 0], [1, 1]]
+        schedule: {from: "07:00", to: "07:29"}
+        rules:
+"""
+
+
+@pytest.mark.parametrize(
+    ("rules", "sensors", "warnings"),
+    [
+        # Three visits 700 s apart do not fit in half an hour, though the dwell does.
+        ("          crowd_gathering: {dwell_s: 1500}\n", "",
+         ["12: cameras[0].zones[0].rules.crowd_gathering: warning: dwell_s 1500 takes 4 patrol "
+          "visits 700 s apart (35 min), longer than the schedule's 30 min a day: it can never "
+          "raise"]),
+        ("          crowd_gathering: {dwell_s: 1400}\n", "", []),
+        ("          crowd_gathering: {dwell_s: 60, min_confidence: 1.0}\n", "",
+         ["12: cameras[0].zones[0].rules.crowd_gathering: warning: min_confidence 1 keeps no "
+          "detection (a detector's confidence stays below 1): it can never raise"]),
+        ("          piled_materials: {dwell_s: 60, min_confidence: 1.0}\n", "", []),
+        ("          garbage_overflow: {dwell_s: 0, threshold: 1.0, min_confidence: 1}\n", "",
+         ["12: cameras[0].zones[0].rules.garbage_overflow: warning: min_confidence 1 sees no "
+          "occluder: people in front of the zone are judged",
+          "12: cameras[0].zones[0].rules.garbage_overflow: warning: threshold 1: only a saturated "
+          "score of the scene head reaches it, so it will almost never raise"]),
+        ("          garbage_overflow: {dwell_s: 0, head: trash}\n", "",
+         ["12: cameras[0].zones[0].rules.garbage_overflow.head: warning: 'trash' is not a shipped "
+          "scene head (shipped: garbage): detect and scan need --heads with a folder holding "
+          "trash.json and trash.npz, or the zone never raises"]),
+        ("          garbage_overflow: {dwell_s: 0, head: garbage}\n", "", []),
+        # Level sensors are judged against thresholds; manhole covers and smoke detectors send
+        # alarms of their own.
+        ("          crowd_gathering: {dwell_s: 60}\n",
+         "sensors:\n"
+         "  - {id: w1, kind: waterlogging, location: {address: x}}\n"
+         "  - {id: w2, kind: waterlogging, location: {address: x}, thresholds: {raise: 1, clear: 0"
+         "}}\n"
+         "  - {id: b1, kind: bin_fill, location: {address: x}}\n"
+         "  - {id: n1, kind: noise, location: {address: x}}\n"
+         "  - {id: m1, kind: manhole_cover, location: {address: x}}\n"
+         "  - {id: s1, kind: smoke, location: {address: x}}\n",
+         [f"{line}: sensors[{i}]: warning: a {kind} sensor without thresholds: its readings are "
+          "dead-lettered (no_thresholds), only the alarms it raises itself count"
+          for line, i, kind in ((14, 0, "waterlogging"), (16, 2, "bin_fill"), (17, 3, "noise"))]),
+    ],
+)  # fmt: skip
+def test_check_config_warns_about_what_cannot_work(
+    tmp_path: Path, rules: str, sensors: str, warnings: list[str]
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(PATROLLED + rules + sensors)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert [w for w in result.stdout.splitlines() if ": warning: " in w] == [
+        f"{path}:{w}" for w in warnings
+    ]
+    assert result.stdout.splitlines()[-1] == f"{path}: OK"
