@@ -22,11 +22,11 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import time
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
 from pydantic import (
@@ -128,8 +128,33 @@ class SiteInfo(Strict):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r}") from exc
+            raise ValueError(f"unknown IANA time zone {value!r}{_zone_hint(value)}") from exc
         return value
+
+
+# What people write for China's time, which has one IANA zone: Asia/Shanghai.
+_CHINA = re.compile(r"beijing|peking|北京|^(utc|gmt)?\s*\+\s*0?8(:?00)?$|^cst$", re.IGNORECASE)
+_OFFSET = re.compile(r"^(utc|gmt)?\s*[+-]\s*\d{1,2}(:?\d\d)?$", re.IGNORECASE)
+# Etc/GMT-8 is UTC+08:00: POSIX inverts the sign of these zones.
+_ETC_GMT = re.compile(r"^Etc/GMT[+-]\d+$")
+
+
+def _zone_hint(value: str) -> str:
+    if _CHINA.search(value.strip()):
+        return ": China's zone is Asia/Shanghai"
+    if _OFFSET.match(value.strip()):
+        return ": an offset is not a time zone, write the zone of a city, e.g. Asia/Shanghai"
+    zones = {z.lower(): z for z in available_timezones()}
+    close = difflib.get_close_matches(value.lower(), zones, n=1, cutoff=0.8)
+    return f" (did you mean {zones[close[0]]!r}?)" if close else ""
+
+
+def utc_offset(zone: str, at: datetime | None = None) -> str:
+    """The zone's offset from UTC now (or ``at``), e.g. ``UTC+08:00``."""
+    offset = (at or datetime.now(UTC)).astimezone(ZoneInfo(zone)).utcoffset() or timedelta()
+    minutes = round(offset.total_seconds() / 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
 
 
 class MqttSection(Strict):
@@ -1188,6 +1213,13 @@ DETECTING_RULES = (
 def site_warnings(checked: SiteFile) -> list[str]:
     """What is valid but will not work as meant: ``file:line: field: warning: …`` each."""
     site, out = checked.site, []
+    tz = site.site.timezone
+    if _ETC_GMT.match(tz) and utc_offset(tz) != "UTC+00:00":
+        out.append(
+            f"{checked.at('site', 'timezone')}: warning: {tz} is {utc_offset(tz)}: Etc/GMT "
+            "zones have the sign inverted (Etc/GMT-8 is UTC+08:00); write the zone of a city, "
+            "e.g. Asia/Shanghai"
+        )
     for c, cam in enumerate(site.cameras):
         for z, zone in enumerate(cam.zones):
             for rule, p in zone.rules.enabled().items():
@@ -1232,7 +1264,8 @@ def _rule_warnings(cam: Camera, zone: Zone, rule: str, p: RuleParams) -> list[st
 
 def summarise(site: Site) -> list[str]:
     """Human summary lines for ``gridpatrol check-config``."""
-    out = [f"site: {site.site.name} ({site.site.timezone}), MQTT prefix {site.mqtt.prefix}/"]
+    zone = site.site.timezone
+    out = [f"site: {site.site.name} ({zone}, {utc_offset(zone)}), MQTT prefix {site.mqtt.prefix}/"]
     night = site.policy.night
     out.append(
         f"policy: night {night.start}-{night.end}, SLA {site.policy.sla_minutes} min, "

@@ -803,3 +803,55 @@ def test_check_config_warns_about_what_cannot_work(
         f"{path}:{w}" for w in warnings
     ]
     assert result.stdout.splitlines()[-1] == f"{path}: OK"
+
+
+ETC_GMT = (
+    "Etc/GMT zones have the sign inverted (Etc/GMT-8 is UTC+08:00); write the zone of a city, "
+    "e.g. Asia/Shanghai"
+)
+
+
+@pytest.mark.parametrize(
+    ("zone", "summary", "warnings"),
+    [
+        ("Asia/Shanghai", "Asia/Shanghai, UTC+08:00", []),
+        ("Asia/Kolkata", "Asia/Kolkata, UTC+05:30", []),
+        ("Etc/GMT-8", "Etc/GMT-8, UTC+08:00", [f"Etc/GMT-8 is UTC+08:00: {ETC_GMT}"]),
+        ("Etc/GMT+8", "Etc/GMT+8, UTC-08:00", [f"Etc/GMT+8 is UTC-08:00: {ETC_GMT}"]),
+        ("Etc/GMT", "Etc/GMT, UTC+00:00", []),
+    ],
+)
+def test_check_config_shows_the_utc_offset_and_warns_on_etc_gmt(
+    tmp_path: Path, zone: str, summary: str, warnings: list[str]
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL.replace("Asia/Shanghai", zone))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"site: Test ({summary}), MQTT prefix gridpatrol/"
+    assert [w for w in lines if ": warning: " in w] == [
+        f"{path}:1: site.timezone: warning: {w}" for w in warnings
+    ]
+
+
+@pytest.mark.parametrize(
+    ("zone", "hint"),
+    [
+        ("Asia/Beijing", ": China's zone is Asia/Shanghai"),
+        ("Beijing", ": China's zone is Asia/Shanghai"),
+        ("UTC+8", ": China's zone is Asia/Shanghai"),
+        ("GMT+8", ": China's zone is Asia/Shanghai"),
+        ("UTC+08:00", ": China's zone is Asia/Shanghai"),
+        ("UTC-5", ": an offset is not a time zone, write the zone of a city, e.g. Asia/Shanghai"),
+        ("asia/shanghai", " (did you mean 'Asia/Shanghai'?)"),
+        ("Asia/Shangai", " (did you mean 'Asia/Shanghai'?)"),
+        ("Mars/Base", ""),
+    ],
+)
+def test_an_unknown_time_zone_suggests_one(zone: str, hint: str) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL.replace("Asia/Shanghai", zone), "s.yaml")
+    assert info.value.problems == [
+        f"s.yaml:1: site.timezone: Value error, unknown IANA time zone {zone!r}{hint}"
+    ]
