@@ -262,6 +262,7 @@ function facts(c) {
     add('d.zone', d.zone_id);
     add('d.dwell', d.dwell_s != null ? `${Math.round(d.dwell_s)} ${t('age.s')}` : null);
     add('d.boxes', d.boxes?.length);
+    add('d.ended', when(d.ended_at)); // the scene was last seen then: the matter may be over
   }
   const a = c.alarm;
   if (a) {
@@ -269,9 +270,10 @@ function facts(c) {
     add('d.count', a.count);
     add('d.first_seen', when(a.first_seen));
     add('d.last_seen', when(a.last_seen));
+    add('d.cleared', when(a.cleared_at)); // the device reported the alarm over
   }
   if (c.measurements?.length) {
-    add('d.measurements', c.measurements.map((m) => `${m.n ?? ''} ${m.v ?? m.vs ?? ''} ${m.u ?? ''}`.trim()).join('; '));
+    add('d.measurements', c.measurements.map((m) => `${m.n ?? ''} ${m.v ?? m.vs ?? m.vb ?? ''} ${m.u ?? ''}`.trim()).join('; '));
   }
   return el('dl', { class: 'facts' }, ...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
 }

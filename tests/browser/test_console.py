@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -472,6 +472,18 @@ def test_times_are_the_sites_in_a_browser_elsewhere(
     ui.wait_rows([])
 
 
+def shown_facts(page: Any, cid: str) -> dict[str, str]:
+    """The detail's facts of a case, label -> value, once it is selected."""
+    page.click(f"#queue-body tr[data-id='{cid}']")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{cid}')")
+    page.wait_for_selector("#detail dl.facts")
+    shown: dict[str, str] = page.evaluate(
+        """() => Object.fromEntries([...document.querySelectorAll('#detail dl.facts dt')]
+             .map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))"""
+    )
+    return shown
+
+
 def test_a_decided_case_shows_its_reject_reason_and_merge(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
@@ -498,15 +510,7 @@ def test_a_decided_case_shows_its_reject_reason_and_merge(
     ui.wait_rows([rejected["id"], merged["id"], target["id"]])
 
     def facts(cid: str) -> dict[str, str]:
-        """The detail's facts of a case, label -> value, once it is selected."""
-        page.click(f"#queue-body tr[data-id='{cid}']")
-        page.wait_for_selector(f"#detail .detail-head:has-text('{cid}')")
-        page.wait_for_selector("#detail dl.facts")
-        shown: dict[str, str] = page.evaluate(
-            """() => Object.fromEntries([...document.querySelectorAll('#detail dl.facts dt')]
-                 .map((dt) => [dt.textContent, dt.nextElementSibling.textContent]))"""
-        )
-        return shown
+        return shown_facts(page, cid)
 
     # The reason as the reject dialog names it (5 许可经营), with the reviewer's note.
     shown = facts(rejected["id"])
@@ -531,3 +535,44 @@ def test_a_decided_case_shows_its_reject_reason_and_merge(
     )
     assert facts(merged["id"])["Merged into"] == target["id"]
     assert facts(target["id"])["References"] == merged["id"]
+
+
+def test_an_ended_episode_and_a_cleared_alarm_say_when(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    parked = seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
+    bin_full = seeder.sensor_candidate(frames, sensor_id="bf-0105")
+    ended_at = datetime.now(UTC) - timedelta(minutes=4)
+    cleared_at = ended_at + timedelta(minutes=1)
+    patches = [
+        (parked["id"], {"detection": {"ended_at": ended_at.isoformat()}}),
+        (
+            bin_full["id"],
+            {
+                "alarm": {"cleared_at": cleared_at.isoformat()},
+                "measurements": [{"n": "fill", "u": "%", "v": 40}, {"n": "lid_open", "vb": False}],
+            },
+        ),
+    ]
+    for cid, patch in patches:
+        response = seeder.client.patch(
+            f"/candidates/{cid}", json=patch, headers={"Idempotency-Key": str(uuid.uuid4())}
+        )
+        assert response.status_code == 200, response.text
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([parked["id"], bin_full["id"]])
+
+    def facts(cid: str) -> dict[str, str]:
+        return shown_facts(page, cid)
+
+    def site_time(at: datetime) -> str:
+        local = at.astimezone(SITE_TZ)
+        return f"{local.year}/{local.month}/{local.day} {local:%H:%M:%S}"
+
+    assert facts(parked["id"])["画面消失"] == site_time(ended_at)
+    shown = facts(bin_full["id"])
+    assert shown["报警解除"] == site_time(cleared_at)
+    assert shown["测量值"] == "fill 40 %; lid_open false"
+    assert "画面消失" not in shown
+    ui.shot("ended-and-cleared")
