@@ -73,31 +73,60 @@ def site_file(tmp_path: Path, mqtt_prefix: str, shared_dir: Path) -> Callable[[s
 
 
 class IngestProcess:
-    def __init__(self, args: list[str], url: str) -> None:
+    """``gridpatrol <args>`` in a subprocess; with ``log``, its stderr goes to that file, where
+    the test can read each line as it is written (a pipe is read only at the end)."""
+
+    def __init__(self, args: list[str], url: str, log: Path | None = None) -> None:
         env = {**os.environ, "GRIDPATROL_MQTT_URL": url}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gridpatrol.cli", *args],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        self.log = log
+        err_file = log.open("w") if log is not None else None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gridpatrol.cli", *args],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err_file if err_file is not None else subprocess.PIPE,
+                text=True,
+            )
+        finally:
+            if err_file is not None:
+                err_file.close()  # the process has its own copy
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
 
     def wait(self, timeout: float = 30.0) -> tuple[int, str, str]:
         out, err = self.proc.communicate(timeout=timeout)
+        if self.log is not None:
+            err = self.log.read_text()
         return self.proc.returncode, out, err
+
+    def lines(self) -> list[str]:
+        """The complete lines written to the ``log`` file so far."""
+        assert self.log is not None, "started without a log file"
+        text = self.log.read_text()
+        return text.splitlines()[: text.count("\n")]
+
+    def wait_for(self, until: Callable[[list[str]], bool], timeout: float) -> list[str]:
+        """The log's lines once ``until(lines)`` holds, after ``timeout`` s or once the process
+        has ended, whichever comes first; the caller asserts what it needs."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = self.proc.poll() is not None
+            lines = self.lines()
+            if until(lines) or ended or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.05)
 
 
 @pytest.fixture
-def gridpatrol_proc() -> Iterator[Callable[[list[str], str], IngestProcess]]:
-    """Start ``gridpatrol <args>`` against a broker URL; killed at the end if still running."""
+def gridpatrol_proc() -> Iterator[Callable[..., IngestProcess]]:
+    """Start ``gridpatrol <args>`` against a broker URL, its stderr to ``log`` if given; killed
+    at the end if still running."""
     procs: list[IngestProcess] = []
 
-    def start(args: list[str], url: str = SHARED_BROKER) -> IngestProcess:
-        procs.append(IngestProcess(args, url))
+    def start(args: list[str], url: str = SHARED_BROKER, log: Path | None = None) -> IngestProcess:
+        procs.append(IngestProcess(args, url, log))
         return procs[-1]
 
     yield start

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,22 @@ def last_status(seen: list[Message], camera: str) -> bytes | None:
     return found[-1] if found else None
 
 
+# Log lines as the CLI writes them: "2025-01-31 12:00:00,123 INFO name: message".
+LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) [A-Z]+ [\w.]+: (.*)")
+TIMESTAMP_S = 0.002  # the log's timestamps are cut to the millisecond (two of them in a gap)
+
+
+def logged(lines: list[str]) -> list[tuple[float, str]]:
+    """(wall-clock time, message) of each log line; lines of other writers (FFmpeg) left out."""
+    found = []
+    for line in lines:
+        match = LOG_LINE.fullmatch(line)
+        if match:
+            local = datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").astimezone()
+            found.append((local.timestamp(), match[2]))
+    return found
+
+
 def test_http_snapshot_cameras(
     http_camera: SnapshotServer,
     site_file: Callable[..., Path],
@@ -112,8 +129,12 @@ def test_http_snapshot_cameras(
     assert "snapshot failed" in err
 
 
-def test_an_unreachable_rtsp_camera_is_offline_and_retried(
-    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+def test_an_unreachable_rtsp_camera_is_offline_and_retried_with_a_growing_backoff(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    tmp_path: Path,
 ) -> None:
     port = free_port()  # nothing listens there
     site = site_file(
@@ -121,14 +142,28 @@ def test_an_unreachable_rtsp_camera_is_offline_and_retried(
         "location: {address: a}}\n"
     )
     watcher = watch(SHARED, f"{mqtt_prefix}/cameras/r1/status", mqtt_prefix)
-    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-r"])
+    args = ["ingest", "--config", str(site), "--component-id", "ing-r"]
+    proc = gridpatrol_proc(args, log=tmp_path / "ingest.log")
     seen = watcher.collect(lambda s: last_status(s, "r1") == b"offline", timeout=40)
     assert last_status(seen, "r1") == b"offline"
-    time.sleep(2)  # long enough for a retry after the 1 s backoff
+
+    def attempts(lines: list[str]) -> list[tuple[float, str]]:
+        return [(t, m) for t, m in logged(lines) if m.startswith("camera r1: cannot open")]
+
+    lines = proc.wait_for(lambda ls: len(attempts(ls)) >= 3, timeout=30)
     proc.signal(signal.SIGTERM)
     code, _, err = proc.wait(40)
     assert code == 0, err
-    assert err.count("camera r1: cannot open") >= 2
+    tried = attempts(lines)[:3]
+    assert [m for _, m in tried] == [
+        f"camera r1: cannot open rtsp://***@127.0.0.1:{port}/live; retrying in {wait} s"
+        for wait in (1, 2, 4)
+    ], err[-2000:]
+    # Each attempt waits out the backoff the one before announced: lower bounds only, less the
+    # millisecond the log's timestamps are cut to.
+    (first, _), (second, _), (third, _) = tried
+    assert second - first >= 1 - TIMESTAMP_S, tried
+    assert third - second >= 2 - TIMESTAMP_S, tried
     assert "secret" not in err  # credentials never reach the log
 
 
