@@ -340,6 +340,18 @@ def ended(client: httpx.Client, camera_id: str = "street") -> list[dict[str, Any
     return [c for c in candidates(client, camera_id) if "ended_at" in c["detection"]]
 
 
+def two_candidates(client: httpx.Client, camera_id: str, worker: Worker) -> list[dict[str, Any]]:
+    """The camera's candidates once there are two (the first and a second episode)."""
+    return list(
+        wait_for(
+            f"a second candidate of {camera_id}",
+            lambda: len(c := candidates(client, camera_id)) == 2 and c,
+            60,
+            worker,
+        )
+    )
+
+
 def check_evidence(client: httpx.Client, candidate: dict[str, Any]) -> set[str]:
     """Every evidence hash is served by the API and re-hashes to itself; returns the kinds."""
     kinds = set()
@@ -462,6 +474,7 @@ class CrowdEpisode:
     end: datetime
     client: httpx.Client
     first: dict[str, Any]
+    played: float  # time.monotonic() when the worker had taken the last frame
 
 
 def start_crowd_episode(rig: Rig, street: list[Image], clear_s: float = 10) -> CrowdEpisode:
@@ -470,9 +483,10 @@ def start_crowd_episode(rig: Rig, street: list[Image], clear_s: float = 10) -> C
     crowd = [jpeg(f) for f in street]
     size = {"street": (w, h)}
     end = rig.publisher.play({"street": crowd[:14]}, size, T0, worker)
+    played = time.monotonic()
     client = rig.api.client("reviewer")
     (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
-    return CrowdEpisode(worker, crowd, size, end, client, first)
+    return CrowdEpisode(worker, crowd, size, end, client, first, played)
 
 
 def assert_ended_at_last_sighting(ep: CrowdEpisode) -> None:
@@ -545,9 +559,8 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     the camera has been silent for gap_s + clear_s (2 + 3 s), also after a restart."""
     ep = start_crowd_episode(rig, street, clear_s=3)
     worker, client, first = ep.worker, ep.client, ep.first
-    silent_since = time.monotonic()
     (gone,) = wait_for("the silent camera's episode to end", lambda: ended(client), 30, worker)
-    waited = time.monotonic() - silent_since
+    waited = time.monotonic() - ep.played
     assert gone["id"] == first["id"]
     # The crowd was in the last frame, half a second before the end of the footage.
     last_sighting = ep.end - timedelta(seconds=0.5)
@@ -556,18 +569,19 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     assert (
         "boxes" in gone["detection"] and gone["detection"]["boxes"] == first["detection"]["boxes"]
     )
-    assert 5.0 <= waited < 15.0
-    assert (
-        f"camera street has sent no frame for 5 s: ended candidate {first['id']} "
-        f"(crowd_gathering in zone whole-street) at its last sighting {last_sighting.isoformat()}"
-    ) in worker.text()
+    assert 4.5 <= waited < 15.0  # the last frame was judged a moment after it was taken
+    silence = re.findall(
+        rf"camera street has sent no frame for (\d+) s: ended candidate {first['id']} "
+        rf"\(crowd_gathering in zone whole-street\) at its last sighting "
+        + re.escape(last_sighting.isoformat()),
+        worker.text(),
+    )
+    assert silence in (["5"], ["6"])  # checked once a second
 
     # The camera comes back where it stopped (a paused source): the crowd is a new episode,
     # with a dwell of its own.
     again = rig.publisher.play({"street": ep.crowd[:14]}, ep.size, ep.end, worker)
-    found = wait_for(
-        "a second candidate", lambda: len(c := candidates(client, "street")) == 2 and c, 30, worker
-    )
+    found = two_candidates(client, "street", worker)
     second = found[1]
     assert second["references"] == [first["id"]]
     assert datetime.fromisoformat(second["occurred_at"]) == ep.end
@@ -613,12 +627,7 @@ def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[I
     # The camera is resynchronised an hour back while the crowd is still there.
     back = T0 - timedelta(hours=1)
     rig.publisher.play({"street": ep.crowd[:14]}, ep.size, back, worker)
-    found = wait_for(
-        "a second candidate",
-        lambda: len(c := candidates(client, "street")) == 2 and c,
-        60,
-        worker,
-    )
+    found = two_candidates(client, "street", worker)
     assert worker.stop() == 0
     by_id = {c["id"]: c for c in found}
     old = by_id.pop(first["id"])
