@@ -252,6 +252,17 @@ class CameraPipeline:
                     restored += 1
         return restored
 
+    def carry_backgrounds(self, old: CameraPipeline, shift_s: float) -> int:
+        """Take over ``old``'s background models with their times moved by ``shift_s`` (the
+        camera's clock stepped by that much): what the zones normally look like does not
+        change with the clock. How many were taken."""
+        return self.restore_backgrounds(
+            {
+                key: replace(state, t=state.t + shift_s, start_t=state.start_t + shift_s)
+                for key, state in old.backgrounds().items()
+            }
+        )
+
     def occupied(self) -> dict[tuple[str, str], datetime]:
         """(zone, rule) → when the occupancy began, for every rule timing a dwell or raised."""
         return {

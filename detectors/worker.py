@@ -617,6 +617,11 @@ class DetectorWorker:
 
     def _reset(self, rt: CameraRuntime, ts: datetime) -> None:
         fresh = self._runtime(rt.camera, rt.sub)
+        # The zones' background models stay, moved to the new clock as if ``ts`` came right
+        # after the last frame: learned afresh they would take whatever stands there now for
+        # normal, and the next save would overwrite the good model kept in the outbox file.
+        shift = 0.0 if rt.last_ts is None else (ts - rt.last_ts).total_seconds()
+        fresh.pipeline.carry_backgrounds(rt.pipeline, shift)
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
         # Its open episodes were timed on the clock that was abandoned: they end where they
         # were last seen, and an occupancy that is still there opens a new episode.

@@ -854,3 +854,29 @@ def test_a_restart_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
     assert worker.stop() == 0
     assert ended["id"] == first["id"]
     assert [c["id"] for c in candidates(client, "piled")] == [first["id"]]
+
+
+def test_a_camera_clock_stepping_back_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
+    """A pile is raised, the camera's clock steps back an hour while the pile is still there:
+    the rules start over, but the background model still knows the road, so the pile is
+    raised again on the new clock (it is not taken for the road)."""
+    rule, params = COMPOSED_ZONES["piled"]
+    worker = rig.worker({"piled": [{"id": "lane", "polygon": WHOLE, "rules": {rule: params}}]})
+    before, after = compose_scenes(rig.shared)["piled"]
+    size = {"piled": (after.shape[1], after.shape[0])}
+    scenes = {"piled": [jpeg(before)] * LEARN_STEPS + [jpeg(after)] * HOLD_STEPS}
+    rig.publisher.play(scenes, size, T0, worker, offsets=TIMELINE)
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the pile candidate", lambda: candidates(client, "piled"), 60, worker)
+
+    back = T0 - timedelta(hours=1)
+    scenes = {"piled": [jpeg(after)] * 10}
+    rig.publisher.play(scenes, size, back, worker, offsets=[float(k) for k in range(10)])
+    found = two_candidates(client, "piled", worker)
+    assert worker.stop() == 0
+    old, new = sorted(found, key=lambda c: c["id"] != first["id"])
+    assert "ended_at" in old["detection"] and "ended_at" not in new["detection"]
+    assert new["references"] == [first["id"]]
+    # The jump is taken on its second frame, which starts the new episode.
+    assert datetime.fromisoformat(new["occurred_at"]) == back + timedelta(seconds=1)
+    assert "clock went back 3688 s; its rules start over" in worker.text()

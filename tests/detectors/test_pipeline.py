@@ -344,6 +344,39 @@ def test_a_restored_background_takes_no_uncovered_road_for_a_pile(restored: bool
     assert raised == ([] if restored else ["raise"])
 
 
+@pytest.mark.parametrize("carried", [True, False], ids=["carried over", "learned afresh"])
+def test_a_clock_reset_keeps_what_the_zone_normally_looks_like(carried: bool) -> None:
+    """The camera's clock steps back an hour while a pile is there: its rules start over, but
+    the background model carried to the new clock still knows the road."""
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    cam = camera([zone], fps=0.1)
+
+    def feed(
+        pipe: CameraPipeline, start: float, stop: float, pile: bool, clock: float = 0
+    ) -> list[str]:
+        kinds = []
+        for k in range(int(start / 10), int(stop / 10)):
+            gray = gray_street(10.0 * k, pile=pile)
+            at = T0 + timedelta(seconds=10.0 * k + clock)
+            kinds += [e.kind for e in pipe.process(at, SIZE, dets([]), None, gray)]
+        return kinds
+
+    before = CameraPipeline(cam, SHANGHAI, NAMES)
+    feed(before, 0, 300, pile=False)
+    assert feed(before, 300, 2200, pile=True) == ["raise"]
+    after = CameraPipeline(cam, SHANGHAI, NAMES)
+    if carried:
+        assert after.carry_backgrounds(before, -3600.0) == 1
+        ((_, state),) = after.backgrounds().items()
+        ((_, old),) = before.backgrounds().items()
+        assert (state.t, state.start_t) == (old.t - 3600.0, old.start_t - 3600.0)
+    # On the new clock (an hour back) the pile stays half an hour more, then is taken away:
+    # carried over, the model raises it again and clears it; learned afresh, it takes the
+    # pile for the road and the road for a pile.
+    assert feed(after, 2200, 4100, pile=True, clock=-3600) == (["raise"] if carried else [])
+    assert feed(after, 4100, 6000, pile=False, clock=-3600) == (["clear"] if carried else ["raise"])
+
+
 def test_timestamps_must_be_aware() -> None:
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     with pytest.raises(ValueError, match="timezone-aware"):
