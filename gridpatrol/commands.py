@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from gridpatrol.site import SiteFile
@@ -42,12 +44,14 @@ def check_config(args: argparse.Namespace) -> int:
         print(f"{args.file}: INVALID ({len(exc.problems)} problem(s))", file=sys.stderr)
         return 1
     from gridpatrol.ingest.patrol import patrol_overload
+    from gridpatrol.ingest.sources import source_kind
 
     site = checked.site
     for line in [
-        *summarise(site),
+        *summarise(site, source_kind),
         *patrol_overload(site.cameras, site.patrol.max_fps),
         *site_warnings(checked),
+        *_source_warnings(checked),
         *_head_warnings(checked),
     ]:
         print(line)
@@ -101,3 +105,60 @@ def _head_name(meta: Path) -> str:
     except (OSError, ValueError, AttributeError):
         return meta.stem
     return name if isinstance(name, str) else meta.stem
+
+
+# A camera's address written without its scheme: an IP address, www.…, host:port, user@….
+_ADDRESS = re.compile(r"^([^/@\s]+@)?((\d{1,3}\.){3}\d{1,3}|www\.[^/\s]+|[^/\s:]+:\d{2,5})(/|$)")
+
+
+def _source_warnings(checked: SiteFile) -> list[str]:
+    """A camera source that ingest will not read as meant, e.g. ``MQTT`` (a file path)."""
+    base = Path(checked.name).parent
+    out = []
+    for c, cam in enumerate(checked.site.cameras):
+        odd = _odd_source(cam.source, base)
+        if odd is not None:
+            out.append(f"{checked.at('cameras', c, 'source')}: warning: {odd}")
+    return out
+
+
+def _odd_source(source: str, base: Path) -> str | None:
+    from gridpatrol.ingest.sources import STREAM_SCHEMES, resolve_path, source_kind
+
+    kind = source_kind(source)
+    if kind == "mqtt":
+        return None
+    if source.strip().lower() == "mqtt":
+        return (
+            f"{source!r} is read as a file path: write mqtt, in lower case and without spaces, "
+            "for a camera that publishes its own frames"
+        )
+    if source != source.strip():
+        return f"{source!r} has spaces around it, which ingest keeps: write {source.strip()!r}"
+    parts = urlsplit(source)
+    if kind != "file":
+        if not parts.hostname:
+            return f"{source!r} names no host: write {parts.scheme}://host/…"
+        return None
+    if re.match(r"^[A-Za-z]:[\\/]", source) or "\\" in source:
+        name = source.replace("\\", "/").rsplit("/", 1)[-1]
+        return (
+            f"{source!r} looks like a Windows path: write the path on the machine that runs "
+            f"ingest, with /, e.g. /srv/footage/{name}"
+        )
+    if _ADDRESS.match(source):
+        return (
+            f"{source!r} looks like a camera's address without a scheme, and is read as a file "
+            f"path: write rtsp://{source} for a stream or http://{source} for snapshots"
+        )
+    if "://" in source:
+        return (
+            f"{source!r} has the unknown scheme {parts.scheme!r}, so it is read as a file path: "
+            f"streams are {', '.join(STREAM_SCHEMES)}, snapshot URLs http and https"
+        )
+    if not resolve_path(source, base).exists():
+        return (
+            f"no file {source!r} in the working directory ({Path.cwd()}) nor beside the site "
+            f"file ({base / source}), where ingest looks for it"
+        )
+    return None

@@ -1262,8 +1262,9 @@ def _rule_warnings(cam: Camera, zone: Zone, rule: str, p: RuleParams) -> list[st
     return out
 
 
-def summarise(site: Site) -> list[str]:
-    """Human summary lines for ``gridpatrol check-config``."""
+def summarise(site: Site, source_kind: Callable[[str], str] | None = None) -> list[str]:
+    """Human summary lines for ``gridpatrol check-config``; ``source_kind`` names how ingest
+    reads a camera's source (``gridpatrol.ingest.sources.source_kind``)."""
     zone = site.site.timezone
     out = [f"site: {site.site.name} ({zone}, {utc_offset(zone)}), MQTT prefix {site.mqtt.prefix}/"]
     night = site.policy.night
@@ -1283,6 +1284,8 @@ def summarise(site: Site) -> list[str]:
     )
     for cam in site.cameras:
         rate = f"every {cam.interval_s:g} s" if cam.is_patrol else f"{cam.sample_fps:g} fps"
+        if source_kind is not None:
+            rate += f" from {source_kind(cam.source)}"
         zones = ", ".join(f"{z.id}[{'/'.join(z.rules.enabled())}]" for z in cam.zones) or "-"
         out.append(f"  {cam.id} {cam.name} {rate}; zones: {zones}")
     out.append(f"sensors: {len(site.sensors)}")

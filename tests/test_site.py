@@ -34,7 +34,9 @@ def test_sample_site_is_valid() -> None:
     result = run_cli("check-config", str(REPO / "samples" / "site.yaml"))
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("samples/site.yaml: OK")
-    assert "warning" not in result.stdout
+    # The footage is linked into var/ by `make demo`; nothing else draws a warning.
+    warnings = [w for w in result.stdout.splitlines() if ": warning: " in w]
+    assert [w for w in warnings if ".source: warning: no file 'var/footage/" not in w] == []
 
 
 @pytest.mark.parametrize(
@@ -404,7 +406,7 @@ def test_check_config_warns_when_the_patrol_budget_cannot_keep_dwells(tmp_path: 
     path.write_text(f"site: {{name: T}}\npatrol: {{max_fps: 1}}\ncameras:\n{cameras}")
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-4:-2] == [
+    assert [line for line in result.stdout.splitlines() if line.startswith("patrol:")] == [
         "patrol: the cameras ask for 3.00 visits/s and the budget is 1 fps: 3 come round less "
         "often than their interval_s",
         "patrol: beyond 2.5 intervals between visits no dwell can build up (raise "
@@ -830,7 +832,7 @@ def test_check_config_shows_the_utc_offset_and_warns_on_etc_gmt(
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"site: Test ({summary}), MQTT prefix gridpatrol/"
-    assert [w for w in lines if ": warning: " in w] == [
+    assert [w for w in lines if "timezone: warning: " in w] == [
         f"{path}:1: site.timezone: warning: {w}" for w in warnings
     ]
 
@@ -855,3 +857,57 @@ def test_an_unknown_time_zone_suggests_one(zone: str, hint: str) -> None:
     assert info.value.problems == [
         f"s.yaml:1: site.timezone: Value error, unknown IANA time zone {zone!r}{hint}"
     ]
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "warning"),
+    [
+        ("mqtt", "mqtt", None),
+        ("rtsp://user:pass@10.0.0.5/sub", "stream", None),
+        ("RTSP://10.0.0.5/sub", "stream", None),
+        ("https://cam.example.cn/snap.jpg", "http", None),
+        ("{here}/clip.mp4", "file", None),
+        ("clip.mp4", "file", None),  # beside the site file
+        ("MQTT", "file",
+         "'MQTT' is read as a file path: write mqtt, in lower case and without spaces, for a "
+         "camera that publishes its own frames"),
+        ("'mqtt '", "file",
+         "'mqtt ' is read as a file path: write mqtt, in lower case and without spaces, for a "
+         "camera that publishes its own frames"),
+        ("' rtsp://10.0.0.5/sub'", "stream",
+         "' rtsp://10.0.0.5/sub' has spaces around it, which ingest keeps: write "
+         "'rtsp://10.0.0.5/sub'"),
+        ("'C:\\footage\\clip.mp4'", "file",
+         "'C:\\\\footage\\\\clip.mp4' looks like a Windows path: write the path on the machine "
+         "that runs ingest, with /, e.g. /srv/footage/clip.mp4"),
+        ("10.0.0.5:554/sub", "file",
+         "'10.0.0.5:554/sub' looks like a camera's address without a scheme, and is read as a "
+         "file path: write rtsp://10.0.0.5:554/sub for a stream or http://10.0.0.5:554/sub for "
+         "snapshots"),
+        ("admin:pw@10.0.0.5/sub", "file",
+         "'admin:pw@10.0.0.5/sub' looks like a camera's address without a scheme, and is read "
+         "as a file path: write rtsp://admin:pw@10.0.0.5/sub for a stream or "
+         "http://admin:pw@10.0.0.5/sub for snapshots"),
+        ("rtps://10.0.0.5/sub", "file",
+         "'rtps://10.0.0.5/sub' has the unknown scheme 'rtps', so it is read as a file path: "
+         "streams are rtsp, rtsps, rtmp, rtp, udp, srt, snapshot URLs http and https"),
+        ("http:/10.0.0.5/snap.jpg", "http",
+         "'http:/10.0.0.5/snap.jpg' names no host: write http://host/…"),
+        ("missing.mp4", "file",
+         "no file 'missing.mp4' in the working directory ({cwd}) nor beside the site file "
+         "({here}/missing.mp4), where ingest looks for it"),
+    ],
+)  # fmt: skip
+def test_check_config_names_each_source_kind_and_warns_about_odd_ones(
+    tmp_path: Path, source: str, kind: str, warning: str | None
+) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL.replace("a.mp4", source.format(here=tmp_path)))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "  c1  2 fps from " + kind + "; zones: -" in lines
+    expected = [] if warning is None else [warning.format(here=tmp_path, cwd=Path.cwd())]
+    assert [w.split(": warning: ")[1] for w in lines if ": warning: " in w] == expected
+    assert all(w.startswith(f"{path}:4: cameras[0].source: ") for w in lines if ": warning" in w)
