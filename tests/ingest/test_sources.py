@@ -6,7 +6,6 @@ import json
 import re
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,6 +82,7 @@ def last_status(seen: list[Message], camera: str) -> bytes | None:
 # Log lines as the CLI writes them: "2025-01-31 12:00:00,123 INFO name: message".
 LOG_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) [A-Z]+ [\w.]+: (.*)")
 TIMESTAMP_S = 0.002  # the log's timestamps are cut to the millisecond (two of them in a gap)
+SLACK_S = 0.25  # a visit's failure shows after its start by the failed open's time (< 1 ms)
 
 
 def logged(lines: list[str]) -> list[tuple[float, str]]:
@@ -173,15 +173,12 @@ def ingest_until_offline(
     watch: Any,
     gridpatrol_proc: Any,
     mqtt_prefix: str,
-    linger_s: float = 0.0,
 ) -> str:
-    """Run ``gridpatrol ingest`` until the camera is reported offline (and ``linger_s`` more),
-    stop it; its stderr."""
+    """Run ``gridpatrol ingest`` until the camera is reported offline, stop it; its stderr."""
     watcher = watch(SHARED, f"{mqtt_prefix}/cameras/{camera}/status", mqtt_prefix)
     proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", f"ing-{camera}"])
     seen = watcher.collect(lambda s: last_status(s, camera) == b"offline", timeout=40)
     assert last_status(seen, camera) == b"offline"
-    time.sleep(linger_s)
     proc.signal(signal.SIGTERM)
     code, _, err = proc.wait(40)
     assert code == 0, err
@@ -200,25 +197,56 @@ def test_a_missing_footage_file_says_where_it_was_looked_up(
     ) in err
 
 
-def test_a_failing_patrol_camera_is_named_once_per_failing_streak(
-    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+def test_a_failing_patrol_camera_is_named_once_per_failing_streak_and_backs_off(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    tmp_path: Path,
 ) -> None:
     site = site_file(
         "  - {id: p1, source: 'rtsp://user:secret@127.0.0.1:9/live', interval_s: 1, "
         "location: {address: a}}\n"
     )
-    err = ingest_until_offline(site, "p1", watch, gridpatrol_proc, mqtt_prefix, linger_s=8)
-    assert (
-        err.count(
-            "camera p1: the patrol visit got no frame from rtsp://***@127.0.0.1:9/live (it cannot "
-            "be opened or returned none); offline until a visit succeeds, next try in 2 s"
-        )
-        == 1
-    ), err[-2000:]
-    # Several visits, one warning; tried after 2 and 4 more intervals (at 0, 2 and 6 s), not
-    # every second: the next would be at 14 s.
-    failures = re.findall(r"camera p1: .* (\d+) source failures, offline", err)
-    assert failures and int(failures[-1]) == 3, err[-2000:]
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/p1/status", mqtt_prefix)
+    # Progress lines (with the failure count) every 0.25 s: they tell within a quarter second
+    # when each failed visit ended.
+    args = ["ingest", "--config", str(site), "--component-id", "ing-p1", "--progress-s", "0.25"]
+    proc = gridpatrol_proc(args, log=tmp_path / "ingest.log")
+    progress = re.compile(r"camera p1: \d+ frames published, .*, (\d+) source failures, ")
+
+    def counts(lines: list[str]) -> list[tuple[float, int]]:
+        """(time, failures so far) of each progress line of p1."""
+        return [(t, int(m[1])) for t, text in logged(lines) if (m := progress.match(text))]
+
+    lines = proc.wait_for(lambda ls: any(n >= 3 for _, n in counts(ls)), timeout=40)
+    seen = watcher.collect(lambda s: last_status(s, "p1") == b"offline", timeout=10)
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(40)
+    assert code == 0, err
+    assert last_status(seen, "p1") == b"offline"
+    warning = (
+        "camera p1: the patrol visit got no frame from rtsp://***@127.0.0.1:9/live (it cannot "
+        "be opened or returned none); offline until a visit succeeds, next try in 2 s"
+    )
+    # Three failed visits by now, and one warning for the whole streak.
+    warnings = [m for _, m in logged(err.splitlines()) if "the patrol visit got no frame" in m]
+    assert warnings == [warning], err[-2000:]
+    assert "secret" not in err
+
+    # Visits at 0, 2 and 6 s (after 2, then 4 intervals), not every second. The first failure
+    # is logged as it happens (the warning); a later one happened after the last progress line
+    # that did not count it, by the first that did. Measured from the latter back to the former
+    # each gap is never shorter than the real one: a lower bound that a slow machine only makes
+    # easier to meet. Visits every second (or every 2 s) miss it by half a second or more.
+    shown = counts(lines)
+    (warned_at,) = [t for t, text in logged(lines) if text == warning]
+    twice = min((t for t, n in shown if n >= 2), default=None)
+    thrice = min((t for t, n in shown if n >= 3), default=None)
+    assert twice is not None and thrice is not None, err[-2000:]
+    before_second = max([warned_at, *(t for t, n in shown if n < 2 and t < twice)])
+    assert twice - warned_at >= 2 - SLACK_S, shown
+    assert thrice - before_second >= 4 - SLACK_S, shown
 
 
 def test_a_looped_file_without_frames_is_offline_and_retried_not_spun(
