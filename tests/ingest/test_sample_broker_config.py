@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gridpatrol.ingest.broker import free_port, reachable
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = ("ingest-1", "detect-1", "alarm-bridge", "api", "sensor-gw-1", "monitor")
@@ -74,14 +74,41 @@ def test_each_component_has_its_rights_and_nothing_more(sample_broker: int) -> N
         assert gateway.publish_wait("gridpatrol/cameras/c1/frame", b"spoofed", qos=1)
         assert gateway.publish_wait("gridpatrol/sensors/mh-1/alarm", b"alarm", qos=1)
         assert ingest.publish_wait("gridpatrol/sensors/mh-1/alarm", b"forged alarm", qos=1)
-        time.sleep(0.5)
-        assert [m.payload for m in frames.drain()] == [b"from ingest"]
-        assert [m.payload for m in alarms.drain()] == [b"alarm"]
-        seen = {m.topic.split("/")[2] for m in statuses.drain()}
-        assert {"detect-0-of-2", "ingest-1", "sensor-gw-1", "alarm-bridge"} <= seen
+        # Each denied message was confirmed, so handled, before an allowed writer's "end" was
+        # sent; anything let through would reach the reader before that "end".
+        assert ingest.publish_wait("gridpatrol/cameras/c1/frame", b"end", qos=1)
+        assert gateway.publish_wait("gridpatrol/sensors/mh-1/alarm", b"end", qos=1)
+        assert payloads_until_end(frames) == [b"from ingest", b"end"]
+        assert payloads_until_end(alarms) == [b"alarm", b"end"]
+        assert frames.drain() == [] and alarms.drain() == []
+        expected = {"detect-0-of-2", "ingest-1", "sensor-gw-1", "alarm-bridge"}
+        assert status_ids(statuses, expected) == expected
     finally:
         for conn in (detect, ingest, gateway, bridge):
             conn.stop()
+
+
+def status_ids(sub: Subscription, expected: set[str], timeout: float = 10.0) -> set[str]:
+    """The component ids of the statuses ``sub`` got once all of ``expected`` are in (or after
+    ``timeout`` s), with whatever else had come by then."""
+    ids: set[str] = set()
+    deadline = time.monotonic() + timeout
+    while not expected <= ids:
+        message = sub.get(max(0.0, deadline - time.monotonic()))
+        if message is None:
+            break
+        ids.add(message.topic.split("/")[2])
+    return ids | {m.topic.split("/")[2] for m in sub.drain()}
+
+
+def payloads_until_end(sub: Subscription, timeout: float = 10.0) -> list[bytes]:
+    """What ``sub`` gets up to and with an ``end`` message, waiting up to ``timeout`` s each."""
+    got: list[bytes] = []
+    while not got or got[-1] != b"end":
+        message = sub.get(timeout)
+        assert message is not None, f"no end after {got}"
+        got.append(message.payload)
+    return got
 
 
 def test_a_killed_component_is_seen_offline_whatever_its_id(
