@@ -26,7 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gridpatrol.ingest.broker import BrokerHandle
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,19 @@ SAMPLE_CLIPS = {
 }
 SAMPLE_CLIPS_URL = "https://github.com/intel-iot-devkit/sample-videos/raw/master/"
 STOP_TIMEOUT_S = 20.0
+# The demo's own topics and bridge session: on a broker that also serves a site, the demo must
+# neither take over the production bridge's persistent session (and acknowledge its alarms
+# into a throwaway database) nor publish frames, alarms and statuses into its topics.
+DEMO_PREFIX = "gridpatrol-demo"
+DEMO_BRIDGE_CLIENT_ID = "gp-alarm_bridge-gridpatrol-demo"
+# Credentials and TLS files of the configured broker: not for the demo's private broker.
+BROKER_SETTINGS = (
+    "GRIDPATROL_MQTT_USERNAME",
+    "GRIDPATROL_MQTT_PASSWORD",
+    "GRIDPATROL_MQTT_CA",
+    "GRIDPATROL_MQTT_CERT",
+    "GRIDPATROL_MQTT_KEY",
+)
 
 
 def register(sub: Any) -> None:
@@ -60,6 +76,12 @@ def register(sub: Any) -> None:
         default=str(ROOT / "var" / "demo"),
         help="database, evidence, logs; cleared at every start (a new, empty or earlier demo's "
         "folder)",
+    )
+    parser.add_argument(
+        "--use-configured-broker",
+        action="store_true",
+        help=f"run on the broker of GRIDPATROL_MQTT_URL instead of a private one (still under "
+        f"the topic prefix {DEMO_PREFIX}/, with a bridge session of its own)",
     )
     parser.set_defaults(func=run_demo)
 
@@ -167,6 +189,7 @@ class Demo:
     port: int
     tokens: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
+    private_broker: bool = True
 
     @property
     def api_url(self) -> str:
@@ -174,6 +197,9 @@ class Demo:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {**os.environ, "GRIDPATROL_CONFIG": str(self.config), **extra}
+        if self.private_broker:
+            for name in BROKER_SETTINGS:
+                env.pop(name, None)
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -316,14 +342,53 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+def demo_site(config: Path, workdir: Path) -> Path:
+    """The site file the demo's components run on, written into ``workdir``: ``config`` under
+    the demo's own topic prefix, its file sources made absolute (found as ingest finds them,
+    from the components' working directory, else beside ``config``)."""
+    import yaml
+
+    from gridpatrol.ingest.sources import source_kind
+    from gridpatrol.site import load_site
+
+    data = load_site(config).model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data["mqtt"] = {**data.get("mqtt", {}), "prefix": DEMO_PREFIX}
+    for camera in data.get("cameras", []):
+        source = camera["source"]
+        path = Path(os.path.expandvars(source)).expanduser()
+        if source_kind(source) == "file" and not path.is_absolute():
+            camera["source"] = str(ROOT / path if (ROOT / path).exists() else config.parent / path)
+    target = workdir / "site.yaml"
+    header = f"# {config} as the demo runs it: topics under {DEMO_PREFIX}/\n"
+    target.write_text(
+        header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8"
+    )
+    return target
+
+
 @contextmanager
-def _broker() -> Iterator[str]:
+def _broker(use_configured: bool) -> Iterator[BrokerHandle]:
     from gridpatrol.ingest.broker import ensure_broker
 
-    handle = ensure_broker()
-    log.info("broker at %s", handle.url)
+    configured = os.environ.get("GRIDPATROL_MQTT_URL")
+    handle = ensure_broker(use_configured=use_configured)
+    if handle.kind == "configured":
+        what = "GRIDPATROL_MQTT_URL"
+    else:
+        what = f"{'Mosquitto' if handle.kind == 'mosquitto' else 'amqtt'} started by the demo"
+    print(
+        f"broker:          {handle.url} ({what}; topics {DEMO_PREFIX}/#, bridge client id "
+        f"{DEMO_BRIDGE_CLIENT_ID})",
+        flush=True,
+    )
+    if configured and not use_configured:
+        print(
+            f"                 (GRIDPATROL_MQTT_URL {configured} is left alone: "
+            "--use-configured-broker runs the demo there)",
+            flush=True,
+        )
     try:
-        yield handle.url
+        yield handle
     finally:
         handle.stop()
 
@@ -340,7 +405,11 @@ def _start_components(demo: Demo) -> None:
         ),
     )
     wait_healthy(demo, api)
-    demo.add("bridge", ["bridge", "--config", config], **demo.producer_env("bridge"))
+    demo.add(
+        "bridge",
+        ["bridge", "--config", config, "--client-id", DEMO_BRIDGE_CLIENT_ID],
+        **demo.producer_env("bridge"),
+    )
     demo.add("detect", ["detect", "--config", config], **demo.producer_env("detect"))
     demo.add("ingest", ["ingest", "--config", config])
     demo.add("sensors", ["simulate-sensors", "--config", config, "--rate", "1"])
@@ -369,6 +438,8 @@ def _watch(demo: Demo, duration: float | None) -> bool:
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from gridpatrol.site import SiteConfigError
+
     config = Path(args.config).resolve()
     workdir = Path(args.workdir).resolve()
     if not _ours_to_clear(workdir):
@@ -384,16 +455,22 @@ def run_demo(args: argparse.Namespace) -> int:
     (workdir / "logs").mkdir(parents=True)
     (workdir / "state").mkdir()
     (workdir / WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
-    demo = Demo(config, workdir, free_port(args.port), generate_tokens())
+    try:
+        site_file = demo_site(config, workdir)
+    except SiteConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    use_configured = bool(args.use_configured_broker)
+    demo = Demo(site_file, workdir, free_port(args.port), generate_tokens())
     _stop_in_order_on_signals()
     interrupted: int | None = None  # the exit status of a stop by signal
     healthy = True
     items: list[dict[str, Any]] = []
-    with _broker() as broker_url:
+    with _broker(use_configured) as broker:
+        demo.private_broker = broker.kind != "configured"
         try:
             _start_components(demo)
             url = f"{demo.api_url}/review"
-            print(f"broker:          {broker_url}", flush=True)
             print(f"review console:  {url}", flush=True)
             print(f"reviewer token:  {demo.tokens['reviewer']}", flush=True)
             print(f"platform token:  {demo.tokens['platform']}", flush=True)

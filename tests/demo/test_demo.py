@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+import paho.mqtt.client as mqtt
 import pytest
 
-from gridpatrol.ingest.broker import free_port
+from gridpatrol.ingest.broker import free_port, mosquitto_binary, start_mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -238,3 +240,115 @@ def test_the_demo_clears_only_a_folder_of_its_own(tmp_path: Path, prepare: str, 
         assert done.returncode == code
         assert "is not empty and was not made by the demo" in done.stderr
         assert workdir.exists() and (workdir.is_file() or (workdir / "notes.txt").exists())
+
+
+def _mqtt_client(port: int, client_id: str, *, persistent: bool = False) -> mqtt.Client:
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=not persistent,
+        protocol=mqtt.MQTTv311,
+    )
+    client.connect("127.0.0.1", port)
+    return client
+
+
+ALARM = {
+    "schema": "gridalarm/1", "event_id": "prod-1", "sensor_id": "mh-0001",
+    "alarm_type": "manhole_open", "transition": "raise", "severity": "CRITICAL",
+    "ts": "2026-01-01T00:00:00Z", "measurements": [],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "option", [None, "--use-configured-broker"], ids=["own broker", "configured broker"]
+)
+def test_the_demo_leaves_the_sites_topics_and_bridge_session_on_a_configured_broker_alone(
+    tmp_path: Path, option: str | None
+) -> None:
+    binary = mosquitto_binary()
+    assert binary is not None, "the tests need the mosquitto binary"
+    production = start_mosquitto(binary)
+    port = int(production.url.rsplit(":", 1)[1])
+    try:
+        # The site's bridge is down, its persistent session holding an alarm for it.
+        bridge = _mqtt_client(port, "gp-alarm_bridge", persistent=True)
+        bridge.loop_start()
+        bridge.subscribe("gridpatrol/sensors/+/alarm", qos=1)
+        time.sleep(0.5)
+        bridge.disconnect()
+        bridge.loop_stop()
+        topics: list[str] = []
+        watcher = _mqtt_client(port, "watcher")
+        watcher.on_message = lambda _c, _u, msg: topics.append(msg.topic)
+        watcher.subscribe("#", qos=0)
+        watcher.loop_start()
+        time.sleep(0.5)
+        watcher.publish(
+            "gridpatrol/sensors/mh-0001/alarm", json.dumps(ALARM), qos=1
+        ).wait_for_publish()
+
+        env = {**os.environ, "GRIDPATROL_MQTT_URL": production.url}
+        argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", "--duration", "5"]
+        argv += ["--port", str(free_port()), "--workdir", str(tmp_path / "demo")]
+        argv += [option] if option else []
+        done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        watcher.loop_stop()
+        watcher.disconnect()
+        assert done.returncode == 0, done.stderr[-3000:]
+        broker = next(line for line in done.stdout.splitlines() if line.startswith("broker:"))
+        mine = "topics gridpatrol-demo/#, bridge client id gp-alarm_bridge-gridpatrol-demo)"
+        if option is None:
+            assert production.url not in broker and "(Mosquitto started by the demo; " in broker
+            assert broker.endswith(mine)
+            assert topics == ["gridpatrol/sensors/mh-0001/alarm"]  # only the site's own alarm
+        else:
+            assert broker == f"broker:          {production.url} (GRIDPATROL_MQTT_URL; {mine}"
+            theirs = [t for t in topics if not t.startswith("gridpatrol-demo/")]
+            assert theirs == ["gridpatrol/sensors/mh-0001/alarm"]
+            assert len(topics) > len(theirs)  # the demo ran on this broker
+        assert "--client-id gp-alarm_bridge-gridpatrol-demo" in done.stderr
+
+        # The site's bridge comes back to its alarm: the demo did not take it.
+        received: list[bytes] = []
+        bridge = _mqtt_client(port, "gp-alarm_bridge", persistent=True)
+        bridge.on_message = lambda _c, _u, msg: received.append(msg.payload)
+        bridge.loop_start()
+        deadline = time.monotonic() + 10
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.1)
+        bridge.disconnect()
+        bridge.loop_stop()
+        assert [json.loads(p)["event_id"] for p in received] == ["prod-1"]
+    finally:
+        production.stop()
+
+
+def test_the_demo_runs_the_site_under_its_own_prefix_with_the_same_sources(tmp_path: Path) -> None:
+    from gridpatrol import demo
+    from gridpatrol.site import load_site
+
+    (tmp_path / "site").mkdir()
+    config = tmp_path / "site" / "site.yaml"
+    config.write_text(
+        (REPO / "samples" / "site.yaml").read_text(encoding="utf-8")
+        .replace("var/footage/pedestrian_street_1080p.mp4", "beside.mp4", 1)
+        .replace("var/footage/car_park_overhead.mp4", "samples/site.yaml")
+        .replace("var/footage/car_park_people_bikes.mp4", "rtsp://10.0.0.5/sub")
+        .replace("var/footage/pedestrian_street_1080p.mp4", str(tmp_path / "abs.mp4")),
+        encoding="utf-8",
+    )  # fmt: skip
+    original = load_site(config)
+    ran = load_site(demo.demo_site(config, tmp_path))
+    assert ran.mqtt.prefix == "gridpatrol-demo" != original.mqtt.prefix
+    assert [c.source for c in ran.cameras] == [
+        str(config.parent / "beside.mp4"),  # beside the site file, where ingest finds it
+        str(REPO / "samples" / "site.yaml"),  # from the components' working directory
+        "rtsp://10.0.0.5/sub",
+        str(tmp_path / "abs.mp4"),
+    ]
+    cameras = [
+        c.model_copy(update={"source": o.source})
+        for c, o in zip(ran.cameras, original.cameras, strict=True)
+    ]
+    assert ran.model_copy(update={"mqtt": original.mqtt, "cameras": cameras}) == original
