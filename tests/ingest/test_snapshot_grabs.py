@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -65,7 +66,10 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
         for request_id in ids:
             asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request(request_id), 1)
         assert camera.started.wait(10)
-        threading.Event().wait(1.5)  # the other requests arrive while the first grab is slow
+        # Release the first grab only once every request has come in and waits for it.
+        deadline = time.monotonic() + 30
+        while len(service._waiting.get("p1", ())) < len(ids) and time.monotonic() < deadline:
+            time.sleep(0.02)
         camera.release.set()
         answered = set()
         while len(answered) < len(ids) and (message := replies.get(10)) is not None:
