@@ -249,14 +249,21 @@ def end_detection(
 
 
 def decode_jpeg(data: bytes, reduce: int = 1) -> Image | None:
-    """Decode image bytes at 1/1, 1/2, 1/4 or 1/8 scale (the JPEG decoder's own DCT scaling)."""
+    """Decode image bytes at 1/1, 1/2, 1/4 or 1/8 scale (the JPEG decoder's own DCT scaling).
+
+    The pixels come as stored: an EXIF orientation tag is ignored, so the image has the
+    JPEG's own width and height, which the frame header, the boxes and the clean evidence's
+    size all refer to (OpenCV would otherwise turn a camera's Orientation=6 frame on its side).
+    """
     flags = {
         1: cv2.IMREAD_COLOR,
         2: cv2.IMREAD_REDUCED_COLOR_2,
         4: cv2.IMREAD_REDUCED_COLOR_4,
         8: cv2.IMREAD_REDUCED_COLOR_8,
     }
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags[reduce])
+    img = cv2.imdecode(
+        np.frombuffer(data, dtype=np.uint8), flags[reduce] | cv2.IMREAD_IGNORE_ORIENTATION
+    )
     return None if img is None else np.asarray(img, dtype=np.uint8)
 
 

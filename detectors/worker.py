@@ -494,7 +494,7 @@ class DetectorWorker:
     ) -> Ready | None:
         from gridpatrol.detectors.evidence import decode_jpeg, reduction_for
         from gridpatrol.detectors.motion import gate, small_gray
-        from gridpatrol.ingest.messages import MessageError, decode_frame
+        from gridpatrol.ingest.messages import MessageError, decode_frame, jpeg_size
 
         cam = rt.camera.id
         rt.frames_in += 1
@@ -510,6 +510,19 @@ class DetectorWorker:
             # One frame from a clock far ahead would end every episode of the camera and
             # make the frames after it look like a clock reset.
             why = f"future_ts: frame time {h.ts.isoformat()} is {ahead:.0f} s after its reception"
+            self._bad(rt, topic, payload, received_at, why)
+            return None
+        try:
+            size = jpeg_size(frame.image)
+        except MessageError as exc:
+            self._bad(rt, topic, payload, received_at, f"undecodable image: {exc}")
+            return None
+        if size != (h.width, h.height):
+            # Boxes, evidence sizes and the zones' cached masks all go by the header.
+            why = (
+                f"size_mismatch: the header says {h.width}x{h.height}, "
+                f"the JPEG is {size[0]}x{size[1]}"
+            )
             self._bad(rt, topic, payload, received_at, why)
             return None
         if not self._in_order(rt, h.ts, received_at, topic, payload):

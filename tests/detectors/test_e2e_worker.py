@@ -676,6 +676,44 @@ def test_one_frame_off_the_camera_clock_changes_nothing(rig: Rig, street: list[I
     assert "sent to the dead-letter topic" in text
 
 
+def test_a_camera_turned_on_its_side_is_judged_as_stored(
+    rig: Rig, street: list[Image], with_orientation: Callable[[bytes, int], bytes]
+) -> None:
+    """An HTTP snapshot camera's JPEGs carry EXIF Orientation=6: the worker judges the pixels
+    as stored, the size the header gives, so boxes and evidence match its upright twin's. A
+    header whose size is not the JPEG's own is refused."""
+    worker = rig.worker({cam: [crowd_zone(clear_s=10)] for cam in ("upright", "turned")})
+    dead = rig.publisher.conn.subscribe(f"{rig.prefix}/deadletter/detect", qos=1)
+    time.sleep(0.3)
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f) for f in street[:14]]
+    turned = [with_orientation(data, 6) for data in crowd]
+    rig.publisher.send("turned", T0 - timedelta(seconds=1), turned[0], 2 * w, 2 * h)
+    letter = wait_for("the lying header's dead letter", lambda: dead.get(0.1), 30, worker)
+    assert json.loads(letter.payload)["reason"] == (
+        f"size_mismatch: the header says {2 * w}x{2 * h}, the JPEG is {w}x{h}"
+    )
+    scenes = {"upright": crowd, "turned": turned}
+    rig.publisher.play(scenes, {"upright": (w, h), "turned": (w, h)}, T0, worker)
+    client = rig.api.client("reviewer")
+    (upright,), (side,) = wait_for(
+        "a candidate of each camera",
+        lambda: all(found := [candidates(client, cam) for cam in scenes]) and found,
+        60,
+        worker,
+    )
+    assert worker.stop() == 0
+    assert side["detection"]["boxes"] == upright["detection"]["boxes"]
+    assert all(x2 <= w and y2 <= h for _, _, x2, y2 in side["detection"]["boxes"])
+    by_kind = {e["kind"]: e for e in side["evidence"]}
+    clean = client.get(f"/evidence/{by_kind['clean']['sha256']}").content
+    assert clean in turned  # the camera's bytes, EXIF and all
+    annotated = client.get(f"/evidence/{by_kind['annotated']['sha256']}").content
+    assert (by_kind["annotated"]["width"], by_kind["annotated"]["height"]) == (w, h)
+    drawn = cv2.imdecode(np.frombuffer(annotated, np.uint8), cv2.IMREAD_COLOR)
+    assert drawn.shape == (h, w, 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Composed scenes for the other rules (docs/detectors.md, "End-to-end scenes")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -113,6 +114,23 @@ def test_decode_reduction(size: tuple[int, int], imgsz: int, factor: int) -> Non
 def test_reduced_decode_halves_the_street_frame(street_jpeg: bytes) -> None:
     half = decode_jpeg(street_jpeg, 2)
     assert half is not None and half.shape == (540, 960, 3)
+
+
+@pytest.mark.parametrize(("reduce", "shape"), [(1, (1080, 1920, 3)), (2, (540, 960, 3))])
+def test_decode_ignores_the_exif_orientation(
+    street_jpeg: bytes,
+    with_orientation: Callable[[bytes, int], bytes],
+    reduce: int,
+    shape: tuple[int, int, int],
+) -> None:
+    """The pixels as stored, the size the header and the boxes refer to: OpenCV would turn an
+    Orientation=6 frame on its side (1080 wide, 1920 high)."""
+    rotated = with_orientation(street_jpeg, 6)
+    turned = cv2.imdecode(np.frombuffer(rotated, np.uint8), cv2.IMREAD_COLOR)
+    assert turned.shape == (1920, 1080, 3)  # the tag is read: the test JPEG is what it says
+    image = decode_jpeg(rotated, reduce)
+    assert image is not None and image.shape == shape
+    assert np.array_equal(image, decode_jpeg(street_jpeg, reduce))
 
 
 def test_detection_block_and_evidence_item() -> None:
