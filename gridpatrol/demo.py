@@ -78,10 +78,11 @@ def register(sub: Any) -> None:
         "folder)",
     )
     parser.add_argument(
-        "--use-configured-broker",
+        "--own-broker",
         action="store_true",
-        help=f"run on the broker of GRIDPATROL_MQTT_URL instead of a private one (still under "
-        f"the topic prefix {DEMO_PREFIX}/, with a bridge session of its own)",
+        help=f"start a broker of its own even when GRIDPATROL_MQTT_URL names a reachable one "
+        f"(there, too, the demo keeps to the topic prefix {DEMO_PREFIX}/ and a bridge session "
+        "of its own)",
     )
     parser.set_defaults(func=run_demo)
 
@@ -384,7 +385,7 @@ def _broker(use_configured: bool) -> Iterator[BrokerHandle]:
     if configured and not use_configured:
         print(
             f"                 (GRIDPATROL_MQTT_URL {configured} is left alone: "
-            "--use-configured-broker runs the demo there)",
+            "--own-broker was given)",
             flush=True,
         )
     try:
@@ -460,7 +461,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    use_configured = bool(args.use_configured_broker)
+    use_configured = not args.own_broker
     demo = Demo(site_file, workdir, free_port(args.port), generate_tokens())
     _stop_in_order_on_signals()
     interrupted: int | None = None  # the exit status of a stop by signal

@@ -260,9 +260,7 @@ ALARM = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    "option", [None, "--use-configured-broker"], ids=["own broker", "configured broker"]
-)
+@pytest.mark.parametrize("option", ["--own-broker", None], ids=["own broker", "configured broker"])
 def test_the_demo_leaves_the_sites_topics_and_bridge_session_on_a_configured_broker_alone(
     tmp_path: Path, option: str | None
 ) -> None:
@@ -298,7 +296,7 @@ def test_the_demo_leaves_the_sites_topics_and_bridge_session_on_a_configured_bro
         assert done.returncode == 0, done.stderr[-3000:]
         broker = next(line for line in done.stdout.splitlines() if line.startswith("broker:"))
         mine = "topics gridpatrol-demo/#, bridge client id gp-alarm_bridge-gridpatrol-demo)"
-        if option is None:
+        if option == "--own-broker":
             assert production.url not in broker and "(Mosquitto started by the demo; " in broker
             assert broker.endswith(mine)
             assert topics == ["gridpatrol/sensors/mh-0001/alarm"]  # only the site's own alarm
