@@ -234,6 +234,7 @@ def test_the_demo_clears_only_a_folder_of_its_own(tmp_path: Path, prepare: str, 
     argv += ["--port", str(free_port()), "--workdir", str(workdir)]
     done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=300)
     if code is None:  # it was the demo's own: cleared and used
+        assert done.returncode == 0, done.stderr[-3000:]
         assert not (workdir / "notes.txt").exists()
         assert (workdir / "logs").is_dir() and (workdir / ".gridpatrol-demo").is_file()
     else:
