@@ -203,7 +203,11 @@ def street_vending(obs: ZoneObservation, p: StreetVendingParams) -> Presence | N
     if int(persons.sum()) < p.min_persons or not props.any():
         return None
     prop_idx = np.flatnonzero(props)
-    carried = _held(obs.xyxy[prop_idx], obs.xyxy[all_persons])
+    # Whoever carries a prop may stand outside the zone (feet beyond its edge, the umbrella
+    # over it): every person of the frame can hold one.
+    outside = _named(obs.frame_labels, obs.frame_confidence, ["person"], p.min_confidence)
+    carriers = np.concatenate([obs.xyxy[all_persons], obs.frame_xyxy[outside]])
+    carried = _held(obs.xyxy[prop_idx], carriers)
     prop_idx = prop_idx[~carried]
     if len(prop_idx) < p.min_props:
         return None

@@ -216,6 +216,32 @@ def test_street_vending_judgement(name: str, objs: list[Thing], vending: bool) -
         assert "person" in found.labels and len(found.boxes) == len(found.track_ids) >= 2
 
 
+# (name, objects in the zone, persons and props outside it, vending?)
+VENDING_FRAME_CASES = [
+    ("umbrella held overhead by a bystander outside the zone",
+     [person(200), thing("umbrella", 285, 170, 70, 40)], [person(300)], False),
+    ("sandwich eaten by a bystander outside the zone",
+     [person(200), thing("sandwich", 310, 230, 15, 10)], [person(300)], False),
+    ("stall umbrella beside a bystander outside the zone",
+     [person(200), thing("umbrella", 160, 100, 200, 80)], [person(300)], True),
+    ("a table outside is no prop of the zone",
+     [person(200)], [thing("dining table", 250, 240, 80, 50)], False),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "inside", "outside", "vending"),
+    VENDING_FRAME_CASES,
+    ids=[c[0] for c in VENDING_FRAME_CASES],
+)
+def test_street_vending_props_carried_from_outside_the_zone(
+    name: str, inside: list[Thing], outside: list[Thing], vending: bool
+) -> None:
+    """The frame's detections, in the zone or not, are all the persons who may carry a prop."""
+    found = street_vending(observe(*inside, frame=(*inside, *outside)), VENDING)
+    assert (found is not None) is vending, name
+
+
 def test_street_vending_counts_vendors_and_props() -> None:
     scene = [
         person(100),
