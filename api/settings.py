@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     allow_generated_tokens: bool = False
     release_interval_s: float = Field(default=5.0, gt=0)
+    # A feed long poll also looks at the database this often: positions given by another
+    # process without the bus, or a night hold ending, wake nobody in this one.
+    feed_recheck_s: float = Field(default=1.0, gt=0)
     # ``gridpatrol api --workers N`` migrates once in its parent and turns this off for the
     # workers, so they do not race on Alembic's version table.
     migrate_on_start: bool = True

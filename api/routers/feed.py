@@ -14,9 +14,6 @@ from gridpatrol.api.routers.candidates import raw_page
 from gridpatrol.api.schemas import AckIn, Page
 
 router = APIRouter(prefix="/api/v1", tags=["feed"])
-# Waiters also look again this often: positions assigned by another process, or a night hold
-# ending, wake nobody in this one.
-POLL_S = 1.0
 
 
 @router.get("/feed", response_model=Page)
@@ -34,7 +31,8 @@ async def feed(
         remaining = deadline - time.monotonic()
         if items or remaining <= 0:
             return raw_page(items, str(last))
-        await services.hub.wait_feed(min(remaining, POLL_S))
+        # Waiters also look again every GRIDPATROL_FEED_RECHECK_S (settings.feed_recheck_s).
+        await services.hub.wait_feed(min(remaining, services.settings.feed_recheck_s))
 
 
 @router.post("/feed/ack", status_code=204)

@@ -7,13 +7,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import cv2
 import httpx
@@ -33,6 +34,7 @@ TOKENS = {
     "platform2": "t-platform-second",
     "admin": "t-admin-0f3e",
 }
+T = TypeVar("T")
 # 12:00 in Shanghai: outside the night window.
 NOON = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)
 
@@ -235,6 +237,47 @@ def body(
     return out
 
 
+class LongPoll:
+    """``GET /feed?wait=30`` from a thread of its own, and whether a change woke it.
+
+    The servers of these tests look at the database again only every 30 s
+    (GRIDPATROL_FEED_RECHECK_S), as late as the poll's deadline: without a wake-up the poll
+    would find the change only then. Returning within ``WOKEN_S`` of it, a bound far beyond
+    any wake-up's latency, shows that the change woke the poll.
+    """
+
+    WAIT_S = 30
+    WOKEN_S = 10.0
+
+    def __init__(self, get: Callable[..., Any], cursor: str) -> None:
+        """``get(params=...)`` requests the feed as a platform."""
+        self.page: dict[str, Any] | None = None
+        self.returned_at = 0.0
+        self.thread = threading.Thread(target=self._poll, args=(get, cursor), daemon=True)
+        self.thread.start()
+
+    def _poll(self, get: Callable[..., Any], cursor: str) -> None:
+        response = get(params={"wait": self.WAIT_S, "cursor": cursor})
+        self.returned_at = time.monotonic()
+        self.page = response.json()
+
+    def woken_by(self, change: Callable[[], T]) -> tuple[T, dict[str, Any]]:
+        """Run ``change`` while the poll waits; its result and the page the poll returned."""
+        # Time for the request to reach the server and find nothing; a poll that has not yet
+        # arrived by then only makes this run prove less, it cannot make it fail.
+        self.thread.join(2)
+        assert self.thread.is_alive() and self.page is None, f"the poll returned {self.page}"
+        before = time.monotonic()
+        out = change()
+        after = time.monotonic()
+        self.thread.join(self.WAIT_S + 30)
+        assert not self.thread.is_alive() and self.page is not None, "the poll never returned"
+        assert before < self.returned_at, "the poll returned before the change"
+        woken = self.returned_at - after
+        assert woken < self.WOKEN_S, f"the poll returned {woken:.1f} s after the change"
+        return out, self.page
+
+
 class Server:
     """``gridpatrol api`` in a subprocess on a free port."""
 
@@ -246,6 +289,8 @@ class Server:
             "GRIDPATROL_DATABASE_URL": db_url,
             "GRIDPATROL_EVIDENCE_DIR": str(workdir / "evidence"),
             "GRIDPATROL_API_TOKENS": json.dumps(token_config()),
+            # As long as a long poll's longest wait: only a wake-up answers one early.
+            "GRIDPATROL_FEED_RECHECK_S": str(LongPoll.WAIT_S),
         }
         self.env.pop("GRIDPATROL_CONFIG", None)
         self.proc: subprocess.Popen[bytes] | None = None

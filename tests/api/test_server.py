@@ -10,6 +10,7 @@ import sys
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import sqlalchemy as sa
 
 from gridpatrol.ingest.broker import free_port
 
-from .conftest import Server
+from .conftest import LongPoll, Server
 
 
 def upload(server: Any, data: bytes) -> str:
@@ -121,22 +122,20 @@ def test_feed_has_no_gaps_while_writers_race(server: Any, api_body: Any) -> None
 def test_long_poll_returns_when_a_candidate_becomes_visible(server: Any, api_body: Any) -> None:
     sha = upload(server, api_body.jpeg(4))
     start = feed_end(server)
-    result: dict[str, Any] = {}
+    with server.client("platform") as platform, server.client("producer") as producer:
+        poll = LongPoll(partial(platform.get, "/feed"), start)
 
-    def poll() -> None:
-        with server.client("platform") as http:
-            params = {"wait": 25, "cursor": start}
-            result["page"] = http.get("/feed", params=params).json()
+        def create() -> dict[str, Any]:
+            body = api_body.body(None, sha, ctype="waterlogging")  # urgent: auto-confirmed
+            key = {"Idempotency-Key": str(uuid.uuid4())}
+            response = producer.post("/candidates", json=body, headers=key)
+            assert response.status_code == 201, response.text
+            created: dict[str, Any] = response.json()
+            return created
 
-    poller = threading.Thread(target=poll)
-    poller.start()
-    with server.client("producer") as http:
-        body = api_body.body(None, sha, ctype="waterlogging")
-        key = {"Idempotency-Key": str(uuid.uuid4())}
-        created = http.post("/candidates", json=body, headers=key).json()
-    poller.join(timeout=40)
-    assert [c["id"] for c in result["page"]["items"]] == [created["id"]]
-    assert result["page"]["next_cursor"] == str(int(start) + 1)
+        created, page = poll.woken_by(create)
+    assert [c["id"] for c in page["items"]] == [created["id"]]
+    assert page["next_cursor"] == str(int(start) + 1)
 
 
 def test_server_sent_events(server: Any, api_body: Any) -> None:

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from gridpatrol.api import bus as bus_module
 from gridpatrol.api.bus import MAX_PAYLOAD, Bus, Note, Payload, channel_for, pack
 from gridpatrol.api.hub import Event, Hub
 
-from .conftest import TOKENS, Server, body, fresh_database, jpeg, token_config
+from .conftest import TOKENS, LongPoll, Server, body, fresh_database, jpeg, token_config
 
 WAIT_S = 30.0
 
@@ -217,18 +218,11 @@ def test_a_long_poll_on_one_worker_returns_what_another_made_visible(
 ) -> None:
     (poll_a,), (post_b,) = pinned(1)
     start = feed_end(poll_a)
-    result: dict[str, Any] = {}
-
-    def poll() -> None:
-        params = {"wait": 25, "cursor": start}
-        result["page"] = poll_a.request("GET", "/feed", role="platform", params=params).json()
-
-    poller = threading.Thread(target=poll)
-    poller.start()
-    created = post_candidate(post_b, ctype="waterlogging")  # urgent: auto-confirmed
-    poller.join(WAIT_S + 25)
-    assert [c["id"] for c in result["page"]["items"]] == [created]
-    assert result["page"]["next_cursor"] == str(int(start) + 1)
+    poll = LongPoll(partial(poll_a.request, "GET", "/feed", role="platform"), start)
+    # urgent: auto-confirmed
+    created, page = poll.woken_by(partial(post_candidate, post_b, ctype="waterlogging"))
+    assert [c["id"] for c in page["items"]] == [created]
+    assert page["next_cursor"] == str(int(start) + 1)
 
 
 def feed_end(client: Pinned) -> str:
