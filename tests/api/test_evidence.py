@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import struct
 import threading
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
 from typing import Any
@@ -106,23 +109,93 @@ def test_roles_and_unknown_hashes(api: Any) -> None:
     assert api.as_("reviewer").get(f"{URL}/not-a-hash").status_code == 404
 
 
-def test_evidence_above_the_inline_size_is_stored_from_the_thread_pool(api: Any) -> None:
-    # On SQLite up to 1 MiB the upload is stored on the event loop, above it in the pool:
-    # same result.
+def big_jpeg() -> bytes:
+    """A JPEG above the inline size (1600 x 1200 of noise)."""
     noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
     ok, encoded = cv2.imencode(".jpg", noise, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    data = encoded.tobytes()
+    data = bytes(encoded.tobytes())
     assert len(data) > INLINE_BYTES
+    return data
+
+
+def on_event_loop() -> bool:
+    """Whether the caller runs on an event loop's thread (pool threads have none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+class HeldStore:
+    """Wraps the app's ``store.put``: records where each write runs; ``hold()`` blocks the
+    writes until its block ends, announcing each one in ``writing``."""
+
+    def __init__(self, api: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        store = api.http.app.state.services.store
+        self.stored = store.put
+        self.on_loop: list[bool] = []
+        self.writing = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        monkeypatch.setattr(store, "put", self.put)
+
+    def put(self, *args: Any) -> Any:
+        self.on_loop.append(on_event_loop())
+        self.writing.set()
+        self.release.wait(60)
+        return self.stored(*args)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        self.writing.clear()
+        self.release.clear()
+        try:
+            yield
+        finally:
+            self.release.set()
+
+
+def assert_answered_while_a_write_is_held(api: Any, held: HeldStore, data: bytes) -> None:
+    """Upload ``data`` while its write is held: ``/healthz`` must still be answered, which
+    an event loop stuck in the write could not do. Afterwards the upload must succeed."""
+    with ThreadPoolExecutor(2) as pool:
+        with held.hold():
+            upload = pool.submit(put, api, data, "image/jpeg")
+            assert held.writing.wait(20)
+            assert held.on_loop[-1] is False, "the write runs on the event loop"
+            # Bounded only so that a stalled event loop fails the test instead of hanging it.
+            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=20)
+            assert not upload.done()
+        assert health.status_code == 200
+        assert upload.result(timeout=20).status_code == 201
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_on_sqlite_small_evidence_is_stored_on_the_event_loop_and_larger_from_the_pool(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On SQLite (the single box, a local disk) up to 1 MiB an upload is stored on the event
+    # loop, cheaper than a thread hop; a larger one in the pool, so no request waits for it.
+    held = HeldStore(api, monkeypatch)
+    small = api.jpeg(3)
+    assert len(small) <= INLINE_BYTES
+    assert put(api, small, "image/jpeg").status_code == 201
+    assert held.on_loop == [True]
+
+    data = big_jpeg()
+    assert_answered_while_a_write_is_held(api, held, data)
+    assert held.on_loop == [True, False]
     sha = hashlib.sha256(data).hexdigest()
-    first = put(api, data, "image/jpeg", sha)
-    assert first.status_code == 201
-    assert (first.json()["width"], first.json()["height"], first.json()["size"]) == (
+    again = put(api, data, "image/jpeg", sha)
+    assert again.status_code == 200
+    assert (again.json()["width"], again.json()["height"], again.json()["size"]) == (
         1600,
         1200,
         len(data),
     )
-    assert put(api, data, "image/jpeg", sha).status_code == 200
+    assert held.on_loop == [True, False, False]
     got = api.as_("reviewer").get(f"{URL}/{sha}")
     assert got.status_code == 200 and got.content == data
 
@@ -136,28 +209,9 @@ def test_with_postgresql_a_slow_evidence_store_holds_up_no_other_request(
 ) -> None:
     # With PostgreSQL the evidence store is typically shared (NFS, an object store mount):
     # small uploads too are stored from the thread pool, not on the event loop.
-    store = api.http.app.state.services.store
-    stored = store.put
-    writing = threading.Event()
-    done = threading.Event()
-
-    def slow_put(*args: Any) -> Any:
-        writing.set()
-        done.wait(60)
-        return stored(*args)
-
-    monkeypatch.setattr(store, "put", slow_put)
-    with ThreadPoolExecutor(2) as pool:
-        try:
-            upload = pool.submit(put, api, api.jpeg(3), "image/jpeg")
-            assert writing.wait(20)
-            # Bounded only so that a stalled event loop fails the test instead of hanging it.
-            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=20)
-            assert not upload.done()
-        finally:
-            done.set()
-        assert health.status_code == 200
-        assert upload.result(timeout=20).status_code == 201
+    held = HeldStore(api, monkeypatch)
+    assert_answered_while_a_write_is_held(api, held, api.jpeg(3))
+    assert held.on_loop == [False]
 
 
 CANDIDATES = "/api/v1/candidates"
