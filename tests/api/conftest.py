@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -235,6 +236,15 @@ def body(
     }
     out.update(override)
     return out
+
+
+def on_event_loop() -> bool:
+    """Whether the caller runs on an event loop's thread (the app's pool threads have none)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 class LongPoll:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
+import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -15,6 +15,8 @@ from sqlalchemy import select
 
 from gridpatrol.api.db import CandidateRow, IdempotencyRow
 from gridpatrol.api.service import parse_candidate, request_hash
+
+from .conftest import on_event_loop
 
 URL = "/api/v1/candidates"
 
@@ -264,20 +266,45 @@ def test_logs_carry_candidate_ids(api: Any, caplog: pytest.LogCaptureFixture) ->
     assert doc["id"] in records[0].getMessage()
 
 
+class WatchedLock:
+    """The app's SQLite write lock, announcing in ``blocked`` a writer that has to wait for it,
+    and recording whether that writer was on the event loop's thread."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.blocked = threading.Event()
+        self.blocked_on_loop: list[bool] = []
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            self.blocked_on_loop.append(on_event_loop())
+            self.blocked.set()
+            self.lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_post_waiting_for_the_sqlite_write_lock_leaves_the_event_loop_free(api: Any) -> None:
+def test_a_post_waiting_for_the_sqlite_write_lock_leaves_the_event_loop_free(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # SQLite writes run on the event loop only while no other thread writes; one that would
     # wait for the lock goes to the thread pool, so other requests are still answered.
     sha = api.put_jpeg()
     db = api.http.app.state.db
+    lock = WatchedLock(db._write_lock)
+    monkeypatch.setattr(db, "_write_lock", lock)
     with ThreadPoolExecutor(2) as pool:
         with db.write():
             pending = pool.submit(post, api, api.body("e-locked", sha), "k-locked")
-            time.sleep(0.3)  # time for the post to reach the lock
-            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=10)
+            assert lock.blocked.wait(20), "the post never reached the write lock"
+            assert lock.blocked_on_loop == [False], "the post waits on the event loop"
+            # Bounded only so that a stalled event loop fails the test instead of hanging it.
+            health = pool.submit(api.http.get, "/api/v1/healthz").result(timeout=20)
             assert health.status_code == 200
             assert not pending.done()
-        response = pending.result(timeout=10)
+        response = pending.result(timeout=20)
     assert response.status_code == 201
     assert response.json()["source"]["source_event_id"] == "e-locked"
 

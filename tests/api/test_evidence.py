@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import json
@@ -21,6 +20,8 @@ from alembic import command
 from alembic.config import Config
 
 from gridpatrol.api.routers.evidence import INLINE_BYTES
+
+from .conftest import on_event_loop
 
 URL = "/api/v1/evidence"
 
@@ -117,15 +118,6 @@ def big_jpeg() -> bytes:
     data = bytes(encoded.tobytes())
     assert len(data) > INLINE_BYTES
     return data
-
-
-def on_event_loop() -> bool:
-    """Whether the caller runs on an event loop's thread (pool threads have none)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
 
 
 class HeldStore:
