@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, tzinfo
 from typing import TYPE_CHECKING, Any
 
@@ -111,6 +111,42 @@ class EvidenceFile:
 
     def item(self, sha256: str) -> dict[str, Any]:
         return evidence_item(sha256, self.kind, self.captured_at, self.width, self.height)
+
+
+# Evidence larger than this is re-encoded to fit: the API refuses files over its own limit
+# (10 MiB by default), which would leave the candidate incomplete for good.
+EVIDENCE_MAX_BYTES = 8 << 20
+
+
+def fit_evidence(f: EvidenceFile, max_bytes: int = EVIDENCE_MAX_BYTES) -> EvidenceFile:
+    """``f`` unchanged when it is at most ``max_bytes``; otherwise re-encoded to fit, at
+    JPEG quality 85, 70 or 50 at its own size, else halved until it fits (its width and height
+    then say so). Unchanged too when it cannot be decoded."""
+    if len(f.data) <= max_bytes:
+        return f
+    image = decode_jpeg(f.data)
+    if image is None:
+        return f
+    for quality in (85, 70, 50):
+        data = _jpeg(image, quality)
+        if len(data) <= max_bytes:
+            return replace(f, data=data)
+    while True:
+        h, w = image.shape[:2]
+        image = np.asarray(
+            cv2.resize(image, (max(w // 2, 1), max(h // 2, 1)), interpolation=cv2.INTER_AREA),
+            dtype=np.uint8,
+        )
+        data = _jpeg(image, 70)
+        if len(data) <= max_bytes or max(image.shape[:2]) == 1:
+            return replace(f, data=data, width=image.shape[1], height=image.shape[0])
+
+
+def _jpeg(image: Image, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding of an evidence frame failed")
+    return bytes(buf.tobytes())
 
 
 def sha256_hex(data: bytes) -> str:

@@ -25,7 +25,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -340,6 +340,7 @@ class DetectorWorker:
         progress_s: float = 30.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        evidence_max_bytes: int | None = None,
     ) -> None:
         from gridpatrol.detectors import episodes
         from gridpatrol.ingest.topics import frame_topic
@@ -356,6 +357,7 @@ class DetectorWorker:
         # Seconds on a clock that never steps (not the cameras' clocks): how long a camera
         # has been silent.
         self.clock = clock
+        self.evidence_max_bytes = evidence_max_bytes or evidence_max_bytes_from_env()
         self.stop_event = threading.Event()
         # Set when a frame arrives or an inference finishes: the loop's only reasons to go on.
         self._wake = threading.Event()
@@ -848,9 +850,24 @@ class DetectorWorker:
         if first is not None:
             files.append(EvidenceFile.of("first_seen", first))
         files.append(EvidenceFile.of("latest", now))
+        files = self._fit(files)
         if op.kind == "update":
             return files, {"detection": detection}
         return files, self._create_body(rt.camera, ep, detection)
+
+    def _fit(self, files: list[EvidenceFile]) -> list[EvidenceFile]:
+        """The files, each re-encoded when it is larger than the API would take (one frame
+        serving as two kinds is re-encoded once)."""
+        from gridpatrol.detectors.evidence import fit_evidence
+
+        fitted: dict[bytes, EvidenceFile] = {}
+        out = []
+        for f in files:
+            if f.data not in fitted:
+                fitted[f.data] = fit_evidence(f, self.evidence_max_bytes)
+            done = fitted[f.data]
+            out.append(replace(f, data=done.data, width=done.width, height=done.height))
+        return out
 
     def _detection(self, ep: Episode, ev: EpisodeEvent, op: Op) -> dict[str, Any]:
         from gridpatrol.detectors.evidence import detection_block
@@ -1054,6 +1071,26 @@ def _needs_heads(cameras: Sequence[Camera]) -> bool:
 # Entry point
 
 
+def evidence_max_bytes_from_env() -> int:
+    """``GRIDPATROL_EVIDENCE_MAX_BYTES``: evidence larger than this is re-encoded to fit
+    (default 8 MiB, under the API's default limit of 10 MiB); ValueError when it is not a
+    positive number of bytes."""
+    from gridpatrol.detectors.evidence import EVIDENCE_MAX_BYTES
+
+    text = os.environ.get("GRIDPATROL_EVIDENCE_MAX_BYTES", "").strip()
+    if not text:
+        return EVIDENCE_MAX_BYTES
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(
+            f"GRIDPATROL_EVIDENCE_MAX_BYTES must be a positive number of bytes, got {text!r}"
+        )
+    return value
+
+
 def end_unserved_episodes(
     outbox: Outbox, served: set[str], t: datetime, model: ModelInfo | None = None
 ) -> list[Episode]:
@@ -1090,6 +1127,7 @@ def run(args: argparse.Namespace) -> int:
         spec = resolve_model(args.model)
         site = load_site(args.config, class_names=class_names(spec) or None)
         cameras = select_cameras(site, args.cameras, args.shard)
+        evidence_max_bytes_from_env()
     except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -280,9 +280,10 @@ class Rig:
     status: StatusWatch
     workers: list[Worker] = field(default_factory=list)
 
-    def worker(self, cameras: dict[str, list[dict[str, Any]]], *args: str) -> Worker:
+    def worker(self, cameras: dict[str, list[dict[str, Any]]], *args: str, **env: str) -> Worker:
         site = write_site(self.tmp / "site.yaml", self.prefix, cameras)
         worker = Worker(self.tmp, site, self.broker_url, self.api, self.shared, args)
+        worker.env.update(env)
         self.workers.append(worker)
         worker.start(self.status)
         return worker
@@ -712,6 +713,30 @@ def test_a_camera_turned_on_its_side_is_judged_as_stored(
     assert (by_kind["annotated"]["width"], by_kind["annotated"]["height"]) == (w, h)
     drawn = cv2.imdecode(np.frombuffer(annotated, np.uint8), cv2.IMREAD_COLOR)
     assert drawn.shape == (h, w, 3)
+
+
+def test_evidence_over_the_cap_is_re_encoded_to_fit(rig: Rig, street: list[Image]) -> None:
+    """Frames larger than GRIDPATROL_EVIDENCE_MAX_BYTES (here 150 kB, the street's JPEGs are
+    larger) go as smaller re-encodings of the same size: the candidate is complete, every hash
+    is that of the bytes sent."""
+    cap = 150_000
+    worker = rig.worker(
+        {"street": [crowd_zone(clear_s=10)]}, GRIDPATROL_EVIDENCE_MAX_BYTES=str(cap)
+    )
+    h, w = street[0].shape[:2]
+    crowd = [jpeg(f, quality=95) for f in street[:14]]
+    assert min(len(data) for data in crowd) > cap
+    rig.publisher.play({"street": crowd}, {"street": (w, h)}, T0, worker)
+    client = rig.api.client("reviewer")
+    (found,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    assert worker.stop() == 0
+    check_camera_candidate(found, "street", "crowd_gathering")  # complete: status new
+    assert {"clean", "annotated", "first_seen", "latest"} <= check_evidence(client, found)
+    sent = {hashlib.sha256(data).hexdigest() for data in crowd}
+    for item in found["evidence"]:
+        data = client.get(f"/evidence/{item['sha256']}").content
+        assert len(data) <= cap and item["sha256"] not in sent
+        assert (item["width"], item["height"]) == (w, h)
 
 
 # ---------------------------------------------------------------------------------------------

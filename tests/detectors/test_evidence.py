@@ -21,6 +21,7 @@ from gridpatrol.detectors.evidence import (
     description,
     detection_block,
     evidence_item,
+    fit_evidence,
     reduction_for,
     sha256_hex,
     title_for,
@@ -174,3 +175,31 @@ def test_evidence_file_from_a_stored_frame() -> None:
     assert file.item(sha256_hex(file.data)) == evidence_item(
         sha256_hex(b"\xff\xd8jpeg"), "first_seen", T0, 640, 360
     )
+
+
+def test_evidence_over_the_cap_is_re_encoded_to_fit(street_jpeg: bytes) -> None:
+    """The API refuses evidence over its limit: the worker sends a smaller re-encoding, at the
+    frame's own size while a lower quality suffices, else halved."""
+    frame = StoredFrame(T0, street_jpeg, 1920, 1080)
+    clean = EvidenceFile.of("clean", frame)
+    assert fit_evidence(clean, len(street_jpeg)) is clean  # fits: the camera's bytes
+
+    smaller = fit_evidence(clean, len(street_jpeg) - 1)
+    assert len(smaller.data) < len(street_jpeg)
+    assert (smaller.kind, smaller.captured_at, smaller.width, smaller.height) == (
+        "clean",
+        T0,
+        1920,
+        1080,
+    )
+    decoded = cv2.imdecode(np.frombuffer(smaller.data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (1080, 1920, 3)
+    assert smaller.item(sha256_hex(smaller.data))["sha256"] != sha256_hex(street_jpeg)
+
+    tiny = fit_evidence(clean, 100_000)  # quality 50 at full size is larger than that
+    assert len(tiny.data) <= 100_000
+    decoded = cv2.imdecode(np.frombuffer(tiny.data, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (540, 960, 3) and (tiny.width, tiny.height) == (960, 540)
+    # Not a JPEG at all: nothing to re-encode, it goes as it is (and the API says why).
+    junk = EvidenceFile("clean", b"x" * 100, T0, 1, 1)
+    assert fit_evidence(junk, 10) is junk

@@ -106,6 +106,21 @@ def test_detect_refuses_a_class_the_model_does_not_know(tmp_path: Path) -> None:
     ) in run.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "8MB"])
+def test_detect_refuses_an_evidence_cap_that_is_no_size(tmp_path: Path, value: str) -> None:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site)],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "GRIDPATROL_EVIDENCE_MAX_BYTES": value},
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert (
+        f"GRIDPATROL_EVIDENCE_MAX_BYTES must be a positive number of bytes, got {value!r}"
+    ) in run.stderr
+
+
 def test_detect_without_a_site_file() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "gridpatrol.cli", "detect"],
