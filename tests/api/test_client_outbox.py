@@ -260,37 +260,66 @@ def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path) -> N
 
 
 HUNG_PRODUCER = """
-import sys, time
+import sys
 from gridpatrol.api.client import ApiClient, Outbox
-outbox = Outbox(sys.argv[1], ApiClient(sys.argv[2], "token", timeout=2), component="hung")
+# No upload ends by itself while the test watches: it ends them by closing their connections.
+outbox = Outbox(sys.argv[1], ApiClient(sys.argv[2], "token", timeout=90), component="hung")
 with outbox.transaction() as txn:
     for i in range(40):
         txn.add_evidence(b"evidence %d" % i, "application/json")
 outbox.start()
-time.sleep(0.5)
-outbox.stop()
+sys.stdin.readline()  # the test's go: it has seen the uploads under way
+outbox.stop(timeout=0)
+print("stopped", flush=True)
 """
 
 
 def test_stopping_drops_the_uploads_not_begun(tmp_path: Path) -> None:
-    """An API that accepts connections and never answers: exit waits for the uploads under
-    way, not for the whole window behind them (they stay in the file for the next start)."""
+    """An API that accepts connections and never answers: stopping leaves the uploads under
+    way to end, and drops the whole window behind them (they stay in the file for the next
+    start) instead of sending it after them."""
     server = socket.create_server(("127.0.0.1", 0))
     accepted: list[socket.socket] = []
+    stopped = threading.Event()
 
     def accept() -> None:
         with contextlib.suppress(OSError):
             while True:
                 accepted.append(server.accept()[0])
+                if stopped.is_set():
+                    accepted[-1].close()  # an upload begun after the stop ends at once
 
     threading.Thread(target=accept, daemon=True).start()
     url = f"http://127.0.0.1:{server.getsockname()[1]}"
     path = tmp_path / "outbox-hung.db"
-    done = subprocess.run(
-        [sys.executable, "-c", HUNG_PRODUCER, str(path), url], capture_output=True, timeout=120
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HUNG_PRODUCER, str(path), url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    server.close()
-    assert done.returncode == 0, done.stderr.decode()
+    try:
+        deadline = time.monotonic() + 30
+        while len(accepted) < Outbox.PARALLEL and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(0.05)
+        # One upload under way per sender; the rest wait for a free one.
+        assert len(accepted) == Outbox.PARALLEL
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"go\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == b"stopped\n"
+        # The uploads under way fail now; with the rest dropped, none follows them.
+        stopped.set()
+        for conn in list(accepted):
+            conn.close()
+        _out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        server.close()
+    assert proc.returncode == 0, err.decode()
     assert len(accepted) == Outbox.PARALLEL
     assert Outbox(path, None, component="hung").depth() == 40
 
