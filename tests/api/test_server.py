@@ -224,19 +224,30 @@ def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None
     items = [{"idempotency_key": k, "body": b} for k, b in zip(keys, bodies, strict=True)]
     barrier = threading.Barrier(4)
 
-    def post(_i: int) -> list[int]:
+    def post(_i: int) -> list[dict[str, Any]]:
         with server.client("producer") as http:
             barrier.wait()
             response = http.post("/candidates/batch", json={"items": items})
             assert response.status_code == 207
-            return [r["status"] for r in response.json()["items"]]
+            results: list[dict[str, Any]] = response.json()["items"]
+            return results
 
     with ThreadPoolExecutor(4) as pool:
-        statuses = list(pool.map(post, range(4)))
-    assert all(set(s) <= {201, 409} for s in statuses)
+        batches = list(pool.map(post, range(4)))
+    # Per key: the batch that claimed it creates the candidate (201), a later one replays that
+    # response (201, the same body), one that meets the claim in flight gets 409.
+    created: dict[str, dict[str, Any]] = {}
+    for key, body, *results in zip(keys, bodies, *batches, strict=True):
+        assert {r["status"] for r in results} <= {201, 409}, (key, results)
+        docs = [r["body"] for r in results if r["status"] == 201]
+        assert docs, f"no batch created the candidate of key {key}: {results}"
+        assert all(doc == docs[0] for doc in docs), (key, docs)
+        assert docs[0]["source"] == body["source"]
+        created[key] = docs[0]
+    assert len({doc["id"] for doc in created.values()}) == 30
     with server.client("reviewer") as http:
         page = http.get("/candidates", params={"camera_id": camera, "limit": 100}).json()
-    assert len(page["items"]) == 30
+    assert sorted(c["id"] for c in page["items"]) == sorted(d["id"] for d in created.values())
 
 
 def test_concurrent_batches_of_one_set_of_events(server: Any, api_body: Any) -> None:
