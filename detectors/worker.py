@@ -870,23 +870,8 @@ class DetectorWorker:
         return out
 
     def _detection(self, ep: Episode, ev: EpisodeEvent, op: Op) -> dict[str, Any]:
-        from gridpatrol.detectors.evidence import detection_block
-
-        info = self.backend.info
         previous = self._last_detection.get(ep.candidate_id)
-        keep_boxes = previous is not None and (not op.better or not ev.boxes)
-        block = detection_block(
-            model=info.name,
-            model_version=info.version,
-            model_sha256=info.sha256,
-            score=ep.best_confidence,
-            boxes=previous["boxes"] if keep_boxes and previous else ev.boxes,
-            track_ids=previous["track_ids"] if keep_boxes and previous else ev.track_ids,
-            zone_id=ep.zone_id,
-            dwell_s=ep.dwell_s,
-            ended_at=ep.ended_at,
-        )
-        block["started_at"] = ep.started_at.isoformat()
+        block = candidate_detection(ep, ev, op.better, previous, self.backend.info)
         self._last_detection[ep.candidate_id] = block
         return block
 
@@ -1000,6 +985,41 @@ class DetectorWorker:
                 mean_ms,
                 rt.candidates,
             )
+
+
+def candidate_detection(
+    ep: Episode,
+    ev: EpisodeEvent,
+    better: bool,
+    previous: dict[str, Any] | None,
+    model: ModelInfo,
+) -> dict[str, Any]:
+    """The ``detection`` of a create / update: boxes in pixels of the candidate's clean frame.
+
+    Only an operation with a better snapshot sends a new clean frame, and with it this event's
+    boxes; otherwise the boxes sent with the clean frame stand (``previous``: the block this
+    worker sent last). When the worker does not know them (it restarted since), the update
+    carries no boxes at all, as an ending does, so those of the evidence stay.
+    """
+    from gridpatrol.detectors.evidence import detection_block
+
+    keep = not better or not ev.boxes
+    known = previous is not None and "boxes" in previous
+    block = detection_block(
+        model=model.name,
+        model_version=model.version,
+        model_sha256=model.sha256,
+        score=ep.best_confidence,
+        boxes=previous["boxes"] if keep and previous and known else ev.boxes,
+        track_ids=previous["track_ids"] if keep and previous and known else ev.track_ids,
+        zone_id=ep.zone_id,
+        dwell_s=ep.dwell_s,
+        ended_at=ep.ended_at,
+    )
+    if not better and not known:
+        del block["boxes"], block["track_ids"]
+    block["started_at"] = ep.started_at.isoformat()
+    return block
 
 
 def _serial_stream(

@@ -522,7 +522,8 @@ def test_restart_mid_episode_makes_no_duplicate(
     worker.kill()  # mid-episode, no chance to flush or say goodbye
     worker.start(rig.status)
     assert "1 open episode(s) reloaded" in worker.text()
-    rig.publisher.play({"street": ep.crowd[:16]}, size, end, worker)
+    # The crowd stays, seen in other frames of the street than those that raised it.
+    rig.publisher.play({"street": ep.crowd[5:21]}, size, end, worker)
 
     updated = wait_for(
         "the episode to continue on the same candidate",
@@ -534,6 +535,11 @@ def test_restart_mid_episode_makes_no_duplicate(
     assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
     assert updated[0]["source"]["source_event_id"] == first["source"]["source_event_id"]
     assert "ended_at" not in updated[0]["detection"]
+    # No snapshot since the restart beat the first one: the clean frame is still the first
+    # one, and so are the boxes (the worker no longer knew them and sent none).
+    clean = [e["sha256"] for e in updated[0]["evidence"] if e["kind"] == "clean"]
+    assert clean == [e["sha256"] for e in first["evidence"] if e["kind"] == "clean"]
+    assert updated[0]["detection"]["boxes"] == first["detection"]["boxes"]
 
 
 def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(

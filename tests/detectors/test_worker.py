@@ -7,12 +7,16 @@ import re
 import shutil
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from gridpatrol.detectors.episodes import Episode
+from gridpatrol.detectors.types import ModelInfo
 from gridpatrol.detectors.worker import (
+    EpisodeEvent,
+    candidate_detection,
     normalise_event,
     parse_shard,
     select_cameras,
@@ -177,3 +181,49 @@ def test_detect_on_weights_the_runtime_cannot_read_is_a_setup_error(
     )  # fmt: skip
     assert run.returncode == 2, run.stderr
     assert f"detect: cannot start: OpenVINO cannot load model 'yolo11n' from {model}" in run.stderr
+
+
+T0 = datetime(2026, 5, 4, 2, 0, tzinfo=UTC)
+BEST = ((10.0, 20.0, 30.0, 40.0),)  # the boxes sent with the candidate's clean frame
+NOW = ((11.0, 21.0, 31.0, 41.0),)  # this frame's boxes
+
+
+def _sent(boxes: tuple[tuple[float, float, float, float], ...]) -> dict[str, object]:
+    return {"boxes": [list(b) for b in boxes], "track_ids": [3]}
+
+
+@pytest.mark.parametrize(
+    ("previous", "better", "boxes"),
+    [
+        (_sent(BEST), True, NOW),  # a better snapshot: its frame's boxes
+        (_sent(BEST), False, BEST),  # not better: the boxes of the clean frame stand
+        # Restarted since: the worker does not know the clean frame's boxes; it sends none
+        # (the candidate keeps them), again on the next update, until a better snapshot.
+        (None, False, None),
+        ({"zone_id": "whole-street"}, False, None),
+        ({"zone_id": "whole-street"}, True, NOW),
+        (None, True, NOW),  # a create
+    ],
+)
+def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
+    previous: dict[str, object] | None, better: bool, boxes: tuple[tuple[float, ...], ...] | None
+) -> None:
+    ep = Episode(
+        camera_id="street", zone_id="whole-street", type="crowd_gathering", candidate_id="c1",
+        source_event_id="street:whole-street:crowd_gathering:1", started_at=T0,
+        reported_at=T0 + timedelta(seconds=9), last_event_at=T0 + timedelta(seconds=9),
+        best_confidence=0.7, dwell_s=9.0,
+    )  # fmt: skip
+    ev = EpisodeEvent(
+        kind="update", rule="crowd_gathering", zone_id="whole-street",
+        t=T0 + timedelta(seconds=9), confidence=0.6, dwell_s=9.0, first_seen=T0, boxes=NOW,
+        track_ids=(4,), labels=("person",),
+    )  # fmt: skip
+    model = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
+    block = candidate_detection(ep, ev, better, previous, model)
+    if boxes is None:
+        assert "boxes" not in block and "track_ids" not in block
+    else:
+        assert block["boxes"] == [list(b) for b in boxes]
+        assert block["track_ids"] == ([4] if boxes == NOW else [3])
+    assert (block["dwell_s"], block["score"], block["started_at"]) == (9.0, 0.7, T0.isoformat())
