@@ -629,6 +629,18 @@ class Outbox:
         return conn
 
 
+def candidate_closed(conn: sqlite3.Connection, candidate_id: str) -> bool:
+    """Whether the API has refused this candidate for good: a patch answered 410 Gone (the
+    candidate was rejected, merged or closed and takes no more updates) or its create refused.
+    A producer stops queueing its updates then. ``conn``: a connection to the outbox file."""
+    row = conn.execute(
+        "SELECT 1 FROM outbox_ops WHERE state = 'failed' AND candidate_id = ? AND"
+        " (kind = 'create' OR (kind = 'patch' AND last_error LIKE '410 %')) LIMIT 1",
+        (candidate_id,),
+    ).fetchone()
+    return row is not None
+
+
 @contextlib.contextmanager
 def _write(conn: sqlite3.Connection) -> Iterator[None]:
     conn.execute("BEGIN IMMEDIATE")
