@@ -63,6 +63,16 @@ def deliver(outbox: Outbox, timeout: float = 30) -> None:
         outbox.stop()
 
 
+def wait_for_a_retry(outbox: Outbox, timeout: float = 30) -> None:
+    """Wait until a delivery round of the outbox has failed and been put off for a retry;
+    fail at once if it settled an operation instead."""
+    deadline = time.monotonic() + timeout
+    while (stats := outbox.stats())["retried"] == 0:
+        assert stats["sent"] == stats["failed"] == 0, stats
+        assert time.monotonic() < deadline, "the outbox never tried to deliver"
+        time.sleep(0.02)
+
+
 def all_candidates(api_server: Any) -> list[dict[str, Any]]:
     with api_server.client("admin") as http:
         items: list[dict[str, Any]] = []
@@ -114,8 +124,8 @@ def test_api_downtime_loses_and_duplicates_nothing(api_server: Any, tmp_path: Pa
         ids.append(cid)
     outbox.start()
     try:
-        time.sleep(3)  # the sender retries against a closed port meanwhile
-        assert outbox.depth() == 160
+        wait_for_a_retry(outbox)  # the sender has met the closed port
+        assert (outbox.depth(), outbox.failed()) == (160, [])
         api_server.start()
         assert outbox.flush(90)
     finally:
@@ -206,7 +216,7 @@ def test_a_refused_token_holds_the_outbox_until_mended(
             ids.append(txn.create_candidate(candidate(f"token-{i}", sha)))
     outbox.start()
     try:
-        assert not outbox.flush(2)
+        wait_for_a_retry(outbox)  # the API has refused the token
         assert (outbox.depth(), outbox.failed()) == (6, [])
         outbox.client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
         assert outbox.flush(60)
