@@ -394,6 +394,7 @@ class DetectorWorker:
             len(open_eps),
         )
         self._last_detection: dict[str, dict[str, Any]] = {}
+        self._closed: set[str] = set()  # candidates the API takes no more updates of
         self._in_flight: set[str] = set()  # cameras with a frame in the inference queue
         self._last_progress = self._last_save = time.monotonic()
         self._silence_checked = self.clock()
@@ -720,6 +721,8 @@ class DetectorWorker:
         # episode tries again.
         self.book = book
         for op in ops:
+            if op.episode.candidate_id in self._closed:
+                continue
             rt.candidates += op.kind == "open"
             self.metrics.candidates.labels(rt.camera.id, op.kind).inc()
             log.info(
@@ -818,6 +821,9 @@ class DetectorWorker:
 
         with self.outbox.transaction() as txn:
             for op, (files, body) in rendered:
+                if op.kind != "open" and self._refused(txn.conn, op.episode):
+                    episodes.save_episode(txn.conn, op.episode)  # followed, not reported
+                    continue
                 if files:
                     body["evidence"] = [
                         f.item(txn.add_evidence(f.data, "image/jpeg")) for f in files
@@ -827,6 +833,27 @@ class DetectorWorker:
                 else:
                     txn.patch_candidate(op.episode.candidate_id, body)
                 episodes.save_episode(txn.conn, op.episode)
+
+    def _refused(self, conn: sqlite3.Connection, ep: Episode) -> bool:
+        """Whether the API refused the episode's candidate for good (410 Gone for a patch:
+        a reviewer rejected or merged it, or it was closed): its episode goes on, so the
+        occupancy raises no second candidate, but nothing more of it is sent."""
+        from gridpatrol.api.client import candidate_closed
+
+        if ep.candidate_id in self._closed:
+            return True
+        if not candidate_closed(conn, ep.candidate_id):
+            return False
+        self._closed.add(ep.candidate_id)
+        log.warning(
+            "camera %s: candidate %s (%s in zone %s) takes no more updates (the API refused "
+            "it for good); its episode is followed without reporting",
+            ep.camera_id,
+            ep.candidate_id,
+            ep.type,
+            ep.zone_id,
+        )
+        return True
 
     def _render(
         self, rt: CameraRuntime, op: Op, ev: EpisodeEvent, item: Ready, detections: Detections

@@ -608,6 +608,36 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     assert again == ep.end + timedelta(seconds=7)
 
 
+def test_a_rejected_candidate_gets_no_more_updates(rig: Rig, street: list[Image]) -> None:
+    """A reviewer rejects the candidate while its crowd stays: the API answers the next
+    update 410 Gone, and the worker sends none after it, nor a second candidate."""
+    ep = start_crowd_episode(rig, street)
+    worker, client, first = ep.worker, ep.client, ep.first
+    response = client.post(
+        f"/candidates/{first['id']}/review",
+        json={"decision": "reject", "reason_code": "false_positive"},
+    )
+    assert response.status_code == 200, response.text
+    refused = f"outbox detect: API refused patch {first['id']}: HTTP 410"
+    # Until the update at 9 s (update_s 4 after the raise at 5 s), which the API refuses.
+    end = rig.publisher.play({"street": ep.crowd[14:20]}, ep.size, ep.end, worker)
+    wait_for("the update's refusal", lambda: refused in worker.text(), 30, worker)
+    # The crowd stays 8 s more: updates at 13 and 17 s would follow.
+    rig.publisher.play({"street": ep.crowd[:16]}, ep.size, end, worker)
+    closed = (
+        f"camera street: candidate {first['id']} (crowd_gathering in zone whole-street) takes "
+        "no more updates (the API refused it for good); its episode is followed without "
+        "reporting"
+    )
+    wait_for("the worker to stop updating", lambda: closed in worker.text(), 30, worker)
+    assert worker.stop() == 0
+    text = worker.text()
+    assert text.count(refused) == 1 and text.count(closed) == 1
+    assert text.count(f"updated candidate {first['id']}") == 1  # the refused one at 9 s
+    (rejected,) = candidates(client, "street")
+    assert rejected["status"] == "rejected" and rejected["detection"]["dwell_s"] == 5.0
+
+
 def test_an_episode_of_a_camera_moved_off_the_worker_ends(rig: Rig, street: list[Image]) -> None:
     ep = start_crowd_episode(rig, street)
     worker, first = ep.worker, ep.first
