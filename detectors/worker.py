@@ -1144,6 +1144,7 @@ def end_unserved_episodes(
     """End the outbox file's open episodes of cameras not in ``served`` at their last sighting,
     queueing each ending in the same transaction as the book. ``model``: the model of the
     worker that stopped following them (none for a retired file)."""
+    from gridpatrol.api.client import candidate_closed
     from gridpatrol.detectors import episodes
     from gridpatrol.detectors.evidence import end_detection
 
@@ -1151,14 +1152,12 @@ def end_unserved_episodes(
         episodes.ensure_schema(txn.conn)
         _, ops = episodes.end_unserved(episodes.load_book(txn.conn), served, t)
         for op in ops:
-            if model is None:
-                body = {"detection": end_detection(op.episode)}
-            else:
-                body = {
-                    "detection": end_detection(op.episode, model.name, model.version, model.sha256)
-                }
-            txn.patch_candidate(op.episode.candidate_id, body)
-            episodes.save_episode(txn.conn, op.episode)
+            ep = op.episode
+            episodes.save_episode(txn.conn, ep)
+            if candidate_closed(txn.conn, ep.candidate_id):
+                continue  # rejected, merged or closed: it takes no more patches
+            ident = () if model is None else (model.name, model.version, model.sha256)
+            txn.patch_candidate(ep.candidate_id, {"detection": end_detection(ep, *ident)})
     return [op.episode for op in ops]
 
 

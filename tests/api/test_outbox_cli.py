@@ -87,30 +87,31 @@ def test_no_such_file_or_no_token_is_a_setup_error(tmp_path: Path) -> None:
     assert "GRIDPATROL_API_TOKEN is not set" in no_token.stderr
 
 
-def test_a_retired_shards_open_episodes_end_at_their_last_sighting(
-    api_server: Any, tmp_path: Path
-) -> None:
-    path = tmp_path / "outbox-detect-1-of-2.db"
-    cid = left_behind(path)
-    started, last_seen = (
-        datetime(2026, 11, 29, 8, 0, tzinfo=UTC),
-        datetime(2026, 11, 29, 8, 7, tzinfo=UTC),
-    )
-    ep = episodes.Episode(
+def parked_episode(cid: str) -> episodes.Episode:
+    """The open episode of ``cid`` in a detector's book: seen from 08:00 to 08:07 UTC."""
+    last_seen = datetime(2026, 11, 29, 8, 7, tzinfo=UTC)
+    return episodes.Episode(
         camera_id="cam-1",
         zone_id="kerb",
         type="illegal_parking",
         candidate_id=cid,
         source_event_id="cam-1:kerb:illegal_parking:1",
-        started_at=started,
+        started_at=datetime(2026, 11, 29, 8, 0, tzinfo=UTC),
         reported_at=last_seen,
         last_event_at=last_seen,
         best_confidence=0.8,
         dwell_s=420.0,
     )
+
+
+def test_a_retired_shards_open_episodes_end_at_their_last_sighting(
+    api_server: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    cid = left_behind(path)
     with Outbox(path, None, component="detect-1-of-2").transaction() as txn:
         episodes.ensure_schema(txn.conn)
-        episodes.save_episode(txn.conn, ep)
+        episodes.save_episode(txn.conn, parked_episode(cid))
     shown = run(str(path))
     assert shown.stdout.splitlines()[1:] == [
         f"open episode: camera cam-1 zone kerb illegal_parking, candidate {cid}, "
@@ -139,3 +140,35 @@ def test_a_retired_shards_open_episodes_end_at_their_last_sighting(
         "ended_at": "2026-11-29T08:07:00+00:00",
         "started_at": "2026-11-29T08:00:00+00:00",
     }
+
+
+def test_a_retired_shards_episode_of_a_rejected_candidate_ends_without_a_patch(
+    api_server: Any, tmp_path: Path
+) -> None:
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    cid = left_behind(path)
+    env = {
+        **os.environ,
+        "GRIDPATROL_API_URL": api_server.url,
+        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
+    }
+    assert run(str(path), "--drain", env=env).returncode == 0
+    with api_server.client("reviewer") as http:
+        decision = {"decision": "reject", "reason_code": "false_positive"}
+        assert http.post(f"/candidates/{cid}/review", json=decision).status_code == 200
+    # The worker's last update, sent after the rejection, was refused for good (410).
+    with Outbox(path, None, component="detect-1-of-2").transaction() as txn:
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 400.0}})
+        episodes.ensure_schema(txn.conn)
+        episodes.save_episode(txn.conn, parked_episode(cid))
+    refused = run(str(path), "--drain", env=env)
+    assert refused.stdout == f"{path}: 0 delivered, 0 pending, 1 refused\n"
+
+    retired = run(str(path), "--end-episodes", env=env)
+    assert retired.returncode == 0, retired.stderr
+    assert retired.stdout.splitlines() == [
+        f"ended candidate {cid} (camera cam-1 zone kerb illegal_parking) at its last sighting "
+        "2026-11-29T08:07:00+00:00",
+        f"{path}: 0 delivered, 0 pending, 0 refused",
+    ]
+    assert episodes.open_episodes(path) == []
