@@ -23,6 +23,15 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def producer_env(api_server: Any) -> dict[str, str]:
+    """The environment of a producer that delivers to the test's API."""
+    return {
+        **os.environ,
+        "GRIDPATROL_API_URL": api_server.url,
+        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
+    }
+
+
 def left_behind(path: Path) -> str:
     """A shard's file after its worker went away: evidence and a candidate not delivered."""
     box = Outbox(path, None, component="detect-1-of-2")
@@ -53,11 +62,7 @@ def test_a_left_behind_outbox_is_shown_then_drained(api_server: Any, tmp_path: P
     shown = run(str(path))
     assert (shown.returncode, shown.stdout) == (0, f"{path}: 2 operation(s) pending\n")
 
-    env = {
-        **os.environ,
-        "GRIDPATROL_API_URL": api_server.url,
-        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
-    }
+    env = producer_env(api_server)
     running = Outbox(path, None, component="detect-1-of-2")
     running.claim()  # its worker still runs: the file is not drained behind its back
     try:
@@ -118,11 +123,7 @@ def test_a_retired_shards_open_episodes_end_at_their_last_sighting(
         "last seen 2026-11-29T08:07:00+00:00"
     ]
 
-    env = {
-        **os.environ,
-        "GRIDPATROL_API_URL": api_server.url,
-        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
-    }
+    env = producer_env(api_server)
     retired = run(str(path), "--end-episodes", env=env)
     assert retired.returncode == 0, retired.stderr
     assert retired.stdout.splitlines() == [
@@ -147,11 +148,7 @@ def test_a_retired_shards_episode_of_a_rejected_candidate_ends_without_a_patch(
 ) -> None:
     path = tmp_path / "outbox-detect-1-of-2.db"
     cid = left_behind(path)
-    env = {
-        **os.environ,
-        "GRIDPATROL_API_URL": api_server.url,
-        "GRIDPATROL_API_TOKEN": api_server.tokens["producer"],
-    }
+    env = producer_env(api_server)
     assert run(str(path), "--drain", env=env).returncode == 0
     with api_server.client("reviewer") as http:
         decision = {"decision": "reject", "reason_code": "false_positive"}
