@@ -91,7 +91,10 @@ def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
     import cv2
     import numpy as np
 
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    # As stored, like the detector decodes frames: an EXIF rotation applied here alone would
+    # turn and squash the picture under zone polygons drawn on the camera's own frames.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if image is None:
         raise ValueError("the snapshot URL did not return a decodable image")
     return encode_image(image, camera)

@@ -32,6 +32,14 @@ def make_jpeg(width: int, height: int) -> bytes:
     return bytes(buf.tobytes())
 
 
+def rotated_by_exif(jpeg: bytes, orientation: int) -> bytes:
+    """The JPEG with an EXIF APP1 segment whose Orientation tag (0x0112) is ``orientation``."""
+    ifd = (1).to_bytes(2, "big") + bytes.fromhex("0112 0003 00000001")
+    ifd += orientation.to_bytes(2, "big") + bytes(2) + bytes(4)  # value, padding, no next IFD
+    body = b"Exif\x00\x00" + b"MM\x00\x2a" + (8).to_bytes(4, "big") + ifd
+    return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
+
+
 class SnapshotServer:
     """An HTTP camera: ``/snap.jpg`` returns a 640x360 JPEG until ``broken`` is set."""
 
@@ -128,6 +136,39 @@ def test_http_snapshot_cameras(
     code, _, err = proc.wait(30)
     assert code == 0, err
     assert "snapshot failed" in err
+
+
+def test_an_exif_rotated_snapshot_is_published_as_stored(
+    http_camera: SnapshotServer,
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+) -> None:
+    # The detector decodes frames as stored, and zone polygons are drawn on them: a camera
+    # that tags its JPEGs "rotate 90°" (Orientation 6) must not be turned by ingest alone.
+    image = np.zeros((480, 640, 3), np.uint8)
+    image[:240, :320] = (0, 0, 255)  # red top-left quadrant
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    http_camera.image = rotated_by_exif(bytes(buf.tobytes()), 6)
+    site = site_file(
+        f"  - {{id: x1, source: '{http_camera.url}', fps: 4, resize: [640, 480], "
+        "location: {address: a}}\n"
+    )
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-x"])
+    seen = watcher.collect(lambda s: len(frames_of(s, "x1")) >= 1)
+    frame = frames_of(seen, "x1")[0]
+    assert (frame.header.width, frame.header.height) == (640, 480)
+    decoded = cv2.imdecode(np.frombuffer(frame.image, np.uint8), cv2.IMREAD_COLOR)
+    assert decoded.shape == (480, 640, 3)
+    blue, green, red = (int(v) for v in decoded[120, 160])
+    assert red > 200 and blue < 50 and green < 50, (blue, green, red)
+    assert max(int(v) for v in decoded[360, 480]) < 50  # bottom-right stays black
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
 
 
 def test_an_unreachable_rtsp_camera_is_offline_and_retried_with_a_growing_backoff(
