@@ -42,6 +42,7 @@ from gridpatrol.api.policy import SitePolicy
 from gridpatrol.api.problems import Problem
 from gridpatrol.api.schemas import (
     CANDIDATE_ID_PATTERN,
+    REQUIRED,
     CandidateIn,
     CandidatePatch,
     ReviewIn,
@@ -723,7 +724,8 @@ class CandidateService:
             return Outcome(200, stored, text=row.doc)
         outcome = Outcome(200, doc)
         if before in ("incomplete", "returned", "new"):
-            new = sm.after_supplement(before, not doc["missing_elements"])
+            answered = sm.answers_return(stored, doc, REQUIRED)
+            new = sm.after_supplement(before, not doc["missing_elements"], answered)
             action = "supplemented" if new != before else "updated"
             self._history(doc, now, who.name, action, fields=sorted(changes))
             doc["status"] = new

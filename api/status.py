@@ -8,7 +8,8 @@ in the feed) → ``registered`` → ``dispatched`` → ``arrived`` → ``resolve
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, get_args
 
 Decision = Literal["confirm", "reject", "return", "merge"]
 Stage = Literal["registered", "dispatched", "arrived", "resolved", "verified", "closed"]
@@ -73,8 +74,29 @@ def advance(status: str, stage: Stage) -> str | None:
     return stage
 
 
-def after_supplement(status: str, complete: bool) -> str:
-    """The status after a producer's PATCH: complete ones enter review, others wait."""
+def answers_return(
+    before: Mapping[str, Any], after: Mapping[str, Any], required: Iterable[str]
+) -> bool:
+    """Whether a PATCH (``before`` → ``after``) changes a ``required`` element, the things a
+    reviewer may return a case for; of evidence, only a kind other than ``latest`` counts.
+
+    A detector updates an open episode routinely (dwell time, a fresh ``latest`` frame); such an
+    update must not undo the reviewer's return, or the case is back in the queue unchanged.
+    """
+    if any(before.get(n) != after.get(n) for n in required if n != "evidence"):
+        return True
+    earlier = before.get("evidence") or []
+    added = [item for item in after.get("evidence") or [] if item not in earlier]
+    return any(not isinstance(item, dict) or item.get("kind") != "latest" for item in added)
+
+
+def after_supplement(status: str, complete: bool, answered: bool = True) -> str:
+    """The status after a producer's PATCH: complete ones enter review, others wait.
+
+    A returned case stays returned until a PATCH ``answered`` it (:func:`answers_return`).
+    """
+    if status == "returned" and not answered:
+        return status
     if status in ("incomplete", "returned", "new"):
         return "new" if complete else "incomplete"
     return status

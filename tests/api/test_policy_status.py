@@ -9,6 +9,7 @@ import pytest
 
 from gridpatrol.api import status as sm
 from gridpatrol.api.policy import SitePolicy, night_end
+from gridpatrol.api.schemas import REQUIRED
 from gridpatrol.site import Policy, TimeWindow, parse_hhmm
 
 SH = ZoneInfo("Asia/Shanghai")
@@ -131,14 +132,42 @@ def test_stage_transitions(status: str, stage: sm.Stage, expected: str | None) -
 
 
 @pytest.mark.parametrize(
-    ("status", "complete", "expected"),
+    ("status", "complete", "answered", "expected"),
     [
-        ("incomplete", True, "new"),
-        ("incomplete", False, "incomplete"),
-        ("returned", True, "new"),
-        ("returned", False, "incomplete"),
-        ("confirmed", True, "confirmed"),
+        ("incomplete", True, False, "new"),
+        ("incomplete", False, False, "incomplete"),
+        ("returned", True, True, "new"),
+        ("returned", False, True, "incomplete"),
+        ("returned", True, False, "returned"),
+        ("returned", False, False, "returned"),
+        ("confirmed", True, True, "confirmed"),
     ],
 )
-def test_after_supplement(status: str, complete: bool, expected: str) -> None:
-    assert sm.after_supplement(status, complete) == expected
+def test_after_supplement(status: str, complete: bool, answered: bool, expected: str) -> None:
+    assert sm.after_supplement(status, complete, answered) == expected
+
+
+CLEAN = {"sha256": "a" * 64, "kind": "clean"}
+LATEST = {"sha256": "b" * 64, "kind": "latest"}
+
+
+@pytest.mark.parametrize(
+    ("change", "answers"),
+    [
+        ({"detection": {"dwell_s": 900}}, False),
+        ({"evidence": [CLEAN, LATEST]}, False),
+        ({"measurements": [{"n": "pm25", "v": 80}]}, False),
+        ({"description": "moved"}, True),
+        ({"location": {"address": "大宁路 100号"}}, True),
+        ({"occurred_at": "2026-11-27T03:00:00+00:00"}, True),
+        ({"severity": "MAJOR"}, True),
+        ({"urgency": "immediate"}, True),
+        ({"type": "illegal_dumping"}, True),
+        ({"source": {"camera_id": "cam-2"}}, True),
+        ({"evidence": [CLEAN, {"sha256": "c" * 64, "kind": "crop"}]}, True),
+        ({"evidence": [CLEAN, {"sha256": "c" * 64}]}, True),
+    ],
+)
+def test_answers_return(change: dict[str, object], answers: bool) -> None:
+    before = {"type": "garbage_overflow", "description": "bin", "evidence": [CLEAN]}
+    assert sm.answers_return(before, {**before, **change}, REQUIRED) is answers

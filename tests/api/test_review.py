@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from typing import Any
 
@@ -65,6 +66,56 @@ def test_return_then_supplement_comes_back_as_new(api: Any) -> None:
     assert api.review(cid, "confirm").json()["status"] == "confirmed"
     actions = [h["action"] for h in patched.json()["history"]]
     assert actions == ["created", "returned", "supplemented"]
+
+
+def test_routine_update_keeps_a_returned_case_returned(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    assert api.review(cid, "return", reason="wrong place").json()["status"] == "returned"
+    producer = api.as_("producer")
+    url = f"/api/v1/candidates/{cid}"
+    latest = {"sha256": api.put_jpeg(7), "kind": "latest"}
+    for key, change in [
+        ("dwell", {"detection": {"dwell_s": 900}}),
+        ("frame", {"evidence": [latest]}),
+    ]:
+        doc = producer.patch(url, json=change, headers={"Idempotency-Key": key}).json()
+        assert doc["status"] == "returned", key
+        assert doc["history"][-1]["action"] == "updated"
+    assert api.review(cid, "confirm").status_code == 409
+    answer = {"description": "暴露垃圾 at the north gate"}
+    doc = producer.patch(url, json=answer, headers={"Idempotency-Key": "answer"}).json()
+    assert doc["status"] == "new"
+    assert [h["action"] for h in doc["history"]] == [
+        "created",
+        "returned",
+        "updated",
+        "updated",
+        "supplemented",
+    ]
+
+
+def test_new_evidence_answers_a_return(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    api.review(cid, "return", reason="blurred photo")
+    crop = {"sha256": api.put_jpeg(8), "kind": "crop"}
+    doc = api.as_("producer").patch(
+        f"/api/v1/candidates/{cid}", json={"evidence": [crop]}, headers={"Idempotency-Key": "c"}
+    )
+    assert doc.json()["status"] == "new"
+
+
+def test_routine_update_does_not_auto_confirm_a_returned_case(api: Any) -> None:
+    # Created before its photo arrived: incomplete, so a reviewer can return it.
+    sha = hashlib.sha256(api.jpeg(9)).hexdigest()
+    cid = api.create(api.body("s1", sha, ctype="smoke"))["id"]
+    assert api.review(cid, "return", reason="photo?").json()["status"] == "returned"
+    api.put_jpeg(9)
+    doc = api.as_("producer").patch(
+        f"/api/v1/candidates/{cid}",
+        json={"detection": {"dwell_s": 900}},
+        headers={"Idempotency-Key": "d"},
+    )
+    assert doc.json()["status"] == "returned"
 
 
 def test_merge_into_an_existing_candidate(api: Any) -> None:
