@@ -151,11 +151,19 @@ def non_motor_parking(obs: ZoneObservation, p: NonMotorParkingParams) -> Presenc
     return _presence(obs, parked, float(obs.confidence[parked].mean()))
 
 
+# A prop whose bottom comes within this many person heights of a person's feet stands on the
+# ground (a folding table or a crate of fruit in front of them); what a person holds hangs higher.
+GROUND_MARGIN = 0.1
+
+
 def _held(props: NDArray[np.float32], persons: NDArray[np.float32]) -> NDArray[np.bool_]:
-    """Props carried by a person: not larger than 1.5 persons and centred on one of them.
+    """Props carried by a person: not larger than 1.5 persons, centred on one, off the ground.
 
     The person's box is extended upwards by half its height so an umbrella held overhead
-    counts as carried. A stall umbrella is larger and stands beside its owner.
+    counts as carried. A prop reaching down to the person's feet (its bottom within
+    ``GROUND_MARGIN`` person heights of theirs, or below) stands on the ground in front of
+    them however small it is: the vendor's own table, not something in their hands. A stall
+    umbrella is larger and stands beside its owner.
     """
     if len(props) == 0 or len(persons) == 0:
         return np.zeros(len(props), dtype=bool)
@@ -170,6 +178,7 @@ def _held(props: NDArray[np.float32], persons: NDArray[np.float32]) -> NDArray[n
         & (cy[:, None] >= persons[None, :, 1] - ph[None, :] / 2)
         & (cy[:, None] <= persons[None, :, 3])
         & (area[:, None] <= 1.5 * p_area[None, :])
+        & (props[:, 3, None] < persons[None, :, 3] - GROUND_MARGIN * ph[None, :])
     )
     return np.asarray(inside.any(axis=1), dtype=bool)
 
