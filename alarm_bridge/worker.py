@@ -34,7 +34,7 @@ from gridpatrol.alarm_bridge.adapters import (
 from gridpatrol.alarm_bridge.inbox import Inbox
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
 from gridpatrol.alarm_bridge.uptime import Uptime
-from gridpatrol.api.client import merge_patches
+from gridpatrol.api.client import candidate_closed, merge_patches
 from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
 from gridpatrol.ingest.topics import (
     TopicKind,
@@ -84,6 +84,7 @@ class Counters:
     ignored: int = 0
     retained_alarms: int = 0  # the broker's stored copy of an alarm: not news
     stale: int = 0  # a device transition timed before the alarm's last one
+    closed_updates: int = 0  # updates of a candidate the API refused for good: dropped
     snapshots: int = 0
     snapshot_fallbacks: int = 0
     snapshot_missing: int = 0
@@ -98,6 +99,7 @@ class Counters:
             f" updated / {self.cleared} cleared, dead letters {self.dead_letters}"
             f"{f' ({reasons})' if reasons else ''}, duplicates {self.duplicates}, out of order"
             f" {self.out_of_order}, seq restarts {self.seq_restarts}, stale {self.stale},"
+            f" updates of closed candidates dropped {self.closed_updates},"
             f" ignored {self.ignored}, retained alarms {self.retained_alarms}, timed at"
             f" reception {self.moved_to_reception}, snapshots {self.snapshots} (fallback"
             f" {self.snapshot_fallbacks}, missing {self.snapshot_missing}, deferred"
@@ -318,9 +320,17 @@ class BridgeCore:
     def flush_patches(
         self, txn: OutboxTxn, limit: int = -1, since_before: float = float("inf")
     ) -> int:
-        """Move coalesced updates into the outbox (after the creates they follow)."""
+        """Move coalesced updates into the outbox (after the creates they follow).
+
+        An update of a candidate the API has refused for good (rejected, merged or closed:
+        a patch answered 410, or its create refused) is dropped: it would only be refused again.
+        """
         pending = store.take_pending(txn.conn, limit, since_before)
         for candidate_id, patch in pending:
+            if candidate_closed(txn.conn, candidate_id):
+                self.counts.closed_updates += 1
+                log.debug("candidate %s is closed; its update dropped", candidate_id)
+                continue
             txn.patch_candidate(candidate_id, patch)
         return len(pending)
 
@@ -406,12 +416,17 @@ class BridgeCore:
 
     # -- snapshots --------------------------------------------------------------------------------
 
-    def attach_snapshot(self, txn: OutboxTxn, candidate_id: str, frame: Frame) -> None:
+    def attach_snapshot(self, txn: OutboxTxn, candidate_id: str, frame: Frame) -> bool:
+        """Queue the snapshot and its patch; False (nothing queued) for a closed candidate."""
+        if candidate_closed(txn.conn, candidate_id):
+            log.info("candidate %s is closed; its snapshot dropped", candidate_id)
+            return False
         sha = txn.add_evidence(frame.image, frame.header.content_type)
         patch = candidates.snapshot_patch(
             sha, frame.header.ts.timestamp(), frame.header.width, frame.header.height
         )
         txn.patch_candidate(candidate_id, patch)
+        return True
 
 
 def _trace_entry(item: AlarmInput) -> dict[str, object]:
@@ -691,10 +706,11 @@ class Bridge:
                 return
             self.core.counts.snapshot_fallbacks += 1
         with self.outbox.transaction() as txn:
-            self.core.attach_snapshot(txn, candidate_id, frame)
+            attached = self.core.attach_snapshot(txn, candidate_id, frame)
             store.snapshot_settled(txn.conn, candidate_id)
-        self.core.counts.snapshots += 1
-        log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
+        if attached:
+            self.core.counts.snapshots += 1
+            log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
 
     def _request_snapshot(self, media: MqttConnection, camera_id: str) -> Frame | None:
         from gridpatrol.ingest.snapshot import request_snapshot

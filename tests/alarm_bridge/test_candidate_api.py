@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,6 +24,7 @@ site: {{name: 候选测试}}
 mqtt: {{prefix: {prefix}}}
 sensors:
   - {{id: sm-api, kind: smoke, location: {{address: 大宁路 9号}}}}
+  - {{id: bf-api, kind: bin_fill, location: {{address: 大宁路 11号}}}}
 """
 
 
@@ -32,12 +34,14 @@ def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig
         yield r
 
 
-def smoke(event_id: str, transition: str, ts: float) -> bytes:
+def smoke(
+    event_id: str, transition: str, ts: float, sensor: str = "sm-api", alarm: str = "smoke"
+) -> bytes:
     body = {
         "schema": "gridalarm/1",
         "event_id": event_id,
-        "sensor_id": "sm-api",
-        "alarm_type": "smoke",
+        "sensor_id": sensor,
+        "alarm_type": alarm,
         "transition": transition,
         "severity": "MAJOR",
         "ts": ts,
@@ -62,3 +66,50 @@ def test_a_cleared_alarm_shows_cleared_at_in_the_api(rig: BridgeRig) -> None:
     assert alarm["cleared_at"] == iso(cleared)
     assert datetime.fromisoformat(alarm["last_seen"]).timestamp() == cleared
     assert (alarm["alarm_type"], alarm["count"]) == ("smoke", 1)
+
+
+def bin_full(event_id: str, ts: float) -> bytes:
+    return smoke(event_id, "raise", ts, sensor="bf-api", alarm="bin_fill")
+
+
+def _settled(rig: BridgeRig, processed: int, timeout: float = 60) -> int:
+    """Wait until the bridge has handled ``processed`` messages and its outbox has nothing
+    left to send; the outbox's refused patches (410 Gone), counted."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sqlite3.connect(rig.state / "bridge.db", timeout=5) as conn:
+            waiting = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM bridge_dedup WHERE event_key LIKE 'e:%') < ?"
+                " OR EXISTS (SELECT 1 FROM bridge_pending_patch)"
+                " OR EXISTS (SELECT 1 FROM outbox_ops WHERE state = 'pending')",
+                (processed,),
+            ).fetchone()[0]
+            gone = conn.execute(
+                "SELECT COUNT(*) FROM outbox_ops WHERE state = 'failed' AND last_error LIKE '410 %'"
+            ).fetchone()[0]
+        if not waiting:
+            return int(gone)
+        assert time.monotonic() < deadline, rig.log.read_text(errors="replace")[-3000:]
+        time.sleep(0.1)
+
+
+def test_a_rejected_candidate_takes_one_refused_update_then_none(rig: BridgeRig) -> None:
+    """A sensor that keeps repeating after a reviewer rejected its alarm: the first update
+    is refused for good (410), the bridge drops the later ones instead of queueing them."""
+    start = round(time.time()) - 60.0
+    topic = sensor_alarm_topic(rig.prefix, "bf-api")  # a bin: reviewed, not routed at once
+    rig.publish([(topic, bin_full("raise", start))])
+    assert _settled(rig, 1) == 0
+    (candidate,) = rig.candidates()
+    with rig.api.client("reviewer") as http:
+        decision = {"decision": "reject", "reason_code": "false_positive"}
+        answer = http.post(f"/candidates/{candidate['id']}/review", json=decision)
+        assert answer.status_code == 200, (candidate["status"], answer.text)
+    refused = []
+    for n in range(1, 21):
+        # One at a time, each handed over on its own: repeats would coalesce into one PATCH.
+        rig.publish([(topic, bin_full(f"repeat-{n}", start + n))])
+        refused.append(_settled(rig, 1 + n))
+    assert refused == [1] * 20
+    (after,) = rig.candidates()
+    assert (after["status"], after["alarm"]["count"]) == ("rejected", 1)

@@ -300,7 +300,8 @@ def test_the_progress_line_says_what_was_not_used_and_why(
     assert caplog.messages == [
         "bridge: 1.5 alarms/s, candidates 1 created / 0 updated / 0 cleared, dead letters 2"
         " (bad_json 1, unknown_sensor 1), duplicates 1, out of order 1, seq restarts 0,"
-        " stale 1, ignored 1, retained alarms 1, timed at reception 0, snapshots 0"
+        " stale 1, updates of closed candidates dropped 0, ignored 1, retained alarms 1,"
+        " timed at reception 0, snapshots 0"
         " (fallback 0, missing 0, deferred 0), outbox depth 2"
     ]
 
