@@ -280,8 +280,10 @@ def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir
     assert "garbage" in heads
     threshold = float(heads["garbage"]["threshold"])
     data = shared_dir / "datasets" / "garbage_dev"
+    # Photos the shipped head scores well clear of its threshold (0.77-0.97 with garbage,
+    # 0.05-0.18 without), so the outcome is the same on every CPU's int8 kernels.
     images = (
-        sorted((data / "garbage").glob("*.jpg"))[:4] + sorted((data / "clean").glob("*.jpg"))[:4]
+        sorted((data / "garbage").glob("*.jpg"))[4:8] + sorted((data / "clean").glob("*.jpg"))[:4]
     )
     code, records, stderr = scan(*map(str, images))
     assert code == 0, stderr
@@ -298,8 +300,7 @@ def test_scene_heads_score_the_whole_frame_and_drive_garbage_overflow(shared_dir
             assert violation["confidence"] == pytest.approx(score, abs=1e-3)
             assert violation["dwell_verified"] is False
         flagged.append(bool(garbage))
-    assert any(flagged[:4]), "no garbage photo was flagged"
-    assert not all(flagged[4:]), "every clean container was flagged"
+    assert flagged == [True, True, True, True, False, False, False, False]
 
 
 @pytest.mark.parametrize(
