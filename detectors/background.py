@@ -42,6 +42,10 @@ class BackgroundParams:
     bootstrap_s: float = 30.0  # the background is the plain running mean for this long
     fg_threshold: float = 25.0  # gray levels between S and B
     stable_threshold: float = 20.0  # gray levels between the frame and S
+    # The most time one frame may teach B. After a silence (camera or worker down, clock
+    # stepped ahead) the first frame would otherwise count for the whole silence and be
+    # blended in almost entirely, so a pile dumped meanwhile would be normal at once.
+    max_step_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,7 @@ def step(
     # washes out anything undetected that moved through the first frames.
     elapsed = t - state.start_t
     tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
-    learn = _alpha(dt, tau)
+    learn = _alpha(min(dt, params.max_step_s), tau)
     background = np.where(objects, base, base + learn * (frame - base))
     # Changed until both the pixel and its background look clean again (or it was a ghost):
     # on the way back the pixel passes between the two, near both, before it is stable.

@@ -136,10 +136,17 @@ def _union(boxes: NDArray[np.float32]) -> Box:
     )
 
 
-def _bg_params(rules: Mapping[str, RuleParams]) -> tuple[bg.BackgroundParams, ...]:
-    """The zone's background models, fastest learner first."""
+def _bg_params(
+    rules: Mapping[str, RuleParams], frame_interval_s: float
+) -> tuple[bg.BackgroundParams, ...]:
+    """The zone's background models, fastest learner first.
+
+    One frame teaches the model at most a few of the camera's frame intervals (a patrol
+    camera's visits are far apart), never the whole of a silence before it.
+    """
     learn = {p.learn_s for p in rules.values() if isinstance(p, StaticForegroundParams)}
-    return tuple(bg.BackgroundParams(learn_s=t) for t in sorted(learn))
+    step = max(bg.BackgroundParams.max_step_s, PATROL_VISITS * frame_interval_s)
+    return tuple(bg.BackgroundParams(learn_s=t, max_step_s=step) for t in sorted(learn))
 
 
 class CameraPipeline:
@@ -177,7 +184,7 @@ class CameraPipeline:
                 zone=z,
                 geometry=ZoneGeometry.of(z.polygon),
                 rules=camera.zone_rules(z),
-                bg_params=_bg_params(z.rules.enabled()),
+                bg_params=_bg_params(z.rules.enabled(), interval),
             )
             for z in camera.zones
         ]

@@ -133,6 +133,15 @@ def test_irregular_frames_use_elapsed_time() -> None:
     assert 0.07 <= run(frames).fraction <= 0.09
 
 
+def test_a_pile_seen_first_after_a_silence_is_not_learned_at_once() -> None:
+    # The first frame after two hours of silence teaches the background max_step_s, not the
+    # two hours.
+    frames = scenario("empty street")[:30] + [
+        (t + 7200.0, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(60, 90, 2)
+    ]
+    assert 0.07 <= run(frames).fraction <= 0.09
+
+
 def test_boxes_mask_grows_and_clips() -> None:
     boxes = np.asarray([[0.25, 0.5, 0.5, 1.0]], np.float32)
     mask = bg.boxes_mask(boxes, (0, 0), (90, 160), SMALL, grow=0.0)

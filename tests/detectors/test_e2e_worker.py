@@ -955,6 +955,24 @@ def test_a_restart_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
     assert [c["id"] for c in candidates(client, "piled")] == [first["id"]]
 
 
+def test_a_pile_dumped_while_the_camera_was_silent_is_raised(rig: Rig) -> None:
+    """The road is learned, the camera sends nothing for two hours, then shows a pile: the
+    first frame after the silence is not taken for what the zone normally looks like."""
+    rule, params = COMPOSED_ZONES["piled"]
+    worker = rig.worker({"piled": [{"id": "lane", "polygon": WHOLE, "rules": {rule: params}}]})
+    before, after = compose_scenes(rig.shared)["piled"]
+    size = {"piled": (after.shape[1], after.shape[0])}
+    learned = [5.0 * k for k in range(LEARN_STEPS)]
+    later = [7200.0 + k for k in range(HOLD_STEPS)]
+    scenes = {"piled": [jpeg(before)] * LEARN_STEPS + [jpeg(after)] * HOLD_STEPS}
+    rig.publisher.play(scenes, size, T0, worker, offsets=learned + later)
+    client = rig.api.client("reviewer")
+    (found,) = wait_for("the pile candidate", lambda: candidates(client, "piled"), 60, worker)
+    assert worker.stop() == 0
+    assert [c["type"] for c in candidates(client, "piled")] == [rule]
+    assert datetime.fromisoformat(found["occurred_at"]) > T0 + timedelta(seconds=7200)
+
+
 def test_a_camera_clock_stepping_back_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
     """A pile is raised, the camera's clock steps back an hour while the pile is still there:
     the rules start over, but the background model still knows the road, so the pile is
