@@ -112,7 +112,7 @@ _ADDRESS = re.compile(r"^([^/@\s]+@)?((\d{1,3}\.){3}\d{1,3}|www\.[^/\s]+|[^/\s:]
 
 
 def _source_warnings(checked: SiteFile) -> list[str]:
-    """A camera source that ingest will not read as meant, e.g. ``MQTT`` (a file path)."""
+    """A camera source that ingest will not read as meant, e.g. an address without a scheme."""
     base = Path(checked.name).parent
     out = []
     for c, cam in enumerate(checked.site.cameras):
@@ -123,18 +123,12 @@ def _source_warnings(checked: SiteFile) -> list[str]:
 
 
 def _odd_source(source: str, base: Path) -> str | None:
-    from gridpatrol.ingest.sources import STREAM_SCHEMES, resolve_path, source_kind
+    # The schema has refused unknown schemes and normalised mqtt, case and spaces already.
+    from gridpatrol.ingest.sources import resolve_path, source_kind
 
     kind = source_kind(source)
     if kind == "mqtt":
         return None
-    if source.strip().lower() == "mqtt":
-        return (
-            f"{source!r} is read as a file path: write mqtt, in lower case and without spaces, "
-            "for a camera that publishes its own frames"
-        )
-    if source != source.strip():
-        return f"{source!r} has spaces around it, which ingest keeps: write {source.strip()!r}"
     parts = urlsplit(source)
     if kind != "file":
         if not parts.hostname:
@@ -150,11 +144,6 @@ def _odd_source(source: str, base: Path) -> str | None:
         return (
             f"{source!r} looks like a camera's address without a scheme, and is read as a file "
             f"path: write rtsp://{source} for a stream or http://{source} for snapshots"
-        )
-    if "://" in source:
-        return (
-            f"{source!r} has the unknown scheme {parts.scheme!r}, so it is read as a file path: "
-            f"streams are {', '.join(STREAM_SCHEMES)}, snapshot URLs http and https"
         )
     if not resolve_path(source, base).exists():
         return (

@@ -569,11 +569,43 @@ class Zone(Strict):
 # How many frame intervals (patrol visits) a track, a dwell gap or a clear may span.
 PATROL_VISITS = 2.5
 
+# The URL schemes ingest reads a camera source with (gridpatrol.ingest.sources.source_kind):
+# FFmpeg streams and snapshot URLs. Anything else with :// would be opened as a file path.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtp", "udp", "srt")
+SNAPSHOT_SCHEMES = ("http", "https")
+_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _camera_source(value: str) -> str:
+    """The source as ingest reads it: without spaces around it, ``mqtt`` and a URL's scheme in
+    lower case. A ``MQTT`` or ``mqtt `` read as a file path would report a camera that
+    publishes its own frames offline; a URL of another scheme would never open."""
+    source = value.strip()
+    if not source:
+        raise ValueError("the source is empty: a file path, a stream or snapshot URL, or mqtt")
+    if source.lower() == "mqtt":
+        return "mqtt"
+    match = _URL_SCHEME.match(source)
+    if match is None:
+        return source  # a file path
+    scheme = match.group(1).lower()
+    if scheme == "mqtt":
+        raise ValueError(
+            f"{source!r}: a camera that publishes its own frames to the site's broker has the "
+            "source mqtt, without a URL"
+        )
+    if scheme not in STREAM_SCHEMES + SNAPSHOT_SCHEMES:
+        raise ValueError(
+            f"{source!r} has the unknown scheme {scheme!r}: streams are "
+            f"{', '.join(STREAM_SCHEMES)}, snapshot URLs http and https"
+        )
+    return scheme + source[len(scheme) :]
+
 
 class Camera(Strict):
     id: Id
     name: str = ""
-    source: str = Field(min_length=1)
+    source: Annotated[str, AfterValidator(_camera_source)]
     fps: float | None = Field(default=None, gt=0, le=60)
     interval_s: float | None = Field(default=None, gt=0)
     loop: bool = False

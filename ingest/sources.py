@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame, jpeg_size
 from gridpatrol.ingest.topics import camera_status_topic, frame_topic
+from gridpatrol.site import SNAPSHOT_SCHEMES, STREAM_SCHEMES
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,18 +32,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SourceKind = Literal["mqtt", "stream", "http", "file"]
-STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtp", "udp", "srt")
 OPEN_TIMEOUT_MS = 10000
 MAX_BACKOFF_S = 30.0
 
 
 def source_kind(source: str) -> SourceKind:
+    """How ``source``, as the site schema normalised it, is read."""
     if source == "mqtt":
         return "mqtt"
     scheme = urlsplit(source).scheme.lower()
     if scheme in STREAM_SCHEMES:
         return "stream"
-    if scheme in ("http", "https"):
+    if scheme in SNAPSHOT_SCHEMES:
         return "http"
     return "file"
 

@@ -860,6 +860,46 @@ def test_an_unknown_time_zone_suggests_one(zone: str, hint: str) -> None:
 
 
 @pytest.mark.parametrize(
+    ("written", "read"),
+    [
+        ("MQTT", "mqtt"),
+        ("'mqtt '", "mqtt"),
+        ("' RTSP://Admin:Pw@10.0.0.5/Sub '", "rtsp://Admin:Pw@10.0.0.5/Sub"),
+        ("HTTP://cam/Snap.JPG", "http://cam/Snap.JPG"),
+        ("' footage/Clip.mp4'", "footage/Clip.mp4"),
+    ],
+)
+def test_a_camera_source_is_read_as_ingest_reads_it(written: str, read: str) -> None:
+    site = parse_site(MINIMAL.replace("a.mp4", written))
+    assert site.cameras[0].source == read
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("mqtt://10.0.0.5/cam",
+         "'mqtt://10.0.0.5/cam': a camera that publishes its own frames to the site's broker "
+         "has the source mqtt, without a URL"),
+        ("rtps://10.0.0.5/sub",
+         "'rtps://10.0.0.5/sub' has the unknown scheme 'rtps': streams are rtsp, rtsps, rtmp, "
+         "rtp, udp, srt, snapshot URLs http and https"),
+        ("' '", "the source is empty: a file path, a stream or snapshot URL, or mqtt"),
+    ],
+)  # fmt: skip
+def test_a_camera_source_ingest_cannot_read_is_refused_at_its_line(
+    tmp_path: Path, source: str, message: str
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL.replace("a.mp4", source))
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:4: cameras[0].source: Value error, {message}",
+        f"{path}: INVALID (1 problem(s))",
+    ]
+
+
+@pytest.mark.parametrize(
     ("source", "kind", "warning"),
     [
         ("mqtt", "mqtt", None),
@@ -868,15 +908,10 @@ def test_an_unknown_time_zone_suggests_one(zone: str, hint: str) -> None:
         ("https://cam.example.cn/snap.jpg", "http", None),
         ("{here}/clip.mp4", "file", None),
         ("clip.mp4", "file", None),  # beside the site file
-        ("MQTT", "file",
-         "'MQTT' is read as a file path: write mqtt, in lower case and without spaces, for a "
-         "camera that publishes its own frames"),
-        ("'mqtt '", "file",
-         "'mqtt ' is read as a file path: write mqtt, in lower case and without spaces, for a "
-         "camera that publishes its own frames"),
-        ("' rtsp://10.0.0.5/sub'", "stream",
-         "' rtsp://10.0.0.5/sub' has spaces around it, which ingest keeps: write "
-         "'rtsp://10.0.0.5/sub'"),
+        ("MQTT", "mqtt", None),  # the keyword and a scheme in any case, spaces dropped
+        ("' Mqtt '", "mqtt", None),
+        ("' rtsp://10.0.0.5/sub'", "stream", None),
+        ("Https://cam.example.cn/snap.jpg", "http", None),
         ("'C:\\footage\\clip.mp4'", "file",
          "'C:\\\\footage\\\\clip.mp4' looks like a Windows path: write the path on the machine "
          "that runs ingest, with /, e.g. /srv/footage/clip.mp4"),
@@ -888,9 +923,6 @@ def test_an_unknown_time_zone_suggests_one(zone: str, hint: str) -> None:
          "'admin:pw@10.0.0.5/sub' looks like a camera's address without a scheme, and is read "
          "as a file path: write rtsp://admin:pw@10.0.0.5/sub for a stream or "
          "http://admin:pw@10.0.0.5/sub for snapshots"),
-        ("rtps://10.0.0.5/sub", "file",
-         "'rtps://10.0.0.5/sub' has the unknown scheme 'rtps', so it is read as a file path: "
-         "streams are rtsp, rtsps, rtmp, rtp, udp, srt, snapshot URLs http and https"),
         ("http:/10.0.0.5/snap.jpg", "http",
          "'http:/10.0.0.5/snap.jpg' names no host: write http://host/…"),
         ("missing.mp4", "file",

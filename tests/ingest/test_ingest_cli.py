@@ -101,6 +101,29 @@ def test_snapshots_and_clean_shutdown_on_sigterm(
     assert "answered snapshot request" in err
 
 
+def test_a_camera_that_publishes_itself_written_mqtt_in_capitals_is_left_alone(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    # Read as a file path, ' MQTT ' would be "cannot open" and a retained offline for a camera
+    # whose frames come from the camera itself.
+    own = "  - {id: m1, source: ' MQTT ', fps: 2, location: {address: there}}\n"
+    site = site_file(CONTINUOUS.format(loop="true") + own)
+    component = f"{mqtt_prefix}/components/ing-m/status"
+    watcher = watch(SHARED, f"{mqtt_prefix}/+/+/status", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-m"])
+    c1 = f"{mqtt_prefix}/cameras/c1/status"
+    watcher.collect(lambda s: b"online" in statuses(s, c1), timeout=30)
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    # The component's offline is the last thing the process publishes.
+    seen = watcher.collect(lambda s: statuses(s, component)[-1:] == [b"offline"])
+    assert statuses(seen, component)[-1] == b"offline"
+    assert statuses(seen, c1) == [b"online", b"offline"]
+    assert statuses(seen, f"{mqtt_prefix}/cameras/m1/status") == []
+    assert "cannot open" not in err
+
+
 def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
