@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -29,6 +30,41 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BOOST = 4.0
 DEFAULT_BOOST_S = 600.0
+# A boost beyond these would hand one camera nearly the whole patrol budget, or for days.
+MAX_BOOST = 16.0
+MAX_BOOST_S = 86400.0
+
+
+def parse_boost(payload: bytes) -> tuple[float, float]:
+    """``{"factor", "duration_s"}`` (both optional) → (factor, duration_s); a payload out of
+    range raises :class:`MessageError` ``bad_boost``. A NaN would make the patrol's virtual
+    time NaN, and every camera's order with it."""
+    try:
+        body = json.loads(payload or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise MessageError("bad_boost", "not JSON") from exc
+    if not isinstance(body, dict):
+        raise MessageError("bad_boost", "expected a JSON object")
+    factor = _boost_number(body, "factor", DEFAULT_BOOST)
+    duration = _boost_number(body, "duration_s", DEFAULT_BOOST_S)
+    if not 1 <= factor <= MAX_BOOST:
+        raise MessageError("bad_boost", f"factor {factor:g} is not within 1-{MAX_BOOST:g}")
+    if not 0 < duration <= MAX_BOOST_S:
+        raise MessageError("bad_boost", f"duration_s {duration:g} is not within 0-{MAX_BOOST_S:g}")
+    return factor, duration
+
+
+def _boost_number(body: dict[str, object], key: str, default: float) -> float:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise MessageError("bad_boost", f"{key} is not a number: {str(value)[:40]!r}")
+    try:
+        number = float(value)
+    except OverflowError as exc:  # an integer of hundreds of digits
+        raise MessageError("bad_boost", f"{key} is out of range") from exc
+    if not math.isfinite(number):
+        raise MessageError("bad_boost", f"{key} is not finite")
+    return number
 
 
 class IngestService:
@@ -167,11 +203,9 @@ class IngestService:
             ):
                 continue
             try:
-                body = json.loads(message.payload or b"{}")
-                factor = float(body.get("factor", DEFAULT_BOOST))
-                duration = float(body.get("duration_s", DEFAULT_BOOST_S))
-            except (ValueError, TypeError, AttributeError):
-                self._dead_letter("bad_boost", message)
+                factor, duration = parse_boost(message.payload)
+            except MessageError as exc:
+                self._dead_letter(exc.reason, message)
                 continue
             self.boost(match.id, factor, duration)
 

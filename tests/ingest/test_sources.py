@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import signal
@@ -105,6 +106,14 @@ def logged(lines: list[str]) -> list[tuple[float, str]]:
     return found
 
 
+def stops_cleanly(proc: Any) -> str:
+    """SIGTERM ``proc``, assert it exits 0; its stderr."""
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    return str(err)
+
+
 def test_http_snapshot_cameras(
     http_camera: SnapshotServer,
     site_file: Callable[..., Path],
@@ -166,9 +175,7 @@ def test_an_exif_rotated_snapshot_is_published_as_stored(
     blue, green, red = (int(v) for v in decoded[120, 160])
     assert red > 200 and blue < 50 and green < 50, (blue, green, red)
     assert max(int(v) for v in decoded[360, 480]) < 50  # bottom-right stays black
-    proc.signal(signal.SIGTERM)
-    code, _, err = proc.wait(30)
-    assert code == 0, err
+    stops_cleanly(proc)
 
 
 def test_an_unreachable_rtsp_camera_is_offline_and_retried_with_a_growing_backoff(
@@ -350,3 +357,54 @@ def test_a_boosted_patrol_camera_is_visited_more_often(
     proc.signal(signal.SIGTERM)
     code, _, err = proc.wait(30)
     assert code == 0, err
+
+
+BAD_BOOSTS = [
+    b'{"factor": NaN}',
+    b'{"factor": Infinity}',
+    b'{"duration_s": -Infinity}',
+    b'{"factor": "4"}',
+    b'{"factor": true}',
+    b'{"factor": 0.5}',
+    b'{"factor": 16.5}',
+    b'{"duration_s": -60}',
+    b'{"duration_s": 0}',
+    b'{"duration_s": 86401}',
+    b'{"factor": 1' + b"0" * 400 + b"}",
+    b"[4]",
+    b"boost",
+]
+
+
+def test_a_patrol_boost_out_of_range_is_dead_lettered(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    tmp_path: Path,
+) -> None:
+    cams = "  - {id: p1, source: $FOOTAGE, interval_s: 3600, location: {address: a}}\n"
+    site = site_file(cams)
+    component = f"{mqtt_prefix}/components/ing-q/status"
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    args = ["ingest", "--config", str(site), "--component-id", "ing-q"]
+    proc = gridpatrol_proc(args, log=tmp_path / "ingest.log")
+    watcher.collect(lambda s: b"online" in [m.payload for m in s if m.topic == component])
+    conn = MqttConnection("worker", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start()
+    topic = patrol_boost_topic(mqtt_prefix, "p1")
+    for payload in [*BAD_BOOSTS, b'{"factor": 16, "duration_s": 86400}']:
+        assert conn.publish_wait(topic, payload, qos=1)
+    conn.stop()
+    # Boosts are applied in order: once the good one is logged, every bad one was judged.
+    applied = "camera p1: patrol boosted x16 for 86400 s"
+    lines = proc.wait_for(lambda ls: any(m == applied for _, m in logged(ls)), timeout=30)
+    assert [m for _, m in logged(lines) if "patrol boosted" in m] == [applied]
+    letters_topic = f"{mqtt_prefix}/deadletter/ing-q"
+    seen = watcher.collect(
+        lambda s: len([m for m in s if m.topic == letters_topic]) >= len(BAD_BOOSTS)
+    )
+    letters = [json.loads(m.payload) for m in seen if m.topic == letters_topic]
+    assert {letter["reason"] for letter in letters} == {"bad_boost"}
+    assert [base64.b64decode(letter["payload_b64"]) for letter in letters] == BAD_BOOSTS
+    stops_cleanly(proc)
