@@ -19,36 +19,79 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 import pytest
 import yaml
+from sqlalchemy.engine import make_url
 
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
 REPO = Path(__file__).resolve().parents[2]
-_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_BRACED = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])(.*))?", re.DOTALL)
+
+
+def _closing_brace(text: str, start: int) -> int:
+    """The index of the ``}`` closing the ``${`` whose body starts at ``start`` (nested ones
+    skipped)."""
+    depth = 0
+    i = start
+    while i < len(text):
+        if text.startswith("$$", i):
+            i += 2
+            continue
+        if text.startswith("${", i):
+            depth += 1
+            i += 2
+            continue
+        if text[i] == "}":
+            if depth == 0:
+                return i
+            depth -= 1
+        i += 1
+    raise AssertionError(f"unclosed ${{ in {text!r}")
+
+
+def _expand(body: str, env: dict[str, str]) -> str:
+    match = _BRACED.fullmatch(body)
+    assert match, f"not a compose variable: ${{{body}}}"
+    name, op, arg = match.group(1), match.group(2) or "", match.group(3) or ""
+    value = env.get(name)
+    if op.startswith(":") and not value:
+        value = None
+    if op.endswith("+"):
+        return interpolate(arg, env) if value is not None else ""
+    if value is not None:
+        return value
+    if op.endswith("?"):
+        raise AssertionError(f"compose requires {name}: {interpolate(arg, env)}")
+    return interpolate(arg, env) if op else ""
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error} and $$."""
-
-    def sub(match: re.Match[str]) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name, op, arg = match.group(1), match.group(2), match.group(3) or ""
-        value = env.get(name)
-        if op in (":-", ":?") and not value:
-            value = None
-        if value is not None:
-            return value
-        if op and op.endswith("?"):
-            raise AssertionError(f"compose requires {name}: {arg}")
-        return arg if op else ""
-
-    return _VAR.sub(sub, text)
+    """Compose's $VAR, ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR:+alt}
+    and $$, with variables nested in the defaults (Compose 2.18+)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif text.startswith("${", i):
+            end = _closing_brace(text, i + 2)
+            out.append(_expand(text[i + 2 : end], env))
+            i = end + 1
+        elif text[i] == "$" and (name := _NAME.match(text, i + 1)):
+            out.append(env.get(name.group(0), ""))
+            i = name.end()
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 @pytest.fixture
@@ -211,8 +254,13 @@ def _image() -> tuple[dict[str, str], str, list[str]]:
     return env, user, owned
 
 
-def _mounts(service: dict[str, Any]) -> list[list[str]]:
-    return [interpolate(volume, {}).split(":") for volume in service["volumes"]]
+def _mounts(service: dict[str, Any], env: dict[str, str]) -> list[list[str]]:
+    return [interpolate(volume, env).split(":") for volume in service["volumes"]]
+
+
+def _compose() -> dict[str, Any]:
+    compose: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    return compose
 
 
 def test_the_image_looks_for_weights_where_compose_mounts_them() -> None:
@@ -220,11 +268,18 @@ def test_the_image_looks_for_weights_where_compose_mounts_them() -> None:
     the Dockerfile names the manifest's folder, and compose mounts the weights in the shared
     models folder, so the manifest the image carries is not hidden."""
     env, _, _ = _image()
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    mounts = _mounts(compose["x-gridpatrol"])
+    mounts = _mounts(_compose()["x-gridpatrol"], {"GRIDPATROL_WEIGHTS": "/srv/weights"})
     weights = f"{env['GRIDPATROL_SHARED']}/models"
-    assert [source for source, target, *_ in mounts if target == weights] == ["./models"]
+    assert [source for source, target, *_ in mounts if target == weights] == ["/srv/weights"]
     assert not [target for _, target, *_ in mounts if target == env["GRIDPATROL_MODELS_DIR"]]
+
+
+def test_compose_wants_the_folder_of_the_weights_themselves() -> None:
+    """./models holds the links `make` made to host paths, which lead nowhere in a container,
+    and the image cannot fetch weights (no Ultralytics): with it as a default the detectors
+    would exit 2 and be restarted for ever. Compose stops first and says what to set."""
+    with pytest.raises(AssertionError, match=r"requires GRIDPATROL_WEIGHTS: .*not \./models"):
+        _mounts(_compose()["x-gridpatrol"], {})
 
 
 def test_what_the_services_write_is_on_volumes_their_user_owns() -> None:
@@ -232,17 +287,104 @@ def test_what_the_services_write_is_on_volumes_their_user_owns() -> None:
     user owns, and the API's evidence must outlive the container."""
     _, user, owned = _image()
     assert user not in ("root", "0")
-    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     checked = []
-    for name, spec in compose["services"].items():
+    for name, spec in _compose()["services"].items():
         if (spec.get("command") or [None])[0] != "gridpatrol":
             continue
         env = spec.get("environment") or {}
         keys = ("GRIDPATROL_STATE_DIR", "GRIDPATROL_EVIDENCE_DIR")
         written = [interpolate(env[k], {}) for k in keys if k in env]
-        volumes = [t for s, t, *rest in _mounts(spec) if not s.startswith(".") and rest != ["ro"]]
+        mounts = _mounts(spec, {"GRIDPATROL_WEIGHTS": "/srv/weights"})
+        volumes = [t for s, t, *rest in mounts if not s.startswith(("/", ".")) and rest != ["ro"]]
         for path in written:
             (volume,) = [t for t in volumes if path == t or path.startswith(t + "/")]
             assert any(volume == o or volume.startswith(o + "/") for o in owned), (name, volume)
             checked.append(name)
     assert sorted(checked) == ["api", "bridge", "detect-0", "detect-1"]
+
+
+@pytest.mark.parametrize("env", [{}, {"POSTGRES_PASSWORD": "s3cret-Pw"}])
+def test_the_api_logs_in_with_the_password_the_database_was_given(env: dict[str, str]) -> None:
+    """Setting POSTGRES_PASSWORD alone must not leave the API on the default password (refused
+    at start, status 2, restarted for ever)."""
+    services = _compose()["services"]
+    database = {k: interpolate(str(v), env) for k, v in services["postgres"]["environment"].items()}
+    url = make_url(interpolate(services["api"]["environment"]["GRIDPATROL_DATABASE_URL"], env))
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        database["POSTGRES_USER"],
+        database["POSTGRES_PASSWORD"],
+        "postgres",
+        5432,
+        database["POSTGRES_DB"],
+    )
+    assert url.password == env.get("POSTGRES_PASSWORD", "change-me")
+
+
+@pytest.mark.parametrize("port", [None, "9000"])
+def test_the_api_port_setting_moves_the_api_everywhere(port: str | None) -> None:
+    """The port the API listens on is the one compose publishes and the producers post to."""
+    env = {"GRIDPATROL_API_PORT": port} if port else {}
+    expected = int(port or 8000)
+    services = _compose()["services"]
+    command = [interpolate(part, env) for part in services["api"]["command"]]
+    assert int(command[command.index("--port") + 1]) == expected
+    published = [interpolate(p, env).split(":") for p in services["api"]["ports"]]
+    assert published == [[str(expected), str(expected)]]
+    producers = {
+        name: urlsplit(interpolate(spec["environment"]["GRIDPATROL_API_URL"], env))
+        for name, spec in services.items()
+        if "GRIDPATROL_API_URL" in (spec.get("environment") or {})
+    }
+    assert sorted(producers) == ["bridge", "detect-0", "detect-1"]
+    assert {(u.hostname, u.port) for u in producers.values()} == {("api", expected)}
+
+
+# The eclipse-mosquitto image creates /mosquitto/{config,data,log} and gives /mosquitto to its
+# user mosquitto (its entrypoint chowns it again at each start as root); nothing else.
+MOSQUITTO_IMAGE_OWNS = "/mosquitto"
+
+
+def test_the_broker_persists_on_the_volume_its_image_gives_mosquitto(tmp_path: Path) -> None:
+    """A new volume mounted where the image has no folder is root's: Mosquitto, once it has
+    dropped root, could not autosave there. The broker's command is run in a copy of the
+    container's file tree (the bind mounts at their targets, the image's folders) with a
+    ``mosquitto`` that keeps the configuration it is given."""
+    broker = _compose()["services"]["mosquitto"]
+    mounts = {target: source for source, target, *_ in _mounts(broker, {})}
+    (data,) = [target for target, source in mounts.items() if source == "mosquitto"]
+    assert data.startswith(MOSQUITTO_IMAGE_OWNS + "/")
+
+    root = tmp_path / "root"
+    for folder in ("config", "data", "log"):
+        (root / "mosquitto" / folder).mkdir(parents=True)
+    for target, source in mounts.items():
+        if source.startswith("./"):
+            (root / target.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / target.lstrip("/")).symlink_to(REPO / source)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    stub = bin_dir / "mosquitto"
+    stub.write_text('#!/bin/sh\n[ "$1" = -c ] && cp "$2" "$GIVEN"\n')
+    stub.chmod(0o755)
+
+    shell, flag, script = broker["command"]
+    assert (shell, flag) == ("sh", "-c")
+    # Every absolute path of the container, into the copy.
+    local = re.sub(r"(?<![\w./])/(?=etc/|mosquitto/)", f"{root}/", script)
+    given = tmp_path / "given.conf"
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    subprocess.run([shell, flag, local], env={"PATH": path, "GIVEN": str(given)}, check=True)
+
+    def location(line: str) -> bool:
+        return line.startswith("persistence_location ")
+
+    sample = (REPO / "samples" / "mosquitto.conf").read_text().splitlines()
+    lines = given.read_text().splitlines()
+    assert [line for line in lines if location(line)] == [f"persistence_location {root}{data}/"]
+    assert [line for line in lines if not location(line)] == [
+        line for line in sample if not location(line)
+    ]
+    # The sample itself stays right for the Debian package (systemd, no container).
+    assert [line for line in sample if location(line)] == [
+        "persistence_location /var/lib/mosquitto/"
+    ]
