@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from gridpatrol.api.deps import Platform, Svc
+from gridpatrol.api.deps import Platform, Services, Svc
 from gridpatrol.api.routers.candidates import raw_page
 from gridpatrol.api.schemas import AckIn, Page
 
@@ -27,12 +27,29 @@ async def feed(
     services.hub.bind(asyncio.get_running_loop())
     deadline = time.monotonic() + wait
     while True:
-        items, last = await run_in_threadpool(services.candidates.feed, who, cursor, limit)
         remaining = deadline - time.monotonic()
-        if items or remaining <= 0:
-            return raw_page(items, str(last))
-        # Waiters also look again every GRIDPATROL_FEED_RECHECK_S (settings.feed_recheck_s).
-        await services.hub.wait_feed(min(remaining, services.settings.feed_recheck_s))
+        # Listen before looking, so that a change committed while the query runs still wakes
+        # this poll. Waiters also look again every GRIDPATROL_FEED_RECHECK_S.
+        woken = _listen(services, min(remaining, services.settings.feed_recheck_s))
+        try:
+            items, last = await run_in_threadpool(services.candidates.feed, who, cursor, limit)
+            if items or woken is None or time.monotonic() >= deadline:
+                return raw_page(items, str(last))
+            await woken
+        finally:
+            if woken is not None:
+                woken.cancel()
+
+
+def _listen(services: Services, timeout: float) -> asyncio.Task[None] | None:
+    """A task that ends on the next feed change or after ``timeout``; None for no wait.
+
+    The task's first step, which registers it with the hub, is queued on the event loop now:
+    ahead of the wake-up of any change committed later, which the loop runs after it.
+    """
+    if timeout <= 0:
+        return None
+    return asyncio.ensure_future(services.hub.wait_feed(timeout))
 
 
 @router.post("/feed/ack", status_code=204)

@@ -13,6 +13,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from .conftest import LongPoll
+
 FEED = "/api/v1/feed"
 SH = ZoneInfo("Asia/Shanghai")
 NIGHT = datetime(2026, 11, 27, 23, 30, tzinfo=SH).astimezone(UTC)
@@ -300,3 +302,30 @@ def test_a_patch_that_changes_nothing_keeps_position_and_history(api: Any) -> No
         assert doc_of(api, cid) == before
     assert feed(api, cursor="2") == {"items": [], "next_cursor": "2"}
     assert [c["id"] for c in feed(api)["items"]] == [a, b]
+
+
+def test_a_confirm_between_the_polls_query_and_its_wait_wakes_it(
+    make_api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Only a wake-up answers this poll before its 30 s deadline.
+    api = make_api(feed_recheck_s=LongPoll.WAIT_S)
+    cid = str(api.create(api.body("r", api.put_jpeg()))["id"])
+    candidates = api.http.app.state.services.candidates
+    query = candidates.feed
+    queries: list[list[str]] = []
+
+    def query_then_confirm(*args: Any) -> tuple[list[str], int]:
+        items, last = query(*args)
+        queries.append(items)
+        if len(queries) == 1:
+            # The poll found nothing and has not yet begun to wait: the race, every time.
+            assert api.review(cid, "confirm").status_code == 200
+        return items, last
+
+    monkeypatch.setattr(candidates, "feed", query_then_confirm)
+    with ThreadPoolExecutor(1) as pool:
+        poll = pool.submit(feed, api, wait=LongPoll.WAIT_S)
+        # A bound far beyond a wake-up's latency, and far short of the 30 s deadline.
+        page = poll.result(timeout=LongPoll.WOKEN_S)
+    assert [c["id"] for c in page["items"]] == [cid]
+    assert [len(items) for items in queries] == [0, 1]
