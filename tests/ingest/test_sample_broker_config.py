@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -133,18 +134,38 @@ def test_a_killed_component_is_seen_offline_whatever_its_id(
     assert last.payload == b"offline"
 
 
-def _unit_env(unit: Path) -> dict[str, str]:
-    """The variables a systemd unit loads, read from the sample environment files it names."""
+SYSTEMD = REPO / "samples" / "systemd"
+
+
+def _env_file(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for entry in path.read_text().splitlines():
+        if entry and not entry.startswith("#"):
+            key, value = entry.split("=", 1)
+            env[key] = value
+    return env
+
+
+def _unit_env(unit: Path, instance: str = "0") -> dict[str, str]:
+    """The variables a systemd unit loads, read from the sample environment files it names
+    (files named with a leading "-" may be missing, as systemd allows)."""
     env: dict[str, str] = {}
     for line in unit.read_text().splitlines():
         if line.startswith("EnvironmentFile="):
-            name = Path(line.split("=", 1)[1].lstrip("-")).name.replace("%i", "0")
-            sample = unit.parent / name
-            for entry in sample.read_text().splitlines():
-                if entry and not entry.startswith("#"):
-                    key, value = entry.split("=", 1)
-                    env[key] = value
+            name = line.split("=", 1)[1]
+            sample = unit.parent / Path(name.lstrip("-")).name.replace("%i", instance)
+            if name.startswith("-") and not sample.exists():
+                continue
+            env |= _env_file(sample)
     return env
+
+
+def _settings(unit: Path, key: str) -> list[str]:
+    """Every value of ``key`` in a unit, space-separated lists split."""
+    lines = unit.read_text().splitlines()
+    return [
+        v for line in lines if line.startswith(f"{key}=") for v in line.split("=", 1)[1].split()
+    ]
 
 
 @pytest.mark.parametrize(
@@ -177,3 +198,47 @@ def test_each_detector_shard_names_its_own_metrics_port() -> None:
     lines = unit.read_text().splitlines()
     assert not [line for line in lines if line.startswith("Environment=GRIDPATROL_METRICS_PORT")]
     assert _unit_env(unit)["GRIDPATROL_METRICS_PORT"] == "9101"
+
+
+def test_every_detector_shard_the_samples_enable_has_its_own_settings() -> None:
+    """``gridpatrol-detect@K`` reads /etc/gridpatrol/detect-K.env, and systemd refuses to start
+    a unit whose environment file is missing: every shard the samples enable needs one, each
+    with a metrics port of its own."""
+    unit = SYSTEMD / "gridpatrol-detect@.service"
+    shards = int(_env_file(SYSTEMD / "gridpatrol.env")["GRIDPATROL_DETECT_SHARDS"])
+    enabled = re.findall(r"gridpatrol-detect@(\d+)", unit.read_text().splitlines()[0])
+    assert enabled == [str(k) for k in range(shards)]
+    ports = [_unit_env(unit, str(k))["GRIDPATROL_METRICS_PORT"] for k in range(shards)]
+    assert len(set(ports)) == shards, ports
+
+
+def _install_steps() -> str:
+    """The shell block of docs/operations.md's section on installing the systemd samples."""
+    doc = (REPO / "docs" / "operations.md").read_text()
+    section = doc.split("### Installing the systemd samples", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("unit", sorted(p.name for p in SYSTEMD.glob("*.service")))
+def test_what_each_unit_may_write_exists_before_it_starts(unit: str) -> None:
+    """A ReadWritePaths= folder that does not exist stops the unit with 226/NAMESPACE: each must
+    be made, with its parents, by systemd (StateDirectory=, under /var/lib) or by the documented
+    install steps for the unit's user."""
+    path = SYSTEMD / unit
+    (user,) = _settings(path, "User")
+    made = [f"/var/lib/{d}" for d in _settings(path, "StateDirectory")]
+    for step in _install_steps().splitlines():
+        words = step.split()
+        if words[:2] == ["install", "-d"] and words[words.index("-o") + 1] == user:
+            made.append(words[-1])
+    for folder in _settings(path, "ReadWritePaths"):
+        if folder.startswith("-"):
+            continue  # may be missing
+        assert any(folder == m or m.startswith(folder + "/") for m in made), (unit, folder)
+
+
+def test_the_api_unit_may_write_its_evidence_folder() -> None:
+    unit = SYSTEMD / "gridpatrol-api.service"
+    evidence = _unit_env(unit)["GRIDPATROL_EVIDENCE_DIR"]
+    assert evidence in _settings(unit, "ReadWritePaths")
+    assert evidence in _settings(unit, "RequiresMountsFor")
