@@ -242,3 +242,35 @@ def test_the_api_unit_may_write_its_evidence_folder() -> None:
     evidence = _unit_env(unit)["GRIDPATROL_EVIDENCE_DIR"]
     assert evidence in _settings(unit, "ReadWritePaths")
     assert evidence in _settings(unit, "RequiresMountsFor")
+
+
+def _listeners(conf: str) -> dict[int, bool]:
+    """The ports a Mosquitto configuration listens on, and whether each has TLS."""
+    listeners: dict[int, bool] = {}
+    port = None
+    for line in conf.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "listener":
+            port = int(words[1])
+            listeners[port] = False
+        elif words[0] == "certfile" and port is not None:
+            listeners[port] = True
+    return listeners
+
+
+def test_the_samples_connect_to_a_listener_the_sample_broker_has() -> None:
+    """The URL in the systemd environment, and the first one the broker sample's header gives
+    (the one for the sample as shipped), name a port the sample enables, with TLS exactly when
+    that listener has it."""
+    conf = (REPO / "samples" / "mosquitto.conf").read_text()
+    listeners = _listeners(conf)
+    header = conf.split("\n\n", 1)[0]
+    urls = [
+        re.findall(r"GRIDPATROL_MQTT_URL=(\S+)", header)[0],
+        _env_file(SYSTEMD / "gridpatrol.env")["GRIDPATROL_MQTT_URL"],
+    ]
+    for url in urls:
+        settings = MqttSettings.from_url(url)
+        assert listeners.get(settings.port) is settings.tls, (url, listeners)
