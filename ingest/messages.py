@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -80,13 +81,28 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
         return from_epoch(float(value))
     if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(value)
+            parsed = datetime.fromisoformat(_isoformat_text(value))
         except ValueError as exc:
             raise MessageError(f"bad_{field_name}", f"not RFC 3339: {value[:40]!r}") from exc
         if parsed.tzinfo is None:
             raise MessageError(f"bad_{field_name}", "RFC 3339 time needs an offset or Z")
-        return parsed.astimezone(UTC)
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise MessageError(f"bad_{field_name}", f"out of range: {value[:40]!r}") from exc
     raise MessageError(f"bad_{field_name}", f"expected RFC 3339 or epoch seconds, got {value!r}")
+
+
+# A leap second, e.g. 23:59:60.5: after the time's HH:MM:.
+_LEAP_SECOND = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(\.\d+)?")
+# Z or z after the seconds (or their fraction), ending the text.
+_ZULU = re.compile(r"(?<=\d)[Zz]\Z")
+
+
+def _isoformat_text(value: str) -> str:
+    """RFC 3339 text as ``datetime.fromisoformat`` takes it. RFC 3339 allows a lower-case
+    ``z`` and a leap second, which it refuses; a leap second is taken as the moment before."""
+    return _LEAP_SECOND.sub("59.999999", _ZULU.sub("+00:00", value, count=1), count=1)
 
 
 def rfc3339(value: datetime) -> str:

@@ -156,6 +156,43 @@ def test_alarm_epoch_time_and_integer_event_id() -> None:
 
 
 @pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2026-05-01T08:00:00Z", NOW),
+        ("2026-05-01T08:00:00z", NOW),  # RFC 3339 5.6: T and Z may be lower case
+        ("2026-05-01t08:00:00z", NOW),
+        ("2026-05-01 16:00:00+08:00", NOW),
+        ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        ("2017-01-01T07:59:60.5+08:00", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+    ],
+)
+def test_alarm_rfc3339_times(ts: str, expected: datetime) -> None:
+    env = sensor({**ALARM, "ts": ts})
+    assert isinstance(env, AlarmEnvelope)
+    assert env.ts == expected
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        "0001-01-01T00:00:00+01:00",  # before year 1 in UTC
+        "9999-12-31T23:59:59-01:00",  # after year 9999 in UTC
+        "2026-05-01T08:00:61Z",
+        "2026-05-01T08:00:00zz",
+        "2026-05-01T08:00:00",
+    ],
+)
+def test_alarm_times_out_of_rfc3339_are_bad_ts(ts: str) -> None:
+    with pytest.raises(MessageError) as err:
+        sensor({**ALARM, "ts": ts})
+    assert err.value.reason == "bad_ts"
+    reading = {"sensor_id": "mh-0001", "value": 1.0, "ts": ts}
+    with pytest.raises(MessageError) as err:
+        sensor(reading)
+    assert err.value.reason == "bad_ts"
+
+
+@pytest.mark.parametrize(
     ("patch", "reason"),
     [
         ({"schema": "gridalarm/2"}, "unknown_schema"),
