@@ -45,6 +45,12 @@ DEVICE_OFFLINE = "device_offline"
 # timed further ahead is moved back to its reception: a future time would hold a debounce or
 # a clear hold open until then, and a candidate must not occur in the future.
 MAX_AHEAD_S = 300.0
+# How far behind its reception a message's time may be: the broker keeps a persistent
+# session's messages for a day (its session expiry), so a message timed earlier than that
+# was not held up on the way; its device clock is wrong (a reboot to 2000-01-01, say). It is
+# timed at its reception too: an alarm time from before the alarm's last one would be ignored
+# as stale, and a candidate dated years back misleads.
+MAX_BEHIND_S = 86400.0
 # Alarm ids are UUIDs derived from the triggering message, so a replay proposes the same id.
 ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
 # A seq this far below the last one restarts the counter (a wrap, a reboot): a message
@@ -71,7 +77,7 @@ class AlarmInput:
     measurements: tuple[SenMLRecord, ...] = ()
     seq: int | None = None
     boot_id: str | None = None
-    moved_s: float = 0.0  # how far ``t`` was moved back from the device's time
+    moved_s: float = 0.0  # how far ``t`` was moved back from the device's time (< 0: forward)
 
     @property
     def candidate_type(self) -> str:
@@ -126,7 +132,7 @@ def adapt(
             adapted = _senml(decoded, sensor, payload)
         if isinstance(adapted, Rejected):
             return replace(adapted, heard=True)
-        return _not_ahead(adapted, received_at)
+        return _plausibly_timed(adapted, received_at)
     except MessageError as exc:
         return Rejected(exc.reason, exc.detail)
     except (ValueError, TypeError, OverflowError, RecursionError) as exc:
@@ -134,10 +140,11 @@ def adapt(
         return Rejected("invalid", f"{type(exc).__name__}: {str(exc)[:80]}")
 
 
-def _not_ahead(adapted: Adapted, received_at: datetime) -> Adapted:
-    """Move a message timed too far ahead back to its reception, keeping its records' spacing."""
+def _plausibly_timed(adapted: Adapted, received_at: datetime) -> Adapted:
+    """Move a message timed too far ahead of or behind its reception to its reception,
+    keeping its records' spacing (the latest at the reception)."""
     ahead = max(item.t for item in adapted.inputs) - received_at.timestamp()
-    if ahead <= MAX_AHEAD_S:
+    if -MAX_BEHIND_S <= ahead <= MAX_AHEAD_S:
         return adapted
     moved = tuple(replace(item, t=item.t - ahead, moved_s=ahead) for item in adapted.inputs)
     return replace(adapted, inputs=moved)

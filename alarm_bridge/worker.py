@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from gridpatrol.alarm_bridge import candidates, store
 from gridpatrol.alarm_bridge.adapters import (
@@ -70,6 +70,11 @@ PATCH_HANDOVER = 500
 PATCH_IDLE_DEPTH = 1
 
 
+# Where a message stands in its sensor's seq order: without a seq, overtaken by later ones
+# ("late"), or after all the sensor's messages before it (a new seq, boot or restart).
+Order = Literal["unnumbered", "late", "numbered"]
+
+
 @dataclass
 class Counters:
     received: int = 0
@@ -80,7 +85,8 @@ class Counters:
     duplicates: int = 0
     out_of_order: int = 0
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
-    moved_to_reception: int = 0  # timed more than MAX_AHEAD_S after reception (device clock)
+    # timed more than MAX_AHEAD_S after or MAX_BEHIND_S before reception (device clock)
+    moved_to_reception: int = 0
     ignored: int = 0
     retained_alarms: int = 0  # the broker's stored copy of an alarm: not news
     stale: int = 0  # a device transition timed before the alarm's last one
@@ -159,7 +165,7 @@ class BridgeCore:
         self.prefix = prefix or site.mqtt.prefix
         self.registry: dict[str, Sensor] = {s.id: s for s in site.sensors}
         self.counts = Counters()
-        self._clock_ahead: set[str] = set()  # sensors already logged for a clock ahead
+        self._clock_off: set[str] = set()  # sensors already logged for a clock ahead or behind
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -212,40 +218,44 @@ class BridgeCore:
         view = out.state(txn.conn)
         self._heard(txn, self.registry[adapted.sensor_id], now, out)
         self._note_moved(adapted.inputs[0])
-        if not self._in_sequence(view, adapted.inputs[0]):
+        order = self._sequence(view, adapted.inputs[0])
+        if order == "late":
             return
         for item in adapted.inputs:
+            if order == "numbered":
+                item = _after_last(view, item)
             view.append_trace(item.sensor.id, _trace_entry(item))
             self._advance(txn, item, now, out)
 
-    def _in_sequence(self, view: store.StateBatch, item: AlarmInput) -> bool:
+    def _sequence(self, view: store.StateBatch, item: AlarmInput) -> Order:
         """Check the message's ``seq`` (if any) against the sensor's last; remember it if new."""
         if item.seq is None:
-            return True
+            return "unnumbered"
         sensor_id = item.sensor.id
         last = view.last_seq(sensor_id)
         verdict = seq_verdict(last, item.boot_id, item.seq, item.device_t)
         if verdict == "late":
             self.counts.out_of_order += 1
             log.info("sensor %s: seq %s out of order, ignored", sensor_id, item.seq)
-            return False
+            return "late"
+        view.set_seq(sensor_id, (item.boot_id, item.seq, item.device_t))
         if verdict == "restart":
             self.counts.seq_restarts += 1
             assert last is not None
             log.info("sensor %s: seq restarted at %s (was %s)", sensor_id, item.seq, last[1])
-        view.set_seq(sensor_id, (item.boot_id, item.seq, item.device_t))
-        return True
+        return "numbered"
 
     def _note_moved(self, item: AlarmInput) -> None:
-        if item.moved_s <= 0:
+        if item.moved_s == 0:
             return
         self.counts.moved_to_reception += 1
-        if item.sensor.id not in self._clock_ahead:
-            self._clock_ahead.add(item.sensor.id)
+        if item.sensor.id not in self._clock_off:
+            self._clock_off.add(item.sensor.id)
             log.warning(
-                "sensor %s: timed %.0f s after its reception (device clock?); timed at reception",
+                "sensor %s: timed %.0f s %s its reception (device clock?); timed at reception",
                 item.sensor.id,
-                item.moved_s,
+                abs(item.moved_s),
+                "after" if item.moved_s > 0 else "before",
             )
 
     def reject(
@@ -427,6 +437,18 @@ class BridgeCore:
         )
         txn.patch_candidate(candidate_id, patch)
         return True
+
+
+def _after_last(view: store.StateBatch, item: AlarmInput) -> AlarmInput:
+    """A numbered device transition, timed no earlier than the alarm's last one: its seq
+    (new, a new boot or a restart) says it was sent after everything before it, while the
+    clock of a rebooted device may be behind the old one's: its transitions would be stale."""
+    if not isinstance(item.event, DeviceInput):
+        return item
+    last_seen = view.state(item.sensor.id, item.alarm_type).last_seen
+    if last_seen is None or item.t >= last_seen:
+        return item
+    return replace(item, t=last_seen, moved_s=item.moved_s - (last_seen - item.t))
 
 
 def _trace_entry(item: AlarmInput) -> dict[str, object]:

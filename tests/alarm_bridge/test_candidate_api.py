@@ -35,9 +35,15 @@ def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig
 
 
 def smoke(
-    event_id: str, transition: str, ts: float, sensor: str = "sm-api", alarm: str = "smoke"
+    event_id: str,
+    transition: str,
+    ts: float | str,
+    sensor: str = "sm-api",
+    alarm: str = "smoke",
+    **extra: object,
 ) -> bytes:
     body = {
+        **extra,
         "schema": "gridalarm/1",
         "event_id": event_id,
         "sensor_id": sensor,
@@ -113,3 +119,23 @@ def test_a_rejected_candidate_takes_one_refused_update_then_none(rig: BridgeRig)
     assert refused == [1] * 20
     (after,) = rig.candidates()
     assert (after["status"], after["alarm"]["count"]) == ("rejected", 1)
+
+
+def test_a_detector_rebooted_with_its_clock_in_2000_raises_a_new_candidate(
+    rig: BridgeRig,
+) -> None:
+    now = time.time()
+    topic = sensor_alarm_topic(rig.prefix, "sm-api")
+    rig.publish(
+        [
+            (topic, smoke("a1", "raise", now, seq=1, boot_id="A")),
+            (topic, smoke("a2", "clear", now + 1, seq=2, boot_id="A")),
+            (topic, smoke("b1", "raise", "2000-01-01T00:00:00Z", seq=1, boot_id="B")),
+        ]
+    )
+    _settled(rig, 3)
+    found = rig.candidates()
+    assert len(found) == 2
+    (second,) = [c for c in found if c["alarm"].get("previous_alarm_id") is not None]
+    # Timed at its reception (or the clear, if later), not in 2000.
+    assert datetime.fromisoformat(second["occurred_at"]).timestamp() >= int(now)

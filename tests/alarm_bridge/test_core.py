@@ -372,6 +372,49 @@ def test_a_message_timed_ahead_is_timed_at_its_reception(
     assert h.core.counts.moved_to_reception == 1
 
 
+REBOOT_CASES = [
+    # (name, the new boot's time, occurred_at of its raise, messages timed at reception)
+    ("its clock reset to 2000-01-01", "2000-01-01T00:00:00Z", "2026-09-21T14:13:25Z", 2),
+    ("its clock two hours behind", T0 - 7200, "2026-09-21T14:13:21Z", 0),  # the clear's time
+]
+
+
+@pytest.mark.parametrize(("ts", "occurred_at", "moved"), named(REBOOT_CASES))
+def test_a_rebooted_device_with_its_clock_behind_raises_again(
+    h: Harness, ts: float | str, occurred_at: str, moved: int
+) -> None:
+    """Its seq puts the new boot's raise after the clear: not stale, whatever its clock says."""
+    h.alarm("mh-1", envelope("mh-1", "a1", seq=1, boot_id="A"), T0)
+    h.alarm("mh-1", envelope("mh-1", "a2", "clear", seq=2, boot_id="A", ts=T0 + 1), T0 + 1)
+    h.alarm("mh-1", envelope("mh-1", "b1", seq=1, boot_id="B", ts=ts), T0 + 5)
+    later = ts if isinstance(ts, str) else ts + 10
+    h.alarm("mh-1", envelope("mh-1", "b2", "update", seq=2, boot_id="B", ts=later), T0 + 15)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    creates = [b for k, b in ops if k == "create"]
+    assert [b["occurred_at"] for b in creates] == ["2026-09-21T14:13:20Z", occurred_at]
+    assert creates[1]["alarm"]["previous_alarm_id"] == creates[0]["id"]
+    assert ops[-1][1]["alarm"]["count"] == 2  # the new boot's update counts too
+    assert (h.core.counts.stale, h.core.counts.moved_to_reception) == (0, moved)
+    assert h.core.counts.created == 2
+
+
+def test_a_message_timed_more_than_a_day_before_its_reception_is_timed_at_it(
+    h: Harness,
+) -> None:
+    h.alarm("bf-1", reading("bf-1", 95, T0 - 86400 - 1), T0)
+    (create,) = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert create["occurred_at"] == "2026-09-21T14:13:20Z"
+    assert h.core.counts.moved_to_reception == 1
+
+
+def test_a_message_timed_a_day_before_its_reception_keeps_its_time(h: Harness) -> None:
+    """Up to the broker's session expiry (a day) a message may have waited in the session."""
+    h.alarm("bf-1", reading("bf-1", 95, T0 - 86400), T0)
+    (create,) = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert create["occurred_at"] == "2026-09-20T14:13:20Z"
+    assert h.core.counts.moved_to_reception == 0
+
+
 def test_a_sensor_with_its_clock_ahead_is_ordered_by_its_own_times(h: Harness) -> None:
     """Timed at reception, a late message would look like a restart of the counter."""
     for event_id, seq, at in [("a", 5, T0), ("b", 7, T0 + 20), ("c", 6, T0 + 30)]:
