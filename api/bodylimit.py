@@ -1,8 +1,10 @@
-"""Size limits of the JSON bodies under ``/api/v1/candidates``, enforced before they are read.
+"""Size limits of request bodies, enforced before they are read.
 
 A body whose ``Content-Length`` is over the limit is answered 413 at once; a chunked one is
-counted as it arrives and answered 413 as soon as it passes the limit. Evidence uploads have a
-limit of their own (``max_evidence_bytes``, in the evidence router).
+counted as it arrives and answered 413 as soon as it passes the limit. Every write is limited
+(``max_body_bytes``; a candidate batch ``max_batch_bytes``), whether or not it needs a login:
+``POST /session`` reads its body before it knows the caller. Evidence uploads have a limit of
+their own (``max_evidence_bytes``, in the evidence router).
 """
 
 from __future__ import annotations
@@ -13,25 +15,32 @@ from gridpatrol.api.problems import problem_response
 
 PREFIX = "/api/v1/candidates"
 BATCH = f"{PREFIX}/batch"
-WRITES = frozenset({"POST", "PUT", "PATCH"})
+EVIDENCE = "/api/v1/evidence/"
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class BodyLimit:
-    """413 problem+json for a candidate body over ``body_bytes`` (a batch: ``batch_bytes``)."""
+    """413 problem+json for a body over ``body_bytes`` (a candidate batch: ``batch_bytes``)."""
 
     def __init__(self, app: ASGIApp, body_bytes: int, batch_bytes: int) -> None:
         self.app = app
         self.body_bytes = body_bytes
         self.batch_bytes = batch_bytes
 
+    def limit_of(self, path: str) -> tuple[int, str]:
+        """The limit of a write to ``path`` and what the 413 calls its body."""
+        if path == BATCH:
+            return self.batch_bytes, "a batch"
+        if path.startswith(PREFIX):
+            return self.body_bytes, "a candidate body"
+        return self.body_bytes, "a request body"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] not in WRITES or not path.startswith(PREFIX):
+        if scope["type"] != "http" or scope["method"] not in WRITES or path.startswith(EVIDENCE):
             await self.app(scope, receive, send)
             return
-        batch = path == BATCH
-        limit = self.batch_bytes if batch else self.body_bytes
-        what = "a batch" if batch else "a candidate body"
+        limit, what = self.limit_of(path)
 
         async def refuse() -> None:
             detail = f"{what} is limited to {limit} bytes"
