@@ -1,10 +1,13 @@
 """``gridpatrol scan``: detections, scene scores and violations for images, folders and videos.
 
-One JSON object per image or sampled video frame on stdout (pixels of the original image);
-progress and problems on stderr. Without ``--config`` the rules that can judge a still image do
-so on the whole frame (``dwell_verified: false``); with ``--config --camera`` a video runs
-through that camera's full pipeline (tracking, zones, schedules, dwell) with timestamps from
-the video position, and raised / updated violations carry ``dwell_verified: true``.
+One JSON object per image or sampled video frame on stdout (pixels of the image as stored:
+an EXIF orientation tag is ignored, as the worker ignores it); progress and problems on stderr.
+Without ``--config`` the rules that can judge a still image do so on the whole frame
+(``dwell_verified: false``). With ``--config --camera`` they judge a still within each of that
+camera's zones, with the zone's parameters but no dwell or schedule (a still has neither a
+duration nor a time; ``dwell_verified: false``), and a video runs through the camera's full
+pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, its
+raised / updated violations carrying ``dwell_verified: true``.
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ from gridpatrol.detectors.models import (
     served_spec,
 )
 from gridpatrol.detectors.motion import small_gray
-from gridpatrol.detectors.pipeline import CameraPipeline, judge_still, warn_missing_heads
+from gridpatrol.detectors.pipeline import (
+    STILL_RULES,
+    CameraPipeline,
+    Violation,
+    judge_still,
+    warn_missing_heads,
+)
+from gridpatrol.detectors.rules import EVALUATORS, ZoneObservation
 from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
+from gridpatrol.detectors.zones import ZoneGeometry
 from gridpatrol.site import Camera, SiteConfigError, load_site
 
 log = logging.getLogger(__name__)
@@ -95,7 +106,9 @@ def expand(paths: Sequence[str]) -> list[Path]:
 
 
 def read_still(path: Path) -> Sample:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # As stored, like the worker's decode: a camera's EXIF Orientation tag would otherwise turn
+    # the image, and its size and boxes would no longer be those the worker reports.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ScanError(f"{path}: not a readable image")
     return Sample(str(path), 0, None, np.asarray(image, dtype=np.uint8))
@@ -213,12 +226,62 @@ class Judge:
         self, sample: Sample, result: InferenceResult, scene: Mapping[str, float]
     ) -> list[dict[str, Any]]:
         h, w = sample.image.shape[:2]
-        if self.camera is None or sample.ts is None:
+        if self.camera is None:
             found = judge_still(
                 result.detections, scene, (w, h), self.info.names, head_thresholds=self.thresholds
             )
-            return [v.as_json() for v in found]
-        return self._pipeline(sample, result, (w, h))
+        elif sample.ts is None:
+            found = self._zones_still(result, (w, h))
+        else:
+            return self._pipeline(sample, result, (w, h))
+        return [v.as_json() for v in found]
+
+    def _zones_still(self, result: InferenceResult, size: tuple[int, int]) -> list[Violation]:
+        """The still rules of each zone of the camera, judged on this one image."""
+        assert self.camera is not None
+        found: list[Violation] = []
+        for zone in self.camera.zones:
+            rules = {r: p for r, p in self.camera.zone_rules(zone).items() if r in STILL_RULES}
+            if not rules:
+                continue
+            geometry = ZoneGeometry.of(zone.polygon)
+            obs = self._observe(result, geometry, size, "garbage_overflow" in rules)
+            for rule, params in rules.items():
+                presence = EVALUATORS[rule](obs, params)
+                if presence is not None and presence.boxes:
+                    x1, y1, x2, y2 = _union(presence.boxes, size)
+                    found.append(Violation(rule, presence.confidence, zone.id, (x1, y1, x2, y2)))
+        return found
+
+    def _observe(
+        self,
+        result: InferenceResult,
+        geometry: ZoneGeometry,
+        size: tuple[int, int],
+        scored: bool,
+    ) -> ZoneObservation:
+        """One zone of a still: every object in it counts as stationary (as on a whole frame)."""
+        det = result.detections
+        labels = tuple(det.labels(self.info.names))
+        idx = np.flatnonzero(geometry.boxes_in(det.xyxy, size))
+        w, h = size
+        zx1, zy1, zx2, zy2 = geometry.bbox
+        return ZoneObservation(
+            xyxy=det.xyxy[idx],
+            confidence=det.confidence[idx],
+            labels=tuple(labels[i] for i in idx),
+            track_id=idx.astype(np.int64),
+            displacement=np.zeros(len(idx), dtype=np.float32),
+            observed_s=np.full(len(idx), np.inf, dtype=np.float32),
+            new_object=np.ones(len(idx), dtype=bool),
+            zone_box=(zx1 * w, zy1 * h, zx2 * w, zy2 * h),
+            zone_area_px=float(geometry.area(size)),
+            scene=self.scene(result, geometry.bbox) if scored else {},
+            head_thresholds=self.thresholds,
+            frame_xyxy=det.xyxy,
+            frame_confidence=det.confidence,
+            frame_labels=labels,
+        )
 
     def _pipeline(
         self, sample: Sample, result: InferenceResult, size: tuple[int, int]

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -131,19 +132,25 @@ def test_still_rules_judge_the_whole_frame(shared_dir: Path, tmp_path: Path) -> 
         assert all(0.0 <= score <= 1.0 for score in record["scene"].values())
 
 
-SITE = """
+# The street camera of a site file, its zones to follow.
+CAMERA = """
 site: {name: scan test, timezone: Asia/Shanghai}
 cameras:
   - id: street
     source: footage.mp4
     location: {address: test street}
     zones:
+"""
+SITE = (
+    CAMERA
+    + """\
       - id: plaza
         polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
         rules:
           crowd_gathering: {min_persons: 5, dwell_s: 3, gap_s: 2, clear_s: 5, update_s: 2}
           street_vending: {dwell_s: 3}
 """
+)
 
 
 @pytest.mark.slow
@@ -165,6 +172,70 @@ def test_site_camera_runs_the_pipeline_with_dwell(shared_dir: Path, tmp_path: Pa
     assert first_ts >= 3.0 and first["dwell_s"] >= 3.0  # nothing before the dwell is verified
     assert all(v["type"] == "crowd_gathering" for _, v in found)  # no vending on this street
     assert sum(v["event"] == "raise" for _, v in found) == 1  # one episode, then updates
+
+
+ZONES = (
+    CAMERA
+    + """\
+      - id: kerb
+        polygon: [[0.0, 0.0], [0.1, 0.0], [0.1, 1.0], [0.0, 1.0]]
+        rules:
+          crowd_gathering: {min_persons: 1}
+          street_vending: {}
+      - id: plaza
+        polygon: [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]
+        rules:
+          crowd_gathering: {min_persons: 6}
+        schedule: {days: [sat], from: "03:00", to: "03:01"}
+"""
+)
+
+
+def test_a_still_is_judged_within_the_cameras_zones(shared_dir: Path, tmp_path: Path) -> None:
+    """With --config --camera a still is judged in each zone with the zone's parameters, not on
+    the whole frame: nobody stands in the kerb strip, and the plaza (the right half) holds the
+    six persons whose feet are there. A still has no time, so the plaza's schedule is not
+    applied, and no duration, so nothing is dwell-verified."""
+    site = tmp_path / "site.yaml"
+    site.write_text(ZONES)
+    street = tmp_path / "street.jpg"
+    cv2.imwrite(str(street), street_frame(shared_dir))
+    code, records, stderr = scan("--config", str(site), "--camera", "street", str(street))
+    assert code == 0, stderr
+    (record,) = records
+    plaza = [
+        d
+        for d in record["detections"]
+        if d["label"] == "person"
+        and d["confidence"] >= 0.35
+        and (d["bbox"][0] + d["bbox"][2]) / 2 >= 960
+    ]
+    assert len(plaza) == 6
+    boxes = np.asarray([d["bbox"] for d in plaza])
+    assert record["violations"] == [
+        {
+            "type": "crowd_gathering",
+            "confidence": pytest.approx(np.mean([d["confidence"] for d in plaza]), abs=1e-3),
+            "zone": "plaza",
+            "bbox": [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],
+            "dwell_verified": False,
+        }
+    ]
+
+
+def test_a_still_is_scanned_as_stored_whatever_its_exif_orientation(
+    tmp_path: Path, with_orientation: Callable[[bytes, int], bytes]
+) -> None:
+    """A JPEG tagged Orientation=6 is judged on its stored pixels, as the worker judges it:
+    the same size, and the same boxes, as without the tag."""
+    turned = tmp_path / "bus_on_its_side.jpg"
+    turned.write_bytes(with_orientation((ASSETS / "bus.jpg").read_bytes(), 6))
+    code, records, stderr = scan(str(ASSETS / "bus.jpg"), str(turned))
+    assert code == 0, stderr
+    plain, rotated = records
+    assert (rotated["width"], rotated["height"]) == (810, 1080)
+    assert rotated["detections"] == plain["detections"]
+    assert rotated["violations"] == plain["violations"]
 
 
 @pytest.mark.parametrize(
