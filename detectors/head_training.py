@@ -76,8 +76,11 @@ class Sample:
         if self.path is not None:
             image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
         else:
+            # Fetched evidence as stored, as the worker decoded the frame its boxes refer to:
+            # turned by an EXIF Orientation tag, the region would fall on other pixels.
             buf = np.frombuffer(self.data or b"", dtype=np.uint8)
-            image = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
+            flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+            image = cv2.imdecode(buf, flags) if buf.size else None
         return None if image is None else np.asarray(image, dtype=np.uint8)
 
 
@@ -225,8 +228,16 @@ def _evidence_for_training(doc: dict[str, Any]) -> tuple[str, Region | None] | N
 
 
 def _region(doc: dict[str, Any], ev: dict[str, Any]) -> Region | None:
-    boxes = (doc.get("detection") or {}).get("boxes") or []
-    width, height = ev.get("width"), ev.get("height")
+    """The detection's boxes, normalized by the size of the frame they were found on.
+
+    That is ``detection.frame_width`` / ``frame_height`` when the producer sends them: an
+    oversized clean frame may have been re-encoded smaller, while the boxes stay in the camera's
+    pixels. Otherwise the clean evidence's own width and height.
+    """
+    detection = doc.get("detection") or {}
+    boxes = detection.get("boxes") or []
+    width = detection.get("frame_width") or ev.get("width")
+    height = detection.get("frame_height") or ev.get("height")
     if not boxes or not width or not height:
         return None
     arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pytest
 
 from gridpatrol.api.client import ApiClient
 from gridpatrol.detectors.features import YOLO11_NODES
-from gridpatrol.detectors.head_training import choose_threshold, time_groups
+from gridpatrol.detectors.head_training import choose_threshold, review_samples, time_groups
 from gridpatrol.detectors.heads import SceneHead
 
 GARBAGE = (
@@ -221,11 +222,22 @@ def test_train_head_refuses_an_unwritable_out_or_a_bad_fps_before_any_work(
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    """Width and height as stored, as the worker gives them with its evidence."""
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flags)
     return int(image.shape[1]), int(image.shape[0])
 
 
-def post_candidate(producer: ApiClient, data: bytes, kind: str, camera: str) -> str:
+def post_candidate(
+    producer: ApiClient,
+    data: bytes,
+    kind: str,
+    camera: str,
+    boxes: list[list[float]] | None = None,
+    **detection: Any,
+) -> str:
+    """A garbage_overflow candidate whose evidence is ``data``; its box the whole image unless
+    ``boxes`` are given, with any further ``detection`` fields."""
     sha = producer.put_evidence(data, "image/jpeg")
     width, height = jpeg_size(data)
     body: dict[str, Any] = {
@@ -246,7 +258,8 @@ def post_candidate(producer: ApiClient, data: bytes, kind: str, camera: str) -> 
             "model": "yolo11n",
             "score": 0.8,
             "zone_id": "bins",
-            "boxes": [[0, 0, width, height]],
+            "boxes": boxes or [[0, 0, width, height]],
+            **detection,
         },
     }
     created = producer.create_candidate(body, uuid.uuid4().hex)
@@ -298,3 +311,34 @@ def test_train_head_from_reviewed_candidates(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "train-head: HTTP 401" in refused.stderr
+
+
+def test_reviewed_regions_fall_on_the_pixels_the_worker_boxed(
+    shared_dir: Path, api_server: Any, with_orientation: Callable[[bytes, int], bytes]
+) -> None:
+    """The detection's boxes are in the camera frame's pixels, as stored: a clean frame the
+    worker re-encoded at half size, or one tagged EXIF Orientation=6, is still trained on the
+    boxed part (here the lower right quarter of a 1920 x 1080 street frame)."""
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok
+    full = cv2.imencode(".jpg", frame)[1].tobytes()
+    half = cv2.imencode(".jpg", cv2.resize(frame, (960, 540), interpolation=cv2.INTER_AREA))[1]
+    quarter = [[960.0, 540.0, 1920.0, 1080.0]]
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    shrunk = post_candidate(
+        producer, half.tobytes(), "clean", "cam-1", quarter, frame_width=1920, frame_height=1080
+    )
+    turned = post_candidate(producer, with_orientation(full, 6), "clean", "cam-2", quarter)
+    for cid in (shrunk, turned):
+        reviewer.review(cid, "confirm")
+    samples = review_samples(reviewer, "garbage_overflow", None)
+    producer.close()
+    reviewer.close()
+    got = {s.key: (s.region, None if (im := s.image()) is None else im.shape) for s in samples}
+    assert got == {
+        f"candidate:{shrunk}": ((0.5, 0.5, 1.0, 1.0), (540, 960, 3)),
+        f"candidate:{turned}": ((0.5, 0.5, 1.0, 1.0), (1080, 1920, 3)),
+    }
