@@ -1,4 +1,5 @@
-"""Console sessions: log in with a token, then an HttpOnly cookie plus a CSRF token."""
+"""Console sessions: log in with a reviewer's (or an admin's) token, then an HttpOnly cookie
+plus a CSRF token."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def login(body: SessionIn, services: Svc) -> JSONResponse:
     principal = services.auth.by_token(body.token)
     if principal is None:
         raise Problem(401, "unknown token")
+    if not principal.has("reviewer"):
+        # Everything the console does needs the reviewer role: a session of another role
+        # would only be refused, request after request (the event stream retries forever).
+        raise Problem(
+            403, f"the console needs the role reviewer; {principal.name} is {principal.role}"
+        )
     cookie, csrf = services.auth.issue_session(principal)
     out = SessionOut(name=principal.name, role=principal.role, csrf_token=csrf)
     response = JSONResponse(out.model_dump())

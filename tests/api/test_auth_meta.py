@@ -14,6 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gridpatrol.api.app import create_app
 from gridpatrol.api.settings import Settings
 
+from .conftest import TOKENS
+
 
 def test_hashed_tokens_and_401s(db_url: str, tmp_path: Path) -> None:
     digest = hashlib.sha256(b"secret-reviewer").hexdigest()
@@ -68,6 +70,22 @@ def test_session_cookie_and_csrf(api: Any) -> None:
     assert http.get("/api/v1/session").status_code == 401
     http.cookies.set("gp_session", "forged.value")
     assert http.get("/api/v1/candidates").status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("role", "status"), [("reviewer", 200), ("admin", 200), ("platform", 403), ("producer", 403)]
+)
+def test_only_a_reviewer_logs_in_to_the_console(api: Any, role: str, status: int) -> None:
+    http: TestClient = api.http
+    login = http.post("/api/v1/session", json={"token": TOKENS[role]})
+    assert login.status_code == status, login.text
+    if status == 403:
+        assert login.headers["content-type"] == "application/problem+json"
+        assert (
+            login.json()["detail"] == f"the console needs the role reviewer; test-{role} is {role}"
+        )
+        assert "set-cookie" not in login.headers
+        assert http.get("/api/v1/session").status_code == 401
 
 
 def test_problem_details_everywhere(api: Any) -> None:
