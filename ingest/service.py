@@ -134,7 +134,7 @@ class IngestService:
             thread.join(max(0.1, deadline - time.monotonic()))
         self._grabs.shutdown(wait=False, cancel_futures=True)
         for output in self.outputs.values():
-            output.set_status(False)
+            output.close()  # grabs still under way (snapshots, a stuck source) publish nothing
         self.log_progress()
 
     def wait(self) -> None:

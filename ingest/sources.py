@@ -176,24 +176,42 @@ class CameraOutput:
         self.stats = CameraStats()
         self.latest: Frame | None = None
         self.online: bool | None = None
+        self.closed = False
         self._seq = 0
+        # Held while publishing, so that close() comes between two publications, never inside.
         self._lock = threading.Lock()
 
     def publish(self, jpeg: bytes, width: int, height: int, ts: datetime | None = None) -> Frame:
+        """Publish a frame (and ``online`` before it); once closed, nothing is published."""
         with self._lock:
             header = FrameHeader(ts or datetime.now(UTC), self._seq, self.camera.id, width, height)
-            self._seq += 1
             frame = Frame(header, jpeg)
+            if self.closed:
+                return frame
+            self._seq += 1
             self.latest = frame
-        self.set_status(True)  # before the frame: a watcher never sees frames of an offline camera
-        if self.conn.publish(self.topic, encode_frame(header, jpeg), qos=0):
+            # Before the frame: a watcher never sees frames of an offline camera.
+            self._set_status(True, force=False)
+            sent = self.conn.publish(self.topic, encode_frame(header, jpeg), qos=0)
+        if sent:
             self.stats.published += 1
         else:
             self.stats.dropped += 1
         return frame
 
     def set_status(self, online: bool, force: bool = False) -> None:
-        if online == self.online and not force:
+        with self._lock:
+            self._set_status(online, force)
+
+    def close(self) -> None:
+        """``offline`` for good: a grab that ends after ingest stopped must not bring back a
+        retained ``online`` for a camera nobody publishes any more."""
+        with self._lock:
+            self._set_status(False, force=False)
+            self.closed = True
+
+    def _set_status(self, online: bool, force: bool) -> None:
+        if self.closed or (online == self.online and not force):
             return
         self.online = online
         self.conn.publish(self.status_topic, b"online" if online else b"offline", 1, retain=True)

@@ -6,10 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
@@ -134,3 +139,59 @@ def gridpatrol_proc() -> Iterator[Callable[..., IngestProcess]]:
         if p.proc.poll() is None:
             p.proc.send_signal(signal.SIGKILL)
             p.proc.wait(10)
+
+
+def make_jpeg(width: int, height: int) -> bytes:
+    image = np.zeros((height, width, 3), np.uint8)
+    cv2.rectangle(image, (10, 10), (width // 2, height // 2), (0, 200, 255), -1)
+    ok, buf = cv2.imencode(".jpg", image)
+    assert ok
+    return bytes(buf.tobytes())
+
+
+class SnapshotServer:
+    """An HTTP camera: ``/snap.jpg`` returns ``image`` (a 640x360 JPEG) until ``broken`` is
+    set. With ``hold_after`` = n, every request after the n-th sets ``held`` and waits for
+    ``release`` before it is answered: a grab under way for as long as a test wants."""
+
+    def __init__(self) -> None:
+        self.image = make_jpeg(640, 360)
+        self.broken = threading.Event()
+        self.hold_after: int | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
+        self._answered = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if server.broken.is_set() or self.path != "/snap.jpg":
+                    self.send_error(503)
+                    return
+                server._hold()
+                self.send_response(200)
+                self.send_header("Content-Type", "image/jpeg")
+                self.send_header("Content-Length", str(len(server.image)))
+                self.end_headers()
+                self.wfile.write(server.image)
+
+            def log_message(self, *_args: Any) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/snap.jpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def _hold(self) -> None:
+        self._answered += 1
+        if self.hold_after is not None and self._answered > self.hold_after:
+            self.held.set()
+            self.release.wait(30)
+
+
+@pytest.fixture
+def http_camera() -> Iterator[SnapshotServer]:
+    server = SnapshotServer()
+    yield server
+    server.release.set()
+    server.httpd.shutdown()

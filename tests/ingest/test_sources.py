@@ -6,16 +6,13 @@ import base64
 import json
 import re
 import signal
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-import pytest
 
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import Frame, decode_frame
@@ -25,54 +22,12 @@ from gridpatrol.ingest.topics import patrol_boost_topic
 SHARED = "mqtt://127.0.0.1:1883"
 
 
-def make_jpeg(width: int, height: int) -> bytes:
-    image = np.zeros((height, width, 3), np.uint8)
-    cv2.rectangle(image, (10, 10), (width // 2, height // 2), (0, 200, 255), -1)
-    ok, buf = cv2.imencode(".jpg", image)
-    assert ok
-    return bytes(buf.tobytes())
-
-
 def rotated_by_exif(jpeg: bytes, orientation: int) -> bytes:
     """The JPEG with an EXIF APP1 segment whose Orientation tag (0x0112) is ``orientation``."""
     ifd = (1).to_bytes(2, "big") + bytes.fromhex("0112 0003 00000001")
     ifd += orientation.to_bytes(2, "big") + bytes(2) + bytes(4)  # value, padding, no next IFD
     body = b"Exif\x00\x00" + b"MM\x00\x2a" + (8).to_bytes(4, "big") + ifd
     return jpeg[:2] + b"\xff\xe1" + (len(body) + 2).to_bytes(2, "big") + body + jpeg[2:]
-
-
-class SnapshotServer:
-    """An HTTP camera: ``/snap.jpg`` returns a 640x360 JPEG until ``broken`` is set."""
-
-    def __init__(self) -> None:
-        self.image = make_jpeg(640, 360)
-        self.broken = threading.Event()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                if server.broken.is_set() or self.path != "/snap.jpg":
-                    self.send_error(503)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Type", "image/jpeg")
-                self.send_header("Content-Length", str(len(server.image)))
-                self.end_headers()
-                self.wfile.write(server.image)
-
-            def log_message(self, *_args: Any) -> None:
-                return
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/snap.jpg"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-
-@pytest.fixture
-def http_camera() -> Iterator[SnapshotServer]:
-    server = SnapshotServer()
-    yield server
-    server.httpd.shutdown()
 
 
 def frames_of(seen: list[Message], camera: str) -> list[Frame]:
@@ -115,7 +70,7 @@ def stops_cleanly(proc: Any) -> str:
 
 
 def test_http_snapshot_cameras(
-    http_camera: SnapshotServer,
+    http_camera: Any,
     site_file: Callable[..., Path],
     watch: Any,
     gridpatrol_proc: Any,
@@ -148,7 +103,7 @@ def test_http_snapshot_cameras(
 
 
 def test_an_exif_rotated_snapshot_is_published_as_stored(
-    http_camera: SnapshotServer,
+    http_camera: Any,
     site_file: Callable[..., Path],
     watch: Any,
     gridpatrol_proc: Any,
