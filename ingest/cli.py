@@ -54,7 +54,7 @@ def _component_id(args: argparse.Namespace) -> str:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConfigError, MqttConnection
     from gridpatrol.ingest.service import IngestService
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -70,7 +70,11 @@ def run_ingest(args: argparse.Namespace) -> int:
         log.error("unknown camera id(s) %s; the site file has %s", unknown, sorted(known))
         return 2
     cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
-    conn = MqttConnection(_component_id(args), prefix=site.mqtt.prefix)
+    try:
+        conn = MqttConnection(_component_id(args), prefix=site.mqtt.prefix)
+    except MqttConfigError as exc:  # GRIDPATROL_MQTT_URL or --component-id: mend and restart
+        log.error("ingest: cannot start: %s", exc)
+        return 2
     service = IngestService(
         site, conn, cameras, base_dir=Path(args.config).resolve().parent, progress_s=args.progress_s
     )
@@ -94,7 +98,7 @@ def run_watch(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from gridpatrol.ingest.mqtt import MqttConnection
+    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection
     from gridpatrol.ingest.receiver import FrameReceiver
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -103,7 +107,11 @@ def run_watch(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    conn = MqttConnection(args.component_id, prefix=site.mqtt.prefix)
+    try:
+        conn = MqttConnection(args.component_id, prefix=site.mqtt.prefix)
+    except MqttConfigError as exc:
+        log.error("watch-frames: cannot start: %s", exc)
+        return 2
     cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None
     receiver = FrameReceiver(conn, cameras, maxsize=100)
     stop = threading.Event()

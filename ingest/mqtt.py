@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import ssl
 import threading
 import time
@@ -28,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gridpatrol.ingest.topics import component_status_topic
+from gridpatrol.ingest.topics import component_status_topic, valid_id
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,11 @@ ROUTE_CACHE = 4096
 _V311_BROKERS: set[tuple[str, int]] = set()
 
 
+class MqttConfigError(ValueError):
+    """A broker URL or a component id that cannot work: the setup must be mended before a
+    start can succeed (the commands exit with status 2)."""
+
+
 class MqttAuthError(RuntimeError):
     """The broker refused the credentials at the first connection; retrying would only lock
     the account."""
@@ -71,13 +77,19 @@ class MqttSettings:
 
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:
-        parts = urlsplit(url)
+        """Settings from ``mqtt://[user:password@]host[:port]``; :class:`MqttConfigError` when
+        the URL cannot be a broker's."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:  # a port that is no number, a broken [IPv6] address
+            raise MqttConfigError(f"broker URL {_shown(url)!r}: {exc}") from exc
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL must be mqtt:// or mqtts://, got {url!r}")
+            raise MqttConfigError(f"broker URL must be mqtt:// or mqtts://, got {_shown(url)!r}")
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname or "127.0.0.1",
-            port=parts.port or (8883 if tls else 1883),
+            port=port or (8883 if tls else 1883),
             tls=tls,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password else None,
@@ -108,6 +120,17 @@ class MqttSettings:
         if self.cert_file:
             context.load_cert_chain(self.cert_file, self.key_file)
         return context
+
+
+def _shown(url: str) -> str:
+    """The URL for a message, its password masked."""
+    # By hand: it also shows URLs that urlsplit refuses.
+    scheme, sep, rest = url.partition("://")
+    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    user, at, host = netloc.rpartition("@")
+    if not sep or not at or ":" not in user:
+        return url
+    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}{rest[len(netloc) :]}"
 
 
 @dataclass(frozen=True)
@@ -184,6 +207,11 @@ class MqttConnection:
         max_inflight_messages: int = 100,
         auth_retry_s: tuple[int, int] = AUTH_RETRY_S,
     ) -> None:
+        if not valid_id(component_id):
+            raise MqttConfigError(
+                f"component id {component_id!r} is not an MQTT topic level: 1-64 of the letters "
+                "A-Z a-z, the digits 0-9 and _ . -"
+            )
         self.component_id = component_id
         self.settings = settings or MqttSettings.from_env()
         self.prefix = prefix

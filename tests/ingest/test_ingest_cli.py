@@ -182,3 +182,32 @@ def test_bad_configuration_stops_before_connecting(
     returncode, _, err = proc.wait(30)
     assert returncode == code
     assert message in err
+
+
+@pytest.mark.parametrize(
+    ("command", "url", "says"),
+    [
+        (["ingest"], "mqtt://gp:s3cret@127.0.0.1:abc",
+         "ingest: cannot start: broker URL 'mqtt://gp:***@127.0.0.1:abc': Port could not be cast "
+         "to integer value as 'abc'"),
+        (["ingest"], "http://127.0.0.1:1883",
+         "ingest: cannot start: broker URL must be mqtt:// or mqtts://, got "
+         "'http://127.0.0.1:1883'"),
+        (["ingest", "--component-id", "ingest 1"], SHARED,
+         "ingest: cannot start: component id 'ingest 1' is not an MQTT topic level: 1-64 of the "
+         "letters A-Z a-z, the digits 0-9 and _ . -"),
+        (["watch-frames", "--component-id", "watch/1"], SHARED,
+         "watch-frames: cannot start: component id 'watch/1' is not an MQTT topic level: 1-64 "
+         "of the letters A-Z a-z, the digits 0-9 and _ . -"),
+    ],
+)  # fmt: skip
+def test_a_broker_url_or_component_id_that_cannot_work_exits_2_with_one_line(
+    site_file: Callable[..., Path], gridpatrol_proc: Any, command: list[str], url: str, says: str
+) -> None:
+    site = site_file("  - {id: c1, source: x.mp4, fps: 1, location: {address: a}}\n")
+    proc = gridpatrol_proc([*command, "--config", str(site)], url)
+    returncode, _, err = proc.wait(30)
+    assert returncode == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.rstrip().endswith(says)
+    assert "s3cret" not in err
