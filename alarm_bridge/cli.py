@@ -34,6 +34,13 @@ def register(sub: Any) -> None:
     bridge.add_argument(
         "--progress-s", type=positive_seconds, default=5.0, help="seconds between progress lines"
     )
+    bridge.add_argument(
+        "--snapshot-max-age-s",
+        type=positive_seconds,
+        default=None,
+        help="oldest newest-frame used when a camera does not answer a snapshot request"
+        " (default 120)",
+    )
     bridge.set_defaults(func=run_bridge)
 
     sim: argparse.ArgumentParser = sub.add_parser(
@@ -101,7 +108,14 @@ def run_bridge(args: argparse.Namespace) -> int:
         client_id=args.client_id or default_client_id(prefix),
     )
     media = MqttConnection(f"{COMPONENT}-media", prefix=prefix)
-    bridge = Bridge(site, outbox, mqtt, media, progress_s=args.progress_s)
+    bridge = Bridge(
+        site,
+        outbox,
+        mqtt,
+        media,
+        progress_s=args.progress_s,
+        fallback_max_age_s=args.snapshot_max_age_s,
+    )
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal
 
 from gridpatrol.alarm_bridge import candidates, store
@@ -59,6 +59,9 @@ SNAPSHOT_TIMEOUT_S = 5.0
 SNAPSHOT_QUEUE = 256
 SNAPSHOT_SWEEP_S = 30.0  # how often snapshots still wanted (a full queue, a restart) are queued
 SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay the others
+# The oldest newest-frame used when a camera does not answer its snapshot request: a camera
+# that stopped streaming hours ago must not put its last picture on a new alarm.
+FALLBACK_MAX_AGE_S = 120.0
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
@@ -489,9 +492,11 @@ class Bridge:
         prefix: str | None = None,
         clock: Callable[[], float] = time.time,
         progress_s: float = 5.0,
+        fallback_max_age_s: float | None = None,
     ) -> None:
         if not progress_s > 0:
             raise ValueError(f"progress_s must be positive, got {progress_s}")
+        self.fallback_max_age_s = fallback_max_age_s or FALLBACK_MAX_AGE_S
         self.core = BridgeCore(site, prefix=prefix)
         self.prefix = self.core.prefix
         self.outbox = outbox
@@ -503,7 +508,9 @@ class Bridge:
         self._snapshots: queue.Queue[tuple[str, str]] = queue.Queue(SNAPSHOT_QUEUE)
         self._snapshot_jobs: set[str] = set()  # candidates queued or being served
         self._jobs_lock = threading.Lock()
-        self._newest: dict[str, bytes] = {}
+        # Each linked camera's newest frame and its reception, written by every media thread.
+        self._newest: dict[str, tuple[bytes, datetime]] = {}
+        self._newest_lock = threading.Lock()
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
         self._uptime = Uptime(self.core.silence_horizon())
@@ -696,7 +703,7 @@ class Bridge:
         while not self._stop.is_set():
             for cam, sub in self._frame_subs.items():
                 for message in sub.drain():
-                    self._newest[cam] = message.payload
+                    self._keep_newest(cam, message.payload, message.received_at)
             try:
                 candidate_id, camera_id = self._snapshots.get(timeout=0.5)
             except queue.Empty:
@@ -741,11 +748,27 @@ class Bridge:
             return None
         return request_snapshot(media, camera_id, timeout=SNAPSHOT_TIMEOUT_S)
 
+    def _keep_newest(self, camera_id: str, payload: bytes, received_at: datetime) -> None:
+        """Keep the frame unless a newer one is kept: media threads drain side by side, and one
+        that drained earlier may store after one that drained later."""
+        with self._newest_lock:
+            kept = self._newest.get(camera_id)
+            if kept is None or received_at >= kept[1]:
+                self._newest[camera_id] = (payload, received_at)
+
     def _fallback_frame(self, camera_id: str) -> Frame | None:
-        payload = self._newest.get(camera_id)
-        if payload is None:
+        """The newest frame seen, timed at its reception (a bare JPEG has no time of its own);
+        None when there is none or it is older than ``fallback_max_age_s``."""
+        with self._newest_lock:
+            kept = self._newest.get(camera_id)
+        if kept is None:
+            return None
+        payload, received_at = kept
+        age = self.clock() - received_at.timestamp()
+        if age > self.fallback_max_age_s:
+            log.info("camera %s: newest frame %.0f s old; not used", camera_id, age)
             return None
         try:
-            return decode_frame(payload, topic_camera_id=camera_id, received_at=datetime.now(UTC))
+            return decode_frame(payload, topic_camera_id=camera_id, received_at=received_at)
         except MessageError:
             return None

@@ -86,8 +86,17 @@ def outbox_ops(box: Outbox) -> list[tuple[str, str | None, Any]]:
 class BridgeRig:
     """``gridpatrol bridge`` in a subprocess, with a publisher and a dead-letter watcher."""
 
-    def __init__(self, tmp: Path, broker_url: str, api: Any, prefix: str, site: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        broker_url: str,
+        api: Any,
+        prefix: str,
+        site: str,
+        bridge_args: tuple[str, ...] = (),
+    ) -> None:
         self.broker_url = broker_url
+        self.bridge_args = bridge_args
         self.api = api
         self.prefix = prefix
         self.site = tmp / "site.yaml"
@@ -123,7 +132,7 @@ class BridgeRig:
         cmd = [sys.executable, "-m", "gridpatrol.cli", "bridge", "--config", str(self.site)]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [*cmd, "--progress-s", "2"], env=env, stdout=log, stderr=log
+                [*cmd, "--progress-s", "2", *self.bridge_args], env=env, stdout=log, stderr=log
             )
         self._wait_subscribed()
 
@@ -172,6 +181,29 @@ class BridgeRig:
         deadline = time.monotonic() + timeout
         while self.processed() < at_least:
             assert time.monotonic() < deadline, f"bridge stuck at {self.processed()}"
+            time.sleep(0.1)
+
+    def settled(self, alarms: int, timeout: float = 60) -> int:
+        """Wait until the bridge has handled ``alarms`` alarm envelopes and has nothing left to
+        send (no update waiting, no operation pending); the patches the API refused for good
+        (410 Gone), counted. Read from its state file."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with sqlite3.connect(self.state / "bridge.db", timeout=5) as conn:
+                waiting = conn.execute(
+                    "SELECT (SELECT COUNT(*) FROM bridge_dedup WHERE event_key LIKE 'e:%') < ?"
+                    " OR EXISTS (SELECT 1 FROM bridge_pending_patch)"
+                    " OR EXISTS (SELECT 1 FROM bridge_snapshot_wanted)"
+                    " OR EXISTS (SELECT 1 FROM outbox_ops WHERE state = 'pending')",
+                    (alarms,),
+                ).fetchone()[0]
+                gone = conn.execute(
+                    "SELECT COUNT(*) FROM outbox_ops WHERE state = 'failed'"
+                    " AND last_error LIKE '410 %'"
+                ).fetchone()[0]
+            if not waiting:
+                return int(gone)
+            assert time.monotonic() < deadline, self.log.read_text(errors="replace")[-3000:]
             time.sleep(0.1)
 
     def candidates(self, **filters: str) -> list[dict[str, Any]]:

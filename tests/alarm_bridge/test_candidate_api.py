@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -78,34 +77,13 @@ def bin_full(event_id: str, ts: float) -> bytes:
     return smoke(event_id, "raise", ts, sensor="bf-api", alarm="bin_fill")
 
 
-def _settled(rig: BridgeRig, processed: int, timeout: float = 60) -> int:
-    """Wait until the bridge has handled ``processed`` messages and its outbox has nothing
-    left to send; the outbox's refused patches (410 Gone), counted."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with sqlite3.connect(rig.state / "bridge.db", timeout=5) as conn:
-            waiting = conn.execute(
-                "SELECT (SELECT COUNT(*) FROM bridge_dedup WHERE event_key LIKE 'e:%') < ?"
-                " OR EXISTS (SELECT 1 FROM bridge_pending_patch)"
-                " OR EXISTS (SELECT 1 FROM outbox_ops WHERE state = 'pending')",
-                (processed,),
-            ).fetchone()[0]
-            gone = conn.execute(
-                "SELECT COUNT(*) FROM outbox_ops WHERE state = 'failed' AND last_error LIKE '410 %'"
-            ).fetchone()[0]
-        if not waiting:
-            return int(gone)
-        assert time.monotonic() < deadline, rig.log.read_text(errors="replace")[-3000:]
-        time.sleep(0.1)
-
-
 def test_a_rejected_candidate_takes_one_refused_update_then_none(rig: BridgeRig) -> None:
     """A sensor that keeps repeating after a reviewer rejected its alarm: the first update
     is refused for good (410), the bridge drops the later ones instead of queueing them."""
     start = round(time.time()) - 60.0
     topic = sensor_alarm_topic(rig.prefix, "bf-api")  # a bin: reviewed, not routed at once
     rig.publish([(topic, bin_full("raise", start))])
-    assert _settled(rig, 1) == 0
+    assert rig.settled(1) == 0
     (candidate,) = rig.candidates()
     with rig.api.client("reviewer") as http:
         decision = {"decision": "reject", "reason_code": "false_positive"}
@@ -115,7 +93,7 @@ def test_a_rejected_candidate_takes_one_refused_update_then_none(rig: BridgeRig)
     for n in range(1, 21):
         # One at a time, each handed over on its own: repeats would coalesce into one PATCH.
         rig.publish([(topic, bin_full(f"repeat-{n}", start + n))])
-        refused.append(_settled(rig, 1 + n))
+        refused.append(rig.settled(1 + n))
     assert refused == [1] * 20
     (after,) = rig.candidates()
     assert (after["status"], after["alarm"]["count"]) == ("rejected", 1)
@@ -133,7 +111,7 @@ def test_a_detector_rebooted_with_its_clock_in_2000_raises_a_new_candidate(
             (topic, smoke("b1", "raise", "2000-01-01T00:00:00Z", seq=1, boot_id="B")),
         ]
     )
-    _settled(rig, 3)
+    rig.settled(3)
     found = rig.candidates()
     assert len(found) == 2
     (second,) = [c for c in found if c["alarm"].get("previous_alarm_id") is not None]

@@ -35,8 +35,19 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
             "",
             "argument --progress-s: must be a positive number of seconds, got '0'",
         ),
+        (
+            ["bridge", "--config", str(SAMPLE_SITE), "--snapshot-max-age-s", "-1"],
+            "",
+            "argument --snapshot-max-age-s: must be a positive number of seconds, got '-1'",
+        ),
     ],
-    ids=["no producer token", "missing site file", "zero rate", "zero progress interval"],
+    ids=[
+        "no producer token",
+        "missing site file",
+        "zero rate",
+        "zero progress interval",
+        "negative snapshot age",
+    ],
 )
 def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != env_drop}

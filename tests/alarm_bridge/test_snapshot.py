@@ -102,13 +102,15 @@ def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig
         yield r
 
 
-def raise_alarm(sensor_id: str, alarm_type: str) -> bytes:
+def raise_alarm(
+    sensor_id: str, alarm_type: str, event_id: str = "1", transition: str = "raise"
+) -> bytes:
     body = {
         "schema": "gridalarm/1",
-        "event_id": "1",
+        "event_id": event_id,
         "sensor_id": sensor_id,
         "alarm_type": alarm_type,
-        "transition": "raise",
+        "transition": transition,
         "severity": "CRITICAL",
         "ts": time.time(),
     }
@@ -198,7 +200,9 @@ def test_a_snapshot_wanted_while_the_media_connection_is_down_waits_for_it(
         bridge.core.finish(txn, out)
     [(candidate_id, camera_id)] = out.snapshots
     stale = jpeg(30)
-    bridge._newest["cam-1"] = encode_frame(frame("cam-1", stale).header, stale)
+    bridge._keep_newest(
+        "cam-1", encode_frame(frame("cam-1", stale).header, stale), datetime.now(UTC)
+    )
     try:
         assert media.start(10)
         mosquitto.stop()
@@ -217,3 +221,59 @@ def test_a_snapshot_wanted_while_the_media_connection_is_down_waits_for_it(
     with outbox.transaction() as txn:
         assert store.wanted_snapshots(txn.conn) == [(candidate_id, "cam-1")]
     assert bridge._snapshots.get_nowait() == (candidate_id, "cam-1")
+
+
+MAX_AGE_S = 10.0  # --snapshot-max-age-s: above the 5 s a snapshot request waits
+
+
+def test_a_dead_cameras_last_frame_is_timed_at_its_reception_then_left_out(
+    tmp_path: Path, api_server: Any, mqtt_prefix: str
+) -> None:
+    """A camera streaming bare JPEGs (no time of their own) sends one frame and dies: an alarm
+    right after gets it as captured then; an alarm after the maximum age gets no picture."""
+    site = SITE.format(prefix=mqtt_prefix)
+    args = ("--snapshot-max-age-s", str(MAX_AGE_S))
+    with BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, site, args) as rig:
+        topic = sensor_alarm_topic(rig.prefix, "sm-mute")
+        last = jpeg(120)
+        sent_at = time.time()
+        rig.publish([(frame_topic(rig.prefix, "cam-mute"), last)])
+        rig.publish([(topic, raise_alarm("sm-mute", "smoke", "r1"))])
+        rig.settled(1)
+        (first,) = rig.candidates()
+        snapshot = first["evidence"][1]
+        assert snapshot["sha256"] == hashlib.sha256(last).hexdigest()
+        # Taken only once the 5 s request timed out: "now" would be that much after the alarm.
+        captured = datetime.fromisoformat(snapshot["captured_at"]).timestamp()
+        assert sent_at <= captured < datetime.fromisoformat(first["occurred_at"]).timestamp() + 5
+        time.sleep(max(0.0, captured + MAX_AGE_S + 1 - time.time()))  # the frame ages out
+        rig.publish(
+            [
+                (topic, raise_alarm("sm-mute", "smoke", "c1", "clear")),
+                (topic, raise_alarm("sm-mute", "smoke", "r2")),
+            ]
+        )
+        rig.settled(3)
+        found = {c["id"]: [e["kind"] for e in c["evidence"]] for c in rig.candidates()}
+    del found[first["id"]]
+    assert list(found.values()) == [["sensor_trace"]]
+
+
+def test_a_frame_drained_late_does_not_replace_a_newer_one(tmp_path: Path) -> None:
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(BROKER)
+    now = float(round(time.time()))  # whole seconds: exact through datetime
+    bridge = Bridge(
+        site,
+        outbox,
+        MqttConnection("alarm_bridge", settings),
+        MqttConnection("bridge-media", settings),
+        clock=lambda: now,
+    )
+    newer, older = jpeg(60), jpeg(180)
+    bridge._keep_newest("cam-1", newer, datetime.fromtimestamp(now - 2, UTC))
+    bridge._keep_newest("cam-1", older, datetime.fromtimestamp(now - 3, UTC))
+    fallback = bridge._fallback_frame("cam-1")
+    assert fallback is not None
+    assert (fallback.image, fallback.header.ts.timestamp()) == (newer, now - 2)
