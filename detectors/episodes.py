@@ -84,6 +84,14 @@ class Op:
 Book = Mapping[Key, Episode]
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """An occupancy a rule is timing or has raised: when it began, when it was last seen."""
+
+    began: datetime
+    seen: datetime
+
+
 def source_event_id(camera_id: str, zone_id: str, type_: str, started_at: datetime) -> str:
     """``<camera>:<zone>:<type>:<episode start epoch ms>``, stable for the whole episode."""
     return f"{camera_id}:{zone_id}:{type_}:{round(started_at.timestamp() * 1000)}"
@@ -159,7 +167,7 @@ def end_unfollowed(
     book: Book,
     waiting: Iterable[Key],
     t: datetime,
-    occupied: Mapping[tuple[str, str], datetime],
+    occupied: Mapping[tuple[str, str], Occupancy],
     resume_s: Callable[[str, str], float | None],
 ) -> tuple[dict[Key, Episode], list[Op], set[Key]]:
     """End the open episodes in ``waiting`` that no rule follows any more.
@@ -169,7 +177,11 @@ def end_unfollowed(
     is gone from the site file (``resume_s`` None) ends at once; one whose occupancy has not
     come back within ``resume_s`` of its last sighting ends then. Either way it ends at its
     last sighting, the last moment anyone saw it. ``occupied`` maps (zone, rule) to the
-    beginning of the occupancy a rule is timing or has raised now.
+    occupancy a rule is timing or has raised now.
+
+    While the occupancy that continues an episode is in view, the episode's last sighting
+    follows it: a short occlusion before the rule raises again must be measured from what was
+    seen last, not from the last sighting written before the restart.
 
     Returns the new book, the end operations and the keys still waiting.
     """
@@ -181,7 +193,12 @@ def end_unfollowed(
         if ep is None or not ep.open:
             continue
         resume = resume_s(ep.zone_id, ep.type)
-        if resume is not None and _may_resume(ep, t, occupied.get((ep.zone_id, ep.type)), resume):
+        now = occupied.get((ep.zone_id, ep.type))
+        if resume is not None and now is not None and _continues(ep, now, resume):
+            out[key] = seen_until(ep, now.seen)
+            still.add(key)  # the rule's raise will continue the episode
+            continue
+        if resume is not None and (t - ep.last_event_at).total_seconds() <= resume:
             still.add(key)
             continue
         ended = replace(ep, ended_at=ep.last_event_at, reported_at=max(ep.reported_at, t))
@@ -203,9 +220,8 @@ def end_silent(
     out = dict(book)
     for key in keys:
         ep, seen = out.get(key), last_seen.get(key)
-        if ep is not None and ep.open and seen is not None and seen > ep.last_event_at:
-            dwell = max(ep.dwell_s, (seen - ep.started_at).total_seconds())
-            out[key] = replace(ep, last_event_at=seen, dwell_s=dwell)
+        if ep is not None and ep.open and seen is not None:
+            out[key] = seen_until(ep, seen)
     out, ops, _ = end_unfollowed(out, keys, t, {}, lambda _zone, _rule: None)
     return out, ops
 
@@ -222,10 +238,17 @@ def end_unserved(book: Book, served: set[str], t: datetime) -> tuple[dict[Key, E
     return out, ops
 
 
-def _may_resume(ep: Episode, t: datetime, began: datetime | None, resume_s: float) -> bool:
-    if began is not None and (began - ep.last_event_at).total_seconds() <= resume_s:
-        return True  # the occupancy is back: the rule's raise will continue the episode
-    return (t - ep.last_event_at).total_seconds() <= resume_s
+def _continues(ep: Episode, now: Occupancy, resume_s: float) -> bool:
+    """Whether the occupancy a rule follows now began in time to continue the episode."""
+    return (now.began - ep.last_event_at).total_seconds() <= resume_s
+
+
+def seen_until(ep: Episode, seen: datetime) -> Episode:
+    """The episode, its last sighting moved on to ``seen`` when that is later."""
+    if seen <= ep.last_event_at:
+        return ep
+    dwell = max(ep.dwell_s, (seen - ep.started_at).total_seconds())
+    return replace(ep, last_event_at=seen, dwell_s=dwell)
 
 
 def _refresh(

@@ -19,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from gridpatrol.detectors import background as bg
+from gridpatrol.detectors.episodes import Occupancy
 from gridpatrol.detectors.rules import (
     EVALUATORS,
     Box,
@@ -270,10 +271,14 @@ class CameraPipeline:
             }
         )
 
-    def occupied(self) -> dict[tuple[str, str], datetime]:
-        """(zone, rule) → when the occupancy began, for every rule timing a dwell or raised."""
+    def occupied(self) -> dict[tuple[str, str], Occupancy]:
+        """(zone, rule) → when the occupancy began and was last seen, for every rule timing a
+        dwell or raised."""
         return {
-            (zr.zone.id, rule): datetime.fromtimestamp(st.first_seen, UTC)
+            (zr.zone.id, rule): Occupancy(
+                datetime.fromtimestamp(st.first_seen, UTC),
+                datetime.fromtimestamp(st.last_seen, UTC),
+            )
             for zr in self.zones
             for rule, st in zr.states.items()
             if st.phase != "idle"

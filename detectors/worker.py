@@ -750,6 +750,7 @@ class DetectorWorker:
             self.book, rt.waiting, t, rt.pipeline.occupied(), resume
         )
         if not ops:
+            self.book = book  # waiting episodes' last sightings follow what their rules see
             return
         self._commit([(op, ([], {"detection": self._end_block(op.episode)})) for op in ops])
         self.book = book

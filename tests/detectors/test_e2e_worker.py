@@ -542,6 +542,44 @@ def test_restart_mid_episode_makes_no_duplicate(
     assert updated[0]["detection"]["boxes"] == first["detection"]["boxes"]
 
 
+def test_a_short_occlusion_after_a_restart_keeps_one_candidate(
+    rig: Rig,
+    street: list[Image],
+) -> None:
+    """Raised, killed, restarted while the crowd stays: the rule times its dwell afresh, and
+    an occlusion 14 s after the restart, ending more than gap_s + clear_s + update_s after the
+    sighting saved before the kill, neither ends the episode nor opens a second one."""
+    params = {"min_persons": 5, "dwell_s": 20, "gap_s": 2, "clear_s": 10, "update_s": 3}
+    zone = {"id": "whole-street", "polygon": WHOLE, "rules": {"crowd_gathering": params}}
+    worker = rig.worker({"street": [zone]})
+    h, w = street[0].shape[:2]
+    size = {"street": (w, h)}
+    crowd = [jpeg(street[k % len(street)]) for k in range(200)]
+    blur = jpeg(cv2.GaussianBlur(street[0], (151, 151), 0))
+    end = rig.publisher.play({"street": crowd[:48]}, size, T0, worker)  # 24 s
+    client = rig.api.client("reviewer")
+    (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+
+    worker.kill()
+    worker.start(rig.status)
+    assert "1 open episode(s) reloaded" in worker.text()
+    # Crowd 14 s, nobody 5 s, crowd 25 s (the rule raises again after 20 s of it).
+    scene = crowd[48:76] + [blur] * 10 + crowd[76:126]
+    rig.publisher.play({"street": scene}, size, end, worker)
+
+    def continued_or_second() -> list[dict[str, Any]]:
+        found = candidates(client, "street")
+        if any(c["id"] != first["id"] for c in found):
+            return found
+        return [c for c in found if c["detection"]["dwell_s"] >= 40]
+
+    wait_for("the episode to continue past the occlusion", continued_or_second, 60, worker)
+    assert worker.stop() == 0
+    (only,) = candidates(client, "street")
+    assert only["id"] == first["id"]
+    assert "ended_at" not in only["detection"]
+
+
 def test_an_episode_left_open_by_a_restart_ends_when_it_does_not_come_back(
     rig: Rig,
     street: list[Image],

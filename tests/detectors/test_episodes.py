@@ -13,6 +13,7 @@ from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import (
     Episode,
     Key,
+    Occupancy,
     end_silent,
     end_unfollowed,
     ensure_schema,
@@ -229,7 +230,9 @@ def test_end_unfollowed(
 ) -> None:
     ep = _open_episode(100, ended)
     since = occupied_since_s
-    occupied = {} if since is None else {("plaza", "crowd_gathering"): at(since)}
+    occupied = (
+        {} if since is None else {("plaza", "crowd_gathering"): Occupancy(at(since), at(since))}
+    )
     book, ops, still = end_unfollowed(
         {ep.key: ep},
         [ep.key],
@@ -242,6 +245,25 @@ def test_end_unfollowed(
     )
     assert still == ({ep.key} if waiting else set())
     assert book[ep.key].open == waiting
+
+
+def test_a_waiting_episode_follows_the_occupancy_that_continues_it() -> None:
+    """A rule times the occupancy again after a restart (100 s → 200 s, resume_s 120), then
+    loses it briefly: the episode is measured from the rule's last sighting, not from the
+    book's, and ends there if it does not come back."""
+    ep = _open_episode(100)
+
+    def resume(zone: str, rule: str) -> float:
+        return 120.0
+
+    following = {("plaza", "crowd_gathering"): Occupancy(at(110), at(200))}
+    book, ops, still = end_unfollowed({ep.key: ep}, [ep.key], at(200), following, resume)
+    assert (ops, still) == ([], {ep.key})
+    assert (book[ep.key].last_event_at, book[ep.key].dwell_s) == (at(200), 200)
+    book, ops, still = end_unfollowed(book, still, at(230), {}, resume)  # lost for 30 s
+    assert (ops, still) == ([], {ep.key})
+    book, ops, still = end_unfollowed(book, still, at(321), {}, resume)  # for good
+    assert [(op.kind, op.episode.ended_at) for op in ops] == [("end", at(200))]
 
 
 @pytest.mark.parametrize(
