@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -71,6 +72,9 @@ PATCH_CHECK_S = 0.05
 # most for one round of updates, never behind a long queue of them.
 PATCH_HANDOVER = 500
 PATCH_IDLE_DEPTH = 1
+# Messages handled after their connection dropped, remembered until the broker sends them again
+# on the resumed session: more than the inbox and the broker's in-flight window can hold.
+REDELIVERY_MEMORY = 50_000
 
 
 # Where a message stands in its sensor's seq order: without a seq, overtaken by later ones
@@ -513,6 +517,8 @@ class Bridge:
         self._newest_lock = threading.Lock()
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
+        # (topic, packet id, payload digest) -> first reception of a message whose ack was void
+        self._redelivery: OrderedDict[tuple[str, int, bytes], datetime] = OrderedDict()
         self._uptime = Uptime(self.core.silence_horizon())
         with outbox.transaction() as txn:
             store.init(txn.conn)
@@ -607,7 +613,7 @@ class Bridge:
         return batch
 
     def _one_batch(self) -> int:
-        messages = self._collect()
+        messages = [self._as_first_received(m) for m in self._collect()]
         if not messages:
             return 0
         counts = replace(self.core.counts, reasons=dict(self.core.counts.reasons))
@@ -628,6 +634,25 @@ class Bridge:
         for out in results:
             self._queue_snapshots(out)
         return len(messages)
+
+    def _as_first_received(self, message: Message) -> Message:
+        """The message timed at its first reception, when it is the broker's redelivery of one
+        handled after the connection dropped.
+
+        Such a message cannot be acknowledged (an ack from before a reconnect is void), so the
+        resumed session sends it again, with its packet id. Its dedup key finds it, except for
+        a SenML pack without ``bt``/``t``: timed at reception, it would be a new reading.
+        """
+        if message.qos == 0:
+            return message
+        key = (message.topic, message.mid, hashlib.sha256(message.payload).digest())
+        if message.session != self.mqtt.connects or not self.mqtt.connected:
+            self._redelivery[key] = message.received_at
+            while len(self._redelivery) > REDELIVERY_MEMORY:
+                self._redelivery.popitem(last=False)  # its redelivery never came
+            return message
+        first = self._redelivery.pop(key, None)
+        return message if first is None else replace(message, received_at=first)
 
     def _commit(self, messages: list[Message]) -> BatchResult:
         out = BatchResult()

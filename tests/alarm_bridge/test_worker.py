@@ -343,3 +343,41 @@ def test_only_alarm_and_status_topics_are_read_in_arrival_order(
     ops = outbox_ops(outbox)
     assert [k for k, _, _ in ops] == ["evidence", "create", "patch"]  # raised, then cleared
     assert ops[1][2]["type"] == "device_offline"
+
+
+def test_a_timeless_senml_pack_handled_across_a_reconnect_is_one_reading(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """Queued when the connection dropped, the pack is handled (its ack is void) and the
+    broker sends it again on the resumed session: the same reading, not a second one."""
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(mosquitto.url)
+    conn = MqttConnection(
+        "alarm_bridge", settings, persistent=True, manual_ack=True, client_id="gp-test-redo"
+    )
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    sensor = MqttConnection("wl-1", settings, client_id="gp-test-wl-1")
+    pack = json.dumps([{"n": "level", "u": "cm", "v": 20}]).encode()  # no bt, no t
+    try:
+        assert conn.start(10) and sensor.start(10)
+        assert sensor.publish_wait(sensor_alarm_topic("gridpatrol", "wl-1"), pack, 1, timeout=10)
+        deadline = time.monotonic() + 30
+        while len(bridge._inbox) == 0:
+            assert time.monotonic() < deadline, "the pack never arrived"
+            time.sleep(0.05)
+        mosquitto.stop()  # graceful: the bridge's session, with the pack in flight, is kept
+        mosquitto.start()
+        while conn.connects < 2:
+            assert time.monotonic() < deadline, "no reconnect"
+            time.sleep(0.05)
+        while bridge.core.counts.received < 2:  # the queued pack, then its redelivery
+            assert time.monotonic() < deadline, "no redelivery"
+            bridge._one_batch()
+    finally:
+        sensor.stop()
+        conn.stop()
+    bridge._flush_patches()
+    ops = [(kind, body) for kind, _, body in outbox_ops(outbox) if kind != "evidence"]
+    assert [kind for kind, _ in ops] == ["create"]  # no update: count 1
+    assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 1)
