@@ -12,13 +12,15 @@ import pytest
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
 from gridpatrol.alarm_bridge.uptime import SETTLE_S, Uptime
-from gridpatrol.alarm_bridge.worker import BatchResult, BridgeCore
+from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.site import Site, load_site
 
 from .conftest import outbox_ops
 
 T0 = 1_790_000_000.0
+BROKER = "mqtt://127.0.0.1:1883"  # never connected to
 
 
 def envelope(sensor: str, event_id: str, transition: str = "raise", **kw: Any) -> bytes:
@@ -535,6 +537,27 @@ def test_seq_state_from_before_message_times_were_kept(site: Site, outbox: Outbo
     h.alarm("mh-1", envelope("mh-1", "d", "update", seq=1, ts=T0 + 3))  # timed later: restart
     assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create", "patch"]
     assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (2, 1)
+
+
+def test_a_state_file_from_before_the_prune_index_gets_it_on_open(
+    site: Site, outbox: Outbox
+) -> None:
+    with outbox.transaction() as txn:
+        txn.conn.execute(
+            "CREATE TABLE bridge_dedup (sensor_id TEXT NOT NULL, event_key TEXT NOT NULL,"
+            " processed_at REAL NOT NULL, PRIMARY KEY (sensor_id, event_key)) WITHOUT ROWID"
+        )
+        txn.conn.execute("INSERT INTO bridge_dedup VALUES ('mh-1', 'e:old', ?)", (T0,))
+    Bridge(site, outbox, MqttConnection("alarm_bridge", MqttSettings.from_url(BROKER)))
+    with outbox.transaction() as txn:
+        plan = txn.conn.execute(
+            "EXPLAIN QUERY PLAN DELETE FROM bridge_dedup WHERE processed_at < ?", (T0 + 1,)
+        ).fetchall()
+        # A search by the index (covering or not, by SQLite version), not a scan of every key.
+        assert [(row[3].split()[0], "INDEX bridge_dedup_processed" in row[3]) for row in plan] == [
+            ("SEARCH", True)
+        ]
+        assert store.prune_dedup(txn.conn, T0 + 1) == 1
 
 
 def test_threshold_readings_and_senml(h: Harness) -> None:
