@@ -78,12 +78,13 @@ def default_client_id(prefix: str) -> str:
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
-    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConfigError, MqttConnection, MqttSettings
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
         site = load_site(args.config)
-    except SiteConfigError as exc:
+        settings = MqttSettings.from_env()  # a malformed broker URL: say so, no traceback
+    except (SiteConfigError, MqttConfigError) as exc:
         log.error("%s", exc)
         return 2
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
@@ -102,12 +103,13 @@ def run_bridge(args: argparse.Namespace) -> int:
         return 2
     mqtt = MqttConnection(
         COMPONENT,
+        settings,
         prefix=prefix,
         persistent=True,
         manual_ack=True,
         client_id=args.client_id or default_client_id(prefix),
     )
-    media = MqttConnection(f"{COMPONENT}-media", prefix=prefix)
+    media = MqttConnection(f"{COMPONENT}-media", settings, prefix=prefix)
     bridge = Bridge(
         site,
         outbox,

@@ -67,3 +67,16 @@ def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> No
         running.stop()
     assert done.returncode == 2
     assert f"outbox {tmp_path / 'bridge.db'} is in use by another process" in done.stderr
+
+
+def test_a_malformed_broker_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "GRIDPATROL_STATE_DIR": str(tmp_path),
+        "GRIDPATROL_API_TOKEN": "t",
+        "GRIDPATROL_MQTT_URL": "http://broker:1883",
+    }
+    done = run(["bridge", "--config", str(SAMPLE_SITE)], env)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.endswith("broker URL must be mqtt:// or mqtts://, got 'http://broker:1883'")
