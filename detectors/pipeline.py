@@ -9,7 +9,7 @@ rules that can judge a single image, on the whole frame, with default parameters
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 EventKind = Literal["raise", "update", "clear"]
 SceneFn = Callable[[tuple[float, float, float, float]], Mapping[str, float]]
 BACKGROUND_RULES = ("shop_front_occupation", "piled_materials")
+# Boxes this confident are objects: they are drawn on evidence and keep their pixels out of
+# the background model. Weaker ones, down to the tracker's low_conf, mostly keep tracks alive.
+OBJECT_CONF = 0.25
+# The detector keeps no box below this however low a rule's min_confidence: weaker ones are
+# noise, and thousands of them would slow the detector's NMS.
+MIN_BOX_CONF = 0.01
 # Rules that can judge one still image without a zone or a learned background.
 STILL_RULES = ("street_vending", "crowd_gathering", "garbage_overflow")
 
@@ -137,6 +143,23 @@ def _union(boxes: NDArray[np.float32]) -> Box:
     )
 
 
+def _rule_floors(camera: Camera) -> list[float]:
+    return [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
+
+
+def detector_conf(cameras: Iterable[Camera]) -> float:
+    """The confidence the detector must keep boxes from for ``cameras``: the tracker's weak
+    boxes (they keep tracks alive), and a rule's lower ``min_confidence`` (MIN_BOX_CONF at
+    least)."""
+    floors = [f for camera in cameras for f in _rule_floors(camera)]
+    return max(min([Tracker.low_conf, *floors]), MIN_BOX_CONF)
+
+
+def objects(detections: Detections, conf: float = OBJECT_CONF) -> Detections:
+    """The detections confident enough to be objects."""
+    return detections[detections.confidence >= conf]
+
+
 def _bg_params(
     rules: Mapping[str, RuleParams], frame_interval_s: float
 ) -> tuple[bg.BackgroundParams, ...]:
@@ -165,8 +188,11 @@ class CameraPipeline:
         names: Sequence[str],
         *,
         head_thresholds: Mapping[str, float] | None = None,
+        object_conf: float = 0.0,
     ) -> None:
         self.camera = camera
+        # Weaker boxes (a detector run below OBJECT_CONF for the tracker) are no objects.
+        self.object_conf = object_conf
         self.tz = tz
         self.names = tuple(names)
         self.head_thresholds = dict(head_thresholds or {})
@@ -174,9 +200,8 @@ class CameraPipeline:
         # across a few intervals so a parked car keeps its id between visits.
         interval = camera.frame_interval_s
         # An object a rule would accept must be able to start a track.
-        floors = [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
         self.tracker = Tracker(
-            high_conf=min([Tracker.high_conf, *floors]),
+            high_conf=min([Tracker.high_conf, *_rule_floors(camera)]),
             lost_s=max(3.0, PATROL_VISITS * interval),
             history_s=max(10.0, PATROL_VISITS * interval),
         )
@@ -218,9 +243,10 @@ class CameraPipeline:
         assert tracked.tracker_id is not None
         motion = self.tracker.motion(tracked.tracker_id)
         labels = tuple(tracked.labels(self.names))
+        sure = objects(detections, self.object_conf)
         events: list[RuleEvent] = []
         for zr in self.zones:
-            fgs = self._backgrounds(zr, ts, frame_size, detections, gray_small)
+            fgs = self._backgrounds(zr, ts, frame_size, sure, gray_small)
             active = schedule_active(zr.zone.schedule, t, self.tz)
             obs = None
             if active:

@@ -661,6 +661,7 @@ class DetectorWorker:
 
     def _judge(self, item: Ready) -> None:
         from gridpatrol.detectors.evidence import StoredFrame
+        from gridpatrol.detectors.pipeline import objects
 
         rt = item.rt
         if item.result is None:
@@ -676,8 +677,9 @@ class DetectorWorker:
         events = rt.pipeline.process(
             h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
         )
+        sure = objects(result.detections)  # evidence draws objects, not boxes kept for tracks
         for raw in events:
-            self._episode(rt, normalise_event(raw), item, result.detections)
+            self._episode(rt, normalise_event(raw), item, sure)
         if rt.waiting:
             self._end_unfollowed(rt, h.ts)
 
@@ -1105,10 +1107,10 @@ def _horizon_s(cam: Camera) -> float:
 
 
 def _make_pipeline(cam: Camera, site: Site, names: tuple[str, ...], heads: dict[str, Any]) -> Any:
-    from gridpatrol.detectors.pipeline import CameraPipeline
+    from gridpatrol.detectors.pipeline import OBJECT_CONF, CameraPipeline
 
     thresholds = {name: float(h.threshold) for name, h in heads.items()}
-    return CameraPipeline(cam, site.tz, names, head_thresholds=thresholds)
+    return CameraPipeline(cam, site.tz, names, head_thresholds=thresholds, object_conf=OBJECT_CONF)
 
 
 def _needs_heads(cameras: Sequence[Camera]) -> bool:
@@ -1207,14 +1209,17 @@ def _build(
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.models import load_backend, model_info, served_spec
     from gridpatrol.detectors.motion import MotionSettings
-    from gridpatrol.detectors.pipeline import warn_missing_heads
+    from gridpatrol.detectors.pipeline import detector_conf, warn_missing_heads
     from gridpatrol.ingest.mqtt import MqttConnection
 
     spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
     heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
     warn_missing_heads(cameras, heads)
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
-    backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input)
+    # Weak boxes reach the tracker, and a rule's min_confidence below the backend's default
+    # takes effect; each rule still judges only boxes at or above its own.
+    conf = detector_conf(cameras)
+    backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input, conf=conf)
     outbox = Outbox.from_env(component_id)
     outbox.claim()  # before the episode book is read: one process per outbox file
     conn = MqttConnection(component_id, prefix=site.mqtt.prefix)

@@ -817,6 +817,23 @@ def test_evidence_over_the_cap_is_re_encoded_to_fit(rig: Rig, street: list[Image
 # Composed scenes for the other rules (docs/detectors.md, "End-to-end scenes")
 
 
+def test_a_min_confidence_below_the_detectors_default_takes_effect(rig: Rig) -> None:
+    """One still of the street shows 21 people at confidence 0.1 or more but only 14 at 0.25
+    (the detector's default): a crowd rule with ``min_confidence: 0.1`` that wants 19 raises."""
+    still = frame_at(rig.shared / "footage" / "pedestrian_street_1080p.mp4", 15)
+    params = {"min_persons": 19, "min_confidence": 0.1, "dwell_s": 3, "gap_s": 2, "clear_s": 10}
+    zone = {"id": "whole-street", "polygon": WHOLE, "rules": {"crowd_gathering": params}}
+    worker = rig.worker({"street": [zone]})
+    size = {"street": (still.shape[1], still.shape[0])}
+    rig.publisher.play({"street": [jpeg(still)] * 10}, size, T0, worker)
+    client = rig.api.client("reviewer")
+    (found,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
+    assert worker.stop() == 0
+    assert found["type"] == "crowd_gathering"
+    # The persons the rule counted, weak ones included.
+    assert len(found["detection"]["boxes"]) >= 19
+
+
 def compose_scenes(shared_dir: Path) -> dict[str, tuple[Image, Image]]:
     """Static camera scenes built from real frames: (before, after) an object appears."""
     footage = shared_dir / "footage"

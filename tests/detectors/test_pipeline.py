@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 from gridpatrol.detectors import background as bg
-from gridpatrol.detectors.pipeline import CameraPipeline, RuleEvent, Violation, judge_still
+from gridpatrol.detectors.pipeline import (
+    CameraPipeline,
+    RuleEvent,
+    Violation,
+    detector_conf,
+    judge_still,
+)
 from gridpatrol.detectors.types import Detections
 from gridpatrol.site import Camera
 
@@ -92,6 +98,21 @@ def test_weak_detections_a_rule_accepts_are_tracked(conf: float, raised: bool) -
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     events = play(pipe, lambda s: [VENDOR, TABLE], 30, conf=conf)
     assert [e.kind for e in events] == (["raise"] if raised else [])
+
+
+@pytest.mark.parametrize(
+    ("min_confidence", "conf"),
+    [(None, 0.1), (0.2, 0.1), (0.05, 0.05), (0.0, 0.01)],
+    ids=["default", "above the tracker's weak boxes", "below them", "zero"],
+)
+def test_the_detector_keeps_the_boxes_tracker_and_rules_need(
+    min_confidence: float | None, conf: float
+) -> None:
+    crowd: dict[str, Any] = {"min_persons": 3}
+    if min_confidence is not None:
+        crowd["min_confidence"] = min_confidence
+    zone = {"id": "plaza", "polygon": WHOLE, "rules": {"crowd_gathering": crowd}}
+    assert detector_conf([camera([VENDING_ZONE]), camera([zone])]) == conf
 
 
 def test_dwell_survives_an_occlusion_and_id_switch() -> None:
