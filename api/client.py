@@ -181,6 +181,12 @@ CREATE INDEX IF NOT EXISTS outbox_ops_state ON outbox_ops (state, seq);
 CREATE INDEX IF NOT EXISTS outbox_ops_sha256 ON outbox_ops (sha256) WHERE sha256 IS NOT NULL;
 CREATE INDEX IF NOT EXISTS outbox_ops_refused_creates ON outbox_ops (candidate_id)
     WHERE kind = 'create' AND state = 'failed';
+-- candidate_closed runs in every producer transaction that updates or ends a candidate.
+CREATE INDEX IF NOT EXISTS outbox_ops_failed ON outbox_ops (candidate_id) WHERE state = 'failed';
+-- A refused evidence file is kept as a record of the refusal, without its bytes (up to the
+-- evidence cap each, and never sent again); files written before this held them.
+UPDATE outbox_ops SET payload = x'' WHERE kind = 'evidence' AND state = 'failed'
+    AND length(payload) > 0;
 """
 
 
@@ -578,7 +584,8 @@ class Outbox:
         reason = json.dumps(exc.problem, ensure_ascii=False)[:2000]
         with _write(conn):
             conn.executemany(
-                "UPDATE outbox_ops SET state = 'failed', last_error = ? WHERE seq = ?",
+                "UPDATE outbox_ops SET state = 'failed', last_error = ?, payload = CASE kind"
+                " WHEN 'evidence' THEN x'' ELSE payload END WHERE seq = ?",
                 [(f"{exc.status} {reason}", op.seq) for op in ops],
             )
         with self._counts_lock:

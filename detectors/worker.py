@@ -718,12 +718,12 @@ class DetectorWorker:
         if not ops:
             self.book = book
             return
-        self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
+        refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
         # Only a committed transaction moves the book: after a failure the next event of the
         # episode tries again.
         self.book = book
         for op in ops:
-            if op.episode.candidate_id in self._closed:
+            if op.episode.candidate_id in refused:
                 continue
             rt.candidates += op.kind == "open"
             self.metrics.candidates.labels(rt.camera.id, op.kind).inc()
@@ -817,15 +817,18 @@ class DetectorWorker:
                 op.episode.last_event_at.isoformat(),
             )
 
-    def _commit(self, rendered: list[tuple[Op, Rendered]]) -> None:
+    def _commit(self, rendered: list[tuple[Op, Rendered]]) -> set[str]:
         """Evidence, candidate operations and episode state in one outbox transaction, so a
-        restart neither loses an operation nor repeats one."""
+        restart neither loses an operation nor repeats one. Returns the candidates the API
+        refused for good, whose operations were not queued."""
         from gridpatrol.detectors import episodes
 
+        refused: set[str] = set()
         with self.outbox.transaction() as txn:
             for op, (files, body) in rendered:
                 if op.kind != "open" and self._refused(txn.conn, op.episode):
                     episodes.save_episode(txn.conn, op.episode)  # followed, not reported
+                    refused.add(op.episode.candidate_id)
                     continue
                 if files:
                     body["evidence"] = [
@@ -836,6 +839,9 @@ class DetectorWorker:
                 else:
                     txn.patch_candidate(op.episode.candidate_id, body)
                 episodes.save_episode(txn.conn, op.episode)
+        # An ended episode has no more operations: its refusal need not be remembered.
+        self._closed -= {op.episode.candidate_id for op, _ in rendered if op.kind == "end"}
+        return refused
 
     def _refused(self, conn: sqlite3.Connection, ep: Episode) -> bool:
         """Whether the API refused the episode's candidate for good (410 Gone for a patch:

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -227,3 +228,46 @@ def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
         assert block["boxes"] == [list(b) for b in boxes]
         assert block["track_ids"] == ([4] if boxes == NOW else [3])
     assert (block["dwell_s"], block["score"], block["started_at"]) == (9.0, 0.7, T0.isoformat())
+
+
+class _Conn:
+    """The broker side a worker needs before it runs: subscriptions that never deliver."""
+
+    def subscribe(self, *args: object, **kwargs: object) -> object:
+        return object()
+
+
+class _Backend:
+    info = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
+
+
+def test_a_refusal_is_forgotten_once_its_episode_ended(tmp_path: Path) -> None:
+    """The worker remembers a candidate the API refused for good while its episode goes on
+    (no more lookups, no more patches), not for the rest of its life."""
+    from gridpatrol.api.client import Outbox
+    from gridpatrol.detectors.episodes import Op
+    from gridpatrol.detectors.motion import MotionSettings
+    from gridpatrol.detectors.worker import DetectorWorker
+
+    site = parse_site(SITE)
+    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
+    worker = DetectorWorker(
+        site, site.cameras[:1], _Backend(), {}, outbox, _Conn(),  # type: ignore[arg-type]
+        motion=MotionSettings(), component_id="detect",
+    )  # fmt: skip
+    cid = "6f1c1d1e-4b8a-4c53-9d55-5f0d1c7a2b10"
+    ep = Episode(
+        camera_id="cam-00", zone_id="kerb", type="crowd_gathering", candidate_id=cid,
+        source_event_id=f"cam-00:kerb:crowd_gathering:{T0.timestamp()}", started_at=T0,
+        reported_at=T0, last_event_at=T0, best_confidence=0.7, dwell_s=9.0,
+    )  # fmt: skip
+    with outbox.transaction() as txn:  # a reviewer rejected it: its patch was refused
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 9.0}})
+        txn.conn.execute("UPDATE outbox_ops SET state = 'failed', last_error = '410 {}'")
+    update = {"detection": {"dwell_s": 20.0}}
+    assert worker._commit([(Op("update", ep), ([], update))]) == {cid}
+    assert worker._closed == {cid}
+    ended = Op("end", replace(ep, ended_at=T0 + timedelta(seconds=30)))
+    assert worker._commit([(ended, ([], {"detection": {"ended_at": "x"}}))]) == {cid}
+    assert worker._closed == set()
+    assert outbox.depth() == 0  # nothing of it was queued
