@@ -576,3 +576,36 @@ def test_an_ended_episode_and_a_cleared_alarm_say_when(
     assert shown["测量值"] == "fill 40 %; lid_open false"
     assert "画面消失" not in shown
     ui.shot("ended-and-cleared")
+
+
+def with_exif_rotation(jpeg: bytes) -> bytes:
+    """The same pixels, with an EXIF Orientation of 6 (a viewer would turn them 90°)."""
+    ifd = b"\x00\x01" + b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00" + b"\x00\x00\x00\x00"
+    exif = b"Exif\x00\x00" + b"MM\x00\x2a\x00\x00\x00\x08" + ifd
+    app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def test_the_clean_frame_is_shown_as_stored_like_the_annotated_one(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    now = datetime.now(SITE_TZ)
+    clean = seeder._ref(with_exif_rotation(frames[3]), "clean", now)
+    response = seeder.client.patch(
+        f"/candidates/{case['id']}",
+        json={"evidence": [clean]},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 200, response.text
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    page.click("#toggle-clean")
+    main = f"#detail figure.main img[src='/api/v1/evidence/{clean['sha256']}']"
+    page.wait_for_selector(main)
+    assert ui.image_width(main) > 0
+    # Landscape (1280x720) as stored, like the annotated frame drawn on the same pixels.
+    width, height = page.eval_on_selector(main, "img => [img.clientWidth, img.clientHeight]")
+    assert width > height, (width, height)
+    ui.shot("clean-as-stored")
