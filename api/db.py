@@ -69,6 +69,8 @@ class CandidateRow(Base):
     __table_args__ = (
         UniqueConstraint("source_system", "source_event_id", name="uq_candidates_natural"),
         Index("ix_candidates_created", "created_at", "id"),
+        # The event stream replays what changed since a reconnecting console's last event.
+        Index("ix_candidates_updated", "updated_at", "id"),
         Index("ix_candidates_status", "status"),
         Index("ix_candidates_type", "type"),
         Index("ix_candidates_camera", "camera_id"),

@@ -2,7 +2,12 @@
 
 Handlers run in worker threads; everything that touches asyncio objects is handed to the
 event loop with ``call_soon_threadsafe``. Subscriber queues are bounded: a console that does
-not read loses events (counted), it never slows the API down.
+not keep up never slows the API down. When its queue is full, what it holds and what did not
+fit is dropped (counted) and replaced by one ``reset`` event, after which the subscriber gets
+nothing more: its stream tells the console to load its list again and ends.
+
+Feed long polls wait on a generation counter as well as a future, so a wake-up between a
+poll's read of the database and its wait is not lost (``wait_feed(since_generation=...)``).
 
 With several processes (``gridpatrol api --workers N``) a relay (``gridpatrol.api.bus``) is
 attached: what this process publishes is delivered here at once and also handed to the relay,
@@ -14,11 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
+# What an overflowing subscriber gets instead of the events it could not take; its data says
+# how many were dropped.
+RESET = "reset"
 
 
 class Relay(Protocol):
@@ -36,6 +45,9 @@ class Hub:
         self._feed_waiters: set[asyncio.Future[None]] = set()
         self._relay: Relay | None = None
         self.dropped = 0
+        # Moved (from any thread) by every feed wake-up, before the waiters are woken.
+        self.feed_generation = 0
+        self._generation_lock = threading.Lock()
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -63,15 +75,23 @@ class Hub:
 
     def wake_feed(self) -> None:
         """Wake this process's feed long polls only (thread-safe)."""
+        with self._generation_lock:
+            self.feed_generation += 1
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake_feed)
 
-    async def wait_feed(self, timeout: float) -> None:
-        """Return when the feed may have new positions, or after ``timeout`` seconds."""
+    async def wait_feed(self, timeout: float, since_generation: int | None = None) -> None:
+        """Return when the feed may have new positions, or after ``timeout`` seconds.
+
+        With ``since_generation`` (``feed_generation`` read before the caller looked at the
+        database) it returns at once when a wake-up came since: that one found no waiter.
+        """
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._feed_waiters.add(future)
         try:
+            if since_generation is not None and self.feed_generation != since_generation:
+                return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(future, timeout)
         finally:
@@ -86,12 +106,24 @@ class Hub:
         self._subscribers.discard(queue)
 
     def _fanout(self, events: list[Event]) -> None:
-        for queue in self._subscribers:
-            for event in events:
+        for queue in list(self._subscribers):
+            for index, event in enumerate(events):
                 try:
                     queue.put_nowait(event)
                 except asyncio.QueueFull:
-                    self.dropped += 1
+                    self._overflow(queue, len(events) - index)
+                    break
+
+    def _overflow(self, queue: asyncio.Queue[Event], refused: int) -> None:
+        """A subscriber fell behind: events it would get now are stale anyway, so it gets a
+        reset instead (and nothing more), and its console loads the list again."""
+        dropped = refused
+        while not queue.empty():
+            queue.get_nowait()
+            dropped += 1
+        self.dropped += dropped
+        self._subscribers.discard(queue)
+        queue.put_nowait((RESET, {"reason": "overflow", "dropped": dropped}))
 
     def _wake_feed(self) -> None:
         for future in list(self._feed_waiters):

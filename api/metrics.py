@@ -51,6 +51,12 @@ class Metrics:
             "notifications the inter-process bus lost (queue full, connection lost, too large)",
             registry=own,
         )
+        self.sse_dropped = Counter(
+            "gridpatrol_api_sse_dropped",
+            "live events a console's stream could not take (its queue was full); each such"
+            " stream was sent a reset and ended",
+            registry=own,
+        )
         if multiprocess():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
         self.registry.register(_StorageCollector(db, frozenset(feed_names)))

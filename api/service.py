@@ -82,6 +82,9 @@ CREATE_OWNED = SERVER_FIELDS - {"id"}
 SURROGATES = "text must be valid Unicode (no lone surrogates)"
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
+# Merge candidates for a case (GET /candidates?near=): those that occurred this close to it.
+NEAR_WINDOW = timedelta(hours=24)
+NEAR_SKEW = timedelta(hours=1)
 
 
 # Hot-path statements, built once.
@@ -928,6 +931,7 @@ class CandidateService:
         sensor_id: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        open_only: bool = False,
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[str], str | None]:
@@ -944,6 +948,8 @@ class CandidateService:
             query = query.where(CandidateRow.created_at >= since)
         if until is not None:
             query = query.where(CandidateRow.created_at < until)
+        if open_only:
+            query = query.where(CandidateRow.status.not_in(sm.FINAL))
         if cursor:
             at, cid = _decode_list_cursor(cursor)
             query = query.where(
@@ -959,6 +965,66 @@ class CandidateService:
         rows = rows[:limit]
         next_cursor = _encode_list_cursor(rows[-1][0], rows[-1][1]) if more else None
         return [r[2] for r in rows], next_cursor
+
+    def near(self, cid: str, *, open_only: bool = False, limit: int = 50) -> list[str]:
+        """Other candidates of ``cid``'s type and source (camera or sensor) that occurred
+        within a day of it, nearest in time first: what a reviewer may merge it with."""
+        with self.db.read() as session:
+            target = session.execute(
+                select(
+                    CandidateRow.type,
+                    CandidateRow.camera_id,
+                    CandidateRow.sensor_id,
+                    CandidateRow.created_at,
+                    CandidateRow.doc,
+                ).where(CandidateRow.id == cid)
+            ).first()
+            if target is None:
+                raise Problem(404, f"no candidate {cid}")
+            ctype, camera_id, sensor_id, created_at, doc = target
+            at = _occurred(json.loads(doc), created_at)
+            # occurred_at is in the document only. A case is received after it occurred, so
+            # one created before the window cannot be in it (with an hour for clock skew).
+            query = select(CandidateRow.created_at, CandidateRow.doc).where(
+                CandidateRow.id != cid,
+                CandidateRow.type == ctype,
+                CandidateRow.camera_id == camera_id,
+                CandidateRow.sensor_id == sensor_id,
+                CandidateRow.created_at >= at - NEAR_WINDOW - NEAR_SKEW,
+            )
+            if open_only:
+                query = query.where(CandidateRow.status.not_in(sm.FINAL))
+            rows = session.execute(query).all()
+        found = []
+        for row_created, row_doc in rows:
+            distance = abs(_occurred(json.loads(row_doc), row_created) - at)
+            if distance <= NEAR_WINDOW:
+                found.append((distance, row_doc))
+        found.sort(key=lambda pair: pair[0])
+        return [row_doc for _distance, row_doc in found[:limit]]
+
+    def changed_since(self, since: datetime, limit: int) -> list[JsonDict]:
+        """The event data of up to ``limit`` candidates changed at or after ``since``, oldest
+        change first: the replay of a reconnecting event stream."""
+        query = (
+            select(
+                CandidateRow.id,
+                CandidateRow.status,
+                CandidateRow.type,
+                CandidateRow.camera_id,
+                CandidateRow.sensor_id,
+                CandidateRow.updated_at,
+            )
+            .where(CandidateRow.updated_at >= since)
+            .order_by(CandidateRow.updated_at, CandidateRow.id)
+            .limit(limit)
+        )
+        with self.db.read() as session:
+            rows = session.execute(query).all()
+        keys = ("id", "status", "type", "camera_id", "sensor_id")
+        return [
+            {**dict(zip(keys, r[:5], strict=True)), "updated_at": r[5].isoformat()} for r in rows
+        ]
 
     # -- the feed ----------------------------------------------------------------------------
 
@@ -1249,6 +1315,16 @@ def _decode_list_cursor(cursor: str) -> tuple[datetime, str]:
     if parsed.tzinfo is None or not CANDIDATE_ID_RE.fullmatch(cid):
         raise Problem(422, "invalid cursor")
     return parsed, cid
+
+
+def _occurred(doc: JsonDict, created_at: datetime) -> datetime:
+    """When a candidate occurred; when it was received if it does not say."""
+    value = doc.get("occurred_at")
+    with contextlib.suppress(ValueError):
+        at = datetime.fromisoformat(value) if isinstance(value, str) else None
+        if at is not None and at.tzinfo is not None:
+            return at
+    return created_at
 
 
 CONFIRMED_OR_LATER = sm.VISIBLE

@@ -67,9 +67,23 @@ def list_candidates(
     sensor_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     since: Instant | None = None,
     until: Instant | None = None,
+    open: Annotated[
+        bool, Query(description="leave out rejected, merged and closed candidates")
+    ] = False,
+    near: Annotated[
+        str | None,
+        Query(
+            pattern=CANDIDATE_PATH_PATTERN,
+            description="instead of the list: the other candidates of this one's type and"
+            " camera or sensor that occurred within 24 h of it, nearest first (one page)",
+        ),
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
+    if near is not None:
+        cid = canonical_candidate_id(near)
+        return raw_page(services.candidates.near(cid, open_only=open, limit=limit), None)
     items, next_cursor = services.candidates.search(
         status=status,
         ctype=type,
@@ -77,6 +91,7 @@ def list_candidates(
         sensor_id=sensor_id,
         since=since,
         until=until,
+        open_only=open,
         cursor=cursor,
         limit=limit,
     )

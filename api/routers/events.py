@@ -1,36 +1,108 @@
-"""Server-sent events of candidate changes, for the review console."""
+"""Server-sent events of candidate changes, for the review console.
+
+Each event's id is ``<updated_at>|<candidate id>``. A client that reconnects with it (the
+``Last-Event-ID`` header a browser sends by itself, or ``?since=`` on a new connection) first
+gets ``candidate.changed`` for every candidate changed since, less a margin; the client
+fetches what it needs, so the duplicates the margin brings are harmless. When that is too
+much to replay, when the id is not one of ours, or when the client fell so far behind that
+its queue overflowed, it gets ``event: reset`` instead: load the list again. After an
+overflow the stream ends there (the browser reconnects from the reset's id).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
-from gridpatrol.api.deps import Reviewer, Svc
+from gridpatrol.api.deps import Reviewer, Services, Svc
+from gridpatrol.api.hub import RESET
+from gridpatrol.api.metrics import Metrics
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
 KEEPALIVE_S = 15.0
+# Changes are committed in another order than their updated_at was read, and instances'
+# clocks differ a little: replay from this much before the last id.
+REPLAY_MARGIN = timedelta(seconds=5)
+REPLAY_MAX = 500
+EventId = Annotated[str | None, Query(max_length=200)]
+
+
+def parse_event_id(value: str) -> datetime | None:
+    """The instant of an event id (``<updated_at>|<candidate id>``); None when it is not one."""
+    try:
+        at = datetime.fromisoformat(value.split("|", 1)[0])
+    except ValueError:
+        return None
+    return at if at.tzinfo is not None else None
+
+
+def message(kind: str, data: dict[str, Any], event_id: str) -> str:
+    body = json.dumps(data, ensure_ascii=False)
+    return f"id: {event_id}\nevent: {kind}\ndata: {body}\n\n"
+
+
+def change_message(kind: str, data: dict[str, Any]) -> str:
+    return message(kind, data, f"{data['updated_at']}|{data['id']}")
+
+
+def reset_message(reason: str, now: datetime) -> str:
+    # Its id is the present: a reconnect after it replays only what changed after the reload.
+    return message(RESET, {"reason": reason}, f"{now.isoformat()}|")
+
+
+async def replay(services: Services, resume: str, now: datetime) -> list[str]:
+    """What changed since the event id ``resume`` (less the margin), or a reset."""
+    at = parse_event_id(resume)
+    if at is None:
+        return [reset_message("unknown_id", now)]
+    rows = await run_in_threadpool(
+        services.candidates.changed_since, at - REPLAY_MARGIN, REPLAY_MAX + 1
+    )
+    if len(rows) > REPLAY_MAX:
+        return [reset_message("too_many", now)]
+    return [change_message("candidate.changed", data) for data in rows]
 
 
 @router.get("/events", response_class=StreamingResponse)
-async def events(request: Request, _who: Reviewer, services: Svc) -> StreamingResponse:
+async def events(
+    request: Request,
+    _who: Reviewer,
+    services: Svc,
+    since: EventId = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=200)] = None,
+) -> StreamingResponse:
     hub = services.hub
     hub.bind(asyncio.get_running_loop())
+    metrics: Metrics = request.app.state.metrics
+    # Subscribed before the replay is read: a change committed in between comes twice,
+    # never not at all.
     queue = hub.subscribe()
+    resume = last_event_id or since
+    now = services.clock()
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield ": connected\n\n"
+            for text in await replay(services, resume, now) if resume else []:
+                yield text
             while not await request.is_disconnected():
                 try:
                     kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
-                yield f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+                if kind == RESET:
+                    metrics.sse_dropped.inc(data["dropped"])
+                    yield reset_message(data["reason"], services.clock())
+                    return
+                yield change_message(kind, data)
         finally:
             hub.unsubscribe(queue)
 

@@ -1,0 +1,177 @@
+"""Server-sent events over HTTP: event ids, replay after a reconnect, resets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from .conftest import body, jpeg
+
+WAIT_S = 60
+
+
+@dataclass(frozen=True)
+class Message:
+    id: str
+    kind: str
+    data: dict[str, Any]
+
+
+Until = Callable[[list[Message]], bool]
+
+
+class Stream:
+    """``GET /events`` read in a thread until ``until`` holds for what it got, or it ends."""
+
+    def __init__(self, server: Any, until: Until, **request: Any) -> None:
+        self.server = server
+        self.until = until
+        self.request = request
+        self.messages: list[Message] = []
+        self.connected = threading.Event()
+        self.ended_by_server = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+        assert self.connected.wait(WAIT_S), "the stream did not open"
+
+    def _read(self) -> None:
+        with (
+            self.server.client("reviewer") as http,
+            http.stream("GET", "/events", **self.request) as stream,
+        ):
+            assert stream.status_code == 200
+            fields: dict[str, str] = {}
+            for line in stream.iter_lines():
+                self.connected.set()
+                if line:
+                    name, _, value = line.partition(": ")
+                    fields[name] = value
+                    continue
+                if "data" in fields:
+                    data = json.loads(fields["data"])
+                    self.messages.append(Message(fields.get("id", ""), fields["event"], data))
+                    if self.until(self.messages):
+                        return
+                fields = {}
+            self.ended_by_server = True
+
+    def join(self) -> list[Message]:
+        self.thread.join(WAIT_S)
+        assert not self.thread.is_alive(), f"still waiting; got {self.messages}"
+        return self.messages
+
+
+def changed(wanted: dict[str, str]) -> Until:
+    """Until each candidate of ``wanted`` was announced with that status."""
+    return lambda got: all(
+        any(m.data.get("id") == cid and m.data["status"] == st for m in got)
+        for cid, st in wanted.items()
+    )
+
+
+def create(server: Any, doc: dict[str, Any]) -> dict[str, Any]:
+    with server.client("producer") as http:
+        response = http.post("/candidates", json=doc, headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert response.status_code == 201, response.text
+        created: dict[str, Any] = response.json()
+        return created
+
+
+def upload(server: Any, data: bytes) -> str:
+    sha = hashlib.sha256(data).hexdigest()
+    with server.client("producer") as http:
+        response = http.put(
+            f"/evidence/{sha}", content=data, headers={"Content-Type": "image/jpeg"}
+        )
+        assert response.status_code in (200, 201), response.text
+    return sha
+
+
+def dropped_total(server: Any) -> float:
+    with server.client("reviewer") as http:
+        text = http.get("/metrics").text
+    for line in text.splitlines():
+        if line.startswith("gridpatrol_api_sse_dropped_total "):
+            return float(line.split()[1])
+    raise AssertionError("gridpatrol_api_sse_dropped_total is not exported")
+
+
+@pytest.mark.parametrize("how", ["header", "query"])
+def test_a_reconnect_replays_what_changed_since_the_last_event(server: Any, how: str) -> None:
+    sha = upload(server, jpeg(uuid.uuid4().int % 1000))
+    first_doc = {**body(None, sha), "id": str(uuid.uuid4())}
+    stream = Stream(server, changed({first_doc["id"]: "new"}))
+    first = create(server, first_doc)
+    (message,) = stream.join()
+    assert message.kind == "candidate.created"
+    assert message.id == f"{first['updated_at']}|{first['id']}"
+
+    # Disconnected: three changes the console does not hear of.
+    second = create(server, body(None, sha))
+    third = create(server, body(None, sha))
+    with server.client("reviewer") as http:
+        review = http.post(f"/candidates/{first['id']}/review", json={"decision": "confirm"})
+        assert review.status_code == 200, review.text
+    missed = {second["id"]: "new", third["id"]: "new", first["id"]: "confirmed"}
+
+    resume = (
+        {"headers": {"Last-Event-ID": message.id}}
+        if how == "header"
+        else {"params": {"since": message.id}}
+    )
+    got = Stream(server, changed(missed), **resume).join()
+    assert {m.kind for m in got} == {"candidate.changed"}
+    replayed = {m.data["id"]: m for m in got if m.data["id"] in missed}
+    assert {cid: m.data["status"] for cid, m in replayed.items()} == missed
+    for m in got:
+        assert m.id == f"{m.data['updated_at']}|{m.data['id']}"
+    # Oldest change first, as they happened.
+    assert [m.data["id"] for m in got if m.data["id"] in missed] == list(missed)
+
+
+def test_an_id_that_is_not_ours_gets_a_reset(server: Any) -> None:
+    got = Stream(server, bool, headers={"Last-Event-ID": "yesterday"}).join()
+    assert [(m.kind, m.data) for m in got] == [("reset", {"reason": "unknown_id"})]
+    assert got[0].id.endswith("|")
+
+
+def test_a_console_that_falls_behind_gets_a_reset_and_so_does_a_long_replay(
+    server: Any,
+) -> None:
+    """One change of more candidates than a stream's queue holds (1000): the stream gets a
+    reset and ends; a reconnect from before them (over 500 to replay) gets a reset too."""
+    data = jpeg(uuid.uuid4().int % 1000)
+    sha = hashlib.sha256(data).hexdigest()
+    marker_doc = {**body(None, sha), "id": str(uuid.uuid4())}
+    stream = Stream(server, changed({marker_doc["id"]: "incomplete"}))
+    create(server, marker_doc)
+    (before,) = stream.join()
+
+    # 1000 more candidates waiting for the same evidence file: its upload changes 1001 at once.
+    with server.client("producer") as http:
+        for _ in range(2):
+            items = [
+                {"idempotency_key": uuid.uuid4().hex, "body": body(None, sha)} for _ in range(500)
+            ]
+            response = http.post("/candidates/batch", json={"items": items})
+            assert response.status_code == 207, response.text
+            assert {item["status"] for item in response.json()["items"]} == {201}
+    dropped = dropped_total(server)
+
+    behind = Stream(server, lambda got: False)
+    upload(server, data)
+    got = behind.join()
+    assert behind.ended_by_server
+    assert [(m.kind, m.data) for m in got] == [("reset", {"reason": "overflow"})]
+    assert got[0].id.endswith("|")
+    assert dropped_total(server) == dropped + 1001
+
+    far = Stream(server, bool, headers={"Last-Event-ID": before.id}).join()
+    assert [(m.kind, m.data) for m in far] == [("reset", {"reason": "too_many"})]
