@@ -11,10 +11,15 @@ const DECISIONS = {
   returned: ['reject', 'merge'],
 };
 const allowed = (c, decision) => (DECISIONS[c.status] || []).includes(decision);
+// Statuses nothing can be merged into (api/status.py FINAL).
+const FINAL = ['rejected', 'merged', 'closed'];
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
   initialised: false, loadSeq: 0, busy: false,
-  missed: false, retries: 0, retryTimer: null, // live updates: see connectEvents
+  // Ids of live changes heard while a load is in flight (null when none is): applied to the
+  // page it brings, which may have been read before they were saved.
+  pending: null,
+  missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
 };
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
@@ -150,6 +155,7 @@ function matches(c) {
 // case when it is still listed (a reload after lost live updates must not move the reviewer).
 async function load(append = false, keep = false) {
   const seq = ++state.loadSeq;
+  state.pending ??= new Set();
   const keepId = keep ? state.items[state.selected]?.id : undefined;
   const params = { ...filters(), limit: 50 };
   if (append && state.cursor) params.cursor = state.cursor;
@@ -158,16 +164,24 @@ async function load(append = false, keep = false) {
     page = await get(`/candidates${query(params)}`);
   } catch (err) {
     toast(err.message, true);
+    if (seq === state.loadSeq) applyPending();
     return;
   }
   if (seq !== state.loadSeq) return; // a newer filter change won
-  state.items = append ? [...state.items, ...page.items] : page.items;
+  if (append) {
+    // A case shown live since the last page may come again in this one.
+    const listed = new Set(state.items.map((x) => x.id));
+    state.items = [...state.items, ...page.items.filter((x) => !listed.has(x.id))];
+  } else {
+    state.items = page.items;
+  }
   state.cursor = page.next_cursor || null;
   if (!append) {
     const kept = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
     state.selected = kept >= 0 ? kept : (state.items.length ? 0 : -1);
   }
   renderList();
+  applyPending();
   if (!append) await showDetail();
 }
 
@@ -390,22 +404,51 @@ function returnNote(body) {
   return () => ({ reason: note.value || undefined });
 }
 
+// The merge dialog offers the open cases of the same type and camera or sensor that occurred
+// within a day (asked of the API, loaded or not), and any open case whose id is pasted.
 function mergePicker(current) {
   return (body) => {
-    const targets = state.items.filter((c) => c.id !== current.id);
-    targets.sort((a, b) => (b.type === current.type) - (a.type === current.type));
-    if (!targets.length) {
-      body.append(el('p', { class: 'muted', text: t('dlg.nomerge') }));
-      return () => null;
-    }
-    const select = el('select', { name: 'merge_into', size: String(Math.min(8, targets.length)) });
-    for (const c of targets) {
-      select.append(el('option', { value: c.id, text: `${typeName(c.type).main} · ${sourceId(c)} · ${age(c.occurred_at)} · ${c.id.slice(0, 8)}` }));
-    }
-    select.selectedIndex = 0;
-    body.append(select);
-    setTimeout(() => select.focus(), 0);
-    return () => (select.value ? { merge_into: select.value } : null);
+    const search = el('input', { type: 'text', name: 'merge_id', placeholder: t('dlg.mergeid'), autocomplete: 'off' });
+    const select = el('select', { name: 'merge_into', size: '8', hidden: '' });
+    const note = el('p', { class: 'muted', text: t('dlg.mergeloading') });
+    const refused = new Set(); // pasted ids that name no case to merge into
+    const offer = (c, first) => {
+      if (c.id === current.id || FINAL.includes(c.status) || select.querySelector(`option[value="${c.id}"]`)) return;
+      const option = el('option', { value: c.id, text: `${typeName(c.type).main} · ${sourceId(c)} · ${age(c.occurred_at)} · ${c.id.slice(0, 8)}` });
+      if (first) select.prepend(option); else select.append(option);
+      select.hidden = false;
+      note.hidden = true;
+    };
+    body.append(search, select, note);
+    get(`/candidates${query({ near: current.id, open: true })}`).then((page) => {
+      page.items.forEach((c) => offer(c, false));
+      if (select.selectedIndex < 0 && select.options.length) select.selectedIndex = 0;
+      note.textContent = t('dlg.nomerge');
+    }, (err) => { note.textContent = err.message; });
+    search.addEventListener('input', async () => {
+      const id = search.value.trim();
+      if (!/^[A-Za-z0-9:{}-]{32,64}$/.test(id)) return;
+      let c;
+      try { c = await get(`/candidates/${id}`); } catch (err) {
+        refused.add(id);
+        toast(err.message, true);
+        return;
+      }
+      if (c.id === current.id || FINAL.includes(c.status)) {
+        refused.add(id);
+        toast(`${t('dlg.mergefinal')} (${t(`s.${c.status}`)})`, true);
+        return;
+      }
+      offer(c, true);
+      select.value = c.id;
+    });
+    setTimeout(() => search.focus(), 0);
+    return () => {
+      // A pasted id wins over the list, also when Enter came before its case was shown.
+      const typed = search.value.trim();
+      if (typed) return refused.has(typed) ? null : { merge_into: typed };
+      return select.value ? { merge_into: select.value } : null;
+    };
   };
 }
 
@@ -491,17 +534,29 @@ function onKey(ev) {
 // ---- live updates ---------------------------------------------------------------------------
 
 async function onEvent(kind, message) {
+  if (message.lastEventId) state.lastId = message.lastEventId;
   let data;
   try { data = JSON.parse(message.data); } catch { return; }
   const known = state.items.some((x) => x.id === data.id);
   if (kind === 'candidate.changed' && !known) {
     if (!matches({ ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } })) return;
   }
+  await refresh(data.id);
+}
+
+// Show a case as it is now: replace it in the list, drop it, or list it when it is new to it.
+async function refresh(id) {
+  if (state.pending) { // the page on its way may not know of the change: apply it there
+    state.pending.add(id);
+    return;
+  }
   let full;
-  try { full = await get(`/candidates/${data.id}`); } catch { return; }
-  if (state.items.some((x) => x.id === full.id)) {
+  try { full = await get(`/candidates/${id}`); } catch { return; }
+  if (state.pending) {
+    state.pending.add(id);
+  } else if (state.items.some((x) => x.id === full.id)) {
     applyUpdate(full, false);
-  } else if (matches(full)) {
+  } else if (matches(full) && beforeNextPage(full)) {
     full._fresh = true;
     state.items.unshift(full);
     if (state.selected >= 0) state.selected += 1;
@@ -511,21 +566,38 @@ async function onEvent(kind, message) {
   }
 }
 
-// Events carry no ids and the API replays nothing, so after any break in the stream the list is
-// loaded again. The browser reconnects a dropped stream by itself, but gives up for good on an
-// answer other than 200 (a 401 after an API restart, a proxy's 502 or 503): then the console
-// reconnects, with backoff, or shows the login form when the session is gone.
+// The list is newest first (by when the API received a case): a case older than the oldest
+// listed one belongs to a later page, which lists it when the reviewer asks for more.
+function beforeNextPage(c) {
+  const oldest = state.items[state.items.length - 1];
+  return !state.cursor || !oldest || Date.parse(c.created_at) >= Date.parse(oldest.created_at);
+}
+
+function applyPending() {
+  const ids = state.pending || [];
+  state.pending = null;
+  for (const id of ids) refresh(id);
+}
+
+// Each event's id is "<updated_at>|<case id>". After a break the browser reconnects by itself
+// and sends the last one (Last-Event-ID), and the API replays what changed since; the console's
+// own reconnect passes it as ?since=. Only without one (no event heard yet) is the list loaded
+// again; a reset event (too much to replay, or this stream fell behind) reconnects afresh and
+// loads the list. The browser gives up for good on an answer other than 200 (a 401 after an API
+// restart, a proxy's 502 or 503): then the console reconnects, with backoff, or shows the login
+// form when the session is gone.
 const RETRY_MS = [1000, 2000, 5000, 10000, 30000];
 
 export function connectEvents() {
   stopEvents();
   state.missed = false; // (re)entering the console loads the list anyway
-  const source = new EventSource('/api/v1/events', { withCredentials: true });
+  const since = state.lastId ? `?since=${encodeURIComponent(state.lastId)}` : '';
+  const source = new EventSource(`/api/v1/events${since}`, { withCredentials: true });
   const live = $('#live');
   source.onopen = () => {
     live.className = 'live on';
     state.retries = 0;
-    if (state.missed) {
+    if (state.missed && !state.lastId) {
       state.missed = false;
       load(false, true);
     }
@@ -537,6 +609,13 @@ export function connectEvents() {
   };
   source.addEventListener('candidate.created', (m) => onEvent('candidate.created', m));
   source.addEventListener('candidate.changed', (m) => onEvent('candidate.changed', m));
+  source.addEventListener('reset', () => {
+    if (state.source !== source) return;
+    // Subscribed before the list is read again (on open): nothing falls between the two.
+    state.lastId = null;
+    connectEvents();
+    state.missed = true;
+  });
   state.source = source;
 }
 

@@ -96,9 +96,12 @@ def test_login_flagged_frame_and_keyboard_triage(
     assert ui.selected() == queue[2]
     ui.shot("rejected")
 
-    # m merges into the case picked in the list (the only other one left), Enter confirms.
+    # m merges into a case of another type and source (none is offered as near): its pasted id
+    # shows it in the list; Enter confirms.
     page.keyboard.press("m")
-    page.wait_for_selector(f"#dlg[open] option[value='{queue[3]}']", state="attached")
+    page.wait_for_selector("#dlg[open] #dlg-body p:has-text('附近没有可合并的线索')")
+    page.fill("#dlg-body input[name=merge_id]", queue[3])
+    page.wait_for_selector(f"#dlg[open] option[value='{queue[3]}']:checked", state="attached")
     ui.shot("merge-dialog")
     page.keyboard.press("Enter")
     ui.wait_rows(queue[3:])

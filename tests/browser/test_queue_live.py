@@ -1,0 +1,195 @@
+"""The console's queue with live updates racing list loads, replayed events and the merge
+dialog, in headless Chromium against a real API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from .test_console import PARKING, VENDING, status_of
+
+pytestmark = [pytest.mark.browser]
+
+LIST = "/api/v1/candidates?"
+STAGES = ("registered", "dispatched", "arrived", "resolved", "verified", "closed")
+
+
+def is_list(url: str) -> bool:
+    return LIST in url
+
+
+def review(console: Any, cid: str, **decision: Any) -> None:
+    with console.client("reviewer") as client:
+        response = client.post(f"/candidates/{cid}/review", json=decision)
+        assert response.status_code == 200, response.text
+
+
+def close(console: Any, cid: str) -> None:
+    review(console, cid, decision="confirm")
+    with console.client("platform") as client:
+        for stage in STAGES:
+            response = client.post(f"/candidates/{cid}/status", json={"stage": stage})
+            assert response.status_code == 200, response.text
+
+
+def test_a_case_saved_while_the_list_loads_stays_listed(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([first["id"]])
+    page.wait_for_selector("#live.on")
+    saved: list[dict[str, Any]] = []
+
+    def hold(route: Any) -> None:
+        # The page is read before the case is saved and lands after its event came.
+        response = route.fetch()
+        saved.append(seeder.camera_candidate(frames, minutes_ago=0, **VENDING))
+        page.wait_for_timeout(1500)
+        route.fulfill(response=response)
+
+    page.route(is_list, hold, times=1)
+    with page.expect_response(lambda r: is_list(r.url)):
+        page.select_option("#f-status", "")  # all statuses: a load
+    ui.wait_rows([first["id"], saved[0]["id"]])
+    ui.shot("saved-during-load")
+
+
+def test_a_case_changed_beyond_the_loaded_page_is_listed_once(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(51)]
+    oldest = cases[0]["id"]
+    page = ui.page
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
+    assert oldest not in ui.rows()
+    page.wait_for_selector("#live.on")
+    with page.expect_response(lambda r: is_list(r.url)):
+        page.select_option("#f-status", "")  # all statuses: a returned case is listed too
+    page.wait_for_selector("#queue-more:not([hidden])")
+
+    # A change to the case of the next page, heard live (and looked up) before "more".
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{oldest}")):
+        review(console, oldest, decision="return")
+    page.click("#queue-more")
+    page.wait_for_selector("#queue-more", state="hidden")  # the last page landed
+    ui.wait_rows([c["id"] for c in cases])
+    assert ui.rows()[-1] == oldest
+    ui.shot("more")
+
+
+class Traffic:
+    """The list loads and event streams of a tab: ``first`` answers its first stream, the
+    later ones reach the API (after ``meanwhile`` for the second)."""
+
+    def __init__(
+        self, page: Any, first: Callable[[Any], None], meanwhile: Callable[[], None] = list
+    ) -> None:
+        self.lists: list[str] = []
+        self.streams: list[str] = []
+        self.first = first
+        self.meanwhile = meanwhile
+        page.on("request", lambda r: self.lists.append(r.url) if is_list(r.url) else None)
+        page.route("**/api/v1/events*", self._events)
+
+    def _events(self, route: Any) -> None:
+        self.streams.append(route.request.url)
+        if len(self.streams) == 1:
+            self.first(route)
+            return
+        if len(self.streams) == 2:
+            self.meanwhile()
+        route.continue_()
+
+
+def test_after_a_break_the_stream_replays_what_was_missed_without_a_reload(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    missed: list[dict[str, Any]] = []
+    heard = {key: first[key] for key in ("id", "status", "updated_at")}
+    last_id = f"{datetime.now(UTC).isoformat()}|{first['id']}"
+    body = f"id: {last_id}\nevent: candidate.changed\ndata: {json.dumps(heard)}\n\n"
+    traffic = Traffic(
+        page,
+        # An event with an id, then the stream breaks; the browser reconnects after 100 ms.
+        lambda route: route.fulfill(content_type="text/event-stream", body=f"retry: 100\n{body}"),
+        # A case arrives while the console is not connected.
+        lambda: missed.append(seeder.camera_candidate(frames, minutes_ago=1, **VENDING)),
+    )
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    ui.wait_rows([first["id"], missed[0]["id"]])
+    assert len(traffic.streams) == 2  # the browser's own reconnect, which sent the last id
+    # The first load only: the replay brought the missed case.
+    assert len(traffic.lists) == 1, traffic.lists
+    ui.shot("replayed")
+
+
+def test_a_reset_loads_the_list_again(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    missed: list[dict[str, Any]] = []
+    body = 'id: 2026-11-30T00:00:00+00:00|\nevent: reset\ndata: {"reason": "too_many"}\n\n'
+
+    def reset(route: Any) -> None:
+        missed.append(seeder.camera_candidate(frames, minutes_ago=1, **VENDING))
+        route.fulfill(content_type="text/event-stream", body=f"retry: 600000\n{body}")
+
+    traffic = Traffic(page, reset)
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 2")
+    ui.wait_rows([first["id"], missed[0]["id"]])
+    page.wait_for_selector("#live.on")
+    # Reconnected afresh (not from the reset's id), and the list loaded again.
+    assert len(traffic.streams) == 2 and "since=" not in traffic.streams[1]
+    assert len(traffic.lists) == 2, traffic.lists
+    live = seeder.camera_candidate(frames, minutes_ago=0, **PARKING)
+    ui.wait_rows([first["id"], missed[0]["id"], live["id"]])
+
+
+def test_the_merge_dialog_offers_open_cases_nearby_and_a_pasted_one(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    current = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
+    nearby = seeder.camera_candidate(frames, minutes_ago=10, **VENDING)
+    review(console, nearby["id"], decision="confirm")  # open, and not in the "new" list
+    rejected = seeder.camera_candidate(frames, minutes_ago=8, **VENDING)
+    review(console, rejected["id"], decision="reject", reason_code="duplicate")
+    closed = seeder.camera_candidate(frames, minutes_ago=6, **VENDING)
+    close(console, closed["id"])
+    long_ago = seeder.camera_candidate(frames, minutes_ago=30 * 60, **VENDING)
+    elsewhere = seeder.camera_candidate(frames, minutes_ago=4, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([current["id"], long_ago["id"], elsewhere["id"]])
+    page.click(f"#queue-body tr[data-id='{current['id']}']")
+    page.wait_for_selector(f"#detail:has-text('{current['id'][:8]}') #act-merge:enabled")
+
+    page.keyboard.press("m")
+    page.wait_for_selector(f"#dlg[open] option[value='{nearby['id']}']", state="attached")
+    offered = page.eval_on_selector_all("#dlg-body option", "os => os.map(o => o.value)")
+    assert offered == [nearby["id"]]
+    ui.shot("merge-nearby")
+
+    # A pasted closed case is not offered; a pasted open one is, and Enter merges into it.
+    page.fill("#dlg-body input[name=merge_id]", closed["id"])
+    page.wait_for_selector("#toast:has-text('不能合并到该线索')")
+    offered = page.eval_on_selector_all("#dlg-body option", "os => os.map(o => o.value)")
+    assert offered == [nearby["id"]]
+    page.fill("#dlg-body input[name=merge_id]", elsewhere["id"])
+    page.wait_for_selector(f"#dlg-body option[value='{elsewhere['id']}']:checked", state="attached")
+    ui.shot("merge-pasted")
+    page.keyboard.press("Enter")
+    ui.wait_rows([long_ago["id"], elsewhere["id"]])
+    merged = status_of(console, current["id"])
+    assert (merged["status"], merged["merged_into"]) == ("merged", elsewhere["id"])
