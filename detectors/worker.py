@@ -1191,10 +1191,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from gridpatrol.api.client import OutboxBusy
     from gridpatrol.detectors.models import ModelLoadError, ModelNotFoundError
+    from gridpatrol.ingest.mqtt import MqttConfigError
 
     component_id = _component_id(args)
     try:
-        worker, backend, conn = _build(args, site, cameras, component_id, spec)
+        conn = _connection(component_id, site)
+    except (MqttConfigError, RuntimeError) as exc:  # the environment or --component-id
+        log.error("%s: cannot start: %s", component_id, exc)
+        return 2
+    try:
+        worker, backend = _build(args, site, cameras, component_id, spec, conn)
     except (ModelLoadError, ModelNotFoundError, OutboxBusy) as exc:
         # Setup the operator must mend (weights, another worker on the file): as scan does.
         log.error("%s: cannot start: %s", component_id, exc)
@@ -1205,18 +1211,29 @@ def run(args: argparse.Namespace) -> int:
     return _serve(worker, backend, conn, args)
 
 
+def _connection(component_id: str, site: Site) -> MqttConnection:
+    """The broker connection (not yet connected) once the setup can work, checked before the
+    model takes seconds to load: RuntimeError without an API token, MqttConfigError for a
+    malformed GRIDPATROL_MQTT_URL or a component id that is no topic level."""
+    from gridpatrol.api.client import ApiClient
+    from gridpatrol.ingest.mqtt import MqttConnection
+
+    ApiClient.from_env().close()
+    return MqttConnection(component_id, prefix=site.mqtt.prefix)
+
+
 def _build(
     args: argparse.Namespace,
     site: Site,
     cameras: list[Camera],
     component_id: str,
     spec: ModelSpec,
-) -> tuple[DetectorWorker, Backend, MqttConnection]:
+    conn: MqttConnection,
+) -> tuple[DetectorWorker, Backend]:
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.models import load_backend, model_info, served_spec
     from gridpatrol.detectors.motion import MotionSettings
     from gridpatrol.detectors.pipeline import detector_conf, warn_missing_heads
-    from gridpatrol.ingest.mqtt import MqttConnection
 
     spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
     heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
@@ -1228,7 +1245,6 @@ def _build(
     backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input, conf=conf)
     outbox = Outbox.from_env(component_id)
     outbox.claim()  # before the episode book is read: one process per outbox file
-    conn = MqttConnection(component_id, prefix=site.mqtt.prefix)
     metrics = Metrics()
     if args.metrics_port:
         metrics.serve(args.metrics_port)
@@ -1244,7 +1260,7 @@ def _build(
         progress_s=args.progress_s,
         metrics=metrics,
     )
-    return worker, backend, conn
+    return worker, backend
 
 
 def _load_heads(info: Any, folder: str | None) -> dict[str, Any]:

@@ -126,6 +126,50 @@ def test_detect_refuses_an_evidence_cap_that_is_no_size(tmp_path: Path, value: s
     ) in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("env", "args", "says"),
+    [
+        (
+            {"GRIDPATROL_API_TOKEN": ""},
+            (),
+            "detect: cannot start: GRIDPATROL_API_TOKEN is not set: producers need a producer "
+            "token",
+        ),
+        (
+            {"GRIDPATROL_MQTT_URL": "mqtt://gp:s3cret@broker:18a3"},
+            (),
+            "detect: cannot start: broker URL 'mqtt://gp:***@broker:18a3': Port could not be "
+            "cast to integer value as '18a3'",
+        ),
+        (
+            {},
+            ("--component-id", "detect/east"),
+            "detect/east: cannot start: component id 'detect/east' is not an MQTT topic level",
+        ),
+    ],
+    ids=["no API token", "malformed broker URL", "component id no topic level"],
+)
+def test_detect_setup_errors_exit_2_with_one_line(
+    tmp_path: Path, env: dict[str, str], args: tuple[str, ...], says: str
+) -> None:
+    """Setup the operator must mend: status 2, which supervisors do not restart on."""
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site), *args],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={
+            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
+            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db", **env,
+        },
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and says in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    assert "s3cret" not in run.stderr
+
+
 def test_detect_without_a_site_file() -> None:
     run = subprocess.run(
         [sys.executable, "-m", "gridpatrol.cli", "detect"],
@@ -174,7 +218,11 @@ def test_detect_on_weights_the_runtime_cannot_read_is_a_setup_error(
     for name in ("yolo11n.xml", "metadata.yaml"):
         shutil.copy(source / name, model / name)
     (model / "yolo11n.bin").write_bytes((source / "yolo11n.bin").read_bytes()[:1000])
-    env = {**os.environ, "GRIDPATROL_OUTBOX": str(tmp_path / "outbox.db")}
+    env = {
+        **os.environ,
+        "GRIDPATROL_OUTBOX": str(tmp_path / "outbox.db"),
+        "GRIDPATROL_API_TOKEN": "tok-producer",  # the rest of the setup would do
+    }
     run = subprocess.run(
         [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site),
          "--model", str(model)],
