@@ -66,8 +66,9 @@ def register(sub: Any) -> None:
         "frame (index in the video; 0 for stills), ts (seconds from the video start; null for "
         "stills), width, height, detections (pixels), scene (head scores) and violations. "
         "Without --config the rules that can judge a still do so on the whole frame "
-        "(dwell_verified false); with --config and --camera a video runs through that "
-        "camera's zones, schedules and dwell (dwell_verified true). Progress goes to stderr.",
+        "(dwell_verified false); with --config and --camera a still is judged within that "
+        "camera's zones (dwell_verified false) and a video runs through its zones, schedules "
+        "and dwell (dwell_verified true). Progress goes to stderr.",
     )
     add_scan_arguments(scan_parser)
     scan_parser.set_defaults(func=run_scan)
