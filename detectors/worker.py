@@ -874,7 +874,7 @@ class DetectorWorker:
         h = item.frame.header
         if op.kind == "end":
             return [], {"detection": self._end_block(ep)}
-        detection = self._detection(ep, ev, op)
+        detection = self._detection(ep, ev, op, (h.width, h.height))
         now = StoredFrame(h.ts, item.frame.image, h.width, h.height)
         files: list[EvidenceFile] = []
         if op.better:
@@ -905,9 +905,11 @@ class DetectorWorker:
             out.append(replace(f, data=done.data, width=done.width, height=done.height))
         return out
 
-    def _detection(self, ep: Episode, ev: EpisodeEvent, op: Op) -> dict[str, Any]:
+    def _detection(
+        self, ep: Episode, ev: EpisodeEvent, op: Op, frame_size: tuple[int, int]
+    ) -> dict[str, Any]:
         previous = self._last_detection.get(ep.candidate_id)
-        block = candidate_detection(ep, ev, op.better, previous, self.backend.info)
+        block = candidate_detection(ep, ev, op.better, previous, self.backend.info, frame_size)
         self._last_detection[ep.candidate_id] = block
         return block
 
@@ -1029,6 +1031,7 @@ def candidate_detection(
     better: bool,
     previous: dict[str, Any] | None,
     model: ModelInfo,
+    frame_size: tuple[int, int],
 ) -> dict[str, Any]:
     """The ``detection`` of a create / update: boxes in pixels of the candidate's clean frame.
 
@@ -1036,24 +1039,33 @@ def candidate_detection(
     boxes; otherwise the boxes sent with the clean frame stand (``previous``: the block this
     worker sent last). When the worker does not know them (it restarted since), the update
     carries no boxes at all, as an ending does, so those of the evidence stay.
+
+    With the boxes go ``frame_width`` / ``frame_height``, the size of the frame they are in
+    (``frame_size`` for this event's frame): a clean frame too large for the API is stored
+    smaller, and whoever reads the boxes against it (``train-head --from-reviews``) must scale.
     """
     from gridpatrol.detectors.evidence import detection_block
 
     keep = not better or not ev.boxes
     known = previous is not None and "boxes" in previous
+    kept = previous if keep and previous and known else None
     block = detection_block(
         model=model.name,
         model_version=model.version,
         model_sha256=model.sha256,
         score=ep.best_confidence,
-        boxes=previous["boxes"] if keep and previous and known else ev.boxes,
-        track_ids=previous["track_ids"] if keep and previous and known else ev.track_ids,
+        boxes=kept["boxes"] if kept else ev.boxes,
+        track_ids=kept["track_ids"] if kept else ev.track_ids,
         zone_id=ep.zone_id,
         dwell_s=ep.dwell_s,
         ended_at=ep.ended_at,
     )
     if not better and not known:
         del block["boxes"], block["track_ids"]
+    elif kept is None:
+        block["frame_width"], block["frame_height"] = frame_size
+    elif "frame_width" in kept:
+        block["frame_width"], block["frame_height"] = kept["frame_width"], kept["frame_height"]
     block["started_at"] = ep.started_at.isoformat()
     return block
 

@@ -238,7 +238,8 @@ NOW = ((11.0, 21.0, 31.0, 41.0),)  # this frame's boxes
 
 
 def _sent(boxes: tuple[tuple[float, float, float, float], ...]) -> dict[str, object]:
-    return {"boxes": [list(b) for b in boxes], "track_ids": [3]}
+    return {"boxes": [list(b) for b in boxes], "track_ids": [3], "frame_width": 3840,
+            "frame_height": 2160}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -269,12 +270,15 @@ def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
         track_ids=(4,), labels=("person",),
     )  # fmt: skip
     model = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
-    block = candidate_detection(ep, ev, better, previous, model)
+    block = candidate_detection(ep, ev, better, previous, model, (1280, 720))
     if boxes is None:
-        assert "boxes" not in block and "track_ids" not in block
+        assert not {"boxes", "track_ids", "frame_width", "frame_height"} & block.keys()
     else:
         assert block["boxes"] == [list(b) for b in boxes]
         assert block["track_ids"] == ([4] if boxes == NOW else [3])
+        # The size of the frame the boxes are in: this one's, or the clean frame's.
+        size = (1280, 720) if boxes == NOW else (3840, 2160)
+        assert (block["frame_width"], block["frame_height"]) == size
     assert (block["dwell_s"], block["score"], block["started_at"]) == (9.0, 0.7, T0.isoformat())
 
 
