@@ -105,10 +105,12 @@ def expand(paths: Sequence[str]) -> list[Path]:
     return found
 
 
-def read_still(path: Path) -> Sample:
-    # As stored, like the worker's decode: a camera's EXIF Orientation tag would otherwise turn
-    # the image, and its size and boxes would no longer be those the worker reports.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+def read_still(path: Path, as_stored: bool = False) -> Sample:
+    """A still turned upright by its EXIF orientation, as photo viewers show it (a phone photo
+    is stored on its side); ``as_stored`` ignores the tag, as the worker decodes a camera's
+    frames, so that size, boxes and zones are those of the camera's pixels."""
+    flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0)
+    image = cv2.imread(str(path), flags)
     if image is None:
         raise ScanError(f"{path}: not a readable image")
     return Sample(str(path), 0, None, np.asarray(image, dtype=np.uint8))
@@ -138,11 +140,11 @@ def read_video(path: Path, fps: float) -> Iterator[Sample]:
         raise ScanError(f"{path}: no frames could be decoded")
 
 
-def samples(path: Path, fps: float) -> Iterator[Sample]:
+def samples(path: Path, fps: float, as_stored: bool = False) -> Iterator[Sample]:
     if path.suffix.lower() in VIDEO_SUFFIXES:
         yield from read_video(path, fps)
     else:
-        yield read_still(path)
+        yield read_still(path, as_stored)
 
 
 # --- judging -----------------------------------------------------------------------------------
@@ -355,10 +357,12 @@ def chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
         yield batch
 
 
-def scan_file(path: Path, backend: Backend, judge: Judge, fps: float, out: TextIO) -> int:
-    """Scan one file; returns the number of records written."""
+def scan_file(
+    path: Path, backend: Backend, judge: Judge, fps: float, out: TextIO, as_stored: bool = False
+) -> int:
+    """Scan one file; returns the number of records written. ``as_stored``: see read_still."""
     written = 0
-    for batch in chunks(samples(path, fps), CHUNK):
+    for batch in chunks(samples(path, fps, as_stored), CHUNK):
         results = backend.infer([s.image for s in batch])
         for sample, result in zip(batch, results, strict=True):
             out.write(json.dumps(record(sample, result, judge, backend.info)) + "\n")
@@ -396,11 +400,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"scan: {what}{exc}", file=sys.stderr)
         return 2
     failed = 0
+    camera = context.camera is not None
     try:
         for number, path in enumerate(files, 1):
             print(f"scan: [{number}/{len(files)}] {path}", file=sys.stderr, flush=True)
             try:
-                count = scan_file(path, backend, judge, args.fps, sys.stdout)
+                # A camera's stills are its frames: decoded as the worker does.
+                count = scan_file(path, backend, judge, args.fps, sys.stdout, as_stored=camera)
             except ScanError as exc:
                 print(f"scan: {exc}", file=sys.stderr, flush=True)
                 failed += 1

@@ -223,19 +223,35 @@ def test_a_still_is_judged_within_the_cameras_zones(shared_dir: Path, tmp_path: 
     ]
 
 
-def test_a_still_is_scanned_as_stored_whatever_its_exif_orientation(
+def test_a_photo_is_scanned_upright_and_a_cameras_still_as_stored(
     tmp_path: Path, with_orientation: Callable[[bytes, int], bytes]
 ) -> None:
-    """A JPEG tagged Orientation=6 is judged on its stored pixels, as the worker judges it:
-    the same size, and the same boxes, as without the tag."""
-    turned = tmp_path / "bus_on_its_side.jpg"
-    turned.write_bytes(with_orientation((ASSETS / "bus.jpg").read_bytes(), 6))
-    code, records, stderr = scan(str(ASSETS / "bus.jpg"), str(turned))
+    """A photo tagged Orientation=6 (stored on its side, as phones do) is judged upright, as a
+    viewer shows it: the same boxes as the same pixels turned by hand. With ``--config
+    --camera`` a still is one of the camera's frames and is judged on its stored pixels, as
+    the worker judges them: the same size and boxes as without the tag."""
+    bus = cv2.imread(str(ASSETS / "bus.jpg"))
+    ok, sideways = cv2.imencode(".jpg", np.ascontiguousarray(np.rot90(bus)))  # turned left
+    assert ok
+    stored, tagged, upright = (tmp_path / n for n in ("stored.jpg", "tagged.jpg", "up.png"))
+    stored.write_bytes(sideways.tobytes())
+    tagged.write_bytes(with_orientation(sideways.tobytes(), 6))
+    cv2.imwrite(str(upright), cv2.rotate(cv2.imread(str(stored)), cv2.ROTATE_90_CLOCKWISE))
+
+    code, (by_tag, by_hand), stderr = scan(str(tagged), str(upright))
     assert code == 0, stderr
-    plain, rotated = records
-    assert (rotated["width"], rotated["height"]) == (810, 1080)
-    assert rotated["detections"] == plain["detections"]
-    assert rotated["violations"] == plain["violations"]
+    assert (by_tag["width"], by_tag["height"]) == (810, 1080)
+    assert by_tag["detections"] == by_hand["detections"]
+    assert by_tag["violations"] == by_hand["violations"]
+
+    site = tmp_path / "site.yaml"
+    site.write_text(ZONES)
+    config = ("--config", str(site), "--camera", "street")
+    code, (as_camera, untagged), stderr = scan(*config, str(tagged), str(stored))
+    assert code == 0, stderr
+    assert (as_camera["width"], as_camera["height"]) == (1080, 810)
+    assert as_camera["detections"] == untagged["detections"]
+    assert by_tag["detections"] != as_camera["detections"]
 
 
 @pytest.mark.parametrize(
