@@ -36,6 +36,7 @@ from gridpatrol.detectors.tracking import Motion, Tracker
 from gridpatrol.detectors.types import Detections
 from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
 from gridpatrol.site import (
+    DETECTING_RULES,
     PATROL_VISITS,
     Camera,
     CrowdGatheringParams,
@@ -143,15 +144,26 @@ def _union(boxes: NDArray[np.float32]) -> Box:
     )
 
 
-def _rule_floors(camera: Camera) -> list[float]:
-    return [p.min_confidence for z in camera.zones for p in z.rules.enabled().values()]
+# Rules whose min_confidence picks detections: the tracked ones, and garbage_overflow's
+# occluders, which it reads from the frame's detections (piled_materials reads none).
+FRAME_DETECTING_RULES = (*DETECTING_RULES, "garbage_overflow")
+
+
+def _rule_floors(camera: Camera, rules: Sequence[str] = DETECTING_RULES) -> list[float]:
+    """The ``min_confidence`` of each of the camera's enabled ``rules``."""
+    return [
+        p.min_confidence
+        for z in camera.zones
+        for name, p in z.rules.enabled().items()
+        if name in rules
+    ]
 
 
 def detector_conf(cameras: Iterable[Camera]) -> float:
     """The confidence the detector must keep boxes from for ``cameras``: the tracker's weak
-    boxes (they keep tracks alive), and a rule's lower ``min_confidence`` (MIN_BOX_CONF at
-    least)."""
-    floors = [f for camera in cameras for f in _rule_floors(camera)]
+    boxes (they keep tracks alive), and a lower ``min_confidence`` of a rule that reads
+    detections (MIN_BOX_CONF at least)."""
+    floors = [f for camera in cameras for f in _rule_floors(camera, FRAME_DETECTING_RULES)]
     return max(min([Tracker.low_conf, *floors]), MIN_BOX_CONF)
 
 

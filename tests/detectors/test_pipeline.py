@@ -100,19 +100,35 @@ def test_weak_detections_a_rule_accepts_are_tracked(conf: float, raised: bool) -
     assert [e.kind for e in events] == (["raise"] if raised else [])
 
 
+PILE = {"dwell_s": 300, "gap_s": 60, "clear_s": 120, "update_s": 300}
+
+
 @pytest.mark.parametrize(
-    ("min_confidence", "conf"),
-    [(None, 0.1), (0.2, 0.1), (0.05, 0.05), (0.0, 0.01)],
-    ids=["default", "above the tracker's weak boxes", "below them", "zero"],
+    ("rule", "params", "conf", "high_conf"),
+    [
+        ("crowd_gathering", {}, 0.1, 0.35),
+        ("crowd_gathering", {"min_confidence": 0.2}, 0.1, 0.2),
+        ("crowd_gathering", {"min_confidence": 0.05}, 0.05, 0.05),
+        ("crowd_gathering", {"min_confidence": 0.0}, 0.01, 0.0),
+        # Its occluders are the frame's detections, never tracked.
+        ("garbage_overflow", {"min_confidence": 0.05}, 0.05, 0.45),
+        # It judges no detection at all.
+        ("piled_materials", {**PILE, "min_confidence": 0.05}, 0.1, 0.45),
+    ],
+    ids=["default", "above weak boxes", "below them", "zero", "occluders", "piles"],
 )
 def test_the_detector_keeps_the_boxes_tracker_and_rules_need(
-    min_confidence: float | None, conf: float
+    rule: str, params: dict[str, Any], conf: float, high_conf: float
 ) -> None:
-    crowd: dict[str, Any] = {"min_persons": 3}
-    if min_confidence is not None:
-        crowd["min_confidence"] = min_confidence
-    zone = {"id": "plaza", "polygon": WHOLE, "rules": {"crowd_gathering": crowd}}
-    assert detector_conf([camera([VENDING_ZONE]), camera([zone])]) == conf
+    """The detector's floor and the tracker's bar for new tracks follow the rules that read
+    detections, and only those."""
+    if rule == "crowd_gathering":
+        params = {"min_persons": 3, **params}
+    zone = {"id": "plaza", "polygon": WHOLE, "rules": {rule: params}}
+    cameras = [camera([VENDING_ZONE]), camera([zone])]
+    assert detector_conf(cameras) == conf
+    pipe = CameraPipeline(cameras[1], SHANGHAI, NAMES)
+    assert pipe.tracker.high_conf == high_conf
 
 
 def test_dwell_survives_an_occlusion_and_id_switch() -> None:
