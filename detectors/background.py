@@ -42,10 +42,22 @@ class BackgroundParams:
     bootstrap_s: float = 30.0  # the background is the plain running mean for this long
     fg_threshold: float = 25.0  # gray levels between S and B
     stable_threshold: float = 20.0  # gray levels between the frame and S
-    # The most time one frame may teach B. After a silence (camera or worker down, clock
-    # stepped ahead) the first frame would otherwise count for the whole silence and be
-    # blended in almost entirely, so a pile dumped meanwhile would be normal at once.
+    # The most time one frame may teach B, unless the camera's frames are normally further
+    # apart (see gap_factor). After a silence (camera or worker down, clock stepped ahead) the
+    # first frame would otherwise count for the whole silence and be blended in almost
+    # entirely, so a pile dumped meanwhile would be normal at once.
     max_step_s: float = 10.0
+    # A frame may also teach this many typical gaps: a camera whose frames are slower than
+    # configured (an overloaded worker or patrol, an mqtt camera publishing every 30 s) still
+    # learns at its real rate instead of learn_s stretched by gap / max_step_s.
+    gap_factor: float = 2.5
+
+
+# The typical gap follows each new gap by this share, and one gap counts as at most
+# GAP_OUTLIER typical ones: a steady slower rate is reached within a few frames, while one
+# long silence moves the estimate only a little.
+GAP_WEIGHT = 0.1
+GAP_OUTLIER = 4.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +69,7 @@ class BackgroundState:
     known: Mask  # pixels seen at least once without a detection on them
     clean: FloatImage  # each pixel's look when it last matched the background
     changed: Mask  # pixels foreground since they last looked clean (their clean look is kept)
+    gap: float = 0.0  # typical seconds between frames; 0 = not known yet
 
 
 @dataclass(frozen=True)
@@ -128,7 +141,7 @@ def step(
     # washes out anything undetected that moved through the first frames.
     elapsed = t - state.start_t
     tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
-    learn = _alpha(min(dt, params.max_step_s), tau)
+    learn = _alpha(min(dt, _max_step(state.gap, params)), tau)
     background = np.where(objects, base, base + learn * (frame - base))
     # Changed until both the pixel and its background look clean again (or it was a ghost):
     # on the way back the pixel passes between the two, near both, before it is stable.
@@ -143,8 +156,24 @@ def step(
         known,
         clean,
         changed,
+        _typical_gap(state.gap, dt, params),
     )
     return new_state, static
+
+
+def _max_step(gap: float, params: BackgroundParams) -> float:
+    """The most time one frame may teach B, from the typical gap seen before this frame."""
+    return max(params.max_step_s, params.gap_factor * gap)
+
+
+def _typical_gap(gap: float, dt: float, params: BackgroundParams) -> float:
+    """The typical gap after one of ``dt``: a clipped running mean, so it is robust to one
+    silence. The first gap (often the one across a restart) counts as at most max_step_s."""
+    if dt <= 0.0:
+        return gap  # a repeated or earlier timestamp says nothing about the rate
+    if gap <= 0.0:
+        return min(dt, params.max_step_s)
+    return gap + GAP_WEIGHT * (min(dt, GAP_OUTLIER * gap) - gap)
 
 
 def _follow_clean(
@@ -168,6 +197,7 @@ def encode(state: BackgroundState) -> bytes:
         known=state.known,
         clean=state.clean,
         changed=state.changed,
+        gap=np.float64(state.gap),  # a key of its own, which an older worker ignores
     )
     return buffer.getvalue()
 
@@ -177,6 +207,8 @@ def decode(data: bytes) -> BackgroundState:
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             t, start_t = (float(v) for v in npz["times"])
+            # Models saved before the typical gap was kept have none: it is learned anew.
+            gap = float(npz["gap"]) if "gap" in npz.files else 0.0
             state = BackgroundState(
                 npz["background"].astype(np.float32),
                 npz["short"].astype(np.float32),
@@ -185,6 +217,7 @@ def decode(data: bytes) -> BackgroundState:
                 npz["known"].astype(bool),
                 npz["clean"].astype(np.float32),
                 npz["changed"].astype(bool),
+                gap,
             )
     except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a stored background model: {exc}") from exc

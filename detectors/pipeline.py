@@ -177,8 +177,9 @@ def _bg_params(
 ) -> tuple[bg.BackgroundParams, ...]:
     """The zone's background models, fastest learner first.
 
-    One frame teaches the model at most a few of the camera's frame intervals (a patrol
-    camera's visits are far apart), never the whole of a silence before it.
+    One frame teaches the model at most a few of the camera's configured frame intervals (a
+    patrol camera's visits are far apart) or of the gaps the model sees between its frames
+    (a camera slower than configured), never the whole of a silence before it.
     """
     learn = {p.learn_s for p in rules.values() if isinstance(p, StaticForegroundParams)}
     step = max(bg.BackgroundParams.max_step_s, PATROL_VISITS * frame_interval_s)

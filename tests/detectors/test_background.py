@@ -20,9 +20,10 @@ def street(seed: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def run(
-    frames: list[tuple[float, np.ndarray, np.ndarray]], params: bg.BackgroundParams = PARAMS
-) -> bg.StaticForeground:
+Frame = tuple[float, np.ndarray, np.ndarray]  # time, grey image, pixels under detections
+
+
+def run(frames: list[Frame], params: bg.BackgroundParams = PARAMS) -> bg.StaticForeground:
     state = None
     result = None
     for t, image, objects in frames:
@@ -133,13 +134,51 @@ def test_irregular_frames_use_elapsed_time() -> None:
     assert 0.07 <= run(frames).fraction <= 0.09
 
 
-def test_a_pile_seen_first_after_a_silence_is_not_learned_at_once() -> None:
-    # The first frame after two hours of silence teaches the background max_step_s, not the
-    # two hours.
-    frames = scenario("empty street")[:30] + [
-        (t + 7200.0, with_box(street(t), 230, BOX_R, BOX_C), NOTHING) for t in range(60, 90, 2)
-    ]
+def every(gap: float, start: float, end: float, pile: int | None = None) -> list[Frame]:
+    """The street every ``gap`` seconds from ``start`` until before ``end``, with a box of
+    grey ``pile`` on it (when given)."""
+    frames = []
+    for t in np.arange(start, end, gap).tolist():
+        image = street(int(t))
+        frames.append((t, image if pile is None else with_box(image, pile, BOX_R, BOX_C), NOTHING))
+    return frames
+
+
+def darker(frames: list[Frame], by: int) -> list[Frame]:
+    """The frames with a shadow ``by`` grey levels deep on the box's place."""
+    out = []
+    for t, image, objects in frames:
+        shaded = image.copy()
+        shaded[BOX_R, BOX_C] -= by
+        out.append((t, shaded, objects))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("gap", "warm_s", "pile_s"),
+    [(0.5, 60.0, 30.0), (2.0, 60.0, 30.0), (30.0, 300.0, 90.0)],
+    ids=["2 fps", "every 2 s", "every 30 s"],
+)
+def test_a_pile_seen_first_after_a_silence_is_not_learned_at_once(
+    gap: float, warm_s: float, pile_s: float
+) -> None:
+    # The first frame after two hours of silence teaches the background a few of the
+    # camera's usual gaps (or max_step_s), not the two hours.
+    after = warm_s + 7200.0
+    frames = every(gap, 0.0, warm_s) + every(gap, after, after + pile_s, pile=230)
     assert 0.07 <= run(frames).fraction <= 0.09
+
+
+@pytest.mark.parametrize("gap", [2.0, 30.0, 60.0], ids=["every 2 s", "every 30 s", "every 60 s"])
+def test_a_slow_camera_learns_a_change_at_its_real_rate(gap: float) -> None:
+    # A shadow 40 grey levels deep is learned after learn_s × ln(40 / 25) ≈ 0.5 learn_s
+    # whether the frames come every 2 s or every minute: a frame teaches the time since the
+    # last one when that is the camera's usual gap, not just max_step_s (10 s).
+    change = 300.0
+    frames = every(gap, 0.0, change) + darker(every(gap, change, change + 600.0 + gap), 40)
+    seen = [f for f in frames if f[0] <= change + max(gap, 20.0)]
+    assert 0.07 <= run(seen).fraction <= 0.09  # the shadow is new at first
+    assert run(frames).fraction < 0.005  # and normal within learn_s (600 s)
 
 
 def test_boxes_mask_grows_and_clips() -> None:
@@ -158,7 +197,8 @@ def test_a_model_survives_encoding() -> None:
         state, _ = bg.step(state, image, t, ZONE, objects, PARAMS)
     assert state is not None
     again = bg.decode(bg.encode(state))
-    assert (again.t, again.start_t) == (state.t, state.start_t)
+    assert (again.t, again.start_t, again.gap) == (state.t, state.start_t, state.gap)
+    assert state.gap == pytest.approx(2.0)  # the scenario's frames are 2 s apart
     for name in ("background", "short", "known", "clean", "changed"):
         assert np.array_equal(getattr(again, name), getattr(state, name)), name
         assert getattr(again, name).dtype == getattr(state, name).dtype, name

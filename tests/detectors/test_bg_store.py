@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 
@@ -39,3 +40,28 @@ def test_saved_models_come_back_per_camera_and_a_broken_one_is_left_out(
     assert list(found) == [("lane", 7200.0)]
     assert float(found[("lane", 7200.0)].background.mean()) == 85.0
     assert "camera cam-1 zone shop: saved background unusable" in caplog.text
+
+
+def test_the_typical_gap_comes_back_and_a_model_saved_without_one_still_loads(
+    tmp_path: Path,
+) -> None:
+    slow, _ = bg.step(model(80), np.full((9, 16), 80, np.uint8), 30.0, ZONE, ~ZONE, PARAMS)
+    assert slow.gap == 10.0  # the first gap counts as at most max_step_s
+    # What a worker from before the typical gap was kept wrote: no "gap" in the npz.
+    older = io.BytesIO()
+    with np.load(io.BytesIO(bg.encode(slow))) as npz:
+        np.savez_compressed(older, **{k: npz[k] for k in npz.files if k != "gap"})
+    outbox = Outbox(tmp_path / "outbox.db", None, component="t")
+    with outbox.transaction() as txn:
+        bg_store.ensure_schema(txn.conn)
+        bg_store.save(txn.conn, "cam-1", {("lane", 600.0): slow})
+        txn.conn.execute(
+            "INSERT INTO detector_backgrounds VALUES ('cam-1', 'shop', 600.0, ?)",
+            (older.getvalue(),),
+        )
+    with outbox.transaction() as txn:
+        found = bg_store.load(txn.conn, "cam-1")
+    assert found[("lane", 600.0)].gap == 10.0
+    assert found[("shop", 600.0)].gap == 0.0  # not known: learned anew from the next frames
+    assert found[("shop", 600.0)].t == 30.0
+    assert np.array_equal(found[("shop", 600.0)].background, slow.background)
