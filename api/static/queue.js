@@ -15,6 +15,9 @@ const allowed = (c, decision) => (DECISIONS[c.status] || []).includes(decision);
 const FINAL = ['rejected', 'merged', 'closed'];
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
+  // The last case of the last page read (created_at, id): where the API's cursor sits, also
+  // when that case has since left the list.
+  boundary: null,
   initialised: false, loadSeq: 0, busy: false,
   // Ids of live changes heard while a load is in flight (null when none is): applied to the
   // page it brings, which may have been read before they were saved.
@@ -176,6 +179,8 @@ async function load(append = false, keep = false) {
     state.items = page.items;
   }
   state.cursor = page.next_cursor || null;
+  const last = page.items[page.items.length - 1];
+  if (last || !append) state.boundary = last ? { created_at: last.created_at, id: last.id } : null;
   if (!append) {
     const kept = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
     state.selected = kept >= 0 ? kept : (state.items.length ? 0 : -1);
@@ -420,6 +425,8 @@ function mergePicker(current) {
       note.hidden = true;
     };
     body.append(search, select, note);
+    // Whichever control was used last names the case: choosing in the list drops a pasted id.
+    select.addEventListener('change', () => { search.value = ''; });
     get(`/candidates${query({ near: current.id, open: true })}`).then((page) => {
       page.items.forEach((c) => offer(c, false));
       if (select.selectedIndex < 0 && select.options.length) select.selectedIndex = 0;
@@ -444,7 +451,8 @@ function mergePicker(current) {
     });
     setTimeout(() => search.focus(), 0);
     return () => {
-      // A pasted id wins over the list, also when Enter came before its case was shown.
+      // A pasted id (still in the box, so not chosen over in the list since) wins, also when
+      // Enter came before its case was shown.
       const typed = search.value.trim();
       if (typed) return refused.has(typed) ? null : { merge_into: typed };
       return select.value ? { merge_into: select.value } : null;
@@ -566,11 +574,15 @@ async function refresh(id) {
   }
 }
 
-// The list is newest first (by when the API received a case): a case older than the oldest
-// listed one belongs to a later page, which lists it when the reviewer asks for more.
+// The list is newest first (by when the API received a case, then by id): a case after the
+// last one of the pages read (where the API's cursor sits, even when that case has left the
+// list since) belongs to a later page, which lists it when the reviewer asks for more.
 function beforeNextPage(c) {
-  const oldest = state.items[state.items.length - 1];
-  return !state.cursor || !oldest || Date.parse(c.created_at) >= Date.parse(oldest.created_at);
+  const b = state.boundary;
+  if (!state.cursor || !b) return true;
+  // Within the boundary's millisecond it is listed now: the next page leaves out a case
+  // already listed, so nothing shows twice.
+  return Date.parse(c.created_at) >= Date.parse(b.created_at);
 }
 
 function applyPending() {

@@ -3,13 +3,16 @@ dialog, in headless Chromium against a real API."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from .conftest import annotate
 from .test_console import PARKING, VENDING, status_of
 
 pytestmark = [pytest.mark.browser]
@@ -82,6 +85,54 @@ def test_a_case_changed_beyond_the_loaded_page_is_listed_once(
     ui.wait_rows([c["id"] for c in cases])
     assert ui.rows()[-1] == oldest
     ui.shot("more")
+
+
+def incomplete(seeder: Any, frames: list[bytes], **place: Any) -> tuple[dict[str, Any], bytes]:
+    """A case whose annotated frame is not uploaded yet (so incomplete), and that frame."""
+    missing = annotate(frames[-1], uuid.uuid4().hex[:6])
+    upload = seeder.evidence
+
+    def skip_missing(data: bytes, content_type: str = "image/jpeg") -> str:
+        return (
+            hashlib.sha256(missing).hexdigest() if data == want[0] else upload(data, content_type)
+        )
+
+    want = [annotate(frames[-1], place["type_"])]  # the annotated frame camera_candidate sends
+    seeder.evidence = skip_missing
+    try:
+        case = seeder.camera_candidate(frames, **place)
+    finally:
+        seeder.evidence = upload
+    assert case["status"] == "incomplete", case
+    return case, missing
+
+
+def test_a_case_between_the_last_two_of_a_page_is_listed_after_the_last_left(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    # Received in this order: older (next page), last (the page's last row), hidden (not
+    # new yet), then 49 newer ones, the first of which is the page's last but one.
+    older = seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
+    last = seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
+    hidden, missing = incomplete(seeder, frames, minutes_ago=9, **PARKING)
+    newer = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(49)]
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([c["id"] for c in [last, *newer]])
+    page.wait_for_selector("#live.on")
+
+    # The page's last row is decided elsewhere and leaves the list ...
+    review(console, last["id"], decision="reject", reason_code="duplicate")
+    ui.wait_rows([c["id"] for c in newer])
+    # ... then the case received just after it becomes new: the next page starts after the
+    # decided one, so only this page can list it.
+    seeder.evidence(missing)
+    assert status_of(console, hidden["id"])["status"] == "new"
+    ui.wait_rows([c["id"] for c in [hidden, *newer]])
+    page.click("#queue-more")
+    page.wait_for_selector("#queue-more", state="hidden")
+    ui.wait_rows([c["id"] for c in [hidden, older, *newer]])
+    ui.shot("listed-after-the-last-left")
 
 
 class Traffic:
@@ -193,3 +244,31 @@ def test_the_merge_dialog_offers_open_cases_nearby_and_a_pasted_one(
     ui.wait_rows([long_ago["id"], elsewhere["id"]])
     merged = status_of(console, current["id"])
     assert (merged["status"], merged["merged_into"]) == ("merged", elsewhere["id"])
+
+
+def test_the_merge_dialog_merges_into_the_case_chosen_last(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    current = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
+    nearby = seeder.camera_candidate(frames, minutes_ago=10, **VENDING)
+    pasted = seeder.camera_candidate(frames, minutes_ago=4, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([current["id"], nearby["id"], pasted["id"]])
+    page.click(f"#queue-body tr[data-id='{current['id']}']")
+    page.wait_for_selector(f"#detail:has-text('{current['id'][:8]}') #act-merge:enabled")
+    page.keyboard.press("m")
+    page.wait_for_selector(f"#dlg[open] option[value='{nearby['id']}']", state="attached")
+
+    # An id pasted first, then a case chosen in the list: the list's choice is the one.
+    page.fill("#dlg-body input[name=merge_id]", pasted["id"])
+    page.wait_for_selector(f"#dlg-body option[value='{pasted['id']}']:checked", state="attached")
+    page.select_option("#dlg-body select[name=merge_into]", nearby["id"])
+    with page.expect_request(
+        lambda r: r.url.endswith(f"/candidates/{current['id']}/review")
+    ) as sent:
+        page.keyboard.press("Enter")
+    assert sent.value.post_data_json == {"decision": "merge", "merge_into": nearby["id"]}
+    ui.wait_rows([nearby["id"], pasted["id"]])
+    merged = status_of(console, current["id"])
+    assert (merged["status"], merged["merged_into"]) == ("merged", nearby["id"])
