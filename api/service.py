@@ -84,7 +84,11 @@ SURROGATES = "text must be valid Unicode (no lone surrogates)"
 STALE_IN_FLIGHT = timedelta(seconds=60)
 # Merge candidates for a case (GET /candidates?near=): those that occurred this close to it.
 NEAR_WINDOW = timedelta(hours=24)
+# Only candidates received within this of the window are read: a case is received at most
+# NEAR_SKEW before it occurred (a producer's clock ahead) and at most NEAR_INTAKE_DELAY after
+# (one held longer, e.g. in an outbox through an outage, is not offered: paste its id).
 NEAR_SKEW = timedelta(hours=1)
+NEAR_INTAKE_DELAY = timedelta(hours=1)
 
 
 # Hot-path statements, built once.
@@ -983,14 +987,15 @@ class CandidateService:
                 raise Problem(404, f"no candidate {cid}")
             ctype, camera_id, sensor_id, created_at, doc = target
             at = _occurred(json.loads(doc), created_at)
-            # occurred_at is in the document only. A case is received after it occurred, so
-            # one created before the window cannot be in it (with an hour for clock skew).
+            # occurred_at is in the document only: bound the indexed created_at by when a
+            # case in the window can have been received, so only the window's rows are read.
             query = select(CandidateRow.created_at, CandidateRow.doc).where(
                 CandidateRow.id != cid,
                 CandidateRow.type == ctype,
                 CandidateRow.camera_id == camera_id,
                 CandidateRow.sensor_id == sensor_id,
                 CandidateRow.created_at >= at - NEAR_WINDOW - NEAR_SKEW,
+                CandidateRow.created_at <= at + NEAR_WINDOW + NEAR_INTAKE_DELAY,
             )
             if open_only:
                 query = query.where(CandidateRow.status.not_in(sm.FINAL))

@@ -71,7 +71,7 @@ def list_candidates(
         bool, Query(description="leave out rejected, merged and closed candidates")
     ] = False,
     near: Annotated[
-        str | None,
+        Annotated[str, AfterValidator(canonical_candidate_id)] | None,
         Query(
             pattern=CANDIDATE_PATH_PATTERN,
             description="instead of the list: the other candidates of this one's type and"
@@ -82,8 +82,7 @@ def list_candidates(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     if near is not None:
-        cid = canonical_candidate_id(near)
-        return raw_page(services.candidates.near(cid, open_only=open, limit=limit), None)
+        return raw_page(services.candidates.near(near, open_only=open, limit=limit), None)
     items, next_cursor = services.candidates.search(
         status=status,
         ctype=type,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from typing import Any
+
+import pytest
 
 URL = "/api/v1/candidates"
 STAGES = ("registered", "dispatched", "arrived", "resolved", "verified", "closed")
@@ -73,3 +76,32 @@ def test_near_lists_the_same_type_and_source_within_a_day_nearest_first(api: Any
     missing = api.as_("reviewer").get(URL, params={"near": "a" * 8})
     assert missing.status_code == 404
     assert missing.headers["content-type"] == "application/problem+json"
+
+
+def test_a_malformed_near_id_is_refused_with_422(api: Any) -> None:
+    for near in ("{abc}", "a:b"):
+        refused = api.as_("reviewer").get(URL, params={"near": near})
+        assert refused.status_code == 422, (near, refused.text)
+        assert refused.headers["content-type"] == "application/problem+json"
+
+
+def test_near_reads_only_candidates_received_around_the_window(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    at = api.clock.now - timedelta(minutes=5)
+    target = new_case(api, occurred_at=at.isoformat())
+    api.clock.advance(days=30)
+    # Occurred within the window but received a month later: past the intake delay.
+    held = new_case(api, occurred_at=(at + timedelta(hours=1)).isoformat())
+    later = [new_case(api, occurred_at=api.clock.now.isoformat()) for _ in range(3)]
+    loaded: list[str] = []
+    parse = json.loads
+
+    def spy(text: Any, *args: Any, **kwargs: Any) -> Any:
+        loaded.append(text if isinstance(text, str) else "")
+        return parse(text, *args, **kwargs)
+
+    monkeypatch.setattr(json, "loads", spy)
+    assert listed(api, near=target) == []
+    monkeypatch.undo()
+    assert not [cid for cid in [held, *later] if any(cid in text for text in loaded)]
