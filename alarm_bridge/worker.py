@@ -72,9 +72,28 @@ PATCH_CHECK_S = 0.05
 # most for one round of updates, never behind a long queue of them.
 PATCH_HANDOVER = 500
 PATCH_IDLE_DEPTH = 1
-# Messages handled after their connection dropped, remembered until the broker sends them again
-# on the resumed session: more than the inbox and the broker's in-flight window can hold.
+# Messages whose acknowledgement was void, remembered until the broker sends them again on the
+# resumed session: more than the inbox and the broker's in-flight window can hold.
 REDELIVERY_MEMORY = 50_000
+# The broker resends a session's unacknowledged messages right after the reconnection. Past this
+# long after the first message of the resumed session, a remembered one is not coming any more,
+# and the same topic, packet id and bytes are a new message (packet ids repeat, readings too).
+RESEND_BURST_S = 30.0
+
+
+@dataclass(frozen=True)
+class FirstReception:
+    """When a message whose acknowledgement was void was first received, and in which session."""
+
+    received_at: datetime
+    session: int
+
+
+RedeliveryKey = tuple[str, int, bytes]  # topic, packet id, payload digest
+
+
+def _redelivery_key(message: Message) -> RedeliveryKey:
+    return (message.topic, message.mid, hashlib.sha256(message.payload).digest())
 
 
 # Where a message stands in its sensor's seq order: without a seq, overtaken by later ones
@@ -517,8 +536,11 @@ class Bridge:
         self._newest_lock = threading.Lock()
         self._due: dict[str, float] = {}
         self._received_at_progress = 0
-        # (topic, packet id, payload digest) -> first reception of a message whose ack was void
-        self._redelivery: OrderedDict[tuple[str, int, bytes], datetime] = OrderedDict()
+        # Messages whose ack was void, oldest first, until the resumed session resends them.
+        self._redelivery: OrderedDict[RedeliveryKey, FirstReception] = OrderedDict()
+        # The newest session seen and the reception of its first message: its resend burst.
+        self._burst: tuple[int, datetime | None] = (0, None)
+        self._held: Message | None = None  # the first message of the next session's batch
         self._uptime = Uptime(self.core.silence_horizon())
         with outbox.transaction() as txn:
             store.init(txn.conn)
@@ -601,13 +623,19 @@ class Bridge:
             self.core.flush_patches(txn)
 
     def _collect(self) -> list[Message]:
-        first = self._inbox.get(timeout=0.2)
+        first = self._held or self._inbox.get(timeout=0.2)
+        self._held = None
         if first is None:
             return []
         batch = [first]
         while len(batch) < BATCH:
             more = self._inbox.get(timeout=0)
             if more is None:
+                break
+            if more.session != first.session:
+                # A batch of one session: the old session's messages are acknowledged (or
+                # remembered, their acks void) before the new one's resends look them up.
+                self._held = more
                 break
             batch.append(more)
         return batch
@@ -631,28 +659,67 @@ class Bridge:
                 self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
         for message in messages:
             self.mqtt.ack(message)
+            self._remember_if_void(message)
         for out in results:
             self._queue_snapshots(out)
         return len(messages)
 
     def _as_first_received(self, message: Message) -> Message:
-        """The message timed at its first reception, when it is the broker's redelivery of one
-        handled after the connection dropped.
+        """The message timed at its first reception, when it is the resumed session's resend
+        of one whose acknowledgement was void.
 
-        Such a message cannot be acknowledged (an ack from before a reconnect is void), so the
-        resumed session sends it again, with its packet id. Its dedup key finds it, except for
-        a SenML pack without ``bt``/``t``: timed at reception, it would be a new reading.
+        The resend has the same packet id and bytes. Its dedup key finds it, except for a SenML
+        pack without ``bt``/``t``: timed at reception, it would be a new reading. A remembered
+        message is looked up once, by the first message with its key after the reconnection.
         """
         if message.qos == 0:
             return message
-        key = (message.topic, message.mid, hashlib.sha256(message.payload).digest())
-        if message.session != self.mqtt.connects or not self.mqtt.connected:
-            self._redelivery[key] = message.received_at
-            while len(self._redelivery) > REDELIVERY_MEMORY:
-                self._redelivery.popitem(last=False)  # its redelivery never came
+        newest, _ = self._burst
+        if message.session > newest:
+            self._burst = (message.session, message.received_at)
+        self._forget_stale(message.received_at)
+        first = self._redelivery.pop(_redelivery_key(message), None)
+        if first is None or first.session >= message.session:
+            return message  # a resend comes on a later session than its first reception
+        if not self._resend_due(first, message.received_at):
             return message
-        first = self._redelivery.pop(key, None)
-        return message if first is None else replace(message, received_at=first)
+        return replace(message, received_at=first.received_at)
+
+    def _resend_due(self, first: FirstReception, now: datetime) -> bool:
+        """Whether the resend of a message remembered from ``first.session`` may still come at
+        ``now``: on the next session only, in its opening burst."""
+        newest, start = self._burst
+        if first.session >= newest:
+            return True  # no later session seen yet: the reconnection is still to come
+        if first.session + 1 != newest or start is None:
+            return False
+        return (now - start).total_seconds() <= RESEND_BURST_S
+
+    def _forget_stale(self, now: datetime) -> None:
+        """Forget, oldest first, the remembered messages whose resend is no longer due: the
+        broker lost the session (restarted without persistence), or the session after the
+        drop ended before resending them."""
+        while self._redelivery:
+            key, first = next(iter(self._redelivery.items()))
+            if self._resend_due(first, now):
+                return
+            del self._redelivery[key]
+
+    def _remember_if_void(self, message: Message) -> None:
+        """After its ack: remember a message whose ack was void, as the broker will resend it.
+
+        Decided after the commit and the ack, as the connection may drop during either. Its
+        ``received_at`` is already its first reception when it is itself a resend.
+        """
+        if message.qos == 0 or not self.mqtt.manual_ack:
+            return  # acknowledged by the client library on reception: never resent
+        if message.session == self.mqtt.connects and self.mqtt.connected:
+            return
+        self._redelivery[_redelivery_key(message)] = FirstReception(
+            message.received_at, message.session
+        )
+        while len(self._redelivery) > REDELIVERY_MEMORY:
+            self._redelivery.popitem(last=False)
 
     def _commit(self, messages: list[Message]) -> BatchResult:
         out = BatchResult()

@@ -9,15 +9,15 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
-from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
+from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic, sensor_status_topic
 
 from .conftest import make_site, outbox_ops
@@ -381,3 +381,156 @@ def test_a_timeless_senml_pack_handled_across_a_reconnect_is_one_reading(
     ops = [(kind, body) for kind, _, body in outbox_ops(outbox) if kind != "evidence"]
     assert [kind for kind, _ in ops] == ["create"]  # no update: count 1
     assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 1)
+
+
+class FakeLink:
+    """The bridge's broker connection, dropped and resumed by the test: its acks are void
+    across a drop, as on the real client."""
+
+    manual_ack = True
+
+    def __init__(self) -> None:
+        self.connects = 1
+        self.connected = True
+        self.acked: list[tuple[int, int]] = []  # (session, packet id) of the acks that count
+        self._subs: list[Subscription] = []
+
+    def subscribe(
+        self, topic_filter: str, qos: int, maxsize: int, wake: threading.Event
+    ) -> Subscription:
+        self._subs.append(Subscription(topic_filter, qos, maxsize, wake))
+        return self._subs[-1]
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        return True
+
+    def ack(self, message: Message) -> None:
+        if message.session == self.connects and self.connected:
+            self.acked.append((message.session, message.mid))
+
+    def drop_and_resume(self) -> None:
+        self.connected = False
+        self.connects += 1
+        self.connected = True
+
+    def send(self, payload: bytes, mid: int, at_s: float) -> None:
+        """A QoS 1 message on wl-1's alarm topic, received ``at_s`` after T0."""
+        received_at = datetime.fromtimestamp(T0 + at_s, UTC)
+        message = Message(WL1, payload, 1, False, received_at, mid, self.connects)
+        self._subs[0]._put(message)  # the sensor alarm subscription
+
+
+T0 = 1_790_000_000.0
+WL1 = sensor_alarm_topic("gridpatrol", "wl-1")
+LEVEL_20 = json.dumps([{"n": "level", "u": "cm", "v": 20}]).encode()  # no bt, no t
+
+
+def _fake_bridge(tmp_path: Path) -> tuple[Bridge, FakeLink, Outbox]:
+    link = FakeLink()
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    bridge = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
+    return bridge, link, outbox
+
+
+def _dropping_in_commit(bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next commit loses the connection half way: its messages' acks are void."""
+    commit = bridge._commit
+
+    def dropping(messages: list[Message]) -> BatchResult:
+        link.drop_and_resume()
+        monkeypatch.setattr(bridge, "_commit", commit)
+        return commit(messages)
+
+    monkeypatch.setattr(bridge, "_commit", dropping)
+
+
+def _readings(bridge: Bridge, outbox: Outbox) -> list[tuple[str, int]]:
+    bridge._flush_patches()
+    return [
+        (kind, body["alarm"]["count"] if kind == "patch" else 1)
+        for kind, _, body in outbox_ops(outbox)
+        if kind != "evidence"
+    ]
+
+
+def test_a_resend_of_a_pack_whose_connection_dropped_during_its_commit_is_one_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connected when taken from the inbox, the pack loses its connection in the commit: its
+    ack is void and the resumed session sends it again, the same reading."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    _dropping_in_commit(bridge, link, monkeypatch)
+    assert bridge._one_batch() == 1
+    assert link.acked == []
+    link.send(LEVEL_20, mid=7, at_s=5)  # the resumed session's resend
+    assert bridge._one_batch() == 1
+    assert link.acked == [(2, 7)]
+    assert _readings(bridge, outbox) == [("create", 1)]
+    assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 1)
+
+
+def test_a_pack_resent_across_two_drops_in_a_row_is_one_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resend is itself handled as the connection drops again: the third copy is still
+    timed at the first reception."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    _dropping_in_commit(bridge, link, monkeypatch)
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=7, at_s=5)
+    _dropping_in_commit(bridge, link, monkeypatch)
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=7, at_s=10)
+    bridge._one_batch()
+    assert link.acked == [(3, 7)]
+    assert _readings(bridge, outbox) == [("create", 1)]
+    assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 2)
+
+
+def test_a_lost_resend_does_not_swallow_a_later_reading_with_its_packet_id(
+    tmp_path: Path,
+) -> None:
+    """The broker lost the session, so the resend never comes; two sessions later a new
+    reading of the same level gets the same packet id: a reading at its own time."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    link.drop_and_resume()  # before the pack is handled: its ack is void
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=1, at_s=5)  # session 2, no resend: a new reading
+    bridge._one_batch()
+    link.drop_and_resume()
+    link.send(LEVEL_20, mid=7, at_s=600)  # session 3
+    bridge._one_batch()
+    assert _readings(bridge, outbox) == [("create", 1), ("patch", 3)]
+    assert bridge.core.counts.duplicates == 0
+
+
+def test_a_packet_id_seen_again_after_the_resend_burst_is_a_new_reading(
+    tmp_path: Path,
+) -> None:
+    """On the session after the drop but well past its opening burst, the same packet id
+    and bytes are a new message, not the resend."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    link.drop_and_resume()  # before the pack is handled: its ack is void
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=1, at_s=5)
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=7, at_s=5 + RESEND_BURST_S + 1)
+    bridge._one_batch()
+    assert _readings(bridge, outbox) == [("create", 1), ("patch", 3)]
+    assert bridge.core.counts.duplicates == 0
+
+
+def test_a_resend_queued_behind_its_original_is_one_reading(tmp_path: Path) -> None:
+    """The resumed session's resend is in the inbox with the original it repeats: the two
+    are handled in separate batches, the original's void ack remembered first."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    link.drop_and_resume()
+    link.send(LEVEL_20, mid=7, at_s=2)
+    assert (bridge._one_batch(), bridge._one_batch()) == (1, 1)
+    assert _readings(bridge, outbox) == [("create", 1)]
+    assert link.acked == [(2, 7)]
