@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -34,13 +34,17 @@ REPLAY_MAX = 500
 EventId = Annotated[str | None, Query(max_length=200)]
 
 
-def parse_event_id(value: str) -> datetime | None:
-    """The instant of an event id (``<updated_at>|<candidate id>``); None when it is not one."""
+def replay_start(value: str) -> datetime | None:
+    """The instant of an event id (``<updated_at>|<candidate id>``) less the margin, in UTC;
+    None when it is not one, also for an instant too near the ends of the calendar for that."""
     try:
         at = datetime.fromisoformat(value.split("|", 1)[0])
-    except ValueError:
+        if at.tzinfo is None:
+            return None
+        # Both overflow near year 1 or 9999 (e.g. +14:00 on 0001-01-01): no id of ours.
+        return at.astimezone(UTC) - REPLAY_MARGIN
+    except (ValueError, OverflowError):
         return None
-    return at if at.tzinfo is not None else None
 
 
 def message(kind: str, data: dict[str, Any], event_id: str) -> str:
@@ -59,12 +63,10 @@ def reset_message(reason: str, now: datetime) -> str:
 
 async def replay(services: Services, resume: str, now: datetime) -> list[str]:
     """What changed since the event id ``resume`` (less the margin), or a reset."""
-    at = parse_event_id(resume)
-    if at is None:
+    start = replay_start(resume)
+    if start is None:
         return [reset_message("unknown_id", now)]
-    rows = await run_in_threadpool(
-        services.candidates.changed_since, at - REPLAY_MARGIN, REPLAY_MAX + 1
-    )
+    rows = await run_in_threadpool(services.candidates.changed_since, start, REPLAY_MAX + 1)
     if len(rows) > REPLAY_MAX:
         return [reset_message("too_many", now)]
     return [change_message("candidate.changed", data) for data in rows]

@@ -142,6 +142,19 @@ def test_an_id_that_is_not_ours_gets_a_reset(server: Any) -> None:
     assert got[0].id.endswith("|")
 
 
+@pytest.mark.parametrize(
+    "instant",
+    [
+        "0001-01-01T00:00:00+00:00",
+        "0001-01-01T05:00:00+14:00",
+        "9999-12-31T23:59:59-05:00",
+    ],
+)
+def test_an_id_at_the_ends_of_the_calendar_gets_a_reset(server: Any, instant: str) -> None:
+    got = Stream(server, bool, params={"since": f"{instant}|x"}).join()
+    assert [(m.kind, m.data) for m in got] == [("reset", {"reason": "unknown_id"})]
+
+
 def test_a_console_that_falls_behind_gets_a_reset_and_so_does_a_long_replay(
     server: Any,
 ) -> None:
