@@ -20,7 +20,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import Select, and_, bindparam, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
@@ -648,7 +660,7 @@ class CandidateService:
         self, session: Session, who: Principal, items: list[CandidateIn]
     ) -> list[Outcome]:
         """:meth:`_create` for many bodies with a fixed number of statements."""
-        now = self.clock()
+        now = _locked_now(session, self.clock)
         natural = [_natural_key(p) for p in items]
         by_key, by_id = _stored_docs(session, natural, items)
         outcomes: list[Outcome] = []
@@ -1109,17 +1121,16 @@ class CandidateService:
 
     def release_held(self) -> int:
         """Give held candidates whose night hold has ended their feed positions."""
-        now = self.clock()
-        due = and_(
-            CandidateRow.feed_pos.is_(None),
-            CandidateRow.hold_until <= now,
-            CandidateRow.status.in_(sm.VISIBLE),
-        )
         with self.db.read() as session:
-            if session.execute(select(CandidateRow.id).where(due).limit(1)).first() is None:
+            if (
+                session.execute(select(CandidateRow.id).where(_due(self.clock())).limit(1)).first()
+                is None
+            ):
                 return 0
         events: list[Event] = []
         with self.db.write() as session:
+            now = _locked_now(session, self.clock)
+            due = _due(now)
             # Rows another transaction holds are skipped, not waited for: a concurrent release
             # (another worker's loop, a feed read) is placing them, or a writer is changing
             # them and the next release takes them. Either way no row gets two positions and
@@ -1386,3 +1397,19 @@ def compute_stats(rows: Iterable[Any], now: datetime, policy: SitePolicy) -> Jso
         "sla": {"minutes": policy.policy.sla_minutes, "breaches": len(breaches)},
         "sla_breaches": breaches,
     }
+
+
+def _locked_now(session: Session, clock: Callable[[], datetime]) -> datetime:
+    """The time once the transaction holds SQLite's write lock, which it may have waited for
+    (up to the busy timeout): updated_at then follows commit order, which replays rely on."""
+    session.connection()  # BEGIN IMMEDIATE
+    return clock()
+
+
+def _due(now: datetime) -> ColumnElement[bool]:
+    """Held candidates whose night hold has ended by ``now``."""
+    return and_(
+        CandidateRow.feed_pos.is_(None),
+        CandidateRow.hold_until <= now,
+        CandidateRow.status.in_(sm.VISIBLE),
+    )

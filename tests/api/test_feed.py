@@ -6,14 +6,16 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from sqlalchemy import event
 
 from .conftest import LongPoll
+from .test_candidates import WatchedLock
 
 FEED = "/api/v1/feed"
 SH = ZoneInfo("Asia/Shanghai")
@@ -100,6 +102,49 @@ def test_night_hold_until_the_window_ends(api: Any) -> None:
     assert [c["id"] for c in page["items"]] == [urgent, auto, held]
     assert page["next_cursor"] == "3"
     assert page["items"][2]["history"][-1]["action"] == "released"
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_release_that_waited_for_the_write_lock_is_dated_when_it_got_it(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # updated_at must follow commit order (event replays rely on it), so a write takes the
+    # time once it holds the lock, not before it waited for it.
+    (cid,) = held(api, 1)
+    api.clock.now = MORNING
+    db = api.http.app.state.db
+    lock = WatchedLock(db._write_lock)
+    monkeypatch.setattr(db, "_write_lock", lock)
+    later = MORNING + timedelta(seconds=20)
+    with ThreadPoolExecutor(1) as pool:
+        with db.write():
+            pending = pool.submit(feed, api)
+            assert lock.blocked.wait(20), "the release never reached the write lock"
+            api.clock.now = later  # the time the lock is held by another writer
+        assert [c["id"] for c in pending.result(timeout=20)["items"]] == [cid]
+    doc = doc_of(api, cid)
+    assert doc["history"][-1]["action"] == "released"
+    assert datetime.fromisoformat(doc["history"][-1]["at"]) == later
+    assert datetime.fromisoformat(doc["updated_at"]) == later
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_batch_is_dated_when_its_transaction_holds_the_write_lock(api: Any) -> None:
+    engine = api.http.app.state.db.engine
+
+    def waited(conn: Any) -> None:
+        # Each write transaction waits 20 s for another process's lock (BEGIN IMMEDIATE).
+        if not conn.get_execution_options().get("readonly", False):
+            api.clock.advance(seconds=20)
+
+    event.listen(engine, "begin", waited)
+    try:
+        (cid,) = batch(api, 1, "garbage_overflow")
+    finally:
+        event.remove(engine, "begin", waited)
+    doc = doc_of(api, cid)
+    assert datetime.fromisoformat(doc["created_at"]) == api.clock.now
+    assert datetime.fromisoformat(doc["updated_at"]) == api.clock.now
 
 
 def test_feed_roles_and_parameters(api: Any) -> None:
