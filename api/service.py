@@ -195,6 +195,7 @@ def _event(kind: str, doc: JsonDict) -> Event:
             "type": doc.get("type"),
             "camera_id": source.get("camera_id"),
             "sensor_id": source.get("sensor_id"),
+            "created_at": doc["created_at"],
             "updated_at": doc["updated_at"],
         },
     )
@@ -1030,6 +1031,7 @@ class CandidateService:
                 CandidateRow.type,
                 CandidateRow.camera_id,
                 CandidateRow.sensor_id,
+                CandidateRow.created_at,
                 CandidateRow.updated_at,
             )
             .where(CandidateRow.updated_at >= since)
@@ -1040,7 +1042,12 @@ class CandidateService:
             rows = session.execute(query).all()
         keys = ("id", "status", "type", "camera_id", "sensor_id")
         return [
-            {**dict(zip(keys, r[:5], strict=True)), "updated_at": r[5].isoformat()} for r in rows
+            {
+                **dict(zip(keys, r[:5], strict=True)),
+                "created_at": r[5].isoformat(),
+                "updated_at": r[6].isoformat(),
+            }
+            for r in rows
         ]
 
     # -- the feed ----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ const state = {
   // Ids of live changes heard while a load is in flight (null when none is): applied to the
   // page it brings, which may have been read before they were saved.
   pending: null,
+  queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
 };
 const $ = (sel) => document.querySelector(sel);
@@ -541,23 +542,51 @@ function onKey(ev) {
 
 // ---- live updates ---------------------------------------------------------------------------
 
-async function onEvent(kind, message) {
+// At most this many cases are looked up at once: a replay of hundreds of events must not open
+// hundreds of requests.
+const LOOKUPS = 6;
+
+function onEvent(message) {
   if (message.lastEventId) state.lastId = message.lastEventId;
   let data;
   try { data = JSON.parse(message.data); } catch { return; }
-  const known = state.items.some((x) => x.id === data.id);
-  if (kind === 'candidate.changed' && !known) {
-    if (!matches({ ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } })) return;
+  const listed = state.items.find((x) => x.id === data.id);
+  if (listed) {
+    if (listed.updated_at === data.updated_at) return; // shown as it is (a replay's margin)
+  } else if (!state.pending) {
+    // Decided from the event where it can be: a case this list would not show, or one that
+    // belongs to a later page, is not looked up. (A page on its way may list it: then it is.)
+    const seen = { ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } };
+    if (!matches(seen) || (data.created_at && !beforeNextPage(data))) return;
   }
-  await refresh(data.id);
+  refresh(data.id);
 }
 
 // Show a case as it is now: replace it in the list, drop it, or list it when it is new to it.
-async function refresh(id) {
+// Ids wait in state.queued (once each, however many events name them) for a free lookup.
+function refresh(id) {
   if (state.pending) { // the page on its way may not know of the change: apply it there
     state.pending.add(id);
     return;
   }
+  state.queued.add(id);
+  lookUpQueued();
+}
+
+function lookUpQueued() {
+  for (const id of state.queued) {
+    if (state.lookingUp.size >= LOOKUPS) return;
+    if (state.lookingUp.has(id)) continue; // changed again meanwhile: asked again after this
+    state.queued.delete(id);
+    state.lookingUp.add(id);
+    lookUp(id).finally(() => {
+      state.lookingUp.delete(id);
+      lookUpQueued();
+    });
+  }
+}
+
+async function lookUp(id) {
   let full;
   try { full = await get(`/candidates/${id}`); } catch { return; }
   if (state.pending) {
@@ -565,13 +594,25 @@ async function refresh(id) {
   } else if (state.items.some((x) => x.id === full.id)) {
     applyUpdate(full, false);
   } else if (matches(full) && beforeNextPage(full)) {
-    full._fresh = true;
-    state.items.unshift(full);
-    if (state.selected >= 0) state.selected += 1;
-    else state.selected = 0;
-    renderList();
-    if (state.selected === 0) showDetail();
+    insert(full);
   }
+}
+
+// List a case where the API would (newest first by created_at, then id), whichever lookup
+// came back first.
+function insert(c) {
+  c._fresh = true;
+  const at = Date.parse(c.created_at);
+  let index = state.items.findIndex((x) => {
+    const xAt = Date.parse(x.created_at);
+    return xAt < at || (xAt === at && x.id < c.id);
+  });
+  if (index < 0) index = state.items.length;
+  state.items.splice(index, 0, c);
+  if (state.selected < 0) state.selected = index;
+  else if (index <= state.selected) state.selected += 1;
+  renderList();
+  if (state.selected === index) showDetail();
 }
 
 // The list is newest first (by when the API received a case, then by id): a case after the
@@ -619,8 +660,8 @@ export function connectEvents() {
     state.missed = true;
     if (source.readyState === EventSource.CLOSED && state.source === source) retryEvents();
   };
-  source.addEventListener('candidate.created', (m) => onEvent('candidate.created', m));
-  source.addEventListener('candidate.changed', (m) => onEvent('candidate.changed', m));
+  source.addEventListener('candidate.created', onEvent);
+  source.addEventListener('candidate.changed', onEvent);
   source.addEventListener('reset', () => {
     if (state.source !== source) return;
     // Subscribed before the list is read again (on open): nothing falls between the two.

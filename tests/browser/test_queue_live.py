@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -77,12 +78,18 @@ def test_a_case_changed_beyond_the_loaded_page_is_listed_once(
         page.select_option("#f-status", "")  # all statuses: a returned case is listed too
     page.wait_for_selector("#queue-more:not([hidden])")
 
-    # A change to the case of the next page, heard live (and looked up) before "more".
-    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{oldest}")):
-        review(console, oldest, decision="return")
+    # A change to the case of the next page, heard live before "more": its event tells it
+    # belongs there, so it is not looked up. (Events come in order: once the case created
+    # after it is listed, the change was heard.)
+    looked_up: list[str] = []
+    page.on("request", lambda r: looked_up.append(r.url) if "/candidates/" in r.url else None)
+    review(console, oldest, decision="return")
+    marker = seeder.camera_candidate(frames, minutes_ago=0, **VENDING)
+    ui.wait_rows([c["id"] for c in [*cases[1:], marker]])
+    assert not [url for url in looked_up if url.endswith(f"/candidates/{oldest}")]
     page.click("#queue-more")
     page.wait_for_selector("#queue-more", state="hidden")  # the last page landed
-    ui.wait_rows([c["id"] for c in cases])
+    ui.wait_rows([c["id"] for c in [*cases, marker]])
     assert ui.rows()[-1] == oldest
     ui.shot("more")
 
@@ -272,3 +279,65 @@ def test_the_merge_dialog_merges_into_the_case_chosen_last(
     ui.wait_rows([nearby["id"], pasted["id"]])
     merged = status_of(console, current["id"])
     assert (merged["status"], merged["merged_into"]) == ("merged", nearby["id"])
+
+
+def is_lookup(url: str) -> bool:
+    """GET /candidates/{id}: the console's lookup of one case."""
+    return bool(re.search(r"/api/v1/candidates/[^/?]+$", url))
+
+
+def answer_one(page: Any, held: list[Any]) -> None:
+    """Answer the oldest held lookup, once the page has asked for one."""
+    for _ in range(600):  # bounded: the page's requests reach the handler between calls
+        if held:
+            held.pop(0).continue_()
+            return
+        page.evaluate("1")
+    raise AssertionError("no lookup came")
+
+
+def listed_and_live(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
+    """One case, listed in a console whose event stream is open."""
+    first: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    ui.login("reviewer")
+    ui.wait_rows([first["id"]])
+    ui.page.wait_for_selector("#live.on")
+    return first
+
+
+def test_live_lookups_run_six_at_a_time_and_list_by_arrival(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = listed_and_live(ui, seeder, frames)
+    page = ui.page
+    held: list[Any] = []
+    in_flight: list[int] = []  # lookups unanswered as each one is asked, itself included
+
+    def hold(route: Any) -> None:
+        held.append(route)
+        in_flight.append(len(held))
+
+    page.route(is_lookup, hold)
+    # Ten cases saved while none of their lookups is answered.
+    cases = [seeder.camera_candidate(frames, minutes_ago=1, **VENDING) for _ in range(10)]
+    for _ in cases:
+        answer_one(page, held)
+    ui.wait_rows([first["id"], *[c["id"] for c in cases]])
+    assert max(in_flight) == 6, in_flight
+    # Newest first, as the API lists them, whatever order the lookups came back in.
+    assert ui.rows() == [c["id"] for c in reversed(cases)] + [first["id"]]
+
+
+def test_a_case_is_listed_by_when_it_arrived_not_by_when_its_lookup_came_back(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    first = listed_and_live(ui, seeder, frames)
+    page = ui.page
+    held: list[Any] = []
+    page.route(is_lookup, lambda route: held.append(route), times=1)  # the older one's
+    older = seeder.camera_candidate(frames, minutes_ago=1, **VENDING)
+    newer = seeder.camera_candidate(frames, minutes_ago=1, **VENDING)
+    ui.wait_rows([first["id"], newer["id"]])  # the older one's lookup is held back
+    answer_one(page, held)
+    ui.wait_rows([first["id"], older["id"], newer["id"]])
+    assert ui.rows() == [newer["id"], older["id"], first["id"]]
