@@ -142,6 +142,11 @@ class Message:
     received_at: datetime
     mid: int
     session: int = 0  # connection generation, so an ack never crosses a reconnect
+    # The MQTT DUP flag: the broker sends this packet again (a resend of an unacknowledged one).
+    dup: bool = False
+    # The CONNACK of the message's connection said the broker kept the session: only then can
+    # it resend what an earlier connection left unacknowledged.
+    session_present: bool = False
 
 
 class Subscription:
@@ -242,6 +247,7 @@ class MqttConnection:
         # paho callback: those run under paho's callback mutex, which client.subscribe may take.
         self._subs_lock = threading.Lock()
         self._session = 0
+        self.session_present = False  # the current connection resumed the broker's session
         self._unrouted_warned = -1  # the connection whose first unrouted message was logged
         # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip
         # (skip: pushed out of a full queue, left for redelivery).
@@ -407,7 +413,7 @@ class MqttConnection:
             self._refuse_v5()
 
     def _on_connect(
-        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
     ) -> None:
         self._connack_seen = True
         code = int(getattr(reason, "value", reason))
@@ -437,6 +443,7 @@ class MqttConnection:
             log.info("%s: the broker accepts the credentials again", self.component_id)
         with self._lock:
             self._session += 1
+            self.session_present = bool(flags.session_present)
             self._pending.clear()
         self.connects += 1
         log.info(
@@ -507,6 +514,8 @@ class MqttConnection:
             received_at=datetime.now(UTC),
             mid=msg.mid,
             session=self._session,
+            dup=bool(msg.dup),
+            session_present=self.session_present,
         )
         tracked = self.manual_ack and msg.qos > 0
         if tracked:

@@ -572,3 +572,44 @@ def test_a_full_queue_leaves_its_oldest_for_redelivery_without_closing_the_windo
         pub.stop()
         conn.stop()
     assert [int(m.payload) for m in got] == [2, 3, 4, 5, 0, 1]
+
+
+def test_a_resend_is_marked_dup_on_a_resumed_session_and_a_lost_session_starts_anew(
+    mosquitto: Any, mqtt_prefix: str
+) -> None:
+    """A message left unacknowledged is sent again with the DUP flag on a session the broker
+    kept; after a restart without persistence the session is new and its messages are not
+    resends."""
+    settings = MqttSettings.from_url(mosquitto.url)
+    conn = acking(settings, mqtt_prefix)
+    alarms = conn.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1)
+    pub = MqttConnection("sensor-gw", settings, prefix=mqtt_prefix)
+    # The consumer says online once subscribed; its will says offline as the broker stops.
+    status = pub.subscribe(conn.status_topic, qos=1)
+    topic = sensor_alarm_topic(mqtt_prefix, "s1")
+    got: list[Message] = []
+    try:
+        assert conn.start() and pub.start()
+        assert pub.publish_wait(topic, b"0", qos=1)
+        got += drain(alarms.get, 1)  # never acknowledged
+        mosquitto.stop()  # graceful: the session, with the message in flight, is kept
+        mosquitto.start()
+        got += drain(alarms.get, 1)
+        assert conn.session_present
+        mosquitto.stop()
+        mosquitto.conf.write_text(
+            mosquitto.conf.read_text().replace("persistence true", "persistence false")
+        )
+        mosquitto.start()
+        wait_for(lambda: [m.payload for m in status.drain() if m.session == 3] == [b"online"])
+        assert pub.publish_wait(topic, b"1", qos=1)
+        got += drain(alarms.get, 1)
+        assert not conn.session_present
+    finally:
+        pub.stop()
+        conn.stop()
+    assert [(m.payload, m.session, m.dup, m.session_present) for m in got] == [
+        (b"0", 1, False, False),
+        (b"0", 2, True, True),
+        (b"1", 3, False, False),
+    ]
