@@ -538,8 +538,9 @@ class Bridge:
         self._received_at_progress = 0
         # Messages whose ack was void, oldest first, until the resumed session resends them.
         self._redelivery: OrderedDict[RedeliveryKey, FirstReception] = OrderedDict()
-        # The newest session seen and the reception of its first message: its resend burst.
-        self._burst: tuple[int, datetime | None] = (0, None)
+        # The newest session seen, the reception of its first message (its resend burst) and
+        # whether the broker kept the session: a new one resends nothing.
+        self._burst: tuple[int, datetime | None, bool] = (0, None, False)
         self._held: Message | None = None  # the first message of the next session's batch
         self._uptime = Uptime(self.core.silence_horizon())
         with outbox.transaction() as txn:
@@ -668,37 +669,39 @@ class Bridge:
         """The message timed at its first reception, when it is the resumed session's resend
         of one whose acknowledgement was void.
 
-        The resend has the same packet id and bytes. Its dedup key finds it, except for a SenML
-        pack without ``bt``/``t``: timed at reception, it would be a new reading. A remembered
-        message is looked up once, by the first message with its key after the reconnection.
+        The resend has the same packet id and bytes, and the DUP flag. Its dedup key finds it,
+        except for a SenML pack without ``bt``/``t``: timed at reception, it would be a new
+        reading. A remembered message is looked up once, by the first message with its key
+        after the reconnection.
         """
         if message.qos == 0:
             return message
-        newest, _ = self._burst
+        newest, _, _ = self._burst
         if message.session > newest:
-            self._burst = (message.session, message.received_at)
+            self._burst = (message.session, message.received_at, message.session_present)
         self._forget_stale(message.received_at)
         first = self._redelivery.pop(_redelivery_key(message), None)
         if first is None or first.session >= message.session:
             return message  # a resend comes on a later session than its first reception
-        if not self._resend_due(first, message.received_at):
-            return message
+        if not message.dup or not self._resend_due(first, message.received_at):
+            return message  # sent for the first time: a new message reusing the packet id
         return replace(message, received_at=first.received_at)
 
     def _resend_due(self, first: FirstReception, now: datetime) -> bool:
         """Whether the resend of a message remembered from ``first.session`` may still come at
-        ``now``: on the next session only, in its opening burst."""
-        newest, start = self._burst
+        ``now``: on the next session only, if the broker kept the session, in its opening
+        burst."""
+        newest, start, resumed = self._burst
         if first.session >= newest:
             return True  # no later session seen yet: the reconnection is still to come
-        if first.session + 1 != newest or start is None:
+        if first.session + 1 != newest or start is None or not resumed:
             return False
         return (now - start).total_seconds() <= RESEND_BURST_S
 
     def _forget_stale(self, now: datetime) -> None:
         """Forget, oldest first, the remembered messages whose resend is no longer due: the
-        broker lost the session (restarted without persistence), or the session after the
-        drop ended before resending them."""
+        broker lost the session (restarted without persistence: no session present), or the
+        session after the drop ended before resending them."""
         while self._redelivery:
             key, first = next(iter(self._redelivery.items()))
             if self._resend_due(first, now):

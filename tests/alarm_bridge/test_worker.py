@@ -18,7 +18,12 @@ from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
-from gridpatrol.ingest.topics import deadletter_topic, sensor_alarm_topic, sensor_status_topic
+from gridpatrol.ingest.topics import (
+    component_status_topic,
+    deadletter_topic,
+    sensor_alarm_topic,
+    sensor_status_topic,
+)
 
 from .conftest import make_site, outbox_ops
 
@@ -345,18 +350,24 @@ def test_only_alarm_and_status_topics_are_read_in_arrival_order(
     assert ops[1][2]["type"] == "device_offline"
 
 
+def _persistent_bridge(
+    tmp_path: Path, settings: MqttSettings, client_id: str
+) -> tuple[Bridge, MqttConnection, Outbox]:
+    """A bridge on a persistent manual-ack session, as the real one runs; not started."""
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection(
+        "alarm_bridge", settings, persistent=True, manual_ack=True, client_id=client_id
+    )
+    return Bridge(make_site("gridpatrol"), outbox, conn, None, progress_s=3600), conn, outbox
+
+
 def test_a_timeless_senml_pack_handled_across_a_reconnect_is_one_reading(
     tmp_path: Path, mosquitto: Any
 ) -> None:
     """Queued when the connection dropped, the pack is handled (its ack is void) and the
     broker sends it again on the resumed session: the same reading, not a second one."""
-    site = make_site("gridpatrol")
-    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
     settings = MqttSettings.from_url(mosquitto.url)
-    conn = MqttConnection(
-        "alarm_bridge", settings, persistent=True, manual_ack=True, client_id="gp-test-redo"
-    )
-    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    bridge, conn, outbox = _persistent_bridge(tmp_path, settings, "gp-test-redo")
     sensor = MqttConnection("wl-1", settings, client_id="gp-test-wl-1")
     pack = json.dumps([{"n": "level", "u": "cm", "v": 20}]).encode()  # no bt, no t
     try:
@@ -383,6 +394,64 @@ def test_a_timeless_senml_pack_handled_across_a_reconnect_is_one_reading(
     assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 1)
 
 
+def _restart_without_persistence(broker: Any) -> None:
+    """Restart the private broker as one that keeps nothing: every session is lost."""
+    broker.stop()
+    conf = broker.conf.read_text().replace("persistence true", "persistence false")
+    broker.conf.write_text(conf)
+    broker.start()
+
+
+def _online_again(status: Subscription) -> bool:
+    """Whether the bridge said online on the watcher's second connection (the broker sends
+    the bridge's last will on its way down, on the first)."""
+    said = status.get(0)
+    return said is not None and (said.session, said.payload) == (2, b"online")
+
+
+def test_a_new_pack_with_a_lost_sessions_packet_id_is_a_new_reading(
+    tmp_path: Path, mosquitto: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker restarts without persistence while a pack is in flight: the handled pack's
+    ack is void, and the new broker numbers the bridge's packets from 1 again, so the
+    sensor's next identical pack comes with the same packet id, sent for the first time: a
+    second reading, not the resend."""
+    settings = MqttSettings.from_url(mosquitto.url)
+    bridge, conn, outbox = _persistent_bridge(tmp_path, settings, "gp-test-lost")
+    taken: list[tuple[int, int, bool, bool]] = []
+    collect = bridge._collect
+
+    def spying() -> list[Message]:
+        batch = collect()
+        taken.extend((m.mid, m.session, m.dup, m.session_present) for m in batch)
+        return batch
+
+    monkeypatch.setattr(bridge, "_collect", spying)
+    sensor = MqttConnection("wl-1", settings, client_id="gp-test-wl-1")
+    # The bridge says online after subscribing: then the sensor's pack has a subscriber.
+    bridge_status = sensor.subscribe(component_status_topic("gridpatrol", "alarm_bridge"), 1)
+    topic = sensor_alarm_topic("gridpatrol", "wl-1")
+    pack = json.dumps([{"n": "level", "u": "cm", "v": 20}]).encode()  # no bt, no t
+    try:
+        assert conn.start(10) and sensor.start(10)
+        first = bridge_status.get(10)
+        assert first is not None and first.payload == b"online"
+        assert sensor.publish_wait(topic, pack, 1, timeout=10)
+        _wait_until(lambda: len(bridge._inbox) == 1, "the pack never arrived")
+        _restart_without_persistence(mosquitto)
+        _wait_until(lambda: conn.connects == 2, "no reconnect")
+        assert bridge._one_batch() == 1  # the first pack, its ack void
+        _wait_until(lambda: _online_again(bridge_status), "the bridge never came back")
+        assert sensor.publish_wait(topic, pack, 1, timeout=10)
+        _wait_until(lambda: bridge._one_batch() == 1, "the second pack never arrived")
+    finally:
+        sensor.stop()
+        conn.stop()
+    assert taken == [(1, 1, False, False), (1, 2, False, False)]  # the same packet id
+    assert _readings(bridge, outbox) == [("create", 1), ("patch", 2)]
+    assert bridge.core.counts.duplicates == 0
+
+
 class FakeLink:
     """The bridge's broker connection, dropped and resumed by the test: its acks are void
     across a drop, as on the real client."""
@@ -392,6 +461,7 @@ class FakeLink:
     def __init__(self) -> None:
         self.connects = 1
         self.connected = True
+        self.session_present = False  # a fresh session at the first connection
         self.acked: list[tuple[int, int]] = []  # (session, packet id) of the acks that count
         self._subs: list[Subscription] = []
 
@@ -408,15 +478,20 @@ class FakeLink:
         if message.session == self.connects and self.connected:
             self.acked.append((message.session, message.mid))
 
-    def drop_and_resume(self) -> None:
+    def drop_and_resume(self, kept: bool = True) -> None:
+        """Reconnect; ``kept=False``: the broker lost the session (no session present)."""
         self.connected = False
         self.connects += 1
+        self.session_present = kept
         self.connected = True
 
-    def send(self, payload: bytes, mid: int, at_s: float) -> None:
-        """A QoS 1 message on wl-1's alarm topic, received ``at_s`` after T0."""
+    def send(self, payload: bytes, mid: int, at_s: float, dup: bool = False) -> None:
+        """A QoS 1 message on wl-1's alarm topic, received ``at_s`` after T0; ``dup``: the
+        broker's resend."""
         received_at = datetime.fromtimestamp(T0 + at_s, UTC)
-        message = Message(WL1, payload, 1, False, received_at, mid, self.connects)
+        message = Message(
+            WL1, payload, 1, False, received_at, mid, self.connects, dup, self.session_present
+        )
         self._subs[0]._put(message)  # the sensor alarm subscription
 
 
@@ -463,7 +538,7 @@ def test_a_resend_of_a_pack_whose_connection_dropped_during_its_commit_is_one_re
     _dropping_in_commit(bridge, link, monkeypatch)
     assert bridge._one_batch() == 1
     assert link.acked == []
-    link.send(LEVEL_20, mid=7, at_s=5)  # the resumed session's resend
+    link.send(LEVEL_20, mid=7, at_s=5, dup=True)  # the resumed session's resend
     assert bridge._one_batch() == 1
     assert link.acked == [(2, 7)]
     assert _readings(bridge, outbox) == [("create", 1)]
@@ -479,10 +554,10 @@ def test_a_pack_resent_across_two_drops_in_a_row_is_one_reading(
     link.send(LEVEL_20, mid=7, at_s=0)
     _dropping_in_commit(bridge, link, monkeypatch)
     bridge._one_batch()
-    link.send(LEVEL_20, mid=7, at_s=5)
+    link.send(LEVEL_20, mid=7, at_s=5, dup=True)
     _dropping_in_commit(bridge, link, monkeypatch)
     bridge._one_batch()
-    link.send(LEVEL_20, mid=7, at_s=10)
+    link.send(LEVEL_20, mid=7, at_s=10, dup=True)
     bridge._one_batch()
     assert link.acked == [(3, 7)]
     assert _readings(bridge, outbox) == [("create", 1)]
@@ -496,7 +571,7 @@ def test_a_lost_resend_does_not_swallow_a_later_reading_with_its_packet_id(
     reading of the same level gets the same packet id: a reading at its own time."""
     bridge, link, outbox = _fake_bridge(tmp_path)
     link.send(LEVEL_20, mid=7, at_s=0)
-    link.drop_and_resume()  # before the pack is handled: its ack is void
+    link.drop_and_resume(kept=False)  # before the pack is handled: its ack is void
     bridge._one_batch()
     link.send(LEVEL_20, mid=1, at_s=5)  # session 2, no resend: a new reading
     bridge._one_batch()
@@ -530,7 +605,38 @@ def test_a_resend_queued_behind_its_original_is_one_reading(tmp_path: Path) -> N
     bridge, link, outbox = _fake_bridge(tmp_path)
     link.send(LEVEL_20, mid=7, at_s=0)
     link.drop_and_resume()
-    link.send(LEVEL_20, mid=7, at_s=2)
+    link.send(LEVEL_20, mid=7, at_s=2, dup=True)
     assert (bridge._one_batch(), bridge._one_batch()) == (1, 1)
     assert _readings(bridge, outbox) == [("create", 1)]
     assert link.acked == [(2, 7)]
+
+
+def test_a_new_message_like_a_remembered_one_on_a_new_session_is_a_new_reading(
+    tmp_path: Path,
+) -> None:
+    """The broker lost the session and numbers its packets from 1 again: a new reading with
+    the packet id and bytes of a remembered one, in the new session's first seconds, is
+    sent for the first time (no DUP, no session present), not the resend."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=1, at_s=0)
+    link.drop_and_resume(kept=False)  # before the pack is handled: its ack is void
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=1, at_s=5)
+    bridge._one_batch()
+    assert _readings(bridge, outbox) == [("create", 1), ("patch", 2)]
+    assert bridge.core.counts.duplicates == 0
+    assert link.acked == [(2, 1)]
+
+
+def test_a_first_sending_on_a_resumed_session_is_not_taken_for_the_resend(
+    tmp_path: Path,
+) -> None:
+    """Only a packet marked DUP is the broker's resend."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=7, at_s=0)
+    link.drop_and_resume()
+    bridge._one_batch()
+    link.send(LEVEL_20, mid=7, at_s=5)
+    bridge._one_batch()
+    assert _readings(bridge, outbox) == [("create", 1), ("patch", 2)]
+    assert bridge.core.counts.duplicates == 0
