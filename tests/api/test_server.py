@@ -173,7 +173,9 @@ def test_server_sent_events(server: Any, api_body: Any) -> None:
     assert events[0][1]["id"] == doc["id"]
     assert events[0][1]["camera_id"] == "cam-1"
     assert events[1][1]["status"] == "confirmed"
-    assert set(events[0][1]) == {"id", "status", "type", "camera_id", "sensor_id", "updated_at"}
+    keys = {"id", "status", "type", "camera_id", "sensor_id", "created_at", "updated_at"}
+    assert set(events[0][1]) == keys
+    assert events[0][1]["created_at"] == doc["created_at"]
 
 
 def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
