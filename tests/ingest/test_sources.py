@@ -96,10 +96,7 @@ def test_http_snapshot_cameras(
     count = len(frames_of(seen, "h1"))
     seen = watcher.collect(lambda s: len(frames_of(s, "h1")) > count, timeout=30)
     assert last_status(seen, "h1") == b"online"  # back by itself after the backoff
-    proc.signal(signal.SIGTERM)
-    code, _, err = proc.wait(30)
-    assert code == 0, err
-    assert "snapshot failed" in err
+    assert "snapshot failed" in stops_cleanly(proc)
 
 
 def test_an_exif_rotated_snapshot_is_published_as_stored(
@@ -309,9 +306,7 @@ def test_a_boosted_patrol_camera_is_visited_more_often(
     # 36 visits are 4 cycles: p2 4 times, one more from the transient, one fewer if one of its
     # frames (QoS 0) got lost. Unboosted (1:1) it is 18; with the default x4 (1:4), 7.
     assert VISITS // 9 - 1 <= p2 <= VISITS // 9 + 1, (p2, VISITS)
-    proc.signal(signal.SIGTERM)
-    code, _, err = proc.wait(30)
-    assert code == 0, err
+    stops_cleanly(proc)
 
 
 BAD_BOOSTS = [
