@@ -583,9 +583,9 @@ def test_a_resend_is_marked_dup_on_a_resumed_session_and_a_lost_session_starts_a
     settings = MqttSettings.from_url(mosquitto.url)
     conn = acking(settings, mqtt_prefix)
     alarms = conn.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1)
+    # Renewed in the same SUBSCRIBE as the alarms: a probe that arrives proves both are back.
+    probes = conn.subscribe(f"{mqtt_prefix}/probe", qos=0)
     pub = MqttConnection("sensor-gw", settings, prefix=mqtt_prefix)
-    # The consumer says online once subscribed; its will says offline as the broker stops.
-    status = pub.subscribe(conn.status_topic, qos=1)
     topic = sensor_alarm_topic(mqtt_prefix, "s1")
     got: list[Message] = []
     try:
@@ -601,7 +601,8 @@ def test_a_resend_is_marked_dup_on_a_resumed_session_and_a_lost_session_starts_a
             mosquitto.conf.read_text().replace("persistence true", "persistence false")
         )
         mosquitto.start()
-        wait_for(lambda: [m.payload for m in status.drain() if m.session == 3] == [b"online"])
+        # QoS 0 probes use no packet id, so the alarm below is the new session's first.
+        wait_for(lambda: pub.publish(f"{mqtt_prefix}/probe", b"?") and probes.get(0.2) is not None)
         assert pub.publish_wait(topic, b"1", qos=1)
         got += drain(alarms.get, 1)
         assert not conn.session_present
