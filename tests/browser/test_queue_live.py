@@ -215,6 +215,21 @@ def test_a_reset_loads_the_list_again(
     ui.wait_rows([first["id"], missed[0]["id"], live["id"]])
 
 
+def open_merge(
+    ui: Any, current: dict[str, Any], others: list[dict[str, Any]], offered: dict[str, Any]
+) -> Any:
+    """Log in, select ``current`` once the list shows it and ``others``, press "m" and wait
+    for the merge dialog to offer ``offered``; the page."""
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([current["id"], *(o["id"] for o in others)])
+    page.click(f"#queue-body tr[data-id='{current['id']}']")
+    page.wait_for_selector(f"#detail:has-text('{current['id'][:8]}') #act-merge:enabled")
+    page.keyboard.press("m")
+    page.wait_for_selector(f"#dlg[open] option[value='{offered['id']}']", state="attached")
+    return page
+
+
 def test_the_merge_dialog_offers_open_cases_nearby_and_a_pasted_one(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
@@ -227,14 +242,7 @@ def test_the_merge_dialog_offers_open_cases_nearby_and_a_pasted_one(
     close(console, closed["id"])
     long_ago = seeder.camera_candidate(frames, minutes_ago=30 * 60, **VENDING)
     elsewhere = seeder.camera_candidate(frames, minutes_ago=4, **PARKING)
-    page = ui.page
-    ui.login("reviewer")
-    ui.wait_rows([current["id"], long_ago["id"], elsewhere["id"]])
-    page.click(f"#queue-body tr[data-id='{current['id']}']")
-    page.wait_for_selector(f"#detail:has-text('{current['id'][:8]}') #act-merge:enabled")
-
-    page.keyboard.press("m")
-    page.wait_for_selector(f"#dlg[open] option[value='{nearby['id']}']", state="attached")
+    page = open_merge(ui, current, [long_ago, elsewhere], nearby)
     offered = page.eval_on_selector_all("#dlg-body option", "os => os.map(o => o.value)")
     assert offered == [nearby["id"]]
     ui.shot("merge-nearby")
@@ -259,13 +267,7 @@ def test_the_merge_dialog_merges_into_the_case_chosen_last(
     current = seeder.camera_candidate(frames, minutes_ago=2, **VENDING)
     nearby = seeder.camera_candidate(frames, minutes_ago=10, **VENDING)
     pasted = seeder.camera_candidate(frames, minutes_ago=4, **PARKING)
-    page = ui.page
-    ui.login("reviewer")
-    ui.wait_rows([current["id"], nearby["id"], pasted["id"]])
-    page.click(f"#queue-body tr[data-id='{current['id']}']")
-    page.wait_for_selector(f"#detail:has-text('{current['id'][:8]}') #act-merge:enabled")
-    page.keyboard.press("m")
-    page.wait_for_selector(f"#dlg[open] option[value='{nearby['id']}']", state="attached")
+    page = open_merge(ui, current, [nearby, pasted], nearby)
 
     # An id pasted first, then a case chosen in the list: the list's choice is the one.
     page.fill("#dlg-body input[name=merge_id]", pasted["id"])
