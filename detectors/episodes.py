@@ -138,12 +138,16 @@ def step(
             # It ended at its last sighting, not when the clear was decided clear_s later (or,
             # after a camera outage, when the first frame came back).
             last_seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
+            ended_at = min(max(last_seen, current.started_at), ev.t)
+            # It lasted from its start to that sighting: after a restart the rule's own dwell
+            # counts from when it saw the occupancy again, not from when the episode began.
+            lasted = (ended_at - current.started_at).total_seconds()
             ended = replace(
                 current,
-                ended_at=min(max(last_seen, current.started_at), ev.t),
+                ended_at=ended_at,
                 last_event_at=ev.t,
                 reported_at=ev.t,
-                dwell_s=max(current.dwell_s, ev.dwell_s),
+                dwell_s=max(current.dwell_s, lasted),
             )
             out[key] = ended
             ops.append(Op("end", ended))

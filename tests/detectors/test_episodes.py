@@ -14,6 +14,7 @@ from gridpatrol.detectors.episodes import (
     Episode,
     Key,
     Occupancy,
+    Op,
     end_silent,
     end_unfollowed,
     ensure_schema,
@@ -45,11 +46,11 @@ def _ids() -> itertools.count[int]:
     return itertools.count(1)
 
 
-def run(events: list[Ev], update_s: float = 60.0, resume_s: float = 120.0) -> list[tuple[str, str]]:
-    """Feed events; return (op kind, candidate id) per operation, plus the final book."""
+def feed(events: list[Ev], update_s: float = 60.0, resume_s: float = 120.0) -> list[Op]:
+    """Feed events to one book; return every operation."""
     counter = _ids()
     book: dict[Key, Episode] = {}
-    out: list[tuple[str, str]] = []
+    out: list[Op] = []
     for ev in events:
         book, ops = step(
             book,
@@ -59,8 +60,13 @@ def run(events: list[Ev], update_s: float = 60.0, resume_s: float = 120.0) -> li
             resume_s=resume_s,
             new_id=lambda: f"c{next(counter)}",
         )
-        out.extend((op.kind, op.episode.candidate_id) for op in ops)
+        out.extend(ops)
     return out
+
+
+def run(events: list[Ev], update_s: float = 60.0, resume_s: float = 120.0) -> list[tuple[str, str]]:
+    """Feed events; return (op kind, candidate id) per operation."""
+    return [(op.kind, op.episode.candidate_id) for op in feed(events, update_s, resume_s)]
 
 
 CASES = {
@@ -108,20 +114,14 @@ def test_episode_operations(name: str) -> None:
 
 
 def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id() -> None:
-    counter = _ids()
-    book: dict[Key, Episode] = {}
-    ops_all = []
-    for ev in [
-        Ev("raise", at(10), first_seen=at(4.5)),
-        Ev("update", at(200), confidence=0.9, dwell_s=195),
-        Ev("clear", at(300), dwell_s=245.5, first_seen=at(4.5)),  # last seen at 250
-        Ev("raise", at(400), first_seen=at(390)),
-    ]:
-        book, ops = step(
-            book, "cam-1", ev, update_s=60, resume_s=120, new_id=lambda: f"c{next(counter)}"
-        )
-        ops_all.extend(ops)
-    first, update, end, second = ops_all
+    first, update, end, second = feed(
+        [
+            Ev("raise", at(10), first_seen=at(4.5)),
+            Ev("update", at(200), confidence=0.9, dwell_s=195),
+            Ev("clear", at(300), dwell_s=245.5, first_seen=at(4.5)),  # last seen at 250
+            Ev("raise", at(400), first_seen=at(390)),
+        ]
+    )
     assert first.episode.source_event_id == "cam-1:plaza:crowd_gathering:" + str(
         round(at(4.5).timestamp() * 1000)
     )
@@ -136,20 +136,45 @@ def test_new_episode_references_the_previous_and_keeps_a_stable_source_event_id(
 
 
 def test_update_is_better_only_when_confidence_improves() -> None:
-    counter = _ids()
-    book: dict[Key, Episode] = {}
-    flags = []
-    for ev in [
-        Ev("raise", at(0), confidence=0.7),
-        Ev("update", at(70), confidence=0.6),
-        Ev("update", at(140), confidence=0.8),
-        Ev("update", at(210), confidence=0.75),
-    ]:
-        book, ops = step(
-            book, "cam-1", ev, update_s=60, resume_s=120, new_id=lambda: f"c{next(counter)}"
-        )
-        flags.extend(op.better for op in ops)
-    assert flags == [True, False, True, False]
+    ops = feed(
+        [
+            Ev("raise", at(0), confidence=0.7),
+            Ev("update", at(70), confidence=0.6),
+            Ev("update", at(140), confidence=0.8),
+            Ev("update", at(210), confidence=0.75),
+        ]
+    )
+    assert [op.better for op in ops] == [True, False, True, False]
+
+
+# One occupancy from T0 to 1040 s, its clear decided at 1100 s. Restarted, the worker lost the
+# rule's state around 500 s: the rule saw the occupancy again from 510 s and timed its dwell
+# from there, while the episode continued.
+UNINTERRUPTED = [
+    Ev("raise", at(60), dwell_s=60),
+    Ev("update", at(480), dwell_s=480),
+    Ev("update", at(930), dwell_s=930),
+    Ev("clear", at(1100), dwell_s=1040),
+]
+RESTARTED = [
+    Ev("raise", at(60), dwell_s=60),
+    Ev("update", at(480), dwell_s=480),
+    Ev("raise", at(570), dwell_s=60, first_seen=at(510)),
+    Ev("update", at(930), dwell_s=420, first_seen=at(510)),
+    Ev("clear", at(1100), dwell_s=530, first_seen=at(510)),
+]
+
+
+@pytest.mark.parametrize("events", [UNINTERRUPTED, RESTARTED], ids=["uninterrupted", "restarted"])
+def test_an_ended_episode_lasted_from_its_start_to_its_last_sighting(events: list[Ev]) -> None:
+    *_, update, end = feed(events)
+    assert (update.kind, update.episode.dwell_s) == ("update", 930.0)
+    assert (end.kind, end.episode.candidate_id) == ("end", "c1")
+    assert (end.episode.started_at, end.episode.ended_at, end.episode.dwell_s) == (
+        T0,
+        at(1040),
+        1040.0,
+    )
 
 
 def test_book_persists_in_the_outbox_file_and_a_restart_continues_the_episode(
