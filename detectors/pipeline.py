@@ -118,6 +118,20 @@ class _ZoneRuntime:
 Foreground = tuple[bg.StaticForeground, tuple[int, int], tuple[int, int]]
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """One frame's detections as the zones read them."""
+
+    tracked: Detections  # with tracker ids: what a rule judges inside a zone
+    labels: tuple[str, ...]
+    motion: Motion
+    # Every box of the frame, tracked or not: what may stand in front of a zone. The tracker
+    # drops weak boxes that continue no track, and a camera whose only rule is
+    # garbage_overflow starts tracks at 0.45 only, yet its occluders count from min_confidence.
+    boxes: Detections
+    box_labels: tuple[str, ...]
+
+
 def _static(found: bg.StaticForeground, frame_size: tuple[int, int]) -> tuple[float, Box | None]:
     """Static-foreground fraction and its box in frame pixels."""
     if found.bbox is None:
@@ -254,8 +268,13 @@ class CameraPipeline:
         ts = t.timestamp()
         tracked = self.tracker.update(detections, ts)
         assert tracked.tracker_id is not None
-        motion = self.tracker.motion(tracked.tracker_id)
-        labels = tuple(tracked.labels(self.names))
+        frame = _Frame(
+            tracked=tracked,
+            labels=tuple(tracked.labels(self.names)),
+            motion=self.tracker.motion(tracked.tracker_id),
+            boxes=detections,
+            box_labels=tuple(detections.labels(self.names)),
+        )
         sure = objects(detections, self.object_conf)
         events: list[RuleEvent] = []
         for zr in self.zones:
@@ -264,11 +283,13 @@ class CameraPipeline:
             obs = None
             if active:
                 fg = next(iter(fgs.values()), None)
-                obs = self._observe(zr, frame_size, tracked, labels, motion, fg, scene_fn)
+                obs = self._observe(zr, frame_size, frame, fg, scene_fn)
             for rule, params in zr.rules.items():
                 seen = obs
                 if obs is not None and isinstance(params, StaticForegroundParams):
-                    seen = _with_static(obs, fgs[params.learn_s], frame_size)
+                    # Without a grayscale frame the zone has no model: no static foreground.
+                    found = fgs.get(params.learn_s)
+                    seen = obs if found is None else _with_static(obs, found, frame_size)
                 presence = EVALUATORS[rule](seen, params) if seen is not None else None
                 state, transitions = step(zr.states.get(rule, RuleState()), presence, ts, params)
                 zr.states[rule] = state
@@ -387,12 +408,11 @@ class CameraPipeline:
         self,
         zr: _ZoneRuntime,
         frame_size: tuple[int, int],
-        tracked: Detections,
-        labels: tuple[str, ...],
-        motion: Motion,
+        frame: _Frame,
         fg: Foreground | None,
         scene_fn: SceneFn | None,
     ) -> ZoneObservation:
+        tracked, labels, motion = frame.tracked, frame.labels, frame.motion
         inside = zr.geometry.boxes_in(tracked.xyxy, frame_size)
         idx = np.flatnonzero(inside)
         w, h = frame_size
@@ -424,9 +444,9 @@ class CameraPipeline:
             head_thresholds=self.head_thresholds,
             static_fraction=static_fraction,
             static_bbox=static_bbox,
-            frame_xyxy=tracked.xyxy,
-            frame_confidence=tracked.confidence,
-            frame_labels=labels,
+            frame_xyxy=frame.boxes.xyxy,
+            frame_confidence=frame.boxes.confidence,
+            frame_labels=frame.box_labels,
         )
 
 

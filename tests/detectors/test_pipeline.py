@@ -238,12 +238,18 @@ def test_garbage_scene_scored_lazily_on_the_zone_crop() -> None:
     assert events[0].confidence == pytest.approx(0.8)
 
 
-@pytest.mark.parametrize(("gate", "raised"), [({}, []), ({"max_occluded": 1.0}, [60.0])])
+@pytest.mark.parametrize(
+    ("gate", "conf", "raised"),
+    [({}, 0.8, []), ({}, 0.4, []), ({"max_occluded": 1.0}, 0.8, [60.0])],
+    ids=["occluded", "weakly detected", "not checked"],
+)
 def test_a_cyclist_passing_every_ten_seconds_does_not_make_garbage(
-    gate: dict[str, float], raised: list[float]
+    gate: dict[str, float], conf: float, raised: list[float]
 ) -> None:
     # As the looped street clip in the demo: the head scores the empty pavement of the zone
     # 0.1, and 0.95 while a cyclist crosses it (3 s of every 10), within gap_s each time.
+    # Detected at 0.4 the cyclist starts no track (the camera's tracker starts them at 0.45)
+    # but is at the rule's min_confidence (0.35): an occluder all the same.
     rule = {"dwell_s": 60, "gap_s": 20, **gate}
     bins = {"id": "bins", "polygon": [[0.3, 0.45], [0.55, 0.45], [0.55, 0.75], [0.3, 0.75]],
             "rules": {"garbage_overflow": rule}}  # fmt: skip
@@ -258,7 +264,7 @@ def test_a_cyclist_passing_every_ten_seconds_does_not_make_garbage(
     def scene_fn(region: tuple[float, float, float, float]) -> dict[str, float]:
         return {"garbage": 0.95 if crossing[-1] else 0.1}
 
-    events = play(pipe, scene, 120, scene_fn=scene_fn)
+    events = play(pipe, scene, 120, conf=conf, scene_fn=scene_fn)
     assert [(e.kind, e.dwell_s) for e in events] == [("raise", d) for d in raised]
 
 
@@ -412,6 +418,15 @@ def test_a_clock_reset_keeps_what_the_zone_normally_looks_like(carried: bool) ->
     # pile for the road and the road for a pile.
     assert feed(after, 2200, 4100, pile=True, clock=-3600) == (["raise"] if carried else [])
     assert feed(after, 4100, 6000, pile=False, clock=-3600) == (["clear"] if carried else ["raise"])
+
+
+@pytest.mark.parametrize("rules", [{"piled_materials": {}}, {"shop_front_occupation": {}}])
+def test_without_a_grayscale_frame_a_background_zone_has_no_static_foreground(
+    rules: dict[str, Any],
+) -> None:
+    zone = {"id": "lane", "polygon": WHOLE, "rules": rules}
+    pipe = CameraPipeline(camera([zone]), SHANGHAI, NAMES)
+    assert pipe.process(T0, SIZE, Detections.empty()) == []
 
 
 def test_timestamps_must_be_aware() -> None:
