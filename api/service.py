@@ -1,8 +1,9 @@
 """Candidate operations: intake with idempotency, supplements, review, hand-over, the feed.
 
-Every operation is one short database transaction; an idempotent write claims its key in the
-same transaction, so a concurrent retry waits for it and replays the stored response. A batch
-claims its keys in a transaction of their own. Notifications go out after commit.
+Every operation is one short database transaction; an idempotent write claims its key first
+in the same transaction, so a known key is answered before any work and a concurrent retry
+waits for it and replays the stored response. A batch claims its keys in a transaction of
+their own. Notifications go out after commit.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -134,6 +135,12 @@ _ADVANCE_FEED = (
     .values(last=FeedCounterRow.last + bindparam("n"))
     .returning(FeedCounterRow.last)
 )
+# A claimed key gets its response (bind names differ from the columns', as SET requires).
+_FINISH_KEY = (
+    update(IdempotencyRow)
+    .where(IdempotencyRow.key == bindparam("b_key"), IdempotencyRow.principal == bindparam("b_who"))
+    .values(state="done", status_code=bindparam("b_status"), response=bindparam("b_response"))
+)
 
 
 @dataclass
@@ -146,6 +153,8 @@ class Outcome:
     positions: list[str] = field(default_factory=list)
     # ``doc`` as stored, when it was serialized already: the response reuses it.
     text: str | None = None
+    # Evidence files of ``doc`` the store did not hold when the candidate was judged.
+    unheld: list[str] = field(default_factory=list)
 
     def json(self) -> str:
         return self.text if self.text is not None else json.dumps(self.doc, ensure_ascii=False)
@@ -202,7 +211,7 @@ def _event(kind: str, doc: JsonDict) -> Event:
 
 
 class _KeyTaken(Exception):
-    """The idempotency key was stored by another request: roll back and replay."""
+    """The idempotency key changed hands since it was read: roll back and look again."""
 
 
 def _stored_text(row: IdempotencyRow, digest: str, now: datetime) -> tuple[int, str] | None:
@@ -366,25 +375,28 @@ class CandidateService:
 
         Returns the status and the response body as JSON text.
 
-        The work and the key's record, response included, share one transaction; the record
-        is one INSERT ... ON CONFLICT DO NOTHING at its end. If the key is taken, the work is
-        rolled back and the stored response replayed: a concurrent request with the same key
-        waits on the key's row (PostgreSQL) or the write lock (SQLite), so exactly one wins.
+        The key is claimed first, in the work's transaction, so a known key is answered before
+        any work is tried: with its stored response, or 422 / 409, whatever became of the
+        candidate since. The claim is one INSERT ... ON CONFLICT DO NOTHING: a concurrent
+        request with the same key waits on the claim's row (PostgreSQL) or the write lock
+        (SQLite) until the first commits (and then replays it) or rolls back (and then claims
+        the key itself). Work that fails takes its claim back with it.
         """
         key = check_key(key)
         for attempt in range(3):
             try:
                 with self.db.write() as session:
+                    stored = self._claim(session, who.name, key, digest)
+                    if stored is not None:
+                        return stored
                     outcome = work(session)
-                    if not self._record(session, who.name, key, digest, outcome):
-                        raise _KeyTaken
+                    self._finish(session, who.name, key, outcome)
                     self._assign_last(session, outcome.positions)
                 self._notify(outcome)
+                self._recheck_evidence(who, [outcome])
                 return outcome.status, outcome.json()
             except _KeyTaken:
-                replay = self._replay(who.name, key, digest)
-                if replay is not None:
-                    return replay
+                continue  # the key changed hands meanwhile: look again
             except DBAPIError as exc:
                 # Run again when a concurrent request inserted the same candidate first
                 # (PostgreSQL only; the next attempt finds it) or when the database had
@@ -396,29 +408,57 @@ class CandidateService:
                 log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
         raise Problem(409, "a request with this Idempotency-Key is in flight")
 
-    def _record(self, session: Session, who: str, key: str, digest: str, outcome: Outcome) -> bool:
-        """Store the key with its response; False when the key was already stored."""
+    def _claim(self, session: Session, who: str, key: str, digest: str) -> tuple[int, str] | None:
+        """Claim the key in ``session``'s transaction (None) or return its stored response;
+        422 / 409 as :func:`_stored_text` judges a known key."""
+        now = _locked_now(session, self.clock)
         values = {
             "key": key,
             "principal": who,
             "request_hash": digest,
-            "state": "done",
-            "status_code": outcome.status,
-            "response": outcome.json(),
-            "created_at": self.clock(),
+            "state": "in_flight",
+            "status_code": None,
+            "response": None,
+            "created_at": now,
         }
-        return session.connection().execute(self._insert_record, values).first() is not None
+        if session.connection().execute(self._insert_record, values).first() is not None:
+            return None
+        row = session.get(IdempotencyRow, (key, who))
+        if row is None:
+            raise _KeyTaken  # a failed batch released it after the insert met it (PostgreSQL)
+        stored = _stored_text(row, digest, now)
+        if stored is None:
+            self._take_over(session, who, key, row.created_at, now)
+        return stored
 
-    def _replay(self, who: str, key: str, digest: str) -> tuple[int, str] | None:
-        """The stored response of a taken key; None when a stale claim was removed."""
-        with self.db.write() as session:
-            row = session.get(IdempotencyRow, (key, who))
-            if row is None:
-                return None  # a failed batch released it meanwhile
-            stored = _stored_text(row, digest, self.clock())
-            if stored is None:
-                session.delete(row)
-            return stored
+    @staticmethod
+    def _take_over(
+        session: Session, who: str, key: str, claimed_at: datetime, now: datetime
+    ) -> None:
+        """Take over a stale claim made at ``claimed_at``; :class:`_KeyTaken` if another
+        request took it over or finished it since it was read.
+
+        A conditional UPDATE, as the claim was read without a lock: on PostgreSQL a second
+        taker waits for the first and then finds the row changed, so only one of them wins.
+        """
+        taken = session.connection().execute(
+            update(IdempotencyRow)
+            .where(
+                IdempotencyRow.key == key,
+                IdempotencyRow.principal == who,
+                IdempotencyRow.state == "in_flight",
+                IdempotencyRow.created_at == claimed_at,
+            )
+            .values(created_at=now)
+        )
+        if taken.rowcount != 1:
+            raise _KeyTaken
+
+    @staticmethod
+    def _finish(session: Session, who: str, key: str, outcome: Outcome) -> None:
+        """Store the response with the key's claim."""
+        values = {"b_key": key, "b_who": who, "b_status": outcome.status}
+        session.connection().execute(_FINISH_KEY, {**values, "b_response": outcome.json()})
 
     def _claim_in(
         self,
@@ -443,7 +483,7 @@ class CandidateService:
             return None
         stored = _stored_response(row, digest, now)
         if stored is None:
-            row.created_at = now  # take over the stale claim
+            self._take_over(session, who, key, row.created_at, now)
         return stored
 
     def _release(self, who: str, keys: list[str]) -> None:
@@ -505,6 +545,7 @@ class CandidateService:
         self._notify(
             Outcome(207, {}, [e for o in outcomes for e in o.events], any(o.feed for o in outcomes))
         )
+        self._recheck_evidence(who, outcomes)
         return [r for r in results if r is not None]
 
     def _claim_batch(
@@ -551,7 +592,7 @@ class CandidateService:
                             claimed.append(item)
                         else:
                             answers[index] = {"status": replay[0], "body": replay[1]}
-            except IntegrityError:
+            except (IntegrityError, _KeyTaken):
                 continue  # a concurrent request claimed one of the keys first: look again
             for index, answer in answers.items():
                 results[index] = answer
@@ -584,7 +625,8 @@ class CandidateService:
         if existing is not None:
             return Outcome(200, json.loads(existing), text=existing)
         cid = str(parsed.id or uuid.uuid4())
-        now = self.clock()
+        # The lookup above ran no statement when the body has neither id nor natural key.
+        now = _locked_now(session, self.clock)
         row, outcome = self._new(who, parsed, cid, now, body)
         doc = outcome.doc
         # On PostgreSQL the position is assigned by the transaction's last statement: the
@@ -597,7 +639,7 @@ class CandidateService:
                     self._enter_review(session, row, doc, now, outcome, last)
                 outcome.text = self._save(row, doc, now)
                 session.connection().execute(_INSERT_CANDIDATE, [_columns(row)])
-                self._wait_for_evidence(session, [doc])
+                self._wait_for_evidence(session, [outcome])
                 outcome.positions = [r.id for r in last or []]
         except IntegrityError:
             if not guarded:
@@ -654,8 +696,8 @@ class CandidateService:
         doc = {"id": cid, **fields, "created_at": now.isoformat(), "status": "incomplete"}
         doc["history"] = [{"at": now.isoformat(), "who": who.name, "action": "created"}]
         row = CandidateRow(id=cid, created_at=now, updated_at=now, status="incomplete", doc="")
-        self._derive(doc)
-        return row, Outcome(201, doc)
+        unheld = self._derive(doc)
+        return row, Outcome(201, doc, unheld=unheld)
 
     def _create_many(
         self, session: Session, who: Principal, items: list[CandidateIn]
@@ -691,7 +733,7 @@ class CandidateService:
                 self._assign_positions(session, visible, now)
             session.add_all(rows)
             session.flush()
-            self._wait_for_evidence(session, [o.doc for o in outcomes if o.status == 201])
+            self._wait_for_evidence(session, [o for o in outcomes if o.status == 201])
         log.info(
             "%d candidate(s) created in a batch: %s",
             len(rows),
@@ -705,16 +747,10 @@ class CandidateService:
     ) -> None:
         if not keys:
             return
-        session.execute(
-            update(IdempotencyRow),
+        session.connection().execute(
+            _FINISH_KEY,
             [
-                {
-                    "key": key,
-                    "principal": who,
-                    "state": "done",
-                    "status_code": o.status,
-                    "response": o.json(),
-                }
+                {"b_key": key, "b_who": who, "b_status": o.status, "b_response": o.json()}
                 for key, o in zip(keys, outcomes, strict=True)
             ],
         )
@@ -737,12 +773,12 @@ class CandidateService:
         before = row.status
         changes = parsed.model_dump(mode="json", exclude_unset=True)
         doc = merge_patches(stored, changes)
-        self._derive(doc)
+        unheld = self._derive(doc)
         if doc == stored:
             # Nothing changes (a producer sent what the candidate has): no history entry,
             # and no new feed position, which is for a visible change.
             return Outcome(200, stored, text=row.doc)
-        outcome = Outcome(200, doc)
+        outcome = Outcome(200, doc, unheld=unheld)
         if before in ("incomplete", "returned", "new"):
             answered = sm.answers_return(stored, doc, REQUIRED)
             new = sm.after_supplement(before, not doc["missing_elements"], answered)
@@ -751,7 +787,7 @@ class CandidateService:
             doc["status"] = new
             if new == "new" and before != "new":
                 self._enter_review(session, row, doc, now, outcome)
-            self._wait_for_evidence(session, [doc])
+            self._wait_for_evidence(session, [outcome])
         else:
             self._history(doc, now, who.name, "updated", fields=sorted(changes))
             if row.feed_pos is not None:  # visible already: the platform sees the change
@@ -1209,31 +1245,49 @@ class CandidateService:
             raise Problem(status, f"no candidate {cid}")
         return row
 
-    def _derive(self, doc: JsonDict) -> None:
-        """Server-computed elements: urgency raise, routing, category, missing elements."""
+    def _derive(self, doc: JsonDict) -> list[str]:
+        """Server-computed elements: urgency raise, routing, category, missing elements.
+
+        Returns the evidence files the store does not hold, as judged here.
+        """
         ctype = doc.get("type")
         if "urgency" in doc or ctype in self.policy.policy.urgent_types:
             doc["urgency"] = self.policy.urgency(ctype, doc.get("urgency"))
         doc["category"] = self.policy.category(ctype)
         doc["suggested_unit"] = self.policy.suggested_unit(ctype)
-        held = {h for h in _evidence_hashes(doc) if self.store.has(h)}
+        hashes = sorted(set(_evidence_hashes(doc)))
+        unheld = [h for h in hashes if not self.store.has(h)]
         # A candidate judged complete once keeps its evidence element while one file is held
         # (an incomplete or returned one needs every file it refers to).
         passed = doc.get("status") not in ("incomplete", "returned")
+        held = set(hashes) - set(unheld)
         doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
+        return unheld
 
-    def _wait_for_evidence(self, session: Session, docs: list[JsonDict]) -> None:
+    def _wait_for_evidence(self, session: Session, outcomes: list[Outcome]) -> None:
         """Note the evidence files incomplete candidates miss, so that each file's upload
-        judges them again (:meth:`evidence_arrived`)."""
+        judges them again (:meth:`evidence_arrived`).
+
+        Every file the candidate was judged without is noted, also one that has landed since:
+        asking the store again here would leave a candidate that missed a file stored in
+        between incomplete with nothing waiting for it. :meth:`_recheck_evidence` looks
+        after commit.
+        """
         waiting = [
-            {"sha256": sha, "candidate_id": doc["id"]}
-            for doc in docs
-            if doc["status"] == "incomplete" and "evidence" in doc["missing_elements"]
-            for sha in sorted(set(_evidence_hashes(doc)))
-            if not self.store.has(sha)
+            {"sha256": sha, "candidate_id": o.doc["id"]} for o in outcomes for sha in _waits(o)
         ]
         if waiting:
             session.connection().execute(self._insert_missing, waiting)
+
+    def _recheck_evidence(self, who: Principal, outcomes: list[Outcome]) -> None:
+        """After commit: judge again candidates whose missing file the store holds by now.
+
+        Its upload may have looked for candidates waiting for it before they were committed;
+        then it stored the file before that commit, so the store has it here.
+        """
+        landed = sorted({sha for o in outcomes for sha in _waits(o) if self.store.has(sha)})
+        for sha in landed:
+            self.evidence_arrived(who, sha)
 
     def _enter_review(
         self,
@@ -1316,6 +1370,14 @@ class CandidateService:
         return row.doc
 
 
+def _waits(outcome: Outcome) -> list[str]:
+    """The files an incomplete candidate waits for: those it was judged without."""
+    doc = outcome.doc  # a refused batch item's is a problem body
+    if doc.get("status") == "incomplete" and "evidence" in doc.get("missing_elements", ()):
+        return outcome.unheld
+    return []
+
+
 def _evidence_hashes(doc: JsonDict) -> list[str]:
     return [
         h
@@ -1333,11 +1395,13 @@ def _decode_list_cursor(cursor: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, cid = raw.split("|", 1)
         parsed = datetime.fromisoformat(at)
-    except (ValueError, UnicodeDecodeError) as exc:
+        if parsed.tzinfo is None or not CANDIDATE_ID_RE.fullmatch(cid):
+            raise ValueError("not a cursor of this list")
+        # In UTC, as the query binds it: an instant that leaves the datetime range there
+        # (year 1 east of UTC, year 9999 west of it) is refused, not a server error.
+        return parsed.astimezone(UTC), cid
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise Problem(422, "invalid cursor") from exc
-    if parsed.tzinfo is None or not CANDIDATE_ID_RE.fullmatch(cid):
-        raise Problem(422, "invalid cursor")
-    return parsed, cid
 
 
 def _occurred(doc: JsonDict, created_at: datetime) -> datetime:
