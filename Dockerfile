@@ -11,8 +11,9 @@ COPY alarm_bridge alarm_bridge
 COPY api api
 COPY models/manifest.yaml models/manifest.yaml
 RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
-# Installed, not editable: the package cannot find models/ beside itself, so name it. The
-# weights are mounted at $GRIDPATROL_SHARED/models, beside the manifest, not over it.
+# Installed, not editable: the package carries the manifest (models/manifest.yaml, copied above
+# for the build); this names the models folder outright. The weights are mounted at
+# $GRIDPATROL_SHARED/models, beside the manifest, not over it.
 ENV GRIDPATROL_MODELS_DIR=/srv/gridpatrol/models
 ENV GRIDPATROL_SHARED=/srv/gridpatrol/shared
 # The state and evidence volumes start as copies of these folders, owner included: the

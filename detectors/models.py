@@ -4,17 +4,23 @@ Resolution order: ``--model`` / ``GRIDPATROL_MODEL`` (an OpenVINO IR folder, ``.
 ``.pt`` or a manifest name) → a local folder named in ``models/manifest.yaml`` (``models/``,
 ``$GRIDPATROL_SHARED/models``, the cache) → the Ultralytics name, downloaded and exported to
 OpenVINO once into the cache. Nothing here imports torch or Ultralytics at module level.
+
+``models/`` is the checkout's; an installed (non-editable) gridpatrol has no checkout, so there it
+is ``models/`` in the working directory, and the manifest is the copy packaged with gridpatrol.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +31,8 @@ from gridpatrol.detectors.types import Backend, ModelInfo
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Installed from a wheel, REPO_ROOT is the package folder in site-packages: no checkout.
+IN_CHECKOUT = (REPO_ROOT / "pyproject.toml").is_file()
 ModelFormat = Literal["openvino", "onnx", "pt"]
 BackendKind = Literal["openvino", "ultralytics"]
 
@@ -87,12 +95,17 @@ class ModelSpec:
 # --- locations ---------------------------------------------------------------------------------
 
 
+def base_dir() -> Path:
+    """The checkout, else the working directory: site-packages is no place for weights."""
+    return REPO_ROOT if IN_CHECKOUT else Path.cwd()
+
+
 def models_dir() -> Path:
-    return Path(os.environ.get("GRIDPATROL_MODELS_DIR", REPO_ROOT / "models"))
+    return Path(os.environ.get("GRIDPATROL_MODELS_DIR", base_dir() / "models"))
 
 
 def shared_models_dir() -> Path:
-    return Path(os.environ.get("GRIDPATROL_SHARED", REPO_ROOT.parent / "shared")) / "models"
+    return Path(os.environ.get("GRIDPATROL_SHARED", base_dir().parent / "shared")) / "models"
 
 
 def cache_root() -> Path:
@@ -111,28 +124,41 @@ def search_dirs() -> tuple[Path, ...]:
     return tuple(dict.fromkeys((models_dir(), shared_models_dir(), cache_dir())))
 
 
+def _manifest_candidates() -> Iterator[Traversable]:
+    """``$GRIDPATROL_MODELS_DIR``'s manifest, the checkout's, then the one packaged with us."""
+    if explicit := os.environ.get("GRIDPATROL_MODELS_DIR"):
+        yield Path(explicit) / "manifest.yaml"
+    if IN_CHECKOUT:
+        yield REPO_ROOT / "models" / "manifest.yaml"
+    # Missing only from an editable install made before models/ was mapped into the package.
+    with contextlib.suppress(ModuleNotFoundError):
+        yield resources.files("gridpatrol.models").joinpath("manifest.yaml")
+
+
 def load_manifest(path: Path | None = None) -> Manifest:
-    candidates = (
-        [path] if path else [models_dir() / "manifest.yaml", REPO_ROOT / "models/manifest.yaml"]
-    )
+    candidates: Iterable[Traversable] = [path] if path else _manifest_candidates()
     for candidate in candidates:
-        if candidate is not None and candidate.is_file():
-            raw = yaml.safe_load(candidate.read_text(encoding="utf-8")) or {}
-            entries = {
-                name: ManifestEntry(
-                    name=name,
-                    ultralytics=str(body["ultralytics"]),
-                    openvino_folder=str(body["openvino_folder"]),
-                    task=str(body.get("task", "detect")),
-                    imgsz=int(body.get("imgsz", 640)),
-                    sha256={str(k): str(v) for k, v in (body.get("sha256") or {}).items()},
-                )
-                for name, body in (raw.get("models") or {}).items()
-            }
-            return Manifest(default=str(raw.get("default", "yolo11n")), models=entries)
+        if candidate.is_file():
+            return _parse_manifest(candidate.read_text(encoding="utf-8"))
     log.warning("no models/manifest.yaml found; using the built-in yolo11n entry")
     builtin = ManifestEntry("yolo11n", "yolo11n.pt", "yolo11n_int8_openvino_model")
     return Manifest(default="yolo11n", models={"yolo11n": builtin})
+
+
+def _parse_manifest(text: str) -> Manifest:
+    raw = yaml.safe_load(text) or {}
+    entries = {
+        name: ManifestEntry(
+            name=name,
+            ultralytics=str(body["ultralytics"]),
+            openvino_folder=str(body["openvino_folder"]),
+            task=str(body.get("task", "detect")),
+            imgsz=int(body.get("imgsz", 640)),
+            sha256={str(k): str(v) for k, v in (body.get("sha256") or {}).items()},
+        )
+        for name, body in (raw.get("models") or {}).items()
+    }
+    return Manifest(default=str(raw.get("default", "yolo11n")), models=entries)
 
 
 # --- resolution --------------------------------------------------------------------------------

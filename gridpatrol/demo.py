@@ -3,6 +3,10 @@
 Start-up order: broker → API → bridge → detector worker → ingest → simulated sensors; shutdown
 in reverse, so producers flush their outboxes while the API still runs. Every component runs as
 its own ``gridpatrol`` subprocess with its log under ``var/demo/logs/``.
+
+``var/`` is the checkout's; an installed (non-editable) gridpatrol has no checkout, so there it is
+``var/`` in the working directory, and the site is the copy of ``samples/site.yaml`` packaged
+with gridpatrol.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -34,6 +39,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
+# Installed from a wheel, ROOT is site-packages: no checkout, and no place for footage or state.
+IN_CHECKOUT = (ROOT / "pyproject.toml").is_file()
 ROLES = ("producer", "reviewer", "platform", "admin")
 # Public clips used when the shared footage is absent (CC BY 4.0, intel-iot-devkit/sample-videos).
 SAMPLE_CLIPS = {
@@ -58,6 +65,23 @@ BROKER_SETTINGS = (
 )
 
 
+def home() -> Path:
+    """Where footage and the work folder live and the components run: the checkout, else the
+    working directory."""
+    return ROOT if IN_CHECKOUT else Path.cwd()
+
+
+def sample_site() -> Path:
+    """The demo site: the checkout's ``samples/site.yaml``, else the copy packaged with us."""
+    checkout = ROOT / "samples" / "site.yaml"
+    if IN_CHECKOUT:
+        return checkout
+    try:
+        return Path(str(resources.files("gridpatrol.samples").joinpath("site.yaml")))
+    except ModuleNotFoundError:  # a broken install: the site loader names the missing file
+        return checkout
+
+
 def register(sub: Any) -> None:
     parser: argparse.ArgumentParser = sub.add_parser(
         "demo",
@@ -69,13 +93,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--no-browser", action="store_true", help="do not open the console")
     parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
     parser.add_argument(
-        "--config", default=str(ROOT / "samples" / "site.yaml"), help="the site file"
+        "--config", default=str(sample_site()), help="the site file (default: %(default)s)"
     )
     parser.add_argument(
         "--workdir",
-        default=str(ROOT / "var" / "demo"),
+        default=str(home() / "var" / "demo"),
         help="database, evidence, logs; cleared at every start (a new, empty or earlier demo's "
-        "folder)",
+        "folder; default: %(default)s)",
     )
     parser.add_argument(
         "--own-broker",
@@ -91,8 +115,9 @@ def register(sub: Any) -> None:
 # Footage
 
 
-def find_footage(root: Path = ROOT) -> Path:
+def find_footage(root: Path | None = None) -> Path:
     """``var/footage`` (linked by the Makefile), else the shared folder, else downloaded clips."""
+    root = root or home()
     target = root / "var" / "footage"
     if all((target / name).exists() for name in SAMPLE_CLIPS):
         return target
@@ -150,7 +175,7 @@ class Component:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gridpatrol.cli", *self.args],
                 env=self.env,
-                cwd=ROOT,
+                cwd=home(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops us in order
@@ -354,11 +379,12 @@ def demo_site(config: Path, workdir: Path) -> Path:
 
     data = load_site(config).model_dump(mode="json", by_alias=True, exclude_unset=True)
     data["mqtt"] = {**data.get("mqtt", {}), "prefix": DEMO_PREFIX}
+    cwd = home()
     for camera in data.get("cameras", []):
         source = camera["source"]
         path = Path(os.path.expandvars(source)).expanduser()
         if source_kind(source) == "file" and not path.is_absolute():
-            camera["source"] = str(ROOT / path if (ROOT / path).exists() else config.parent / path)
+            camera["source"] = str(cwd / path if (cwd / path).exists() else config.parent / path)
     target = workdir / "site.yaml"
     header = f"# {config} as the demo runs it: topics under {DEMO_PREFIX}/\n"
     target.write_text(
