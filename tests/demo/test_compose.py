@@ -294,6 +294,8 @@ def test_what_the_services_write_is_on_volumes_their_user_owns() -> None:
         env = spec.get("environment") or {}
         keys = ("GRIDPATROL_STATE_DIR", "GRIDPATROL_EVIDENCE_DIR")
         written = [interpolate(env[k], {}) for k in keys if k in env]
+        if "GRIDPATROL_OUTBOX" in env:
+            written.append(str(Path(interpolate(env["GRIDPATROL_OUTBOX"], {})).parent))
         mounts = _mounts(spec, {"GRIDPATROL_WEIGHTS": "/srv/weights"})
         volumes = [t for s, t, *rest in mounts if not s.startswith(("/", ".")) and rest != ["ro"]]
         for path in written:
@@ -301,6 +303,25 @@ def test_what_the_services_write_is_on_volumes_their_user_owns() -> None:
             assert any(volume == o or volume.startswith(o + "/") for o in owned), (name, volume)
             checked.append(name)
     assert sorted(checked) == ["api", "bridge", "detect-0", "detect-1"]
+
+
+# The code a detector worker runs: its own package, ingest and the API client with its outbox.
+DETECTOR_CODE = [*(REPO / "detectors").rglob("*.py"), *(REPO / "ingest").rglob("*.py")]
+DETECTOR_CODE.append(REPO / "api" / "client.py")
+
+
+def test_the_detectors_get_their_outbox_on_the_state_volume_and_no_state_dir() -> None:
+    """``GRIDPATROL_STATE_DIR`` is the bridge's; a detector reads only ``GRIDPATROL_OUTBOX``."""
+    services = _compose()["services"]
+    volumes = [v.split(":") for v in services["detect-0"]["volumes"]]
+    (state,) = [target for source, target, *_ in volumes if source == "state"]
+    assert not any("GRIDPATROL_STATE_DIR" in path.read_text() for path in DETECTOR_CODE)
+    for name in ("detect-0", "detect-1"):
+        env = services[name]["environment"]
+        assert "GRIDPATROL_STATE_DIR" not in env, name
+        assert Path(interpolate(env["GRIDPATROL_OUTBOX"], {})) == Path(state) / name / "outbox.db"
+    bridge = services["bridge"]["environment"]
+    assert interpolate(bridge["GRIDPATROL_STATE_DIR"], {}) == f"{state}/bridge"
 
 
 @pytest.mark.parametrize("env", [{}, {"POSTGRES_PASSWORD": "s3cret-Pw"}])
