@@ -20,9 +20,9 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -183,6 +183,14 @@ CREATE INDEX IF NOT EXISTS outbox_ops_refused_creates ON outbox_ops (candidate_i
     WHERE kind = 'create' AND state = 'failed';
 -- candidate_closed runs in every producer transaction that updates or ends a candidate.
 CREATE INDEX IF NOT EXISTS outbox_ops_failed ON outbox_ops (candidate_id) WHERE state = 'failed';
+-- A create the API answered with a candidate it already held under another id (the same
+-- (source.system, source_event_id) sent under a new id, e.g. after a producer lost its state):
+-- the producer's updates of its own id go to the API's.
+CREATE TABLE IF NOT EXISTS outbox_aliases (
+    local_id TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
 -- A refused evidence file is kept as a record of the refusal, without its bytes (up to the
 -- evidence cap each, and never sent again); files written before this held them.
 UPDATE outbox_ops SET payload = x'' WHERE kind = 'evidence' AND state = 'failed'
@@ -229,7 +237,8 @@ class OutboxTxn:
 
     def patch_candidate(self, candidate_id: str, patch: Mapping[str, Any]) -> None:
         payload = json.dumps(dict(patch), ensure_ascii=False).encode()
-        self._insert("patch", str(uuid.UUID(candidate_id)), str(uuid.uuid4()), payload, None, None)
+        cid = server_id(self.conn, str(uuid.UUID(candidate_id)))
+        self._insert("patch", cid, str(uuid.uuid4()), payload, None, None)
 
     def _insert(
         self,
@@ -443,7 +452,10 @@ class Outbox:
             return False
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
-            if self._send_creates(conn, [op for op in ops if op.kind == "create"]):
+            creates = [op for op in ops if op.kind == "create"]
+            if self._send_creates(conn, creates):
+                # This round's patches were read before its creates learnt their ids.
+                ops = _moved(ops, _aliases_of(conn, [op.candidate_id or "" for op in creates]))
                 patches = _patches_by_candidate(ops)[: self.MAX_PATCHED]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
@@ -471,13 +483,13 @@ class Outbox:
     def _settle(self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any]) -> None:
         """Send one request for ``ops``: done on success, failed for good on a refusal."""
         try:
-            send()
+            answer = send()
         except ApiError as exc:
             if exc.retryable:
                 raise
             self._fail(conn, ops, exc)
             return
-        self._done(conn, ops)
+        self._done(conn, ops, _renamed((op, answer) for op in ops))
 
     def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
         """One request per group (an evidence file, or one candidate's merged patches), side
@@ -520,18 +532,18 @@ class Outbox:
             # The batch as a whole was refused: find the culprit one request at a time.
             self._send_one_create(conn, ops[0])
             return False
-        done: list[_Op] = []
+        done: list[tuple[_Op, Any]] = []
         failed: list[tuple[_Op, ApiError]] = []
         for op, result in zip(ops, results, strict=True):
             status = int(result.get("status", 500))
             if status < 300:
-                done.append(op)
+                done.append((op, result.get("body")))
                 continue
             refusal = ApiError(status, result.get("body") or {})
             if refusal.retryable:
                 break  # keep order: retry this one and everything after it
             failed.append((op, refusal))
-        self._done(conn, done)
+        self._done(conn, [op for op, _answer in done], _renamed(done))
         for op, refusal in failed:
             self._fail(conn, [op], refusal)
         if len(done) + len(failed) < len(ops):
@@ -572,13 +584,42 @@ class Outbox:
         client = self.client
         self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""))
 
-    def _done(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    def _done(
+        self, conn: sqlite3.Connection, ops: list[_Op], aliases: Mapping[str, str] | None = None
+    ) -> None:
+        """Remove delivered operations; ``aliases`` maps the id of a create the API answered
+        with a candidate of another id to that id (see :func:`_renamed`)."""
         if not ops:
             return
+        aliases = aliases or {}
+        now = time.time()
         with _write(conn):
             conn.executemany("DELETE FROM outbox_ops WHERE seq = ?", [(op.seq,) for op in ops])
+            # In the same transaction as the create's removal: a crash in between would leave
+            # the create to be sent again (a replay that answers the same id), never patches
+            # queued for an id the API does not know.
+            conn.executemany(
+                "INSERT OR REPLACE INTO outbox_aliases (local_id, server_id, created_at)"
+                " VALUES (?, ?, ?)",
+                [(local, server, now) for local, server in aliases.items()],
+            )
+            conn.executemany(
+                "UPDATE outbox_ops SET candidate_id = ? WHERE candidate_id = ? AND kind = 'patch'"
+                " AND state = 'pending'",
+                [(server, local) for local, server in aliases.items()],
+            )
         with self._counts_lock:
             self._counts["sent"] += len(ops)
+        for local, server in aliases.items():
+            log.warning(
+                "outbox %s: the API answered the create of %s with candidate %s, which it"
+                " already held for that event; updates of %s go to %s",
+                self.component,
+                local,
+                server,
+                local,
+                server,
+            )
 
     def _fail(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
         reason = json.dumps(exc.problem, ensure_ascii=False)[:2000]
@@ -639,13 +680,63 @@ class Outbox:
 def candidate_closed(conn: sqlite3.Connection, candidate_id: str) -> bool:
     """Whether the API has refused this candidate for good: a patch answered 410 Gone (the
     candidate was rejected, merged or closed and takes no more updates) or its create refused.
-    A producer stops queueing its updates then. ``conn``: a connection to the outbox file."""
-    row = conn.execute(
+    A producer stops queueing its updates then. ``conn``: a connection to the outbox file.
+
+    An id whose create the API answered with a candidate of another id stands for that one.
+    """
+    query = (
         "SELECT 1 FROM outbox_ops WHERE state = 'failed' AND candidate_id = ? AND"
-        " (kind = 'create' OR (kind = 'patch' AND last_error LIKE '410 %')) LIMIT 1",
-        (candidate_id,),
+        " (kind = 'create' OR (kind = 'patch' AND last_error LIKE '410 %')) LIMIT 1"
+    )
+    if conn.execute(query, (candidate_id,)).fetchone() is not None:
+        return True
+    server = server_id(conn, candidate_id)
+    return server != candidate_id and conn.execute(query, (server,)).fetchone() is not None
+
+
+def server_id(conn: sqlite3.Connection, candidate_id: str) -> str:
+    """The API's id of the candidate a producer calls ``candidate_id``: another one when the
+    API answered its create with a candidate it already held for the same event."""
+    row = conn.execute(
+        "SELECT server_id FROM outbox_aliases WHERE local_id = ?", (candidate_id,)
     ).fetchone()
-    return row is not None
+    return str(row[0]) if row is not None else candidate_id
+
+
+def _aliases_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
+    """The recorded aliases of ``ids`` (at most a batch of them), local id → the API's."""
+    if not ids:
+        return {}
+    marks = ",".join("?" * len(ids))
+    rows = conn.execute(
+        f"SELECT local_id, server_id FROM outbox_aliases WHERE local_id IN ({marks})", ids
+    )
+    return {str(local): str(server) for local, server in rows.fetchall()}
+
+
+def _renamed(answered: Iterable[tuple[_Op, Any]]) -> dict[str, str]:
+    """Local id → the API's id, for each create the API answered with a candidate of another
+    id: it already held the body's (source.system, source_event_id) under that one and
+    returned it (200), so the producer's updates must go there, not to an id it never stored."""
+    aliases: dict[str, str] = {}
+    for op, answer in answered:
+        if op.kind != "create" or op.candidate_id is None or not isinstance(answer, dict):
+            continue
+        server = str(answer.get("id") or "")
+        if server and server != op.candidate_id:
+            aliases[op.candidate_id] = server
+    return aliases
+
+
+def _moved(ops: list[_Op], aliases: Mapping[str, str]) -> list[_Op]:
+    """``ops`` with each patch of an aliased id sent to the API's id instead."""
+    if not aliases:
+        return ops
+    moved: list[_Op] = []
+    for op in ops:
+        server = aliases.get(op.candidate_id or "") if op.kind == "patch" else None
+        moved.append(op if server is None else replace(op, candidate_id=server))
+    return moved
 
 
 @contextlib.contextmanager

@@ -19,7 +19,14 @@ import cv2
 import numpy as np
 import pytest
 
-from gridpatrol.api.client import ApiClient, ApiError, Outbox, OutboxBusy, merge_patches
+from gridpatrol.api.client import (
+    ApiClient,
+    ApiError,
+    Outbox,
+    OutboxBusy,
+    candidate_closed,
+    merge_patches,
+)
 
 
 def jpeg(seed: int) -> bytes:
@@ -452,6 +459,56 @@ def test_an_id_taken_by_another_event_is_refused_for_good(api_server: Any, tmp_p
     assert sorted(docs) == sorted([cid, own])
     assert docs[cid]["source"]["source_event_id"] == "taken-1"
     assert docs[cid]["description"] == candidate("taken-1", sha)["description"]
+
+
+@pytest.mark.parametrize(
+    ("batched", "window"),
+    [(False, Outbox.WINDOW), (False, 1), (True, Outbox.WINDOW)],
+    ids=["alone", "patch-in-a-later-round", "in-a-batch"],
+)
+def test_updates_follow_a_create_the_api_answered_with_the_candidate_it_holds(
+    api_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture, batched: bool, window: int
+) -> None:
+    """An event the API holds already, created again under a new id (a producer that lost
+    its state): the API answers with its candidate (200), and the producer's updates of the
+    new id, queued before that answer or after it, reach that candidate."""
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    sha = client.put_evidence(jpeg(60), "image/jpeg")
+    body = {**candidate("again-1", sha), "id": str(uuid.uuid4())}
+    held = client.create_candidate(body, str(uuid.uuid4()))["id"]
+    outbox = producer(api_server, tmp_path)
+    outbox.WINDOW = window  # 1: the patch is still queued when the create's answer comes
+    with outbox.transaction() as txn:
+        again = txn.create_candidate(candidate("again-1", sha))
+        others = [txn.create_candidate(candidate("again-2", sha))] if batched else []
+        txn.patch_candidate(again, {"detection": {"dwell_s": 40}})
+    deliver(outbox)
+    with outbox.transaction() as txn:
+        txn.patch_candidate(again, {"detection": {"score": 0.95}})
+    deliver(outbox)
+    assert outbox.failed() == []
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{held}").json()
+        assert (doc["detection"]["dwell_s"], doc["detection"]["score"]) == (40, 0.95)
+        assert http.get(f"/candidates/{again}").status_code == 404
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, *others])
+    assert [r.getMessage() for r in caplog.records if again in r.getMessage()] == [
+        f"outbox test: the API answered the create of {again} with candidate {held}, which it"
+        f" already held for that event; updates of {again} go to {held}"
+    ]
+    # Rejected there, it is closed under the producer's id too: its updates stop.
+    with api_server.client("reviewer") as http:
+        decision = {"decision": "reject", "reason_code": "duplicate", "reason": "seen"}
+        assert http.post(f"/candidates/{held}/review", json=decision).status_code == 200
+    with outbox.transaction() as txn:
+        txn.patch_candidate(again, {"detection": {"dwell_s": 50}})
+    deliver(outbox)
+    failed = outbox.failed()
+    assert [(f["kind"], f["candidate_id"], f["error"][:4]) for f in failed] == [
+        ("patch", held, "410 ")
+    ]
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        assert candidate_closed(conn, again)
 
 
 def test_batches_stay_under_the_size_limit_and_a_body_over_it_is_refused(
