@@ -1,11 +1,13 @@
 """The content-addressed evidence store: the only module that touches evidence files.
 
 Files live at ``<dir>/<first two hex digits>/<sha256>``, written to a temporary file and
-renamed so a reader never sees half a file. Every path is built from a validated hash only.
+then given their name, so a reader never sees half a file. Every path is built from a
+validated hash only.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -18,6 +20,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+# What link(2) answers on a file system that has no hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -139,12 +143,12 @@ class EvidenceStore:
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-            Path(tmp).replace(target)
-        except BaseException:
+            created = _publish(Path(tmp), target)
+        finally:
             Path(tmp).unlink(missing_ok=True)
-            raise
-        log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
-        return Stored(sha256, media, len(data), True, width, height)
+        if created:
+            log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
+        return Stored(sha256, media, len(data), created, width, height)
 
     def get(self, sha256: str) -> tuple[bytes, str]:
         try:
@@ -152,6 +156,27 @@ class EvidenceStore:
         except FileNotFoundError:
             raise EvidenceError(404, "Not Found", f"no evidence {sha256}") from None
         return data, sniff(data)
+
+
+def _publish(tmp: Path, target: Path) -> bool:
+    """Give the written file ``tmp`` its name ``target``; False when another upload of the
+    same bytes got there first.
+
+    A hard link creates the name only if it is absent, in one step: of two uploads that both
+    found no file, exactly one stores it (201) and the other learns it is already there
+    (200). A reader still never sees half a file: the link is made after the write.
+    """
+    try:
+        os.link(tmp, target)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        # A file system without hard links (some network and object-store mounts): the rename
+        # is still atomic for readers, but two uploads racing here may both answer 201.
+        tmp.replace(target)
+    return True
 
 
 def _verify(media: str, data: bytes) -> tuple[int | None, int | None]:

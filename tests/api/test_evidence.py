@@ -11,6 +11,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -19,6 +20,7 @@ import pytest
 from alembic import command
 from alembic.config import Config
 
+from gridpatrol.api import evidence
 from gridpatrol.api.routers.evidence import INLINE_BYTES
 
 from .conftest import on_event_loop
@@ -188,6 +190,35 @@ def test_on_sqlite_small_evidence_is_stored_on_the_event_loop_and_larger_from_th
         len(data),
     )
     assert held.on_loop == [True, False, False]
+    got = api.as_("reviewer").get(f"{URL}/{sha}")
+    assert got.status_code == 200 and got.content == data
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_two_uploads_of_one_new_file_at_once_store_it_once(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both uploads find no file, then both write it: one of them stored it (201), the other
+    found it there (200). Each write waits for the other at its start, so both have looked
+    before either names the file. (A file above the inline size: stored from the pool, the
+    two requests run side by side.)"""
+    root = api.http.app.state.services.store.root
+    both_looked = threading.Barrier(2, timeout=30)
+    mkstemp = evidence.tempfile.mkstemp
+
+    def after_both_looked(*args: Any, **kw: Any) -> Any:
+        if Path(kw["dir"]).parent == root:
+            both_looked.wait()
+        return mkstemp(*args, **kw)
+
+    monkeypatch.setattr(evidence.tempfile, "mkstemp", after_both_looked)
+    data = big_jpeg()
+    with ThreadPoolExecutor(2) as pool:
+        uploads = [pool.submit(put, api, data, "image/jpeg") for _ in range(2)]
+        statuses = sorted(upload.result(timeout=60).status_code for upload in uploads)
+    assert statuses == [200, 201]
+    sha = hashlib.sha256(data).hexdigest()
+    assert sorted(p.name for p in (root / sha[:2]).iterdir()) == [sha]  # no temporary file left
     got = api.as_("reviewer").get(f"{URL}/{sha}")
     assert got.status_code == 200 and got.content == data
 
