@@ -148,10 +148,11 @@ function matches(c) {
   if (f.type && c.type !== f.type) return false;
   if (f.camera_id && cameraId(c) !== f.camera_id) return false;
   if (f.sensor_id && sensorId(c) !== f.sensor_id) return false;
-  // The API filters the time window on when it received the candidate.
+  // The API filters the time window on when it received the candidate: since <= at < until
+  // (a case received at the end instant belongs to the next window, as in the API's list).
   const at = Date.parse(c.created_at || c.occurred_at || '');
   if (f.since && at < Date.parse(f.since)) return false;
-  if (f.until && at > Date.parse(f.until)) return false;
+  if (f.until && at >= Date.parse(f.until)) return false;
   return true;
 }
 
