@@ -4,7 +4,10 @@ The gate compares a small blurred grayscale copy of each frame with the copy of 
 frame that was inferred. Comparing against the last *inferred* frame (not the previous
 frame) means a slow change, such as a bag set down over several seconds, still accumulates
 and opens the gate. A keyframe is forced at least every ``keyframe_s`` so stationary objects
-are re-detected and keep their dwell. The gate is a pure function of (state, frame, t).
+are re-detected and keep their dwell. A frame of another size than the last inferred one is
+always inferred: the small copies of the two look alike (both are 160×90), but a skipped frame
+is judged with the last inferred frame's detections, whose pixels are those of its size. The
+gate is a pure function of (state, frame, t).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 GrayImage = npt.NDArray[np.uint8]
-Reason = Literal["disabled", "first", "motion", "keyframe", "static"]
+Reason = Literal["disabled", "first", "resized", "motion", "keyframe", "static"]
 
 SMALL_SIZE = (160, 90)
 
@@ -41,10 +44,11 @@ class MotionSettings:
 
 @dataclass(frozen=True)
 class MotionState:
-    """The reference (last inferred) small frame and when it was inferred."""
+    """The reference (last inferred) small frame, when it was inferred and its full size."""
 
     reference: GrayImage | None = None
     inferred_at: float | None = None
+    frame_size: tuple[int, int] | None = None  # (width, height) of the frame as received
 
 
 @dataclass(frozen=True)
@@ -68,20 +72,26 @@ def changed_fraction(a: GrayImage, b: GrayImage, settings: MotionSettings) -> fl
 
 
 def gate(
-    state: MotionState, gray: GrayImage, t: float, settings: MotionSettings
+    state: MotionState,
+    gray: GrayImage,
+    t: float,
+    settings: MotionSettings,
+    *,
+    frame_size: tuple[int, int],
 ) -> tuple[MotionState, GateDecision]:
-    """Decide whether the frame at ``t`` (epoch seconds) is inferred.
+    """Decide whether the frame at ``t`` (epoch seconds), ``frame_size`` (width, height) as
+    received and ``gray`` its small copy, is inferred.
 
     The reference moves only when a frame is inferred, so a skipped frame never hides the
     difference between what the model last saw and what the camera shows now.
     """
-    inferred = MotionState(reference=gray, inferred_at=t)
+    inferred = MotionState(reference=gray, inferred_at=t, frame_size=frame_size)
     if not settings.enabled:
         return inferred, GateDecision(True, "disabled", 0.0)
     if state.reference is None or state.inferred_at is None:
         return inferred, GateDecision(True, "first", 0.0)
-    if state.reference.shape != gray.shape:
-        return inferred, GateDecision(True, "first", 0.0)
+    if state.frame_size != frame_size or state.reference.shape != gray.shape:
+        return inferred, GateDecision(True, "resized", 0.0)
     changed = changed_fraction(state.reference, gray, settings)
     if changed >= settings.min_fraction:
         return inferred, GateDecision(True, "motion", changed)

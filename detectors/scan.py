@@ -7,7 +7,10 @@ Without ``--config`` the rules that can judge a still image do so on the whole f
 camera's zones, with the zone's parameters but no dwell or schedule (a still has neither a
 duration nor a time; ``dwell_verified: false``), and a video runs through the camera's full
 pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, its
-raised / updated violations carrying ``dwell_verified: true``.
+raised / updated violations carrying ``dwell_verified: true``. With ``--config --camera`` the
+detector keeps boxes down to the confidence the worker keeps for that camera (lower than
+``--conf`` when a rule's ``min_confidence`` or the tracker's weak boxes ask for it), and the
+pipeline is the worker's, so a video is judged on the detections the worker would judge.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ from gridpatrol.detectors.pipeline import (
     STILL_RULES,
     CameraPipeline,
     Violation,
+    detector_conf,
     judge_still,
     warn_missing_heads,
 )
 from gridpatrol.detectors.rules import EVALUATORS, ZoneObservation
 from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
+from gridpatrol.detectors.worker import camera_pipeline
 from gridpatrol.detectors.zones import ZoneGeometry
 from gridpatrol.site import Camera, SiteConfigError, load_site
 
@@ -221,6 +226,10 @@ class Judge:
         self.start = context.start
         self.pipelines: dict[str, CameraPipeline] = {}
 
+    def finish(self, source: str) -> None:
+        """Forget a video's rule state once it has ended (a folder may hold many videos)."""
+        self.pipelines.pop(source, None)
+
     def scene(self, result: InferenceResult, region: Region | None = None) -> dict[str, float]:
         return {name: float(head.score(result, region)) for name, head in self.heads.items()}
 
@@ -291,9 +300,7 @@ class Judge:
         pipeline = self.pipelines.get(sample.source)
         if pipeline is None:  # each video is its own timeline
             assert self.camera is not None and self.tz is not None
-            pipeline = CameraPipeline(
-                self.camera, self.tz, self.info.names, head_thresholds=self.thresholds
-            )
+            pipeline = camera_pipeline(self.camera, self.tz, self.info.names, self.heads)
             self.pipelines[sample.source] = pipeline
         t = self.start + timedelta(seconds=sample.ts or 0.0)
         events = pipeline.process(
@@ -362,13 +369,24 @@ def scan_file(
 ) -> int:
     """Scan one file; returns the number of records written. ``as_stored``: see read_still."""
     written = 0
-    for batch in chunks(samples(path, fps, as_stored), CHUNK):
-        results = backend.infer([s.image for s in batch])
-        for sample, result in zip(batch, results, strict=True):
-            out.write(json.dumps(record(sample, result, judge, backend.info)) + "\n")
-            written += 1
-        out.flush()
+    try:
+        for batch in chunks(samples(path, fps, as_stored), CHUNK):
+            results = backend.infer([s.image for s in batch])
+            for sample, result in zip(batch, results, strict=True):
+                out.write(json.dumps(record(sample, result, judge, backend.info)) + "\n")
+                written += 1
+            out.flush()
+    finally:
+        judge.finish(str(path))
     return written
+
+
+def _conf(conf: float, context: SiteContext) -> float:
+    """The detector's confidence threshold: ``--conf``, or lower for a site's camera, whose
+    tracker and rules get the weak boxes the worker keeps for them."""
+    if context.camera is None:
+        return conf
+    return min(conf, detector_conf([context.camera]))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -390,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
         if context.camera is not None:
             warn_missing_heads([context.camera], heads)
         nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
-        backend = load_backend(spec, args.backend, nodes, conf=args.conf)
+        backend = load_backend(spec, args.backend, nodes, conf=_conf(args.conf, context))
         judge = Judge(backend.info, heads, context)
     except (ScanError, SiteConfigError, ModelNotFoundError, MissingExtraError, ValueError) as exc:
         print(f"scan: {exc}", file=sys.stderr)

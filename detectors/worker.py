@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,7 @@ from gridpatrol.cli import stop_on_signals
 
 if TYPE_CHECKING:
     import sqlite3
+    from zoneinfo import ZoneInfo
 
     import numpy as np
     from numpy.typing import NDArray
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from gridpatrol.detectors.evidence import EvidenceFile, FrameRing
     from gridpatrol.detectors.models import ModelSpec
     from gridpatrol.detectors.motion import MotionSettings, MotionState
+    from gridpatrol.detectors.pipeline import CameraPipeline
     from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
     from gridpatrol.ingest.messages import Frame
     from gridpatrol.ingest.mqtt import MqttConnection, Subscription
@@ -104,7 +106,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=int,
-        default=int(os.environ.get("GRIDPATROL_METRICS_PORT", "0") or 0),
+        # Not read from the environment here: every gridpatrol command builds this parser, and
+        # a malformed variable is detect's setup error alone (metrics_port_from_env).
         help="serve Prometheus metrics on this port (0 = off; $GRIDPATROL_METRICS_PORT)",
     )
     parser.add_argument(
@@ -226,6 +229,7 @@ class CameraRuntime:
     ring: FrameRing
     motion: MotionState
     last: InferenceResult | None = None
+    last_size: tuple[int, int] | None = None  # (width, height) of the frame ``last`` is of
     last_ts: datetime | None = None
     last_received_at: datetime | None = None  # the reception of the frame at last_ts
     jump: ClockJump | None = None  # a frame off the camera's clock, waiting for the next one
@@ -471,6 +475,7 @@ class DetectorWorker:
         elapsed = time.perf_counter() - item.submitted
         item.result = _to_original(result, item.scale)
         rt.last = item.result
+        rt.last_size = (item.frame.header.width, item.frame.header.height)
         rt.inferred += 1
         rt.latency_s += elapsed
         self.metrics.inferred.labels(rt.camera.id).inc()
@@ -540,10 +545,14 @@ class DetectorWorker:
             # The small copy costs about a tenth of the worker's CPU; nothing would read it.
             return Ready(rt, frame, image, scale, None, True)
         gray = small_gray(image)
-        rt.motion, decision = gate(rt.motion, gray, h.ts.timestamp(), self.motion_settings)
-        if not decision.infer and rt.last is None:
-            decision = type(decision)(True, "first", decision.changed)
-        return Ready(rt, frame, image, scale, gray, decision.infer)
+        size = (h.width, h.height)
+        rt.motion, decision = gate(
+            rt.motion, gray, h.ts.timestamp(), self.motion_settings, frame_size=size
+        )
+        # A skipped frame is judged with the last result's boxes, in pixels of its frame: none
+        # fits when that inference was lost (a failed stream) or was of another size.
+        infer = decision.infer or rt.last is None or rt.last_size != size
+        return Ready(rt, frame, image, scale, gray, infer)
 
     def _in_order(
         self, rt: CameraRuntime, ts: datetime, received_at: datetime, topic: str, payload: bytes
@@ -625,7 +634,7 @@ class DetectorWorker:
         return CameraRuntime(
             camera=cam,
             sub=sub,
-            pipeline=_make_pipeline(cam, self.site, self.names, self.heads),
+            pipeline=camera_pipeline(cam, self.site.tz, self.names, self.heads),
             ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
             motion=MotionState(),
             judged_at=self.clock(),
@@ -1124,11 +1133,16 @@ def _horizon_s(cam: Camera) -> float:
     return min(longest, 4 * 3600.0)
 
 
-def _make_pipeline(cam: Camera, site: Site, names: tuple[str, ...], heads: dict[str, Any]) -> Any:
+def camera_pipeline(
+    cam: Camera, tz: ZoneInfo, names: Sequence[str], heads: Mapping[str, Any]
+) -> CameraPipeline:
+    """The camera's rules as the worker runs them (``gridpatrol scan --config --camera`` too):
+    boxes below OBJECT_CONF, which the detector keeps for the tracker and for rules with a
+    lower ``min_confidence`` (``pipeline.detector_conf``), are no objects."""
     from gridpatrol.detectors.pipeline import OBJECT_CONF, CameraPipeline
 
     thresholds = {name: float(h.threshold) for name, h in heads.items()}
-    return CameraPipeline(cam, site.tz, names, head_thresholds=thresholds, object_conf=OBJECT_CONF)
+    return CameraPipeline(cam, tz, names, head_thresholds=thresholds, object_conf=OBJECT_CONF)
 
 
 def _needs_heads(cameras: Sequence[Camera]) -> bool:
@@ -1156,6 +1170,21 @@ def evidence_max_bytes_from_env() -> int:
         raise ValueError(
             f"GRIDPATROL_EVIDENCE_MAX_BYTES must be a positive number of bytes, got {text!r}"
         )
+    return value
+
+
+def metrics_port_from_env() -> int:
+    """``GRIDPATROL_METRICS_PORT`` (0 = off, also when unset); ValueError when it is not a
+    port number."""
+    text = os.environ.get("GRIDPATROL_METRICS_PORT", "").strip()
+    if not text:
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise ValueError(f"GRIDPATROL_METRICS_PORT must be a port number (0 = off), got {text!r}")
     return value
 
 
@@ -1195,6 +1224,7 @@ def run(args: argparse.Namespace) -> int:
         site = load_site(args.config, class_names=class_names(spec) or None)
         cameras = select_cameras(site, args.cameras, args.shard)
         evidence_max_bytes_from_env()
+        metrics_port = metrics_port_from_env() if args.metrics_port is None else args.metrics_port
     except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -1202,7 +1232,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("no camera selected (--cameras %s, --shard %s)", args.cameras, args.shard)
         return 2
     from gridpatrol.api.client import OutboxBusy
-    from gridpatrol.detectors.models import ModelLoadError, ModelNotFoundError
+    from gridpatrol.detectors.models import MissingExtraError, ModelLoadError
     from gridpatrol.ingest.mqtt import MqttConfigError
 
     component_id = _component_id(args)
@@ -1212,9 +1242,10 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: cannot start: %s", component_id, exc)
         return 2
     try:
-        worker, backend = _build(args, site, cameras, component_id, spec, conn)
-    except (ModelLoadError, ModelNotFoundError, OutboxBusy) as exc:
-        # Setup the operator must mend (weights, another worker on the file): as scan does.
+        worker, backend = _build(args, site, cameras, component_id, spec, conn, metrics_port)
+    except (ModelLoadError, ModelNotFoundError, MissingExtraError, OutboxBusy) as exc:
+        # Setup the operator must mend (weights, the extra a .pt needs, another worker on the
+        # file): as scan does.
         log.error("%s: cannot start: %s", component_id, exc)
         return 2
     except Exception as exc:
@@ -1241,6 +1272,7 @@ def _build(
     component_id: str,
     spec: ModelSpec,
     conn: MqttConnection,
+    metrics_port: int,
 ) -> tuple[DetectorWorker, Backend]:
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.models import load_backend, model_info, served_spec
@@ -1258,8 +1290,8 @@ def _build(
     outbox = Outbox.from_env(component_id)
     outbox.claim()  # before the episode book is read: one process per outbox file
     metrics = Metrics()
-    if args.metrics_port:
-        metrics.serve(args.metrics_port)
+    if metrics_port:
+        metrics.serve(metrics_port)
     worker = DetectorWorker(
         site,
         cameras,

@@ -40,7 +40,8 @@ def _run(frames: list[np.ndarray], times: list[float], settings: MotionSettings)
     state = MotionState()
     reasons = []
     for img, t in zip(frames, times, strict=True):
-        state, decision = gate(state, small_gray(img), t, settings)
+        size = (img.shape[1], img.shape[0])
+        state, decision = gate(state, small_gray(img), t, settings, frame_size=size)
         assert isinstance(decision, GateDecision)
         assert decision.infer == (decision.reason != "static")
         reasons.append(decision.reason)
@@ -96,3 +97,12 @@ def test_clock_going_backwards_forces_a_keyframe(street: list[np.ndarray]) -> No
     still = street[0]
     reasons = _run([still] * 3, [100.0, 101.0, 50.0], MotionSettings())
     assert reasons == ["first", "static", "keyframe"]
+
+
+def test_a_frame_of_another_size_is_inferred(street: list[np.ndarray]) -> None:
+    """The same view at another size has the same small copy, but the last inferred frame's
+    boxes are not in its pixels: it is inferred, and the new size is the reference."""
+    still = street[0]  # 1920×1080
+    smaller = cv2.resize(still, (1280, 720), interpolation=cv2.INTER_AREA)
+    reasons = _run([still, smaller, smaller, still], [0.0, 1.0, 2.0, 3.0], MotionSettings())
+    assert reasons == ["first", "resized", "static", "resized"]

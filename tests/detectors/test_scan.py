@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -424,3 +425,81 @@ def test_reference_backend_scans_without_scene_heads() -> None:
     assert "bus" in {d["label"] for d in records[0]["detections"]}
     assert "scene heads need the openvino backend" in stderr
     assert "garbage_overflow" not in {v["type"] for v in records[0]["violations"]}
+
+
+def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """With --config --camera the detector keeps the boxes the worker keeps for the camera
+    (from the tracker's 0.1, under --conf's 0.25), so a rule's lower min_confidence counts
+    persons the plain scan does not list: a crowd one person larger than the plain scan's
+    persons is found from the 0.15 ones."""
+    street = tmp_path / "street.jpg"
+    cv2.imwrite(str(street), street_frame(shared_dir))
+    code, (plain,), stderr = scan(str(street))
+    assert code == 0, stderr
+    strong = [d for d in plain["detections"] if d["label"] == "person"]
+    site = tmp_path / "site.yaml"
+    rule = f"crowd_gathering: {{min_persons: {len(strong) + 1}, min_confidence: 0.15}}"
+    site.write_text(
+        CAMERA + "      - id: plaza\n        polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], "
+        f"[0.0, 1.0]]\n        rules:\n          {rule}\n"
+    )
+    code, (record,), stderr = scan("--config", str(site), "--camera", "street", str(street))
+    assert code == 0, stderr
+    confidences = [d["confidence"] for d in record["detections"]]
+    assert min(confidences) >= 0.1 and any(c < 0.15 for c in confidences)
+    persons = [
+        d for d in record["detections"] if d["label"] == "person" and d["confidence"] >= 0.15
+    ]
+    assert len(persons) > len(strong)
+    boxes = np.asarray([d["bbox"] for d in persons])
+    # The crowd's confidence: the mean of its min_persons most confident persons.
+    top = sorted((d["confidence"] for d in persons), reverse=True)[: len(strong) + 1]
+    assert record["violations"] == [
+        {
+            "type": "crowd_gathering",
+            "confidence": pytest.approx(np.mean(top), abs=1e-3),
+            "zone": "plaza",
+            "bbox": [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],
+            "dwell_verified": False,
+        }
+    ]
+
+
+def test_a_videos_rule_state_is_dropped_when_it_ends(shared_dir: Path, tmp_path: Path) -> None:
+    """Each video of a folder is its own timeline: its pipeline goes when the video ends, so a
+    folder of many videos does not keep one per video."""
+    from datetime import UTC, datetime
+
+    from gridpatrol.detectors.scan import Judge, SiteContext, scan_file
+    from gridpatrol.site import load_site
+
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    clips = []
+    for k in range(3):  # three 1 s clips of 640×360 at 10 fps
+        clip = tmp_path / f"clip{k}.mp4"
+        writer = cv2.VideoWriter(str(clip), cv2.VideoWriter.fourcc(*"mp4v"), 10.0, (640, 360))
+        for _ in range(10):
+            ok, frame = cap.read()
+            assert ok
+            writer.write(cv2.resize(frame, (640, 360), interpolation=cv2.INTER_AREA))
+        writer.release()
+        clips.append(clip)
+    cap.release()
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(SITE)
+    site = load_site(site_file)
+    context = SiteContext(site.camera("street"), site.tz, datetime(2026, 5, 4, 2, tzinfo=UTC))
+    backend = load_backend(resolve_model(None), "openvino")
+    try:
+        judge = Judge(backend.info, {}, context)
+        for clip in clips:
+            out = io.StringIO()
+            assert scan_file(clip, backend, judge, 2.0, out) == 2  # at 0 and 0.5 s
+            assert [json.loads(line)["source"] for line in out.getvalue().splitlines()] == [
+                str(clip)
+            ] * 2
+            assert judge.pipelines == {}
+    finally:
+        backend.close()

@@ -25,6 +25,8 @@ from gridpatrol.detectors.worker import (
 )
 from gridpatrol.site import parse_site
 
+REPO = Path(__file__).resolve().parents[2]
+
 SITE = """
 site: {name: 测试}
 cameras:
@@ -146,8 +148,18 @@ def test_detect_refuses_an_evidence_cap_that_is_no_size(tmp_path: Path, value: s
             ("--component-id", "detect/east"),
             "detect/east: cannot start: component id 'detect/east' is not an MQTT topic level",
         ),
+        (
+            {"GRIDPATROL_METRICS_PORT": "abc"},
+            (),
+            "GRIDPATROL_METRICS_PORT must be a port number (0 = off), got 'abc'",
+        ),
     ],
-    ids=["no API token", "malformed broker URL", "component id no topic level"],
+    ids=[
+        "no API token",
+        "malformed broker URL",
+        "component id no topic level",
+        "malformed metrics port",
+    ],
 )
 def test_detect_setup_errors_exit_2_with_one_line(
     tmp_path: Path, env: dict[str, str], args: tuple[str, ...], says: str
@@ -168,6 +180,49 @@ def test_detect_setup_errors_exit_2_with_one_line(
     assert len(errors) == 1 and says in errors[0], run.stderr
     assert "Traceback" not in run.stderr
     assert "s3cret" not in run.stderr
+
+
+def test_a_malformed_metrics_port_is_no_concern_of_other_commands() -> None:
+    """Only detect reads GRIDPATROL_METRICS_PORT, though every command builds its parser."""
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "check-config", "samples/site.yaml"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "GRIDPATROL_METRICS_PORT": "abc"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "Traceback" not in run.stderr
+    assert "cam-dn-001" in run.stdout
+
+
+def test_pt_weights_without_the_ultralytics_extra_are_a_setup_error(tmp_path: Path) -> None:
+    """.pt weights are exported to OpenVINO by the ultralytics extra: without it the model
+    cannot be read, which the operator must mend (2, one line), as scan says too."""
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    weights = tmp_path / "custom.pt"
+    weights.write_bytes(b"not used: the extra that reads it is missing")
+    # The interpreter as it is without the extra: importlib finds no ultralytics.
+    code = (
+        "import sys; sys.modules['ultralytics'] = None; from gridpatrol.cli import main; "
+        "sys.exit(main(sys.argv[1:]))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code, "detect", "--config", str(site), "--model", str(weights)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={
+            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
+            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db",
+        },
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, run.stderr
+    assert errors[0].endswith(
+        f"detect: cannot start: loading {weights} (.pt weights are exported to OpenVINO) needs "
+        "the ultralytics extra: pip install 'gridpatrol[ultralytics]' (or give an OpenVINO IR "
+        "folder / .onnx instead)"
+    ), run.stderr
+    assert "Traceback" not in run.stderr
 
 
 def test_detect_without_a_site_file() -> None:

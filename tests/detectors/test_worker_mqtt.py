@@ -1,0 +1,154 @@
+"""``gridpatrol detect`` as a subprocess on the shared broker: what its motion gate infers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gridpatrol.ingest.broker import free_port
+from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
+from gridpatrol.ingest.topics import component_status_topic, frame_topic
+
+SHARED = "mqtt://127.0.0.1:1883"
+T0 = datetime(2026, 5, 4, 2, 0, tzinfo=UTC)
+CAMERA = "yard"
+SIZES = ((1280, 720), (640, 360))  # a camera switched to a lower resolution
+
+
+class Detect:
+    """``gridpatrol detect`` serving one camera without zones, with its metrics endpoint."""
+
+    def __init__(self, tmp_path: Path, shared_dir: Path, prefix: str) -> None:
+        site = tmp_path / "site.yaml"
+        site.write_text(
+            f"site: {{name: test}}\nmqtt: {{prefix: {prefix}}}\ncameras:\n"
+            f"  - id: {CAMERA}\n    source: mqtt\n    location: {{address: here}}\n",
+            encoding="utf-8",
+        )
+        self.port = free_port()
+        self.log = tmp_path / "detect.log"
+        env = {
+            **os.environ,
+            "GRIDPATROL_MQTT_URL": SHARED,
+            "GRIDPATROL_API_URL": "http://127.0.0.1:9",  # no zones: nothing is ever sent
+            "GRIDPATROL_API_TOKEN": "tok-producer",
+            "GRIDPATROL_OUTBOX": str(tmp_path / "outbox-detect.db"),
+            "GRIDPATROL_MODEL": str(shared_dir / "models" / "yolo11n_int8_openvino_model"),
+        }
+        cmd = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site)]
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [*cmd, "--metrics-port", str(self.port), "--progress-s", "3600"],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+    def metric(self, name: str) -> int:
+        """The camera's counter ``gridpatrol_detect_{name}_total`` (0 before it serves)."""
+        try:
+            text = httpx.get(f"http://127.0.0.1:{self.port}/metrics", timeout=5).text
+        except httpx.TransportError:
+            return 0
+        wanted = f"gridpatrol_detect_{name}_total"
+        values = [
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == wanted and sample.labels == {"camera": CAMERA}
+        ]
+        return int(sum(values))
+
+    def judged(self) -> int:
+        """Frames judged: inferred, or skipped by the motion gate."""
+        return self.metric("inferred_frames") + self.metric("skipped_frames")
+
+    def wait_judged(self, count: int) -> None:
+        self.wait(f"{count} judged frame(s)", lambda: self.judged() >= count)
+
+    def wait(self, what: str, done: Callable[[], bool], timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"no {what}; detect log:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def publisher(mqtt_prefix: str) -> Iterator[tuple[MqttConnection, Subscription]]:
+    """A connection to the shared broker and a subscription to the worker's status."""
+    conn = MqttConnection("size-test", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    status_topic = component_status_topic(mqtt_prefix, "detect")
+    status = conn.subscribe(status_topic, qos=1, maxsize=100)
+    assert conn.start(timeout=10)
+    try:
+        yield conn, status
+    finally:
+        conn.publish(status_topic, b"", qos=1, retain=True)  # leave no retained status behind
+        conn.stop()
+
+
+def _says(status: Subscription, payload: bytes) -> bool:
+    """Whether the next status message (within 0.2 s) is ``payload``."""
+    message = status.get(0.2)
+    return message is not None and message.payload == payload
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    return bytes(buf.tobytes())
+
+
+def test_a_frame_of_another_size_is_inferred(
+    tmp_path: Path,
+    shared_dir: Path,
+    mqtt_prefix: str,
+    publisher: tuple[MqttConnection, Subscription],
+) -> None:
+    """A camera switched from 1280×720 to 640×360 with the same view: the second frame looks
+    static to the gate's small copy, but the first frame's boxes are not in its pixels, so it
+    is inferred, not judged with them."""
+    conn, status = publisher
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "car_park_overhead.mp4"))
+    ok, road = cap.read()
+    cap.release()
+    assert ok
+    large, small = (cv2.resize(road, size, interpolation=cv2.INTER_AREA) for size in SIZES)
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix)
+    try:
+        # "online" is published after the frame subscriptions on the same connection.
+        worker.wait("online status", lambda: _says(status, b"online"))
+        for seq, image in enumerate((large, small)):
+            h, w = image.shape[:2]
+            header = FrameHeader(
+                ts=T0 + timedelta(seconds=seq), seq=seq, camera_id=CAMERA, width=w, height=h
+            )
+            assert conn.publish(
+                frame_topic(mqtt_prefix, CAMERA), encode_frame(header, _jpeg(image))
+            )
+            worker.wait_judged(seq + 1)
+        assert (worker.metric("inferred_frames"), worker.metric("skipped_frames")) == (2, 0)
+        assert (worker.metric("frames"), worker.metric("dropped_frames")) == (2, 0)
+    finally:
+        worker.stop()
