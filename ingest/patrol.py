@@ -12,6 +12,7 @@ takes seconds, and a few of them would otherwise hold up the patrol of all the o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -42,16 +43,16 @@ class Decision:
 
 class PatrolScheduler:
     def __init__(self, max_fps: float) -> None:
-        if max_fps <= 0:
-            raise ValueError("max_fps must be positive")
+        if not 0 < max_fps < math.inf:
+            raise ValueError("max_fps must be positive and finite")
         self.period = 1.0 / max_fps
         self._cams: dict[str, _Entry] = {}
         self._vtime = 0.0
         self._next_slot: float | None = None
 
     def add(self, camera_id: str, interval_s: float, weight: float = 1.0) -> None:
-        if interval_s <= 0 or weight <= 0:
-            raise ValueError(f"camera {camera_id}: interval_s and weight must be positive")
+        if not (0 < interval_s < math.inf and 0 < weight < math.inf):  # NaN fails both
+            raise ValueError(f"camera {camera_id}: interval_s and weight must be positive, finite")
         # A newcomer starts at the current virtual time: no credit for the past.
         self._cams[camera_id] = _Entry(interval_s, weight, finish=self._vtime)
 
@@ -114,9 +115,9 @@ class PatrolScheduler:
         entry.finish = start + 1.0 / self.weight(camera_id, now)
         entry.last_visit = now
         entry.visits += 1
-        # Falling behind (a slow visit) must not turn into a burst afterwards.
-        base = now if self._next_slot is None else self._next_slot
-        self._next_slot = max(base + self.period, now)
+        # The next visit is a period after this one, not after the slot this one was due at:
+        # falling behind (a slow visit, an idle spell) must not turn into a burst afterwards.
+        self._next_slot = now + self.period
 
 
 def _backoff(failures: int) -> int:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections import Counter
 
 import pytest
 
-from gridpatrol.ingest.patrol import PatrolScheduler, expected_revisit_s
+from gridpatrol.ingest.patrol import Decision, PatrolScheduler, expected_revisit_s
 
 
 def simulate(sched: PatrolScheduler, start: float, end: float) -> tuple[Counter[str], list[float]]:
@@ -98,6 +99,28 @@ def test_idle_scheduler_waits_for_the_earliest_due_camera() -> None:
     decision = sched.next(1.0)
     assert decision.camera_id is None
     assert decision.wait_s == pytest.approx(29.0)
+
+
+def test_two_cameras_due_together_after_an_idle_spell_keep_the_budget() -> None:
+    # "a" at 0 and "b" at 0.25 are both due again at 10.25, long after the last slot.
+    sched = PatrolScheduler(max_fps=4)
+    sched.add("a", interval_s=10.25)
+    sched.add("b", interval_s=10.0)
+    decisions = [sched.next(now) for now in (0.0, 0.0, 0.25, 0.5, 10.25, 10.25, 10.5)]
+    assert decisions == [
+        Decision("a", 0.0), Decision(None, 0.25), Decision("b", 0.0), Decision(None, 9.75),
+        Decision("a", 0.0), Decision(None, 0.25), Decision("b", 0.0),
+    ]  # fmt: skip
+
+
+def test_a_camera_that_cannot_be_scheduled_is_refused() -> None:
+    sched = PatrolScheduler(max_fps=4)
+    for interval, weight in ((math.inf, 1.0), (math.nan, 1.0), (30.0, math.inf), (30.0, math.nan)):
+        with pytest.raises(ValueError, match="positive, finite"):
+            sched.add("c", interval, weight)
+    for max_fps in (math.inf, math.nan, 0.0):
+        with pytest.raises(ValueError, match="positive and finite"):
+            PatrolScheduler(max_fps)
 
 
 @pytest.mark.parametrize(
