@@ -41,8 +41,10 @@ from pydantic import (
     model_validator,
 )
 
+# The patterns go to pydantic, whose regex ends "$" at the end of the text; Python's re also
+# matches "$" before a final newline, so the Python-side ID_RE ends with \Z.
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-ID_RE = re.compile(ID_PATTERN)
+ID_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 PREFIX_PATTERN = r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$"
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -84,14 +86,19 @@ _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 def parse_hhmm(value: str) -> time:
     """Parse a 24-hour ``HH:MM`` clock time (``24:00`` is not accepted; use ``00:00``)."""
-    match = _HHMM.match(value)
+    match = _HHMM.fullmatch(value)  # not match: its "$" also matches before a final newline
     if match is None:
         raise ValueError(f"expected a 24-hour time HH:MM, got {value!r}")
     return time(int(match.group(1)), int(match.group(2)))
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Fields are set by their names as written in the file only: ``raise_`` and ``from_`` are
+    # unknown keys there. No infinity or NaN: ``raise: .nan`` would never alarm and an
+    # ``interval_s: .inf`` would take no share of the patrol budget.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=False, allow_inf_nan=False
+    )
 
 
 class _Sexagesimal(int):
@@ -887,12 +894,9 @@ def _line_for(loc: Path_, lines: Mapping[Path_, int]) -> int:
 
 def _clean_loc(loc: tuple[str | int, ...]) -> Path_:
     """Drop pydantic's union-member and function-validator tags from an error location."""
-    aliases = {"raise_": "raise", "from_": "from"}
-    return tuple(
-        aliases.get(p, p) if isinstance(p, str) else p
-        for p in loc
-        if not (isinstance(p, str) and "[" in p)
-    )
+    # Fields are named by their alias (``raise``, ``from``) already; ``raise_`` in a location is
+    # a key written in the file, refused as unknown.
+    return tuple(p for p in loc if not (isinstance(p, str) and "[" in p))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1246,7 +1250,7 @@ def site_warnings(checked: SiteFile) -> list[str]:
     """What is valid but will not work as meant: ``file:line: field: warning: …`` each."""
     site, out = checked.site, []
     tz = site.site.timezone
-    if _ETC_GMT.match(tz) and utc_offset(tz) != "UTC+00:00":
+    if _ETC_GMT.fullmatch(tz) and utc_offset(tz) != "UTC+00:00":
         out.append(
             f"{checked.at('site', 'timezone')}: warning: {tz} is {utc_offset(tz)}: Etc/GMT "
             "zones have the sign inverted (Etc/GMT-8 is UTC+08:00); write the zone of a city, "

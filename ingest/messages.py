@@ -58,6 +58,27 @@ class MessageError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
+# JSON
+
+
+def load_json(payload: bytes, reason: str = "bad_json") -> Any:
+    """The JSON value of ``payload``; :class:`MessageError` for anything ``json.loads`` refuses.
+
+    ``reason`` for bytes that are not UTF-8 JSON and for nesting deeper than the parser
+    recurses (``[`` * 5000 raises RecursionError); ``bad_value`` for an integer of more digits
+    than Python converts (4300), which raises a plain ValueError. Both fit in any size cap.
+    """
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MessageError(reason, str(exc)[:80]) from exc
+    except RecursionError as exc:
+        raise MessageError(reason, "nested too deeply") from exc
+    except ValueError as exc:
+        raise MessageError("bad_value", "a number of too many digits") from exc
+
+
+# ---------------------------------------------------------------------------------------------
 # Time
 
 
@@ -76,9 +97,13 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
     if isinstance(value, bool):
         raise MessageError(f"bad_{field_name}", "boolean is not a time")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or not 0 <= value < _MAX_EPOCH:
-            raise MessageError(f"bad_{field_name}", f"epoch seconds out of range: {value}")
-        return from_epoch(float(value))
+        try:
+            seconds = float(value)
+        except OverflowError as exc:  # an integer of hundreds of digits
+            raise MessageError(f"bad_{field_name}", "epoch seconds out of range") from exc
+        if not math.isfinite(seconds) or not 0 <= seconds < _MAX_EPOCH:
+            raise MessageError(f"bad_{field_name}", f"epoch seconds out of range: {seconds}")
+        return from_epoch(seconds)
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(_isoformat_text(value))
@@ -189,10 +214,7 @@ def _decode_envelope(payload: bytes, topic_camera_id: str) -> Frame:
         raise MessageError("bad_header_length", str(size))
     if 8 + size > len(payload):
         raise MessageError("truncated", f"header length {size} beyond payload")
-    try:
-        raw = json.loads(payload[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError("bad_header_json", str(exc)[:80]) from exc
+    raw = load_json(payload[8 : 8 + size], "bad_header_json")
     if not isinstance(raw, dict):
         raise MessageError("bad_header_json", "header is not an object")
     header = _frame_header(raw, topic_camera_id)
@@ -370,12 +392,7 @@ def decode_sensor_payload(
     """Validate a payload from ``{prefix}/sensors/{id}/alarm``."""
     if len(payload) > max_bytes:
         raise MessageError("too_large", f"{len(payload)} bytes > {max_bytes}")
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError("bad_json", str(exc)[:80]) from exc
-    except RecursionError as exc:
-        raise MessageError("bad_json", "nested too deeply") from exc
+    data = load_json(payload)
     try:
         return _sensor_payload(data, topic_sensor_id, received_at)
     except (OverflowError, RecursionError) as exc:

@@ -66,6 +66,11 @@ class FrameReceiver:
         except MessageError as exc:
             self.reject(exc.reason, message)
             return None
+        except Exception:
+            # A payload the decoder did not foresee is dead-lettered too: the consumer goes on.
+            log.exception("a frame on %s could not be decoded", message.topic)
+            self.reject("internal_error", message)
+            return None
         self.accepted += 1
         return frame
 

@@ -7,7 +7,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -156,13 +156,21 @@ class IngestService:
 
     def _patrol_loop(self) -> None:
         while not self.stop_event.is_set():
-            self._apply_boosts()
-            with self._sched_lock:
-                decision = self.scheduler.next(time.monotonic())
-            if decision.camera_id is None:
-                self.stop_event.wait(min(decision.wait_s, 0.5))
-                continue
-            self._visit(decision.camera_id)
+            try:
+                self._patrol_step()
+            except Exception:
+                # A failure the checks did not foresee must not end the patrol of every camera.
+                log.exception("patrol: a step failed; going on in 1 s")
+                self.stop_event.wait(1.0)
+
+    def _patrol_step(self) -> None:
+        self._apply_boosts()
+        with self._sched_lock:
+            decision = self.scheduler.next(time.monotonic())
+        if decision.camera_id is None:
+            self.stop_event.wait(min(decision.wait_s, 0.5))
+            return
+        self._visit(decision.camera_id)
 
     def _visit(self, camera_id: str) -> Frame | None:
         output = self.outputs[camera_id]
@@ -195,19 +203,32 @@ class IngestService:
 
     def _apply_boosts(self) -> None:
         while (message := self._boosts.get(0)) is not None:
-            match = parse_topic(self.conn.prefix, message.topic)
-            if (
-                match is None
-                or match.id not in self.outputs
-                or not self.outputs[match.id].camera.is_patrol
-            ):
-                continue
-            try:
-                factor, duration = parse_boost(message.payload)
-            except MessageError as exc:
-                self._dead_letter(exc.reason, message)
-                continue
-            self.boost(match.id, factor, duration)
+            self._guarded(self._apply_boost, message)
+
+    def _apply_boost(self, message: Message) -> None:
+        match = parse_topic(self.conn.prefix, message.topic)
+        if (
+            match is None
+            or match.id not in self.outputs
+            or not self.outputs[match.id].camera.is_patrol
+        ):
+            return
+        try:
+            factor, duration = parse_boost(message.payload)
+        except MessageError as exc:
+            self._dead_letter(exc.reason, message)
+            return
+        self.boost(match.id, factor, duration)
+
+    def _guarded(self, handle: Callable[[Message], None], message: Message) -> None:
+        """``handle(message)``; what fails in it is logged and dead-lettered as
+        ``internal_error``: a message the checks let through must not end a loop, which would
+        leave every later message unserved until ingest restarts."""
+        try:
+            handle(message)
+        except Exception:
+            log.exception("a message on %s failed", message.topic)
+            self._dead_letter("internal_error", message)
 
     def _request_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -216,15 +237,18 @@ class IngestService:
                 continue
             if not self.patrol:
                 self._apply_boosts()  # nobody else drains them
-            match = parse_topic(self.conn.prefix, message.topic)
-            if match is None or match.id not in self.outputs:
-                continue  # another ingest process serves that camera
-            try:
-                request_id = parse_request(message.payload)
-            except MessageError as exc:
-                self._dead_letter(exc.reason, message)
-                continue
-            self._answer(match.id, request_id)
+            self._guarded(self._request, message)
+
+    def _request(self, message: Message) -> None:
+        match = parse_topic(self.conn.prefix, message.topic)
+        if match is None or match.id not in self.outputs:
+            return  # another ingest process serves that camera
+        try:
+            request_id = parse_request(message.payload)
+        except MessageError as exc:
+            self._dead_letter(exc.reason, message)
+            return
+        self._answer(match.id, request_id)
 
     def _answer(self, camera_id: str, request_id: str) -> None:
         output = self.outputs[camera_id]

@@ -14,11 +14,21 @@ import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from gridpatrol.ingest.messages import Frame, MessageError, decode_frame, encode_frame
+from gridpatrol.ingest.messages import (
+    Frame,
+    MessageError,
+    decode_frame,
+    encode_frame,
+    load_json,
+)
 from gridpatrol.ingest.mqtt import MqttConnection
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 
 log = logging.getLogger(__name__)
+
+# A request is a request id of at most 128 characters; the cap of a frame's JSON header leaves
+# room for any escaping and white space, and keeps a flood of large payloads cheap to refuse.
+MAX_REQUEST_BYTES = 16 * 1024
 
 
 def encode_request(request_id: str) -> bytes:
@@ -27,10 +37,9 @@ def encode_request(request_id: str) -> bytes:
 
 def parse_request(payload: bytes) -> str:
     """The request id of a snapshot request; :class:`MessageError` when malformed."""
-    try:
-        data = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MessageError("bad_json", str(exc)[:80]) from exc
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise MessageError("too_large", f"{len(payload)} bytes > {MAX_REQUEST_BYTES}")
+    data = load_json(payload)
     request_id = data.get("request_id") if isinstance(data, dict) else None
     if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
         raise MessageError("bad_request_id", repr(request_id)[:40])

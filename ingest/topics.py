@@ -11,7 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+# \Z, not "$": in Python's re "$" also matches before a final newline ("c1\n" is no id).
+ID_RE = re.compile(r"\A[A-Za-z0-9_.-]{1,64}\Z")
 
 TopicKind = Literal[
     "frame",
@@ -46,7 +47,7 @@ class TopicMatch:
 
 
 def valid_id(value: str) -> bool:
-    return ID_RE.match(value) is not None
+    return ID_RE.fullmatch(value) is not None
 
 
 def _check(value: str) -> str:

@@ -48,8 +48,29 @@ def test_sample_site_is_valid() -> None:
         (("fps: 2", "fps: 2\n    interval_s: 30"), 3, "cameras[0]", "not both"),
         (("location: {address: here}", "location: {lat: 1}"), 6, "cameras[0].location", "lon"),
         (("id: c1", "id: 'bad id'"), 3, "cameras[0].id", "'bad id' is not an id"),
+        # Infinity and NaN are numbers to YAML, never to the schema.
+        (("fps: 2", "interval_s: .inf"), 5, "cameras[0].interval_s",
+         "Input should be a finite number"),
+        (("fps: 2", "fps: 2\n    weight: .inf"), 6, "cameras[0].weight",
+         "Input should be a finite number"),
+        (("fps: 2", "fps: 2\n    zones: [{id: z, polygon: [[0, 0], [1, 0], [1, 1]], "
+          "rules: {crowd_gathering: {dwell_s: .inf}}}]"),
+         6, "cameras[0].zones[0].rules.crowd_gathering.dwell_s", "Input should be a finite number"),
+        (("location: {address: here}",
+          "location: {address: here}\nsensors: [{id: s1, kind: noise, location: {address: x}, "
+          "thresholds: {raise: .nan, clear: 5}}]"),
+         7, "sensors[0].thresholds.raise", "Input should be a finite number"),
+        (("location: {address: here}",
+          "location: {address: here}\nsensors: [{id: s1, kind: noise, location: {address: x}, "
+          "thresholds: {raise: 70, clear: -.inf}}]"),
+         7, "sensors[0].thresholds.clear", "Input should be a finite number"),
+        # The Python names of aliased fields are unknown keys in the file.
+        (("fps: 2", "fps: 2\n    zones: [{id: z, polygon: [[0, 0], [1, 0], [1, 1]], "
+          "schedule: {from_: '06:00'}}]"),
+         6, "cameras[0].zones[0].schedule.from_",
+         "Extra inputs are not permitted (did you mean 'from'?)"),
     ],
-)
+)  # fmt: skip
 def test_errors_name_file_line_and_field(
     tmp_path: Path, patch: tuple[str, str], line: int, field: str, message: str
 ) -> None:
@@ -417,6 +438,38 @@ def test_check_config_warns_when_the_patrol_budget_cannot_keep_dwells(tmp_path: 
     assert "patrol:" not in run_cli("check-config", str(path)).stdout
 
 
+def test_raise_written_as_its_python_name_fails_check_config(tmp_path: Path) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MINIMAL + "sensors:\n  - id: s1\n    kind: noise\n    location: {address: x}\n"
+        "    thresholds: {raise_: 15, clear: 5}\n"
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:11: sensors[0].thresholds.raise: Field required",
+        f"{path}:11: sensors[0].thresholds.raise_: Extra inputs are not permitted (did you mean "
+        "'raise'?)",
+        f"{path}: INVALID (2 problem(s))",
+    ]
+
+
+def test_an_infinite_patrol_interval_fails_check_config_at_its_line(tmp_path: Path) -> None:
+    # With the budget short, the patrol's fair shares would divide by its zero rate.
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        "site: {name: T}\npatrol: {max_fps: 0.5}\ncameras:\n"
+        "  - {id: p0, source: a.mp4, interval_s: .inf, location: {address: here}}\n"
+        "  - {id: p1, source: a.mp4, interval_s: 1, location: {address: here}}\n"
+    )
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:4: cameras[0].interval_s: Input should be a finite number",
+        f"{path}: INVALID (1 problem(s))",
+    ]
+
+
 def test_check_config_marks_sensors_whose_silence_is_not_watched(tmp_path: Path) -> None:
     sensors = (
         "sensors:\n"
@@ -529,7 +582,9 @@ def test_merge_keys_share_fields_between_entries(
         last.id, last.kind, last.thresholds.raise_, last.thresholds.clear, last.thresholds.unit,
         last.location.grid_code,
     ) == expected  # fmt: skip
-    assert site.sensors[0].thresholds == Thresholds(raise_=15, clear=5, unit="deg")
+    assert site.sensors[0].thresholds == Thresholds.model_validate(
+        {"raise": 15, "clear": 5, "unit": "deg"}
+    )
 
 
 @pytest.mark.parametrize(

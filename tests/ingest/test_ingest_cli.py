@@ -40,6 +40,11 @@ def statuses(seen: list[Message], topic: str) -> list[bytes]:
     return [m.payload for m in seen if m.topic == topic]
 
 
+def header_envelope(header: bytes, image: bytes) -> bytes:
+    """A frame envelope around header bytes as given, JSON or not."""
+    return b"GPF1" + len(header).to_bytes(4, "big") + header + image
+
+
 def test_file_source_publishes_every_sampled_frame_in_order(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
@@ -138,11 +143,15 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     image = jpeg.tobytes()
     good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), image)
     other = encode_frame(FrameHeader(datetime.now(UTC), 6, "c2", 160, 90), image)
-    bad = [b"not a frame at all", other]
+    # Headers within the 16 KiB cap that json.loads refuses with a RecursionError (nesting) and
+    # a plain ValueError (an integer of more than 4300 digits).
+    deep = header_envelope(b"[" * 5000, image)
+    long_int = header_envelope(b'{"seq": ' + b"7" * 5000 + b"}", image)
+    bad = [b"not a frame at all", other, deep, long_int]
     topic = f"{mqtt_prefix}/cameras/c1/frame"
     conn = MqttConnection("feeder", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
     assert conn.start(10)
-    for payload in (bad[0], good, bad[1], image):
+    for payload in (bad[0], good, bad[1], bad[2], bad[3], image):
         assert conn.publish_wait(topic, payload, qos=1)
     conn.stop()
     code, out, err = proc.wait(60)
@@ -153,9 +162,10 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
         ("c1", -1, 160, 90),
     ]
     dead_topic = f"{mqtt_prefix}/deadletter/wf"
-    seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= 2)
+    seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= len(bad))
     letters = [json.loads(p) for p in statuses(seen, dead_topic)]
-    assert [x["reason"] for x in letters] == ["bad_magic", "camera_id_mismatch"]
+    reasons = ["bad_magic", "camera_id_mismatch", "bad_header_json", "bad_value"]
+    assert [x["reason"] for x in letters] == reasons
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == bad
     assert {x["topic"] for x in letters} == {topic}
 
@@ -196,6 +206,10 @@ def test_bad_configuration_stops_before_connecting(
         (["ingest", "--component-id", "ingest 1"], SHARED,
          "ingest: cannot start: component id 'ingest 1' is not an MQTT topic level: 1-64 of the "
          "letters A-Z a-z, the digits 0-9 and _ . -"),
+        # A final newline is no topic level either ("$" of Python's re.match lets it through).
+        (["ingest", "--component-id", "ing\n"], SHARED,
+         "ingest: cannot start: component id 'ing\\n' is not an MQTT topic level: 1-64 of the "
+         "letters A-Z a-z, the digits 0-9 and _ . -"),
         (["watch-frames", "--component-id", "watch/1"], SHARED,
          "watch-frames: cannot start: component id 'watch/1' is not an MQTT topic level: 1-64 "
          "of the letters A-Z a-z, the digits 0-9 and _ . -"),
@@ -211,3 +225,40 @@ def test_a_broker_url_or_component_id_that_cannot_work_exits_2_with_one_line(
     assert len(err.splitlines()) == 1, err
     assert err.rstrip().endswith(says)
     assert "s3cret" not in err
+
+
+def test_a_malformed_snapshot_request_is_dead_lettered_and_the_next_one_answered(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    # Nested deeper than json.loads recurses: a RecursionError, not a JSONDecodeError.
+    deep = b"[" * 5000
+    site = site_file(CONTINUOUS.format(loop="true"))
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-j"])
+    online = f"{mqtt_prefix}/cameras/c1/status"
+    watcher.collect(lambda s: b"online" in statuses(s, online), timeout=30)
+    request = f"{mqtt_prefix}/cameras/c1/snapshot/request"
+    conn = MqttConnection("asker-j", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start(10)
+    try:
+        assert conn.publish_wait(request, deep, qos=1)
+        assert conn.publish_wait(request, b'{"request_id": "r1"}', qos=1)
+    finally:
+        conn.stop()
+    dead_topic = f"{mqtt_prefix}/deadletter/ing-j"
+    reply_topic = f"{mqtt_prefix}/cameras/c1/snapshot"
+    seen = watcher.collect(
+        lambda s: bool(statuses(s, dead_topic)) and bool(statuses(s, reply_topic))
+    )
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    letters = [json.loads(p) for p in statuses(seen, dead_topic)]
+    assert [(x["reason"], x["topic"]) for x in letters] == [("bad_json", request)]
+    assert base64.b64decode(letters[0]["payload_b64"]) == deep
+    replies = [
+        decode_frame(p, topic_camera_id="c1", received_at=datetime.now(UTC))
+        for p in statuses(seen, reply_topic)
+    ]
+    assert [r.header.request_id for r in replies] == ["r1"]
+    assert "Traceback" not in err

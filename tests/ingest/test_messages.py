@@ -26,7 +26,9 @@ from gridpatrol.ingest.messages import (
     encode_frame,
     jpeg_size,
 )
+from gridpatrol.ingest.snapshot import parse_request
 from gridpatrol.ingest.topics import (
+    TopicMatch,
     camera_status_topic,
     component_status_topic,
     deadletter_topic,
@@ -374,3 +376,67 @@ def test_any_json_either_decodes_or_raises_message_error(
 def test_huge_numbers_and_deep_nesting_are_message_errors(payload: bytes) -> None:
     with pytest.raises(MessageError):
         decode_sensor_payload(payload, topic_sensor_id="s1", received_at=datetime.now(UTC))
+
+
+def test_an_id_with_a_final_newline_is_no_id() -> None:
+    assert parse_topic("gp", "gp/sensors/mh-0001\n/alarm") is None
+    assert parse_topic("gp", "gp/sensors/mh-0001/alarm") == TopicMatch("sensor_alarm", "mh-0001")
+    with pytest.raises(ValueError, match="does not match"):
+        frame_topic("gp", "c1\n")
+    with pytest.raises(MessageError) as info:
+        decode_frame(envelope({**GOOD, "camera_id": "cam-1\n"}), topic_camera_id="cam-1",
+                     received_at=NOW)  # fmt: skip
+    assert info.value.reason == "bad_camera_id"
+
+
+# A 5000-digit integer: json.loads raises a plain ValueError (Python's 4300-digit limit on
+# converting text to int), not a JSONDecodeError.
+LONG_INT = b"7" * 5000
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b'{"sensor_id": "s1", "value": ' + LONG_INT + b', "ts": 1}', "bad_value"),
+        (b'[{"n": "level", "v": ' + LONG_INT + b"}]", "bad_value"),
+        # Within the 64 KiB cap yet nested deeper than json.loads recurses.
+        (b"[" * 5000, "bad_json"),
+    ],
+)
+def test_a_number_of_too_many_digits_is_bad_value(payload: bytes, reason: str) -> None:
+    with pytest.raises(MessageError) as info:
+        decode_sensor_payload(payload, topic_sensor_id="s1", received_at=NOW)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        (b'{"seq": ' + LONG_INT + b"}", "bad_value"),
+        (b"[" * 5000, "bad_header_json"),
+        # Valid JSON, but an epoch of 400 digits is too large for a float.
+        (json.dumps({**GOOD, "ts": 10**400}).encode(), "bad_ts"),
+    ],
+)
+def test_frame_headers_json_cannot_read_are_message_errors(header: bytes, reason: str) -> None:
+    payload = b"GPF1" + len(header).to_bytes(4, "big") + header + jpeg()
+    with pytest.raises(MessageError) as info:
+        decode_frame(payload, topic_camera_id="cam-1", received_at=NOW)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"[" * 5000, "bad_json"),
+        (b'{"request_id": ' + LONG_INT + b"}", "bad_value"),
+        (b'{"request_id": "r1", "pad": "' + b"x" * 20000 + b'"}', "too_large"),
+        (b"\xff", "bad_json"),
+    ],
+)
+def test_a_snapshot_request_json_cannot_read_is_a_message_error(
+    payload: bytes, reason: str
+) -> None:
+    with pytest.raises(MessageError) as info:
+        parse_request(payload)
+    assert info.value.reason == reason

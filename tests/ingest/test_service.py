@@ -1,32 +1,48 @@
-"""The ingest service's shutdown, driven in-process so a grab can be held at a chosen moment."""
+"""The ingest service driven in-process: a grab held at a chosen moment, a fault injected."""
 
 from __future__ import annotations
 
+import json
 import threading
+from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from gridpatrol.ingest import service as ingest_service
+from gridpatrol.ingest.messages import decode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.service import IngestService
+from gridpatrol.ingest.snapshot import encode_request
+from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 from gridpatrol.site import parse_site
 
 SHARED = "mqtt://127.0.0.1:1883"
+
+
+def start_ingest(
+    component_id: str, camera_url: str, prefix: str
+) -> tuple[MqttConnection, IngestService]:
+    """An ingest service publishing the HTTP camera ``h1`` at 4 fps, started."""
+    site = parse_site(
+        "site: {name: Test}\n"
+        f"mqtt: {{prefix: {prefix}}}\n"
+        "cameras:\n"
+        f"  - {{id: h1, source: '{camera_url}', fps: 4, location: {{address: a}}}}\n"
+    )
+    conn = MqttConnection(component_id, MqttSettings.from_url(SHARED), prefix=prefix)
+    service = IngestService(site, conn, site.cameras)
+    assert conn.start(10)
+    service.start()
+    return conn, service
 
 
 def test_a_grab_that_ends_after_stop_publishes_no_online_nor_frame(
     http_camera: Any, watch: Any, mqtt_prefix: str
 ) -> None:
     http_camera.hold_after = 1
-    site = parse_site(
-        "site: {name: Test}\n"
-        f"mqtt: {{prefix: {mqtt_prefix}}}\n"
-        "cameras:\n"
-        f"  - {{id: h1, source: '{http_camera.url}', fps: 4, location: {{address: a}}}}\n"
-    )
     watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
-    conn = MqttConnection("ing-s", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
-    service = IngestService(site, conn, site.cameras)
-    assert conn.start(10)
-    service.start()
+    conn, service = start_ingest("ing-s", http_camera.url, mqtt_prefix)
     # The first snapshot is published; the second is under way, held by the camera.
     assert http_camera.held.wait(20)
     service.stop(timeout=0.2)  # the camera thread is still in its grab when stop() gives up
@@ -43,3 +59,39 @@ def test_a_grab_that_ends_after_stop_publishes_no_online_nor_frame(
     # The held grab ended after the offline: it must not bring back a retained online.
     assert watcher.payloads(f"{mqtt_prefix}/cameras/h1/status") == [b"online", b"offline"]
     assert len([m for m in seen if m.topic == f"{mqtt_prefix}/cameras/h1/frame"]) == 1
+
+
+def test_a_request_that_fails_unforeseen_is_dead_lettered_and_the_next_answered(
+    http_camera: Any, watch: Any, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ingest_service.parse_request
+
+    def parse(payload: bytes) -> str:
+        if payload == b"boom":  # a payload the checks let through but that fails later on
+            raise RuntimeError("unforeseen")
+        return real(payload)
+
+    monkeypatch.setattr(ingest_service, "parse_request", parse)
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    conn, service = start_ingest("ing-g", http_camera.url, mqtt_prefix)
+    dead_topic = f"{mqtt_prefix}/deadletter/ing-g"
+    reply_topic = snapshot_topic(mqtt_prefix, "h1")
+    try:
+        frame_topic = f"{mqtt_prefix}/cameras/h1/frame"
+        watcher.collect(lambda s: bool(watcher.payloads(frame_topic)))
+        request = snapshot_request_topic(mqtt_prefix, "h1")
+        assert conn.publish_wait(request, b"boom", qos=1)
+        assert conn.publish_wait(request, encode_request("r2"), qos=1)
+        watcher.collect(
+            lambda s: bool(watcher.payloads(dead_topic)) and bool(watcher.payloads(reply_topic))
+        )
+    finally:
+        service.stop()
+        conn.stop()
+    letters = [json.loads(p) for p in watcher.payloads(dead_topic)]
+    assert [(x["reason"], x["topic"]) for x in letters] == [("internal_error", request)]
+    replies = [
+        decode_frame(p, topic_camera_id="h1", received_at=datetime.now(UTC))
+        for p in watcher.payloads(reply_topic)
+    ]
+    assert [r.header.request_id for r in replies] == ["r2"]
