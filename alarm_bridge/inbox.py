@@ -17,10 +17,10 @@ if TYPE_CHECKING:
 class Inbox:
     """The oldest message across ``subs``, whose arrivals all set ``wake``.
 
-    One network thread stamps and queues every message in turn, so a queue that is empty
-    when looked at cannot later receive a message older than another queue's head: the head
-    with the earliest ``received_at`` is always the next message (short of the wall clock
-    stepping back between two arrivals).
+    One network thread stamps and queues every message in turn, so a queue seen empty after
+    every held head was queued cannot later receive a message older than those heads: then
+    the head with the earliest ``received_at`` is the next message (short of the wall clock
+    stepping back between two arrivals). See :meth:`_fill` for how the looks ensure that.
     """
 
     def __init__(self, subs: list[Subscription], wake: threading.Event) -> None:
@@ -42,10 +42,20 @@ class Inbox:
         return sum(len(s) for s in self._subs) + sum(h is not None for h in self._heads)
 
     def _fill(self) -> bool:
-        """Take the head of every queue whose head is not held yet; True when any is held."""
-        for index, sub in enumerate(self._subs):
-            if self._heads[index] is None:
-                self._heads[index] = sub.get(timeout=0)
+        """Take the head of every queue whose head is not held yet; True when any is held.
+
+        The queues are looked at one after the other: a message may land in one just after
+        it was seen empty, followed by a later one in a queue looked at next. So the empty
+        queues are looked at again until a round takes nothing new: by then each was seen
+        empty after every held head had been queued.
+        """
+        taken = True
+        while taken:
+            taken = False
+            for index, sub in enumerate(self._subs):
+                if self._heads[index] is None:
+                    self._heads[index] = sub.get(timeout=0)
+                    taken = taken or self._heads[index] is not None
         return any(h is not None for h in self._heads)
 
     def _take(self) -> Message:

@@ -25,3 +25,30 @@ def test_messages_of_several_subscriptions_come_out_oldest_first() -> None:
     got = [inbox.get(timeout=0) for _ in range(5)]
     assert [m.topic if m else None for m in got] == ["a1", "s1", "s2", "a2", None]
     assert len(inbox) == 0
+
+
+class LookedAtNext(Subscription):
+    """A status queue whose first look comes just after the network thread queued an alarm
+    and then a status: the alarm queue, looked at before, was still empty then."""
+
+    def __init__(self, wake: threading.Event) -> None:
+        super().__init__("p/sensors/+/status", 1, 10, wake)
+        self.arrivals: list[tuple[Subscription, Message]] = []
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        for sub, message in self.arrivals:
+            sub._put(message)
+        self.arrivals = []
+        return super().get(timeout)
+
+
+def test_a_message_queued_just_after_its_queue_was_seen_empty_still_comes_first() -> None:
+    wake = threading.Event()
+    alarms = Subscription("p/sensors/+/alarm", 1, 10, wake)
+    alarm = Message("alarm", b"", 1, False, T0, mid=1)
+    status = Message("status", b"", 1, False, T0 + timedelta(microseconds=1), mid=2)
+    statuses = LookedAtNext(wake)
+    statuses.arrivals = [(alarms, alarm), (statuses, status)]
+    inbox = Inbox([alarms, statuses], wake)
+    got = [inbox.get(timeout=0) for _ in range(3)]
+    assert [m.topic if m else None for m in got] == ["alarm", "status", None]
