@@ -11,19 +11,20 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import cv2
 import numpy as np
 import pytest
 
 from gridpatrol.alarm_bridge import store
-from gridpatrol.alarm_bridge.worker import BatchResult, Bridge
+from gridpatrol.alarm_bridge.worker import SNAPSHOT_WORKERS, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.topics import frame_topic, sensor_alarm_topic, snapshot_request_topic
+from gridpatrol.site import parse_site
 
 from .conftest import BridgeRig, make_site, outbox_ops
 
@@ -61,17 +62,37 @@ def frame(camera_id: str, image: bytes) -> Frame:
     return Frame(FrameHeader(datetime.now(UTC), 1, camera_id, 64, 48), image)
 
 
-class Cameras:
+class Background:
+    """A broker connection and a thread running ``_serve`` while in the ``with`` block."""
+
+    def __init__(self, component_id: str, prefix: str) -> None:
+        self.prefix = prefix
+        self.conn = MqttConnection(component_id, MqttSettings.from_url(BROKER), prefix=prefix)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.conn.start()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.conn.stop()
+
+
+class Cameras(Background):
     """cam-live answers snapshot requests; cam-mute only streams frames."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+        super().__init__("snap-cams", prefix)
         self.live_image = jpeg(200)
         self.stream_image = jpeg(90)
-        self.conn = MqttConnection("snap-cams", MqttSettings.from_url(BROKER), prefix=prefix)
         self.requests = self.conn.subscribe(snapshot_request_topic(prefix, "cam-live"), qos=1)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
 
     def _serve(self) -> None:
         stream = encode_frame(frame("cam-mute", self.stream_image).header, self.stream_image)
@@ -83,16 +104,6 @@ class Cameras:
                     frame("cam-live", self.live_image), parse_request(request.payload)
                 )
                 self.conn.publish(f"{self.prefix}/cameras/cam-live/snapshot", reply, qos=1)
-
-    def __enter__(self) -> Cameras:
-        self.conn.start()
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(5)
-        self.conn.stop()
 
 
 @pytest.fixture
@@ -277,3 +288,143 @@ def test_a_frame_drained_late_does_not_replace_a_newer_one(tmp_path: Path) -> No
     fallback = bridge._fallback_frame("cam-1")
     assert fallback is not None
     assert (fallback.image, fallback.header.ts.timestamp()) == (newer, now - 2)
+
+
+# A frame envelope whose JSON header nests 8000 deep: json.loads raises RecursionError, which
+# a decoder that only knew JSON syntax errors let through.
+DEEP_FRAME = b"GPF1" + (16000).to_bytes(4, "big") + b"[" * 8000 + b"]" * 8000 + jpeg(10)
+
+
+class Stream(Background):
+    """Publishes ``payload`` on a camera's frame topic every 0.2 s; the payload may change."""
+
+    def __init__(self, prefix: str, camera_id: str, payload: bytes) -> None:
+        super().__init__("snap-stream", prefix)
+        self.topic = frame_topic(prefix, camera_id)
+        self.payload = payload
+
+    def _serve(self) -> None:
+        while not self.stop.wait(0.2):
+            self.conn.publish(self.topic, self.payload, qos=0)
+
+
+def evidence_kinds(rig: BridgeRig) -> list[list[str]]:
+    """The evidence kinds of each candidate, oldest first."""
+    found = sorted(rig.candidates(), key=lambda c: c["occurred_at"])
+    return [[e["kind"] for e in c["evidence"]] for c in found]
+
+
+def smoke(sensor_id: str, event_id: str, transition: str, ts: float) -> bytes:
+    body = json.loads(raise_alarm(sensor_id, "smoke", event_id, transition)) | {"ts": ts}
+    return json.dumps(body).encode()
+
+
+def test_bad_newest_frames_leave_snapshots_working(rig: BridgeRig) -> None:
+    """Three alarms fall back to an undecodable newest frame (cam-mute answers no request),
+    one for each media thread; a later alarm still gets the valid frame that followed."""
+    topic = sensor_alarm_topic(rig.prefix, "sm-mute")
+    start = time.time()
+    flips = ["raise", "clear", "raise", "clear", "raise"]
+    with Stream(rig.prefix, "cam-mute", DEEP_FRAME) as stream:
+        time.sleep(1.0)  # the bridge has seen a few of them
+        rig.publish([(topic, smoke("sm-mute", f"e{n}", t, start + n)) for n, t in enumerate(flips)])
+        rig.settled(5)
+        assert evidence_kinds(rig) == [["sensor_trace"]] * 3
+        valid = jpeg(140)
+        stream.payload = encode_frame(frame("cam-mute", valid).header, valid)
+        rig.publish(
+            [
+                (topic, smoke("sm-mute", "e5", "clear", start + 5)),
+                (topic, smoke("sm-mute", "e6", "raise", start + 6)),
+            ]
+        )
+        rig.settled(7)
+    assert evidence_kinds(rig) == [["sensor_trace"]] * 3 + [["sensor_trace", "snapshot"]]
+    newest = max(rig.candidates(), key=lambda c: c["occurred_at"])
+    assert newest["evidence"][1]["sha256"] == hashlib.sha256(valid).hexdigest()
+
+
+def tilt(event_id: str, transition: str, ts: float) -> bytes:
+    body = json.loads(raise_alarm("mh-live", "manhole_tilt", event_id, transition))
+    return json.dumps(body | {"ts": ts}).encode()
+
+
+def snapshot_patches(outbox: Outbox) -> list[tuple[str | None, Any]]:
+    return [
+        (cid, body)
+        for kind, cid, body in outbox_ops(outbox)
+        if kind == "patch" and any(e["kind"] == "snapshot" for e in body.get("evidence", []))
+    ]
+
+
+def wait_for(check: Any, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_a_snapshot_that_trips_a_bug_leaves_the_media_threads_running(
+    tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fault in each of the three media threads, then an alarm: its snapshot still comes.
+
+    The fault is injected (a bug in attaching the snapshot): once the frame decoders report
+    every malformed frame as a MessageError, no input reaches this last resort."""
+    attach = BridgeCore.attach_snapshot
+    faulted: list[str] = []
+    lock = threading.Lock()
+
+    def buggy(self: BridgeCore, txn: Any, candidate_id: str, snap: Frame) -> bool:
+        with lock:
+            if len(faulted) < SNAPSHOT_WORKERS:
+                faulted.append(candidate_id)
+                raise KeyError("a bug this snapshot trips")
+        return attach(self, txn, candidate_id, snap)
+
+    monkeypatch.setattr(BridgeCore, "attach_snapshot", buggy)
+    site = parse_site(SITE.format(prefix=mqtt_prefix), "site.yaml")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(BROKER)
+    conn = MqttConnection(
+        "alarm_bridge",
+        settings,
+        prefix=mqtt_prefix,
+        persistent=True,
+        manual_ack=True,
+        client_id=f"gp-test-bridge-{mqtt_prefix}",
+    )
+    media = MqttConnection("alarm_bridge-media", settings, prefix=mqtt_prefix)
+    bridge = Bridge(site, outbox, conn, media, progress_s=3600)
+    publisher = MqttConnection("snap-pub", settings, prefix=mqtt_prefix)
+    topic = sensor_alarm_topic(mqtt_prefix, "mh-live")
+    start = time.time()
+    flips = ["raise", "clear", "raise", "clear", "raise", "clear", "raise"]
+    alarms = [tilt(f"e{n}", t, start + n) for n, t in enumerate(flips)]
+    thread = threading.Thread(target=bridge.run, daemon=True)
+    with Cameras(mqtt_prefix) as cams:
+        conn.start()
+        media.start()
+        publisher.start()
+        thread.start()
+        try:
+            for alarm in alarms[:5]:  # three candidates: one fault per media thread
+                assert publisher.publish_wait(topic, alarm, qos=1)
+            wait_for(lambda: len(faulted) == SNAPSHOT_WORKERS, "three faults")
+            for alarm in alarms[5:]:
+                assert publisher.publish_wait(topic, alarm, qos=1)
+            wait_for(lambda: len(snapshot_patches(outbox)) == 1, "the fourth snapshot")
+        finally:
+            bridge.stop()
+            thread.join(30)
+            for mqtt in (publisher, media, conn):
+                mqtt.stop()
+    creates = [cid for kind, cid, _ in outbox_ops(outbox) if kind == "create"]
+    assert len(creates) == 4
+    assert sorted(faulted) == sorted(creates[:3])
+    [(candidate_id, patch)] = snapshot_patches(outbox)
+    assert candidate_id == creates[3]
+    assert patch["evidence"][0]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
+    assert bridge.core.counts.snapshot_failed == SNAPSHOT_WORKERS
+    with outbox.transaction() as txn:
+        assert store.wanted_snapshots(txn.conn) == []  # the faulted ones were given up
