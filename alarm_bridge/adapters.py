@@ -56,6 +56,9 @@ ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
 # A seq this far below the last one restarts the counter (a wrap, a reboot): a message
 # overtaken by later ones is never that many messages behind.
 SEQ_REORDER_WINDOW = 1000
+# The seqs the state database can store (SQLite integers are 64-bit signed); beyond them the
+# message is a bad_seq, not a failed batch.
+SEQ_RANGE = range(-(2**63), 2**63)
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,8 @@ def _plausibly_timed(adapted: Adapted, received_at: datetime) -> Adapted:
 
 
 def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:
+    if env.seq is not None and env.seq not in SEQ_RANGE:
+        raise MessageError("bad_seq", f"{env.seq.bit_length()}-bit value beyond 64 bits")
     if env.alarm_type not in allowed_alarm_types(sensor.kind):
         return Rejected("alarm_type_mismatch", f"{sensor.kind} cannot send {env.alarm_type}")
     key = f"e:{env.event_id}"

@@ -119,6 +119,7 @@ class BridgeRig:
             deadletter_topic(self.prefix, "alarm_bridge"), qos=1, maxsize=100_000
         )
         self.dead_payloads: set[str] = set()
+        self.dead_reasons: dict[bytes, str] = {}  # payload: reason of its dead letter
         self.probes: set[str] = set()
 
     def start_bridge(self) -> None:
@@ -151,11 +152,22 @@ class BridgeRig:
     def _collect_dead(self, wait: float = 0.0) -> None:
         message = self.dead_sub.get(timeout=wait)
         while message is not None:
-            payload = json.loads(message.payload)["payload_b64"]
+            letter = json.loads(message.payload)
+            payload = letter["payload_b64"]
             is_probe = base64.b64decode(payload).startswith(b"probe-")
             (self.probes if is_probe else self.dead_payloads).add(payload)
+            if not is_probe:
+                self.dead_reasons[base64.b64decode(payload)] = letter["reason"]
             self.dead.ack(message)
             message = self.dead_sub.get(timeout=0)
+
+    def dead_letters(self, count: int, timeout: float = 60) -> dict[bytes, str]:
+        """Wait for ``count`` dead letters (probes aside); the reason of each payload."""
+        deadline = time.monotonic() + timeout
+        while len(self.dead_reasons) < count:
+            assert time.monotonic() < deadline, self.dead_reasons
+            self._collect_dead(wait=0.5)
+        return self.dead_reasons
 
     def stop_bridge(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None

@@ -117,3 +117,16 @@ def test_a_detector_rebooted_with_its_clock_in_2000_raises_a_new_candidate(
     (second,) = [c for c in found if c["alarm"].get("previous_alarm_id") is not None]
     # Timed at its reception (or the clear, if later), not in 2000.
     assert datetime.fromisoformat(second["occurred_at"]).timestamp() >= int(now)
+
+
+def test_a_seq_beyond_64_bits_is_a_bad_seq(rig: BridgeRig) -> None:
+    now = time.time()
+    topic = sensor_alarm_topic(rig.prefix, "sm-api")
+    too_big = smoke("big", "raise", now, seq=2**63)
+    too_small = smoke("small", "raise", now, seq=-(2**63) - 1)
+    largest = smoke("largest", "raise", now, seq=2**63 - 1)
+    rig.publish([(topic, too_big), (topic, too_small), (topic, largest)])
+    assert rig.dead_letters(2) == {too_big: "bad_seq", too_small: "bad_seq"}
+    rig.settled(1)
+    (only,) = rig.candidates()
+    assert only["source"]["source_event_id"] == "sm-api/e:largest"
