@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -260,21 +260,34 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
     return [r for r in records if r.u == unit]
 
 
-SeqVerdict = Literal["new", "restart", "late"]
+SeqVerdict = Literal["new", "restart", "late", "superseded"]
 # The last accepted message of a sensor: its boot_id, seq and time (None: stored before the
 # time was kept).
 SeqMark = tuple[str | None, int, float | None]
 
 
-def seq_verdict(last: SeqMark | None, boot_id: str | None, seq: int | None, t: float) -> SeqVerdict:
+def seq_verdict(
+    last: SeqMark | None,
+    boot_id: str | None,
+    seq: int | None,
+    t: float,
+    superseded: Collection[str] = (),
+) -> SeqVerdict:
     """Whether a message's ``seq`` is new, restarts the device's counter, or came late.
 
-    Within one ``boot_id`` (or without any) a seq not above the last one is a restart when it
-    lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit counter wrapping from 65535
-    to 0) or when the message is timed after the last one (a device without a boot_id that
-    rebooted and counts from 1 again); otherwise it is a message overtaken by later ones.
+    A message of a ``boot_id`` in ``superseded`` (the sensor's boots before its last one) was
+    sent before the device rebooted and was overtaken by the new boot's messages; only an
+    unseen ``boot_id`` starts over. Within one ``boot_id`` (or without any) a seq not above the
+    last one is a restart when it lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit
+    counter wrapping from 65535 to 0) or when the message is timed after the last one (a device
+    without a boot_id that rebooted and counts from 1 again); otherwise it is a message
+    overtaken by later ones.
     """
-    if seq is None or last is None:
+    if seq is None:
+        return "new"
+    if boot_id is not None and boot_id in superseded:
+        return "superseded"
+    if last is None:
         return "new"
     last_boot, last_seq, last_t = last
     if boot_id != last_boot or seq > last_seq:

@@ -1,8 +1,9 @@
 """The bridge's own tables, kept in the outbox's SQLite file and written in its transactions.
 
-Dedup keys, lifecycle states, per-boot sequence numbers, the per-sensor reading ring, the
-last-heard times and each sensor's last status all commit together with the outbox entries
-they cause, so a crash at any point either keeps all of a message's effects or none of them.
+Dedup keys, lifecycle states, per-boot sequence numbers, superseded boots, the per-sensor
+reading ring, the last-heard times and each sensor's last status all commit together with the
+outbox entries they cause, so a crash at any point either keeps all of a message's effects or
+none of them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from gridpatrol.api.client import merge_patches
 
 _STATE_FIELDS = tuple(f.name for f in fields(AlarmState))
 TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
+# Superseded boot_ids remembered per sensor: a message does not wait on the way (at most the
+# broker's one-day session expiry) while its device reboots this many times.
+OLD_BOOTS = 16
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridge_dedup (
@@ -40,6 +44,12 @@ CREATE TABLE IF NOT EXISTS bridge_seq (
     boot_id TEXT,
     seq INTEGER NOT NULL,
     t REAL
+) WITHOUT ROWID;
+-- Each sensor's boot_ids before its last one, oldest first (a JSON list): their late messages
+-- were overtaken by the new boot's.
+CREATE TABLE IF NOT EXISTS bridge_old_boots (
+    sensor_id TEXT PRIMARY KEY,
+    boot_ids TEXT NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bridge_trace (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -119,6 +129,20 @@ def save_seq(conn: sqlite3.Connection, sensor_id: str, mark: SeqMark) -> None:
     conn.execute(
         "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq, t) VALUES (?, ?, ?, ?)",
         (sensor_id, *mark),
+    )
+
+
+def old_boots(conn: sqlite3.Connection, sensor_id: str) -> list[str]:
+    """The sensor's boot_ids before its last one, oldest first."""
+    row = conn.execute("SELECT boot_ids FROM bridge_old_boots WHERE sensor_id = ?", (sensor_id,))
+    found = row.fetchone()
+    return [str(b) for b in json.loads(found[0])] if found is not None else []
+
+
+def save_old_boots(conn: sqlite3.Connection, sensor_id: str, boot_ids: list[str]) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_old_boots (sensor_id, boot_ids) VALUES (?, ?)",
+        (sensor_id, json.dumps(boot_ids[-OLD_BOOTS:])),
     )
 
 
@@ -234,6 +258,8 @@ class StateBatch:
         self.conn = conn
         self._states: dict[tuple[str, str], AlarmState] = {}
         self._seqs: dict[str, SeqMark] = {}
+        self._old_boots: dict[str, list[str]] = {}  # read, and written back if changed
+        self._boots_changed: set[str] = set()
         self._heard: dict[str, float] = {}
         self._statuses: dict[str, str] = {}
         self._traced: set[str] = set()
@@ -255,7 +281,19 @@ class StateBatch:
         return last_seq(self.conn, sensor_id)
 
     def set_seq(self, sensor_id: str, mark: SeqMark) -> None:
+        """Remember the sensor's last accepted message; a new boot_id supersedes the last."""
+        last = self.last_seq(sensor_id)
+        if last is not None and last[0] is not None and last[0] != mark[0]:
+            boots = [b for b in self.old_boots(sensor_id) if b != last[0]] + [last[0]]
+            self._old_boots[sensor_id] = boots[-OLD_BOOTS:]
+            self._boots_changed.add(sensor_id)
         self._seqs[sensor_id] = mark
+
+    def old_boots(self, sensor_id: str) -> list[str]:
+        found = self._old_boots.get(sensor_id)
+        if found is None:
+            found = self._old_boots[sensor_id] = old_boots(self.conn, sensor_id)
+        return found
 
     def heard(self, sensor_id: str, now: float) -> None:
         self._heard[sensor_id] = max(now, self._heard.get(sensor_id, now))
@@ -283,6 +321,8 @@ class StateBatch:
             save_state(self.conn, sensor_id, alarm_type, st)
         for sensor_id, mark in self._seqs.items():
             save_seq(self.conn, sensor_id, mark)
+        for sensor_id in self._boots_changed:
+            save_old_boots(self.conn, sensor_id, self._old_boots[sensor_id])
         for sensor_id, now in self._heard.items():
             heard(self.conn, sensor_id, now)
         for sensor_id, status in self._statuses.items():
@@ -293,6 +333,8 @@ class StateBatch:
             prune_trace(self.conn, sensor_id)  # each ring back to its newest TRACE_LEN rows
         self._states.clear()
         self._seqs.clear()
+        self._old_boots.clear()
+        self._boots_changed.clear()
         self._heard.clear()
         self._statuses.clear()
         self._traced.clear()

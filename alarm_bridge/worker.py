@@ -260,10 +260,18 @@ class BridgeCore:
             return "unnumbered"
         sensor_id = item.sensor.id
         last = view.last_seq(sensor_id)
-        verdict = seq_verdict(last, item.boot_id, item.seq, item.device_t)
-        if verdict == "late":
+        old_boots = view.old_boots(sensor_id)
+        verdict = seq_verdict(last, item.boot_id, item.seq, item.device_t, old_boots)
+        if verdict in ("late", "superseded"):
+            # A superseded boot's message was sent before the device rebooted: followed now,
+            # a raise or update would reopen what the new boot has since cleared.
             self.counts.out_of_order += 1
-            log.info("sensor %s: seq %s out of order, ignored", sensor_id, item.seq)
+            log.info(
+                "sensor %s: seq %s (boot %s) out of order, ignored",
+                sensor_id,
+                item.seq,
+                item.boot_id,
+            )
             return "late"
         view.set_seq(sensor_id, (item.boot_id, item.seq, item.device_t))
         if verdict == "restart":

@@ -119,6 +119,27 @@ def test_a_detector_rebooted_with_its_clock_in_2000_raises_a_new_candidate(
     assert datetime.fromisoformat(second["occurred_at"]).timestamp() >= int(now)
 
 
+def test_a_late_message_of_an_earlier_boot_does_not_reopen_a_cleared_alarm(
+    rig: BridgeRig,
+) -> None:
+    """Boot A raises; the device reboots (B) and clears; A's update, sent before the reboot,
+    arrives last. It was overtaken by the new boot's clear: ignored, no second candidate."""
+    raised = round(time.time()) - 60.0
+    topic = sensor_alarm_topic(rig.prefix, "sm-api")
+    rig.publish(
+        [
+            (topic, smoke("a1", "raise", raised, seq=1, boot_id="A")),
+            (topic, smoke("b1", "clear", raised + 10, seq=1, boot_id="B")),
+            (topic, smoke("a2", "update", raised + 5, seq=2, boot_id="A")),
+        ]
+    )
+    rig.settled(3)
+    (only,) = rig.candidates()
+    alarm = only["alarm"]
+    assert (alarm["count"], alarm["cleared_at"]) == (1, iso(raised + 10))
+    assert datetime.fromisoformat(alarm["last_seen"]).timestamp() == raised + 10
+
+
 def test_a_seq_beyond_64_bits_is_a_bad_seq(rig: BridgeRig) -> None:
     now = time.time()
     topic = sensor_alarm_topic(rig.prefix, "sm-api")
