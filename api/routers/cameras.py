@@ -34,7 +34,7 @@ router = APIRouter(prefix="/api/v1", tags=["cameras"])
 SNAPSHOT_TIMEOUT_S = 5.0
 ZONES_FILE = "zones.yaml"
 _ZONE_KEY_ORDER = ("id", "polygon", "schedule", "rules")
-_HHMM = re.compile(r"^\d{1,2}:\d{2}$")
+_HHMM = re.compile(r"\d{1,2}:\d{2}")
 
 
 class ZonesIn(BaseModel):
@@ -195,7 +195,7 @@ def _scalar(value: Any) -> str:
             return _scalar(str(value))
         text = repr(round(value, 4))
         return text if "e" not in text else f"{value:.6f}"
-    if _HHMM.match(str(value)):
+    if _HHMM.fullmatch(str(value)):
         return f'"{value}"'  # quoted, or YAML 1.1 readers may take 12:30 for a number
     dumped = yaml.safe_dump(str(value), allow_unicode=True, default_flow_style=True, width=10**6)
     return dumped.removesuffix("\n").removesuffix("\n...")
