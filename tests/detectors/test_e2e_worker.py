@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import yaml
 
+from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
@@ -336,6 +337,31 @@ def candidates(client: httpx.Client, camera_id: str) -> list[dict[str, Any]]:
     return sorted(full, key=lambda c: c["occurred_at"])
 
 
+def wait_judged(worker: Worker, frames: dict[str, int]) -> None:
+    """Wait until the worker has judged ``frames[camera]`` frames of each camera (inferred or
+    skipped by the motion gate), then check it judged no more. A frame taken may still be in
+    inference; a frame counted is judged before the worker can stop."""
+
+    def judged(cam: str) -> int:
+        return worker.metric("inferred_frames", cam) + worker.metric("skipped_frames", cam)
+
+    wait_for(
+        f"the worker to judge {frames} frames",
+        lambda: all(judged(cam) >= n for cam, n in frames.items()),
+        60,
+        worker,
+    )
+    assert {cam: judged(cam) for cam in frames} == frames
+
+
+def stop_delivered(worker: Worker) -> None:
+    """Stop the worker and check its outbox is empty: every candidate operation it made has
+    reached the API, so the API's candidates are all the worker will ever send."""
+    assert worker.stop() == 0
+    outbox = Outbox(worker.env["GRIDPATROL_OUTBOX"], None, component="detect")
+    assert outbox.depth() == 0, outbox.stats()
+
+
 def ended(client: httpx.Client, camera_id: str = "street") -> list[dict[str, Any]]:
     """The camera's candidates whose episode has ended."""
     return [c for c in candidates(client, camera_id) if "ended_at" in c["detection"]]
@@ -425,11 +451,12 @@ def test_street_crowd_episodes_and_no_vending(
         60,
         worker,
     )
-    time.sleep(2)  # nothing else may follow
-    found = candidates(client, "street")
+    # Nothing else may follow: every frame but the late one judged, everything delivered.
+    wait_judged(worker, {"street": len(timeline)})
     taken = worker.frames_taken("street")
     metrics = httpx.get(f"http://127.0.0.1:{worker.metrics_port}/metrics", timeout=5).text
-    assert worker.stop() == 0
+    stop_delivered(worker)
+    found = candidates(client, "street")
     assert 'gridpatrol_detect_frames_total{camera="quiet"} 0.0\n' in metrics
     assert [c["type"] for c in found] == ["crowd_gathering", "crowd_gathering"], found
     first, second = found
@@ -475,7 +502,6 @@ class CrowdEpisode:
     end: datetime
     client: httpx.Client
     first: dict[str, Any]
-    played: float  # time.monotonic() when the worker had taken the last frame
 
 
 def start_crowd_episode(rig: Rig, street: list[Image], clear_s: float = 10) -> CrowdEpisode:
@@ -484,10 +510,9 @@ def start_crowd_episode(rig: Rig, street: list[Image], clear_s: float = 10) -> C
     crowd = [jpeg(f) for f in street]
     size = {"street": (w, h)}
     end = rig.publisher.play({"street": crowd[:14]}, size, T0, worker)
-    played = time.monotonic()
     client = rig.api.client("reviewer")
     (first,) = wait_for("the crowd candidate", lambda: candidates(client, "street"), 60, worker)
-    return CrowdEpisode(worker, crowd, size, end, client, first, played)
+    return CrowdEpisode(worker, crowd, size, end, client, first)
 
 
 def assert_ended_at_last_sighting(ep: CrowdEpisode) -> None:
@@ -605,7 +630,6 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     ep = start_crowd_episode(rig, street, clear_s=3)
     worker, client, first = ep.worker, ep.client, ep.first
     (gone,) = wait_for("the silent camera's episode to end", lambda: ended(client), 30, worker)
-    waited = time.monotonic() - ep.played
     assert gone["id"] == first["id"]
     # The crowd was in the last frame, half a second before the end of the footage.
     last_sighting = ep.end - timedelta(seconds=0.5)
@@ -614,14 +638,13 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     assert (
         "boxes" in gone["detection"] and gone["detection"]["boxes"] == first["detection"]["boxes"]
     )
-    assert 4.5 <= waited < 15.0  # the last frame was judged a moment after it was taken
-    silence = re.findall(
+    (silence,) = re.findall(
         rf"camera street has sent no frame for (\d+) s: ended candidate {first['id']} "
         rf"\(crowd_gathering in zone whole-street\) at its last sighting "
         + re.escape(last_sighting.isoformat()),
         worker.text(),
     )
-    assert silence in (["5"], ["6"])  # checked once a second
+    assert int(silence) >= 5  # ended only after gap_s + clear_s of silence
 
     # The camera comes back where it stopped (a paused source): the crowd is a new episode,
     # with a dwell of its own.
@@ -741,9 +764,10 @@ def test_one_frame_off_the_camera_clock_changes_nothing(rig: Rig, street: list[I
         worker,
     )
     assert updated["id"] == first["id"] and "ended_at" not in updated["detection"]
-    time.sleep(1)  # nothing else may follow
+    # Nothing else may follow: every frame but the outlier judged, everything delivered.
+    wait_judged(worker, {"street": 14 + 16})
     assert worker.metric("bad_frames", "street") == 1
-    assert worker.stop() == 0
+    stop_delivered(worker)
     assert [c["id"] for c in candidates(client, "street")] == [first["id"]]
     assert "ended_at" not in candidates(client, "street")[0]["detection"]
     text = worker.text()
@@ -917,12 +941,12 @@ def test_composed_scenes_raise_the_other_rules(rig: Rig, gate: bool) -> None:
         60,
         worker,
     )
-    time.sleep(1)
+    # Every frame but the dead letters is judged, inferred or skipped.
+    wait_judged(worker, dict.fromkeys(COMPOSED_ZONES, LEARN_STEPS + HOLD_STEPS))
     # Static scenes: the motion gate skips most frames, keyframes keep the dwell going.
     for cam in COMPOSED_ZONES:
         inferred = worker.metric("inferred_frames", cam)
         skipped = worker.metric("skipped_frames", cam)
-        assert inferred + skipped == LEARN_STEPS + HOLD_STEPS
         if gate:
             assert 0 < inferred <= 0.3 * (LEARN_STEPS + HOLD_STEPS), (cam, inferred)
         else:
@@ -969,8 +993,9 @@ def test_garbage_photo_as_a_static_camera(rig: Rig) -> None:
     (found,) = wait_for(
         "the garbage candidate", lambda: candidates(client, "bins-dirty"), 60, worker
     )
-    time.sleep(1)
-    assert worker.stop() == 0
+    # The clean container raises nothing: every frame judged, everything delivered.
+    wait_judged(worker, dict.fromkeys(shots, steps))
+    stop_delivered(worker)
     assert candidates(client, "bins-clean") == []
     check_camera_candidate(found, "bins-dirty", "garbage_overflow")
     assert found["urgency"] == "normal" and found["severity"] == "MINOR"
@@ -1004,8 +1029,9 @@ def test_a_restart_keeps_what_the_zone_normally_looks_like(rig: Rig) -> None:
         60,
         worker,
     )
-    time.sleep(1)  # nothing else may follow
-    assert worker.stop() == 0
+    # Nothing else may follow: every frame since the restart judged, everything delivered.
+    wait_judged(worker, {"piled": 65})
+    stop_delivered(worker)
     assert ended["id"] == first["id"]
     assert [c["id"] for c in candidates(client, "piled")] == [first["id"]]
 
