@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gridpatrol.ingest.broker import free_port
+from gridpatrol.ingest.broker import free_port, reachable
 
 REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get(
@@ -24,22 +23,87 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` itself holds a listening TCP socket on 127.0.0.1:``port``.
+
+    A connection to the port proves nothing: between free_port() closing its socket and the
+    server binding, another process may take the port, and our server then dies with
+    EADDRINUSE while the other one answers.
+    """
+    table = Path("/proc/net/tcp")
+    if not table.exists():  # not Linux: the port answering is all we can tell
+        return reachable("127.0.0.1", port, timeout=0.2)
+    wanted = f"0100007F:{port:04X}"
+    inodes = {
+        f"socket:[{fields[9]}]"
+        for fields in (line.split() for line in table.read_text().splitlines()[1:])
+        if fields[1] == wanted and fields[3] == "0A"  # 0A: LISTEN
+    }
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if str(fd.readlink()) in inodes:
+                return True
+        except OSError:
+            continue  # closed meanwhile
+    return False
+
+
+START_ATTEMPTS = 3
+
+
+def start_listening(
+    launch: Callable[[int], subprocess.Popen[bytes]],
+    port: int,
+    *,
+    movable: bool,
+    output: Callable[[subprocess.Popen[bytes]], str],
+    ready: Callable[[int], bool] = lambda port: True,
+    timeout: float = 10.0,
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Launch a server on ``port`` until it is the one listening there and ``ready``.
+
+    A server that died (the port was taken meanwhile) is launched again on a new free port
+    when ``movable`` (no client knows its port yet), up to START_ATTEMPTS times; the error
+    carries each attempt's ``output``.
+    """
+    failures: list[str] = []
+    for _ in range(START_ATTEMPTS if movable else 1):
+        proc = launch(port)
+        why = _await_listening(proc, port, ready, timeout)
+        if why is None:
+            return proc, port
+        failures.append(f"on port {port} it {why}:\n{output(proc)}")
+        port = free_port()
+    raise RuntimeError("the server did not start; " + "\n".join(failures))
+
+
+def _await_listening(
+    proc: subprocess.Popen[bytes], port: int, ready: Callable[[int], bool], timeout: float
+) -> str | None:
+    """None once ``proc`` listens on ``port`` and is ready, else why not (it is then gone)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+        if proc.poll() is not None:
+            return f"exited with code {proc.returncode}"
+        if listens(proc.pid, port) and ready(port):
+            return None
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    return f"did not listen within {timeout} s"
 
 
 class Mosquitto:
     """A Mosquitto of the test's own on a free port; it may be stopped and restarted."""
 
-    def __init__(self, workdir: Path, persistence: bool = True) -> None:
-        self.port = free_port()
+    def __init__(self, workdir: Path, persistence: bool = True, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.workdir = workdir
         self.conf = workdir / "mosquitto.conf"
         lines = [
@@ -59,15 +123,25 @@ class Mosquitto:
             lines.append("user root")
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once started, clients know the port: a restart keeps it
 
     @property
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.proc, self.port = start_listening(
+            self._launch, self.port, movable=not self.started, output=_stderr
+        )
+        self.started = True
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        # Tests rewrite the configuration between restarts: only the listener line changes.
+        conf = self.conf.read_text()
+        self.conf.write_text(conf.replace(f"listener {self.port} ", f"listener {port} ", 1))
+        self.port = port
         binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([binary, "-c", str(self.conf)], stderr=subprocess.PIPE)
-        wait_port(self.port)
+        return subprocess.Popen([binary, "-c", str(self.conf)], stderr=subprocess.PIPE)
 
     def stop(self, kill: bool = False) -> None:
         """Stop gracefully (SIGTERM: persistence is written) or kill."""
@@ -90,6 +164,12 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         yield broker
     finally:
         broker.stop()
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    """The error output of a process that has exited."""
+    _, err = proc.communicate(timeout=10)
+    return (err or b"").decode(errors="replace")[-3000:]
 
 
 def _mkdir(path: Path) -> Path:
@@ -132,8 +212,14 @@ class ApiServer:
     on the same port and database.
     """
 
-    def __init__(self, workdir: Path, site_file: Path | None = None, db_url: str | None = None):
-        self.port = free_port()
+    def __init__(
+        self,
+        workdir: Path,
+        site_file: Path | None = None,
+        db_url: str | None = None,
+        port: int | None = None,
+    ):
+        self.port = port or free_port()
         self.workdir = workdir
         self.tokens = dict(TEST_TOKENS)
         self.env = {
@@ -148,28 +234,30 @@ class ApiServer:
             self.env["GRIDPATROL_CONFIG"] = str(site_file)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = workdir / "api.log"
+        self.started = False  # once started, clients know the port: a restart keeps it
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        self.proc, self.port = start_listening(
+            self._launch,
+            self.port,
+            movable=not self.started,
+            output=lambda proc: self.log.read_text(errors="replace")[-3000:],
+            ready=_healthy,
+            timeout=60,
+        )
+        self.started = True
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        self.port = port
         cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--host", "127.0.0.1"]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [*cmd, "--port", str(self.port)], env=self.env, stdout=log, stderr=log
+            return subprocess.Popen(
+                [*cmd, "--port", str(port)], env=self.env, stdout=log, stderr=log
             )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API exited: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/api/v1/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"the API did not become healthy: {self.log.read_text()[-3000:]}")
 
     def stop(self) -> None:
         if self.proc is None:
@@ -188,6 +276,14 @@ class ApiServer:
             headers={"Authorization": f"Bearer {self.tokens[role]}"},
             timeout=30,
         )
+
+
+def _healthy(port: int) -> bool:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/api/v1/healthz", timeout=1)
+    except httpx.TransportError:
+        return False
+    return response.status_code == 200
 
 
 @pytest.fixture

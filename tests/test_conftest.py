@@ -1,0 +1,63 @@
+"""The shared fixtures' servers start on a port of their own, not on one another process took."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+
+from .conftest import START_ATTEMPTS, ApiServer, Mosquitto
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another process listens on (and never answers), as when free_port()'s port is
+    taken before the server binds it."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        yield squatter.getsockname()[1]
+
+
+def test_a_broker_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_port: int) -> None:
+    broker = Mosquitto(tmp_path, port=taken_port)
+    broker.start()
+    try:
+        assert broker.port != taken_port
+        assert f"listener {broker.port} 127.0.0.1\n" in broker.conf.read_text()
+        conn = MqttConnection("conftest-probe", MqttSettings.from_url(broker.url))
+        assert conn.start(timeout=10)
+        try:
+            sub = conn.subscribe("probe/#")
+            assert conn.publish("probe/1", b"here", qos=1)
+            got = sub.get(timeout=10)
+        finally:
+            conn.stop()
+        assert got is not None and (got.topic, got.payload) == ("probe/1", b"here")
+    finally:
+        broker.stop()
+
+
+def test_a_broker_that_cannot_start_says_why(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path)
+    broker.conf.write_text(broker.conf.read_text() + "no_such_option true\n")
+    with pytest.raises(RuntimeError) as raised:
+        broker.start()
+    assert str(raised.value).count("no_such_option") == START_ATTEMPTS
+    assert broker.proc is None
+
+
+def test_an_api_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_port: int) -> None:
+    api = ApiServer(tmp_path, port=taken_port)
+    api.start()
+    try:
+        assert api.port != taken_port
+        response = httpx.get(f"{api.url}/api/v1/healthz", timeout=10)
+        assert response.status_code == 200
+    finally:
+        api.stop()
