@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -39,7 +38,11 @@ def test_frames_published_raw_arrive_intact(mqtt_prefix: str) -> None:
     assert sub_conn.start(timeout=10)
     try:
         sub = sub_conn.subscribe(f"{mqtt_prefix}/frames/#", qos=0)
-        time.sleep(0.5)  # the broker registers the subscription
+        # The broker handles one client's packets in order: once a probe sent on the same
+        # connection comes back, the subscription is in place for the other connection's.
+        assert sub_conn.publish(f"{mqtt_prefix}/frames/probe", b"probe")
+        probe = sub.get(timeout=10)
+        assert probe is not None and probe.topic == f"{mqtt_prefix}/frames/probe"
         pub = RawPublisher(SHARED_BROKER, f"{mqtt_prefix}-pub")
         for k, payload in enumerate(payloads):
             pub.publish(f"{mqtt_prefix}/frames/cam{k}", payload)
