@@ -352,12 +352,14 @@ def test_a_patch_that_changes_nothing_keeps_position_and_history(api: Any) -> No
 def test_a_confirm_between_the_polls_query_and_its_wait_wakes_it(
     make_api: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Only a wake-up answers this poll before its 30 s deadline.
+    # The poll looks at the database again only at its 30 s deadline.
     api = make_api(feed_recheck_s=LongPoll.WAIT_S)
     cid = str(api.create(api.body("r", api.put_jpeg()))["id"])
-    candidates = api.http.app.state.services.candidates
-    query = candidates.feed
+    services = api.http.app.state.services
+    candidates, hub = services.candidates, services.hub
+    query, wait = candidates.feed, hub.wait_feed
     queries: list[list[str]] = []
+    woken: list[bool] = []
 
     def query_then_confirm(*args: Any) -> tuple[list[str], int]:
         items, last = query(*args)
@@ -367,10 +369,16 @@ def test_a_confirm_between_the_polls_query_and_its_wait_wakes_it(
             assert api.review(cid, "confirm").status_code == 200
         return items, last
 
+    async def recorded_wait(timeout: float, since_generation: int | None = None) -> None:
+        await wait(timeout, since_generation=since_generation)
+        # Woken: the generation moved past the one the poll read before its query. A wait
+        # that missed the confirm's wake-up ends at the deadline with it unchanged.
+        woken.append(hub.feed_generation != since_generation)
+
     monkeypatch.setattr(candidates, "feed", query_then_confirm)
+    monkeypatch.setattr(hub, "wait_feed", recorded_wait)
     with ThreadPoolExecutor(1) as pool:
-        poll = pool.submit(feed, api, wait=LongPoll.WAIT_S)
-        # A bound far beyond a wake-up's latency, and far short of the 30 s deadline.
-        page = poll.result(timeout=LongPoll.WOKEN_S)
+        page = pool.submit(feed, api, wait=LongPoll.WAIT_S).result()
+    assert woken == [True]
     assert [c["id"] for c in page["items"]] == [cid]
     assert [len(items) for items in queries] == [0, 1]
