@@ -135,6 +135,15 @@ def test_a_killed_component_is_seen_offline_whatever_its_id(
 
 
 SYSTEMD = REPO / "samples" / "systemd"
+# The units the samples ship, with the folders each may write (ProtectSystem=strict makes the
+# rest read-only). Ingest keeps nothing on disk: it may write nowhere.
+WRITES = {
+    "gridpatrol-api.service": ["/srv/evidence"],
+    "gridpatrol-bridge.service": ["/var/lib/gridpatrol"],
+    "gridpatrol-detect@.service": ["/var/lib/gridpatrol"],
+    "gridpatrol-ingest.service": [],
+}
+UNITS = sorted(WRITES)
 
 
 def _env_file(path: Path) -> dict[str, str]:
@@ -183,9 +192,11 @@ def test_each_systemd_unit_connects_as_its_own_user_of_the_sample_acl(unit: str,
     assert _unit_env(REPO / "samples" / "systemd" / unit)["GRIDPATROL_MQTT_USERNAME"] == user
 
 
-@pytest.mark.parametrize(
-    "unit", sorted(p.name for p in (REPO / "samples" / "systemd").glob("*.service"))
-)
+def test_these_are_the_units_the_samples_ship() -> None:
+    assert sorted(p.name for p in SYSTEMD.glob("*.service")) == UNITS
+
+
+@pytest.mark.parametrize("unit", UNITS)
 def test_each_systemd_unit_stays_down_on_setup_errors(unit: str) -> None:
     """Status 2 is setup to mend (refused credentials among it): a restart would repeat it."""
     lines = (REPO / "samples" / "systemd" / unit).read_text().splitlines()
@@ -219,12 +230,13 @@ def _install_steps() -> str:
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
-@pytest.mark.parametrize("unit", sorted(p.name for p in SYSTEMD.glob("*.service")))
+@pytest.mark.parametrize("unit", UNITS)
 def test_what_each_unit_may_write_exists_before_it_starts(unit: str) -> None:
     """A ReadWritePaths= folder that does not exist stops the unit with 226/NAMESPACE: each must
     be made, with its parents, by systemd (StateDirectory=, under /var/lib) or by the documented
     install steps for the unit's user."""
     path = SYSTEMD / unit
+    assert _settings(path, "ReadWritePaths") == WRITES[unit]
     (user,) = _settings(path, "User")
     made = [f"/var/lib/{d}" for d in _settings(path, "StateDirectory")]
     for step in _install_steps().splitlines():
