@@ -10,7 +10,8 @@ pipeline (tracking, zones, schedules, dwell) with timestamps from the video posi
 raised / updated violations carrying ``dwell_verified: true``. With ``--config --camera`` the
 detector keeps boxes down to the confidence the worker keeps for that camera (lower than
 ``--conf`` when a rule's ``min_confidence`` or the tracker's weak boxes ask for it), and the
-pipeline is the worker's, so a video is judged on the detections the worker would judge.
+pipeline is the worker's, so a video is judged on the detections the worker would judge;
+``detections`` lists only the boxes at or above ``--conf`` in every mode.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from gridpatrol.detectors.pipeline import (
     Violation,
     detector_conf,
     judge_still,
+    objects,
     warn_missing_heads,
 )
 from gridpatrol.detectors.rules import EVALUATORS, ZoneObservation
@@ -333,8 +335,10 @@ def _union(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> tuple[flo
 
 
 def record(
-    sample: Sample, result: InferenceResult, judge: Judge, info: ModelInfo
+    sample: Sample, result: InferenceResult, judge: Judge, info: ModelInfo, conf: float = 0.0
 ) -> dict[str, Any]:
+    """The JSON record of one sample. ``detections`` lists the boxes at or above ``conf``
+    (``--conf``) in every mode; the rules judge all the boxes the detector kept."""
     scene = judge.scene(result)
     h, w = sample.image.shape[:2]
     return {
@@ -343,7 +347,7 @@ def record(
         "ts": sample.ts,
         "width": w,
         "height": h,
-        "detections": detections_json(result.detections, info.names),
+        "detections": detections_json(objects(result.detections, conf), info.names),
         "scene": {k: round(v, 4) for k, v in scene.items()},
         "violations": judge.violations(sample, result, scene),
         "model": info.as_record(),
@@ -365,15 +369,23 @@ def chunks(items: Iterable[Sample], size: int) -> Iterator[list[Sample]]:
 
 
 def scan_file(
-    path: Path, backend: Backend, judge: Judge, fps: float, out: TextIO, as_stored: bool = False
+    path: Path,
+    backend: Backend,
+    judge: Judge,
+    fps: float,
+    out: TextIO,
+    as_stored: bool = False,
+    conf: float = 0.0,
 ) -> int:
-    """Scan one file; returns the number of records written. ``as_stored``: see read_still."""
+    """Scan one file; returns the number of records written. ``as_stored``: see read_still;
+    ``conf``: see record."""
     written = 0
     try:
         for batch in chunks(samples(path, fps, as_stored), CHUNK):
             results = backend.infer([s.image for s in batch])
             for sample, result in zip(batch, results, strict=True):
-                out.write(json.dumps(record(sample, result, judge, backend.info)) + "\n")
+                line = record(sample, result, judge, backend.info, conf)
+                out.write(json.dumps(line) + "\n")
                 written += 1
             out.flush()
     finally:
@@ -383,7 +395,8 @@ def scan_file(
 
 def _conf(conf: float, context: SiteContext) -> float:
     """The detector's confidence threshold: ``--conf``, or lower for a site's camera, whose
-    tracker and rules get the weak boxes the worker keeps for them."""
+    tracker and rules get the weak boxes the worker keeps for them (the record still lists
+    only the boxes at or above ``--conf``)."""
     if context.camera is None:
         return conf
     return min(conf, detector_conf([context.camera]))
@@ -424,7 +437,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"scan: [{number}/{len(files)}] {path}", file=sys.stderr, flush=True)
             try:
                 # A camera's stills are its frames: decoded as the worker does.
-                count = scan_file(path, backend, judge, args.fps, sys.stdout, as_stored=camera)
+                count = scan_file(
+                    path, backend, judge, args.fps, sys.stdout, as_stored=camera, conf=args.conf
+                )
             except ScanError as exc:
                 print(f"scan: {exc}", file=sys.stderr, flush=True)
                 failed += 1

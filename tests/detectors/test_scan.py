@@ -433,7 +433,8 @@ def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
     """With --config --camera the detector keeps the boxes the worker keeps for the camera
     (from the tracker's 0.1, under --conf's 0.25), so a rule's lower min_confidence counts
     persons the plain scan does not list: a crowd one person larger than the plain scan's
-    persons is found from the 0.15 ones."""
+    persons is found from the 0.15 ones. The record lists only the boxes at or above --conf,
+    as in every mode: --conf 0.5 lists fewer boxes, and the crowd is the same."""
     street = tmp_path / "street.jpg"
     cv2.imwrite(str(street), street_frame(shared_dir))
     code, (plain,), stderr = scan(str(street))
@@ -445,7 +446,8 @@ def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
         CAMERA + "      - id: plaza\n        polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], "
         f"[0.0, 1.0]]\n        rules:\n          {rule}\n"
     )
-    code, (record,), stderr = scan("--config", str(site), "--camera", "street", str(street))
+    camera = ("--config", str(site), "--camera", "street", str(street))
+    code, (record,), stderr = scan("--conf", "0.1", *camera)
     assert code == 0, stderr
     confidences = [d["confidence"] for d in record["detections"]]
     assert min(confidences) >= 0.1 and any(c < 0.15 for c in confidences)
@@ -456,7 +458,7 @@ def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
     boxes = np.asarray([d["bbox"] for d in persons])
     # The crowd's confidence: the mean of its min_persons most confident persons.
     top = sorted((d["confidence"] for d in persons), reverse=True)[: len(strong) + 1]
-    assert record["violations"] == [
+    crowd = [
         {
             "type": "crowd_gathering",
             "confidence": pytest.approx(np.mean(top), abs=1e-3),
@@ -465,6 +467,12 @@ def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
             "dwell_verified": False,
         }
     ]
+    assert record["violations"] == crowd
+    code, (listed,), stderr = scan("--conf", "0.5", *camera)
+    assert code == 0, stderr
+    assert listed["detections"] == [d for d in record["detections"] if d["confidence"] >= 0.5]
+    assert listed["detections"] and min(d["confidence"] for d in listed["detections"]) >= 0.5
+    assert listed["violations"] == crowd
 
 
 def test_a_videos_rule_state_is_dropped_when_it_ends(shared_dir: Path, tmp_path: Path) -> None:
