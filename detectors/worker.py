@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-port",
         type=int,
         # Not read from the environment here: every gridpatrol command builds this parser, and
-        # a malformed variable is detect's setup error alone (metrics_port_from_env).
+        # a malformed variable is detect's setup error alone (resolve_metrics_port).
         help="serve Prometheus metrics on this port (0 = off; $GRIDPATROL_METRICS_PORT)",
     )
     parser.add_argument(
@@ -1173,18 +1173,22 @@ def evidence_max_bytes_from_env() -> int:
     return value
 
 
-def metrics_port_from_env() -> int:
-    """``GRIDPATROL_METRICS_PORT`` (0 = off, also when unset); ValueError when it is not a
-    port number."""
+def resolve_metrics_port(flag: int | None) -> int:
+    """``--metrics-port`` when given, else ``GRIDPATROL_METRICS_PORT`` (0 = off, also when
+    unset); ValueError when it is not a port number, a setup error like any other."""
+    if flag is not None:
+        return _port(str(flag), "--metrics-port")
     text = os.environ.get("GRIDPATROL_METRICS_PORT", "").strip()
-    if not text:
-        return 0
+    return _port(text, "GRIDPATROL_METRICS_PORT") if text else 0
+
+
+def _port(text: str, source: str) -> int:
     try:
         value = int(text)
     except ValueError:
         value = -1
     if not 0 <= value <= 65535:
-        raise ValueError(f"GRIDPATROL_METRICS_PORT must be a port number (0 = off), got {text!r}")
+        raise ValueError(f"{source} must be a port number (0 = off), got {text!r}")
     return value
 
 
@@ -1224,7 +1228,7 @@ def run(args: argparse.Namespace) -> int:
         site = load_site(args.config, class_names=class_names(spec) or None)
         cameras = select_cameras(site, args.cameras, args.shard)
         evidence_max_bytes_from_env()
-        metrics_port = metrics_port_from_env() if args.metrics_port is None else args.metrics_port
+        port = resolve_metrics_port(args.metrics_port)
     except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -1242,7 +1246,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: cannot start: %s", component_id, exc)
         return 2
     try:
-        worker, backend = _build(args, site, cameras, component_id, spec, conn, metrics_port)
+        worker, backend = _build(args, site, cameras, component_id, spec, conn, port)
     except (ModelLoadError, ModelNotFoundError, MissingExtraError, OutboxBusy) as exc:
         # Setup the operator must mend (weights, the extra a .pt needs, another worker on the
         # file): as scan does.

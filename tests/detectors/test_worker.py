@@ -153,12 +153,24 @@ def test_detect_refuses_an_evidence_cap_that_is_no_size(tmp_path: Path, value: s
             (),
             "GRIDPATROL_METRICS_PORT must be a port number (0 = off), got 'abc'",
         ),
+        (
+            {},
+            ("--metrics-port", "70000"),
+            "--metrics-port must be a port number (0 = off), got '70000'",
+        ),
+        (
+            {"GRIDPATROL_METRICS_PORT": "9101"},
+            ("--metrics-port", "-1"),
+            "--metrics-port must be a port number (0 = off), got '-1'",
+        ),
     ],
     ids=[
         "no API token",
         "malformed broker URL",
         "component id no topic level",
         "malformed metrics port",
+        "metrics port flag above 65535",
+        "negative metrics port flag",
     ],
 )
 def test_detect_setup_errors_exit_2_with_one_line(
