@@ -27,7 +27,13 @@ def add_scan_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", help="OpenVINO IR folder, .xml, .onnx, .pt or manifest name (GRIDPATROL_MODEL)"
     )
     parser.add_argument("--fps", type=float, default=2.0, help="video sampling rate (default 2)")
-    parser.add_argument("--conf", type=float, default=0.25, help="confidence threshold")
+    parser.add_argument(
+        "--conf",
+        type=float,
+        default=0.25,
+        help="lowest confidence of the listed detections (default 0.25); with --config --camera "
+        "the camera's rules also see the weaker boxes the worker keeps",
+    )
     parser.add_argument(
         "--start",
         help="wall-clock time of a video's first frame for --config schedules "
