@@ -9,7 +9,10 @@ COPY ingest ingest
 COPY detectors detectors
 COPY alarm_bridge alarm_bridge
 COPY api api
+# models/ and samples/ are package folders too (package-dir in pyproject.toml): the build needs
+# the files the package carries from them, and only those - no weights, footage or other samples.
 COPY models/manifest.yaml models/manifest.yaml
+COPY samples/site.yaml samples/site.yaml
 RUN pip install --no-cache-dir -c constraints.txt '.[postgres]'
 # Installed, not editable: the package carries the manifest (models/manifest.yaml, copied above
 # for the build); this names the models folder outright. The weights are mounted at

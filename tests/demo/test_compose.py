@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -243,9 +245,14 @@ def test_compose_services_run_outside_containers(
     assert codes == dict.fromkeys(reversed(order[1:]), 0), codes
 
 
+def _dockerfile_lines() -> list[str]:
+    """The Dockerfile's instructions, continued lines joined."""
+    return (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+
+
 def _image() -> tuple[dict[str, str], str, list[str]]:
     """The Dockerfile's ENV values, its USER, and the folders it gives that user."""
-    lines = (REPO / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    lines = _dockerfile_lines()
     env = dict(line.removeprefix("ENV ").split("=", 1) for line in lines if line.startswith("ENV "))
     (user,) = [line.split()[1] for line in lines if line.startswith("USER ")]
     owned = [
@@ -261,6 +268,53 @@ def _mounts(service: dict[str, Any], env: dict[str, str]) -> list[list[str]]:
 def _compose() -> dict[str, Any]:
     compose: dict[str, Any] = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     return compose
+
+
+def _image_files(root: Path) -> Path:
+    """The files the Dockerfile's COPY lines put into the image, copied under ``root`` as
+    Docker copies them (a folder's contents into the target, several sources into a folder);
+    the image's WORKDIR in that tree."""
+    lines = _dockerfile_lines()
+    (workdir,) = [line.split()[1] for line in lines if line.startswith("WORKDIR ")]
+    base = root / workdir.lstrip("/")
+    for line in lines:
+        if not line.startswith("COPY "):
+            continue
+        *sources, dest = line.split()[1:]
+        assert not [s for s in sources if s.startswith("--")], line  # no stages, no --chown
+        target = base / dest
+        for source in map(REPO.joinpath, sources):
+            to = target / source.name if dest.endswith("/") or len(sources) > 1 else target
+            if source.is_dir():
+                shutil.copytree(source, to, symlinks=True, dirs_exist_ok=True)
+            else:
+                to.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(source, to)
+    return base
+
+
+def test_the_image_builds_gridpatrol_from_what_it_copies(tmp_path: Path) -> None:
+    """No container engine here: the image's ``pip install .`` is repeated on a copy of exactly
+    what the Dockerfile copies. Every package folder pyproject maps must be there (setuptools
+    stops at a missing one), with the files the package carries and no weights."""
+    source = _image_files(tmp_path / "image")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+         "--no-index", "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Only what the package carries from its data folders: no weights, no other samples.
+    assert [p.name for p in (source / "models").iterdir()] == ["manifest.yaml"]
+    assert [p.name for p in (source / "samples").iterdir()] == ["site.yaml"]
+    assert not (source / "var").exists()  # no footage
+    (wheel,) = (tmp_path / "dist").glob("gridpatrol-*.whl")
+    data_folders = ("gridpatrol/models/", "gridpatrol/samples/")
+    with zipfile.ZipFile(wheel) as built:
+        data = [name for name in built.namelist() if name.startswith(data_folders)]
+        site = built.read("gridpatrol/samples/site.yaml")
+    assert site == (REPO / "samples" / "site.yaml").read_bytes()
+    assert sorted(data) == ["gridpatrol/models/manifest.yaml", "gridpatrol/samples/site.yaml"]
 
 
 def test_the_image_looks_for_weights_where_compose_mounts_them() -> None:
