@@ -173,7 +173,11 @@ class Component:
     def start(self) -> None:
         with self.log_path.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gridpatrol.cli", *self.args],
+                # -P: -m would put the working directory first on sys.path, and where that
+                # is a checkout (or the image's WORKDIR) its gridpatrol/ folder, lacking the
+                # subpackages an installed gridpatrol maps in, would hide the installed one.
+                # An editable install finds its sources without it.
+                [sys.executable, "-P", "-m", "gridpatrol.cli", *self.args],
                 env=self.env,
                 cwd=home(),
                 stdout=out,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from gridpatrol.demo import SAMPLE_CLIPS
 from gridpatrol.ingest.broker import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,10 +44,12 @@ class Installed:
     cwd: Path  # an empty folder outside the checkout
     env: dict[str, str]
 
-    def gridpatrol(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    def gridpatrol(
+        self, *args: str, cwd: Path | None = None, **env: str
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.venv / "bin" / "gridpatrol"), *args],
-            cwd=self.cwd,
+            cwd=cwd or self.cwd,
             env=self.env | env,
             capture_output=True,
             text=True,
@@ -160,3 +163,28 @@ def test_an_installed_demo_keeps_its_footage_in_the_working_directory(
     assert "Put MP4 clips named pedestrian_street_1080p.mp4, " in proc.stderr
     assert f" in {footage}, or set GRIDPATROL_SHARED" in proc.stderr
     assert not (installed.site_packages / "var").exists()
+
+
+def test_an_installed_demo_runs_its_components_from_the_installed_package(
+    installed: Installed, tmp_path: Path
+) -> None:
+    """Run in the checkout it was installed from (or the image's WORKDIR), the working directory
+    holds the checkout's gridpatrol/ folder, which has none of the subpackages the installed
+    one maps in: the components must still import the installed gridpatrol, so the API comes
+    up and the demo goes on to start the rest."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO / "gridpatrol", checkout / "gridpatrol", ignore=NOT_BUILT)
+    footage = checkout / "var" / "footage"
+    footage.mkdir(parents=True)
+    for name in SAMPLE_CLIPS:  # found, never read: the demo stops as soon as all have started
+        (footage / name).write_bytes(b"")
+    port = free_port()
+    proc = installed.gridpatrol(
+        "demo", "--no-browser", "--duration", "0", "--port", str(port), cwd=checkout
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"review console:  http://127.0.0.1:{port}/review" in proc.stdout.splitlines()
+    assert proc.stdout.splitlines()[-1] == "candidates: 0"
+    logs = checkout / "var" / "demo" / "logs"
+    assert {p.stem for p in logs.iterdir()} == {"api", "bridge", "detect", "ingest", "sensors"}
+    assert "Application startup complete." in (logs / "api.log").read_text()
