@@ -383,6 +383,23 @@ class CandidateService:
         the key itself). Work that fails takes its claim back with it.
         """
         key = check_key(key)
+        outcome = self._run_once(who, key, digest, work)
+        if not isinstance(outcome, Outcome):
+            # A replay: a file its candidate waited for may have landed since, while the
+            # first answer's own look after commit failed.
+            self._heal(who, _replayed(outcome))
+            return outcome
+        # After the transaction: the work is committed, so nothing here may fail the answer or
+        # run the work again (a retry would replay it and skip the look).
+        self._notify(outcome)
+        self._recheck_evidence(who, [outcome])
+        return outcome.status, outcome.json()
+
+    def _run_once(
+        self, who: Principal, key: str, digest: str, work: Callable[[Session], Outcome]
+    ) -> tuple[int, str] | Outcome:
+        """Claim the key and run ``work`` in one transaction: the stored response (status,
+        JSON text) of a known key, else the committed outcome."""
         for attempt in range(3):
             try:
                 with self.db.write() as session:
@@ -392,17 +409,16 @@ class CandidateService:
                     outcome = work(session)
                     self._finish(session, who.name, key, outcome)
                     self._assign_last(session, outcome.positions)
-                self._notify(outcome)
-                self._recheck_evidence(who, [outcome])
-                return outcome.status, outcome.json()
+                return outcome
             except _KeyTaken:
                 continue  # the key changed hands meanwhile: look again
             except DBAPIError as exc:
                 # Run again when a concurrent request inserted the same candidate first
-                # (PostgreSQL only; the next attempt finds it) or when the database had
-                # dropped the pooled connection (the pool is fresh now).
+                # (PostgreSQL only; the next attempt finds it), when PostgreSQL chose this
+                # transaction as a deadlock's victim, or when the database had dropped the
+                # pooled connection (the pool is fresh now). Nothing was committed.
                 if attempt == 2 or not (
-                    isinstance(exc, IntegrityError) or exc.connection_invalidated
+                    isinstance(exc, IntegrityError) or _deadlock(exc) or exc.connection_invalidated
                 ):
                     raise
                 log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
@@ -524,7 +540,7 @@ class CandidateService:
                 valid.append((index, check_item_key(key), digest, parsed))
             except Problem as exc:
                 results[index] = problem_item(exc)
-        claimed, repeats = self._claim_batch(who, valid, results)
+        claimed, repeats, replays = self._claim_batch(who, valid, results)
         try:
             try:
                 with self.db.write() as session:
@@ -546,6 +562,7 @@ class CandidateService:
             Outcome(207, {}, [e for o in outcomes for e in o.events], any(o.feed for o in outcomes))
         )
         self._recheck_evidence(who, outcomes)
+        self._heal(who, replays)
         return [r for r in results if r is not None]
 
     def _claim_batch(
@@ -553,12 +570,21 @@ class CandidateService:
         who: Principal,
         valid: list[tuple[int, str, str, CandidateIn]],
         results: list[JsonDict | None],
-    ) -> tuple[list[tuple[int, str, str, CandidateIn]], list[tuple[int, int]]]:
-        """Claim every key of a batch in one transaction; fill in replays and refusals."""
+    ) -> tuple[
+        list[tuple[int, str, str, CandidateIn]], list[tuple[int, int]], list[tuple[int, JsonDict]]
+    ]:
+        """Claim every key of a batch in one transaction; fill in replays and refusals.
+
+        Returns the claimed items in item order, the repeated keys' items and the replayed
+        answers (status, body). The keys are claimed in key order, whatever the items' order:
+        two batches with keys in opposite orders would otherwise each hold one key's row and
+        wait for the other's (a deadlock on PostgreSQL).
+        """
         for _attempt in range(5):
             claimed: list[tuple[int, str, str, CandidateIn]] = []
             repeats: list[tuple[int, int]] = []  # (item, earlier item with the same key)
             answers: dict[int, JsonDict] = {}
+            replays: list[tuple[int, JsonDict]] = []
             seen: dict[str, tuple[int, str]] = {}
             try:
                 with self.db.write() as session:
@@ -571,7 +597,8 @@ class CandidateService:
                             )
                         )
                     }
-                    for item in valid:
+                    # By key, then item: the first item of a repeated key stays the first.
+                    for item in sorted(valid, key=lambda v: (v[1], v[0])):
                         index, key, digest, _parsed = item
                         if key in seen:
                             first, first_digest = seen[key]
@@ -592,11 +619,20 @@ class CandidateService:
                             claimed.append(item)
                         else:
                             answers[index] = {"status": replay[0], "body": replay[1]}
+                            replays.append(replay)
             except (IntegrityError, _KeyTaken):
                 continue  # a concurrent request claimed one of the keys first: look again
+            except DBAPIError as exc:
+                # A deadlock PostgreSQL broke by rolling this claim back (the key order rules
+                # out most, not a key one batch inserts while another takes it over):
+                # nothing was claimed, look again.
+                if not _deadlock(exc):
+                    raise
+                continue
             for index, answer in answers.items():
                 results[index] = answer
-            return claimed, repeats
+            claimed.sort(key=lambda item: item[0])
+            return claimed, repeats, replays
         raise Problem(409, "requests with these Idempotency-Keys are in flight")
 
     def _create(
@@ -935,8 +971,17 @@ class CandidateService:
         outcome = Outcome(200, {})
         with self.db.write() as session:
             ids = sorted(session.scalars(waiting))
-            session.execute(delete(MissingEvidenceRow).where(MissingEvidenceRow.sha256 == sha256))
+            # The candidates first, then their rows here, as a PATCH locks its candidate and
+            # then notes the files it waits for: deleting first, this would wait for the
+            # PATCH's candidate while the PATCH waited for the deleted row (a deadlock).
             self._lock_in_order(session, ids)
+            # Only the rows of the candidates judged here: one committed since keeps its row
+            # for its own look after commit (deleting it would leave that one incomplete).
+            session.execute(
+                delete(MissingEvidenceRow).where(
+                    MissingEvidenceRow.sha256 == sha256, MissingEvidenceRow.candidate_id.in_(ids)
+                )
+            )
             now = self.clock()
             for cid in ids:
                 row = session.scalars(select(CandidateRow).where(CandidateRow.id == cid)).first()
@@ -1286,8 +1331,55 @@ class CandidateService:
         then it stored the file before that commit, so the store has it here.
         """
         landed = sorted({sha for o in outcomes for sha in _waits(o) if self.store.has(sha)})
+        self._judge_again(who, landed, [o.doc["id"] for o in outcomes if _waits(o)])
+
+    def _heal(self, who: Principal, answers: list[tuple[int, JsonDict]]) -> None:
+        """For replayed answers: judge again their candidates that still wait for a file the
+        store holds by now. The first answer's look after commit may have failed (a busy
+        database), and the file's upload, which came before the candidate waited for it, did
+        not judge it: without this a retry would leave it incomplete for good."""
+        wanted = [
+            (sha, doc["id"])
+            for status, doc in answers
+            if status < 300 and _waiting(doc)
+            for sha in sorted(set(_evidence_hashes(doc)))
+            if self.store.has(sha)
+        ]
+        if not wanted:
+            return
+        pair = tuple_(MissingEvidenceRow.sha256, MissingEvidenceRow.candidate_id)
+        try:
+            with self.db.read() as session:
+                rows = session.execute(
+                    select(MissingEvidenceRow.sha256, MissingEvidenceRow.candidate_id).where(
+                        pair.in_(wanted)
+                    )
+                ).all()
+        except Exception:
+            # The replay is answered all the same; the next one looks again.
+            ids = sorted({cid for _sha, cid in wanted})
+            log.exception(
+                "looking for stored files candidate(s) %s wait for failed",
+                " ".join(ids),
+                extra={"candidate_ids": ids, "principal": who.name},
+            )
+            return
+        self._judge_again(who, sorted({sha for sha, _ in rows}), sorted({c for _, c in rows}))
+
+    def _judge_again(self, who: Principal, landed: list[str], ids: list[str]) -> None:
+        """:meth:`evidence_arrived` for each of the files, after a commit: a failure is logged,
+        not answered, as the request's work is done (a replay or the next upload of the file
+        judges the candidates ``ids`` again)."""
         for sha in landed:
-            self.evidence_arrived(who, sha)
+            try:
+                self.evidence_arrived(who, sha)
+            except Exception:
+                log.exception(
+                    "evidence %s: judging candidate(s) %s again failed; they stay incomplete",
+                    sha,
+                    " ".join(ids),
+                    extra={"candidate_ids": ids, "principal": who.name},
+                )
 
     def _enter_review(
         self,
@@ -1372,10 +1464,25 @@ class CandidateService:
 
 def _waits(outcome: Outcome) -> list[str]:
     """The files an incomplete candidate waits for: those it was judged without."""
-    doc = outcome.doc  # a refused batch item's is a problem body
-    if doc.get("status") == "incomplete" and "evidence" in doc.get("missing_elements", ()):
-        return outcome.unheld
-    return []
+    return outcome.unheld if _waiting(outcome.doc) else []
+
+
+def _waiting(doc: JsonDict) -> bool:
+    """Whether the candidate ``doc`` is incomplete for want of evidence (a refused batch
+    item's doc is a problem body, which is not)."""
+    return doc.get("status") == "incomplete" and "evidence" in doc.get("missing_elements", ())
+
+
+def _deadlock(exc: DBAPIError) -> bool:
+    """Whether PostgreSQL rolled the transaction back to break a deadlock (SQLSTATE 40P01)."""
+    return getattr(exc.orig, "sqlstate", None) == "40P01"
+
+
+def _replayed(stored: tuple[int, str]) -> list[tuple[int, JsonDict]]:
+    """A stored answer as :meth:`CandidateService._heal` takes it; only one that may show a
+    candidate waiting for evidence is parsed, to spare the other replays the work."""
+    status, text = stored
+    return [(status, json.loads(text))] if status < 300 and '"incomplete"' in text else []
 
 
 def _evidence_hashes(doc: JsonDict) -> list[str]:

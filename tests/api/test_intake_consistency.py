@@ -1,17 +1,21 @@
 """Intake consistency over HTTP: a known idempotency key is answered before any work, list
-cursors out of range, evidence stored while its candidate is judged, a stale claim taken over
-by two batches at once, and the time a create is dated with."""
+cursors out of range, evidence stored while its candidate is judged (also when the look after
+commit fails, or a PATCH or another create runs meanwhile), stale claims taken over by two
+batches at once, and the time a create is dated with."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from typing import Any
 
 import pytest
 from sqlalchemy import event, select
+from sqlalchemy.exc import OperationalError
 
 from gridpatrol.api.db import MissingEvidenceRow
 
@@ -19,6 +23,9 @@ from .test_candidates import leave_claim_in_flight, post
 
 URL = "/api/v1/candidates"
 OTHER_BODY = "this Idempotency-Key was used with another request body"
+on_postgres_only = pytest.mark.parametrize(
+    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
 
 
 def patch(api: Any, cid: str, payload: dict[str, Any], key: str) -> Any:
@@ -41,6 +48,28 @@ def without_event_id(api: Any, sha: str) -> dict[str, Any]:
     payload = api.body(sha=sha)
     del payload["source"]["source_event_id"]
     return dict(payload)
+
+
+def unstored_file(api: Any, seed: int) -> tuple[bytes, str]:
+    """An image the store does not hold yet, and its hash."""
+    data: bytes = api.jpeg(seed)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def put_evidence(api: Any, data: bytes) -> Any:
+    sha = hashlib.sha256(data).hexdigest()
+    headers = {"Content-Type": "image/jpeg"}
+    return api.as_("producer").put(f"/api/v1/evidence/{sha}", content=data, headers=headers)
+
+
+def assert_completed(api: Any, *ids: str) -> None:
+    """The candidates were completed by their evidence, and none waits for a file."""
+    for cid in ids:
+        judged = doc_of(api, cid)
+        assert (judged["status"], judged["missing_elements"]) == ("new", [])
+        assert judged["history"][-1]["action"] == "supplemented"
+    with api.http.app.state.db.read() as session:
+        assert session.scalars(select(MissingEvidenceRow)).all() == []
 
 
 def assert_other_body(response: Any) -> None:
@@ -99,11 +128,9 @@ def test_a_list_cursor_at_the_ends_of_the_range_is_read(api: Any) -> None:
     assert [c["id"] for c in late.json()["items"]] == [doc["id"]]
 
 
-@pytest.mark.parametrize("how", ["post", "batch"])
-def test_a_file_stored_while_its_candidate_is_judged_completes_it(
-    api: Any, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
-    sha = api.put_jpeg(7)
+def landing_after_the_first_look(api: Any, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A stored file the store reports missing at its first look only; returns its hash."""
+    sha: str = api.put_jpeg(7)
     store = api.http.app.state.services.candidates.store
     has = store.has
     asked: list[str] = []
@@ -111,29 +138,33 @@ def test_a_file_stored_while_its_candidate_is_judged_completes_it(
     def landing(digest: str) -> bool:
         # The file lands right after the candidate's first look for it.
         asked.append(digest)
-        return has(digest) and (digest != sha or asked.count(sha) > 1)
+        return bool(has(digest)) and (digest != sha or asked.count(sha) > 1)
 
     monkeypatch.setattr(store, "has", landing)
+    return sha
+
+
+def create(api: Any, how: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """POST ``payload`` under the key k1, alone or as a batch's item: the status and body."""
     if how == "post":
-        created = post(api, api.body("e1", sha))
-        assert created.status_code == 201
-        doc = created.json()
-    else:
-        (item,) = batch(api, [{"idempotency_key": "k1", "body": api.body("e1", sha)}])
-        assert item["status"] == 201
-        doc = item["body"]
+        response = post(api, payload, key="k1")
+        return response.status_code, response.json()
+    (item,) = batch(api, [{"idempotency_key": "k1", "body": payload}])
+    return item["status"], item["body"]
+
+
+@pytest.mark.parametrize("how", ["post", "batch"])
+def test_a_file_stored_while_its_candidate_is_judged_completes_it(
+    api: Any, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    sha = landing_after_the_first_look(api, monkeypatch)
+    status, doc = create(api, how, api.body("e1", sha))
+    assert status == 201
     assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
-    judged = doc_of(api, doc["id"])
-    assert (judged["status"], judged["missing_elements"]) == ("new", [])
-    assert judged["history"][-1]["action"] == "supplemented"
-    with api.http.app.state.db.read() as session:
-        assert session.scalars(select(MissingEvidenceRow)).all() == []
+    assert_completed(api, doc["id"])
 
 
-@pytest.mark.postgres
-@pytest.mark.parametrize(
-    "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
-)
+@on_postgres_only
 def test_two_batches_taking_over_one_stale_claim_make_one_candidate(api: Any) -> None:
     payload = without_event_id(api, api.put_jpeg())
     leave_claim_in_flight(api, "k-stale", payload)
@@ -189,3 +220,217 @@ def test_a_post_without_id_or_event_id_is_dated_when_its_transaction_holds_the_w
     at = {doc["created_at"], doc["updated_at"], doc["history"][0]["at"]}
     assert api.clock.now > before
     assert {datetime.fromisoformat(t) for t in at} == {api.clock.now}
+
+
+def judge_again_fails_once(api: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make the next look at waiting candidates fail as a busy database would; returns the
+    files it was asked about."""
+    service = api.http.app.state.services.candidates
+    arrived = service.evidence_arrived
+    failed: list[str] = []
+
+    def busy(who: Any, sha: str) -> int:
+        if failed:
+            return int(arrived(who, sha))
+        failed.append(sha)
+        raise OperationalError("DELETE FROM missing_evidence", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(service, "evidence_arrived", busy)
+    return failed
+
+
+@pytest.mark.parametrize("how", ["post", "batch"])
+def test_a_failed_look_after_commit_answers_the_create_and_its_replay_completes_it(
+    api: Any, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    sha = landing_after_the_first_look(api, monkeypatch)
+    failed = judge_again_fails_once(api, monkeypatch)
+    payload = api.body("e1", sha)
+    status, doc = create(api, how, payload)
+    assert failed == [sha]  # the look after commit ran, and failed
+    # The candidate is committed: its answer is the create's, not a 503.
+    assert status == 201, doc
+    assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
+    assert doc_of(api, doc["id"])["status"] == "incomplete"
+    # The producer's retry replays the answer and judges the candidate again.
+    assert create(api, how, payload) == (status, doc)
+    assert_completed(api, doc["id"])
+
+
+@on_postgres_only
+def test_two_batches_taking_over_stale_claims_in_opposite_orders_both_answer(api: Any) -> None:
+    payloads = {key: without_event_id(api, api.put_jpeg(n)) for n, key in enumerate(["k1", "k2"])}
+    for key, payload in payloads.items():
+        leave_claim_in_flight(api, key, payload)
+    api.clock.advance(seconds=61)
+    forward = [{"idempotency_key": k, "body": payloads[k]} for k in ["k1", "k2"]]
+    engine = api.http.app.state.db.engine
+    changed = threading.Condition()
+    first_key: dict[int, str] = {}  # thread: the key of its first take-over, once it started
+    taken: set[int] = set()  # threads whose first take-over ran
+    lost: set[int] = set()  # threads whose first take-over found the claim taken
+    answered = threading.Event()
+
+    def starting(_conn: Any, _cursor: Any, statement: str, params: Any, *_args: Any) -> None:
+        me = threading.get_ident()
+        if statement.startswith("UPDATE idempotency") and me not in first_key:
+            with changed:
+                first_key[me] = next(v for v in params.values() if v in payloads)
+                changed.notify_all()
+        elif me in lost and statement.startswith("SELECT") and "FROM idempotency" in statement:
+            # The other batch took this one's first claim over: it looks again (a new
+            # transaction) once that one has answered, and so replays its answers.
+            lost.discard(me)
+            assert answered.wait(timeout=60)
+
+    def other_went_on(me: int) -> bool:
+        # The other batch took over its first claim too, or is taking over this batch's
+        # (it then waits for this one's row, or finds it taken).
+        others = [t for t in first_key if t != me]
+        return any(t in taken or first_key[t] == first_key[me] for t in others)
+
+    def ran(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
+        me = threading.get_ident()
+        if not statement.startswith("UPDATE idempotency") or me in taken:
+            return
+        with changed:
+            taken.add(me)
+            changed.notify_all()
+            # Each batch goes on once the other has taken over its first claim: claimed in
+            # item order, each then waits for the other's row.
+            assert changed.wait_for(lambda: other_went_on(me), timeout=60)
+        if cursor.rowcount == 0:
+            lost.add(me)
+
+    def send(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        try:
+            return batch(api, items)
+        finally:
+            answered.set()
+
+    event.listen(engine, "before_cursor_execute", starting)
+    event.listen(engine, "after_cursor_execute", ran)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            first, second = pool.map(send, [forward, forward[::-1]])
+    finally:
+        event.remove(engine, "before_cursor_execute", starting)
+        event.remove(engine, "after_cursor_execute", ran)
+    assert [item["status"] for item in first + second] == [201] * 4
+    assert second == first[::-1]
+    listed = api.as_("reviewer").get(URL).json()["items"]
+    assert sorted(c["id"] for c in listed) == sorted(item["body"]["id"] for item in first)
+
+
+@on_postgres_only
+def test_a_file_uploaded_while_a_patch_judges_its_candidate_answers_both(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, sha = unstored_file(api, 9)
+    doc = post(api, api.body("e1", sha), key="k-create").json()
+    assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
+    engine = api.http.app.state.db.engine
+    store = api.http.app.state.services.candidates.store
+    has = store.has
+    patching: list[int] = []
+    uploads: list[Future[Any]] = []
+    judging = threading.Event()
+
+    def the_upload(statement: str, starts: str, *parts: str) -> bool:
+        # A statement of the upload's, once the PATCH misses the file.
+        return (
+            bool(patching)
+            and threading.get_ident() not in patching
+            and statement.startswith(starts)
+            and all(part in statement for part in parts)
+        )
+
+    # The upload's look at the candidates waiting for the file: once it deleted their rows
+    # or as it locks them (then waiting for the PATCH's lock), the PATCH goes on.
+    def deleted(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if the_upload(statement, "DELETE FROM missing_evidence"):
+            judging.set()
+
+    def locking(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if the_upload(statement, "SELECT candidates.id ", "FOR UPDATE"):
+            judging.set()
+
+    def missing_then_uploaded(digest: str) -> bool:
+        # The PATCH, holding its candidate, misses the file, which is uploaded right then.
+        if digest != sha or patching:
+            return bool(has(digest))
+        patching.append(threading.get_ident())
+        uploads.append(pool.submit(put_evidence, api, data))
+        assert judging.wait(timeout=60)
+        return False
+
+    monkeypatch.setattr(store, "has", missing_then_uploaded)
+    event.listen(engine, "after_cursor_execute", deleted)
+    event.listen(engine, "before_cursor_execute", locking)
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            patched = patch(api, doc["id"], {"description": "fuller"}, "k-patch")
+            uploaded = uploads[0].result(timeout=60)
+    finally:
+        event.remove(engine, "after_cursor_execute", deleted)
+        event.remove(engine, "before_cursor_execute", locking)
+    assert (patched.status_code, patched.json()["status"]) == (200, "incomplete")
+    assert uploaded.status_code == 201, uploaded.text
+    assert doc_of(api, doc["id"])["description"] == "fuller"
+    assert_completed(api, doc["id"])
+
+
+@on_postgres_only
+def test_a_candidate_created_while_an_upload_judges_others_is_judged_by_its_own_look(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, sha = unstored_file(api, 10)
+    earlier = post(api, api.body("e1", sha), key="k-1").json()
+    engine = api.http.app.state.db.engine
+    store = api.http.app.state.services.candidates.store
+    has = store.has
+    judging: list[int] = []  # the upload's thread, once it read who waits for the file
+    creating: list[int] = []
+    created = threading.Event()
+    uploaded = threading.Event()
+    later: list[Future[Any]] = []
+
+    def upload() -> Any:
+        try:
+            return put_evidence(api, data)
+        finally:
+            uploaded.set()
+
+    def read_waiting(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        # The upload has read which candidates wait for the file (in its write transaction):
+        # another candidate referring to it is created and committed right then.
+        waiting = statement.startswith("SELECT missing_evidence.candidate_id")
+        if judging or not waiting or "LIMIT" in statement:
+            return
+        judging.append(threading.get_ident())
+        later.append(pool.submit(post, api, api.body("e2", sha), "k-2"))
+        assert created.wait(timeout=60)
+
+    def judged_before_upload(digest: str) -> bool:
+        me = threading.get_ident()
+        if digest != sha or not judging or me in judging:
+            return bool(has(digest))
+        if not creating:  # the new candidate is judged as the file was being stored
+            creating.append(me)
+            return False
+        # Its look after commit comes once the upload has answered.
+        created.set()
+        assert uploaded.wait(timeout=60)
+        return bool(has(digest))
+
+    monkeypatch.setattr(store, "has", judged_before_upload)
+    event.listen(engine, "after_cursor_execute", read_waiting)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            stored = pool.submit(upload).result(timeout=60)
+            second = later[0].result(timeout=60)
+    finally:
+        event.remove(engine, "after_cursor_execute", read_waiting)
+    assert stored.status_code == 201, stored.text
+    assert (second.status_code, second.json()["status"]) == (201, "incomplete")
+    assert_completed(api, earlier["id"], second.json()["id"])
