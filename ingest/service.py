@@ -265,15 +265,29 @@ class IngestService:
             if len(waiting) > 1:
                 return  # a grab is under way: it answers this request too
 
-        def grab_and_reply() -> None:
-            frame = self._visit(camera_id) or output.latest
-            with self._waiting_lock:
-                request_ids = self._waiting.pop(camera_id, [])
-            if frame is not None:
-                for waiting_id in request_ids:
-                    self._reply(camera_id, frame, waiting_id)
+        self._grabs.submit(self._grab_and_reply, camera_id)
 
-        self._grabs.submit(grab_and_reply)
+    def _grab_and_reply(self, camera_id: str) -> None:
+        """Grab a frame and answer every request waiting for it. The waiting list is cleared
+        whatever happens: the pool keeps what a task raises to itself, and a list left behind
+        would park every later request for the camera behind a grab that never ends."""
+        error: Exception | None = None
+        try:
+            frame = self._visit(camera_id) or self.outputs[camera_id].latest
+        except Exception as exc:
+            error = exc
+            frame = self.outputs[camera_id].latest  # as when the grab gets no frame
+        with self._waiting_lock:
+            request_ids = self._waiting.pop(camera_id, [])
+        if error is not None:
+            log.error("camera %s: the snapshot grab failed", camera_id, exc_info=error)
+        if frame is None:
+            return
+        for waiting_id in request_ids:
+            try:
+                self._reply(camera_id, frame, waiting_id)
+            except Exception:
+                log.exception("camera %s: snapshot request %s not answered", camera_id, waiting_id)
 
     def _reply(self, camera_id: str, frame: Frame, request_id: str) -> None:
         topic = snapshot_topic(self.conn.prefix, camera_id)

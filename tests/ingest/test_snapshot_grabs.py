@@ -1,5 +1,6 @@
-"""Snapshot requests for a camera that takes long to open: a burst takes one grab; requests
-that overflow the queue are counted in the progress line."""
+"""Snapshot requests for a camera that takes long to open: a burst takes one grab; a grab that
+fails leaves later requests answered; requests that overflow the queue are counted in the
+progress line."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 
 from gridpatrol.ingest import service as ingest_service
 from gridpatrol.ingest.messages import decode_frame
-from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
@@ -26,24 +28,68 @@ from gridpatrol.site import load_site
 SHARED = MqttSettings.from_url("mqtt://127.0.0.1:1883")
 
 
-class SlowCamera:
-    """grab_once for snapshot threads: blocks until released, counting the grabs."""
+class SnapshotCamera:
+    """grab_once for snapshot threads, counting the grabs; the patrol's own visits get none."""
 
     def __init__(self) -> None:
         self.grabs = 0
-        self.started = threading.Event()
-        self.release = threading.Event()
         ok, data = cv2.imencode(".jpg", np.full((36, 64, 3), 128, np.uint8))
         assert ok
         self.image = data.tobytes()
 
     def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
         if not threading.current_thread().name.startswith("snapshot"):
-            return None  # the patrol's own visits
+            return None
         self.grabs += 1
+        self.grab()
+        return self.image, 64, 36
+
+    def grab(self) -> None:
+        """What the source does before it hands over the frame."""
+
+
+class SlowCamera(SnapshotCamera):
+    """Each grab blocks until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def grab(self) -> None:
         self.started.set()
         assert self.release.wait(30)
-        return self.image, 64, 36
+
+
+class FaultyOnceCamera(SnapshotCamera):
+    """The first grab raises, the next ones return a frame."""
+
+    def grab(self) -> None:
+        if self.grabs == 1:
+            raise RuntimeError("the decoder crashed")
+
+
+@contextmanager
+def serving(
+    site_file: Callable[..., Path], mqtt_prefix: str, name: str
+) -> Iterator[tuple[IngestService, MqttConnection, Subscription]]:
+    """Ingest serving patrol camera p1, and a client subscribed to p1's snapshots."""
+    site = load_site(
+        site_file("  - {id: p1, source: 'rtsp://127.0.0.1:9/x', interval_s: 3600,\n"
+                  "     location: {address: a}}\n")
+    )  # fmt: skip
+    served = MqttConnection(f"ing-{name}", SHARED, prefix=mqtt_prefix)
+    asker = MqttConnection(f"asker-{name}", SHARED, prefix=mqtt_prefix)
+    replies = asker.subscribe(snapshot_topic(mqtt_prefix, "p1"), qos=1)
+    service = IngestService(site, served, site.cameras)
+    assert served.start(10) and asker.start(10)
+    service.start()
+    try:
+        yield service, asker, replies
+    finally:
+        service.stop()
+        served.stop()
+        asker.stop()
 
 
 def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
@@ -51,17 +97,7 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
 ) -> None:
     camera = SlowCamera()
     monkeypatch.setattr(ingest_service, "grab_once", camera)
-    site = load_site(
-        site_file("  - {id: p1, source: 'rtsp://127.0.0.1:9/x', interval_s: 3600,\n"
-                  "     location: {address: a}}\n")
-    )  # fmt: skip
-    served = MqttConnection("ing-grabs", SHARED, prefix=mqtt_prefix)
-    asker = MqttConnection("asker-grabs", SHARED, prefix=mqtt_prefix)
-    replies = asker.subscribe(snapshot_topic(mqtt_prefix, "p1"), qos=1)
-    service = IngestService(site, served, site.cameras)
-    assert served.start(10) and asker.start(10)
-    service.start()
-    try:
+    with serving(site_file, mqtt_prefix, "grabs") as (service, asker, replies):
         ids = [uuid.uuid4().hex for _ in range(5)]
         for request_id in ids:
             asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request(request_id), 1)
@@ -71,16 +107,12 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
         while len(service._waiting.get("p1", ())) < len(ids) and time.monotonic() < deadline:
             time.sleep(0.02)
         camera.release.set()
-        answered = set()
+        answered: set[str | None] = set()
         while len(answered) < len(ids) and (message := replies.get(10)) is not None:
             frame = decode_frame(
                 message.payload, topic_camera_id="p1", received_at=datetime.now(UTC)
             )
             answered.add(frame.header.request_id)
-    finally:
-        service.stop()
-        served.stop()
-        asker.stop()
     assert answered == set(ids)
     assert camera.grabs == 1
 
@@ -101,3 +133,40 @@ def test_the_progress_line_counts_snapshot_requests_dropped_from_a_full_queue(
     with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.service"):
         service.log_progress()
     assert "snapshot requests 105 received, 5 dropped (queue full);" in caplog.text
+
+
+def failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the service logged as errors: logged once the waiting requests are let go."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == ingest_service.__name__ and r.levelno >= logging.ERROR
+    ]
+
+
+def test_a_grab_that_raises_leaves_later_requests_answered(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    camera = FaultyOnceCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    topic = snapshot_request_topic(mqtt_prefix, "p1")
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    with (
+        caplog.at_level(logging.ERROR, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, "fault") as (_, asker, replies),
+    ):
+        asker.publish(topic, encode_request(first), 1)
+        # The second request comes once the failed grab is over, not to join it.
+        deadline = time.monotonic() + 10
+        while not failures(caplog) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        asker.publish(topic, encode_request(second), 1)
+        message = replies.get(10)
+    assert failures(caplog) == ["camera p1: the snapshot grab failed"]
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
+    assert frame.header.request_id == second
+    assert camera.grabs == 2
