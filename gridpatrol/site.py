@@ -252,6 +252,10 @@ class Location(Strict):
 
 
 DAY_S = 86400.0
+# The longest time a rule or sensor parameter may span: a dwell, gap or silence of more than a
+# week is a typo, and a huge one (1e308) overflows what is derived from it (learn_s, the
+# silences judged) to infinity.
+MAX_SPAN_S = 7 * DAY_S
 
 
 class Schedule(Strict):
@@ -315,10 +319,10 @@ class RuleParams(Strict):
     min_confidence: detections below this confidence are ignored.
     """
 
-    dwell_s: float = Field(default=300.0, ge=0)
-    gap_s: float = Field(default=20.0, ge=0)
-    clear_s: float = Field(default=60.0, ge=0)
-    update_s: float = Field(default=120.0, ge=0)
+    dwell_s: float = Field(default=300.0, ge=0, le=MAX_SPAN_S)
+    gap_s: float = Field(default=20.0, ge=0, le=MAX_SPAN_S)
+    clear_s: float = Field(default=60.0, ge=0, le=MAX_SPAN_S)
+    update_s: float = Field(default=120.0, ge=0, le=MAX_SPAN_S)
     min_confidence: float = Field(default=0.35, ge=0, le=1)
 
 
@@ -365,14 +369,14 @@ class StreetVendingParams(RuleParams):
 class CrowdGatheringParams(RuleParams):
     """At least ``min_persons`` persons in the zone for ``dwell_s``."""
 
-    dwell_s: float = Field(default=120.0, ge=0)
+    dwell_s: float = Field(default=120.0, ge=0, le=MAX_SPAN_S)
     min_persons: int = Field(default=8, ge=1)
 
 
 class IllegalParkingParams(RuleParams):
     """A car, truck or bus stationary in the zone for ``dwell_s``."""
 
-    dwell_s: float = Field(default=180.0, ge=0)
+    dwell_s: float = Field(default=180.0, ge=0, le=MAX_SPAN_S)
     max_displacement: float = Field(default=0.3, gt=0)
     classes: ClassNames = Field(default=["car", "truck", "bus"], min_length=1)
 
@@ -380,7 +384,7 @@ class IllegalParkingParams(RuleParams):
 class NonMotorParkingParams(RuleParams):
     """At least ``min_count`` bicycles / motorcycles stationary in the zone for ``dwell_s``."""
 
-    dwell_s: float = Field(default=600.0, ge=0)
+    dwell_s: float = Field(default=600.0, ge=0, le=MAX_SPAN_S)
     min_count: int = Field(default=5, ge=1)
     max_displacement: float = Field(default=0.3, gt=0)
     classes: ClassNames = Field(default=["bicycle", "motorcycle"], min_length=1)
@@ -394,7 +398,7 @@ class GarbageOverflowParams(RuleParams):
     ``min_confidence``) cover more than this fraction of the zone's box is not judged.
     """
 
-    dwell_s: float = Field(default=60.0, ge=0)
+    dwell_s: float = Field(default=60.0, ge=0, le=MAX_SPAN_S)
     head: str = "garbage"
     threshold: float | None = Field(default=None, ge=0, le=1)
     occluders: ClassNames = Field(default=["person", "bicycle", "motorcycle"])
@@ -407,6 +411,7 @@ class GarbageOverflowParams(RuleParams):
 LEARN_PER_DWELL = 4.0
 MIN_LEARN_PER_DWELL = 2.0
 LEARN_S_DOC = "default: 4 x dwell_s, at least 3600"
+MAX_LEARN_S = LEARN_PER_DWELL * MAX_SPAN_S  # what the longest dwell derives
 
 
 def default_learn_s(dwell_s: float) -> float:
@@ -421,16 +426,21 @@ class StaticForegroundParams(RuleParams):
     into the background before its dwell is over.
     """
 
-    dwell_s: float = Field(default=600.0, ge=0)
+    dwell_s: float = Field(default=600.0, ge=0, le=MAX_SPAN_S)
     min_area: float = Field(default=0.05, gt=0, le=1)
-    learn_s: float = Field(default=default_learn_s(600.0), gt=0, description=LEARN_S_DOC)
+    learn_s: float = Field(
+        default=default_learn_s(600.0), gt=0, le=MAX_LEARN_S, description=LEARN_S_DOC
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _learn_from_the_dwell(cls, data: Any) -> Any:
         if isinstance(data, dict) and "learn_s" not in data:
             dwell = data.get("dwell_s", cls.model_fields["dwell_s"].default)
-            if isinstance(dwell, int | float) and not isinstance(dwell, bool):
+            # A dwell out of range derives nothing: its own error names the key the user wrote,
+            # not a learn_s they never did.
+            number = isinstance(dwell, int | float) and not isinstance(dwell, bool)
+            if number and 0 <= dwell <= MAX_SPAN_S:
                 return {**data, "learn_s": default_learn_s(dwell)}
         return data
 
@@ -459,9 +469,11 @@ class ShopFrontParams(StaticForegroundParams):
 class PiledMaterialsParams(StaticForegroundParams):
     """Static foreground accumulating against the zone's learned background."""
 
-    dwell_s: float = Field(default=1800.0, ge=0)
+    dwell_s: float = Field(default=1800.0, ge=0, le=MAX_SPAN_S)
     # 4 x the default dwell, as derived when learn_s is left out: the zone editor shows it.
-    learn_s: float = Field(default=default_learn_s(1800.0), gt=0, description=LEARN_S_DOC)
+    learn_s: float = Field(
+        default=default_learn_s(1800.0), gt=0, le=MAX_LEARN_S, description=LEARN_S_DOC
+    )
 
 
 RULE_PARAMS: dict[str, type[RuleParams]] = {
@@ -575,6 +587,9 @@ class Zone(Strict):
 
 # How many frame intervals (patrol visits) a track, a dwell gap or a clear may span.
 PATROL_VISITS = 2.5
+# A patrol camera's weight: from a hundredth to a hundred times an ordinary camera's share.
+MIN_WEIGHT = 0.01
+MAX_WEIGHT = 100.0
 
 # The URL schemes ingest reads a camera source with (gridpatrol.ingest.sources.source_kind):
 # FFmpeg streams and snapshot URLs. Anything else with :// would be opened as a file path.
@@ -614,11 +629,14 @@ class Camera(Strict):
     name: str = ""
     source: Annotated[str, AfterValidator(_camera_source)]
     fps: float | None = Field(default=None, gt=0, le=60)
-    interval_s: float | None = Field(default=None, gt=0)
+    # At most a day: gap_s and clear_s grow to 2.5 intervals (zone_rules), within MAX_SPAN_S.
+    interval_s: float | None = Field(default=None, gt=0, le=DAY_S)
     loop: bool = False
     resize: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]] | None = None
     jpeg_quality: int = Field(default=85, ge=1, le=100)
-    weight: float = Field(default=1.0, gt=0)
+    # Bounded so that the patrol's shares (weight / sum of weights) and virtual times
+    # (1 / weight, boosted up to 16 x) stay well within floating point.
+    weight: float = Field(default=1.0, ge=MIN_WEIGHT, le=MAX_WEIGHT)
     location: Location
     zones: list[Zone] = Field(default_factory=list)
 
@@ -675,8 +693,8 @@ class Thresholds(Strict):
     raise_: float = Field(alias="raise")
     clear: float
     unit: str = ""
-    debounce_s: float = Field(default=0.0, ge=0)
-    clear_hold_s: float = Field(default=0.0, ge=0)
+    debounce_s: float = Field(default=0.0, ge=0, le=MAX_SPAN_S)
+    clear_hold_s: float = Field(default=0.0, ge=0, le=MAX_SPAN_S)
 
     @model_validator(mode="after")
     def _hysteresis(self) -> Thresholds:
@@ -695,7 +713,7 @@ class Sensor(Strict):
     name: str = ""
     location: Location
     camera: Id | None = None
-    expected_interval_s: float | None = Field(default=None, gt=0)
+    expected_interval_s: float | None = Field(default=None, gt=0, le=MAX_SPAN_S)
     thresholds: Thresholds | None = None
 
     @field_validator("camera")

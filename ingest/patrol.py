@@ -16,9 +16,13 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from gridpatrol.site import PATROL_VISITS, Camera
+from gridpatrol.site import MAX_WEIGHT, MIN_WEIGHT, PATROL_VISITS, Camera
 
 MAX_BACKOFF = 8  # a failing camera is still tried at least every 8 intervals
+# A visit at most this fraction of a period after its slot keeps the slots' pace: the patrol
+# loop wakes a little late after every wait, and at hundreds of fps restarting the period from
+# each late wake-up would lose a large part of the budget.
+LATE_TOLERANCE = 0.25
 
 
 @dataclass
@@ -51,8 +55,13 @@ class PatrolScheduler:
         self._next_slot: float | None = None
 
     def add(self, camera_id: str, interval_s: float, weight: float = 1.0) -> None:
-        if not (0 < interval_s < math.inf and 0 < weight < math.inf):  # NaN fails both
-            raise ValueError(f"camera {camera_id}: interval_s and weight must be positive, finite")
+        if not 0 < interval_s < math.inf:  # NaN fails too
+            raise ValueError(f"camera {camera_id}: interval_s must be positive, finite")
+        # Outside the site file's range 1 / weight and the shares would leave floating point.
+        if not MIN_WEIGHT <= weight <= MAX_WEIGHT:
+            raise ValueError(
+                f"camera {camera_id}: weight must be within {MIN_WEIGHT:g}-{MAX_WEIGHT:g}"
+            )
         # A newcomer starts at the current virtual time: no credit for the past.
         self._cams[camera_id] = _Entry(interval_s, weight, finish=self._vtime)
 
@@ -115,9 +124,16 @@ class PatrolScheduler:
         entry.finish = start + 1.0 / self.weight(camera_id, now)
         entry.last_visit = now
         entry.visits += 1
-        # The next visit is a period after this one, not after the slot this one was due at:
-        # falling behind (a slow visit, an idle spell) must not turn into a burst afterwards.
-        self._next_slot = now + self.period
+        self._next_slot = self._slot_after(now)
+
+    def _slot_after(self, now: float) -> float:
+        """The earliest time of the visit after one made at ``now``."""
+        slot = self._next_slot
+        if slot is not None and now - slot <= LATE_TOLERANCE * self.period:
+            return slot + self.period  # woken a little late: keep the pace of the slots
+        # Far behind (a slow visit, an idle spell): a period after this visit, not after the
+        # slot it was due at, so that falling behind does not turn into a burst afterwards.
+        return now + self.period
 
 
 def _backoff(failures: int) -> int:
@@ -147,7 +163,8 @@ def expected_revisit_s(
         budget -= sum(modest.values())
         for camera_id in modest:
             del left[camera_id]
-    return {c: 1.0 / r for c, r in rates.items()}
+    # A share rounded to nothing (the budget used up to the last bit) is never a visit.
+    return {c: 1.0 / r if r > 0 else math.inf for c, r in rates.items()}
 
 
 def overload_report(

@@ -56,6 +56,22 @@ def test_sample_site_is_valid() -> None:
         (("fps: 2", "fps: 2\n    zones: [{id: z, polygon: [[0, 0], [1, 0], [1, 1]], "
           "rules: {crowd_gathering: {dwell_s: .inf}}}]"),
          6, "cameras[0].zones[0].rules.crowd_gathering.dwell_s", "Input should be a finite number"),
+        # A huge but finite span: the error names the key written, not learn_s derived from it
+        # (4 x 1e308 is infinite).
+        (("fps: 2", "fps: 2\n    zones: [{id: z, polygon: [[0, 0], [1, 0], [1, 1]], "
+          "rules: {piled_materials: {dwell_s: 1.0e+308}}}]"),
+         6, "cameras[0].zones[0].rules.piled_materials.dwell_s",
+         "Input should be less than or equal to 604800"),
+        (("fps: 2", "fps: 2\n    zones: [{id: z, polygon: [[0, 0], [1, 0], [1, 1]], "
+          "rules: {crowd_gathering: {clear_s: 1.0e+300}}}]"),
+         6, "cameras[0].zones[0].rules.crowd_gathering.clear_s",
+         "Input should be less than or equal to 604800"),
+        (("fps: 2", "interval_s: 172800"), 5, "cameras[0].interval_s",
+         "Input should be less than or equal to 86400"),
+        (("location: {address: here}",
+          "location: {address: here}\nsensors: [{id: s1, kind: noise, location: {address: x}, "
+          "expected_interval_s: 1.0e+308}]"),
+         7, "sensors[0].expected_interval_s", "Input should be less than or equal to 604800"),
         (("location: {address: here}",
           "location: {address: here}\nsensors: [{id: s1, kind: noise, location: {address: x}, "
           "thresholds: {raise: .nan, clear: 5}}]"),

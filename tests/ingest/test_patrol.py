@@ -11,13 +11,16 @@ import pytest
 from gridpatrol.ingest.patrol import Decision, PatrolScheduler, expected_revisit_s
 
 
-def simulate(sched: PatrolScheduler, start: float, end: float) -> tuple[Counter[str], list[float]]:
-    """Drive the scheduler as the patrol loop does; visits take no time."""
+def simulate(
+    sched: PatrolScheduler, start: float, end: float, late_s: float = 0.0
+) -> tuple[Counter[str], list[float]]:
+    """Drive the scheduler as the patrol loop does; visits take no time, and every wait ends
+    ``late_s`` after the time asked for."""
     now, visits, times = start, Counter[str](), []
     while now < end:
         decision = sched.next(now)
         if decision.camera_id is None:
-            now += decision.wait_s
+            now += decision.wait_s + late_s
             continue
         visits[decision.camera_id] += 1
         times.append(now)
@@ -113,11 +116,27 @@ def test_two_cameras_due_together_after_an_idle_spell_keep_the_budget() -> None:
     ]  # fmt: skip
 
 
+def test_a_loop_that_wakes_late_still_uses_the_budget() -> None:
+    # Each wait ends 1 ms late, a tenth of the 10 ms period: the visits keep the slots' pace
+    # instead of restarting the period from every late wake-up (which gave 9091 visits).
+    sched = PatrolScheduler(max_fps=100)
+    for i in range(20):
+        sched.add(f"cam-{i:02d}", interval_s=0.01)
+    visits, times = simulate(sched, 0.0, 100.0, late_s=0.001)
+    assert sum(visits.values()) == 10000
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) == pytest.approx(0.01)
+
+
 def test_a_camera_that_cannot_be_scheduled_is_refused() -> None:
     sched = PatrolScheduler(max_fps=4)
-    for interval, weight in ((math.inf, 1.0), (math.nan, 1.0), (30.0, math.inf), (30.0, math.nan)):
-        with pytest.raises(ValueError, match="positive, finite"):
-            sched.add("c", interval, weight)
+    for interval in (math.inf, math.nan, 0.0):
+        with pytest.raises(ValueError, match="interval_s must be positive, finite"):
+            sched.add("c", interval, 1.0)
+    # Finite weights too small or large would make 1 / weight or a camera's share overflow.
+    for weight in (math.inf, math.nan, 0.0, 1.0e-320, 1.0e10):
+        with pytest.raises(ValueError, match=r"weight must be within 0\.01-100"):
+            sched.add("c", 30.0, weight)
     for max_fps in (math.inf, math.nan, 0.0):
         with pytest.raises(ValueError, match="positive and finite"):
             PatrolScheduler(max_fps)

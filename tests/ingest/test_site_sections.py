@@ -52,7 +52,8 @@ def test_the_base_file_is_valid(tmp_path: Path) -> None:
         ("prefix: gridpatrol", "prefix: grid/#", 2, "mqtt.prefix", "is not a topic prefix"),
         ("prefix: gridpatrol", "prefix: gp, url: x", 2, "mqtt.url", "Extra inputs"),
         ("interval_s: 30", "interval_s: -1", 7, "cameras[0].interval_s", "greater than 0"),
-        ("weight: 2", "weight: 0", 8, "cameras[0].weight", "greater than 0"),
+        ("weight: 2", "weight: 0", 8, "cameras[0].weight", "greater than or equal to 0.01"),
+        ("weight: 2", "weight: 101", 8, "cameras[0].weight", "less than or equal to 100"),
         ("kind: manhole_cover", "kind: volcano", 12, "sensors[0].kind", "manhole_cover"),
         ("camera: c1", "camera: c9", 13, "sensors[0].camera", "unknown camera 'c9'"),
         ("id: mh-1", "id: mh 1", 11, "sensors[0].id", "is not an id"),
@@ -77,3 +78,22 @@ def test_errors_name_file_line_and_field(
     first = result.stderr.splitlines()[0]
     assert first.startswith(f"{tmp_path / 'site.yaml'}:{line}: {field}: "), first
     assert message in first
+
+
+def test_weights_beyond_the_range_are_named_not_a_traceback(tmp_path: Path) -> None:
+    # Finite, but 1e-320 makes the patrol share of "b" round to zero, and 1 / weight infinite.
+    text = (
+        "site: {name: Test}\n"
+        "patrol: {max_fps: 8}\n"
+        "cameras:\n"
+        "  - {id: a, source: a.mp4, interval_s: 0.01, weight: 1.0e+10, location: {address: x}}\n"
+        "  - {id: b, source: b.mp4, interval_s: 0.01, weight: 1.0e-320, location: {address: x}}\n"
+    )
+    result = check(tmp_path, text)
+    path = tmp_path / "site.yaml"
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:4: cameras[0].weight: Input should be less than or equal to 100",
+        f"{path}:5: cameras[1].weight: Input should be greater than or equal to 0.01",
+        f"{path}: INVALID (2 problem(s))",
+    ]
