@@ -261,37 +261,52 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
 
 
 SeqVerdict = Literal["new", "restart", "late", "superseded"]
-# The last accepted message of a sensor: its boot_id, seq and time (None: stored before the
-# time was kept).
-SeqMark = tuple[str | None, int, float | None]
+# The last accepted message of a sensor: its boot_id, seq, the time its device gave and the
+# time the bridge gave it (moved to its reception if implausible); None: stored before that
+# time was kept.
+SeqMark = tuple[str | None, int, float | None, float | None]
+
+
+def seq_mark(item: AlarmInput, seq: int) -> SeqMark:
+    """What the bridge remembers of an accepted message for the order of the next ones."""
+    return (item.boot_id, seq, item.device_t, item.t)
 
 
 def seq_verdict(
-    last: SeqMark | None,
-    boot_id: str | None,
-    seq: int | None,
-    t: float,
-    superseded: Collection[str] = (),
+    last: SeqMark | None, item: AlarmInput, superseded: Collection[str] = ()
 ) -> SeqVerdict:
     """Whether a message's ``seq`` is new, restarts the device's counter, or came late.
 
-    A message of a ``boot_id`` in ``superseded`` (the sensor's boots before its last one) was
-    sent before the device rebooted and was overtaken by the new boot's messages; only an
-    unseen ``boot_id`` starts over. Within one ``boot_id`` (or without any) a seq not above the
-    last one is a restart when it lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit
-    counter wrapping from 65535 to 0) or when the message is timed after the last one (a device
-    without a boot_id that rebooted and counts from 1 again); otherwise it is a message
-    overtaken by later ones.
+    Within one ``boot_id`` (or without any) a seq not above the last one is a restart when it
+    lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit counter wrapping from 65535
+    to 0) or when the message is timed after the last one (a device without a boot_id that
+    rebooted and counts from 1 again); otherwise it is a message overtaken by later ones.
+    Another boot_id is a new boot, unless it is in ``superseded`` (the sensor's boots before
+    its last one): see :func:`_boot_verdict`.
     """
-    if seq is None:
+    if item.seq is None or last is None:
         return "new"
-    if boot_id is not None and boot_id in superseded:
-        return "superseded"
-    if last is None:
+    last_boot, last_seq, last_t, _ = last
+    if item.boot_id != last_boot:
+        return _boot_verdict(last, item, superseded)
+    if item.seq > last_seq:
         return "new"
-    last_boot, last_seq, last_t = last
-    if boot_id != last_boot or seq > last_seq:
-        return "new"
-    if last_seq - seq > SEQ_REORDER_WINDOW or (last_t is not None and t > last_t):
+    if last_seq - item.seq > SEQ_REORDER_WINDOW or (last_t is not None and item.device_t > last_t):
         return "restart"
     return "late"
+
+
+def _boot_verdict(last: SeqMark, item: AlarmInput, superseded: Collection[str]) -> SeqVerdict:
+    """A message of an earlier boot (``superseded``) timed at or before the last accepted
+    message was sent before the device rebooted and overtaken by the new boot's messages; one
+    timed after it is the device booting that boot_id again (A/B firmware slots, a rollback, a
+    boot_id that wraps): a new boot, or the sensor's alarms would be ignored for good.
+
+    The times compared are the bridge's (a device clock reset to 2000 by the reboot is timed
+    at reception), as the two boots' clocks need not agree; without the last one's, new.
+    """
+    if item.boot_id is None or item.boot_id not in superseded:
+        return "new"
+    _, _, last_t, last_at = last
+    known = last_at if last_at is not None else last_t
+    return "new" if known is None or item.t > known else "superseded"

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS bridge_seq (
     sensor_id TEXT PRIMARY KEY,
     boot_id TEXT,
     seq INTEGER NOT NULL,
-    t REAL
+    t REAL,
+    bridge_t REAL
 ) WITHOUT ROWID;
 -- Each sensor's boot_ids before its last one, oldest first (a JSON list): their late messages
 -- were overtaken by the new boot's.
@@ -85,8 +86,10 @@ def init(conn: sqlite3.Connection) -> None:
         if statement.strip():
             conn.execute(statement)
     seq_columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_seq)")}
-    if "t" not in seq_columns:  # a state file from before the message time was kept
-        conn.execute("ALTER TABLE bridge_seq ADD COLUMN t REAL")
+    # A state file from before the message's own time, or the bridge's time of it, was kept.
+    for column in ("t", "bridge_t"):
+        if column not in seq_columns:
+            conn.execute(f"ALTER TABLE bridge_seq ADD COLUMN {column} REAL")
 
 
 def claim(conn: sqlite3.Connection, sensor_id: str, event_key: str, now: float) -> bool:
@@ -120,14 +123,17 @@ def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: Al
 
 
 def last_seq(conn: sqlite3.Connection, sensor_id: str) -> SeqMark | None:
-    row = conn.execute("SELECT boot_id, seq, t FROM bridge_seq WHERE sensor_id = ?", (sensor_id,))
+    row = conn.execute(
+        "SELECT boot_id, seq, t, bridge_t FROM bridge_seq WHERE sensor_id = ?", (sensor_id,)
+    )
     found = row.fetchone()
-    return (found[0], int(found[1]), found[2]) if found is not None else None
+    return (found[0], int(found[1]), found[2], found[3]) if found is not None else None
 
 
 def save_seq(conn: sqlite3.Connection, sensor_id: str, mark: SeqMark) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq, t) VALUES (?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO bridge_seq (sensor_id, boot_id, seq, t, bridge_t)"
+        " VALUES (?, ?, ?, ?, ?)",
         (sensor_id, *mark),
     )
 
@@ -281,10 +287,19 @@ class StateBatch:
         return last_seq(self.conn, sensor_id)
 
     def set_seq(self, sensor_id: str, mark: SeqMark) -> None:
-        """Remember the sensor's last accepted message; a new boot_id supersedes the last."""
+        """Remember the sensor's last accepted message.
+
+        Its boot_id is current again, so no longer superseded; another boot_id supersedes the
+        last one. A message without boot_id supersedes nothing: the device did not say it
+        rebooted, and a later message of the last boot is no less its own.
+        """
         last = self.last_seq(sensor_id)
-        if last is not None and last[0] is not None and last[0] != mark[0]:
-            boots = [b for b in self.old_boots(sensor_id) if b != last[0]] + [last[0]]
+        old = self.old_boots(sensor_id)
+        boots = [b for b in old if b != mark[0]]
+        last_boot = last[0] if last is not None else None
+        if last_boot is not None and mark[0] is not None and last_boot != mark[0]:
+            boots = [b for b in boots if b != last_boot] + [last_boot]
+        if boots != old:
             self._old_boots[sensor_id] = boots[-OLD_BOOTS:]
             self._boots_changed.add(sensor_id)
         self._seqs[sensor_id] = mark

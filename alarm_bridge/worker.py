@@ -30,6 +30,7 @@ from gridpatrol.alarm_bridge.adapters import (
     Rejected,
     adapt,
     alarm_id_for,
+    seq_mark,
     seq_verdict,
 )
 from gridpatrol.alarm_bridge.inbox import Inbox
@@ -260,11 +261,11 @@ class BridgeCore:
             return "unnumbered"
         sensor_id = item.sensor.id
         last = view.last_seq(sensor_id)
-        old_boots = view.old_boots(sensor_id)
-        verdict = seq_verdict(last, item.boot_id, item.seq, item.device_t, old_boots)
+        verdict = seq_verdict(last, item, view.old_boots(sensor_id))
         if verdict in ("late", "superseded"):
-            # A superseded boot's message was sent before the device rebooted: followed now,
-            # a raise or update would reopen what the new boot has since cleared.
+            # A superseded boot's message, timed no later than the new boot's last, was sent
+            # before the device rebooted: followed now, a raise or update would reopen what
+            # the new boot has since cleared.
             self.counts.out_of_order += 1
             log.info(
                 "sensor %s: seq %s (boot %s) out of order, ignored",
@@ -273,7 +274,7 @@ class BridgeCore:
                 item.boot_id,
             )
             return "late"
-        view.set_seq(sensor_id, (item.boot_id, item.seq, item.device_t))
+        view.set_seq(sensor_id, seq_mark(item, item.seq))
         if verdict == "restart":
             self.counts.seq_restarts += 1
             assert last is not None

@@ -119,25 +119,46 @@ def test_a_detector_rebooted_with_its_clock_in_2000_raises_a_new_candidate(
     assert datetime.fromisoformat(second["occurred_at"]).timestamp() >= int(now)
 
 
-def test_a_late_message_of_an_earlier_boot_does_not_reopen_a_cleared_alarm(
-    rig: BridgeRig,
-) -> None:
-    """Boot A raises; the device reboots (B) and clears; A's update, sent before the reboot,
-    arrives last. It was overtaken by the new boot's clear: ignored, no second candidate."""
-    raised = round(time.time()) - 60.0
+def boot_a_b_then(rig: BridgeRig, raised: float, third: bytes) -> None:
+    """Boot A raises at ``raised``; the device reboots (B) and clears 10 s later; then ``third``
+    (a message of boot A) arrives. All three handled."""
     topic = sensor_alarm_topic(rig.prefix, "sm-api")
     rig.publish(
         [
             (topic, smoke("a1", "raise", raised, seq=1, boot_id="A")),
             (topic, smoke("b1", "clear", raised + 10, seq=1, boot_id="B")),
-            (topic, smoke("a2", "update", raised + 5, seq=2, boot_id="A")),
+            (topic, third),
         ]
     )
     rig.settled(3)
+
+
+def test_a_late_message_of_an_earlier_boot_does_not_reopen_a_cleared_alarm(
+    rig: BridgeRig,
+) -> None:
+    """A's update, sent before the reboot, arrives last. It was overtaken by the new boot's
+    clear: ignored, no second candidate."""
+    raised = round(time.time()) - 60.0
+    boot_a_b_then(rig, raised, smoke("a2", "update", raised + 5, seq=2, boot_id="A"))
     (only,) = rig.candidates()
     alarm = only["alarm"]
     assert (alarm["count"], alarm["cleared_at"]) == (1, iso(raised + 10))
     assert datetime.fromisoformat(alarm["last_seen"]).timestamp() == raised + 10
+
+
+def test_a_device_booting_an_earlier_boot_id_again_raises_a_new_candidate(
+    rig: BridgeRig,
+) -> None:
+    """A/B firmware slots: A boots again and raises, timed after B's clear. Not a late message
+    of the first boot A: a second candidate."""
+    raised = round(time.time()) - 200.0
+    boot_a_b_then(rig, raised, smoke("a1-again", "raise", raised + 100, seq=1, boot_id="A"))
+    first, second = sorted(rig.candidates(), key=lambda c: c["occurred_at"])
+    occurred = [datetime.fromisoformat(c["occurred_at"]).timestamp() for c in (first, second)]
+    assert occurred == [raised, raised + 100]
+    assert first["alarm"]["cleared_at"] == iso(raised + 10)
+    assert second["alarm"]["previous_alarm_id"] == first["id"]
+    assert second["source"]["source_event_id"] == "sm-api/e:a1-again"
 
 
 def test_a_seq_beyond_64_bits_is_a_bad_seq(rig: BridgeRig) -> None:

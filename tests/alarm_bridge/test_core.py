@@ -295,6 +295,13 @@ DEAD_LETTERS = [
     ),
     ("huge integer", "gridpatrol/sensors/mh-1/alarm", reading("mh-1", 10**400, T0), "bad_value"),
     (
+        # json.loads refuses to convert it before the envelope's seq check sees it
+        "seq of more than 4300 digits",
+        "gridpatrol/sensors/mh-1/alarm",
+        envelope("mh-1", "1", seq=0).replace(b'"seq": 0', b'"seq": ' + b"9" * 4301),
+        "bad_value",
+    ),
+    (
         "SenML value too large for a float",
         "gridpatrol/sensors/wl-1/alarm",
         json.dumps([{"bn": "wl-1:", "n": "level", "u": "cm", "v": 10**400}]).encode(),
@@ -466,6 +473,56 @@ def test_seq_out_of_order_and_new_boot(h: Harness) -> None:
     kinds = [k for k, _, _ in outbox_ops(h.outbox)]
     assert kinds == ["evidence", "create", "patch"]
     assert h.core.counts.out_of_order == 1
+
+
+RETURNING_BOOT_CASES = [
+    # (name, boot B's clear: its ts and reception; A's raise again: its ts and reception)
+    ("its clock right", T0 + 10, T0 + 10, T0 + 100, T0 + 100),
+    ("its clock reset to 2000-01-01", T0 + 10, T0 + 10, "2000-01-01T00:00:00Z", T0 + 100),
+    ("boot B's clock an hour ahead", T0 + 3610, T0 + 10, T0 + 100, T0 + 100),
+]
+
+
+@pytest.mark.parametrize(("b_ts", "b_at", "a_ts", "a_at"), named(RETURNING_BOOT_CASES))
+def test_a_device_booting_an_earlier_boot_id_again_raises_again(
+    h: Harness, b_ts: float, b_at: float, a_ts: float | str, a_at: float
+) -> None:
+    """A/B firmware slots: boot A, B, then A again. A's new raise is timed (by the bridge, as
+    the boots' clocks need not agree) after B's clear: a new boot, not a late message of A."""
+    h.alarm("mh-1", envelope("mh-1", "a1", seq=1, boot_id="A"), T0)
+    h.alarm("mh-1", envelope("mh-1", "b1", "clear", seq=1, boot_id="B", ts=b_ts), b_at)
+    h.alarm("mh-1", envelope("mh-1", "a1-again", seq=1, boot_id="A", ts=a_ts), a_at)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    creates = [b for k, b in ops if k == "create"]
+    assert [b["occurred_at"] for b in creates] == ["2026-09-21T14:13:20Z", "2026-09-21T14:15:00Z"]
+    assert creates[1]["alarm"]["previous_alarm_id"] == creates[0]["id"]
+    assert ops[1][1]["alarm"]["cleared_at"] == "2026-09-21T14:13:30Z"
+    assert (h.core.counts.out_of_order, h.core.counts.created) == (0, 2)
+
+
+def test_the_boot_a_returning_boot_id_replaced_is_superseded_in_turn(h: Harness) -> None:
+    """Boot A, B, A: B's update sent before A came back and arriving after it is ignored."""
+    h.alarm("mh-1", envelope("mh-1", "a1", seq=1, boot_id="A"), T0)
+    h.alarm("mh-1", envelope("mh-1", "b1", "clear", seq=1, boot_id="B", ts=T0 + 10), T0 + 10)
+    h.alarm("mh-1", envelope("mh-1", "a1-again", seq=1, boot_id="A", ts=T0 + 100), T0 + 100)
+    h.alarm("mh-1", envelope("mh-1", "b2", "update", seq=2, boot_id="B", ts=T0 + 50), T0 + 110)
+    h.alarm("mh-1", envelope("mh-1", "a2", "update", seq=2, boot_id="A", ts=T0 + 120), T0 + 120)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch", "create", "patch"]
+    assert ops[-1][1]["alarm"]["count"] == 2  # a1-again, then a2: b2 left out
+    assert h.core.counts.out_of_order == 1
+
+
+def test_a_message_without_boot_id_supersedes_no_boot(h: Harness) -> None:
+    """A device that leaves boot_id out of some messages has not rebooted: its next message
+    with its boot_id, sent the same second as the one without, is still followed."""
+    h.alarm("mh-1", envelope("mh-1", "a1", seq=1, boot_id="A"), T0)
+    h.alarm("mh-1", envelope("mh-1", "n2", "update", seq=2, ts=T0 + 10), T0 + 10)
+    h.alarm("mh-1", envelope("mh-1", "a3", "update", seq=3, boot_id="A", ts=T0 + 10), T0 + 20)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch", "patch"]
+    assert ops[-1][1]["alarm"]["count"] == 3
+    assert h.core.counts.out_of_order == 0
 
 
 SEQ_CASES = [
