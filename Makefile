@@ -9,11 +9,35 @@ export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 
 # The environment: the project with the Ultralytics extra (reference backend, training) and
 # the development tools, at the versions in constraints.txt. Re-run when either file changes.
-$(VENV)/.installed: pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.python-version
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[ultralytics,dev]'
 	touch $@
+
+# The venv itself, made again when it is not one $(PYTHON) would make: a first setup that failed
+# half-way (no python3-venv: ensurepip fails after bin/python exists, so there is no bin/pip),
+# or one made by another Python (e.g. a 3.10 one when re-run with PYTHON=python3.11). The stamp
+# holds its Python's version; it changes, and the packages are installed again, only when the
+# venv is made again.
+PY_VERSION := import sys; print("%d.%d" % sys.version_info[:2]); sys.exit(sys.version_info < (3, 11))
+$(VENV)/.python-version: FORCE
+	@want=$$($(PYTHON) -c '$(PY_VERSION)') || { \
+	  echo "gridpatrol needs Python 3.11 or newer; $(PYTHON) is $${want:-missing}:" \
+	    "run e.g. make PYTHON=python3.11" >&2; exit 1; }; \
+	have=$$($(BIN)/python -c '$(PY_VERSION)' 2>/dev/null); \
+	if [ "$$have" != "$$want" ] || [ ! -x $(BIN)/pip ]; then \
+	  echo "making $(VENV) with $(PYTHON) (Python $$want)"; \
+	  rm -rf $(VENV); \
+	  $(PYTHON) -m venv $(VENV) && [ -x $(BIN)/pip ] || { rm -rf $(VENV); \
+	    echo "could not make $(VENV): $(PYTHON) needs its venv module (Debian: python3-venv," \
+	      "or e.g. python3.11-venv)" >&2; exit 1; }; \
+	  echo "$$want" > $@; \
+	elif [ "$$(cat $@ 2>/dev/null)" != "$$want" ]; then \
+	  echo "$$want" > $@; \
+	  if [ -f $(VENV)/.installed ]; then touch -r $(VENV)/.installed $@; fi; \
+	fi
+
+FORCE:
 
 setup: $(VENV)/.installed links
 

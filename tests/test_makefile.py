@@ -1,0 +1,148 @@
+"""``make setup`` on the machines it meets: the venv it finds is used only when it is whole and
+made by the Python asked for. Pythons here are stand-ins (a venv that records the pip calls), so
+nothing is downloaded; the Makefile is the project's own, run in a copy of the checkout's root."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A Python of the given version: `-c CODE` runs CODE with that version_info; `-m venv DIR`
+# makes DIR/bin/python (a copy of itself) and, unless ensurepip is missing (Debian without
+# python3-venv, which fails after bin/python exists), a bin/pip that logs its arguments.
+FAKE_PYTHON = """\
+#!/bin/sh
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
+  if [ -n "{no_ensurepip}" ]; then
+    echo "The virtual environment was not created successfully because ensurepip is not" >&2
+    exit 1
+  fi
+  printf '#!/bin/sh\\necho "$*" >> "{pip_log}"\\n' > "$3/bin/pip" && chmod +x "$3/bin/pip"
+  exit 0
+fi
+[ "$1" = -c ] || exit 2
+exec {real} -c 'import sys; sys.version_info = {version}; exec(sys.argv[1])' "$2"
+"""
+
+
+def _python(root: Path, name: str, version: tuple[int, int, int], *, ensurepip: bool) -> str:
+    path = root / "bin" / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(
+        FAKE_PYTHON.format(
+            no_ensurepip="" if ensurepip else "1",
+            pip_log=root / "pip.log",
+            real=sys.executable,
+            version=repr(version),
+        )
+    )
+    path.chmod(0o755)
+    return str(path)
+
+
+def _checkout(tmp_path: Path) -> Path:
+    root = tmp_path / "checkout"
+    root.mkdir()
+    shutil.copy(REPO / "Makefile", root / "Makefile")
+    (root / "pyproject.toml").write_text("")
+    (root / "constraints.txt").write_text("")
+    return root
+
+
+def _make(root: Path, python: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GRIDPATROL_SHARED": str(root / "no-shared")}
+    return subprocess.run(
+        ["make", "--no-print-directory", "setup", f"PYTHON={python}"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _venv_version(root: Path) -> str:
+    done = subprocess.run(
+        [str(root / ".venv" / "bin" / "python"), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def _pip_calls(root: Path) -> list[str]:
+    log = root / "pip.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
+INSTALL = [
+    "install -q --upgrade pip",
+    "install -q -c constraints.txt -e .[ultralytics,dev]",
+]
+
+
+def test_a_setup_that_failed_in_ensurepip_is_made_again_once_the_venv_module_is_there(
+    tmp_path: Path,
+) -> None:
+    root = _checkout(tmp_path)
+    without_venv = _python(tmp_path, "python3", (3, 11, 2), ensurepip=False)
+    failed = _make(root, without_venv)
+    assert failed.returncode != 0
+    assert "needs its venv module (Debian: python3-venv" in failed.stderr
+    assert _pip_calls(tmp_path) == []
+
+    # python3-venv installed: the next run makes the venv again instead of using the broken one.
+    (root / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    shutil.copy(without_venv, root / ".venv" / "bin" / "python")  # as an older make left it
+    with_venv = _python(tmp_path, "python3", (3, 11, 2), ensurepip=True)
+    done = _make(root, with_venv)
+    assert done.returncode == 0, done.stderr
+    assert (root / ".venv" / "bin" / "pip").exists()
+    assert _pip_calls(tmp_path) == INSTALL
+
+    # Nothing changed: nothing is made or installed again.
+    again = _make(root, with_venv)
+    assert again.returncode == 0, again.stderr
+    assert "making .venv" not in again.stdout
+    assert _pip_calls(tmp_path) == INSTALL
+
+
+def test_a_venv_of_another_python_is_made_again_with_the_python_asked_for(tmp_path: Path) -> None:
+    root = _checkout(tmp_path)
+    old = _python(tmp_path, "python3", (3, 10, 12), ensurepip=True)
+    subprocess.run([old, "-m", "venv", str(root / ".venv")], check=True)
+    (root / ".venv" / ".installed").touch()  # a setup that passed on 3.10
+    assert _venv_version(root) == "(3, 10)"
+
+    done = _make(root, _python(tmp_path, "python3.11", (3, 11, 9), ensurepip=True))
+    assert done.returncode == 0, done.stderr
+    assert "making .venv with " in done.stdout and "(Python 3.11)" in done.stdout
+    assert _venv_version(root) == "(3, 11)"
+    assert _pip_calls(tmp_path) == INSTALL
+
+    # Asked for the old one again: it is refused, and the 3.11 venv is left as it is.
+    refused = _make(root, old)
+    assert refused.returncode != 0
+    assert "gridpatrol needs Python 3.11 or newer" in refused.stderr
+    assert _venv_version(root) == "(3, 11)"
+
+
+def test_a_whole_venv_from_before_the_stamp_is_kept_without_installing_again(
+    tmp_path: Path,
+) -> None:
+    root = _checkout(tmp_path)
+    python = _python(tmp_path, "python3", (3, 11, 7), ensurepip=True)
+    subprocess.run([python, "-m", "venv", str(root / ".venv")], check=True)
+    (root / ".venv" / ".installed").touch()
+    done = _make(root, python)
+    assert done.returncode == 0, done.stderr
+    assert "making .venv" not in done.stdout
+    assert _pip_calls(tmp_path) == []
+    assert (root / ".venv" / ".python-version").read_text() == "3.11\n"
