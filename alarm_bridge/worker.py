@@ -824,16 +824,18 @@ class Bridge:
                     self._snapshot_jobs.discard(candidate_id)
 
     def _snapshot_failed(self, candidate_id: str, camera_id: str, exc: Exception) -> None:
-        """Count and log a snapshot that raised, and settle it unless the database failed.
+        """Count and log a snapshot that raised, and settle it unless the database was busy.
 
-        A database error may pass: the wanted row, rolled back with the attachment, stays for
-        the sweep. Anything else would fail the same way again: given up, like a missing one.
+        An operational error (locked, busy, disk I/O) may pass: the wanted row, rolled back
+        with the attachment, stays for the sweep. Anything else, a constraint or a misuse of
+        the database included, would fail the same way again, each sweep asking the camera
+        for yet another snapshot: given up, like a missing one.
         """
         self.core.counts.snapshot_failed += 1
         log.error(
             "camera %s: snapshot of candidate %s failed", camera_id, candidate_id, exc_info=exc
         )
-        if isinstance(exc, sqlite3.Error):
+        if isinstance(exc, sqlite3.OperationalError):
             return
         try:
             with self.outbox.transaction() as txn:

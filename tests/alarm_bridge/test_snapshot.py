@@ -93,6 +93,7 @@ class Cameras(Background):
         self.live_image = jpeg(200)
         self.stream_image = jpeg(90)
         self.requests = self.conn.subscribe(snapshot_request_topic(prefix, "cam-live"), qos=1)
+        self.answered = 0  # requests of cam-live answered: counted before each reply
 
     def _serve(self) -> None:
         stream = encode_frame(frame("cam-mute", self.stream_image).header, self.stream_image)
@@ -100,6 +101,7 @@ class Cameras(Background):
             self.conn.publish(frame_topic(self.prefix, "cam-mute"), stream, qos=0)
             request = self.requests.get(timeout=0.2)
             if request is not None:
+                self.answered += 1
                 reply = encode_reply(
                     frame("cam-live", self.live_image), parse_request(request.payload)
                 )
@@ -428,3 +430,68 @@ def test_a_snapshot_that_trips_a_bug_leaves_the_media_threads_running(
     assert bridge.core.counts.snapshot_failed == SNAPSHOT_WORKERS
     with outbox.transaction() as txn:
         assert store.wanted_snapshots(txn.conn) == []  # the faulted ones were given up
+
+
+SNAPSHOT_DB_ERRORS = [
+    # (name, the error attaching raises, requests the camera answered, snapshot still wanted)
+    ("a constraint: given up", sqlite3.IntegrityError("UNIQUE constraint failed"), 1, False),
+    (
+        "a locked database: each sweep again",
+        sqlite3.OperationalError("database is locked"),
+        4,
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("error", "answered", "still_wanted"),
+    [pytest.param(*case[1:], id=case[0]) for case in SNAPSHOT_DB_ERRORS],
+)
+def test_only_a_busy_database_keeps_a_failed_snapshot_wanted(
+    tmp_path: Path,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    error: sqlite3.Error,
+    answered: int,
+    still_wanted: bool,
+) -> None:
+    """Any other database error would fail the same way after every sweep, each asking the
+    camera for another snapshot. The first attempt, then three sweeps run by hand, each once
+    the job before it is done."""
+
+    def broken(self: BridgeCore, txn: Any, candidate_id: str, snap: Frame) -> bool:
+        raise error
+
+    monkeypatch.setattr(BridgeCore, "attach_snapshot", broken)
+    site = parse_site(SITE.format(prefix=mqtt_prefix), "site.yaml")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(BROKER)
+    media = MqttConnection("alarm_bridge-media", settings, prefix=mqtt_prefix)
+    bridge = Bridge(site, outbox, MqttConnection("alarm_bridge", settings), media)
+    out = BatchResult()
+    with outbox.transaction() as txn:
+        alarm = raise_alarm("mh-live", "manhole_tilt")
+        topic = sensor_alarm_topic(mqtt_prefix, "mh-live")
+        bridge.core.handle(txn, topic, alarm, datetime.now(UTC), out)
+        bridge.core.finish(txn, out)
+    [job] = out.snapshots
+    media_thread = threading.Thread(target=bridge._media_loop, daemon=True)
+    with Cameras(mqtt_prefix) as cams:
+        assert media.start(10)
+        media_thread.start()
+        try:
+            bridge._queue_snapshots(out)
+            for _ in range(3):
+                wait_for(lambda: not bridge._snapshot_jobs, "the snapshot job done")
+                bridge._sweep_snapshots()
+            wait_for(lambda: not bridge._snapshot_jobs, "the last snapshot job done")
+        finally:
+            bridge.stop()
+            media_thread.join(30)
+            media.stop()
+    assert cams.answered == answered
+    assert (bridge.core.counts.snapshot_failed, bridge.core.counts.snapshots) == (answered, 0)
+    with outbox.transaction() as txn:
+        assert store.wanted_snapshots(txn.conn) == ([job] if still_wanted else [])
+    assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
