@@ -75,7 +75,7 @@ services:
 	@$(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 1883), 2)' 2>/dev/null || \
 	  { echo "the tests need an MQTT broker on 127.0.0.1:1883 (mosquitto -d)" >&2; exit 1; }
 	@$(BIN)/python -c 'import os, psycopg; psycopg.connect(os.environ.get("GRIDPATROL_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test").replace("+psycopg", ""), connect_timeout=3).close()' 2>/dev/null || \
-	  { echo "the tests need PostgreSQL: a database 'test' on 127.0.0.1:5432 for user postgres (trust), or GRIDPATROL_TEST_POSTGRES_URL" >&2; exit 1; }
+	  { echo "the tests need PostgreSQL: a database 'test' on 127.0.0.1:5432 for user postgres (trust), or GRIDPATROL_TEST_POSTGRES_URL (the README's Quick start shows how)" >&2; exit 1; }
 
 lint: setup typecheck
 	$(BIN)/ruff check .
