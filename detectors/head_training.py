@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,6 +35,9 @@ from numpy.typing import NDArray
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair
 from gridpatrol.detectors.types import Backend, ModelInfo
+
+if TYPE_CHECKING:
+    from gridpatrol.api.client import ApiError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -165,31 +168,63 @@ def _video_samples(path: Path, fps: float) -> list[Sample]:
 
 
 def review_samples(client: Any, rule_type: str, since: str | None) -> list[Sample]:
-    """Confirmed (1) vs rejected-as-false-positive (0) candidates of ``rule_type``."""
+    """Confirmed (1) vs rejected-as-false-positive (0) candidates of ``rule_type``.
+
+    A candidate the API cannot give (or whose evidence files it cannot give) is skipped with
+    a progress line; only a refused token (401 / 403) stops the run, since every further
+    request would be refused too.
+    """
     samples: list[Sample] = []
     for item in _all_candidates(client, rule_type, since):
-        doc = client.get_candidate(str(item["id"]))
-        label = _review_label(doc)
-        if label is None:
+        try:
+            sample = _review_sample(client, str(item["id"]))
+        except _Skipped as exc:
+            progress(f"candidate {item['id']}: {exc}, skipped")
             continue
-        picked = _evidence_for_training(doc)
-        if picked is None:
-            progress(f"candidate {doc['id']}: no clean or crop evidence, skipped")
+        if sample is not None:
+            samples.append(sample)
+    return samples
+
+
+class _Skipped(Exception):
+    """A reviewed candidate that cannot be trained on; the text says why."""
+
+
+def _review_sample(client: Any, cid: str) -> Sample | None:
+    """The candidate's training sample, None when it is no training data (not reviewed so)."""
+    from gridpatrol.api.client import ApiError
+
+    try:
+        doc = client.get_candidate(cid)
+    except ApiError as exc:
+        raise _skip_unless_refused(exc, "") from exc
+    label = _review_label(doc)
+    if label is None:
+        return None
+    choices = _evidence_for_training(doc)
+    if not choices:
+        raise _Skipped("no clean or crop evidence")
+    missing: list[str] = []
+    for sha, region in choices:
+        try:
+            data = client.get_evidence(sha)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise _skip_unless_refused(exc, f"evidence {sha}: ") from exc
+            missing.append(sha)  # not in the store (the API takes such a reference): next
             continue
-        sha, region = picked
         source = doc.get("source") or {}
         detection = doc.get("detection") or {}
         group = f"{source.get('camera_id', '?')}:{detection.get('zone_id', '?')}"
-        samples.append(
-            Sample(
-                key=f"candidate:{doc['id']}",
-                label=label,
-                group=group,
-                data=client.get_evidence(sha),
-                region=region,
-            )
-        )
-    return samples
+        return Sample(key=f"candidate:{cid}", label=label, group=group, data=data, region=region)
+    raise _Skipped(f"evidence {', '.join(missing)} not found")
+
+
+def _skip_unless_refused(exc: ApiError, prefix: str) -> _Skipped:
+    """The skip for an API error; a refused token (401 / 403) is raised as it is."""
+    if exc.status in (401, 403):
+        raise exc
+    return _Skipped(f"{prefix}{exc}")
 
 
 def _all_candidates(client: Any, rule_type: str, since: str | None) -> Iterable[dict[str, Any]]:
@@ -215,16 +250,13 @@ def _review_label(doc: dict[str, Any]) -> int | None:
     return None
 
 
-def _evidence_for_training(doc: dict[str, Any]) -> tuple[str, Region | None] | None:
-    """A crop as it is, else the clean frame with the detection's zone box as the region."""
+def _evidence_for_training(doc: dict[str, Any]) -> list[tuple[str, Region | None]]:
+    """The files to train on, in order of preference: a crop as it is, else a clean frame
+    with the detection's zone box as the region (the next one when a file is not stored)."""
     evidence = doc.get("evidence") or []
-    for ev in evidence:
-        if ev.get("kind") == "crop":
-            return str(ev["sha256"]), None
-    for ev in evidence:
-        if ev.get("kind") == "clean":
-            return str(ev["sha256"]), _region(doc, ev)
-    return None
+    crops = [(str(ev["sha256"]), None) for ev in evidence if ev.get("kind") == "crop"]
+    cleans = [(str(ev["sha256"]), _region(doc, ev)) for ev in evidence if ev.get("kind") == "clean"]
+    return crops + cleans
 
 
 def _region(doc: dict[str, Any], ev: dict[str, Any]) -> Region | None:
@@ -360,13 +392,34 @@ def _fit(x: Matrix, y: NDArray[np.int64], c: float, x_aug: Matrix | None = None)
     return model.fit(x, y)
 
 
-def _folds(y: NDArray[np.int64], groups: NDArray[np.int64], k: int, seed: int) -> list[Any]:
+def _folds(
+    y: NDArray[np.int64], groups: NDArray[np.int64], k: int, seed: int, level: str
+) -> list[Any]:
+    """Grouped, stratified splits of ``y`` in at most ``k`` folds.
+
+    ``k`` is capped by the number of groups of the rarer class (a class with three groups
+    cannot be in the test part of four folds). Raises :class:`ValueError` when even that
+    leaves a training part with one class, e.g. one positive group far larger than the
+    others: StratifiedGroupKFold then keeps it alone and the others together.
+    """
     from sklearn.model_selection import StratifiedGroupKFold
 
-    smallest = int(min(np.bincount(y, minlength=2)))
-    k = max(2, min(k, smallest, len(set(groups.tolist()))))
+    per_class = [len(set(groups[y == label].tolist())) for label in (1, 0)]
+    problem = (
+        f"grouped {level} cross-validation cannot split {len(y)} images "
+        f"({per_class[0]} positive / {per_class[1]} negative groups)"
+    )
+    advice = "; groups of very unequal size do this: add groups or try other --folds"
+    k = min(k, *per_class)
+    if k < 2:
+        raise ValueError(f"{problem}: each class needs at least 2 groups{advice}")
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(y)), y, groups))
+    splits = list(splitter.split(np.zeros(len(y)), y, groups))
+    if any(len(te) == 0 or len(set(y[tr].tolist())) < 2 for tr, te in splits):
+        raise ValueError(
+            f"{problem} into {k} folds with both classes in every training part{advice}"
+        )
+    return splits
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,7 +435,7 @@ def select(
     from sklearn.metrics import log_loss
 
     y = fs.y[idx]
-    folds = _folds(y, fs.groups[idx], 4, seed)
+    folds = _folds(y, fs.groups[idx], 4, seed, "inner")
     best: tuple[float, float, NDArray[np.float64]] | None = None
     for c in C_GRID:
         oof = np.zeros(len(idx))
@@ -443,7 +496,7 @@ def nested_cv(
         n = len(fs.y)
         prob, pred = np.zeros(n), np.zeros(n, dtype=bool)
         bprob = np.zeros(n)
-        splits = _folds(fs.y, fs.groups, folds, seed + rep)
+        splits = _folds(fs.y, fs.groups, folds, seed + rep, "outer")
         for k, (tr, te) in enumerate(splits, 1):
             choice = select(fs, tr, seed + 100 + rep, min_recall, max_fpr)
             model = _fit_head(fs, tr, choice.c)
@@ -536,12 +589,13 @@ def run(args: argparse.Namespace) -> int:
         samples = _samples(args)
         fs, info = _features(args, samples)
         check_enough(fs)
+        # Inside the try: groups too unequal to split are the data's fault (exit 2, one line).
+        report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
+        choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
     except (ValueError, OSError, ApiError, ModelNotFoundError, MissingExtraError) as exc:
         print(f"train-head: {exc}", file=sys.stderr)
         return 2
-    report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
     print(format_report(fs, report, args.folds, args.repeats), flush=True)
-    choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
     print(
         f"final head: C={choice.c:g}, threshold={choice.threshold:.3f} "
         "(inner procedure on all data)"

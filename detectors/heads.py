@@ -2,8 +2,9 @@
 
 A head file is a pair ``<name>.npz`` (feature mean / std, weights, bias) + ``<name>.json``
 (name, decision threshold, the backbone's identity and the pooling recipe, the cross-validated
-figures it was shipped with). ``score`` needs nothing but the ``InferenceResult`` of the frame's
-detection pass, loaded with the head's ``feature_nodes`` as extra outputs.
+figures it was shipped with, the sha256 of the ``.npz`` it belongs to). ``score`` needs
+nothing but the ``InferenceResult`` of the frame's detection pass, loaded with the head's
+``feature_nodes`` as extra outputs.
 
 ``gridpatrol train-head`` builds one from a folder of class sub-folders or from reviewed
 ``garbage_overflow`` candidates; the training and cross-validation live in
@@ -13,10 +14,16 @@ detection pass, loaded with the head's ``feature_nodes`` as extra outputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import io
 import json
 import logging
-from collections.abc import Mapping
+import os
+import tempfile
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +105,24 @@ class SceneHead:
     # --- files -------------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``<stem>.npz`` and ``<stem>.json`` next to each other; returns both paths."""
+        """Write ``<stem>.npz`` and ``<stem>.json`` next to each other; returns both paths.
+
+        Both are written to temporary files in the same folder first and then renamed into
+        place, the JSON last: a failed save leaves the previous pair as it was. The JSON names
+        the sha256 of its ``.npz``, so the one window left (between the two renames) leaves a
+        pair :meth:`load` refuses rather than new weights under the old threshold.
+        """
         npz, meta = _pair(Path(path))
         npz.parent.mkdir(parents=True, exist_ok=True)
-        with npz.open("wb") as fh:
-            np.savez_compressed(
-                fh,
-                mean=self.mean.astype(np.float32),
-                std=self.std.astype(np.float32),
-                weights=self.weights.astype(np.float32),
-                bias=np.float32(self.bias),
-            )
+        buf = io.BytesIO()
+        np.savez_compressed(
+            buf,
+            mean=self.mean.astype(np.float32),
+            std=self.std.astype(np.float32),
+            weights=self.weights.astype(np.float32),
+            bias=np.float32(self.bias),
+        )
+        arrays = buf.getvalue()
         doc = {
             "format": FORMAT,
             "name": self.name,
@@ -117,9 +131,13 @@ class SceneHead:
             "feature_nodes": list(self.feature_nodes),
             "pooling": self.recipe.as_dict(),
             "classifier": "standardised logistic regression",
+            "npz_sha256": hashlib.sha256(arrays).hexdigest(),
             **{k: v for k, v in self.meta.items() if k not in _RESERVED},
         }
-        meta.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+        with _staged(npz, arrays) as npz_tmp, _staged(meta, text.encode("utf-8")) as meta_tmp:
+            npz_tmp.replace(npz)
+            meta_tmp.replace(meta)
         return npz, meta
 
     @classmethod
@@ -128,13 +146,16 @@ class SceneHead:
         npz, meta = _pair(Path(path))
         try:
             doc = json.loads(meta.read_text(encoding="utf-8"))
-            with np.load(npz) as arrays:
+            data = npz.read_bytes()
+            with np.load(io.BytesIO(data)) as arrays:
                 mean, std, weights = arrays["mean"], arrays["std"], arrays["weights"]
                 bias = float(arrays["bias"])
         except (OSError, ValueError, KeyError) as exc:
             raise HeadFormatError(f"cannot read scene head {npz} / {meta}: {exc}") from exc
-        if doc.get("format") != FORMAT:
-            raise HeadFormatError(f"{meta}: format {doc.get('format')!r}, expected {FORMAT!r}")
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else None
+            raise HeadFormatError(f"{meta}: format {found!r}, expected {FORMAT!r}")
+        _check_pair(npz, meta, doc, data)
         try:
             return cls(
                 name=str(doc["name"]),
@@ -153,7 +174,16 @@ class SceneHead:
 
 
 _RESERVED = frozenset(
-    {"format", "name", "threshold", "backbone", "feature_nodes", "pooling", "classifier"}
+    {
+        "format",
+        "name",
+        "threshold",
+        "backbone",
+        "feature_nodes",
+        "pooling",
+        "classifier",
+        "npz_sha256",
+    }
 )
 
 
@@ -162,10 +192,61 @@ def _pair(path: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
 
 
-def load_default_heads(info: ModelInfo, directory: Path | None = None) -> dict[str, SceneHead]:
-    """The shipped heads trained on this backbone; others are skipped with a warning."""
-    heads: dict[str, SceneHead] = {}
+@contextlib.contextmanager
+def _staged(target: Path, data: bytes) -> Iterator[Path]:
+    """``data`` in a temporary file beside ``target`` (removed unless renamed into place).
+
+    The name ends in ``.tmp``, so a loader listing ``*.json`` never takes it for a head. It
+    gets the mode of the file it replaces (0644 for a new one), not mkstemp's owner-only 0600,
+    so a worker running as another user can still read the head.
+    """
+    mode = target.stat().st_mode & 0o777 if target.exists() else 0o644
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield tmp
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_pair(npz: Path, meta: Path, doc: Mapping[str, Any], data: bytes) -> None:
+    """Refuse an ``.npz`` that is not the one its JSON was written with.
+
+    Heads saved before the JSON named the hash have none: they are taken as they are.
+    """
+    expected = doc.get("npz_sha256")
+    if expected is None:
+        return
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected:
+        raise HeadFormatError(
+            f"{npz.name} (sha256 {actual}) is not the weights file {meta.name} was saved with "
+            f"(npz_sha256 {expected}); a save was interrupted, train or copy the pair again"
+        )
+
+
+def load_default_heads(
+    info: ModelInfo, directory: Path | None = None, required: Collection[str] = ()
+) -> dict[str, SceneHead]:
+    """The heads of ``directory`` (default: the shipped ones) trained on this backbone.
+
+    Unusable heads are skipped with a warning; a head of another backbone that ``required``
+    names (one a configured zone needs) and no other file provides is an ERROR, since that
+    zone stays silent. Of two usable files with the same head name, the one with the newest
+    ``trained_at`` wins (a file without it counts as oldest; a tie goes to the file name that
+    sorts last), with a warning naming both.
+    """
+    if directory is not None and not directory.is_dir():
+        # Globbing a misspelt folder finds nothing: the zones would stay silent for good.
+        raise FileNotFoundError(f"scene heads folder {directory}: no such folder")
     folder = directory or HEADS_DIR
+    heads: dict[str, tuple[Path, SceneHead]] = {}
+    other_backbone: list[tuple[Path, SceneHead]] = []
     for meta in sorted(folder.glob("*.json")):
         try:
             head = SceneHead.load(meta)
@@ -173,18 +254,68 @@ def load_default_heads(info: ModelInfo, directory: Path | None = None) -> dict[s
             log.warning("scene head %s skipped: %s", meta.name, exc)
             continue
         if not head.matches(info):
-            log.warning(
-                "scene head %s skipped: trained on %s (sha256 %s…), the loaded model is %s "
-                "(sha256 %s…); retrain it with `gridpatrol train-head`",
-                head.name,
-                head.model_name,
-                head.backbone_sha256[:12],
-                info.name,
-                info.sha256[:12],
-            )
+            other_backbone.append((meta, head))
             continue
-        heads[head.name] = head
-    return heads
+        earlier = heads.get(head.name)
+        heads[head.name] = (meta, head) if earlier is None else _newer(earlier, (meta, head))
+    for meta, head in other_backbone:
+        _skip_other_backbone(meta, head, info, head.name in required and head.name not in heads)
+    return {name: head for name, (_, head) in heads.items()}
+
+
+def _newer(first: tuple[Path, SceneHead], second: tuple[Path, SceneHead]) -> tuple[Path, SceneHead]:
+    """Of two files with one head name, the one trained last (ties: the later file name)."""
+    ranked = sorted((first, second), key=lambda item: (_trained_at(item[1]), item[0].name))
+    loser, winner = ranked
+    log.warning(
+        "scene heads %s and %s are both named %r: using %s (trained at %s), not %s (trained "
+        "at %s); remove or rename one",
+        first[0].name,
+        second[0].name,
+        winner[1].name,
+        winner[0].name,
+        winner[1].meta.get("trained_at", "unknown"),
+        loser[0].name,
+        loser[1].meta.get("trained_at", "unknown"),
+    )
+    return winner
+
+
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _trained_at(head: SceneHead) -> datetime:
+    try:
+        stamp = datetime.fromisoformat(str(head.meta["trained_at"]))
+    except (KeyError, ValueError):
+        return _NEVER
+    # train-head writes UTC offsets; a stamp without one is read as UTC.
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _skip_other_backbone(meta: Path, head: SceneHead, info: ModelInfo, needed: bool) -> None:
+    if needed:
+        log.error(
+            "scene head %s (%s) not loaded: trained on %s with sha256 %s, the loaded model %s "
+            "has sha256 %s; the garbage_overflow zones that need it cannot raise candidates "
+            "until it is retrained with `gridpatrol train-head`",
+            head.name,
+            meta,
+            head.model_name,
+            head.backbone_sha256,
+            info.name,
+            info.sha256,
+        )
+        return
+    log.warning(
+        "scene head %s skipped: trained on %s (sha256 %s…), the loaded model is %s "
+        "(sha256 %s…); retrain it with `gridpatrol train-head`",
+        head.name,
+        head.model_name,
+        head.backbone_sha256[:12],
+        info.name,
+        info.sha256[:12],
+    )
 
 
 # --- the train-head command ----------------------------------------------------------------

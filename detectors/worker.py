@@ -1229,6 +1229,7 @@ def run(args: argparse.Namespace) -> int:
         cameras = select_cameras(site, args.cameras, args.shard)
         evidence_max_bytes_from_env()
         port = resolve_metrics_port(args.metrics_port)
+        check_heads_folder(args.heads)
     except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -1284,7 +1285,7 @@ def _build(
     from gridpatrol.detectors.pipeline import detector_conf, warn_missing_heads
 
     spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
-    heads = _load_heads(model_info(spec), args.heads) if _needs_heads(cameras) else {}
+    heads = _load_heads(model_info(spec), args.heads, cameras) if _needs_heads(cameras) else {}
     warn_missing_heads(cameras, heads)
     nodes = sorted({n for h in heads.values() for n in h.feature_nodes})
     # Weak boxes reach the tracker, and a rule's min_confidence below the backend's default
@@ -1311,13 +1312,29 @@ def _build(
     return worker, backend
 
 
-def _load_heads(info: Any, folder: str | None) -> dict[str, Any]:
+def check_heads_folder(folder: str | None) -> None:
+    """A ``--heads`` folder that is not there is a setup error, as scan says too: globbing it
+    would find no head, and every garbage_overflow zone would stay silent."""
+    if folder is not None and not Path(folder).is_dir():
+        raise ValueError(f"--heads {folder}: no such folder")
+
+
+def _load_heads(info: Any, folder: str | None, cameras: Sequence[Camera]) -> dict[str, Any]:
     try:
         module = importlib.import_module("gridpatrol.detectors.heads")
     except ModuleNotFoundError:
         log.warning("no scene heads installed: garbage_overflow zones cannot fire")
         return {}
-    heads: dict[str, Any] = module.load_default_heads(info, Path(folder) if folder else None)
+    # The heads the configured zones need: one of them not loaded is an error, not a warning.
+    required = {
+        zone.rules.garbage_overflow.head
+        for cam in cameras
+        for zone in cam.zones
+        if zone.rules.garbage_overflow is not None
+    }
+    heads: dict[str, Any] = module.load_default_heads(
+        info, Path(folder) if folder else None, required
+    )
     log.info("scene heads: %s", ", ".join(sorted(heads)) or "none")
     return heads
 

@@ -1,14 +1,19 @@
-"""The shipped garbage head: its file, its backbone check, and its scores on real photos."""
+"""The shipped garbage head: its file, its backbone check, and its scores on real photos;
+saving and loading head files, and detect's start with a --heads folder."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -158,3 +163,167 @@ def test_scan_reports_garbage_overflow_from_the_shipped_head(
     assert [v["type"] for v in garbage["violations"]] == ["garbage_overflow"]
     assert clean["scene"]["garbage"] < head.threshold
     assert "garbage_overflow" not in [v["type"] for v in clean["violations"]]
+
+
+def test_legacy_head_without_the_npz_hash_loads(tmp_path: Path, head: SceneHead) -> None:
+    """Heads saved before the JSON named its .npz's hash (the shipped one) load as they are."""
+    assert "npz_sha256" not in json.loads((HEADS_DIR / "garbage.json").read_text())
+    npz, meta = head.save(tmp_path / "garbage")
+    doc = json.loads(meta.read_text())
+    assert doc["npz_sha256"] == hashlib.sha256(npz.read_bytes()).hexdigest()
+    del doc["npz_sha256"]
+    meta.write_text(json.dumps(doc))
+    assert SceneHead.load(meta).threshold == head.threshold
+
+
+def fail_json_serialisation(head: SceneHead, monkeypatch: pytest.MonkeyPatch) -> SceneHead:
+    return replace(head, meta={**head.meta, "note": object()})  # json.dumps raises TypeError
+
+
+def fail_json_file_write(head: SceneHead, monkeypatch: pytest.MonkeyPatch) -> SceneHead:
+    """The disk fills up while the JSON is written (the .npz went through)."""
+    real = os.fsync
+    calls: list[int] = []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return head
+
+
+@pytest.mark.parametrize("failure", [fail_json_serialisation, fail_json_file_write])
+def test_a_failed_save_leaves_the_previous_pair(
+    tmp_path: Path,
+    head: SceneHead,
+    info: ModelInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Any,
+) -> None:
+    head.save(tmp_path / "garbage")
+    retrained = replace(head, threshold=0.25, weights=head.weights * 2.0, bias=head.bias + 1.0)
+    with pytest.raises((TypeError, OSError)):
+        failure(retrained, monkeypatch).save(tmp_path / "garbage")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.json", "garbage.npz"]
+    again = load_default_heads(info, tmp_path)["garbage"]
+    assert again.threshold == head.threshold
+    np.testing.assert_array_equal(again.weights, head.weights)
+    assert again.bias == pytest.approx(head.bias)
+
+
+def test_weights_and_threshold_of_different_saves_are_refused(
+    tmp_path: Path, head: SceneHead, info: ModelInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    """New weights beside the JSON of the previous save (a save cut between its two renames,
+    or a hand copy of one file) are not scored under the old threshold: the head is skipped."""
+    head.save(tmp_path / "garbage")
+    old_json = (tmp_path / "garbage.json").read_text()
+    replace(head, threshold=0.25, weights=head.weights * 2.0).save(tmp_path / "garbage")
+    (tmp_path / "garbage.json").write_text(old_json)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.detectors.heads"):
+        assert load_default_heads(info, tmp_path) == {}
+    assert "scene head garbage.json skipped" in caplog.text
+    assert "garbage.npz (sha256 " in caplog.text
+    assert "is not the weights file garbage.json was saved with" in caplog.text
+
+
+def test_two_files_with_one_head_name_use_the_newest(
+    tmp_path: Path, head: SceneHead, info: ModelInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    newer = replace(
+        head, threshold=0.5, meta={**head.meta, "trained_at": "2026-11-29T10:00:00+00:00"}
+    )
+    older = replace(
+        head, threshold=0.6, meta={**head.meta, "trained_at": "2026-11-28T10:00:00+00:00"}
+    )
+    newer.save(tmp_path / "a-garbage")  # sorts first: the file name is no tie-breaker here
+    older.save(tmp_path / "b-garbage")
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.detectors.heads"):
+        heads = load_default_heads(info, tmp_path)
+    assert heads["garbage"].threshold == 0.5
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "scene heads a-garbage.json and b-garbage.json are both named 'garbage': using "
+        "a-garbage.json (trained at 2026-11-29T10:00:00+00:00), not b-garbage.json (trained at "
+        "2026-11-28T10:00:00+00:00); remove or rename one"
+    ]
+
+
+def test_two_files_with_one_head_name_and_no_training_time_use_the_last_name(
+    tmp_path: Path, head: SceneHead, info: ModelInfo, caplog: pytest.LogCaptureFixture
+) -> None:
+    plain = {k: v for k, v in head.meta.items() if k != "trained_at"}
+    replace(head, threshold=0.5, meta=plain).save(tmp_path / "a-garbage")
+    replace(head, threshold=0.6, meta=plain).save(tmp_path / "b-garbage")
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.detectors.heads"):
+        assert load_default_heads(info, tmp_path)["garbage"].threshold == 0.6
+    assert "using b-garbage.json (trained at unknown), not a-garbage.json" in caplog.text
+
+
+SITE = """
+site: {name: 测试}
+cameras:
+  - id: bins
+    source: mqtt
+    location: {address: 大宁路 1号}
+    zones:
+      - id: bins
+        polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]
+        rules: {garbage_overflow: {dwell_s: 3}}
+"""
+
+
+def detect(tmp_path: Path, shared_dir: Path, *args: str) -> subprocess.Popen[str]:
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE, encoding="utf-8")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site), *args],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tmp_path,
+        env={
+            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
+            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db",
+            "GRIDPATROL_MODEL": str(shared_dir / "models" / "yolo11n_int8_openvino_model"),
+        },
+    )  # fmt: skip
+
+
+def test_detect_refuses_a_heads_folder_that_is_not_there(tmp_path: Path, shared_dir: Path) -> None:
+    """A misspelt --heads would load no head and leave garbage_overflow off for good."""
+    proc = detect(tmp_path, shared_dir, "--heads", "var/haeds")
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:  # it started after all: do not leave it running
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and errors[0].endswith("--heads var/haeds: no such folder"), err
+    assert "Traceback" not in err
+
+
+def test_detect_names_the_head_of_another_backbone_a_zone_needs_at_error(
+    tmp_path: Path, shared_dir: Path, head: SceneHead, info: ModelInfo
+) -> None:
+    """Other cameras and rules still work, so detect starts, but it says at ERROR which file
+    is of another backbone and both hashes."""
+    other = "0" * 64
+    replace(head, backbone_sha256=other).save(tmp_path / "heads" / "garbage")
+    proc = detect(tmp_path, shared_dir, "--heads", str(tmp_path / "heads"))
+    guard = threading.Timer(120, proc.kill)  # a safety net if the line never comes
+    guard.start()
+    try:
+        assert proc.stderr is not None
+        line = next((ln for ln in proc.stderr if "scene head garbage" in ln), "")
+    finally:
+        guard.cancel()
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert " ERROR " in line, line
+    assert str(tmp_path / "heads" / "garbage.json") in line
+    assert f"sha256 {other}" in line
+    assert f"sha256 {info.sha256}" in line

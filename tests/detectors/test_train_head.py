@@ -19,7 +19,14 @@ import pytest
 
 from gridpatrol.api.client import ApiClient
 from gridpatrol.detectors.features import YOLO11_NODES
-from gridpatrol.detectors.head_training import choose_threshold, review_samples, time_groups
+from gridpatrol.detectors.head_training import (
+    FeatureSet,
+    check_enough,
+    choose_threshold,
+    nested_cv,
+    review_samples,
+    time_groups,
+)
 from gridpatrol.detectors.heads import SceneHead
 
 GARBAGE = (
@@ -234,10 +241,13 @@ def post_candidate(
     kind: str,
     camera: str,
     boxes: list[list[float]] | None = None,
+    later: tuple[dict[str, Any], ...] = (),
     **detection: Any,
 ) -> str:
     """A garbage_overflow candidate whose evidence is ``data``; its box the whole image unless
-    ``boxes`` are given, with any further ``detection`` fields."""
+    ``boxes`` are given, with any further ``detection`` fields. ``later`` evidence items are
+    added by an update, after ``data``: they may name files never uploaded (a new candidate
+    needs every file it names, an update one stored file)."""
     sha = producer.put_evidence(data, "image/jpeg")
     width, height = jpeg_size(data)
     body: dict[str, Any] = {
@@ -264,6 +274,11 @@ def post_candidate(
     }
     created = producer.create_candidate(body, uuid.uuid4().hex)
     assert created["status"] == "new", created
+    if later:
+        patch = {"evidence": list(later)}
+        patched = producer.patch_candidate(created["id"], patch, uuid.uuid4().hex)
+        assert patched["status"] == "new", patched
+        assert patched["evidence"] == created["evidence"] + list(later), patched
     return str(created["id"])
 
 
@@ -311,6 +326,105 @@ def test_train_head_from_reviewed_candidates(
     )  # fmt: skip
     assert refused.returncode == 2
     assert "train-head: HTTP 401" in refused.stderr
+
+
+def test_a_reviewed_candidate_without_its_evidence_file_is_skipped(
+    shared_dir: Path, api_server: Any
+) -> None:
+    """The API takes a candidate that refers to a file it does not hold (while another of its
+    files is stored): training skips it with a line naming it, and a clean frame that is not
+    stored gives way to the next clean frame of the same candidate."""
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    lost = {
+        "sha256": hashlib.sha256(uuid.uuid4().bytes).hexdigest(),
+        "kind": "clean",
+        "width": 640,
+        "height": 480,
+    }
+    photos = [("garbage", n) for n in GARBAGE] + [("clean", n) for n in CLEAN]
+    for i, (label, name) in enumerate(photos):
+        data = (dataset(shared_dir) / label / name).read_bytes()
+        if i == 0:  # annotated, then a clean frame not stored, then the stored one as clean
+            width, height = jpeg_size(data)
+            stored = {"sha256": hashlib.sha256(data).hexdigest(), "kind": "clean"}
+            later = (lost, {**stored, "width": width, "height": height})
+            cid = post_candidate(producer, data, "annotated", camera="cam-0", later=later)
+        else:
+            cid = post_candidate(producer, data, "clean", camera=f"cam-{i % 4}")
+        if label == "garbage":
+            reviewer.review(cid, "confirm")
+        else:
+            reviewer.review(cid, "reject", reason_code="false_positive")
+    data = (dataset(shared_dir) / "garbage" / GARBAGE[0]).read_bytes()
+    missing = post_candidate(producer, data, "annotated", camera="cam-9", later=(lost,))
+    reviewer.review(missing, "confirm")
+    producer.close()
+    reviewer.close()
+
+    proc = train_head(
+        "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
+        "--token", api_server.tokens["reviewer"], "--cv-only", "--folds", "2", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert f"train-head: candidate {missing}: evidence {lost['sha256']} not found, skipped" in (
+        proc.stderr.splitlines()
+    )
+    assert "train-head: 12 reviewed garbage_overflow candidates" in proc.stderr.splitlines()
+    check_report(proc.stdout, images=12, positive=6)
+
+
+def test_groups_too_unequal_to_split_are_a_setup_error(shared_dir: Path, tmp_path: Path) -> None:
+    """40 garbage photos of one report session and three single ones, four clean photos:
+    with two outer folds, the session is one outer training part and the only positive
+    group of the inner split there. One line and exit 2, not a traceback."""
+    day = 86_400_000
+    source = sorted((dataset(shared_dir) / "garbage").glob("*.jpg"))
+    stamps = [1_500_000_000_000 + 60_000 * i for i in range(40)]  # a minute apart
+    stamps += [1_510_000_000_000 + day * i for i in range(3)]
+    (tmp_path / "garbage").mkdir()
+    for i, stamp in enumerate(stamps):
+        shutil.copy(source[i], tmp_path / "garbage" / f"g{i}_{stamp}.jpg")
+    (tmp_path / "clean").mkdir()
+    for i, name in enumerate(CLEAN[:4]):
+        shutil.copy(dataset(shared_dir) / "clean" / name, tmp_path / "clean" / f"c{i}.jpg")
+    proc = train_head(
+        str(tmp_path), "--name", "garbage", "--cv-only", "--folds", "2", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("train-head: grouped inner cross-validation cannot split ")
+    )
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_nested_cv_on_very_unequal_groups_works_or_says_why(seed: int, folds: int) -> None:
+    """Positive groups of 40, 1, 1 and 1 images, four negative groups: every seed and fold
+    count either cross-validates or raises one clear ValueError (exit 2 in the command)."""
+    rng = np.random.default_rng(seed)
+    sizes = {0: 40, 1: 1, 2: 1, 3: 1, 10: 2, 11: 2, 12: 2, 13: 2}
+    groups = np.array([g for g, n in sizes.items() for _ in range(n)], dtype=np.int64)
+    y = (groups < 10).astype(np.int64)
+    x = (rng.normal(size=(len(y), 6)) + y[:, None]).astype(np.float32)
+    fs = FeatureSet(
+        x=x, x_flip=x.copy(), x_base=x[:, :3].copy(), y=y, groups=groups,
+        keys=tuple(str(i) for i in range(len(y))),
+    )  # fmt: skip
+    check_enough(fs)
+    try:
+        report = nested_cv(fs, folds, 1, seed, 0.92, 0.10, on_fold=lambda _: None)
+    except ValueError as exc:
+        assert str(exc).startswith("grouped "), exc
+        assert "cross-validation cannot split" in str(exc)
+    else:
+        assert len(report.head) == 1
 
 
 def test_reviewed_regions_fall_on_the_pixels_the_worker_boxed(
