@@ -11,7 +11,8 @@ export class ApiError extends Error {
 
 export function setCsrf(token) { csrfToken = token; }
 
-export async function request(path, { method = 'GET', body, accept = 'json' } = {}) {
+export async function request(path, options = {}, retried = false) {
+  const { method = 'GET', body, accept = 'json' } = options;
   const headers = { Accept: accept === 'json' ? 'application/json' : '*/*' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && csrfToken) headers['X-CSRF-Token'] = csrfToken;
@@ -26,10 +27,28 @@ export async function request(path, { method = 'GET', body, accept = 'json' } = 
   if (!response.ok) {
     let problem;
     try { problem = await response.json(); } catch { problem = { title: response.statusText }; }
+    if (!retried && staleCsrf(response.status, method, problem)) {
+      await refreshCsrf();
+      return request(path, options, true);
+    }
     throw new ApiError(response.status, problem);
   }
   if (response.status === 204) return null;
   return accept === 'json' ? response.json() : response.blob();
+}
+
+// A write refused for its CSRF token: the session cookie (shared by the browser's tabs) was
+// replaced by logging in again in another tab, and carries another token now.
+const staleCsrf = (status, method, problem) => status === 403 && method !== 'GET'
+  && /X-CSRF-Token/.test(problem.detail || '');
+
+async function refreshCsrf() {
+  try {
+    setCsrf((await request('/session')).csrf_token);
+  } catch (err) {
+    if (err instanceof ApiError && err.status === 401) window.dispatchEvent(new CustomEvent('gp:unauthorized'));
+    throw err;
+  }
 }
 
 export const get = (path) => request(path);

@@ -10,6 +10,9 @@ export const ref = { types: new Map(), cameras: [], sensors: [], session: null, 
 
 const $ = (sel) => document.querySelector(sel);
 
+// Times are the site's wall-clock times, wherever the reviewer's browser is.
+export const when = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { timeZone: ref.timezone }) : '');
+
 export function toast(message, isError = false) {
   const el = $('#toast');
   el.textContent = message;
@@ -27,10 +30,12 @@ export function typeName(type) {
     : { main: info.name_en, other: info.name_zh };
 }
 
-// A modal dialog whose body the caller fills; resolves with the form data or null.
+// A modal dialog whose body the caller fills; resolves with the form data or null. The form
+// data may be { invalid: message } instead: the dialog says so and stays open.
 export function dialog(title, fill) {
   const dlg = $('#dlg');
   $('#dlg-title').textContent = title;
+  $('#dlg-error').textContent = '';
   const body = $('#dlg-body');
   body.replaceChildren();
   const read = fill(body);
@@ -42,7 +47,12 @@ export function dialog(title, fill) {
       if (dlg.open) dlg.close();
       resolve(value);
     };
-    const onSubmit = (ev) => { ev.preventDefault(); done(read()); };
+    const onSubmit = (ev) => {
+      ev.preventDefault();
+      const value = read();
+      if (value?.invalid) $('#dlg-error').textContent = value.invalid;
+      else done(value);
+    };
     const onCancel = () => done(null);
     const onClose = () => done(null);
     $('#dlg-form').addEventListener('submit', onSubmit);
@@ -109,7 +119,8 @@ async function logout() {
   location.reload();
 }
 
-function showLogin() {
+function showLogin(message = '') {
+  $('#login-error').textContent = message;
   $('#app').hidden = true;
   $('#login').hidden = false;
   $('#token').focus();
@@ -135,7 +146,8 @@ async function start() {
     if (!ref.session) return;
     ref.session = null;
     stopEvents();
-    showLogin();
+    // The queue keeps its place: after logging in again the same case is selected.
+    showLogin(t('login.expired'));
   });
   try {
     await enter(await get('/session'));

@@ -1,6 +1,6 @@
 // The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
-import { dialog, ref, toast, typeName } from './app.js';
+import { dialog, ref, toast, typeName, when } from './app.js';
 import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
@@ -24,7 +24,19 @@ const state = {
   pending: null,
   queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
+  // The case this tab is deciding (its own answer shows the outcome, not the live event).
+  deciding: null,
+  // The selected case another reviewer decided while it was shown: kept on screen, without
+  // its decision buttons, until the reviewer moves on (see applyUpdate, select).
+  gone: null,
+  // The detail pane's case and when it came up: a click meant for the case before (the second
+  // click of a double click) must not decide the one that replaced it under the pointer.
+  shownId: null, shownAt: 0,
+  reloading: false, // a first page (filters changed) is on its way: see load
+  missing: new Set(), // frames that did not load: see figure
 };
+// How long after the detail pane shows another case its buttons ignore clicks.
+const SETTLE_MS = 400;
 const $ = (sel) => document.querySelector(sel);
 const el = (tag, attrs = {}, ...children) => {
   const node = document.createElement(tag);
@@ -48,9 +60,6 @@ function age(iso) {
   if (s < 86400) return `${(s / 3600).toFixed(1)} ${t('age.h')}`;
   return `${(s / 86400).toFixed(1)} ${t('age.d')}`;
 }
-
-// Times are the site's wall-clock times, wherever the reviewer's browser is.
-const when = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { timeZone: ref.timezone }) : '');
 
 // The instant of a wall-clock time ("YYYY-MM-DDTHH:MM[:SS]", a datetime-local value) in the site's
 // zone, as ISO 8601 UTC.
@@ -100,12 +109,17 @@ function evidenceOf(c, kind) {
   return best;
 }
 
-function thumbnailSha(c) {
-  for (const kind of IMAGE_KINDS) {
-    const e = evidenceOf(c, kind);
-    if (e) return e.sha256;
-  }
-  return null;
+// The list's thumbnail: the first frame of IMAGE_KINDS that loads (one may not be uploaded yet).
+function thumbnail(c) {
+  const shas = [...new Set(IMAGE_KINDS.map((kind) => evidenceOf(c, kind)?.sha256).filter(Boolean))];
+  if (!shas.length) return el('span', { class: 'thumb none' });
+  const img = el('img', { class: 'thumb', src: evidenceUrl(shas[0]), alt: c.type, loading: 'lazy' });
+  let next = 1;
+  img.addEventListener('error', () => {
+    if (next < shas.length) img.src = evidenceUrl(shas[next++]);
+    else img.replaceWith(el('span', { class: 'thumb none', title: t('d.notuploaded') }));
+  });
+  return img;
 }
 
 const statusBadge = (status) => el('span', { class: `badge s-${status}`, text: t(`s.${status}`) });
@@ -159,7 +173,12 @@ function matches(c) {
 // The first page of the queue (or, with append, the next one). keep holds on to the selected
 // case when it is still listed (a reload after lost live updates must not move the reviewer).
 async function load(append = false, keep = false) {
+  if (append && state.reloading) return; // the next page of the list being replaced
   const seq = ++state.loadSeq;
+  if (!append) {
+    state.reloading = true;
+    $('#queue-more').hidden = true;
+  }
   state.pending ??= new Set();
   const keepId = keep ? state.items[state.selected]?.id : undefined;
   const params = { ...filters(), limit: 50 };
@@ -169,16 +188,23 @@ async function load(append = false, keep = false) {
     page = await get(`/candidates${query(params)}`);
   } catch (err) {
     toast(err.message, true);
-    if (seq === state.loadSeq) applyPending();
+    if (seq === state.loadSeq) {
+      state.reloading = false;
+      renderList();
+      applyPending();
+    }
     return;
   }
   if (seq !== state.loadSeq) return; // a newer filter change won
+  state.reloading = false;
+  const shown = state.items[state.selected]?.id;
   if (append) {
     // A case shown live since the last page may come again in this one.
     const listed = new Set(state.items.map((x) => x.id));
     state.items = [...state.items, ...page.items.filter((x) => !listed.has(x.id))];
   } else {
     state.items = page.items;
+    state.gone = null; // not listed any more
   }
   state.cursor = page.next_cursor || null;
   const last = page.items[page.items.length - 1];
@@ -186,46 +212,71 @@ async function load(append = false, keep = false) {
   if (!append) {
     const kept = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
     state.selected = kept >= 0 ? kept : (state.items.length ? 0 : -1);
+  } else if (state.selected < 0 && state.items.length) {
+    state.selected = 0; // the list had drained: the next page's first case is next
   }
   renderList();
   applyPending();
-  if (!append) await showDetail();
+  if (!append || state.items[state.selected]?.id !== shown) await showDetail();
+}
+
+// Every loaded case is decided but more pages wait: read the next one, as "More" would.
+function drained() {
+  if (!state.items.length && state.cursor && !state.pending) load(true);
 }
 
 function row(c, index) {
-  const sha = thumbnailSha(c);
   const name = typeName(c.type);
-  const thumb = sha
-    ? el('img', { class: 'thumb', src: evidenceUrl(sha), alt: c.type, loading: 'lazy' })
-    : el('span', { class: 'thumb none' });
   const tr = el('tr', {
     'data-id': c.id, class: index === state.selected ? 'selected' : '',
     onclick: () => select(index),
   },
-  el('td', {}, thumb),
+  el('td', {}, thumbnail(c)),
   el('td', {}, el('div', { text: name.main }), el('div', { class: 'muted small', text: name.other })),
   el('td', { class: 'mono', text: sourceId(c) }),
   el('td', { text: place(c) }),
   el('td', { class: 'age', 'data-at': c.occurred_at || '', text: age(c.occurred_at) }),
   el('td', {}, statusBadge(c.status)));
   if (c._fresh) tr.classList.add('fresh');
+  if (c.id === state.gone) tr.classList.add('gone');
   return tr;
 }
 
 function renderList() {
   const body = $('#queue-body');
   body.replaceChildren(...state.items.map(row));
-  $('#queue-empty').hidden = state.items.length > 0;
-  $('#queue-more').hidden = !state.cursor;
+  // Nothing listed but a page waits: it is on its way (see drained), not "no matching cases".
+  $('#queue-empty').hidden = state.items.length > 0 || Boolean(state.cursor);
+  // Its cursor belongs to the list being replaced: a page read with it would mix the two.
+  $('#queue-more').hidden = !state.cursor || state.reloading;
   const current = body.querySelector('tr.selected');
   if (current) current.scrollIntoView({ block: 'nearest' });
 }
 
 async function select(index) {
+  if (state.gone) {
+    await moveOn(index);
+    return;
+  }
   if (index < 0 || index >= state.items.length) return;
   state.selected = index;
   document.querySelectorAll('#queue-body tr').forEach((tr, i) => tr.classList.toggle('selected', i === index));
   document.querySelector('#queue-body tr.selected')?.scrollIntoView({ block: 'nearest' });
+  await showDetail();
+}
+
+// Away from a case decided elsewhere (see applyUpdate): it leaves the list, and the reviewer
+// goes to the case at index as the list was (or the nearest one, past either end).
+async function moveOn(index) {
+  const gone = state.items.findIndex((x) => x.id === state.gone);
+  if (index === gone) return; // the same case: still shown as decided
+  const target = state.items[index];
+  state.gone = null;
+  if (gone >= 0) state.items.splice(gone, 1);
+  const at = target ? state.items.indexOf(target) : Math.min(Math.max(index, 0), state.items.length - 1);
+  state.selected = state.items.length ? Math.max(at, 0) : -1;
+  renderList();
+  drained();
   await showDetail();
 }
 
@@ -248,11 +299,18 @@ function zoom(src) {
   document.body.append(overlay);
 }
 
+// A frame that fails to load (not uploaded yet: the case is incomplete for it) is noted and the
+// detail drawn again, which shows another frame in its place or says it is not there yet.
 function figure(ev, caption, cls = '') {
   if (!ev) return null;
   const src = evidenceUrl(ev.sha256);
-  return el('figure', { class: cls },
-    el('img', { src, alt: caption, class: 'evidence', onclick: () => zoom(src) }),
+  const frame = state.missing.has(ev.sha256)
+    ? el('p', { class: 'noframe muted', text: t('d.notuploaded') })
+    : el('img', {
+      src, alt: caption, class: 'evidence', onclick: () => zoom(src),
+      onerror: () => { state.missing.add(ev.sha256); renderDetail(); },
+    });
+  return el('figure', { class: cls }, frame,
     el('figcaption', { text: `${caption} ${when(ev.captured_at)}` }));
 }
 
@@ -315,23 +373,28 @@ function renderDetail() {
     return;
   }
   const name = typeName(c.type);
-  const annotated = evidenceOf(c, 'annotated');
-  const clean = evidenceOf(c, 'clean') || evidenceOf(c, 'snapshot');
+  // A frame that did not load is passed over for the other one.
+  const usable = (...kinds) => kinds.map((k) => evidenceOf(c, k)).find((e) => e && !state.missing.has(e.sha256));
+  const annotated = usable('annotated');
+  const clean = usable('clean', 'snapshot');
   const main = state.annotated ? (annotated || clean) : (clean || annotated);
+  const framed = ['annotated', 'clean', 'snapshot'].some((k) => evidenceOf(c, k));
   const showsAnnotated = main != null && main === annotated;
   const mainKind = showsAnnotated ? t('d.annotated') : t('d.clean');
   const others = (c.evidence || []).filter((e) => !IMAGE_KINDS.includes(e.kind));
+  const gone = state.gone === c.id;
   const action = (decision) => el('button', {
     type: 'button', id: `act-${decision}`, text: t(`d.${decision}`),
-    ...(allowed(c, decision) ? {} : { disabled: '' }), onclick: () => decide(decision),
+    ...(allowed(c, decision) && !gone ? {} : { disabled: '' }), onclick: (ev) => clicked(ev, decision),
   });
-  const actions = el('div', { class: 'actions' },
+  const actions = el('div', { class: settling(c) ? 'actions settling' : 'actions' },
     action('confirm'), action('reject'), action('return'), action('merge'));
   const parts = [
     el('header', { class: 'detail-head' },
       el('h2', {}, `${name.main} `, el('small', { class: 'muted', text: name.other })),
       statusBadge(c.status),
       el('div', { class: 'mono small muted', text: `${c.id} · ${sourceId(c)} · ${place(c)}` })),
+    gone ? el('p', { id: 'decided-elsewhere', class: 'notice', role: 'alert', text: decidedElsewhere(c) }) : null,
     actions,
     main
       ? el('div', { class: 'main-evidence' },
@@ -346,7 +409,7 @@ function renderDetail() {
             ...(clean ? {} : { disabled: '' }), onclick: () => toggle(false),
           })),
         figure(main, mainKind, 'main'))
-      : el('p', { class: 'muted', text: t('d.noimage') }),
+      : el('p', { class: 'muted noframe', text: t(framed ? 'd.notuploaded' : 'd.noimage') }),
     el('div', { class: 'dwell' }, figure(evidenceOf(c, 'first_seen'), t('d.first')), figure(evidenceOf(c, 'latest'), t('d.latest'))),
     others.length
       ? el('p', {}, `${t('d.evidence')}: `, ...others.map((e) => el('a', { href: evidenceUrl(e.sha256), target: '_blank', text: `${e.kind} ` })))
@@ -356,12 +419,40 @@ function renderDetail() {
   pane.replaceChildren(...parts.filter((p) => p != null));
 }
 
+// Whether the pane has just come to show this case: its buttons ignore clicks a moment, so a
+// click aimed at the case before (a double click's second one, say) does not decide this one.
+function settling(c) {
+  const now = performance.now();
+  if (c.id !== state.shownId) {
+    state.shownId = c.id;
+    state.shownAt = now;
+  }
+  const left = SETTLE_MS - (now - state.shownAt);
+  if (left <= 0) return false;
+  setTimeout(() => {
+    if (performance.now() - state.shownAt >= SETTLE_MS) $('#detail .actions')?.classList.remove('settling');
+  }, left);
+  return true;
+}
+
+function clicked(ev, decision) {
+  if (ev.detail > 1 || performance.now() - state.shownAt < SETTLE_MS) return;
+  decide(decision);
+}
+
+// "Decided by <who>: <status>" of a case another reviewer decided while it was shown.
+function decidedElsewhere(c) {
+  const last = (c.history || []).at(-1);
+  return t('d.elsewhere').replace('{who}', last?.who || '?').replace('{status}', t(`s.${c.status}`));
+}
+
 function toggle(annotated) {
   state.annotated = annotated;
   renderDetail();
 }
 
 async function showDetail() {
+  state.missing.clear(); // a frame uploaded since is tried again
   const c = state.items[state.selected];
   if (!c) {
     state.detail = null;
@@ -398,18 +489,28 @@ function reasonPicker(body) {
     body.querySelectorAll('input[name=reason_code]')[n - 1].checked = true;
   };
   setTimeout(() => body.querySelector('input[name=reason_code]:checked').focus(), 0);
-  return () => ({
-    reason_code: body.querySelector('input[name=reason_code]:checked').value,
-    reason: note.value || undefined,
-  });
+  return () => {
+    const code = body.querySelector('input[name=reason_code]:checked').value;
+    const reason = note.value.trim();
+    // "Other" says nothing by itself: its note is the reason.
+    if (code === 'other' && !reason) return { invalid: t('dlg.needreason') };
+    return { reason_code: code, reason: reason || undefined };
+  };
 }
 
+// The producer (or whoever completes the case) learns from the note what to add.
 function returnNote(body) {
-  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reason') });
+  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reasonreq') });
   body.append(note);
   setTimeout(() => note.focus(), 0);
-  return () => ({ reason: note.value || undefined });
+  return () => {
+    const reason = note.value.trim();
+    return reason ? { reason } : { invalid: t('dlg.needreason') };
+  };
 }
+
+// A case id as the API takes it for merge_into.
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 // The merge dialog offers the open cases of the same type and camera or sensor that occurred
 // within a day (asked of the API, loaded or not), and any open case whose id is pasted.
@@ -436,7 +537,7 @@ function mergePicker(current) {
     }, (err) => { note.textContent = err.message; });
     search.addEventListener('input', async () => {
       const id = search.value.trim();
-      if (!/^[A-Za-z0-9:{}-]{32,64}$/.test(id)) return;
+      if (!UUID.test(id)) return;
       let c;
       try { c = await get(`/candidates/${id}`); } catch (err) {
         refused.add(id);
@@ -456,8 +557,9 @@ function mergePicker(current) {
       // A pasted id (still in the box, so not chosen over in the list since) wins, also when
       // Enter came before its case was shown.
       const typed = search.value.trim();
-      if (typed) return refused.has(typed) ? null : { merge_into: typed };
-      return select.value ? { merge_into: select.value } : null;
+      if (typed && !UUID.test(typed)) return { invalid: t('dlg.badid') };
+      if (typed) return refused.has(typed) ? { invalid: t('dlg.mergefinal') } : { merge_into: typed };
+      return select.value ? { merge_into: select.value } : { invalid: t('dlg.pickmerge') };
     };
   };
 }
@@ -465,6 +567,10 @@ function mergePicker(current) {
 async function decide(decision) {
   const c = state.items[state.selected];
   if (!c || state.busy) return; // one decision at a time: a double press must not hit the next case
+  if (state.gone === c.id) { // decided elsewhere while shown: the reviewer moves on first
+    toast(decidedElsewhere(c), true);
+    return;
+  }
   if (!allowed(c, decision)) {
     toast(`${t('err.notallowed')} (${t(`s.${c.status}`)})`, true);
     return;
@@ -479,10 +585,13 @@ async function decide(decision) {
 
 async function decideOn(c, decision) {
   let extra = {};
-  if (decision === 'reject') extra = await dialog(t('dlg.reject'), reasonPicker);
-  else if (decision === 'return') extra = await dialog(t('dlg.return'), returnNote);
-  else if (decision === 'merge') extra = await dialog(t('dlg.merge'), mergePicker(c));
+  // The title names the case: the one decided is the one the dialog was opened for.
+  const title = (key) => `${t(key)} · ${c.id.slice(0, 8)}`;
+  if (decision === 'reject') extra = await dialog(title('dlg.reject'), reasonPicker);
+  else if (decision === 'return') extra = await dialog(title('dlg.return'), returnNote);
+  else if (decision === 'merge') extra = await dialog(title('dlg.merge'), mergePicker(c));
   if (extra === null) return;
+  state.deciding = c.id;
   try {
     const updated = await post(`/candidates/${c.id}/review`, { decision, ...extra });
     toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
@@ -498,23 +607,34 @@ async function decideOn(c, decision) {
     let current;
     try { current = await get(`/candidates/${c.id}`); } catch { return; }
     applyUpdate(current, false);
+  } finally {
+    state.deciding = null;
   }
 }
 
 // Replace or drop a changed candidate; after the reviewer's own decision move on to the next.
-function applyUpdate(updated, advance) {
+// The selected case changed live (elsewhere) so that it leaves the list stays shown, marked as
+// decided and without its decisions, until the reviewer moves on: the next key press must not
+// act on a case that took its place unseen.
+function applyUpdate(updated, advance, live = false) {
   const index = state.items.findIndex((x) => x.id === updated.id);
   if (index < 0) return;
   const wasSelected = index === state.selected;
   if (matches(updated)) {
     state.items[index] = updated;
+    if (state.gone === updated.id) state.gone = null;
     if (wasSelected && advance && index + 1 < state.items.length) state.selected = index + 1;
+  } else if (live && wasSelected) {
+    state.items[index] = updated;
+    state.gone = updated.id;
   } else {
     state.items.splice(index, 1);
+    if (state.gone === updated.id) state.gone = null;
     if (index < state.selected || state.selected >= state.items.length) state.selected -= 1;
     if (state.selected < 0 && state.items.length) state.selected = 0;
   }
   renderList();
+  drained();
   if (wasSelected || advance) showDetail();
 }
 
@@ -593,7 +713,8 @@ async function lookUp(id) {
   if (state.pending) {
     state.pending.add(id);
   } else if (state.items.some((x) => x.id === full.id)) {
-    applyUpdate(full, false);
+    // This tab's own decision in flight shows its outcome by its answer.
+    applyUpdate(full, false, full.id !== state.deciding);
   } else if (matches(full) && beforeNextPage(full)) {
     insert(full);
   }
@@ -725,7 +846,9 @@ export function initQueue() {
   }, 15000);
 }
 
+// Back in the queue (from another view, or after logging in again mid-decision): the case
+// the reviewer was on stays selected when it is still listed.
 export function showQueue() {
   fillFilters();
-  load();
+  load(false, true);
 }

@@ -1,6 +1,6 @@
 // Statistics page: renders whatever GET /stats returns — numbers, maps of numbers, maps of rows.
 import { get } from './api.js';
-import { toast, typeName } from './app.js';
+import { toast, typeName, when } from './app.js';
 import { STATUSES, t } from './i18n.js';
 
 const LABELS = {
@@ -12,12 +12,14 @@ const LABELS = {
   arrived_at: 'st.arrived_at',
 };
 const STATUS_KEYS = new Set(STATUSES);
+const TIMES = new Set(['arrive_by', 'arrived_at']); // shown as the site's wall-clock time
 const label = (key) => (LABELS[key] ? t(LABELS[key]) : key.replaceAll('_', ' '));
 
 function cell(value, column) {
   const td = document.createElement('td');
   if (column === 'precision' && typeof value === 'number') td.textContent = `${(value * 100).toFixed(1)} %`;
   else if (column === 'type' && value) td.textContent = typeName(value).main;
+  else if (TIMES.has(column) && typeof value === 'string') td.textContent = when(value);
   else if (typeof value === 'number' && !Number.isInteger(value)) td.textContent = value.toFixed(3);
   else if (value !== null && typeof value === 'object') td.textContent = JSON.stringify(value);
   else td.textContent = value ?? '';

@@ -1,0 +1,338 @@
+"""The console's review actions at their edges: double clicks, cases decided elsewhere, frames
+not uploaded yet, a drained page, the decision dialogs' checks, stale sessions, SLA times."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from .conftest import annotate
+from .test_console import PARKING, SITE_TZ, VENDING, status_of
+from .test_queue_live import STAGES, is_list, review
+
+pytestmark = [pytest.mark.browser]
+
+# Every POST the page sends, recorded as it is sent (a click's handler has sent its request by
+# the time the click returns).
+RECORD_POSTS = """
+window.__posts = [];
+const send = window.fetch;
+window.fetch = (url, init) => {
+  if (init && init.method === 'POST') window.__posts.push(String(url));
+  return send(url, init);
+};
+"""
+
+
+def two_listed(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[str, str]:
+    """Two cases listed after logging in: the selected one's id and the other's."""
+    cases = [
+        seeder.camera_candidate(frames, minutes_ago=5, **PARKING),
+        seeder.camera_candidate(frames, minutes_ago=2, **VENDING),
+    ]
+    ui.login("reviewer")
+    ui.wait_rows([c["id"] for c in cases])
+    selected = ui.selected()
+    (other,) = [str(c["id"]) for c in cases if c["id"] != selected]
+    return selected, other
+
+
+def gone_from_list(page: Any, cid: str) -> None:
+    page.wait_for_function(f"() => !document.querySelector(\"#queue-body tr[data-id='{cid}']\")")
+
+
+def test_a_double_click_on_confirm_decides_only_the_case_it_was_aimed_at(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    page.add_init_script(RECORD_POSTS)
+    aimed, next_one = two_listed(ui, seeder, frames)
+    page.wait_for_selector(f"#detail:has-text('{aimed[:8]}') .actions:not(.settling) #act-confirm")
+    box = page.locator("#act-confirm").bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+
+    page.mouse.click(x, y)
+    gone_from_list(page, aimed)
+    # The pointer has not moved: the next case's Confirm is under it now, and a double click
+    # (or the rest of a triple click) lands there.
+    assert page.evaluate(f"document.elementFromPoint({x}, {y}).id") == "act-confirm"
+    page.mouse.click(x, y, click_count=2)
+    ui.shot("after-double-click")
+    posts = page.evaluate("window.__posts")
+    assert [url.rsplit("/", 2)[-2] for url in posts if url.endswith("/review")] == [aimed]
+    assert status_of(console, aimed)["status"] == "confirmed"
+    assert status_of(console, next_one)["status"] == "new"
+    assert ui.selected() == next_one
+
+
+def test_a_case_decided_elsewhere_while_shown_stays_until_the_reviewer_moves_on(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    shown, other = two_listed(ui, seeder, frames)
+    page.wait_for_selector("#live.on")
+    page.wait_for_selector(f"#detail:has-text('{shown[:8]}') #act-confirm:enabled")
+
+    review(console, shown, decision="confirm")  # another reviewer
+    who = status_of(console, shown)["history"][-1]["who"]
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert notice.inner_text() == f"此线索已由 {who} 处理：已确认。按 j/k 或点击列表继续"
+    assert ui.selected() == shown
+    assert page.is_visible(f"#detail .detail-head:has-text('{shown}') .badge.s-confirmed")
+    for decision in ("confirm", "reject", "return", "merge"):
+        assert not page.is_enabled(f"#act-{decision}"), decision
+    ui.shot("decided-elsewhere")
+
+    # The next key meant for the case shown does not act on another one.
+    page.keyboard.press("c")
+    page.wait_for_selector(f"#toast:has-text('{notice.inner_text()}')")
+    assert status_of(console, other)["status"] == "new"
+    assert ui.selected() == shown
+
+    # Moving on drops it; the dialogs name the case they decide.
+    page.keyboard.press("j")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{other}')")
+    assert ui.rows() == [other]
+    assert not page.is_visible("#decided-elsewhere")
+    page.wait_for_selector("#act-reject:enabled")
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open]")
+    assert page.inner_text("#dlg-title") == f"驳回原因 · {other[:8]}"
+
+
+def without_frames(
+    seeder: Any, frames: list[bytes], skipped: list[bytes], **place: Any
+) -> dict[str, Any]:
+    """A camera case whose ``skipped`` frames are never uploaded (it refers to frames of its
+    own, which no other test uploads)."""
+    upload = seeder.evidence
+
+    def evidence(data: bytes, content_type: str = "image/jpeg") -> str:
+        if data in skipped:
+            return hashlib.sha256(data + uuid.uuid4().bytes).hexdigest()
+        sha: str = upload(data, content_type)
+        return sha
+
+    seeder.evidence = evidence
+    try:
+        case: dict[str, Any] = seeder.camera_candidate(frames, **place)
+    finally:
+        seeder.evidence = upload
+    assert case["status"] == "incomplete", case
+    return case
+
+
+def test_a_frame_not_uploaded_yet_gives_way_to_one_that_is(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    annotated = annotate(frames[-1], PARKING["type_"])  # what camera_candidate sends
+    no_flag = without_frames(seeder, frames, [annotated], minutes_ago=5, **PARKING)
+    no_frame = without_frames(seeder, frames, [annotated, frames[-1]], minutes_ago=3, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    page.select_option("#f-status", "incomplete")
+    ui.wait_rows([no_flag["id"], no_frame["id"]])
+    for case in (no_flag, no_frame):  # the thumbnail: a frame that is there
+        assert ui.image_width(f"#queue-body tr[data-id='{case['id']}'] img.thumb") == 1280
+
+    # Without its annotated frame, the clean one is shown (and named), and cannot be toggled.
+    page.click(f"#queue-body tr[data-id='{no_flag['id']}']")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{no_flag['id']}')")
+    page.wait_for_selector("#detail figure.main figcaption:has-text('原图')")
+    assert ui.image_width("#detail figure.main img") == 1280
+    assert not page.is_enabled("#toggle-annotated")
+    ui.shot("clean-in-place")
+
+    # Neither frame there: the detail says so, where the frames would be.
+    page.click(f"#queue-body tr[data-id='{no_frame['id']}']")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{no_frame['id']}')")
+    page.wait_for_selector("#detail .main-evidence, #detail > p.noframe")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#detail .noframe')]"
+        ".filter((p) => p.textContent === '画面尚未上传').length === 2"
+    )
+    assert not page.query_selector("#detail figure.main img")
+    assert ui.image_width("#detail .dwell figure:first-child img") == 1280  # first seen
+    ui.shot("no-frame-yet")
+
+
+def test_the_next_page_loads_when_every_listed_case_is_decided(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(51)]
+    page = ui.page
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
+    page.wait_for_selector("#live.on")
+    listed = ui.rows()
+    assert cases[0]["id"] not in listed  # the oldest waits on the next page
+    for cid in listed[1:]:
+        review(console, cid, decision="confirm")
+    ui.wait_rows([listed[0]])
+    assert ui.selected() == listed[0]
+    page.keyboard.press("c")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{cases[0]['id']}')")
+    assert ui.rows() == [cases[0]["id"]]
+    assert ui.selected() == cases[0]["id"]
+    assert page.is_hidden("#queue-empty")
+    ui.shot("next-page")
+
+
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
+def test_sla_breach_times_are_the_sites_in_a_browser_elsewhere(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, browser_timezone: str
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=300, **PARKING)
+    review(console, case["id"], decision="confirm")
+    now = datetime.now(UTC)
+    at = {"dispatched": now - timedelta(hours=3), "arrived": now - timedelta(hours=1)}
+    with console.client("platform") as client:
+        for stage in STAGES[:3]:
+            body: dict[str, Any] = {"stage": stage}
+            if stage in at:
+                body["at"] = at[stage].isoformat()
+            response = client.post(f"/candidates/{case['id']}/status", json=body)
+            assert response.status_code == 200, response.text
+    arrive_by = datetime.fromisoformat(status_of(console, case["id"])["arrive_by"])
+    page = ui.page
+    ui.login("reviewer")
+    page.click("nav a[data-view=stats]")
+    block = page.wait_for_selector("#stats-body section[data-key=sla_breaches] tbody tr")
+    cells = block.eval_on_selector_all(
+        "td", "tds => Object.fromEntries(tds.map((td, i) => [i, td.textContent]))"
+    )
+    heads = page.eval_on_selector_all(
+        "#stats-body section[data-key=sla_breaches] thead th",
+        "ths => ths.map(th => th.textContent)",
+    )
+    shown = {heads[int(i) + 1]: text for i, text in cells.items()}
+
+    def site(t: datetime) -> str:
+        local = t.astimezone(SITE_TZ)
+        return f"{local.year}/{local.month}/{local.day} {local:%H:%M:%S}"
+
+    assert shown["应到场时间"] == site(arrive_by)
+    assert shown["到场时间"] == site(at["arrived"])
+    ui.shot("sla-site-time")
+
+
+def actionable(page: Any, cid: str) -> None:
+    """Wait until the detail shows this case with its Confirm button enabled."""
+    page.wait_for_selector(f"#detail:has(.detail-head:has-text('{cid}')) #act-confirm:enabled")
+
+
+def open_dialog(ui: Any, key: str, case: dict[str, Any]) -> Any:
+    page = ui.page
+    actionable(page, case["id"])
+    page.keyboard.press(key)
+    page.wait_for_selector("#dlg[open]")
+    return page
+
+
+def test_a_return_needs_a_reason_and_a_merge_a_full_id(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+
+    page = open_dialog(ui, "i", case)
+    assert page.inner_text("#dlg-title") == f"退回补充说明 · {case['id'][:8]}"
+    page.keyboard.press("Enter")
+    assert page.inner_text("#dlg-error") == "请填写说明"
+    assert page.is_visible("#dlg[open]")
+    ui.shot("return-without-reason")
+    page.click("#dlg-cancel")
+
+    # Reject: "other" needs its note; the other reasons do not.
+    page = open_dialog(ui, "r", case)
+    page.keyboard.press("6")
+    page.keyboard.press("Enter")
+    assert page.inner_text("#dlg-error") == "请填写说明"
+    page.click("#dlg-cancel")
+
+    # Merge: a short or mangled id is refused before it is sent.
+    page = open_dialog(ui, "m", case)
+    page.fill("#dlg-body input[name=merge_id]", case["id"][:8])
+    page.keyboard.press("Enter")
+    assert page.inner_text("#dlg-error").startswith("线索编号应为完整的 UUID")
+    assert page.is_visible("#dlg[open]")
+    page.click("#dlg-cancel")
+    assert status_of(console, case["id"])["status"] == "new"
+
+    page = open_dialog(ui, "i", case)
+    page.fill("#dlg-body input[name=reason]", "no plate in the frame")
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    returned = status_of(console, case["id"])
+    assert (returned["status"], returned["history"][-1]["reason"]) == (
+        "returned",
+        "no plate in the frame",
+    )
+
+
+def test_a_write_after_logging_in_again_in_another_tab_goes_through(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    actionable(page, case["id"])
+    # Another tab of this browser logs in again: the shared cookie carries a new CSRF token.
+    response = page.context.request.post(
+        f"{console.url}/api/v1/session", data={"token": console.tokens["reviewer"]}
+    )
+    assert response.ok, response.text()
+    page.keyboard.press("c")
+    ui.wait_rows([])
+    assert status_of(console, case["id"])["status"] == "confirmed"
+
+
+def test_an_expired_session_mid_decision_keeps_the_case_after_logging_in(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    _, chosen = two_listed(ui, seeder, frames)
+    page.click(f"#queue-body tr[data-id='{chosen}']")
+    actionable(page, chosen)
+    page.context.clear_cookies()  # the session is gone
+    page.keyboard.press("c")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.inner_text("#login-error") == "会话已过期，请重新登录"
+    ui.shot("session-expired")
+    page.fill("#token", console.tokens["reviewer"])
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{chosen}')")
+    assert ui.selected() == chosen
+    assert status_of(console, chosen)["status"] == "new"
+
+
+def test_more_is_hidden_while_the_list_reloads(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    for _ in range(51):
+        seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
+    page = ui.page
+    ui.login("reviewer")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
+    page.wait_for_selector("#queue-more:not([hidden])")
+    held: list[Any] = []
+    page.route(is_list, lambda route: held.append(route), times=1)
+    page.select_option("#f-status", "")  # a reload, held on its way
+    for _ in range(600):  # bounded: the page's requests reach the handler between calls
+        if held:
+            break
+        page.evaluate("1")
+    assert held, "the list was not asked for"
+    assert page.is_hidden("#queue-more")
+    ui.shot("reloading")
+    held[0].continue_()
+    page.wait_for_selector("#queue-more:not([hidden])")
+    page.click("#queue-more")
+    page.wait_for_selector("#queue-more", state="hidden")
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 51")
