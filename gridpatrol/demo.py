@@ -136,6 +136,9 @@ def find_footage(root: Path | None = None) -> Path:
 
 
 def download_clips(target: Path) -> Path:
+    if target.is_symlink() and not target.exists():
+        # A link to shared footage that has moved or gone: the clips are downloaded instead.
+        target.unlink()
     target.mkdir(parents=True, exist_ok=True)
     for name, remote in SAMPLE_CLIPS.items():
         path = target / name
@@ -205,11 +208,15 @@ class Component:
         log.info("stopped %s (exit %s)", self.name, self.proc.returncode)
 
     def tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -231,6 +238,9 @@ class Demo:
             for name in BROKER_SETTINGS:
                 env.pop(name, None)
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # The components call the demo's API on 127.0.0.1: never through an http_proxy.
+        for name in ("NO_PROXY", "no_proxy"):
+            env[name] = ",".join(filter(None, (env.get(name), LOCAL_HOSTS)))
         return env
 
     def add(self, name: str, args: list[str], **extra_env: str) -> Component:
@@ -269,9 +279,15 @@ def free_port(preferred: int) -> int:
             return port
 
 
+LOCAL_HOSTS = "127.0.0.1,localhost"
+# The demo's own calls go to its API on 127.0.0.1: an http_proxy of the environment must not
+# carry them (the sample clips' download still uses it).
+_local = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def http_json(url: str, token: str, timeout: float = 10.0) -> Any:
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _local.open(request, timeout=timeout) as response:
         return json.loads(response.read())
 
 
@@ -281,7 +297,7 @@ def wait_healthy(demo: Demo, api: Component, timeout: float = 60.0) -> None:
         if not api.alive():
             raise RuntimeError(f"the API exited:\n{api.tail()}")
         try:
-            with urllib.request.urlopen(f"{demo.api_url}/api/v1/healthz", timeout=2) as r:
+            with _local.open(f"{demo.api_url}/api/v1/healthz", timeout=2) as r:
                 if r.status == 200:
                     return
         except (urllib.error.URLError, OSError):
@@ -397,28 +413,35 @@ def demo_site(config: Path, workdir: Path) -> Path:
     return target
 
 
+class BrokerStartError(Exception):
+    """The demo's broker did not start; the message names why, with the tail of its log."""
+
+
 @contextmanager
-def _broker(use_configured: bool) -> Iterator[BrokerHandle]:
+def _broker(use_configured: bool, log_path: Path) -> Iterator[BrokerHandle]:
     from gridpatrol.ingest.broker import ensure_broker
 
     configured = os.environ.get("GRIDPATROL_MQTT_URL")
-    handle = ensure_broker(use_configured=use_configured)
-    if handle.kind == "configured":
-        what = "GRIDPATROL_MQTT_URL"
-    else:
-        what = f"{'Mosquitto' if handle.kind == 'mosquitto' else 'amqtt'} started by the demo"
-    print(
-        f"broker:          {handle.url} ({what}; topics {DEMO_PREFIX}/#, bridge client id "
-        f"{DEMO_BRIDGE_CLIENT_ID})",
-        flush=True,
-    )
-    if configured and not use_configured:
+    try:
+        handle = ensure_broker(use_configured=use_configured, log_path=log_path)
+    except (RuntimeError, OSError) as exc:  # OSError: TimeoutError, or it could not be run
+        raise BrokerStartError(f"{exc}\n{log_tail(log_path)}".rstrip()) from exc
+    try:
+        if handle.kind == "configured":
+            what = "GRIDPATROL_MQTT_URL"
+        else:
+            what = f"{'Mosquitto' if handle.kind == 'mosquitto' else 'amqtt'} started by the demo"
         print(
-            f"                 (GRIDPATROL_MQTT_URL {configured} is left alone: "
-            "--own-broker was given)",
+            f"broker:          {handle.url} ({what}; topics {DEMO_PREFIX}/#, bridge client id "
+            f"{DEMO_BRIDGE_CLIENT_ID})",
             flush=True,
         )
-    try:
+        if configured and not use_configured:
+            print(
+                f"                 (GRIDPATROL_MQTT_URL {configured} is left alone: "
+                "--own-broker was given)",
+                flush=True,
+            )
         yield handle
     finally:
         handle.stop()
@@ -446,12 +469,18 @@ def _start_components(demo: Demo) -> None:
     demo.add("sensors", ["simulate-sensors", "--config", config, "--rate", "1"])
 
 
-def _watch(demo: Demo, duration: float | None) -> bool:
-    """Run until the duration ends or a stop signal; report progress; False when one died."""
+def _watch(demo: Demo, broker: BrokerHandle, duration: float | None) -> bool:
+    """Run until the duration ends or a stop signal; report progress; False when one died
+    (a component, or the broker the demo started)."""
     started = time.monotonic()
     next_report = started + 10
     while duration is None or time.monotonic() - started < duration:
         time.sleep(0.5)
+        code = broker.exit_code()
+        if code is not None:
+            tail = log_tail(broker.log_path) if broker.log_path else ""
+            print(f"broker exited unexpectedly (exit {code}):\n{tail}".rstrip(), flush=True)
+            return False
         dead = [c for c in demo.components if not c.alive()]
         if dead:
             for component in dead:
@@ -466,6 +495,22 @@ def _watch(demo: Demo, duration: float | None) -> bool:
             elapsed = time.monotonic() - started
             print(f"[{elapsed:5.0f} s] candidates so far: {count}", flush=True)
     return True
+
+
+def _open_console(url: str) -> None:
+    # Without a display, webbrowser falls back to a text browser (www-browser, lynx) that takes
+    # over the terminal and blocks the demo until it is quit: on a headless SSH session, never.
+    graphical = sys.platform in ("darwin", "win32") or any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+    if graphical:
+        import webbrowser
+
+        webbrowser.open(url)
+
+
+def _signal_status(exc: KeyboardInterrupt) -> int:
+    return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -491,45 +536,54 @@ def run_demo(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    use_configured = not args.own_broker
     demo = Demo(site_file, workdir, free_port(args.port), generate_tokens())
     _stop_in_order_on_signals()
+    try:
+        with _broker(not args.own_broker, workdir / "logs" / "broker.log") as broker:
+            return _run(demo, broker, args)
+    except BrokerStartError as exc:
+        print(f"demo failed: the broker did not start: {exc}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt as exc:  # while the broker started: it was stopped
+        return _signal_status(exc)
+
+
+def _run(demo: Demo, broker: BrokerHandle, args: argparse.Namespace) -> int:
+    """Start the components on ``broker``, watch them, stop them in order, print the summary."""
+    workdir = demo.workdir
     interrupted: int | None = None  # the exit status of a stop by signal
     healthy = True
     items: list[dict[str, Any]] = []
-    with _broker(use_configured) as broker:
-        demo.private_broker = broker.kind != "configured"
-        try:
-            _start_components(demo)
-            url = f"{demo.api_url}/review"
-            print(f"review console:  {url}", flush=True)
-            print(f"reviewer token:  {demo.tokens['reviewer']}", flush=True)
-            print(f"platform token:  {demo.tokens['platform']}", flush=True)
-            print(f"API reference:   {demo.api_url}/api/v1/docs", flush=True)
-            print(f"logs:            {workdir / 'logs'}", flush=True)
-            if not args.no_browser:
-                import webbrowser
-
-                webbrowser.open(url)
-            healthy = _watch(demo, args.duration)
-        except KeyboardInterrupt as exc:
-            interrupted = 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
-        except RuntimeError as exc:
-            print(f"demo failed: {exc}", file=sys.stderr, flush=True)
-            demo.stop_all()
-            return 1
-        finally:
-            _ignore_stop_signals()
-            api = next((c for c in demo.components if c.name == "api"), None)
-            for component in reversed(demo.components):
-                if component is not api:
-                    component.stop()
-            if api is not None and api.alive():
-                try:
-                    items = all_candidates(demo)
-                except (urllib.error.URLError, OSError, ValueError) as exc:
-                    print(f"could not read the candidates: {exc}", file=sys.stderr)
-            demo.stop_all()
+    demo.private_broker = broker.kind != "configured"
+    try:
+        _start_components(demo)
+        url = f"{demo.api_url}/review"
+        print(f"review console:  {url}", flush=True)
+        print(f"reviewer token:  {demo.tokens['reviewer']}", flush=True)
+        print(f"platform token:  {demo.tokens['platform']}", flush=True)
+        print(f"API reference:   {demo.api_url}/api/v1/docs", flush=True)
+        print(f"logs:            {workdir / 'logs'}", flush=True)
+        if not args.no_browser:
+            _open_console(url)
+        healthy = _watch(demo, broker, args.duration)
+    except KeyboardInterrupt as exc:
+        interrupted = _signal_status(exc)
+    except RuntimeError as exc:
+        print(f"demo failed: {exc}", file=sys.stderr, flush=True)
+        demo.stop_all()
+        return 1
+    finally:
+        _ignore_stop_signals()
+        api = next((c for c in demo.components if c.name == "api"), None)
+        for component in reversed(demo.components):
+            if component is not api:
+                component.stop()
+        if api is not None and api.alive():
+            try:
+                items = all_candidates(demo)
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                print(f"could not read the candidates: {exc}", file=sys.stderr)
+        demo.stop_all()
     for line in summary_lines(items):
         print(line, flush=True)
     if interrupted is not None:

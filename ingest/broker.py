@@ -33,6 +33,14 @@ class BrokerHandle:
     url: str
     kind: BrokerKind
     _stop: Callable[[], None] = field(default=lambda: None, repr=False)
+    # The process of a broker this handle started (None for the configured one): whoever
+    # depends on it can notice that it died.
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: Path | None = None
+
+    def exit_code(self) -> int | None:
+        """The exit status of the broker process this handle started, once it has exited."""
+        return None if self.proc is None else self.proc.poll()
 
     def stop(self) -> None:
         self._stop()
@@ -65,10 +73,29 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None
     raise TimeoutError(f"the broker did not listen on 127.0.0.1:{port} within {timeout} s")
 
 
-def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], log_path: Path | None) -> subprocess.Popen[bytes]:
     # A session of its own: a terminal's Ctrl-C signals the whole foreground process group, and
     # the broker must outlive the components that still flush through it while they stop.
-    return subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
+    if log_path is None:
+        return subprocess.Popen(argv, stderr=subprocess.DEVNULL, start_new_session=True)
+    with log_path.open("ab") as out:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _started(
+    proc: subprocess.Popen[bytes], port: int, timeout: float, workdir: Path | None
+) -> None:
+    """Wait until the broker listens; kill it when it does not, or the wait is cut short."""
+    try:
+        _wait_port(port, proc, timeout)
+    except BaseException:
+        # Ctrl-C, SIGTERM (raised here by the demo's handler) or a broker that never listened:
+        # in a session of its own, nobody would stop it later.
+        proc.kill()
+        proc.wait()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise
 
 
 def mosquitto_binary() -> str | None:
@@ -96,7 +123,9 @@ log_type warning
 """
 
 
-def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
+def start_mosquitto(
+    binary: str, port: int | None = None, log_path: Path | None = None
+) -> BrokerHandle:
     port = port or free_port()
     workdir = Path(tempfile.mkdtemp(prefix="gridpatrol-mosquitto-"))
     conf = workdir / "mosquitto.conf"
@@ -106,24 +135,29 @@ def start_mosquitto(binary: str, port: int | None = None) -> BrokerHandle:
         # temporary directory: persistence would silently stay off.
         text += "user root\n"
     conf.write_text(text)
-    proc = _spawn([binary, "-c", str(conf)])
-    _wait_port(port, proc, 10.0)
-    log.info("started Mosquitto on 127.0.0.1:%d (data in %s)", port, workdir)
-    return BrokerHandle(f"mqtt://127.0.0.1:{port}", "mosquitto", _stopper(proc, workdir))
+    proc = _spawn([binary, "-c", str(conf)], log_path)
+    _started(proc, port, 10.0, workdir)
+    log.info("started Mosquitto (pid %d) on 127.0.0.1:%d (data in %s)", proc.pid, port, workdir)
+    url = f"mqtt://127.0.0.1:{port}"
+    return BrokerHandle(url, "mosquitto", _stopper(proc, workdir), proc, log_path)
 
 
-def start_amqtt(port: int | None = None) -> BrokerHandle:
+def start_amqtt(port: int | None = None, log_path: Path | None = None) -> BrokerHandle:
     port = port or free_port()
-    cmd = [sys.executable, "-m", "gridpatrol.ingest.broker", "--amqtt-port", str(port)]
-    proc = _spawn(cmd)
-    _wait_port(port, proc, 20.0)
+    # -P: -m would put the working directory first on sys.path, and where that is a checkout
+    # its gridpatrol/ folder would hide the installed gridpatrol (as for the demo's components).
+    cmd = [sys.executable, "-P", "-m", "gridpatrol.ingest.broker", "--amqtt-port", str(port)]
+    proc = _spawn(cmd, log_path)
+    _started(proc, port, 20.0, None)
     log.warning(
-        "no broker configured and no mosquitto binary: started the embedded amqtt broker on "
-        "127.0.0.1:%d (MQTT 3.1.1 only, no persistence: sessions and queued messages are lost "
-        "when it stops; use Mosquitto or EMQX in production)",
+        "no broker configured and no mosquitto binary: started the embedded amqtt broker "
+        "(pid %d) on 127.0.0.1:%d (MQTT 3.1.1 only, no persistence: sessions and queued "
+        "messages are lost when it stops; use Mosquitto or EMQX in production)",
+        proc.pid,
         port,
     )
-    return BrokerHandle(f"mqtt://127.0.0.1:{port}", "amqtt", _stopper(proc, None))
+    url = f"mqtt://127.0.0.1:{port}"
+    return BrokerHandle(url, "amqtt", _stopper(proc, None), proc, log_path)
 
 
 def _stopper(proc: subprocess.Popen[bytes], workdir: Path | None) -> Callable[[], None]:
@@ -140,8 +174,11 @@ def _stopper(proc: subprocess.Popen[bytes], workdir: Path | None) -> Callable[[]
     return stop
 
 
-def ensure_broker(*, use_configured: bool = True, use_mosquitto: bool = True) -> BrokerHandle:
-    """The configured broker when reachable; else a private Mosquitto; else embedded amqtt."""
+def ensure_broker(
+    *, use_configured: bool = True, use_mosquitto: bool = True, log_path: Path | None = None
+) -> BrokerHandle:
+    """The configured broker when reachable; else a private Mosquitto; else embedded amqtt
+    (its output appended to ``log_path`` when given)."""
     url = os.environ.get("GRIDPATROL_MQTT_URL")
     if url and use_configured:
         settings = MqttSettings.from_url(url)
@@ -149,7 +186,9 @@ def ensure_broker(*, use_configured: bool = True, use_mosquitto: bool = True) ->
             return BrokerHandle(url, "configured")
         log.warning("configured broker %s is not reachable; starting one", settings.url)
     binary = mosquitto_binary() if use_mosquitto else None
-    handle = start_mosquitto(binary) if binary else start_amqtt()
+    handle = (
+        start_mosquitto(binary, log_path=log_path) if binary else start_amqtt(log_path=log_path)
+    )
     os.environ["GRIDPATROL_MQTT_URL"] = handle.url
     return handle
 

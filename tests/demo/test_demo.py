@@ -201,11 +201,16 @@ def test_footage_comes_from_the_shared_folder(
     assert demo.find_footage(tmp_path) == footage  # the second run finds the link
 
 
+@pytest.mark.parametrize("broken_link", [False, True], ids=["no footage", "a broken link"])
 def test_offline_without_footage_says_what_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, broken_link: bool
 ) -> None:
     from gridpatrol import demo
 
+    footage = tmp_path / "var" / "footage"
+    if broken_link:  # linked to shared footage that has moved since
+        footage.parent.mkdir()
+        footage.symlink_to(tmp_path / "moved-away")
     monkeypatch.setenv("GRIDPATROL_SHARED", str(tmp_path / "nothing-here"))
     monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{free_port()}/")
     with pytest.raises(SystemExit) as exc:
@@ -213,8 +218,9 @@ def test_offline_without_footage_says_what_to_do(
     message = str(exc.value)
     assert message.startswith("no footage: ")
     assert "could not be downloaded" in message
-    assert str(tmp_path / "var" / "footage") in message
-    assert "pedestrian_street_1080p.mp4" in message and "GRIDPATROL_SHARED" in message
+    clips = ", ".join(demo.SAMPLE_CLIPS)
+    assert f"Put MP4 clips named {clips} in {footage}, or set GRIDPATROL_SHARED" in message
+    assert footage.is_dir() and not footage.is_symlink()  # where the clips go
 
 
 @pytest.mark.parametrize(
@@ -351,3 +357,169 @@ def test_the_demo_runs_the_site_under_its_own_prefix_with_the_same_sources(tmp_p
         for c, o in zip(ran.cameras, original.cameras, strict=True)
     ]
     assert ran.model_copy(update={"mqtt": original.mqtt, "cameras": cameras}) == original
+
+
+# ---------------------------------------------------------------------------------------------
+# When its surroundings misbehave: the broker dies or will not start, the footage link is broken,
+# there is no display, an http_proxy is set.
+
+
+def _demo_argv(workdir: Path, *options: str) -> list[str]:
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", *options]
+    return [*argv, "--port", str(free_port()), "--workdir", str(workdir)]
+
+
+def _own_broker_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_MQTT_URL"}
+    return {**env, **extra}
+
+
+def _run_demo(
+    workdir: Path, env: dict[str, str], *options: str
+) -> subprocess.CompletedProcess[str]:
+    # timeout: a demo held up (by a text browser, say) fails the test instead of hanging it
+    return subprocess.run(
+        _demo_argv(workdir, *options),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def _stub(folder: Path, name: str, script: str) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+    return path
+
+
+def _wait_for(path: Path, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        content = path.read_text(errors="replace") if path.exists() else ""
+        if text in content:
+            return content
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path} within {timeout} s")
+
+
+def test_the_demo_stops_with_exit_1_when_its_broker_dies(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("w") as stderr:
+        proc = subprocess.Popen(
+            _demo_argv(workdir, "--no-browser", "--duration", "60"),
+            cwd=REPO,
+            env=_own_broker_env(),
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            out = []
+            for line in proc.stdout:
+                out.append(line.rstrip("\n"))
+                if line.startswith("logs:"):  # everything has started
+                    break
+            broker = next(line for line in out if line.startswith("broker:"))
+            port = broker.split("mqtt://127.0.0.1:")[1].split(" ")[0]
+            log = _wait_for(stderr_path, f"on 127.0.0.1:{port}")
+            started = next(line for line in log.splitlines() if f"on 127.0.0.1:{port}" in line)
+            pid = int(started.split("(pid ")[1].split(")")[0])
+            os.kill(pid, signal.SIGKILL)
+            rest, _ = proc.communicate(timeout=180)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(timeout=120)
+    out += rest.splitlines()
+    assert proc.returncode == 1, "\n".join(out[-20:]) + stderr_path.read_text()[-3000:]
+    assert "broker exited unexpectedly (exit -9):" in out
+    assert out[-1].startswith("candidates: ")  # the components were stopped in order
+    assert (workdir / "logs" / "broker.log").exists()
+
+
+def test_a_broker_that_does_not_start_fails_the_demo_in_one_message(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"
+    _stub(bin_dir, "mosquitto", 'echo "Error: Unable to open config file $2." >&2\nexit 3\n')
+    env = _own_broker_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    done = _run_demo(tmp_path / "demo", env, "--no-browser", "--duration", "5")
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert "demo failed: the broker did not start: the broker exited with code 3\n" in done.stderr
+    assert "Error: Unable to open config file " in done.stderr  # the tail of broker.log
+    assert (
+        "Error: Unable to open config file "
+        in (tmp_path / "demo" / "logs" / "broker.log").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("signum", "exit_code"),
+    [(signal.SIGTERM, 128 + signal.SIGTERM), (signal.SIGINT, 128 + signal.SIGINT)],
+    ids=["sigterm", "ctrl-c"],
+)
+def test_a_demo_stopped_while_its_broker_starts_leaves_no_broker_running(
+    tmp_path: Path, signum: int, exit_code: int
+) -> None:
+    bin_dir = tmp_path / "bin"
+    pid_file = tmp_path / "broker.pid"
+    _stub(bin_dir, "mosquitto", f'echo $$ > "{pid_file}"\nexec sleep 60\n')  # never listens
+    env = _own_broker_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(
+        _demo_argv(tmp_path / "demo", "--no-browser", "--duration", "5"),
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        pid = int(_wait_for(pid_file, "\n"))
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        left_running = pid_file.exists() and _alive(int(pid_file.read_text()))
+        if left_running:
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+    assert left_running is False
+    assert proc.returncode == exit_code, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert pid > 0
+
+
+def test_without_a_display_the_demo_opens_no_text_browser(tmp_path: Path) -> None:
+    # On a headless SSH session webbrowser would run www-browser in the terminal and wait for it.
+    bin_dir = tmp_path / "bin"
+    opened = tmp_path / "opened"
+    _stub(bin_dir, "www-browser", f'echo $$ > "{opened}"\nexec sleep 300\n')
+    env = _own_broker_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", TERM="xterm")
+    for name in ("DISPLAY", "WAYLAND_DISPLAY", "BROWSER"):
+        env.pop(name, None)
+    try:
+        done = _run_demo(tmp_path / "demo", env, "--duration", "2")
+    finally:
+        if opened.exists():  # the text browser the demo waited for
+            os.kill(int(opened.read_text()), signal.SIGKILL)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not opened.exists()
+    assert done.stdout.splitlines()[-1].startswith("candidates: ")
+
+
+def test_an_http_proxy_does_not_carry_the_demos_local_calls(tmp_path: Path) -> None:
+    proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens: a call through it fails
+    env = _own_broker_env(http_proxy=proxy, HTTP_PROXY=proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        env.pop(name, None)
+    done = _run_demo(tmp_path / "demo", env, "--no-browser", "--duration", "5")
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("reviewer token:  gp-reviewer-") for line in lines)
+    assert lines[-1].startswith("candidates: ")
+    assert "could not read the candidates" not in done.stderr
