@@ -238,9 +238,10 @@ class Demo:
             for name in BROKER_SETTINGS:
                 env.pop(name, None)
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # The components call the demo's API on 127.0.0.1: never through an http_proxy.
-        for name in ("NO_PROXY", "no_proxy"):
-            env[name] = ",".join(filter(None, (env.get(name), LOCAL_HOSTS)))
+        # The components call the demo's API on 127.0.0.1: never through an http_proxy. Python
+        # reads only no_proxy when both are set, so both carry the user's exceptions of either.
+        bypass = (env.get("no_proxy"), env.get("NO_PROXY"), LOCAL_HOSTS)
+        env["no_proxy"] = env["NO_PROXY"] = ",".join(dict.fromkeys(filter(None, bypass)))
         return env
 
     def add(self, name: str, args: list[str], **extra_env: str) -> Component:

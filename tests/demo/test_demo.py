@@ -512,6 +512,31 @@ def test_without_a_display_the_demo_opens_no_text_browser(tmp_path: Path) -> Non
     assert done.stdout.splitlines()[-1].startswith("candidates: ")
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"NO_PROXY": "cam.lan"},
+        {"no_proxy": "cam.lan"},
+        {"NO_PROXY": "cam.lan", "no_proxy": "nvr.lan"},
+    ],
+)
+def test_the_components_keep_the_users_proxy_exceptions(
+    given: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Python reads only ``no_proxy`` when both spellings are set: adding the local hosts to it
+    must not drop an exception the user gave as ``NO_PROXY``."""
+    from gridpatrol.demo import Demo
+
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    env = Demo(tmp_path / "site.yaml", tmp_path, 8000).env()
+    hosts = set(given.values()) | {"127.0.0.1", "localhost"}
+    assert set(env["no_proxy"].split(",")) == hosts
+    assert env["NO_PROXY"] == env["no_proxy"]
+
+
 def test_an_http_proxy_does_not_carry_the_demos_local_calls(tmp_path: Path) -> None:
     proxy = f"http://127.0.0.1:{free_port()}"  # nothing listens: a call through it fails
     env = _own_broker_env(http_proxy=proxy, HTTP_PROXY=proxy)
