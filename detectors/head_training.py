@@ -23,21 +23,22 @@ import os
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from gridpatrol.api.client import ApiClient, ApiError
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair
 from gridpatrol.detectors.types import Backend, ModelInfo
-
-if TYPE_CHECKING:
-    from gridpatrol.api.client import ApiError
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
@@ -51,6 +52,12 @@ CONFIRMED = frozenset(
 # report may well show garbage and would poison the negatives.
 NEGATIVE_REASONS = frozenset({"false_positive"})
 _EPOCH_MS = re.compile(r"(?<!\d)(1[3-9]\d{11})(?!\d)")
+# Waits before the 2nd, 3rd and 4th attempt at a request the API may answer later (429, 5xx,
+# no connection): a proxy's 503 or an API restart must not drop candidates from the data.
+RETRY_WAITS_S = (0.5, 1.0, 2.0)
+# "No such candidate / file": the one answer that skips a candidate rather than stopping.
+GONE = frozenset({404, 410})
+T = TypeVar("T")
 
 Matrix = NDArray[np.float32]
 
@@ -167,37 +174,60 @@ def _video_samples(path: Path, fps: float) -> list[Sample]:
     return out
 
 
-def review_samples(client: Any, rule_type: str, since: str | None) -> list[Sample]:
+@dataclass(frozen=True, slots=True)
+class Reviews:
+    """The training samples of the reviewed candidates, and how many were skipped."""
+
+    samples: list[Sample]
+    skipped: int
+
+
+def review_samples(client: Any, rule_type: str, since: str | None) -> Reviews:
     """Confirmed (1) vs rejected-as-false-positive (0) candidates of ``rule_type``.
 
-    A candidate the API cannot give (or whose evidence files it cannot give) is skipped with
-    a progress line; only a refused token (401 / 403) stops the run, since every further
-    request would be refused too.
+    Only "not found" (404 / 410: the candidate, or every evidence file it names that could
+    be trained on) skips a candidate, with a progress line. An answer the API may give
+    differently later (429, 5xx) or no connection is tried again (:data:`RETRY_WAITS_S`);
+    that still failing, or any other error, stops the run with :class:`CandidateError`:
+    training on the candidates that happened to come through would bias the head.
     """
     samples: list[Sample] = []
+    skipped = 0
     for item in _all_candidates(client, rule_type, since):
+        cid = str(item["id"])
         try:
-            sample = _review_sample(client, str(item["id"]))
+            sample = _review_sample(client, cid)
         except _Skipped as exc:
-            progress(f"candidate {item['id']}: {exc}, skipped")
+            progress(f"candidate {cid}: {exc}, skipped")
+            skipped += 1
             continue
         if sample is not None:
             samples.append(sample)
-    return samples
+    return Reviews(samples, skipped)
 
 
 class _Skipped(Exception):
     """A reviewed candidate that cannot be trained on; the text says why."""
 
 
+class CandidateError(OSError):
+    """A candidate the API did not give for a reason other than "not found": the run stops
+    (a setup error, exit 2), naming the candidate."""
+
+    def __init__(self, cid: str, what: str, exc: ApiError | httpx.TransportError) -> None:
+        tries = f" (tried {len(RETRY_WAITS_S) + 1} times)" if _transient(exc) else ""
+        reason = str(exc) or type(exc).__name__  # some transport errors have no text
+        super().__init__(f"candidate {cid}: {what}{reason}{tries}; stopped, nothing trained")
+
+
 def _review_sample(client: Any, cid: str) -> Sample | None:
     """The candidate's training sample, None when it is no training data (not reviewed so)."""
-    from gridpatrol.api.client import ApiError
-
     try:
-        doc = client.get_candidate(cid)
-    except ApiError as exc:
-        raise _skip_unless_refused(exc, "") from exc
+        doc = _fetch(partial(client.get_candidate, cid), f"candidate {cid}")
+    except (ApiError, httpx.TransportError) as exc:
+        if _gone(exc):
+            raise _Skipped(str(exc)) from exc
+        raise CandidateError(cid, "", exc) from exc
     label = _review_label(doc)
     if label is None:
         return None
@@ -207,10 +237,10 @@ def _review_sample(client: Any, cid: str) -> Sample | None:
     missing: list[str] = []
     for sha, region in choices:
         try:
-            data = client.get_evidence(sha)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise _skip_unless_refused(exc, f"evidence {sha}: ") from exc
+            data = _fetch(partial(client.get_evidence, sha), f"candidate {cid}: evidence {sha}")
+        except (ApiError, httpx.TransportError) as exc:
+            if not _gone(exc):
+                raise CandidateError(cid, f"evidence {sha}: ", exc) from exc
             missing.append(sha)  # not in the store (the API takes such a reference): next
             continue
         source = doc.get("source") or {}
@@ -220,11 +250,29 @@ def _review_sample(client: Any, cid: str) -> Sample | None:
     raise _Skipped(f"evidence {', '.join(missing)} not found")
 
 
-def _skip_unless_refused(exc: ApiError, prefix: str) -> _Skipped:
-    """The skip for an API error; a refused token (401 / 403) is raised as it is."""
-    if exc.status in (401, 403):
-        raise exc
-    return _Skipped(f"{prefix}{exc}")
+def _fetch(call: Callable[[], T], what: str) -> T:
+    """``call()``, tried again after each of :data:`RETRY_WAITS_S` while it fails in a way
+    the API may answer differently later; the last failure is raised."""
+    for wait in RETRY_WAITS_S:
+        try:
+            return call()
+        except (ApiError, httpx.TransportError) as exc:
+            if not _transient(exc):
+                raise
+            progress(f"{what}: {str(exc) or type(exc).__name__}; trying again in {wait:g} s")
+        time.sleep(wait)
+    return call()
+
+
+def _transient(exc: ApiError | httpx.TransportError) -> bool:
+    """No connection, or an answer that may differ later (429, 5xx); never a refused token."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return exc.status not in (401, 403) and (exc.retryable or exc.status >= 500)
+
+
+def _gone(exc: ApiError | httpx.TransportError) -> bool:
+    return isinstance(exc, ApiError) and exc.status in GONE
 
 
 def _all_candidates(client: Any, rule_type: str, since: str | None) -> Iterable[dict[str, Any]]:
@@ -232,7 +280,7 @@ def _all_candidates(client: Any, rule_type: str, since: str | None) -> Iterable[
     if since:
         params["since"] = since
     while True:
-        page = client.list_candidates(**params)
+        page = _fetch(partial(client.list_candidates, **params), "the list of candidates")
         yield from page.get("items", [])
         cursor = page.get("next_cursor")
         if not cursor:
@@ -573,7 +621,6 @@ def fit_head(
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when trained (or cross-validated), 2 on setup errors."""
-    from gridpatrol.api.client import ApiError
     from gridpatrol.detectors.models import MissingExtraError, ModelNotFoundError
 
     if args.negative_fps <= 0:
@@ -675,20 +722,17 @@ def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[Feat
 
 def _samples(args: argparse.Namespace) -> list[Sample]:
     if args.from_reviews:
-        import httpx
-
-        from gridpatrol.api.client import ApiClient
-
         url = args.api_url or os.environ.get("GRIDPATROL_API_URL", "http://127.0.0.1:8000")
         token = args.token or os.environ.get("GRIDPATROL_API_TOKEN", "")
         client = ApiClient(url, token)
         try:
-            found = review_samples(client, args.type, args.since)
+            reviews = review_samples(client, args.type, args.since)
         except httpx.HTTPError as exc:
             raise OSError(f"intake API at {url}: {exc}") from exc
         finally:
             client.close()
-        progress(f"{len(found)} reviewed {args.type} candidates")
+        found, skipped = reviews.samples, reviews.skipped
+        progress(f"{len(found)} reviewed {args.type} candidates, {skipped} skipped")
         return found
     if not args.dataset:
         raise ValueError("give DATASET_DIR or --from-reviews")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -110,10 +111,13 @@ class SceneHead:
         Both are written to temporary files in the same folder first and then renamed into
         place, the JSON last: a failed save leaves the previous pair as it was. The JSON names
         the sha256 of its ``.npz``, so the one window left (between the two renames) leaves a
-        pair :meth:`load` refuses rather than new weights under the old threshold.
+        pair :meth:`load` refuses rather than new weights under the old threshold; a previous
+        JSON without that hash is given it first (see :func:`_seal`). Temporary files a killed
+        save left behind are removed; two saves of one head must not run at the same time.
         """
         npz, meta = _pair(Path(path))
         npz.parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(npz, meta)
         buf = io.BytesIO()
         np.savez_compressed(
             buf,
@@ -134,8 +138,8 @@ class SceneHead:
             "npz_sha256": hashlib.sha256(arrays).hexdigest(),
             **{k: v for k, v in self.meta.items() if k not in _RESERVED},
         }
-        text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-        with _staged(npz, arrays) as npz_tmp, _staged(meta, text.encode("utf-8")) as meta_tmp:
+        with _staged(npz, arrays) as npz_tmp, _staged(meta, _json_bytes(doc)) as meta_tmp:
+            _seal(npz, meta)
             npz_tmp.replace(npz)
             meta_tmp.replace(meta)
         return npz, meta
@@ -212,6 +216,43 @@ def _staged(target: Path, data: bytes) -> Iterator[Path]:
         yield tmp
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _json_bytes(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _remove_leftovers(npz: Path, meta: Path) -> None:
+    """Remove the temporary files of an earlier save of this pair that was killed."""
+    for target in (npz, meta):
+        for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _seal(npz: Path, meta: Path) -> None:
+    """Give a JSON saved before ``npz_sha256`` existed the hash of its current ``.npz``.
+
+    Without it, a save cut after its ``.npz`` rename would leave the new weights beside an
+    old JSON that :func:`_check_pair` takes as it is: scored under the old threshold. Sealed,
+    the old pair still loads, and the mix is refused. A lone JSON (no ``.npz``) loads no head
+    before the save, so it is removed rather than left to pair with the new weights. A JSON
+    of another format is left alone: the loader refuses it anyway.
+    """
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no JSON, or none the loader would take
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "npz_sha256" in doc:
+        return
+    try:
+        arrays = npz.read_bytes()
+    except FileNotFoundError:
+        meta.unlink(missing_ok=True)
+        return
+    sealed = {**doc, "npz_sha256": hashlib.sha256(arrays).hexdigest()}
+    with _staged(meta, _json_bytes(sealed)) as tmp:
+        tmp.replace(meta)
 
 
 def _check_pair(npz: Path, meta: Path, doc: Mapping[str, Any], data: bytes) -> None:

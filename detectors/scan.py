@@ -157,10 +157,17 @@ def samples(path: Path, fps: float, as_stored: bool = False) -> Iterator[Sample]
 # --- judging -----------------------------------------------------------------------------------
 
 
-def load_heads(info: ModelInfo, folder: Path | None = None) -> dict[str, Head]:
-    """The scene heads in ``folder`` (default: the shipped ones) trained on this model."""
+def heads_folder(heads: str | Path | None) -> Path | None:
+    """The ``--heads`` folder (None: the shipped heads); :class:`ScanError` if it is not one."""
+    folder = Path(heads) if heads else None
     if folder is not None and not folder.is_dir():
         raise ScanError(f"--heads {folder}: no such folder")
+    return folder
+
+
+def load_heads(info: ModelInfo, folder: Path | None = None) -> dict[str, Head]:
+    """The scene heads in ``folder`` (default: the shipped ones) trained on this model."""
+    heads_folder(folder)
     if importlib.util.find_spec("gridpatrol.detectors.heads") is None:
         log.warning("no scene heads available: scene scores and garbage_overflow are off")
         return {}
@@ -409,9 +416,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files = expand(args.paths)
+        # Checked whatever the backend, before the model loads: a misspelt folder is a
+        # mistake on any backend, and ultralytics would otherwise run without a word.
+        folder = heads_folder(args.heads)
         spec = resolve_model(args.model)
         context = SiteContext.from_args(args, class_names(spec))
-        folder = Path(args.heads) if args.heads else None
         if args.backend == "openvino":
             spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
         heads = load_heads(model_info(spec), folder) if args.backend == "openvino" else {}

@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -229,6 +230,65 @@ def test_weights_and_threshold_of_different_saves_are_refused(
     assert "scene head garbage.json skipped" in caplog.text
     assert "garbage.npz (sha256 " in caplog.text
     assert "is not the weights file garbage.json was saved with" in caplog.text
+
+
+@pytest.mark.parametrize("cut", ["before the weights", "between the renames"])
+def test_a_save_cut_short_over_a_head_without_the_npz_hash_never_mixes_the_pair(
+    tmp_path: Path,
+    head: SceneHead,
+    info: ModelInfo,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cut: str,
+) -> None:
+    """A retrain saved over a pair that names no .npz hash (as the shipped one): cut before
+    the weights are renamed, the old pair still loads; cut between the two renames, the new
+    weights beside the old JSON are refused, not scored under the old threshold."""
+    for suffix in (".json", ".npz"):
+        shutil.copy(HEADS_DIR / f"garbage{suffix}", tmp_path / f"garbage{suffix}")
+    assert "npz_sha256" not in json.loads((tmp_path / "garbage.json").read_text())
+    old_weights = (tmp_path / "garbage.npz").read_bytes()
+    real_replace = Path.replace
+
+    def rename(self: Path, target: Any) -> Path:
+        weights_renamed = (tmp_path / "garbage.npz").read_bytes() != old_weights
+        renaming = Path(target).name
+        if (cut, renaming) == ("before the weights", "garbage.npz") or (
+            (cut, renaming) == ("between the renames", "garbage.json") and weights_renamed
+        ):
+            raise OSError(5, "Input/output error")
+        return real_replace(self, target)
+
+    monkeypatch.setattr(Path, "replace", rename)
+    retrained = replace(head, threshold=0.25, weights=head.weights * 2.0)
+    with pytest.raises(OSError, match="Input/output error"):
+        retrained.save(tmp_path / "garbage")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.json", "garbage.npz"]
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.detectors.heads"):
+        heads = load_default_heads(info, tmp_path)
+    if cut == "before the weights":
+        assert heads["garbage"].threshold == head.threshold
+        np.testing.assert_array_equal(heads["garbage"].weights, head.weights)
+        assert caplog.text == ""
+    else:
+        assert heads == {}
+        assert "is not the weights file garbage.json was saved with" in caplog.text
+
+
+def test_a_save_removes_what_a_killed_save_of_that_head_left(
+    tmp_path: Path, head: SceneHead
+) -> None:
+    head.save(tmp_path / "garbage")
+    left = [".garbage.npz.k1ll3d.tmp", ".garbage.json.k1ll3d.tmp", ".other.npz.k1ll3d.tmp"]
+    for name in left:
+        (tmp_path / name).write_bytes(b"half written")
+    head.save(tmp_path / "garbage")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".other.npz.k1ll3d.tmp",  # another head's save may be running
+        "garbage.json",
+        "garbage.npz",
+    ]
 
 
 def test_two_files_with_one_head_name_use_the_newest(

@@ -427,6 +427,19 @@ def test_reference_backend_scans_without_scene_heads() -> None:
     assert "garbage_overflow" not in {v["type"] for v in records[0]["violations"]}
 
 
+@pytest.mark.parametrize("backend", ["openvino", "ultralytics"])
+def test_a_missing_heads_folder_is_refused_on_every_backend(tmp_path: Path, backend: str) -> None:
+    """A misspelt --heads is a setup error before any model loads, also on the backend that
+    reads no scene heads (it would otherwise scan as if the folder were fine)."""
+    missing = tmp_path / "haeds"
+    code, records, stderr = scan(
+        "--backend", backend, "--heads", str(missing), str(ASSETS / "bus.jpg")
+    )
+    assert code == 2, stderr
+    assert records == []
+    assert stderr.splitlines() == [f"scan: --heads {missing}: no such folder"]
+
+
 def test_a_cameras_rules_see_the_weak_boxes_the_worker_keeps(
     shared_dir: Path, tmp_path: Path
 ) -> None:

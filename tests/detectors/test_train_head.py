@@ -8,12 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -371,7 +374,9 @@ def test_a_reviewed_candidate_without_its_evidence_file_is_skipped(
     assert f"train-head: candidate {missing}: evidence {lost['sha256']} not found, skipped" in (
         proc.stderr.splitlines()
     )
-    assert "train-head: 12 reviewed garbage_overflow candidates" in proc.stderr.splitlines()
+    assert "train-head: 12 reviewed garbage_overflow candidates, 1 skipped" in (
+        proc.stderr.splitlines()
+    )
     check_report(proc.stdout, images=12, positive=6)
 
 
@@ -448,7 +453,7 @@ def test_reviewed_regions_fall_on_the_pixels_the_worker_boxed(
     turned = post_candidate(producer, with_orientation(full, 6), "clean", "cam-2", quarter)
     for cid in (shrunk, turned):
         reviewer.review(cid, "confirm")
-    samples = review_samples(reviewer, "garbage_overflow", None)
+    samples = review_samples(reviewer, "garbage_overflow", None).samples
     producer.close()
     reviewer.close()
     got = {s.key: (s.region, None if (im := s.image()) is None else im.shape) for s in samples}
@@ -456,3 +461,121 @@ def test_reviewed_regions_fall_on_the_pixels_the_worker_boxed(
         f"candidate:{shrunk}": ((0.5, 0.5, 1.0, 1.0), (540, 960, 3)),
         f"candidate:{turned}": ((0.5, 0.5, 1.0, 1.0), (1080, 1920, 3)),
     }
+
+
+class FlakyApi:
+    """A proxy in front of the intake API whose evidence downloads fail as ``fail`` says:
+    given how many were asked for before, the status to answer (None: pass it on)."""
+
+    def __init__(self, upstream: str, fail: Callable[[int], int | None]) -> None:
+        self.evidence_requests = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                status = None
+                if self.path.startswith("/api/v1/evidence/"):
+                    status = fail(proxy.evidence_requests)
+                    proxy.evidence_requests += 1
+                if status is not None:
+                    self._answer(status, "text/plain", b"upstream restarting")
+                    return
+                headers = {"Authorization": self.headers.get("Authorization", "")}
+                got = httpx.get(upstream + self.path, headers=headers, timeout=30)
+                self._answer(got.status_code, got.headers["content-type"], got.content)
+
+            def _answer(self, status: int, content_type: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_args: Any) -> None:
+                return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def flaky_api(api_server: Any) -> Iterator[Callable[[Callable[[int], int | None]], FlakyApi]]:
+    made: list[FlakyApi] = []
+
+    def make(fail: Callable[[int], int | None]) -> FlakyApi:
+        made.append(FlakyApi(api_server.url, fail))
+        return made[-1]
+
+    yield make
+    for proxy in made:
+        proxy.httpd.shutdown()
+        proxy.httpd.server_close()
+
+
+def one_confirmed_candidate(shared_dir: Path, api_server: Any) -> tuple[str, str]:
+    """A confirmed candidate with one stored crop: its id and the crop's sha256."""
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    data = (dataset(shared_dir) / "garbage" / GARBAGE[0]).read_bytes()
+    cid = post_candidate(producer, data, "crop", camera="cam-0")
+    reviewer.review(cid, "confirm")
+    producer.close()
+    reviewer.close()
+    return cid, hashlib.sha256(data).hexdigest()
+
+
+def train_through(
+    proxy: FlakyApi, api_server: Any, shared_dir: Path
+) -> subprocess.CompletedProcess[str]:
+    return train_head(
+        "--from-reviews", "--name", "garbage", "--api-url", proxy.url,
+        "--token", api_server.tokens["reviewer"], "--cv-only",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+
+
+def test_evidence_the_api_cannot_serve_for_now_stops_the_run(
+    shared_dir: Path, api_server: Any, flaky_api: Any
+) -> None:
+    """A 503 from a proxy or a restarting API is not "no such file": the candidate is not
+    dropped from the data (a head trained on whatever came through would be biased). After
+    the retries the run stops, naming the candidate, before any model is loaded."""
+    cid, sha = one_confirmed_candidate(shared_dir, api_server)
+    proxy = flaky_api(lambda _asked: 503)
+    proc = train_through(proxy, api_server, shared_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    retries = [f"train-head: candidate {cid}: evidence {sha}: HTTP 503: upstream restarting; "
+               f"trying again in {wait} s" for wait in ("0.5", "1", "2")]  # fmt: skip
+    assert lines == [
+        *retries,
+        f"train-head: candidate {cid}: evidence {sha}: HTTP 503: upstream restarting (tried 4 "
+        "times); stopped, nothing trained",
+    ]
+    assert proxy.evidence_requests == 4
+    assert proc.stdout == ""
+
+
+def test_evidence_that_comes_through_on_a_retry_is_trained_on(
+    shared_dir: Path, api_server: Any, flaky_api: Any
+) -> None:
+    """503, 429 and 502, then the file: the candidate is one of the samples. (One sample is
+    too few to train, which stops the run at the class count, before any model loads.)"""
+    cid, sha = one_confirmed_candidate(shared_dir, api_server)
+    proxy = flaky_api(lambda asked: (503, 429, 502)[asked] if asked < 3 else None)
+    proc = train_through(proxy, api_server, shared_dir)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert lines[-2:] == [
+        "train-head: 1 reviewed garbage_overflow candidates, 0 skipped",
+        "train-head: need at least 2 images of each class, got 1 positive / 0 negative",
+    ]
+    assert [line.split(": HTTP ")[1] for line in lines[:-2]] == [
+        "503: upstream restarting; trying again in 0.5 s",
+        "429: upstream restarting; trying again in 1 s",
+        "502: upstream restarting; trying again in 2 s",
+    ]
+    assert all(line.startswith(f"train-head: candidate {cid}: evidence {sha}: ")
+               for line in lines[:-2])  # fmt: skip
+    assert proxy.evidence_requests == 4
