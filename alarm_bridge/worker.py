@@ -61,6 +61,12 @@ SNAPSHOT_TIMEOUT_S = 5.0
 SNAPSHOT_QUEUE = 256
 SNAPSHOT_SWEEP_S = 30.0  # how often snapshots still wanted (a full queue, a restart) are queued
 SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay the others
+# The SQLite primary result codes a snapshot's attachment may fail with and succeed with at
+# the next sweep: busy, locked, disk I/O, disk full. A read-only file, a missing table or
+# column fails the same way every time.
+PASSING_SQLITE_CODES = frozenset(
+    {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL}
+)
 # The oldest newest-frame used when a camera does not answer its snapshot request: a camera
 # that stopped streaming hours ago must not put its last picture on a new alarm.
 FALLBACK_MAX_AGE_S = 120.0
@@ -475,6 +481,13 @@ class BridgeCore:
         return True
 
 
+def _may_pass(exc: Exception) -> bool:
+    """Whether a database error may be gone at the next attempt (by its SQLite result code;
+    extended codes, such as SQLITE_IOERR_WRITE, carry the primary one in their low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return isinstance(code, int) and (code & 0xFF) in PASSING_SQLITE_CODES
+
+
 def _after_last(view: store.StateBatch, item: AlarmInput) -> AlarmInput:
     """A numbered device transition, timed no earlier than the alarm's last one: its seq
     (new, a new boot or a restart) says it was sent after everything before it, while the
@@ -826,16 +839,17 @@ class Bridge:
     def _snapshot_failed(self, candidate_id: str, camera_id: str, exc: Exception) -> None:
         """Count and log a snapshot that raised, and settle it unless the database was busy.
 
-        An operational error (locked, busy, disk I/O) may pass: the wanted row, rolled back
-        with the attachment, stays for the sweep. Anything else, a constraint or a misuse of
-        the database included, would fail the same way again, each sweep asking the camera
-        for yet another snapshot: given up, like a missing one.
+        A database busy, locked, out of disk or failing I/O (:data:`PASSING_SQLITE_CODES`) may
+        pass: the wanted row, rolled back with the attachment, stays for the sweep. Anything
+        else, a read-only database, a missing table or a constraint included, would fail the
+        same way again, each sweep asking the camera for yet another snapshot: given up, like
+        a missing one.
         """
         self.core.counts.snapshot_failed += 1
         log.error(
             "camera %s: snapshot of candidate %s failed", camera_id, candidate_id, exc_info=exc
         )
-        if isinstance(exc, sqlite3.OperationalError):
+        if _may_pass(exc):
             return
         try:
             with self.outbox.transaction() as txn:

@@ -8,7 +8,8 @@ import signal
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -432,12 +433,38 @@ def test_a_snapshot_that_trips_a_bug_leaves_the_media_threads_running(
         assert store.wanted_snapshots(txn.conn) == []  # the faulted ones were given up
 
 
+def sqlite_error(tmp_path: Path, *statements: str, ro: bool = False) -> sqlite3.Error:
+    """The error SQLite itself gives the last of ``statements``, with its result code: run on
+    a database with one table, through a read-only connection if ``ro``, while another
+    connection holds its write lock."""
+    path = tmp_path / "provoked.db"
+    with closing(sqlite3.connect(path, isolation_level=None)) as holder:
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN IMMEDIATE")
+        uri = f"file:{path}?mode={'ro' if ro else 'rw'}"
+        with closing(sqlite3.connect(uri, uri=True, timeout=0, isolation_level=None)) as conn:
+            try:
+                for statement in statements:
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                return exc
+    raise AssertionError(f"{statements} succeeded")
+
+
 SNAPSHOT_DB_ERRORS = [
-    # (name, the error attaching raises, requests the camera answered, snapshot still wanted)
-    ("a constraint: given up", sqlite3.IntegrityError("UNIQUE constraint failed"), 1, False),
+    # (name, what raises the error attaching raises, requests the camera answered, snapshot
+    # still wanted)
+    ("a constraint: given up", lambda _: sqlite3.IntegrityError("UNIQUE failed"), 1, False),
+    (
+        "a read-only database: given up",
+        lambda tmp: sqlite_error(tmp, "INSERT INTO t VALUES (1)", ro=True),
+        1,
+        False,
+    ),
+    ("a missing table: given up", lambda tmp: sqlite_error(tmp, "SELECT * FROM gone"), 1, False),
     (
         "a locked database: each sweep again",
-        sqlite3.OperationalError("database is locked"),
+        lambda tmp: sqlite_error(tmp, "BEGIN IMMEDIATE"),
         4,
         True,
     ),
@@ -445,20 +472,21 @@ SNAPSHOT_DB_ERRORS = [
 
 
 @pytest.mark.parametrize(
-    ("error", "answered", "still_wanted"),
+    ("provoke", "answered", "still_wanted"),
     [pytest.param(*case[1:], id=case[0]) for case in SNAPSHOT_DB_ERRORS],
 )
 def test_only_a_busy_database_keeps_a_failed_snapshot_wanted(
     tmp_path: Path,
     mqtt_prefix: str,
     monkeypatch: pytest.MonkeyPatch,
-    error: sqlite3.Error,
+    provoke: Callable[[Path], sqlite3.Error],
     answered: int,
     still_wanted: bool,
 ) -> None:
     """Any other database error would fail the same way after every sweep, each asking the
     camera for another snapshot. The first attempt, then three sweeps run by hand, each once
     the job before it is done."""
+    error = provoke(tmp_path)
 
     def broken(self: BridgeCore, txn: Any, candidate_id: str, snap: Frame) -> bool:
         raise error
