@@ -56,6 +56,11 @@ ALARM_NAMESPACE = uuid.UUID("6f1c1f7e-52a8-4d0e-9a55-2b0c8c1a7b01")
 # A seq this far below the last one restarts the counter (a wrap, a reboot): a message
 # overtaken by later ones is never that many messages behind.
 SEQ_REORDER_WINDOW = 1000
+# A message of a superseded boot timed up to MAX_AHEAD_S after the last accepted one counts as
+# that boot starting again (A/B firmware slots) only among the boot's first seqs: a late
+# message of the old boot, sent just before the reboot, carries the seq that boot had reached,
+# and its clock may run that far ahead, so its time alone does not tell it from a new boot.
+BOOT_START_SEQS = 100
 # The seqs the state database can store (SQLite integers are 64-bit signed); beyond them the
 # message is a bad_seq, not a failed batch.
 SEQ_RANGE = range(-(2**63), 2**63)
@@ -297,16 +302,28 @@ def seq_verdict(
 
 
 def _boot_verdict(last: SeqMark, item: AlarmInput, superseded: Collection[str]) -> SeqVerdict:
-    """A message of an earlier boot (``superseded``) timed at or before the last accepted
-    message was sent before the device rebooted and overtaken by the new boot's messages; one
-    timed after it is the device booting that boot_id again (A/B firmware slots, a rollback, a
-    boot_id that wraps): a new boot, or the sensor's alarms would be ignored for good.
+    """A message of an earlier boot (``superseded``) timed after the last accepted message is
+    the device booting that boot_id again (A/B firmware slots, a rollback, a boot_id that
+    wraps) when it counts from the start (a seq up to :data:`BOOT_START_SEQS`), when its
+    clock was reset (to 2000, say) by the reboot, so it was timed at its reception, or when
+    its own time is more than :data:`MAX_AHEAD_S` after the last one: a message sent before
+    the reboot by a clock running ahead, but not so far that it was timed at its reception,
+    is not timed that late. Otherwise it was sent before the device rebooted and overtaken by
+    the new boot's messages: it must not make the old boot current again, or the new boot's
+    next messages would be ignored as superseded and the old one's reopen what they cleared.
 
-    The times compared are the bridge's (a device clock reset to 2000 by the reboot is timed
-    at reception), as the two boots' clocks need not agree; without the last one's, new.
+    The times compared are the bridge's (a message timed too far from its reception is timed
+    at it), as the two boots' clocks need not agree; without the last one's, new.
     """
     if item.boot_id is None or item.boot_id not in superseded:
         return "new"
     _, _, last_t, last_at = last
     known = last_at if last_at is not None else last_t
-    return "new" if known is None or item.t > known else "superseded"
+    if known is None:
+        return "new"
+    if item.t <= known:
+        return "superseded"
+    starting = item.seq is not None and item.seq <= BOOT_START_SEQS
+    clock_reset = item.moved_s < 0  # its own time a day or more behind its reception
+    well_after = item.moved_s == 0 and item.t > known + MAX_AHEAD_S
+    return "new" if starting or clock_reset or well_after else "superseded"

@@ -161,6 +161,30 @@ def test_a_device_booting_an_earlier_boot_id_again_raises_a_new_candidate(
     assert second["source"]["source_event_id"] == "sm-api/e:a1-again"
 
 
+def test_a_late_message_of_an_earlier_boot_with_its_clock_ahead_reopens_nothing(
+    rig: BridgeRig,
+) -> None:
+    """Boot A had got to seq 899 when the device rebooted (B) and cleared. A's update, sent
+    before the reboot by a clock 90 s ahead, arrives after the clear and is timed after it: its
+    seq says it is boot A's, not A booting again. Ignored; B's next raise is followed."""
+    raised = round(time.time()) - 200.0
+    topic = sensor_alarm_topic(rig.prefix, "sm-api")
+    rig.publish(
+        [
+            (topic, smoke("a899", "raise", raised, seq=899, boot_id="A")),
+            (topic, smoke("b5", "clear", raised + 10, seq=5, boot_id="B")),
+            (topic, smoke("a900", "update", raised + 100, seq=900, boot_id="A")),
+            (topic, smoke("b6", "raise", raised + 20, seq=6, boot_id="B")),
+        ]
+    )
+    rig.settled(4)
+    first, second = sorted(rig.candidates(), key=lambda c: c["occurred_at"])
+    assert (first["alarm"]["count"], first["alarm"]["cleared_at"]) == (1, iso(raised + 10))
+    assert datetime.fromisoformat(second["occurred_at"]).timestamp() == raised + 20
+    assert second["source"]["source_event_id"] == "sm-api/e:b6"
+    assert second["alarm"]["previous_alarm_id"] == first["id"]
+
+
 def test_a_seq_beyond_64_bits_is_a_bad_seq(rig: BridgeRig) -> None:
     now = time.time()
     topic = sensor_alarm_topic(rig.prefix, "sm-api")

@@ -476,25 +476,30 @@ def test_seq_out_of_order_and_new_boot(h: Harness) -> None:
 
 
 RETURNING_BOOT_CASES = [
-    # (name, boot B's clear: its ts and reception; A's raise again: its ts and reception)
-    ("its clock right", T0 + 10, T0 + 10, T0 + 100, T0 + 100),
-    ("its clock reset to 2000-01-01", T0 + 10, T0 + 10, "2000-01-01T00:00:00Z", T0 + 100),
-    ("boot B's clock an hour ahead", T0 + 3610, T0 + 10, T0 + 100, T0 + 100),
+    # (name, boot B's clear: its ts and reception; A's raise again: its seq, ts and reception)
+    ("its clock right", T0 + 10, T0 + 10, 1, T0 + 100, T0 + 100),
+    ("its clock reset to 2000-01-01", T0 + 10, T0 + 10, 1, "2000-01-01T00:00:00Z", T0 + 100),
+    ("boot B's clock an hour ahead", T0 + 3610, T0 + 10, 1, T0 + 100, T0 + 100),
+    # a seq kept across boots, but the clock reset by the reboot: timed at its reception
+    ("its clock reset, its seq not", T0 + 10, T0 + 10, 900, "2000-01-01T00:00:00Z", T0 + 100),
+    # a seq kept across boots, timed more than MAX_AHEAD_S after B's clear: no late message
+    ("its seq kept, 5 min after B's clear", T0 + 10, T0 + 10, 900, T0 + 311, T0 + 311),
 ]
 
 
-@pytest.mark.parametrize(("b_ts", "b_at", "a_ts", "a_at"), named(RETURNING_BOOT_CASES))
+@pytest.mark.parametrize(("b_ts", "b_at", "a_seq", "a_ts", "a_at"), named(RETURNING_BOOT_CASES))
 def test_a_device_booting_an_earlier_boot_id_again_raises_again(
-    h: Harness, b_ts: float, b_at: float, a_ts: float | str, a_at: float
+    h: Harness, b_ts: float, b_at: float, a_seq: int, a_ts: float | str, a_at: float
 ) -> None:
     """A/B firmware slots: boot A, B, then A again. A's new raise is timed (by the bridge, as
     the boots' clocks need not agree) after B's clear: a new boot, not a late message of A."""
     h.alarm("mh-1", envelope("mh-1", "a1", seq=1, boot_id="A"), T0)
     h.alarm("mh-1", envelope("mh-1", "b1", "clear", seq=1, boot_id="B", ts=b_ts), b_at)
-    h.alarm("mh-1", envelope("mh-1", "a1-again", seq=1, boot_id="A", ts=a_ts), a_at)
+    h.alarm("mh-1", envelope("mh-1", "a1-again", seq=a_seq, boot_id="A", ts=a_ts), a_at)
     ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
     creates = [b for k, b in ops if k == "create"]
-    assert [b["occurred_at"] for b in creates] == ["2026-09-21T14:13:20Z", "2026-09-21T14:15:00Z"]
+    occurred = [datetime.fromisoformat(b["occurred_at"]).timestamp() for b in creates]
+    assert occurred == [T0, a_at]
     assert creates[1]["alarm"]["previous_alarm_id"] == creates[0]["id"]
     assert ops[1][1]["alarm"]["cleared_at"] == "2026-09-21T14:13:30Z"
     assert (h.core.counts.out_of_order, h.core.counts.created) == (0, 2)
@@ -510,6 +515,30 @@ def test_the_boot_a_returning_boot_id_replaced_is_superseded_in_turn(h: Harness)
     ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
     assert [k for k, _ in ops] == ["create", "patch", "create", "patch"]
     assert ops[-1][1]["alarm"]["count"] == 2  # a1-again, then a2: b2 left out
+    assert h.core.counts.out_of_order == 1
+
+
+def test_a_late_message_of_an_old_boot_with_its_clock_ahead_is_still_superseded(
+    h: Harness,
+) -> None:
+    """Boot A (seq 899) raises; the device reboots (B) and clears. A's update, sent before the
+    reboot by a clock 95 s ahead, arrives after the clear and is timed after it, but its seq
+    is where boot A had got to, not a boot starting again: ignored. B stays current: its next
+    raise is followed, a new candidate."""
+    h.alarm("mh-1", envelope("mh-1", "a899", seq=899, boot_id="A"), T0)
+    h.alarm("mh-1", envelope("mh-1", "b5", "clear", seq=5, boot_id="B", ts=T0 + 1000), T0 + 1000)
+    h.alarm(
+        "mh-1", envelope("mh-1", "a900", "update", seq=900, boot_id="A", ts=T0 + 1100), T0 + 1005
+    )
+    h.alarm("mh-1", envelope("mh-1", "b6", seq=6, boot_id="B", ts=T0 + 1010), T0 + 1010)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch", "create"]
+    assert ops[1][1]["alarm"]["cleared_at"] == "2026-09-21T14:30:00Z"
+    again = ops[2][1]
+    assert (again["occurred_at"], again["source"]["source_event_id"]) == (
+        "2026-09-21T14:30:10Z",
+        "mh-1/e:b6",
+    )
     assert h.core.counts.out_of_order == 1
 
 
