@@ -186,5 +186,12 @@ def test_an_installed_demo_runs_its_components_from_the_installed_package(
     assert f"review console:  http://127.0.0.1:{port}/review" in proc.stdout.splitlines()
     assert proc.stdout.splitlines()[-1] == "candidates: 0"
     logs = checkout / "var" / "demo" / "logs"
-    assert {p.stem for p in logs.iterdir()} == {"api", "bridge", "detect", "ingest", "sensors"}
+    assert {p.stem for p in logs.iterdir()} == {
+        "api",
+        "bridge",
+        "broker",
+        "detect",
+        "ingest",
+        "sensors",
+    }
     assert "Application startup complete." in (logs / "api.log").read_text()
