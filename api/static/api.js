@@ -1,5 +1,6 @@
 // The one place the console talks to the intake API: cookies, CSRF header, RFC 9457 problems.
-let csrfToken = null;
+// The session this tab signed in with (name, role, csrf_token): its writes are made as it.
+let session = null;
 
 export class ApiError extends Error {
   constructor(status, problem) {
@@ -9,13 +10,13 @@ export class ApiError extends Error {
   }
 }
 
-export function setCsrf(token) { csrfToken = token; }
+export function setSession(value) { session = value; }
 
 export async function request(path, options = {}, retried = false) {
   const { method = 'GET', body, accept = 'json' } = options;
   const headers = { Accept: accept === 'json' ? 'application/json' : '*/*' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (method !== 'GET' && csrfToken) headers['X-CSRF-Token'] = csrfToken;
+  if (method !== 'GET' && session) headers['X-CSRF-Token'] = session.csrf_token;
   const response = await fetch(`/api/v1${path}`, {
     method, headers, credentials: 'same-origin',
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -27,11 +28,12 @@ export async function request(path, options = {}, retried = false) {
   if (!response.ok) {
     let problem;
     try { problem = await response.json(); } catch { problem = { title: response.statusText }; }
+    const error = new ApiError(response.status, problem);
     if (!retried && staleCsrf(response.status, method, problem)) {
-      await refreshCsrf();
+      await refreshCsrf(error);
       return request(path, options, true);
     }
-    throw new ApiError(response.status, problem);
+    throw error;
   }
   if (response.status === 204) return null;
   return accept === 'json' ? response.json() : response.blob();
@@ -42,13 +44,22 @@ export async function request(path, options = {}, retried = false) {
 const staleCsrf = (status, method, problem) => status === 403 && method !== 'GET'
   && /X-CSRF-Token/.test(problem.detail || '');
 
-async function refreshCsrf() {
+// Take the cookie's current token, but only when the cookie is still this tab's reviewer: one
+// signed in as someone else in another tab must not have this tab's decisions recorded as
+// theirs (this tab shows the login form, naming who is signed in, and writes nothing).
+async function refreshCsrf(refused) {
+  let current;
   try {
-    setCsrf((await request('/session')).csrf_token);
+    current = await request('/session');
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) window.dispatchEvent(new CustomEvent('gp:unauthorized'));
     throw err;
   }
+  if (!session || current.name !== session.name || current.role !== session.role) {
+    window.dispatchEvent(new CustomEvent('gp:unauthorized', { detail: { other: current } }));
+    throw refused;
+  }
+  session = { ...session, csrf_token: current.csrf_token };
 }
 
 export const get = (path) => request(path);

@@ -1,5 +1,5 @@
 // Console entry: session, navigation, shared reference data, toasts and the modal dialog.
-import { ApiError, get, request, setCsrf } from './api.js';
+import { ApiError, get, request, setSession } from './api.js';
 import { applyStatic, currentLang, setLang, t } from './i18n.js';
 import { connectEvents, initQueue, showQueue, stopEvents } from './queue.js';
 import { showStats } from './stats.js';
@@ -89,7 +89,7 @@ function route() {
 
 async function enter(session) {
   ref.session = session;
-  setCsrf(session.csrf_token);
+  setSession(session);
   $('#who').textContent = `${session.name} · ${session.role}`;
   $('#login').hidden = true;
   $('#app').hidden = false;
@@ -142,12 +142,14 @@ async function start() {
   });
   $('#logout').addEventListener('click', logout);
   window.addEventListener('hashchange', () => { if (ref.session) route(); });
-  window.addEventListener('gp:unauthorized', () => {
+  window.addEventListener('gp:unauthorized', (ev) => {
     if (!ref.session) return;
     ref.session = null;
     stopEvents();
-    // The queue keeps its place: after logging in again the same case is selected.
-    showLogin(t('login.expired'));
+    // The queue keeps its place: after logging in again the same case is selected. Someone
+    // else signed in in another tab (the cookie is theirs now) is named.
+    const other = ev.detail?.other;
+    showLogin(other ? t('login.other').replace('{who}', `${other.name} · ${other.role}`) : t('login.expired'));
   });
   try {
     await enter(await get('/session'));

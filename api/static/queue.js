@@ -24,8 +24,9 @@ const state = {
   pending: null,
   queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
-  // The case this tab is deciding (its own answer shows the outcome, not the live event).
-  deciding: null,
+  // The case this tab is deciding (its own answer shows the outcome, not the live event), and
+  // whether a live change to it was heard meanwhile (looked up again after the answer).
+  deciding: null, recheck: false,
   // The selected case another reviewer decided while it was shown: kept on screen, without
   // its decision buttons, until the reviewer moves on (see applyUpdate, select).
   gone: null,
@@ -440,10 +441,17 @@ function clicked(ev, decision) {
   decide(decision);
 }
 
-// "Decided by <who>: <status>" of a case another reviewer decided while it was shown.
+// The history entries of a decision on a case (a reviewer's, or the policy's automatic one).
+const DECIDED = ['confirmed', 'rejected', 'returned', 'merged', 'auto_confirmed'];
+
+// "Decided by <who>: <status>" of a case another reviewer decided while it was shown. The
+// decision's entry names them: a later step (the platform pulling a confirmed case, a
+// producer's update) is not the decision. A case still undecided left for its last change.
 function decidedElsewhere(c) {
-  const last = (c.history || []).at(-1);
-  return t('d.elsewhere').replace('{who}', last?.who || '?').replace('{status}', t(`s.${c.status}`));
+  const steps = c.history || [];
+  const undecided = DECISIONS[c.status] && c.status !== 'returned';
+  const by = (undecided ? undefined : steps.findLast((h) => DECIDED.includes(h.action))) || steps.at(-1);
+  return t('d.elsewhere').replace('{who}', by?.who || '?').replace('{status}', t(`s.${c.status}`));
 }
 
 function toggle(annotated) {
@@ -509,8 +517,16 @@ function returnNote(body) {
   };
 }
 
-// A case id as the API takes it for merge_into.
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+// A case id in any spelling the API takes for merge_into (a UUID: hyphenated or not, in braces,
+// as a URN), in the stored form (hyphenated, lower case); null when it is none of them.
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+function caseId(text) {
+  const bare = text.trim().toLowerCase().replace(/^urn:uuid:/, '').replace(/^\{(.*)\}$/, '$1');
+  const id = /^[0-9a-f]{32}$/.test(bare)
+    ? [bare.slice(0, 8), bare.slice(8, 12), bare.slice(12, 16), bare.slice(16, 20), bare.slice(20)].join('-')
+    : bare;
+  return UUID.test(id) ? id : null;
+}
 
 // The merge dialog offers the open cases of the same type and camera or sensor that occurred
 // within a day (asked of the API, loaded or not), and any open case whose id is pasted.
@@ -519,7 +535,9 @@ function mergePicker(current) {
     const search = el('input', { type: 'text', name: 'merge_id', placeholder: t('dlg.mergeid'), autocomplete: 'off' });
     const select = el('select', { name: 'merge_into', size: '8', hidden: '' });
     const note = el('p', { class: 'muted', text: t('dlg.mergeloading') });
-    const refused = new Set(); // pasted ids that name no case to merge into
+    // Pasted ids that name no case to merge into (none, itself, a final one). A lookup that
+    // failed otherwise (a network error, a 500) refuses nothing: the API judges the id on OK.
+    const refused = new Set();
     const offer = (c, first) => {
       if (c.id === current.id || FINAL.includes(c.status) || select.querySelector(`option[value="${c.id}"]`)) return;
       const option = el('option', { value: c.id, text: `${typeName(c.type).main} · ${sourceId(c)} · ${age(c.occurred_at)} · ${c.id.slice(0, 8)}` });
@@ -536,16 +554,17 @@ function mergePicker(current) {
       note.textContent = t('dlg.nomerge');
     }, (err) => { note.textContent = err.message; });
     search.addEventListener('input', async () => {
-      const id = search.value.trim();
-      if (!UUID.test(id)) return;
+      const id = caseId(search.value);
+      if (!id) return;
       let c;
       try { c = await get(`/candidates/${id}`); } catch (err) {
-        refused.add(id);
-        toast(err.message, true);
+        if (err instanceof ApiError && err.status === 404) refused.add(id);
+        if (caseId(search.value) === id) toast(err.message, true);
         return;
       }
-      if (c.id === current.id || FINAL.includes(c.status)) {
-        refused.add(id);
+      if (c.id === current.id || FINAL.includes(c.status)) refused.add(id);
+      if (caseId(search.value) !== id) return; // another id was pasted meanwhile
+      if (refused.has(id)) {
         toast(`${t('dlg.mergefinal')} (${t(`s.${c.status}`)})`, true);
         return;
       }
@@ -556,8 +575,8 @@ function mergePicker(current) {
     return () => {
       // A pasted id (still in the box, so not chosen over in the list since) wins, also when
       // Enter came before its case was shown.
-      const typed = search.value.trim();
-      if (typed && !UUID.test(typed)) return { invalid: t('dlg.badid') };
+      const typed = caseId(search.value);
+      if (search.value.trim() && !typed) return { invalid: t('dlg.badid') };
       if (typed) return refused.has(typed) ? { invalid: t('dlg.mergefinal') } : { merge_into: typed };
       return select.value ? { merge_into: select.value } : { invalid: t('dlg.pickmerge') };
     };
@@ -591,6 +610,10 @@ async function decideOn(c, decision) {
   else if (decision === 'return') extra = await dialog(title('dlg.return'), returnNote);
   else if (decision === 'merge') extra = await dialog(title('dlg.merge'), mergePicker(c));
   if (extra === null) return;
+  if (state.gone === c.id) { // decided elsewhere while the dialog was open: nothing is sent
+    toast(decidedElsewhere(state.items.find((x) => x.id === c.id) || c), true);
+    return;
+  }
   state.deciding = c.id;
   try {
     const updated = await post(`/candidates/${c.id}/review`, { decision, ...extra });
@@ -602,13 +625,18 @@ async function decideOn(c, decision) {
       return;
     }
     // Someone else decided first (or the case changed meanwhile): say what the API said and
-    // show the case as it is now, so its badge and buttons tell what is still possible.
+    // show the case as it is now, so its badge and buttons tell what is still possible. It
+    // changed elsewhere: one that left the list stays shown until the reviewer moves on.
     toast(`${t('err.conflict')}: ${err.message}`, true);
     let current;
     try { current = await get(`/candidates/${c.id}`); } catch { return; }
-    applyUpdate(current, false);
+    applyUpdate(current, false, true);
   } finally {
     state.deciding = null;
+    if (state.recheck) { // a live change heard meanwhile was left to the answer: see lookUp
+      state.recheck = false;
+      refresh(c.id);
+    }
   }
 }
 
@@ -712,9 +740,13 @@ async function lookUp(id) {
   try { full = await get(`/candidates/${id}`); } catch { return; }
   if (state.pending) {
     state.pending.add(id);
+  } else if (full.id === state.deciding) {
+    // This tab's decision on it is in flight: a success shows its outcome by its answer, a
+    // conflict the case as decided elsewhere. Either way it is looked up again after the answer
+    // (a failure shows it as this change left it).
+    state.recheck = true;
   } else if (state.items.some((x) => x.id === full.id)) {
-    // This tab's own decision in flight shows its outcome by its answer.
-    applyUpdate(full, false, full.id !== state.deciding);
+    applyUpdate(full, false, true);
   } else if (matches(full) && beforeNextPage(full)) {
     insert(full);
   }

@@ -367,7 +367,8 @@ def test_a_conflicting_decision_shows_the_case_as_it_is_now(
     ui.shot("conflict")
     assert status_of(console, selected)["status"] == "confirmed"
 
-    # In the default "new" queue the case decided elsewhere leaves the list on the 409.
+    # In the default "new" queue the case decided elsewhere stays shown, as decided, until the
+    # reviewer moves on: the next case does not take its place unseen.
     other = second["id"] if selected == first["id"] else first["id"]
     page.select_option("#f-status", "new")
     ui.wait_rows([other])
@@ -376,8 +377,12 @@ def test_a_conflicting_decision_shows_the_case_as_it_is_now(
         response = client.post(f"/candidates/{other}/review", json={"decision": "return"})
         assert response.status_code == 200, response.text
     page.keyboard.press("c")
-    ui.wait_rows([])
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert notice.inner_text() == "此线索已由 test-reviewer 处理：已退回。按 j/k 或点击列表继续"
     assert page.inner_text("#toast").endswith("cannot confirm a candidate that is returned")
+    assert (ui.rows(), ui.selected()) == ([other], other)
+    page.keyboard.press("j")
+    ui.wait_rows([])
     assert status_of(console, other)["status"] == "returned"
 
 

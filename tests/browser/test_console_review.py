@@ -275,20 +275,28 @@ def test_a_return_needs_a_reason_and_a_merge_a_full_id(
     )
 
 
+def logged_in_in_another_tab(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, role: str
+) -> dict[str, Any]:
+    """A case shown to the reviewer, whose next write follows another tab of this browser
+    logging in with the token of ``role``: the shared cookie is that session's now."""
+    case: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    actionable(ui.page, case["id"])
+    response = ui.page.context.request.post(
+        f"{console.url}/api/v1/session", data={"token": console.tokens[role]}
+    )
+    assert response.ok, response.text()
+    return case
+
+
 def test_a_write_after_logging_in_again_in_another_tab_goes_through(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
-    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
-    page = ui.page
-    ui.login("reviewer")
-    ui.wait_rows([case["id"]])
-    actionable(page, case["id"])
-    # Another tab of this browser logs in again: the shared cookie carries a new CSRF token.
-    response = page.context.request.post(
-        f"{console.url}/api/v1/session", data={"token": console.tokens["reviewer"]}
-    )
-    assert response.ok, response.text()
-    page.keyboard.press("c")
+    # The same reviewer again: only the CSRF token is new.
+    case = logged_in_in_another_tab(ui, seeder, frames, console, "reviewer")
+    ui.page.keyboard.press("c")
     ui.wait_rows([])
     assert status_of(console, case["id"])["status"] == "confirmed"
 
@@ -336,3 +344,167 @@ def test_more_is_hidden_while_the_list_reloads(
     page.click("#queue-more")
     page.wait_for_selector("#queue-more", state="hidden")
     page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 51")
+
+
+def wait_held(page: Any, held: list[Any]) -> Any:
+    """The request a route holds, once the page has sent it."""
+    for _ in range(600):  # bounded: the page's requests reach the handler between calls
+        if held:
+            return held[0]
+        page.evaluate("1")
+    raise AssertionError("the request was not sent")
+
+
+def test_a_write_after_someone_else_logged_in_in_another_tab_is_not_made_as_them(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = logged_in_in_another_tab(ui, seeder, frames, console, "admin")
+    page = ui.page
+    page.keyboard.press("c")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.inner_text("#login-error") == (
+        "此浏览器已在另一标签页以 test-admin · admin 登录，未执行操作。请重新登录"
+    )
+    ui.shot("signed-in-elsewhere")
+    assert status_of(console, case["id"])["status"] == "new"
+
+    # Signed in again as the reviewer, the same case is decided, as the reviewer.
+    page.fill("#token", console.tokens["reviewer"])
+    page.click("#login-form button[type=submit]")
+    actionable(page, case["id"])
+    page.keyboard.press("c")
+    ui.wait_rows([])
+    last = status_of(console, case["id"])["history"][-1]
+    assert (last["action"], last["who"]) == ("confirmed", "test-reviewer")
+
+
+def live_and_actionable(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[Any, str, str]:
+    """Two cases listed, live updates on, the selected one ready for a decision: the page,
+    the selected case's id and the other's."""
+    shown, other = two_listed(ui, seeder, frames)
+    ui.page.wait_for_selector("#live.on")
+    actionable(ui.page, shown)
+    return ui.page, shown, other
+
+
+def test_a_decision_refused_as_decided_elsewhere_keeps_the_case_shown(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = live_and_actionable(ui, seeder, frames)
+    held: list[Any] = []
+    page.route(f"**/api/v1/candidates/{shown}/review", lambda route: held.append(route), times=1)
+    page.keyboard.press("c")
+    confirm = wait_held(page, held)
+
+    # Another reviewer rejects it meanwhile, and this tab hears of it before its own answer.
+    def lookup(response: Any) -> bool:
+        return bool(response.url.endswith(f"/candidates/{shown}"))
+
+    with page.expect_response(lookup) as heard:
+        review(console, shown, decision="reject", reason_code="duplicate")
+    heard.value.finished()
+    confirm.continue_()
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert notice.inner_text() == "此线索已由 test-reviewer 处理：已驳回。按 j/k 或点击列表继续"
+    assert page.inner_text("#toast") == (
+        "状态已变化，无法执行: cannot confirm a candidate that is rejected"
+    )
+    assert ui.selected() == shown
+    assert page.is_visible(f"#detail .detail-head:has-text('{shown}') .badge.s-rejected")
+    ui.shot("conflict-held")
+    assert status_of(console, other)["status"] == "new"
+
+
+def test_a_dialog_confirmed_after_the_case_was_decided_elsewhere_sends_nothing(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    ui.page.add_init_script(RECORD_POSTS)
+    page, shown, other = live_and_actionable(ui, seeder, frames)
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    review(console, shown, decision="confirm")  # another reviewer, while the dialog is open
+    notice = page.wait_for_selector("#decided-elsewhere")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dlg:not([open])", state="attached")
+    page.wait_for_selector(f"#toast:has-text('{notice.inner_text()}')")
+    assert [url for url in page.evaluate("window.__posts") if url.endswith("/review")] == []
+    assert ui.selected() == shown
+    assert page.is_visible("#decided-elsewhere")
+    assert status_of(console, other)["status"] == "new"
+
+
+def test_decided_by_names_the_reviewer_not_the_platform_step_after_it(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, _ = live_and_actionable(ui, seeder, frames)
+    registered: list[bool] = []
+
+    def register_first(route: Any) -> None:
+        # The platform registers the confirmed case before this tab looks it up.
+        if not registered and status_of(console, shown)["status"] == "confirmed":
+            with console.client("platform") as client:
+                response = client.post(f"/candidates/{shown}/status", json={"stage": "registered"})
+                assert response.status_code == 200, response.text
+            registered.append(True)
+        route.continue_()
+
+    page.route(f"**/api/v1/candidates/{shown}", register_first)
+    review(console, shown, decision="confirm")
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert registered
+    assert notice.inner_text() == "此线索已由 test-reviewer 处理：已立案。按 j/k 或点击列表继续"
+
+
+def open_merge(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[Any, str, str]:
+    """The merge dialog of the selected case: its id and another open case's (not near it, so
+    not offered until its id is pasted)."""
+    shown, other = two_listed(ui, seeder, frames)
+    page = ui.page
+    actionable(page, shown)
+    page.keyboard.press("m")
+    page.wait_for_selector("#dlg[open] input[name=merge_id]")
+    return page, shown, other
+
+
+def merged(ui: Any, console: Any, shown: str, other: str) -> None:
+    page = ui.page
+    page.keyboard.press("Enter")
+    gone_from_list(page, shown)
+    case = status_of(console, shown)
+    assert (case["status"], case["merged_into"]) == ("merged", other)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        lambda cid: cid.replace("-", "").upper(),
+        lambda cid: f"{{{cid}}}",
+        lambda cid: f"urn:uuid:{cid}",
+    ],
+    ids=["no-hyphens", "braces", "urn"],
+)
+def test_a_merge_id_is_taken_in_any_spelling_of_a_uuid(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, spelling: Any
+) -> None:
+    page, shown, other = open_merge(ui, seeder, frames)
+    page.fill("#dlg-body input[name=merge_id]", spelling(other))
+    page.wait_for_selector(f"#dlg-body option[value='{other}']:checked", state="attached")
+    ui.shot("pasted")
+    merged(ui, console, shown, other)
+
+
+def test_a_merge_id_whose_lookup_failed_is_sent_on_ok(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = open_merge(ui, seeder, frames)
+    problem = '{"title": "Internal Server Error", "status": 500}'
+    page.route(
+        f"**/api/v1/candidates/{other}",
+        lambda route: route.fulfill(
+            status=500, content_type="application/problem+json", body=problem
+        ),
+        times=1,
+    )
+    page.fill("#dlg-body input[name=merge_id]", other)
+    page.wait_for_selector("#toast:has-text('Internal Server Error')")
+    merged(ui, console, shown, other)
