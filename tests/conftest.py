@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -177,10 +178,50 @@ def _mkdir(path: Path) -> Path:
     return path
 
 
+SHARED_BROKER = ("127.0.0.1", 1883)
+
+
+def clear_retained(prefix: str, broker: tuple[str, int] = SHARED_BROKER) -> list[str]:
+    """Remove every retained message under ``prefix`` (last wills, statuses) and name them.
+
+    The broker sends a subscription's retained messages before it handles the client's next
+    packet, so the probe's return marks the end of them."""
+    import paho.mqtt.client as mqtt
+
+    end = f"{prefix}/clear-retained-probe"
+    found: list[str] = []
+    done = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == end:
+            done.set()
+        elif msg.retain and msg.payload:
+            found.append(msg.topic)
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"clear-{prefix}")
+    client.on_message = on_message
+    client.connect(*broker)
+    client.loop_start()
+    try:
+        client.subscribe(f"{prefix}/#", qos=1)
+        client.publish(end, b"", qos=1)
+        if not done.wait(10):
+            raise TimeoutError(f"no probe back from the broker for {prefix}")
+        for topic in found:
+            client.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return found
+
+
 @pytest.fixture
-def mqtt_prefix() -> str:
-    """A topic prefix no other test uses, for tests on the shared broker."""
-    return f"gptest-{uuid.uuid4().hex[:10]}"
+def mqtt_prefix() -> Iterator[str]:
+    """A topic prefix no other test uses, for tests on the shared broker; what the test left
+    retained there (a component's last will, a camera's status) is removed afterwards."""
+    prefix = f"gptest-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    clear_retained(prefix)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The shared fixtures' servers start on a port of their own, not on one another process took."""
+"""The shared fixtures: servers start on a port of their own, not on one another process took;
+tests leave nothing retained on the shared broker."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
-from .conftest import START_ATTEMPTS, ApiServer, Mosquitto
+from .conftest import START_ATTEMPTS, ApiServer, Mosquitto, clear_retained
 
 
 @pytest.fixture
@@ -61,3 +62,44 @@ def test_an_api_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_por
         assert response.status_code == 200
     finally:
         api.stop()
+
+
+def _connection(name: str, prefix: str) -> MqttConnection:
+    """A connection to the shared broker whose own status lies under ``prefix``."""
+    conn = MqttConnection(name, MqttSettings(), prefix=prefix)
+    assert conn.start()
+    return conn
+
+
+def _retained(where: str, prefix: str) -> dict[str, bytes]:
+    """What a new subscriber to ``where/#`` on the shared broker gets as retained."""
+    conn = _connection("retained-reader", prefix)
+    try:
+        sub = conn.subscribe(f"{where}/#", qos=1, maxsize=100)
+        assert conn.publish_wait(f"{where}/probe", b"", qos=1)
+        seen: dict[str, bytes] = {}
+        while (msg := sub.get(timeout=10)) is not None and msg.topic != f"{where}/probe":
+            seen[msg.topic] = msg.payload
+        assert msg is not None, "the probe never came back"
+        return seen
+    finally:
+        conn.stop()
+
+
+def test_what_a_test_left_retained_under_its_prefix_is_cleared(mqtt_prefix: str) -> None:
+    where = f"{mqtt_prefix}/left"
+    conn = _connection("leaver", mqtt_prefix)
+    try:
+        for topic in (f"{where}/components/c1/status", f"{where}/cameras/a/status"):
+            assert conn.publish_wait(topic, b"offline", qos=1, retain=True)
+    finally:
+        conn.stop()
+    left = {f"{where}/components/c1/status": b"offline", f"{where}/cameras/a/status": b"offline"}
+    assert _retained(where, mqtt_prefix) == left
+    assert sorted(clear_retained(where)) == sorted(left)
+    assert _retained(where, mqtt_prefix) == {}
+    # The connections' own last wills lie under the test's prefix: its fixture clears them.
+    assert sorted(clear_retained(mqtt_prefix)) == [
+        f"{mqtt_prefix}/components/leaver/status",
+        f"{mqtt_prefix}/components/retained-reader/status",
+    ]

@@ -34,7 +34,9 @@ def test_remaining_length(n: int, encoded: str) -> None:
 
 def test_frames_published_raw_arrive_intact(mqtt_prefix: str) -> None:
     payloads = [bytes([k]) * size for k, size in enumerate((1, 127, 128, 100_000, 300_000))]
-    sub_conn = MqttConnection("rawmqtt-sub", MqttSettings.from_url(SHARED_BROKER))
+    sub_conn = MqttConnection(
+        "rawmqtt-sub", MqttSettings.from_url(SHARED_BROKER), prefix=mqtt_prefix
+    )
     assert sub_conn.start(timeout=10)
     try:
         sub = sub_conn.subscribe(f"{mqtt_prefix}/frames/#", qos=0)
