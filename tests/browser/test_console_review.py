@@ -370,7 +370,10 @@ def test_a_write_after_someone_else_logged_in_in_another_tab_is_not_made_as_them
 
     # Signed in again as the reviewer, the same case is decided, as the reviewer.
     page.fill("#token", console.tokens["reviewer"])
-    page.click("#login-form button[type=submit]")
+    # Back in, the queue reloads its list: decide once that list is in, not on the page as it
+    # stood before the login.
+    with page.expect_response(lambda r: r.url.split("?")[0].endswith("/api/v1/candidates")):
+        page.click("#login-form button[type=submit]")
     actionable(page, case["id"])
     page.keyboard.press("c")
     ui.wait_rows([])
