@@ -22,6 +22,10 @@ const state = {
   // Ids of live changes heard while a load is in flight (null when none is): applied to the
   // page it brings, which may have been read before they were saved.
   pending: null,
+  // What this tab learned of cases while a load is in flight (id → { c, full }: its own
+  // decision's answer, or a conflict's lookup, in full; an event's summary otherwise): the page
+  // it brings may have been read before (see upToDate).
+  changed: new Map(),
   queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
   // The case this tab is deciding (its own answer shows the outcome, not the live event), and
@@ -181,7 +185,6 @@ async function load(append = false, keep = false) {
     $('#queue-more').hidden = true;
   }
   state.pending ??= new Set();
-  const keepId = keep ? state.items[state.selected]?.id : undefined;
   const params = { ...filters(), limit: 50 };
   if (append && state.cursor) params.cursor = state.cursor;
   let page;
@@ -199,13 +202,18 @@ async function load(append = false, keep = false) {
   if (seq !== state.loadSeq) return; // a newer filter change won
   state.reloading = false;
   const shown = state.items[state.selected]?.id;
+  // The case selected now (the reviewer may have decided the one selected when it was asked).
+  const keepId = keep ? shown : undefined;
   if (append) {
     // A case shown live since the last page may come again in this one.
     const listed = new Set(state.items.map((x) => x.id));
-    state.items = [...state.items, ...page.items.filter((x) => !listed.has(x.id))];
+    state.items = [...state.items, ...upToDate(page.items.filter((x) => !listed.has(x.id)))];
   } else {
-    state.items = page.items;
-    state.gone = null; // not listed any more
+    state.items = upToDate(page.items, keepId);
+    // Still shown as decided elsewhere when it is the case kept (see applyUpdate, upToDate);
+    // otherwise not listed any more.
+    const kept = state.items.find((x) => x.id === keepId);
+    if (state.gone !== keepId || !kept || matches(kept)) state.gone = null;
   }
   state.cursor = page.next_cursor || null;
   const last = page.items[page.items.length - 1];
@@ -218,7 +226,42 @@ async function load(append = false, keep = false) {
   }
   renderList();
   applyPending();
+  drained(); // the page listed only cases decided since it was read
   if (!append || state.items[state.selected]?.id !== shown) await showDetail();
+}
+
+// A case's updated_at as a number, to the microsecond (the API's precision; Date.parse keeps
+// milliseconds); NaN without one, which is neither later nor earlier than another.
+function stamp(c) {
+  const iso = c.updated_at || '';
+  const fraction = /\.(\d+)/.exec(iso)?.[1] || '';
+  return Date.parse(iso) * 1000 + Number(fraction.padEnd(6, '0').slice(3, 6));
+}
+
+// Note what this tab learned of a case while a load is in flight (see upToDate).
+function learned(c, full) {
+  if (!state.pending) return; // no page on its way: the next one is read after this
+  const known = state.changed.get(c.id);
+  // The later wins; of two of the same change (this tab's answer and its event) the full one.
+  if (!known || stamp(c) > stamp(known.c) || (full && stamp(c) === stamp(known.c))) {
+    state.changed.set(c.id, { c, full });
+  }
+}
+
+// A page's cases as this tab knows them now: one changed after the page was read (decided
+// here, or heard decided live) is shown as it is now, or left out when the list would not show
+// it any more. It must not come back because the page was read before the decision. A case the
+// page shows later than that (returned, then completed again) is the page's. Only an event's
+// summary is known of a case heard changed: one still listed keeps the page's copy until its
+// lookup (pending) comes back; so does the case kept selected, which that lookup shows as
+// decided elsewhere rather than replace it unseen.
+function upToDate(items, keepId) {
+  return items.flatMap((x) => {
+    const known = state.changed.get(x.id);
+    if (!known || !(stamp(known.c) > stamp(x))) return [x];
+    if (!matches(known.c) && x.id !== keepId) return [];
+    return [known.full ? known.c : x];
+  });
 }
 
 // Every loaded case is decided but more pages wait: read the next one, as "More" would.
@@ -645,6 +688,7 @@ async function decideOn(c, decision) {
 // decided and without its decisions, until the reviewer moves on: the next key press must not
 // act on a case that took its place unseen.
 function applyUpdate(updated, advance, live = false) {
+  learned(updated, true);
   const index = state.items.findIndex((x) => x.id === updated.id);
   if (index < 0) return;
   const wasSelected = index === state.selected;
@@ -700,12 +744,13 @@ function onEvent(message) {
   let data;
   try { data = JSON.parse(message.data); } catch { return; }
   const listed = state.items.find((x) => x.id === data.id);
+  const seen = { ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } };
+  learned(seen, false);
   if (listed) {
     if (listed.updated_at === data.updated_at) return; // shown as it is (a replay's margin)
   } else if (!state.pending) {
     // Decided from the event where it can be: a case this list would not show, or one that
     // belongs to a later page, is not looked up. (A page on its way may list it: then it is.)
-    const seen = { ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } };
     if (!matches(seen) || (data.created_at && !beforeNextPage(data))) return;
   }
   refresh(data.id);
@@ -783,6 +828,7 @@ function beforeNextPage(c) {
 function applyPending() {
   const ids = state.pending || [];
   state.pending = null;
+  state.changed.clear();
   for (const id of ids) refresh(id);
 }
 
