@@ -446,6 +446,19 @@ class Outbox:
         candidates commute. So each candidate still sees its operations in order, after the
         evidence they reference, and a failure stops the round before anything that may
         depend on it.
+
+        Bodies name candidates too (``references``, the bridge's alarm ids): each id the API
+        answered with a candidate of another id is sent as that id (:func:`_server_ids`), so
+        no reference names a candidate the API never held. An alias is only known once its
+        create is answered, so a create that names an earlier create of the round waits for
+        the next round (:func:`_round`), and patches follow the round's creates anyway.
+        Hence every create and patch is first sent after each create queued before it has
+        settled; as a create settles once and its alias never changes, every attempt of an
+        operation carries the same body under its idempotency key (a rewrite after a first
+        attempt with the old body would make the API refuse the retry with 422). Rewriting
+        instead with a follow-up PATCH would leave the dangling id in the create's history
+        and need a second operation queued durably; a chain of such creates (an alarm that
+        flapped through a long outage) costs one round each instead.
         """
         ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
@@ -453,10 +466,10 @@ class Outbox:
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
             creates = [op for op in ops if op.kind == "create"]
-            if self._send_creates(conn, creates):
+            if self._send_creates(conn, _server_ids(conn, [creates])[0]):
                 # This round's patches were read before its creates learnt their ids.
                 ops = _moved(ops, _aliases_of(conn, [op.candidate_id or "" for op in creates]))
-                patches = _patches_by_candidate(ops)[: self.MAX_PATCHED]
+                patches = _server_ids(conn, _patches_by_candidate(ops)[: self.MAX_PATCHED])
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
@@ -704,14 +717,84 @@ def server_id(conn: sqlite3.Connection, candidate_id: str) -> str:
 
 
 def _aliases_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
-    """The recorded aliases of ``ids`` (at most a batch of them), local id → the API's."""
-    if not ids:
-        return {}
-    marks = ",".join("?" * len(ids))
-    rows = conn.execute(
-        f"SELECT local_id, server_id FROM outbox_aliases WHERE local_id IN ({marks})", ids
-    )
-    return {str(local): str(server) for local, server in rows.fetchall()}
+    """The recorded aliases of ``ids``, local id → the API's."""
+    aliases: dict[str, str] = {}
+    for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT local_id, server_id FROM outbox_aliases WHERE local_id IN ({marks})", chunk
+        )
+        aliases.update((str(local), str(server)) for local, server in rows.fetchall())
+    return aliases
+
+
+# The fields of ``alarm`` that name candidates: the bridge gives each alarm's candidate the
+# alarm's id, so its alarm ids are its candidate ids.
+_ALARM_CANDIDATE_IDS = ("alarm_id", "previous_alarm_id")
+
+
+def _named_ids(body: Mapping[str, Any]) -> list[str]:
+    """The candidate ids a body names besides its own ``id``, spelt as the outbox stores ids:
+    ``references`` and the bridge's alarm ids."""
+    refs = body.get("references")
+    alarm = body.get("alarm")
+    values = [*(refs if isinstance(refs, list) else [])]
+    if isinstance(alarm, dict):
+        values += [alarm.get(name) for name in _ALARM_CANDIDATE_IDS]
+    return [_canonical(v) for v in values if isinstance(v, str)]
+
+
+def _canonical(value: str) -> str:
+    """A UUID in the outbox's spelling (lowercase, hyphenated); anything else as it is."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return value
+
+
+def _with_server_ids(body: JsonDict, aliases: Mapping[str, str]) -> JsonDict:
+    """``body`` with each id :func:`_named_ids` finds that has an alias replaced by the API's
+    id; ``body`` itself when it names none, so an unaliased body is sent byte for byte."""
+
+    def server(value: object) -> object:
+        return aliases.get(_canonical(value), value) if isinstance(value, str) else value
+
+    if not any(name in aliases for name in _named_ids(body)):
+        return body
+    renamed = dict(body)
+    if isinstance(body.get("references"), list):
+        refs = [server(v) for v in body["references"]]
+        # [local, server] would name the API's candidate twice.
+        renamed["references"] = [v for i, v in enumerate(refs) if v not in refs[:i]]
+    if isinstance(body.get("alarm"), dict):
+        alarm = dict(body["alarm"])
+        for name in _ALARM_CANDIDATE_IDS:
+            if name in alarm:
+                alarm[name] = server(alarm[name])
+        renamed["alarm"] = alarm
+    return renamed
+
+
+def _server_ids(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op]]:
+    """``groups`` of creates and patches with the candidate ids their bodies name sent as
+    the API's ids (:func:`_with_server_ids`), from the aliases recorded so far."""
+    if conn.execute("SELECT 1 FROM outbox_aliases LIMIT 1").fetchone() is None:
+        return groups  # the common case: no body to read
+    bodies = {op.seq: op.body() for group in groups for op in group}
+    named = sorted({name for body in bodies.values() for name in _named_ids(body)})
+    aliases = _aliases_of(conn, named)
+    if not aliases:
+        return groups
+
+    def renamed(op: _Op) -> _Op:
+        body = bodies[op.seq]
+        new = _with_server_ids(body, aliases)
+        if new is body:
+            return op
+        return replace(op, payload=json.dumps(new, ensure_ascii=False).encode())
+
+    return [[renamed(op) for op in group] for group in groups]
 
 
 def _renamed(answered: Iterable[tuple[_Op, Any]]) -> dict[str, str]:
@@ -752,16 +835,24 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:
     """The window cut before its ``max_creates + 1``-th create, or before the create that
-    would take the creates past ``max_bytes`` (never before the first): one batch takes the
-    rest."""
+    would take the creates past ``max_bytes``, or before a create whose body names an earlier
+    create of the window (never before the first): one batch takes the rest. The API may
+    answer that earlier create with a candidate of another id, which the named id must then
+    be sent as: known only once it is answered (see :meth:`Outbox._deliver_some`)."""
+    created: set[str] = set()
     creates = size = 0
     for index, op in enumerate(ops):
         if op.kind != "create":
             continue
         creates += 1
         size += len(op.payload)
-        if creates > max_creates or (creates > 1 and size > max_bytes):
+        if creates > 1 and (
+            creates > max_creates
+            or size > max_bytes
+            or not created.isdisjoint(_named_ids(op.body()))
+        ):
             return ops[:index]
+        created.add(op.candidate_id or "")
     return ops
 
 

@@ -535,3 +535,38 @@ def test_batches_stay_under_the_size_limit_and_a_body_over_it_is_refused(
     assert sorted(c["id"] for c in all_candidates(api_server)) == sorted(ids)
     # Only the body over the limit, sent alone (it fills a batch by itself): no batch was.
     assert api_requests(api_server, 'method="POST"', 'status="413"') == 1
+
+
+@pytest.mark.parametrize("same_batch", [False, True], ids=["in-a-later-round", "in-one-batch"])
+def test_bodies_name_the_candidate_the_api_answered_a_create_with(
+    api_server: Any, tmp_path: Path, same_batch: bool
+) -> None:
+    """A producer that lost its state creates an event the API holds again, under a new id,
+    and then a new episode or alarm that references it: the reference, and the bridge's
+    alarm ids (its candidate ids), name the API's candidate, not the id it never held. In
+    one batch, the referencing create is only sent once the first one has been answered."""
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    sha = client.put_evidence(jpeg(70), "image/jpeg")
+    body = {**candidate("named-1", sha), "id": str(uuid.uuid4())}
+    held = client.create_candidate(body, str(uuid.uuid4()))["id"]
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        again = txn.create_candidate(candidate("named-1", sha))
+        plain = txn.create_candidate(candidate("named-2", sha))
+        txn.patch_candidate(again, {"alarm": {"alarm_id": again, "count": 2}})
+    if not same_batch:
+        deliver(outbox)
+    with outbox.transaction() as txn:
+        new = str(uuid.uuid4())
+        alarm = {"alarm_id": new, "previous_alarm_id": again}
+        refs = [again, plain, again.upper()]
+        txn.create_candidate({**candidate("named-3", sha), "references": refs, "alarm": alarm}, new)
+    deliver(outbox)
+    assert outbox.failed() == []
+    assert outbox.stats()["sent"] == 4
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{new}").json()
+        assert doc["references"] == [held, plain]
+        assert doc["alarm"] == {"alarm_id": new, "previous_alarm_id": held}
+        assert http.get(f"/candidates/{held}").json()["alarm"] == {"alarm_id": held, "count": 2}
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, plain, new])
