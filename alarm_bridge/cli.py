@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gridpatrol.cli import stop_on_signals
+from gridpatrol.ingest.cli import mqtt_connection, mqtt_started
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def default_client_id(prefix: str) -> str:
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
-    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConfigError, MqttConnection, MqttSettings
+    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection, MqttSettings
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -121,11 +122,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
-    try:
-        mqtt.start()
-        media.start()
-    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
-        log.error("bridge: cannot start: %s", exc)
+    if not (mqtt_started("bridge", mqtt) and mqtt_started("bridge", media)):
         mqtt.stop()
         outbox.stop()
         return 2
@@ -152,7 +149,6 @@ FINAL_ACK_TIMEOUT_S = 10.0
 
 def run_simulate(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.simulate import simulated_sensors
-    from gridpatrol.ingest.mqtt import MqttConnection
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -165,10 +161,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         return 2
     prefix = site.mqtt.prefix
     sensors = simulated_sensors(site.sensors, prefix, seed=args.seed)
-    conn = MqttConnection("simulate-sensors", prefix=prefix)
+    conn = mqtt_connection("simulate-sensors", "simulate-sensors", prefix)
+    if conn is None or not mqtt_started("simulate-sensors", conn):
+        return 2
     stop = threading.Event()
     stop_on_signals(stop)
-    conn.start()
     start = time.monotonic()
     sent = 0
     tick = 0

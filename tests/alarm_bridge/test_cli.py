@@ -69,14 +69,30 @@ def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> No
     assert f"outbox {tmp_path / 'bridge.db'} is in use by another process" in done.stderr
 
 
-def test_a_malformed_broker_url_is_one_line_and_exit_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "url", "says"),
+    [
+        (["bridge"], "http://broker:1883",
+         "broker URL must be mqtt:// or mqtts://, got 'http://broker:1883'"),
+        (["simulate-sensors", "--rate", "1"], "http://broker:1883",
+         "simulate-sensors: cannot start: broker URL must be mqtt:// or mqtts://, got "
+         "'http://broker:1883'"),
+        (["simulate-sensors", "--rate", "1"], "mqtt://gp:s3cret@127.0.0.1:x",
+         "simulate-sensors: cannot start: broker URL 'mqtt://gp:***@127.0.0.1:x': Port could not "
+         "be cast to integer value as 'x'"),
+    ],
+)  # fmt: skip
+def test_a_malformed_broker_url_is_one_line_and_exit_2(
+    tmp_path: Path, command: list[str], url: str, says: str
+) -> None:
     env = {
         **os.environ,
         "GRIDPATROL_STATE_DIR": str(tmp_path),
         "GRIDPATROL_API_TOKEN": "t",
-        "GRIDPATROL_MQTT_URL": "http://broker:1883",
+        "GRIDPATROL_MQTT_URL": url,
     }
-    done = run(["bridge", "--config", str(SAMPLE_SITE)], env)
+    done = run([*command, "--config", str(SAMPLE_SITE)], env)
     assert done.returncode == 2
     (line,) = done.stderr.splitlines()
-    assert line.endswith("broker URL must be mqtt:// or mqtts://, got 'http://broker:1883'")
+    assert line.endswith(says)
+    assert "s3cret" not in done.stderr

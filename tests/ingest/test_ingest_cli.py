@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import signal
+import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import request_snapshot
 
 SHARED = "mqtt://127.0.0.1:1883"
+SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 CONTINUOUS = """\
   - id: c1
     source: $FOOTAGE
@@ -210,6 +212,9 @@ def test_bad_configuration_stops_before_connecting(
         (["ingest", "--component-id", "ing\n"], SHARED,
          "ingest: cannot start: component id 'ing\\n' is not an MQTT topic level: 1-64 of the "
          "letters A-Z a-z, the digits 0-9 and _ . -"),
+        (["watch-frames"], "http://127.0.0.1:x",
+         "watch-frames: cannot start: broker URL 'http://127.0.0.1:x': Port could not be cast to "
+         "integer value as 'x'"),
         (["watch-frames", "--component-id", "watch/1"], SHARED,
          "watch-frames: cannot start: component id 'watch/1' is not an MQTT topic level: 1-64 "
          "of the letters A-Z a-z, the digits 0-9 and _ . -"),
@@ -261,4 +266,40 @@ def test_a_malformed_snapshot_request_is_dead_lettered_and_the_next_one_answered
         for p in statuses(seen, reply_topic)
     ]
     assert [r.header.request_id for r in replies] == ["r1"]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def wrong_password_url(mosquitto: Any, tmp_path: Path) -> str:
+    """A URL with a wrong password for the test's broker, restarted to know only gp / s3cret."""
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
+    mosquitto.stop()
+    conf = mosquitto.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    mosquitto.conf.write_text(f"{conf}password_file {passwords}\n")
+    mosquitto.start()
+    return f"mqtt://gp:wrong@127.0.0.1:{mosquitto.port}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["watch-frames", "--timeout", "60"],
+        # It shares the start-up of ingest and watch-frames.
+        ["simulate-sensors", "--rate", "1", "--duration", "60"],
+    ],
+)
+def test_refused_credentials_exit_2_with_one_line(
+    wrong_password_url: str, gridpatrol_proc: Any, command: list[str]
+) -> None:
+    proc = gridpatrol_proc([*command, "--config", str(SAMPLE_SITE)], wrong_password_url)
+    returncode, _, err = proc.wait(60)
+    assert returncode == 2, err
+    port = wrong_password_url.rsplit(":", 1)[1]
+    # The connection's own line says why (the broker's reason); this one, what it stops.
+    (line,) = [line for line in err.splitlines() if "cannot start" in line]
+    assert line.endswith(
+        f" ERROR gridpatrol.ingest.cli: {command[0]}: cannot start: broker "
+        f"mqtt://gp@127.0.0.1:{port} refused the credentials of {command[0]}"
+    )
     assert "Traceback" not in err
