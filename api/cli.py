@@ -137,9 +137,11 @@ def _positive(text: str) -> int:
 def run(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import OperationalError
 
+    from gridpatrol.api.settings import Settings
     from gridpatrol.site import SiteConfigError
 
     try:
+        Settings().check()
         return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
         # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).

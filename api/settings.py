@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ log = logging.getLogger(__name__)
 
 Role = Literal["producer", "reviewer", "platform", "admin"]
 DEFAULT_TIMEZONE = "Asia/Shanghai"
+_SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 class TokenEntry(BaseModel):
@@ -79,11 +81,21 @@ class Settings(BaseSettings):
         out = []
         for token, entry in self.api_tokens.items():
             if token.startswith("sha256:"):
-                digest = bytes.fromhex(token.removeprefix("sha256:"))
+                digest = _hashed_token(token, entry)
             else:
                 digest = hashlib.sha256(token.encode()).digest()
             out.append((digest, entry))
         return out
+
+    def check(self) -> None:
+        """A ValueError naming the setting when the database URL, a token entry or the
+        evidence folder cannot work: said before anything is migrated or served."""
+        check_database_url(self.database_url)
+        self.token_digests()
+        try:
+            self.evidence_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"GRIDPATROL_EVIDENCE_DIR {self.evidence_dir}: {exc}") from None
 
     def load_site(self) -> Site | None:
         if self.config is None:
@@ -92,6 +104,36 @@ class Settings(BaseSettings):
             )
             return None
         return load_site(self.config)
+
+
+def _hashed_token(token: str, entry: TokenEntry) -> bytes:
+    """The digest of a ``sha256:<hex>`` entry; any other length could never match a token."""
+    hexdigits = token.removeprefix("sha256:")
+    if not _SHA256_HEX.fullmatch(hexdigits):
+        shown = token if len(token) <= 30 else f"{token[:30]}..."
+        raise ValueError(
+            f"GRIDPATROL_API_TOKENS: the entry {shown!r} (name {entry.name!r}) must be "
+            "sha256: and the 64 hexadecimal digits of the token's SHA-256"
+        )
+    return bytes.fromhex(hexdigits)
+
+
+def check_database_url(url: str) -> None:
+    """A ValueError naming GRIDPATROL_DATABASE_URL, never its password, when SQLAlchemy cannot
+    use it or cannot make the folder of its SQLite file."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+        parsed.get_dialect()  # an unknown database or driver name
+    except (ArgumentError, ValueError) as exc:  # SQLAlchemy's messages do not echo the URL
+        raise ValueError(f"GRIDPATROL_DATABASE_URL is not a database URL: {exc}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        try:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ValueError(f"GRIDPATROL_DATABASE_URL: {exc}") from None
 
 
 def site_policy(site: Site | None) -> tuple[Policy, str]:
