@@ -91,7 +91,12 @@ def register(sub: Any) -> None:
         "--duration", type=float, default=None, help="stop after S seconds (default: Ctrl-C)"
     )
     parser.add_argument("--no-browser", action="store_true", help="do not open the console")
-    parser.add_argument("--port", type=int, default=8000, help="API port (default 8000)")
+    parser.add_argument(
+        "--port",
+        type=port_number,
+        default=None,
+        help=f"API port (default {DEFAULT_PORT}, or a free one when that is in use)",
+    )
     parser.add_argument(
         "--config", default=str(sample_site()), help="the site file (default: %(default)s)"
     )
@@ -269,15 +274,50 @@ def generate_tokens() -> dict[str, str]:
     return {role: f"gp-{role}-{secrets.token_urlsafe(18)}" for role in ROLES}
 
 
-def free_port(preferred: int) -> int:
+DEFAULT_PORT = 8000
+
+
+def port_number(text: str) -> int:
+    """A TCP port for argparse: 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
+    return port
+
+
+def api_port(requested: int | None) -> int | None:
+    """The API's port: ``--port`` as given, or None after a line when something listens there
+    (another port would leave the operator's URL, proxy or firewall rule pointing elsewhere);
+    without ``--port``, 8000, else a free port, said in a line."""
+    if requested is not None:
+        port = _bound(requested)
+        if port is None:
+            print(
+                f"demo: port {requested} is in use; stop what listens there or give another --port",
+                file=sys.stderr,
+            )
+        return port
+    port = _bound(DEFAULT_PORT)
+    if port is None:
+        port = _bound(0)
+        print(f"port {DEFAULT_PORT} is in use; the API listens on {port}", flush=True)
+    return port
+
+
+def _bound(port: int) -> int | None:
+    """The port a socket could bind on 127.0.0.1 (0: any free one), None when it is taken."""
     with socket.socket() as sock:
+        # As uvicorn binds: a port left in TIME_WAIT by an earlier demo is free.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", preferred))
-            return preferred
+            sock.bind(("127.0.0.1", port))
         except OSError:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-            return port
+            return None
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 LOCAL_HOSTS = "127.0.0.1,localhost"
@@ -526,6 +566,9 @@ def run_demo(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    port = api_port(args.port)
+    if port is None:
+        return 2
     footage = find_footage()
     print(f"footage: {footage}", flush=True)
     shutil.rmtree(workdir, ignore_errors=True)  # every demo starts from an empty database
@@ -537,7 +580,7 @@ def run_demo(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
-    demo = Demo(site_file, workdir, free_port(args.port), generate_tokens())
+    demo = Demo(site_file, workdir, port, generate_tokens())
     _stop_in_order_on_signals()
     try:
         with _broker(not args.own_broker, workdir / "logs" / "broker.log") as broker:

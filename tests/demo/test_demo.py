@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -247,6 +249,52 @@ def test_the_demo_clears_only_a_folder_of_its_own(tmp_path: Path, prepare: str, 
         assert done.returncode == code
         assert "is not empty and was not made by the demo" in done.stderr
         assert workdir.exists() and (workdir.is_file() or (workdir / "notes.txt").exists())
+
+
+def _listening(port: int) -> socket.socket:
+    """A socket listening on 127.0.0.1:``port``, or, where something else already listens
+    there, a closed one: the port is taken either way."""
+    sock = socket.socket()
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen()
+    except OSError:
+        sock.close()
+    return sock
+
+
+# A site file that is not there ends the demo (status 2) after it has chosen its port, before
+# it starts anything.
+NO_SITE = ["--config", "/nonexistent/site.yaml"]
+
+
+def test_a_port_given_and_taken_stops_the_demo_with_status_2(tmp_path: Path) -> None:
+    port = free_port()
+    with _listening(port):
+        done = _run_demo_on(tmp_path / "demo", ["--port", str(port), *NO_SITE])
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"demo: port {port} is in use; stop what listens there or give another --port\n"
+    )
+    assert not (tmp_path / "demo").exists()
+
+
+def test_the_default_port_taken_moves_the_api_and_says_so(tmp_path: Path) -> None:
+    with _listening(8000):
+        done = _run_demo_on(tmp_path / "demo", NO_SITE)
+    assert done.returncode == 2  # the site file: the port was chosen before it
+    said = re.fullmatch(
+        r"port 8000 is in use; the API listens on (\d+)", done.stdout.split("\n")[0]
+    )
+    assert said is not None, done.stdout
+    assert int(said[1]) != 8000
+    assert "cannot read the site file" in done.stderr
+
+
+def _run_demo_on(workdir: Path, options: list[str]) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", *options]
+    argv += ["--workdir", str(workdir)]
+    return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
 def _mqtt_client(port: int, client_id: str, *, persistent: bool = False) -> mqtt.Client:
