@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -198,6 +198,10 @@ UPDATE outbox_ops SET payload = x'' WHERE kind = 'evidence' AND state = 'failed'
 """
 
 
+# The columns of ``outbox_ops`` that make an :class:`_Op`, in its order.
+_OP_COLUMNS = "seq, kind, candidate_id, idempotency_key, payload, content_type, sha256"
+
+
 @dataclass(frozen=True)
 class _Op:
     seq: int
@@ -231,13 +235,13 @@ class OutboxTxn:
 
     def create_candidate(self, body: Mapping[str, Any], candidate_id: str | None = None) -> str:
         cid = str(uuid.UUID(candidate_id or body.get("id") or str(uuid.uuid4())))
-        payload = json.dumps({**body, "id": cid}, ensure_ascii=False).encode()
+        payload = _json(_in_api_ids(self.conn, {**body, "id": cid}))
         self._insert("create", cid, str(uuid.uuid4()), payload, None, None)
         return cid
 
     def patch_candidate(self, candidate_id: str, patch: Mapping[str, Any]) -> None:
-        payload = json.dumps(dict(patch), ensure_ascii=False).encode()
-        cid = server_id(self.conn, str(uuid.UUID(candidate_id)))
+        payload = _json(_in_api_ids(self.conn, dict(patch)))
+        cid = api_id(self.conn, str(uuid.UUID(candidate_id)))
         self._insert("patch", cid, str(uuid.uuid4()), payload, None, None)
 
     def _insert(
@@ -447,18 +451,22 @@ class Outbox:
         evidence they reference, and a failure stops the round before anything that may
         depend on it.
 
-        Bodies name candidates too (``references``, the bridge's alarm ids): each id the API
-        answered with a candidate of another id is sent as that id (:func:`_server_ids`), so
-        no reference names a candidate the API never held. An alias is only known once its
-        create is answered, so a create that names an earlier create of the round waits for
-        the next round (:func:`_round`), and patches follow the round's creates anyway.
-        Hence every create and patch is first sent after each create queued before it has
-        settled; as a create settles once and its alias never changes, every attempt of an
-        operation carries the same body under its idempotency key (a rewrite after a first
-        attempt with the old body would make the API refuse the retry with 422). Rewriting
-        instead with a follow-up PATCH would leave the dangling id in the create's history
-        and need a second operation queued durably; a chain of such creates (an alarm that
-        flapped through a long outage) costs one round each instead.
+        Bodies name candidates too (``references``, the bridge's alarm ids, see
+        :data:`_ALARM_IDS`). When the API answers a create with a candidate of another id,
+        the ids in bodies that name the producer's id are rewritten to the API's, once and
+        in the file: bodies queued later as they are queued, bodies already queued in the
+        transaction that records the alias (:func:`_rewrite_unsent`). The rewrite never
+        changes the body of an operation that may have been sent: the API keeps the first
+        body under its idempotency key and refuses a retry with another one (422), which
+        would lose the operation. ``attempts`` cannot tell (it counts a failed round once,
+        and a process that dies before the answer counts nothing), but the order of
+        delivery can: an operation queued after the create, other than a create of the
+        same batch, has not been sent before that create is answered. So these keep
+        naming the producer's id: a create sent in the batch of the create it names, an
+        operation queued before the create it names, and one naming an alias that an
+        outbox older than this rewriting recorded. (A PATCH cannot mend them: it adds to
+        ``references``, never removes.) A body may also name a create the API refused, an
+        id it never held. The send path reads no body for any of this.
         """
         ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
@@ -466,10 +474,12 @@ class Outbox:
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
             creates = [op for op in ops if op.kind == "create"]
-            if self._send_creates(conn, _server_ids(conn, [creates])[0]):
-                # This round's patches were read before its creates learnt their ids.
-                ops = _moved(ops, _aliases_of(conn, [op.candidate_id or "" for op in creates]))
-                patches = _server_ids(conn, _patches_by_candidate(ops)[: self.MAX_PATCHED])
+            if self._send_creates(conn, creates):
+                window = ops
+                if _aliases_of(conn, [op.candidate_id or "" for op in creates]):
+                    # Recording those moved and rewrote this round's patches in the file.
+                    window = self._patches_up_to(conn, ops[-1].seq)
+                patches = _patches_by_candidate(window)[: self.MAX_PATCHED]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
@@ -477,12 +487,18 @@ class Outbox:
             return False
         return True
 
+    def _patches_up_to(self, conn: sqlite3.Connection, seq: int) -> list[_Op]:
+        """The pending patches up to ``seq``, as the file holds them now: the window is the
+        oldest pending operations, so up to its last one these are the window's patches."""
+        query = (
+            f"SELECT {_OP_COLUMNS} FROM outbox_ops WHERE state = 'pending' AND kind = 'patch'"
+            " AND seq <= ? ORDER BY seq"
+        )
+        return [_Op(*row) for row in conn.execute(query, (seq,)).fetchall()]
+
     def _pending(self, conn: sqlite3.Connection) -> list[_Op]:
         """The oldest pending operations, up to WINDOW of them and about WINDOW_BYTES."""
-        query = (
-            "SELECT seq, kind, candidate_id, idempotency_key, payload, content_type, sha256 "
-            "FROM outbox_ops WHERE state = 'pending' ORDER BY seq LIMIT ?"
-        )
+        query = f"SELECT {_OP_COLUMNS} FROM outbox_ops WHERE state = 'pending' ORDER BY seq LIMIT ?"
         ops: list[_Op] = []
         size = 0
         with contextlib.closing(conn.execute(query, (self.WINDOW,))) as rows:
@@ -493,8 +509,11 @@ class Outbox:
                     break
         return ops
 
-    def _settle(self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any]) -> None:
-        """Send one request for ``ops``: done on success, failed for good on a refusal."""
+    def _settle(
+        self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any], sent_to: int = 0
+    ) -> None:
+        """Send one request for ``ops``: done on success, failed for good on a refusal.
+        ``sent_to``: see :meth:`_done`."""
         try:
             answer = send()
         except ApiError as exc:
@@ -502,7 +521,7 @@ class Outbox:
                 raise
             self._fail(conn, ops, exc)
             return
-        self._done(conn, ops, _renamed((op, answer) for op in ops))
+        self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
 
     def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
         """One request per group (an evidence file, or one candidate's merged patches), side
@@ -535,15 +554,16 @@ class Outbox:
         assert self.client is not None
         if len(ops) <= 1:
             if ops:
-                self._send_one_create(conn, ops[0])
+                self._send_one_create(conn, ops[0], ops[0].seq)
             return True
+        sent_to = ops[-1].seq
         try:
             results = self.client.create_batch([(op.key or "", op.body()) for op in ops])
         except ApiError as exc:
             if exc.retryable:
                 raise
             # The batch as a whole was refused: find the culprit one request at a time.
-            self._send_one_create(conn, ops[0])
+            self._send_one_create(conn, ops[0], sent_to)
             return False
         done: list[tuple[_Op, Any]] = []
         failed: list[tuple[_Op, ApiError]] = []
@@ -556,7 +576,7 @@ class Outbox:
             if refusal.retryable:
                 break  # keep order: retry this one and everything after it
             failed.append((op, refusal))
-        self._done(conn, [op for op, _answer in done], _renamed(done))
+        self._done(conn, [op for op, _answer in done], _aliased(done), sent_to)
         for op, refusal in failed:
             self._fail(conn, [op], refusal)
         if len(done) + len(failed) < len(ops):
@@ -592,19 +612,25 @@ class Outbox:
                 )
         return [group for group in groups if group[0].candidate_id not in refused]
 
-    def _send_one_create(self, conn: sqlite3.Connection, op: _Op) -> None:
+    def _send_one_create(self, conn: sqlite3.Connection, op: _Op, sent_to: int) -> None:
         assert self.client is not None
         client = self.client
-        self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""))
+        self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""), sent_to)
 
     def _done(
-        self, conn: sqlite3.Connection, ops: list[_Op], aliases: Mapping[str, str] | None = None
+        self,
+        conn: sqlite3.Connection,
+        ops: list[_Op],
+        aliased: list[tuple[_Op, str]] | None = None,
+        sent_to: int = 0,
     ) -> None:
-        """Remove delivered operations; ``aliases`` maps the id of a create the API answered
-        with a candidate of another id to that id (see :func:`_renamed`)."""
+        """Remove delivered operations. ``aliased``: each create the API answered with a
+        candidate of another id, and that id (see :func:`_aliased`); ``sent_to``: the last
+        create of the batch these creates were sent in, whose creates may have been sent
+        with the producer's ids (see :func:`_rewrite_unsent`)."""
         if not ops:
             return
-        aliases = aliases or {}
+        aliases = {op.candidate_id or "": api for op, api in aliased or []}
         now = time.time()
         with _write(conn):
             conn.executemany("DELETE FROM outbox_ops WHERE seq = ?", [(op.seq,) for op in ops])
@@ -621,6 +647,7 @@ class Outbox:
                 " AND state = 'pending'",
                 [(server, local) for local, server in aliases.items()],
             )
+            _rewrite_unsent(conn, aliased or [], sent_to)
         with self._counts_lock:
             self._counts["sent"] += len(ops)
         for local, server in aliases.items():
@@ -703,11 +730,11 @@ def candidate_closed(conn: sqlite3.Connection, candidate_id: str) -> bool:
     )
     if conn.execute(query, (candidate_id,)).fetchone() is not None:
         return True
-    server = server_id(conn, candidate_id)
-    return server != candidate_id and conn.execute(query, (server,)).fetchone() is not None
+    api = api_id(conn, candidate_id)
+    return api != candidate_id and conn.execute(query, (api,)).fetchone() is not None
 
 
-def server_id(conn: sqlite3.Connection, candidate_id: str) -> str:
+def api_id(conn: sqlite3.Connection, candidate_id: str) -> str:
     """The API's id of the candidate a producer calls ``candidate_id``: another one when the
     API answered its create with a candidate it already held for the same event."""
     row = conn.execute(
@@ -729,20 +756,40 @@ def _aliases_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
     return aliases
 
 
-# The fields of ``alarm`` that name candidates: the bridge gives each alarm's candidate the
-# alarm's id, so its alarm ids are its candidate ids.
-_ALARM_CANDIDATE_IDS = ("alarm_id", "previous_alarm_id")
+# Where a body names candidates besides its own ``id``: ``references``, and ``alarm`` under
+# these keys. Alarm ids are the alarm bridge's: it gives each alarm's candidate the alarm's id
+# (alarm_bridge/candidates.py), so an alarm id is a candidate id there.
+_ALARM_IDS = ("alarm_id", "previous_alarm_id")
 
 
-def _named_ids(body: Mapping[str, Any]) -> list[str]:
-    """The candidate ids a body names besides its own ``id``, spelt as the outbox stores ids:
-    ``references`` and the bridge's alarm ids."""
+def _with_named_ids(body: JsonDict, rename: Callable[[str], str]) -> JsonDict:
+    """``body`` with ``rename`` applied to each candidate id it names (see :data:`_ALARM_IDS`);
+    ``body`` itself when that changes nothing, so its stored bytes stay as they are."""
+    new = dict(body)
     refs = body.get("references")
+    if isinstance(refs, list):
+        renamed = [rename(v) if isinstance(v, str) else v for v in refs]
+        if renamed != refs and all(isinstance(v, str) for v in renamed):
+            renamed = list(dict.fromkeys(renamed))  # [local, API's] would name one twice
+        new["references"] = renamed
     alarm = body.get("alarm")
-    values = [*(refs if isinstance(refs, list) else [])]
     if isinstance(alarm, dict):
-        values += [alarm.get(name) for name in _ALARM_CANDIDATE_IDS]
-    return [_canonical(v) for v in values if isinstance(v, str)]
+        new["alarm"] = {
+            k: rename(v) if k in _ALARM_IDS and isinstance(v, str) else v for k, v in alarm.items()
+        }
+    return body if new == body else new
+
+
+def _named_ids(body: JsonDict) -> list[str]:
+    """The candidate ids ``body`` names, in the outbox's spelling (see :func:`_canonical`)."""
+    named: list[str] = []
+
+    def note(value: str) -> str:
+        named.append(_canonical(value))
+        return value
+
+    _with_named_ids(body, note)
+    return named
 
 
 def _canonical(value: str) -> str:
@@ -753,73 +800,74 @@ def _canonical(value: str) -> str:
         return value
 
 
-def _with_server_ids(body: JsonDict, aliases: Mapping[str, str]) -> JsonDict:
-    """``body`` with each id :func:`_named_ids` finds that has an alias replaced by the API's
-    id; ``body`` itself when it names none, so an unaliased body is sent byte for byte."""
-
-    def server(value: object) -> object:
-        return aliases.get(_canonical(value), value) if isinstance(value, str) else value
-
-    if not any(name in aliases for name in _named_ids(body)):
-        return body
-    renamed = dict(body)
-    if isinstance(body.get("references"), list):
-        refs = [server(v) for v in body["references"]]
-        # [local, server] would name the API's candidate twice.
-        renamed["references"] = [v for i, v in enumerate(refs) if v not in refs[:i]]
-    if isinstance(body.get("alarm"), dict):
-        alarm = dict(body["alarm"])
-        for name in _ALARM_CANDIDATE_IDS:
-            if name in alarm:
-                alarm[name] = server(alarm[name])
-        renamed["alarm"] = alarm
-    return renamed
+def _to_api_ids(aliases: Mapping[str, str]) -> Callable[[str], str]:
+    """A ``rename`` for :func:`_with_named_ids`: an aliased id, however spelt, to the API's."""
+    return lambda value: aliases.get(_canonical(value), value)
 
 
-def _server_ids(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op]]:
-    """``groups`` of creates and patches with the candidate ids their bodies name sent as
-    the API's ids (:func:`_with_server_ids`), from the aliases recorded so far."""
-    if conn.execute("SELECT 1 FROM outbox_aliases LIMIT 1").fetchone() is None:
-        return groups  # the common case: no body to read
-    bodies = {op.seq: op.body() for group in groups for op in group}
-    named = sorted({name for body in bodies.values() for name in _named_ids(body)})
-    aliases = _aliases_of(conn, named)
-    if not aliases:
-        return groups
-
-    def renamed(op: _Op) -> _Op:
-        body = bodies[op.seq]
-        new = _with_server_ids(body, aliases)
-        if new is body:
-            return op
-        return replace(op, payload=json.dumps(new, ensure_ascii=False).encode())
-
-    return [[renamed(op) for op in group] for group in groups]
+def _in_api_ids(conn: sqlite3.Connection, body: JsonDict) -> JsonDict:
+    """``body`` as it is queued: each id it names that has an alias as the API's id."""
+    aliases = _aliases_of(conn, _named_ids(body))
+    return _with_named_ids(body, _to_api_ids(aliases)) if aliases else body
 
 
-def _renamed(answered: Iterable[tuple[_Op, Any]]) -> dict[str, str]:
-    """Local id → the API's id, for each create the API answered with a candidate of another
-    id: it already held the body's (source.system, source_event_id) under that one and
-    returned it (200), so the producer's updates must go there, not to an id it never stored."""
-    aliases: dict[str, str] = {}
+def _rewrite_unsent(conn: sqlite3.Connection, aliased: list[tuple[_Op, str]], sent_to: int) -> None:
+    """Rewrite, in the file, the pending bodies that name an aliased create's id to name the
+    API's instead: those of operations that cannot have been sent yet (queued after that
+    create, and no create of its batch, which ends at ``sent_to``; see
+    :meth:`Outbox._deliver_some`). Runs only when an alias is recorded; a byte test (the
+    id's 32 hex digits in the body, lowercased without hyphens) keeps it to parsing the
+    bodies that may name one."""
+    after = {op.candidate_id: op.seq for op, _api in aliased if op.candidate_id}
+    if not after:
+        return
+    aliases = {op.candidate_id: api for op, api in aliased if op.candidate_id}
+    digits = {local: uuid.UUID(local).hex.encode() for local in after}
+    query = (
+        "SELECT seq, kind, payload FROM outbox_ops WHERE state = 'pending'"
+        " AND kind IN ('create', 'patch') AND seq > ?"
+    )
+    rewritten: list[tuple[bytes, int]] = []
+    with contextlib.closing(conn.execute(query, (min(after.values()),))) as rows:
+        for seq, kind, payload in rows:  # streamed: the queue may hold an outage's backlog
+            if kind == "create" and seq <= sent_to:
+                continue
+            flat = bytes(payload).lower().replace(b"-", b"")
+            named = {
+                local: aliases[local]
+                for local, hex_id in digits.items()
+                if after[local] < seq and hex_id in flat
+            }
+            new = _payload_in_api_ids(payload, named) if named else None
+            if new is not None:
+                rewritten.append((new, seq))
+    conn.executemany("UPDATE outbox_ops SET payload = ? WHERE seq = ?", rewritten)
+
+
+def _payload_in_api_ids(payload: bytes, aliases: Mapping[str, str]) -> bytes | None:
+    """``payload`` with each of the aliased ids it names as the API's id; None when it names
+    none of them (the byte test can match elsewhere in a body)."""
+    body: JsonDict = json.loads(payload)
+    new = _with_named_ids(body, _to_api_ids(aliases))
+    return None if new is body else _json(new)
+
+
+def _aliased(answered: Iterable[tuple[_Op, Any]]) -> list[tuple[_Op, str]]:
+    """Each create the API answered with a candidate of another id, and that id: it already
+    held the body's (source.system, source_event_id) under that one and returned it (200), so
+    the producer's updates must go there, not to an id it never stored."""
+    aliased: list[tuple[_Op, str]] = []
     for op, answer in answered:
         if op.kind != "create" or op.candidate_id is None or not isinstance(answer, dict):
             continue
-        server = str(answer.get("id") or "")
-        if server and server != op.candidate_id:
-            aliases[op.candidate_id] = server
-    return aliases
+        api = str(answer.get("id") or "")
+        if api and api != op.candidate_id:
+            aliased.append((op, api))
+    return aliased
 
 
-def _moved(ops: list[_Op], aliases: Mapping[str, str]) -> list[_Op]:
-    """``ops`` with each patch of an aliased id sent to the API's id instead."""
-    if not aliases:
-        return ops
-    moved: list[_Op] = []
-    for op in ops:
-        server = aliases.get(op.candidate_id or "") if op.kind == "patch" else None
-        moved.append(op if server is None else replace(op, candidate_id=server))
-    return moved
+def _json(body: JsonDict) -> bytes:
+    return json.dumps(body, ensure_ascii=False).encode()
 
 
 @contextlib.contextmanager
@@ -835,24 +883,16 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:
     """The window cut before its ``max_creates + 1``-th create, or before the create that
-    would take the creates past ``max_bytes``, or before a create whose body names an earlier
-    create of the window (never before the first): one batch takes the rest. The API may
-    answer that earlier create with a candidate of another id, which the named id must then
-    be sent as: known only once it is answered (see :meth:`Outbox._deliver_some`)."""
-    created: set[str] = set()
+    would take the creates past ``max_bytes`` (never before the first): one batch takes the
+    rest."""
     creates = size = 0
     for index, op in enumerate(ops):
         if op.kind != "create":
             continue
         creates += 1
         size += len(op.payload)
-        if creates > 1 and (
-            creates > max_creates
-            or size > max_bytes
-            or not created.isdisjoint(_named_ids(op.body()))
-        ):
+        if creates > max_creates or (creates > 1 and size > max_bytes):
             return ops[:index]
-        created.add(op.candidate_id or "")
     return ops
 
 

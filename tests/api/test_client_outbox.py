@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import socket
 import sqlite3
 import subprocess
@@ -537,36 +538,167 @@ def test_batches_stay_under_the_size_limit_and_a_body_over_it_is_refused(
     assert api_requests(api_server, 'method="POST"', 'status="413"') == 1
 
 
-@pytest.mark.parametrize("same_batch", [False, True], ids=["in-a-later-round", "in-one-batch"])
+class Proxy(ApiClient):
+    """The producer's client behind a proxy that records the creates and patches it forwards,
+    and answers the first ``lose`` patches with a 503 of its own once the API has done them:
+    their answers are lost."""
+
+    def __init__(self, api_server: Any, lose: int = 0) -> None:
+        super().__init__(api_server.url, api_server.tokens["producer"], timeout=5)
+        self.sent: list[tuple[str, Any, str]] = []  # (request, body, idempotency key)
+        self.lose = lose
+
+    def create_candidate(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        self.sent.append(("POST", body, idempotency_key))
+        return super().create_candidate(body, idempotency_key)
+
+    def create_batch(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        self.sent.append(("BATCH", [body for _key, body in items], ""))
+        return super().create_batch(items)
+
+    def patch_candidate(
+        self, candidate_id: str, patch: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        self.sent.append((f"PATCH {candidate_id}", patch, idempotency_key))
+        answer = super().patch_candidate(candidate_id, patch, idempotency_key)
+        if self.lose > 0:
+            self.lose -= 1
+            raise ApiError(503, {"title": "Service Unavailable"})
+        return answer
+
+
+def held_candidate(api_server: Any, event_id: str, seed: int) -> tuple[str, str]:
+    """(evidence, candidate) the API holds for ``event_id`` already, under an id of its own."""
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    sha = client.put_evidence(jpeg(seed), "image/jpeg")
+    body = {**candidate(event_id, sha), "id": str(uuid.uuid4())}
+    return sha, client.create_candidate(body, str(uuid.uuid4()))["id"]
+
+
+@pytest.mark.parametrize("when", ["after-the-answer", "before-the-answer", "in-its-batch"])
 def test_bodies_name_the_candidate_the_api_answered_a_create_with(
-    api_server: Any, tmp_path: Path, same_batch: bool
+    api_server: Any, tmp_path: Path, when: str
 ) -> None:
     """A producer that lost its state creates an event the API holds again, under a new id,
-    and then a new episode or alarm that references it: the reference, and the bridge's
-    alarm ids (its candidate ids), name the API's candidate, not the id it never held. In
-    one batch, the referencing create is only sent once the first one has been answered."""
-    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
-    sha = client.put_evidence(jpeg(70), "image/jpeg")
-    body = {**candidate("named-1", sha), "id": str(uuid.uuid4())}
-    held = client.create_candidate(body, str(uuid.uuid4()))["id"]
-    outbox = producer(api_server, tmp_path)
+    and then a new episode or alarm that references it. Queued after the API's answer, or
+    before it but sent in a later batch, the reference and the bridge's alarm ids (its
+    candidate ids) name the API's candidate. Sent in the same batch, before the answer was
+    known, the create keeps naming the producer's id: a retry must send the body it first
+    sent. The patch queued before the answer names the API's candidate in every case."""
+    sha, held = held_candidate(api_server, "named-1", 70)
+    proxy = Proxy(api_server)
+    outbox = Outbox(tmp_path / "outbox-test.db", proxy, component="test")
+    if when == "before-the-answer":
+        outbox.MAX_BATCH = 2  # the third create waits for the next round
     with outbox.transaction() as txn:
         again = txn.create_candidate(candidate("named-1", sha))
         plain = txn.create_candidate(candidate("named-2", sha))
         txn.patch_candidate(again, {"alarm": {"alarm_id": again, "count": 2}})
-    if not same_batch:
+    if when == "after-the-answer":
         deliver(outbox)
+    new, refs = str(uuid.uuid4()), [again, plain, again.upper()]
     with outbox.transaction() as txn:
-        new = str(uuid.uuid4())
         alarm = {"alarm_id": new, "previous_alarm_id": again}
-        refs = [again, plain, again.upper()]
         txn.create_candidate({**candidate("named-3", sha), "references": refs, "alarm": alarm}, new)
     deliver(outbox)
     assert outbox.failed() == []
-    assert outbox.stats()["sent"] == 4
+    assert outbox.stats() == {"sent": 4, "retried": 0, "failed": 0, "depth": 0}
+    requests = ["BATCH", f"PATCH {held}"] + (["POST"] if when != "in-its-batch" else [])
+    assert [request for request, _body, _key in proxy.sent] == requests
     with api_server.client("reviewer") as http:
         doc = http.get(f"/candidates/{new}").json()
-        assert doc["references"] == [held, plain]
-        assert doc["alarm"] == {"alarm_id": new, "previous_alarm_id": held}
+        if when == "in-its-batch":
+            assert (doc["references"], doc["alarm"]["previous_alarm_id"]) == (refs, again)
+        else:
+            assert doc["references"] == [held, plain]
+            assert doc["alarm"] == {"alarm_id": new, "previous_alarm_id": held}
         assert http.get(f"/candidates/{held}").json()["alarm"] == {"alarm_id": held, "count": 2}
     assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, plain, new])
+
+
+def test_a_chain_of_creates_goes_in_one_batch(api_server: Any, tmp_path: Path) -> None:
+    """Creates that each name the one before (an alarm raised again after its clear, a zone's
+    next episode) go in one batch like any others, and reach the API as queued."""
+    proxy = Proxy(api_server)
+    outbox = Outbox(tmp_path / "outbox-chain.db", proxy, component="chain")
+    ids: list[str] = []
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(80), "image/jpeg")
+        for i in range(50):
+            cid, previous = str(uuid.uuid4()), ids[-1] if ids else None
+            body = {**candidate(f"chain-{i}", sha), "references": ids[-1:]}
+            body["alarm"] = {"alarm_id": cid, "previous_alarm_id": previous}
+            ids.append(txn.create_candidate(body, cid))
+    deliver(outbox)
+    assert outbox.stats() == {"sent": 51, "retried": 0, "failed": 0, "depth": 0}
+    assert [request for request, _body, _key in proxy.sent] == ["BATCH"]
+    assert [body["id"] for body in proxy.sent[0][1]] == ids
+    docs = {c["id"]: c for c in all_candidates(api_server)}
+    assert [docs[cid]["references"] for cid in ids] == [[]] + [[cid] for cid in ids[:-1]]
+    assert [docs[cid]["alarm"]["previous_alarm_id"] for cid in ids] == [None, *ids[:-1]]
+
+
+def test_a_retry_sends_the_body_first_sent_though_an_alias_came_between(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A patch that names a candidate whose create is queued after it is sent, and its answer
+    lost; that create is then answered with the API's candidate of another id. The retry
+    sends the body first sent, under the same key: the API replays its answer instead of
+    refusing another body under that key (422), which would lose the patch."""
+    sha, held = held_candidate(api_server, "later-x", 90)
+    proxy = Proxy(api_server, lose=1)
+    outbox = Outbox(tmp_path / "outbox-test.db", proxy, component="test")
+    later = str(uuid.uuid4())
+    with outbox.transaction() as txn:
+        cid = txn.create_candidate(candidate("later-c", sha))
+        other = txn.create_candidate(candidate("later-a", sha))
+        txn.patch_candidate(cid, {"references": [later]})
+        txn.create_candidate({**candidate("later-b", sha), "references": [other]})
+        txn.create_candidate(candidate("later-x", sha), later)
+    deliver(outbox)
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 5, "retried": 1, "failed": 0, "depth": 0}
+    patches = [(r, body, key) for r, body, key in proxy.sent if r.startswith("PATCH")]
+    assert len(patches) == 2
+    assert patches[0] == patches[1] == (f"PATCH {cid}", {"references": [later]}, patches[0][2])
+    assert api_requests(api_server, 'method="PATCH"', 'status="200"') == 2
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{cid}").json()["references"] == [later]
+        assert http.get(f"/candidates/{later}").status_code == 404  # the API's is ``held``
+    assert held in {c["id"] for c in all_candidates(api_server)}
+
+
+def test_a_create_a_previous_version_sent_is_retried_as_it_was_sent(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """An outbox file carried over an upgrade: the previous version, which rewrote no body,
+    recorded an alias, then sent a create naming the producer's id and lost the answer. The
+    retry sends that body under that key: the API replays its answer (201), and the producer
+    does not take the candidate for closed."""
+    sha, held = held_candidate(api_server, "upgrade-1", 100)
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        again = txn.create_candidate(candidate("upgrade-1", sha))
+    deliver(outbox)
+    new, key = str(uuid.uuid4()), str(uuid.uuid4())
+    body = {**candidate("upgrade-2", sha), "references": [again], "id": new}
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        conn.execute(  # as the previous version queued it
+            "INSERT INTO outbox_ops (kind, candidate_id, idempotency_key, payload, created_at)"
+            " VALUES ('create', ?, ?, ?, ?)",
+            (new, key, json.dumps(body).encode(), time.time()),
+        )
+        conn.commit()
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    created = 'method="POST"', 'route="/api/v1/candidates"', 'status="201"'
+    client.create_candidate(body, key)  # its attempt, whose answer was lost
+    before = api_requests(api_server, *created)
+    deliver(outbox)
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 2, "retried": 0, "failed": 0, "depth": 0}
+    assert api_requests(api_server, *created) == before + 1
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        assert not candidate_closed(conn, new)
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{new}").json()["references"] == [again]
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, new])
