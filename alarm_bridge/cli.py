@@ -96,7 +96,12 @@ def run_bridge(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # no producer token: say so instead of a traceback
         log.error("%s", exc)
         return 2
-    outbox = Outbox(state_dir / "bridge.db", client, component=COMPONENT)
+    outbox = Outbox(
+        state_dir / "bridge.db",
+        client,
+        component=COMPONENT,
+        busy_hint="another bridge runs on it: give each bridge its own GRIDPATROL_STATE_DIR",
+    )
     try:
         outbox.claim()  # one bridge per state directory
     except OutboxBusy as exc:

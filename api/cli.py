@@ -76,7 +76,12 @@ def run_outbox(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return 2
-    box = Outbox(path, client, component="outbox-cli")
+    box = Outbox(
+        path,
+        client,
+        component="outbox-cli",
+        busy_hint="stop the worker that delivers from it first",
+    )
     try:
         if args.end_episodes:
             _end_episodes(box)

@@ -304,8 +304,16 @@ class Outbox:
     MAX_PATCHED = 4 * PARALLEL
     MAX_BACKOFF_S = 30.0
 
-    def __init__(self, path: str | Path, client: ApiClient | None, *, component: str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        client: ApiClient | None,
+        *,
+        component: str,
+        busy_hint: str = "give each worker its own GRIDPATROL_OUTBOX or --component-id",
+    ) -> None:
         self.path = Path(path)
+        self.busy_hint = busy_hint  # what to do when another process holds the file
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.client = client
         self.component = component
@@ -375,8 +383,7 @@ class Outbox:
         except BlockingIOError:
             handle.close()
             raise OutboxBusy(
-                f"outbox {self.path} is in use by another process; give each worker its own "
-                "GRIDPATROL_OUTBOX or --component-id"
+                f"outbox {self.path} is in use by another process; {self.busy_hint}"
             ) from None
         self._lock_file = handle
 

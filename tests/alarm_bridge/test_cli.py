@@ -66,7 +66,10 @@ def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> No
     finally:
         running.stop()
     assert done.returncode == 2
-    assert f"outbox {tmp_path / 'bridge.db'} is in use by another process" in done.stderr
+    assert done.stderr.splitlines()[-1].endswith(
+        f"outbox {tmp_path / 'bridge.db'} is in use by another process; another bridge runs on "
+        "it: give each bridge its own GRIDPATROL_STATE_DIR"
+    )
 
 
 @pytest.mark.parametrize(

@@ -70,7 +70,10 @@ def test_a_left_behind_outbox_is_shown_then_drained(api_server: Any, tmp_path: P
     finally:
         running.stop()
     assert busy.returncode == 2
-    assert f"outbox {path} is in use by another process" in busy.stderr
+    assert busy.stderr == (
+        f"outbox: outbox {path} is in use by another process; stop the worker that delivers "
+        "from it first\n"
+    )
 
     drained = run(str(path), "--drain", env=env)
     assert drained.returncode == 0, drained.stderr
