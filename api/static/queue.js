@@ -19,20 +19,18 @@ const state = {
   // when that case has since left the list.
   boundary: null,
   initialised: false, loadSeq: 0, busy: false,
-  // Ids of live changes heard while a load is in flight (null when none is): applied to the
-  // page it brings, which may have been read before they were saved.
-  pending: null,
-  // What this tab learned of cases while a load is in flight (id → { c, full }: its own
-  // decision's answer, or a conflict's lookup, in full; an event's summary otherwise): the page
-  // it brings may have been read before (see upToDate).
-  changed: new Map(),
+  // While a load is in flight (null when none is), what this tab heard of cases meanwhile, by
+  // id: the page it brings may have been read before (see upToDate, applyMeanwhile). note is
+  // the case as learned ({ c, full }: its own decision's answer, or a conflict's lookup, in
+  // full; an event's summary otherwise), lookUp a live change to look up once the page lands.
+  meanwhile: null,
   queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
   // The case this tab is deciding (its own answer shows the outcome, not the live event), and
   // whether a live change to it was heard meanwhile (looked up again after the answer).
   deciding: null, recheck: false,
   // The selected case another reviewer decided while it was shown: kept on screen, without
-  // its decision buttons, until the reviewer moves on (see applyUpdate, select).
+  // its decision buttons, until the reviewer moves on (see applyUpdate, replacePage, select).
   gone: null,
   // The detail pane's case and when it came up: a click meant for the case before (the second
   // click of a double click) must not decide the one that replaced it under the pointer.
@@ -176,7 +174,7 @@ function matches(c) {
 }
 
 // The first page of the queue (or, with append, the next one). keep holds on to the selected
-// case when it is still listed (a reload after lost live updates must not move the reviewer).
+// case (a reload after lost live updates, or back in the queue, must not move the reviewer).
 async function load(append = false, keep = false) {
   if (append && state.reloading) return; // the next page of the list being replaced
   const seq = ++state.loadSeq;
@@ -184,50 +182,81 @@ async function load(append = false, keep = false) {
     state.reloading = true;
     $('#queue-more').hidden = true;
   }
-  state.pending ??= new Set();
-  const params = { ...filters(), limit: 50 };
-  if (append && state.cursor) params.cursor = state.cursor;
+  state.meanwhile ??= new Map();
   let page;
   try {
-    page = await get(`/candidates${query(params)}`);
+    page = await get(`/candidates${query(pageParams(append))}`);
   } catch (err) {
     toast(err.message, true);
-    if (seq === state.loadSeq) {
-      state.reloading = false;
-      renderList();
-      applyPending();
-    }
+    if (seq === state.loadSeq) landed();
     return;
   }
+  const kept = keep && !append ? await keptCase(page, seq) : null;
   if (seq !== state.loadSeq) return; // a newer filter change won
-  state.reloading = false;
   const shown = state.items[state.selected]?.id;
-  // The case selected now (the reviewer may have decided the one selected when it was asked).
-  const keepId = keep ? shown : undefined;
-  if (append) {
-    // A case shown live since the last page may come again in this one.
-    const listed = new Set(state.items.map((x) => x.id));
-    state.items = [...state.items, ...upToDate(page.items.filter((x) => !listed.has(x.id)))];
-  } else {
-    state.items = upToDate(page.items, keepId);
-    // Still shown as decided elsewhere when it is the case kept (see applyUpdate, upToDate);
-    // otherwise not listed any more.
-    const kept = state.items.find((x) => x.id === keepId);
-    if (state.gone !== keepId || !kept || matches(kept)) state.gone = null;
-  }
+  if (append) appendPage(page);
+  else replacePage(page, kept);
   state.cursor = page.next_cursor || null;
   const last = page.items[page.items.length - 1];
   if (last || !append) state.boundary = last ? { created_at: last.created_at, id: last.id } : null;
-  if (!append) {
-    const kept = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
-    state.selected = kept >= 0 ? kept : (state.items.length ? 0 : -1);
-  } else if (state.selected < 0 && state.items.length) {
-    state.selected = 0; // the list had drained: the next page's first case is next
-  }
-  renderList();
-  applyPending();
+  landed();
   drained(); // the page listed only cases decided since it was read
   if (!append || state.items[state.selected]?.id !== shown) await showDetail();
+}
+
+function pageParams(append) {
+  const params = { ...filters(), limit: 50 };
+  if (append && state.cursor) params.cursor = state.cursor;
+  return params;
+}
+
+// The load is over (its page applied, or it failed): what was heard meanwhile applies now.
+function landed() {
+  state.reloading = false;
+  renderList();
+  applyMeanwhile();
+}
+
+// The case to keep selected across a reload: the one selected when the page lands (the
+// reviewer may have decided the one selected when it was asked). One the page does not list
+// (decided elsewhere since, or listed on a later page) is looked up, to stay on screen rather
+// than be replaced unseen by the next case, which the next key would decide.
+async function keptCase(page, seq) {
+  let looked = null;
+  for (;;) {
+    const id = state.items[state.selected]?.id;
+    const listed = page.items.some((x) => x.id === id);
+    if (!id || listed || looked?.id === id || seq !== state.loadSeq) {
+      return { id, looked: looked?.id === id ? looked : null };
+    }
+    try {
+      looked = await get(`/candidates/${id}`);
+    } catch (err) {
+      toast(err.message, true); // not known as it is now: the first case is selected
+      return { id, looked: null };
+    }
+  }
+}
+
+function appendPage(page) {
+  // A case shown live since the last page may come again in this one.
+  const listed = new Set(state.items.map((x) => x.id));
+  state.items = [...state.items, ...upToDate(page.items.filter((x) => !listed.has(x.id)))];
+  if (state.selected < 0 && state.items.length) state.selected = 0; // the list had drained
+}
+
+// A first page in place of the list. The case kept selected (kept: see keptCase) stays, as the
+// page or its lookup shows it; one that left the list stays shown as decided elsewhere, without
+// its actions, until the reviewer moves on (see moveOn), as when heard live (see applyUpdate).
+function replacePage(page, kept) {
+  const keepId = kept?.id;
+  const held = state.gone === keepId ? state.items.find((x) => x.id === keepId) : undefined;
+  state.items = upToDate(page.items, keepId, held);
+  if (kept?.looked) state.items.splice(sortedIndex(kept.looked), 0, kept.looked);
+  const index = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
+  const keptNow = state.items[index];
+  state.gone = keptNow && !matches(keptNow) ? keepId : null; // as the page would not list it
+  state.selected = index >= 0 ? index : (state.items.length ? 0 : -1);
 }
 
 // A case's updated_at as a number, to the microsecond (the API's precision; Date.parse keeps
@@ -238,13 +267,20 @@ function stamp(c) {
   return Date.parse(iso) * 1000 + Number(fraction.padEnd(6, '0').slice(3, 6));
 }
 
+// While a load is in flight, what this tab heard of a case meanwhile (see state.meanwhile).
+function heardMeanwhile(id) {
+  if (!state.meanwhile.has(id)) state.meanwhile.set(id, { note: null, lookUp: false });
+  return state.meanwhile.get(id);
+}
+
 // Note what this tab learned of a case while a load is in flight (see upToDate).
-function learned(c, full) {
-  if (!state.pending) return; // no page on its way: the next one is read after this
-  const known = state.changed.get(c.id);
+function noteWhileLoading(c, full) {
+  if (!state.meanwhile) return; // no page on its way: the next one is read after this
+  const heard = heardMeanwhile(c.id);
+  const known = heard.note?.c;
   // The later wins; of two of the same change (this tab's answer and its event) the full one.
-  if (!known || stamp(c) > stamp(known.c) || (full && stamp(c) === stamp(known.c))) {
-    state.changed.set(c.id, { c, full });
+  if (!known || stamp(c) > stamp(known) || (full && stamp(c) === stamp(known))) {
+    heard.note = { c, full };
   }
 }
 
@@ -253,11 +289,13 @@ function learned(c, full) {
 // it any more. It must not come back because the page was read before the decision. A case the
 // page shows later than that (returned, then completed again) is the page's. Only an event's
 // summary is known of a case heard changed: one still listed keeps the page's copy until its
-// lookup (pending) comes back; so does the case kept selected, which that lookup shows as
-// decided elsewhere rather than replace it unseen.
-function upToDate(items, keepId) {
+// lookup comes back; so does the case kept selected (keepId), which that lookup shows as
+// decided elsewhere rather than replace it unseen. The kept case held as decided elsewhere
+// (held) stays so unless the page shows it later still: an event heard since tells too little.
+function upToDate(items, keepId, held) {
   return items.flatMap((x) => {
-    const known = state.changed.get(x.id);
+    if (held && x.id === held.id) return [stamp(x) > stamp(held) ? x : held];
+    const known = state.meanwhile?.get(x.id)?.note;
     if (!known || !(stamp(known.c) > stamp(x))) return [x];
     if (!matches(known.c) && x.id !== keepId) return [];
     return [known.full ? known.c : x];
@@ -266,7 +304,7 @@ function upToDate(items, keepId) {
 
 // Every loaded case is decided but more pages wait: read the next one, as "More" would.
 function drained() {
-  if (!state.items.length && state.cursor && !state.pending) load(true);
+  if (!state.items.length && state.cursor && !state.meanwhile) load(true);
 }
 
 function row(c, index) {
@@ -688,7 +726,7 @@ async function decideOn(c, decision) {
 // decided and without its decisions, until the reviewer moves on: the next key press must not
 // act on a case that took its place unseen.
 function applyUpdate(updated, advance, live = false) {
-  learned(updated, true);
+  noteWhileLoading(updated, true);
   const index = state.items.findIndex((x) => x.id === updated.id);
   if (index < 0) return;
   const wasSelected = index === state.selected;
@@ -745,10 +783,10 @@ function onEvent(message) {
   try { data = JSON.parse(message.data); } catch { return; }
   const listed = state.items.find((x) => x.id === data.id);
   const seen = { ...data, source: { camera_id: data.camera_id, sensor_id: data.sensor_id } };
-  learned(seen, false);
+  noteWhileLoading(seen, false);
   if (listed) {
     if (listed.updated_at === data.updated_at) return; // shown as it is (a replay's margin)
-  } else if (!state.pending) {
+  } else if (!state.meanwhile) {
     // Decided from the event where it can be: a case this list would not show, or one that
     // belongs to a later page, is not looked up. (A page on its way may list it: then it is.)
     if (!matches(seen) || (data.created_at && !beforeNextPage(data))) return;
@@ -759,8 +797,8 @@ function onEvent(message) {
 // Show a case as it is now: replace it in the list, drop it, or list it when it is new to it.
 // Ids wait in state.queued (once each, however many events name them) for a free lookup.
 function refresh(id) {
-  if (state.pending) { // the page on its way may not know of the change: apply it there
-    state.pending.add(id);
+  if (state.meanwhile) { // the page on its way may not know of the change: apply it there
+    heardMeanwhile(id).lookUp = true;
     return;
   }
   state.queued.add(id);
@@ -783,8 +821,8 @@ function lookUpQueued() {
 async function lookUp(id) {
   let full;
   try { full = await get(`/candidates/${id}`); } catch { return; }
-  if (state.pending) {
-    state.pending.add(id);
+  if (state.meanwhile) {
+    heardMeanwhile(id).lookUp = true;
   } else if (full.id === state.deciding) {
     // This tab's decision on it is in flight: a success shows its outcome by its answer, a
     // conflict the case as decided elsewhere. Either way it is looked up again after the answer
@@ -801,17 +839,22 @@ async function lookUp(id) {
 // came back first.
 function insert(c) {
   c._fresh = true;
-  const at = Date.parse(c.created_at);
-  let index = state.items.findIndex((x) => {
-    const xAt = Date.parse(x.created_at);
-    return xAt < at || (xAt === at && x.id < c.id);
-  });
-  if (index < 0) index = state.items.length;
+  const index = sortedIndex(c);
   state.items.splice(index, 0, c);
   if (state.selected < 0) state.selected = index;
   else if (index <= state.selected) state.selected += 1;
   renderList();
   if (state.selected === index) showDetail();
+}
+
+// Where the list has a case (newest first by created_at, then id).
+function sortedIndex(c) {
+  const at = Date.parse(c.created_at);
+  const index = state.items.findIndex((x) => {
+    const xAt = Date.parse(x.created_at);
+    return xAt < at || (xAt === at && x.id < c.id);
+  });
+  return index < 0 ? state.items.length : index;
 }
 
 // The list is newest first (by when the API received a case, then by id): a case after the
@@ -825,11 +868,10 @@ function beforeNextPage(c) {
   return Date.parse(c.created_at) >= Date.parse(b.created_at);
 }
 
-function applyPending() {
-  const ids = state.pending || [];
-  state.pending = null;
-  state.changed.clear();
-  for (const id of ids) refresh(id);
+function applyMeanwhile() {
+  const heard = state.meanwhile || new Map();
+  state.meanwhile = null;
+  for (const [id, { lookUp }] of heard) if (lookUp) refresh(id);
 }
 
 // Each event's id is "<updated_at>|<case id>". After a break the browser reconnects by itself

@@ -3,11 +3,12 @@ elsewhere) lands after the decision, and must not list the case again."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from .test_console import status_of
+from .test_console import PARKING, status_of
 from .test_console_review import actionable, live_and_actionable, wait_held
 from .test_queue_live import is_list, review
 
@@ -55,8 +56,7 @@ def land(page: Any, route: Any, read: Any) -> None:
 def listening(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[Any, str, str]:
     """As live_and_actionable, in a page that records the events it hears."""
     ui.page.add_init_script(RECORD_EVENTS)
-    listed: tuple[Any, str, str] = live_and_actionable(ui, seeder, frames)
-    return listed
+    return live_and_actionable(ui, seeder, frames)
 
 
 def decided_elsewhere_meanwhile(
@@ -74,17 +74,25 @@ def decided_elsewhere_meanwhile(
     return route, read
 
 
-def test_a_case_confirmed_before_the_reloaded_list_arrives_stays_decided(
+def logged_out_on_c(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
-) -> None:
+) -> tuple[Any, str, str]:
+    """Two cases listed; the session expired, so ``c`` on the selected one decided nothing and
+    brought the login form, its token filled in: the page, that case's id and the other's."""
     page, shown, other = live_and_actionable(ui, seeder, frames)
-    page.context.clear_cookies()  # the session expired
+    page.context.clear_cookies()
     page.keyboard.press("c")
     page.wait_for_selector("#login:not([hidden])")
     assert status_of(console, shown)["status"] == "new"
-
-    # Back in, the queue reloads its list; its page is read now, before the decision ...
     page.fill("#token", console.tokens["reviewer"])
+    return page, shown, other
+
+
+def test_a_case_confirmed_before_the_reloaded_list_arrives_stays_decided(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = logged_out_on_c(ui, seeder, frames, console)
+    # Back in, the queue reloads its list; its page is read now, before the decision ...
     route, read = held_list(page, lambda: page.click("#login-form button[type=submit]"))
     # ... which is made on the list as it stood, before that page arrives.
     with page.expect_response(lambda r: r.url.endswith(f"/candidates/{shown}/review")) as sent:
@@ -145,3 +153,196 @@ def test_the_selected_case_decided_elsewhere_during_a_reload_is_shown_so(
     assert ui.rows() == [shown, other]
     assert page.is_disabled("#act-confirm")
     ui.shot("decided-elsewhere")
+
+
+def heard(page: Any, cid: str, count: int = 1) -> None:
+    """Wait until the console heard ``count`` changes of ``cid``."""
+    page.wait_for_function(
+        "([id, n]) => window.__heard.filter((e) => e.id === id).length >= n", arg=[cid, count]
+    )
+
+
+def held_lookups(page: Any, cid: str) -> Callable[[], None]:
+    """Hold back the console's lookups of ``cid`` (the page shows what it knew before them):
+    a function that lets them through, once the first was sent."""
+    lookups: list[Any] = []
+    released: list[bool] = []
+
+    def hold(lookup: Any) -> None:
+        if released:
+            lookup.continue_()
+        else:
+            lookups.append(lookup)
+
+    def release() -> None:
+        wait_held(page, lookups)
+        released.append(True)
+        for lookup in lookups:
+            lookup.continue_()
+
+    page.route(f"**/api/v1/candidates/{cid}", hold)
+    return release
+
+
+def decided_by_admin(console: Any, cid: str) -> None:
+    with console.client("admin") as client:
+        response = client.post(f"/candidates/{cid}/review", json={"decision": "confirm"})
+        assert response.status_code == 200, response.text
+
+
+def away_and_back(page: Any) -> tuple[Any, Any]:
+    """Go to the statistics and back to the queue, whose list reloads keeping the case the
+    reviewer was on: the held list request and its page, read now."""
+    page.evaluate("location.hash = '#/stats'")
+    page.wait_for_selector("#view-queue", state="hidden")
+    return held_list(page, lambda: page.evaluate("location.hash = '#/queue'"))
+
+
+def held_decided_elsewhere(ui: Any, cid: str, rows: list[str], status: str) -> None:
+    """``cid`` is selected among ``rows``, shown as confirmed by the admin with its actions
+    off (``status`` as the notice names it)."""
+    page = ui.page
+    assert ui.rows() == rows
+    assert ui.selected() == cid
+    notice = page.wait_for_selector(
+        f"#detail:has(.detail-head:has-text('{cid}')) #decided-elsewhere:has-text('{status}')"
+    )
+    assert notice.inner_text() == f"此线索已由 test-admin 处理：{status}。按 j/k 或点击列表继续"
+    assert page.is_disabled("#act-confirm")
+    assert page.is_visible(f"#queue-body tr.gone[data-id='{cid}']")
+
+
+def moved_on(ui: Any, gone: str, other: str, console: Any) -> None:
+    """``c`` on the case held as decided elsewhere decides nothing; ``j`` moves on to
+    ``other``, the only one left listed."""
+    page = ui.page
+    page.keyboard.press("c")
+    page.wait_for_selector("#toast.error:has-text('此线索已由 test-admin 处理')")
+    assert status_of(console, other)["status"] == "new"
+    page.keyboard.press("j")
+    actionable(page, other)
+    assert ui.rows() == [other]
+    assert page.locator("#decided-elsewhere").count() == 0
+    assert status_of(console, gone)["history"][-1]["who"] == "test-admin"
+
+
+def test_after_logging_in_again_a_case_decided_elsewhere_meanwhile_stays_shown_so(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = logged_out_on_c(ui, seeder, frames, console)
+    decided_by_admin(console, shown)  # while this tab is logged out
+    # Back in, the list is read after that decision: the case is not on its page.
+    route, read = held_list(page, lambda: page.click("#login-form button[type=submit]"))
+    land(page, route, read)
+    held_decided_elsewhere(ui, shown, [shown, other], "已确认")
+    ui.shot("decided-while-logged-out")
+    # The reviewer presses c again, meaning the case they were on: the other is not decided.
+    moved_on(ui, shown, other, console)
+
+
+def test_back_in_the_queue_a_case_decided_elsewhere_meanwhile_stays_shown_so(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = listening(ui, seeder, frames)
+    decided_by_admin(console, shown)
+    page.wait_for_selector("#decided-elsewhere")
+    route, read = away_and_back(page)  # the page read after the decision
+
+    land(page, route, read)
+    held_decided_elsewhere(ui, shown, [shown, other], "已确认")
+    moved_on(ui, shown, other, console)
+
+
+def test_a_case_held_as_decided_elsewhere_stays_so_when_it_changes_again_during_a_reload(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = listening(ui, seeder, frames)
+    route, read = away_and_back(page)  # the page read before the decision
+    decided_by_admin(console, shown)
+    heard(page, shown)
+    # This tab confirms it on the list as it stood: refused, shown as decided elsewhere.
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{shown}/review")) as sent:
+        page.keyboard.press("c")
+    assert sent.value.status == 409
+    page.wait_for_selector("#decided-elsewhere:has-text('已确认')")
+    # The platform registers it: an event's summary, later than the decision.
+    with console.client("platform") as client:
+        response = client.post(f"/candidates/{shown}/status", json={"stage": "registered"})
+        assert response.status_code == 200, response.text
+    heard(page, shown, 2)
+    # Its lookups are held back: until they come, the case stays as the console knew it.
+    release = held_lookups(page, shown)
+
+    land(page, route, read)
+    held_decided_elsewhere(ui, shown, [shown, other], "已确认")
+    assert page.is_visible(f"#queue-body tr[data-id='{shown}'] .badge.s-confirmed")
+    ui.shot("held-through-the-reload")
+    release()
+    page.wait_for_selector(f"#queue-body tr[data-id='{shown}'] .badge.s-registered")
+    held_decided_elsewhere(ui, shown, [shown, other], "已立案")
+
+
+def fifty_one(ui: Any, seeder: Any, frames: list[bytes]) -> list[str]:
+    """51 cases, newest first; logged in, the first page (50) listed and live updates on."""
+    ui.page.add_init_script(RECORD_EVENTS)
+    cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(51)]
+    ui.login("reviewer")
+    page = ui.page
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
+    page.wait_for_selector("#live.on")
+    first = ui.rows()
+    (last,) = [c["id"] for c in cases if c["id"] not in first]
+    return [*first, last]
+
+
+def test_a_case_selected_on_a_later_page_stays_selected_when_the_list_reloads(
+    ui: Any, seeder: Any, frames: list[bytes]
+) -> None:
+    cases = fifty_one(ui, seeder, frames)
+    page = ui.page
+    page.click("#queue-more")
+    ui.wait_rows(sorted(cases))
+    page.click(f"#queue-body tr[data-id='{cases[-1]}']")
+    actionable(page, cases[-1])
+
+    # Back in the queue, only the first page is read: the case is still listed, and selected.
+    route, read = away_and_back(page)
+    land(page, route, read)
+    assert ui.rows() == cases
+    assert ui.selected() == cases[-1]
+    actionable(page, cases[-1])
+    assert page.locator("#decided-elsewhere").count() == 0
+
+
+def test_a_more_page_read_before_a_decision_elsewhere_does_not_list_the_case(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = fifty_one(ui, seeder, frames)
+    page = ui.page
+    route, read = held_list(page, lambda: page.click("#queue-more"))
+    review(console, cases[-1], decision="confirm")
+    heard(page, cases[-1])
+    release = held_lookups(page, cases[-1])  # the page is all the console has of it till then
+
+    land(page, route, read)
+    assert ui.rows() == cases[:-1]
+    assert ui.selected() == cases[0]
+    assert page.is_hidden("#queue-more")
+    release()  # the case heard changed is looked up all the same
+    ui.wait_rows(sorted(cases[:-1]))
+
+
+def test_a_first_page_whose_cases_were_all_decided_meanwhile_loads_the_next(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = fifty_one(ui, seeder, frames)
+    page = ui.page
+    route, read = held_list(page, lambda: page.click("#f-reset"))
+    for cid in cases[:-1]:
+        review(console, cid, decision="confirm")
+        heard(page, cid)
+
+    route.fulfill(response=read)
+    ui.wait_rows([cases[-1]])
+    assert ui.selected() == cases[-1]
+    actionable(page, cases[-1])
