@@ -1,9 +1,10 @@
 """Candidate operations: intake with idempotency, supplements, review, hand-over, the feed.
 
 Every operation is one short database transaction; an idempotent write claims its key first
-in the same transaction, so a known key is answered before any work and a concurrent retry
-waits for it and replays the stored response. A batch claims its keys in a transaction of
-their own. Notifications go out after commit.
+in the same transaction, so a known key is answered before any work. A request whose key
+another request is running right now gets 409 at once; one that comes after that request
+committed replays its stored response. A batch claims its keys in a transaction of their own.
+Notifications go out after commit.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,6 +97,7 @@ CREATE_OWNED = SERVER_FIELDS - {"id"}
 SURROGATES = "text must be valid Unicode (no lone surrogates)"
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
+IN_FLIGHT = "a request with this Idempotency-Key is in flight"
 # Merge candidates for a case (GET /candidates?near=): those that occurred this close to it.
 NEAR_WINDOW = timedelta(hours=24)
 # Only candidates received within this of the window are read: a case is received at most
@@ -140,6 +143,34 @@ _FINISH_KEY = (
     update(IdempotencyRow)
     .where(IdempotencyRow.key == bindparam("b_key"), IdempotencyRow.principal == bindparam("b_who"))
     .values(state="done", status_code=bindparam("b_status"), response=bindparam("b_response"))
+)
+
+
+def _key_lock(who: str, key: str) -> str:
+    """SQL for the id of a key's transaction-level advisory lock (PostgreSQL): a 64-bit hash
+    of principal and key, and of the schema, as API instances on other schemas of one
+    database share the lock space. Another request holding it has the key in flight."""
+    return f"hashtextextended(concat_ws(':', current_schema(), length({who}), {who}, {key}), 0)"
+
+
+# PostgreSQL: claim a key only under its advisory lock, in one round trip. ``got`` false: the
+# key is in flight in another transaction, whose claim may not be committed yet (the INSERT
+# would wait for it); ``claimed`` false: the key is known.
+_CLAIM_LOCKED = text(
+    "WITH held AS MATERIALIZED (SELECT pg_try_advisory_xact_lock("
+    + _key_lock("CAST(:principal AS TEXT)", "CAST(:key AS TEXT)")
+    + ") AS got),"
+    " claim AS (INSERT INTO idempotency (key, principal, request_hash, state, created_at)"
+    " SELECT CAST(:key AS TEXT), CAST(:principal AS TEXT), CAST(:request_hash AS TEXT),"
+    " 'in_flight', :created_at FROM held WHERE got ON CONFLICT DO NOTHING RETURNING 1)"
+    " SELECT got, EXISTS (SELECT FROM claim) AS claimed FROM held"
+)
+# PostgreSQL: a batch's keys whose advisory lock another transaction holds. Try-locks never
+# wait, so two batches with keys in opposite orders cannot deadlock on them.
+_KEYS_IN_FLIGHT = text(
+    "SELECT k FROM unnest(CAST(:keys AS TEXT[])) AS k WHERE NOT pg_try_advisory_xact_lock("
+    + _key_lock("CAST(:principal AS TEXT)", "k")
+    + ")"
 )
 
 
@@ -214,6 +245,69 @@ class _KeyTaken(Exception):
     """The idempotency key changed hands since it was read: roll back and look again."""
 
 
+# A batch item that can be claimed: its index, idempotency key, request hash and body.
+_BatchItem = tuple[int, str, str, CandidateIn]
+
+
+@dataclass
+class _BatchClaims:
+    """What claiming a batch's keys made of its items."""
+
+    # The items whose keys were claimed, to be created.
+    claimed: list[_BatchItem] = field(default_factory=list)
+    # (item, earlier item with the same key and body): answered as that one.
+    repeats: list[tuple[int, int]] = field(default_factory=list)
+    # Items answered without work: replays and refusals.
+    answers: dict[int, JsonDict] = field(default_factory=dict)
+    # The replayed answers (status, body).
+    replays: list[tuple[int, JsonDict]] = field(default_factory=list)
+
+    def refuse(self, index: int, exc: Problem) -> None:
+        self.answers[index] = problem_item(exc)
+
+    def repeat(self, index: int, digest: str, first: tuple[int, str]) -> None:
+        """An item with the key of the earlier item ``first`` (index, request hash)."""
+        if first[1] == digest:
+            self.repeats.append((index, first[0]))
+        else:
+            self.refuse(index, Problem(422, "this Idempotency-Key was used with another body"))
+
+    def add(self, item: _BatchItem, replay: tuple[int, JsonDict] | None) -> None:
+        """An item whose key was claimed (no ``replay``) or answered with a stored response."""
+        if replay is None:
+            self.claimed.append(item)
+        else:
+            self.answers[item[0]] = {"status": replay[0], "body": replay[1]}
+            self.replays.append(replay)
+
+
+class KeysInFlight:
+    """The idempotency keys, per principal, of the requests this process runs right now.
+
+    A request that finds its key here answers 409 at once, where it would otherwise wait for
+    the first one's claim (its row lock on PostgreSQL, the write lock on SQLite) and replay it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: set[tuple[str, str]] = set()
+
+    @contextlib.contextmanager
+    def hold(self, who: str, keys: Iterable[str]) -> Iterator[set[str]]:
+        """Hold those of ``keys`` that no other request holds until the block ends; yields
+        the others (all of them taken at once, so two batches cannot each get a part)."""
+        wanted = {(who, key) for key in keys}
+        with self._lock:
+            busy = wanted & self._held
+            mine = wanted - busy
+            self._held |= mine
+        try:
+            yield {key for _who, key in busy}
+        finally:
+            with self._lock:
+                self._held -= mine
+
+
 def _stored_text(row: IdempotencyRow, digest: str, now: datetime) -> tuple[int, str] | None:
     """A key's stored response as JSON text, or None for a stale claim; 422 / 409 otherwise."""
     if row.request_hash != digest:
@@ -221,7 +315,7 @@ def _stored_text(row: IdempotencyRow, digest: str, now: datetime) -> tuple[int, 
     if row.state == "done" and row.status_code is not None:
         return row.status_code, row.response or "{}"
     if now - row.created_at < STALE_IN_FLIGHT:
-        raise Problem(409, "a request with this Idempotency-Key is in flight")
+        raise Problem(409, IN_FLIGHT)
     return None
 
 
@@ -365,6 +459,7 @@ class CandidateService:
             dialect_insert(FeedCursorRow).on_conflict_do_nothing().returning(FeedCursorRow.name)
         )
         self._insert_missing = dialect_insert(MissingEvidenceRow).on_conflict_do_nothing()
+        self._in_flight = KeysInFlight()
 
     # -- idempotency -------------------------------------------------------------------------
 
@@ -377,13 +472,21 @@ class CandidateService:
 
         The key is claimed first, in the work's transaction, so a known key is answered before
         any work is tried: with its stored response, or 422 / 409, whatever became of the
-        candidate since. The claim is one INSERT ... ON CONFLICT DO NOTHING: a concurrent
-        request with the same key waits on the claim's row (PostgreSQL) or the write lock
-        (SQLite) until the first commits (and then replays it) or rolls back (and then claims
-        the key itself). Work that fails takes its claim back with it.
+        candidate since. The claim is one INSERT ... ON CONFLICT DO NOTHING. A concurrent
+        request with the same key answers 409 at once instead of waiting for the claim: this
+        process holds the key in :class:`KeysInFlight` from before the transaction to its
+        end, and on PostgreSQL the claim takes the key's advisory lock first (without
+        waiting), so that a request in another API process meets it too. A request that comes
+        after the first committed replays its response; after it rolled back, claims the key
+        itself (work that fails takes its claim back with it). SQLite API processes sharing
+        one file do not see each other's keys in flight: there the second waits for the write
+        lock and then replays the first.
         """
         key = check_key(key)
-        outcome = self._run_once(who, key, digest, work)
+        with self._in_flight.hold(who.name, [key]) as busy:
+            if busy:
+                raise Problem(409, IN_FLIGHT)
+            outcome = self._run_once(who, key, digest, work)
         if not isinstance(outcome, Outcome):
             # A replay: a file its candidate waited for may have landed since, while the
             # first answer's own look after commit failed.
@@ -422,7 +525,7 @@ class CandidateService:
                 ):
                     raise
                 log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
-        raise Problem(409, "a request with this Idempotency-Key is in flight")
+        raise Problem(409, IN_FLIGHT)
 
     def _claim(self, session: Session, who: str, key: str, digest: str) -> tuple[int, str] | None:
         """Claim the key in ``session``'s transaction (None) or return its stored response;
@@ -437,7 +540,7 @@ class CandidateService:
             "response": None,
             "created_at": now,
         }
-        if session.connection().execute(self._insert_record, values).first() is not None:
+        if self._insert_claim(session, values):
             return None
         row = session.get(IdempotencyRow, (key, who))
         if row is None:
@@ -446,6 +549,17 @@ class CandidateService:
         if stored is None:
             self._take_over(session, who, key, row.created_at, now)
         return stored
+
+    def _insert_claim(self, session: Session, values: JsonDict) -> bool:
+        """Insert a key's claim; whether the key was new. 409 when another transaction holds
+        the key's advisory lock (PostgreSQL): its claim is in flight, committed or not."""
+        conn = session.connection()
+        if not self._pg:
+            return conn.execute(self._insert_record, values).first() is not None
+        got, claimed = conn.execute(_CLAIM_LOCKED, values).one()
+        if not got:
+            raise Problem(409, IN_FLIGHT)
+        return bool(claimed)
 
     @staticmethod
     def _take_over(
@@ -524,9 +638,34 @@ class CandidateService:
         return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
 
     def batch(self, who: Principal, items: list[tuple[Any, Any]]) -> list[JsonDict]:
-        """Create many candidates: one transaction claims the keys, one does the work."""
+        """Create many candidates: one transaction claims the keys, one does the work.
+
+        Each item's key is held in :class:`KeysInFlight` and, on PostgreSQL, by its advisory
+        lock while the keys are claimed (then by its committed claim): an item whose key
+        another request runs right now answers 409, the others go on.
+        """
         results: list[JsonDict | None] = [None] * len(items)
-        valid: list[tuple[int, str, str, CandidateIn]] = []
+        valid = self._batch_items(items, results)
+        with self._in_flight.hold(who.name, [key for _i, key, _d, _p in valid]) as busy:
+            claims = self._claim_batch(who, valid, busy, results)
+            outcomes = self._create_claimed(who, claims.claimed)
+        for (index, *_), outcome in zip(claims.claimed, outcomes, strict=True):
+            results[index] = {"status": outcome.status, "body": outcome.doc}
+        for index, first in claims.repeats:
+            results[index] = results[first]
+        self._notify(
+            Outcome(207, {}, [e for o in outcomes for e in o.events], any(o.feed for o in outcomes))
+        )
+        self._recheck_evidence(who, outcomes)
+        self._heal(who, claims.replays)
+        return [r for r in results if r is not None]
+
+    def _batch_items(
+        self, items: list[tuple[Any, Any]], results: list[JsonDict | None]
+    ) -> list[_BatchItem]:
+        """The items that can be claimed (index, key, request hash, body); the refusals of
+        the others go to ``results``."""
+        valid: list[_BatchItem] = []
         for index, (key, body) in enumerate(items):
             try:
                 parsed = parse_candidate(body)
@@ -540,86 +679,50 @@ class CandidateService:
                 valid.append((index, check_item_key(key), digest, parsed))
             except Problem as exc:
                 results[index] = problem_item(exc)
-        claimed, repeats, replays = self._claim_batch(who, valid, results)
+        return valid
+
+    def _create_claimed(self, who: Principal, claimed: list[_BatchItem]) -> list[Outcome]:
+        """Create the claimed items' candidates and store their answers with the keys; the
+        claims are released if that fails."""
+        if not claimed:
+            return []
+        keys = [key for _i, key, _d, _p in claimed]
         try:
             try:
                 with self.db.write() as session:
                     outcomes = self._create_many(session, who, [p for *_, p in claimed])
-                    self._finish_many(session, who.name, [k for _i, k, *_ in claimed], outcomes)
+                    self._finish_many(session, who.name, keys, outcomes)
             except IntegrityError:
                 # A concurrent request created one of these: go one by one (PostgreSQL only).
                 with self.db.write() as session:
                     outcomes = [self._create(session, who, p, guarded=True) for *_, p in claimed]
-                    self._finish_many(session, who.name, [k for _i, k, *_ in claimed], outcomes)
+                    self._finish_many(session, who.name, keys, outcomes)
         except BaseException:
-            self._release(who.name, [key for _i, key, _d, _p in claimed])
+            self._release(who.name, keys)
             raise
-        for (index, *_), outcome in zip(claimed, outcomes, strict=True):
-            results[index] = {"status": outcome.status, "body": outcome.doc}
-        for index, first in repeats:
-            results[index] = results[first]
-        self._notify(
-            Outcome(207, {}, [e for o in outcomes for e in o.events], any(o.feed for o in outcomes))
-        )
-        self._recheck_evidence(who, outcomes)
-        self._heal(who, replays)
-        return [r for r in results if r is not None]
+        return outcomes
 
     def _claim_batch(
         self,
         who: Principal,
-        valid: list[tuple[int, str, str, CandidateIn]],
+        valid: list[_BatchItem],
+        busy: set[str],
         results: list[JsonDict | None],
-    ) -> tuple[
-        list[tuple[int, str, str, CandidateIn]], list[tuple[int, int]], list[tuple[int, JsonDict]]
-    ]:
+    ) -> _BatchClaims:
         """Claim every key of a batch in one transaction; fill in replays and refusals.
 
-        Returns the claimed items in item order, the repeated keys' items and the replayed
-        answers (status, body). The keys are claimed in key order, whatever the items' order:
-        two batches with keys in opposite orders would otherwise each hold one key's row and
-        wait for the other's (a deadlock on PostgreSQL).
+        The items of the keys in ``busy`` (in flight in this process) get 409 without a look.
         """
         for _attempt in range(5):
-            claimed: list[tuple[int, str, str, CandidateIn]] = []
-            repeats: list[tuple[int, int]] = []  # (item, earlier item with the same key)
-            answers: dict[int, JsonDict] = {}
-            replays: list[tuple[int, JsonDict]] = []
-            seen: dict[str, tuple[int, str]] = {}
+            claims = _BatchClaims()
+            for index, key, _d, _p in valid:
+                if key in busy:
+                    claims.refuse(index, Problem(409, IN_FLIGHT))
+            todo = [item for item in valid if item[1] not in busy]
             try:
-                with self.db.write() as session:
-                    known = {
-                        row.key: row
-                        for row in session.scalars(
-                            select(IdempotencyRow).where(
-                                IdempotencyRow.principal == who.name,
-                                IdempotencyRow.key.in_([key for _i, key, _d, _p in valid]),
-                            )
-                        )
-                    }
-                    # By key, then item: the first item of a repeated key stays the first.
-                    for item in sorted(valid, key=lambda v: (v[1], v[0])):
-                        index, key, digest, _parsed = item
-                        if key in seen:
-                            first, first_digest = seen[key]
-                            if first_digest == digest:
-                                repeats.append((index, first))
-                            else:
-                                answers[index] = problem_item(
-                                    Problem(422, "this Idempotency-Key was used with another body")
-                                )
-                            continue
-                        seen[key] = (index, digest)
-                        try:
-                            replay = self._claim_in(session, who.name, key, digest, known)
-                        except Problem as exc:
-                            answers[index] = problem_item(exc)
-                            continue
-                        if replay is None:
-                            claimed.append(item)
-                        else:
-                            answers[index] = {"status": replay[0], "body": replay[1]}
-                            replays.append(replay)
+                if todo:
+                    with self.db.write() as session:
+                        self._claim_keys(session, who.name, todo, claims)
             except (IntegrityError, _KeyTaken):
                 continue  # a concurrent request claimed one of the keys first: look again
             except DBAPIError as exc:
@@ -629,11 +732,51 @@ class CandidateService:
                 if not _deadlock(exc):
                     raise
                 continue
-            for index, answer in answers.items():
+            for index, answer in claims.answers.items():
                 results[index] = answer
-            claimed.sort(key=lambda item: item[0])
-            return claimed, repeats, replays
+            claims.claimed.sort(key=lambda item: item[0])
+            return claims
         raise Problem(409, "requests with these Idempotency-Keys are in flight")
+
+    def _claim_keys(
+        self, session: Session, who: str, valid: list[_BatchItem], claims: _BatchClaims
+    ) -> None:
+        """:meth:`_claim_batch`'s transaction: the items' keys, claimed into ``claims``.
+
+        The keys are claimed in key order, whatever the items' order: two batches with keys
+        in opposite orders would otherwise each hold one key's row and wait for the other's
+        (a deadlock on PostgreSQL).
+        """
+        keys = sorted({key for _i, key, _d, _p in valid})
+        elsewhere = self._locked_elsewhere(session, who, keys)
+        found = select(IdempotencyRow).where(
+            IdempotencyRow.principal == who, IdempotencyRow.key.in_(keys)
+        )
+        known = {row.key: row for row in session.scalars(found)}
+        seen: dict[str, tuple[int, str]] = {}
+        # By key, then item: the first item of a repeated key stays the first.
+        for item in sorted(valid, key=lambda v: (v[1], v[0])):
+            index, key, digest, _parsed = item
+            if key in elsewhere:
+                claims.refuse(index, Problem(409, IN_FLIGHT))
+            elif key in seen:
+                claims.repeat(index, digest, seen[key])
+            else:
+                seen[key] = (index, digest)
+                try:
+                    replay = self._claim_in(session, who, key, digest, known)
+                except Problem as exc:
+                    claims.refuse(index, exc)
+                    continue
+                claims.add(item, replay)
+
+    def _locked_elsewhere(self, session: Session, who: str, keys: list[str]) -> set[str]:
+        """Take the keys' advisory locks (PostgreSQL) for the claim's transaction; the keys
+        another transaction holds, which are in flight in another API process."""
+        if not self._pg or not keys:
+            return set()
+        found = session.connection().execute(_KEYS_IN_FLIGHT, {"keys": keys, "principal": who})
+        return set(found.scalars())
 
     def _create(
         self,

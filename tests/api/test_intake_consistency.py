@@ -1,7 +1,7 @@
 """Intake consistency over HTTP: a known idempotency key is answered before any work, list
 cursors out of range, evidence stored while its candidate is judged (also when the look after
-commit fails, or a PATCH or another create runs meanwhile), stale claims taken over by two
-batches at once, and the time a create is dated with."""
+commit fails, or a PATCH or another create runs meanwhile), stale claims a batch
+takes over (in flight for another process's batch), and the time a create is dated with."""
 
 from __future__ import annotations
 
@@ -23,6 +23,16 @@ from .test_candidates import leave_claim_in_flight, post
 
 URL = "/api/v1/candidates"
 OTHER_BODY = "this Idempotency-Key was used with another request body"
+# A batch item whose key another request is running right now.
+IN_FLIGHT_ITEM = {
+    "status": 409,
+    "body": {
+        "type": "about:blank",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "a request with this Idempotency-Key is in flight",
+    },
+}
 on_postgres_only = pytest.mark.parametrize(
     "db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
 )
@@ -164,32 +174,44 @@ def test_a_file_stored_while_its_candidate_is_judged_completes_it(
     assert_completed(api, doc["id"])
 
 
+def batch_while_claiming(
+    api: Any, items: list[dict[str, Any]], statement: str, other: Any, others: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]]]:
+    """``items`` as a batch of ``api``; once its claim has run the first statement that starts
+    with ``statement``, ``others`` as a batch of ``other`` (another API process), answered
+    before the first batch goes on. Both batches' answers (the second's in a list)."""
+    engine = api.http.app.state.db.engine
+    meanwhile: list[list[dict[str, Any]]] = []
+    with ThreadPoolExecutor(1) as pool:
+
+        def ran(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+            if meanwhile or not sql.startswith(statement):
+                return
+            # Bounded, so that a batch waiting for the first one fails instead of hanging.
+            meanwhile.append(pool.submit(batch, other, others).result(timeout=20))
+
+        event.listen(engine, "after_cursor_execute", ran)
+        try:
+            first = batch(api, items)
+        finally:
+            event.remove(engine, "after_cursor_execute", ran)
+    return first, meanwhile
+
+
 @on_postgres_only
-def test_two_batches_taking_over_one_stale_claim_make_one_candidate(api: Any) -> None:
+def test_a_stale_claim_a_batch_takes_over_is_in_flight_for_another_process(make_api: Any) -> None:
+    # Two apps on one database, as two API worker processes.
+    api, other = make_api(), make_api()
     payload = without_event_id(api, api.put_jpeg())
     leave_claim_in_flight(api, "k-stale", payload)
     api.clock.advance(seconds=61)
     items = [{"idempotency_key": "k-stale", "body": payload}]
-    engine = api.http.app.state.db.engine
-    second: list[list[dict[str, Any]]] = []
-    started: list[bool] = []
-
-    def between(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        # The first batch has read the stale claim (without a lock): another batch takes it
-        # over and finishes before the first one goes on.
-        if started or not statement.startswith("SELECT") or "FROM idempotency" not in statement:
-            return
-        started.append(True)
-        with ThreadPoolExecutor(1) as pool:
-            second.append(pool.submit(batch, api, items).result(timeout=60))
-
-    event.listen(engine, "after_cursor_execute", between)
-    try:
-        first = batch(api, items)
-    finally:
-        event.remove(engine, "after_cursor_execute", between)
-    assert second[0][0]["status"] == 201
-    assert first == second[0]
+    # Once the first batch has read the stale claim (without a row lock, under the key's
+    # advisory lock), another process's batch of the key meets it in flight, at once.
+    first, second = batch_while_claiming(api, items, "SELECT idempotency.", other, items)
+    assert second == [[IN_FLIGHT_ITEM]]
+    assert first[0]["status"] == 201
+    assert batch(other, items) == first
     listed = api.as_("reviewer").get(URL).json()["items"]
     assert [c["id"] for c in listed] == [first[0]["body"]["id"]]
 
@@ -258,66 +280,25 @@ def test_a_failed_look_after_commit_answers_the_create_and_its_replay_completes_
 
 
 @on_postgres_only
-def test_two_batches_taking_over_stale_claims_in_opposite_orders_both_answer(api: Any) -> None:
+def test_two_batches_taking_over_stale_claims_in_opposite_orders_both_answer(
+    make_api: Any,
+) -> None:
+    # Two apps on one database, as two API worker processes.
+    api, other = make_api(), make_api()
     payloads = {key: without_event_id(api, api.put_jpeg(n)) for n, key in enumerate(["k1", "k2"])}
     for key, payload in payloads.items():
         leave_claim_in_flight(api, key, payload)
     api.clock.advance(seconds=61)
     forward = [{"idempotency_key": k, "body": payloads[k]} for k in ["k1", "k2"]]
-    engine = api.http.app.state.db.engine
-    changed = threading.Condition()
-    first_key: dict[int, str] = {}  # thread: the key of its first take-over, once it started
-    taken: set[int] = set()  # threads whose first take-over ran
-    lost: set[int] = set()  # threads whose first take-over found the claim taken
-    answered = threading.Event()
-
-    def starting(_conn: Any, _cursor: Any, statement: str, params: Any, *_args: Any) -> None:
-        me = threading.get_ident()
-        if statement.startswith("UPDATE idempotency") and me not in first_key:
-            with changed:
-                first_key[me] = next(v for v in params.values() if v in payloads)
-                changed.notify_all()
-        elif me in lost and statement.startswith("SELECT") and "FROM idempotency" in statement:
-            # The other batch took this one's first claim over: it looks again (a new
-            # transaction) once that one has answered, and so replays its answers.
-            lost.discard(me)
-            assert answered.wait(timeout=60)
-
-    def other_went_on(me: int) -> bool:
-        # The other batch took over its first claim too, or is taking over this batch's
-        # (it then waits for this one's row, or finds it taken).
-        others = [t for t in first_key if t != me]
-        return any(t in taken or first_key[t] == first_key[me] for t in others)
-
-    def ran(_conn: Any, cursor: Any, statement: str, *_args: Any) -> None:
-        me = threading.get_ident()
-        if not statement.startswith("UPDATE idempotency") or me in taken:
-            return
-        with changed:
-            taken.add(me)
-            changed.notify_all()
-            # Each batch goes on once the other has taken over its first claim: claimed in
-            # item order, each then waits for the other's row.
-            assert changed.wait_for(lambda: other_went_on(me), timeout=60)
-        if cursor.rowcount == 0:
-            lost.add(me)
-
-    def send(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        try:
-            return batch(api, items)
-        finally:
-            answered.set()
-
-    event.listen(engine, "before_cursor_execute", starting)
-    event.listen(engine, "after_cursor_execute", ran)
-    try:
-        with ThreadPoolExecutor(2) as pool:
-            first, second = pool.map(send, [forward, forward[::-1]])
-    finally:
-        event.remove(engine, "before_cursor_execute", starting)
-        event.remove(engine, "after_cursor_execute", ran)
-    assert [item["status"] for item in first + second] == [201] * 4
-    assert second == first[::-1]
+    # Once the forward batch holds its first claim's row, taken over, the reverse batch meets
+    # both keys in flight (their advisory locks). Had it taken over the other claim, it would
+    # wait for this row while the forward batch waits for that one.
+    first, meanwhile = batch_while_claiming(
+        api, forward, "UPDATE idempotency", other, forward[::-1]
+    )
+    assert meanwhile == [[IN_FLIGHT_ITEM, IN_FLIGHT_ITEM]]
+    assert [item["status"] for item in first] == [201, 201]
+    assert batch(other, forward[::-1]) == first[::-1]
     listed = api.as_("reviewer").get(URL).json()["items"]
     assert sorted(c["id"] for c in listed) == sorted(item["body"]["id"] for item in first)
 

@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from gridpatrol.ingest.broker import free_port
 
 from .conftest import LongPoll, Server
+from .test_intake_consistency import IN_FLIGHT_ITEM
 
 
 def upload(server: Any, data: bytes) -> str:
@@ -46,10 +47,18 @@ def test_twenty_concurrent_posts_of_one_key_make_one_candidate(server: Any, api_
 
     with ThreadPoolExecutor(20) as pool:
         results = list(pool.map(post, range(20)))
-    # The claim and the work share one transaction: the others wait for it and replay.
-    assert [code for code, _ in results] == [201] * 20
-    created = [doc for _, doc in results]
-    assert len({doc["id"] for doc in created}) == 1
+    # The request that claims the key creates the candidate; one that comes while it runs
+    # gets 409 at once, one that comes after it answered replays its answer.
+    assert {code for code, _ in results} <= {201, 409}, results
+    created = [doc for code, doc in results if code == 201]
+    assert created and all(doc == created[0] for doc in created), results
+    refused = [doc for code, doc in results if code == 409]
+    assert all(
+        doc == {**IN_FLIGHT_ITEM["body"], "instance": "/api/v1/candidates"} for doc in refused
+    )
+    with server.client("producer") as http:
+        retry = http.post("/candidates", json=payload, headers={"Idempotency-Key": "one-key"})
+    assert (retry.status_code, retry.json()) == (201, created[0])
     with server.client("reviewer") as http:
         items = http.get("/candidates", params={"camera_id": camera}).json()["items"]
     assert [c["id"] for c in items] == [created[0]["id"]]
@@ -237,7 +246,11 @@ def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None
     with ThreadPoolExecutor(4) as pool:
         batches = list(pool.map(post, range(4)))
     # Per key: the batch that claimed it creates the candidate (201), a later one replays that
-    # response (201, the same body), one that meets the claim in flight gets 409.
+    # response (201, the same body), one that meets the claim in flight gets 409. The server
+    # process holds a batch's keys all at once, so a batch meets all of them in flight or none.
+    for results in batches:
+        assert len({r["status"] for r in results}) == 1, results
+        assert all(r == IN_FLIGHT_ITEM for r in results if r["status"] == 409), results
     created: dict[str, dict[str, Any]] = {}
     for key, body, *results in zip(keys, bodies, *batches, strict=True):
         assert {r["status"] for r in results} <= {201, 409}, (key, results)
