@@ -999,10 +999,9 @@ class CandidateService:
     # -- review and hand-over ----------------------------------------------------------------
 
     def review(self, who: Principal, cid: str, decision: ReviewIn) -> JsonDict:
-        if decision.decision == "reject" and decision.reason_code is None:
-            raise Problem(422, "a rejection needs a reason_code")
-        if decision.decision == "merge" and decision.merge_into is None:
-            raise Problem(422, "a merge needs merge_into")
+        refusal = _incomplete_decision(decision)
+        if refusal is not None:
+            raise Problem(422, refusal)
         with self.db.write() as session:
             if decision.decision == "merge":
                 self._lock_in_order(session, [cid, str(decision.merge_into)])
@@ -1603,6 +1602,24 @@ class CandidateService:
         row.updated_at = now
         row.doc = json.dumps(doc, ensure_ascii=False)
         return row.doc
+
+
+def _incomplete_decision(decision: ReviewIn) -> str | None:
+    """What a review decision lacks, or None.
+
+    A return tells whoever completes the case what to add, and "other" says nothing by itself:
+    without a note neither is actionable, so the note is required there (as in the console).
+    """
+    noted = bool((decision.reason or "").strip())
+    if decision.decision == "reject" and decision.reason_code is None:
+        return "a rejection needs a reason_code"
+    if decision.decision == "reject" and decision.reason_code == "other" and not noted:
+        return "a rejection as other needs a reason"
+    if decision.decision == "return" and not noted:
+        return "a return needs a reason saying what is missing"
+    if decision.decision == "merge" and decision.merge_into is None:
+        return "a merge needs merge_into"
+    return None
 
 
 def _waits(outcome: Outcome) -> list[str]:

@@ -53,6 +53,27 @@ def test_reject_needs_a_listed_reason_code(api: Any, code: str) -> None:
     assert api.review(cid, "confirm").status_code == 409
 
 
+@pytest.mark.parametrize(
+    ("decision", "extra", "detail"),
+    [
+        ("return", {}, "a return needs a reason saying what is missing"),
+        ("return", {"reason": "  "}, "a return needs a reason saying what is missing"),
+        ("reject", {"reason_code": "other"}, "a rejection as other needs a reason"),
+        ("reject", {"reason_code": "other", "reason": "\t"}, "a rejection as other needs a reason"),
+        ("reject", {}, "a rejection needs a reason_code"),
+        ("merge", {}, "a merge needs merge_into"),
+    ],
+)
+def test_a_decision_without_what_it_needs_is_refused_and_changes_nothing(
+    api: Any, decision: str, extra: dict[str, str], detail: str
+) -> None:
+    cid = new_candidate(api)["id"]
+    refused = api.review(cid, decision, **extra)
+    assert (refused.status_code, refused.json()["detail"]) == (422, detail)
+    doc = api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()
+    assert (doc["status"], [e["action"] for e in doc["history"]]) == ("new", ["created"])
+
+
 def test_return_then_supplement_comes_back_as_new(api: Any) -> None:
     cid = new_candidate(api)["id"]
     assert api.review(cid, "return", reason="no address").json()["status"] == "returned"

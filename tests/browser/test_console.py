@@ -374,7 +374,9 @@ def test_a_conflicting_decision_shows_the_case_as_it_is_now(
     ui.wait_rows([other])
     page.wait_for_selector(f"#detail:has-text('{other[:8]}') #act-confirm:enabled")
     with console.client("reviewer") as client:
-        response = client.post(f"/candidates/{other}/review", json={"decision": "return"})
+        response = client.post(
+            f"/candidates/{other}/review", json={"decision": "return", "reason": "no address"}
+        )
         assert response.status_code == 200, response.text
     page.keyboard.press("c")
     notice = page.wait_for_selector("#decided-elsewhere")

@@ -83,7 +83,7 @@ def test_a_case_changed_beyond_the_loaded_page_is_listed_once(
     # after it is listed, the change was heard.)
     looked_up: list[str] = []
     page.on("request", lambda r: looked_up.append(r.url) if "/candidates/" in r.url else None)
-    review(console, oldest, decision="return")
+    review(console, oldest, decision="return", reason="no address")
     marker = seeder.camera_candidate(frames, minutes_ago=0, **VENDING)
     ui.wait_rows([c["id"] for c in [*cases[1:], marker]])
     assert not [url for url in looked_up if url.endswith(f"/candidates/{oldest}")]
