@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -162,6 +163,29 @@ class ApiClient:
 
 # ---------------------------------------------------------------------------------------------
 # The outbox.
+#
+# Design. A delivery round (Outbox._deliver_some) sends every evidence file of its window, then
+# its creates, then its patches merged per candidate. Evidence is content-addressed and
+# independent of everything; a candidate's create precedes its patches in the queue;
+# operations of different candidates commute. So each candidate still sees its operations in
+# order, after the evidence they reference, and a failure stops the round before anything
+# that may depend on it.
+#
+# Bodies name candidates too (``references``, the bridge's alarm ids, see _ALARM_IDS). When
+# the API answers a create with a candidate of another id, the ids in bodies that name the
+# producer's id are rewritten to the API's, once and in the file: bodies queued later as they
+# are queued, bodies already queued right after the transaction that records the alias,
+# before anything more is sent (_finish_rewrites). The rewrite never changes the body of an
+# operation that may have been sent: the API keeps the first body under its idempotency key
+# and refuses a retry with another one (422), which would lose the operation. ``attempts``
+# cannot tell (it counts a failed round once, and a process that dies before the answer
+# counts nothing), but the order of delivery can: an operation queued after the create,
+# other than a create of the same batch, has not been sent before that create is answered.
+# So these keep naming the producer's id: a create sent in the batch of the create it names,
+# an operation queued before the create it names, and one naming an alias recorded in a file
+# written by a version before this rewriting. (A PATCH cannot mend them: it adds to
+# ``references``, never removes.) A body may also name a create the API refused, an id it
+# never held. The send path reads no body for any of this.
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox_ops (
@@ -190,6 +214,16 @@ CREATE TABLE IF NOT EXISTS outbox_aliases (
     local_id TEXT PRIMARY KEY,
     server_id TEXT NOT NULL,
     created_at REAL NOT NULL
+);
+-- An alias whose rewrite of the bodies queued before it was recorded (_rewrite_unsent) is not
+-- finished: it runs in short transactions, and delivery finishes it before it sends anything.
+CREATE TABLE IF NOT EXISTS outbox_rewrites (
+    local_id TEXT PRIMARY KEY,
+    server_id TEXT NOT NULL,
+    create_seq INTEGER NOT NULL,  -- the aliased create: bodies queued before it keep the id,
+    sent_to INTEGER NOT NULL,     -- ... and so do the creates of its batch, up to this seq
+    done_to INTEGER NOT NULL,     -- bodies up to this seq are rewritten
+    end_seq INTEGER NOT NULL      -- the last operation queued before the alias was recorded
 );
 -- A refused evidence file is kept as a record of the refusal, without its bytes (up to the
 -- evidence cap each, and never sent again); files written before this held them.
@@ -303,6 +337,9 @@ class Outbox:
     # meanwhile waits for the next round; the rest merge further in the meantime.
     MAX_PATCHED = 4 * PARALLEL
     MAX_BACKOFF_S = 30.0
+    # Pending bodies one transaction of the rewrite after an alias reads (_rewrite_unsent):
+    # a producer waits about that long for the write lock, never for a whole backlog.
+    REWRITE_CHUNK = 5000
 
     def __init__(
         self,
@@ -450,42 +487,18 @@ class Outbox:
 
     def _deliver_some(self, conn: sqlite3.Connection) -> bool:
         """One round over the oldest pending operations; False when nothing could be sent.
-
-        A round sends every evidence file of the window, then its creates, then its patches
-        merged per candidate. Evidence is content-addressed and independent of everything;
-        a candidate's create precedes its patches in the queue; operations of different
-        candidates commute. So each candidate still sees its operations in order, after the
-        evidence they reference, and a failure stops the round before anything that may
-        depend on it.
-
-        Bodies name candidates too (``references``, the bridge's alarm ids, see
-        :data:`_ALARM_IDS`). When the API answers a create with a candidate of another id,
-        the ids in bodies that name the producer's id are rewritten to the API's, once and
-        in the file: bodies queued later as they are queued, bodies already queued in the
-        transaction that records the alias (:func:`_rewrite_unsent`). The rewrite never
-        changes the body of an operation that may have been sent: the API keeps the first
-        body under its idempotency key and refuses a retry with another one (422), which
-        would lose the operation. ``attempts`` cannot tell (it counts a failed round once,
-        and a process that dies before the answer counts nothing), but the order of
-        delivery can: an operation queued after the create, other than a create of the
-        same batch, has not been sent before that create is answered. So these keep
-        naming the producer's id: a create sent in the batch of the create it names, an
-        operation queued before the create it names, and one naming an alias that an
-        outbox older than this rewriting recorded. (A PATCH cannot mend them: it adds to
-        ``references``, never removes.) A body may also name a create the API refused, an
-        id it never held. The send path reads no body for any of this.
-        """
+        See the outbox's design above for its order and for bodies naming an aliased id."""
+        _finish_rewrites(conn, self.REWRITE_CHUNK)  # one a crash cut short, before any send
         ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
             return False
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
             creates = [op for op in ops if op.kind == "create"]
-            if self._send_creates(conn, creates):
-                window = ops
-                if _aliases_of(conn, [op.candidate_id or "" for op in creates]):
-                    # Recording those moved and rewrote this round's patches in the file.
-                    window = self._patches_up_to(conn, ops[-1].seq)
+            finished, aliased = self._send_creates(conn, creates)
+            if finished:
+                # Recording an alias moved and rewrote this round's patches in the file.
+                window = self._patches_up_to(conn, ops[-1].seq) if aliased else ops
                 patches = _patches_by_candidate(window)[: self.MAX_PATCHED]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
@@ -517,18 +530,23 @@ class Outbox:
         return ops
 
     def _settle(
-        self, conn: sqlite3.Connection, ops: list[_Op], send: Callable[[], Any], sent_to: int = 0
-    ) -> None:
+        self,
+        conn: sqlite3.Connection,
+        ops: list[_Op],
+        send: Callable[[], Any],
+        sent_to: int | None,
+    ) -> bool:
         """Send one request for ``ops``: done on success, failed for good on a refusal.
-        ``sent_to``: see :meth:`_done`."""
+        ``sent_to``: see :meth:`_done`, None for operations other than creates. True when
+        an alias was recorded."""
         try:
             answer = send()
         except ApiError as exc:
             if exc.retryable:
                 raise
             self._fail(conn, ops, exc)
-            return
-        self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
+            return False
+        return self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
 
     def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
         """One request per group (an evidence file, or one candidate's merged patches), side
@@ -537,7 +555,7 @@ class Outbox:
         retry: Exception | None = None
         for group, future in futures:
             try:
-                self._settle(conn, group, future.result)
+                self._settle(conn, group, future.result, None)
             except (httpx.TransportError, ApiError) as exc:
                 retry = retry or exc
         if retry is not None:
@@ -556,13 +574,12 @@ class Outbox:
         key, candidate_id = group[-1].key or "", first.candidate_id
         return lambda: client.patch_candidate(candidate_id, body, key)
 
-    def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> bool:
-        """Send the creates in order; False when some are left for the next round."""
+    def _send_creates(self, conn: sqlite3.Connection, ops: list[_Op]) -> tuple[bool, bool]:
+        """Send the creates in order: (all of them settled, rather than some left for the
+        next round; an alias was recorded)."""
         assert self.client is not None
         if len(ops) <= 1:
-            if ops:
-                self._send_one_create(conn, ops[0], ops[0].seq)
-            return True
+            return True, bool(ops) and self._send_one_create(conn, ops[0], ops[0].seq)
         sent_to = ops[-1].seq
         try:
             results = self.client.create_batch([(op.key or "", op.body()) for op in ops])
@@ -570,8 +587,7 @@ class Outbox:
             if exc.retryable:
                 raise
             # The batch as a whole was refused: find the culprit one request at a time.
-            self._send_one_create(conn, ops[0], sent_to)
-            return False
+            return False, self._send_one_create(conn, ops[0], sent_to)
         done: list[tuple[_Op, Any]] = []
         failed: list[tuple[_Op, ApiError]] = []
         for op, result in zip(ops, results, strict=True):
@@ -583,12 +599,12 @@ class Outbox:
             if refusal.retryable:
                 break  # keep order: retry this one and everything after it
             failed.append((op, refusal))
-        self._done(conn, [op for op, _answer in done], _aliased(done), sent_to)
+        aliased = self._done(conn, [op for op, _answer in done], _aliased(done), sent_to)
         for op, refusal in failed:
             self._fail(conn, [op], refusal)
         if len(done) + len(failed) < len(ops):
             raise ApiError(409, {"title": "part of the batch must be retried"})
-        return True
+        return True, aliased
 
     def _without_refused_creates(
         self, conn: sqlite3.Connection, groups: list[list[_Op]]
@@ -619,25 +635,31 @@ class Outbox:
                 )
         return [group for group in groups if group[0].candidate_id not in refused]
 
-    def _send_one_create(self, conn: sqlite3.Connection, op: _Op, sent_to: int) -> None:
+    def _send_one_create(self, conn: sqlite3.Connection, op: _Op, sent_to: int) -> bool:
+        """Send one create; True when it was answered with an alias (see :meth:`_done`)."""
         assert self.client is not None
         client = self.client
-        self._settle(conn, [op], lambda: client.create_candidate(op.body(), op.key or ""), sent_to)
+        return self._settle(
+            conn, [op], lambda: client.create_candidate(op.body(), op.key or ""), sent_to
+        )
 
     def _done(
         self,
         conn: sqlite3.Connection,
         ops: list[_Op],
-        aliased: list[tuple[_Op, str]] | None = None,
-        sent_to: int = 0,
-    ) -> None:
-        """Remove delivered operations. ``aliased``: each create the API answered with a
-        candidate of another id, and that id (see :func:`_aliased`); ``sent_to``: the last
-        create of the batch these creates were sent in, whose creates may have been sent
-        with the producer's ids (see :func:`_rewrite_unsent`)."""
+        aliased: list[tuple[_Op, str]],
+        sent_to: int | None,
+    ) -> bool:
+        """Remove delivered operations; True when an alias was recorded. ``aliased``: each
+        create the API answered with a candidate of another id, and that id (see
+        :func:`_aliased`); ``sent_to``: the seq of the last create of the batch these creates
+        were sent in, whose creates may have been sent with the producer's ids (see
+        :func:`_rewrite_unsent`); None for operations other than creates."""
         if not ops:
-            return
-        aliases = {op.candidate_id or "": api for op, api in aliased or []}
+            return False
+        aliases = {op.candidate_id: api for op, api in aliased if op.candidate_id}
+        if aliases and sent_to is None:
+            raise ValueError("creates answered with an alias need the end of their batch")
         now = time.time()
         with _write(conn):
             conn.executemany("DELETE FROM outbox_ops WHERE seq = ?", [(op.seq,) for op in ops])
@@ -647,26 +669,26 @@ class Outbox:
             conn.executemany(
                 "INSERT OR REPLACE INTO outbox_aliases (local_id, server_id, created_at)"
                 " VALUES (?, ?, ?)",
-                [(local, server, now) for local, server in aliases.items()],
+                [(local, api, now) for local, api in aliases.items()],
             )
-            conn.executemany(
-                "UPDATE outbox_ops SET candidate_id = ? WHERE candidate_id = ? AND kind = 'patch'"
-                " AND state = 'pending'",
-                [(server, local) for local, server in aliases.items()],
-            )
-            _rewrite_unsent(conn, aliased or [], sent_to)
+            if aliases and sent_to is not None:
+                _move_patches(conn, aliases)
+                _plan_rewrites(conn, aliased, sent_to)
+        if aliases:
+            _finish_rewrites(conn, self.REWRITE_CHUNK)
         with self._counts_lock:
             self._counts["sent"] += len(ops)
-        for local, server in aliases.items():
+        for local, api in aliases.items():
             log.warning(
                 "outbox %s: the API answered the create of %s with candidate %s, which it"
                 " already held for that event; updates of %s go to %s",
                 self.component,
                 local,
-                server,
+                api,
                 local,
-                server,
+                api,
             )
+        return bool(aliases)
 
     def _fail(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
         reason = json.dumps(exc.problem, ensure_ascii=False)[:2000]
@@ -768,35 +790,47 @@ def _aliases_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
 # (alarm_bridge/candidates.py), so an alarm id is a candidate id there.
 _ALARM_IDS = ("alarm_id", "previous_alarm_id")
 
+# A run of hex digits and hyphens long enough to be a UUID, in the bytes of a stored body.
+# Any spelling :func:`_canonical` accepts (any case, hyphens anywhere, braces or a ``urn:uuid:``
+# prefix around it) leaves its 32 digits in one such run, bounded by a quote, brace or colon.
+_HEX_RUN = re.compile(rb"[0-9A-Fa-f-]{32,}")
 
-def _with_named_ids(body: JsonDict, rename: Callable[[str], str]) -> JsonDict:
-    """``body`` with ``rename`` applied to each candidate id it names (see :data:`_ALARM_IDS`);
-    ``body`` itself when that changes nothing, so its stored bytes stay as they are."""
+
+def _named_values(body: JsonDict) -> Iterator[str]:
+    """The values in ``body`` that name candidates (see :data:`_ALARM_IDS`), as spelt there."""
+    refs = body.get("references")
+    if isinstance(refs, list):
+        yield from (v for v in refs if isinstance(v, str))
+    alarm = body.get("alarm")
+    if isinstance(alarm, dict):
+        yield from (v for k, v in alarm.items() if k in _ALARM_IDS and isinstance(v, str))
+
+
+def _named_ids(body: JsonDict) -> list[str]:
+    """The candidate ids ``body`` names, in the outbox's spelling (see :func:`_canonical`)."""
+    return [_canonical(value) for value in _named_values(body)]
+
+
+def _with_api_ids(body: JsonDict, aliases: Mapping[str, str]) -> JsonDict:
+    """``body`` with each aliased id it names, however spelt, as the API's id; ``body`` itself
+    when it names none, so its stored bytes stay as they are."""
+    renames = {v: aliases[c] for v in _named_values(body) if (c := _canonical(v)) in aliases}
+    if not renames:
+        return body
     new = dict(body)
     refs = body.get("references")
     if isinstance(refs, list):
-        renamed = [rename(v) if isinstance(v, str) else v for v in refs]
+        renamed = [renames.get(v, v) if isinstance(v, str) else v for v in refs]
         if renamed != refs and all(isinstance(v, str) for v in renamed):
             renamed = list(dict.fromkeys(renamed))  # [local, API's] would name one twice
         new["references"] = renamed
     alarm = body.get("alarm")
     if isinstance(alarm, dict):
         new["alarm"] = {
-            k: rename(v) if k in _ALARM_IDS and isinstance(v, str) else v for k, v in alarm.items()
+            k: renames.get(v, v) if k in _ALARM_IDS and isinstance(v, str) else v
+            for k, v in alarm.items()
         }
-    return body if new == body else new
-
-
-def _named_ids(body: JsonDict) -> list[str]:
-    """The candidate ids ``body`` names, in the outbox's spelling (see :func:`_canonical`)."""
-    named: list[str] = []
-
-    def note(value: str) -> str:
-        named.append(_canonical(value))
-        return value
-
-    _with_named_ids(body, note)
-    return named
+    return new
 
 
 def _canonical(value: str) -> str:
@@ -807,55 +841,102 @@ def _canonical(value: str) -> str:
         return value
 
 
-def _to_api_ids(aliases: Mapping[str, str]) -> Callable[[str], str]:
-    """A ``rename`` for :func:`_with_named_ids`: an aliased id, however spelt, to the API's."""
-    return lambda value: aliases.get(_canonical(value), value)
-
-
 def _in_api_ids(conn: sqlite3.Connection, body: JsonDict) -> JsonDict:
     """``body`` as it is queued: each id it names that has an alias as the API's id."""
     aliases = _aliases_of(conn, _named_ids(body))
-    return _with_named_ids(body, _to_api_ids(aliases)) if aliases else body
+    return _with_api_ids(body, aliases) if aliases else body
 
 
-def _rewrite_unsent(conn: sqlite3.Connection, aliased: list[tuple[_Op, str]], sent_to: int) -> None:
-    """Rewrite, in the file, the pending bodies that name an aliased create's id to name the
-    API's instead: those of operations that cannot have been sent yet (queued after that
-    create, and no create of its batch, which ends at ``sent_to``; see
-    :meth:`Outbox._deliver_some`). Runs only when an alias is recorded; a byte test (the
-    id's 32 hex digits in the body, lowercased without hyphens) keeps it to parsing the
-    bodies that may name one."""
-    after = {op.candidate_id: op.seq for op, _api in aliased if op.candidate_id}
-    if not after:
-        return
-    aliases = {op.candidate_id: api for op, api in aliased if op.candidate_id}
-    digits = {local: uuid.UUID(local).hex.encode() for local in after}
-    query = (
-        "SELECT seq, kind, payload FROM outbox_ops WHERE state = 'pending'"
-        " AND kind IN ('create', 'patch') AND seq > ?"
+def _move_patches(conn: sqlite3.Connection, aliases: Mapping[str, str]) -> None:
+    """Send the pending patches of each aliased id to the API's: one pass over the queue for
+    a whole batch of aliases, not one per alias."""
+    marks = ",".join("?" * len(aliases))  # at most a batch of creates: MAX_BATCH
+    conn.execute(
+        "UPDATE outbox_ops SET candidate_id = (SELECT server_id FROM outbox_aliases"
+        " WHERE local_id = outbox_ops.candidate_id) WHERE kind = 'patch' AND state = 'pending'"
+        f" AND candidate_id IN ({marks})",
+        list(aliases),
     )
+
+
+def _plan_rewrites(conn: sqlite3.Connection, aliased: list[tuple[_Op, str]], sent_to: int) -> None:
+    """Record, in the transaction that records the aliases, the rewrite of the bodies already
+    queued (see :func:`_rewrite_unsent`); later ones are rewritten as they are queued."""
+    end = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM outbox_ops").fetchone()[0]
+    conn.executemany(
+        "INSERT OR REPLACE INTO outbox_rewrites (local_id, server_id, create_seq, sent_to,"
+        " done_to, end_seq) VALUES (?, ?, ?, ?, ?, ?)",
+        [(op.candidate_id, api, op.seq, sent_to, op.seq, end) for op, api in aliased],
+    )
+
+
+def _finish_rewrites(conn: sqlite3.Connection, chunk: int) -> None:
+    """Run the recorded rewrites to their end, ``chunk`` bodies a transaction.
+
+    Between two transactions producers may write, but nothing is sent: the delivery thread,
+    the only sender of the file, is the one rewriting, and it finishes (after a crash too,
+    before its next round) before it sends anything. An operation producers queue meanwhile
+    is rewritten as it is queued: the alias was committed first."""
+    unfinished = conn.execute("SELECT 1 FROM outbox_rewrites LIMIT 1").fetchone() is not None
+    while unfinished:
+        with _write(conn):
+            unfinished = _rewrite_unsent(conn, chunk)
+        if unfinished:
+            # A producer waiting for the write lock tries again at least every 0.1 s (SQLite's
+            # busy handler): without a pause it would miss each gap and wait out the whole.
+            time.sleep(0.15)
+
+
+def _rewrite_unsent(conn: sqlite3.Connection, chunk: int) -> bool:
+    """Rewrite, in the file, the next ``chunk`` pending bodies of the recorded rewrites: each
+    that names an aliased create's id names the API's instead, if its operation cannot have
+    been sent yet (queued after that create, and no create of its batch; see the outbox's
+    design above). Each body is read once whatever the number of aliases: one regex pass
+    picks the UUID-shaped runs in its bytes, looked up by their 32 digits; only a body with
+    a hit is parsed. True while some of them are left."""
+    plans = {
+        uuid.UUID(local).hex: (str(local), str(api), create_seq, sent_to, done_to, end_seq)
+        for local, api, create_seq, sent_to, done_to, end_seq in conn.execute(
+            "SELECT local_id, server_id, create_seq, sent_to, done_to, end_seq FROM outbox_rewrites"
+        ).fetchall()
+    }
+    start = min(plan[4] for plan in plans.values())
+    end = max(plan[5] for plan in plans.values())
+    rows = conn.execute(
+        "SELECT seq, kind, payload FROM outbox_ops WHERE state = 'pending'"
+        " AND kind IN ('create', 'patch') AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+        (start, end, chunk),
+    ).fetchall()
     rewritten: list[tuple[bytes, int]] = []
-    with contextlib.closing(conn.execute(query, (min(after.values()),))) as rows:
-        for seq, kind, payload in rows:  # streamed: the queue may hold an outage's backlog
-            if kind == "create" and seq <= sent_to:
-                continue
-            flat = bytes(payload).lower().replace(b"-", b"")
-            named = {
-                local: aliases[local]
-                for local, hex_id in digits.items()
-                if after[local] < seq and hex_id in flat
-            }
-            new = _payload_in_api_ids(payload, named) if named else None
-            if new is not None:
-                rewritten.append((new, seq))
+    for seq, kind, payload in rows:
+        named: dict[str, str] = {}
+        for run in _HEX_RUN.findall(payload):
+            plan = plans.get(run.replace(b"-", b"").lower().decode())
+            if plan is not None and _unsent(plan[2:], seq, kind):
+                named[plan[0]] = plan[1]
+        new = _payload_in_api_ids(payload, named) if named else None
+        if new is not None:
+            rewritten.append((new, seq))
     conn.executemany("UPDATE outbox_ops SET payload = ? WHERE seq = ?", rewritten)
+    done_to = rows[-1][0] if len(rows) == chunk else end
+    conn.execute("UPDATE outbox_rewrites SET done_to = MAX(done_to, ?)", (done_to,))
+    conn.execute("DELETE FROM outbox_rewrites WHERE done_to >= end_seq")
+    return conn.execute("SELECT 1 FROM outbox_rewrites LIMIT 1").fetchone() is not None
+
+
+def _unsent(plan: tuple[int, int, int, int], seq: int, kind: str) -> bool:
+    """Whether the operation ``seq`` is one a rewrite changes: (create_seq, sent_to, done_to,
+    end_seq) as in ``outbox_rewrites``."""
+    create_seq, sent_to, done_to, end_seq = plan
+    batched = kind == "create" and seq <= sent_to
+    return create_seq < seq <= end_seq and done_to < seq and not batched
 
 
 def _payload_in_api_ids(payload: bytes, aliases: Mapping[str, str]) -> bytes | None:
     """``payload`` with each of the aliased ids it names as the API's id; None when it names
-    none of them (the byte test can match elsewhere in a body)."""
+    none of them (a run of its bytes can match elsewhere in a body)."""
     body: JsonDict = json.loads(payload)
-    new = _with_named_ids(body, _to_api_ids(aliases))
+    new = _with_api_ids(body, aliases)
     return None if new is body else _json(new)
 
 

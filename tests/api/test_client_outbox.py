@@ -641,25 +641,29 @@ def test_a_chain_of_creates_goes_in_one_batch(api_server: Any, tmp_path: Path) -
 def test_a_retry_sends_the_body_first_sent_though_an_alias_came_between(
     api_server: Any, tmp_path: Path
 ) -> None:
-    """A patch that names a candidate whose create is queued after it is sent, and its answer
-    lost; that create is then answered with the API's candidate of another id. The retry
-    sends the body first sent, under the same key: the API replays its answer instead of
-    refusing another body under that key (422), which would lose the patch."""
+    """A patch that names a candidate whose create is queued after it is sent in an earlier
+    round (two creates a batch cut the window before that create), and its answer lost; that
+    create is then answered with the API's candidate of another id. The retry sends the body
+    first sent, under the same key: the API replays its answer instead of refusing another
+    body under that key (422), which would lose the patch."""
     sha, held = held_candidate(api_server, "later-x", 90)
     proxy = Proxy(api_server, lose=1)
     outbox = Outbox(tmp_path / "outbox-test.db", proxy, component="test")
+    outbox.MAX_BATCH = 2
     later = str(uuid.uuid4())
     with outbox.transaction() as txn:
         cid = txn.create_candidate(candidate("later-c", sha))
         other = txn.create_candidate(candidate("later-a", sha))
         txn.patch_candidate(cid, {"references": [later]})
-        txn.create_candidate({**candidate("later-b", sha), "references": [other]})
+        b = txn.create_candidate({**candidate("later-b", sha), "references": [other]})
         txn.create_candidate(candidate("later-x", sha), later)
     deliver(outbox)
     assert outbox.failed() == []
     assert outbox.stats() == {"sent": 5, "retried": 1, "failed": 0, "depth": 0}
-    patches = [(r, body, key) for r, body, key in proxy.sent if r.startswith("PATCH")]
-    assert len(patches) == 2
+    requests = [request for request, _body, _key in proxy.sent]
+    assert requests == ["BATCH", f"PATCH {cid}", "BATCH", f"PATCH {cid}"]
+    assert [body["id"] for body in proxy.sent[2][1]] == [b, later]
+    patches = [proxy.sent[1], proxy.sent[3]]
     assert patches[0] == patches[1] == (f"PATCH {cid}", {"references": [later]}, patches[0][2])
     assert api_requests(api_server, 'method="PATCH"', 'status="200"') == 2
     with api_server.client("reviewer") as http:
@@ -702,3 +706,102 @@ def test_a_create_a_previous_version_sent_is_retried_as_it_was_sent(
     with api_server.client("reviewer") as http:
         assert http.get(f"/candidates/{new}").json()["references"] == [again]
     assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, new])
+
+
+class LoseOneAnswer(Proxy):
+    """A proxy that answers the last create of the first ``lose`` batches with a 503 of its own
+    once the API has stored it: that answer is lost, the others arrive. It records a batch's
+    items as (idempotency key, body)."""
+
+    def create_batch(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        results = super().create_batch(items)
+        self.sent[-1] = ("BATCH", [(key, body) for key, body in items], "")
+        if self.lose > 0:
+            self.lose -= 1
+            results[-1] = {"status": 503, "body": {"title": "Service Unavailable"}}
+        return results
+
+
+def test_a_create_of_a_batch_answered_in_part_is_retried_as_it_was_sent(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A batch of two creates, the second naming the first: the API answers the first with
+    its candidate of another id, and the second's answer is lost after the API stored it.
+    The second was sent naming the producer's id, so its retry sends that body under the same
+    key: the API replays its answer instead of refusing another body under that key (422),
+    which would refuse the create for good."""
+    sha, held = held_candidate(api_server, "part-x", 110)
+    proxy = LoseOneAnswer(api_server, lose=1)
+    outbox = Outbox(tmp_path / "outbox-part.db", proxy, component="part")
+    with outbox.transaction() as txn:
+        x = txn.create_candidate(candidate("part-x", sha))
+        q = txn.create_candidate({**candidate("part-q", sha), "references": [x]})
+    deliver(outbox)
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 2, "retried": 1, "failed": 0, "depth": 0}
+    assert [request for request, _body, _key in proxy.sent] == ["BATCH", "POST"]
+    batch, retry = proxy.sent[0][1], proxy.sent[1]
+    assert [body["id"] for _key, body in batch] == [x, q]
+    assert (retry[2], retry[1]) == batch[1]
+    assert retry[1]["references"] == [x]
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{q}").json()["references"] == [x]
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, q])
+
+
+CRASHING_DELIVERY = """
+import os, sys
+from gridpatrol.api.client import ApiClient, Outbox
+
+class Crashing(Outbox):
+    MAX_BATCH = 1  # the aliased create alone: the creates after it are queued, not sent
+    REWRITE_CHUNK = 1
+
+    def _connect(self):
+        conn = super()._connect()
+        chunks = []
+
+        def trace(sql):  # the process dies inside the rewrite's second transaction
+            if sql.startswith("UPDATE outbox_rewrites"):
+                chunks.append(sql)
+                if len(chunks) == 2:
+                    os._exit(3)
+
+        conn.set_trace_callback(trace)
+        return conn
+
+outbox = Crashing(sys.argv[1], ApiClient(sys.argv[2], sys.argv[3], timeout=5), component="t")
+outbox.start()
+outbox.flush(30)
+"""
+
+
+def test_a_rewrite_a_crash_cut_short_is_finished_before_anything_is_sent(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """The bodies already queued when an alias is recorded are rewritten a few at a time, in
+    transactions of their own, so producers are not held up by a whole backlog. A process
+    that dies between two of them leaves some bodies naming the producer's id: the next
+    delivery finishes the rewrite before it sends any, and every body names the API's id."""
+    sha, held = held_candidate(api_server, "crash-x", 120)
+    path = tmp_path / "outbox-crash.db"
+    with Outbox(path, None, component="t").transaction() as txn:
+        x = txn.create_candidate(candidate("crash-x", sha))
+        alarm = {"alarm_id": x, "count": 2}
+        ids = [
+            txn.create_candidate({**candidate(f"crash-{i}", sha), "references": [x]})
+            for i in range(3)
+        ]
+        txn.patch_candidate(x, {"alarm": alarm})
+    token = api_server.tokens["producer"]
+    run = [sys.executable, "-c", CRASHING_DELIVERY, str(path), api_server.url, token]
+    crashed = subprocess.run(run, capture_output=True, timeout=60)
+    assert crashed.returncode == 3, crashed.stderr.decode()
+    outbox = Outbox(path, ApiClient(api_server.url, token, timeout=5), component="t")
+    deliver(outbox)
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 4, "retried": 0, "failed": 0, "depth": 0}
+    with api_server.client("reviewer") as http:
+        assert [http.get(f"/candidates/{c}").json()["references"] for c in ids] == [[held]] * 3
+        assert http.get(f"/candidates/{held}").json()["alarm"] == alarm | {"alarm_id": held}
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, *ids])
