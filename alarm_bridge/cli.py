@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from gridpatrol.cli import stop_on_signals
-from gridpatrol.ingest.cli import mqtt_connection, mqtt_started
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def default_client_id(prefix: str) -> str:
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
-    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection, MqttSettings
+    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection, MqttSettings, mqtt_started
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -127,7 +126,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
-    if not (mqtt_started("bridge", mqtt) and mqtt_started("bridge", media)):
+    if not (mqtt_started(log, "bridge", mqtt) and mqtt_started(log, "bridge", media)):
         mqtt.stop()
         outbox.stop()
         return 2
@@ -154,6 +153,7 @@ FINAL_ACK_TIMEOUT_S = 10.0
 
 def run_simulate(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.simulate import simulated_sensors
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -166,11 +166,15 @@ def run_simulate(args: argparse.Namespace) -> int:
         return 2
     prefix = site.mqtt.prefix
     sensors = simulated_sensors(site.sensors, prefix, seed=args.seed)
-    conn = mqtt_connection("simulate-sensors", "simulate-sensors", prefix)
-    if conn is None or not mqtt_started("simulate-sensors", conn):
+    conn = mqtt_connection(log, "simulate-sensors", "simulate-sensors", prefix)
+    if conn is None:
         return 2
+    # Before the start, which waits up to 10 s for an unreachable broker: a signal meanwhile
+    # still ends the run in order, with its summary.
     stop = threading.Event()
     stop_on_signals(stop)
+    if not mqtt_started(log, "simulate-sensors", conn):
+        return 2
     start = time.monotonic()
     sent = 0
     tick = 0

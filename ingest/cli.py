@@ -8,12 +8,9 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gridpatrol.cli import stop_on_signals
-
-if TYPE_CHECKING:
-    from gridpatrol.ingest.mqtt import MqttConnection
 
 log = logging.getLogger(__name__)
 
@@ -56,32 +53,8 @@ def _component_id(args: argparse.Namespace) -> str:
     return f"ingest-{host}{suffix}"[:64]
 
 
-def mqtt_connection(command: str, component_id: str, prefix: str) -> MqttConnection | None:
-    """The command's broker connection, not yet started; None, after one line, for a malformed
-    GRIDPATROL_MQTT_URL or a component id that is no topic level (exit 2: mend and restart)."""
-    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection
-
-    try:
-        return MqttConnection(component_id, prefix=prefix)
-    except MqttConfigError as exc:
-        log.error("%s: cannot start: %s", command, exc)
-        return None
-
-
-def mqtt_started(command: str, conn: MqttConnection) -> bool:
-    """Start ``conn``; False, after one line, when the broker refused the credentials
-    (exit 2: retrying would lock the account out, so mend and restart)."""
-    from gridpatrol.ingest.mqtt import MqttAuthError
-
-    try:
-        conn.start()
-    except MqttAuthError as exc:
-        log.error("%s: cannot start: %s", command, exc)
-        return False
-    return True
-
-
 def run_ingest(args: argparse.Namespace) -> int:
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
     from gridpatrol.ingest.service import IngestService
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -97,16 +70,17 @@ def run_ingest(args: argparse.Namespace) -> int:
         log.error("unknown camera id(s) %s; the site file has %s", unknown, sorted(known))
         return 2
     cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
-    conn = mqtt_connection("ingest", _component_id(args), site.mqtt.prefix)
+    conn = mqtt_connection(log, "ingest", _component_id(args), site.mqtt.prefix)
     if conn is None:
         return 2
     service = IngestService(
         site, conn, cameras, base_dir=Path(args.config).resolve().parent, progress_s=args.progress_s
     )
-    if not mqtt_started("ingest", conn):
+    # Before the start, which waits up to 10 s for an unreachable broker: a signal meanwhile
+    # still ends the run in order.
+    stop_on_signals(service.stop_event)
+    if not mqtt_started(log, "ingest", conn):
         return 2
-    stop = service.stop_event
-    stop_on_signals(stop)
     service.start()
     try:
         service.wait()
@@ -120,6 +94,7 @@ def run_watch(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
     from gridpatrol.ingest.receiver import FrameReceiver
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -128,14 +103,14 @@ def run_watch(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    conn = mqtt_connection("watch-frames", args.component_id, site.mqtt.prefix)
+    conn = mqtt_connection(log, "watch-frames", args.component_id, site.mqtt.prefix)
     if conn is None:
         return 2
     cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None
     receiver = FrameReceiver(conn, cameras, maxsize=100)
     stop = threading.Event()
     stop_on_signals(stop)
-    if not mqtt_started("watch-frames", conn):
+    if not mqtt_started(log, "watch-frames", conn):
         return 2
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
     seen = 0

@@ -236,6 +236,7 @@ class MqttConnection:
         self.connects = 0
         self.unrouted = 0  # messages no subscription matched (acknowledged under manual ack)
         self.auth_failed = False  # refused at the first connection: not retried
+        self._auth_reason = ""  # the broker's reason for that refusal
         self.auth_refusals = 0  # refusals of credentials that had worked: retried slowly
         self._auth_backoff = False
         self._subs: list[Subscription] = []
@@ -280,8 +281,10 @@ class MqttConnection:
                 self._fall_back()
                 self._wait_first(timeout)
         finally:
-            self._starting = False
-        return self._result()
+            with self._lock:  # a refusal seen while starting is raised here, not logged there
+                self._starting = False
+                refused = self.auth_failed
+        return self._result(refused)
 
     def _fall_back(self) -> None:
         log.warning(
@@ -310,11 +313,12 @@ class MqttConnection:
             time.sleep(0.02)
         return self._connected.is_set()
 
-    def _result(self) -> bool:
-        if self.auth_failed:
+    def _result(self, refused: bool) -> bool:
+        if refused:
             self._close_client()
             raise MqttAuthError(
-                f"broker {self.settings.url} refused the credentials of {self.component_id}"
+                f"broker {self.settings.url} refused the credentials of {self.component_id} "
+                f"({self._auth_reason})"
             )
         if not self._connected.is_set():
             log.warning(
@@ -425,14 +429,7 @@ class MqttConnection:
             self._refused_again(client, reason)
             return
         if code in _RC_AUTH:
-            log.error(
-                "%s: broker %s refused the credentials (%s); not retrying",
-                self.component_id,
-                self.settings.url,
-                reason,
-            )
-            self.auth_failed = True
-            client.disconnect()
+            self._refused_first(client, reason)
             return
         if code != 0:
             log.warning("%s: connection refused: %s", self.component_id, reason)
@@ -466,6 +463,23 @@ class MqttConnection:
                 hook(self)
             except Exception:
                 log.exception("%s: connect hook failed", self.component_id)
+
+    def _refused_first(self, client: paho.Client, reason: Any) -> None:
+        """Credentials refused before any connection: not retried. While start() runs, its
+        MqttAuthError carries the reason and the command says it in one line; later, nobody
+        raises, so the error is logged here."""
+        with self._lock:
+            self.auth_failed = True
+            self._auth_reason = str(reason)
+            starting = self._starting
+        log.log(
+            logging.DEBUG if starting else logging.ERROR,
+            "%s: broker %s refused the credentials (%s); not retrying",
+            self.component_id,
+            self.settings.url,
+            reason,
+        )
+        client.disconnect()
 
     def _refused_again(self, client: paho.Client, reason: Any) -> None:
         """Credentials that worked were refused on a reconnect: retry, slowly, for good.
@@ -692,3 +706,30 @@ class MqttConnection:
 
 def _short_id() -> str:
     return uuid.uuid4().hex[:8]
+
+
+def mqtt_connection(
+    logger: logging.Logger, command: str, component_id: str, prefix: str
+) -> MqttConnection | None:
+    """The command's broker connection, not yet started; None, after one line on the command's
+    ``logger``, for a malformed GRIDPATROL_MQTT_URL or a component id that is no topic level
+    (exit 2: mend and restart)."""
+    try:
+        return MqttConnection(component_id, prefix=prefix)
+    except MqttConfigError as exc:
+        logger.error("%s: cannot start: %s", command, exc)
+        return None
+
+
+def mqtt_started(logger: logging.Logger, command: str, conn: MqttConnection) -> bool:
+    """Start ``conn``; False, after one line on the command's ``logger`` with the broker's
+    reason, when the broker refused the credentials (exit 2: retrying would lock the account
+    out, so mend and restart). The commands install their signal handlers before this: the
+    start can wait for an unreachable broker."""
+    logger.info("%s: connecting to %s", command, conn.settings.url)
+    try:
+        conn.start()
+    except MqttAuthError as exc:
+        logger.error("%s: cannot start: %s", command, exc)
+        return False
+    return True

@@ -64,5 +64,7 @@ def test_refused_credentials_exit_2_at_once(
     assert done.returncode == 2, done.stderr[-2000:]
     refusal = [line for line in done.stderr.splitlines() if says in line]
     assert len(refusal) == 1, done.stderr[-2000:]
-    assert "refused the credentials" in refusal[0]
+    assert "refused the credentials" in refusal[0] and refusal[0].endswith("(Not authorized)")
+    # That line is the only one: the connection's own report of the refusal is a debug line.
+    assert done.stderr.count("refused the credentials") == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import re
 import signal
+import socket
 import subprocess
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -282,24 +284,53 @@ def wrong_password_url(mosquitto: Any, tmp_path: Path) -> str:
 
 
 @pytest.mark.parametrize(
-    "command",
+    ("command", "logger"),
     [
-        ["watch-frames", "--timeout", "60"],
-        # It shares the start-up of ingest and watch-frames.
-        ["simulate-sensors", "--rate", "1", "--duration", "60"],
+        (["watch-frames", "--timeout", "60"], "gridpatrol.ingest.cli"),
+        # It shares the start-up of ingest and watch-frames, and logs as its own module.
+        (["simulate-sensors", "--rate", "1", "--duration", "60"], "gridpatrol.alarm_bridge.cli"),
     ],
 )
 def test_refused_credentials_exit_2_with_one_line(
-    wrong_password_url: str, gridpatrol_proc: Any, command: list[str]
+    wrong_password_url: str, gridpatrol_proc: Any, command: list[str], logger: str
 ) -> None:
     proc = gridpatrol_proc([*command, "--config", str(SAMPLE_SITE)], wrong_password_url)
     returncode, _, err = proc.wait(60)
     assert returncode == 2, err
     port = wrong_password_url.rsplit(":", 1)[1]
-    # The connection's own line says why (the broker's reason); this one, what it stops.
-    (line,) = [line for line in err.splitlines() if "cannot start" in line]
+    # One line says what stops and the broker's reason; the connection adds none.
+    (line,) = [line for line in err.splitlines() if " ERROR " in line]
     assert line.endswith(
-        f" ERROR gridpatrol.ingest.cli: {command[0]}: cannot start: broker "
-        f"mqtt://gp@127.0.0.1:{port} refused the credentials of {command[0]}"
+        f" ERROR {logger}: {command[0]}: cannot start: broker mqtt://gp@127.0.0.1:{port} "
+        f"refused the credentials of {command[0]} (Not authorized)"
     )
+    assert err.count("refused the credentials") == 1
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("command", "summary"),
+    [
+        (["simulate-sensors", "--rate", "1"],
+         r" INFO gridpatrol\.alarm_bridge\.cli: simulate-sensors: 0 messages in [0-9.]+ s"),
+        (["ingest"], r" INFO gridpatrol\.ingest\.service: ingest: snapshot requests 0 received.*"),
+    ],
+    ids=["simulate-sensors", "ingest"],
+)  # fmt: skip
+def test_a_command_stopped_while_connecting_ends_cleanly(
+    gridpatrol_proc: Any, tmp_path: Path, command: list[str], summary: str
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on: the start waits for it
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"mqtt://127.0.0.1:{port}"
+    proc = gridpatrol_proc([*command, "--config", str(SAMPLE_SITE)], url, tmp_path / "err")
+    connecting = f"{command[0]}: connecting to {url}"
+    lines = proc.wait_for(lambda lines: any(connecting in line for line in lines), 30)
+    assert any(connecting in line for line in lines), lines
+    proc.signal(signal.SIGTERM)
+    returncode, _, err = proc.wait(60)
+    assert returncode == 0, err
+    # Its last line is its normal summary, written after the start gave up waiting.
+    assert re.fullmatch(r"\S+ \S+" + summary, err.splitlines()[-1]), err
     assert "Traceback" not in err
