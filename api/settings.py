@@ -7,6 +7,7 @@ import json
 import logging
 import re
 import secrets
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 Role = Literal["producer", "reviewer", "platform", "admin"]
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 _SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
+URL_FORM = "dialect+driver://user:password@host:port/name"
 
 
 class TokenEntry(BaseModel):
@@ -107,32 +109,52 @@ class Settings(BaseSettings):
 
 
 def _hashed_token(token: str, entry: TokenEntry) -> bytes:
-    """The digest of a ``sha256:<hex>`` entry; any other length could never match a token."""
+    """The digest of a ``sha256:<hex>`` entry; any other length could never match a token.
+    A wrong entry is named by its ``name`` only: an operator may have written the token itself
+    after ``sha256:``, and the message must not print part of it."""
     hexdigits = token.removeprefix("sha256:")
     if not _SHA256_HEX.fullmatch(hexdigits):
-        shown = token if len(token) <= 30 else f"{token[:30]}..."
         raise ValueError(
-            f"GRIDPATROL_API_TOKENS: the entry {shown!r} (name {entry.name!r}) must be "
-            "sha256: and the 64 hexadecimal digits of the token's SHA-256"
+            f"GRIDPATROL_API_TOKENS: the sha256: entry named {entry.name!r} {_not_hex(hexdigits)}; "
+            "it must be the 64 hexadecimal digits of the token's SHA-256"
         )
     return bytes.fromhex(hexdigits)
 
 
+def _not_hex(text: str) -> str:
+    """What is wrong with ``text`` as 64 hexadecimal digits, without showing any of it."""
+    if len(text) != 64:
+        return f"has {len(text)} characters after sha256:, not 64"
+    position = next(i for i, c in enumerate(text, 1) if c not in string.hexdigits)
+    return f"has a character that is no hexadecimal digit at position {position} after sha256:"
+
+
 def check_database_url(url: str) -> None:
-    """A ValueError naming GRIDPATROL_DATABASE_URL, never its password, when SQLAlchemy cannot
-    use it or cannot make the folder of its SQLite file."""
+    """A ValueError naming GRIDPATROL_DATABASE_URL, when SQLAlchemy cannot use it or cannot
+    make the folder of its SQLite file. The messages are ours: SQLAlchemy's and Python's can
+    quote parts of the URL (``int()`` on a port that is a password: ``gp:s3cret/gp``)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
         parsed = make_url(url)
-        parsed.get_dialect()  # an unknown database or driver name
-    except (ArgumentError, ValueError) as exc:  # SQLAlchemy's messages do not echo the URL
-        raise ValueError(f"GRIDPATROL_DATABASE_URL is not a database URL: {exc}") from None
+    except ArgumentError:
+        raise ValueError(f"GRIDPATROL_DATABASE_URL is not a database URL ({URL_FORM})") from None
+    except ValueError:
+        raise ValueError(
+            f"GRIDPATROL_DATABASE_URL: its port is not a number ({URL_FORM})"
+        ) from None
+    try:
+        parsed.get_dialect()
+    except ArgumentError:
+        raise ValueError(
+            "GRIDPATROL_DATABASE_URL: SQLAlchemy knows no database or driver of that name "
+            "(postgresql+psycopg, sqlite)"
+        ) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         try:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
+        except OSError as exc:  # SQLite URLs hold a path, no password
             raise ValueError(f"GRIDPATROL_DATABASE_URL: {exc}") from None
 
 

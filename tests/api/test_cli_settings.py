@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,55 +22,95 @@ def sample_tokens() -> str:
     ]
 
 
+HEX_SUFFIX = "gp-s3cret-token"  # a token written where its hash belongs
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "says"),
     [
         ("GRIDPATROL_DATABASE_URL", "foo",
-         "GRIDPATROL_DATABASE_URL is not a database URL: Could not parse SQLAlchemy URL from "
-         "given URL string"),
+         "GRIDPATROL_DATABASE_URL is not a database URL "
+         "(dialect+driver://user:password@host:port/name)"),
         ("GRIDPATROL_DATABASE_URL", "postgres ql://gp:s3cret@db/gp",
-         "GRIDPATROL_DATABASE_URL is not a database URL: Could not parse SQLAlchemy URL from "
-         "given URL string"),
-        ("GRIDPATROL_DATABASE_URL", "nosuchdb://gp:s3cret@db/gp",
-         "GRIDPATROL_DATABASE_URL is not a database URL: Can't load plugin: "
-         "sqlalchemy.dialects:nosuchdb"),
+         "GRIDPATROL_DATABASE_URL is not a database URL "
+         "(dialect+driver://user:password@host:port/name)"),
+        # The password where the port belongs: int() would quote it.
+        ("GRIDPATROL_DATABASE_URL", "postgresql://gp:s3cretdb/gp",
+         "GRIDPATROL_DATABASE_URL: its port is not a number "
+         "(dialect+driver://user:password@host:port/name)"),
+        ("GRIDPATROL_DATABASE_URL", "nos3cretdb://gp:s3cret@db/gp",
+         "GRIDPATROL_DATABASE_URL: SQLAlchemy knows no database or driver of that name "
+         "(postgresql+psycopg, sqlite)"),
         ("GRIDPATROL_DATABASE_URL", "sqlite:////proc/nope/gp.db",
          "GRIDPATROL_DATABASE_URL: [Errno 2] No such file or directory: '/proc/nope'"),
         ("GRIDPATROL_EVIDENCE_DIR", "/proc/nope/ev",
          "GRIDPATROL_EVIDENCE_DIR /proc/nope/ev: [Errno 2] No such file or directory: "
          "'/proc/nope'"),
         ("GRIDPATROL_API_TOKENS", json.dumps({"sha256:abcd": ADMIN}),
-         "GRIDPATROL_API_TOKENS: the entry 'sha256:abcd' (name 'a') must be sha256: and the 64 "
-         "hexadecimal digits of the token's SHA-256"),
-        ("GRIDPATROL_API_TOKENS", json.dumps({"sha256:" + "ab" * 33: ADMIN}),
-         "GRIDPATROL_API_TOKENS: the entry 'sha256:abababababababababababa...' (name 'a') must "
-         "be sha256: and the 64 hexadecimal digits of the token's SHA-256"),
+         "GRIDPATROL_API_TOKENS: the sha256: entry named 'a' has 4 characters after sha256:, "
+         "not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
+        ("GRIDPATROL_API_TOKENS", json.dumps({"sha256:" + HEX_SUFFIX + "x" * 16: ADMIN}),
+         "GRIDPATROL_API_TOKENS: the sha256: entry named 'a' has 31 characters after sha256:, "
+         "not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
+        ("GRIDPATROL_API_TOKENS", json.dumps({"sha256:" + "ab" * 29 + "s3cret": ADMIN}),
+         "GRIDPATROL_API_TOKENS: the sha256: entry named 'a' has a character that is no "
+         "hexadecimal digit at position 59 after sha256:; it must be the 64 hexadecimal digits "
+         "of the token's SHA-256"),
         ("GRIDPATROL_API_TOKENS", sample_tokens(),
-         "GRIDPATROL_API_TOKENS: the entry 'sha256:REPLACE-WITH-HEX' (name 'workers') must be "
-         "sha256: and the 64 hexadecimal digits of the token's SHA-256"),
+         "GRIDPATROL_API_TOKENS: the sha256: entry named 'workers' has 16 characters after "
+         "sha256:, not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_setting_that_cannot_work_stops_the_api_with_status_2(
     tmp_path: Path, setting: str, value: str, says: str, workers: str
 ) -> None:
+    done = run_api(tmp_path, {setting: value}, ["--workers", workers])
+    assert done.returncode == 2, done.stderr[-3000:]
+    (line,) = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert line.endswith(f" ERROR gridpatrol.api.cli: the intake API cannot start: {says}")
+    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+
+
+def run_api(
+    tmp_path: Path, settings: dict[str, str], options: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """``gridpatrol api`` on a port the test holds: past the checks it cannot listen, so it
+    ends (never serves) whether or not a check stopped it."""
     env = {
         "GRIDPATROL_DATABASE_URL": f"sqlite:///{tmp_path}/gp.db",
         "GRIDPATROL_EVIDENCE_DIR": str(tmp_path / "evidence"),
         "GRIDPATROL_API_TOKENS": json.dumps({"t": ADMIN}),
         "PATH": "/usr/bin:/bin",
-        setting: value,
+        **settings,
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1", "--workers", workers],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr[-3000:]
-    (line,) = [line for line in done.stderr.splitlines() if " ERROR " in line]
-    assert line.endswith(f" ERROR gridpatrol.api.cli: the intake API cannot start: {says}")
-    assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
-    assert not (tmp_path / "gp.db").exists()  # refused before anything was migrated
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = str(held.getsockname()[1])
+        return subprocess.run(
+            [sys.executable, "-m", "gridpatrol.cli", "api", "--port", port, *options],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+
+def test_good_settings_pass_the_checks(tmp_path: Path) -> None:
+    evidence = tmp_path / "evidence"
+    evidence.mkdir()
+    evidence.chmod(0o555)  # an existing folder is fine as it is
+    settings = {
+        "GRIDPATROL_DATABASE_URL": "sqlite:///var/db/gp.db",  # relative to the working folder
+        "GRIDPATROL_EVIDENCE_DIR": str(evidence),
+        "GRIDPATROL_API_TOKENS": json.dumps({"sha256:" + "Ab" * 32: ADMIN}),
+    }
+    done = run_api(tmp_path, settings, [])
+    # Migrated and ready; then uvicorn's start-up failure on the port the test holds.
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "intake API ready: database sqlite" in done.stderr
+    assert "address already in use" in done.stderr
+    assert (tmp_path / "var" / "db" / "gp.db").is_file()
+    assert " ERROR gridpatrol" not in done.stderr
