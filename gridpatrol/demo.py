@@ -12,6 +12,7 @@ with gridpatrol.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -289,33 +290,42 @@ def port_number(text: str) -> int:
 
 
 def api_port(requested: int | None) -> int | None:
-    """The API's port: ``--port`` as given, or None after a line when something listens there
+    """The API's port: ``--port`` as given, or None after a line when it cannot be bound
     (another port would leave the operator's URL, proxy or firewall rule pointing elsewhere);
     without ``--port``, 8000, else a free port, said in a line."""
-    if requested is not None:
-        port = _bound(requested)
-        if port is None:
-            print(
-                f"demo: port {requested} is in use; stop what listens there or give another --port",
-                file=sys.stderr,
-            )
-        return port
-    port = _bound(DEFAULT_PORT)
-    if port is None:
+    if requested is None:
+        return _default_port()
+    try:
+        return _bound(requested)
+    except OSError as exc:
+        print(f"demo: {_refusal(requested, exc)}", file=sys.stderr)
+        return None
+
+
+def _default_port() -> int:
+    try:
+        return _bound(DEFAULT_PORT)
+    except OSError:  # 8000 needs no privileges: something listens there
         port = _bound(0)
-        print(f"port {DEFAULT_PORT} is in use; the API listens on {port}", flush=True)
-    return port
+        print(f"demo: port {DEFAULT_PORT} is in use; the API listens on {port}", file=sys.stderr)
+        return port
 
 
-def _bound(port: int) -> int | None:
-    """The port a socket could bind on 127.0.0.1 (0: any free one), None when it is taken."""
+def _refusal(port: int, exc: OSError) -> str:
+    """Why ``port`` cannot be the API's, and what to do instead."""
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"port {port} needs privileges; give a port above 1023"
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} is in use; stop what listens there or give another --port"
+    return f"cannot listen on port {port} ({exc.strerror}); give another --port"
+
+
+def _bound(port: int) -> int:
+    """The port a socket could bind on 127.0.0.1 (0: any free one); OSError when it cannot."""
     with socket.socket() as sock:
         # As uvicorn binds: a port left in TIME_WAIT by an earlier demo is free.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return None
+        sock.bind(("127.0.0.1", port))
         bound: int = sock.getsockname()[1]
         return bound
 

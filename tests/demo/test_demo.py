@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -284,15 +285,28 @@ def test_the_default_port_taken_moves_the_api_and_says_so(tmp_path: Path) -> Non
         done = _run_demo_on(tmp_path / "demo", NO_SITE)
     assert done.returncode == 2  # the site file: the port was chosen before it
     said = re.fullmatch(
-        r"port 8000 is in use; the API listens on (\d+)", done.stdout.split("\n")[0]
+        r"demo: port 8000 is in use; the API listens on (\d+)", done.stderr.split("\n")[0]
     )
-    assert said is not None, done.stdout
+    assert said is not None, done.stderr
     assert int(said[1]) != 8000
     assert "cannot read the site file" in done.stderr
+    assert "port 8000" not in done.stdout
 
 
-def _run_demo_on(workdir: Path, options: list[str]) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", *options]
+def test_a_privileged_port_without_privileges_stops_the_demo_with_status_2() -> None:
+    # As an unprivileged user (the tests run as root, which may bind port 80).
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder).chmod(0o777)
+        done = _run_demo_on(Path(folder) / "demo", ["--port", "80", *NO_SITE], nobody)
+    assert done.returncode == 2
+    assert done.stderr == "demo: port 80 needs privileges; give a port above 1023\n"
+
+
+def _run_demo_on(
+    workdir: Path, options: list[str], prefix: tuple[str, ...] | list[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    argv = [*prefix, sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", *options]
     argv += ["--workdir", str(workdir)]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
 
