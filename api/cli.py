@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from gridpatrol.cli import LOG_FORMAT
+from gridpatrol.demo import port_number
 
 if TYPE_CHECKING:
     from gridpatrol.api.client import Outbox
@@ -28,7 +29,7 @@ def register(sub: Any) -> None:
         description="Serve the intake API, the pull feed and the review console.",
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=port_number, default=8000)
     parser.add_argument(
         "--workers",
         type=_positive,
@@ -87,7 +88,7 @@ def run_outbox(args: argparse.Namespace) -> int:
             _end_episodes(box)
         return _drain(box, args.timeout) if drain else _show(box)
     except OutboxBusy as exc:
-        print(f"outbox: {exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)  # "outbox <path> is in use ...": it names the command
         return 2
     finally:
         box.stop()

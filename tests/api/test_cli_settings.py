@@ -114,3 +114,19 @@ def test_good_settings_pass_the_checks(tmp_path: Path) -> None:
     assert "address already in use" in done.stderr
     assert (tmp_path / "var" / "db" / "gp.db").is_file()
     assert " ERROR gridpatrol" not in done.stderr
+
+
+@pytest.mark.parametrize("port", ["0", "70000", "http"])
+def test_a_port_out_of_range_is_refused(tmp_path: Path, port: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", port],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1] == (
+        f"gridpatrol api: error: argument --port: must be a port number from 1 to 65535, got "
+        f"{port!r}"
+    )

@@ -71,8 +71,7 @@ def test_a_left_behind_outbox_is_shown_then_drained(api_server: Any, tmp_path: P
         running.stop()
     assert busy.returncode == 2
     assert busy.stderr == (
-        f"outbox: outbox {path} is in use by another process; stop the worker that delivers "
-        "from it first\n"
+        f"outbox {path} is in use by another process; stop the worker that delivers from it first\n"
     )
 
     drained = run(str(path), "--drain", env=env)
