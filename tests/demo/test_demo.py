@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -9,10 +10,10 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -20,6 +21,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 
+from gridpatrol import cli
 from gridpatrol.ingest.broker import free_port, mosquitto_binary, start_mosquitto
 
 REPO = Path(__file__).resolve().parents[2]
@@ -293,20 +295,27 @@ def test_the_default_port_taken_moves_the_api_and_says_so(tmp_path: Path) -> Non
     assert "port 8000" not in done.stdout
 
 
-def test_a_privileged_port_without_privileges_stops_the_demo_with_status_2() -> None:
-    # As an unprivileged user (the tests run as root, which may bind port 80).
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    with tempfile.TemporaryDirectory() as folder:
-        Path(folder).chmod(0o777)
-        done = _run_demo_on(Path(folder) / "demo", ["--port", "80", *NO_SITE], nobody)
-    assert done.returncode == 2
-    assert done.stderr == "demo: port 80 needs privileges; give a port above 1023\n"
+def test_a_privileged_port_without_privileges_stops_the_demo_with_status_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The tests may run as root, which binds port 80: the kernel's refusal of an unprivileged
+    # user is made here by bind itself, in the demo's own process.
+    real_bind = socket.socket.bind
+
+    def bind(sock: socket.socket, address: Any) -> None:
+        if address[1] == 80:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_bind(sock, address)
+
+    monkeypatch.setattr(socket.socket, "bind", bind)
+    argv = ["demo", "--no-browser", "--port", "80", *NO_SITE, "--workdir", str(tmp_path / "demo")]
+    assert cli.main(argv) == 2
+    assert capsys.readouterr().err == "demo: port 80 needs privileges; give a port above 1023\n"
+    assert not (tmp_path / "demo").exists()
 
 
-def _run_demo_on(
-    workdir: Path, options: list[str], prefix: tuple[str, ...] | list[str] = ()
-) -> subprocess.CompletedProcess[str]:
-    argv = [*prefix, sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", *options]
+def _run_demo_on(workdir: Path, options: list[str]) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser", *options]
     argv += ["--workdir", str(workdir)]
     return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
 
