@@ -488,7 +488,8 @@ class Outbox:
     def _deliver_some(self, conn: sqlite3.Connection) -> bool:
         """One round over the oldest pending operations; False when nothing could be sent.
         See the outbox's design above for its order and for bodies naming an aliased id."""
-        _finish_rewrites(conn, self.REWRITE_CHUNK)  # one a crash cut short, before any send
+        # One a crash or a stop cut short, before any send.
+        _finish_rewrites(conn, self.REWRITE_CHUNK, self._stop)
         ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
             return False
@@ -675,7 +676,7 @@ class Outbox:
                 _move_patches(conn, aliases)
                 _plan_rewrites(conn, aliased, sent_to)
         if aliases:
-            _finish_rewrites(conn, self.REWRITE_CHUNK)
+            _finish_rewrites(conn, self.REWRITE_CHUNK, self._stop)
         with self._counts_lock:
             self._counts["sent"] += len(ops)
         for local, api in aliases.items():
@@ -870,21 +871,23 @@ def _plan_rewrites(conn: sqlite3.Connection, aliased: list[tuple[_Op, str]], sen
     )
 
 
-def _finish_rewrites(conn: sqlite3.Connection, chunk: int) -> None:
+def _finish_rewrites(conn: sqlite3.Connection, chunk: int, stop: threading.Event) -> None:
     """Run the recorded rewrites to their end, ``chunk`` bodies a transaction.
 
     Between two transactions producers may write, but nothing is sent: the delivery thread,
     the only sender of the file, is the one rewriting, and it finishes (after a crash too,
     before its next round) before it sends anything. An operation producers queue meanwhile
-    is rewritten as it is queued: the alias was committed first."""
+    is rewritten as it is queued: the alias was committed first. A stop between two
+    transactions raises :class:`CancelledError`, which ends the delivery thread before it
+    sends anything more; the next start finishes the rewrite from where it was left."""
     unfinished = conn.execute("SELECT 1 FROM outbox_rewrites LIMIT 1").fetchone() is not None
     while unfinished:
         with _write(conn):
             unfinished = _rewrite_unsent(conn, chunk)
-        if unfinished:
-            # A producer waiting for the write lock tries again at least every 0.1 s (SQLite's
-            # busy handler): without a pause it would miss each gap and wait out the whole.
-            time.sleep(0.15)
+        # A producer waiting for the write lock tries again at least every 0.1 s (SQLite's
+        # busy handler): without a pause it would miss each gap and wait out the whole.
+        if unfinished and stop.wait(0.15):
+            raise CancelledError
 
 
 def _rewrite_unsent(conn: sqlite3.Connection, chunk: int) -> bool:

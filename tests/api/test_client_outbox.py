@@ -776,6 +776,58 @@ outbox.flush(30)
 """
 
 
+class StoppedInTheRewrite(Outbox):
+    """Rewrites one body a transaction, and holds its first rewrite transaction open until
+    the outbox is told to stop."""
+
+    REWRITE_CHUNK = 1
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.rewriting = threading.Event()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+
+        def trace(sql: str) -> None:
+            if sql.startswith("UPDATE outbox_rewrites") and not self.rewriting.is_set():
+                self.rewriting.set()
+                self._stop.wait(30)
+
+        conn.set_trace_callback(trace)
+        return conn
+
+
+def test_a_stop_during_a_rewrite_ends_delivery_before_anything_more_is_sent(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A rewrite a crash cut short is finished when delivery starts again; a stop meanwhile
+    ends delivery there, and the next start finishes it."""
+    sha, held = held_candidate(api_server, "stop-x", 121)
+    path = tmp_path / "outbox-stop.db"
+    with Outbox(path, None, component="t").transaction() as txn:
+        x = txn.create_candidate(candidate("stop-x", sha))
+        ids = [
+            txn.create_candidate({**candidate(f"stop-{i}", sha), "references": [x]})
+            for i in range(3)
+        ]
+    token = api_server.tokens["producer"]
+    run = [sys.executable, "-c", CRASHING_DELIVERY, str(path), api_server.url, token]
+    assert subprocess.run(run, capture_output=True, timeout=60).returncode == 3
+
+    outbox = StoppedInTheRewrite(path, ApiClient(api_server.url, token, timeout=5), component="t")
+    outbox.start()
+    assert outbox.rewriting.wait(30)
+    outbox.stop()
+    assert [t for t in threading.enumerate() if t.name == "outbox-t"] == []
+    assert outbox.depth() == 3
+    assert [c["id"] for c in all_candidates(api_server)] == [held]
+
+    deliver(Outbox(path, ApiClient(api_server.url, token, timeout=5), component="t"))
+    with api_server.client("reviewer") as http:
+        assert [http.get(f"/candidates/{c}").json()["references"] for c in ids] == [[held]] * 3
+
+
 def test_a_rewrite_a_crash_cut_short_is_finished_before_anything_is_sent(
     api_server: Any, tmp_path: Path
 ) -> None:
