@@ -22,7 +22,7 @@ const state = {
   // While a load is in flight (null when none is), what this tab heard of cases meanwhile, by
   // id: the page it brings may have been read before (see upToDate, applyMeanwhile). note is
   // the case as learned ({ c, full }: its own decision's answer, or a conflict's lookup, in
-  // full; an event's summary otherwise), lookUp a live change to look up once the page lands.
+  // full; an event's summary otherwise), askAgain a live change to look up once the page lands.
   meanwhile: null,
   queued: new Set(), lookingUp: new Set(), // live changes to look up: see refresh
   missed: false, retries: 0, retryTimer: null, lastId: null, // live updates: see connectEvents
@@ -191,8 +191,12 @@ async function load(append = false, keep = false) {
     if (seq === state.loadSeq) landed();
     return;
   }
-  const kept = keep && !append ? await keptCase(page, seq) : null;
+  const kept = keep && !append ? await keptCase(page, seq) : {};
   if (seq !== state.loadSeq) return; // a newer filter change won
+  if (kept.failed) { // not known as it is now: the list stays as it is, as when a page fails
+    landed();
+    return;
+  }
   const shown = state.items[state.selected]?.id;
   if (append) appendPage(page);
   else replacePage(page, kept);
@@ -220,42 +224,65 @@ function landed() {
 // The case to keep selected across a reload: the one selected when the page lands (the
 // reviewer may have decided the one selected when it was asked). One the page does not list
 // (decided elsewhere since, or listed on a later page) is looked up, to stay on screen rather
-// than be replaced unseen by the next case, which the next key would decide.
+// than be replaced unseen by the next case, which the next key would decide. The answer:
+// { id } the page's copy is kept (or none, without an id); { id, c, gone } the copy to keep,
+// gone when it left the list (decided elsewhere); { failed: true } when the lookup failed.
 async function keptCase(page, seq) {
   let looked = null;
   for (;;) {
-    const id = state.items[state.selected]?.id;
-    const listed = page.items.some((x) => x.id === id);
-    if (!id || listed || looked?.id === id || seq !== state.loadSeq) {
-      return { id, looked: looked?.id === id ? looked : null };
+    const shown = state.items[state.selected];
+    const id = shown?.id;
+    if (!id || seq !== state.loadSeq) return { id };
+    // Held as decided elsewhere: this tab knows it already (the page may show it later).
+    if (state.gone === id) return { id, c: shown, gone: true };
+    if (page.items.some((x) => x.id === id)) return { id };
+    if (id === state.deciding) { // its answer shows the outcome (see lookUp), not a lookup
+      state.recheck = true;
+      return { id, c: shown, gone: false };
     }
+    if (looked?.id === id) return lookedUp(shown, looked);
     try {
       looked = await get(`/candidates/${id}`);
     } catch (err) {
-      toast(err.message, true); // not known as it is now: the first case is selected
-      return { id, looked: null };
+      toast(err.message, true);
+      return { failed: true };
     }
   }
 }
 
+// A looked-up case to keep, as this tab knows it now (see upToDate). It left the list when its
+// status changed from the one listed (decided elsewhere); one merely outside the filters the
+// page was read with (changed since the list was read) is not kept (see replacePage).
+function lookedUp(shown, looked) {
+  const [c] = upToDate([looked], looked.id);
+  return { id: c.id, c, gone: c.status !== shown.status && !matches(c) };
+}
+
 function appendPage(page) {
-  // A case shown live since the last page may come again in this one.
+  // A case shown live since the last page, or kept from a later one, may come again in this
+  // one; the next page's cases go where the API lists them, newest first (see sortedIndex).
   const listed = new Set(state.items.map((x) => x.id));
-  state.items = [...state.items, ...upToDate(page.items.filter((x) => !listed.has(x.id)))];
-  if (state.selected < 0 && state.items.length) state.selected = 0; // the list had drained
+  const shown = state.items[state.selected];
+  for (const c of upToDate(page.items.filter((x) => !listed.has(x.id)))) {
+    state.items.splice(sortedIndex(c), 0, c);
+  }
+  // The list had drained: the next page's first case is next.
+  state.selected = shown ? state.items.indexOf(shown) : (state.items.length ? 0 : -1);
 }
 
 // A first page in place of the list. The case kept selected (kept: see keptCase) stays, as the
 // page or its lookup shows it; one that left the list stays shown as decided elsewhere, without
 // its actions, until the reviewer moves on (see moveOn), as when heard live (see applyUpdate).
-function replacePage(page, kept) {
-  const keepId = kept?.id;
-  const held = state.gone === keepId ? state.items.find((x) => x.id === keepId) : undefined;
-  state.items = upToDate(page.items, keepId, held);
-  if (kept?.looked) state.items.splice(sortedIndex(kept.looked), 0, kept.looked);
-  const index = keepId ? state.items.findIndex((x) => x.id === keepId) : -1;
-  const keptNow = state.items[index];
-  state.gone = keptNow && !matches(keptNow) ? keepId : null; // as the page would not list it
+// One neither listed nor decided elsewhere (outside the filters now) is not kept.
+function replacePage(page, { id, c, gone }) {
+  state.items = upToDate(page.items, id, gone ? c : undefined);
+  let index = id ? state.items.findIndex((x) => x.id === id) : -1;
+  if (index < 0 && c && (gone || matches(c))) {
+    index = sortedIndex(c);
+    state.items.splice(index, 0, c);
+  }
+  // Still gone unless the page shows it later than this tab knew it (see upToDate).
+  state.gone = gone && state.items[index] === c ? id : null;
   state.selected = index >= 0 ? index : (state.items.length ? 0 : -1);
 }
 
@@ -268,15 +295,15 @@ function stamp(c) {
 }
 
 // While a load is in flight, what this tab heard of a case meanwhile (see state.meanwhile).
-function heardMeanwhile(id) {
-  if (!state.meanwhile.has(id)) state.meanwhile.set(id, { note: null, lookUp: false });
+function meanwhileEntry(id) {
+  if (!state.meanwhile.has(id)) state.meanwhile.set(id, { note: null, askAgain: false });
   return state.meanwhile.get(id);
 }
 
 // Note what this tab learned of a case while a load is in flight (see upToDate).
 function noteWhileLoading(c, full) {
   if (!state.meanwhile) return; // no page on its way: the next one is read after this
-  const heard = heardMeanwhile(c.id);
+  const heard = meanwhileEntry(c.id);
   const known = heard.note?.c;
   // The later wins; of two of the same change (this tab's answer and its event) the full one.
   if (!known || stamp(c) > stamp(known) || (full && stamp(c) === stamp(known))) {
@@ -798,7 +825,7 @@ function onEvent(message) {
 // Ids wait in state.queued (once each, however many events name them) for a free lookup.
 function refresh(id) {
   if (state.meanwhile) { // the page on its way may not know of the change: apply it there
-    heardMeanwhile(id).lookUp = true;
+    meanwhileEntry(id).askAgain = true;
     return;
   }
   state.queued.add(id);
@@ -822,7 +849,7 @@ async function lookUp(id) {
   let full;
   try { full = await get(`/candidates/${id}`); } catch { return; }
   if (state.meanwhile) {
-    heardMeanwhile(id).lookUp = true;
+    meanwhileEntry(id).askAgain = true;
   } else if (full.id === state.deciding) {
     // This tab's decision on it is in flight: a success shows its outcome by its answer, a
     // conflict the case as decided elsewhere. Either way it is looked up again after the answer
@@ -871,7 +898,7 @@ function beforeNextPage(c) {
 function applyMeanwhile() {
   const heard = state.meanwhile || new Map();
   state.meanwhile = null;
-  for (const [id, { lookUp }] of heard) if (lookUp) refresh(id);
+  for (const [id, { askAgain }] of heard) if (askAgain) refresh(id);
 }
 
 // Each event's id is "<updated_at>|<case id>". After a break the browser reconnects by itself

@@ -3,6 +3,7 @@ elsewhere) lands after the decision, and must not list the case again."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -247,9 +248,12 @@ def test_back_in_the_queue_a_case_decided_elsewhere_meanwhile_stays_shown_so(
     decided_by_admin(console, shown)
     page.wait_for_selector("#decided-elsewhere")
     route, read = away_and_back(page)  # the page read after the decision
+    # Known decided: not looked up again (a lookup failing would not show it otherwise).
+    failed = failing_lookups(page, shown, "503", times=1)
 
     land(page, route, read)
     held_decided_elsewhere(ui, shown, [shown, other], "已确认")
+    assert len(failed) == 1  # the detail pane's read, once the list was drawn
     moved_on(ui, shown, other, console)
 
 
@@ -328,8 +332,13 @@ def test_a_more_page_read_before_a_decision_elsewhere_does_not_list_the_case(
     assert ui.rows() == cases[:-1]
     assert ui.selected() == cases[0]
     assert page.is_hidden("#queue-more")
-    release()  # the case heard changed is looked up all the same
-    ui.wait_rows(sorted(cases[:-1]))
+    # The case heard changed is looked up all the same, and stays off the list.
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{cases[-1]}")) as answer:
+        release()
+    assert answer.value.json()["status"] == "confirmed"
+    page.evaluate("1")  # the console has handled the answer
+    assert ui.rows() == cases[:-1]
+    assert ui.selected() == cases[0]
 
 
 def test_a_first_page_whose_cases_were_all_decided_meanwhile_loads_the_next(
@@ -346,3 +355,183 @@ def test_a_first_page_whose_cases_were_all_decided_meanwhile_loads_the_next(
     ui.wait_rows([cases[-1]])
     assert ui.selected() == cases[-1]
     actionable(page, cases[-1])
+
+
+def failing_lookups(page: Any, cid: str, how: str, times: int | None = None) -> list[Any]:
+    """Make the console's lookups of ``cid`` fail (``how``: "abort", or an HTTP status with
+    the detail "lookup <status>"): the requests that failed so."""
+    failed: list[Any] = []
+
+    def fail(route: Any) -> None:
+        failed.append(route)
+        if how == "abort":
+            route.abort()
+        else:
+            route.fulfill(
+                status=int(how),
+                content_type="application/problem+json",
+                body=json.dumps({"title": "failed", "detail": f"lookup {how}"}),
+            )
+
+    page.route(f"**/api/v1/candidates/{cid}", fail, times=times)
+    return failed
+
+
+def confirmed_elsewhere_then_moved_on(ui: Any, shown: str, other: str, console: Any) -> None:
+    """``shown``, confirmed by the admin, is held as decided elsewhere before ``other``; the
+    reviewer moves on (see moved_on)."""
+    held_decided_elsewhere(ui, shown, [shown, other], "已确认")
+    moved_on(ui, shown, other, console)
+
+
+def back_in_with_the_lookup_failing(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, how: str, times: int | None = None
+) -> tuple[Any, str, str]:
+    """Logged out on ``c`` (see logged_out_on_c), the case is decided elsewhere; logged in
+    again, the list (which leaves it out) lands and the case's lookup fails (``how``, see
+    failing_lookups) once: the page, the case's id and the other's."""
+    page, shown, other = logged_out_on_c(ui, seeder, frames, console)
+    decided_by_admin(console, shown)  # while this tab is logged out: the page leaves it out
+    route, read = held_list(page, lambda: page.click("#login-form button[type=submit]"))
+    failed = failing_lookups(page, shown, how, times)
+    land(page, route, read)
+    assert len(failed) == 1
+    return page, shown, other
+
+
+@pytest.mark.parametrize("how", ["abort", "500", "503"])
+def test_a_failed_lookup_of_the_kept_case_keeps_the_list_as_it_was(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, how: str
+) -> None:
+    page, shown, other = back_in_with_the_lookup_failing(ui, seeder, frames, console, how)
+    # Not known as it is now: the list stays, the reviewer's case selected, not the next one.
+    assert ui.rows() == [shown, other]
+    assert ui.selected() == shown
+    if how != "abort":
+        assert page.inner_text("#toast.error") == f"lookup {how}"
+    page.unroute(f"**/api/v1/candidates/{shown}")
+    # c meant the case on screen: refused, shown as decided elsewhere; the other is not decided.
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{shown}/review")) as sent:
+        page.keyboard.press("c")
+    assert sent.value.status == 409
+    confirmed_elsewhere_then_moved_on(ui, shown, other, console)
+
+
+def test_a_lookup_of_the_kept_case_answered_401_keeps_the_place_for_after_logging_in(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    # The session is lost again by the time the case is looked up.
+    page, shown, other = back_in_with_the_lookup_failing(ui, seeder, frames, console, "401", 1)
+    page.wait_for_selector("#login:not([hidden])")
+    assert ui.rows() == [shown, other]
+    assert ui.selected() == shown
+    page.fill("#token", console.tokens["reviewer"])
+    route, read = held_list(page, lambda: page.click("#login-form button[type=submit]"))
+    land(page, route, read)
+    confirmed_elsewhere_then_moved_on(ui, shown, other, console)
+
+
+def test_back_in_the_queue_after_a_failed_filter_change_a_new_case_is_not_decided_elsewhere(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = listening(ui, seeder, frames)
+    decided_by_admin(console, other)
+    ui.wait_rows([shown])
+    # The confirmed cases' list fails: the new ones stay listed, the form says confirmed.
+    route, _read = held_list(page, lambda: page.select_option("#f-status", "confirmed"))
+    route.abort()
+    page.wait_for_selector("#toast.error")
+
+    route, read = away_and_back(page)  # the confirmed cases: the new one is not among them
+    land(page, route, read)
+    # Merely outside the filters now: not kept, and not shown as decided elsewhere.
+    assert ui.rows() == [other]
+    assert ui.selected() == other
+    page.wait_for_selector(f"#detail .detail-head:has-text('{other}')")
+    assert page.locator("#decided-elsewhere").count() == 0
+    assert page.locator("#queue-body tr.gone").count() == 0
+    assert status_of(console, shown)["status"] == "new"
+
+
+def test_a_reload_keeping_the_case_during_a_filter_change_does_not_mark_it_decided(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = listening(ui, seeder, frames)
+    decided_by_admin(console, other)
+    ui.wait_rows([shown])
+    # The confirmed cases are asked for; before they come, the language is switched, which
+    # reloads the list keeping the case selected.
+    held_list(page, lambda: page.select_option("#f-status", "confirmed"))  # left unanswered
+    second, read = held_list(page, lambda: page.click("#app .lang-toggle"))
+    assert "status=confirmed" in second.request.url
+    land(page, second, read)
+    assert ui.rows() == [other]
+    assert ui.selected() == other
+    page.wait_for_selector(f"#detail .detail-head:has-text('{other}')")
+    assert page.locator("#decided-elsewhere").count() == 0
+    assert status_of(console, shown)["status"] == "new"
+
+
+def test_this_tabs_own_decision_during_the_kept_cases_lookup_is_not_decided_elsewhere(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = fifty_one(ui, seeder, frames)
+    page = ui.page
+    last = cases[-1]
+    page.click("#queue-more")
+    ui.wait_rows(sorted(cases))
+    page.click(f"#queue-body tr[data-id='{last}']")
+    actionable(page, last)
+    route, read = away_and_back(page)
+    release = held_lookups(page, last)
+    answers: list[Any] = []
+    page.route(f"**/api/v1/candidates/{last}/review", lambda r: answers.append(r), times=1)
+    with page.expect_request(lambda r: r.url.endswith(f"/candidates/{last}")):
+        route.fulfill(response=read)  # the first page does not list it: looked up, held
+    page.keyboard.press("c")  # on the case the reviewer sees selected
+    post = wait_held(page, answers)
+    answer = post.fetch()  # the decision is made; its answer is held
+    assert answer.status == 200
+
+    page.evaluate(WATCH_QUEUE)
+    release()  # the lookup reads the case as this tab's decision left it
+    page.wait_for_function("() => window.__redrawn > 0")
+    assert ui.rows() == cases
+    assert ui.selected() == last
+    assert page.locator("#decided-elsewhere").count() == 0
+    assert page.locator("#queue-body tr.gone").count() == 0
+    post.fulfill(response=answer)
+    ui.wait_rows(sorted(cases[:-1]))
+    assert ui.rows() == cases[:-1]
+    assert ui.selected() == cases[-2]
+    assert page.locator("#decided-elsewhere").count() == 0
+    assert status_of(console, last)["history"][-1]["who"] == "test-reviewer"
+
+
+def test_more_after_a_kept_case_of_a_later_page_keeps_the_list_newest_first(
+    ui: Any, seeder: Any, frames: list[bytes]
+) -> None:
+    ui.page.add_init_script(RECORD_EVENTS)
+    cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(52)]
+    ui.login("reviewer")
+    page = ui.page
+    page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
+    page.wait_for_selector("#live.on")
+    first = ui.rows()
+    newest_first = [*first, cases[1]["id"], cases[0]["id"]]
+    page.click("#queue-more")
+    ui.wait_rows(sorted(newest_first))
+    assert ui.rows() == newest_first
+    oldest = cases[0]["id"]
+    page.click(f"#queue-body tr[data-id='{oldest}']")
+    actionable(page, oldest)
+
+    route, read = away_and_back(page)  # the first page, then the case kept from the second
+    land(page, route, read)
+    assert ui.rows() == [*first, oldest]
+    assert ui.selected() == oldest
+    page.click("#queue-more")
+    ui.wait_rows(sorted(newest_first))
+    assert ui.rows() == newest_first  # once each, newest first
+    assert ui.selected() == oldest
+    actionable(page, oldest)
