@@ -257,7 +257,7 @@ def test_evidence_uploaded_after_its_candidates_completes_them(api: Any) -> None
         ["description", "evidence"],
         ["evidence"],
     ]
-    rejected = api.review(rejected["id"], "reject", reason_code="other").json()
+    rejected = api.review(rejected["id"], "reject", reason_code="other", reason="blurred").json()
     api.clock.advance(minutes=1)
     assert put(api, api.jpeg(5), "image/jpeg").status_code == 201
     entry = {"at": api.clock.now.isoformat(), "who": "test-producer", "fields": ["evidence"]}

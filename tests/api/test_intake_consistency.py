@@ -94,7 +94,9 @@ def test_a_patch_replayed_after_the_candidate_was_rejected_gets_its_first_answer
     doc = post(api, api.body("e1", api.put_jpeg()), key="k-create").json()
     first = patch(api, doc["id"], {"description": "fuller"}, "k-patch")
     assert first.status_code == 200
-    assert api.review(doc["id"], "reject", reason_code="other").status_code == 200
+    assert (
+        api.review(doc["id"], "reject", reason_code="other", reason="see photo").status_code == 200
+    )
     again = patch(api, doc["id"], {"description": "fuller"}, "k-patch")
     assert (again.status_code, again.json()) == (200, first.json())
     # Under a new key the same patch is judged against the candidate as it is now.
@@ -107,7 +109,9 @@ def test_a_key_reused_with_another_body_is_refused_whatever_that_body_names(api:
     assert patch(api, doc["id"], {"description": "a"}, "k-patch").status_code == 200
     # Each of these bodies, under a new key, would be refused otherwise: 404, 410, 409.
     assert_other_body(patch(api, str(uuid.uuid4()), {"description": "a"}, "k-patch"))
-    assert api.review(doc["id"], "reject", reason_code="other").status_code == 200
+    assert (
+        api.review(doc["id"], "reject", reason_code="other", reason="see photo").status_code == 200
+    )
     assert_other_body(patch(api, doc["id"], {"description": "b"}, "k-patch"))
     assert_other_body(post(api, {**api.body("e2", sha), "id": doc["id"]}, key="k-post"))
     assert post(api, {**api.body("e2", sha), "id": doc["id"]}, key="k-other").status_code == 409
