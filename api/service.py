@@ -2,9 +2,10 @@
 
 Every operation is one short database transaction; an idempotent write claims its key first
 in the same transaction, so a known key is answered before any work. A request whose key
-another request is running right now gets 409 at once; one that comes after that request
-committed replays its stored response. A batch claims its keys in a transaction of their own.
-Notifications go out after commit.
+another request is running right now gets 409 at once (with one exception on PostgreSQL, see
+``CandidateService.idempotent``); one that comes after that request committed, or meets a
+concurrent replay of a done key, replays its stored response. A batch claims its keys in a
+transaction of their own. Notifications go out after commit.
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ SURROGATES = "text must be valid Unicode (no lone surrogates)"
 # An in-flight idempotency key older than this belongs to a request that died: take it over.
 STALE_IN_FLIGHT = timedelta(seconds=60)
 IN_FLIGHT = "a request with this Idempotency-Key is in flight"
+OTHER_BODY = "this Idempotency-Key was used with another request body"
 # Merge candidates for a case (GET /candidates?near=): those that occurred this close to it.
 NEAR_WINDOW = timedelta(hours=24)
 # Only candidates received within this of the window are read: a case is received at most
@@ -165,10 +167,16 @@ _CLAIM_LOCKED = text(
     " 'in_flight', :created_at FROM held WHERE got ON CONFLICT DO NOTHING RETURNING 1)"
     " SELECT got, EXISTS (SELECT FROM claim) AS claimed FROM held"
 )
-# PostgreSQL: a batch's keys whose advisory lock another transaction holds. Try-locks never
-# wait, so two batches with keys in opposite orders cannot deadlock on them.
-_KEYS_IN_FLIGHT = text(
-    "SELECT k FROM unnest(CAST(:keys AS TEXT[])) AS k WHERE NOT pg_try_advisory_xact_lock("
+# PostgreSQL: try-lock a batch's keys that are not done (a replay needs no lock, and 500
+# locks per claim fill PostgreSQL's shared lock table soon enough); the keys whose lock
+# another transaction holds. Try-locks never wait, so two batches with keys in opposite
+# orders cannot deadlock on them. The CTE is materialized so that done keys are filtered out
+# before any lock is tried.
+_TRY_LOCK_KEYS = text(
+    "WITH open AS MATERIALIZED (SELECT k FROM unnest(CAST(:keys AS TEXT[])) AS k"
+    " WHERE NOT EXISTS (SELECT FROM idempotency AS i WHERE i.key = k"
+    " AND i.principal = CAST(:principal AS TEXT) AND i.state = 'done'))"
+    " SELECT k FROM open WHERE NOT pg_try_advisory_xact_lock("
     + _key_lock("CAST(:principal AS TEXT)", "k")
     + ")"
 )
@@ -295,7 +303,9 @@ class KeysInFlight:
     @contextlib.contextmanager
     def hold(self, who: str, keys: Iterable[str]) -> Iterator[set[str]]:
         """Hold those of ``keys`` that no other request holds until the block ends; yields
-        the others (all of them taken at once, so two batches cannot each get a part)."""
+        the others. All are looked at under one lock, so two batches of this process with the
+        same keys cannot each get a part; across processes (and for overlapping key sets) a
+        batch may meet some of its keys in flight and not others."""
         wanted = {(who, key) for key in keys}
         with self._lock:
             busy = wanted & self._held
@@ -311,12 +321,27 @@ class KeysInFlight:
 def _stored_text(row: IdempotencyRow, digest: str, now: datetime) -> tuple[int, str] | None:
     """A key's stored response as JSON text, or None for a stale claim; 422 / 409 otherwise."""
     if row.request_hash != digest:
-        raise Problem(422, "this Idempotency-Key was used with another request body")
+        raise Problem(422, OTHER_BODY)
     if row.state == "done" and row.status_code is not None:
         return row.status_code, row.response or "{}"
     if now - row.created_at < STALE_IN_FLIGHT:
         raise Problem(409, IN_FLIGHT)
     return None
+
+
+def _done(row: IdempotencyRow | None) -> bool:
+    return row is not None and row.state == "done" and row.status_code is not None
+
+
+def _done_text(row: IdempotencyRow | None, digest: str) -> tuple[int, str]:
+    """The answer to a key another request holds right now (its registry entry or advisory
+    lock): the committed ``row``'s stored response if the key is done, as that request is
+    then a replay too (422 for another body, as :func:`_stored_text`); 409 otherwise."""
+    if row is None or not _done(row):
+        raise Problem(409, IN_FLIGHT)
+    stored = _stored_text(row, digest, row.created_at)
+    assert stored is not None  # a done row always has its response
+    return stored
 
 
 def _stored_response(
@@ -481,12 +506,25 @@ class CandidateService:
         itself (work that fails takes its claim back with it). SQLite API processes sharing
         one file do not see each other's keys in flight: there the second waits for the write
         lock and then replays the first.
+
+        A request that meets the key held (registry or advisory lock) reads the key's
+        committed row: if the key is done, the holder is a replay too, and so is this one.
+
+        Not at once in one case (PostgreSQL): a batch claims its keys in a transaction of
+        their own and finishes them in its work transaction, which holds no advisory lock. A
+        request in another API process that comes after the batch's finishing UPDATE gets the
+        key's lock, and its INSERT ... ON CONFLICT waits for that row until the batch commits;
+        it then replays the batch's answer (the right answer, only not at once).
+
+        After an internal retry (IntegrityError, deadlock, a dropped connection) the request
+        itself may get 409: another request may have taken the key in between.
         """
         key = check_key(key)
         with self._in_flight.hold(who.name, [key]) as busy:
             if busy:
-                raise Problem(409, IN_FLIGHT)
-            outcome = self._run_once(who, key, digest, work)
+                outcome: tuple[int, str] | Outcome = self._replay_done(who.name, key, digest)
+            else:
+                outcome = self._run_once(who, key, digest, work)
         if not isinstance(outcome, Outcome):
             # A replay: a file its candidate waited for may have landed since, while the
             # first answer's own look after commit failed.
@@ -527,6 +565,12 @@ class CandidateService:
                 log.info("key %s of %s: %s; running it again", key, who.name, type(exc).__name__)
         raise Problem(409, IN_FLIGHT)
 
+    def _replay_done(self, who: str, key: str, digest: str) -> tuple[int, str]:
+        """A key another request of this process holds: its committed response when the key
+        is done (that request replays it too), else 409 (:func:`_done_text`)."""
+        with self.db.read() as session:
+            return _done_text(session.get(IdempotencyRow, (key, who)), digest)
+
     def _claim(self, session: Session, who: str, key: str, digest: str) -> tuple[int, str] | None:
         """Claim the key in ``session``'s transaction (None) or return its stored response;
         422 / 409 as :func:`_stored_text` judges a known key."""
@@ -540,9 +584,12 @@ class CandidateService:
             "response": None,
             "created_at": now,
         }
-        if self._insert_claim(session, values):
+        got, claimed = self._insert_claim(session, values)
+        if claimed:
             return None
         row = session.get(IdempotencyRow, (key, who))
+        if not got:
+            return _done_text(row, digest)
         if row is None:
             raise _KeyTaken  # a failed batch released it after the insert met it (PostgreSQL)
         stored = _stored_text(row, digest, now)
@@ -550,16 +597,15 @@ class CandidateService:
             self._take_over(session, who, key, row.created_at, now)
         return stored
 
-    def _insert_claim(self, session: Session, values: JsonDict) -> bool:
-        """Insert a key's claim; whether the key was new. 409 when another transaction holds
-        the key's advisory lock (PostgreSQL): its claim is in flight, committed or not."""
+    def _insert_claim(self, session: Session, values: JsonDict) -> tuple[bool, bool]:
+        """Insert a key's claim: whether the key's advisory lock was free (PostgreSQL; else
+        another transaction holds the key, which is in flight unless its row is done) and
+        whether the key was new (nothing is inserted without the lock)."""
         conn = session.connection()
         if not self._pg:
-            return conn.execute(self._insert_record, values).first() is not None
+            return True, conn.execute(self._insert_record, values).first() is not None
         got, claimed = conn.execute(_CLAIM_LOCKED, values).one()
-        if not got:
-            raise Problem(409, IN_FLIGHT)
-        return bool(claimed)
+        return bool(got), bool(claimed)
 
     @staticmethod
     def _take_over(
@@ -568,8 +614,9 @@ class CandidateService:
         """Take over a stale claim made at ``claimed_at``; :class:`_KeyTaken` if another
         request took it over or finished it since it was read.
 
-        A conditional UPDATE, as the claim was read without a lock: on PostgreSQL a second
-        taker waits for the first and then finds the row changed, so only one of them wins.
+        A conditional UPDATE, as the claim was read without a lock: only one taker wins. Under
+        this version's key locks no two takers meet; a worker of an older version (during a
+        rolling upgrade) may, and then waits for the first and finds the row changed.
         """
         taken = session.connection().execute(
             update(IdempotencyRow)
@@ -711,24 +758,24 @@ class CandidateService:
     ) -> _BatchClaims:
         """Claim every key of a batch in one transaction; fill in replays and refusals.
 
-        The items of the keys in ``busy`` (in flight in this process) get 409 without a look.
+        The keys in ``busy`` are held by another request of this process: their items replay
+        the key's committed response if it is done, else get 409.
         """
+        # Keys all held elsewhere need no write: their items are answered from a read.
+        claim = self.db.write if any(key not in busy for _i, key, _d, _p in valid) else self.db.read
         for _attempt in range(5):
             claims = _BatchClaims()
-            for index, key, _d, _p in valid:
-                if key in busy:
-                    claims.refuse(index, Problem(409, IN_FLIGHT))
-            todo = [item for item in valid if item[1] not in busy]
             try:
-                if todo:
-                    with self.db.write() as session:
-                        self._claim_keys(session, who.name, todo, claims)
+                if valid:
+                    with claim() as session:
+                        self._claim_keys(session, who.name, valid, busy, claims)
             except (IntegrityError, _KeyTaken):
                 continue  # a concurrent request claimed one of the keys first: look again
             except DBAPIError as exc:
-                # A deadlock PostgreSQL broke by rolling this claim back (the key order rules
-                # out most, not a key one batch inserts while another takes it over):
-                # nothing was claimed, look again.
+                # A deadlock PostgreSQL broke by rolling this claim back: nothing was claimed,
+                # look again. The try-locks rule out deadlocks between claims of this
+                # version; the retry remains for workers of an older version (which claim
+                # without them) during a rolling upgrade.
                 if not _deadlock(exc):
                     raise
                 continue
@@ -739,26 +786,38 @@ class CandidateService:
         raise Problem(409, "requests with these Idempotency-Keys are in flight")
 
     def _claim_keys(
-        self, session: Session, who: str, valid: list[_BatchItem], claims: _BatchClaims
+        self,
+        session: Session,
+        who: str,
+        todo: list[_BatchItem],
+        busy: set[str],
+        claims: _BatchClaims,
     ) -> None:
         """:meth:`_claim_batch`'s transaction: the items' keys, claimed into ``claims``.
 
-        The keys are claimed in key order, whatever the items' order: two batches with keys
-        in opposite orders would otherwise each hold one key's row and wait for the other's
-        (a deadlock on PostgreSQL).
+        On PostgreSQL the keys not in ``busy`` and not done yet are try-locked first, then
+        read. Keys held elsewhere (``busy`` in this process, locked by another transaction)
+        replay if done, else get 409. The keys are claimed in key order, whatever the items'
+        order, as claims of an older version (during a rolling upgrade) take no try-locks and
+        could deadlock otherwise.
         """
-        keys = sorted({key for _i, key, _d, _p in valid})
-        elsewhere = self._locked_elsewhere(session, who, keys)
+        keys = sorted({key for _i, key, _d, _p in todo})
+        held = busy | self._locked_elsewhere(session, who, [k for k in keys if k not in busy])
         found = select(IdempotencyRow).where(
             IdempotencyRow.principal == who, IdempotencyRow.key.in_(keys)
         )
         known = {row.key: row for row in session.scalars(found)}
         seen: dict[str, tuple[int, str]] = {}
         # By key, then item: the first item of a repeated key stays the first.
-        for item in sorted(valid, key=lambda v: (v[1], v[0])):
+        for item in sorted(todo, key=lambda v: (v[1], v[0])):
             index, key, digest, _parsed = item
-            if key in elsewhere:
-                claims.refuse(index, Problem(409, IN_FLIGHT))
+            if key in held:
+                try:
+                    stored = _done_text(known.get(key), digest)
+                except Problem as exc:
+                    claims.refuse(index, exc)
+                    continue
+                claims.add(item, (stored[0], json.loads(stored[1])))
             elif key in seen:
                 claims.repeat(index, digest, seen[key])
             else:
@@ -771,11 +830,12 @@ class CandidateService:
                 claims.add(item, replay)
 
     def _locked_elsewhere(self, session: Session, who: str, keys: list[str]) -> set[str]:
-        """Take the keys' advisory locks (PostgreSQL) for the claim's transaction; the keys
-        another transaction holds, which are in flight in another API process."""
+        """Take the advisory locks (PostgreSQL) of the keys that are not done for the claim's
+        transaction; the keys another transaction holds, which are in flight in another API
+        process unless they are done by now."""
         if not self._pg or not keys:
             return set()
-        found = session.connection().execute(_KEYS_IN_FLIGHT, {"keys": keys, "principal": who})
+        found = session.connection().execute(_TRY_LOCK_KEYS, {"keys": keys, "principal": who})
         return set(found.scalars())
 
     def _create(
