@@ -247,7 +247,9 @@ def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None
         batches = list(pool.map(post, range(4)))
     # Per key: the batch that claimed it creates the candidate (201), a later one replays that
     # response (201, the same body), one that meets the claim in flight gets 409. The server
-    # process holds a batch's keys all at once, so a batch meets all of them in flight or none.
+    # is one process, whose registry holds a batch's keys all at once, and these batches have
+    # the same keys: so a batch meets all of them in flight or none (batches in different
+    # processes, or with overlapping key sets, could meet some).
     for results in batches:
         assert len({r["status"] for r in results}) == 1, results
         assert all(r == IN_FLIGHT_ITEM for r in results if r["status"] == 409), results
