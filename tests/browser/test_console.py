@@ -205,6 +205,13 @@ def test_filters_live_arrival_and_statistics(
     ui.shot("english")
 
 
+def reason_focused(page: Any) -> None:
+    """Wait until the reason picker has focused its checked reason, as it does once it is
+    shown: a focus moved before that would be taken back."""
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    page.wait_for_function("() => document.activeElement?.name === 'reason_code'")
+
+
 def test_enter_on_the_dialogs_cancel_button_cancels(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
@@ -219,7 +226,7 @@ def test_enter_on_the_dialogs_cancel_button_cancels(
     # r opens the reason picker; with Cancel focused (as Tab brings it there), Enter cancels,
     # it does not reject.
     page.keyboard.press("r")
-    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    reason_focused(page)  # the dialog's own first focus, before the reviewer moves it
     page.focus("#dlg-cancel")
     assert page.evaluate("() => document.activeElement.id") == "dlg-cancel"
     ui.shot("cancel-focused")
@@ -238,7 +245,7 @@ def test_enter_on_the_dialogs_cancel_button_cancels(
 
     # Enter on the OK button still submits.
     page.keyboard.press("r")
-    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    reason_focused(page)
     page.focus("#dlg-ok")
     page.keyboard.press("Enter")
     page.wait_for_selector("#queue-empty:not([hidden])")
