@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 from sqlalchemy import (
@@ -253,8 +253,13 @@ class _KeyTaken(Exception):
     """The idempotency key changed hands since it was read: roll back and look again."""
 
 
-# A batch item that can be claimed: its index, idempotency key, request hash and body.
-_BatchItem = tuple[int, str, str, CandidateIn]
+class _BatchItem(NamedTuple):
+    """A batch item that can be claimed."""
+
+    position: int  # in the request
+    key: str
+    digest: str  # the request hash
+    parsed: CandidateIn
 
 
 @dataclass
@@ -285,7 +290,7 @@ class _BatchClaims:
         if replay is None:
             self.claimed.append(item)
         else:
-            self.answers[item[0]] = {"status": replay[0], "body": replay[1]}
+            self.answers[item.position] = {"status": replay[0], "body": replay[1]}
             self.replays.append(replay)
 
 
@@ -693,7 +698,7 @@ class CandidateService:
         """
         results: list[JsonDict | None] = [None] * len(items)
         valid = self._batch_items(items, results)
-        with self._in_flight.hold(who.name, [key for _i, key, _d, _p in valid]) as busy:
+        with self._in_flight.hold(who.name, [item.key for item in valid]) as busy:
             claims = self._claim_batch(who, valid, busy, results)
             outcomes = self._create_claimed(who, claims.claimed)
         for (index, *_), outcome in zip(claims.claimed, outcomes, strict=True):
@@ -710,8 +715,7 @@ class CandidateService:
     def _batch_items(
         self, items: list[tuple[Any, Any]], results: list[JsonDict | None]
     ) -> list[_BatchItem]:
-        """The items that can be claimed (index, key, request hash, body); the refusals of
-        the others go to ``results``."""
+        """The items that can be claimed; the refusals of the others go to ``results``."""
         valid: list[_BatchItem] = []
         for index, (key, body) in enumerate(items):
             try:
@@ -723,7 +727,7 @@ class CandidateService:
                     limit = self.max_body_bytes
                     raise Problem(413, f"a candidate body is limited to {limit} bytes")
                 digest = request_hash("POST", "/candidates", body_json, canonical)
-                valid.append((index, check_item_key(key), digest, parsed))
+                valid.append(_BatchItem(index, check_item_key(key), digest, parsed))
             except Problem as exc:
                 results[index] = problem_item(exc)
         return valid
@@ -733,16 +737,18 @@ class CandidateService:
         claims are released if that fails."""
         if not claimed:
             return []
-        keys = [key for _i, key, _d, _p in claimed]
+        keys = [item.key for item in claimed]
         try:
             try:
                 with self.db.write() as session:
-                    outcomes = self._create_many(session, who, [p for *_, p in claimed])
+                    outcomes = self._create_many(session, who, [item.parsed for item in claimed])
                     self._finish_many(session, who.name, keys, outcomes)
             except IntegrityError:
                 # A concurrent request created one of these: go one by one (PostgreSQL only).
                 with self.db.write() as session:
-                    outcomes = [self._create(session, who, p, guarded=True) for *_, p in claimed]
+                    outcomes = [
+                        self._create(session, who, item.parsed, guarded=True) for item in claimed
+                    ]
                     self._finish_many(session, who.name, keys, outcomes)
         except BaseException:
             self._release(who.name, keys)
@@ -762,7 +768,7 @@ class CandidateService:
         the key's committed response if it is done, else get 409.
         """
         # Keys all held elsewhere need no write: their items are answered from a read.
-        claim = self.db.write if any(key not in busy for _i, key, _d, _p in valid) else self.db.read
+        claim = self.db.write if any(item.key not in busy for item in valid) else self.db.read
         for _attempt in range(5):
             claims = _BatchClaims()
             try:
@@ -781,9 +787,9 @@ class CandidateService:
                 continue
             for index, answer in claims.answers.items():
                 results[index] = answer
-            claims.claimed.sort(key=lambda item: item[0])
+            claims.claimed.sort(key=lambda item: item.position)
             return claims
-        raise Problem(409, "requests with these Idempotency-Keys are in flight")
+        raise Problem(409, IN_FLIGHT)
 
     def _claim_keys(
         self,
@@ -801,7 +807,7 @@ class CandidateService:
         order, as claims of an older version (during a rolling upgrade) take no try-locks and
         could deadlock otherwise.
         """
-        keys = sorted({key for _i, key, _d, _p in todo})
+        keys = sorted({item.key for item in todo})
         held = busy | self._locked_elsewhere(session, who, [k for k in keys if k not in busy])
         found = select(IdempotencyRow).where(
             IdempotencyRow.principal == who, IdempotencyRow.key.in_(keys)
@@ -809,7 +815,7 @@ class CandidateService:
         known = {row.key: row for row in session.scalars(found)}
         seen: dict[str, tuple[int, str]] = {}
         # By key, then item: the first item of a repeated key stays the first.
-        for item in sorted(todo, key=lambda v: (v[1], v[0])):
+        for item in sorted(todo, key=lambda v: (v.key, v.position)):
             index, key, digest, _parsed = item
             if key in held:
                 try:
