@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, TypeVar
 from zoneinfo import ZoneInfo
 
 import cv2
@@ -23,6 +23,8 @@ from gridpatrol.site import ALL_DAYS, Schedule
 Anchor = Literal["bottom", "center"]
 Size = tuple[int, int]  # (width, height) in pixels
 NormBox = tuple[float, float, float, float]
+MAX_CACHED_SIZES = 8  # frame sizes whose mask (and area) a zone keeps
+V = TypeVar("V")
 
 
 def rasterise(polygon: Sequence[tuple[float, float]], size: Size) -> NDArray[np.bool_]:
@@ -41,6 +43,13 @@ def anchors(xyxy: NDArray[np.float32], anchor: Anchor = "bottom") -> NDArray[np.
     return np.stack([x, y], axis=1).astype(np.float32)
 
 
+def _keep(cache: dict[Size, V], size: Size, value: V) -> None:
+    """Cache ``value`` for ``size``, dropping the oldest sizes beyond MAX_CACHED_SIZES."""
+    while len(cache) >= MAX_CACHED_SIZES:
+        del cache[next(iter(cache))]
+    cache[size] = value
+
+
 @dataclass
 class ZoneGeometry:
     """A zone's polygon with masks cached per frame size."""
@@ -56,15 +65,19 @@ class ZoneGeometry:
     def mask(self, size: Size) -> NDArray[np.bool_]:
         cached = self._masks.get(size)
         if cached is None:
-            # A handful of sizes per camera (frame, background): the cache stays tiny.
-            cached = self._masks[size] = rasterise(self.polygon, size)
+            # A handful of sizes per camera (frame, background) in use at once; a source of
+            # ever new sizes (a folder of stills, a camera changing resolution) must not keep
+            # a full-resolution mask of each: the oldest ones go.
+            cached = rasterise(self.polygon, size)
+            _keep(self._masks, size, cached)
         return cached
 
     def area(self, size: Size) -> int:
-        """Pixels of the zone at ``size`` (cached with the mask)."""
+        """Pixels of the zone at ``size`` (cached like the mask)."""
         cached = self._areas.get(size)
         if cached is None:
-            cached = self._areas[size] = int(self.mask(size).sum())
+            cached = int(self.mask(size).sum())
+            _keep(self._areas, size, cached)
         return cached
 
     @property

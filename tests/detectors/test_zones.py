@@ -8,7 +8,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from gridpatrol.detectors.zones import ZoneGeometry, anchors, schedule_active
+from gridpatrol.detectors.zones import (
+    ZoneGeometry,
+    anchors,
+    rasterise,
+    schedule_active,
+)
 from gridpatrol.site import Schedule
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -23,6 +28,25 @@ def test_mask_is_rasterised_at_the_frame_size_and_cached() -> None:
     assert LOWER_LEFT.mask((300, 90)) is mask
     assert abs(mask.mean() - (0.5 * 2 / 3)) < 0.02
     assert LOWER_LEFT.area((300, 90)) == int(mask.sum())
+
+
+def test_a_zone_keeps_the_masks_of_its_latest_sizes_only() -> None:
+    """Stills of ever new sizes (a folder scanned with a camera's zones) keep no mask of each:
+    the 8 sizes cached last stay, each mask still the polygon at its size."""
+    zone = ZoneGeometry.of(LOWER_LEFT.polygon)
+    sizes = [(200 + 7 * k, 100 + 3 * k) for k in range(100)]
+    for size in sizes:
+        mask = zone.mask(size)
+        assert mask.shape == (size[1], size[0])
+        assert np.array_equal(mask, rasterise(LOWER_LEFT.polygon, size))
+        assert zone.area(size) == int(mask.sum())
+    assert list(zone._masks) == sizes[-8:]
+    assert list(zone._areas) == sizes[-8:]
+    # The latest sizes are served from the cache; an evicted one is rasterised again.
+    assert zone.mask(sizes[-1]) is zone._masks[sizes[-1]]
+    again = zone.mask(sizes[0])
+    assert np.array_equal(again, rasterise(LOWER_LEFT.polygon, sizes[0]))
+    assert list(zone._masks) == [*sizes[-7:], sizes[0]]
 
 
 @pytest.mark.parametrize(
