@@ -763,9 +763,13 @@ class DetectorWorker:
         if not ops:
             self.book = book  # waiting episodes' last sightings follow what their rules see
             return
-        self._commit([(op, ([], {"detection": self._end_block(op.episode)})) for op in ops])
+        refused = self._commit(
+            [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops]
+        )
         self.book = book
         for op in ops:
+            if op.episode.candidate_id in refused:
+                continue  # ended in the book, nothing sent
             self.metrics.candidates.labels(cam.id, "end").inc()
             log.info(
                 "camera %s: ended candidate %s (%s in zone %s): not seen since %s",
@@ -808,12 +812,16 @@ class DetectorWorker:
         seen = {(cam.id, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
         t = rt.last_ts or max(self.book[k].last_event_at for k in keys)
         book, ops = episodes.end_silent(self.book, keys, t, seen)
-        self._commit([(op, ([], {"detection": self._end_block(op.episode)})) for op in ops])
+        refused = self._commit(
+            [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops]
+        )
         self.book = book
         for key in keys:
             rt.pipeline.forget(key[1], key[2])
             rt.waiting.discard(key)
         for op in ops:
+            if op.episode.candidate_id in refused:
+                continue  # ended in the book, nothing sent
             self.metrics.candidates.labels(cam.id, "end").inc()
             log.warning(
                 "camera %s has sent no frame for %.0f s: ended candidate %s (%s in zone %s) at "

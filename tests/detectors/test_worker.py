@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -13,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import Episode
 from gridpatrol.detectors.types import ModelInfo
 from gridpatrol.detectors.worker import (
+    DetectorWorker,
     EpisodeEvent,
     candidate_detection,
     normalise_event,
@@ -360,29 +363,47 @@ class _Backend:
     info = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
 
 
-def test_a_refusal_is_forgotten_once_its_episode_ended(tmp_path: Path) -> None:
-    """The worker remembers a candidate the API refused for good while its episode goes on
-    (no more lookups, no more patches), not for the rest of its life."""
-    from gridpatrol.api.client import Outbox
-    from gridpatrol.detectors.episodes import Op
+def _worker(tmp_path: Path, site_text: str = SITE) -> tuple[DetectorWorker, Outbox]:
+    """A worker on an outbox file in ``tmp_path`` that is never run (no broker, no model)."""
     from gridpatrol.detectors.motion import MotionSettings
-    from gridpatrol.detectors.worker import DetectorWorker
 
-    site = parse_site(SITE)
+    site = parse_site(site_text)
     outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
     worker = DetectorWorker(
         site, site.cameras[:1], _Backend(), {}, outbox, _Conn(),  # type: ignore[arg-type]
         motion=MotionSettings(), component_id="detect",
     )  # fmt: skip
-    cid = "6f1c1d1e-4b8a-4c53-9d55-5f0d1c7a2b10"
-    ep = Episode(
+    return worker, outbox
+
+
+def _ops_sent(worker: DetectorWorker, op: str) -> float | None:
+    """The worker's gridpatrol_detect_candidate_ops counter of cam-00 (None: never counted)."""
+    return worker.metrics.registry.get_sample_value(
+        "gridpatrol_detect_candidate_ops_total", {"camera": "cam-00", "op": op}
+    )
+
+
+def _rejected(outbox: Outbox, cid: str) -> Episode:
+    """An open crowd episode of cam-00 whose candidate a reviewer rejected: its patch was
+    refused (410 Gone), as the outbox keeps it."""
+    with outbox.transaction() as txn:
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 9.0}})
+        txn.conn.execute("UPDATE outbox_ops SET state = 'failed', last_error = '410 {}'")
+    return Episode(
         camera_id="cam-00", zone_id="kerb", type="crowd_gathering", candidate_id=cid,
         source_event_id=f"cam-00:kerb:crowd_gathering:{T0.timestamp()}", started_at=T0,
         reported_at=T0, last_event_at=T0, best_confidence=0.7, dwell_s=9.0,
     )  # fmt: skip
-    with outbox.transaction() as txn:  # a reviewer rejected it: its patch was refused
-        txn.patch_candidate(cid, {"detection": {"dwell_s": 9.0}})
-        txn.conn.execute("UPDATE outbox_ops SET state = 'failed', last_error = '410 {}'")
+
+
+def test_a_refusal_is_forgotten_once_its_episode_ended(tmp_path: Path) -> None:
+    """The worker remembers a candidate the API refused for good while its episode goes on
+    (no more lookups, no more patches), not for the rest of its life."""
+    from gridpatrol.detectors.episodes import Op
+
+    worker, outbox = _worker(tmp_path)
+    cid = "6f1c1d1e-4b8a-4c53-9d55-5f0d1c7a2b10"
+    ep = _rejected(outbox, cid)
     update = {"detection": {"dwell_s": 20.0}}
     assert worker._commit([(Op("update", ep), ([], update))]) == {cid}
     assert worker._closed == {cid}
@@ -390,3 +411,36 @@ def test_a_refusal_is_forgotten_once_its_episode_ended(tmp_path: Path) -> None:
     assert worker._commit([(ended, ([], {"detection": {"ended_at": "x"}}))]) == {cid}
     assert worker._closed == set()
     assert outbox.depth() == 0  # nothing of it was queued
+
+
+@pytest.mark.parametrize("ending", ["silent camera", "not followed after a restart"])
+def test_an_ending_the_api_refused_is_neither_counted_nor_logged_as_sent(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, ending: str
+) -> None:
+    """A rejected candidate's episode ends in the book, but its end patch is not queued: the
+    counter of operations queued and the log must not say it was."""
+    from gridpatrol.detectors.episodes import load_book, save_episode
+
+    worker, outbox = _worker(tmp_path)
+    cid = "0b6f4a52-3c1d-4e8f-9a7b-2d5c6e7f8a91"
+    ep = _rejected(outbox, cid)
+    with outbox.transaction() as txn:
+        save_episode(txn.conn, ep)
+    worker.book = {ep.key: ep}
+    rt = worker.cams["cam-00"]
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    if ending == "silent camera":
+        worker._end_silent_camera(rt, 3600.0)  # no zone kerb in the site: ends at once
+        ended = replace(ep, ended_at=T0)
+    else:
+        rt.waiting = {ep.key}
+        worker._end_unfollowed(rt, T0 + timedelta(seconds=60))
+        ended = replace(ep, ended_at=T0, reported_at=T0 + timedelta(seconds=60))
+    assert worker.book == {ep.key: ended}
+    with outbox.transaction() as txn:
+        assert load_book(txn.conn) == {ep.key: ended}  # followed, not reported
+    assert outbox.depth() == 0
+    assert _ops_sent(worker, "end") is None
+    assert "ended candidate" not in caplog.text
+    assert f"candidate {cid} (crowd_gathering in zone kerb) takes no more updates" in caplog.text
+    assert worker._closed == set()
