@@ -647,11 +647,15 @@ class DetectorWorker:
         # normal, and the next save would overwrite the good model kept in the outbox file.
         shift = 0.0 if rt.last_ts is None else (ts - rt.last_ts).total_seconds()
         fresh.pipeline.carry_backgrounds(rt.pipeline, shift)
+        # What the rules saw last on the abandoned clock, asked before they start over: the
+        # book's last event of a raised episode may be up to update_s older.
+        cam = rt.camera.id
+        seen = {(cam, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
         # Its open episodes were timed on the clock that was abandoned: they end where they
         # were last seen, and an occupancy that is still there opens a new episode.
-        rt.waiting = {k for k, ep in self.book.items() if ep.open and k[0] == rt.camera.id}
-        self._end_unfollowed(rt, ts, everything=True)
+        rt.waiting = {k for k, ep in self.book.items() if ep.open and k[0] == cam}
+        self._end_unfollowed(rt, ts, everything=True, seen=seen)
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -747,8 +751,18 @@ class DetectorWorker:
                 ev.confidence,
             )
 
-    def _end_unfollowed(self, rt: CameraRuntime, t: datetime, everything: bool = False) -> None:
-        """End the camera's waiting episodes that did not come back (all, with ``everything``)."""
+    def _end_unfollowed(
+        self,
+        rt: CameraRuntime,
+        t: datetime,
+        everything: bool = False,
+        seen: Mapping[Key, datetime] | None = None,
+    ) -> None:
+        """End the camera's waiting episodes that did not come back (all, with ``everything``).
+
+        seen: when the rules that no longer run last saw their occupancies; a waiting episode
+        seen there later than its book says ends then.
+        """
         from gridpatrol.detectors import episodes
 
         cam = rt.camera
@@ -757,8 +771,13 @@ class DetectorWorker:
             params = _rule_params(cam, zone_id, rule)
             return None if params is None or everything else _resume_s(params)
 
+        book = dict(self.book)
+        for key, when in (seen or {}).items():
+            ep = book.get(key)
+            if ep is not None and key in rt.waiting:
+                book[key] = episodes.seen_until(ep, when)
         book, ops, rt.waiting = episodes.end_unfollowed(
-            self.book, rt.waiting, t, rt.pipeline.occupied(), resume
+            book, rt.waiting, t, rt.pipeline.occupied(), resume
         )
         if not ops:
             self.book = book  # waiting episodes' last sightings follow what their rules see

@@ -736,9 +736,13 @@ def test_a_camera_clock_stepping_back_ends_its_episodes(rig: Rig, street: list[I
     by_id = {c["id"]: c for c in found}
     old = by_id.pop(first["id"])
     (new,) = by_id.values()
-    # The old episode ended where it was last seen on the old clock; the new one refers to it.
-    ended_at = datetime.fromisoformat(old["detection"]["ended_at"])
-    assert datetime.fromisoformat(old["occurred_at"]) < ended_at < T0 + timedelta(seconds=7)
+    # The old episode ended where its rule last saw the crowd on the old clock, the last frame
+    # before the jump (not at its raise at 5 s, the last event its book knew: no update came
+    # since, update_s 4); the new one refers to it.
+    last_sighting = ep.end - timedelta(seconds=0.5)
+    occurred = datetime.fromisoformat(old["occurred_at"])
+    assert datetime.fromisoformat(old["detection"]["ended_at"]) == last_sighting
+    assert old["detection"]["dwell_s"] == (last_sighting - occurred).total_seconds()
     assert new["references"] == [first["id"]]
     assert back <= datetime.fromisoformat(new["occurred_at"]) < back + timedelta(seconds=3)
     assert "clock went back 3606 s; its rules start over" in worker.text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -444,3 +445,68 @@ def test_an_ending_the_api_refused_is_neither_counted_nor_logged_as_sent(
     assert "ended candidate" not in caplog.text
     assert f"candidate {cid} (crowd_gathering in zone kerb) takes no more updates" in caplog.text
     assert worker._closed == set()
+
+
+def _zone_site(zone_id: str, rules: str) -> str:
+    """A site of cam-00 with one whole-frame zone and its rules (a YAML flow mapping)."""
+    return f"""
+site: {{name: 测试}}
+cameras:
+  - id: cam-00
+    source: mqtt
+    location: {{address: 大宁路 0号}}
+    zones:
+      - id: {zone_id}
+        polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]
+        rules: {rules}
+"""
+
+
+CROWD_SITE = _zone_site(
+    "kerb", "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 120}}"
+)
+
+
+def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sighting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised at 5 s, the crowd stays until 100 s, no update meanwhile (update_s 120); then
+    the camera's clock steps an hour back. The episode ends where the rule last saw the crowd,
+    not at its raise, the last event the book knows."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    rt = worker.cams["cam-00"]
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(101):  # a frame a second
+        t = T0 + timedelta(seconds=k)
+        for ev in rt.pipeline.process(t, (1280, 720), person):
+            worker._episode(rt, normalise_event(ev), None, person)  # type: ignore[arg-type]
+        rt.last_ts = t
+    (raised,) = worker.book.values()
+    assert (raised.started_at, raised.reported_at, raised.last_event_at) == (
+        T0,
+        T0 + timedelta(seconds=5),
+        T0 + timedelta(seconds=5),
+    )
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    worker._take_jump(rt, T0 + timedelta(seconds=100) - timedelta(hours=1))
+    assert "clock went back 3600 s; its rules start over" in caplog.text
+    last_sighting = T0 + timedelta(seconds=100)
+    ended = worker.book[raised.key]
+    assert (ended.ended_at, ended.last_event_at, ended.dwell_s) == (
+        last_sighting,
+        last_sighting,
+        100.0,
+    )
+    with outbox.transaction() as txn:
+        ops = txn.conn.execute("SELECT kind, payload FROM outbox_ops ORDER BY seq").fetchall()
+    assert [kind for kind, _ in ops] == ["create", "patch"]
+    detection = json.loads(ops[1][1])["detection"]
+    assert (detection["ended_at"], detection["dwell_s"]) == (last_sighting.isoformat(), 100.0)
+    assert _ops_sent(worker, "end") == 1.0
+    assert (
+        f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
+        f"not seen since {last_sighting.isoformat()}"
+    ) in caplog.text
