@@ -211,6 +211,12 @@ def jpeg(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
     return bytes(data.tobytes())
 
 
+def fresh_jpeg() -> bytes:
+    """A JPEG no other test stored: a module's tests share one server, and a file it holds
+    already would make a candidate waiting for it complete at once."""
+    return jpeg(uuid.uuid4().int)
+
+
 def body(
     event_id: str | None = None,
     sha: str | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import body, jpeg
+from .conftest import body, fresh_jpeg
 
 WAIT_S = 60
 
@@ -105,7 +105,7 @@ def dropped_total(server: Any) -> float:
 
 @pytest.mark.parametrize("how", ["header", "query"])
 def test_a_reconnect_replays_what_changed_since_the_last_event(server: Any, how: str) -> None:
-    sha = upload(server, jpeg(uuid.uuid4().int % 1000))
+    sha = upload(server, fresh_jpeg())
     first_doc = {**body(None, sha), "id": str(uuid.uuid4())}
     stream = Stream(server, changed({first_doc["id"]: "new"}))
     first = create(server, first_doc)
@@ -160,7 +160,7 @@ def test_a_console_that_falls_behind_gets_a_reset_and_so_does_a_long_replay(
 ) -> None:
     """One change of more candidates than a stream's queue holds (1000): the stream gets a
     reset and ends; a reconnect from before them (over 500 to replay) gets a reset too."""
-    data = jpeg(uuid.uuid4().int % 1000)
+    data = fresh_jpeg()
     sha = hashlib.sha256(data).hexdigest()
     marker_doc = {**body(None, sha), "id": str(uuid.uuid4())}
     stream = Stream(server, changed({marker_doc["id"]: "incomplete"}))

@@ -31,7 +31,15 @@ from gridpatrol.api import bus as bus_module
 from gridpatrol.api.bus import MAX_PAYLOAD, Bus, Note, Payload, channel_for, pack
 from gridpatrol.api.hub import Event, Hub
 
-from .conftest import TOKENS, LongPoll, Server, body, fresh_database, jpeg, token_config
+from .conftest import (
+    TOKENS,
+    LongPoll,
+    Server,
+    body,
+    fresh_database,
+    fresh_jpeg,
+    token_config,
+)
 
 WAIT_S = 30.0
 
@@ -144,7 +152,7 @@ def post_candidate(client: Pinned, ctype: str = "garbage_overflow", cid: str | N
 
 def upload(client: Pinned) -> str:
     """Evidence that exists, which auto-confirmation asks for."""
-    data = jpeg(uuid.uuid4().int % 1000)
+    data = fresh_jpeg()
     sha = hashlib.sha256(data).hexdigest()
     headers = {"Content-Type": "image/jpeg"}
     put = client.request("PUT", f"/evidence/{sha}", role="producer", content=data, headers=headers)
