@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from .conftest import annotate
 from .test_console import PARKING, SITE_TZ, VENDING, status_of
@@ -225,11 +226,24 @@ def actionable(page: Any, cid: str) -> None:
     page.wait_for_selector(f"#detail:has(.detail-head:has-text('{cid}')) #act-confirm:enabled")
 
 
+# What the page shows and where its focus is, for a key press that opened no dialog.
+PAGE_STATE = """() => ({
+  focus: [document.activeElement].map((e) => e && `${e.tagName}#${e.id} ${e.name}`)[0],
+  focusInDialog: Boolean(document.activeElement?.closest('dialog')),
+  toast: [document.querySelector('#toast')].map((t) => (t.hidden ? null : t.textContent))[0],
+  zoom: Boolean(document.querySelector('.zoom')),
+  detail: document.querySelector('#detail .detail-head')?.textContent,
+})"""
+
+
 def open_dialog(ui: Any, key: str, case: dict[str, Any]) -> Any:
     page = ui.page
     actionable(page, case["id"])
     page.keyboard.press(key)
-    page.wait_for_selector("#dlg[open]")
+    try:
+        page.wait_for_selector("#dlg[open]")
+    except PlaywrightTimeout as exc:
+        raise AssertionError(f"{key!r} opened no dialog: {page.evaluate(PAGE_STATE)}") from exc
     return page
 
 
