@@ -185,7 +185,9 @@ def end_unfollowed(
 
     While the occupancy that continues an episode is in view, the episode's last sighting
     follows it: a short occlusion before the rule raises again must be measured from what was
-    seen last, not from the last sighting written before the restart.
+    seen last, not from the last sighting written before the restart. The caller writes that
+    sighting to the book as it moves on (the worker: every ``update_s``), so that another
+    restart before the rule raises again still continues the episode.
 
     Returns the new book, the end operations and the keys still waiting.
     """
@@ -217,8 +219,8 @@ def end_silent(
     """End the open episodes ``keys`` of a camera that stopped sending frames.
 
     No frame will clear them: each ends at its last sighting, which is what its rule saw last
-    (``last_seen``) when that is later than the book's last event (the book is written only
-    with an operation, so after a restart it is all there is).
+    (``last_seen``) when that is later than the book's last event (which moves only with the
+    rule's events, up to ``update_s`` apart; after a restart it is all there is).
     """
     keys = list(keys)
     out = dict(book)

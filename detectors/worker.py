@@ -390,6 +390,9 @@ class DetectorWorker:
         open_eps = [ep for ep in self.book.values() if ep.open]
         for ep in open_eps:
             self.cams[ep.camera_id].waiting.add(ep.key)
+        # The last sighting of each reloaded episode as the outbox file holds it: moved on while
+        # the episode waits for its rule (_sightings_to_keep). Only episodes open at start wait.
+        self._written: dict[Key, datetime] = {ep.key: ep.last_event_at for ep in open_eps}
         log.info(
             "%s: serving %d camera(s) %s; %d open episode(s) reloaded",
             component_id,
@@ -779,13 +782,15 @@ class DetectorWorker:
         book, ops, rt.waiting = episodes.end_unfollowed(
             book, rt.waiting, t, rt.pipeline.occupied(), resume
         )
-        if not ops:
+        kept = self._sightings_to_keep(rt, book)
+        if not ops and not kept:
             self.book = book  # waiting episodes' last sightings follow what their rules see
             return
         refused = self._commit(
-            [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops]
+            [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops], kept
         )
         self.book = book
+        self._written.update((ep.key, ep.last_event_at) for ep in kept)
         for op in ops:
             if op.episode.candidate_id in refused:
                 continue  # ended in the book, nothing sent
@@ -798,6 +803,24 @@ class DetectorWorker:
                 op.episode.zone_id,
                 op.episode.last_event_at.isoformat(),
             )
+
+    def _sightings_to_keep(self, rt: CameraRuntime, book: Mapping[Key, Episode]) -> list[Episode]:
+        """The camera's waiting episodes whose last sighting moved ``update_s`` past the one
+        the outbox file holds. Kept only in memory, it would be lost by a second restart
+        before the rule raises again (dwell_s may be far longer than gap_s + clear_s +
+        update_s): the episode would end at the older sighting, and the same occupancy would
+        raise a second candidate. Saved this often, the file is never more than ``update_s``
+        behind, which the resume window allows for."""
+        kept = []
+        for key in rt.waiting:
+            ep, written = book.get(key), self._written.get(key)
+            params = _rule_params(rt.camera, key[1], key[2])
+            if ep is None or written is None or params is None:
+                continue
+            moved = (ep.last_event_at - written).total_seconds()
+            if moved > 0 and moved >= params.update_s:
+                kept.append(ep)
+        return kept
 
     def _end_silent(self) -> None:
         """End the open episodes of cameras that have sent no frame for longer than their
@@ -853,14 +876,19 @@ class DetectorWorker:
                 op.episode.last_event_at.isoformat(),
             )
 
-    def _commit(self, rendered: list[tuple[Op, Rendered]]) -> set[str]:
+    def _commit(
+        self, rendered: list[tuple[Op, Rendered]], followed: Sequence[Episode] = ()
+    ) -> set[str]:
         """Evidence, candidate operations and episode state in one outbox transaction, so a
         restart neither loses an operation nor repeats one. Returns the candidates the API
-        refused for good, whose operations were not queued."""
+        refused for good, whose operations were not queued. ``followed``: episodes saved
+        without an operation (a waiting episode's last sighting)."""
         from gridpatrol.detectors import episodes
 
         refused: set[str] = set()
         with self.outbox.transaction() as txn:
+            for ep in followed:
+                episodes.save_episode(txn.conn, ep)
             for op, (files, body) in rendered:
                 if op.kind != "open" and self._refused(txn.conn, op.episode):
                     episodes.save_episode(txn.conn, op.episode)  # followed, not reported
@@ -1139,8 +1167,9 @@ def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:
 def _resume_s(params: RuleParams) -> float:
     """How long after its last sighting a reloaded episode may still be continued.
 
-    The book's last-seen time is only written with an operation, so a full update interval
-    comes on top of the rule's own gap and clear times.
+    The book's last-seen time is written with an operation (or, while a reloaded episode waits
+    for its rule, once it moved on by ``update_s``), so up to a full update interval comes on
+    top of the rule's own gap and clear times.
     """
     return params.gap_s + params.clear_s + params.update_s
 

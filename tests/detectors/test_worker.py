@@ -510,3 +510,60 @@ def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sightin
         f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
         f"not seen since {last_sighting.isoformat()}"
     ) in caplog.text
+
+
+PILE_SITE = _zone_site("yard", "{piled_materials: {}}")
+
+
+def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """piled_materials defaults: dwell_s 600, resume window gap_s + clear_s + update_s = 200 s.
+    The episode was last written at L; the worker restarted at L + 60 with the pile still
+    there, and its rule times it again. The episode's last sighting follows the pile and is
+    written each time it moved update_s (120 s) on, so a second restart at L + 360, before the
+    rule raises again, still continues the episode (written at L + 240) instead of ending it at
+    L, and the rule's raise 600 s later opening a second candidate for the one pile."""
+    from gridpatrol.detectors.episodes import Occupancy, ensure_schema, load_book, save_episode
+
+    def at(s: float) -> datetime:
+        return T0 + timedelta(seconds=s)
+
+    ep = Episode(
+        camera_id="cam-00", zone_id="yard", type="piled_materials",
+        candidate_id="3e0c8b7a-1f2d-4c5e-8a9b-0d1e2f3a4b5c",
+        source_event_id=f"cam-00:yard:piled_materials:{T0.timestamp()}",
+        started_at=at(-900), reported_at=at(0), last_event_at=at(0), best_confidence=0.6,
+        dwell_s=900.0,
+    )  # fmt: skip
+    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
+    with outbox.transaction() as txn:
+        ensure_schema(txn.conn)
+        save_episode(txn.conn, ep)
+
+    def written() -> Episode:
+        with outbox.transaction() as txn:
+            return load_book(txn.conn)[ep.key]
+
+    first, _ = _worker(tmp_path, PILE_SITE)  # restarted at L + 60
+    rt = first.cams["cam-00"]
+    assert rt.waiting == {ep.key}
+    pile: dict[tuple[str, str], Occupancy] = {}
+    monkeypatch.setattr(rt.pipeline, "occupied", lambda: pile)
+    for seen_s, written_s in [(60, 0), (119, 0), (120, 120), (239, 120), (240, 240), (359, 240)]:
+        pile[("yard", "piled_materials")] = Occupancy(at(60), at(seen_s))
+        first._end_unfollowed(rt, at(seen_s))
+        assert (rt.waiting, first.book[ep.key].last_event_at) == ({ep.key}, at(seen_s))
+        assert (written().last_event_at, written().dwell_s) == (at(written_s), 900 + written_s)
+    assert outbox.depth() == 0  # sightings are kept with the book, nothing is sent
+
+    second, _ = _worker(tmp_path, PILE_SITE)  # restarted again at L + 360
+    rt = second.cams["cam-00"]
+    assert second.book[ep.key].last_event_at == at(240)
+    monkeypatch.setattr(rt.pipeline, "occupied", lambda: pile)
+    pile[("yard", "piled_materials")] = Occupancy(at(360), at(360))
+    second._end_unfollowed(rt, at(360))
+    assert rt.waiting == {ep.key}
+    assert second.book[ep.key] == replace(ep, last_event_at=at(360), dwell_s=1260.0)
+    assert written() == second.book[ep.key]  # moved update_s on from 240 s
+    assert outbox.depth() == 0  # no end
