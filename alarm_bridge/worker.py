@@ -67,8 +67,9 @@ SNAPSHOT_WORKERS = 3  # concurrent requests: one silent camera must not delay th
 PASSING_SQLITE_CODES = frozenset(
     {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL}
 )
-# The oldest newest-frame used when a camera does not answer its snapshot request: a camera
-# that stopped streaming hours ago must not put its last picture on a new alarm.
+# The oldest newest-frame used when a camera does not answer its snapshot request, and the
+# oldest frame a reply may carry (one older is taken for no reply): a camera that stopped
+# streaming hours ago must not put its last picture on a new alarm.
 FALLBACK_MAX_AGE_S = 120.0
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
@@ -129,6 +130,7 @@ class Counters:
     snapshot_missing: int = 0
     snapshot_deferred: int = 0  # queue full or media cut off: left for the next sweep
     snapshot_failed: int = 0  # raised (a bug, the database): see Bridge._snapshot_failed
+    snapshot_stale: int = 0  # a reply with a frame older than the maximum age: not used
     reasons: dict[str, int] = field(default_factory=dict)
 
     def progress(self, rate: float, depth: int) -> str:
@@ -143,7 +145,8 @@ class Counters:
             f" ignored {self.ignored}, retained alarms {self.retained_alarms}, timed at"
             f" reception {self.moved_to_reception}, snapshots {self.snapshots} (fallback"
             f" {self.snapshot_fallbacks}, missing {self.snapshot_missing}, deferred"
-            f" {self.snapshot_deferred}, failed {self.snapshot_failed}), outbox depth {depth}"
+            f" {self.snapshot_deferred}, failed {self.snapshot_failed}, stale replies"
+            f" {self.snapshot_stale}), outbox depth {depth}"
         )
 
 
@@ -859,7 +862,10 @@ class Bridge:
 
     def _snapshot(self, candidate_id: str, camera_id: str) -> None:
         assert self.media is not None
+        requested_at = self.clock()
         frame = self._request_snapshot(self.media, camera_id)
+        if frame is not None and self._stale_reply(frame, requested_at, candidate_id):
+            frame = None  # as if no reply came: the newest frame seen, if recent enough
         if frame is None and not self.media.connected:
             # Cut off from the cameras: no reply can come and the newest frame seen may be
             # long stale. The wanted row stays; the sweep queues it again.
@@ -883,6 +889,23 @@ class Bridge:
         if attached:
             self.core.counts.snapshots += 1
             log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
+
+    def _stale_reply(self, frame: Frame, requested_at: float, candidate_id: str) -> bool:
+        """Whether a reply's frame was taken more than ``fallback_max_age_s`` before the
+        request: the component serving the camera may answer with the last frame it has when
+        it cannot take a new one, and a camera that stopped streaming hours ago must not put
+        its last picture on a new alarm, answered or not."""
+        age = requested_at - frame.header.ts.timestamp()
+        if age <= self.fallback_max_age_s:
+            return False
+        self.core.counts.snapshot_stale += 1
+        log.warning(
+            "camera %s: snapshot reply for candidate %s taken %.0f s before the request; not used",
+            frame.camera_id,
+            candidate_id,
+            age,
+        )
+        return True
 
     def _request_snapshot(self, media: MqttConnection, camera_id: str) -> Frame | None:
         from gridpatrol.ingest.snapshot import request_snapshot

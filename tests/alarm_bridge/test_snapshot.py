@@ -87,10 +87,12 @@ class Background:
 
 
 class Cameras(Background):
-    """cam-live answers snapshot requests; cam-mute only streams frames."""
+    """cam-live answers snapshot requests, with a frame taken ``reply_age_s`` before; cam-mute
+    only streams frames."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, reply_age_s: float = 0.0) -> None:
         super().__init__("snap-cams", prefix)
+        self.reply_age_s = reply_age_s
         self.live_image = jpeg(200)
         self.stream_image = jpeg(90)
         self.requests = self.conn.subscribe(snapshot_request_topic(prefix, "cam-live"), qos=1)
@@ -103,8 +105,10 @@ class Cameras(Background):
             request = self.requests.get(timeout=0.2)
             if request is not None:
                 self.answered += 1
+                taken = datetime.fromtimestamp(time.time() - self.reply_age_s, UTC)
                 reply = encode_reply(
-                    frame("cam-live", self.live_image), parse_request(request.payload)
+                    Frame(FrameHeader(taken, 1, "cam-live", 64, 48), self.live_image),
+                    parse_request(request.payload),
                 )
                 self.conn.publish(f"{self.prefix}/cameras/cam-live/snapshot", reply, qos=1)
 
@@ -160,6 +164,29 @@ def test_snapshot_reply_and_newest_frame_fallback(rig: BridgeRig) -> None:
         trace = http.get(f"/evidence/{found['mh-live']['evidence'][0]['sha256']}").json()
     assert trace["sensor_id"] == "mh-live"
     assert [r["transition"] for r in trace["readings"]] == ["raise"]
+
+
+def test_a_reply_with_a_frame_older_than_the_maximum_age_is_not_the_snapshot(
+    rig: BridgeRig,
+) -> None:
+    """cam-live answers with the request's id, but a frame taken an hour ago (the last one the
+    component serving it had, when it could not take a new one): that is taken for no reply,
+    and the newest frame the camera streamed is the snapshot."""
+    streamed = jpeg(70)
+    fresh = encode_frame(frame("cam-live", streamed).header, streamed)
+    with (
+        Cameras(rig.prefix, reply_age_s=3600) as cams,
+        Stream(rig.prefix, "cam-live", fresh),
+    ):
+        time.sleep(1.0)  # the bridge has seen a few streamed frames
+        rig.publish(
+            [(sensor_alarm_topic(rig.prefix, "mh-live"), raise_alarm("mh-live", "manhole_tilt"))]
+        )
+        rig.settled(1)
+    [candidate] = rig.candidates()
+    assert [e["kind"] for e in candidate["evidence"]] == ["sensor_trace", "snapshot"]
+    assert candidate["evidence"][1]["sha256"] == hashlib.sha256(streamed).hexdigest()
+    assert cams.answered == 1
 
 
 def wanted(rig: BridgeRig) -> list[str]:

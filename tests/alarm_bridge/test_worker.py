@@ -307,7 +307,7 @@ def test_the_progress_line_says_what_was_not_used_and_why(
         " (bad_json 1, unknown_sensor 1), duplicates 1, out of order 1, seq restarts 0,"
         " stale 1, updates of closed candidates dropped 0, ignored 1, retained alarms 1,"
         " timed at reception 0, snapshots 0"
-        " (fallback 0, missing 0, deferred 0, failed 0), outbox depth 2"
+        " (fallback 0, missing 0, deferred 0, failed 0, stale replies 0), outbox depth 2"
     ]
 
 
