@@ -37,7 +37,13 @@ from gridpatrol.alarm_bridge.inbox import Inbox
 from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
 from gridpatrol.alarm_bridge.uptime import Uptime
 from gridpatrol.api.client import candidate_closed, merge_patches
-from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
+from gridpatrol.ingest.messages import (
+    MAX_SENSOR_BYTES,
+    Frame,
+    MessageError,
+    dead_letter,
+    decode_frame,
+)
 from gridpatrol.ingest.topics import (
     TopicKind,
     deadletter_topic,
@@ -71,6 +77,11 @@ PASSING_SQLITE_CODES = frozenset(
 # oldest frame a reply may carry (one older is taken for no reply): a camera that stopped
 # streaming hours ago must not put its last picture on a new alarm.
 FALLBACK_MAX_AGE_S = 120.0
+# The most of its payload a dead letter carries: every payload the bridge accepts fits whole.
+# A larger one (too_large, or a bad_status or bad_topic one of any size) is cut, its size said:
+# whole, a payload of a few MB would make the dead letter larger than the broker takes, one of
+# 201 MB (in base64) larger than MQTT allows.
+DEAD_LETTER_PAYLOAD_BYTES = MAX_SENSOR_BYTES
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
@@ -116,6 +127,7 @@ class Counters:
     updated: int = 0
     cleared: int = 0
     dead_letters: int = 0
+    dead_letters_unpublished: int = 0  # their publication failed: logged, not retried
     duplicates: int = 0
     out_of_order: int = 0
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
@@ -139,7 +151,8 @@ class Counters:
         return (
             f"bridge: {rate:.1f} alarms/s, candidates {self.created} created / {self.updated}"
             f" updated / {self.cleared} cleared, dead letters {self.dead_letters}"
-            f"{f' ({reasons})' if reasons else ''}, duplicates {self.duplicates}, out of order"
+            f"{f' ({reasons})' if reasons else ''}, dead letters not published"
+            f" {self.dead_letters_unpublished}, duplicates {self.duplicates}, out of order"
             f" {self.out_of_order}, seq restarts {self.seq_restarts}, stale {self.stale},"
             f" updates of closed candidates dropped {self.closed_updates},"
             f" ignored {self.ignored}, retained alarms {self.retained_alarms}, timed at"
@@ -503,6 +516,17 @@ def _after_last(view: store.StateBatch, item: AlarmInput) -> AlarmInput:
     return replace(item, t=last_seen, moved_s=item.moved_s - (last_seen - item.t))
 
 
+def _dead_letter_body(dead: DeadLetter) -> bytes:
+    """The dead letter's JSON; a payload over :data:`DEAD_LETTER_PAYLOAD_BYTES` is cut to
+    its first bytes, with ``payload_bytes`` (its size) and ``payload_truncated``."""
+    payload = dead.payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    body = dead_letter(dead.reason, dead.topic, payload, dead.received_at)
+    if len(payload) == len(dead.payload):
+        return body
+    letter = json.loads(body) | {"payload_bytes": len(dead.payload), "payload_truncated": True}
+    return json.dumps(letter, separators=(",", ":")).encode()
+
+
 def _trace_entry(item: AlarmInput) -> dict[str, object]:
     entry: dict[str, object] = {"t": candidates.iso(item.t), "alarm_type": item.alarm_type}
     event = item.event
@@ -682,14 +706,26 @@ class Bridge:
             results = [self._commit_alone(message) for message in messages]
         for out in results:
             for dead in out.dead:
-                body = dead_letter(dead.reason, dead.topic, dead.payload, dead.received_at)
-                self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1)
+                self._publish_dead_letter(dead)
         for message in messages:
             self.mqtt.ack(message)
             self._remember_if_void(message)
         for out in results:
             self._queue_snapshots(out)
         return len(messages)
+
+    def _publish_dead_letter(self, dead: DeadLetter) -> None:
+        """Publish a dead letter; a failure is logged and counted, never raised: after the
+        commit and before the ack, it would leave the batch unacknowledged, redelivered, and
+        failing again at every redelivery."""
+        try:
+            body = _dead_letter_body(dead)
+            if self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1):
+                return
+            log.error("dead letter from %s (%s) dropped by the client", dead.topic, dead.reason)
+        except Exception:
+            log.exception("dead letter from %s (%s) not published", dead.topic, dead.reason)
+        self.core.counts.dead_letters_unpublished += 1
 
     def _as_first_received(self, message: Message) -> Message:
         """The message timed at its first reception, when it is the resumed session's resend

@@ -17,6 +17,7 @@ from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
+from gridpatrol.ingest.messages import MAX_SENSOR_BYTES
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import (
     component_status_topic,
@@ -129,6 +130,53 @@ def _offline_creates(outbox: Outbox) -> list[tuple[str, str]]:
         for k, _, b in outbox_ops(outbox)
         if k == "create" and b["type"] == "device_offline"
     ]
+
+
+def test_a_payload_over_the_size_limit_is_dead_lettered_cut_with_its_size(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """Whole, a payload of hundreds of MB would make its dead letter too large to publish.
+    One of exactly the limit (bad JSON) is carried whole; one over it (too_large) is cut to
+    the limit, with its size."""
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+    bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+    watch = MqttConnection("big-watch", SETTINGS, prefix=mqtt_prefix)
+    dead = watch.subscribe(deadletter_topic(mqtt_prefix, "alarm_bridge"), qos=1)
+    topic = sensor_alarm_topic(mqtt_prefix, "sm-1")
+    at_limit = b"x" * MAX_SENSOR_BYTES
+    over = bytes(range(256)) * (MAX_SENSOR_BYTES // 256 + 40)  # 10 KiB over
+    before = datetime.now(UTC)
+    assert conn.start(10) and watch.start(10)
+    try:
+        for payload in (at_limit, over):
+            assert watch.publish_wait(topic, payload, qos=1)
+        _pump(bridge, 2)
+        letters = [dead.get(timeout=20) for _ in range(2)]
+    finally:
+        watch.stop()
+        conn.stop()
+    after = datetime.now(UTC)
+    bodies = [json.loads(letter.payload) for letter in letters if letter is not None]
+    for body in bodies:
+        assert before <= datetime.fromisoformat(body.pop("received_at")) <= after
+    assert bodies == [
+        {
+            "reason": "bad_json",
+            "topic": topic,
+            "payload_b64": base64.b64encode(at_limit).decode(),
+        },
+        {
+            "reason": "too_large",
+            "topic": topic,
+            "payload_b64": base64.b64encode(over[:MAX_SENSOR_BYTES]).decode(),
+            "payload_bytes": MAX_SENSOR_BYTES + 40 * 256,
+            "payload_truncated": True,
+        },
+    ]
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_unpublished) == (2, 0)
 
 
 def test_silence_is_not_judged_while_cut_off_from_the_broker(
@@ -304,9 +352,9 @@ def test_the_progress_line_says_what_was_not_used_and_why(
         bridge._progress(1.5)
     assert caplog.messages == [
         "bridge: 1.5 alarms/s, candidates 1 created / 0 updated / 0 cleared, dead letters 2"
-        " (bad_json 1, unknown_sensor 1), duplicates 1, out of order 1, seq restarts 0,"
-        " stale 1, updates of closed candidates dropped 0, ignored 1, retained alarms 1,"
-        " timed at reception 0, snapshots 0"
+        " (bad_json 1, unknown_sensor 1), dead letters not published 0, duplicates 1,"
+        " out of order 1, seq restarts 0, stale 1, updates of closed candidates dropped 0,"
+        " ignored 1, retained alarms 1, timed at reception 0, snapshots 0"
         " (fallback 0, missing 0, deferred 0, failed 0, stale replies 0), outbox depth 2"
     ]
 
@@ -644,3 +692,38 @@ def test_a_first_sending_on_a_resumed_session_is_not_taken_for_the_resend(
     bridge._one_batch()
     assert _readings(bridge, outbox) == [("create", 1), ("patch", 2)]
     assert bridge.core.counts.duplicates == 0
+
+
+@pytest.mark.parametrize(
+    ("publish", "logged"),
+    [
+        pytest.param(ValueError("Packet too large."), "not published", id="the client raises"),
+        pytest.param(False, "dropped by the client", id="the client drops it"),
+    ],
+)
+def test_a_dead_letter_that_cannot_be_published_is_counted_and_its_batch_acknowledged(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    publish: ValueError | bool,
+    logged: str,
+) -> None:
+    """Raised after the commit, the failure would leave the batch unacknowledged: redelivered,
+    failing again, the bridge restarting for ever."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+
+    def refusing(topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        if isinstance(publish, Exception):
+            raise publish
+        return publish
+
+    monkeypatch.setattr(link, "publish", refusing)
+    link.send(b"{nope", mid=3, at_s=0)
+    link.send(LEVEL_20, mid=4, at_s=1)
+    with caplog.at_level(logging.ERROR, logger="gridpatrol.alarm_bridge.worker"):
+        assert bridge._one_batch() == 2
+    assert link.acked == [(1, 3), (1, 4)]
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_unpublished, counts.created) == (1, 1, 1)
+    assert caplog.messages == [f"dead letter from {WL1} (bad_json) {logged}"]
+    assert [kind for kind, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
