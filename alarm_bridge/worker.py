@@ -516,6 +516,13 @@ def _after_last(view: store.StateBatch, item: AlarmInput) -> AlarmInput:
     return replace(item, t=last_seen, moved_s=item.moved_s - (last_seen - item.t))
 
 
+def _snapshot_wanted(conn: sqlite3.Connection, candidate_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM bridge_snapshot_wanted WHERE candidate_id = ?", (candidate_id,)
+    ).fetchone()
+    return row is not None
+
+
 def _dead_letter_body(dead: DeadLetter) -> bytes:
     """The dead letter's JSON; a payload over :data:`DEAD_LETTER_PAYLOAD_BYTES` is cut to
     its first bytes, with ``payload_bytes`` (its size) and ``payload_truncated``."""
@@ -920,6 +927,11 @@ class Bridge:
                 return
             self.core.counts.snapshot_fallbacks += 1
         with self.outbox.transaction() as txn:
+            # A sweep reads the wanted rows, then queues them: one a media thread settled in
+            # between is served again, and must not bring a second snapshot.
+            if not _snapshot_wanted(txn.conn, candidate_id):
+                log.info("candidate %s: snapshot settled meanwhile; not added", candidate_id)
+                return
             attached = self.core.attach_snapshot(txn, candidate_id, frame)
             store.snapshot_settled(txn.conn, candidate_id)
         if attached:

@@ -478,6 +478,25 @@ def sqlite_error(tmp_path: Path, *statements: str, ro: bool = False) -> sqlite3.
     raise AssertionError(f"{statements} succeeded")
 
 
+def raised_with_a_camera(
+    tmp_path: Path, mqtt_prefix: str
+) -> tuple[Bridge, Outbox, MqttConnection, BatchResult]:
+    """A bridge, not running, its media connection not started, that has raised a candidate
+    of mh-live: the candidate's snapshot is wanted, its job in the batch result."""
+    site = parse_site(SITE.format(prefix=mqtt_prefix), "site.yaml")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    settings = MqttSettings.from_url(BROKER)
+    media = MqttConnection("alarm_bridge-media", settings, prefix=mqtt_prefix)
+    bridge = Bridge(site, outbox, MqttConnection("alarm_bridge", settings), media)
+    out = BatchResult()
+    with outbox.transaction() as txn:
+        alarm = raise_alarm("mh-live", "manhole_tilt")
+        topic = sensor_alarm_topic(mqtt_prefix, "mh-live")
+        bridge.core.handle(txn, topic, alarm, datetime.now(UTC), out)
+        bridge.core.finish(txn, out)
+    return bridge, outbox, media, out
+
+
 SNAPSHOT_DB_ERRORS = [
     # (name, what raises the error attaching raises, requests the camera answered, snapshot
     # still wanted)
@@ -519,17 +538,7 @@ def test_only_a_busy_database_keeps_a_failed_snapshot_wanted(
         raise error
 
     monkeypatch.setattr(BridgeCore, "attach_snapshot", broken)
-    site = parse_site(SITE.format(prefix=mqtt_prefix), "site.yaml")
-    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
-    settings = MqttSettings.from_url(BROKER)
-    media = MqttConnection("alarm_bridge-media", settings, prefix=mqtt_prefix)
-    bridge = Bridge(site, outbox, MqttConnection("alarm_bridge", settings), media)
-    out = BatchResult()
-    with outbox.transaction() as txn:
-        alarm = raise_alarm("mh-live", "manhole_tilt")
-        topic = sensor_alarm_topic(mqtt_prefix, "mh-live")
-        bridge.core.handle(txn, topic, alarm, datetime.now(UTC), out)
-        bridge.core.finish(txn, out)
+    bridge, outbox, media, out = raised_with_a_camera(tmp_path, mqtt_prefix)
     [job] = out.snapshots
     media_thread = threading.Thread(target=bridge._media_loop, daemon=True)
     with Cameras(mqtt_prefix) as cams:
@@ -550,3 +559,38 @@ def test_only_a_busy_database_keeps_a_failed_snapshot_wanted(
     with outbox.transaction() as txn:
         assert store.wanted_snapshots(txn.conn) == ([job] if still_wanted else [])
     assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
+
+
+def test_a_snapshot_settled_while_a_sweep_queues_it_again_is_added_once(
+    tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep reads the wanted row; a media thread settles it, adding the snapshot; the
+    sweep then queues it again, as the job is no longer queued. That second job adds nothing.
+    The media thread's work is run by hand at that point, to force the race."""
+    bridge, outbox, media, out = raised_with_a_camera(tmp_path, mqtt_prefix)
+    [job] = out.snapshots
+    bridge._queue_snapshots(out)
+    taken = bridge._snapshots.get_nowait()  # a media thread takes the job
+    enqueue = bridge._enqueue_snapshot
+
+    def after_the_media_thread(again: tuple[str, str]) -> None:
+        bridge._snapshot(*taken)
+        bridge._snapshot_jobs.discard(taken[0])  # as the media thread does once done
+        enqueue(again)
+
+    monkeypatch.setattr(bridge, "_enqueue_snapshot", after_the_media_thread)
+    with Cameras(mqtt_prefix) as cams:
+        assert media.start(10)
+        try:
+            bridge._sweep_snapshots()
+            again = bridge._snapshots.get_nowait()
+            assert again == job  # queued again
+            bridge._snapshot(*again)
+        finally:
+            media.stop()
+    [(candidate_id, patch)] = snapshot_patches(outbox)
+    assert candidate_id == job[0]
+    assert patch["evidence"][0]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
+    assert bridge.core.counts.snapshots == 1
+    with outbox.transaction() as txn:
+        assert store.wanted_snapshots(txn.conn) == []
