@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import threading
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gridpatrol.cli import stop_on_signals
+from gridpatrol.ingest.cli import positive_seconds
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,6 @@ def register(sub: Any) -> None:
     sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
     sim.add_argument("--seed", type=int, default=1)
     sim.set_defaults(func=run_simulate)
-
-
-def positive_seconds(text: str) -> float:
-    """An interval for argparse: a finite number above zero."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (0 < value < math.inf):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return value
 
 
 def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:

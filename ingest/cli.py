@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import socket
 import sys
 import threading
@@ -24,7 +25,9 @@ def register(sub: Any) -> None:
     ingest.add_argument(
         "--component-id", help="MQTT component id (default: ingest-<host>, or with the cameras)"
     )
-    ingest.add_argument("--progress-s", type=float, default=10.0, help="progress line interval")
+    ingest.add_argument(
+        "--progress-s", type=positive_seconds, default=10.0, help="progress line interval"
+    )
     ingest.set_defaults(func=run_ingest)
 
     watch = sub.add_parser(
@@ -33,8 +36,12 @@ def register(sub: Any) -> None:
     )
     watch.add_argument("--config", required=True, help="the site file (YAML)")
     watch.add_argument("--cameras", help="comma-separated camera ids (default: all)")
-    watch.add_argument("--count", type=int, default=0, help="stop after this many frames")
-    watch.add_argument("--timeout", type=float, default=0, help="stop after this many seconds")
+    watch.add_argument(
+        "--count", type=count_or_zero, default=0, help="stop after this many frames (0: never)"
+    )
+    watch.add_argument(
+        "--timeout", type=seconds_or_zero, default=0, help="stop after this many seconds (0: never)"
+    )
     watch.add_argument("--component-id", default="watch-frames")
     watch.set_defaults(func=run_watch)
 
@@ -43,6 +50,44 @@ def register(sub: Any) -> None:
     )
     broker.add_argument("--amqtt", action="store_true", help="use the embedded amqtt broker")
     broker.set_defaults(func=run_broker)
+
+
+def positive_seconds(text: str) -> float:
+    """An interval for argparse: a finite number above zero (an interval of 0 spins a core)."""
+    value = _number(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def seconds_or_zero(text: str) -> float:
+    """A time limit for argparse: 0 (none) or a finite number above zero."""
+    value = _number(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (none) or a positive number of seconds, got {text!r}"
+        )
+    return value
+
+
+def count_or_zero(text: str) -> int:
+    """A count for argparse: 0 (none) or a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(
+            f"must be 0 (none) or a positive whole number, got {text!r}"
+        )
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def _component_id(args: argparse.Namespace) -> str:

@@ -198,6 +198,34 @@ def test_bad_configuration_stops_before_connecting(
     assert message in err
 
 
+SECONDS = "must be a positive number of seconds, got"
+LIMIT = "must be 0 (none) or a positive number of seconds, got"
+
+
+@pytest.mark.parametrize(
+    ("command", "says"),
+    [
+        # An interval of 0 (or NaN) made the progress loop spin a core; a negative limit ended
+        # watch-frames at once with nothing watched.
+        (["ingest", "--progress-s", "0"], f"argument --progress-s: {SECONDS} '0'"),
+        (["ingest", "--progress-s", "-5"], f"argument --progress-s: {SECONDS} '-5'"),
+        (["ingest", "--progress-s", "nan"], f"argument --progress-s: {SECONDS} 'nan'"),
+        (["watch-frames", "--timeout", "-1"], f"argument --timeout: {LIMIT} '-1'"),
+        (["watch-frames", "--timeout", "nan"], f"argument --timeout: {LIMIT} 'nan'"),
+        (["watch-frames", "--count", "-1"],
+         "argument --count: must be 0 (none) or a positive whole number, got '-1'"),
+    ],
+)  # fmt: skip
+def test_an_interval_or_limit_out_of_range_exits_2_before_connecting(
+    site_file: Callable[..., Path], gridpatrol_proc: Any, command: list[str], says: str
+) -> None:
+    site = site_file("  - {id: c1, source: x.mp4, fps: 1, location: {address: a}}\n")
+    proc = gridpatrol_proc([*command, "--config", str(site)], SHARED)
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    assert err.splitlines()[-1] == f"gridpatrol {command[0]}: error: {says}"
+
+
 @pytest.mark.parametrize(
     ("command", "url", "says"),
     [
