@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -84,17 +85,6 @@ def run_bridge(args: argparse.Namespace) -> int:
     except RuntimeError as exc:  # no producer token: say so instead of a traceback
         log.error("%s", exc)
         return 2
-    outbox = Outbox(
-        state_dir / "bridge.db",
-        client,
-        component=COMPONENT,
-        busy_hint="another bridge runs on it: give each bridge its own GRIDPATROL_STATE_DIR",
-    )
-    try:
-        outbox.claim()  # one bridge per state directory
-    except OutboxBusy as exc:
-        log.error("%s", exc)
-        return 2
     mqtt = MqttConnection(
         COMPONENT,
         settings,
@@ -104,14 +94,29 @@ def run_bridge(args: argparse.Namespace) -> int:
         client_id=args.client_id or default_client_id(prefix),
     )
     media = MqttConnection(f"{COMPONENT}-media", settings, prefix=prefix)
-    bridge = Bridge(
-        site,
-        outbox,
-        mqtt,
-        media,
-        progress_s=args.progress_s,
-        fallback_max_age_s=args.snapshot_max_age_s,
-    )
+    state = state_dir / "bridge.db"
+    try:
+        outbox = Outbox(
+            state,
+            client,
+            component=COMPONENT,
+            busy_hint="another bridge runs on it: give each bridge its own GRIDPATROL_STATE_DIR",
+        )
+        outbox.claim()  # one bridge per state directory
+        bridge = Bridge(
+            site,
+            outbox,
+            mqtt,
+            media,
+            progress_s=args.progress_s,
+            fallback_max_age_s=args.snapshot_max_age_s,
+        )
+    except OutboxBusy as exc:
+        log.error("%s", exc)
+        return 2
+    except (OSError, sqlite3.Error) as exc:  # a directory it cannot write, a damaged file
+        log.error("bridge: cannot start: the state database %s: %s", state, exc)
+        return 2
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
@@ -120,14 +125,14 @@ def run_bridge(args: argparse.Namespace) -> int:
         outbox.stop()
         return 2
     outbox.start()
-    log.info(
-        "bridge: %d sensors, state %s, broker %s",
-        len(site.sensors),
-        state_dir / "bridge.db",
-        mqtt.settings.url,
-    )
+    log.info("bridge: %d sensors, state %s, broker %s", len(site.sensors), state, mqtt.settings.url)
     try:
         bridge.run()
+    except sqlite3.Error as exc:
+        # The database, not a message (a full disk): what was not acknowledged comes again
+        # after the restart.
+        log.error("bridge: stopping: the state database %s failed: %s", state, exc)
+        return 1
     finally:
         media.stop()
         mqtt.stop()

@@ -147,7 +147,7 @@ def run_watch(args: argparse.Namespace) -> int:
         site = load_site(args.config)
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
-        return 1
+        return 2
     conn = mqtt_connection(log, "watch-frames", args.component_id, site.mqtt.prefix)
     if conn is None:
         return 2

@@ -1,15 +1,20 @@
-"""Command-line failures an operator meets first: a clear message and exit code 2."""
+"""Command-line failures an operator meets: one clear line, exit code 2 (1 while running)."""
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from gridpatrol.alarm_bridge import cli as bridge_cli
+from gridpatrol.alarm_bridge.worker import Bridge
 from gridpatrol.api.client import Outbox
+from gridpatrol.cli import build_parser
 
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
@@ -99,3 +104,62 @@ def test_a_malformed_broker_url_is_one_line_and_exit_2(
     (line,) = done.stderr.splitlines()
     assert line.endswith(says)
     assert "s3cret" not in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["not a directory", "not a database"])
+def test_a_state_database_that_cannot_be_used_is_one_line_and_exit_2(
+    tmp_path: Path, kind: str
+) -> None:
+    state = tmp_path / "file" / "sub"
+    if kind == "not a directory":
+        # A regular file where a folder should be: as root, where file modes stop no write,
+        # this is what a state directory the bridge cannot write looks like.
+        state.parent.write_text("")
+        says = f"[Errno 20] Not a directory: '{state}'"
+    else:
+        state.mkdir(parents=True)
+        (state / "bridge.db").write_text("no database " * 100)
+        says = "file is not a database"
+    env = {**os.environ, "GRIDPATROL_STATE_DIR": str(state), "GRIDPATROL_API_TOKEN": "t"}
+    done = run(["bridge", "--config", str(SAMPLE_SITE)], env)
+    assert done.returncode == 2
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(
+        " ERROR gridpatrol.alarm_bridge.cli: bridge: cannot start: the state database "
+        f"{state / 'bridge.db'}: {says}"
+    )
+
+
+def test_a_state_database_failing_while_running_is_one_line_and_exit_1(
+    tmp_path: Path,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The bridge stops on a database error (the broker redelivers what it did not
+    acknowledge): one line naming the file, no traceback."""
+    site = tmp_path / "site.yaml"
+    text = SAMPLE_SITE.read_text()
+    site.write_text(text.replace("prefix: gridpatrol", f"prefix: {mqtt_prefix}", 1))
+    state = tmp_path / "state"
+    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(state))
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://127.0.0.1:1883")
+    monkeypatch.setattr(bridge_cli, "stop_on_signals", lambda stop: None)  # pytest's own stay
+
+    def disk_full(_bridge: Bridge) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Bridge, "run", disk_full)
+    args = build_parser().parse_args(
+        ["bridge", "--config", str(site), "--client-id", f"gp-{mqtt_prefix}"]
+    )
+    with caplog.at_level(logging.INFO):
+        code = args.func(args)
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"bridge: stopping: the state database {state / 'bridge.db'} failed: database or disk "
+        "is full"
+    ]
+    assert all(r.exc_info is None for r in caplog.records)

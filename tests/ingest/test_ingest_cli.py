@@ -362,3 +362,17 @@ def test_a_command_stopped_while_connecting_ends_cleanly(
     # Its last line is its normal summary, written after the start gave up waiting.
     assert re.fullmatch(r"\S+ \S+" + summary, err.splitlines()[-1]), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["ingest", "watch-frames"])
+def test_a_site_file_that_cannot_be_read_exits_2_before_connecting(
+    gridpatrol_proc: Any, tmp_path: Path, command: str
+) -> None:
+    missing = tmp_path / "missing.yaml"
+    proc = gridpatrol_proc([command, "--config", str(missing)], "mqtt://127.0.0.1:1")
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    assert err.splitlines() == [
+        "invalid site file:",
+        f"  {missing}:0: cannot read the site file: No such file or directory",
+    ]
