@@ -68,7 +68,13 @@ def default_client_id(prefix: str) -> str:
 def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
-    from gridpatrol.ingest.mqtt import MqttConfigError, MqttConnection, MqttSettings, mqtt_started
+    from gridpatrol.ingest.mqtt import (
+        MqttConfigError,
+        MqttConnection,
+        MqttSettings,
+        mqtt_started,
+        stop_when_refused,
+    )
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -120,6 +126,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
+    refused = stop_when_refused(log, "bridge", stop, mqtt, media)
     if not (mqtt_started(log, "bridge", mqtt) and mqtt_started(log, "bridge", media)):
         mqtt.stop()
         outbox.stop()
@@ -138,7 +145,7 @@ def run_bridge(args: argparse.Namespace) -> int:
         mqtt.stop()
         outbox.stop()
     log.info("bridge: stopped (outbox depth %d)", outbox.depth())
-    return 0
+    return 2 if refused.is_set() else 0
 
 
 # How long simulate-sensors waits at exit for the broker to acknowledge what it sent.
@@ -147,7 +154,7 @@ FINAL_ACK_TIMEOUT_S = 10.0
 
 def run_simulate(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.simulate import simulated_sensors
-    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started, stop_when_refused
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -167,6 +174,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     # still ends the run in order, with its summary.
     stop = threading.Event()
     stop_on_signals(stop)
+    refused = stop_when_refused(log, "simulate-sensors", stop, conn)
     if not mqtt_started(log, "simulate-sensors", conn):
         return 2
     start = time.monotonic()
@@ -195,7 +203,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     finally:
         # QoS 1 publications leave in order: once this one is acknowledged, all earlier are.
         # The wait is bounded below the demo's stop timeout, so a lost broker cannot hold it.
-        if not conn.publish_wait(
+        if not refused.is_set() and not conn.publish_wait(
             conn.status_topic, b"online", qos=1, retain=True, timeout=FINAL_ACK_TIMEOUT_S
         ):
             log.warning(
@@ -205,4 +213,4 @@ def run_simulate(args: argparse.Namespace) -> int:
             )
         conn.stop()
     log.info("simulate-sensors: %d messages in %.1f s", sent, time.monotonic() - start)
-    return 0
+    return 2 if refused.is_set() else 0

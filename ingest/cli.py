@@ -99,7 +99,7 @@ def _component_id(args: argparse.Namespace) -> str:
 
 
 def run_ingest(args: argparse.Namespace) -> int:
-    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started, stop_when_refused
     from gridpatrol.ingest.service import IngestService
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -124,6 +124,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     # Before the start, which waits up to 10 s for an unreachable broker: a signal meanwhile
     # still ends the run in order.
     stop_on_signals(service.stop_event)
+    refused = stop_when_refused(log, "ingest", service.stop_event, conn)
     if not mqtt_started(log, "ingest", conn):
         return 2
     service.start()
@@ -132,14 +133,14 @@ def run_ingest(args: argparse.Namespace) -> int:
     finally:
         service.stop()
         conn.stop()
-    return 0
+    return 2 if refused.is_set() else 0
 
 
 def run_watch(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started
+    from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started, stop_when_refused
     from gridpatrol.ingest.receiver import FrameReceiver
     from gridpatrol.site import SiteConfigError, load_site
 
@@ -155,6 +156,7 @@ def run_watch(args: argparse.Namespace) -> int:
     receiver = FrameReceiver(conn, cameras, maxsize=100)
     stop = threading.Event()
     stop_on_signals(stop)
+    refused = stop_when_refused(log, "watch-frames", stop, conn)
     if not mqtt_started(log, "watch-frames", conn):
         return 2
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
@@ -172,7 +174,7 @@ def run_watch(args: argparse.Namespace) -> int:
     finally:
         conn.stop()
     log.info("%d frames, %d dropped, rejected %s", seen, receiver.dropped, dict(receiver.rejected))
-    return 0
+    return 2 if refused.is_set() else 0
 
 
 def run_broker(args: argparse.Namespace) -> int:

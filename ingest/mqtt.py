@@ -243,6 +243,7 @@ class MqttConnection:
         # The subscription list the routes were computed for, and topic -> its subscriptions.
         self._routes: tuple[list[Subscription], dict[str, tuple[Subscription, ...]]] = ([], {})
         self._hooks: list[Callable[[MqttConnection], None]] = []
+        self._refusal_hooks: list[Callable[[MqttConnection, MqttAuthError], None]] = []
         self._lock = threading.Lock()
         # Serialises (un)subscribe, which snapshot threads call side by side. Never taken in a
         # paho callback: those run under paho's callback mutex, which client.subscribe may take.
@@ -316,10 +317,7 @@ class MqttConnection:
     def _result(self, refused: bool) -> bool:
         if refused:
             self._close_client()
-            raise MqttAuthError(
-                f"broker {self.settings.url} refused the credentials of {self.component_id} "
-                f"({self._auth_reason})"
-            )
+            raise self._auth_error()
         if not self._connected.is_set():
             log.warning(
                 "%s: broker %s not reachable yet; retrying in the background",
@@ -400,6 +398,19 @@ class MqttConnection:
         """Run ``hook(connection)`` after every (re)connect, e.g. to republish retained state."""
         self._hooks.append(hook)
 
+    def on_refused(self, hook: Callable[[MqttConnection, MqttAuthError], None]) -> None:
+        """Run ``hook(connection, error)`` (on the network thread: never block) when the broker
+        refuses credentials it never accepted after :meth:`start` returned: a broker that was
+        not reachable at the start. The connection does not retry them; with a hook, it leaves
+        the saying so to the hook."""
+        self._refusal_hooks.append(hook)
+
+    def _auth_error(self) -> MqttAuthError:
+        return MqttAuthError(
+            f"broker {self.settings.url} refused the credentials of {self.component_id} "
+            f"({self._auth_reason})"
+        )
+
     # -- paho callbacks (network thread: never block) ------------------------------------------
 
     def _on_socket_open(self, client: paho.Client, _userdata: Any, _sock: Any) -> None:
@@ -467,19 +478,27 @@ class MqttConnection:
     def _refused_first(self, client: paho.Client, reason: Any) -> None:
         """Credentials refused before any connection: not retried. While start() runs, its
         MqttAuthError carries the reason and the command says it in one line; later, nobody
-        raises, so the error is logged here."""
+        raises: the :meth:`on_refused` hooks run (a command stops with that line), and without
+        any the error is logged here."""
         with self._lock:
             self.auth_failed = True
             self._auth_reason = str(reason)
             starting = self._starting
+        hooks = [] if starting else list(self._refusal_hooks)
         log.log(
-            logging.DEBUG if starting else logging.ERROR,
+            logging.DEBUG if starting or hooks else logging.ERROR,
             "%s: broker %s refused the credentials (%s); not retrying",
             self.component_id,
             self.settings.url,
             reason,
         )
         client.disconnect()
+        error = self._auth_error()
+        for hook in hooks:
+            try:
+                hook(self, error)
+            except Exception:
+                log.exception("%s: refusal hook failed", self.component_id)
 
     def _refused_again(self, client: paho.Client, reason: Any) -> None:
         """Credentials that worked were refused on a reconnect: retry, slowly, for good.
@@ -719,6 +738,29 @@ def mqtt_connection(
     except MqttConfigError as exc:
         logger.error("%s: cannot start: %s", command, exc)
         return None
+
+
+def stop_when_refused(
+    logger: logging.Logger, command: str, stop: threading.Event, *conns: MqttConnection
+) -> threading.Event:
+    """Stop the command when the broker, not reachable at the start, later refuses the
+    credentials of one of ``conns``: one line on the command's ``logger``, ``stop`` set, and
+    the returned event set (exit 2, as for a refusal at the start: mend and restart). Call
+    before the start."""
+    refused = threading.Event()
+    lock = threading.Lock()
+
+    def hook(_conn: MqttConnection, error: MqttAuthError) -> None:
+        with lock:  # a command's connections may be refused side by side: one line
+            first = not refused.is_set()
+            refused.set()
+        if first:
+            logger.error("%s: stopping: %s", command, error)
+        stop.set()
+
+    for conn in conns:
+        conn.on_refused(hook)
+    return refused
 
 
 def mqtt_started(logger: logging.Logger, command: str, conn: MqttConnection) -> bool:

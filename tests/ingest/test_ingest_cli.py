@@ -376,3 +376,56 @@ def test_a_site_file_that_cannot_be_read_exits_2_before_connecting(
         "invalid site file:",
         f"  {missing}:0: cannot read the site file: No such file or directory",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "connections", "component"),
+    [
+        (["ingest", "--component-id", "ing-late"], 1, "ing-late"),
+        (["watch-frames"], 1, "watch-frames"),
+        # Two connections: whichever is refused first says it.
+        (["bridge"], 2, "alarm_bridge(-media)?"),
+    ],
+    ids=["ingest", "watch-frames", "bridge"],
+)
+def test_credentials_refused_by_a_broker_that_came_up_late_exit_2_with_one_line(
+    mosquitto: Any,
+    site_file: Callable[..., Path],
+    gridpatrol_proc: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: list[str],
+    connections: int,
+    component: str,
+) -> None:
+    """Not reachable at the start, the broker then refuses the credentials: never accepted,
+    they are not retried, and the command must not run on without a connection."""
+    mosquitto.stop()  # the port is known, and closed
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
+    conf = mosquitto.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    mosquitto.conf.write_text(f"{conf}password_file {passwords}\n")
+    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
+    url = f"mqtt://gp:wrong@127.0.0.1:{mosquitto.port}"
+    # A camera ingest serves (without one it ends at once); not reachable: it logs warnings.
+    site = site_file(
+        "  - {id: c1, source: 'rtsp://127.0.0.1:9/x', fps: 1, location: {address: a}}\n"
+    )
+    args = [*command, "--config", str(site)]
+    proc = gridpatrol_proc(args, url, tmp_path / "err")
+    waiting = "not reachable yet; retrying in the background"
+    lines = proc.wait_for(lambda lines: sum(waiting in x for x in lines) == connections, 60)
+    assert sum(waiting in x for x in lines) == connections, lines
+    mosquitto.start()
+    returncode, _, err = proc.wait(90)
+    assert returncode == 2, err
+    (line,) = [x for x in err.splitlines() if " ERROR " in x]
+    logger = "alarm_bridge" if command[0] == "bridge" else "ingest"
+    assert re.search(
+        rf" ERROR gridpatrol\.{logger}\.cli: {command[0]}: stopping: broker "
+        rf"mqtt://gp@127\.0\.0\.1:{mosquitto.port} refused the credentials of {component} "
+        r"\(Not authorized\)$",
+        line,
+    ), line
+    assert "Traceback" not in err
