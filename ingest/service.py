@@ -33,6 +33,11 @@ DEFAULT_BOOST_S = 600.0
 # A boost beyond these would hand one camera nearly the whole patrol budget, or for days.
 MAX_BOOST = 16.0
 MAX_BOOST_S = 86400.0
+# The oldest newest-frame a snapshot request is answered with when its grab gets no frame. A
+# requester takes a reply for a fresh picture (the alarm bridge puts it on a new alarm): a
+# camera dead for hours must not answer with its last one. The bridge's own fallback to the
+# newest frame it saw stops at the same age by default (its --snapshot-max-age-s).
+SNAPSHOT_FALLBACK_MAX_AGE_S = 120.0
 
 
 def parse_boost(payload: bytes) -> tuple[float, float]:
@@ -272,15 +277,17 @@ class IngestService:
         whatever happens: the pool keeps what a task raises to itself, and a list left behind
         would park every later request for the camera behind a grab that never ends."""
         error: Exception | None = None
+        frame: Frame | None = None
         try:
-            frame = self._visit(camera_id) or self.outputs[camera_id].latest
+            frame = self._visit(camera_id)
         except Exception as exc:
             error = exc
-            frame = self.outputs[camera_id].latest  # as when the grab gets no frame
         with self._waiting_lock:
             request_ids = self._waiting.pop(camera_id, [])
         if error is not None:
             log.error("camera %s: the snapshot grab failed", camera_id, exc_info=error)
+        if frame is None:
+            frame = self._recent(camera_id, len(request_ids))
         if frame is None:
             return
         for waiting_id in request_ids:
@@ -288,6 +295,29 @@ class IngestService:
                 self._reply(camera_id, frame, waiting_id)
             except Exception:
                 log.exception("camera %s: snapshot request %s not answered", camera_id, waiting_id)
+
+    def _recent(self, camera_id: str, requests: int) -> Frame | None:
+        """The newest frame, for requests whose grab got none, unless it is older than
+        :data:`SNAPSHOT_FALLBACK_MAX_AGE_S`; then they are not answered and their requester
+        goes without (or uses a fallback of its own)."""
+        latest = self.outputs[camera_id].latest
+        if latest is None:
+            log.warning(
+                "camera %s: no frame for %d snapshot request(s); not answered", camera_id, requests
+            )
+            return None
+        age = (datetime.now(UTC) - latest.header.ts).total_seconds()
+        if age > SNAPSHOT_FALLBACK_MAX_AGE_S:
+            log.warning(
+                "camera %s: no frame for %d snapshot request(s) and the newest is %.0f s old "
+                "(over %.0f s); not answered",
+                camera_id,
+                requests,
+                age,
+                SNAPSHOT_FALLBACK_MAX_AGE_S,
+            )
+            return None
+        return latest
 
     def _reply(self, camera_id: str, frame: Frame, request_id: str) -> None:
         topic = snapshot_topic(self.conn.prefix, camera_id)

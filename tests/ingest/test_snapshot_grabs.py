@@ -1,16 +1,17 @@
 """Snapshot requests for a camera that takes long to open: a burst takes one grab; a grab that
-fails leaves later requests answered; requests that overflow the queue are counted in the
-progress line."""
+fails leaves later requests answered, with the newest frame only while it is recent; requests
+that overflow the queue are counted in the progress line."""
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -59,6 +60,15 @@ class SlowCamera(SnapshotCamera):
     def grab(self) -> None:
         self.started.set()
         assert self.release.wait(30)
+
+
+class DeadCamera(SnapshotCamera):
+    """Every grab gets no frame (the source cannot be opened)."""
+
+    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+        if threading.current_thread().name.startswith("snapshot"):
+            self.grabs += 1
+        return None
 
 
 class FaultyOnceCamera(SnapshotCamera):
@@ -170,3 +180,56 @@ def test_a_grab_that_raises_leaves_later_requests_answered(
     frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
     assert frame.header.request_id == second
     assert camera.grabs == 2
+
+
+@pytest.mark.parametrize(("age_s", "answered"), [(3 * 3600, False), (60, True)])
+def test_a_failed_grab_answers_with_the_newest_frame_only_while_it_is_recent(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    age_s: float,
+    answered: bool,
+) -> None:
+    """A requester takes the reply for a fresh picture: the last frame of a camera dead for
+    hours must not go on a new alarm."""
+    camera = DeadCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    captured = datetime.now(UTC) - timedelta(seconds=age_s)
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, f"stale-{age_s}") as (service, asker, replies),
+    ):
+        service.outputs["p1"].publish(camera.image, 64, 36, ts=captured)  # its last frame
+        asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request("r1"), 1)
+        deadline = time.monotonic() + 10
+        while not said(caplog) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # A reply leaves before the line saying so.
+        message = replies.get(5 if answered else 1)
+    assert camera.grabs == 1
+    if answered:
+        assert message is not None
+        frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
+        assert (frame.header.request_id, frame.image) == ("r1", camera.image)
+        assert abs((frame.header.ts - captured).total_seconds()) < 1e-3
+        assert said(caplog) == ["camera p1: answered snapshot request r1"]
+    else:
+        assert message is None
+        (line,) = said(caplog)
+        assert re.fullmatch(
+            r"camera p1: no frame for 1 snapshot request\(s\) and the newest is 108\d\d s old "
+            r"\(over 120 s\); not answered",
+            line,
+        ), line
+
+
+def said(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the service said about camera p1's snapshot requests (not the progress line)."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == ingest_service.__name__
+        and r.getMessage().startswith("camera p1: ")
+        and "snapshot request" in r.getMessage()
+    ]
