@@ -178,11 +178,13 @@ class IngestService:
         self._visit(decision.camera_id)
 
     def _visit(self, camera_id: str) -> Frame | None:
+        """A patrol visit: its outcome schedules the next and sets the camera's status."""
         output = self.outputs[camera_id]
         grabbed = grab_once(output.camera, self.base_dir)
         if grabbed is None:
             output.stats.failures += 1
-            retry_s = self._scheduled(camera_id, ok=False)
+            with self._sched_lock:
+                retry_s = self.scheduler.failed(camera_id)
             if output.online is not False:  # once per failing streak, not on every visit
                 log.warning(
                     "camera %s: the patrol visit got no frame from %s (it cannot be opened or "
@@ -193,18 +195,27 @@ class IngestService:
                 )
             output.set_status(False)
             return None
-        self._scheduled(camera_id, ok=True)
+        with self._sched_lock:
+            self.scheduler.succeeded(camera_id)
         return output.publish(*grabbed)
 
-    def _scheduled(self, camera_id: str, ok: bool) -> float:
-        """Tell the patrol how a visit went; seconds until the next (0 off the patrol)."""
-        if not self.outputs[camera_id].camera.is_patrol:
-            return 0.0  # a snapshot grab of a continuous camera
-        with self._sched_lock:
-            if ok:
-                self.scheduler.succeeded(camera_id)
-                return 0.0
-            return self.scheduler.failed(camera_id)
+    def _grab(self, camera_id: str) -> Frame | None:
+        """A snapshot grab: a visit for a patrol camera. A continuous camera's grab opens its
+        source a second time beside the stream its publisher reads (a camera may refuse a
+        second connection): a failure says nothing of the stream, so its status stays."""
+        output = self.outputs[camera_id]
+        if output.camera.is_patrol:
+            return self._visit(camera_id)
+        grabbed = grab_once(output.camera, self.base_dir)
+        if grabbed is None:
+            output.stats.failures += 1
+            log.warning(
+                "camera %s: the snapshot grab got no frame from %s (its stream is left as it is)",
+                camera_id,
+                redact(output.camera.source),
+            )
+            return None
+        return output.publish(*grabbed)
 
     def _apply_boosts(self) -> None:
         while (message := self._boosts.get(0)) is not None:
@@ -279,7 +290,7 @@ class IngestService:
         error: Exception | None = None
         frame: Frame | None = None
         try:
-            frame = self._visit(camera_id)
+            frame = self._grab(camera_id)
         except Exception as exc:
             error = exc
         with self._waiting_lock:

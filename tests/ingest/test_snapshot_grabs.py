@@ -233,3 +233,61 @@ def said(caplog: pytest.LogCaptureFixture) -> list[str]:
         and r.getMessage().startswith("camera p1: ")
         and "snapshot request" in r.getMessage()
     ]
+
+
+class IdlePublisher(threading.Thread):
+    """Stands in for a continuous camera's publisher: the test publishes its frames."""
+
+    def __init__(self, *_args: object) -> None:
+        super().__init__()
+
+    def run(self) -> None:
+        return
+
+
+def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A continuous camera's grab opens its source beside the stream (a camera may refuse a
+    second connection): its failure is no patrol visit and takes nothing offline."""
+    camera = DeadCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
+    site = load_site(
+        site_file("  - {id: c1, source: 'rtsp://cam:secret@127.0.0.1:9/x', fps: 2,\n"
+                  "     location: {address: a}}\n")
+    )  # fmt: skip
+    served = MqttConnection("ing-streaming", SHARED, prefix=mqtt_prefix)
+    asker = MqttConnection("asker-streaming", SHARED, prefix=mqtt_prefix)
+    replies = asker.subscribe(snapshot_topic(mqtt_prefix, "c1"), qos=1)
+    statuses = asker.subscribe(f"{mqtt_prefix}/cameras/c1/status", qos=1)
+    service = IngestService(site, served, site.cameras)
+    assert served.start(10) and asker.start(10)
+    service.start()
+    try:
+        with caplog.at_level(logging.INFO, logger=ingest_service.__name__):
+            # The stream's last frame, 5 s ago: too old to answer without a grab.
+            captured = datetime.now(UTC) - timedelta(seconds=5)
+            service.outputs["c1"].publish(camera.image, 64, 36, ts=captured)
+            asker.publish(snapshot_request_topic(mqtt_prefix, "c1"), encode_request("r1"), 1)
+            message = replies.get(10)
+            seen = [m.payload for m in statuses.drain()]
+    finally:
+        service.stop()
+        served.stop()
+        asker.stop()
+    assert camera.grabs == 1
+    assert message is not None  # the stream's recent frame
+    assert seen == [b"online"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == ingest_service.__name__ and r.levelno == logging.WARNING
+    ]
+    assert warnings == [
+        "camera c1: the snapshot grab got no frame from rtsp://***@127.0.0.1:9/x (its stream "
+        "is left as it is)"
+    ]
