@@ -58,6 +58,8 @@ class FrameReceiver:
     def _decode(self, message: Message) -> Frame | None:
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None or match.kind != "frame":
+            # The subscription takes only …/cameras/+/frame: an id no camera can have.
+            self.reject("bad_topic", message)
             return None
         try:
             frame = decode_frame(

@@ -223,11 +223,10 @@ class IngestService:
 
     def _apply_boost(self, message: Message) -> None:
         match = parse_topic(self.conn.prefix, message.topic)
-        if (
-            match is None
-            or match.id not in self.outputs
-            or not self.outputs[match.id].camera.is_patrol
-        ):
+        if match is None:  # an id no camera can have (the filter takes any level)
+            self._dead_letter("bad_topic", message)
+            return
+        if match.id not in self.outputs or not self.outputs[match.id].camera.is_patrol:
             return
         try:
             factor, duration = parse_boost(message.payload)
@@ -257,7 +256,10 @@ class IngestService:
 
     def _request(self, message: Message) -> None:
         match = parse_topic(self.conn.prefix, message.topic)
-        if match is None or match.id not in self.outputs:
+        if match is None:  # an id no camera can have (the filter takes any level)
+            self._dead_letter("bad_topic", message)
+            return
+        if match.id not in self.outputs:
             return  # another ingest process serves that camera
         try:
             request_id = parse_request(message.payload)

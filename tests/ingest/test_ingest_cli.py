@@ -133,18 +133,58 @@ def test_a_camera_that_publishes_itself_written_mqtt_in_capitals_is_left_alone(
     assert "cannot open" not in err
 
 
+def watching(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    args: list[str],
+    component: str,
+) -> tuple[Any, Any]:
+    """``watch-frames`` on camera c1 (whose frames come over MQTT) once it is online, and a
+    watcher of everything under the prefix."""
+    site = site_file("  - {id: c1, source: mqtt, location: {address: here}}\n")
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    command = ["watch-frames", "--config", str(site), *args, "--component-id", component]
+    proc = gridpatrol_proc(command)
+    status = f"{mqtt_prefix}/components/{component}/status"
+    watcher.collect(lambda s: b"online" in statuses(s, status), timeout=30)
+    return proc, watcher
+
+
+def small_jpeg() -> bytes:
+    ok, jpeg = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
+    assert ok
+    return bytes(jpeg.tobytes())
+
+
+def fed(
+    proc: Any, watcher: Any, mqtt_prefix: str, bad: list[tuple[str, bytes]], component: str
+) -> tuple[str, list[dict[str, Any]]]:
+    """Publish each (topic, payload) of ``bad``, then a valid frame of c1 (seq 5) that ends
+    ``watch-frames --count 1``; its stderr and its dead letters, one per bad message."""
+    good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), small_jpeg())
+    conn = MqttConnection(f"feeder-{component}", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start(10)
+    try:
+        for topic, payload in [*bad, (f"{mqtt_prefix}/cameras/c1/frame", good)]:
+            assert conn.publish_wait(topic, payload, qos=1, timeout=60)
+    finally:
+        conn.stop()
+    code, out, err = proc.wait(120)
+    assert code == 0, err
+    assert [json.loads(line)["seq"] for line in out.splitlines()] == [5]
+    dead_topic = f"{mqtt_prefix}/deadletter/{component}"
+    seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= len(bad), timeout=60)
+    return err, [json.loads(p) for p in statuses(seen, dead_topic)]
+
+
 def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
-    site = site_file("  - {id: c1, source: mqtt, location: {address: here}}\n")
-    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
-    args = ["watch-frames", "--config", str(site), "--count", "2", "--timeout", "60"]
-    proc = gridpatrol_proc([*args, "--component-id", "wf"])
-    component = f"{mqtt_prefix}/components/wf/status"
-    watcher.collect(lambda s: b"online" in statuses(s, component), timeout=30)
-    ok, jpeg = cv2.imencode(".jpg", np.zeros((90, 160, 3), np.uint8))
-    assert ok
-    image = jpeg.tobytes()
+    args = ["--count", "2", "--timeout", "60"]
+    proc, watcher = watching(site_file, watch, gridpatrol_proc, mqtt_prefix, args, "wf")
+    image = small_jpeg()
     good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), image)
     other = encode_frame(FrameHeader(datetime.now(UTC), 6, "c2", 160, 90), image)
     # Headers within the 16 KiB cap that json.loads refuses with a RecursionError (nesting) and
@@ -172,6 +212,64 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     assert [x["reason"] for x in letters] == reasons
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == bad
     assert {x["topic"] for x in letters} == {topic}
+
+
+def test_a_frame_on_a_topic_whose_id_no_camera_can_have_is_dead_lettered(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    args = ["--count", "1", "--timeout", "60"]
+    proc, watcher = watching(site_file, watch, gridpatrol_proc, mqtt_prefix, args, "wf-topic")
+    bad_topics = [f"{mqtt_prefix}/cameras/bad id/frame", f"{mqtt_prefix}/cameras//frame"]
+    bad = [(topic, b"anything") for topic in bad_topics]
+    err, letters = fed(proc, watcher, mqtt_prefix, bad, "wf-topic")
+    assert [(x["reason"], x["topic"]) for x in letters] == [
+        ("bad_topic", topic) for topic in bad_topics
+    ]
+    assert [base64.b64decode(x["payload_b64"]) for x in letters] == [b"anything"] * 2
+    assert "rejected {'bad_topic': 2}" in err
+
+
+def test_requests_and_boosts_for_an_id_no_camera_can_have_are_dead_lettered(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    site = site_file(CONTINUOUS.format(loop="true"))
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-t"])
+    online = f"{mqtt_prefix}/cameras/c1/status"
+    watcher.collect(lambda s: b"online" in statuses(s, online), timeout=30)
+    boost = f"{mqtt_prefix}/cameras/bad id/patrol/boost"
+    bad_request = f"{mqtt_prefix}/cameras/bad id/snapshot/request"
+    conn = MqttConnection("asker-t", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    assert conn.start(10)
+    try:
+        assert conn.publish_wait(boost, b"{}", qos=1)
+        assert conn.publish_wait(bad_request, b'{"request_id": "r0"}', qos=1)
+        # A valid id that another ingest process serves is none of this one's business.
+        other = f"{mqtt_prefix}/cameras/c9/snapshot/request"
+        assert conn.publish_wait(other, b'{"request_id": "r9"}', qos=1)
+        request = f"{mqtt_prefix}/cameras/c1/snapshot/request"
+        assert conn.publish_wait(request, b'{"request_id": "r1"}', qos=1)
+    finally:
+        conn.stop()
+    dead_topic = f"{mqtt_prefix}/deadletter/ing-t"
+    reply_topic = f"{mqtt_prefix}/cameras/c1/snapshot"
+    seen = watcher.collect(
+        lambda s: len(statuses(s, dead_topic)) >= 2 and bool(statuses(s, reply_topic))
+    )
+    proc.signal(signal.SIGTERM)
+    code, _, err = proc.wait(30)
+    assert code == 0, err
+    letters = [json.loads(p) for p in statuses(seen, dead_topic)]
+    assert sorted((x["reason"], x["topic"]) for x in letters) == [
+        ("bad_topic", boost),
+        ("bad_topic", bad_request),
+    ]
+    replies = [
+        decode_frame(p, topic_camera_id="c1", received_at=datetime.now(UTC))
+        for p in statuses(seen, reply_topic)
+    ]
+    assert [r.header.request_id for r in replies] == ["r1"]
+    assert "; 2 malformed (dead-lettered)" in err
 
 
 @pytest.mark.parametrize(
