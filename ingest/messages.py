@@ -596,12 +596,26 @@ def _senml_record(
 # Dead letters
 
 
-def dead_letter(reason: str, topic: str, payload: bytes, received_at: datetime) -> bytes:
-    """The JSON published to ``{prefix}/deadletter/{component}``."""
-    body = {
+# The most of its payload a dead letter of ingest and watch-frames carries: any frame header
+# (at most 16 KiB) and snapshot request fit. Whole, a payload of some MB would make the dead
+# letter (in base64) larger than the broker takes (max_packet_size, which Mosquitto answers by
+# dropping the connection), one of 201 MB larger than MQTT allows (the publish raises).
+DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
+
+
+def dead_letter(
+    reason: str, topic: str, payload: bytes, received_at: datetime, keep: int | None = None
+) -> bytes:
+    """The JSON published to ``{prefix}/deadletter/{component}``. A payload over ``keep``
+    bytes is cut to its first ``keep``, and the letter adds ``payload_bytes`` (the payload's
+    size) and ``payload_truncated``: true."""
+    kept = payload if keep is None else payload[:keep]
+    body: dict[str, object] = {
         "reason": reason,
         "topic": topic,
-        "payload_b64": base64.b64encode(payload).decode("ascii"),
+        "payload_b64": base64.b64encode(kept).decode("ascii"),
         "received_at": rfc3339(received_at),
     }
+    if len(kept) < len(payload):
+        body |= {"payload_bytes": len(payload), "payload_truncated": True}
     return json.dumps(body, separators=(",", ":")).encode()

@@ -2,7 +2,8 @@
 
 Keeps only the newest frames per camera when the consumer falls behind (the subscription's
 bounded queue drops the oldest and counts), and never stops on bad input: each rejection is
-published to ``{prefix}/deadletter/{component}`` with its reason and the original bytes.
+published to ``{prefix}/deadletter/{component}`` with its reason and the original bytes
+(their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are more, with their size).
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 
-from gridpatrol.ingest.messages import Frame, MessageError, dead_letter, decode_frame
+from gridpatrol.ingest.messages import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    Frame,
+    MessageError,
+    dead_letter,
+    decode_frame,
+)
 from gridpatrol.ingest.mqtt import Message, MqttConnection
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic, wildcard
 
@@ -78,7 +85,14 @@ class FrameReceiver:
 
     def reject(self, reason: str, message: Message) -> None:
         self.rejected[reason] += 1
-        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
-        body = dead_letter(reason, message.topic, message.payload, message.received_at)
-        self.conn.publish(topic, body, qos=1)
+        publish_dead_letter(self.conn, reason, message)
         log.warning("dead-lettered a frame on %s: %s", message.topic, reason)
+
+
+def publish_dead_letter(conn: MqttConnection, reason: str, message: Message) -> None:
+    """Dead-letter ``message`` on the connection's component topic, its payload cut to its
+    first :data:`DEAD_LETTER_PAYLOAD_BYTES`."""
+    topic = deadletter_topic(conn.prefix, conn.component_id)
+    payload, received_at = message.payload, message.received_at
+    body = dead_letter(reason, message.topic, payload, received_at, DEAD_LETTER_PAYLOAD_BYTES)
+    conn.publish(topic, body, qos=1)

@@ -12,9 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gridpatrol.ingest.messages import Frame, MessageError, dead_letter
+from gridpatrol.ingest.messages import Frame, MessageError
 from gridpatrol.ingest.mqtt import Message, MqttConnection
 from gridpatrol.ingest.patrol import PatrolScheduler, patrol_overload
+from gridpatrol.ingest.receiver import publish_dead_letter
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
     CameraOutput,
@@ -23,7 +24,7 @@ from gridpatrol.ingest.sources import (
     redact,
     source_kind,
 )
-from gridpatrol.ingest.topics import deadletter_topic, parse_topic, snapshot_topic, wildcard
+from gridpatrol.ingest.topics import parse_topic, snapshot_topic, wildcard
 from gridpatrol.site import Camera, Site
 
 log = logging.getLogger(__name__)
@@ -339,9 +340,7 @@ class IngestService:
 
     def _dead_letter(self, reason: str, message: Message) -> None:
         self.bad_requests += 1
-        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
-        body = dead_letter(reason, message.topic, message.payload, message.received_at)
-        self.conn.publish(topic, body, qos=1)
+        publish_dead_letter(self.conn, reason, message)
         log.warning("dead-lettered %s from %s: %s", reason, message.topic, message.payload[:60])
 
     def _republish_status(self, _conn: MqttConnection) -> None:

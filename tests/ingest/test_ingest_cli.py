@@ -18,7 +18,13 @@ import cv2
 import numpy as np
 import pytest
 
-from gridpatrol.ingest.messages import FrameHeader, decode_frame, encode_frame
+from gridpatrol.ingest.messages import (
+    DEAD_LETTER_PAYLOAD_BYTES,
+    MAX_FRAME_BYTES,
+    FrameHeader,
+    decode_frame,
+    encode_frame,
+)
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import request_snapshot
 
@@ -270,6 +276,31 @@ def test_requests_and_boosts_for_an_id_no_camera_can_have_are_dead_lettered(
     ]
     assert [r.header.request_id for r in replies] == ["r1"]
     assert "; 2 malformed (dead-lettered)" in err
+
+
+def test_a_large_payload_is_dead_lettered_cut_with_its_size(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    """Whole in base64, a payload of some MB makes a dead letter larger than a broker takes
+    (16 MiB in the sample configuration), one of 201 MB larger than MQTT allows."""
+    args = ["--count", "1", "--timeout", "120"]
+    proc, watcher = watching(site_file, watch, gridpatrol_proc, mqtt_prefix, args, "wf-large")
+    topic = f"{mqtt_prefix}/cameras/c1/frame"
+    too_large = b"GPF1" + bytes(range(256)) * (MAX_FRAME_BYTES // 256)  # 4 bytes over
+    not_a_frame = b"x" * (1 << 20)
+    _, letters = fed(
+        proc, watcher, mqtt_prefix, [(topic, too_large), (topic, not_a_frame)], "wf-large"
+    )
+    assert [
+        (x["reason"], x["topic"], x["payload_bytes"], x["payload_truncated"]) for x in letters
+    ] == [
+        ("too_large", topic, MAX_FRAME_BYTES + 4, True),
+        ("bad_magic", topic, 1 << 20, True),
+    ]
+    assert [base64.b64decode(x["payload_b64"]) for x in letters] == [
+        too_large[:DEAD_LETTER_PAYLOAD_BYTES],
+        not_a_frame[:DEAD_LETTER_PAYLOAD_BYTES],
+    ]
 
 
 @pytest.mark.parametrize(
