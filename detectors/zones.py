@@ -43,8 +43,17 @@ def anchors(xyxy: NDArray[np.float32], anchor: Anchor = "bottom") -> NDArray[np.
     return np.stack([x, y], axis=1).astype(np.float32)
 
 
+def _cached(cache: dict[Size, V], size: Size) -> V | None:
+    """The value cached for ``size``, now the most recently used one; None when there is none."""
+    value = cache.pop(size, None)
+    if value is not None:
+        cache[size] = value  # dicts keep insertion order: the end is the latest use
+    return value
+
+
 def _keep(cache: dict[Size, V], size: Size, value: V) -> None:
-    """Cache ``value`` for ``size``, dropping the oldest sizes beyond MAX_CACHED_SIZES."""
+    """Cache ``value`` for ``size``, dropping the least recently used sizes beyond
+    MAX_CACHED_SIZES."""
     while len(cache) >= MAX_CACHED_SIZES:
         del cache[next(iter(cache))]
     cache[size] = value
@@ -63,18 +72,18 @@ class ZoneGeometry:
         return cls(tuple((float(x), float(y)) for x, y in polygon))
 
     def mask(self, size: Size) -> NDArray[np.bool_]:
-        cached = self._masks.get(size)
+        cached = _cached(self._masks, size)
         if cached is None:
             # A handful of sizes per camera (frame, background) in use at once; a source of
             # ever new sizes (a folder of stills, a camera changing resolution) must not keep
-            # a full-resolution mask of each: the oldest ones go.
+            # a full-resolution mask of each: the ones used least recently go.
             cached = rasterise(self.polygon, size)
             _keep(self._masks, size, cached)
         return cached
 
     def area(self, size: Size) -> int:
         """Pixels of the zone at ``size`` (cached like the mask)."""
-        cached = self._areas.get(size)
+        cached = _cached(self._areas, size)
         if cached is None:
             cached = int(self.mask(size).sum())
             _keep(self._areas, size, cached)

@@ -49,6 +49,25 @@ def test_a_zone_keeps_the_masks_of_its_latest_sizes_only() -> None:
     assert list(zone._masks) == [*sizes[-7:], sizes[0]]
 
 
+def test_a_size_in_use_keeps_its_mask_while_new_sizes_come_and_go() -> None:
+    """The camera's own frame size, looked up with every frame, stays cached while a stream of
+    other sizes passes through: the size used least recently goes, not the one cached first."""
+    zone = ZoneGeometry.of(LOWER_LEFT.polygon)
+    sizes = [(200 + 7 * k, 100 + 3 * k) for k in range(12)]
+    for size in sizes[:8]:
+        zone.area(size)
+    frame = zone.mask(sizes[0])
+    assert zone.area(sizes[0]) == int(frame.sum())
+    assert list(zone._masks) == [*sizes[1:8], sizes[0]]
+    assert list(zone._areas) == [*sizes[1:8], sizes[0]]
+    for size in sizes[8:]:
+        zone.area(size)
+        assert zone.mask(sizes[0]) is frame
+        zone.area(sizes[0])
+    assert list(zone._masks) == [*sizes[5:12], sizes[0]]
+    assert list(zone._areas) == [*sizes[5:12], sizes[0]]
+
+
 @pytest.mark.parametrize(
     ("box", "anchor", "inside"),
     [
