@@ -374,15 +374,17 @@ class DetectorWorker:
             )
             self.cams[cam.id] = self._runtime(cam, sub)
             self.metrics.register(cam.id)
-        for ep in end_unserved_episodes(outbox, set(self.cams), datetime.now(UTC), backend.info):
+        unserved = _end_unserved(outbox, set(self.cams), datetime.now(UTC), backend.info)
+        for ep, queued in unserved:
             log.warning(
                 "camera %s is not served by this worker any more: its candidate %s (%s in "
-                "zone %s) ended at its last sighting %s",
+                "zone %s) ended at its last sighting %s%s",
                 ep.camera_id,
                 ep.candidate_id,
                 ep.type,
                 ep.zone_id,
                 ep.last_event_at.isoformat(),
+                "" if queued else " in the book only (the API refused it for good: no end is sent)",
             )
         with outbox.transaction() as txn:
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
@@ -1254,6 +1256,14 @@ def end_unserved_episodes(
     """End the outbox file's open episodes of cameras not in ``served`` at their last sighting,
     queueing each ending in the same transaction as the book. ``model``: the model of the
     worker that stopped following them (none for a retired file)."""
+    return [ep for ep, _ in _end_unserved(outbox, served, t, model)]
+
+
+def _end_unserved(
+    outbox: Outbox, served: set[str], t: datetime, model: ModelInfo | None = None
+) -> list[tuple[Episode, bool]]:
+    """:func:`end_unserved_episodes`, each ended episode with whether its end was queued: not
+    for a candidate the API refused for good (it takes no more patches)."""
     from gridpatrol.api.client import candidate_closed
     from gridpatrol.detectors import episodes
     from gridpatrol.detectors.evidence import end_detection
@@ -1261,14 +1271,17 @@ def end_unserved_episodes(
     with outbox.transaction() as txn:
         episodes.ensure_schema(txn.conn)
         _, ops = episodes.end_unserved(episodes.load_book(txn.conn), served, t)
+        ended = []
         for op in ops:
             ep = op.episode
             episodes.save_episode(txn.conn, ep)
             if candidate_closed(txn.conn, ep.candidate_id):
-                continue  # rejected, merged or closed: it takes no more patches
+                ended.append((ep, False))  # rejected, merged or closed: no more patches
+                continue
             ident = () if model is None else (model.name, model.version, model.sha256)
             txn.patch_candidate(ep.candidate_id, {"detection": end_detection(ep, *ident)})
-    return [op.episode for op in ops]
+            ended.append((ep, True))
+    return ended
 
 
 def run(args: argparse.Namespace) -> int:

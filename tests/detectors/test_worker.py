@@ -567,3 +567,48 @@ def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     assert second.book[ep.key] == replace(ep, last_event_at=at(360), dwell_s=1260.0)
     assert written() == second.book[ep.key]  # moved update_s on from 240 s
     assert outbox.depth() == 0  # no end
+
+
+def _outbox_ops(outbox: Outbox) -> list[tuple[str, str | None]]:
+    with outbox.transaction() as txn:
+        return txn.conn.execute("SELECT kind, candidate_id FROM outbox_ops ORDER BY seq").fetchall()
+
+
+def test_an_unserved_cameras_refused_candidate_is_not_logged_as_ended_by_a_patch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At start the open episodes of cameras the worker no longer serves end at their last
+    sighting; the end of one whose candidate a reviewer rejected is kept in the book, not
+    queued, and the log says so."""
+    from gridpatrol.detectors.episodes import ensure_schema, load_book, save_episode
+
+    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
+    rejected = replace(
+        _rejected(outbox, "1f2e3d4c-5b6a-4798-8a7b-6c5d4e3f2a1b"), camera_id="cam-05"
+    )
+    kept = replace(
+        rejected, camera_id="cam-06", candidate_id="2a3b4c5d-6e7f-4809-9a1b-2c3d4e5f6a7b"
+    )
+    with outbox.transaction() as txn:
+        ensure_schema(txn.conn)
+        save_episode(txn.conn, rejected)
+        save_episode(txn.conn, kept)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    worker, outbox = _worker(tmp_path)
+    assert list(worker.cams) == ["cam-00"]
+    t = T0.isoformat()
+    assert sorted(caplog.messages) == [
+        f"camera cam-05 is not served by this worker any more: its candidate "
+        f"{rejected.candidate_id} (crowd_gathering in zone kerb) ended at its last sighting {t} "
+        "in the book only (the API refused it for good: no end is sent)",
+        f"camera cam-06 is not served by this worker any more: its candidate "
+        f"{kept.candidate_id} (crowd_gathering in zone kerb) ended at its last sighting {t}",
+    ]
+    with outbox.transaction() as txn:
+        book = load_book(txn.conn)
+    assert (book[rejected.key].ended_at, book[kept.key].ended_at) == (T0, T0)
+    assert _outbox_ops(outbox) == [
+        ("patch", rejected.candidate_id),  # the refused patch, kept as failed
+        ("patch", kept.candidate_id),
+    ]
+    assert outbox.depth() == 1
