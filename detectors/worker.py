@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -646,21 +646,23 @@ class DetectorWorker:
         )
 
     def _reset(self, rt: CameraRuntime, ts: datetime) -> None:
+        # Its open episodes were timed on the clock that was abandoned: they end where their
+        # rules last saw them (asked before the rules start over: the book's last event of a
+        # raised episode may be up to update_s older), and an occupancy that is still there
+        # opens a new episode. They end first: when that fails (the outbox file locked or
+        # full), the camera stays on its old clock with its rules, and the next two frames on
+        # the new clock take the jump again.
+        cam = rt.camera.id
+        seen = {(cam, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
+        old = {k for k, ep in self.book.items() if ep.open and k[0] == cam}
+        self._end_unfollowed(rt, ts, everything=True, seen=seen, keys=old)
         fresh = self._runtime(rt.camera, rt.sub)
         # The zones' background models stay, moved to the new clock as if ``ts`` came right
         # after the last frame: learned afresh they would take whatever stands there now for
         # normal, and the next save would overwrite the good model kept in the outbox file.
         shift = 0.0 if rt.last_ts is None else (ts - rt.last_ts).total_seconds()
         fresh.pipeline.carry_backgrounds(rt.pipeline, shift)
-        # What the rules saw last on the abandoned clock, asked before they start over: the
-        # book's last event of a raised episode may be up to update_s older.
-        cam = rt.camera.id
-        seen = {(cam, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
-        # Its open episodes were timed on the clock that was abandoned: they end where they
-        # were last seen, and an occupancy that is still there opens a new episode.
-        rt.waiting = {k for k, ep in self.book.items() if ep.open and k[0] == cam}
-        self._end_unfollowed(rt, ts, everything=True, seen=seen)
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -724,7 +726,7 @@ class DetectorWorker:
                 "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
             )
             return
-        rt.waiting.discard((rt.camera.id, ev.zone_id, ev.rule))  # its rule follows it now
+        self._stop_waiting(rt, [(rt.camera.id, ev.zone_id, ev.rule)])  # its rule follows it now
         book, ops = episodes.step(
             self.book,
             rt.camera.id,
@@ -762,36 +764,43 @@ class DetectorWorker:
         t: datetime,
         everything: bool = False,
         seen: Mapping[Key, datetime] | None = None,
+        keys: set[Key] | None = None,
     ) -> None:
         """End the camera's waiting episodes that did not come back (all, with ``everything``).
 
         seen: when the rules that no longer run last saw their occupancies; a waiting episode
-        seen there later than its book says ends then.
+        seen there later than its book says ends then. keys: the episodes to look at instead
+        of the waiting ones (those left waiting wait from then on).
+
+        The book and the waiting set change only once the outbox transaction is committed:
+        when it fails (the file locked beyond the busy timeout, a full disk), the episodes it
+        was ending still wait, and the camera's next frame tries again.
         """
         from gridpatrol.detectors import episodes
 
         cam = rt.camera
+        waiting = rt.waiting if keys is None else keys
 
         def resume(zone_id: str, rule: str) -> float | None:
             params = _rule_params(cam, zone_id, rule)
             return None if params is None or everything else _resume_s(params)
 
-        book = dict(self.book)
-        for key, when in (seen or {}).items():
-            ep = book.get(key)
-            if ep is not None and key in rt.waiting:
-                book[key] = episodes.seen_until(ep, when)
-        book, ops, rt.waiting = episodes.end_unfollowed(
-            book, rt.waiting, t, rt.pipeline.occupied(), resume
-        )
-        kept = self._sightings_to_keep(rt, book)
-        if not ops and not kept:
-            self.book = book  # waiting episodes' last sightings follow what their rules see
-            return
-        refused = self._commit(
-            [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops], kept
-        )
+        book: Mapping[Key, Episode] = self.book
+        moved = {k: when for k, when in (seen or {}).items() if k in waiting and k in book}
+        if moved:  # end_unfollowed copies the book anyway: copied here only to move sightings
+            book = dict(book)
+            for key, when in moved.items():
+                book[key] = episodes.seen_until(book[key], when)
+        book, ops, still = episodes.end_unfollowed(book, waiting, t, rt.pipeline.occupied(), resume)
+        kept = self._sightings_to_keep(rt, still, book)
+        refused: set[str] = set()
+        if ops or kept:  # else only the waiting episodes' sightings moved, in memory
+            refused = self._commit(
+                [(op, ([], {"detection": self._end_block(op.episode)})) for op in ops], kept
+            )
         self.book = book
+        self._stop_waiting(rt, (rt.waiting | waiting) - still)
+        rt.waiting = still
         self._written.update((ep.key, ep.last_event_at) for ep in kept)
         for op in ops:
             if op.episode.candidate_id in refused:
@@ -806,15 +815,17 @@ class DetectorWorker:
                 op.episode.last_event_at.isoformat(),
             )
 
-    def _sightings_to_keep(self, rt: CameraRuntime, book: Mapping[Key, Episode]) -> list[Episode]:
-        """The camera's waiting episodes whose last sighting moved ``update_s`` past the one
-        the outbox file holds. Kept only in memory, it would be lost by a second restart
-        before the rule raises again (dwell_s may be far longer than gap_s + clear_s +
-        update_s): the episode would end at the older sighting, and the same occupancy would
-        raise a second candidate. Saved this often, the file is never more than ``update_s``
-        behind, which the resume window allows for."""
+    def _sightings_to_keep(
+        self, rt: CameraRuntime, waiting: set[Key], book: Mapping[Key, Episode]
+    ) -> list[Episode]:
+        """The ``waiting`` episodes whose last sighting moved ``update_s`` past the one the
+        outbox file holds. Kept only in memory, it would be lost by a second restart before the
+        rule raises again (dwell_s may be far longer than gap_s + clear_s + update_s): the
+        episode would end at the older sighting, and the same occupancy would raise a second
+        candidate. Saved this often, the file is never more than ``update_s`` behind, which the
+        resume window allows for."""
         kept = []
-        for key in rt.waiting:
+        for key in waiting:
             ep, written = book.get(key), self._written.get(key)
             params = _rule_params(rt.camera, key[1], key[2])
             if ep is None or written is None or params is None:
@@ -823,6 +834,12 @@ class DetectorWorker:
             if moved > 0 and moved >= params.update_s:
                 kept.append(ep)
         return kept
+
+    def _stop_waiting(self, rt: CameraRuntime, keys: Iterable[Key]) -> None:
+        """The episodes ``keys`` wait no more: their rule follows them, or they ended."""
+        for key in keys:
+            rt.waiting.discard(key)
+            self._written.pop(key, None)
 
     def _end_silent(self) -> None:
         """End the open episodes of cameras that have sent no frame for longer than their
@@ -862,7 +879,7 @@ class DetectorWorker:
         self.book = book
         for key in keys:
             rt.pipeline.forget(key[1], key[2])
-            rt.waiting.discard(key)
+        self._stop_waiting(rt, keys)
         for op in ops:
             if op.episode.candidate_id in refused:
                 continue  # ended in the book, nothing sent

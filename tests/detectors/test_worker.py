@@ -7,16 +7,18 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from gridpatrol.api.client import Outbox
-from gridpatrol.detectors.episodes import Episode
+from gridpatrol.detectors.episodes import Episode, ensure_schema, save_episode
 from gridpatrol.detectors.types import ModelInfo
 from gridpatrol.detectors.worker import (
     DetectorWorker,
@@ -420,7 +422,7 @@ def test_an_ending_the_api_refused_is_neither_counted_nor_logged_as_sent(
 ) -> None:
     """A rejected candidate's episode ends in the book, but its end patch is not queued: the
     counter of operations queued and the log must not say it was."""
-    from gridpatrol.detectors.episodes import load_book, save_episode
+    from gridpatrol.detectors.episodes import load_book
 
     worker, outbox = _worker(tmp_path)
     cid = "0b6f4a52-3c1d-4e8f-9a7b-2d5c6e7f8a91"
@@ -515,6 +517,29 @@ def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sightin
 PILE_SITE = _zone_site("yard", "{piled_materials: {}}")
 
 
+def _at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+# A pile seen for 900 s until L = T0, when its book was last written.
+PILE = Episode(
+    camera_id="cam-00", zone_id="yard", type="piled_materials",
+    candidate_id="3e0c8b7a-1f2d-4c5e-8a9b-0d1e2f3a4b5c",
+    source_event_id=f"cam-00:yard:piled_materials:{T0.timestamp()}",
+    started_at=_at(-900), reported_at=_at(0), last_event_at=_at(0), best_confidence=0.6,
+    dwell_s=900.0,
+)  # fmt: skip
+
+
+def _saved(tmp_path: Path, ep: Episode) -> Outbox:
+    """The outbox file in ``tmp_path``, its book holding ``ep`` as a stopped worker left it."""
+    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
+    with outbox.transaction() as txn:
+        ensure_schema(txn.conn)
+        save_episode(txn.conn, ep)
+    return outbox
+
+
 def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -524,22 +549,10 @@ def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     written each time it moved update_s (120 s) on, so a second restart at L + 360, before the
     rule raises again, still continues the episode (written at L + 240) instead of ending it at
     L, and the rule's raise 600 s later opening a second candidate for the one pile."""
-    from gridpatrol.detectors.episodes import Occupancy, ensure_schema, load_book, save_episode
+    from gridpatrol.detectors.episodes import Occupancy, load_book
 
-    def at(s: float) -> datetime:
-        return T0 + timedelta(seconds=s)
-
-    ep = Episode(
-        camera_id="cam-00", zone_id="yard", type="piled_materials",
-        candidate_id="3e0c8b7a-1f2d-4c5e-8a9b-0d1e2f3a4b5c",
-        source_event_id=f"cam-00:yard:piled_materials:{T0.timestamp()}",
-        started_at=at(-900), reported_at=at(0), last_event_at=at(0), best_confidence=0.6,
-        dwell_s=900.0,
-    )  # fmt: skip
-    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
-    with outbox.transaction() as txn:
-        ensure_schema(txn.conn)
-        save_episode(txn.conn, ep)
+    at, ep = _at, PILE
+    outbox = _saved(tmp_path, ep)
 
     def written() -> Episode:
         with outbox.transaction() as txn:
@@ -569,9 +582,143 @@ def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     assert outbox.depth() == 0  # no end
 
 
+def _locked_once(monkeypatch: pytest.MonkeyPatch, outbox: Outbox) -> list[str]:
+    """The outbox's next transaction fails as on a file another process holds beyond the busy
+    timeout; the ones after it go through. Returns the failures so far."""
+    real = outbox.transaction
+    failed: list[str] = []
+
+    def transaction() -> Any:
+        if not failed:
+            failed.append("database is locked")
+            raise sqlite3.OperationalError("database is locked")
+        return real()
+
+    monkeypatch.setattr(outbox, "transaction", transaction)
+    return failed
+
+
 def _outbox_ops(outbox: Outbox) -> list[tuple[str, str | None]]:
     with outbox.transaction() as txn:
         return txn.conn.execute("SELECT kind, candidate_id FROM outbox_ops ORDER BY seq").fetchall()
+
+
+def test_an_end_the_outbox_could_not_commit_is_tried_again_with_the_next_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reloaded crowd episode last seen at T0 has not come back within its resume window
+    (gap_s + clear_s + update_s = 132 s). Ending it fails (the file is locked): it still
+    waits, open in the book, and the next frame ends it, once."""
+    from gridpatrol.detectors.episodes import load_book
+
+    ep = Episode(
+        camera_id="cam-00", zone_id="kerb", type="crowd_gathering",
+        candidate_id="5d2e7f10-8c3b-4a6d-9e1f-2b3c4d5e6f70",
+        source_event_id=f"cam-00:kerb:crowd_gathering:{T0.timestamp()}", started_at=T0,
+        reported_at=T0, last_event_at=T0, best_confidence=0.7, dwell_s=9.0,
+    )  # fmt: skip
+    _saved(tmp_path, ep)
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    rt = worker.cams["cam-00"]
+    assert (rt.waiting, worker._written) == ({ep.key}, {ep.key: T0})
+    failed = _locked_once(monkeypatch, outbox)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        worker._end_unfollowed(rt, T0 + timedelta(seconds=200))
+    assert failed == ["database is locked"]
+    assert (rt.waiting, worker.book, worker._written) == ({ep.key}, {ep.key: ep}, {ep.key: T0})
+    assert _ops_sent(worker, "end") is None
+
+    worker._end_unfollowed(rt, T0 + timedelta(seconds=201))  # the camera's next frame
+    ended = replace(ep, ended_at=T0, reported_at=T0 + timedelta(seconds=201))
+    assert (rt.waiting, worker.book, worker._written) == (set(), {ep.key: ended}, {})
+    with outbox.transaction() as txn:
+        assert load_book(txn.conn) == {ep.key: ended}
+    assert _outbox_ops(outbox) == [("patch", ep.candidate_id)]
+    assert _ops_sent(worker, "end") == 1.0
+
+
+def test_a_clock_step_back_the_outbox_could_not_commit_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As in the test above it, the camera's clock steps an hour back with the crowd raised at
+    5 s and last seen at 100 s, but ending its episode fails (the file is locked). The camera
+    stays on its old clock with its rules, the next two frames take the jump again, and the
+    episode ends once, still at the rules' last sighting."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    rt = worker.cams["cam-00"]
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(101):  # a frame a second, each received at its time
+        t = T0 + timedelta(seconds=k)
+        assert worker._in_order(rt, t, t, "frame", b"")
+        for ev in rt.pipeline.process(t, (1280, 720), person):
+            worker._episode(rt, normalise_event(ev), None, person)  # type: ignore[arg-type]
+    (raised,) = worker.book.values()
+    rules = rt.pipeline
+    back = T0 + timedelta(seconds=101) - timedelta(hours=1)
+
+    def frame(k: int) -> bool:
+        """The k-th frame after the clock stepped back, received a second after the last."""
+        received = T0 + timedelta(seconds=101 + k)
+        return worker._in_order(rt, back + timedelta(seconds=k), received, "frame", b"")
+
+    failed = _locked_once(monkeypatch, outbox)
+    assert not frame(0)  # held: one frame off the clock is not enough
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        frame(1)
+    assert failed == ["database is locked"]
+    assert (worker.book, rt.pipeline, rt.last_ts) == (
+        {raised.key: raised},
+        rules,
+        T0 + timedelta(seconds=100),
+    )
+    assert not frame(2)
+    assert frame(3)
+    seen = T0 + timedelta(seconds=100)  # the rules' last sighting, after the raise at 5 s
+    ended = replace(raised, ended_at=seen, last_event_at=seen, dwell_s=100.0)
+    assert worker.book == {raised.key: ended}
+    assert rt.pipeline is not rules and rt.pipeline.last_seen() == {}
+    assert (rt.last_ts, rt.waiting) == (back + timedelta(seconds=3), set())
+    assert _outbox_ops(outbox) == [
+        ("create", raised.candidate_id),
+        ("patch", raised.candidate_id),
+    ]
+    assert _ops_sent(worker, "end") == 1.0
+
+
+def test_an_episode_its_rule_follows_again_waits_no_more(tmp_path: Path) -> None:
+    """A reloaded crowd episode last seen 10 s before the crowd is back: its rule raises at
+    5 s and continues it. From then on it no longer waits, and the worker forgets the
+    sighting its file held for it."""
+    from gridpatrol.detectors.types import Detections
+
+    before = T0 - timedelta(seconds=10)
+    ep = Episode(
+        camera_id="cam-00", zone_id="kerb", type="crowd_gathering",
+        candidate_id="7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d",
+        source_event_id=f"cam-00:kerb:crowd_gathering:{before.timestamp()}",
+        started_at=before - timedelta(seconds=60), reported_at=before, last_event_at=before,
+        best_confidence=0.7, dwell_s=60.0,
+    )  # fmt: skip
+    _saved(tmp_path, ep)
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    rt = worker.cams["cam-00"]
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(6):  # as _judge does with each frame
+        t = T0 + timedelta(seconds=k)
+        events = [normalise_event(ev) for ev in rt.pipeline.process(t, (1280, 720), person)]
+        for ev in events:
+            worker._episode(rt, ev, None, person)  # type: ignore[arg-type]
+        if rt.waiting:
+            worker._end_unfollowed(rt, t)
+        if k < 5:
+            assert (events, rt.waiting, worker._written) == ([], {ep.key}, {ep.key: before})
+    assert [ev.kind for ev in events] == ["raise"]
+    assert (rt.waiting, worker._written) == (set(), {})
+    assert worker.book[ep.key].candidate_id == ep.candidate_id  # continued, not a new one
+    assert outbox.depth() == 0  # within update_s of its last report: nothing to send
 
 
 def test_an_unserved_cameras_refused_candidate_is_not_logged_as_ended_by_a_patch(
@@ -580,7 +727,7 @@ def test_an_unserved_cameras_refused_candidate_is_not_logged_as_ended_by_a_patch
     """At start the open episodes of cameras the worker no longer serves end at their last
     sighting; the end of one whose candidate a reviewer rejected is kept in the book, not
     queued, and the log says so."""
-    from gridpatrol.detectors.episodes import ensure_schema, load_book, save_episode
+    from gridpatrol.detectors.episodes import load_book
 
     outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
     rejected = replace(
