@@ -68,6 +68,9 @@ MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a w
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
 SILENCE_CHECK_S = 1.0  # how often the worker looks for cameras that stopped sending frames
+# A waiting episode's moving last sighting is written at most this often, also for a rule whose
+# update_s is shorter (0: a patch with every event), which would write with every frame.
+SIGHTING_SAVE_MIN_S = 1.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,20 +821,19 @@ class DetectorWorker:
     def _sightings_to_keep(
         self, rt: CameraRuntime, waiting: set[Key], book: Mapping[Key, Episode]
     ) -> list[Episode]:
-        """The ``waiting`` episodes whose last sighting moved ``update_s`` past the one the
-        outbox file holds. Kept only in memory, it would be lost by a second restart before the
-        rule raises again (dwell_s may be far longer than gap_s + clear_s + update_s): the
-        episode would end at the older sighting, and the same occupancy would raise a second
-        candidate. Saved this often, the file is never more than ``update_s`` behind, which the
-        resume window allows for."""
+        """The ``waiting`` episodes whose last sighting moved ``update_s`` (at least
+        SIGHTING_SAVE_MIN_S) past the one the outbox file holds. Kept only in memory, it would
+        be lost by a second restart before the rule raises again (dwell_s may be far longer
+        than the resume window): the episode would end at the older sighting, and the same
+        occupancy would raise a second candidate. Saved this often, the file is never further
+        behind than the resume window allows for (_resume_s)."""
         kept = []
         for key in waiting:
             ep, written = book.get(key), self._written.get(key)
             params = _rule_params(rt.camera, key[1], key[2])
             if ep is None or written is None or params is None:
                 continue
-            moved = (ep.last_event_at - written).total_seconds()
-            if moved > 0 and moved >= params.update_s:
+            if (ep.last_event_at - written).total_seconds() >= _sighting_save_s(params):
                 kept.append(ep)
         return kept
 
@@ -1187,10 +1189,15 @@ def _resume_s(params: RuleParams) -> float:
     """How long after its last sighting a reloaded episode may still be continued.
 
     The book's last-seen time is written with an operation (or, while a reloaded episode waits
-    for its rule, once it moved on by ``update_s``), so up to a full update interval comes on
-    top of the rule's own gap and clear times.
+    for its rule, once it moved on by ``update_s``, at least SIGHTING_SAVE_MIN_S), so up to
+    that interval comes on top of the rule's own gap and clear times.
     """
-    return params.gap_s + params.clear_s + params.update_s
+    return params.gap_s + params.clear_s + _sighting_save_s(params)
+
+
+def _sighting_save_s(params: RuleParams) -> float:
+    """How far a waiting episode's last sighting moves on before it is written again."""
+    return max(params.update_s, SIGHTING_SAVE_MIN_S)
 
 
 def _silence_s(params: RuleParams) -> float:

@@ -721,6 +721,38 @@ def test_an_episode_its_rule_follows_again_waits_no_more(tmp_path: Path) -> None
     assert outbox.depth() == 0  # within update_s of its last report: nothing to send
 
 
+def test_a_waiting_sighting_is_written_at_most_once_a_second_with_update_s_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """update_s 0 (a patch with every event) would write the book, with its fsync, on every
+    frame while a reloaded episode waits: the sighting is written once it moved a second on,
+    which the resume window allows for."""
+    from gridpatrol.detectors.episodes import Occupancy, load_book
+    from gridpatrol.detectors.worker import _resume_s
+
+    site = _zone_site("yard", "{piled_materials: {update_s: 0}}")
+    at, ep = _at, PILE
+    _saved(tmp_path, ep)
+    worker, outbox = _worker(tmp_path, site)
+    rt = worker.cams["cam-00"]
+    pile: dict[tuple[str, str], Occupancy] = {}
+    monkeypatch.setattr(rt.pipeline, "occupied", lambda: pile)
+    steps = [(10, 10), (10.25, 10), (10.5, 10), (10.75, 10), (11, 11), (11.5, 11), (12.25, 12.25)]
+    for seen_s, written_s in steps:
+        pile[("yard", "piled_materials")] = Occupancy(at(10), at(seen_s))
+        worker._end_unfollowed(rt, at(seen_s))
+        assert (rt.waiting, worker.book[ep.key].last_event_at) == ({ep.key}, at(seen_s))
+        with outbox.transaction() as txn:
+            assert load_book(txn.conn)[ep.key].last_event_at == at(written_s)
+        assert worker._written == {ep.key: at(written_s)}
+    assert outbox.depth() == 0
+    # The file is up to a second behind the sighting: the resume window has room for it.
+    cam = parse_site(site).cameras[0]
+    rule = cam.zone_rules(cam.zones[0])["piled_materials"]
+    assert rule.update_s == 0.0
+    assert _resume_s(rule) == rule.gap_s + rule.clear_s + 1.0
+
+
 def test_an_unserved_cameras_refused_candidate_is_not_logged_as_ended_by_a_patch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
