@@ -116,11 +116,16 @@ def _end_episodes(box: Outbox) -> None:
     from gridpatrol.detectors.worker import end_unserved_episodes
 
     box.claim()  # not while its worker runs: that worker still follows them
-    for ep in end_unserved_episodes(box, set(), datetime.now(UTC)):
-        print(
-            f"ended candidate {ep.candidate_id} (camera {ep.camera_id} zone {ep.zone_id} "
-            f"{ep.type}) at its last sighting {ep.last_event_at.isoformat()}"
-        )
+    for ep, queued in end_unserved_episodes(box, set(), datetime.now(UTC)):
+        what = f"camera {ep.camera_id} zone {ep.zone_id} {ep.type}"
+        at = ep.last_event_at.isoformat()
+        if queued:
+            print(f"ended candidate {ep.candidate_id} ({what}) at its last sighting {at}")
+        else:
+            print(
+                f"ended the episode of candidate {ep.candidate_id} ({what}) at its last "
+                f"sighting {at} in the book only: the API refused it for good, no end is sent"
+            )
 
 
 def _drain(box: Outbox, timeout: float) -> int:

@@ -377,7 +377,7 @@ class DetectorWorker:
             )
             self.cams[cam.id] = self._runtime(cam, sub)
             self.metrics.register(cam.id)
-        unserved = _end_unserved(outbox, set(self.cams), datetime.now(UTC), backend.info)
+        unserved = end_unserved_episodes(outbox, set(self.cams), datetime.now(UTC), backend.info)
         for ep, queued in unserved:
             log.warning(
                 "camera %s is not served by this worker any more: its candidate %s (%s in "
@@ -1276,18 +1276,12 @@ def _port(text: str, source: str) -> int:
 
 def end_unserved_episodes(
     outbox: Outbox, served: set[str], t: datetime, model: ModelInfo | None = None
-) -> list[Episode]:
-    """End the outbox file's open episodes of cameras not in ``served`` at their last sighting,
-    queueing each ending in the same transaction as the book. ``model``: the model of the
-    worker that stopped following them (none for a retired file)."""
-    return [ep for ep, _ in _end_unserved(outbox, served, t, model)]
-
-
-def _end_unserved(
-    outbox: Outbox, served: set[str], t: datetime, model: ModelInfo | None = None
 ) -> list[tuple[Episode, bool]]:
-    """:func:`end_unserved_episodes`, each ended episode with whether its end was queued: not
-    for a candidate the API refused for good (it takes no more patches)."""
+    """End the outbox file's open episodes of cameras not in ``served`` at their last sighting,
+    queueing each ending in the same transaction as the book; each ended episode comes with
+    whether its end was queued: not for a candidate the API refused for good (it takes no more
+    patches). ``model``: the model of the worker that stopped following them (none for a
+    retired file)."""
     from gridpatrol.api.client import candidate_closed
     from gridpatrol.detectors import episodes
     from gridpatrol.detectors.evidence import end_detection

@@ -166,8 +166,9 @@ def test_a_retired_shards_episode_of_a_rejected_candidate_ends_without_a_patch(
     retired = run(str(path), "--end-episodes", env=env)
     assert retired.returncode == 0, retired.stderr
     assert retired.stdout.splitlines() == [
-        f"ended candidate {cid} (camera cam-1 zone kerb illegal_parking) at its last sighting "
-        "2026-11-29T08:07:00+00:00",
+        f"ended the episode of candidate {cid} (camera cam-1 zone kerb illegal_parking) at its "
+        "last sighting 2026-11-29T08:07:00+00:00 in the book only: the API refused it for good, "
+        "no end is sent",
         f"{path}: 0 delivered, 0 pending, 0 refused",
     ]
     assert episodes.open_episodes(path) == []
