@@ -20,12 +20,13 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from gridpatrol.alarm_bridge import candidates, store
 from gridpatrol.alarm_bridge.adapters import (
     DEVICE_OFFLINE,
+    MAX_AHEAD_S,
     AlarmInput,
     Rejected,
     adapt,
@@ -38,7 +39,7 @@ from gridpatrol.alarm_bridge.lifecycle import DeviceInput, Effect, step
 from gridpatrol.alarm_bridge.uptime import Uptime
 from gridpatrol.api.client import candidate_closed, merge_patches
 from gridpatrol.ingest.messages import (
-    MAX_SENSOR_BYTES,
+    DEAD_LETTER_PAYLOAD_BYTES,
     Frame,
     MessageError,
     dead_letter,
@@ -77,11 +78,24 @@ PASSING_SQLITE_CODES = frozenset(
 # oldest frame a reply may carry (one older is taken for no reply): a camera that stopped
 # streaming hours ago must not put its last picture on a new alarm.
 FALLBACK_MAX_AGE_S = 120.0
-# The most of its payload a dead letter carries: every payload the bridge accepts fits whole.
-# A larger one (too_large, or a bad_status or bad_topic one of any size) is cut, its size said:
-# whole, a payload of a few MB would make the dead letter larger than the broker takes, one of
-# 201 MB (in base64) larger than MQTT allows.
-DEAD_LETTER_PAYLOAD_BYTES = MAX_SENSOR_BYTES
+# A reply's time is that of the clock of the component answering. The newest frame the camera
+# streamed tells how far that clock is from the bridge's (its reception minus its time); with
+# no such frame (none seen, or a bare JPEG), a reply is taken for stale only once it is this
+# much older than the maximum age: the clocks may differ by as much as a device's may be ahead
+# (MAX_AHEAD_S) without an old frame being told from a fresh one.
+REPLY_CLOCK_TOLERANCE_S = MAX_AHEAD_S
+# Dead letters the client refused (its queue full, or no client) wait in the state database,
+# written with their batch, and are published again every few seconds; beyond this many the
+# oldest are dropped (logged and counted): a dead letter carries at most 64 KiB of payload.
+DEAD_LETTER_BACKLOG = 1000
+DEAD_LETTER_RETRY_S = 5.0
+DEAD_LETTER_LOG_BYTES = 1024  # of a dropped dead letter's JSON, in its log line
+DEAD_LETTER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS bridge_dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL
+)
+"""
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
@@ -127,7 +141,8 @@ class Counters:
     updated: int = 0
     cleared: int = 0
     dead_letters: int = 0
-    dead_letters_unpublished: int = 0  # their publication failed: logged, not retried
+    dead_letters_waiting: int = 0  # not published yet: kept in the state database (a gauge)
+    dead_letters_lost: int = 0  # dropped: over DEAD_LETTER_BACKLOG, or refused for good
     duplicates: int = 0
     out_of_order: int = 0
     seq_restarts: int = 0  # a counter that wrapped or a device that rebooted without boot_id
@@ -143,6 +158,7 @@ class Counters:
     snapshot_deferred: int = 0  # queue full or media cut off: left for the next sweep
     snapshot_failed: int = 0  # raised (a bug, the database): see Bridge._snapshot_failed
     snapshot_stale: int = 0  # a reply with a frame older than the maximum age: not used
+    snapshot_retimed: int = 0  # a reply timed too far after its reception: timed at it
     reasons: dict[str, int] = field(default_factory=dict)
 
     def progress(self, rate: float, depth: int) -> str:
@@ -151,15 +167,17 @@ class Counters:
         return (
             f"bridge: {rate:.1f} alarms/s, candidates {self.created} created / {self.updated}"
             f" updated / {self.cleared} cleared, dead letters {self.dead_letters}"
-            f"{f' ({reasons})' if reasons else ''}, dead letters not published"
-            f" {self.dead_letters_unpublished}, duplicates {self.duplicates}, out of order"
+            f"{f' ({reasons})' if reasons else ''}, dead letters waiting"
+            f" {self.dead_letters_waiting}, lost {self.dead_letters_lost}, duplicates"
+            f" {self.duplicates}, out of order"
             f" {self.out_of_order}, seq restarts {self.seq_restarts}, stale {self.stale},"
             f" updates of closed candidates dropped {self.closed_updates},"
             f" ignored {self.ignored}, retained alarms {self.retained_alarms}, timed at"
             f" reception {self.moved_to_reception}, snapshots {self.snapshots} (fallback"
             f" {self.snapshot_fallbacks}, missing {self.snapshot_missing}, deferred"
             f" {self.snapshot_deferred}, failed {self.snapshot_failed}, stale replies"
-            f" {self.snapshot_stale}), outbox depth {depth}"
+            f" {self.snapshot_stale}, replies timed at reception {self.snapshot_retimed}),"
+            f" outbox depth {depth}"
         )
 
 
@@ -523,17 +541,6 @@ def _snapshot_wanted(conn: sqlite3.Connection, candidate_id: str) -> bool:
     return row is not None
 
 
-def _dead_letter_body(dead: DeadLetter) -> bytes:
-    """The dead letter's JSON; a payload over :data:`DEAD_LETTER_PAYLOAD_BYTES` is cut to
-    its first bytes, with ``payload_bytes`` (its size) and ``payload_truncated``."""
-    payload = dead.payload[:DEAD_LETTER_PAYLOAD_BYTES]
-    body = dead_letter(dead.reason, dead.topic, payload, dead.received_at)
-    if len(payload) == len(dead.payload):
-        return body
-    letter = json.loads(body) | {"payload_bytes": len(dead.payload), "payload_truncated": True}
-    return json.dumps(letter, separators=(",", ":")).encode()
-
-
 def _trace_entry(item: AlarmInput) -> dict[str, object]:
     entry: dict[str, object] = {"t": candidates.iso(item.t), "alarm_type": item.alarm_type}
     event = item.event
@@ -602,6 +609,9 @@ class Bridge:
         self._uptime = Uptime(self.core.silence_horizon())
         with outbox.transaction() as txn:
             store.init(txn.conn)
+            txn.conn.execute(DEAD_LETTER_SCHEMA)
+            (waiting,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
+        self.core.counts.dead_letters_waiting = int(waiting)  # left by an earlier run
         # Exactly the sensors' alarm and status topics: a device's other subtopics are not ours.
         wake = threading.Event()
         kinds: tuple[TopicKind, ...] = ("sensor_alarm", "sensor_status")
@@ -651,6 +661,12 @@ class Bridge:
         if connected and now - due.get("silence", 0.0) >= 1.0:
             due["silence"] = now
             self._silence(now)
+        if (
+            self.core.counts.dead_letters_waiting
+            and now - due.get("dead_letters", 0.0) >= DEAD_LETTER_RETRY_S
+        ):
+            due["dead_letters"] = now
+            self._publish_dead_letters()
         if now - due.get("snapshots", 0.0) >= SNAPSHOT_SWEEP_S:
             due["snapshots"] = now
             self._sweep_snapshots()
@@ -711,9 +727,8 @@ class Bridge:
             log.exception("batch of %d failed; handling its messages one by one", len(messages))
             self.core.counts = counts  # the batch was rolled back: so are its counts
             results = [self._commit_alone(message) for message in messages]
-        for out in results:
-            for dead in out.dead:
-                self._publish_dead_letter(dead)
+        if any(out.dead for out in results):
+            self._publish_dead_letters()
         for message in messages:
             self.mqtt.ack(message)
             self._remember_if_void(message)
@@ -721,18 +736,73 @@ class Bridge:
             self._queue_snapshots(out)
         return len(messages)
 
-    def _publish_dead_letter(self, dead: DeadLetter) -> None:
-        """Publish a dead letter; a failure is logged and counted, never raised: after the
-        commit and before the ack, it would leave the batch unacknowledged, redelivered, and
-        failing again at every redelivery."""
-        try:
-            body = _dead_letter_body(dead)
-            if self.mqtt.publish(deadletter_topic(self.prefix, COMPONENT), body, qos=1):
-                return
-            log.error("dead letter from %s (%s) dropped by the client", dead.topic, dead.reason)
-        except Exception:
-            log.exception("dead letter from %s (%s) not published", dead.topic, dead.reason)
-        self.core.counts.dead_letters_unpublished += 1
+    def _keep_dead_letters(self, conn: sqlite3.Connection, dead: list[DeadLetter]) -> None:
+        """Write the dead letters to the state database, in the transaction of the messages
+        they stand for: acknowledged, those messages are never sent again, and a dead letter
+        the client refuses (its queue full, no client) is published later from there. Beyond
+        :data:`DEAD_LETTER_BACKLOG` waiting, the oldest are dropped, logged and counted."""
+        if not dead:
+            return
+        conn.executemany(
+            "INSERT INTO bridge_dead_letter (body) VALUES (?)",
+            [
+                (
+                    dead_letter(
+                        d.reason, d.topic, d.payload, d.received_at, keep=DEAD_LETTER_PAYLOAD_BYTES
+                    ),
+                )
+                for d in dead
+            ],
+        )
+        (waiting,) = conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
+        over = int(waiting) - DEAD_LETTER_BACKLOG
+        if over <= 0:
+            return
+        dropped = conn.execute(
+            "SELECT id, body FROM bridge_dead_letter ORDER BY id LIMIT ?", (over,)
+        ).fetchall()
+        conn.execute("DELETE FROM bridge_dead_letter WHERE id <= ?", (dropped[-1][0],))
+        for _, body in dropped:
+            self._dead_letter_lost(body, f"more than {DEAD_LETTER_BACKLOG} waiting")
+
+    def _publish_dead_letters(self) -> None:
+        """Publish the dead letters waiting, oldest first, and delete those the client took.
+
+        Never raises for a publication: after the commit and before the ack, that would leave
+        the batch unacknowledged, redelivered and failing again. A client refusing one (False:
+        its queue full, or no client) keeps it and every later one for the next attempt; one
+        that raises ValueError (a publication MQTT cannot carry) refuses it for good.
+        """
+        topic = deadletter_topic(self.prefix, COMPONENT)
+        refused = False
+        with self.outbox.transaction() as txn:
+            done: list[tuple[int]] = []
+            for row_id, body in txn.conn.execute(
+                "SELECT id, body FROM bridge_dead_letter ORDER BY id"
+            ):
+                try:
+                    published = self.mqtt.publish(topic, body, qos=1)
+                except ValueError as exc:
+                    self._dead_letter_lost(body, f"refused by the client: {exc}")
+                    published = True  # never publishable: not kept
+                if not published:
+                    refused = True
+                    break
+                done.append((row_id,))
+            txn.conn.executemany("DELETE FROM bridge_dead_letter WHERE id = ?", done)
+            (waiting,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
+        if refused:
+            log.warning(
+                "dead letters not published (the client's queue full, or no client):"
+                " %d waiting, published again in %.0f s",
+                waiting,
+                DEAD_LETTER_RETRY_S,
+            )
+        self.core.counts.dead_letters_waiting = int(waiting)
+
+    def _dead_letter_lost(self, body: bytes, why: str) -> None:
+        self.core.counts.dead_letters_lost += 1
+        log.error("dead letter dropped (%s): %s", why, body[:DEAD_LETTER_LOG_BYTES].decode())
 
     def _as_first_received(self, message: Message) -> Message:
         """The message timed at its first reception, when it is the resumed session's resend
@@ -806,6 +876,7 @@ class Bridge:
                     retained=message.retain,
                 )
             self.core.finish(txn, out)
+            self._keep_dead_letters(txn.conn, out.dead)
         return out
 
     def _commit_alone(self, message: Message) -> BatchResult:
@@ -820,6 +891,8 @@ class Bridge:
             out = BatchResult()
             why = Rejected("internal_error", type(exc).__name__)
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
+            with self.outbox.transaction() as txn:
+                self._keep_dead_letters(txn.conn, out.dead)
             return out
 
     def _silence(self, now: float) -> None:
@@ -905,10 +978,14 @@ class Bridge:
 
     def _snapshot(self, candidate_id: str, camera_id: str) -> None:
         assert self.media is not None
+        if not self._still_wanted(candidate_id):
+            # Settled by another media thread since a sweep read it: no request, no count.
+            log.info("candidate %s: snapshot settled meanwhile; not requested", candidate_id)
+            return
         requested_at = self.clock()
         frame = self._request_snapshot(self.media, camera_id)
-        if frame is not None and self._stale_reply(frame, requested_at, candidate_id):
-            frame = None  # as if no reply came: the newest frame seen, if recent enough
+        if frame is not None:
+            frame = self._judge_reply(frame, requested_at, self.clock(), candidate_id)
         if frame is None and not self.media.connected:
             # Cut off from the cameras: no reply can come and the newest frame seen may be
             # long stale. The wanted row stays; the sweep queues it again.
@@ -917,43 +994,92 @@ class Bridge:
                 "camera %s: media connection down; snapshot of %s later", camera_id, candidate_id
             )
             return
+        fallback = False
         if frame is None:
             frame = self._fallback_frame(camera_id)
-            if frame is None:
-                self.core.counts.snapshot_missing += 1
-                log.warning("camera %s: no snapshot for candidate %s", camera_id, candidate_id)
-                with self.outbox.transaction() as txn:
-                    store.snapshot_settled(txn.conn, candidate_id)
-                return
-            self.core.counts.snapshot_fallbacks += 1
+            fallback = frame is not None
         with self.outbox.transaction() as txn:
-            # A sweep reads the wanted rows, then queues them: one a media thread settled in
-            # between is served again, and must not bring a second snapshot.
+            # A sweep reads the wanted rows, then queues them: one a media thread settled
+            # while this one waited for the camera must not bring a second snapshot.
             if not _snapshot_wanted(txn.conn, candidate_id):
                 log.info("candidate %s: snapshot settled meanwhile; not added", candidate_id)
                 return
-            attached = self.core.attach_snapshot(txn, candidate_id, frame)
+            attached = frame is not None and self.core.attach_snapshot(txn, candidate_id, frame)
             store.snapshot_settled(txn.conn, candidate_id)
+        if frame is None:
+            self.core.counts.snapshot_missing += 1
+            log.warning("camera %s: no snapshot for candidate %s", camera_id, candidate_id)
+            return
         if attached:
             self.core.counts.snapshots += 1
+            self.core.counts.snapshot_fallbacks += int(fallback)
             log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
 
-    def _stale_reply(self, frame: Frame, requested_at: float, candidate_id: str) -> bool:
-        """Whether a reply's frame was taken more than ``fallback_max_age_s`` before the
-        request: the component serving the camera may answer with the last frame it has when
-        it cannot take a new one, and a camera that stopped streaming hours ago must not put
-        its last picture on a new alarm, answered or not."""
-        age = requested_at - frame.header.ts.timestamp()
-        if age <= self.fallback_max_age_s:
-            return False
-        self.core.counts.snapshot_stale += 1
-        log.warning(
-            "camera %s: snapshot reply for candidate %s taken %.0f s before the request; not used",
-            frame.camera_id,
-            candidate_id,
-            age,
-        )
-        return True
+    def _still_wanted(self, candidate_id: str) -> bool:
+        """One read, before the camera is asked and waited for; the attachment checks again
+        in the transaction that settles the snapshot."""
+        with self.outbox.transaction() as txn:
+            return _snapshot_wanted(txn.conn, candidate_id)
+
+    def _judge_reply(
+        self, frame: Frame, requested_at: float, answered_at: float, candidate_id: str
+    ) -> Frame | None:
+        """The reply timed on the bridge's clock; None when its frame was taken more than
+        ``fallback_max_age_s`` before the request (counted, logged): the component serving
+        the camera may answer with the last frame it has when it cannot take a new one.
+
+        Its time is that of the component's clock, corrected by the camera's offset: the
+        reception of the newest frame it streamed minus that frame's time. With no such
+        frame, the age is judged with :data:`REPLY_CLOCK_TOLERANCE_S` to spare. A time more
+        than :data:`MAX_AHEAD_S` after the reply's reception (a clock ahead: the frame's age
+        cannot be told) is replaced by the reception, as a sensor message's is; and a frame is
+        never timed after its reception.
+        """
+        offset = self._clock_offset(frame.camera_id)
+        taken = frame.header.ts.timestamp() + (offset or 0.0)
+        ahead = taken - answered_at
+        if ahead > MAX_AHEAD_S:
+            self.core.counts.snapshot_retimed += 1
+            log.warning(
+                "camera %s: snapshot reply for candidate %s timed %.0f s after its reception"
+                " (clock ahead?); timed at its reception",
+                frame.camera_id,
+                candidate_id,
+                ahead,
+            )
+        taken = min(taken, answered_at)
+        age = requested_at - taken
+        limit = self.fallback_max_age_s + (0.0 if offset is not None else REPLY_CLOCK_TOLERANCE_S)
+        if age > limit:
+            self.core.counts.snapshot_stale += 1
+            log.warning(
+                "camera %s: snapshot reply for candidate %s taken %.0f s before the request%s;"
+                " not used",
+                frame.camera_id,
+                candidate_id,
+                age,
+                "" if offset is not None else " (its clock's offset unknown)",
+            )
+            return None
+        ts = datetime.fromtimestamp(taken, UTC)
+        return replace(frame, header=replace(frame.header, ts=ts))
+
+    def _clock_offset(self, camera_id: str) -> float | None:
+        """How far the bridge's clock is ahead of the clock timing the camera's frames: the
+        newest frame's reception minus its envelope's time; None without one (none seen, a
+        bare JPEG timed at its reception, or not decodable)."""
+        with self._newest_lock:
+            kept = self._newest.get(camera_id)
+        if kept is None:
+            return None
+        payload, received_at = kept
+        try:
+            newest = decode_frame(payload, topic_camera_id=camera_id, received_at=received_at)
+        except MessageError:
+            return None
+        if newest.header.seq < 0:  # a bare JPEG: no time of its own
+            return None
+        return received_at.timestamp() - newest.header.ts.timestamp()
 
     def _request_snapshot(self, media: MqttConnection, camera_id: str) -> Frame | None:
         from gridpatrol.ingest.snapshot import request_snapshot
@@ -971,8 +1097,10 @@ class Bridge:
                 self._newest[camera_id] = (payload, received_at)
 
     def _fallback_frame(self, camera_id: str) -> Frame | None:
-        """The newest frame seen, timed at its reception (a bare JPEG has no time of its own);
-        None when there is none or it is older than ``fallback_max_age_s``."""
+        """The newest frame seen, timed at its reception, on the bridge's clock: a bare JPEG
+        has no time of its own, and an envelope's, corrected by the camera's clock offset
+        (which this frame itself gives), is its reception. None when there is none or it is
+        older than ``fallback_max_age_s``."""
         with self._newest_lock:
             kept = self._newest.get(camera_id)
         if kept is None:
@@ -983,6 +1111,7 @@ class Bridge:
             log.info("camera %s: newest frame %.0f s old; not used", camera_id, age)
             return None
         try:
-            return decode_frame(payload, topic_camera_id=camera_id, received_at=received_at)
+            newest = decode_frame(payload, topic_camera_id=camera_id, received_at=received_at)
         except MessageError:
             return None
+        return replace(newest, header=replace(newest.header, ts=received_at))

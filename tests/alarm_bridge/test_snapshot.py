@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import signal
 import sqlite3
 import threading
@@ -88,11 +89,20 @@ class Background:
 
 class Cameras(Background):
     """cam-live answers snapshot requests, with a frame taken ``reply_age_s`` before; cam-mute
-    only streams frames."""
+    only streams frames. The component's clock is ``clock_s`` ahead of the true time (behind
+    when negative); ``stream_live``: cam-live streams frames too, timed by that clock."""
 
-    def __init__(self, prefix: str, reply_age_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        prefix: str,
+        reply_age_s: float = 0.0,
+        clock_s: float = 0.0,
+        stream_live: bool = False,
+    ) -> None:
         super().__init__("snap-cams", prefix)
         self.reply_age_s = reply_age_s
+        self.clock_s = clock_s
+        self.stream_live = stream_live
         self.live_image = jpeg(200)
         self.stream_image = jpeg(90)
         self.requests = self.conn.subscribe(snapshot_request_topic(prefix, "cam-live"), qos=1)
@@ -102,10 +112,15 @@ class Cameras(Background):
         stream = encode_frame(frame("cam-mute", self.stream_image).header, self.stream_image)
         while not self.stop.is_set():
             self.conn.publish(frame_topic(self.prefix, "cam-mute"), stream, qos=0)
+            if self.stream_live:
+                now = datetime.fromtimestamp(time.time() + self.clock_s, UTC)
+                header = FrameHeader(now, 1, "cam-live", 64, 48)
+                live = encode_frame(header, self.stream_image)
+                self.conn.publish(frame_topic(self.prefix, "cam-live"), live, qos=0)
             request = self.requests.get(timeout=0.2)
             if request is not None:
                 self.answered += 1
-                taken = datetime.fromtimestamp(time.time() - self.reply_age_s, UTC)
+                taken = datetime.fromtimestamp(time.time() + self.clock_s - self.reply_age_s, UTC)
                 reply = encode_reply(
                     Frame(FrameHeader(taken, 1, "cam-live", 64, 48), self.live_image),
                     parse_request(request.payload),
@@ -187,6 +202,155 @@ def test_a_reply_with_a_frame_older_than_the_maximum_age_is_not_the_snapshot(
     assert [e["kind"] for e in candidate["evidence"]] == ["sensor_trace", "snapshot"]
     assert candidate["evidence"][1]["sha256"] == hashlib.sha256(streamed).hexdigest()
     assert cams.answered == 1
+    assert snapshot_counts(rig, 1) == counted(added=1, fallback=1, stale=1)
+
+
+SNAPSHOT_COUNTS = re.compile(
+    r"snapshots (\d+) \(fallback (\d+), missing (\d+), deferred (\d+), failed (\d+),"
+    r" stale replies (\d+), replies timed at reception (\d+)\)"
+)
+COUNT_NAMES = ("added", "fallback", "missing", "deferred", "failed", "stale", "retimed")
+
+
+def counted(**counts: int) -> dict[str, int]:
+    return dict.fromkeys(COUNT_NAMES, 0) | counts
+
+
+def snapshot_counts(rig: BridgeRig, settled: int) -> dict[str, int]:
+    """The snapshot counts of the bridge's progress line, once one says ``settled`` snapshots
+    were added or missing."""
+    deadline = time.monotonic() + 30
+    while True:
+        found = SNAPSHOT_COUNTS.findall(rig.log.read_text(errors="replace"))
+        if found:
+            counts = dict(zip(COUNT_NAMES, map(int, found[-1]), strict=True))
+            if counts["added"] + counts["missing"] >= settled:
+                return counts
+        assert time.monotonic() < deadline, rig.log.read_text(errors="replace")[-3000:]
+        time.sleep(0.2)
+
+
+def alarm_with_snapshot(rig: BridgeRig) -> tuple[dict[str, Any], float]:
+    """Raise mh-live (camera cam-live) and wait until its snapshot is settled: the candidate,
+    and the time just before the alarm was sent."""
+    sent_at = time.time()
+    rig.publish(
+        [(sensor_alarm_topic(rig.prefix, "mh-live"), raise_alarm("mh-live", "manhole_tilt"))]
+    )
+    rig.settled(1)
+    [candidate] = rig.candidates()
+    return candidate, sent_at
+
+
+def snapshot_of(candidate: dict[str, Any]) -> tuple[str, float] | None:
+    """The snapshot's hash and captured_at, None without one."""
+    evidence = candidate["evidence"]
+    if [e["kind"] for e in evidence] == ["sensor_trace"]:
+        return None
+    assert [e["kind"] for e in evidence] == ["sensor_trace", "snapshot"]
+    return evidence[1]["sha256"], datetime.fromisoformat(evidence[1]["captured_at"]).timestamp()
+
+
+def sha(image: bytes) -> str:
+    return hashlib.sha256(image).hexdigest()
+
+
+def test_a_fresh_reply_from_a_component_whose_clock_is_behind_is_the_snapshot(
+    rig: BridgeRig,
+) -> None:
+    """The component serving cam-live runs 10 minutes behind: its frames and its fresh reply
+    are all timed 600 s back. Its streamed frames tell the offset; the reply is fresh, timed
+    on the bridge's clock."""
+    with Cameras(rig.prefix, clock_s=-600, stream_live=True) as cams:
+        time.sleep(1.0)  # the bridge has seen a few streamed frames
+        candidate, sent_at = alarm_with_snapshot(rig)
+    snapshot = snapshot_of(candidate)
+    assert snapshot is not None
+    assert snapshot[0] == sha(cams.live_image)
+    assert sent_at <= snapshot[1] <= time.time()
+    assert snapshot_counts(rig, 1) == counted(added=1)
+
+
+@pytest.mark.parametrize(
+    ("reply_age_s", "used"), [pytest.param(200, True), pytest.param(3600, False)]
+)
+def test_a_reply_with_no_streamed_frame_to_tell_its_clock_is_judged_with_a_tolerance(
+    rig: BridgeRig, reply_age_s: float, used: bool
+) -> None:
+    """Nothing streamed: the component's clock may be off by as much as a device's
+    (REPLY_CLOCK_TOLERANCE_S, 300 s), so a reply 200 s old by the bridge's clock is used; one
+    an hour old is not, and with no frame to fall back on the alarm has no snapshot."""
+    with Cameras(rig.prefix, reply_age_s=reply_age_s) as cams:
+        candidate, sent_at = alarm_with_snapshot(rig)
+    assert cams.answered == 1
+    snapshot = snapshot_of(candidate)
+    if used:
+        assert snapshot is not None
+        assert snapshot[0] == sha(cams.live_image)
+        assert sent_at - reply_age_s - 1 <= snapshot[1] <= time.time() - reply_age_s
+        assert snapshot_counts(rig, 1) == counted(added=1)
+    else:
+        assert snapshot is None
+        assert snapshot_counts(rig, 1) == counted(missing=1, stale=1)
+
+
+YEAR_S = 365 * 86400.0
+
+
+def test_a_reply_timed_a_year_ahead_is_timed_at_its_reception(rig: BridgeRig) -> None:
+    """The component's clock runs a year ahead and nothing streamed tells it: the reply's age
+    cannot be told, and it is timed at its reception, as a sensor message is, not a year
+    after the alarm."""
+    with Cameras(rig.prefix, clock_s=YEAR_S) as cams:
+        candidate, sent_at = alarm_with_snapshot(rig)
+    snapshot = snapshot_of(candidate)
+    assert snapshot is not None
+    assert snapshot[0] == sha(cams.live_image)
+    assert sent_at <= snapshot[1] <= time.time()
+    assert snapshot_counts(rig, 1) == counted(added=1, retimed=1)
+
+
+def test_an_old_frame_from_a_component_a_year_ahead_is_a_stale_reply(rig: BridgeRig) -> None:
+    """The component runs a year ahead and answers with the frame it took an hour ago: its
+    time is still in the future, but its streamed frames tell the offset, and the reply is
+    an hour old. The newest streamed frame is the snapshot."""
+    with Cameras(rig.prefix, reply_age_s=3600, clock_s=YEAR_S, stream_live=True) as cams:
+        time.sleep(1.0)  # the bridge has seen a few streamed frames
+        candidate, sent_at = alarm_with_snapshot(rig)
+    assert cams.answered == 1
+    snapshot = snapshot_of(candidate)
+    assert snapshot is not None
+    assert snapshot[0] == sha(cams.stream_image)
+    assert sent_at - 2 <= snapshot[1] <= time.time()  # its reception, not a year ahead
+    assert snapshot_counts(rig, 1) == counted(added=1, fallback=1, stale=1)
+
+
+@pytest.mark.parametrize(("reply_age_s", "used"), [pytest.param(8, True), pytest.param(12, False)])
+def test_the_maximum_age_of_a_reply_is_snapshot_max_age_s_on_the_bridges_clock(
+    tmp_path: Path, api_server: Any, mqtt_prefix: str, reply_age_s: float, used: bool
+) -> None:
+    """--snapshot-max-age-s 10, and a component 10 minutes behind: a reply 8 s old on its
+    clock is used, one 12 s old is stale (the newest streamed frame instead)."""
+    site = SITE.format(prefix=mqtt_prefix)
+    args = ("--snapshot-max-age-s", str(MAX_AGE_S))
+    with (
+        BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, site, args) as rig,
+        Cameras(rig.prefix, reply_age_s=reply_age_s, clock_s=-600, stream_live=True) as cams,
+    ):
+        time.sleep(1.0)  # the bridge has seen a few streamed frames
+        candidate, _ = alarm_with_snapshot(rig)
+        counts = snapshot_counts(rig, 1)
+    snapshot = snapshot_of(candidate)
+    assert snapshot is not None
+    if used:
+        assert snapshot[0] == sha(cams.live_image)
+        assert counts == counted(added=1)
+    else:
+        assert snapshot[0] == sha(cams.stream_image)
+        assert counts == counted(added=1, fallback=1, stale=1)
+
+
+MAX_AGE_S = 10.0  # --snapshot-max-age-s: above the 5 s a snapshot request waits
 
 
 def wanted(rig: BridgeRig) -> list[str]:
@@ -262,9 +426,6 @@ def test_a_snapshot_wanted_while_the_media_connection_is_down_waits_for_it(
     with outbox.transaction() as txn:
         assert store.wanted_snapshots(txn.conn) == [(candidate_id, "cam-1")]
     assert bridge._snapshots.get_nowait() == (candidate_id, "cam-1")
-
-
-MAX_AGE_S = 10.0  # --snapshot-max-age-s: above the 5 s a snapshot request waits
 
 
 def test_a_dead_cameras_last_frame_is_timed_at_its_reception_then_left_out(
@@ -591,6 +752,41 @@ def test_a_snapshot_settled_while_a_sweep_queues_it_again_is_added_once(
     [(candidate_id, patch)] = snapshot_patches(outbox)
     assert candidate_id == job[0]
     assert patch["evidence"][0]["sha256"] == hashlib.sha256(cams.live_image).hexdigest()
-    assert bridge.core.counts.snapshots == 1
+    assert cams.answered == 1  # the second job did not ask the camera
+    counts = bridge.core.counts
+    assert (
+        counts.snapshots,
+        counts.snapshot_fallbacks,
+        counts.snapshot_missing,
+        counts.snapshot_deferred,
+        counts.snapshot_stale,
+    ) == (1, 0, 0, 0, 0)
     with outbox.transaction() as txn:
         assert store.wanted_snapshots(txn.conn) == []
+
+
+def test_a_fallback_settled_by_another_thread_while_waiting_is_neither_added_nor_counted(
+    tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another media thread settles the snapshot while this one waits for a camera that does
+    not answer: the newest frame is not added, and no fallback is counted."""
+    bridge, outbox, media, out = raised_with_a_camera(tmp_path, mqtt_prefix)
+    [(candidate_id, camera_id)] = out.snapshots
+    newest = jpeg(50)
+    bridge._keep_newest(
+        camera_id, encode_frame(frame(camera_id, newest).header, newest), datetime.now(UTC)
+    )
+
+    def no_reply(conn: MqttConnection, camera: str) -> None:
+        with outbox.transaction() as txn:  # the other media thread, meanwhile
+            store.snapshot_settled(txn.conn, candidate_id)
+
+    monkeypatch.setattr(bridge, "_request_snapshot", no_reply)
+    assert media.start(10)
+    try:
+        bridge._snapshot(candidate_id, camera_id)
+    finally:
+        media.stop()
+    counts = bridge.core.counts
+    assert (counts.snapshots, counts.snapshot_fallbacks, counts.snapshot_missing) == (0, 0, 0)
+    assert snapshot_patches(outbox) == []

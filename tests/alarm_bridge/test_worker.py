@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import pytest
 
-from gridpatrol.alarm_bridge import store
+from gridpatrol.alarm_bridge import store, worker
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
@@ -176,7 +176,7 @@ def test_a_payload_over_the_size_limit_is_dead_lettered_cut_with_its_size(
         },
     ]
     counts = bridge.core.counts
-    assert (counts.dead_letters, counts.dead_letters_unpublished) == (2, 0)
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (2, 0, 0)
 
 
 def test_silence_is_not_judged_while_cut_off_from_the_broker(
@@ -352,10 +352,11 @@ def test_the_progress_line_says_what_was_not_used_and_why(
         bridge._progress(1.5)
     assert caplog.messages == [
         "bridge: 1.5 alarms/s, candidates 1 created / 0 updated / 0 cleared, dead letters 2"
-        " (bad_json 1, unknown_sensor 1), dead letters not published 0, duplicates 1,"
+        " (bad_json 1, unknown_sensor 1), dead letters waiting 0, lost 0, duplicates 1,"
         " out of order 1, seq restarts 0, stale 1, updates of closed candidates dropped 0,"
         " ignored 1, retained alarms 1, timed at reception 0, snapshots 0"
-        " (fallback 0, missing 0, deferred 0, failed 0, stale replies 0), outbox depth 2"
+        " (fallback 0, missing 0, deferred 0, failed 0, stale replies 0, replies timed at"
+        " reception 0), outbox depth 2"
     ]
 
 
@@ -694,28 +695,95 @@ def test_a_first_sending_on_a_resumed_session_is_not_taken_for_the_resend(
     assert bridge.core.counts.duplicates == 0
 
 
-@pytest.mark.parametrize(
-    ("publish", "logged"),
-    [
-        pytest.param(ValueError("Packet too large."), "not published", id="the client raises"),
-        pytest.param(False, "dropped by the client", id="the client drops it"),
-    ],
-)
-def test_a_dead_letter_that_cannot_be_published_is_counted_and_its_batch_acknowledged(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    publish: ValueError | bool,
-    logged: str,
+def _waiting_letters(outbox: Outbox) -> list[dict[str, Any]]:
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT body FROM bridge_dead_letter ORDER BY id").fetchall()
+    return [json.loads(body) for (body,) in rows]
+
+
+def _letter(payload: bytes, at_s: float, reason: str = "bad_json") -> dict[str, Any]:
+    return {
+        "reason": reason,
+        "topic": WL1,
+        "payload_b64": base64.b64encode(payload).decode(),
+        "received_at": datetime.fromtimestamp(T0 + at_s, UTC).isoformat().replace("+00:00", "Z"),
+    }
+
+
+def test_a_dead_letter_the_client_refuses_waits_in_the_state_database_and_is_published_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The client's queue is full: the dead letter, written with its batch, is kept; the
+    message is acknowledged all the same. Neither lost nor sent twice: published by the
+    housekeeping once the client takes it, also after a restart of the bridge."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    published: list[tuple[str, bytes]] = []
+    taking = False
+
+    def client(topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        if taking:
+            published.append(
+                (topic, bytes(payload, "utf-8") if isinstance(payload, str) else payload)
+            )
+        return taking
+
+    monkeypatch.setattr(link, "publish", client)
+    link.send(b"{nope", mid=3, at_s=0)
+    link.send(LEVEL_20, mid=4, at_s=1)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
+        assert bridge._one_batch() == 2
+    assert link.acked == [(1, 3), (1, 4)]
+    assert [m for m in caplog.messages if m.startswith("dead letters not")] == [
+        "dead letters not published (the client's queue full, or no client): 1 waiting,"
+        " published again in 5 s"
+    ]
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (1, 1, 0)
+    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
+    assert [kind for kind, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
+    assert published == []
+    # The bridge restarts on its state database; the client takes publications again.
+    bridge = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
+    assert bridge.core.counts.dead_letters_waiting == 1
+    taking = True
+    bridge._housekeeping(T0 + 10)
+    assert [(topic, json.loads(body)) for topic, body in published] == [
+        (deadletter_topic("gridpatrol", "alarm_bridge"), _letter(b"{nope", 0))
+    ]
+    assert _waiting_letters(outbox) == []
+    assert bridge.core.counts.dead_letters_waiting == 0
+    bridge._housekeeping(T0 + 20)
+    assert len(published) == 1
+
+
+def test_dead_letters_waiting_beyond_the_backlog_drop_the_oldest_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(worker, "DEAD_LETTER_BACKLOG", 2)
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    monkeypatch.setattr(link, "publish", lambda topic, payload, qos=0: False)
+    for n in range(3):
+        link.send(b"{nope %d" % n, mid=3 + n, at_s=n)
+        with caplog.at_level(logging.ERROR, logger="gridpatrol.alarm_bridge.worker"):
+            assert bridge._one_batch() == 1
+    assert link.acked == [(1, 3), (1, 4), (1, 5)]
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (3, 2, 1)
+    assert _waiting_letters(outbox) == [_letter(b"{nope 1", 1), _letter(b"{nope 2", 2)]
+    dropped = json.dumps(_letter(b"{nope 0", 0), separators=(",", ":"))
+    assert caplog.messages == [f"dead letter dropped (more than 2 waiting): {dropped}"]
+
+
+def test_a_dead_letter_the_client_raises_on_is_dropped_logged_and_its_batch_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Raised after the commit, the failure would leave the batch unacknowledged: redelivered,
-    failing again, the bridge restarting for ever."""
+    failing again, the bridge restarting for ever. A publication MQTT cannot carry never
+    will: it is not kept."""
     bridge, link, outbox = _fake_bridge(tmp_path)
 
     def refusing(topic: str, payload: bytes | str, qos: int = 0) -> bool:
-        if isinstance(publish, Exception):
-            raise publish
-        return publish
+        raise ValueError("Packet too large.")
 
     monkeypatch.setattr(link, "publish", refusing)
     link.send(b"{nope", mid=3, at_s=0)
@@ -724,6 +792,10 @@ def test_a_dead_letter_that_cannot_be_published_is_counted_and_its_batch_acknowl
         assert bridge._one_batch() == 2
     assert link.acked == [(1, 3), (1, 4)]
     counts = bridge.core.counts
-    assert (counts.dead_letters, counts.dead_letters_unpublished, counts.created) == (1, 1, 1)
-    assert caplog.messages == [f"dead letter from {WL1} (bad_json) {logged}"]
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (1, 0, 1)
+    body = json.dumps(_letter(b"{nope", 0), separators=(",", ":"))
+    assert caplog.messages == [
+        f"dead letter dropped (refused by the client: Packet too large.): {body}"
+    ]
+    assert _waiting_letters(outbox) == []
     assert [kind for kind, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
