@@ -39,8 +39,10 @@ def register(sub: Any) -> None:
         "--snapshot-max-age-s",
         type=positive_seconds,
         default=None,
-        help="oldest newest-frame used when a camera does not answer a snapshot request"
-        " (default 120)",
+        help="seconds (default 120): the oldest newest-frame used when a camera does not"
+        " answer a snapshot request, and the oldest frame a reply may carry, its time"
+        " corrected by the camera's clock offset seen on its frames (without streamed frames,"
+        " 300 s more are allowed); an older reply is taken for no reply",
     )
     bridge.set_defaults(func=run_bridge)
 
