@@ -1429,9 +1429,12 @@ def _load_heads(info: Any, folder: str | None, cameras: Sequence[Camera]) -> dic
 def _serve(
     worker: DetectorWorker, backend: Backend, conn: MqttConnection, args: argparse.Namespace
 ) -> int:
-    from gridpatrol.ingest.mqtt import MqttAuthError
+    from gridpatrol.ingest.mqtt import MqttAuthError, stop_when_refused
 
     stop_on_signals(worker.stop_event, worker.component_id)
+    # A broker not reachable at the start that refuses the credentials later: stop, rather
+    # than run on without a connection (exit 1, as ingest: the unit restarts).
+    refused = stop_when_refused(log, worker.component_id, worker.stop_event, conn)
     try:
         conn.start()
     except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
@@ -1456,4 +1459,4 @@ def _serve(
             "flushed" if flushed else "not flushed",
             worker.outbox.depth(),
         )
-    return 0
+    return 1 if refused.is_set() else 0

@@ -133,7 +133,10 @@ def run_ingest(args: argparse.Namespace) -> int:
     finally:
         service.stop()
         conn.stop()
-    return 2 if refused.is_set() else 0
+    # Refused after a late start, status 1: the unit restarts, and the broker (its
+    # authentication backend up by then, after a power cut) accepts the credentials, or
+    # refuses them at the start, status 2 (see stop_when_refused).
+    return 1 if refused.is_set() else 0
 
 
 def run_watch(args: argparse.Namespace) -> int:
@@ -174,7 +177,7 @@ def run_watch(args: argparse.Namespace) -> int:
     finally:
         conn.stop()
     log.info("%d frames, %d dropped, rejected %s", seen, receiver.dropped, dict(receiver.rejected))
-    return 2 if refused.is_set() else 0
+    return 1 if refused.is_set() else 0  # refused after a late start: as ingest
 
 
 def run_broker(args: argparse.Namespace) -> int:

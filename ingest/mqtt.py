@@ -745,8 +745,11 @@ def stop_when_refused(
 ) -> threading.Event:
     """Stop the command when the broker, not reachable at the start, later refuses the
     credentials of one of ``conns``: one line on the command's ``logger``, ``stop`` set, and
-    the returned event set (exit 2, as for a refusal at the start: mend and restart). Call
-    before the start."""
+    the returned event set. The command then exits 1, not 2 as for a refusal at the start: a
+    broker whose authentication backend comes up after it (a site after a power cut) refuses
+    for a while, and the units restart on 1 but not on 2. At the restart the broker accepts
+    the credentials or refuses them at the start (status 2: mend and restart). Call before
+    the start."""
     refused = threading.Event()
     lock = threading.Lock()
 

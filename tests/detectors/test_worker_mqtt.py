@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -30,7 +32,7 @@ SIZES = ((1280, 720), (640, 360))  # a camera switched to a lower resolution
 class Detect:
     """``gridpatrol detect`` serving one camera without zones, with its metrics endpoint."""
 
-    def __init__(self, tmp_path: Path, shared_dir: Path, prefix: str) -> None:
+    def __init__(self, tmp_path: Path, shared_dir: Path, prefix: str, url: str = SHARED) -> None:
         site = tmp_path / "site.yaml"
         site.write_text(
             f"site: {{name: test}}\nmqtt: {{prefix: {prefix}}}\ncameras:\n"
@@ -41,7 +43,7 @@ class Detect:
         self.log = tmp_path / "detect.log"
         env = {
             **os.environ,
-            "GRIDPATROL_MQTT_URL": SHARED,
+            "GRIDPATROL_MQTT_URL": url,
             "GRIDPATROL_API_URL": "http://127.0.0.1:9",  # no zones: nothing is ever sent
             "GRIDPATROL_API_TOKEN": "tok-producer",
             "GRIDPATROL_OUTBOX": str(tmp_path / "outbox-detect.db"),
@@ -152,3 +154,35 @@ def test_a_frame_of_another_size_is_inferred(
         assert (worker.metric("frames"), worker.metric("dropped_frames")) == (2, 0)
     finally:
         worker.stop()
+
+
+def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_status_1(
+    mosquitto: Any, tmp_path: Path, shared_dir: Path, mqtt_prefix: str
+) -> None:
+    """Not reachable at the start, the broker then refuses the credentials: never accepted,
+    they are not retried, and detect must not run on without frames. Status 1, as ingest:
+    the unit restarts, and a typo is refused at that start (status 2)."""
+    mosquitto.stop()  # the port is known, and closed
+    passwords = tmp_path / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(passwords), "gp", "s3cret"], check=True)
+    conf = mosquitto.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")
+    mosquitto.conf.write_text(f"{conf}password_file {passwords}\n")
+    url = f"mqtt://gp:wrong@127.0.0.1:{mosquitto.port}"
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix, url)
+    waiting = f"detect: broker mqtt://gp@127.0.0.1:{mosquitto.port} not reachable yet"
+    try:
+        worker.wait("wait for the broker", lambda: waiting in worker.log.read_text())
+        mosquitto.start()
+        returncode = worker.proc.wait(60)
+    finally:
+        worker.stop()
+    text = worker.log.read_text()
+    assert returncode == 1, text[-3000:]
+    (line,) = [x for x in text.splitlines() if " ERROR " in x]
+    assert re.search(
+        r" ERROR gridpatrol\.detectors\.worker: detect: stopping: broker "
+        rf"mqtt://gp@127\.0\.0\.1:{mosquitto.port} refused the credentials of detect "
+        r"\(Not authorized\)$",
+        line,
+    ), line
+    assert "Traceback" not in text
