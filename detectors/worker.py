@@ -670,7 +670,7 @@ class DetectorWorker:
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
     ) -> None:
-        from gridpatrol.ingest.messages import dead_letter
+        from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, dead_letter
         from gridpatrol.ingest.topics import deadletter_topic
 
         rt.bad += 1
@@ -678,7 +678,7 @@ class DetectorWorker:
         log.warning("camera %s: %s; sent to the dead-letter topic", rt.camera.id, why)
         self.conn.publish(
             deadletter_topic(self.site.mqtt.prefix, self.component_id),
-            dead_letter(why, topic, payload, received_at),
+            dead_letter(why, topic, payload, received_at, DEAD_LETTER_PAYLOAD_BYTES),
             qos=1,
         )
 

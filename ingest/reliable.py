@@ -13,7 +13,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 
-from gridpatrol.ingest.messages import dead_letter
+from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, dead_letter
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import deadletter_topic
 
@@ -109,7 +109,13 @@ class ReliableConsumer:
     def _give_up(self, message: Message) -> None:
         self.dead_lettered += 1
         topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
-        body = dead_letter("handler_failed", message.topic, message.payload, message.received_at)
+        body = dead_letter(
+            "handler_failed",
+            message.topic,
+            message.payload,
+            message.received_at,
+            DEAD_LETTER_PAYLOAD_BYTES,
+        )
         self.conn.publish(topic, body, qos=1)
         self.conn.ack(message)
 

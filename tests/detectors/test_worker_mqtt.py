@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import subprocess
@@ -19,9 +21,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridpatrol.ingest.broker import free_port
-from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
-from gridpatrol.ingest.topics import component_status_topic, frame_topic
+from gridpatrol.ingest.topics import component_status_topic, deadletter_topic, frame_topic
 
 SHARED = "mqtt://127.0.0.1:1883"
 T0 = datetime(2026, 5, 4, 2, 0, tzinfo=UTC)
@@ -154,6 +156,37 @@ def test_a_frame_of_another_size_is_inferred(
         assert (worker.metric("frames"), worker.metric("dropped_frames")) == (2, 0)
     finally:
         worker.stop()
+
+
+def test_a_large_malformed_frame_is_dead_lettered_cut_with_its_size(
+    tmp_path: Path,
+    shared_dir: Path,
+    mqtt_prefix: str,
+    publisher: tuple[MqttConnection, Subscription],
+) -> None:
+    """Whole in base64, a frame of up to 32 MiB makes a dead letter larger than a broker
+    takes (16 MiB in the sample configuration): the letter carries its first 64 KiB."""
+    conn, status = publisher
+    letters = conn.subscribe(deadletter_topic(mqtt_prefix, "detect"), qos=1, maxsize=10)
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix)
+    topic = frame_topic(mqtt_prefix, CAMERA)
+    payload = b"x" * (1 << 20)
+    try:
+        worker.wait("online status", lambda: _says(status, b"online"))
+        assert conn.publish_wait(topic, payload, qos=1, timeout=30)
+        message = letters.get(60)
+    finally:
+        worker.stop()
+    assert message is not None, worker.log.read_text()[-3000:]
+    letter = json.loads(message.payload)
+    fields = ("reason", "topic", "payload_bytes", "payload_truncated")
+    assert tuple(letter[x] for x in fields) == (
+        "invalid frame: bad_magic: starts with b'xxxx'",
+        topic,
+        1 << 20,
+        True,
+    )
+    assert base64.b64decode(letter["payload_b64"]) == payload[:DEAD_LETTER_PAYLOAD_BYTES]
 
 
 def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_status_1(

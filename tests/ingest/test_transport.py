@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +17,7 @@ import pytest
 from paho.mqtt.enums import MQTTProtocolVersion
 
 from gridpatrol.ingest.broker import ensure_broker, free_port, start_amqtt
+from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, rfc3339
 from gridpatrol.ingest.mqtt import Message, MqttAuthError, MqttConnection, MqttSettings
 from gridpatrol.ingest.reliable import ReliableConsumer
 from gridpatrol.ingest.topics import sensor_alarm_topic
@@ -157,7 +160,12 @@ def acks_handled(reader: ReliableConsumer) -> None:
     assert reader.conn.publish_wait(f"{reader.conn.prefix}/acks-fence", b"", qos=1)
 
 
-def test_a_failing_handler_ends_in_the_dead_letter_topic(mosquitto: Any, mqtt_prefix: str) -> None:
+@pytest.mark.parametrize("payload", [b"poison", b"p" * (1 << 20)], ids=["small", "1MiB"])
+def test_a_failing_handler_ends_in_the_dead_letter_topic(
+    mosquitto: Any, mqtt_prefix: str, payload: bytes
+) -> None:
+    """A payload over 64 KiB goes cut, with its size: whole in base64 it could be larger
+    than the broker takes."""
     reader = consumer(mosquitto.url, mqtt_prefix)
     letters = MqttConnection("dl-watch", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
     dead = letters.subscribe(f"{mqtt_prefix}/deadletter/#", qos=1)
@@ -165,7 +173,7 @@ def test_a_failing_handler_ends_in_the_dead_letter_topic(mosquitto: Any, mqtt_pr
     pub = MqttConnection("sensor-gw", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
     assert pub.start()
     try:
-        assert pub.publish_wait(sensor_alarm_topic(mqtt_prefix, "s1"), b"poison", qos=1)
+        assert pub.publish_wait(sensor_alarm_topic(mqtt_prefix, "s1"), payload, qos=1)
         (message,) = drain(reader.get, 1)
 
         def broken(_m: Message) -> None:
@@ -179,7 +187,16 @@ def test_a_failing_handler_ends_in_the_dead_letter_topic(mosquitto: Any, mqtt_pr
         reader.stop()
     assert letter is not None
     assert letter.topic == f"{mqtt_prefix}/deadletter/bridge-t"
-    assert b'"reason":"handler_failed"' in letter.payload
+    body = json.loads(letter.payload)
+    assert body.pop("received_at") == rfc3339(message.received_at)
+    size = len(payload)
+    cut = {"payload_bytes": size, "payload_truncated": True} if size > 64 * 1024 else {}
+    assert body == {
+        "reason": "handler_failed",
+        "topic": sensor_alarm_topic(mqtt_prefix, "s1"),
+        "payload_b64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
+        **cut,
+    }
     assert reader.dead_lettered == 1
 
 
