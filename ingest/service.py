@@ -34,10 +34,12 @@ DEFAULT_BOOST_S = 600.0
 # A boost beyond these would hand one camera nearly the whole patrol budget, or for days.
 MAX_BOOST = 16.0
 MAX_BOOST_S = 86400.0
-# The oldest newest-frame a snapshot request is answered with when its grab gets no frame. A
+# The oldest newest-frame a snapshot request is answered with when its grab gets no frame,
+# counted back from the request's arrival (a grab can take tens of seconds, with its queue). A
 # requester takes a reply for a fresh picture (the alarm bridge puts it on a new alarm): a
 # camera dead for hours must not answer with its last one. The bridge's own fallback to the
-# newest frame it saw stops at the same age by default (its --snapshot-max-age-s).
+# newest frame it saw stops at the same age by default; its --snapshot-max-age-s does not
+# change this one.
 SNAPSHOT_FALLBACK_MAX_AGE_S = 120.0
 
 
@@ -100,10 +102,12 @@ class IngestService:
         self._sched_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._grabs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
-        # Requests waiting for a camera's grab under way: a burst of them takes one grab, not
-        # one each (opening a dead camera can take seconds).
-        self._waiting: dict[str, list[str]] = {}
+        # Requests waiting for a camera's grab under way, with when each arrived: a burst of
+        # them takes one grab, not one each (opening a dead camera can take seconds).
+        self._waiting: dict[str, list[tuple[str, datetime]]] = {}
         self._waiting_lock = threading.Lock()
+        # Continuous cameras whose last snapshot grab got no frame: warned of once a stretch.
+        self._grab_failing: set[str] = set()
         self.bad_requests = 0
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
@@ -210,12 +214,18 @@ class IngestService:
         grabbed = grab_once(output.camera, self.base_dir)
         if grabbed is None:
             output.stats.failures += 1
-            log.warning(
-                "camera %s: the snapshot grab got no frame from %s (its stream is left as it is)",
-                camera_id,
-                redact(output.camera.source),
-            )
+            if camera_id not in self._grab_failing:  # once a failing stretch, not per request
+                self._grab_failing.add(camera_id)
+                log.warning(
+                    "camera %s: the snapshot grab got no frame from %s (its stream is left as "
+                    "it is; not said again until a grab gets one)",
+                    camera_id,
+                    redact(output.camera.source),
+                )
             return None
+        if camera_id in self._grab_failing:
+            self._grab_failing.discard(camera_id)
+            log.info("camera %s: the snapshot grab got a frame again", camera_id)
         return output.publish(*grabbed)
 
     def _apply_boosts(self) -> None:
@@ -248,11 +258,11 @@ class IngestService:
 
     def _request_loop(self) -> None:
         while not self.stop_event.is_set():
+            if not self.patrol:
+                self._apply_boosts()  # nobody else drains them: within 0.5 s of their arrival
             message = self._requests.get(0.5)
             if message is None:
                 continue
-            if not self.patrol:
-                self._apply_boosts()  # nobody else drains them
             self._guarded(self._request, message)
 
     def _request(self, message: Message) -> None:
@@ -267,9 +277,9 @@ class IngestService:
         except MessageError as exc:
             self._dead_letter(exc.reason, message)
             return
-        self._answer(match.id, request_id)
+        self._answer(match.id, request_id, message.received_at)
 
-    def _answer(self, camera_id: str, request_id: str) -> None:
+    def _answer(self, camera_id: str, request_id: str, received_at: datetime) -> None:
         output = self.outputs[camera_id]
         latest = output.latest
         fresh_s = 2.0 / output.camera.sample_fps if not output.camera.is_patrol else 0.0
@@ -280,7 +290,7 @@ class IngestService:
 
         with self._waiting_lock:
             waiting = self._waiting.setdefault(camera_id, [])
-            waiting.append(request_id)
+            waiting.append((request_id, received_at))
             if len(waiting) > 1:
                 return  # a grab is under way: it answers this request too
 
@@ -292,39 +302,53 @@ class IngestService:
         would park every later request for the camera behind a grab that never ends."""
         error: Exception | None = None
         frame: Frame | None = None
+        output = self.outputs[camera_id]
+        # Said already: a patrol camera offline, a continuous one whose grabs get no frame.
+        failing = (
+            output.online is False if output.camera.is_patrol else camera_id in self._grab_failing
+        )
         try:
             frame = self._grab(camera_id)
         except Exception as exc:
             error = exc
         with self._waiting_lock:
-            request_ids = self._waiting.pop(camera_id, [])
+            waiting = self._waiting.pop(camera_id, [])
         if error is not None:
             log.error("camera %s: the snapshot grab failed", camera_id, exc_info=error)
-        if frame is None:
-            frame = self._recent(camera_id, len(request_ids))
+        if frame is None and waiting:
+            first = min(received_at for _, received_at in waiting)
+            frame = self._recent(camera_id, len(waiting), first, quiet=failing and error is None)
         if frame is None:
             return
-        for waiting_id in request_ids:
+        for waiting_id, _ in waiting:
             try:
                 self._reply(camera_id, frame, waiting_id)
             except Exception:
                 log.exception("camera %s: snapshot request %s not answered", camera_id, waiting_id)
 
-    def _recent(self, camera_id: str, requests: int) -> Frame | None:
-        """The newest frame, for requests whose grab got none, unless it is older than
-        :data:`SNAPSHOT_FALLBACK_MAX_AGE_S`; then they are not answered and their requester
-        goes without (or uses a fallback of its own)."""
+    def _recent(
+        self, camera_id: str, requests: int, first: datetime, *, quiet: bool
+    ) -> Frame | None:
+        """The newest frame, for requests whose grab got none, unless it was captured more than
+        :data:`SNAPSHOT_FALLBACK_MAX_AGE_S` before the first of them arrived; then they are not
+        answered and their requester goes without (or uses a fallback of its own). ``quiet``:
+        the failing stretch was warned of, these lines are info."""
+        level = logging.INFO if quiet else logging.WARNING
         latest = self.outputs[camera_id].latest
         if latest is None:
-            log.warning(
-                "camera %s: no frame for %d snapshot request(s); not answered", camera_id, requests
+            log.log(
+                level,
+                "camera %s: no frame for %d snapshot request(s); not answered",
+                camera_id,
+                requests,
             )
             return None
-        age = (datetime.now(UTC) - latest.header.ts).total_seconds()
+        age = (first - latest.header.ts).total_seconds()
         if age > SNAPSHOT_FALLBACK_MAX_AGE_S:
-            log.warning(
-                "camera %s: no frame for %d snapshot request(s) and the newest is %.0f s old "
-                "(over %.0f s); not answered",
+            log.log(
+                level,
+                "camera %s: no frame for %d snapshot request(s) and the newest was captured "
+                "%.0f s before the request (over %.0f s); not answered",
                 camera_id,
                 requests,
                 age,

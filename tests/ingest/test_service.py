@@ -95,3 +95,24 @@ def test_a_request_that_fails_unforeseen_is_dead_lettered_and_the_next_answered(
         for p in watcher.payloads(reply_topic)
     ]
     assert [r.header.request_id for r in replies] == ["r2"]
+
+
+def test_a_bad_boost_is_dead_lettered_without_a_patrol_camera_or_a_request(
+    http_camera: Any, watch: Any, mqtt_prefix: str
+) -> None:
+    """Without patrol cameras the request loop drains the boosts: it did so only when a
+    snapshot request came, so a bad one went unsaid until then."""
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    conn, service = start_ingest("ing-boost", http_camera.url, mqtt_prefix)
+    dead_topic = f"{mqtt_prefix}/deadletter/ing-boost"
+    boost = f"{mqtt_prefix}/cameras/bad id/patrol/boost"
+    try:
+        assert conn.publish_wait(boost, b"{}", qos=1)
+        watcher.collect(lambda s: bool(watcher.payloads(dead_topic)), timeout=10)
+    finally:
+        service.stop()
+        conn.stop()
+    letters = [json.loads(p) for p in watcher.payloads(dead_topic)]
+    assert [(x["reason"], x["topic"]) for x in letters] == [("bad_topic", boost)]
+    assert service._requests.received == 0
+    assert service.bad_requests == 1

@@ -71,6 +71,34 @@ class DeadCamera(SnapshotCamera):
         return None
 
 
+class SlowDeadCamera(DeadCamera):
+    """Every grab takes until released, then gets no frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+        if threading.current_thread().name.startswith("snapshot"):
+            self.grabs += 1
+            self.started.set()
+            assert self.release.wait(30)
+        return None
+
+
+class FlakyCamera(SnapshotCamera):
+    """Grabs get no frame while ``dead``."""
+
+    dead = True
+
+    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+        if self.dead and threading.current_thread().name.startswith("snapshot"):
+            self.grabs += 1
+            return None
+        return super().__call__(camera, base_dir)
+
+
 class FaultyOnceCamera(SnapshotCamera):
     """The first grab raises, the next ones return a frame."""
 
@@ -79,23 +107,31 @@ class FaultyOnceCamera(SnapshotCamera):
             raise RuntimeError("the decoder crashed")
 
 
+PATROL_P1 = (
+    "  - {id: p1, source: 'rtsp://127.0.0.1:9/x', interval_s: 3600, location: {address: a}}\n"
+)
+
+
 @contextmanager
 def serving(
-    site_file: Callable[..., Path], mqtt_prefix: str, name: str
-) -> Iterator[tuple[IngestService, MqttConnection, Subscription]]:
-    """Ingest serving patrol camera p1, and a client subscribed to p1's snapshots."""
-    site = load_site(
-        site_file("  - {id: p1, source: 'rtsp://127.0.0.1:9/x', interval_s: 3600,\n"
-                  "     location: {address: a}}\n")
-    )  # fmt: skip
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    name: str,
+    camera: str = PATROL_P1,
+    camera_id: str = "p1",
+) -> Iterator[tuple[IngestService, MqttConnection, Subscription, Subscription]]:
+    """Ingest serving ``camera`` (patrol camera p1), and a client subscribed to its snapshots
+    and its status."""
+    site = load_site(site_file(camera))
     served = MqttConnection(f"ing-{name}", SHARED, prefix=mqtt_prefix)
     asker = MqttConnection(f"asker-{name}", SHARED, prefix=mqtt_prefix)
-    replies = asker.subscribe(snapshot_topic(mqtt_prefix, "p1"), qos=1)
+    replies = asker.subscribe(snapshot_topic(mqtt_prefix, camera_id), qos=1)
+    statuses = asker.subscribe(f"{mqtt_prefix}/cameras/{camera_id}/status", qos=1)
     service = IngestService(site, served, site.cameras)
     assert served.start(10) and asker.start(10)
     service.start()
     try:
-        yield service, asker, replies
+        yield service, asker, replies, statuses
     finally:
         service.stop()
         served.stop()
@@ -107,7 +143,7 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
 ) -> None:
     camera = SlowCamera()
     monkeypatch.setattr(ingest_service, "grab_once", camera)
-    with serving(site_file, mqtt_prefix, "grabs") as (service, asker, replies):
+    with serving(site_file, mqtt_prefix, "grabs") as (service, asker, replies, _):
         ids = [uuid.uuid4().hex for _ in range(5)]
         for request_id in ids:
             asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request(request_id), 1)
@@ -166,7 +202,7 @@ def test_a_grab_that_raises_leaves_later_requests_answered(
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     with (
         caplog.at_level(logging.ERROR, logger=ingest_service.__name__),
-        serving(site_file, mqtt_prefix, "fault") as (_, asker, replies),
+        serving(site_file, mqtt_prefix, "fault") as (_, asker, replies, _),
     ):
         asker.publish(topic, encode_request(first), 1)
         # The second request comes once the failed grab is over, not to join it.
@@ -198,7 +234,7 @@ def test_a_failed_grab_answers_with_the_newest_frame_only_while_it_is_recent(
     captured = datetime.now(UTC) - timedelta(seconds=age_s)
     with (
         caplog.at_level(logging.INFO, logger=ingest_service.__name__),
-        serving(site_file, mqtt_prefix, f"stale-{age_s}") as (service, asker, replies),
+        serving(site_file, mqtt_prefix, f"stale-{age_s}") as (service, asker, replies, _),
     ):
         service.outputs["p1"].publish(camera.image, 64, 36, ts=captured)  # its last frame
         asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request("r1"), 1)
@@ -218,8 +254,8 @@ def test_a_failed_grab_answers_with_the_newest_frame_only_while_it_is_recent(
         assert message is None
         (line,) = said(caplog)
         assert re.fullmatch(
-            r"camera p1: no frame for 1 snapshot request\(s\) and the newest is 108\d\d s old "
-            r"\(over 120 s\); not answered",
+            r"camera p1: no frame for 1 snapshot request\(s\) and the newest was captured "
+            r"108\d\d s before the request \(over 120 s\); not answered",
             line,
         ), line
 
@@ -233,6 +269,11 @@ def said(caplog: pytest.LogCaptureFixture) -> list[str]:
         and r.getMessage().startswith("camera p1: ")
         and "snapshot request" in r.getMessage()
     ]
+
+
+def streaming_c1(source: str) -> str:
+    """The site's camera c1, streamed from ``source`` at 2 fps."""
+    return f"  - {{id: c1, source: '{source}', fps: 2, location: {{address: a}}}}\n"
 
 
 class IdlePublisher(threading.Thread):
@@ -256,32 +297,20 @@ def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
     camera = DeadCamera()
     monkeypatch.setattr(ingest_service, "grab_once", camera)
     monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
-    site = load_site(
-        site_file("  - {id: c1, source: 'rtsp://cam:secret@127.0.0.1:9/x', fps: 2,\n"
-                  "     location: {address: a}}\n")
-    )  # fmt: skip
-    served = MqttConnection("ing-streaming", SHARED, prefix=mqtt_prefix)
-    asker = MqttConnection("asker-streaming", SHARED, prefix=mqtt_prefix)
-    replies = asker.subscribe(snapshot_topic(mqtt_prefix, "c1"), qos=1)
-    statuses = asker.subscribe(f"{mqtt_prefix}/cameras/c1/status", qos=1)
-    service = IngestService(site, served, site.cameras)
-    assert served.start(10) and asker.start(10)
-    service.start()
-    try:
-        with caplog.at_level(logging.INFO, logger=ingest_service.__name__):
-            # The stream's last frame, 5 s ago: too old to answer without a grab.
-            captured = datetime.now(UTC) - timedelta(seconds=5)
-            service.outputs["c1"].publish(camera.image, 64, 36, ts=captured)
-            asker.publish(snapshot_request_topic(mqtt_prefix, "c1"), encode_request("r1"), 1)
-            message = replies.get(10)
-            seen = [m.payload for m in statuses.drain()]
-    finally:
-        service.stop()
-        served.stop()
-        asker.stop()
+    c1 = streaming_c1("rtsp://cam:secret@127.0.0.1:9/x")
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, "streaming", c1, "c1") as (service, asker, replies, seen),
+    ):
+        # The stream's last frame, 5 s ago: too old to answer without a grab.
+        captured = datetime.now(UTC) - timedelta(seconds=5)
+        service.outputs["c1"].publish(camera.image, 64, 36, ts=captured)
+        asker.publish(snapshot_request_topic(mqtt_prefix, "c1"), encode_request("r1"), 1)
+        message = replies.get(10)
+        statuses = [m.payload for m in seen.drain()]
     assert camera.grabs == 1
     assert message is not None  # the stream's recent frame
-    assert seen == [b"online"]
+    assert statuses == [b"online"]
     warnings = [
         r.getMessage()
         for r in caplog.records
@@ -289,5 +318,85 @@ def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
     ]
     assert warnings == [
         "camera c1: the snapshot grab got no frame from rtsp://***@127.0.0.1:9/x (its stream "
-        "is left as it is)"
+        "is left as it is; not said again until a grab gets one)"
     ]
+
+
+def test_a_grab_that_ends_late_answers_with_a_frame_recent_when_the_request_came(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The age limit counts back from the request, not from the end of a grab that took
+    long (10-20 s for a dead camera, more behind other grabs)."""
+    camera = SlowDeadCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "SNAPSHOT_FALLBACK_MAX_AGE_S", 2.0)
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, "late") as (service, asker, replies, _),
+    ):
+        captured = datetime.now(UTC) - timedelta(seconds=1)
+        service.outputs["p1"].publish(camera.image, 64, 36, ts=captured)
+        asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request("r1"), 1)
+        assert camera.started.wait(10)
+        time.sleep(2.5)  # the frame is over 3.5 s old when the grab ends, 1 s at the request
+        camera.release.set()
+        message = replies.get(10)
+    assert camera.grabs == 1
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
+    assert (frame.header.request_id, frame.image) == ("r1", camera.image)
+    assert abs((frame.header.ts - captured).total_seconds()) < 1e-3
+    assert said(caplog) == ["camera p1: answered snapshot request r1"]
+
+
+def test_a_streaming_camera_whose_grabs_fail_warns_once_and_says_when_one_gets_a_frame(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    camera = FlakyCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
+
+    def lines() -> list[tuple[str, str]]:
+        return [
+            (r.levelname, r.getMessage())
+            for r in caplog.records
+            if r.name == ingest_service.__name__
+            and r.getMessage().startswith("camera c1: ")
+            and "snapshot" in r.getMessage()  # not the progress line at the stop
+        ]
+
+    def ask(request_id: str, count: int) -> None:
+        asker.publish(snapshot_request_topic(mqtt_prefix, "c1"), encode_request(request_id), 1)
+        deadline = time.monotonic() + 10
+        while len(lines()) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    c1 = streaming_c1("rtsp://127.0.0.1:9/x")
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, "flaky", c1, "c1") as (_, asker, replies, _),
+    ):
+        ask("r1", 2)
+        ask("r2", 3)
+        camera.dead = False
+        ask("r3", 5)
+        message = replies.get(10)
+    assert camera.grabs == 3
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="c1", received_at=datetime.now(UTC))
+    assert frame.header.request_id == "r3"
+    unanswered = "camera c1: no frame for 1 snapshot request(s); not answered"
+    assert lines() == [
+        ("WARNING", "camera c1: the snapshot grab got no frame from rtsp://127.0.0.1:9/x (its "
+                    "stream is left as it is; not said again until a grab gets one)"),
+        ("WARNING", unanswered),
+        ("INFO", unanswered),
+        ("INFO", "camera c1: the snapshot grab got a frame again"),
+        ("INFO", "camera c1: answered snapshot request r3"),
+    ]  # fmt: skip
