@@ -9,9 +9,12 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from gridpatrol.cli import stop_on_signals
+
+if TYPE_CHECKING:
+    from gridpatrol.site import Site
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,19 @@ def _component_id(args: argparse.Namespace) -> str:
     return f"ingest-{host}{suffix}"[:64]
 
 
+def _selected(cameras: str | None, site: Site) -> list[str] | Literal[False] | None:
+    """The ids of ``--cameras`` (None: all), or False after one line when one is not a camera
+    of the site file (exit 2: an id that is no topic level would otherwise end in a
+    traceback, one of another site would be waited for in vain)."""
+    wanted = [c for c in cameras.split(",") if c] if cameras else None
+    known = {c.id for c in site.cameras}
+    unknown = sorted(set(wanted or ()) - known)
+    if unknown:
+        log.error("unknown camera id(s) %s; the site file has %s", unknown, sorted(known))
+        return False
+    return wanted
+
+
 def run_ingest(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started, stop_when_refused
     from gridpatrol.ingest.service import IngestService
@@ -108,11 +124,8 @@ def run_ingest(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
-    wanted = [c for c in args.cameras.split(",") if c] if args.cameras else None
-    known = {c.id for c in site.cameras}
-    unknown = sorted(set(wanted or ()) - known)
-    if unknown:
-        log.error("unknown camera id(s) %s; the site file has %s", unknown, sorted(known))
+    wanted = _selected(args.cameras, site)
+    if wanted is False:
         return 2
     cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
     conn = mqtt_connection(log, "ingest", _component_id(args), site.mqtt.prefix)
@@ -152,10 +165,12 @@ def run_watch(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         print(exc, file=sys.stderr)
         return 2
+    cameras = _selected(args.cameras, site)
+    if cameras is False:
+        return 2
     conn = mqtt_connection(log, "watch-frames", args.component_id, site.mqtt.prefix)
     if conn is None:
         return 2
-    cameras = [c for c in args.cameras.split(",") if c] if args.cameras else None
     receiver = FrameReceiver(conn, cameras, maxsize=100)
     stop = threading.Event()
     stop_on_signals(stop)

@@ -564,3 +564,18 @@ def test_credentials_refused_by_a_broker_that_came_up_late_exit_1_with_one_line(
         line,
     ), line
     assert "Traceback" not in err
+
+
+def test_watch_frames_with_a_camera_id_not_in_the_site_file_exits_2_in_one_line(
+    site_file: Callable[..., Path], gridpatrol_proc: Any
+) -> None:
+    """An id that is no topic level ended in a ValueError traceback from the topic builder."""
+    site = site_file("  - {id: c1, source: mqtt, location: {address: a}}\n")
+    args = ["watch-frames", "--config", str(site), "--cameras", "bad id,c1"]
+    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.endswith(
+        " ERROR gridpatrol.ingest.cli: unknown camera id(s) ['bad id']; the site file has ['c1']"
+    ), line
