@@ -1,9 +1,9 @@
 """The bridge's own tables, kept in the outbox's SQLite file and written in its transactions.
 
 Dedup keys, lifecycle states, per-boot sequence numbers, superseded boots, the per-sensor
-reading ring, the last-heard times and each sensor's last status all commit together with the
-outbox entries they cause, so a crash at any point either keeps all of a message's effects or
-none of them.
+reading ring, the last-heard times, each sensor's last status and the dead letters waiting to
+be published all commit together with the outbox entries they cause, so a crash at any point
+either keeps all of a message's effects or none of them.
 """
 
 from __future__ import annotations
@@ -77,6 +77,12 @@ CREATE TABLE IF NOT EXISTS bridge_snapshot_wanted (
     camera_id TEXT NOT NULL,
     wanted_at REAL NOT NULL
 ) WITHOUT ROWID;
+-- Dead letters written with their batch and not yet handed to the MQTT client, oldest first
+-- (a state file from before them gets the table at the next start).
+CREATE TABLE IF NOT EXISTS bridge_dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    body BLOB NOT NULL
+);
 """
 
 

@@ -1,11 +1,11 @@
 """The bridge worker: sensor messages in, candidate operations out, exactly once in effect.
 
-Per batch of MQTT messages: one SQLite transaction writes every dedup key, lifecycle state and
-outbox entry the batch causes; only after the commit are dead letters published and the
-messages acknowledged, in arrival order. A crash before the commit leaves the messages
-unacknowledged (the persistent session redelivers them); a crash after it finds their dedup
-keys on redelivery. Camera snapshots are fetched on a side thread and added by PATCH later,
-so a slow camera never holds up an alarm.
+Per batch of MQTT messages: one SQLite transaction writes every dedup key, lifecycle state,
+outbox entry and dead letter the batch causes; only after the commit are the messages
+acknowledged, in arrival order, and then the dead letters published. A crash before the
+commit leaves the messages unacknowledged (the persistent session redelivers them); a crash
+after it finds their dedup keys on redelivery. Camera snapshots are fetched on a side thread
+and added by PATCH later, so a slow camera never holds up an alarm.
 """
 
 from __future__ import annotations
@@ -84,18 +84,13 @@ FALLBACK_MAX_AGE_S = 120.0
 # much older than the maximum age: the clocks may differ by as much as a device's may be ahead
 # (MAX_AHEAD_S) without an old frame being told from a fresh one.
 REPLY_CLOCK_TOLERANCE_S = MAX_AHEAD_S
-# Dead letters the client refused (its queue full, or no client) wait in the state database,
-# written with their batch, and are published again every few seconds; beyond this many the
-# oldest are dropped (logged and counted): a dead letter carries at most 64 KiB of payload.
+# Dead letters not handed to the client (not connected to the broker, its queue full, or it
+# failed) wait in the state database, written with their batch, and are published again every
+# few seconds (a refusal is logged at most once as often); beyond this many the oldest are
+# dropped (logged and counted): a dead letter carries at most 64 KiB of payload.
 DEAD_LETTER_BACKLOG = 1000
 DEAD_LETTER_RETRY_S = 5.0
 DEAD_LETTER_LOG_BYTES = 1024  # of a dropped dead letter's JSON, in its log line
-DEAD_LETTER_SCHEMA = """
-CREATE TABLE IF NOT EXISTS bridge_dead_letter (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    body BLOB NOT NULL
-)
-"""
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
@@ -607,9 +602,9 @@ class Bridge:
         self._burst: tuple[int, datetime | None, bool] = (0, None, False)
         self._held: Message | None = None  # the first message of the next session's batch
         self._uptime = Uptime(self.core.silence_horizon())
+        self._dead_letters_held_logged: float | None = None  # when a refusal was last logged
         with outbox.transaction() as txn:
             store.init(txn.conn)
-            txn.conn.execute(DEAD_LETTER_SCHEMA)
             (waiting,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
         self.core.counts.dead_letters_waiting = int(waiting)  # left by an earlier run
         # Exactly the sensors' alarm and status topics: a device's other subtopics are not ours.
@@ -727,22 +722,27 @@ class Bridge:
             log.exception("batch of %d failed; handling its messages one by one", len(messages))
             self.core.counts = counts  # the batch was rolled back: so are its counts
             results = [self._commit_alone(message) for message in messages]
-        if any(out.dead for out in results):
-            self._publish_dead_letters()
+        # Acknowledged before the dead letters are published: they are committed with the
+        # batch, so a publication that fails (the state database included) cannot leave the
+        # batch unacknowledged, redelivered and failing again.
         for message in messages:
             self.mqtt.ack(message)
             self._remember_if_void(message)
+        if any(out.dead for out in results):
+            self._publish_dead_letters()
         for out in results:
             self._queue_snapshots(out)
         return len(messages)
 
-    def _keep_dead_letters(self, conn: sqlite3.Connection, dead: list[DeadLetter]) -> None:
+    def _keep_dead_letters(self, conn: sqlite3.Connection, dead: list[DeadLetter]) -> list[bytes]:
         """Write the dead letters to the state database, in the transaction of the messages
         they stand for: acknowledged, those messages are never sent again, and a dead letter
-        the client refuses (its queue full, no client) is published later from there. Beyond
-        :data:`DEAD_LETTER_BACKLOG` waiting, the oldest are dropped, logged and counted."""
+        not handed to the client (not connected, its queue full) is published later from
+        there. Beyond :data:`DEAD_LETTER_BACKLOG` waiting, the oldest are deleted: returned, to
+        be logged and counted once the transaction is committed
+        (:meth:`_dead_letters_dropped`)."""
         if not dead:
-            return
+            return []
         conn.executemany(
             "INSERT INTO bridge_dead_letter (body) VALUES (?)",
             [
@@ -757,48 +757,69 @@ class Bridge:
         (waiting,) = conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
         over = int(waiting) - DEAD_LETTER_BACKLOG
         if over <= 0:
-            return
+            return []
         dropped = conn.execute(
             "SELECT id, body FROM bridge_dead_letter ORDER BY id LIMIT ?", (over,)
         ).fetchall()
         conn.execute("DELETE FROM bridge_dead_letter WHERE id <= ?", (dropped[-1][0],))
-        for _, body in dropped:
+        return [body for _, body in dropped]
+
+    def _dead_letters_dropped(self, dropped: list[bytes]) -> None:
+        for body in dropped:
             self._dead_letter_lost(body, f"more than {DEAD_LETTER_BACKLOG} waiting")
 
     def _publish_dead_letters(self) -> None:
         """Publish the dead letters waiting, oldest first, and delete those the client took.
 
-        Never raises for a publication: after the commit and before the ack, that would leave
-        the batch unacknowledged, redelivered and failing again. A client refusing one (False:
-        its queue full, or no client) keeps it and every later one for the next attempt; one
-        that raises ValueError (a publication MQTT cannot carry) refuses it for good.
+        Nothing is handed over while the connection is down: the client would take a QoS 1
+        publication into its memory only, lost with the process. Not connected, a client
+        refusing one (False: its queue full, or no client) or raising anything but ValueError
+        keeps it and every later one for the next attempt, logged at most once per
+        :data:`DEAD_LETTER_RETRY_S`; one it raises ValueError on (a publication MQTT cannot
+        carry) is refused for good: dropped, logged and counted. Never raises for a
+        publication, only for the state database.
         """
         topic = deadletter_topic(self.prefix, COMPONENT)
-        refused = False
+        held = ""  # why the rest waits
+        failure: Exception | None = None
+        lost: list[tuple[bytes, str]] = []
         with self.outbox.transaction() as txn:
             done: list[tuple[int]] = []
             for row_id, body in txn.conn.execute(
                 "SELECT id, body FROM bridge_dead_letter ORDER BY id"
             ):
+                if not self.mqtt.connected:
+                    held = "not connected to the broker"
+                    break
                 try:
                     published = self.mqtt.publish(topic, body, qos=1)
                 except ValueError as exc:
-                    self._dead_letter_lost(body, f"refused by the client: {exc}")
+                    lost.append((body, f"refused by the client: {exc}"))
                     published = True  # never publishable: not kept
+                except Exception as exc:
+                    held, failure = "the client failed", exc
+                    break
                 if not published:
-                    refused = True
+                    held = "the client's queue full, or no client"
                     break
                 done.append((row_id,))
             txn.conn.executemany("DELETE FROM bridge_dead_letter WHERE id = ?", done)
             (waiting,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
-        if refused:
-            log.warning(
-                "dead letters not published (the client's queue full, or no client):"
-                " %d waiting, published again in %.0f s",
-                waiting,
-                DEAD_LETTER_RETRY_S,
-            )
         self.core.counts.dead_letters_waiting = int(waiting)
+        for body, why in lost:
+            self._dead_letter_lost(body, why)
+        if not held:
+            return
+        now = self.clock()
+        last = self._dead_letters_held_logged
+        if last is not None and 0 <= now - last < DEAD_LETTER_RETRY_S:
+            return
+        self._dead_letters_held_logged = now
+        message = "dead letters not published (%s): %d waiting, published again in %.0f s"
+        if failure is not None:
+            log.error(message, held, waiting, DEAD_LETTER_RETRY_S, exc_info=failure)
+        else:
+            log.warning(message, held, waiting, DEAD_LETTER_RETRY_S)
 
     def _dead_letter_lost(self, body: bytes, why: str) -> None:
         self.core.counts.dead_letters_lost += 1
@@ -876,7 +897,8 @@ class Bridge:
                     retained=message.retain,
                 )
             self.core.finish(txn, out)
-            self._keep_dead_letters(txn.conn, out.dead)
+            dropped = self._keep_dead_letters(txn.conn, out.dead)
+        self._dead_letters_dropped(dropped)
         return out
 
     def _commit_alone(self, message: Message) -> BatchResult:
@@ -892,7 +914,8 @@ class Bridge:
             why = Rejected("internal_error", type(exc).__name__)
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
             with self.outbox.transaction() as txn:
-                self._keep_dead_letters(txn.conn, out.dead)
+                dropped = self._keep_dead_letters(txn.conn, out.dead)
+            self._dead_letters_dropped(dropped)
             return out
 
     def _silence(self, now: float) -> None:
@@ -1016,10 +1039,10 @@ class Bridge:
             log.info("camera %s: snapshot added to candidate %s", camera_id, candidate_id)
 
     def _still_wanted(self, candidate_id: str) -> bool:
-        """One read, before the camera is asked and waited for; the attachment checks again
-        in the transaction that settles the snapshot."""
-        with self.outbox.transaction() as txn:
-            return _snapshot_wanted(txn.conn, candidate_id)
+        """One read, before the camera is asked and waited for, without the write lock the
+        batches commit under; the attachment checks again in the transaction that settles
+        the snapshot."""
+        return _snapshot_wanted(self.outbox._thread_conn(), candidate_id)
 
     def _judge_reply(
         self, frame: Frame, requested_at: float, answered_at: float, candidate_id: str
@@ -1066,13 +1089,17 @@ class Bridge:
 
     def _clock_offset(self, camera_id: str) -> float | None:
         """How far the bridge's clock is ahead of the clock timing the camera's frames: the
-        newest frame's reception minus its envelope's time; None without one (none seen, a
-        bare JPEG timed at its reception, or not decodable)."""
+        newest frame's reception minus its envelope's time; None without one received in the
+        last ``fallback_max_age_s`` (none seen, one older, a bare JPEG timed at its reception,
+        or not decodable). An old frame tells nothing of the clock now: a component whose
+        clock was set right since it stopped streaming would have every fresh reply stale."""
         with self._newest_lock:
             kept = self._newest.get(camera_id)
         if kept is None:
             return None
         payload, received_at = kept
+        if self.clock() - received_at.timestamp() > self.fallback_max_age_s:
+            return None
         try:
             newest = decode_frame(payload, topic_camera_id=camera_id, received_at=received_at)
         except MessageError:

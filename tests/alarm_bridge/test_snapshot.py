@@ -461,24 +461,53 @@ def test_a_dead_cameras_last_frame_is_timed_at_its_reception_then_left_out(
     assert list(found.values()) == [["sensor_trace"]]
 
 
-def test_a_frame_drained_late_does_not_replace_a_newer_one(tmp_path: Path) -> None:
-    site = make_site("gridpatrol")
-    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+def _bridge_at(tmp_path: Path, now: float) -> Bridge:
+    """A bridge with a media connection (not started) whose clock stands at ``now``."""
     settings = MqttSettings.from_url(BROKER)
-    now = float(round(time.time()))  # whole seconds: exact through datetime
-    bridge = Bridge(
-        site,
-        outbox,
+    return Bridge(
+        make_site("gridpatrol"),
+        Outbox(tmp_path / "bridge.db", None, component="alarm_bridge"),
         MqttConnection("alarm_bridge", settings),
         MqttConnection("bridge-media", settings),
         clock=lambda: now,
     )
+
+
+def test_a_frame_drained_late_does_not_replace_a_newer_one(tmp_path: Path) -> None:
+    now = float(round(time.time()))  # whole seconds: exact through datetime
+    bridge = _bridge_at(tmp_path, now)
     newer, older = jpeg(60), jpeg(180)
     bridge._keep_newest("cam-1", newer, datetime.fromtimestamp(now - 2, UTC))
     bridge._keep_newest("cam-1", older, datetime.fromtimestamp(now - 3, UTC))
     fallback = bridge._fallback_frame("cam-1")
     assert fallback is not None
     assert (fallback.image, fallback.header.ts.timestamp()) == (newer, now - 2)
+
+
+def test_an_old_streamed_frame_does_not_tell_the_clock_of_a_fresh_reply(tmp_path: Path) -> None:
+    """cam-1's component streamed with its clock 600 s ahead, stopped streaming, and had its
+    clock set right: its last streamed frame, 1000 s old, no longer tells the offset, and a
+    fresh reply is the snapshot (judged with the tolerance), not taken 600 s before."""
+    now = float(round(time.time()))  # whole seconds: exact through datetime
+    bridge = _bridge_at(tmp_path, now)
+    image = jpeg(120)
+    ahead = FrameHeader(datetime.fromtimestamp(now - 1000 + 600, UTC), 1, "cam-1", 64, 48)
+    bridge._keep_newest(
+        "cam-1", encode_frame(ahead, image), datetime.fromtimestamp(now - 1000, UTC)
+    )
+    reply = Frame(FrameHeader(datetime.fromtimestamp(now - 1, UTC), 2, "cam-1", 64, 48), image)
+    judged = bridge._judge_reply(reply, now - 2, now, "c-1")
+    assert judged is not None
+    assert judged.header.ts.timestamp() == now - 1
+    assert (bridge.core.counts.snapshot_stale, bridge.core.counts.snapshot_retimed) == (0, 0)
+    # Streamed within the maximum age, the same frame tells the offset: the reply is then
+    # taken 600 s before its request, stale.
+    recent = FrameHeader(datetime.fromtimestamp(now - 100 + 600, UTC), 3, "cam-1", 64, 48)
+    bridge._keep_newest(
+        "cam-1", encode_frame(recent, image), datetime.fromtimestamp(now - 100, UTC)
+    )
+    assert bridge._judge_reply(reply, now - 2, now, "c-2") is None
+    assert bridge.core.counts.snapshot_stale == 1
 
 
 # A frame envelope whose JSON header nests 8000 deep: json.loads raises RecursionError, which

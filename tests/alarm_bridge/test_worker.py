@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sqlite3
 import threading
 import time
 from datetime import UTC, datetime
@@ -714,8 +715,9 @@ def test_a_dead_letter_the_client_refuses_waits_in_the_state_database_and_is_pub
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The client's queue is full: the dead letter, written with its batch, is kept; the
-    message is acknowledged all the same. Neither lost nor sent twice: published by the
-    housekeeping once the client takes it, also after a restart of the bridge."""
+    message is acknowledged all the same. Not lost: published by the housekeeping once the
+    client takes it, also after a restart of the bridge, and deleted then (at least once: a
+    crash between the hand-over and that deletion would publish it again)."""
     bridge, link, outbox = _fake_bridge(tmp_path)
     published: list[tuple[str, bytes]] = []
     taking = False
@@ -774,23 +776,34 @@ def test_dead_letters_waiting_beyond_the_backlog_drop_the_oldest_logged(
     assert caplog.messages == [f"dead letter dropped (more than 2 waiting): {dropped}"]
 
 
+def _batch_with_a_raising_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: Exception
+) -> tuple[Bridge, Outbox]:
+    """A batch of a bad message and a good one, handled and acknowledged (asserted) while
+    the client raises ``exc`` on every publication."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+
+    def raising(topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        raise exc
+
+    monkeypatch.setattr(link, "publish", raising)
+    link.send(b"{nope", mid=3, at_s=0)
+    link.send(LEVEL_20, mid=4, at_s=1)
+    assert bridge._one_batch() == 2
+    assert link.acked == [(1, 3), (1, 4)]
+    return bridge, outbox
+
+
 def test_a_dead_letter_the_client_raises_on_is_dropped_logged_and_its_batch_acknowledged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Raised after the commit, the failure would leave the batch unacknowledged: redelivered,
     failing again, the bridge restarting for ever. A publication MQTT cannot carry never
     will: it is not kept."""
-    bridge, link, outbox = _fake_bridge(tmp_path)
-
-    def refusing(topic: str, payload: bytes | str, qos: int = 0) -> bool:
-        raise ValueError("Packet too large.")
-
-    monkeypatch.setattr(link, "publish", refusing)
-    link.send(b"{nope", mid=3, at_s=0)
-    link.send(LEVEL_20, mid=4, at_s=1)
     with caplog.at_level(logging.ERROR, logger="gridpatrol.alarm_bridge.worker"):
-        assert bridge._one_batch() == 2
-    assert link.acked == [(1, 3), (1, 4)]
+        bridge, outbox = _batch_with_a_raising_client(
+            tmp_path, monkeypatch, ValueError("Packet too large.")
+        )
     counts = bridge.core.counts
     assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (1, 0, 1)
     body = json.dumps(_letter(b"{nope", 0), separators=(",", ":"))
@@ -799,3 +812,188 @@ def test_a_dead_letter_the_client_raises_on_is_dropped_logged_and_its_batch_ackn
     ]
     assert _waiting_letters(outbox) == []
     assert [kind for kind, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
+
+
+def _held_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The lines saying dead letters wait (not those of each dead letter)."""
+    return [m for m in caplog.messages if m.startswith("dead letters not")]
+
+
+def _recording(link: FakeLink, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The client takes every publication, also while disconnected (as paho queues a QoS 1
+    one in memory): what it was handed."""
+    handed: list[bytes] = []
+
+    def client(topic: str, payload: bytes | str, qos: int = 0) -> bool:
+        handed.append(bytes(payload, "utf-8") if isinstance(payload, str) else payload)
+        return True
+
+    monkeypatch.setattr(link, "publish", client)
+    return handed
+
+
+def test_no_dead_letter_is_handed_to_the_client_while_disconnected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """During a broker outage the client takes a QoS 1 publication into its memory only: a
+    stop meanwhile would lose it, its row deleted. It waits in the state database until the
+    connection is back."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    handed = _recording(link, monkeypatch)
+    link.send(b"{nope", mid=3, at_s=0)
+    link.connected = False  # the broker went away after the message came
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
+        assert bridge._one_batch() == 1
+        bridge._housekeeping(T0 + 10)
+    assert handed == []
+    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
+    assert bridge.core.counts.dead_letters_waiting == 1
+    assert _held_lines(caplog) == [
+        "dead letters not published (not connected to the broker): 1 waiting, published again"
+        " in 5 s"
+    ]
+    link.connected = True
+    bridge._housekeeping(T0 + 20)
+    assert [json.loads(body) for body in handed] == [_letter(b"{nope", 0)]
+    assert _waiting_letters(outbox) == []
+    assert bridge.core.counts.dead_letters_waiting == 0
+
+
+def test_a_dead_letter_the_client_fails_on_waits_and_its_batch_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Anything but ValueError raised by the client, after the batch's commit: escaping, it
+    would leave the batch unacknowledged, redelivered and failing again at every restart."""
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
+        bridge, outbox = _batch_with_a_raising_client(
+            tmp_path, monkeypatch, RuntimeError("a bug in the client")
+        )
+    held = [r for r in caplog.records if r.getMessage().startswith("dead letters not")]
+    assert [(r.levelname, r.getMessage()) for r in held] == [
+        (
+            "ERROR",
+            "dead letters not published (the client failed): 1 waiting, published again in 5 s",
+        )
+    ]
+    (record,) = held
+    assert record.exc_info is not None
+    assert repr(record.exc_info[1]) == "RuntimeError('a bug in the client')"
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (1, 1, 0)
+    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
+
+
+def test_a_batch_is_acknowledged_before_its_dead_letters_are_published(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dead letters are committed with the batch: a publication transaction that fails
+    (the state database) stops the bridge, but the batch is acknowledged, not redelivered."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+
+    def disk_failing() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(bridge, "_publish_dead_letters", disk_failing)
+    link.send(b"{nope", mid=3, at_s=0)
+    link.send(LEVEL_20, mid=4, at_s=1)
+    with pytest.raises(sqlite3.OperationalError, match=r"^disk I/O error$"):
+        bridge._one_batch()
+    assert link.acked == [(1, 3), (1, 4)]
+    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
+
+
+def test_a_refused_dead_letter_is_logged_at_most_once_per_retry_period(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flood of bad payloads while the client refuses: each batch tries again, but the
+    line comes once per DEAD_LETTER_RETRY_S, not once per batch."""
+    now = T0
+    link = FakeLink()
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    site = make_site("gridpatrol")
+    bridge = Bridge(site, outbox, cast(Any, link), None, progress_s=3600, clock=lambda: now)
+    monkeypatch.setattr(link, "publish", lambda topic, payload, qos=0: False)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
+        for n, at_s in enumerate((0.0, 1.0, 4.9, 5.0, 6.0)):
+            now = T0 + at_s
+            link.send(b"{nope %d" % n, mid=3 + n, at_s=at_s)
+            assert bridge._one_batch() == 1
+    assert _held_lines(caplog) == [
+        f"dead letters not published (the client's queue full, or no client): {n} waiting,"
+        " published again in 5 s"
+        for n in (1, 4)
+    ]
+    assert bridge.core.counts.dead_letters_waiting == 5
+
+
+def test_a_dead_letter_dropped_in_a_batch_that_fails_to_commit_is_not_said_lost(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Beyond the backlog the oldest dead letter is deleted in the batch's transaction: when
+    the commit fails, it is still waiting, neither logged nor counted as dropped."""
+    monkeypatch.setattr(worker, "DEAD_LETTER_BACKLOG", 1)
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    monkeypatch.setattr(link, "publish", lambda topic, payload, qos=0: False)
+    link.send(b"{nope 0", mid=3, at_s=0)
+    assert bridge._one_batch() == 1
+    # The next commit fails: a deferred foreign key, checked at COMMIT, that a dead letter
+    # written breaks.
+    conn = outbox._thread_conn()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.executescript(
+        """
+        CREATE TABLE trap_parent (id INTEGER PRIMARY KEY);
+        CREATE TABLE trap_child (
+            parent INTEGER REFERENCES trap_parent (id) DEFERRABLE INITIALLY DEFERRED
+        );
+        CREATE TRIGGER trap AFTER INSERT ON bridge_dead_letter
+        BEGIN INSERT INTO trap_child VALUES (1); END;
+        """
+    )
+    link.send(b"{nope 1", mid=4, at_s=1)
+    caplog.clear()
+    with (
+        caplog.at_level(logging.ERROR, logger="gridpatrol.alarm_bridge.worker"),
+        pytest.raises(sqlite3.IntegrityError, match=r"^FOREIGN KEY constraint failed$"),
+    ):
+        bridge._one_batch()
+    conn.execute("ROLLBACK")  # a COMMIT that fails leaves the transaction open
+    assert caplog.messages == []
+    assert bridge.core.counts.dead_letters_lost == 0
+    assert _waiting_letters(outbox) == [_letter(b"{nope 0", 0)]
+    assert link.acked == [(1, 3)]
+
+
+def test_a_state_database_from_before_dead_letters_were_kept_gets_their_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The table is the state database's schema (store.init), and an existing state file
+    without it gets it when the bridge opens it."""
+    with sqlite3.connect(tmp_path / "fresh.db") as fresh:
+        store.init(fresh)
+        columns = [row[1] for row in fresh.execute("PRAGMA table_info(bridge_dead_letter)")]
+    assert columns == ["id", "body"]
+    _, _, outbox = _fake_bridge(tmp_path)
+    with outbox.transaction() as txn:
+        txn.conn.execute("DROP TABLE bridge_dead_letter")  # as a state file of before
+    link = FakeLink()
+    bridge = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
+    assert bridge.core.counts.dead_letters_waiting == 0
+    monkeypatch.setattr(link, "publish", lambda topic, payload, qos=0: False)
+    link.send(b"{nope", mid=3, at_s=0)
+    assert bridge._one_batch() == 1
+    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
+
+
+def test_a_snapshot_still_wanted_is_read_without_the_write_lock(tmp_path: Path) -> None:
+    """The read before the camera is asked must not wait for a batch's commit (nor take the
+    lock a batch waits for)."""
+    bridge, _, outbox = _fake_bridge(tmp_path)
+    with outbox.transaction() as txn:
+        store.want_snapshot(txn.conn, "c-1", "cam-1", T0)
+    with sqlite3.connect(tmp_path / "bridge.db", timeout=0) as other:
+        other.execute("BEGIN IMMEDIATE")  # a batch committing meanwhile
+        started = time.monotonic()
+        assert (bridge._still_wanted("c-1"), bridge._still_wanted("c-2")) == (True, False)
+        assert time.monotonic() - started < 1.0
+        other.execute("ROLLBACK")
