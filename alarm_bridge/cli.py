@@ -71,6 +71,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     from gridpatrol.alarm_bridge.worker import COMPONENT, Bridge
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
     from gridpatrol.ingest.mqtt import (
+        MqttAuthError,
         MqttConfigError,
         MqttConnection,
         MqttSettings,
@@ -129,10 +130,23 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
     refused = stop_when_refused(log, "bridge", stop, mqtt, media)
-    if not (mqtt_started(log, "bridge", mqtt) and mqtt_started(log, "bridge", media)):
+    if not mqtt_started(log, "bridge", mqtt):
         mqtt.stop()
         outbox.stop()
         return 2
+    log.info("bridge: connecting to %s", media.settings.url)
+    try:
+        media.start()
+    except MqttAuthError as exc:
+        # The first connection's start may have timed out on a broker not up yet, then been
+        # refused while this one started: its hook said it already (`stopping`, status 1).
+        late = refused.is_set()
+        refused.set()  # a refusal of the first connection still to come says nothing more
+        if not late:
+            log.error("bridge: cannot start: %s", exc)
+        mqtt.stop()
+        outbox.stop()
+        return 1 if late else 2
     outbox.start()
     log.info("bridge: %d sensors, state %s, broker %s", len(site.sensors), state, mqtt.settings.url)
     try:
@@ -147,7 +161,9 @@ def run_bridge(args: argparse.Namespace) -> int:
         mqtt.stop()
         outbox.stop()
     log.info("bridge: stopped (outbox depth %d)", outbox.depth())
-    return 2 if refused.is_set() else 0
+    # Refused after a start that found no broker: 1, so the unit restarts (an authentication
+    # backend up after the broker); credentials refused at that start exit 2.
+    return 1 if refused.is_set() else 0
 
 
 # How long simulate-sensors waits at exit for the broker to acknowledge what it sent.
@@ -215,4 +231,4 @@ def run_simulate(args: argparse.Namespace) -> int:
             )
         conn.stop()
     log.info("simulate-sensors: %d messages in %.1f s", sent, time.monotonic() - start)
-    return 2 if refused.is_set() else 0
+    return 1 if refused.is_set() else 0  # refused after the start: the unit restarts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sqlite3
@@ -130,6 +131,23 @@ def test_a_state_database_that_cannot_be_used_is_one_line_and_exit_2(
     )
 
 
+def _bridge_args(
+    tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> argparse.Namespace:
+    """``gridpatrol bridge`` on the sample site under ``mqtt_prefix``, its state in
+    ``tmp_path/state``, to run in this process (pytest keeps its signal handlers)."""
+    site = tmp_path / "site.yaml"
+    text = SAMPLE_SITE.read_text()
+    site.write_text(text.replace("prefix: gridpatrol", f"prefix: {mqtt_prefix}", 1))
+    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://127.0.0.1:1883")
+    monkeypatch.setattr(bridge_cli, "stop_on_signals", lambda stop: None)
+    return build_parser().parse_args(
+        ["bridge", "--config", str(site), "--client-id", f"gp-{mqtt_prefix}"]
+    )
+
+
 def test_a_state_database_failing_while_running_is_one_line_and_exit_1(
     tmp_path: Path,
     mqtt_prefix: str,
@@ -138,22 +156,13 @@ def test_a_state_database_failing_while_running_is_one_line_and_exit_1(
 ) -> None:
     """The bridge stops on a database error (the broker redelivers what it did not
     acknowledge): one line naming the file, no traceback."""
-    site = tmp_path / "site.yaml"
-    text = SAMPLE_SITE.read_text()
-    site.write_text(text.replace("prefix: gridpatrol", f"prefix: {mqtt_prefix}", 1))
     state = tmp_path / "state"
-    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(state))
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
-    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://127.0.0.1:1883")
-    monkeypatch.setattr(bridge_cli, "stop_on_signals", lambda stop: None)  # pytest's own stay
+    args = _bridge_args(tmp_path, mqtt_prefix, monkeypatch)
 
     def disk_full(_bridge: Bridge) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Bridge, "run", disk_full)
-    args = build_parser().parse_args(
-        ["bridge", "--config", str(site), "--client-id", f"gp-{mqtt_prefix}"]
-    )
     with caplog.at_level(logging.INFO):
         code = args.func(args)
     assert code == 1
@@ -163,3 +172,44 @@ def test_a_state_database_failing_while_running_is_one_line_and_exit_1(
         "is full"
     ]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+REFUSED = "broker mqtt://127.0.0.1:1883 refused the credentials of {} (Not authorized)"
+
+
+@pytest.mark.parametrize("media_refused", [False, True], ids=["media up", "media refused"])
+def test_credentials_refused_after_a_start_that_found_no_broker_exit_1_in_one_line(
+    tmp_path: Path,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    media_refused: bool,
+) -> None:
+    """The session connection's start found no broker (timed out); the broker then came up
+    and refused it: status 1, so the unit restarts (an authentication backend up after the
+    broker). The media connection, starting then, may be refused too: that is the same
+    refusal, not a second line nor a status 2."""
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
+
+    args = _bridge_args(tmp_path, mqtt_prefix, monkeypatch)
+
+    def start(conn: MqttConnection, timeout: float = 10.0) -> bool:
+        error = MqttAuthError(REFUSED.format(conn.component_id))
+        if conn.component_id == "alarm_bridge":
+            for hook in conn._refusal_hooks:  # refused after the start returned
+                hook(conn, error)
+            return False  # not reachable within the start
+        if media_refused:
+            raise error
+        return False
+
+    def run(bridge: Bridge) -> None:
+        assert bridge._stop.wait(10), "not stopped by the refusal"
+
+    monkeypatch.setattr(MqttConnection, "start", start)
+    monkeypatch.setattr(Bridge, "run", run)
+    with caplog.at_level(logging.INFO):
+        code = args.func(args)
+    assert code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"bridge: stopping: {REFUSED.format('alarm_bridge')}"]
