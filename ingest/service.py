@@ -106,7 +106,9 @@ class IngestService:
         # them takes one grab, not one each (opening a dead camera can take seconds).
         self._waiting: dict[str, list[tuple[str, datetime]]] = {}
         self._waiting_lock = threading.Lock()
-        # Continuous cameras whose last snapshot grab got no frame: warned of once a stretch.
+        # Continuous cameras whose last snapshot grab got no frame: warned of once a stretch. A
+        # stretch ends when a grab gets a frame or a request is answered from a fresh stream
+        # frame (then no grab is made, and the next outage must warn again).
         self._grab_failing: set[str] = set()
         self.bad_requests = 0
         self._requests = conn.subscribe(
@@ -285,6 +287,9 @@ class IngestService:
         fresh_s = 2.0 / output.camera.sample_fps if not output.camera.is_patrol else 0.0
         age = (datetime.now(UTC) - latest.header.ts).total_seconds() if latest else None
         if latest is not None and age is not None and age <= max(fresh_s, 1.0):
+            if camera_id in self._grab_failing:
+                self._grab_failing.discard(camera_id)
+                log.info("camera %s: the stream answers snapshot requests again", camera_id)
             self._reply(camera_id, latest, request_id)
             return
 
@@ -315,24 +320,25 @@ class IngestService:
             waiting = self._waiting.pop(camera_id, [])
         if error is not None:
             log.error("camera %s: the snapshot grab failed", camera_id, exc_info=error)
+        request_ids = [request_id for request_id, _ in waiting]
         if frame is None and waiting:
-            first = min(received_at for _, received_at in waiting)
-            frame = self._recent(camera_id, len(waiting), first, quiet=failing and error is None)
+            frame, request_ids = self._recent(camera_id, waiting, quiet=failing and error is None)
         if frame is None:
             return
-        for waiting_id, _ in waiting:
+        for waiting_id in request_ids:
             try:
                 self._reply(camera_id, frame, waiting_id)
             except Exception:
                 log.exception("camera %s: snapshot request %s not answered", camera_id, waiting_id)
 
     def _recent(
-        self, camera_id: str, requests: int, first: datetime, *, quiet: bool
-    ) -> Frame | None:
-        """The newest frame, for requests whose grab got none, unless it was captured more than
-        :data:`SNAPSHOT_FALLBACK_MAX_AGE_S` before the first of them arrived; then they are not
-        answered and their requester goes without (or uses a fallback of its own). ``quiet``:
-        the failing stretch was warned of, these lines are info."""
+        self, camera_id: str, waiting: list[tuple[str, datetime]], *, quiet: bool
+    ) -> tuple[Frame | None, list[str]]:
+        """The newest frame and the requests it answers, for requests whose grab got none:
+        each request whose own arrival came at most :data:`SNAPSHOT_FALLBACK_MAX_AGE_S` after
+        the frame's capture. The others are not answered and their requester goes without (or
+        uses a fallback of its own). ``quiet``: the failing stretch was warned of, these lines
+        are info."""
         level = logging.INFO if quiet else logging.WARNING
         latest = self.outputs[camera_id].latest
         if latest is None:
@@ -340,22 +346,25 @@ class IngestService:
                 level,
                 "camera %s: no frame for %d snapshot request(s); not answered",
                 camera_id,
-                requests,
+                len(waiting),
             )
-            return None
-        age = (first - latest.header.ts).total_seconds()
-        if age > SNAPSHOT_FALLBACK_MAX_AGE_S:
+            return None, []
+        ages = [(request_id, (at - latest.header.ts).total_seconds()) for request_id, at in waiting]
+        refused = [age for _, age in ages if age > SNAPSHOT_FALLBACK_MAX_AGE_S]
+        if refused:
             log.log(
                 level,
                 "camera %s: no frame for %d snapshot request(s) and the newest was captured "
-                "%.0f s before the request (over %.0f s); not answered",
+                "%.0f s before %s (over %.0f s); not answered",
                 camera_id,
-                requests,
-                age,
+                len(refused),
+                min(refused),
+                "the request" if len(refused) == 1 else "the first of them",
                 SNAPSHOT_FALLBACK_MAX_AGE_S,
             )
-            return None
-        return latest
+        return latest, [
+            request_id for request_id, age in ages if age <= SNAPSHOT_FALLBACK_MAX_AGE_S
+        ]
 
     def _reply(self, camera_id: str, frame: Frame, request_id: str) -> None:
         topic = snapshot_topic(self.conn.prefix, camera_id)

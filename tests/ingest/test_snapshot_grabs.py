@@ -286,6 +286,27 @@ class IdlePublisher(threading.Thread):
         return
 
 
+@contextmanager
+def serving_c1(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    name: str,
+    source: str,
+    camera: SnapshotCamera,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> Iterator[tuple[IngestService, MqttConnection, Subscription, Subscription]]:
+    """:func:`serving` the streaming camera c1 from ``source``, whose grabs are ``camera``'s
+    and whose stream frames the test publishes, with the service's info lines captured."""
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, name, streaming_c1(source), "c1") as served,
+    ):
+        yield served
+
+
 def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
     site_file: Callable[..., Path],
     mqtt_prefix: str,
@@ -295,13 +316,9 @@ def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
     """A continuous camera's grab opens its source beside the stream (a camera may refuse a
     second connection): its failure is no patrol visit and takes nothing offline."""
     camera = DeadCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
-    monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
-    c1 = streaming_c1("rtsp://cam:secret@127.0.0.1:9/x")
-    with (
-        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
-        serving(site_file, mqtt_prefix, "streaming", c1, "c1") as (service, asker, replies, seen),
-    ):
+    source = "rtsp://cam:secret@127.0.0.1:9/x"
+    served = serving_c1(site_file, mqtt_prefix, "streaming", source, camera, monkeypatch, caplog)
+    with served as (service, asker, replies, seen):
         # The stream's last frame, 5 s ago: too old to answer without a grab.
         captured = datetime.now(UTC) - timedelta(seconds=5)
         service.outputs["c1"].publish(camera.image, 64, 36, ts=captured)
@@ -322,34 +339,22 @@ def test_a_failed_grab_of_a_streaming_camera_leaves_its_status(
     ]
 
 
-def test_a_grab_that_ends_late_answers_with_a_frame_recent_when_the_request_came(
-    site_file: Callable[..., Path],
-    mqtt_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    """The age limit counts back from the request, not from the end of a grab that took
-    long (10-20 s for a dead camera, more behind other grabs)."""
-    camera = SlowDeadCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
-    monkeypatch.setattr(ingest_service, "SNAPSHOT_FALLBACK_MAX_AGE_S", 2.0)
-    with (
-        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
-        serving(site_file, mqtt_prefix, "late") as (service, asker, replies, _),
-    ):
-        captured = datetime.now(UTC) - timedelta(seconds=1)
-        service.outputs["p1"].publish(camera.image, 64, 36, ts=captured)
-        asker.publish(snapshot_request_topic(mqtt_prefix, "p1"), encode_request("r1"), 1)
-        assert camera.started.wait(10)
-        time.sleep(2.5)  # the frame is over 3.5 s old when the grab ends, 1 s at the request
-        camera.release.set()
-        message = replies.get(10)
-    assert camera.grabs == 1
-    assert message is not None
-    frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
-    assert (frame.header.request_id, frame.image) == ("r1", camera.image)
-    assert abs((frame.header.ts - captured).total_seconds()) < 1e-3
-    assert said(caplog) == ["camera p1: answered snapshot request r1"]
+def c1_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """What the service said about camera c1's snapshots, with its level (not the progress
+    line at the stop)."""
+    return [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name == ingest_service.__name__
+        and r.getMessage().startswith("camera c1: ")
+        and "snapshot" in r.getMessage()
+    ]
+
+
+def wait_for_lines(caplog: pytest.LogCaptureFixture, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(c1_lines(caplog)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def test_a_streaming_camera_whose_grabs_fail_warns_once_and_says_when_one_gets_a_frame(
@@ -359,29 +364,14 @@ def test_a_streaming_camera_whose_grabs_fail_warns_once_and_says_when_one_gets_a
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     camera = FlakyCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
-    monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
-
-    def lines() -> list[tuple[str, str]]:
-        return [
-            (r.levelname, r.getMessage())
-            for r in caplog.records
-            if r.name == ingest_service.__name__
-            and r.getMessage().startswith("camera c1: ")
-            and "snapshot" in r.getMessage()  # not the progress line at the stop
-        ]
 
     def ask(request_id: str, count: int) -> None:
         asker.publish(snapshot_request_topic(mqtt_prefix, "c1"), encode_request(request_id), 1)
-        deadline = time.monotonic() + 10
-        while len(lines()) < count and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for_lines(caplog, count)
 
-    c1 = streaming_c1("rtsp://127.0.0.1:9/x")
-    with (
-        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
-        serving(site_file, mqtt_prefix, "flaky", c1, "c1") as (_, asker, replies, _),
-    ):
+    source = "rtsp://127.0.0.1:9/x"
+    served = serving_c1(site_file, mqtt_prefix, "flaky", source, camera, monkeypatch, caplog)
+    with served as (_, asker, replies, _):
         ask("r1", 2)
         ask("r2", 3)
         camera.dead = False
@@ -392,7 +382,7 @@ def test_a_streaming_camera_whose_grabs_fail_warns_once_and_says_when_one_gets_a
     frame = decode_frame(message.payload, topic_camera_id="c1", received_at=datetime.now(UTC))
     assert frame.header.request_id == "r3"
     unanswered = "camera c1: no frame for 1 snapshot request(s); not answered"
-    assert lines() == [
+    assert c1_lines(caplog) == [
         ("WARNING", "camera c1: the snapshot grab got no frame from rtsp://127.0.0.1:9/x (its "
                     "stream is left as it is; not said again until a grab gets one)"),
         ("WARNING", unanswered),
@@ -400,3 +390,89 @@ def test_a_streaming_camera_whose_grabs_fail_warns_once_and_says_when_one_gets_a
         ("INFO", "camera c1: the snapshot grab got a frame again"),
         ("INFO", "camera c1: answered snapshot request r3"),
     ]  # fmt: skip
+
+
+def test_a_request_answered_from_the_stream_ends_a_failing_stretch_so_the_next_outage_warns(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A grab is made only while the stream's newest frame is stale: once the stream is back,
+    requests are answered from it and no grab comes to end the failing stretch."""
+    camera = DeadCamera()
+    source = "rtsp://127.0.0.1:9/x"
+    served = serving_c1(site_file, mqtt_prefix, "back", source, camera, monkeypatch, caplog)
+    with served as (service, _, replies, _):
+        output = service.outputs["c1"]
+        service._answer("c1", "r1", datetime.now(UTC))  # the stream is down: no frame yet
+        wait_for_lines(caplog, 2)
+        output.publish(camera.image, 64, 36)  # the stream is back
+        service._answer("c1", "r2", datetime.now(UTC))
+        # The stream is down again: its last frame is 5 s old.
+        output.publish(camera.image, 64, 36, ts=datetime.now(UTC) - timedelta(seconds=5))
+        service._answer("c1", "r3", datetime.now(UTC))
+        wait_for_lines(caplog, 6)
+        answered = [replies.get(10), replies.get(10)]
+    assert camera.grabs == 2
+    assert [
+        decode_frame(
+            m.payload, topic_camera_id="c1", received_at=datetime.now(UTC)
+        ).header.request_id
+        for m in answered
+        if m is not None
+    ] == ["r2", "r3"]
+    failed = (
+        "camera c1: the snapshot grab got no frame from rtsp://127.0.0.1:9/x (its stream is left "
+        "as it is; not said again until a grab gets one)"
+    )
+    assert c1_lines(caplog) == [
+        ("WARNING", failed),
+        ("WARNING", "camera c1: no frame for 1 snapshot request(s); not answered"),
+        ("INFO", "camera c1: the stream answers snapshot requests again"),
+        ("INFO", "camera c1: answered snapshot request r2"),
+        ("WARNING", failed),
+        ("INFO", "camera c1: answered snapshot request r3"),
+    ]
+
+
+def test_a_failed_grab_judges_the_newest_frame_by_each_requests_own_arrival(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The age limit counts back from each request, not from the end of a grab that took
+    long (10-20 s for a dead camera, more behind other grabs), nor from the first of the
+    requests that waited for it: a later one must not get a frame captured more than the
+    limit before it came."""
+    camera = SlowDeadCamera()
+    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "SNAPSHOT_FALLBACK_MAX_AGE_S", 5.0)
+    with (
+        caplog.at_level(logging.INFO, logger=ingest_service.__name__),
+        serving(site_file, mqtt_prefix, "each") as (service, _, replies, _),
+    ):
+        captured = datetime.now(UTC) - timedelta(seconds=10)
+        service.outputs["p1"].publish(camera.image, 64, 36, ts=captured)
+        # Over 10 s old when the grab ends, 4 s when r1 came and 7 s when r2 came.
+        service._answer("p1", "r1", captured + timedelta(seconds=4))
+        assert camera.started.wait(10)
+        service._answer("p1", "r2", captured + timedelta(seconds=7))  # waits for the same grab
+        camera.release.set()
+        message = replies.get(10)
+        late = replies.get(1)
+        deadline = time.monotonic() + 10
+        while len(said(caplog)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert camera.grabs == 1
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="p1", received_at=datetime.now(UTC))
+    assert (frame.header.request_id, frame.image) == ("r1", camera.image)
+    assert abs((frame.header.ts - captured).total_seconds()) < 1e-3
+    assert late is None
+    assert said(caplog) == [
+        "camera p1: no frame for 1 snapshot request(s) and the newest was captured 7 s before "
+        "the request (over 5 s); not answered",
+        "camera p1: answered snapshot request r1",
+    ]
