@@ -16,6 +16,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
+import yaml
 from playwright.sync_api import Browser, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,9 +86,15 @@ def shots(page: Page, request: pytest.FixtureRequest) -> Shots:
 
 
 @pytest.fixture
-def console(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The API server with the demo site file (its cameras and sensors feed the console)."""
-    monkeypatch.setenv("GRIDPATROL_CONFIG", str(REPO / "samples" / "site.yaml"))
+def console(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
+    """The API server with the demo site file (its cameras and sensors feed the console), less
+    its night window: the server runs on the wall clock, and a case confirmed between 22:00 and
+    08:00 site time would be held instead."""
+    site = yaml.safe_load((REPO / "samples" / "site.yaml").read_text(encoding="utf-8"))
+    site["policy"]["night"] = {"start": "00:00", "end": "00:00"}  # start == end: no night
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(site, allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("GRIDPATROL_CONFIG", str(path))
     if "mqtt_url" in request.fixturenames:
         monkeypatch.setenv("GRIDPATROL_MQTT_URL", request.getfixturevalue("mqtt_url"))
     else:
