@@ -134,17 +134,24 @@ def run_bridge(args: argparse.Namespace) -> int:
         mqtt.stop()
         outbox.stop()
         return 2
+    # Whether the session connection's start found the broker. If not (it timed out), a broker
+    # that came up since may refuse the media connection as it starts, before the session
+    # connection's backoff brings it back: a refusal after a start that found no broker too.
+    first_up = mqtt.connected
     log.info("bridge: connecting to %s", media.settings.url)
     try:
         media.start()
     except MqttAuthError as exc:
-        # The first connection's start may have timed out on a broker not up yet, then been
-        # refused while this one started: its hook said it already (`stopping`, status 1).
-        late = refused.is_set()
-        refused.set()  # a refusal of the first connection still to come says nothing more
-        if not late:
-            log.error("bridge: cannot start: %s", exc)
+        # Stopped first: once its network thread has ended, the session connection's refusal
+        # hook either said it already (`stopping`) or never will, so one line in all.
         mqtt.stop()
+        said = refused.is_set()
+        refused.set()
+        # Refused at a start that found the broker: 2 (mend and restart); after a start that
+        # did not, 1 (the unit restarts: an authentication backend up after the broker).
+        late = said or not first_up
+        if not said:
+            log.error("bridge: %s: %s", "stopping" if late else "cannot start", exc)
         outbox.stop()
         return 1 if late else 2
     outbox.start()

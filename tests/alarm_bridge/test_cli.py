@@ -213,3 +213,48 @@ def test_credentials_refused_after_a_start_that_found_no_broker_exit_1_in_one_li
     assert code == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [f"bridge: stopping: {REFUSED.format('alarm_bridge')}"]
+
+
+@pytest.mark.parametrize(
+    ("session_up", "code", "line"),
+    [
+        (False, 1, f"bridge: stopping: {REFUSED.format('alarm_bridge-media')}"),
+        (True, 2, f"bridge: cannot start: {REFUSED.format('alarm_bridge-media')}"),
+    ],
+    ids=["session start timed out", "session up"],
+)
+def test_the_media_connection_refused_at_its_start_exits_by_what_the_session_start_found(
+    tmp_path: Path,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    session_up: bool,
+    code: int,
+    line: str,
+) -> None:
+    """The broker was down as the bridge started: the session connection's start timed out;
+    the broker came up during the media connection's start and refused it first (the session
+    connection, backing off, had not tried again). A refusal after a start that found no
+    broker: one `stopping` line and status 1, so the unit restarts. With the session
+    connection up after its start, the credentials were refused at a start: status 2."""
+    from gridpatrol.ingest.mqtt import MqttAuthError, MqttConnection
+
+    args = _bridge_args(tmp_path, mqtt_prefix, monkeypatch)
+
+    def start(conn: MqttConnection, timeout: float = 10.0) -> bool:
+        if conn.component_id == "alarm_bridge":
+            if session_up:
+                conn._connected.set()
+            return session_up  # timed out: not reachable within the start
+        raise MqttAuthError(REFUSED.format(conn.component_id))
+
+    def run(_bridge: Bridge) -> None:
+        raise AssertionError("the bridge ran after the media connection was refused")
+
+    monkeypatch.setattr(MqttConnection, "start", start)
+    monkeypatch.setattr(Bridge, "run", run)
+    with caplog.at_level(logging.INFO):
+        got = args.func(args)
+    assert got == code
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [line]
