@@ -967,9 +967,24 @@ def _write(conn: sqlite3.Connection) -> Iterator[None]:
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        _rollback(conn)
         raise
-    conn.execute("COMMIT")
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that fails (SQLITE_BUSY, FULL, IOERR, a deferred constraint) can leave the
+        # transaction open, holding the write lock: the thread's next transaction could not
+        # begin and the other connections would wait for the lock, then fail.
+        _rollback(conn)
+        raise
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is still open, if SQLite did not already: the error that brought us
+    here is the one to raise, not one of the rollback."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:

@@ -187,6 +187,37 @@ def test_producer_state_and_outbox_share_one_transaction(tmp_path: Path) -> None
     assert outbox.depth() == 0
 
 
+def test_a_commit_that_fails_is_rolled_back_and_releases_the_write_lock(tmp_path: Path) -> None:
+    """A COMMIT that fails (here a deferred constraint; SQLITE_BUSY, FULL or IOERR too) can
+    leave SQLite's transaction open: it is rolled back, so the thread's next transaction
+    begins and other connections can write, instead of waiting for a lock none releases."""
+    path = tmp_path / "outbox-commit.db"
+    outbox = Outbox(path, None, component="commit")
+    conn = outbox._thread_conn()
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.executescript(
+        """
+        CREATE TABLE parent (id INTEGER PRIMARY KEY);
+        CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED);
+        """
+    )
+    with (
+        pytest.raises(sqlite3.IntegrityError, match=r"^FOREIGN KEY constraint failed$"),
+        outbox.transaction() as txn,
+    ):
+        txn.conn.execute("INSERT INTO child VALUES (1)")  # checked at the COMMIT
+        txn.create_candidate(candidate("commit-1", "0" * 64))
+    assert not conn.in_transaction
+    assert outbox.depth() == 0
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as other, other:
+        other.execute("INSERT INTO parent VALUES (1)")  # no wait for the write lock
+    with outbox.transaction() as txn:
+        txn.conn.execute("INSERT INTO child VALUES (1)")
+        txn.create_candidate(candidate("commit-2", "0" * 64))
+    assert outbox.depth() == 1
+    assert conn.execute("SELECT parent FROM child").fetchall() == [(1,)]
+
+
 def test_refused_operations_are_kept_and_do_not_block(api_server: Any, tmp_path: Path) -> None:
     outbox = producer(api_server, tmp_path)
     with outbox.transaction() as txn:
