@@ -286,6 +286,13 @@ class LongPoll:
         return out, self.page
 
 
+NO_NIGHT_SITE = """\
+site: {name: test, timezone: Asia/Shanghai}
+policy:
+  night: {start: "00:00", end: "00:00"}  # start == end: no night window
+"""
+
+
 class Server:
     """``gridpatrol api`` in a subprocess on a free port."""
 
@@ -300,7 +307,12 @@ class Server:
             # As long as a long poll's longest wait: only a wake-up answers one early.
             "GRIDPATROL_FEED_RECHECK_S": str(LongPoll.WAIT_S),
         }
-        self.env.pop("GRIDPATROL_CONFIG", None)
+        # A site without the night window: the server runs on the wall clock, and a case
+        # confirmed between 22:00 and 08:00 site time would be held, and released at its end
+        # in the middle of whatever test runs then.
+        site = workdir / "site.yaml"
+        site.write_text(NO_NIGHT_SITE, encoding="utf-8")
+        self.env["GRIDPATROL_CONFIG"] = str(site)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
