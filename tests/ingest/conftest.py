@@ -19,6 +19,8 @@ import pytest
 
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 
+from ..conftest import clear_retained
+
 FOOTAGE = "car_park_people_bikes.mp4"
 SHARED_BROKER = "mqtt://127.0.0.1:1883"
 
@@ -27,6 +29,7 @@ class Watcher:
     """A plain subscriber that collects what arrives on one topic filter."""
 
     def __init__(self, url: str, topic_filter: str, prefix: str) -> None:
+        self.url, self.prefix = url, prefix
         self.conn = MqttConnection("watcher", MqttSettings.from_url(url), prefix=prefix)
         self.sub: Subscription = self.conn.subscribe(topic_filter, qos=1, maxsize=100000)
         assert self.conn.start(10)
@@ -57,6 +60,10 @@ def watch() -> Iterator[Callable[[str, str, str], Watcher]]:
     yield make
     for watcher in made:
         watcher.conn.stop()
+    # Its stop leaves the watcher's retained "offline" status, after a test's mqtt_prefix
+    # fixture may have cleared the prefix already: the shared broker must not keep it.
+    for prefix in {w.prefix for w in made if w.url == SHARED_BROKER}:
+        clear_retained(prefix)
 
 
 @pytest.fixture
