@@ -188,4 +188,8 @@ def _verify(media: str, data: bytes) -> tuple[int | None, int | None]:
         json.loads(data)
     except (ValueError, struct.error, UnicodeDecodeError) as exc:
         raise EvidenceError(422, "Invalid Content", f"not a valid {media}: {exc}") from exc
+    except RecursionError:  # json.loads of arrays or objects nested thousands deep
+        raise EvidenceError(
+            422, "Invalid Content", f"not a valid {media}: nested too deeply"
+        ) from None
     return None, None
