@@ -218,7 +218,12 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     readable = [r for r in pack.records if r.v is not None or r.vb is not None]
     numeric = _in_unit(readable, sensor.thresholds.unit)
     if not numeric:
-        return Rejected("no_reading", "no numeric or boolean SenML record in the sensor's unit")
+        return Rejected(
+            "no_reading",
+            "no numeric or boolean SenML record in the sensor's unit"
+            if sensor.thresholds.unit
+            else "no numeric or boolean SenML record without a unit (the sensor's has none)",
+        )
     ordered = sorted(numeric, key=_record_time)
     key = _senml_key(payload, [_record_time(r) for r in ordered])
     items: list[AlarmInput] = []
@@ -255,14 +260,17 @@ def _senml_key(payload: bytes, times: list[float]) -> str:
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
-    """The records a sensor's thresholds judge: those in its unit.
+    """The records a sensor's thresholds judge: those in its unit, or, for thresholds without
+    a unit, those without one (an empty ``u`` is none).
 
-    A pack in which no record has a unit is read as being in it (a simple device); a unit-less
-    record beside records with units (a battery level, say) is not.
+    A pack in which no record has a unit is read as being in the sensor's (a simple device);
+    a record in another unit (a battery level in ``%EL`` or ``V``, say) is never read, nor is a
+    unit-less record beside records in the sensor's unit. So a smoke detector judged without a
+    unit reads its ``smoke`` record, not the battery record beside it.
     """
-    if not unit or all(r.u is None for r in records):
+    if all(not r.u for r in records):
         return records
-    return [r for r in records if r.u == unit]
+    return [r for r in records if (r.u or "") == unit]
 
 
 SeqVerdict = Literal["new", "restart", "late", "superseded"]

@@ -444,6 +444,44 @@ def test_a_timeless_senml_pack_handled_across_a_reconnect_is_one_reading(
     assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 1)
 
 
+def test_thresholds_without_a_unit_read_only_the_records_without_one(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """sm-2 is judged without a unit ({raise: 1, clear: 0}): its smoke record is read, the
+    battery record beside it is not (it used to raise a smoke candidate at 80 %EL, and clear it
+    in the message that raised it at 0 V); a pack of records with units only reads nothing."""
+    settings = MqttSettings.from_url(mosquitto.url)
+    bridge, conn, outbox = _persistent_bridge(tmp_path, settings, "gp-test-units")
+    sensor = MqttConnection("sm-2", settings, client_id="gp-test-sm-2")
+    t = float(round(time.time()))
+    packs = [
+        [
+            {"bn": "sm-2:", "bt": t, "n": "smoke", "vb": False},
+            {"n": "battery", "u": "%EL", "v": 80},
+        ],
+        [
+            {"bn": "sm-2:", "bt": t + 10, "n": "smoke", "vb": True},
+            {"n": "battery", "u": "V", "v": 0},
+        ],
+        [{"bn": "sm-2:", "bt": t + 20, "n": "battery", "u": "%EL", "v": 80}],
+    ]
+    try:
+        assert conn.start(10) and sensor.start(10)
+        for pack in packs:
+            topic = sensor_alarm_topic("gridpatrol", "sm-2")
+            assert sensor.publish_wait(topic, json.dumps(pack).encode(), 1, timeout=10)
+        _pump(bridge, 3)
+    finally:
+        sensor.stop()
+        conn.stop()
+    ops = [(kind, body) for kind, _, body in outbox_ops(outbox) if kind != "evidence"]
+    assert [kind for kind, _ in ops] == ["create"]
+    assert ops[0][1]["type"] == "smoke"
+    assert ops[0][1]["measurements"] == [{"n": "sm-2:smoke", "vb": True, "t": t + 10}]
+    counts = bridge.core.counts
+    assert (counts.created, counts.cleared, counts.reasons) == (1, 0, {"no_reading": 1})
+
+
 def _restart_without_persistence(broker: Any) -> None:
     """Restart the private broker as one that keeps nothing: every session is lost."""
     broker.stop()
