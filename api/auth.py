@@ -49,7 +49,13 @@ class Authenticator:
         return f"{payload}.{self._sign(payload)}", csrf
 
     def open_session(self, cookie: str) -> tuple[Principal, str] | None:
-        """The principal and CSRF token of a valid, unexpired session cookie."""
+        """The principal and CSRF token of a valid, unexpired session cookie.
+
+        A cookie this server issued is ASCII (base64url); any other character makes it
+        invalid, as constant-time comparison of strings takes ASCII only.
+        """
+        if not cookie.isascii():
+            return None
         payload, _, signature = cookie.partition(".")
         if not hmac.compare_digest(signature, self._sign(payload)):
             return None

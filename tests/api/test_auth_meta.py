@@ -72,6 +72,21 @@ def test_session_cookie_and_csrf(api: Any) -> None:
     assert http.get("/api/v1/candidates").status_code == 401
 
 
+@pytest.mark.parametrize("cookie", ["abc.d\u00e9f", "\u00e9.abc", "abc.\u00ff"])
+def test_a_session_cookie_with_other_than_ascii_is_invalid(api: Any, cookie: str) -> None:
+    header = f"gp_session={cookie}".encode("latin-1")
+    response = api.http.get("/api/v1/candidates", headers={"Cookie": header})
+    assert response.status_code == 401
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Unauthorized",
+        "status": 401,
+        "detail": "the session has expired or is invalid",
+        "instance": "/api/v1/candidates",
+    }
+
+
 @pytest.mark.parametrize(
     ("role", "status"), [("reviewer", 200), ("admin", 200), ("platform", 403), ("producer", 403)]
 )
