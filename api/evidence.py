@@ -1,8 +1,10 @@
 """The content-addressed evidence store: the only module that touches evidence files.
 
-Files live at ``<dir>/<first two hex digits>/<sha256>``, written to a temporary file and
-then given their name, so a reader never sees half a file. Every path is built from a
-validated hash only.
+Files live at ``<dir>/<first two hex digits>/<sha256>``, written to a temporary file,
+flushed to disk and then given their name, so a reader never sees half a file and an upload
+answered 2xx survives a power cut. A stored file counts only while its bytes hash to its
+name: one torn by a crash (or damaged since) is not served, not counted as held, and is
+replaced by the next upload of its bytes. Every path is built from a validated hash only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ log = logging.getLogger(__name__)
 
 # What link(2) answers on a file system that has no hard links.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# What fsync(2) of a directory answers on a file system that cannot sync one (some FUSE and
+# object-store mounts): there the names are as durable as that file system makes them.
+_NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -121,7 +126,8 @@ class EvidenceStore:
         return self.root / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
-        return bool(SHA256_RE.fullmatch(sha256)) and self.path(sha256).is_file()
+        """Whether the store holds the file of ``sha256`` with bytes that hash to it."""
+        return bool(SHA256_RE.fullmatch(sha256)) and self._held(sha256) is not None
 
     def put(self, sha256: str, data: bytes, content_type: str | None) -> Stored:
         if not SHA256_RE.fullmatch(sha256):
@@ -134,28 +140,93 @@ class EvidenceStore:
             )
         width, height = _verify(media, data)
         target = self.path(sha256)
-        if target.is_file():
+        try:
+            stored: bytes | None = target.read_bytes()
+        except FileNotFoundError:
+            stored = None
+        if stored == data:
+            # Already there. Made durable before the answer, as a new file is: the upload that
+            # stored it may not have synced its folder yet.
+            _sync(target)
+            _sync_dir(target.parent)
             return Stored(sha256, media, len(data), False, width, height)
+        damaged = stored is not None  # torn by a crash: replaced by these bytes
         if target.parent.name not in self._dirs:
-            target.parent.mkdir(exist_ok=True)
+            try:
+                target.parent.mkdir()
+            except FileExistsError:
+                pass
+            else:
+                _sync_dir(self.root)
             self._dirs.add(target.parent.name)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
-            created = _publish(Path(tmp), target)
+                out.flush()
+                os.fsync(out.fileno())
+            if damaged:
+                Path(tmp).replace(target)
+                created = True
+            else:
+                created = _publish(Path(tmp), target)
+            _sync_dir(target.parent)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        if created:
+        if stored is not None:
+            log.warning(
+                "evidence %s: the stored file was damaged (%s); replaced by this upload",
+                sha256,
+                _damage(stored),
+            )
+        elif created:
             log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
         return Stored(sha256, media, len(data), created, width, height)
 
     def get(self, sha256: str) -> tuple[bytes, str]:
+        self.path(sha256)  # 404 for what is no hash
+        data = self._held(sha256)
+        if data is None:
+            raise EvidenceError(404, "Not Found", f"no evidence {sha256}")
+        return data, sniff(data)
+
+    def _held(self, sha256: str) -> bytes | None:
+        """The stored bytes of ``sha256``; None when there is no file or its bytes do not hash
+        to its name (a write torn by a crash): such a file counts as missing."""
         try:
             data = self.path(sha256).read_bytes()
         except FileNotFoundError:
-            raise EvidenceError(404, "Not Found", f"no evidence {sha256}") from None
-        return data, sniff(data)
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            log.warning(
+                "evidence %s: the stored file is damaged (%s); it counts as missing until "
+                "its bytes are uploaded again",
+                sha256,
+                _damage(data),
+            )
+            return None
+        return data
+
+
+def _damage(data: bytes) -> str:
+    return f"{len(data)} bytes hashing to {hashlib.sha256(data).hexdigest()}"
+
+
+def _sync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make the names in ``folder`` durable (a new file's name is not, until this)."""
+    try:
+        _sync(folder)
+    except OSError as exc:
+        if exc.errno not in _NO_DIR_SYNC:
+            raise
 
 
 def _publish(tmp: Path, target: Path) -> bool:

@@ -4,6 +4,11 @@ files whose bytes no longer hash to their name (a write torn by a power cut)."""
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,3 +39,114 @@ def test_json_evidence_nested_too_deeply_is_refused_with_422_not_500(api: Any) -
     assert api.as_("reviewer").get(f"{URL}/{sha}").status_code == 404
     # Nesting Python's parser takes is stored as before.
     assert put(api, b"[" * 500 + b"]" * 500, "application/json").status_code == 201
+
+
+def stored_file(api: Any, sha: str) -> Path:
+    return Path(api.http.app.state.services.store.root) / sha[:2] / sha
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda data: b"", id="empty"),
+        pytest.param(lambda data: data[:1000], id="torn"),
+        pytest.param(lambda data: bytes(len(data)), id="zeros-of-the-right-size"),
+    ],
+)
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_damaged_stored_file_counts_as_missing_and_the_next_upload_replaces_it(
+    api: Any, caplog: pytest.LogCaptureFixture, damage: Callable[[bytes], bytes]
+) -> None:
+    """What a power cut can leave of a file written just before it: its name, with too few
+    bytes or blocks of zeros. It must not be served as the hash, count as held, or make the
+    producer's upload answer "already there" (after which the producer deletes its copy)."""
+    image = api.jpeg(7)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg").status_code == 201
+    bad = damage(image)
+    stored_file(api, sha).write_bytes(bad)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
+
+    reviewer = api.as_("reviewer")
+    got = reviewer.get(f"{URL}/{sha}")
+    assert (got.status_code, got.json()["detail"]) == (404, f"no evidence {sha}")
+    cached = reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'})
+    assert cached.status_code == 404
+    doc = api.create(api.body("torn", sha))
+    assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
+    damage_text = f"{len(bad)} bytes hashing to {hashlib.sha256(bad).hexdigest()}"
+    counted = (
+        f"evidence {sha}: the stored file is damaged ({damage_text}); it counts as missing "
+        "until its bytes are uploaded again"
+    )
+    # Logged by each look at it (the candidate's judgement looks more than once).
+    assert {r.getMessage() for r in caplog.records} == {counted}
+    caplog.clear()
+
+    again = put(api, image, "image/jpeg")
+    assert (again.status_code, again.json()) == (
+        201,
+        {"sha256": sha, "media_type": "image/jpeg", "size": len(image), "width": 64, "height": 48},
+    )
+    assert [r.getMessage() for r in caplog.records] == [
+        f"evidence {sha}: the stored file was damaged ({damage_text}); replaced by this upload"
+    ]
+    assert stored_file(api, sha).read_bytes() == image
+    assert sorted(p.name for p in stored_file(api, sha).parent.iterdir()) == [sha]
+    got = reviewer.get(f"{URL}/{sha}")
+    assert (got.status_code, got.content, got.headers["etag"]) == (200, image, f'"{sha}"')
+    # The candidate that waited for it is complete now; the next upload finds it there.
+    done = reviewer.get(f"/api/v1/candidates/{doc['id']}").json()
+    assert (done["status"], done["missing_elements"]) == ("new", [])
+    assert put(api, image, "image/jpeg").status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_file_and_its_name_reach_the_disk_before_the_upload_is_answered(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is synced before it gets its name, and its folder after; an upload answered
+    "already there" syncs both too, and a damaged file's replacement is synced like a new one."""
+    root = Path(api.http.app.state.services.store.root)
+    steps: list[tuple[str, str]] = []
+
+    def name(path: str) -> str:
+        rel = str(Path(path).relative_to(root.parent))
+        return re.sub(r"\.tmp-\w+$", ".tmp", rel)
+
+    def record(step: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kw: Any) -> Any:
+            if step == "fsync":
+                where = str(Path(f"/proc/self/fd/{args[0]}").readlink())
+                if Path(where).is_relative_to(root):
+                    steps.append((step, name(where)))
+            elif Path(args[0]).is_relative_to(root):
+                steps.append((step, f"{name(args[0])} -> {name(args[1])}"))
+            return real(*args, **kw)
+
+        return call
+
+    for step in ("fsync", "link", "replace"):
+        monkeypatch.setattr(os, step, record(step, getattr(os, step)))
+    image = api.jpeg(8)
+    sha = hashlib.sha256(image).hexdigest()
+    fan = f"evidence/{sha[:2]}"
+
+    assert put(api, image, "image/jpeg").status_code == 201
+    assert steps == [
+        ("fsync", "evidence"),  # the new fan-out folder's name
+        ("fsync", f"{fan}/.tmp"),
+        ("link", f"{fan}/.tmp -> {fan}/{sha}"),
+        ("fsync", fan),
+    ]
+    steps.clear()
+    assert put(api, image, "image/jpeg").status_code == 200
+    assert steps == [("fsync", f"{fan}/{sha}"), ("fsync", fan)]
+    steps.clear()
+    stored_file(api, sha).write_bytes(b"")
+    assert put(api, image, "image/jpeg").status_code == 201
+    assert steps == [
+        ("fsync", f"{fan}/.tmp"),
+        ("replace", f"{fan}/.tmp -> {fan}/{sha}"),
+        ("fsync", fan),
+    ]
