@@ -47,6 +47,18 @@ ALARM_TYPES: dict[str, str] = {
 _SENML_RELATIVE_LIMIT = 2**28
 _MAX_EPOCH = 1e11  # year 5138: anything larger is a unit mistake (ms, µs)
 
+# A lone surrogate: JSON's "\ud800" escape reads into a str that no UTF-8 encoder takes (the
+# bridge's SQLite state, the API's JSON body), so no decoded string may hold one.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Control characters (C0, DEL, C1): the API refuses NUL in the source event id the bridge
+# builds from an event id, and no device has a reason to send any of them there.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _is_text(value: str) -> bool:
+    """True when ``value`` encodes as UTF-8: no lone surrogate (``"\\ud800"`` in JSON)."""
+    return _SURROGATE.search(value) is None
+
 
 class MessageError(ValueError):
     """A payload that does not validate; ``reason`` is short and machine-readable."""
@@ -240,7 +252,9 @@ def _frame_header(raw: Mapping[str, Any], topic_camera_id: str) -> FrameHeader:
     if content_type != "image/jpeg":
         raise MessageError("bad_content_type", repr(content_type)[:40])
     request_id = raw.get("request_id")
-    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > 128):
+    if request_id is not None and (
+        not isinstance(request_id, str) or len(request_id) > 128 or not _is_text(request_id)
+    ):
         raise MessageError("bad_request_id")
     return FrameHeader(
         ts=parse_ts(ts),
@@ -455,7 +469,12 @@ def _alarm(data: Mapping[str, Any], topic_sensor_id: str, received_at: datetime)
     event_id = data.get("event_id")
     if isinstance(event_id, int) and not isinstance(event_id, bool):
         event_id = str(event_id)
-    if not isinstance(event_id, str) or not 0 < len(event_id) <= 128:
+    if (
+        not isinstance(event_id, str)
+        or not 0 < len(event_id) <= 128
+        or _CONTROL.search(event_id)
+        or not _is_text(event_id)
+    ):
         raise MessageError("bad_event_id", repr(event_id)[:40])
     alarm_type = data.get("alarm_type")
     if not isinstance(alarm_type, str) or alarm_type not in ALARM_TYPES:
@@ -495,7 +514,7 @@ def _optional_int(value: object, name: str) -> int | None:
 def _optional_str(value: object, name: str) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 128:
+    if not isinstance(value, str) or len(value) > 128 or not _is_text(value):
         raise MessageError(f"bad_{name}", repr(value)[:40])
     return value
 
@@ -505,7 +524,25 @@ def _optional_location(value: object) -> Mapping[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise MessageError("bad_location", "expected an object")
+    if not _all_text(value):
+        raise MessageError("bad_location", "a string with a lone surrogate")
     return value
+
+
+def _all_text(value: object) -> bool:
+    """True when no string in the JSON value ``value`` (keys included) holds a lone surrogate."""
+    todo = [value]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, str):
+            if not _is_text(item):
+                return False
+        elif isinstance(item, dict):
+            todo.extend(item)
+            todo.extend(item.values())
+        elif isinstance(item, list):
+            todo.extend(item)
+    return True
 
 
 def decode_senml(
@@ -564,6 +601,8 @@ def _senml_field(value: object, key: str, index: int) -> Any:
         raise MessageError("bad_senml", f"record {index}: {key} has the wrong type")
     if isinstance(value, float) and not math.isfinite(value):
         raise MessageError("bad_senml", f"record {index}: {key} is not finite")
+    if isinstance(value, str) and not _is_text(value):
+        raise MessageError("bad_senml", f"record {index}: {key} holds a lone surrogate")
     return value
 
 

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gridpatrol.alarm_bridge.adapters import Rejected, adapt
 from gridpatrol.ingest.messages import (
     AlarmEnvelope,
     FrameHeader,
@@ -41,6 +42,7 @@ from gridpatrol.ingest.topics import (
     snapshot_topic,
     wildcard,
 )
+from gridpatrol.site import parse_site
 
 NOW = datetime(2026, 5, 1, 8, 0, tzinfo=UTC)
 
@@ -97,6 +99,7 @@ def test_bare_jpeg_takes_size_from_the_image_and_time_from_receipt() -> None:
         (envelope({**GOOD, "ts": "yesterday"}), "bad_ts"),
         (envelope({**GOOD, "ts": 1e15}), "bad_ts"),
         (envelope({**GOOD, "content_type": "image/gif"}), "bad_content_type"),
+        (envelope({**GOOD, "request_id": "r-\ud800"}), "bad_request_id"),
         (envelope(GOOD, b""), "empty_image"),
         (envelope(GOOD, b"\x89PNG...."), "bad_image"),
         (b"\xff\xd8\xff\xda\x00\x02", "bad_jpeg"),
@@ -212,12 +215,73 @@ def test_alarm_times_out_of_rfc3339_are_bad_ts(ts: str) -> None:
         ({"seq": "7"}, "bad_seq"),
         ({"extra": 1}, "unknown_field"),
         ({"location": "here"}, "bad_location"),
+        # The API refuses NUL in the source event id the bridge builds from the event id; no
+        # control character has a place in an id.
+        ({"event_id": "a\u0000b"}, "bad_event_id"),
+        ({"event_id": "a\nb"}, "bad_event_id"),
+        ({"event_id": "a\u007fb"}, "bad_event_id"),
+        ({"event_id": "a\u0085b"}, "bad_event_id"),
+        # A lone surrogate ("\ud800" in JSON) is a str that no UTF-8 encoder takes.
+        ({"event_id": "a\ud800b"}, "bad_event_id"),
+        ({"boot_id": "b\udc00"}, "bad_boot_id"),
+        ({"location": {"address": ["a\ud800"]}}, "bad_location"),
+        ({"location": {"\ud800": 1}}, "bad_location"),
+        ({"measurements": [{"n": "tilt\ud800", "u": "deg", "v": 21.5}]}, "bad_senml"),
+        ({"measurements": [{"n": "tilt", "u": "deg\udfff", "v": 21.5}]}, "bad_senml"),
+        ({"measurements": [{"bn": "\ud800", "n": "tilt", "v": 21.5}]}, "bad_senml"),
+        ({"measurements": [{"n": "fw", "vs": "1.\ud800"}]}, "bad_senml"),
     ],
 )
 def test_bad_alarm_envelopes(patch: dict[str, object], reason: str) -> None:
     with pytest.raises(MessageError) as err:
         sensor({**ALARM, **patch})
     assert err.value.reason == reason
+
+
+BRIDGE_SITE = """
+site: {name: t, timezone: Asia/Shanghai}
+sensors:
+  - id: mh-0001
+    kind: manhole_cover
+    location: {lat: 31.2803, lon: 121.4517}
+    thresholds: {raise: 15, clear: 5, unit: deg}
+"""
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({**ALARM, "event_id": "a\u0000b"}, "bad_event_id"),
+        ({**ALARM, "event_id": "a\ud800b"}, "bad_event_id"),
+        ({**ALARM, "measurements": [{"n": "t\ud800", "u": "deg", "v": 21.5}]}, "bad_senml"),
+        ([{"bn": "mh-0001/", "n": "t\ud800", "u": "deg", "v": 20}], "bad_senml"),
+    ],
+)
+def test_the_bridge_dead_letters_text_the_api_or_utf_8_cannot_take(
+    body: object, reason: str
+) -> None:
+    """Such a payload is dead-lettered at once with its reason: it never makes a candidate
+    the API refuses for good, nor a batch failure (``internal_error``)."""
+    registry = {s.id: s for s in parse_site(BRIDGE_SITE).sensors}
+    raw = json.dumps(body).encode()
+    rejected = adapt(raw, sensor_id="mh-0001", registry=registry, received_at=NOW)
+    assert isinstance(rejected, Rejected)
+    assert rejected.reason == reason
+
+
+def test_ids_and_names_in_any_script_and_astral_characters_are_text() -> None:
+    body = {
+        **ALARM,
+        "event_id": "事件-1 😀",  # a surrogate pair in JSON ("\ud83d\ude00") is one character
+        "boot_id": "启动-7",
+        "location": {"address": "大宁路 1号 😀"},
+        "measurements": [{"n": "倾角 😀", "u": "deg", "v": 21.5, "vs": "ok"}],
+    }
+    env = sensor(json.dumps(body).encode())
+    assert isinstance(env, AlarmEnvelope)
+    assert (env.event_id, env.boot_id, env.measurements[0].n) == ("事件-1 😀", "启动-7", "倾角 😀")
+    assert env.location == {"address": "大宁路 1号 😀"}
+    assert sensor(env.encode()) == env
 
 
 def test_senml_pack_resolves_base_fields() -> None:
@@ -254,6 +318,11 @@ def test_senml_relative_time_counts_from_receipt() -> None:
         ([{"n": "x", "v": True}], "bad_senml"),
         ([{"n": "x", "v": 1, "zz": 1}], "bad_senml"),
         ([{"bn": "wl-02/", "n": "level", "v": 1}], "sensor_id_mismatch"),
+        ([{"n": "level\ud800", "v": 1}], "bad_senml"),
+        ([{"n": "level", "u": "\udbff", "v": 1}], "bad_senml"),
+        ([{"bn": "wl-01/", "bu": "c\udc00m", "n": "level", "v": 1}], "bad_senml"),
+        ([{"n": "fw", "vs": "\ud800"}], "bad_senml"),
+        ([{"n": "blob", "vd": "\ud800"}], "bad_senml"),
         ("text", "bad_shape"),
         ({"hello": 1}, "unknown_payload"),
         (b"\xff\xfe", "bad_json"),
