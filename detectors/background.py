@@ -26,6 +26,7 @@ import io
 import math
 import zipfile
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +34,7 @@ from numpy.typing import NDArray
 Gray = NDArray[np.uint8]
 FloatImage = NDArray[np.float32]
 Mask = NDArray[np.bool_]
+Polygon = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,9 @@ class BackgroundState:
     clean: FloatImage  # each pixel's look when it last matched the background
     changed: Mask  # pixels foreground since they last looked clean (their clean look is kept)
     gap: float = 0.0  # typical seconds between frames; 0 = not known yet
+    # The zone (normalized polygon) the model was learned for, given to a model handed out
+    # for saving: a model is only taken back by the same zone. None = not known.
+    polygon: Polygon | None = None
 
 
 @dataclass(frozen=True)
@@ -188,17 +193,19 @@ def _follow_clean(
 
 def encode(state: BackgroundState) -> bytes:
     """The state as bytes (NumPy's npz), to survive a restart of the worker."""
+    arrays: dict[str, Any] = {
+        "background": state.background,
+        "short": state.short,
+        "times": np.asarray([state.t, state.start_t], dtype=np.float64),
+        "known": state.known,
+        "clean": state.clean,
+        "changed": state.changed,
+        "gap": np.float64(state.gap),  # keys of their own, which an older worker ignores
+    }
+    if state.polygon is not None:
+        arrays["polygon"] = np.asarray(state.polygon, dtype=np.float64)
     buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        background=state.background,
-        short=state.short,
-        times=np.asarray([state.t, state.start_t], dtype=np.float64),
-        known=state.known,
-        clean=state.clean,
-        changed=state.changed,
-        gap=np.float64(state.gap),  # a key of its own, which an older worker ignores
-    )
+    np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
 
 
@@ -209,6 +216,8 @@ def decode(data: bytes) -> BackgroundState:
             t, start_t = (float(v) for v in npz["times"])
             # Models saved before the typical gap was kept have none: it is learned anew.
             gap = float(npz["gap"]) if "gap" in npz.files else 0.0
+            # Models saved before the zone was kept with them have none: not taken back.
+            polygon = _polygon(npz["polygon"]) if "polygon" in npz.files else None
             state = BackgroundState(
                 npz["background"].astype(np.float32),
                 npz["short"].astype(np.float32),
@@ -218,6 +227,7 @@ def decode(data: bytes) -> BackgroundState:
                 npz["clean"].astype(np.float32),
                 npz["changed"].astype(bool),
                 gap,
+                polygon,
             )
     except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a stored background model: {exc}") from exc
@@ -225,6 +235,12 @@ def decode(data: bytes) -> BackgroundState:
     if shapes != {state.background.shape}:
         raise ValueError("not a stored background model: its images differ in size")
     return state
+
+
+def _polygon(points: NDArray[np.float64]) -> Polygon:
+    if points.ndim != 2 or points.shape[1] != 2:
+        raise ValueError(f"a zone polygon of shape {points.shape}")
+    return tuple((float(x), float(y)) for x, y in points.tolist())
 
 
 def measure(

@@ -35,9 +35,11 @@ def ensure_schema(conn: sqlite3.Connection) -> None:
 def save(
     conn: sqlite3.Connection, camera_id: str, states: Mapping[Key, bg.BackgroundState]
 ) -> None:
+    """The camera's models are now ``states``: those of zones (or learning times) it no
+    longer has are deleted."""
+    conn.execute("DELETE FROM detector_backgrounds WHERE camera_id = ?", (camera_id,))
     conn.executemany(
-        "INSERT OR REPLACE INTO detector_backgrounds (camera_id, zone_id, learn_s, state) "
-        "VALUES (?, ?, ?, ?)",
+        "INSERT INTO detector_backgrounds (camera_id, zone_id, learn_s, state) VALUES (?, ?, ?, ?)",
         [(camera_id, zone, learn_s, bg.encode(st)) for (zone, learn_s), st in states.items()],
     )
 

@@ -302,23 +302,38 @@ class CameraPipeline:
         return events
 
     def backgrounds(self) -> dict[tuple[str, float], bg.BackgroundState]:
-        """(zone, learn_s) → the zone's background model, for saving across a restart."""
+        """(zone, learn_s) → the zone's background model with the zone's polygon, for saving
+        across a restart."""
         return {
-            (zr.zone.id, learn_s): state
+            (zr.zone.id, learn_s): replace(state, polygon=zr.geometry.polygon)
             for zr in self.zones
             for learn_s, state in zr.backgrounds.items()
         }
 
     def restore_backgrounds(self, saved: Mapping[tuple[str, float], bg.BackgroundState]) -> int:
-        """Take back saved models of zones that still have one of that learn_s; how many."""
+        """Take back saved models of zones that still have one of that learn_s and the same
+        polygon; how many. A zone moved or reshaped (or a deleted zone's id given to another)
+        learns anew: the saved model is of other pixels."""
         restored = 0
         for zr in self.zones:
             for params in zr.bg_params:
                 state = saved.get((zr.zone.id, params.learn_s))
-                if state is not None:
+                if state is not None and self._same_zone(zr, state):
                     zr.backgrounds[params.learn_s] = state
                     restored += 1
         return restored
+
+    def _same_zone(self, zr: _ZoneRuntime, state: bg.BackgroundState) -> bool:
+        """Whether a saved model was learned for the zone as it is now (logged when not)."""
+        if state.polygon == zr.geometry.polygon:
+            return True
+        why = (
+            "the saved background model does not say which polygon it was learned for"
+            if state.polygon is None
+            else "the zone moved or changed shape since its background model was saved"
+        )
+        log.warning("camera %s zone %s: %s; learned anew", self.camera.id, zr.zone.id, why)
+        return False
 
     def carry_backgrounds(self, old: CameraPipeline, shift_s: float) -> int:
         """Take over ``old``'s background models with their times moved by ``shift_s`` (the

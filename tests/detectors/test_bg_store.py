@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,8 @@ def test_saved_models_come_back_per_camera_and_a_broken_one_is_left_out(
         bg_store.ensure_schema(txn.conn)
         bg_store.save(txn.conn, "cam-1", {("lane", 7200.0): model(80), ("shop", 3600.0): model(90)})
         bg_store.save(txn.conn, "cam-2", {("lane", 7200.0): model(100)})
-        bg_store.save(txn.conn, "cam-1", {("lane", 7200.0): model(85)})  # the newer one wins
+        # The newer one wins.
+        bg_store.save(txn.conn, "cam-1", {("lane", 7200.0): model(85), ("shop", 3600.0): model(90)})
     broken = sqlite3.connect(tmp_path / "outbox.db")
     broken.execute("UPDATE detector_backgrounds SET state = x'00' WHERE zone_id = 'shop'")
     broken.commit()
@@ -65,3 +67,23 @@ def test_the_typical_gap_comes_back_and_a_model_saved_without_one_still_loads(
     assert found[("shop", 600.0)].gap == 0.0  # not known: learned anew from the next frames
     assert found[("shop", 600.0)].t == 30.0
     assert np.array_equal(found[("shop", 600.0)].background, slow.background)
+
+
+def test_a_cameras_models_are_replaced_with_their_zone_polygons(tmp_path: Path) -> None:
+    """Saving a camera's models deletes those of zones it no longer has (another camera's
+    stay), and each model comes back with the polygon of the zone it was learned for."""
+    square = ((0.0, 0.0), (0.5, 0.0), (0.5, 0.5), (0.0, 0.5))
+    outbox = Outbox(tmp_path / "outbox.db", None, component="t")
+    with outbox.transaction() as txn:
+        bg_store.ensure_schema(txn.conn)
+        bg_store.save(txn.conn, "cam-1", {("lane", 600.0): model(80), ("gone", 600.0): model(90)})
+        bg_store.save(txn.conn, "cam-2", {("gone", 600.0): model(100)})
+        bg_store.save(txn.conn, "cam-1", {("lane", 600.0): replace(model(85), polygon=square)})
+    with outbox.transaction() as txn:
+        found = {cam: bg_store.load(txn.conn, cam) for cam in ("cam-1", "cam-2")}
+    assert {cam: list(models) for cam, models in found.items()} == {
+        "cam-1": [("lane", 600.0)],
+        "cam-2": [("gone", 600.0)],
+    }
+    assert found["cam-1"][("lane", 600.0)].polygon == square
+    assert found["cam-2"][("gone", 600.0)].polygon is None

@@ -3,8 +3,10 @@ images, and the real model on the real pedestrian-street footage (a negative ven
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -385,6 +387,48 @@ def test_a_restored_background_takes_no_uncovered_road_for_a_pile(restored: bool
     # The pile is taken away: only a model learned afresh on it takes the road for a pile.
     raised = [kind for kind in feed(after, 2400, 4800, pile=False) if kind == "raise"]
     assert raised == ([] if restored else ["raise"])
+
+
+def striped_zone(x0: float) -> dict[str, Any]:
+    """A zone 0.3 wide at ``x0``: left at 0.05 and right at 0.6 it sees opposite stripes."""
+    x1 = x0 + 0.3
+    rules = {"piled_materials": {"dwell_s": 30, "gap_s": 5, "clear_s": 10, "min_area": 0.05}}
+    return {"id": "lane", "polygon": [[x0, 0.5], [x1, 0.5], [x1, 0.9], [x0, 0.9]], "rules": rules}
+
+
+STRIPES = np.tile(np.where(np.arange(160) % 16 < 8, 200, 40).astype(np.uint8), (90, 1))
+
+
+@pytest.mark.parametrize(
+    ("x0", "strip", "restored", "warning"),
+    [
+        (0.05, False, 1, None),
+        (0.6, False, 0, "the zone moved or changed shape since its background model was saved"),
+        (0.05, True, 0, "the saved background model does not say which polygon it was learned for"),
+    ],
+    ids=["same place", "moved", "saved without its polygon"],
+)  # fmt: skip
+def test_a_saved_background_comes_back_only_to_the_same_zone_polygon(
+    x0: float, strip: bool, restored: int, warning: str | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A zone dragged elsewhere (same size, so the same crop shape), or given a deleted
+    zone's id, learns anew: the saved model is of other pixels, which would look like a pile.
+    So does a model saved without its zone's polygon."""
+    before = CameraPipeline(camera([striped_zone(0.05)], fps=1), SHANGHAI, NAMES)
+    for s in range(120):
+        before.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, STRIPES)
+    saved = {key: bg.decode(bg.encode(st)) for key, st in before.backgrounds().items()}
+    if strip:
+        saved = {key: replace(st, polygon=None) for key, st in saved.items()}
+    after = CameraPipeline(camera([striped_zone(x0)], fps=1), SHANGHAI, NAMES)
+    with caplog.at_level(logging.WARNING, "gridpatrol.detectors.pipeline"):
+        assert after.restore_backgrounds(saved) == restored
+    expected = [] if warning is None else [f"camera cam-t zone lane: {warning}; learned anew"]
+    assert caplog.messages == expected
+    events = []
+    for s in range(120, 240):
+        events += after.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, STRIPES)
+    assert events == []
 
 
 @pytest.mark.parametrize("carried", [True, False], ids=["carried over", "learned afresh"])
