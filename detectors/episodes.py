@@ -5,9 +5,10 @@ operations: a raise opens an episode and creates ONE candidate, updates patch it
 ``update_s`` (with a better snapshot when the confidence improved), a clear ends it, and the
 next episode of the same key references the previous candidate.
 
-:func:`step` is pure. The SQLite helpers at the bottom keep the book in the outbox's database
-file, written in the same transaction as the outbox operation, so a restart reloads exactly
-what was sent and never creates a second candidate for a running episode.
+:func:`step` is pure. The SQLite helpers at the bottom keep the book, and each camera's last
+frame time, in the outbox's database file, written in the same transaction as the outbox
+operation, so a restart reloads exactly what was sent and never creates a second candidate for
+a running episode.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from typing import Literal, Protocol
 
 Key = tuple[str, str, str]  # camera_id, zone_id, type
 OpKind = Literal["open", "update", "end"]
+# A frame more than this behind the camera's last one is on a clock that went back (the worker
+# holds such a frame until the next one says whether the clock stays there).
+CLOCK_RESET_S = 5.0
 
 
 class EventLike(Protocol):
@@ -114,6 +118,34 @@ def _open(camera_id: str, ev: EventLike, new_id: str, previous: Episode | None) 
     )
 
 
+def _behind(ep: Episode, t: datetime) -> bool:
+    """Whether a frame time ``t`` is on a camera clock that went back since the episode was last
+    seen: within one clock, every frame after a sighting is timed at or after it."""
+    return (ep.last_event_at - t).total_seconds() > CLOCK_RESET_S
+
+
+def _cleared(current: Episode, ev: EventLike) -> Episode:
+    """The open episode ``current`` ended by its rule's clear ``ev``."""
+    # It ended at its last sighting, not when the clear was decided clear_s later (or, after a
+    # camera outage, when the first frame came back).
+    last_seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
+    ended_at = min(max(last_seen, current.started_at), ev.t)
+    if _behind(current, ev.t):
+        # Timed on a clock that went back: the last sighting on the episode's own clock stands,
+        # and the episode never ends before it began.
+        ended_at = current.last_event_at
+    # It lasted from its start to that sighting: after a restart the rule's own dwell counts
+    # from when it saw the occupancy again, not from when the episode began.
+    lasted = (ended_at - current.started_at).total_seconds()
+    return replace(
+        current,
+        ended_at=ended_at,
+        last_event_at=max(current.last_event_at, ev.t),
+        reported_at=max(current.reported_at, ev.t),
+        dwell_s=max(current.dwell_s, lasted),
+    )
+
+
 def step(
     book: Book,
     camera_id: str,
@@ -127,7 +159,9 @@ def step(
 
     resume_s: a raise for a key whose episode is still open continues that episode (the rule
     state was lost, e.g. by a restart) when the occupancy began no later than ``resume_s``
-    after the episode was last seen; otherwise the stale episode ends and a new one opens.
+    after the episode was last seen; otherwise the stale episode ends and a new one opens. So
+    does a raise timed more than CLOCK_RESET_S before that sighting: the camera's clock went
+    back (while the worker was down), and the two times are on different clocks.
     """
     out = dict(book)
     key: Key = (camera_id, ev.zone_id, ev.rule)
@@ -135,28 +169,13 @@ def step(
     ops: list[Op] = []
     if ev.kind == "clear":
         if current is not None and current.open:
-            # It ended at its last sighting, not when the clear was decided clear_s later (or,
-            # after a camera outage, when the first frame came back).
-            last_seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
-            ended_at = min(max(last_seen, current.started_at), ev.t)
-            # It lasted from its start to that sighting: after a restart the rule's own dwell
-            # counts from when it saw the occupancy again, not from when the episode began.
-            lasted = (ended_at - current.started_at).total_seconds()
-            ended = replace(
-                current,
-                ended_at=ended_at,
-                last_event_at=ev.t,
-                reported_at=ev.t,
-                dwell_s=max(current.dwell_s, lasted),
-            )
+            ended = _cleared(current, ev)
             out[key] = ended
             ops.append(Op("end", ended))
         return out, ops
     if current is not None and current.open:
-        if (
-            ev.kind == "raise"
-            and (ev.first_seen - current.last_event_at).total_seconds() > resume_s
-        ):
+        late = (ev.first_seen - current.last_event_at).total_seconds() > resume_s
+        if ev.kind == "raise" and (late or _behind(current, ev.t)):
             stale = replace(current, ended_at=current.last_event_at)
             fresh = _open(camera_id, ev, new_id(), stale)
             out[key] = fresh
@@ -179,8 +198,9 @@ def end_unfollowed(
     After a restart the rules start over and know nothing of the episodes left open. One
     whose occupancy comes back in time is continued by :func:`step`; one whose zone or rule
     is gone from the site file (``resume_s`` None) ends at once; one whose occupancy has not
-    come back within ``resume_s`` of its last sighting ends then. Either way it ends at its
-    last sighting, the last moment anyone saw it. ``occupied`` maps (zone, rule) to the
+    come back within ``resume_s`` of its last sighting ends then, and so does one when ``t`` is
+    more than CLOCK_RESET_S before that sighting (the camera's clock went back). Either way it
+    ends at its last sighting, the last moment anyone saw it. ``occupied`` maps (zone, rule) to the
     occupancy a rule is timing or has raised now.
 
     While the occupancy that continues an episode is in view, the episode's last sighting
@@ -198,7 +218,9 @@ def end_unfollowed(
         ep = out.get(key)
         if ep is None or not ep.open:
             continue
-        resume = resume_s(ep.zone_id, ep.type)
+        # A frame behind its last sighting is on another clock (the camera's went back while
+        # the worker was down): nothing seen on it continues the episode, which ends now.
+        resume = None if _behind(ep, t) else resume_s(ep.zone_id, ep.type)
         now = occupied.get((ep.zone_id, ep.type))
         if resume is not None and now is not None and _continues(ep, now, resume):
             out[key] = seen_until(ep, now.seen)
@@ -301,6 +323,17 @@ CREATE TABLE IF NOT EXISTS detector_episodes (
 )
 """
 
+# Each camera's last judged frame time and when the worker received it (on its own clock),
+# written with the book: a clock that went back while the worker was down is a jump like one
+# within a run, and the book's times stay on the clock they were taken on.
+CLOCKS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS detector_clocks (
+    camera_id TEXT PRIMARY KEY,
+    frame_ts REAL NOT NULL,
+    received_at REAL NOT NULL
+)
+"""
+
 _COLUMNS = (
     "camera_id, zone_id, type, candidate_id, source_event_id, started_at, reported_at, "
     "last_event_at, best_confidence, dwell_s, previous_id, ended_at"
@@ -309,6 +342,7 @@ _COLUMNS = (
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
     conn.execute(SCHEMA)
+    conn.execute(CLOCKS_SCHEMA)
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -370,3 +404,29 @@ def save_episode(conn: sqlite3.Connection, ep: Episode) -> None:
             None if ep.ended_at is None else ep.ended_at.timestamp(),
         ),
     )
+
+
+@dataclass(frozen=True)
+class CameraClock:
+    """A camera's last judged frame: its time on the camera's clock, and its reception."""
+
+    ts: datetime
+    received_at: datetime
+
+
+def save_clock(conn: sqlite3.Connection, camera_id: str, clock: CameraClock) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO detector_clocks (camera_id, frame_ts, received_at) "
+        "VALUES (?, ?, ?)",
+        (camera_id, clock.ts.timestamp(), clock.received_at.timestamp()),
+    )
+
+
+def load_clocks(conn: sqlite3.Connection, camera_ids: set[str]) -> dict[str, CameraClock]:
+    """The clocks saved for ``camera_ids`` (a camera never judged has none)."""
+    rows = conn.execute("SELECT camera_id, frame_ts, received_at FROM detector_clocks")
+    return {
+        cam: CameraClock(datetime.fromtimestamp(ts, UTC), datetime.fromtimestamp(rx, UTC))
+        for cam, ts, rx in rows
+        if cam in camera_ids
+    }

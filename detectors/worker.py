@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from gridpatrol.cli import stop_on_signals
+from gridpatrol.detectors.episodes import CLOCK_RESET_S
 
 if TYPE_CHECKING:
     import sqlite3
@@ -61,9 +62,9 @@ COMPONENT = "detect"
 SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
-# A frame more than this behind the camera's last one, or ahead of it beyond the time passed
-# between their receptions, is a clock jump: taken only when the next frame follows it.
-CLOCK_RESET_S = 5.0
+# CLOCK_RESET_S: a frame more than this behind the camera's last one, or ahead of it beyond the
+# time passed between their receptions, is a clock jump: taken only when the next frame follows
+# it. The last frame's time outlives a restart (kept with the episode book).
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
@@ -391,6 +392,7 @@ class DetectorWorker:
             )
         with outbox.transaction() as txn:
             self.book: dict[Key, Episode] = episodes.load_book(txn.conn, set(self.cams))
+            self._restore_clocks(txn.conn)
             self._restore_backgrounds(txn.conn)
         open_eps = [ep for ep in self.book.values() if ep.open]
         for ep in open_eps:
@@ -901,9 +903,11 @@ class DetectorWorker:
         self, rendered: list[tuple[Op, Rendered]], followed: Sequence[Episode] = ()
     ) -> set[str]:
         """Evidence, candidate operations and episode state in one outbox transaction, so a
-        restart neither loses an operation nor repeats one. Returns the candidates the API
-        refused for good, whose operations were not queued. ``followed``: episodes saved
-        without an operation (a waiting episode's last sighting)."""
+        restart neither loses an operation nor repeats one; with them the clocks of their
+        cameras, so the book is never ahead of the clock a restart compares frames with.
+        Returns the candidates the API refused for good, whose operations were not queued.
+        ``followed``: episodes saved without an operation (a waiting episode's last
+        sighting)."""
         from gridpatrol.detectors import episodes
 
         refused: set[str] = set()
@@ -924,6 +928,8 @@ class DetectorWorker:
                 else:
                     txn.patch_candidate(op.episode.candidate_id, body)
                 episodes.save_episode(txn.conn, op.episode)
+            cams = {op.episode.camera_id for op, _ in rendered} | {ep.camera_id for ep in followed}
+            self._save_clocks(txn.conn, cams)
         # An ended episode has no more operations: its refusal need not be remembered.
         self._closed -= {op.episode.candidate_id for op, _ in rendered if op.kind == "end"}
         return refused
@@ -1064,11 +1070,30 @@ class DetectorWorker:
         now = time.monotonic()
         if now - self._last_save >= BACKGROUND_SAVE_S:
             self._last_save = now
-            self.save_backgrounds()
+            self.save_state()
         if now - self._last_progress < self.progress_s:
             return
         self._last_progress = now
         self.report()
+
+    def _restore_clocks(self, conn: sqlite3.Connection) -> None:
+        """Each camera's last frame before the stop: the first frames after the start are judged
+        against it (_in_order), so a clock that went back meanwhile is a jump as within a run."""
+        from gridpatrol.detectors import episodes
+
+        for cam_id, clock in episodes.load_clocks(conn, set(self.cams)).items():
+            rt = self.cams[cam_id]
+            rt.last_ts, rt.last_received_at = clock.ts, clock.received_at
+
+    def _save_clocks(self, conn: sqlite3.Connection, camera_ids: Iterable[str]) -> None:
+        from gridpatrol.detectors import episodes
+
+        for cam_id in camera_ids:
+            rt = self.cams.get(cam_id)
+            if rt is not None and rt.last_ts is not None and rt.last_received_at is not None:
+                episodes.save_clock(
+                    conn, cam_id, episodes.CameraClock(rt.last_ts, rt.last_received_at)
+                )
 
     def _restore_backgrounds(self, conn: sqlite3.Connection) -> None:
         from gridpatrol.detectors import bg_store
@@ -1080,14 +1105,17 @@ class DetectorWorker:
                 if restored:
                     log.info("camera %s: %d saved background model(s) restored", cam_id, restored)
 
-    def save_backgrounds(self) -> None:
-        """Keep the zones' background models with the outbox (every minute, and at stop)."""
+    def save_state(self) -> None:
+        """Keep the cameras' last frame times and the zones' background models with the outbox
+        (every minute, and at stop), in one transaction: the models are on the clock saved."""
         from gridpatrol.detectors import bg_store
 
         models = {cam_id: rt.pipeline.backgrounds() for cam_id, rt in self.cams.items()}
-        if not any(models.values()):
+        timed = [cam_id for cam_id, rt in self.cams.items() if rt.last_ts is not None]
+        if not timed and not any(models.values()):
             return
         with self.outbox.transaction() as txn:
+            self._save_clocks(txn.conn, timed)
             for cam_id, states in models.items():
                 bg_store.save(txn.conn, cam_id, states)
 
@@ -1447,7 +1475,7 @@ def _serve(
         worker.run()
     finally:
         worker.report()  # the final tally, however short the run
-        worker.save_backgrounds()
+        worker.save_state()
         # Processing has stopped; the outbox gets a few seconds to drain before going offline.
         flushed = worker.outbox.flush(timeout=5.0)
         worker.outbox.stop()

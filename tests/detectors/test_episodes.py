@@ -311,3 +311,64 @@ def test_end_silent_ends_at_the_last_sighting(
     assert book[ep.key] == ops[0].episode and not book[ep.key].open
     assert book[ep.key].reported_at == at(140)
     assert end_silent(book, [ep.key], at(150), seen) == (book, [])  # ended already
+
+
+# The camera's clock went a day back while the worker was down, with no clock of it saved to
+# tell (an outbox file written before cameras' clocks were kept): the episode reloaded open,
+# last seen at 100 s, meets frames timed on the behind clock.
+DAY = timedelta(days=1)
+
+
+@pytest.mark.parametrize(
+    ("now", "occupied_since", "ended"),
+    [
+        (at(110) - DAY, None, True),  # frames keep coming a day behind: it ends at once
+        (at(110) - DAY, at(90) - DAY, True),  # an occupancy on the behind clock continues nothing
+        (at(95), None, False),  # 5 s behind is no step back: within resume_s, it waits
+        (at(94.5), None, True),
+    ],
+)
+def test_an_episode_never_waits_for_frames_on_a_clock_behind_it(
+    now: datetime, occupied_since: datetime | None, ended: bool
+) -> None:
+    ep = _open_episode(100)
+    occupied = (
+        {}
+        if occupied_since is None
+        else {("plaza", "crowd_gathering"): Occupancy(occupied_since, now)}
+    )
+    book, ops, still = end_unfollowed({ep.key: ep}, [ep.key], now, occupied, lambda z, r: 120.0)
+    assert [(op.kind, op.episode.ended_at) for op in ops] == ([("end", at(100))] if ended else [])
+    assert (still, book[ep.key].reported_at) == (set() if ended else {ep.key}, at(100))
+
+
+def test_a_raise_on_a_clock_behind_the_open_episode_opens_a_new_one() -> None:
+    """The occupancy began 100 s before the episode's last sighting by the camera's clock,
+    which is a day off: that is no continuation but a new episode referencing the old."""
+    ep = _open_episode(100)
+    raised = Ev("raise", at(120) - DAY, dwell_s=20, first_seen=at(100) - DAY)
+    _, ops = step({ep.key: ep}, "cam-1", raised, update_s=60, resume_s=120, new_id=lambda: "c2")
+    assert [(op.kind, op.episode.candidate_id) for op in ops] == [("end", "c1"), ("open", "c2")]
+    end, fresh = (op.episode for op in ops)
+    assert (end.ended_at, end.dwell_s) == (at(100), 100.0)
+    assert (fresh.previous_id, fresh.started_at) == ("c1", at(100) - DAY)
+
+
+@pytest.mark.parametrize(
+    ("clear", "ended_at_s", "dwell_s"),
+    [
+        # Decided on a clock a day behind: the last sighting on the episode's clock stands.
+        (Ev("clear", at(400) - DAY, dwell_s=300, first_seen=at(0) - DAY), 100, 100.0),
+        # 5 s behind is still the episode's clock: it ended when the rule last saw it.
+        (Ev("clear", at(95), dwell_s=85, first_seen=at(0)), 85, 100.0),
+    ],
+)
+def test_an_episode_never_ends_before_it_began(
+    clear: Ev, ended_at_s: float, dwell_s: float
+) -> None:
+    ep = _open_episode(100)
+    _, ops = step({ep.key: ep}, "cam-1", clear, update_s=60, resume_s=120, new_id=lambda: "x")
+    assert [(op.kind, op.episode.ended_at, op.episode.dwell_s) for op in ops] == [
+        ("end", at(ended_at_s), dwell_s)
+    ]
+    assert (ops[0].episode.last_event_at, ops[0].episode.reported_at) == (at(100), at(100))

@@ -791,3 +791,71 @@ def test_an_unserved_cameras_refused_candidate_is_not_logged_as_ended_by_a_patch
         ("patch", kept.candidate_id),
     ]
     assert outbox.depth() == 1
+
+
+def _judge(worker: DetectorWorker, ts: datetime, received: datetime, dets: Any) -> bool:
+    """One frame of cam-00 through the clock check and its rules, as _decode and _judge take
+    it (without image or inference); whether it was judged."""
+    rt = worker.cams["cam-00"]
+    if not worker._in_order(rt, ts, received, "frame", b""):
+        return False
+    for ev in rt.pipeline.process(ts, (1280, 720), dets):
+        worker._episode(rt, normalise_event(ev), None, dets)  # type: ignore[arg-type]
+    if rt.waiting:
+        worker._end_unfollowed(rt, ts)
+    return True
+
+
+def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is still there at 100 s when the worker stops. The camera
+    reboots without its clock battery meanwhile and comes back a day behind, a minute later.
+    The restarted worker takes the step back as it would within a run: the reloaded episode
+    ends at the last sighting its book knows (the raise), and the crowd still there is a new
+    candidate that references it."""
+    from gridpatrol.detectors.episodes import CameraClock, load_book, load_clocks
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    for k in range(101):  # a frame a second, each received at its time
+        assert _judge(worker, _at(k), _at(k), person)
+    worker.save_state()  # at stop
+    (raised,) = worker.book.values()
+    assert (raised.started_at, raised.last_event_at) == (T0, _at(5))
+
+    restarted, _ = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(restarted, "_render", lambda *args: ([], {"detection": {}}))
+    rt = restarted.cams["cam-00"]
+    assert (rt.last_ts, rt.last_received_at, rt.waiting) == (_at(100), _at(100), {raised.key})
+    back = _at(160) - timedelta(days=1)
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    assert not _judge(restarted, back, _at(160), person)  # held: one frame is not enough
+    assert restarted.book == {raised.key: raised}
+    for k in range(1, 7):
+        assert _judge(restarted, back + timedelta(seconds=k), _at(160 + k), person)
+    assert "camera cam-00: clock went back 86339 s; its rules start over" in caplog.messages
+    fresh = restarted.book[raised.key]
+    assert (fresh.previous_id, fresh.started_at, fresh.last_event_at) == (
+        raised.candidate_id,
+        back + timedelta(seconds=1),
+        back + timedelta(seconds=6),
+    )
+    assert _outbox_ops(outbox) == [
+        ("create", raised.candidate_id),
+        ("patch", raised.candidate_id),
+        ("create", fresh.candidate_id),
+    ]
+    with outbox.transaction() as txn:
+        book = load_book(txn.conn)
+        clocks = load_clocks(txn.conn, {"cam-00"})
+        (end,) = txn.conn.execute("SELECT payload FROM outbox_ops WHERE kind = 'patch'").fetchone()
+    assert book == {raised.key: fresh}
+    assert json.loads(end)["detection"]["ended_at"] == _at(5).isoformat()
+    assert clocks == {"cam-00": CameraClock(back + timedelta(seconds=6), _at(166))}
+    assert (
+        f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
+        f"not seen since {_at(5).isoformat()}"
+    ) in caplog.messages
