@@ -1,7 +1,8 @@
 """The database: SQLAlchemy 2 models, the engine, sessions and migrations.
 
 The candidate document is stored whole as JSON next to the columns the API filters, sorts and
-locks on, so a read is one query and a write one row. SQLite runs in WAL mode with a busy
+locks on, so a read is one query and a write one row. SQLite runs in WAL mode, syncs the log
+at every commit (``synchronous=FULL``: what the API answered survives a power cut), has a busy
 timeout and takes its write lock at the start of every write transaction (``BEGIN IMMEDIATE``)
 so concurrent writers queue instead of failing on a lock upgrade.
 """
@@ -166,7 +167,9 @@ def make_engine(url: str) -> Engine:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA busy_timeout=30000")
-        cur.execute("PRAGMA synchronous=NORMAL")
+        # FULL: a commit is on disk before the API answers 2xx (NORMAL, in WAL mode, may lose
+        # the last commits to a power cut), and a producer deletes its copy once answered.
+        cur.execute("PRAGMA synchronous=FULL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
