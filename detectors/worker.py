@@ -247,6 +247,9 @@ class CameraRuntime:
     candidates: int = 0
     # Open episodes no rule follows yet (reloaded at start): ended unless they come back.
     waiting: set[Key] = field(default_factory=set)
+    # Waiting episodes their rule cleared but whose ending the outbox did not take, with their
+    # last sighting: no event of the rule will end them, the camera's next frame does.
+    ending: dict[Key, datetime] = field(default_factory=dict)
     judged_at: float = 0.0  # the worker's clock when a frame of the camera was last judged
 
 
@@ -743,9 +746,13 @@ class DetectorWorker:
         if not ops:
             self.book = book
             return
-        refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
-        # Only a committed transaction moves the book: after a failure the next event of the
-        # episode tries again.
+        try:
+            refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
+        except Exception:
+            # Only a committed transaction moves the book: after a failure the next event of
+            # the episode tries again, and an ending, which no event follows, waits.
+            self._end_later(rt, ops)
+            raise
         self.book = book
         for op in ops:
             if op.episode.candidate_id in refused:
@@ -761,6 +768,24 @@ class DetectorWorker:
                 op.episode.zone_id,
                 op.episode.dwell_s,
                 ev.confidence,
+            )
+
+    def _end_later(self, rt: CameraRuntime, ops: Sequence[Op]) -> None:
+        """The endings among ``ops``, which the outbox did not take, wait for the camera's next
+        frame (_end_unfollowed), at their last sighting."""
+        for op in ops:
+            ep = op.episode
+            if op.kind != "end" or ep.ended_at is None:
+                continue
+            rt.waiting.add(ep.key)
+            rt.ending[ep.key] = ep.ended_at
+            log.warning(
+                "camera %s: ending candidate %s (%s in zone %s) was not queued; the next frame "
+                "tries again",
+                rt.camera.id,
+                ep.candidate_id,
+                ep.type,
+                ep.zone_id,
             )
 
     def _end_unfollowed(
@@ -779,7 +804,8 @@ class DetectorWorker:
 
         The book and the waiting set change only once the outbox transaction is committed:
         when it fails (the file locked beyond the busy timeout, a full disk), the episodes it
-        was ending still wait, and the camera's next frame tries again.
+        was ending still wait, and the camera's next frame tries again. An episode whose rule
+        cleared it (``rt.ending``) ends at once, at the last sighting of that clear.
         """
         from gridpatrol.detectors import episodes
 
@@ -788,10 +814,12 @@ class DetectorWorker:
 
         def resume(zone_id: str, rule: str) -> float | None:
             params = _rule_params(cam, zone_id, rule)
-            return None if params is None or everything else _resume_s(params)
+            cleared = (cam.id, zone_id, rule) in rt.ending  # its rule ended it already
+            return None if params is None or everything or cleared else _resume_s(params)
 
         book: Mapping[Key, Episode] = self.book
-        moved = {k: when for k, when in (seen or {}).items() if k in waiting and k in book}
+        sightings = {**rt.ending, **(seen or {})}
+        moved = {k: when for k, when in sightings.items() if k in waiting and k in book}
         if moved:  # end_unfollowed copies the book anyway: copied here only to move sightings
             book = dict(book)
             for key, when in moved.items():
@@ -843,6 +871,7 @@ class DetectorWorker:
         """The episodes ``keys`` wait no more: their rule follows them, or they ended."""
         for key in keys:
             rt.waiting.discard(key)
+            rt.ending.pop(key, None)
             self._written.pop(key, None)
 
     def _end_silent(self) -> None:

@@ -859,3 +859,54 @@ def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
         f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
         f"not seen since {_at(5).isoformat()}"
     ) in caplog.messages
+
+
+def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is last seen at 29 s; its rule clears it at 39 s (clear_s 10),
+    but the file is locked. No event of the rule follows, and the camera keeps sending: the
+    next frame ends the episode, at its last sighting, once."""
+    from gridpatrol.detectors.episodes import load_book
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    nobody = Detections.empty()
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    rt = worker.cams["cam-00"]
+    for k in range(30):
+        assert _judge(worker, _at(k), _at(k), person)
+    for k in range(30, 39):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    (raised,) = worker.book.values()
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        _judge(worker, _at(39), _at(39), nobody)  # the clear
+    assert failed == ["database is locked"]
+    assert (worker.book, rt.waiting, rt.ending) == (
+        {raised.key: raised},
+        {raised.key},
+        {raised.key: _at(29)},
+    )
+    assert (
+        f"camera cam-00: ending candidate {raised.candidate_id} (crowd_gathering in zone kerb) "
+        "was not queued; the next frame tries again"
+    ) in caplog.messages
+    for k in range(40, 400):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    seen = _at(29)
+    ended = replace(raised, ended_at=seen, last_event_at=seen, reported_at=_at(40), dwell_s=29.0)
+    assert (worker.book, rt.waiting, rt.ending) == ({raised.key: ended}, set(), {})
+    with outbox.transaction() as txn:
+        assert load_book(txn.conn) == {raised.key: ended}
+        (end,) = txn.conn.execute("SELECT payload FROM outbox_ops WHERE kind = 'patch'").fetchone()
+    assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
+    detection = json.loads(end)["detection"]
+    assert (detection["ended_at"], detection["dwell_s"]) == (_at(29).isoformat(), 29.0)
+    assert _ops_sent(worker, "end") == 1.0
+    assert (
+        f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
+        f"not seen since {_at(29).isoformat()}"
+    ) in caplog.messages
