@@ -25,7 +25,7 @@ from __future__ import annotations
 import io
 import math
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,10 @@ class BackgroundParams:
 # long silence moves the estimate only a little.
 GAP_WEIGHT = 0.1
 GAP_OUTLIER = 4.0
+# A frame this much before the model's last one is on a clock stepped back (the worker's
+# CLOCK_RESET_S): a camera resynchronised, or one whose clock went back while the worker was
+# down, so that a restored model meets it first.
+CLOCK_STEP_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,7 @@ def step(
     if state is None or state.background.shape != frame.shape:
         nothing = np.zeros(frame.shape, dtype=bool)
         return BackgroundState(frame, frame.copy(), t, t, ~objects, frame.copy(), nothing), nothing
+    state = _on_clock(state, t)
     dt = t - state.t
     newly = ~state.known & ~objects
     known = state.known | newly
@@ -144,9 +149,7 @@ def step(
     base = np.where(ghost, short - shift, base)  # the uncovered ground is background again
     # During the first bootstrap_s the background is the running mean of what was seen, which
     # washes out anything undetected that moved through the first frames.
-    elapsed = t - state.start_t
-    tau = max(min(elapsed if elapsed < params.bootstrap_s else params.learn_s, params.learn_s), 1.0)
-    learn = _alpha(min(dt, _max_step(state.gap, params)), tau)
+    learn = _alpha(min(dt, _max_step(state.gap, params)), _tau(t - state.start_t, params))
     background = np.where(objects, base, base + learn * (frame - base))
     # Changed until both the pixel and its background look clean again (or it was a ghost):
     # on the way back the pixel passes between the two, near both, before it is stable.
@@ -164,6 +167,26 @@ def step(
         _typical_gap(state.gap, dt, params),
     )
     return new_state, static
+
+
+def _on_clock(state: BackgroundState, t: float) -> BackgroundState:
+    """The state moved to the clock of a frame at ``t``: one more than CLOCK_STEP_S before the
+    last frame is taken as if it came right after it (as the worker carries a model across a
+    clock reset), the model keeping its age. On the old clock the frame would precede the
+    model's start, and the model would learn as in its first second."""
+    back = state.t - t
+    if back <= CLOCK_STEP_S:
+        return state
+    return replace(state, t=t, start_t=state.start_t - back)
+
+
+def _tau(elapsed: float, params: BackgroundParams) -> float:
+    """B's time constant ``elapsed`` seconds after the model began: the running mean's for
+    the first bootstrap_s, then learn_s. A frame before the model's start (a clock gone back
+    by small steps) does not make it a new model."""
+    if 0.0 <= elapsed < params.bootstrap_s:
+        return max(min(elapsed, params.learn_s), 1.0)
+    return max(params.learn_s, 1.0)
 
 
 def _max_step(gap: float, params: BackgroundParams) -> float:

@@ -169,6 +169,34 @@ def test_a_pile_seen_first_after_a_silence_is_not_learned_at_once(
     assert 0.07 <= run(frames).fraction <= 0.09
 
 
+def stepping_back(start: float, stop: float) -> list[Frame]:
+    """The street on a clock going back 4 s a frame (less than a clock step) from ``start``
+    to ``stop``."""
+    return [(t, street(int(t)), NOTHING) for t in np.arange(start, stop, -4.0).tolist()]
+
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("clock", "back"),
+    [(0.0, []), (-DAY, []), (-100.0, stepping_back(DAY + 56.0, DAY - 100.0))],
+    ids=["unchanged", "a day back", "back by small steps past the model's start"],
+)
+def test_a_clock_gone_back_does_not_make_the_model_learn_a_pile_at_once(
+    clock: float, back: list[Frame]
+) -> None:
+    # The road is learned for a minute; then the clock goes back (a restored model meets a
+    # camera whose clock went back while the worker was down, or small steps add up) and a
+    # pile appears. It is foreground as on an unchanged clock: before, a frame before the
+    # model's start made it learn as in its first second, and the pile was normal at once.
+    start = DAY + 60.0 + clock
+    frames = every(2.0, DAY, DAY + 60.0) + back + every(2.0, start, start + 30.0, pile=230)
+    found = run(frames)
+    assert found.fraction == 1200 / (90 * 160)  # the whole box: 30 × 40 px
+    assert found.bbox == (40 / 160, 50 / 90, 80 / 160, 80 / 90)
+
+
 @pytest.mark.parametrize("gap", [2.0, 30.0, 60.0], ids=["every 2 s", "every 30 s", "every 60 s"])
 def test_a_slow_camera_learns_a_change_at_its_real_rate(gap: float) -> None:
     # A shadow 40 grey levels deep is learned after learn_s × ln(40 / 25) ≈ 0.5 learn_s

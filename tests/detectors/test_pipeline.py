@@ -389,6 +389,34 @@ def test_a_restored_background_takes_no_uncovered_road_for_a_pile(restored: bool
     assert raised == ([] if restored else ["raise"])
 
 
+@pytest.mark.parametrize(
+    ("clock", "raised_at"), [(0.0, 2110.0), (-86400.0, 2120.0)], ids=["same clock", "a day back"]
+)
+def test_a_restored_background_on_a_camera_clock_gone_back_still_sees_a_pile(
+    clock: float, raised_at: float
+) -> None:
+    """The worker restarts and the camera's clock went back a day meanwhile (it rebooted to an
+    old date): the restored model is moved to the new clock and raises a pile as on the
+    unchanged one (a frame later: the first frame on the new clock, taken as coming right
+    after the last one, teaches nothing). Before, it learned as a model in its first second,
+    and took the pile for the road at once."""
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    cam = camera([zone], fps=0.1)
+    before = CameraPipeline(cam, SHANGHAI, NAMES)
+    for k in range(30):
+        before.process(
+            T0 + timedelta(seconds=10.0 * k), SIZE, dets([]), None, gray_street(10.0 * k, False)
+        )
+    saved = {key: bg.decode(bg.encode(st)) for key, st in before.backgrounds().items()}
+    after = CameraPipeline(cam, SHANGHAI, NAMES)
+    assert after.restore_backgrounds(saved) == 1
+    events = []
+    for k in range(30, 220):
+        at = T0 + timedelta(seconds=10.0 * k + clock)
+        events += after.process(at, SIZE, dets([]), None, gray_street(10.0 * k, pile=True))
+    assert [(e.kind, (e.t - T0).total_seconds() - clock) for e in events] == [("raise", raised_at)]
+
+
 def striped_zone(x0: float) -> dict[str, Any]:
     """A zone 0.3 wide at ``x0``: left at 0.05 and right at 0.6 it sees opposite stripes."""
     x1 = x0 + 0.3
