@@ -1103,7 +1103,7 @@ class DetectorWorker:
         if now - self._last_progress < self.progress_s:
             return
         self._last_progress = now
-        self.report()
+        self.report_safely()
 
     def _restore_clocks(self, conn: sqlite3.Connection) -> None:
         """Each camera's last frame before the stop: the first frames after the start are judged
@@ -1136,10 +1136,27 @@ class DetectorWorker:
 
     def save_state(self) -> None:
         """Keep the cameras' last frame times and the zones' background models with the outbox
-        (every minute, and at stop), in one transaction: the models are on the clock saved."""
+        (every minute, and at stop), in one transaction: the models are on the clock saved.
+
+        A failure (the file locked beyond the busy timeout, a full disk) is logged with the
+        cameras and zones it was for and goes no further: it runs inside the frame source, and
+        at stop the outbox must still drain. The file keeps what was saved before; the next
+        save writes the state of then."""
+        models: dict[str, dict[tuple[str, float], Any]] = {}
+        try:
+            models = {cam_id: rt.pipeline.backgrounds() for cam_id, rt in self.cams.items()}
+            self._write_state(models)
+        except Exception:
+            log.exception(
+                "%s: saving the last frame times and background models of %s failed; the "
+                "outbox file keeps those saved before",
+                self.component_id,
+                _state_owners(list(self.cams), models),
+            )
+
+    def _write_state(self, models: Mapping[str, Mapping[tuple[str, float], Any]]) -> None:
         from gridpatrol.detectors import bg_store
 
-        models = {cam_id: rt.pipeline.backgrounds() for cam_id, rt in self.cams.items()}
         timed = [cam_id for cam_id, rt in self.cams.items() if rt.last_ts is not None]
         if not timed and not any(models.values()):
             return
@@ -1147,6 +1164,13 @@ class DetectorWorker:
             self._save_clocks(txn.conn, timed)
             for cam_id, states in models.items():
                 bg_store.save(txn.conn, cam_id, states)
+
+    def report_safely(self) -> None:
+        """:meth:`report`, a failure (the outbox file unreadable) logged, not raised."""
+        try:
+            self.report()
+        except Exception:
+            log.exception("%s: the progress report failed", self.component_id)
 
     def report(self) -> None:
         """One line per camera: what came in, what was inferred, dropped and reported."""
@@ -1165,6 +1189,17 @@ class DetectorWorker:
                 mean_ms,
                 rt.candidates,
             )
+
+
+def _state_owners(
+    cameras: Sequence[str], models: Mapping[str, Mapping[tuple[str, float], Any]]
+) -> str:
+    """``camera a (zones x, y), camera b``: whose state a save was for."""
+    parts = []
+    for cam_id in cameras:
+        zones = sorted({zone for zone, _ in models.get(cam_id, {})})
+        parts.append(f"camera {cam_id}" + (f" (zones {', '.join(zones)})" if zones else ""))
+    return ", ".join(parts)
 
 
 def candidate_detection(
@@ -1503,7 +1538,9 @@ def _serve(
     try:
         worker.run()
     finally:
-        worker.report()  # the final tally, however short the run
+        # Each of these logs its own failure and raises none: the outbox still gets to drain,
+        # the connection to say offline and the model to close.
+        worker.report_safely()  # the final tally, however short the run
         worker.save_state()
         # Processing has stopped; the outbox gets a few seconds to drain before going offline.
         flushed = worker.outbox.flush(timeout=5.0)
@@ -1511,9 +1548,18 @@ def _serve(
         conn.stop()
         backend.close()
         log.info(
-            "%s: stopped (outbox %s, %d operation(s) left for the next start)",
+            "%s: stopped (outbox %s, %s operation(s) left for the next start)",
             worker.component_id,
             "flushed" if flushed else "not flushed",
-            worker.outbox.depth(),
+            _depth(worker),
         )
     return 1 if refused.is_set() else 0
+
+
+def _depth(worker: DetectorWorker) -> str:
+    """How many operations wait in the outbox, as said at stop ("?" when it cannot be read)."""
+    try:
+        return str(worker.outbox.depth())
+    except Exception:
+        log.exception("%s: reading the outbox depth failed", worker.component_id)
+        return "?"

@@ -910,3 +910,100 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
         f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
         f"not seen since {_at(29).isoformat()}"
     ) in caplog.messages
+
+
+def _state_save_fails(worker: DetectorWorker, outbox: Outbox, monkeypatch: Any) -> list[str]:
+    """cam-00 has a background model of zone yard and a clock; saving them meets a locked file."""
+    rt = worker.cams["cam-00"]
+    monkeypatch.setattr(rt.pipeline, "backgrounds", lambda: {("yard", 600.0): object()})
+    rt.last_ts = rt.last_received_at = T0
+    return _locked_once(monkeypatch, outbox)
+
+
+STATE_SAVE_FAILED = (
+    "detect: saving the last frame times and background models of camera cam-00 (zones yard) "
+    "failed; the outbox file keeps those saved before"
+)
+
+
+def test_a_state_save_that_fails_is_logged_and_the_frames_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The minutely save runs inside the frame source: a failure must not reach the inference
+    stream (which would restart, losing the frames in flight), only the log."""
+    import time
+
+    from gridpatrol.detectors.worker import BACKGROUND_SAVE_S
+
+    worker, outbox = _worker(tmp_path, PILE_SITE)
+    failed = _state_save_fails(worker, outbox, monkeypatch)
+    worker._last_save = time.monotonic() - BACKGROUND_SAVE_S  # a minute since the last save
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    worker._progress()
+    assert failed == ["database is locked"]
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [r.getMessage() for r in errors] == [STATE_SAVE_FAILED]
+    assert errors[0].exc_info is not None and "database is locked" in str(errors[0].exc_info[1])
+
+
+class _ServeConn:
+    """The broker connection as _serve drives it, its calls recorded."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def on_refused(self, hook: object) -> None:
+        pass
+
+    def start(self) -> None:
+        self.calls.append("connect")
+
+    def stop(self) -> None:
+        self.calls.append("disconnect")
+
+
+def test_a_stop_whose_report_and_save_fail_still_drains_the_outbox_and_exits_0(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After SIGTERM the final report and save fail (the file locked, unreadable): the outbox
+    still gets its 5 s to drain and stops, the broker connection says offline, the model is
+    closed, and the exit status is 0, each failure one logged line."""
+    import argparse
+
+    from gridpatrol.detectors import worker as worker_module
+
+    worker, outbox = _worker(tmp_path, PILE_SITE)
+    calls: list[str] = []
+    monkeypatch.setattr(worker_module, "stop_on_signals", lambda *args: None)
+    monkeypatch.setattr(worker, "run", lambda: calls.append("run"))
+    monkeypatch.setattr(outbox, "start", lambda: calls.append("outbox start"))
+    monkeypatch.setattr(outbox, "flush", lambda timeout: calls.append(f"flush {timeout}") or True)
+    monkeypatch.setattr(outbox, "stop", lambda: calls.append("outbox stop"))
+
+    def unreadable() -> int:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(outbox, "depth", unreadable)
+    failed = _state_save_fails(worker, outbox, monkeypatch)
+
+    class Backend:
+        def close(self) -> None:
+            calls.append("close model")
+
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    conn = _ServeConn(calls)
+    status = worker_module._serve(worker, Backend(), conn, argparse.Namespace())  # type: ignore[arg-type]
+    assert status == 0
+    assert failed == ["database is locked"]
+    assert calls == [
+        "connect", "outbox start", "run", "flush 5.0", "outbox stop", "disconnect", "close model",
+    ]  # fmt: skip
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [
+        "detect: the progress report failed",
+        STATE_SAVE_FAILED,
+        "detect: reading the outbox depth failed",
+    ]
+    assert caplog.messages[-1] == (
+        "detect: stopped (outbox flushed, ? operation(s) left for the next start)"
+    )
