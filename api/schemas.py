@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -63,10 +64,50 @@ REQUIRED = (
 )
 
 
+# How deeply an untyped value (an unknown field, a measurement, a zone) may nest arrays and
+# objects: far more than any producer or editor sends, and far below what serialising the
+# value again (as stored JSON, as YAML) can take.
+MAX_DEPTH = 32
+
+
+def check_depth(value: object, what: str, limit: int = MAX_DEPTH) -> None:
+    """ValueError when ``value`` nests arrays and objects more than ``limit`` levels deep
+    (a scalar is level 0, ``[]`` level 1); looked at without recursion."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            raise ValueError(f"{what} is nested more than {limit} levels deep")
+        stack.extend((child, depth + 1) for child in children)
+
+
+def shallow(what: str) -> AfterValidator:
+    """A validator refusing values nested deeper than :data:`MAX_DEPTH` (``what`` names the
+    value in the message)."""
+
+    def check(value: Any) -> Any:
+        check_depth(value, what)
+        return value
+
+    return AfterValidator(check)
+
+
+Measurement = Annotated[dict[str, Any], shallow("a measurement")]
+Added = Annotated[Any, shallow("an added field")]
+
+
 class Open(BaseModel):
-    """Known fields are typed; unknown ones are kept (producers may add context)."""
+    """Known fields are typed; unknown ones are kept (producers may add context), each
+    nested at most :data:`MAX_DEPTH` levels deep."""
 
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+    __pydantic_extra__: dict[str, Added] = Field(init=False)
 
 
 class Source(Open):
@@ -123,7 +164,7 @@ class CandidatePatch(Open):
     urgency: Literal["immediate", "normal"] | None = None
     evidence: list[EvidenceRef] | None = Field(default=None, max_length=100)
     detection: Detection | None = None
-    measurements: list[dict[str, Any]] | None = None
+    measurements: list[Measurement] | None = None
     alarm: Alarm | None = None
     references: list[Short] | None = None
     source: Source | None = None

@@ -207,6 +207,8 @@ def canonical_json(body: Any) -> bytes:
         )
     except ValueError as exc:
         raise Problem(422, "numbers must be finite (no NaN or Infinity)") from exc
+    except RecursionError as exc:
+        raise Problem(422, "the body is nested too deeply") from exc
     try:
         return canonical.encode()
     except UnicodeEncodeError as exc:
@@ -227,6 +229,8 @@ def dump_body(parsed: CandidatePatch) -> JsonDict:
         return parsed.model_dump(mode="json", exclude_unset=True)
     except UnicodeEncodeError as exc:  # a lone surrogate in an object key
         raise Problem(422, SURROGATES) from exc
+    except (ValueError, RecursionError) as exc:  # nested too deeply to serialize
+        raise Problem(422, f"the body cannot be stored as JSON: {exc}") from exc
 
 
 def iso(t: datetime | None) -> str | None:

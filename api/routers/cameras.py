@@ -15,7 +15,7 @@ import os
 import re
 import socket
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Request, Response
@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from gridpatrol.api.deps import Reviewer, services_of
 from gridpatrol.api.problems import Problem
+from gridpatrol.api.schemas import shallow
 from gridpatrol.site import RULE_PARAMS, Camera, Site, SiteConfigError, parse_site
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ _HHMM = re.compile(r"\d{1,2}:\d{2}")
 
 
 class ZonesIn(BaseModel):
-    zones: list[dict[str, Any]] = Field(max_length=100)
+    # Each zone nests at most MAX_DEPTH levels: its YAML is written and read again recursively.
+    zones: list[Annotated[dict[str, Any], shallow("a zone")]] = Field(max_length=100)
 
 
 class ZonesOut(BaseModel):
@@ -133,8 +135,11 @@ def validate_zones(camera_id: str, body: ZonesIn, request: Request, _who: Review
     """The YAML of the camera's ``zones``; 422 with every schema error (line and field)."""
     site = _site(request)
     camera = _camera(site, camera_id)
-    text = zones_yaml(body.zones)
-    problems = check_zones(site, camera, text, _class_names(request))
+    try:
+        text = zones_yaml(body.zones)
+        problems = check_zones(site, camera, text, _class_names(request))
+    except RecursionError:  # kept out by the depth limit of ZonesIn; never a server error
+        raise Problem(422, "the zones are nested too deeply") from None
     if problems:
         raise Problem(422, f"{len(problems)} problem(s) in the zones", errors=problems)
     log.info("camera %s: %d zone(s) validated", camera_id, len(body.zones))

@@ -22,6 +22,8 @@ from gridpatrol.ingest.topics import (
     snapshot_topic,
 )
 
+from .test_candidates import nested, schema_refusal, too_deep
+
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "samples" / "site.yaml"
 TRIANGLE = [[0.1, 0.5], [0.4, 0.5], [0.25, 0.9]]
@@ -168,6 +170,32 @@ def test_a_duplicate_zone_id_names_both_lines_of_the_zones_text(site_api: Any) -
     assert response.json()["errors"] == [
         f"zones.yaml:{lines[1]}: zones[1].id: duplicate zone id 'a' (first at line {lines[0]})"
     ]
+
+
+def test_a_zone_nested_too_deeply_is_refused_not_a_server_error(site_api: Any) -> None:
+    url = "/cameras/cam-dn-001/zones/validate"
+    with site_api.client("reviewer") as client:
+        # The zone object is one level, its polygon the other 31: within the limit, judged
+        # by the site schema (and refused there as no polygon).
+        deepest = client.post(url, json={"zones": [{"id": "z", "polygon": nested(31)}]})
+        refused = {
+            levels: client.post(url, json={"zones": [{"id": "z", "polygon": nested(levels)}]})
+            for levels in (32, 400)
+        }
+    assert deepest.status_code == 422
+    assert (deepest.json()["detail"], deepest.json()["errors"]) == (
+        "2 problem(s) in the zones",
+        [
+            "zones.yaml:3: zones[0].polygon[0][0]: Input should be a valid number",
+            "zones.yaml:3: zones[0].polygon[0][1]: Field required",
+        ],
+    )
+    for response in refused.values():
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json() == schema_refusal(
+            f"/api/v1{url}", too_deep(["body", "zones", 0], "a zone")
+        )
 
 
 SNAPSHOT_SITE = """

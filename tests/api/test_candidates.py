@@ -236,6 +236,85 @@ def test_batch_gives_per_item_results(api: Any) -> None:
     assert api.as_("producer").post(f"{URL}/batch", json={"items": too_many}).status_code == 422
 
 
+def nested(levels: int) -> Any:
+    """Arrays nested ``levels`` deep."""
+    return json.loads("[" * levels + "]" * levels)
+
+
+def too_deep(loc: list[Any], what: str) -> dict[str, Any]:
+    return {
+        "loc": loc,
+        "msg": f"Value error, {what} is nested more than 32 levels deep",
+        "type": "value_error",
+    }
+
+
+def schema_refusal(instance: str, *errors: dict[str, Any]) -> dict[str, Any]:
+    """The problem body of a request the schema refuses."""
+    return {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "the request does not match the schema",
+        "instance": instance,
+        "errors": list(errors),
+    }
+
+
+def test_a_body_nested_too_deeply_is_refused_not_a_server_error(api: Any) -> None:
+    sha = api.put_jpeg()
+    # A measurement object is one level; its value may take the other 31.
+    ok = post(api, api.body("e0", sha, measurements=[{"v": nested(31)}]), key="k0")
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["measurements"] == [{"v": nested(31)}]
+    measurement = (["body", "measurements", 0], "a measurement")
+    refused = {
+        "k1": (api.body("e1", sha, measurements=[{"v": nested(32)}]), measurement),
+        "k2": (api.body("e2", sha, measurements=[{"v": nested(256)}]), measurement),
+        "k3": (api.body("e3", sha, context=nested(33)), (["body", "context"], "an added field")),
+        "k4": (
+            api.body("e4", sha, detection={"trace": nested(300)}),
+            (["body", "detection", "trace"], "an added field"),
+        ),
+    }
+    for key, (payload, (loc, what)) in refused.items():
+        response = post(api, payload, key=key)
+        assert response.status_code == 422, key
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json() == schema_refusal(URL, too_deep(loc, what))
+    deep_patch = api.as_("producer").patch(
+        f"{URL}/{ok.json()['id']}",
+        json={"measurements": [{"v": nested(256)}]},
+        headers={"Idempotency-Key": "p1"},
+    )
+    assert deep_patch.status_code == 422
+    assert deep_patch.json()["errors"] == [too_deep(["body", "measurements", 0], "a measurement")]
+    stored = api.as_("reviewer").get(URL).json()["items"]
+    assert [(c["id"], c["measurements"]) for c in stored] == [
+        (ok.json()["id"], [{"v": nested(31)}])
+    ]
+
+
+def test_a_batch_refuses_only_the_item_nested_too_deeply(api: Any) -> None:
+    sha = api.put_jpeg()
+    items = [
+        {"idempotency_key": "b1", "body": api.body("e1", sha)},
+        {"idempotency_key": "b2", "body": api.body("e2", sha, measurements=[{"v": nested(256)}])},
+        {"idempotency_key": "b3", "body": api.body("e3", sha)},
+    ]
+    response = api.as_("producer").post(f"{URL}/batch", json={"items": items})
+    assert response.status_code == 207
+    results = response.json()["items"]
+    assert [r["status"] for r in results] == [201, 422, 201]
+    assert results[1]["body"] == {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "the candidate does not match the schema",
+        "errors": [too_deep(["measurements", 0], "a measurement")],
+    }
+
+
 def test_list_filters_and_pages_newest_first(api: Any) -> None:
     sha = api.put_jpeg()
     ids = []
