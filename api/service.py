@@ -447,6 +447,21 @@ def refuse_server_fields(body: JsonDict, owned: frozenset[str], what: str) -> No
         raise Problem(422, f"the server owns {', '.join(found)}; {what} cannot set them")
 
 
+def refuse_nulls(body: JsonDict) -> None:
+    """422 when a PATCH sets an element to null: a PATCH supplements or updates a candidate
+    (evidence and references accumulate), it never removes an element; one left out stays as
+    it is. Fields the schema does not name are kept as sent, null or not."""
+    nulls = sorted(
+        name for name in CandidatePatch.model_fields if name in body and body[name] is None
+    )
+    if nulls:
+        raise Problem(
+            422,
+            f"a patch cannot remove elements: {', '.join(nulls)} cannot be null"
+            " (leave an element out to keep it)",
+        )
+
+
 def problem_item(exc: Problem) -> JsonDict:
     """A refused batch item: its status and problem body."""
     body = {
@@ -1009,6 +1024,7 @@ class CandidateService:
     ) -> tuple[int, str]:
         body = dump_body(parsed)
         refuse_server_fields(body, SERVER_FIELDS, "a patch")
+        refuse_nulls(body)
         digest = request_hash("PATCH", f"/candidates/{cid}", body)
         return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))
 
@@ -1027,6 +1043,12 @@ class CandidateService:
             # Nothing changes (a producer sent what the candidate has): no history entry,
             # and no new feed position, which is for a visible change.
             return Outcome(200, stored, text=row.doc)
+        lost = self._lost_elements(stored, doc) if before in sm.VISIBLE else []
+        if lost:
+            # The platform has the case already: it must not get one without these.
+            raise Problem(
+                422, f"candidate {cid} is {before}: a patch cannot take away its {', '.join(lost)}"
+            )
         outcome = Outcome(200, doc, unheld=unheld)
         if before in ("incomplete", "returned", "new"):
             answered = sm.answers_return(stored, doc, REQUIRED)
@@ -1520,6 +1542,16 @@ class CandidateService:
         held = set(hashes) - set(unheld)
         doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
         return unheld
+
+    def _lost_elements(self, stored: JsonDict, doc: JsonDict) -> list[str]:
+        """The required elements ``doc`` (``stored`` with a PATCH merged in) misses and
+        ``stored`` has, both judged against the store as it is now (so an evidence file the
+        store lost since is not held against the PATCH)."""
+        if not doc["missing_elements"]:
+            return []
+        judged = dict(stored)
+        self._derive(judged)
+        return [name for name in doc["missing_elements"] if name not in judged["missing_elements"]]
 
     def _wait_for_evidence(self, session: Session, outcomes: list[Outcome]) -> None:
         """Note the evidence files incomplete candidates miss, so that each file's upload

@@ -213,6 +213,118 @@ def test_patch_errors(api: Any) -> None:
     assert late.json()["title"] == "Gone"
 
 
+def feed_cursor(api: Any) -> str:
+    return str(
+        api.as_("platform").get("/api/v1/feed", params={"cursor": "0"}).json()["next_cursor"]
+    )
+
+
+def test_a_patch_cannot_set_an_element_to_null(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    assert api.review(doc["id"], "confirm").status_code == 200
+    confirmed = api.as_("reviewer").get(f"{URL}/{doc['id']}").json()
+    cursor = feed_cursor(api)
+    producer = api.as_("producer")
+    for key, patch, named in (
+        ("n1", {"evidence": None}, "evidence"),
+        ("n2", {"type": None, "location": None, "description": "x"}, "location, type"),
+        ("n3", {"references": None, "measurements": None}, "measurements, references"),
+    ):
+        response = producer.patch(
+            f"{URL}/{doc['id']}", json=patch, headers={"Idempotency-Key": key}
+        )
+        assert response.status_code == 422, key
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json() == {
+            "type": "about:blank",
+            "title": "Unprocessable Content",
+            "status": 422,
+            "detail": f"a patch cannot remove elements: {named} cannot be null"
+            " (leave an element out to keep it)",
+            "instance": f"{URL}/{doc['id']}",
+        }
+    assert api.as_("reviewer").get(f"{URL}/{doc['id']}").json() == confirmed
+    assert feed_cursor(api) == cursor
+    # Also while incomplete; an unknown field may be null (it is kept as sent).
+    partial = api.body("e2", api.put_jpeg(1))
+    del partial["description"]
+    incomplete = post(api, partial, key="k2").json()
+    refused = producer.patch(
+        f"{URL}/{incomplete['id']}", json={"severity": None}, headers={"Idempotency-Key": "n4"}
+    )
+    assert (refused.status_code, refused.json()["detail"]) == (
+        422,
+        "a patch cannot remove elements: severity cannot be null (leave an element out to keep it)",
+    )
+    extra = producer.patch(
+        f"{URL}/{incomplete['id']}", json={"note": None}, headers={"Idempotency-Key": "n5"}
+    )
+    assert extra.status_code == 200
+    assert extra.json()["note"] is None
+
+
+def test_a_patch_cannot_take_required_elements_from_a_visible_candidate(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    assert api.review(doc["id"], "confirm").status_code == 200
+    for status in ("confirmed", "registered"):
+        if status == "registered":
+            reported = api.as_("platform").post(
+                f"{URL}/{doc['id']}/status", json={"stage": "registered"}
+            )
+            assert reported.status_code == 200
+        before = api.as_("reviewer").get(f"{URL}/{doc['id']}").json()
+        cursor = feed_cursor(api)
+        for key, patch, lost in (
+            ("d", {"description": ""}, "description"),
+            ("l", {"location": {"lat": None, "lon": None, "grid_code": None}}, "location"),
+            ("s", {"source": {"source_event_id": None}}, "source.source_event_id"),
+            (
+                "b",
+                {"source": {"source_event_id": None}, "description": ""},
+                "source.source_event_id, description",
+            ),
+        ):
+            response = api.as_("producer").patch(
+                f"{URL}/{doc['id']}", json=patch, headers={"Idempotency-Key": status + key}
+            )
+            assert response.status_code == 422, (status, key)
+            assert response.json() == {
+                "type": "about:blank",
+                "title": "Unprocessable Content",
+                "status": 422,
+                "detail": f"candidate {doc['id']} is {status}: a patch cannot take away its {lost}",
+                "instance": f"{URL}/{doc['id']}",
+            }
+        assert api.as_("reviewer").get(f"{URL}/{doc['id']}").json() == before
+        assert feed_cursor(api) == cursor
+
+
+def test_a_visible_candidate_that_lost_its_evidence_file_still_takes_updates(api: Any) -> None:
+    sha = api.put_jpeg()
+    doc = post(api, api.body("e1", sha)).json()
+    assert api.review(doc["id"], "confirm").status_code == 200
+    api.http.app.state.services.store.path(sha).unlink()
+    response = api.as_("producer").patch(
+        f"{URL}/{doc['id']}", json={"detection": {"dwell_s": 50}}, headers={"Idempotency-Key": "u"}
+    )
+    assert response.status_code == 200, response.text
+    done = response.json()
+    assert (done["status"], done["missing_elements"]) == ("confirmed", ["evidence"])
+    assert done["detection"]["dwell_s"] == 50
+
+
+def test_a_new_candidate_may_lose_an_element_and_wait_as_incomplete(api: Any) -> None:
+    doc = post(api, api.body("e1", api.put_jpeg())).json()
+    response = api.as_("producer").patch(
+        f"{URL}/{doc['id']}", json={"description": ""}, headers={"Idempotency-Key": "u"}
+    )
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["missing_elements"]) == (
+        "incomplete",
+        ["description"],
+    )
+
+
 def test_batch_gives_per_item_results(api: Any) -> None:
     sha = api.put_jpeg()
     items = [
