@@ -115,7 +115,10 @@ async def patch_candidate(
     key: IdempotencyKey = None,
 ) -> Response:
     """Merge the elements into the candidate: objects merge, the later value wins; evidence
-    and references accumulate, except that a ``latest`` frame supersedes the earlier one."""
+    and references accumulate, except that a ``latest`` frame supersedes the earlier one.
+
+    A PATCH never removes an element: one set to null is refused (422), as is a PATCH that
+    would leave a confirmed candidate (or one further on) without a required element it has."""
     call = partial(services.candidates.patch, who, candidate_id, key, patch)
     status, text = await services.write(call)
     return json_text(text, status)
