@@ -62,9 +62,21 @@ def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:
 
 
 def default_client_id(prefix: str) -> str:
-    """Stable per prefix, so the persistent session is found again after a restart."""
-    suffix = "" if prefix == "gridpatrol" else "-" + prefix.replace("/", "-")
-    return f"gp-alarm_bridge{suffix}"
+    """Stable per prefix, so the persistent session is found again after a restart, and
+    another for every prefix, so two bridges never take over each other's session.
+
+    A prefix without ``-`` keeps the id it always had, each ``/`` as ``-`` (``city/dn``:
+    ``gp-alarm_bridge-city-dn``). A prefix with ``-`` would share it with one that has a ``/``
+    there, so its id starts ``gp-alarm_bridge.``, which no prefix without ``-`` gives, followed
+    by the prefix with each ``_`` doubled and each ``/`` as ``_-`` (``city-dn``:
+    ``gp-alarm_bridge.city-dn``; ``city-dn/a_b``: ``gp-alarm_bridge.city-dn_-a__b``), which
+    no other prefix gives.
+    """
+    if prefix == "gridpatrol":
+        return "gp-alarm_bridge"
+    if "-" not in prefix:
+        return "gp-alarm_bridge-" + prefix.replace("/", "-")
+    return "gp-alarm_bridge." + prefix.replace("_", "__").replace("/", "_-")
 
 
 def run_bridge(args: argparse.Namespace) -> int:

@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gridpatrol.alarm_bridge import cli as bridge_cli
 from gridpatrol.alarm_bridge.worker import Bridge
 from gridpatrol.api.client import Outbox
 from gridpatrol.cli import build_parser
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
+from gridpatrol.site import PREFIX_PATTERN
 
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
@@ -258,3 +264,95 @@ def test_the_media_connection_refused_at_its_start_exits_by_what_the_session_sta
     assert got == code
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [line]
+
+
+def _bridge_session(settings: MqttSettings, prefix: str) -> tuple[MqttConnection, Subscription]:
+    """The bridge's session connection under ``prefix``, with its default client id."""
+    conn = MqttConnection(
+        "alarm_bridge",
+        settings,
+        prefix=prefix,
+        persistent=True,
+        manual_ack=True,
+        client_id=bridge_cli.default_client_id(prefix),
+    )
+    return conn, conn.subscribe(f"{prefix}/sensors/+/alarm", qos=1)
+
+
+def _until_probe(conn: MqttConnection, sub: Subscription, probe: bytes) -> list[bytes]:
+    """The payloads ``sub`` takes up to ``probe``, published last, each acknowledged."""
+    got: list[bytes] = []
+    message: Message | None = None
+    while message is None or message.payload != probe:
+        message = sub.get(timeout=10)
+        assert message is not None, f"no probe; got {got}"
+        conn.ack(message)
+        got.append(message.payload)
+    return got
+
+
+def test_prefixes_differing_in_a_slash_or_a_dash_have_sessions_of_their_own(
+    mosquitto: Any,
+) -> None:
+    """city/dn and city-dn used to share the client id gp-alarm_bridge-city-dn: the bridge of
+    city-dn, connecting first, took the alarms queued for city/dn's bridge, acknowledged them
+    as matching none of its subscriptions, and they were lost."""
+    settings = MqttSettings.from_url(mosquitto.url)
+    for prefix in ("city/dn", "city-dn"):  # both sessions exist, subscribed, then stop
+        conn, _ = _bridge_session(settings, prefix)
+        assert conn.start(10)
+        conn.stop()
+    pub = MqttConnection("pub", settings, prefix="city/dn")
+    assert pub.start(10)
+    sessions: list[MqttConnection] = []
+    try:
+        for i in range(5):  # queued for city/dn's bridge while it is down
+            assert pub.publish_wait("city/dn/sensors/s1/alarm", b"a%d" % i, qos=1, timeout=10)
+        got: dict[str, list[bytes]] = {}
+        for prefix in ("city-dn", "city/dn"):
+            conn, sub = _bridge_session(settings, prefix)
+            sessions.append(conn)
+            assert conn.start(10)
+            probe = f"probe {prefix}".encode()
+            assert pub.publish_wait(f"{prefix}/sensors/p/alarm", probe, qos=1, timeout=10)
+            got[prefix] = _until_probe(conn, sub, probe)
+        assert got == {
+            "city-dn": [b"probe city-dn"],
+            "city/dn": [b"a0", b"a1", b"a2", b"a3", b"a4", b"probe city/dn"],
+        }
+        assert [(c.client_id, c.connects, c.unrouted) for c in sessions] == [
+            ("gp-alarm_bridge.city-dn", 1, 0),
+            ("gp-alarm_bridge-city-dn", 1, 0),
+        ]
+    finally:
+        for conn in (*sessions, pub):
+            conn.stop()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "client_id"),
+    [
+        ("gridpatrol", "gp-alarm_bridge"),
+        ("city", "gp-alarm_bridge-city"),
+        ("city/dn", "gp-alarm_bridge-city-dn"),  # as before: a running session is kept
+        ("city_dn/a.b", "gp-alarm_bridge-city_dn-a.b"),
+        ("city-dn", "gp-alarm_bridge.city-dn"),
+        ("city-dn/a_b", "gp-alarm_bridge.city-dn_-a__b"),
+        ("a-/b", "gp-alarm_bridge.a-_-b"),
+        ("a/-b", "gp-alarm_bridge.a_--b"),
+    ],
+)
+def test_the_default_client_id_of_a_prefix(prefix: str, client_id: str) -> None:
+    assert bridge_cli.default_client_id(prefix) == client_id
+
+
+# Prefixes of the characters that could make two ids alike, so that near pairs are tried.
+PREFIXES = st.text(alphabet="a_-/.", min_size=1, max_size=8).filter(
+    lambda p: re.fullmatch(PREFIX_PATTERN, p) is not None
+)
+
+
+@given(PREFIXES, PREFIXES)
+def test_two_prefixes_never_share_a_default_client_id(first: str, second: str) -> None:
+    if first != second:
+        assert bridge_cli.default_client_id(first) != bridge_cli.default_client_id(second)
