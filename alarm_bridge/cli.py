@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -50,10 +51,28 @@ def register(sub: Any) -> None:
         "simulate-sensors", help="publish realistic simulated sensor traffic"
     )
     sim.add_argument("--config", required=True, help="the site YAML file")
-    sim.add_argument("--rate", type=float, required=True, help="messages per second in total")
-    sim.add_argument("--duration", type=float, default=None, help="seconds (default: forever)")
+    sim.add_argument(
+        "--rate", type=positive_rate, required=True, help="messages per second in total"
+    )
+    sim.add_argument(
+        "--duration", type=positive_seconds, default=None, help="seconds (default: forever)"
+    )
     sim.add_argument("--seed", type=int, default=1)
     sim.set_defaults(func=run_simulate)
+
+
+def positive_rate(text: str) -> float:
+    """A rate for argparse: a finite number above zero (NaN or infinity would publish flat
+    out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of messages per second, got {text!r}"
+        )
+    return value
 
 
 def _relay_stop(stop: threading.Event, action: Callable[[], None]) -> None:
@@ -199,8 +218,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     except SiteConfigError as exc:
         log.error("%s", exc)
         return 2
-    if not site.sensors or args.rate <= 0:
-        log.error("nothing to simulate: the site has no sensors or the rate is not positive")
+    if not site.sensors:
+        log.error("nothing to simulate: the site has no sensors")
         return 2
     prefix = site.mqtt.prefix
     sensors = simulated_sensors(site.sensors, prefix, seed=args.seed)

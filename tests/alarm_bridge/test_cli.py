@@ -41,7 +41,22 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     [
         (["bridge", "--config", str(SAMPLE_SITE)], "GRIDPATROL_API_TOKEN", "GRIDPATROL_API_TOKEN"),
         (["bridge", "--config", "/nonexistent/site.yaml"], "", "cannot read the site file"),
-        (["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "0"], "", "nothing to"),
+        *(
+            (
+                ["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", rate],
+                "",
+                f"argument --rate: must be a positive number of messages per second, got '{rate}'",
+            )
+            for rate in ("0", "-1", "nan", "inf", "fast")
+        ),
+        *(
+            (
+                ["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "1", "--duration", d],
+                "",
+                f"argument --duration: must be a positive number of seconds, got '{d}'",
+            )
+            for d in ("0", "-1", "nan", "inf")
+        ),
         (
             ["bridge", "--config", str(SAMPLE_SITE), "--progress-s", "0"],
             "",
@@ -56,7 +71,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
     ids=[
         "no producer token",
         "missing site file",
-        "zero rate",
+        *(f"rate {rate}" for rate in ("0", "-1", "nan", "inf", "fast")),
+        *(f"duration {d}" for d in ("0", "-1", "nan", "inf")),
         "zero progress interval",
         "negative snapshot age",
     ],
@@ -64,6 +80,8 @@ def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str
 def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != env_drop}
     env["GRIDPATROL_STATE_DIR"] = str(tmp_path)
+    # No broker: a flag let through must not publish to a real one.
+    env["GRIDPATROL_MQTT_URL"] = "mqtt://127.0.0.1:9"
     done = run(args, env)
     assert done.returncode == 2
     assert message in done.stderr
