@@ -97,10 +97,13 @@ class MqttSettings:
 
     @classmethod
     def from_env(cls) -> MqttSettings:
-        """``GRIDPATROL_MQTT_URL`` plus the credential and TLS variables that override it."""
+        """``GRIDPATROL_MQTT_URL`` plus the credential and TLS variables that override it;
+        :class:`MqttConfigError` for a URL that cannot be a broker's and, with TLS, for a CA,
+        certificate or key file that cannot be read or used (the TLS context is built here,
+        not first at the connection's start)."""
         env = os.environ
         settings = cls.from_url(env.get("GRIDPATROL_MQTT_URL") or DEFAULT_URL)
-        return replace(
+        settings = replace(
             settings,
             username=env.get("GRIDPATROL_MQTT_USERNAME") or settings.username,
             password=env.get("GRIDPATROL_MQTT_PASSWORD") or settings.password,
@@ -108,6 +111,9 @@ class MqttSettings:
             cert_file=env.get("GRIDPATROL_MQTT_CERT") or None,
             key_file=env.get("GRIDPATROL_MQTT_KEY") or None,
         )
+        if settings.tls:
+            settings.ssl_context()
+        return settings
 
     @property
     def url(self) -> str:
@@ -116,10 +122,50 @@ class MqttSettings:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            context.load_cert_chain(self.cert_file, self.key_file)
+        """The TLS context; :class:`MqttConfigError`, naming the file and its variable, when
+        the CA file, the client certificate or its key cannot be read or used, or a key is
+        given without a certificate."""
+        files = (
+            (self.ca_file, "CA file", "GRIDPATROL_MQTT_CA"),
+            (self.cert_file, "client certificate", "GRIDPATROL_MQTT_CERT"),
+            (self.key_file, "client key", "GRIDPATROL_MQTT_KEY"),
+        )
+        for path, what, variable in files:
+            if path is not None:
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError as exc:
+                    raise MqttConfigError(f"TLS {what} {path!r} ({variable}): {_why(exc)}") from exc
+        if self.key_file is not None and self.cert_file is None:
+            raise MqttConfigError(
+                f"TLS client key {self.key_file!r} (GRIDPATROL_MQTT_KEY) without a client "
+                "certificate (GRIDPATROL_MQTT_CERT)"
+            )
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise MqttConfigError(
+                f"TLS CA file {self.ca_file!r} (GRIDPATROL_MQTT_CA): {_why(exc)}"
+            ) from exc
+        if self.cert_file is not None:
+            try:
+                context.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ValueError) as exc:
+                key = "" if self.key_file is None else f" and key {self.key_file!r}"
+                raise MqttConfigError(
+                    f"TLS client certificate {self.cert_file!r}{key} (GRIDPATROL_MQTT_CERT, "
+                    f"GRIDPATROL_MQTT_KEY): {_why(exc)}"
+                ) from exc
         return context
+
+
+def _why(exc: OSError | ValueError) -> str:
+    """Why a TLS file cannot be used, for one line: an OSError's text without its number, an
+    SSLError's without the OpenSSL source line."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError) and exc.strerror:
+        return exc.strerror
+    return re.sub(r"\s*\(_ssl\.c:\d+\)\Z", "", str(exc))
 
 
 def _shown(url: str) -> str:
