@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -45,6 +46,29 @@ ID_TAKEN = "urn:gridpatrol:problem:candidate-id-taken"
 
 class OutboxBusy(RuntimeError):
     """Another process delivers from the same outbox file."""
+
+
+class ApiConfigError(RuntimeError):
+    """A setting of the client that cannot work: mend it and restart (status 2)."""
+
+
+def _checked_url(url: str) -> str:
+    """``url`` when it can be the API's: http:// or https://, a host, a port that is a number
+    (not 0); else :class:`ApiConfigError`. httpx would refuse every request, and an outbox
+    retry them for ever."""
+    shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # a password masked
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+        httpx.URL(url)  # a control character, which urlsplit drops
+    except (ValueError, httpx.InvalidURL) as exc:  # a port that is no number, a broken [IPv6]
+        raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {exc}") from exc
+    host = parts.hostname
+    if parts.scheme not in ("http", "https") or not host or re.search(r"\s", host) or port == 0:
+        raise ApiConfigError(
+            f"GRIDPATROL_API_URL must be http://host[:port] or https://…, got {shown!r}"
+        )
+    return url
 
 
 class ApiError(Exception):
@@ -74,10 +98,14 @@ class ApiClient:
 
     @classmethod
     def from_env(cls) -> ApiClient:
+        """A client of ``GRIDPATROL_API_URL`` (default :data:`DEFAULT_API_URL`) with the
+        producer token ``GRIDPATROL_API_TOKEN``; RuntimeError without a token, and
+        :class:`ApiConfigError` (a RuntimeError) for a URL that cannot be the API's: the
+        commands exit with status 2."""
         token = os.environ.get("GRIDPATROL_API_TOKEN", "")
         if not token:
             raise RuntimeError("GRIDPATROL_API_TOKEN is not set: producers need a producer token")
-        return cls(os.environ.get("GRIDPATROL_API_URL", DEFAULT_API_URL), token)
+        return cls(_checked_url(os.environ.get("GRIDPATROL_API_URL") or DEFAULT_API_URL), token)
 
     def close(self) -> None:
         self._http.close()
