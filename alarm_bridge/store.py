@@ -15,6 +15,7 @@ from typing import Any
 
 from gridpatrol.alarm_bridge.adapters import SeqMark
 from gridpatrol.alarm_bridge.lifecycle import AlarmState
+from gridpatrol.alarm_bridge.uptime import UptimeState
 from gridpatrol.api.client import merge_patches
 
 _STATE_FIELDS = tuple(f.name for f in fields(AlarmState))
@@ -68,6 +69,20 @@ CREATE TABLE IF NOT EXISTS bridge_seen (
     sensor_id TEXT PRIMARY KEY,
     last_heard REAL NOT NULL
 ) WITHOUT ROWID;
+-- A sensor never heard is silent since the bridge first watched it (its first silence check
+-- with the sensor in the site file), across restarts.
+CREATE TABLE IF NOT EXISTS bridge_watched (
+    sensor_id TEXT PRIMARY KEY,
+    since REAL NOT NULL
+) WITHOUT ROWID;
+-- The broker connection over time (uptime.Uptime), so that a restart does not restart the
+-- sensors' silence: one row, the spans a JSON list of [begin, end] (at most uptime.MAX_GAPS).
+CREATE TABLE IF NOT EXISTS bridge_uptime (
+    id INTEGER PRIMARY KEY CHECK (id = 0),
+    started REAL NOT NULL,
+    last_up REAL NOT NULL,
+    gaps TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS bridge_status (
     sensor_id TEXT PRIMARY KEY,
     status TEXT NOT NULL
@@ -221,6 +236,35 @@ def heard(conn: sqlite3.Connection, sensor_id: str, now: float) -> None:
 
 def last_heard(conn: sqlite3.Connection) -> dict[str, float]:
     return {s: float(t) for s, t in conn.execute("SELECT sensor_id, last_heard FROM bridge_seen")}
+
+
+def watched(conn: sqlite3.Connection) -> dict[str, float]:
+    """When the bridge first watched each sensor it has watched."""
+    return {s: float(t) for s, t in conn.execute("SELECT sensor_id, since FROM bridge_watched")}
+
+
+def watch(conn: sqlite3.Connection, sensor_id: str, since: float) -> None:
+    conn.execute(
+        "INSERT OR IGNORE INTO bridge_watched (sensor_id, since) VALUES (?, ?)", (sensor_id, since)
+    )
+
+
+def load_uptime(conn: sqlite3.Connection) -> UptimeState | None:
+    """The connection bookkeeping the last run kept; None before any (a new state file, or one
+    from before it was kept)."""
+    row = conn.execute("SELECT started, last_up, gaps FROM bridge_uptime WHERE id = 0").fetchone()
+    if row is None:
+        return None
+    gaps = [(float(begin), float(end)) for begin, end in json.loads(row[2])]
+    return (float(row[0]), float(row[1]), gaps)
+
+
+def save_uptime(conn: sqlite3.Connection, state: UptimeState) -> None:
+    started, last_up, gaps = state
+    conn.execute(
+        "INSERT OR REPLACE INTO bridge_uptime (id, started, last_up, gaps) VALUES (0, ?, ?, ?)",
+        (started, last_up, json.dumps(gaps)),
+    )
 
 
 def last_status(conn: sqlite3.Connection, sensor_id: str) -> str | None:

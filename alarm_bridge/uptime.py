@@ -1,15 +1,24 @@
 """The bridge's broker connection over time: a sensor is silent only while the bridge listens.
 
 A sensor's silence is the time the bridge was connected since it last heard from it. What
-does not count: the time before the bridge started (its own downtime), the time it was cut
-off from the broker, and the first :data:`SETTLE_S` of every connection, while the messages
-the persistent session queued meanwhile are still arriving. A link that drops and comes back
-pauses the count; it does not restart it.
+does not count: the bridge's own downtime (between its runs, and before its first run on its
+state database), the time it was cut off from the broker, and the first :data:`SETTLE_S` of
+every connection, while the messages the persistent session queued meanwhile are still
+arriving. A link that drops and comes back pauses the count; it does not restart it, nor does
+a restart of the bridge: the bookkeeping is kept in the state database (:meth:`Uptime.state`,
+:meth:`Uptime.restore`), and the time from the last look of the bridge's previous run to its
+first connection's settling is not listening.
 """
 
 from __future__ import annotations
 
 SETTLE_S = 60.0
+# The most spans kept (a bridge restarting or a link dropping every few seconds, within one
+# horizon): beyond it the two oldest merge, the listening between them no longer counted, so
+# a sensor is judged less silent, never more.
+MAX_GAPS = 1000
+
+UptimeState = tuple[float, float, list[tuple[float, float]]]
 
 
 class Uptime:
@@ -29,6 +38,21 @@ class Uptime:
         self._last_up: float | None = None  # the last look while connected
         self._down_since: float | None = None
 
+    def restore(self, state: UptimeState) -> None:
+        """Continue the bookkeeping of an earlier run (call before the first look): its start,
+        its last look while connected and its spans. The time from that look to this run's
+        first connection and its settling is one more span not listened."""
+        self.started, self._last_up, gaps = state
+        self._gaps = []
+        for begin, end in sorted(gaps):
+            self._add_gap(begin, end)
+
+    def state(self) -> UptimeState | None:
+        """What :meth:`restore` takes in the next run; None before a look while connected."""
+        if self.started is None or self._last_up is None:
+            return None
+        return (self.started, self._last_up, list(self._gaps))
+
     def look(self, now: float, connected: bool, connects: int) -> bool:
         """Note the connection's state at ``now``; True while connected.
 
@@ -44,7 +68,8 @@ class Uptime:
             return False
         if connects != self._connects:
             off = self._down_since if self._down_since is not None else self._last_up
-            self._add_gap(now if off is None else off, now + self.settle_s)
+            # Not after now: a clock set back since an earlier run's last look.
+            self._add_gap(now if off is None else min(off, now), now + self.settle_s)
             self._connects, self._down_since = connects, None
             self._prune(now)
         self._last_up = now
@@ -64,6 +89,9 @@ class Uptime:
             self._gaps[-1] = (first, max(last, end))
         else:
             self._gaps.append((begin, end))
+        if len(self._gaps) > MAX_GAPS:
+            (first, _), (_, last) = self._gaps[:2]
+            self._gaps[:2] = [(first, last)]
 
     def _prune(self, now: float) -> None:
         while self._gaps and self.connected_for(self._gaps[0][1], now) > self.horizon_s:

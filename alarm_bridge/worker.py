@@ -477,23 +477,37 @@ class BridgeCore:
         """Raise ``device_offline`` for sensors silent longer than 3 x expected_interval_s.
 
         Call only while connected. Silence is the time connected since the sensor's last
-        message (since the bridge's start for a sensor never heard), see :class:`Uptime`:
-        while the bridge was down or cut off, a sensor's messages waited in the persistent
-        session, but a link that flaps does not restart the count.
+        message (since the bridge first watched it, for a sensor never heard), see
+        :class:`Uptime`: while the bridge was down or cut off, a sensor's messages waited in
+        the persistent session, but neither a link that flaps nor a restart of the bridge
+        restarts the count. The bookkeeping is saved here, once a second, for the next run.
         """
         heard = store.last_heard(txn.conn)
+        watched = store.watched(txn.conn)
         raised = 0
         for sensor in self.site.sensors:
             if sensor.expected_interval_s is None:
                 continue
-            since = heard.get(sensor.id, uptime.started if uptime.started is not None else now)
+            since = heard.get(sensor.id, watched.get(sensor.id))
+            if since is None:  # first watched now (a new sensor, or the bridge's first run)
+                since = now
+                store.watch(txn.conn, sensor.id, now)
             if uptime.connected_for(since, now) <= SILENCE_FACTOR * sensor.expected_interval_s:
                 continue
             if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
                 continue
             self._offline(txn, sensor, f"silence:{since:.6f}", True, now, out)
             raised += 1
+        state = uptime.state()
+        if state is not None:  # for the next run: a restart does not restart the silence
+            store.save_uptime(txn.conn, state)
         return raised
+
+    def restore_uptime(self, txn: OutboxTxn, uptime: Uptime) -> None:
+        """Continue the connection bookkeeping of the bridge's last run (before any look)."""
+        state = store.load_uptime(txn.conn)
+        if state is not None:
+            uptime.restore(state)
 
     # -- snapshots --------------------------------------------------------------------------------
 
@@ -605,6 +619,7 @@ class Bridge:
         self._dead_letters_held_logged: float | None = None  # when a refusal was last logged
         with outbox.transaction() as txn:
             store.init(txn.conn)
+            self.core.restore_uptime(txn, self._uptime)
             (waiting,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
         self.core.counts.dead_letters_waiting = int(waiting)  # left by an earlier run
         # Exactly the sensors' alarm and status topics: a device's other subtopics are not ours.

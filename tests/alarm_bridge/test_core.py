@@ -11,7 +11,7 @@ import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
-from gridpatrol.alarm_bridge.uptime import SETTLE_S, Uptime
+from gridpatrol.alarm_bridge.uptime import MAX_GAPS, SETTLE_S, Uptime
 from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
@@ -54,6 +54,9 @@ class Harness:
         self.uptime = Uptime(self.core.silence_horizon(), settle_s)
         self.dead: list[str] = []
         self.snapshots: list[tuple[str, str]] = []
+        with outbox.transaction() as txn:  # as a starting bridge does
+            store.init(txn.conn)
+            self.core.restore_uptime(txn, self.uptime)
 
     def send(self, topic: str, payload: bytes, at: float = T0, retained: bool = False) -> None:
         self.send_batch([(topic, payload)], at, retained)
@@ -852,19 +855,65 @@ def test_silence_does_not_count_an_outage_of_the_broker(site: Site, outbox: Outb
 
 
 def test_silence_does_not_count_the_bridges_own_downtime(site: Site, outbox: Outbox) -> None:
+    """Nor does a restart restart it: the 540 s listened before the restart still count."""
     before = Harness(site, outbox, settle_s=SETTLE_S)
     before.silence(T0)
     for sensor in ("wl-1", "mh-1"):
         before.alarm(sensor, reading(sensor, 1.0, T0), T0)
-    before.silence(T0 + 600)
+    before.silence(T0 + 600)  # listening from T0 + 60: 540 s
     restarted = Harness(site, outbox, settle_s=SETTLE_S)  # the bridge back after an hour down
     back = T0 + 3600
     restarted.silence(back)
-    restarted.silence(back + SETTLE_S + 3 * 300)
+    restarted.silence(back + SETTLE_S + 360)  # 540 + 360 = 900 s: wl-1 not yet silent
     assert outbox_ops(outbox) == []
-    restarted.silence(back + SETTLE_S + 3 * 300 + 1)
+    restarted.silence(back + SETTLE_S + 361)
+    restarted.silence(back + SETTLE_S + 1260)  # 1800 s: mh-1 not yet
     creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
-    assert [(b["type"], b["source"]["sensor_id"]) for b in creates] == [("device_offline", "wl-1")]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T15:20:21Z")  # back + 60 + 361
+    ]
+    restarted.silence(back + SETTLE_S + 1261)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T15:20:21Z"),
+        ("mh-1", "2026-09-21T15:35:21Z"),  # back + 60 + 1261
+    ]
+
+
+def test_a_bridge_restarting_every_few_minutes_still_judges_silence(
+    site: Site, outbox: Outbox
+) -> None:
+    """Restarted every 5 minutes (up 4 min 50 s, down 10 s), each run settling for a minute:
+    wl-1 (900 s) and mh-1, never heard (1800 s), used to be judged silent never."""
+    for run in range(12):
+        h = Harness(site, outbox, settle_s=SETTLE_S)
+        start = T0 + 300 * run
+        for at in range(int(start), int(start) + 291, 10):
+            h.silence(at)
+        if run == 0:
+            h.alarm("wl-1", reading("wl-1", 1.0, T0), T0)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    # 230 s of listening a run (its last look 290 s after its start, less the minute settling).
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T14:33:00Z"),  # T0 + 900 + 280: 3 x 230 + 220 = 910 s
+        ("mh-1", "2026-09-21T14:52:40Z"),  # T0 + 2100 + 260: 7 x 230 + 200 = 1810 s
+    ]
+
+
+def test_the_connection_history_kept_is_bounded(site: Site, outbox: Outbox) -> None:
+    """A link dropping every 10 s, each connection settling for 1 s and listened to for 1 s:
+    the state database keeps at most MAX_GAPS stretches not listened, the oldest merged."""
+    h = Harness(site, outbox, settle_s=1)
+    for i in range(MAX_GAPS + 5):
+        h.silence(T0 + 10 * i, connects=i + 1)
+        h.silence(T0 + 10 * i + 2, connects=i + 1)
+    with outbox.transaction() as txn:
+        state = store.load_uptime(txn.conn)
+    assert state is not None
+    started, last_up, gaps = state
+    assert (started, last_up, len(gaps)) == (T0, T0 + 10 * (MAX_GAPS + 4) + 2, MAX_GAPS)
+    # The first six merged: the 5 s listened between them no longer count.
+    assert gaps[:3] == [(T0, T0 + 51), (T0 + 52, T0 + 61), (T0 + 62, T0 + 71)]
 
 
 def test_a_flapping_link_does_not_restart_the_silence(site: Site, outbox: Outbox) -> None:

@@ -240,6 +240,41 @@ def test_a_link_that_drops_pauses_the_silence_without_restarting_it(
     ]
 
 
+def test_a_restart_of_the_bridge_pauses_the_silence_without_restarting_it(
+    tmp_path: Path, mosquitto: Any
+) -> None:
+    """mh-1 (600 s: 30 min), never heard, listened to for 17 min 20 s; the bridge stopped for
+    10 min, then 12 min 40 s more after its restart has settled: device_offline. Counted from
+    the restart, it would still be 17 min away."""
+    site = make_site("gridpatrol")
+    settings = MqttSettings.from_url(mosquitto.url)
+
+    def run(*looks: float) -> tuple[list[int], list[tuple[str, str]]]:
+        """A run of the bridge on the state file, the loop driven by hand with injected
+        times: how many device_offline were raised after each look, and which."""
+        outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+        conn = MqttConnection("alarm_bridge", settings, client_id="gp-test-restart")
+        bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+        raised = []
+        try:
+            assert conn.start(10)
+            for at in looks:
+                bridge._housekeeping(at)
+                raised.append(len(_offline_creates(outbox)))
+        finally:
+            conn.stop()
+        return raised, _offline_creates(outbox)
+
+    t0 = 1_790_000_000.0
+    # Listening from t0 + 60: 1040 s at t0 + 1100, wl-1 (900 s) silent.
+    assert run(t0, t0 + 1100) == ([0, 1], [("wl-1", "2026-09-21T14:31:40Z")])
+    # Not listening from t0 + 1100 to t0 + 1760; then 1040 + 760 = 1800 s, not yet; 1801 s.
+    assert run(t0 + 1700, t0 + 2520, t0 + 2521) == (
+        [1, 1, 2],
+        [("wl-1", "2026-09-21T14:31:40Z"), ("mh-1", "2026-09-21T14:55:21Z")],
+    )
+
+
 def _pump(bridge: Bridge, received: int) -> None:
     """Run the bridge's batches by hand until it has taken ``received`` messages."""
     deadline = time.monotonic() + 30
