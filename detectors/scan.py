@@ -21,6 +21,7 @@ import importlib
 import importlib.util
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -409,10 +410,20 @@ def _conf(conf: float, context: SiteContext) -> float:
     return min(conf, detector_conf([context.camera]))
 
 
+def _refused_numbers(fps: float, conf: float) -> str | None:
+    """Why ``--fps`` or ``--conf`` cannot be used (they parse nan and inf too), or None."""
+    if not (math.isfinite(fps) and fps > 0):
+        return f"--fps must be a positive number of frames per second, not {fps:g}"
+    if not (math.isfinite(conf) and 0 < conf < 1):
+        return f"--conf must be a confidence between 0 and 1 (both excluded), not {conf:g}"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every source was scanned, 1 when some could not be read, 2 on setup errors."""
-    if args.fps <= 0:
-        print("scan: --fps must be positive", file=sys.stderr)
+    refused = _refused_numbers(args.fps, args.conf)
+    if refused is not None:
+        print(f"scan: {refused}", file=sys.stderr)
         return 2
     try:
         files = expand(args.paths)

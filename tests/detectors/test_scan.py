@@ -262,7 +262,6 @@ def test_a_photo_is_scanned_upright_and_a_cameras_still_as_stored(
         (["--camera", "street", "{image}"], "--camera needs --config"),
         (["--config", "{site}", "{image}"], "--config needs --camera"),
         (["--config", "{site}", "--camera", "nope", "{image}"], "camera 'nope' is not in"),
-        (["--fps", "0", "{image}"], "--fps must be positive"),
         (["--model", "/no/such/model_openvino_model", "{image}"], "does not exist"),
     ],
 )
@@ -274,6 +273,32 @@ def test_setup_errors_exit_2_without_output(tmp_path: Path, args: list[str], mes
     assert code == 2
     assert records == []
     assert message in stderr
+
+
+FPS = "scan: --fps must be a positive number of frames per second, not {}\n"
+CONF = "scan: --conf must be a confidence between 0 and 1 (both excluded), not {}\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "stderr"),
+    [
+        (["--fps", "0"], FPS.format("0")),
+        (["--fps", "-2"], FPS.format("-2")),
+        (["--fps", "nan"], FPS.format("nan")),
+        (["--fps", "inf"], FPS.format("inf")),
+        (["--conf", "0"], CONF.format("0")),
+        (["--conf", "1"], CONF.format("1")),
+        (["--conf=-inf"], CONF.format("-inf")),
+        (["--conf", "nan"], CONF.format("nan")),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
+def test_a_sampling_rate_or_confidence_out_of_range_is_a_setup_error(
+    shared_dir: Path, args: list[str], stderr: str
+) -> None:
+    """nan and inf parse as numbers: --fps nan and inf crashed on the first video."""
+    clip = shared_dir / "footage" / "pedestrian_street_1080p.mp4"
+    assert scan(*args, str(clip)) == (2, [], stderr)
 
 
 @pytest.mark.parametrize(
