@@ -3,7 +3,8 @@
 Files live at ``<dir>/<first two hex digits>/<sha256>``, written to a temporary file,
 flushed to disk and then given their name, so a reader never sees half a file and an upload
 answered 2xx survives a power cut. A stored file counts only while its bytes hash to its
-name: one torn by a crash (or damaged since) is not served, not counted as held, and is
+name: one torn by a crash (or damaged since), or one that cannot be read (a bad block, a
+permission lost in a restore, a stale NFS handle), is not served, not counted as held, and is
 replaced by the next upload of its bytes. Every path is built from a validated hash only.
 """
 
@@ -140,17 +141,21 @@ class EvidenceStore:
             )
         width, height = _verify(media, data)
         target = self.path(sha256)
+        unreadable: OSError | None = None
         try:
             stored: bytes | None = target.read_bytes()
         except FileNotFoundError:
             stored = None
+        except OSError as exc:  # a bad block, a lost permission, a stale NFS handle
+            stored, unreadable = None, exc
         if stored == data:
             # Already there. Made durable before the answer, as a new file is: the upload that
             # stored it may not have synced its folder yet.
             _sync(target)
             _sync_dir(target.parent)
             return Stored(sha256, media, len(data), False, width, height)
-        damaged = stored is not None  # torn by a crash: replaced by these bytes
+        # Torn by a crash, or unreadable: replaced by these bytes.
+        damaged = stored is not None or unreadable is not None
         if target.parent.name not in self._dirs:
             try:
                 target.parent.mkdir()
@@ -173,7 +178,13 @@ class EvidenceStore:
             _sync_dir(target.parent)
         finally:
             Path(tmp).unlink(missing_ok=True)
-        if stored is not None:
+        if unreadable is not None:
+            log.warning(
+                "evidence %s: the stored file could not be read (%s); replaced by this upload",
+                sha256,
+                unreadable,
+            )
+        elif stored is not None:
             log.warning(
                 "evidence %s: the stored file was damaged (%s); replaced by this upload",
                 sha256,
@@ -191,11 +202,20 @@ class EvidenceStore:
         return data, sniff(data)
 
     def _held(self, sha256: str) -> bytes | None:
-        """The stored bytes of ``sha256``; None when there is no file or its bytes do not hash
-        to its name (a write torn by a crash): such a file counts as missing."""
+        """The stored bytes of ``sha256``; None when there is no file, it cannot be read, or
+        its bytes do not hash to its name (a write torn by a crash): such a file counts as
+        missing."""
         try:
             data = self.path(sha256).read_bytes()
         except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning(
+                "evidence %s: the stored file cannot be read (%s); it counts as missing until "
+                "its bytes are uploaded again",
+                sha256,
+                exc,
+            )
             return None
         if hashlib.sha256(data).hexdigest() != sha256:
             log.warning(

@@ -3,6 +3,7 @@ files whose bytes no longer hash to their name (a write torn by a power cut)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -67,36 +68,57 @@ def test_a_damaged_stored_file_counts_as_missing_and_the_next_upload_replaces_it
     stored_file(api, sha).write_bytes(bad)
     caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
 
+    damage_text = f"{len(bad)} bytes hashing to {hashlib.sha256(bad).hexdigest()}"
+    waiting = counted_as_missing(
+        api,
+        caplog,
+        sha,
+        f"evidence {sha}: the stored file is damaged ({damage_text}); it counts as missing "
+        "until its bytes are uploaded again",
+    )
+    replaced_by_the_next_upload(
+        api,
+        caplog,
+        image,
+        waiting,
+        f"evidence {sha}: the stored file was damaged ({damage_text}); replaced by this upload",
+    )
+
+
+def counted_as_missing(api: Any, caplog: pytest.LogCaptureFixture, sha: str, logged: str) -> str:
+    """The file of ``sha`` is not served (404, also to a conditional GET) and a candidate
+    referring to it waits for it (its id is returned); each look logs ``logged``."""
     reviewer = api.as_("reviewer")
     got = reviewer.get(f"{URL}/{sha}")
     assert (got.status_code, got.json()["detail"]) == (404, f"no evidence {sha}")
     cached = reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'})
     assert cached.status_code == 404
-    doc = api.create(api.body("torn", sha))
+    doc = api.create(api.body(f"missing-{sha[:8]}", sha))
     assert (doc["status"], doc["missing_elements"]) == ("incomplete", ["evidence"])
-    damage_text = f"{len(bad)} bytes hashing to {hashlib.sha256(bad).hexdigest()}"
-    counted = (
-        f"evidence {sha}: the stored file is damaged ({damage_text}); it counts as missing "
-        "until its bytes are uploaded again"
-    )
     # Logged by each look at it (the candidate's judgement looks more than once).
-    assert {r.getMessage() for r in caplog.records} == {counted}
+    assert {r.getMessage() for r in caplog.records} == {logged}
     caplog.clear()
+    return str(doc["id"])
 
+
+def replaced_by_the_next_upload(
+    api: Any, caplog: pytest.LogCaptureFixture, image: bytes, waiting: str, logged: str
+) -> None:
+    """The next upload of ``image`` stores it anew (201, logging ``logged``); it is served,
+    the candidate ``waiting`` for it is complete, and the upload after finds it there."""
+    sha = hashlib.sha256(image).hexdigest()
     again = put(api, image, "image/jpeg")
     assert (again.status_code, again.json()) == (
         201,
         {"sha256": sha, "media_type": "image/jpeg", "size": len(image), "width": 64, "height": 48},
     )
-    assert [r.getMessage() for r in caplog.records] == [
-        f"evidence {sha}: the stored file was damaged ({damage_text}); replaced by this upload"
-    ]
+    assert [r.getMessage() for r in caplog.records] == [logged]
     assert stored_file(api, sha).read_bytes() == image
     assert sorted(p.name for p in stored_file(api, sha).parent.iterdir()) == [sha]
+    reviewer = api.as_("reviewer")
     got = reviewer.get(f"{URL}/{sha}")
     assert (got.status_code, got.content, got.headers["etag"]) == (200, image, f'"{sha}"')
-    # The candidate that waited for it is complete now; the next upload finds it there.
-    done = reviewer.get(f"/api/v1/candidates/{doc['id']}").json()
+    done = reviewer.get(f"/api/v1/candidates/{waiting}").json()
     assert (done["status"], done["missing_elements"]) == ("new", [])
     assert put(api, image, "image/jpeg").status_code == 200
 
@@ -150,3 +172,43 @@ def test_a_file_and_its_name_reach_the_disk_before_the_upload_is_answered(
         ("replace", f"{fan}/.tmp -> {fan}/{sha}"),
         ("fsync", fan),
     ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_stored_file_that_cannot_be_read_counts_as_missing_and_the_next_upload_replaces_it(
+    api: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad block (EIO), a permission lost in a restore (EACCES) or a stale NFS handle
+    (ESTALE): the file is there but reading it fails. That is no 500 for the candidate, the
+    reviewer or the producer's upload that mends it."""
+    image = api.jpeg(9)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg").status_code == 201
+    target = stored_file(api, sha)
+    bad_inode = target.stat().st_ino  # the replacement is another file
+    read_bytes = Path.read_bytes
+
+    def failing(path: Path) -> bytes:
+        if path == target and path.stat().st_ino == bad_inode:
+            raise OSError(errno.EIO, "Input/output error")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
+
+    waiting = counted_as_missing(
+        api,
+        caplog,
+        sha,
+        f"evidence {sha}: the stored file cannot be read ([Errno 5] Input/output error); it "
+        "counts as missing until its bytes are uploaded again",
+    )
+    replaced_by_the_next_upload(
+        api,
+        caplog,
+        image,
+        waiting,
+        f"evidence {sha}: the stored file could not be read ([Errno 5] Input/output error); "
+        "replaced by this upload",
+    )
+    assert target.stat().st_ino != bad_inode
