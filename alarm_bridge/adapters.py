@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
@@ -104,6 +105,8 @@ class Adapted:
     sensor_id: str
     event_key: str
     inputs: tuple[AlarmInput, ...]
+    # The unit a SenML pack's readings were taken to be in, its sensor's thresholds having none.
+    assumed_unit: str | None = None
 
 
 def alarm_id_for(sensor_id: str, alarm_type: str, event_key: str) -> str:
@@ -216,13 +219,14 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     if sensor.thresholds is None:
         return Rejected("no_thresholds", f"sensor {sensor.id} has no thresholds for SenML")
     readable = [r for r in pack.records if r.v is not None or r.vb is not None]
-    numeric = _in_unit(readable, sensor.thresholds.unit)
+    numeric, assumed_unit = _in_unit(readable, sensor.thresholds.unit)
     if not numeric:
         return Rejected(
             "no_reading",
             "no numeric or boolean SenML record in the sensor's unit"
             if sensor.thresholds.unit
-            else "no numeric or boolean SenML record without a unit (the sensor's has none)",
+            else "no numeric or boolean SenML measurement without a unit or in one unit"
+            " (the sensor's thresholds have none)",
         )
     ordered = sorted(numeric, key=_record_time)
     key = _senml_key(payload, [_record_time(r) for r in ordered])
@@ -234,7 +238,7 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
         if isinstance(item, Rejected):
             return item
         items.append(item)
-    return Adapted(sensor.id, key, tuple(items))
+    return Adapted(sensor.id, key, tuple(items), assumed_unit)
 
 
 def _record_value(record: SenMLRecord) -> float:
@@ -259,18 +263,50 @@ def _senml_key(payload: bytes, times: list[float]) -> str:
     return f"s:{times[0]:.6f}:{_digest(payload + b'|' + stamps.encode())}"
 
 
-def _in_unit(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
-    """The records a sensor's thresholds judge: those in its unit, or, for thresholds without
-    a unit, those without one (an empty ``u`` is none).
+# Housekeeping records a device sends beside its measurement (RFC 8428 names its battery
+# units): never read for a sensor's thresholds unless in the thresholds' unit. A record is one
+# when a word of its name (its part after the last ":" or "/", where a base name such as
+# "sm-2:" ends, split at anything but letters and digits) is one of these or starts with
+# "batt", or when its unit is one of these.
+HOUSEKEEPING_NAMES = frozenset(
+    {"battery", "batt", "bat", "vbat", "voltage", "rssi", "snr", "signal", "temperature"}
+)
+HOUSEKEEPING_UNITS = frozenset({"%EL", "EL"})
 
-    A pack in which no record has a unit is read as being in the sensor's (a simple device);
-    a record in another unit (a battery level in ``%EL`` or ``V``, say) is never read, nor is a
-    unit-less record beside records in the sensor's unit. So a smoke detector judged without a
-    unit reads its ``smoke`` record, not the battery record beside it.
+
+def housekeeping(record: SenMLRecord) -> bool:
+    """Whether a record is a device's own state (battery, radio, temperature), not a reading."""
+    if record.u in HOUSEKEEPING_UNITS:
+        return True
+    name = re.split(r"[:/]", record.n)[-1].lower()
+    words = [w for w in re.split(r"[^a-z0-9]+", name) if w]
+    return any(w in HOUSEKEEPING_NAMES or w.startswith("batt") for w in words)
+
+
+def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:
+    """The records a sensor's thresholds judge, and the unit they were taken to be in when the
+    thresholds have none (None: as the thresholds say).
+
+    Thresholds with a unit read the records in it; a pack in which no record has a unit is
+    read as being in the sensor's (a simple device), its housekeeping records excepted.
+    Thresholds without a unit read the records without one (an empty ``u`` is none), its
+    housekeeping records excepted; a pack without any such record is read in the one unit its
+    other records share (a device that gives its unit while the site file does not), and
+    nothing when they have several. So a smoke detector judged without a unit reads its
+    ``smoke`` record, never the battery record beside it or a battery alone.
     """
-    if all(not r.u for r in records):
-        return records
-    return [r for r in records if (r.u or "") == unit]
+    if unit:
+        if all(not r.u for r in records):
+            return [r for r in records if not housekeeping(r)], None
+        return [r for r in records if r.u == unit], None
+    measured = [r for r in records if not housekeeping(r)]
+    unitless = [r for r in measured if not r.u]
+    if unitless:
+        return unitless, None
+    units = {r.u for r in measured}
+    if len(units) == 1:
+        return measured, units.pop()
+    return [], None
 
 
 SeqVerdict = Literal["new", "restart", "late", "superseded"]

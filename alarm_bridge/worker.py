@@ -27,6 +27,7 @@ from gridpatrol.alarm_bridge import candidates, store
 from gridpatrol.alarm_bridge.adapters import (
     DEVICE_OFFLINE,
     MAX_AHEAD_S,
+    Adapted,
     AlarmInput,
     Rejected,
     adapt,
@@ -229,6 +230,7 @@ class BridgeCore:
         self.registry: dict[str, Sensor] = {s.id: s for s in site.sensors}
         self.counts = Counters()
         self._clock_off: set[str] = set()  # sensors already logged for a clock ahead or behind
+        self._unit_assumed: set[str] = set()  # sensors already logged for a unit not configured
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -281,6 +283,7 @@ class BridgeCore:
         view = out.state(txn.conn)
         self._heard(txn, self.registry[adapted.sensor_id], now, out)
         self._note_moved(adapted.inputs[0])
+        self._note_unit(adapted)
         order = self._sequence(view, adapted.inputs[0])
         if order == "late":
             return
@@ -328,6 +331,19 @@ class BridgeCore:
                 abs(item.moved_s),
                 "after" if item.moved_s > 0 else "before",
             )
+
+    def _note_unit(self, adapted: Adapted) -> None:
+        unit = adapted.assumed_unit
+        if unit is None or adapted.sensor_id in self._unit_assumed:
+            return
+        self._unit_assumed.add(adapted.sensor_id)
+        log.warning(
+            "sensor %s: thresholds without a unit, SenML readings in %r read as its"
+            " measurement; set unit: %r in its thresholds",
+            adapted.sensor_id,
+            unit,
+            unit,
+        )
 
     def reject(
         self, out: BatchResult, why: Rejected, topic: str, payload: bytes, received_at: datetime

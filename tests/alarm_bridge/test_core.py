@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,12 +11,12 @@ from typing import Any
 import pytest
 
 from gridpatrol.alarm_bridge import store
-from gridpatrol.alarm_bridge.adapters import alarm_id_for
+from gridpatrol.alarm_bridge.adapters import Adapted, Rejected, adapt, alarm_id_for
 from gridpatrol.alarm_bridge.uptime import MAX_GAPS, SETTLE_S, Uptime
 from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
-from gridpatrol.site import Site, load_site
+from gridpatrol.site import Sensor, Site, load_site
 
 from .conftest import outbox_ops
 
@@ -752,6 +753,104 @@ def test_senml_boolean_records_are_readings(
     if ops:
         assert ops[0][1]["type"] == "smoke" and ops[0][1]["measurements"] == measurements
         assert {k: ops[-1][1]["alarm"][k] for k in alarm or {}} == alarm
+
+
+UNITLESS_THRESHOLD_CASES = [
+    # (name, pack records, records read as (name, unit, value) or the dead letter's reason)
+    ("a level in cm", [{"n": "level", "u": "cm", "v": 20}], [("wl-9:level", "cm", 20.0)]),
+    (
+        "a level in the base unit",
+        [{"bu": "cm", "n": "level", "v": 20}],
+        [("wl-9:level", "cm", 20.0)],
+    ),
+    ("a level without a unit", [{"n": "level", "v": 20}], [("wl-9:level", None, 20.0)]),
+    (
+        "a level in cm beside a battery in V",
+        [{"n": "level", "u": "cm", "v": 20}, {"n": "battery", "u": "V", "v": 3.6}],
+        [("wl-9:level", "cm", 20.0)],
+    ),
+    (
+        "a level in cm beside a battery level without a unit",
+        [{"n": "level", "u": "cm", "v": 20}, {"n": "batteryLevel", "v": 80}],
+        [("wl-9:level", "cm", 20.0)],
+    ),
+    (
+        "a level in cm beside a radio and device temperature",
+        [
+            {"n": "level", "u": "cm", "v": 20},
+            {"n": "rssi", "u": "dBW", "v": -90},
+            {"n": "temperature", "u": "Cel", "v": 21},
+        ],
+        [("wl-9:level", "cm", 20.0)],
+    ),
+    ("a battery in %EL alone", [{"n": "battery", "u": "%EL", "v": 80}], "no_reading"),
+    ("a battery in V alone", [{"n": "battery_voltage", "u": "V", "v": 3.6}], "no_reading"),
+    ("a charge in %EL alone", [{"n": "charge", "u": "%EL", "v": 80}], "no_reading"),
+    ("a battery without a unit alone", [{"n": "vbat", "v": 3.6}], "no_reading"),
+    (
+        "records in two units",
+        [{"n": "level", "u": "cm", "v": 20}, {"n": "depth", "u": "m", "v": 0.2}],
+        "no_reading",
+    ),
+]
+
+
+@pytest.mark.parametrize(("records", "expected"), named(UNITLESS_THRESHOLD_CASES))
+def test_thresholds_without_a_unit_read_the_one_unit_of_a_pack_never_a_battery(
+    records: list[dict[str, object]], expected: list[tuple[str, str | None, float]] | str
+) -> None:
+    """Thresholds without a unit (it is optional) read a pack's records without one, else
+    those in the one unit its measurements share; battery, radio and device temperature
+    records never (a battery level once raised an urgent smoke alarm)."""
+    sensor = Sensor.model_validate(
+        {
+            "id": "wl-9",
+            "kind": "waterlogging",
+            "location": {"lat": 31.0, "lon": 121.0},
+            "thresholds": {"raise": 15, "clear": 5},
+        }
+    )
+    pack = [{"bn": "wl-9:", "bt": T0, **records[0]}, *records[1:]]
+    adapted = adapt(
+        json.dumps(pack).encode(),
+        sensor_id="wl-9",
+        registry={"wl-9": sensor},
+        received_at=datetime.fromtimestamp(T0, tz=UTC),
+    )
+    if isinstance(expected, str):
+        assert isinstance(adapted, Rejected)
+        assert (adapted.reason, adapted.heard) == (expected, True)
+        return
+    assert isinstance(adapted, Adapted)
+    read = [(m.n, m.u, m.v) for item in adapted.inputs for m in item.measurements]
+    assert read == expected
+    units = {u for _, u, _ in expected}
+    assert adapted.assumed_unit == (None if units == {None} else units.pop())
+
+
+def test_smoke_judged_without_a_unit_reads_its_smoke_record_in_a_unit_and_says_so_once(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    """sm-2's thresholds have no unit; its packs give the smoke density in %obs/m: they are
+    read (they used to be no_reading dead letters, and sm-2 never raised), the battery beside
+    them or alone never, and the unit not configured is logged once."""
+    smoke = {"n": "smoke", "u": "%obs/m", "v": 2.5}
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
+        h.alarm("sm-2", smoke_pack(T0, smoke, {"n": "battery", "u": "%EL", "v": 80}), T0)
+        h.alarm("sm-2", smoke_pack(T0 + 10, {**smoke, "v": 0}, {"n": "battery", "u": "V", "v": 3}))
+        h.alarm("sm-2", smoke_pack(T0 + 20, {"n": "battery", "u": "%EL", "v": 80}), T0 + 20)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch"]
+    assert ops[0][1]["type"] == "smoke"
+    assert ops[0][1]["measurements"] == [{"n": "sm-2:smoke", "u": "%obs/m", "v": 2.5, "t": T0}]
+    assert ops[1][1]["alarm"]["cleared_at"] == "2026-09-21T14:13:30Z"
+    assert h.dead == ["no_reading"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "sensor sm-2: thresholds without a unit, SenML readings in '%obs/m' read as its"
+        " measurement; set unit: '%obs/m' in its thresholds",
+        "dead letter from gridpatrol/sensors/sm-2/alarm: no_reading no numeric or boolean"
+        " SenML measurement without a unit or in one unit (the sensor's thresholds have none)",
+    ]
 
 
 @pytest.mark.parametrize(
