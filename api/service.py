@@ -1024,11 +1024,14 @@ class CandidateService:
     ) -> tuple[int, str]:
         body = dump_body(parsed)
         refuse_server_fields(body, SERVER_FIELDS, "a patch")
-        refuse_nulls(body)
         digest = request_hash("PATCH", f"/candidates/{cid}", body)
         return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))
 
     def _patch(self, session: Session, who: Principal, cid: str, parsed: CandidatePatch) -> Outcome:
+        changes = parsed.model_dump(mode="json", exclude_unset=True)
+        # Judged once the key is claimed, not before: a key whose request an earlier release
+        # accepted replays its answer (the 422 takes the claim back with it).
+        refuse_nulls(changes)
         row = self._load(session, cid)
         if row.status not in sm.PATCHABLE:
             # 410, not 409: the refusal is final, so an outbox must not retry it.
@@ -1036,7 +1039,6 @@ class CandidateService:
         now = self.clock()
         stored = json.loads(row.doc)
         before = row.status
-        changes = parsed.model_dump(mode="json", exclude_unset=True)
         doc = merge_patches(stored, changes)
         unheld = self._derive(doc)
         if doc == stored:

@@ -263,6 +263,37 @@ def test_a_patch_cannot_set_an_element_to_null(api: Any) -> None:
     assert extra.json()["note"] is None
 
 
+def test_a_null_patch_accepted_by_an_earlier_release_replays_its_answer(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gridpatrol.api.service as service
+
+    doc = post(api, api.body("e1", api.put_jpeg(), measurements=[{"n": "t", "v": 1}])).json()
+    producer = api.as_("producer")
+    patch_url = f"{URL}/{doc['id']}"
+    # A release without the null check accepted this PATCH and stored its answer by key.
+    monkeypatch.setattr(service, "refuse_nulls", lambda body: None)
+    first = producer.patch(patch_url, json={"measurements": None}, headers={"Idempotency-Key": "p"})
+    assert first.status_code == 200, first.text
+    assert first.json()["measurements"] is None
+    monkeypatch.undo()
+    replay = producer.patch(
+        patch_url, json={"measurements": None}, headers={"Idempotency-Key": "p"}
+    )
+    assert (replay.status_code, replay.text) == (200, first.text)
+    # A new key with the same body is refused, and its refusal does not keep the key.
+    refused = producer.patch(
+        patch_url, json={"measurements": None}, headers={"Idempotency-Key": "q"}
+    )
+    assert (refused.status_code, refused.json()["detail"]) == (
+        422,
+        "a patch cannot remove elements: measurements cannot be null"
+        " (leave an element out to keep it)",
+    )
+    fixed = producer.patch(patch_url, json={"measurements": []}, headers={"Idempotency-Key": "q"})
+    assert (fixed.status_code, fixed.json()["measurements"]) == (200, [])
+
+
 def test_a_patch_cannot_take_required_elements_from_a_visible_candidate(api: Any) -> None:
     doc = post(api, api.body("e1", api.put_jpeg())).json()
     assert api.review(doc["id"], "confirm").status_code == 200
