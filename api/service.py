@@ -448,9 +448,12 @@ def refuse_server_fields(body: JsonDict, owned: frozenset[str], what: str) -> No
 
 
 def refuse_nulls(body: JsonDict) -> None:
-    """422 when a PATCH sets an element to null: a PATCH supplements or updates a candidate
-    (evidence and references accumulate), it never removes an element; one left out stays as
-    it is. Fields the schema does not name are kept as sent, null or not."""
+    """422 when a PATCH sets a top-level element to null (one left out stays as it is). Not
+    judged here: a field inside an element may be null (the alarm bridge sends
+    ``alarm.first_seen: null``), a list other than evidence and references (which accumulate)
+    is replaced, ``[]`` emptying it, and fields the schema does not name are kept as sent, null
+    or not. A PATCH taking a required element from a visible candidate is refused apart
+    (:meth:`CandidateService._lost_elements`)."""
     nulls = sorted(
         name for name in CandidatePatch.model_fields if name in body and body[name] is None
     )

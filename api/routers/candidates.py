@@ -114,11 +114,19 @@ async def patch_candidate(
     services: Svc,
     key: IdempotencyKey = None,
 ) -> Response:
-    """Merge the elements into the candidate: objects merge, the later value wins; evidence
-    and references accumulate, except that a ``latest`` frame supersedes the earlier one.
+    """Merge the elements into the candidate: objects merge field by field (a field left out
+    stays as it is, the later value wins); evidence and references accumulate, except that a
+    ``latest`` frame supersedes the earlier one; any other list (``measurements``,
+    ``detection.boxes``, ...) is replaced by the one sent, and ``[]`` empties it.
 
-    A PATCH never removes an element: one set to null is refused (422), as is a PATCH that
-    would leave a confirmed candidate (or one further on) without a required element it has."""
+    A top-level element set to null is refused (422); a field inside one may be null
+    (``alarm.first_seen``, ``location.lat``), and a field the schema does not name is kept as
+    sent. A PATCH that would leave a confirmed candidate (or one further on) without a
+    required element it has is refused (422, the candidate unchanged): an empty
+    ``description``, a ``location`` with neither coordinates (``lat`` and ``lon``) nor
+    ``address`` nor ``grid_code``, a ``source`` without ``source_event_id``. A location that
+    keeps its address or grid code is still present, so its coordinates may be set to null. A
+    ``new`` candidate that loses a required element goes back to ``incomplete``."""
     call = partial(services.candidates.patch, who, candidate_id, key, patch)
     status, text = await services.write(call)
     return json_text(text, status)
