@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Collection
 from dataclasses import fields
 from typing import Any
 
@@ -247,6 +248,21 @@ def watch(conn: sqlite3.Connection, sensor_id: str, since: float) -> None:
     conn.execute(
         "INSERT OR IGNORE INTO bridge_watched (sensor_id, since) VALUES (?, ?)", (sensor_id, since)
     )
+
+
+def forget_unwatched(conn: sqlite3.Connection, sensor_ids: Collection[str]) -> int:
+    """Forget when the sensors not in ``sensor_ids`` (the site file's) were last heard and first
+    watched: one taken out of the site file and put back is silent from its return, not since
+    before its absence (its messages meanwhile were unknown_sensor dead letters). The number of
+    rows removed."""
+    keep = json.dumps(sorted(sensor_ids))
+    removed = 0
+    for table in ("bridge_seen", "bridge_watched"):
+        removed += conn.execute(
+            f"DELETE FROM {table} WHERE sensor_id NOT IN (SELECT value FROM json_each(?))",
+            (keep,),
+        ).rowcount
+    return removed
 
 
 def load_uptime(conn: sqlite3.Connection) -> UptimeState | None:

@@ -520,7 +520,13 @@ class BridgeCore:
         return raised
 
     def restore_uptime(self, txn: OutboxTxn, uptime: Uptime) -> None:
-        """Continue the connection bookkeeping of the bridge's last run (before any look)."""
+        """Continue the connection bookkeeping of the bridge's last run (before any look).
+
+        The sensors no longer in the site file are forgotten: one put back later is judged
+        from when it is watched again, not silent through its absence."""
+        forgotten = store.forget_unwatched(txn.conn, self.registry)
+        if forgotten:
+            log.info("sensors no longer in the site file: %d silence rows forgotten", forgotten)
         state = store.load_uptime(txn.conn)
         if state is not None:
             uptime.restore(state)

@@ -16,9 +16,9 @@ from gridpatrol.alarm_bridge.uptime import MAX_GAPS, SETTLE_S, Uptime
 from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
-from gridpatrol.site import Sensor, Site, load_site
+from gridpatrol.site import Sensor, Site, load_site, parse_site
 
-from .conftest import outbox_ops
+from .conftest import SITE_YAML, outbox_ops
 
 T0 = 1_790_000_000.0
 BROKER = "mqtt://127.0.0.1:1883"  # never connected to
@@ -976,6 +976,41 @@ def test_silence_does_not_count_the_bridges_own_downtime(site: Site, outbox: Out
     assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
         ("wl-1", "2026-09-21T15:20:21Z"),
         ("mh-1", "2026-09-21T15:35:21Z"),  # back + 60 + 1261
+    ]
+
+
+def test_a_sensor_put_back_in_the_site_file_is_silent_from_its_return(
+    site: Site, outbox: Outbox
+) -> None:
+    """wl-1 (300 s) heard, then out of the site file for a day, then back: its absence is not
+    silence (it raised device_offline at the first check of the run it came back in)."""
+    start, end = SITE_YAML.index("  - id: wl-1"), SITE_YAML.index("  - id: sm-1")
+    without = parse_site((SITE_YAML[:start] + SITE_YAML[end:]).replace("PREFIX", "gridpatrol"), "s")
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    h.silence(T0)
+    h.alarm("wl-1", reading("wl-1", 1.0, T0 + 70), T0 + 70)
+    h.silence(T0 + 120)
+    h = Harness(without, outbox, settle_s=SETTLE_S)
+    for i in range(288):  # a day, mh-1 heard every 5 minutes
+        h.silence(T0 + 200 + 300 * i)
+        h.alarm("mh-1", reading("mh-1", 1.0, T0 + 200 + 300 * i), T0 + 200 + 300 * i)
+    back = T0 + 200 + 86400
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    for at in (back, back + 1, back + 960):  # 900 s listened after the first minute settling
+        h.silence(at)
+    assert _offline_creates(outbox) == []
+    h.silence(back + 961)
+    assert _offline_creates(outbox) == [("wl-1", "2026-09-22T14:32:41Z")]  # back + 961
+    with outbox.transaction() as txn:
+        assert sorted(store.last_heard(txn.conn)) == ["mh-1"]
+        assert sorted(store.watched(txn.conn)) == ["mh-1", "wl-1"]
+
+
+def _offline_creates(box: Outbox) -> list[tuple[str, str]]:
+    return [
+        (b["source"]["sensor_id"], b["occurred_at"])
+        for k, _, b in outbox_ops(box)
+        if k == "create" and b["type"] == "device_offline"
     ]
 
 
