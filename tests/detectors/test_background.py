@@ -197,6 +197,22 @@ def test_a_clock_gone_back_does_not_make_the_model_learn_a_pile_at_once(
     assert found.bbox == (40 / 160, 50 / 90, 80 / 160, 80 / 90)
 
 
+def test_a_model_on_a_clock_gone_back_does_not_begin_again_when_it_reaches_its_old_start() -> None:
+    # The road is learned for a minute from DAY; then the clock goes back 300 s and frames go
+    # on from there. A pile appears as the new clock reaches DAY, the model's start on the old
+    # clock. The model moved to the new clock is a minute old there and still finds the whole
+    # pile 30 s later; one keeping its old start would be in its first 30 s again and take the
+    # pile for the road within seconds.
+    frames = (
+        every(2.0, DAY, DAY + 60.0)
+        + every(2.0, DAY - 240.0, DAY - 4.0)
+        + every(2.0, DAY - 4.0, DAY + 30.0, pile=230)
+    )
+    found = run(frames)
+    assert found.fraction == 1200 / (90 * 160)  # the whole box: 30 × 40 px
+    assert found.bbox == (40 / 160, 50 / 90, 80 / 160, 80 / 90)
+
+
 @pytest.mark.parametrize("gap", [2.0, 30.0, 60.0], ids=["every 2 s", "every 30 s", "every 60 s"])
 def test_a_slow_camera_learns_a_change_at_its_real_rate(gap: float) -> None:
     # A shadow 40 grey levels deep is learned after learn_s × ln(40 / 25) ≈ 0.5 learn_s
