@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -72,19 +71,21 @@ MAX_DEPTH = 32
 
 def check_depth(value: object, what: str, limit: int = MAX_DEPTH) -> None:
     """ValueError when ``value`` nests arrays and objects more than ``limit`` levels deep
-    (a scalar is level 0, ``[]`` level 1); looked at without recursion."""
-    stack: list[tuple[object, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict):
-            children: Iterable[object] = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth + 1 > limit:
+    (a scalar is level 0, ``[]`` level 1); looked at level by level, without recursion, and
+    keeping only the arrays and objects of the next level (a wide array of scalars costs one
+    pass over it)."""
+    level: list[Any] = [value] if isinstance(value, dict | list | tuple) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
             raise ValueError(f"{what} is nested more than {limit} levels deep")
-        stack.extend((child, depth + 1) for child in children)
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, dict) else item)
+            if isinstance(child, dict | list | tuple)
+        ]
 
 
 def shallow(what: str) -> AfterValidator:

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import threading
+import tracemalloc
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from gridpatrol.api.db import CandidateRow, IdempotencyRow
+from gridpatrol.api.schemas import check_depth
 from gridpatrol.api.service import parse_candidate, request_hash
 
 from .conftest import on_event_loop
@@ -456,6 +458,39 @@ def test_a_batch_refuses_only_the_item_nested_too_deeply(api: Any) -> None:
         "detail": "the candidate does not match the schema",
         "errors": [too_deep(["measurements", 0], "a measurement")],
     }
+
+
+def test_the_depth_check_counts_arrays_and_objects_alike() -> None:
+    def chain(levels: int) -> Any:
+        value: Any = {}
+        for index in range(levels - 1):
+            value = {"a": value} if index % 2 else [value]
+        return value
+
+    for accepted in (5, None, "x", [], {}, nested(32), chain(32), (0, [1, {"b": nested(29)}])):
+        check_depth(accepted, "v")
+    wide = [0] * 1000 + [{"a": nested(31)}] + [[]] * 1000
+    for refused in (nested(33), chain(33), {"a": nested(32)}, wide, [(nested(32),)]):
+        with pytest.raises(ValueError) as caught:
+            check_depth(refused, "v")
+        assert str(caught.value) == "v is nested more than 32 levels deep"
+    with pytest.raises(ValueError) as caught:
+        check_depth(nested(3), "a measurement", limit=2)
+    assert str(caught.value) == "a measurement is nested more than 2 levels deep"
+
+
+def test_the_depth_check_keeps_no_entry_per_scalar() -> None:
+    # A measurement of 300 000 numbers (about 600 KB of JSON) is looked at in one pass: the
+    # check holds the arrays and objects of the next level only, never one entry per number
+    # (that took about 19 MB and half a second per body).
+    wide = {"v": [0] * 300_000}
+    tracemalloc.start()
+    try:
+        check_depth(wide, "a measurement")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100_000
 
 
 def test_list_filters_and_pages_newest_first(api: Any) -> None:
