@@ -706,10 +706,36 @@ class DetectorWorker:
             h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
         )
         sure = objects(result.detections)  # evidence draws objects, not boxes kept for tracks
+        self._episodes(rt, h.ts, events, item, sure)
+
+    def _episodes(
+        self,
+        rt: CameraRuntime,
+        ts: datetime,
+        events: Iterable[Any],
+        item: Ready,
+        detections: Detections,
+    ) -> None:
+        """A judged frame's rule events into episode operations, then its waiting episodes.
+
+        Each event goes on its own: one the outbox did not take (the file locked beyond the busy
+        timeout, a full disk) is logged, and the frame's other events and waiting episodes go on
+        (two rules clearing in one frame each end their episode)."""
         for raw in events:
-            self._episode(rt, normalise_event(raw), item, sure)
+            ev = normalise_event(raw)
+            try:
+                self._episode(rt, ev, item, detections)
+            except Exception:
+                log.exception(
+                    "camera %s: the %s of rule %s in zone %s at %s was not queued",
+                    rt.camera.id,
+                    ev.kind,
+                    ev.rule,
+                    ev.zone_id,
+                    ev.t.isoformat(),
+                )
         if rt.waiting:
-            self._end_unfollowed(rt, h.ts)
+            self._end_unfollowed(rt, ts)
 
     def _scene_fn(
         self, result: InferenceResult
@@ -771,8 +797,8 @@ class DetectorWorker:
             )
 
     def _end_later(self, rt: CameraRuntime, ops: Sequence[Op]) -> None:
-        """The endings among ``ops``, which the outbox did not take, wait for the camera's next
-        frame (_end_unfollowed), at their last sighting."""
+        """The endings among ``ops``, which the outbox did not take, wait (_end_unfollowed, after
+        the frame's events and with each next frame), at their last sighting."""
         for op in ops:
             ep = op.episode
             if op.kind != "end" or ep.ended_at is None:
@@ -780,8 +806,8 @@ class DetectorWorker:
             rt.waiting.add(ep.key)
             rt.ending[ep.key] = ep.ended_at
             log.warning(
-                "camera %s: ending candidate %s (%s in zone %s) was not queued; the next frame "
-                "tries again",
+                "camera %s: ending candidate %s (%s in zone %s) was not queued; it is tried "
+                "again with the waiting episodes",
                 rt.camera.id,
                 ep.candidate_id,
                 ep.type,

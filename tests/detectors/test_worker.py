@@ -582,14 +582,14 @@ def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     assert outbox.depth() == 0  # no end
 
 
-def _locked_once(monkeypatch: pytest.MonkeyPatch, outbox: Outbox) -> list[str]:
-    """The outbox's next transaction fails as on a file another process holds beyond the busy
-    timeout; the ones after it go through. Returns the failures so far."""
+def _locked_once(monkeypatch: pytest.MonkeyPatch, outbox: Outbox, times: int = 1) -> list[str]:
+    """The outbox's next transaction (``times`` transactions) fails as on a file another process
+    holds beyond the busy timeout; the ones after it go through. Returns the failures so far."""
     real = outbox.transaction
     failed: list[str] = []
 
     def transaction() -> Any:
-        if not failed:
+        if len(failed) < times:
             failed.append("database is locked")
             raise sqlite3.OperationalError("database is locked")
         return real()
@@ -799,11 +799,25 @@ def _judge(worker: DetectorWorker, ts: datetime, received: datetime, dets: Any) 
     rt = worker.cams["cam-00"]
     if not worker._in_order(rt, ts, received, "frame", b""):
         return False
-    for ev in rt.pipeline.process(ts, (1280, 720), dets):
-        worker._episode(rt, normalise_event(ev), None, dets)  # type: ignore[arg-type]
-    if rt.waiting:
-        worker._end_unfollowed(rt, ts)
+    events = rt.pipeline.process(ts, (1280, 720), dets)
+    worker._episodes(rt, ts, events, None, dets)  # type: ignore[arg-type]
     return True
+
+
+def _crowd_seen(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site: str, seen_s: int, until_s: int
+) -> tuple[DetectorWorker, Outbox]:
+    """A worker whose cam-00 sent a frame a second from 0 s until before ``until_s``, each
+    received at its time, with a person in view until before ``seen_s``; evidence not
+    rendered."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _worker(tmp_path, site)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    for k in range(until_s):
+        assert _judge(worker, _at(k), _at(k), person if k < seen_s else Detections.empty())
+    return worker, outbox
 
 
 def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
@@ -865,26 +879,25 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The crowd raised at 5 s is last seen at 29 s; its rule clears it at 39 s (clear_s 10),
-    but the file is locked. No event of the rule follows, and the camera keeps sending: the
-    next frame ends the episode, at its last sighting, once."""
+    but the file is locked, still when the frame's waiting episodes are looked at. No event of
+    the rule follows, and the camera keeps sending: the next frame ends the episode, at its last
+    sighting, once."""
     from gridpatrol.detectors.episodes import load_book
     from gridpatrol.detectors.types import Detections
 
-    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
     nobody = Detections.empty()
-    worker, outbox = _worker(tmp_path, CROWD_SITE)
-    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=30, until_s=39)
     rt = worker.cams["cam-00"]
-    for k in range(30):
-        assert _judge(worker, _at(k), _at(k), person)
-    for k in range(30, 39):
-        assert _judge(worker, _at(k), _at(k), nobody)
     (raised,) = worker.book.values()
     caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
-    failed = _locked_once(monkeypatch, outbox)
+    failed = _locked_once(monkeypatch, outbox, times=2)
     with pytest.raises(sqlite3.OperationalError, match="database is locked"):
-        _judge(worker, _at(39), _at(39), nobody)  # the clear
-    assert failed == ["database is locked"]
+        _judge(worker, _at(39), _at(39), nobody)  # the clear, then the waiting ending
+    assert failed == ["database is locked"] * 2
+    assert (
+        "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
+        f"{_at(39).isoformat()} was not queued"
+    ) in caplog.messages
     assert (worker.book, rt.waiting, rt.ending) == (
         {raised.key: raised},
         {raised.key},
@@ -892,7 +905,7 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
     )
     assert (
         f"camera cam-00: ending candidate {raised.candidate_id} (crowd_gathering in zone kerb) "
-        "was not queued; the next frame tries again"
+        "was not queued; it is tried again with the waiting episodes"
     ) in caplog.messages
     for k in range(40, 400):
         assert _judge(worker, _at(k), _at(k), nobody)
@@ -909,6 +922,59 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
     assert (
         f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
         f"not seen since {_at(29).isoformat()}"
+    ) in caplog.messages
+
+
+TWO_ZONE_SITE = (
+    _zone_site(
+        "kerb",
+        "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 120}}",
+    )
+    + """      - id: kerb2
+        polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]
+        rules: {crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 120}}
+"""
+)
+
+
+def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_queued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two zones see the same crowd from 0 s to 29 s; both rules clear it at 39 s. The first
+    clear meets a locked file: the second clear is still queued in that frame, and the first
+    ending waits and is queued with the frame's waiting episodes. Each ends once, at 29 s."""
+    from gridpatrol.detectors.types import Detections
+
+    nobody = Detections.empty()
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, TWO_ZONE_SITE, seen_s=30, until_s=39)
+    rt = worker.cams["cam-00"]
+    kerb, kerb2 = (worker.book[("cam-00", z, "crowd_gathering")] for z in ("kerb", "kerb2"))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    assert _judge(worker, _at(39), _at(39), nobody)  # both clears
+    assert failed == ["database is locked"]
+    for k in range(40, 60):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    seen = _at(29)
+    assert worker.book == {
+        kerb.key: replace(
+            kerb, ended_at=seen, last_event_at=seen, reported_at=_at(39), dwell_s=29.0
+        ),
+        kerb2.key: replace(
+            kerb2, ended_at=seen, last_event_at=_at(39), reported_at=_at(39), dwell_s=29.0
+        ),
+    }
+    assert (rt.waiting, rt.ending) == (set(), {})
+    assert _outbox_ops(outbox) == [
+        ("create", kerb.candidate_id),
+        ("create", kerb2.candidate_id),
+        ("patch", kerb2.candidate_id),
+        ("patch", kerb.candidate_id),
+    ]
+    assert _ops_sent(worker, "end") == 2.0
+    assert (
+        "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
+        f"{_at(39).isoformat()} was not queued"
     ) in caplog.messages
 
 
