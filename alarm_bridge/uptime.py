@@ -7,7 +7,9 @@ every connection, while the messages the persistent session queued meanwhile are
 arriving. A link that drops and comes back pauses the count; it does not restart it, nor does
 a restart of the bridge: the bookkeeping is kept in the state database (:meth:`Uptime.state`,
 :meth:`Uptime.restore`), and the time from the last look of the bridge's previous run to its
-first connection's settling is not listening.
+first connection's settling is not listening. (The bridge writes that bookkeeping at most
+once a minute while nothing changes: after a crash, its last look read may be up to that
+much earlier than the real one, which counts less listening, never more.)
 """
 
 from __future__ import annotations

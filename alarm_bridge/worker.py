@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 COMPONENT = "alarm_bridge"
 BATCH = 100  # messages per transaction (the broker's in-flight window may make it fewer)
 SILENCE_FACTOR = 3.0
+# How often the connection's history is written while its spans do not change: what a crash
+# loses of it (the next run counts that much less listening).
+UPTIME_SAVE_S = 60.0
 DEDUP_RETENTION_S = 7 * 86400
 SNAPSHOT_TIMEOUT_S = 5.0
 SNAPSHOT_QUEUE = 256
@@ -231,6 +234,8 @@ class BridgeCore:
         self.counts = Counters()
         self._clock_off: set[str] = set()  # sensors already logged for a clock ahead or behind
         self._unit_assumed: set[str] = set()  # sensors already logged for a unit not configured
+        # The connection's history last written (its start and spans) and when.
+        self._uptime_saved: tuple[float, list[tuple[float, float]], float] | None = None
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -496,7 +501,8 @@ class BridgeCore:
         message (since the bridge first watched it, for a sensor never heard), see
         :class:`Uptime`: while the bridge was down or cut off, a sensor's messages waited in
         the persistent session, but neither a link that flaps nor a restart of the bridge
-        restarts the count. The bookkeeping is saved here, once a second, for the next run.
+        restarts the count. The bookkeeping is saved here for the next run (see
+        :meth:`save_uptime`).
         """
         heard = store.last_heard(txn.conn)
         watched = store.watched(txn.conn)
@@ -514,10 +520,36 @@ class BridgeCore:
                 continue
             self._offline(txn, sensor, f"silence:{since:.6f}", True, now, out)
             raised += 1
-        state = uptime.state()
-        if state is not None:  # for the next run: a restart does not restart the silence
-            store.save_uptime(txn.conn, state)
+        self.save_uptime(txn, uptime, now)
         return raised
+
+    def save_uptime(
+        self, txn: OutboxTxn, uptime: Uptime, now: float, *, final: bool = False
+    ) -> bool:
+        """Keep the connection's history for the next run, so that a restart does not restart
+        the silence; True if written.
+
+        Written when its spans changed (a reconnection), else at most every
+        :data:`UPTIME_SAVE_S`, and at a stop (``final``): a write a second would cost a
+        commit and its sync every second on an idle bridge. What the next run reads may be
+        that much older than the last look, which only moves the start of its downtime span
+        earlier: sensors are judged less silent by up to that much, never more.
+        """
+        state = uptime.state()
+        if state is None:
+            return False
+        started, _, gaps = state
+        saved = self._uptime_saved
+        if (
+            not final
+            and saved is not None
+            and saved[:2] == (started, gaps)
+            and 0 <= now - saved[2] < UPTIME_SAVE_S
+        ):
+            return False
+        store.save_uptime(txn.conn, state)
+        self._uptime_saved = (started, gaps, now)
+        return True
 
     def restore_uptime(self, txn: OutboxTxn, uptime: Uptime) -> None:
         """Continue the connection bookkeeping of the bridge's last run (before any look).
@@ -680,6 +712,7 @@ class Bridge:
         finally:
             self._stop.set()
             self._flush_patches()
+            self._save_uptime()
             for thread in media_threads:
                 thread.join(SNAPSHOT_TIMEOUT_S + 2)
 
@@ -727,6 +760,11 @@ class Bridge:
     def _flush_patches(self) -> None:
         with self.outbox.transaction() as txn:
             self.core.flush_patches(txn)
+
+    def _save_uptime(self) -> None:
+        """The connection's history up to the last look, for the next run."""
+        with self.outbox.transaction() as txn:
+            self.core.save_uptime(txn, self._uptime, self.clock(), final=True)
 
     def _collect(self) -> list[Message]:
         first = self._held or self._inbox.get(timeout=0.2)

@@ -89,6 +89,11 @@ class Harness:
             self.core.check_silence(txn, now, out, self.uptime)
             self.core.finish(txn, out)
 
+    def stop(self, now: float) -> None:
+        """As a bridge stopping does: the connection's history written as it is."""
+        with self.outbox.transaction() as txn:
+            assert self.core.save_uptime(txn, self.uptime, now, final=True)
+
 
 @pytest.fixture
 def h(site: Site, outbox: Outbox) -> Harness:
@@ -1014,24 +1019,73 @@ def _offline_creates(box: Outbox) -> list[tuple[str, str]]:
     ]
 
 
-def test_a_bridge_restarting_every_few_minutes_still_judges_silence(
-    site: Site, outbox: Outbox
-) -> None:
-    """Restarted every 5 minutes (up 4 min 50 s, down 10 s), each run settling for a minute:
-    wl-1 (900 s) and mh-1, never heard (1800 s), used to be judged silent never."""
+def _restarted_every_5_minutes(
+    site: Site, outbox: Outbox, *, stopping: bool
+) -> list[tuple[str, str]]:
+    """12 runs of 290 s, checks 10 s apart, wl-1 heard at T0: the device_offline raised."""
     for run in range(12):
         h = Harness(site, outbox, settle_s=SETTLE_S)
         start = T0 + 300 * run
         for at in range(int(start), int(start) + 291, 10):
             h.silence(at)
+        if stopping:
+            h.stop(start + 290)
         if run == 0:
             h.alarm("wl-1", reading("wl-1", 1.0, T0), T0)
     creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    return [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates]
+
+
+def test_a_bridge_restarting_every_few_minutes_still_judges_silence(
+    site: Site, outbox: Outbox
+) -> None:
+    """Restarted every 5 minutes (up 4 min 50 s, down 10 s), each run settling for a minute:
+    wl-1 (900 s) and mh-1, never heard (1800 s), used to be judged silent never."""
     # 230 s of listening a run (its last look 290 s after its start, less the minute settling).
-    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+    assert _restarted_every_5_minutes(site, outbox, stopping=True) == [
         ("wl-1", "2026-09-21T14:33:00Z"),  # T0 + 900 + 280: 3 x 230 + 220 = 910 s
         ("mh-1", "2026-09-21T14:52:40Z"),  # T0 + 2100 + 260: 7 x 230 + 200 = 1810 s
     ]
+
+
+def test_a_bridge_crashing_every_few_minutes_judges_silence_later_never_sooner(
+    site: Site, outbox: Outbox
+) -> None:
+    """As above, but each run ends without its stop: what the next run reads of the
+    connection is from its last write, 240 s after its start (written at its first check,
+    then every 60 s), so each run before the current one counts 180 s of listening, not
+    230 s: the alarms come later (wl-1 at T0 + 1180 and mh-1 at T0 + 2360 above)."""
+    assert _restarted_every_5_minutes(site, outbox, stopping=False) == [
+        ("wl-1", "2026-09-21T14:37:30Z"),  # T0 + 1200 + 250: 4 x 180 + 190 = 910 s
+        ("mh-1", "2026-09-21T15:02:30Z"),  # T0 + 2700 + 250: 9 x 180 + 190 = 1810 s
+    ]
+
+
+def test_an_idle_bridge_writes_the_connection_history_every_minute_and_at_reconnections(
+    site: Site, outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked every second: the history is written at the first check, then only every 60 s
+    while nothing changes, at once when the link came back, and at the stop (it was written
+    at every check: a commit and its sync every second)."""
+    h = Harness(site, outbox)
+    written: list[float] = []
+    save = store.save_uptime
+
+    def spy(conn: Any, state: Any) -> None:
+        written.append(state[1] - T0)  # its last look
+        save(conn, state)
+
+    monkeypatch.setattr(store, "save_uptime", spy)
+    for i in range(150):
+        h.silence(T0 + i)
+    h.silence(T0 + 150, connects=2)  # the link came back: a new span not listened
+    for i in range(151, 200):
+        h.silence(T0 + i, connects=2)
+    assert written == [0, 60, 120, 150]
+    h.stop(T0 + 199.5)
+    assert written == [0, 60, 120, 150, 199]
+    with outbox.transaction() as txn:
+        assert store.load_uptime(txn.conn) == (T0, T0 + 199, [(T0, T0), (T0 + 149, T0 + 150)])
 
 
 def test_the_connection_history_kept_is_bounded(site: Site, outbox: Outbox) -> None:
@@ -1041,6 +1095,7 @@ def test_the_connection_history_kept_is_bounded(site: Site, outbox: Outbox) -> N
     for i in range(MAX_GAPS + 5):
         h.silence(T0 + 10 * i, connects=i + 1)
         h.silence(T0 + 10 * i + 2, connects=i + 1)
+    h.stop(T0 + 10 * (MAX_GAPS + 4) + 2)
     with outbox.transaction() as txn:
         state = store.load_uptime(txn.conn)
     assert state is not None

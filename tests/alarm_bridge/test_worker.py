@@ -1070,3 +1070,39 @@ def test_a_snapshot_still_wanted_is_read_without_the_write_lock(tmp_path: Path) 
         assert (bridge._still_wanted("c-1"), bridge._still_wanted("c-2")) == (True, False)
         assert time.monotonic() - started < 1.0
         other.execute("ROLLBACK")
+
+
+def test_a_stopping_bridge_writes_the_connection_history_up_to_its_last_look(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looks 10 s apart, idle: the history is written at the first check and 60 s later, then
+    at the stop with the last look (70 s), so the next run's downtime starts there."""
+    now = T0
+    link = FakeLink()
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    bridge = Bridge(
+        make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600, clock=lambda: now
+    )
+    looks = iter(T0 + 10 * i for i in range(8))
+    housekeeping = bridge._housekeeping
+
+    def one_look(_: float) -> None:
+        nonlocal now
+        now = next(looks, now)
+        if now == T0 + 70:
+            bridge.stop()
+        housekeeping(now)
+
+    written: list[float] = []
+    save = store.save_uptime
+
+    def spy(conn: Any, state: Any) -> None:
+        written.append(state[1] - T0)
+        save(conn, state)
+
+    monkeypatch.setattr(bridge, "_housekeeping", one_look)
+    monkeypatch.setattr(store, "save_uptime", spy)
+    bridge.run()
+    assert written == [0, 60, 70]
+    with outbox.transaction() as txn:
+        assert store.load_uptime(txn.conn) == (T0, T0 + 70, [(T0, T0 + SETTLE_S)])
