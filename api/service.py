@@ -230,7 +230,8 @@ def dump_body(parsed: CandidatePatch) -> JsonDict:
     except UnicodeEncodeError as exc:  # a lone surrogate in an object key
         raise Problem(422, SURROGATES) from exc
     except (ValueError, RecursionError) as exc:  # nested too deeply to serialize
-        raise Problem(422, f"the body cannot be stored as JSON: {exc}") from exc
+        # A fixed detail: the serializer's own message names its internals, not the body.
+        raise Problem(422, "the body is nested too deeply to be stored as JSON") from exc
 
 
 def iso(t: datetime | None) -> str | None:

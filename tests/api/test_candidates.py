@@ -440,6 +440,42 @@ def test_a_body_nested_too_deeply_is_refused_not_a_server_error(api: Any) -> Non
     ]
 
 
+def test_a_body_the_server_cannot_serialize_is_refused_with_a_fixed_detail(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gridpatrol.api.schemas as schemas
+
+    sha = api.put_jpeg()
+    doc = post(api, api.body("e0", sha), key="k0").json()
+    # Past the nesting check (were it ever to let such a value through), the serializer fails.
+    monkeypatch.setattr(schemas, "check_depth", lambda value, what, limit=32: None)
+    detail = "the body is nested too deeply to be stored as JSON"
+    created = post(api, api.body("e1", sha, context=nested(300)), key="k1")
+    patched = api.as_("producer").patch(
+        f"{URL}/{doc['id']}", json={"context": nested(300)}, headers={"Idempotency-Key": "p1"}
+    )
+    batch = api.as_("producer").post(
+        f"{URL}/batch",
+        json={
+            "items": [{"idempotency_key": "b1", "body": api.body("e2", sha, context=nested(300))}]
+        },
+    )
+    assert (created.status_code, created.json()["detail"]) == (422, detail)
+    assert (patched.status_code, patched.json()["detail"]) == (422, detail)
+    assert batch.status_code == 207
+    assert batch.json()["items"] == [
+        {
+            "status": 422,
+            "body": {
+                "type": "about:blank",
+                "title": "Unprocessable Content",
+                "status": 422,
+                "detail": detail,
+            },
+        }
+    ]
+
+
 def test_a_batch_refuses_only_the_item_nested_too_deeply(api: Any) -> None:
     sha = api.put_jpeg()
     items = [
