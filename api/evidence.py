@@ -5,7 +5,9 @@ flushed to disk and then given their name, so a reader never sees half a file an
 answered 2xx survives a power cut. A stored file counts only while its bytes hash to its
 name: one torn by a crash (or damaged since), or one that cannot be read (a bad block, a
 permission lost in a restore, a stale NFS handle), is not served, not counted as held, and is
-replaced by the next upload of its bytes. Every path is built from a validated hash only.
+replaced by the next upload of its bytes. A file verified once is remembered by its inode,
+size and modification time, so looking at it again costs one stat until it changes. Every path
+is built from a validated hash only.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import os
 import re
 import struct
 import tempfile
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +34,11 @@ _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.
 # object-store mounts): there the names are as durable as that file system makes them.
 _NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+# Stored files remembered as verified (about 200 bytes each): a candidate's files and those
+# of the candidates waiting for uploads stay among the most recently looked at.
+VERIFIED_FILES = 4096
+# A file modified this recently (in ns) is verified again at each look (:meth:`_remember`).
+RECENT_NS = 20_000_000
 MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic) carry the size.
@@ -119,6 +129,11 @@ class EvidenceStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dirs: set[str] = set()  # fan-out directories known to exist
+        # (sha256, inode, size, mtime in ns) of files whose bytes hashed to their name, the
+        # most recently looked at last. A file replaced, truncated or written since has
+        # another inode, size or mtime, and is read and hashed again.
+        self._verified: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
+        self._lock = threading.Lock()  # uploads and looks run on the event loop and the pool
 
     def path(self, sha256: str) -> Path:
         """The file of a hash; the hash is validated before it becomes part of a path."""
@@ -127,8 +142,27 @@ class EvidenceStore:
         return self.root / sha256[:2] / sha256
 
     def has(self, sha256: str) -> bool:
-        """Whether the store holds the file of ``sha256`` with bytes that hash to it."""
-        return bool(SHA256_RE.fullmatch(sha256)) and self._held(sha256) is not None
+        """Whether the store holds the file of ``sha256`` with bytes that hash to it: one stat
+        when it was verified before and has not changed since, else it is read and hashed."""
+        if not SHA256_RE.fullmatch(sha256):
+            return False
+        path = self.path(sha256)
+        try:
+            before = path.stat()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            _unreadable(sha256, exc)
+            return False
+        key = _key(sha256, before)
+        with self._lock:
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return True
+        if self._held(sha256) is None:
+            return False
+        self._remember(sha256, key)
+        return True
 
     def put(self, sha256: str, data: bytes, content_type: str | None) -> Stored:
         if not SHA256_RE.fullmatch(sha256):
@@ -195,10 +229,21 @@ class EvidenceStore:
         return Stored(sha256, media, len(data), created, width, height)
 
     def get(self, sha256: str) -> tuple[bytes, str]:
-        self.path(sha256)  # 404 for what is no hash
+        """The bytes of ``sha256`` and their media type, always read and hashed: served bytes
+        are never taken on trust (404 when missing, damaged or unreadable)."""
+        path = self.path(sha256)  # 404 for what is no hash
+        try:
+            before: os.stat_result | None = path.stat()
+        except OSError:  # missing, or unreadable: the read says which
+            before = None
         data = self._held(sha256)
         if data is None:
+            if before is not None:  # damaged in place, keeping its size and time: not held
+                with self._lock:
+                    self._verified.pop(_key(sha256, before), None)
             raise EvidenceError(404, "Not Found", f"no evidence {sha256}")
+        if before is not None:
+            self._remember(sha256, _key(sha256, before))
         return data, sniff(data)
 
     def _held(self, sha256: str) -> bytes | None:
@@ -210,12 +255,7 @@ class EvidenceStore:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            log.warning(
-                "evidence %s: the stored file cannot be read (%s); it counts as missing until "
-                "its bytes are uploaded again",
-                sha256,
-                exc,
-            )
+            _unreadable(sha256, exc)
             return None
         if hashlib.sha256(data).hexdigest() != sha256:
             log.warning(
@@ -226,6 +266,37 @@ class EvidenceStore:
             )
             return None
         return data
+
+    def _remember(self, sha256: str, key: tuple[str, int, int, int]) -> None:
+        """Remember the stored file of ``sha256`` as verified, if it is still the file of
+        ``key`` (its stat before it was read and hashed) and was not written just now: a
+        file system stamps times in ticks of a few ms, so a file changed again within the
+        tick it was written in could keep its size and modification time."""
+        try:
+            if _key(sha256, self.path(sha256).stat()) != key:
+                return
+        except OSError:
+            return
+        if time.time_ns() - key[3] <= RECENT_NS:
+            return
+        with self._lock:
+            self._verified[key] = None
+            self._verified.move_to_end(key)
+            while len(self._verified) > VERIFIED_FILES:
+                self._verified.popitem(last=False)
+
+
+def _key(sha256: str, st: os.stat_result) -> tuple[str, int, int, int]:
+    return sha256, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _unreadable(sha256: str, exc: OSError) -> None:
+    log.warning(
+        "evidence %s: the stored file cannot be read (%s); it counts as missing until its "
+        "bytes are uploaded again",
+        sha256,
+        exc,
+    )
 
 
 def _damage(data: bytes) -> str:

@@ -1,0 +1,160 @@
+"""Stored files verified once are looked at with one stat until they change: a candidate's
+create and PATCH, the candidates judged again on an upload and a conditional GET do not read
+and hash the file each time."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gridpatrol.api import evidence
+from gridpatrol.api.evidence import EvidenceStore
+
+from .conftest import jpeg
+
+URL = "/api/v1/evidence"
+HOUR_AGO = time.time_ns() - 3600 * 10**9
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """How often each file was read, by name."""
+    counted: Counter[str] = Counter()
+    read_bytes = Path.read_bytes
+
+    def counting(path: Path) -> bytes:
+        counted[path.name] += 1
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    return counted
+
+
+def stored(store: EvidenceStore, seed: int, mtime_ns: int = HOUR_AGO) -> tuple[str, Path]:
+    """The hash and file of a JPEG stored with the modification time ``mtime_ns``."""
+    data = jpeg(seed)
+    sha = hashlib.sha256(data).hexdigest()
+    assert store.put(sha, data, "image/jpeg").created
+    os.utime(store.path(sha), ns=(mtime_ns, mtime_ns))
+    return sha, store.path(sha)
+
+
+def test_a_verified_file_is_not_read_again_until_it_changes(
+    tmp_path: Path, reads: Counter[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    store = EvidenceStore(tmp_path)
+    sha, path = stored(store, 1)
+    reads.clear()  # the upload's look for a file already there
+    assert [store.has(sha) for _ in range(3)] == [True, True, True]
+    assert reads == {sha: 1}
+
+    # Truncated: another size.
+    good = path.read_bytes()
+    with path.open("r+b") as out:
+        out.truncate(1000)
+    os.utime(path, ns=(HOUR_AGO, HOUR_AGO))
+    reads.clear()
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
+    assert (store.has(sha), store.has(sha)) == (False, False)
+    assert reads == {sha: 2}  # a damaged file is never remembered
+    damage = f"1000 bytes hashing to {hashlib.sha256(good[:1000]).hexdigest()}"
+    assert [r.getMessage() for r in caplog.records] == 2 * [
+        f"evidence {sha}: the stored file is damaged ({damage}); it counts as missing until "
+        "its bytes are uploaded again"
+    ]
+
+    # Mended by an upload (another file), verified again; then overwritten in place with
+    # zeros of the same size: only its modification time tells.
+    assert store.put(sha, good, "image/jpeg").created
+    os.utime(path, ns=(HOUR_AGO, HOUR_AGO))
+    reads.clear()
+    assert (store.has(sha), store.has(sha)) == (True, True)
+    assert reads == {sha: 1}
+    path.write_bytes(bytes(len(good)))
+    os.utime(path, ns=(HOUR_AGO + 10**9, HOUR_AGO + 10**9))
+    assert store.has(sha) is False
+    assert reads == {sha: 2}
+
+
+def test_a_file_modified_just_now_is_verified_at_each_look(
+    tmp_path: Path, reads: Counter[str]
+) -> None:
+    """Within a file system's timestamp tick a change may keep the modification time; an
+    NFS server's clock ahead of ours puts it in the future."""
+    store = EvidenceStore(tmp_path)
+    sha, _ = stored(store, 2, mtime_ns=time.time_ns() + 3600 * 10**9)
+    reads.clear()
+    assert (store.has(sha), store.has(sha)) == (True, True)
+    assert reads == {sha: 2}
+
+
+def test_the_least_recently_looked_at_files_are_forgotten_beyond_the_bound(
+    tmp_path: Path, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(evidence, "VERIFIED_FILES", 2)
+    store = EvidenceStore(tmp_path)
+    a, b, c = (stored(store, seed)[0] for seed in (3, 4, 5))
+    reads.clear()
+    assert [store.has(sha) for sha in (a, b, a, c)] == [True] * 4  # a looked at after b
+    assert reads == {a: 1, b: 1, c: 1}
+    assert [store.has(sha) for sha in (a, c, b)] == [True] * 3
+    assert reads == {a: 1, b: 2, c: 1}  # b was the one forgotten
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_candidates_and_conditional_gets_read_a_stored_file_once(
+    api: Any, reads: Counter[str]
+) -> None:
+    image = api.jpeg(11)
+    sha = hashlib.sha256(image).hexdigest()
+    producer, reviewer = api.as_("producer"), api.as_("reviewer")
+    assert (
+        producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
+    ).status_code == 201
+    os.utime(api.http.app.state.services.store.path(sha), ns=(HOUR_AGO, HOUR_AGO))
+    reads.clear()
+
+    doc = api.create(api.body("cached", sha))
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+    patched = producer.patch(
+        f"/api/v1/candidates/{doc['id']}",
+        json={"description": "a second look"},
+        headers={"Idempotency-Key": "cached-patch"},
+    )
+    assert patched.status_code == 200, patched.text
+    for _ in range(2):
+        cached = reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'})
+        assert (cached.status_code, cached.headers["etag"]) == (304, f'"{sha}"')
+    assert reads == {sha: 1}
+    # A plain GET serves bytes read and hashed.
+    got = reviewer.get(f"{URL}/{sha}")
+    assert (got.status_code, got.content) == (200, image)
+    assert reads == {sha: 2}
+
+
+def test_a_get_that_finds_a_remembered_file_damaged_forgets_it(
+    tmp_path: Path, reads: Counter[str]
+) -> None:
+    """Damage that keeps the size and modification time (bit rot) is not seen by a stat: a
+    GET, which always hashes what it serves, finds it, and then the file is not held."""
+    store = EvidenceStore(tmp_path)
+    sha, path = stored(store, 6)
+    assert store.has(sha) is True
+    size = path.stat().st_size
+    path.write_bytes(bytes(size))
+    os.utime(path, ns=(HOUR_AGO, HOUR_AGO))
+    reads.clear()
+    assert store.has(sha) is True  # remembered: one stat, no read
+    assert reads == {}
+    with pytest.raises(evidence.EvidenceError) as err:
+        store.get(sha)
+    assert (err.value.status, err.value.detail) == (404, f"no evidence {sha}")
+    assert store.has(sha) is False
+    assert reads == {sha: 2}
