@@ -77,7 +77,8 @@ class BackgroundState:
     changed: Mask  # pixels foreground since they last looked clean (their clean look is kept)
     gap: float = 0.0  # typical seconds between frames; 0 = not known yet
     # The zone (normalized polygon) the model was learned for, given to a model handed out
-    # for saving: a model is only taken back by the same zone. None = not known.
+    # for saving: a model is only taken back by the same zone. None = not known (saved by an
+    # earlier version: taken back once on the old rule, see CameraPipeline.restore_backgrounds).
     polygon: Polygon | None = None
 
 
@@ -239,7 +240,8 @@ def decode(data: bytes) -> BackgroundState:
             t, start_t = (float(v) for v in npz["times"])
             # Models saved before the typical gap was kept have none: it is learned anew.
             gap = float(npz["gap"]) if "gap" in npz.files else 0.0
-            # Models saved before the zone was kept with them have none: not taken back.
+            # Models saved before the zone was kept with them have none: taken back once, on
+            # the old rule (the same crop shape).
             polygon = _polygon(npz["polygon"]) if "polygon" in npz.files else None
             state = BackgroundState(
                 npz["background"].astype(np.float32),

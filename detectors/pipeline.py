@@ -108,6 +108,9 @@ class _ZoneRuntime:
     # each absorb at their own rate.
     bg_params: tuple[bg.BackgroundParams, ...] = ()
     backgrounds: dict[float, bg.BackgroundState] = field(default_factory=dict)
+    # learn_s of models restored without the polygon they were learned for (saved by a version
+    # before it was kept): taken back on the old rule, if the first crop has their shape.
+    unsure: set[float] = field(default_factory=set)
 
     @property
     def needs_scene(self) -> bool:
@@ -303,9 +306,12 @@ class CameraPipeline:
 
     def backgrounds(self) -> dict[tuple[str, float], bg.BackgroundState]:
         """(zone, learn_s) → the zone's background model with the zone's polygon, for saving
-        across a restart."""
+        across a restart. A model restored without its polygon that has seen no frame yet is
+        given as it came, still without one."""
         return {
-            (zr.zone.id, learn_s): replace(state, polygon=zr.geometry.polygon)
+            (zr.zone.id, learn_s): (
+                state if learn_s in zr.unsure else replace(state, polygon=zr.geometry.polygon)
+            )
             for zr in self.zones
             for learn_s, state in zr.backgrounds.items()
         }
@@ -313,27 +319,52 @@ class CameraPipeline:
     def restore_backgrounds(self, saved: Mapping[tuple[str, float], bg.BackgroundState]) -> int:
         """Take back saved models of zones that still have one of that learn_s and the same
         polygon; how many. A zone moved or reshaped (or a deleted zone's id given to another)
-        learns anew: the saved model is of other pixels."""
+        learns anew: the saved model is of other pixels. A model saved without its polygon
+        (by an earlier version) is taken back on the old rule: kept if the zone's first crop
+        has its shape (see ``_old_rule``)."""
         restored = 0
         for zr in self.zones:
             for params in zr.bg_params:
                 state = saved.get((zr.zone.id, params.learn_s))
-                if state is not None and self._same_zone(zr, state):
-                    zr.backgrounds[params.learn_s] = state
-                    restored += 1
+                if state is None:
+                    continue
+                if state.polygon is None:
+                    zr.unsure.add(params.learn_s)
+                elif state.polygon != zr.geometry.polygon:
+                    log.warning(
+                        "camera %s zone %s: the zone moved or changed shape since its background "
+                        "model was saved; learned anew",
+                        self.camera.id,
+                        zr.zone.id,
+                    )
+                    continue
+                zr.backgrounds[params.learn_s] = state
+                restored += 1
         return restored
 
-    def _same_zone(self, zr: _ZoneRuntime, state: bg.BackgroundState) -> bool:
-        """Whether a saved model was learned for the zone as it is now (logged when not)."""
-        if state.polygon == zr.geometry.polygon:
-            return True
-        why = (
-            "the saved background model does not say which polygon it was learned for"
-            if state.polygon is None
-            else "the zone moved or changed shape since its background model was saved"
+    def _old_rule(
+        self, zr: _ZoneRuntime, learn_s: float, state: bg.BackgroundState, shape: tuple[int, ...]
+    ) -> bg.BackgroundState | None:
+        """A model saved without its polygon, met by the zone's first crop: kept when the crop
+        has its shape, as before the polygon was kept (the model is then saved with the zone's
+        polygon), else learned anew."""
+        zr.unsure.discard(learn_s)
+        if state.background.shape == shape:
+            log.info(
+                "camera %s zone %s: background model saved without its zone's polygon taken "
+                "back on the old rule (its crop has the zone's shape); saved with the polygon "
+                "from now on",
+                self.camera.id,
+                zr.zone.id,
+            )
+            return state
+        log.warning(
+            "camera %s zone %s: background model saved without its zone's polygon is of "
+            "another crop shape; learned anew",
+            self.camera.id,
+            zr.zone.id,
         )
-        log.warning("camera %s zone %s: %s; learned anew", self.camera.id, zr.zone.id, why)
-        return False
+        return None
 
     def carry_backgrounds(self, old: CameraPipeline, shift_s: float) -> int:
         """Take over ``old``'s background models with their times moved by ``shift_s`` (the
@@ -413,6 +444,8 @@ class CameraPipeline:
         found: dict[float, Foreground] = {}
         for params in zr.bg_params:
             state = zr.backgrounds.get(params.learn_s)
+            if state is not None and params.learn_s in zr.unsure:
+                state = self._old_rule(zr, params.learn_s, state, crop.shape)
             state, static = bg.step(state, crop, ts, zone_mask, objects, params)
             zr.backgrounds[params.learn_s] = state
             measured = bg.measure(static, zone_mask, objects, (c1, r1), small)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from gridpatrol.detectors import background as bg
+from gridpatrol.detectors import bg_store
 from gridpatrol.detectors.pipeline import (
     CameraPipeline,
     RuleEvent,
@@ -389,6 +391,29 @@ def test_a_restored_background_takes_no_uncovered_road_for_a_pile(restored: bool
     assert raised == ([] if restored else ["raise"])
 
 
+def road_learned() -> tuple[Camera, CameraPipeline]:
+    """A camera every 10 s on a lane for piled materials, and its pipeline after 300 s of
+    the empty road."""
+    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
+    cam = camera([zone], fps=0.1)
+    before = CameraPipeline(cam, SHANGHAI, NAMES)
+    for k in range(30):
+        before.process(
+            T0 + timedelta(seconds=10.0 * k), SIZE, dets([]), None, gray_street(10.0 * k, False)
+        )
+    return cam, before
+
+
+def pile_stands(pipe: CameraPipeline, clock: float) -> list[RuleEvent]:
+    """The events of frames from 300 s to 2200 s (on a clock moved by ``clock``) with a pile
+    on the road."""
+    events = []
+    for k in range(30, 220):
+        at = T0 + timedelta(seconds=10.0 * k + clock)
+        events += pipe.process(at, SIZE, dets([]), None, gray_street(10.0 * k, pile=True))
+    return events
+
+
 @pytest.mark.parametrize(
     ("clock", "raised_at"), [(0.0, 2110.0), (-86400.0, 2120.0)], ids=["same clock", "a day back"]
 )
@@ -400,20 +425,11 @@ def test_a_restored_background_on_a_camera_clock_gone_back_still_sees_a_pile(
     unchanged one (a frame later: the first frame on the new clock, taken as coming right
     after the last one, teaches nothing). Before, it learned as a model in its first second,
     and took the pile for the road at once."""
-    zone = {"id": "lane", "polygon": WHOLE, "rules": {"piled_materials": {}}}
-    cam = camera([zone], fps=0.1)
-    before = CameraPipeline(cam, SHANGHAI, NAMES)
-    for k in range(30):
-        before.process(
-            T0 + timedelta(seconds=10.0 * k), SIZE, dets([]), None, gray_street(10.0 * k, False)
-        )
+    cam, before = road_learned()
     saved = {key: bg.decode(bg.encode(st)) for key, st in before.backgrounds().items()}
     after = CameraPipeline(cam, SHANGHAI, NAMES)
     assert after.restore_backgrounds(saved) == 1
-    events = []
-    for k in range(30, 220):
-        at = T0 + timedelta(seconds=10.0 * k + clock)
-        events += after.process(at, SIZE, dets([]), None, gray_street(10.0 * k, pile=True))
+    events = pile_stands(after, clock)
     assert [(e.kind, (e.t - T0).total_seconds() - clock) for e in events] == [("raise", raised_at)]
 
 
@@ -428,26 +444,22 @@ STRIPES = np.tile(np.where(np.arange(160) % 16 < 8, 200, 40).astype(np.uint8), (
 
 
 @pytest.mark.parametrize(
-    ("x0", "strip", "restored", "warning"),
+    ("x0", "restored", "warning"),
     [
-        (0.05, False, 1, None),
-        (0.6, False, 0, "the zone moved or changed shape since its background model was saved"),
-        (0.05, True, 0, "the saved background model does not say which polygon it was learned for"),
+        (0.05, 1, None),
+        (0.6, 0, "the zone moved or changed shape since its background model was saved"),
     ],
-    ids=["same place", "moved", "saved without its polygon"],
+    ids=["same place", "moved"],
 )  # fmt: skip
 def test_a_saved_background_comes_back_only_to_the_same_zone_polygon(
-    x0: float, strip: bool, restored: int, warning: str | None, caplog: pytest.LogCaptureFixture
+    x0: float, restored: int, warning: str | None, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A zone dragged elsewhere (same size, so the same crop shape), or given a deleted
-    zone's id, learns anew: the saved model is of other pixels, which would look like a pile.
-    So does a model saved without its zone's polygon."""
+    zone's id, learns anew: the saved model is of other pixels, which would look like a pile."""
     before = CameraPipeline(camera([striped_zone(0.05)], fps=1), SHANGHAI, NAMES)
     for s in range(120):
         before.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, STRIPES)
     saved = {key: bg.decode(bg.encode(st)) for key, st in before.backgrounds().items()}
-    if strip:
-        saved = {key: replace(st, polygon=None) for key, st in saved.items()}
     after = CameraPipeline(camera([striped_zone(x0)], fps=1), SHANGHAI, NAMES)
     with caplog.at_level(logging.WARNING, "gridpatrol.detectors.pipeline"):
         assert after.restore_backgrounds(saved) == restored
@@ -457,6 +469,70 @@ def test_a_saved_background_comes_back_only_to_the_same_zone_polygon(
     for s in range(120, 240):
         events += after.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, STRIPES)
     assert events == []
+
+
+LANE = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))  # WHOLE as the zone keeps it
+
+
+def test_a_background_saved_without_its_polygon_is_taken_back_once_on_the_old_rule(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An upgrade: the models in the outbox file were saved by a version that did not keep the
+    zone's polygon, and a pile appeared while the worker was down. The model is taken back as
+    before (its crop has the zone's shape), so the pile is raised; a save before the camera's
+    first frame keeps it (still without a polygon), and once a frame confirmed it, it is saved
+    with the zone's polygon. Before, it was refused and its row deleted by the first save: the
+    pile was learned as normal."""
+    cam, before = road_learned()
+    conn = sqlite3.connect(":memory:")
+    bg_store.ensure_schema(conn)
+    older = {key: replace(st, polygon=None) for key, st in before.backgrounds().items()}
+    bg_store.save(conn, "cam-t", older)  # what the earlier version wrote: no polygon
+    after = CameraPipeline(cam, SHANGHAI, NAMES)
+    assert after.restore_backgrounds(bg_store.load(conn, "cam-t")) == 1
+    bg_store.save(conn, "cam-t", after.backgrounds())  # the minutely save, before a frame
+    assert [(key, st.polygon) for key, st in bg_store.load(conn, "cam-t").items()] == [
+        (("lane", 7200.0), None)
+    ]
+    with caplog.at_level(logging.INFO, "gridpatrol.detectors.pipeline"):
+        events = pile_stands(after, 0.0)
+    assert caplog.messages == [
+        "camera cam-t zone lane: background model saved without its zone's polygon taken back "
+        "on the old rule (its crop has the zone's shape); saved with the polygon from now on",
+        "camera cam-t zone lane piled_materials raise (dwell 1800 s, confidence 0.67)",
+    ]
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == [("raise", 2110.0)]
+    bg_store.save(conn, "cam-t", after.backgrounds())
+    assert [(key, st.polygon) for key, st in bg_store.load(conn, "cam-t").items()] == [
+        (("lane", 7200.0), LANE)
+    ]
+
+
+def test_a_background_saved_without_its_polygon_of_another_crop_shape_is_learned_anew(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The old rule keeps a model saved without its polygon only when the zone's crop has its
+    shape: a zone resized meanwhile learns anew, from its first frame."""
+    before = CameraPipeline(camera([striped_zone(0.05)], fps=1), SHANGHAI, NAMES)
+    for s in range(120):
+        before.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, STRIPES)
+    older = {key: replace(st, polygon=None) for key, st in before.backgrounds().items()}
+    wider = {**striped_zone(0.05), "polygon": [[0.05, 0.5], [0.45, 0.5], [0.45, 0.9], [0.05, 0.9]]}
+    assert older[("lane", 3600.0)].background.shape == (36, 48)
+    after = CameraPipeline(camera([wider], fps=1), SHANGHAI, NAMES)
+    assert after.restore_backgrounds(older) == 1
+    with caplog.at_level(logging.INFO, "gridpatrol.detectors.pipeline"):
+        after.process(T0 + timedelta(seconds=200), SIZE, dets([]), None, STRIPES)
+    assert caplog.messages == [
+        "camera cam-t zone lane: background model saved without its zone's polygon is of "
+        "another crop shape; learned anew"
+    ]
+    [(key, state)] = after.backgrounds().items()
+    assert (key, state.start_t, state.background.shape) == (
+        ("lane", 3600.0),
+        200.0 + T0.timestamp(),
+        (36, 64),  # 0.4 of 160 px wide, where the saved model is 0.3 (48 px)
+    )
 
 
 @pytest.mark.parametrize("carried", [True, False], ids=["carried over", "learned afresh"])
