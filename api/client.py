@@ -54,8 +54,9 @@ class ApiConfigError(RuntimeError):
 
 def _checked_url(url: str) -> str:
     """``url`` when it can be the API's: http:// or https://, a host, a port that is a number
-    (not 0); else :class:`ApiConfigError`. httpx would refuse every request, and an outbox
-    retry them for ever."""
+    (not 0), an optional path, nothing else (no spaces around it, no query or fragment: the
+    requests' paths are appended to it); else :class:`ApiConfigError`. httpx would refuse
+    every request, or send each to a wrong URL, and an outbox retry them for ever."""
     shown = re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)  # a password masked
     try:
         parts = urlsplit(url)
@@ -63,6 +64,11 @@ def _checked_url(url: str) -> str:
         httpx.URL(url)  # a control character, which urlsplit drops
     except (ValueError, httpx.InvalidURL) as exc:  # a port that is no number, a broken [IPv6]
         raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {exc}") from exc
+    if url != url.strip() or "?" in url or "#" in url:
+        raise ApiConfigError(
+            "GRIDPATROL_API_URL must be http://host[:port][/path] or https://… with no spaces "
+            f"around it and no query or fragment, got {shown!r}"
+        )
     host = parts.hostname
     if parts.scheme not in ("http", "https") or not host or re.search(r"\s", host) or port == 0:
         raise ApiConfigError(

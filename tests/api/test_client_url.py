@@ -14,6 +14,10 @@ from gridpatrol.api.client import ApiClient, ApiConfigError, Outbox
 from ..ingest.test_tls_settings import SITE, gridpatrol
 
 NO_SCHEME = "GRIDPATROL_API_URL must be http://host[:port] or https://…, got 'api:8000'"
+NO_EXTRAS = (
+    "GRIDPATROL_API_URL must be http://host[:port][/path] or https://… with no spaces around it "
+    "and no query or fragment, got "
+)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +34,13 @@ NO_SCHEME = "GRIDPATROL_API_URL must be http://host[:port] or https://…, got '
          "not be cast to integer value as '80a'"),
         ("http://api:8000\n", "GRIDPATROL_API_URL 'http://api:8000\\n': Invalid non-printable "
          "ASCII character in URL, '\\n' at position 15."),
+        # httpx takes these as URLs, then refuses every request (UnsupportedProtocol) or
+        # sends each to a URL that is not the API's (/api/v1 lost in the query or fragment).
+        (" http://127.0.0.1:9", f"{NO_EXTRAS}' http://127.0.0.1:9'"),
+        ("http://api:8000/ ", f"{NO_EXTRAS}'http://api:8000/ '"),
+        ("http://api:8000?x=1", f"{NO_EXTRAS}'http://api:8000?x=1'"),
+        ("http://api:8000/?", f"{NO_EXTRAS}'http://api:8000/?'"),
+        ("http://gp:s3cret@api:8000/#top", f"{NO_EXTRAS}'http://gp:***@api:8000/#top'"),
     ],
 )  # fmt: skip
 def test_from_env_refuses_a_url_that_cannot_be_the_apis(
@@ -48,6 +59,8 @@ def test_from_env_refuses_a_url_that_cannot_be_the_apis(
     [
         ("https://api.example:8443/intake", "https://api.example:8443/intake"),
         ("http://[::1]:8000", "http://[::1]:8000"),
+        ("http://api:8000/", "http://api:8000"),
+        ("http://api/intake/", "http://api/intake"),
         ("", "http://127.0.0.1:8000"),  # set but empty: the default, as for the broker URL
     ],
 )
