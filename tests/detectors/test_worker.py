@@ -978,6 +978,83 @@ def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_qu
     ) in caplog.messages
 
 
+def test_a_raise_the_outbox_could_not_take_is_queued_with_the_next_frame(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd's raise at 5 s meets a locked file. Its rule sends no update before 125 s
+    (update_s 120), and the crowd is gone at 100 s: the next frame queues the candidate, once,
+    and the clear ends it at its last sighting."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=5, until_s=5)
+    rt = worker.cams["cam-00"]
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    assert _judge(worker, _at(5), _at(5), person)  # the raise
+    assert failed == ["database is locked"]
+    assert worker.book == {}
+    assert [(ev.kind, ev.t) for ev, _, _ in rt.unopened[("cam-00", "kerb", "crowd_gathering")]] == [
+        ("raise", _at(5))
+    ]
+    assert (
+        f"camera cam-00: the raise of rule crowd_gathering in zone kerb at {_at(5).isoformat()} "
+        "was not queued"
+    ) in caplog.messages
+    assert _judge(worker, _at(6), _at(6), person)
+    (raised,) = worker.book.values()
+    assert (raised.started_at, raised.last_event_at, raised.ended_at) == (T0, _at(5), None)
+    assert rt.unopened == {}
+    for k in range(7, 400):
+        assert _judge(worker, _at(k), _at(k), person if k < 100 else Detections.empty())
+    seen = _at(99)
+    assert worker.book == {
+        raised.key: replace(
+            raised, ended_at=seen, last_event_at=_at(109), reported_at=_at(109), dwell_s=99.0
+        )
+    }
+    assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
+    assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (1.0, 1.0)
+
+
+def test_an_opening_not_taken_until_its_rule_cleared_creates_and_ends_one_candidate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is last seen at 7 s; the file stays locked until its rule has
+    cleared it. The frame after the lock queues the raise and the clear together: one candidate,
+    created and ended at 7 s."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=8, until_s=5)
+    rt = worker.cams["cam-00"]
+    key = ("cam-00", "kerb", "crowd_gathering")
+    real = outbox.transaction
+    locked = [True]
+
+    def transaction() -> Any:
+        if locked[0]:
+            raise sqlite3.OperationalError("database is locked")
+        return real()
+
+    monkeypatch.setattr(outbox, "transaction", transaction)
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    k = 5
+    while [ev.kind for ev, _, _ in rt.unopened.get(key, [])] != ["raise", "clear"]:
+        assert _judge(worker, _at(k), _at(k), person if k < 8 else Detections.empty())
+        k += 1
+    assert (k, worker.book) == (18, {})
+    locked[0] = False
+    assert _judge(worker, _at(18), _at(18), Detections.empty())
+    (ep,) = worker.book.values()
+    assert (ep.started_at, ep.ended_at, ep.last_event_at, ep.dwell_s) == (T0, _at(7), _at(17), 7.0)
+    assert (rt.unopened, rt.waiting, rt.ending) == ({}, set(), {})
+    for k in range(19, 60):
+        assert _judge(worker, _at(k), _at(k), Detections.empty())
+    assert worker.book == {key: ep}
+    assert _outbox_ops(outbox) == [("create", ep.candidate_id), ("patch", ep.candidate_id)]
+    assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (1.0, 1.0)
+
+
 def _state_save_fails(worker: DetectorWorker, outbox: Outbox, monkeypatch: Any) -> list[str]:
     """cam-00 has a background model of zone yard and a clock; saving them meets a locked file."""
     rt = worker.cams["cam-00"]
