@@ -980,7 +980,11 @@ class DetectorWorker:
                     keys.append(key)
         if not keys:
             return
-        seen = {(cam.id, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
+        # A clear the outbox did not take (rt.ending) gave a later sighting than the book's.
+        seen = dict(rt.ending)
+        for (zone, rule), when in rt.pipeline.last_seen().items():
+            key = (cam.id, zone, rule)
+            seen[key] = max(when, seen.get(key, when))
         t = rt.last_ts or max(self.book[k].last_event_at for k in keys)
         book, ops = episodes.end_silent(self.book, keys, t, seen)
         refused = self._commit(

@@ -937,6 +937,32 @@ TWO_ZONE_SITE = (
 )
 
 
+def test_a_camera_silent_after_a_clear_not_queued_ends_the_episode_at_the_clears_sighting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is last seen at 29 s; its clear at 39 s and the ending tried
+    after it meet a locked file, and the camera sends nothing more: the silent-camera check
+    ends the episode at 29 s, the clear's last sighting, not at the raise the book knows."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=30, until_s=39)
+    rt = worker.cams["cam-00"]
+    (raised,) = worker.book.values()
+    assert raised.last_event_at == _at(5)
+    _locked_once(monkeypatch, outbox, times=2)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        _judge(worker, _at(39), _at(39), Detections.empty())
+    assert rt.ending == {raised.key: _at(29)}
+    worker._end_silent_camera(rt, 1e6)
+    seen = _at(29)
+    ended = replace(raised, ended_at=seen, last_event_at=seen, reported_at=_at(39), dwell_s=29.0)
+    assert (worker.book, rt.waiting, rt.ending) == ({raised.key: ended}, set(), {})
+    with outbox.transaction() as txn:
+        (end,) = txn.conn.execute("SELECT payload FROM outbox_ops WHERE kind = 'patch'").fetchone()
+    detection = json.loads(end)["detection"]
+    assert (detection["ended_at"], detection["dwell_s"]) == (_at(29).isoformat(), 29.0)
+
+
 def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_queued(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
