@@ -589,7 +589,7 @@ class DetectorWorker:
         jump, rt.jump = rt.jump, None
         if jump is not None:
             if jump.followed_by(ts, received_at):
-                self._take_jump(rt, ts)
+                self._take_jump(rt, ts, received_at)
                 rt.last_ts, rt.last_received_at = ts, received_at
                 return True
             self._outlier(rt, jump)
@@ -608,15 +608,17 @@ class DetectorWorker:
         rt.last_ts, rt.last_received_at = ts, received_at
         return True
 
-    def _take_jump(self, rt: CameraRuntime, ts: datetime) -> None:
-        """The camera's clock moved to ``ts`` for good (two frames in a row say so)."""
-        last = rt.last_ts
+    def _take_jump(self, rt: CameraRuntime, ts: datetime, received_at: datetime) -> None:
+        """The camera's clock moved to ``ts`` (received at ``received_at``) for good: two frames
+        in a row say so."""
+        last, last_received = rt.last_ts, rt.last_received_at
         assert last is not None
         if ts >= last:
+            passed = 0.0 if last_received is None else (received_at - last_received).total_seconds()
             log.warning(
                 "camera %s: clock went ahead %.0f s more than the time between frames",
                 rt.camera.id,
-                (ts - last).total_seconds(),
+                (ts - last).total_seconds() - passed,
             )
             return
         log.warning(

@@ -493,7 +493,7 @@ def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sightin
         T0 + timedelta(seconds=5),
     )
     caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
-    worker._take_jump(rt, T0 + timedelta(seconds=100) - timedelta(hours=1))
+    worker._take_jump(rt, T0 + timedelta(seconds=100) - timedelta(hours=1), _at(101))
     assert "clock went back 3600 s; its rules start over" in caplog.text
     last_sighting = T0 + timedelta(seconds=100)
     ended = worker.book[raised.key]
@@ -802,6 +802,24 @@ def _judge(worker: DetectorWorker, ts: datetime, received: datetime, dets: Any) 
     events = rt.pipeline.process(ts, (1280, 720), dets)
     worker._episodes(rt, ts, events, None, dets)  # type: ignore[arg-type]
     return True
+
+
+def test_a_clock_jump_ahead_is_logged_by_how_far_it_outran_the_time_between_frames(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The camera's last frame was at 100 s; the next two come 60 s later by the worker's
+    clock, timed 760 s and 761 s by the camera's: its clock went 600 s further ahead."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, _ = _worker(tmp_path, CROWD_SITE)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    nobody = Detections.empty()
+    assert _judge(worker, _at(100), _at(100), nobody)
+    assert not _judge(worker, _at(760), _at(160), nobody)  # held: one frame is not enough
+    assert _judge(worker, _at(761), _at(161), nobody)
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 600 s more than the time between frames"
+    ]
 
 
 def _crowd_seen(
