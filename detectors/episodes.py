@@ -319,6 +319,7 @@ CREATE TABLE IF NOT EXISTS detector_episodes (
     dwell_s REAL NOT NULL,
     previous_id TEXT,
     ended_at REAL,
+    clock_kept INTEGER,
     PRIMARY KEY (camera_id, zone_id, type)
 )
 """
@@ -340,9 +341,34 @@ _COLUMNS = (
 )
 
 
-def ensure_schema(conn: sqlite3.Connection) -> None:
+def ensure_schema(conn: sqlite3.Connection) -> list[str]:
+    """Create the tables, or add what an older version's lack; returns the cameras whose saved
+    clock was dropped as one an older version left behind (:func:`_drop_unkept_clocks`)."""
     conn.execute(SCHEMA)
     conn.execute(CLOCKS_SCHEMA)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(detector_episodes)")}
+    if "clock_kept" not in columns:
+        conn.execute("ALTER TABLE detector_episodes ADD COLUMN clock_kept INTEGER")
+    return _drop_unkept_clocks(conn)
+
+
+def _drop_unkept_clocks(conn: sqlite3.Connection) -> list[str]:
+    """Drop the saved clock of each camera an older version wrote episodes of since.
+
+    A version that keeps no clocks (or knows nothing of ``clock_kept``) writes its episodes with
+    ``clock_kept`` NULL and leaves the camera's clock row as it was: a camera clock that stepped
+    while it ran would make that row look like a jump, ending the episodes it opened since on
+    that clock and raising a second candidate for an occupancy still there. Without a clock row
+    the first frame is taken as it comes (an episode still never continues on a clock behind
+    it). Every row is then marked, so only rows written after this count next time."""
+    rows = conn.execute(
+        "SELECT DISTINCT e.camera_id FROM detector_episodes e JOIN detector_clocks c "
+        "ON c.camera_id = e.camera_id WHERE e.clock_kept IS NULL ORDER BY e.camera_id"
+    )
+    dropped = [row[0] for row in rows]
+    conn.executemany("DELETE FROM detector_clocks WHERE camera_id = ?", [(c,) for c in dropped])
+    conn.execute("UPDATE detector_episodes SET clock_kept = 1 WHERE clock_kept IS NULL")
+    return dropped
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -386,9 +412,10 @@ def open_episodes(path: str | os.PathLike[str]) -> list[Episode]:
 
 
 def save_episode(conn: sqlite3.Connection, ep: Episode) -> None:
+    """Write the episode, marked as written with its camera's clock (``clock_kept``)."""
     conn.execute(
-        f"INSERT OR REPLACE INTO detector_episodes ({_COLUMNS}) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO detector_episodes ({_COLUMNS}, clock_kept) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
         (
             ep.camera_id,
             ep.zone_id,

@@ -1475,7 +1475,12 @@ def end_unserved_episodes(
     from gridpatrol.detectors.evidence import end_detection
 
     with outbox.transaction() as txn:
-        episodes.ensure_schema(txn.conn)
+        for cam_id in episodes.ensure_schema(txn.conn):
+            log.warning(
+                "camera %s: an older version wrote its episodes after its last frame time was "
+                "saved; that time is not used (a clock step back meanwhile is not seen)",
+                cam_id,
+            )
         _, ops = episodes.end_unserved(episodes.load_book(txn.conn), served, t)
         ended = []
         for op in ops:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import sqlite3
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 
 from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import (
+    CameraClock,
     Episode,
     Key,
     Occupancy,
@@ -19,6 +21,8 @@ from gridpatrol.detectors.episodes import (
     end_unfollowed,
     ensure_schema,
     load_book,
+    load_clocks,
+    save_clock,
     save_episode,
     source_event_id,
     step,
@@ -372,3 +376,55 @@ def test_an_episode_never_ends_before_it_began(
         ("end", at(ended_at_s), dwell_s)
     ]
     assert (ops[0].episode.last_event_at, ops[0].episode.reported_at) == (at(100), at(100))
+
+
+# The book as a version without clock_kept wrote it (its table and its INSERT OR REPLACE).
+OLD_SCHEMA = """
+CREATE TABLE detector_episodes (
+    camera_id TEXT NOT NULL, zone_id TEXT NOT NULL, type TEXT NOT NULL,
+    candidate_id TEXT NOT NULL, source_event_id TEXT NOT NULL, started_at REAL NOT NULL,
+    reported_at REAL NOT NULL, last_event_at REAL NOT NULL, best_confidence REAL NOT NULL,
+    dwell_s REAL NOT NULL, previous_id TEXT, ended_at REAL,
+    PRIMARY KEY (camera_id, zone_id, type)
+)
+"""
+
+
+def _old_save(conn: sqlite3.Connection, ep: Episode) -> None:
+    conn.execute(
+        "INSERT OR REPLACE INTO detector_episodes (camera_id, zone_id, type, candidate_id, "
+        "source_event_id, started_at, reported_at, last_event_at, best_confidence, dwell_s, "
+        "previous_id, ended_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            ep.camera_id, ep.zone_id, ep.type, ep.candidate_id, ep.source_event_id,
+            ep.started_at.timestamp(), ep.reported_at.timestamp(), ep.last_event_at.timestamp(),
+            ep.best_confidence, ep.dwell_s, ep.previous_id, None,
+        ),
+    )  # fmt: skip
+
+
+def test_a_clock_saved_before_an_older_version_wrote_the_cameras_episodes_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """cam-1's and cam-2's clocks were saved; then a version that keeps no clocks wrote an
+    episode of cam-1 (and of cam-3, which has no clock). The next start drops cam-1's clock
+    alone, once: the rows are marked, and what this version writes is marked too."""
+    conn = sqlite3.connect(tmp_path / "outbox.db")
+    conn.execute(OLD_SCHEMA)
+    _old_save(conn, _open_episode(100))  # cam-1, written before clocks were kept
+    assert ensure_schema(conn) == []  # no clock to distrust: the rows are marked
+    clock = CameraClock(at(200), at(200))
+    for cam in ("cam-1", "cam-2"):
+        save_clock(conn, cam, clock)
+    save_episode(conn, replace(_open_episode(100), camera_id="cam-2"))
+    assert ensure_schema(conn) == []
+    _old_save(conn, _open_episode(300))  # cam-1, by the older version
+    _old_save(conn, replace(_open_episode(300), camera_id="cam-3"))
+    assert ensure_schema(conn) == ["cam-1"]
+    assert load_clocks(conn, {"cam-1", "cam-2", "cam-3"}) == {"cam-2": clock}
+    save_clock(conn, "cam-1", clock)
+    assert ensure_schema(conn) == []
+    assert load_clocks(conn, {"cam-1", "cam-2"}) == {"cam-1": clock, "cam-2": clock}
+    assert conn.execute(
+        "SELECT count(*) FROM detector_episodes WHERE clock_kept = 1"
+    ).fetchone() == (3,)

@@ -893,6 +893,65 @@ def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
     ) in caplog.messages
 
 
+def test_a_clock_saved_before_an_older_version_ran_does_not_end_the_episode_it_opened(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is still there at 100 s when the worker stops (its clock saved).
+    An older version that keeps no clocks runs next: the camera came back a day behind, and it
+    ended the episode and opened another at 166 s on that clock. Back on this version, the frames
+    on the day-behind clock are no jump from the stale saved clock: the older version's episode
+    goes on, no second candidate."""
+    from gridpatrol.detectors.episodes import CameraClock, load_clocks
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=101, until_s=101)
+    worker.save_state()  # at stop
+    (first,) = worker.book.values()
+    day = timedelta(days=1)
+    second = replace(
+        first, candidate_id="0b7c9e4a-2d1f-4e3b-8a6c-5f4e3d2c1b0a", previous_id=first.candidate_id,
+        source_event_id=f"cam-00:kerb:crowd_gathering:{(_at(161) - day).timestamp()}",
+        started_at=_at(161) - day, reported_at=_at(166) - day, last_event_at=_at(166) - day,
+        dwell_s=5.0,
+    )  # fmt: skip
+    with outbox.transaction() as txn:  # as the older version wrote them: no clock_kept
+        for ep in (replace(first, ended_at=first.last_event_at), second):
+            txn.conn.execute(
+                "INSERT OR REPLACE INTO detector_episodes (camera_id, zone_id, type, "
+                "candidate_id, source_event_id, started_at, reported_at, last_event_at, "
+                "best_confidence, dwell_s, previous_id, ended_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    ep.camera_id, ep.zone_id, ep.type, ep.candidate_id, ep.source_event_id,
+                    ep.started_at.timestamp(), ep.reported_at.timestamp(),
+                    ep.last_event_at.timestamp(), ep.best_confidence, ep.dwell_s, ep.previous_id,
+                    None if ep.ended_at is None else ep.ended_at.timestamp(),
+                ),
+            )  # fmt: skip
+
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    restarted, _ = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(restarted, "_render", lambda *args: ([], {"detection": {}}))
+    rt = restarted.cams["cam-00"]
+    assert (rt.last_ts, rt.waiting) == (None, {second.key})
+    assert (
+        "camera cam-00: an older version wrote its episodes after its last frame time was saved; "
+        "that time is not used (a clock step back meanwhile is not seen)"
+    ) in caplog.messages
+    for k in range(200, 211):
+        assert _judge(restarted, _at(k) - day, _at(k), person)
+    assert restarted.book == {
+        second.key: replace(second, last_event_at=_at(205) - day, dwell_s=44.0)  # the raise
+    }
+    assert _outbox_ops(outbox) == [("create", first.candidate_id)]
+    restarted.save_state()
+    with outbox.transaction() as txn:
+        assert load_clocks(txn.conn, {"cam-00"}) == {
+            "cam-00": CameraClock(_at(210) - day, _at(210))
+        }
+
+
 def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_frame(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
