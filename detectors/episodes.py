@@ -24,7 +24,9 @@ from typing import Literal, Protocol
 Key = tuple[str, str, str]  # camera_id, zone_id, type
 OpKind = Literal["open", "update", "end"]
 # A frame more than this behind the camera's last one is on a clock that went back (the worker
-# holds such a frame until the next one says whether the clock stays there).
+# holds such a frame until the next one says whether the clock stays there). The background
+# model's CLOCK_STEP_S is the same step; not imported from there, which loads numpy, so that the
+# CLI stays light.
 CLOCK_RESET_S = 5.0
 
 

@@ -428,3 +428,9 @@ def test_a_clock_saved_before_an_older_version_wrote_the_cameras_episodes_is_dro
     assert conn.execute(
         "SELECT count(*) FROM detector_episodes WHERE clock_kept = 1"
     ).fetchone() == (3,)
+
+
+def test_episodes_and_background_models_take_the_same_clock_step_for_a_clock_gone_back() -> None:
+    from gridpatrol.detectors import background, episodes
+
+    assert episodes.CLOCK_RESET_S == background.CLOCK_STEP_S == 5.0
