@@ -53,8 +53,6 @@ if TYPE_CHECKING:
 
     # A candidate operation's evidence files and JSON body, rendered before the transaction.
     Rendered = tuple[list[EvidenceFile], dict[str, Any]]
-    # A rule event with the frame it came with and the objects the frame's evidence draws.
-    Pending = tuple["EpisodeEvent", "Ready", Detections]
 
 log = logging.getLogger(__name__)
 
@@ -252,9 +250,6 @@ class CameraRuntime:
     # Waiting episodes their rule cleared but whose ending the outbox did not take, with their
     # last sighting: no event of the rule will end them, the camera's next frame does.
     ending: dict[Key, datetime] = field(default_factory=dict)
-    # The events, with their frames, of rules whose episode the outbox did not take the opening
-    # of: replayed before the rule's next event, else alone after the camera's next frame.
-    unopened: dict[Key, list[Pending]] = field(default_factory=dict)
     judged_at: float = 0.0  # the worker's clock when a frame of the camera was last judged
 
 
@@ -678,9 +673,6 @@ class DetectorWorker:
         shift = 0.0 if rt.last_ts is None else (ts - rt.last_ts).total_seconds()
         fresh.pipeline.carry_backgrounds(rt.pipeline, shift)
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
-        # Openings not taken were timed on the abandoned clock; an occupancy still there raises
-        # again on the new one.
-        rt.unopened.clear()
 
     def _bad(
         self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
@@ -731,32 +723,21 @@ class DetectorWorker:
         Each event goes on its own: one the outbox did not take (the file locked beyond the busy
         timeout, a full disk) is logged, and the frame's other events and waiting episodes go on
         (two rules clearing in one frame each end their episode)."""
-        evs = [normalise_event(raw) for raw in events]
-        for ev in evs:
+        for raw in events:
+            ev = normalise_event(raw)
             try:
                 self._episode(rt, ev, item, detections)
             except Exception:
-                self._not_queued(rt, ev)
-        # An opening not taken is tried again even when its rule has no event now: an
-        # occupancy gone within update_s gives none until its clear.
-        followed = {(rt.camera.id, ev.zone_id, ev.rule) for ev in evs}
-        for key in [k for k in rt.unopened if k not in followed]:
-            try:
-                self._reopen(rt, key)
-            except Exception:
-                self._not_queued(rt, rt.unopened[key][0][0])
+                log.exception(
+                    "camera %s: the %s of rule %s in zone %s at %s was not queued",
+                    rt.camera.id,
+                    ev.kind,
+                    ev.rule,
+                    ev.zone_id,
+                    ev.t.isoformat(),
+                )
         if rt.waiting:
             self._end_unfollowed(rt, ts)
-
-    def _not_queued(self, rt: CameraRuntime, ev: EpisodeEvent) -> None:
-        log.exception(
-            "camera %s: the %s of rule %s in zone %s at %s was not queued",
-            rt.camera.id,
-            ev.kind,
-            ev.rule,
-            ev.zone_id,
-            ev.t.isoformat(),
-        )
 
     def _scene_fn(
         self, result: InferenceResult
@@ -773,6 +754,7 @@ class DetectorWorker:
     def _episode(
         self, rt: CameraRuntime, ev: EpisodeEvent, item: Ready, detections: Detections
     ) -> None:
+        from gridpatrol.detectors import episodes
 
         params = _rule_params(rt.camera, ev.zone_id, ev.rule)
         if params is None:
@@ -780,57 +762,27 @@ class DetectorWorker:
                 "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
             )
             return
-        key = (rt.camera.id, ev.zone_id, ev.rule)
-        self._stop_waiting(rt, [key])  # its rule follows it now
-        self._apply(rt, key, params, [*rt.unopened.pop(key, []), (ev, item, detections)])
-
-    def _reopen(self, rt: CameraRuntime, key: Key) -> None:
-        """Try again the opening the outbox did not take of the rule ``key``, which has no
-        event in this frame, with the events that followed it."""
-        params = _rule_params(rt.camera, key[1], key[2])
-        events = rt.unopened.pop(key)
-        if params is not None:  # a rule of the site file the worker started with
-            self._stop_waiting(rt, [key])
-            self._apply(rt, key, params, events)
-
-    def _apply(
-        self, rt: CameraRuntime, key: Key, params: RuleParams, events: Sequence[Pending]
-    ) -> None:
-        """The rule ``key``'s ``events`` into episode operations, queued in one transaction."""
-        from gridpatrol.detectors import episodes
-
-        book = self.book
-        steps: list[tuple[Op, Pending]] = []
-        for pending in events:
-            book, ops = episodes.step(
-                book,
-                rt.camera.id,
-                pending[0],
-                update_s=params.update_s,
-                resume_s=_resume_s(params),
-                new_id=lambda: str(uuid.uuid4()),
-            )
-            steps += [(op, pending) for op in ops]
-        if not steps:
+        self._stop_waiting(rt, [(rt.camera.id, ev.zone_id, ev.rule)])  # its rule follows it now
+        book, ops = episodes.step(
+            self.book,
+            rt.camera.id,
+            ev,
+            update_s=params.update_s,
+            resume_s=_resume_s(params),
+            new_id=lambda: str(uuid.uuid4()),
+        )
+        if not ops:
             self.book = book
             return
-        ops = [op for op, _ in steps]
         try:
-            refused = self._commit([(op, self._render(rt, op, *pending)) for op, pending in steps])
+            refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
         except Exception:
             # Only a committed transaction moves the book: after a failure the next event of
-            # the episode tries again, and an ending, which no event follows, waits. An
-            # opening, which the rule's events may not follow within update_s, is tried again
-            # with the camera's next frame.
+            # the episode tries again, and an ending, which no event follows, waits.
             self._end_later(rt, ops)
-            if any(op.kind == "open" for op in ops):
-                rt.unopened[key] = _replayed(events)
-            for op in ops:
-                if op.kind == "open":
-                    self._last_detection.pop(op.episode.candidate_id, None)
             raise
         self.book = book
-        for op, (ev, _, _) in steps:
+        for op in ops:
             if op.episode.candidate_id in refused:
                 continue
             rt.candidates += op.kind == "open"
@@ -853,9 +805,6 @@ class DetectorWorker:
             ep = op.episode
             if op.kind != "end" or ep.ended_at is None:
                 continue
-            kept = self.book.get(ep.key)
-            if kept is None or kept.candidate_id != ep.candidate_id:
-                continue  # opened in the same transaction: its events are replayed (unopened)
             rt.waiting.add(ep.key)
             rt.ending[ep.key] = ep.ended_at
             log.warning(
@@ -1272,19 +1221,6 @@ class DetectorWorker:
                 mean_ms,
                 rt.candidates,
             )
-
-
-def _replayed(events: Sequence[Pending]) -> list[Pending]:
-    """The events of a rule whose opening the outbox did not take, as they are kept to be tried
-    again: an update right after a raise or an update adds nothing the replay needs (the episode
-    opens from the first, and the rule's next event refreshes it), so only the frames of raises,
-    clears and the first event after a clear are kept."""
-    kept: list[Pending] = []
-    for pending in events:
-        if pending[0].kind == "update" and kept and kept[-1][0].kind != "clear":
-            continue
-        kept.append(pending)
-    return kept
 
 
 def _state_owners(
