@@ -1081,6 +1081,45 @@ def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_qu
     ) in caplog.messages
 
 
+def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd's raise at 5 s meets a locked file: nothing is queued, nor kept to be tried
+    again with the next frames. The rule's next update, at 125 s (update_s 120), opens the
+    candidate, once, from the crowd's first sighting; the clear ends it."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=5, until_s=5)
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    assert _judge(worker, _at(5), _at(5), person)  # the raise
+    assert failed == ["database is locked"]
+    assert (
+        f"camera cam-00: the raise of rule crowd_gathering in zone kerb at {_at(5).isoformat()} "
+        "was not queued"
+    ) in caplog.messages
+    for k in range(6, 125):
+        assert _judge(worker, _at(k), _at(k), person)
+    assert (worker.book, _outbox_ops(outbox)) == ({}, [])
+    assert _judge(worker, _at(125), _at(125), person)  # the rule's next update
+    (opened,) = worker.book.values()
+    assert (opened.started_at, opened.reported_at, opened.last_event_at, opened.ended_at) == (
+        T0,
+        _at(125),
+        _at(125),
+        None,
+    )
+    for k in range(126, 200):
+        assert _judge(worker, _at(k), _at(k), person if k < 150 else Detections.empty())
+    assert worker.book[opened.key].ended_at == _at(149)
+    assert _outbox_ops(outbox) == [
+        ("create", opened.candidate_id),
+        ("patch", opened.candidate_id),
+    ]
+    assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (1.0, 1.0)
+
+
 def _state_save_fails(worker: DetectorWorker, outbox: Outbox, monkeypatch: Any) -> list[str]:
     """cam-00 has a background model of zone yard and a clock; saving them meets a locked file."""
     rt = worker.cams["cam-00"]
