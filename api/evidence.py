@@ -5,9 +5,11 @@ flushed to disk and then given their name, so a reader never sees half a file an
 answered 2xx survives a power cut. A stored file counts only while its bytes hash to its
 name: one torn by a crash (or damaged since), or one that cannot be read (a bad block, a
 permission lost in a restore, a stale NFS handle), is not served, not counted as held, and is
-replaced by the next upload of its bytes. A file verified once is remembered by its inode,
-size and modification time, so looking at it again costs one stat until it changes. Every path
-is built from a validated hash only.
+replaced by the next upload of its bytes. A read that fails for a while only (out of file
+descriptors or memory, interrupted) fails the request instead (:class:`EvidenceUnavailable`),
+which the producer retries. A file verified once is remembered by its inode, size and
+modification time, so looking at it again costs one stat until it changes. Every path is built
+from a validated hash only.
 """
 
 from __future__ import annotations
@@ -33,6 +35,24 @@ _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.
 # What fsync(2) of a directory answers on a file system that cannot sync one (some FUSE and
 # object-store mounts): there the names are as durable as that file system makes them.
 _NO_DIR_SYNC = frozenset({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
+# Read errors that last until the file is mended or uploaded again: such a file counts as
+# missing. Any other (EMFILE, ENFILE, ENOMEM, EINTR, EAGAIN, ...) passes, and is raised as
+# EvidenceUnavailable: counting the file as missing would leave its candidate incomplete
+# while its producer, answered, never uploads it again.
+_LASTING = frozenset(
+    {
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.ELOOP,
+        errno.EISDIR,
+        errno.EIO,
+        errno.EACCES,
+        errno.EPERM,
+        errno.ESTALE,
+        errno.EBADMSG,  # ext4 and others: a checksum error
+        getattr(errno, "EUCLEAN", errno.EIO),  # file system structure damaged
+    }
+)
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 # Stored files remembered as verified (about 200 bytes each): a candidate's files and those
 # of the candidates waiting for uploads stay among the most recently looked at.
@@ -55,6 +75,16 @@ class EvidenceError(Exception):
         self.title = title
         self.detail = detail
         super().__init__(detail)
+
+
+class EvidenceUnavailable(EvidenceError):
+    """A stored file could not be read for a reason that passes (out of file descriptors or
+    memory, an interrupted read): 503, and the request is to be retried."""
+
+    def __init__(self, sha256: str, exc: OSError) -> None:
+        super().__init__(
+            503, "Service Unavailable", f"evidence {sha256} cannot be read just now ({exc})"
+        )
 
 
 @dataclass(frozen=True)
@@ -143,7 +173,8 @@ class EvidenceStore:
 
     def has(self, sha256: str) -> bool:
         """Whether the store holds the file of ``sha256`` with bytes that hash to it: one stat
-        when it was verified before and has not changed since, else it is read and hashed."""
+        when it was verified before and has not changed since, else it is read and hashed.
+        :class:`EvidenceUnavailable` when it cannot be looked at just now."""
         if not SHA256_RE.fullmatch(sha256):
             return False
         path = self.path(sha256)
@@ -181,6 +212,7 @@ class EvidenceStore:
         except FileNotFoundError:
             stored = None
         except OSError as exc:  # a bad block, a lost permission, a stale NFS handle
+            _check_lasting(sha256, exc)
             stored, unreadable = None, exc
         if stored == data:
             # Already there. Made durable before the answer, as a new file is: the upload that
@@ -247,9 +279,10 @@ class EvidenceStore:
         return data, sniff(data)
 
     def _held(self, sha256: str) -> bytes | None:
-        """The stored bytes of ``sha256``; None when there is no file, it cannot be read, or
-        its bytes do not hash to its name (a write torn by a crash): such a file counts as
-        missing."""
+        """The stored bytes of ``sha256``; None when there is no file, it cannot be read for
+        good (:data:`_LASTING`), or its bytes do not hash to its name (a write torn by a
+        crash): such a file counts as missing. :class:`EvidenceUnavailable` for a read error
+        that passes."""
         try:
             data = self.path(sha256).read_bytes()
         except FileNotFoundError:
@@ -290,7 +323,16 @@ def _key(sha256: str, st: os.stat_result) -> tuple[str, int, int, int]:
     return sha256, st.st_ino, st.st_size, st.st_mtime_ns
 
 
+def _check_lasting(sha256: str, exc: OSError) -> None:
+    """Raise :class:`EvidenceUnavailable` unless ``exc`` lasts (:data:`_LASTING`)."""
+    if exc.errno not in _LASTING:
+        raise EvidenceUnavailable(sha256, exc) from exc
+
+
 def _unreadable(sha256: str, exc: OSError) -> None:
+    """A stored file that cannot be read counts as missing; EvidenceUnavailable for an error
+    that passes."""
+    _check_lasting(sha256, exc)
     log.warning(
         "evidence %s: the stored file cannot be read (%s); it counts as missing until its "
         "bytes are uploaded again",

@@ -9,8 +9,13 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc, run_blocking
-from gridpatrol.api.evidence import SHA256_RE, EvidenceError, media_type_of
-from gridpatrol.api.problems import Problem
+from gridpatrol.api.evidence import (
+    SHA256_RE,
+    EvidenceError,
+    EvidenceUnavailable,
+    media_type_of,
+)
+from gridpatrol.api.problems import Problem, problem_response
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 # Up to this size, hashing and writing the file to a local disk (about 1 ms) cost less than a
@@ -55,6 +60,8 @@ async def put_evidence(sha256: str, request: Request, who: Producer, services: S
         put = partial(services.store.put, sha256, data, request.headers.get("content-type"))
         inline = services.db.dialect == "sqlite" and len(data) <= INLINE_BYTES
         stored = await run_blocking(put, inline=inline)
+    except EvidenceUnavailable as exc:
+        return _unavailable(request, exc)
     except EvidenceError as exc:
         raise Problem(exc.status, exc.detail, exc.title) from exc
     # Incomplete candidates that refer to this file are judged again.
@@ -72,6 +79,7 @@ async def put_evidence(sha256: str, request: Request, who: Producer, services: S
 @router.get("/evidence/{sha256}", response_class=Response)
 def get_evidence(
     sha256: str,
+    request: Request,
     _who: ReviewerOrPlatform,
     services: Svc,
     if_none_match: Annotated[str | None, Header()] = None,
@@ -81,7 +89,17 @@ def get_evidence(
         if if_none_match == etag and services.store.has(sha256):
             return Response(status_code=304, headers={"ETag": etag})
         data, media = services.store.get(sha256)
+    except EvidenceUnavailable as exc:
+        return _unavailable(request, exc)
     except EvidenceError as exc:
         raise Problem(exc.status, exc.detail, exc.title) from exc
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     return Response(data, media_type=media, headers=headers)
+
+
+def _unavailable(request: Request, exc: EvidenceUnavailable) -> JSONResponse:
+    """503 with Retry-After: the stored file could not be read just now (out of file
+    descriptors or memory); a producer's outbox retries the upload."""
+    return problem_response(
+        exc.status, exc.detail, exc.title, request.url.path, {"Retry-After": "1"}
+    )

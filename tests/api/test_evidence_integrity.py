@@ -13,6 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
+
+from gridpatrol.api.client import ApiError
+
+from .conftest import TOKENS, RoleClient
 
 URL = "/api/v1/evidence"
 
@@ -212,3 +217,65 @@ def test_a_stored_file_that_cannot_be_read_counts_as_missing_and_the_next_upload
         "replaced by this upload",
     )
     assert target.stat().st_ino != bad_inode
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_read_error_that_passes_fails_the_request_and_its_retry_succeeds(
+    api: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Out of file descriptors for a moment (EMFILE): the file is there and good. Were it
+    counted as missing, the create would be answered 201 incomplete and the producer, answered,
+    would never upload the file again. The request fails instead, and the outbox retries it."""
+    image = api.jpeg(10)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg").status_code == 201
+    target = stored_file(api, sha)
+    read_bytes = Path.read_bytes
+    shortage = [True]
+
+    def failing(path: Path) -> bytes:
+        if shortage[0] and path == target:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return read_bytes(path)
+
+    monkeypatch.setattr(Path, "read_bytes", failing)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
+    # A client that answers an unhandled error as the server does (500), not by raising it.
+    http = TestClient(api.http.app, raise_server_exceptions=False)
+    producer = RoleClient(http, TOKENS["producer"])
+    reviewer = RoleClient(http, TOKENS["reviewer"])
+    create = {"json": api.body("emfile", sha), "headers": {"Idempotency-Key": "emfile-create"}}
+
+    failed = producer.post("/api/v1/candidates", **create)
+    assert failed.status_code == 500, failed.text
+    assert failed.json()["detail"] == "internal error; see the server log"
+    assert ApiError(failed.status_code, failed.json()).retryable is True
+    unavailable = {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": f"evidence {sha} cannot be read just now ([Errno 24] Too many open files)",
+        "instance": f"{URL}/{sha}",
+    }
+    for answer in (
+        reviewer.get(f"{URL}/{sha}"),
+        reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'}),
+        producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"}),
+    ):
+        assert (answer.status_code, answer.headers["retry-after"], answer.json()) == (
+            503,
+            "1",
+            unavailable,
+        )
+        assert ApiError(answer.status_code, answer.json()).retryable is True
+    assert [r.getMessage() for r in caplog.records if r.name == "gridpatrol.api.evidence"] == []
+
+    shortage[0] = False  # the descriptors are back: the retries succeed
+    created = producer.post("/api/v1/candidates", **create)
+    assert created.status_code == 201, created.text
+    assert (created.json()["status"], created.json()["missing_elements"]) == ("new", [])
+    got = reviewer.get(f"{URL}/{sha}")
+    assert (got.status_code, got.content) == (200, image)
+    again = producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
+    assert again.status_code == 200
+    assert target.read_bytes() == image
