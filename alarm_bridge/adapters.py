@@ -264,21 +264,28 @@ def _senml_key(payload: bytes, times: list[float]) -> str:
 
 
 # Housekeeping records a device sends beside its measurement (RFC 8428 names its battery
-# units): never read for a sensor's thresholds unless in the thresholds' unit. A record is one
-# when a word of its name (its part after the last ":" or "/", where a base name such as
-# "sm-2:" ends, split at anything but letters and digits) is one of these or starts with
-# "batt", or when its unit is one of these.
+# units). A record is one by name when a word of its name (its part after the last ":" or "/",
+# where a base name such as "sm-2:" ends, split at anything but letters and digits and where
+# camelCase changes case, as in "rssiDbm") is one of these or starts with "batt", and always
+# when its unit is a battery unit. A record in one of the device units is one only beside
+# other records (a tie-breaker: a pack of voltages alone is read in V).
 HOUSEKEEPING_NAMES = frozenset(
-    {"battery", "batt", "bat", "vbat", "voltage", "rssi", "snr", "signal", "temperature"}
+    {"battery", "batt", "bat", "vbat", "voltage", "rssi", "snr", "signal", "temperature", "temp"}
 )
 HOUSEKEEPING_UNITS = frozenset({"%EL", "EL"})
+DEVICE_UNITS = frozenset({"V", "dBm", "dBW", "Cel"})
+_CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def housekeeping(record: SenMLRecord) -> bool:
-    """Whether a record is a device's own state (battery, radio, temperature), not a reading."""
-    if record.u in HOUSEKEEPING_UNITS:
-        return True
-    name = re.split(r"[:/]", record.n)[-1].lower()
+    """Whether a record is a device's own state (battery, radio, temperature) by its name or
+    a battery unit; the device units (:data:`DEVICE_UNITS`) only break ties, in :func:`_in_unit`.
+    """
+    return record.u in HOUSEKEEPING_UNITS or _housekeeping_name(record)
+
+
+def _housekeeping_name(record: SenMLRecord) -> bool:
+    name = _CASE_CHANGE.sub(" ", re.split(r"[:/]", record.n)[-1]).lower()
     words = [w for w in re.split(r"[^a-z0-9]+", name) if w]
     return any(w in HOUSEKEEPING_NAMES or w.startswith("batt") for w in words)
 
@@ -287,19 +294,21 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     """The records a sensor's thresholds judge, and the unit they were taken to be in when the
     thresholds have none (None: as the thresholds say).
 
-    Thresholds with a unit read the records in it; a pack in which no record has a unit is
-    read as being in the sensor's (a simple device), its housekeeping records excepted.
-    Thresholds without a unit read the records without one (an empty ``u`` is none), its
-    housekeeping records excepted; a pack without any such record is read in the one unit its
-    other records share (a device that gives its unit while the site file does not), and
+    Thresholds with a unit take the records in it, or all of them in a pack in which no record
+    has a unit (a simple device); of those, the housekeeping ones by name count only when no
+    other remains (a thermometer's ``temperature`` alone is read, a bin's ``battery`` in ``%``
+    beside its ``fill`` in ``%`` is not). Thresholds without a unit never read housekeeping
+    records: they take the others (without those in a device unit when any other remains)
+    that have no unit (an empty ``u`` is none); a pack without any such record is read in the
+    one unit they share (a device that gives its unit while the site file does not), and
     nothing when they have several. So a smoke detector judged without a unit reads its
     ``smoke`` record, never the battery record beside it or a battery alone.
     """
     if unit:
-        if all(not r.u for r in records):
-            return [r for r in records if not housekeeping(r)], None
-        return [r for r in records if r.u == unit], None
+        taken = records if all(not r.u for r in records) else [r for r in records if r.u == unit]
+        return [r for r in taken if not _housekeeping_name(r)] or taken, None
     measured = [r for r in records if not housekeeping(r)]
+    measured = [r for r in measured if r.u not in DEVICE_UNITS] or measured
     unitless = [r for r in measured if not r.u]
     if unitless:
         return unitless, None
