@@ -7,9 +7,9 @@ name: one torn by a crash (or damaged since), or one that cannot be read (a bad 
 permission lost in a restore, a stale NFS handle), is not served, not counted as held, and is
 replaced by the next upload of its bytes. A read that fails for a while only (out of file
 descriptors or memory, interrupted) fails the request instead (:class:`EvidenceUnavailable`),
-which the producer retries. A file verified once is remembered by its inode, size and
-modification time, so looking at it again costs one stat until it changes. Every path is built
-from a validated hash only.
+which the producer retries. A file verified once is remembered by its device, inode, size,
+modification and change times, so looking at it again costs one stat until it changes. Every
+path is built from a validated hash only.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +160,11 @@ class EvidenceStore:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dirs: set[str] = set()  # fan-out directories known to exist
-        # (sha256, inode, size, mtime in ns) of files whose bytes hashed to their name, the
-        # most recently looked at last. A file replaced, truncated or written since has
-        # another inode, size or mtime, and is read and hashed again.
-        self._verified: OrderedDict[tuple[str, int, int, int], None] = OrderedDict()
+        # Files whose bytes hashed to their name (:func:`_key`), the most recently looked at
+        # last. A file replaced, truncated, written or given other permissions since (also
+        # by a copy that keeps its modification time) has another key, and is read and
+        # hashed again.
+        self._verified: OrderedDict[Key, None] = OrderedDict()
         self._lock = threading.Lock()  # uploads and looks run on the event loop and the pool
 
     def path(self, sha256: str) -> Path:
@@ -300,7 +302,7 @@ class EvidenceStore:
             return None
         return data
 
-    def _remember(self, sha256: str, key: tuple[str, int, int, int]) -> None:
+    def _remember(self, sha256: str, key: Key) -> None:
         """Remember the stored file of ``sha256`` as verified, if it is still the file of
         ``key`` (its stat before it was read and hashed) and was not written just now: a
         file system stamps times in ticks of a few ms, so a file changed again within the
@@ -310,7 +312,7 @@ class EvidenceStore:
                 return
         except OSError:
             return
-        if time.time_ns() - key[3] <= RECENT_NS:
+        if time.time_ns() - key.mtime_ns <= RECENT_NS:
             return
         with self._lock:
             self._verified[key] = None
@@ -319,8 +321,20 @@ class EvidenceStore:
                 self._verified.popitem(last=False)
 
 
-def _key(sha256: str, st: os.stat_result) -> tuple[str, int, int, int]:
-    return sha256, st.st_ino, st.st_size, st.st_mtime_ns
+class Key(NamedTuple):
+    """What a stat tells of a stored file, to know it unchanged: a chmod, or a copy over it
+    that keeps its size and modification time (``cp -p``), changes its change time."""
+
+    sha256: str
+    dev: int
+    ino: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+
+
+def _key(sha256: str, st: os.stat_result) -> Key:
+    return Key(sha256, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _check_lasting(sha256: str, exc: OSError) -> None:

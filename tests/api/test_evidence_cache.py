@@ -4,11 +4,13 @@ and hash the file each time."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,16 +142,20 @@ def test_candidates_and_conditional_gets_read_a_stored_file_once(
 
 
 def test_a_get_that_finds_a_remembered_file_damaged_forgets_it(
-    tmp_path: Path, reads: Counter[str]
+    tmp_path: Path, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Damage that keeps the size and modification time (bit rot) is not seen by a stat: a
-    GET, which always hashes what it serves, finds it, and then the file is not held."""
+    """Damage no stat shows (bit rot: the disk returns other bytes) is found by a GET, which
+    always hashes what it serves, and then the file is not held."""
     store = EvidenceStore(tmp_path)
     sha, path = stored(store, 6)
     assert store.has(sha) is True
-    size = path.stat().st_size
-    path.write_bytes(bytes(size))
-    os.utime(path, ns=(HOUR_AGO, HOUR_AGO))
+    read_bytes = Path.read_bytes  # counting
+
+    def rotten(read: Path) -> bytes:
+        data = read_bytes(read)
+        return bytes(len(data)) if read == path else data
+
+    monkeypatch.setattr(Path, "read_bytes", rotten)
     reads.clear()
     assert store.has(sha) is True  # remembered: one stat, no read
     assert reads == {}
@@ -158,3 +164,56 @@ def test_a_get_that_finds_a_remembered_file_damaged_forgets_it(
     assert (err.value.status, err.value.detail) == (404, f"no evidence {sha}")
     assert store.has(sha) is False
     assert reads == {sha: 2}
+
+
+def changed_since(path: Path, ctime_ns: int, change: Callable[[], None]) -> None:
+    """``change`` the file, again until its change time is another than ``ctime_ns`` (a file
+    system stamps times in ticks of a few ms)."""
+    change()
+    while path.stat().st_ctime_ns == ctime_ns:
+        change()
+
+
+def test_a_lost_permission_or_a_copy_keeping_size_and_times_is_looked_at_again(
+    tmp_path: Path, reads: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chmod keeps the inode, size and modification time, and so does a damaged copy over
+    the file that keeps its times (``cp -p``): only the change time tells."""
+    store = EvidenceStore(tmp_path)
+    sha, path = stored(store, 7)
+    other, other_path = stored(store, 8)
+    assert (store.has(sha), store.has(other)) == (True, True)
+    read_bytes = Path.read_bytes  # counting
+
+    def denied(read: Path) -> bytes:
+        data = read_bytes(read)  # counted
+        if read == path:  # tests run as root, whom a mode does not stop
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return data
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    reads.clear()
+    before = path.stat()
+    changed_since(path, before.st_ctime_ns, lambda: path.chmod(0o000))
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert (store.has(sha), store.has(sha)) == (False, False)
+    assert reads == {sha: 2}
+
+    # Zeros of the right size copied over the other file, its modification time kept.
+    before = other_path.stat()
+    with other_path.open("r+b") as out:
+        out.write(bytes(before.st_size))
+
+    def keep_times() -> None:
+        os.utime(other_path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+    changed_since(other_path, before.st_ctime_ns, keep_times)
+    after = other_path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+    reads.clear()
+    assert store.has(other) is False
+    assert reads == {other: 1}
