@@ -268,10 +268,11 @@ def _senml_key(payload: bytes, times: list[float]) -> str:
 # where a base name such as "sm-2:" ends, split at anything but letters and digits and where
 # camelCase changes case, as in "rssiDbm") is one of these or starts with "batt", and always
 # when its unit is a battery unit. A record in one of the device units is one only beside
-# other records (a tie-breaker: a pack of voltages alone is read in V).
-HOUSEKEEPING_NAMES = frozenset(
-    {"battery", "batt", "bat", "vbat", "voltage", "rssi", "snr", "signal", "temperature", "temp"}
-)
+# other records (a tie-breaker: a pack of voltages alone is read in V). A battery record
+# (:data:`BATTERY_NAMES`) is never a measurement but of a sensor judged in a battery unit:
+# a bin's battery alone in "%" is not its fill.
+BATTERY_NAMES = frozenset({"battery", "batt", "bat", "vbat"})
+HOUSEKEEPING_NAMES = BATTERY_NAMES | {"voltage", "rssi", "snr", "signal", "temperature", "temp"}
 HOUSEKEEPING_UNITS = frozenset({"%EL", "EL"})
 DEVICE_UNITS = frozenset({"V", "dBm", "dBW", "Cel"})
 _CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
@@ -285,9 +286,16 @@ def housekeeping(record: SenMLRecord) -> bool:
 
 
 def _housekeeping_name(record: SenMLRecord) -> bool:
+    return any(w in HOUSEKEEPING_NAMES or w.startswith("batt") for w in _name_words(record))
+
+
+def _battery_name(record: SenMLRecord) -> bool:
+    return any(w in BATTERY_NAMES or w.startswith("batt") for w in _name_words(record))
+
+
+def _name_words(record: SenMLRecord) -> list[str]:
     name = _CASE_CHANGE.sub(" ", re.split(r"[:/]", record.n)[-1]).lower()
-    words = [w for w in re.split(r"[^a-z0-9]+", name) if w]
-    return any(w in HOUSEKEEPING_NAMES or w.startswith("batt") for w in words)
+    return [w for w in re.split(r"[^a-z0-9]+", name) if w]
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:
@@ -297,15 +305,19 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     Thresholds with a unit take the records in it, or all of them in a pack in which no record
     has a unit (a simple device); of those, the housekeeping ones by name count only when no
     other remains (a thermometer's ``temperature`` alone is read, a bin's ``battery`` in ``%``
-    beside its ``fill`` in ``%`` is not). Thresholds without a unit never read housekeeping
-    records: they take the others (without those in a device unit when any other remains)
-    that have no unit (an empty ``u`` is none); a pack without any such record is read in the
-    one unit they share (a device that gives its unit while the site file does not), and
-    nothing when they have several. So a smoke detector judged without a unit reads its
-    ``smoke`` record, never the battery record beside it or a battery alone.
+    beside its ``fill`` in ``%`` is not), and a battery record never unless the unit is a
+    battery unit (a bin's ``battery`` alone in ``%`` is no fill). Thresholds without a unit
+    never read housekeeping records: they take the others (without those in a device unit
+    when any other remains) that have no unit (an empty ``u`` is none); a pack without any
+    such record is read in the one unit they share (a device that gives its unit while the
+    site file does not), and nothing when they have several. So a smoke detector judged
+    without a unit reads its ``smoke`` record, never the battery record beside it or a
+    battery alone.
     """
     if unit:
         taken = records if all(not r.u for r in records) else [r for r in records if r.u == unit]
+        if unit not in HOUSEKEEPING_UNITS:
+            taken = [r for r in taken if not _battery_name(r)]
         return [r for r in taken if not _housekeeping_name(r)] or taken, None
     measured = [r for r in records if not housekeeping(r)]
     measured = [r for r in measured if r.u not in DEVICE_UNITS] or measured

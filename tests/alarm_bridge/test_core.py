@@ -925,6 +925,16 @@ UNIT_THRESHOLD_CASES = [
         [("wl-9:temperature", "Cel", 80.0)],
     ),
     ("a battery in %EL alone", "cm", [{"n": "battery", "u": "%EL", "v": 80}], "no_reading"),
+    # a battery is no measurement of a sensor judged in another unit, also alone in its unit
+    ("a battery alone in %, judged in %", "%", [{"n": "battery", "u": "%", "v": 95}], "no_reading"),
+    ("a battery alone in no unit", "cm", [{"n": "battery", "v": 80}], "no_reading"),
+    ("a vbat alone in V, judged in V", "V", [{"n": "vbat", "u": "V", "v": 3.6}], "no_reading"),
+    (
+        "a voltage alone in V, judged in V",
+        "V",
+        [{"n": "voltage", "u": "V", "v": 231}],
+        [("wl-9:voltage", "V", 231.0)],
+    ),
     (
         "a battery in %EL alone, judged in %EL",
         "%EL",
