@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -85,16 +86,26 @@ def test_a_verified_file_is_not_read_again_until_it_changes(
     assert reads == {sha: 2}
 
 
+@pytest.mark.parametrize(
+    "ago_ns",
+    [
+        # Within a file system's timestamp tick a change may keep the modification time.
+        pytest.param(5_000_000, id="5-ms-ago"),
+        # An NFS server's clock ahead of ours puts it in the future.
+        pytest.param(-3600 * 10**9, id="an-hour-ahead"),
+    ],
+)
 def test_a_file_modified_just_now_is_verified_at_each_look(
-    tmp_path: Path, reads: Counter[str]
+    tmp_path: Path, reads: Counter[str], monkeypatch: pytest.MonkeyPatch, ago_ns: int
 ) -> None:
-    """Within a file system's timestamp tick a change may keep the modification time; an
-    NFS server's clock ahead of ours puts it in the future."""
     store = EvidenceStore(tmp_path)
-    sha, _ = stored(store, 2, mtime_ns=time.time_ns() + 3600 * 10**9)
+    now = time.time_ns()
+    sha, _ = stored(store, 2, mtime_ns=now - ago_ns)
+    # The clock of the looks stands still: the file stays as recent as it was made.
+    monkeypatch.setattr(evidence, "time", SimpleNamespace(time_ns=lambda: now))
     reads.clear()
-    assert (store.has(sha), store.has(sha)) == (True, True)
-    assert reads == {sha: 2}
+    assert (store.has(sha), store.has(sha), store.has(sha)) == (True, True, True)
+    assert reads == {sha: 3}
 
 
 def test_the_least_recently_looked_at_files_are_forgotten_beyond_the_bound(
