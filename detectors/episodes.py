@@ -345,12 +345,19 @@ _COLUMNS = (
 
 def ensure_schema(conn: sqlite3.Connection) -> list[str]:
     """Create the tables, or add what an older version's lack; returns the cameras whose saved
-    clock was dropped as one an older version left behind (:func:`_drop_unkept_clocks`)."""
+    clock was dropped as one an older version left behind (:func:`_drop_unkept_clocks`).
+
+    Only a ``clock_kept`` column that was already there tells: rows without the mark were then
+    written by an older version after this one. A column added now says nothing of the rows
+    (versions before the column that keep clocks save them with every episode they write):
+    they are marked, and the clocks kept."""
     conn.execute(SCHEMA)
     conn.execute(CLOCKS_SCHEMA)
     columns = {row[1] for row in conn.execute("PRAGMA table_info(detector_episodes)")}
     if "clock_kept" not in columns:
         conn.execute("ALTER TABLE detector_episodes ADD COLUMN clock_kept INTEGER")
+        conn.execute("UPDATE detector_episodes SET clock_kept = 1")
+        return []
     return _drop_unkept_clocks(conn)
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import (
+    CLOCKS_SCHEMA,
     CameraClock,
     Episode,
     Key,
@@ -434,3 +435,25 @@ def test_episodes_and_background_models_take_the_same_clock_step_for_a_clock_gon
     from gridpatrol.detectors import background, episodes
 
     assert episodes.CLOCK_RESET_S == background.CLOCK_STEP_S == 5.0
+
+
+def test_an_upgrade_from_a_version_that_kept_clocks_but_not_the_mark_keeps_the_clocks(
+    tmp_path: Path,
+) -> None:
+    """A version that saved clocks with its episodes but had no clock_kept column wrote cam-1's
+    episode and clock. Adding the column says nothing of who wrote the rows: the clock is kept
+    and the rows marked. A version without the mark writing afterwards is then told apart."""
+    conn = sqlite3.connect(tmp_path / "outbox.db")
+    conn.execute(OLD_SCHEMA)
+    conn.execute(CLOCKS_SCHEMA)
+    clock = CameraClock(at(200), at(200))
+    _old_save(conn, _open_episode(100))  # cam-1
+    save_clock(conn, "cam-1", clock)
+    assert ensure_schema(conn) == []
+    assert load_clocks(conn, {"cam-1"}) == {"cam-1": clock}
+    assert conn.execute("SELECT camera_id, clock_kept FROM detector_episodes").fetchall() == [
+        ("cam-1", 1)
+    ]
+    _old_save(conn, _open_episode(300))  # cam-1, by a version without the mark
+    assert ensure_schema(conn) == ["cam-1"]
+    assert load_clocks(conn, {"cam-1"}) == {}

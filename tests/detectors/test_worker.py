@@ -952,6 +952,33 @@ def test_a_clock_saved_before_an_older_version_ran_does_not_end_the_episode_it_o
         }
 
 
+def test_an_upgrade_from_a_version_that_kept_clocks_but_not_the_mark_keeps_them(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is still there at 100 s when a version that saved clocks but had
+    no clock_kept column stops. The upgraded worker takes its saved clock, without a warning,
+    and continues the episode."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=101, until_s=101)
+    worker.save_state()  # at stop
+    (raised,) = worker.book.values()
+    with outbox.transaction() as txn:  # the file as that version left it
+        txn.conn.execute("ALTER TABLE detector_episodes DROP COLUMN clock_kept")
+
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    restarted, _ = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(restarted, "_render", lambda *args: ([], {"detection": {}}))
+    rt = restarted.cams["cam-00"]
+    assert (rt.last_ts, rt.last_received_at, rt.waiting) == (_at(100), _at(100), {raised.key})
+    assert [m for m in caplog.messages if "older version" in m] == []
+    for k in range(101, 112):
+        assert _judge(restarted, _at(k), _at(k), person)
+    assert restarted.book == {raised.key: replace(raised, last_event_at=_at(106), dwell_s=106.0)}
+    assert _outbox_ops(outbox) == [("create", raised.candidate_id)]
+
+
 def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_frame(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
