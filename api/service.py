@@ -52,7 +52,7 @@ from gridpatrol.api.db import (
     IdempotencyRow,
     MissingEvidenceRow,
 )
-from gridpatrol.api.evidence import EvidenceStore
+from gridpatrol.api.evidence import EvidenceStore, EvidenceUnavailable
 from gridpatrol.api.hub import Event, Hub
 from gridpatrol.api.policy import SitePolicy
 from gridpatrol.api.problems import Problem
@@ -1580,8 +1580,18 @@ class CandidateService:
         Its upload may have looked for candidates waiting for it before they were committed;
         then it stored the file before that commit, so the store has it here.
         """
-        landed = sorted({sha for o in outcomes for sha in _waits(o) if self.store.has(sha)})
+        landed = sorted({sha for o in outcomes for sha in _waits(o) if self._held_now(sha)})
         self._judge_again(who, landed, [o.doc["id"] for o in outcomes if _waits(o)])
+
+    def _held_now(self, sha256: str) -> bool:
+        """Whether the store holds ``sha256``, for the looks after commit: a read that fails
+        just now is logged and taken as not held (the file's upload, a replay or the next
+        upload judges the candidate again), never as a failed answer."""
+        try:
+            return self.store.has(sha256)
+        except EvidenceUnavailable as exc:
+            log.warning("evidence %s: not looked at after commit: %s", sha256, exc.detail)
+            return False
 
     def _heal(self, who: Principal, answers: list[tuple[int, JsonDict]]) -> None:
         """For replayed answers: judge again their candidates that still wait for a file the
@@ -1593,7 +1603,7 @@ class CandidateService:
             for status, doc in answers
             if status < 300 and _waiting(doc)
             for sha in sorted(set(_evidence_hashes(doc)))
-            if self.store.has(sha)
+            if self._held_now(sha)
         ]
         if not wanted:
             return

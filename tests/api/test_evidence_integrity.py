@@ -279,3 +279,55 @@ def test_a_read_error_that_passes_fails_the_request_and_its_retry_succeeds(
     again = producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
     assert again.status_code == 200
     assert target.read_bytes() == image
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_read_error_that_passes_after_commit_does_not_fail_the_answer(
+    api: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The create is committed, waiting for a file not stored yet; the look after commit
+    for that file meets a moment without file descriptors. The answer is the create's (201),
+    the look is logged, and the file's upload judges the candidate again."""
+    image = api.jpeg(11)
+    sha = hashlib.sha256(image).hexdigest()
+    services = api.http.app.state.services
+    target = services.store.path(sha)
+    stat = Path.stat
+    shortage = [False]
+
+    def failing(path: Path, **kwargs: Any) -> os.stat_result:
+        if shortage[0] and path == target:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return stat(path, **kwargs)
+
+    notify = services.candidates._notify
+
+    def committed(outcome: Any) -> None:
+        shortage[0] = True  # from the commit on, until the test ends the shortage
+        notify(outcome)
+
+    monkeypatch.setattr(Path, "stat", failing)
+    monkeypatch.setattr(services.candidates, "_notify", committed)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.service")
+    http = TestClient(api.http.app, raise_server_exceptions=False)
+    producer = RoleClient(http, TOKENS["producer"])
+    created = producer.post(
+        "/api/v1/candidates",
+        json=api.body("emfile-after", sha),
+        headers={"Idempotency-Key": "emfile-after"},
+    )
+    assert created.status_code == 201, created.text
+    assert (created.json()["status"], created.json()["missing_elements"]) == (
+        "incomplete",
+        ["evidence"],
+    )
+    assert [r.getMessage() for r in caplog.records if r.name == "gridpatrol.api.service"] == [
+        f"evidence {sha}: not looked at after commit: evidence {sha} cannot be read just now "
+        "([Errno 24] Too many open files)"
+    ]
+
+    shortage[0] = False
+    monkeypatch.setattr(services.candidates, "_notify", notify)
+    assert put(api, image, "image/jpeg").status_code == 201
+    got = RoleClient(http, TOKENS["reviewer"]).get(f"/api/v1/candidates/{created.json()['id']}")
+    assert (got.json()["status"], got.json()["missing_elements"]) == ("new", [])
