@@ -762,17 +762,30 @@ class DetectorWorker:
                 "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
             )
             return
-        self._stop_waiting(rt, [(rt.camera.id, ev.zone_id, ev.rule)])  # its rule follows it now
+        key = (rt.camera.id, ev.zone_id, ev.rule)
+        book: Mapping[Key, Episode] = self.book
+        ended: list[Op] = []
+        cleared = rt.ending.get(key)
+        if cleared is None:
+            self._stop_waiting(rt, [key])  # its rule follows it now
+        else:
+            # Its rule cleared it but the outbox did not take the ending: the episode ends at
+            # that clear's last sighting first (else this event, of a later occupancy, would
+            # continue it), in the same transaction.
+            book, ended = episodes.end_silent(book, [key], ev.t, {key: cleared})
         book, ops = episodes.step(
-            self.book,
+            book,
             rt.camera.id,
             ev,
             update_s=params.update_s,
             resume_s=_resume_s(params),
             new_id=lambda: str(uuid.uuid4()),
         )
+        ops = ended + ops
         if not ops:
             self.book = book
+            if cleared is not None:  # the episode was no longer open
+                self._stop_waiting(rt, [key])
             return
         try:
             refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
@@ -782,6 +795,8 @@ class DetectorWorker:
             self._end_later(rt, ops)
             raise
         self.book = book
+        if cleared is not None:
+            self._stop_waiting(rt, [key])
         for op in ops:
             if op.episode.candidate_id in refused:
                 continue

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from gridpatrol.api.client import Outbox
-from gridpatrol.detectors.episodes import Episode, ensure_schema, save_episode
+from gridpatrol.detectors.episodes import Episode, Op, ensure_schema, save_episode
 from gridpatrol.detectors.types import ModelInfo
 from gridpatrol.detectors.worker import (
     DetectorWorker,
@@ -1145,6 +1145,69 @@ def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
         ("patch", opened.candidate_id),
     ]
     assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (1.0, 1.0)
+
+
+@pytest.mark.parametrize("raise_queued", [True, False])
+def test_a_raise_after_a_clear_not_queued_ends_that_episode_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raise_queued: bool
+) -> None:
+    """A crowd seen from 0 s to 29 s is cleared at 39 s, when the file is locked, and stays
+    locked until a second crowd, from 50 s, raises at 55 s. The first episode ends at 29 s and
+    the second crowd is a candidate of its own that references it, in one transaction: the
+    raise does not continue the episode its rule had cleared. When the file is still locked
+    for the raise, the ending still waits: the next frame ends the episode at 29 s, and the
+    rule's next update (175 s) opens the second candidate."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=30, until_s=39)
+    rt = worker.cams["cam-00"]
+    (first,) = worker.book.values()
+
+    def render(rt: Any, op: Op, *args: Any) -> Any:  # an end's body as the worker renders it
+        return [], {"detection": worker._end_block(op.episode) if op.kind == "end" else {}}
+
+    monkeypatch.setattr(worker, "_render", render)
+    real = outbox.transaction
+    locked = [True]
+
+    def transaction() -> Any:
+        if locked[0]:
+            raise sqlite3.OperationalError("database is locked")
+        return real()
+
+    monkeypatch.setattr(outbox, "transaction", transaction)
+    unlocked_at = 55 if raise_queued else 56
+    for k in range(39, unlocked_at):  # the waiting ending fails with each frame (logged)
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            _judge(worker, _at(k), _at(k), person if k >= 50 else Detections.empty())
+    assert (worker.book, rt.waiting, rt.ending) == (
+        {first.key: first},
+        {first.key},
+        {first.key: _at(29)},
+    )
+    locked[0] = False
+    for k in range(unlocked_at, 56 if raise_queued else 176):  # to the raise, or the update
+        assert _judge(worker, _at(k), _at(k), person)
+    second = worker.book[first.key]
+    assert (second.started_at, second.previous_id, second.ended_at) == (
+        _at(50),
+        first.candidate_id,
+        None,
+    )
+    assert (rt.waiting, rt.ending) == (set(), {})
+    assert _outbox_ops(outbox) == [
+        ("create", first.candidate_id),
+        ("patch", first.candidate_id),
+        ("create", second.candidate_id),
+    ]
+    with outbox.transaction() as txn:
+        (payload,) = txn.conn.execute(
+            "SELECT payload FROM outbox_ops WHERE kind = 'patch'"
+        ).fetchone()
+    detection = json.loads(payload)["detection"]
+    assert (detection["ended_at"], detection["dwell_s"]) == (_at(29).isoformat(), 29.0)
+    assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (2.0, 1.0)
 
 
 def _state_save_fails(worker: DetectorWorker, outbox: Outbox, monkeypatch: Any) -> list[str]:
