@@ -861,7 +861,9 @@ class DetectorWorker:
             return None if params is None or everything or cleared else _resume_s(params)
 
         book: Mapping[Key, Episode] = self.book
-        sightings = {**rt.ending, **(seen or {})}
+        # A key in rt.ending was cleared by its rule: a later sighting of the rule belongs to
+        # the next occupancy, not to the episode waiting to end.
+        sightings = {**(seen or {}), **rt.ending}
         moved = {k: when for k, when in sightings.items() if k in waiting and k in book}
         if moved:  # end_unfollowed copies the book anyway: copied here only to move sightings
             book = dict(book)
@@ -946,11 +948,11 @@ class DetectorWorker:
                     keys.append(key)
         if not keys:
             return
-        # A clear the outbox did not take (rt.ending) gave a later sighting than the book's.
-        seen = dict(rt.ending)
-        for (zone, rule), when in rt.pipeline.last_seen().items():
-            key = (cam.id, zone, rule)
-            seen[key] = max(when, seen.get(key, when))
+        # A clear the outbox did not take (rt.ending) gives the episode's last sighting: a later
+        # one of its rule belongs to the next occupancy.
+        last_seen = rt.pipeline.last_seen().items()
+        seen = {(cam.id, zone, rule): when for (zone, rule), when in last_seen}
+        seen.update(rt.ending)
         t = rt.last_ts or max(self.book[k].last_event_at for k in keys)
         book, ops = episodes.end_silent(self.book, keys, t, seen)
         refused = self._commit(

@@ -1147,6 +1147,20 @@ def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
     assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (1.0, 1.0)
 
 
+def _locked_until_released(monkeypatch: pytest.MonkeyPatch, outbox: Outbox) -> list[bool]:
+    """The outbox file is locked until the test sets the returned flag's item to False."""
+    real = outbox.transaction
+    locked = [True]
+
+    def transaction() -> Any:
+        if locked[0]:
+            raise sqlite3.OperationalError("database is locked")
+        return real()
+
+    monkeypatch.setattr(outbox, "transaction", transaction)
+    return locked
+
+
 @pytest.mark.parametrize("raise_queued", [True, False])
 def test_a_raise_after_a_clear_not_queued_ends_that_episode_first(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raise_queued: bool
@@ -1168,15 +1182,7 @@ def test_a_raise_after_a_clear_not_queued_ends_that_episode_first(
         return [], {"detection": worker._end_block(op.episode) if op.kind == "end" else {}}
 
     monkeypatch.setattr(worker, "_render", render)
-    real = outbox.transaction
-    locked = [True]
-
-    def transaction() -> Any:
-        if locked[0]:
-            raise sqlite3.OperationalError("database is locked")
-        return real()
-
-    monkeypatch.setattr(outbox, "transaction", transaction)
+    locked = _locked_until_released(monkeypatch, outbox)
     unlocked_at = 55 if raise_queued else 56
     for k in range(39, unlocked_at):  # the waiting ending fails with each frame (logged)
         with pytest.raises(sqlite3.OperationalError, match="database is locked"):
@@ -1208,6 +1214,43 @@ def test_a_raise_after_a_clear_not_queued_ends_that_episode_first(
     detection = json.loads(payload)["detection"]
     assert (detection["ended_at"], detection["dwell_s"]) == (_at(29).isoformat(), 29.0)
     assert (_ops_sent(worker, "open"), _ops_sent(worker, "end")) == (2.0, 1.0)
+
+
+@pytest.mark.parametrize("how", ["camera silent", "clock stepped back"])
+def test_an_episode_whose_clear_was_not_queued_ends_at_its_own_last_sighting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A crowd seen from 0 s to 29 s is cleared at 39 s and a second crowd, from 50 s, raises
+    at 55 s, both while the file is locked (until 69 s). The first episode then ends, as the
+    camera falls silent or its clock steps back an hour, at 29 s: the second crowd's sightings
+    are not the first episode's."""
+    from gridpatrol.detectors.types import Detections
+
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    worker, outbox = _crowd_seen(tmp_path, monkeypatch, CROWD_SITE, seen_s=30, until_s=39)
+    rt = worker.cams["cam-00"]
+    (first,) = worker.book.values()
+    monkeypatch.setattr(
+        worker, "_render", lambda rt, op, *a: ([], {"detection": worker._end_block(op.episode)})
+    )
+    locked = _locked_until_released(monkeypatch, outbox)
+    for k in range(39, 70):
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            _judge(worker, _at(k), _at(k), person if k >= 50 else Detections.empty())
+    assert rt.ending == {first.key: _at(29)}
+    locked[0] = False
+    if how == "camera silent":
+        worker._end_silent_camera(rt, 1e6)
+    else:
+        for k in (70, 71):  # the second frame of the step back takes it
+            _judge(worker, _at(k - 3600), _at(k), Detections.empty())
+    ended = worker.book[first.key]
+    assert (ended.candidate_id, ended.ended_at, ended.dwell_s) == (
+        first.candidate_id,
+        _at(29),
+        29.0,
+    )
+    assert _outbox_ops(outbox) == [("create", first.candidate_id), ("patch", first.candidate_id)]
 
 
 def _state_save_fails(worker: DetectorWorker, outbox: Outbox, monkeypatch: Any) -> list[str]:
