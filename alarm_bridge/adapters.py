@@ -286,16 +286,18 @@ def housekeeping(record: SenMLRecord) -> bool:
 
 
 def _housekeeping_name(record: SenMLRecord) -> bool:
-    return any(w in HOUSEKEEPING_NAMES or w.startswith("batt") for w in _name_words(record))
+    return _named(record, HOUSEKEEPING_NAMES)
 
 
 def _battery_name(record: SenMLRecord) -> bool:
-    return any(w in BATTERY_NAMES or w.startswith("batt") for w in _name_words(record))
+    return _named(record, BATTERY_NAMES)
 
 
-def _name_words(record: SenMLRecord) -> list[str]:
+def _named(record: SenMLRecord, names: frozenset[str]) -> bool:
+    """Whether a word of the record's own name is one of ``names`` or starts with "batt"."""
     name = _CASE_CHANGE.sub(" ", re.split(r"[:/]", record.n)[-1]).lower()
-    return [w for w in re.split(r"[^a-z0-9]+", name) if w]
+    words = (w for w in re.split(r"[^a-z0-9]+", name) if w)
+    return any(w in names or w.startswith("batt") for w in words)
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:
