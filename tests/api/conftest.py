@@ -306,6 +306,10 @@ class Server:
             "GRIDPATROL_API_TOKENS": json.dumps(token_config()),
             # As long as a long poll's longest wait: only a wake-up answers one early.
             "GRIDPATROL_FEED_RECHECK_S": str(LongPoll.WAIT_S),
+            # The site below holds nothing, so the release loop has nothing to do; its read
+            # every 5 s would otherwise meet a dropped connection first and renew the pool
+            # before the request a test sends to see the 503.
+            "GRIDPATROL_RELEASE_INTERVAL_S": "3600",
         }
         # A site without the night window: the server runs on the wall clock, and a case
         # confirmed between 22:00 and 08:00 site time would be held, and released at its end
