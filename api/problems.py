@@ -11,6 +11,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gridpatrol.api.evidence import EvidenceError
+
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
@@ -89,6 +91,13 @@ def install(app: FastAPI) -> None:
             request.url.path,
             dict(exc.headers) if exc.headers else None,
         )
+
+    @app.exception_handler(EvidenceError)
+    async def _evidence(request: Request, exc: EvidenceError) -> JSONResponse:
+        # 503 (a stored file cannot be read just now) wherever it is met: an upload, a
+        # download, or a create or PATCH judging its evidence; the producer's outbox retries.
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return problem_response(exc.status, exc.detail, exc.title, request.url.path, headers)
 
     @app.exception_handler(OperationalError)
     async def _database_down(request: Request, exc: OperationalError) -> JSONResponse:

@@ -9,13 +9,7 @@ from fastapi import APIRouter, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc, run_blocking
-from gridpatrol.api.evidence import (
-    SHA256_RE,
-    EvidenceError,
-    EvidenceUnavailable,
-    media_type_of,
-)
-from gridpatrol.api.problems import Problem, problem_response
+from gridpatrol.api.evidence import SHA256_RE, EvidenceError, media_type_of
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 # Up to this size, hashing and writing the file to a local disk (about 1 ms) cost less than a
@@ -39,31 +33,15 @@ UPLOAD_BODY: dict[str, Any] = {
 
 @router.put("/evidence/{sha256}", status_code=201, openapi_extra=UPLOAD_BODY)
 async def put_evidence(sha256: str, request: Request, who: Producer, services: Svc) -> JSONResponse:
-    try:
-        if not SHA256_RE.fullmatch(sha256):
-            raise EvidenceError(422, "Invalid Hash", "the path must be a lowercase SHA-256")
-        media_type_of(request.headers.get("content-type"))
-        limit = services.settings.max_evidence_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise EvidenceError(413, "Content Too Large", f"evidence is limited to {limit} bytes")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise EvidenceError(
-                    413, "Content Too Large", f"evidence is limited to {limit} bytes"
-                )
-            chunks.append(chunk)
-        data = b"".join(chunks)
-        put = partial(services.store.put, sha256, data, request.headers.get("content-type"))
-        inline = services.db.dialect == "sqlite" and len(data) <= INLINE_BYTES
-        stored = await run_blocking(put, inline=inline)
-    except EvidenceUnavailable as exc:
-        return _unavailable(request, exc)
-    except EvidenceError as exc:
-        raise Problem(exc.status, exc.detail, exc.title) from exc
+    # An EvidenceError is answered as a problem by the app's handler (503 with Retry-After
+    # when the stored file cannot be read just now).
+    if not SHA256_RE.fullmatch(sha256):
+        raise EvidenceError(422, "Invalid Hash", "the path must be a lowercase SHA-256")
+    media_type_of(request.headers.get("content-type"))
+    data = await _body(request, services.settings.max_evidence_bytes)
+    put = partial(services.store.put, sha256, data, request.headers.get("content-type"))
+    inline = services.db.dialect == "sqlite" and len(data) <= INLINE_BYTES
+    stored = await run_blocking(put, inline=inline)
     # Incomplete candidates that refer to this file are judged again.
     await services.write(partial(services.candidates.evidence_arrived, who, sha256))
     body = {
@@ -76,30 +54,32 @@ async def put_evidence(sha256: str, request: Request, who: Producer, services: S
     return JSONResponse(body, status_code=201 if stored.created else 200)
 
 
+async def _body(request: Request, limit: int) -> bytes:
+    """The upload's bytes; 413 as soon as the declared or received size passes ``limit``."""
+    too_large = EvidenceError(413, "Content Too Large", f"evidence is limited to {limit} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @router.get("/evidence/{sha256}", response_class=Response)
 def get_evidence(
     sha256: str,
-    request: Request,
     _who: ReviewerOrPlatform,
     services: Svc,
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     etag = f'"{sha256}"'
-    try:
-        if if_none_match == etag and services.store.has(sha256):
-            return Response(status_code=304, headers={"ETag": etag})
-        data, media = services.store.get(sha256)
-    except EvidenceUnavailable as exc:
-        return _unavailable(request, exc)
-    except EvidenceError as exc:
-        raise Problem(exc.status, exc.detail, exc.title) from exc
+    if if_none_match == etag and services.store.has(sha256):
+        return Response(status_code=304, headers={"ETag": etag})
+    data, media = services.store.get(sha256)
     headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     return Response(data, media_type=media, headers=headers)
-
-
-def _unavailable(request: Request, exc: EvidenceUnavailable) -> JSONResponse:
-    """503 with Retry-After: the stored file could not be read just now (out of file
-    descriptors or memory); a producer's outbox retries the upload."""
-    return problem_response(
-        exc.status, exc.detail, exc.title, request.url.path, {"Retry-After": "1"}
-    )

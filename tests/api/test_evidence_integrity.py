@@ -225,11 +225,15 @@ def test_a_read_error_that_passes_fails_the_request_and_its_retry_succeeds(
 ) -> None:
     """Out of file descriptors for a moment (EMFILE): the file is there and good. Were it
     counted as missing, the create would be answered 201 incomplete and the producer, answered,
-    would never upload the file again. The request fails instead, and the outbox retries it."""
+    would never upload the file again. The request is answered 503 instead, with Retry-After,
+    and the outbox retries it: a create, a PATCH supplying the file, an upload, a download."""
     image = api.jpeg(10)
     sha = hashlib.sha256(image).hexdigest()
     assert put(api, image, "image/jpeg").status_code == 201
     target = stored_file(api, sha)
+    no_text = api.body("emfile-patch")
+    del no_text["description"], no_text["evidence"]
+    incomplete = api.create(no_text)
     read_bytes = Path.read_bytes
     shortage = [True]
 
@@ -240,28 +244,31 @@ def test_a_read_error_that_passes_fails_the_request_and_its_retry_succeeds(
 
     monkeypatch.setattr(Path, "read_bytes", failing)
     caplog.set_level(logging.WARNING, logger="gridpatrol.api.evidence")
-    # A client that answers an unhandled error as the server does (500), not by raising it.
-    http = TestClient(api.http.app, raise_server_exceptions=False)
-    producer = RoleClient(http, TOKENS["producer"])
-    reviewer = RoleClient(http, TOKENS["reviewer"])
+    producer, reviewer = api.as_("producer"), api.as_("reviewer")
     create = {"json": api.body("emfile", sha), "headers": {"Idempotency-Key": "emfile-create"}}
-
-    failed = producer.post("/api/v1/candidates", **create)
-    assert failed.status_code == 500, failed.text
-    assert failed.json()["detail"] == "internal error; see the server log"
-    assert ApiError(failed.status_code, failed.json()).retryable is True
-    unavailable = {
-        "type": "about:blank",
-        "title": "Service Unavailable",
-        "status": 503,
-        "detail": f"evidence {sha} cannot be read just now ([Errno 24] Too many open files)",
-        "instance": f"{URL}/{sha}",
+    supplement = {
+        "json": {"description": "garbage", "evidence": api.body(None, sha)["evidence"]},
+        "headers": {"Idempotency-Key": "emfile-patch"},
     }
-    for answer in (
-        reviewer.get(f"{URL}/{sha}"),
-        reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'}),
-        producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"}),
+    patch_url = f"/api/v1/candidates/{incomplete['id']}"
+    detail = f"evidence {sha} cannot be read just now ([Errno 24] Too many open files)"
+    for answer, path in (
+        (producer.post("/api/v1/candidates", **create), "/api/v1/candidates"),
+        (producer.patch(patch_url, **supplement), patch_url),
+        (reviewer.get(f"{URL}/{sha}"), f"{URL}/{sha}"),
+        (reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": f'"{sha}"'}), f"{URL}/{sha}"),
+        (
+            producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"}),
+            f"{URL}/{sha}",
+        ),
     ):
+        unavailable = {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": detail,
+            "instance": path,
+        }
         assert (answer.status_code, answer.headers["retry-after"], answer.json()) == (
             503,
             "1",
@@ -274,6 +281,9 @@ def test_a_read_error_that_passes_fails_the_request_and_its_retry_succeeds(
     created = producer.post("/api/v1/candidates", **create)
     assert created.status_code == 201, created.text
     assert (created.json()["status"], created.json()["missing_elements"]) == ("new", [])
+    patched = producer.patch(patch_url, **supplement)
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["status"], patched.json()["missing_elements"]) == ("new", [])
     got = reviewer.get(f"{URL}/{sha}")
     assert (got.status_code, got.content) == (200, image)
     again = producer.put(f"{URL}/{sha}", content=image, headers={"Content-Type": "image/jpeg"})
