@@ -13,6 +13,26 @@ const $ = (sel) => document.querySelector(sel);
 // Times are the site's wall-clock times, wherever the reviewer's browser is.
 export const when = (iso) => (iso ? new Date(iso).toLocaleString(undefined, { timeZone: ref.timezone }) : '');
 
+// The instant of a wall-clock time ("YYYY-MM-DDTHH:MM[:SS]", a datetime-local value) in the site's
+// zone, as ISO 8601 UTC.
+export function siteInstant(local) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?$/.exec(local);
+  if (!ref.timezone || !m) return new Date(local).toISOString();
+  const [y, mo, d, h, mi, sec] = m.slice(1).map((x) => Number(x || 0));
+  const wall = Date.UTC(y, mo - 1, d, h, mi, sec);
+  const fmt = new Intl.DateTimeFormat('en-US', {
+    timeZone: ref.timezone, hourCycle: 'h23', year: 'numeric', month: 'numeric', day: 'numeric',
+    hour: 'numeric', minute: 'numeric', second: 'numeric',
+  });
+  // The zone's offset at an instant: its wall clock then, read as UTC, minus the instant.
+  const offset = (at) => {
+    const p = Object.fromEntries(fmt.formatToParts(new Date(at)).map((x) => [x.type, x.value]));
+    return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) - at;
+  };
+  const guess = wall - offset(wall);
+  return new Date(wall - offset(guess)).toISOString(); // again, in case a DST change lies between
+}
+
 export function toast(message, isError = false) {
   const el = $('#toast');
   el.textContent = message;

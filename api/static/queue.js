@@ -1,6 +1,6 @@
 // The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
-import { dialog, ref, toast, typeName, when } from './app.js';
+import { dialog, ref, siteInstant, toast, typeName, when } from './app.js';
 import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
@@ -62,26 +62,6 @@ function age(iso) {
   if (s < 3600) return `${Math.round(s / 60)} ${t('age.m')}`;
   if (s < 86400) return `${(s / 3600).toFixed(1)} ${t('age.h')}`;
   return `${(s / 86400).toFixed(1)} ${t('age.d')}`;
-}
-
-// The instant of a wall-clock time ("YYYY-MM-DDTHH:MM[:SS]", a datetime-local value) in the site's
-// zone, as ISO 8601 UTC.
-function siteInstant(local) {
-  const m = /^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2})(?::(\d{2}))?$/.exec(local);
-  if (!ref.timezone || !m) return new Date(local).toISOString();
-  const [y, mo, d, h, mi, sec] = m.slice(1).map((x) => Number(x || 0));
-  const wall = Date.UTC(y, mo - 1, d, h, mi, sec);
-  const fmt = new Intl.DateTimeFormat('en-US', {
-    timeZone: ref.timezone, hourCycle: 'h23', year: 'numeric', month: 'numeric', day: 'numeric',
-    hour: 'numeric', minute: 'numeric', second: 'numeric',
-  });
-  // The zone's offset at an instant: its wall clock then, read as UTC, minus the instant.
-  const offset = (at) => {
-    const p = Object.fromEntries(fmt.formatToParts(new Date(at)).map((x) => [x.type, x.value]));
-    return Date.UTC(+p.year, +p.month - 1, +p.day, +p.hour, +p.minute, +p.second) - at;
-  };
-  const guess = wall - offset(wall);
-  return new Date(wall - offset(guess)).toISOString(); // again, in case a DST change lies between
 }
 
 function place(c) {

@@ -1,11 +1,13 @@
-// Statistics page: renders whatever GET /stats returns — numbers, maps of numbers, maps of rows.
-import { get } from './api.js';
-import { toast, typeName, when } from './app.js';
+// Statistics page: renders whatever GET /stats returns — numbers, maps of numbers, maps of rows —
+// for a window of the candidates' arrival (since <= received < until), by default the last 30
+// days: the page never reads the whole history unless the reviewer clears the window.
+import { get, query } from './api.js';
+import { ref, siteInstant, toast, typeName, when } from './app.js';
 import { STATUSES, t } from './i18n.js';
 
 const LABELS = {
   by_type: 'st.by_type', by_camera: 'st.by_camera', by_status: 'st.by_status', by_day: 'st.by_day',
-  by_rule: 'st.by_rule', counts: 'st.counts', precision: 'st.precision', sla_breaches: 'st.sla',
+  counts: 'st.counts', precision: 'st.precision', sla_breaches: 'st.sla',
   total: 'st.total', precision_by_type: 'st.precision_type', precision_by_camera: 'st.precision_camera',
   sla: 'st.sla_summary', minutes: 'st.minutes', breaches: 'st.breaches', confirmed: 's.confirmed',
   false_positive: 'r.false_positive', type: 'col.type', camera_id: 'f.camera', arrive_by: 'd.arrive',
@@ -85,12 +87,52 @@ function section(key, value, depth = 0) {
   return box;
 }
 
-export async function showStats() {
-  const body = document.querySelector('#stats-body');
+const DEFAULT_DAYS = 30;
+const $ = (sel) => document.querySelector(sel);
+let shown = 0; // the latest request: an earlier answer arriving after it is dropped
+
+// The default window's start: midnight (site time) of the day DEFAULT_DAYS - 1 before today,
+// so that the window holds the last DEFAULT_DAYS days, today included, as whole days.
+function defaultSince() {
+  const fmt = new Intl.DateTimeFormat('en-US', {
+    timeZone: ref.timezone, year: 'numeric', month: 'numeric', day: 'numeric',
+  });
+  const p = Object.fromEntries(fmt.formatToParts(new Date()).map((x) => [x.type, x.value]));
+  const day = new Date(Date.UTC(+p.year, +p.month - 1, +p.day - (DEFAULT_DAYS - 1)));
+  return `${day.toISOString().slice(0, 10)}T00:00`;
+}
+
+function lastDays() {
+  $('#st-since').value = defaultSince();
+  $('#st-until').value = '';
+}
+
+function period() {
+  const params = {};
+  for (const [k, v] of new FormData($('#stats-filters')).entries()) if (v) params[k] = siteInstant(v);
+  return params;
+}
+
+async function load() {
+  const body = $('#stats-body');
+  const seq = ++shown;
   try {
-    const stats = await get('/stats');
+    const stats = await get(`/stats${query(period())}`);
+    if (seq !== shown) return;
     body.replaceChildren(...Object.entries(stats).map(([k, v]) => section(k, v)));
   } catch (err) {
-    toast(err.message, true);
+    if (seq === shown) toast(err.message, true);
   }
+}
+
+export function showStats() {
+  const form = $('#stats-filters');
+  for (const input of form.querySelectorAll('input')) input.title = ref.timezone || '';
+  if (!form.dataset.ready) { // once: the reviewer's window stays as set when coming back
+    form.dataset.ready = '1';
+    lastDays();
+    form.addEventListener('change', load);
+    $('#st-last').addEventListener('click', () => { lastDays(); load(); });
+  }
+  return load();
 }
