@@ -10,7 +10,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -27,6 +27,7 @@ from gridpatrol.api.evidence import EvidenceStore
 from gridpatrol.api.hub import Hub
 from gridpatrol.api.metrics import Metrics, MetricsMiddleware
 from gridpatrol.api.policy import SitePolicy
+from gridpatrol.api.retention import KeyRetention
 from gridpatrol.api.routers.cameras import close_snapshot_connection
 from gridpatrol.api.service import CandidateService, Clock
 from gridpatrol.api.settings import Settings, TokenEntry, generate_tokens, site_policy
@@ -85,13 +86,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         clock=clock,
         db=db,
     )
+    retention = KeyRetention(db, clock, timedelta(seconds=settings.idempotency_retention_s))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         hub.bind(asyncio.get_running_loop())
         if bus is not None:
             bus.start()
-        task = asyncio.create_task(_release_loop(services))
+        task = asyncio.create_task(_release_loop(services, retention))
         try:
             yield
         finally:
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
     app.state.services = services
     app.state.db = db
     app.state.metrics = metrics
+    app.state.key_retention = retention
     problems.install(app)
     app.add_middleware(
         BodyLimit, body_bytes=settings.max_body_bytes, batch_bytes=settings.max_batch_bytes
@@ -174,14 +177,19 @@ def prepare_workers(settings: Settings, workers: int) -> dict[str, str]:
     }
 
 
-async def _release_loop(services: Services) -> None:
-    """Release night-held candidates when their hold ends (reads also check)."""
+async def _release_loop(services: Services, retention: KeyRetention) -> None:
+    """Release night-held candidates when their hold ends (reads also check), and delete
+    answered idempotency keys past their retention when a purge is due (hourly)."""
     while True:
         await asyncio.sleep(services.settings.release_interval_s)
         try:
             await run_in_threadpool(services.candidates.release_held)
         except Exception:
             log.exception("releasing held candidates failed; retrying")
+        try:
+            await run_in_threadpool(retention.run_if_due)
+        except Exception:
+            log.exception("purging old idempotency keys failed; retrying")
 
 
 def _with_tokens(settings: Settings) -> Settings:

@@ -110,6 +110,8 @@ class MissingEvidenceRow(Base):
 
 class IdempotencyRow(Base):
     __tablename__ = "idempotency"
+    # The retention purge deletes answered keys oldest first (gridpatrol.api.retention).
+    __table_args__ = (Index("ix_idempotency_created", "created_at"),)
 
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     principal: Mapped[str] = mapped_column(String(100), primary_key=True)

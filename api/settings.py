@@ -23,6 +23,8 @@ Role = Literal["producer", "reviewer", "platform", "admin"]
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 _SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 URL_FORM = "dialect+driver://user:password@host:port/name"
+DEFAULT_IDEMPOTENCY_RETENTION_S = 7 * 24 * 3600
+MAX_IDEMPOTENCY_RETENTION_S = 10 * 365 * 24 * 3600
 
 
 class TokenEntry(BaseModel):
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     allow_generated_tokens: bool = False
     release_interval_s: float = Field(default=5.0, gt=0)
+    # Answered idempotency keys (each with its whole response) are deleted this long after
+    # their request: a producer's outbox resends an unanswered operation within 36 s for as
+    # long as the API is reachable (api/client.py, Outbox.MAX_BACKOFF_S plus jitter) and never
+    # gives up, so a key comes back after this only when an outage held it longer.
+    idempotency_retention_s: int = DEFAULT_IDEMPOTENCY_RETENTION_S
     # A feed long poll also looks at the database this often: positions given by another
     # process without the bus, or a night hold ending, wake nobody in this one.
     feed_recheck_s: float = Field(default=1.0, gt=0)
@@ -70,6 +77,16 @@ class Settings(BaseSettings):
     # Relay notifications (events, feed wake-ups) between processes over PostgreSQL
     # LISTEN/NOTIFY; on for the workers of ``--workers N``.
     bus: bool = False
+
+    @field_validator("idempotency_retention_s")
+    @classmethod
+    def _retention_in_range(cls, value: int) -> int:
+        if not 0 < value <= MAX_IDEMPOTENCY_RETENTION_S:
+            raise ValueError(
+                "GRIDPATROL_IDEMPOTENCY_RETENTION_S must be a number of seconds from 1 to "
+                f"{MAX_IDEMPOTENCY_RETENTION_S} (10 years), got {value}"
+            )
+        return value
 
     @field_validator("api_tokens", mode="before")
     @classmethod
