@@ -1062,7 +1062,9 @@ class CandidateService:
             action = "supplemented" if new != before else "updated"
             self._history(doc, now, who.name, action, fields=sorted(changes))
             doc["status"] = new
-            if new == "new" and before != "new":
+            # Entering review, or waiting in it with a type the policy confirms by itself (a
+            # patch changed it): judged as a fresh post would be, night hold included.
+            if new == "new" and (before != "new" or self.policy.auto_confirms(doc.get("type"))):
                 self._enter_review(session, row, doc, now, outcome)
             self._wait_for_evidence(session, [outcome])
         else:

@@ -205,3 +205,23 @@ def test_a_closed_candidate_takes_no_merge(api: Any) -> None:
     assert refused.json()["detail"] == f"cannot merge into candidate {target}: it is closed"
     assert api.as_("reviewer").get(f"/api/v1/candidates/{dup}").json()["status"] == "new"
     assert api.as_("reviewer").get(f"/api/v1/candidates/{target}").json() == closed
+
+
+@pytest.mark.parametrize("hours", [0, 12])  # noon, and midnight inside the night window
+def test_a_new_candidate_patched_to_an_auto_confirm_type_is_confirmed(api: Any, hours: int) -> None:
+    api.clock.advance(hours=hours)
+    cid = new_candidate(api)["id"]
+    assert api.as_("platform").get("/api/v1/feed").json()["items"] == []
+    response = api.as_("producer").patch(
+        f"/api/v1/candidates/{cid}", json={"type": "smoke"}, headers={"Idempotency-Key": "t"}
+    )
+    assert response.status_code == 200
+    doc = response.json()
+    assert (doc["status"], doc["urgency"], doc["hold_until"]) == ("confirmed", "immediate", None)
+    assert [(e["who"], e["action"]) for e in doc["history"][-2:]] == [
+        ("test-producer", "updated"),
+        ("policy", "auto_confirmed"),
+    ]
+    feed = api.as_("platform").get("/api/v1/feed").json()
+    assert [c["id"] for c in feed["items"]] == [cid]
+    assert feed["items"][0]["status"] == "confirmed"
