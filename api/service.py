@@ -1729,6 +1729,7 @@ def _incomplete_decision(decision: ReviewIn) -> str | None:
 
     A return tells whoever completes the case what to add, and "other" says nothing by itself:
     without a note neither is actionable, so the note is required there (as in the console).
+    ``merge_into`` is for a merge only and ``reason_code`` for a rejection only.
     """
     noted = bool((decision.reason or "").strip())
     if decision.decision == "reject" and decision.reason_code is None:
@@ -1739,6 +1740,12 @@ def _incomplete_decision(decision: ReviewIn) -> str | None:
         return "a return needs a reason saying what is missing"
     if decision.decision == "merge" and decision.merge_into is None:
         return "a merge needs merge_into"
+    # What belongs to another decision is refused, not recorded in the history as if it
+    # applied: a reason (the note) goes with every decision.
+    if decision.merge_into is not None and decision.decision != "merge":
+        return f"merge_into goes only with the merge decision, not with {decision.decision}"
+    if decision.reason_code is not None and decision.decision != "reject":
+        return f"reason_code goes only with the reject decision, not with {decision.decision}"
     return None
 
 

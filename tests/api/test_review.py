@@ -62,6 +62,36 @@ def test_reject_needs_a_listed_reason_code(api: Any, code: str) -> None:
         ("reject", {"reason_code": "other", "reason": "\t"}, "a rejection as other needs a reason"),
         ("reject", {}, "a rejection needs a reason_code"),
         ("merge", {}, "a merge needs merge_into"),
+        (
+            "confirm",
+            {"merge_into": "0b9c3f0e-4a0d-4c49-9a51-2f4a4f3c8f10", "reason_code": "duplicate"},
+            "merge_into goes only with the merge decision, not with confirm",
+        ),
+        (
+            "return",
+            {"merge_into": "0b9c3f0e-4a0d-4c49-9a51-2f4a4f3c8f10", "reason": "photo?"},
+            "merge_into goes only with the merge decision, not with return",
+        ),
+        (
+            "confirm",
+            {"reason_code": "duplicate"},
+            "reason_code goes only with the reject decision, not with confirm",
+        ),
+        (
+            "return",
+            {"reason_code": "insufficient_evidence", "reason": "photo?"},
+            "reason_code goes only with the reject decision, not with return",
+        ),
+        (
+            "merge",
+            {"merge_into": "0b9c3f0e-4a0d-4c49-9a51-2f4a4f3c8f10", "reason_code": "duplicate"},
+            "reason_code goes only with the reject decision, not with merge",
+        ),
+        (
+            "reject",
+            {"reason_code": "duplicate", "merge_into": "0b9c3f0e-4a0d-4c49-9a51-2f4a4f3c8f10"},
+            "merge_into goes only with the merge decision, not with reject",
+        ),
     ],
 )
 def test_a_decision_without_what_it_needs_is_refused_and_changes_nothing(
@@ -70,6 +100,7 @@ def test_a_decision_without_what_it_needs_is_refused_and_changes_nothing(
     cid = new_candidate(api)["id"]
     refused = api.review(cid, decision, **extra)
     assert (refused.status_code, refused.json()["detail"]) == (422, detail)
+    assert refused.headers["content-type"] == "application/problem+json"
     doc = api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()
     assert (doc["status"], [e["action"] for e in doc["history"]]) == ("new", ["created"])
 
@@ -225,3 +256,21 @@ def test_a_new_candidate_patched_to_an_auto_confirm_type_is_confirmed(api: Any, 
     feed = api.as_("platform").get("/api/v1/feed").json()
     assert [c["id"] for c in feed["items"]] == [cid]
     assert feed["items"][0]["status"] == "confirmed"
+
+
+def test_the_notes_the_console_sends_with_each_decision_are_taken(api: Any) -> None:
+    bodies = [
+        ("confirm", {"reason": "clearly garbage"}, "confirmed"),
+        ("reject", {"reason_code": "duplicate", "reason": "seen"}, "rejected"),
+        ("return", {"reason": "photo?"}, "returned"),
+    ]
+    for n, (decision, extra, status) in enumerate(bodies):
+        cid = new_candidate(api, f"n{n}")["id"]
+        response = api.review(cid, decision, **extra)
+        assert (response.status_code, response.json()["status"]) == (200, status)
+        entry = response.json()["history"][-1]
+        assert {k: entry[k] for k in extra} == extra
+    target = new_candidate(api, "t")["id"]
+    dup = new_candidate(api, "d")["id"]
+    merged = api.review(dup, "merge", merge_into=target, reason="same bin")
+    assert (merged.status_code, merged.json()["history"][-1]["merge_into"]) == (200, target)
