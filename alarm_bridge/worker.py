@@ -262,7 +262,19 @@ class BridgeCore:
                 why = Rejected("bad_status", "expected online or offline")
                 self.reject(out, why, topic, payload, received_at)
                 return
-            self._status(txn, match.id, status, retained, received_at.timestamp(), out)
+            sensor = self.registry.get(match.id)
+            if sensor is None and retained:
+                # Replayed on every subscription, e.g. the last status of a sensor since
+                # removed from the site file: not news.
+                self.counts.ignored += 1
+                return
+            if sensor is None:
+                # Sent live: a device not registered yet, or an id mistyped in the site file,
+                # whose last will must not go unseen.
+                why = Rejected("unknown_sensor", match.id)
+                self.reject(out, why, topic, payload, received_at)
+                return
+            self._status(txn, sensor, status, retained, received_at.timestamp(), out)
             return
         if match is None or match.kind != "sensor_alarm":
             self.reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
@@ -458,16 +470,12 @@ class BridgeCore:
     def _status(
         self,
         txn: OutboxTxn,
-        sensor_id: str,
+        sensor: Sensor,
         status: str,
         retained: bool,
         now: float,
         out: BatchResult,
     ) -> None:
-        sensor = self.registry.get(sensor_id)
-        if sensor is None:
-            self.counts.ignored += 1  # retained status of a sensor no longer in the site file
-            return
         view = out.state(txn.conn)
         if retained and view.last_status(sensor.id) == status:
             # The broker replays retained status on every (re)subscription: an offline the

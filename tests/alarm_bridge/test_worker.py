@@ -355,6 +355,63 @@ def test_a_retained_alarm_is_not_news(tmp_path: Path, mqtt_prefix: str) -> None:
         assert "mh-1" not in store.last_heard(txn.conn)
 
 
+def test_a_live_status_of_an_unknown_sensor_is_dead_lettered_a_retained_one_ignored(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """A device not in the site file yet (or its id mistyped there) dies: its last will is a
+    dead letter, as its alarms are, not dropped unseen. The retained status of a sensor
+    removed from the site file, replayed on every subscription, is ignored."""
+    site = make_site(mqtt_prefix)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    removed = sensor_status_topic(mqtt_prefix, "zz-gone")
+    status = sensor_status_topic(mqtt_prefix, "zz-9999")
+    alarm = sensor_alarm_topic(mqtt_prefix, "zz-9999")
+    reading = b'{"sensor_id": "zz-9999", "value": 1, "ts": 1790000000}'
+    pub = MqttConnection("unknown-pub", SETTINGS, prefix=mqtt_prefix)
+    watch = MqttConnection("unknown-watch", SETTINGS, prefix=mqtt_prefix)
+    dead = watch.subscribe(deadletter_topic(mqtt_prefix, "alarm_bridge"), qos=1)
+    assert pub.start(10) and watch.start(10)
+    try:
+        assert pub.publish_wait(removed, b"offline", qos=1, retain=True)
+        conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+        bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+        assert conn.start(10)
+        try:
+            _pump(bridge, 1)  # the retained status
+            assert pub.publish_wait(status, b"offline", qos=1)  # a last will, sent live
+            assert pub.publish_wait(alarm, reading, qos=1)
+            _pump(bridge, 3)
+            letters = [dead.get(timeout=20), dead.get(timeout=20)]
+        finally:
+            conn.stop()
+    finally:
+        pub.publish_wait(removed, b"", qos=1, retain=True)  # leave the shared broker clean
+        pub.stop()
+        watch.stop()
+    bodies = []
+    for letter in letters:
+        assert letter is not None
+        body = json.loads(letter.payload)
+        del body["received_at"]
+        bodies.append(body)
+    assert bodies == [
+        {
+            "reason": "unknown_sensor",
+            "topic": status,
+            "payload_b64": base64.b64encode(b"offline").decode(),
+        },
+        {
+            "reason": "unknown_sensor",
+            "topic": alarm,
+            "payload_b64": base64.b64encode(reading).decode(),
+        },
+    ]
+    counts = bridge.core.counts
+    assert (counts.received, counts.dead_letters, counts.ignored) == (3, 2, 1)
+    assert counts.reasons == {"unknown_sensor": 2}
+    assert outbox_ops(outbox) == []
+
+
 def test_the_progress_line_says_what_was_not_used_and_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
