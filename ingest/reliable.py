@@ -4,11 +4,15 @@ QoS 1 subscriptions on a persistent session (clean start off, a session expiry o
 default), so messages published while the consumer is down wait at the broker; each message is
 acknowledged only after the handler returned, i.e. after the consumer's durable write, and the
 acknowledgements leave in arrival order. A handler that keeps failing on one message does not
-stall the stream for ever: after ``max_attempts`` the message goes to the dead-letter topic.
+stall the stream for ever: after ``max_attempts`` the message goes to the dead-letter topic,
+with the handler's last error, and is acknowledged; when the client does not take the letter,
+the message is left unacknowledged (logged) and the broker sends it again after the next
+reconnection.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +24,10 @@ from gridpatrol.ingest.topics import deadletter_topic
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Message], None]
+
+# Of the handler's last error, in a dead letter: the type and the text, cut to this many
+# characters (a message quoting a whole payload must not make the letter twice its size).
+ERROR_CHARS = 1000
 
 
 class ReliableConsumer:
@@ -52,6 +60,7 @@ class ReliableConsumer:
         self.retry_delay_s = retry_delay_s
         self.handled = 0
         self.dead_lettered = 0
+        self.left_for_redelivery = 0  # given up, but the dead letter refused: left for redelivery
         self.stop_event = threading.Event()
 
     def start(self, timeout: float = 10.0) -> bool:
@@ -86,10 +95,12 @@ class ReliableConsumer:
 
     def handle(self, message: Message, handler: Handler) -> bool:
         """Run ``handler`` (the durable write) and acknowledge; True when it succeeded."""
+        failure: Exception | None = None
         for attempt in range(1, self.max_attempts + 1):
             try:
                 handler(message)
-            except Exception:
+            except Exception as exc:
+                failure = exc
                 log.exception(
                     "%s: handler failed on %s (attempt %d of %d)",
                     self.conn.component_id,
@@ -103,21 +114,57 @@ class ReliableConsumer:
             self.handled += 1
             self.conn.ack(message)
             return True
-        self._give_up(message)
+        self._give_up(message, failure)
         return False
 
-    def _give_up(self, message: Message) -> None:
-        self.dead_lettered += 1
+    def _give_up(self, message: Message, failure: Exception | None) -> None:
+        """Dead-letter the message, with the handler's last error, and acknowledge it.
+
+        A letter the client does not take (its queue full, no client, or it failed) leaves
+        the message unacknowledged, logged: the broker sends it again after the next
+        reconnection. Later messages are still acknowledged past it.
+        """
         topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
-        body = dead_letter(
-            "handler_failed",
-            message.topic,
-            message.payload,
-            message.received_at,
-            DEAD_LETTER_PAYLOAD_BYTES,
+        letter = json.loads(
+            dead_letter(
+                "handler_failed",
+                message.topic,
+                message.payload,
+                message.received_at,
+                DEAD_LETTER_PAYLOAD_BYTES,
+            )
         )
-        self.conn.publish(topic, body, qos=1)
+        if failure is not None:
+            letter["error"] = error_text(failure)
+        body = json.dumps(letter, separators=(",", ":")).encode()
+        failed: Exception | None = None
+        try:
+            queued = self.conn.publish(topic, body, qos=1)
+        except Exception as exc:
+            queued, failed = False, exc
+        if not queued:
+            log.error(
+                "%s: the dead letter for %s (message id %d) was not taken by the client (%s);"
+                " left unacknowledged for redelivery after the next reconnection",
+                self.conn.component_id,
+                message.topic,
+                message.mid,
+                "it failed" if failed else "its queue full, or no client",
+                exc_info=failed,
+            )
+            self.left_for_redelivery += 1
+            self._leave_for_redelivery(message)
+            return
+        self.dead_lettered += 1
         self.conn.ack(message)
+
+    def _leave_for_redelivery(self, message: Message) -> None:
+        """Never acknowledge ``message`` on this connection, without holding back the
+        acknowledgements of the messages after it (they leave in arrival order): settled as
+        the connection settles a message pushed out of a full queue."""
+        conn = self.conn
+        if conn.manual_ack and message.qos > 0 and message.session == conn._session:
+            conn._settle(message.mid, "skip")
 
     def run(self, handler: Handler) -> None:
         """Consume until :meth:`stop` (call from the consumer's own thread)."""
@@ -125,3 +172,10 @@ class ReliableConsumer:
             message = self.get(0.5)
             if message is not None:
                 self.handle(message, handler)
+
+
+def error_text(exc: BaseException) -> str:
+    """``"<Type>: <text>"`` (the type alone when the text is empty), at most
+    :data:`ERROR_CHARS` characters."""
+    text = str(exc)
+    return (f"{type(exc).__name__}: {text}" if text else type(exc).__name__)[:ERROR_CHARS]

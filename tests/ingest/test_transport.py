@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -160,12 +161,16 @@ def acks_handled(reader: ReliableConsumer) -> None:
     assert reader.conn.publish_wait(f"{reader.conn.prefix}/acks-fence", b"", qos=1)
 
 
-@pytest.mark.parametrize("payload", [b"poison", b"p" * (1 << 20)], ids=["small", "1MiB"])
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [(b"poison", "database is down"), (b"p" * (1 << 20), "bad row: " + "p" * 5000)],
+    ids=["small", "1MiB"],
+)
 def test_a_failing_handler_ends_in_the_dead_letter_topic(
-    mosquitto: Any, mqtt_prefix: str, payload: bytes
+    mosquitto: Any, mqtt_prefix: str, payload: bytes, error: str
 ) -> None:
     """A payload over 64 KiB goes cut, with its size: whole in base64 it could be larger
-    than the broker takes."""
+    than the broker takes. The letter says the handler's last error, cut to 1000 characters."""
     reader = consumer(mosquitto.url, mqtt_prefix)
     letters = MqttConnection("dl-watch", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
     dead = letters.subscribe(f"{mqtt_prefix}/deadletter/#", qos=1)
@@ -177,7 +182,7 @@ def test_a_failing_handler_ends_in_the_dead_letter_topic(
         (message,) = drain(reader.get, 1)
 
         def broken(_m: Message) -> None:
-            raise RuntimeError("database is down")
+            raise RuntimeError(error)
 
         assert not reader.handle(message, broken)
         letter = dead.get(10)
@@ -196,8 +201,79 @@ def test_a_failing_handler_ends_in_the_dead_letter_topic(
         "topic": sensor_alarm_topic(mqtt_prefix, "s1"),
         "payload_b64": base64.b64encode(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode(),
         **cut,
+        "error": f"RuntimeError: {error}"[:1000],
     }
     assert reader.dead_lettered == 1
+
+
+def test_a_dead_letter_the_client_refuses_leaves_its_message_for_redelivery(
+    mosquitto: Any,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given up on, a message whose dead letter the client does not take (its queue full, no
+    client) is not acknowledged: the broker sends it again on the next connection, and it
+    is dead-lettered then. The message after it is acknowledged all the same."""
+    reader = consumer(mosquitto.url, mqtt_prefix)
+    letters = MqttConnection("dl-watch", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    dead = letters.subscribe(f"{mqtt_prefix}/deadletter/#", qos=1)
+    pub = MqttConnection("sensor-gw", MqttSettings.from_url(mosquitto.url), prefix=mqtt_prefix)
+    assert reader.start() and letters.start() and pub.start()
+    topic = sensor_alarm_topic(mqtt_prefix, "s1")
+
+    def broken(m: Message) -> None:
+        if m.payload == b"poison":
+            raise KeyError("no such row")
+
+    try:
+        assert pub.publish_wait(topic, b"poison", qos=1)
+        assert pub.publish_wait(topic, b"fine", qos=1)
+        poison, fine = drain(reader.get, 2)
+        refusals: list[str] = []
+
+        def refuse(letter_topic: str, *_a: Any, **_k: Any) -> bool:
+            refusals.append(letter_topic)
+            return False
+
+        monkeypatch.setattr(reader.conn, "publish", refuse)
+        with caplog.at_level(logging.ERROR, logger="gridpatrol.ingest.reliable"):
+            caplog.clear()
+            assert not reader.handle(poison, broken)
+        assert reader.handle(fine, broken)
+        acks_handled(reader)
+        assert refusals == [f"{mqtt_prefix}/deadletter/bridge-t"]
+        assert caplog.messages[-1] == (
+            f"bridge-t: the dead letter for {topic} (message id {poison.mid}) was not taken by"
+            " the client (its queue full, or no client); left unacknowledged for redelivery"
+            " after the next reconnection"
+        )
+        reader.stop()
+
+        again = consumer(mosquitto.url, mqtt_prefix)
+        assert again.start()
+        assert pub.publish_wait(topic, b"after", qos=1)
+        redelivered = drain(again.get, 2)
+        assert [m.payload for m in redelivered] == [b"poison", b"after"]
+        assert not again.handle(redelivered[0], broken)
+        assert again.handle(redelivered[1], broken)
+        letter = dead.get(10)
+        acks_handled(again)
+        again.stop()
+    finally:
+        pub.stop()
+        letters.stop()
+        reader.stop()
+    assert letter is not None
+    assert json.loads(letter.payload) == {
+        "reason": "handler_failed",
+        "topic": topic,
+        "payload_b64": base64.b64encode(b"poison").decode(),
+        "received_at": rfc3339(redelivered[0].received_at),
+        "error": "KeyError: 'no such row'",
+    }
+    assert (reader.dead_lettered, reader.left_for_redelivery) == (0, 1)
+    assert (again.dead_lettered, again.left_for_redelivery) == (1, 0)
 
 
 def test_component_status_goes_offline_when_the_process_is_killed(
