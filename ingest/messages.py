@@ -623,12 +623,21 @@ def _senml_record(
     return SenMLRecord(
         n=name,
         u=fields.get("u", base["bu"]),
-        v=float(base["bv"] + fields["v"]) if "v" in fields else None,
+        v=_senml_sum(base["bv"], fields["v"], "v", index) if "v" in fields else None,
         vs=fields.get("vs"),
         vb=fields.get("vb"),
-        s=float(base["bs"] + fields["s"]) if "s" in fields else None,
+        s=_senml_sum(base["bs"], fields["s"], "s", index) if "s" in fields else None,
         t=from_epoch(when),
     )
+
+
+def _senml_sum(base: float, value: float, key: str, index: int) -> float:
+    """A record's value or sum with its pack's base added: ``bad_value`` when the two, each
+    finite, add up to more than a float holds (1e308 + 1e308 is inf, which no JSON carries)."""
+    total = float(base + value)  # OverflowError for integers past a float: bad_value too
+    if not math.isfinite(total):
+        raise MessageError("bad_value", f"record {index}: b{key} + {key} is not finite")
+    return total
 
 
 # ---------------------------------------------------------------------------------------------

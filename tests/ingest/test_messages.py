@@ -335,6 +335,34 @@ def test_bad_senml_and_others(body: object, reason: str) -> None:
     assert err.value.reason == reason
 
 
+BIG = 1e308  # finite; two of them add up to more than a float holds (inf)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        [{"n": "level", "bv": BIG, "v": BIG}],
+        [{"n": "level", "bv": -BIG, "v": -BIG}],
+        [{"n": "level", "bs": BIG, "s": BIG}],
+        [{"bv": BIG, "n": "level", "v": -BIG}, {"n": "level", "v": 1}, {"n": "level", "v": BIG}],
+        [{"n": "level", "bv": 10**308, "v": 10**308}],
+        {**ALARM, "sensor_id": "wl-01", "measurements": [{"n": "tilt", "bv": BIG, "v": BIG}]},
+        {**ALARM, "sensor_id": "wl-01", "measurements": [{"n": "e", "bs": -BIG, "s": -BIG}]},
+    ],
+)
+def test_a_senml_value_past_a_float_once_its_base_is_added_is_bad_value(body: object) -> None:
+    """Each field is finite, their sum is not: a value JSON cannot carry to the API."""
+    with pytest.raises(MessageError) as err:
+        sensor(body, topic_id="wl-01")
+    assert err.value.reason == "bad_value"
+
+
+def test_a_senml_value_near_the_float_limit_is_kept() -> None:
+    pack = sensor([{"n": "level", "bv": BIG, "v": -BIG}, {"n": "e", "bs": 1e307, "s": BIG}])
+    assert isinstance(pack, SenMLPack)
+    assert [(r.v, r.s) for r in pack.records] == [(0.0, None), (None, 1.1e308)]
+
+
 def test_threshold_reading() -> None:
     reading = sensor({"sensor_id": "mh-0001", "value": 17, "ts": NOW.timestamp()})
     assert reading == ThresholdReading("mh-0001", 17.0, NOW)
