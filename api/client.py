@@ -52,6 +52,12 @@ class ApiConfigError(RuntimeError):
     """A setting of the client that cannot work: mend it and restart (status 2)."""
 
 
+class UnsendableOperation(ValueError):
+    """An operation no request can carry: a body JSON cannot encode (NaN or Infinity, a lone
+    surrogate), or one that is not a JSON object. The outbox refuses to queue one, and refuses
+    for good, unsent, one a file already holds (written by an older version)."""
+
+
 def _checked_url(url: str) -> str:
     """``url`` when it can be the API's: http:// or https://, a host, a port that is a number
     (not 0), an optional path, nothing else (no spaces around it, no query or fragment: the
@@ -185,7 +191,12 @@ class ApiClient:
         return data
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
-        response = self._http.request(method, path, **kw)
+        try:
+            # Encoding happens here (httpx refuses NaN and Infinity): no retry can mend it.
+            request = self._http.build_request(method, path, **kw)
+        except (ValueError, TypeError) as exc:
+            raise UnsendableOperation(f"{method} {path}: no request can carry it: {exc}") from exc
+        response = self._http.send(request)
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -281,8 +292,23 @@ class _Op:
     sha256: str | None
 
     def body(self) -> JsonDict:
-        data: JsonDict = json.loads(self.payload)
+        try:
+            data = json.loads(self.payload)
+        except (ValueError, RecursionError) as exc:
+            raise UnsendableOperation(f"its body is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise UnsendableOperation("its body is not a JSON object")
         return data
+
+    def unsendable(self) -> str | None:
+        """Why no request can carry this operation's body; None when one can."""
+        if self.kind == "evidence":
+            return None
+        try:
+            _encoded(self.body())
+        except UnsendableOperation as exc:
+            return str(exc)
+        return None
 
 
 class OutboxTxn:
@@ -303,13 +329,13 @@ class OutboxTxn:
 
     def create_candidate(self, body: Mapping[str, Any], candidate_id: str | None = None) -> str:
         cid = str(uuid.UUID(candidate_id or body.get("id") or str(uuid.uuid4())))
-        payload = _json(_in_api_ids(self.conn, {**body, "id": cid}))
+        payload = _queued("create", cid, _in_api_ids(self.conn, {**body, "id": cid}))
         self._insert("create", cid, str(uuid.uuid4()), payload, None, None)
         return cid
 
     def patch_candidate(self, candidate_id: str, patch: Mapping[str, Any]) -> None:
-        payload = _json(_in_api_ids(self.conn, dict(patch)))
         cid = api_id(self.conn, str(uuid.UUID(candidate_id)))
+        payload = _queued("patch", cid, _in_api_ids(self.conn, dict(patch)))
         self._insert("patch", cid, str(uuid.uuid4()), payload, None, None)
 
     def _insert(
@@ -529,12 +555,13 @@ class Outbox:
             return False
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
-            creates = [op for op in ops if op.kind == "create"]
+            creates = self._sendable(conn, [op for op in ops if op.kind == "create"])
             finished, aliased = self._send_creates(conn, creates)
             if finished:
                 # Recording an alias moved and rewrote this round's patches in the file.
                 window = self._patches_up_to(conn, ops[-1].seq) if aliased else ops
                 patches = _patches_by_candidate(window)[: self.MAX_PATCHED]
+                patches = [g for g in (self._sendable(conn, g) for g in patches) if g]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
@@ -564,6 +591,19 @@ class Outbox:
                     break
         return ops
 
+    def _sendable(self, conn: sqlite3.Connection, ops: list[_Op]) -> list[_Op]:
+        """``ops`` but those no request can carry (see :class:`UnsendableOperation`), which
+        are failed for good, unsent, as the API would refuse them: each alone, so they hold
+        up neither the round nor the operations queued after them."""
+        kept = []
+        for op in ops:
+            why = op.unsendable()
+            if why is None:
+                kept.append(op)
+            else:
+                self._fail(conn, [op], _not_sent(why))
+        return kept
+
     def _settle(
         self,
         conn: sqlite3.Connection,
@@ -571,15 +611,18 @@ class Outbox:
         send: Callable[[], Any],
         sent_to: int | None,
     ) -> bool:
-        """Send one request for ``ops``: done on success, failed for good on a refusal.
-        ``sent_to``: see :meth:`_done`, None for operations other than creates. True when
-        an alias was recorded."""
+        """Send one request for ``ops``: done on success, failed for good on a refusal or
+        when no request can carry them. ``sent_to``: see :meth:`_done`, None for operations
+        other than creates. True when an alias was recorded."""
         try:
             answer = send()
         except ApiError as exc:
             if exc.retryable:
                 raise
             self._fail(conn, ops, exc)
+            return False
+        except UnsendableOperation as exc:
+            self._fail(conn, ops, _not_sent(str(exc)))
             return False
         return self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
 
@@ -622,6 +665,10 @@ class Outbox:
             if exc.retryable:
                 raise
             # The batch as a whole was refused: find the culprit one request at a time.
+            return False, self._send_one_create(conn, ops[0], sent_to)
+        except UnsendableOperation:
+            # No request could carry the batch (not one of its creates, see _sendable):
+            # as for a refusal, one request at a time.
             return False, self._send_one_create(conn, ops[0], sent_to)
         done: list[tuple[_Op, Any]] = []
         failed: list[tuple[_Op, ApiError]] = []
@@ -737,11 +784,13 @@ class Outbox:
             self._counts["failed"] += len(ops)
         for op in ops:
             log.error(
-                "outbox %s: API refused %s %s: %s",
+                "outbox %s: %s %s %s: %s (seq %d)",
                 self.component,
+                "API refused" if exc.status else "failed for good, unsent,",
                 op.kind,
                 op.candidate_id or op.sha256,
-                exc,
+                exc if exc.status else exc.problem.get("detail"),
+                op.seq,
             )
 
     def _retry_later(self, conn: sqlite3.Connection, op: _Op, exc: Exception) -> None:
@@ -993,6 +1042,30 @@ def _aliased(answered: Iterable[tuple[_Op, Any]]) -> list[tuple[_Op, str]]:
 
 def _json(body: JsonDict) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
+
+
+def _encoded(body: JsonDict) -> bytes:
+    """``body`` as a request carries it (httpx encodes as strictly); else
+    :class:`UnsendableOperation`."""
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UnsendableOperation(f"no request can carry its body: {exc}") from exc
+
+
+def _queued(kind: str, candidate_id: str, body: JsonDict) -> bytes:
+    """The payload a producer queues: refused at once (:class:`UnsendableOperation`) when no
+    request could carry it, rather than held up in the file for ever."""
+    try:
+        return _encoded(body)
+    except UnsendableOperation as exc:
+        raise UnsendableOperation(f"{kind} of candidate {candidate_id} not queued: {exc}") from exc
+
+
+def _not_sent(why: str) -> ApiError:
+    """The record of an operation failed for good unsent, as its ``last_error`` keeps it:
+    status 0, as no API answered."""
+    return ApiError(0, {"title": "not sent", "detail": why[:1000]})
 
 
 @contextlib.contextmanager

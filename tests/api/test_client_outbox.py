@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import socket
 import sqlite3
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -25,6 +27,7 @@ from gridpatrol.api.client import (
     ApiError,
     Outbox,
     OutboxBusy,
+    UnsendableOperation,
     candidate_closed,
     merge_patches,
 )
@@ -888,3 +891,113 @@ def test_a_rewrite_a_crash_cut_short_is_finished_before_anything_is_sent(
         assert [http.get(f"/candidates/{c}").json()["references"] for c in ids] == [[held]] * 3
         assert http.get(f"/candidates/{held}").json()["alarm"] == alarm | {"alarm_id": held}
     assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([held, *ids])
+
+
+def queue_as_an_older_version(path: Path, kind: str, candidate_id: str, body: Any) -> None:
+    """Queue an operation as a version that encoded bodies with ``json.dumps`` defaults did:
+    NaN and Infinity written as such, which no request can carry."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(
+            "INSERT INTO outbox_ops (kind, candidate_id, idempotency_key, payload, created_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (kind, candidate_id, str(uuid.uuid4()), json.dumps(body).encode(), time.time()),
+        )
+        conn.commit()
+
+
+NOT_JSON = "Out of range float values are not JSON compliant"
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["alone", "in-a-batch"])
+def test_an_operation_no_request_can_carry_is_failed_and_holds_up_nothing(
+    api_server: Any, tmp_path: Path, batched: bool
+) -> None:
+    """A create and a patch with Infinity or NaN in a file an older version wrote: each is
+    failed for good, unsent, and the operations queued after them are delivered."""
+    outbox = producer(api_server, tmp_path)
+    bad = str(uuid.uuid4())
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(130), "image/jpeg")
+        first = txn.create_candidate(candidate("unsendable-1", sha))
+    if not batched:
+        deliver(outbox)
+    poisoned = candidate("unsendable-2", sha)
+    poisoned["detection"]["score"] = float("inf")
+    queue_as_an_older_version(outbox.path, "create", bad, {**poisoned, "id": bad})
+    with outbox.transaction() as txn:
+        second = txn.create_candidate(candidate("unsendable-3", sha))
+    queue_as_an_older_version(outbox.path, "patch", first, {"detection": {"dwell_s": math.nan}})
+    queue_as_an_older_version(outbox.path, "patch", bad, {"description": "never sent"})
+    with outbox.transaction() as txn:
+        txn.patch_candidate(first, {"detection": {"dwell_s": 40}})
+    deliver(outbox)
+    failed = outbox.failed()
+    assert [(f["kind"], f["candidate_id"]) for f in failed] == [
+        ("create", bad),
+        ("patch", first),
+        ("patch", bad),
+    ]
+    assert [f["error"].split(" ", 1)[0] for f in failed] == ["0", "0", "0"]
+    assert NOT_JSON in failed[0]["error"] and NOT_JSON in failed[1]["error"]
+    assert "not sent: the API refused this candidate's create" in failed[2]["error"]
+    assert outbox.stats() == {"sent": 4, "retried": 0, "failed": 3, "depth": 0}
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        assert candidate_closed(conn, bad)
+        assert not candidate_closed(conn, first)
+    assert sorted(c["id"] for c in all_candidates(api_server)) == sorted([first, second])
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{first}").json()["detection"]["dwell_s"] == 40
+
+
+def test_a_request_that_cannot_be_built_fails_its_operation_alone(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A content type httpx cannot put in a header (not ASCII): that upload is failed for
+    good, unsent, and the round goes on."""
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        txn.add_evidence(jpeg(131), "imäge/jpeg")
+        sha = txn.add_evidence(jpeg(132), "image/jpeg")
+        cid = txn.create_candidate(candidate("unbuildable-1", sha))
+    deliver(outbox)
+    (failed,) = outbox.failed()
+    assert (failed["kind"], failed["error"].split(" ", 1)[0]) == ("evidence", "0")
+    assert "'ascii' codec can't encode character" in failed["error"]
+    assert outbox.stats() == {"sent": 2, "retried": 0, "failed": 1, "depth": 0}
+    assert [c["id"] for c in all_candidates(api_server)] == [cid]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("kind", ["create", "patch"])
+def test_a_body_no_request_can_carry_is_not_queued(tmp_path: Path, kind: str, value: float) -> None:
+    """The producer hears of it at once, in its own transaction, which rolls back."""
+    outbox = Outbox(tmp_path / "outbox-nan.db", None, component="t")
+    cid = str(uuid.uuid4())
+    with pytest.raises(UnsendableOperation) as err, outbox.transaction() as txn:
+        txn.create_candidate(candidate("nan-0", "0" * 64))
+        if kind == "create":
+            txn.create_candidate({**candidate("nan-1", "0" * 64), "score": value}, cid)
+        else:
+            txn.patch_candidate(cid, {"detection": {"dwell_s": value}})
+    assert str(err.value) == (
+        f"{kind} of candidate {cid} not queued: no request can carry its body: {NOT_JSON}"
+    )
+    assert outbox.depth() == 0
+
+
+def test_the_client_sends_no_request_it_cannot_encode() -> None:
+    sent: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(201, json={})
+
+    client = ApiClient("http://api.invalid", "token")
+    client._http = httpx.Client(
+        base_url="http://api.invalid/api/v1", transport=httpx.MockTransport(answer)
+    )
+    with pytest.raises(UnsendableOperation) as err:
+        client.patch_candidate(str(uuid.uuid4()), {"detection": {"dwell_s": math.inf}}, "k")
+    assert str(err.value).endswith(f"no request can carry it: {NOT_JSON}")
+    assert client.create_candidate({"id": "x"}, "k") == {}
+    assert [r.method for r in sent] == ["POST"]
