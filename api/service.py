@@ -1056,11 +1056,15 @@ class CandidateService:
                 422, f"candidate {cid} is {before}: a patch cannot take away its {', '.join(lost)}"
             )
         outcome = Outcome(200, doc, unheld=unheld)
+        # A routine update (a detector's dwell time or latest frame, an alarm repeat) changes
+        # no required element: its history entry folds into the one before it.
+        answered = sm.answers_return(stored, doc, REQUIRED)
         if before in ("incomplete", "returned", "new"):
-            answered = sm.answers_return(stored, doc, REQUIRED)
             new = sm.after_supplement(before, not doc["missing_elements"], answered)
-            action = "supplemented" if new != before else "updated"
-            self._history(doc, now, who.name, action, fields=sorted(changes))
+            if new != before:
+                self._history(doc, now, who.name, "supplemented", fields=sorted(changes))
+            else:
+                self._updated(doc, now, who.name, sorted(changes), routine=not answered)
             doc["status"] = new
             # Entering review, or waiting in it with a type the policy confirms by itself (a
             # patch changed it): judged as a fresh post would be, night hold included.
@@ -1068,7 +1072,7 @@ class CandidateService:
                 self._enter_review(session, row, doc, now, outcome)
             self._wait_for_evidence(session, [outcome])
         else:
-            self._history(doc, now, who.name, "updated", fields=sorted(changes))
+            self._updated(doc, now, who.name, sorted(changes), routine=not answered)
             if row.feed_pos is not None:  # visible already: the platform sees the change
                 self._assign_positions(session, [row], now)
                 outcome.feed = True
@@ -1706,6 +1710,29 @@ class CandidateService:
         entry = {"at": now.isoformat(), "who": who, "action": action}
         entry.update({k: v for k, v in extra.items() if v is not None})
         doc.setdefault("history", []).append(entry)
+
+    @classmethod
+    def _updated(
+        cls, doc: JsonDict, now: datetime, who: str, fields: list[str], *, routine: bool
+    ) -> None:
+        """Record an update that leaves the status as it is.
+
+        A routine one extends the entry of the routine updates by ``who`` just before it, if
+        the history ends with one (``count`` of them, ``at`` the first, ``last_at`` the latest,
+        ``fields`` all they changed), so an episode updated every few seconds for a week keeps
+        a history of a few entries, not one per update. Any other entry ends the run.
+        """
+        if not routine:
+            cls._history(doc, now, who, "updated", fields=fields)
+            return
+        history = doc.setdefault("history", [])
+        last = history[-1] if history else {}
+        if last.get("action") == "updated" and last.get("who") == who and "count" in last:
+            last["fields"] = sorted({*last.get("fields", ()), *fields})
+            last["count"] += 1
+            last["last_at"] = now.isoformat()
+        else:
+            cls._history(doc, now, who, "updated", fields=fields, count=1, last_at=now.isoformat())
 
     @staticmethod
     def _save(row: CandidateRow, doc: JsonDict, now: datetime) -> str:

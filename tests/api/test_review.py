@@ -137,13 +137,13 @@ def test_routine_update_keeps_a_returned_case_returned(api: Any) -> None:
     answer = {"description": "暴露垃圾 at the north gate"}
     doc = producer.patch(url, json=answer, headers={"Idempotency-Key": "answer"}).json()
     assert doc["status"] == "new"
-    assert [h["action"] for h in doc["history"]] == [
-        "created",
-        "returned",
-        "updated",
-        "updated",
-        "supplemented",
+    assert [(h["action"], h.get("count")) for h in doc["history"]] == [
+        ("created", None),
+        ("returned", None),
+        ("updated", 2),  # both routine updates, in one entry
+        ("supplemented", None),
     ]
+    assert doc["history"][2]["fields"] == ["detection", "evidence"]
 
 
 def test_new_evidence_answers_a_return(api: Any) -> None:
@@ -274,3 +274,65 @@ def test_the_notes_the_console_sends_with_each_decision_are_taken(api: Any) -> N
     dup = new_candidate(api, "d")["id"]
     merged = api.review(dup, "merge", merge_into=target, reason="same bin")
     assert (merged.status_code, merged.json()["history"][-1]["merge_into"]) == (200, target)
+
+
+def test_routine_updates_fold_into_one_history_entry_until_another_entry(api: Any) -> None:
+    created = new_candidate(api)
+    cid, start = created["id"], created["history"][0]["at"]
+    producer = api.as_("producer")
+    url = f"/api/v1/candidates/{cid}"
+    key = iter(range(100))
+
+    def update(change: dict[str, Any]) -> dict[str, Any]:
+        api.clock.advance(seconds=30)
+        sent = producer.patch(url, json=change, headers={"Idempotency-Key": f"k{next(key)}"})
+        assert sent.status_code == 200
+        return dict(sent.json())
+
+    def dwell(n: int) -> dict[str, Any]:
+        return update({"detection": {"dwell_s": 60 * n}})
+
+    def times(n: int) -> tuple[str, str]:
+        first = dwell(1)["history"][-1]["at"]
+        for i in range(2, n + 1):
+            last = dwell(i)["history"][-1]
+        assert last["at"] == first
+        return first, api.clock.now.isoformat()
+
+    first, last = times(5)
+    doc = api.as_("reviewer").get(url).json()
+    assert doc["history"] == [
+        {"at": start, "who": "test-producer", "action": "created"},
+        {
+            "at": first,
+            "who": "test-producer",
+            "action": "updated",
+            "fields": ["detection"],
+            "count": 5,
+            "last_at": last,
+        },
+    ]
+    assert api.review(cid, "confirm").status_code == 200
+    again, later = times(3)
+    # An update that changes a required element has an entry of its own, and ends the run.
+    changed = update({"description": "overflowing bins at the north gate"})["history"][-1]
+    assert changed == {
+        "at": api.clock.now.isoformat(),
+        "who": "test-producer",
+        "action": "updated",
+        "fields": ["description"],
+    }
+    frame = {"sha256": api.put_jpeg(3), "kind": "latest"}
+    after = update({"evidence": [frame]})["history"][-1]["at"]
+    final = dwell(9)
+    assert [(h["action"], h.get("count"), h["at"], h.get("last_at")) for h in final["history"]] == [
+        ("created", None, start, None),
+        ("updated", 5, first, last),
+        ("confirmed", None, last, None),
+        ("updated", 3, again, later),
+        ("updated", None, changed["at"], None),
+        ("updated", 2, after, api.clock.now.isoformat()),
+    ]
+    assert final["history"][-1]["fields"] == ["detection", "evidence"]
+    feed = api.as_("platform").get("/api/v1/feed").json()["items"]
+    assert feed[-1]["history"] == final["history"]
