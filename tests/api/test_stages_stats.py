@@ -77,3 +77,29 @@ def test_stats_counts_precision_and_sla(api: Any) -> None:
     stats = api.as_("reviewer").get("/api/v1/stats").json()
     assert sorted(b["id"] for b in stats["sla_breaches"]) == sorted([late, waiting])
     assert api.as_("platform").get("/api/v1/stats").status_code == 403
+
+
+def test_stats_list_the_latest_sla_breaches_and_count_them_all(api: Any) -> None:
+    sha = api.put_jpeg()
+    ids: list[str] = []
+    for part in range(3):
+        items = [
+            {"idempotency_key": f"b{part}-{i}", "body": api.body(f"s{part}-{i}", sha, "smoke")}
+            for i in range(67)
+        ]
+        sent = api.as_("producer").post("/api/v1/candidates/batch", json={"items": items})
+        assert sent.status_code == 207
+        ids += [r["body"]["id"] for r in sent.json()["items"]]
+    assert len(ids) == 201
+    start = api.clock.now
+    # Dispatched a minute apart, in reverse: the latest deadline is the first candidate's.
+    for n, cid in enumerate(reversed(ids)):
+        assert stage(api, cid, "registered", start).status_code == 200
+        assert stage(api, cid, "dispatched", start + timedelta(minutes=n)).status_code == 200
+    api.clock.advance(hours=5)
+    stats = api.as_("reviewer").get("/api/v1/stats").json()
+    assert (stats["total"], stats["sla"]["breaches"]) == (201, 201)
+    assert [b["id"] for b in stats["sla_breaches"]] == ids[:200]
+    assert (
+        stats["sla_breaches"][0]["arrive_by"] == (start + timedelta(minutes=200 + 15)).isoformat()
+    )
