@@ -652,11 +652,16 @@ DEAD_LETTER_PAYLOAD_BYTES = 64 * 1024
 
 
 def dead_letter(
-    reason: str, topic: str, payload: bytes, received_at: datetime, keep: int | None = None
+    reason: str,
+    topic: str,
+    payload: bytes,
+    received_at: datetime,
+    keep: int | None = None,
+    error: str | None = None,
 ) -> bytes:
     """The JSON published to ``{prefix}/deadletter/{component}``. A payload over ``keep``
     bytes is cut to its first ``keep``, and the letter adds ``payload_bytes`` (the payload's
-    size) and ``payload_truncated``: true."""
+    size) and ``payload_truncated``: true; ``error``, when given, is carried as is."""
     kept = payload if keep is None else payload[:keep]
     body: dict[str, object] = {
         "reason": reason,
@@ -666,4 +671,6 @@ def dead_letter(
     }
     if len(kept) < len(payload):
         body |= {"payload_bytes": len(payload), "payload_truncated": True}
+    if error is not None:
+        body["error"] = error
     return json.dumps(body, separators=(",", ":")).encode()

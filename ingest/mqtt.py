@@ -738,6 +738,14 @@ class MqttConnection:
             return
         self._settle(message.mid, "ack")
 
+    def skip(self, message: Message) -> None:
+        """Never acknowledge ``message`` on this connection (the broker sends it again after
+        the next reconnection), without holding back the acknowledgements of the messages
+        after it: settled as a message pushed out of a full queue is."""
+        if not self.manual_ack or message.qos == 0 or message.session != self._session:
+            return
+        self._settle(message.mid, "skip")
+
     def _settle(self, mid: int, state: str) -> None:
         ready: list[tuple[int, int]] = []
         with self._lock:

@@ -12,7 +12,6 @@ reconnection.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -124,19 +123,24 @@ class ReliableConsumer:
         the message unacknowledged, logged: the broker sends it again after the next
         reconnection. Later messages are still acknowledged past it.
         """
-        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
-        letter = json.loads(
-            dead_letter(
-                "handler_failed",
-                message.topic,
-                message.payload,
-                message.received_at,
-                DEAD_LETTER_PAYLOAD_BYTES,
-            )
+        body = dead_letter(
+            "handler_failed",
+            message.topic,
+            message.payload,
+            message.received_at,
+            DEAD_LETTER_PAYLOAD_BYTES,
+            error=None if failure is None else error_text(failure),
         )
-        if failure is not None:
-            letter["error"] = error_text(failure)
-        body = json.dumps(letter, separators=(",", ":")).encode()
+        if not self._letter_taken(message, body):
+            self.left_for_redelivery += 1
+            self.conn.skip(message)
+            return
+        self.dead_lettered += 1
+        self.conn.ack(message)
+
+    def _letter_taken(self, message: Message, body: bytes) -> bool:
+        """Queue the dead letter for ``message``; whether the client took it (logged if not)."""
+        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
         failed: Exception | None = None
         try:
             queued = self.conn.publish(topic, body, qos=1)
@@ -152,19 +156,7 @@ class ReliableConsumer:
                 "it failed" if failed else "its queue full, or no client",
                 exc_info=failed,
             )
-            self.left_for_redelivery += 1
-            self._leave_for_redelivery(message)
-            return
-        self.dead_lettered += 1
-        self.conn.ack(message)
-
-    def _leave_for_redelivery(self, message: Message) -> None:
-        """Never acknowledge ``message`` on this connection, without holding back the
-        acknowledgements of the messages after it (they leave in arrival order): settled as
-        the connection settles a message pushed out of a full queue."""
-        conn = self.conn
-        if conn.manual_ack and message.qos > 0 and message.session == conn._session:
-            conn._settle(message.mid, "skip")
+        return queued
 
     def run(self, handler: Handler) -> None:
         """Consume until :meth:`stop` (call from the consumer's own thread)."""
