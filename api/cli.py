@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -166,9 +167,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gridpatrol.api.app import create_app
+    from gridpatrol.api.workers import Server, config
 
     app = create_app()
     level = logging.getLogger().getEffectiveLevel()
@@ -177,15 +177,22 @@ def _serve(args: argparse.Namespace) -> int:
     # SIGTERM before uvicorn listens), so SIGTERM ends with status 0, like Ctrl-C and like
     # every other gridpatrol command.
     signal.signal(signal.SIGTERM, _stopped)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        workers=1,
-        log_level=logging.getLevelName(level).lower(),
-        access_log=level <= logging.DEBUG,
+    server = Server(
+        config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=logging.getLevelName(level).lower(),
+            access_log=level <= logging.DEBUG,
+        )
     )
-    return 0
+    # Event streams and feed long polls end when the server is told to stop.
+    app.state.stopping = server.stopping
+    # uvicorn raises SIGINT again after its graceful shutdown.
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    # As uvicorn.run: an app whose startup failed ends with uvicorn's STARTUP_FAILURE.
+    return 0 if server.started else 3
 
 
 def _stopped(signum: int, _frame: FrameType | None) -> None:

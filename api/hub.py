@@ -12,6 +12,10 @@ poll's read of the database and its wait is not lost (``wait_feed(since_generati
 With several processes (``gridpatrol api --workers N``) a relay (``gridpatrol.api.bus``) is
 attached: what this process publishes is delivered here at once and also handed to the relay,
 which brings it to the other processes; they call ``deliver`` / ``wake_feed``, which stay local.
+
+Event streams and feed long polls also wait for the server to stop (``stopping``): told to
+stop, ``gridpatrol api`` waits for its open connections, and a stream would hold it until its
+client left.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import asyncio
 import contextlib
 import logging
 import threading
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ Event = tuple[str, dict[str, Any]]
 # What an overflowing subscriber gets instead of the events it could not take; its data says
 # how many were dropped.
 RESET = "reset"
+T = TypeVar("T")
 
 
 class Relay(Protocol):
@@ -129,3 +135,30 @@ class Hub:
         for future in list(self._feed_waiters):
             if not future.done():
                 future.set_result(None)
+
+
+def stopping(state: Any) -> asyncio.Event:
+    """The event the server sets when it is told to stop (``app.state.stopping``, put there by
+    ``gridpatrol api``); a new one that is never set for an app served otherwise (tests)."""
+    event = getattr(state, "stopping", None)
+    return event if isinstance(event, asyncio.Event) else asyncio.Event()
+
+
+async def unless_stopping(awaitable: Awaitable[T], stop: asyncio.Event) -> tuple[bool, T | None]:
+    """``(True, result)`` of ``awaitable``, or ``(False, None)`` as soon as ``stop`` is set
+    (``awaitable`` is cancelled then). Its exceptions propagate."""
+    if stop.is_set():
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()  # never started: no "never awaited" warning
+        return False, None
+    work = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stopped):
+            task.cancel()
+    if work.done() and not work.cancelled():
+        return True, work.result()  # also when both are done: nothing is dropped
+    await asyncio.wait({work})  # its cancellation has run: a queue.get() it held is given up
+    return False, None

@@ -10,10 +10,17 @@ one; with a socket per worker, 379 against 262.
 The parent starts the workers, restarts one that dies after it had served, stops everything
 when a worker could not start (the same error would repeat), and on SIGTERM or SIGINT asks
 every worker to finish its requests, then waits for them.
+
+Every server, a worker's or that of ``gridpatrol api`` alone, is a ``Server``: told to stop, it
+sets ``app.state.stopping``, so event streams end and feed long polls answer at once (they would
+hold the graceful shutdown until their clients left), and it gives the requests still running
+GRACEFUL_SHUTDOWN_S before it cancels them, well inside STOP_TIMEOUT_S and the 10 s a container
+runtime allows before it kills.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import multiprocessing
 import os
@@ -23,13 +30,18 @@ import threading
 import time
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from types import FrameType
 from typing import Any
+
+import uvicorn
 
 from gridpatrol.cli import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 STOP_TIMEOUT_S = 20.0
+# What a stopping server gives the requests still running, then it cancels them.
+GRACEFUL_SHUTDOWN_S = 5
 # A worker's exit code when it never served: the same error would repeat on every restart.
 EXIT_STARTUP_FAILURE = 3
 
@@ -43,6 +55,32 @@ class WorkerSpec:
     log_config: dict[str, Any]
     log_level: str
     access_log: bool
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, which also tells the app when it is told to stop: ``stopping`` is set
+    on the first SIGTERM or SIGINT (put it on ``app.state.stopping``)."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.stopping = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # A signal handler may interrupt the event loop anywhere: the event is set by the loop.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.stopping.set)
+
+
+def config(app: Any, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration of every ``gridpatrol api`` server."""
+    return uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, **options)
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -60,17 +98,25 @@ def listening_socket(host: str, port: int) -> socket.socket:
 
 
 def worker_main(spec: WorkerSpec) -> None:
-    """A worker: its own socket, one uvicorn server of the app factory."""
-    import uvicorn
+    """A worker: its own socket, one server of the app factory."""
 
-    config = uvicorn.Config(
-        "gridpatrol.api.app:create_app",
-        factory=True,
-        log_config=spec.log_config,
-        log_level=spec.log_level,
-        access_log=spec.access_log,
+    def build_app() -> Any:
+        # Called by uvicorn as it starts the server below.
+        from gridpatrol.api.app import create_app
+
+        app = create_app()
+        app.state.stopping = server.stopping
+        return app
+
+    server = Server(
+        config(
+            build_app,
+            factory=True,
+            log_config=spec.log_config,
+            log_level=spec.log_level,
+            access_log=spec.access_log,
+        )
     )
-    server = uvicorn.Server(config)
     try:
         server.run(sockets=[listening_socket(spec.host, spec.port)])
     except BaseException:

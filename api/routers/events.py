@@ -7,6 +7,10 @@ fetches what it needs, so the duplicates the margin brings are harmless. When th
 much to replay, when the id is not one of ours, or when the client fell so far behind that
 its queue overflowed, it gets ``event: reset`` instead: load the list again. After an
 overflow the stream ends there (the browser reconnects from the reset's id).
+
+When the server is told to stop, the stream ends at once: the server would otherwise wait for
+the client to leave, and the browser reconnects (to another instance, or to this one when it
+is back) with the last id it got, so it misses nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from gridpatrol.api.deps import Reviewer, Services, Svc
-from gridpatrol.api.hub import RESET
+from gridpatrol.api.hub import RESET, stopping, unless_stopping
 from gridpatrol.api.metrics import Metrics
 
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -88,18 +92,24 @@ async def events(
     queue = hub.subscribe()
     resume = last_event_id or since
     now = services.clock()
+    stop = stopping(request.app.state)
 
     async def stream() -> AsyncIterator[str]:
         try:
             yield ": connected\n\n"
             for text in await replay(services, resume, now) if resume else []:
                 yield text
-            while not await request.is_disconnected():
+            while not stop.is_set() and not await request.is_disconnected():
                 try:
-                    kind, data = await asyncio.wait_for(queue.get(), KEEPALIVE_S)
+                    _, event = await unless_stopping(
+                        asyncio.wait_for(queue.get(), KEEPALIVE_S), stop
+                    )
                 except TimeoutError:
                     yield ": keepalive\n\n"
                     continue
+                if event is None:
+                    return  # the server stops: the browser reconnects with the last id
+                kind, data = event
                 if kind == RESET:
                     metrics.sse_dropped.inc(data["dropped"])
                     yield reset_message(data["reason"], services.clock())

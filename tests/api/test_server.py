@@ -347,3 +347,84 @@ def test_a_stop_signal_shuts_the_api_down_gracefully_with_status_0(
     log = srv.log.read_text()
     assert "Application shutdown complete." in log
     assert "Traceback" not in log
+
+
+class HeldRequest:
+    """A request the server holds open, sent from a thread of its own: the console's event
+    stream (``/events``) or a feed long poll (``/feed?wait=30``). ``lines`` is what it got."""
+
+    def __init__(self, srv: Server, kind: str) -> None:
+        self.kind = kind
+        self.lines: list[str] = []
+        self.error: BaseException | None = None
+        self.sent = threading.Event()
+        self.http = srv.client("reviewer" if kind == "events" else "platform")
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            if self.kind == "events":
+                with self.http.stream("GET", "/events") as stream:
+                    for line in stream.iter_lines():
+                        self.lines.append(line)
+                        self.sent.set()  # ": connected": the server streams
+            else:
+                assert self.http.get("/healthz").status_code == 200  # connected beforehand
+                self.sent.set()
+                response = self.http.get("/feed", params={"wait": LongPoll.WAIT_S})
+                self.lines.append(f"{response.status_code} {response.text}")
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.http.close()
+
+    def wait_held(self) -> None:
+        assert self.sent.wait(30), self.error
+        # Time for the poll to reach the server (the stream has already been answered).
+        self.thread.join(2)
+        assert self.thread.is_alive(), (self.lines, self.error)
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+@pytest.mark.parametrize("kind", ["events", "feed"], ids=["event-stream", "feed-long-poll"])
+def test_a_stop_signal_ends_event_streams_and_long_polls_at_once(
+    tmp_path: Path, kind: str, stop: signal.Signals
+) -> None:
+    """They would hold the graceful shutdown until their clients left (a stream for ever, a
+    poll up to 30 s): told to stop, a stream ends (the browser reconnects with its last id)
+    and a poll answers as at its deadline, and the API stops with status 0."""
+    srv = Server(f"sqlite:///{tmp_path / 'api.db'}", tmp_path)
+    srv.start()
+    assert srv.proc is not None
+    try:
+        held = HeldRequest(srv, kind)
+        held.wait_held()
+        srv.proc.send_signal(stop)
+        assert srv.proc.wait(timeout=10) == 0
+        held.thread.join(10)
+        assert not held.thread.is_alive()
+        assert held.error is None
+        if kind == "events":
+            assert held.lines == [": connected", ""]
+        else:
+            assert held.lines == ['200 {"items":[],"next_cursor":"0"}']
+        assert_shut_down_in_order(srv)
+    finally:
+        kill_if_running(srv)
+
+
+def assert_shut_down_in_order(srv: Server, servers: int = 1) -> None:
+    """Each of the process's ``servers`` ran its lifespan's shutdown, and none was cut short:
+    no request cancelled when the graceful shutdown ran out, no worker killed."""
+    log = srv.log.read_text()
+    assert log.count("Application shutdown complete.") == servers
+    assert "timeout graceful shutdown exceeded" not in log
+    assert "did not stop in time" not in log
+    assert "Traceback" not in log
+
+
+def kill_if_running(srv: Server) -> None:
+    if srv.proc is not None and srv.proc.poll() is None:
+        srv.proc.kill()
+        srv.proc.wait()

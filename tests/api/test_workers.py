@@ -40,6 +40,7 @@ from .conftest import (
     fresh_jpeg,
     token_config,
 )
+from .test_server import assert_shut_down_in_order, kill_if_running
 
 WAIT_S = 30.0
 
@@ -359,6 +360,44 @@ def test_a_killed_worker_is_replaced_and_sigterm_stops_all(
                     os.kill(pid, 0)
         finally:
             server.stop()
+
+
+@pytest.mark.postgres
+def test_sigterm_ends_the_workers_event_streams_and_long_polls(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """Each worker, told to stop, ends its event streams and answers its long polls at once,
+    so every worker runs its lifespan's shutdown and none is killed for want of time."""
+    with fresh_database("postgres", tmp_path, postgres_url) as url:
+        server = Workers(url, tmp_path)
+        server.start()
+        assert server.proc is not None
+        opened: list[Pinned] = []
+        try:
+            groups = server.pin(2)
+            opened = [client for group in groups for client in group]
+            (listen_a, poll_a), (listen_b, _) = groups
+            on_a, on_b = Subscriber(listen_a), Subscriber(listen_b)
+            assert on_a.connected.wait(WAIT_S) and on_b.connected.wait(WAIT_S)
+            start = feed_end(poll_a)
+            # Not checked to come over the pinned connection: the worker closes it with its
+            # answer (it stops), and a closed socket has no address to compare any more.
+            auth = {"Authorization": f"Bearer {TOKENS['platform']}"}
+            poll = LongPoll(partial(poll_a.http.request, "GET", "/feed", headers=auth), start)
+            poll.thread.join(2)  # time for the poll to reach the worker
+            assert poll.thread.is_alive() and poll.page is None, poll.page
+
+            server.proc.terminate()
+            assert server.proc.wait(timeout=15) == 0
+            for thread in (on_a.thread, on_b.thread, poll.thread):
+                thread.join(WAIT_S)
+                assert not thread.is_alive()
+            assert poll.page == {"items": [], "next_cursor": start}
+            assert_shut_down_in_order(server, servers=2)
+        finally:
+            kill_if_running(server)
+            for client in opened:
+                client.http.close()
 
 
 def test_workers_refuse_a_port_in_use(tmp_path: Path, postgres_url: str) -> None:
