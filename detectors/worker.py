@@ -237,7 +237,7 @@ class CameraRuntime:
     last_ts: datetime | None = None
     last_received_at: datetime | None = None  # the reception of the frame at last_ts
     jump: ClockJump | None = None  # a frame off the camera's clock, waiting for the next one
-    out_of_order: int = 0
+    out_of_order: int = 0  # frames taken but dropped: late ones, those lost to a clock jump
     frames_in: int = 0
     inferred: int = 0
     skipped: int = 0
@@ -577,13 +577,15 @@ class DetectorWorker:
         that the time between receptions does not explain (an outage does) is a clock stepped
         forward. Either way one frame is not enough: a lone frame off the clock, followed by
         frames on the old one, would end every episode of the camera. The jumping frame is
-        held back; when the next frame continues its clock the jump is taken, otherwise the
-        frame was an outlier (one ahead goes to the dead-letter topic, one behind counts as a
-        late frame) and the next frame is judged on the old clock.
+        held back; when the next frame continues its clock the jump is taken and the held frame
+        is lost (counted as dropped), otherwise the frame was an outlier (one ahead goes to the
+        dead-letter topic, one behind counts as a late frame) and the next frame is judged on
+        the old clock.
         """
         jump, rt.jump = rt.jump, None
         if jump is not None:
             if jump.followed_by(ts, received_at):
+                self._drop(rt)  # the held frame: taken from the slot, never judged
                 self._take_jump(rt, ts, received_at)
                 rt.last_ts, rt.last_received_at = ts, received_at
                 return True
@@ -598,7 +600,7 @@ class DetectorWorker:
             rt.jump = ClockJump(ts, received_at, topic, payload)
             return False
         if ts < last:
-            self._late(rt)
+            self._drop(rt)  # a late frame
             return False
         rt.last_ts, rt.last_received_at = ts, received_at
         return True
@@ -628,7 +630,7 @@ class DetectorWorker:
         last = rt.last_ts
         assert last is not None
         if jump.ts < last:
-            self._late(rt)
+            self._drop(rt)  # a late frame
             return
         why = (
             f"clock_outlier: frame time {jump.ts.isoformat()} is "
@@ -637,7 +639,9 @@ class DetectorWorker:
         )
         self._bad(rt, jump.topic, jump.payload, jump.received_at, why)
 
-    def _late(self, rt: CameraRuntime) -> None:
+    def _drop(self, rt: CameraRuntime) -> None:
+        """A frame taken from the camera's slot that will not be judged: a late one, or the
+        one a clock jump held back. It counts as dropped, as a frame replaced in the slot."""
         rt.out_of_order += 1
         self.metrics.dropped.labels(rt.camera.id).inc()
 

@@ -158,6 +158,53 @@ def test_a_frame_of_another_size_is_inferred(
         worker.stop()
 
 
+def test_the_frame_held_back_by_a_clock_jump_taken_is_counted_as_dropped(
+    tmp_path: Path,
+    shared_dir: Path,
+    mqtt_prefix: str,
+    publisher: tuple[MqttConnection, Subscription],
+) -> None:
+    """Two frames, then the camera's clock an hour back for two frames: the first frame on the
+    new clock is held back, and lost when the second one takes the jump. Every frame taken is
+    then counted once, as inferred, skipped, dropped or bad, in the metrics and in the report
+    at stop."""
+    conn, status = publisher
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "car_park_overhead.mp4"))
+    ok, road = cap.read()
+    cap.release()
+    assert ok
+    image = _jpeg(cv2.resize(road, SIZES[1], interpolation=cv2.INTER_AREA))
+    back = T0 - timedelta(hours=1)
+    times = (T0, T0 + timedelta(seconds=1), back, back + timedelta(seconds=1))
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix)
+    try:
+        worker.wait("online status", lambda: _says(status, b"online"))
+        for seq, ts in enumerate(times):
+            header = FrameHeader(ts=ts, seq=seq, camera_id=CAMERA, width=640, height=360)
+            assert conn.publish(frame_topic(mqtt_prefix, CAMERA), encode_frame(header, image))
+            # Each frame taken before the next comes: none is replaced in the slot.
+            worker.wait(f"{seq + 1} frame(s) taken", lambda n=seq + 1: worker.metric("frames") >= n)
+        worker.wait_judged(3)
+        counts = {
+            name: worker.metric(name)
+            for name in ("frames", "inferred_frames", "skipped_frames", "dropped_frames")
+        }
+        bad = worker.metric("bad_frames")
+    finally:
+        worker.stop()
+    assert (counts["frames"], counts["dropped_frames"], bad) == (4, 1, 0)
+    inferred, skipped = counts["inferred_frames"], counts["skipped_frames"]
+    assert inferred + skipped == 3
+    log = worker.log.read_text()
+    assert "camera yard: clock went back 3600 s; its rules start over" in log
+    report = re.findall(
+        r"camera yard: (\d+) frames in, (\d+) inferred, (\d+) skipped, "
+        r"(\d+) dropped, (\d+) bad,",
+        log,
+    )
+    assert report[-1] == ("4", str(inferred), str(skipped), "1", "0")
+
+
 def test_a_large_malformed_frame_is_dead_lettered_cut_with_its_size(
     tmp_path: Path,
     shared_dir: Path,
