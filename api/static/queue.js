@@ -446,10 +446,14 @@ function facts(c) {
   return el('dl', { class: 'facts' }, ...rows.flatMap(([k, v]) => [el('dt', { text: k }), el('dd', { text: v })]));
 }
 
+// Routine updates by one producer fold into one history entry: how many, and the latest's time.
+const folded = (h) => t('d.folded').replace('{n}', h.count).replace('{at}', when(h.last_at));
+
 function history(c) {
   return el('ol', { class: 'history' }, ...(c.history || []).map((h) => el('li', {},
     el('span', { class: 'muted', text: when(h.at) }), ' ',
     el('strong', { text: h.action }), ' ', el('span', { text: h.who || '' }),
+    h.count > 1 ? el('span', { class: 'muted', text: ` · ${folded(h)}` }) : null,
     h.reason_code ? el('span', { text: ` · ${t(`r.${h.reason_code}`)}` }) : null,
     h.reason ? el('span', { class: 'muted', text: ` — ${h.reason}` }) : null)));
 }
