@@ -125,26 +125,34 @@ def read_still(path: Path, as_stored: bool = False) -> Sample:
 
 
 def read_video(path: Path, fps: float) -> Iterator[Sample]:
-    """Frames sampled at ``fps`` (by video position); frames in between are skipped undecoded."""
+    """Frames sampled at ``fps`` (by video position); frames in between are skipped undecoded.
+
+    A container that gives no usable frame rate is read as 25 fps. :class:`ScanError` when the
+    video cannot be opened or no frame of it could be decoded."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ScanError(f"{path}: not a readable video")
-    native = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    native = cap.get(cv2.CAP_PROP_FPS)
+    if not (math.isfinite(native) and native > 0):
+        # A container without a usable rate (0, NaN, negative, inf) would place every frame
+        # at t = 0 or nowhere: none past the first would ever be sampled.
+        native = 25.0
     step = 1.0 / fps
     next_t = 0.0
-    index = 0
+    index = sampled = 0
     try:
         while cap.grab():
             t = index / native
             if t + 1e-6 >= next_t:
                 ok, image = cap.retrieve()
                 if ok:
+                    sampled += 1
                     yield Sample(str(path), index, round(t, 3), np.asarray(image, dtype=np.uint8))
                 next_t += step * max(1, int((t - next_t) // step) + 1)
             index += 1
     finally:
         cap.release()
-    if index == 0:
+    if sampled == 0:
         raise ScanError(f"{path}: no frames could be decoded")
 
 

@@ -111,6 +111,62 @@ def test_video_is_sampled_at_fps(shared_dir: Path) -> None:
     assert any(d["label"] == "car" for r in records for d in r["detections"])
 
 
+def scan_patched(patch: str, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """:func:`scan` with ``cv2.VideoCapture`` replaced, in the command's own process, by a
+    wrapper of the real one whose methods ``patch`` overrides (a container or decoder that
+    misbehaves). A Python subclass of ``cv2.VideoCapture`` crashes the interpreter now and
+    then; the wrapper does not."""
+    program = (
+        "import sys, cv2, math\n"
+        "class Capture:\n"
+        "    def __init__(self, *args):\n"
+        "        self.cap = Real(*args)\n"
+        "    def __getattr__(self, name):\n"
+        "        return getattr(self.cap, name)\n"
+        f"{patch}\n"
+        "Real = cv2.VideoCapture\n"
+        "cv2.VideoCapture = Capture\n"
+        "from gridpatrol.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", program, "--log-level", "WARNING", "scan", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc.returncode, records, proc.stderr
+
+
+@pytest.mark.parametrize("rate", ["math.nan", "-12.0", "math.inf"], ids=["nan", "negative", "inf"])
+def test_a_video_without_a_usable_frame_rate_is_sampled_at_25_fps(
+    shared_dir: Path, rate: str
+) -> None:
+    """41 frames at 12 fps whose container gives no usable rate: read as 25 fps (1.6 s) and
+    sampled at 2 fps by that timing, not left unread with exit 0."""
+    clip = shared_dir / "footage" / "car_park_people_bikes.mp4"
+    patch = (
+        "    def get(self, prop):\n"
+        f"        return {rate} if prop == cv2.CAP_PROP_FPS else self.cap.get(prop)\n"
+    )
+    code, records, stderr = scan_patched(patch, "--fps", "2", str(clip))
+    assert code == 0, stderr
+    assert [(r["frame"], r["ts"]) for r in records] == [(0, 0.0), (13, 0.52), (25, 1.0), (38, 1.52)]
+    assert f"scan: {clip}: 4 frame(s)\n" in stderr
+
+
+def test_a_video_none_of_whose_frames_decode_is_unreadable(shared_dir: Path) -> None:
+    clip = shared_dir / "footage" / "car_park_people_bikes.mp4"
+    patch = "    def retrieve(self, *args):\n        return False, None\n"
+    code, records, stderr = scan_patched(patch, "--fps", "2", str(clip), str(ASSETS / "bus.jpg"))
+    assert code == 1
+    assert [Path(r["source"]).name for r in records] == ["bus.jpg"]
+    assert f"scan: {clip}: no frames could be decoded\n" in stderr
+    assert "0 frame(s)" not in stderr
+
+
 def test_still_rules_judge_the_whole_frame(shared_dir: Path, tmp_path: Path) -> None:
     crowd = tmp_path / "street.jpg"
     cv2.imwrite(str(crowd), street_frame(shared_dir))
