@@ -1067,9 +1067,14 @@ class CandidateService:
             else:
                 self._updated(doc, now, who.name, sorted(changes), routine=not answered)
             doc["status"] = new
-            # Entering review, or waiting in it with a type the policy confirms by itself (a
-            # patch changed it): judged as a fresh post would be, night hold included.
-            if new == "new" and (before != "new" or self.policy.auto_confirms(doc.get("type"))):
+            # Entering review, or waiting in it and patched to a type the policy confirms by
+            # itself: judged as a fresh post would be, night hold included. A case of a type
+            # added to auto_confirm since it was queued stays for its reviewer: a routine
+            # update must not take it from the queue when its unchanged twin stays.
+            retyped = doc.get("type") != stored.get("type")
+            if new == "new" and (
+                before != "new" or (retyped and self.policy.auto_confirms(doc.get("type")))
+            ):
                 self._enter_review(session, row, doc, now, outcome)
             self._wait_for_evidence(session, [outcome])
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -256,6 +257,35 @@ def test_a_new_candidate_patched_to_an_auto_confirm_type_is_confirmed(api: Any, 
     feed = api.as_("platform").get("/api/v1/feed").json()
     assert [c["id"] for c in feed["items"]] == [cid]
     assert feed["items"][0]["status"] == "confirmed"
+
+
+def test_a_queued_case_of_a_type_auto_confirm_gained_since_stays_for_its_reviewer(
+    make_api: Any, tmp_path: Path
+) -> None:
+    """The operator adds a type to auto_confirm and restarts the API: a routine update of a
+    case of that type already queued leaves it queued; a patch to that type confirms."""
+    before = make_api()
+    waiting = new_candidate(before, "w")["id"]
+    retyped = new_candidate(before, "r", ctype="street_vending")["id"]
+    site = tmp_path / "auto.yaml"
+    site.write_text(
+        "site: {name: test, timezone: Asia/Shanghai}\n"
+        "policy:\n  auto_confirm: [smoke, garbage_overflow]\n"
+        '  night: {start: "00:00", end: "00:00"}\n',
+        encoding="utf-8",
+    )
+    after = make_api(config=site)
+    producer = after.as_("producer")
+    for cid, change, status in (
+        (waiting, {"detection": {"dwell_s": 70}}, "new"),
+        (retyped, {"type": "garbage_overflow"}, "confirmed"),
+    ):
+        response = producer.patch(
+            f"/api/v1/candidates/{cid}", json=change, headers={"Idempotency-Key": cid}
+        )
+        assert (response.status_code, response.json()["status"]) == (200, status)
+    feed = after.as_("platform").get("/api/v1/feed").json()
+    assert [c["id"] for c in feed["items"]] == [retyped]
 
 
 def test_the_notes_the_console_sends_with_each_decision_are_taken(api: Any) -> None:
