@@ -600,7 +600,9 @@ def _senml_field(value: object, key: str, index: int) -> Any:
     if numeric or not isinstance(value, types):
         raise MessageError("bad_senml", f"record {index}: {key} has the wrong type")
     if isinstance(value, float) and not math.isfinite(value):
-        raise MessageError("bad_senml", f"record {index}: {key} is not finite")
+        # Only a literal past the float range (1e999) decodes to infinity: too large for a
+        # float, bad_value as in every other field.
+        raise MessageError("bad_value", f"record {index}: {key} is too large for a float")
     if isinstance(value, str) and not _is_text(value):
         raise MessageError("bad_senml", f"record {index}: {key} holds a lone surrogate")
     return value
