@@ -3,11 +3,14 @@
 Each is served with ``Cache-Control: no-cache``: a browser asks again before using a copy it
 holds, so after an upgrade it never runs a new module next to an old one it imports (freshness
 guessed from Last-Modified alone would let it). Asking again is cheap: a request whose
-If-None-Match names the file's ETag is answered 304 Not Modified, without the file.
+If-None-Match names the file's ETag, a hash of its content, is answered 304 Not Modified,
+without the file.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -42,7 +45,9 @@ def _file(path: str, request: Request) -> Response:
     target = (STATIC / path).resolve()
     if not target.is_relative_to(STATIC) or not target.is_file():
         raise Problem(404, f"no console file {path}")
-    response = FileResponse(target, headers=CACHE, stat_result=target.stat())
+    stat = target.stat()
+    headers = {**CACHE, "etag": _etag(target, stat)}
+    response = FileResponse(target, headers=headers, stat_result=stat)
     if _unchanged(response.headers, request.headers):
         return NotModifiedResponse(response.headers)
     return response
@@ -56,3 +61,23 @@ def _unchanged(response: Headers, request: Headers) -> bool:
         return False
     tags = [tag.strip().removeprefix("W/") for tag in wanted.split(",")]
     return "*" in tags or response["etag"] in tags
+
+
+# ETags by (path, inode, size, modification and change time): the console has a few dozen files, so this
+# stays small; cleared if an unusual install churns through more.
+_ETAGS: dict[tuple[str, int, int, int, int], str] = {}
+_ETAGS_MAX = 256
+
+
+def _etag(target: Path, stat: os.stat_result) -> str:
+    """The file's ETag, from its content: an upgrade that keeps a module's size and time (an
+    install that sets every file's time, a copy keeping times) still changes it, where the
+    default one, from size and time, would answer the old module 304."""
+    # The change time too: a write in place that restores the modification time moves it.
+    key = (str(target), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    tag = _ETAGS.get(key)
+    if tag is None:
+        if len(_ETAGS) >= _ETAGS_MAX:
+            _ETAGS.clear()
+        tag = _ETAGS[key] = f'"{hashlib.sha256(target.read_bytes()).hexdigest()[:32]}"'
+    return tag
