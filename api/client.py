@@ -709,7 +709,9 @@ class Outbox:
             error = refused.get(group[0].candidate_id or "")
             if error is not None:
                 status = error.split(" ", 1)[0]
-                detail = f"not sent: the API refused this candidate's create ({error[:500]})"
+                # Status 0: the create itself was never sent (no request could carry it).
+                whose = "the API refused" if status not in ("", "0") else "the outbox failed"
+                detail = f"not sent: {whose} this candidate's create ({error[:500]})"
                 self._fail(
                     conn,
                     group,

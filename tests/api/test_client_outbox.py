@@ -939,7 +939,7 @@ def test_an_operation_no_request_can_carry_is_failed_and_holds_up_nothing(
     ]
     assert [f["error"].split(" ", 1)[0] for f in failed] == ["0", "0", "0"]
     assert NOT_JSON in failed[0]["error"] and NOT_JSON in failed[1]["error"]
-    assert "not sent: the API refused this candidate's create" in failed[2]["error"]
+    assert "not sent: the outbox failed this candidate's create" in failed[2]["error"]
     assert outbox.stats() == {"sent": 4, "retried": 0, "failed": 3, "depth": 0}
     with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
         assert candidate_closed(conn, bad)
