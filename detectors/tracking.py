@@ -30,9 +30,17 @@ _MAX_PREDICT_S = 1.0
 
 
 def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
-    """Pairwise IoU of boxes a (N, 4) and b (M, 4) in xyxy."""
+    """Pairwise IoU of boxes a (N, 4) and b (M, 4) in xyxy, each at least a pixel wide and high.
+
+    A box clipped to the frame edge can come with zero width or height: it would have no area,
+    an IoU of 0 even with itself, and take a new track id every frame (never stationary). It is
+    measured as the pixel it covers instead, as ``Track.size`` does, rather than matched by
+    some other test or dropped: every confident detection still comes back tracked, with the
+    coordinates it came with.
+    """
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float32)
+    a, b = _at_least_a_pixel(a), _at_least_a_pixel(b)
     # Coordinate by coordinate: a product over a trailing axis of length 2 is slow in numpy.
     iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
     ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
@@ -42,6 +50,13 @@ def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.flo
     union = area_a[:, None] + area_b[None, :] - inter
     iou: NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return iou
+
+
+def _at_least_a_pixel(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
+    """The boxes with x2 / y2 moved out to at least one pixel past x1 / y1."""
+    out = boxes.astype(np.float32, copy=True)
+    out[:, 2:] = np.maximum(out[:, 2:], out[:, :2] + 1.0)
+    return out
 
 
 def match(

@@ -155,6 +155,24 @@ def test_out_of_order_frame_is_treated_as_simultaneous() -> None:
     assert tracker.last_t == 5.0
 
 
+@pytest.mark.parametrize(
+    "box",
+    [(100.0, 100.0, 100.0, 200.0), (300.0, 300.0, 340.0, 300.0), (50.0, 50.0, 50.0, 50.0)],
+)
+def test_a_box_clipped_to_no_area_keeps_its_track_and_is_stationary(
+    box: tuple[float, float, float, float],
+) -> None:
+    tracker = Tracker()
+    seen = [ids(tracker, float(t), Obj(box)) for t in range(5)]
+    assert seen == [[1], [1], [1], [1], [1]]
+    motion = tracker.motion(np.asarray([1], np.int64))
+    assert motion.observed_s.tolist() == [4.0]
+    assert motion.stationary(0.0, 2.0).tolist() == [True]
+    assert iou_matrix(np.asarray([box], np.float32), np.asarray([box], np.float32)).tolist() == [
+        [1.0]
+    ]
+
+
 box_st = st.tuples(
     st.floats(0, 600), st.floats(0, 400), st.floats(5, 200), st.floats(5, 200),
     st.floats(0.0, 1.0), st.integers(0, 2),
