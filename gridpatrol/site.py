@@ -277,6 +277,35 @@ class Schedule(Strict):
         start, end = self.minutes
         return DAY_S if start == end else 60.0 * ((end - start) % 1440 + 1)
 
+    @property
+    def stretch_s(self) -> float:
+        """The longest time the schedule stays active without a break, ``math.inf`` if never.
+
+        A window shorter than a day ends before the next one starts. A whole-day window
+        (``from == to``, or ``to`` the minute before ``from``) ends as the next day's begins: the
+        windows of scheduled days in a row (round the week, Sunday into Monday) join into one.
+        Measured on the local clock: a daylight-saving change may stretch it by an hour.
+        """
+        if self.window_s < DAY_S:
+            return self.window_s
+        scheduled = {ALL_DAYS.index(d) for d in self.days}
+        if len(scheduled) == len(ALL_DAYS):
+            return math.inf
+        longest = 0
+        for first in scheduled - {(d + 1) % 7 for d in scheduled}:  # where each run begins
+            run = 1
+            while (first + run) % 7 in scheduled:
+                run += 1
+            longest = max(longest, run)
+        return longest * DAY_S
+
+    def describe_stretch(self) -> str:
+        """``stretch_s`` in words for a message: minutes a day, or whole days in a row."""
+        if self.window_s < DAY_S:
+            return f"{self.window_s / 60:g} min a day"
+        days = round(self.stretch_s / DAY_S)
+        return f"{days} whole day{'s' if days > 1 else ''} at a stretch ({days * 24} h)"
+
 
 # ---------------------------------------------------------------------------------------------
 # Rule parameters. Every rule shares the episode timing below; each adds its own thresholds.
@@ -570,17 +599,17 @@ class Zone(Strict):
 
     @model_validator(mode="after")
     def _dwell_fits_the_schedule(self) -> Zone:
-        # An episode cannot outlast the window it is seen in: a rule whose dwell is longer
-        # than the daily window could never raise (a whole-day window joins the next day's).
-        window = self.schedule.window_s if self.schedule is not None else DAY_S
-        if window >= DAY_S:
+        # An episode cannot outlast the stretch it is seen in: a rule whose dwell is longer
+        # than the daily window, or than the whole days scheduled in a row, could never raise.
+        if self.schedule is None:
             return self
+        stretch = self.schedule.stretch_s
         too_long = [f"{n} (dwell_s {p.dwell_s:g})" for n, p in self.rules.enabled().items()
-                    if p.dwell_s > window]  # fmt: skip
+                    if p.dwell_s > stretch]  # fmt: skip
         if too_long:
             raise ValueError(
-                f"the schedule is active {window / 60:g} min a day, shorter than the dwell of "
-                f"{', '.join(too_long)}: it could never raise"
+                f"the schedule is active {self.schedule.describe_stretch()}, shorter than the "
+                f"dwell of {', '.join(too_long)}: it could never raise"
             )
         return self
 
@@ -1291,15 +1320,15 @@ def site_warnings(checked: SiteFile) -> list[str]:
 
 def _rule_warnings(cam: Camera, zone: Zone, rule: str, p: RuleParams) -> list[str]:
     out = []
-    window = zone.schedule.window_s if zone.schedule is not None else DAY_S
-    if cam.interval_s is not None and window < DAY_S and p.dwell_s > 0:
+    schedule = zone.schedule
+    if cam.interval_s is not None and schedule is not None and p.dwell_s > 0:
         # The dwell holds from the first visit that sees it to a visit dwell_s later or more.
         visits = math.ceil(p.dwell_s / cam.interval_s)
-        if visits * cam.interval_s > window:
+        if visits * cam.interval_s > schedule.stretch_s:
             out.append(
                 f"dwell_s {p.dwell_s:g} takes {visits + 1} patrol visits {cam.interval_s:g} s "
                 f"apart ({visits * cam.interval_s / 60:g} min), longer than the schedule's "
-                f"{window / 60:g} min a day: it can never raise"
+                f"{schedule.describe_stretch()}: it can never raise"
             )
     if rule in DETECTING_RULES and p.min_confidence >= 1:
         out.append(

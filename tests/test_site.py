@@ -434,6 +434,58 @@ def test_a_dwell_longer_than_the_daily_window_is_rejected(
     assert info.value.problems == [f"s.yaml:8: cameras[0].zones[0]: Value error, {problem}"]
 
 
+@pytest.mark.parametrize(
+    ("schedule", "dwell_s", "problem"),
+    [
+        ('{days: [mon], from: "00:00", to: "23:59"}', 172800, "1 whole day at a stretch "
+         "(24 h), shorter than the dwell of street_vending (dwell_s 172800)"),
+        ('{days: [mon], from: "00:00", to: "23:59"}', 86400, None),
+        ('{days: [mon, tue], from: "00:00", to: "23:59"}', 47 * 3600, None),
+        ('{days: [mon, tue], from: "00:00", to: "23:59"}', 49 * 3600, "2 whole days at a "
+         "stretch (48 h), shorter than the dwell of street_vending (dwell_s 176400)"),
+        # from == to: a whole day from 06:00, Monday 06:00 to Wednesday 06:00.
+        ('{days: [mon, tue], from: "06:00", to: "06:00"}', 259200, "2 whole days at a stretch "
+         "(48 h), shorter than the dwell of street_vending (dwell_s 259200)"),
+        # to the minute before from: 22:00 to 21:59 the next day is a whole day too.
+        ('{days: [fri], from: "22:00", to: "21:59"}', 90000, "1 whole day at a stretch "
+         "(24 h), shorter than the dwell of street_vending (dwell_s 90000)"),
+        # Sunday runs into Monday: the longest stretch wraps round the week.
+        ('{days: [sun, mon, wed], from: "00:00", to: "23:59"}', 47 * 3600, None),
+        ('{days: [mon, wed, sun], from: "00:00", to: "23:59"}', 49 * 3600, "2 whole days at a "
+         "stretch (48 h), shorter than the dwell of street_vending (dwell_s 176400)"),
+        ('{days: [tue, wed, thu, fri, sat, sun], from: "00:00", to: "23:59"}', 604800,
+         "6 whole days at a stretch (144 h), shorter than the dwell of street_vending "
+         "(dwell_s 604800)"),
+        ('{days: [mon, tue, wed, thu, fri, sat, sun], from: "00:00", to: "23:59"}', 604800, None),
+        ('{days: [mon, tue, wed, thu, fri, sat, sun], from: "08:00", to: "08:00"}', 604800, None),
+        # A window shorter than a day never joins the next day's.
+        ('{days: [mon, tue], from: "06:00", to: "05:58"}', 86400, "1439 min a day, shorter "
+         "than the dwell of street_vending (dwell_s 86400)"),
+    ],
+)  # fmt: skip
+def test_a_dwell_longer_than_the_whole_days_in_a_row_fails_check_config(
+    tmp_path: Path, schedule: str, dwell_s: int, problem: str | None
+) -> None:
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MINIMAL + "    zones:\n      - id: z\n        polygon: [[0, 0], [1, 0], [1, 1]]\n"
+        f"        schedule: {schedule}\n"
+        f"        rules: {{street_vending: {{dwell_s: {dwell_s}}}}}\n",
+        encoding="utf-8",
+    )
+    result = run_cli("check-config", str(path))
+    if problem is None:
+        assert (result.returncode, result.stderr) == (0, "")
+        assert result.stdout.splitlines()[-1] == f"{path}: OK"
+        return
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{path}:8: cameras[0].zones[0]: Value error, the schedule is active {problem}: it "
+        "could never raise",
+        f"{path}: INVALID (1 problem(s))",
+    ]
+
+
 def test_check_config_warns_when_the_patrol_budget_cannot_keep_dwells(tmp_path: Path) -> None:
     cameras = "".join(
         f"  - {{id: p{i}, source: a.mp4, interval_s: 1, location: {{address: here}}}}\n"
@@ -870,6 +922,33 @@ def test_check_config_warns_about_what_cannot_work(
 ) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(PATROLLED + rules + sensors)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert [w for w in result.stdout.splitlines() if ": warning: " in w] == [
+        f"{path}:{w}" for w in warnings
+    ]
+    assert result.stdout.splitlines()[-1] == f"{path}: OK"
+
+
+@pytest.mark.parametrize(
+    ("days", "warnings"),
+    [
+        # Three visits 16 h apart do not fit in Monday, though the dwell does.
+        ("[mon]", ["12: cameras[0].zones[0].rules.crowd_gathering: warning: dwell_s 86400 takes "
+                   "3 patrol visits 57600 s apart (1920 min), longer than the schedule's 1 whole "
+                   "day at a stretch (24 h): it can never raise"]),
+        ("[mon, tue]", []),
+        ("[mon, tue, wed, thu, fri, sat, sun]", []),
+    ],
+)  # fmt: skip
+def test_check_config_warns_when_patrol_visits_outlast_the_whole_days_in_a_row(
+    tmp_path: Path, days: str, warnings: list[str]
+) -> None:
+    path = tmp_path / "site.yaml"
+    site = PATROLLED.replace("interval_s: 700", "interval_s: 57600").replace(
+        '{from: "07:00", to: "07:29"}', f'{{days: {days}, from: "07:00", to: "07:00"}}'
+    )
+    path.write_text(site + "          crowd_gathering: {dwell_s: 86400}\n")
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
     assert [w for w in result.stdout.splitlines() if ": warning: " in w] == [
