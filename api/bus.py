@@ -8,7 +8,7 @@ origin). So every process delivers each event exactly once.
 
 Delivery is at most once: the send queue is bounded and drops new notes when full, a batch
 being sent when the connection fails is lost, and nothing is heard while the listener
-reconnects. Every loss is counted (``dropped`` and the ``on_drop`` callback). Consoles miss
+reconnects (a connection that died silently is found by TCP keepalive within about a minute). Every loss is counted (``dropped`` and the ``on_drop`` callback). Consoles miss
 those live events; feed long polls still look again every second.
 
 One channel per schema, so deployments (and test runs) that share a database stay apart.
@@ -31,8 +31,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, ValidationError
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from gridpatrol.api.hub import Event, Hub
 
@@ -48,6 +49,12 @@ LINGER_S = 0.02
 POLL_S = 0.5
 BACKOFF_S = (0.5, 30.0)
 CONNECT_TIMEOUT_S = 5
+# TCP keepalive on both connections: the listener only ever reads, so a connection that died
+# without a reset (a NAT or firewall forgetting it, a failover) would leave it deaf, with no
+# error, until the system's keepalive (two hours) gave up. With these it fails after about a
+# minute of silence from the server, and reconnects. A database URL's own values win.
+KEEPALIVE = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10"}
+KEEPALIVE |= {"keepalives_count": "3"}
 JOIN_TIMEOUT_S = 5.0
 DROP_LOG_EVERY_S = 10.0
 
@@ -108,6 +115,17 @@ def channel_for(schema: str | None) -> str:
     if len(name.encode()) <= 63:
         return name
     return f"gridpatrol_{hashlib.sha256((schema or '').encode()).hexdigest()[:32]}"
+
+
+def connect(url: URL) -> psycopg.Connection[Any]:
+    """A connection of the bus (autocommit, named after this process, with keepalive)."""
+    keepalive = {k: v for k, v in KEEPALIVE.items() if k not in url.query}
+    return psycopg.connect(
+        make_conninfo(url.render_as_string(hide_password=False), **keepalive),
+        autocommit=True,
+        application_name=f"gridpatrol-bus-{os.getpid()}",
+        connect_timeout=CONNECT_TIMEOUT_S,
+    )
 
 
 class Bus:
@@ -183,12 +201,7 @@ class Bus:
     # -- connections -------------------------------------------------------------------------
 
     def _connect(self, role: str) -> tuple[psycopg.Connection[Any], str]:
-        conn = psycopg.connect(
-            self._conninfo.render_as_string(hide_password=False),
-            autocommit=True,
-            application_name=f"gridpatrol-bus-{os.getpid()}",
-            connect_timeout=CONNECT_TIMEOUT_S,
-        )
+        conn = connect(self._conninfo)
         try:
             row = conn.execute("SELECT current_schema()").fetchone()
         except psycopg.Error:

@@ -517,6 +517,29 @@ def test_the_bus_reconnects_after_the_database_drops_it(
     assert "listener connection failed" in caplog.text
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [("", (1, 30, 10, 3)), ("?keepalives_idle=120&keepalives_count=5", (1, 120, 10, 5))],
+    ids=["defaults", "the-url-wins"],
+)
+def test_bus_connections_probe_a_silent_server(
+    postgres_url: str, query: str, expected: tuple[int, int, int, int]
+) -> None:
+    """TCP keepalive on the bus's sockets: a listener whose connection died without a reset
+    fails within about a minute and reconnects, instead of hearing nothing for hours."""
+    with bus_module.connect(sa.make_url(postgres_url + query).set(drivername="postgresql")) as conn:
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        with sock:
+            options = (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+            )
+    assert options == expected
+
+
 def terminate(postgres_url: str, name: str) -> int:
     """End the named sessions, as a database restart would."""
     admin = sa.create_engine(postgres_url)
