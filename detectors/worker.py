@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gridpatrol.cli import stop_on_signals
 from gridpatrol.detectors.episodes import CLOCK_RESET_S
+from gridpatrol.ingest.cli import positive_seconds
 
 if TYPE_CHECKING:
     import sqlite3
@@ -94,7 +95,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keyframe-s",
-        type=float,
+        type=positive_seconds,
         default=10.0,
         help="infer at least every this many seconds on a static scene (default 10)",
     )
@@ -119,7 +120,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--component-id", help="MQTT component id (default detect[-k-of-n])")
     parser.add_argument(
-        "--progress-s", type=float, default=30.0, help="seconds between progress log lines"
+        "--progress-s",
+        type=positive_seconds,
+        default=30.0,
+        help="seconds between progress log lines",
     )
 
 
@@ -139,16 +143,29 @@ def parse_shard(value: str) -> tuple[int, int]:
     return k, n
 
 
+def check_selection(cameras: str | None, shard: str | None) -> None:
+    """ValueError when ``--cameras`` or ``--shard`` was given empty (as an unset variable in a
+    unit file gives it): read as no selection, every worker would serve every camera."""
+    for flag, value in (("--cameras", cameras), ("--shard", shard)):
+        if value is not None and not value.strip():
+            raise ValueError(
+                f"{flag} is empty: name the cameras (a,b) or the shard (k/n), or leave the "
+                "flag out to serve every camera"
+            )
+
+
 def select_cameras(site: Site, cameras: str | None, shard: str | None) -> list[Camera]:
-    """The site's cameras this worker serves; unknown ids are an error."""
-    if cameras:
+    """The site's cameras this worker serves; unknown ids and an empty ``cameras`` or
+    ``shard`` are an error."""
+    check_selection(cameras, shard)
+    if cameras is not None:
         wanted = [c.strip() for c in cameras.split(",") if c.strip()]
         known = {c.id for c in site.cameras}
         unknown = [c for c in wanted if c not in known]
         if unknown:
             raise ValueError(f"unknown camera id(s) {unknown}; the site has {sorted(known)}")
         return [c for c in site.cameras if c.id in wanted]
-    if shard:
+    if shard is not None:
         k, n = parse_shard(shard)
         return [c for c in site.cameras if shard_of(c.id, n) == k]
     return list(site.cameras)
@@ -157,7 +174,7 @@ def select_cameras(site: Site, cameras: str | None, shard: str | None) -> list[C
 def _component_id(args: argparse.Namespace) -> str:
     if args.component_id:
         return str(args.component_id)
-    if args.shard:
+    if args.shard is not None:
         k, n = parse_shard(args.shard)
         return f"{COMPONENT}-{k}-of-{n}"
     return COMPONENT
@@ -1352,12 +1369,14 @@ def _silence_s(params: RuleParams) -> float:
 
 
 def _horizon_s(cam: Camera) -> float:
-    """How far back first-seen frames are kept: the longest dwell plus its gap, at least 60 s."""
+    """How far back first-seen frames are kept: the longest dwell plus its gap and 30 s, at
+    least 60 s. Not capped: an episode opens a dwell after its occupancy began, and the ring
+    holds RING_FRAMES frames however long its horizon is (they only lie further apart)."""
     longest = 60.0
     for zone in cam.zones:
         for params in cam.zone_rules(zone).values():
             longest = max(longest, params.dwell_s + params.gap_s + 30.0)
-    return min(longest, 4 * 3600.0)
+    return longest
 
 
 def camera_pipeline(
@@ -1458,6 +1477,11 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.config:
         log.error("detect needs --config (or GRIDPATROL_CONFIG)")
+        return 2
+    try:
+        check_selection(args.cameras, args.shard)
+    except ValueError as exc:
+        log.error("%s", exc)
         return 2
     try:
         # The model first: its class names are part of what makes the site file valid.

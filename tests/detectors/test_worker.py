@@ -24,6 +24,7 @@ from gridpatrol.detectors.worker import (
     DetectorWorker,
     EpisodeEvent,
     candidate_detection,
+    check_selection,
     normalise_event,
     parse_shard,
     select_cameras,
@@ -69,6 +70,21 @@ def test_every_camera_is_on_exactly_one_shard() -> None:
 )
 def test_select_cameras(cameras: str | None, shard: str | None, expected: list[str]) -> None:
     assert [c.id for c in select_cameras(parse_site(SITE), cameras, shard)] == expected
+
+
+@pytest.mark.parametrize(("cameras", "shard"), [("", None), (" ", None), (None, "")])
+def test_an_empty_selection_is_no_selection_of_every_camera(
+    cameras: str | None, shard: str | None
+) -> None:
+    flag = "--cameras" if cameras is not None else "--shard"
+    message = (
+        f"{flag} is empty: name the cameras (a,b) or the shard (k/n), or leave the flag out to "
+        "serve every camera"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_selection(cameras, shard)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        select_cameras(parse_site(SITE), cameras, shard)
 
 
 @pytest.mark.parametrize(
@@ -134,6 +150,30 @@ def test_detect_refuses_an_evidence_cap_that_is_no_size(tmp_path: Path, value: s
     ) in run.stderr
 
 
+def _run_producer(
+    tmp_path: Path, cmd: list[str], env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``cmd`` run in ``tmp_path`` with a producer token, a broker nobody listens on and its
+    outbox file there; ``env`` on top."""
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={
+            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
+            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db",
+            **(env or {}),
+        },
+    )  # fmt: skip
+
+
+def _setup_error(run: subprocess.CompletedProcess[str]) -> str:
+    """The one ERROR line of a start refused for its setup (status 2, no traceback)."""
+    assert run.returncode == 2, run.stderr
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    return errors[0]
+
+
 @pytest.mark.parametrize(
     ("env", "args", "says"),
     [
@@ -185,18 +225,9 @@ def test_detect_setup_errors_exit_2_with_one_line(
     """Setup the operator must mend: status 2, which supervisors do not restart on."""
     site = tmp_path / "site.yaml"
     site.write_text(SITE, encoding="utf-8")
-    run = subprocess.run(
-        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site), *args],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={
-            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
-            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db", **env,
-        },
-    )  # fmt: skip
-    assert run.returncode == 2, run.stderr
-    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and says in errors[0], run.stderr
-    assert "Traceback" not in run.stderr
+    detect = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site), *args]
+    run = _run_producer(tmp_path, detect, env)
+    assert says in _setup_error(run)
     assert "s3cret" not in run.stderr
 
 
@@ -224,23 +255,47 @@ def test_pt_weights_without_the_ultralytics_extra_are_a_setup_error(tmp_path: Pa
         "import sys; sys.modules['ultralytics'] = None; from gridpatrol.cli import main; "
         "sys.exit(main(sys.argv[1:]))"
     )
-    run = subprocess.run(
-        [sys.executable, "-c", code, "detect", "--config", str(site), "--model", str(weights)],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
-        env={
-            **os.environ, "GRIDPATROL_API_TOKEN": "tok-producer",
-            "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:1", "GRIDPATROL_OUTBOX": "outbox.db",
-        },
-    )  # fmt: skip
-    assert run.returncode == 2, run.stderr
-    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1, run.stderr
-    assert errors[0].endswith(
+    detect = [sys.executable, "-c", code, "detect", "--config", str(site), "--model", str(weights)]
+    assert _setup_error(_run_producer(tmp_path, detect)).endswith(
         f"detect: cannot start: loading {weights} (.pt weights are exported to OpenVINO) needs "
         "the ultralytics extra: pip install 'gridpatrol[ultralytics]' (or give an OpenVINO IR "
         "folder / .onnx instead)"
-    ), run.stderr
-    assert "Traceback" not in run.stderr
+    )
+
+
+@pytest.mark.parametrize("flag", ["--cameras", "--shard"])
+def test_detect_refuses_an_empty_camera_selection(tmp_path: Path, flag: str) -> None:
+    """``--cameras ${CAMS}`` with CAMS unset in a unit file: an empty selection is a setup error,
+    not every camera (each worker would serve all of them and duplicate every candidate)."""
+    site = str(REPO / "samples" / "site.yaml")
+    run = _run_producer(
+        tmp_path, [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", site, flag, ""]
+    )
+    assert _setup_error(run).endswith(
+        f"{flag} is empty: name the cameras (a,b) or the shard (k/n), or leave the flag out to "
+        "serve every camera"
+    )
+    assert not (tmp_path / "outbox.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--progress-s", "0"), ("--keyframe-s", "nan"), ("--keyframe-s", "inf"),
+     ("--keyframe-s", "-1")],
+)  # fmt: skip
+def test_detect_intervals_are_positive_seconds(flag: str, value: str) -> None:
+    """A keyframe interval of nan or inf never forces a keyframe (a static scene would keep
+    stale detections for good); a progress interval of 0 spins."""
+    run = subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "detect", "--config",
+         str(REPO / "samples" / "site.yaml"), flag, value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.splitlines()[-1] == (
+        f"gridpatrol detect: error: argument {flag}: must be a positive number of seconds, "
+        f"got {value!r}"
+    )
 
 
 def test_detect_without_a_site_file() -> None:
@@ -1348,3 +1403,26 @@ def test_a_stop_whose_report_and_save_fail_still_drains_the_outbox_and_exits_0(
     assert caplog.messages[-1] == (
         "detect: stopped (outbox flushed, ? operation(s) left for the next start)"
     )
+
+
+@pytest.mark.parametrize(("before_s", "late_s"), [(0, 0), (3600, 830)])
+def test_first_seen_of_a_six_hour_dwell_is_within_a_ring_interval_of_the_start(
+    tmp_path: Path, before_s: int, late_s: int
+) -> None:
+    """A pile with dwell_s 6 h opens its episode 6 h after the occupancy began: the camera's
+    frame ring reaches back past that start (dwell + gap + 30 s, no cap below the dwell), so
+    first_seen is the ring's first frame at or after it. Its 24 frames thin out evenly, 20 of
+    them over the horizon (1082.5 s apart here): the ring's oldest frame is never thinned,
+    so a camera that began at the start keeps that very frame; one that ran an hour before
+    keeps one 830 s after it."""
+    from gridpatrol.detectors.evidence import StoredFrame
+    from gridpatrol.detectors.worker import RING_FRAMES
+
+    worker, _ = _worker(tmp_path, _zone_site("yard", "{piled_materials: {dwell_s: 21600}}"))
+    ring = worker.cams["cam-00"].ring
+    for s in range(-before_s, 21600 + 1, 10):
+        ring.add(StoredFrame(_at(s), b"jpeg", 1920, 1080))
+    first = ring.at(_at(0))
+    assert first is not None and first.t == _at(late_s)
+    assert (ring.capacity, ring.keep_recent, ring.horizon_s) == (RING_FRAMES, 4, 21650.0)
+    assert late_s < ring.horizon_s / (RING_FRAMES - ring.keep_recent)
