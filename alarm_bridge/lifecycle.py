@@ -9,7 +9,8 @@ input drive it:
 * device transitions (alarm envelopes, the device's last will, silence): followed as sent,
   except one timed before the alarm's ``last_seen`` (a late message: ignored as stale);
 * threshold readings: NORMAL -> PENDING (beyond ``raise`` for ``debounce_s``) -> ACTIVE ->
-  CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between.
+  CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one timed
+  before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -157,6 +158,10 @@ def beyond_clear(value: float, th: Thresholds) -> bool:
 
 def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmState, list[Effect]]:
     th = event.thresholds
+    if not state.active and state.last_seen is not None and t < state.last_seen:
+        # Taken before the clear (a buffer flushed late, a resend): it must not reopen the
+        # alarm. While active a late reading is a harmless repeat (last_seen never goes back).
+        return _ignore(state, "stale")
     if state.active:
         if beyond_raise(event.value, th):
             return _repeat(state, event.severity, t)

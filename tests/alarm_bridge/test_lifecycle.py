@@ -208,6 +208,43 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1"],
         "cleared",
     ),
+    # Readings taken before the clear and arriving after it (a flushed buffer, a resend).
+    Case(
+        "a late reading after the clear opens no new alarm",
+        [(100, rd(90, INSTANT)), (200, rd(50, INSTANT)), (150, rd(95, INSTANT, aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale"],
+        "cleared",
+    ),
+    Case(
+        "a late reading while active is a repeat",
+        [(100, rd(90, INSTANT)), (300, rd(90, INSTANT)), (200, rd(95, INSTANT, aid="b"))],
+        ["raise:a:1:MAJOR", "update:a:2:MAJOR", "update:a:3:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a reading after the clear, timed after it, is a new alarm",
+        [(100, rd(90, INSTANT)), (200, rd(50, INSTANT)), (201, rd(85, INSTANT, aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a reading at the time of the clear is not late",
+        [(100, rd(90, INSTANT)), (200, rd(50, INSTANT)), (200, rd(85, INSTANT, aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a late reading does not break the debounce of the next alarm",
+        [
+            (100, rd(90, INSTANT)),
+            (200, rd(50, INSTANT)),
+            (205, rd(16)),
+            (150, rd(3)),
+            (215, rd(16, aid="b")),
+        ],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale", "raise:b:1:MAJOR"],
+        "active",
+    ),
 ]
 
 
@@ -249,3 +286,13 @@ def test_a_late_reading_counts_but_never_moves_last_seen_backwards() -> None:
         160,
         3,
     )
+
+
+def test_a_late_reading_after_the_clear_leaves_the_ended_alarm_as_it_was() -> None:
+    state, _ = step(AlarmState(), rd(90, INSTANT, aid="first"), 100)
+    cleared, _ = step(state, rd(50, INSTANT), 200)
+    state, effects = step(cleared, rd(95, INSTANT, aid="second"), 150)
+    assert state == cleared
+    assert [(e.kind, e.reason, e.alarm.alarm_id, e.alarm.last_seen) for e in effects] == [
+        ("ignore", "stale", "first", 200)
+    ]

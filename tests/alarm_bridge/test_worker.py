@@ -318,6 +318,42 @@ def test_retained_last_will_replayed_on_resubscription_raises_nothing(
     assert bridge.core.counts.ignored == 1
 
 
+def test_a_late_unnumbered_reading_after_the_clear_opens_no_new_alarm(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """wl-1 (raise 15 cm, clear 5 cm, no debounce) raises at T and clears at T+100; a reading
+    beyond raise taken at T+50 (a flushed buffer) then arrives: stale, no second candidate."""
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection("alarm_bridge", SETTINGS, prefix=mqtt_prefix)
+    bridge = Bridge(make_site(mqtt_prefix), outbox, conn, None, progress_s=3600)
+    pub = MqttConnection("late-pub", SETTINGS, prefix=mqtt_prefix)
+    topic = sensor_alarm_topic(mqtt_prefix, "wl-1")
+    t0 = float(int(time.time()) - 600)
+
+    def pack(t: float, value: float) -> bytes:
+        return json.dumps([{"n": "level", "u": "cm", "v": value, "t": t}]).encode()
+
+    try:
+        assert conn.start(10) and pub.start(10)
+        assert pub.publish_wait(topic, pack(t0, 60), qos=1)
+        assert pub.publish_wait(topic, pack(t0 + 100, 2), qos=1)
+        _pump(bridge, 2)
+        counts = bridge.core.counts
+        assert (counts.created, counts.cleared, counts.stale) == (1, 1, 0)
+        assert pub.publish_wait(topic, pack(t0 + 50, 70), qos=1)
+        _pump(bridge, 3)
+    finally:
+        pub.stop()
+        conn.stop()
+    counts = bridge.core.counts
+    assert (counts.created, counts.updated, counts.cleared, counts.stale) == (1, 0, 1, 1)
+    assert (counts.dead_letters, counts.duplicates, counts.ignored) == (0, 0, 0)
+    creates = [body for kind, _, body in outbox_ops(outbox) if kind == "create"]
+    assert [(b["type"], b["alarm"]["count"], b["alarm"]["previous_alarm_id"]) for b in creates] == [
+        ("waterlogging", 1, None)
+    ]
+
+
 def test_a_retained_alarm_is_not_news(tmp_path: Path, mqtt_prefix: str) -> None:
     """A dead manhole sensor left a retained last will and a retained raise (its device
     publishes alarms with the retain flag). A bridge subscribing later, its dedup keys long
