@@ -149,7 +149,8 @@ class Counters:
     moved_to_reception: int = 0
     ignored: int = 0
     retained_alarms: int = 0  # the broker's stored copy of an alarm: not news
-    stale: int = 0  # a device transition timed before the alarm's last one
+    # A device transition timed before the alarm's last one; a reading before an ended one's.
+    stale: int = 0
     closed_updates: int = 0  # updates of a candidate the API refused for good: dropped
     snapshots: int = 0
     snapshot_fallbacks: int = 0
