@@ -8,8 +8,9 @@ origin). So every process delivers each event exactly once.
 
 Delivery is at most once: the send queue is bounded and drops new notes when full, a batch
 being sent when the connection fails is lost, and nothing is heard while the listener
-reconnects (a connection that died silently is found by TCP keepalive within about a minute). Every loss is counted (``dropped`` and the ``on_drop`` callback). Consoles miss
-those live events; feed long polls still look again every second.
+reconnects (a connection that died silently is found by TCP keepalive within about a
+minute). Every loss is counted (``dropped`` and the ``on_drop`` callback). Consoles miss those
+live events; feed long polls still look again every second.
 
 One channel per schema, so deployments (and test runs) that share a database stay apart.
 """

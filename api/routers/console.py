@@ -63,8 +63,8 @@ def _unchanged(response: Headers, request: Headers) -> bool:
     return "*" in tags or response["etag"] in tags
 
 
-# ETags by (path, inode, size, modification and change time): the console has a few dozen files, so this
-# stays small; cleared if an unusual install churns through more.
+# ETags by (path, inode, size, modification and change time): the console has a few dozen
+# files, so this stays small; cleared if an unusual install churns through more.
 _ETAGS: dict[tuple[str, int, int, int, int], str] = {}
 _ETAGS_MAX = 256
 
