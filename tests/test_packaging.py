@@ -195,3 +195,9 @@ def test_an_installed_demo_runs_its_components_from_the_installed_package(
         "sensors",
     }
     assert "Application startup complete." in (logs / "api.log").read_text()
+
+
+def test_the_env_file_of_the_secrets_is_never_committed() -> None:
+    """docs/operations.md and docker-compose.yml have operators keep the secrets in `.env`."""
+    done = subprocess.run(["git", "check-ignore", "-q", ".env"], cwd=REPO, check=False)
+    assert done.returncode == 0
