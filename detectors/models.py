@@ -11,7 +11,9 @@ is ``models/`` in the working directory, and the manifest is the copy packaged w
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -318,9 +320,11 @@ def file_sha256(path: Path) -> str:
 
 
 def read_metadata(spec: ModelSpec) -> dict[str, object]:
+    """The metadata.yaml beside the weights; for an ``.onnx`` without one, the names, version
+    and imgsz Ultralytics' export writes into the file's own metadata; {} when there are none."""
     meta = spec.path.parent / "metadata.yaml"
     if not meta.is_file():
-        return {}
+        return onnx_metadata(spec.path) if spec.format == "onnx" else {}
     try:
         data = yaml.safe_load(meta.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -331,8 +335,41 @@ def read_metadata(spec: ModelSpec) -> dict[str, object]:
     return data if isinstance(data, dict) else {}
 
 
+def onnx_metadata(path: Path) -> dict[str, object]:
+    """``names``, ``version`` and ``imgsz`` from an ONNX file's metadata_props (``yolo export
+    format=onnx`` writes them there, Python literals as strings); {} when the file has none or
+    OpenVINO cannot read it (loading the backend then reports why)."""
+    stat = path.stat()
+    return dict(_onnx_metadata(str(path), stat.st_size, stat.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _onnx_metadata(path: str, size: int, mtime_ns: int) -> tuple[tuple[str, object], ...]:
+    import openvino as ov
+
+    try:
+        model = ov.Core().read_model(path)
+    except RuntimeError as exc:
+        log.debug("cannot read the metadata of %s: %s", path, exc)
+        return ()
+    found: list[tuple[str, object]] = []
+    for key in ("names", "version", "imgsz"):
+        if not model.has_rt_info(["framework", key]):
+            continue
+        text = model.get_rt_info(["framework", key]).astype(str)
+        if key == "version":
+            found.append((key, text))
+            continue
+        try:
+            found.append((key, ast.literal_eval(text)))
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            log.warning("model %s: its %s metadata is no Python literal: %.80s", path, key, text)
+    return tuple(found)
+
+
 def class_names(spec: ModelSpec) -> tuple[str, ...]:
-    """The class names in the model's metadata.yaml, without loading it; () when it has none."""
+    """The class names in the model's metadata (see read_metadata), without loading it; () when
+    it has none."""
     return parse_names(read_metadata(spec).get("names"))
 
 
@@ -372,8 +409,8 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
     default_size = spec.entry.imgsz if spec.entry else 640
     if not meta:
         log.warning(
-            "model %s: no metadata.yaml beside %s; version unknown and class names taken from "
-            "the runtime (class_<id> when it has none)",
+            "model %s: no metadata.yaml beside %s (nor metadata in an .onnx); version unknown "
+            "and class names taken from the runtime (class_<id> when it has none)",
             spec.name,
             spec.path,
         )

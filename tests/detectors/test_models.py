@@ -19,6 +19,7 @@ from gridpatrol.detectors.models import (
     ModelLoadError,
     ModelNotFoundError,
     ModelSpec,
+    class_names,
     file_sha256,
     load_backend,
     load_manifest,
@@ -199,6 +200,68 @@ def test_model_info_records_name_version_hash_and_classes(isolated: Path) -> Non
         "8.1.22",
         MANIFEST["models"]["yolov8n"]["sha256"]["yolov8n.bin"],
     )
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([low])
+        out += bytes([low | 0x80])
+
+
+def _field(number: int, payload: bytes | int) -> bytes:
+    """One protobuf field: a varint for an int, length-delimited for bytes."""
+    if isinstance(payload, int):
+        return _varint(number << 3) + _varint(payload)
+    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def write_onnx(path: Path, metadata: dict[str, str]) -> None:
+    """A tiny ONNX model (Identity, 1×3×4×4 float) with ``metadata`` as its metadata_props,
+    encoded by hand (the onnx package is not a dependency)."""
+    dims = b"".join(_field(1, _field(1, d)) for d in (1, 3, 4, 4))
+    tensor_type = _field(1, _field(1, 1) + _field(2, dims))  # elem_type FLOAT, shape
+    value_in = _field(1, b"images") + _field(2, tensor_type)
+    value_out = _field(1, b"output0") + _field(2, tensor_type)
+    node = _field(1, b"images") + _field(2, b"output0") + _field(3, b"id") + _field(4, b"Identity")
+    graph = _field(1, node) + _field(2, b"g") + _field(11, value_in) + _field(12, value_out)
+    model = _field(1, 8) + _field(8, _field(1, b"") + _field(2, 13)) + _field(7, graph)
+    for key, value in metadata.items():
+        model += _field(14, _field(1, key.encode()) + _field(2, value.encode()))
+    path.write_bytes(model)
+
+
+def test_an_onnx_export_carries_its_names_version_and_size(
+    isolated: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``yolo export format=onnx`` writes no metadata.yaml: the identity is in the file."""
+    weights = isolated / "custom.onnx"
+    write_onnx(
+        weights,
+        {"names": "{0: 'person', 1: 'bicycle'}", "version": "8.3.167", "imgsz": "[320, 320]"},
+    )
+    spec = resolve_model(str(weights))
+    info = model_info(spec)
+    assert (info.name, info.version, info.names, info.imgsz) == (
+        "custom",
+        "8.3.167",
+        ("person", "bicycle"),
+        320,
+    )
+    assert class_names(spec) == ("person", "bicycle")
+    assert "no metadata.yaml" not in caplog.text
+
+
+def test_an_onnx_without_metadata_is_unknown(
+    isolated: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    weights = isolated / "bare.onnx"
+    write_onnx(weights, {})
+    info = model_info(resolve_model(str(weights)))
+    assert (info.version, info.names, info.imgsz) == ("unknown", (), 640)
+    assert "model bare: no metadata.yaml beside" in caplog.text
 
 
 def test_weights_hash_is_cached_in_a_sidecar(isolated: Path) -> None:
