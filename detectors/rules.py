@@ -183,6 +183,28 @@ def _held(props: NDArray[np.float32], persons: NDArray[np.float32]) -> NDArray[n
     return np.asarray(inside.any(axis=1), dtype=bool)
 
 
+def _on_furniture(props: NDArray[np.float32], furniture: NDArray[np.float32]) -> NDArray[np.bool_]:
+    """Props put down on street furniture: the bottom centre on a bench, above its feet.
+
+    Food left on the seat beside someone sitting there is their lunch, not goods on display.
+    The lowest ``GROUND_MARGIN`` of the bench's height is where its legs meet the ground: a
+    prop whose bottom lies there stands on the ground at the bench's depth (a table beside
+    it), not on it.
+    """
+    if len(props) == 0 or len(furniture) == 0:
+        return np.zeros(len(props), dtype=bool)
+    cx = (props[:, 0] + props[:, 2]) / 2
+    bottom = props[:, 3]
+    height = furniture[:, 3] - furniture[:, 1]
+    on = (
+        (cx[:, None] >= furniture[None, :, 0])
+        & (cx[:, None] <= furniture[None, :, 2])
+        & (bottom[:, None] >= furniture[None, :, 1])
+        & (bottom[:, None] < furniture[None, :, 3] - GROUND_MARGIN * height[None, :])
+    )
+    return np.asarray(on.any(axis=1), dtype=bool)
+
+
 def _near(
     props: NDArray[np.float32], persons: NDArray[np.float32], reach: float
 ) -> NDArray[np.bool_]:
@@ -204,7 +226,8 @@ def street_vending(obs: ZoneObservation, p: StreetVendingParams) -> Presence | N
     """Stationary person(s) next to stationary stall props that nobody is carrying.
 
     At least one prop must be a primary one (not in ``supporting_props``): a person resting
-    on a chair, standing by a parked bicycle or waiting with a suitcase is not a stall.
+    on a chair, standing by a parked bicycle or waiting with a suitcase is not a stall. Props
+    carried by someone or put down on a bench are no stall either.
     """
     all_persons = obs.of(["person"], p.min_confidence)
     persons = all_persons & obs.stationary(p.max_displacement)
@@ -217,7 +240,17 @@ def street_vending(obs: ZoneObservation, p: StreetVendingParams) -> Presence | N
     outside = _named(obs.frame_labels, obs.frame_confidence, ["person"], p.min_confidence)
     carriers = np.concatenate([obs.xyxy[all_persons], obs.frame_xyxy[outside]])
     carried = _held(obs.xyxy[prop_idx], carriers)
-    prop_idx = prop_idx[~carried]
+    # The bench a prop rests on may stand across the zone's edge: every bench of the frame.
+    benches = np.concatenate(
+        [
+            obs.xyxy[obs.of(["bench"], p.min_confidence)],
+            obs.frame_xyxy[
+                _named(obs.frame_labels, obs.frame_confidence, ["bench"], p.min_confidence)
+            ],
+        ]
+    )
+    put_down = _on_furniture(obs.xyxy[prop_idx], benches)
+    prop_idx = prop_idx[~(carried | put_down)]
     if len(prop_idx) < p.min_props:
         return None
     person_idx = np.flatnonzero(persons)

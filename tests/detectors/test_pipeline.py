@@ -172,12 +172,14 @@ def test_passers_by_and_bench_sitters_never_make_vending() -> None:
     sitters: list[Obj] = [("person", (820, 330, 870, 460)), ("person", (930, 330, 980, 460))]
 
     def scene(s: float) -> list[Obj]:
-        # People stream past a café table; two people sit on a bench, one eats a sandwich.
+        # People stream past a café table; two people sit on a bench, one eats a sandwich, and
+        # another sandwich lies on the seat between them.
         return [w(s) for w in walkers] + [
             TABLE,
             bench,
             *sitters,
             ("sandwich", (835, 380, 855, 395)),
+            ("sandwich", (880, 420, 900, 432)),
         ]
 
     assert play(pipe, scene, 120) == []

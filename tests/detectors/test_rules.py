@@ -183,6 +183,16 @@ VENDING_CASES = [
                                     thing("bench", 90, 250, 120, 50)], False),
     ("bench plus a chair is still only seating", [person(100), thing("bench", 90, 250, 120, 50),
                                                   thing("chair", 150, 250, 40, 50)], False),
+    ("lunch put down on the bench beside a sitter", [person(100), thing("bench", 80, 250, 200, 50),
+                                                     thing("sandwich", 160, 262, 20, 12)], False),
+    ("table standing on the ground beside a bench", [person(100),
+                                                     thing("bench", 160, 250, 200, 50),
+                                                     thing("dining table", 150, 250, 80, 50)],
+     True),
+    ("fruit laid out on the ground in front of a bench", [person(100),
+                                                          thing("bench", 80, 250, 200, 50),
+                                                          thing("orange", 160, 290, 20, 20)],
+     True),
     ("person resting on a chair", [person(100), thing("chair", 100, 250, 40, 50)], False),
     ("waiting with a suitcase", [person(100), thing("suitcase", 145, 260, 30, 40)], False),
     ("standing by a parked bicycle", [person(100), thing("bicycle", 145, 230, 80, 60)], False),
@@ -263,6 +273,18 @@ def test_street_vending_discards_only_props_held_off_the_ground(
     assert (None if found is None else found.labels) == stall, name
     if found is not None:
         assert found.boxes == tuple(o.box for o in inside)
+
+
+@pytest.mark.parametrize(("bench_conf", "stall"), [(0.8, None), (0.3, ("person", "donut"))])
+def test_food_on_a_bench_outside_the_zone_is_no_stall(
+    bench_conf: float, stall: tuple[str, ...] | None
+) -> None:
+    """The bench a sitter put their food on may have its feet outside the zone: the frame's
+    benches (at the rule's min_confidence) count too."""
+    inside = [person(100), thing("donut", 160, 262, 20, 12)]
+    bench = thing("bench", 80, 250, 200, 50, conf=bench_conf)
+    found = street_vending(observe(*inside, frame=(*inside, bench)), VENDING)
+    assert (None if found is None else found.labels) == stall
 
 
 def test_street_vending_counts_vendors_and_props() -> None:
