@@ -41,12 +41,22 @@ FORCE:
 
 setup: $(VENV)/.installed links
 
-# Weights and footage are never committed: link the shared copies when they are beside us.
+# Weights and footage are never committed: link the shared copies when they are beside us. A
+# real folder of the same name (weights put there by hand) is kept; any other failure stops.
 links:
 	@mkdir -p var
 	@if [ -d "$(GRIDPATROL_SHARED)/models" ]; then \
-	  for m in $(GRIDPATROL_SHARED)/models/*/; do ln -sfn "$${m%/}" models/; done; fi
-	@if [ -d "$(GRIDPATROL_SHARED)/footage" ]; then ln -sfn "$(GRIDPATROL_SHARED)/footage" var/footage; fi
+	  for m in "$(GRIDPATROL_SHARED)"/models/*/; do \
+	    [ -d "$$m" ] || continue; \
+	    name=$$(basename "$$m"); \
+	    if [ -d "models/$$name" ] && [ ! -L "models/$$name" ]; then \
+	      echo "models/$$name is a folder, not a link: kept, $${m%/} not linked"; \
+	    else ln -sfn "$${m%/}" models/ || exit 1; fi; \
+	  done; fi
+	@if [ -d "$(GRIDPATROL_SHARED)/footage" ]; then \
+	  if [ -d var/footage ] && [ ! -L var/footage ]; then \
+	    echo "var/footage is a folder, not a link: kept, $(GRIDPATROL_SHARED)/footage not linked"; \
+	  else ln -sfn "$(GRIDPATROL_SHARED)/footage" var/footage; fi; fi
 
 # The console's browser tests drive a system Chromium (Playwright's own download needs its CDN):
 # GRIDPATROL_CHROMIUM, else `chromium` on PATH, else Debian's package is installed.

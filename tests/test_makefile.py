@@ -146,3 +146,66 @@ def test_a_whole_venv_from_before_the_stamp_is_kept_without_installing_again(
     assert "making .venv" not in done.stdout
     assert _pip_calls(tmp_path) == []
     assert (root / ".venv" / ".python-version").read_text() == "3.11\n"
+
+
+def _run(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *args],
+        cwd=root,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_links_keeps_a_models_folder_of_its_own_and_links_the_rest(tmp_path: Path) -> None:
+    """The no-weights message tells users to make ``models/<folder>``; ``make links`` keeps it."""
+    root = _checkout(tmp_path)
+    own = root / "models" / "yolov8n_int8_openvino_model"
+    own.mkdir(parents=True)
+    (own / "yolov8n.xml").write_text("mine")
+    shared = tmp_path / "shared"
+    for name in ("yolo11n_int8_openvino_model", "yolov8n_int8_openvino_model"):
+        (shared / "models" / name).mkdir(parents=True)
+    (shared / "footage").mkdir()
+
+    done = _run(root, "links", GRIDPATROL_SHARED=str(shared))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (
+        "models/yolov8n_int8_openvino_model is a folder, not a link: kept, "
+        f"{shared}/models/yolov8n_int8_openvino_model not linked\n"
+    )
+    assert not own.is_symlink()
+    assert [p.name for p in own.iterdir()] == ["yolov8n.xml"]
+    linked = root / "models" / "yolo11n_int8_openvino_model"
+    assert linked.readlink() == shared / "models" / "yolo11n_int8_openvino_model"
+    assert (root / "var" / "footage").readlink() == shared / "footage"
+    assert sorted(p.name for p in (root / "models").iterdir()) == [
+        "yolo11n_int8_openvino_model",
+        "yolov8n_int8_openvino_model",
+    ]
+
+
+def test_links_stops_when_any_link_cannot_be_made(tmp_path: Path) -> None:
+    """Not only the last model's link decides: a failure on the first one stops ``make links``."""
+    root = _checkout(tmp_path)
+    (root / "models").mkdir()
+    shared = tmp_path / "shared"
+    for name in ("a_openvino_model", "b_openvino_model"):
+        (shared / "models" / name).mkdir(parents=True)
+    (shared / "footage").mkdir()
+    # An ln that cannot link the first folder (a full disk, a read-only models/).
+    fake = tmp_path / "bin" / "ln"
+    fake.parent.mkdir()
+    real = shutil.which("ln")
+    fake.write_text(
+        '#!/bin/sh\ncase "$*" in *a_openvino_model*) echo "ln: refused" >&2; exit 1;; esac\n'
+        f'exec {real} "$@"\n'
+    )
+    fake.chmod(0o755)
+    path = f"{fake.parent}{os.pathsep}{os.environ['PATH']}"
+    done = _run(root, "links", GRIDPATROL_SHARED=str(shared), PATH=path)
+    assert done.returncode != 0
+    assert "ln: refused\n" in done.stderr
+    assert not (root / "var" / "footage").exists()
