@@ -78,8 +78,13 @@ test: setup lint pytest
 pytest: setup browser services
 	$(BIN)/pytest tests
 
-# The suite runs against real services; say which one is missing instead of a wall of errors.
+# The suite runs against real services and the shared assets; say which one is missing instead
+# of a wall of errors.
 services:
+	@for d in models footage datasets; do [ -d "$(GRIDPATROL_SHARED)/$$d" ] || \
+	  { echo "the tests need the shared assets (models/, footage/, datasets/):" \
+	    "$(GRIDPATROL_SHARED)/$$d is missing; put them at ../shared beside the checkout," \
+	    "or set GRIDPATROL_SHARED to their folder" >&2; exit 1; }; done
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || \
 	  { echo "the tests start their own brokers: install Mosquitto (Debian: mosquitto)" >&2; exit 1; }
 	@$(BIN)/python -c 'import socket; socket.create_connection(("127.0.0.1", 1883), 2)' 2>/dev/null || \

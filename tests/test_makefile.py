@@ -209,3 +209,35 @@ def test_links_stops_when_any_link_cannot_be_made(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "ln: refused\n" in done.stderr
     assert not (root / "var" / "footage").exists()
+
+
+def test_services_names_the_missing_shared_assets(tmp_path: Path) -> None:
+    root = _checkout(tmp_path)
+    missing = tmp_path / "elsewhere"
+    done = _run(root, "services", GRIDPATROL_SHARED=str(missing))
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0] == (
+        f"the tests need the shared assets (models/, footage/, datasets/): {missing}/models is"
+        " missing; put them at ../shared beside the checkout, or set GRIDPATROL_SHARED to their"
+        " folder"
+    )
+
+
+def test_services_passes_with_the_shared_assets_beside_the_checkout(tmp_path: Path) -> None:
+    """CI's layout: a clone with ``../shared`` beside it and no GRIDPATROL_SHARED set. The
+    services the suite runs against are the real ones, reached with this environment's Python."""
+    root = _checkout(tmp_path)
+    (root / ".venv").symlink_to(sys.prefix)  # the venv running the tests
+    for name in ("models", "footage", "datasets"):
+        (tmp_path / "shared" / name).mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("GRIDPATROL_SHARED", "SHARED")}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "services"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
