@@ -214,13 +214,18 @@ def pend_patch(
 
 
 def take_pending(
-    conn: sqlite3.Connection, limit: int = -1, since_before: float = float("inf")
+    conn: sqlite3.Connection,
+    limit: int = -1,
+    since_before: float = float("inf"),
+    since_after: float = float("inf"),
 ) -> list[tuple[str, dict[str, Any]]]:
-    """The oldest pending updates (all by default), removed from the table."""
+    """The oldest pending updates (all by default), removed from the table: those pending
+    since before ``since_before``, and first those since after ``since_after`` (stamped before
+    the clock was set back: they would otherwise wait for as long)."""
     rows = conn.execute(
-        "SELECT candidate_id, body FROM bridge_pending_patch WHERE since < ? ORDER BY since"
-        " LIMIT ?",
-        (since_before, limit),
+        "SELECT candidate_id, body FROM bridge_pending_patch WHERE since < ? OR since > ?"
+        " ORDER BY since > ? DESC, since LIMIT ?",
+        (since_before, since_after, since_after, limit),
     ).fetchall()
     conn.executemany(
         "DELETE FROM bridge_pending_patch WHERE candidate_id = ?", [(r[0],) for r in rows]

@@ -433,14 +433,19 @@ class BridgeCore:
             txn.create_candidate(new.body, new.candidate_id)
 
     def flush_patches(
-        self, txn: OutboxTxn, limit: int = -1, since_before: float = float("inf")
+        self,
+        txn: OutboxTxn,
+        limit: int = -1,
+        since_before: float = float("inf"),
+        since_after: float = float("inf"),
     ) -> int:
-        """Move coalesced updates into the outbox (after the creates they follow).
+        """Move coalesced updates into the outbox (after the creates they follow): those
+        pending since before ``since_before`` or after ``since_after`` (all by default).
 
         An update of a candidate the API has refused for good (rejected, merged or closed:
         a patch answered 410, or its create refused) is dropped: it would only be refused again.
         """
-        pending = store.take_pending(txn.conn, limit, since_before)
+        pending = store.take_pending(txn.conn, limit, since_before, since_after)
         for candidate_id, patch in pending:
             if candidate_closed(txn.conn, candidate_id):
                 self.counts.closed_updates += 1
@@ -650,6 +655,7 @@ class Bridge:
         *,
         prefix: str | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         progress_s: float = 5.0,
         fallback_max_age_s: float | None = None,
     ) -> None:
@@ -662,6 +668,8 @@ class Bridge:
         self.mqtt = mqtt
         self.media = media
         self.clock = clock
+        # The housekeeping's schedule: a wall clock stepped back would stop it for as long.
+        self.monotonic = monotonic
         self.progress_s = progress_s
         self._stop = threading.Event()
         self._snapshots: queue.Queue[tuple[str, str]] = queue.Queue(SNAPSHOT_QUEUE)
@@ -717,7 +725,7 @@ class Bridge:
         try:
             while not self._stop.is_set():
                 self._one_batch()
-                self._housekeeping(self.clock())
+                self._housekeeping(self.clock(), self.monotonic())
         finally:
             self._stop.set()
             self._flush_patches()
@@ -725,35 +733,40 @@ class Bridge:
             for thread in media_threads:
                 thread.join(SNAPSHOT_TIMEOUT_S + 2)
 
-    def _housekeeping(self, now: float) -> None:
-        due = self._due
-        if now - due.get("patches", 0.0) >= PATCH_CHECK_S:
-            due["patches"] = now
+    def _housekeeping(self, now: float, tick: float) -> None:
+        """The periodic work: ``now`` is the wall clock, for what is timed (messages, silence,
+        retention), ``tick`` a monotonic clock, for when each task is due, so that a host clock
+        stepped back stops none of them."""
+        if self._is_due("patches", tick, PATCH_CHECK_S):
             self._hand_over_patches(now)
         connected = self._uptime.look(now, self.mqtt.connected, self.mqtt.connects)
         # Cut off from the broker, the bridge cannot tell a silent sensor from its own outage.
-        if connected and now - due.get("silence", 0.0) >= 1.0:
-            due["silence"] = now
+        if connected and self._is_due("silence", tick, 1.0):
             self._silence(now)
-        if (
-            self.core.counts.dead_letters_waiting
-            and now - due.get("dead_letters", 0.0) >= DEAD_LETTER_RETRY_S
+        if self.core.counts.dead_letters_waiting and self._is_due(
+            "dead_letters", tick, DEAD_LETTER_RETRY_S
         ):
-            due["dead_letters"] = now
             self._publish_dead_letters()
-        if now - due.get("snapshots", 0.0) >= SNAPSHOT_SWEEP_S:
-            due["snapshots"] = now
+        if self._is_due("snapshots", tick, SNAPSHOT_SWEEP_S):
             self._sweep_snapshots()
-        if now - due.get("prune", 0.0) >= 3600:
-            due["prune"] = now
+        if self._is_due("prune", tick, 3600):
             with self.outbox.transaction() as txn:
                 store.prune_dedup(txn.conn, now - DEDUP_RETENTION_S)
-        last_progress = due.setdefault("progress", now)
-        if now - last_progress >= self.progress_s:
+        last_progress = self._due.setdefault("progress", tick)
+        if tick - last_progress >= self.progress_s:
             received = self.core.counts.received
-            self._progress((received - self._received_at_progress) / (now - last_progress))
+            self._progress((received - self._received_at_progress) / (tick - last_progress))
             self._received_at_progress = received
-            due["progress"] = now
+            self._due["progress"] = tick
+
+    def _is_due(self, task: str, tick: float, every_s: float) -> bool:
+        """Whether ``task`` is due at ``tick`` (at the first call, then every ``every_s``);
+        if so, it is noted as done then."""
+        last = self._due.get(task)
+        if last is not None and tick - last < every_s:
+            return False
+        self._due[task] = tick
+        return True
 
     def _hand_over_patches(self, now: float) -> None:
         """Hand coalesced updates to the outbox when it is idle.
@@ -764,7 +777,9 @@ class Bridge:
         if self.outbox.depth() >= PATCH_IDLE_DEPTH:
             return
         with self.outbox.transaction() as txn:
-            self.core.flush_patches(txn, PATCH_HANDOVER, now - PATCH_COALESCE_S)
+            self.core.flush_patches(
+                txn, PATCH_HANDOVER, now - PATCH_COALESCE_S, now + PATCH_COALESCE_S
+            )
 
     def _flush_patches(self) -> None:
         with self.outbox.transaction() as txn:

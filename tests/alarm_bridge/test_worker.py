@@ -194,16 +194,18 @@ def test_silence_is_not_judged_while_cut_off_from_the_broker(
     t0 = 1_790_000_000.0
     try:
         assert conn.start(10)
-        bridge._housekeeping(t0)
+        bridge._housekeeping(t0, t0)
         _broker_gone(mosquitto, conn)
-        bridge._housekeeping(t0 + 2100)  # 35 min later: wl-1 and mh-1 would be "silent"
+        later = t0 + 2100  # 35 min later: wl-1 and mh-1 would be "silent"
+        bridge._housekeeping(later, later)
         assert outbox_ops(outbox) == []
         _broker_back(mosquitto, conn)
         back = t0 + 2101
-        bridge._housekeeping(back)
-        bridge._housekeeping(back + SETTLE_S + 3 * 300)
+        bridge._housekeeping(back, back)
+        settled = back + SETTLE_S + 3 * 300
+        bridge._housekeeping(settled, settled)
         assert outbox_ops(outbox) == []
-        bridge._housekeeping(back + SETTLE_S + 3 * 300 + 1)
+        bridge._housekeeping(settled + 1, settled + 1)
     finally:
         conn.stop()
     assert _offline_creates(outbox) == [("wl-1", "2026-09-21T15:04:22Z")]
@@ -223,15 +225,16 @@ def test_a_link_that_drops_pauses_the_silence_without_restarting_it(
     t0 = 1_790_000_000.0
     try:
         assert conn.start(10)
-        bridge._housekeeping(t0)  # listening from t0 + 60
-        bridge._housekeeping(t0 + 1100)  # 1040 s: wl-1 (900 s) is silent
+        bridge._housekeeping(t0, t0)  # listening from t0 + 60
+        bridge._housekeeping(t0 + 1100, t0 + 1100)  # 1040 s: wl-1 (900 s) is silent
         _broker_gone(mosquitto, conn)
-        bridge._housekeeping(t0 + 1200)
+        bridge._housekeeping(t0 + 1200, t0 + 1200)
         _broker_back(mosquitto, conn)
-        bridge._housekeeping(t0 + 1210)  # cut off from the last look, t0 + 1100, to t0 + 1270
-        bridge._housekeeping(t0 + 2030)  # 1040 + 760 = 1800 s: not yet
+        # Cut off from the last look, t0 + 1100, to t0 + 1270.
+        bridge._housekeeping(t0 + 1210, t0 + 1210)
+        bridge._housekeeping(t0 + 2030, t0 + 2030)  # 1040 + 760 = 1800 s: not yet
         assert _offline_creates(outbox) == [("wl-1", "2026-09-21T14:31:40Z")]
-        bridge._housekeeping(t0 + 2031)
+        bridge._housekeeping(t0 + 2031, t0 + 2031)
     finally:
         conn.stop()
     assert _offline_creates(outbox) == [
@@ -259,7 +262,7 @@ def test_a_restart_of_the_bridge_pauses_the_silence_without_restarting_it(
         try:
             assert conn.start(10)
             for at in looks:
-                bridge._housekeeping(at)
+                bridge._housekeeping(at, at)
                 raised.append(len(_offline_creates(outbox)))
         finally:
             conn.stop()
@@ -862,6 +865,47 @@ def test_a_first_sending_on_a_resumed_session_is_not_taken_for_the_resend(
     assert bridge.core.counts.duplicates == 0
 
 
+def test_updates_pending_since_after_now_were_stamped_before_the_clock_was_set_back() -> None:
+    """Pending since more than a second after now: stamped before the host clock was set
+    back. Handed over at once (first: they are the oldest), not after waiting for as long as
+    the clock went back; the others still coalesce for a second."""
+    with sqlite3.connect(":memory:") as conn:
+        store.init(conn)
+        for candidate_id, since in (
+            ("c-due", T0 - 5),
+            ("c-coalescing", T0 - 0.5),
+            ("c-near", T0 + 0.5),  # within the second: a clock read a little apart
+            ("c-set-back", T0 + 3600),
+        ):
+            store.pend_patch(conn, candidate_id, {"id": candidate_id}, since)
+        assert store.take_pending(conn, 500, T0 - 1, T0 + 1) == [
+            ("c-set-back", {"id": "c-set-back"}),
+            ("c-due", {"id": "c-due"}),
+        ]
+        assert store.take_pending(conn) == [
+            ("c-coalescing", {"id": "c-coalescing"}),
+            ("c-near", {"id": "c-near"}),
+        ]
+
+
+def test_a_clock_set_back_an_hour_does_not_hold_back_a_pending_update(tmp_path: Path) -> None:
+    """The housekeeping is scheduled on the monotonic clock: the host's clock stepped back
+    by an hour, the repeat pending since before the step is handed over at the next check,
+    not an hour later."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(LEVEL_20, mid=1, at_s=0)
+    assert bridge._one_batch() == 1
+    with outbox.transaction() as txn:
+        txn.conn.execute("DELETE FROM outbox_ops")  # the create delivered: the outbox idle
+    link.send(LEVEL_20, mid=2, at_s=5)
+    assert bridge._one_batch() == 1
+    bridge._housekeeping(T0 + 5.5, 100.0)  # coalescing: pending since T0 + 5
+    assert outbox_ops(outbox) == []
+    bridge._housekeeping(T0 + 6 - 3600, 100.1)  # the clock set back an hour
+    [(kind, _, body)] = outbox_ops(outbox)
+    assert (kind, body["alarm"]["count"]) == ("patch", 2)
+
+
 def _waiting_letters(outbox: Outbox) -> list[dict[str, Any]]:
     with outbox.transaction() as txn:
         rows = txn.conn.execute("SELECT body FROM bridge_dead_letter ORDER BY id").fetchall()
@@ -914,13 +958,13 @@ def test_a_dead_letter_the_client_refuses_waits_in_the_state_database_and_is_pub
     bridge = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
     assert bridge.core.counts.dead_letters_waiting == 1
     taking = True
-    bridge._housekeeping(T0 + 10)
+    bridge._housekeeping(T0 + 10, T0 + 10)
     assert [(topic, json.loads(body)) for topic, body in published] == [
         (deadletter_topic("gridpatrol", "alarm_bridge"), _letter(b"{nope", 0))
     ]
     assert _waiting_letters(outbox) == []
     assert bridge.core.counts.dead_letters_waiting == 0
-    bridge._housekeeping(T0 + 20)
+    bridge._housekeeping(T0 + 20, T0 + 20)
     assert len(published) == 1
 
 
@@ -1010,7 +1054,7 @@ def test_no_dead_letter_is_handed_to_the_client_while_disconnected(
     link.connected = False  # the broker went away after the message came
     with caplog.at_level(logging.WARNING, logger="gridpatrol.alarm_bridge.worker"):
         assert bridge._one_batch() == 1
-        bridge._housekeeping(T0 + 10)
+        bridge._housekeeping(T0 + 10, T0 + 10)
     assert handed == []
     assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]
     assert bridge.core.counts.dead_letters_waiting == 1
@@ -1019,7 +1063,7 @@ def test_no_dead_letter_is_handed_to_the_client_while_disconnected(
         " in 5 s"
     ]
     link.connected = True
-    bridge._housekeeping(T0 + 20)
+    bridge._housekeeping(T0 + 20, T0 + 20)
     assert [json.loads(body) for body in handed] == [_letter(b"{nope", 0)]
     assert _waiting_letters(outbox) == []
     assert bridge.core.counts.dead_letters_waiting == 0
@@ -1179,12 +1223,12 @@ def test_a_stopping_bridge_writes_the_connection_history_up_to_its_last_look(
     looks = iter(T0 + 10 * i for i in range(8))
     housekeeping = bridge._housekeeping
 
-    def one_look(_: float) -> None:
+    def one_look(_: float, __: float) -> None:
         nonlocal now
         now = next(looks, now)
         if now == T0 + 70:
             bridge.stop()
-        housekeeping(now)
+        housekeeping(now, now)
 
     written: list[float] = []
     save = store.save_uptime
