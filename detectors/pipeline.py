@@ -22,6 +22,7 @@ from gridpatrol.detectors import background as bg
 from gridpatrol.detectors.episodes import Occupancy
 from gridpatrol.detectors.rules import (
     EVALUATORS,
+    STATIONARY_MIN_S,
     Box,
     Presence,
     RuleState,
@@ -41,7 +42,10 @@ from gridpatrol.site import (
     Camera,
     CrowdGatheringParams,
     GarbageOverflowParams,
+    IllegalParkingParams,
+    NonMotorParkingParams,
     RuleParams,
+    ShopFrontParams,
     StaticForegroundParams,
     StreetVendingParams,
     Zone,
@@ -203,6 +207,64 @@ def _bg_params(
     return tuple(bg.BackgroundParams(learn_s=t, max_step_s=step) for t in sorted(learn))
 
 
+@dataclass
+class _StillTracker(Tracker):
+    """A tracker that keeps a lost track stationary when last seen for up to ``still_lost_s``.
+
+    A vendor and their table hidden by a lorry for longer than ``lost_s`` come back in place:
+    matched to their old tracks, they are stationary at once, as before the occlusion. As new
+    tracks they would be stationary only ``STATIONARY_MIN_S`` after reappearing, and that
+    delay added to the occlusion could exceed the episode's ``gap_s`` and restart its dwell.
+    Moving tracks still expire after ``lost_s``, so passers-by do not pile up.
+    """
+
+    still_lost_s: float = 0.0
+    still_displacement: float = 0.0
+
+    def _expire(self, t: float) -> None:
+        if self.still_lost_s <= self.lost_s:
+            super()._expire(t)
+            return
+        overdue = [tr for tr in self.tracks if tr.state == "lost" and t - tr.last_t > self.lost_s]
+        if not overdue:
+            return
+        ids = np.asarray([tr.id for tr in overdue], dtype=np.int64)
+        still = self.motion(ids).stationary(self.still_displacement, STATIONARY_MIN_S)
+        gone = {
+            tr.id
+            for tr, kept in zip(overdue, still.tolist(), strict=True)
+            if not kept or t - tr.last_t > self.still_lost_s
+        }
+        self.tracks = [tr for tr in self.tracks if tr.id not in gone]
+
+
+# The rules that judge whether objects are stationary.
+_STATIONARY_PARAMS = (
+    StreetVendingParams,
+    IllegalParkingParams,
+    NonMotorParkingParams,
+    ShopFrontParams,
+)
+
+
+def _still_tracking(camera: Camera) -> tuple[float, float]:
+    """How long to keep a lost stationary track, and the displacement that is stationary: the
+    longest ``clear_s`` (at least ``gap_s``) and the largest ``max_displacement`` of the
+    camera's rules that judge stationary objects (0, 0 without such a rule)."""
+    rules = [
+        p
+        for z in camera.zones
+        for p in camera.zone_rules(z).values()
+        if isinstance(p, _STATIONARY_PARAMS)
+    ]
+    if not rules:
+        return 0.0, 0.0
+    return (
+        max(max(p.gap_s, p.clear_s) for p in rules),
+        max(p.max_displacement for p in rules),
+    )
+
+
 class CameraPipeline:
     """All rule state of one camera; call :meth:`process` once per inferred frame.
 
@@ -229,11 +291,15 @@ class CameraPipeline:
         # Patrol cameras are seen every interval_s: keep tracks (and the stationarity window)
         # across a few intervals so a parked car keeps its id between visits.
         interval = camera.frame_interval_s
-        # An object a rule would accept must be able to start a track.
-        self.tracker = Tracker(
+        # An object a rule would accept must be able to start a track. A stationary one hidden
+        # for a while keeps its track as long as an episode survives its absence.
+        still_lost_s, still_displacement = _still_tracking(camera)
+        self.tracker: Tracker = _StillTracker(
             high_conf=min([Tracker.high_conf, *_rule_floors(camera)]),
             lost_s=max(3.0, PATROL_VISITS * interval),
             history_s=max(10.0, PATROL_VISITS * interval),
+            still_lost_s=still_lost_s,
+            still_displacement=still_displacement,
         )
         self.zones = [
             _ZoneRuntime(

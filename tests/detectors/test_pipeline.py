@@ -135,25 +135,69 @@ def test_the_detector_keeps_the_boxes_tracker_and_rules_need(
     assert pipe.tracker.high_conf == high_conf
 
 
-def test_dwell_survives_an_occlusion_and_id_switch() -> None:
+def aside(obj: Obj, dx: float = 140.0) -> Obj:
+    x1, y1, x2, y2 = obj[1]
+    return (obj[0], (x1 + dx, y1, x2 + dx, y2))
+
+
+@pytest.mark.parametrize(
+    ("occlusion_s", "moved", "track_ids"),
+    [
+        (6.0, False, (1, 2)),
+        # 8 s hidden, plus the 2 s a new track needs to be stationary, would exceed gap_s.
+        (8.0, False, (1, 2)),
+        (9.5, False, (1, 2)),
+        # Back a step aside: too far to match the old tracks, new ids stationary 2 s later.
+        (6.0, True, (3, 4)),
+    ],
+    ids=["6 s", "8 s", "9.5 s", "6 s and a step aside"],
+)
+def test_dwell_survives_an_occlusion_and_id_switch(
+    occlusion_s: float, moved: bool, track_ids: tuple[int, int]
+) -> None:
+    """A lorry hides the stall for longer than the tracker's lost_s but shorter than gap_s:
+    the episode (and its first_seen) is the same, whether the stall keeps its track ids or
+    comes back under new ones."""
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
 
     def scene(s: float) -> list[Obj]:
-        if 8 <= s < 14:  # a lorry blocks the view for 6 s: longer than lost_s, shorter than gap_s
+        if 8 <= s < 8 + occlusion_s:
             return []
+        if moved and s >= 8:
+            return [aside(VENDOR), aside(TABLE)]
         return [VENDOR, TABLE]
 
     events = play(pipe, scene, 30)
     assert summary(events) == [("raise", "street_vending", "pavement", 22.0)]
-    # New track ids after the occlusion; the episode (and its first_seen) is the same.
-    assert min(events[0].track_ids) > 2
+    assert events[0].track_ids == track_ids
     assert events[0].first_seen == T0 + timedelta(seconds=2)
 
 
 def test_occlusion_longer_than_gap_restarts_the_dwell() -> None:
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     events = play(pipe, lambda s: [] if 8 <= s < 20 else [VENDOR, TABLE], 50)
-    assert summary(events) == [("raise", "street_vending", "pavement", 42.0)]
+    # Back in place after 12 s (more than gap_s 10), on their old tracks: the dwell restarts
+    # at 20 s.
+    assert summary(events) == [("raise", "street_vending", "pavement", 40.0)]
+    assert events[0].first_seen == T0 + timedelta(seconds=20)
+
+
+def test_a_lost_track_is_kept_only_while_it_was_stationary_and_an_episode_may_wait() -> None:
+    """Stationary tracks lost are kept for the longest clear_s of the camera's stationarity
+    rules (15 s here), moving ones for lost_s (3 s) only."""
+    pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
+    walking = walker(0, speed=40.0)
+    play(pipe, lambda s: [VENDOR, walking(s)], 9.5)  # both last seen at 9.5 s
+    assert sorted(pipe.tracker.states().items()) == [(1, "tracked"), (2, "tracked")]
+
+    def alive_after(seconds: float) -> list[int]:
+        pipe.tracker.update(dets([]), (T0 + timedelta(seconds=9.5 + seconds)).timestamp())
+        return sorted(pipe.tracker.states())
+
+    assert alive_after(3.0) == [1, 2]
+    assert alive_after(3.5) == [1]  # the walker, lost for more than lost_s
+    assert alive_after(15.0) == [1]
+    assert alive_after(15.5) == []
 
 
 def walker(offset: float, speed: float = 120.0) -> Callable[[float], Obj]:
