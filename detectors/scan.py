@@ -62,7 +62,7 @@ from gridpatrol.site import Camera, SiteConfigError, load_site
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".ts"})
 CHUNK = 8  # frames per backend call: enough to keep the async queue busy
 Region = tuple[float, float, float, float]
@@ -95,22 +95,27 @@ class ScanError(Exception):
 # --- sources -----------------------------------------------------------------------------------
 
 
-def expand(paths: Sequence[str]) -> list[Path]:
-    """Files to scan: given files as they are, folders recursively (images and videos)."""
+def expand(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
+    """Files to scan: given files as they are, folders recursively (images and videos, the
+    suffix in any case); and the given folders that hold none, as given."""
     found: list[Path] = []
+    empty: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            found.extend(
+            inside = [
                 p
                 for p in sorted(path.rglob("*"))
                 if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            )
+            ]
+            found.extend(inside)
+            if not inside:
+                empty.append(raw)
         elif path.exists():
             found.append(path)
         else:
             raise ScanError(f"{raw}: no such file or folder")
-    return found
+    return found, empty
 
 
 def read_still(path: Path, as_stored: bool = False) -> Sample:
@@ -428,13 +433,14 @@ def _refused_numbers(fps: float, conf: float) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when every source was scanned, 1 when some could not be read, 2 on setup errors."""
+    """Exit 0 when every source was scanned, 1 when some could not be read (or a given folder
+    held no image or video), 2 on setup errors."""
     refused = _refused_numbers(args.fps, args.conf)
     if refused is not None:
         print(f"scan: {refused}", file=sys.stderr)
         return 2
     try:
-        files = expand(args.paths)
+        files, empty = expand(args.paths)
         # Checked whatever the backend, before the model loads: a misspelt folder is a
         # mistake on any backend, and ultralytics would otherwise run without a word.
         folder = heads_folder(args.heads)
@@ -458,7 +464,9 @@ def run(args: argparse.Namespace) -> int:
         what = "" if isinstance(exc, ModelLoadError) else "cannot load the model or the heads: "
         print(f"scan: {what}{exc}", file=sys.stderr)
         return 2
-    failed = 0
+    for folder_name in empty:
+        print(f"scan: {folder_name}: no images or videos found", file=sys.stderr, flush=True)
+    failed = len(empty)
     camera = context.camera is not None
     try:
         for number, path in enumerate(files, 1):

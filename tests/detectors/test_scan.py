@@ -426,6 +426,33 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
     assert f"{broken}: not a readable image" in stderr
 
 
+def test_a_folder_takes_tiff_stills_whatever_the_suffix_case(tmp_path: Path) -> None:
+    zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
+    cv2.imwrite(str(tmp_path / "a.png"), zidane)
+    cv2.imwrite(str(tmp_path / "c.TIF"), zidane)
+    cv2.imwrite(str(tmp_path / "d.tiff"), zidane)
+    code, records, stderr = scan(str(tmp_path))
+    assert code == 0, stderr
+    assert [Path(r["source"]).name for r in records] == ["a.png", "c.TIF", "d.tiff"]
+    # Lossless copies of one image: the same detections from each.
+    assert records[0]["detections"] != []
+    assert records[1]["detections"] == records[0]["detections"] == records[2]["detections"]
+
+
+def test_a_folder_without_images_or_videos_is_a_failure(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, records, stderr = scan(str(empty))
+    assert (code, records, stderr) == (1, [], f"scan: {empty}: no images or videos found\n")
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an image")
+    code, records, stderr = scan(str(notes), str(ASSETS / "zidane.jpg"))
+    assert code == 1
+    assert [Path(r["source"]).name for r in records] == ["zidane.jpg"]
+    assert stderr.splitlines()[0] == f"scan: {notes}: no images or videos found"
+
+
 def test_a_reader_that_stops_early_ends_the_scan_quietly(shared_dir: Path) -> None:
     argv = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "scan"]
     proc = subprocess.Popen(
