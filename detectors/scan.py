@@ -1,9 +1,11 @@
 """``gridpatrol scan``: detections, scene scores and violations for images, folders and videos.
 
-One JSON object per image or sampled video frame on stdout (pixels of the image as stored:
-an EXIF orientation tag is ignored, as the worker ignores it); progress and problems on stderr.
-Without ``--config`` the rules that can judge a still image do so on the whole frame
-(``dwell_verified: false``). With ``--config --camera`` they judge a still within each of that
+One JSON object per image or sampled video frame on stdout; progress and problems on stderr.
+Without ``--config`` a still is a photo, turned upright by its EXIF orientation tag as a photo
+viewer shows it, and the rules that can judge a still image do so on the whole frame
+(``dwell_verified: false``); with ``--config --camera`` a still is one of the camera's frames,
+decoded as stored (the tag ignored) as the worker decodes them, so that size, boxes and zones
+are the camera's. With ``--config --camera`` the rules judge a still within each of that
 camera's zones, with the zone's parameters but no dwell or schedule (a still has neither a
 duration nor a time; ``dwell_verified: false``), and a video runs through the camera's full
 pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, its
