@@ -44,10 +44,14 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
 BASELINE_RECIPE = PoolingRecipe(nodes=(YOLO11_NODES["c2psa"],), levels=(1,), stats=("mean",))
 HEAD_RECIPE = PoolingRecipe()
-# Statuses after a reviewer confirmed the candidate (the candidate life cycle).
+# Statuses of a confirmed candidate (the candidate life cycle). A positive also needs a
+# reviewer's confirmation in its history (:func:`_review_label`): the site policy confirms the
+# types in ``policy.auto_confirm`` by itself, and those include the head's own false alarms.
 CONFIRMED = frozenset(
     {"confirmed", "pulled", "registered", "dispatched", "arrived", "resolved", "verified", "closed"}
 )
+# The history entry of a reviewer's confirmation ("auto_confirmed", by "policy", is not one).
+REVIEWER_CONFIRMED = "confirmed"
 # Only these rejections say "the picture shows no garbage"; a duplicate or an out-of-area
 # report may well show garbage and would poison the negatives.
 NEGATIVE_REASONS = frozenset({"false_positive"})
@@ -176,10 +180,12 @@ def _video_samples(path: Path, fps: float) -> list[Sample]:
 
 @dataclass(frozen=True, slots=True)
 class Reviews:
-    """The training samples of the reviewed candidates, and how many were skipped."""
+    """The training samples of the reviewed candidates, how many were skipped, and how many
+    confirmed candidates no reviewer confirmed (the site policy did; not trained on)."""
 
     samples: list[Sample]
     skipped: int
+    auto_confirmed: int = 0
 
 
 def review_samples(client: Any, rule_type: str, since: str | None) -> Reviews:
@@ -192,7 +198,7 @@ def review_samples(client: Any, rule_type: str, since: str | None) -> Reviews:
     training on the candidates that happened to come through would bias the head.
     """
     samples: list[Sample] = []
-    skipped = 0
+    skipped = unreviewed = 0
     for item in _all_candidates(client, rule_type, since):
         cid = str(item["id"])
         try:
@@ -201,13 +207,20 @@ def review_samples(client: Any, rule_type: str, since: str | None) -> Reviews:
             progress(f"candidate {cid}: {exc}, skipped")
             skipped += 1
             continue
+        except _AutoConfirmed:
+            unreviewed += 1
+            continue
         if sample is not None:
             samples.append(sample)
-    return Reviews(samples, skipped)
+    return Reviews(samples, skipped, unreviewed)
 
 
 class _Skipped(Exception):
     """A reviewed candidate that cannot be trained on; the text says why."""
+
+
+class _AutoConfirmed(Exception):
+    """A candidate the site policy confirmed and no reviewer did: no training data."""
 
 
 class CandidateError(OSError):
@@ -230,6 +243,8 @@ def _review_sample(client: Any, cid: str) -> Sample | None:
         raise CandidateError(cid, "", exc) from exc
     label = _review_label(doc)
     if label is None:
+        if doc.get("status") in CONFIRMED:
+            raise _AutoConfirmed(cid)
         return None
     choices = _evidence_for_training(doc)
     if not choices:
@@ -289,9 +304,19 @@ def _all_candidates(client: Any, rule_type: str, since: str | None) -> Iterable[
 
 
 def _review_label(doc: dict[str, Any]) -> int | None:
+    """1 for a candidate a reviewer confirmed, 0 for one rejected as a false positive, None
+    otherwise: other rejections, open cases, and cases the site policy confirmed by itself
+    (``auto_confirmed`` in the history, never a reviewer's ``confirmed``)."""
     status = doc.get("status")
     if status in CONFIRMED:
-        return 1
+        history = doc.get("history") or []
+        reviewed = any(
+            isinstance(entry, dict)
+            and entry.get("action") == REVIEWER_CONFIRMED
+            and entry.get("who") != "policy"
+            for entry in history
+        )
+        return 1 if reviewed else None
     if status == "rejected":
         reason = (doc.get("review") or {}).get("reason_code")
         return 0 if reason in NEGATIVE_REASONS else None
@@ -732,7 +757,10 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
         finally:
             client.close()
         found, skipped = reviews.samples, reviews.skipped
-        progress(f"{len(found)} reviewed {args.type} candidates, {skipped} skipped")
+        progress(
+            f"{len(found)} reviewed {args.type} candidates, {skipped} skipped, "
+            f"{reviews.auto_confirmed} confirmed by the site policy without review (not used)"
+        )
         return found
     if not args.dataset:
         raise ValueError("give DATASET_DIR or --from-reviews")

@@ -252,8 +252,28 @@ def post_candidate(
     added by an update, after ``data``: they may name files never uploaded (a new candidate
     needs every file it names, an update one stored file)."""
     sha = producer.put_evidence(data, "image/jpeg")
-    width, height = jpeg_size(data)
-    body: dict[str, Any] = {
+    body = candidate_body(sha, jpeg_size(data), kind, camera, boxes, **detection)
+    created = producer.create_candidate(body, uuid.uuid4().hex)
+    assert created["status"] == "new", created
+    if later:
+        patch = {"evidence": list(later)}
+        patched = producer.patch_candidate(created["id"], patch, uuid.uuid4().hex)
+        assert patched["status"] == "new", patched
+        assert patched["evidence"] == created["evidence"] + list(later), patched
+    return str(created["id"])
+
+
+def candidate_body(
+    sha: str,
+    size: tuple[int, int],
+    kind: str,
+    camera: str,
+    boxes: list[list[float]] | None = None,
+    **detection: Any,
+) -> dict[str, Any]:
+    """A garbage_overflow candidate with the one evidence file ``sha`` of ``size``."""
+    width, height = size
+    return {
         "source": {
             "type": "camera",
             "system": "test-detector",
@@ -275,14 +295,6 @@ def post_candidate(
             **detection,
         },
     }
-    created = producer.create_candidate(body, uuid.uuid4().hex)
-    assert created["status"] == "new", created
-    if later:
-        patch = {"evidence": list(later)}
-        patched = producer.patch_candidate(created["id"], patch, uuid.uuid4().hex)
-        assert patched["status"] == "new", patched
-        assert patched["evidence"] == created["evidence"] + list(later), patched
-    return str(created["id"])
 
 
 def test_train_head_from_reviewed_candidates(
@@ -374,9 +386,10 @@ def test_a_reviewed_candidate_without_its_evidence_file_is_skipped(
     assert f"train-head: candidate {missing}: evidence {lost['sha256']} not found, skipped" in (
         proc.stderr.splitlines()
     )
-    assert "train-head: 12 reviewed garbage_overflow candidates, 1 skipped" in (
-        proc.stderr.splitlines()
-    )
+    assert (
+        "train-head: 12 reviewed garbage_overflow candidates, 1 skipped, 0 confirmed by the site "
+        "policy without review (not used)"
+    ) in proc.stderr.splitlines()
     check_report(proc.stdout, images=12, positive=6)
 
 
@@ -568,7 +581,8 @@ def test_evidence_that_comes_through_on_a_retry_is_trained_on(
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[-2:] == [
-        "train-head: 1 reviewed garbage_overflow candidates, 0 skipped",
+        "train-head: 1 reviewed garbage_overflow candidates, 0 skipped, 0 confirmed by the "
+        "site policy without review (not used)",
         "train-head: need at least 2 images of each class, got 1 positive / 0 negative",
     ]
     assert [line.split(": HTTP ")[1] for line in lines[:-2]] == [
