@@ -62,6 +62,17 @@ class UltralyticsBackend:
         self.model = None
 
 
+# A scene head is tied to the sha256 of the weights it was trained on: the shipped ones to the
+# manifest's INT8 IR, never to an export made here (FP32, Ultralytics' default).
+HEADS_DO_NOT_APPLY = (
+    "%s is an FP32 export of %s: scene heads trained on another export (the shipped ones: on the"
+    " INT8 IR of models/manifest.yaml) do not apply to it, so the zones that need them (e.g."
+    " garbage_overflow) raise nothing. Put that INT8 IR folder in models/, or train the heads on"
+    " this export: gridpatrol train-head DATASET_DIR --name NAME --model %s, then detect with"
+    " --heads var/heads"
+)
+
+
 @contextmanager
 def _locked(directory: Path) -> Iterator[None]:
     """One export at a time per cache directory, across processes."""
@@ -104,4 +115,5 @@ def export_openvino(weights: str, cache: Path) -> Path:
         exported_path = Path(str(exported))
         if exported_path.resolve() != folder.resolve():
             shutil.move(str(exported_path), folder)
+        log.warning(HEADS_DO_NOT_APPLY, folder, target.name, folder)
         return folder
