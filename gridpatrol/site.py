@@ -525,6 +525,18 @@ class ZoneRules(Strict):
     piled_materials: PiledMaterialsParams | None = None
     crowd_gathering: CrowdGatheringParams | None = None
 
+    @field_validator(*RULE_PARAMS, mode="before")
+    @classmethod
+    def _written_with_a_value(cls, value: object, info: ValidationInfo) -> object:
+        # A rule's name alone (``street_vending:``) reads as null. Taken as "off", a zone meant
+        # to raise would stay silent with no word of it: the key must say what it means.
+        if value is None:
+            raise ValueError(
+                f"{info.field_name} has no value: write `{info.field_name}: {{}}` to turn it "
+                "on with its defaults, or remove the key to leave it off"
+            )
+        return value
+
     @field_validator(*RULE_PARAMS)
     @classmethod
     def _clears_no_sooner_than_a_gap(cls, value: RuleParams | None) -> RuleParams | None:

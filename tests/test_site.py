@@ -1093,3 +1093,14 @@ def test_check_config_names_each_source_kind_and_warns_about_odd_ones(
     expected = [] if warning is None else [warning.format(here=tmp_path, cwd=Path.cwd())]
     assert [w.split(": warning: ")[1] for w in lines if ": warning: " in w] == expected
     assert all(w.startswith(f"{path}:4: cameras[0].source: ") for w in lines if ": warning" in w)
+
+
+@pytest.mark.parametrize("rule", ["street_vending", "piled_materials"])
+def test_a_rule_named_without_a_value_is_rejected_not_turned_off(rule: str) -> None:
+    zone = ZONE.format(rule=rule, field="x", value="").replace(" {x: []}", "")
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(MINIMAL + zone, "s.yaml")
+    assert info.value.problems == [
+        f"s.yaml:11: cameras[0].zones[0].rules.{rule}: Value error, {rule} has no value: write "
+        f"`{rule}: {{}}` to turn it on with its defaults, or remove the key to leave it off"
+    ]
