@@ -58,16 +58,28 @@ links:
 	    echo "var/footage is a folder, not a link: kept, $(GRIDPATROL_SHARED)/footage not linked"; \
 	  else ln -sfn "$(GRIDPATROL_SHARED)/footage" var/footage; fi; fi
 
-# The console's browser tests drive a system Chromium (Playwright's own download needs its CDN):
-# GRIDPATROL_CHROMIUM, else `chromium` on PATH, else Debian's package is installed.
+# The console's browser tests drive a Chromium: GRIDPATROL_CHROMIUM, else a `chromium` on PATH
+# that runs, else Debian's package is installed. Where that gives none that runs (Ubuntu's
+# package is a stub of a snap) or apt cannot be used, Playwright's own Chromium is installed
+# (from its CDN; tests/browser/conftest.py launches it when there is no working `chromium`).
+CHROMIUM_RUNS := command -v chromium >/dev/null && chromium --version >/dev/null 2>&1
+PLAYWRIGHTS := import os, sys; from playwright.sync_api import sync_playwright; \
+  pw = sync_playwright().start(); there = os.path.exists(pw.chromium.executable_path); \
+  pw.stop(); sys.exit(not there)
 browser:
-	@if [ -z "$$GRIDPATROL_CHROMIUM" ] && ! command -v chromium >/dev/null; then \
+	@if [ -z "$$GRIDPATROL_CHROMIUM" ] && ! { $(CHROMIUM_RUNS); } && \
+	  ! $(BIN)/python -c '$(PLAYWRIGHTS)' 2>/dev/null; then \
 	  echo "installing Debian's chromium for the browser tests"; \
-	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  { $$sudo apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; } || \
-	  { echo "the browser tests need Chromium: install it, or set GRIDPATROL_CHROMIUM" >&2; \
-	    exit 1; }; \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); deps=; \
+	  if $$sudo apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; then \
+	    deps=--with-deps; fi; \
+	  if ! { $(CHROMIUM_RUNS); }; then \
+	    echo "no chromium that runs (Ubuntu's is a snap): installing Playwright's Chromium"; \
+	    $(BIN)/playwright install $$deps chromium || \
+	    { echo "the browser tests need Chromium: install it, or set GRIDPATROL_CHROMIUM" >&2; \
+	      exit 1; }; \
+	  fi; \
 	fi
 
 demo: setup

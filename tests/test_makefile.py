@@ -241,3 +241,68 @@ def test_services_passes_with_the_shared_assets_beside_the_checkout(tmp_path: Pa
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
+
+
+def _logging_tool(folder: Path, name: str, status: int = 0) -> None:
+    """``folder/name`` appends its arguments to ``folder/../calls.log`` and exits ``status``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log = folder.parent / "calls.log"
+    (folder / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "{log}"\nexit {status}\n')
+    (folder / name).chmod(0o755)
+
+
+def _browser(
+    tmp_path: Path, *, apt_status: int, chromium_status: int = 1
+) -> tuple[subprocess.CompletedProcess[str], str]:
+    """``make browser`` where the `chromium` on PATH does not run (Ubuntu's snap stub, no
+    snapd) and Playwright's Chromium is not installed yet; apt, sudo and Playwright are fakes."""
+    root = _checkout(tmp_path)
+    tools = tmp_path / "bin"
+    _logging_tool(tools, "chromium", chromium_status)
+    _logging_tool(tools, "apt-get", apt_status)
+    tools.joinpath("sudo").write_text('#!/bin/sh\nexec "$@"\n')
+    tools.joinpath("sudo").chmod(0o755)
+    _logging_tool(root / ".venv" / "bin", "python", 1)  # `import playwright…`: not installed
+    _logging_tool(root / ".venv" / "bin", "playwright")
+    path = f"{tools}{os.pathsep}{os.environ['PATH']}"
+    env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_CHROMIUM"}
+    done = subprocess.run(
+        ["make", "--no-print-directory", "browser"],
+        cwd=root,
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    logs = [tmp_path / "calls.log", root / ".venv" / "calls.log"]
+    calls = [line for log in logs if log.exists() for line in log.read_text().splitlines()]
+    return done, "\n".join(c for c in calls if not c.startswith(("chromium", "python")))
+
+
+def test_browser_installs_playwrights_chromium_where_the_apt_one_does_not_run(
+    tmp_path: Path,
+) -> None:
+    done, calls = _browser(tmp_path, apt_status=0)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "installing Debian's chromium for the browser tests",
+        "no chromium that runs (Ubuntu's is a snap): installing Playwright's Chromium",
+    ]
+    assert calls == (
+        "apt-get update -qq\napt-get install -y -qq chromium\n"
+        "playwright install --with-deps chromium"
+    )
+
+
+def test_browser_installs_playwrights_chromium_without_apt(tmp_path: Path) -> None:
+    """No root and no sudo: Playwright's Chromium goes into the user's cache, without the
+    system libraries (which the machine may have)."""
+    done, calls = _browser(tmp_path, apt_status=100)
+    assert done.returncode == 0, done.stderr
+    assert calls == "apt-get update -qq\nplaywright install chromium"
+
+
+def test_browser_installs_nothing_where_a_chromium_runs(tmp_path: Path) -> None:
+    done, calls = _browser(tmp_path, apt_status=0, chromium_status=0)
+    assert done.returncode == 0, done.stderr
+    assert (done.stdout, calls) == ("", "")

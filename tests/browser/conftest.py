@@ -6,8 +6,9 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,23 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-CHROMIUM = os.environ.get("GRIDPATROL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def system_chromium() -> str | None:
+    """GRIDPATROL_CHROMIUM, else a `chromium` on PATH that runs; None: Playwright's own Chromium
+    (Ubuntu's `chromium` is a stub of a snap; `make browser` installs Playwright's then)."""
+    if chosen := os.environ.get("GRIDPATROL_CHROMIUM"):
+        return chosen
+    found = shutil.which("chromium")
+    if found is None:
+        return None
+    try:
+        done = subprocess.run([found, "--version"], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return found if done.returncode == 0 else None
+
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-background-networking",
@@ -32,9 +49,16 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="session")
+def find_chromium() -> Callable[[], str | None]:
+    return system_chromium
+
+
+@pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        chromium = pw.chromium.launch(
+            executable_path=system_chromium(), args=CHROMIUM_ARGS, headless=True
+        )
         try:
             yield chromium
         finally:
