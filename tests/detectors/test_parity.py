@@ -3,6 +3,9 @@
 Frames: 7 evenly spaced frames from each of the three shared clips plus Ultralytics' bundled
 ``bus.jpg`` and ``zidane.jpg`` (23 images). Every box above 0.35 confidence from either backend
 must have a partner from the other with the same class, IoU ≥ 0.9 and |Δconfidence| ≤ 0.02.
+The OpenVINO backend is compared as the worker and scan run it: plain, and with the scene
+heads' feature maps as extra outputs (which changes the INT8 compilation, so confidences move
+slightly).
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import pytest
 import ultralytics
 from numpy.typing import NDArray
 
-from gridpatrol.detectors.models import load_backend, resolve_model
+from gridpatrol.detectors.models import load_backend, model_info, resolve_model
+from gridpatrol.detectors.scan import load_heads
 from gridpatrol.detectors.types import Detections
 
 ASSETS = Path(ultralytics.__file__).parent / "assets"
@@ -50,7 +54,7 @@ def box_iou(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float3
     return np.asarray(inter / (area_a[:, None] + area_b[None, :] - inter), dtype=np.float32)
 
 
-def unmatched(source: Detections, other: Detections) -> list[str]:
+def unmatched(source: Detections, other: Detections, max_dconf: float = MAX_DCONF) -> list[str]:
     """Boxes of ``source`` above MIN_CONF without a same-class partner in ``other``."""
     problems: list[str] = []
     for k in np.flatnonzero(source.confidence > MIN_CONF).tolist():
@@ -61,21 +65,49 @@ def unmatched(source: Detections, other: Detections) -> list[str]:
         iou[other.class_id != source.class_id[k]] = 0.0
         j = int(iou.argmax())
         dconf = abs(float(other.confidence[j]) - float(source.confidence[k]))
-        if iou[j] < MIN_IOU or dconf > MAX_DCONF:
+        if iou[j] < MIN_IOU or dconf > max_dconf:
             problems.append(f"box {k}: best IoU {iou[j]:.3f}, Δconf {dconf:.3f}")
     return problems
 
 
+# With the feature maps as extra outputs the INT8 model compiles differently: on these frames
+# three boxes (pedestrian_street #150 and #200, bus.jpg) differ from the reference by 0.020 to
+# 0.030 in confidence (IoU ≥ 0.98, same class), over the required 0.02. The requirement stays
+# marked as not met (strict: it fails once the backend meets it), and today's bound, 0.035,
+# guards the configuration against getting worse.
+FEATURES_MISS = pytest.mark.xfail(
+    strict=True,
+    reason="feature outputs move INT8 confidences by up to 0.030 against the reference",
+)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("model", ["yolo11n_int8_openvino_model", "yolov8n_int8_openvino_model"])
-def test_openvino_matches_ultralytics_on_real_frames(shared_dir: Path, model: str) -> None:
+@pytest.mark.parametrize(
+    ("model", "features", "max_dconf"),
+    [
+        ("yolo11n_int8_openvino_model", False, MAX_DCONF),
+        pytest.param("yolo11n_int8_openvino_model", True, MAX_DCONF, marks=FEATURES_MISS),
+        ("yolo11n_int8_openvino_model", True, 0.035),
+        ("yolov8n_int8_openvino_model", False, MAX_DCONF),
+    ],
+    ids=["yolo11n", "yolo11n-feature-outputs", "yolo11n-feature-outputs-today", "yolov8n"],
+)
+def test_openvino_matches_ultralytics_on_real_frames(
+    shared_dir: Path, model: str, features: bool, max_dconf: float
+) -> None:
     frames = read_frames(shared_dir / "footage")
     assert len(frames) >= 20
     spec = resolve_model(str(shared_dir / "models" / model))
-    fast = load_backend(spec, "openvino", conf=0.25, iou=0.7)
+    # The feature maps the shipped scene heads read: what the worker adds for a camera with a
+    # garbage_overflow zone, and scan always.
+    heads = load_heads(model_info(spec)) if features else {}
+    nodes = tuple(dict.fromkeys(n for h in heads.values() for n in h.feature_nodes))
+    assert bool(nodes) == features
+    fast = load_backend(spec, "openvino", nodes, conf=0.25, iou=0.7)
     reference = load_backend(spec, "ultralytics", conf=0.25, iou=0.7)
     images = [image for _, image in frames]
     ours, theirs = fast.infer(images), reference.infer(images)
+    assert all(set(r.features) == set(nodes) for r in ours)
     assert "torch" in sys.modules  # the reference really ran through Ultralytics
     compared = 0
     failures: list[str] = []
@@ -83,7 +115,8 @@ def test_openvino_matches_ultralytics_on_real_frames(shared_dir: Path, model: st
         for direction, src, dst in (("fast→ref", a, b), ("ref→fast", b, a)):
             compared += int((src.detections.confidence > MIN_CONF).sum())
             failures += [
-                f"{name} {direction} {p}" for p in unmatched(src.detections, dst.detections)
+                f"{name} {direction} {p}"
+                for p in unmatched(src.detections, dst.detections, max_dconf)
             ]
     assert failures == []
     assert compared >= 100  # the frames are busy enough for the comparison to mean something
