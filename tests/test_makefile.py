@@ -1,6 +1,8 @@
-"""``make setup`` on the machines it meets: the venv it finds is used only when it is whole and
-made by the Python asked for. Pythons here are stand-ins (a venv that records the pip calls), so
-nothing is downloaded; the Makefile is the project's own, run in a copy of the checkout's root."""
+"""The Makefile's targets on the machines they meet: ``make setup`` uses the venv it finds only
+when it is whole and made by the Python asked for; ``links``, ``services`` and ``browser`` say
+what is missing and keep what users made. Pythons, apt and Playwright here are stand-ins that
+record their calls, so nothing is downloaded; the Makefile is the project's own, run in a copy
+of the checkout's root."""
 
 from __future__ import annotations
 
