@@ -250,7 +250,8 @@ def _review_sample(client: Any, cid: str) -> Sample | None:
     if not choices:
         raise _Skipped("no clean or crop evidence")
     missing: list[str] = []
-    for sha, region in choices:
+    for sha, ev in choices:
+        region = None if ev is None else _region(doc, ev)
         try:
             data = _fetch(partial(client.get_evidence, sha), f"candidate {cid}: evidence {sha}")
         except (ApiError, httpx.TransportError) as exc:
@@ -323,12 +324,13 @@ def _review_label(doc: dict[str, Any]) -> int | None:
     return None
 
 
-def _evidence_for_training(doc: dict[str, Any]) -> list[tuple[str, Region | None]]:
-    """The files to train on, in order of preference: a crop as it is, else a clean frame
-    with the detection's zone box as the region (the next one when a file is not stored)."""
+def _evidence_for_training(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """The files to train on, in order of preference: a crop as it is (None), else a clean
+    frame, given with its evidence item: the detection's zone box on it is the region (the
+    next one when a file is not stored)."""
     evidence = doc.get("evidence") or []
     crops = [(str(ev["sha256"]), None) for ev in evidence if ev.get("kind") == "crop"]
-    cleans = [(str(ev["sha256"]), _region(doc, ev)) for ev in evidence if ev.get("kind") == "clean"]
+    cleans = [(str(ev["sha256"]), ev) for ev in evidence if ev.get("kind") == "clean"]
     return crops + cleans
 
 
@@ -338,6 +340,10 @@ def _region(doc: dict[str, Any], ev: dict[str, Any]) -> Region | None:
     That is ``detection.frame_width`` / ``frame_height`` when the producer sends them: an
     oversized clean frame may have been re-encoded smaller, while the boxes stay in the camera's
     pixels. Otherwise the clean evidence's own width and height.
+
+    Raises :class:`_Skipped` (naming the boxes) unless every box is four finite numbers
+    ``[x1, y1, x2, y2]`` with ``x2 > x1`` and ``y2 > y1``: the API takes any list of numbers,
+    and a guessed region would train the head on other pixels than the worker scores.
     """
     detection = doc.get("detection") or {}
     boxes = detection.get("boxes") or []
@@ -345,10 +351,22 @@ def _region(doc: dict[str, Any], ev: dict[str, Any]) -> Region | None:
     height = detection.get("frame_height") or ev.get("height")
     if not boxes or not width or not height:
         return None
-    arr = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if not all(_is_box(box) for box in boxes):
+        raise _Skipped(f"detection.boxes {boxes} are not [x1, y1, x2, y2] boxes")
+    arr = np.asarray(boxes, dtype=np.float64)
     x0, y0 = arr[:, 0].min() / width, arr[:, 1].min() / height
     x1, y1 = arr[:, 2].max() / width, arr[:, 3].max() / height
     return (float(x0), float(y0), float(x1), float(y1))
+
+
+def _is_box(box: Any) -> bool:
+    """Whether ``box`` is ``[x1, y1, x2, y2]``: four finite numbers, x2 > x1 and y2 > y1."""
+    if not isinstance(box, list | tuple) or len(box) != 4:
+        return False
+    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in box):
+        return False
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return bool(np.isfinite([x1, y1, x2, y2]).all()) and x2 > x1 and y2 > y1
 
 
 # --- features ----------------------------------------------------------------------------------

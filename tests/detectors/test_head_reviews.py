@@ -4,6 +4,7 @@ training data, and how a site with few camera zones or odd detections is handled
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,11 @@ from .test_train_head import (
     CLEAN,
     GARBAGE,
     candidate_body,
+    count_line,
     dataset,
     jpeg_size,
-    model_env,
     post_candidate,
-    train_head,
+    train_from_reviews,
 )
 
 
@@ -57,14 +58,76 @@ def test_candidates_the_site_policy_confirmed_are_not_positives(
     assert [(s.key, s.label) for s in reviews.samples] == [(f"candidate:{queued}", 1)]
     assert (reviews.skipped, reviews.auto_confirmed) == (0, 1)
 
-    proc = train_head(
-        "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
-        "--token", api_server.tokens["reviewer"], "--cv-only",
-        env=model_env(shared_dir),
-    )  # fmt: skip
+    proc = train_from_reviews(api_server, shared_dir, "--cv-only")
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
-        "train-head: 1 reviewed garbage_overflow candidates, 0 skipped, 1 confirmed by the "
-        "site policy without review (not used)",
+        count_line(1, 0, auto=1),
         "train-head: need at least 2 images of each class, got 1 positive / 0 negative",
     ]
+
+
+def post_reviewed(api_server: Any, shared_dir: Path, camera: Callable[[int], str]) -> None:
+    """The six garbage photos confirmed, the six clean ones rejected as false positives; the
+    i-th of the twelve from camera ``camera(i)`` (zone ``bins``), as a clean frame."""
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    photos = [("garbage", n) for n in GARBAGE] + [("clean", n) for n in CLEAN]
+    for i, (label, name) in enumerate(photos):
+        data = (dataset(shared_dir) / label / name).read_bytes()
+        cid = post_candidate(producer, data, "clean", camera=camera(i))
+        if label == "garbage":
+            reviewer.review(cid, "confirm")
+        else:
+            reviewer.review(cid, "reject", reason_code="false_positive")
+    producer.close()
+    reviewer.close()
+
+
+BAD_BOXES = [
+    [[10.0, 20.0, 30.0, 40.0, 0.9]],  # a score after the corners
+    [[0.0, 0.0, 10.0, 10.0, 20.0, 20.0, 30.0, 30.0]],  # two boxes in one list
+    [[30.0, 20.0, 10.0, 40.0]],  # x2 < x1
+    [[10.0, 20.0, 30.0, 40.0], [5.0, 5.0]],  # one good box, one short
+]
+
+
+def test_candidates_with_malformed_boxes_are_skipped(shared_dir: Path, api_server: Any) -> None:
+    """The API takes any lists of numbers as ``detection.boxes``: a clean frame whose boxes
+    are not [x1, y1, x2, y2] has no region to train on, and its candidate is skipped with a
+    line naming it; a crop needs no boxes and is trained on."""
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    data = (dataset(shared_dir) / "garbage" / GARBAGE[0]).read_bytes()
+    bad = [post_candidate(producer, data, "clean", "cam-0", boxes) for boxes in BAD_BOXES]
+    crop = post_candidate(producer, data, "crop", "cam-0", BAD_BOXES[0])
+    good = post_candidate(producer, data, "clean", "cam-0", [[0.0, 0.0, 10.0, 10.0]])
+    for cid in [*bad, crop, good]:
+        reviewer.review(cid, "confirm")
+    reviews = review_samples(reviewer, "garbage_overflow", None)
+    producer.close()
+    reviewer.close()
+    assert sorted(s.key for s in reviews.samples) == sorted(f"candidate:{c}" for c in (crop, good))
+    assert reviews.skipped == len(BAD_BOXES)
+
+
+def test_train_head_skips_a_candidate_with_malformed_boxes(
+    shared_dir: Path, api_server: Any
+) -> None:
+    post_reviewed(api_server, shared_dir, lambda i: f"cam-{i % 4}")
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    data = (dataset(shared_dir) / "garbage" / GARBAGE[1]).read_bytes()
+    odd = post_candidate(producer, data, "clean", "cam-0", [[10, 20, 30, 40, 0.9]])
+    reviewer.review(odd, "confirm")
+    producer.close()
+    reviewer.close()
+
+    proc = train_from_reviews(api_server, shared_dir, "--cv-only", "--folds", "2", "--repeats", "1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert (
+        f"train-head: candidate {odd}: detection.boxes [[10.0, 20.0, 30.0, 40.0, 0.9]] are not "
+        "[x1, y1, x2, y2] boxes, skipped"
+    ) in lines
+    assert count_line(12, 1) in lines
+    assert proc.stdout.startswith("grouped nested CV: 12 images (6 positive / 6 negative), ")

@@ -75,6 +75,25 @@ def train_head(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
+def train_from_reviews(
+    api_server: Any, shared_dir: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """``train-head --from-reviews --name garbage`` on ``api_server`` with the reviewer's token."""
+    return train_head(
+        "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
+        "--token", api_server.tokens["reviewer"], *args,
+        env=model_env(shared_dir),
+    )  # fmt: skip
+
+
+def count_line(reviewed: int, skipped: int, auto: int = 0) -> str:
+    """The progress line that counts the candidates of ``train-head --from-reviews``."""
+    return (
+        f"train-head: {reviewed} reviewed garbage_overflow candidates, {skipped} skipped, "
+        f"{auto} confirmed by the site policy without review (not used)"
+    )
+
+
 def check_report(stdout: str, images: int, positive: int) -> None:
     lines = stdout.splitlines()
     assert lines[0].startswith(
@@ -377,19 +396,12 @@ def test_a_reviewed_candidate_without_its_evidence_file_is_skipped(
     producer.close()
     reviewer.close()
 
-    proc = train_head(
-        "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
-        "--token", api_server.tokens["reviewer"], "--cv-only", "--folds", "2", "--repeats", "1",
-        env=model_env(shared_dir),
-    )  # fmt: skip
+    proc = train_from_reviews(api_server, shared_dir, "--cv-only", "--folds", "2", "--repeats", "1")
     assert proc.returncode == 0, proc.stderr
     assert f"train-head: candidate {missing}: evidence {lost['sha256']} not found, skipped" in (
         proc.stderr.splitlines()
     )
-    assert (
-        "train-head: 12 reviewed garbage_overflow candidates, 1 skipped, 0 confirmed by the site "
-        "policy without review (not used)"
-    ) in proc.stderr.splitlines()
+    assert count_line(12, 1) in proc.stderr.splitlines()
     check_report(proc.stdout, images=12, positive=6)
 
 
@@ -581,8 +593,7 @@ def test_evidence_that_comes_through_on_a_retry_is_trained_on(
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[-2:] == [
-        "train-head: 1 reviewed garbage_overflow candidates, 0 skipped, 0 confirmed by the "
-        "site policy without review (not used)",
+        count_line(1, 0),
         "train-head: need at least 2 images of each class, got 1 positive / 0 negative",
     ]
     assert [line.split(": HTTP ")[1] for line in lines[:-2]] == [
