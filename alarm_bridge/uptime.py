@@ -10,6 +10,10 @@ a restart of the bridge: the bookkeeping is kept in the state database (:meth:`U
 first connection's settling is not listening. (The bridge writes that bookkeeping at most
 once a minute while nothing changes: after a crash, its last look read may be up to that
 much earlier than the real one, which counts less listening, never more.)
+
+The spans are kept on the wall clock, as the bookkeeping outlives the process; between two
+looks on one connection, only the time a monotonic clock advanced counts as listening, so a
+wall clock stepped forward (or a host suspended) is not taken for time listened.
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ SETTLE_S = 60.0
 # horizon): beyond it the two oldest merge, the listening between them no longer counted, so
 # a sensor is judged less silent, never more.
 MAX_GAPS = 1000
+# How far the wall clock may advance beyond the monotonic one between two looks before the
+# rest is a step (or a suspend) and not listening: the two clocks are read a moment apart.
+STEP_S = 1.0
 
 UptimeState = tuple[float, float, list[tuple[float, float]]]
 
@@ -38,6 +45,7 @@ class Uptime:
         self._gaps: list[tuple[float, float]] = []  # oldest first, not overlapping
         self._connects: int | None = None  # connect count of the current connection
         self._last_up: float | None = None  # the last look while connected
+        self._last_tick: float | None = None  # its monotonic clock, in this run
         self._down_since: float | None = None
 
     def restore(self, state: UptimeState) -> None:
@@ -55,12 +63,16 @@ class Uptime:
             return None
         return (self.started, self._last_up, list(self._gaps))
 
-    def look(self, now: float, connected: bool, connects: int) -> bool:
+    def look(self, now: float, connected: bool, connects: int, tick: float | None = None) -> bool:
         """Note the connection's state at ``now``; True while connected.
 
         The connect count tells a reconnection between two looks from the same connection:
-        the time since the last look counts as cut off.
+        the time since the last look counts as cut off. ``tick``, a monotonic clock read with
+        ``now`` (None: ``now`` itself): between two looks on one connection, the bridge
+        listened for as long as it advanced; the wall clock advancing more than
+        :data:`STEP_S` beyond that (stepped forward, or the host suspended) is not listening.
         """
+        tick = now if tick is None else tick
         if self.started is None:
             self.started = now
         if not connected:
@@ -74,7 +86,9 @@ class Uptime:
             self._add_gap(now if off is None else min(off, now), now + self.settle_s)
             self._connects, self._down_since = connects, None
             self._prune(now)
-        self._last_up = now
+        elif self._last_up is not None and self._last_tick is not None:
+            self._skip_step(self._last_up + max(0.0, tick - self._last_tick), now)
+        self._last_up, self._last_tick = now, tick
         return True
 
     def connected_for(self, since: float, now: float) -> float:
@@ -84,6 +98,19 @@ class Uptime:
             return 0.0
         off = sum(max(0.0, min(end, now) - max(begin, start)) for begin, end in self._gaps)
         return now - start - off
+
+    def _skip_step(self, listened_to: float, now: float) -> None:
+        """The wall clock from ``listened_to`` (the last look plus the monotonic time since)
+        to ``now`` is a step, not listening; one within a connection's settling moves the
+        rest of the settling on with it."""
+        step = now - listened_to
+        if step <= STEP_S:
+            return
+        end = now
+        if self._gaps and self._gaps[-1][1] > listened_to:
+            end = self._gaps[-1][1] + step
+        self._add_gap(listened_to, end)
+        self._prune(now)
 
     def _add_gap(self, begin: float, end: float) -> None:
         if self._gaps and begin <= self._gaps[-1][1]:

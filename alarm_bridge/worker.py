@@ -739,7 +739,7 @@ class Bridge:
         stepped back stops none of them."""
         if self._is_due("patches", tick, PATCH_CHECK_S):
             self._hand_over_patches(now)
-        connected = self._uptime.look(now, self.mqtt.connected, self.mqtt.connects)
+        connected = self._uptime.look(now, self.mqtt.connected, self.mqtt.connects, tick)
         # Cut off from the broker, the bridge cannot tell a silent sensor from its own outage.
         if connected and self._is_due("silence", tick, 1.0):
             self._silence(now)
