@@ -10,8 +10,11 @@ averages with time constants in seconds (frames arrive irregularly):
 A pixel is *static foreground* when ``S`` differs from ``B`` (something is there that is not
 usually there) while the current frame agrees with ``S`` (it is not moving). Pixels covered by
 detected objects (persons, vehicles) are excluded from both the result and the long-term
-learning, so passers-by neither count nor smear into the background; a global brightness
-shift (clouds, street lights) is removed before comparing.
+learning, so passers-by neither count nor smear into the background; a global light change
+(clouds, dusk, street lights, the camera's auto-exposure) is removed before comparing. Light
+scales brightness, so bright pixels move more than dark ones: the change is fitted as a gain
+and an offset (``S ≈ gain·B + offset``), robustly, so an object on a minority of the zone is
+not taken for one.
 
 An object that stays is absorbed into ``B`` in the end; when it is taken away, the uncovered
 ground differs from ``B`` and would look like a new object (a *ghost*). So each pixel also keeps
@@ -60,6 +63,19 @@ class BackgroundParams:
 # long silence moves the estimate only a little.
 GAP_WEIGHT = 0.1
 GAP_OUTLIER = 4.0
+# The gain of a light change is fitted on the zone's pixels binned by their background grey
+# level, LIGHT_BIN levels a bin: the median of S − B in each bin against the mean of B, so an
+# object on a minority of a bin's pixels does not move its point. The gain is the weighted
+# median of the slopes between bins at least LIGHT_MIN_DX levels apart (weights: both bins'
+# pixels and their distance), clamped to [GAIN_MIN, GAIN_MAX]; a flat zone (one bin) has gain
+# 1. The darkest and the brightest bin are left out: a pixel clipped at black or white in B
+# does not show how the light changed (a lamp, a sign lit from inside, a sky out of range).
+LIGHT_BIN = 8
+LIGHT_SAMPLE_PX = 4096  # a larger crop's gain is fitted on a quarter of its pixels
+LIGHT_MIN_DX = 4.0
+GAIN_MIN = 0.3
+GAIN_MAX = 3.0
+_LEVELS = np.arange(256, dtype=np.float64).reshape(256 // LIGHT_BIN, LIGHT_BIN)
 # A frame this much before the model's last one is on a clock stepped back (the worker's
 # CLOCK_RESET_S): a camera resynchronised, or one whose clock went back while the worker was
 # down, so that a restored model meets it first.
@@ -137,17 +153,16 @@ def step(
     known = state.known | newly
     base = np.where(newly, frame, state.background)
     short = state.short + _alpha(dt, params.short_s) * (frame - state.short)
-    diff = short - base
     inside = zone_mask & ~objects & known
-    shift = float(np.median(diff[inside])) if inside.any() else 0.0  # global illumination
-    diff -= shift
+    gain, offset = _light(short, base, inside)  # the global light change, S ≈ gain·B + offset
     stable = np.abs(frame - short) < params.stable_threshold
-    differs = np.abs(diff) > params.fg_threshold
+    differs = np.abs(short - _in_light(base, gain, offset)) > params.fg_threshold
     candidate = differs & stable & zone_mask & known
-    looks_clean = np.abs(short - shift - state.clean) <= params.fg_threshold
+    looks_clean = np.abs(short - _in_light(state.clean, gain, offset)) <= params.fg_threshold
     ghost = candidate & state.changed & looks_clean
     static = _open(candidate & ~ghost)
-    base = np.where(ghost, short - shift, base)  # the uncovered ground is background again
+    # The uncovered ground is background again, taken back into B's light.
+    base = np.where(ghost, (short - offset) / gain, base)
     # During the first bootstrap_s the background is the running mean of what was seen, which
     # washes out anything undetected that moved through the first frames.
     learn = _alpha(min(dt, _max_step(state.gap, params)), _tau(t - state.start_t, params))
@@ -168,6 +183,58 @@ def step(
         _typical_gap(state.gap, dt, params),
     )
     return new_state, static
+
+
+def _light(short: FloatImage, base: FloatImage, inside: Mask) -> tuple[float, float]:
+    """The zone's light change from ``base`` to ``short`` as (gain, offset), fitted on the
+    ``inside`` pixels: the gain from :func:`_gain`, the offset the median of what is left."""
+    if not inside.any():
+        return 1.0, 0.0
+    x = base[inside]
+    y = short[inside]
+    if inside.size > LIGHT_SAMPLE_PX:  # the gain from every other row and column is as good
+        sample = inside[::2, ::2]
+        gain = _gain(base[::2, ::2][sample], short[::2, ::2][sample]) if sample.any() else 1.0
+    else:
+        gain = _gain(x, y)
+    return gain, float(np.median(y - gain * x))
+
+
+def _gain(x: FloatImage, y: FloatImage) -> float:
+    """The gain of ``y`` over ``x`` (the pixels' S over their B): see LIGHT_BIN."""
+    bins = 256 // LIGHT_BIN
+    x_levels = np.clip(x.astype(np.intp), 0, 255)
+    k = x_levels // LIGHT_BIN
+    # S − B rather than S in each bin: B's spread within the bin is taken out of it, so the
+    # pixels an object covers move the bin's median by no more than the noise.
+    d_levels = np.clip((y - x + 255.5).astype(np.intp), 0, 510)
+    hist = np.bincount(k * 511 + d_levels, minlength=bins * 511).reshape(bins, 511)
+    hist[[0, -1]] = 0  # B clipped at black or white
+    count = hist.sum(axis=1)
+    present = np.flatnonzero(count)
+    if present.size < 2:
+        return 1.0
+    n = count[present]
+    median_d = np.argmax(2 * hist[present].cumsum(axis=1) >= n[:, None], axis=1)
+    # The mean of B in each bin, from its whole levels (+ 0.5 for the fractions cut off).
+    x_hist = np.bincount(x_levels, minlength=256).reshape(bins, LIGHT_BIN)
+    mean_x = (x_hist * _LEVELS).sum(axis=1)[present] / n + 0.5
+    dx = mean_x[:, None] - mean_x[None, :]
+    pairs = dx >= LIGHT_MIN_DX  # each pair once, the brighter bin first
+    if not pairs.any():
+        return 1.0
+    slopes = 1.0 + (median_d[:, None] - median_d[None, :])[pairs] / dx[pairs]
+    weights = (n[:, None] * n[None, :] * dx)[pairs]
+    order = np.argsort(slopes)
+    cumulative = np.cumsum(weights[order])
+    median = slopes[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
+    return float(np.clip(median, GAIN_MIN, GAIN_MAX))
+
+
+def _in_light(image: FloatImage, gain: float, offset: float) -> FloatImage:
+    """``image`` (in B's light) as it looks in the light of S, clipped as a camera would."""
+    lit = image * np.float32(gain) + np.float32(offset)
+    return np.clip(lit, 0.0, 255.0, out=lit)
 
 
 def _on_clock(state: BackgroundState, t: float) -> BackgroundState:
