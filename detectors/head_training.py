@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -571,6 +571,11 @@ class CvReport:
     baseline: list[Scores]
     thresholds: list[float]  # per outer fold
     cs: list[float]
+    folds: list[int] = field(default_factory=list)  # outer folds used, per repeat
+
+    def folds_used(self, asked: int) -> int:
+        """The outer folds used: ``asked`` (``--folds``) capped by the groups per class."""
+        return max(self.folds, default=asked)
 
 
 def nested_cv(
@@ -588,6 +593,7 @@ def nested_cv(
         prob, pred = np.zeros(n), np.zeros(n, dtype=bool)
         bprob = np.zeros(n)
         splits = _folds(fs.y, fs.groups, folds, seed + rep, "outer")
+        report.folds.append(len(splits))
         for k, (tr, te) in enumerate(splits, 1):
             choice = select(fs, tr, seed + 100 + rep, min_recall, max_fpr)
             model = _fit_head(fs, tr, choice.c)
@@ -616,9 +622,11 @@ def _mean(scores: list[Scores]) -> Scores:
 
 def format_report(fs: FeatureSet, rep: CvReport, folds: int, repeats: int) -> str:
     npos = int(fs.y.sum())
+    used = rep.folds_used(folds)
+    capped = f" (--folds {folds} capped by the groups of the rarer class)" if used < folds else ""
     lines = [
         f"grouped nested CV: {len(fs.y)} images ({npos} positive / {len(fs.y) - npos} negative), "
-        f"{len(set(fs.groups.tolist()))} groups, {folds} folds x {repeats} repeats",
+        f"{len(set(fs.groups.tolist()))} groups, {used} folds x {repeats} repeats{capped}",
         f"{'model':<50} {'threshold':>9} {'precision':>9} {'recall':>7} {'accuracy':>8} "
         f"{'FPR':>6} {'AUC':>6}",
     ]
@@ -677,8 +685,9 @@ def run(args: argparse.Namespace) -> int:
         if out is not None:
             check_writable(out)  # before the features, which take long
         samples = _samples(args)
+        check_samples(samples, args.from_reviews)  # before the features, which take long
         fs, info = _features(args, samples)
-        check_enough(fs)
+        check_enough(fs, args.from_reviews)  # unreadable images are dropped
         # Inside the try: groups too unequal to split are the data's fault (exit 2, one line).
         report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
         choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
@@ -706,15 +715,38 @@ def run(args: argparse.Namespace) -> int:
 MIN_GROUPS_PER_CLASS = 4
 
 
-def check_enough(fs: FeatureSet) -> None:
-    """Raise :class:`ValueError` unless nested cross-validation can split both classes."""
-    counts = [len(set(fs.groups[fs.y == label].tolist())) for label in (1, 0)]
-    if min(counts) < MIN_GROUPS_PER_CLASS:
+def check_samples(samples: Sequence[Sample], reviews: bool = False) -> None:
+    """Raise :class:`ValueError` unless the samples have 2 images and
+    :data:`MIN_GROUPS_PER_CLASS` groups of each class: checked before any image is read."""
+    counts = np.bincount([s.label for s in samples], minlength=2)
+    if min(counts) < 2:
         raise ValueError(
-            f"nested cross-validation needs at least {MIN_GROUPS_PER_CLASS} groups of each class "
-            f"(photos taken minutes apart at one place count once), got {counts[0]} positive / "
-            f"{counts[1]} negative"
+            f"need at least 2 images of each class, got {counts[1]} positive / {counts[0]} negative"
         )
+    _check_groups([s.label for s in samples], [s.group for s in samples], reviews)
+
+
+def check_enough(fs: FeatureSet, reviews: bool = False) -> None:
+    """Raise :class:`ValueError` unless nested cross-validation can split both classes."""
+    _check_groups(fs.y.tolist(), fs.groups.tolist(), reviews)
+
+
+def _check_groups(labels: Sequence[int], groups: Sequence[Any], reviews: bool) -> None:
+    counts = [len({g for g, y in zip(groups, labels, strict=True) if y == c}) for c in (1, 0)]
+    if min(counts) >= MIN_GROUPS_PER_CLASS:
+        return
+    if reviews:
+        raise ValueError(
+            f"nested cross-validation needs reviewed candidates from at least "
+            f"{MIN_GROUPS_PER_CLASS} camera zones for each class (the candidates of one camera's "
+            f"zone count once), got {len(labels)} candidates: confirmed ones from {counts[0]} "
+            f"camera zones, false positives from {counts[1]}"
+        )
+    raise ValueError(
+        f"nested cross-validation needs at least {MIN_GROUPS_PER_CLASS} groups of each class "
+        f"(photos taken minutes apart at one place count once), got {counts[0]} positive / "
+        f"{counts[1]} negative"
+    )
 
 
 def check_writable(out: Path) -> None:
@@ -743,11 +775,6 @@ def check_writable(out: Path) -> None:
 def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[FeatureSet, ModelInfo]:
     from gridpatrol.detectors.models import load_backend, resolve_model
 
-    counts = np.bincount([s.label for s in samples], minlength=2)
-    if min(counts) < 2:
-        raise ValueError(
-            f"need at least 2 images of each class, got {counts[1]} positive / {counts[0]} negative"
-        )
     backend = load_backend(
         resolve_model(args.model), feature_nodes=HEAD_RECIPE.nodes, mode="latency"
     )
@@ -804,7 +831,9 @@ def _meta(args: argparse.Namespace, fs: FeatureSet, rep: CvReport) -> dict[str, 
             "targets": {"min_recall": args.min_recall, "max_fpr": args.max_fpr},
         },
         "cv": {
-            "protocol": f"grouped nested CV, {args.folds} folds x {args.repeats} repeats",
+            "protocol": (
+                f"grouped nested CV, {rep.folds_used(args.folds)} folds x {args.repeats} repeats"
+            ),
             "head": {k: round(getattr(head, k), 4) for k in _score_names()},
             "head_at_0.5": {k: round(getattr(half, k), 4) for k in _score_names()},
             "naive_probe": {k: round(getattr(base, k), 4) for k in _score_names()},

@@ -3,6 +3,7 @@ training data, and how a site with few camera zones or odd detections is handled
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -131,3 +132,41 @@ def test_train_head_skips_a_candidate_with_malformed_boxes(
     ) in lines
     assert count_line(12, 1) in lines
     assert proc.stdout.startswith("grouped nested CV: 12 images (6 positive / 6 negative), ")
+
+
+def test_too_few_camera_zones_stop_the_run_before_any_image_is_read(
+    shared_dir: Path, api_server: Any
+) -> None:
+    """Twelve reviewed candidates from three camera zones: the candidates of one zone are one
+    group, so nested cross-validation cannot split them. Said at once, in the words of
+    reviews, before the model loads or any feature is extracted."""
+    post_reviewed(api_server, shared_dir, lambda i: f"cam-{i % 3}")
+    proc = train_from_reviews(api_server, shared_dir, "--cv-only")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        count_line(12, 0),
+        "train-head: nested cross-validation needs reviewed candidates from at least 4 camera "
+        "zones for each class (the candidates of one camera's zone count once), got 12 "
+        "candidates: confirmed ones from 3 camera zones, false positives from 3",
+    ]
+    assert proc.stdout == ""
+
+
+def test_the_report_gives_the_folds_used(shared_dir: Path, tmp_path: Path, api_server: Any) -> None:
+    """Four camera zones, each with both classes, and ``--folds 5``: each outer test part needs a group
+    of each class, so four folds are used, and the table and the head's metadata say so."""
+    post_reviewed(api_server, shared_dir, lambda i: f"cam-{i % 4}")
+    out = tmp_path / "heads" / "garbage"
+    proc = train_from_reviews(
+        api_server, shared_dir, "--folds", "5", "--repeats", "1", "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == (
+        "grouped nested CV: 12 images (6 positive / 6 negative), 4 groups, 4 folds x 1 repeats "
+        "(--folds 5 capped by the groups of the rarer class)"
+    )
+    assert [line for line in proc.stderr.splitlines() if " fold " in line][-1].startswith(
+        "train-head: repeat 1/1 fold 4/4: "
+    )
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["cv"]["protocol"] == "grouped nested CV, 4 folds x 1 repeats"
