@@ -282,13 +282,8 @@ class ApiServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc, self.port = start_listening(
-            self._launch,
-            self.port,
-            movable=not self.started,
-            output=lambda proc: self.log.read_text(errors="replace")[-3000:],
-            ready=_healthy,
-            timeout=60,
+        self.proc, self.port = start_api(
+            self._launch, self.port, self.log, movable=not self.started
         )
         self.started = True
 
@@ -303,12 +298,7 @@ class ApiServer:
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc)
         self.proc = None
 
     def client(self, role: str = "admin") -> httpx.Client:
@@ -317,6 +307,31 @@ class ApiServer:
             headers={"Authorization": f"Bearer {self.tokens[role]}"},
             timeout=30,
         )
+
+
+def start_api(
+    launch: Callable[[int], subprocess.Popen[bytes]], port: int, log: Path, *, movable: bool
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``gridpatrol api`` as ``launch`` starts it, once it listens on its port and is healthy
+    (see start_listening); an error carries the end of its ``log``."""
+    return start_listening(
+        launch,
+        port,
+        movable=movable,
+        output=lambda proc: log.read_text(errors="replace")[-3000:],
+        ready=_healthy,
+        timeout=60,
+    )
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """Stop gracefully; kill what has not ended within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def _healthy(port: int) -> bool:

@@ -4,7 +4,9 @@ tests leave nothing retained on the shared broker."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import httpx
@@ -12,6 +14,7 @@ import pytest
 
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
+from .api.conftest import Server
 from .conftest import START_ATTEMPTS, ApiServer, Mosquitto, clear_retained
 
 
@@ -62,6 +65,50 @@ def test_an_api_whose_port_was_taken_starts_on_another(tmp_path: Path, taken_por
         assert response.status_code == 200
     finally:
         api.stop()
+
+
+class Healthy(BaseHTTPRequestHandler):
+    """Another API: 200 to every GET."""
+
+    def do_GET(self) -> None:
+        body = b'{"other": "api"}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def healthy_squatter() -> Iterator[int]:
+    """A port where another process answers /api/v1/healthz with 200."""
+    squatter = HTTPServer(("127.0.0.1", 0), Healthy)
+    thread = threading.Thread(target=squatter.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield squatter.server_address[1]
+    finally:
+        squatter.shutdown()
+        squatter.server_close()
+
+
+def test_an_api_server_whose_port_answers_healthz_starts_on_another(
+    tmp_path: Path, healthy_squatter: int
+) -> None:
+    """tests/api's Server: a healthy answer on its port is not proof that it is ours."""
+    srv = Server(f"sqlite:///{tmp_path}/api.db", tmp_path)
+    srv.port = healthy_squatter  # as if taken between free_port() and the server binding it
+    srv.start()
+    try:
+        assert srv.port != healthy_squatter
+        assert srv.proc is not None and srv.proc.poll() is None
+        response = httpx.get(f"{srv.url}/healthz", timeout=10)
+        assert (response.status_code, response.json()) == (200, {"status": "ok"})
+        assert response.headers["X-Worker-Pid"] == str(srv.proc.pid)
+    finally:
+        srv.stop()
 
 
 def _connection(name: str, prefix: str) -> MqttConnection:

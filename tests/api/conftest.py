@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +26,8 @@ from fastapi.testclient import TestClient
 from gridpatrol.api.app import create_app
 from gridpatrol.api.settings import Settings
 from gridpatrol.ingest.broker import free_port
+
+from ..conftest import start_api, terminate
 
 TOKENS = {
     "producer": "t-producer-5b0c",
@@ -298,7 +299,7 @@ policy:
 
 
 class Server:
-    """``gridpatrol api`` in a subprocess on a free port."""
+    """``gridpatrol api`` in a subprocess on a free port of its own."""
 
     def __init__(self, db_url: str, workdir: Path) -> None:
         self.port = free_port()
@@ -322,30 +323,33 @@ class Server:
         site.write_text(NO_NIGHT_SITE, encoding="utf-8")
         self.env["GRIDPATROL_CONFIG"] = str(site)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started = False  # once started, clients know the port: a restart keeps it
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--port", str(self.port)]
+        """Start the API and return once this process listens on its port and is healthy.
+
+        Answering on the port is not enough: another process may have taken it since
+        free_port(). Until the first start the API moves to a new free port then; a server
+        that does not come up is killed, and the error carries its log.
+        """
+        self.proc, self.port = start_api(
+            self._launch, self.port, self.log, movable=not self.started
+        )
+        self.started = True
+
+    def _launch(self, port: int) -> subprocess.Popen[bytes]:
+        self.port = port
+        cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--port", str(port)]
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-3000:])
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.1)
-        raise TimeoutError(self.log.read_text()[-3000:])
+            return subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=15)
+            terminate(self.proc)
             self.proc = None
 
     def client(self, role: str) -> httpx.Client:
