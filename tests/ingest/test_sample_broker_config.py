@@ -5,16 +5,20 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gridpatrol.ingest.broker import free_port, reachable
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
+
+from ..conftest import start_listening
 
 REPO = Path(__file__).resolve().parents[2]
 USERS = ("ingest-1", "detect-1", "alarm-bridge", "api", "sensor-gw-1", "monitor")
@@ -22,42 +26,72 @@ USERS = ("ingest-1", "detect-1", "alarm-bridge", "api", "sensor-gw-1", "monitor"
 
 @pytest.fixture
 def sample_broker(tmp_path: Path) -> Iterator[int]:
-    """Mosquitto with the sample configuration: local port, local paths, one password each."""
+    with running_sample(tmp_path, free_port()) as port:
+        yield port
+
+
+@contextmanager
+def running_sample(tmp_path: Path, port: int) -> Iterator[int]:
+    """Mosquitto with the sample configuration: local port, local paths, one password each.
+
+    Its port: ``port``, or a new free one if another process listens there."""
     passwd = tmp_path / "passwd"
     for i, user in enumerate(USERS):
         create = ["-c"] if i == 0 else []
         subprocess.run(
             ["mosquitto_passwd", "-b", *create, str(passwd), user, f"pw-{user}"], check=True
         )
-    port = free_port()
-    lines = []
-    for line in (REPO / "samples" / "mosquitto.conf").read_text().splitlines():
-        key = line.split(" ", 1)[0]
-        replaced = {
-            "listener": f"listener {port} 127.0.0.1",
-            "persistence_location": f"persistence_location {tmp_path}/",
-            "password_file": f"password_file {passwd}",
-            "acl_file": f"acl_file {REPO / 'samples' / 'mosquitto.acl'}",
-        }
-        lines.append(replaced.get(key, line))
-    if os.geteuid() == 0:
-        lines.append("user root")  # as root Mosquitto drops to a user that cannot read tmp_path
     conf = tmp_path / "mosquitto.conf"
-    conf.write_text("\n".join(lines) + "\n")
-    proc = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while not reachable("127.0.0.1", port, 0.2):
-        assert proc.poll() is None, "mosquitto refused samples/mosquitto.conf"
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    errors = tmp_path / "mosquitto.err"
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        lines = []
+        for line in (REPO / "samples" / "mosquitto.conf").read_text().splitlines():
+            key = line.split(" ", 1)[0]
+            replaced = {
+                "listener": f"listener {port} 127.0.0.1",
+                "persistence_location": f"persistence_location {tmp_path}/",
+                "password_file": f"password_file {passwd}",
+                "acl_file": f"acl_file {REPO / 'samples' / 'mosquitto.acl'}",
+            }
+            lines.append(replaced.get(key, line))
+        if os.geteuid() == 0:
+            lines.append("user root")  # as root Mosquitto drops to a user that cannot read it
+        conf.write_text("\n".join(lines) + "\n")
+        with errors.open("ab") as err:  # the sample logs to stderr: a pipe could fill up
+            return subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=err)
+
+    proc, port = start_listening(
+        launch,
+        port,
+        movable=True,
+        output=lambda proc: errors.read_text(errors="replace")[-3000:],
+    )
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def connect(port: int, user: str, component: str) -> MqttConnection:
     settings = MqttSettings.from_url(f"mqtt://{user}:pw-{user}@127.0.0.1:{port}")
     return MqttConnection(component, settings)
+
+
+def test_the_sample_broker_moves_off_a_port_another_process_took(tmp_path: Path) -> None:
+    """Answering on the port is no proof that the broker started: another process may have
+    taken the port since free_port(), and our Mosquitto died."""
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = squatter.getsockname()[1]
+        with running_sample(tmp_path, taken) as port:
+            assert port != taken
+            ingest = connect(port, "ingest-1", "ingest-1")
+            try:
+                assert ingest.start(10)
+                assert ingest.publish_wait("gridpatrol/cameras/c1/frame", b"frame", qos=1)
+            finally:
+                ingest.stop()
 
 
 def test_each_component_has_its_rights_and_nothing_more(sample_broker: int) -> None:

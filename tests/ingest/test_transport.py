@@ -6,7 +6,9 @@ import base64
 import json
 import logging
 import os
+import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -22,6 +24,8 @@ from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, rfc3339
 from gridpatrol.ingest.mqtt import Message, MqttAuthError, MqttConnection, MqttSettings
 from gridpatrol.ingest.reliable import ReliableConsumer
 from gridpatrol.ingest.topics import sensor_alarm_topic
+
+from ..conftest import start_listening
 
 
 def wait_for(check: Callable[[], bool], timeout: float = 40.0) -> None:
@@ -373,17 +377,52 @@ def refusals(folder: Path) -> int:
     return (folder / "mosquitto.log").read_text().count(REFUSAL)
 
 
-def run_broker(conf: Path, port: int) -> subprocess.Popen[bytes]:
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
-    wait_for(lambda: _listening(port), 10)
-    return broker
+def run_broker(
+    conf: Path, port: int, *, movable: bool = True
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Mosquitto on ``conf`` listening on ``port``, and its port: until clients know it
+    (``movable``), a port another process took meanwhile is given up for a new free one."""
+    errors = conf.with_suffix(".err")
+
+    def launch(port: int) -> subprocess.Popen[bytes]:
+        text = conf.read_text()
+        conf.write_text(re.sub(r"^listener \d+ ", f"listener {port} ", text, count=1, flags=re.M))
+        with errors.open("ab") as err:
+            return subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=err)
+
+    return start_listening(
+        launch,
+        port,
+        movable=movable,
+        output=lambda proc: errors.read_text(errors="replace")[-3000:],
+    )
+
+
+def test_a_test_broker_moves_off_a_port_another_process_took(tmp_path: Path) -> None:
+    """Answering on the port is no proof that the broker started: another process may have
+    taken the port since free_port(), and our Mosquitto died."""
+    _, _, conf = password_broker(tmp_path, {"gp": "s3cret"})
+    with socket.create_server(("127.0.0.1", 0)) as squatter:
+        taken = squatter.getsockname()[1]
+        broker, port = run_broker(conf, taken)
+        try:
+            assert port != taken
+            assert f"listener {port} 127.0.0.1\n" in conf.read_text()
+            conn = MqttConnection(
+                "ing", MqttSettings.from_url(f"mqtt://gp:s3cret@127.0.0.1:{port}")
+            )
+            assert conn.start(10)
+            conn.stop()
+        finally:
+            broker.terminate()
+            broker.wait(10)
 
 
 def test_bad_credentials_fail_fast_without_retrying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     port, _, conf = password_broker(tmp_path, {"gp": "s3cret"})
-    broker = run_broker(conf, port)
+    broker, port = run_broker(conf, port)
     try:
         wrong = MqttConnection("ing", MqttSettings.from_url(f"mqtt://gp:wrong@127.0.0.1:{port}"))
         with pytest.raises(MqttAuthError, match="refused the credentials"):
@@ -411,9 +450,9 @@ def test_credentials_refused_after_a_reconnect_are_retried_until_accepted_again(
 ) -> None:
     users = {"gp": "s3cret", "watch": "w4tch"}
     port, passwords, conf = password_broker(tmp_path, users)
+    broker, port = run_broker(conf, port)
     url = f"mqtt://{{}}@127.0.0.1:{port}"
     topic = f"{mqtt_prefix}/alarms"
-    broker = run_broker(conf, port)
     conn = MqttConnection(
         "ing",
         MqttSettings.from_url(url.format("gp:s3cret")),
@@ -428,7 +467,7 @@ def test_credentials_refused_after_a_reconnect_are_retried_until_accepted_again(
         set_passwords(passwords, {**users, "gp": "n3w"})
         broker.terminate()
         broker.wait(10)
-        broker = run_broker(conf, port)
+        broker, _ = run_broker(conf, port, movable=False)  # the component knows the port
         wait_for(lambda: "refused the credentials" in caplog.text, 20)
         assert watcher.wait_connected(20) and not conn.connected
         assert conn.publish(topic, b"kept", qos=1)  # waits in the component's queue
@@ -443,16 +482,6 @@ def test_credentials_refused_after_a_reconnect_are_retried_until_accepted_again(
         broker.wait(10)
     assert message is not None and message.payload == b"kept"
     assert conn.connects == 2 and conn.auth_refusals >= 1 and not conn.auth_failed
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
@@ -486,9 +515,8 @@ def test_tls_with_a_private_ca_from_the_environment(
         f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
         + ("user root\n" if os.geteuid() == 0 else "")  # see keep_privileges
     )
-    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    broker, port = run_broker(conf, port)
     try:
-        wait_for(lambda: _listening(port), 10)
         monkeypatch.setenv("GRIDPATROL_MQTT_URL", f"mqtts://127.0.0.1:{port}")
         untrusted = MqttConnection("tls-untrusted", prefix=mqtt_prefix)
         assert not untrusted.start(3)  # the system CAs do not know our private CA
