@@ -350,17 +350,24 @@ class CameraPipeline:
             fgs = self._backgrounds(zr, ts, frame_size, sure, gray_small)
             active = schedule_active(zr.zone.schedule, t, self.tz)
             obs = None
-            if active:
+            if active or zr.bg_params:
+                # The background model learns whatever the schedule: its rules judge every frame,
+                # or a pile left while the schedule is off would be learned before it opens.
                 fg = next(iter(fgs.values()), None)
-                obs = self._observe(zr, frame_size, frame, fg, scene_fn)
+                obs = self._observe(zr, frame_size, frame, fg, scene_fn if active else None)
             for rule, params in zr.rules.items():
-                seen = obs
-                if obs is not None and isinstance(params, StaticForegroundParams):
+                background = isinstance(params, StaticForegroundParams)
+                seen = obs if active or background else None
+                if seen is not None and isinstance(params, StaticForegroundParams):
                     # Without a grayscale frame the zone has no model: no static foreground.
                     found = fgs.get(params.learn_s)
-                    seen = obs if found is None else _with_static(obs, found, frame_size)
+                    seen = seen if found is None else _with_static(seen, found, frame_size)
                 presence = EVALUATORS[rule](seen, params) if seen is not None else None
-                state, transitions = step(zr.states.get(rule, RuleState()), presence, ts, params)
+                # Outside the schedule a background rule reports nothing until it opens; the
+                # other rules see nothing, and an episode of theirs clears.
+                state, transitions = step(
+                    zr.states.get(rule, RuleState()), presence, ts, params, active or not background
+                )
                 zr.states[rule] = state
                 events.extend(self._event(t, zr.zone.id, rule, tr) for tr in transitions)
         for ev in events:

@@ -355,33 +355,71 @@ class Transition:
 
 
 def step(
-    state: RuleState, presence: Presence | None, t: float, p: RuleParams
+    state: RuleState,
+    presence: Presence | None,
+    t: float,
+    p: RuleParams,
+    may_report: bool = True,
 ) -> tuple[RuleState, list[Transition]]:
-    """Advance one (zone, rule) episode by one frame; ``presence`` None = not visible now."""
+    """Advance one (zone, rule) episode by one frame; ``presence`` None = not visible now.
+
+    ``may_report`` False (the zone's schedule is off) judges the frame as usual but reports
+    nothing: a dwell that completes stays ``pending`` and raises on the first frame that may
+    report (even if the condition has gone meanwhile: then it clears at once when ``clear_s``
+    has passed), and an update or a clear waits for that frame too.
+    """
     if presence is None:
-        return _absent(state, t, p)
+        return _absent(state, t, p, may_report)
     ended: list[Transition] = []
-    if state.phase == "active" and t - state.last_seen >= p.clear_s:
-        # No frame arrived for clear_s (camera or worker down): the old episode is over.
-        state, ended = _absent(state, t, p)
-    if state.phase == "idle" or (state.phase == "pending" and t - state.last_seen > p.gap_s):
+    if (state.phase == "active" and t - state.last_seen >= p.clear_s) or (
+        _due(state, p) and t - state.last_seen > p.gap_s
+    ):
+        # No frame arrived for clear_s (camera or worker down), or a dwell completed while
+        # nothing could be reported ended: the old episode is over, once it may be reported.
+        state, ended = _absent(state, t, p, may_report)
+    if state.phase == "idle" or (
+        state.phase == "pending" and not _due(state, p) and t - state.last_seen > p.gap_s
+    ):
         state = RuleState("pending", first_seen=t, last_seen=t, last=presence)
     else:
         state = replace(state, last_seen=t, last=presence)
+    if not may_report:
+        return state, []
     dwell = t - state.first_seen
     if state.phase == "pending" and dwell >= p.dwell_s:
         state = replace(state, phase="active", last_report=t)
         return state, [*ended, Transition("raise", t, state.first_seen, dwell, presence)]
     if state.phase == "active" and t - state.last_report >= p.update_s:
         state = replace(state, last_report=t)
-        return state, [Transition("update", t, state.first_seen, dwell, presence)]
+        return state, [*ended, Transition("update", t, state.first_seen, dwell, presence)]
     return state, ended
 
 
-def _absent(state: RuleState, t: float, p: RuleParams) -> tuple[RuleState, list[Transition]]:
+def _due(state: RuleState, p: RuleParams) -> bool:
+    """A pending episode whose dwell completed while it could not be reported (with reports
+    allowed, a completed dwell raises at once)."""
+    return state.phase == "pending" and state.last_seen - state.first_seen >= p.dwell_s
+
+
+def _absent(
+    state: RuleState, t: float, p: RuleParams, may_report: bool = True
+) -> tuple[RuleState, list[Transition]]:
+    if _due(state, p):
+        if not may_report or state.last is None:
+            return state, []
+        dwell = state.last_seen - state.first_seen
+        raised = Transition("raise", t, state.first_seen, dwell, state.last)
+        if t - state.last_seen < p.clear_s:
+            return replace(state, phase="active", last_report=t), [raised]
+        return RuleState(), [raised, Transition("clear", t, state.first_seen, dwell, state.last)]
     if state.phase == "pending" and t - state.last_seen > p.gap_s:
         return RuleState(), []
-    if state.phase == "active" and t - state.last_seen >= p.clear_s and state.last is not None:
+    if (
+        may_report
+        and state.phase == "active"
+        and t - state.last_seen >= p.clear_s
+        and state.last is not None
+    ):
         dwell = state.last_seen - state.first_seen
         return RuleState(), [Transition("clear", t, state.first_seen, dwell, state.last)]
     return state, []

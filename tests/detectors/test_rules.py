@@ -108,6 +108,58 @@ def test_episode_transitions(
     assert run(frames) == expected, name
 
 
+def run_off(
+    frames: list[tuple[float, bool]], on_from: float, p: RuleParams = TIMING
+) -> list[tuple[str, float, float, float]]:
+    """(t, visible) frames, nothing may be reported before ``on_from`` → (kind, t, first seen,
+    dwell) of every transition."""
+    state, out = RuleState(), []
+    for t, visible in frames:
+        state, transitions = step(state, SEEN if visible else None, t, p, t >= on_from)
+        out += [(tr.kind, tr.t, tr.first_seen, tr.dwell_s) for tr in transitions]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "on_from", "expected"),
+    [
+        ("a dwell completed while off raises when reports may start",
+         seq(0, 30, True), 25, [("raise", 25, 0, 25)]),
+        ("a dwell completing after reports start raises then",
+         seq(0, 30, True), 4, [("raise", 10, 0, 10), ("update", 16, 0, 16),
+                               ("update", 22, 0, 22), ("update", 28, 0, 28)]),
+        ("a completed dwell gone before reports start: raised, cleared after clear_s",
+         seq(0, 12, True) + seq(13, 30, False), 25, [("raise", 25, 0, 12), ("clear", 25, 0, 12)]),
+        ("a completed dwell gone for less than clear_s: raised, cleared later",
+         seq(0, 12, True) + seq(13, 30, False), 15, [("raise", 15, 0, 12), ("clear", 20, 0, 12)]),
+        ("a completed dwell outlasts a gap while off",
+         seq(0, 12, True) + seq(13, 18, False) + seq(19, 30, True), 25, [("raise", 25, 0, 25)]),
+        ("a completed dwell gone for clear_s when reports start, back later: a new dwell",
+         seq(0, 12, True) + seq(13, 24, False) + seq(25, 36, True), 20,
+         [("raise", 20, 0, 12), ("clear", 20, 0, 12), ("raise", 35, 25, 10)]),
+        ("an incomplete dwell ends as usual while off",
+         seq(0, 4, True) + seq(5, 30, False), 25, []),
+    ],
+)  # fmt: skip
+def test_episode_reports_wait_for_may_report(
+    name: str,
+    frames: list[tuple[float, bool]],
+    on_from: float,
+    expected: list[tuple[str, float, float, float]],
+) -> None:
+    assert run_off(frames, on_from) == expected, name
+
+
+def test_a_raised_episode_held_while_off_reports_when_on_again() -> None:
+    """Raised, then off from 12 s to 30 s: no update and no clear meanwhile, then both."""
+    state, out = RuleState(), []
+    frames = seq(0, 14, True) + seq(15, 35, False)
+    for t, visible in frames:
+        state, trs = step(state, SEEN if visible else None, t, TIMING, not 12 <= t < 30)
+        out += [(tr.kind, tr.t) for tr in trs]
+    assert out == [("raise", 10), ("clear", 30)]
+
+
 def test_zero_dwell_raises_on_first_sight() -> None:
     p = RuleParams(dwell_s=0, gap_s=5, clear_s=3, update_s=100)
     assert run([(0, True), (1, False), (4, False)], p) == [("raise", 0, 0), ("clear", 4, 0)]
@@ -442,10 +494,16 @@ def test_every_rule_type_has_an_evaluator_and_empty_zones_are_quiet() -> None:
         assert evaluate(observe(), RULE_PARAMS[name]()) is None, name
 
 
-@settings(max_examples=200, deadline=None)
+# Up to 80 frames, irregularly spaced, and a flag for each.
+FRAME_GAPS = st.lists(st.floats(0.1, 40.0), min_size=1, max_size=80)
+FLAGS = st.lists(st.booleans(), min_size=80, max_size=80)
+
+
+@settings(max_examples=300, deadline=None)
 @given(
-    gaps=st.lists(st.floats(0.1, 40.0), min_size=1, max_size=80),
-    visible=st.lists(st.booleans(), min_size=80, max_size=80),
+    gaps=FRAME_GAPS,
+    visible=FLAGS,
+    reports=st.one_of(st.just([True] * 80), FLAGS),
     dwell=st.floats(0.0, 60.0),
     gap=st.floats(0.0, 30.0),
     clear=st.floats(0.0, 60.0),
@@ -454,21 +512,25 @@ def test_every_rule_type_has_an_evaluator_and_empty_zones_are_quiet() -> None:
 def test_episode_invariants(
     gaps: list[float],
     visible: list[bool],
+    reports: list[bool],
     dwell: float,
     gap: float,
     clear: float,
     update: float,
 ) -> None:
-    """Any frame sequence: raise → update* → clear, never overlapping, spaced and dwelt."""
+    """Any frame sequence: raise → update* → clear, never overlapping, spaced and dwelt; no
+    transition on a frame that may not report (then a held dwell may raise on an empty frame)."""
     p = RuleParams(dwell_s=dwell, gap_s=gap, clear_s=clear, update_s=update)
+    held = not all(reports)
     state, t, active, last_report = RuleState(), 0.0, False, 0.0
-    for dt, seen in zip(gaps, visible, strict=False):
+    for dt, seen, may in zip(gaps, visible, reports, strict=False):
         t += dt
-        state, transitions = step(state, SEEN if seen else None, t, p)
+        state, transitions = step(state, SEEN if seen else None, t, p, may)
+        assert may or not transitions
         for tr in transitions:
             assert tr.t == t and tr.first_seen <= t
             if tr.kind == "raise":
-                assert not active and seen and tr.dwell_s >= dwell
+                assert not active and (seen or held) and tr.dwell_s >= dwell
                 active, last_report = True, t
             elif tr.kind == "update":
                 assert active and seen and t - last_report >= update
