@@ -56,6 +56,9 @@ REVIEWER_CONFIRMED = "confirmed"
 # report may well show garbage and would poison the negatives.
 NEGATIVE_REASONS = frozenset({"false_positive"})
 _EPOCH_MS = re.compile(r"(?<!\d)(1[3-9]\d{11})(?!\d)")
+# A camera's or phone's date and time, as in IMG_20230115_123045.jpg (read as UTC: only the
+# gaps between photos count).
+_DATE_TIME = re.compile(r"(?<!\d)(\d{8})[_-]?(\d{6})(?!\d)")
 # Waits before the 2nd, 3rd and 4th attempt at a request the API may answer later (429, 5xx,
 # no connection): a proxy's 503 or an API restart must not drop candidates from the data.
 RETRY_WAITS_S = (0.5, 1.0, 2.0)
@@ -98,8 +101,23 @@ class Sample:
         return None if image is None else np.asarray(image, dtype=np.uint8)
 
 
+def name_time_ms(name: str) -> int | None:
+    """The time in a file name, in ms: 13-digit epoch milliseconds (``…_1495902895486.jpg``),
+    else ``YYYYMMDD[_-]HHMMSS`` (``IMG_20230115_123045.jpg``); None without either."""
+    found = _EPOCH_MS.findall(name)
+    if found:
+        return int(found[0])
+    for day, clock in _DATE_TIME.findall(name):
+        try:
+            at = datetime.strptime(day + clock, "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+        except ValueError:
+            continue  # digits that are no date
+        return int(at.timestamp() * 1000)
+    return None
+
+
 def time_groups(names: Sequence[str], gap_min: float) -> list[str]:
-    """Group ids by single-linkage on the epoch-ms timestamps in file names.
+    """Group ids by single-linkage on the timestamps in file names (:func:`name_time_ms`).
 
     Photos of one report session (same place, minutes apart) share a group; names without a
     timestamp are their own group.
@@ -107,9 +125,9 @@ def time_groups(names: Sequence[str], gap_min: float) -> list[str]:
     stamps: list[tuple[int, int]] = []
     groups = [f"file:{n}" for n in names]
     for i, name in enumerate(names):
-        found = _EPOCH_MS.findall(name)
-        if found:
-            stamps.append((int(found[0]), i))
+        ms = name_time_ms(name)
+        if ms is not None:
+            stamps.append((ms, i))
     stamps.sort()
     current, last = -1, None
     for ms, i in stamps:
@@ -133,7 +151,14 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
         for f in sorted(folder.rglob("*"))
         if f.suffix.lower() in IMAGE_SUFFIXES
     ]
-    groups = time_groups([f.name for f, _ in files], gap_min)
+    names = [f.name for f, _ in files]
+    unstamped = sum(name_time_ms(n) is None for n in names)
+    if unstamped * 2 > len(names):
+        progress(
+            f"{unstamped} of {len(names)} file names carry no timestamp: grouping by file name "
+            "only: near-duplicates may straddle folds"
+        )
+    groups = time_groups(names, gap_min)
     return [
         Sample(key=str(f.relative_to(root)), label=label, group=g, path=f)
         for (f, label), g in zip(files, groups, strict=True)

@@ -132,6 +132,42 @@ def test_time_groups_link_photos_minutes_apart() -> None:
     assert time_groups(names, gap_min=5)[0] != time_groups(names, gap_min=5)[1]
 
 
+def test_time_groups_read_a_date_and_time_in_the_name() -> None:
+    names = [
+        "IMG_20230115_123045.jpg",
+        "IMG_20230115_124500.jpg",  # 14 min later: same session
+        "cam-20230116-090000.jpg",  # the next day
+        "20230115123100.jpg",  # no separators, a minute after the first
+        "IMG_20231399_999999.jpg",  # digits that are no date
+    ]
+    assert time_groups(names, gap_min=30) == [
+        "session:0",
+        "session:0",
+        "session:1",
+        "session:0",
+        "file:IMG_20231399_999999.jpg",
+    ]
+
+
+def test_a_dataset_of_names_without_timestamps_is_said_to_group_by_name(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    for folder, names in (("garbage", GARBAGE[2:4]), ("clean", CLEAN[:2])):
+        (tmp_path / folder).mkdir()
+        for i, name in enumerate(names):
+            shutil.copy(dataset(shared_dir) / folder / name, tmp_path / folder / f"{i}.jpg")
+    shutil.copy(
+        dataset(shared_dir) / "clean" / CLEAN[2], tmp_path / "clean" / f"c_{CLEAN[2][-17:]}"
+    )
+    proc = train_head(str(tmp_path), "--name", "garbage", "--cv-only", env=model_env(shared_dir))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [
+        "train-head: 4 of 5 file names carry no timestamp: grouping by file name only: "
+        "near-duplicates may straddle folds",
+        f"train-head: 5 images in {tmp_path}",
+    ]
+
+
 @pytest.mark.parametrize(
     ("prob", "y", "expected"),
     [
