@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
@@ -37,8 +38,12 @@ JsonDict = dict[str, Any]
 DEFAULT_API_URL = "http://127.0.0.1:8000"
 # Statuses worth retrying: the request may succeed later without any change on our side.
 # 401 and 403 judge the token, not the operation: a rotation half done or a mistyped token on
-# one API instance must hold the outbox until it is mended, never discard it.
+# one API instance must hold the outbox until it is mended, never discard it. The outbox also
+# holds for an answer that did not come from the API's route (see _misrouted).
 RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504})
+# The longest wait a ``Retry-After`` header gets from the outbox: a proxy's maintenance page
+# asking for an hour would otherwise leave a mended API unused for that long.
+MAX_RETRY_AFTER_S = 120.0
 # The problem ``type`` of a 409 that is final: a create whose client-supplied id names another
 # event's candidate (other 409s, a request in flight with the same key, pass).
 ID_TAKEN = "urn:gridpatrol:problem:candidate-id-taken"
@@ -84,12 +89,25 @@ def _checked_url(url: str) -> str:
 
 
 class ApiError(Exception):
-    """The API answered with an error; ``problem`` is its RFC 9457 body."""
+    """The API answered with an error, or anything else but 2xx (a redirect); ``problem`` is
+    its RFC 9457 body. ``retry_after``: the seconds its ``Retry-After`` header asked for, if
+    any; ``location``: the ``Location`` header of a redirect."""
 
-    def __init__(self, status: int, problem: JsonDict) -> None:
+    def __init__(
+        self,
+        status: int,
+        problem: JsonDict,
+        *,
+        retry_after: float | None = None,
+        location: str | None = None,
+    ) -> None:
         self.status = status
         self.problem = problem
+        self.retry_after = retry_after
+        self.location = location
         detail = problem.get("detail") or problem.get("title") or ""
+        if location is not None:
+            detail = f"{detail} (Location: {location})" if detail else f"Location: {location}"
         super().__init__(f"HTTP {status}: {detail}")
 
     @property
@@ -197,13 +215,39 @@ class ApiClient:
         except (ValueError, TypeError) as exc:
             raise UnsendableOperation(f"{method} {path}: no request can carry it: {exc}") from exc
         response = self._http.send(request)
-        if response.status_code >= 400:
+        # Only a 2xx is success: httpx follows no redirect, and a 3xx (a proxy sending http://
+        # to https://, a path moved) did nothing at the API.
+        if not response.is_success:
             try:
                 problem = response.json()
             except ValueError:
                 problem = {"title": response.text[:200]}
-            raise ApiError(response.status_code, problem if isinstance(problem, dict) else {})
+            raise ApiError(
+                response.status_code,
+                problem if isinstance(problem, dict) else {},
+                retry_after=_retry_after(response.headers.get("Retry-After")),
+                location=response.headers.get("Location") if response.is_redirect else None,
+            )
         return response
+
+
+def _retry_after(value: str | None) -> float | None:
+    """The seconds a ``Retry-After`` header asks for (delay-seconds or an HTTP date), at most
+    :data:`MAX_RETRY_AFTER_S`; None without one or for one that is neither."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    return min(MAX_RETRY_AFTER_S, max(0.0, seconds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -269,6 +313,14 @@ CREATE TABLE IF NOT EXISTS outbox_rewrites (
     sent_to INTEGER NOT NULL,     -- ... and so do the creates of its batch, up to this seq
     done_to INTEGER NOT NULL,     -- bodies up to this seq are rewritten
     end_seq INTEGER NOT NULL      -- the last operation queued before the alias was recorded
+);
+-- A candidate's patches merged into one PATCH, recorded before it goes out: until it is
+-- settled (a timeout, a 5xx, a lost connection, a crash leave it open) it is sent again
+-- exactly as it was (the same patches, so the same body under the same idempotency key), and
+-- patches queued since merge into the next one. ``seqs``: a JSON list of the patches' seqs.
+CREATE TABLE IF NOT EXISTS outbox_patch_groups (
+    candidate_id TEXT PRIMARY KEY,
+    seqs TEXT NOT NULL
 );
 -- A refused evidence file is kept as a record of the refusal, without its bytes (up to the
 -- evidence cap each, and never sent again); files written before this held them.
@@ -421,6 +473,7 @@ class Outbox:
         self._counts = {"sent": 0, "retried": 0, "failed": 0}
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
+        self._retry_in = 0.0  # the wait a failed round asked for before the next one
         self._senders = self._new_senders()
         self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
@@ -537,10 +590,18 @@ class Outbox:
                 except Exception:
                     log.exception("outbox %s: unexpected error while delivering", self.component)
                     progressed = False
+                    self._retry_in = max(self._retry_in, 1.0)
                 if progressed:
                     self._backoff = 0.0
                     continue
-                self._wake.wait(self._backoff or 1.0)
+                delay, self._retry_in = self._retry_in, 0.0
+                if delay > 0:
+                    # After a failed round only a stop ends the wait: a producer's commit
+                    # (the alarm bridge commits every second) must not bring the next
+                    # round forward against an API that is down or asked for a pause.
+                    self._stop.wait(delay)
+                    continue
+                self._wake.wait(1.0)
                 self._wake.clear()
         finally:
             conn.close()
@@ -560,7 +621,7 @@ class Outbox:
             if finished:
                 # Recording an alias moved and rewrote this round's patches in the file.
                 window = self._patches_up_to(conn, ops[-1].seq) if aliased else ops
-                patches = _patches_by_candidate(window)[: self.MAX_PATCHED]
+                patches = _as_sent(conn, _patches_by_candidate(window))[: self.MAX_PATCHED]
                 patches = [g for g in (self._sendable(conn, g) for g in patches) if g]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
@@ -617,7 +678,7 @@ class Outbox:
         try:
             answer = send()
         except ApiError as exc:
-            if exc.retryable:
+            if _held(exc, ops[0]):
                 raise
             self._fail(conn, ops, exc)
             return False
@@ -629,6 +690,11 @@ class Outbox:
     def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
         """One request per group (an evidence file, or one candidate's merged patches), side
         by side; every group is settled, then the first retryable failure is raised."""
+        patches = [group for group in groups if group[0].kind == "patch"]
+        if patches:
+            # Before they go out: a crash before the answer resends them as they were too.
+            with _write(conn):
+                _pin_groups(conn, patches)
         futures = [(group, self._senders.submit(self._request_for(group))) for group in groups]
         retry: Exception | None = None
         for group, future in futures:
@@ -662,7 +728,7 @@ class Outbox:
         try:
             results = self.client.create_batch([(op.key or "", op.body()) for op in ops])
         except ApiError as exc:
-            if exc.retryable:
+            if _held(exc, ops[0]):
                 raise
             # The batch as a whole was refused: find the culprit one request at a time.
             return False, self._send_one_create(conn, ops[0], sent_to)
@@ -747,6 +813,7 @@ class Outbox:
         now = time.time()
         with _write(conn):
             conn.executemany("DELETE FROM outbox_ops WHERE seq = ?", [(op.seq,) for op in ops])
+            _unpin_groups(conn, ops)
             # In the same transaction as the create's removal: a crash in between would leave
             # the create to be sent again (a replay that answers the same id), never patches
             # queued for an id the API does not know.
@@ -782,6 +849,7 @@ class Outbox:
                 " WHEN 'evidence' THEN x'' ELSE payload END WHERE seq = ?",
                 [(f"{exc.status} {reason}", op.seq) for op in ops],
             )
+            _unpin_groups(conn, ops)
         with self._counts_lock:
             self._counts["failed"] += len(ops)
         for op in ops:
@@ -799,18 +867,27 @@ class Outbox:
         conn.execute("UPDATE outbox_ops SET attempts = attempts + 1 WHERE seq = ?", (op.seq,))
         self._backoff = min(self.MAX_BACKOFF_S, max(0.5, self._backoff * 2))
         self._backoff *= random.uniform(0.8, 1.2)  # jitter spreads producers out
+        asked = exc.retry_after if isinstance(exc, ApiError) else None
+        self._retry_in = max(self._backoff, asked or 0.0)
         with self._counts_lock:
             self._counts["retried"] += 1
-        token = isinstance(exc, ApiError) and exc.status in (401, 403)
+        hint = ""
+        if isinstance(exc, ApiError) and exc.status in (401, 403):
+            hint = "; check GRIDPATROL_API_TOKEN and the API's producer tokens"
+        elif isinstance(exc, ApiError) and _misrouted(exc, op):
+            hint = (
+                "; the request did not reach the API's route: check GRIDPATROL_API_URL (the"
+                " API's base URL, without /api/v1) and the proxy in front of the API"
+            )
         log.log(
-            logging.ERROR if token else logging.WARNING,
+            logging.ERROR if hint else logging.WARNING,
             "outbox %s: %s %s not delivered (%s%s); retrying in %.1f s",
             self.component,
             op.kind,
             op.candidate_id or op.sha256,
             exc,
-            "; check GRIDPATROL_API_TOKEN and the API's producer tokens" if token else "",
-            self._backoff,
+            hint,
+            self._retry_in,
         )
 
     # -- connections --------------------------------------------------------------------------
@@ -830,6 +907,37 @@ class Outbox:
             conn = self._connect()
             self._local.conn = conn
         return conn
+
+
+def _misrouted(exc: ApiError, op: _Op) -> bool:
+    """Whether ``exc`` says that the request for ``op`` did not reach the API's route for it:
+    a wrong ``GRIDPATROL_API_URL`` (a path doubled, another service), or a proxy that
+    redirects or answers with its default backend (e.g. during a rollout). The outbox holds
+    its queue then, as for a refused token, and never fails an operation for it.
+
+    The API itself answers none of these to an outbox's request: no redirect; no 405 (its
+    routes take these methods); no 404 to ``PUT /evidence/{sha256}`` (the outbox hashes the
+    bytes itself, in lowercase), ``POST /candidates`` or ``/candidates/batch``. A PATCH is
+    sent only after its create was answered, and the API deletes no candidate (retention
+    purges idempotency keys, never candidates), but one can still be gone: a database
+    restored from a backup older than the create. So a PATCH's 404 with the API's own problem
+    saying it holds no such candidate is a refusal for good; any other 404 is misrouting."""
+    if 300 <= exc.status < 400 or exc.status == 405:
+        return True
+    if exc.status != 404:
+        return False
+    if op.kind != "patch":
+        return True
+    problem = exc.problem
+    return not (
+        problem.get("status") == 404 and problem.get("detail") == f"no candidate {op.candidate_id}"
+    )
+
+
+def _held(exc: ApiError, op: _Op) -> bool:
+    """Whether the outbox keeps ``op`` (and what is queued after it) for a later round after
+    ``exc``, rather than failing it for good."""
+    return exc.retryable or _misrouted(exc, op)
 
 
 def candidate_closed(conn: sqlite3.Connection, candidate_id: str) -> bool:
@@ -1109,6 +1217,63 @@ def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:
         if creates > max_creates or (creates > 1 and size > max_bytes):
             return ops[:index]
     return ops
+
+
+def _as_sent(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op]]:
+    """``groups`` (a candidate's patches each) with each candidate that has a PATCH out
+    without a definite answer (see ``outbox_patch_groups``) cut back to the patches of that
+    PATCH: the retry carries the same body under the same key, which the API replays or
+    applies once, and never a larger merge under a new key (which the API would apply
+    beside the first, the first perhaps applied later and older values winning). Patches
+    queued since wait for the next round. A candidate whose patches of that PATCH are not
+    all in the window (never expected: the window holds the oldest pending operations) is
+    left for a later round."""
+    ids = [group[0].candidate_id for group in groups]
+    if not ids:
+        return groups
+    pinned: dict[str, set[int]] = {}
+    for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT candidate_id, seqs FROM outbox_patch_groups WHERE candidate_id IN ({marks})",
+            chunk,
+        ).fetchall()
+        pinned.update((str(cid), {int(seq) for seq in json.loads(seqs)}) for cid, seqs in rows)
+    if not pinned:
+        return groups
+    kept: list[list[_Op]] = []
+    for group in groups:
+        seqs = pinned.get(group[0].candidate_id or "")
+        if seqs is None:
+            kept.append(group)
+            continue
+        sent = [op for op in group if op.seq in seqs]
+        if len(sent) == len(seqs):
+            kept.append(sent)
+        elif not sent:  # settled by a version that kept no groups: nothing is out
+            conn.execute(
+                "DELETE FROM outbox_patch_groups WHERE candidate_id = ?", (group[0].candidate_id,)
+            )
+            kept.append(group)
+    return kept
+
+
+def _pin_groups(conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
+    """Record ``groups``, each a candidate's patches about to go out as one PATCH, to be sent
+    again as they are until settled (see :func:`_as_sent`)."""
+    conn.executemany(
+        "INSERT OR REPLACE INTO outbox_patch_groups (candidate_id, seqs) VALUES (?, ?)",
+        [(group[0].candidate_id, json.dumps([op.seq for op in group])) for group in groups],
+    )
+
+
+def _unpin_groups(conn: sqlite3.Connection, ops: list[_Op]) -> None:
+    """Forget the PATCHes out for the candidates of ``ops`` once their patches are settled."""
+    conn.executemany(
+        "DELETE FROM outbox_patch_groups WHERE candidate_id = ?",
+        [(op.candidate_id,) for op in ops if op.kind == "patch"],
+    )
 
 
 def _patches_by_candidate(ops: list[_Op]) -> list[list[_Op]]:

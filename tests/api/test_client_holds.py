@@ -1,0 +1,324 @@
+"""What holds a producer's outbox rather than failing its operations: an answer that did not
+come from the API's route (a redirect, a misrouted 404 or 405), a pause the API asked for, and
+a PATCH out without a definite answer, which goes again exactly as it went."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gridpatrol.api.client import ApiClient, ApiError, Outbox, candidate_closed
+
+from .test_client_outbox import candidate, jpeg
+
+MOCK_URL = "http://api.test"
+
+
+def producer_client(api_server: Any, base: str | None = None) -> ApiClient:
+    return ApiClient(base or api_server.url, api_server.tokens["producer"], timeout=5)
+
+
+def mocked(handler: Callable[[httpx.Request], httpx.Response]) -> ApiClient:
+    """A producer's client whose requests ``handler`` answers (a proxy, a wrong host)."""
+    client = ApiClient(MOCK_URL, "t-producer")
+    client._http = httpx.Client(
+        base_url=f"{MOCK_URL}/api/v1", transport=httpx.MockTransport(handler), timeout=5
+    )
+    return client
+
+
+def wait_for_retries(outbox: Outbox, count: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while outbox.stats()["retried"] < count:
+        assert time.monotonic() < deadline, outbox.stats()
+        time.sleep(0.02)
+
+
+def queue_case(outbox: Outbox, seed: int) -> tuple[str, str]:
+    """Evidence, a create and a patch of it: (evidence sha, candidate id)."""
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(seed), "image/jpeg")
+        cid = txn.create_candidate(candidate(f"hold-{seed}", sha))
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 40}})
+    return sha, cid
+
+
+def assert_delivered(api_server: Any, outbox: Outbox, sha: str, cid: str, seed: int) -> None:
+    outbox.client = producer_client(api_server)  # the setting mended
+    assert outbox.flush(60)
+    assert outbox.failed() == []
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+        assert (doc["id"], doc["detection"]["dwell_s"]) == (cid, 40)
+        assert [e["sha256"] for e in doc["evidence"]] == [sha]
+        assert http.get(f"/evidence/{sha}").content == jpeg(seed)
+
+
+MISROUTED = re.compile(
+    r"outbox hold: evidence [0-9a-f]{64} not delivered \((?P<error>.*); the request did not"
+    r" reach the API's route: check GRIDPATROL_API_URL \(the API's base URL, without /api/v1\)"
+    r" and the proxy in front of the API\); retrying in \d+\.\d s"
+)
+
+
+def misrouted_errors(caplog: pytest.LogCaptureFixture) -> set[str]:
+    """The errors the ERROR records of the outbox held its queue for, each record checked to
+    say the request did not reach the API's route and what to check."""
+    errors = set()
+    for record in caplog.records:
+        if record.levelno == logging.ERROR:
+            match = MISROUTED.fullmatch(record.getMessage())
+            assert match is not None, record.getMessage()
+            errors.add(match["error"])
+    return errors
+
+
+def test_a_doubled_api_path_holds_the_outbox_until_mended(
+    api_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """GRIDPATROL_API_URL with /api/v1 in it: the API answers every request 404 (no such
+    route). Nothing is failed, no evidence erased, no candidate closed; an ERROR says what
+    to check; once the URL is mended everything queued is delivered."""
+    path = tmp_path / "outbox-hold.db"
+    outbox = Outbox(path, producer_client(api_server, f"{api_server.url}/api/v1"), component="hold")
+    sha, cid = queue_case(outbox, 1)
+    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 2)
+        stats = outbox.stats()
+        assert (stats["sent"], stats["failed"], stats["depth"]) == (0, 0, 3)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            rows = conn.execute(
+                "SELECT kind, state, length(payload) FROM outbox_ops ORDER BY seq"
+            ).fetchall()
+            assert [(kind, state) for kind, state, _size in rows] == [
+                ("evidence", "pending"),
+                ("create", "pending"),
+                ("patch", "pending"),
+            ]
+            assert rows[0][2] == len(jpeg(1))  # the evidence bytes are kept
+            assert not candidate_closed(conn, cid)
+        assert misrouted_errors(caplog) == {"HTTP 404: Not Found"}
+        assert_delivered(api_server, outbox, sha, cid, 1)
+    finally:
+        outbox.stop()
+    assert outbox.stats()["sent"] == 3
+
+
+def test_a_patch_a_misrouted_404_answers_is_held(api_server: Any, tmp_path: Path) -> None:
+    """A PATCH answered 404 by something that is not the API's candidate route (here the API
+    itself at a doubled path) is held: the candidate is not closed, and the update arrives
+    once the URL is mended."""
+    outbox = Outbox(tmp_path / "outbox-hold.db", producer_client(api_server), component="hold")
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(2), "image/jpeg")
+        cid = txn.create_candidate(candidate("hold-2", sha))
+    outbox.start()
+    try:
+        assert outbox.flush(30)
+        outbox.client = producer_client(api_server, f"{api_server.url}/api/v1")
+        with outbox.transaction() as txn:
+            txn.patch_candidate(cid, {"detection": {"dwell_s": 40}})
+        wait_for_retries(outbox, 2)
+        assert (outbox.depth(), outbox.failed()) == (1, [])
+        with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+            assert not candidate_closed(conn, cid)
+        assert_delivered(api_server, outbox, sha, cid, 2)
+    finally:
+        outbox.stop()
+
+
+def test_a_patch_of_a_candidate_the_api_does_not_hold_is_refused(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """The API's own 404 for a PATCH, its problem saying it holds no such candidate (its
+    database restored from a backup older than the create), is a refusal for good: retrying
+    cannot bring the candidate back. The operations after it are delivered."""
+    path = tmp_path / "outbox-gone.db"
+    outbox = Outbox(path, producer_client(api_server), component="gone")
+    gone = str(uuid.uuid4())
+    with outbox.transaction() as txn:  # as if its create had been answered, then lost
+        txn.patch_candidate(gone, {"detection": {"dwell_s": 40}})
+    _sha, cid = queue_case(outbox, 3)
+    outbox.start()
+    try:
+        assert outbox.flush(30)
+    finally:
+        outbox.stop()
+    assert [(f["kind"], f["candidate_id"]) for f in outbox.failed()] == [("patch", gone)]
+    error = outbox.failed()[0]["error"]
+    assert error.startswith("404 ") and f'"detail": "no candidate {gone}"' in error
+    assert outbox.stats() == {"sent": 3, "retried": 0, "failed": 1, "depth": 0}
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{cid}").json()["detection"]["dwell_s"] == 40
+
+
+def answer_with(status: int) -> Callable[[httpx.Request], httpx.Response]:
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Type": "text/html"}
+        if 300 <= status < 400:
+            headers["Location"] = f"https://api.example{request.url.path}"
+        return httpx.Response(status, headers=headers, content=b"<html>proxy</html>")
+
+    return handler
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308, 404, 405])
+def test_a_proxy_answer_holds_the_outbox(
+    api_server: Any, tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A redirect (httpx follows none; the API never sends one) is no success, and a 404 or
+    405 from a proxy's default backend no refusal: the queue is held, the ERROR names the
+    redirect's Location, and a mended URL delivers everything."""
+    outbox = Outbox(tmp_path / "outbox-proxy.db", mocked(answer_with(status)), component="hold")
+    sha, cid = queue_case(outbox, 10 + status)
+    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 2)
+        stats = outbox.stats()
+        assert (stats["sent"], stats["failed"], stats["depth"]) == (0, 0, 3)
+        where = f" (Location: https://api.example/api/v1/evidence/{sha})" if status < 400 else ""
+        assert misrouted_errors(caplog) == {f"HTTP {status}: <html>proxy</html>{where}"}
+        assert_delivered(api_server, outbox, sha, cid, 10 + status)
+    finally:
+        outbox.stop()
+
+
+def test_the_client_takes_no_redirect_for_a_success() -> None:
+    client = mocked(answer_with(301))
+    with pytest.raises(ApiError) as caught:
+        client.put_evidence(b"\xff\xd8", "image/jpeg")
+    sha = hashlib.sha256(b"\xff\xd8").hexdigest()
+    assert caught.value.status == 301
+    assert caught.value.location == f"https://api.example/api/v1/evidence/{sha}"
+
+
+class Overloaded:
+    """An API that answers every request 503, with ``Retry-After`` when given one."""
+
+    def __init__(self, retry_after: str | None) -> None:
+        self.retry_after = retry_after
+        self.requests = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        with self.lock:
+            self.requests += 1
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        return httpx.Response(503, headers=headers, json={"title": "Service Unavailable"})
+
+
+@pytest.mark.parametrize(("retry_after", "most"), [("2", 4), (None, 5)])
+def test_producer_commits_do_not_cut_the_wait_after_a_failed_round(
+    tmp_path: Path, retry_after: str | None, most: int
+) -> None:
+    """A producer committing every 50 ms (the alarm bridge commits every second) against an
+    API that is down: the outbox waits out its backoff, and at least the Retry-After the API
+    asked for, between rounds, rather than trying again on every commit."""
+    api = Overloaded(retry_after)
+    outbox = Outbox(tmp_path / "outbox-busy.db", mocked(api), component="busy")
+    with outbox.transaction() as txn:
+        txn.add_evidence(jpeg(5), "image/jpeg")
+    outbox.start()
+    try:
+        end = time.monotonic() + 3
+        while time.monotonic() < end:
+            with outbox.transaction() as txn:
+                txn.conn.execute("SELECT 1")
+            time.sleep(0.05)
+    finally:
+        outbox.stop()
+    assert 1 <= api.requests <= most
+    assert outbox.depth() == 1 and outbox.failed() == []
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"), [("2", 2.0), ("100000", 120.0), ("soon", None), (None, None)]
+)
+def test_an_api_error_carries_the_retry_after_asked_for(
+    header: str | None, seconds: float | None
+) -> None:
+    api = Overloaded(header)
+    with pytest.raises(ApiError) as caught:
+        mocked(api).put_evidence(b"\xff\xd8", "image/jpeg")
+    assert (caught.value.status, caught.value.retry_after) == (503, seconds)
+
+
+class LosesFirstPatch(ApiClient):
+    """The producer's client; with ``lose``, its first PATCH reaches the API and times out
+    before the answer, and the API is unreachable from then on. Every PATCH that reaches the
+    API is recorded as (idempotency key, body)."""
+
+    def __init__(self, api_server: Any, lose: bool) -> None:
+        super().__init__(api_server.url, api_server.tokens["producer"], timeout=5)
+        self.lose = lose
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+
+    def patch_candidate(
+        self, candidate_id: str, patch: dict[str, Any], idempotency_key: str
+    ) -> dict[str, Any]:
+        if self.lose and self.patches:
+            raise httpx.ConnectError("connection refused")
+        self.patches.append((idempotency_key, patch))
+        answer = super().patch_candidate(candidate_id, patch, idempotency_key)
+        if self.lose:
+            raise httpx.ReadTimeout("the answer did not come in time")
+        return answer
+
+
+def test_a_patch_out_without_an_answer_goes_again_as_it_went(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """Two updates merged into one PATCH time out; a third is queued, and the producer
+    restarts. The retry carries the first PATCH's body under its key (the API replays it),
+    and the third goes after it under its own, so the latest value wins, rather than one
+    larger PATCH under a new key that the API would apply beside the first."""
+    path = tmp_path / "outbox-patch.db"
+    first = LosesFirstPatch(api_server, lose=True)
+    outbox = Outbox(path, first, component="patch")
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(6), "image/jpeg")
+        cid = txn.create_candidate(candidate("hold-6", sha))
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 20}})
+        txn.patch_candidate(cid, {"detection": {"score": 0.9}})
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 1)
+    finally:
+        outbox.stop()
+    assert outbox.depth() == 2
+    with outbox.transaction() as txn:
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 30}})
+    second = LosesFirstPatch(api_server, lose=False)
+    again = Outbox(path, second, component="patch")
+    again.start()
+    try:
+        assert again.flush(60)
+    finally:
+        again.stop()
+    assert again.failed() == []
+    merged = {"detection": {"dwell_s": 20, "score": 0.9}}
+    assert first.patches == [(first.patches[0][0], merged)]
+    assert second.patches[0] == first.patches[0]
+    assert second.patches[1][1] == {"detection": {"dwell_s": 30}}
+    assert second.patches[1][0] != first.patches[0][0]
+    assert len(second.patches) == 2
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert (doc["detection"]["dwell_s"], doc["detection"]["score"]) == (30, 0.9)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM outbox_patch_groups").fetchone()[0] == 0
