@@ -55,7 +55,6 @@ log = logging.getLogger(__name__)
 
 EventKind = Literal["raise", "update", "clear"]
 SceneFn = Callable[[tuple[float, float, float, float]], Mapping[str, float]]
-BACKGROUND_RULES = ("shop_front_occupation", "piled_materials")
 # Boxes this confident are objects: they are drawn on evidence and keep their pixels out of
 # the background model. Weaker ones, down to the tracker's low_conf, mostly keep tracks alive.
 OBJECT_CONF = 0.25

@@ -505,6 +505,9 @@ class PiledMaterialsParams(StaticForegroundParams):
     )
 
 
+# Rules judged on the zone's long-term background model, which learns whatever the schedule.
+BACKGROUND_RULES = ("shop_front_occupation", "piled_materials")
+
 RULE_PARAMS: dict[str, type[RuleParams]] = {
     "street_vending": StreetVendingParams,
     "shop_front_occupation": ShopFrontParams,
@@ -611,17 +614,19 @@ class Zone(Strict):
 
     @model_validator(mode="after")
     def _dwell_fits_the_schedule(self) -> Zone:
-        # An episode cannot outlast the stretch it is seen in: a rule whose dwell is longer
-        # than the daily window, or than the whole days scheduled in a row, could never raise.
+        # An episode cannot outlast the stretch it is seen in: a rule whose dwell is as long
+        # as the daily window, or as the whole days scheduled in a row, could never raise (the
+        # window ends before its last minute does). The background rules judge every frame
+        # and raise a dwell completed off the window when it opens, so any window serves them.
         if self.schedule is None:
             return self
         stretch = self.schedule.stretch_s
         too_long = [f"{n} (dwell_s {p.dwell_s:g})" for n, p in self.rules.enabled().items()
-                    if p.dwell_s > stretch]  # fmt: skip
+                    if p.dwell_s >= stretch and n not in BACKGROUND_RULES]  # fmt: skip
         if too_long:
             raise ValueError(
-                f"the schedule is active {self.schedule.describe_stretch()}, shorter than the "
-                f"dwell of {', '.join(too_long)}: it could never raise"
+                f"the schedule is active {self.schedule.describe_stretch()}, no longer than "
+                f"the dwell of {', '.join(too_long)}: it could never raise"
             )
         return self
 
@@ -1334,9 +1339,10 @@ def _rule_warnings(cam: Camera, zone: Zone, rule: str, p: RuleParams) -> list[st
     out = []
     schedule = zone.schedule
     if cam.interval_s is not None and schedule is not None and p.dwell_s > 0:
-        # The dwell holds from the first visit that sees it to a visit dwell_s later or more.
+        # The dwell holds from the first visit that sees it to a visit dwell_s later or more,
+        # inside the window, which ends before its last minute does.
         visits = math.ceil(p.dwell_s / cam.interval_s)
-        if visits * cam.interval_s > schedule.stretch_s:
+        if visits * cam.interval_s >= schedule.stretch_s and rule not in BACKGROUND_RULES:
             out.append(
                 f"dwell_s {p.dwell_s:g} takes {visits + 1} patrol visits {cam.interval_s:g} s "
                 f"apart ({visits * cam.interval_s / 60:g} min), longer than the schedule's "

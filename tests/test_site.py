@@ -410,21 +410,28 @@ def test_check_config_names_the_types_a_partial_routing_leaves_unrouted(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("schedule", "problem"),
+    ("rule", "schedule", "problem"),
     [
-        ('{from: "06:00", to: "06:19"}', "the schedule is active 20 min a day, shorter than the "
-         "dwell of piled_materials (dwell_s 1800): it could never raise"),
-        ('{from: "23:50", to: "00:09"}', "the schedule is active 20 min a day, shorter than the "
-         "dwell of piled_materials (dwell_s 1800): it could never raise"),
-        ('{from: "06:00", to: "06:29"}', None),
-        ('{from: "06:00", to: "06:00"}', None),
-        ('{days: [sat], from: "00:00", to: "23:59"}', None),
+        ("crowd_gathering", '{from: "06:00", to: "06:19"}', "the schedule is active 20 min a "
+         "day, no longer than the dwell of crowd_gathering (dwell_s 1800): it could never raise"),
+        ("crowd_gathering", '{from: "23:50", to: "00:09"}', "the schedule is active 20 min a "
+         "day, no longer than the dwell of crowd_gathering (dwell_s 1800): it could never raise"),
+        # The window ends before its last minute does: a dwell as long never completes in it.
+        ("crowd_gathering", '{from: "06:00", to: "06:29"}', "the schedule is active 30 min a "
+         "day, no longer than the dwell of crowd_gathering (dwell_s 1800): it could never raise"),
+        ("crowd_gathering", '{from: "06:00", to: "06:30"}', None),
+        ("crowd_gathering", '{from: "06:00", to: "06:00"}', None),
+        ("crowd_gathering", '{days: [sat], from: "00:00", to: "23:59"}', None),
+        # Background rules judge every frame and raise a dwell completed off the window.
+        ("piled_materials", '{from: "06:00", to: "06:19"}', None),
+        ("shop_front_occupation", '{from: "23:50", to: "00:09"}', None),
     ],
 )  # fmt: skip
-def test_a_dwell_longer_than_the_daily_window_is_rejected(
-    schedule: str, problem: str | None
+def test_a_dwell_no_shorter_than_the_daily_window_is_rejected(
+    rule: str, schedule: str, problem: str | None
 ) -> None:
-    zone = ZONE.format(rule="piled_materials", field="x", value="").replace("{x: []}", "{}")
+    params = "{dwell_s: 1800}" if rule == "crowd_gathering" else "{}"
+    zone = ZONE.format(rule=rule, field="x", value="").replace("{x: []}", params)
     zone = zone.replace("        rules:", f"        schedule: {schedule}\n        rules:")
     if problem is None:
         assert parse_site(MINIMAL + zone).cameras[0].zones[0].schedule is not None
@@ -438,28 +445,30 @@ def test_a_dwell_longer_than_the_daily_window_is_rejected(
     ("schedule", "dwell_s", "problem"),
     [
         ('{days: [mon], from: "00:00", to: "23:59"}', 172800, "1 whole day at a stretch "
-         "(24 h), shorter than the dwell of street_vending (dwell_s 172800)"),
-        ('{days: [mon], from: "00:00", to: "23:59"}', 86400, None),
+         "(24 h), no longer than the dwell of street_vending (dwell_s 172800)"),
+        ('{days: [mon], from: "00:00", to: "23:59"}', 86400, "1 whole day at a stretch "
+         "(24 h), no longer than the dwell of street_vending (dwell_s 86400)"),
+        ('{days: [mon], from: "00:00", to: "23:59"}', 86399, None),
         ('{days: [mon, tue], from: "00:00", to: "23:59"}', 47 * 3600, None),
         ('{days: [mon, tue], from: "00:00", to: "23:59"}', 49 * 3600, "2 whole days at a "
-         "stretch (48 h), shorter than the dwell of street_vending (dwell_s 176400)"),
+         "stretch (48 h), no longer than the dwell of street_vending (dwell_s 176400)"),
         # from == to: a whole day from 06:00, Monday 06:00 to Wednesday 06:00.
         ('{days: [mon, tue], from: "06:00", to: "06:00"}', 259200, "2 whole days at a stretch "
-         "(48 h), shorter than the dwell of street_vending (dwell_s 259200)"),
+         "(48 h), no longer than the dwell of street_vending (dwell_s 259200)"),
         # to the minute before from: 22:00 to 21:59 the next day is a whole day too.
         ('{days: [fri], from: "22:00", to: "21:59"}', 90000, "1 whole day at a stretch "
-         "(24 h), shorter than the dwell of street_vending (dwell_s 90000)"),
+         "(24 h), no longer than the dwell of street_vending (dwell_s 90000)"),
         # Sunday runs into Monday: the longest stretch wraps round the week.
         ('{days: [sun, mon, wed], from: "00:00", to: "23:59"}', 47 * 3600, None),
         ('{days: [mon, wed, sun], from: "00:00", to: "23:59"}', 49 * 3600, "2 whole days at a "
-         "stretch (48 h), shorter than the dwell of street_vending (dwell_s 176400)"),
+         "stretch (48 h), no longer than the dwell of street_vending (dwell_s 176400)"),
         ('{days: [tue, wed, thu, fri, sat, sun], from: "00:00", to: "23:59"}', 604800,
-         "6 whole days at a stretch (144 h), shorter than the dwell of street_vending "
+         "6 whole days at a stretch (144 h), no longer than the dwell of street_vending "
          "(dwell_s 604800)"),
         ('{days: [mon, tue, wed, thu, fri, sat, sun], from: "00:00", to: "23:59"}', 604800, None),
         ('{days: [mon, tue, wed, thu, fri, sat, sun], from: "08:00", to: "08:00"}', 604800, None),
         # A window shorter than a day never joins the next day's.
-        ('{days: [mon, tue], from: "06:00", to: "05:58"}', 86400, "1439 min a day, shorter "
+        ('{days: [mon, tue], from: "06:00", to: "05:58"}', 86400, "1439 min a day, no longer "
          "than the dwell of street_vending (dwell_s 86400)"),
     ],
 )  # fmt: skip
@@ -934,7 +943,7 @@ def test_check_config_warns_about_what_cannot_work(
     ("days", "warnings"),
     [
         # Three visits 16 h apart do not fit in Monday, though the dwell does.
-        ("[mon]", ["12: cameras[0].zones[0].rules.crowd_gathering: warning: dwell_s 86400 takes "
+        ("[mon]", ["12: cameras[0].zones[0].rules.crowd_gathering: warning: dwell_s 72000 takes "
                    "3 patrol visits 57600 s apart (1920 min), longer than the schedule's 1 whole "
                    "day at a stretch (24 h): it can never raise"]),
         ("[mon, tue]", []),
@@ -948,7 +957,7 @@ def test_check_config_warns_when_patrol_visits_outlast_the_whole_days_in_a_row(
     site = PATROLLED.replace("interval_s: 700", "interval_s: 57600").replace(
         '{from: "07:00", to: "07:29"}', f'{{days: {days}, from: "07:00", to: "07:00"}}'
     )
-    path.write_text(site + "          crowd_gathering: {dwell_s: 86400}\n")
+    path.write_text(site + "          crowd_gathering: {dwell_s: 72000}\n")
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
     assert [w for w in result.stdout.splitlines() if ": warning: " in w] == [
