@@ -153,8 +153,9 @@ def test_too_few_camera_zones_stop_the_run_before_any_image_is_read(
 
 
 def test_the_report_gives_the_folds_used(shared_dir: Path, tmp_path: Path, api_server: Any) -> None:
-    """Four camera zones, each with both classes, and ``--folds 5``: each outer test part needs a group
-    of each class, so four folds are used, and the table and the head's metadata say so."""
+    """Four camera zones, each with both classes, and ``--folds 5``: each outer test part needs
+    a group of each class, so four folds are used, and the table and the head's metadata say
+    so."""
     post_reviewed(api_server, shared_dir, lambda i: f"cam-{i % 4}")
     out = tmp_path / "heads" / "garbage"
     proc = train_from_reviews(
