@@ -246,6 +246,44 @@ def test_feature_nodes_come_from_the_same_forward_pass(
     assert not np.allclose(other.features[FEATURE_NODE], feature)
 
 
+@pytest.mark.parametrize("rect", [False, True], ids=["square", "rect"])
+def test_feature_outputs_leave_the_detections_unchanged(
+    spec: ModelSpec, shared_dir: Path, bus: NDArray[np.uint8], rect: bool
+) -> None:
+    """The scene heads' feature maps are read without recompiling the detection graph: a
+    Result on a map inside the INT8 model's fused convolutions used to move confidences by up
+    to 0.03 (and boxes by pixels). With them the detections, weak ones included, are those
+    of the backend without feature outputs."""
+    from gridpatrol.detectors.features import YOLO11_NODES
+
+    nodes = tuple(YOLO11_NODES.values())
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    frames = [bus, np.asarray(cv2.imread(str(ASSETS / "zidane.jpg")), dtype=np.uint8)]
+    for index in (150, 200):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, index)
+        ok, frame = cap.read()
+        assert ok
+        frames.append(np.asarray(frame, dtype=np.uint8))
+    cap.release()
+    with_maps = load_backend(spec, feature_nodes=nodes, mode="latency", conf=0.01, rect=rect)
+    plain = load_backend(spec, mode="latency", conf=0.01, rect=rect)
+    ours, theirs = with_maps.infer(frames), plain.infer(frames)
+    with_maps.close()
+    plain.close()
+    boxes = 0
+    for a, b in zip(ours, theirs, strict=True):
+        assert set(a.features) == set(nodes) and b.features == {}
+        assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
+        np.testing.assert_allclose(a.detections.xyxy, b.detections.xyxy, rtol=0, atol=1e-4)
+        np.testing.assert_allclose(
+            a.detections.confidence, b.detections.confidence, rtol=0, atol=1e-6
+        )
+        boxes += len(a.detections)
+    assert boxes >= 200  # down to 0.01 confidence: hundreds of boxes, weak ones included
+    p3 = ours[0].features[YOLO11_NODES["p3"]]
+    assert p3.shape[0] == 64 and float(p3.max()) > 4.0  # SiLU values, not the 3.77-clipped INT8
+
+
 def test_unknown_feature_node_is_an_error(spec: ModelSpec) -> None:
     with pytest.raises(ValueError, match="feature node 'no/such/node'"):
         load_backend(spec, feature_nodes=["no/such/node"])
