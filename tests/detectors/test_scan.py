@@ -243,7 +243,7 @@ ZONES = (
         polygon: [[0.5, 0.0], [1.0, 0.0], [1.0, 1.0], [0.5, 1.0]]
         rules:
           crowd_gathering: {min_persons: 6}
-        schedule: {days: [sat], from: "03:00", to: "03:01"}
+        schedule: {days: [sat], from: "03:00", to: "03:02"}
 """
 )
 
