@@ -50,7 +50,7 @@ if TYPE_CHECKING:
     from gridpatrol.detectors.types import Backend, Detections, InferenceResult, ModelInfo
     from gridpatrol.ingest.messages import Frame
     from gridpatrol.ingest.mqtt import MqttConnection, Subscription
-    from gridpatrol.site import Camera, RuleParams, Site
+    from gridpatrol.site import Camera, RuleParams, Schedule, Site
 
     # A candidate operation's evidence files and JSON body, rendered before the transaction.
     Rendered = tuple[list[EvidenceFile], dict[str, Any]]
@@ -1371,12 +1371,36 @@ def _silence_s(params: RuleParams) -> float:
 def _horizon_s(cam: Camera) -> float:
     """How far back first-seen frames are kept: the longest dwell plus its gap and 30 s, at
     least 60 s. Not capped: an episode opens a dwell after its occupancy began, and the ring
-    holds RING_FRAMES frames however long its horizon is (they only lie further apart)."""
+    holds RING_FRAMES frames however long its horizon is (they only lie further apart).
+
+    A background rule of a scheduled zone judges while the schedule is off and raises a dwell
+    completed there when it opens, with the first_seen it had: its horizon adds the schedule's
+    longest time off (at most a day), so first_seen shows the object even when it was gone
+    by then."""
+    from gridpatrol.site import StaticForegroundParams
+
     longest = 60.0
     for zone in cam.zones:
+        off = 0.0 if zone.schedule is None else _longest_off_s(zone.schedule)
         for params in cam.zone_rules(zone).values():
-            longest = max(longest, params.dwell_s + params.gap_s + 30.0)
+            waits = off if isinstance(params, StaticForegroundParams) else 0.0
+            longest = max(longest, waits + params.dwell_s + params.gap_s + 30.0)
     return longest
+
+
+def _longest_off_s(schedule: Schedule) -> float:
+    """The longest time ``schedule`` stays off in a row, at most a day (DAY_S), on the local
+    clock: from the end of a day's window to the start of the next scheduled day's."""
+    from gridpatrol.site import ALL_DAYS, DAY_S
+
+    start = 60.0 * schedule.minutes[0]
+    starts = sorted(ALL_DAYS.index(d) * DAY_S + start for d in set(schedule.days))
+    week = 7 * DAY_S
+    nexts = [*starts[1:], starts[0] + week]
+    longest = max(
+        after - (first + schedule.window_s) for first, after in zip(starts, nexts, strict=True)
+    )
+    return min(longest, DAY_S)
 
 
 def camera_pipeline(

@@ -1,0 +1,120 @@
+"""The worker's evidence for background rules of a scheduled zone: a pile dumped and removed
+while the schedule is off is raised when it opens, with a first-seen frame that shows it."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import cv2
+import pytest
+
+from gridpatrol.api.client import Outbox
+from gridpatrol.detectors.evidence import decode_jpeg
+from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox
+from gridpatrol.detectors.worker import DetectorWorker
+from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.site import parse_site
+from tests.detectors.test_pipeline_schedule import EVENING, at, street
+from tests.detectors.test_worker import _Backend, _Conn
+
+SITE = """
+site: {name: 测试, timezone: Asia/Shanghai}
+cameras:
+  - id: cam-00
+    source: mqtt
+    location: {address: 大宁路 0号}
+    zones:
+      - id: corner
+        polygon: [[0, 0], [1, 0], [1, 1], [0, 1]]
+        rules: {piled_materials: {}}
+        schedule: {from: "06:00", to: "23:00"}
+"""
+
+
+def _worker(tmp_path: Path) -> tuple[DetectorWorker, Outbox]:
+    from gridpatrol.detectors.motion import MotionSettings
+
+    site = parse_site(SITE)
+    outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
+    worker = DetectorWorker(
+        site, site.cameras, _Backend(), {}, outbox, _Conn(),  # type: ignore[arg-type]
+        motion=MotionSettings(), component_id="detect",
+    )  # fmt: skip
+    return worker, outbox
+
+
+def _payload(k: int, pile: bool, ts: object) -> bytes:
+    """Frame ``k`` of the street (320x180, the pile on its lower left when ``pile``)."""
+    image = cv2.resize(cv2.cvtColor(street(k, pile), cv2.COLOR_GRAY2BGR), (320, 180))
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    header = FrameHeader(ts=ts, seq=k, camera_id="cam-00", width=320, height=180)  # type: ignore[arg-type]
+    return encode_frame(header, buf.tobytes())
+
+
+def test_first_seen_of_a_pile_raised_when_the_schedule_opens_shows_the_pile(
+    tmp_path: Path,
+) -> None:
+    """A frame every 20 s from 22:00; a pile dumped at 23:30 is removed at 01:00, and the
+    schedule opens at 06:00: the rule raises and clears it then, on one frame that shows bare
+    ground. The frame ring reaches back over the night (the seven hours off the schedule and
+    the dwell), so the candidate's first_seen frame is one of the pile, not of 05:29."""
+    worker, outbox = _worker(tmp_path)
+    rt = worker.cams["cam-00"]
+    dumped, removed, until = at("23:30"), at("01:00", 1), at("06:00", 1)
+    nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
+    k = 0
+    while (t := EVENING + timedelta(seconds=20 * k)) <= until:
+        ready = worker._decode(rt, "frame", _payload(k, dumped <= t < removed, t), t)
+        assert ready is not None
+        ready.result = nothing
+        worker._judge(ready)
+        k += 1
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT kind, payload, sha256 FROM outbox_ops ORDER BY seq")
+        queued = rows.fetchall()
+    blobs = {sha: bytes(data) for kind, data, sha in queued if kind == "evidence"}
+    ops = [(kind, data) for kind, data, _ in queued if kind != "evidence"]
+    assert [kind for kind, _ in ops] == ["create", "patch"]
+    evidence = {e["kind"]: e for e in json.loads(ops[0][1])["evidence"]}
+    assert sorted(evidence) == ["annotated", "clean", "first_seen", "latest"]
+    assert datetime.fromisoformat(evidence["clean"]["captured_at"]) == until
+    first = evidence["first_seen"]
+    seen_at = datetime.fromisoformat(first["captured_at"])
+    assert dumped <= seen_at < removed
+    image = decode_jpeg(blobs[first["sha256"]])
+    assert image is not None
+    # The pile (gray 200 where the street is 80 to 110) fills rows 100-160, columns 80-160.
+    assert float(image[110:150, 90:150].mean()) > 180
+
+
+@pytest.mark.parametrize(
+    ("schedule", "off_s"),
+    [
+        ({"from": "06:00", "to": "23:00"}, 25140.0),  # 23:01 to 06:00
+        ({"from": "22:00", "to": "06:00"}, 57540.0),  # 06:01 to 22:00
+        ({"days": ["mon", "wed"], "from": "09:00", "to": "17:00"}, 86400.0),  # capped at a day
+        ({"days": ["mon", "tue"], "from": "00:00", "to": "23:59"}, 86400.0),
+        ({}, 0.0),
+    ],
+)
+def test_a_background_rules_ring_reaches_back_over_the_longest_time_off_the_schedule(
+    tmp_path: Path, schedule: dict[str, object], off_s: float
+) -> None:
+    """The horizon: that time off (at most a day), the dwell (1800 s), its gap (20 s) and 30 s;
+    a rule that is no background rule of the same zone keeps its own. The ring holds as many
+    frames as ever (RING_FRAMES), only further apart."""
+    from gridpatrol.detectors.worker import RING_FRAMES, _horizon_s
+    from gridpatrol.site import Camera
+
+    def horizon(rules: dict[str, object]) -> float:
+        zone = {"id": "z", "polygon": [[0, 0], [1, 0], [1, 1]], "rules": rules}
+        cam = {"id": "c", "source": "mqtt", "location": {"address": "x"}}
+        return _horizon_s(Camera.model_validate({**cam, "zones": [{**zone, "schedule": schedule}]}))
+
+    assert horizon({"piled_materials": {}}) == off_s + 1850.0
+    assert horizon({"crowd_gathering": {"dwell_s": 1800, "gap_s": 20}}) == 1850.0
+    worker, _ = _worker(tmp_path)
+    assert worker.cams["cam-00"].ring.capacity == RING_FRAMES
