@@ -133,6 +133,14 @@ class Tracker:
     first_iou / second_iou: minimum IoU to match in the first / second stage.
     lost_s: how long an unmatched track is kept for re-association.
     history_s: the window over which stationarity is measured.
+    kept_iou: minimum IoU for a track lost for longer than ``lost_s`` (which this tracker
+      never keeps, a subclass's ``_expire`` may) to take a detection back.
+
+    Tracks lost for longer than ``lost_s`` are matched last: only to the confident detections
+    no other track took, and only to a box nearly the same as their last one (IoU 0.5 is a
+    shift by a third of the box: a stall back in place jitters by a few pixels). So a passer-by
+    crossing the spot where a stationary object was lost keeps their own track, rather than
+    taking the old one and its stationary history.
     """
 
     high_conf: float = 0.45
@@ -141,6 +149,7 @@ class Tracker:
     second_iou: float = 0.4
     lost_s: float = 3.0
     history_s: float = 10.0
+    kept_iou: float = 0.5
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 1
     last_t: float | None = None
@@ -160,13 +169,19 @@ class Tracker:
         low = np.flatnonzero((conf >= self.low_conf) & (conf < self.high_conf))
         assigned = np.full(len(detections), -1, dtype=np.int64)
 
-        live = list(range(len(self.tracks)))
+        # Tracks lost for longer than lost_s (only a subclass keeps them) are matched last.
+        kept = [i for i, tr in enumerate(self.tracks) if self._kept(tr, t)]
+        live = [i for i, tr in enumerate(self.tracks) if not self._kept(tr, t)]
         pairs, rest, new_high = self._associate(detections, high, live, t, self.first_iou)
         self._apply(detections, pairs, assigned, t)
         # Second stage: only tracks that were being followed (not already lost) pick up weak boxes.
         followed = [i for i in rest if self.tracks[i].state != "lost"]
         pairs2, unmatched, _ = self._associate(detections, low, followed, t, self.second_iou)
         self._apply(detections, pairs2, assigned, t)
+        # Last: tracks kept past lost_s take back near-same boxes that no other track took.
+        high_left = np.asarray(new_high, dtype=np.intp)
+        pairs3, _, new_high = self._associate(detections, high_left, kept, t, self.kept_iou)
+        self._apply(detections, pairs3, assigned, t)
 
         for i in set(unmatched) | (set(rest) - set(followed)):
             track = self.tracks[i]
@@ -198,6 +213,10 @@ class Tracker:
         return {tr.id: tr.state for tr in self.tracks}
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _kept(self, track: Track, t: float) -> bool:
+        """Whether ``track`` is lost for longer than ``lost_s`` (kept by a subclass)."""
+        return track.state == "lost" and t - track.last_t > self.lost_s
 
     def _expire(self, t: float) -> None:
         self.tracks = [

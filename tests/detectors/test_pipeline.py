@@ -25,6 +25,7 @@ from gridpatrol.detectors.pipeline import (
     detector_conf,
     judge_still,
 )
+from gridpatrol.detectors.rules import STATIONARY_MIN_S
 from gridpatrol.detectors.types import Detections
 from gridpatrol.site import Camera
 
@@ -198,6 +199,51 @@ def test_a_lost_track_is_kept_only_while_it_was_stationary_and_an_episode_may_wa
     assert alive_after(3.5) == [1]  # the walker, lost for more than lost_s
     assert alive_after(15.0) == [1]
     assert alive_after(15.5) == []
+
+
+@pytest.mark.parametrize(
+    ("back_s", "x", "speed", "track_id", "stationary"),
+    [
+        # Someone walks through the spot 30 s after the vendor was lost (clear_s is 60 s): at
+        # 41 s their box is as near the old one (IoU 0.33) as their own track's, at 41.5 s it
+        # is the old box.
+        (40.5, 340.0, 60.0, 2, False),
+        # From the right, 5 s after (more than lost_s, 3 s).
+        (15.0, 460.0, -60.0, 2, False),
+        (22.0, 360.0, 40.0, 2, False),
+        # The vendor back in place, a couple of pixels off: the old track, stationary at once.
+        (22.0, 402.0, 0.0, 1, True),
+    ],
+    ids=["walking through 30 s later", "from the right 5 s later", "slowly", "back in place"],
+)
+def test_a_passer_by_never_takes_the_track_of_a_stall_lost_in_that_spot(
+    back_s: float, x: float, speed: float, track_id: int, stationary: bool
+) -> None:
+    """A track kept past lost_s because it was stationary takes back only a near-same box
+    that no track within lost_s took: a passer-by keeps their own track, not the old one and
+    its stationary history."""
+    zone = {**VENDING_ZONE, "rules": {"street_vending": {}}}  # clear_s 60 s
+    pipe = CameraPipeline(camera([zone]), SHANGHAI, NAMES)
+
+    def scene(s: float) -> list[Obj]:
+        if s <= 10:
+            return [VENDOR]
+        if s < back_s:
+            return []
+        x1 = x + speed * (s - back_s)
+        return [("person", (x1, 300, x1 + 60, 450))]
+
+    seen: list[tuple[float, int, bool]] = []
+    for k in range(round((back_s + 2.5) * 2) + 1):
+        s = k / 2
+        ts = (T0 + timedelta(seconds=s)).timestamp()
+        pipe.process(T0 + timedelta(seconds=s), SIZE, dets(scene(s)))
+        if s >= back_s:
+            (track,) = [tr for tr in pipe.tracker.tracks if tr.last_t == ts]
+            motion = pipe.tracker.motion(np.asarray([track.id]))
+            still = bool(motion.stationary(0.5, STATIONARY_MIN_S)[0])
+            seen.append((s - back_s, track.id, still))
+    assert seen == [(k / 2, track_id, stationary) for k in range(6)]
 
 
 def walker(offset: float, speed: float = 120.0) -> Callable[[float], Obj]:

@@ -103,6 +103,47 @@ def test_lost_tracks_are_kept_for_lost_s_seconds(absent_s: float, same_id: bool)
     assert (again == [1]) is same_id
 
 
+@dataclass
+class _Keeping(Tracker):
+    """A tracker that keeps every lost track for 60 s, as a subclass may keep some."""
+
+    def _expire(self, t: float) -> None:
+        self.tracks = [tr for tr in self.tracks if tr.state != "lost" or t - tr.last_t <= 60]
+
+
+@pytest.mark.parametrize(
+    ("dx", "conf", "track_id"),
+    [
+        (0.0, 0.9, 1),
+        (13.0, 0.9, 1),  # IoU 27 / 53 = 0.51
+        (14.0, 0.9, 2),  # IoU 26 / 54 = 0.48: a new track
+        (0.0, 0.3, -1),  # weak boxes continue only tracks followed until now
+    ],
+    ids=["in place", "IoU 0.51", "IoU 0.48", "weak"],
+)
+def test_a_track_kept_past_lost_s_takes_back_only_a_near_same_confident_box(
+    dx: float, conf: float, track_id: int
+) -> None:
+    tracker = _Keeping()
+    for t in (0.0, 0.5, 1.0):
+        assert ids(tracker, t, walk(100)) == [1]
+    assert ids(tracker, 1.5) == []  # lost from here
+    assert ids(tracker, 11.0, Obj(walk(100 + dx).box, conf)) == [track_id]
+
+
+def test_a_track_within_lost_s_wins_over_one_kept_past_it() -> None:
+    """A box matches a track lost for 1 s (IoU 0.6) rather than one lost for 11 s that it
+    covers exactly (IoU 1): tracks kept past lost_s come back only with boxes no other took."""
+    tracker = _Keeping()
+    for t in (0.0, 0.5, 1.0):
+        assert ids(tracker, t, walk(100)) == [1]
+    # Someone else walks in from the right, 20 px/s, and is lost at x = 110.
+    for k in range(11):
+        assert ids(tracker, 10.0 + k / 2, walk(210 - 10 * k)) == [2]
+    assert ids(tracker, 16.0, walk(100)) == [2]
+    assert tracker.states() == {1: "lost", 2: "tracked"}
+
+
 def test_unconfirmed_single_detection_is_forgotten() -> None:
     tracker = Tracker()
     assert ids(tracker, 0.0, Obj((10, 10, 60, 110))) == [1]
