@@ -242,6 +242,17 @@ class ClockJump:
         return ts >= self.ts and ahead <= CLOCK_RESET_S
 
 
+@dataclass(frozen=True)
+class Unqueued:
+    """Operations of one episode, rendered, that the outbox did not take: ``episode`` is where
+    they leave it, ``kinds`` the rule events they came from."""
+
+    episode: Episode
+    rendered: list[tuple[Op, Rendered, EpisodeEvent]]
+    kinds: tuple[str, ...]
+    t: datetime
+
+
 @dataclass
 class CameraRuntime:
     camera: Camera
@@ -267,6 +278,9 @@ class CameraRuntime:
     # Waiting episodes their rule cleared but whose ending the outbox did not take, with their
     # last sighting: no event of the rule will end them, the camera's next frame does.
     ending: dict[Key, datetime] = field(default_factory=dict)
+    # A frame's operations of one episode the outbox did not take that no later event would
+    # redo (a raise cleared on the same frame: its rule is idle): tried again with each frame.
+    unqueued: dict[Key, Unqueued] = field(default_factory=dict)
     judged_at: float = 0.0  # the worker's clock when a frame of the camera was last judged
 
 
@@ -741,21 +755,31 @@ class DetectorWorker:
     ) -> None:
         """A judged frame's rule events into episode operations, then its waiting episodes.
 
-        Each event goes on its own: one the outbox did not take (the file locked beyond the busy
-        timeout, a full disk) is logged, and the frame's other events and waiting episodes go on
-        (two rules clearing in one frame each end their episode)."""
+        The events of one episode go in one transaction (a raise and a clear on one frame are
+        queued together or not at all), each episode on its own: one the outbox did not take
+        (the file locked beyond the busy timeout, a full disk) is logged, and the frame's other
+        events and waiting episodes go on (two rules clearing in one frame each end their
+        episode). Operations kept from an earlier frame (``rt.unqueued``) go first."""
+        grouped: dict[Key, list[EpisodeEvent]] = {key: [] for key in rt.unqueued}
         for raw in events:
             ev = normalise_event(raw)
+            grouped.setdefault((rt.camera.id, ev.zone_id, ev.rule), []).append(ev)
+        for key, evs in grouped.items():
             try:
-                self._episode(rt, ev, item, detections)
+                self._episode_events(rt, key, evs, item, detections)
             except Exception:
+                kept = rt.unqueued.get(key)
+                kinds = kept.kinds if kept is not None else tuple(ev.kind for ev in evs)
+                when = kept.t if kept is not None else evs[0].t
                 log.exception(
-                    "camera %s: the %s of rule %s in zone %s at %s was not queued",
+                    "camera %s: the %s of rule %s in zone %s at %s %s not queued%s",
                     rt.camera.id,
-                    ev.kind,
-                    ev.rule,
-                    ev.zone_id,
-                    ev.t.isoformat(),
+                    " and ".join(kinds),
+                    key[2],
+                    key[1],
+                    when.isoformat(),
+                    "were" if len(kinds) > 1 else "was",
+                    "; they are tried again with the next frame" if kept is not None else "",
                 )
         if rt.waiting:
             self._end_unfollowed(rt, ts)
@@ -775,50 +799,77 @@ class DetectorWorker:
     def _episode(
         self, rt: CameraRuntime, ev: EpisodeEvent, item: Ready, detections: Detections
     ) -> None:
+        """One rule event into episode operations (see _episode_events)."""
+        self._episode_events(rt, (rt.camera.id, ev.zone_id, ev.rule), [ev], item, detections)
+
+    def _episode_events(
+        self,
+        rt: CameraRuntime,
+        key: Key,
+        evs: Sequence[EpisodeEvent],
+        item: Ready,
+        detections: Detections,
+    ) -> None:
+        """A frame's rule events of one episode into operations, queued in one transaction
+        after those kept from an earlier frame (``rt.unqueued``)."""
         from gridpatrol.detectors import episodes
 
-        params = _rule_params(rt.camera, ev.zone_id, ev.rule)
+        params = _rule_params(rt.camera, key[1], key[2])
         if params is None:
-            log.warning(
-                "camera %s: event for unknown rule %s/%s", rt.camera.id, ev.zone_id, ev.rule
-            )
+            log.warning("camera %s: event for unknown rule %s/%s", rt.camera.id, key[1], key[2])
             return
-        key = (rt.camera.id, ev.zone_id, ev.rule)
         book: Mapping[Key, Episode] = self.book
-        ended: list[Op] = []
+        kept = rt.unqueued.get(key)
+        rendered = [] if kept is None else list(kept.rendered)
+        if kept is not None:
+            book = {**book, key: kept.episode}
         cleared = rt.ending.get(key)
         if cleared is None:
             self._stop_waiting(rt, [key])  # its rule follows it now
-        else:
+        elif evs:
             # Its rule cleared it but the outbox did not take the ending: the episode ends at
             # that clear's last sighting first (else this event, of a later occupancy, would
             # continue it), in the same transaction.
-            book, ended = episodes.end_silent(book, [key], ev.t, {key: cleared})
-        book, ops = episodes.step(
-            book,
-            rt.camera.id,
-            ev,
-            update_s=params.update_s,
-            resume_s=_resume_s(params),
-            new_id=lambda: str(uuid.uuid4()),
-        )
-        ops = ended + ops
-        if not ops:
-            self.book = book
+            book, ended = episodes.end_silent(book, [key], evs[0].t, {key: cleared})
+            rendered += [
+                (op, self._render(rt, op, evs[0], item, detections), evs[0]) for op in ended
+            ]
+        for ev in evs:
+            book, ops = episodes.step(
+                book,
+                rt.camera.id,
+                ev,
+                update_s=params.update_s,
+                resume_s=_resume_s(params),
+                new_id=lambda: str(uuid.uuid4()),
+            )
+            rendered += [(op, self._render(rt, op, ev, item, detections), ev) for op in ops]
+        if not rendered:
+            self.book = dict(book)
             if cleared is not None:  # the episode was no longer open
                 self._stop_waiting(rt, [key])
             return
+        ops = [op for op, _, _ in rendered]
         try:
-            refused = self._commit([(op, self._render(rt, op, ev, item, detections)) for op in ops])
+            refused = self._commit([(op, body) for op, body, _ in rendered])
         except Exception:
             # Only a committed transaction moves the book: after a failure the next event of
-            # the episode tries again, and an ending, which no event follows, waits.
-            self._end_later(rt, ops)
+            # the episode tries again, and an ending, which no event follows, waits. A raise
+            # its rule cleared on the same frame has no next event: kept, with the clear, for
+            # the next frame, and so is whatever follows them until they are queued.
+            raised_and_ended = any(op.kind == "open" for op in ops) and not book[key].open
+            if cleared is None and (kept is not None or raised_and_ended):
+                kinds = (kept.kinds if kept else ()) + tuple(ev.kind for ev in evs)
+                when = kept.t if kept else evs[0].t
+                rt.unqueued[key] = Unqueued(book[key], rendered, kinds, when)
+            else:
+                self._end_later(rt, ops)
             raise
-        self.book = book
+        self.book = dict(book)
+        rt.unqueued.pop(key, None)
         if cleared is not None:
             self._stop_waiting(rt, [key])
-        for op in ops:
+        for op, _, ev in rendered:
             if op.episode.candidate_id in refused:
                 continue
             rt.candidates += op.kind == "open"

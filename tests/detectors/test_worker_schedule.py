@@ -4,7 +4,8 @@ while the schedule is off is raised when it opens, with a first-seen frame that 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -54,6 +55,23 @@ def _payload(k: int, pile: bool, ts: object) -> bytes:
     return encode_frame(header, buf.tobytes())
 
 
+def _night(worker: DetectorWorker, until: datetime, since: datetime = EVENING) -> None:
+    """cam-00's frames every 20 s from 22:00 (from ``since`` on) to ``until``, decoded and
+    judged as the worker takes them (no objects detected); a pile lies in view from 23:30 to
+    01:00."""
+    rt = worker.cams["cam-00"]
+    dumped, removed = at("23:30"), at("01:00", 1)
+    nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
+    k = 0
+    while (t := EVENING + timedelta(seconds=20 * k)) <= until:
+        if t >= since:
+            ready = worker._decode(rt, "frame", _payload(k, dumped <= t < removed, t), t)
+            assert ready is not None
+            ready.result = nothing
+            worker._judge(ready)
+        k += 1
+
+
 def test_first_seen_of_a_pile_raised_when_the_schedule_opens_shows_the_pile(
     tmp_path: Path,
 ) -> None:
@@ -62,16 +80,8 @@ def test_first_seen_of_a_pile_raised_when_the_schedule_opens_shows_the_pile(
     ground. The frame ring reaches back over the night (the seven hours off the schedule and
     the dwell), so the candidate's first_seen frame is one of the pile, not of 05:29."""
     worker, outbox = _worker(tmp_path)
-    rt = worker.cams["cam-00"]
+    _night(worker, until=at("06:00", 1))
     dumped, removed, until = at("23:30"), at("01:00", 1), at("06:00", 1)
-    nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
-    k = 0
-    while (t := EVENING + timedelta(seconds=20 * k)) <= until:
-        ready = worker._decode(rt, "frame", _payload(k, dumped <= t < removed, t), t)
-        assert ready is not None
-        ready.result = nothing
-        worker._judge(ready)
-        k += 1
     with outbox.transaction() as txn:
         rows = txn.conn.execute("SELECT kind, payload, sha256 FROM outbox_ops ORDER BY seq")
         queued = rows.fetchall()
@@ -118,3 +128,55 @@ def test_a_background_rules_ring_reaches_back_over_the_longest_time_off_the_sche
     assert horizon({"crowd_gathering": {"dwell_s": 1800, "gap_s": 20}}) == 1850.0
     worker, _ = _worker(tmp_path)
     assert worker.cams["cam-00"].ring.capacity == RING_FRAMES
+
+
+def test_a_raise_and_clear_on_one_frame_the_outbox_could_not_take_are_queued_with_the_next(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pile of the night is raised and cleared on the 06:00 frame, when the outbox file is
+    locked: neither is queued, and no event of the rule follows (it is idle). Both are kept and
+    queued together with the next frame: one candidate, created and ended, never half."""
+    from gridpatrol.detectors.episodes import load_book
+    from tests.detectors.test_worker import _locked_once
+
+    worker, outbox = _worker(tmp_path)
+    _night(worker, until=at("06:00", 1) - timedelta(seconds=20))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    _night(worker, until=at("06:00", 1), since=at("06:00", 1))
+    assert failed == ["database is locked"]
+    assert (worker.book, _queued(outbox)) == ({}, [])
+    seconds = timedelta(seconds=20)
+    _night(worker, until=at("06:00", 1) + seconds, since=at("06:00", 1) + seconds)
+    (ended,) = worker.book.values()
+    assert (ended.started_at, ended.ended_at, ended.reported_at) == (
+        at("23:30"),
+        at("01:00", 1) - seconds,
+        at("06:00", 1),
+    )
+    assert _queued(outbox) == [("create", ended.candidate_id), ("patch", ended.candidate_id)]
+    with outbox.transaction() as txn:
+        assert load_book(txn.conn) == {ended.key: ended}
+    assert (_ops(worker, "open"), _ops(worker, "end")) == (1.0, 1.0)
+    _night(worker, until=at("06:01", 1), since=at("06:00", 1) + 2 * seconds)
+    assert len(_queued(outbox)) == 2
+    assert (
+        "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued; they are tried again "
+        "with the next frame"
+    ) in caplog.messages
+
+
+def _ops(worker: DetectorWorker, op: str) -> float | None:
+    return worker.metrics.registry.get_sample_value(
+        "gridpatrol_detect_candidate_ops_total", {"camera": "cam-00", "op": op}
+    )
+
+
+def _queued(outbox: Outbox) -> list[tuple[str, str | None]]:
+    """The candidate operations in the outbox (not their evidence files), in order."""
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute(
+            "SELECT kind, candidate_id FROM outbox_ops WHERE kind != 'evidence' ORDER BY seq"
+        )
+        return rows.fetchall()
