@@ -467,13 +467,18 @@ class Outbox:
         self.client = client
         self.component = component
         self._local = threading.local()
-        self._wake = threading.Event()
+        self._wake = threading.Event()  # set by producers' commits
+        # Set by flush() and stop(): ends the wait after a failed round, which commits do not.
+        self._kick = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._counts = {"sent": 0, "retried": 0, "failed": 0}
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
         self._retry_in = 0.0  # the wait a failed round asked for before the next one
+        # Candidates whose PATCH was held (not a refusal): (monotonic time before which it
+        # is not sent again, its own backoff). The rest of the queue flows meanwhile.
+        self._deferred: dict[str, tuple[float, float]] = {}
         self._senders = self._new_senders()
         self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
@@ -553,6 +558,7 @@ class Outbox:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._kick.set()
         self._wake.set()
         # Uploads not begun are dropped from the pool (they stay pending in the file), so
         # exit does not wait for a whole window of them against a hung API.
@@ -570,8 +576,13 @@ class Outbox:
         return ThreadPoolExecutor(self.PARALLEL, thread_name_prefix=f"send-{self.component}")
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything queued so far has been delivered (or refused for good)."""
+        """Wait until everything queued so far has been delivered (or refused for good).
+
+        The next round starts now, also during the wait after a failed round and for
+        candidates whose PATCH waits its own backoff: at shutdown an outage that has just
+        ended must not leave the queue for the next start."""
         deadline = time.monotonic() + timeout
+        self._kick.set()
         self._wake.set()
         while self.depth() > 0:
             if time.monotonic() >= deadline:
@@ -583,37 +594,67 @@ class Outbox:
         conn = self._connect()
         try:
             while not self._stop.is_set():
+                kicked = self._kick.is_set()
+                self._kick.clear()
+                settled = self._settled()
                 try:
-                    progressed = self._deliver_some(conn)
+                    self._deliver_some(conn, kicked)
                 except CancelledError:
                     break  # stopping: the pool dropped the round's remaining requests
                 except Exception:
                     log.exception("outbox %s: unexpected error while delivering", self.component)
-                    progressed = False
                     self._retry_in = max(self._retry_in, 1.0)
-                if progressed:
-                    self._backoff = 0.0
-                    continue
+                progressed = self._settled() > settled
                 delay, self._retry_in = self._retry_in, 0.0
-                if delay > 0:
-                    # After a failed round only a stop ends the wait: a producer's commit
-                    # (the alarm bridge commits every second) must not bring the next
-                    # round forward against an API that is down or asked for a pause.
-                    self._stop.wait(delay)
-                    continue
-                self._wake.wait(1.0)
-                self._wake.clear()
+                if delay <= 0:
+                    if progressed:
+                        self._backoff = 0.0
+                        continue
+                    self._wake.wait(self._idle_wait())
+                    self._wake.clear()
+                elif progressed:
+                    # Part of the round was held, the rest delivered or refused: the API
+                    # answers, so a producer's commit brings the next round forward.
+                    self._wake.wait(delay)
+                    self._wake.clear()
+                else:
+                    # A round that settled nothing (the API is down, misrouted or asked for
+                    # a pause): only flush() or stop() end the wait, a producer's commit
+                    # (the alarm bridge commits every second) does not.
+                    self._kick.wait(delay)
         finally:
             conn.close()
 
-    def _deliver_some(self, conn: sqlite3.Connection) -> bool:
-        """One round over the oldest pending operations; False when nothing could be sent.
-        See the outbox's design above for its order and for bodies naming an aliased id."""
+    def _settled(self) -> int:
+        """The operations delivered or refused for good so far."""
+        with self._counts_lock:
+            return self._counts["sent"] + self._counts["failed"]
+
+    def _idle_wait(self) -> float:
+        """How long the loop waits for a commit when nothing could be sent: at most 1 s, and
+        no longer than until the first candidate whose PATCH was held may go again."""
+        if not self._deferred:
+            return 1.0
+        first = min(when for when, _backoff in self._deferred.values())
+        return min(1.0, max(0.01, first - time.monotonic()))
+
+    def _due(self, group: list[_Op], now: float) -> bool:
+        """Whether the candidate of a patch group is past the wait its held PATCH asked for."""
+        cid = group[0].candidate_id or ""
+        entry = self._deferred.get(cid)
+        return entry is None or entry[0] <= now
+
+    def _deliver_some(self, conn: sqlite3.Connection, kicked: bool = False) -> None:
+        """One round over the oldest pending operations; a failure that holds the round is
+        recorded for the wait before the next (see :meth:`_retry_later`). See the outbox's
+        design above for its order and for bodies naming an aliased id. Evidence and creates
+        go first and hold the round; a candidate whose PATCH was held waits its own backoff,
+        skipped by the rounds in between but ``kicked`` ones (see :meth:`flush`)."""
         # One a crash or a stop cut short, before any send.
         _finish_rewrites(conn, self.REWRITE_CHUNK, self._stop)
         ops = _round(self._pending(conn), self.MAX_BATCH, self.MAX_BATCH_BYTES)
         if not ops:
-            return False
+            return
         try:
             self._send_in_parallel(conn, [[op] for op in ops if op.kind == "evidence"])
             creates = self._sendable(conn, [op for op in ops if op.kind == "create"])
@@ -621,14 +662,16 @@ class Outbox:
             if finished:
                 # Recording an alias moved and rewrote this round's patches in the file.
                 window = self._patches_up_to(conn, ops[-1].seq) if aliased else ops
-                patches = _as_sent(conn, _patches_by_candidate(window))[: self.MAX_PATCHED]
+                now = time.monotonic()
+                self._forget_deferred(now)
+                patches = _as_sent(conn, _patches_by_candidate(window))
+                patches = [g for g in patches if kicked or self._due(g, now)]
+                patches = patches[: self.MAX_PATCHED]
                 patches = [g for g in (self._sendable(conn, g) for g in patches) if g]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
             self._retry_later(conn, ops[0], exc)
-            return False
-        return True
 
     def _patches_up_to(self, conn: sqlite3.Connection, seq: int) -> list[_Op]:
         """The pending patches up to ``seq``, as the file holds them now: the window is the
@@ -687,9 +730,18 @@ class Outbox:
             return False
         return self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
 
+    def _forget_deferred(self, now: float) -> None:
+        """Forget the held PATCHes not retried for long: their patches settled otherwise or
+        moved to an alias."""
+        stale = [c for c, (when, _b) in self._deferred.items() if when < now - self.MAX_BACKOFF_S]
+        for cid in stale:
+            del self._deferred[cid]
+
     def _send_in_parallel(self, conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:
         """One request per group (an evidence file, or one candidate's merged patches), side
-        by side; every group is settled, then the first retryable failure is raised."""
+        by side; every group is settled, then the first retryable failure of an evidence file
+        is raised. A candidate's PATCH that is held waits its own backoff (see _defer), the
+        other candidates' and the creates queued after it go on meanwhile."""
         patches = [group for group in groups if group[0].kind == "patch"]
         if patches:
             # Before they go out: a crash before the answer resends them as they were too.
@@ -701,7 +753,10 @@ class Outbox:
             try:
                 self._settle(conn, group, future.result, None)
             except (httpx.TransportError, ApiError) as exc:
-                retry = retry or exc
+                if group[0].kind == "patch":
+                    self._defer(conn, group, exc)
+                else:
+                    retry = retry or exc
         if retry is not None:
             raise retry
 
@@ -825,6 +880,7 @@ class Outbox:
             if aliases and sent_to is not None:
                 _move_patches(conn, aliases)
                 _plan_rewrites(conn, aliased, sent_to)
+        self._undefer(ops)
         if aliases:
             _finish_rewrites(conn, self.REWRITE_CHUNK, self._stop)
         with self._counts_lock:
@@ -850,6 +906,7 @@ class Outbox:
                 [(f"{exc.status} {reason}", op.seq) for op in ops],
             )
             _unpin_groups(conn, ops)
+        self._undefer(ops)
         with self._counts_lock:
             self._counts["failed"] += len(ops)
         for op in ops:
@@ -863,12 +920,36 @@ class Outbox:
                 op.seq,
             )
 
+    def _undefer(self, ops: list[_Op]) -> None:
+        """Forget the held PATCHes of the candidates whose patches among ``ops`` settled."""
+        for op in ops:
+            if op.kind == "patch" and op.candidate_id:
+                self._deferred.pop(op.candidate_id, None)
+
+    def _next_backoff(self, backoff: float) -> float:
+        backoff = min(self.MAX_BACKOFF_S, max(0.5, backoff * 2))
+        return backoff * random.uniform(0.8, 1.2)  # jitter spreads producers out
+
     def _retry_later(self, conn: sqlite3.Connection, op: _Op, exc: Exception) -> None:
-        conn.execute("UPDATE outbox_ops SET attempts = attempts + 1 WHERE seq = ?", (op.seq,))
-        self._backoff = min(self.MAX_BACKOFF_S, max(0.5, self._backoff * 2))
-        self._backoff *= random.uniform(0.8, 1.2)  # jitter spreads producers out
+        """The round failed at ``op`` and settles nothing more: the next waits the outbox's
+        backoff, or the ``Retry-After`` asked for when that is longer."""
+        self._backoff = self._next_backoff(self._backoff)
         asked = exc.retry_after if isinstance(exc, ApiError) else None
         self._retry_in = max(self._backoff, asked or 0.0)
+        self._log_retry(conn, op, exc, self._retry_in)
+
+    def _defer(self, conn: sqlite3.Connection, group: list[_Op], exc: Exception) -> None:
+        """A candidate's PATCH was held: its patches wait the candidate's own backoff (or
+        the ``Retry-After`` asked for when that is longer), the rest of the queue does not."""
+        cid = group[0].candidate_id or ""
+        backoff = self._next_backoff(self._deferred.get(cid, (0.0, 0.0))[1])
+        asked = exc.retry_after if isinstance(exc, ApiError) else None
+        wait = max(backoff, asked or 0.0)
+        self._deferred[cid] = (time.monotonic() + wait, backoff)
+        self._log_retry(conn, group[0], exc, wait)
+
+    def _log_retry(self, conn: sqlite3.Connection, op: _Op, exc: Exception, wait: float) -> None:
+        conn.execute("UPDATE outbox_ops SET attempts = attempts + 1 WHERE seq = ?", (op.seq,))
         with self._counts_lock:
             self._counts["retried"] += 1
         hint = ""
@@ -887,7 +968,7 @@ class Outbox:
             op.candidate_id or op.sha256,
             exc,
             hint,
-            self._retry_in,
+            wait,
         )
 
     # -- connections --------------------------------------------------------------------------

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import re
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -208,16 +209,20 @@ def test_the_client_takes_no_redirect_for_a_success() -> None:
 
 
 class Overloaded:
-    """An API that answers every request 503, with ``Retry-After`` when given one."""
+    """An API that answers every request 503, with ``Retry-After`` when given one, until
+    ``up``."""
 
     def __init__(self, retry_after: str | None) -> None:
         self.retry_after = retry_after
         self.requests = 0
+        self.up = False  # from then on every request is answered 2xx
         self.lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             self.requests += 1
+        if self.up:
+            return httpx.Response(201, json={})
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         return httpx.Response(503, headers=headers, json={"title": "Service Unavailable"})
 
@@ -322,3 +327,149 @@ def test_a_patch_out_without_an_answer_goes_again_as_it_went(
     assert (doc["detection"]["dwell_s"], doc["detection"]["score"]) == (30, 0.9)
     with contextlib.closing(sqlite3.connect(path)) as conn:
         assert conn.execute("SELECT COUNT(*) FROM outbox_patch_groups").fetchone()[0] == 0
+
+
+class Logged:
+    """An API that is up and records every request as (method, path, monotonic time): each
+    PATCH of a candidate in ``held`` is answered ``status`` (with ``Retry-After`` when given),
+    anything else 2xx; ``down`` answers every request 503."""
+
+    def __init__(self, status: int = 500, retry_after: str | None = None) -> None:
+        self.held: set[str] = set()
+        self.status = status
+        self.retry_after = retry_after
+        self.down = False
+        self.log: list[tuple[str, str, float]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/v1")
+        with self.lock:
+            self.log.append((request.method, path, time.monotonic()))
+        headers = {"Retry-After": self.retry_after} if self.retry_after else {}
+        if self.down:
+            return httpx.Response(503, headers=headers, json={"title": "Service Unavailable"})
+        if request.method == "PATCH":
+            cid = path.rsplit("/", 1)[1]
+            if cid in self.held:
+                return httpx.Response(self.status, headers=headers, json={"title": "held"})
+            return httpx.Response(200, json={"id": cid})
+        if path == "/candidates/batch":
+            items = json.loads(request.content)["items"]
+            return httpx.Response(
+                200, json={"items": [{"status": 201, "body": item["body"]} for item in items]}
+            )
+        if request.method == "POST":
+            return httpx.Response(201, json=json.loads(request.content))
+        return httpx.Response(201, json={})
+
+    def requests(self, method: str, cid: str) -> list[float]:
+        with self.lock:
+            return [t for m, p, t in self.log if m == method and p.endswith(cid)]
+
+
+@contextlib.contextmanager
+def committing(outbox: Outbox) -> Iterator[None]:
+    """A producer committing every 50 ms (the alarm bridge commits every second)."""
+    done = threading.Event()
+
+    def commit() -> None:
+        while not done.wait(0.05):
+            with outbox.transaction() as txn:
+                txn.conn.execute("SELECT 1")
+
+    thread = threading.Thread(target=commit, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def wait_until(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(500, "30"), (409, "30"), (404, "30")])
+def test_a_held_patch_holds_up_no_other_candidate(
+    tmp_path: Path, status: int, retry_after: str
+) -> None:
+    """The API is up but holds one candidate's PATCH (a 500, a 409 for its key in flight, a
+    proxy that routes no PATCH), asking for 30 s: that candidate's patches wait, while a
+    create queued afterwards, and another candidate's PATCH, go at once; flush() sends the
+    held PATCH again without waiting out its 30 s."""
+    api = Logged(status, retry_after)
+    outbox = Outbox(tmp_path / "outbox-held.db", mocked(api), component="held")
+    with outbox.transaction() as txn:
+        held = txn.create_candidate({"type": "garbage_overflow"})
+        txn.patch_candidate(held, {"detection": {"dwell_s": 20}})
+    api.held.add(held)
+    outbox.start()
+    try:
+        with committing(outbox):
+            wait_until(lambda: len(api.requests("PATCH", held)) == 1, 5)
+            with outbox.transaction() as txn:
+                other = txn.create_candidate({"type": "garbage_overflow"})
+                txn.patch_candidate(other, {"detection": {"dwell_s": 30}})
+            queued = time.monotonic()
+            wait_until(lambda: outbox.depth() == 1, 5)
+        [created] = api.requests("POST", "/candidates")[1:]
+        [patched] = api.requests("PATCH", other)
+        assert created - queued < 5 and patched - queued < 5
+        assert len(api.requests("PATCH", held)) == 1  # its 30 s are not over
+        assert outbox.stats() == {"sent": 3, "retried": 1, "failed": 0, "depth": 1}
+        api.held.clear()
+        assert outbox.flush(5)
+    finally:
+        outbox.stop()
+    assert len(api.requests("PATCH", held)) == 2
+    assert outbox.failed() == []
+
+
+def test_held_patches_against_a_down_api_wait_their_backoff(tmp_path: Path) -> None:
+    """Only patches queued (their creates delivered), the API down, a producer committing
+    every 50 ms: each candidate's PATCH waits its own growing backoff between attempts."""
+    api = Logged()
+    outbox = Outbox(tmp_path / "outbox-down.db", mocked(api), component="down")
+    with outbox.transaction() as txn:
+        ids = [txn.create_candidate({"type": "garbage_overflow"}) for _ in range(3)]
+    outbox.start()
+    try:
+        assert outbox.flush(5)
+        api.down = True
+        with outbox.transaction() as txn:
+            for cid in ids:
+                txn.patch_candidate(cid, {"detection": {"dwell_s": 20}})
+        with committing(outbox):
+            time.sleep(3)
+    finally:
+        outbox.stop()
+    # 0.5 s, 1 s, 2 s between attempts, each within 20 % of that: at most 3 in 3 s.
+    assert [1 <= len(api.requests("PATCH", cid)) <= 3 for cid in ids] == [True] * 3
+    assert outbox.depth() == 3 and outbox.failed() == []
+
+
+def test_flush_cuts_the_wait_after_a_failed_round(tmp_path: Path) -> None:
+    """The API was down and asked for 30 s; it is back when the producer shuts down: flush()
+    sends the queue now rather than leaving it for the next start."""
+    api = Overloaded("30")
+    outbox = Outbox(tmp_path / "outbox-flush.db", mocked(api), component="flush")
+    with outbox.transaction() as txn:
+        txn.add_evidence(jpeg(7), "image/jpeg")
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 1)
+        with outbox.transaction() as txn:  # a commit does not end the wait
+            txn.conn.execute("SELECT 1")
+        time.sleep(0.5)
+        assert api.requests == 1
+        api.up = True
+        assert outbox.flush(5)
+    finally:
+        outbox.stop()
+    assert api.requests == 2
+    assert outbox.stats() == {"sent": 1, "retried": 1, "failed": 0, "depth": 0}
