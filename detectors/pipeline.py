@@ -215,8 +215,9 @@ class _StillTracker(Tracker):
     tracks they would be stationary only ``STATIONARY_MIN_S`` after reappearing, and that
     delay added to the occlusion could exceed the episode's ``gap_s`` and restart its dwell.
     Moving tracks still expire after ``lost_s``, so passers-by do not pile up. A track kept
-    past ``lost_s`` takes back only a near-same confident box no other track took (see
-    :class:`Tracker`): a passer-by crossing the spot keeps their own track, not its history.
+    past ``lost_s`` takes back only a confident box of its class within its last one that no
+    other track took (see :class:`Tracker`): a stall a lorry shows bit by bit as it drives off
+    comes back on it, a passer-by crossing the spot keeps their own track, not its history.
     """
 
     still_lost_s: float = 0.0

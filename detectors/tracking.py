@@ -15,6 +15,7 @@ at any distance from the camera.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -41,15 +42,34 @@ def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.flo
     if len(a) == 0 or len(b) == 0:
         return np.zeros((len(a), len(b)), dtype=np.float32)
     a, b = _at_least_a_pixel(a), _at_least_a_pixel(b)
-    # Coordinate by coordinate: a product over a trailing axis of length 2 is slow in numpy.
-    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
-    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
-    inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+    inter = _intersection(a, b)
     area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
     area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     iou: NDArray[np.float32] = (inter / np.maximum(union, 1e-9)).astype(np.float32)
     return iou
+
+
+def cover_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Pairwise share of each box of b (M, 4) that lies inside each box of a (N, 4), (N, M).
+
+    Boxes are measured as at least a pixel wide and high, as in :func:`iou_matrix`.
+    """
+    if len(a) == 0 or len(b) == 0:
+        return np.zeros((len(a), len(b)), dtype=np.float32)
+    a, b = _at_least_a_pixel(a), _at_least_a_pixel(b)
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    cover: NDArray[np.float32] = (_intersection(a, b) / area_b[None, :]).astype(np.float32)
+    return cover
+
+
+def _intersection(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
+    """Pairwise intersection areas of boxes a (N, 4) and b (M, 4), (N, M)."""
+    # Coordinate by coordinate: a product over a trailing axis of length 2 is slow in numpy.
+    iw = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    ih = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter: NDArray[np.float32] = np.maximum(iw, 0) * np.maximum(ih, 0)
+    return inter
 
 
 def _at_least_a_pixel(boxes: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -133,14 +153,19 @@ class Tracker:
     first_iou / second_iou: minimum IoU to match in the first / second stage.
     lost_s: how long an unmatched track is kept for re-association.
     history_s: the window over which stationarity is measured.
-    kept_iou: minimum IoU for a track lost for longer than ``lost_s`` (which this tracker
-      never keeps, a subclass's ``_expire`` may) to take a detection back.
+    kept_cover: the share of a detection that must lie inside the last box of a track lost for
+      longer than ``lost_s`` (which this tracker never keeps, a subclass's ``_expire`` may) for
+      the track to take it back.
 
     Tracks lost for longer than ``lost_s`` are matched last: only to the confident detections
-    no other track took, and only to a box nearly the same as their last one (IoU 0.5 is a
-    shift by a third of the box: a stall back in place jitters by a few pixels). So a passer-by
-    crossing the spot where a stationary object was lost keeps their own track, rather than
-    taking the old one and its stationary history.
+    no other track took, of their class, and lying within their last box (80 % of the
+    detection inside it). A stall revealed bit by bit as a lorry drives off comes back as a
+    box inside its old one, however little of it shows: by IoU its first part would start a
+    new track, which then keeps the growing box. 0.8 lets a box of the old size come back
+    shifted by a fifth of its width (a stall back in place jitters by a few pixels). A
+    passer-by crossing the spot where a stationary object was lost keeps their own track,
+    taken in the first stage, rather than taking the old one and its stationary history;
+    only a passer-by first seen within the old box could take it.
     """
 
     high_conf: float = 0.45
@@ -149,7 +174,7 @@ class Tracker:
     second_iou: float = 0.4
     lost_s: float = 3.0
     history_s: float = 10.0
-    kept_iou: float = 0.5
+    kept_cover: float = 0.8
     tracks: list[Track] = field(default_factory=list)
     next_id: int = 1
     last_t: float | None = None
@@ -178,9 +203,11 @@ class Tracker:
         followed = [i for i in rest if self.tracks[i].state != "lost"]
         pairs2, unmatched, _ = self._associate(detections, low, followed, t, self.second_iou)
         self._apply(detections, pairs2, assigned, t)
-        # Last: tracks kept past lost_s take back near-same boxes that no other track took.
+        # Last: tracks kept past lost_s take back boxes within their old one that no other took.
         high_left = np.asarray(new_high, dtype=np.intp)
-        pairs3, _, new_high = self._associate(detections, high_left, kept, t, self.kept_iou)
+        pairs3, _, new_high = self._associate(
+            detections, high_left, kept, t, self.kept_cover, cover_matrix
+        )
         self._apply(detections, pairs3, assigned, t)
 
         for i in set(unmatched) | (set(rest) - set(followed)):
@@ -230,12 +257,16 @@ class Tracker:
         track_idx: list[int],
         t: float,
         min_iou: float,
+        overlap: Callable[[NDArray[np.float32], NDArray[np.float32]], NDArray[np.float32]] = (
+            iou_matrix
+        ),
     ) -> tuple[list[tuple[int, int]], list[int], list[int]]:
-        """Match detections ``det_idx`` to tracks ``track_idx``; returns original indices."""
+        """Match detections ``det_idx`` to tracks ``track_idx`` by ``overlap`` (IoU unless
+        given) of at least ``min_iou``; returns original indices."""
         if not track_idx or len(det_idx) == 0:
             return [], list(track_idx), [int(d) for d in det_idx]
         tracks = [self.tracks[i] for i in track_idx]
-        iou = iou_matrix(_predict(tracks, t), detections.xyxy[det_idx])
+        iou = overlap(_predict(tracks, t), detections.xyxy[det_idx])
         classes = np.asarray([tr.class_id for tr in tracks])
         iou[classes[:, None] != detections.class_id[det_idx][None, :]] = 0.0
         pairs, rest_t, rest_d = match(iou, min_iou)

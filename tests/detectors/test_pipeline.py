@@ -174,6 +174,58 @@ def test_dwell_survives_an_occlusion_and_id_switch(
     assert events[0].first_seen == T0 + timedelta(seconds=2)
 
 
+def revealed(obj: Obj, left: float, right: float) -> Obj:
+    """The part of ``obj`` between the fractions ``left`` and ``right`` of its width."""
+    x1, y1, x2, y2 = obj[1]
+    return (obj[0], (x1 + left * (x2 - x1), y1, x1 + right * (x2 - x1), y2))
+
+
+@pytest.mark.parametrize(
+    ("shown", "still"),
+    [
+        # The lorry drives off to the right. A third of the table is off its old centre by a
+        # third of its width, more than max_displacement (0.5) of the 80 px it is high.
+        ([(0, 1 / 3), (0, 2 / 3)], [False, True, True]),
+        ([(2 / 3, 1), (1 / 3, 1)], [False, True, True]),  # to the left
+        ([], [True]),
+    ],
+    ids=["from the left", "from the right", "at once"],
+)
+def test_a_stall_revealed_bit_by_bit_comes_back_on_its_old_tracks(
+    shown: list[tuple[float, float]], still: list[bool]
+) -> None:
+    """A lorry hides the stall from 8 s, then drives off and shows it a third at a time from
+    16 s: the first boxes lie within the old ones but far from them by IoU. The stall comes
+    back on its old tracks, stationary by the full boxes (17 s, 9.5 s after it was last
+    seen at 7.5 s), and the episode goes on. As new tracks it would be stationary at 18 s,
+    absent for 10.5 s, more than gap_s (10)."""
+    pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
+    back = 16.0
+
+    def scene(s: float) -> list[Obj]:
+        if 8 <= s < back:
+            return []
+        k = round((s - back) * 2)
+        if 0 <= k < len(shown):
+            return [revealed(VENDOR, *shown[k]), revealed(TABLE, *shown[k])]
+        return [VENDOR, TABLE]
+
+    seen: list[tuple[list[int], bool]] = []
+    events: list[RuleEvent] = []
+    for k in range(61):
+        s = k / 2
+        events += pipe.process(T0 + timedelta(seconds=s), SIZE, dets(scene(s)))
+        if back <= s <= back + len(shown) / 2:
+            ts = (T0 + timedelta(seconds=s)).timestamp()
+            tracks = sorted(tr.id for tr in pipe.tracker.tracks if tr.last_t == ts)
+            motion = pipe.tracker.motion(np.asarray(tracks))
+            seen.append((tracks, bool(motion.stationary(0.5, STATIONARY_MIN_S).all())))
+    assert seen == [([1, 2], s) for s in still]
+    assert summary(events) == [("raise", "street_vending", "pavement", 22.0)]
+    assert events[0].track_ids == (1, 2)
+    assert events[0].first_seen == T0 + timedelta(seconds=2)
+
+
 def test_occlusion_longer_than_gap_restarts_the_dwell() -> None:
     pipe = CameraPipeline(camera([VENDING_ZONE]), SHANGHAI, NAMES)
     events = play(pipe, lambda s: [] if 8 <= s < 20 else [VENDOR, TABLE], 50)
@@ -205,8 +257,8 @@ def test_a_lost_track_is_kept_only_while_it_was_stationary_and_an_episode_may_wa
     ("back_s", "x", "speed", "track_id", "stationary"),
     [
         # Someone walks through the spot 30 s after the vendor was lost (clear_s is 60 s): at
-        # 41 s their box is as near the old one (IoU 0.33) as their own track's, at 41.5 s it
-        # is the old box.
+        # 41 s half their box is within the old one, at 41.5 s it is the old box, but their
+        # own track has taken it first.
         (40.5, 340.0, 60.0, 2, False),
         # From the right, 5 s after (more than lost_s, 3 s).
         (15.0, 460.0, -60.0, 2, False),

@@ -112,23 +112,63 @@ class _Keeping(Tracker):
 
 
 @pytest.mark.parametrize(
-    ("dx", "conf", "track_id"),
+    ("box", "conf", "cls", "track_id"),
     [
-        (0.0, 0.9, 1),
-        (13.0, 0.9, 1),  # IoU 27 / 53 = 0.51
-        (14.0, 0.9, 2),  # IoU 26 / 54 = 0.48: a new track
-        (0.0, 0.3, -1),  # weak boxes continue only tracks followed until now
+        ((100, 100, 140, 200), 0.9, PERSON, 1),
+        ((107, 100, 147, 200), 0.9, PERSON, 1),  # 33 / 40 = 0.83 of it inside the old box
+        ((109, 100, 149, 200), 0.9, PERSON, 2),  # 31 / 40 = 0.78: a new track
+        ((100, 100, 113, 200), 0.9, PERSON, 1),  # its left third, as a lorry drives off
+        ((127, 100, 140, 200), 0.9, PERSON, 1),  # its right third
+        ((100, 150, 140, 200), 0.9, PERSON, 1),  # its lower half
+        ((100, 100, 140, 200), 0.9, CAR, 2),  # never across classes
+        ((100, 100, 140, 200), 0.3, PERSON, -1),  # weak boxes continue only followed tracks
     ],
-    ids=["in place", "IoU 0.51", "IoU 0.48", "weak"],
+    ids=[
+        "in place",
+        "83 % inside",
+        "78 % inside",
+        "left third",
+        "right third",
+        "lower half",
+        "another class",
+        "weak",
+    ],
 )
-def test_a_track_kept_past_lost_s_takes_back_only_a_near_same_confident_box(
-    dx: float, conf: float, track_id: int
+def test_a_track_kept_past_lost_s_takes_back_only_a_confident_box_within_its_last_one(
+    box: tuple[float, float, float, float], conf: float, cls: int, track_id: int
 ) -> None:
     tracker = _Keeping()
     for t in (0.0, 0.5, 1.0):
         assert ids(tracker, t, walk(100)) == [1]
     assert ids(tracker, 1.5) == []  # lost from here
-    assert ids(tracker, 11.0, Obj(walk(100 + dx).box, conf)) == [track_id]
+    assert ids(tracker, 11.0, Obj(box, conf, cls)) == [track_id]
+
+
+@pytest.mark.parametrize(
+    "shown",
+    [
+        [(100, 113), (100, 127), (100, 140)],  # a lorry drives off to the right
+        [(127, 140), (113, 140), (100, 140)],  # to the left
+        [(100, 140)],
+    ],
+    ids=["from the left", "from the right", "at once"],
+)
+def test_an_object_revealed_bit_by_bit_comes_back_on_its_kept_track(
+    shown: list[tuple[float, float]],
+) -> None:
+    """Its first box is the part a lorry driving off shows, within its old box but far from
+    it by IoU (0.33 for a third): it takes the kept track back, still stationary."""
+    tracker = _Keeping()
+    for k in range(5):
+        assert ids(tracker, k / 2, walk(100)) == [1]
+    assert ids(tracker, 2.5) == []  # lost from here
+    seen = []
+    for k, (x1, x2) in enumerate([*shown, (100, 140), (100, 140)]):
+        (track_id,) = ids(tracker, 12.0 + k / 2, Obj((x1, 100, x2, 200)))
+        still = tracker.motion(np.asarray([track_id])).stationary(0.3, 2.0)
+        seen.append((track_id, bool(still[0])))
+    assert seen == [(1, True)] * (len(shown) + 2)
+    assert tracker.states() == {1: "tracked"}
 
 
 def test_a_track_within_lost_s_wins_over_one_kept_past_it() -> None:
