@@ -63,6 +63,12 @@ COMPONENT = "detect"
 SEVERITY: dict[str, str] = {"crowd_gathering": "MAJOR"}
 DEFAULT_SEVERITY = "MINOR"
 RING_FRAMES = 24  # clean frames kept per camera for first-seen evidence
+# Operations of one episode kept for the next frame while the outbox file fails (see Unqueued):
+# more than this (a failure outlasting several occupancies) and they are dropped, logged.
+MAX_UNQUEUED_OPS = 24
+UNQUEUED_LOG_S = 60.0  # an episode's kept operations failing again are logged this often
+# SQLite result codes (their low byte) of a failure that may pass: busy, locked, I/O, full.
+TRANSIENT_SQLITE = {5, 6, 10, 13}
 # CLOCK_RESET_S: a frame more than this behind the camera's last one, or ahead of it beyond the
 # time passed between their receptions, is a clock jump: taken only when the next frame follows
 # it. The last frame's time outlives a restart (kept with the episode book).
@@ -251,6 +257,7 @@ class Unqueued:
     rendered: list[tuple[Op, Rendered, EpisodeEvent]]
     kinds: tuple[str, ...]
     t: datetime
+    logged: float = float("-inf")  # the worker's clock when their failure was last logged
 
 
 @dataclass
@@ -765,24 +772,49 @@ class DetectorWorker:
             ev = normalise_event(raw)
             grouped.setdefault((rt.camera.id, ev.zone_id, ev.rule), []).append(ev)
         for key, evs in grouped.items():
+            before = rt.unqueued.get(key)
             try:
                 self._episode_events(rt, key, evs, item, detections)
             except Exception:
-                kept = rt.unqueued.get(key)
-                kinds = kept.kinds if kept is not None else tuple(ev.kind for ev in evs)
-                when = kept.t if kept is not None else evs[0].t
-                log.exception(
-                    "camera %s: the %s of rule %s in zone %s at %s %s not queued%s",
-                    rt.camera.id,
-                    " and ".join(kinds),
-                    key[2],
-                    key[1],
-                    when.isoformat(),
-                    "were" if len(kinds) > 1 else "was",
-                    "; they are tried again with the next frame" if kept is not None else "",
-                )
+                self._not_queued(rt, key, evs, before)
+                if before is None or key in rt.unqueued or not evs:
+                    continue
+                # The kept operations failed for good and are dropped: the frame's own events
+                # go on their own, as if nothing had been kept.
+                try:
+                    self._episode_events(rt, key, evs, item, detections)
+                except Exception:
+                    self._not_queued(rt, key, evs, None)
         if rt.waiting:
             self._end_unfollowed(rt, ts)
+
+    def _not_queued(
+        self, rt: CameraRuntime, key: Key, evs: Sequence[EpisodeEvent], before: Unqueued | None
+    ) -> None:
+        """Log the failure _episode_events just raised: ``before``, the operations kept from
+        earlier frames it tried first. Kept operations failing again are logged once a
+        minute."""
+        kept = rt.unqueued.get(key)
+        now = self.clock()
+        if kept is not None and before is not None and now - before.logged < UNQUEUED_LOG_S:
+            rt.unqueued[key] = replace(kept, logged=before.logged)
+            return
+        kinds = (before.kinds if before is not None else ()) + tuple(ev.kind for ev in evs)
+        if kept is not None:
+            rt.unqueued[key] = replace(kept, logged=now)
+            then = "; they are tried again with the next frame"
+        else:
+            then = "; they are dropped" if before is not None else ""
+        log.exception(
+            "camera %s: the %s of rule %s in zone %s at %s %s not queued%s",
+            rt.camera.id,
+            " and ".join(kinds),
+            key[2],
+            key[1],
+            (before.t if before is not None else evs[0].t).isoformat(),
+            "were" if len(kinds) > 1 else "was",
+            then,
+        )
 
     def _scene_fn(
         self, result: InferenceResult
@@ -852,18 +884,30 @@ class DetectorWorker:
         ops = [op for op, _, _ in rendered]
         try:
             refused = self._commit([(op, body) for op, body, _ in rendered])
-        except Exception:
+        except Exception as exc:
             # Only a committed transaction moves the book: after a failure the next event of
             # the episode tries again, and an ending, which no event follows, waits. A raise
             # its rule cleared on the same frame has no next event: kept, with the clear, for
-            # the next frame, and so is whatever follows them until they are queued.
+            # the next frame, and so is whatever follows them until they are queued, while the
+            # failure may pass (the file locked, full) and they are not too many.
             raised_and_ended = any(op.kind == "open" for op in ops) and not book[key].open
             if cleared is None and (kept is not None or raised_and_ended):
-                kinds = (kept.kinds if kept else ()) + tuple(ev.kind for ev in evs)
-                when = kept.t if kept else evs[0].t
-                rt.unqueued[key] = Unqueued(book[key], rendered, kinds, when)
-            else:
-                self._end_later(rt, ops)
+                rendered = _latest_updates(rendered)
+                if _transient(exc) and len(rendered) <= MAX_UNQUEUED_OPS:
+                    kinds = (kept.kinds if kept else ()) + tuple(ev.kind for ev in evs)
+                    when = kept.t if kept else evs[0].t
+                    logged = kept.logged if kept else float("-inf")
+                    rt.unqueued[key] = Unqueued(book[key], rendered, kinds, when, logged)
+                    raise
+                # Dropped: only the ending of an episode the book has open waits.
+                rt.unqueued.pop(key, None)
+                now = self.book.get(key)
+                ops = [
+                    op
+                    for op in ops
+                    if now is not None and now.open and op.episode.candidate_id == now.candidate_id
+                ]
+            self._end_later(rt, ops)
             raise
         self.book = dict(book)
         rt.unqueued.pop(key, None)
@@ -1389,6 +1433,36 @@ def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
     detections = Detections(d.xyxy * scale, d.confidence, d.class_id, d.tracker_id)
     letterbox = Letterbox(lb.scale / scale, lb.pad_x, lb.pad_y)
     return InferenceResult(detections, result.features, letterbox)
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether the outbox file may take later what it failed to take now: busy or locked by
+    another process, an I/O error, a full disk. A refusal of the operation itself (one no
+    request could carry) is for good."""
+    import sqlite3
+
+    if not isinstance(exc, sqlite3.OperationalError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in TRANSIENT_SQLITE
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "full", "i/o"))
+
+
+def _latest_updates(
+    rendered: list[tuple[Op, Rendered, EpisodeEvent]],
+) -> list[tuple[Op, Rendered, EpisodeEvent]]:
+    """``rendered`` but updates a later update of their candidate supersedes (the API keeps
+    the latest state), so operations kept over a long failure grow only by occupancy."""
+    last = {
+        op.episode.candidate_id: i for i, (op, _, _) in enumerate(rendered) if op.kind == "update"
+    }
+    return [
+        r
+        for i, r in enumerate(rendered)
+        if r[0].kind != "update" or last[r[0].episode.candidate_id] == i
+    ]
 
 
 def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:

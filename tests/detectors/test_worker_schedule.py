@@ -167,6 +167,82 @@ def test_a_raise_and_clear_on_one_frame_the_outbox_could_not_take_are_queued_wit
     ) in caplog.messages
 
 
+def test_kept_operations_failing_again_frame_after_frame_are_logged_once_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outbox file stays locked for the 06:00 frame and the two after it: the raise and
+    clear kept from 06:00 fail with each, logged once (the worker's clock stands still), and are
+    queued with the frame of 06:01."""
+    from tests.detectors.test_worker import _locked_once
+
+    worker, outbox = _worker(tmp_path)
+    worker.clock = lambda: 1000.0
+    _night(worker, until=at("06:00", 1) - timedelta(seconds=20))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox, times=3)
+    _night(worker, until=at("06:01", 1), since=at("06:00", 1))
+    (ended,) = worker.book.values()
+    assert len(failed) == 3
+    assert _queued(outbox) == [("create", ended.candidate_id), ("patch", ended.candidate_id)]
+    failures = [m for m in caplog.messages if "not queued" in m]
+    assert failures == [
+        "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued; they are tried again "
+        "with the next frame"
+    ]
+
+
+def _unsendable(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The outbox refuses for good (as a body no request can carry) the create of the first
+    candidate it is given, each time it is given it again. Returns the refusals so far."""
+    from gridpatrol.api.client import OutboxTxn, UnsendableOperation
+
+    real = OutboxTxn.create_candidate
+    refused: list[str] = []
+
+    def create(txn: OutboxTxn, body: dict[str, object], candidate_id: str | None = None) -> str:
+        if not refused or candidate_id == refused[0]:
+            refused.append(str(candidate_id))
+            raise UnsendableOperation(f"create of candidate {candidate_id} not queued: test")
+        return real(txn, body, candidate_id)
+
+    monkeypatch.setattr(OutboxTxn, "create_candidate", create)
+    return refused
+
+
+def test_a_raise_and_clear_the_outbox_refuses_for_good_are_dropped_and_the_next_raise_queued(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pile of the night is raised and cleared on the 06:00 frame, and the outbox refuses
+    its create for good (no request could carry it): nothing is kept to try again with each
+    frame. A second pile, dumped at 06:10, is raised when its dwell completes and queued."""
+    worker, outbox = _worker(tmp_path)
+    rt = worker.cams["cam-00"]
+    _night(worker, until=at("06:00", 1) - timedelta(seconds=20))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    refused = _unsendable(monkeypatch)
+    _night(worker, until=at("06:00", 1), since=at("06:00", 1))
+    assert len(refused) == 1
+    assert (rt.unqueued, worker.book, _queued(outbox)) == ({}, {}, [])
+    nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
+    t, k = at("06:00", 1), 10_000
+    while not _queued(outbox) and t < at("07:00", 1):
+        t, k = t + timedelta(seconds=20), k + 1
+        ready = worker._decode(rt, "frame", _payload(k, t >= at("06:10", 1), t), t)
+        assert ready is not None
+        ready.result = nothing
+        worker._judge(ready)
+    (opened,) = worker.book.values()
+    assert (opened.started_at, opened.open, len(refused)) == (at("06:10", 1), True, 1)
+    assert _queued(outbox) == [("create", opened.candidate_id)]
+    assert rt.unqueued == {}
+    failures = [r.getMessage() for r in caplog.records if "not queued" in r.getMessage()]
+    assert failures == [
+        "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued"
+    ]
+
+
 def _ops(worker: DetectorWorker, op: str) -> float | None:
     return worker.metrics.registry.get_sample_value(
         "gridpatrol_detect_candidate_ops_total", {"camera": "cam-00", "op": op}
