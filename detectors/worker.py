@@ -816,6 +816,28 @@ class DetectorWorker:
             then,
         )
 
+    def finish_unqueued(self) -> None:
+        """At stop: the operations kept from earlier frames (``rt.unqueued``) tried once more,
+        each episode's in one transaction; those the outbox still does not take are lost, and
+        logged as such. Raises nothing."""
+        for rt in self.cams.values():
+            for key, kept in list(rt.unqueued.items()):
+                try:
+                    # No event: nothing is rendered, the kept operations are committed.
+                    self._episode_events(rt, key, (), cast("Ready", None), cast("Detections", None))
+                except Exception as exc:
+                    log.error(  # the error says it all: its traceback was logged with the frame
+                        "camera %s: the %s of rule %s in zone %s (episode started at %s) were "
+                        "not queued before the stop and are lost: %s",
+                        rt.camera.id,
+                        " and ".join(kept.kinds),
+                        key[2],
+                        key[1],
+                        kept.episode.started_at.isoformat(),
+                        exc,
+                    )
+                rt.unqueued.pop(key, None)
+
     def _scene_fn(
         self, result: InferenceResult
     ) -> Callable[[tuple[float, float, float, float]], dict[str, float]]:
@@ -1772,6 +1794,7 @@ def _serve(
         # Each of these logs its own failure and raises none: the outbox still gets to drain,
         # the connection to say offline and the model to close.
         worker.report_safely()  # the final tally, however short the run
+        worker.finish_unqueued()  # what the outbox did not take from the last frames
         worker.save_state()
         # Processing has stopped; the outbox gets a few seconds to drain before going offline.
         flushed = worker.outbox.flush(timeout=5.0)

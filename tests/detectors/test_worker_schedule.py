@@ -243,6 +243,73 @@ def test_a_raise_and_clear_the_outbox_refuses_for_good_are_dropped_and_the_next_
     ]
 
 
+def test_operations_kept_from_the_last_frame_are_queued_at_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The raise and clear of the 06:00 frame, which the outbox file (locked) did not take, are
+    kept; no frame follows before the worker stops. The stop queues them; had the file still
+    been locked, the log would say they are lost, naming the episode."""
+    from tests.detectors.test_worker import _locked_once
+
+    worker, outbox = _worker(tmp_path)
+    _night(worker, until=at("06:00", 1) - timedelta(seconds=20))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox)
+    _night(worker, until=at("06:00", 1), since=at("06:00", 1))
+    assert (failed, _queued(outbox)) == (["database is locked"], [])
+    _stop(worker, outbox, monkeypatch)
+    (ended,) = worker.book.values()
+    assert _queued(outbox) == [("create", ended.candidate_id), ("patch", ended.candidate_id)]
+    assert (worker.cams["cam-00"].unqueued, _ops(worker, "end")) == ({}, 1.0)
+
+
+def test_operations_the_outbox_still_does_not_take_at_stop_are_logged_as_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.detectors.test_worker import _locked_once
+
+    worker, outbox = _worker(tmp_path)
+    _night(worker, until=at("06:00", 1) - timedelta(seconds=20))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    failed = _locked_once(monkeypatch, outbox, times=2)
+    _night(worker, until=at("06:00", 1), since=at("06:00", 1))
+    _stop(worker, outbox, monkeypatch)
+    assert failed == ["database is locked"] * 2
+    assert (worker.cams["cam-00"].unqueued, worker.book, _queued(outbox)) == ({}, {}, [])
+    lost = [r for r in caplog.records if "before the stop" in r.getMessage()]
+    assert [(r.levelno, r.getMessage()) for r in lost] == [
+        (
+            logging.ERROR,
+            "camera cam-00: the raise and clear of rule piled_materials in zone corner (episode "
+            f"started at {at('23:30').astimezone(UTC).isoformat()}) were not queued before the "
+            "stop and are lost: database is locked",
+        )
+    ]
+
+
+def _stop(worker: DetectorWorker, outbox: Outbox, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's stop, as after SIGTERM (the outbox neither started nor sending)."""
+    import argparse
+
+    from gridpatrol.detectors import worker as worker_module
+    from tests.detectors.test_worker import _ServeConn
+
+    monkeypatch.setattr(worker_module, "stop_on_signals", lambda *args: None)
+    monkeypatch.setattr(worker, "run", lambda: None)
+    monkeypatch.setattr(worker, "report_safely", lambda: None)
+    monkeypatch.setattr(outbox, "start", lambda: None)
+    monkeypatch.setattr(outbox, "flush", lambda timeout: True)
+    monkeypatch.setattr(outbox, "stop", lambda: None)
+
+    class Backend:
+        def close(self) -> None:
+            pass
+
+    conn = _ServeConn([])
+    status = worker_module._serve(worker, Backend(), conn, argparse.Namespace())  # type: ignore[arg-type]
+    assert status == 0
+
+
 def _ops(worker: DetectorWorker, op: str) -> float | None:
     return worker.metrics.registry.get_sample_value(
         "gridpatrol_detect_candidate_ops_total", {"camera": "cam-00", "op": op}
