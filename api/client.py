@@ -594,8 +594,10 @@ class Outbox:
         conn = self._connect()
         try:
             while not self._stop.is_set():
+                # Cleared only when read set: a flush() between the two would be lost.
                 kicked = self._kick.is_set()
-                self._kick.clear()
+                if kicked:
+                    self._kick.clear()
                 settled = self._settled()
                 try:
                     self._deliver_some(conn, kicked)

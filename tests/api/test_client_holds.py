@@ -473,3 +473,37 @@ def test_flush_cuts_the_wait_after_a_failed_round(tmp_path: Path) -> None:
         outbox.stop()
     assert api.requests == 2
     assert outbox.stats() == {"sent": 1, "retried": 1, "failed": 0, "depth": 0}
+
+
+class LateKick(threading.Event):
+    """The outbox's kick event, with a flush() landing just after the loop read it unset: the
+    first ``is_set`` answers False, then the event is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landed = False
+
+    def is_set(self) -> bool:
+        was = super().is_set()
+        if not self.landed:
+            self.landed = True
+            self.set()
+        return was
+
+
+def test_a_flush_landing_as_a_round_starts_cuts_that_rounds_wait(tmp_path: Path) -> None:
+    """The API is down and asks for 30 s; a flush() sets the kick just after the loop found it
+    unset, before the round: the round fails, and the next goes at once, not 30 s later."""
+    api = Overloaded("30")
+    outbox = Outbox(tmp_path / "outbox-late.db", mocked(api), component="late")
+    with outbox.transaction() as txn:
+        txn.add_evidence(jpeg(8), "image/jpeg")
+    kick = LateKick()
+    outbox._kick = kick
+    outbox.start()
+    try:
+        wait_until(lambda: api.requests == 2, 5)
+    finally:
+        outbox.stop()
+    assert kick.landed
+    assert outbox.depth() == 1 and outbox.failed() == []
