@@ -944,9 +944,11 @@ class Outbox:
         """A candidate's PATCH was held: its patches wait the candidate's own backoff (or
         the ``Retry-After`` asked for when that is longer), the rest of the queue does not."""
         cid = group[0].candidate_id or ""
-        backoff = self._next_backoff(self._deferred.get(cid, (0.0, 0.0))[1])
+        # The backoff kept doubles without its jitter, which applies to each wait alone (kept
+        # jittered, the jitter would compound: 0.8 x 0.8 x 0.8 of the third wait).
+        backoff = min(self.MAX_BACKOFF_S, max(0.5, self._deferred.get(cid, (0.0, 0.0))[1] * 2))
         asked = exc.retry_after if isinstance(exc, ApiError) else None
-        wait = max(backoff, asked or 0.0)
+        wait = max(backoff * random.uniform(0.8, 1.2), asked or 0.0)
         self._deferred[cid] = (time.monotonic() + wait, backoff)
         self._log_retry(conn, group[0], exc, wait)
 
