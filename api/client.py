@@ -929,26 +929,24 @@ class Outbox:
                 self._deferred.pop(op.candidate_id, None)
 
     def _next_backoff(self, backoff: float) -> float:
-        backoff = min(self.MAX_BACKOFF_S, max(0.5, backoff * 2))
-        return backoff * random.uniform(0.8, 1.2)  # jitter spreads producers out
+        """The nominal backoff after ``backoff``: 0.5 s, 1 s, 2 s... up to MAX_BACKOFF_S. It
+        doubles without jitter, which applies to each wait alone (see :func:`_wait`): kept
+        jittered, the jitter would compound (0.8 x 0.8 x 0.8 of the third wait)."""
+        return min(self.MAX_BACKOFF_S, max(0.5, backoff * 2))
 
     def _retry_later(self, conn: sqlite3.Connection, op: _Op, exc: Exception) -> None:
         """The round failed at ``op`` and settles nothing more: the next waits the outbox's
         backoff, or the ``Retry-After`` asked for when that is longer."""
         self._backoff = self._next_backoff(self._backoff)
-        asked = exc.retry_after if isinstance(exc, ApiError) else None
-        self._retry_in = max(self._backoff, asked or 0.0)
+        self._retry_in = _wait(self._backoff, exc)
         self._log_retry(conn, op, exc, self._retry_in)
 
     def _defer(self, conn: sqlite3.Connection, group: list[_Op], exc: Exception) -> None:
         """A candidate's PATCH was held: its patches wait the candidate's own backoff (or
         the ``Retry-After`` asked for when that is longer), the rest of the queue does not."""
         cid = group[0].candidate_id or ""
-        # The backoff kept doubles without its jitter, which applies to each wait alone (kept
-        # jittered, the jitter would compound: 0.8 x 0.8 x 0.8 of the third wait).
-        backoff = min(self.MAX_BACKOFF_S, max(0.5, self._deferred.get(cid, (0.0, 0.0))[1] * 2))
-        asked = exc.retry_after if isinstance(exc, ApiError) else None
-        wait = max(backoff * random.uniform(0.8, 1.2), asked or 0.0)
+        backoff = self._next_backoff(self._deferred.get(cid, (0.0, 0.0))[1])
+        wait = _wait(backoff, exc)
         self._deferred[cid] = (time.monotonic() + wait, backoff)
         self._log_retry(conn, group[0], exc, wait)
 
@@ -992,6 +990,13 @@ class Outbox:
             conn = self._connect()
             self._local.conn = conn
         return conn
+
+
+def _wait(backoff: float, exc: Exception) -> float:
+    """The wait before the next attempt: the nominal ``backoff`` within 20 % (the jitter
+    spreads producers out), or the ``Retry-After`` the API asked for when that is longer."""
+    asked = exc.retry_after if isinstance(exc, ApiError) else None
+    return max(backoff * random.uniform(0.8, 1.2), asked or 0.0)
 
 
 def _misrouted(exc: ApiError, op: _Op) -> bool:

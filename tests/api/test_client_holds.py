@@ -462,6 +462,30 @@ def test_held_patches_against_a_down_api_wait_their_backoff(
     assert outbox.depth() == 3 and outbox.failed() == []
 
 
+def test_a_down_api_is_retried_after_growing_waits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Evidence queued, the API down, the jitter drawing the shortest wait each time: the
+    whole queue's waits between rounds grow 0.5 s, 1 s, 2 s, each within 20 % of that, rather
+    than shrinking as the jitter compounds."""
+    from gridpatrol.api import client as client_module
+
+    monkeypatch.setattr(client_module.random, "uniform", lambda low, high: low)
+    api = Logged()
+    api.down = True
+    outbox = Outbox(tmp_path / "outbox-rounds.db", mocked(api), component="rounds")
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(9), "image/jpeg")
+    outbox.start()
+    try:
+        time.sleep(2.7)
+    finally:
+        outbox.stop()
+    # 0.4 s, 0.8 s, 1.6 s: the fourth attempt comes 2.8 s after the first, so at most 3.
+    assert 1 <= len(api.requests("PUT", sha)) <= 3
+    assert outbox.depth() == 1 and outbox.failed() == []
+
+
 def test_flush_cuts_the_wait_after_a_failed_round(tmp_path: Path) -> None:
     """The API was down and asked for 30 s; it is back when the producer shuts down: flush()
     sends the queue now rather than leaving it for the next start."""
