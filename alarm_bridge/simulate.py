@@ -6,7 +6,9 @@ emptied (threshold readings), noise wobbles around its thresholds, smoke detecto
 and then; every sensor sometimes goes offline through its last will. The generators are pure:
 ``next_message(t)`` returns what to publish at time ``t``. Patterns run from the first ``t`` a
 sensor is asked about, and each starts just before its first alarm (bins nearly full, noise and
-water rising), so a run of a couple of minutes, like the demo's, shows every kind of alarm.
+water rising), so a run of a couple of minutes, like the demo's, shows every kind of alarm. A
+sensor without thresholds in the site file judges its own readings and sends envelopes, as smoke
+detectors do: the bridge has nothing to judge its readings against.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import random
 import uuid
 from dataclasses import dataclass, field
 
+from gridpatrol.alarm_bridge.adapters import KIND_ALARMS
 from gridpatrol.ingest.messages import (
     AlarmEnvelope,
     SenMLRecord,
@@ -30,6 +33,13 @@ from gridpatrol.site import Sensor
 
 BIN_FILL_PER_S = 0.1  # % per second: an empty bin is full in about a quarter of an hour
 BIN_START_MIN, BIN_START_MAX = 88.0, 90.0  # % at the start: at the raise level within 20 s
+# Raise level, clear level and unit of a sensor judging its own readings (no thresholds in the
+# site file), by kind: those of the sample site, so its patterns raise and clear as there.
+DEVICE_LEVELS: dict[str, tuple[float, float, str]] = {
+    "waterlogging": (15.0, 5.0, "cm"),
+    "bin_fill": (90.0, 60.0, "%"),
+    "noise": (70.0, 60.0, "dB"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class SimulatedSensor:
     seq: int = 0
     level: float = 0.0
     tilted: bool = False
+    alarmed: bool = False  # a smoke detector, or a sensor judging its own readings, in alarm
     offline_until: float = 0.0
     started: float | None = None
     filled_at: float | None = None
@@ -70,11 +81,12 @@ class SimulatedSensor:
             return self._manhole(t)
         if kind == "smoke":
             return self._smoke(t)
+        judges_itself = self.sensor.thresholds is None
         if kind == "waterlogging":
-            return self._senml(t, self._water_level(elapsed))
-        if kind == "bin_fill":
-            return self._reading(t, self._bin_fill(t))
-        return self._reading(t, self._noisy(elapsed))
+            level = self._water_level(elapsed)
+            return self._judged(t, level) if judges_itself else self._senml(t, level)
+        value = self._bin_fill(t) if kind == "bin_fill" else self._noisy(elapsed)
+        return self._judged(t, value) if judges_itself else self._reading(t, value)
 
     # -- patterns ---------------------------------------------------------------------------------
 
@@ -96,7 +108,7 @@ class SimulatedSensor:
     def _noisy(self, elapsed: float) -> float:
         # Wobbles around the raise level with a period of about five minutes, rising first.
         th = self.sensor.thresholds
-        centre = th.raise_ if th is not None else 65.0
+        centre = th.raise_ if th is not None else DEVICE_LEVELS["noise"][0]
         return round(centre + 6 * math.sin(elapsed / 45.0) + self.rng.gauss(0, 3), 1)
 
     def _manhole(self, t: float) -> Publication:
@@ -110,22 +122,44 @@ class SimulatedSensor:
             severity: Severity = "CRITICAL" if self.rng.random() < 0.2 else "MAJOR"
             tilt = 25 + self.rng.random() * 40
             return self._envelope(t, "manhole_tilt", "update", severity, tilt)
-        return self._reading(t, round(self.rng.uniform(0, 4), 2))
+        tilt = round(self.rng.uniform(0, 4), 2)
+        if self.sensor.thresholds is None:  # no reading the bridge could judge: all clear
+            return self._envelope(t, "manhole_tilt", "clear", "MAJOR", tilt)
+        return self._reading(t, tilt)
 
     def _smoke(self, t: float) -> Publication:
         if self.rng.random() < 0.02:
-            transition: Transition = "clear" if self.tilted else "raise"
-            self.tilted = not self.tilted
+            transition: Transition = "clear" if self.alarmed else "raise"
+            self.alarmed = not self.alarmed
             return self._envelope(t, "smoke", transition, "CRITICAL", self.rng.uniform(0.1, 0.5))
-        return self._envelope(t, "smoke", "update" if self.tilted else "clear", "CRITICAL", 0.05)
+        return self._envelope(t, "smoke", "update" if self.alarmed else "clear", "CRITICAL", 0.05)
+
+    def _judged(self, t: float, value: float) -> Publication:
+        """The kind's alarm as a device judging its own readings sends it: raised at its raise
+        level, updated until its clear level, cleared there, an all-clear heartbeat between."""
+        raise_at, clear_at, unit = DEVICE_LEVELS[self.sensor.kind]
+        transition: Transition = "update" if self.alarmed else "clear"
+        if not self.alarmed and value >= raise_at:
+            transition, self.alarmed = "raise", True
+        elif self.alarmed and value <= clear_at:
+            transition, self.alarmed = "clear", False
+        alarm_type = KIND_ALARMS[self.sensor.kind][0]
+        return self._envelope(t, alarm_type, transition, "MAJOR", value, unit)
 
     # -- payloads ---------------------------------------------------------------------------------
 
     def _envelope(
-        self, t: float, alarm_type: str, transition: Transition, severity: Severity, value: float
+        self,
+        t: float,
+        alarm_type: str,
+        transition: Transition,
+        severity: Severity,
+        value: float,
+        unit: str | None = None,
     ) -> Publication:
         self.seq += 1
-        unit = self.sensor.thresholds.unit if self.sensor.thresholds else ""
+        if unit is None:
+            unit = self.sensor.thresholds.unit if self.sensor.thresholds else ""
         env = AlarmEnvelope(
             event_id=f"{self.boot_id}-{self.seq}",
             sensor_id=self.sensor.id,

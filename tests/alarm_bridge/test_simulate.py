@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from gridpatrol.alarm_bridge.adapters import Adapted, adapt
+from gridpatrol.alarm_bridge.adapters import Adapted, Rejected, adapt
 from gridpatrol.alarm_bridge.lifecycle import AlarmState, step
 from gridpatrol.alarm_bridge.simulate import simulated_sensors
 from gridpatrol.demo import STOP_TIMEOUT_S
 from gridpatrol.ingest.messages import AlarmEnvelope, decode_sensor_payload
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import parse_topic
-from gridpatrol.site import load_site
+from gridpatrol.site import load_site, parse_site
 
 from ..conftest import Mosquitto
 
@@ -57,6 +57,36 @@ def test_simulated_patterns_are_valid_and_varied() -> None:
     assert set(forms) == {"AlarmEnvelope", "SenMLPack", "ThresholdReading", "silent"}
     assert set(transitions) == {"raise", "update", "clear"}
     assert statuses[b"offline"] > 0 and statuses[b"online"] > 0
+
+
+@pytest.mark.parametrize("kind", ["manhole_cover", "waterlogging", "smoke", "bin_fill", "noise"])
+def test_a_sensor_without_thresholds_sends_what_the_bridge_takes(kind: str) -> None:
+    # Thresholds are optional in the site file; the bridge cannot judge readings without them.
+    site = parse_site(
+        "site: {name: t, timezone: Asia/Shanghai}\nmqtt: {prefix: gp}\nsensors:\n"
+        f"  - {{id: s-1, kind: {kind}, location: {{address: a}}}}\n"
+    )
+    registry = {s.id: s for s in site.sensors}
+    (sim,) = simulated_sensors(site.sensors, "gp", seed=3)
+    rejected: Counter[str] = Counter()
+    transitions: Counter[str] = Counter()
+    t0 = 1_795_000_000.0
+    for i in range(3_000):
+        pub = sim.next_message(t0 + i)
+        match = parse_topic("gp", pub.topic) if pub is not None else None
+        if pub is None or match is None or match.kind != "sensor_alarm":
+            continue
+        now = datetime.fromtimestamp(t0 + i, tz=UTC)
+        adapted = adapt(pub.payload, sensor_id="s-1", registry=registry, received_at=now)
+        if isinstance(adapted, Rejected):
+            rejected[adapted.reason] += 1
+            continue
+        transitions.update(type(item.event).__name__ for item in adapted.inputs)
+        decoded = decode_sensor_payload(pub.payload, topic_sensor_id="s-1", received_at=now)
+        assert isinstance(decoded, AlarmEnvelope)
+        transitions[decoded.transition] += 1
+    assert rejected == Counter()
+    assert set(transitions) == {"DeviceInput", "raise", "update", "clear"}
 
 
 def _site_with_prefix(tmp_path: Path, prefix: str) -> Path:
