@@ -9,14 +9,15 @@ without the file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from importlib.resources import files
 from pathlib import Path
+from stat import S_ISREG
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from starlette.datastructures import Headers
 from starlette.staticfiles import NotModifiedResponse
 
 from gridpatrol.api.problems import Problem
@@ -42,25 +43,48 @@ def static(path: str, request: Request) -> Response:
 
 
 def _file(path: str, request: Request) -> Response:
-    target = (STATIC / path).resolve()
-    if not target.is_relative_to(STATIC) or not target.is_file():
+    found = _lookup(path)
+    if found is None:
         raise Problem(404, f"no console file {path}")
-    stat = target.stat()
-    headers = {**CACHE, "etag": _etag(target, stat)}
-    response = FileResponse(target, headers=headers, stat_result=stat)
-    if _unchanged(response.headers, request.headers):
+    target, stat, etag = found
+    response = FileResponse(target, headers={**CACHE, "etag": etag}, stat_result=stat)
+    if not_modified(request.headers.get("if-none-match"), etag):
         return NotModifiedResponse(response.headers)
     return response
 
 
-def _unchanged(response: Headers, request: Headers) -> bool:
-    """Whether the browser's copy is this file: its If-None-Match names the ETag (or ``*``).
-    If-Modified-Since is not consulted: a file replaced by an older one would pass it."""
-    wanted = request.get("if-none-match")
-    if not wanted:
+# Errors that mean no file has the name: none there (or gone since the look), or a name too
+# long for the OS. Any other (a denied or failing read) is the server's fault, answered 500.
+_ABSENT = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
+
+
+def _lookup(path: str) -> tuple[Path, os.stat_result, str] | None:
+    """The regular file ``path`` names under STATIC, its stat and ETag; None for no such file,
+    one outside STATIC or a name with a NUL byte."""
+    try:
+        target = (STATIC / path).resolve()
+        if not target.is_relative_to(STATIC):
+            return None
+        stat = target.stat()
+        if not S_ISREG(stat.st_mode):
+            return None
+        return target, stat, _etag(target, stat)
+    except ValueError:  # a NUL byte, which no path may hold
+        return None
+    except OSError as exc:
+        if exc.errno in _ABSENT:
+            return None
+        raise
+
+
+def not_modified(if_none_match: str | None, etag: str) -> bool:
+    """Whether a request's If-None-Match names ``etag`` (or is ``*``), by the weak comparison
+    of RFC 9110: the copy the client holds is current. If-Modified-Since is not consulted: a
+    file replaced by an older one would pass it."""
+    if not if_none_match:
         return False
-    tags = [tag.strip().removeprefix("W/") for tag in wanted.split(",")]
-    return "*" in tags or response["etag"] in tags
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag.removeprefix("W/") in tags
 
 
 # ETags by (path, inode, size, modification and change time): the console has a few dozen
