@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from gridpatrol.api.deps import Producer, ReviewerOrPlatform, Svc, run_blocking
 from gridpatrol.api.evidence import SHA256_RE, EvidenceError, media_type_of
+from gridpatrol.api.routers.console import not_modified
 
 router = APIRouter(prefix="/api/v1", tags=["evidence"])
 # Up to this size, hashing and writing the file to a local disk (about 1 ms) cost less than a
@@ -18,6 +19,8 @@ router = APIRouter(prefix="/api/v1", tags=["evidence"])
 # typically shared (NFS, an object store mount), where one slow write would stall every
 # request of the process.
 INLINE_BYTES = 1 << 20
+# A file's bytes never change under its hash; private: who may see it is checked per request.
+CACHE = {"Cache-Control": "private, max-age=31536000, immutable"}
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -78,8 +81,8 @@ def get_evidence(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     etag = f'"{sha256}"'
-    if if_none_match == etag and services.store.has(sha256):
-        return Response(status_code=304, headers={"ETag": etag})
+    headers = {"ETag": etag, **CACHE}
+    if not_modified(if_none_match, etag) and services.store.has(sha256):
+        return Response(status_code=304, headers=headers)
     data, media = services.store.get(sha256)
-    headers = {"ETag": etag, "Cache-Control": "private, max-age=31536000, immutable"}
     return Response(data, media_type=media, headers=headers)

@@ -112,6 +112,32 @@ def test_roles_and_unknown_hashes(api: Any) -> None:
     assert api.as_("reviewer").get(f"{URL}/not-a-hash").status_code == 404
 
 
+def test_a_conditional_get_is_answered_304_when_any_tag_it_names_is_the_file(api: Any) -> None:
+    """If-None-Match compares weakly (RFC 9110): a weak tag, a list and ``*`` name the file as
+    well as its strong tag does; the 304 keeps the 200's caching headers."""
+    image = api.jpeg(3)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg").status_code == 201
+    reviewer = api.as_("reviewer")
+    full = reviewer.get(f"{URL}/{sha}")
+    assert (full.status_code, full.content) == (200, image)
+    caching = {"etag": f'"{sha}"', "cache-control": "private, max-age=31536000, immutable"}
+    assert {name: full.headers[name] for name in caching} == caching
+
+    for tags in (f'"{sha}"', f'W/"{sha}"', f'"0123", W/"{sha}"', f'"0123" ,"{sha}"', "*"):
+        cached = reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": tags})
+        assert (cached.status_code, cached.content) == (304, b""), tags
+        assert {name: cached.headers[name] for name in caching} == caching, tags
+    for tags in ('"0123"', f"{sha}", f'"{sha[:-1]}", W/"0123"'):
+        got = reviewer.get(f"{URL}/{sha}", headers={"If-None-Match": tags})
+        assert (got.status_code, got.content) == (200, image), tags
+
+    # "*" names only a file the store holds; a caller the file is not for gets no 304.
+    anything = {"If-None-Match": "*"}
+    assert reviewer.get(f"{URL}/{'e' * 64}", headers=anything).status_code == 404
+    assert api.as_("producer").get(f"{URL}/{sha}", headers=anything).status_code == 403
+
+
 def big_jpeg() -> bytes:
     """A JPEG above the inline size (1600 x 1200 of noise)."""
     noise = np.random.default_rng(5).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
