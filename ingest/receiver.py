@@ -1,7 +1,8 @@
 """Frame consumption with validation: decoded frames out, malformed payloads dead-lettered.
 
 Keeps only the newest frames per camera when the consumer falls behind (the subscription's
-bounded queue drops the oldest and counts), and never stops on bad input: each rejection is
+bounded queue drops the oldest and counts), takes the cameras' queues in turn so a busy camera
+does not starve the others, and never stops on bad input: each rejection is
 published to ``{prefix}/deadletter/{component}`` with its reason and the original bytes
 (their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are more, with their size).
 """
@@ -9,6 +10,7 @@ published to ``{prefix}/deadletter/{component}`` with its reason and the origina
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +38,10 @@ class FrameReceiver:
             if camera_ids
             else [wildcard(conn.prefix, "frame")]
         )
-        self.subs = [conn.subscribe(f, qos=0, maxsize=maxsize) for f in filters]
+        # Set on every arrival on any of the subscriptions: get() waits on it.
+        self._wake = threading.Event()
+        self.subs = [conn.subscribe(f, qos=0, maxsize=maxsize, wake=self._wake) for f in filters]
+        self._next = 0  # the subscription looked at first next time
         self.rejected: Counter[str] = Counter()
         self.accepted = 0
 
@@ -48,19 +53,30 @@ class FrameReceiver:
         """The next valid frame, waiting up to ``timeout`` s in total."""
         deadline = time.monotonic() + timeout
         while True:
-            for sub in self.subs:
-                while (message := sub.get(0)) is not None:
-                    if (frame := self._decode(message)) is not None:
-                        return frame
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if len(self.subs) > 1:
-                time.sleep(min(left, 0.02))
-                continue
-            message = self.subs[0].get(min(left, 0.5))
-            if message is not None and (frame := self._decode(message)) is not None:
+            # Cleared before looking: an arrival after the look sets it again.
+            self._wake.clear()
+            if (frame := self._take()) is not None:
                 return frame
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._wake.wait(left):
+                return None
+
+    def _take(self) -> Frame | None:
+        """The next valid frame queued, or None: one message from each subscription in turn,
+        so a camera whose queue is never empty does not keep the others' frames waiting until
+        they are dropped."""
+        empty = 0
+        while empty < len(self.subs):
+            sub = self.subs[self._next]
+            self._next = (self._next + 1) % len(self.subs)
+            message = sub.get(0)
+            if message is None:
+                empty += 1
+                continue
+            empty = 0
+            if (frame := self._decode(message)) is not None:
+                return frame
+        return None
 
     def _decode(self, message: Message) -> Frame | None:
         match = parse_topic(self.conn.prefix, message.topic)
