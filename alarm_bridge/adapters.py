@@ -351,21 +351,39 @@ def seq_verdict(
 
     Within one ``boot_id`` (or without any) a seq not above the last one is a restart when it
     lies more than :data:`SEQ_REORDER_WINDOW` below it (a 16-bit counter wrapping from 65535
-    to 0) or when the message is timed after the last one (a device without a boot_id that
-    rebooted and counts from 1 again); otherwise it is a message overtaken by later ones.
+    to 0) or when the message was sent after the last one (a device without a boot_id that
+    rebooted and counts from 1 again, see :func:`_sent_after`); otherwise it is a message
+    overtaken by later ones.
     Another boot_id is a new boot, unless it is in ``superseded`` (the sensor's boots before
     its last one): see :func:`_boot_verdict`.
     """
     if item.seq is None or last is None:
         return "new"
-    last_boot, last_seq, last_t, _ = last
+    last_boot, last_seq, _, _ = last
     if item.boot_id != last_boot:
         return _boot_verdict(last, item, superseded)
     if item.seq > last_seq:
         return "new"
-    if last_seq - item.seq > SEQ_REORDER_WINDOW or (last_t is not None and item.device_t > last_t):
+    if last_seq - item.seq > SEQ_REORDER_WINDOW or _sent_after(last, item):
         return "restart"
     return "late"
+
+
+def _sent_after(last: SeqMark, item: AlarmInput) -> bool:
+    """Whether a message of the last one's boot was sent after it: timed after it by the
+    device, or its clock reset by a reboot (a day or more behind, so timed at its reception)
+    and received after the last one, when that one's clock was not reset too. The reset clock
+    (2000-01-01, say) is behind the last one's time whatever the device did since, so it
+    cannot tell; two messages of a reset clock are ordered by their own times again.
+    """
+    _, _, last_t, last_at = last
+    if last_t is None:
+        return False
+    if item.device_t > last_t:
+        return True
+    known = last_at if last_at is not None else last_t
+    last_reset = known > last_t  # moved forward: timed at its reception, its clock behind
+    return item.moved_s < 0 and not last_reset and item.t > known
 
 
 def _boot_verdict(last: SeqMark, item: AlarmInput, superseded: Collection[str]) -> SeqVerdict:

@@ -416,6 +416,38 @@ def test_a_rebooted_device_with_its_clock_behind_raises_again(
     assert h.core.counts.created == 2
 
 
+def test_a_device_without_boot_id_rebooted_with_its_clock_reset_raises_and_clears_again(
+    h: Harness,
+) -> None:
+    """No boot_id: after seq 500 the device reboots with its clock reset to 2000-01-01 and
+    counts from 1 again. Its messages, timed at their reception, used to be out of order until
+    their seq passed 500, so its raise and clear were lost; the first restarts the counter,
+    and the reset clock's own times order the next ones (b2, sent before b3, is late)."""
+    h.alarm("mh-1", envelope("mh-1", "a1", seq=1), T0)
+    h.alarm("mh-1", envelope("mh-1", "a500", "clear", seq=500, ts=T0 + 500), T0 + 500)
+    for event_id, transition, seq, at in [
+        ("b1", "raise", 1, T0 + 600),
+        ("b3", "update", 3, T0 + 630),
+        ("b2", "update", 2, T0 + 640),
+        ("b4", "clear", 4, T0 + 650),
+    ]:
+        ts = f"2000-01-01T00:00:{10 * seq:02d}Z"
+        h.alarm("mh-1", envelope("mh-1", event_id, transition, seq=seq, ts=ts), at)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [k for k, _ in ops] == ["create", "patch", "create", "patch", "patch"]
+    first, again = ops[0][1], ops[2][1]
+    assert (again["occurred_at"], again["source"]["source_event_id"]) == (
+        "2026-09-21T14:23:20Z",
+        "mh-1/e:b1",
+    )
+    assert again["alarm"]["previous_alarm_id"] == first["id"]
+    assert ops[3][1]["alarm"]["count"] == 2  # b3; b2 left out
+    assert ops[4][1]["alarm"]["cleared_at"] == "2026-09-21T14:24:10Z"
+    counts = h.core.counts
+    assert (counts.seq_restarts, counts.out_of_order, counts.moved_to_reception) == (1, 1, 4)
+    assert (counts.created, counts.cleared, counts.stale) == (2, 2, 0)
+
+
 def test_a_message_timed_more_than_a_day_before_its_reception_is_timed_at_it(
     h: Harness,
 ) -> None:
