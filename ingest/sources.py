@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 SourceKind = Literal["mqtt", "stream", "http", "file"]
 OPEN_TIMEOUT_MS = 10000
 MAX_BACKOFF_S = 30.0
+# An HTTP snapshot is given up after this long in all, and past this size (a JPEG of even a
+# 4K camera is a few MB).
+HTTP_DEADLINE_S = 10.0
+HTTP_MAX_BYTES = 20 * 2**20
 
 
 def source_kind(source: str) -> SourceKind:
@@ -115,12 +119,52 @@ def open_capture(source: str, base_dir: Path | None) -> object:
     return cv2.VideoCapture(str(resolve_path(source, base_dir)))
 
 
-def http_get(url: str, timeout: float = 10.0) -> bytes:
+class SnapshotRefused(Exception):
+    """An HTTP snapshot that is too large or too slow to wait for."""
+
+
+def http_get(url: str) -> bytes:
+    """The body at ``url``, read within ``HTTP_DEADLINE_S`` and at most ``HTTP_MAX_BYTES``.
+
+    httpx's own timeout bounds each read alone: a camera trickling a byte now and then would
+    hold the caller (the patrol, one thread for every camera) for ever. The deadline is
+    checked between chunks, so a response ends at most one read timeout after it.
+    """
     import httpx
 
-    response = httpx.get(url, timeout=timeout, follow_redirects=True)
-    response.raise_for_status()
-    return response.content
+    deadline = time.monotonic() + HTTP_DEADLINE_S
+
+    def check(response: httpx.Response) -> None:
+        # Before any body is read, redirects' too.
+        declared = response.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > HTTP_MAX_BYTES:
+            raise SnapshotRefused(f"the response is {declared} bytes, over {_limit()}")
+        if time.monotonic() > deadline:
+            raise SnapshotRefused(f"no complete response within {HTTP_DEADLINE_S:g} s")
+
+    # Identity: one compressed chunk could unpack to many times the cap before it is checked.
+    with (
+        httpx.Client(
+            timeout=HTTP_DEADLINE_S,
+            follow_redirects=True,
+            headers={"Accept-Encoding": "identity"},
+            event_hooks={"response": [check]},
+        ) as client,
+        client.stream("GET", url) as response,
+    ):
+        response.raise_for_status()
+        body = bytearray()
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > HTTP_MAX_BYTES:
+                raise SnapshotRefused(f"the response goes on past {_limit()}")
+            if time.monotonic() > deadline:
+                raise SnapshotRefused(f"no complete response within {HTTP_DEADLINE_S:g} s")
+    return bytes(body)
+
+
+def _limit() -> str:
+    return f"the {HTTP_MAX_BYTES / 2**20:g} MiB limit"
 
 
 def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] | None:

@@ -1,0 +1,155 @@
+"""Camera sources read in-process: the bounds of an HTTP snapshot."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+
+import pytest
+
+from gridpatrol.ingest import sources
+from gridpatrol.ingest.sources import grab_once
+from gridpatrol.site import Camera, parse_site
+
+
+def site_camera(source: str, rate: str = "interval_s: 1") -> Camera:
+    site = parse_site(
+        "site: {name: Test}\nmqtt: {prefix: t}\ncameras:\n"
+        f"  - {{id: h1, source: '{source}', {rate}, location: {{address: a}}}}\n"
+    )
+    return site.cameras[0]
+
+
+class RawServer:
+    """One HTTP response at a time, written by ``respond(server, socket)`` as a camera might;
+    ``sent`` counts the body bytes it got out, ``answered`` is set when a response ended."""
+
+    def __init__(self, respond: Callable[[RawServer, socket.socket], None]) -> None:
+        self.respond = respond
+        self.stop = threading.Event()
+        self.sent = 0
+        self.answered = threading.Event()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/snap.jpg"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):  # the client went away
+                    self.respond(self, conn)
+            self.answered.set()
+
+    def body(self, conn: socket.socket, data: bytes) -> None:
+        conn.sendall(data)
+        self.sent += len(data)
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[RawServer, socket.socket], None]], RawServer]]:
+    made: list[RawServer] = []
+
+    def make(respond: Callable[[RawServer, socket.socket], None]) -> RawServer:
+        made.append(RawServer(respond))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop.set()
+        server.sock.close()
+
+
+def failed_grab(camera: Camera, bound_s: float, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """grab_once in a thread, asserted to return no frame within ``bound_s``; the warnings."""
+    out: list[object] = []
+    done = threading.Event()
+
+    def run() -> None:
+        out.append(grab_once(camera, None))
+        done.set()
+
+    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+        threading.Thread(target=run, daemon=True).start()
+        assert done.wait(bound_s)
+    assert out == [None]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == sources.__name__ and r.levelno == logging.WARNING
+    ]
+
+
+class SteppingClock:
+    """time.monotonic that moves on ``step_s`` at each reading."""
+
+    def __init__(self, step_s: float) -> None:
+        self.step_s = step_s
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        self.now += self.step_s
+        return self.now
+
+
+def test_a_snapshot_trickling_in_is_given_up_at_the_deadline(
+    raw_server: Callable[..., RawServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A byte now and then keeps each read under httpx's timeout: without a deadline for the
+    whole response the grab (and the patrol of every camera behind it) never ends."""
+
+    def trickle(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        while not server.stop.is_set():
+            server.body(conn, b"\xff")
+            server.stop.wait(0.05)
+
+    server = raw_server(trickle)
+    # Each reading of the clock is 3 s later: the deadline passes after a few chunks.
+    monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=SteppingClock(3).monotonic))
+    assert failed_grab(site_camera(server.url), 10, caplog) == [
+        f"camera h1: grab from {server.url} failed: no complete response within 10 s"
+    ]
+
+
+def test_a_snapshot_declared_over_the_cap_is_refused_before_its_body(
+    raw_server: Callable[..., RawServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    def huge(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 419430400\r\n\r\n")
+        server.stop.wait(30)  # the body would come now
+
+    server = raw_server(huge)
+    assert failed_grab(site_camera(server.url), 30, caplog) == [
+        f"camera h1: grab from {server.url} failed: the response is 419430400 bytes, over the "
+        "20 MiB limit"
+    ]
+
+
+def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
+    raw_server: Callable[..., RawServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    chunk = bytes(2**20)
+
+    def endless(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+        for _ in range(120):  # 120 MiB, ended by the close
+            server.body(conn, chunk)
+
+    server = raw_server(endless)
+    assert failed_grab(site_camera(server.url), 60, caplog) == [
+        f"camera h1: grab from {server.url} failed: the response goes on past the 20 MiB limit"
+    ]
+    # Reading stopped there: the rest never left the camera (socket buffers hold a few MiB).
+    assert server.answered.wait(30)
+    assert server.sent < 100 * 2**20
