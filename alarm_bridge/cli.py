@@ -236,21 +236,31 @@ def run_simulate(args: argparse.Namespace) -> int:
     start = time.monotonic()
     sent = 0
     tick = 0
+    silent = 0  # sensors asked in a row that were offline
+    # The schedule: message n after this is due at paced_from + (n - paced_sent) / rate.
+    paced_from, paced_sent = start, 0
     last_report = start
     try:
         while not stop.is_set():
             now = time.monotonic()
             if args.duration is not None and now - start >= args.duration:
                 break
-            due = start + sent / args.rate
+            due = paced_from + (sent - paced_sent) / args.rate
             if due > now:
                 stop.wait(min(due - now, 0.5))
                 continue
             sim = sensors[tick % len(sensors)]
             tick += 1
             pub = sim.next_message(time.time())
-            if pub is None:
+            if pub is None:  # offline: the next sensor has the turn
+                silent += 1
+                if silent >= len(sensors):
+                    # Every sensor is offline: ask again a turn later, and the schedule starts
+                    # there, so that the messages not sent meanwhile do not come in a burst.
+                    silent = 0
+                    paced_from, paced_sent = now + 1 / args.rate, sent
                 continue
+            silent = 0
             conn.publish(pub.topic, pub.payload, qos=1, retain=pub.retain)
             sent += 1
             if now - last_report >= 5.0:

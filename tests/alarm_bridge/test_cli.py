@@ -9,7 +9,9 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -374,3 +376,58 @@ PREFIXES = st.text(alphabet="a_-/.", min_size=1, max_size=8).filter(
 def test_two_prefixes_never_share_a_default_client_id(first: str, second: str) -> None:
     if first != second:
         assert bridge_cli.default_client_id(first) != bridge_cli.default_client_id(second)
+
+
+def test_simulated_sensors_all_offline_are_asked_again_at_the_rate_and_owe_nothing_after(
+    tmp_path: Path, mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While every sensor is offline the command waits a turn before asking again, instead of
+    asking flat out; back online, it sends at its rate from there, not the messages it could
+    not send meanwhile in a burst. Its clock passes only while it waits: counts, not speed."""
+    from gridpatrol.alarm_bridge.simulate import Publication, SimulatedSensor
+    from gridpatrol.ingest.mqtt import MqttConnection
+
+    rate, duration, offline = 10, 40.0, {"s-1": (10.0, 20.0), "s-2": (10.0, 25.0)}
+    site = tmp_path / "site.yaml"
+    site.write_text(
+        f"site: {{name: t, timezone: Asia/Shanghai}}\nmqtt: {{prefix: {mqtt_prefix}}}\n"
+        "sensors:\n"
+        + "".join(f"  - {{id: {s}, kind: smoke, location: {{address: a}}}}\n" for s in offline)
+    )
+    now = [0.0]
+    stops: list[threading.Event] = []
+    asked = [0]
+    published: list[float] = []
+
+    def hold(stop: threading.Event) -> None:
+        def wait(timeout: float | None = None) -> bool:
+            now[0] += timeout or 0.0
+            return stop.is_set()
+
+        stop.wait = wait  # type: ignore[method-assign]
+        stops.append(stop)
+
+    def next_message(sim: SimulatedSensor, t: float) -> Publication | None:
+        asked[0] += 1
+        if asked[0] >= 100_000:
+            stops[0].set()  # asking flat out: the clock would never move on
+        start, end = offline[sim.sensor.id]
+        return None if start <= now[0] < end else Publication(f"{sim.sensor.id}/alarm", b"x")
+
+    def publish(conn: MqttConnection, topic: str, *args: Any, **kwargs: Any) -> bool:
+        published.append(now[0])
+        return True
+
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://127.0.0.1:1883")
+    monkeypatch.setattr(bridge_cli, "stop_on_signals", hold)
+    clock = SimpleNamespace(monotonic=lambda: now[0], time=lambda: 1_795_000_000.0 + now[0])
+    monkeypatch.setattr(bridge_cli, "time", clock)
+    monkeypatch.setattr(SimulatedSensor, "next_message", next_message)
+    monkeypatch.setattr(MqttConnection, "publish", publish)
+    command = ["simulate-sensors", "--config", str(site), "--rate", str(rate)]
+    args = build_parser().parse_args([*command, "--duration", str(duration)])
+    assert args.func(args) == 0
+    # At most every sensor asked once a turn: 2 sensors, 10 turns a second, 40 s.
+    assert asked[0] <= len(offline) * rate * duration + len(offline)
+    assert len(published) == rate * (duration - 10.0)  # 0-10 s and 20-40 s, owing nothing
+    assert max(sum(p <= q < p + 1 for q in published) for p in published) == rate
