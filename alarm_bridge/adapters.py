@@ -304,11 +304,14 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     """The records a sensor's thresholds judge, and the unit they were taken to be in when the
     thresholds have none (None: as the thresholds say).
 
-    Thresholds with a unit take the records in it, or all of them in a pack in which no record
-    has a unit (a simple device); of those, the housekeeping ones by name count only when no
-    other remains (a thermometer's ``temperature`` alone is read, a bin's ``battery`` in ``%``
-    beside its ``fill`` in ``%`` is not), and a battery record never unless the unit is a
-    battery unit (a bin's ``battery`` alone in ``%`` is no fill). Thresholds without a unit
+    Thresholds with a unit take the records in it; of those, the housekeeping ones by name
+    count only when no other remains (a thermometer's ``temperature`` alone is read, a bin's
+    ``battery`` in ``%`` beside its ``fill`` in ``%`` is not), and a battery record never
+    unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill). When
+    that leaves none, they take the records without a unit, alike, if no other record has one
+    but housekeeping records and those in a device unit: a simple device gives no unit for its
+    measurement, while its battery in ``%EL`` or its rssi in ``dBm`` beside it may have one.
+    Thresholds without a unit
     never read housekeeping records: they take the others (without those in a device unit
     when any other remains) that have no unit (an empty ``u`` is none); a pack without any
     such record is read in the one unit they share (a device that gives its unit while the
@@ -317,10 +320,10 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     battery alone.
     """
     if unit:
-        taken = records if all(not r.u for r in records) else [r for r in records if r.u == unit]
-        if unit not in HOUSEKEEPING_UNITS:
-            taken = [r for r in taken if not _battery_name(r)]
-        return [r for r in taken if not _housekeeping_name(r)] or taken, None
+        taken = _judged([r for r in records if r.u == unit], unit)
+        if not taken and not any(_measured_with_unit(r) for r in records):
+            taken = _judged([r for r in records if not r.u], unit)
+        return taken, None
     measured = [r for r in records if not housekeeping(r)]
     measured = [r for r in measured if r.u not in DEVICE_UNITS] or measured
     unitless = [r for r in measured if not r.u]
@@ -330,6 +333,20 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     if len(units) == 1:
         return measured, units.pop()
     return [], None
+
+
+def _judged(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
+    """Of the records taken for thresholds in ``unit``: no battery record unless that is a
+    battery unit, and the housekeeping ones by name only when no other remains."""
+    if unit not in HOUSEKEEPING_UNITS:
+        records = [r for r in records if not _battery_name(r)]
+    return [r for r in records if not _housekeeping_name(r)] or records
+
+
+def _measured_with_unit(record: SenMLRecord) -> bool:
+    """Whether a record gives the unit of a measurement: it has one, neither a device unit
+    nor a housekeeping record's."""
+    return bool(record.u) and record.u not in DEVICE_UNITS and not housekeeping(record)
 
 
 SeqVerdict = Literal["new", "restart", "late", "superseded"]

@@ -956,6 +956,48 @@ UNIT_THRESHOLD_CASES = [
         [{"n": "temperature", "u": "Cel", "v": 80}, {"n": "battery", "u": "%EL", "v": 40}],
         [("wl-9:temperature", "Cel", 80.0)],
     ),
+    # a measurement without a unit beside housekeeping records with one (a simple device):
+    # read, it used to be a no_reading dead letter as soon as any record had a unit
+    (
+        "a fill without a unit beside a battery in %EL",
+        "%",
+        [{"n": "fill", "v": 95}, {"n": "battery", "u": "%EL", "v": 40}],
+        [("wl-9:fill", None, 95.0)],
+    ),
+    (
+        "a fill without a unit beside a battery in %",
+        "%",
+        [{"n": "fill", "v": 95}, {"n": "battery", "u": "%", "v": 40}],
+        [("wl-9:fill", None, 95.0)],
+    ),
+    (
+        "a smoke boolean without a unit beside a battery in %EL",
+        "%obs/m",
+        [{"n": "smoke", "vb": True}, {"n": "battery", "u": "%EL", "v": 80}],
+        [("wl-9:smoke", None, None)],
+    ),
+    (
+        "a level without a unit beside an rssi in dBm and an uplink in dBW",
+        "cm",
+        [
+            {"n": "level", "v": 20},
+            {"n": "rssi", "u": "dBm", "v": -90},
+            {"n": "uplink", "u": "dBW", "v": -120},
+        ],
+        [("wl-9:level", None, 20.0)],
+    ),
+    (
+        "a level without a unit beside a depth in m",
+        "cm",
+        [{"n": "level", "v": 20}, {"n": "depth", "u": "m", "v": 0.2}],
+        "no_reading",
+    ),
+    (
+        "a temperature in Cel beside a humidity without a unit",
+        "Cel",
+        [{"n": "temperature", "u": "Cel", "v": 80}, {"n": "humidity", "v": 40}],
+        [("wl-9:temperature", "Cel", 80.0)],
+    ),
     ("a battery in %EL alone", "cm", [{"n": "battery", "u": "%EL", "v": 80}], "no_reading"),
     # a battery is no measurement of a sensor judged in another unit, also alone in its unit
     ("a battery alone in %, judged in %", "%", [{"n": "battery", "u": "%", "v": 95}], "no_reading"),
@@ -980,8 +1022,9 @@ UNIT_THRESHOLD_CASES = [
 def test_thresholds_with_a_unit_read_housekeeping_records_only_when_nothing_else_remains(
     unit: str, records: list[dict[str, object]], expected: list[tuple[str, str | None, float]] | str
 ) -> None:
-    """Thresholds with a unit read the records in it (all of a pack without units); of those,
-    a battery, radio or device temperature record only when no other remains."""
+    """Thresholds with a unit read the records in it, else those without a unit when no other
+    record has one but housekeeping records and those in a device unit; of those, a battery,
+    radio or device temperature record only when no other remains."""
     assert adapt_pack(records, unit) == expected
 
 
@@ -1017,6 +1060,9 @@ def test_smoke_judged_without_a_unit_reads_its_smoke_record_in_a_unit_and_says_s
         # stays raised (it used to be read as 3.6 cm and cleared at once).
         ([{"n": "level", "u": "cm", "v": 20.0}, {"n": "battery", "v": 3.6}], ["create"]),
         ([{"n": "level", "u": "cm", "v": 20.0}, {"n": "battery", "u": "V", "v": 3.6}], ["create"]),
+        # Nor is a battery in %EL beside a level without a unit: the level is read (the pack
+        # used to be a no_reading dead letter).
+        ([{"n": "level", "v": 20.0}, {"n": "battery", "u": "%EL", "v": 80}], ["create"]),
         # A device that sends no units at all is read in the sensor's unit.
         ([{"n": "level", "v": 20.0}, {"n": "level", "t": 1, "v": 3.0}], ["create", "patch"]),
     ],
