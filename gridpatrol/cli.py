@@ -34,6 +34,7 @@ COMMAND_MODULES = (
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+QUIET_LOGGERS = ("httpx", "httpcore")
 
 
 def stop_on_signals(stop: threading.Event, component: str = "gridpatrol") -> None:
@@ -74,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=LOG_FORMAT,
         stream=sys.stderr,
     )
+    # At INFO httpx logs every request's URL whole, a camera's credentials with it.
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         code: int = args.func(args)
     except BrokenPipeError:

@@ -65,11 +65,32 @@ def resolve_path(source: str, base_dir: Path | None) -> Path:
 
 
 def redact(source: str) -> str:
-    """The source without credentials, for logs."""
+    """The source without credentials, for logs: any user (with a password or not) shown as
+    ``***``, and every query value too (cameras take ``?user=admin&pwd=...``)."""
     parts = urlsplit(source)
-    if parts.password is None:
-        return source
-    return parts._replace(netloc=f"***@{parts.hostname}:{parts.port or ''}".rstrip(":")).geturl()
+    if not parts.netloc:
+        return source  # a file: a ``?`` in its name is no query
+    _, at, host = parts.netloc.rpartition("@")
+    query = "&".join(
+        f"{name}=***" if value else field
+        for field in parts.query.split("&")
+        for name, _, value in [field.partition("=")]
+    )
+    if not at and query == parts.query:
+        return source  # as written, not as urlsplit normalises it
+    return parts._replace(netloc=f"***@{host}" if at else host, query=query).geturl()
+
+
+def failure(exc: Exception) -> str:
+    """Why a read failed, for logs. Not the text of an httpx error: it may hold the URL with
+    its credentials (an HTTP status error always does)."""
+    import httpx
+
+    if isinstance(exc, httpx.HTTPStatusError):
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
+        return type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +215,8 @@ def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] |
         finally:
             cap.release()  # type: ignore[attr-defined]
     except Exception as exc:
-        log.warning("camera %s: grab from %s failed: %s", camera.id, redact(camera.source), exc)
+        source = redact(camera.source)
+        log.warning("camera %s: grab from %s failed: %s", camera.id, source, failure(exc))
         return None
 
 
@@ -424,7 +446,7 @@ class CameraPublisher(threading.Thread):
                 self.output.publish(*reencode_jpeg(http_get(self.camera.source), self.camera))
                 backoff = 1.0
             except Exception as exc:
-                self._lost(backoff, f"snapshot failed ({exc})")
+                self._lost(backoff, f"snapshot failed ({failure(exc)})")
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             self.stop_event.wait(max(0.0, self.period - (time.monotonic() - started)))

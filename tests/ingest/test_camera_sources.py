@@ -8,6 +8,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -153,3 +154,40 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
     # Reading stopped there: the rest never left the camera (socket buffers hold a few MiB).
     assert server.answered.wait(30)
     assert server.sent < 100 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("source", "shown"),
+    [
+        ("rtsp://user:secret@127.0.0.1:554/live", "rtsp://***@127.0.0.1:554/live"),
+        ("rtsp://admin@10.0.0.9/live", "rtsp://***@10.0.0.9/live"),
+        ("rtsp://admin:@10.0.0.9/live", "rtsp://***@10.0.0.9/live"),
+        ("rtsp://u:p@[fe80::1]:8554/live", "rtsp://***@[fe80::1]:8554/live"),
+        ("http://[::1]:8080/snap.jpg", "http://[::1]:8080/snap.jpg"),
+        (
+            "http://10.0.0.9/cgi-bin/snapshot.cgi?user=admin&pwd=secret&chn",
+            "http://10.0.0.9/cgi-bin/snapshot.cgi?user=***&pwd=***&chn",
+        ),
+        (
+            "http://a:b@[2001:db8::7]/s.jpg?token=secret",
+            "http://***@[2001:db8::7]/s.jpg?token=***",
+        ),
+        ("RTSP://Cam.Local/live", "RTSP://Cam.Local/live"),
+        ("footage/lot?pwd=x.mp4", "footage/lot?pwd=x.mp4"),
+    ],
+)
+def test_redact_hides_every_user_and_query_value(source: str, shown: str) -> None:
+    assert sources.redact(source) == shown
+
+
+def test_a_refused_snapshot_is_logged_by_its_status_without_the_url_it_was_asked_from(
+    http_camera: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The text of httpx's status error holds the URL it was asked from, password included."""
+    http_camera.broken.set()  # 503 to every request
+    netloc = http_camera.url.split("/")[2]
+    source = f"http://admin:S3cret@{netloc}/snap.jpg?user=admin&pwd=S3cret"
+    shown = f"http://***@{netloc}/snap.jpg?user=***&pwd=***"
+    assert failed_grab(site_camera(source), 30, caplog) == [
+        f"camera h1: grab from {shown} failed: HTTP 503"
+    ]

@@ -99,6 +99,34 @@ def test_http_snapshot_cameras(
     assert "snapshot failed" in stops_cleanly(proc)
 
 
+def test_credentials_of_an_http_camera_never_reach_the_log(
+    http_camera: Any,
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+) -> None:
+    """In the URL's user part or in its query: the log names the camera's host and the HTTP
+    status, never the password (httpx itself logs each request's whole URL at INFO)."""
+    netloc = http_camera.url.split("/")[2]
+    source = f"http://admin:S3cret@{netloc}/snap.jpg?user=admin&pwd=S3cret"
+    site = site_file(
+        f"  - {{id: h1, source: '{source}', fps: 4, location: {{address: a}}}}\n"
+        f"  - {{id: p1, source: '{source}', interval_s: 1, location: {{address: b}}}}\n"
+    )
+    http_camera.broken.set()  # 503 to every request
+    watcher = watch(SHARED, f"{mqtt_prefix}/cameras/#", mqtt_prefix)
+    proc = gridpatrol_proc(["ingest", "--config", str(site), "--component-id", "ing-c"])
+    seen = watcher.collect(lambda s: last_status(s, "h1") == last_status(s, "p1") == b"offline")
+    assert (last_status(seen, "h1"), last_status(seen, "p1")) == (b"offline", b"offline")
+    err = stops_cleanly(proc)
+    shown = f"http://***@{netloc}/snap.jpg?user=***&pwd=***"
+    said = [m for _, m in logged(err.splitlines())]
+    assert f"camera h1: snapshot failed (HTTP 503) {shown}; retrying in 1 s" in said, err
+    assert f"camera p1: grab from {shown} failed: HTTP 503" in said, err
+    assert "S3cret" not in err
+
+
 def test_an_exif_rotated_snapshot_is_published_as_stored(
     http_camera: Any,
     site_file: Callable[..., Path],
