@@ -402,27 +402,37 @@ class CameraPublisher(threading.Thread):
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             log.info("camera %s: connected to %s", self.camera.id, redact(self.camera.source))
-            backoff = 1.0
             try:
-                self._drain(cap)
+                published = self._drain(cap)
             finally:
                 cap.release()  # type: ignore[attr-defined]
-            if not self.stop_event.is_set():
-                self._lost(backoff, "stream lost")
+            if self.stop_event.is_set():
+                return
+            # A source that accepts and drops at once, frameless, backs off as one that refuses:
+            # only a frame shows it works again.
+            if published:
+                backoff = 1.0
+            self._lost(backoff, "stream lost")
+            if not published:
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
 
-    def _drain(self, cap: object) -> None:
+    def _drain(self, cap: object) -> int:
+        """Sample the stream until it ends; the number of frames published."""
+        published = 0
         next_due = time.monotonic()
         while not self.stop_event.is_set():
             # grab() without decoding keeps up with the stream; only sampled frames decode.
             if not cap.grab():  # type: ignore[attr-defined]
-                return
+                break
             now = time.monotonic()
             if now < next_due:
                 continue
             ok, image = cap.retrieve()  # type: ignore[attr-defined]
             if ok:
                 self.output.publish(*encode_image(image, self.camera))
+                published += 1
             next_due = max(next_due + self.period, now)
+        return published
 
     def _lost(self, backoff: float, why: str) -> None:
         self.output.stats.failures += 1

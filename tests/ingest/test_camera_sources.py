@@ -1,4 +1,5 @@
-"""Camera sources read in-process: the bounds of an HTTP snapshot."""
+"""Camera sources read in-process: the bounds of an HTTP snapshot, credentials kept out of the
+log, the backoff of a stream that drops."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gridpatrol.ingest import sources
-from gridpatrol.ingest.sources import grab_once
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.sources import CameraOutput, CameraPublisher, grab_once
 from gridpatrol.site import Camera, parse_site
 
 
@@ -190,4 +193,73 @@ def test_a_refused_snapshot_is_logged_by_its_status_without_the_url_it_was_asked
     shown = f"http://***@{netloc}/snap.jpg?user=***&pwd=***"
     assert failed_grab(site_camera(source), 30, caplog) == [
         f"camera h1: grab from {shown} failed: HTTP 503"
+    ]
+
+
+class ScriptedStop(threading.Event):
+    """A stop event whose waits take no time and are recorded; set at the ``last``-th wait."""
+
+    def __init__(self, last: int) -> None:
+        super().__init__()
+        self.last = last
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self.last:
+            self.set()
+        return self.is_set()
+
+
+class ScriptedCapture:
+    """A stream that holds ``frames`` frames (None: it cannot be opened)."""
+
+    def __init__(self, frames: int | None) -> None:
+        self.frames = frames
+
+    def isOpened(self) -> bool:
+        return self.frames is not None
+
+    def grab(self) -> bool:
+        if not self.frames:
+            return False
+        self.frames -= 1
+        return True
+
+    def retrieve(self) -> tuple[bool, np.ndarray]:
+        return True, np.zeros((36, 64, 3), np.uint8)
+
+    def release(self) -> None:
+        return
+
+
+def test_a_stream_that_drops_before_a_frame_backs_off_as_one_that_cannot_be_opened(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A camera that accepts the connection and drops it at once would otherwise be opened
+    again every second for ever: only a frame shows the source works again."""
+    sessions = [0, 0, 0, 2, 0, 0, None, None]  # frames of each connection
+    opened: list[str] = []
+
+    def open_capture(source: str, base_dir: object) -> ScriptedCapture:
+        opened.append(source)
+        return ScriptedCapture(sessions[len(opened) - 1] if len(opened) <= len(sessions) else None)
+
+    monkeypatch.setattr(sources, "open_capture", open_capture)
+    camera = site_camera("rtsp://10.0.0.9/live", rate="fps: 2")
+    conn = MqttConnection("ing-backoff", MqttSettings.from_url("mqtt://127.0.0.1:1883"))
+    output = CameraOutput(camera, conn)  # never connected: its frames count as dropped
+    stop = ScriptedStop(last=len(sessions))
+    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+        CameraPublisher(output, stop).run()
+    assert len(opened) == len(sessions)
+    assert stop.waits == [1, 2, 4, 1, 1, 2, 4, 8]
+    assert output.stats.dropped == 1  # the one frame sampled from the good connection
+    assert [r.getMessage() for r in caplog.records if r.name == sources.__name__] == [
+        f"camera h1: {why} rtsp://10.0.0.9/live; retrying in {wait} s"
+        for why, wait in [
+            *(("stream lost", w) for w in (1, 2, 4, 1, 1, 2)),
+            ("cannot open", 4),
+            ("cannot open", 8),
+        ]
     ]
