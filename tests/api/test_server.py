@@ -326,6 +326,13 @@ def test_dropped_database_connections(server: Any, api_body: Any, postgres_url: 
         assert down.status_code == 503
         assert down.headers["Retry-After"] == "1"
         assert down.headers["Content-Type"] == "application/problem+json"
+        assert down.json() == {
+            "type": "about:blank",
+            "title": "Service Unavailable",
+            "status": 503,
+            "detail": "the database is unavailable; retry shortly",
+            "instance": "/api/v1/candidates",
+        }
         assert reviewer.get("/candidates").status_code == 200
         # An idempotent write on a dropped connection runs again on a fresh one.
         assert drop_connections(server, postgres_url) >= 1
