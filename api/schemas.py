@@ -19,10 +19,11 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
 
-from gridpatrol.api.status import Decision, RejectReason, Stage
+from gridpatrol.api.status import STATUSES, Decision, RejectReason, Stage
 
 NO_NUL = r"^[^\x00]*$"
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -45,6 +46,18 @@ def _plausible(value: datetime) -> datetime:
 
 
 Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+
+
+def _known_status(value: str) -> str:
+    if value not in STATUSES:
+        raise ValueError(f"unknown status {value!r}; one of {', '.join(STATUSES)}")
+    return value
+
+
+# A list filter: a misspelt status would otherwise list nothing, as if none had it.
+StatusName = Annotated[
+    str, AfterValidator(_known_status), WithJsonSchema({"type": "string", "enum": [*STATUSES]})
+]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
 SourceType = Literal["camera", "sensor", "patrol", "hotline_12345", "police_110", "public"]

@@ -19,6 +19,7 @@ from gridpatrol.api.schemas import (
     CandidatePatch,
     Instant,
     Page,
+    StatusName,
     canonical_candidate_id,
 )
 
@@ -61,7 +62,7 @@ def create_batch(batch: BatchIn, who: Producer, services: Svc) -> JSONResponse:
 def list_candidates(
     _who: ReviewerOrPlatform,
     services: Svc,
-    status: Annotated[str | None, Query(pattern=r"^[a-z]{1,16}$")] = None,
+    status: Annotated[StatusName | None, Query()] = None,
     type: Annotated[str | None, Query(pattern=TYPE_PATTERN)] = None,
     camera_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
     sensor_id: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,

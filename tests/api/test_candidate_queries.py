@@ -105,3 +105,15 @@ def test_near_reads_only_candidates_received_around_the_window(
     assert listed(api, near=target) == []
     monkeypatch.undo()
     assert not [cid for cid in [held, *later] if any(cid in text for text in loaded)]
+
+
+def test_an_unknown_status_is_refused_with_422(api: Any) -> None:
+    confirmed = new_case(api)
+    assert api.review(confirmed, "confirm").status_code == 200
+    assert listed(api, status="confirmed") == [confirmed]
+    refused = api.as_("reviewer").get(URL, params={"status": "bogus"})
+    assert refused.status_code == 422
+    assert refused.headers["content-type"] == "application/problem+json"
+    [error] = refused.json()["errors"]
+    assert error["loc"] == ["query", "status"]
+    assert "unknown status 'bogus'" in error["msg"]
