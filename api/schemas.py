@@ -15,6 +15,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -273,8 +274,28 @@ class StatusIn(BaseModel):
     at: Instant | None = None
 
 
+FEED_CURSOR = r"^[0-9]{1,18}$"
+
+
+def _int_as_text(value: object) -> object:
+    # GET /feed answers the cursor as a string, but a platform may well send it back parsed.
+    return str(value) if type(value) is int else value
+
+
 class AckIn(BaseModel):
-    cursor: Annotated[str, Field(pattern=r"^[0-9]{1,18}$")]
+    cursor: Annotated[
+        str,
+        BeforeValidator(_int_as_text),
+        Field(pattern=FEED_CURSOR),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": FEED_CURSOR},
+                    {"type": "integer", "minimum": 0, "maximum": 10**18 - 1},
+                ]
+            }
+        ),
+    ]
 
 
 class SessionIn(BaseModel):

@@ -1401,14 +1401,17 @@ class CandidateService:
                 .order_by(FeedRow.position)
                 .limit(limit)
             ).all()
+            # A cursor past the end (one kept from before a restore) would otherwise be
+            # answered as up to date, and skip the positions given out until the feed got there.
+            if not rows and cursor is not None and after > self._feed_end(session):
+                raise Problem(422, f"cursor {after} is beyond the end of the feed")
         return [r[1] for r in rows], (rows[-1][0] if rows else after)
 
     def ack(self, who: Principal, cursor: int) -> None:
         """Store the token's cursor; candidates up to it are now pulled by the platform."""
         events: list[Event] = []
         with self.db.write() as session:
-            last = session.execute(select(FeedCounterRow.last).where(FeedCounterRow.id == 1))
-            if cursor > last.scalar_one():
+            if cursor > self._feed_end(session):
                 raise Problem(422, f"cursor {cursor} is beyond the end of the feed")
             now = self.clock()
             previous = self._advance_cursor(session, who.name, cursor, now)
@@ -1420,6 +1423,12 @@ class CandidateService:
                     self._save(row, doc, now)
                     events.append(_event("candidate.changed", doc))
         self.hub.publish(events)
+
+    @staticmethod
+    def _feed_end(session: Session) -> int:
+        """The last position given out."""
+        last = session.execute(select(FeedCounterRow.last).where(FeedCounterRow.id == 1))
+        return int(last.scalar_one())
 
     def _advance_cursor(self, session: Session, name: str, cursor: int, now: datetime) -> int:
         """Move the token's cursor up to ``cursor``; returns its position before.

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from gridpatrol.api.deps import Platform, Svc
 from gridpatrol.api.hub import stopping, unless_stopping
 from gridpatrol.api.routers.candidates import raw_page
-from gridpatrol.api.schemas import AckIn, Page
+from gridpatrol.api.schemas import FEED_CURSOR, AckIn, Page
 
 router = APIRouter(prefix="/api/v1", tags=["feed"])
 
@@ -26,7 +26,7 @@ async def feed(
     request: Request,
     who: Platform,
     services: Svc,
-    cursor: Annotated[str | None, Query(pattern=r"^[0-9]{1,18}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=FEED_CURSOR)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, le=30)] = 0,
 ) -> Response:

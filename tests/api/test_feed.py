@@ -382,3 +382,42 @@ def test_a_confirm_between_the_polls_query_and_its_wait_wakes_it(
     assert woken == [True]
     assert [c["id"] for c in page["items"]] == [cid]
     assert [len(items) for items in queries] == [0, 1]
+
+
+def test_a_cursor_beyond_the_end_is_refused_as_by_ack(api: Any) -> None:
+    """A cursor kept from before a restore to an older database: answered as up to date, the
+    platform would skip the positions given out until the feed reached it again."""
+    a = confirmed(api, "a")
+    b = confirmed(api, "b")
+    platform = api.as_("platform")
+    beyond = {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "cursor 3 is beyond the end of the feed",
+    }
+    for params in ({"cursor": "3"}, {"cursor": "3", "wait": 30}):
+        refused = platform.get(FEED, params=params)
+        assert (refused.status_code, refused.headers["content-type"]) == (
+            422,
+            "application/problem+json",
+        )
+        assert refused.json() == {**beyond, "instance": FEED}
+    ack = platform.post(f"{FEED}/ack", json={"cursor": "3"})
+    assert ack.json() == {**beyond, "instance": f"{FEED}/ack"}
+    assert feed(api, cursor="2") == {"items": [], "next_cursor": "2"}
+    assert [c["id"] for c in feed(api, cursor="0")["items"]] == [a, b]
+
+
+def test_ack_takes_the_cursor_as_a_number_too(api: Any) -> None:
+    a = confirmed(api, "a")
+    b = confirmed(api, "b")
+    platform = api.as_("platform")
+    assert platform.post(f"{FEED}/ack", json={"cursor": 1}).status_code == 204
+    assert [c["id"] for c in feed(api)["items"]] == [b]
+    assert doc_of(api, a)["status"] == "pulled"
+    assert platform.post(f"{FEED}/ack", json={"cursor": "2"}).status_code == 204
+    assert feed(api) == {"items": [], "next_cursor": "2"}
+    for cursor in (-1, 1.0, True, 3):
+        assert platform.post(f"{FEED}/ack", json={"cursor": cursor}).status_code == 422
+    assert doc_of(api, b)["status"] == "pulled"
