@@ -108,6 +108,10 @@ NEAR_WINDOW = timedelta(hours=24)
 # (one held longer, e.g. in an outbox through an outage, is not offered: paste its id).
 NEAR_SKEW = timedelta(hours=1)
 NEAR_INTAKE_DELAY = timedelta(hours=1)
+# A stage report's ``at`` is the platform's clock: it may run this far ahead of the server's
+# (or, against the candidate's creation, behind it) before the report is refused as dated
+# wrongly. More would let a dispatch dated ahead push arrive_by out and hide the breach.
+STAGE_CLOCK_SKEW = timedelta(minutes=5)
 
 
 # Hot-path statements, built once.
@@ -1189,6 +1193,9 @@ class CandidateService:
                 return doc
             now = self.clock()
             at = report.at or now
+            # Without ``at`` the server's time is meant, which can be off only by the skew.
+            if report.at is not None:
+                _check_stage_time(row, doc, new, at, now)
             doc["status"] = new
             doc.setdefault("stages", {})[new] = at.isoformat()
             if new == "dispatched":
@@ -1909,6 +1916,28 @@ def compute_stats(rows: Iterable[Any], now: datetime, policy: SitePolicy) -> Jso
         "sla": {"minutes": policy.policy.sla_minutes, "breaches": len(breaches)},
         "sla_breaches": [b for _at, _id, b in latest],
     }
+
+
+def _check_stage_time(
+    row: CandidateRow, doc: JsonDict, stage: str, at: datetime, now: datetime
+) -> None:
+    """Refuse (422) a stage dated ahead of the server's clock, or before the stage it
+    follows or the candidate's creation: arrive_by and the SLA figures are reckoned from it."""
+    if at > now + STAGE_CLOCK_SKEW:
+        raise Problem(
+            422,
+            f"{stage} at {at.isoformat()} is later than the server's time {now.isoformat()}"
+            f" (allowing {STAGE_CLOCK_SKEW.total_seconds() / 60:g} min of clock skew)",
+        )
+    previous = doc.get("stages", {}).get(row.status)
+    if previous is not None and at < datetime.fromisoformat(previous):
+        raise Problem(422, f"{stage} at {at.isoformat()} is before {row.status} at {previous}")
+    if at < row.created_at - STAGE_CLOCK_SKEW:
+        raise Problem(
+            422,
+            f"{stage} at {at.isoformat()} is before the candidate was created,"
+            f" at {row.created_at.isoformat()}",
+        )
 
 
 def _locked_now(session: Session, clock: Callable[[], datetime]) -> datetime:

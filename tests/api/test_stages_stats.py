@@ -58,10 +58,12 @@ def test_stats_counts_precision_and_sla(api: Any) -> None:
     api.review(ids[3], "reject", reason_code="licensed_activity")
     late, waiting = ids[0], ids[2]
     now = api.clock.now
-    for cid in (late, waiting):
-        stage(api, cid, "registered", now)
-        stage(api, cid, "dispatched", now)
+    stage(api, late, "registered", now)
+    stage(api, late, "dispatched", now)
+    api.clock.advance(minutes=20)
     stage(api, late, "arrived", now + timedelta(minutes=20))
+    stage(api, waiting, "registered", api.clock.now)
+    stage(api, waiting, "dispatched", api.clock.now)
     stats = api.as_("reviewer").get("/api/v1/stats").json()
     assert stats["total"] == 4
     assert stats["by_type"] == {"garbage_overflow": 4}
@@ -94,6 +96,7 @@ def test_stats_list_the_latest_sla_breaches_and_count_them_all(api: Any) -> None
     start = api.clock.now
     # Dispatched a minute apart, in reverse: the latest deadline is the first candidate's.
     for n, cid in enumerate(reversed(ids)):
+        api.clock.now = start + timedelta(minutes=n)  # no stage is dated ahead of the server
         assert stage(api, cid, "registered", start).status_code == 200
         assert stage(api, cid, "dispatched", start + timedelta(minutes=n)).status_code == 200
     api.clock.advance(hours=5)
@@ -103,3 +106,80 @@ def test_stats_list_the_latest_sla_breaches_and_count_them_all(api: Any) -> None
     assert (
         stats["sla_breaches"][0]["arrive_by"] == (start + timedelta(minutes=200 + 15)).isoformat()
     )
+
+
+def registered(api: Any) -> str:
+    cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    assert api.review(cid, "confirm").status_code == 200
+    assert stage(api, cid, "registered").status_code == 200
+    return cid
+
+
+def refused_unchanged(api: Any, cid: str, name: str, at: Any, detail: str) -> None:
+    before = api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()
+    refused = stage(api, cid, name, at)
+    assert (refused.status_code, refused.headers["content-type"]) == (
+        422,
+        "application/problem+json",
+    )
+    assert refused.json()["detail"] == detail
+    assert api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json() == before
+
+
+def test_a_stage_dated_ahead_of_the_server_is_refused(api: Any) -> None:
+    """A dispatch dated ahead would push arrive_by out and hide its SLA breach."""
+    cid = registered(api)
+    now = api.clock.now
+    ahead = now + timedelta(minutes=5, seconds=1)
+    refused_unchanged(
+        api,
+        cid,
+        "dispatched",
+        ahead,
+        f"dispatched at {ahead.isoformat()} is later than the server's time"
+        f" {now.isoformat()} (allowing 5 min of clock skew)",
+    )
+    # Within the allowance, for a platform's clock a little ahead of the server's.
+    assert stage(api, cid, "dispatched", now + timedelta(minutes=5)).status_code == 200
+    api.clock.advance(minutes=21)
+    stats = api.as_("reviewer").get("/api/v1/stats").json()
+    assert [b["id"] for b in stats["sla_breaches"]] == [cid]
+
+
+def test_a_stage_dated_before_the_one_it_follows_is_refused(api: Any) -> None:
+    cid = registered(api)
+    registered_at = api.clock.now
+    api.clock.advance(minutes=30)
+    dispatched = registered_at + timedelta(minutes=10)
+    assert stage(api, cid, "dispatched", dispatched).status_code == 200
+    early = dispatched - timedelta(seconds=1)
+    refused_unchanged(
+        api,
+        cid,
+        "arrived",
+        early,
+        f"arrived at {early.isoformat()} is before dispatched at {dispatched.isoformat()}",
+    )
+    # At the same instant is in order.
+    assert stage(api, cid, "arrived", dispatched).json()["stages"]["arrived"] == (
+        dispatched.isoformat()
+    )
+
+
+def test_a_stage_dated_before_the_candidate_was_created_is_refused(api: Any) -> None:
+    cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    assert api.review(cid, "confirm").status_code == 200
+    created = api.clock.now
+    api.clock.advance(hours=1)
+    early = created - timedelta(minutes=5, seconds=1)
+    refused_unchanged(
+        api,
+        cid,
+        "registered",
+        early,
+        f"registered at {early.isoformat()} is before the candidate was created,"
+        f" at {created.isoformat()}",
+    )
+    # The platform's clock may be a little behind the server's.
+    at = created - timedelta(minutes=5)
+    assert stage(api, cid, "registered", at).json()["stages"]["registered"] == at.isoformat()
