@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
@@ -316,7 +316,8 @@ class CameraPublisher(threading.Thread):
 
     def _run_file(self) -> None:
         path = resolve_path(self.camera.source, self.base_dir)
-        start = time.time()
+        # Monotonic: a step of the wall clock (an NTP correction) would stall or burst replay.
+        start = time.monotonic()
         offset = 0.0  # file seconds played before the current pass (looping)
         next_sample = 0.0
         while not self.stop_event.is_set():
@@ -380,11 +381,13 @@ class CameraPublisher(threading.Thread):
                 if not ok:
                     continue
                 # The file's own timing paces the replay, as a live camera would.
-                if self.stop_event.wait(max(0.0, start + moment - time.time())):
+                due = start + moment
+                if self.stop_event.wait(max(0.0, due - time.monotonic())):
                     break
                 jpeg, width, height = encode_image(image, self.camera)
-                ts = datetime.fromtimestamp(start, UTC) + timedelta(seconds=moment)
-                self.output.publish(jpeg, width, height, ts)
+                # Stamped as a live camera's: the wall clock's time when the frame was due.
+                ts = time.time() - (time.monotonic() - due)
+                self.output.publish(jpeg, width, height, datetime.fromtimestamp(ts, UTC))
                 while next_sample <= moment + 1e-6:
                     next_sample += self.period
         finally:

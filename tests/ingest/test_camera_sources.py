@@ -1,5 +1,5 @@
 """Camera sources read in-process: the bounds of an HTTP snapshot, credentials kept out of the
-log, the backoff of a stream that drops."""
+log, the backoff of a stream that drops, the pace of a looped file."""
 
 from __future__ import annotations
 
@@ -8,13 +8,17 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
 from gridpatrol.ingest import sources
+from gridpatrol.ingest.messages import Frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.sources import CameraOutput, CameraPublisher, grab_once
 from gridpatrol.site import Camera, parse_site
@@ -263,3 +267,73 @@ def test_a_stream_that_drops_before_a_frame_backs_off_as_one_that_cannot_be_open
             ("cannot open", 8),
         ]
     ]
+
+
+class SteppedWallClock:
+    """Monotonic time that moves only as waited; the wall clock with it, give or take a step."""
+
+    def __init__(self) -> None:
+        self.now = 5000.0
+        self.step_s = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1_800_000_000.0 + self.now + self.step_s
+
+
+class ClockedStop(threading.Event):
+    """A stop event whose waits move ``clock`` on at once, the wall clock stepped to
+    ``steps[n]`` at the n-th wait; set at the ``last``-th."""
+
+    def __init__(self, clock: SteppedWallClock, steps: dict[int, float], last: int) -> None:
+        super().__init__()
+        self.clock, self.steps, self.last = clock, steps, last
+        self.waits: list[float | None] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        self.clock.now += timeout or 0.0
+        self.clock.step_s = self.steps.get(len(self.waits), self.clock.step_s)
+        if len(self.waits) >= self.last:
+            self.set()
+        return self.is_set()
+
+
+class RecordingOutput(CameraOutput):
+    def __init__(self, camera: Camera, conn: MqttConnection) -> None:
+        super().__init__(camera, conn)
+        self.stamps: list[datetime] = []
+
+    def publish(self, jpeg: bytes, width: int, height: int, ts: datetime | None = None) -> Frame:
+        assert ts is not None
+        self.stamps.append(ts)
+        return super().publish(jpeg, width, height, ts)
+
+
+def test_a_looped_file_is_paced_through_steps_of_the_wall_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A minute back (an NTP correction) held the replay for that minute, ten forward
+    published ten minutes of frames at once. The frames still bear the wall clock's time."""
+    path = tmp_path / "clip.avi"  # 10 s at 10 fps, sampled at 2 fps: a frame every 0.5 s
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 36))
+    for i in range(100):
+        writer.write(np.full((36, 64, 3), i, np.uint8))
+    writer.release()
+    clock = SteppedWallClock()
+    monkeypatch.setattr(sources, "time", clock)
+    camera = site_camera(str(path), rate="fps: 2, loop: true")
+    conn = MqttConnection("ing-pace", MqttSettings.from_url("mqtt://127.0.0.1:1883"))
+    output = RecordingOutput(camera, conn)  # never connected: its frames count as dropped
+    # The wall clock steps back a minute before the 5th frame, ten minutes on before the 10th.
+    stop = ClockedStop(clock, {5: -60.0, 10: 600.0}, last=30)
+    CameraPublisher(output, stop, tmp_path).run()
+    # The first frame at once, then one every 0.5 s, across the steps and the file's end.
+    assert stop.waits == pytest.approx([0.0] + [0.5] * 29)
+    started = 1_800_000_000.0 + 5000.0  # the wall clock at the first frame, before the steps
+    expected = [
+        started + 0.5 * k + (0.0 if k < 4 else -60.0 if k < 9 else 600.0) for k in range(29)
+    ]
+    assert [ts.timestamp() for ts in output.stamps] == pytest.approx(expected, abs=1e-3)
