@@ -8,6 +8,7 @@ next raise opens a new candidate, and every invalid message must come back as a 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,7 +16,10 @@ from typing import Any
 from gridpatrol.ingest.topics import sensor_alarm_topic
 
 CYCLE = 100  # default messages per alarm per sensor: raise, CYCLE - 2 updates, clear
-T_BASE = 1_790_000_000.0
+# Between a sensor's successive envelopes on its clock: its n-th is timed n ms after the first,
+# so even a stream of 300,000 per sensor stays within the bridge's 5 minutes ahead of reception
+# and is read at the time it gives, not re-timed at its reception.
+STEP_S = 0.001
 
 
 @dataclass(frozen=True)
@@ -45,7 +49,7 @@ def sensor_id(index: int) -> str:
     return f"lg-{index:04d}"
 
 
-def _envelope(sensor: str, j: int, run: str, cycle: int, shift: int = 0) -> bytes:
+def _envelope(sensor: str, j: int, run: str, cycle: int, t_base: float, shift: int = 0) -> bytes:
     phase = (j - shift) % cycle
     transition = "raise" if phase == 0 else "clear" if phase == cycle - 1 else "update"
     if j < shift:
@@ -57,7 +61,7 @@ def _envelope(sensor: str, j: int, run: str, cycle: int, shift: int = 0) -> byte
         "alarm_type": "manhole_tilt",
         "transition": transition,
         "severity": "CRITICAL" if phase % 7 == 3 else "MAJOR",
-        "ts": T_BASE + j,
+        "ts": round(t_base + j * STEP_S, 3),
         "seq": j,
         "boot_id": run,
         "measurements": [{"n": "tilt", "u": "deg", "v": 10 + phase % 40}],
@@ -74,16 +78,21 @@ def traffic(
     invalid_every: int = 0,
     cycle: int = CYCLE,
     stagger: bool = False,
+    t_base: float | None = None,
 ) -> Iterator[tuple[str, bytes]]:
     """``alarms`` valid envelopes round-robin over the sensors, plus an invalid message (a
     unique bad-JSON payload) after every ``invalid_every`` of them. Each sensor cycles
     through raise, ``cycle - 2`` updates and a clear; with ``stagger`` the sensors start
-    their cycles spread over one cycle, so raises are spread evenly in time."""
+    their cycles spread over one cycle, so raises are spread evenly in time. Each sensor's
+    first envelope is timed at ``t_base`` (epoch seconds; default: the time the first is
+    generated), the next ones :data:`STEP_S` apart."""
+    base = time.time() if t_base is None else t_base
     for i in range(alarms):
         index = i % sensors
         shift = index * cycle // sensors if stagger else 0
         sensor = sensor_id(index)
-        yield sensor_alarm_topic(prefix, sensor), _envelope(sensor, i // sensors, run, cycle, shift)
+        payload = _envelope(sensor, i // sensors, run, cycle, base, shift)
+        yield sensor_alarm_topic(prefix, sensor), payload
         if invalid_every and (i + 1) % invalid_every == 0:
             yield sensor_alarm_topic(prefix, sensor), f"{{broken {run} {i}".encode()
 
