@@ -197,9 +197,11 @@ def run_watch(args: argparse.Namespace) -> int:
 
 def run_broker(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.broker import ensure_broker
+    from gridpatrol.ingest.mqtt import _shown
 
     handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
-    print(f"GRIDPATROL_MQTT_URL={handle.url}  ({handle.kind})", flush=True)
+    # A configured broker's URL may carry its password: the terminal and its logs must not.
+    print(f"GRIDPATROL_MQTT_URL={_shown(handle.url)}  ({handle.kind})", flush=True)
     stop = threading.Event()
     stop_on_signals(stop)
     stop.wait()
