@@ -4,8 +4,12 @@ ever against a URL httpx refuses."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +109,93 @@ def test_outbox_drain_exits_2_with_one_line(tmp_path: Path) -> None:
     Outbox(tmp_path / "left.db", None, component="detect").stop()
     done = run(["outbox", str(tmp_path / "left.db"), "--drain"], tmp_path)
     assert (done.returncode, done.stdout, done.stderr) == (2, "", f"outbox: {NO_SCHEME}\n")
+
+
+PROXIES = ("all_proxy", "ALL_PROXY", "http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")
+
+
+@pytest.fixture
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_a_socks_all_proxy_the_api_bypasses_is_not_needed(
+    no_proxies: pytest.MonkeyPatch, api_server: Any
+) -> None:
+    """A SOCKS ``all_proxy`` in the shell (without the socks extra installed) and the API on a
+    host ``no_proxy`` names: the client is built and reaches the API directly."""
+    no_proxies.setenv("all_proxy", "socks5://127.0.0.1:1")
+    no_proxies.setenv("no_proxy", "localhost,127.0.0.1")
+    client = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    try:
+        assert client.list_candidates() == {"items": [], "next_cursor": None}
+    finally:
+        client.close()
+
+
+def test_an_api_behind_a_socks_proxy_without_the_extra_is_one_clear_line(
+    no_proxies: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    no_proxies.setenv("ALL_PROXY", "socks5://me:s3cret@127.0.0.1:1080")
+    with pytest.raises(ApiConfigError) as err:
+        ApiClient("http://api.example:8000", "tok-producer")
+    says = (
+        "the API at http://api.example:8000 is reached through the SOCKS proxy"
+        " socks5://me:***@127.0.0.1:1080 of the environment, which needs httpx's socks extra"
+        " (pip install 'httpx[socks]'); or add its host to no_proxy (Using SOCKS proxy, but"
+        " the 'socksio' package is not installed. Make sure to install httpx using `pip"
+        " install httpx[socks]`.)"
+    )
+    assert str(err.value) == says
+    done = gridpatrol(  # the proxy setting inherited
+        ["bridge", "--config", str(SITE)],
+        tmp_path,
+        GRIDPATROL_API_URL="http://api.example:8000",
+        GRIDPATROL_MQTT_URL="mqtt://127.0.0.1:1",
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    (line,) = done.stderr.splitlines()
+    assert line.endswith(f" ERROR gridpatrol.alarm_bridge.cli: {says}"), line
+
+
+class Proxy(ThreadingHTTPServer):
+    """An HTTP proxy that answers every request itself, recording the URLs asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                proxy.asked.append(self.path)
+                body = json.dumps({"items": [], "next_cursor": None}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+
+def test_an_http_proxy_of_the_environment_is_still_used(no_proxies: pytest.MonkeyPatch) -> None:
+    proxy = Proxy()
+    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+    thread.start()
+    try:
+        no_proxies.setenv("http_proxy", f"http://127.0.0.1:{proxy.server_address[1]}")
+        no_proxies.setenv("no_proxy", "elsewhere.example")
+        client = ApiClient("http://api.example:8000", "tok-reviewer")
+        try:
+            assert client.list_candidates(limit=5) == {"items": [], "next_cursor": None}
+        finally:
+            client.close()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert proxy.asked == ["http://api.example:8000/api/v1/candidates?limit=5"]
