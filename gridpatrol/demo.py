@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -233,6 +234,7 @@ class Demo:
     tokens: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
     private_broker: bool = True
+    api_ready: bool = False  # it answered healthz: there are candidates to read at the end
 
     @property
     def api_url(self) -> str:
@@ -350,6 +352,7 @@ def wait_healthy(demo: Demo, api: Component, timeout: float = 60.0) -> None:
         try:
             with _local.open(f"{demo.api_url}/api/v1/healthz", timeout=2) as r:
                 if r.status == 200:
+                    demo.api_ready = True
                     return
         except (urllib.error.URLError, OSError):
             pass
@@ -398,15 +401,46 @@ def summary_lines(items: list[dict[str, Any]]) -> list[str]:
 
 
 WORKDIR_MARKER = ".gridpatrol-demo"
+# Held (flock) by the demo running in the folder, for the whole run; the clearing keeps it, so
+# a second demo finds the first one's lock instead of a fresh file of its own.
+WORKDIR_LOCK = ".gridpatrol-demo.lock"
 
 
 def _ours_to_clear(workdir: Path) -> bool:
     """Whether the demo may empty ``workdir``: new, empty, or made by an earlier demo."""
     if not workdir.exists():
         return True
-    if not workdir.is_dir():
-        return False
-    return (workdir / WORKDIR_MARKER).is_file() or not any(workdir.iterdir())
+    others = [p for p in workdir.iterdir() if p.name != WORKDIR_LOCK]
+    return (workdir / WORKDIR_MARKER).is_file() or not others
+
+
+def _lock_workdir(workdir: Path) -> int | None:
+    """The descriptor of ``workdir``'s lock, now held by this process and naming its pid;
+    None after a line when a running demo holds it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(workdir / WORKDIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder.isdigit() else ""
+        print(f"demo: --workdir {workdir} is in use by a running demo{pid}", file=sys.stderr)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _clear(workdir: Path) -> None:
+    """Empty ``workdir`` but for its lock: every demo starts from an empty database."""
+    for path in workdir.iterdir():
+        if path.name == WORKDIR_LOCK:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class Terminated(KeyboardInterrupt):
@@ -439,10 +473,11 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def demo_site(config: Path, workdir: Path) -> Path:
-    """The site file the demo's components run on, written into ``workdir``: ``config`` under
-    the demo's own topic prefix, its file sources made absolute (found as ingest finds them,
-    from the components' working directory, else beside ``config``)."""
+def demo_site_text(config: Path) -> str:
+    """The site file the demo's components run on (it writes it into its work folder):
+    ``config`` under the demo's own topic prefix, its file sources made absolute (found as
+    ingest finds them, from the components' working directory, else beside ``config``);
+    :class:`SiteConfigError` when ``config`` is no site file."""
     import yaml
 
     from gridpatrol.ingest.sources import source_kind
@@ -456,12 +491,8 @@ def demo_site(config: Path, workdir: Path) -> Path:
         path = Path(os.path.expandvars(source)).expanduser()
         if source_kind(source) == "file" and not path.is_absolute():
             camera["source"] = str(cwd / path if (cwd / path).exists() else config.parent / path)
-    target = workdir / "site.yaml"
     header = f"# {config} as the demo runs it: topics under {DEMO_PREFIX}/\n"
-    target.write_text(
-        header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8"
-    )
-    return target
+    return header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
 class BrokerStartError(Exception):
@@ -471,6 +502,7 @@ class BrokerStartError(Exception):
 @contextmanager
 def _broker(use_configured: bool, log_path: Path) -> Iterator[BrokerHandle]:
     from gridpatrol.ingest.broker import ensure_broker
+    from gridpatrol.ingest.mqtt import _shown
 
     configured = os.environ.get("GRIDPATROL_MQTT_URL")
     try:
@@ -483,13 +515,13 @@ def _broker(use_configured: bool, log_path: Path) -> Iterator[BrokerHandle]:
         else:
             what = f"{'Mosquitto' if handle.kind == 'mosquitto' else 'amqtt'} started by the demo"
         print(
-            f"broker:          {handle.url} ({what}; topics {DEMO_PREFIX}/#, bridge client id "
-            f"{DEMO_BRIDGE_CLIENT_ID})",
+            f"broker:          {_shown(handle.url)} ({what}; topics {DEMO_PREFIX}/#, bridge "
+            f"client id {DEMO_BRIDGE_CLIENT_ID})",
             flush=True,
         )
         if configured and not use_configured:
             print(
-                f"                 (GRIDPATROL_MQTT_URL {configured} is left alone: "
+                f"                 (GRIDPATROL_MQTT_URL {_shown(configured)} is left alone: "
                 "--own-broker was given)",
                 flush=True,
             )
@@ -530,12 +562,21 @@ def _watch(demo: Demo, broker: BrokerHandle, duration: float | None) -> bool:
         code = broker.exit_code()
         if code is not None:
             tail = log_tail(broker.log_path) if broker.log_path else ""
-            print(f"broker exited unexpectedly (exit {code}):\n{tail}".rstrip(), flush=True)
+            print(
+                f"broker exited unexpectedly (exit {code}):\n{tail}".rstrip(),
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         dead = [c for c in demo.components if not c.alive()]
         if dead:
             for component in dead:
-                print(f"{component.name} exited unexpectedly:\n{component.tail()}", flush=True)
+                code = component.proc.returncode if component.proc else None
+                print(
+                    f"{component.name} exited unexpectedly (exit {code}):\n{component.tail()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             return False
         if time.monotonic() >= next_report:
             next_report += 10
@@ -569,6 +610,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     config = Path(args.config).resolve()
     workdir = Path(args.workdir).resolve()
+    if workdir.exists() and not workdir.is_dir():
+        print(f"demo: --workdir {workdir} is not a folder", file=sys.stderr)
+        return 2
     if not _ours_to_clear(workdir):
         print(
             f"demo: --workdir {workdir} is not empty and was not made by the demo, which clears "
@@ -579,17 +623,30 @@ def run_demo(args: argparse.Namespace) -> int:
     port = api_port(args.port)
     if port is None:
         return 2
-    footage = find_footage()
-    print(f"footage: {footage}", flush=True)
-    shutil.rmtree(workdir, ignore_errors=True)  # every demo starts from an empty database
-    (workdir / "logs").mkdir(parents=True)
-    (workdir / "state").mkdir()
-    (workdir / WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
-    try:
-        site_file = demo_site(config, workdir)
+    try:  # before the clearing: a mistyped --config keeps the last run's data
+        site_text = demo_site_text(config)
     except SiteConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
+    lock = _lock_workdir(workdir)
+    if lock is None:
+        return 2
+    try:
+        return _run_locked(args, workdir, port, site_text)
+    finally:
+        os.close(lock)
+
+
+def _run_locked(args: argparse.Namespace, workdir: Path, port: int, site_text: str) -> int:
+    """:func:`run_demo` in ``workdir``, its lock held."""
+    footage = find_footage()
+    print(f"footage: {footage}", flush=True)
+    _clear(workdir)
+    (workdir / "logs").mkdir()
+    (workdir / "state").mkdir()
+    (workdir / WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
+    site_file = workdir / "site.yaml"
+    site_file.write_text(site_text, encoding="utf-8")
     demo = Demo(site_file, workdir, port, generate_tokens())
     _stop_in_order_on_signals()
     try:
@@ -632,7 +689,7 @@ def _run(demo: Demo, broker: BrokerHandle, args: argparse.Namespace) -> int:
         for component in reversed(demo.components):
             if component is not api:
                 component.stop()
-        if api is not None and api.alive():
+        if api is not None and demo.api_ready and api.alive():
             try:
                 items = all_candidates(demo)
             except (urllib.error.URLError, OSError, ValueError) as exc:

@@ -248,6 +248,10 @@ def test_the_demo_clears_only_a_folder_of_its_own(tmp_path: Path, prepare: str, 
         assert done.returncode == 0, done.stderr[-3000:]
         assert not (workdir / "notes.txt").exists()
         assert (workdir / "logs").is_dir() and (workdir / ".gridpatrol-demo").is_file()
+    elif prepare == "a file":
+        assert done.returncode == code
+        assert done.stderr == f"demo: --workdir {workdir} is not a folder\n"
+        assert workdir.read_text() == "not a folder"
     else:
         assert done.returncode == code
         assert "is not empty and was not made by the demo" in done.stderr
@@ -415,7 +419,8 @@ def test_the_demo_runs_the_site_under_its_own_prefix_with_the_same_sources(tmp_p
         encoding="utf-8",
     )  # fmt: skip
     original = load_site(config)
-    ran = load_site(demo.demo_site(config, tmp_path))
+    (tmp_path / "ran.yaml").write_text(demo.demo_site_text(config), encoding="utf-8")
+    ran = load_site(tmp_path / "ran.yaml")
     assert ran.mqtt.prefix == "gridpatrol-demo" != original.mqtt.prefix
     assert [c.source for c in ran.cameras] == [
         str(config.parent / "beside.mp4"),  # beside the site file, where ingest finds it
@@ -477,7 +482,10 @@ def _wait_for(path: Path, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{text!r} not in {path} within {timeout} s")
 
 
-def test_the_demo_stops_with_exit_1_when_its_broker_dies(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dying", ["broker", "detect"])
+def test_the_demo_stops_with_exit_1_when_its_broker_or_a_component_dies(
+    tmp_path: Path, dying: str
+) -> None:
     workdir = tmp_path / "demo"
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("w") as stderr:
@@ -498,8 +506,9 @@ def test_the_demo_stops_with_exit_1_when_its_broker_dies(tmp_path: Path) -> None
                     break
             broker = next(line for line in out if line.startswith("broker:"))
             port = broker.split("mqtt://127.0.0.1:")[1].split(" ")[0]
-            log = _wait_for(stderr_path, f"on 127.0.0.1:{port}")
-            started = next(line for line in log.splitlines() if f"on 127.0.0.1:{port}" in line)
+            mark = f"on 127.0.0.1:{port}" if dying == "broker" else f"started {dying} (pid "
+            log = _wait_for(stderr_path, mark)
+            started = next(line for line in log.splitlines() if mark in line)
             pid = int(started.split("(pid ")[1].split(")")[0])
             os.kill(pid, signal.SIGKILL)
             rest, _ = proc.communicate(timeout=180)
@@ -508,8 +517,10 @@ def test_the_demo_stops_with_exit_1_when_its_broker_dies(tmp_path: Path) -> None
                 proc.send_signal(signal.SIGINT)
                 proc.wait(timeout=120)
     out += rest.splitlines()
-    assert proc.returncode == 1, "\n".join(out[-20:]) + stderr_path.read_text()[-3000:]
-    assert "broker exited unexpectedly (exit -9):" in out
+    err = stderr_path.read_text()
+    assert proc.returncode == 1, "\n".join(out[-20:]) + err[-3000:]
+    assert f"{dying} exited unexpectedly (exit -9):" in err.splitlines()  # as a failure
+    assert not any("exited unexpectedly" in line for line in out)
     assert out[-1].startswith("candidates: ")  # the components were stopped in order
     assert (workdir / "logs" / "broker.log").exists()
 

@@ -1,0 +1,116 @@
+"""``gridpatrol demo`` in the test's own process, on a broker of the test's: its work folder,
+its site file and what it prints, with the components' run replaced where a test needs only
+what comes before it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gridpatrol import cli, demo
+from gridpatrol.ingest.broker import BrokerHandle, free_port
+from tests.conftest import Mosquitto
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    # The demo turns SIGTERM and SIGHUP into a stop and ignores them while it stops.
+    saved = {signum: signal.getsignal(signum) for signum in demo.STOP_SIGNALS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.fixture
+def broker(mosquitto: Mosquitto, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of the test's broker, configured as the demo's, with a password."""
+    url = f"mqtt://ops:s3cret@127.0.0.1:{mosquitto.port}"
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", url)
+    return url
+
+
+def _argv(workdir: Path, *options: str) -> list[str]:
+    return ["demo", "--no-browser", "--port", str(free_port()), "--workdir", str(workdir), *options]
+
+
+def _no_components(_demo: demo.Demo, _broker: BrokerHandle, _args: argparse.Namespace) -> int:
+    return 0
+
+
+@pytest.mark.parametrize("option", [None, "--own-broker"], ids=["configured", "own broker"])
+def test_the_configured_brokers_password_is_not_printed(
+    tmp_path: Path,
+    broker: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    option: str | None,
+) -> None:
+    monkeypatch.setattr(demo, "_run", _no_components)
+    assert cli.main(_argv(tmp_path / "demo", *([option] if option else []))) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out
+    shown = broker.replace(":s3cret@", ":***@")
+    lines = out.splitlines()
+    if option is None:
+        said = f"broker:          {shown} (GRIDPATROL_MQTT_URL; "
+        assert any(line.startswith(said) for line in lines)
+    else:
+        assert (
+            f"                 (GRIDPATROL_MQTT_URL {shown} is left alone: --own-broker was given)"
+            in lines
+        )
+
+
+def test_a_second_demo_in_the_folder_of_a_running_one_stops_with_status_2_clearing_nothing(
+    tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "demo"
+    runs: list[str] = []
+    second: list[int] = []
+
+    def run(_demo: demo.Demo, _broker: BrokerHandle, _args: argparse.Namespace) -> int:
+        runs.append("run")
+        if len(runs) == 1:  # the first demo, running: a second is started in its folder
+            (workdir / "logs" / "api.log").write_text("the running demo's")
+            second.append(cli.main(_argv(workdir)))
+        return 0
+
+    monkeypatch.setattr(demo, "_run", run)
+    assert cli.main(_argv(workdir)) == 0
+    assert second == [2]
+    err = capsys.readouterr().err.splitlines()
+    assert f"demo: --workdir {workdir} is in use by a running demo (pid {os.getpid()})" in err
+    assert (workdir / "logs" / "api.log").read_text() == "the running demo's"
+    assert cli.main(_argv(workdir)) == 0  # the folder is free again once the demo has ended
+    assert not (workdir / "logs" / "api.log").exists()
+
+
+def test_a_mistyped_site_file_keeps_the_last_runs_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    workdir = tmp_path / "demo"
+    workdir.mkdir()
+    (workdir / demo.WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
+    (workdir / "api.db").write_text("the last run's")
+    assert cli.main(_argv(workdir, "--config", str(tmp_path / "sit.yaml"))) == 2
+    assert "cannot read the site file" in capsys.readouterr().err
+    assert (workdir / "api.db").read_text() == "the last run's"
+
+
+def test_ctrl_c_while_the_api_starts_reads_no_candidates_from_it(
+    tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def ctrl_c(_demo: demo.Demo, _api: demo.Component, timeout: float = 60.0) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "wait_healthy", ctrl_c)
+    assert cli.main(_argv(tmp_path / "demo")) == 128 + signal.SIGINT
+    captured = capsys.readouterr()
+    assert "could not read the candidates" not in captured.err
+    assert captured.out.splitlines()[-1] == "candidates: 0"
+    assert (tmp_path / "demo" / "logs" / "api.log").exists()  # the API had been started
