@@ -20,7 +20,6 @@ import re
 import sqlite3
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError, ThreadPoolExecutor
@@ -32,6 +31,8 @@ from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 import httpx
+
+from gridpatrol import proxies
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +65,12 @@ class UnsendableOperation(ValueError):
     for good, unsent, one a file already holds (written by an older version)."""
 
 
-def _masked(url: str) -> str:
-    """``url`` with the password of its user info masked, to be shown."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
-
-
 def _checked_url(url: str) -> str:
     """``url`` when it can be the API's: http:// or https://, a host, a port that is a number
     (not 0), an optional path, nothing else (no spaces around it, no query or fragment: the
     requests' paths are appended to it); else :class:`ApiConfigError`. httpx would refuse
     every request, or send each to a wrong URL, and an outbox retry them for ever."""
-    shown = _masked(url)
+    shown = proxies.masked(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -95,25 +91,12 @@ def _checked_url(url: str) -> str:
 
 
 def _transport(base_url: str) -> httpx.HTTPTransport:
-    """The transport to the API: through the proxy the environment names for its URL
-    (``https_proxy``, ``http_proxy``, ``all_proxy``), none when ``no_proxy`` covers its host.
-
-    Left to itself, httpx builds a transport for every proxy of the environment, also those
-    ``no_proxy`` makes unused, and a SOCKS ``all_proxy`` (a common shell setting) then fails
-    without the ``socksio`` package, even for an API on 127.0.0.1."""
-    url = urlsplit(base_url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(url.scheme) or proxies.get("all")
-    if proxy and urllib.request.proxy_bypass(url.netloc.rpartition("@")[2]):
-        proxy = None
+    """The transport to the API, through the proxy of the environment for its URL (see
+    :mod:`gridpatrol.proxies`); :class:`ApiConfigError` when that cannot work."""
     try:
-        return httpx.HTTPTransport(proxy=proxy)
-    except ImportError as exc:
-        raise ApiConfigError(
-            f"the API at {_masked(base_url)} is reached through the SOCKS proxy"
-            f" {_masked(proxy or '')} of the environment, which needs httpx's socks extra"
-            f" (pip install 'httpx[socks]'); or add its host to no_proxy ({exc})"
-        ) from exc
+        return proxies.transport(base_url)
+    except proxies.ProxyUnusable as exc:
+        raise ApiConfigError(f"the API at {exc}") from exc
 
 
 class ApiError(Exception):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
+from gridpatrol import proxies
 from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame, jpeg_size
 from gridpatrol.ingest.topics import camera_status_topic, frame_topic
 from gridpatrol.site import SNAPSHOT_SCHEMES, STREAM_SCHEMES
@@ -167,6 +168,7 @@ def http_get(url: str) -> bytes:
     with (
         httpx.Client(
             timeout=HTTP_DEADLINE_S,
+            transport=proxies.transport(url),
             follow_redirects=True,
             headers={"Accept-Encoding": "identity"},
             event_hooks={"response": [check]},

@@ -337,3 +337,32 @@ def test_a_looped_file_is_paced_through_steps_of_the_wall_clock(
         started + 0.5 * k + (0.0 if k < 4 else -60.0 if k < 9 else 600.0) for k in range(29)
     ]
     assert [ts.timestamp() for ts in output.stamps] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.fixture
+def socks_shell(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A shell with a SOCKS ``all_proxy`` (the socks extra not installed)."""
+    for name in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("all_proxy", "socks5://127.0.0.1:1")
+    return monkeypatch
+
+
+def test_a_camera_no_proxy_names_is_grabbed_directly_beside_a_socks_all_proxy(
+    http_camera: Any, socks_shell: pytest.MonkeyPatch
+) -> None:
+    socks_shell.setenv("no_proxy", "127.0.0.1")
+    grabbed = grab_once(site_camera(http_camera.url), None)
+    assert grabbed is not None and grabbed[0][:2] == b"\xff\xd8"
+
+
+def test_a_camera_behind_a_socks_proxy_without_the_extra_says_what_to_install(
+    http_camera: Any, socks_shell: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert failed_grab(site_camera(http_camera.url), 30, caplog) == [
+        f"camera h1: grab from {http_camera.url} failed: {http_camera.url} is reached through"
+        " the SOCKS proxy socks5://127.0.0.1:1 of the environment, which needs httpx's socks"
+        " extra (pip install 'httpx[socks]'); or add its host to no_proxy (Using SOCKS proxy,"
+        " but the 'socksio' package is not installed. Make sure to install httpx using `pip"
+        " install httpx[socks]`.)"
+    ]
