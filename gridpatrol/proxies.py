@@ -8,16 +8,15 @@ without the ``socksio`` package, even for a host on 127.0.0.1 or the camera LAN.
 from __future__ import annotations
 
 import re
-import urllib.request
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     import httpx
 
 
 class ProxyUnusable(RuntimeError):
-    """The environment's proxy for a URL needs a package that is not installed."""
+    """The environment's proxy for a URL cannot be used: a SOCKS proxy without the package it
+    needs, a proxy URL of a scheme httpx does not take."""
 
 
 def masked(url: str) -> str:
@@ -26,27 +25,32 @@ def masked(url: str) -> str:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy of the environment for ``url`` (``https_proxy``, ``http_proxy``,
-    ``all_proxy``), None when there is none or ``no_proxy`` covers its host."""
-    parts = urlsplit(url)
-    proxies = urllib.request.getproxies_environment()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]):
-        return None
-    return proxy
+    """The proxy httpx would take from the environment for ``url`` (``https_proxy``,
+    ``http_proxy``, ``all_proxy``, ``no_proxy`` as curl reads them), None for none.
+
+    httpx's own reading of the environment and its URL patterns, so that the choice stays the
+    one it made before: a proxy named without a scheme, ``no_proxy`` entries for IPv6 hosts,
+    domains and ``*`` among others. They are internal to httpx: its version is pinned."""
+    from httpx import URL
+    from httpx._utils import URLPattern, get_environment_proxies
+
+    target = URL(url)
+    mounts = [(URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()]
+    mounts.sort(key=lambda mount: mount[0].priority)  # the most specific first
+    return next((proxy for pattern, proxy in mounts if pattern.matches(target)), None)
 
 
 def transport(url: str) -> httpx.HTTPTransport:
     """A transport for requests to ``url``'s host, through :func:`proxy_for` (TLS settings of
-    the environment honoured); :class:`ProxyUnusable` for a SOCKS proxy without the extra."""
+    the environment honoured); :class:`ProxyUnusable` when that proxy cannot be used."""
     import httpx
 
     proxy = proxy_for(url)
     try:
         return httpx.HTTPTransport(proxy=proxy)
-    except ImportError as exc:
+    except (ImportError, ValueError) as exc:  # socksio missing, a scheme httpx cannot use
         raise ProxyUnusable(
-            f"{masked(url)} is reached through the SOCKS proxy {masked(proxy or '')} of the"
-            f" environment, which needs httpx's socks extra (pip install 'httpx[socks]'); or"
-            f" add its host to no_proxy ({exc})"
+            f"{masked(url)} is reached through the proxy {masked(proxy or '')} of the"
+            f" environment, which cannot be used: {exc} (a SOCKS proxy needs httpx's socks"
+            " extra: pip install 'httpx[socks]'; or add the host to no_proxy)"
         ) from exc

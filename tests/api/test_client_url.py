@@ -142,11 +142,11 @@ def test_an_api_behind_a_socks_proxy_without_the_extra_is_one_clear_line(
     with pytest.raises(ApiConfigError) as err:
         ApiClient("http://api.example:8000", "tok-producer")
     says = (
-        "the API at http://api.example:8000 is reached through the SOCKS proxy"
-        " socks5://me:***@127.0.0.1:1080 of the environment, which needs httpx's socks extra"
-        " (pip install 'httpx[socks]'); or add its host to no_proxy (Using SOCKS proxy, but"
-        " the 'socksio' package is not installed. Make sure to install httpx using `pip"
-        " install httpx[socks]`.)"
+        "the API at http://api.example:8000 is reached through the proxy"
+        " socks5://me:***@127.0.0.1:1080 of the environment, which cannot be used: Using SOCKS"
+        " proxy, but the 'socksio' package is not installed. Make sure to install httpx using"
+        " `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
+        " 'httpx[socks]'; or add the host to no_proxy)"
     )
     assert str(err.value) == says
     done = gridpatrol(  # the proxy setting inherited

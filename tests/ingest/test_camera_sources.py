@@ -361,8 +361,8 @@ def test_a_camera_behind_a_socks_proxy_without_the_extra_says_what_to_install(
 ) -> None:
     assert failed_grab(site_camera(http_camera.url), 30, caplog) == [
         f"camera h1: grab from {http_camera.url} failed: {http_camera.url} is reached through"
-        " the SOCKS proxy socks5://127.0.0.1:1 of the environment, which needs httpx's socks"
-        " extra (pip install 'httpx[socks]'); or add its host to no_proxy (Using SOCKS proxy,"
-        " but the 'socksio' package is not installed. Make sure to install httpx using `pip"
-        " install httpx[socks]`.)"
+        " the proxy socks5://127.0.0.1:1 of the environment, which cannot be used: Using SOCKS"
+        " proxy, but the 'socksio' package is not installed. Make sure to install httpx using"
+        " `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
+        " 'httpx[socks]'; or add the host to no_proxy)"
     ]
