@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -54,9 +55,9 @@ SAMPLE_CLIPS_URL = "https://github.com/intel-iot-devkit/sample-videos/raw/master
 STOP_TIMEOUT_S = 20.0
 # The demo's own topics and bridge session: on a broker that also serves a site, the demo must
 # neither take over the production bridge's persistent session (and acknowledge its alarms
-# into a throwaway database) nor publish frames, alarms and statuses into its topics.
+# into a throwaway database) nor publish frames, alarms and statuses into its topics. On a
+# configured broker the prefix is also the demo's own (see demo_prefix).
 DEMO_PREFIX = "gridpatrol-demo"
-DEMO_BRIDGE_CLIENT_ID = "gp-alarm_bridge-gridpatrol-demo"
 # Credentials and TLS files of the configured broker: not for the demo's private broker.
 BROKER_SETTINGS = (
     "GRIDPATROL_MQTT_USERNAME",
@@ -65,6 +66,19 @@ BROKER_SETTINGS = (
     "GRIDPATROL_MQTT_CERT",
     "GRIDPATROL_MQTT_KEY",
 )
+
+
+def demo_prefix(workdir: Path) -> str:
+    """The demo's topic prefix on a configured broker: its own per host and work folder, so
+    that two demos sharing that broker neither take over each other's bridge session nor see
+    each other's frames and alarms, while a demo run again in its folder keeps its session."""
+    key = f"{socket.gethostname()}:{workdir}".encode()
+    return f"{DEMO_PREFIX}-{hashlib.sha256(key).hexdigest()[:8]}"
+
+
+def bridge_client_id(prefix: str) -> str:
+    """The demo bridge's persistent session: never the site bridge's (``gp-alarm_bridge``)."""
+    return f"gp-alarm_bridge-{prefix}"
 
 
 def home() -> Path:
@@ -112,8 +126,8 @@ def register(sub: Any) -> None:
         "--own-broker",
         action="store_true",
         help=f"start a broker of its own even when GRIDPATROL_MQTT_URL names a reachable one "
-        f"(there, too, the demo keeps to the topic prefix {DEMO_PREFIX}/ and a bridge session "
-        "of its own)",
+        f"(there, too, the demo keeps to a topic prefix {DEMO_PREFIX}-<id>/ of this host and "
+        "work folder and a bridge session of its own)",
     )
     parser.set_defaults(func=run_demo)
 
@@ -234,6 +248,7 @@ class Demo:
     tokens: dict[str, str] = field(default_factory=dict)
     components: list[Component] = field(default_factory=list)
     private_broker: bool = True
+    prefix: str = DEMO_PREFIX
     api_ready: bool = False  # it answered healthz: there are candidates to read at the end
 
     @property
@@ -473,7 +488,7 @@ def _ignore_stop_signals() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
-def demo_site_text(config: Path) -> str:
+def demo_site_text(config: Path, prefix: str = DEMO_PREFIX) -> str:
     """The site file the demo's components run on (it writes it into its work folder):
     ``config`` under the demo's own topic prefix, its file sources made absolute (found as
     ingest finds them, from the components' working directory, else beside ``config``);
@@ -484,14 +499,14 @@ def demo_site_text(config: Path) -> str:
     from gridpatrol.site import load_site
 
     data = load_site(config).model_dump(mode="json", by_alias=True, exclude_unset=True)
-    data["mqtt"] = {**data.get("mqtt", {}), "prefix": DEMO_PREFIX}
+    data["mqtt"] = {**data.get("mqtt", {}), "prefix": prefix}
     cwd = home()
     for camera in data.get("cameras", []):
         source = camera["source"]
         path = Path(os.path.expandvars(source)).expanduser()
         if source_kind(source) == "file" and not path.is_absolute():
             camera["source"] = str(cwd / path if (cwd / path).exists() else config.parent / path)
-    header = f"# {config} as the demo runs it: topics under {DEMO_PREFIX}/\n"
+    header = f"# {config} as the demo runs it: topics under {prefix}/\n"
     return header + yaml.safe_dump(data, allow_unicode=True, sort_keys=False)
 
 
@@ -500,7 +515,7 @@ class BrokerStartError(Exception):
 
 
 @contextmanager
-def _broker(use_configured: bool, log_path: Path) -> Iterator[BrokerHandle]:
+def _broker(use_configured: bool, log_path: Path, prefix: str) -> Iterator[BrokerHandle]:
     from gridpatrol.ingest.broker import ensure_broker
     from gridpatrol.ingest.mqtt import _shown
 
@@ -515,8 +530,8 @@ def _broker(use_configured: bool, log_path: Path) -> Iterator[BrokerHandle]:
         else:
             what = f"{'Mosquitto' if handle.kind == 'mosquitto' else 'amqtt'} started by the demo"
         print(
-            f"broker:          {_shown(handle.url)} ({what}; topics {DEMO_PREFIX}/#, bridge "
-            f"client id {DEMO_BRIDGE_CLIENT_ID})",
+            f"broker:          {_shown(handle.url)} ({what}; topics {prefix}/#, bridge "
+            f"client id {bridge_client_id(prefix)})",
             flush=True,
         )
         if configured and not use_configured:
@@ -544,7 +559,7 @@ def _start_components(demo: Demo) -> None:
     wait_healthy(demo, api)
     demo.add(
         "bridge",
-        ["bridge", "--config", config, "--client-id", DEMO_BRIDGE_CLIENT_ID],
+        ["bridge", "--config", config, "--client-id", bridge_client_id(demo.prefix)],
         **demo.producer_env("bridge"),
     )
     demo.add("detect", ["detect", "--config", config], **demo.producer_env("detect"))
@@ -623,34 +638,38 @@ def run_demo(args: argparse.Namespace) -> int:
     port = api_port(args.port)
     if port is None:
         return 2
+    # Decided before the broker starts: a configured one that cannot be reached gives way to
+    # a private broker, where a prefix of its own does no harm.
+    shared = bool(os.environ.get("GRIDPATROL_MQTT_URL")) and not args.own_broker
+    prefix = demo_prefix(workdir) if shared else DEMO_PREFIX
     try:  # before the clearing: a mistyped --config keeps the last run's data
-        site_text = demo_site_text(config)
+        site_text = demo_site_text(config, prefix)
     except SiteConfigError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 2
     lock = _lock_workdir(workdir)
     if lock is None:
         return 2
+    demo = Demo(workdir / "site.yaml", workdir, port, generate_tokens(), prefix=prefix)
     try:
-        return _run_locked(args, workdir, port, site_text)
+        return _run_locked(args, demo, site_text)
     finally:
         os.close(lock)
 
 
-def _run_locked(args: argparse.Namespace, workdir: Path, port: int, site_text: str) -> int:
-    """:func:`run_demo` in ``workdir``, its lock held."""
+def _run_locked(args: argparse.Namespace, demo: Demo, site_text: str) -> int:
+    """:func:`run_demo` in the demo's work folder, its lock held."""
+    workdir = demo.workdir
     footage = find_footage()
     print(f"footage: {footage}", flush=True)
     _clear(workdir)
     (workdir / "logs").mkdir()
     (workdir / "state").mkdir()
     (workdir / WORKDIR_MARKER).write_text("made by gridpatrol demo; cleared at every start\n")
-    site_file = workdir / "site.yaml"
-    site_file.write_text(site_text, encoding="utf-8")
-    demo = Demo(site_file, workdir, port, generate_tokens())
+    demo.config.write_text(site_text, encoding="utf-8")
     _stop_in_order_on_signals()
     try:
-        with _broker(not args.own_broker, workdir / "logs" / "broker.log") as broker:
+        with _broker(not args.own_broker, workdir / "logs" / "broker.log", demo.prefix) as broker:
             return _run(demo, broker, args)
     except BrokerStartError as exc:
         print(f"demo failed: the broker did not start: {exc}", file=sys.stderr, flush=True)

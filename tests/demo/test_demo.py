@@ -346,6 +346,12 @@ ALARM = {
 def test_the_demo_leaves_the_sites_topics_and_bridge_session_on_a_configured_broker_alone(
     tmp_path: Path, option: str | None
 ) -> None:
+    from gridpatrol import demo
+
+    # On the configured broker, topics and session of this host's and work folder's own.
+    prefix = (
+        demo.demo_prefix((tmp_path / "demo").resolve()) if option is None else "gridpatrol-demo"
+    )
     binary = mosquitto_binary()
     assert binary is not None, "the tests need the mosquitto binary"
     production = start_mosquitto(binary)
@@ -377,17 +383,17 @@ def test_the_demo_leaves_the_sites_topics_and_bridge_session_on_a_configured_bro
         watcher.disconnect()
         assert done.returncode == 0, done.stderr[-3000:]
         broker = next(line for line in done.stdout.splitlines() if line.startswith("broker:"))
-        mine = "topics gridpatrol-demo/#, bridge client id gp-alarm_bridge-gridpatrol-demo)"
+        mine = f"topics {prefix}/#, bridge client id gp-alarm_bridge-{prefix})"
         if option == "--own-broker":
             assert production.url not in broker and "(Mosquitto started by the demo; " in broker
             assert broker.endswith(mine)
             assert topics == ["gridpatrol/sensors/mh-0001/alarm"]  # only the site's own alarm
         else:
             assert broker == f"broker:          {production.url} (GRIDPATROL_MQTT_URL; {mine}"
-            theirs = [t for t in topics if not t.startswith("gridpatrol-demo/")]
+            theirs = [t for t in topics if not t.startswith(f"{prefix}/")]
             assert theirs == ["gridpatrol/sensors/mh-0001/alarm"]
             assert len(topics) > len(theirs)  # the demo ran on this broker
-        assert "--client-id gp-alarm_bridge-gridpatrol-demo" in done.stderr
+        assert f"--client-id gp-alarm_bridge-{prefix}" in done.stderr
 
         # The site's bridge comes back to its alarm: the demo did not take it.
         received: list[bytes] = []

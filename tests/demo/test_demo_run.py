@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -114,3 +115,34 @@ def test_ctrl_c_while_the_api_starts_reads_no_candidates_from_it(
     assert "could not read the candidates" not in captured.err
     assert captured.out.splitlines()[-1] == "candidates: 0"
     assert (tmp_path / "demo" / "logs" / "api.log").exists()  # the API had been started
+
+
+def _broker_line(out: str) -> str:
+    return next(line for line in out.splitlines() if line.startswith("broker:"))
+
+
+def test_two_demos_on_one_configured_broker_keep_to_topics_and_sessions_of_their_own(
+    tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gridpatrol.site import load_site
+
+    monkeypatch.setattr(demo, "_run", _no_components)
+    said: dict[str, tuple[str, str]] = {}
+    for run in ("first", "second", "first again"):
+        workdir = tmp_path / run.removesuffix(" again")
+        assert cli.main(_argv(workdir)) == 0
+        line = _broker_line(capsys.readouterr().out)
+        topics = line.split("; topics ")[1].split("/#")[0]
+        assert line.endswith(f"/#, bridge client id gp-alarm_bridge-{topics})")
+        assert load_site(workdir / "site.yaml").mqtt.prefix == topics
+        said[run] = (topics, line)
+    assert said["first"][0] != said["second"][0]
+    assert all(re.fullmatch(r"gridpatrol-demo-[0-9a-f]{8}", p) for p, _ in said.values())
+    assert said["first again"] == said["first"]  # run again, it takes up its session
+
+    # On a broker of its own the demo is alone: the plain prefix, as the README shows it.
+    assert cli.main(_argv(tmp_path / "own", "--own-broker")) == 0
+    line = _broker_line(capsys.readouterr().out)
+    assert line.endswith(
+        "; topics gridpatrol-demo/#, bridge client id gp-alarm_bridge-gridpatrol-demo)"
+    )
