@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import re
@@ -482,7 +483,10 @@ def test_a_down_api_is_retried_after_growing_waits(
     finally:
         outbox.stop()
     # 0.4 s, 0.8 s, 1.6 s: the fourth attempt comes 2.8 s after the first, so at most 3.
-    assert 1 <= len(api.requests("PUT", sha)) <= 3
+    times = api.requests("PUT", sha)
+    assert 2 <= len(times) <= 3
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert [gap >= wait for gap, wait in zip(gaps, (0.4, 0.8), strict=False)] == [True] * len(gaps)
     assert outbox.depth() == 1 and outbox.failed() == []
 
 
