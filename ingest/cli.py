@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import math
 import socket
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from gridpatrol.site import Site
 
 log = logging.getLogger(__name__)
+
+MAX_ID = 64  # the longest topic level, see gridpatrol.ingest.topics.ID_RE
+ID_HASH_CHARS = 10
 
 
 def register(sub: Any) -> None:
@@ -94,11 +98,21 @@ def _number(text: str) -> float:
 
 
 def _component_id(args: argparse.Namespace) -> str:
+    """``ingest-<host>[-<camera>...]``, the cameras sorted: the same id (and status topic) for
+    the same cameras in any order. An id that would be longer than a topic level allows keeps
+    a readable head and a hash of the whole: cut short, two processes on one host whose camera
+    lists differ only late would share it, and one's retained "offline" would mark the
+    other's cameras offline."""
     if args.component_id:
         return str(args.component_id)
     host = "".join(c if c.isalnum() or c in "_.-" else "-" for c in socket.gethostname())
-    suffix = f"-{args.cameras.replace(',', '-')}" if args.cameras else ""
-    return f"ingest-{host}{suffix}"[:64]
+    cameras = sorted({c for c in args.cameras.split(",") if c}) if args.cameras else []
+    full = "-".join(["ingest", *filter(None, [host]), *cameras])
+    if len(full) <= MAX_ID:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:ID_HASH_CHARS]
+    head = full[: MAX_ID - ID_HASH_CHARS - 1].rstrip("-_.")
+    return f"{head}-{digest}"
 
 
 def _selected(cameras: str | None, site: Site) -> list[str] | Literal[False] | None:

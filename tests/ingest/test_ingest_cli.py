@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import base64
 import itertools
 import json
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gridpatrol.ingest.cli import _component_id
 from gridpatrol.ingest.messages import (
     DEAD_LETTER_PAYLOAD_BYTES,
     MAX_FRAME_BYTES,
@@ -27,6 +29,7 @@ from gridpatrol.ingest.messages import (
 )
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.snapshot import request_snapshot
+from gridpatrol.ingest.topics import valid_id
 
 SHARED = "mqtt://127.0.0.1:1883"
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
@@ -579,3 +582,39 @@ def test_watch_frames_with_a_camera_id_not_in_the_site_file_exits_2_in_one_line(
     assert line.endswith(
         " ERROR gridpatrol.ingest.cli: unknown camera id(s) ['bad id']; the site file has ['c1']"
     ), line
+
+
+FIVE = "cam-01,cam-02,cam-03,cam-04,cam-05"
+FQDN = "substation-gw-07.grid.example"
+
+
+@pytest.mark.parametrize(
+    ("host", "cameras", "component_id"),
+    [
+        ("gw-7", None, "ingest-gw-7"),
+        ("gw 7/a", "c1", "ingest-gw-7-a-c1"),
+        # The same cameras in any order (or named twice) are the same component.
+        ("gw-7", "c1,c2", "ingest-gw-7-c1-c2"),
+        ("gw-7", "c2,c1,c2", "ingest-gw-7-c1-c2"),
+        # Too long for a topic level: lists that differ only after the 64th character (cut
+        # there, both were ...-cam-04) keep ids of their own, an order of its own none.
+        (FQDN, FIVE, "ingest-substation-gw-07.grid.example-cam-01-cam-02-ca-4565378f53"),
+        (FQDN, "cam-01,cam-02,cam-03,cam-04,cam-06",
+         "ingest-substation-gw-07.grid.example-cam-01-cam-02-ca-b96543d28f"),
+        (FQDN, "cam-05,cam-04,cam-03,cam-02,cam-01",
+         "ingest-substation-gw-07.grid.example-cam-01-cam-02-ca-4565378f53"),
+        # Cut at a dash: no "--" before the hash, and no id ending in "-" (cut at 64, it did).
+        ("substation-gw-0007.grid.example", FIVE,
+         "ingest-substation-gw-0007.grid.example-cam-01-cam-02-783c589ce6"),
+        ("substation-gw-7.grid.example", FIVE,
+         "ingest-substation-gw-7.grid.example-cam-01-cam-02-cam-368ef742bf"),
+        ("x" * 70, None, "ingest-" + "x" * 46 + "-bc18e2a5f4"),
+    ],
+)  # fmt: skip
+def test_the_default_component_id_is_a_topic_level_of_its_own_for_each_camera_set(
+    monkeypatch: pytest.MonkeyPatch, host: str, cameras: str | None, component_id: str
+) -> None:
+    monkeypatch.setattr(socket, "gethostname", lambda: host)
+    made = _component_id(argparse.Namespace(component_id=None, cameras=cameras))
+    assert made == component_id
+    assert valid_id(made)
