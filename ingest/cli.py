@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import logging
 import math
+import signal
 import socket
 import sys
 import threading
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 MAX_ID = 64  # the longest topic level, see gridpatrol.ingest.topics.ID_RE
 ID_HASH_CHARS = 10
+BROKER_POLL_S = 1.0
 
 
 def register(sub: Any) -> None:
@@ -211,13 +213,43 @@ def run_watch(args: argparse.Namespace) -> int:
 
 def run_broker(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.broker import ensure_broker
-    from gridpatrol.ingest.mqtt import _shown
+    from gridpatrol.ingest.mqtt import MqttConfigError, _shown
 
-    handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
+    try:
+        handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
+    except MqttConfigError as exc:  # a GRIDPATROL_MQTT_URL to mend: as the other commands
+        log.error("broker: cannot start: %s", exc)
+        return 2
+    except (RuntimeError, OSError) as exc:  # OSError: TimeoutError, or it could not be run
+        log.error("broker: cannot start: %s", exc)
+        return 1
     # A configured broker's URL may carry its password: the terminal and its logs must not.
     print(f"GRIDPATROL_MQTT_URL={_shown(handle.url)}  ({handle.kind})", flush=True)
     stop = threading.Event()
     stop_on_signals(stop)
-    stop.wait()
-    handle.stop()
+    try:
+        # Serving a dead broker's URL until the next SIGTERM, then exiting 0, would keep a
+        # supervisor from restarting it: its end is this command's failure.
+        while not stop.wait(BROKER_POLL_S):
+            code = handle.exit_code()
+            if code is not None and handle.proc is not None:
+                log.error(
+                    "broker: %s (pid %d) %s; stopping",
+                    handle.kind,
+                    handle.proc.pid,
+                    _exit_text(code),
+                )
+                return 1
+    finally:
+        handle.stop()
     return 0
+
+
+def _exit_text(code: int) -> str:
+    """A Popen return code in words: a negative one is the signal that ended the process."""
+    if code >= 0:
+        return f"exited with status {code}"
+    try:
+        return f"was killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"was killed by signal {-code}"
