@@ -215,6 +215,10 @@ def run_broker(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.broker import ensure_broker
     from gridpatrol.ingest.mqtt import MqttConfigError, _shown
 
+    # Before the start: a SIGTERM while the broker starts is then heard once it listens, and
+    # the broker stopped with the command instead of left running in a session of its own.
+    stop = threading.Event()
+    stop_on_signals(stop)
     try:
         handle = ensure_broker(use_configured=not args.amqtt, use_mosquitto=not args.amqtt)
     except MqttConfigError as exc:  # a GRIDPATROL_MQTT_URL to mend: as the other commands
@@ -225,8 +229,6 @@ def run_broker(args: argparse.Namespace) -> int:
         return 1
     # A configured broker's URL may carry its password: the terminal and its logs must not.
     print(f"GRIDPATROL_MQTT_URL={_shown(handle.url)}  ({handle.kind})", flush=True)
-    stop = threading.Event()
-    stop_on_signals(stop)
     try:
         # Serving a dead broker's URL until the next SIGTERM, then exiting 0, would keep a
         # supervisor from restarting it: its end is this command's failure.

@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -138,3 +139,30 @@ def test_the_broker_command_whose_broker_cannot_start_exits_1_in_one_line(
     assert line.endswith(
         " ERROR gridpatrol.ingest.cli: broker: cannot start: the broker exited with code 3"
     )
+
+
+def test_a_sigterm_while_the_broker_starts_stops_the_broker_too(tmp_path: Path) -> None:
+    """The broker takes a while to listen (a loaded machine): a SIGTERM then ends the command
+    and the broker with it, rather than the command alone."""
+    from gridpatrol.ingest.broker import mosquitto_binary
+
+    real = mosquitto_binary()
+    assert real is not None
+    started = tmp_path / "started"
+    binary = tmp_path / "mosquitto"
+    binary.write_text(f'#!/bin/sh\necho $$ > {started}\nsleep 2\nexec {real} "$@"\n')
+    binary.chmod(0o755)
+    env = {**no_broker_configured(), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    command = BrokerCommand(tmp_path, env)
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() or not started.read_text().strip():
+            assert time.monotonic() < deadline and command.proc.poll() is None
+            time.sleep(0.02)
+        pid = int(started.read_text())
+        command.proc.send_signal(signal.SIGTERM)
+        assert command.proc.wait(timeout=30) == 0
+    finally:
+        command.end()
+    with pytest.raises(ProcessLookupError):  # reaped by the command that stopped it
+        os.kill(pid, 0)
