@@ -620,6 +620,19 @@ def _signal_status(exc: KeyboardInterrupt) -> int:
     return 128 + (exc.signum if isinstance(exc, Terminated) else signal.SIGINT)
 
 
+def _broker_url_usable() -> bool:
+    """Whether GRIDPATROL_MQTT_URL can be a broker's URL; if not, says why, as the components
+    would (one line, status 2), before anything is started or cleared."""
+    from gridpatrol.ingest.mqtt import MqttConfigError, MqttSettings
+
+    try:
+        MqttSettings.from_url(os.environ["GRIDPATROL_MQTT_URL"])
+    except MqttConfigError as exc:
+        print(f"demo: cannot start: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from gridpatrol.site import SiteConfigError
 
@@ -641,6 +654,8 @@ def run_demo(args: argparse.Namespace) -> int:
     # Decided before the broker starts: a configured one that cannot be reached gives way to
     # a private broker, where a prefix of its own does no harm.
     shared = bool(os.environ.get("GRIDPATROL_MQTT_URL")) and not args.own_broker
+    if shared and not _broker_url_usable():
+        return 2
     prefix = demo_prefix(workdir) if shared else DEMO_PREFIX
     try:  # before the clearing: a mistyped --config keeps the last run's data
         site_text = demo_site_text(config, prefix)

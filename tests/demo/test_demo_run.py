@@ -146,3 +146,18 @@ def test_two_demos_on_one_configured_broker_keep_to_topics_and_sessions_of_their
     assert line.endswith(
         "; topics gridpatrol-demo/#, bridge client id gp-alarm_bridge-gridpatrol-demo)"
     )
+
+
+def test_a_broker_url_that_cannot_work_is_one_line_and_status_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://ops:s3cret@127.0.0.1:notaport")
+    monkeypatch.setattr(demo, "_run", _no_components)
+    assert cli.main(_argv(tmp_path / "demo")) == 2
+    out, err = capsys.readouterr()
+    assert (out, err) == (
+        "",
+        "demo: cannot start: broker URL 'mqtt://ops:***@127.0.0.1:notaport': Port could not be"
+        " cast to integer value as 'notaport'\n",
+    )
+    assert not (tmp_path / "demo").exists()
