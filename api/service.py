@@ -109,8 +109,9 @@ NEAR_WINDOW = timedelta(hours=24)
 NEAR_SKEW = timedelta(hours=1)
 NEAR_INTAKE_DELAY = timedelta(hours=1)
 # A stage report's ``at`` is the platform's clock: it may run this far ahead of the server's
-# (or, against the candidate's creation, behind it) before the report is refused as dated
-# wrongly. More would let a dispatch dated ahead push arrive_by out and hide the breach.
+# (or, against the candidate's creation or a stage the server dated, behind it) before the
+# report is refused as dated wrongly. More would let a dispatch dated ahead push arrive_by out
+# and hide the breach.
 STAGE_CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -1192,10 +1193,7 @@ class CandidateService:
             if new is None:
                 return doc
             now = self.clock()
-            at = report.at or now
-            # Without ``at`` the server's time is meant, which can be off only by the skew.
-            if report.at is not None:
-                _check_stage_time(row, doc, new, at, now)
+            at = _stage_time(row, doc, new, report.at, now)
             doc["status"] = new
             doc.setdefault("stages", {})[new] = at.isoformat()
             if new == "dispatched":
@@ -1918,26 +1916,39 @@ def compute_stats(rows: Iterable[Any], now: datetime, policy: SitePolicy) -> Jso
     }
 
 
-def _check_stage_time(
-    row: CandidateRow, doc: JsonDict, stage: str, at: datetime, now: datetime
-) -> None:
-    """Refuse (422) a stage dated ahead of the server's clock, or before the stage it
-    follows or the candidate's creation: arrive_by and the SLA figures are reckoned from it."""
+def _stage_time(
+    row: CandidateRow, doc: JsonDict, stage: str, at: datetime | None, now: datetime
+) -> datetime:
+    """The time to record for ``stage`` reported ``at`` (None: the server's ``now``), never
+    before the stage it follows. Refuse (422) an ``at`` ahead of the server's clock, or before
+    the stage it follows or the candidate's creation, by more than the clock skew: arrive_by
+    and the SLA figures are reckoned from it."""
+    stages = doc.get("stages", {})
+    previous = datetime.fromisoformat(stages[row.status]) if row.status in stages else None
+    # Either time may come from a platform's clock, off the server's by up to the skew: the
+    # later one keeps an arrival from being recorded before its dispatch.
+    if at is None:
+        return now if previous is None else max(now, previous)
+    skew = f"allowing {STAGE_CLOCK_SKEW.total_seconds() / 60:g} min of clock skew"
     if at > now + STAGE_CLOCK_SKEW:
         raise Problem(
             422,
             f"{stage} at {at.isoformat()} is later than the server's time {now.isoformat()}"
-            f" (allowing {STAGE_CLOCK_SKEW.total_seconds() / 60:g} min of clock skew)",
+            f" ({skew})",
         )
-    previous = doc.get("stages", {}).get(row.status)
-    if previous is not None and at < datetime.fromisoformat(previous):
-        raise Problem(422, f"{stage} at {at.isoformat()} is before {row.status} at {previous}")
+    if previous is not None and at < previous - STAGE_CLOCK_SKEW:
+        raise Problem(
+            422,
+            f"{stage} at {at.isoformat()} is before {row.status} at {previous.isoformat()}"
+            f" ({skew})",
+        )
     if at < row.created_at - STAGE_CLOCK_SKEW:
         raise Problem(
             422,
             f"{stage} at {at.isoformat()} is before the candidate was created,"
             f" at {row.created_at.isoformat()}",
         )
+    return at if previous is None else max(at, previous)
 
 
 def _locked_now(session: Session, clock: Callable[[], datetime]) -> datetime:

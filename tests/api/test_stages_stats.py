@@ -152,18 +152,60 @@ def test_a_stage_dated_before_the_one_it_follows_is_refused(api: Any) -> None:
     api.clock.advance(minutes=30)
     dispatched = registered_at + timedelta(minutes=10)
     assert stage(api, cid, "dispatched", dispatched).status_code == 200
-    early = dispatched - timedelta(seconds=1)
+    early = dispatched - timedelta(minutes=5, seconds=1)
     refused_unchanged(
         api,
         cid,
         "arrived",
         early,
-        f"arrived at {early.isoformat()} is before dispatched at {dispatched.isoformat()}",
+        f"arrived at {early.isoformat()} is before dispatched at {dispatched.isoformat()}"
+        " (allowing 5 min of clock skew)",
     )
-    # At the same instant is in order.
-    assert stage(api, cid, "arrived", dispatched).json()["stages"]["arrived"] == (
-        dispatched.isoformat()
+    # Within the allowance it is taken as at the same instant, so the stages stay in order.
+    arrived = stage(api, cid, "arrived", dispatched - timedelta(minutes=5)).json()
+    assert arrived["stages"]["arrived"] == dispatched.isoformat()
+
+
+def test_a_platform_clock_behind_the_server_that_dated_the_stage_before(api: Any) -> None:
+    """Registered without ``at`` (the server's time), then a dispatch by a platform whose
+    clock runs 2 min behind, a minute later: accepted, at the registration's time."""
+    cid = registered(api)
+    registered_at = api.clock.now
+    api.clock.advance(minutes=1)
+    dispatched = stage(api, cid, "dispatched", api.clock.now - timedelta(minutes=2))
+    assert dispatched.status_code == 200
+    assert dispatched.json()["stages"]["dispatched"] == registered_at.isoformat()
+    assert dispatched.json()["arrive_by"] == (registered_at + timedelta(minutes=15)).isoformat()
+
+
+def test_a_stage_dated_well_before_a_server_dated_one_is_refused(api: Any) -> None:
+    cid = registered(api)
+    registered_at = api.clock.now
+    api.clock.advance(minutes=1)
+    early = registered_at - timedelta(minutes=10)
+    refused_unchanged(
+        api,
+        cid,
+        "dispatched",
+        early,
+        f"dispatched at {early.isoformat()} is before registered at"
+        f" {registered_at.isoformat()} (allowing 5 min of clock skew)",
     )
+
+
+def test_a_stage_without_at_follows_one_dated_ahead(api: Any) -> None:
+    """A dispatch dated 4 min ahead (a platform's clock), then an arrival reported without
+    ``at`` a minute later: the arrival is not recorded before the dispatch."""
+    cid = registered(api)
+    dispatched = api.clock.now + timedelta(minutes=4)
+    assert stage(api, cid, "dispatched", dispatched).status_code == 200
+    api.clock.advance(minutes=1)
+    doc = stage(api, cid, "arrived").json()
+    assert doc["stages"]["arrived"] == dispatched.isoformat()
+    # Later, the server's time is the later one again.
+    api.clock.advance(minutes=10)
+    resolved = stage(api, cid, "resolved").json()["stages"]["resolved"]
+    assert resolved == api.clock.now.isoformat()
 
 
 def test_a_stage_dated_before_the_candidate_was_created_is_refused(api: Any) -> None:
