@@ -96,7 +96,7 @@ def _transport(base_url: str) -> httpx.HTTPTransport:
     try:
         return proxies.transport(base_url)
     except proxies.ProxyUnusable as exc:
-        raise ApiConfigError(f"the API at {exc}") from exc
+        raise ApiConfigError(f"the API at {proxies.masked(base_url)}: {exc}") from exc
 
 
 class ApiError(Exception):

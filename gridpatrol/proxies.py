@@ -16,12 +16,17 @@ if TYPE_CHECKING:
 
 class ProxyUnusable(RuntimeError):
     """The environment's proxy for a URL cannot be used: a SOCKS proxy without the package it
-    needs, a proxy URL of a scheme httpx does not take."""
+    needs, a proxy URL of a scheme httpx does not take. Its text names the proxy, not the URL:
+    that may hold credentials beyond a password (a camera's ``?user=admin&pwd=...``), and the
+    caller knows how to show it."""
 
 
-def masked(url: str) -> str:
-    """``url`` with the password of its user info masked, to be shown."""
-    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", url)
+def masked(url: str, mask: str = "***") -> str:
+    """``url`` with the password of its user info replaced by ``mask``, to be shown; as given
+    without one.
+
+    The user info ends at the netloc's last ``@``: a password may hold an unencoded ``@``."""
+    return re.sub(r"(://[^/?#:]*):[^/?#]*@", lambda m: f"{m[1]}:{mask}@", url)
 
 
 def proxy_for(url: str) -> str | None:
@@ -50,7 +55,7 @@ def transport(url: str) -> httpx.HTTPTransport:
         return httpx.HTTPTransport(proxy=proxy)
     except (ImportError, ValueError) as exc:  # socksio missing, a scheme httpx cannot use
         raise ProxyUnusable(
-            f"{masked(url)} is reached through the proxy {masked(proxy or '')} of the"
-            f" environment, which cannot be used: {exc} (a SOCKS proxy needs httpx's socks"
-            " extra: pip install 'httpx[socks]'; or add the host to no_proxy)"
+            f"the environment's proxy {masked(proxy or '')} cannot be used: {exc} (a SOCKS"
+            " proxy needs httpx's socks extra: pip install 'httpx[socks]'; or add the host to"
+            " no_proxy)"
         ) from exc

@@ -9,8 +9,10 @@ visit used by patrol and by snapshot requests.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -67,31 +69,63 @@ def resolve_path(source: str, base_dir: Path | None) -> Path:
 
 def redact(source: str) -> str:
     """The source without credentials, for logs: any user (with a password or not) shown as
-    ``***``, and every query value too (cameras take ``?user=admin&pwd=...``)."""
+    ``***``, every query value too (cameras take ``?user=admin&pwd=...``), a query of no
+    ``name=value`` (a bare token) whole, and the values of ``name=value`` fields of the path
+    between ``&`` and ``;`` (DVRs take ``/user=admin&password=...&channel=1``, others
+    ``;user=...;pwd=...``)."""
     parts = urlsplit(source)
     if not parts.netloc:
         return source  # a file: a ``?`` in its name is no query
     _, at, host = parts.netloc.rpartition("@")
+    # A value may hold a ``/``: it runs to the next ``&`` or ``;``, at the cost of a path
+    # after it.
+    path = "".join(
+        f"{name}=***" if value else field
+        for field in re.split(r"([&;])", parts.path)
+        for name, _, value in [field.partition("=")]
+    )
     query = "&".join(
         f"{name}=***" if value else field
         for field in parts.query.split("&")
         for name, _, value in [field.partition("=")]
     )
-    if not at and query == parts.query:
+    if parts.query and "=" not in parts.query:
+        query = "***"
+    if not at and query == parts.query and path == parts.path:
         return source  # as written, not as urlsplit normalises it
-    return parts._replace(netloc=f"***@{host}" if at else host, query=query).geturl()
+    netloc = f"***@{host}" if at else host
+    return parts._replace(netloc=netloc, path=path, query=query).geturl()
 
 
-def failure(exc: Exception) -> str:
-    """Why a read failed, for logs. Not the text of an httpx error: it may hold the URL with
-    its credentials (an HTTP status error always does)."""
+def failure(exc: Exception, source: str) -> str:
+    """Why a read of ``source`` failed, for logs: what the exception says, without the
+    credentials of the source. An httpx status error is its status alone: its text holds the
+    URL it was asked from, maybe a redirect's, with its credentials. The text of another httpx
+    error is the cause an operator needs ("Connection refused", "Name or service not known");
+    the source, should it be in there, is shown redacted."""
     import httpx
 
     if isinstance(exc, httpx.HTTPStatusError):
         return f"HTTP {exc.response.status_code}"
+    text = _scrubbed(str(exc), source)
     if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
-        return type(exc).__name__
-    return str(exc) or type(exc).__name__
+        return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return text or type(exc).__name__
+
+
+def _scrubbed(text: str, source: str) -> str:
+    """``text`` with ``source`` redacted where it appears: as written, as httpx writes it
+    (normalised) and as httpx shows it (its password alone hidden, as ``[secure]``)."""
+    import httpx
+
+    forms = {source}
+    with contextlib.suppress(httpx.InvalidURL):
+        forms.add(str(httpx.URL(source)))
+    forms |= {proxies.masked(form, "[secure]") for form in forms}
+    shown = redact(source)
+    for form in sorted(forms, key=len, reverse=True):  # a form inside a longer one after it
+        text = text.replace(form, shown)
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +252,9 @@ def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] |
             cap.release()  # type: ignore[attr-defined]
     except Exception as exc:
         source = redact(camera.source)
-        log.warning("camera %s: grab from %s failed: %s", camera.id, source, failure(exc))
+        log.warning(
+            "camera %s: grab from %s failed: %s", camera.id, source, failure(exc, camera.source)
+        )
         return None
 
 
@@ -461,7 +497,7 @@ class CameraPublisher(threading.Thread):
                 self.output.publish(*reencode_jpeg(http_get(self.camera.source), self.camera))
                 backoff = 1.0
             except Exception as exc:
-                self._lost(backoff, f"snapshot failed ({failure(exc)})")
+                self._lost(backoff, f"snapshot failed ({failure(exc, self.camera.source)})")
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             self.stop_event.wait(max(0.0, self.period - (time.monotonic() - started)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gridpatrol.proxies import ProxyUnusable, proxy_for, transport
+from gridpatrol.proxies import ProxyUnusable, masked, proxy_for, transport
 
 VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
 
@@ -59,10 +59,29 @@ def test_a_proxy_that_cannot_be_used_is_one_clear_error(
 ) -> None:
     env.setenv("all_proxy", proxy)
     with pytest.raises(ProxyUnusable) as err:
-        transport("http://api.example:8000")
+        transport("http://api.example:8000/?user=admin&pwd=S3cret")
     shown = proxy.replace(":s3cret@", ":***@")
+    # Not the URL: the caller shows it, redacted as it must be (its query too).
     assert str(err.value) == (
-        f"http://api.example:8000 is reached through the proxy {shown} of the environment,"
-        f" which cannot be used: {cause} (a SOCKS proxy needs httpx's socks extra: pip install"
-        " 'httpx[socks]'; or add the host to no_proxy)"
+        f"the environment's proxy {shown} cannot be used: {cause} (a SOCKS proxy needs httpx's"
+        " socks extra: pip install 'httpx[socks]'; or add the host to no_proxy)"
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("socks5://me:s3cret@s:1080", "socks5://me:***@s:1080"),
+        # a password may hold an '@': the user info ends at the netloc's last one
+        ("http://admin:p@ss@cam/snap?at=a@b", "http://admin:***@cam/snap?at=a@b"),
+        ("http://u:p@w@[fe80::1]:8080/", "http://u:***@[fe80::1]:8080/"),
+        ("http://gp:s3cret@api:80a", "http://gp:***@api:80a"),
+        # no password: as given, however broken, since callers show it as typed
+        ("http://admin@cam/s.cgi?pwd=x", "http://admin@cam/s.cgi?pwd=x"),
+        ("http://api:8000\n", "http://api:8000\n"),
+        ("http://api:8000/a:b@c", "http://api:8000/a:b@c"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)  # fmt: skip
+def test_masked_hides_the_whole_password(url: str, shown: str) -> None:
+    assert masked(url) == shown

@@ -36,6 +36,8 @@ NO_EXTRAS = (
          "got 'http://api server:8000'"),
         ("http://gp:s3cret@api:80a", "GRIDPATROL_API_URL 'http://gp:***@api:80a': Port could "
          "not be cast to integer value as '80a'"),
+        ("http://gp:s3@cret@api:80a", "GRIDPATROL_API_URL 'http://gp:***@api:80a': Port could "
+         "not be cast to integer value as '80a'"),
         ("http://api:8000\n", "GRIDPATROL_API_URL 'http://api:8000\\n': Invalid non-printable "
          "ASCII character in URL, '\\n' at position 15."),
         # httpx takes these as URLs, then refuses every request (UnsupportedProtocol) or
@@ -140,19 +142,19 @@ def test_an_api_behind_a_socks_proxy_without_the_extra_is_one_clear_line(
 ) -> None:
     no_proxies.setenv("ALL_PROXY", "socks5://me:s3cret@127.0.0.1:1080")
     with pytest.raises(ApiConfigError) as err:
-        ApiClient("http://api.example:8000", "tok-producer")
+        ApiClient("http://gp:pw@d@api.example:8000", "tok-producer")
     says = (
-        "the API at http://api.example:8000 is reached through the proxy"
-        " socks5://me:***@127.0.0.1:1080 of the environment, which cannot be used: Using SOCKS"
-        " proxy, but the 'socksio' package is not installed. Make sure to install httpx using"
-        " `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
-        " 'httpx[socks]'; or add the host to no_proxy)"
+        "the API at http://gp:***@api.example:8000: the environment's proxy"
+        " socks5://me:***@127.0.0.1:1080 cannot be used: Using SOCKS proxy, but the 'socksio'"
+        " package is not installed. Make sure to install httpx using `pip install httpx[socks]`."
+        " (a SOCKS proxy needs httpx's socks extra: pip install 'httpx[socks]'; or add the host"
+        " to no_proxy)"
     )
     assert str(err.value) == says
     done = gridpatrol(  # the proxy setting inherited
         ["bridge", "--config", str(SITE)],
         tmp_path,
-        GRIDPATROL_API_URL="http://api.example:8000",
+        GRIDPATROL_API_URL="http://gp:pw@d@api.example:8000",
         GRIDPATROL_MQTT_URL="mqtt://127.0.0.1:1",
     )
     assert done.returncode == 2, done.stderr[-2000:]

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import cv2
+import httpx
 import numpy as np
 import pytest
 
@@ -181,6 +182,20 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
         ),
         ("RTSP://Cam.Local/live", "RTSP://Cam.Local/live"),
         ("footage/lot?pwd=x.mp4", "footage/lot?pwd=x.mp4"),
+        # a password holding an '@'
+        ("rtsp://admin:p@ss@10.0.0.9/live", "rtsp://***@10.0.0.9/live"),
+        # XMEye and other DVRs: credentials in the path, between '&' or ';'
+        (
+            "rtsp://10.0.0.9:554/user=admin&password=S3cret&channel=1&stream=0.sdp",
+            "rtsp://10.0.0.9:554/user=***&password=***&channel=***&stream=***",
+        ),
+        ("rtsp://10.0.0.9/live;user=admin;pwd=S3cret", "rtsp://10.0.0.9/live;user=***;pwd=***"),
+        ("rtsp://10.0.0.9/a;pwd=S3/cret&ch=1", "rtsp://10.0.0.9/a;pwd=***&ch=***"),
+        ("rtsp://10.0.0.9/live;pwd=", "rtsp://10.0.0.9/live;pwd="),
+        # a bare token for a query
+        ("http://10.0.0.9/snap.jpg?S3cretToken", "http://10.0.0.9/snap.jpg?***"),
+        ("http://10.0.0.9/snap.jpg?S3cret&chn", "http://10.0.0.9/snap.jpg?***"),
+        ("http://10.0.0.9/snap.jpg?", "http://10.0.0.9/snap.jpg?"),
     ],
 )
 def test_redact_hides_every_user_and_query_value(source: str, shown: str) -> None:
@@ -198,6 +213,35 @@ def test_a_refused_snapshot_is_logged_by_its_status_without_the_url_it_was_asked
     assert failed_grab(site_camera(source), 30, caplog) == [
         f"camera h1: grab from {shown} failed: HTTP 503"
     ]
+
+
+def test_a_refused_snapshot_says_why_without_the_credentials(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator tells a camera that is down from a name that does not resolve by the cause
+    httpx gives, not by its class alone."""
+    for name in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    source = f"http://admin:S3cret@127.0.0.1:{port}/snap.jpg?user=admin&pwd=S3cret"
+    assert failed_grab(site_camera(source), 30, caplog) == [
+        f"camera h1: grab from http://***@127.0.0.1:{port}/snap.jpg?user=***&pwd=*** failed:"
+        " ConnectError: [Errno 111] Connection refused"
+    ]
+
+
+def test_a_failure_that_names_the_camera_url_names_it_redacted() -> None:
+    source = "http://admin:S3cret@Cam.Local/s.cgi?user=admin&pwd=S3cret"
+    shown = "http://***@Cam.Local/s.cgi?user=***&pwd=***"
+    # As written, as httpx normalises it, and as httpx shows it (only the password hidden).
+    said = f"{source} = {httpx.URL(source)} = {httpx.URL(source)!r}"
+    assert sources.failure(httpx.ConnectError(said), source) == (
+        f"ConnectError: {shown} = {shown} = URL('{shown}')"
+    )
+    assert sources.failure(ValueError(said), source) == f"{shown} = {shown} = URL('{shown}')"
+    assert sources.failure(httpx.ReadTimeout(""), source) == "ReadTimeout"
 
 
 class ScriptedStop(threading.Event):
@@ -339,6 +383,13 @@ def test_a_looped_file_is_paced_through_steps_of_the_wall_clock(
     assert [ts.timestamp() for ts in output.stamps] == pytest.approx(expected, abs=1e-3)
 
 
+NO_SOCKSIO = (
+    "Using SOCKS proxy, but the 'socksio' package is not installed. Make sure to install httpx"
+    " using `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
+    " 'httpx[socks]'; or add the host to no_proxy)"
+)
+
+
 @pytest.fixture
 def socks_shell(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A shell with a SOCKS ``all_proxy`` (the socks extra not installed)."""
@@ -360,9 +411,19 @@ def test_a_camera_behind_a_socks_proxy_without_the_extra_says_what_to_install(
     http_camera: Any, socks_shell: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert failed_grab(site_camera(http_camera.url), 30, caplog) == [
-        f"camera h1: grab from {http_camera.url} failed: {http_camera.url} is reached through"
-        " the proxy socks5://127.0.0.1:1 of the environment, which cannot be used: Using SOCKS"
-        " proxy, but the 'socksio' package is not installed. Make sure to install httpx using"
-        " `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
-        " 'httpx[socks]'; or add the host to no_proxy)"
+        f"camera h1: grab from {http_camera.url} failed: the environment's proxy"
+        f" socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}"
     ]
+
+
+def test_a_camera_behind_a_socks_proxy_without_the_extra_keeps_its_credentials_out(
+    socks_shell: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The proxy's error names the proxy alone: the camera is named by the log line, redacted."""
+    source = "http://admin@cam.example/s.cgi?user=admin&pwd=S3cret"
+    said = failed_grab(site_camera(source), 30, caplog)
+    assert said == [
+        "camera h1: grab from http://***@cam.example/s.cgi?user=***&pwd=*** failed: the"
+        f" environment's proxy socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}"
+    ]
+    assert "S3cret" not in caplog.text and "admin@" not in caplog.text
