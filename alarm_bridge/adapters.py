@@ -405,9 +405,14 @@ def seq_verdict(
 def _sent_after(last: SeqMark, item: AlarmInput) -> bool:
     """Whether a message of the last one's boot was sent after it: timed after it by the
     device, or its clock reset by a reboot (a day or more behind, so timed at its reception)
-    and received after the last one, when that one's clock was not reset too. The reset clock
+    while its seq starts over (up to :data:`BOOT_START_SEQS`, as in :func:`_boot_verdict`),
+    received after the last one, when that one's clock was not reset too. The reset clock
     (2000-01-01, say) is behind the last one's time whatever the device did since, so it
     cannot tell; two messages of a reset clock are ordered by their own times again.
+
+    A day behind alone is no reboot: a device offline for days flushes its buffer newest
+    first, and a message from before its clock was set right may arrive after later ones;
+    their seqs are where the counter had got to, so they stay late.
     """
     _, _, last_t, last_at = last
     if last_t is None:
@@ -416,7 +421,8 @@ def _sent_after(last: SeqMark, item: AlarmInput) -> bool:
         return True
     known = last_at if last_at is not None else last_t
     last_reset = known > last_t  # moved forward: timed at its reception, its clock behind
-    return item.moved_s < 0 and not last_reset and item.t > known
+    starting = item.seq is not None and item.seq <= BOOT_START_SEQS
+    return starting and item.moved_s < 0 and not last_reset and item.t > known
 
 
 def _boot_verdict(last: SeqMark, item: AlarmInput, superseded: Collection[str]) -> SeqVerdict:

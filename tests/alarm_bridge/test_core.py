@@ -544,6 +544,38 @@ def test_a_device_without_boot_id_rebooted_with_its_clock_reset_raises_and_clear
     assert (counts.created, counts.cleared, counts.stale) == (2, 2, 0)
 
 
+LATE_BEHIND_CASES = [
+    # (name, [(event_id, transition, seq, ts, received at)]), no boot_id: the last is late
+    (
+        "a device offline for days flushes its buffer newest first",
+        [("a510", "clear", 510, T0 - 3600, T0), ("a509", "raise", 509, T0 - 2 * DAY, T0 + 1)],
+    ),
+    (
+        "a message sent before its clock, 3 days behind, was set right",
+        [
+            ("a508", "clear", 508, T0 - 3 * DAY - 60, T0 - 60),
+            ("a510", "clear", 510, T0, T0),
+            ("a509", "raise", 509, T0 - 3 * DAY - 30, T0 + 5),
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize("messages", named(LATE_BEHIND_CASES))
+def test_a_late_message_a_day_behind_is_no_restart_when_its_seq_does_not_start_over(
+    h: Harness, messages: list[tuple[str, str, int, float, float]]
+) -> None:
+    """Timed at its reception (a day or more behind) and received after the last message,
+    whose clock was right, a message whose seq is where the counter had got to was sent
+    before the last one, not after a reboot: it is late. It used to restart the counter and
+    raise again what the last message had cleared."""
+    for event_id, transition, seq, ts, at in messages:
+        h.alarm("mh-1", envelope("mh-1", event_id, transition, seq=seq, ts=ts), at)
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == []
+    counts = h.core.counts
+    assert (counts.created, counts.out_of_order, counts.seq_restarts) == (0, 1, 0)
+
+
 def test_a_message_timed_more_than_a_day_before_its_reception_is_timed_at_it(
     h: Harness,
 ) -> None:
