@@ -324,10 +324,11 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     count only when no other remains (a thermometer's ``temperature`` alone is read, a bin's
     ``battery`` in ``%`` beside its ``fill`` in ``%`` is not), and a battery record never
     unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill). When
-    that leaves none, they take the records without a unit, alike, if no other record has one
-    but housekeeping records and those in a device unit: a simple device gives no unit for its
+    that leaves none, they take the records without a unit if no other record has one but
+    housekeeping records and those in a device unit: a simple device gives no unit for its
     measurement, while its battery in ``%EL`` or its rssi in ``dBm`` beside it may have one.
-    Thresholds without a unit
+    Of those, alike, in a pack without any unit; beside records with one, never a housekeeping
+    one by name (a heartbeat pack: a battery in ``%`` and an rssi). Thresholds without a unit
     never read housekeeping records: they take the others (without those in a device unit
     when any other remains) that have no unit (an empty ``u`` is none); a pack without any
     such record is read in the one unit they share (a device that gives its unit while the
@@ -337,9 +338,14 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     """
     if unit:
         taken = _judged([r for r in records if r.u == unit], unit)
-        if not taken and not any(_measured_with_unit(r) for r in records):
-            taken = _judged([r for r in records if not r.u], unit)
-        return taken, None
+        if taken or any(_measured_with_unit(r) for r in records):
+            return taken, None
+        unitless = [r for r in records if not r.u]
+        if len(unitless) < len(records):
+            # Beside the device's own state in a unit, a unitless rssi or temperature is more
+            # of it (a heartbeat pack), not the measurement: read, it would clear the alarm.
+            unitless = [r for r in unitless if not _housekeeping_name(r)]
+        return _judged(unitless, unit), None
     measured = [r for r in records if not housekeeping(r)]
     measured = [r for r in measured if r.u not in DEVICE_UNITS] or measured
     unitless = [r for r in measured if not r.u]

@@ -1204,6 +1204,26 @@ def test_senml_records_outside_the_sensor_unit_are_not_judged(
     assert h.dead == []
 
 
+@pytest.mark.parametrize(
+    "records",
+    [
+        [{"n": "battery", "u": "%", "v": 80}, {"n": "rssi", "v": -70}],
+        [{"n": "battery", "u": "%EL", "v": 80}, {"n": "temperature", "v": 25}],
+    ],
+)
+def test_a_heartbeat_pack_of_housekeeping_records_does_not_clear_the_fill(
+    h: Harness, records: list[dict[str, object]]
+) -> None:
+    """bf-1 (judged in %) is full; then its heartbeat: a battery with a unit and an rssi or
+    temperature without one. Neither is a fill: the bin stays full and the pack reads
+    nothing. The unitless housekeeping record used to be read as the fill and clear it."""
+    h.alarm("bf-1", fill_pack((T0, 95)), T0)
+    heartbeat = [{"bn": "bf-1:", "bt": T0 + 60, **records[0]}, *records[1:]]
+    h.alarm("bf-1", json.dumps(heartbeat).encode(), T0 + 60)
+    assert [k for k, _, _ in outbox_ops(h.outbox) if k != "evidence"] == ["create"]
+    assert (h.core.counts.cleared, h.dead) == (0, ["no_reading"])
+
+
 def test_offline_by_last_will_and_back(h: Harness) -> None:
     h.send("gridpatrol/sensors/mh-1/status", b"offline", T0)
     h.send("gridpatrol/sensors/mh-1/status", b"offline", T0 + 5)  # retained again: no new alarm
