@@ -170,8 +170,11 @@ function paramInput(zone, rule, name, prop) {
   const kind = prop.type || (prop.anyOf || []).map((x) => x.type).find((x) => x !== 'null');
   const isList = kind === 'array';
   const isText = isList || kind === 'string';
+  // An integer's field is invalid at a fraction (step 1); its value goes to the API as typed,
+  // which refuses a fraction, rather than cut to the integer before it.
   const input = h('input', {
-    type: isText ? 'text' : 'number', step: !isText && 'any', name: `${rule}.${name}`,
+    type: isText ? 'text' : 'number', step: !isText && (kind === 'integer' ? 1 : 'any'),
+    name: `${rule}.${name}`,
     placeholder: isList ? (prop.default || []).join(', ') : String(prop.default ?? ''),
     value: value == null ? '' : (isList ? value.join(', ') : String(value)),
     onchange: (ev) => {
@@ -180,7 +183,7 @@ function paramInput(zone, rule, name, prop) {
       if (!raw) delete zone.rules[rule][name];
       else if (isList) zone.rules[rule][name] = raw.split(',').map((s) => s.trim()).filter(Boolean);
       else if (isText) zone.rules[rule][name] = raw;
-      else zone.rules[rule][name] = kind === 'integer' ? parseInt(raw, 10) : parseFloat(raw);
+      else zone.rules[rule][name] = Number(raw);
     },
   });
   return h('label', { class: 'param', title: prop.description || '' }, h('span', { text: name }), input);

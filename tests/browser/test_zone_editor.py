@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from playwright.sync_api import FloatRect
 
 from gridpatrol.ingest.messages import Frame, FrameHeader
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
@@ -238,7 +240,8 @@ def test_a_snapshot_arriving_after_a_camera_switch_is_dropped(
     assert page.evaluate("() => window.snapshots")[-1] == {"camera": "cam-dn-001", "shown": True}
 
 
-def test_an_edit_after_validation_withdraws_the_yaml(ui: Any) -> None:
+def new_zone(ui: Any) -> FloatRect:
+    """The zone editor on cam-dn-001, a new zone begun: where its canvas is."""
     page = ui.page
     ui.login("reviewer")
     page.click("nav a[data-view=zones]")
@@ -247,6 +250,12 @@ def test_an_edit_after_validation_withdraws_the_yaml(ui: Any) -> None:
     page.click("#z-new")
     box = page.locator("#z-canvas").bounding_box()
     assert box is not None
+    return box
+
+
+def test_an_edit_after_validation_withdraws_the_yaml(ui: Any) -> None:
+    page = ui.page
+    box = new_zone(ui)
 
     def at(x: float, y: float) -> tuple[float, float]:
         return box["x"] + x * box["width"], box["y"] + y * box["height"]
@@ -300,3 +309,38 @@ def test_an_edit_after_validation_withdraws_the_yaml(ui: Any) -> None:
     ui.shot("yaml-after-edits")
     zones = {z["id"]: z for z in yaml.safe_load(before)["zones"]}
     assert "kerb-east" not in zones  # the last change deleted the drawn zone
+
+
+def test_an_integer_parameter_is_taken_as_typed_never_cut_to_an_integer(ui: Any) -> None:
+    page = ui.page
+    box = new_zone(ui)
+    for x, y in [(0.10, 0.10), (0.40, 0.10), (0.40, 0.40), (0.10, 0.40)]:
+        page.mouse.click(box["x"] + x * box["width"], box["y"] + y * box["height"])
+    page.check("#z-form input[name=rule-crowd_gathering]")
+    field = "#z-form input[name='crowd_gathering.min_persons']"
+
+    def validated(typed: str, valid: str) -> str:
+        page.fill(field, typed)
+        page.press(field, "Tab")
+        page.click("#z-validate")
+        page.wait_for_function(
+            "v => document.querySelector('#z-yaml').dataset.valid === v", arg=valid
+        )
+        return page.input_value("#z-yaml")
+
+    # A fraction: the field is invalid and the API refuses it, rather than 2 being saved.
+    assert validated("2.5", "false") == ""
+    assert page.eval_on_selector(field, "input => input.matches(':invalid')")
+    drawn = page.locator("#z-list li").count() - 1
+    (error,) = page.inner_text("#z-errors").splitlines()
+    assert re.fullmatch(  # the line of the YAML the API checked, then the field
+        rf"zones\.yaml:\d+: zones\[{drawn}\]\.rules\.crowd_gathering\.min_persons: "
+        r"Input should be a valid integer, got a number with a fractional part",
+        error,
+    ), error
+    ui.shot("fraction-refused")
+
+    # An exponent is the number it writes: 100, not the 1 before the "e".
+    zones = yaml.safe_load(validated("1e2", "true"))["zones"]
+    assert not page.eval_on_selector(field, "input => input.matches(':invalid')")
+    assert zones[drawn]["rules"] == {"crowd_gathering": {"min_persons": 100}}
