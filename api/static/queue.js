@@ -37,6 +37,7 @@ const state = {
   shownId: null, shownAt: 0,
   reloading: false, // a first page (filters changed) is on its way: see load
   missing: new Set(), // frames that did not load: see figure
+  detailSeq: 0, // the detail pane's latest read: an answer to an earlier one is dropped
 };
 // How long after the detail pane shows another case its buttons ignore clicks.
 const SETTLE_MS = 400;
@@ -551,26 +552,34 @@ function toggle(annotated) {
   renderDetail();
 }
 
+// The pane's case, read in full. Reads overlap (a live change shows the case again while an
+// earlier read of it is on its way): only the latest read's answer is shown, and never a copy
+// of the case older than the one shown (a page read before a decision, say).
 async function showDetail() {
   state.missing.clear(); // a frame uploaded since is tried again
+  const seq = ++state.detailSeq;
   const c = state.items[state.selected];
   if (!c) {
     state.detail = null;
     renderDetail();
     return;
   }
-  state.detail = c;
+  if (!olderThanShown(c)) state.detail = c;
   renderDetail();
   try {
     const full = await get(`/candidates/${c.id}`);
-    if (state.items[state.selected]?.id === full.id) {
+    if (seq !== state.detailSeq) return;
+    if (state.items[state.selected]?.id === full.id && !olderThanShown(full)) {
       state.detail = full;
       renderDetail();
     }
   } catch (err) {
-    toast(err.message, true);
+    if (seq === state.detailSeq) toast(err.message, true);
   }
 }
+
+// Whether the pane shows this case changed later than copy c (see stamp).
+const olderThanShown = (c) => state.detail?.id === c.id && stamp(state.detail) > stamp(c);
 
 // ---- triage ---------------------------------------------------------------------------------
 

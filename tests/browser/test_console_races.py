@@ -535,3 +535,52 @@ def test_more_after_a_kept_case_of_a_later_page_keeps_the_list_newest_first(
     assert ui.rows() == newest_first  # once each, newest first
     assert ui.selected() == oldest
     actionable(page, oldest)
+
+
+# The first detail read of window.__late.id is answered late: its case is read from the API
+# at once (before whatever happens next), and handed to the console on window.__late.release().
+# window.__late.landed is set once the console has handled that answer: the task it sets it
+# in runs after the promise reactions the answer starts.
+LATE_DETAIL = """
+window.__late = { id: null, taken: false, release: null, landed: false };
+const send = window.fetch;
+window.fetch = async (url, init) => {
+  const late = window.__late;
+  const hold = Boolean(late.id) && !late.taken && (!init || !init.method || init.method === 'GET')
+    && String(url).endsWith(`/candidates/${late.id}`);
+  if (hold) late.taken = true;
+  const response = await send(url, init);
+  if (!hold) return response;
+  const body = await response.text();
+  await new Promise((resolve) => { late.release = resolve; });
+  const answer = new Response(body, { status: response.status, headers: response.headers });
+  const json = answer.json.bind(answer);
+  answer.json = () => json().then((value) => {
+    setTimeout(() => { late.landed = true; }, 0);
+    return value;
+  });
+  return answer;
+};
+"""
+
+
+def test_a_detail_read_before_a_decision_elsewhere_does_not_replace_the_case_after_it(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    ui.page.add_init_script(LATE_DETAIL)
+    page, _, other = live_and_actionable(ui, seeder, frames)
+    page.evaluate("id => { window.__late.id = id; }", other)
+    page.keyboard.press("j")  # the other case: its detail is read now, and answered late
+    page.wait_for_function("() => window.__late.release !== null")
+
+    decided_by_admin(console, other)  # heard live, looked up, shown as decided elsewhere
+    notice = "此线索已由 test-admin 处理：已确认。按 j/k 或点击列表继续"
+    page.wait_for_selector(f"#decided-elsewhere:text-is('{notice}')")
+    page.evaluate("window.__late.release()")
+    page.wait_for_function("() => window.__late.landed")
+    ui.shot("late-detail-dropped")
+    assert page.inner_text("#decided-elsewhere") == notice
+    assert page.inner_text(f"#detail .detail-head:has-text('{other}') .badge") == "已确认"
+    assert page.inner_text(f"#queue-body tr[data-id='{other}'] .badge") == "已确认"
+    assert ui.selected() == other
+    assert page.is_disabled("#act-confirm")
