@@ -50,6 +50,12 @@ const STRINGS = {
     'z.schedule': '启用时段', 'z.copied': '已复制', 'z.valid': 'YAML 校验通过',
     'z.nosnap': '无法获取画面', 'z.points': '个顶点',
     'age.s': '秒', 'age.m': '分钟', 'age.h': '小时', 'age.d': '天',
+    // History entries' actions (api/service.py _history): a step, or the status it led to.
+    'h.created': '创建', 'h.updated': '更新', 'h.supplemented': '补充要素', 'h.held': '夜间暂存',
+    'h.released': '暂存结束', 'h.auto_confirmed': '自动确认', 'h.confirmed': '确认',
+    'h.rejected': '驳回', 'h.returned': '退回补充', 'h.merged': '合并', 'h.merged_from': '并入线索',
+    'h.pulled': '平台接收', 'h.registered': '立案', 'h.dispatched': '派遣', 'h.arrived': '到场',
+    'h.resolved': '处置', 'h.verified': '核查', 'h.closed': '结案',
   },
   en: {
     'app.title': 'Video patrol review', 'login.token': 'Token', 'login.submit': 'Sign in',
@@ -107,6 +113,12 @@ const STRINGS = {
     'z.id': 'Zone id', 'z.rules': 'Rules', 'z.schedule': 'Active hours', 'z.copied': 'Copied',
     'z.valid': 'YAML is valid', 'z.nosnap': 'No snapshot', 'z.points': 'points',
     'age.s': 's', 'age.m': 'min', 'age.h': 'h', 'age.d': 'd',
+    'h.created': 'Created', 'h.updated': 'Updated', 'h.supplemented': 'Supplemented',
+    'h.held': 'Held for the night', 'h.released': 'Released', 'h.auto_confirmed': 'Auto-confirmed',
+    'h.confirmed': 'Confirmed', 'h.rejected': 'Rejected', 'h.returned': 'Returned',
+    'h.merged': 'Merged', 'h.merged_from': 'Case merged in', 'h.pulled': 'Pulled by the platform',
+    'h.registered': 'Registered', 'h.dispatched': 'Dispatched', 'h.arrived': 'Arrived',
+    'h.resolved': 'Resolved', 'h.verified': 'Verified', 'h.closed': 'Closed',
   },
 };
 
@@ -125,6 +137,12 @@ export function currentLang() { return lang; }
 
 export function t(key) {
   return STRINGS[lang][key] ?? STRINGS.zh[key] ?? key;
+}
+
+// A history entry's action; one this console does not know (a newer API's) as the API names it.
+export function actionName(action) {
+  const key = `h.${action}`;
+  return STRINGS[lang][key] ?? STRINGS.zh[key] ?? action;
 }
 
 export function setLang(next) {

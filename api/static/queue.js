@@ -1,7 +1,7 @@
 // The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
 import { dialog, ref, siteInstant, toast, typeName, when } from './app.js';
-import { REASON_CODES, STATUSES, currentLang, t } from './i18n.js';
+import { REASON_CODES, STATUSES, actionName, currentLang, t } from './i18n.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
 // The decisions the API accepts in each status (api/status.py REVIEW); none in the others.
@@ -453,7 +453,7 @@ const folded = (h) => t('d.folded').replace('{n}', h.count).replace('{at}', when
 function history(c) {
   return el('ol', { class: 'history' }, ...(c.history || []).map((h) => el('li', {},
     el('span', { class: 'muted', text: when(h.at) }), ' ',
-    el('strong', { text: h.action }), ' ', el('span', { text: h.who || '' }),
+    el('strong', { text: actionName(h.action) }), ' ', el('span', { text: h.who || '' }),
     h.count > 1 ? el('span', { class: 'muted', text: ` · ${folded(h)}` }) : null,
     h.reason_code ? el('span', { text: ` · ${t(`r.${h.reason_code}`)}` }) : null,
     h.reason ? el('span', { class: 'muted', text: ` — ${h.reason}` }) : null)));

@@ -541,7 +541,7 @@ def test_a_decided_case_shows_its_reject_reason_and_merge(
     assert (shown["驳回原因"], shown["说明"]) == ("许可经营", "the stall has a permit")
     assert "已合并到" not in shown and "关联线索" not in shown
     last = page.inner_text("#detail ol.history li:last-child")
-    assert "rejected" in last and "· 许可经营" in last and "the stall has a permit" in last
+    assert last.endswith(" 驳回 test-reviewer · 许可经营 — the stall has a permit"), last
     ui.shot("rejected-reason")
     shown = facts(merged["id"])
     assert shown["已合并到"] == target["id"]

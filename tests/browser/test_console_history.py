@@ -1,5 +1,6 @@
-"""The detail pane's history shows a folded entry of routine updates (one producer's dwell
-times) with how many there were and when the latest came, not only when the first did."""
+"""The detail pane's history: a folded entry of routine updates (one producer's dwell times)
+with how many there were and when the latest came, not only when the first did; each entry's
+action in the console's language."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from .test_console import PARKING, SITE_TZ
+from .test_queue_live import close
 
 pytestmark = [pytest.mark.browser]
 
@@ -44,13 +46,64 @@ def test_folded_routine_updates_show_their_count_and_last_time_in_both_languages
     ui.login("reviewer")
     page.click(f"#queue-body tr[data-id='{cid}']")
     page.wait_for_selector(f"#detail .detail-head:has-text('{cid}')")
-    item = "#detail ol.history li:has(strong:text-is('updated'))"
+    item = "#detail ol.history li:has(strong:text-is('更新'))"
     page.wait_for_selector(item)
     assert page.locator(item).count() == 1
-    assert page.text_content(item) == f"{first} updated test-producer · 共 3 次，最后一次 {last}"
+    assert page.text_content(item) == f"{first} 更新 test-producer · 共 3 次，最后一次 {last}"
     ui.shot("folded-zh")
 
     page.click("#app .lang-toggle")
     page.wait_for_selector("#detail dl.facts dt:text-is('Description')")
-    assert page.text_content(item) == f"{first} updated test-producer · ×3 · last {last}"
+    item = "#detail ol.history li:has(strong:text-is('Updated'))"
+    assert page.text_content(item) == f"{first} Updated test-producer · ×3 · last {last}"
     ui.shot("folded-en")
+
+
+def test_history_actions_are_in_the_consoles_language_an_unknown_one_as_sent(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cid = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)["id"]
+    close(console, cid)  # confirmed, then every stage of the platform's to closed
+    page = ui.page
+
+    # A step a newer API may record, which this console has no name for.
+    def with_unknown_step(route: Any) -> None:
+        response = route.fetch()
+        doc = response.json()
+        doc["history"].append({**doc["history"][-1], "action": "archived", "who": "retention"})
+        route.fulfill(response=response, json=doc)
+
+    page.route(f"**/api/v1/candidates/{cid}", with_unknown_step)
+    ui.login("reviewer")
+    page.select_option("#f-status", "closed")
+    page.click(f"#queue-body tr[data-id='{cid}']")
+    page.wait_for_selector("#detail ol.history li:has(strong:text-is('archived'))")
+    actions = "#detail ol.history li strong"
+    shown = "s => s.map((x) => x.textContent)"
+    assert page.eval_on_selector_all(actions, shown) == [
+        "创建",
+        "确认",
+        "立案",
+        "派遣",
+        "到场",
+        "处置",
+        "核查",
+        "结案",
+        "archived",
+    ]
+    ui.shot("history-zh")
+
+    page.click("#app .lang-toggle")
+    page.wait_for_selector("#detail dl.facts dt:text-is('Description')")
+    assert page.eval_on_selector_all(actions, shown) == [
+        "Created",
+        "Confirmed",
+        "Registered",
+        "Dispatched",
+        "Arrived",
+        "Resolved",
+        "Verified",
+        "Closed",
+        "archived",
+    ]
+    ui.shot("history-en")
