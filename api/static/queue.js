@@ -2,6 +2,7 @@
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
 import { dialog, ref, siteInstant, toast, typeName, when } from './app.js';
 import { REASON_CODES, STATUSES, actionName, currentLang, t } from './i18n.js';
+import { problemText } from './zones.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
 // The decisions the API accepts in each status (api/status.py REVIEW); none in the others.
@@ -38,7 +39,12 @@ const state = {
   reloading: false, // a first page (filters changed) is on its way: see load
   missing: new Set(), // frames that did not load: see figure
   detailSeq: 0, // the detail pane's latest read: an answer to an earlier one is dropped
+  // What the reviewer wrote in a decision's dialog, by "<case id> <decision>", until that
+  // decision goes through: a failed one (network, 5xx, a refused note) opens with it again.
+  drafts: new Map(),
 };
+// The API's longest note (api/schemas.py Text).
+const NOTE_MAX = 10000;
 // How long after the detail pane shows another case its buttons ignore clicks.
 const SETTLE_MS = 400;
 const $ = (sel) => document.querySelector(sel);
@@ -583,14 +589,22 @@ const olderThanShown = (c) => state.detail?.id === c.id && stamp(state.detail) >
 
 // ---- triage ---------------------------------------------------------------------------------
 
-function reasonPicker(body) {
+// A decision's note, holding what was written for it before (draft).
+const noteInput = (placeholder, draft) => el('input', {
+  type: 'text', name: 'reason', placeholder, maxlength: String(NOTE_MAX),
+  value: draft?.reason || '',
+});
+
+const reasonPicker = (draft) => (body) => {
   const list = el('div', { class: 'reasons' });
+  const picked = draft?.reason_code || REASON_CODES[0];
   REASON_CODES.forEach((code, i) => {
+    const checked = code === picked ? { checked: '' } : {};
     list.append(el('label', {},
-      el('input', { type: 'radio', name: 'reason_code', value: code, ...(i === 0 ? { checked: '' } : {}) }),
+      el('input', { type: 'radio', name: 'reason_code', value: code, ...checked }),
       ` ${i + 1} ${t(`r.${code}`)}`));
   });
-  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reason') });
+  const note = noteInput(t('dlg.reason'), draft);
   body.append(list, note);
   body.onkeydown = (ev) => {
     const n = Number(ev.key);
@@ -605,18 +619,18 @@ function reasonPicker(body) {
     if (code === 'other' && !reason) return { invalid: t('dlg.needreason') };
     return { reason_code: code, reason: reason || undefined };
   };
-}
+};
 
 // The producer (or whoever completes the case) learns from the note what to add.
-function returnNote(body) {
-  const note = el('input', { type: 'text', name: 'reason', placeholder: t('dlg.reasonreq') });
+const returnNote = (draft) => (body) => {
+  const note = noteInput(t('dlg.reasonreq'), draft);
   body.append(note);
   setTimeout(() => note.focus(), 0);
   return () => {
     const reason = note.value.trim();
     return reason ? { reason } : { invalid: t('dlg.needreason') };
   };
-}
+};
 
 // A case id in any spelling the API takes for merge_into (a UUID: hyphenated or not, in braces,
 // as a URN), in the stored form (hyphenated, lower case); null when it is none of them.
@@ -631,9 +645,12 @@ function caseId(text) {
 
 // The merge dialog offers the open cases of the same type and camera or sensor that occurred
 // within a day (asked of the API, loaded or not), and any open case whose id is pasted.
-function mergePicker(current) {
+function mergePicker(draft, current) {
   return (body) => {
-    const search = el('input', { type: 'text', name: 'merge_id', placeholder: t('dlg.mergeid'), autocomplete: 'off' });
+    const search = el('input', {
+      type: 'text', name: 'merge_id', placeholder: t('dlg.mergeid'), autocomplete: 'off',
+      value: draft?.merge_into || '', // the case chosen before: looked up below, as if pasted
+    });
     const select = el('select', { name: 'merge_into', size: '8', hidden: '' });
     const note = el('p', { class: 'muted', text: t('dlg.mergeloading') });
     // Pasted ids that name no case to merge into (none, itself, a final one). A lookup that
@@ -672,6 +689,7 @@ function mergePicker(current) {
       offer(c, true);
       select.value = c.id;
     });
+    if (search.value) search.dispatchEvent(new Event('input'));
     setTimeout(() => search.focus(), 0);
     return () => {
       // A pasted id (still in the box, so not chosen over in the list since) wins, also when
@@ -703,34 +721,58 @@ async function decide(decision) {
   }
 }
 
+// The dialogs asking what a decision needs; confirm needs nothing.
+const ASK = { reject: reasonPicker, return: returnNote, merge: mergePicker };
+
+// Decide c. A decision that fails (the network, a 5xx, a note refused) opens its dialog again,
+// with what was written and why it failed, until it goes through or the reviewer cancels; the
+// note is kept for the case until then (a lost session: the dialog after logging in again).
 async function decideOn(c, decision) {
-  let extra = {};
   // The title names the case: the one decided is the one the dialog was opened for.
-  const title = (key) => `${t(key)} · ${c.id.slice(0, 8)}`;
-  if (decision === 'reject') extra = await dialog(title('dlg.reject'), reasonPicker);
-  else if (decision === 'return') extra = await dialog(title('dlg.return'), returnNote);
-  else if (decision === 'merge') extra = await dialog(title('dlg.merge'), mergePicker(c));
-  if (extra === null) return;
-  if (state.gone === c.id) { // decided elsewhere while the dialog was open: nothing is sent
-    toast(decidedElsewhere(state.items.find((x) => x.id === c.id) || c), true);
-    return;
+  const title = `${t(`dlg.${decision}`)} · ${c.id.slice(0, 8)}`;
+  const key = `${c.id} ${decision}`;
+  let failed = '';
+  for (;;) {
+    let extra = {};
+    if (ASK[decision]) {
+      const answer = dialog(title, ASK[decision](state.drafts.get(key), c));
+      $('#dlg-error').textContent = failed;
+      extra = await answer;
+      if (extra === null) return;
+      state.drafts.set(key, extra);
+    }
+    if (state.gone === c.id) { // decided elsewhere while the dialog was open: nothing is sent
+      toast(decidedElsewhere(state.items.find((x) => x.id === c.id) || c), true);
+      return;
+    }
+    failed = await send(c, decision, extra);
+    if (failed === null) return;
+    // No dialog to show it in, no session to send it with (the login form is up), or no
+    // decision left to make (the case was decided elsewhere meanwhile).
+    if (!ASK[decision] || !ref.session || state.gone === c.id) {
+      toast(failed, true);
+      return;
+    }
   }
+}
+
+// Send a decision: null when it was made, or refused as the case changed elsewhere (shown so);
+// what went wrong otherwise.
+async function send(c, decision, extra) {
   state.deciding = c.id;
   try {
     const updated = await post(`/candidates/${c.id}/review`, { decision, ...extra });
+    state.drafts.delete(`${c.id} ${decision}`);
     toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
     applyUpdate(updated, true);
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 409)) {
-      toast(err.message, true);
-      return;
-    }
+    if (!(err instanceof ApiError && err.status === 409)) return problemText(err);
     // Someone else decided first (or the case changed meanwhile): say what the API said and
     // show the case as it is now, so its badge and buttons tell what is still possible. It
     // changed elsewhere: one that left the list stays shown until the reviewer moves on.
     toast(`${t('err.conflict')}: ${err.message}`, true);
     let current;
-    try { current = await get(`/candidates/${c.id}`); } catch { return; }
+    try { current = await get(`/candidates/${c.id}`); } catch { return null; }
     applyUpdate(current, false, true);
   } finally {
     state.deciding = null;
@@ -739,6 +781,7 @@ async function decideOn(c, decision) {
       refresh(c.id);
     }
   }
+  return null;
 }
 
 // Replace or drop a changed candidate; after the reviewer's own decision move on to the next.

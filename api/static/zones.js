@@ -347,11 +347,17 @@ async function validate() {
   } catch (err) {
     if (!current()) return;
     showYaml('', false); // never leave an older, now stale, YAML to be copied
-    const list = err instanceof ApiError ? err.problem.errors : null;
-    errors.textContent = list?.length
-      ? list.map((e) => (typeof e === 'string' ? e : `${(e.loc || []).join('.')}: ${e.msg}`)).join('\n')
-      : err.message;
+    errors.textContent = problemText(err);
   }
+}
+
+// What a failed request says: a refused schema's errors one a line ("loc: msg"), else its
+// message.
+export function problemText(err) {
+  const list = err instanceof ApiError ? err.problem.errors : null;
+  if (!list?.length) return err.message;
+  return list.map((e) => (typeof e === 'string' ? e : `${(e.loc || []).join('.')}: ${e.msg}`))
+    .join('\n');
 }
 
 function download() {

@@ -247,12 +247,29 @@ def open_dialog(ui: Any, key: str, case: dict[str, Any]) -> Any:
     return page
 
 
+def cancel(page: Any) -> None:
+    """Cancel the open dialog; return once its close event has come, which comes a task
+    later: a dialog opened before it would take it as its own and close at once."""
+    page.evaluate(
+        """() => new Promise((closed) => {
+          document.querySelector('#dlg').addEventListener('close', closed, { once: true });
+          document.querySelector('#dlg-cancel').click();
+        })"""
+    )
+
+
+def one_listed(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
+    """A new case, the only one listed after logging in."""
+    case: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    return case
+
+
 def test_a_return_needs_a_reason_and_a_merge_a_full_id(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
-    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
-    ui.login("reviewer")
-    ui.wait_rows([case["id"]])
+    case = one_listed(ui, seeder, frames)
 
     page = open_dialog(ui, "i", case)
     assert page.inner_text("#dlg-title") == f"退回补充说明 · {case['id'][:8]}"
@@ -260,14 +277,14 @@ def test_a_return_needs_a_reason_and_a_merge_a_full_id(
     assert page.inner_text("#dlg-error") == "请填写说明"
     assert page.is_visible("#dlg[open]")
     ui.shot("return-without-reason")
-    page.click("#dlg-cancel")
+    cancel(page)
 
     # Reject: "other" needs its note; the other reasons do not.
     page = open_dialog(ui, "r", case)
     page.keyboard.press("6")
     page.keyboard.press("Enter")
     assert page.inner_text("#dlg-error") == "请填写说明"
-    page.click("#dlg-cancel")
+    cancel(page)
 
     # Merge: a short or mangled id is refused before it is sent.
     page = open_dialog(ui, "m", case)
@@ -275,7 +292,7 @@ def test_a_return_needs_a_reason_and_a_merge_a_full_id(
     page.keyboard.press("Enter")
     assert page.inner_text("#dlg-error").startswith("线索编号应为完整的 UUID")
     assert page.is_visible("#dlg[open]")
-    page.click("#dlg-cancel")
+    cancel(page)
     assert status_of(console, case["id"])["status"] == "new"
 
     page = open_dialog(ui, "i", case)
@@ -525,3 +542,101 @@ def test_a_merge_id_whose_lookup_failed_is_sent_on_ok(
     page.fill("#dlg-body input[name=merge_id]", other)
     page.wait_for_selector("#toast:has-text('Internal Server Error')")
     merged(ui, console, shown, other)
+
+
+def failing_reviews(page: Any, cid: str, how: str) -> None:
+    """Make the next decision sent on ``cid`` fail: "abort" (the network), or a 503 problem
+    with the detail "database busy"."""
+
+    def fail(route: Any) -> None:
+        if how == "abort":
+            route.abort("internetdisconnected")
+        else:
+            route.fulfill(
+                status=503,
+                content_type="application/problem+json",
+                body='{"title": "Service Unavailable", "status": 503, "detail": "database busy"}',
+            )
+
+    page.route(f"**/api/v1/candidates/{cid}/review", fail, times=1)
+
+
+NOTE = "plate unreadable; please upload the clean frame of 10:42"
+
+
+@pytest.mark.parametrize(("how", "error"), [("abort", "Failed to fetch"), ("503", "database busy")])
+def test_a_rejection_that_fails_opens_again_with_its_reason_and_note(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, how: str, error: str
+) -> None:
+    case = one_listed(ui, seeder, frames)
+    page = open_dialog(ui, "r", case)
+    page.keyboard.press("4")
+    page.fill("#dlg-body input[name=reason]", NOTE)
+    failing_reviews(page, case["id"], how)
+    page.keyboard.press("Enter")
+    page.wait_for_selector(f"#dlg[open] #dlg-error:text-is('{error}')")
+    assert page.inner_text("#dlg-title") == f"驳回原因 · {case['id'][:8]}"
+    assert page.input_value("#dlg-body input[name=reason]") == NOTE
+    assert page.is_checked("#dlg-body input[value=out_of_jurisdiction]")
+    ui.shot("failed-reject")
+    assert status_of(console, case["id"])["status"] == "new"
+
+    # Cancelled, the reason stays for the case: the next dialog for it opens with it.
+    cancel(page)
+    page = open_dialog(ui, "r", case)
+    assert page.inner_text("#dlg-error") == ""
+    assert page.input_value("#dlg-body input[name=reason]") == NOTE
+    assert page.is_checked("#dlg-body input[value=out_of_jurisdiction]")
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    rejected = status_of(console, case["id"])
+    assert (rejected["status"], rejected["review"]) == (
+        "rejected",
+        {"reason_code": "out_of_jurisdiction", "reason": NOTE},
+    )
+
+
+def test_a_note_the_api_refuses_is_kept_with_the_fields_errors(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = one_listed(ui, seeder, frames)
+    page = open_dialog(ui, "i", case)
+    note = "#dlg-body input[name=reason]"
+    # As long a note as the API takes (api/schemas.py Text), and no longer.
+    assert page.get_attribute(note, "maxlength") == "10000"
+    page.fill(note, "x" * 10001)
+    assert page.input_value(note) == "x" * 10000
+    # One longer (a browser that ignores maxlength) is refused by the API, which says why.
+    page.eval_on_selector(note, "input => input.removeAttribute('maxlength')")
+    page.fill(note, "y" * 10001)
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dlg[open] #dlg-error:not(:empty)")
+    assert page.inner_text("#dlg-error") == (
+        "body.reason: String should have at most 10000 characters"
+    )
+    assert page.input_value(note) == "y" * 10001
+    ui.shot("refused-note")
+    page.fill(note, "no plate in the frame")
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    assert status_of(console, case["id"])["status"] == "returned"
+
+
+def test_a_return_whose_session_expired_keeps_its_note_for_after_logging_in(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = one_listed(ui, seeder, frames)
+    page = open_dialog(ui, "i", case)
+    page.fill("#dlg-body input[name=reason]", NOTE)
+    page.context.clear_cookies()  # the session is gone
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#login:not([hidden])")
+    assert not page.is_visible("#dlg[open]")  # not over the login form
+    page.fill("#token", console.tokens["reviewer"])
+    page.click("#login-form button[type=submit]")
+    page = open_dialog(ui, "i", case)
+    assert page.input_value("#dlg-body input[name=reason]") == NOTE
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    returned = status_of(console, case["id"])
+    assert (returned["status"], returned["history"][-1]["reason"]) == ("returned", NOTE)
