@@ -125,9 +125,10 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--own-broker",
         action="store_true",
-        help=f"start a broker of its own even when GRIDPATROL_MQTT_URL names a reachable one "
-        f"(there, too, the demo keeps to a topic prefix {DEMO_PREFIX}-<id>/ of this host and "
-        "work folder and a bridge session of its own)",
+        help=f"start a broker of its own even when GRIDPATROL_MQTT_URL names a reachable one; "
+        f"its topics are then under {DEMO_PREFIX}/ (without it, with GRIDPATROL_MQTT_URL set, "
+        f"under {DEMO_PREFIX}-<id>/ of this host and work folder, with a bridge session of "
+        "its own)",
     )
     parser.set_defaults(func=run_demo)
 
