@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import ssl
 import threading
 import time
@@ -38,6 +39,7 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 _RC_UNSUPPORTED_PROTOCOL = 132
 _V5_CONNACK_GRACE_S = 2.5
+_TLS_PROBE_S = 5.0  # the handshake that tells why a TLS broker was not reached at the start
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
 RECONNECT_S = (1, 30)  # backoff between reconnection attempts, doubling
 # Backoff after the broker refused credentials it had accepted before: a password rotated on
@@ -61,6 +63,12 @@ class MqttConfigError(ValueError):
 class MqttAuthError(RuntimeError):
     """The broker refused the credentials at the first connection; retrying would only lock
     the account."""
+
+
+class MqttTlsError(MqttConfigError, MqttAuthError):
+    """The broker's certificate fails verification against the configured CA (or its host
+    name): no retry can succeed before the setup is mended. Both a setting error and a refusal
+    at the start, so every command that stops on either says it in one line, status 2."""
 
 
 @dataclass(frozen=True)
@@ -365,12 +373,43 @@ class MqttConnection:
             self._close_client()
             raise self._auth_error()
         if not self._connected.is_set():
+            why = self._tls_trouble() if self.settings.tls else ""
             log.warning(
-                "%s: broker %s not reachable yet; retrying in the background",
+                "%s: broker %s not reachable yet%s; retrying in the background",
                 self.component_id,
                 self.settings.url,
+                f" ({why})" if why else "",
             )
         return self._connected.is_set()
+
+    def _tls_trouble(self) -> str:
+        """Why a TLS handshake with the broker fails, "" when it succeeds or nothing answers.
+
+        paho retries a failed handshake in silence for ever; a certificate that fails
+        verification cannot do better on a retry: :class:`MqttTlsError`, the connection closed.
+        """
+        host, port = self.settings.host, self.settings.port
+        context = self.settings.ssl_context()
+        try:
+            with (
+                socket.create_connection((host, port), timeout=_TLS_PROBE_S) as raw,
+                context.wrap_socket(raw, server_hostname=host),
+            ):
+                return ""
+        except ssl.SSLCertVerificationError as exc:
+            self._close_client()
+            ca = self.settings.ca_file
+            unset = "a CA the system trusts (GRIDPATROL_MQTT_CA is unset)"
+            trusted = f"the CA in GRIDPATROL_MQTT_CA, {ca}" if ca else unset
+            raise MqttTlsError(
+                f"broker {self.settings.url}: TLS certificate verify failed: "
+                f"{exc.verify_message or _why(exc)}; the broker's certificate must name {host} "
+                f"and be signed by {trusted}"
+            ) from exc
+        except ssl.SSLError as exc:
+            return f"TLS: {_why(exc)}"
+        except OSError:
+            return ""
 
     def _open(self) -> None:
         self._refused.clear()

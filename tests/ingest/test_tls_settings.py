@@ -1,7 +1,8 @@
 """TLS files the components cannot use are a setting to mend: one line and status 2, at once.
+So is a broker certificate they cannot verify: paho would retry that handshake for ever.
 
-No broker is contacted: the TLS context is built when the settings are read, before any
-connection (the URL's port 1 has no listener).
+For the files no broker is contacted: the TLS context is built when the settings are read,
+before any connection (the URL's port 1 has no listener).
 """
 
 from __future__ import annotations
@@ -15,9 +16,12 @@ import pytest
 
 from gridpatrol.ingest.mqtt import MqttConfigError, MqttSettings
 
+from .test_transport import run_tls_broker
+
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "samples" / "site.yaml"
 MISSING = "/nonexistent/tls/ca.pem"
+CLI = "gridpatrol.ingest.cli"
 CA_MISSING = f"TLS CA file '{MISSING}' (GRIDPATROL_MQTT_CA): No such file or directory"
 
 
@@ -126,3 +130,47 @@ def test_from_env_builds_the_tls_context_only_for_mqtts(monkeypatch: pytest.Monk
     with pytest.raises(MqttConfigError) as err:
         MqttSettings.from_env()
     assert str(err.value) == CA_MISSING
+
+
+UNSET = "a CA the system trusts (GRIDPATROL_MQTT_CA is unset)"
+SELF_SIGNED = "self-signed certificate in certificate chain"  # the system CAs lack our CA
+OTHER_HOST = "Hostname mismatch, certificate is not valid for 'localhost'."
+
+
+@pytest.mark.parametrize(
+    ("command", "says", "host", "why"),
+    [
+        (["ingest"], f"{CLI}: ingest", "127.0.0.1", SELF_SIGNED),
+        (["ingest"], f"{CLI}: ingest", "localhost", OTHER_HOST),
+        (["bridge"], "gridpatrol.alarm_bridge.cli: bridge", "127.0.0.1", SELF_SIGNED),
+        (
+            ["detect", "--shard", "0/1"],
+            "gridpatrol.detectors.worker: detect-0-of-1",
+            "127.0.0.1",
+            SELF_SIGNED,
+        ),
+    ],
+    ids=["private CA not given", "certificate for another host", "bridge", "detect"],
+)
+def test_a_broker_certificate_that_fails_verification_is_said_in_one_line(
+    tmp_path: Path, command: list[str], says: str, host: str, why: str
+) -> None:
+    broker, port, ca = run_tls_broker(tmp_path)
+    env = {"GRIDPATROL_MQTT_URL": f"mqtts://{host}:{port}"}
+    trust = why == OTHER_HOST  # the CA is given, the certificate names 127.0.0.1 only
+    if trust:
+        env["GRIDPATROL_MQTT_CA"] = str(ca)
+    try:
+        done = gridpatrol([*command, "--config", str(SITE)], tmp_path, **env)
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert done.returncode == 2, done.stderr[-2000:]
+    # Said once, at the end of the start's wait, instead of "not reachable yet" and retrying.
+    (line,) = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    trusted = f"the CA in GRIDPATROL_MQTT_CA, {ca}" if trust else UNSET
+    expected = (
+        f"{says}: cannot start: broker mqtts://{host}:{port}: TLS certificate verify failed: "
+        f"{why}; the broker's certificate must name {host} and be signed by {trusted}"
+    )
+    assert line.endswith(f" ERROR {expected}"), line

@@ -21,7 +21,13 @@ from paho.mqtt.enums import MQTTProtocolVersion
 
 from gridpatrol.ingest.broker import ensure_broker, free_port, start_amqtt
 from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, rfc3339
-from gridpatrol.ingest.mqtt import Message, MqttAuthError, MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import (
+    Message,
+    MqttAuthError,
+    MqttConnection,
+    MqttSettings,
+    MqttTlsError,
+)
 from gridpatrol.ingest.reliable import ReliableConsumer
 from gridpatrol.ingest.topics import sensor_alarm_topic
 
@@ -504,22 +510,32 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
     return ca, cert, key
 
 
-def test_tls_with_a_private_ca_from_the_environment(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mqtt_prefix: str
-) -> None:
-    ca, cert, key = make_certificates(tmp_path)
+def run_tls_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Mosquitto with a TLS listener, its certificate from a private CA for 127.0.0.1; its
+    port and that CA."""
+    ca, cert, key = make_certificates(folder)
     port = free_port()
-    conf = tmp_path / "mosquitto.conf"
+    conf = folder / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\nallow_anonymous true\n"
         f"cafile {ca}\ncertfile {cert}\nkeyfile {key}\n"
         + ("user root\n" if os.geteuid() == 0 else "")  # see keep_privileges
     )
     broker, port = run_broker(conf, port)
+    return broker, port, ca
+
+
+def test_tls_with_a_private_ca_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mqtt_prefix: str
+) -> None:
+    broker, port, ca = run_tls_broker(tmp_path)
     try:
         monkeypatch.setenv("GRIDPATROL_MQTT_URL", f"mqtts://127.0.0.1:{port}")
         untrusted = MqttConnection("tls-untrusted", prefix=mqtt_prefix)
-        assert not untrusted.start(3)  # the system CAs do not know our private CA
+        # The system CAs do not know our private CA: no retry can mend that.
+        with pytest.raises(MqttTlsError, match="certificate verify failed"):
+            untrusted.start(3)
+        assert not untrusted.connected
         untrusted.stop()
         monkeypatch.setenv("GRIDPATROL_MQTT_CA", str(ca))
         settings = MqttSettings.from_env()
