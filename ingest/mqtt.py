@@ -38,6 +38,8 @@ DEFAULT_URL = "mqtt://127.0.0.1:1883"
 ONLINE = b"online"
 OFFLINE = b"offline"
 _RC_UNSUPPORTED_PROTOCOL = 132
+# amqtt neither answers nor closes on an MQTT 5 CONNECT. Past this the connection tries 3.1.1;
+# a broker that answers that as slowly is slow, not refusing, and gets MQTT 5 again.
 _V5_CONNACK_GRACE_S = 2.5
 _TLS_PROBE_S = 5.0  # the handshake that tells why a TLS broker was not reached at the start
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
@@ -51,7 +53,8 @@ AUTH_RETRY_S = (30, 120)
 # topic_matches_sub builds a matcher per call, a few microseconds per subscription and message.
 ROUTE_CACHE = 4096
 
-# Brokers known to refuse MQTT 5, so later connections skip the failed attempt.
+# Brokers that refused MQTT 5 (a CONNACK saying so, or no CONNACK at all, the socket closed),
+# so later connections skip the failed attempt. A CONNACK that is only late never lands here.
 _V311_BROKERS: set[tuple[str, int]] = set()
 
 
@@ -309,7 +312,14 @@ class MqttConnection:
         # (skip: pushed out of a full queue, left for redelivery).
         self._pending: OrderedDict[int, list[Any]] = OrderedDict()
         self._connected = threading.Event()
-        self._refused = threading.Event()
+        # The current attempt asked for a reconnection with another protocol: _switch_to says
+        # why (see _switch) and what to log.
+        self._switch_wanted = threading.Event()
+        self._switch_to = ("", "")
+        # On 3.1.1 since MQTT 5 went unanswered, not refused: the 3.1.1 CONNACK tells which.
+        self._v5_unanswered = False
+        self._patient = False  # a slow broker: MQTT 5 waits a whole keep-alive for its CONNACK
+        self._abandoned = False  # given up for MQTT 5 on its CONNACK: its messages come again
         self._client: paho.Client | None = None
         self._stopping = False
         self._starting = False
@@ -332,38 +342,55 @@ class MqttConnection:
         self._starting = True
         try:
             self._open()
-            if not self._wait_first(timeout) and self._refused.is_set():
-                self._fall_back()
-                self._wait_first(timeout)
+            # Each change of protocol gets a fresh timeout: 5, 3.1.1 when 5 goes unanswered,
+            # 5 again when 3.1.1 shows a slow broker, 3.1.1 when the broker refuses 5.
+            while not self._stopping and not self._wait_first(timeout):
+                if not self._switch_wanted.is_set():
+                    break
+                self._switch()
         finally:
             with self._lock:  # a refusal seen while starting is raised here, not logged there
                 self._starting = False
                 refused = self.auth_failed
+                # Asked for as the wait ended: nobody else will make the change.
+                late = self._switch_wanted.is_set() and not self._stopping
+        if late and not refused:
+            threading.Thread(target=self._switch, name="mqtt-switch", daemon=True).start()
         return self._result(refused)
 
-    def _fall_back(self) -> None:
-        log.warning(
-            "broker %s refuses MQTT 5; falling back to MQTT 3.1.1 for %s",
-            self.settings.url,
-            self.component_id,
-        )
-        _V311_BROKERS.add((self.settings.host, self.settings.port))
+    def _request_switch(self, why: str, said: str) -> None:
+        """Ask for a reconnection with the other protocol (see _switch); after start() the
+        change runs on its own thread."""
+        with self._lock:
+            first = not self._switch_wanted.is_set()
+            if first:
+                self._switch_to = (why, said)
+                self._switch_wanted.set()
+            background = first and not self._starting
+        if background:
+            threading.Thread(target=self._switch, name="mqtt-switch", daemon=True).start()
+
+    def _switch(self) -> None:
+        """Reconnect as the last attempt asked: ``refused`` (the broker refused MQTT 5: 3.1.1,
+        for every later connection to it too), ``unanswered`` (no CONNACK within the grace:
+        3.1.1 for this connection), ``slow`` (3.1.1 was answered as late: MQTT 5 again, with
+        no grace)."""
+        why, said = self._switch_to
+        if why == "refused":
+            _V311_BROKERS.add((self.settings.host, self.settings.port))
+        self._v5_unanswered = why == "unanswered"
+        self._patient = self._patient or why == "slow"
+        log.warning("%s", said)
         self._close_client()
-        self.protocol = MQTTProtocolVersion.MQTTv311
+        v5 = why == "slow"
+        self.protocol = MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311
         if not self._stopping:
             self._open()
-
-    def _refuse_v5(self) -> None:
-        """The broker turned MQTT 5 away; after start() the fall-back runs on its own thread."""
-        first = not self._refused.is_set()
-        self._refused.set()
-        if first and not self._starting and self.protocol == MQTTProtocolVersion.MQTTv5:
-            threading.Thread(target=self._fall_back, name="mqtt-fallback", daemon=True).start()
 
     def _wait_first(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._connected.is_set() or self._refused.is_set() or self.auth_failed:
+            if self._connected.is_set() or self._switch_wanted.is_set() or self.auth_failed:
                 break
             time.sleep(0.02)
         return self._connected.is_set()
@@ -412,7 +439,8 @@ class MqttConnection:
             return ""
 
     def _open(self) -> None:
-        self._refused.clear()
+        self._switch_wanted.clear()
+        self._abandoned = False
         self._socket_opened_at = None
         self._connack_seen = False
         client = self._make_client()
@@ -499,18 +527,23 @@ class MqttConnection:
     # -- paho callbacks (network thread: never block) ------------------------------------------
 
     def _on_socket_open(self, client: paho.Client, _userdata: Any, _sock: Any) -> None:
-        if self._socket_opened_at is None:
-            self._socket_opened_at = time.monotonic()
-        if self.protocol == MQTTProtocolVersion.MQTTv5 and not self._connack_seen:
-            # amqtt 0.12 neither answers nor closes on an MQTT 5 CONNECT with a will; paho
-            # would only notice at the keep-alive timeout.
-            timer = threading.Timer(_V5_CONNACK_GRACE_S, self._check_connack, args=(client,))
+        opened = self._socket_opened_at = time.monotonic()
+        if self.protocol == MQTTProtocolVersion.MQTTv5 and not self._patient:
+            # amqtt 0.12 neither answers nor closes on an MQTT 5 CONNECT; paho would only
+            # notice at the keep-alive timeout.
+            args = (client, opened)
+            timer = threading.Timer(_V5_CONNACK_GRACE_S, self._check_connack, args=args)
             timer.daemon = True
             timer.start()
 
-    def _check_connack(self, client: paho.Client) -> None:
-        if client is self._client and not self._connack_seen and not self._stopping:
-            self._refuse_v5()
+    def _check_connack(self, client: paho.Client, opened: float) -> None:
+        current = client is self._client and opened == self._socket_opened_at
+        if current and not self._connack_seen and not self._stopping:
+            self._request_switch(
+                "unanswered",
+                f"{self.component_id}: broker {self.settings.url} did not answer MQTT 5 within "
+                f"{_V5_CONNACK_GRACE_S:g} s; trying MQTT 3.1.1",
+            )
 
     def _on_connect(
         self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
@@ -529,6 +562,8 @@ class MqttConnection:
             return
         if code != 0:
             log.warning("%s: connection refused: %s", self.component_id, reason)
+            return
+        if self._v5_unanswered and self._slow_broker(client):
             return
         if self._auth_backoff:
             self._auth_backoff = False
@@ -559,6 +594,32 @@ class MqttConnection:
                 hook(self)
             except Exception:
                 log.exception("%s: connect hook failed", self.component_id)
+
+    def _refuse_v5(self) -> None:
+        self._request_switch(
+            "refused",
+            f"{self.component_id}: broker {self.settings.url} refuses MQTT 5; falling back to "
+            "MQTT 3.1.1",
+        )
+
+    def _slow_broker(self, client: paho.Client) -> bool:
+        """After MQTT 5 went unanswered: whether the 3.1.1 CONNACK came as late, from a broker
+        that is slow (a loaded one, a slow authentication backend), not one refusing 5. The
+        connection is then given up for MQTT 5, with no grace, before any subscription or
+        ``online``: what its session delivers meanwhile is not taken, nor acknowledged, and
+        comes again."""
+        self._v5_unanswered = False
+        waited = time.monotonic() - (self._socket_opened_at or 0.0)
+        if waited < _V5_CONNACK_GRACE_S:
+            return False
+        self._abandoned = True
+        client.disconnect()
+        self._request_switch(
+            "slow",
+            f"{self.component_id}: broker {self.settings.url} took {waited:.1f} s to answer "
+            "MQTT 3.1.1 too: slow, not refusing MQTT 5; reconnecting with MQTT 5",
+        )
+        return True
 
     def _refused_first(self, client: paho.Client, reason: Any) -> None:
         """Credentials refused before any connection: not retried. While start() runs, its
@@ -608,13 +669,15 @@ class MqttConnection:
         )
 
     def _on_disconnect(
-        self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any
     ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         v5 = self.protocol == MQTTProtocolVersion.MQTTv5
-        if v5 and self._socket_opened_at is not None and not self._connack_seen:
-            self._refuse_v5()  # closed on our CONNECT (or no CONNACK): try the older protocol
+        # Closed on our CONNECT, or no CONNACK within a keep-alive; not our own closing.
+        opened = self._socket_opened_at is not None and client is self._client
+        if v5 and opened and not self._connack_seen:
+            self._refuse_v5()
         if was and not self._stopping:
             log.warning(
                 "%s: disconnected from %s (%s); reconnecting",
@@ -624,6 +687,8 @@ class MqttConnection:
             )
 
     def _on_message(self, _client: paho.Client, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self._abandoned:
+            return
         message = Message(
             topic=msg.topic,
             payload=bytes(msg.payload),

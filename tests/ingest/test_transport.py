@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -575,6 +576,73 @@ def test_falls_back_when_amqtt_comes_up_after_the_component(mqtt_prefix: str) ->
         handle.stop()
     assert message is not None
     assert message.payload == b"made it"
+
+
+class SlowBroker:
+    """A TCP proxy to a broker that holds back the broker's first bytes of every connection,
+    its CONNACK, by ``delay`` s: a loaded broker, a slow authentication backend."""
+
+    def __init__(self, broker_port: int, delay: float) -> None:
+        self.broker_port, self.delay = broker_port, delay
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:  # closed
+                return
+            broker = socket.create_connection(("127.0.0.1", self.broker_port))
+            self.sockets += [client, broker]
+            for src, dst, delay in ((client, broker, 0.0), (broker, client, self.delay)):
+                threading.Thread(target=self._pump, args=(src, dst, delay), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket, delay: float) -> None:
+        try:
+            while data := src.recv(65536):
+                time.sleep(delay)
+                delay = 0.0
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):  # one side gone: so is the other
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        self.server.close()
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_a_slow_connack_is_no_refusal_of_mqtt_5(mosquitto: Any) -> None:
+    """Only amqtt leaves an MQTT 5 CONNECT unanswered for good; a broker slower than the grace
+    answers 3.1.1 as slowly, and keeps MQTT 5, for this connection and the next ones."""
+    prefix = "gptest-slow-connack"
+    topic = f"{prefix}/alarms"
+    slow = SlowBroker(mosquitto.port, delay=3.0)  # longer than the 2.5 s grace
+    settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{slow.port}")
+    consumer = MqttConnection("slow", settings, prefix=prefix, persistent=True, manual_ack=True)
+    alarms = consumer.subscribe(topic, qos=1)
+    direct = MqttConnection("direct", MqttSettings.from_url(mosquitto.url), prefix=prefix)
+    try:
+        assert consumer.start(20)
+        later = MqttConnection("slow-later", settings, prefix=prefix)
+        assert later.start(20)
+        assert direct.start(10)
+        assert direct.publish_wait(topic, b"alarm", qos=1)
+        message = alarms.get(10)
+        later.stop()
+    finally:
+        consumer.stop()
+        direct.stop()
+        slow.close()
+    assert consumer.protocol == later.protocol == MQTTProtocolVersion.MQTTv5
+    assert message is not None and message.payload == b"alarm"
 
 
 def test_a_wake_event_is_set_by_any_of_its_subscriptions(mqtt_prefix: str) -> None:
