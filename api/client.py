@@ -76,7 +76,15 @@ def _checked_url(url: str) -> str:
         port = parts.port
         httpx.URL(url)  # a control character, which urlsplit drops
     except (ValueError, httpx.InvalidURL) as exc:  # a port that is no number, a broken [IPv6]
-        raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {exc}") from exc
+        info = proxies.user_info(url)
+        password = info[1].partition(":")[2] if info else ""
+        # A parser's words would quote the piece of the password it took for a port.
+        said = (
+            "a password must percent-encode # ? / @ (%23 %3F %2F %40)"
+            if re.search(r"[#?/@]", password)
+            else exc
+        )
+        raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {said}") from exc
     if url != url.strip() or "?" in url or "#" in url:
         raise ApiConfigError(
             "GRIDPATROL_API_URL must be http://host[:port][/path] or https://… with no spaces "

@@ -7,7 +7,9 @@ without the ``socksio`` package, even for a host on 127.0.0.1 or the camera LAN.
 
 from __future__ import annotations
 
-import re
+import contextlib
+import ipaddress
+import urllib.request
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -21,28 +23,70 @@ class ProxyUnusable(RuntimeError):
     caller knows how to show it."""
 
 
-def masked(url: str, mask: str = "***") -> str:
-    """``url`` with the password of its user info replaced by ``mask``, to be shown; as given
-    without one.
+def user_info(url: str) -> tuple[str, str, str] | None:
+    """``url`` as (``scheme://``, its user info, the rest from the host on); None without one.
 
-    The user info ends at the netloc's last ``@``: a password may hold an unencoded ``@``."""
-    return re.sub(r"(://[^/?#:]*):[^/?#]*@", lambda m: f"{m[1]}:{mask}@", url)
+    The user info ends at the last ``@`` before the path, for a password may hold an unencoded
+    ``@``, ``?`` or ``#`` (which would end it for a URL parser); and where what comes before
+    the path looks like a user and a password, not a host and a port, at the URL's last ``@``,
+    for a password may hold a ``/`` too. Where in doubt, more is taken for user info: it is
+    what is hidden."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return None
+    authority = rest.partition("/")[0]
+    if "@" in authority:
+        at = authority.rindex("@")
+    else:
+        _, colon, port = authority.partition(":")
+        if not colon or port.isdigit() or authority.startswith("[") or "@" not in rest:
+            return None
+        at = rest.rindex("@")
+    return scheme + sep, rest[:at], rest[at + 1 :]
+
+
+def masked(url: str, mask: str = "***") -> str:
+    """``url`` with the password of its user info (see :func:`user_info`) replaced by
+    ``mask``, to be shown; as given without one."""
+    parts = user_info(url)
+    if parts is None or ":" not in parts[1]:
+        return url
+    scheme, info, rest = parts
+    return f"{scheme}{info.partition(':')[0]}:{mask}@{rest}"
 
 
 def proxy_for(url: str) -> str | None:
     """The proxy httpx would take from the environment for ``url`` (``https_proxy``,
-    ``http_proxy``, ``all_proxy``, ``no_proxy`` as curl reads them), None for none.
+    ``http_proxy``, ``all_proxy``, ``no_proxy``), None for none.
 
     httpx's own reading of the environment and its URL patterns, so that the choice stays the
     one it made before: a proxy named without a scheme, ``no_proxy`` entries for IPv6 hosts,
-    domains and ``*`` among others. They are internal to httpx: its version is pinned."""
+    domains and ``*`` among others. They are internal to httpx: its version is pinned. A
+    ``no_proxy`` entry may also be a network (``192.168.1.0/24``), as curl reads it: cameras
+    are named by their addresses on a LAN."""
     from httpx import URL
     from httpx._utils import URLPattern, get_environment_proxies
 
     target = URL(url)
+    if _in_no_proxy_network(target.host):
+        return None
     mounts = [(URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()]
     mounts.sort(key=lambda mount: mount[0].priority)  # the most specific first
     return next((proxy for pattern, proxy in mounts if pattern.matches(target)), None)
+
+
+def _in_no_proxy_network(host: str) -> bool:
+    """Whether ``host`` is an address in a network ``no_proxy`` names (``10.0.0.0/8``)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name: httpx's patterns judge it
+    entries = urllib.request.getproxies().get("no", "").split(",")
+    for entry in (e.strip() for e in entries if "/" in e):
+        with contextlib.suppress(ValueError):
+            if address in ipaddress.ip_network(entry, strict=False):
+                return True
+    return False
 
 
 def transport(url: str) -> httpx.HTTPTransport:
@@ -53,9 +97,14 @@ def transport(url: str) -> httpx.HTTPTransport:
     proxy = proxy_for(url)
     try:
         return httpx.HTTPTransport(proxy=proxy)
-    except (ImportError, ValueError) as exc:  # socksio missing, a scheme httpx cannot use
+    except (ImportError, ValueError, httpx.InvalidURL) as exc:  # socksio missing, a bad URL
+        shown = masked(proxy or "")
+        # httpx's words on a URL may quote a piece of a password it could not parse ("Invalid
+        # port: 'pw'" for user:pw#1@host): said only of a proxy without one.
+        said = isinstance(exc, ImportError) or shown == proxy
+        cause = f"{exc}" if said else "httpx cannot use its URL"
+        if (proxy or "").lower().startswith("socks"):
+            cause += " (a SOCKS proxy needs httpx's socks extra: pip install 'httpx[socks]')"
         raise ProxyUnusable(
-            f"the environment's proxy {masked(proxy or '')} cannot be used: {exc} (a SOCKS"
-            " proxy needs httpx's socks extra: pip install 'httpx[socks]'; or add the host to"
-            " no_proxy)"
+            f"the environment's proxy {shown} cannot be used: {cause}; or add the host to no_proxy"
         ) from exc

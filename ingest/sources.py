@@ -73,10 +73,12 @@ def redact(source: str) -> str:
     ``name=value`` (a bare token) whole, and the values of ``name=value`` fields of the path
     between ``&`` and ``;`` (DVRs take ``/user=admin&password=...&channel=1``, others
     ``;user=...;pwd=...``)."""
-    parts = urlsplit(source)
-    if not parts.netloc:
+    if "://" not in source:
         return source  # a file: a ``?`` in its name is no query
-    _, at, host = parts.netloc.rpartition("@")
+    # A password may hold what would end the user info for urlsplit (``@ ? # /``).
+    split = proxies.user_info(source)
+    at = split is not None
+    parts = urlsplit(split[0] + split[2] if split is not None else source)
     # A value may hold a ``/``: it runs to the next ``&`` or ``;``, at the cost of a path
     # after it.
     path = "".join(
@@ -85,15 +87,13 @@ def redact(source: str) -> str:
         for name, _, value in [field.partition("=")]
     )
     query = "&".join(
-        f"{name}=***" if value else field
+        (f"{name}=***" if value else field) if eq else ("***" if field else field)
         for field in parts.query.split("&")
-        for name, _, value in [field.partition("=")]
+        for name, eq, value in [field.partition("=")]
     )
-    if parts.query and "=" not in parts.query:
-        query = "***"
     if not at and query == parts.query and path == parts.path:
         return source  # as written, not as urlsplit normalises it
-    netloc = f"***@{host}" if at else host
+    netloc = f"***@{parts.netloc}" if at else parts.netloc
     return parts._replace(netloc=netloc, path=path, query=query).geturl()
 
 
@@ -107,6 +107,10 @@ def failure(exc: Exception, source: str) -> str:
 
     if isinstance(exc, httpx.HTTPStatusError):
         return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, httpx.InvalidURL):
+        # Its words quote the piece it could not parse, which may be a piece of a password
+        # ("Invalid port: 'Pa'" for user:Pa#ss@host).
+        return "InvalidURL: the URL cannot be parsed (percent-encode # ? / @ in a password)"
     text = _scrubbed(str(exc), source)
     if isinstance(exc, httpx.HTTPError | httpx.InvalidURL):
         return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from gridpatrol.proxies import ProxyUnusable, masked, proxy_for, transport
@@ -46,12 +48,22 @@ def test_the_proxy_is_the_one_httpx_takes_from_the_environment(
     assert proxy_for(url) == proxy
 
 
+SOCKSIO = (
+    "Using SOCKS proxy, but the 'socksio' package is not installed. Make sure to install httpx"
+    " using `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
+    " 'httpx[socks]')"
+)
+
+
 @pytest.mark.parametrize(
     ("proxy", "cause"),
     [
-        ("socks5://me:s3cret@s:1080", "Using SOCKS proxy, but the 'socksio' package is not"
-         " installed. Make sure to install httpx using `pip install httpx[socks]`."),
-        ("ftp://me:s3cret@p:21", "Unknown scheme for proxy URL URL('ftp://me:[secure]@p')"),
+        ("socks5://me:s3cret@s:1080", SOCKSIO),
+        ("ftp://me:s3cret@p:21", "httpx cannot use its URL"),
+        ("ftp://p:21", "Unknown scheme for proxy URL URL('ftp://p')"),
+        ("http://p:notaport", "Invalid port: 'notaport'"),
+        # httpx's words would quote a piece of the password it took for a port
+        ("http://me:pw#1@p:3128", "httpx cannot use its URL"),
     ],
 )  # fmt: skip
 def test_a_proxy_that_cannot_be_used_is_one_clear_error(
@@ -60,12 +72,29 @@ def test_a_proxy_that_cannot_be_used_is_one_clear_error(
     env.setenv("all_proxy", proxy)
     with pytest.raises(ProxyUnusable) as err:
         transport("http://api.example:8000/?user=admin&pwd=S3cret")
-    shown = proxy.replace(":s3cret@", ":***@")
+    shown = re.sub(r":(s3cret|pw#1)@", ":***@", proxy)
     # Not the URL: the caller shows it, redacted as it must be (its query too).
     assert str(err.value) == (
-        f"the environment's proxy {shown} cannot be used: {cause} (a SOCKS proxy needs httpx's"
-        " socks extra: pip install 'httpx[socks]'; or add the host to no_proxy)"
+        f"the environment's proxy {shown} cannot be used: {cause}; or add the host to no_proxy"
     )
+
+
+@pytest.mark.parametrize(
+    ("no_proxy", "url", "proxy"),
+    [
+        ("192.168.1.0/24,localhost", "http://192.168.1.64/snap.jpg", None),
+        ("192.168.1.0/24", "http://192.168.2.64/snap.jpg", "socks5://s:1"),
+        ("fd00::/8", "http://[fd00::10]:8080/", None),
+        ("10.0.0.0/8", "http://cam.lan/", "socks5://s:1"),  # a name: not an address in it
+        ("10.0.0.0/33,10.1.2.3", "http://10.1.2.3/", None),  # a broken network is no match
+    ],
+)
+def test_a_no_proxy_network_holds_the_addresses_in_it(
+    env: pytest.MonkeyPatch, no_proxy: str, url: str, proxy: str | None
+) -> None:
+    env.setenv("all_proxy", "socks5://s:1")
+    env.setenv("no_proxy", no_proxy)
+    assert proxy_for(url) == proxy
 
 
 @pytest.mark.parametrize(
@@ -76,6 +105,13 @@ def test_a_proxy_that_cannot_be_used_is_one_clear_error(
         ("http://admin:p@ss@cam/snap?at=a@b", "http://admin:***@cam/snap?at=a@b"),
         ("http://u:p@w@[fe80::1]:8080/", "http://u:***@[fe80::1]:8080/"),
         ("http://gp:s3cret@api:80a", "http://gp:***@api:80a"),
+        # a password may hold an unencoded '#' or '?', which ends the user info for a parser
+        ("http://gp:Tr0ub#4@api:8000/x", "http://gp:***@api:8000/x"),
+        ("socks5://me:p?w@p:1080", "socks5://me:***@p:1080"),
+        ("http://gp:Pa/ss@api:8000/x", "http://gp:***@api:8000/x"),
+        # a host and its port, a path holding an '@': no user info
+        ("http://api:8000/a@b", "http://api:8000/a@b"),
+        ("http://[::1]:8000/a@b", "http://[::1]:8000/a@b"),
         # no password: as given, however broken, since callers show it as typed
         ("http://admin@cam/s.cgi?pwd=x", "http://admin@cam/s.cgi?pwd=x"),
         ("http://api:8000\n", "http://api:8000\n"),

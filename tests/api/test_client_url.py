@@ -36,8 +36,13 @@ NO_EXTRAS = (
          "got 'http://api server:8000'"),
         ("http://gp:s3cret@api:80a", "GRIDPATROL_API_URL 'http://gp:***@api:80a': Port could "
          "not be cast to integer value as '80a'"),
-        ("http://gp:s3@cret@api:80a", "GRIDPATROL_API_URL 'http://gp:***@api:80a': Port could "
-         "not be cast to integer value as '80a'"),
+        ("http://gp:s3@cret@api:80a", "GRIDPATROL_API_URL 'http://gp:***@api:80a': a password "
+         "must percent-encode # ? / @ (%23 %3F %2F %40)"),
+        # a parser would quote the password's first piece as the port: 'Tr0ub4dor'
+        ("http://gp:Tr0ub4dor#3@api:8000", "GRIDPATROL_API_URL 'http://gp:***@api:8000': a "
+         "password must percent-encode # ? / @ (%23 %3F %2F %40)"),
+        ("http://gp:Tr0/ub4dor@api:8000", "GRIDPATROL_API_URL 'http://gp:***@api:8000': a "
+         "password must percent-encode # ? / @ (%23 %3F %2F %40)"),
         ("http://api:8000\n", "GRIDPATROL_API_URL 'http://api:8000\\n': Invalid non-printable "
          "ASCII character in URL, '\\n' at position 15."),
         # httpx takes these as URLs, then refuses every request (UnsupportedProtocol) or
@@ -147,8 +152,8 @@ def test_an_api_behind_a_socks_proxy_without_the_extra_is_one_clear_line(
         "the API at http://gp:***@api.example:8000: the environment's proxy"
         " socks5://me:***@127.0.0.1:1080 cannot be used: Using SOCKS proxy, but the 'socksio'"
         " package is not installed. Make sure to install httpx using `pip install httpx[socks]`."
-        " (a SOCKS proxy needs httpx's socks extra: pip install 'httpx[socks]'; or add the host"
-        " to no_proxy)"
+        " (a SOCKS proxy needs httpx's socks extra: pip install 'httpx[socks]'); or add the host"
+        " to no_proxy"
     )
     assert str(err.value) == says
     done = gridpatrol(  # the proxy setting inherited

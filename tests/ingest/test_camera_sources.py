@@ -174,7 +174,7 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
         ("http://[::1]:8080/snap.jpg", "http://[::1]:8080/snap.jpg"),
         (
             "http://10.0.0.9/cgi-bin/snapshot.cgi?user=admin&pwd=secret&chn",
-            "http://10.0.0.9/cgi-bin/snapshot.cgi?user=***&pwd=***&chn",
+            "http://10.0.0.9/cgi-bin/snapshot.cgi?user=***&pwd=***&***",
         ),
         (
             "http://a:b@[2001:db8::7]/s.jpg?token=secret",
@@ -194,7 +194,11 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
         ("rtsp://10.0.0.9/live;pwd=", "rtsp://10.0.0.9/live;pwd="),
         # a bare token for a query
         ("http://10.0.0.9/snap.jpg?S3cretToken", "http://10.0.0.9/snap.jpg?***"),
-        ("http://10.0.0.9/snap.jpg?S3cret&chn", "http://10.0.0.9/snap.jpg?***"),
+        ("http://10.0.0.9/snap.jpg?S3cret&chn", "http://10.0.0.9/snap.jpg?***&***"),
+        ("http://10.0.0.9/snap.jpg?channel=1&S3cretToken", "http://10.0.0.9/snap.jpg?channel=***&***"),
+        # a password may hold an unencoded '#' or '?', which ends the user info for urlsplit
+        ("http://admin:Pa#ss1@10.0.0.9/snap.jpg", "http://***@10.0.0.9/snap.jpg"),
+        ("rtsp://admin:Pa?ss1@10.0.0.9/live", "rtsp://***@10.0.0.9/live"),
         ("http://10.0.0.9/snap.jpg?", "http://10.0.0.9/snap.jpg?"),
     ],
 )
@@ -230,6 +234,19 @@ def test_a_refused_snapshot_says_why_without_the_credentials(
         f"camera h1: grab from http://***@127.0.0.1:{port}/snap.jpg?user=***&pwd=*** failed:"
         " ConnectError: [Errno 111] Connection refused"
     ]
+
+
+@pytest.mark.parametrize("password", ["Pa#ss1", "Pa?ss1", "Pa/ss1"])
+def test_a_url_a_password_breaks_is_said_without_a_piece_of_it(
+    password: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httpx takes the password's first piece for a port ("Invalid port: 'Pa'")."""
+    source = f"http://admin:{password}@127.0.0.1:1/snap.jpg"
+    said = failed_grab(site_camera(source), 30, caplog)
+    assert [line.split(" failed: ")[1] for line in said] == [
+        "InvalidURL: the URL cannot be parsed (percent-encode # ? / @ in a password)"
+    ]
+    assert "Pa" not in said[0]
 
 
 def test_a_failure_that_names_the_camera_url_names_it_redacted() -> None:
@@ -386,7 +403,7 @@ def test_a_looped_file_is_paced_through_steps_of_the_wall_clock(
 NO_SOCKSIO = (
     "Using SOCKS proxy, but the 'socksio' package is not installed. Make sure to install httpx"
     " using `pip install httpx[socks]`. (a SOCKS proxy needs httpx's socks extra: pip install"
-    " 'httpx[socks]'; or add the host to no_proxy)"
+    " 'httpx[socks]'); or add the host to no_proxy"
 )
 
 
