@@ -150,6 +150,7 @@ def validate_zones(camera_id: str, body: ZonesIn, request: Request, _who: Review
 # The MQTT connection for snapshots: opened on first use, shared by every request.
 
 _conn_lock = threading.Lock()
+BROKER_UNUSABLE = "the broker cannot be used with the API's settings (its log says why)"
 _conn: MqttConnection | None = None
 
 
@@ -159,19 +160,37 @@ def _snapshot_connection(prefix: str) -> MqttConnection:
         raise Problem(503, "snapshots need a broker: set GRIDPATROL_MQTT_URL", "No broker")
     with _conn_lock:
         if _conn is None:
-            from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
-
-            # Component "api" matches the broker user of samples/mosquitto.acl; the client id is
-            # unique so several API processes do not take over each other's connection.
-            client_id = f"api-{socket.gethostname()}-{os.getpid()}"[:64]
-            conn = MqttConnection(
-                "api", MqttSettings.from_env(), prefix=prefix, client_id=client_id
-            )
-            if not conn.start(timeout=SNAPSHOT_TIMEOUT_S):
-                conn.stop()
-                raise Problem(503, "the broker is not reachable", "No broker")
-            _conn = conn
+            _conn = _connect(prefix)
         return _conn
+
+
+def _connect(prefix: str) -> MqttConnection:
+    """The API's broker connection, started; 503 when there is none to be had."""
+    from gridpatrol.ingest.mqtt import (
+        MqttAuthError,
+        MqttConfigError,
+        MqttConnection,
+        MqttSettings,
+    )
+
+    # Component "api" matches the broker user of samples/mosquitto.acl; the client id is
+    # unique so several API processes do not take over each other's connection.
+    client_id = f"api-{socket.gethostname()}-{os.getpid()}"[:64]
+    try:
+        conn = MqttConnection("api", MqttSettings.from_env(), prefix=prefix, client_id=client_id)
+    except MqttConfigError as exc:  # a setting to mend: the operator's log says which
+        log.error("snapshots: the broker settings cannot be used: %s", exc)
+        raise Problem(503, BROKER_UNUSABLE, "No broker") from None
+    try:
+        started = conn.start(timeout=SNAPSHOT_TIMEOUT_S)
+    except (MqttAuthError, MqttConfigError) as exc:  # refused credentials, a certificate
+        conn.stop()
+        log.error("snapshots: the broker cannot be used: %s", exc)
+        raise Problem(503, BROKER_UNUSABLE, "No broker") from None
+    if not started:
+        conn.stop()
+        raise Problem(503, "the broker is not reachable", "No broker")
+    return conn
 
 
 def close_snapshot_connection() -> None:

@@ -214,6 +214,22 @@ def statuses_until(sub: Subscription, wanted: bytes) -> list[bytes]:
     return seen
 
 
+def test_a_snapshot_with_broker_settings_that_cannot_work_is_a_503(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker URL the API cannot use: the reviewer is told the broker cannot be used (the
+    API's log says why), not a server error."""
+    monkeypatch.setenv("GRIDPATROL_CONFIG", str(SITE))
+    monkeypatch.setenv("GRIDPATROL_MQTT_URL", "mqtt://ops:s3cret@127.0.0.1:notaport")
+    api = request.getfixturevalue("api_server")
+    with api.client("reviewer") as client:
+        response = client.post("/cameras/cam-dn-001/snapshot")
+    assert response.status_code == 503
+    assert response.json()["detail"] == (
+        "the broker cannot be used with the API's settings (its log says why)"
+    )
+
+
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_the_snapshot_connection_closes_with_the_app(
     make_api: Any,
