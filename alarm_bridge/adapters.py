@@ -107,8 +107,6 @@ class Adapted:
     inputs: tuple[AlarmInput, ...]
     # The unit a SenML pack's readings were taken to be in, its sensor's thresholds having none.
     assumed_unit: str | None = None
-    # A pack's records left out, more than MAX_BEHIND_S behind its reception beside current ones.
-    stale: int = 0
 
 
 def alarm_id_for(sensor_id: str, alarm_type: str, event_key: str) -> str:
@@ -155,26 +153,29 @@ def adapt(
 
 def _plausibly_timed(adapted: Adapted, received_at: datetime) -> Adapted:
     """Move a message timed too far ahead of or behind its reception to its reception,
-    keeping its records' spacing (the latest at the reception); then leave out each record
-    still more than :data:`MAX_BEHIND_S` behind it, counted in :attr:`Adapted.stale`.
+    keeping its records' spacing (the latest at the reception); then time each record still
+    more than :data:`MAX_BEHIND_S` behind it with the earliest record that is not.
 
     A pack's latest record alone does not date the others: a buffer flushed with a reading
     kept for days, or taken before the device's clock was set, beside current ones would
-    raise a candidate dated back by as much. Re-timed beside the current ones, it would be
-    judged as current: a 2-day-old full reading beside a current one between the clear and
-    raise levels would reopen an alarm cleared since. The current records have the last word.
+    raise a candidate dated back by as much. Timed with the pack's earliest current record,
+    it is read first (the inputs are in time order), so the current ones still have the last
+    word; a year-old value timed at the reception would have it.
     """
     now = received_at.timestamp()
     ahead = max(item.t for item in adapted.inputs) - now
     shift = 0.0 if -MAX_BEHIND_S <= ahead <= MAX_AHEAD_S else ahead
     # Never empty: the latest record is not behind, shifted or not (as ``ahead`` says).
-    current = tuple(item for item in adapted.inputs if item.t - shift - now >= -MAX_BEHIND_S)
-    stale = len(adapted.inputs) - len(current)
-    if shift == 0.0 and not stale:
+    current = [item.t - shift for item in adapted.inputs if item.t - shift - now >= -MAX_BEHIND_S]
+    if shift == 0.0 and len(current) == len(adapted.inputs):
         return adapted
-    if shift != 0.0:
-        current = tuple(replace(item, t=item.t - shift, moved_s=shift) for item in current)
-    return replace(adapted, inputs=current, stale=stale)
+    moved = tuple(
+        replace(item, t=item.t - shift, moved_s=shift)
+        if item.t - shift - now >= -MAX_BEHIND_S
+        else replace(item, t=min(current), moved_s=item.t - min(current))
+        for item in adapted.inputs
+    )
+    return replace(adapted, inputs=moved)
 
 
 def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:

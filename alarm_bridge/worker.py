@@ -302,13 +302,6 @@ class BridgeCore:
         self._heard(txn, self.registry[adapted.sensor_id], now, out)
         self._note_moved(adapted.inputs[0])
         self._note_unit(adapted)
-        if adapted.stale:
-            self.counts.stale += adapted.stale
-            log.info(
-                "sensor %s: %d pack record(s) more than a day behind its reception, ignored",
-                adapted.sensor_id,
-                adapted.stale,
-            )
         order = self._sequence(view, adapted.inputs[0])
         if order == "late":
             return
