@@ -153,28 +153,11 @@ def adapt(
 
 def _plausibly_timed(adapted: Adapted, received_at: datetime) -> Adapted:
     """Move a message timed too far ahead of or behind its reception to its reception,
-    keeping its records' spacing (the latest at the reception); then time each record still
-    more than :data:`MAX_BEHIND_S` behind it with the earliest record that is not.
-
-    A pack's latest record alone does not date the others: a buffer flushed with a reading
-    kept for days, or taken before the device's clock was set, beside current ones would
-    raise a candidate dated back by as much. Timed with the pack's earliest current record,
-    it is read first (the inputs are in time order), so the current ones still have the last
-    word; a year-old value timed at the reception would have it.
-    """
-    now = received_at.timestamp()
-    ahead = max(item.t for item in adapted.inputs) - now
-    shift = 0.0 if -MAX_BEHIND_S <= ahead <= MAX_AHEAD_S else ahead
-    # Never empty: the latest record is not behind, shifted or not (as ``ahead`` says).
-    current = [item.t - shift for item in adapted.inputs if item.t - shift - now >= -MAX_BEHIND_S]
-    if shift == 0.0 and len(current) == len(adapted.inputs):
+    keeping its records' spacing (the latest at the reception)."""
+    ahead = max(item.t for item in adapted.inputs) - received_at.timestamp()
+    if -MAX_BEHIND_S <= ahead <= MAX_AHEAD_S:
         return adapted
-    moved = tuple(
-        replace(item, t=item.t - shift, moved_s=shift)
-        if item.t - shift - now >= -MAX_BEHIND_S
-        else replace(item, t=min(current), moved_s=item.t - min(current))
-        for item in adapted.inputs
-    )
+    moved = tuple(replace(item, t=item.t - ahead, moved_s=ahead) for item in adapted.inputs)
     return replace(adapted, inputs=moved)
 
 

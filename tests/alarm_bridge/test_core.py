@@ -390,62 +390,6 @@ def test_a_message_timed_ahead_is_timed_at_its_reception(
     assert h.core.counts.moved_to_reception == 1
 
 
-YEAR = 365 * 86400.0
-
-
-def fill_pack(*records: tuple[float, float]) -> bytes:
-    """A bf-1 pack of (time, fill in %) records."""
-    return json.dumps(
-        [{"bn": "bf-1:", "n": "fill", "u": "%", "v": v, "t": t} for t, v in records]
-    ).encode()
-
-
-PACK_RECORD_CASES = [
-    # (name, pack received at T0, queued (kind, occurred_at or cleared_at), alarm.count)
-    (
-        "a year-old record beside a current one",
-        fill_pack((T0 - YEAR, 95), (T0 - 10, 95)),
-        [("create", "2026-09-21T14:13:10Z"), ("patch", None)],
-        2,
-    ),
-    (
-        "a year-old full reading beside a current one below the clear level",
-        fill_pack((T0 - YEAR, 95), (T0 - 10, 20)),
-        [("create", "2026-09-21T14:13:10Z"), ("patch", "2026-09-21T14:13:10Z")],
-        1,
-    ),
-    (
-        "a record timed before the clock was set, two days before the current ones",
-        fill_pack((T0 - 2 * 86400 - 30, 95), (T0 - 20, 95), (T0 - 10, 95)),
-        [("create", "2026-09-21T14:13:00Z"), ("patch", None)],
-        3,
-    ),
-    (
-        "a record timed a year ahead beside a current one",
-        fill_pack((T0 - 10, 95), (T0 + YEAR, 95)),
-        [("create", "2026-09-21T14:13:20Z"), ("patch", None)],
-        2,
-    ),
-]
-
-
-@pytest.mark.parametrize(("payload", "queued", "count"), named(PACK_RECORD_CASES))
-def test_a_pack_record_timed_a_day_or_more_from_the_others_is_not_dated_back(
-    h: Harness, payload: bytes, queued: list[tuple[str, str | None]], count: int
-) -> None:
-    """Each record of a pack is judged: one more than a day before the reception (after the
-    pack was moved, if its latest record was implausible) is timed with the earliest one that
-    is not, read before them. It used to raise a candidate dated a year back, or, beside a
-    record a year ahead, the current record was moved a year back with it."""
-    h.alarm("bf-1", payload, T0)
-    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
-    assert [
-        (k, b["occurred_at"] if k == "create" else b["alarm"].get("cleared_at")) for k, b in ops
-    ] == queued
-    assert ops[-1][1]["alarm"]["count"] == count
-    assert (h.dead, h.core.counts.moved_to_reception, h.core.counts.stale) == ([], 1, 0)
-
-
 REBOOT_CASES = [
     # (name, the new boot's time, occurred_at of its raise, messages timed at reception)
     ("its clock reset to 2000-01-01", "2000-01-01T00:00:00Z", "2026-09-21T14:13:25Z", 2),
