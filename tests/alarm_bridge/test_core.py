@@ -390,6 +390,38 @@ def test_a_message_timed_ahead_is_timed_at_its_reception(
     assert h.core.counts.moved_to_reception == 1
 
 
+DAY = 86400.0
+
+
+def fill_pack(*records: tuple[float, float]) -> bytes:
+    """A bf-1 pack of (time, fill in %) records."""
+    return json.dumps(
+        [{"bn": "bf-1:", "n": "fill", "u": "%", "v": v, "t": t} for t, v in records]
+    ).encode()
+
+
+def test_a_flushed_buffer_beside_a_current_record_raises_and_clears_at_its_own_times(
+    h: Harness,
+) -> None:
+    """A bin offline for days flushes its buffer with a current reading: full 3 days ago,
+    emptied 2 days ago, still empty now. Its records are read at their own times (its latest
+    is plausibly timed), so the past alarm is raised and cleared. Records more than a day
+    behind beside the current one used to be left out, and the full bin was lost."""
+    h.alarm("bf-1", fill_pack((T0 - 3 * DAY, 95), (T0 - 2 * DAY, 30), (T0 - 10, 30)), T0)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [
+        (k, b["occurred_at"] if k == "create" else b["alarm"].get("cleared_at")) for k, b in ops
+    ] == [("create", "2026-09-18T14:13:20Z"), ("patch", "2026-09-19T14:13:20Z")]
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, counts.stale, counts.moved_to_reception) == (
+        1,
+        1,
+        0,
+        0,
+    )
+    assert h.dead == []
+
+
 REBOOT_CASES = [
     # (name, the new boot's time, occurred_at of its raise, messages timed at reception)
     ("its clock reset to 2000-01-01", "2000-01-01T00:00:00Z", "2026-09-21T14:13:25Z", 2),
