@@ -41,6 +41,8 @@ from pydantic import (
     model_validator,
 )
 
+from gridpatrol.proxies import masked
+
 # The patterns go to pydantic, whose regex ends "$" at the end of the text; Python's re also
 # matches "$" before a final newline, so the Python-side ID_RE ends with \Z.
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -659,12 +661,12 @@ def _camera_source(value: str) -> str:
     scheme = match.group(1).lower()
     if scheme == "mqtt":
         raise ValueError(
-            f"{source!r}: a camera that publishes its own frames to the site's broker has the "
-            "source mqtt, without a URL"
+            f"{masked(source)!r}: a camera that publishes its own frames to the site's broker "
+            "has the source mqtt, without a URL"
         )
     if scheme not in STREAM_SCHEMES + SNAPSHOT_SCHEMES:
         raise ValueError(
-            f"{source!r} has the unknown scheme {scheme!r}: streams are "
+            f"{masked(source)!r} has the unknown scheme {scheme!r}: streams are "
             f"{', '.join(STREAM_SCHEMES)}, snapshot URLs http and https"
         )
     return scheme + source[len(scheme) :]

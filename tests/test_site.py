@@ -1043,6 +1043,13 @@ def test_a_camera_source_is_read_as_ingest_reads_it(written: str, read: str) -> 
          "'rtps://10.0.0.5/sub' has the unknown scheme 'rtps': streams are rtsp, rtsps, rtmp, "
          "rtp, udp, srt, snapshot URLs http and https"),
         ("' '", "the source is empty: a file path, a stream or snapshot URL, or mqtt"),
+        # its password hidden: the line may go to a log
+        ("'rtps://admin:S3cret@cam/live'",
+         "'rtps://admin:***@cam/live' has the unknown scheme 'rtps': streams are rtsp, rtsps, "
+         "rtmp, rtp, udp, srt, snapshot URLs http and https"),
+        ("'mqtt://cam:S3cret@10.0.0.5'",
+         "'mqtt://cam:***@10.0.0.5': a camera that publishes its own frames to the site's "
+         "broker has the source mqtt, without a URL"),
     ],
 )  # fmt: skip
 def test_a_camera_source_ingest_cannot_read_is_refused_at_its_line(
