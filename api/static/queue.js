@@ -737,9 +737,15 @@ async function decideOn(c, decision) {
     if (ASK[decision]) {
       const answer = dialog(title, ASK[decision](state.drafts.get(key), c));
       $('#dlg-error').textContent = failed;
+      // The dialog's close event comes a task after it closed: one opened again before that
+      // would take it as its own closing (a Cancel) and close at once.
+      const closed = new Promise((done) => {
+        $('#dlg').addEventListener('close', done, { once: true });
+      });
       extra = await answer;
       if (extra === null) return;
       state.drafts.set(key, extra);
+      await closed;
     }
     if (state.gone === c.id) { // decided elsewhere while the dialog was open: nothing is sent
       toast(decidedElsewhere(state.items.find((x) => x.id === c.id) || c), true);

@@ -544,9 +544,24 @@ def test_a_merge_id_whose_lookup_failed_is_sent_on_ok(
     merged(ui, console, shown, other)
 
 
+# A fetch that fails before the page's next task (before a dialog's close event, say): set
+# window.__failNow and the next decision sent fails so.
+FAIL_AT_ONCE = """
+window.__failNow = false;
+const send = window.fetch;
+window.fetch = (url, init) => {
+  if (window.__failNow && String(url).endsWith('/review')) {
+    window.__failNow = false;
+    return Promise.reject(new TypeError('Failed to fetch'));
+  }
+  return send(url, init);
+};
+"""
+
+
 def failing_reviews(page: Any, cid: str, how: str) -> None:
-    """Make the next decision sent on ``cid`` fail: "abort" (the network), or a 503 problem
-    with the detail "database busy"."""
+    """Make the next decision sent on ``cid`` fail: "abort" (the network), "at once" (see
+    FAIL_AT_ONCE), or a 503 problem with the detail "database busy"."""
 
     def fail(route: Any) -> None:
         if how == "abort":
@@ -558,16 +573,23 @@ def failing_reviews(page: Any, cid: str, how: str) -> None:
                 body='{"title": "Service Unavailable", "status": 503, "detail": "database busy"}',
             )
 
-    page.route(f"**/api/v1/candidates/{cid}/review", fail, times=1)
+    if how == "at once":
+        page.evaluate("window.__failNow = true")
+    else:
+        page.route(f"**/api/v1/candidates/{cid}/review", fail, times=1)
 
 
 NOTE = "plate unreadable; please upload the clean frame of 10:42"
 
 
-@pytest.mark.parametrize(("how", "error"), [("abort", "Failed to fetch"), ("503", "database busy")])
+@pytest.mark.parametrize(
+    ("how", "error"),
+    [("abort", "Failed to fetch"), ("at once", "Failed to fetch"), ("503", "database busy")],
+)
 def test_a_rejection_that_fails_opens_again_with_its_reason_and_note(
     ui: Any, seeder: Any, frames: list[bytes], console: Any, how: str, error: str
 ) -> None:
+    ui.page.add_init_script(FAIL_AT_ONCE)
     case = one_listed(ui, seeder, frames)
     page = open_dialog(ui, "r", case)
     page.keyboard.press("4")
