@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from .test_console import PARKING, SITE_TZ
+from .test_console import PARKING, SITE_TZ, status_of
 from .test_queue_live import close
 
 pytestmark = [pytest.mark.browser]
@@ -77,33 +77,16 @@ def test_history_actions_are_in_the_consoles_language_an_unknown_one_as_sent(
     ui.login("reviewer")
     page.select_option("#f-status", "closed")
     page.click(f"#queue-body tr[data-id='{cid}']")
-    page.wait_for_selector("#detail ol.history li:has(strong:text-is('archived'))")
-    actions = "#detail ol.history li strong"
-    shown = "s => s.map((x) => x.textContent)"
-    assert page.eval_on_selector_all(actions, shown) == [
-        "创建",
-        "确认",
-        "立案",
-        "派遣",
-        "到场",
-        "处置",
-        "核查",
-        "结案",
-        "archived",
-    ]
+    # Waited for as a whole: the pane shows the listed copy of the case before its full read.
+    actions = """want => JSON.stringify(want) === JSON.stringify(
+      [...document.querySelectorAll('#detail ol.history li strong')].map((s) => s.textContent))"""
+    steps = ["confirmed", "registered", "dispatched", "arrived", "resolved", "verified", "closed"]
+    zh = ["创建", "确认", "立案", "派遣", "到场", "处置", "核查", "结案", "archived"]
+    page.wait_for_function(actions, arg=zh)
+    assert [h["action"] for h in status_of(console, cid)["history"]] == ["created", *steps]
     ui.shot("history-zh")
 
     page.click("#app .lang-toggle")
-    page.wait_for_selector("#detail dl.facts dt:text-is('Description')")
-    assert page.eval_on_selector_all(actions, shown) == [
-        "Created",
-        "Confirmed",
-        "Registered",
-        "Dispatched",
-        "Arrived",
-        "Resolved",
-        "Verified",
-        "Closed",
-        "archived",
-    ]
+    en = [s.capitalize() for s in ["created", *steps]] + ["archived"]
+    page.wait_for_function(actions, arg=en)
     ui.shot("history-en")
