@@ -62,6 +62,10 @@ SEQ_REORDER_WINDOW = 1000
 # message of the old boot, sent just before the reboot, carries the seq that boot had reached,
 # and its clock may run that far ahead, so its time alone does not tell it from a new boot.
 BOOT_START_SEQS = 100
+# A message without boot_id restarts the seq counter for a clock reset by a reboot only when
+# its own time is at least this far behind the last message's: a reset clock lands at an
+# epoch (2000-01-01, say), while a buffer held up by a device offline is only days old.
+RESET_CLOCK_BEHIND_S = 30 * 86400.0
 # The seqs the state database can store (SQLite integers are 64-bit signed); beyond them the
 # message is a bad_seq, not a failed batch.
 SEQ_RANGE = range(-(2**63), 2**63)
@@ -394,15 +398,17 @@ def seq_verdict(
 
 def _sent_after(last: SeqMark, item: AlarmInput) -> bool:
     """Whether a message of the last one's boot was sent after it: timed after it by the
-    device, or its clock reset by a reboot (a day or more behind, so timed at its reception)
+    device, or, for a device without boot_id, its clock reset by a reboot (timed at its
+    reception, its own time at least :data:`RESET_CLOCK_BEHIND_S` behind the last one's)
     while its seq starts over (up to :data:`BOOT_START_SEQS`, as in :func:`_boot_verdict`),
     received after the last one, when that one's clock was not reset too. The reset clock
     (2000-01-01, say) is behind the last one's time whatever the device did since, so it
     cannot tell; two messages of a reset clock are ordered by their own times again.
 
-    A day behind alone is no reboot: a device offline for days flushes its buffer newest
-    first, and a message from before its clock was set right may arrive after later ones;
-    their seqs are where the counter had got to, so they stay late.
+    Within one boot_id the device did not reboot. And a day or a few behind is no reboot: a
+    device offline for days flushes its buffer newest first, and a message from before its
+    clock was set right may arrive after later ones; they were sent before the last one
+    (even with a young counter's low seq), so they stay late.
     """
     _, _, last_t, last_at = last
     if last_t is None:
@@ -412,7 +418,8 @@ def _sent_after(last: SeqMark, item: AlarmInput) -> bool:
     known = last_at if last_at is not None else last_t
     last_reset = known > last_t  # moved forward: timed at its reception, its clock behind
     starting = item.seq is not None and item.seq <= BOOT_START_SEQS
-    return starting and item.moved_s < 0 and not last_reset and item.t > known
+    reset = item.moved_s < 0 and last_t - item.device_t >= RESET_CLOCK_BEHIND_S
+    return item.boot_id is None and starting and reset and not last_reset and item.t > known
 
 
 def _boot_verdict(last: SeqMark, item: AlarmInput, superseded: Collection[str]) -> SeqVerdict:

@@ -512,6 +512,34 @@ def test_a_late_message_a_day_behind_is_no_restart_when_its_seq_does_not_start_o
     assert (counts.created, counts.out_of_order, counts.seq_restarts) == (0, 1, 0)
 
 
+LOW_SEQ_HELD_UP_CASES = [
+    # (name, boot_id, seqs of the old clear, the last clear and the held-up raise)
+    ("within one boot_id", "b7", (4, 6, 5)),
+    ("without boot_id, a young counter", None, (40, 42, 41)),
+]
+
+
+@pytest.mark.parametrize(("boot_id", "seqs"), named(LOW_SEQ_HELD_UP_CASES))
+def test_a_held_up_message_days_behind_with_a_low_seq_is_no_restart(
+    h: Harness, boot_id: str | None, seqs: tuple[int, int, int]
+) -> None:
+    """A raise taken 2 days ago, held up, arrives after the clear sent an hour ago: it is
+    late, though its seq is among a counter's first ones. Within one boot_id the device did
+    not reboot, and a clock only days behind is no clock reset by a reboot (those land at an
+    epoch such as 2000-01-01). It used to restart the counter and reopen what was cleared."""
+    old, last, held_up = seqs
+    for event_id, transition, seq, ts, at in [
+        ("c1", "clear", old, T0 - 3 * DAY, T0 - 3 * DAY),
+        ("c2", "clear", last, T0 - 3600, T0),
+        ("r1", "raise", held_up, T0 - 2 * DAY, T0 + 1),
+    ]:
+        payload = envelope("mh-1", event_id, transition, seq=seq, ts=ts, boot_id=boot_id)
+        h.alarm("mh-1", payload, at)
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == []
+    counts = h.core.counts
+    assert (counts.created, counts.out_of_order, counts.seq_restarts) == (0, 1, 0)
+
+
 def test_a_message_timed_more_than_a_day_before_its_reception_is_timed_at_it(
     h: Harness,
 ) -> None:
