@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import re
 import urllib.request
 from typing import TYPE_CHECKING
 
@@ -26,22 +27,24 @@ class ProxyUnusable(RuntimeError):
 def user_info(url: str) -> tuple[str, str, str] | None:
     """``url`` as (``scheme://``, its user info, the rest from the host on); None without one.
 
-    The user info ends at the last ``@`` before the path, for a password may hold an unencoded
-    ``@``, ``?`` or ``#`` (which would end it for a URL parser); and where what comes before
-    the path looks like a user and a password, not a host and a port, at the URL's last ``@``,
-    for a password may hold a ``/`` too. Where in doubt, more is taken for user info: it is
-    what is hidden."""
+    The user info ends at the last ``@`` before the path, query or fragment, for a password may
+    hold an unencoded ``@``; and where what comes before them looks like a user and a password,
+    not a host and a port, at the next ``@``, for a password may hold a ``/ ? #`` too (which
+    would end it for a URL parser)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
-    authority = rest.partition("/")[0]
-    if "@" in authority:
-        at = authority.rindex("@")
+    head = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    if "@" in head:
+        at = head.rindex("@")
     else:
-        _, colon, port = authority.partition(":")
-        if not colon or port.isdigit() or authority.startswith("[") or "@" not in rest:
+        # A password holding a ``/ ? #``: the head is "user:pass…", no host and port, and the
+        # user info runs to the next ``@``.
+        _, colon, port = head.partition(":")
+        later = rest.find("@", len(head))
+        if not colon or port.isdigit() or head.startswith("[") or later < 0:
             return None
-        at = rest.rindex("@")
+        at = later
     return scheme + sep, rest[:at], rest[at + 1 :]
 
 

@@ -41,6 +41,8 @@ _RC_UNSUPPORTED_PROTOCOL = 132
 # amqtt neither answers nor closes on an MQTT 5 CONNECT. Past this the connection tries 3.1.1;
 # a broker that answers that as slowly is slow, not refusing, and gets MQTT 5 again.
 _V5_CONNACK_GRACE_S = 2.5
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: a matter of clocks and dates.
+_CERT_DATES = frozenset({9, 10})
 _TLS_PROBE_S = 5.0  # the handshake that tells why a TLS broker was not reached at the start
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
 RECONNECT_S = (1, 30)  # backoff between reconnection attempts, doubling
@@ -417,13 +419,20 @@ class MqttConnection:
         """
         host, port = self.settings.host, self.settings.port
         context = self.settings.ssl_context()
+        deadline = time.monotonic() + _TLS_PROBE_S  # the connect and the handshake together
         try:
-            with (
-                socket.create_connection((host, port), timeout=_TLS_PROBE_S) as raw,
-                context.wrap_socket(raw, server_hostname=host),
-            ):
-                return ""
+            with socket.create_connection((host, port), timeout=_TLS_PROBE_S) as raw:
+                raw.settimeout(max(0.01, deadline - time.monotonic()))
+                with context.wrap_socket(raw, server_hostname=host):
+                    return ""
         except ssl.SSLCertVerificationError as exc:
+            if exc.verify_code in _CERT_DATES:
+                # A clock not yet set (a device without a battery-backed clock after a power
+                # cut) or a renewal running late: it may pass by itself, so retried, not fatal.
+                return (
+                    f"TLS: {exc.verify_message}; check this host's clock and the broker's "
+                    "certificate dates"
+                )
             self._close_client()
             ca = self.settings.ca_file
             unset = "a CA the system trusts (GRIDPATROL_MQTT_CA is unset)"

@@ -112,6 +112,7 @@ def test_a_no_proxy_network_holds_the_addresses_in_it(
         # a host and its port, a path holding an '@': no user info
         ("http://api:8000/a@b", "http://api:8000/a@b"),
         ("http://[::1]:8000/a@b", "http://[::1]:8000/a@b"),
+        ("http://host:8080?x=a@b", "http://host:8080?x=a@b"),  # a query holding an '@'
         # no password: as given, however broken, since callers show it as typed
         ("http://admin@cam/s.cgi?pwd=x", "http://admin@cam/s.cgi?pwd=x"),
         ("http://api:8000\n", "http://api:8000\n"),

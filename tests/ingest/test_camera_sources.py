@@ -195,10 +195,19 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
         # a bare token for a query
         ("http://10.0.0.9/snap.jpg?S3cretToken", "http://10.0.0.9/snap.jpg?***"),
         ("http://10.0.0.9/snap.jpg?S3cret&chn", "http://10.0.0.9/snap.jpg?***&***"),
-        ("http://10.0.0.9/snap.jpg?channel=1&S3cretToken", "http://10.0.0.9/snap.jpg?channel=***&***"),
+        (
+            "http://10.0.0.9/snap.jpg?channel=1&S3cretToken",
+            "http://10.0.0.9/snap.jpg?channel=***&***",
+        ),
         # a password may hold an unencoded '#' or '?', which ends the user info for urlsplit
         ("http://admin:Pa#ss1@10.0.0.9/snap.jpg", "http://***@10.0.0.9/snap.jpg"),
         ("rtsp://admin:Pa?ss1@10.0.0.9/live", "rtsp://***@10.0.0.9/live"),
+        # a query value holding an '@', no path: no user info
+        (
+            "rtsp://10.0.0.5:554?user=admin&password=p@ss99",
+            "rtsp://10.0.0.5:554?user=***&password=***",
+        ),
+        ("http://cam?user=admin&pwd=Se@cret", "http://cam?user=***&pwd=***"),
         ("http://10.0.0.9/snap.jpg?", "http://10.0.0.9/snap.jpg?"),
     ],
 )

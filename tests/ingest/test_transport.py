@@ -14,6 +14,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -491,8 +492,9 @@ def test_credentials_refused_after_a_reconnect_are_retried_until_accepted_again(
     assert conn.connects == 2 and conn.auth_refusals >= 1 and not conn.auth_failed
 
 
-def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
-    """A private CA and a server certificate for 127.0.0.1."""
+def make_certificates(folder: Path, days: int = 2) -> tuple[Path, Path, Path]:
+    """A private CA and a server certificate for 127.0.0.1, valid for ``days`` (expired for
+    a negative number)."""
     ca_key, ca, key, csr, cert = (
         folder / n for n in ("ca.key", "ca.crt", "s.key", "s.csr", "s.crt")
     )
@@ -504,17 +506,17 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
         ["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
          "-subj", "/CN=127.0.0.1"],
         ["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
-         "-out", cert, "-days", "2", "-extfile", ext],
+         "-out", cert, "-days", days, "-extfile", ext],
     ]  # fmt: skip
     for cmd in run:
         subprocess.run([str(c) for c in cmd], check=True, capture_output=True)
     return ca, cert, key
 
 
-def run_tls_broker(folder: Path) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Mosquitto with a TLS listener, its certificate from a private CA for 127.0.0.1; its
-    port and that CA."""
-    ca, cert, key = make_certificates(folder)
+def run_tls_broker(folder: Path, days: int = 2) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Mosquitto with a TLS listener, its certificate from a private CA for 127.0.0.1 (valid
+    for ``days``); its port and that CA."""
+    ca, cert, key = make_certificates(folder, days)
     port = free_port()
     conf = folder / "mosquitto.conf"
     conf.write_text(
@@ -556,6 +558,28 @@ def test_tls_with_a_private_ca_from_the_environment(
         broker.wait(10)
     assert message is not None
     assert message.payload == b"secure"
+
+
+def test_an_expired_broker_certificate_is_retried_as_a_matter_of_clocks(
+    tmp_path: Path, mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A certificate out of its dates may be this host's clock not yet set after a power cut,
+    or a renewal running late: said, and retried, not a setting to mend (status 2)."""
+    broker, port, ca = run_tls_broker(tmp_path, days=-1)
+    settings = replace(MqttSettings.from_url(f"mqtts://127.0.0.1:{port}"), ca_file=str(ca))
+    conn = MqttConnection("tls-dates", settings, prefix=mqtt_prefix)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.mqtt"):
+            assert not conn.start(3)
+    finally:
+        conn.stop()
+        broker.terminate()
+        broker.wait(10)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"tls-dates: broker mqtts://127.0.0.1:{port} not reachable yet (TLS: certificate has"
+        " expired; check this host's clock and the broker's certificate dates); retrying in the"
+        " background"
+    ]
 
 
 def test_falls_back_when_amqtt_comes_up_after_the_component(mqtt_prefix: str) -> None:
