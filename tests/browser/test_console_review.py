@@ -4,6 +4,7 @@ not uploaded yet, a drained page, the decision dialogs' checks, stale sessions, 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -190,7 +191,16 @@ def test_sla_breach_times_are_the_sites_in_a_browser_elsewhere(
     case = seeder.camera_candidate(frames, minutes_ago=300, **PARKING)
     review(console, case["id"], decision="confirm")
     now = datetime.now(UTC)
-    at = {"dispatched": now - timedelta(hours=3), "arrived": now - timedelta(hours=1)}
+    # A case the platform took on hours ago: the API refuses stage times from before a case
+    # was created, and this one was created just now, so its creation is moved back.
+    with sqlite3.connect(console.workdir / "api.db") as db:
+        created = (now - timedelta(hours=5)).replace(tzinfo=None)
+        db.execute("UPDATE candidates SET created_at = ? WHERE id = ?", (created, case["id"]))
+    at = {
+        "registered": now - timedelta(hours=4),
+        "dispatched": now - timedelta(hours=3),
+        "arrived": now - timedelta(hours=1),
+    }
     with console.client("platform") as client:
         for stage in STAGES[:3]:
             body: dict[str, Any] = {"stage": stage}
