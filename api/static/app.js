@@ -74,7 +74,9 @@ export function dialog(title, fill) {
       else done(value);
     };
     const onCancel = () => done(null);
-    const onClose = () => done(null);
+    // A dialog closed fires its close event a task later: one closed just before this one
+    // opened would otherwise cancel this one. Its own close finds it closed.
+    const onClose = () => { if (!dlg.open) done(null); };
     $('#dlg-form').addEventListener('submit', onSubmit);
     $('#dlg-cancel').addEventListener('click', onCancel);
     dlg.addEventListener('close', onClose);

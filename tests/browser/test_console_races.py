@@ -584,3 +584,23 @@ def test_a_detail_read_before_a_decision_elsewhere_does_not_replace_the_case_aft
     assert page.inner_text(f"#queue-body tr[data-id='{other}'] .badge") == "已确认"
     assert ui.selected() == other
     assert page.is_disabled("#act-confirm")
+
+
+# A dialog cancelled and another opened at once, as the console does after a failed decision:
+# whether the second is still open after the first's close event has come.
+DIALOG_AFTER_DIALOG = """async () => {
+  const { dialog } = await import('/review/static/app.js');
+  const first = dialog('first', () => () => 'first');
+  document.querySelector('#dlg-cancel').click();
+  await first;
+  const second = dialog('second', () => () => 'second');
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  const open = document.querySelector('#dlg').open;
+  document.querySelector('#dlg-cancel').click();
+  return { open, second: await second };
+}"""
+
+
+def test_a_dialog_opened_as_another_closes_stays_open(ui: Any) -> None:
+    ui.login("reviewer")
+    assert ui.page.evaluate(DIALOG_AFTER_DIALOG) == {"open": True, "second": None}
