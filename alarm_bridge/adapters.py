@@ -311,7 +311,8 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     Thresholds with a unit take the records in it; of those, the housekeeping ones by name
     count only when no other remains (a thermometer's ``temperature`` alone is read, a bin's
     ``battery`` in ``%`` beside its ``fill`` in ``%`` is not), and a battery record never
-    unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill). When
+    unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill), nor any
+    housekeeping one beside a battery left out (a heartbeat: a battery and an rssi). When
     that leaves none, they take the records without a unit if no other record has one but
     housekeeping records and those in a device unit: a simple device gives no unit for its
     measurement, while its battery in ``%EL`` or its rssi in ``dBm`` beside it may have one.
@@ -347,10 +348,17 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
 
 def _judged(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
     """Of the records taken for thresholds in ``unit``: no battery record unless that is a
-    battery unit, and the housekeeping ones by name only when no other remains."""
+    battery unit, and the housekeeping ones by name only when no other remains and no battery
+    record was left out."""
+    kept = records
     if unit not in HOUSEKEEPING_UNITS:
-        records = [r for r in records if not _battery_name(r)]
-    return [r for r in records if not _housekeeping_name(r)] or records
+        kept = [r for r in records if not _battery_name(r)]
+    measured = [r for r in kept if not _housekeeping_name(r)]
+    if measured or len(kept) < len(records):
+        # Beside a battery, an rssi or temperature left alone is a heartbeat, not a reading
+        # (read as a bin's fill, an rssi of -70 would clear it).
+        return measured
+    return kept
 
 
 def _measured_with_unit(record: SenMLRecord) -> bool:

@@ -1094,6 +1094,12 @@ UNIT_THRESHOLD_CASES = [
     # a battery is no measurement of a sensor judged in another unit, also alone in its unit
     ("a battery alone in %, judged in %", "%", [{"n": "battery", "u": "%", "v": 95}], "no_reading"),
     ("a battery alone in no unit", "cm", [{"n": "battery", "v": 80}], "no_reading"),
+    (
+        "a battery beside an rssi in no unit (a heartbeat)",
+        "%",
+        [{"n": "battery", "v": 80}, {"n": "rssi", "v": -70}],
+        "no_reading",
+    ),
     ("a vbat alone in V, judged in V", "V", [{"n": "vbat", "u": "V", "v": 3.6}], "no_reading"),
     (
         "a voltage alone in V, judged in V",
@@ -1173,13 +1179,15 @@ def test_senml_records_outside_the_sensor_unit_are_not_judged(
     [
         [{"n": "battery", "u": "%", "v": 80}, {"n": "rssi", "v": -70}],
         [{"n": "battery", "u": "%EL", "v": 80}, {"n": "temperature", "v": 25}],
+        # without any unit: the rssi, left alone once the battery is, used to be read
+        [{"n": "battery", "v": 80}, {"n": "rssi", "v": -70}],
     ],
 )
 def test_a_heartbeat_pack_of_housekeeping_records_does_not_clear_the_fill(
     h: Harness, records: list[dict[str, object]]
 ) -> None:
-    """bf-1 (judged in %) is full; then its heartbeat: a battery with a unit and an rssi or
-    temperature without one. Neither is a fill: the bin stays full and the pack reads
+    """bf-1 (judged in %) is full; then its heartbeat: a battery and an rssi or temperature
+    without a unit. Neither is a fill: the bin stays full and the pack reads
     nothing. The unitless housekeeping record used to be read as the fill and clear it."""
     h.alarm("bf-1", fill_pack((T0, 95)), T0)
     heartbeat = [{"bn": "bf-1:", "bt": T0 + 60, **records[0]}, *records[1:]]
