@@ -279,6 +279,15 @@ BATTERY_NAMES = frozenset({"battery", "batt", "bat", "vbat"})
 HOUSEKEEPING_NAMES = BATTERY_NAMES | {"voltage", "rssi", "snr", "signal", "temperature", "temp"}
 HOUSEKEEPING_UNITS = frozenset({"%EL", "EL"})
 DEVICE_UNITS = frozenset({"V", "dBm", "dBW", "Cel"})
+# The housekeeping names that are what thresholds in a unit measure: a thermometer's
+# ``temperature`` is its reading, an rssi never a bin's fill.
+UNIT_QUANTITIES: Mapping[str, frozenset[str]] = {
+    "Cel": frozenset({"temperature", "temp"}),
+    "V": frozenset({"voltage"}),
+    "dBm": frozenset({"rssi", "signal", "snr"}),
+    "dBW": frozenset({"rssi", "signal", "snr"}),
+    **dict.fromkeys(HOUSEKEEPING_UNITS, BATTERY_NAMES),
+}
 _CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -311,8 +320,9 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     Thresholds with a unit take the records in it; of those, the housekeeping ones by name
     count only when no other remains (a thermometer's ``temperature`` alone is read, a bin's
     ``battery`` in ``%`` beside its ``fill`` in ``%`` is not), and a battery record never
-    unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill), nor any
-    housekeeping one beside a battery left out (a heartbeat: a battery and an rssi). When
+    unless the unit is a battery unit (a bin's ``battery`` alone in ``%`` is no fill), and of
+    housekeeping ones left alone only those naming what the unit measures (a heartbeat's rssi
+    or temperature is no bin's fill). When
     that leaves none, they take the records without a unit if no other record has one but
     housekeeping records and those in a device unit: a simple device gives no unit for its
     measurement, while its battery in ``%EL`` or its rssi in ``dBm`` beside it may have one.
@@ -348,17 +358,16 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
 
 def _judged(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
     """Of the records taken for thresholds in ``unit``: no battery record unless that is a
-    battery unit, and the housekeeping ones by name only when no other remains and no battery
-    record was left out."""
+    battery unit, and the housekeeping ones by name only when no other remains, and then
+    only those naming what the unit measures (:data:`UNIT_QUANTITIES`)."""
     kept = records
     if unit not in HOUSEKEEPING_UNITS:
         kept = [r for r in records if not _battery_name(r)]
     measured = [r for r in kept if not _housekeeping_name(r)]
-    if measured or len(kept) < len(records):
-        # Beside a battery, an rssi or temperature left alone is a heartbeat, not a reading
-        # (read as a bin's fill, an rssi of -70 would clear it).
+    if measured:
         return measured
-    return kept
+    # A heartbeat's rssi or temperature, read as a bin's fill, would clear it (-70 %).
+    return [r for r in kept if _named(r, UNIT_QUANTITIES.get(unit, frozenset()))]
 
 
 def _measured_with_unit(record: SenMLRecord) -> bool:

@@ -1113,6 +1113,34 @@ UNIT_THRESHOLD_CASES = [
         [{"n": "battery", "u": "%EL", "v": 8}],
         [("wl-9:battery", "%EL", 8.0)],
     ),
+    # a thermometer or a voltmeter whose firmware adds its battery, no unit anywhere: the
+    # battery left out, what the unit measures is read, not a heartbeat's other records
+    (
+        "a temperature beside a battery in no unit",
+        "Cel",
+        [{"n": "temperature", "v": 9}, {"n": "battery", "v": 80}],
+        [("wl-9:temperature", None, 9.0)],
+    ),
+    (
+        "a temperature beside a battery and an rssi in no unit",
+        "Cel",
+        [{"n": "temperature", "v": 9}, {"n": "battery", "v": 80}, {"n": "rssi", "v": -70}],
+        [("wl-9:temperature", None, 9.0)],
+    ),
+    (
+        "a voltage beside a battery in no unit",
+        "V",
+        [{"n": "voltage", "v": 240}, {"n": "battery", "v": 80}],
+        [("wl-9:voltage", None, 240.0)],
+    ),
+    (
+        "an rssi and a temperature in no unit, judged in %",
+        "%",
+        [{"n": "rssi", "v": -70}, {"n": "temperature", "v": 21}],
+        "no_reading",
+    ),
+    ("an rssi alone in no unit, judged in %", "%", [{"n": "rssi", "v": -70}], "no_reading"),
+    ("a temperature alone in no unit, judged in cm", "cm", [{"n": "temp", "v": 21}], "no_reading"),
 ]
 
 
@@ -1181,6 +1209,8 @@ def test_senml_records_outside_the_sensor_unit_are_not_judged(
         [{"n": "battery", "u": "%EL", "v": 80}, {"n": "temperature", "v": 25}],
         # without any unit: the rssi, left alone once the battery is, used to be read
         [{"n": "battery", "v": 80}, {"n": "rssi", "v": -70}],
+        [{"n": "rssi", "v": -70}, {"n": "temperature", "v": 21}],
+        [{"n": "rssi", "v": -70}],
     ],
 )
 def test_a_heartbeat_pack_of_housekeeping_records_does_not_clear_the_fill(
