@@ -559,8 +559,9 @@ function toggle(annotated) {
 }
 
 // The pane's case, read in full. Reads overlap (a live change shows the case again while an
-// earlier read of it is on its way): only the latest read's answer is shown, and never a copy
-// of the case older than the one shown (a page read before a decision, say).
+// earlier read of it is on its way): only the latest read's answer is shown. A list copy older
+// than the one shown (a page read before a decision, say) does not replace it; the latest read
+// does whatever its stamp, which another API instance's clock may have set behind the shown one.
 async function showDetail() {
   state.missing.clear(); // a frame uploaded since is tried again
   const seq = ++state.detailSeq;
@@ -575,7 +576,7 @@ async function showDetail() {
   try {
     const full = await get(`/candidates/${c.id}`);
     if (seq !== state.detailSeq) return;
-    if (state.items[state.selected]?.id === full.id && !olderThanShown(full)) {
+    if (state.items[state.selected]?.id === full.id) {
       state.detail = full;
       renderDetail();
     }

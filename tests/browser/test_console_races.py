@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -604,3 +605,26 @@ DIALOG_AFTER_DIALOG = """async () => {
 def test_a_dialog_opened_as_another_closes_stays_open(ui: Any) -> None:
     ui.login("reviewer")
     assert ui.page.evaluate(DIALOG_AFTER_DIALOG) == {"open": True, "second": None}
+
+
+def test_a_newer_read_from_an_api_whose_clock_is_behind_is_shown(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    """Behind a load balancer the case is decided on an API instance whose clock is a second
+    behind the one that wrote the copy shown: the newer read carries the older stamp."""
+    page, shown, _ = live_and_actionable(ui, seeder, frames)
+    page.wait_for_selector(f"#detail:has(.detail-head:has-text('{shown}')) .history li")
+    stamped = datetime.fromisoformat(status_of(console, shown)["updated_at"])
+    behind = (stamped - timedelta(seconds=1)).isoformat()
+
+    def skewed(route: Any) -> None:
+        response = route.fetch()
+        body = response.json()
+        body["updated_at"] = behind
+        route.fulfill(response=response, body=json.dumps(body))
+
+    page.route(f"**/api/v1/candidates/{shown}", skewed)
+    decided_by_admin(console, shown)
+    held_decided_elsewhere(ui, shown, ui.rows(), "已确认")
+    assert page.inner_text(f"#detail .detail-head:has-text('{shown}') .badge") == "已确认"
+    assert page.inner_text(f"#queue-body tr[data-id='{shown}'] .badge") == "已确认"
