@@ -42,6 +42,7 @@ const state = {
   // What the reviewer wrote in a decision's dialog, by "<case id> <decision>", until that
   // decision goes through: a failed one (network, 5xx, a refused note) opens with it again.
   drafts: new Map(),
+  reviewer: null, // whose drafts they are: the name of the session they were written in
 };
 // The API's longest note (api/schemas.py Text).
 const NOTE_MAX = 10000;
@@ -1020,6 +1021,9 @@ export function stopEvents() {
 // ---- entry points ---------------------------------------------------------------------------
 
 export function initQueue() {
+  // A note is its writer's: another reviewer signing in on this tab is not offered it.
+  if (ref.session?.name !== state.reviewer) state.drafts.clear();
+  state.reviewer = ref.session?.name ?? null;
   if (state.initialised) return;
   fillFilters();
   state.initialised = true;

@@ -672,3 +672,33 @@ def test_a_return_whose_session_expired_keeps_its_note_for_after_logging_in(
     ui.wait_rows([])
     returned = status_of(console, case["id"])
     assert (returned["status"], returned["history"][-1]["reason"]) == ("returned", NOTE)
+
+
+def test_a_note_kept_after_a_failed_rejection_is_not_offered_to_the_next_reviewer(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = one_listed(ui, seeder, frames)
+    page = open_dialog(ui, "r", case)
+    page.keyboard.press("4")
+    page.fill("#dlg-body input[name=reason]", NOTE)
+    failing_reviews(page, case["id"], "503")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dlg[open] #dlg-error:text-is('database busy')")
+    cancel(page)
+    # The session ends; the next shift's reviewer signs in on this tab.
+    page.context.clear_cookies()
+    page.keyboard.press("c")
+    page.wait_for_selector("#login:not([hidden])")
+    page.fill("#token", console.tokens["admin"])
+    page.click("#login-form button[type=submit]")
+    page.wait_for_selector("#who:has-text('test-admin')")
+    page = open_dialog(ui, "r", case)
+    assert page.input_value("#dlg-body input[name=reason]") == ""
+    assert page.is_checked("#dlg-body input[value=false_positive]")
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    rejected = status_of(console, case["id"])
+    assert (rejected["history"][-1]["who"], rejected["review"]) == (
+        "test-admin",
+        {"reason_code": "false_positive", "reason": None},
+    )
