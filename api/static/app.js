@@ -58,6 +58,7 @@ export function dialog(title, fill) {
   $('#dlg-error').textContent = '';
   const body = $('#dlg-body');
   body.replaceChildren();
+  body.onkeydown = null; // a handler an earlier dialog's fill set reads fields this one lacks
   const read = fill(body);
   return new Promise((resolve) => {
     const done = (value) => {

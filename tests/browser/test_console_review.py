@@ -702,3 +702,21 @@ def test_a_note_kept_after_a_failed_rejection_is_not_offered_to_the_next_reviewe
         "test-admin",
         {"reason_code": "false_positive", "reason": None},
     )
+
+
+def test_a_digit_in_a_return_note_after_a_reject_dialog_is_only_typed(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = one_listed(ui, seeder, frames)
+    page = open_dialog(ui, "r", case)  # its digits pick a reason
+    cancel(page)
+    page = open_dialog(ui, "i", case)
+    page.type("#dlg-body input[name=reason]", "upload frame 2")
+    assert page.input_value("#dlg-body input[name=reason]") == "upload frame 2"
+    page.keyboard.press("Enter")
+    ui.wait_rows([])
+    returned = status_of(console, case["id"])
+    assert (returned["status"], returned["history"][-1]["reason"]) == (
+        "returned",
+        "upload frame 2",
+    )
