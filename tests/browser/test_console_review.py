@@ -276,6 +276,14 @@ def one_listed(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
     return case
 
 
+def returned_with(ui: Any, console: Any, cid: str, note: str) -> None:
+    """OK on the open return dialog: the case leaves the list, returned with ``note``."""
+    ui.page.keyboard.press("Enter")
+    ui.wait_rows([])
+    returned = status_of(console, cid)
+    assert (returned["status"], returned["history"][-1]["reason"]) == ("returned", note)
+
+
 def test_a_return_needs_a_reason_and_a_merge_a_full_id(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
@@ -307,13 +315,7 @@ def test_a_return_needs_a_reason_and_a_merge_a_full_id(
 
     page = open_dialog(ui, "i", case)
     page.fill("#dlg-body input[name=reason]", "no plate in the frame")
-    page.keyboard.press("Enter")
-    ui.wait_rows([])
-    returned = status_of(console, case["id"])
-    assert (returned["status"], returned["history"][-1]["reason"]) == (
-        "returned",
-        "no plate in the frame",
-    )
+    returned_with(ui, console, case["id"], "no plate in the frame")
 
 
 def logged_in_in_another_tab(
@@ -668,10 +670,7 @@ def test_a_return_whose_session_expired_keeps_its_note_for_after_logging_in(
     page.click("#login-form button[type=submit]")
     page = open_dialog(ui, "i", case)
     assert page.input_value("#dlg-body input[name=reason]") == NOTE
-    page.keyboard.press("Enter")
-    ui.wait_rows([])
-    returned = status_of(console, case["id"])
-    assert (returned["status"], returned["history"][-1]["reason"]) == ("returned", NOTE)
+    returned_with(ui, console, case["id"], NOTE)
 
 
 def test_a_note_kept_after_a_failed_rejection_is_not_offered_to_the_next_reviewer(
@@ -713,10 +712,4 @@ def test_a_digit_in_a_return_note_after_a_reject_dialog_is_only_typed(
     page = open_dialog(ui, "i", case)
     page.type("#dlg-body input[name=reason]", "upload frame 2")
     assert page.input_value("#dlg-body input[name=reason]") == "upload frame 2"
-    page.keyboard.press("Enter")
-    ui.wait_rows([])
-    returned = status_of(console, case["id"])
-    assert (returned["status"], returned["history"][-1]["reason"]) == (
-        "returned",
-        "upload frame 2",
-    )
+    returned_with(ui, console, case["id"], "upload frame 2")
