@@ -764,17 +764,20 @@ async function decideOn(c, decision) {
   }
 }
 
-// Send a decision: null when it was made, or refused as the case changed elsewhere (shown so);
-// what went wrong otherwise.
+// Send a decision: null when it was made (told by its answer, or by the case read again when
+// the answer was lost), or refused as the case changed elsewhere (shown so); what went wrong
+// otherwise.
 async function send(c, decision, extra) {
   state.deciding = c.id;
   try {
-    const updated = await post(`/candidates/${c.id}/review`, { decision, ...extra });
-    state.drafts.delete(`${c.id} ${decision}`);
-    toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
-    applyUpdate(updated, true);
+    made(c, decision, await post(`/candidates/${c.id}/review`, { decision, ...extra }));
   } catch (err) {
-    if (!(err instanceof ApiError && err.status === 409)) return problemText(err);
+    if (!(err instanceof ApiError && err.status === 409)) {
+      const current = lostAnswer(err) ? await recorded(c, decision) : null;
+      if (!current) return problemText(err);
+      made(c, decision, current);
+      return null;
+    }
     // Someone else decided first (or the case changed meanwhile): say what the API said and
     // show the case as it is now, so its badge and buttons tell what is still possible. It
     // changed elsewhere: one that left the list stays shown until the reviewer moves on.
@@ -790,6 +793,31 @@ async function send(c, decision, extra) {
     }
   }
   return null;
+}
+
+function made(c, decision, updated) {
+  state.drafts.delete(`${c.id} ${decision}`);
+  toast(`${t(`ok.${decision}`)} · ${c.id.slice(0, 8)}`);
+  applyUpdate(updated, true);
+}
+
+// The status each decision leads to (api/status.py REVIEW), which its history entry names.
+const OUTCOME = { confirm: 'confirmed', reject: 'rejected', return: 'returned', merge: 'merged' };
+
+// A failure after which the decision may have been made all the same: the network dropped
+// the answer, or a proxy answered 502/504 for an API that committed. The API's own refusals
+// (4xx) made nothing.
+const lostAnswer = (err) => !(err instanceof ApiError) || err.status >= 500;
+
+// The case read again, when it records the decision as made: in the status it leads to, its
+// last step this reviewer's making it; null otherwise (or when it cannot be read).
+async function recorded(c, decision) {
+  let current;
+  try { current = await get(`/candidates/${c.id}`); } catch { return null; }
+  const last = current.history?.at(-1);
+  const outcome = OUTCOME[decision];
+  const mine = last?.action === outcome && last.who === ref.session?.name;
+  return current.status === outcome && mine ? current : null;
 }
 
 // Replace or drop a changed candidate; after the reviewer's own decision move on to the next.

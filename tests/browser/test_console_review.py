@@ -713,3 +713,36 @@ def test_a_digit_in_a_return_note_after_a_reject_dialog_is_only_typed(
     page.type("#dlg-body input[name=reason]", "upload frame 2")
     assert page.input_value("#dlg-body input[name=reason]") == "upload frame 2"
     returned_with(ui, console, case["id"], "upload frame 2")
+
+
+def test_a_rejection_made_whose_answer_was_lost_is_taken_as_made(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = live_and_actionable(ui, seeder, frames)
+    page.keyboard.press("r")
+    page.wait_for_selector("#dlg[open] input[value=duplicate]")
+    page.keyboard.press("4")
+    page.fill("#dlg-body input[name=reason]", NOTE)
+
+    def lost(route: Any) -> None:
+        route.fetch()  # the API makes the decision; a proxy times out on its answer
+        route.fulfill(
+            status=504,
+            content_type="application/problem+json",
+            body='{"title": "Gateway Timeout", "status": 504}',
+        )
+
+    page.route(f"**/api/v1/candidates/{shown}/review", lost, times=1)
+    page.keyboard.press("Enter")
+    actionable(page, other)
+    assert page.inner_text("#toast") == f"已驳回 · {shown[:8]}"
+    assert not page.is_visible("#toast.error")
+    assert not page.is_visible("#dlg[open]")
+    assert ui.rows() == [other]
+    assert ui.selected() == other
+    rejected = status_of(console, shown)
+    assert (rejected["status"], rejected["review"]) == (
+        "rejected",
+        {"reason_code": "out_of_jurisdiction", "reason": NOTE},
+    )
+    assert status_of(console, other)["status"] == "new"
