@@ -158,9 +158,12 @@ def beyond_clear(value: float, th: Thresholds) -> bool:
 
 def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmState, list[Effect]]:
     th = event.thresholds
-    if not state.active and state.last_seen is not None and t < state.last_seen:
+    late = state.last_seen is not None and t < state.last_seen
+    if late and (not state.active or not beyond_raise(event.value, th)):
         # Taken before the clear (a buffer flushed late, a resend): it must not reopen the
-        # alarm. While active a late reading is a harmless repeat (last_seen never goes back).
+        # alarm; while it is active, taken before its latest sighting, it must not clear it
+        # either. A late reading beyond the raise level is a harmless repeat of an active one
+        # (last_seen never goes back).
         return _ignore(state, "stale")
     if state.active:
         if beyond_raise(event.value, th):

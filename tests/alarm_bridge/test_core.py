@@ -400,6 +400,26 @@ def fill_pack(*records: tuple[float, float]) -> bytes:
     ).encode()
 
 
+def test_a_flushed_reading_older_than_an_active_alarms_sighting_does_not_clear_it(
+    h: Harness,
+) -> None:
+    """bf-1 full 2 h and 1 h ago (raised), then a flushed buffer: empty 2 days ago, full now.
+    The 2-day-old reading, taken before the alarm's latest sighting, is stale: it used to
+    clear the alarm, and the current full reading raised a second candidate."""
+    h.alarm("bf-1", fill_pack((T0 - 7200, 95)), T0 - 7200)
+    h.alarm("bf-1", fill_pack((T0 - 3600, 95)), T0 - 3600)
+    h.alarm("bf-1", fill_pack((T0 - 2 * DAY, 30), (T0 - 5, 95)), T0)
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, counts.stale) == (1, 0, 1)
+    ops = [(k, b) for k, _, b in outbox_ops(h.outbox) if k != "evidence"]
+    # the sightings 1 h ago and now: updates of the one alarm, none clearing it
+    assert [(k, b.get("alarm", {}).get("cleared_at")) for k, b in ops] == [
+        ("create", None),
+        ("patch", None),
+        ("patch", None),
+    ]
+
+
 def test_a_flushed_buffer_beside_a_current_record_raises_and_clears_at_its_own_times(
     h: Harness,
 ) -> None:
