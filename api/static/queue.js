@@ -781,10 +781,18 @@ async function send(c, decision, extra) {
     // Someone else decided first (or the case changed meanwhile): say what the API said and
     // show the case as it is now, so its badge and buttons tell what is still possible. It
     // changed elsewhere: one that left the list stays shown until the reviewer moves on.
-    toast(`${t('err.conflict')}: ${err.message}`, true);
     let current;
-    try { current = await get(`/candidates/${c.id}`); } catch { return null; }
-    applyUpdate(current, false, true);
+    try { current = await get(`/candidates/${c.id}`); } catch { current = null; }
+    if (decision === 'merge' && current?.status === c.status && allowed(current, 'merge')) {
+      // The case was not what changed: the case to merge into became final meanwhile. The
+      // dialog opens again saying so, for another one to be chosen.
+      const key = `${c.id} ${decision}`;
+      state.drafts.set(key, { ...state.drafts.get(key), merge_into: undefined });
+      applyUpdate(current, false, true);
+      return err.message;
+    }
+    toast(`${t('err.conflict')}: ${err.message}`, true);
+    if (current) applyUpdate(current, false, true);
   } finally {
     state.deciding = null;
     if (state.recheck) { // a live change heard meanwhile was left to the answer: see lookUp

@@ -746,3 +746,23 @@ def test_a_rejection_made_whose_answer_was_lost_is_taken_as_made(
         {"reason_code": "out_of_jurisdiction", "reason": NOTE},
     )
     assert status_of(console, other)["status"] == "new"
+
+
+def test_a_merge_into_a_case_that_became_final_meanwhile_asks_for_another(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = open_merge(ui, seeder, frames)
+    page.fill("#dlg-body input[name=merge_id]", other)
+    page.wait_for_selector(f"#dlg-body option[value='{other}']:checked", state="attached")
+    review(console, other, decision="reject", reason_code="duplicate")  # another reviewer
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#dlg[open] #dlg-error:not(:empty)")
+    assert page.inner_text("#dlg-error") == f"cannot merge into candidate {other}: it is rejected"
+    assert page.inner_text("#dlg-title") == f"合并到 · {shown[:8]}"
+    assert page.input_value("#dlg-body input[name=merge_id]") == ""
+    assert page.locator(f"#dlg-body option[value='{other}']").count() == 0
+    assert ui.selected() == shown
+    assert status_of(console, shown)["status"] == "new"
+    cancel(page)
+    page = open_dialog(ui, "m", {"id": shown})
+    assert page.input_value("#dlg-body input[name=merge_id]") == ""
