@@ -677,6 +677,7 @@ def test_a_note_kept_after_a_failed_rejection_is_not_offered_to_the_next_reviewe
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
     case = one_listed(ui, seeder, frames)
+    ui.page.wait_for_selector("#live.on")
     page = open_dialog(ui, "r", case)
     page.keyboard.press("4")
     page.fill("#dlg-body input[name=reason]", NOTE)
@@ -684,6 +685,7 @@ def test_a_note_kept_after_a_failed_rejection_is_not_offered_to_the_next_reviewe
     page.keyboard.press("Enter")
     page.wait_for_selector("#dlg[open] #dlg-error:text-is('database busy')")
     cancel(page)
+    actionable(page, case["id"])
     # The session ends; the next shift's reviewer signs in on this tab.
     page.context.clear_cookies()
     page.keyboard.press("c")
