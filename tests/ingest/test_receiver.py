@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
@@ -22,15 +21,10 @@ JPEG = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
 
 
 @pytest.fixture
-def prefix() -> str:
-    return f"gp-recv-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def connections(prefix: str) -> Iterator[tuple[MqttConnection, MqttConnection]]:
+def connections(mqtt_prefix: str) -> Iterator[tuple[MqttConnection, MqttConnection]]:
     settings = MqttSettings.from_url(SHARED_BROKER)
-    consumer = MqttConnection("watch", settings, prefix=prefix)
-    producer = MqttConnection("camera", settings, prefix=prefix)
+    consumer = MqttConnection("watch", settings, prefix=mqtt_prefix)
+    producer = MqttConnection("camera", settings, prefix=mqtt_prefix)
     yield consumer, producer
     producer.stop()
     consumer.stop()
