@@ -13,12 +13,13 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from gridpatrol import proxies
@@ -27,6 +28,7 @@ from gridpatrol.ingest.topics import camera_status_topic, frame_topic
 from gridpatrol.site import SNAPSHOT_SCHEMES, STREAM_SCHEMES
 
 if TYPE_CHECKING:
+    import httpx
     import numpy as np
 
     from gridpatrol.ingest.mqtt import MqttConnection
@@ -183,12 +185,55 @@ class SnapshotRefused(Exception):
     """An HTTP snapshot that is too large or too slow to wait for."""
 
 
+class _Cutoff:
+    """Shuts a response's connections down when its deadline passes.
+
+    No hook runs before a response's headers are complete, and httpx's timeout bounds each
+    read alone: a camera trickling its headers a byte now and then would hold the grab for
+    ever. Shutting the socket down wakes the read that waits on it.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.passed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Cutoff:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace hook: keeps each connection's socket, the proxy's too."""
+        if not event.endswith(".connect_tcp.complete"):
+            return
+        sock = info["return_value"].get_extra_info("socket")
+        with self._lock:
+            self._sockets.append(sock)
+            if self.passed.is_set():
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed.set()
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def http_get(url: str) -> bytes:
     """The body at ``url``, read within ``HTTP_DEADLINE_S`` and at most ``HTTP_MAX_BYTES``.
 
-    httpx's own timeout bounds each read alone: a camera trickling a byte now and then would
-    hold the caller (the patrol, one thread for every camera) for ever. The deadline is
-    checked between chunks, so a response ends at most one read timeout after it.
+    The deadline covers the whole response, headers and redirects included (see `_Cutoff`);
+    it is also checked as each response's headers arrive and between chunks of the body.
     """
     import httpx
 
@@ -200,10 +245,11 @@ def http_get(url: str) -> bytes:
         if declared.isdigit() and int(declared) > HTTP_MAX_BYTES:
             raise SnapshotRefused(f"the response is {declared} bytes, over {_limit()}")
         if time.monotonic() > deadline:
-            raise SnapshotRefused(f"no complete response within {HTTP_DEADLINE_S:g} s")
+            raise SnapshotRefused(_too_slow())
 
     # Identity: one compressed chunk could unpack to many times the cap before it is checked.
     with (
+        _Cutoff(HTTP_DEADLINE_S) as cutoff,
         httpx.Client(
             timeout=HTTP_DEADLINE_S,
             transport=proxies.transport(url),
@@ -211,17 +257,30 @@ def http_get(url: str) -> bytes:
             headers={"Accept-Encoding": "identity"},
             event_hooks={"response": [check]},
         ) as client,
-        client.stream("GET", url) as response,
     ):
-        response.raise_for_status()
-        body = bytearray()
-        for chunk in response.iter_bytes():
-            body += chunk
-            if len(body) > HTTP_MAX_BYTES:
-                raise SnapshotRefused(f"the response goes on past {_limit()}")
-            if time.monotonic() > deadline:
-                raise SnapshotRefused(f"no complete response within {HTTP_DEADLINE_S:g} s")
+        try:
+            with client.stream("GET", url, extensions={"trace": cutoff.trace}) as response:
+                response.raise_for_status()
+                return _read_body(response, deadline)
+        except httpx.TransportError:
+            if cutoff.passed.is_set():
+                raise SnapshotRefused(_too_slow()) from None
+            raise
+
+
+def _read_body(response: httpx.Response, deadline: float) -> bytes:
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > HTTP_MAX_BYTES:
+            raise SnapshotRefused(f"the response goes on past {_limit()}")
+        if time.monotonic() > deadline:
+            raise SnapshotRefused(_too_slow())
     return bytes(body)
+
+
+def _too_slow() -> str:
+    return f"no complete response within {HTTP_DEADLINE_S:g} s"
 
 
 def _limit() -> str:

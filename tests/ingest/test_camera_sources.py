@@ -131,6 +131,28 @@ def test_a_snapshot_trickling_in_is_given_up_at_the_deadline(
     ]
 
 
+def test_a_snapshot_trickling_its_headers_is_given_up_at_the_deadline(
+    raw_server: Callable[..., RawServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """No hook runs before the headers are complete: a camera trickling them a byte now and
+    then is cut at the deadline, not when it gives up by itself (here after 20 s)."""
+
+    def trickle(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
+        for _ in range(400):
+            conn.sendall(b"a")
+            if server.stop.wait(0.05):
+                return
+
+    server = raw_server(trickle)
+    monkeypatch.setattr(sources, "HTTP_DEADLINE_S", 0.5)
+    assert failed_grab(site_camera(server.url), 60, caplog) == [
+        f"camera h1: grab from {server.url} failed: no complete response within 0.5 s"
+    ]
+
+
 def test_a_snapshot_declared_over_the_cap_is_refused_before_its_body(
     raw_server: Callable[..., RawServer], caplog: pytest.LogCaptureFixture
 ) -> None:
