@@ -174,13 +174,119 @@ class Label:
     highlight: bool
 
 
-def _put_text(img: Image, text: str, org: tuple[int, int], scale: float, color: Any) -> None:
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+# Text scales never fall below these, so a 640×360 frame still gets labels about 10 px high
+# (half the base scale alone gave 5 px glyphs there); lines stay proportional to the frame.
+_LABEL_MIN_SCALE = 0.4
+_HEADER_MIN_SCALE = 0.45
+# A header wider than a narrow frame shrinks to fit, down to this (then its end is cut off).
+_HEADER_FIT_MIN_SCALE = 0.3
+_MARGIN = 4  # pixels between the header and the frame's edges
+
+Rect = tuple[int, int, int, int]  # x0, y0, x1, y1, inclusive
+
+
+def _text_size(text: str, scale: float) -> tuple[int, int, int, int]:
+    """Width, height above the baseline, depth below it, and stroke thickness of ``text``."""
     thickness = max(1, round(scale * 2))
-    (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
-    x, y = org
-    y = max(y, h + base)
-    cv2.rectangle(img, (x, y - h - base), (x + w, y + base), _TEXT_BG, -1)
-    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, thickness, cv2.LINE_AA)
+    (w, h), base = cv2.getTextSize(text, _FONT, scale, thickness)
+    return w, h, base, thickness
+
+
+def _text_rect(shape: tuple[int, ...], text: str, x: int, top: int, scale: float) -> Rect:
+    """The background of ``text`` whose top-left corner is wanted at (``x``, ``top``), moved
+    left and up as needed so the whole text fits in the frame (when the frame is large enough)."""
+    img_h, img_w = shape[:2]
+    w, h, base, _ = _text_size(text, scale)
+    x = max(0, min(x, img_w - w - 1))
+    top = max(0, min(top, img_h - (h + 2 * base) - 1))
+    return x, top, x + w, top + h + 2 * base
+
+
+def _put_text(img: Image, text: str, rect: Rect, scale: float, color: Any) -> None:
+    """Draw ``text`` on a black background filling ``rect`` (from :func:`_text_rect`)."""
+    _, _, base, thickness = _text_size(text, scale)
+    x0, y0, x1, y1 = rect
+    cv2.rectangle(img, (x0, y0), (x1, y1), _TEXT_BG, -1)
+    cv2.putText(img, text, (x0, y1 - base), _FONT, scale, color, thickness, cv2.LINE_AA)
+
+
+def _overlap(a: Rect, b: Rect) -> int:
+    """The area two inclusive rectangles share."""
+    w = min(a[2], b[2]) - max(a[0], b[0]) + 1
+    h = min(a[3], b[3]) - max(a[1], b[1]) + 1
+    return max(0, w) * max(0, h)
+
+
+def _header_scale(width: int, text: str, scale: float) -> float:
+    """The header's text scale: at least the floor, shrunk to fit a narrow frame's width."""
+    header = max(_HEADER_MIN_SCALE, 0.7 * scale)
+    room = max(width - 2 * _MARGIN, 0)
+    text_w = _text_size(text, header)[0]
+    # The text's width is not quite proportional to its scale (strokes, rounding): repeat,
+    # each time a little smaller, until it fits or reaches the floor.
+    while text_w > room and header > _HEADER_FIT_MIN_SCALE:
+        header = max(_HEADER_FIT_MIN_SCALE, header * room / text_w - 0.01)
+        text_w = _text_size(text, header)[0]
+    return header
+
+
+@dataclass(frozen=True)
+class _Drawn:
+    """A box as it will be drawn: corners inside the frame, line width, its label's place."""
+
+    label: Label
+    corners: Rect
+    line: int
+    text_rect: Rect
+    text_scale: float
+
+    @property
+    def outline(self) -> Rect:
+        x0, y0, x1, y1 = self.corners
+        pad = (self.line + 1) // 2
+        return x0 - pad, y0 - pad, x1 + pad, y1 + pad
+
+
+def _layout(shape: tuple[int, ...], label: Label, scale: float) -> _Drawn:
+    img_h, img_w = shape[:2]
+    # Clipped to the last pixel, not to w/h: the backend clips boxes to [0, w], and a line
+    # at x = w lies outside the frame, so a box touching the border lost that edge.
+    x1, y1, x2, y2 = (round(float(v)) for v in label.box[:4])
+    x1, x2 = (min(max(v, 0), img_w - 1) for v in (x1, x2))
+    y1, y2 = (min(max(v, 0), img_h - 1) for v in (y1, y2))
+    line = max(1, round((3 if label.highlight else 1) * scale))
+    text_scale = max(_LABEL_MIN_SCALE, 0.5 * scale)
+    _, h, base, _ = _text_size(label.text, text_scale)
+    gap = (line + 1) // 2 + 1  # clear of the box's own line, which is drawn centred
+    top = y1 - gap - (h + 2 * base)
+    # Above the box; a box at the top of the frame has no room there, so just inside its top.
+    x = x1
+    if top < 0:
+        x, top = x1 + gap, y1 + gap
+    rect = _text_rect(shape, label.text, x, top, text_scale)
+    return _Drawn(label, (x1, y1, x2, y2), line, rect, text_scale)
+
+
+def _header_rect(drawn: Sequence[_Drawn], shape: tuple[int, ...], text: str, scale: float) -> Rect:
+    """Top-left, unless the event's boxes or labels lie there: then bottom-left, or whichever
+    of the two covers less of them (and then less of the other boxes)."""
+    img_h = shape[0]
+    _, h, base, _ = _text_size(text, scale)
+    top = _text_rect(shape, text, _MARGIN, _MARGIN, scale)
+    bottom = _text_rect(shape, text, _MARGIN, img_h - _MARGIN - (h + 2 * base) - 1, scale)
+
+    def covered(rect: Rect, highlight: bool) -> int:
+        return sum(
+            _overlap(rect, r)
+            for d in drawn
+            if d.label.highlight == highlight
+            for r in (d.outline, d.text_rect)
+        )
+
+    if covered(top, True) == 0:
+        return top
+    return min((top, bottom), key=lambda r: (covered(r, True), covered(r, False)))
 
 
 def annotate(
@@ -194,22 +300,32 @@ def annotate(
     title: str,
     quality: int = 85,
 ) -> bytes:
-    """Draw the zone, the boxes and a header (camera id, local time, title); return a JPEG."""
+    """Draw the zone, a header (camera id, local time, title) and the boxes; return a JPEG.
+
+    The header goes where it hides none of the event's boxes and labels, and is drawn before
+    the boxes, so the evidence is never painted over."""
     img = image.copy()
     h, w = img.shape[:2]
     scale = max(0.4, min(w, h) / 900.0)
     if zone_polygon:
-        pts = np.array([[x * w, y * h] for x, y in zone_polygon], dtype=np.int32)
+        # Zone coordinates are fractions of the frame: 1.0 maps to the last pixel, not past it.
+        pts = np.array(
+            [[min(round(x * w), w - 1), min(round(y * h), h - 1)] for x, y in zone_polygon],
+            dtype=np.int32,
+        ).clip(0)
         cv2.polylines(img, [pts], True, _ZONE, max(1, round(2 * scale)), cv2.LINE_AA)
     # Context boxes first so the event's boxes are drawn on top.
-    for label in sorted(labels, key=lambda lb: lb.highlight):
-        x1, y1, x2, y2 = (round(float(v)) for v in label.box[:4])
-        color = _EVENT if label.highlight else _OTHER
-        width = max(1, round((3 if label.highlight else 1) * scale))
-        cv2.rectangle(img, (x1, y1), (x2, y2), color, width)
-        _put_text(img, label.text, (x1, max(0, y1 - 4)), 0.5 * scale, color)
+    drawn = [_layout(img.shape, lb, scale) for lb in sorted(labels, key=lambda lb: lb.highlight)]
     stamp = t.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S %Z")
-    _put_text(img, f"{camera_id}  {stamp}  {title}", (4, 4), 0.7 * scale, (255, 255, 255))
+    header = f"{camera_id}  {stamp}  {title}"
+    header_scale = _header_scale(w, header, scale)
+    rect = _header_rect(drawn, img.shape, header, header_scale)
+    _put_text(img, header, rect, header_scale, (255, 255, 255))
+    for d in drawn:
+        color = _EVENT if d.label.highlight else _OTHER
+        x1, y1, x2, y2 = d.corners
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, d.line)
+        _put_text(img, d.label.text, d.text_rect, d.text_scale, color)
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError(f"JPEG encoding of the annotated frame failed for camera {camera_id}")

@@ -104,6 +104,126 @@ def test_annotated_frame_is_a_jpeg_with_the_drawing(street_jpeg: bytes) -> None:
     assert sha256_hex(out) != sha256_hex(street_jpeg)
 
 
+def _render(
+    size: tuple[int, int],
+    labels: list[Label],
+    zone: list[tuple[float, float]] | None = None,
+    grey: int = 128,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A plain frame of ``size`` (width, height) and its annotation, decoded; quality 100 so
+    the drawn pixels come back nearly as drawn."""
+    w, h = size
+    img = np.full((h, w, 3), grey, np.uint8)
+    out = annotate(
+        img,
+        labels=labels,
+        zone_polygon=zone,
+        camera_id="cam-1",
+        t=T0,
+        tz=ZoneInfo("Asia/Shanghai"),
+        title="plaza: Illegal parking 0.80",
+        quality=100,
+    )
+    drawn = decode_jpeg(out)
+    assert drawn is not None and drawn.shape == img.shape
+    return img, drawn
+
+
+def _changed(a: np.ndarray, b: np.ndarray, by: int = 60) -> np.ndarray:
+    """Where two renders differ clearly (far beyond JPEG noise at quality 100)."""
+    return np.asarray(np.abs(a.astype(int) - b.astype(int)).max(axis=2) > by)
+
+
+def test_the_header_moves_off_the_event_and_hides_none_of_it() -> None:
+    """An event box at the top-left corner: its label (no room above the box, so just inside
+    its top) and its top edge show, and the header goes to the bottom-left instead."""
+    box = (200, 20, 420, 140)
+    grey, drawn = _render((1920, 1080), [Label(box, "car 0.80", highlight=True)])
+    _, blank = _render((1920, 1080), [Label(box, "", highlight=True)])
+    assert _changed(drawn, blank)[0:160, 180:440].sum() > 500  # the label's own pixels
+    b, g, r = (int(v) for v in drawn[20, 300])  # the box's top edge, red
+    assert r > 230 and g < 30 and b < 30
+    header = _changed(drawn, grey)
+    assert header[0:45, 500:900].sum() == 0  # nothing at the top right of the box
+    assert header[1030:1080, 0:400].sum() > 1000  # the header at the bottom-left
+
+
+def test_the_header_stays_at_the_top_when_the_event_is_elsewhere() -> None:
+    grey, drawn = _render((1920, 1080), [Label((800, 300, 1000, 700), "car 0.80", True)])
+    header = _changed(drawn, grey)
+    assert header[0:45, 0:400].sum() > 1000
+    assert header[1030:1080, :].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "box", "text"),
+    [
+        ((1280, 720), (1250, 400, 1279, 600), "motorcycle 0.88"),
+        ((640, 360), (600, 0, 640, 80), "motorcycle 0.88"),  # top-right: inside, clamped left
+    ],
+)
+def test_labels_stay_whole_at_the_right_edge(
+    size: tuple[int, int], box: tuple[int, int, int, int], text: str
+) -> None:
+    _, drawn = _render(size, [Label(box, text, highlight=True)])
+    _, blank = _render(size, [Label(box, "", highlight=True)])
+    label = _changed(drawn, blank)
+    cols = np.nonzero(label.any(axis=0))[0]
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.4, 1)[0][0]
+    assert cols.min() < box[0] and cols.max() - cols.min() + 1 >= width
+
+
+@pytest.mark.parametrize(
+    ("labels", "zone", "rows", "cols"),
+    [
+        # A box the backend clipped to the frame (x2 == w, y2 == h) keeps its right and bottom
+        # edges: they fall on column 639 and row 359, not one past them.
+        ([Label((440, 210, 640, 360), "car 0.70", False)], None, (215, 355), (445, 635)),
+        ([Label((440, 210, 640, 360), "car 0.70", True)], None, (215, 355), (445, 635)),
+        ([], [(0.5, 0.05), (1.0, 0.05), (1.0, 1.0), (0.5, 1.0)], (25, 355), (325, 635)),
+    ],
+)
+def test_edges_on_the_frame_border_are_drawn(
+    labels: list[Label],
+    zone: list[tuple[float, float]] | None,
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> None:
+    grey, drawn = _render((640, 360), labels, zone)
+    changed = _changed(drawn, grey, by=40)
+    assert changed[rows[0] : rows[1], 639].all()
+    assert changed[359, cols[0] : cols[1]].all()
+
+
+def test_labels_are_readable_on_a_small_frame() -> None:
+    """At 640×360 a label's digits are 9 px high or more (they were 4 px)."""
+    _, drawn = _render((640, 360), [Label((100, 200, 300, 340), "80 80", False)], grey=0)
+    luma = cv2.cvtColor(drawn, cv2.COLOR_BGR2GRAY)
+    rows = np.nonzero((luma[100:197, 100:300] > 40).any(axis=1))[0]  # above the box's line
+    assert rows.max() - rows.min() + 1 >= 9
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (4000, 16), (16, 4000), (320, 240)])
+def test_tiny_and_thin_frames_annotate(size: tuple[int, int]) -> None:
+    w, h = size
+    labels = [
+        Label((0, 0, w, h), "motorcycle 0.88", highlight=True),
+        Label((0, 0, w / 2, h / 2), "person 0.40", highlight=False),
+    ]
+    _render(size, labels, [(0.0, 0.0), (1.0, 0.0), (1.0, 1.0)])
+
+
+@pytest.mark.parametrize("size", [(320, 240), (640, 360)])
+def test_the_header_fits_a_small_frame(size: tuple[int, int]) -> None:
+    """The header's text has a floor too, but shrinks to fit a narrow frame's width whole."""
+    grey, drawn = _render(size, [])
+    header = _changed(drawn, grey)
+    cols = np.nonzero(header.any(axis=0))[0]
+    rows = np.nonzero(header.any(axis=1))[0]
+    assert cols.min() >= 4 and cols.max() <= size[0] - 4
+    assert rows.min() >= 4 and rows.max() - rows.min() + 1 >= 12
+
+
 @pytest.mark.parametrize(
     ("size", "imgsz", "factor"),
     [((1920, 1080), 640, 2), ((2560, 1440), 640, 4), ((1280, 720), 640, 2), ((768, 432), 640, 1)],
