@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection
-from dataclasses import fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from gridpatrol.alarm_bridge.adapters import SeqMark
@@ -24,6 +24,20 @@ TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
 # Superseded boot_ids remembered per sensor: a message does not wait on the way (at most the
 # broker's one-day session expiry) while its device reboots this many times.
 OLD_BOOTS = 16
+# Statuses handled remembered per sensor by packet id and payload digest: a batch whose
+# acknowledgements were void may hold several of one sensor, all resent in turn.
+STATUS_PACKETS = 8
+
+StatusPacket = tuple[int, str]  # packet id, sha256 hex of the payload
+
+
+@dataclass
+class StatusMark:
+    """A sensor's last status, and the packets of its last statuses handled."""
+
+    status: str
+    packets: list[StatusPacket] = field(default_factory=list)
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS bridge_dedup (
@@ -84,9 +98,12 @@ CREATE TABLE IF NOT EXISTS bridge_uptime (
     last_up REAL NOT NULL,
     gaps TEXT NOT NULL
 );
+-- packets: the packet ids and payload digests of the sensor's last statuses handled (a
+-- JSON list of [packet id, sha256 hex], newest last), to tell the broker's resend of one.
 CREATE TABLE IF NOT EXISTS bridge_status (
     sensor_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    packets TEXT NOT NULL DEFAULT '[]'
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bridge_snapshot_wanted (
     candidate_id TEXT PRIMARY KEY,
@@ -112,6 +129,9 @@ def init(conn: sqlite3.Connection) -> None:
     for column in ("t", "bridge_t"):
         if column not in seq_columns:
             conn.execute(f"ALTER TABLE bridge_seq ADD COLUMN {column} REAL")
+    status_columns = {row[1] for row in conn.execute("PRAGMA table_info(bridge_status)")}
+    if "packets" not in status_columns:  # a state file from before statuses' packets were kept
+        conn.execute("ALTER TABLE bridge_status ADD COLUMN packets TEXT NOT NULL DEFAULT '[]'")
 
 
 def claim(conn: sqlite3.Connection, sensor_id: str, event_key: str, now: float) -> bool:
@@ -288,17 +308,22 @@ def save_uptime(conn: sqlite3.Connection, state: UptimeState) -> None:
     )
 
 
-def last_status(conn: sqlite3.Connection, sensor_id: str) -> str | None:
-    """The sensor's last status payload (``online`` / ``offline``), None if never seen."""
-    row = conn.execute("SELECT status FROM bridge_status WHERE sensor_id = ?", (sensor_id,))
+def last_status(conn: sqlite3.Connection, sensor_id: str) -> StatusMark | None:
+    """The sensor's last status payload (``online`` / ``offline``) and the packets of its
+    last statuses handled (oldest first), None if never seen."""
+    row = conn.execute(
+        "SELECT status, packets FROM bridge_status WHERE sensor_id = ?", (sensor_id,)
+    )
     found = row.fetchone()
-    return str(found[0]) if found is not None else None
+    if found is None:
+        return None
+    return StatusMark(str(found[0]), [(int(m), str(d)) for m, d in json.loads(found[1])])
 
 
-def save_status(conn: sqlite3.Connection, sensor_id: str, status: str) -> None:
+def save_status(conn: sqlite3.Connection, sensor_id: str, mark: StatusMark) -> None:
     conn.execute(
-        "INSERT OR REPLACE INTO bridge_status (sensor_id, status) VALUES (?, ?)",
-        (sensor_id, status),
+        "INSERT OR REPLACE INTO bridge_status (sensor_id, status, packets) VALUES (?, ?, ?)",
+        (sensor_id, mark.status, json.dumps(mark.packets[-STATUS_PACKETS:])),
     )
 
 
@@ -338,7 +363,7 @@ class StateBatch:
         self._old_boots: dict[str, list[str]] = {}  # read, and written back if changed
         self._boots_changed: set[str] = set()
         self._heard: dict[str, float] = {}
-        self._statuses: dict[str, str] = {}
+        self._statuses: dict[str, StatusMark] = {}
         self._traced: set[str] = set()
         self._patches: dict[str, tuple[dict[str, Any], float]] = {}
 
@@ -384,13 +409,19 @@ class StateBatch:
     def heard(self, sensor_id: str, now: float) -> None:
         self._heard[sensor_id] = max(now, self._heard.get(sensor_id, now))
 
-    def last_status(self, sensor_id: str) -> str | None:
+    def last_status(self, sensor_id: str) -> StatusMark | None:
         if sensor_id in self._statuses:
             return self._statuses[sensor_id]
         return last_status(self.conn, sensor_id)
 
-    def set_status(self, sensor_id: str, status: str) -> None:
-        self._statuses[sensor_id] = status
+    def set_status(self, sensor_id: str, status: str, packet: StatusPacket | None) -> None:
+        """The sensor's status is now ``status``; ``packet``: that of the status (None for
+        QoS 0, which is never resent)."""
+        last = self.last_status(sensor_id)
+        packets = list(last.packets) if last is not None else []
+        if packet is not None:
+            packets = [*packets, packet][-STATUS_PACKETS:]
+        self._statuses[sensor_id] = StatusMark(status, packets)
 
     def append_trace(self, sensor_id: str, entry: dict[str, Any]) -> None:
         # Written at once: a raise later in the batch puts the trace into its evidence.

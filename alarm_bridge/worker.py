@@ -249,11 +249,14 @@ class BridgeCore:
         out: BatchResult,
         *,
         retained: bool = False,
+        mid: int | None = None,
+        dup: bool = False,
     ) -> None:
         """One message from a sensor's alarm or status topic; anything unusable becomes a
         dead letter.
 
-        ``retained``: the broker's stored copy, sent on (re)subscription, not news.
+        ``retained``: the broker's stored copy, sent on (re)subscription, not news. ``mid``:
+        its packet id (None for QoS 0); ``dup``: the broker sends it again (MQTT DUP flag).
         """
         self.counts.received += 1
         match = parse_topic(self.prefix, topic)
@@ -275,7 +278,9 @@ class BridgeCore:
                 why = Rejected("unknown_sensor", match.id)
                 self.reject(out, why, topic, payload, received_at)
                 return
-            self._status(txn, sensor, status, retained, received_at.timestamp(), out)
+            packet = (mid, hashlib.sha256(payload).hexdigest()) if mid is not None else None
+            now = received_at.timestamp()
+            self._status(txn, sensor, status, retained, now, out, packet, dup=dup)
             return
         if match is None or match.kind != "sensor_alarm":
             self.reject(out, Rejected("bad_topic", topic), topic, payload, received_at)
@@ -481,14 +486,25 @@ class BridgeCore:
         retained: bool,
         now: float,
         out: BatchResult,
+        packet: store.StatusPacket | None = None,
+        *,
+        dup: bool = False,
     ) -> None:
         view = out.state(txn.conn)
-        if retained and view.last_status(sensor.id) == status:
+        last = view.last_status(sensor.id)
+        if dup and packet is not None and last is not None and packet in last.packets:
+            # The broker's resend of a status already handled, its acknowledgement void (the
+            # connection dropped during the commit, or a crash after it): unlike an alarm, a
+            # status has no dedup key, and handled again a last will would raise once more
+            # what later readings cleared.
+            self.counts.duplicates += 1
+            return
+        if retained and last is not None and last.status == status:
             # The broker replays retained status on every (re)subscription: an offline the
             # sensor's readings have since cleared, or an online a dead sensor left behind.
             self.counts.ignored += 1
             return
-        view.set_status(sensor.id, status)
+        view.set_status(sensor.id, status, packet)
         if status == "offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
             self._offline(txn, sensor, f"lwt:{now:.6f}", True, now, out)
         elif status == "online":
@@ -994,6 +1010,8 @@ class Bridge:
                     message.received_at,
                     out,
                     retained=message.retain,
+                    mid=message.mid if message.qos > 0 else None,
+                    dup=message.dup,
                 )
             self.core.finish(txn, out)
             dropped = self._keep_dead_letters(txn.conn, out.dead)

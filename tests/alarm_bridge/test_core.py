@@ -761,14 +761,21 @@ def test_seq_wraps_and_restarts_are_not_out_of_order(
     assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (out_of_order, restarts)
 
 
+def _earlier_state_file(outbox: Outbox, *statements: str) -> None:
+    """The state file as an earlier version of the bridge left it."""
+    with outbox.transaction() as txn:
+        for statement in statements:
+            txn.conn.execute(statement)
+
+
 def test_seq_state_from_before_message_times_were_kept(site: Site, outbox: Outbox) -> None:
     """A state file written before the seq table had a time column still works."""
-    with outbox.transaction() as txn:
-        txn.conn.execute(
-            "CREATE TABLE bridge_seq (sensor_id TEXT PRIMARY KEY, boot_id TEXT,"
-            " seq INTEGER NOT NULL) WITHOUT ROWID"
-        )
-        txn.conn.execute("INSERT INTO bridge_seq VALUES ('mh-1', NULL, 500)")
+    _earlier_state_file(
+        outbox,
+        "CREATE TABLE bridge_seq (sensor_id TEXT PRIMARY KEY, boot_id TEXT,"
+        " seq INTEGER NOT NULL) WITHOUT ROWID",
+        "INSERT INTO bridge_seq VALUES ('mh-1', NULL, 500)",
+    )
     h = Harness(site, outbox)
     h.alarm("mh-1", envelope("mh-1", "a", seq=499))  # no time to compare: late
     h.alarm("mh-1", envelope("mh-1", "b", seq=1, ts=T0 + 1))  # 499 back: within the window
@@ -776,6 +783,23 @@ def test_seq_state_from_before_message_times_were_kept(site: Site, outbox: Outbo
     h.alarm("mh-1", envelope("mh-1", "d", "update", seq=1, ts=T0 + 3))  # timed later: restart
     assert [k for k, _, _ in outbox_ops(outbox)] == ["evidence", "create", "patch"]
     assert (h.core.counts.out_of_order, h.core.counts.seq_restarts) == (2, 1)
+
+
+def test_a_status_table_from_before_status_packets_were_kept_gets_them(
+    site: Site, outbox: Outbox
+) -> None:
+    """A state file whose bridge_status has no packets column: its statuses still count."""
+    _earlier_state_file(
+        outbox,
+        "CREATE TABLE bridge_status (sensor_id TEXT PRIMARY KEY, status TEXT NOT NULL)"
+        " WITHOUT ROWID",
+        "INSERT INTO bridge_status VALUES ('mh-1', 'offline')",
+    )
+    h = Harness(site, outbox)
+    h.send("gridpatrol/sensors/mh-1/status", b"offline", T0, retained=True)  # equal: nothing
+    assert outbox_ops(outbox) == []
+    with outbox.transaction() as txn:
+        assert store.last_status(txn.conn, "mh-1") == store.StatusMark("offline", [])
 
 
 def test_a_state_file_from_before_the_prune_index_gets_it_on_open(

@@ -708,18 +708,23 @@ class FakeLink:
         self.session_present = kept
         self.connected = True
 
-    def send(self, payload: bytes, mid: int, at_s: float, dup: bool = False) -> None:
-        """A QoS 1 message on wl-1's alarm topic, received ``at_s`` after T0; ``dup``: the
-        broker's resend."""
+    def send(
+        self, payload: bytes, mid: int, at_s: float, dup: bool = False, topic: str = ""
+    ) -> None:
+        """A QoS 1 message on ``topic`` (wl-1's alarm topic by default, or wl-1's status
+        topic), received ``at_s`` after T0; ``dup``: the broker's resend."""
+        topic = topic or WL1
         received_at = datetime.fromtimestamp(T0 + at_s, UTC)
         message = Message(
-            WL1, payload, 1, False, received_at, mid, self.connects, dup, self.session_present
+            topic, payload, 1, False, received_at, mid, self.connects, dup, self.session_present
         )
-        self._subs[0]._put(message)  # the sensor alarm subscription
+        # The sensor alarm subscription, then the sensor status one.
+        self._subs[1 if topic == WL1_STATUS else 0]._put(message)
 
 
 T0 = 1_790_000_000.0
 WL1 = sensor_alarm_topic("gridpatrol", "wl-1")
+WL1_STATUS = sensor_status_topic("gridpatrol", "wl-1")
 LEVEL_20 = json.dumps([{"n": "level", "u": "cm", "v": 20}]).encode()  # no bt, no t
 
 
@@ -785,6 +790,68 @@ def test_a_pack_resent_across_two_drops_in_a_row_is_one_reading(
     assert link.acked == [(3, 7)]
     assert _readings(bridge, outbox) == [("create", 1)]
     assert (bridge.core.counts.created, bridge.core.counts.duplicates) == (1, 2)
+
+
+def _offline_state(outbox: Outbox) -> tuple[list[str], bool]:
+    """The ids of wl-1's device_offline creates, and whether the alarm is active."""
+    creates = [
+        cid
+        for kind, cid, body in outbox_ops(outbox)
+        if kind == "create" and body["type"] == "device_offline"
+    ]
+    with outbox.transaction() as txn:
+        active = store.load_state(txn.conn, "wl-1", "device_offline").active
+    return [str(c) for c in creates], active
+
+
+WL1_READING = json.dumps({"sensor_id": "wl-1", "value": 1.0, "ts": T0 + 1}).encode()
+
+
+def test_a_last_will_resent_after_its_connection_dropped_during_the_commit_acts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last will and the reading that cleared it lose their acks in the commit: both are
+    resent, and the last will must not raise again what the reading cleared (the reading's
+    dedup key keeps it from clearing a second time)."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=1)
+    _dropping_in_commit(bridge, link, monkeypatch)
+    assert bridge._one_batch() == 2
+    assert link.acked == []
+    link.send(b"offline", mid=11, at_s=5, dup=True, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=6, dup=True)
+    assert bridge._one_batch() == 2
+    assert link.acked == [(2, 11), (2, 12)]
+    creates, active = _offline_state(outbox)
+    assert (len(creates), active) == (1, False)
+    assert bridge.core.counts.duplicates == 2
+
+
+def test_a_last_will_resent_after_a_crash_between_commit_and_ack_acts_once(
+    tmp_path: Path,
+) -> None:
+    """A restarted bridge has nothing in memory of the first reception: the resend is told by
+    the packet id and payload of the status kept in the state database."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=1)
+    link.connected = False  # the process dies after the commit: no ack reaches the broker
+    assert bridge._one_batch() == 2
+    link = FakeLink()  # the restarted process's connection, resuming the session
+    link.drop_and_resume()
+    restarted = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
+    link.send(b"offline", mid=11, at_s=60, dup=True, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=61, dup=True)
+    assert restarted._one_batch() == 2
+    creates, active = _offline_state(outbox)
+    assert (len(creates), active) == (1, False)
+    assert restarted.core.counts.duplicates == 2
+    # A new last will, even with a packet id seen before, is not the resend: not DUP.
+    link.send(b"offline", mid=11, at_s=900, topic=WL1_STATUS)
+    restarted._one_batch()
+    creates, active = _offline_state(outbox)
+    assert (len(creates), active) == (2, True)
 
 
 def test_a_lost_resend_does_not_swallow_a_later_reading_with_its_packet_id(
