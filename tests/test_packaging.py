@@ -116,6 +116,13 @@ def test_the_wheel_carries_the_manifest_and_the_demo_site_but_no_weights(
     assert [n for n in names if n.startswith("gridpatrol/samples/")] == [
         "gridpatrol/samples/site.yaml"
     ]
+    # The licence's text travels with the code it covers.
+    (licence,) = [n for n in names if n.endswith(".dist-info/licenses/LICENSE")]
+    with zipfile.ZipFile(installed.wheel) as wheel:
+        assert wheel.read(licence) == (REPO / "LICENSE").read_bytes()
+    assert (REPO / "LICENSE").read_text().split("\n", 1)[0].strip() == (
+        "GNU AFFERO GENERAL PUBLIC LICENSE"
+    )
 
 
 def test_an_installed_gridpatrol_knows_the_manifest_models(installed: Installed) -> None:
