@@ -359,6 +359,9 @@ class StateBatch:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self._states: dict[tuple[str, str], AlarmState] = {}
+        # Written back at the flush: only the states changed, as a silence check loads that of
+        # every silent sensor each second and must not rewrite (and commit) them all.
+        self._states_changed: set[tuple[str, str]] = set()
         self._seqs: dict[str, SeqMark] = {}
         self._old_boots: dict[str, list[str]] = {}  # read, and written back if changed
         self._boots_changed: set[str] = set()
@@ -375,7 +378,11 @@ class StateBatch:
         return found
 
     def set_state(self, sensor_id: str, alarm_type: str, st: AlarmState) -> None:
-        self._states[(sensor_id, alarm_type)] = st
+        key = (sensor_id, alarm_type)
+        if key in self._states and self._states[key] == st:
+            return  # a step that changed nothing (an ignored input) writes nothing
+        self._states[key] = st
+        self._states_changed.add(key)
 
     def last_seq(self, sensor_id: str) -> SeqMark | None:
         if sensor_id in self._seqs:
@@ -434,8 +441,8 @@ class StateBatch:
         self._patches[candidate_id] = merged
 
     def flush(self) -> None:
-        for (sensor_id, alarm_type), st in self._states.items():
-            save_state(self.conn, sensor_id, alarm_type, st)
+        for sensor_id, alarm_type in self._states_changed:
+            save_state(self.conn, sensor_id, alarm_type, self._states[(sensor_id, alarm_type)])
         for sensor_id, mark in self._seqs.items():
             save_seq(self.conn, sensor_id, mark)
         for sensor_id in self._boots_changed:
@@ -449,6 +456,7 @@ class StateBatch:
         for sensor_id in self._traced:
             prune_trace(self.conn, sensor_id)  # each ring back to its newest TRACE_LEN rows
         self._states.clear()
+        self._states_changed.clear()
         self._seqs.clear()
         self._old_boots.clear()
         self._boots_changed.clear()

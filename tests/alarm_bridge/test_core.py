@@ -1332,6 +1332,18 @@ def test_offline_by_silence(h: Harness) -> None:
     assert [b["source"]["sensor_id"] for b in creates] == ["wl-1", "mh-1"]
 
 
+def test_a_silence_check_with_a_sensor_offline_writes_nothing(h: Harness) -> None:
+    """Checked every second: a sensor already offline is looked at, not written back, so an
+    idle bridge with a dead sensor commits nothing (no sync) at each check."""
+    h.silence(T0)
+    h.silence(T0 + 3 * 300 + 1)  # wl-1 silent: raised (and the connection history written)
+    assert [b["type"] for k, _, b in outbox_ops(h.outbox) if k == "create"] == ["device_offline"]
+    conn = h.outbox._thread_conn()
+    changes = conn.total_changes
+    h.silence(T0 + 3 * 300 + 2)  # wl-1 still offline, its history written a second ago
+    assert conn.total_changes == changes
+
+
 def test_silence_does_not_count_an_outage_of_the_broker(site: Site, outbox: Outbox) -> None:
     """While cut off, and while the messages the persistent session queued meanwhile arrive
     (the first SETTLE_S of the new connection), nobody is silent; before, they were."""
