@@ -168,8 +168,14 @@ class Bus:
         """Detach from the hub, send what is queued, close both connections."""
         self._hub.attach(None)
         self._stop.set()
+        # One deadline for both threads: each may sit in a call to a database gone silent,
+        # and the shutdown has to end within the orchestrator's grace period.
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
         for thread in self._threads:
-            thread.join(JOIN_TIMEOUT_S)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        if stuck:
+            log.warning("bus %s: %s still waiting on the database; left", self.origin, stuck)
         log.info("bus %s stopped (%d notification(s) dropped)", self.origin, self.dropped)
 
     # -- the relay the hub calls (request threads) -------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -20,6 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -573,6 +575,39 @@ def test_a_full_send_queue_drops_and_counts(monkeypatch: pytest.MonkeyPatch) -> 
         bus.send([event(f"q{i}")], feed=False)  # never blocks, though nothing sends
     assert bus.dropped == 1
     assert counted == [1]
+
+
+class HungThread:
+    """A bus thread stuck in a call to a silent database: each join waits its whole timeout
+    on a clock of its own."""
+
+    def __init__(self, clock: list[float], name: str) -> None:
+        self.clock = clock
+        self.name = name
+        self.waits: list[float] = []
+
+    def join(self, timeout: float) -> None:
+        self.waits.append(timeout)
+        self.clock[0] += timeout
+
+    def is_alive(self) -> bool:
+        return True
+
+
+def test_stopping_waits_for_both_threads_within_one_deadline(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = [100.0]
+    monkeypatch.setattr(bus_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    bus = Bus("postgresql+psycopg://nobody@127.0.0.1:1/none", Hub())
+    threads = [HungThread(clock, "bus-listen"), HungThread(clock, "bus-send")]
+    bus._threads = threads  # type: ignore[assignment]
+    with caplog.at_level(logging.WARNING, logger=bus_module.__name__):
+        bus.stop()
+    assert [t.waits for t in threads] == [[bus_module.JOIN_TIMEOUT_S], [0.0]]
+    assert [r.getMessage() for r in caplog.records if r.name == bus_module.__name__] == [
+        f"bus {bus.origin}: ['bus-listen', 'bus-send'] still waiting on the database; left"
+    ]
 
 
 def test_channels_are_per_schema_and_valid_identifiers() -> None:
