@@ -18,6 +18,25 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHES = ("api", "mqtt", "detector", "rules", "heads", "bridge", "console")
+# How long an interrupted bench may take to stop its servers, brokers and databases.
+CLEANUP_S = 60.0
+
+
+def run(cmd: list[str], grace: float = CLEANUP_S) -> int:
+    """Run one bench; on Ctrl-C let it clean up before passing the interrupt on."""
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        # The bench shares our process group, so it got the Ctrl-C too and is running its
+        # finally blocks; subprocess.call would SIGKILL it after 0.25 s and leave its API,
+        # brokers, temporary directories and PostgreSQL databases behind.
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        raise
 
 
 def main() -> int:
@@ -33,7 +52,11 @@ def main() -> int:
         cmd = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if args.quick else [])]
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
         started = time.monotonic()
-        code = subprocess.call(cmd)
+        try:
+            code = run(cmd)
+        except KeyboardInterrupt:
+            print(f"== {name}: interrupted after {time.monotonic() - started:.0f} s", flush=True)
+            return 130
         print(f"== {name}: exit {code} after {time.monotonic() - started:.0f} s", flush=True)
         if code != 0:
             failed.append(name)
