@@ -110,13 +110,23 @@ class Server:
         self.port = port
         with log.open("ab") as out:
             self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+        try:
+            self._wait_healthy(log, workers)
+        except BaseException:
+            # Not started (or Ctrl-C meanwhile): the caller never gets a server to stop.
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+    def _wait_healthy(self, log: Path, workers: int) -> None:
         # Ready when every worker has answered on a fresh connection: connections opened
         # while one is still starting would all go to the others.
         answered: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            code = self.proc.poll()
+            if code is not None:
+                raise RuntimeError(f"server exited with code {code}: {log.read_text()[-2000:]}")
             try:
                 health = httpx.get(f"{self.url}/api/v1/healthz", timeout=1)
                 if health.status_code == 200:

@@ -98,10 +98,10 @@ class Stack:
                 {tok: {"role": role, "name": role} for tok, role in TOKENS.items()}
             ),
         }
-        self._spawn(
+        api = self._spawn(
             [*cli, "api", "--host", "127.0.0.1", "--port", str(self.api_port)], api_env, "api.log"
         )
-        wait_for(self._healthy, 90, "the API did not start", 0.2)
+        wait_for(lambda: self._healthy(api), 90, "the API did not start", 0.2)
         bridge_env = {
             "GRIDPATROL_MQTT_URL": self.mqtt_url,
             "GRIDPATROL_API_URL": self.api_url,
@@ -111,7 +111,12 @@ class Stack:
         cli[-1] = "INFO"
         self._spawn([*cli, "bridge", "--config", str(self.site)], bridge_env, "bridge.log")
 
-    def _healthy(self) -> bool:
+    def _healthy(self, api: subprocess.Popen[bytes]) -> bool:
+        # A crashed API fails the start at once instead of after the whole wait.
+        code = api.poll()
+        if code is not None:
+            log = (self.work / "api.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the API exited with code {code}: {log}")
         try:
             return httpx.get(f"{self.api_url}/api/v1/healthz", timeout=1).status_code == 200
         except httpx.TransportError:
@@ -124,6 +129,7 @@ class Stack:
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait()
 
     def committed(self) -> int:
         try:
@@ -300,16 +306,19 @@ def main() -> int:
     args = parser.parse_args()
     n = 5_000 if args.quick else 20_000
     tmp = Path(tempfile.mkdtemp(prefix="gp-bench-bridge-"))
-    stack = Stack(tmp)
-    stack.start()
     try:
-        wait_subscribed(stack)
-        base = baseline(stack, n)
-        repeat = sustained(stack, n, loadgen.CYCLE, "s1")
-        creates = sustained(stack, n // 5, 2, "s2")  # every sensor ends cleared
-        lat = latency(stack, 500.0, 10.0 if args.quick else 30.0)
+        stack = Stack(tmp)
+        try:
+            # Inside the try: a failed or interrupted start stops what it had started.
+            stack.start()
+            wait_subscribed(stack)
+            base = baseline(stack, n)
+            repeat = sustained(stack, n, loadgen.CYCLE, "s1")
+            creates = sustained(stack, n // 5, 2, "s2")  # every sensor ends cleared
+            lat = latency(stack, 500.0, 10.0 if args.quick else 30.0)
+        finally:
+            stack.stop()
     finally:
-        stack.stop()
         if args.keep:
             print(f"logs and databases kept in {tmp}")
         else:

@@ -71,6 +71,16 @@ class Broker:
         self.name = name
         self.port = free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix=f"gpbench-{name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            self._start(make_conf)
+        except BaseException:
+            # Not started (or Ctrl-C meanwhile): the caller never gets a broker to close.
+            self.close()
+            raise
+        self.settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{self.port}")
+
+    def _start(self, make_conf: Callable[[int, Path], str]) -> None:
         text = make_conf(self.port, self.workdir)
         if os.geteuid() == 0:
             text += "user root\n"  # else Mosquitto cannot write its persistence file here
@@ -82,14 +92,21 @@ class Broker:
         self.proc = subprocess.Popen([binary, "-c", conf], stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not reachable("127.0.0.1", self.port, 0.2):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise SystemExit(f"{name}: mosquitto did not start")
+            code = self.proc.poll()
+            if code is not None:
+                raise SystemExit(f"{self.name}: mosquitto exited with code {code}")
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{self.name}: mosquitto did not start")
             time.sleep(0.05)
-        self.settings = MqttSettings.from_url(f"mqtt://127.0.0.1:{self.port}")
 
     def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
