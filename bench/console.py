@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,7 +135,7 @@ def api_decisions(client: httpx.Client, ids: list[str]) -> list[float]:
     return times
 
 
-def run(count: int) -> dict[str, Any]:
+def run(count: int, keep: bool = False) -> dict[str, Any]:
     port = free_port()
     work = Path(tempfile.mkdtemp(prefix="gp-bench-console-"))
     env = {
@@ -192,6 +193,10 @@ def run(count: int) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait()
+        if keep:
+            print(f"database and evidence kept in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return {
         "decisions": len(console),
         "login_to_first_frame_ms": round(first_frame * 1000),
@@ -205,8 +210,9 @@ def run(count: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10 decisions instead of 40")
+    parser.add_argument("--keep", action="store_true", help="keep the database and evidence")
     args = parser.parse_args()
-    result = run(10 if args.quick else 40)
+    result = run(10 if args.quick else 40, keep=args.keep)
     print(f"login to first flagged frame: {result['login_to_first_frame_ms']} ms")
     print(
         f"console, key press to next frame on screen: median {result['console_median_ms']} ms,"
