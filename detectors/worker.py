@@ -453,6 +453,9 @@ class DetectorWorker:
         self._in_flight: set[str] = set()  # cameras with a frame in the inference queue
         self._last_progress = self._last_save = time.monotonic()
         self._silence_checked = self.clock()
+        # The connection's connect count when silence was last checked: a (re)connect since
+        # means frames were lost while it was down, so silence is counted afresh (_end_silent).
+        self._connects_seen = conn.connects
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -1061,11 +1064,27 @@ class DetectorWorker:
         """End the open episodes of cameras that have sent no frame for longer than their
         rule's ``gap_s + clear_s``: a dead camera or a finished file sends none that would
         clear them. Each ends at its last sighting; the camera's next occupancy is a new
-        episode."""
+        episode.
+
+        Silence counts only while the worker's own broker connection is up: while it is down
+        no camera's frames can arrive, and ending every episode then would raise each scene
+        still there as a second candidate once frames come back. After a (re)connect, the
+        first connect included, every camera's silence is counted from the check that sees
+        it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect)."""
         now = self.clock()
         if now - self._silence_checked < SILENCE_CHECK_S:
             return
         self._silence_checked = now
+        if not self.conn.connected:
+            return
+        # Read after "connected": the count goes up before that is set, so the connect seen
+        # up here is counted.
+        connects = self.conn.connects
+        if connects != self._connects_seen:
+            self._connects_seen = connects
+            for rt in self.cams.values():
+                rt.judged_at = now
+            return
         for rt in self.cams.values():
             try:
                 self._end_silent_camera(rt, now - rt.judged_at)

@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -411,7 +413,11 @@ def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
 
 
 class _Conn:
-    """The broker side a worker needs before it runs: subscriptions that never deliver."""
+    """The broker side a worker needs before it runs: subscriptions that never deliver, and a
+    connection that is up (``connects``: how many times it connected so far)."""
+
+    connected = True
+    connects = 1
 
     def subscribe(self, *args: object, **kwargs: object) -> object:
         return object()
@@ -421,15 +427,21 @@ class _Backend:
     info = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
 
 
-def _worker(tmp_path: Path, site_text: str = SITE) -> tuple[DetectorWorker, Outbox]:
+def _worker(
+    tmp_path: Path,
+    site_text: str = SITE,
+    conn: _Conn | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[DetectorWorker, Outbox]:
     """A worker on an outbox file in ``tmp_path`` that is never run (no broker, no model)."""
     from gridpatrol.detectors.motion import MotionSettings
 
     site = parse_site(site_text)
     outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
     worker = DetectorWorker(
-        site, site.cameras[:1], _Backend(), {}, outbox, _Conn(),  # type: ignore[arg-type]
-        motion=MotionSettings(), component_id="detect",
+        site, site.cameras[:1], _Backend(), {}, outbox,
+        conn or _Conn(),  # type: ignore[arg-type]
+        motion=MotionSettings(), component_id="detect", clock=clock,
     )  # fmt: skip
     return worker, outbox
 
@@ -891,6 +903,45 @@ def _crowd_seen(
     for k in range(until_s):
         assert _judge(worker, _at(k), _at(k), person if k < seen_s else Detections.empty())
     return worker, outbox
+
+
+def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is in view when the worker's own broker connection drops for
+    300 s, far beyond its rule's gap_s + clear_s (12 s): no camera's frame can arrive, so no
+    camera is silent and the episode stays open. After the reconnect its silence counts from
+    then: it ends only once the camera sent nothing for 12 s more."""
+    from gridpatrol.detectors.types import Detections
+
+    now = [1000.0]
+    conn = _Conn()
+    worker, outbox = _worker(tmp_path, CROWD_SITE, conn, lambda: now[0])
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    rt = worker.cams["cam-00"]
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(6):
+        now[0] = 1000.0 + k
+        assert _judge(worker, _at(k), _at(k), person)
+        rt.judged_at = now[0]  # as DetectorWorker._judge does
+    (raised,) = worker.book.values()
+    assert raised.open
+    conn.connected = False
+    now[0] += 300.0
+    worker._end_silent()
+    assert worker.book == {raised.key: raised}
+    conn.connected, conn.connects = True, 2
+    now[0] += 1.0
+    worker._end_silent()  # sees the reconnect: silence counted from here
+    assert worker.book == {raised.key: raised}
+    now[0] += 12.0
+    worker._end_silent()
+    assert worker.book == {raised.key: raised}
+    now[0] += 1.0
+    worker._end_silent()
+    ended = worker.book[raised.key]
+    assert (ended.candidate_id, ended.ended_at) == (raised.candidate_id, _at(5))
+    assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
 
 
 def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
