@@ -29,23 +29,14 @@ def stop_after_start_up(
     return console, database_seen
 
 
-def test_a_failed_run_removes_its_directory(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_failed_run_removes_its_directory_unless_kept(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, keep: bool
 ) -> None:
     work = tmp_path / "work"
     console, database_seen = stop_after_start_up(bench, monkeypatch, work)
     with pytest.raises(RuntimeError, match=r"^stand-in failure$"):
-        console.run(1)
+        console.run(1, keep=keep)
     assert database_seen == [True]
-    assert not work.exists()
-
-
-def test_keep_leaves_the_directory(
-    bench: Bench, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    work = tmp_path / "work"
-    console, database_seen = stop_after_start_up(bench, monkeypatch, work)
-    with pytest.raises(RuntimeError, match=r"^stand-in failure$"):
-        console.run(1, keep=True)
-    assert database_seen == [True]
-    assert (work / "api.db").exists()
+    assert (work / "api.db").exists() is keep
+    assert work.exists() is keep
