@@ -635,8 +635,6 @@ def _broker_url_usable() -> bool:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from gridpatrol.site import SiteConfigError
-
     config = Path(args.config).resolve()
     workdir = Path(args.workdir).resolve()
     if workdir.exists() and not workdir.is_dir():
@@ -658,26 +656,41 @@ def run_demo(args: argparse.Namespace) -> int:
     if shared and not _broker_url_usable():
         return 2
     prefix = demo_prefix(workdir) if shared else DEMO_PREFIX
-    try:  # before the clearing: a mistyped --config keeps the last run's data
-        site_text = demo_site_text(config, prefix)
-    except SiteConfigError as exc:
-        print(f"demo: {exc}", file=sys.stderr)
+    # Before the clearing and the footage: a mistyped --config keeps the last run's data and
+    # downloads nothing. The text the demo runs is made once the footage is in place.
+    if _site_text(config, prefix) is None:
         return 2
     lock = _lock_workdir(workdir)
     if lock is None:
         return 2
     demo = Demo(workdir / "site.yaml", workdir, port, generate_tokens(), prefix=prefix)
     try:
-        return _run_locked(args, demo, site_text)
+        return _run_locked(args, demo, config)
     finally:
         os.close(lock)
 
 
-def _run_locked(args: argparse.Namespace, demo: Demo, site_text: str) -> int:
-    """:func:`run_demo` in the demo's work folder, its lock held."""
+def _site_text(config: Path, prefix: str) -> str | None:
+    """:func:`demo_site_text`, else None after a line saying why ``config`` is no site file."""
+    from gridpatrol.site import SiteConfigError
+
+    try:
+        return demo_site_text(config, prefix)
+    except SiteConfigError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return None
+
+
+def _run_locked(args: argparse.Namespace, demo: Demo, config: Path) -> int:
+    """:func:`run_demo` of the site file ``config`` in the demo's work folder, its lock held."""
     workdir = demo.workdir
     footage = find_footage()
     print(f"footage: {footage}", flush=True)
+    # Only now: a relative source is made absolute where it exists, and on a first run the
+    # footage it names exists only once find_footage has linked or downloaded it.
+    site_text = _site_text(config, demo.prefix)
+    if site_text is None:  # changed while the footage was downloaded; nothing cleared yet
+        return 2
     _clear(workdir)
     (workdir / "logs").mkdir()
     (workdir / "state").mkdir()

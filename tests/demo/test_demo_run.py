@@ -5,16 +5,20 @@ what comes before it."""
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import signal
+import threading
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from gridpatrol import cli, demo
 from gridpatrol.ingest.broker import BrokerHandle, free_port
+from gridpatrol.site import load_site
 from tests.conftest import Mosquitto
 
 
@@ -124,8 +128,6 @@ def _broker_line(out: str) -> str:
 def test_two_demos_on_one_configured_broker_keep_to_topics_and_sessions_of_their_own(
     tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from gridpatrol.site import load_site
-
     monkeypatch.setattr(demo, "_run", _no_components)
     said: dict[str, tuple[str, str]] = {}
     for run in ("first", "second", "first again"):
@@ -161,3 +163,65 @@ def test_a_broker_url_that_cannot_work_is_one_line_and_status_2(
         " cast to integer value as 'notaport'\n",
     )
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.fixture
+def clip_server(tmp_path: Path) -> Iterator[str]:
+    """The URL of a local web server holding the public sample clips (a few bytes each)."""
+    folder = tmp_path / "public"
+    folder.mkdir()
+    for remote in demo.SAMPLE_CLIPS.values():
+        (folder / remote).write_bytes(f"clip {remote}".encode())
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(folder))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.mark.parametrize("footage", ["shared", "downloaded"])
+def test_a_first_demo_runs_its_cameras_on_the_footage_it_has_just_put_in_place(
+    tmp_path: Path,
+    broker: str,
+    clip_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+    footage: str,
+) -> None:
+    # A checkout (or working directory) without var/footage: a fresh machine, an installed
+    # wheel, a checkout before `make links`.
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setattr(demo, "home", lambda: checkout)
+    shared = tmp_path / "shared"
+    (shared / "footage").mkdir(parents=True)
+    if footage == "shared":
+        for name in demo.SAMPLE_CLIPS:
+            (shared / "footage" / name).write_bytes(b"shared clip")
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(shared))
+    monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", clip_server)
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    seen: list[list[str]] = []
+
+    def run(ran: demo.Demo, _broker: BrokerHandle, _args: argparse.Namespace) -> int:
+        seen.append([c.source for c in load_site(ran.config).cameras if Path(c.source).is_file()])
+        return 0
+
+    monkeypatch.setattr(demo, "_run", run)
+    workdir = checkout / "var" / "demo"
+    assert cli.main(_argv(workdir, "--config", str(demo.sample_site()))) == 0
+    clips = checkout / "var" / "footage"
+    assert seen == [
+        [
+            str(clips / "pedestrian_street_1080p.mp4"),
+            str(clips / "car_park_overhead.mp4"),
+            str(clips / "car_park_people_bikes.mp4"),
+            str(clips / "pedestrian_street_1080p.mp4"),
+        ]
+    ]
+    expected = b"shared clip" if footage == "shared" else b"clip people-detection.mp4"
+    assert (clips / "pedestrian_street_1080p.mp4").read_bytes() == expected
