@@ -134,6 +134,7 @@ def bench_frames(
     topic = f"{PREFIX}/cameras/bench/frame"
     sent = received = 0
     started = time.monotonic()
+    last = started  # the last arrival: waiting for frames that were lost is not throughput
     while time.monotonic() - started < seconds:
         header = FrameHeader(time.time(), sent, "bench", *size)
         payload = encode_frame(header, jpeg)
@@ -146,18 +147,20 @@ def bench_frames(
         while (message := queue.get(0)) is not None:
             decode_frame(message.payload, topic_camera_id="bench", received_at=message.received_at)
             received += 1
+            last = time.monotonic()
     deadline = time.monotonic() + 5
     while received + queue.dropped < sent and time.monotonic() < deadline:
         if queue.get(0.2) is not None:
             received += 1
-    elapsed = time.monotonic() - started
+            last = time.monotonic()
+    elapsed = last - started
     pub.stop()
     sub.stop()
     return {
         "sent": sent,
         "received": received,
-        "per_s": received / elapsed,
-        "mb_per_s": received * len(jpeg) / elapsed / 1e6,
+        "per_s": received / elapsed if elapsed > 0 else 0.0,  # 0: nothing arrived
+        "mb_per_s": received * len(jpeg) / elapsed / 1e6 if elapsed > 0 else 0.0,
         "lost_pct": 100.0 * (sent - received) / max(sent, 1),
     }
 
@@ -231,8 +234,8 @@ def bench_alarms_online(broker: Broker, count: int) -> dict[str, Any]:
     elapsed = last - started
     publisher.join()
     conn.stop()
-    return {"sent": count, "received": len(seen), "per_s": len(seen) / elapsed,
-            "lost": count - len(seen)}  # fmt: skip
+    per_s = len(seen) / elapsed if elapsed > 0 else 0.0  # 0: nothing arrived
+    return {"sent": count, "received": len(seen), "per_s": per_s, "lost": count - len(seen)}
 
 
 def bench_alarms_offline(broker: Broker, count: int) -> dict[str, Any]:
@@ -276,6 +279,10 @@ def main() -> int:
     return 0
 
 
+def ratio(new: float, old: float) -> str:
+    return f"{new / old:.2f}" if old else "n/a"
+
+
 def print_table(
     results: dict[str, dict[str, Any]], frames: dict[str, bytes], burst: int, seconds: float
 ) -> None:
@@ -289,12 +296,12 @@ def print_table(
         print(
             f"| {label} frame envelopes received /s (lost) "
             f"| {a['per_s']:.0f} ({a['lost_pct']:.1f} %) | {b['per_s']:.0f} ({b['lost_pct']:.1f} %)"
-            f" | {b['per_s'] / a['per_s']:.2f} |"
+            f" | {ratio(b['per_s'], a['per_s'])} |"
         )
     a, b = d["alarms_online"], s["alarms_online"]
     print(
         f"| QoS 1 alarms /s, consumer online, manual ack (lost) | {a['per_s']:.0f} ({a['lost']})"
-        f" | {b['per_s']:.0f} ({b['lost']}) | {b['per_s'] / a['per_s']:.2f} |"
+        f" | {b['per_s']:.0f} ({b['lost']}) | {ratio(b['per_s'], a['per_s'])} |"
     )
     a, b = d["alarms_offline"], s["alarms_offline"]
     print(
