@@ -30,6 +30,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gridpatrol import proxies
 from gridpatrol.ingest.topics import component_status_topic, valid_id
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ _V5_CONNACK_GRACE_S = 2.5
 # X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: a matter of clocks and dates.
 _CERT_DATES = frozenset({9, 10})
 _TLS_PROBE_S = 5.0  # the handshake that tells why a TLS broker was not reached at the start
+# What a broker URL whose user info holds / ? # is told, in the words the API URL gets.
+PASSWORD_CHARS = "a password must percent-encode # ? / @ (%23 %3F %2F %40)"
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
 RECONNECT_S = (1, 30)  # backoff between reconnection attempts, doubling
 # Backoff after the broker refused credentials it had accepted before: a password rotated on
@@ -91,14 +94,25 @@ class MqttSettings:
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:
         """Settings from ``mqtt://[user:password@]host[:port]``; :class:`MqttConfigError` when
-        the URL cannot be a broker's."""
+        the URL cannot be a broker's: also for one with a path, query or fragment, and for a
+        user info holding an unencoded ``/ ? #`` (a URL parser would end the user info there
+        and take a piece of the password for the host or the port)."""
+        shown = _shown(url)
+        if re.search(r"[/?#]", url.partition("://")[2].rpartition("@")[0]):
+            raise MqttConfigError(f"broker URL {shown!r}: {PASSWORD_CHARS}")
         try:
             parts = urlsplit(url)
             port = parts.port
         except ValueError as exc:  # a port that is no number, a broken [IPv6] address
-            raise MqttConfigError(f"broker URL {_shown(url)!r}: {exc}") from exc
+            raise MqttConfigError(f"broker URL {shown!r}: {exc}") from exc
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise MqttConfigError(f"broker URL must be mqtt:// or mqtts://, got {_shown(url)!r}")
+            raise MqttConfigError(f"broker URL must be mqtt:// or mqtts://, got {shown!r}")
+        # A lone "/" is harmless: it was always taken.
+        if parts.path not in ("", "/") or "?" in url or "#" in url:
+            raise MqttConfigError(
+                "broker URL must be mqtt://[user:password@]host[:port] or mqtts://… with no "
+                f"path, query or fragment, got {shown!r}"
+            )
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
             host=parts.hostname or "127.0.0.1",
@@ -182,14 +196,16 @@ def _why(exc: OSError | ValueError) -> str:
 
 
 def _shown(url: str) -> str:
-    """The URL for a message, its password masked."""
-    # By hand: it also shows URLs that urlsplit refuses.
+    """The broker URL for a message, its password masked.
+
+    A broker URL has no path, query or fragment, so its user info runs to its last ``@``: a
+    password may hold an unencoded ``/ ? #`` or ``@``. Read so even for a URL a parser
+    refuses, or splits elsewhere (``mqtt://gp:12/pw@host`` is host gp, port 12 for it)."""
     scheme, sep, rest = url.partition("://")
-    netloc = re.split(r"[/?#]", rest, maxsplit=1)[0]
-    user, at, host = netloc.rpartition("@")
-    if not sep or not at or ":" not in user:
-        return url
-    return f"{scheme}://{user.split(':', 1)[0]}:***@{host}{rest[len(netloc) :]}"
+    info, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in info:
+        return proxies.masked(url)
+    return f"{scheme}://{info.partition(':')[0]}:***@{host}"
 
 
 @dataclass(frozen=True)

@@ -394,6 +394,37 @@ def test_a_broker_url_or_component_id_that_cannot_work_exits_2_with_one_line(
     assert "s3cret" not in err
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        # A URL parser ends the user info at the first / ? #: it took "gp" for the host and
+        # "pa" for the port, and the message quoted the URL with its password whole.
+        (f"mqtt://gp:pa{char}ss99@127.0.0.1:18839",
+         "ingest: cannot start: broker URL 'mqtt://gp:***@127.0.0.1:18839': a password must "
+         "percent-encode # ? / @ (%23 %3F %2F %40)")
+        for char in "/#?"
+    ] + [
+        # Taken for host gp, port 12 (and a path), and started against it.
+        ("mqtt://gp:12/ss99@127.0.0.1:18839",
+         "ingest: cannot start: broker URL 'mqtt://gp:***@127.0.0.1:18839': a password must "
+         "percent-encode # ? / @ (%23 %3F %2F %40)"),
+        ("mqtt://127.0.0.1:18839/gp",
+         "ingest: cannot start: broker URL must be mqtt://[user:password@]host[:port] or "
+         "mqtts://… with no path, query or fragment, got 'mqtt://127.0.0.1:18839/gp'"),
+    ],
+)  # fmt: skip
+def test_a_broker_password_with_an_unencoded_slash_hash_or_question_mark_is_refused_masked(
+    site_file: Callable[..., Path], gridpatrol_proc: Any, url: str, says: str
+) -> None:
+    site = site_file("  - {id: c1, source: x.mp4, fps: 1, location: {address: a}}\n")
+    proc = gridpatrol_proc(["ingest", "--config", str(site)], url)
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, ""), err
+    (line,) = err.splitlines()
+    assert line.endswith(f" ERROR gridpatrol.ingest.cli: {says}")
+    assert "ss99" not in err
+
+
 def test_a_malformed_snapshot_request_is_dead_lettered_and_the_next_one_answered(
     site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
 ) -> None:
