@@ -545,7 +545,7 @@ def measure_gate(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short run (about 2 minutes)")
+    parser.add_argument("--quick", action="store_true", help="short run (about 3 minutes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
     parser.add_argument("--cameras", type=int, default=8)
     parser.add_argument(
