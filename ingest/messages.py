@@ -282,20 +282,43 @@ def _id(value: object, name: str) -> str:
 _SOF_MARKERS = frozenset(
     {*range(0xC0, 0xC4), *range(0xC5, 0xC8), *range(0xC9, 0xCC), 0xCD, 0xCE, 0xCF}
 )
-_STANDALONE = frozenset({0x01, *range(0xD0, 0xD9)})
+# Restart (RSTn) and TEM markers only belong inside entropy-coded data, after the frame header.
+_SCAN_ONLY = frozenset({0x01, *range(0xD0, 0xD8)})
+# A real JPEG has a few dozen segments before its frame header (even a chunked ICC profile stays
+# far below this); the cap bounds the Python-level loop for a frame of nothing but markers.
+MAX_JPEG_MARKERS = 4096
+_FILL = re.compile(rb"\xff*")
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the JPEG start-of-frame segment, without decoding the image."""
-    i, n = 2, len(data)
+    """(width, height) from the JPEG start-of-frame segment, without decoding the image.
+
+    The Python-level work is bounded whatever the payload: the detector reads every camera's
+    frames on one thread, so one camera sending junk must not cost the others their frames.
+    """
+    i, n, markers = 2, len(data), 0
     while i + 4 <= n:
         if data[i] != 0xFF:
             raise MessageError("bad_jpeg", f"no marker at {i}")
         marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
+        if marker == 0xFF:
+            # Fill bytes (legal before any marker): skip the whole run in one C-level search, to
+            # the last 0xFF before the marker byte, rather than one Python step per byte.
+            run = _FILL.match(data, i + 1)
+            assert run is not None  # an empty run matches too
+            i = run.end() - 1
             continue
-        if marker in _STANDALONE:
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            raise MessageError(
+                "bad_jpeg",
+                f"more than {MAX_JPEG_MARKERS} markers before the start-of-frame segment",
+            )
+        if marker in _SCAN_ONLY:
+            raise MessageError(
+                "bad_jpeg", f"marker FF{marker:02X} before the start-of-frame segment"
+            )
+        if marker == 0xD8:  # a repeated start-of-image has no length either
             i += 2
             continue
         length = int.from_bytes(data[i + 2 : i + 4], "big")

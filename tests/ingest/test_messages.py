@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,6 +17,8 @@ from hypothesis import strategies as st
 
 from gridpatrol.alarm_bridge.adapters import Rejected, adapt
 from gridpatrol.ingest.messages import (
+    MAX_FRAME_BYTES,
+    MAX_JPEG_MARKERS,
     AlarmEnvelope,
     FrameHeader,
     MessageError,
@@ -116,6 +120,146 @@ def test_frame_size_cap() -> None:
     with pytest.raises(MessageError) as err:
         decode_frame(envelope(GOOD), topic_camera_id="cam-1", received_at=NOW, max_bytes=100)
     assert err.value.reason == "too_large"
+
+
+# JPEG measuring: real encodings keep their size; junk is refused without a per-byte walk.
+
+SOI = b"\xff\xd8"
+EXIF_APP1 = (  # Exif, big-endian TIFF, one IFD entry: Orientation = 6
+    b"\xff\xe1\x00\x22Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08"
+    b"\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00\x00\x00\x00\x00"
+)
+
+
+def header_markers(data: bytes) -> list[int]:
+    """Offsets of a clean JPEG's markers after SOI, up to and including its frame header."""
+    offsets: list[int] = []
+    i = 2
+    while True:
+        offsets.append(i)
+        if data[i + 1] in (0xC0, 0xC1, 0xC2):
+            return offsets
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+
+
+def with_fill(data: bytes, count: int) -> bytes:
+    """``count`` fill bytes (0xFF) before every marker up to the frame header."""
+    out, last = bytearray(), 0
+    for offset in header_markers(data):
+        out += data[last:offset] + b"\xff" * count
+        last = offset
+    return bytes(out + data[last:])
+
+
+def footage_frame(shared: Path, name: str) -> np.ndarray:
+    cap = cv2.VideoCapture(str(shared / "footage" / name))
+    try:
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 10)
+        ok, image = cap.read()
+    finally:
+        cap.release()
+    assert ok
+    return image
+
+
+def encode(image: np.ndarray, *params: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", image, list(params))
+    assert ok
+    return bytes(buf.tobytes())
+
+
+REAL_JPEGS: dict[str, Callable[[np.ndarray], bytes]] = {
+    "baseline": lambda im: encode(im),
+    "progressive": lambda im: encode(im, cv2.IMWRITE_JPEG_PROGRESSIVE, 1),
+    "restart_intervals": lambda im: encode(im, cv2.IMWRITE_JPEG_RST_INTERVAL, 4),
+    "exif_app1": lambda im: SOI + EXIF_APP1 + encode(im)[2:],
+    "icc_chunks_and_comment": lambda im: (
+        SOI
+        + b"".join(b"\xff\xe2\x00\x10ICC_PROFILE\x00" + bytes([n, 40]) for n in range(1, 41))
+        + b"\xff\xfe\x00\x07hello"
+        + encode(im)[2:]
+    ),
+    "one_fill_byte": lambda im: with_fill(encode(im), 1),
+    "fill_runs": lambda im: with_fill(encode(im, cv2.IMWRITE_JPEG_PROGRESSIVE, 1), 5000),
+    "megabyte_fill_run": lambda im: SOI + b"\xff" * 2**20 + encode(im)[2:],
+}
+
+
+@pytest.mark.parametrize("video", ["car_park_people_bikes.mp4", "car_park_overhead.mp4",
+                                   "pedestrian_street_1080p.mp4"])  # fmt: skip
+@pytest.mark.parametrize("kind", sorted(REAL_JPEGS))
+def test_real_jpegs_are_measured_from_their_frame_header(
+    shared_dir: Path, video: str, kind: str
+) -> None:
+    image = footage_frame(shared_dir, video)
+    data = REAL_JPEGS[kind](image)
+    # libjpeg agrees the JPEG is valid; the frame header's size is the stored one, not rotated.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    assert decoded is not None and decoded.shape == image.shape
+    height, width = image.shape[:2]
+    assert jpeg_size(data) == (width, height)
+    frame = decode_frame(data, topic_camera_id="cam-1", received_at=NOW)
+    assert (frame.header.width, frame.header.height) == (width, height)
+
+
+def test_markers_up_to_the_cap_are_read() -> None:
+    clean = jpeg(40, 30)
+    padding = MAX_JPEG_MARKERS - len(header_markers(clean))
+    data = SOI + b"\xff\xfe\x00\x02" * padding + clean[2:]
+    assert jpeg_size(data) == (40, 30)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (30, 40, 3)
+
+
+CAPPED = f"more than {MAX_JPEG_MARKERS} markers before the start-of-frame segment"
+
+
+def past_the_cap() -> bytes:
+    """One marker past the cap (empty comment segments), then a valid JPEG."""
+    clean = jpeg(40, 30)
+    return (
+        SOI + b"\xff\xfe\x00\x02" * (MAX_JPEG_MARKERS - len(header_markers(clean)) + 1) + clean[2:]
+    )
+
+
+NO_SOF = "no start-of-frame segment"
+
+
+def scan_marker(code: int) -> str:
+    return f"marker FF{code:02X} before the start-of-frame segment"
+
+
+def after(prefix: bytes) -> bytes:
+    """``prefix`` between the start-of-image and the rest of a valid 40x30 JPEG."""
+    return SOI + prefix + jpeg(40, 30)[2:]
+
+
+# Payloads are built per test: the largest are the frame cap, 32 MiB each.
+CAP = MAX_FRAME_BYTES
+JUNK: dict[str, tuple[Callable[[], bytes], str]] = {
+    # Restart / TEM markers belong in scan data only; a valid frame header after them does not
+    # make the JPEG valid.
+    "rst0": (lambda: after(b"\xff\xd0" * 8), scan_marker(0xD0)),
+    "rst7_after_fill": (lambda: after(b"\xff\xff\xd7"), scan_marker(0xD7)),
+    "tem": (lambda: after(b"\xff\x01"), scan_marker(0x01)),
+    "rst_flood": (lambda: SOI + b"\xff\xd0" * (CAP // 2 - 1), scan_marker(0xD0)),
+    "marker_cap": (past_the_cap, CAPPED),
+    "soi_flood": (lambda: SOI * (CAP // 2), CAPPED),
+    "empty_app0_flood": (lambda: SOI + b"\xff\xe0\x00\x02" * (CAP // 4 - 1), CAPPED),
+    # A frame of nothing but fill bytes has no frame header.
+    "fill_flood": (lambda: SOI + b"\xff" * (CAP - 2), NO_SOF),
+    "fill_flood_then_sof": (lambda: SOI + b"\xff" * (CAP - 3) + b"\xc0", NO_SOF),
+}
+
+
+@pytest.mark.parametrize("kind", JUNK)
+def test_junk_before_the_frame_header_is_bad_jpeg(kind: str) -> None:
+    build, detail = JUNK[kind]
+    payload = build()
+    assert len(payload) <= MAX_FRAME_BYTES
+    with pytest.raises(MessageError) as err:
+        decode_frame(payload, topic_camera_id="cam-1", received_at=NOW)
+    assert (err.value.reason, err.value.detail) == ("bad_jpeg", detail)
 
 
 ALARM = {
