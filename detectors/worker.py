@@ -1684,8 +1684,12 @@ def run(args: argparse.Namespace) -> int:
     except (ModelNotFoundError, SiteConfigError, ValueError) as exc:
         log.error("%s", exc)
         return 2
-    if not cameras:
-        log.error("no camera selected (--cameras %s, --shard %s)", args.cameras, args.shard)
+    if not cameras and args.cameras is not None:
+        # Only a list of no id gets here ("--cameras ,"): unknown ids were refused above.
+        log.error("--cameras %r names no camera of the site", args.cameras)
+        return 2
+    if not site.cameras:
+        log.error("the site file %s has no camera", args.config)
         return 2
     from gridpatrol.api.client import OutboxBusy
     from gridpatrol.detectors.models import MissingExtraError, ModelLoadError
@@ -1697,6 +1701,17 @@ def run(args: argparse.Namespace) -> int:
     except (MqttConfigError, RuntimeError) as exc:  # the environment or --component-id
         log.error("%s: cannot start: %s", component_id, exc)
         return 2
+    if not cameras:
+        # CRC-32 sharding of a small site often leaves a shard without cameras. That is no
+        # setup error: exiting would have Compose or systemd restart the worker in a loop.
+        log.warning(
+            "%s: shard %s serves no camera of the site (its %d camera(s) are on the other "
+            "shards); it stays online and idle until stopped",
+            component_id,
+            args.shard,
+            len(site.cameras),
+        )
+        return _idle(component_id, conn, port)
     try:
         worker, backend = _build(args, site, cameras, component_id, spec, conn, port)
     except (ModelLoadError, ModelNotFoundError, MissingExtraError, OutboxBusy) as exc:
@@ -1708,6 +1723,27 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: cannot start: %s", component_id, exc)
         return 1
     return _serve(worker, backend, conn, args)
+
+
+def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
+    """A worker without cameras: online on the broker (and its metrics served) until SIGTERM or
+    SIGINT, without the model or the outbox file. Exit status as :func:`_serve`'s."""
+    from gridpatrol.ingest.mqtt import MqttAuthError, stop_when_refused
+
+    stop = threading.Event()
+    stop_on_signals(stop, component_id)
+    refused = stop_when_refused(log, component_id, stop, conn)
+    if metrics_port:  # the scrape target stays up: an idle shard is no worker down
+        Metrics().serve(metrics_port)
+    try:
+        conn.start()
+    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
+        log.error("%s: cannot start: %s", component_id, exc)
+        return 2
+    stop.wait()
+    conn.stop()
+    log.info("%s: stopped", component_id)
+    return 1 if refused.is_set() else 0
 
 
 def _connection(component_id: str, site: Site) -> MqttConnection:

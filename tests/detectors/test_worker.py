@@ -280,6 +280,14 @@ def test_detect_refuses_an_empty_camera_selection(tmp_path: Path, flag: str) -> 
     assert not (tmp_path / "outbox.db").exists()
 
 
+def test_detect_refuses_a_camera_list_of_no_id(tmp_path: Path) -> None:
+    """``--cameras ,`` names no camera: a setup error that quotes what was given."""
+    site = str(REPO / "samples" / "site.yaml")
+    detect = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", site, "--cameras", ","]
+    run = _run_producer(tmp_path, detect)
+    assert _setup_error(run).endswith("--cameras ',' names no camera of the site")
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [("--progress-s", "0"), ("--keyframe-s", "nan"), ("--keyframe-s", "inf"),

@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,14 @@ SIZES = ((1280, 720), (640, 360))  # a camera switched to a lower resolution
 class Detect:
     """``gridpatrol detect`` serving one camera without zones, with its metrics endpoint."""
 
-    def __init__(self, tmp_path: Path, shared_dir: Path, prefix: str, url: str = SHARED) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        shared_dir: Path,
+        prefix: str,
+        url: str = SHARED,
+        args: Sequence[str] = (),
+    ) -> None:
         site = tmp_path / "site.yaml"
         site.write_text(
             f"site: {{name: test}}\nmqtt: {{prefix: {prefix}}}\ncameras:\n"
@@ -54,7 +61,7 @@ class Detect:
         cmd = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site)]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*cmd, "--metrics-port", str(self.port), "--progress-s", "3600"],
+                [*cmd, "--metrics-port", str(self.port), "--progress-s", "3600", *args],
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -265,4 +272,33 @@ def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_stat
         r"\(Not authorized\)$",
         line,
     ), line
+    assert "Traceback" not in text
+
+
+def test_a_shard_without_cameras_stays_online_idle_and_stops_with_status_0(
+    tmp_path: Path, shared_dir: Path, mqtt_prefix: str
+) -> None:
+    """The site's one camera (yard, CRC-32 0 mod 4) is on shard 0/4: shard 3/4 serves none.
+    That is no setup error, which would have the unit restart it in a loop: it says so once,
+    goes online, never opens its outbox file, and a SIGTERM stops it with status 0."""
+    status_topic = component_status_topic(mqtt_prefix, "detect-3-of-4")
+    conn = MqttConnection("shard-test", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    status = conn.subscribe(status_topic, qos=1, maxsize=100)
+    assert conn.start(timeout=10)
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix, args=("--shard", "3/4"))
+    try:
+        worker.wait("online status", lambda: _says(status, b"online"))
+        worker.proc.terminate()
+        returncode = worker.proc.wait(30)
+    finally:
+        worker.stop()
+        conn.stop()  # mqtt_prefix removes the retained status left behind
+    text = worker.log.read_text()
+    assert returncode == 0, text[-3000:]
+    (line,) = [x for x in text.splitlines() if " WARNING " in x]
+    assert line.endswith(
+        " WARNING gridpatrol.detectors.worker: detect-3-of-4: shard 3/4 serves no camera of the "
+        "site (its 1 camera(s) are on the other shards); it stays online and idle until stopped"
+    ), line
+    assert not (tmp_path / "outbox-detect.db").exists()
     assert "Traceback" not in text
