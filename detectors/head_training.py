@@ -35,7 +35,14 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
-from gridpatrol.api.client import ApiClient, ApiError
+from gridpatrol import proxies
+from gridpatrol.api.client import (
+    DEFAULT_API_URL,
+    ApiClient,
+    ApiConfigError,
+    ApiError,
+    _checked_url,
+)
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair
 from gridpatrol.detectors.types import Backend, ModelInfo
@@ -716,7 +723,14 @@ def run(args: argparse.Namespace) -> int:
         # Inside the try: groups too unequal to split are the data's fault (exit 2, one line).
         report = nested_cv(fs, args.folds, args.repeats, args.seed, args.min_recall, args.max_fpr)
         choice = select(fs, np.arange(len(fs.y)), args.seed, args.min_recall, args.max_fpr)
-    except (ValueError, OSError, ApiError, ModelNotFoundError, MissingExtraError) as exc:
+    except (
+        ValueError,
+        OSError,
+        ApiError,
+        ApiConfigError,
+        ModelNotFoundError,
+        MissingExtraError,
+    ) as exc:
         print(f"train-head: {exc}", file=sys.stderr)
         return 2
     print(format_report(fs, report, args.folds, args.repeats), flush=True)
@@ -817,13 +831,13 @@ def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[Feat
 
 def _samples(args: argparse.Namespace) -> list[Sample]:
     if args.from_reviews:
-        url = args.api_url or os.environ.get("GRIDPATROL_API_URL", "http://127.0.0.1:8000")
+        url = _api_url(args.api_url)
         token = args.token or os.environ.get("GRIDPATROL_API_TOKEN", "")
         client = ApiClient(url, token)
         try:
             reviews = review_samples(client, args.type, args.since)
         except httpx.HTTPError as exc:
-            raise OSError(f"intake API at {url}: {exc}") from exc
+            raise OSError(f"intake API at {proxies.masked(url)}: {exc}") from exc
         finally:
             client.close()
         found, skipped = reviews.samples, reviews.skipped
@@ -837,6 +851,19 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
     found = dataset_samples(Path(args.dataset), args.positive or args.name, args.group_gap_min)
     progress(f"{len(found)} images in {args.dataset}")
     return found
+
+
+def _api_url(given: str | None) -> str:
+    """The API's URL: ``--api-url``, else ``GRIDPATROL_API_URL`` (unset or empty: the
+    default), checked as every other command checks it; :class:`ApiConfigError` (exit 2, at
+    once) for one that cannot be the API's, which every request would fail on, retried."""
+    if not given:
+        return _checked_url(os.environ.get("GRIDPATROL_API_URL") or DEFAULT_API_URL)
+    try:
+        return _checked_url(given)
+    except ApiConfigError as exc:
+        # The check names the variable: here the option gave the URL.
+        raise ApiConfigError(str(exc).replace("GRIDPATROL_API_URL", "--api-url", 1)) from exc
 
 
 def _meta(args: argparse.Namespace, fs: FeatureSet, rep: CvReport) -> dict[str, Any]:
