@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from gridpatrol.ingest import messages
+
 log = logging.getLogger(__name__)
 
 # What link(2) answers on a file system that has no hard links.
@@ -62,10 +64,6 @@ VERIFIED_FILES = 4096
 RECENT_NS = 20_000_000
 MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic) carry the size.
-SOF_MARKERS = frozenset(
-    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-)
 
 
 class EvidenceError(Exception):
@@ -109,32 +107,13 @@ def media_type_of(header: str | None) -> str:
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's start-of-frame segment; ValueError if it is no JPEG."""
+    """(width, height) from a JPEG's start-of-frame segment; ValueError if it is no JPEG.
+
+    The frame reader's walk, whose work is bounded whatever the upload (a body of fill bytes
+    or markers walked one step at a time would hold a request thread for seconds)."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("no JPEG start-of-image marker")
-    pos = 2
-    while pos + 4 <= len(data):
-        if data[pos] != 0xFF:
-            raise ValueError(f"bad JPEG marker at byte {pos}")
-        marker = data[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in (0x01, *range(0xD0, 0xD8)):  # segments without a length
-            pos += 2
-            continue
-        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
-        if marker in SOF_MARKERS:
-            if pos + 9 > len(data):
-                break
-            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
-            if width == 0 or height == 0:
-                raise ValueError("JPEG frame of zero size")
-            return width, height
-        if marker == 0xDA or length < 2:
-            break
-        pos += 2 + length
-    raise ValueError("no JPEG start-of-frame segment")
+    return messages.jpeg_size(data)  # its MessageError is a ValueError
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -92,6 +92,33 @@ def test_refused_evidence(
         assert response.json()["status"] == status
 
 
+SOF = b"\xff\xc0\x00\x11\x08\x00\x30\x00\x40\x03" + bytes(9)  # 64 × 48, three components
+
+
+@pytest.mark.parametrize(
+    ("data", "detail"),
+    [
+        (b"\xff\xd8\xff\xd0" + SOF, "bad_jpeg: marker FFD0 before the start-of-frame segment"),
+        (
+            b"\xff\xd8" + b"\xff\xfe\x00\x02" * 5000 + SOF,
+            "bad_jpeg: more than 4096 markers before the start-of-frame segment",
+        ),
+        (b"\xff\xd8" + b"\xff" * 2**20, "bad_jpeg: no start-of-frame segment"),
+        (b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x00\x00\x40", "bad_height: 0"),
+    ],
+    ids=["restart-marker", "marker-flood", "fill-bytes", "zero-height"],
+)
+def test_a_jpeg_is_read_as_the_frame_reader_reads_it(api: Any, data: bytes, detail: str) -> None:
+    """One walk of a JPEG's segments for frames and evidence, whose work is bounded whatever
+    the bytes: uploads of junk are refused with the reader's reason."""
+    response = put(api, data, "image/jpeg")
+    assert (response.status_code, response.json()["detail"]) == (
+        422,
+        f"not a valid image/jpeg: {detail}",
+    )
+    assert put(api, b"\xff\xd8" + SOF, "image/jpeg").json()["width"] == 64
+
+
 def test_too_large_is_413(make_api: Any) -> None:
     api = make_api(max_evidence_bytes=1000)
     big = json.dumps({"v": list(range(1000))}).encode()
