@@ -85,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Python's exit flush would fail on the closed pipe too, so stdout goes to devnull.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except KeyboardInterrupt:
+        # Ctrl-C in a command that does not handle it (scan, outbox --drain): one line and the
+        # shell's status for SIGINT, no traceback.
+        print(f"gridpatrol {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT
     return code
 
 

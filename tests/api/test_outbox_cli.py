@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -92,6 +94,41 @@ def test_no_such_file_or_no_token_is_a_setup_error(tmp_path: Path) -> None:
     no_token = run(str(path), "--drain", env=env)
     assert no_token.returncode == 2
     assert "GRIDPATROL_API_TOKEN is not set" in no_token.stderr
+
+
+def test_ctrl_c_while_draining_is_one_line_and_status_130(tmp_path: Path) -> None:
+    """Ctrl-C while the API is down: a traceback (status -2) before."""
+    path = tmp_path / "outbox.db"
+    left_behind(path)
+    with socket.socket() as closed:  # bound, never listening: connections are refused
+        closed.bind(("127.0.0.1", 0))
+        env = {
+            **os.environ,
+            "GRIDPATROL_API_URL": f"http://127.0.0.1:{closed.getsockname()[1]}",
+            "GRIDPATROL_API_TOKEN": "tok-producer",
+        }
+        command = ["outbox", str(path), "--drain", "--timeout", "30"]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridpatrol.cli", *command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        try:
+            assert proc.stderr is not None
+            first = proc.stderr.readline()  # the first delivery failed: it drains
+            assert " not delivered ([Errno 111] Connection refused); retrying in " in first
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+    assert (proc.returncode, out) == (130, "")
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == "gridpatrol outbox: interrupted"
+    assert Outbox(path, None, component="check").depth() == 2
 
 
 def parked_episode(cid: str) -> episodes.Episode:
