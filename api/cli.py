@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 from types import FrameType
@@ -18,6 +19,8 @@ from gridpatrol.cli import LOG_FORMAT
 from gridpatrol.demo import port_number
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from gridpatrol.api.client import Outbox
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,8 @@ def register(sub: Any) -> None:
 
 
 def run_outbox(args: argparse.Namespace) -> int:
-    """0: shown, or drained; 1: not drained in time; 2: no such file, no token, or in use."""
+    """0: shown, or drained; 1: not drained in time; 2: no such file, no outbox file, no
+    token, or in use."""
     from pathlib import Path
 
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
@@ -71,6 +75,14 @@ def run_outbox(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         print(f"outbox: no such file {path}", file=sys.stderr)
+        return 2
+    try:
+        is_outbox = _is_outbox(path)
+    except sqlite3.Error as exc:
+        print(f"outbox: {path} cannot be read: {exc}", file=sys.stderr)
+        return 2
+    if not is_outbox:
+        print(f"outbox: {path} is not an outbox file", file=sys.stderr)
         return 2
     drain = args.drain or args.end_episodes
     try:
@@ -93,6 +105,19 @@ def run_outbox(args: argparse.Namespace) -> int:
         return 2
     finally:
         box.stop()
+
+
+def _is_outbox(path: Path) -> bool:
+    """Whether ``path`` is a producer's outbox: an SQLite file with its table of operations.
+    Read only: opening it as an :class:`Outbox` would create the outbox's tables (and switch
+    the file to WAL) in any SQLite file mistyped for one. :class:`sqlite3.Error` for a file
+    that is no SQLite database, or cannot be read."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+        found = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox_ops'"
+        ).fetchone()
+    return found is not None
 
 
 def _show(box: Outbox) -> int:

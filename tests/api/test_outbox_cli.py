@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gridpatrol.api.client import Outbox
 from gridpatrol.detectors import episodes
@@ -94,6 +97,41 @@ def test_no_such_file_or_no_token_is_a_setup_error(tmp_path: Path) -> None:
     no_token = run(str(path), "--drain", env=env)
     assert no_token.returncode == 2
     assert "GRIDPATROL_API_TOKEN is not set" in no_token.stderr
+
+
+def tables_and_journal(path: Path) -> tuple[list[str], str]:
+    with sqlite3.connect(path) as conn:
+        names = conn.execute("SELECT name FROM sqlite_master ORDER BY name").fetchall()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    return [name for (name,) in names], mode
+
+
+@pytest.mark.parametrize("drain", [[], ["--drain"]])
+def test_a_sqlite_file_that_is_no_outbox_is_refused_untouched(
+    tmp_path: Path, drain: list[str]
+) -> None:
+    # Opened as an outbox, it was given the outbox's tables and switched to WAL.
+    path = tmp_path / "site.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE readings (at TEXT, value REAL)")
+    conn.close()
+    before = tables_and_journal(path)
+    assert before == (["readings"], "delete")
+    env = {**os.environ, "GRIDPATROL_API_URL": "http://127.0.0.1:9", "GRIDPATROL_API_TOKEN": "t"}
+    done = run(str(path), *drain, env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"outbox: {path} is not an outbox file\n"
+    assert tables_and_journal(path) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.db"]
+
+
+def test_a_file_that_is_no_sqlite_database_is_one_line_and_status_2(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("not a database, but long enough to have a header's length of text\n" * 4)
+    done = run(str(path))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == f"outbox: {path} cannot be read: file is not a database\n"
 
 
 def test_ctrl_c_while_draining_is_one_line_and_status_130(tmp_path: Path) -> None:
