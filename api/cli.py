@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gridpatrol.cli import LOG_FORMAT
 from gridpatrol.demo import port_number
+from gridpatrol.ingest.cli import positive_seconds
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -60,7 +61,11 @@ def register(sub: Any) -> None:
         "at their last sighting, then drain",
     )
     outbox.add_argument(
-        "--timeout", type=float, default=120.0, help="give up draining after S seconds"
+        "--timeout",
+        type=positive_seconds,
+        default=120.0,
+        metavar="S",
+        help="give up draining after S seconds (default 120)",
     )
     outbox.set_defaults(func=run_outbox)
 

@@ -134,6 +134,21 @@ def test_a_file_that_is_no_sqlite_database_is_one_line_and_status_2(tmp_path: Pa
     assert done.stderr == f"outbox: {path} cannot be read: file is not a database\n"
 
 
+@pytest.mark.parametrize("timeout", ["nan", "-5", "0", "inf"])
+def test_a_drain_timeout_that_is_no_positive_number_is_a_usage_error(
+    tmp_path: Path, timeout: str
+) -> None:
+    # NaN drained for ever; -5 gave up at once, with status 1.
+    path = tmp_path / "outbox.db"
+    left_behind(path)
+    done = run(str(path), "--drain", "--timeout", timeout)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == (
+        "gridpatrol outbox: error: argument --timeout: must be a positive number of seconds, "
+        f"got {timeout!r}"
+    )
+
+
 def test_ctrl_c_while_draining_is_one_line_and_status_130(tmp_path: Path) -> None:
     """Ctrl-C while the API is down: a traceback (status -2) before."""
     path = tmp_path / "outbox.db"
