@@ -17,6 +17,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -354,6 +355,11 @@ class Metrics:
         self.outbox_depth = Gauge(
             "gridpatrol_detect_outbox_depth", "Operations waiting", registry=self.registry
         )
+        self.outbox_bytes = Gauge(
+            "gridpatrol_detect_outbox_bytes",
+            "Size of the outbox file on disk, with its write-ahead log",
+            registry=self.registry,
+        )
 
     def register(self, camera_id: str) -> None:
         """Export the camera's series at 0 from the start, so that an alert on a camera whose
@@ -456,6 +462,9 @@ class DetectorWorker:
         # The connection's connect count when silence was last checked: a (re)connect since
         # means frames were lost while it was down, so silence is counted afresh (_end_silent).
         self._connects_seen = conn.connects
+        # When each failure of the outbox file (_failed) was last logged, and how many of the
+        # same failure were not logged since.
+        self._failures: dict[tuple[str, ...], tuple[float, int]] = {}
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -539,11 +548,40 @@ class DetectorWorker:
     def _judge_safely(self, item: Ready) -> None:
         try:
             self._judge(item)
-        except Exception:
+        except Exception as exc:
             # One camera's bad frame or rule state must not stop the others.
-            log.exception(
-                "camera %s: judging frame %d failed", item.rt.camera.id, item.frame.header.seq
+            cam = item.rt.camera.id
+            self._failed(
+                ("judge", cam),
+                exc,
+                "camera %s: judging frame %d failed: %s",
+                cam,
+                item.frame.header.seq,
+                exc,
             )
+
+    def _failed(
+        self, what: tuple[str, ...] | None, exc: BaseException, msg: str, *args: object
+    ) -> None:
+        """Log ``msg % args``, which says the failure ``exc``: one of the outbox file (locked,
+        full, an I/O error: no bug) as one line, at most once a minute (UNQUEUED_LOG_S) for each
+        ``what`` (None: each time); any other with its traceback, each time. A full disk fails
+        every frame's operations: a traceback each (hundreds a minute) would bury the log, and
+        fill the disk it is on."""
+        if not _outbox_refusal(exc):
+            log.exception(msg, *args)
+            return
+        if what is None:
+            log.error(msg, *args)
+            return
+        now = self.clock()
+        logged, missed = self._failures.get(what, (float("-inf"), 0))
+        if now - logged < UNQUEUED_LOG_S:
+            self._failures[what] = (logged, missed + 1)
+            return
+        self._failures[what] = (now, 0)
+        more = f" ({missed} more such failure(s) since the last line)" if missed else ""
+        log.error(msg + "%s", *args, more)
 
     def _count_drops(self, rt: CameraRuntime) -> None:
         dropped = rt.sub.dropped
@@ -778,25 +816,31 @@ class DetectorWorker:
             before = rt.unqueued.get(key)
             try:
                 self._episode_events(rt, key, evs, item, detections)
-            except Exception:
-                self._not_queued(rt, key, evs, before)
+            except Exception as exc:
+                self._not_queued(rt, key, evs, before, exc)
                 if before is None or key in rt.unqueued or not evs:
                     continue
                 # The kept operations failed for good and are dropped: the frame's own events
                 # go on their own, as if nothing had been kept.
                 try:
                     self._episode_events(rt, key, evs, item, detections)
-                except Exception:
-                    self._not_queued(rt, key, evs, None)
+                except Exception as again:
+                    self._not_queued(rt, key, evs, None, again)
         if rt.waiting:
             self._end_unfollowed(rt, ts)
 
     def _not_queued(
-        self, rt: CameraRuntime, key: Key, evs: Sequence[EpisodeEvent], before: Unqueued | None
+        self,
+        rt: CameraRuntime,
+        key: Key,
+        evs: Sequence[EpisodeEvent],
+        before: Unqueued | None,
+        exc: BaseException,
     ) -> None:
-        """Log the failure _episode_events just raised: ``before``, the operations kept from
-        earlier frames it tried first. Kept operations failing again are logged once a
-        minute."""
+        """Log the failure ``exc`` _episode_events just raised: ``before``, the operations kept
+        from earlier frames it tried first. Kept operations failing again are logged once a
+        minute, and so are the failures of an episode's operations (_failed: one line each
+        when the outbox file failed)."""
         kept = rt.unqueued.get(key)
         now = self.clock()
         if kept is not None and before is not None and now - before.logged < UNQUEUED_LOG_S:
@@ -808,14 +852,18 @@ class DetectorWorker:
             then = "; they are tried again with the next frame"
         else:
             then = "; they are dropped" if before is not None else ""
-        log.exception(
-            "camera %s: the %s of rule %s in zone %s at %s %s not queued%s",
+        self._failed(
+            # Kept operations have their own minute (``logged``); dropped ones are always said.
+            ("queue", *key) if kept is None and before is None else None,
+            exc,
+            "camera %s: the %s of rule %s in zone %s at %s %s not queued (%s)%s",
             rt.camera.id,
             " and ".join(kinds),
             key[2],
             key[1],
             (before.t if before is not None else evs[0].t).isoformat(),
             "were" if len(kinds) > 1 else "was",
+            exc,
             then,
         )
 
@@ -829,7 +877,7 @@ class DetectorWorker:
                     # No event: nothing is rendered, the kept operations are committed.
                     self._episode_events(rt, key, (), cast("Ready", None), cast("Detections", None))
                 except Exception as exc:
-                    log.error(  # the error says it all: its traceback was logged with the frame
+                    log.error(  # the error says it all: it was logged with the frame
                         "camera %s: the %s of rule %s in zone %s (episode started at %s) were "
                         "not queued before the stop and are lost: %s",
                         rt.camera.id,
@@ -1088,10 +1136,12 @@ class DetectorWorker:
         for rt in self.cams.values():
             try:
                 self._end_silent_camera(rt, now - rt.judged_at)
-            except Exception:
-                log.exception(
-                    "camera %s: ending the episodes of a silent camera failed", rt.camera.id
-                )
+            except Exception as exc:
+                cam = rt.camera.id
+                self._failed(
+                    ("silent", cam), exc, "camera %s: ending the episodes of a silent camera "
+                    "failed: %s", cam, exc
+                )  # fmt: skip
 
     def _end_silent_camera(self, rt: CameraRuntime, silent_s: float) -> None:
         from gridpatrol.detectors import episodes
@@ -1381,6 +1431,7 @@ class DetectorWorker:
     def report(self) -> None:
         """One line per camera: what came in, what was inferred, dropped and reported."""
         self.metrics.outbox_depth.set(self.outbox.depth())
+        self.metrics.outbox_bytes.set(_file_bytes(self.outbox.path))
         for rt in self.cams.values():
             mean_ms = 1000 * rt.latency_s / rt.inferred if rt.inferred else 0.0
             log.info(
@@ -1395,6 +1446,16 @@ class DetectorWorker:
                 mean_ms,
                 rt.candidates,
             )
+
+
+def _file_bytes(path: Path) -> int:
+    """The size of the SQLite file ``path`` with its write-ahead log: what it takes of the disk
+    (pages freed by delivered operations are reused, not given back)."""
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal")):
+        with contextlib.suppress(FileNotFoundError):  # no log yet, or checkpointed away
+            total += part.stat().st_size
+    return total
 
 
 def _state_owners(
@@ -1489,6 +1550,16 @@ def _transient(exc: BaseException) -> bool:
         return code & 0xFF in TRANSIENT_SQLITE
     text = str(exc).lower()
     return any(word in text for word in ("locked", "busy", "full", "i/o"))
+
+
+def _outbox_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` says the outbox file did not take an operation (SQLite could not write:
+    locked, full, an I/O error; or a body no request can carry), rather than a bug."""
+    import sqlite3
+
+    from gridpatrol.api.client import UnsendableOperation
+
+    return isinstance(exc, (sqlite3.OperationalError, UnsendableOperation))
 
 
 def _latest_updates(

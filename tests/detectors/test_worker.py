@@ -428,7 +428,13 @@ class _Conn:
     connects = 1
 
     def subscribe(self, *args: object, **kwargs: object) -> object:
-        return object()
+        return _Sub()
+
+
+class _Sub:
+    """A subscription that never delivers, so dropped nothing."""
+
+    dropped = 0
 
 
 class _Backend:
@@ -952,6 +958,62 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
     assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
 
 
+def test_updates_a_full_disk_refuses_are_logged_once_a_minute_without_a_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s stays in view, a frame a second, its rule updating every second;
+    from 6 s on the disk of the outbox file is full. Each frame's update fails: one line, no
+    traceback, at 6 s and again a minute later with how many failed unlogged meanwhile."""
+    from gridpatrol.detectors.types import Detections
+
+    site = _zone_site(
+        "kerb",
+        "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 1}}",
+    )
+    now = [0.0]
+    worker, outbox = _worker(tmp_path, site, clock=lambda: now[0])
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(6):
+        assert _judge(worker, _at(k), _at(k), person)
+    (raised,) = worker.book.values()
+
+    def full() -> Any:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(outbox, "transaction", full)
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    for k in range(6, 70):
+        now[0] = float(k)
+        assert _judge(worker, _at(k), _at(k), person)
+    assert worker.book == {raised.key: raised}
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = "camera cam-00: the update of rule crowd_gathering in zone kerb at {} was not queued "
+    assert [(r.getMessage(), r.exc_info) for r in errors] == [
+        (said.format(_at(6).isoformat()) + "(database or disk is full)", None),
+        (
+            said.format(_at(66).isoformat())
+            + "(database or disk is full) (59 more such failure(s) since the last line)",
+            None,
+        ),
+    ]
+
+
+def test_the_progress_report_sets_the_outbox_depth_and_its_size_on_disk(tmp_path: Path) -> None:
+    """While the API is down the outbox file grows by the evidence of each open episode's
+    updates: its size on disk (file and write-ahead log) is exported with its depth."""
+    worker, outbox = _worker(tmp_path)
+    with outbox.transaction() as txn:
+        txn.add_evidence(b"\xff\xd8" + bytes(300_000), "image/jpeg")
+    worker.report()
+    db = tmp_path / "outbox-detect.db"
+    size = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
+    registry = worker.metrics.registry
+    assert registry.get_sample_value("gridpatrol_detect_outbox_depth") == 1.0
+    assert registry.get_sample_value("gridpatrol_detect_outbox_bytes") == float(size)
+    assert size > 300_000
+
+
 def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1114,7 +1176,7 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
     assert failed == ["database is locked"] * 2
     assert (
         "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
-        f"{_at(39).isoformat()} was not queued"
+        f"{_at(39).isoformat()} was not queued (database is locked)"
     ) in caplog.messages
     assert (worker.book, rt.waiting, rt.ending) == (
         {raised.key: raised},
@@ -1218,7 +1280,7 @@ def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_qu
     assert _ops_sent(worker, "end") == 2.0
     assert (
         "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
-        f"{_at(39).isoformat()} was not queued"
+        f"{_at(39).isoformat()} was not queued (database is locked)"
     ) in caplog.messages
 
 
@@ -1238,7 +1300,7 @@ def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
     assert failed == ["database is locked"]
     assert (
         f"camera cam-00: the raise of rule crowd_gathering in zone kerb at {_at(5).isoformat()} "
-        "was not queued"
+        "was not queued (database is locked)"
     ) in caplog.messages
     for k in range(6, 125):
         assert _judge(worker, _at(k), _at(k), person)

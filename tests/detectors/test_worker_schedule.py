@@ -162,8 +162,8 @@ def test_a_raise_and_clear_on_one_frame_the_outbox_could_not_take_are_queued_wit
     assert len(_queued(outbox)) == 2
     assert (
         "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
-        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued; they are tried again "
-        "with the next frame"
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued (database is locked); "
+        "they are tried again with the next frame"
     ) in caplog.messages
 
 
@@ -187,8 +187,8 @@ def test_kept_operations_failing_again_frame_after_frame_are_logged_once_a_minut
     failures = [m for m in caplog.messages if "not queued" in m]
     assert failures == [
         "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
-        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued; they are tried again "
-        "with the next frame"
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued (database is locked); "
+        "they are tried again with the next frame"
     ]
 
 
@@ -239,7 +239,8 @@ def test_a_raise_and_clear_the_outbox_refuses_for_good_are_dropped_and_the_next_
     failures = [r.getMessage() for r in caplog.records if "not queued" in r.getMessage()]
     assert failures == [
         "camera cam-00: the raise and clear of rule piled_materials in zone corner at "
-        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued"
+        f"{at('06:00', 1).astimezone(UTC).isoformat()} were not queued (create of candidate "
+        f"{refused[0]} not queued: test)"
     ]
 
 
