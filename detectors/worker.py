@@ -1805,7 +1805,11 @@ def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
     stop_on_signals(stop, component_id)
     refused = stop_when_refused(log, component_id, stop, conn)
     if metrics_port:  # the scrape target stays up: an idle shard is no worker down
-        Metrics().serve(metrics_port)
+        try:
+            Metrics().serve(metrics_port)
+        except OSError as exc:  # the port in use: as a worker with cameras says (_build)
+            log.error("%s: cannot start: %s", component_id, exc)
+            return 1
     try:
         conn.start()
     except MqttAuthError as exc:  # retrying would lock the account out: mend and restart

@@ -288,6 +288,25 @@ def test_detect_refuses_a_camera_list_of_no_id(tmp_path: Path) -> None:
     assert _setup_error(run).endswith("--cameras ',' names no camera of the site")
 
 
+def test_a_shard_without_cameras_whose_metrics_port_is_taken_cannot_start(tmp_path: Path) -> None:
+    """The sample site leaves shard 3/4 without cameras; its metrics port is in use: status 1
+    and one line, as a worker with cameras says it (no traceback)."""
+    import socket
+
+    site = str(REPO / "samples" / "site.yaml")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        detect = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", site,
+                  "--shard", "3/4", "--metrics-port", str(port)]  # fmt: skip
+        run = _run_producer(tmp_path, detect)
+    assert run.returncode == 1, run.stderr
+    (error,) = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert error.endswith("detect-3-of-4: cannot start: [Errno 98] Address already in use")
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "value"),
     [("--progress-s", "0"), ("--keyframe-s", "nan"), ("--keyframe-s", "inf"),

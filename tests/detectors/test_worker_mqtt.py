@@ -288,6 +288,9 @@ def test_a_shard_without_cameras_stays_online_idle_and_stops_with_status_0(
     worker = Detect(tmp_path, shared_dir, mqtt_prefix, args=("--shard", "3/4"))
     try:
         worker.wait("online status", lambda: _says(status, b"online"))
+        # Its metrics are served: an idle shard does not look like a worker down.
+        metrics = httpx.get(f"http://127.0.0.1:{worker.port}/metrics", timeout=5).text
+        assert "gridpatrol_detect_outbox_depth 0.0" in metrics.splitlines()
         worker.proc.terminate()
         returncode = worker.proc.wait(30)
     finally:
