@@ -42,6 +42,8 @@ MAX_BACKOFF_S = 30.0
 # An HTTP snapshot is given up after this long in all, and past this size (a JPEG of even a
 # 4K camera is a few MB).
 HTTP_DEADLINE_S = 10.0
+# httpx's timeout for each read, connect and write of a snapshot; the deadline covers the whole.
+HTTP_READ_TIMEOUT_S = 10.0
 HTTP_MAX_BYTES = 20 * 2**20
 
 
@@ -190,7 +192,9 @@ class _Cutoff:
 
     No hook runs before a response's headers are complete, and httpx's timeout bounds each
     read alone: a camera trickling its headers a byte now and then would hold the grab for
-    ever. Shutting the socket down wakes the read that waits on it.
+    ever. Shutting the socket down wakes the read that waits on it. The cutoff keeps
+    duplicates of the connections' sockets: TLS takes the original over (detaching it), and a
+    descriptor of its own cannot be one the system has since given to another connection.
     """
 
     def __init__(self, seconds: float) -> None:
@@ -206,12 +210,16 @@ class _Cutoff:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
 
     def trace(self, event: str, info: dict[str, Any]) -> None:
         """httpcore's trace hook: keeps each connection's socket, the proxy's too."""
         if not event.endswith(".connect_tcp.complete"):
             return
-        sock = info["return_value"].get_extra_info("socket")
+        sock = info["return_value"].get_extra_info("socket").dup()
         with self._lock:
             self._sockets.append(sock)
             if self.passed.is_set():
@@ -251,7 +259,7 @@ def http_get(url: str) -> bytes:
     with (
         _Cutoff(HTTP_DEADLINE_S) as cutoff,
         httpx.Client(
-            timeout=HTTP_DEADLINE_S,
+            timeout=HTTP_READ_TIMEOUT_S,
             transport=proxies.transport(url),
             follow_redirects=True,
             headers={"Accept-Encoding": "identity"},
@@ -261,11 +269,16 @@ def http_get(url: str) -> bytes:
         try:
             with client.stream("GET", url, extensions={"trace": cutoff.trace}) as response:
                 response.raise_for_status()
-                return _read_body(response, deadline)
+                body = _read_body(response, deadline)
         except httpx.TransportError:
             if cutoff.passed.is_set():
                 raise SnapshotRefused(_too_slow()) from None
             raise
+        if cutoff.passed.is_set():
+            # A body without a declared length ends with its connection: the cut would pass
+            # for its end, and half a picture for a frame.
+            raise SnapshotRefused(_too_slow())
+        return body
 
 
 def _read_body(response: httpx.Response, deadline: float) -> bytes:

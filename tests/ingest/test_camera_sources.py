@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -24,6 +25,8 @@ from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.sources import CameraOutput, CameraPublisher, grab_once
 from gridpatrol.site import Camera, parse_site
 
+from .test_transport import make_certificates
+
 
 def site_camera(source: str, rate: str = "interval_s: 1") -> Camera:
     site = parse_site(
@@ -37,13 +40,19 @@ class RawServer:
     """One HTTP response at a time, written by ``respond(server, socket)`` as a camera might;
     ``sent`` counts the body bytes it got out, ``answered`` is set when a response ended."""
 
-    def __init__(self, respond: Callable[[RawServer, socket.socket], None]) -> None:
+    def __init__(
+        self,
+        respond: Callable[[RawServer, socket.socket], None],
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.respond = respond
+        self.tls = tls
         self.stop = threading.Event()
         self.sent = 0
         self.answered = threading.Event()
         self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/snap.jpg"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.sock.getsockname()[1]}/snap.jpg"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -52,10 +61,11 @@ class RawServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
+            with contextlib.suppress(OSError), conn:  # the client went away
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
                 conn.recv(65536)
-                with contextlib.suppress(OSError):  # the client went away
-                    self.respond(self, conn)
+                self.respond(self, conn)
             self.answered.set()
 
     def body(self, conn: socket.socket, data: bytes) -> None:
@@ -64,11 +74,13 @@ class RawServer:
 
 
 @pytest.fixture
-def raw_server() -> Iterator[Callable[[Callable[[RawServer, socket.socket], None]], RawServer]]:
+def raw_server() -> Iterator[Callable[..., RawServer]]:
     made: list[RawServer] = []
 
-    def make(respond: Callable[[RawServer, socket.socket], None]) -> RawServer:
-        made.append(RawServer(respond))
+    def make(
+        respond: Callable[[RawServer, socket.socket], None], tls: ssl.SSLContext | None = None
+    ) -> RawServer:
+        made.append(RawServer(respond, tls))
         return made[-1]
 
     yield make
@@ -131,23 +143,58 @@ def test_a_snapshot_trickling_in_is_given_up_at_the_deadline(
     ]
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
 def test_a_snapshot_trickling_its_headers_is_given_up_at_the_deadline(
+    scheme: str,
     raw_server: Callable[..., RawServer],
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    tmp_path: Path,
 ) -> None:
     """No hook runs before the headers are complete: a camera trickling them a byte now and
-    then is cut at the deadline, not when it gives up by itself (here after 20 s)."""
+    then is cut at the deadline, not when it gives up by itself (here after 20 s); over TLS
+    too, which takes the connection's socket over."""
 
     def trickle(server: RawServer, conn: socket.socket) -> None:
         conn.sendall(b"HTTP/1.1 200 OK\r\nX-Pad: ")
         for _ in range(400):
-            conn.sendall(b"a")
+            server.body(conn, b"a")
             if server.stop.wait(0.05):
                 return
 
-    server = raw_server(trickle)
+    tls = None
+    if scheme == "https":
+        ca, cert, key = make_certificates(tmp_path)
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    server = raw_server(trickle, tls)
     monkeypatch.setattr(sources, "HTTP_DEADLINE_S", 0.5)
+    assert failed_grab(site_camera(server.url), 60, caplog) == [
+        f"camera h1: grab from {server.url} failed: no complete response within 0.5 s"
+    ]
+    # Cut then, not given up only when the camera stopped by itself.
+    assert server.answered.wait(30)
+    assert server.sent < 400
+
+
+def test_a_snapshot_cut_at_the_deadline_is_not_taken_for_a_whole_one(
+    raw_server: Callable[..., RawServer],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A body of no declared length ends with its connection: the cut at the deadline must
+    not pass for its end, nor the half picture read until then for a frame."""
+
+    picture = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))[1].tobytes()
+
+    def stalls(server: RawServer, conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: image/jpeg\r\n\r\n")
+        conn.sendall(picture[: len(picture) * 3 // 5])  # its header whole, its scan not
+        server.stop.wait(20)
+
+    server = raw_server(stalls)
+    monkeypatch.setattr(sources, "HTTP_DEADLINE_S", 0.5)  # httpx's read timeout stays 10 s
     assert failed_grab(site_camera(server.url), 60, caplog) == [
         f"camera h1: grab from {server.url} failed: no complete response within 0.5 s"
     ]
