@@ -675,6 +675,43 @@ def test_a_camera_that_stops_sending_frames_ends_its_episode(rig: Rig, street: l
     assert again == ep.end + timedelta(seconds=7)
 
 
+def test_a_broker_outage_longer_than_the_silence_window_ends_no_episode(
+    rig: Rig, street: list[Image], mosquitto: Any
+) -> None:
+    """The broker is down for 15 s while the crowd's episode is open, longer than its rule's
+    gap_s + clear_s (2 + 10 s): the worker's own connection was down, so no camera was silent.
+    The crowd's frames come again once it is back: the episode goes on, on its candidate."""
+    ep = start_crowd_episode(rig, street)
+    worker, client, first = ep.worker, ep.client, ep.first
+    mosquitto.stop()
+    wait_for("the worker to lose the broker", lambda: "disconnected from" in worker.text(), 30,
+             worker)  # fmt: skip
+    time.sleep(15)  # the outage
+    mosquitto.start()
+    # The retained "online" outlived the broker's restart: the log says when the worker is back.
+    wait_for("the worker to reconnect", lambda: worker.text().count(": connected to ") >= 2, 90,
+             worker)  # fmt: skip
+    # A fresh publisher: the fixture's one may wait out its reconnection backoff.
+    fresh = MqttConnection("e2e-after", MqttSettings.from_url(mosquitto.url), prefix=rig.prefix)
+    assert fresh.start(timeout=10)
+    try:
+        rig.publisher.conn = fresh
+        rig.publisher.play({"street": ep.crowd[5:21]}, ep.size, ep.end, worker)
+        wait_for(
+            "the episode to continue on the same candidate",
+            lambda: [c for c in candidates(client, "street") if c["detection"]["dwell_s"] >= 10],
+            60,
+            worker,
+        )
+    finally:
+        fresh.stop()
+    assert [(c["id"], "ended_at" in c["detection"]) for c in candidates(client, "street")] == [
+        (first["id"], False)
+    ]
+    assert "sent no frame" not in worker.text()
+    assert worker.stop() == 0
+
+
 def test_a_rejected_candidate_gets_no_more_updates(rig: Rig, street: list[Image]) -> None:
     """A reviewer rejects the candidate while its crowd stays: the API answers the next
     update 410 Gone, and the worker sends none after it, nor a second candidate."""
