@@ -7,60 +7,29 @@ raises and clears, the other way round it would leave an alarm standing.
 
 from __future__ import annotations
 
-import itertools
 import threading
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gridpatrol.ingest.mqtt import Message, Subscription
 
-Put = Callable[["Message"], "Message | None"]
-
 
 class Inbox:
     """The oldest message across ``subs``, whose arrivals all set ``wake``.
 
-    Every message is numbered as it is queued, under one lock for all the subscriptions: the
-    next message is the held head with the lowest number. Not by ``received_at``: the wall
-    clock may step back (NTP) between two arrivals, and a reading that came after a last will
-    would be handled before it, raising a spurious device_offline. See :meth:`_fill` for how
-    the looks ensure that every earlier message is held when the next one is handed out.
+    One network thread numbers (``arrival``) and queues every message in turn, so a queue
+    seen empty after every held head was queued cannot later receive a message older than
+    those heads: then the head with the lowest number is the next message. Not the earliest
+    ``received_at``: the wall clock may step back (NTP) between two arrivals, and a reading
+    that came after a last will would be handled before it, raising a spurious
+    device_offline. See :meth:`_fill` for how the looks ensure that.
     """
 
     def __init__(self, subs: list[Subscription], wake: threading.Event) -> None:
         self._subs = subs
         self._wake = wake
-        # Reentrant: a queue's put may run inside a look at another (on one thread, in tests).
-        self._lock = threading.RLock()
-        self._arrivals = itertools.count()
-        # Per subscription, the numbers of the messages in its queue, oldest first: a queue is
-        # first in, first out, and only this inbox takes from it.
-        self._numbers: list[deque[int]] = [deque() for _ in subs]
-        # Each subscription's next message and its number, taken out of its queue but not
-        # handed out yet.
-        self._heads: list[tuple[int, Message] | None] = [None] * len(subs)
-        with self._lock:
-            for index, sub in enumerate(subs):
-                # Queued before the inbox took over the queue (the connection is started
-                # after the bridge subscribes, so normally none): numbered as they stand.
-                self._numbers[index].extend(next(self._arrivals) for _ in range(len(sub)))
-                # The subscription offers no hook of its own: its put is wrapped, so that the
-                # network thread numbers each message as it queues it.
-                setattr(sub, "_put", self._numbering(index, sub._put))  # noqa: B010
-
-    def _numbering(self, index: int, put: Put) -> Put:
-        def numbered_put(message: Message) -> Message | None:
-            with self._lock:
-                evicted = put(message)
-                numbers = self._numbers[index]
-                if evicted is not None and numbers:
-                    numbers.popleft()  # the queue was full: its oldest went
-                numbers.append(next(self._arrivals))
-                return evicted
-
-        return numbered_put
+        # Each subscription's next message, taken out of its queue but not handed out yet.
+        self._heads: list[Message | None] = [None] * len(subs)
 
     def get(self, timeout: float) -> Message | None:
         """The next message, waiting up to ``timeout`` s for one; None when nothing came."""
@@ -87,21 +56,14 @@ class Inbox:
             taken = False
             for index, sub in enumerate(self._subs):
                 if self._heads[index] is None:
-                    with self._lock:  # the message and its number together
-                        message = sub.get(timeout=0)
-                        if message is None:
-                            continue
-                        numbers = self._numbers[index]
-                        # One queued around the wrapping, unnumbered: last of all so far.
-                        number = numbers.popleft() if numbers else next(self._arrivals)
-                    self._heads[index] = (number, message)
-                    taken = True
+                    self._heads[index] = sub.get(timeout=0)
+                    taken = taken or self._heads[index] is not None
         return any(h is not None for h in self._heads)
 
     def _take(self) -> Message:
-        held = [(h[0], i) for i, h in enumerate(self._heads) if h is not None]
+        held = [(h.arrival, i) for i, h in enumerate(self._heads) if h is not None]
         _, index = min(held)
-        head = self._heads[index]
-        assert head is not None
+        message = self._heads[index]
+        assert message is not None
         self._heads[index] = None
-        return head[1]
+        return message

@@ -10,6 +10,7 @@ consumer can never stall keep-alives or other subscriptions.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -222,6 +223,10 @@ class Message:
     # The CONNACK of the message's connection said the broker kept the session: only then can
     # it resend what an earlier connection left unacknowledged.
     session_present: bool = False
+    # Its place among the messages of its connection, in the order they arrived: consumers of
+    # several subscriptions order by it, not by ``received_at``, which the wall clock stepping
+    # back (NTP) would reorder.
+    arrival: int = 0
 
 
 class Subscription:
@@ -324,6 +329,7 @@ class MqttConnection:
         # paho callback: those run under paho's callback mutex, which client.subscribe may take.
         self._subs_lock = threading.Lock()
         self._session = 0
+        self._arrivals = itertools.count(1)  # taken on paho's network thread alone
         self.session_present = False  # the current connection resumed the broker's session
         self._unrouted_warned = -1  # the connection whose first unrouted message was logged
         # Manual-ack messages in arrival order: mid -> [state, qos], state wait / ack / skip
@@ -724,6 +730,7 @@ class MqttConnection:
             session=self._session,
             dup=bool(msg.dup),
             session_present=self.session_present,
+            arrival=next(self._arrivals),
         )
         tracked = self.manual_ack and msg.qos > 0
         if tracked:

@@ -20,7 +20,7 @@ def test_messages_of_several_subscriptions_come_out_oldest_first() -> None:
     arrivals = [(alarms, "a1"), (statuses, "s1"), (statuses, "s2"), (alarms, "a2")]
     for offset, (sub, name) in enumerate(arrivals):
         received_at = T0 + timedelta(microseconds=offset)
-        sub._put(Message(name, b"", 1, False, received_at, mid=offset + 1))
+        sub._put(Message(name, b"", 1, False, received_at, mid=offset + 1, arrival=offset + 1))
     assert len(inbox) == 4
     got = [inbox.get(timeout=0) for _ in range(5)]
     assert [m.topic if m else None for m in got] == ["a1", "s1", "s2", "a2", None]
@@ -45,8 +45,8 @@ class LookedAtNext(Subscription):
 def test_a_message_queued_just_after_its_queue_was_seen_empty_still_comes_first() -> None:
     wake = threading.Event()
     alarms = Subscription("p/sensors/+/alarm", 1, 10, wake)
-    alarm = Message("alarm", b"", 1, False, T0, mid=1)
-    status = Message("status", b"", 1, False, T0 + timedelta(microseconds=1), mid=2)
+    alarm = Message("alarm", b"", 1, False, T0, mid=1, arrival=1)
+    status = Message("status", b"", 1, False, T0 + timedelta(microseconds=1), mid=2, arrival=2)
     statuses = LookedAtNext(wake)
     statuses.arrivals = [(alarms, alarm), (statuses, status)]
     inbox = Inbox([alarms, statuses], wake)
@@ -56,28 +56,14 @@ def test_a_message_queued_just_after_its_queue_was_seen_empty_still_comes_first(
 
 def test_messages_come_out_in_arrival_order_when_the_clock_steps_back_between_them() -> None:
     """A last will, then the wall clock set back 2 s (NTP), then a reading of the sensor back
-    online: the last will is still handled first (before, the reading was, and the last will
-    after it raised a device_offline the reading had already answered)."""
+    online: the last will is still handled first, by its connection's numbering (before, the
+    reading was, and the last will after it raised a device_offline the reading had already
+    answered)."""
     wake = threading.Event()
     alarms = Subscription("p/sensors/+/alarm", 1, 10, wake)
     statuses = Subscription("p/sensors/+/status", 1, 10, wake)
     inbox = Inbox([alarms, statuses], wake)
-    statuses._put(Message("status", b"offline", 1, False, T0, mid=1))
-    alarms._put(Message("alarm", b"", 1, False, T0 - timedelta(seconds=2), mid=2))
+    statuses._put(Message("status", b"offline", 1, False, T0, mid=1, arrival=1))
+    alarms._put(Message("alarm", b"", 1, False, T0 - timedelta(seconds=2), mid=2, arrival=2))
     got = [inbox.get(timeout=0) for _ in range(3)]
     assert [m.topic if m else None for m in got] == ["status", "alarm", None]
-
-
-def test_a_queue_that_was_full_keeps_its_messages_numbered_in_arrival_order() -> None:
-    """The oldest message of a full queue goes, and its number with it."""
-    wake = threading.Event()
-    alarms = Subscription("p/sensors/+/alarm", 1, 2, wake)
-    statuses = Subscription("p/sensors/+/status", 1, 10, wake)
-    inbox = Inbox([alarms, statuses], wake)
-    alarms._put(Message("a1", b"", 1, False, T0, mid=1))
-    statuses._put(Message("s1", b"", 1, False, T0, mid=2))
-    alarms._put(Message("a2", b"", 1, False, T0, mid=3))
-    alarms._put(Message("a3", b"", 1, False, T0, mid=4))  # a1 goes
-    statuses._put(Message("s2", b"", 1, False, T0, mid=5))
-    got = [inbox.get(timeout=0) for _ in range(5)]
-    assert [m.topic if m else None for m in got] == ["s1", "a2", "a3", "s2", None]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import sqlite3
@@ -687,6 +688,7 @@ class FakeLink:
         self.session_present = False  # a fresh session at the first connection
         self.acked: list[tuple[int, int]] = []  # (session, packet id) of the acks that count
         self._subs: list[Subscription] = []
+        self._arrivals = itertools.count(1)
 
     def subscribe(
         self, topic_filter: str, qos: int, maxsize: int, wake: threading.Event
@@ -716,7 +718,16 @@ class FakeLink:
         topic = topic or WL1
         received_at = datetime.fromtimestamp(T0 + at_s, UTC)
         message = Message(
-            topic, payload, 1, False, received_at, mid, self.connects, dup, self.session_present
+            topic,
+            payload,
+            1,
+            False,
+            received_at,
+            mid,
+            self.connects,
+            dup,
+            self.session_present,
+            next(self._arrivals),
         )
         # The sensor alarm subscription, then the sensor status one.
         self._subs[1 if topic == WL1_STATUS else 0]._put(message)

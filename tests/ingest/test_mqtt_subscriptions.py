@@ -89,3 +89,25 @@ def test_a_subscription_made_while_connecting_reaches_the_broker(mqtt_prefix: st
         assert message is not None and message.payload == b"hello"
     finally:
         conn.stop()
+
+
+def test_messages_are_numbered_in_the_order_their_connection_received_them(
+    mqtt_prefix: str,
+) -> None:
+    """Across subscriptions, for consumers that read several in arrival order (the bridge's
+    alarm and status queues): by number, not by the wall clock, which may step back."""
+    conn = MqttConnection("subs-arrival", SETTINGS, prefix=mqtt_prefix)
+    alarms = conn.subscribe(f"{mqtt_prefix}/sensors/+/alarm", qos=1)
+    statuses = conn.subscribe(f"{mqtt_prefix}/sensors/+/status", qos=1)
+    sent = [f"{mqtt_prefix}/sensors/s{i}/{'alarm' if i % 3 else 'status'}" for i in range(12)]
+    try:
+        assert conn.start(timeout=10)
+        for topic in sent:  # one publisher, QoS 1: the broker keeps their order
+            assert conn.publish_wait(topic, b"x", qos=1)
+        got = [alarms.get(5) for _ in range(8)] + [statuses.get(5) for _ in range(4)]
+    finally:
+        conn.stop()
+    assert None not in got
+    arrived = sorted((m.arrival, m.topic) for m in got if m is not None)
+    assert [topic for _, topic in arrived] == sent
+    assert len({arrival for arrival, _ in arrived}) == len(sent)
