@@ -29,9 +29,6 @@ OLD_BOOTS = 16
 STATUS_PACKETS = 8
 
 StatusPacket = tuple[int, str]  # packet id, sha256 hex of the payload
-# Messages dead-lettered remembered by topic, packet id and payload digest: more than the
-# broker's in-flight window, the most that can await a resend at once.
-DEAD_SEEN = 1000
 
 
 @dataclass
@@ -119,15 +116,6 @@ CREATE TABLE IF NOT EXISTS bridge_dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     body BLOB NOT NULL
 );
--- The last messages dead-lettered (at most DEAD_SEEN), so that the broker's resend of one
--- whose acknowledgement was void is not dead-lettered a second time.
-CREATE TABLE IF NOT EXISTS bridge_dead_seen (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    topic TEXT NOT NULL,
-    mid INTEGER NOT NULL,
-    digest BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS bridge_dead_seen_key ON bridge_dead_seen (topic, mid, digest);
 """
 
 
@@ -336,27 +324,6 @@ def save_status(conn: sqlite3.Connection, sensor_id: str, mark: StatusMark) -> N
     conn.execute(
         "INSERT OR REPLACE INTO bridge_status (sensor_id, status, packets) VALUES (?, ?, ?)",
         (sensor_id, mark.status, json.dumps(mark.packets[-STATUS_PACKETS:])),
-    )
-
-
-def dead_lettered(conn: sqlite3.Connection, topic: str, mid: int, digest: bytes) -> bool:
-    """Whether the message with this topic, packet id and payload digest was dead-lettered
-    (among the last :data:`DEAD_SEEN`)."""
-    row = conn.execute(
-        "SELECT 1 FROM bridge_dead_seen WHERE topic = ? AND mid = ? AND digest = ?",
-        (topic, mid, digest),
-    )
-    return row.fetchone() is not None
-
-
-def saw_dead(conn: sqlite3.Connection, topic: str, mid: int, digest: bytes) -> None:
-    """Remember a message dead-lettered; the oldest beyond :data:`DEAD_SEEN` are forgotten."""
-    conn.execute(
-        "INSERT INTO bridge_dead_seen (topic, mid, digest) VALUES (?, ?, ?)", (topic, mid, digest)
-    )
-    conn.execute(
-        "DELETE FROM bridge_dead_seen WHERE id <= (SELECT MAX(id) FROM bridge_dead_seen) - ?",
-        (DEAD_SEEN,),
     )
 
 

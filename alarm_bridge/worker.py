@@ -608,13 +608,6 @@ class BridgeCore:
         return True
 
 
-def _saw_dead(conn: sqlite3.Connection, message: Message) -> None:
-    """Remember a message dead-lettered, for its resend (one of QoS 0 is never resent)."""
-    if message.qos > 0:
-        digest = hashlib.sha256(message.payload).digest()
-        store.saw_dead(conn, message.topic, message.mid, digest)
-
-
 def _may_pass(exc: Exception) -> bool:
     """Whether a database error may be gone at the next attempt (by its SQLite result code;
     extended codes, such as SQLITE_IOERR_WRITE, carry the primary one in their low byte)."""
@@ -1010,9 +1003,6 @@ class Bridge:
         out = BatchResult()
         with self.outbox.transaction() as txn:
             for message in messages:
-                if self._dead_letter_resent(txn.conn, message):
-                    continue
-                dead = len(out.dead)
                 self.core.handle(
                     txn,
                     message.topic,
@@ -1023,8 +1013,6 @@ class Bridge:
                     mid=message.mid if message.qos > 0 else None,
                     dup=message.dup,
                 )
-                if len(out.dead) > dead:
-                    _saw_dead(txn.conn, message)
             self.core.finish(txn, out)
             dropped = self._keep_dead_letters(txn.conn, out.dead)
         self._dead_letters_dropped(dropped)
@@ -1044,23 +1032,8 @@ class Bridge:
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
             with self.outbox.transaction() as txn:
                 dropped = self._keep_dead_letters(txn.conn, out.dead)
-                _saw_dead(txn.conn, message)
             self._dead_letters_dropped(dropped)
             return out
-
-    def _dead_letter_resent(self, conn: sqlite3.Connection, message: Message) -> bool:
-        """Whether the message is the broker's resend (DUP) of one already dead-lettered, its
-        acknowledgement void (the connection dropped, or a crash after the commit): counted
-        as a duplicate, not dead-lettered twice. Its other effects (a sensor heard) were
-        committed with the first."""
-        if message.qos == 0 or not message.dup:
-            return False
-        digest = hashlib.sha256(message.payload).digest()
-        if not store.dead_lettered(conn, message.topic, message.mid, digest):
-            return False
-        self.core.counts.received += 1
-        self.core.counts.duplicates += 1
-        return True
 
     def _silence(self, now: float) -> None:
         out = BatchResult()

@@ -802,18 +802,6 @@ def test_a_status_table_from_before_status_packets_were_kept_gets_them(
         assert store.last_status(txn.conn, "mh-1") == store.StatusMark("offline", [])
 
 
-def test_the_messages_dead_lettered_kept_for_their_resend_are_bounded(outbox: Outbox) -> None:
-    with outbox.transaction() as txn:
-        store.init(txn.conn)
-        for mid in range(store.DEAD_SEEN + 1):
-            store.saw_dead(txn.conn, "t", mid, b"digest")
-        assert not store.dead_lettered(txn.conn, "t", 0, b"digest")  # the oldest, forgotten
-        assert store.dead_lettered(txn.conn, "t", 1, b"digest")
-        assert not store.dead_lettered(txn.conn, "t", 1, b"other")
-        (kept,) = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_seen").fetchone()
-    assert kept == store.DEAD_SEEN
-
-
 def test_a_state_file_from_before_the_prune_index_gets_it_on_open(
     site: Site, outbox: Outbox
 ) -> None:

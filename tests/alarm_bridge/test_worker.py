@@ -1120,43 +1120,6 @@ def _recording(link: FakeLink, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     return handed
 
 
-def test_a_bad_message_resent_after_its_connection_dropped_during_the_commit_is_one_letter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Its dead letter was committed, its ack void: the resumed session's resend of it (DUP)
-    is a duplicate, not a second dead letter; the same bytes sent anew (no DUP) are one."""
-    bridge, link, _ = _fake_bridge(tmp_path)
-    handed = _recording(link, monkeypatch)
-    link.send(b"{nope", mid=3, at_s=0)
-    _dropping_in_commit(bridge, link, monkeypatch)
-    assert bridge._one_batch() == 1
-    link.send(b"{nope", mid=3, at_s=5, dup=True)
-    assert bridge._one_batch() == 1
-    assert link.acked == [(2, 3)]
-    assert [json.loads(body) for body in handed] == [_letter(b"{nope", 0)]
-    assert (bridge.core.counts.dead_letters, bridge.core.counts.duplicates) == (1, 1)
-    link.send(b"{nope", mid=3, at_s=60)
-    bridge._one_batch()
-    assert [json.loads(body) for body in handed] == [_letter(b"{nope", 0), _letter(b"{nope", 60)]
-
-
-def test_a_bad_message_resent_after_a_crash_between_commit_and_ack_is_one_letter(
-    tmp_path: Path,
-) -> None:
-    """A restarted bridge tells the resend by the message remembered in the state database."""
-    bridge, link, outbox = _fake_bridge(tmp_path)
-    link.send(b"{nope", mid=3, at_s=0)
-    link.connected = False  # the process dies after the commit: no ack reaches the broker
-    assert bridge._one_batch() == 1
-    link = FakeLink()  # the restarted process's connection, resuming the session
-    link.drop_and_resume()
-    restarted = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
-    link.send(b"{nope", mid=3, at_s=60, dup=True)
-    assert restarted._one_batch() == 1
-    assert _waiting_letters(outbox) == [_letter(b"{nope", 0)]  # the first one's only
-    assert (restarted.core.counts.dead_letters, restarted.core.counts.duplicates) == (0, 1)
-
-
 def test_no_dead_letter_is_handed_to_the_client_while_disconnected(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
