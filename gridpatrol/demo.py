@@ -15,6 +15,7 @@ import argparse
 import errno
 import fcntl
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -168,18 +169,34 @@ def download_clips(target: Path) -> Path:
             continue
         url = SAMPLE_CLIPS_URL + remote
         print(f"downloading sample footage {url} -> {path}", flush=True)
+        # Into a partial file renamed once whole: an interrupted or cut-off download must not
+        # leave a clip that the next run, seeing it there, takes for the real one.
+        partial = path.with_name(path.name + ".part")
         try:
-            with urllib.request.urlopen(url, timeout=60) as response:
-                data = response.read()
-        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            _fetch(url, partial)
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            partial.unlink(missing_ok=True)
             raise SystemExit(
                 f"no footage: {path} is missing, GRIDPATROL_SHARED has no footage/ folder and "
                 f"the public sample clips could not be downloaded ({exc}).\n"
                 f"Put MP4 clips named {', '.join(SAMPLE_CLIPS)} in {target}, or set "
                 "GRIDPATROL_SHARED to a folder holding footage/, and run the demo again."
             ) from exc
-        path.write_bytes(data)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        partial.replace(path)
     return target
+
+
+def _fetch(url: str, path: Path) -> None:
+    """The body at ``url`` into ``path``; OSError when it ends before its declared length
+    (which reading in chunks does not notice by itself)."""
+    with urllib.request.urlopen(url, timeout=60) as response, path.open("wb") as out:
+        shutil.copyfileobj(response, out)
+        if response.length:  # what its Content-Length said is still to come
+            got = out.tell()
+            raise OSError(f"the download ended after {got} of {got + response.length} bytes")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import functools
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
@@ -225,3 +226,31 @@ def test_a_first_demo_runs_its_cameras_on_the_footage_it_has_just_put_in_place(
     ]
     expected = b"shared clip" if footage == "shared" else b"clip people-detection.mp4"
     assert (clips / "pedestrian_street_1080p.mp4").read_bytes() == expected
+
+
+def test_a_download_cut_off_leaves_no_clip_behind(tmp_path: Path) -> None:
+    """A clip whose body ends before its declared length is no clip: nothing is left for the
+    next run to take for the real one, and the demo says what to do instead."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + bytes(500))
+
+    threading.Thread(target=serve, daemon=True).start()
+    target = tmp_path / "footage"
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{server.getsockname()[1]}/")
+            patch.setenv("no_proxy", "127.0.0.1")
+            with pytest.raises(SystemExit) as stopped:
+                demo.download_clips(target)
+    finally:
+        server.close()
+    assert str(stopped.value).startswith(
+        f"no footage: {target / 'pedestrian_street_1080p.mp4'} is missing"
+    )
+    assert "(the download ended after 500 of 1000 bytes)" in str(stopped.value)
+    assert list(target.iterdir()) == []
