@@ -269,12 +269,15 @@ def _layout(shape: tuple[int, ...], label: Label, scale: float) -> _Drawn:
 
 
 def _header_rect(drawn: Sequence[_Drawn], shape: tuple[int, ...], text: str, scale: float) -> Rect:
-    """Top-left, unless the event's boxes or labels lie there: then bottom-left, or whichever
-    of the two covers less of them (and then less of the other boxes)."""
-    img_h = shape[0]
+    """Top-left, unless the event's boxes or labels lie there: then the first corner free of
+    them (bottom-left, top-right, bottom-right), or the one that covers least of them (and
+    then least of the other boxes)."""
+    img_h, img_w = shape[:2]
     _, h, base, _ = _text_size(text, scale)
-    top = _text_rect(shape, text, _MARGIN, _MARGIN, scale)
-    bottom = _text_rect(shape, text, _MARGIN, img_h - _MARGIN - (h + 2 * base) - 1, scale)
+    low = img_h - _MARGIN - (h + 2 * base) - 1
+    # A corner on the right is moved left as far as the whole text needs (_text_rect).
+    corners = [(_MARGIN, _MARGIN), (_MARGIN, low), (img_w, _MARGIN), (img_w, low)]
+    rects = [_text_rect(shape, text, x, y, scale) for x, y in corners]
 
     def covered(rect: Rect, highlight: bool) -> int:
         return sum(
@@ -284,9 +287,10 @@ def _header_rect(drawn: Sequence[_Drawn], shape: tuple[int, ...], text: str, sca
             for r in (d.outline, d.text_rect)
         )
 
-    if covered(top, True) == 0:
-        return top
-    return min((top, bottom), key=lambda r: (covered(r, True), covered(r, False)))
+    free = [r for r in rects if covered(r, True) == 0]
+    if free:
+        return free[0]
+    return min(rects, key=lambda r: (covered(r, True), covered(r, False)))
 
 
 def annotate(

@@ -155,6 +155,16 @@ def test_the_header_stays_at_the_top_when_the_event_is_elsewhere() -> None:
     assert header[1030:1080, :].sum() == 0
 
 
+def test_the_header_goes_to_a_right_corner_when_the_event_spans_the_left_edge() -> None:
+    """An event along the whole left edge covers both left corners: the header goes to the
+    top-right, not over the event's inside."""
+    grey, drawn = _render((1280, 720), [Label((0, 0, 256, 720), "truck 0.70", True)])
+    header = _changed(drawn, grey)
+    assert header[40:716, 10:246].sum() == 0  # inside the box, below its label: untouched
+    assert header[0:40, 800:1280].sum() > 1000  # the header at the top-right
+    assert header[680:720, 800:1280].sum() == 0
+
+
 @pytest.mark.parametrize(
     ("size", "box", "text"),
     [
