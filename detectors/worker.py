@@ -319,7 +319,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = ["camera"]
         self.frames = Counter(
-            "gridpatrol_detect_frames", "Frames received", labels, registry=self.registry
+            "gridpatrol_detect_frames",
+            "Frames taken from the camera's slot to process (those replaced in it are dropped)",
+            labels,
+            registry=self.registry,
         )
         self.inferred = Counter(
             "gridpatrol_detect_inferred_frames", "Frames inferred", labels, registry=self.registry
