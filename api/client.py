@@ -506,8 +506,12 @@ class Outbox:
 
     @classmethod
     def from_env(cls, component: str) -> Outbox:
-        path = os.environ.get("GRIDPATROL_OUTBOX") or f"var/outbox-{component}.db"
-        return cls(path, ApiClient.from_env(), component=component)
+        return cls(cls.env_path(component), ApiClient.from_env(), component=component)
+
+    @staticmethod
+    def env_path(component: str) -> str:
+        """The outbox file of ``component``: ``GRIDPATROL_OUTBOX``, else one under var/."""
+        return os.environ.get("GRIDPATROL_OUTBOX") or f"var/outbox-{component}.db"
 
     # -- producer side ------------------------------------------------------------------------
 

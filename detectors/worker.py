@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import logging
 import os
+import sqlite3
 import threading
 import time
 import uuid
@@ -1788,7 +1789,13 @@ def run(args: argparse.Namespace) -> int:
         return _idle(component_id, conn, port)
     try:
         worker, backend = _build(args, site, cameras, component_id, spec, conn, port)
-    except (ModelLoadError, ModelNotFoundError, MissingExtraError, OutboxBusy) as exc:
+    except (
+        ModelLoadError,
+        ModelNotFoundError,
+        MissingExtraError,
+        OutboxBusy,
+        OutboxUnusable,
+    ) as exc:
         # Setup the operator must mend (weights, the extra a .pt needs, another worker on the
         # file): as scan does.
         log.error("%s: cannot start: %s", component_id, exc)
@@ -1835,6 +1842,23 @@ def _connection(component_id: str, site: Site) -> MqttConnection:
     return MqttConnection(component_id, prefix=site.mqtt.prefix)
 
 
+class OutboxUnusable(RuntimeError):
+    """The outbox file cannot be opened as one: mend GRIDPATROL_OUTBOX (status 2)."""
+
+
+def _open_outbox(component_id: str) -> Outbox:
+    """The worker's outbox, claimed before the episode book is read: one process per file."""
+    from gridpatrol.api.client import Outbox
+
+    path = Outbox.env_path(component_id)
+    try:
+        outbox = Outbox.from_env(component_id)
+    except (OSError, sqlite3.Error) as exc:  # a folder, another kind of file, no permission
+        raise OutboxUnusable(f"the outbox {path} (GRIDPATROL_OUTBOX): {exc}") from exc
+    outbox.claim()
+    return outbox
+
+
 def _build(
     args: argparse.Namespace,
     site: Site,
@@ -1844,11 +1868,11 @@ def _build(
     conn: MqttConnection,
     metrics_port: int,
 ) -> tuple[DetectorWorker, Backend]:
-    from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.models import load_backend, model_info, served_spec
     from gridpatrol.detectors.motion import MotionSettings
     from gridpatrol.detectors.pipeline import detector_conf, warn_missing_heads
 
+    outbox = _open_outbox(component_id)  # before the model takes seconds to load
     spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
     heads = _load_heads(model_info(spec), args.heads, cameras) if _needs_heads(cameras) else {}
     warn_missing_heads(cameras, heads)
@@ -1857,8 +1881,6 @@ def _build(
     # takes effect; each rule still judges only boxes at or above its own.
     conf = detector_conf(cameras)
     backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input, conf=conf)
-    outbox = Outbox.from_env(component_id)
-    outbox.claim()  # before the episode book is read: one process per outbox file
     metrics = Metrics()
     if metrics_port:
         metrics.serve(metrics_port)

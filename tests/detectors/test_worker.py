@@ -211,6 +211,17 @@ def _setup_error(run: subprocess.CompletedProcess[str]) -> str:
             ("--metrics-port", "-1"),
             "--metrics-port must be a port number (0 = off), got '-1'",
         ),
+        (
+            {"GRIDPATROL_OUTBOX": "."},
+            (),
+            "detect: cannot start: the outbox . (GRIDPATROL_OUTBOX): unable to open database file",
+        ),
+        (
+            {"GRIDPATROL_OUTBOX": "site.yaml"},
+            (),
+            "detect: cannot start: the outbox site.yaml (GRIDPATROL_OUTBOX): file is not a "
+            "database",
+        ),
     ],
     ids=[
         "no API token",
@@ -219,6 +230,8 @@ def _setup_error(run: subprocess.CompletedProcess[str]) -> str:
         "malformed metrics port",
         "metrics port flag above 65535",
         "negative metrics port flag",
+        "outbox a folder",
+        "outbox another kind of file",
     ],
 )
 def test_detect_setup_errors_exit_2_with_one_line(
