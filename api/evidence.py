@@ -113,7 +113,8 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
     or markers walked one step at a time would hold a request thread for seconds)."""
     if data[:2] != b"\xff\xd8":
         raise ValueError("no JPEG start-of-image marker")
-    return messages.jpeg_size(data)  # its MessageError is a ValueError
+    # Any size a JPEG can state (a producer's panorama too), not only a camera frame's.
+    return messages.jpeg_size(data, most=0xFFFF)  # its MessageError is a ValueError
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -267,8 +267,8 @@ def _frame_header(raw: Mapping[str, Any], topic_camera_id: str) -> FrameHeader:
     )
 
 
-def _dimension(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_DIMENSION:
+def _dimension(value: object, name: str, most: int = MAX_DIMENSION) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
         raise MessageError(f"bad_{name}", repr(value)[:40])
     return value
 
@@ -290,8 +290,9 @@ MAX_JPEG_MARKERS = 4096
 _FILL = re.compile(rb"\xff*")
 
 
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from the JPEG start-of-frame segment, without decoding the image.
+def jpeg_size(data: bytes, most: int = MAX_DIMENSION) -> tuple[int, int]:
+    """(width, height) from the JPEG start-of-frame segment, without decoding the image; a
+    side over ``most`` is refused (``bad_width`` / ``bad_height``), as one of 0 always is.
 
     The Python-level work is bounded whatever the payload: the detector reads every camera's
     frames on one thread, so one camera sending junk must not cost the others their frames.
@@ -327,7 +328,7 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
                 break
             height = int.from_bytes(data[i + 5 : i + 7], "big")
             width = int.from_bytes(data[i + 7 : i + 9], "big")
-            return _dimension(width, "width"), _dimension(height, "height")
+            return _dimension(width, "width", most), _dimension(height, "height", most)
         if marker == 0xDA:
             break
         i += 2 + length

@@ -119,6 +119,13 @@ def test_a_jpeg_is_read_as_the_frame_reader_reads_it(api: Any, data: bytes, deta
     assert put(api, b"\xff\xd8" + SOF, "image/jpeg").json()["width"] == 64
 
 
+def test_a_jpeg_wider_than_any_camera_frame_is_evidence_too(api: Any) -> None:
+    """A stitched panorama of a producer: the frames' size limit is not evidence's."""
+    wide = cv2.imencode(".jpg", np.zeros((8, 20000, 3), np.uint8))[1].tobytes()
+    stored = put(api, wide, "image/jpeg")
+    assert (stored.status_code, stored.json()["width"], stored.json()["height"]) == (201, 20000, 8)
+
+
 def test_too_large_is_413(make_api: Any) -> None:
     api = make_api(max_evidence_bytes=1000)
     big = json.dumps({"v": list(range(1000))}).encode()
