@@ -114,8 +114,7 @@ class Server:
             self._wait_healthy(log, workers)
         except BaseException:
             # Not started (or Ctrl-C meanwhile): the caller never gets a server to stop.
-            self.proc.kill()
-            self.proc.wait()
+            self.stop()
             raise
 
     def _wait_healthy(self, log: Path, workers: int) -> None:
@@ -143,8 +142,14 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        """SIGTERM, which a supervisor of --workers passes on to its workers (a SIGKILL would
+        leave them running, on the port); SIGKILL only once it has had 25 s."""
         self.proc.terminate()
-        self.proc.wait(timeout=20)
+        try:
+            self.proc.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def start_gridpatrol(workdir: Path, db_url: str, workers: int = 1) -> Server:

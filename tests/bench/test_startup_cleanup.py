@@ -59,7 +59,11 @@ def test_an_api_server_interrupted_while_starting_is_killed(
     tmp_path: Path,
 ) -> None:
     api = bench("api")
-    monkeypatch.setattr(api, "subprocess", types.SimpleNamespace(Popen=Recorded))
+    monkeypatch.setattr(
+        api,
+        "subprocess",
+        types.SimpleNamespace(Popen=Recorded, TimeoutExpired=subprocess.TimeoutExpired),
+    )
 
     def interrupted(*_args: Any, **_kwargs: Any) -> httpx.Response:
         raise KeyboardInterrupt  # Ctrl-C during the health check
@@ -72,6 +76,40 @@ def test_an_api_server_interrupted_while_starting_is_killed(
         api.Server(never_healthy, {}, 9, tmp_path / "log")
     assert len(recorded) == 1
     assert recorded[0].poll() is not None
+
+
+# A supervisor as `gridpatrol api --workers N` is one: SIGTERM stops its worker, SIGKILL leaves
+# it running.
+SUPERVISOR = """
+import signal, subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+open(sys.argv[1], "w").write(str(worker.pid))
+def stop(*_):
+    worker.terminate(); worker.wait(); sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+time.sleep(600)
+"""
+
+
+def test_an_api_server_that_fails_to_start_stops_its_workers_too(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    api = bench("api")
+    pid_file = tmp_path / "worker.pid"
+
+    def interrupted(*_args: Any, **_kwargs: Any) -> httpx.Response:
+        if not pid_file.exists() or not pid_file.read_text():
+            raise httpx.TransportError("starting")  # until the worker runs
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(
+        api, "httpx", types.SimpleNamespace(get=interrupted, TransportError=httpx.TransportError)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        api.Server([sys.executable, "-c", SUPERVISOR, str(pid_file)], {}, 9, tmp_path / "log")
+    worker = int(pid_file.read_text())
+    gone = subprocess.run(["ps", "-o", "stat=", "-p", str(worker)], capture_output=True, text=True)
+    assert gone.stdout.strip() in ("", "Z")  # ended (a zombie until its new parent reaps it)
 
 
 def test_an_api_server_that_exits_at_once_is_reported_with_its_code(
