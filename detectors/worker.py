@@ -71,6 +71,23 @@ MAX_UNQUEUED_OPS = 24
 UNQUEUED_LOG_S = 60.0  # an episode's kept operations failing again are logged this often
 # SQLite result codes (their low byte) of a failure that may pass: busy, locked, I/O, full.
 TRANSIENT_SQLITE = {5, 6, 10, 13}
+# SQLite result codes (their low byte) of the outbox file failing to take a write, which no fix
+# of the code mends: busy, locked, read-only, I/O error, corrupt, full, cannot open, lock
+# protocol, not a database. Any other (no such table, a constraint, misuse) is a bug.
+OUTBOX_SQLITE = frozenset(
+    getattr(sqlite3, name, code)
+    for name, code in (
+        ("SQLITE_BUSY", 5),
+        ("SQLITE_LOCKED", 6),
+        ("SQLITE_READONLY", 8),
+        ("SQLITE_IOERR", 10),
+        ("SQLITE_CORRUPT", 11),
+        ("SQLITE_FULL", 13),
+        ("SQLITE_CANTOPEN", 14),
+        ("SQLITE_PROTOCOL", 15),
+        ("SQLITE_NOTADB", 26),
+    )
+)
 # CLOCK_RESET_S: a frame more than this behind the camera's last one, or ahead of it beyond the
 # time passed between their receptions, is a clock jump: taken only when the next frame follows
 # it. The last frame's time outlives a restart (kept with the episode book).
@@ -467,8 +484,11 @@ class DetectorWorker:
         # means frames were lost while it was down, so silence is counted afresh (_end_silent).
         self._connects_seen = conn.connects
         # When each failure of the outbox file (_failed) was last logged, and how many of the
-        # same failure were not logged since.
+        # same failure were not logged since. An episode's entry goes when it ends (_commit).
         self._failures: dict[tuple[str, ...], tuple[float, int]] = {}
+        # The operations of _episode_events' last transaction, which _not_queued looks at when
+        # it failed: a failed open is a lost alarm, never kept quiet.
+        self._tried: Sequence[Op] = ()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -843,8 +863,8 @@ class DetectorWorker:
     ) -> None:
         """Log the failure ``exc`` _episode_events just raised: ``before``, the operations kept
         from earlier frames it tried first. Kept operations failing again are logged once a
-        minute, and so are the failures of an episode's operations (_failed: one line each
-        when the outbox file failed)."""
+        minute, and so are the failures of an open episode's operations (_failed: one line each
+        when the outbox file failed), but not of an open: each is logged."""
         kept = rt.unqueued.get(key)
         now = self.clock()
         if kept is not None and before is not None and now - before.logged < UNQUEUED_LOG_S:
@@ -856,9 +876,16 @@ class DetectorWorker:
             then = "; they are tried again with the next frame"
         else:
             then = "; they are dropped" if before is not None else ""
+        # Kept operations have their own minute (``logged``), dropped ones are always said, and
+        # so is each failed open: a lost alarm, and the next occupancy's within the minute of
+        # the last one's would be lost silently. An episode's updates and ending fail frame
+        # after frame while the disk is full: said once a minute for each episode.
+        what: tuple[str, ...] | None = None
+        if kept is None and before is None and not any(op.kind == "open" for op in self._tried):
+            ep = self.book.get(key)
+            what = ("queue", *key, *(() if ep is None else (ep.candidate_id,)))
         self._failed(
-            # Kept operations have their own minute (``logged``); dropped ones are always said.
-            ("queue", *key) if kept is None and before is None else None,
+            what,
             exc,
             "camera %s: the %s of rule %s in zone %s at %s %s not queued (%s)%s",
             rt.camera.id,
@@ -923,6 +950,7 @@ class DetectorWorker:
         after those kept from an earlier frame (``rt.unqueued``)."""
         from gridpatrol.detectors import episodes
 
+        self._tried = ()
         params = _rule_params(rt.camera, key[1], key[2])
         if params is None:
             log.warning("camera %s: event for unknown rule %s/%s", rt.camera.id, key[1], key[2])
@@ -959,6 +987,7 @@ class DetectorWorker:
                 self._stop_waiting(rt, [key])
             return
         ops = [op for op, _, _ in rendered]
+        self._tried = ops
         try:
             refused = self._commit([(op, body) for op, body, _ in rendered])
         except Exception as exc:
@@ -1219,8 +1248,12 @@ class DetectorWorker:
                 episodes.save_episode(txn.conn, op.episode)
             cams = {op.episode.camera_id for op, _ in rendered} | {ep.camera_id for ep in followed}
             self._save_clocks(txn.conn, cams)
-        # An ended episode has no more operations: its refusal need not be remembered.
-        self._closed -= {op.episode.candidate_id for op, _ in rendered if op.kind == "end"}
+        # An ended episode has no more operations: neither its refusal nor when its failures
+        # were logged need be remembered (else the failures would grow with every episode).
+        ended = [op.episode for op, _ in rendered if op.kind == "end"]
+        self._closed -= {ep.candidate_id for ep in ended}
+        for ep in ended:
+            self._failures.pop(("queue", *ep.key, ep.candidate_id), None)
         return refused
 
     def _refused(self, conn: sqlite3.Connection, ep: Episode) -> bool:
@@ -1558,12 +1591,15 @@ def _transient(exc: BaseException) -> bool:
 
 def _outbox_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` says the outbox file did not take an operation (SQLite could not write:
-    locked, full, an I/O error; or a body no request can carry), rather than a bug."""
-    import sqlite3
-
+    locked, full, an I/O error, a corrupt file: OUTBOX_SQLITE; or a body no request can carry),
+    rather than a bug. Told by SQLite's result code, not the exception's class: a corrupt file
+    raises DatabaseError, and a missing table (a bug) OperationalError, as a full disk does."""
     from gridpatrol.api.client import UnsendableOperation
 
-    return isinstance(exc, (sqlite3.OperationalError, UnsendableOperation))
+    if isinstance(exc, UnsendableOperation):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return isinstance(code, int) and code & 0xFF in OUTBOX_SQLITE
 
 
 def _latest_updates(

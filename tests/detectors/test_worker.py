@@ -21,7 +21,7 @@ import pytest
 
 from gridpatrol.api.client import Outbox
 from gridpatrol.detectors.episodes import Episode, Op, ensure_schema, save_episode
-from gridpatrol.detectors.types import ModelInfo
+from gridpatrol.detectors.types import Detections, ModelInfo
 from gridpatrol.detectors.worker import (
     DetectorWorker,
     EpisodeEvent,
@@ -990,30 +990,84 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
     assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
 
 
+def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
+    """A maker of SQLite's own error ``what`` (with its result code), each time made anew by
+    doing what fails that way on a database file in ``scratch``: "full" (a file at its largest),
+    "malformed" (a page overwritten), "not a database" (a file of text), "no such table"."""
+    scratch.mkdir(exist_ok=True)
+    db = scratch / f"{what.replace(' ', '-')}.db"
+    if what != "no such table":
+        with sqlite3.connect(db) as conn:
+            conn.execute("CREATE TABLE t (x BLOB)")
+            conn.executemany("INSERT INTO t VALUES (?)", [(bytes(500),)] * 100)
+        conn.close()
+    if what == "malformed":
+        data = bytearray(db.read_bytes())
+        size = int.from_bytes(data[16:18], "big")  # the page size, in the file's header
+        data[size : 2 * size] = b"\xff" * size  # page 2: the table's root
+        db.write_bytes(bytes(data))
+    elif what == "not a database":
+        db.write_text("not a database\n" * 500)
+
+    def make() -> sqlite3.Error:
+        conn = sqlite3.connect(db)
+        try:
+            if what == "full":
+                pages = conn.execute("PRAGMA page_count").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count = {pages}")
+                conn.execute("INSERT INTO t VALUES (?)", (bytes(100_000),))
+            elif what == "no such table":
+                conn.execute("SELECT * FROM outbox_ops")
+            else:
+                conn.execute("SELECT count(*) FROM t").fetchall()
+        except sqlite3.Error as exc:
+            return exc
+        finally:
+            conn.close()
+        raise AssertionError(f"no {what} error")
+
+    return make
+
+
+def _failing(
+    monkeypatch: pytest.MonkeyPatch, outbox: Outbox, make: Callable[[], Exception]
+) -> None:
+    """Every transaction of the outbox from now on fails with an error ``make`` makes."""
+
+    def transaction() -> Any:
+        raise make()
+
+    monkeypatch.setattr(outbox, "transaction", transaction)
+
+
+def _raised_crowd(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, now: list[float]
+) -> tuple[DetectorWorker, Outbox, Detections]:
+    """A worker on ``now[0]`` as its clock whose cam-00, with a crowd rule updating every
+    second, saw a person in a frame a second from 0 s to 5 s, when its rule raised; evidence
+    not rendered. Returns the worker, its outbox and the person."""
+    site = _zone_site(
+        "kerb",
+        "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 1}}",
+    )
+    worker, outbox = _worker(tmp_path, site, clock=lambda: now[0])
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(6):
+        assert _judge(worker, _at(k), _at(k), person)
+    return worker, outbox, person
+
+
 def test_updates_a_full_disk_refuses_are_logged_once_a_minute_without_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The crowd raised at 5 s stays in view, a frame a second, its rule updating every second;
     from 6 s on the disk of the outbox file is full. Each frame's update fails: one line, no
     traceback, at 6 s and again a minute later with how many failed unlogged meanwhile."""
-    from gridpatrol.detectors.types import Detections
-
-    site = _zone_site(
-        "kerb",
-        "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 10, update_s: 1}}",
-    )
-    now = [0.0]
-    worker, outbox = _worker(tmp_path, site, clock=lambda: now[0])
-    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
-    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
-    for k in range(6):
-        assert _judge(worker, _at(k), _at(k), person)
+    now = [5.0]
+    worker, outbox, person = _raised_crowd(tmp_path, monkeypatch, now)
     (raised,) = worker.book.values()
-
-    def full() -> Any:
-        raise sqlite3.OperationalError("database or disk is full")
-
-    monkeypatch.setattr(outbox, "transaction", full)
+    _failing(monkeypatch, outbox, _sqlite_error(tmp_path / "scratch", "full"))
     caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
     for k in range(6, 70):
         now[0] = float(k)
@@ -1029,6 +1083,96 @@ def test_updates_a_full_disk_refuses_are_logged_once_a_minute_without_a_tracebac
             None,
         ),
     ]
+
+
+def test_each_raise_a_full_disk_refuses_is_logged_even_within_a_minute_of_the_last(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk of the outbox file is full from the start. A crowd is in view until 6 s (its
+    rule raises at 5 s), nobody from 7 s to 19 s, a new crowd from 20 s to 30 s (raised at
+    25 s): each raise not queued is an alarm lost, and each is logged, the second 20 s after
+    the first; no failure of the one is counted with the other's."""
+    now = [0.0]
+    worker, outbox = _worker(tmp_path, CROWD_SITE, clock=lambda: now[0])
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    _failing(monkeypatch, outbox, _sqlite_error(tmp_path / "scratch", "full"))
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(31):
+        now[0] = float(k)
+        crowd = k <= 6 or k >= 20
+        assert _judge(worker, _at(k), _at(k), person if crowd else Detections.empty())
+    assert worker.book == {}
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = "camera cam-00: the raise of rule crowd_gathering in zone kerb at {} was not queued "
+    assert [(r.levelno, r.getMessage(), r.exc_info) for r in errors] == [
+        (logging.ERROR, said.format(_at(5).isoformat()) + "(database or disk is full)", None),
+        (logging.ERROR, said.format(_at(25).isoformat()) + "(database or disk is full)", None),
+    ]
+
+
+def test_an_episode_that_ended_leaves_no_trace_of_its_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Updates of the crowd raised at 5 s fail on a full disk from 6 s to 9 s; the disk is
+    freed, and the crowd leaves: once its episode ended, when its failures were logged is
+    forgotten (one entry per episode ever failed would grow without end)."""
+    now = [5.0]
+    worker, outbox, person = _raised_crowd(tmp_path, monkeypatch, now)
+    real = outbox.transaction
+    full = _sqlite_error(tmp_path / "scratch", "full")
+    for k in range(6, 40):
+        now[0] = float(k)
+        if k == 6:
+            _failing(monkeypatch, outbox, full)
+        elif k == 10:
+            monkeypatch.setattr(outbox, "transaction", real)
+        assert _judge(worker, _at(k), _at(k), person if k < 20 else Detections.empty())
+        if k == 9:  # logged at 6 s, 3 more since
+            (raised,) = worker.book.values()
+            assert list(worker._failures.values()) == [(6.0, 3)]
+    ended = worker.book[raised.key]
+    assert (ended.candidate_id, ended.ended_at) == (raised.candidate_id, _at(19))
+    assert worker._failures == {}
+
+
+@pytest.mark.parametrize(
+    ("error", "outbox_failure"),
+    [("malformed", True), ("not a database", True), ("no such table", False)],
+)
+def test_a_failure_of_the_outbox_file_is_told_from_a_bug_by_sqlites_result_code(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    error: str,
+    outbox_failure: bool,
+) -> None:
+    """The crowd raised at 5 s stays in view, its rule updating every second; from 6 s on, for
+    10 frames, each transaction fails. A corrupt file (DatabaseError, not OperationalError) is
+    no bug: one line without a traceback, however many frames fail. A missing table is a bug,
+    though its error is an OperationalError: a traceback for each frame."""
+    now = [5.0]
+    worker, outbox, person = _raised_crowd(tmp_path, monkeypatch, now)
+    make = _sqlite_error(tmp_path / "scratch", error)
+    message = str(make())
+    _failing(monkeypatch, outbox, make)
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    for k in range(6, 16):
+        now[0] = float(k)
+        assert _judge(worker, _at(k), _at(k), person)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = "camera cam-00: the update of rule crowd_gathering in zone kerb at {} was not queued "
+    if outbox_failure:
+        assert [(r.getMessage(), r.exc_info) for r in errors] == [
+            (said.format(_at(6).isoformat()) + f"({message})", None)
+        ]
+        assert "Traceback" not in caplog.text
+    else:
+        assert [r.getMessage() for r in errors] == [
+            said.format(_at(k).isoformat()) + f"({message})" for k in range(6, 16)
+        ]
+        assert all(r.exc_info is not None and r.exc_info[1] is not None for r in errors)
+        assert caplog.text.count("Traceback") == 10
 
 
 def test_the_progress_report_sets_the_outbox_depth_and_its_size_on_disk(tmp_path: Path) -> None:
