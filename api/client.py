@@ -85,6 +85,14 @@ def _checked_url(url: str) -> str:
             else exc
         )
         raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {said}") from exc
+    if "@" in parts.path:
+        # An API's path holds no "@": a password holding a "/" ("gp:2024/pw@api" reads as
+        # host gp, port 2024), whose rest would be shown and every request sent to gp.
+        scheme, _, rest = url.partition("://")
+        raise ApiConfigError(
+            f"GRIDPATROL_API_URL '{scheme}://***@{rest.rpartition('@')[2]}': a password must "
+            "percent-encode # ? / @ (%23 %3F %2F %40)"
+        )
     if url != url.strip() or "?" in url or "#" in url:
         raise ApiConfigError(
             "GRIDPATROL_API_URL must be http://host[:port][/path] or https://… with no spaces "

@@ -51,11 +51,17 @@ def user_info(url: str) -> tuple[str, str, str] | None:
 def masked(url: str, mask: str = "***") -> str:
     """``url`` with the password of its user info (see :func:`user_info`) replaced by
     ``mask``, to be shown; as given without one."""
+    if "://" not in url and "@" in url:
+        # No URL a parser reads alike ("mqtt:/gp:pw@host", "gp:pw@host"): all before the
+        # last "@" may be a password, all but a leading scheme is hidden.
+        scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*:/*", url)
+        lead = scheme.group() if scheme else ""
+        return f"{lead}{mask}@{url.rpartition('@')[2]}"
     parts = user_info(url)
     if parts is None or ":" not in parts[1]:
         return url
-    scheme, info, rest = parts
-    return f"{scheme}{info.partition(':')[0]}:{mask}@{rest}"
+    scheme_sep, info, rest = parts
+    return f"{scheme_sep}{info.partition(':')[0]}:{mask}@{rest}"
 
 
 def proxy_for(url: str) -> str | None:

@@ -118,6 +118,11 @@ def test_a_no_proxy_network_holds_the_addresses_in_it(
         ("http://api:8000\n", "http://api:8000\n"),
         ("http://api:8000/a:b@c", "http://api:8000/a:b@c"),
         ("http://[::1]:8000", "http://[::1]:8000"),
+        # no "//": whatever a parser would make of it, nothing before the last '@' shows
+        ("mqtt:/gp:S3cret@127.0.0.1:1883", "mqtt:/***@127.0.0.1:1883"),
+        ("mqtt:gp:S3cret@127.0.0.1:1883", "mqtt:***@127.0.0.1:1883"),
+        ("gp:S3cret@127.0.0.1:1883", "gp:***@127.0.0.1:1883"),
+        ("@@S3cret@host", "***@host"),
     ],
 )  # fmt: skip
 def test_masked_hides_the_whole_password(url: str, shown: str) -> None:

@@ -411,6 +411,15 @@ def test_a_broker_url_or_component_id_that_cannot_work_exits_2_with_one_line(
         ("mqtt://127.0.0.1:18839/gp",
          "ingest: cannot start: broker URL must be mqtt://[user:password@]host[:port] or "
          "mqtts://… with no path, query or fragment, got 'mqtt://127.0.0.1:18839/gp'"),
+    ] + [
+        # No "//": refused for its path, and shown without anything before its last '@'.
+        (url,
+         "ingest: cannot start: broker URL must be mqtt://[user:password@]host[:port] or "
+         f"mqtts://… with no path, query or fragment, got '{shown}'")
+        for url, shown in [
+            ("mqtt:/gp:ss99@127.0.0.1:18839", "mqtt:/***@127.0.0.1:18839"),
+            ("mqtt:gp:ss99@127.0.0.1:18839", "mqtt:***@127.0.0.1:18839"),
+        ]
     ],
 )  # fmt: skip
 def test_a_broker_password_with_an_unencoded_slash_hash_or_question_mark_is_refused_masked(
