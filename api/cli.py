@@ -72,71 +72,122 @@ def register(sub: Any) -> None:
 
 def run_outbox(args: argparse.Namespace) -> int:
     """0: shown, or drained; 1: not drained in time; 2: no such file, no outbox file, no
-    token, or in use."""
+    token, in use, or (to drain) not writable."""
     from pathlib import Path
-
-    from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
 
     path = Path(args.file)
     if not path.is_file():
         print(f"outbox: no such file {path}", file=sys.stderr)
         return 2
+    drain = args.drain or args.end_episodes
+    # Read only until a drain: showing a file must work for an operator who may read it but
+    # not write it (another user's file, a volume mounted read-only), and opening it as an
+    # Outbox would create the outbox's tables (and switch to WAL) in a mistyped SQLite file.
     try:
-        is_outbox = _is_outbox(path)
+        conn, snapshot = _open_read_only(path)
+        with contextlib.closing(conn):
+            if not _has_table(conn, "outbox_ops"):
+                print(f"outbox: {path} is not an outbox file", file=sys.stderr)
+                return 2
+            if not drain:
+                if snapshot:
+                    print(
+                        f"outbox: {path}: read without its write-ahead log, which cannot be "
+                        "opened here: the latest operations may be missing",
+                        file=sys.stderr,
+                    )
+                return _show(path, conn)
     except sqlite3.Error as exc:
         print(f"outbox: {path} cannot be read: {exc}", file=sys.stderr)
         return 2
-    if not is_outbox:
-        print(f"outbox: {path} is not an outbox file", file=sys.stderr)
-        return 2
-    drain = args.drain or args.end_episodes
+    return _run_drain(path, args)
+
+
+def _run_drain(path: Path, args: argparse.Namespace) -> int:
+    from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
+
     try:
-        client = ApiClient.from_env() if drain else None
+        client = ApiClient.from_env()
     except RuntimeError as exc:
         print(f"outbox: {exc}", file=sys.stderr)
         return 2
-    box = Outbox(
-        path,
-        client,
-        component="outbox-cli",
-        busy_hint="stop the worker that delivers from it first",
-    )
+    box: Outbox | None = None
     try:
+        box = Outbox(
+            path,
+            client,
+            component="outbox-cli",
+            busy_hint="stop the worker that delivers from it first",
+        )
         if args.end_episodes:
             _end_episodes(box)
-        return _drain(box, args.timeout) if drain else _show(box)
+        return _drain(box, args.timeout)
     except OutboxBusy as exc:
         print(exc, file=sys.stderr)  # "outbox <path> is in use ...": it names the command
         return 2
+    except (sqlite3.Error, OSError) as exc:
+        # A drain writes to the file (and takes its lock file beside it): a file or folder
+        # this user may not write, or a read-only volume, ends it here.
+        print(f"outbox: {path}: {exc}", file=sys.stderr)
+        return 2
     finally:
-        box.stop()
+        if box is not None:
+            box.stop()
 
 
-def _is_outbox(path: Path) -> bool:
-    """Whether ``path`` is a producer's outbox: an SQLite file with its table of operations.
-    Read only: opening it as an :class:`Outbox` would create the outbox's tables (and switch
-    the file to WAL) in any SQLite file mistyped for one. :class:`sqlite3.Error` for a file
-    that is no SQLite database, or cannot be read."""
+def _open_read_only(path: Path) -> tuple[sqlite3.Connection, bool]:
+    """A read-only connection to ``path``, and whether it is opened as immutable, a snapshot
+    that may miss the latest writes of a write-ahead log beside it. :class:`sqlite3.Error`
+    for a file that is no SQLite database, or cannot be read."""
     uri = f"{path.resolve().as_uri()}?mode=ro"
-    with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
-        found = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'outbox_ops'"
-        ).fetchone()
+    conn = sqlite3.connect(uri, uri=True)
+    try:
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # opens it
+        return conn, False
+    except sqlite3.Error as exc:
+        conn.close()
+        # A WAL file closed cleanly has no shared-memory file, and SQLite cannot create one
+        # in a folder that is read-only (to this user, or a read-only volume: SQLite says
+        # READONLY_DIRECTORY or CANTOPEN): read the file as it is. Never elsewhere: a worker
+        # writing the file meanwhile would go unseen.
+        no_shm = (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY_DIRECTORY)
+        if exc.sqlite_errorcode not in no_shm or _writable(path.parent):
+            raise
+    conn = sqlite3.connect(f"{uri}&immutable=1", uri=True)
+    wal = path.with_name(path.name + "-wal")
+    return conn, wal.is_file() and wal.stat().st_size > 0
+
+
+def _writable(folder: Path) -> bool:
+    read_only_volume = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    return not read_only_volume and os.access(folder, os.W_OK)
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
     return found is not None
 
 
-def _show(box: Outbox) -> int:
-    from gridpatrol.detectors.episodes import open_episodes
+def _show(path: Path, conn: sqlite3.Connection) -> int:
+    """What the file holds, read over the read-only connection ``conn``."""
+    from gridpatrol.detectors.episodes import load_book
 
-    print(f"{box.path}: {box.depth()} operation(s) pending")
-    for op in box.failed():
-        target = op["candidate_id"] or "evidence"
-        print(f"refused: {op['kind']} {target}: {op['error']}")
-    for ep in open_episodes(box.path):
-        print(
-            f"open episode: camera {ep.camera_id} zone {ep.zone_id} {ep.type}, "
-            f"candidate {ep.candidate_id}, last seen {ep.last_event_at.isoformat()}"
-        )
+    (pending,) = conn.execute("SELECT COUNT(*) FROM outbox_ops WHERE state = 'pending'").fetchone()
+    print(f"{path}: {pending} operation(s) pending")
+    refused = conn.execute(
+        "SELECT kind, candidate_id, last_error FROM outbox_ops WHERE state = 'failed' ORDER BY seq"
+    )
+    for kind, candidate_id, error in refused.fetchall():
+        print(f"refused: {kind} {candidate_id or 'evidence'}: {error}")
+    book = load_book(conn) if _has_table(conn, "detector_episodes") else {}
+    for ep in book.values():
+        if ep.open:
+            print(
+                f"open episode: camera {ep.camera_id} zone {ep.zone_id} {ep.type}, "
+                f"candidate {ep.candidate_id}, last seen {ep.last_event_at.isoformat()}"
+            )
     return 0
 
 

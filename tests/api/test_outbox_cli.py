@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -262,3 +266,121 @@ def test_a_retired_shards_episode_of_a_rejected_candidate_ends_without_a_patch(
         f"{path}: 0 delivered, 0 pending, 0 refused",
     ]
     assert episodes.open_episodes(path) == []
+
+
+# A worker killed with operations in its write-ahead log: the file, its -wal and its -shm.
+KILLED_WORKER = """
+import os, sys
+from gridpatrol.api.client import Outbox
+with Outbox(sys.argv[1], None, component="detect-1-of-2").transaction() as txn:
+    txn.add_evidence(b'{"trace": []}', "application/json")
+    txn.add_evidence(b'{"trace": [1]}', "application/json")
+os._exit(0)  # no close: the log is not checkpointed into the file
+"""
+
+
+def outbox_left(folder: Path, how: str) -> Path:
+    """An outbox with 2 operations pending, left in ``folder`` by a worker that was killed
+    ("killed"), the same without its -shm ("no shm"), or one closed cleanly ("closed")."""
+    folder.mkdir()
+    path = folder / "outbox.db"
+    if how == "closed":
+        worker = folder.parent / "worker.db"
+        left_behind(worker)
+        with (
+            contextlib.closing(sqlite3.connect(worker)) as src,
+            contextlib.closing(sqlite3.connect(path)) as dst,
+        ):
+            src.backup(dst)
+        assert path.read_bytes()[18:20] == b"\x02\x02"  # still a WAL file
+    else:
+        done = subprocess.run([sys.executable, "-c", KILLED_WORKER, str(path)], timeout=60)
+        assert done.returncode == 0
+        if how == "no shm":
+            (folder / "outbox.db-shm").unlink()
+    return path
+
+
+def in_read_only_mount(folder: str | Path, script: str) -> list[str]:
+    """The command that runs ``script`` with ``folder`` mounted read-only over itself, in a
+    mount namespace of its own: gone with it, nothing to unmount, unseen by other processes."""
+    mount = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0"'
+    return ["unshare", "-m", "sh", "-c", f"{mount} && {script}", str(folder)]
+
+
+@functools.cache
+def read_only_mounts() -> bool:
+    """Whether this root may mount a folder read-only (not in every container)."""
+    with tempfile.TemporaryDirectory() as folder:
+        command = in_read_only_mount(folder, '! touch "$0/probe"')
+        probe = subprocess.run(command, capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def run_read_only(folder: Path, *args: str, env: dict[str, str] | None = None) -> Any:
+    """``gridpatrol outbox`` by an operator who may read ``folder`` and its files but not
+    write them: its permissions; for root, which ignores them, a read-only mount of it."""
+    if os.geteuid() != 0:
+        files = list(folder.iterdir())
+        for path in files:
+            path.chmod(0o444)
+        folder.chmod(0o555)
+        try:
+            return run(*args, env=env)
+        finally:
+            folder.chmod(0o755)
+            for path in files:
+                path.chmod(0o644)
+    if shutil.which("unshare") is None or not read_only_mounts():
+        pytest.skip("root ignores permissions, and cannot mount a folder read-only here")
+    cli = [sys.executable, "-m", "gridpatrol.cli", "outbox", *args]
+    return subprocess.run(
+        [*in_read_only_mount(folder, 'exec "$@"'), *cli],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or dict(os.environ),
+    )
+
+
+def listing(folder: Path) -> list[tuple[str, bytes]]:
+    return sorted((path.name, path.read_bytes()) for path in folder.iterdir())
+
+
+@pytest.mark.parametrize("how", ["killed", "closed"])
+def test_an_outbox_the_operator_may_not_write_is_shown(tmp_path: Path, how: str) -> None:
+    # A traceback before ("attempt to write a readonly database") when killed; refused as
+    # "cannot be read: unable to open database file" when closed (no -shm could be made).
+    path = outbox_left(tmp_path / "worker", how)
+    before = listing(path.parent)
+    shown = run_read_only(path.parent, str(path))
+    assert (shown.returncode, shown.stdout, shown.stderr) == (
+        0,
+        f"{path}: 2 operation(s) pending\n",
+        "",
+    )
+    assert listing(path.parent) == before
+
+
+def test_an_outbox_read_without_its_write_ahead_log_says_so(tmp_path: Path) -> None:
+    path = outbox_left(tmp_path / "worker", "no shm")
+    shown = run_read_only(path.parent, str(path))
+    assert (shown.returncode, shown.stdout) == (0, f"{path}: 0 operation(s) pending\n")
+    assert shown.stderr == (
+        f"outbox: {path}: read without its write-ahead log, which cannot be opened here: "
+        "the latest operations may be missing\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["killed", "closed"])
+def test_draining_an_outbox_the_operator_may_not_write_is_one_line_and_status_2(
+    tmp_path: Path, how: str
+) -> None:
+    path = outbox_left(tmp_path / "worker", how)
+    before = listing(path.parent)
+    env = {**os.environ, "GRIDPATROL_API_URL": "http://127.0.0.1:9", "GRIDPATROL_API_TOKEN": "t"}
+    drained = run_read_only(path.parent, str(path), "--drain", env=env)
+    assert (drained.returncode, drained.stdout) == (2, "")
+    assert drained.stderr.startswith(f"outbox: {path}: ")
+    assert len(drained.stderr.splitlines()) == 1, drained.stderr
+    assert listing(path.parent) == before
