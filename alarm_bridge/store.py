@@ -24,8 +24,9 @@ TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
 # Superseded boot_ids remembered per sensor: a message does not wait on the way (at most the
 # broker's one-day session expiry) while its device reboots this many times.
 OLD_BOOTS = 16
-# Statuses handled remembered per sensor by packet id and payload digest: a batch whose
-# acknowledgements were void may hold several of one sensor, all resent in turn.
+# Statuses handled remembered per sensor by packet id and payload digest while their
+# acknowledgement may have been void: a batch whose acknowledgements were void may hold several
+# of one sensor, all resent in turn.
 STATUS_PACKETS = 8
 
 StatusPacket = tuple[int, str]  # packet id, sha256 hex of the payload
@@ -33,7 +34,8 @@ StatusPacket = tuple[int, str]  # packet id, sha256 hex of the payload
 
 @dataclass
 class StatusMark:
-    """A sensor's last status, and the packets of its last statuses handled."""
+    """A sensor's last status, and the packets of its last statuses handled whose
+    acknowledgement may have been void."""
 
     status: str
     packets: list[StatusPacket] = field(default_factory=list)
@@ -98,8 +100,9 @@ CREATE TABLE IF NOT EXISTS bridge_uptime (
     last_up REAL NOT NULL,
     gaps TEXT NOT NULL
 );
--- packets: the packet ids and payload digests of the sensor's last statuses handled (a
--- JSON list of [packet id, sha256 hex], newest last), to tell the broker's resend of one.
+-- packets: the packet ids and payload digests of the sensor's last statuses handled whose
+-- acknowledgement may have been void (a JSON list of [packet id, sha256 hex], newest last),
+-- to tell the broker's resend of one.
 CREATE TABLE IF NOT EXISTS bridge_status (
     sensor_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -310,7 +313,8 @@ def save_uptime(conn: sqlite3.Connection, state: UptimeState) -> None:
 
 def last_status(conn: sqlite3.Connection, sensor_id: str) -> StatusMark | None:
     """The sensor's last status payload (``online`` / ``offline``) and the packets of its
-    last statuses handled (oldest first), None if never seen."""
+    last statuses handled whose acknowledgement may have been void (oldest first), None if
+    never seen."""
     row = conn.execute(
         "SELECT status, packets FROM bridge_status WHERE sensor_id = ?", (sensor_id,)
     )
@@ -325,6 +329,28 @@ def save_status(conn: sqlite3.Connection, sensor_id: str, mark: StatusMark) -> N
         "INSERT OR REPLACE INTO bridge_status (sensor_id, status, packets) VALUES (?, ?, ?)",
         (sensor_id, mark.status, json.dumps(mark.packets[-STATUS_PACKETS:])),
     )
+
+
+def forget_status_packets(
+    conn: sqlite3.Connection, packets: Collection[tuple[str, StatusPacket]]
+) -> None:
+    """Forget these (sensor id, packet) of statuses handled: acknowledged, they are never
+    resent, and the broker may reuse their packet ids for new statuses."""
+    by_sensor: dict[str, set[StatusPacket]] = {}
+    for sensor_id, packet in packets:
+        by_sensor.setdefault(sensor_id, set()).add(packet)
+    for sensor_id, done in by_sensor.items():
+        mark = last_status(conn, sensor_id)
+        if mark is None:
+            continue
+        kept = [p for p in mark.packets if p not in done]
+        if kept != mark.packets:
+            save_status(conn, sensor_id, StatusMark(mark.status, kept))
+
+
+def forget_all_status_packets(conn: sqlite3.Connection) -> None:
+    """Forget the packets of all statuses handled: none of them can be resent any more."""
+    conn.execute("UPDATE bridge_status SET packets = '[]' WHERE packets != '[]'")
 
 
 def want_snapshot(conn: sqlite3.Connection, candidate_id: str, camera_id: str, now: float) -> None:

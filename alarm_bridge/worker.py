@@ -218,6 +218,9 @@ class BatchResult:
     creates: list[NewCandidate] = field(default_factory=list)
     view: store.StateBatch | None = None
     updates: dict[str, PendingUpdate] = field(default_factory=dict)
+    # (sensor id, packet) of the statuses handled or found resent: kept in the state database
+    # until their acknowledgement is known to have reached the broker.
+    status_packets: list[tuple[str, store.StatusPacket]] = field(default_factory=list)
 
     def state(self, conn: sqlite3.Connection) -> store.StateBatch:
         if self.view is None:
@@ -256,7 +259,9 @@ class BridgeCore:
         dead letter.
 
         ``retained``: the broker's stored copy, sent on (re)subscription, not news. ``mid``:
-        its packet id (None for QoS 0); ``dup``: the broker sends it again (MQTT DUP flag).
+        its packet id (None for QoS 0); ``dup``: it may be the broker's resend of one whose
+        acknowledgement was void (the MQTT DUP flag, in the opening burst of a session the
+        broker kept).
         """
         self.counts.received += 1
         match = parse_topic(self.prefix, topic)
@@ -496,7 +501,8 @@ class BridgeCore:
             # The broker's resend of a status already handled, its acknowledgement void (the
             # connection dropped during the commit, or a crash after it): unlike an alarm, a
             # status has no dedup key, and handled again a last will would raise once more
-            # what later readings cleared.
+            # what later readings cleared. Its packet stays kept until this ack counts.
+            out.status_packets.append((sensor.id, packet))
             self.counts.duplicates += 1
             return
         if retained and last is not None and last.status == status:
@@ -505,6 +511,8 @@ class BridgeCore:
             self.counts.ignored += 1
             return
         view.set_status(sensor.id, status, packet)
+        if packet is not None:
+            out.status_packets.append((sensor.id, packet))
         if status == "offline" and not view.state(sensor.id, DEVICE_OFFLINE).active:
             self._offline(txn, sensor, f"lwt:{now:.6f}", True, now, out)
         elif status == "online":
@@ -702,6 +710,12 @@ class Bridge:
         # whether the broker kept the session: a new one resends nothing.
         self._burst: tuple[int, datetime | None, bool] = (0, None, False)
         self._held: Message | None = None  # the first message of the next session's batch
+        # The session whose opening burst may resend the statuses whose packets the state
+        # database keeps: the one after the connection their acks were void on (a previous
+        # run's: the first this run receives on). And the newest session at whose start or
+        # past whose burst they were all forgotten, as no resend of theirs could come any more.
+        self._status_packets_due: int | None = None
+        self._status_packets_forgotten = 0
         self._uptime = Uptime(self.core.silence_horizon())
         self._dead_letters_held_logged: float | None = None  # when a refusal was last logged
         with outbox.transaction() as txn:
@@ -828,6 +842,7 @@ class Bridge:
         messages = [self._as_first_received(m) for m in self._collect()]
         if not messages:
             return 0
+        self._forget_unresendable_status_packets(messages)
         counts = replace(self.core.counts, reasons=dict(self.core.counts.reasons))
         try:
             results = [self._commit(messages)]
@@ -843,6 +858,7 @@ class Bridge:
         for message in messages:
             self.mqtt.ack(message)
             self._remember_if_void(message)
+        self._forget_acknowledged_status_packets(messages[0].session, results)
         if any(out.dead for out in results):
             self._publish_dead_letters()
         for out in results:
@@ -983,21 +999,75 @@ class Bridge:
                 return
             del self._redelivery[key]
 
+    def _acks_count(self, session: int) -> bool:
+        """Whether the acks sent so far for messages of ``session`` reached the broker: sent
+        on that connection, still up (or acknowledged by the client library on reception)."""
+        if not self.mqtt.manual_ack:
+            return True
+        return session == self.mqtt.connects and self.mqtt.connected
+
     def _remember_if_void(self, message: Message) -> None:
         """After its ack: remember a message whose ack was void, as the broker will resend it.
 
         Decided after the commit and the ack, as the connection may drop during either. Its
         ``received_at`` is already its first reception when it is itself a resend.
         """
-        if message.qos == 0 or not self.mqtt.manual_ack:
-            return  # acknowledged by the client library on reception: never resent
-        if message.session == self.mqtt.connects and self.mqtt.connected:
+        if message.qos == 0 or self._acks_count(message.session):
             return
         self._redelivery[_redelivery_key(message)] = FirstReception(
             message.received_at, message.session
         )
         while len(self._redelivery) > REDELIVERY_MEMORY:
             self._redelivery.popitem(last=False)
+
+    def _may_be_resend(self, message: Message) -> bool:
+        """Whether a message may be the broker's resend of one whose ack was void: it has the
+        DUP flag, on a session the broker kept, in that session's opening burst (the broker
+        resends nothing later). A message of an earlier session than the newest, which waited
+        in the inbox meanwhile, is taken as received in its own session's burst."""
+        if message.qos == 0 or not message.dup or not message.session_present:
+            return False
+        return message.session != self._burst[0] or self._in_opening_burst(message)
+
+    def _in_opening_burst(self, message: Message) -> bool:
+        """Whether a message of the newest session came in its opening burst, the broker
+        having kept the session: the only time it resends what an earlier connection left
+        unacknowledged."""
+        _, start, resumed = self._burst
+        if not resumed or start is None:
+            return False
+        return (message.received_at - start).total_seconds() <= RESEND_BURST_S
+
+    def _forget_unresendable_status_packets(self, messages: list[Message]) -> None:
+        """Before the first batch of the newest session past its opening burst, of a session
+        the broker did not keep, or of another session than the one after the void acks,
+        forget every status packet kept: the broker will not resend them (as for
+        :meth:`_resend_due`), and may reuse their packet ids for new statuses, of identical
+        bytes too (a last will), which a DUP flag of their own must not make duplicates."""
+        first = next((m for m in messages if m.qos > 0), None)
+        newest = self._burst[0]
+        if first is None or first.session != newest or self._status_packets_forgotten >= newest:
+            return
+        if self._status_packets_due is None:
+            self._status_packets_due = newest
+        if newest == self._status_packets_due and self._in_opening_burst(first):
+            return  # resends may still come
+        with self.outbox.transaction() as txn:
+            store.forget_all_status_packets(txn.conn)
+        self._status_packets_forgotten = newest
+
+    def _forget_acknowledged_status_packets(self, session: int, results: list[BatchResult]) -> None:
+        """After the acks of a batch of ``session``: forget the packets of its statuses if
+        the acks reached the broker, which then never resends them and may reuse their packet
+        ids. A batch without statuses costs no transaction."""
+        packets = [packet for out in results for packet in out.status_packets]
+        if not packets:
+            return
+        if not self._acks_count(session):
+            self._status_packets_due = session + 1  # kept: resent in the next session's burst
+            return
+        with self.outbox.transaction() as txn:
+            store.forget_status_packets(txn.conn, packets)
 
     def _commit(self, messages: list[Message]) -> BatchResult:
         out = BatchResult()
@@ -1011,7 +1081,7 @@ class Bridge:
                     out,
                     retained=message.retain,
                     mid=message.mid if message.qos > 0 else None,
-                    dup=message.dup,
+                    dup=self._may_be_resend(message),
                 )
             self.core.finish(txn, out)
             dropped = self._keep_dead_letters(txn.conn, out.dead)

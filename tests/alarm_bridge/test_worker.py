@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import logging
@@ -746,12 +747,15 @@ def _fake_bridge(tmp_path: Path) -> tuple[Bridge, FakeLink, Outbox]:
     return bridge, link, outbox
 
 
-def _dropping_in_commit(bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The next commit loses the connection half way: its messages' acks are void."""
+def _dropping_in_commit(
+    bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch, kept: bool = True
+) -> None:
+    """The next commit loses the connection half way: its messages' acks are void.
+    ``kept=False``: the reconnection finds the session lost."""
     commit = bridge._commit
 
     def dropping(messages: list[Message]) -> BatchResult:
-        link.drop_and_resume()
+        link.drop_and_resume(kept)
         monkeypatch.setattr(bridge, "_commit", commit)
         return commit(messages)
 
@@ -863,6 +867,104 @@ def test_a_last_will_resent_after_a_crash_between_commit_and_ack_acts_once(
     restarted._one_batch()
     creates, active = _offline_state(outbox)
     assert (len(creates), active) == (2, True)
+
+
+def _status_packets(outbox: Outbox) -> list[store.StatusPacket]:
+    """The packets of wl-1's statuses kept as resend candidates."""
+    with outbox.transaction() as txn:
+        mark = store.last_status(txn.conn, "wl-1")
+    assert mark is not None
+    return mark.packets
+
+
+OFFLINE_11 = (11, hashlib.sha256(b"offline").hexdigest())  # a last will's packet
+
+
+def _an_outage_cleared_with_void_acks(
+    bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch, kept: bool = True
+) -> None:
+    """wl-1's last will (packet id 11) and the reading that cleared it, their acks void as
+    the connection drops during the commit (``kept=False``: the broker lost the session)."""
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=1)
+    _dropping_in_commit(bridge, link, monkeypatch, kept)
+    assert bridge._one_batch() == 2
+    assert link.acked == []
+
+
+def _a_new_last_will_resent_raises(bridge: Bridge, link: FakeLink, outbox: Outbox) -> None:
+    """wl-1's new last will, given packet id 11 and lost on the way at a drop, comes with DUP
+    in the resumed session: a new outage, raised."""
+    link.drop_and_resume()
+    link.send(b"offline", mid=11, at_s=600, dup=True, topic=WL1_STATUS)
+    assert bridge._one_batch() == 1
+    creates, active = _offline_state(outbox)
+    assert (len(creates), active) == (2, True)
+    assert bridge.core.counts.duplicates == 0
+
+
+def test_a_new_last_will_reusing_an_acknowledged_status_packet_id_raises_again(
+    tmp_path: Path,
+) -> None:
+    """Acknowledged, a status's packet id is free again at the broker: a later last will of
+    the same bytes may get it, and be resent with DUP after a drop before it arrived. It is a
+    new outage, not the resend of the first one."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    assert bridge._one_batch() == 1
+    link.send(WL1_READING, mid=12, at_s=1)
+    assert bridge._one_batch() == 1
+    assert link.acked == [(1, 11), (1, 12)]
+    assert _status_packets(outbox) == []  # its ack reached the broker: never resent
+    _a_new_last_will_resent_raises(bridge, link, outbox)
+
+
+def test_a_status_left_unacknowledged_is_forgotten_when_the_broker_lost_the_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker lost the session whose acks were void: nothing is resent, and a later last
+    will reusing the packet id, resent with DUP in a session kept after, is a new outage."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    _an_outage_cleared_with_void_acks(bridge, link, monkeypatch, kept=False)
+    assert _status_packets(outbox) == [OFFLINE_11]
+    later = json.dumps({"sensor_id": "wl-1", "value": 1.0, "ts": T0 + 10}).encode()
+    link.send(later, mid=1, at_s=10)  # the first message of the session not kept
+    assert bridge._one_batch() == 1
+    assert _status_packets(outbox) == []
+    _a_new_last_will_resent_raises(bridge, link, outbox)
+
+
+def test_a_status_not_resent_on_the_next_connection_is_forgotten_on_the_one_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next connection dropped before it brought anything (the ack had reached the
+    broker after all, or the resend was cut off): on the one after, a DUP last will with the
+    packet id is a new outage, as for a remembered alarm message."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    _an_outage_cleared_with_void_acks(bridge, link, monkeypatch)
+    _a_new_last_will_resent_raises(bridge, link, outbox)
+
+
+def test_status_packets_left_by_a_crash_are_forgotten_past_the_resend_burst(
+    tmp_path: Path,
+) -> None:
+    """After a crash between commit and ack, the packets wait for the resumed session's
+    opening burst; past it, nothing more is resent and they are forgotten."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    link.connected = False  # the process dies after the commit: no ack reaches the broker
+    assert bridge._one_batch() == 1
+    link = FakeLink()
+    link.drop_and_resume()
+    restarted = Bridge(make_site("gridpatrol"), outbox, cast(Any, link), None, progress_s=3600)
+    link.send(WL1_READING, mid=3, at_s=60)  # the burst, without the resend: its ack counted
+    assert restarted._one_batch() == 1
+    assert _status_packets(outbox) == [OFFLINE_11]
+    past = 60 + RESEND_BURST_S + 1
+    later = json.dumps({"sensor_id": "wl-1", "value": 1.0, "ts": T0 + past}).encode()
+    link.send(later, mid=4, at_s=past)
+    assert restarted._one_batch() == 1
+    assert _status_packets(outbox) == []
 
 
 def test_a_lost_resend_does_not_swallow_a_later_reading_with_its_packet_id(
