@@ -85,9 +85,9 @@ def _checked_url(url: str) -> str:
             else exc
         )
         raise ApiConfigError(f"GRIDPATROL_API_URL {shown!r}: {said}") from exc
-    if "@" in parts.path:
-        # An API's path holds no "@": a password holding a "/" ("gp:2024/pw@api" reads as
-        # host gp, port 2024), whose rest would be shown and every request sent to gp.
+    if "@" in parts.path + parts.query + parts.fragment:
+        # An API's URL holds no "@" past its host: a password holding a "/ ? #" ("gp:2024/pw@
+        # api" reads as host gp, port 2024), whose rest would be shown, every request sent to gp.
         scheme, _, rest = url.partition("://")
         raise ApiConfigError(
             f"GRIDPATROL_API_URL '{scheme}://***@{rest.rpartition('@')[2]}': a password must "

@@ -44,8 +44,8 @@ NO_EXTRAS = (
         ("http://gp:Tr0/ub4dor@api:8000", "GRIDPATROL_API_URL 'http://gp:***@api:8000': a "
          "password must percent-encode # ? / @ (%23 %3F %2F %40)"),
         # a password of digits then a "/": host gp, port 2024 for a parser, and the rest a path
-        ("http://gp:2024/S3cret@127.0.0.1:9", "GRIDPATROL_API_URL 'http://***@127.0.0.1:9': a "
-         "password must percent-encode # ? / @ (%23 %3F %2F %40)"),
+        *[(f"http://gp:2024{c}S3cret@127.0.0.1:9", "GRIDPATROL_API_URL 'http://***@127.0.0.1:9': "
+           "a password must percent-encode # ? / @ (%23 %3F %2F %40)") for c in "/?#"],
         ("http://api:8000\n", "GRIDPATROL_API_URL 'http://api:8000\\n': Invalid non-printable "
          "ASCII character in URL, '\\n' at position 15."),
         # httpx takes these as URLs, then refuses every request (UnsupportedProtocol) or
