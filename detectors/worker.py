@@ -1576,17 +1576,12 @@ def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
 
 def _transient(exc: BaseException) -> bool:
     """Whether the outbox file may take later what it failed to take now: busy or locked by
-    another process, an I/O error, a full disk. A refusal of the operation itself (one no
-    request could carry) is for good."""
-    import sqlite3
-
-    if not isinstance(exc, sqlite3.OperationalError):
-        return False
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code is not None:
-        return code & 0xFF in TRANSIENT_SQLITE
-    text = str(exc).lower()
-    return any(word in text for word in ("locked", "busy", "full", "i/o"))
+    another process, an I/O error, a full disk (TRANSIENT_SQLITE). Told by SQLite's result code
+    alone, which each of its errors carries (Python 3.11+), as _outbox_refusal tells a failure
+    from a bug; its message is no sign (a bug's may name a "locked" table). A refusal of the
+    operation itself (one no request could carry) is for good."""
+    code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
+    return isinstance(code, int) and code & 0xFF in TRANSIENT_SQLITE
 
 
 def _outbox_refusal(exc: BaseException) -> bool:

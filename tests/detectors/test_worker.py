@@ -695,20 +695,41 @@ def test_a_second_restart_before_the_rule_raises_again_keeps_the_episode(
     assert outbox.depth() == 0  # no end
 
 
+def _lock_error(outbox: Outbox) -> Callable[[], sqlite3.Error]:
+    """A maker of SQLite's own "database is locked" (SQLITE_BUSY, result code 5), each time made
+    anew by writing, without a busy timeout, to a scratch file beside the outbox's that another
+    connection holds in a write transaction: what the outbox meets from another process holding
+    its file beyond the busy timeout, without the wait."""
+    return _sqlite_error(outbox.path.parent / "scratch-locked", "locked")
+
+
 def _locked_once(monkeypatch: pytest.MonkeyPatch, outbox: Outbox, times: int = 1) -> list[str]:
     """The outbox's next transaction (``times`` transactions) fails as on a file another process
     holds beyond the busy timeout; the ones after it go through. Returns the failures so far."""
     real = outbox.transaction
+    locked = _lock_error(outbox)
     failed: list[str] = []
 
     def transaction() -> Any:
         if len(failed) < times:
-            failed.append("database is locked")
-            raise sqlite3.OperationalError("database is locked")
+            exc = locked()
+            failed.append(str(exc))
+            raise exc
         return real()
 
     monkeypatch.setattr(outbox, "transaction", transaction)
     return failed
+
+
+def _outbox_failures(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str, object]]:
+    """The worker's lines saying an operation was not queued: (level, message, exc_info). A
+    failure of the outbox file (locked, full) is one line without a traceback: a traceback
+    says a bug."""
+    return [
+        (r.levelno, r.getMessage(), r.exc_info)
+        for r in caplog.records
+        if r.name == "gridpatrol.detectors.worker" and "not queued (" in r.getMessage()
+    ]
 
 
 def _outbox_ops(outbox: Outbox) -> list[tuple[str, str | None]]:
@@ -993,7 +1014,8 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
 def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
     """A maker of SQLite's own error ``what`` (with its result code), each time made anew by
     doing what fails that way on a database file in ``scratch``: "full" (a file at its largest),
-    "malformed" (a page overwritten), "not a database" (a file of text), "no such table"."""
+    "malformed" (a page overwritten), "not a database" (a file of text), "no such table",
+    "locked" (a write while another connection holds the write lock)."""
     scratch.mkdir(exist_ok=True)
     db = scratch / f"{what.replace(' ', '-')}.db"
     if what != "no such table":
@@ -1010,9 +1032,13 @@ def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
         db.write_text("not a database\n" * 500)
 
     def make() -> sqlite3.Error:
-        conn = sqlite3.connect(db)
+        conn = sqlite3.connect(db, timeout=0)  # no busy wait: "locked" fails at once
+        holder = sqlite3.connect(db, isolation_level=None)
         try:
-            if what == "full":
+            if what == "locked":
+                holder.execute("BEGIN IMMEDIATE")  # takes the write lock, kept until closed
+                conn.execute("INSERT INTO t VALUES (x'00')")
+            elif what == "full":
                 pages = conn.execute("PRAGMA page_count").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count = {pages}")
                 conn.execute("INSERT INTO t VALUES (?)", (bytes(100_000),))
@@ -1024,6 +1050,7 @@ def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
             return exc
         finally:
             conn.close()
+            holder.close()
         raise AssertionError(f"no {what} error")
 
     return make
@@ -1173,6 +1200,32 @@ def test_a_failure_of_the_outbox_file_is_told_from_a_bug_by_sqlites_result_code(
         ]
         assert all(r.exc_info is not None and r.exc_info[1] is not None for r in errors)
         assert caplog.text.count("Traceback") == 10
+
+
+@pytest.mark.parametrize(
+    ("error", "code", "outbox_failure", "transient"),
+    [
+        ("locked", sqlite3.SQLITE_BUSY, True, True),
+        ("full", sqlite3.SQLITE_FULL, True, True),
+        ("malformed", sqlite3.SQLITE_CORRUPT, True, False),
+        ("not a database", sqlite3.SQLITE_NOTADB, True, False),
+        ("no such table", sqlite3.SQLITE_ERROR, False, False),
+    ],
+)
+def test_sqlites_own_errors_are_told_by_their_result_code(
+    tmp_path: Path, error: str, code: int, outbox_failure: bool, transient: bool
+) -> None:
+    """Each of SQLite's own errors carries its result code: a failure of the outbox file (any
+    of these but a missing table, a bug) is told by it, and so is one that may pass (a file
+    another process holds, a full disk), for which the operations are kept and tried again."""
+    from gridpatrol.detectors.worker import _outbox_refusal, _transient
+
+    exc = _sqlite_error(tmp_path, error)()
+    assert (exc.sqlite_errorcode & 0xFF, _outbox_refusal(exc), _transient(exc)) == (
+        code,
+        outbox_failure,
+        transient,
+    )
 
 
 def test_the_progress_report_sets_the_outbox_depth_and_its_size_on_disk(tmp_path: Path) -> None:
@@ -1350,10 +1403,14 @@ def test_a_clear_the_outbox_could_not_commit_ends_the_episode_with_the_next_fram
     with pytest.raises(sqlite3.OperationalError, match="database is locked"):
         _judge(worker, _at(39), _at(39), nobody)  # the clear, then the waiting ending
     assert failed == ["database is locked"] * 2
-    assert (
-        "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
-        f"{_at(39).isoformat()} was not queued (database is locked)"
-    ) in caplog.messages
+    assert _outbox_failures(caplog) == [
+        (
+            logging.ERROR,
+            "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
+            f"{_at(39).isoformat()} was not queued (database is locked)",
+            None,
+        )
+    ]
     assert (worker.book, rt.waiting, rt.ending) == (
         {raised.key: raised},
         {raised.key},
@@ -1454,10 +1511,14 @@ def test_two_clears_in_one_frame_each_end_their_episode_when_the_first_is_not_qu
         ("patch", kerb.candidate_id),
     ]
     assert _ops_sent(worker, "end") == 2.0
-    assert (
-        "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
-        f"{_at(39).isoformat()} was not queued (database is locked)"
-    ) in caplog.messages
+    assert _outbox_failures(caplog) == [
+        (
+            logging.ERROR,
+            "camera cam-00: the clear of rule crowd_gathering in zone kerb at "
+            f"{_at(39).isoformat()} was not queued (database is locked)",
+            None,
+        )
+    ]
 
 
 def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
@@ -1474,10 +1535,14 @@ def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
     failed = _locked_once(monkeypatch, outbox)
     assert _judge(worker, _at(5), _at(5), person)  # the raise
     assert failed == ["database is locked"]
-    assert (
-        f"camera cam-00: the raise of rule crowd_gathering in zone kerb at {_at(5).isoformat()} "
-        "was not queued (database is locked)"
-    ) in caplog.messages
+    assert _outbox_failures(caplog) == [
+        (
+            logging.ERROR,
+            "camera cam-00: the raise of rule crowd_gathering in zone kerb at "
+            f"{_at(5).isoformat()} was not queued (database is locked)",
+            None,
+        )
+    ]
     for k in range(6, 125):
         assert _judge(worker, _at(k), _at(k), person)
     assert (worker.book, _outbox_ops(outbox)) == ({}, [])
@@ -1502,11 +1567,12 @@ def test_a_raise_the_outbox_could_not_take_is_opened_by_the_rules_next_update(
 def _locked_until_released(monkeypatch: pytest.MonkeyPatch, outbox: Outbox) -> list[bool]:
     """The outbox file is locked until the test sets the returned flag's item to False."""
     real = outbox.transaction
+    error = _lock_error(outbox)
     locked = [True]
 
     def transaction() -> Any:
         if locked[0]:
-            raise sqlite3.OperationalError("database is locked")
+            raise error()
         return real()
 
     monkeypatch.setattr(outbox, "transaction", transaction)
@@ -1674,7 +1740,10 @@ def test_a_stop_whose_report_and_save_fail_still_drains_the_outbox_and_exits_0(
     monkeypatch.setattr(outbox, "stop", lambda: calls.append("outbox stop"))
 
     def unreadable() -> int:
-        raise sqlite3.OperationalError("disk I/O error")
+        # No real I/O error can be made on demand: SQLite's own, with its result code.
+        exc = sqlite3.OperationalError("disk I/O error")
+        exc.sqlite_errorcode, exc.sqlite_errorname = sqlite3.SQLITE_IOERR, "SQLITE_IOERR"
+        raise exc
 
     monkeypatch.setattr(outbox, "depth", unreadable)
     failed = _state_save_fails(worker, outbox, monkeypatch)
