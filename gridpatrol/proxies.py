@@ -24,27 +24,13 @@ class ProxyUnusable(RuntimeError):
     caller knows how to show it."""
 
 
-# A host and maybe its port: a name or an address, an IPv6 one in brackets.
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.%\w]+\]|[\w.-]+)(:\d*)?$")
-
-
-def _password_then_host(middle: str, after: str) -> bool:
-    """Whether "name:digits" + ``middle`` + "@" + ``after`` reads as a password's rest and a
-    host: no query parameters or further path in ``middle`` ("?user=a&pwd=p@ss" is a query),
-    and a host (maybe with its port) right after the ``@``."""
-    return not re.search(r"[=&/]", middle) and bool(_HOST.match(re.split(r"[/?#]", after)[0]))
-
-
 def user_info(url: str) -> tuple[str, str, str] | None:
     """``url`` as (``scheme://``, its user info, the rest from the host on); None without one.
 
     The user info ends at the last ``@`` before the path, query or fragment, for a password may
     hold an unencoded ``@``; and where what comes before them looks like a user and a password,
     not a host and a port, at the next ``@``, for a password may hold a ``/ ? #`` too (which
-    would end it for a URL parser). A head of a name and digits ("admin:1234") may be either:
-    it is taken for a user and a password when a host follows the next ``@`` ("admin:1234/pw@
-    cam"), so that a path holding an ``@`` before a host-like word is masked too, rather than
-    a password shown; a query's parameters are no password ("host:554?user=a&pwd=p@ss")."""
+    would end it for a URL parser)."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return None
@@ -56,11 +42,7 @@ def user_info(url: str) -> tuple[str, str, str] | None:
         # user info runs to the next ``@``.
         _, colon, port = head.partition(":")
         later = rest.find("@", len(head))
-        if not colon or head.startswith("[") or later < 0:
-            return None
-        if port.isdigit() and not _password_then_host(
-            rest[len(head) + 1 : later], rest[later + 1 :]
-        ):
+        if not colon or port.isdigit() or head.startswith("[") or later < 0:
             return None
         at = later
     return scheme + sep, rest[:at], rest[at + 1 :]

@@ -109,24 +109,17 @@ def test_a_no_proxy_network_holds_the_addresses_in_it(
         ("http://gp:Tr0ub#4@api:8000/x", "http://gp:***@api:8000/x"),
         ("socks5://me:p?w@p:1080", "socks5://me:***@p:1080"),
         ("http://gp:Pa/ss@api:8000/x", "http://gp:***@api:8000/x"),
-        # a password of digits then a '/ ? #', which a parser reads as a host and its port
-        ("rtsp://admin:1234#pw@cam/stream", "rtsp://admin:***@cam/stream"),
-        ("rtsp://admin:1234/pw@cam:554/stream", "rtsp://admin:***@cam:554/stream"),
-        ("http://gp:2024?S3cret@127.0.0.1:9", "http://gp:***@127.0.0.1:9"),
-        ("socks5://gp:1080#S3cret@[::1]:1080", "socks5://gp:***@[::1]:1080"),
-        # ... so a path holding an '@' before a host-like word is masked as well
-        ("http://api:8000/a@b", "http://api:***@b"),
-        # a query's parameters: no password
-        ("http://host:8080?x=a@b", "http://host:8080?x=a@b"),
-        ("rtsp://cam:554?u=a&pw=p@ss99", "rtsp://cam:554?u=a&pw=p@ss99"),
-        # a host and its port, then a path with an @ (a user and a password, maybe)
-        ("http://api:8000/a@b/c@", "http://api:***@b/c@"),
+        # a host and its port, a path holding an '@': no user info (so a password of digits
+        # then a '/ ? #', which reads the same, is not seen: it has to be percent-encoded)
+        ("http://api:8000/a@b", "http://api:8000/a@b"),
+        ("rtsp://192.168.1.10:554/cam@1", "rtsp://192.168.1.10:554/cam@1"),
+        ("http://10.0.0.5:80/snap@2x.jpg", "http://10.0.0.5:80/snap@2x.jpg"),
         ("http://[::1]:8000/a@b", "http://[::1]:8000/a@b"),
-        ("http://api:8000/a@b=c", "http://api:8000/a@b=c"),
+        ("http://host:8080?x=a@b", "http://host:8080?x=a@b"),  # a query holding an '@'
         # no password: as given, however broken, since callers show it as typed
         ("http://admin@cam/s.cgi?pwd=x", "http://admin@cam/s.cgi?pwd=x"),
         ("http://api:8000\n", "http://api:8000\n"),
-        ("http://api:8000/a:b@c", "http://api:***@c"),  # a password "8000/a:b", maybe
+        ("http://api:8000/a:b@c", "http://api:8000/a:b@c"),
         ("http://[::1]:8000", "http://[::1]:8000"),
         # no "//": whatever a parser would make of it, nothing before the last '@' shows
         ("mqtt:/gp:S3cret@127.0.0.1:1883", "mqtt:/***@127.0.0.1:1883"),
