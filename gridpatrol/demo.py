@@ -687,6 +687,26 @@ def run_demo(args: argparse.Namespace) -> int:
         os.close(lock)
 
 
+def _needs_sample_footage(config: Path) -> bool:
+    """Whether a camera of ``config`` plays a file of ``var/footage`` not found beside it: the
+    sample clips, to be linked or downloaded first. A site of the user's own clips needs none
+    (offline too)."""
+    from gridpatrol.ingest.sources import source_kind
+    from gridpatrol.site import SiteConfigError, load_site
+
+    try:
+        cameras = load_site(config).cameras
+    except SiteConfigError:
+        return False  # changed since it was checked: the site text says why, nothing fetched
+    for camera in cameras:
+        path = Path(os.path.expandvars(camera.source)).expanduser()
+        if source_kind(camera.source) != "file" or path.is_absolute():
+            continue
+        if path.parts[:2] == ("var", "footage") and not (config.parent / path).exists():
+            return True
+    return False
+
+
 def _site_text(config: Path, prefix: str) -> str | None:
     """:func:`demo_site_text`, else None after a line saying why ``config`` is no site file."""
     from gridpatrol.site import SiteConfigError
@@ -701,8 +721,8 @@ def _site_text(config: Path, prefix: str) -> str | None:
 def _run_locked(args: argparse.Namespace, demo: Demo, config: Path) -> int:
     """:func:`run_demo` of the site file ``config`` in the demo's work folder, its lock held."""
     workdir = demo.workdir
-    footage = find_footage()
-    print(f"footage: {footage}", flush=True)
+    if _needs_sample_footage(config):
+        print(f"footage: {find_footage()}", flush=True)
     # Only now: a relative source is made absolute where it exists, and on a first run the
     # footage it names exists only once find_footage has linked or downloaded it.
     site_text = _site_text(config, demo.prefix)

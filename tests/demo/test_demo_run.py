@@ -254,3 +254,39 @@ def test_a_download_cut_off_leaves_no_clip_behind(tmp_path: Path) -> None:
     )
     assert "(the download ended after 500 of 1000 bytes)" in str(stopped.value)
     assert list(target.iterdir()) == []
+
+
+def test_a_demo_of_the_users_own_clips_fetches_no_sample_footage(
+    tmp_path: Path, broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offline, with no sample clips anywhere: a site whose cameras play clips beside it runs,
+    instead of stopping for want of footage it does not use."""
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    monkeypatch.setattr(demo, "home", lambda: checkout)
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(tmp_path / "no-shared"))
+    monkeypatch.setattr(demo, "SAMPLE_CLIPS_URL", f"http://127.0.0.1:{free_port()}/")
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    mine = tmp_path / "mine"
+    (mine / "clips").mkdir(parents=True)
+    (mine / "clips" / "gate.mp4").write_bytes(b"my clip")
+    site = mine / "site.yaml"
+    site.write_text(
+        demo.sample_site()
+        .read_text(encoding="utf-8")
+        .replace("var/footage/pedestrian_street_1080p.mp4", "clips/gate.mp4")
+        .replace("var/footage/car_park_overhead.mp4", "clips/gate.mp4")
+        .replace("var/footage/car_park_people_bikes.mp4", "clips/gate.mp4"),
+        encoding="utf-8",
+    )
+    seen: list[list[str]] = []
+
+    def run(ran: demo.Demo, _broker: BrokerHandle, _args: argparse.Namespace) -> int:
+        seen.append([c.source for c in load_site(ran.config).cameras])
+        return 0
+
+    monkeypatch.setattr(demo, "_run", run)
+    workdir = checkout / "var" / "demo"
+    assert cli.main(_argv(workdir, "--config", str(site))) == 0
+    assert seen == [[str(mine / "clips" / "gate.mp4")] * 4]
+    assert not (checkout / "var" / "footage").exists()
