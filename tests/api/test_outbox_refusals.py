@@ -61,6 +61,9 @@ def test_refused_evidence_bytes_an_older_file_kept_go_when_it_is_opened(tmp_path
             (REFUSED, "0" * 64),
         )
     assert "refused: evidence evidence: 415 {}" in show(path)
+    # Showing only reads the file; a worker or a drain opening it drops the bytes.
+    assert payload_sizes(path) == [("evidence", "failed", len(REFUSED))]
+    Outbox(path, None, component="detect")
     assert payload_sizes(path) == [("evidence", "failed", 0)]
 
 
