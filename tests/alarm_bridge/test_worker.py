@@ -822,6 +822,18 @@ def _offline_state(outbox: Outbox) -> tuple[list[str], bool]:
 WL1_READING = json.dumps({"sensor_id": "wl-1", "value": 1.0, "ts": T0 + 1}).encode()
 
 
+def _an_outage_cleared_with_void_acks(
+    bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch, kept: bool = True
+) -> None:
+    """wl-1's last will (packet id 11) and the reading that cleared it, their acks void as
+    the connection drops during the commit (``kept=False``: the broker lost the session)."""
+    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
+    link.send(WL1_READING, mid=12, at_s=1)
+    _dropping_in_commit(bridge, link, monkeypatch, kept)
+    assert bridge._one_batch() == 2
+    assert link.acked == []
+
+
 def test_a_last_will_resent_after_its_connection_dropped_during_the_commit_acts_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -829,11 +841,7 @@ def test_a_last_will_resent_after_its_connection_dropped_during_the_commit_acts_
     resent, and the last will must not raise again what the reading cleared (the reading's
     dedup key keeps it from clearing a second time)."""
     bridge, link, outbox = _fake_bridge(tmp_path)
-    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
-    link.send(WL1_READING, mid=12, at_s=1)
-    _dropping_in_commit(bridge, link, monkeypatch)
-    assert bridge._one_batch() == 2
-    assert link.acked == []
+    _an_outage_cleared_with_void_acks(bridge, link, monkeypatch)
     link.send(b"offline", mid=11, at_s=5, dup=True, topic=WL1_STATUS)
     link.send(WL1_READING, mid=12, at_s=6, dup=True)
     assert bridge._one_batch() == 2
@@ -878,18 +886,6 @@ def _status_packets(outbox: Outbox) -> list[store.StatusPacket]:
 
 
 OFFLINE_11 = (11, hashlib.sha256(b"offline").hexdigest())  # a last will's packet
-
-
-def _an_outage_cleared_with_void_acks(
-    bridge: Bridge, link: FakeLink, monkeypatch: pytest.MonkeyPatch, kept: bool = True
-) -> None:
-    """wl-1's last will (packet id 11) and the reading that cleared it, their acks void as
-    the connection drops during the commit (``kept=False``: the broker lost the session)."""
-    link.send(b"offline", mid=11, at_s=0, topic=WL1_STATUS)
-    link.send(WL1_READING, mid=12, at_s=1)
-    _dropping_in_commit(bridge, link, monkeypatch, kept)
-    assert bridge._one_batch() == 2
-    assert link.acked == []
 
 
 def _a_new_last_will_resent_raises(bridge: Bridge, link: FakeLink, outbox: Outbox) -> None:
