@@ -57,6 +57,8 @@ def frames(count: int) -> list[bytes]:
 
 def annotated(jpeg: bytes, n: int) -> bytes:
     image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError("bench frame: not a decodable JPEG")
     cv2.rectangle(image, (300 + n, 200), (600 + n, 600), (0, 0, 255), 4)
     return bytes(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 85])[1])
 

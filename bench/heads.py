@@ -35,12 +35,12 @@ ZONE = (0.55, 0.45, 0.8, 0.9)
 
 def frames(n: int) -> list[NDArray[np.uint8]]:
     cap = cv2.VideoCapture(str(FOOTAGE))
-    out = []
+    out: list[NDArray[np.uint8]] = []
     while len(out) < n:
         ok, frame = cap.read()
         if not ok:
             break
-        out.append(frame)
+        out.append(np.asarray(frame, np.uint8))
     cap.release()
     return out
 

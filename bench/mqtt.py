@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def bench_frames(
     started = time.monotonic()
     last = started  # the last arrival: waiting for frames that were lost is not throughput
     while time.monotonic() - started < seconds:
-        header = FrameHeader(time.time(), sent, "bench", *size)
+        header = FrameHeader(datetime.now(UTC), sent, "bench", *size)
         payload = encode_frame(header, jpeg)
         # Every 4th frame waits until written: a bounded window instead of an unbounded buffer.
         if sent % 4 == 3:

@@ -54,13 +54,14 @@ def load_frames(limit: int) -> tuple[tuple[str, ...], Frames, tuple[float, float
     )
     capture = cv2.VideoCapture(str(SHARED / "footage" / "pedestrian_street_1080p.mp4"))
     fps = capture.get(cv2.CAP_PROP_FPS)
-    frames, infer_s = [], []
+    frames: Frames = []
+    infer_s: list[tuple[float, float]] = []
     while len(frames) < limit:
         ok, image = capture.read()
         if not ok:
             break
         start = time.perf_counter(), time.process_time()
-        detections = backend.infer([image])[0].detections
+        detections = backend.infer([np.asarray(image, np.uint8)])[0].detections
         infer_s.append((time.perf_counter() - start[0], time.process_time() - start[1]))
         gray = cv2.resize(
             cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (160, 90), interpolation=cv2.INTER_AREA
