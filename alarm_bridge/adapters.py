@@ -232,6 +232,16 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
             else "no numeric or boolean SenML measurement without a unit or in one unit"
             " (the sensor's thresholds have none)",
         )
+    names = sorted({r.n for r in numeric})
+    if len(names) > 1:
+        numeric = _of_kind(numeric, sensor.kind)
+        if not numeric:
+            return Rejected(
+                "no_reading",
+                f"SenML measurements of several names ({', '.join(names)}), not one alone"
+                f" naming what a {sensor.kind} sensor measures"
+                f" ({', '.join(sorted(KIND_QUANTITIES.get(sensor.kind, ())))})",
+            )
     ordered = sorted(numeric, key=_record_time)
     key = _senml_key(payload, [_record_time(r) for r in ordered])
     items: list[AlarmInput] = []
@@ -243,6 +253,16 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
             return item
         items.append(item)
     return Adapted(sensor.id, key, tuple(items), assumed_unit)
+
+
+def _of_kind(records: list[SenMLRecord], kind: str) -> list[SenMLRecord]:
+    """Of the records of several names a pack would have read, those of the one name that
+    says what the sensor's kind measures (:data:`KIND_QUANTITIES`); none when no name or
+    several do. Read together, a bin's ``fill`` of 95 and its ``distance`` of 12, at the
+    pack's one time, would raise and clear the alarm at the same instant."""
+    quantities = KIND_QUANTITIES.get(kind, frozenset())
+    of_kind = [r for r in records if quantities.intersection(_words(r))]
+    return of_kind if len({r.n for r in of_kind}) == 1 else []
 
 
 def _record_value(record: SenMLRecord) -> float:
@@ -288,6 +308,15 @@ UNIT_QUANTITIES: Mapping[str, frozenset[str]] = {
     "dBW": frozenset({"rssi", "signal", "snr"}),
     **dict.fromkeys(HOUSEKEEPING_UNITS, BATTERY_NAMES),
 }
+# What each sensor kind measures, by a word of a record's name: it picks the measurement of
+# a pack that would read records of several names (see :func:`_of_kind`).
+KIND_QUANTITIES: Mapping[str, frozenset[str]] = {
+    "manhole_cover": frozenset({"tilt", "angle", "inclination"}),
+    "waterlogging": frozenset({"level", "depth", "water"}),
+    "smoke": frozenset({"smoke"}),
+    "bin_fill": frozenset({"fill", "level"}),
+    "noise": frozenset({"noise", "sound", "spl", "laeq", "leq"}),
+}
 _CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -308,9 +337,13 @@ def _battery_name(record: SenMLRecord) -> bool:
 
 def _named(record: SenMLRecord, names: frozenset[str]) -> bool:
     """Whether a word of the record's own name is one of ``names`` or starts with "batt"."""
+    return any(w in names or w.startswith("batt") for w in _words(record))
+
+
+def _words(record: SenMLRecord) -> list[str]:
+    """The words of the record's own name, lower case: "sm-2:rssiDbm" gives rssi, dbm."""
     name = _CASE_CHANGE.sub(" ", re.split(r"[:/]", record.n)[-1]).lower()
-    words = (w for w in re.split(r"[^a-z0-9]+", name) if w)
-    return any(w in names or w.startswith("batt") for w in words)
+    return [w for w in re.split(r"[^a-z0-9]+", name) if w]
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:

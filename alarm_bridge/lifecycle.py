@@ -12,6 +12,11 @@ input drive it:
   CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one timed
   before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
 
+While no alarm is active, a device clear and a reading beyond ``clear`` still move
+``last_seen`` (never back): they say the condition was over at their time, so a raise or a
+reading beyond ``raise`` timed before them, arriving after them, is stale. Without that, a clear
+that overtook its raise was ignored and the raise then opened an alarm nothing would clear.
+
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
 """
@@ -33,7 +38,12 @@ SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL
 
 @dataclass(frozen=True)
 class AlarmState:
-    """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm."""
+    """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm.
+
+    ``last_seen`` is the active alarm's last sighting; while none is active, the latest time
+    the sensor said the condition was over (the clear, a later clear or a reading beyond
+    ``clear``), or None.
+    """
 
     phase: Phase = "normal"
     pending_since: float | None = None
@@ -141,7 +151,11 @@ def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState
         # Sent before the last transition followed (a repeat or the clear): overtaken by it.
         return _ignore(state, "stale")
     if event.transition == "clear":
-        return _clear(state, t) if state.active else _ignore(state, "clear_not_active")
+        if state.active:
+            return _clear(state, t)
+        # Nothing to clear, but its time is kept: its raise may still be on the way (sent
+        # before it, without seq to order them) and must arrive stale, not open an alarm.
+        return _ignore(_quiet_at(state, t), "clear_not_active")
     if state.active:
         return _repeat(state, event.severity, t)
     # An update for an alarm we never saw raised (its raise was lost upstream) still is one.
@@ -175,14 +189,26 @@ def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmSta
             return _clear(state, t)
         return replace(state, clear_since=since), []
     if not beyond_raise(event.value, th):
+        rested = state
         if state.phase == "pending":
-            return replace(state, phase=_resting(state), pending_since=None), []
-        return state, []
+            rested = replace(state, phase=_resting(state), pending_since=None)
+        if beyond_clear(event.value, th):
+            # Over at t: a reading beyond raise taken before it and arriving after it (a
+            # buffer flushed late) must neither raise nor start a debounce. A value between
+            # the levels is not kept: it would not have cleared an alarm raised before it.
+            rested = _quiet_at(rested, t)
+        return rested, []
     started = state.pending_since if state.phase == "pending" else None
     pending_since = t if started is None else started
     if t - pending_since >= th.debounce_s:
         return _raise(state, event.new_alarm_id, event.severity, t)
     return replace(state, phase="pending", pending_since=pending_since), []
+
+
+def _quiet_at(state: AlarmState, t: float) -> AlarmState:
+    """A state with no alarm active told the condition was over at ``t``: never before its
+    ``last_seen``, as an input timed before that is stale."""
+    return replace(state, last_seen=t)
 
 
 def _resting(state: AlarmState) -> Phase:

@@ -260,6 +260,43 @@ def test_device_transitions_sent_before_the_last_one_are_stale(
     assert (h.core.counts.created, h.core.counts.stale) == (created, stale)
 
 
+@pytest.mark.parametrize("alarm_type", ["manhole_tilt", "manhole_open"])
+def test_a_raise_its_clear_overtook_opens_no_candidate(h: Harness, alarm_type: str) -> None:
+    """mh-1 reports its cover closed (t+20) before the raise it sent at t arrives: the raise
+    is stale. It used to open a confirmed, urgent manhole case that nothing would clear."""
+    h.alarm("mh-1", envelope("mh-1", "e2", "clear", alarm_type=alarm_type, ts=T0 + 20), T0 + 25)
+    h.alarm("mh-1", envelope("mh-1", "e1", "raise", alarm_type=alarm_type, ts=T0), T0 + 26)
+    assert outbox_ops(h.outbox) == []
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, counts.ignored, counts.stale) == (0, 0, 1, 1)
+    # The cover opening again later is a new alarm.
+    h.alarm("mh-1", envelope("mh-1", "e3", "raise", alarm_type=alarm_type, ts=T0 + 60), T0 + 61)
+    assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create"]
+
+
+def test_a_numbered_raise_after_a_clear_with_nothing_active_raises_at_the_clear(
+    h: Harness,
+) -> None:
+    """With seq the order is the device's: its raise sent after the clear (its clock set back
+    in between) still raises, timed at the clear."""
+    h.alarm("mh-1", envelope("mh-1", "e1", "clear", ts=T0 + 20, seq=1), T0 + 25)
+    h.alarm("mh-1", envelope("mh-1", "e2", "raise", ts=T0, seq=2), T0 + 26)
+    creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert [b["alarm"]["first_seen"] for b in creates] == ["2026-09-21T14:13:40Z"]
+    assert (h.core.counts.created, h.core.counts.stale) == (1, 0)
+
+
+def test_a_reading_beyond_raise_a_reading_beyond_clear_overtook_opens_no_candidate(
+    h: Harness,
+) -> None:
+    """bf-1 reports 50 % (t+20) before its 95 % of t arrives: the 95 % is stale. It used to
+    raise a full bin that a sensor reporting on change would never clear."""
+    h.alarm("bf-1", reading("bf-1", 50, T0 + 20), T0 + 25)
+    h.alarm("bf-1", reading("bf-1", 95, T0), T0 + 26)
+    assert outbox_ops(h.outbox) == []
+    assert (h.core.counts.created, h.core.counts.stale) == (0, 1)
+
+
 def test_a_message_received_before_a_silence_check_still_clears_its_alarm(h: Harness) -> None:
     """Handled after the check that raised device_offline, it is not a stale clear."""
     h.silence(T0)
@@ -1268,6 +1305,120 @@ def test_a_heartbeat_pack_of_housekeeping_records_does_not_clear_the_fill(
     h.alarm("bf-1", json.dumps(heartbeat).encode(), T0 + 60)
     assert [k for k, _, _ in outbox_ops(h.outbox) if k != "evidence"] == ["create"]
     assert (h.core.counts.cleared, h.dead) == (0, ["no_reading"])
+
+
+SEVERAL_NAMES_CASES = [
+    # (name, sensor, pack records, records read as (name, unit, value) or the dead letter's)
+    (
+        "an ultrasonic bin's fill beside its distance",
+        "bf-1",
+        [{"n": "fill", "v": 95}, {"n": "distance", "v": 12}],
+        [("bf-1:fill", None, 95.0)],
+    ),
+    (
+        "an ultrasonic bin's distance before its fill",
+        "bf-1",
+        [{"n": "distance", "v": 12}, {"n": "fillLevel", "v": 95}],
+        [("bf-1:fillLevel", None, 95.0)],
+    ),
+    (
+        "a smoke boolean beside a co reading",
+        "sm-2",
+        [{"n": "smoke", "vb": True}, {"n": "co", "v": 0}],
+        [("sm-2:smoke", None, None)],
+    ),
+    (
+        "a tilt beside an acceleration, judged in deg",
+        "mh-1",
+        [{"n": "tilt", "v": 20}, {"n": "acceleration", "v": 0.1}],
+        [("mh-1:tilt", None, 20.0)],
+    ),
+    (
+        "a water level beside a distance, both in the sensor's unit",
+        "wl-1",
+        [{"n": "distance", "u": "cm", "v": 180}, {"n": "water_level", "u": "cm", "v": 20}],
+        [("wl-1:water_level", "cm", 20.0)],
+    ),
+    (
+        "a flushed buffer of levels beside a distance",
+        "wl-1",
+        [{"n": "level", "v": 20}, {"n": "level", "t": 60, "v": 3}, {"n": "distance", "v": 200}],
+        [("wl-1:level", None, 20.0), ("wl-1:level", None, 3.0)],
+    ),
+    (
+        "two records, neither naming a bin's fill",
+        "bf-1",
+        [{"n": "distance", "v": 12}, {"n": "angle", "v": 3}],
+        "no_reading",
+    ),
+    (
+        "two records both naming a bin's fill",
+        "bf-1",
+        [{"n": "fill", "v": 95}, {"n": "level", "v": 12}],
+        "no_reading",
+    ),
+]
+
+
+@pytest.mark.parametrize(("sensor", "records", "expected"), named(SEVERAL_NAMES_CASES))
+def test_a_pack_of_several_measurements_reads_the_one_the_sensor_kind_names(
+    site: Site,
+    sensor: str,
+    records: list[dict[str, object]],
+    expected: list[tuple[str, str | None, float | None]] | str,
+) -> None:
+    """Records of several names left to read, at the pack's one time, would raise and clear
+    at once: only those of the one name saying what the kind measures are read, else none."""
+    pack = [{"bn": f"{sensor}:", "bt": T0, **records[0]}, *records[1:]]
+    adapted = adapt(
+        json.dumps(pack).encode(),
+        sensor_id=sensor,
+        registry={s.id: s for s in site.sensors},
+        received_at=datetime.fromtimestamp(T0 + 60, tz=UTC),
+    )
+    if isinstance(adapted, Rejected):
+        assert adapted.heard
+        assert adapted.reason == expected
+        return
+    read = [(m.n, m.u, m.v) for item in adapted.inputs for m in item.measurements]
+    assert read == expected
+
+
+def test_a_pack_of_two_measurements_naming_none_says_which(site: Site) -> None:
+    pack = [{"bn": "bf-1:", "n": "distance", "v": 12}, {"n": "angle", "v": 3}]
+    adapted = adapt(
+        json.dumps(pack).encode(),
+        sensor_id="bf-1",
+        registry={s.id: s for s in site.sensors},
+        received_at=datetime.fromtimestamp(T0, tz=UTC),
+    )
+    assert adapted == Rejected(
+        "no_reading",
+        "SenML measurements of several names (bf-1:angle, bf-1:distance), not one alone naming"
+        " what a bin_fill sensor measures (fill, level)",
+        heard=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("sensor", "records"),
+    [
+        ("bf-1", [{"n": "fill", "v": 95}, {"n": "distance", "v": 12}]),
+        ("sm-2", [{"n": "smoke", "vb": True}, {"n": "co", "v": 0}]),
+    ],
+)
+def test_packs_of_a_measurement_beside_another_raise_once_and_never_clear(
+    h: Harness, sensor: str, records: list[dict[str, object]]
+) -> None:
+    """Three such packs (timed at reception): one candidate, repeated. Read as the
+    measurement too, the second record cleared it at the same instant, and each pack raised
+    a new candidate."""
+    pack = json.dumps([{"bn": f"{sensor}:", **records[0]}, *records[1:]]).encode()
+    for at in (T0, T0 + 60, T0 + 120):
+        h.alarm(sensor, pack, at)
+    counts = h.core.counts
+    assert (counts.created, counts.updated, counts.cleared) == (1, 2, 0)
+    assert h.dead == []
 
 
 def test_offline_by_last_will_and_back(h: Harness) -> None:

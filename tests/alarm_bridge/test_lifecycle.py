@@ -137,6 +137,37 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
         "active",
     ),
+    # A clear with nothing active keeps its time: the raise it overtook (no seq) is stale.
+    Case(
+        "a raise overtaken by its clear opens no alarm",
+        [(120, dev("clear")), (100, dev("raise"))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "an update overtaken by a clear opens no alarm",
+        [(120, dev("clear")), (100, dev("update"))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a raise overtaken by a second clear after a cleared alarm opens no new one",
+        [(0, dev("raise")), (10, dev("clear")), (30, dev("clear")), (20, dev("raise", aid="b"))],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:clear_not_active", "ignore:a:1:stale"],
+        "cleared",
+    ),
+    Case(
+        "a raise timed after a clear with nothing active raises",
+        [(100, dev("clear")), (101, dev("raise"))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a raise at the time of a clear with nothing active is not late",
+        [(100, dev("clear")), (100, dev("raise"))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
     # Threshold readings with debounce and hysteresis.
     Case("below raise stays normal", [(0, rd(3)), (20, rd(14.9))], [], "normal"),
     Case("beyond raise starts the debounce", [(0, rd(16))], [], "pending"),
@@ -245,6 +276,36 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale", "raise:b:1:MAJOR"],
         "active",
     ),
+    # A reading beyond clear with nothing active keeps its time, as a device clear does.
+    Case(
+        "a reading beyond raise overtaken by one beyond clear opens no alarm",
+        [(200, rd(50, INSTANT)), (150, rd(95, INSTANT))],
+        ["ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a late reading starts no debounce from before a reading beyond clear",
+        [(100, rd(3)), (90, rd(16)), (105, rd(16)), (110, rd(16))],
+        ["ignore:None:0:stale"],
+        "pending",
+    ),
+    Case(
+        "a late reading after a clear and a later reading beyond clear opens no alarm",
+        [
+            (100, rd(90, INSTANT)),
+            (200, rd(50, INSTANT)),
+            (300, rd(40, INSTANT)),
+            (250, rd(95, INSTANT, aid="b")),
+        ],
+        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale"],
+        "cleared",
+    ),
+    Case(
+        "a reading between the levels keeps no time: a late one beyond raise still raises",
+        [(200, rd(70, INSTANT)), (150, rd(95, INSTANT))],
+        ["raise:a:1:MAJOR"],
+        "active",
+    ),
 ]
 
 
@@ -296,3 +357,16 @@ def test_a_late_reading_after_the_clear_leaves_the_ended_alarm_as_it_was() -> No
     assert [(e.kind, e.reason, e.alarm.alarm_id, e.alarm.last_seen) for e in effects] == [
         ("ignore", "stale", "first", 200)
     ]
+
+
+def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None:
+    state, _ = step(AlarmState(), dev("raise", aid="first"), 100)
+    cleared, _ = step(state, dev("clear"), 200)
+    state, effects = step(cleared, dev("clear"), 300)
+    assert state == AlarmState(
+        phase="cleared", alarm_id="first", count=1, first_seen=100, last_seen=300
+    )
+    assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
+    # An older one is stale and never moves it back.
+    later, effects = step(state, dev("clear"), 250)
+    assert (later, [e.reason for e in effects]) == (state, ["stale"])
