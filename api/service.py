@@ -411,6 +411,28 @@ def _doc_natural_key(doc: JsonDict) -> tuple[str, str] | None:
     return (system, event) if system and event else None
 
 
+def refuse_source_rewrite(cid: str, stored: JsonDict, doc: JsonDict) -> None:
+    """422 when a patch changes or removes a ``(source.system, source_event_id)`` the candidate
+    has both of: a re-post of its event finds it by that pair, and would otherwise make a
+    second candidate. Filling in a part it lacks, or repeating it, passes. 422, like every
+    refusal of the request itself, is final for a producer's outbox (it retries a 409)."""
+    key = _doc_natural_key(stored)
+    if key is None:
+        return
+    source = doc.get("source") or {}
+    fields = [
+        f"source.{name}"
+        for name, value in zip(("system", "source_event_id"), key, strict=True)
+        if source.get(name) != value
+    ]
+    if fields:
+        raise Problem(
+            422,
+            f"candidate {cid} is known by its (source.system, source_event_id):"
+            f" a patch cannot change or remove {', '.join(fields)}",
+        )
+
+
 def id_taken(cid: str) -> Problem:
     """A client-supplied id that names another event's candidate: refused for good (the
     ``type`` tells a producer's outbox not to retry it, as it retries other 409s)."""
@@ -1061,6 +1083,9 @@ class CandidateService:
             raise Problem(
                 422, f"candidate {cid} is {before}: a patch cannot take away its {', '.join(lost)}"
             )
+        # Judged after the key, as the null check: a replay of a rewrite an earlier release
+        # accepted gets its stored answer.
+        refuse_source_rewrite(cid, stored, doc)
         outcome = Outcome(200, doc, unheld=unheld)
         # A routine update (a detector's dwell time or latest frame, an alarm repeat) changes
         # no required element: its history entry folds into the one before it.

@@ -645,7 +645,10 @@ def test_patch_to_another_candidates_source_event_id_is_refused_for_good(api: An
     # 422, not 409: the producers' outbox retries a 409, and this request can never succeed.
     sha = api.put_jpeg()
     post(api, api.body("e1", sha), key="a")
-    second = post(api, api.body("e2", sha), key="b").json()
+    unkeyed = api.body(sha=sha)
+    del unkeyed["source"]["source_event_id"]
+    second = post(api, unkeyed, key="b").json()
+    assert second["missing_elements"] == ["source.source_event_id"]
     source = {**second["source"], "source_event_id": "e1"}
     response = api.as_("producer").patch(
         f"{URL}/{second['id']}", json={"source": source}, headers={"Idempotency-Key": "p"}
@@ -654,6 +657,89 @@ def test_patch_to_another_candidates_source_event_id_is_refused_for_good(api: An
     assert response.headers["content-type"] == "application/problem+json"
     assert response.json()["detail"] == "another candidate has this source_event_id"
     assert api.as_("reviewer").get(f"{URL}/{second['id']}").json() == second
+
+
+SOURCE_KEY_FIXED = (
+    "candidate {cid} is known by its (source.system, source_event_id):"
+    " a patch cannot change or remove {fields}"
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "fields"),
+    [
+        ({"source_event_id": "rewritten"}, "source.source_event_id"),
+        ({"source_event_id": None}, "source.source_event_id"),
+        ({"system": "other-worker"}, "source.system"),
+        ({"system": None, "source_event_id": "e2"}, "source.system, source.source_event_id"),
+    ],
+)
+def test_a_patch_cannot_change_the_source_key_an_event_is_known_by(
+    api: Any, source: dict[str, Any], fields: str
+) -> None:
+    # The pair is how a re-post of the event finds its candidate: changed or dropped, the
+    # next post of the event would make a second candidate.
+    payload = api.body("e1", api.put_jpeg())
+    first = post(api, payload, key="k1").json()
+    cid = first["id"]
+    refused = api.as_("producer").patch(
+        f"{URL}/{cid}", json={"source": source}, headers={"Idempotency-Key": "p1"}
+    )
+    assert refused.status_code == 422  # final for a producer's outbox, which retries a 409
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["detail"] == SOURCE_KEY_FIXED.format(cid=cid, fields=fields)
+    assert api.as_("reviewer").get(f"{URL}/{cid}").json() == first
+    again = post(api, payload, key="k2")
+    assert (again.status_code, again.json()) == (200, first)
+    page = api.as_("reviewer").get(URL).json()
+    assert [c["id"] for c in page["items"]] == [cid]
+
+
+def test_a_patch_may_repeat_the_source_key_or_fill_it_in(api: Any) -> None:
+    sha = api.put_jpeg()
+    keyed = post(api, api.body("e1", sha), key="k1").json()
+    same = {"system": "test-worker", "source_event_id": "e1", "camera_id": "cam-2"}
+    repeated = api.as_("producer").patch(
+        f"{URL}/{keyed['id']}", json={"source": same}, headers={"Idempotency-Key": "p1"}
+    )
+    assert repeated.status_code == 200
+    assert repeated.json()["source"] == {"type": "camera", **same}
+    unkeyed = api.body(sha=sha)
+    del unkeyed["source"]["source_event_id"]
+    incomplete = post(api, unkeyed, key="k2").json()
+    assert incomplete["status"] == "incomplete"
+    filled = api.as_("producer").patch(
+        f"{URL}/{incomplete['id']}",
+        json={"source": {"source_event_id": "e2"}},
+        headers={"Idempotency-Key": "p2"},
+    )
+    assert filled.status_code == 200
+    assert (filled.json()["status"], filled.json()["source"]["source_event_id"]) == ("new", "e2")
+    again = post(api, {**unkeyed, "source": filled.json()["source"]}, key="k3")
+    assert (again.status_code, again.json()["id"]) == (200, incomplete["id"])
+
+
+def test_a_source_rewrite_accepted_by_an_earlier_release_replays_its_answer(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gridpatrol.api.service as service
+
+    cid = post(api, api.body("e1", api.put_jpeg())).json()["id"]
+    producer = api.as_("producer")
+    rewrite = {"source": {"source_event_id": "rewritten"}}
+    # A release without the check accepted this PATCH and stored its answer by key.
+    monkeypatch.setattr(service, "refuse_source_rewrite", lambda cid, stored, doc: None)
+    first = producer.patch(f"{URL}/{cid}", json=rewrite, headers={"Idempotency-Key": "p"})
+    assert first.status_code == 200, first.text
+    monkeypatch.undo()
+    replay = producer.patch(f"{URL}/{cid}", json=rewrite, headers={"Idempotency-Key": "p"})
+    assert (replay.status_code, replay.text) == (200, first.text)
+    back = {"source": {"source_event_id": "e1"}}
+    refused = producer.patch(f"{URL}/{cid}", json=back, headers={"Idempotency-Key": "q"})
+    assert (refused.status_code, refused.json()["detail"]) == (
+        422,
+        SOURCE_KEY_FIXED.format(cid=cid, fields="source.source_event_id"),
+    )
 
 
 def test_a_read_does_not_wait_for_a_writers_row_lock(api: Any) -> None:
