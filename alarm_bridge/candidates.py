@@ -87,13 +87,24 @@ def create_body(
 
 def update_patch(item: AlarmInput, effect: Effect) -> JsonDict:
     """A repeat updates count, last_seen, severity and measurements; a clear last_seen and
-    cleared_at."""
+    cleared_at.
+
+    Only the alarm's newest sighting carries measurements: a repeat timed before its
+    ``last_seen`` (a late reading) was overtaken by the one that set it, whose measurements
+    the candidate already has (or gets from the same pending PATCH)."""
     patch: JsonDict = {"alarm": alarm_block(effect, item.alarm_type)}
     if effect.kind == "update":
         patch["severity"] = effect.alarm.severity
-    if item.measurements and effect.kind == "update":
+    if item.measurements and effect.kind == "update" and _newest(item, effect):
         patch["measurements"] = senml(item.measurements)
     return patch
+
+
+def _newest(item: AlarmInput, effect: Effect) -> bool:
+    """Whether ``item`` is the alarm's newest sighting: a repeat sets ``last_seen`` to the
+    later of its time and the last one (kept in the state database across restarts)."""
+    last_seen = effect.alarm.last_seen
+    return last_seen is None or item.t >= last_seen
 
 
 def snapshot_patch(sha256: str, captured_at: float, width: int, height: int) -> JsonDict:

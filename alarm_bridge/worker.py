@@ -46,6 +46,7 @@ from gridpatrol.ingest.messages import (
     dead_letter,
     decode_frame,
 )
+from gridpatrol.ingest.reliable import ERROR_CHARS, error_text
 from gridpatrol.ingest.topics import (
     TopicKind,
     deadletter_topic,
@@ -187,6 +188,20 @@ class DeadLetter:
     topic: str
     payload: bytes
     received_at: datetime
+    # What the reason alone does not say: many causes share one (``bad_ts`` for a time without
+    # an offset and for one out of range); published as ``error``, at most ERROR_CHARS long.
+    detail: str = ""
+
+    def body(self) -> bytes:
+        """The JSON published, its payload cut to :data:`DEAD_LETTER_PAYLOAD_BYTES`."""
+        return dead_letter(
+            self.reason,
+            self.topic,
+            self.payload,
+            self.received_at,
+            keep=DEAD_LETTER_PAYLOAD_BYTES,
+            error=self.detail[:ERROR_CHARS] or None,
+        )
 
 
 @dataclass(frozen=True)
@@ -198,11 +213,20 @@ class NewCandidate:
 
 @dataclass
 class PendingUpdate:
-    """The repeats of one candidate within a batch: only the last ones shape its PATCH."""
+    """The repeats of one candidate within a batch: only the last ones shape its PATCH, and
+    the newest-timed repeat its measurements."""
 
     since: float
+    # The last update's effect, with the newest-timed repeat's input (for its measurements).
     update: tuple[AlarmInput, Effect] | None = None
     clear: tuple[AlarmInput, Effect] | None = None  # a clear after the last update
+
+    def repeat(self, item: AlarmInput, effect: Effect) -> None:
+        """A further repeat: a late one (timed before the newest so far) keeps the newest's
+        measurements, and a clear before it is overtaken."""
+        if self.update is not None and item.t < self.update[0].t:
+            item = self.update[0]
+        self.update, self.clear = (item, effect), None
 
     def patch(self) -> dict[str, object]:
         body = candidates.update_patch(*self.update) if self.update else {}
@@ -379,7 +403,7 @@ class BridgeCore:
         self.counts.dead_letters += 1
         self.counts.reasons[why.reason] = self.counts.reasons.get(why.reason, 0) + 1
         log.warning("dead letter from %s: %s %s", topic, why.reason, why.detail)
-        out.dead.append(DeadLetter(why.reason, topic, payload, received_at))
+        out.dead.append(DeadLetter(why.reason, topic, payload, received_at, why.detail))
 
     def _advance(self, txn: OutboxTxn, item: AlarmInput, now: float, out: BatchResult) -> None:
         view = out.state(txn.conn)
@@ -413,7 +437,7 @@ class BridgeCore:
             assert effect.alarm.alarm_id is not None
             pending = out.updates.setdefault(effect.alarm.alarm_id, PendingUpdate(now))
             if effect.kind == "update":
-                pending.update, pending.clear = (item, effect), None
+                pending.repeat(item, effect)
                 self.counts.updated += 1
             else:
                 pending.clear = (item, effect)
@@ -875,15 +899,7 @@ class Bridge:
         if not dead:
             return []
         conn.executemany(
-            "INSERT INTO bridge_dead_letter (body) VALUES (?)",
-            [
-                (
-                    dead_letter(
-                        d.reason, d.topic, d.payload, d.received_at, keep=DEAD_LETTER_PAYLOAD_BYTES
-                    ),
-                )
-                for d in dead
-            ],
+            "INSERT INTO bridge_dead_letter (body) VALUES (?)", [(d.body(),) for d in dead]
         )
         (waiting,) = conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()
         over = int(waiting) - DEAD_LETTER_BACKLOG
@@ -1098,7 +1114,7 @@ class Bridge:
         except Exception as exc:
             log.exception("message on %s failed; dead-lettered", message.topic)
             out = BatchResult()
-            why = Rejected("internal_error", type(exc).__name__)
+            why = Rejected("internal_error", error_text(exc))
             self.core.reject(out, why, message.topic, message.payload, message.received_at)
             with self.outbox.transaction() as txn:
                 dropped = self._keep_dead_letters(txn.conn, out.dead)

@@ -16,7 +16,7 @@ from typing import Any, cast
 
 import pytest
 
-from gridpatrol.alarm_bridge import store, worker
+from gridpatrol.alarm_bridge import candidates, store, worker
 from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
@@ -95,6 +95,7 @@ def test_a_message_that_trips_a_bug_is_dead_lettered_and_the_rest_go_on(
     assert letter is not None
     body = json.loads(letter.payload)
     assert body["reason"] == "internal_error"
+    assert body["error"] == "KeyError: 'a bug this message trips'"
     assert b'"event_id": "13"' in base64.b64decode(body["payload_b64"])
     deadline = time.monotonic() + 20
     while bridge.core.counts.updated + bridge.core.counts.dead_letters < 3:
@@ -169,6 +170,7 @@ def test_a_payload_over_the_size_limit_is_dead_lettered_cut_with_its_size(
             "reason": "bad_json",
             "topic": topic,
             "payload_b64": base64.b64encode(at_limit).decode(),
+            "error": "Expecting value: line 1 column 1 (char 0)",
         },
         {
             "reason": "too_large",
@@ -176,6 +178,7 @@ def test_a_payload_over_the_size_limit_is_dead_lettered_cut_with_its_size(
             "payload_b64": base64.b64encode(over[:MAX_SENSOR_BYTES]).decode(),
             "payload_bytes": MAX_SENSOR_BYTES + 40 * 256,
             "payload_truncated": True,
+            "error": f"{MAX_SENSOR_BYTES + 40 * 256} bytes > {MAX_SENSOR_BYTES}",
         },
     ]
     counts = bridge.core.counts
@@ -440,11 +443,13 @@ def test_a_live_status_of_an_unknown_sensor_is_dead_lettered_a_retained_one_igno
             "reason": "unknown_sensor",
             "topic": status,
             "payload_b64": base64.b64encode(b"offline").decode(),
+            "error": "zz-9999",
         },
         {
             "reason": "unknown_sensor",
             "topic": alarm,
             "payload_b64": base64.b64encode(reading).decode(),
+            "error": "zz-9999",
         },
     ]
     counts = bridge.core.counts
@@ -1088,13 +1093,20 @@ def _waiting_letters(outbox: Outbox) -> list[dict[str, Any]]:
     return [json.loads(body) for (body,) in rows]
 
 
-def _letter(payload: bytes, at_s: float, reason: str = "bad_json") -> dict[str, Any]:
-    return {
+# Why b"{nope" (and b"{nope 0", ...) is bad JSON, as the decoder says.
+NOPE = "Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+
+
+def _letter(
+    payload: bytes, at_s: float, reason: str = "bad_json", error: str | None = NOPE
+) -> dict[str, Any]:
+    letter = {
         "reason": reason,
         "topic": WL1,
         "payload_b64": base64.b64encode(payload).decode(),
         "received_at": datetime.fromtimestamp(T0 + at_s, UTC).isoformat().replace("+00:00", "Z"),
     }
+    return letter if error is None else {**letter, "error": error}
 
 
 def test_a_dead_letter_the_client_refuses_waits_in_the_state_database_and_is_published_later(
@@ -1419,3 +1431,131 @@ def test_a_stopping_bridge_writes_the_connection_history_up_to_its_last_look(
     assert written == [0, 60, 70]
     with outbox.transaction() as txn:
         assert store.load_uptime(txn.conn) == (T0, T0 + 70, [(T0, T0 + SETTLE_S)])
+
+
+BF1 = sensor_alarm_topic("gridpatrol", "bf-1")
+
+
+def _fill(value: float, at_s: float) -> bytes:
+    """A bin_fill reading of bf-1 (raise 90, clear 60, no holds), timed ``at_s`` after T0."""
+    return json.dumps({"sensor_id": "bf-1", "value": value, "ts": T0 + at_s}).encode()
+
+
+def _patches(bridge: Bridge, outbox: Outbox) -> list[tuple[int, str, list[float] | None]]:
+    """(count, last_seen, measured values or None) of each PATCH, once all are handed over."""
+    bridge._flush_patches()
+    return [
+        (
+            body["alarm"]["count"],
+            body["alarm"]["last_seen"],
+            [m["v"] for m in body["measurements"]] if "measurements" in body else None,
+        )
+        for kind, _, body in outbox_ops(outbox)
+        if kind == "patch"
+    ]
+
+
+LATE_FILLS = [(92.0, 0.0), (99.0, 120.0), (95.0, 60.0)]  # the last one is late
+
+
+def test_a_late_repeat_does_not_put_older_measurements_on_the_candidate(tmp_path: Path) -> None:
+    """Each reading its own batch, its update handed over before the next: the late one's
+    PATCH counts it, keeps last_seen, and leaves the newest measurements (99) in place."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    for mid, (value, at_s) in enumerate(LATE_FILLS, 1):
+        link.send(_fill(value, at_s), mid=mid, at_s=200 + mid, topic=BF1)
+        assert bridge._one_batch() == 1
+        bridge._flush_patches()
+    last_seen = candidates.iso(T0 + 120)
+    assert _patches(bridge, outbox) == [(2, last_seen, [99.0]), (3, last_seen, None)]
+
+
+def test_a_late_repeat_in_the_batch_of_a_newer_one_keeps_the_newer_measurements(
+    tmp_path: Path,
+) -> None:
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    for mid, (value, at_s) in enumerate(LATE_FILLS, 1):
+        link.send(_fill(value, at_s), mid=mid, at_s=200 + mid, topic=BF1)
+    assert bridge._one_batch() == 3
+    assert _patches(bridge, outbox) == [(3, candidates.iso(T0 + 120), [99.0])]
+
+
+def test_a_late_repeat_after_a_restart_keeps_the_pending_updates_newer_measurements(
+    tmp_path: Path,
+) -> None:
+    """The newer reading's update waits in the state database when the bridge restarts; the
+    late reading handled by the next run merges into it without replacing its measurements."""
+    bridge, link, _ = _fake_bridge(tmp_path)
+    for mid, (value, at_s) in enumerate(LATE_FILLS[:2], 1):
+        link.send(_fill(value, at_s), mid=mid, at_s=200 + mid, topic=BF1)
+    assert bridge._one_batch() == 2
+    bridge, link, outbox = _fake_bridge(tmp_path)  # the next run, on the same state file
+    value, at_s = LATE_FILLS[2]
+    link.send(_fill(value, at_s), mid=3, at_s=203, topic=BF1)
+    assert bridge._one_batch() == 1
+    assert _patches(bridge, outbox) == [(3, candidates.iso(T0 + 120), [99.0])]
+
+
+def _senml_fill(record: dict[str, object]) -> bytes:
+    return json.dumps([{"n": "fill", "u": "%", "v": 95, **record}]).encode()
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason", "error"),
+    [
+        pytest.param(
+            _senml_fill({"bt": 1_790_000_000_000}),  # milliseconds
+            "bad_senml",
+            "record 0: time out of range",
+            id="senml-bt-in-ms",
+        ),
+        pytest.param(
+            _senml_fill({"vb": "yes"}),
+            "bad_senml",
+            "record 0: vb has the wrong type",
+            id="senml-vb-text",
+        ),
+        pytest.param(
+            json.dumps({"sensor_id": "bf-1", "value": 95, "ts": "2026-09-21T14:13:20"}).encode(),
+            "bad_ts",
+            "RFC 3339 time needs an offset or Z",
+            id="naive-rfc3339",
+        ),
+        pytest.param(
+            json.dumps({"sensor_id": "bf-1", "value": 95, "ts": 1_790_000_000_000}).encode(),
+            "bad_ts",
+            "epoch seconds out of range: 1790000000000.0",
+            id="ts-in-ms",
+        ),
+    ],
+)
+def test_a_dead_letter_says_what_its_reason_does_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, payload: bytes, reason: str, error: str
+) -> None:
+    """One reason stands for many causes: ``error`` tells them apart for the integrator, in
+    the letter kept in the state database and in the one published."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    handed = _recording(link, monkeypatch)
+    link.connected = False  # kept first, published once the connection is back
+    link.send(payload, mid=3, at_s=0, topic=BF1)
+    assert bridge._one_batch() == 1
+    letter = {**_letter(payload, 0, reason, error), "topic": BF1}
+    assert _waiting_letters(outbox) == [letter]
+    link.connected = True
+    bridge._housekeeping(T0 + 10, T0 + 10)
+    assert [json.loads(body) for body in handed] == [letter]
+
+
+def test_a_dead_letter_kept_by_an_earlier_release_is_published_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept before letters carried ``error``: its row is the JSON to publish, unchanged."""
+    _, _, outbox = _fake_bridge(tmp_path)
+    old = json.dumps(_letter(b"{nope", 0, error=None), separators=(",", ":")).encode()
+    with outbox.transaction() as txn:
+        txn.conn.execute("INSERT INTO bridge_dead_letter (body) VALUES (?)", (old,))
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    handed = _recording(link, monkeypatch)
+    bridge._housekeeping(T0 + 10, T0 + 10)
+    assert handed == [old]
+    assert _waiting_letters(outbox) == []
