@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         store=store,
         policy=site_policy_,
         hub=hub,
-        auth=Authenticator(settings),
+        auth=Authenticator(settings, db),
         clock=clock,
         db=db,
     )

@@ -122,6 +122,18 @@ class IdempotencyRow(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+class RevokedSessionRow(Base):
+    """A console session ended by logging out, kept until it would have expired: every
+    instance refuses its cookie (``Authenticator.open_session``) until then."""
+
+    __tablename__ = "revoked_sessions"
+    # Each logout deletes the rows past their expiry (``Authenticator.revoke``).
+    __table_args__ = (Index("ix_revoked_sessions_expires", "expires_at"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
 class FeedRow(Base):
     __tablename__ = "feed"
 

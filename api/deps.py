@@ -60,8 +60,13 @@ async def get_services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(get_services)]
 
 
-def principal_of(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
-    """The caller, from a bearer token or the console's session cookie (with CSRF on writes)."""
+async def principal_of(
+    request: Request, credentials: HTTPAuthorizationCredentials | None
+) -> Principal:
+    """The caller, from a bearer token or the console's session cookie (with CSRF on writes).
+
+    An opened session is kept in ``request.state.console_session`` (``GET /session`` answers
+    its CSRF token without looking it up again)."""
     services = services_of(request)
     if request.headers.get("authorization"):
         if credentials is None:
@@ -73,28 +78,28 @@ def principal_of(request: Request, credentials: HTTPAuthorizationCredentials | N
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie is None:
         raise Problem(401, "authentication required: a bearer token or a session")
-    opened = services.auth.open_session(cookie)
+    opened = await services.auth.open_session(cookie)
     if opened is None:
         raise Problem(401, "the session has expired or is invalid")
-    principal, csrf = opened
     if request.method not in SAFE_METHODS:
         presented = request.headers.get(CSRF_HEADER, "")
-        if not hmac.compare_digest(presented.encode(), csrf.encode()):
+        if not hmac.compare_digest(presented.encode(), opened.csrf.encode()):
             raise Problem(403, f"a session write needs the {CSRF_HEADER} header")
-    return principal
+    request.state.console_session = opened
+    return opened.principal
 
 
 Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 async def get_principal(request: Request, credentials: Credentials) -> Principal:
-    return principal_of(request, credentials)
+    return await principal_of(request, credentials)
 
 
 def require(*roles: Role) -> Callable[[Request, Credentials], Awaitable[Principal]]:
     # One flat dependency per role: each level of nesting costs a resolution per request.
     async def check(request: Request, credentials: Credentials) -> Principal:
-        principal = principal_of(request, credentials)
+        principal = await principal_of(request, credentials)
         if not any(principal.has(role) for role in roles):
             raise Problem(
                 403,

@@ -20,6 +20,7 @@ from gridpatrol.site import Policy, Site, load_site
 log = logging.getLogger(__name__)
 
 Role = Literal["producer", "reviewer", "platform", "admin"]
+CookieSecure = Literal["auto", "true", "false"]
 DEFAULT_TIMEZONE = "Asia/Shanghai"
 _SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 URL_FORM = "dialect+driver://user:password@host:port/name"
@@ -61,6 +62,11 @@ class Settings(BaseSettings):
     max_batch_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
     session_secret: str = Field(default_factory=lambda: secrets.token_hex(32))
     session_max_age_s: int = 12 * 3600
+    # The Secure attribute of the console's session cookie. auto: when the request reached the
+    # API over https, as uvicorn tells it (behind a load balancer: from X-Forwarded-Proto, which
+    # uvicorn takes from the addresses in FORWARDED_ALLOW_IPS, 127.0.0.1 by default); true:
+    # always (the load balancer's https is not visible here); false: never.
+    session_cookie_secure: CookieSecure = "auto"
     allow_generated_tokens: bool = False
     release_interval_s: float = Field(default=5.0, gt=0)
     # Answered idempotency keys (each with its whole response) are deleted this long after
@@ -87,6 +93,11 @@ class Settings(BaseSettings):
                 f"{MAX_IDEMPOTENCY_RETENTION_S} (10 years), got {value}"
             )
         return value
+
+    @field_validator("session_cookie_secure", mode="before")
+    @classmethod
+    def _secure_lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("api_tokens", mode="before")
     @classmethod

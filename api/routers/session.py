@@ -1,12 +1,14 @@
 """Console sessions: log in with a reviewer's (or an admin's) token, then an HttpOnly cookie
-plus a CSRF token."""
+plus a CSRF token; logging out ends the session on every instance."""
 
 from __future__ import annotations
+
+from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
-from gridpatrol.api.auth import SESSION_COOKIE
+from gridpatrol.api.auth import SESSION_COOKIE, ConsoleSession
 from gridpatrol.api.deps import AnyRole, Svc
 from gridpatrol.api.problems import Problem
 from gridpatrol.api.schemas import SessionIn, SessionOut
@@ -15,7 +17,7 @@ router = APIRouter(prefix="/api/v1", tags=["session"])
 
 
 @router.post("/session", response_model=SessionOut)
-def login(body: SessionIn, services: Svc) -> JSONResponse:
+def login(body: SessionIn, request: Request, services: Svc) -> JSONResponse:
     principal = services.auth.by_token(body.token)
     if principal is None:
         raise Problem(401, "unknown token")
@@ -33,6 +35,8 @@ def login(body: SessionIn, services: Svc) -> JSONResponse:
         cookie,
         max_age=services.auth.max_age_s,
         httponly=True,
+        # Not over plain http (a demo): browsers drop a Secure cookie from an http origin.
+        secure=services.auth.secure(request.url.scheme),
         samesite="strict",
         path="/",
     )
@@ -40,14 +44,24 @@ def login(body: SessionIn, services: Svc) -> JSONResponse:
 
 
 @router.get("/session", response_model=SessionOut)
-def current(request: Request, who: AnyRole, services: Svc) -> SessionOut:
-    opened = services.auth.open_session(request.cookies.get(SESSION_COOKIE, ""))
-    csrf = opened[1] if opened is not None and opened[0].name == who.name else ""
-    return SessionOut(name=who.name, role=who.role, csrf_token=csrf)
+async def current(request: Request, who: AnyRole) -> SessionOut:
+    # Set when the session cookie, not a bearer token, authenticated the request.
+    opened: ConsoleSession | None = getattr(request.state, "console_session", None)
+    return SessionOut(name=who.name, role=who.role, csrf_token=opened.csrf if opened else "")
 
 
 @router.delete("/session", status_code=204)
-def logout() -> Response:
+async def logout(request: Request, services: Svc) -> Response:
+    # A copy of the cookie (another tab, a captured request) must not outlive the logout.
+    session = services.auth.read_session(request.cookies.get(SESSION_COOKIE, ""))
+    if session is not None:
+        await services.write(partial(services.auth.revoke, session))
     response = Response(status_code=204)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+    response.delete_cookie(
+        SESSION_COOKIE,
+        path="/",
+        secure=services.auth.secure(request.url.scheme),
+        httponly=True,
+        samesite="strict",
+    )
     return response

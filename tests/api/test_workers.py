@@ -270,6 +270,20 @@ def test_a_console_session_from_one_worker_is_valid_on_the_other(
 
 
 @pytest.mark.postgres
+def test_logging_out_on_one_worker_ends_the_session_on_the_other(
+    pinned: Callable[[int], list[list[Pinned]]],
+) -> None:
+    (on_a,), (on_b,) = pinned(1)
+    login = on_a.request("POST", "/session", json={"token": TOKENS["reviewer"]})
+    assert login.status_code == 200
+    cookie = {"Cookie": f"gp_session={login.cookies['gp_session']}"}
+    on_a.http.cookies.clear()
+    assert on_b.request("GET", "/session", headers=cookie).status_code == 200
+    assert on_a.request("DELETE", "/session", headers=cookie).status_code == 204
+    assert on_b.request("GET", "/session", headers=cookie).status_code == 401
+
+
+@pytest.mark.postgres
 def test_metrics_count_the_requests_of_every_worker(
     pinned: Callable[[int], list[list[Pinned]]],
 ) -> None:
