@@ -95,17 +95,16 @@ class Sample:
     region: Region | None = None
 
     def image(self) -> NDArray[np.uint8] | None:
+        """The decoded image, None when it cannot be decoded (:func:`extract` skips it)."""
         import cv2
 
+        from gridpatrol.detectors.scan import decode_image
+
         if self.path is not None:
-            image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
-        else:
-            # Fetched evidence as stored, as the worker decoded the frame its boxes refer to:
-            # turned by an EXIF Orientation tag, the region would fall on other pixels.
-            buf = np.frombuffer(self.data or b"", dtype=np.uint8)
-            flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-            image = cv2.imdecode(buf, flags) if buf.size else None
-        return None if image is None else np.asarray(image, dtype=np.uint8)
+            return decode_image(self.path, cv2.IMREAD_COLOR)
+        # Fetched evidence as stored, as the worker decoded the frame its boxes refer to:
+        # turned by an EXIF Orientation tag, the region would fall on other pixels.
+        return decode_image(self.data or b"", cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
 def name_time_ms(name: str) -> int | None:
@@ -188,25 +187,18 @@ def negative_samples(paths: Sequence[str], fps: float) -> list[Sample]:
 
 
 def _video_samples(path: Path, fps: float) -> list[Sample]:
+    """Frames of a video sampled at ``fps`` by their timestamps, as ``scan`` samples them."""
     import cv2
 
-    cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise ValueError(f"--negatives {path}: not a readable video")
-    step = max(1, round((cap.get(cv2.CAP_PROP_FPS) or 25.0) / fps))
+    from gridpatrol.detectors.scan import ScanError, video_frames
+
     out: list[Sample] = []
-    index = 0
     try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if index % step == 0:
-                data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
-                out.append(Sample(f"{path.name}#{index}", 0, f"extra:{path}", data=data))
-            index += 1
-    finally:
-        cap.release()
+        for index, _, frame in video_frames(path, fps):
+            data = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+            out.append(Sample(f"{path.name}#{index}", 0, f"extra:{path}", data=data))
+    except ScanError as exc:
+        raise ValueError(f"--negatives {exc}") from exc
     return out
 
 
@@ -704,7 +696,11 @@ def fit_head(
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when trained (or cross-validated), 2 on setup errors."""
-    from gridpatrol.detectors.models import MissingExtraError, ModelNotFoundError
+    from gridpatrol.detectors.models import (
+        MissingExtraError,
+        ModelLoadError,
+        ModelNotFoundError,
+    )
 
     if args.negative_fps <= 0:
         print(
@@ -730,6 +726,7 @@ def run(args: argparse.Namespace) -> int:
         ApiConfigError,
         ModelNotFoundError,
         MissingExtraError,
+        ModelLoadError,
     ) as exc:
         print(f"train-head: {exc}", file=sys.stderr)
         return 2

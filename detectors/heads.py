@@ -22,11 +22,13 @@ import json
 import logging
 import os
 import tempfile
+import zlib
 from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 import numpy as np
 from numpy.typing import NDArray
@@ -154,7 +156,9 @@ class SceneHead:
             with np.load(io.BytesIO(data)) as arrays:
                 mean, std, weights = arrays["mean"], arrays["std"], arrays["weights"]
                 bias = float(arrays["bias"])
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, EOFError, BadZipFile, zlib.error) as exc:
+            # A truncated or empty .npz (a copy cut short) raises EOFError, BadZipFile or
+            # zlib.error, none of them an OSError: skipped like any unusable head.
             raise HeadFormatError(f"cannot read scene head {npz} / {meta}: {exc}") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             found = doc.get("format") if isinstance(doc, dict) else None

@@ -293,11 +293,24 @@ def weights_file(spec: ModelSpec) -> Path:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, cached by (path, size, mtime) so a start does not re-hash weights."""
+    """SHA-256 of a file, cached by path, size, mtime, inode and ctime so a start does not
+    re-hash weights.
+
+    Size and mtime alone miss weights replaced by others of the same size with the old mtime
+    kept (``touch -r``, ``tar -x``, ``rsync -t``): records would name the old weights' hash
+    and heads trained on them would be applied. Replacing a file by renaming another onto it
+    gives a new inode; rewriting it in place, or setting its mtime, a new ctime (which no
+    tool can set back)."""
     stat = path.stat()
     key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()
     sidecar = cache_root() / "sha256" / f"{key}.json"
-    stamp = {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stamp = {
+        "path": str(path.resolve()),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ino": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
     try:
         cached = json.loads(sidecar.read_text(encoding="utf-8"))
         if {k: cached.get(k) for k in stamp} == stamp:

@@ -24,6 +24,8 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import stat as stat_module
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,26 +100,87 @@ class ScanError(Exception):
 
 
 def expand(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
-    """Files to scan: given files as they are, folders recursively (images and videos, the
-    suffix in any case); and the given folders that hold none, as given."""
+    """Files to scan and the problems found on the way (one message each, a failure each).
+
+    Given files are taken as they are; folders recursively (images and videos, the suffix in
+    any case), into linked folders too, each folder once (a link back up is no endless loop).
+    Problems: a given folder that holds none, a folder that cannot be listed, and a link with
+    an image's or a video's name that leads nowhere or cannot be followed."""
     found: list[Path] = []
-    empty: list[str] = []
+    problems: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = [
-                p
-                for p in sorted(path.rglob("*"))
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES | VIDEO_SUFFIXES
-            ]
+            inside, trouble = _walk(path)
             found.extend(inside)
-            if not inside:
-                empty.append(raw)
+            problems.extend(trouble)
+            if not inside and not trouble:
+                problems.append(f"{raw}: no images or videos found")
         elif path.exists():
             found.append(path)
         else:
             raise ScanError(f"{raw}: no such file or folder")
-    return found, empty
+    return found, problems
+
+
+def _walk(root: Path) -> tuple[list[Path], list[str]]:
+    """The images and videos under ``root`` (sorted) and the problems met on the way."""
+    found: list[Path] = []
+    problems: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unlisted(exc: OSError) -> None:
+        problems.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
+
+    # Path.rglob does not enter linked folders (a camera share mounted by a link), so walk.
+    for folder, dirs, files in os.walk(root, onerror=unlisted, followlinks=True):
+        try:
+            stat = Path(folder).stat()
+        except OSError as exc:
+            unlisted(exc)
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:  # reached again by a link: a loop or a twin
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
+        dirs.sort()
+        for name in files:
+            file = Path(folder, name)
+            if file.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                continue
+            try:
+                mode = file.stat().st_mode
+            except OSError as exc:
+                # os.walk lists a link it cannot follow as a file: a dangling one above all.
+                what = (
+                    f"a link to {file.readlink()} that cannot be followed"
+                    if file.is_symlink()
+                    else "cannot be read"
+                )
+                problems.append(f"{file}: {what} ({exc.strerror or exc})")
+                continue
+            if stat_module.S_ISREG(mode):
+                found.append(file)
+    return sorted(found), problems
+
+
+def decode_image(source: Path | bytes, flags: int = cv2.IMREAD_COLOR) -> NDArray[np.uint8] | None:
+    """The image in a file or in bytes, None when OpenCV cannot decode it.
+
+    OpenCV returns None for most unreadable files but raises for some, e.g. one of more pixels
+    than it decodes (2^30 by default, ``OPENCV_IO_MAX_IMAGE_PIXELS``): caught, so one such file
+    among many is skipped like any other unreadable one."""
+    try:
+        if isinstance(source, Path):
+            image = cv2.imread(str(source), flags)
+        else:
+            buf = np.frombuffer(source, dtype=np.uint8)
+            image = cv2.imdecode(buf, flags) if buf.size else None
+    except cv2.error as exc:
+        log.debug("cannot decode %s: %s", source if isinstance(source, Path) else "image", exc)
+        return None
+    return None if image is None else np.asarray(image, dtype=np.uint8)
 
 
 def read_still(path: Path, as_stored: bool = False) -> Sample:
@@ -125,17 +188,22 @@ def read_still(path: Path, as_stored: bool = False) -> Sample:
     is stored on its side); ``as_stored`` ignores the tag, as the worker decodes a camera's
     frames, so that size, boxes and zones are those of the camera's pixels."""
     flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0)
-    image = cv2.imread(str(path), flags)
+    image = decode_image(path, flags)
     if image is None:
         raise ScanError(f"{path}: not a readable image")
-    return Sample(str(path), 0, None, np.asarray(image, dtype=np.uint8))
+    return Sample(str(path), 0, None, image)
 
 
-def read_video(path: Path, fps: float) -> Iterator[Sample]:
-    """Frames sampled at ``fps`` (by video position); frames in between are skipped undecoded.
+def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[np.uint8]]]:
+    """``(index, t, image)`` of the frames of a video sampled at ``fps``, by time; frames in
+    between are skipped undecoded, and one that cannot be retrieved is left out.
 
-    A container that gives no usable frame rate is read as 25 fps. :class:`ScanError` when the
-    video cannot be opened or no frame of it could be decoded."""
+    ``t`` is the frame's own timestamp (seconds from the start): a variable-frame-rate video
+    (a phone's, a recorder's that drops frames) places its frames at its own times, which the
+    average rate the container gives would not. A frame without a usable timestamp (none, or
+    not after the last one) is placed one native frame period after the last one, or at its
+    index at the native rate when that is later; a container without a usable rate is read as
+    25 fps. :class:`ScanError` when the video cannot be opened."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ScanError(f"{path}: not a readable video")
@@ -146,19 +214,32 @@ def read_video(path: Path, fps: float) -> Iterator[Sample]:
         native = 25.0
     step = 1.0 / fps
     next_t = 0.0
-    index = sampled = 0
+    last = -math.inf
+    index = 0
     try:
         while cap.grab():
-            t = index / native
+            t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            if not (math.isfinite(t) and t >= 0 and t > last):
+                t = max(index / native, last + 1.0 / native)
+            last = t
             if t + 1e-6 >= next_t:
                 ok, image = cap.retrieve()
                 if ok:
-                    sampled += 1
-                    yield Sample(str(path), index, round(t, 3), np.asarray(image, dtype=np.uint8))
+                    yield index, t, np.asarray(image, dtype=np.uint8)
                 next_t += step * max(1, int((t - next_t) // step) + 1)
             index += 1
     finally:
         cap.release()
+
+
+def read_video(path: Path, fps: float) -> Iterator[Sample]:
+    """Frames sampled at ``fps`` by their timestamps (see :func:`video_frames`).
+
+    :class:`ScanError` when the video cannot be opened or no frame of it could be decoded."""
+    sampled = 0
+    for index, t, image in video_frames(path, fps):
+        sampled += 1
+        yield Sample(str(path), index, round(t, 3), image)
     if sampled == 0:
         raise ScanError(f"{path}: no frames could be decoded")
 
@@ -442,7 +523,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"scan: {refused}", file=sys.stderr)
         return 2
     try:
-        files, empty = expand(args.paths)
+        files, problems = expand(args.paths)
         # Checked whatever the backend, before the model loads: a misspelt folder is a
         # mistake on any backend, and ultralytics would otherwise run without a word.
         folder = heads_folder(args.heads)
@@ -466,9 +547,9 @@ def run(args: argparse.Namespace) -> int:
         what = "" if isinstance(exc, ModelLoadError) else "cannot load the model or the heads: "
         print(f"scan: {what}{exc}", file=sys.stderr)
         return 2
-    for folder_name in empty:
-        print(f"scan: {folder_name}: no images or videos found", file=sys.stderr, flush=True)
-    failed = len(empty)
+    for problem in problems:
+        print(f"scan: {problem}", file=sys.stderr, flush=True)
+    failed = len(problems)
     camera = context.camera is not None
     try:
         for number, path in enumerate(files, 1):

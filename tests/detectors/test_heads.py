@@ -104,6 +104,19 @@ def test_unreadable_head_file_is_skipped(
     assert "scene head broken.json skipped" in caplog.text
 
 
+@pytest.mark.parametrize("kept", [0, 1000, -1], ids=["empty", "cut", "one-byte-short"])
+def test_a_truncated_head_file_is_skipped(
+    tmp_path: Path, head: SceneHead, info: ModelInfo, caplog: pytest.LogCaptureFixture, kept: int
+) -> None:
+    """A .npz cut short (a copy interrupted, a full disk) is an unusable head like any other:
+    skipped with a warning, not an exception out of the loader of scan and the worker."""
+    npz, _ = head.save(tmp_path / "garbage")
+    npz.write_bytes(npz.read_bytes()[:kept])
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.detectors.heads"):
+        assert load_default_heads(info, tmp_path) == {}
+    assert "scene head garbage.json skipped: cannot read scene head" in caplog.text
+
+
 def test_save_and_load_round_trip(tmp_path: Path, head: SceneHead) -> None:
     npz, meta = head.save(tmp_path / "copy.npz")
     assert (npz.name, meta.name) == ("copy.npz", "copy.json")

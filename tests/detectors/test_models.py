@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -278,6 +279,31 @@ def test_weights_hash_is_cached_in_a_sidecar(isolated: Path) -> None:
     # A changed file (new size and mtime) is hashed again.
     weights.write_bytes(b"y" * 1001)
     assert file_sha256(weights) not in ("cached", first)
+
+
+def test_weights_replaced_with_the_same_size_and_mtime_are_hashed_again(isolated: Path) -> None:
+    """Other weights of the same size given the old mtime (``touch -r``, ``tar -x``, ``rsync
+    -t``) are hashed again, whether written over the file or renamed onto it: the records
+    must name the weights that run, and a head of the old ones must not be applied."""
+    weights = isolated / "w.bin"
+    weights.write_bytes(b"x" * 1000)
+    first = file_sha256(weights)
+    before = weights.stat()
+    # The change time has the kernel's clock tick: wait for the next tick, so that the
+    # rewrite below cannot land in the tick of the first write.
+    probe = isolated / "probe"
+    probe.write_bytes(b"")
+    while probe.stat().st_ctime_ns == before.st_ctime_ns:
+        probe.write_bytes(b"")
+    weights.write_bytes(b"y" * 1000)  # in place: the same inode
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (weights.stat().st_size, weights.stat().st_mtime_ns) == (1000, before.st_mtime_ns)
+    assert file_sha256(weights) == hashlib.sha256(b"y" * 1000).hexdigest() != first
+    other = isolated / "other.bin"
+    other.write_bytes(b"z" * 1000)
+    os.utime(other, ns=(before.st_atime_ns, before.st_mtime_ns))
+    other.replace(weights)  # renamed onto it: another inode
+    assert file_sha256(weights) == hashlib.sha256(b"z" * 1000).hexdigest()
 
 
 def _no_weights_env(tmp_path: Path) -> dict[str, str]:

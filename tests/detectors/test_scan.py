@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -141,14 +143,34 @@ def scan_patched(patch: str, *args: str) -> tuple[int, list[dict[str, Any]], str
 
 
 @pytest.mark.parametrize("rate", ["math.nan", "-12.0", "math.inf"], ids=["nan", "negative", "inf"])
-def test_a_video_without_a_usable_frame_rate_is_sampled_at_25_fps(
+def test_a_video_without_a_usable_frame_rate_is_sampled_at_its_frames_times(
     shared_dir: Path, rate: str
 ) -> None:
-    """41 frames at 12 fps whose container gives no usable rate: read as 25 fps (1.6 s) and
-    sampled at 2 fps by that timing, not left unread with exit 0."""
+    """41 frames at 12 fps whose container gives no usable rate: sampled at 2 fps by the
+    frames' own timestamps, not left unread with exit 0."""
     clip = shared_dir / "footage" / "car_park_people_bikes.mp4"
     patch = (
         "    def get(self, prop):\n"
+        f"        return {rate} if prop == cv2.CAP_PROP_FPS else self.cap.get(prop)\n"
+    )
+    code, records, stderr = scan_patched(patch, "--fps", "2", str(clip))
+    assert code == 0, stderr
+    assert [(r["frame"], r["ts"]) for r in records] == [(6 * k, 0.5 * k) for k in range(7)]
+    assert f"scan: {clip}: 7 frame(s)\n" in stderr
+
+
+@pytest.mark.parametrize("position", ["0.0", "math.nan"], ids=["zero", "nan"])
+@pytest.mark.parametrize("rate", ["math.nan", "-12.0", "math.inf"], ids=["nan", "negative", "inf"])
+def test_a_video_without_a_usable_frame_rate_or_timestamps_is_sampled_at_25_fps(
+    shared_dir: Path, rate: str, position: str
+) -> None:
+    """41 frames at 12 fps whose container gives neither a usable rate nor timestamps: read as
+    25 fps (1.6 s) and sampled at 2 fps by that timing, not left unread with exit 0."""
+    clip = shared_dir / "footage" / "car_park_people_bikes.mp4"
+    patch = (
+        "    def get(self, prop):\n"
+        f"        if prop == cv2.CAP_PROP_POS_MSEC:\n"
+        f"            return {position}\n"
         f"        return {rate} if prop == cv2.CAP_PROP_FPS else self.cap.get(prop)\n"
     )
     code, records, stderr = scan_patched(patch, "--fps", "2", str(clip))
@@ -165,6 +187,38 @@ def test_a_video_none_of_whose_frames_decode_is_unreadable(shared_dir: Path) -> 
     assert [Path(r["source"]).name for r in records] == ["bus.jpg"]
     assert f"scan: {clip}: no frames could be decoded\n" in stderr
     assert "0 frame(s)" not in stderr
+
+
+def test_a_variable_frame_rate_video_is_judged_at_its_frames_own_times(
+    shared_dir: Path,
+    tmp_path: Path,
+    write_vfr: Callable[[Path, list[np.ndarray], list[int]], Path],
+) -> None:
+    """A crowd seen for 2 s at 10 fps, then an empty street one frame a second for 20 s: the
+    container's average rate (40 frames in 22 s, 1.8 fps) would put frame 10 at 5.5 s, the
+    crowd's 2 s past the 3 s dwell, and raise a dwell-verified crowd that never stood 3 s.
+    Each frame is placed at its own timestamp."""
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    crowd = []
+    for _ in range(20):
+        ok, frame = cap.read()
+        assert ok
+        crowd.append(cv2.resize(frame, (960, 540), interpolation=cv2.INTER_AREA))
+    cap.release()
+    empty = np.full_like(crowd[0], 128)
+    clip = write_vfr(tmp_path / "vfr.mp4", crowd + [empty] * 20, [1] * 20 + [10] * 20)
+    site = tmp_path / "site.yaml"
+    site.write_text(SITE)
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", "--fps", "2",
+        "--start", "2026-05-04T10:00:00+08:00", str(clip),
+    )  # fmt: skip
+    assert code == 0, stderr
+    expected = [(5 * k, 0.5 * k) for k in range(4)] + [(20 + k, 2.0 + k) for k in range(20)]
+    assert [(r["frame"], r["ts"]) for r in records] == expected
+    persons = [sum(d["label"] == "person" for d in r["detections"]) for r in records]
+    assert min(persons[:4]) >= 5 and max(persons[4:]) == 0  # a crowd, then nobody
+    assert [v for r in records for v in r["violations"]] == []
 
 
 def test_still_rules_judge_the_whole_frame(shared_dir: Path, tmp_path: Path) -> None:
@@ -426,6 +480,85 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
     assert f"{broken}: not a readable image" in stderr
 
 
+def test_an_image_too_large_to_decode_is_reported_and_the_rest_scanned(
+    tmp_path: Path, write_png: Callable[[Path, int, int], Path]
+) -> None:
+    """OpenCV raises, rather than returning nothing, for an image of more than 2^30 pixels:
+    that one file is not a readable image, and the files after it are still scanned."""
+    write_png(tmp_path / "a_huge.png", 40_000, 30_000)
+    shutil.copy(ASSETS / "bus.jpg", tmp_path / "b_bus.jpg")
+    code, records, stderr = scan(str(tmp_path))
+    assert code == 1, stderr
+    assert [r["source"] for r in records] == [str(tmp_path / "b_bus.jpg")]
+    assert f"scan: {tmp_path / 'a_huge.png'}: not a readable image\n" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_linked_folders_and_videos_are_scanned_and_a_broken_link_is_named(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """A folder reached by a symbolic link (a camera share linked in) is scanned, a linked
+    video too, a link back up is entered once, and a link to an image that is gone is a
+    failure named on stderr, not skipped without a word."""
+    photos = tmp_path / "share"
+    photos.mkdir()
+    small = cv2.resize(cv2.imread(str(ASSETS / "bus.jpg")), (270, 360))
+    for k in range(9):
+        cv2.imwrite(str(photos / f"p{k}.jpg"), small)
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(ASSETS / "zidane.jpg", root / "own.jpg")
+    (root / "linked").symlink_to(photos)
+    (root / "clip.mp4").symlink_to(shared_dir / "footage" / "car_park_people_bikes.mp4")
+    (root / "gone.jpg").symlink_to(tmp_path / "deleted.jpg")
+    (root / "linked_back").symlink_to(root)  # a loop
+    code, records, stderr = scan("--fps", "1", str(root))
+    assert code == 1, stderr
+    sources = [r["source"] for r in records]
+    assert sources == [str(root / "clip.mp4")] * 4 + [
+        *(str(root / "linked" / f"p{k}.jpg") for k in range(9)),
+        str(root / "own.jpg"),
+    ]
+    assert stderr.splitlines()[0] == (
+        f"scan: {root / 'gone.jpg'}: a link to {tmp_path / 'deleted.jpg'} that cannot be "
+        "followed (No such file or directory)"
+    )
+    assert "[11/11]" in stderr
+
+
+def test_a_folder_that_cannot_be_listed_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subfolder the scan may not list is a failure, named, not taken for an empty one. (The
+    tests may run as root, who lists any folder: the refusal is the one the OS gives.)"""
+    from gridpatrol.detectors import scan as scan_module
+
+    shutil.copy(ASSETS / "bus.jpg", tmp_path / "bus.jpg")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_scandir = os.scandir
+
+    def scandir(path: Any) -> Any:
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    assert scan_module.expand([str(tmp_path)]) == (
+        [tmp_path / "bus.jpg"],
+        [f"{locked}: cannot list the folder (Permission denied)"],
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert scan_module.expand([str(locked), str(empty)]) == (
+        [],
+        [
+            f"{locked}: cannot list the folder (Permission denied)",
+            f"{empty}: no images or videos found",
+        ],
+    )
+
+
 def test_a_folder_takes_tiff_stills_whatever_the_suffix_case(tmp_path: Path) -> None:
     zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
     cv2.imwrite(str(tmp_path / "a.png"), zidane)
@@ -524,6 +657,19 @@ def test_heads_come_from_the_folder_given(
     assert [set(r["scene"]) for r in records] == ([] if scene is None else [scene])
     if message is not None:
         assert message.format(folder=folder) in stderr
+
+
+def test_a_truncated_head_in_the_heads_folder_is_skipped(tmp_path: Path) -> None:
+    """A head whose .npz was cut short loads no head: the scan goes on without scene scores."""
+    folder = tmp_path / "heads"
+    folder.mkdir()
+    shutil.copy(HEADS_DIR / "garbage.json", folder / "garbage.json")
+    (folder / "garbage.npz").write_bytes((HEADS_DIR / "garbage.npz").read_bytes()[:1000])
+    code, records, stderr = scan("--heads", str(folder), str(ASSETS / "bus.jpg"))
+    assert code == 0, stderr
+    assert [r["scene"] for r in records] == [{}]
+    assert "scene head garbage.json skipped: cannot read scene head" in stderr
+    assert "Traceback" not in stderr
 
 
 def test_reference_backend_scans_without_scene_heads() -> None:

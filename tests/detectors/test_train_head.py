@@ -24,8 +24,10 @@ from gridpatrol.api.client import ApiClient
 from gridpatrol.detectors.features import YOLO11_NODES
 from gridpatrol.detectors.head_training import (
     FeatureSet,
+    Sample,
     check_enough,
     choose_threshold,
+    negative_samples,
     nested_cv,
     review_samples,
     time_groups,
@@ -228,6 +230,57 @@ def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> Non
     proc = train_head("--name", "garbage", env=model_env(shared_dir))
     assert proc.returncode == 2
     assert "DATASET_DIR or --from-reviews" in proc.stderr
+
+
+def test_a_broken_model_is_a_setup_error(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """An IR folder whose weights were cut short (a copy interrupted): one line, exit 2."""
+    src = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    folder = tmp_path / "copy_openvino_model"
+    folder.mkdir()
+    for name in ("yolo11n.xml", "metadata.yaml"):
+        shutil.copy(src / name, folder / name)
+    (folder / "yolo11n.bin").write_bytes((src / "yolo11n.bin").read_bytes()[:1_000_000])
+    proc = train_head(
+        str(small_dataset), "--name", "garbage", "--cv-only", "--model", str(folder),
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        f"train-head: OpenVINO cannot load model 'yolo11n' from {folder}/yolo11n.xml: Incorrect "
+        "weights in bin file!; copy the whole IR folder (yolo11n.xml, yolo11n.bin and "
+        "metadata.yaml) again or give another --model"
+    )
+    assert proc.stdout == ""
+
+
+def test_video_negatives_are_sampled_at_their_frames_own_times(
+    tmp_path: Path, write_vfr: Callable[[Path, list[np.ndarray], list[int]], Path]
+) -> None:
+    """A variable-frame-rate video (2 s at 10 fps, then a frame a second for 20 s) gives the
+    frames 0.5 s apart in its own time at --negative-fps 2, not every frame (the container's
+    average rate, 1.8 fps, is under 2)."""
+    frames = [np.full((48, 64, 3), 6 * k, dtype=np.uint8) for k in range(40)]
+    clip = write_vfr(tmp_path / "street.mp4", frames, [1] * 20 + [10] * 20)
+    samples = negative_samples([str(clip)], 2.0)
+    assert [s.key for s in samples] == [f"street.mp4#{i}" for i in (0, 5, 10, 15, *range(20, 40))]
+    assert {(s.label, s.group) for s in samples} == {(0, f"extra:{clip}")}
+    # The frames themselves: the grey level each was written with (JPEG and MPEG-4 round it).
+    levels = [float(image.mean()) for s in samples if (image := s.image()) is not None]
+    expected = [6 * i for i in (0, 5, 10, 15, *range(20, 40))]
+    assert np.allclose(levels, expected, atol=4)
+
+
+def test_an_image_too_large_to_decode_is_skipped(
+    tmp_path: Path, write_png: Callable[[Path, int, int], Path]
+) -> None:
+    """OpenCV raises for an image of more than 2^30 pixels: skipped like any unreadable one."""
+    huge = write_png(tmp_path / "huge.png", 40_000, 30_000)
+    assert Sample(key="huge.png", label=1, group="g", path=huge).image() is None
+    data = huge.read_bytes()
+    assert Sample(key="candidate:1", label=1, group="g", data=data).image() is None
 
 
 def test_too_few_groups_for_nested_cv_is_a_setup_error(shared_dir: Path, tmp_path: Path) -> None:
