@@ -140,7 +140,7 @@ def adapt(
             payload, topic_sensor_id=sensor_id, received_at=received_at, max_bytes=max_bytes
         )
         if isinstance(decoded, AlarmEnvelope):
-            adapted = _envelope(decoded, sensor)
+            adapted = _envelope(decoded, sensor, received_at.timestamp())
         elif isinstance(decoded, ThresholdReading):
             adapted = _reading(decoded, sensor, payload)
         else:
@@ -157,15 +157,26 @@ def adapt(
 
 def _plausibly_timed(adapted: Adapted, received_at: datetime) -> Adapted:
     """Move a message timed too far ahead of or behind its reception to its reception,
-    keeping its records' spacing (the latest at the reception)."""
+    keeping its records' spacing (the latest at the reception). A device transition so moved
+    is no longer ordered by its own time against the device's earlier clear (see
+    :class:`DeviceInput`): the two were timed by different clocks."""
     ahead = max(item.t for item in adapted.inputs) - received_at.timestamp()
     if -MAX_BEHIND_S <= ahead <= MAX_AHEAD_S:
         return adapted
-    moved = tuple(replace(item, t=item.t - ahead, moved_s=ahead) for item in adapted.inputs)
+    moved = tuple(
+        replace(item, t=item.t - ahead, moved_s=ahead, event=_untimed(item.event))
+        for item in adapted.inputs
+    )
     return replace(adapted, inputs=moved)
 
 
-def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:
+def _untimed(event: LifecycleInput) -> LifecycleInput:
+    if isinstance(event, DeviceInput):
+        return replace(event, received_at=None)
+    return event
+
+
+def _envelope(env: AlarmEnvelope, sensor: Sensor, received_at: float) -> Adapted | Rejected:
     if env.seq is not None and env.seq not in SEQ_RANGE:
         raise MessageError("bad_seq", f"{env.seq.bit_length()}-bit value beyond 64 bits")
     if env.alarm_type not in allowed_alarm_types(sensor.kind):
@@ -175,6 +186,8 @@ def _envelope(env: AlarmEnvelope, sensor: Sensor) -> Adapted | Rejected:
         transition=env.transition,
         severity=env.severity,
         new_alarm_id=alarm_id_for(sensor.id, env.alarm_type, key),
+        # Without seq, only its own time orders it against the device's other envelopes.
+        received_at=received_at if env.seq is None else None,
     )
     item = AlarmInput(
         sensor=sensor,
@@ -232,16 +245,10 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
             else "no numeric or boolean SenML measurement without a unit or in one unit"
             " (the sensor's thresholds have none)",
         )
-    names = sorted({r.n for r in numeric})
-    if len(names) > 1:
-        numeric = _of_kind(numeric, sensor.kind)
+    if len({r.n for r in numeric}) > 1:
+        numeric, why = _of_kind(numeric, sensor.kind)
         if not numeric:
-            return Rejected(
-                "no_reading",
-                f"SenML measurements of several names ({', '.join(names)}), not one alone"
-                f" naming what a {sensor.kind} sensor measures"
-                f" ({', '.join(sorted(KIND_QUANTITIES.get(sensor.kind, ())))})",
-            )
+            return Rejected("no_reading", why)
     ordered = sorted(numeric, key=_record_time)
     key = _senml_key(payload, [_record_time(r) for r in ordered])
     items: list[AlarmInput] = []
@@ -255,14 +262,38 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     return Adapted(sensor.id, key, tuple(items), assumed_unit)
 
 
-def _of_kind(records: list[SenMLRecord], kind: str) -> list[SenMLRecord]:
-    """Of the records of several names a pack would have read, those of the one name that
-    says what the sensor's kind measures (:data:`KIND_QUANTITIES`); none when no name or
-    several do. Read together, a bin's ``fill`` of 95 and its ``distance`` of 12, at the
-    pack's one time, would raise and clear the alarm at the same instant."""
+def _of_kind(records: list[SenMLRecord], kind: str) -> tuple[list[SenMLRecord], str]:
+    """Of the records of several names a pack would have read, those of the one name to read,
+    else none and the dead letter's detail. Read together, a bin's ``fill`` of 95 and its
+    ``distance`` of 12, at the pack's one time, would raise and clear the alarm at the same
+    instant; so would a gauge's ``level`` and its ``level_max``, or an LwM2M object's value
+    and its minimum measured, all in one unit: a unit shared tells nothing.
+
+    The one name that says what the sensor's kind measures (:data:`KIND_QUANTITIES`, see
+    :func:`_says`); of several, the one saying nothing else (``level``, not ``level_avg``).
+    When no name says it, the one LwM2M Sensor Value (:data:`SENSOR_VALUE_RESOURCE`).
+    """
     quantities = KIND_QUANTITIES.get(kind, frozenset())
-    of_kind = [r for r in records if quantities.intersection(_words(r))]
-    return of_kind if len({r.n for r in of_kind}) == 1 else []
+    names = sorted({r.n for r in records})
+    listed = ", ".join(names)
+    said = f"what a {kind} sensor measures ({', '.join(sorted(quantities))})"
+    saying = [n for n in names if _says(n, quantities)]
+    if len(saying) > 1:
+        only = [n for n in saying if _says(n, quantities, only=True)]
+        if len(only) != 1:
+            tied = ", ".join(only if len(only) > 1 else saying)
+            return [], f"SenML measurements of several names ({listed}): {tied} all say {said}"
+        saying = only
+    if not saying:
+        saying = [n for n in names if _own_name(n) == SENSOR_VALUE_RESOURCE]
+        if len(saying) != 1:
+            lwm2m = (
+                f"and several are LwM2M Sensor Values ({', '.join(saying)})"
+                if saying
+                else f"nor is one an LwM2M Sensor Value ({SENSOR_VALUE_RESOURCE})"
+            )
+            return [], f"SenML measurements of several names ({listed}): none says {said}, {lwm2m}"
+    return [r for r in records if r.n == saying[0]], ""
 
 
 def _record_value(record: SenMLRecord) -> float:
@@ -308,8 +339,8 @@ UNIT_QUANTITIES: Mapping[str, frozenset[str]] = {
     "dBW": frozenset({"rssi", "signal", "snr"}),
     **dict.fromkeys(HOUSEKEEPING_UNITS, BATTERY_NAMES),
 }
-# What each sensor kind measures, by a word of a record's name: it picks the measurement of
-# a pack that would read records of several names (see :func:`_of_kind`).
+# What each sensor kind measures, by a word of a record's name or its whole name: it picks the
+# measurement of a pack that would read records of several names (see :func:`_of_kind`).
 KIND_QUANTITIES: Mapping[str, frozenset[str]] = {
     "manhole_cover": frozenset({"tilt", "angle", "inclination"}),
     "waterlogging": frozenset({"level", "depth", "water"}),
@@ -317,6 +348,10 @@ KIND_QUANTITIES: Mapping[str, frozenset[str]] = {
     "bin_fill": frozenset({"fill", "level"}),
     "noise": frozenset({"noise", "sound", "spl", "laeq", "leq"}),
 }
+# The LwM2M (IPSO) resource of a sensor object's current value, "Sensor Value": a pack whose
+# names say nothing (/3330/0/5700 beside /3330/0/5601) reads it, never the object's minimum
+# or maximum measured (5601, 5602) or its range (5603, 5604), in the same unit beside it.
+SENSOR_VALUE_RESOURCE = "5700"
 _CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
@@ -337,13 +372,36 @@ def _battery_name(record: SenMLRecord) -> bool:
 
 def _named(record: SenMLRecord, names: frozenset[str]) -> bool:
     """Whether a word of the record's own name is one of ``names`` or starts with "batt"."""
-    return any(w in names or w.startswith("batt") for w in _words(record))
+    return any(w in names or w.startswith("batt") for w in _words(record.n))
 
 
-def _words(record: SenMLRecord) -> list[str]:
-    """The words of the record's own name, lower case: "sm-2:rssiDbm" gives rssi, dbm."""
-    name = _CASE_CHANGE.sub(" ", re.split(r"[:/]", record.n)[-1]).lower()
-    return [w for w in re.split(r"[^a-z0-9]+", name) if w]
+def _says(name: str, quantities: frozenset[str], *, only: bool = False) -> bool:
+    """Whether a record's name says one of ``quantities``: a word of its own name, or that
+    whole name in lower case without anything but letters and digits (``LAeq``, whose words
+    are ``l`` and ``aeq``, says ``laeq``). ``only``: and nothing else, every word one of them
+    (``water_level``) or the whole name one (``level``, not ``level_avg``)."""
+    words = _words(name)
+    if _compact(name) in quantities:
+        return True
+    if only:
+        return bool(words) and all(w in quantities for w in words)
+    return any(w in quantities for w in words)
+
+
+def _own_name(name: str) -> str:
+    """A record's own name: its part after the last ":" or "/", where a base name ends."""
+    return re.split(r"[:/]", name)[-1]
+
+
+def _words(name: str) -> list[str]:
+    """The words of a record's own name, lower case: "sm-2:rssiDbm" gives rssi, dbm."""
+    own = _CASE_CHANGE.sub(" ", _own_name(name)).lower()
+    return [w for w in re.split(r"[^a-z0-9]+", own) if w]
+
+
+def _compact(name: str) -> str:
+    """A record's own name in lower case, without anything but letters and digits."""
+    return re.sub(r"[^a-z0-9]+", "", _own_name(name).lower())
 
 
 def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:

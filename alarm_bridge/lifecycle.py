@@ -12,10 +12,14 @@ input drive it:
   CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one timed
   before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
 
-While no alarm is active, a device clear and a reading beyond ``clear`` still move
-``last_seen`` (never back): they say the condition was over at their time, so a raise or a
-reading beyond ``raise`` timed before them, arriving after them, is stale. Without that, a clear
-that overtook its raise was ignored and the raise then opened an alarm nothing would clear.
+While no alarm is active, a device's own clear (an envelope without seq, timed by the device
+and not at its reception) keeps its time, at most its reception, as ``quiet_at``: a raise or
+update of the device's own, alike, timed before it and arriving after it, is stale. Without
+that, a clear that overtook its raise was ignored and the raise then opened an alarm nothing
+would clear. Nothing else keeps or is judged by that time: a reading, the bridge's own
+transitions (``device_offline``), a message ordered by its seq or timed at its reception
+(its clock too far off to compare with another message's) would make a genuine first alarm
+stale wherever two clocks disagree.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -40,9 +44,9 @@ SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL
 class AlarmState:
     """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm.
 
-    ``last_seen`` is the active alarm's last sighting; while none is active, the latest time
-    the sensor said the condition was over (the clear, a later clear or a reading beyond
-    ``clear``), or None.
+    ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiet_at``:
+    the latest time a device clear with no alarm active said the condition was over (see
+    :class:`DeviceInput`), or None; a raise drops it (``last_seen`` then orders).
     """
 
     phase: Phase = "normal"
@@ -54,6 +58,8 @@ class AlarmState:
     first_seen: float | None = None
     last_seen: float | None = None
     severity: Severity = "MAJOR"
+    # Last, with a default: states stored before it (their fields in this order) still load.
+    quiet_at: float | None = None
 
     @property
     def active(self) -> bool:
@@ -66,11 +72,17 @@ class DeviceInput:
 
     ``new_alarm_id`` is the id a raise would give a new alarm: derived by the caller from the
     message's dedup key, so a replayed message proposes the same id.
+
+    ``received_at``: the reception of a device's envelope that only its own time orders (it has
+    no seq, and that time was not moved to its reception); None for the bridge's own
+    transitions and for other envelopes. Only such a clear keeps its time with nothing active,
+    and only such a raise or update is judged by it.
     """
 
     transition: Transition
     severity: Severity
     new_alarm_id: str
+    received_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -153,11 +165,20 @@ def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState
     if event.transition == "clear":
         if state.active:
             return _clear(state, t)
+        if event.received_at is None:
+            return _ignore(state, "clear_not_active")
         # Nothing to clear, but its time is kept: its raise may still be on the way (sent
-        # before it, without seq to order them) and must arrive stale, not open an alarm.
-        return _ignore(_quiet_at(state, t), "clear_not_active")
+        # before it, without seq to order them) and must arrive stale, not open an alarm. At
+        # most its reception: a clock running ahead must not make the next raises stale.
+        quiet_at = min(t, event.received_at)
+        if state.quiet_at is not None:
+            quiet_at = max(quiet_at, state.quiet_at)  # never back: what it made stale stays so
+        return _ignore(replace(state, quiet_at=quiet_at), "clear_not_active")
     if state.active:
         return _repeat(state, event.severity, t)
+    if event.received_at is not None and state.quiet_at is not None and t < state.quiet_at:
+        # Sent before a clear that overtook it: the condition it reports is over.
+        return _ignore(state, "stale")
     # An update for an alarm we never saw raised (its raise was lost upstream) still is one.
     return _raise(state, event.new_alarm_id, event.severity, t)
 
@@ -189,26 +210,14 @@ def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmSta
             return _clear(state, t)
         return replace(state, clear_since=since), []
     if not beyond_raise(event.value, th):
-        rested = state
         if state.phase == "pending":
-            rested = replace(state, phase=_resting(state), pending_since=None)
-        if beyond_clear(event.value, th):
-            # Over at t: a reading beyond raise taken before it and arriving after it (a
-            # buffer flushed late) must neither raise nor start a debounce. A value between
-            # the levels is not kept: it would not have cleared an alarm raised before it.
-            rested = _quiet_at(rested, t)
-        return rested, []
+            return replace(state, phase=_resting(state), pending_since=None), []
+        return state, []
     started = state.pending_since if state.phase == "pending" else None
     pending_since = t if started is None else started
     if t - pending_since >= th.debounce_s:
         return _raise(state, event.new_alarm_id, event.severity, t)
     return replace(state, phase="pending", pending_since=pending_since), []
-
-
-def _quiet_at(state: AlarmState, t: float) -> AlarmState:
-    """A state with no alarm active told the condition was over at ``t``: never before its
-    ``last_seen``, as an input timed before that is stale."""
-    return replace(state, last_seen=t)
 
 
 def _resting(state: AlarmState) -> Phase:

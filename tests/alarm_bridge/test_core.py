@@ -274,27 +274,116 @@ def test_a_raise_its_clear_overtook_opens_no_candidate(h: Harness, alarm_type: s
     assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create"]
 
 
-def test_a_numbered_raise_after_a_clear_with_nothing_active_raises_at_the_clear(
-    h: Harness,
-) -> None:
+def test_a_numbered_raise_after_a_clear_with_nothing_active_raises(h: Harness) -> None:
     """With seq the order is the device's: its raise sent after the clear (its clock set back
-    in between) still raises, timed at the clear."""
+    in between) still raises, at its own time. The clear's time orders only envelopes
+    without seq."""
     h.alarm("mh-1", envelope("mh-1", "e1", "clear", ts=T0 + 20, seq=1), T0 + 25)
     h.alarm("mh-1", envelope("mh-1", "e2", "raise", ts=T0, seq=2), T0 + 26)
     creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
-    assert [b["alarm"]["first_seen"] for b in creates] == ["2026-09-21T14:13:40Z"]
+    assert [b["alarm"]["first_seen"] for b in creates] == ["2026-09-21T14:13:20Z"]
     assert (h.core.counts.created, h.core.counts.stale) == (1, 0)
 
 
-def test_a_reading_beyond_raise_a_reading_beyond_clear_overtook_opens_no_candidate(
-    h: Harness,
+FIRST_ALARM_CASES = [
+    # (name, [(topic under gridpatrol/sensors/, payload, received at)], the create's occurred_at)
+    (
+        "a reading beyond raise timed at its reception after one beyond clear timed ahead",
+        [
+            ("bf-1/alarm", reading("bf-1", 50, T0 + 299), T0),  # 299 s ahead: kept
+            ("bf-1/alarm", reading("bf-1", 95, T0 + 421), T0 + 120),  # 301 s ahead: moved
+        ],
+        "2026-09-21T14:15:20Z",
+    ),
+    (
+        "a reading beyond raise timed before one beyond clear from a gateway running ahead",
+        [
+            ("bf-1/alarm", reading("bf-1", 50, T0 + 60), T0),
+            ("bf-1/alarm", reading("bf-1", 95, T0 + 30), T0 + 30),
+        ],
+        "2026-09-21T14:13:50Z",
+    ),
+    (
+        "a smoke raise timed a second before a pack without time that read no smoke",
+        [
+            ("sm-2/alarm", json.dumps([{"bn": "sm-2:", "n": "smoke", "vb": False}]).encode(), T0),
+            ("sm-2/alarm", envelope("sm-2", "s1", alarm_type="smoke", ts=T0 - 1), T0 + 1),
+        ],
+        "2026-09-21T14:13:19Z",
+    ),
+    (
+        "a tilt pack without time after a clear with nothing active timed ahead",
+        [
+            ("mh-1/alarm", envelope("mh-1", "c1", "clear", ts=T0 + 200), T0),
+            (
+                "mh-1/alarm",
+                json.dumps([{"bn": "mh-1:", "n": "tilt", "u": "deg", "v": 40}]).encode(),
+                T0 + 60,
+            ),
+        ],
+        "2026-09-21T14:14:20Z",
+    ),
+    (
+        "a device raise after a clear with nothing active timed ahead of its reception",
+        [
+            ("mh-1/alarm", envelope("mh-1", "c1", "clear", ts=T0 + 250), T0),
+            ("mh-1/alarm", envelope("mh-1", "r1", ts=T0 + 100), T0 + 100),
+        ],
+        "2026-09-21T14:15:00Z",
+    ),
+    (
+        "a device raise after a clear timed at its reception (its clock far ahead)",
+        [
+            ("mh-1/alarm", envelope("mh-1", "c1", "clear", ts=T0 + 1000), T0 + 60),
+            ("mh-1/alarm", envelope("mh-1", "r1", ts=T0 + 30), T0 + 61),
+        ],
+        "2026-09-21T14:13:50Z",
+    ),
+    (
+        "the bridge's device_offline after a device's clear of it timed ahead",
+        [
+            (
+                "mh-1/alarm",
+                envelope("mh-1", "c1", "clear", alarm_type="device_offline", ts=T0 + 250),
+                T0,
+            ),
+            ("mh-1/status", b"offline", T0 + 10),
+        ],
+        "2026-09-21T14:13:30Z",
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "occurred_at"), named(FIRST_ALARM_CASES))
+def test_a_first_alarm_is_not_stale_for_what_came_before_it(
+    h: Harness, messages: list[tuple[str, bytes, float]], occurred_at: str
 ) -> None:
-    """bf-1 reports 50 % (t+20) before its 95 % of t arrives: the 95 % is stale. It used to
-    raise a full bin that a sensor reporting on change would never clear."""
-    h.alarm("bf-1", reading("bf-1", 50, T0 + 20), T0 + 25)
-    h.alarm("bf-1", reading("bf-1", 95, T0), T0 + 26)
-    assert outbox_ops(h.outbox) == []
-    assert (h.core.counts.created, h.core.counts.stale) == (0, 1)
+    """Only a device clear with nothing active keeps its time, at most its reception, and only
+    device raises and updates without seq, neither timed at its reception, are judged by it:
+    a sensor that never alarmed, whose clocks disagree, still raises when it alarms."""
+    for topic, payload, at in messages:
+        h.send(f"gridpatrol/sensors/{topic}", payload, at)
+    creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert [b["occurred_at"] for b in creates] == [occurred_at]
+    assert (h.core.counts.created, h.core.counts.stale) == (1, 0)
+
+
+def test_an_alarm_state_stored_before_the_clear_time_was_kept_still_loads(h: Harness) -> None:
+    """A state row written without the field for a clear with nothing active (its nine
+    fields) loads, without that time."""
+    row = ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR"]
+    with h.outbox.transaction() as txn:
+        txn.conn.execute(
+            "INSERT INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
+            ("mh-1", "manhole_tilt", json.dumps(row)),
+        )
+        state = store.load_state(txn.conn, "mh-1", "manhole_tilt")
+    assert (state.phase, state.alarm_id, state.last_seen, state.quiet_at) == (
+        "cleared",
+        "a1",
+        T0 + 20,
+        None,
+    )
 
 
 def test_a_message_received_before_a_silence_check_still_clears_its_alarm(h: Harness) -> None:
@@ -1357,12 +1446,65 @@ SEVERAL_NAMES_CASES = [
         [{"n": "fill", "v": 95}, {"n": "level", "v": 12}],
         "no_reading",
     ),
+    (
+        "a noise meter's LAeq beside its LAmax, by the whole name",
+        "ns-1",
+        [{"n": "LAeq", "u": "dB", "v": 72.5}, {"n": "LAmax", "u": "dB", "v": 88}],
+        [("ns-1:LAeq", "dB", 72.5)],
+    ),
+    (
+        "a gauge's level beside its level_avg: the name saying only the level",
+        "wl-1",
+        [{"n": "level_avg", "u": "cm", "v": 12}, {"n": "level", "u": "cm", "v": 20}],
+        [("wl-1:level", "cm", 20.0)],
+    ),
+    (
+        "a water_level beside a level_max",
+        "wl-1",
+        [{"n": "waterLevel", "v": 20}, {"n": "level_max", "v": 40}],
+        [("wl-1:waterLevel", None, 20.0)],
+    ),
+    (
+        "two names both saying more than the level",
+        "wl-1",
+        [{"n": "level_avg", "v": 12}, {"n": "level_max", "v": 40}],
+        "no_reading",
+    ),
+    (
+        "an LwM2M distance object's value beside its minimum and maximum measured",
+        "wl-1",
+        [
+            {"n": "/3330/0/5601", "u": "cm", "v": 3},
+            {"n": "/3330/0/5700", "u": "cm", "v": 20},
+            {"n": "/3330/0/5602", "u": "cm", "v": 40},
+        ],
+        [("wl-1:/3330/0/5700", "cm", 20.0)],
+    ),
+    (
+        "two LwM2M Sensor Values",
+        "wl-1",
+        [{"n": "/3330/0/5700", "u": "cm", "v": 20}, {"n": "/3330/1/5700", "u": "cm", "v": 3}],
+        "no_reading",
+    ),
 ]
+
+
+NOISE_SENSOR_YAML = """  - id: ns-1
+    kind: noise
+    location: {grid_code: JA-DN-0301}
+    thresholds: {raise: 70, clear: 60, unit: dB}
+"""
+
+
+@pytest.fixture
+def noisy_site() -> Site:
+    """The test site and a noise meter, ns-1, judged in dB."""
+    return parse_site(SITE_YAML.replace("PREFIX", "gridpatrol") + NOISE_SENSOR_YAML, "s")
 
 
 @pytest.mark.parametrize(("sensor", "records", "expected"), named(SEVERAL_NAMES_CASES))
 def test_a_pack_of_several_measurements_reads_the_one_the_sensor_kind_names(
-    site: Site,
+    noisy_site: Site,
     sensor: str,
     records: list[dict[str, object]],
     expected: list[tuple[str, str | None, float | None]] | str,
@@ -1373,7 +1515,7 @@ def test_a_pack_of_several_measurements_reads_the_one_the_sensor_kind_names(
     adapted = adapt(
         json.dumps(pack).encode(),
         sensor_id=sensor,
-        registry={s.id: s for s in site.sensors},
+        registry={s.id: s for s in noisy_site.sensors},
         received_at=datetime.fromtimestamp(T0 + 60, tz=UTC),
     )
     if isinstance(adapted, Rejected):
@@ -1384,20 +1526,65 @@ def test_a_pack_of_several_measurements_reads_the_one_the_sensor_kind_names(
     assert read == expected
 
 
-def test_a_pack_of_two_measurements_naming_none_says_which(site: Site) -> None:
-    pack = [{"bn": "bf-1:", "n": "distance", "v": 12}, {"n": "angle", "v": 3}]
+SEVERAL_NAMES_DETAILS = [
+    # (name, pack records, the no_reading dead letter's detail)
+    (
+        "neither names a bin's fill",
+        [{"n": "distance", "v": 12}, {"n": "angle", "v": 3}],
+        "SenML measurements of several names (bf-1:angle, bf-1:distance): none says what a"
+        " bin_fill sensor measures (fill, level), nor is one an LwM2M Sensor Value (5700)",
+    ),
+    (
+        "both name a bin's fill",
+        [{"n": "fill", "v": 95}, {"n": "level", "v": 12}, {"n": "fill_max", "v": 99}],
+        "SenML measurements of several names (bf-1:fill, bf-1:fill_max, bf-1:level):"
+        " bf-1:fill, bf-1:level all say what a bin_fill sensor measures (fill, level)",
+    ),
+    (
+        "both say more than a bin's fill",
+        [{"n": "fill_avg", "v": 95}, {"n": "fill_max", "v": 99}],
+        "SenML measurements of several names (bf-1:fill_avg, bf-1:fill_max):"
+        " bf-1:fill_avg, bf-1:fill_max all say what a bin_fill sensor measures (fill, level)",
+    ),
+    (
+        "two LwM2M Sensor Values",
+        [{"n": "/3330/0/5700", "v": 95}, {"n": "/3330/1/5700", "v": 12}],
+        "SenML measurements of several names (bf-1:/3330/0/5700, bf-1:/3330/1/5700): none says"
+        " what a bin_fill sensor measures (fill, level), and several are LwM2M Sensor Values"
+        " (bf-1:/3330/0/5700, bf-1:/3330/1/5700)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("records", "detail"), named(SEVERAL_NAMES_DETAILS))
+def test_a_pack_of_several_measurements_read_as_none_says_why(
+    site: Site, records: list[dict[str, object]], detail: str
+) -> None:
+    pack = [{"bn": "bf-1:", **records[0]}, *records[1:]]
     adapted = adapt(
         json.dumps(pack).encode(),
         sensor_id="bf-1",
         registry={s.id: s for s in site.sensors},
         received_at=datetime.fromtimestamp(T0, tz=UTC),
     )
-    assert adapted == Rejected(
-        "no_reading",
-        "SenML measurements of several names (bf-1:angle, bf-1:distance), not one alone naming"
-        " what a bin_fill sensor measures (fill, level)",
-        heard=True,
-    )
+    assert adapted == Rejected("no_reading", detail, heard=True)
+
+
+def test_a_noise_meter_sending_laeq_and_lamax_raises_and_clears_on_laeq(
+    noisy_site: Site, outbox: Outbox
+) -> None:
+    """LAeq, whose words (l, aeq) name nothing, is what a noise sensor measures by its whole
+    name: the meter's packs raise and clear on it, never on the LAmax beside it."""
+    h = Harness(noisy_site, outbox)
+    for at, laeq, lamax in ((T0, 75.5, 92), (T0 + 60, 55, 80)):
+        records = [{"bn": "ns-1:", "n": "LAeq", "u": "dB", "v": laeq}]
+        h.alarm("ns-1", json.dumps([*records, {"n": "LAmax", "u": "dB", "v": lamax}]).encode(), at)
+    creates = [b for k, _, b in outbox_ops(h.outbox) if k == "create"]
+    assert [b["measurements"] for b in creates] == [
+        [{"n": "ns-1:LAeq", "u": "dB", "v": 75.5, "t": T0}]
+    ]
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, h.dead) == (1, 1, [])
 
 
 @pytest.mark.parametrize(

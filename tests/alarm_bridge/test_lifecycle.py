@@ -28,6 +28,13 @@ def dev(transition: Transition, severity: Severity = "MAJOR", aid: str = "a") ->
     return DeviceInput(transition=transition, severity=severity, new_alarm_id=aid)
 
 
+def sent(
+    transition: Transition, received: float, severity: Severity = "MAJOR", aid: str = "a"
+) -> DeviceInput:
+    """A device's envelope without seq, timed by the device, received at ``received``."""
+    return DeviceInput(transition, severity, new_alarm_id=aid, received_at=received)
+
+
 def rd(value: float, th: Thresholds = RISING, aid: str = "a") -> ReadingInput:
     return ReadingInput(value=value, thresholds=th, new_alarm_id=aid)
 
@@ -137,34 +144,74 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
         "active",
     ),
-    # A clear with nothing active keeps its time: the raise it overtook (no seq) is stale.
+    # A device's clear with nothing active keeps its time, at most its reception: the raise it
+    # overtook (no seq) is stale.
     Case(
         "a raise overtaken by its clear opens no alarm",
-        [(120, dev("clear")), (100, dev("raise"))],
+        [(120, sent("clear", 125)), (100, sent("raise", 126))],
         ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
         "normal",
     ),
     Case(
         "an update overtaken by a clear opens no alarm",
-        [(120, dev("clear")), (100, dev("update"))],
+        [(120, sent("clear", 125)), (100, sent("update", 126))],
         ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
         "normal",
     ),
     Case(
         "a raise overtaken by a second clear after a cleared alarm opens no new one",
-        [(0, dev("raise")), (10, dev("clear")), (30, dev("clear")), (20, dev("raise", aid="b"))],
+        [
+            (0, sent("raise", 0)),
+            (10, sent("clear", 10)),
+            (30, sent("clear", 30)),
+            (20, sent("raise", 31, aid="b")),
+        ],
         ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:clear_not_active", "ignore:a:1:stale"],
         "cleared",
     ),
     Case(
+        "a clear timed before the last one kept never moves its time back",
+        [(120, sent("clear", 125)), (110, sent("clear", 126)), (115, sent("raise", 127))],
+        [
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:stale",
+        ],
+        "normal",
+    ),
+    Case(
         "a raise timed after a clear with nothing active raises",
-        [(100, dev("clear")), (101, dev("raise"))],
+        [(100, sent("clear", 100)), (101, sent("raise", 101))],
         ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
         "active",
     ),
     Case(
         "a raise at the time of a clear with nothing active is not late",
-        [(100, dev("clear")), (100, dev("raise"))],
+        [(100, sent("clear", 100)), (100, sent("raise", 100))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a clear timed ahead of its reception keeps its reception",
+        [(300, sent("clear", 100)), (150, sent("raise", 151))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a clear not ordered by its own time keeps no time",
+        [(120, dev("clear")), (100, sent("raise", 126))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a raise not ordered by its own time is not judged by a clear's",
+        [(120, sent("clear", 125)), (100, dev("raise"))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "readings are not judged by a device clear's time",
+        [(120, sent("clear", 125)), (100, rd(95, INSTANT))],
         ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
         "active",
     ),
@@ -276,34 +323,29 @@ CASES = [
         ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale", "raise:b:1:MAJOR"],
         "active",
     ),
-    # A reading beyond clear with nothing active keeps its time, as a device clear does.
+    # With nothing active a reading keeps no time: a device's clock and its gateway's may
+    # disagree, and a genuine first alarm must not be stale for an earlier normal reading.
     Case(
-        "a reading beyond raise overtaken by one beyond clear opens no alarm",
+        "a reading beyond clear keeps no time: a late one beyond raise still raises",
         [(200, rd(50, INSTANT)), (150, rd(95, INSTANT))],
-        ["ignore:None:0:stale"],
-        "normal",
+        ["raise:a:1:MAJOR"],
+        "active",
     ),
     Case(
-        "a late reading starts no debounce from before a reading beyond clear",
-        [(100, rd(3)), (90, rd(16)), (105, rd(16)), (110, rd(16))],
-        ["ignore:None:0:stale"],
-        "pending",
+        "a reading between the levels keeps no time: a late one beyond raise still raises",
+        [(200, rd(70, INSTANT)), (150, rd(95, INSTANT))],
+        ["raise:a:1:MAJOR"],
+        "active",
     ),
     Case(
-        "a late reading after a clear and a later reading beyond clear opens no alarm",
+        "a reading beyond clear after a clear keeps no time either",
         [
             (100, rd(90, INSTANT)),
             (200, rd(50, INSTANT)),
             (300, rd(40, INSTANT)),
             (250, rd(95, INSTANT, aid="b")),
         ],
-        ["raise:a:1:MAJOR", "clear:a:1", "ignore:a:1:stale"],
-        "cleared",
-    ),
-    Case(
-        "a reading between the levels keeps no time: a late one beyond raise still raises",
-        [(200, rd(70, INSTANT)), (150, rd(95, INSTANT))],
-        ["raise:a:1:MAJOR"],
+        ["raise:a:1:MAJOR", "clear:a:1", "raise:b:1:MAJOR"],
         "active",
     ),
 ]
@@ -360,13 +402,25 @@ def test_a_late_reading_after_the_clear_leaves_the_ended_alarm_as_it_was() -> No
 
 
 def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None:
-    state, _ = step(AlarmState(), dev("raise", aid="first"), 100)
-    cleared, _ = step(state, dev("clear"), 200)
-    state, effects = step(cleared, dev("clear"), 300)
+    state, _ = step(AlarmState(), sent("raise", 100, aid="first"), 100)
+    cleared, _ = step(state, sent("clear", 200), 200)
+    state, effects = step(cleared, sent("clear", 300), 300)
     assert state == AlarmState(
-        phase="cleared", alarm_id="first", count=1, first_seen=100, last_seen=300
+        phase="cleared", alarm_id="first", count=1, first_seen=100, last_seen=200, quiet_at=300
     )
     assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
-    # An older one is stale and never moves it back.
-    later, effects = step(state, dev("clear"), 250)
+    # An older one never moves it back; a raise before it is stale.
+    later, effects = step(state, sent("clear", 301), 250)
+    assert (later, [e.reason for e in effects]) == (state, ["clear_not_active"])
+    later, effects = step(state, sent("raise", 302, aid="second"), 290)
     assert (later, [e.reason for e in effects]) == (state, ["stale"])
+    # A raise after it opens the next alarm, which last_seen orders from then on.
+    raised, _ = step(state, sent("raise", 303, aid="second"), 300)
+    assert raised == AlarmState(
+        phase="active",
+        alarm_id="second",
+        previous_alarm_id="first",
+        count=1,
+        first_seen=300,
+        last_seen=300,
+    )
