@@ -1,6 +1,6 @@
 // Console entry: session, navigation, shared reference data, toasts and the modal dialog.
 import { ApiError, get, request, setSession } from './api.js';
-import { applyStatic, currentLang, setLang, t } from './i18n.js';
+import { applyStatic, currentLang, setLang, t, tf } from './i18n.js';
 import { connectEvents, initQueue, showQueue, stopEvents } from './queue.js';
 import { showStats } from './stats.js';
 import { showZones } from './zones.js';
@@ -172,7 +172,8 @@ async function start() {
     // The queue keeps its place: after logging in again the same case is selected. Someone
     // else signed in in another tab (the cookie is theirs now) is named.
     const other = ev.detail?.other;
-    showLogin(other ? t('login.other').replace('{who}', `${other.name} · ${other.role}`) : t('login.expired'));
+    const who = other && `${other.name} · ${other.role}`;
+    showLogin(other ? tf('login.other', { who }) : t('login.expired'));
   });
   try {
     await enter(await get('/session'));

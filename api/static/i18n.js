@@ -20,6 +20,7 @@ const STRINGS = {
     'd.description': '描述', 'd.noimage': '无图像证据', 'd.evidence': '证据',
     'd.reason_code': '驳回原因', 'd.reason': '说明', 'd.merged_into': '已合并到',
     'd.references': '关联线索', 'd.notuploaded': '画面尚未上传',
+    'd.unloaded': '画面暂时无法加载，正在重试', 'd.crop': '目标截图',
     'd.folded': '共 {n} 次，最后一次 {at}',
     'd.elsewhere': '此线索已由 {who} 处理：{status}。按 j/k 或点击列表继续',
     'login.expired': '会话已过期，请重新登录',
@@ -79,6 +80,7 @@ const STRINGS = {
     'd.description': 'Description', 'd.noimage': 'No image evidence', 'd.evidence': 'Evidence',
     'd.reason_code': 'Reject reason', 'd.reason': 'Note', 'd.merged_into': 'Merged into',
     'd.references': 'References', 'd.notuploaded': 'Frame not uploaded yet',
+    'd.unloaded': 'Frame could not be loaded; retrying', 'd.crop': 'Crop',
     'd.folded': '×{n} · last {at}',
     'd.elsewhere': 'Decided by {who} meanwhile: {status}. Move on with j/k or a click',
     'login.expired': 'The session has expired; sign in again',
@@ -137,6 +139,13 @@ export function currentLang() { return lang; }
 
 export function t(key) {
   return STRINGS[lang][key] ?? STRINGS.zh[key] ?? key;
+}
+
+// A string with its {name} places filled in, in one pass: a value is taken as it is (a
+// reviewer named "$&" stays so; a value naming another place does not get filled in).
+export function tf(key, values) {
+  const fill = (place, name) => (name in values ? String(values[name]) : place);
+  return t(key).replace(/\{(\w+)\}/g, fill);
 }
 
 // A history entry's action; one this console does not know (a newer API's) as the API names it.

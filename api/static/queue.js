@@ -1,7 +1,7 @@
 // The review queue: filters, list, detail view, keyboard triage and live updates (SSE).
 import { ApiError, evidenceUrl, get, post, query } from './api.js';
 import { dialog, ref, siteInstant, toast, typeName, when } from './app.js';
-import { REASON_CODES, STATUSES, actionName, currentLang, t } from './i18n.js';
+import { REASON_CODES, STATUSES, actionName, currentLang, t, tf } from './i18n.js';
 import { problemText } from './zones.js';
 
 const IMAGE_KINDS = ['annotated', 'clean', 'latest', 'snapshot', 'first_seen', 'crop'];
@@ -14,6 +14,10 @@ const DECISIONS = {
 const allowed = (c, decision) => (DECISIONS[c.status] || []).includes(decision);
 // Statuses nothing can be merged into (api/status.py FINAL).
 const FINAL = ['rejected', 'merged', 'closed'];
+// A confirmed case and the stages the platform takes it through (api/status.py VISIBLE).
+const HANDED_OVER = [
+  'confirmed', 'pulled', 'registered', 'dispatched', 'arrived', 'resolved', 'verified', 'closed',
+];
 const state = {
   items: [], selected: -1, cursor: null, detail: null, annotated: true, source: null,
   // The last case of the last page read (created_at, id): where the API's cursor sits, also
@@ -37,7 +41,7 @@ const state = {
   // click of a double click) must not decide the one that replaced it under the pointer.
   shownId: null, shownAt: 0,
   reloading: false, // a first page (filters changed) is on its way: see load
-  missing: new Set(), // frames that did not load: see figure
+  frames: new Map(), // frames that did not load, by hash: see frameFailed
   detailSeq: 0, // the detail pane's latest read: an answer to an earlier one is dropped
   // What the reviewer wrote in a decision's dialog, by "<case id> <decision>", until that
   // decision goes through: a failed one (network, 5xx, a refused note) opens with it again.
@@ -100,17 +104,120 @@ function evidenceOf(c, kind) {
   return best;
 }
 
-// The list's thumbnail: the first frame of IMAGE_KINDS that loads (one may not be uploaded yet).
+// The list's thumbnail: the first frame of IMAGE_KINDS that loads (one may not be uploaded yet,
+// or not be had just now). When none does, a placeholder saying why; one for a frame that could
+// not be had is drawn again when that frame is tried again (see retryFrame).
 function thumbnail(c) {
-  const shas = [...new Set(IMAGE_KINDS.map((kind) => evidenceOf(c, kind)?.sha256).filter(Boolean))];
-  if (!shas.length) return el('span', { class: 'thumb none' });
+  const all = [...new Set(IMAGE_KINDS.map((kind) => evidenceOf(c, kind)?.sha256).filter(Boolean))];
+  if (!all.length) return el('span', { class: 'thumb none' });
+  const placeholder = () => el('span', {
+    class: 'thumb none', 'data-shas': all.join(' '), title: thumbTitle(all),
+  });
+  const shas = all.filter((sha) => frameState(sha) !== 'absent');
+  if (!shas.length) return placeholder();
   const img = el('img', { class: 'thumb', src: evidenceUrl(shas[0]), alt: c.type, loading: 'lazy' });
   let next = 1;
+  img.addEventListener('load', () => frameLoaded(shas[next - 1]));
   img.addEventListener('error', () => {
+    frameFailed(shas[next - 1]);
     if (next < shas.length) img.src = evidenceUrl(shas[next++]);
-    else img.replaceWith(el('span', { class: 'thumb none', title: t('d.notuploaded') }));
+    else img.replaceWith(placeholder());
   });
   return img;
+}
+
+// A thumbnail placeholder's title: not uploaded only when none of its frames is held.
+const thumbTitle = (shas) => t(
+  shas.every((sha) => frameState(sha) === 'absent') ? 'd.notuploaded' : 'd.unloaded');
+
+// ---- frames that did not load ---------------------------------------------------------------
+
+// A frame that did not load is asked for once more, to learn why (an <img> does not tell):
+// 404, the API holds no such file (not uploaded yet), is "absent" until the pane shows a case
+// again (see showDetail); anything else (the store's 503 with Retry-After, a proxy's 502 while
+// the API restarts, a lost session, the network) is "failing": it says so and is tried again
+// with backoff, and at once when the pane shows a case again (a live change to it, say).
+// "asking" while that answer is on its way, "retrying" while the frame is tried again.
+const FRAME_RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+
+// Why a frame is not drawn: 'absent', 'failing', 'asking', or null (draw it). One asked about
+// again after a retry failed still reads as failing meanwhile.
+function frameState(sha) {
+  const entry = state.frames.get(sha);
+  if (!entry || entry.reason === 'retrying') return null;
+  return entry.reason === 'asking' && entry.tries > 0 ? 'failing' : entry.reason;
+}
+
+function frameFailed(sha) {
+  let entry = state.frames.get(sha);
+  if (entry && entry.reason !== 'retrying') return; // known, or being asked
+  entry = { reason: 'asking', tries: entry ? entry.tries : 0, timer: null };
+  state.frames.set(sha, entry);
+  askWhy(sha, entry);
+}
+
+async function askWhy(sha, entry) {
+  let response = null;
+  try {
+    response = await fetch(evidenceUrl(sha), { credentials: 'same-origin' });
+  } catch { /* the network: failing */ }
+  if (state.frames.get(sha) !== entry) return; // loaded meanwhile, or tried afresh
+  if (response?.status === 404) {
+    entry.reason = 'absent';
+  } else {
+    entry.reason = 'failing';
+    const after = Number(response?.headers.get('Retry-After')) * 1000 || 0;
+    const delay = Math.max(FRAME_RETRY_MS[Math.min(entry.tries, FRAME_RETRY_MS.length - 1)], after);
+    entry.tries += 1;
+    entry.timer = setTimeout(() => retryFrame(sha, entry), delay);
+  }
+  framesChanged(sha, false);
+}
+
+// Try a failing frame again where it is shown; one shown nowhere any more is forgotten.
+function retryFrame(sha, entry) {
+  if (state.frames.get(sha) !== entry) return;
+  clearTimeout(entry.timer);
+  entry.timer = null;
+  if (!usesFrame(state.detail, sha) && !placeholders(sha).length) {
+    state.frames.delete(sha);
+    return;
+  }
+  entry.reason = 'retrying';
+  framesChanged(sha, true);
+}
+
+function frameLoaded(sha) {
+  const entry = state.frames.get(sha);
+  if (!entry) return;
+  clearTimeout(entry.timer);
+  state.frames.delete(sha);
+  // Loaded in one place while another still says it could not be: that one shows it too.
+  if (entry.reason !== 'retrying') framesChanged(sha, true);
+}
+
+// When the pane shows a case (again): absent frames may have been uploaded since, and failing
+// ones are tried again now.
+function retryFrames() {
+  for (const [sha, entry] of state.frames) {
+    if (entry.reason === 'absent') state.frames.delete(sha);
+    else if (entry.reason === 'failing') retryFrame(sha, entry);
+  }
+}
+
+const usesFrame = (c, sha) => Boolean(c?.evidence?.some((e) => e.sha256 === sha));
+const placeholders = (sha) => [...document.querySelectorAll('#queue-body span.thumb[data-shas]')]
+  .filter((span) => span.dataset.shas.split(' ').includes(sha));
+
+// Show what is known of a frame now: the pane drawn again, and the thumbnails waiting for it
+// drawn again (retry: it is tried again) or their titles told.
+function framesChanged(sha, retry) {
+  if (usesFrame(state.detail, sha)) renderDetail();
+  for (const span of placeholders(sha)) {
+    const c = state.items.find((x) => x.id === span.closest('tr')?.dataset.id);
+    if (retry && c) span.replaceWith(thumbnail(c));
+    else span.title = thumbTitle(span.dataset.shas.split(' '));
+  }
 }
 
 const statusBadge = (status) => el('span', { class: `badge s-${status}`, text: t(`s.${status}`) });
@@ -396,16 +503,21 @@ function zoom(src) {
   document.body.append(overlay);
 }
 
-// A frame that fails to load (not uploaded yet: the case is incomplete for it) is noted and the
-// detail drawn again, which shows another frame in its place or says it is not there yet.
+// A frame that fails to load is asked about (see frameFailed) and the detail drawn again, which
+// shows another frame in place of one not uploaded yet, or says it is not there yet, or that it
+// could not be loaded and is tried again.
+const FRAME_TEXT = { absent: 'd.notuploaded', failing: 'd.unloaded' };
+
 function figure(ev, caption, cls = '') {
   if (!ev) return null;
-  const src = evidenceUrl(ev.sha256);
-  const frame = state.missing.has(ev.sha256)
-    ? el('p', { class: 'noframe muted', text: t('d.notuploaded') })
+  const sha = ev.sha256;
+  const src = evidenceUrl(sha);
+  const why = frameState(sha);
+  const frame = why
+    ? el('p', { class: `noframe muted ${why}`, text: FRAME_TEXT[why] ? t(FRAME_TEXT[why]) : '' })
     : el('img', {
       src, alt: caption, class: 'evidence', onclick: () => zoom(src),
-      onerror: () => { state.missing.add(ev.sha256); renderDetail(); },
+      onload: () => frameLoaded(sha), onerror: () => frameFailed(sha),
     });
   return el('figure', { class: cls }, frame,
     el('figcaption', { text: `${caption} ${when(ev.captured_at)}` }));
@@ -455,7 +567,7 @@ function facts(c) {
 }
 
 // Routine updates by one producer fold into one history entry: how many, and the latest's time.
-const folded = (h) => t('d.folded').replace('{n}', h.count).replace('{at}', when(h.last_at));
+const folded = (h) => tf('d.folded', { n: h.count, at: when(h.last_at) });
 
 function history(c) {
   return el('ol', { class: 'history' }, ...(c.history || []).map((h) => el('li', {},
@@ -474,15 +586,24 @@ function renderDetail() {
     return;
   }
   const name = typeName(c.type);
-  // A frame that did not load is passed over for the other one.
-  const usable = (...kinds) => kinds.map((k) => evidenceOf(c, k)).find((e) => e && !state.missing.has(e.sha256));
+  // A frame not uploaded yet is passed over for the other one (one that could not be loaded
+  // just now is not: it says so where it goes, and is tried again).
+  const usable = (...kinds) => kinds.map((k) => evidenceOf(c, k))
+    .find((e) => e && frameState(e.sha256) !== 'absent');
   const annotated = usable('annotated');
   const clean = usable('clean', 'snapshot');
   const main = state.annotated ? (annotated || clean) : (clean || annotated);
   const framed = ['annotated', 'clean', 'snapshot'].some((k) => evidenceOf(c, k));
   const showsAnnotated = main != null && main === annotated;
   const mainKind = showsAnnotated ? t('d.annotated') : t('d.clean');
-  const others = (c.evidence || []).filter((e) => !IMAGE_KINDS.includes(e.kind));
+  // Crops (a scene head trains on them: see docs/scene-heads.md) each in a row of their own;
+  // every other file the pane does not draw (earlier frames of a kind, a sensor trace) a link.
+  const crops = unique((c.evidence || []).filter((e) => e.kind === 'crop' && e.sha256));
+  // (The newest annotated and clean frames count as drawn when not uploaded yet: the pane
+  // says so, or shows another in their place.)
+  const shown = ['annotated', 'clean', 'first_seen', 'latest'].map((k) => evidenceOf(c, k));
+  const drawn = new Set([annotated, clean, ...shown, ...crops].filter(Boolean).map((e) => e.sha256));
+  const others = unique((c.evidence || []).filter((e) => e.sha256 && !drawn.has(e.sha256)));
   const gone = state.gone === c.id;
   const action = (decision) => el('button', {
     type: 'button', id: `act-${decision}`, text: t(`d.${decision}`),
@@ -512,8 +633,16 @@ function renderDetail() {
         figure(main, mainKind, 'main'))
       : el('p', { class: 'muted noframe', text: t(framed ? 'd.notuploaded' : 'd.noimage') }),
     el('div', { class: 'dwell' }, figure(evidenceOf(c, 'first_seen'), t('d.first')), figure(evidenceOf(c, 'latest'), t('d.latest'))),
+    crops.length
+      ? el('div', { class: 'crops' }, ...crops.map((e) => figure(e, t('d.crop'))))
+      : null,
     others.length
-      ? el('p', {}, `${t('d.evidence')}: `, ...others.map((e) => el('a', { href: evidenceUrl(e.sha256), target: '_blank', text: `${e.kind} ` })))
+      ? el('p', { class: 'evidence-links' }, `${t('d.evidence')}: `, ...others.flatMap((e, i) => [
+        i ? ' ' : null,
+        el('a', {
+          href: evidenceUrl(e.sha256), target: '_blank', rel: 'noopener', text: e.kind,
+          title: when(e.captured_at),
+        })]))
       : null,
     el('h3', { text: t('d.facts') }), facts(c),
     el('h3', { text: t('d.history') }), history(c)];
@@ -551,8 +680,12 @@ function decidedElsewhere(c) {
   const steps = c.history || [];
   const undecided = DECISIONS[c.status] && c.status !== 'returned';
   const by = (undecided ? undefined : steps.findLast((h) => DECIDED.includes(h.action))) || steps.at(-1);
-  return t('d.elsewhere').replace('{who}', by?.who || '?').replace('{status}', t(`s.${c.status}`));
+  return tf('d.elsewhere', { who: by?.who || '?', status: t(`s.${c.status}`) });
 }
+
+// Evidence items, each file once (the first item naming it).
+const unique = (items) => items.filter(
+  (e, i) => items.findIndex((x) => x.sha256 === e.sha256) === i);
 
 function toggle(annotated) {
   state.annotated = annotated;
@@ -564,7 +697,7 @@ function toggle(annotated) {
 // than the one shown (a page read before a decision, say) does not replace it; the latest read
 // does whatever its stamp, which another API instance's clock may have set behind the shown one.
 async function showDetail() {
-  state.missing.clear(); // a frame uploaded since is tried again
+  retryFrames(); // a frame uploaded since, or that could not be had then, is tried again
   const seq = ++state.detailSeq;
   const c = state.items[state.selected];
   if (!c) {
@@ -817,15 +950,20 @@ const OUTCOME = { confirm: 'confirmed', reject: 'rejected', return: 'returned', 
 // (4xx) made nothing.
 const lostAnswer = (err) => !(err instanceof ApiError) || err.status >= 500;
 
-// The case read again, when it records the decision as made: in the status it leads to, its
-// last step this reviewer's making it; null otherwise (or when it cannot be read).
+// The case read again, when it records the decision as made: its last decision this reviewer's
+// making it, and the case in the status it leads to, or for a confirmation any later stage (the
+// platform may have pulled it, or registered it, before the case was read again; see
+// decidedElsewhere); null otherwise (or when it cannot be read).
 async function recorded(c, decision) {
   let current;
   try { current = await get(`/candidates/${c.id}`); } catch { return null; }
-  const last = current.history?.at(-1);
+  const last = current.history?.findLast((h) => DECIDED.includes(h.action));
   const outcome = OUTCOME[decision];
   const mine = last?.action === outcome && last.who === ref.session?.name;
-  return current.status === outcome && mine ? current : null;
+  const reached = decision === 'confirm'
+    ? HANDED_OVER.includes(current.status)
+    : current.status === outcome;
+  return reached && mine ? current : null;
 }
 
 // Replace or drop a changed candidate; after the reviewer's own decision move on to the next.

@@ -1,14 +1,19 @@
 """The console's review actions at their edges: double clicks, cases decided elsewhere, frames
-not uploaded yet, a drained page, the decision dialogs' checks, stale sessions, SLA times."""
+not uploaded yet or not to be had just now, crops, a drained page, the decision dialogs' checks,
+stale sessions, lost answers, SLA times."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import sqlite3
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import cv2
+import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -106,6 +111,27 @@ def test_a_case_decided_elsewhere_while_shown_stays_until_the_reviewer_moves_on(
     assert page.inner_text("#dlg-title") == f"驳回原因 · {other[:8]}"
 
 
+def test_a_reviewer_named_with_dollar_signs_is_named_as_they_are(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    # "$&" and "$'" mean the match and what follows it to String.replace with a string.
+    name = "值班 $& $' 组"
+    console.stop()
+    console.env["GRIDPATROL_API_TOKENS"] = json.dumps(
+        {
+            tok: {"role": role, "name": name if role == "admin" else f"test-{role}"}
+            for role, tok in console.tokens.items()
+        }
+    )
+    console.start()
+    page, shown, _ = live_and_actionable(ui, seeder, frames)
+    with console.client("admin") as client:  # another reviewer
+        response = client.post(f"/candidates/{shown}/review", json={"decision": "confirm"})
+        assert response.status_code == 200, response.text
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert notice.inner_text() == f"此线索已由 {name} 处理：已确认。按 j/k 或点击列表继续"
+
+
 def without_frames(
     seeder: Any, frames: list[bytes], skipped: list[bytes], **place: Any
 ) -> dict[str, Any]:
@@ -160,6 +186,125 @@ def test_a_frame_not_uploaded_yet_gives_way_to_one_that_is(
     assert not page.query_selector("#detail figure.main img")
     assert ui.image_width("#detail .dwell figure:first-child img") == 1280  # first seen
     ui.shot("no-frame-yet")
+
+
+UNLOADED = "画面暂时无法加载，正在重试"
+
+# Whether the page ever said a frame was not uploaded, in its text or a thumbnail's title.
+WATCH_NOT_UPLOADED = """
+window.__saidNotUploaded = false;
+new MutationObserver(() => {
+  const root = document.documentElement;
+  if (root && (root.textContent.includes('画面尚未上传')
+      || document.querySelector('[title="画面尚未上传"]'))) {
+    window.__saidNotUploaded = true;
+  }
+}).observe(document, { subtree: true, childList: true, characterData: true, attributes: true });
+"""
+
+
+def loaded_width(page: Any, selector: str) -> int:
+    """naturalWidth of the image at ``selector``, once one there has loaded (a frame tried
+    again replaces the image that failed)."""
+    page.wait_for_function(
+        "sel => document.querySelector(sel)?.naturalWidth > 0", arg=selector, polling=100
+    )
+    width: int = page.eval_on_selector(selector, "img => img.naturalWidth")
+    return width
+
+
+def test_a_frame_that_cannot_be_had_just_now_is_tried_again_not_called_not_uploaded(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    assert (case["status"], case["missing_elements"]) == ("new", [])
+    page = ui.page
+    page.add_init_script(WATCH_NOT_UPLOADED)
+    down = [True]  # the evidence store cannot read its files just now
+
+    def evidence(route: Any) -> None:
+        if down:
+            route.fulfill(
+                status=503,
+                headers={"Retry-After": "1"},
+                content_type="application/problem+json",
+                body='{"title": "Service Unavailable", "status": 503}',
+            )
+        else:
+            route.continue_()
+
+    page.route("**/api/v1/evidence/*", evidence)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    row = f"#queue-body tr[data-id='{case['id']}']"
+    page.wait_for_selector(
+        f"#detail:has(.detail-head:has-text('{case['id']}')) figure.main .noframe"
+        f":text-is('{UNLOADED}')"
+    )
+    page.wait_for_selector(f"{row} span.thumb[title='{UNLOADED}']")
+    assert page.is_enabled("#toggle-clean")  # the clean frame is there to ask for
+    ui.shot("cannot-load")
+
+    down.clear()  # the store recovers: the frames come back without the reviewer doing anything
+    assert loaded_width(page, "#detail figure.main img") == 1280
+    assert loaded_width(page, f"{row} img.thumb") == 1280
+    assert loaded_width(page, "#detail .dwell figure:first-child img") == 1280
+    assert loaded_width(page, "#detail .dwell figure:last-child img") == 1280
+    assert page.locator("#detail .noframe").count() == 0
+    ui.shot("loaded-again")
+    assert page.evaluate("window.__saidNotUploaded") is False
+
+
+def crop_of(jpeg: bytes, box: tuple[int, int, int, int]) -> bytes:
+    """The ``box`` (x1, y1, x2, y2) of a frame, as a JPEG: a detector's crop evidence."""
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None
+    x1, y1, x2, y2 = box
+    ok, buf = cv2.imencode(".jpg", image[y1:y2, x1:x2])
+    assert ok
+    return bytes(buf)
+
+
+def test_a_cases_crops_are_shown_and_its_other_files_linked(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    (first_annotated,) = [e["sha256"] for e in case["evidence"] if e["kind"] == "annotated"]
+    now = datetime.now(UTC)
+    crops = [
+        seeder.evidence(crop_of(frames[3], (400, 250, 700, 650))),
+        seeder.evidence(crop_of(frames[4], (420, 260, 700, 640))),
+    ]
+    added = [
+        seeder._ref(annotate(frames[3], "better"), "annotated", now),
+        *({"sha256": sha, "kind": "crop", "captured_at": now.isoformat()} for sha in crops),
+    ]
+    response = seeder.client.patch(
+        f"/candidates/{case['id']}",
+        json={"evidence": added},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 200, response.text
+
+    page = ui.page
+    ui.login("reviewer")
+    ui.wait_rows([case["id"]])
+    figures = f"#detail:has(.detail-head:has-text('{case['id']}')) .crops figure"
+    page.wait_for_selector(f"{figures} img")
+    assert page.eval_on_selector_all(f"{figures} img", "imgs => imgs.map(i => i.src)") == [
+        f"{console.url}/api/v1/evidence/{sha}" for sha in crops
+    ]
+    assert loaded_width(page, "#detail .crops figure:nth-child(1) img") == 300
+    assert loaded_width(page, "#detail .crops figure:nth-child(2) img") == 280
+    assert page.eval_on_selector_all(
+        f"{figures} figcaption", "cs => cs.map(c => c.textContent.split(' ')[0])"
+    ) == ["目标截图", "目标截图"]
+    # The earlier annotated frame, which the pane does not draw, is a link.
+    links = page.eval_on_selector_all(
+        "#detail .evidence-links a", "as => as.map(a => [a.textContent, a.getAttribute('href')])"
+    )
+    assert links == [["annotated", f"/api/v1/evidence/{first_annotated}"]]
+    ui.shot("crops")
 
 
 def test_the_next_page_loads_when_every_listed_case_is_decided(
@@ -717,6 +862,35 @@ def test_a_digit_in_a_return_note_after_a_reject_dialog_is_only_typed(
     returned_with(ui, console, case["id"], "upload frame 2")
 
 
+def answer_lost(page: Any, cid: str, meanwhile: Callable[[], None] = lambda: None) -> None:
+    """The next decision sent on ``cid`` is made by the API, then (after ``meanwhile``) a proxy
+    answers 504 for it, having timed out on the API's answer."""
+
+    def lost(route: Any) -> None:
+        route.fetch()
+        meanwhile()
+        route.fulfill(
+            status=504,
+            content_type="application/problem+json",
+            body='{"title": "Gateway Timeout", "status": 504}',
+        )
+
+    page.route(f"**/api/v1/candidates/{cid}/review", lost, times=1)
+
+
+def taken_as_made(ui: Any, shown: str, other: str, done: str) -> None:
+    """The decision on ``shown`` whose answer was lost told as made (``done`` · its id), and
+    the next case, ``other``, selected."""
+    page = ui.page
+    actionable(page, other)
+    assert page.inner_text("#toast") == f"{done} · {shown[:8]}"
+    assert not page.is_visible("#toast.error")
+    assert not page.is_visible("#dlg[open]")
+    assert not page.is_visible("#decided-elsewhere")
+    assert ui.rows() == [other]
+    assert ui.selected() == other
+
+
 def test_a_rejection_made_whose_answer_was_lost_is_taken_as_made(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
@@ -725,28 +899,40 @@ def test_a_rejection_made_whose_answer_was_lost_is_taken_as_made(
     page.wait_for_selector("#dlg[open] input[value=duplicate]")
     page.keyboard.press("4")
     page.fill("#dlg-body input[name=reason]", NOTE)
-
-    def lost(route: Any) -> None:
-        route.fetch()  # the API makes the decision; a proxy times out on its answer
-        route.fulfill(
-            status=504,
-            content_type="application/problem+json",
-            body='{"title": "Gateway Timeout", "status": 504}',
-        )
-
-    page.route(f"**/api/v1/candidates/{shown}/review", lost, times=1)
+    answer_lost(page, shown)
     page.keyboard.press("Enter")
-    actionable(page, other)
-    assert page.inner_text("#toast") == f"已驳回 · {shown[:8]}"
-    assert not page.is_visible("#toast.error")
-    assert not page.is_visible("#dlg[open]")
-    assert ui.rows() == [other]
-    assert ui.selected() == other
+    taken_as_made(ui, shown, other, "已驳回")
     rejected = status_of(console, shown)
     assert (rejected["status"], rejected["review"]) == (
         "rejected",
         {"reason_code": "out_of_jurisdiction", "reason": NOTE},
     )
+    assert status_of(console, other)["status"] == "new"
+
+
+def test_a_confirmation_whose_answer_was_lost_after_the_platform_pulled_it_is_taken_as_made(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, shown, other = live_and_actionable(ui, seeder, frames)
+
+    def pulled() -> None:
+        # The platform's feed poll takes the case, and acknowledges it, before the answer
+        # comes back.
+        with console.client("platform") as platform:
+            feed = platform.get("/feed").json()
+            assert [c["id"] for c in feed["items"]] == [shown]
+            acked = platform.post("/feed/ack", json={"cursor": feed["next_cursor"]})
+            assert acked.status_code == 204, acked.text
+
+    answer_lost(page, shown, pulled)
+    page.keyboard.press("c")
+    taken_as_made(ui, shown, other, "已确认")
+    case = status_of(console, shown)
+    assert case["status"] == "pulled"
+    assert [(h["action"], h["who"]) for h in case["history"][-2:]] == [
+        ("confirmed", "test-reviewer"),
+        ("pulled", "test-platform"),
+    ]
     assert status_of(console, other)["status"] == "new"
 
 
