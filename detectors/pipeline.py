@@ -466,12 +466,13 @@ class CameraPipeline:
         }
 
     def last_seen(self) -> dict[tuple[str, str], datetime]:
-        """(zone, rule) → the last frame time its condition held, for every raised rule."""
+        """(zone, rule) → the last frame time its condition held, for every raised rule (also
+        one over while its zone's schedule is off, its clear waiting for the schedule)."""
         return {
-            (zr.zone.id, rule): datetime.fromtimestamp(st.last_seen, UTC)
+            (zr.zone.id, rule): datetime.fromtimestamp(seen, UTC)
             for zr in self.zones
             for rule, st in zr.states.items()
-            if st.phase == "active"
+            if (seen := st.raised_seen) is not None
         }
 
     def forget(self, zone_id: str, rule: str) -> None:

@@ -9,8 +9,9 @@ Every rule has two pure parts:
 
 Dwell belongs to the (zone, rule) episode, not to a track id: the episode starts when the
 condition first holds and survives absences shorter than ``gap_s`` (occlusion, a missed
-detection, an id switch that makes a stationary object look new for a moment). Time is the
-frame timestamp in seconds, injected by the caller; nothing here reads a clock or does I/O.
+detection, an id switch that makes a stationary object look new for a moment); only frames
+without the condition show an absence, not frames that never came. Time is the frame timestamp
+in seconds, injected by the caller; nothing here reads a clock or does I/O.
 """
 
 from __future__ import annotations
@@ -333,16 +334,49 @@ EVALUATORS: dict[str, Evaluate] = {
 
 # -- the episode state machine ----------------------------------------------------------------
 
+# At most this many episodes that ended while nothing could be reported wait for the first frame
+# that may report: a zone off for days with things coming and going keeps a bounded state. Past
+# it the oldest unraised ones are dropped (a raised one stays: its candidate waits for its clear).
+HELD_MAX = 16
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An episode that ended while nothing could be reported: its clear (after its raise, when
+    its dwell completed unreported) waits for the first frame that may report."""
+
+    first_seen: float
+    last_seen: float
+    last: Presence
+    raised: bool
+
 
 @dataclass(frozen=True)
 class RuleState:
-    """idle → pending (condition holds, dwell running) → active (raised) → idle (cleared)."""
+    """idle → pending (condition holds, dwell running) → active (raised) → idle (cleared).
+
+    missed: a frame without the condition was judged since ``last_seen`` (without one, the time
+    since is frames that never came, not an absence). ended: episodes over while nothing could
+    be reported, oldest first, whose transitions the first frame that may report emits.
+    """
 
     phase: Literal["idle", "pending", "active"] = "idle"
     first_seen: float = 0.0
     last_seen: float = 0.0
     last_report: float = 0.0
     last: Presence | None = None
+    missed: bool = False
+    ended: tuple[Ended, ...] = ()
+
+    @property
+    def raised_seen(self) -> float | None:
+        """The last sighting of the raised episode whose clear is not reported yet, if any
+        (one over while nothing could be reported is the oldest of ``ended``)."""
+        if self.phase == "active":
+            return self.last_seen
+        if self.ended and self.ended[0].raised:
+            return self.ended[0].last_seen
+        return None
 
 
 @dataclass(frozen=True)
@@ -363,36 +397,42 @@ def step(
 ) -> tuple[RuleState, list[Transition]]:
     """Advance one (zone, rule) episode by one frame; ``presence`` None = not visible now.
 
+    Absence is what frames without the condition show: a silence between two frames that both
+    show it (frames dropped while the worker is behind, or none sent) is no absence, unless it
+    lasts longer than ``gap_s + clear_s`` (as long as the worker waits before ending the
+    episodes of a silent camera): then the old episode ends and a new one starts.
+
     ``may_report`` False (the zone's schedule is off) judges the frame as usual but reports
     nothing: a dwell that completes stays ``pending`` and raises on the first frame that may
     report (even if the condition has gone meanwhile: then it clears at once when ``clear_s``
-    has passed), and an update or a clear waits for that frame too.
+    has passed), and an update waits for that frame too. An episode that ends meanwhile (gone
+    for ``clear_s``, raised or with its dwell complete) is held in ``ended``: what appears
+    later is a new episode, and the old one's clear (after its raise) comes first on that frame.
     """
+    held: list[Transition] = []
+    if may_report and state.ended:
+        held = [tr for e in state.ended for tr in _ending(e, t)]
+        state = replace(state, ended=())
     if presence is None:
-        return _absent(state, t, p, may_report)
-    ended: list[Transition] = []
-    if (state.phase == "active" and t - state.last_seen >= p.clear_s) or (
-        _due(state, p) and t - state.last_seen > p.gap_s
-    ):
-        # No frame arrived for clear_s (camera or worker down), or a dwell completed while
-        # nothing could be reported ended: the old episode is over, once it may be reported.
         state, ended = _absent(state, t, p, may_report)
-    if state.phase == "idle" or (
-        state.phase == "pending" and not _due(state, p) and t - state.last_seen > p.gap_s
-    ):
-        state = RuleState("pending", first_seen=t, last_seen=t, last=presence)
+        return state, [*held, *ended]
+    if _over(state, t, p):
+        state, ended = _end(state, t, p, may_report)
+        held += ended
+    if state.phase == "idle":
+        state = RuleState("pending", first_seen=t, last_seen=t, last=presence, ended=state.ended)
     else:
-        state = replace(state, last_seen=t, last=presence)
+        state = replace(state, last_seen=t, last=presence, missed=False)
     if not may_report:
         return state, []
     dwell = t - state.first_seen
     if state.phase == "pending" and dwell >= p.dwell_s:
         state = replace(state, phase="active", last_report=t)
-        return state, [*ended, Transition("raise", t, state.first_seen, dwell, presence)]
+        return state, [*held, Transition("raise", t, state.first_seen, dwell, presence)]
     if state.phase == "active" and t - state.last_report >= p.update_s:
         state = replace(state, last_report=t)
-        return state, [*ended, Transition("update", t, state.first_seen, dwell, presence)]
-    return state, ended
+        return state, [*held, Transition("update", t, state.first_seen, dwell, presence)]
+    return state, held
 
 
 def _due(state: RuleState, p: RuleParams) -> bool:
@@ -401,25 +441,64 @@ def _due(state: RuleState, p: RuleParams) -> bool:
     return state.phase == "pending" and state.last_seen - state.first_seen >= p.dwell_s
 
 
+def _over(state: RuleState, t: float, p: RuleParams) -> bool:
+    """Whether the condition seen again at ``t`` belongs to a new episode."""
+    if state.phase == "idle":
+        return False
+    away = t - state.last_seen
+    if not state.missed:
+        # No frame came since the last sighting: nothing showed the condition gone.
+        return away > p.gap_s + p.clear_s
+    if state.phase == "active" or _due(state, p):
+        # A completed dwell lasts as a raised episode would, reported or not.
+        return away >= p.clear_s
+    return away > p.gap_s
+
+
 def _absent(
     state: RuleState, t: float, p: RuleParams, may_report: bool = True
 ) -> tuple[RuleState, list[Transition]]:
-    if _due(state, p):
-        if not may_report or state.last is None:
-            return state, []
-        dwell = state.last_seen - state.first_seen
-        raised = Transition("raise", t, state.first_seen, dwell, state.last)
-        if t - state.last_seen < p.clear_s:
+    if state.phase == "idle":
+        return state, []
+    state = replace(state, missed=True)
+    away = t - state.last_seen
+    if state.phase == "active" or _due(state, p):
+        if away >= p.clear_s:
+            return _end(state, t, p, may_report)
+        if state.phase == "pending" and may_report and state.last is not None:
+            # Its dwell completed while nothing could be reported: raised now, cleared later.
+            dwell = state.last_seen - state.first_seen
+            raised = Transition("raise", t, state.first_seen, dwell, state.last)
             return replace(state, phase="active", last_report=t), [raised]
-        return RuleState(), [raised, Transition("clear", t, state.first_seen, dwell, state.last)]
-    if state.phase == "pending" and t - state.last_seen > p.gap_s:
-        return RuleState(), []
-    if (
-        may_report
-        and state.phase == "active"
-        and t - state.last_seen >= p.clear_s
-        and state.last is not None
-    ):
-        dwell = state.last_seen - state.first_seen
-        return RuleState(), [Transition("clear", t, state.first_seen, dwell, state.last)]
+        return state, []
+    if away > p.gap_s:
+        return RuleState(ended=state.ended), []
     return state, []
+
+
+def _end(
+    state: RuleState, t: float, p: RuleParams, may_report: bool
+) -> tuple[RuleState, list[Transition]]:
+    """End the episode of ``state``: a dwell still running ends silently; a raised episode
+    clears, a completed dwell raises and clears, now or (``may_report`` False) on the first
+    frame that may report."""
+    idle = RuleState(ended=state.ended)
+    if state.last is None or not (state.phase == "active" or _due(state, p)):
+        return idle, []
+    ended = Ended(state.first_seen, state.last_seen, state.last, state.phase == "active")
+    if may_report:
+        return idle, _ending(ended, t)
+    held = (*state.ended, ended)
+    if len(held) > HELD_MAX:
+        raised = held[:1] if held[0].raised else ()
+        held = (*raised, *held[-(HELD_MAX - len(raised)) :])
+    return RuleState(ended=held), []
+
+
+def _ending(ended: Ended, t: float) -> list[Transition]:
+    """The transitions of an episode over at its last sighting, reported at ``t``."""
+    dwell = ended.last_seen - ended.first_seen
+    cleared = Transition("clear", t, ended.first_seen, dwell, ended.last)
+    if ended.raised:
+        return [cleared]
+    return [Transition("raise", t, ended.first_seen, dwell, ended.last), cleared]

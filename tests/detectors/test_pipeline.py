@@ -924,6 +924,35 @@ def test_a_slow_continuous_camera_gets_the_same_floor() -> None:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("name", "rules", "dropped", "expected"),
+    [
+        # gap_s and clear_s 0 become 1.25 s (2.5 frames at 2 fps). The frames a worker behind
+        # drops (it keeps the newest) show nothing gone: the parked car stays one episode.
+        ("gap_s and clear_s 0", {"dwell_s": 60, "gap_s": 0, "clear_s": 0}, 1.5,
+         [("raise", 62.0), ("update", 182.0)]),
+        # No frame for longer than gap_s + clear_s (2.5 s) is an outage: a new episode.
+        ("gap_s and clear_s 0, an outage", {"dwell_s": 60, "gap_s": 0, "clear_s": 0}, 3.0,
+         [("raise", 62.0), ("clear", 102.5), ("raise", 162.5), ("clear", 202.5)]),
+        ("the defaults", {"dwell_s": 60}, 1.5, [("raise", 62.0), ("update", 182.0)]),
+    ],
+)  # fmt: skip
+def test_frames_dropped_while_the_worker_is_behind_split_no_episode(
+    name: str, rules: dict[str, float], dropped: float, expected: list[tuple[str, float]]
+) -> None:
+    """A car parked in view of a 2 fps camera for 250 s; no frame for ``dropped`` seconds after
+    99.5 s and 199.5 s."""
+    zone = {"id": "kerb", "polygon": WHOLE, "rules": {"illegal_parking": rules}}
+    pipe = CameraPipeline(camera([zone], fps=2), SHANGHAI, NAMES)
+    events: list[RuleEvent] = []
+    for k in range(501):
+        s = k / 2
+        if any(last < s < last + dropped for last in (99.5, 199.5)):
+            continue
+        events += pipe.process(T0 + timedelta(seconds=s), SIZE, dets([PARKED]))
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
+
+
 @pytest.mark.parametrize("pile", [False, True])
 def test_real_street_background_finds_a_composed_pile(
     street_frames: tuple[tuple[str, ...], list[tuple[float, Detections, np.ndarray]]],

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gridpatrol.detectors.rules import (
     EVALUATORS,
+    HELD_MAX,
     Presence,
     RuleState,
     ZoneObservation,
@@ -86,8 +87,18 @@ def seq(start: float, stop: float, visible: bool, every: float = 1.0) -> list[tu
             [("raise", 21, 10)],
         ),
         (
-            "irregular frames: a long silence then presence is a gap",
+            "irregular frames: a silence no longer than gap_s + clear_s is no absence",
             [(0, True), (3, True), (12, True), (16, True), (20, True), (22, True)],
+            [("raise", 12, 12), ("update", 20, 20)],
+        ),
+        (
+            "irregular frames: a longer silence then presence restarts the dwell",
+            [(0, True), (3, True), (17, True), (21, True), (25, True), (27, True)],
+            [("raise", 27, 10)],
+        ),
+        (
+            "frames without the condition then a silence: absence from the last sighting",
+            [*seq(0, 4, True), (5, False), (12, True), *seq(13, 22, True)],
             [("raise", 22, 10)],
         ),
         (
@@ -96,7 +107,7 @@ def seq(start: float, stop: float, visible: bool, every: float = 1.0) -> list[tu
             [("raise", 10, 10), ("clear", 18, 10), ("raise", 29, 10)],
         ),
         (
-            "no frames for clear_s while active: old episode cleared, new one starts",
+            "no frames for gap_s + clear_s while active: old episode cleared, new one starts",
             [*seq(0, 10, True), (30, True), (34, True), (38, True), (40, True)],
             [("raise", 10, 10), ("clear", 30, 10), ("raise", 40, 10)],
         ),
@@ -148,6 +159,128 @@ def test_episode_reports_wait_for_may_report(
     expected: list[tuple[str, float, float, float]],
 ) -> None:
     assert run_off(frames, on_from) == expected, name
+
+
+def frames_at(
+    start: float, stop: float, every: float = 0.5, dropped: tuple[tuple[float, float], ...] = ()
+) -> list[tuple[float, bool]]:
+    """Frames showing the condition, none strictly inside the ``dropped`` spans."""
+    return [
+        (t, True)
+        for t, _ in seq(start, stop, True, every)
+        if not any(a < t < b for a, b in dropped)
+    ]
+
+
+# gap_s 0 and clear_s 0 as a 2 fps camera floors them (2.5 frame intervals).
+FLOORED = RuleParams(dwell_s=60, gap_s=1.25, clear_s=1.25, update_s=120)
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "expected"),
+    [
+        ("frames dropped for 1.5 s every 100 s while raised: one episode",
+         frames_at(0, 300, dropped=((99.5, 101), (199.5, 201))),
+         [("raise", 60, 60), ("update", 180, 180), ("update", 300, 300)]),
+        ("frames dropped for 1.5 s every 30 s while the dwell runs: it completes",
+         frames_at(0, 70, dropped=((29.5, 31), (59.5, 61))),
+         [("raise", 61, 61)]),
+        ("frames dropped for 2.5 s (gap_s + clear_s): still one episode",
+         frames_at(0, 150, dropped=((99.5, 102),)),
+         [("raise", 60, 60)]),
+        ("no frame for longer than gap_s + clear_s: a new episode",
+         frames_at(0, 170, dropped=((99.5, 102.5),)),
+         [("raise", 60, 60), ("clear", 102.5, 99.5), ("raise", 162.5, 60)]),
+        ("frames without the condition for clear_s: a new episode",
+         [*frames_at(0, 100), *seq(100.5, 101.5, False, 0.5), *frames_at(102, 170)],
+         [("raise", 60, 60), ("clear", 101.5, 100), ("raise", 162, 60)]),
+    ],
+)  # fmt: skip
+def test_frames_that_never_came_are_no_absence(
+    name: str, frames: list[tuple[float, bool]], expected: list[tuple[str, float, float]]
+) -> None:
+    """Frames the worker dropped while behind (it keeps only the newest) show nothing gone:
+    with the shortest gap_s and clear_s a camera allows, the episode goes on across them."""
+    assert run(frames, FLOORED) == expected, name
+
+
+def run_window(
+    frames: list[tuple[float, bool]], off: tuple[float, float], p: RuleParams = TIMING
+) -> list[tuple[str, float, float, float]]:
+    """(t, visible) frames, nothing may be reported from ``off[0]`` until ``off[1]`` → (kind,
+    t, first seen, dwell) of every transition."""
+    state, out = RuleState(), []
+    for t, visible in frames:
+        may = not off[0] <= t < off[1]
+        state, transitions = step(state, SEEN if visible else None, t, p, may)
+        out += [(tr.kind, tr.t, tr.first_seen, tr.dwell_s) for tr in transitions]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "off", "expected"),
+    [
+        ("raised, gone for clear_s while off, something new before it opens: cleared, then a "
+         "new episode raised with its own first sighting",
+         seq(0, 14, True) + seq(15, 24, False) + seq(25, 40, True), (12, 40),
+         [("raise", 10, 0, 10), ("clear", 40, 0, 14), ("raise", 40, 25, 15)]),
+        ("raised, gone for clear_s while off, the new dwell completes after it opens",
+         seq(0, 14, True) + seq(15, 34, False) + seq(35, 50, True), (12, 40),
+         [("raise", 10, 0, 10), ("clear", 40, 0, 14), ("raise", 45, 35, 10)]),
+        ("raised, gone for less than clear_s while off: the same episode",
+         seq(0, 14, True) + seq(15, 19, False) + seq(20, 40, True), (12, 40),
+         [("raise", 10, 0, 10), ("update", 40, 0, 40)]),
+        ("raised, no frame for longer than gap_s + clear_s while off: a new episode",
+         seq(0, 14, True) + seq(30, 40, True), (12, 40),
+         [("raise", 10, 0, 10), ("clear", 40, 0, 14), ("raise", 40, 30, 10)]),
+        ("a dwell completed while off, gone for clear_s, something new: two episodes",
+         seq(0, 12, True) + seq(13, 24, False) + seq(25, 40, True), (0, 40),
+         [("raise", 40, 0, 12), ("clear", 40, 0, 12), ("raise", 40, 25, 15)]),
+        ("two dwells completed and over while off: both raised and cleared, oldest first",
+         seq(0, 12, True) + seq(13, 21, False) + seq(22, 34, True) + seq(35, 60, False),
+         (0, 60),
+         [("raise", 60, 0, 12), ("clear", 60, 0, 12), ("raise", 60, 22, 12),
+          ("clear", 60, 22, 12)]),
+    ],
+)  # fmt: skip
+def test_an_episode_over_while_off_is_not_continued_by_the_next(
+    name: str,
+    frames: list[tuple[float, bool]],
+    off: tuple[float, float],
+    expected: list[tuple[str, float, float, float]],
+) -> None:
+    assert run_window(frames, off) == expected, name
+
+
+def test_a_pile_gone_overnight_and_another_before_the_schedule_opens() -> None:
+    """A zone scheduled 06:00–23:00: a pile from 21:00 to 23:30 (raised at 21:30), nothing
+    from 23:30, another pile from 04:00. At 06:00 the first is cleared and the second raised."""
+    p = PiledMaterialsParams()
+    hour = 3600.0  # seconds after 21:00
+    state, out = RuleState(), []
+    for k in range(int(9 * hour) // 60 + 1):
+        t = 60.0 * k
+        seen = t <= 2.5 * hour or t >= 7 * hour
+        state, trs = step(state, SEEN if seen else None, t, p, not 2 * hour < t < 9 * hour)
+        if t == 9 * hour:
+            out = [(tr.kind, tr.first_seen / hour, tr.dwell_s / hour) for tr in trs]
+    assert out == [("clear", 0.0, 2.5), ("raise", 7.0, 2.0)]
+
+
+def test_episodes_held_while_off_are_bounded() -> None:
+    """Raised, then over while off, then twenty completed dwells come and go: the raised one's
+    clear and the HELD_MAX - 1 latest wait for the schedule; the oldest others are dropped."""
+    frames = seq(0, 14, True) + seq(15, 24, False)
+    starts = [25.0 + 30 * k for k in range(20)]
+    for s in starts:
+        frames += seq(s, s + 12, True) + seq(s + 13, s + 29, False)
+    out = run_window([*frames, (700.0, False)], (12, 700))
+    late = starts[-(HELD_MAX - 1) :]
+    assert out == [
+        ("raise", 10, 0, 10),
+        ("clear", 700, 0, 14),
+        *[tr for s in late for tr in (("raise", 700, s, 12), ("clear", 700, s, 12))],
+    ]
 
 
 def test_a_raised_episode_held_while_off_reports_when_on_again() -> None:
@@ -538,4 +671,5 @@ def test_episode_invariants(
             else:
                 assert active and tr.dwell_s >= 0
                 active = False
-        assert (state.phase == "active") is active
+        # Raised and not cleared yet: active, or over while off with its clear held.
+        assert (state.raised_seen is not None) is active
