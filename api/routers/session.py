@@ -3,17 +3,25 @@ plus a CSRF token; logging out ends the session on every instance."""
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from gridpatrol.api.auth import SESSION_COOKIE, ConsoleSession
-from gridpatrol.api.deps import AnyRole, Svc
-from gridpatrol.api.problems import Problem
+from gridpatrol.api.deps import AnyRole, Services, Svc
+from gridpatrol.api.problems import Problem, problem_response
 from gridpatrol.api.schemas import SessionIn, SessionOut
 
+log = logging.getLogger(__name__)
+
 router = APIRouter(prefix="/api/v1", tags=["session"])
+UNRECORDED = (
+    "the logout could not be recorded (the database is unavailable): this browser no longer "
+    "holds the session, but a copy of its cookie stays valid until it expires"
+)
 
 
 @router.post("/session", response_model=SessionOut)
@@ -54,9 +62,26 @@ async def current(request: Request, who: AnyRole) -> SessionOut:
 async def logout(request: Request, services: Svc) -> Response:
     # A copy of the cookie (another tab, a captured request) must not outlive the logout.
     session = services.auth.read_session(request.cookies.get(SESSION_COOKIE, ""))
-    if session is not None:
-        await services.write(partial(services.auth.revoke, session))
     response = Response(status_code=204)
+    if session is not None:
+        # Whatever happens to the record, the browser forgets its cookie (below): a reviewer
+        # who logged out must not stay logged in on this screen unawares. Only a copy of the
+        # cookie taken earlier stays valid then, until it expires; the log says whose.
+        try:
+            await _revoke(services, session)
+        except SQLAlchemyError as exc:
+            log.error(
+                "the logout of %s could not be recorded (a copy of its session cookie stays "
+                "valid until it expires): %s",
+                session.principal.name,
+                exc,
+            )
+            response = problem_response(503, UNRECORDED, None, request.url.path)
+        except Exception:
+            log.exception("the logout of %s failed", session.principal.name)
+            response = problem_response(
+                500, "internal error; see the server log", None, request.url.path
+            )
     response.delete_cookie(
         SESSION_COOKIE,
         path="/",
@@ -65,3 +90,14 @@ async def logout(request: Request, services: Svc) -> Response:
         samesite="strict",
     )
     return response
+
+
+async def _revoke(services: Services, session: ConsoleSession) -> None:
+    """Record the logout, a second time after an OperationalError: a connection the database
+    dropped (a restart, a failover) fails once and renews the pool, and recording a session
+    twice records it once."""
+    try:
+        await services.write(partial(services.auth.revoke, session))
+    except OperationalError as exc:
+        log.info("the logout of %s: %s; recording it again", session.principal.name, exc)
+        await services.write(partial(services.auth.revoke, session))

@@ -7,9 +7,11 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
+import os
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,9 +27,12 @@ from gridpatrol.api.auth import Authenticator
 from gridpatrol.api.db import Database, RevokedSessionRow
 from gridpatrol.api.settings import Settings
 
+from ..demo.test_compose import database
 from .conftest import TOKENS, Server, on_event_loop, settings_for
 from .test_evidence import migrate
 from .test_proxy_sample import _nginx_directives
+
+__all__ = ["database"]  # a fixture: a PostgreSQL database of the test's own
 
 SESSION = "/api/v1/session"
 SECRET = "a-session-secret-shared-by-every-instance"
@@ -243,3 +248,191 @@ def test_behind_a_proxy_on_this_host_auto_follows_x_forwarded_proto(server: Serv
     assert (behind_tls.status_code, plain.status_code) == (200, 200)
     assert attributes(behind_tls.headers["set-cookie"]) == PLAIN | {"Secure"}
     assert attributes(plain.headers["set-cookie"]) == PLAIN
+
+
+@pytest.fixture
+def own_database(database: str, tmp_path: Path) -> Iterator[tuple[TestClient, sa.Engine]]:
+    """The app on a PostgreSQL database of this test's own (whose settings a test may change),
+    and an engine that administers that database."""
+    admin = sa.create_engine(database.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    settings = settings_for(database, tmp_path, session_secret=SECRET)
+    try:
+        with TestClient(create_app(settings)) as http:
+            yield http, admin
+    finally:
+        admin.dispose()
+
+
+def drop_connections(http: TestClient, admin: sa.Engine) -> int:
+    """End the app's connections to its database, as a restart or a failover would."""
+    name = sa.make_url(str(http.app.state.db.url)).database  # type: ignore[attr-defined]
+    with admin.connect() as conn:
+        dropped = conn.scalar(
+            sa.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE application_name = :app AND datname = :db"
+            ),
+            {"app": f"gridpatrol-api-{os.getpid()}", "db": name},
+        )
+    return int(dropped or 0)
+
+
+def alter_database(http: TestClient, admin: sa.Engine, change: str) -> None:
+    name = sa.make_url(str(http.app.state.db.url)).database  # type: ignore[attr-defined]
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" {change}')
+
+
+def assert_logged_out_in_the_browser(http: TestClient, response: httpx.Response) -> None:
+    assert attributes(response.headers["set-cookie"]) == LOGOUT_PLAIN
+    assert response.headers["set-cookie"].startswith('gp_session=""; ')
+    assert not http.cookies
+    assert http.get(SESSION).status_code == 401
+
+
+@pytest.mark.postgres
+def test_a_logout_on_a_dropped_connection_is_recorded_on_a_fresh_one(
+    own_database: tuple[TestClient, sa.Engine],
+) -> None:
+    http, admin = own_database
+    cookie, _ = login(http)
+    assert http.get(SESSION).status_code == 200  # a pooled connection, dropped below
+    assert drop_connections(http, admin) >= 1
+    logout = http.delete(SESSION)
+    assert logout.status_code == 204
+    assert_logged_out_in_the_browser(http, logout)
+    assert [sid for sid, _ in revoked_rows(http)] == [session_id(cookie)]
+    assert http.get(SESSION, headers=with_cookie(cookie)).status_code == 401
+
+
+UNRECORDED = {
+    "type": "about:blank",
+    "title": "Service Unavailable",
+    "status": 503,
+    "detail": "the logout could not be recorded (the database is unavailable): this browser no "
+    "longer holds the session, but a copy of its cookie stays valid until it expires",
+    "instance": "/api/v1/session",
+}
+
+
+def assert_unrecorded(
+    http: TestClient, logout: httpx.Response, cookie: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A logout the database could not record: 503, the browser's cookie deleted all the
+    same, and an error in the log naming the reviewer, without the cookie."""
+    assert_logged_out_in_the_browser(http, logout)
+    assert (logout.status_code, logout.headers["content-type"]) == (503, "application/problem+json")
+    assert logout.json() == UNRECORDED
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage().partition(": ")[0]) for r in errors] == [
+        (
+            "gridpatrol.api.routers.session",
+            "the logout of test-reviewer could not be recorded (a copy of its session cookie "
+            "stays valid until it expires)",
+        )
+    ]
+    assert cookie not in errors[0].getMessage()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("change", "undo"),
+    [
+        # A standby the failover has not promoted yet, or one left read-only.
+        ("SET default_transaction_read_only = on", "RESET default_transaction_read_only"),
+        # The database does not come back within the second attempt.
+        ("ALLOW_CONNECTIONS false", "ALLOW_CONNECTIONS true"),
+    ],
+    ids=["read-only", "refusing-connections"],
+)
+def test_a_logout_postgresql_cannot_record_still_deletes_the_cookie(
+    own_database: tuple[TestClient, sa.Engine],
+    caplog: pytest.LogCaptureFixture,
+    change: str,
+    undo: str,
+) -> None:
+    http, admin = own_database
+    cookie, _ = login(http)
+    assert http.get(SESSION).status_code == 200
+    alter_database(http, admin, change)
+    try:
+        assert drop_connections(http, admin) >= 1
+        logout = http.delete(SESSION)
+    finally:
+        alter_database(http, admin, undo)
+    assert_unrecorded(http, logout, cookie, caplog)
+    assert revoked_rows(http) == []
+    # The one thing not done: a copy of the cookie taken before is still a session.
+    assert http.get(SESSION, headers=with_cookie(cookie)).status_code == 200
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_logout_sqlite_cannot_record_still_deletes_the_cookie(
+    app_of: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    http = app_of()
+    cookie, _ = login(http)
+    db: Database = http.app.state.db
+
+    # Every connection opened from now on writes nothing, as on a full disk or a read-only
+    # file: SQLite answers "attempt to write a readonly database" (an OperationalError).
+    def query_only(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA query_only = ON")
+
+    sa.event.listen(db.engine, "connect", query_only)
+    db.engine.dispose()
+    try:
+        logout = http.delete(SESSION)
+    finally:
+        sa.event.remove(db.engine, "connect", query_only)
+        db.engine.dispose()
+    assert_unrecorded(http, logout, cookie, caplog)
+    assert revoked_rows(http) == []
+
+
+@pytest.mark.parametrize("failures", [1, 2])
+def test_a_logout_is_recorded_again_once_after_an_operational_error(
+    app_of: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, failures: int
+) -> None:
+    http = app_of()
+    cookie, _ = login(http)
+    calls: list[str] = []
+    revoke: Callable[[Authenticator, Any], None] = Authenticator.revoke
+
+    def failing(self: Authenticator, session: Any) -> None:
+        calls.append(session.sid)
+        if len(calls) <= failures:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("server closed the connection"))
+        revoke(self, session)
+
+    monkeypatch.setattr(Authenticator, "revoke", failing)
+    logout = http.delete(SESSION)
+    assert calls == [session_id(cookie)] * 2
+    if failures == 1:
+        assert logout.status_code == 204
+        assert_logged_out_in_the_browser(http, logout)
+        assert [sid for sid, _ in revoked_rows(http)] == [session_id(cookie)]
+    else:
+        assert_unrecorded(http, logout, cookie, caplog)
+        assert revoked_rows(http) == []
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_logout_failing_otherwise_still_deletes_the_cookie(
+    app_of: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    http = app_of()
+    login(http)
+
+    def broken(self: Authenticator, session: Any) -> None:
+        raise RuntimeError("a defect")
+
+    monkeypatch.setattr(Authenticator, "revoke", broken)
+    logout = http.delete(SESSION)
+    assert_logged_out_in_the_browser(http, logout)
+    assert (logout.status_code, logout.json()["detail"]) == (
+        500,
+        "internal error; see the server log",
+    )
+    errors = [(r.getMessage(), r.exc_info is not None) for r in caplog.records if r.levelno >= 40]
+    assert errors == [("the logout of test-reviewer failed", True)]

@@ -29,6 +29,8 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
+from gridpatrol.api.settings import Settings
+from gridpatrol.api.workers import config
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 
@@ -412,6 +414,33 @@ def test_the_api_port_setting_moves_the_api_everywhere(port: str | None) -> None
     }
     assert sorted(producers) == ["bridge", "detect-0", "detect-1"]
     assert {(u.hostname, u.port) for u in producers.values()} == {("api", expected)}
+
+
+@pytest.mark.parametrize(
+    ("env", "secure", "trusted"),
+    [
+        ({}, "auto", "127.0.0.1,::1"),
+        (
+            {"GRIDPATROL_SESSION_COOKIE_SECURE": "true", "FORWARDED_ALLOW_IPS": "172.18.0.0/16"},
+            "true",
+            "172.18.0.0/16",
+        ),
+    ],
+)
+def test_the_api_gets_the_cookie_and_proxy_settings_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], secure: str, trusted: str
+) -> None:
+    """In a container the load balancer is never the API's loopback peer: the operator must be
+    able to name it (FORWARDED_ALLOW_IPS) or make the console's cookie always Secure."""
+    api = _compose()["services"]["api"]["environment"]
+    names = ("GRIDPATROL_SESSION_COOKIE_SECURE", "FORWARDED_ALLOW_IPS")
+    given = {name: interpolate(api[name], env) for name in names}
+    assert given == dict(zip(names, (secure, trusted), strict=True))
+    # As `gridpatrol api` in the container reads them: its settings, uvicorn's trusted proxies.
+    for name, value in given.items():
+        monkeypatch.setenv(name, value)
+    assert Settings().session_cookie_secure == secure
+    assert config("gridpatrol.api.app:create_app").forwarded_allow_ips == trusted
 
 
 # The eclipse-mosquitto image creates /mosquitto/{config,data,log} and gives /mosquitto to its
