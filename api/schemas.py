@@ -263,10 +263,16 @@ class BatchIn(BaseModel):
 
 
 class ReviewIn(BaseModel):
+    """A reviewer's decision. ``expected_status``, the status the reviewer saw the case in,
+    makes it conditional: a case whose status is another by now (another reviewer returned it,
+    say) is refused with 409, not decided on a view that is out of date. Without it the
+    decision applies to the case as it is (as for clients written before it)."""
+
     decision: Decision
     reason_code: RejectReason | None = None
     reason: Text | None = None
     merge_into: uuid.UUID | None = None
+    expected_status: StatusName | None = None
 
 
 class StatusIn(BaseModel):

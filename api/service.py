@@ -1150,6 +1150,15 @@ class CandidateService:
                 new = sm.review(row.status, decision.decision)
             except sm.IllegalTransition as exc:
                 raise Problem(409, str(exc)) from exc
+            expected = decision.expected_status
+            if expected is not None and row.status != expected:
+                # A decision still possible, but on a case changed since the reviewer read it
+                # (a console that missed a live event): made, it would override unseen what
+                # was decided meanwhile (a return, and its note to the producer).
+                action = decision.decision
+                raise Problem(
+                    409, f"cannot {action} a candidate that is {row.status} (expected {expected})"
+                )
             now = self.clock()
             doc: JsonDict = json.loads(row.doc)
             outcome = Outcome(200, doc)

@@ -136,10 +136,36 @@ async function login(ev) {
   }
 }
 
+// Said on the login form after the reload that follows a logout the server could not record.
+const LOGOUT_NOTE = 'gp.logout';
+
+// A logout reloads the console, which shows the login form. One that fails is not passed over:
+// the server forgets the cookie even when it cannot record the logout (its 503; a copy of the
+// cookie then stays valid until it expires), and the login form says it was not recorded; when
+// the browser still holds the session (the network, a proxy's 502) the console stays, saying
+// the logout failed.
 async function logout() {
-  await request('/session', { method: 'DELETE' }).catch(() => null);
+  try {
+    await request('/session', { method: 'DELETE' });
+  } catch (err) {
+    if (!(await signedOut())) {
+      toast(`${t('logout.failed')}: ${err.message}`, true);
+      return;
+    }
+    sessionStorage.setItem(LOGOUT_NOTE, 'logout.unrecorded');
+  }
   location.hash = '';
   location.reload();
+}
+
+// Whether this browser holds no session any more (the API answers 401 to it).
+async function signedOut() {
+  try {
+    await get('/session');
+    return false;
+  } catch (err) {
+    return err instanceof ApiError && err.status === 401;
+  }
 }
 
 function showLogin(message = '') {
@@ -175,10 +201,12 @@ async function start() {
     const who = other && `${other.name} · ${other.role}`;
     showLogin(other ? tf('login.other', { who }) : t('login.expired'));
   });
+  const note = sessionStorage.getItem(LOGOUT_NOTE);
+  sessionStorage.removeItem(LOGOUT_NOTE);
   try {
     await enter(await get('/session'));
   } catch {
-    showLogin();
+    showLogin(note ? t(note) : '');
   }
 }
 

@@ -844,13 +844,16 @@ async function decide(decision) {
     toast(decidedElsewhere(c), true);
     return;
   }
-  if (!allowed(c, decision)) {
-    toast(`${t('err.notallowed')} (${t(`s.${c.status}`)})`, true);
+  // The status the reviewer sees the case in: the pane's copy (read in full after the list's,
+  // and what its buttons are judged on) when it shows this case.
+  const seen = (state.detail?.id === c.id ? state.detail : c).status;
+  if (!allowed({ status: seen }, decision)) {
+    toast(`${t('err.notallowed')} (${t(`s.${seen}`)})`, true);
     return;
   }
   state.busy = true;
   try {
-    await decideOn(c, decision);
+    await decideOn(c, decision, seen);
   } finally {
     state.busy = false;
   }
@@ -862,7 +865,8 @@ const ASK = { reject: reasonPicker, return: returnNote, merge: mergePicker };
 // Decide c. A decision that fails (the network, a 5xx, a note refused) opens its dialog again,
 // with what was written and why it failed, until it goes through or the reviewer cancels; the
 // note is kept for the case until then (a lost session: the dialog after logging in again).
-async function decideOn(c, decision) {
+// seen: the status the reviewer decided on, which the decision is sent on the condition of.
+async function decideOn(c, decision, seen) {
   // The title names the case: the one decided is the one the dialog was opened for.
   const title = `${t(`dlg.${decision}`)} · ${c.id.slice(0, 8)}`;
   const key = `${c.id} ${decision}`;
@@ -886,7 +890,7 @@ async function decideOn(c, decision) {
       toast(decidedElsewhere(state.items.find((x) => x.id === c.id) || c), true);
       return;
     }
-    failed = await send(c, decision, extra);
+    failed = await send(c, decision, extra, seen);
     if (failed === null) return;
     // No dialog to show it in, no session to send it with (the login form is up), or no
     // decision left to make (the case was decided elsewhere meanwhile).
@@ -899,11 +903,14 @@ async function decideOn(c, decision) {
 
 // Send a decision: null when it was made (told by its answer, or by the case read again when
 // the answer was lost), or refused as the case changed elsewhere (shown so); what went wrong
-// otherwise.
-async function send(c, decision, extra) {
+// otherwise. It is made only on the case still in the status seen (expected_status): one
+// changed meanwhile unheard (a live event missed, or not come yet) is refused with 409, not
+// decided over what another reviewer did (a return and its note to the producer, say).
+async function send(c, decision, extra, seen) {
   state.deciding = c.id;
+  const body = { decision, ...extra, expected_status: seen };
   try {
-    made(c, decision, await post(`/candidates/${c.id}/review`, { decision, ...extra }));
+    made(c, decision, await post(`/candidates/${c.id}/review`, body));
   } catch (err) {
     if (!(err instanceof ApiError && err.status === 409)) {
       const current = lostAnswer(err) ? await recorded(c, decision) : null;
@@ -916,7 +923,7 @@ async function send(c, decision, extra) {
     // changed elsewhere: one that left the list stays shown until the reviewer moves on.
     let current;
     try { current = await get(`/candidates/${c.id}`); } catch { current = null; }
-    if (decision === 'merge' && current?.status === c.status && allowed(current, 'merge')) {
+    if (decision === 'merge' && current?.status === seen && allowed(current, 'merge')) {
       // The case was not what changed: the case to merge into became final meanwhile. The
       // dialog opens again saying so, for another one to be chosen.
       const key = `${c.id} ${decision}`;

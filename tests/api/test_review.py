@@ -366,3 +366,60 @@ def test_routine_updates_fold_into_one_history_entry_until_another_entry(api: An
     assert final["history"][-1]["fields"] == ["detection", "evidence"]
     feed = api.as_("platform").get("/api/v1/feed").json()["items"]
     assert feed[-1]["history"] == final["history"]
+
+
+def test_a_decision_on_a_case_changed_since_it_was_seen_is_refused_and_changes_nothing(
+    api: Any,
+) -> None:
+    cid = new_candidate(api)["id"]
+    url = f"/api/v1/candidates/{cid}"
+    # Another reviewer returns the case to its producer, with a note.
+    returned = api.as_("admin").post(f"{url}/review", json={"decision": "return", "reason": "x?"})
+    assert returned.status_code == 200
+    before = api.as_("reviewer").get(url).json()
+    # A case to merge into, confirmed on the status it has, and its answer to a second decision.
+    target = new_candidate(api, "t")["id"]
+    confirmed = api.review(target, "confirm", expected_status="new")
+    assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")
+    already = api.review(target, "confirm")
+    assert (already.status_code, already.json()["title"]) == (409, "Conflict")
+    target_before = api.as_("reviewer").get(f"/api/v1/candidates/{target}").json()
+
+    # Decisions still possible, made on the case as it was (new), are refused as an illegal
+    # one is (which says so first: a confirmation, here).
+    illegal = api.review(cid, "confirm", expected_status="new")
+    assert illegal.json()["detail"] == "cannot confirm a candidate that is returned"
+    for decision, extra in [
+        ("reject", {"reason_code": "duplicate"}),
+        ("merge", {"merge_into": target}),
+    ]:
+        refused = api.review(cid, decision, expected_status="new", **extra)
+        assert refused.status_code == 409, decision
+        assert refused.headers["content-type"] == "application/problem+json"
+        # The problem an illegal decision gets (already), but for what it says and names.
+        assert refused.json() == {
+            **already.json(),
+            "detail": f"cannot {decision} a candidate that is returned (expected new)",
+            "instance": f"{url}/review",
+        }
+    assert api.as_("reviewer").get(url).json() == before
+    assert api.as_("reviewer").get(f"/api/v1/candidates/{target}").json() == target_before
+
+    # Made on the case as it is, the decision goes through.
+    rejected = api.review(cid, "reject", reason_code="duplicate", expected_status="returned")
+    assert (rejected.status_code, rejected.json()["status"]) == (200, "rejected")
+    assert [(h["action"], h["who"], h.get("reason")) for h in rejected.json()["history"]] == [
+        ("created", "test-producer", None),
+        ("returned", "test-admin", "x?"),
+        ("rejected", "test-reviewer", None),
+    ]
+
+
+def test_a_decision_without_expected_status_applies_to_the_case_as_it_is(api: Any) -> None:
+    cid = new_candidate(api)["id"]
+    assert api.review(cid, "return", reason="photo?").json()["status"] == "returned"
+    refused = api.review(cid, "reject", reason_code="duplicate", expected_status="open")
+    assert refused.status_code == 422
+    assert api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()["status"] == "returned"
+    rejected = api.review(cid, "reject", reason_code="duplicate")
+    assert (rejected.status_code, rejected.json()["status"]) == (200, "rejected")

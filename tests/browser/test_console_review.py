@@ -954,3 +954,84 @@ def test_a_merge_into_a_case_that_became_final_meanwhile_asks_for_another(
     cancel(page)
     page = open_dialog(ui, "m", {"id": shown})
     assert page.input_value("#dlg-body input[name=merge_id]") == ""
+
+
+def test_a_decision_on_a_case_returned_meanwhile_unheard_is_refused_and_shown_as_returned(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page = ui.page
+    # No live updates reach this tab (a missed event, or one not come yet): it shows the case
+    # as new after another reviewer has returned it.
+    page.route("**/api/v1/events*", lambda route: route.abort())
+    case = one_listed(ui, seeder, frames)
+    cid = case["id"]
+    actionable(page, cid)
+    with console.client("admin") as client:
+        answer = client.post(
+            f"/candidates/{cid}/review", json={"decision": "return", "reason": NOTE}
+        )
+        assert answer.status_code == 200, answer.text
+    open_dialog(ui, "r", case)
+    page.keyboard.press("1")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#toast:not([hidden])")
+    assert page.inner_text("#toast") == (
+        "状态已变化，无法执行: cannot reject a candidate that is returned (expected new)"
+    )
+    notice = page.wait_for_selector("#decided-elsewhere")
+    assert notice.inner_text() == "此线索已由 test-admin 处理：已退回。按 j/k 或点击列表继续"
+    assert (ui.rows(), ui.selected()) == ([cid], cid)
+    assert page.is_visible(f"#detail .detail-head:has-text('{cid}') .badge.s-returned")
+    for decision in ("confirm", "reject", "return", "merge"):
+        assert not page.is_enabled(f"#act-{decision}"), decision
+    ui.shot("returned-meanwhile")
+    shown = status_of(console, cid)
+    assert shown["status"] == "returned"
+    assert [(h["action"], h["who"], h.get("reason")) for h in shown["history"]] == [
+        ("created", "test-producer", None),
+        ("returned", "test-admin", NOTE),
+    ]
+
+
+def test_a_logout_that_failed_is_told_not_passed_over(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    one_listed(ui, seeder, frames)
+    page = ui.page
+    logouts: list[str] = []
+
+    def logout(route: Any) -> None:
+        if route.request.method != "DELETE":
+            route.continue_()
+            return
+        logouts.append(route.request.method)
+        if len(logouts) == 1:  # the network: the browser still holds its session
+            route.abort("internetdisconnected")
+            return
+        # The API could not record the logout, and has the browser forget its cookie.
+        route.fulfill(
+            status=503,
+            content_type="application/problem+json",
+            headers={
+                "Set-Cookie": 'gp_session=""; expires=Thu, 01 Jan 1970 00:00:00 GMT; '
+                "Max-Age=0; Path=/; SameSite=strict; HttpOnly"
+            },
+            body=json.dumps(
+                {"title": "Service Unavailable", "status": 503, "detail": "the logout could not"}
+            ),
+        )
+
+    page.route("**/api/v1/session", logout)
+    page.click("#logout")
+    page.wait_for_selector("#toast:not([hidden])")
+    assert page.inner_text("#toast") == "退出失败，请重试: Failed to fetch"
+    assert page.is_visible("#app") and page.is_hidden("#login")
+    ui.shot("logout-failed")
+
+    page.click("#logout")
+    page.wait_for_selector("#login:not([hidden])")
+    assert page.inner_text("#login-error") == "退出未能在服务器上记录；本浏览器已退出"
+    assert page.is_hidden("#app")
+    assert [c["name"] for c in page.context.cookies()] == []
+    assert logouts == ["DELETE", "DELETE"]
+    ui.shot("logout-unrecorded")
