@@ -236,7 +236,8 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     if sensor.thresholds is None:
         return Rejected("no_thresholds", f"sensor {sensor.id} has no thresholds for SenML")
     readable = [r for r in pack.records if r.v is not None or r.vb is not None]
-    numeric, assumed_unit = _in_unit(readable, sensor.thresholds.unit)
+    own = _own_names(payload)
+    numeric, assumed_unit = _in_unit(readable, sensor.thresholds.unit, own)
     if not numeric:
         return Rejected(
             "no_reading",
@@ -246,7 +247,7 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
             " (the sensor's thresholds have none)",
         )
     if len({r.n for r in numeric}) > 1:
-        numeric, why = _of_kind(numeric, sensor.kind)
+        numeric, why = _of_kind(numeric, sensor.kind, own)
         if not numeric:
             return Rejected("no_reading", why)
     ordered = sorted(numeric, key=_record_time)
@@ -262,7 +263,9 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     return Adapted(sensor.id, key, tuple(items), assumed_unit)
 
 
-def _of_kind(records: list[SenMLRecord], kind: str) -> tuple[list[SenMLRecord], str]:
+def _of_kind(
+    records: list[SenMLRecord], kind: str, own: Mapping[str, str]
+) -> tuple[list[SenMLRecord], str]:
     """Of the records of several names a pack would have read, those of the one name to read,
     else none and the dead letter's detail. Read together, a bin's ``fill`` of 95 and its
     ``distance`` of 12, at the pack's one time, would raise and clear the alarm at the same
@@ -277,15 +280,15 @@ def _of_kind(records: list[SenMLRecord], kind: str) -> tuple[list[SenMLRecord], 
     names = sorted({r.n for r in records})
     listed = ", ".join(names)
     said = f"what a {kind} sensor measures ({', '.join(sorted(quantities))})"
-    saying = [n for n in names if _says(n, quantities)]
+    saying = [n for n in names if _says(own.get(n, n), quantities)]
     if len(saying) > 1:
-        only = [n for n in saying if _says(n, quantities, only=True)]
+        only = [n for n in saying if _says(own.get(n, n), quantities, only=True)]
         if len(only) != 1:
             tied = ", ".join(only if len(only) > 1 else saying)
             return [], f"SenML measurements of several names ({listed}): {tied} all say {said}"
         saying = only
     if not saying:
-        saying = [n for n in names if _own_name(n) == SENSOR_VALUE_RESOURCE]
+        saying = [n for n in names if _own_name(own.get(n, n)) == SENSOR_VALUE_RESOURCE]
         if len(saying) != 1:
             lwm2m = (
                 f"and several are LwM2M Sensor Values ({', '.join(saying)})"
@@ -355,31 +358,34 @@ SENSOR_VALUE_RESOURCE = "5700"
 _CASE_CHANGE = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
-def housekeeping(record: SenMLRecord) -> bool:
+def housekeeping(record: SenMLRecord, own: Mapping[str, str]) -> bool:
     """Whether a record is a device's own state (battery, radio, temperature) by its name or
     a battery unit; the device units (:data:`DEVICE_UNITS`) only break ties, in :func:`_in_unit`.
+    ``own``: the record names of its pack without their base name (see :func:`_own_names`).
     """
-    return record.u in HOUSEKEEPING_UNITS or _housekeeping_name(record)
+    return record.u in HOUSEKEEPING_UNITS or _housekeeping_name(record, own)
 
 
-def _housekeeping_name(record: SenMLRecord) -> bool:
-    return _named(record, HOUSEKEEPING_NAMES)
+def _housekeeping_name(record: SenMLRecord, own: Mapping[str, str]) -> bool:
+    return _named(record, HOUSEKEEPING_NAMES, own)
 
 
-def _battery_name(record: SenMLRecord) -> bool:
-    return _named(record, BATTERY_NAMES)
+def _battery_name(record: SenMLRecord, own: Mapping[str, str]) -> bool:
+    return _named(record, BATTERY_NAMES, own)
 
 
-def _named(record: SenMLRecord, names: frozenset[str]) -> bool:
+def _named(record: SenMLRecord, names: frozenset[str], own: Mapping[str, str]) -> bool:
     """Whether a word of the record's own name is one of ``names`` or starts with "batt"."""
-    return any(w in names or w.startswith("batt") for w in _words(record.n))
+    words = _words(own.get(record.n, record.n))
+    return any(w in names or w.startswith("batt") for w in words)
 
 
 def _says(name: str, quantities: frozenset[str], *, only: bool = False) -> bool:
-    """Whether a record's name says one of ``quantities``: a word of its own name, or that
-    whole name in lower case without anything but letters and digits (``LAeq``, whose words
-    are ``l`` and ``aeq``, says ``laeq``). ``only``: and nothing else, every word one of them
-    (``water_level``) or the whole name one (``level``, not ``level_avg``)."""
+    """Whether a record's name (without its base name) says one of ``quantities``: a word of
+    its own name, or that whole name in lower case without anything but letters and digits
+    (``LAeq``, whose words are ``l`` and ``aeq``, says ``laeq``). ``only``: and nothing else,
+    every word one of them (``water_level``) or the whole name one (``level``, not
+    ``level_avg``)."""
     words = _words(name)
     if _compact(name) in quantities:
         return True
@@ -388,23 +394,43 @@ def _says(name: str, quantities: frozenset[str], *, only: bool = False) -> bool:
     return any(w in quantities for w in words)
 
 
+def _own_names(payload: bytes) -> dict[str, str]:
+    """The names of a SenML pack's records, resolved, each to the record's own: its ``n``,
+    without the base name ``bn`` before it (``ns-1;LAeq`` to ``LAeq``, whatever ends the base
+    name: ``urn:dev:ow:10e2073a01080063;``, ``wl-1.``), or, for a record without ``n``, the
+    resolved name. The decoder resolved the pack from this payload and refused it unless
+    every record is an object with text, if any, in ``bn`` and ``n``."""
+    base = ""
+    own: dict[str, str] = {}
+    for record in json.loads(payload):
+        base = record.get("bn", base)
+        name = record.get("n", "")
+        own.setdefault(base + name, name or base)
+    return own
+
+
 def _own_name(name: str) -> str:
-    """A record's own name: its part after the last ":" or "/", where a base name ends."""
+    """The part of a record's name (without its base name) after the last ":" or "/", where a
+    base name given in the name itself ends (``sm-2:rssiDbm``), or an LwM2M path's resource."""
     return re.split(r"[:/]", name)[-1]
 
 
 def _words(name: str) -> list[str]:
-    """The words of a record's own name, lower case: "sm-2:rssiDbm" gives rssi, dbm."""
-    own = _CASE_CHANGE.sub(" ", _own_name(name)).lower()
-    return [w for w in re.split(r"[^a-z0-9]+", own) if w]
+    """The words of a record's own name (without its base name), lower case: "sm-2:rssiDbm"
+    gives rssi, dbm."""
+    spaced = _CASE_CHANGE.sub(" ", _own_name(name)).lower()
+    return [w for w in re.split(r"[^a-z0-9]+", spaced) if w]
 
 
 def _compact(name: str) -> str:
-    """A record's own name in lower case, without anything but letters and digits."""
+    """A record's own name (without its base name) in lower case, without anything but
+    letters and digits."""
     return re.sub(r"[^a-z0-9]+", "", _own_name(name).lower())
 
 
-def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], str | None]:
+def _in_unit(
+    records: list[SenMLRecord], unit: str, own: Mapping[str, str]
+) -> tuple[list[SenMLRecord], str | None]:
     """The records a sensor's thresholds judge, and the unit they were taken to be in when the
     thresholds have none (None: as the thresholds say).
 
@@ -424,19 +450,19 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     such record is read in the one unit they share (a device that gives its unit while the
     site file does not), and nothing when they have several. So a smoke detector judged
     without a unit reads its ``smoke`` record, never the battery record beside it or a
-    battery alone.
+    battery alone. ``own``: the records' names without their base name (:func:`_own_names`).
     """
     if unit:
-        taken = _judged([r for r in records if r.u == unit], unit)
-        if taken or any(_measured_with_unit(r) for r in records):
+        taken = _judged([r for r in records if r.u == unit], unit, own)
+        if taken or any(_measured_with_unit(r, own) for r in records):
             return taken, None
         unitless = [r for r in records if not r.u]
         if len(unitless) < len(records):
             # Beside the device's own state in a unit, a unitless rssi or temperature is more
             # of it (a heartbeat pack), not the measurement: read, it would clear the alarm.
-            unitless = [r for r in unitless if not _housekeeping_name(r)]
-        return _judged(unitless, unit), None
-    measured = [r for r in records if not housekeeping(r)]
+            unitless = [r for r in unitless if not _housekeeping_name(r, own)]
+        return _judged(unitless, unit, own), None
+    measured = [r for r in records if not housekeeping(r, own)]
     measured = [r for r in measured if r.u not in DEVICE_UNITS] or measured
     unitless = [r for r in measured if not r.u]
     if unitless:
@@ -447,24 +473,24 @@ def _in_unit(records: list[SenMLRecord], unit: str) -> tuple[list[SenMLRecord], 
     return [], None
 
 
-def _judged(records: list[SenMLRecord], unit: str) -> list[SenMLRecord]:
+def _judged(records: list[SenMLRecord], unit: str, own: Mapping[str, str]) -> list[SenMLRecord]:
     """Of the records taken for thresholds in ``unit``: no battery record unless that is a
     battery unit, and the housekeeping ones by name only when no other remains, and then
     only those naming what the unit measures (:data:`UNIT_QUANTITIES`)."""
     kept = records
     if unit not in HOUSEKEEPING_UNITS:
-        kept = [r for r in records if not _battery_name(r)]
-    measured = [r for r in kept if not _housekeeping_name(r)]
+        kept = [r for r in records if not _battery_name(r, own)]
+    measured = [r for r in kept if not _housekeeping_name(r, own)]
     if measured:
         return measured
     # A heartbeat's rssi or temperature, read as a bin's fill, would clear it (-70 %).
-    return [r for r in kept if _named(r, UNIT_QUANTITIES.get(unit, frozenset()))]
+    return [r for r in kept if _named(r, UNIT_QUANTITIES.get(unit, frozenset()), own)]
 
 
-def _measured_with_unit(record: SenMLRecord) -> bool:
+def _measured_with_unit(record: SenMLRecord, own: Mapping[str, str]) -> bool:
     """Whether a record gives the unit of a measurement: it has one, neither a device unit
     nor a housekeeping record's."""
-    return bool(record.u) and record.u not in DEVICE_UNITS and not housekeeping(record)
+    return bool(record.u) and record.u not in DEVICE_UNITS and not housekeeping(record, own)
 
 
 SeqVerdict = Literal["new", "restart", "late", "superseded"]

@@ -13,13 +13,17 @@ input drive it:
   before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
 
 While no alarm is active, a device's own clear (an envelope without seq, timed by the device
-and not at its reception) keeps its time, at most its reception, as ``quiet_at``: a raise or
-update of the device's own, alike, timed before it and arriving after it, is stale. Without
-that, a clear that overtook its raise was ignored and the raise then opened an alarm nothing
-would clear. Nothing else keeps or is judged by that time: a reading, the bridge's own
-transitions (``device_offline``), a message ordered by its seq or timed at its reception
-(its clock too far off to compare with another message's) would make a genuine first alarm
-stale wherever two clocks disagree.
+and not at its reception) keeps its time and its reception (``quiet_at``, ``quiet_received``):
+a raise or update of the device's own, alike, timed before it and arriving after it, held up
+on its way at most :data:`OVERTAKE_WINDOW_S` longer than the clear, is stale. Without that, a
+clear that overtook its raise was ignored and the raise then opened an alarm nothing would
+clear. The hold-up is the raise's reception minus its time, less the clear's: one clock's
+offset cancels out, so a clock running ahead hides no overtaken raise, and a clock set back
+between the two makes a raise stale only when set back by less than the window, and then
+only until the clock passes the clear's time. Nothing else keeps or is judged by that time: a
+reading, the bridge's own transitions (``device_offline``), a message ordered by its seq or
+timed at its reception (its clock too far off to compare with another message's) would make
+a genuine first alarm stale wherever two clocks disagree. That time never dates anything.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -38,15 +42,25 @@ Severity = Literal["CRITICAL", "MAJOR", "MINOR", "WARNING"]
 EffectKind = Literal["raise", "update", "clear", "ignore"]
 
 SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL": 3}
+# How much longer than the clear that overtook it a raise may have been held up on its way and
+# still be taken for sent before that clear: longer than the retries that hold a message up
+# (a CoAP confirmable message is retransmitted for up to 93 s, RFC 7252 MAX_TRANSMIT_WAIT; an
+# MQTT client notices a dead connection after 1.5 keep-alives, 90 s at the usual 60 s, and
+# then sends again what it had not got through). Bounded: a device clock set back by more
+# makes no raise stale, and one set back by less only the raises before the clock passes the
+# clear's time again, so at most this long after the clear.
+OVERTAKE_WINDOW_S = 120.0
 
 
 @dataclass(frozen=True)
 class AlarmState:
     """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm.
 
-    ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiet_at``:
-    the latest time a device clear with no alarm active said the condition was over (see
-    :class:`DeviceInput`), or None; a raise drops it (``last_seen`` then orders).
+    ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiet_at``
+    and ``quiet_received``: the own time and the reception of the device clear with no alarm
+    active that said the condition was over (see :class:`DeviceInput`), or None; a raise drops
+    them (``last_seen`` then orders). A state stored with ``quiet_at`` (then at most the clear's
+    reception) but without ``quiet_received`` takes that time for the reception.
     """
 
     phase: Phase = "normal"
@@ -58,8 +72,9 @@ class AlarmState:
     first_seen: float | None = None
     last_seen: float | None = None
     severity: Severity = "MAJOR"
-    # Last, with a default: states stored before it (their fields in this order) still load.
+    # Last, with defaults: states stored before them (their fields in this order) still load.
     quiet_at: float | None = None
+    quiet_received: float | None = None
 
     @property
     def active(self) -> bool:
@@ -168,19 +183,49 @@ def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState
         if event.received_at is None:
             return _ignore(state, "clear_not_active")
         # Nothing to clear, but its time is kept: its raise may still be on the way (sent
-        # before it, without seq to order them) and must arrive stale, not open an alarm. At
-        # most its reception: a clock running ahead must not make the next raises stale.
-        quiet_at = min(t, event.received_at)
-        if state.quiet_at is not None:
-            quiet_at = max(quiet_at, state.quiet_at)  # never back: what it made stale stays so
-        return _ignore(replace(state, quiet_at=quiet_at), "clear_not_active")
+        # before it, without seq to order them) and must arrive stale, not open an alarm.
+        return _ignore(_quiet(state, t, event.received_at), "clear_not_active")
     if state.active:
         return _repeat(state, event.severity, t)
-    if event.received_at is not None and state.quiet_at is not None and t < state.quiet_at:
+    if event.received_at is not None and _overtaken(state, t, event.received_at):
         # Sent before a clear that overtook it: the condition it reports is over.
         return _ignore(state, "stale")
     # An update for an alarm we never saw raised (its raise was lost upstream) still is one.
     return _raise(state, event.new_alarm_id, event.severity, t)
+
+
+def _quiet(state: AlarmState, t: float, received_at: float) -> AlarmState:
+    """A state with no alarm active that a device clear timed ``t``, received at
+    ``received_at``, told the condition was over. It keeps the clear timed last, never moving
+    back to an earlier one (what the later one made stale stays so), unless the one kept can
+    no longer make anything stale (received more than :data:`OVERTAKE_WINDOW_S` before):
+    after a clock set back by more, the new clear is the one a raise may have been sent
+    before."""
+    kept, kept_received = state.quiet_at, _quiet_received(state)
+    if kept is None or kept_received is None or t >= kept:
+        return replace(state, quiet_at=t, quiet_received=received_at)
+    if received_at - kept_received > OVERTAKE_WINDOW_S:
+        return replace(state, quiet_at=t, quiet_received=received_at)
+    return state
+
+
+def _overtaken(state: AlarmState, t: float, received_at: float) -> bool:
+    """Whether a raise or update timed ``t``, received at ``received_at``, was sent before the
+    kept clear and overtaken by it: timed before it, and held up on its way (its reception
+    minus its time) at most :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times
+    are the device's: an offset of its clock cancels out."""
+    clear_received = _quiet_received(state)
+    if state.quiet_at is None or clear_received is None or t >= state.quiet_at:
+        return False
+    held_longer = (received_at - t) - (clear_received - state.quiet_at)
+    return held_longer <= OVERTAKE_WINDOW_S
+
+
+def _quiet_received(state: AlarmState) -> float | None:
+    """The kept clear's reception; for a state stored before it was kept, the clear's time
+    (then at most its reception): a raise timed before it is stale only when received at
+    most :data:`OVERTAKE_WINDOW_S` after its own time."""
+    return state.quiet_received if state.quiet_received is not None else state.quiet_at
 
 
 def beyond_raise(value: float, th: Thresholds) -> bool:

@@ -274,6 +274,42 @@ def test_a_raise_its_clear_overtook_opens_no_candidate(h: Harness, alarm_type: s
     assert [k for k, _, _ in outbox_ops(h.outbox)] == ["evidence", "create"]
 
 
+OVERTAKEN_CASES = [
+    # (name, (clear's time, its reception), (raise's time, its reception)), after T0
+    ("a clock on time", (20, 25), (0, 26)),
+    ("a clock 30 s ahead", (10 + 30, 10.2), (30, 20)),
+    ("a clock 5 s ahead, the clear 3 s after the raise", (3 + 5, 3.2), (0 + 5, 3.5)),
+]
+
+
+@pytest.mark.parametrize(("clear", "raised"), named(OVERTAKEN_CASES))
+def test_a_raise_its_clear_overtook_is_stale_whatever_the_device_clock(
+    h: Harness, clear: tuple[float, float], raised: tuple[float, float]
+) -> None:
+    """The raise is held up on its way longer than the clear by the same seconds whichever
+    clock times both: a clock running ahead does not let it open an alarm."""
+    h.alarm("mh-1", envelope("mh-1", "c1", "clear", ts=T0 + clear[0]), T0 + clear[1])
+    h.alarm("mh-1", envelope("mh-1", "r1", ts=T0 + raised[0]), T0 + raised[1])
+    assert outbox_ops(h.outbox) == []
+    assert (h.core.counts.created, h.core.counts.stale) == (0, 1)
+
+
+def test_clears_before_a_device_clock_is_set_back_leave_its_next_alarm_open(h: Harness) -> None:
+    """mh-1 reports its cover closed every 10 minutes, then its clock is set back 50 minutes
+    (less than a day: its times are kept). Its next raise and updates are held up no longer
+    than its clears: a new alarm and its repeats, not stale until the clock passes the clears'
+    time."""
+    for at in (T0, T0 + 600, T0 + 1200):
+        h.alarm("mh-1", envelope("mh-1", f"c{at}", "clear", ts=at), at)
+    behind = 3000
+    h.alarm("mh-1", envelope("mh-1", "r1", ts=T0 + 1400 - behind), T0 + 1400)
+    for i in range(1, 41):
+        at = T0 + 1400 + 60 * i
+        h.alarm("mh-1", envelope("mh-1", f"u{i}", "update", ts=at - behind), at)
+    counts = h.core.counts
+    assert (counts.created, counts.updated, counts.stale) == (1, 40, 0)
+
+
 def test_a_numbered_raise_after_a_clear_with_nothing_active_raises(h: Harness) -> None:
     """With seq the order is the device's: its raise sent after the clear (its clock set back
     in between) still raises, at its own time. The clear's time orders only envelopes
@@ -368,22 +404,34 @@ def test_a_first_alarm_is_not_stale_for_what_came_before_it(
     assert (h.core.counts.created, h.core.counts.stale) == (1, 0)
 
 
-def test_an_alarm_state_stored_before_the_clear_time_was_kept_still_loads(h: Harness) -> None:
-    """A state row written without the field for a clear with nothing active (its nine
-    fields) loads, without that time."""
-    row = ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR"]
+STORED_STATE_ROWS = [
+    # (name, a state row as stored, its clear's time and reception as loaded)
+    (
+        "before the clear time was kept (nine fields)",
+        ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR"],
+        (None, None),
+    ),
+    (
+        "before the clear's reception was kept (ten fields)",
+        ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR", T0 + 30],
+        (T0 + 30, None),
+    ),
+]
+
+
+@pytest.mark.parametrize(("row", "quiet"), named(STORED_STATE_ROWS))
+def test_an_alarm_state_stored_before_a_field_was_added_still_loads(
+    h: Harness, row: list[object], quiet: tuple[float | None, float | None]
+) -> None:
+    """A state row written without the last fields loads, without what they keep."""
     with h.outbox.transaction() as txn:
         txn.conn.execute(
             "INSERT INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
             ("mh-1", "manhole_tilt", json.dumps(row)),
         )
         state = store.load_state(txn.conn, "mh-1", "manhole_tilt")
-    assert (state.phase, state.alarm_id, state.last_seen, state.quiet_at) == (
-        "cleared",
-        "a1",
-        T0 + 20,
-        None,
-    )
+    assert (state.phase, state.alarm_id, state.last_seen) == ("cleared", "a1", T0 + 20)
+    assert (state.quiet_at, state.quiet_received) == quiet
 
 
 def test_a_message_received_before_a_silence_check_still_clears_its_alarm(h: Harness) -> None:
@@ -1493,12 +1541,16 @@ NOISE_SENSOR_YAML = """  - id: ns-1
     kind: noise
     location: {grid_code: JA-DN-0301}
     thresholds: {raise: 70, clear: 60, unit: dB}
+  - id: noise-3
+    kind: noise
+    location: {grid_code: JA-DN-0302}
+    thresholds: {raise: 70, clear: 60, unit: dB}
 """
 
 
 @pytest.fixture
 def noisy_site() -> Site:
-    """The test site and a noise meter, ns-1, judged in dB."""
+    """The test site and two noise meters, ns-1 and noise-3, judged in dB."""
     return parse_site(SITE_YAML.replace("PREFIX", "gridpatrol") + NOISE_SENSOR_YAML, "s")
 
 
@@ -1568,6 +1620,68 @@ def test_a_pack_of_several_measurements_read_as_none_says_why(
         received_at=datetime.fromtimestamp(T0, tz=UTC),
     )
     assert adapted == Rejected("no_reading", detail, heard=True)
+
+
+URN = "urn:dev:ow:10e2073a01080063;"
+BASE_NAME_CASES = [
+    # (name, sensor, pack, records read as (name, unit, value))
+    (
+        "a noise meter's base name ending in ;",
+        "ns-1",
+        [{"bn": "ns-1;", "n": "LAeq", "u": "dB", "v": 72.5}, {"n": "LAmax", "u": "dB", "v": 88}],
+        [("ns-1;LAeq", "dB", 72.5)],
+    ),
+    (
+        "a gauge's base name ending in .",
+        "wl-1",
+        [{"bn": "wl-1.", "n": "level", "u": "cm", "v": 20}, {"n": "level_avg", "u": "cm", "v": 12}],
+        [("wl-1.level", "cm", 20.0)],
+    ),
+    (
+        "a bin's URN base name ending in ;",
+        "bf-1",
+        [{"bn": URN, "n": "fill", "v": 95}, {"n": "fill_raw", "v": 97}],
+        [(f"{URN}fill", None, 95.0)],
+    ),
+    (
+        "a sensor id with a word of what its kind measures",
+        "noise-3",
+        [{"bn": "noise-3;", "n": "LAmax", "u": "dB", "v": 88}, {"n": "LAeq", "u": "dB", "v": 72}],
+        [("noise-3;LAeq", "dB", 72.0)],
+    ),
+]
+
+
+@pytest.mark.parametrize(("sensor", "pack", "expected"), named(BASE_NAME_CASES))
+def test_a_record_name_is_judged_without_its_base_name(
+    noisy_site: Site,
+    sensor: str,
+    pack: list[dict[str, object]],
+    expected: list[tuple[str, str | None, float | None]],
+) -> None:
+    """The base name, however it ends, is no part of what a record's name says: the sensor's
+    id in it named neither the measurement (the whole name LAeq, the word fill alone) nor
+    every record (noise-3)."""
+    adapted = adapt(
+        json.dumps(pack).encode(),
+        sensor_id=sensor,
+        registry={s.id: s for s in noisy_site.sensors},
+        received_at=datetime.fromtimestamp(T0, tz=UTC),
+    )
+    assert isinstance(adapted, Adapted), adapted
+    assert [(m.n, m.u, m.v) for item in adapted.inputs for m in item.measurements] == expected
+
+
+def test_a_record_named_by_its_base_name_alone_is_judged_by_it(site: Site) -> None:
+    """Without ``n`` the base name is the record's whole name: a bin's battery named so, in
+    %, is no fill."""
+    adapted = adapt(
+        json.dumps([{"bn": "bf-1:battery", "u": "%", "v": 80}]).encode(),
+        sensor_id="bf-1",
+        registry={s.id: s for s in site.sensors},
+        received_at=datetime.fromtimestamp(T0, tz=UTC),
+    )
+    assert isinstance(adapted, Rejected) and adapted.reason == "no_reading"
 
 
 def test_a_noise_meter_sending_laeq_and_lamax_raises_and_clears_on_laeq(

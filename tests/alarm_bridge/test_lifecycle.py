@@ -192,10 +192,67 @@ CASES = [
         "active",
     ),
     Case(
-        "a clear timed ahead of its reception keeps its reception",
-        [(300, sent("clear", 100)), (150, sent("raise", 151))],
+        "a raise held up more than the window longer than the clear raises",
+        [(300, sent("clear", 100)), (150, sent("raise", 151))],  # held up 201 s longer
         ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
         "active",
+    ),
+    # The hold-up compares the device's own times: its clock's offset cancels out.
+    Case(
+        "a raise overtaken by its clear from a clock 30 s ahead opens no alarm",
+        [(40, sent("clear", 10.2)), (30, sent("raise", 20))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a raise overtaken by its clear 3 s later from a clock 5 s ahead opens no alarm",
+        [(8, sent("clear", 3.2)), (5, sent("raise", 3.5))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a raise held up the window longer than its clear opens no alarm",
+        [(100, sent("clear", 100)), (99, sent("raise", 219))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a raise held up beyond the window longer than a clear raises",
+        [(100, sent("clear", 100)), (99, sent("raise", 219.5))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a clock set back by more than the window after a clear makes no raise stale",
+        [(1000, sent("clear", 1000)), (500, sent("raise", 1010))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
+        "a clock set back by less than the window only until it passes the clear's time",
+        [
+            (1000, sent("clear", 1000)),
+            (950, sent("raise", 1010)),  # 60 s behind: held up 60 s longer
+            (990, sent("update", 1050)),
+            (1000, sent("update", 1060)),
+        ],
+        [
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:stale",
+            "ignore:None:0:stale",
+            "raise:a:1:MAJOR",
+        ],
+        "active",
+    ),
+    Case(
+        "a clear timed before the one kept replaces it once that one's window is over",
+        [(120, sent("clear", 125)), (110, sent("clear", 250)), (105, sent("raise", 251))],
+        [
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:stale",
+        ],
+        "normal",
     ),
     Case(
         "a clear not ordered by its own time keeps no time",
@@ -406,7 +463,13 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
     cleared, _ = step(state, sent("clear", 200), 200)
     state, effects = step(cleared, sent("clear", 300), 300)
     assert state == AlarmState(
-        phase="cleared", alarm_id="first", count=1, first_seen=100, last_seen=200, quiet_at=300
+        phase="cleared",
+        alarm_id="first",
+        count=1,
+        first_seen=100,
+        last_seen=200,
+        quiet_at=300,
+        quiet_received=300,
     )
     assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
     # An older one never moves it back; a raise before it is stale.
@@ -424,3 +487,13 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
         first_seen=300,
         last_seen=300,
     )
+
+
+def test_a_clear_kept_without_its_reception_is_taken_as_received_at_its_time() -> None:
+    """A state stored before the clear's reception was kept (its time then at most its
+    reception): a raise timed before it is stale only when held up at most the window."""
+    stored = AlarmState(quiet_at=100)
+    state, effects = step(stored, sent("raise", 150), 90)  # held up 60 s
+    assert (state, [e.reason for e in effects]) == (stored, ["stale"])
+    state, effects = step(stored, sent("raise", 300), 90)  # held up 210 s
+    assert (state.phase, state.first_seen, [e.kind for e in effects]) == ("active", 90, ["raise"])
