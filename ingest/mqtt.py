@@ -50,6 +50,11 @@ _TLS_PROBE_S = 5.0  # the handshake that tells why a TLS broker was not reached 
 PASSWORD_CHARS = "a password must percent-encode # ? / @ (%23 %3F %2F %40)"
 _RC_AUTH = frozenset({134, 135})  # bad user name or password, not authorised (v3: 4, 5)
 RECONNECT_S = (1, 30)  # backoff between reconnection attempts, doubling
+# The largest packet a connection sends unless GRIDPATROL_MQTT_MAX_PACKET_SIZE says otherwise:
+# the max_packet_size of samples/mosquitto.conf. A broker drops a client that sends a larger
+# one (its will fires), and an MQTT 3.1.1 broker does not say its limit.
+DEFAULT_MAX_PACKET_SIZE = 16 * 2**20
+MQTT_MAX_PACKET_SIZE = 268435455 + 5  # the largest remaining length and its fixed header
 # Backoff after the broker refused credentials it had accepted before: a password rotated on
 # the broker first, an authentication backend that comes up after the broker. Slow, so an
 # account lock-out policy sees few attempts.
@@ -91,6 +96,7 @@ class MqttSettings:
     cert_file: str | None = None
     key_file: str | None = None
     keepalive: int = 30
+    max_packet_size: int = DEFAULT_MAX_PACKET_SIZE
 
     @classmethod
     def from_url(cls, url: str) -> MqttSettings:
@@ -138,6 +144,7 @@ class MqttSettings:
             ca_file=env.get("GRIDPATROL_MQTT_CA") or None,
             cert_file=env.get("GRIDPATROL_MQTT_CERT") or None,
             key_file=env.get("GRIDPATROL_MQTT_KEY") or None,
+            max_packet_size=_max_packet_size(env.get("GRIDPATROL_MQTT_MAX_PACKET_SIZE")),
         )
         if settings.tls:
             settings.ssl_context()
@@ -186,6 +193,26 @@ class MqttSettings:
                     f"GRIDPATROL_MQTT_KEY): {_why(exc)}"
                 ) from exc
         return context
+
+
+def _max_packet_size(text: str | None) -> int:
+    """``GRIDPATROL_MQTT_MAX_PACKET_SIZE`` in bytes (default 16 MiB); :class:`MqttConfigError`
+    for one that is no whole number from 1024 to MQTT's own limit."""
+    if not text:
+        return DEFAULT_MAX_PACKET_SIZE
+    size = int(text) if text.strip().isdecimal() else 0
+    if not 1024 <= size <= MQTT_MAX_PACKET_SIZE:
+        raise MqttConfigError(
+            f"GRIDPATROL_MQTT_MAX_PACKET_SIZE must be a number of bytes from 1024 to "
+            f"{MQTT_MAX_PACKET_SIZE}, got {text!r}"
+        )
+    return size
+
+
+def publish_overhead(topic: str, qos: int, v5: bool) -> int:
+    """The bytes a PUBLISH on ``topic`` adds to its payload: the fixed header (with the longest
+    remaining length), the topic, the packet id of QoS 1 and 2, MQTT 5's empty properties."""
+    return 1 + 4 + 2 + len(topic.encode()) + (2 if qos else 0) + (1 if v5 else 0)
 
 
 def _why(exc: OSError | ValueError) -> str:
@@ -313,6 +340,10 @@ class MqttConnection:
         self.protocol = self._initial_protocol()
         self.published = 0
         self.publish_dropped = 0
+        self.publish_oversize = 0  # refused as larger than max_packet_size (in publish_dropped)
+        self._oversize_said: set[str] = set()  # topics whose oversize publication was logged
+        # The Maximum Packet Size of the broker's MQTT 5 CONNACK, None when it gave none.
+        self._broker_max_packet: int | None = None
         self.connects = 0
         self.unrouted = 0  # messages no subscription matched (acknowledged under manual ack)
         self.auth_failed = False  # refused at the first connection: not retried
@@ -577,7 +608,7 @@ class MqttConnection:
             )
 
     def _on_connect(
-        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, _props: Any
+        self, client: paho.Client, _userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
         self._connack_seen = True
         code = int(getattr(reason, "value", reason))
@@ -605,11 +636,13 @@ class MqttConnection:
             self.session_present = bool(flags.session_present)
             self._pending.clear()
         self.connects += 1
+        self._broker_max_packet = getattr(props, "MaximumPacketSize", None)
         log.info(
-            "%s: connected to %s (MQTT %s)",
+            "%s: connected to %s (MQTT %s, packets up to %d bytes)",
             self.component_id,
             self.settings.url,
             "5" if self.protocol == MQTTProtocolVersion.MQTTv5 else "3.1.1",
+            self.max_packet_size,
         )
         # Under the subscriptions' lock up to "connected": a subscribe() meanwhile either is
         # in the list read here or finds the connection up and subscribes itself.
@@ -830,11 +863,51 @@ class MqttConnection:
             if client is not None and self._connected.is_set() and not still:
                 client.unsubscribe(sub.topic_filter)
 
+    @property
+    def max_packet_size(self) -> int:
+        """The largest packet this connection sends: ``settings.max_packet_size``, lowered to
+        the Maximum Packet Size the broker gave in its MQTT 5 CONNACK."""
+        broker = self._broker_max_packet
+        mine = self.settings.max_packet_size
+        return mine if broker is None else min(mine, broker)
+
+    def max_payload(self, topic: str, qos: int) -> int:
+        """The largest payload a publication on ``topic`` at ``qos`` may carry."""
+        v5 = self.protocol == MQTTProtocolVersion.MQTTv5
+        return self.max_packet_size - publish_overhead(topic, qos, v5)
+
+    def _oversize(self, topic: str, payload: bytes | str, qos: int) -> bool:
+        """Whether the publication would make a packet over :attr:`max_packet_size`, which the
+        broker answers by dropping the connection (the will fires, every publication in flight
+        is lost): then it is refused, counted, and logged once per topic."""
+        size = len(payload.encode() if isinstance(payload, str) else payload)
+        most = self.max_payload(topic, qos)
+        if size <= most:
+            return False
+        self.publish_oversize += 1
+        self.publish_dropped += 1
+        if topic not in self._oversize_said:
+            self._oversize_said.add(topic)
+            log.warning(
+                "%s: not publishing %d bytes on %s: over the %d a packet of at most %d bytes "
+                "carries (the broker's limit, or GRIDPATROL_MQTT_MAX_PACKET_SIZE); such "
+                "publications are dropped and counted, not said again for this topic",
+                self.component_id,
+                size,
+                topic,
+                most,
+                self.max_packet_size,
+            )
+        return True
+
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
-        """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue)."""
+        """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue,
+        over the packet limit)."""
         client = self._client
         if client is None or (qos == 0 and not self._connected.is_set()):
             self.publish_dropped += 1
+            return False
+        if self._oversize(topic, payload, qos):
             return False
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or (
@@ -853,9 +926,10 @@ class MqttConnection:
         retain: bool = False,
         timeout: float = 10.0,
     ) -> bool:
-        """Publish and wait until the broker acknowledged it (QoS 1/2) or it was sent (QoS 0)."""
+        """Publish and wait until the broker acknowledged it (QoS 1/2) or it was sent (QoS 0);
+        False when it was not, or is over the packet limit."""
         client = self._client
-        if client is None:
+        if client is None or self._oversize(topic, payload, qos):
             return False
         info = client.publish(topic, payload, qos=qos, retain=retain)
         try:
@@ -905,6 +979,7 @@ class MqttConnection:
         return {
             "published": self.published,
             "publish_dropped": self.publish_dropped,
+            "publish_oversize": self.publish_oversize,
             "received": sum(s.received for s in self._subs),
             "dropped": sum(s.dropped for s in self._subs),
             "unrouted": self.unrouted,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -41,6 +41,8 @@ MAX_BOOST_S = 86400.0
 # newest frame it saw stops at the same age by default; its --snapshot-max-age-s does not
 # change this one.
 SNAPSHOT_FALLBACK_MAX_AGE_S = 120.0
+# Snapshot grabs under way at once; the others wait for a free thread.
+SNAPSHOT_THREADS = 2
 
 
 def parse_boost(payload: bytes) -> tuple[float, float]:
@@ -101,7 +103,11 @@ class IngestService:
             self.scheduler.add(cam.id, cam.interval_s or 60.0, cam.weight)
         self._sched_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._grabs = ThreadPoolExecutor(max_workers=2, thread_name_prefix="snapshot")
+        # Cameras whose waiting requests want a grab. Daemon threads of ours take them, not a
+        # concurrent.futures pool: the interpreter joins a pool's threads at its exit, and a
+        # grab's open waits for OpenCV's lock behind every other open of the process (10 s for
+        # each camera that does not answer), which would hold the exit up for minutes.
+        self._grabs: queue.SimpleQueue[str] = queue.SimpleQueue()
         # Requests waiting for a camera's grab under way, with when each arrived: a burst of
         # them takes one grab, not one each (opening a dead camera can take seconds).
         self._waiting: dict[str, list[tuple[str, datetime]]] = {}
@@ -124,6 +130,10 @@ class IngestService:
         if self.patrol:
             self._threads.append(threading.Thread(target=self._patrol_loop, name="patrol"))
         self._threads.append(threading.Thread(target=self._request_loop, name="snapshot-requests"))
+        for number in range(SNAPSHOT_THREADS):
+            self._threads.append(
+                threading.Thread(target=self._grab_loop, name=f"snapshot_{number}")
+            )
         self._threads.append(threading.Thread(target=self._progress_loop, name="progress"))
         for thread in self._threads:
             thread.daemon = True
@@ -142,9 +152,10 @@ class IngestService:
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
         deadline = time.monotonic() + timeout
+        # Past the deadline the threads left (in an open, which no stop interrupts) are
+        # daemons: the process exits without them.
         for thread in self._threads:
             thread.join(max(0.1, deadline - time.monotonic()))
-        self._grabs.shutdown(wait=False, cancel_futures=True)
         for output in self.outputs.values():
             output.close()  # grabs still under way (snapshots, a stuck source) publish nothing
         self.log_progress()
@@ -187,7 +198,9 @@ class IngestService:
     def _visit(self, camera_id: str) -> Frame | None:
         """A patrol visit: its outcome schedules the next and sets the camera's status."""
         output = self.outputs[camera_id]
-        grabbed = grab_once(output.camera, self.base_dir)
+        grabbed = self._grab_once(output.camera)
+        if self.stop_event.is_set():
+            return None  # stopping: nothing is said nor published after the shutdown began
         if grabbed is None:
             output.stats.failures += 1
             with self._sched_lock:
@@ -206,14 +219,26 @@ class IngestService:
             self.scheduler.succeeded(camera_id)
         return output.publish(*grabbed)
 
+    def _grab_once(self, camera: Camera) -> tuple[bytes, int, int] | None:
+        """:func:`grab_once`; None without an open once ingest is stopping: the open would
+        wait for OpenCV's lock behind the others and hold the exit up."""
+        return None if self.stop_event.is_set() else grab_once(camera, self.base_dir)
+
     def _grab(self, camera_id: str) -> Frame | None:
         """A snapshot grab: a visit for a patrol camera. A continuous camera's grab opens its
         source a second time beside the stream its publisher reads (a camera may refuse a
-        second connection): a failure says nothing of the stream, so its status stays."""
+        second connection): its frame answers the requests alone, and neither its frame nor
+        its failure says anything of the stream, so its status stays. A file that has ended is
+        not read again (a frame of it now would be none of the camera's): its requests get its
+        newest frame (see :meth:`_recent`)."""
         output = self.outputs[camera_id]
         if output.camera.is_patrol:
             return self._visit(camera_id)
-        grabbed = grab_once(output.camera, self.base_dir)
+        if output.ended:
+            return None
+        grabbed = self._grab_once(output.camera)
+        if self.stop_event.is_set():
+            return None
         if grabbed is None:
             output.stats.failures += 1
             if camera_id not in self._grab_failing:  # once a failing stretch, not per request
@@ -228,7 +253,7 @@ class IngestService:
         if camera_id in self._grab_failing:
             self._grab_failing.discard(camera_id)
             log.info("camera %s: the snapshot grab got a frame again", camera_id)
-        return output.publish(*grabbed)
+        return output.reply_frame(*grabbed)
 
     def _apply_boosts(self) -> None:
         while (message := self._boosts.get(0)) is not None:
@@ -299,12 +324,25 @@ class IngestService:
             if len(waiting) > 1:
                 return  # a grab is under way: it answers this request too
 
-        self._grabs.submit(self._grab_and_reply, camera_id)
+        self._grabs.put(camera_id)
+
+    def _grab_loop(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                camera_id = self._grabs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if self.stop_event.is_set():
+                return
+            try:
+                self._grab_and_reply(camera_id)
+            except Exception:  # the thread must go on serving the other cameras' requests
+                log.exception("camera %s: snapshot requests not answered", camera_id)
 
     def _grab_and_reply(self, camera_id: str) -> None:
         """Grab a frame and answer every request waiting for it. The waiting list is cleared
-        whatever happens: the pool keeps what a task raises to itself, and a list left behind
-        would park every later request for the camera behind a grab that never ends."""
+        whatever the grab raises (logged): a list left behind would park every later request
+        for the camera behind a grab that never ends."""
         error: Exception | None = None
         frame: Frame | None = None
         output = self.outputs[camera_id]
@@ -320,6 +358,8 @@ class IngestService:
             waiting = self._waiting.pop(camera_id, [])
         if error is not None:
             log.error("camera %s: the snapshot grab failed", camera_id, exc_info=error)
+        if self.stop_event.is_set():
+            return  # stopping: the grab was given up, and nothing is published any more
         request_ids = [request_id for request_id, _ in waiting]
         if frame is None and waiting:
             frame, request_ids = self._recent(camera_id, waiting, quiet=failing and error is None)

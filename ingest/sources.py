@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from gridpatrol import proxies
-from gridpatrol.ingest.messages import Frame, FrameHeader, encode_frame, jpeg_size
-from gridpatrol.ingest.topics import camera_status_topic, frame_topic
+from gridpatrol.ingest.messages import (
+    MAGIC,
+    MAX_HEADER_BYTES,
+    Frame,
+    FrameHeader,
+    encode_frame,
+    jpeg_size,
+)
+from gridpatrol.ingest.topics import camera_status_topic, frame_topic, snapshot_topic
 from gridpatrol.site import SNAPSHOT_SCHEMES, STREAM_SCHEMES
 
 if TYPE_CHECKING:
@@ -40,11 +47,18 @@ SourceKind = Literal["mqtt", "stream", "http", "file"]
 OPEN_TIMEOUT_MS = 10000
 MAX_BACKOFF_S = 30.0
 # An HTTP snapshot is given up after this long in all, and past this size (a JPEG of even a
-# 4K camera is a few MB).
+# 4K camera is a few MB). The size is the default packet limit of a connection
+# (mqtt.DEFAULT_MAX_PACKET_SIZE): a larger JPEG could not go out as it came.
 HTTP_DEADLINE_S = 10.0
 # httpx's timeout for each read, connect and write of a snapshot; the deadline covers the whole.
 HTTP_READ_TIMEOUT_S = 10.0
-HTTP_MAX_BYTES = 20 * 2**20
+HTTP_MAX_BYTES = 16 * 2**20
+# How long an RTSP camera gets to answer an OPTIONS request before each open (see rtsp_answers).
+RTSP_PROBE_S = 2.0
+# A frame too large for the broker is scaled down at most this many times before it is dropped.
+FIT_STEPS = 6
+# What a frame envelope adds to its JPEG at most: the magic, the header's length, the header.
+ENVELOPE_OVERHEAD = len(MAGIC) + 4 + MAX_HEADER_BYTES
 
 
 def source_kind(source: str) -> SourceKind:
@@ -146,10 +160,28 @@ def encode_image(image: np.ndarray, camera: Camera) -> tuple[bytes, int, int]:
 
     if camera.resize is not None and (image.shape[1], image.shape[0]) != tuple(camera.resize):
         image = cv2.resize(image, camera.resize, interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, camera.jpeg_quality])
+    return _jpeg(image, camera.jpeg_quality)
+
+
+def _jpeg(image: np.ndarray, quality: int) -> tuple[bytes, int, int]:
+    import cv2
+
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise ValueError("JPEG encoding failed")
     return buf.tobytes(), int(image.shape[1]), int(image.shape[0])
+
+
+def _decoded(data: bytes) -> np.ndarray | None:
+    """An image's pixels; None when it cannot be decoded."""
+    import cv2
+    import numpy as np
+
+    # As stored, like the detector decodes frames: an EXIF rotation applied here alone would
+    # turn and squash the picture under zone polygons drawn on the camera's own frames.
+    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    image: np.ndarray | None = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    return image
 
 
 def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
@@ -157,21 +189,43 @@ def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
     if camera.resize is None and data.startswith(b"\xff\xd8"):
         width, height = jpeg_size(data)
         return data, width, height
-    import cv2
-    import numpy as np
-
-    # As stored, like the detector decodes frames: an EXIF rotation applied here alone would
-    # turn and squash the picture under zone polygons drawn on the camera's own frames.
-    flags = cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    image = _decoded(data)
     if image is None:
         raise ValueError("the snapshot URL did not return a decodable image")
     return encode_image(image, camera)
 
 
-def open_capture(source: str, base_dir: Path | None) -> object:
+def fit_jpeg(data: bytes, camera: Camera, budget: int) -> tuple[bytes, int, int] | None:
+    """A JPEG of at most ``budget`` bytes showing what ``data`` does: re-encoded at the
+    camera's ``jpeg_quality``, then scaled down (its aspect kept, so zones stay in place) until
+    it fits; None when it cannot be decoded or does not fit after :data:`FIT_STEPS` steps."""
     import cv2
 
+    image = _decoded(data)
+    if image is None:
+        return None
+    for _ in range(FIT_STEPS):
+        jpeg, width, height = _jpeg(image, camera.jpeg_quality)
+        if len(jpeg) <= budget:
+            return jpeg, width, height
+        # JPEG bytes go with the pixel count: a side scaled by the square root of the excess.
+        scale = min(0.9, 0.95 * (budget / len(jpeg)) ** 0.5)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    return None
+
+
+def open_capture(source: str, base_dir: Path | None) -> object:
+    """An opened capture, or one that is not (``isOpened()`` False) when it cannot be opened.
+
+    OpenCV opens every FFmpeg source under one lock of the whole process: an RTSP camera that
+    takes the connection and never answers would hold up every other open for the open's
+    timeout. Such a camera is asked first (:func:`rtsp_answers`), outside the lock.
+    """
+    import cv2
+
+    if urlsplit(source).scheme.lower() == "rtsp" and not rtsp_answers(source):
+        return cv2.VideoCapture()
     if source_kind(source) == "stream":
         # Interleaved TCP survives the packet loss that corrupts UDP RTP on busy networks.
         os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
@@ -181,6 +235,33 @@ def open_capture(source: str, base_dir: Path | None) -> object:
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         return cap
     return cv2.VideoCapture(str(resolve_path(source, base_dir)))
+
+
+def rtsp_answers(source: str, timeout: float = RTSP_PROBE_S) -> bool:
+    """Whether the RTSP server of ``source`` answers an OPTIONS request (any answer, a refusal
+    of the credentials too) within ``timeout`` s, the connection included. The request carries
+    no credentials. A URL whose host or port cannot be read is left to FFmpeg (True)."""
+    split = proxies.user_info(source)
+    bare = split[0] + split[2] if split is not None else source
+    try:
+        parts = urlsplit(bare)
+        address = (parts.hostname, parts.port or 554)
+    except ValueError:
+        return True
+    if not address[0]:
+        return True
+    request = f"OPTIONS {bare} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: gridpatrol\r\n\r\n"
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection(address, timeout=timeout) as sock:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.sendall(request.encode())
+            answered = bool(sock.recv(1))
+    except OSError:
+        answered = False
+    if not answered:
+        log.debug("%s: no RTSP answer within %g s", redact(source), timeout)
+    return answered
 
 
 class SnapshotRefused(Exception):
@@ -353,31 +434,82 @@ class CameraOutput:
         self.conn = conn
         self.topic = frame_topic(conn.prefix, camera.id)
         self.status_topic = camera_status_topic(conn.prefix, camera.id)
+        self.reply_topic = snapshot_topic(conn.prefix, camera.id)
         self.stats = CameraStats()
         self.latest: Frame | None = None
         self.online: bool | None = None
         self.closed = False
+        # The camera's file, which does not loop, has ended: no more frames come from it.
+        self.ended = False
         self._seq = 0
+        self._fit_said: set[bool] = set()  # frames re-encoded to fit (True) or dropped, said
         # Held while publishing, so that close() comes between two publications, never inside.
         self._lock = threading.Lock()
 
-    def publish(self, jpeg: bytes, width: int, height: int, ts: datetime | None = None) -> Frame:
-        """Publish a frame (and ``online`` before it); once closed, nothing is published."""
+    def publish(
+        self, jpeg: bytes, width: int, height: int, ts: datetime | None = None
+    ) -> Frame | None:
+        """Publish a frame (and ``online`` before it); once closed, nothing is published. None
+        when the frame cannot be made to fit the broker's packet limit (see :meth:`_fit`)."""
+        fitted = self._fit(jpeg, width, height)
+        if fitted is None:
+            return None
         with self._lock:
-            header = FrameHeader(ts or datetime.now(UTC), self._seq, self.camera.id, width, height)
-            frame = Frame(header, jpeg)
+            frame = self._numbered(*fitted, ts)
             if self.closed:
                 return frame
-            self._seq += 1
             self.latest = frame
             # Before the frame: a watcher never sees frames of an offline camera.
             self._set_status(True, force=False)
-            sent = self.conn.publish(self.topic, encode_frame(header, jpeg), qos=0)
+            sent = self.conn.publish(self.topic, encode_frame(frame.header, frame.image), qos=0)
         if sent:
             self.stats.published += 1
         else:
             self.stats.dropped += 1
         return frame
+
+    def reply_frame(self, jpeg: bytes, width: int, height: int) -> Frame | None:
+        """A frame for snapshot replies alone: numbered and fitted as a published one, but not
+        published, not the newest and no change of status (a grab beside the camera's own
+        source says nothing of how that one fares). None when it cannot be made to fit."""
+        fitted = self._fit(jpeg, width, height)
+        if fitted is None:
+            return None
+        with self._lock:
+            return self._numbered(*fitted, None)
+
+    def _numbered(self, jpeg: bytes, width: int, height: int, ts: datetime | None) -> Frame:
+        header = FrameHeader(ts or datetime.now(UTC), self._seq, self.camera.id, width, height)
+        self._seq += 1
+        return Frame(header, jpeg)
+
+    def _fit(self, jpeg: bytes, width: int, height: int) -> tuple[bytes, int, int] | None:
+        """The JPEG as is when its envelope fits the connection's packet limit (a snapshot
+        reply's, QoS 1 on the longer topic, with any header); else re-encoded smaller
+        (:func:`fit_jpeg`): a larger packet would make the broker drop the connection, and
+        every camera of this process with it. None, counted as dropped, when it cannot fit."""
+        budget = self.conn.max_payload(self.reply_topic, qos=1) - ENVELOPE_OVERHEAD
+        if len(jpeg) <= budget:
+            return jpeg, width, height
+        fitted = fit_jpeg(jpeg, self.camera, budget)
+        if fitted is None:
+            self.stats.dropped += 1
+        if (fitted is not None) not in self._fit_said:  # once for each outcome
+            self._fit_said.add(fitted is not None)
+            log.warning(
+                "camera %s: a frame of %d bytes (%dx%d) is over the %d bytes the broker's packet "
+                "limit leaves it; %s; not said again",
+                self.camera.id,
+                len(jpeg),
+                width,
+                height,
+                budget,
+                "re-encoded smaller to fit (set the camera's resize or jpeg_quality to spare the "
+                "work)"
+                if fitted is not None
+                else "dropped: it could not be re-encoded to fit",
+            )
+        return fitted
 
     def set_status(self, online: bool, force: bool = False) -> None:
         with self._lock:
@@ -447,9 +579,12 @@ class CameraPublisher(threading.Thread):
                 continue
             if not self.camera.loop:
                 log.info("camera %s: end of %s", self.camera.id, path.name)
+                self.output.ended = True
                 return
 
     def _file_missing(self, path: Path, what: str) -> None:
+        if self.stop_event.is_set():
+            return  # the open failed as ingest stops: no retry to announce
         self.output.stats.failures += 1
         self.output.set_status(False)
         log.error(
@@ -552,6 +687,8 @@ class CameraPublisher(threading.Thread):
         return published
 
     def _lost(self, backoff: float, why: str) -> None:
+        if self.stop_event.is_set():
+            return  # lost as ingest stops (the open may have waited long): no retry to announce
         self.output.stats.failures += 1
         self.output.set_status(False)
         log.warning(

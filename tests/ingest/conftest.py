@@ -148,6 +148,15 @@ def gridpatrol_proc() -> Iterator[Callable[..., IngestProcess]]:
             p.proc.wait(10)
 
 
+def write_clip(path: Path, frames: int) -> Path:
+    """A video of ``frames`` 64x36 frames at 10 fps, each a shade brighter than the last."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 36))
+    for i in range(frames):
+        writer.write(np.full((36, 64, 3), (10 * i) % 256, np.uint8))
+    writer.release()
+    return path
+
+
 def make_jpeg(width: int, height: int) -> bytes:
     image = np.zeros((height, width, 3), np.uint8)
     cv2.rectangle(image, (10, 10), (width // 2, height // 2), (0, 200, 255), -1)

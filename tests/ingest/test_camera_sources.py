@@ -210,7 +210,7 @@ def test_a_snapshot_declared_over_the_cap_is_refused_before_its_body(
     server = raw_server(huge)
     assert failed_grab(site_camera(server.url), 30, caplog) == [
         f"camera h1: grab from {server.url} failed: the response is 419430400 bytes, over the "
-        "20 MiB limit"
+        "16 MiB limit"
     ]
 
 
@@ -226,7 +226,7 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
 
     server = raw_server(endless)
     assert failed_grab(site_camera(server.url), 60, caplog) == [
-        f"camera h1: grab from {server.url} failed: the response goes on past the 20 MiB limit"
+        f"camera h1: grab from {server.url} failed: the response goes on past the 16 MiB limit"
     ]
     # Reading stopped there: the rest never left the camera (socket buffers hold a few MiB).
     assert server.answered.wait(30)

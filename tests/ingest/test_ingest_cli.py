@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -173,7 +174,9 @@ def fed(
     """Publish each (topic, payload) of ``bad``, then a valid frame of c1 (seq 5) that ends
     ``watch-frames --count 1``; its stderr and its dead letters, one per bad message."""
     good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), small_jpeg())
-    conn = MqttConnection(f"feeder-{component}", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
+    # The shared broker takes packets past the 16 MiB a connection sends by default.
+    settings = replace(MqttSettings.from_url(SHARED), max_packet_size=64 * 2**20)
+    conn = MqttConnection(f"feeder-{component}", settings, prefix=mqtt_prefix)
     assert conn.start(10)
     try:
         for topic, payload in [*bad, (f"{mqtt_prefix}/cameras/c1/frame", good)]:

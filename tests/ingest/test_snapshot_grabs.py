@@ -26,6 +26,8 @@ from gridpatrol.ingest.snapshot import encode_request
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 from gridpatrol.site import load_site
 
+from .conftest import write_clip
+
 SHARED = MqttSettings.from_url("mqtt://127.0.0.1:1883")
 
 
@@ -476,3 +478,76 @@ def test_a_failed_grab_judges_the_newest_frame_by_each_requests_own_arrival(
         "the request (over 5 s); not answered",
         "camera p1: answered snapshot request r1",
     ]
+
+
+def until_offline(statuses: Subscription) -> list[bytes]:
+    """The statuses that come until ``offline`` (or 20 s have passed)."""
+    seen: list[bytes] = []
+    deadline = time.monotonic() + 20
+    while b"offline" not in seen and time.monotonic() < deadline:
+        message = statuses.get(0.1)
+        if message is not None:
+            seen.append(message.payload)
+    return seen
+
+
+def reply_to(asker: MqttConnection, replies: Subscription, camera_id: str) -> Message | None:
+    asker.publish(snapshot_request_topic(asker.prefix, camera_id), encode_request("r1"), 1)
+    return replies.get(10)
+
+
+def test_a_request_after_a_file_ended_leaves_its_camera_offline_and_publishes_no_frame(
+    site_file: Callable[..., Path], mqtt_prefix: str, tmp_path: Path
+) -> None:
+    """Its grab read the file where the wall clock pointed, published that frame (taken by the
+    detector for a live one) and brought back a retained ``online`` that stayed until ingest
+    stopped. The request gets the file's last frame, still recent."""
+    path = write_clip(tmp_path / "clip.avi", 10)  # 1 s, sampled at 2 fps
+    camera = f"  - {{id: f1, source: '{path}', fps: 2, loop: false, location: {{address: a}}}}\n"
+    with serving(site_file, mqtt_prefix, "ended", camera, "f1") as (service, asker, replies, seen):
+        frames = asker.subscribe(f"{mqtt_prefix}/cameras/f1/frame", qos=0)
+        statuses = until_offline(seen)
+        frames.drain()  # those of the replay
+        last = service.outputs["f1"].latest
+        assert last is not None
+        # Stale, so a request is no longer answered from it at once (the stream's way).
+        time.sleep(max(0.0, 1.5 - (datetime.now(UTC) - last.header.ts).total_seconds()))
+        message = reply_to(asker, replies, "f1")
+        after = frames.drain()
+        statuses += [m.payload for m in seen.drain()]
+    assert statuses == [b"online", b"offline"]
+    assert after == []
+    assert service.outputs["f1"].stats.published == 2
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="f1", received_at=datetime.now(UTC))
+    assert (frame.header.request_id, frame.header.seq, frame.image) == ("r1", 1, last.image)
+
+
+def test_a_grab_beside_a_dead_stream_answers_the_request_alone(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second connection to a camera whose stream is lost may succeed: its frame is no sign
+    of the stream, so it neither goes on the frame topic nor brings the camera online."""
+    camera = SnapshotCamera()
+    source = "rtsp://127.0.0.1:9/x"
+    served = serving_c1(site_file, mqtt_prefix, "beside", source, camera, monkeypatch, caplog)
+    with served as (service, asker, replies, seen):
+        frames = asker.subscribe(f"{mqtt_prefix}/cameras/c1/frame", qos=0)
+        output = service.outputs["c1"]
+        stale = output.publish(camera.image, 64, 36, ts=datetime.now(UTC) - timedelta(seconds=5))
+        output.set_status(False)  # the stream is lost
+        statuses = until_offline(seen)
+        assert frames.get(10) is not None  # the stale frame
+        message = reply_to(asker, replies, "c1")
+        after = frames.drain()
+        statuses += [m.payload for m in seen.drain()]
+    assert camera.grabs == 1
+    assert statuses == [b"online", b"offline"]
+    assert after == []
+    assert (output.latest, output.online, output.stats.published) == (stale, False, 1)
+    assert message is not None
+    frame = decode_frame(message.payload, topic_camera_id="c1", received_at=datetime.now(UTC))
+    assert (frame.header.request_id, frame.header.seq, frame.image) == ("r1", 1, camera.image)
