@@ -13,8 +13,12 @@ detected objects (persons, vehicles) are excluded from both the result and the l
 learning, so passers-by neither count nor smear into the background; a global light change
 (clouds, dusk, street lights, the camera's auto-exposure) is removed before comparing. Light
 scales brightness, so bright pixels move more than dark ones: the change is fitted as a gain
-and an offset (``S ≈ gain·B + offset``), robustly, so an object on a minority of the zone is
-not taken for one.
+and an offset (``S ≈ gain·B + offset``), robustly, on the current frame's pixels that are not
+foreground still, so an object on a minority of the zone is not taken for one, also while
+``B`` learns it. A fit under which the zone no longer follows its background's grey levels (a
+gain near 0), or, on a zone of one grey level, one that would leave foreground most of what
+the last frame's light explained, is an object over most of the zone, not a light change: the
+last frame's light is kept, moved along as ``B`` learns.
 
 An object that stays is absorbed into ``B`` in the end; when it is taken away, the uncovered
 ground differs from ``B`` and would look like a new object (a *ghost*). So each pixel also keeps
@@ -38,6 +42,7 @@ Gray = NDArray[np.uint8]
 FloatImage = NDArray[np.float32]
 Mask = NDArray[np.bool_]
 Polygon = tuple[tuple[float, float], ...]
+Light = tuple[float, float]  # gain, offset: S ≈ gain·B + offset
 
 
 @dataclass(frozen=True)
@@ -64,17 +69,54 @@ class BackgroundParams:
 GAP_WEIGHT = 0.1
 GAP_OUTLIER = 4.0
 # The gain of a light change is fitted on the zone's pixels binned by their background grey
-# level, LIGHT_BIN levels a bin: the median of S − B in each bin against the mean of B, so an
-# object on a minority of a bin's pixels does not move its point. The gain is the weighted
-# median of the slopes between bins at least LIGHT_MIN_DX levels apart (weights: both bins'
-# pixels and their distance), clamped to [GAIN_MIN, GAIN_MAX]; a flat zone (one bin) has gain
-# 1. The darkest and the brightest bin are left out: a pixel clipped at black or white in B
-# does not show how the light changed (a lamp, a sign lit from inside, a sky out of range).
+# level, LIGHT_BIN levels a bin: the median of frame − B in each bin against the mean of B, so
+# an object on a minority of a bin's pixels does not move its point. The gain is a repeated
+# median of the slopes between bins at least LIGHT_MIN_DX levels apart: each bin's median slope
+# to the others (weighted by their pixels), then the median of those (weighted by the bin's
+# pixels). An object on a minority of the zone so moves the gain by no more than the noise,
+# however far its grey levels lie from the rest: the weighted median of all slopes, weighted by
+# distance too, let pixels at levels the rest of the zone has not set the gain. A bin of fewer
+# than LIGHT_BIN_SHARE of the pixels (or LIGHT_BIN_PX) has no say, its median being noise. The
+# darkest and the brightest bin of B, and pixels in those of the frame, are left out: a pixel
+# clipped at black or white does not show how the light changed (a lamp, a sign lit from
+# inside, a sky out of range, a scene over-exposed).
 LIGHT_BIN = 8
-LIGHT_SAMPLE_PX = 4096  # a larger crop's gain is fitted on a quarter of its pixels
+LIGHT_BIN_SHARE = 0.01
+LIGHT_BIN_PX = 4
+LIGHT_SAMPLE_PX = 4096  # a larger crop's gain is fitted on a share of its pixels
 LIGHT_MIN_DX = 4.0
-GAIN_MIN = 0.3
+# A gain measured below GAIN_MIN is no light change: the zone's pixels no longer follow their
+# background's grey levels (an object of its own look covers them), so the last light is kept.
+# One above GAIN_MAX is clamped (street lights coming on over a dark zone).
+GAIN_MIN = 0.2
 GAIN_MAX = 3.0
+# The light is fitted on the pixels not changed (foreground since they last looked clean) and
+# on changed ones B has learned: within LIGHT_SETTLED grey levels of the frame in the last
+# frame's light. While B learns a pile, its pixels in B pass through grey levels the rest of
+# the zone may not have, where they alone set the bins' points (a pile on 17 % of plain asphalt
+# was taken for a light twice as bright within the hour). Nor do they count again as soon as
+# they are no longer foreground, still some 25 levels off: of a pile over most of the zone, the
+# part of lower contrast is learned first and would draw the light after it. Learned, they
+# count again, so an object that stays for good (a hoarding over the whole zone) does not keep
+# the zone from the light for good. When fewer than LIGHT_MIN_SHARE of the usable pixels (or
+# LIGHT_MIN_PX) are left, an object covers nearly all of the zone, and the pixels left are as
+# likely its last ones not yet stable: the last light is kept.
+LIGHT_SETTLED = 8.0
+LIGHT_MIN_SHARE = 0.1
+LIGHT_MIN_PX = 16
+# When all but LIGHT_SHOWN_MIN of the pixels are clipped in the frame (over- or under-exposed),
+# the light is one that clips every pixel as the frame does.
+LIGHT_SHOWN_MIN = 0.1
+# A zone of one grey level shows no gain: its light is taken as a gain alone (light scales
+# brightness), and an object on most of it moves the median as a light would. So there, a
+# fitted light is not taken when it would leave foreground more than LIGHT_LOST_MAX of the
+# fitted pixels the last frame's light explained, and at least LIGHT_LOST_MIN of all of them:
+# a light change moves every pixel alike, so the pixels that looked right before still do,
+# while the light fitted to an object on most of the zone cancels the object and puts the
+# clean rest of the zone in its place. The floor keeps a few pixels near the threshold from
+# vetoing a light that explains the rest.
+LIGHT_LOST_MAX = 0.5
+LIGHT_LOST_MIN = 0.05
 _LEVELS = np.arange(256, dtype=np.float64).reshape(256 // LIGHT_BIN, LIGHT_BIN)
 # A frame this much before the model's last one is on a clock stepped back (the worker's
 # CLOCK_RESET_S): a camera resynchronised, or one whose clock went back while the worker was
@@ -96,6 +138,10 @@ class BackgroundState:
     # for saving: a model is only taken back by the same zone. None = not known (saved by an
     # earlier version: taken back once on the old rule, see CameraPipeline.restore_backgrounds).
     polygon: Polygon | None = None
+    # The light (gain, offset) S was in over B in the last frame, carried to the B it learned:
+    # what a fitted light is checked against. None = not known (a model saved by an earlier
+    # version): the next fitted light is taken as it is.
+    light: Light | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +192,10 @@ def step(
     frame = gray.astype(np.float32)
     if state is None or state.background.shape != frame.shape:
         nothing = np.zeros(frame.shape, dtype=bool)
-        return BackgroundState(frame, frame.copy(), t, t, ~objects, frame.copy(), nothing), nothing
+        seeded = BackgroundState(
+            frame, frame.copy(), t, t, ~objects, frame.copy(), nothing, light=(1.0, 0.0)
+        )
+        return seeded, nothing
     state = _on_clock(state, t)
     dt = t - state.t
     newly = ~state.known & ~objects
@@ -154,7 +203,12 @@ def step(
     base = np.where(newly, frame, state.background)
     short = state.short + _alpha(dt, params.short_s) * (frame - state.short)
     inside = zone_mask & ~objects & known
-    gain, offset = _light(short, base, inside)  # the global light change, S ≈ gain·B + offset
+    # The global light change, S ≈ gain·B + offset, fitted on the frame rather than on S: while
+    # S moves to a new look it is the blend (1 − a)·B + a·new, which is just what B in a light
+    # 1 − a as bright looks like, so a pile filling the zone passed for a dimming light on its
+    # way in. A pixel the frame's light explains is never static foreground either: it would
+    # have to agree with the frame (stable) and still be far from the light's B.
+    gain, offset = _light(frame, base, inside, state.changed, state.light, params.fg_threshold)
     stable = np.abs(frame - short) < params.stable_threshold
     differs = np.abs(short - _in_light(base, gain, offset)) > params.fg_threshold
     candidate = differs & stable & zone_mask & known
@@ -181,27 +235,67 @@ def step(
         clean,
         changed,
         _typical_gap(state.gap, dt, params),
+        light=_carried(gain, offset, learn),
     )
     return new_state, static
 
 
-def _light(short: FloatImage, base: FloatImage, inside: Mask) -> tuple[float, float]:
-    """The zone's light change from ``base`` to ``short`` as (gain, offset), fitted on the
-    ``inside`` pixels: the gain from :func:`_gain`, the offset the median of what is left."""
-    if not inside.any():
-        return 1.0, 0.0
-    x = base[inside]
-    y = short[inside]
-    if inside.size > LIGHT_SAMPLE_PX:  # the gain from every other row and column is as good
-        sample = inside[::2, ::2]
-        gain = _gain(base[::2, ::2][sample], short[::2, ::2][sample]) if sample.any() else 1.0
-    else:
-        gain = _gain(x, y)
-    return gain, float(np.median(y - gain * x))
+def _light(
+    frame: FloatImage,
+    base: FloatImage,
+    inside: Mask,
+    changed: Mask,
+    held: Light | None,
+    threshold: float,
+) -> Light:
+    """The zone's light change from ``base`` to ``frame`` as (gain, offset), fitted on the
+    ``inside`` pixels not foreground still (see LIGHT_MIN_PX): the gain from :func:`_gain`,
+    the offset the median of what is left. The ``held`` light (the last frame's) is kept instead
+    when the fit is no light change (see GAIN_MIN, LIGHT_LOST_MAX)."""
+    fit = inside  # without a last light (a model saved by an earlier version), as before
+    if held is not None:
+        learned = np.abs(frame - _in_light(base, *held)) <= LIGHT_SETTLED
+        fit = inside & (~changed | learned)
+    left = np.count_nonzero(fit)
+    if left < max(LIGHT_MIN_SHARE * np.count_nonzero(inside), LIGHT_MIN_PX):
+        return held or (1.0, 0.0)
+    x = base[fit]
+    y = frame[fit]
+    shows = (y >= LIGHT_BIN) & (y < 256 - LIGHT_BIN)
+    if np.count_nonzero(shows) < LIGHT_SHOWN_MIN * y.size:
+        white = 2 * np.count_nonzero(y >= 256 - LIGHT_BIN) > y.size
+        return (1.0, 255.0) if white else (1.0, -255.0)
+    xs = x[shows]
+    ys = y[shows]
+    every = -(-xs.size // LIGHT_SAMPLE_PX)  # the gain from a share of the pixels is as good
+    gain, measured = _gain(xs[::every], ys[::every])
+    if measured and gain < GAIN_MIN:
+        if held is not None:
+            return held
+        gain = GAIN_MIN  # nothing to keep (a model saved by an earlier version)
+    offset = float(np.median(ys - gain * xs))
+    if measured or held is None:
+        return gain, offset
+    before = np.abs(y - _in_light(x, *held)) <= threshold
+    lost = int(np.count_nonzero(before & (np.abs(y - _in_light(x, gain, offset)) > threshold)))
+    if lost > LIGHT_LOST_MAX * int(np.count_nonzero(before)) and lost > LIGHT_LOST_MIN * y.size:
+        return held
+    return gain, offset
 
 
-def _gain(x: FloatImage, y: FloatImage) -> float:
-    """The gain of ``y`` over ``x`` (the pixels' S over their B): see LIGHT_BIN."""
+def _carried(gain: float, offset: float, learn: float) -> Light:
+    """The light ``(gain, offset)`` of S over B, over B after it learned ``learn`` of S: B
+    learns the light as it learns anything, so a light held while the zone is covered fades
+    as B takes in the new look."""
+    scale = 1.0 + learn * (gain - 1.0)
+    return gain / scale, offset * (1.0 - learn) / scale
+
+
+def _gain(x: FloatImage, y: FloatImage) -> tuple[float, bool]:
+    """The gain of ``y`` over ``x`` (the pixels' frame over their B), see LIGHT_BIN, and
+    whether the pixels' grey levels showed it; when not (one grey level), the gain alone that
+    moves their median. A measured one is not clamped below: under GAIN_MIN it says the pixels
+    do not follow their grey levels."""
     bins = 256 // LIGHT_BIN
     x_levels = np.clip(x.astype(np.intp), 0, 255)
     k = x_levels // LIGHT_BIN
@@ -211,24 +305,38 @@ def _gain(x: FloatImage, y: FloatImage) -> float:
     hist = np.bincount(k * 511 + d_levels, minlength=bins * 511).reshape(bins, 511)
     hist[[0, -1]] = 0  # B clipped at black or white
     count = hist.sum(axis=1)
-    present = np.flatnonzero(count)
-    if present.size < 2:
-        return 1.0
-    n = count[present]
-    median_d = np.argmax(2 * hist[present].cumsum(axis=1) >= n[:, None], axis=1)
     # The mean of B in each bin, from its whole levels (+ 0.5 for the fractions cut off).
     x_hist = np.bincount(x_levels, minlength=256).reshape(bins, LIGHT_BIN)
-    mean_x = (x_hist * _LEVELS).sum(axis=1)[present] / n + 0.5
+    sum_x = (x_hist * _LEVELS).sum(axis=1)
+    total = int(count.sum())
+    if total == 0:
+        return 1.0, False
+    present = np.flatnonzero(count >= max(LIGHT_BIN_SHARE * total, LIGHT_BIN_PX))
+    n = count[present]
+    mean_x = sum_x[present] / n + 0.5
+    median_d = np.argmax(2 * hist[present].cumsum(axis=1) >= n[:, None], axis=1) - 255
     dx = mean_x[:, None] - mean_x[None, :]
-    pairs = dx >= LIGHT_MIN_DX  # each pair once, the brighter bin first
-    if not pairs.any():
-        return 1.0
-    slopes = 1.0 + (median_d[:, None] - median_d[None, :])[pairs] / dx[pairs]
-    weights = (n[:, None] * n[None, :] * dx)[pairs]
-    order = np.argsort(slopes)
-    cumulative = np.cumsum(weights[order])
-    median = slopes[order][np.searchsorted(cumulative, cumulative[-1] / 2)]
-    return float(np.clip(median, GAIN_MIN, GAIN_MAX))
+    pairs = np.abs(dx) >= LIGHT_MIN_DX
+    voters = pairs.any(axis=1)
+    if not voters.any():  # one grey level: the gain alone that moves its median
+        d = float(np.argmax(2 * hist.sum(axis=0).cumsum() >= total)) - 255.0
+        mean = float(sum_x[count > 0].sum()) / total + 0.5
+        return float(np.clip(1.0 + d / mean, GAIN_MIN, GAIN_MAX)), False
+    slopes = 1.0 + (median_d[:, None] - median_d[None, :]) / np.where(pairs, dx, 1.0)
+    weights = np.where(pairs, n[None, :], 0)
+    votes = _weighted_medians(slopes[voters], weights[voters])
+    median = _weighted_medians(votes[None, :], n[voters][None, :])[0]
+    return float(min(median, GAIN_MAX)), True
+
+
+def _weighted_medians(values: NDArray[np.float64], weights: NDArray[Any]) -> NDArray[np.float64]:
+    """The weighted median of each row of ``values``: the lowest value at which the weights of
+    the values up to it reach half the row's."""
+    order = np.argsort(values, axis=1)
+    cumulative = np.take_along_axis(weights, order, axis=1).cumsum(axis=1)
+    at = np.argmax(2 * cumulative >= cumulative[:, -1:], axis=1)
+    medians: NDArray[np.float64] = np.take_along_axis(values, order, axis=1)[np.arange(len(at)), at]
+    return medians
 
 
 def _in_light(image: FloatImage, gain: float, offset: float) -> FloatImage:
@@ -295,6 +403,8 @@ def encode(state: BackgroundState) -> bytes:
     }
     if state.polygon is not None:
         arrays["polygon"] = np.asarray(state.polygon, dtype=np.float64)
+    if state.light is not None:
+        arrays["light"] = np.asarray(state.light, dtype=np.float64)
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
     return buffer.getvalue()
@@ -310,6 +420,8 @@ def decode(data: bytes) -> BackgroundState:
             # Models saved before the zone was kept with them have none: taken back once, on
             # the old rule (the same crop shape).
             polygon = _polygon(npz["polygon"]) if "polygon" in npz.files else None
+            # Models saved before the light was kept have none: the next fit is taken as is.
+            light = _light_of(npz["light"]) if "light" in npz.files else None
             state = BackgroundState(
                 npz["background"].astype(np.float32),
                 npz["short"].astype(np.float32),
@@ -320,6 +432,7 @@ def decode(data: bytes) -> BackgroundState:
                 npz["changed"].astype(bool),
                 gap,
                 polygon,
+                light,
             )
     except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a stored background model: {exc}") from exc
@@ -327,6 +440,13 @@ def decode(data: bytes) -> BackgroundState:
     if shapes != {state.background.shape}:
         raise ValueError("not a stored background model: its images differ in size")
     return state
+
+
+def _light_of(values: NDArray[np.float64]) -> Light:
+    if values.shape != (2,) or not np.isfinite(values).all():
+        raise ValueError(f"a light of {values.tolist()}")
+    gain, offset = values.tolist()
+    return float(gain), float(offset)
 
 
 def _polygon(points: NDArray[np.float64]) -> Polygon:

@@ -485,7 +485,7 @@ def test_a_modest_contrast_pile_outlasts_the_default_dwell(rules: dict[str, Any]
     # before the dwell was over, and nothing was raised.
     assert [(e.kind, (e.t - T0).total_seconds(), (e.first_seen - T0).total_seconds())
             for e in events] == [
-        ("raise", 2110.0, 310.0), ("update", 2240.0, 310.0), ("clear", 2310.0, 310.0),
+        ("raise", 2110.0, 310.0), ("update", 2230.0, 310.0), ("clear", 2330.0, 310.0),
     ]  # fmt: skip
 
 
