@@ -19,6 +19,7 @@ pipeline is the worker's, so a video is judged on the detections the worker woul
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import json
@@ -104,65 +105,89 @@ def expand(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
 
     Given files are taken as they are; folders recursively (images and videos, the suffix in
     any case), into linked folders too, each folder once (a link back up is no endless loop).
-    Problems: a given folder that holds none, a folder that cannot be listed, and a link with
-    an image's or a video's name that leads nowhere or cannot be followed."""
+    Problems: a given folder that holds none, a folder that cannot be listed, a file that cannot
+    be looked at (in a folder that can be listed but not entered, e.g. mode ``r--``), and a
+    link with an image's or a video's name that leads nowhere or cannot be followed.
+    :class:`ScanError` for a given file or folder that does not exist."""
     found: list[Path] = []
     problems: list[str] = []
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
+        try:
+            mode = path.stat().st_mode
+        except OSError as exc:
+            # Path.exists() says False on these, so they stay "no such file or folder"; any
+            # other error (a folder above that cannot be entered) is that file's failure.
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF):
+                raise ScanError(f"{raw}: no such file or folder") from None
+            problems.append(f"{raw}: cannot be read ({exc.strerror or exc})")
+            continue
+        if stat_module.S_ISDIR(mode):
             inside, trouble = _walk(path)
             found.extend(inside)
             problems.extend(trouble)
             if not inside and not trouble:
                 problems.append(f"{raw}: no images or videos found")
-        elif path.exists():
-            found.append(path)
         else:
-            raise ScanError(f"{raw}: no such file or folder")
+            found.append(path)
     return found, problems
 
 
 def _walk(root: Path) -> tuple[list[Path], list[str]]:
-    """The images and videos under ``root`` (sorted) and the problems met on the way."""
+    """The images and videos under ``root`` (sorted) and the problems met on the way.
+
+    A folder reached both as itself and by a link is scanned under its own path: the folders
+    reached without a link are walked first, then the linked ones whose folders were not seen
+    yet (those reached by one link before those that take two), each again without following
+    the links inside, which are walked after it."""
     found: list[Path] = []
     problems: list[str] = []
     seen: set[tuple[int, int]] = set()
+    trees = [root]  # the root, then each linked folder met, in the order met
 
     def unlisted(exc: OSError) -> None:
         problems.append(f"{exc.filename}: cannot list the folder ({exc.strerror or exc})")
 
     # Path.rglob does not enter linked folders (a camera share mounted by a link), so walk.
-    for folder, dirs, files in os.walk(root, onerror=unlisted, followlinks=True):
-        try:
-            stat = Path(folder).stat()
-        except OSError as exc:
-            unlisted(exc)
-            dirs[:] = []
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:  # reached again by a link: a loop or a twin
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
-        dirs.sort()
-        for name in files:
-            file = Path(folder, name)
-            if file.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
-                continue
+    for top in trees:  # grows while walked
+        for folder, dirs, files in os.walk(top, onerror=unlisted):
             try:
-                mode = file.stat().st_mode
+                stat = Path(folder).stat()
             except OSError as exc:
-                # os.walk lists a link it cannot follow as a file: a dangling one above all.
-                what = (
-                    f"a link to {file.readlink()} that cannot be followed"
-                    if file.is_symlink()
-                    else "cannot be read"
-                )
-                problems.append(f"{file}: {what} ({exc.strerror or exc})")
+                unlisted(exc)
+                dirs[:] = []
                 continue
-            if stat_module.S_ISREG(mode):
-                found.append(file)
+            if (stat.st_dev, stat.st_ino) in seen:  # reached again by a link: a loop or a twin
+                dirs[:] = []
+                continue
+            seen.add((stat.st_dev, stat.st_ino))
+            dirs.sort()
+            # os.path.islink says no where Path.is_symlink raises: in a folder that can be
+            # listed but not entered, whose folders os.walk then names as unlistable.
+            subfolders = [Path(folder, name) for name in dirs]
+            trees.extend(sub for sub in subfolders if os.path.islink(sub))  # noqa: PTH114
+            for name in files:
+                file = Path(folder, name)
+                if file.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                    continue
+                try:
+                    mode = file.stat().st_mode
+                except OSError as exc:
+                    problems.append(f"{file}: {_unfollowed(file)} ({exc.strerror or exc})")
+                    continue
+                if stat_module.S_ISREG(mode):
+                    found.append(file)
     return sorted(found), problems
+
+
+def _unfollowed(file: Path) -> str:
+    """Why a listed file cannot be looked at: a link that leads nowhere (os.walk lists a link
+    it cannot follow as a file), else it cannot be read (its folder can be listed but not
+    entered, e.g. mode ``r--``, where Path.is_symlink fails too: only the link is read)."""
+    try:
+        return f"a link to {file.readlink()} that cannot be followed"
+    except OSError:  # not a link (EINVAL), or not even that can be read (EACCES)
+        return "cannot be read"
 
 
 def decode_image(source: Path | bytes, flags: int = cv2.IMREAD_COLOR) -> NDArray[np.uint8] | None:
@@ -200,10 +225,11 @@ def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[n
 
     ``t`` is the frame's own timestamp (seconds from the start): a variable-frame-rate video
     (a phone's, a recorder's that drops frames) places its frames at its own times, which the
-    average rate the container gives would not. A frame without a usable timestamp (none, or
-    not after the last one) is placed one native frame period after the last one, or at its
-    index at the native rate when that is later; a container without a usable rate is read as
-    25 fps. :class:`ScanError` when the video cannot be opened."""
+    average rate the container gives would not. A frame less than half a frame period before a
+    sampling time is taken for it (containers round the times). A frame without a usable
+    timestamp (none, or not after the last one) is placed one native frame period after the
+    last one, or at its index at the native rate when that is later; a container without a
+    usable rate is read as 25 fps. :class:`ScanError` when the video cannot be opened."""
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise ScanError(f"{path}: not a readable video")
@@ -213,6 +239,7 @@ def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[n
         # at t = 0 or nowhere: none past the first would ever be sampled.
         native = 25.0
     step = 1.0 / fps
+    period = 1.0 / native
     next_t = 0.0
     last = -math.inf
     index = 0
@@ -220,9 +247,16 @@ def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[n
         while cap.grab():
             t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
             if not (math.isfinite(t) and t >= 0 and t > last):
-                t = max(index / native, last + 1.0 / native)
+                t = max(index / native, last + period)
+            # Containers round the times (Matroska to 1 ms: 33, 67, 100 ms at 30 fps), so the
+            # frame due at a sampling time may come a little before it: one less than half a
+            # frame period early is taken for it. The period is the shortest of the native one,
+            # the time since the frame before (a variable-frame-rate video's average rate would
+            # take a frame of a fast stretch far too early) and the sampling step; a frame
+            # exactly half a period early is not taken (a tie goes to the later frame).
+            tolerance = max(1e-6, 0.5 * min(period, t - last, step) - 1e-6)
             last = t
-            if t + 1e-6 >= next_t:
+            if t + tolerance >= next_t:
                 ok, image = cap.retrieve()
                 if ok:
                     yield index, t, np.asarray(image, dtype=np.uint8)
@@ -524,6 +558,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         files, problems = expand(args.paths)
+    except ScanError as exc:
+        print(f"scan: {exc}", file=sys.stderr)
+        return 2
+    try:
         # Checked whatever the backend, before the model loads: a misspelt folder is a
         # mistake on any backend, and ultralytics would otherwise run without a word.
         folder = heads_folder(args.heads)

@@ -113,23 +113,11 @@ def test_video_is_sampled_at_fps(shared_dir: Path) -> None:
     assert any(d["label"] == "car" for r in records for d in r["detections"])
 
 
-def scan_patched(patch: str, *args: str) -> tuple[int, list[dict[str, Any]], str]:
-    """:func:`scan` with ``cv2.VideoCapture`` replaced, in the command's own process, by a
-    wrapper of the real one whose methods ``patch`` overrides (a container or decoder that
-    misbehaves). A Python subclass of ``cv2.VideoCapture`` crashes the interpreter now and
-    then; the wrapper does not."""
+def scan_after(prelude: str, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """:func:`scan` with ``prelude`` run first in the command's own process (to replace what
+    the scan calls by one that fails as the OS or a container would)."""
     program = (
-        "import sys, cv2, math\n"
-        "class Capture:\n"
-        "    def __init__(self, *args):\n"
-        "        self.cap = Real(*args)\n"
-        "    def __getattr__(self, name):\n"
-        "        return getattr(self.cap, name)\n"
-        f"{patch}\n"
-        "Real = cv2.VideoCapture\n"
-        "cv2.VideoCapture = Capture\n"
-        "from gridpatrol.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
+        f"import sys\n{prelude}from gridpatrol.cli import main\nsys.exit(main(sys.argv[1:]))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", program, "--log-level", "WARNING", "scan", *args],
@@ -140,6 +128,61 @@ def scan_patched(patch: str, *args: str) -> tuple[int, list[dict[str, Any]], str
     )
     records = [json.loads(line) for line in proc.stdout.splitlines()]
     return proc.returncode, records, proc.stderr
+
+
+def scan_patched(patch: str, *args: str) -> tuple[int, list[dict[str, Any]], str]:
+    """:func:`scan` with ``cv2.VideoCapture`` replaced, in the command's own process, by a
+    wrapper of the real one whose methods ``patch`` overrides (a container or decoder that
+    misbehaves). A Python subclass of ``cv2.VideoCapture`` crashes the interpreter now and
+    then; the wrapper does not."""
+    prelude = (
+        "import cv2, math\n"
+        "class Capture:\n"
+        "    def __init__(self, *args):\n"
+        "        self.cap = Real(*args)\n"
+        "    def __getattr__(self, name):\n"
+        "        return getattr(self.cap, name)\n"
+        f"{patch}\n"
+        "Real = cv2.VideoCapture\n"
+        "cv2.VideoCapture = Capture\n"
+    )
+    return scan_after(prelude, *args)
+
+
+def write_mkv(path: Path, fps: float, count: int) -> Path:
+    """A Matroska video as OpenCV's FFmpeg writer makes it (MJPG): its frames' times rounded
+    to the millisecond, as Matroska stores them."""
+    writer = cv2.VideoWriter(
+        str(path), cv2.CAP_FFMPEG, cv2.VideoWriter.fourcc(*"MJPG"), fps, (64, 48)
+    )
+    for k in range(count):
+        writer.write(np.full((48, 64, 3), 2 * k % 256, dtype=np.uint8))
+    writer.release()
+    return path
+
+
+@pytest.mark.parametrize(
+    ("native", "count", "eighth"),
+    [(30.0, 90, 0.233), (30000 / 1001, 120, 0.234)],
+    ids=["30", "29.97"],
+)
+def test_a_video_whose_times_are_rounded_is_sampled_at_its_own_rate_whole(
+    tmp_path: Path, native: float, count: int, eighth: float
+) -> None:
+    """Frames at 33, 67, 100 ms (Matroska's milliseconds) are those due at 33.3, 66.7, 100 ms:
+    sampled at the video's own rate every frame is taken, not two of three, and at half its
+    rate every other one."""
+    from gridpatrol.detectors.scan import video_frames
+
+    clip = write_mkv(tmp_path / "clip.mkv", native, count)
+    times = [round(t, 3) for _, t, _ in video_frames(clip, 1000.0)]
+    assert times[:8] == [0.0, 0.033, 0.067, 0.1, 0.133, 0.167, 0.2, eighth]
+    assert len(times) == count
+    assert [index for index, _, _ in video_frames(clip, native)] == list(range(count))
+    assert [index for index, _, _ in video_frames(clip, native / 2)] == list(range(0, count, 2))
+    code, records, stderr = scan("--fps", str(native), str(clip))
+    assert code == 0, stderr
+    assert [r["frame"] for r in records] == list(range(count))
 
 
 @pytest.mark.parametrize("rate", ["math.nan", "-12.0", "math.inf"], ids=["nan", "negative", "inf"])
@@ -556,6 +599,67 @@ def test_a_folder_that_cannot_be_listed_is_named(
             f"{locked}: cannot list the folder (Permission denied)",
             f"{empty}: no images or videos found",
         ],
+    )
+
+
+DENY_STAT = (
+    "import errno, os\n"
+    "real_stat = os.stat\n"
+    "def stat(path, *args, **kwargs):\n"
+    "    if os.fspath(path) in DENIED:\n"
+    "        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))\n"
+    "    return real_stat(path, *args, **kwargs)\n"
+    "os.stat = stat\n"
+)
+
+
+def test_a_file_in_a_folder_that_cannot_be_entered_is_named_and_the_rest_scanned(
+    tmp_path: Path,
+) -> None:
+    """A folder that can be listed but not entered (mode r--, after a chmod -R 644): its files
+    are named but cannot be looked at. Each is a failure named on stderr and the rest are
+    scanned, in a folder or given by name, not a model that "cannot load" and no scan at all.
+    (The tests may run as root, who enters any folder: the refusal is the one the OS gives,
+    for the file and its link alike.)"""
+    (tmp_path / "locked").mkdir()
+    shutil.copy(ASSETS / "bus.jpg", tmp_path / "a.jpg")
+    locked = tmp_path / "locked" / "c.jpg"
+    shutil.copy(ASSETS / "zidane.jpg", locked)
+    prelude = f"DENIED = {{{str(locked)!r}}}\n{DENY_STAT}"
+    code, records, stderr = scan_after(prelude, str(tmp_path))
+    assert code == 1, stderr
+    assert [r["source"] for r in records] == [str(tmp_path / "a.jpg")]
+    assert stderr.splitlines()[0] == f"scan: {locked}: cannot be read (Permission denied)"
+    assert "[1/1]" in stderr and "model" not in stderr
+    code, records, stderr = scan_after(prelude, str(locked), str(tmp_path / "a.jpg"))
+    assert code == 1, stderr
+    assert [r["source"] for r in records] == [str(tmp_path / "a.jpg")]
+    assert stderr.splitlines()[0] == f"scan: {locked}: cannot be read (Permission denied)"
+    assert "[1/1]" in stderr and "model" not in stderr
+
+
+def test_a_folder_reached_by_a_link_too_is_scanned_under_its_own_path(tmp_path: Path) -> None:
+    """A link to a folder of the scan, named before it or nearer the top, does not hide it:
+    the records name the folder's own path. A folder outside is scanned by its link."""
+    from gridpatrol.detectors import scan as scan_module
+
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    shutil.copy(ASSETS / "bus.jpg", root / "real" / "a.jpg")
+    (root / "alias").symlink_to(root / "real")
+    assert scan_module.expand([str(root)]) == ([root / "real" / "a.jpg"], [])
+    deep = root / "z" / "deeper" / "real"
+    deep.mkdir(parents=True)
+    shutil.copy(ASSETS / "bus.jpg", deep / "b.jpg")
+    (root / "a_link").symlink_to(deep)
+    outside = tmp_path / "share"
+    outside.mkdir()
+    shutil.copy(ASSETS / "bus.jpg", outside / "c.jpg")
+    (root / "z" / "share").symlink_to(outside)
+    (outside / "back").symlink_to(deep)  # reached through a link, and directly
+    assert scan_module.expand([str(root)]) == (
+        [root / "real" / "a.jpg", deep / "b.jpg", root / "z" / "share" / "c.jpg"],
+        [],
     )
 
 
