@@ -14,9 +14,13 @@ import pytest
 from gridpatrol.alarm_bridge.candidates import iso
 from gridpatrol.ingest.topics import sensor_alarm_topic
 
+from ..conftest import Mosquitto
 from .conftest import BridgeRig
 
-BROKER = "mqtt://127.0.0.1:1883"
+# A broker of the test's own: the persistent sessions of the bridge and of the dead-letter
+# watcher (kept a day) and the retained statuses go with it, none is left on a shared broker.
+# No other test's traffic reaches it, so one prefix serves every test.
+PREFIX = "gptest-candidates"
 
 SITE = """
 site: {{name: 候选测试}}
@@ -28,8 +32,8 @@ sensors:
 
 
 @pytest.fixture
-def rig(tmp_path: Path, api_server: Any, mqtt_prefix: str) -> Iterator[BridgeRig]:
-    with BridgeRig(tmp_path, BROKER, api_server, mqtt_prefix, SITE.format(prefix=mqtt_prefix)) as r:
+def rig(tmp_path: Path, api_server: Any, mosquitto: Mosquitto) -> Iterator[BridgeRig]:
+    with BridgeRig(tmp_path, mosquitto.url, api_server, PREFIX, SITE.format(prefix=PREFIX)) as r:
         yield r
 
 
