@@ -476,10 +476,13 @@ class CameraPipeline:
         }
 
     def forget(self, zone_id: str, rule: str) -> None:
-        """Drop the (zone, rule) episode state: its next occupancy has a dwell of its own."""
+        """Drop the raised (zone, rule) episode whose last sighting ``last_seen`` gives (the
+        worker ended it there): its next occupancy has a dwell of its own. Episodes over while
+        the zone's schedule is off that were never raised stay, to be raised and cleared when
+        it opens, and so does a dwell running."""
         for zr in self.zones:
-            if zr.zone.id == zone_id:
-                zr.states.pop(rule, None)
+            if zr.zone.id == zone_id and (st := zr.states.get(rule)) is not None:
+                zr.states[rule] = st.without_raised()
 
     # -- internals ---------------------------------------------------------------------------
 

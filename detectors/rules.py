@@ -355,9 +355,10 @@ class Ended:
 class RuleState:
     """idle → pending (condition holds, dwell running) → active (raised) → idle (cleared).
 
-    missed: a frame without the condition was judged since ``last_seen`` (without one, the time
-    since is frames that never came, not an absence). ended: episodes over while nothing could
-    be reported, oldest first, whose transitions the first frame that may report emits.
+    missed: the first and the latest frame judged without the condition since ``last_seen``, if
+    any (without one, the time since is frames that never came, not an absence). ended:
+    episodes over while nothing could be reported, oldest first, whose transitions the first
+    frame that may report emits.
     """
 
     phase: Literal["idle", "pending", "active"] = "idle"
@@ -365,7 +366,7 @@ class RuleState:
     last_seen: float = 0.0
     last_report: float = 0.0
     last: Presence | None = None
-    missed: bool = False
+    missed: tuple[float, float] | None = None
     ended: tuple[Ended, ...] = ()
 
     @property
@@ -377,6 +378,16 @@ class RuleState:
         if self.ended and self.ended[0].raised:
             return self.ended[0].last_seen
         return None
+
+    def without_raised(self) -> RuleState:
+        """This state without the raised episode of ``raised_seen`` (ended elsewhere at that
+        sighting): the episodes over while nothing could be reported that were never raised,
+        and a dwell running, stay."""
+        if self.phase == "active":
+            return RuleState(ended=self.ended)
+        if self.ended and self.ended[0].raised:
+            return replace(self, ended=self.ended[1:])
+        return self
 
 
 @dataclass(frozen=True)
@@ -397,10 +408,13 @@ def step(
 ) -> tuple[RuleState, list[Transition]]:
     """Advance one (zone, rule) episode by one frame; ``presence`` None = not visible now.
 
-    Absence is what frames without the condition show: a silence between two frames that both
-    show it (frames dropped while the worker is behind, or none sent) is no absence, unless it
-    lasts longer than ``gap_s + clear_s`` (as long as the worker waits before ending the
-    episodes of a silent camera): then the old episode ends and a new one starts.
+    Absence is what frames without the condition show: a silence (frames dropped while the
+    worker is behind, or none sent) is no absence, unless it lasts longer than
+    ``gap_s + clear_s`` (as long as the worker waits before ending the episodes of a silent
+    camera): then the old episode ends, whatever the frame after it shows. Next to a frame
+    without the condition, a silence longer than ``gap_s`` is no absence either: the condition
+    went (or came back) somewhere in it, so the absence counts from the first such frame after
+    it (or up to the last one before it), see :func:`_away`.
 
     ``may_report`` False (the zone's schedule is off) judges the frame as usual but reports
     nothing: a dwell that completes stays ``pending`` and raises on the first frame that may
@@ -422,7 +436,7 @@ def step(
     if state.phase == "idle":
         state = RuleState("pending", first_seen=t, last_seen=t, last=presence, ended=state.ended)
     else:
-        state = replace(state, last_seen=t, last=presence, missed=False)
+        state = replace(state, last_seen=t, last=presence, missed=None)
     if not may_report:
         return state, []
     dwell = t - state.first_seen
@@ -445,14 +459,12 @@ def _over(state: RuleState, t: float, p: RuleParams) -> bool:
     """Whether the condition seen again at ``t`` belongs to a new episode."""
     if state.phase == "idle":
         return False
-    away = t - state.last_seen
-    if not state.missed:
+    if _silent(state, t, p):
+        return True
+    if state.missed is None:
         # No frame came since the last sighting: nothing showed the condition gone.
-        return away > p.gap_s + p.clear_s
-    if state.phase == "active" or _due(state, p):
-        # A completed dwell lasts as a raised episode would, reported or not.
-        return away >= p.clear_s
-    return away > p.gap_s
+        return False
+    return _gone(state, _away(state, t, p), p)
 
 
 def _absent(
@@ -460,20 +472,47 @@ def _absent(
 ) -> tuple[RuleState, list[Transition]]:
     if state.phase == "idle":
         return state, []
-    state = replace(state, missed=True)
-    away = t - state.last_seen
-    if state.phase == "active" or _due(state, p):
-        if away >= p.clear_s:
-            return _end(state, t, p, may_report)
-        if state.phase == "pending" and may_report and state.last is not None:
-            # Its dwell completed while nothing could be reported: raised now, cleared later.
-            dwell = state.last_seen - state.first_seen
-            raised = Transition("raise", t, state.first_seen, dwell, state.last)
-            return replace(state, phase="active", last_report=t), [raised]
-        return state, []
-    if away > p.gap_s:
-        return RuleState(ended=state.ended), []
+    silent = _silent(state, t, p)
+    state = replace(state, missed=(t if state.missed is None else state.missed[0], t))
+    if silent or _gone(state, _away(state, t, p), p):
+        return _end(state, t, p, may_report)
+    if _due(state, p) and may_report and state.last is not None:
+        # Its dwell completed while nothing could be reported: raised now, cleared later.
+        dwell = state.last_seen - state.first_seen
+        raised = Transition("raise", t, state.first_seen, dwell, state.last)
+        return replace(state, phase="active", last_report=t), [raised]
     return state, []
+
+
+def _silent(state: RuleState, t: float, p: RuleParams) -> bool:
+    """No frame came for longer than ``gap_s + clear_s`` before ``t``: the episode is over (the
+    worker ends a silent camera's episodes after as long)."""
+    latest = state.last_seen if state.missed is None else state.missed[1]
+    return t - latest > p.gap_s + p.clear_s
+
+
+def _away(state: RuleState, t: float, p: RuleParams) -> float:
+    """How long frames have shown the condition gone by the frame at ``t`` (the latest without
+    it, or one showing it again). A silence longer than ``gap_s`` between the last sighting and
+    the first frame without the condition shows nothing: the absence counts from that frame,
+    not from the sighting; so a camera back after an outage that misses the object once does
+    not end an episode that lasted all along. Likewise up to the last frame without it, not up
+    to ``t``, when ``t`` comes more than ``gap_s`` after it. Shorter silences (a steady stream)
+    count: the absence runs from the last sighting to ``t``."""
+    assert state.missed is not None
+    first, latest = state.missed
+    start = state.last_seen if first - state.last_seen <= p.gap_s else first
+    end = t if t - latest <= p.gap_s else latest
+    return end - start
+
+
+def _gone(state: RuleState, away: float, p: RuleParams) -> bool:
+    """Whether an absence of ``away`` ends the episode of ``state``: ``clear_s`` for a raised
+    one or a completed dwell (which lasts as a raised episode would, reported or not), more than
+    ``gap_s`` for a dwell still running."""
+    if state.phase == "active" or _due(state, p):
+        return away >= p.clear_s
+    return away > p.gap_s
 
 
 def _end(

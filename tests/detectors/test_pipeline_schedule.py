@@ -35,10 +35,13 @@ def night(
     schedule: dict[str, str] | None,
     taken: datetime | None = None,
     another: datetime | None = None,
+    another_taken: datetime | None = None,
+    forget: datetime | None = None,
 ) -> list[tuple[str, str, str]]:
     """A frame every 20 s from 22:00 to ``until``, a pile dumped at ``dumped`` (and taken away
-    at ``taken``; another pile elsewhere from ``another``): the events as (kind, local time,
-    first seen)."""
+    at ``taken``; another pile elsewhere from ``another`` until ``another_taken``): the events
+    as (kind, local time, first seen). At ``forget`` the pipeline forgets the rule's raised
+    episode, as the worker does when it ends it (a silent camera)."""
     zone: dict[str, Any] = {"id": "corner", "polygon": WHOLE, "rules": {"piled_materials": {}}}
     if schedule is not None:
         zone["schedule"] = schedule
@@ -47,7 +50,12 @@ def night(
     for k in range(int((until - EVENING).total_seconds()) // 20 + 1):
         t = EVENING + timedelta(seconds=20 * k)
         pile = dumped <= t and (taken is None or t < taken)
-        gray = street(k, pile, another is not None and t >= another)
+        later = (
+            another is not None and another <= t and (another_taken is None or t < another_taken)
+        )
+        gray = street(k, pile, later)
+        if t == forget:
+            pipe.forget("corner", "piled_materials")
         for e in pipe.process(t, SIZE, Detections.empty(), None, gray):
             assert e.rule == "piled_materials" and e.zone_id == "corner"
             events.append((e.kind, e.t.strftime("%H:%M"), e.first_seen.strftime("%H:%M")))
@@ -110,6 +118,21 @@ def test_a_pile_taken_away_at_night_is_not_continued_by_the_next_one() -> None:
         ("clear", "06:00", "22:20"),
         ("raise", "06:00", "04:00"),
     ]
+
+
+def test_a_pile_over_at_night_is_raised_when_the_schedule_opens_after_a_silent_camera() -> None:
+    """A pile raised in the evening and taken away at 23:30; another dumped at 00:00 and taken
+    away at 02:00, its dwell complete. At 03:00 the worker ends the first pile's candidate (its
+    camera silent) and the pipeline forgets that episode only: the second pile, never reported,
+    is raised and cleared when the schedule opens."""
+    assert night(
+        at("22:20"), at("06:00", 1), DAYTIME, at("23:30"), at("00:00", 1), at("02:00", 1),
+        forget=at("03:00", 1),
+    ) == [
+        *RAISED_IN_THE_EVENING,
+        ("raise", "06:00", "00:00"),
+        ("clear", "06:00", "00:00"),
+    ]  # fmt: skip
 
 
 def test_a_raised_pile_over_at_night_keeps_its_last_sighting_until_its_clear() -> None:

@@ -97,9 +97,16 @@ def seq(start: float, stop: float, visible: bool, every: float = 1.0) -> list[tu
             [("raise", 27, 10)],
         ),
         (
-            "frames without the condition then a silence: absence from the last sighting",
+            "a frame without the condition then a silence up to gap_s: absence from the last "
+            "sighting to the next",
+            [*seq(0, 4, True), (5, False), (10, True), *seq(11, 20, True)],
+            [("raise", 20, 10)],
+        ),
+        (
+            "a frame without the condition then a longer silence: absence only as far as "
+            "frames showed it",
             [*seq(0, 4, True), (5, False), (12, True), *seq(13, 22, True)],
-            [("raise", 22, 10)],
+            [("raise", 12, 12), ("update", 18, 18)],
         ),
         (
             "a new episode after a clear",
@@ -202,6 +209,73 @@ def test_frames_that_never_came_are_no_absence(
     """Frames the worker dropped while behind (it keeps only the newest) show nothing gone:
     with the shortest gap_s and clear_s a camera allows, the episode goes on across them."""
     assert run(frames, FLOORED) == expected, name
+
+
+PARKING = IllegalParkingParams(dwell_s=300, gap_s=20, clear_s=60)
+Frames = list[tuple[float, bool]]
+Reported = list[tuple[str, float, float, float]]  # (kind, t, first seen, dwell)
+
+
+def every(
+    step_s: float, stop: float, missed: tuple[float, ...] = (), silent: tuple[float, float] = (0, 0)
+) -> Frames:
+    """A frame every ``step_s`` from 0 to ``stop``, none strictly inside ``silent``; those at
+    ``missed`` without the condition."""
+    return [
+        (t, t not in missed) for t, _ in seq(0, stop, True, step_s) if not silent[0] < t < silent[1]
+    ]
+
+
+def episodes(frames: Frames, p: RuleParams) -> tuple[Reported, str]:
+    """(kind, t, first seen, dwell) of every raise and clear, and the phase at the end."""
+    state, out = RuleState(), []
+    for t, visible in frames:
+        state, transitions = step(state, SEEN if visible else None, t, p)
+        out += [(tr.kind, tr.t, tr.first_seen, tr.dwell_s) for tr in transitions]
+    return [tr for tr in out if tr[0] != "update"], state.phase
+
+
+@pytest.mark.parametrize(
+    ("name", "frames", "p", "expected"),
+    [
+        ("a car parked all along, one frame misses it",
+         every(2, 1000, missed=(600,)), PARKING, [("raise", 300, 0, 300)]),
+        ("no frame for 70 s, the car there on both sides",
+         every(2, 1000, silent=(530, 600)), PARKING, [("raise", 300, 0, 300)]),
+        ("no frame for 70 s, the first one after it misses the car",
+         every(2, 1000, missed=(600,), silent=(530, 600)), PARKING, [("raise", 300, 0, 300)]),
+        ("no frame for 30 s while the dwell runs, the first one after it misses the car",
+         every(2, 1000, missed=(130,), silent=(100, 130)), PARKING, [("raise", 300, 0, 300)]),
+        ("frames judged every 1.5 s with gap_s and clear_s at the 2 fps floor, one misses",
+         every(1.5, 90, missed=(30,)), RuleParams(dwell_s=10, gap_s=1.25, clear_s=1.25),
+         [("raise", 10.5, 0, 10.5)]),
+    ],
+)  # fmt: skip
+def test_a_silence_then_a_miss_is_no_absence_before_the_miss(
+    name: str, frames: Frames, p: RuleParams, expected: Reported
+) -> None:
+    """The first frame after frames that never came shows the condition gone: the absence
+    starts at that frame, not at the last sighting before the silence (and ends at the last
+    frame without it when another silence follows). One missed detection right after an outage
+    neither ends a raised episode nor restarts a dwell."""
+    assert episodes(frames, p) == (expected, "active"), name
+
+
+@pytest.mark.parametrize(
+    ("name", "silent", "expected"),
+    [
+        # Gone on every frame from 600 s: cleared clear_s later, the dwell up to 530 s.
+        ("a silence no longer than gap_s + clear_s", (530, 600),
+         [("raise", 300, 0, 300), ("clear", 660, 0, 530)]),
+        # As long as the worker waits before ending a silent camera's episodes: over at once.
+        ("a longer silence", (530, 612), [("raise", 300, 0, 300), ("clear", 612, 0, 530)]),
+    ],
+)  # fmt: skip
+def test_an_object_gone_after_a_silence_clears_at_its_last_sighting(
+    name: str, silent: tuple[float, float], expected: Reported
+) -> None:
+    frames = [(t, t < 600) for t, _ in every(2, 1000, silent=silent)]
+    assert episodes(frames, PARKING) == (expected, "idle"), name
 
 
 def run_window(
