@@ -626,35 +626,32 @@ class DetectorWorker:
         try:
             frame = decode_frame(payload, topic_camera_id=cam, received_at=received_at)
         except MessageError as exc:
-            self._bad(rt, topic, payload, received_at, f"invalid frame: {exc}")
+            self._bad(rt, topic, payload, received_at, exc.reason, exc.detail)
             return None
         h = frame.header
         ahead = (h.ts - received_at).total_seconds()
         if ahead > MAX_AHEAD_S:
             # One frame from a clock far ahead would end every episode of the camera and
             # make the frames after it look like a clock reset.
-            why = f"future_ts: frame time {h.ts.isoformat()} is {ahead:.0f} s after its reception"
-            self._bad(rt, topic, payload, received_at, why)
+            why = f"frame time {h.ts.isoformat()} is {ahead:.0f} s after its reception"
+            self._bad(rt, topic, payload, received_at, "future_ts", why)
             return None
         try:
             size = jpeg_size(frame.image)
         except MessageError as exc:
-            self._bad(rt, topic, payload, received_at, f"undecodable image: {exc}")
+            self._bad(rt, topic, payload, received_at, exc.reason, exc.detail)
             return None
         if size != (h.width, h.height):
             # Boxes, evidence sizes and the zones' cached masks all go by the header.
-            why = (
-                f"size_mismatch: the header says {h.width}x{h.height}, "
-                f"the JPEG is {size[0]}x{size[1]}"
-            )
-            self._bad(rt, topic, payload, received_at, why)
+            why = f"the header says {h.width}x{h.height}, the JPEG is {size[0]}x{size[1]}"
+            self._bad(rt, topic, payload, received_at, "size_mismatch", why)
             return None
         if not self._in_order(rt, h.ts, received_at, topic, payload):
             return None
         reduce = reduction_for(h.width, h.height, self.imgsz)
         image = decode_jpeg(frame.image, reduce)
         if image is None:
-            self._bad(rt, topic, payload, received_at, "undecodable image")
+            self._bad(rt, topic, payload, received_at, "undecodable_image", "")
             return None
         scale = h.width / image.shape[1]
         if not (self.motion_settings.enabled or rt.pipeline.needs_gray):
@@ -736,11 +733,10 @@ class DetectorWorker:
             self._drop(rt)  # a late frame
             return
         why = (
-            f"clock_outlier: frame time {jump.ts.isoformat()} is "
-            f"{(jump.ts - last).total_seconds():.0f} s ahead of the camera's frames before "
-            "and after it"
+            f"frame time {jump.ts.isoformat()} is {(jump.ts - last).total_seconds():.0f} s "
+            "ahead of the camera's frames before and after it"
         )
-        self._bad(rt, jump.topic, jump.payload, jump.received_at, why)
+        self._bad(rt, jump.topic, jump.payload, jump.received_at, "clock_outlier", why)
 
     def _drop(self, rt: CameraRuntime) -> None:
         """A frame taken from the camera's slot that will not be judged: a late one, or the
@@ -782,17 +778,25 @@ class DetectorWorker:
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
 
     def _bad(
-        self, rt: CameraRuntime, topic: str, payload: bytes, received_at: datetime, why: str
+        self,
+        rt: CameraRuntime,
+        topic: str,
+        payload: bytes,
+        received_at: datetime,
+        reason: str,
+        error: str,
     ) -> None:
-        from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, dead_letter
+        """Dead-letter a frame: ``reason`` a code (the decoder's, as ingest's letters, or the
+        worker's own), ``error`` what it alone does not say, left out when empty."""
+        from gridpatrol.ingest.receiver import dead_letter_body
         from gridpatrol.ingest.topics import deadletter_topic
 
         rt.bad += 1
         self.metrics.bad.labels(rt.camera.id).inc()
-        log.warning("camera %s: %s; sent to the dead-letter topic", rt.camera.id, why)
+        log.warning("camera %s: %s %s; sent to the dead-letter topic", rt.camera.id, reason, error)
         self.conn.publish(
             deadletter_topic(self.site.mqtt.prefix, self.component_id),
-            dead_letter(why, topic, payload, received_at, DEAD_LETTER_PAYLOAD_BYTES),
+            dead_letter_body(reason, topic, payload, received_at, error),
             qos=1,
         )
 

@@ -3,8 +3,9 @@
 Keeps only the newest frames per camera when the consumer falls behind (the subscription's
 bounded queue drops the oldest and counts), takes the cameras' queues in turn so a busy camera
 does not starve the others, and never stops on bad input: each rejection is
-published to ``{prefix}/deadletter/{component}`` with its reason and the original bytes
-(their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are more, with their size).
+published to ``{prefix}/deadletter/{component}`` with its reason, the decoder's detail as
+``error`` and the original bytes (their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are
+more, with their size).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
+from datetime import datetime
 
 from gridpatrol.ingest.messages import (
     DEAD_LETTER_PAYLOAD_BYTES,
@@ -23,6 +25,7 @@ from gridpatrol.ingest.messages import (
     decode_frame,
 )
 from gridpatrol.ingest.mqtt import Message, MqttConnection
+from gridpatrol.ingest.reliable import ERROR_CHARS, error_text
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic, wildcard
 
 log = logging.getLogger(__name__)
@@ -89,26 +92,42 @@ class FrameReceiver:
                 message.payload, topic_camera_id=match.id, received_at=message.received_at
             )
         except MessageError as exc:
-            self.reject(exc.reason, message)
+            self.reject(exc.reason, message, exc.detail)
             return None
-        except Exception:
+        except Exception as exc:
             # A payload the decoder did not foresee is dead-lettered too: the consumer goes on.
             log.exception("a frame on %s could not be decoded", message.topic)
-            self.reject("internal_error", message)
+            self.reject("internal_error", message, error_text(exc))
             return None
         self.accepted += 1
         return frame
 
-    def reject(self, reason: str, message: Message) -> None:
+    def reject(self, reason: str, message: Message, error: str = "") -> None:
         self.rejected[reason] += 1
-        publish_dead_letter(self.conn, reason, message)
-        log.warning("dead-lettered a frame on %s: %s", message.topic, reason)
+        publish_dead_letter(self.conn, reason, message, error)
+        log.warning("dead-lettered a frame on %s: %s %s", message.topic, reason, error)
 
 
-def publish_dead_letter(conn: MqttConnection, reason: str, message: Message) -> None:
-    """Dead-letter ``message`` on the connection's component topic, its payload cut to its
-    first :data:`DEAD_LETTER_PAYLOAD_BYTES`."""
+def publish_dead_letter(conn: MqttConnection, reason: str, message: Message, error: str) -> None:
+    """Dead-letter ``message`` on the connection's component topic: see
+    :func:`dead_letter_body`."""
     topic = deadletter_topic(conn.prefix, conn.component_id)
-    payload, received_at = message.payload, message.received_at
-    body = dead_letter(reason, message.topic, payload, received_at, DEAD_LETTER_PAYLOAD_BYTES)
+    body = dead_letter_body(reason, message.topic, message.payload, message.received_at, error)
     conn.publish(topic, body, qos=1)
+
+
+def dead_letter_body(
+    reason: str, topic: str, payload: bytes, received_at: datetime, error: str
+) -> bytes:
+    """The dead letter of ingest, ``watch-frames`` and ``detect``: the payload cut to its first
+    :data:`DEAD_LETTER_PAYLOAD_BYTES`, and ``error``, what the reason alone does not say (many
+    causes share one: ``bad_ts`` for a frame time in RFC 3339 and for one out of range), cut
+    to :data:`ERROR_CHARS` and left out when empty."""
+    return dead_letter(
+        reason,
+        topic,
+        payload,
+        received_at,
+        DEAD_LETTER_PAYLOAD_BYTES,
+        error=error[:ERROR_CHARS] or None,
+    )

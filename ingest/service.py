@@ -16,6 +16,7 @@ from gridpatrol.ingest.messages import Frame, MessageError
 from gridpatrol.ingest.mqtt import Message, MqttConnection
 from gridpatrol.ingest.patrol import PatrolScheduler, patrol_overload
 from gridpatrol.ingest.receiver import publish_dead_letter
+from gridpatrol.ingest.reliable import error_text
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
     CameraOutput,
@@ -269,7 +270,7 @@ class IngestService:
         try:
             factor, duration = parse_boost(message.payload)
         except MessageError as exc:
-            self._dead_letter(exc.reason, message)
+            self._dead_letter(exc.reason, message, exc.detail)
             return
         self.boost(match.id, factor, duration)
 
@@ -279,9 +280,9 @@ class IngestService:
         leave every later message unserved until ingest restarts."""
         try:
             handle(message)
-        except Exception:
+        except Exception as exc:
             log.exception("a message on %s failed", message.topic)
-            self._dead_letter("internal_error", message)
+            self._dead_letter("internal_error", message, error_text(exc))
 
     def _request_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -302,7 +303,7 @@ class IngestService:
         try:
             request_id = parse_request(message.payload)
         except MessageError as exc:
-            self._dead_letter(exc.reason, message)
+            self._dead_letter(exc.reason, message, exc.detail)
             return
         self._answer(match.id, request_id, message.received_at)
 
@@ -411,10 +412,12 @@ class IngestService:
         self.conn.publish(topic, encode_reply(frame, request_id), qos=1)
         log.info("camera %s: answered snapshot request %s", camera_id, request_id)
 
-    def _dead_letter(self, reason: str, message: Message) -> None:
+    def _dead_letter(self, reason: str, message: Message, error: str = "") -> None:
         self.bad_requests += 1
-        publish_dead_letter(self.conn, reason, message)
-        log.warning("dead-lettered %s from %s: %s", reason, message.topic, message.payload[:60])
+        publish_dead_letter(self.conn, reason, message, error)
+        log.warning(
+            "dead-lettered %s %s from %s: %s", reason, error, message.topic, message.payload[:60]
+        )
 
     def _republish_status(self, _conn: MqttConnection) -> None:
         # A broker without persistence forgets retained statuses when it restarts.

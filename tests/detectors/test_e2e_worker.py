@@ -800,9 +800,11 @@ def test_one_frame_off_the_camera_clock_changes_nothing(rig: Rig, street: list[I
     rig.publisher.play({"street": ep.crowd[:16]}, ep.size, ep.end, worker)
 
     letter = wait_for("the outlier's dead letter", lambda: dead.get(0.1), 30, worker)
-    assert json.loads(letter.payload)["reason"] == (
-        f"clock_outlier: frame time {outlier.isoformat()} is 120 s ahead of the camera's "
-        "frames before and after it"
+    body = json.loads(letter.payload)
+    assert (body["reason"], body["error"]) == (
+        "clock_outlier",
+        f"frame time {outlier.isoformat()} is 120 s ahead of the camera's frames before and "
+        "after it",
     )
     (updated,) = wait_for(
         "the episode's update at 13 s",
@@ -836,8 +838,10 @@ def test_a_camera_turned_on_its_side_is_judged_as_stored(
     turned = [with_orientation(data, 6) for data in crowd]
     rig.publisher.send("turned", T0 - timedelta(seconds=1), turned[0], 2 * w, 2 * h)
     letter = wait_for("the lying header's dead letter", lambda: dead.get(0.1), 30, worker)
-    assert json.loads(letter.payload)["reason"] == (
-        f"size_mismatch: the header says {2 * w}x{2 * h}, the JPEG is {w}x{h}"
+    body = json.loads(letter.payload)
+    assert (body["reason"], body["error"]) == (
+        "size_mismatch",
+        f"the header says {2 * w}x{2 * h}, the JPEG is {w}x{h}",
     )
     scenes = {"upright": crowd, "turned": turned}
     rig.publisher.play(scenes, {"upright": (w, h), "turned": (w, h)}, T0, worker)
@@ -964,13 +968,23 @@ def test_composed_scenes_raise_the_other_rules(rig: Rig, gate: bool) -> None:
     time.sleep(0.3)
     assert rig.publisher.conn.publish(frame_topic(rig.prefix, "parking"), b"not a frame")
     letter = wait_for("a dead letter", lambda: dead.get(0.1), 30, worker)
-    assert json.loads(letter.payload)["topic"] == frame_topic(rig.prefix, "parking")
+    body = json.loads(letter.payload)
+    assert (body["reason"], body["error"], body["topic"]) == (
+        "bad_magic",
+        "starts with b'not '",
+        frame_topic(rig.prefix, "parking"),
+    )
     assert worker.metric("bad_frames", "parking") == 1
     # A frame timed a day ahead (a camera clock gone wrong) would end every episode.
     tomorrow = datetime.now(UTC) + timedelta(days=1)
     rig.publisher.send("parking", tomorrow, jpeg(np.zeros((72, 128, 3), np.uint8)), 128, 72)
     letter = wait_for("a second dead letter", lambda: dead.get(0.1), 30, worker)
-    assert json.loads(letter.payload)["reason"].startswith("future_ts: frame time ")
+    body = json.loads(letter.payload)
+    assert body["reason"] == "future_ts"
+    assert re.fullmatch(
+        rf"frame time {tomorrow:%Y-%m-%dT%H:%M}:\S+ is 86[34]\d\d s after its reception",
+        body["error"],
+    )
     assert worker.metric("bad_frames", "parking") == 2
 
     composed = compose_scenes(rig.shared)

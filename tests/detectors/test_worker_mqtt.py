@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, FrameHeader, encode_frame
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, Subscription
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import component_status_topic, deadletter_topic, frame_topic
 
 SHARED = "mqtt://127.0.0.1:1883"
@@ -219,28 +219,43 @@ def test_a_large_malformed_frame_is_dead_lettered_cut_with_its_size(
     publisher: tuple[MqttConnection, Subscription],
 ) -> None:
     """Whole in base64, a frame of up to 32 MiB makes a dead letter larger than a broker
-    takes (16 MiB in the sample configuration): the letter carries its first 64 KiB."""
+    takes (16 MiB in the sample configuration): the letter carries its first 64 KiB. Its
+    reason is the decoder's code, as in ingest's letters, and ``error`` the decoder's detail."""
     conn, status = publisher
     letters = conn.subscribe(deadletter_topic(mqtt_prefix, "detect"), qos=1, maxsize=10)
     worker = Detect(tmp_path, shared_dir, mqtt_prefix)
     topic = frame_topic(mqtt_prefix, CAMERA)
     payload = b"x" * (1 << 20)
+    # A frame time in RFC 3339: the SPEC's frame header has epoch seconds.
+    header = {"ts": "2026-12-01T12:00:00", "seq": 1, "camera_id": CAMERA, "width": 8}
+    raw = json.dumps({**header, "height": 8}).encode()
+    text_ts = b"GPF1" + len(raw).to_bytes(4, "big") + raw + _jpeg(np.zeros((8, 8, 3), np.uint8))
     try:
         worker.wait("online status", lambda: _says(status, b"online"))
-        assert conn.publish_wait(topic, payload, qos=1, timeout=30)
-        message = letters.get(60)
+        messages: list[Message | None] = []
+        # One after the other: a frame arriving before the last one was taken replaces it.
+        for frame in (payload, text_ts):
+            assert conn.publish_wait(topic, frame, qos=1, timeout=30)
+            messages.append(letters.get(60))
     finally:
         worker.stop()
-    assert message is not None, worker.log.read_text()[-3000:]
-    letter = json.loads(message.payload)
-    fields = ("reason", "topic", "payload_bytes", "payload_truncated")
-    assert tuple(letter[x] for x in fields) == (
-        "invalid frame: bad_magic: starts with b'xxxx'",
+    assert None not in messages, worker.log.read_text()[-3000:]
+    large, text = (json.loads(m.payload) for m in messages if m is not None)
+    fields = ("reason", "error", "topic", "payload_bytes", "payload_truncated")
+    assert tuple(large[x] for x in fields) == (
+        "bad_magic",
+        "starts with b'xxxx'",
         topic,
         1 << 20,
         True,
     )
-    assert base64.b64decode(letter["payload_b64"]) == payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    assert base64.b64decode(large["payload_b64"]) == payload[:DEAD_LETTER_PAYLOAD_BYTES]
+    assert {k: v for k, v in text.items() if k != "received_at"} == {
+        "reason": "bad_ts",
+        "error": "frame ts must be epoch seconds",
+        "topic": topic,
+        "payload_b64": base64.b64encode(text_ts).decode(),
+    }
 
 
 def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_status_1(

@@ -203,11 +203,14 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     # a plain ValueError (an integer of more than 4300 digits).
     deep = header_envelope(b"[" * 5000, image)
     long_int = header_envelope(b'{"seq": ' + b"7" * 5000 + b"}", image)
-    bad = [b"not a frame at all", other, deep, long_int]
+    # A frame time in RFC 3339: the SPEC's frame header has epoch seconds.
+    text_ts = {"ts": "2026-12-01T12:00:00", "seq": 1, "camera_id": "c1", "width": 160}
+    text_ts_frame = header_envelope(json.dumps({**text_ts, "height": 90}).encode(), image)
+    bad = [b"not a frame at all", other, deep, long_int, text_ts_frame]
     topic = f"{mqtt_prefix}/cameras/c1/frame"
     conn = MqttConnection("feeder", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
     assert conn.start(10)
-    for payload in (bad[0], good, bad[1], bad[2], bad[3], image):
+    for payload in (bad[0], good, *bad[1:], image):
         assert conn.publish_wait(topic, payload, qos=1)
     conn.stop()
     code, out, err = proc.wait(60)
@@ -220,8 +223,15 @@ def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
     dead_topic = f"{mqtt_prefix}/deadletter/wf"
     seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= len(bad))
     letters = [json.loads(p) for p in statuses(seen, dead_topic)]
-    reasons = ["bad_magic", "camera_id_mismatch", "bad_header_json", "bad_value"]
-    assert [x["reason"] for x in letters] == reasons
+    # The decoder's detail tells the causes of one reason apart (bad_ts for a time in RFC 3339
+    # and for one out of range).
+    assert [(x["reason"], x["error"]) for x in letters] == [
+        ("bad_magic", "starts with b'not '"),
+        ("camera_id_mismatch", "'c2' on 'c1'"),
+        ("bad_header_json", "nested too deeply"),
+        ("bad_value", "a number of too many digits"),
+        ("bad_ts", "frame ts must be epoch seconds"),
+    ]
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == bad
     assert {x["topic"] for x in letters} == {topic}
 
@@ -234,8 +244,8 @@ def test_a_frame_on_a_topic_whose_id_no_camera_can_have_is_dead_lettered(
     bad_topics = [f"{mqtt_prefix}/cameras/bad id/frame", f"{mqtt_prefix}/cameras//frame"]
     bad = [(topic, b"anything") for topic in bad_topics]
     err, letters = fed(proc, watcher, mqtt_prefix, bad, "wf-topic")
-    assert [(x["reason"], x["topic"]) for x in letters] == [
-        ("bad_topic", topic) for topic in bad_topics
+    assert [(x["reason"], x["topic"], x.get("error")) for x in letters] == [
+        ("bad_topic", topic, None) for topic in bad_topics
     ]
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == [b"anything"] * 2
     assert "rejected {'bad_topic': 2}" in err
@@ -464,7 +474,9 @@ def test_a_malformed_snapshot_request_is_dead_lettered_and_the_next_one_answered
     code, _, err = proc.wait(30)
     assert code == 0, err
     letters = [json.loads(p) for p in statuses(seen, dead_topic)]
-    assert [(x["reason"], x["topic"]) for x in letters] == [("bad_json", request)]
+    assert [(x["reason"], x["topic"], x["error"]) for x in letters] == [
+        ("bad_json", request, "nested too deeply")
+    ]
     assert base64.b64decode(letters[0]["payload_b64"]) == deep
     replies = [
         decode_frame(p, topic_camera_id="c1", received_at=datetime.now(UTC))

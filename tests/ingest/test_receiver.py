@@ -1,7 +1,9 @@
-"""``FrameReceiver`` on the real broker: several cameras' frames, the consumer behind."""
+"""``FrameReceiver`` on the real broker: several cameras' frames, the consumer behind, and
+the dead letters of what it cannot decode."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -10,10 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.ingest import receiver as receiver_module
+from gridpatrol.ingest.messages import Frame, FrameHeader, MessageError, encode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.receiver import FrameReceiver
-from gridpatrol.ingest.topics import frame_topic
+from gridpatrol.ingest.reliable import ERROR_CHARS
+from gridpatrol.ingest.topics import deadletter_topic, frame_topic
 
 from .conftest import SHARED_BROKER
 
@@ -76,3 +80,47 @@ def test_a_frame_arriving_while_waiting_is_returned(
     publish(producer, "b", 7)
     frame = receiver.get(10)
     assert frame is not None and (frame.header.camera_id, frame.header.seq) == ("b", 7)
+
+
+@pytest.mark.parametrize(
+    ("failure", "reason", "error"),
+    [
+        pytest.param(
+            RuntimeError("unforeseen"), "internal_error", "RuntimeError: unforeseen", id="bug"
+        ),
+        # Cut as the bridge's and ReliableConsumer's: a detail quoting a whole payload must
+        # not make the letter twice its size.
+        pytest.param(
+            MessageError("bad_magic", "x" * 5000), "bad_magic", "x" * ERROR_CHARS, id="cut"
+        ),
+    ],
+)
+def test_a_frame_the_decoder_fails_on_is_dead_lettered_with_the_error(
+    connections: tuple[MqttConnection, MqttConnection],
+    monkeypatch: pytest.MonkeyPatch,
+    failure: Exception,
+    reason: str,
+    error: str,
+) -> None:
+    def decode(*_args: object, **_kwargs: object) -> Frame:
+        raise failure
+
+    monkeypatch.setattr(receiver_module, "decode_frame", decode)
+    consumer, producer = connections
+    letters = producer.subscribe(deadletter_topic(producer.prefix, "watch"), qos=1, maxsize=4)
+    receiver = FrameReceiver(consumer, ["a"], maxsize=4)
+    assert consumer.start(10) and producer.start(10)
+    publish(producer, "a", 1)
+    deadline = time.monotonic() + 10
+    while not receiver.rejected:
+        assert time.monotonic() < deadline
+        assert receiver.get(0.5) is None
+    message = letters.get(10)
+    assert message is not None
+    letter = json.loads(message.payload)
+    assert (letter["reason"], letter["topic"], letter["error"]) == (
+        reason,
+        frame_topic(producer.prefix, "a"),
+        error,
+    )
+    assert receiver.rejected == {reason: 1}

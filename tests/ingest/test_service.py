@@ -89,7 +89,9 @@ def test_a_request_that_fails_unforeseen_is_dead_lettered_and_the_next_answered(
         service.stop()
         conn.stop()
     letters = [json.loads(p) for p in watcher.payloads(dead_topic)]
-    assert [(x["reason"], x["topic"]) for x in letters] == [("internal_error", request)]
+    assert [(x["reason"], x["topic"], x["error"]) for x in letters] == [
+        ("internal_error", request, "RuntimeError: unforeseen")
+    ]
     replies = [
         decode_frame(p, topic_camera_id="h1", received_at=datetime.now(UTC))
         for p in watcher.payloads(reply_topic)
@@ -113,6 +115,8 @@ def test_a_bad_boost_is_dead_lettered_without_a_patrol_camera_or_a_request(
         service.stop()
         conn.stop()
     letters = [json.loads(p) for p in watcher.payloads(dead_topic)]
-    assert [(x["reason"], x["topic"]) for x in letters] == [("bad_topic", boost)]
+    assert [(x["reason"], x["topic"], x.get("error")) for x in letters] == [
+        ("bad_topic", boost, None)
+    ]
     assert service._requests.received == 0
     assert service.bad_requests == 1

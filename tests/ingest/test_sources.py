@@ -352,6 +352,22 @@ BAD_BOOSTS = [
     b"[4]",
     b"boost",
 ]
+# What each letter of BAD_BOOSTS says besides its reason.
+BAD_BOOST_ERRORS = [
+    "factor is not finite",
+    "factor is not finite",
+    "duration_s is not finite",
+    "factor is not a number: '4'",
+    "factor is not a number: 'True'",
+    "factor 0.5 is not within 1-16",
+    "factor 16.5 is not within 1-16",
+    "duration_s -60 is not within 0-86400",
+    "duration_s 0 is not within 0-86400",
+    "duration_s 86401 is not within 0-86400",
+    "factor is out of range",
+    "expected a JSON object",
+    "not JSON",
+]
 
 
 def test_a_patrol_boost_out_of_range_is_dead_lettered(
@@ -384,5 +400,6 @@ def test_a_patrol_boost_out_of_range_is_dead_lettered(
     )
     letters = [json.loads(m.payload) for m in seen if m.topic == letters_topic]
     assert {letter["reason"] for letter in letters} == {"bad_boost"}
+    assert [letter["error"] for letter in letters] == BAD_BOOST_ERRORS
     assert [base64.b64decode(letter["payload_b64"]) for letter in letters] == BAD_BOOSTS
     stops_cleanly(proc)
