@@ -236,7 +236,7 @@ def _senml(pack: SenMLPack, sensor: Sensor, payload: bytes) -> Adapted | Rejecte
     if sensor.thresholds is None:
         return Rejected("no_thresholds", f"sensor {sensor.id} has no thresholds for SenML")
     readable = [r for r in pack.records if r.v is not None or r.vb is not None]
-    own = _own_names(payload)
+    own = _own_names(payload, pack.sensor_id)
     numeric, assumed_unit = _in_unit(readable, sensor.thresholds.unit, own)
     if not numeric:
         return Rejected(
@@ -322,8 +322,8 @@ def _senml_key(payload: bytes, times: list[float]) -> str:
 
 
 # Housekeeping records a device sends beside its measurement (RFC 8428 names its battery
-# units). A record is one by name when a word of its name (its part after the last ":" or "/",
-# where a base name such as "sm-2:" ends, split at anything but letters and digits and where
+# units). A record is one by name when a word of its name (its part after the last ":", ";" or
+# "/", where a base name such as "sm-2:" ends, split at anything but letters and digits and where
 # camelCase changes case, as in "rssiDbm") is one of these or starts with "batt", and always
 # when its unit is a battery unit. A record in one of the device units is one only beside
 # other records (a tie-breaker: a pack of voltages alone is read in V). A battery record
@@ -394,25 +394,43 @@ def _says(name: str, quantities: frozenset[str], *, only: bool = False) -> bool:
     return any(w in quantities for w in words)
 
 
-def _own_names(payload: bytes) -> dict[str, str]:
+def _own_names(payload: bytes, sensor_id: str) -> dict[str, str]:
     """The names of a SenML pack's records, resolved, each to the record's own: its ``n``,
     without the base name ``bn`` before it (``ns-1;LAeq`` to ``LAeq``, whatever ends the base
     name: ``urn:dev:ow:10e2073a01080063;``, ``wl-1.``), or, for a record without ``n``, the
-    resolved name. The decoder resolved the pack from this payload and refused it unless
-    every record is an object with text, if any, in ``bn`` and ``n``."""
+    resolved name. A record without a base name may carry it folded into its ``n`` (RFC 8428
+    section 4.6, the resolved form a gateway sends): a leading sensor id (the topic's, the one
+    the decoder checks ``bn`` against) and one of ``:;./`` after it are taken for it
+    (``wl-1.level`` to ``level``). The decoder resolved the pack from this payload and refused
+    it unless every record is an object with text, if any, in ``bn`` and ``n``."""
     base = ""
     own: dict[str, str] = {}
     for record in json.loads(payload):
         base = record.get("bn", base)
         name = record.get("n", "")
-        own.setdefault(base + name, name or base)
+        if not base:
+            name = _without_base(name, sensor_id)
+        own.setdefault(base + record.get("n", ""), name or base)
     return own
 
 
+def _without_base(name: str, sensor_id: str) -> str:
+    """A resolved name without the sensor id and separator that begin it, if they do."""
+    end = len(sensor_id)
+    if name.startswith(sensor_id) and name[end : end + 1] in BASE_NAME_ENDS:
+        return name[end + 1 :] or name
+    return name
+
+
+# What ends a base name given in a record's name itself, when the pack has no ``bn``.
+BASE_NAME_ENDS = frozenset(":;./")
+
+
 def _own_name(name: str) -> str:
-    """The part of a record's name (without its base name) after the last ":" or "/", where a
-    base name given in the name itself ends (``sm-2:rssiDbm``), or an LwM2M path's resource."""
-    return re.split(r"[:/]", name)[-1]
+    """The part of a record's name (without its base name) after the last ":", ";" or "/",
+    where a base name given in the name itself ends (``sm-2:rssiDbm``,
+    ``urn:dev:ow:10e2073a01080063;fill``), or an LwM2M path's resource."""
+    return re.split(r"[:;/]", name)[-1]
 
 
 def _words(name: str) -> list[str]:

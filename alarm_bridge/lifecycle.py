@@ -14,16 +14,22 @@ input drive it:
 
 While no alarm is active, a device's own clear (an envelope without seq, timed by the device
 and not at its reception) keeps its time and its reception (``quiet_at``, ``quiet_received``):
-a raise or update of the device's own, alike, timed before it and arriving after it, held up
-on its way at most :data:`OVERTAKE_WINDOW_S` longer than the clear, is stale. Without that, a
-clear that overtook its raise was ignored and the raise then opened an alarm nothing would
-clear. The hold-up is the raise's reception minus its time, less the clear's: one clock's
-offset cancels out, so a clock running ahead hides no overtaken raise, and a clock set back
-between the two makes a raise stale only when set back by less than the window, and then
-only until the clock passes the clear's time. Nothing else keeps or is judged by that time: a
-reading, the bridge's own transitions (``device_offline``), a message ordered by its seq or
-timed at its reception (its clock too far off to compare with another message's) would make
-a genuine first alarm stale wherever two clocks disagree. That time never dates anything.
+a raise or update of the device's own, alike, timed before it (or at its time and received
+after it: see :func:`_overtaken`) and arriving after it, held up on its way at most
+:data:`OVERTAKE_WINDOW_S` longer than the clear, is stale. Without that, a clear that overtook
+its raise was ignored and the raise then opened an alarm nothing would clear. The hold-up is
+the raise's reception minus its time, less the clear's: one clock's offset cancels out, so a
+clock running ahead hides no overtaken raise. A clock set back between the two by B makes a
+raise stale when B is at most the window plus how much longer the clear was held up than the
+raise, and then only until the clock passes the clear's time: time stamps going backwards
+between messages (more than one clock stamping them, two gateways) drop genuine raises sent
+up to that difference after the clear, until the next update. The bridge's own downtime is
+hold-up too: an overtaken raise queued for the bridge (its persistent session) while it was
+down, its clear received before, is held up longer by the downtime and can open an alarm.
+Nothing else keeps or is judged by that time: a reading, the bridge's own transitions
+(``device_offline``), a message ordered by its seq or timed at its reception (its clock too
+far off to compare with another message's) would make a genuine first alarm stale wherever
+two clocks disagree. That time never dates anything.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -47,8 +53,8 @@ SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL
 # (a CoAP confirmable message is retransmitted for up to 93 s, RFC 7252 MAX_TRANSMIT_WAIT; an
 # MQTT client notices a dead connection after 1.5 keep-alives, 90 s at the usual 60 s, and
 # then sends again what it had not got through). Bounded: a device clock set back by more
-# makes no raise stale, and one set back by less only the raises before the clock passes the
-# clear's time again, so at most this long after the clear.
+# (plus how much longer the clear was held up than the raise) makes no raise stale, and one
+# set back by less only the raises before the clock passes the clear's time again.
 OVERTAKE_WINDOW_S = 120.0
 
 
@@ -211,11 +217,17 @@ def _quiet(state: AlarmState, t: float, received_at: float) -> AlarmState:
 
 def _overtaken(state: AlarmState, t: float, received_at: float) -> bool:
     """Whether a raise or update timed ``t``, received at ``received_at``, was sent before the
-    kept clear and overtaken by it: timed before it, and held up on its way (its reception
-    minus its time) at most :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times
-    are the device's: an offset of its clock cancels out."""
+    kept clear and overtaken by it: timed before it, or at its time and received after it,
+    and held up on its way (its reception minus its time) at most
+    :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times are the device's: an
+    offset of its clock cancels out. A clock stamping whole seconds (RFC 3339 without a
+    fraction, epoch seconds) gives a raise and the clear sent in the same second after it one
+    time: the raise received after the clear is taken for overtaken, and a genuine one in the
+    clear's second waits for the device's next update instead."""
     clear_received = _quiet_received(state)
-    if state.quiet_at is None or clear_received is None or t >= state.quiet_at:
+    if state.quiet_at is None or clear_received is None or t > state.quiet_at:
+        return False
+    if t == state.quiet_at and received_at <= clear_received:
         return False
     held_longer = (received_at - t) - (clear_received - state.quiet_at)
     return held_longer <= OVERTAKE_WINDOW_S

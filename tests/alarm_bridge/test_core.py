@@ -279,6 +279,9 @@ OVERTAKEN_CASES = [
     ("a clock on time", (20, 25), (0, 26)),
     ("a clock 30 s ahead", (10 + 30, 10.2), (30, 20)),
     ("a clock 5 s ahead, the clear 3 s after the raise", (3 + 5, 3.2), (0 + 5, 3.5)),
+    # Timed to the second (2026-09-21T14:13:20Z both): received after the clear, the raise
+    # is the one it overtook.
+    ("a clock stamping whole seconds, both in one second", (0, 0.6), (0, 3)),
 ]
 
 
@@ -1647,6 +1650,32 @@ BASE_NAME_CASES = [
         "a sensor id with a word of what its kind measures",
         "noise-3",
         [{"bn": "noise-3;", "n": "LAmax", "u": "dB", "v": 88}, {"n": "LAeq", "u": "dB", "v": 72}],
+        [("noise-3;LAeq", "dB", 72.0)],
+    ),
+    # The same packs resolved (RFC 8428 section 4.6: no bn, the base folded into each n, as
+    # a gateway sends them): read as with the base name.
+    (
+        "a noise meter's resolved names after ;",
+        "ns-1",
+        [{"n": "ns-1;LAeq", "u": "dB", "v": 72.5}, {"n": "ns-1;LAmax", "u": "dB", "v": 88}],
+        [("ns-1;LAeq", "dB", 72.5)],
+    ),
+    (
+        "a gauge's resolved names after .",
+        "wl-1",
+        [{"n": "wl-1.level", "u": "cm", "v": 20}, {"n": "wl-1.level_avg", "u": "cm", "v": 12}],
+        [("wl-1.level", "cm", 20.0)],
+    ),
+    (
+        "a bin's resolved names after its URN and ;",
+        "bf-1",
+        [{"n": f"{URN}fill", "v": 95}, {"n": f"{URN}fill_raw", "v": 97}],
+        [(f"{URN}fill", None, 95.0)],
+    ),
+    (
+        "a sensor id with a word of what its kind measures, resolved",
+        "noise-3",
+        [{"n": "noise-3;LAmax", "u": "dB", "v": 88}, {"n": "noise-3;LAeq", "u": "dB", "v": 72}],
         [("noise-3;LAeq", "dB", 72.0)],
     ),
 ]

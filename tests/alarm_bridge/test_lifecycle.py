@@ -192,6 +192,18 @@ CASES = [
         "active",
     ),
     Case(
+        "a raise in the second of the clear, received after it, opens no alarm",
+        [(100, sent("clear", 100.6)), (100, sent("raise", 103))],
+        ["ignore:None:0:clear_not_active", "ignore:None:0:stale"],
+        "normal",
+    ),
+    Case(
+        "a raise in the second of the clear, held up beyond the window longer, raises",
+        [(100, sent("clear", 100.6)), (100, sent("raise", 221))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
         "a raise held up more than the window longer than the clear raises",
         [(300, sent("clear", 100)), (150, sent("raise", 151))],  # held up 201 s longer
         ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
@@ -234,10 +246,12 @@ CASES = [
             (1000, sent("clear", 1000)),
             (950, sent("raise", 1010)),  # 60 s behind: held up 60 s longer
             (990, sent("update", 1050)),
-            (1000, sent("update", 1060)),
+            (1000, sent("update", 1060)),  # in the clear's second: taken for overtaken
+            (1001, sent("update", 1061)),
         ],
         [
             "ignore:None:0:clear_not_active",
+            "ignore:None:0:stale",
             "ignore:None:0:stale",
             "ignore:None:0:stale",
             "raise:a:1:MAJOR",
@@ -477,15 +491,18 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
     assert (later, [e.reason for e in effects]) == (state, ["clear_not_active"])
     later, effects = step(state, sent("raise", 302, aid="second"), 290)
     assert (later, [e.reason for e in effects]) == (state, ["stale"])
-    # A raise after it opens the next alarm, which last_seen orders from then on.
-    raised, _ = step(state, sent("raise", 303, aid="second"), 300)
+    # So is one in its second received after it; one timed after it opens the next alarm,
+    # which last_seen orders from then on.
+    later, effects = step(state, sent("raise", 303, aid="second"), 300)
+    assert (later, [e.reason for e in effects]) == (state, ["stale"])
+    raised, _ = step(state, sent("raise", 303, aid="second"), 301)
     assert raised == AlarmState(
         phase="active",
         alarm_id="second",
         previous_alarm_id="first",
         count=1,
-        first_seen=300,
-        last_seen=300,
+        first_seen=301,
+        last_seen=301,
     )
 
 
