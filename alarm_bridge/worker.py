@@ -46,7 +46,12 @@ from gridpatrol.ingest.messages import (
     dead_letter,
     decode_frame,
 )
-from gridpatrol.ingest.reliable import ERROR_CHARS, error_text
+from gridpatrol.ingest.reliable import (
+    DEAD_LETTER_LOG_BYTES,
+    ERROR_CHARS,
+    error_text,
+    fit_dead_letter,
+)
 from gridpatrol.ingest.topics import (
     TopicKind,
     deadletter_topic,
@@ -95,7 +100,6 @@ REPLY_CLOCK_TOLERANCE_S = MAX_AHEAD_S
 # dropped (logged and counted): a dead letter carries at most 64 KiB of payload.
 DEAD_LETTER_BACKLOG = 1000
 DEAD_LETTER_RETRY_S = 5.0
-DEAD_LETTER_LOG_BYTES = 1024  # of a dropped dead letter's JSON, in its log line
 # Repeats of an active alarm are merged for this long into one PATCH per candidate: a
 # chattering sensor costs the API a request per second, not one per message.
 PATCH_COALESCE_S = 1.0
@@ -919,12 +923,15 @@ class Bridge:
         """Publish the dead letters waiting, oldest first, and delete those the client took.
 
         Nothing is handed over while the connection is down: the client would take a QoS 1
-        publication into its memory only, lost with the process. Not connected, a client
-        refusing one (False: its queue full, or no client) or raising anything but ValueError
-        keeps it and every later one for the next attempt, logged at most once per
-        :data:`DEAD_LETTER_RETRY_S`; one it raises ValueError on (a publication MQTT cannot
-        carry) is refused for good: dropped, logged and counted. Never raises for a
-        publication, only for the state database.
+        publication into its memory only, lost with the process. A letter over what the
+        broker's packet limit leaves it has its payload cut further to fit
+        (:func:`fit_dead_letter`): the client refuses a larger one, and would at every attempt,
+        holding up every later letter for ever; one that does not fit even without its payload
+        is dropped, logged and counted. Not connected, a client refusing one (False: its queue
+        full, or no client) or raising anything but ValueError keeps it and every later one for
+        the next attempt, logged at most once per :data:`DEAD_LETTER_RETRY_S`; one it raises
+        ValueError on (a publication MQTT cannot carry) is refused for good: dropped, logged
+        and counted. Never raises for a publication, only for the state database.
         """
         topic = deadletter_topic(self.prefix, COMPONENT)
         held = ""  # why the rest waits
@@ -938,8 +945,22 @@ class Bridge:
                 if not self.mqtt.connected:
                     held = "not connected to the broker"
                     break
+                most = self.mqtt.max_payload(topic, 1)
+                letter = fit_dead_letter(body, most)
+                if letter is None:
+                    why = f"over the {most} bytes the broker's packet limit leaves it"
+                    lost.append((body, f"{why}, even with no payload"))
+                    done.append((row_id,))
+                    continue
+                if letter is not body:
+                    log.info(
+                        "a dead letter of %d bytes is cut to fit the %d the broker's packet "
+                        "limit leaves it",
+                        len(body),
+                        most,
+                    )
                 try:
-                    published = self.mqtt.publish(topic, body, qos=1)
+                    published = self.mqtt.publish(topic, letter, qos=1)
                 except ValueError as exc:
                     lost.append((body, f"refused by the client: {exc}"))
                     published = True  # never publishable: not kept

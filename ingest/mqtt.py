@@ -872,7 +872,9 @@ class MqttConnection:
         return mine if broker is None else min(mine, broker)
 
     def max_payload(self, topic: str, qos: int) -> int:
-        """The largest payload a publication on ``topic`` at ``qos`` may carry."""
+        """The largest payload a publication on ``topic`` at ``qos`` may carry: what a caller
+        that must not lose a publication (a dead letter) cuts it to before publishing, as a
+        larger one is refused for good, where a refusal for a full queue is not."""
         v5 = self.protocol == MQTTProtocolVersion.MQTTv5
         return self.max_packet_size - publish_overhead(topic, qos, v5)
 
@@ -902,7 +904,9 @@ class MqttConnection:
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
         """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue,
-        over the packet limit)."""
+        over the packet limit). Whether a payload is over the limit, :meth:`max_payload` tells
+        beforehand (a False that does not say which would be taken for a full queue and tried
+        again for ever)."""
         client = self._client
         if client is None or (qos == 0 and not self._connected.is_set()):
             self.publish_dropped += 1

@@ -7,11 +7,14 @@ acknowledgements leave in arrival order. A handler that keeps failing on one mes
 stall the stream for ever: after ``max_attempts`` the message goes to the dead-letter topic,
 with the handler's last error, and is acknowledged; when the client does not take the letter,
 the message is left unacknowledged (logged) and the broker sends it again after the next
-reconnection.
+reconnection. A letter over the broker's packet limit has its payload cut further to fit
+(:func:`fit_dead_letter`): refused for its size, it would be refused again at every redelivery.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +30,7 @@ Handler = Callable[[Message], None]
 # Of the handler's last error, in a dead letter: the type and the text, cut to this many
 # characters (a message quoting a whole payload must not make the letter twice its size).
 ERROR_CHARS = 1000
+DEAD_LETTER_LOG_BYTES = 1024  # of a dead letter dropped, in its log line
 
 
 class ReliableConsumer:
@@ -60,6 +64,8 @@ class ReliableConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self.left_for_redelivery = 0  # given up, but the dead letter refused: left for redelivery
+        # Given up and acknowledged without a letter: not even one without payload would fit.
+        self.dead_letters_lost = 0
         self.stop_event = threading.Event()
 
     def start(self, timeout: float = 10.0) -> bool:
@@ -119,11 +125,15 @@ class ReliableConsumer:
     def _give_up(self, message: Message, failure: Exception | None) -> None:
         """Dead-letter the message, with the handler's last error, and acknowledge it.
 
-        A letter the client does not take (its queue full, no client, or it failed) leaves
-        the message unacknowledged, logged: the broker sends it again after the next
-        reconnection. Later messages are still acknowledged past it.
+        The letter's payload is cut to what the connection's packet limit leaves it
+        (:func:`fit_dead_letter`). A letter the client does not take (its queue full, no
+        client, or it failed) leaves the message unacknowledged, logged: the broker sends it
+        again after the next reconnection. Later messages are still acknowledged past it. One
+        that would not fit even without its payload (a limit of a few KB, a long topic) could
+        never be published: the message is acknowledged without it, logged and counted.
         """
-        body = dead_letter(
+        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
+        letter = dead_letter(
             "handler_failed",
             message.topic,
             message.payload,
@@ -131,16 +141,30 @@ class ReliableConsumer:
             DEAD_LETTER_PAYLOAD_BYTES,
             error=None if failure is None else error_text(failure),
         )
-        if not self._letter_taken(message, body):
+        body = fit_dead_letter(letter, self.conn.max_payload(topic, 1))
+        if body is None:
+            log.error(
+                "%s: the dead letter for %s (message id %d) is over the broker's packet limit "
+                "of %d bytes even without its payload; the message is acknowledged without "
+                "it: %s",
+                self.conn.component_id,
+                message.topic,
+                message.mid,
+                self.conn.max_packet_size,
+                letter[:DEAD_LETTER_LOG_BYTES].decode(),
+            )
+            self.dead_letters_lost += 1
+            self.conn.ack(message)
+            return
+        if not self._letter_taken(message, topic, body):
             self.left_for_redelivery += 1
             self.conn.skip(message)
             return
         self.dead_lettered += 1
         self.conn.ack(message)
 
-    def _letter_taken(self, message: Message, body: bytes) -> bool:
+    def _letter_taken(self, message: Message, topic: str, body: bytes) -> bool:
         """Queue the dead letter for ``message``; whether the client took it (logged if not)."""
-        topic = deadletter_topic(self.conn.prefix, self.conn.component_id)
         failed: Exception | None = None
         try:
             queued = self.conn.publish(topic, body, qos=1)
@@ -164,6 +188,35 @@ class ReliableConsumer:
             message = self.get(0.5)
             if message is not None:
                 self.handle(message, handler)
+
+
+def fit_dead_letter(body: bytes, most: int) -> bytes | None:
+    """A dead letter (the JSON of :func:`~gridpatrol.ingest.messages.dead_letter`) of at most
+    ``most`` bytes: ``body`` when it fits, else with its payload cut further, to what fits,
+    ``payload_bytes`` (the original size) and ``payload_truncated`` saying so. A broker drops
+    a client that sends a packet over its limit, so the connection refuses one (and would
+    again at every attempt). None when not even an empty payload fits, or ``body`` is no
+    dead letter."""
+    if len(body) <= most:
+        return body
+    try:
+        letter = json.loads(body)
+        payload = base64.b64decode(letter["payload_b64"], validate=True)
+        size = int(letter.get("payload_bytes", len(payload)))
+    except (ValueError, KeyError, TypeError, AttributeError):  # binascii.Error is a ValueError
+        return None
+    letter |= {"payload_b64": "", "payload_bytes": size, "payload_truncated": True}
+    room = most - len(_compact(letter))
+    if room < 0:
+        return None
+    # Base64 makes 4 characters of each 3 bytes, none of them escaped in JSON.
+    letter["payload_b64"] = base64.b64encode(payload[: room // 4 * 3]).decode("ascii")
+    return _compact(letter)
+
+
+def _compact(letter: dict[str, object]) -> bytes:
+    """As :func:`~gridpatrol.ingest.messages.dead_letter` writes a letter."""
+    return json.dumps(letter, separators=(",", ":")).encode()
 
 
 def error_text(exc: BaseException) -> str:

@@ -48,15 +48,27 @@ OPEN_TIMEOUT_MS = 10000
 MAX_BACKOFF_S = 30.0
 # An HTTP snapshot is given up after this long in all, and past this size (a JPEG of even a
 # 4K camera is a few MB). The size is the default packet limit of a connection
-# (mqtt.DEFAULT_MAX_PACKET_SIZE): a larger JPEG could not go out as it came.
+# (mqtt.DEFAULT_MAX_PACKET_SIZE): a larger JPEG could not go out as it came. A connection set
+# to a larger limit raises it (CameraOutput.http_max_bytes).
 HTTP_DEADLINE_S = 10.0
 # httpx's timeout for each read, connect and write of a snapshot; the deadline covers the whole.
 HTTP_READ_TIMEOUT_S = 10.0
 HTTP_MAX_BYTES = 16 * 2**20
 # How long an RTSP camera gets to answer an OPTIONS request before each open (see rtsp_answers).
 RTSP_PROBE_S = 2.0
-# A frame too large for the broker is scaled down at most this many times before it is dropped.
+# A camera whose frames are too large for the broker steps down (see FrameFit): its JPEG quality
+# first, by QUALITY_STEP down to QUALITY_FLOOR, the picture's size kept (so the detector's pixel
+# boxes and tracks are), and only then its size, aspect kept. A frame over its budget by more
+# than QUALITY_REACH times goes to the floor at once: a quality step would not do.
+QUALITY_STEP = 10
+QUALITY_FLOOR = 60
+QUALITY_REACH = 1.3
+# At most this many steps down for one frame; a frame still too large after them is dropped.
 FIT_STEPS = 6
+# A step down is taken back only once this many frames in a row would have fit the step above
+# within UP_MARGIN of the budget, by the ratio of a frame's sizes measured on the way down.
+UP_AFTER = 100
+UP_MARGIN = 0.85
 # What a frame envelope adds to its JPEG at most: the magic, the header's length, the header.
 ENVELOPE_OVERHEAD = len(MAGIC) + 4 + MAX_HEADER_BYTES
 
@@ -184,35 +196,25 @@ def _decoded(data: bytes) -> np.ndarray | None:
     return image
 
 
-def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
-    """A JPEG from an HTTP camera: passed through unless it must be resized."""
-    if camera.resize is None and data.startswith(b"\xff\xd8"):
-        width, height = jpeg_size(data)
-        return data, width, height
+def _pixels(data: bytes) -> np.ndarray:
+    """A snapshot's pixels; ValueError when it cannot be decoded."""
     image = _decoded(data)
     if image is None:
         raise ValueError("the snapshot URL did not return a decodable image")
-    return encode_image(image, camera)
+    return image
 
 
-def fit_jpeg(data: bytes, camera: Camera, budget: int) -> tuple[bytes, int, int] | None:
-    """A JPEG of at most ``budget`` bytes showing what ``data`` does: re-encoded at the
-    camera's ``jpeg_quality``, then scaled down (its aspect kept, so zones stay in place) until
-    it fits; None when it cannot be decoded or does not fit after :data:`FIT_STEPS` steps."""
-    import cv2
+def passes_through(data: bytes, camera: Camera) -> bool:
+    """Whether a snapshot goes on as it came: a JPEG, of a camera without ``resize``."""
+    return camera.resize is None and data.startswith(b"\xff\xd8")
 
-    image = _decoded(data)
-    if image is None:
-        return None
-    for _ in range(FIT_STEPS):
-        jpeg, width, height = _jpeg(image, camera.jpeg_quality)
-        if len(jpeg) <= budget:
-            return jpeg, width, height
-        # JPEG bytes go with the pixel count: a side scaled by the square root of the excess.
-        scale = min(0.9, 0.95 * (budget / len(jpeg)) ** 0.5)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    return None
+
+def reencode_jpeg(data: bytes, camera: Camera) -> tuple[bytes, int, int]:
+    """A JPEG from an HTTP camera: passed through unless it must be resized."""
+    if passes_through(data, camera):
+        width, height = jpeg_size(data)
+        return data, width, height
+    return encode_image(_pixels(data), camera)
 
 
 def open_capture(source: str, base_dir: Path | None) -> object:
@@ -318,8 +320,8 @@ def _shut(sock: socket.socket) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
-def http_get(url: str) -> bytes:
-    """The body at ``url``, read within ``HTTP_DEADLINE_S`` and at most ``HTTP_MAX_BYTES``.
+def http_get(url: str, max_bytes: int = HTTP_MAX_BYTES) -> bytes:
+    """The body at ``url``, read within ``HTTP_DEADLINE_S`` and at most ``max_bytes``.
 
     The deadline covers the whole response, headers and redirects included (see `_Cutoff`);
     it is also checked as each response's headers arrive and between chunks of the body.
@@ -331,8 +333,8 @@ def http_get(url: str) -> bytes:
     def check(response: httpx.Response) -> None:
         # Before any body is read, redirects' too.
         declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > HTTP_MAX_BYTES:
-            raise SnapshotRefused(f"the response is {declared} bytes, over {_limit()}")
+        if declared.isdigit() and int(declared) > max_bytes:
+            raise SnapshotRefused(f"the response is {declared} bytes, over {_limit(max_bytes)}")
         if time.monotonic() > deadline:
             raise SnapshotRefused(_too_slow())
 
@@ -350,7 +352,7 @@ def http_get(url: str) -> bytes:
         try:
             with client.stream("GET", url, extensions={"trace": cutoff.trace}) as response:
                 response.raise_for_status()
-                body = _read_body(response, deadline)
+                body = _read_body(response, deadline, max_bytes)
         except httpx.TransportError:
             if cutoff.passed.is_set():
                 raise SnapshotRefused(_too_slow()) from None
@@ -362,12 +364,12 @@ def http_get(url: str) -> bytes:
         return body
 
 
-def _read_body(response: httpx.Response, deadline: float) -> bytes:
+def _read_body(response: httpx.Response, deadline: float, max_bytes: int) -> bytes:
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
-        if len(body) > HTTP_MAX_BYTES:
-            raise SnapshotRefused(f"the response goes on past {_limit()}")
+        if len(body) > max_bytes:
+            raise SnapshotRefused(f"the response goes on past {_limit(max_bytes)}")
         if time.monotonic() > deadline:
             raise SnapshotRefused(_too_slow())
     return bytes(body)
@@ -377,12 +379,15 @@ def _too_slow() -> str:
     return f"no complete response within {HTTP_DEADLINE_S:g} s"
 
 
-def _limit() -> str:
-    return f"the {HTTP_MAX_BYTES / 2**20:g} MiB limit"
+def _limit(max_bytes: int) -> str:
+    return f"the {max_bytes / 2**20:g} MiB limit"
 
 
-def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+def grab_once(
+    camera: Camera, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+) -> tuple[bytes, int, int] | None:
     """One frame by open-grab-close (patrol visits, snapshots); None when the source failed.
+    An HTTP snapshot may have ``max_bytes`` (:attr:`CameraOutput.http_max_bytes`).
 
     A file is read at the position the wall clock points to (modulo its length), so successive
     visits see the scene move on as a live camera's would.
@@ -392,7 +397,7 @@ def grab_once(camera: Camera, base_dir: Path | None) -> tuple[bytes, int, int] |
     kind = source_kind(camera.source)
     try:
         if kind == "http":
-            return reencode_jpeg(http_get(camera.source), camera)
+            return reencode_jpeg(http_get(camera.source, max_bytes), camera)
         cap = open_capture(camera.source, base_dir)
         try:
             if not cap.isOpened():  # type: ignore[attr-defined]
@@ -426,6 +431,158 @@ class CameraStats:
     failures: int = 0
 
 
+Fitted = tuple[bytes, int, int]  # a JPEG and its width and height
+
+
+class FrameFit:
+    """The JPEG quality and the size one camera's frames go out at so that they fit the
+    broker's packet limit: a step down, once taken, holds for the camera's later frames.
+
+    Decided frame by frame, the frames of a camera near the limit would change size from one
+    to the next (one that fits as it is, the next a few KB larger scaled down): the detector's
+    tracker, which follows pixel boxes, would lose its tracks (new ids, dwell timers started
+    again, episodes twice). So a frame over the budget steps the camera down, its quality
+    first (:data:`QUALITY_STEP`), which keeps the picture's size, then its size; every later
+    frame is encoded once at that step, from its pixels when the source gives them (a JPEG is
+    decoded once). A step is taken back only after :data:`UP_AFTER` frames in a row would have
+    fit the step above within :data:`UP_MARGIN` of the budget. Thread-safe: a camera's
+    snapshot grabs are fitted beside its stream.
+    """
+
+    def __init__(self, camera: Camera) -> None:
+        self.camera = camera
+        self.quality = camera.jpeg_quality
+        self.scale = 1.0
+        # Each step down taken, newest last: the quality and scale before it, and the ratio of
+        # a frame's bytes there to its bytes after it (as measured on the frame that took it).
+        self._steps: list[tuple[int, float, float]] = []
+        self._roomy = 0  # frames in a row that would have fit the step above, with room
+        self._said: set[str] = set()  # what was logged once: "fitted", "dropped"
+        self._lock = threading.Lock()
+
+    def jpeg(self, data: bytes, width: int, height: int, budget: int) -> Fitted | None:
+        """A camera's JPEG (an HTTP snapshot as it came, a grab's frame): as it is while the
+        camera took no step and it fits, else decoded and encoded at the camera's step (at
+        its ``jpeg_quality`` first, for a JPEG of a higher one). None when it cannot fit."""
+        with self._lock:
+            if not self._steps and len(data) <= budget:
+                return data, width, height
+            image = _decoded(data)
+            if image is None:
+                self._dropped(len(data), width, height, budget, "cannot be decoded")
+                return None
+            return self._encoded(image, budget, len(data))
+
+    def image(self, image: np.ndarray, budget: int) -> Fitted | None:
+        """A frame's pixels, resized as configured and encoded at the camera's step: one
+        encode while it fits there. None when it cannot fit."""
+        with self._lock:
+            return self._encoded(image, budget, None)
+
+    def _encoded(self, image: np.ndarray, budget: int, came: int | None) -> Fitted | None:
+        """``image`` encoded at the camera's step, stepping down while it does not fit;
+        ``came``: the size of the JPEG it was decoded from, if any."""
+        import cv2
+
+        height, width = int(image.shape[0]), int(image.shape[1])
+        resize = self.camera.resize
+        base = (int(resize[0]), int(resize[1])) if resize is not None else (width, height)
+        steps = len(self._steps)
+        sizes: list[int] = []  # of this frame, at each step tried
+        for attempt in range(FIT_STEPS + 1):
+            size = self._size(base)
+            sized = (
+                image
+                if size == (width, height)
+                else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            )
+            jpeg, w, h = _jpeg(sized, self.quality)
+            if sizes:  # the step just taken: what it took off this frame
+                quality, scale, _ = self._steps[-1]
+                self._steps[-1] = (quality, scale, sizes[-1] / len(jpeg))
+            sizes.append(len(jpeg))
+            if len(jpeg) <= budget:
+                # A step taken, or a camera's JPEG re-encoded at its quality (said once).
+                if len(self._steps) != steps or (came is not None and "fitted" not in self._said):
+                    self._fitted(came or sizes[0], base, budget, w, h)
+                self._count_room(len(jpeg), budget, base)
+                return jpeg, w, h
+            if attempt < FIT_STEPS:
+                self._down(len(jpeg), budget)
+        self._dropped(came or sizes[0], *base, budget, "could not be made to fit")
+        return None
+
+    def _size(self, base: tuple[int, int]) -> tuple[int, int]:
+        if self.scale == 1.0:
+            return base
+        return max(1, round(base[0] * self.scale)), max(1, round(base[1] * self.scale))
+
+    def _down(self, size: int, budget: int) -> None:
+        self._steps.append((self.quality, self.scale, 1.0))
+        self._roomy = 0
+        excess = size / budget
+        if self.quality > QUALITY_FLOOR:
+            lower = max(QUALITY_FLOOR, self.quality - QUALITY_STEP)
+            self.quality = QUALITY_FLOOR if excess > QUALITY_REACH else lower
+        else:
+            # JPEG bytes shrink more slowly than the pixel count: about with the side's power
+            # 1.4 for a street scene (detail gets denser), 2 for noise; 1.5 takes the first
+            # close to the budget, the second a little under.
+            self.scale *= min(0.9, 0.95 / excess ** (1 / 1.5))
+
+    def _count_room(self, size: int, budget: int, base: tuple[int, int]) -> None:
+        """Count a frame that fit toward taking the last step back; take it after UP_AFTER."""
+        if not self._steps:
+            return
+        quality, scale, ratio = self._steps[-1]
+        self._roomy = self._roomy + 1 if size * ratio <= UP_MARGIN * budget else 0
+        if self._roomy < UP_AFTER:
+            return
+        self._steps.pop()
+        self.quality, self.scale, self._roomy = quality, scale, 0
+        log.info(
+            "camera %s: frames go out at JPEG quality %d, %dx%d again: the last %d would have "
+            "fit there with room to spare",
+            self.camera.id,
+            self.quality,
+            *self._size(base),
+            UP_AFTER,
+        )
+
+    def _fitted(self, first: int, base: tuple[int, int], budget: int, w: int, h: int) -> None:
+        """Say where the camera's frames go now: a warning the first time, info later."""
+        level = logging.INFO if "fitted" in self._said else logging.WARNING
+        self._said.add("fitted")
+        log.log(
+            level,
+            "camera %s: a frame of %d bytes (%dx%d) is over the %d bytes the broker's packet "
+            "limit leaves it; frames go out at JPEG quality %d, %dx%d from now on (set the "
+            "camera's resize or jpeg_quality to spare the work)",
+            self.camera.id,
+            first,
+            *base,
+            budget,
+            self.quality,
+            w,
+            h,
+        )
+
+    def _dropped(self, size: int, width: int, height: int, budget: int, why: str) -> None:
+        if "dropped" in self._said:
+            return
+        self._said.add("dropped")
+        log.warning(
+            "camera %s: a frame of %d bytes (%dx%d) over the %d bytes the broker's packet limit "
+            "leaves it %s: dropped, as such frames will be (counted); not said again",
+            self.camera.id,
+            size,
+            width,
+            height,
+            budget,
+            why,
+        )
+
+
 class CameraOutput:
     """Frame numbering, publication, the newest frame and the retained status of one camera."""
 
@@ -442,17 +599,33 @@ class CameraOutput:
         # The camera's file, which does not loop, has ended: no more frames come from it.
         self.ended = False
         self._seq = 0
-        self._fit_said: set[bool] = set()  # frames re-encoded to fit (True) or dropped, said
+        self.fit = FrameFit(camera)
         # Held while publishing, so that close() comes between two publications, never inside.
         self._lock = threading.Lock()
+
+    @property
+    def http_max_bytes(self) -> int:
+        """The most an HTTP snapshot of the camera may have: :data:`HTTP_MAX_BYTES`, or the
+        connection's configured packet limit when that is larger (such a JPEG, fitted to the
+        broker's limit, was accepted before the limit was known)."""
+        return max(HTTP_MAX_BYTES, self.conn.settings.max_packet_size)
 
     def publish(
         self, jpeg: bytes, width: int, height: int, ts: datetime | None = None
     ) -> Frame | None:
-        """Publish a frame (and ``online`` before it); once closed, nothing is published. None
-        when the frame cannot be made to fit the broker's packet limit (see :meth:`_fit`)."""
-        fitted = self._fit(jpeg, width, height)
+        """Publish a camera's JPEG as a frame (and ``online`` before it); once closed, nothing
+        is published. None when it cannot be made to fit the broker's packet limit (see
+        :class:`FrameFit`), counted as dropped."""
+        return self._send(self.fit.jpeg(jpeg, width, height, self._budget()), ts)
+
+    def publish_image(self, image: np.ndarray, ts: datetime | None = None) -> Frame | None:
+        """Publish a frame's pixels, resized as configured and encoded once, at the camera's
+        ``jpeg_quality`` or the step its frames fit the broker's packet limit at."""
+        return self._send(self.fit.image(image, self._budget()), ts)
+
+    def _send(self, fitted: Fitted | None, ts: datetime | None) -> Frame | None:
         if fitted is None:
+            self.stats.dropped += 1
             return None
         with self._lock:
             frame = self._numbered(*fitted, ts)
@@ -472,8 +645,9 @@ class CameraOutput:
         """A frame for snapshot replies alone: numbered and fitted as a published one, but not
         published, not the newest and no change of status (a grab beside the camera's own
         source says nothing of how that one fares). None when it cannot be made to fit."""
-        fitted = self._fit(jpeg, width, height)
+        fitted = self.fit.jpeg(jpeg, width, height, self._budget())
         if fitted is None:
+            self.stats.dropped += 1
             return None
         with self._lock:
             return self._numbered(*fitted, None)
@@ -483,33 +657,11 @@ class CameraOutput:
         self._seq += 1
         return Frame(header, jpeg)
 
-    def _fit(self, jpeg: bytes, width: int, height: int) -> tuple[bytes, int, int] | None:
-        """The JPEG as is when its envelope fits the connection's packet limit (a snapshot
-        reply's, QoS 1 on the longer topic, with any header); else re-encoded smaller
-        (:func:`fit_jpeg`): a larger packet would make the broker drop the connection, and
-        every camera of this process with it. None, counted as dropped, when it cannot fit."""
-        budget = self.conn.max_payload(self.reply_topic, qos=1) - ENVELOPE_OVERHEAD
-        if len(jpeg) <= budget:
-            return jpeg, width, height
-        fitted = fit_jpeg(jpeg, self.camera, budget)
-        if fitted is None:
-            self.stats.dropped += 1
-        if (fitted is not None) not in self._fit_said:  # once for each outcome
-            self._fit_said.add(fitted is not None)
-            log.warning(
-                "camera %s: a frame of %d bytes (%dx%d) is over the %d bytes the broker's packet "
-                "limit leaves it; %s; not said again",
-                self.camera.id,
-                len(jpeg),
-                width,
-                height,
-                budget,
-                "re-encoded smaller to fit (set the camera's resize or jpeg_quality to spare the "
-                "work)"
-                if fitted is not None
-                else "dropped: it could not be re-encoded to fit",
-            )
-        return fitted
+    def _budget(self) -> int:
+        """The most a frame's JPEG may have: its envelope must fit the connection's packet
+        limit as a snapshot reply (QoS 1 on the longer topic, with any header); a larger packet
+        would make the broker drop the connection, and every camera of this process with it."""
+        return self.conn.max_payload(self.reply_topic, qos=1) - ENVELOPE_OVERHEAD
 
     def set_status(self, online: bool, force: bool = False) -> None:
         with self._lock:
@@ -633,10 +785,9 @@ class CameraPublisher(threading.Thread):
                 due = start + moment
                 if self.stop_event.wait(max(0.0, due - time.monotonic())):
                     break
-                jpeg, width, height = encode_image(image, self.camera)
                 # Stamped as a live camera's: the wall clock's time when the frame was due.
                 ts = time.time() - (time.monotonic() - due)
-                self.output.publish(jpeg, width, height, datetime.fromtimestamp(ts, UTC))
+                self.output.publish_image(image, datetime.fromtimestamp(ts, UTC))
                 while next_sample <= moment + 1e-6:
                     next_sample += self.period
         finally:
@@ -681,7 +832,7 @@ class CameraPublisher(threading.Thread):
                 continue
             ok, image = cap.retrieve()  # type: ignore[attr-defined]
             if ok:
-                self.output.publish(*encode_image(image, self.camera))
+                self.output.publish_image(image)
                 published += 1
             next_due = max(next_due + self.period, now)
         return published
@@ -707,10 +858,17 @@ class CameraPublisher(threading.Thread):
         while not self.stop_event.is_set():
             started = time.monotonic()
             try:
-                self.output.publish(*reencode_jpeg(http_get(self.camera.source), self.camera))
+                self._publish_snapshot(http_get(self.camera.source, self.output.http_max_bytes))
                 backoff = 1.0
             except Exception as exc:
                 self._lost(backoff, f"snapshot failed ({failure(exc, self.camera.source)})")
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
                 continue
             self.stop_event.wait(max(0.0, self.period - (time.monotonic() - started)))
+
+    def _publish_snapshot(self, data: bytes) -> None:
+        """A snapshot as it came when it passes through, else decoded once and encoded once."""
+        if passes_through(data, self.camera):
+            self.output.publish(data, *jpeg_size(data))
+        else:
+            self.output.publish_image(_pixels(data))

@@ -21,7 +21,14 @@ from gridpatrol.alarm_bridge.uptime import SETTLE_S
 from gridpatrol.alarm_bridge.worker import RESEND_BURST_S, BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
 from gridpatrol.ingest.messages import MAX_SENSOR_BYTES
-from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
+from gridpatrol.ingest.mqtt import (
+    DEFAULT_MAX_PACKET_SIZE,
+    Message,
+    MqttConnection,
+    MqttSettings,
+    Subscription,
+    publish_overhead,
+)
 from gridpatrol.ingest.topics import (
     component_status_topic,
     deadletter_topic,
@@ -29,6 +36,7 @@ from gridpatrol.ingest.topics import (
     sensor_status_topic,
 )
 
+from ..conftest import Mosquitto
 from .conftest import make_site, outbox_ops
 
 SETTINGS = MqttSettings.from_url("mqtt://127.0.0.1:1883")
@@ -705,6 +713,10 @@ class FakeLink:
     def publish(self, topic: str, payload: bytes | str, qos: int = 0) -> bool:
         return True
 
+    def max_payload(self, topic: str, qos: int) -> int:
+        """As a connection to a broker of the default packet limit says."""
+        return DEFAULT_MAX_PACKET_SIZE - publish_overhead(topic, qos, v5=True)
+
     def ack(self, message: Message) -> None:
         if message.session == self.connects and self.connected:
             self.acked.append((message.session, message.mid))
@@ -1210,6 +1222,92 @@ def test_a_dead_letter_the_client_raises_on_is_dropped_logged_and_its_batch_ackn
     ]
     assert _waiting_letters(outbox) == []
     assert [kind for kind, _, _ in outbox_ops(outbox)] == ["evidence", "create"]
+
+
+def test_a_dead_letter_over_the_packet_limit_is_cut_and_holds_up_no_other(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """A broker taking packets of up to 64 KiB: the letter of a 60 KiB payload (80 KiB in
+    base64) was refused, taken for a full queue, and held up every later letter for ever,
+    published again every 5 s. It goes out with its payload cut to fit; the two after it go
+    out whole."""
+    broker = Mosquitto(tmp_path, persistence=False)
+    broker.conf.write_text(broker.conf.read_text() + "max_packet_size 65536\n")
+    broker.start()
+    settings = MqttSettings.from_url(broker.url)
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    conn = MqttConnection("alarm_bridge", settings, prefix=mqtt_prefix)
+    bridge = Bridge(make_site(mqtt_prefix), outbox, conn, None, progress_s=3600)
+    watch = MqttConnection("big-watch", settings, prefix=mqtt_prefix)
+    letters_topic = deadletter_topic(mqtt_prefix, "alarm_bridge")
+    dead = watch.subscribe(letters_topic, qos=1)
+    topic = sensor_alarm_topic(mqtt_prefix, "sm-1")
+    big = b"x" * 60 * 1024
+    try:
+        assert conn.start(10) and watch.start(10)
+        for payload in (big, b"{nope 1", b"{nope 2"):
+            assert watch.publish_wait(topic, payload, qos=1)
+        _pump(bridge, 3)
+        letters = []
+        deadline = time.monotonic() + 20
+        while len(letters) < 3 and time.monotonic() < deadline:
+            letter = dead.get(timeout=0.5)
+            if letter is not None:
+                letters.append(letter)
+        most = conn.max_payload(letters_topic, 1)
+    finally:
+        watch.stop()
+        conn.stop()
+        broker.stop()
+    assert len(letters) == 3
+    assert most - 4 < len(letters[0].payload) <= most  # as much as fits, in base64's steps
+    bodies = [json.loads(letter.payload) for letter in letters]
+    for body in bodies:
+        del body["received_at"]
+    kept = base64.b64decode(bodies[0]["payload_b64"])
+    assert 0 < len(kept) < len(big)
+    assert bodies == [
+        {
+            "reason": "bad_json",
+            "topic": topic,
+            "payload_b64": base64.b64encode(big[: len(kept)]).decode(),
+            "error": "Expecting value: line 1 column 1 (char 0)",
+            "payload_bytes": len(big),
+            "payload_truncated": True,
+        },
+        *(
+            {"reason": "bad_json", "topic": topic, "payload_b64": b64, "error": NOPE}
+            for b64 in (
+                base64.b64encode(b"{nope 1").decode(),
+                base64.b64encode(b"{nope 2").decode(),
+            )
+        ),
+    ]
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (3, 0, 0)
+    assert _waiting_letters(outbox) == []
+
+
+def test_a_dead_letter_that_cannot_fit_even_without_its_payload_is_dropped_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its reason, topic and error alone are over what the packet limit leaves it: it could
+    never go out, and is not kept to hold up the letters after it."""
+    bridge, link, outbox = _fake_bridge(tmp_path)
+    handed = _recording(link, monkeypatch)
+    monkeypatch.setattr(link, "max_payload", lambda topic, qos: 100)
+    link.send(b"{nope", mid=3, at_s=0)
+    with caplog.at_level(logging.ERROR, logger="gridpatrol.alarm_bridge.worker"):
+        assert bridge._one_batch() == 1
+    assert handed == []
+    counts = bridge.core.counts
+    assert (counts.dead_letters, counts.dead_letters_waiting, counts.dead_letters_lost) == (1, 0, 1)
+    body = json.dumps(_letter(b"{nope", 0), separators=(",", ":"))
+    assert caplog.messages == [
+        "dead letter dropped (over the 100 bytes the broker's packet limit leaves it, even with "
+        f"no payload): {body}"
+    ]
+    assert _waiting_letters(outbox) == []
 
 
 def _held_lines(caplog: pytest.LogCaptureFixture) -> list[str]:

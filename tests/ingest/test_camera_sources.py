@@ -445,10 +445,10 @@ class RecordingOutput(CameraOutput):
         super().__init__(camera, conn)
         self.stamps: list[datetime] = []
 
-    def publish(self, jpeg: bytes, width: int, height: int, ts: datetime | None = None) -> Frame:
+    def publish_image(self, image: np.ndarray, ts: datetime | None = None) -> Frame | None:
         assert ts is not None
         self.stamps.append(ts)
-        return super().publish(jpeg, width, height, ts)
+        return super().publish_image(image, ts)
 
 
 def test_a_looped_file_is_paced_through_steps_of_the_wall_clock(
