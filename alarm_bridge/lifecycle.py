@@ -12,24 +12,24 @@ input drive it:
   CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one timed
   before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
 
-While no alarm is active, a device's own clear (an envelope without seq, timed by the device
-and not at its reception) keeps its time and its reception (``quiet_at``, ``quiet_received``):
-a raise or update of the device's own, alike, timed before it (or at its time and received
-after it: see :func:`_overtaken`) and arriving after it, held up on its way at most
-:data:`OVERTAKE_WINDOW_S` longer than the clear, is stale. Without that, a clear that overtook
-its raise was ignored and the raise then opened an alarm nothing would clear. The hold-up is
-the raise's reception minus its time, less the clear's: one clock's offset cancels out, so a
-clock running ahead hides no overtaken raise. A clock set back between the two by B makes a
-raise stale when B is at most the window plus how much longer the clear was held up than the
-raise, and then only until the clock passes the clear's time: time stamps going backwards
-between messages (more than one clock stamping them, two gateways) drop genuine raises sent
-up to that difference after the clear, until the next update. The bridge's own downtime is
-hold-up too: an overtaken raise queued for the bridge (its persistent session) while it was
-down, its clear received before, is held up longer by the downtime and can open an alarm.
-Nothing else keeps or is judged by that time: a reading, the bridge's own transitions
-(``device_offline``), a message ordered by its seq or timed at its reception (its clock too
-far off to compare with another message's) would make a genuine first alarm stale wherever
-two clocks disagree. That time never dates anything.
+While no alarm is active, a device's own clear (an envelope without seq, timed by the device and
+not at its reception) keeps its time and its reception (``quiets``, every such clear received in
+the last :data:`OVERTAKE_WINDOW_S`): a raise or update of the device's own, alike, timed before
+one of them (or at its time and received after it: see :func:`_overtaken`) and arriving after
+it, held up on its way at most :data:`OVERTAKE_WINDOW_S` longer than that clear, is stale.
+Without that, a clear that overtook its raise was ignored and the raise then opened an alarm
+nothing would clear. The hold-up is the raise's reception minus its time, less the clear's: one
+clock's offset cancels out, so a clock running ahead hides no overtaken raise. A clock set back
+between the two by B makes a raise stale when B is at most the window plus how much longer the
+clear was held up than the raise, and then only until the clock passes the clear's time: time
+stamps going backwards between messages (more than one clock stamping them, two gateways) drop
+genuine raises sent up to that difference after the clear, until the next update. The bridge's
+own downtime is hold-up too: an overtaken raise queued for the bridge (its persistent session)
+while it was down, its clear received before, is held up longer by the downtime and can open an
+alarm. Nothing else keeps or is judged by those times: a reading, the bridge's own transitions
+(``device_offline``), a message ordered by its seq or timed at its reception (its clock too far
+off to compare with another message's) would make a genuine first alarm stale wherever two
+clocks disagree. Those times never date anything.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -56,17 +56,24 @@ SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL
 # (plus how much longer the clear was held up than the raise) makes no raise stale, and one
 # set back by less only the raises before the clock passes the clear's time again.
 OVERTAKE_WINDOW_S = 120.0
+# The clears kept at most, the latest received: only a device repeating its state every few
+# seconds sends more in the window, and then the latest are the ones a raise was sent before.
+MAX_QUIETS = 8
+
+Quiet = tuple[float, float]  # a device clear's own time and its reception
 
 
 @dataclass(frozen=True)
 class AlarmState:
     """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm.
 
-    ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiet_at``
-    and ``quiet_received``: the own time and the reception of the device clear with no alarm
-    active that said the condition was over (see :class:`DeviceInput`), or None; a raise drops
-    them (``last_seen`` then orders). A state stored with ``quiet_at`` (then at most the clear's
-    reception) but without ``quiet_received`` takes that time for the reception.
+    ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiets``: the
+    own times and receptions of the device clears with no alarm active that said the condition
+    was over (see :class:`DeviceInput`), those received at most :data:`OVERTAKE_WINDOW_S` before
+    the latest (at most :data:`MAX_QUIETS`), in the order received; a raise drops them
+    (``last_seen`` then orders). A state stored with the one clear timed last kept (``quiet_at``
+    and ``quiet_received``, or ``quiet_at`` alone) loads with it alone (see
+    :func:`gridpatrol.alarm_bridge.store.load_state`).
     """
 
     phase: Phase = "normal"
@@ -78,9 +85,8 @@ class AlarmState:
     first_seen: float | None = None
     last_seen: float | None = None
     severity: Severity = "MAJOR"
-    # Last, with defaults: states stored before them (their fields in this order) still load.
-    quiet_at: float | None = None
-    quiet_received: float | None = None
+    # Last, with a default: states stored before it (their fields in this order) still load.
+    quiets: tuple[Quiet, ...] = ()
 
     @property
     def active(self) -> bool:
@@ -202,42 +208,36 @@ def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState
 
 def _quiet(state: AlarmState, t: float, received_at: float) -> AlarmState:
     """A state with no alarm active that a device clear timed ``t``, received at
-    ``received_at``, told the condition was over. It keeps the clear timed last, never moving
-    back to an earlier one (what the later one made stale stays so), unless the one kept can
-    no longer make anything stale (received more than :data:`OVERTAKE_WINDOW_S` before):
-    after a clock set back by more, the new clear is the one a raise may have been sent
-    before."""
-    kept, kept_received = state.quiet_at, _quiet_received(state)
-    if kept is None or kept_received is None or t >= kept:
-        return replace(state, quiet_at=t, quiet_received=received_at)
-    if received_at - kept_received > OVERTAKE_WINDOW_S:
-        return replace(state, quiet_at=t, quiet_received=received_at)
-    return state
+    ``received_at``, told the condition was over. Every clear is kept while it can make a
+    raise stale: one received more than :data:`OVERTAKE_WINDOW_S` before this one cannot (a
+    raise arriving after this one and timed before it was held up more than that longer).
+    Keeping only the clear timed last missed the raises an earlier-timed one overtook: a clock
+    ahead set back between two clears."""
+    kept = [q for q in state.quiets if received_at - q[1] <= OVERTAKE_WINDOW_S]
+    kept = sorted([*kept, (t, received_at)], key=lambda q: q[1])
+    return replace(state, quiets=tuple(kept[-MAX_QUIETS:]))
 
 
 def _overtaken(state: AlarmState, t: float, received_at: float) -> bool:
+    """Whether a raise or update timed ``t``, received at ``received_at``, was sent before a
+    kept clear and overtaken by it (:func:`_overtaken_by`)."""
+    return any(_overtaken_by(quiet, t, received_at) for quiet in state.quiets)
+
+
+def _overtaken_by(quiet: Quiet, t: float, received_at: float) -> bool:
     """Whether a raise or update timed ``t``, received at ``received_at``, was sent before the
-    kept clear and overtaken by it: timed before it, or at its time and received after it,
+    clear ``quiet`` and overtaken by it: timed before it, or at its time and received after it,
     and held up on its way (its reception minus its time) at most
     :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times are the device's: an
     offset of its clock cancels out. A clock stamping whole seconds (RFC 3339 without a
     fraction, epoch seconds) gives a raise and the clear sent in the same second after it one
     time: the raise received after the clear is taken for overtaken, and a genuine one in the
     clear's second waits for the device's next update instead."""
-    clear_received = _quiet_received(state)
-    if state.quiet_at is None or clear_received is None or t > state.quiet_at:
+    quiet_at, quiet_received = quiet
+    if t > quiet_at or (t == quiet_at and received_at <= quiet_received):
         return False
-    if t == state.quiet_at and received_at <= clear_received:
-        return False
-    held_longer = (received_at - t) - (clear_received - state.quiet_at)
+    held_longer = (received_at - t) - (quiet_received - quiet_at)
     return held_longer <= OVERTAKE_WINDOW_S
-
-
-def _quiet_received(state: AlarmState) -> float | None:
-    """The kept clear's reception; for a state stored before it was kept, the clear's time
-    (then at most its reception): a raise timed before it is stale only when received at
-    most :data:`OVERTAKE_WINDOW_S` after its own time."""
-    return state.quiet_received if state.quiet_received is not None else state.quiet_at
 
 
 def beyond_raise(value: float, th: Thresholds) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from gridpatrol.alarm_bridge.adapters import SeqMark
@@ -157,7 +157,24 @@ def load_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str) -> Ala
     ).fetchone()
     if row is None:
         return AlarmState()
-    return AlarmState(*json.loads(row[0]))  # the field order of AlarmState
+    return _state(json.loads(row[0]))
+
+
+# The fields of AlarmState before its kept clears: stored rows hold them first, in this order.
+_BEFORE_QUIETS = _STATE_FIELDS.index("quiets")
+
+
+def _state(row: list[Any]) -> AlarmState:
+    """A stored state row, in the field order of AlarmState. Rows stored before it kept every
+    recent clear hold the one clear timed last as its time and reception (11 fields), as its
+    time alone (10 fields: then at most its reception, taken for it) or nothing (9 fields)."""
+    state, rest = AlarmState(*row[:_BEFORE_QUIETS]), row[_BEFORE_QUIETS:]
+    if not rest or rest[0] is None:
+        return state
+    if isinstance(rest[0], list):
+        return replace(state, quiets=tuple((float(t), float(r)) for t, r in rest[0]))
+    received = rest[1] if len(rest) > 1 and rest[1] is not None else rest[0]
+    return replace(state, quiets=((float(rest[0]), float(received)),))
 
 
 def save_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str, st: AlarmState) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.adapters import Adapted, Rejected, adapt, alarm_id_for
+from gridpatrol.alarm_bridge.lifecycle import AlarmState
 from gridpatrol.alarm_bridge.uptime import MAX_GAPS, SETTLE_S, Uptime
 from gridpatrol.alarm_bridge.worker import BatchResult, Bridge, BridgeCore
 from gridpatrol.api.client import Outbox
@@ -408,25 +409,41 @@ def test_a_first_alarm_is_not_stale_for_what_came_before_it(
 
 
 STORED_STATE_ROWS = [
-    # (name, a state row as stored, its clear's time and reception as loaded)
+    # (name, a state row as stored, its kept clears' times and receptions as loaded)
     (
         "before the clear time was kept (nine fields)",
         ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR"],
-        (None, None),
+        (),
     ),
     (
-        "before the clear's reception was kept (ten fields)",
+        "before the clear's reception was kept (ten fields): at most it, taken for it",
         ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR", T0 + 30],
-        (T0 + 30, None),
+        ((T0 + 30, T0 + 30),),
+    ),
+    (
+        "with no clear kept (ten fields)",
+        ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR", None],
+        (),
+    ),
+    (
+        "with the one clear timed last kept (eleven fields)",
+        ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR", T0 + 30, T0 + 25],
+        ((T0 + 30, T0 + 25),),
+    ),
+    (
+        "with every recent clear kept",
+        ["cleared", None, None, "a1", None, 1, T0, T0 + 20, "MAJOR", [[T0 + 30, T0 + 25]]],
+        ((T0 + 30, T0 + 25),),
     ),
 ]
 
 
-@pytest.mark.parametrize(("row", "quiet"), named(STORED_STATE_ROWS))
+@pytest.mark.parametrize(("row", "quiets"), named(STORED_STATE_ROWS))
 def test_an_alarm_state_stored_before_a_field_was_added_still_loads(
-    h: Harness, row: list[object], quiet: tuple[float | None, float | None]
+    h: Harness, row: list[object], quiets: tuple[tuple[float, float], ...]
 ) -> None:
-    """A state row written without the last fields loads, without what they keep."""
+    """A state row written without the last fields, or with the one clear timed last where
+    every recent clear is kept now, loads, with what it kept."""
     with h.outbox.transaction() as txn:
         txn.conn.execute(
             "INSERT INTO bridge_alarm_state (sensor_id, alarm_type, state) VALUES (?, ?, ?)",
@@ -434,7 +451,27 @@ def test_an_alarm_state_stored_before_a_field_was_added_still_loads(
         )
         state = store.load_state(txn.conn, "mh-1", "manhole_tilt")
     assert (state.phase, state.alarm_id, state.last_seen) == ("cleared", "a1", T0 + 20)
-    assert (state.quiet_at, state.quiet_received) == quiet
+    assert state.quiets == quiets
+
+
+def test_a_state_with_clears_kept_is_stored_and_loaded_as_it_was(h: Harness) -> None:
+    kept = AlarmState(phase="cleared", alarm_id="a1", quiets=((T0 + 100, T0), (T0 + 60, T0 + 61)))
+    with h.outbox.transaction() as txn:
+        store.save_state(txn.conn, "mh-1", "manhole_tilt", kept)
+        assert store.load_state(txn.conn, "mh-1", "manhole_tilt") == kept
+
+
+def test_a_raise_overtaken_by_a_clear_timed_before_the_one_timed_last_is_stale(
+    h: Harness,
+) -> None:
+    """mh-1's clock runs 100 s ahead for its first clear, then is set back (NTP) before its
+    next: the raise it sent before that clear, held up on its way, was overtaken by it, not by
+    the first. Keeping only the clear timed last, the raise opened an alarm nothing cleared."""
+    h.alarm("mh-1", envelope("mh-1", "c1", "clear", ts=T0 + 100), T0)
+    h.alarm("mh-1", envelope("mh-1", "c2", "clear", ts=T0 + 60), T0 + 61)
+    h.alarm("mh-1", envelope("mh-1", "r1", ts=T0 + 50), T0 + 90)
+    assert outbox_ops(h.outbox) == []
+    assert (h.core.counts.created, h.core.counts.stale) == (0, 1)
 
 
 def test_a_message_received_before_a_silence_check_still_clears_its_alarm(h: Harness) -> None:

@@ -259,6 +259,20 @@ CASES = [
         "active",
     ),
     Case(
+        "a raise overtaken by a clear timed before the one timed last opens no alarm",
+        [
+            (100, sent("clear", 0)),  # the clock 100 s ahead, then set back
+            (60, sent("clear", 61)),
+            (50, sent("raise", 90)),  # held up 140 s longer than the first, 39 s the second
+        ],
+        [
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:clear_not_active",
+            "ignore:None:0:stale",
+        ],
+        "normal",
+    ),
+    Case(
         "a clear timed before the one kept replaces it once that one's window is over",
         [(120, sent("clear", 125)), (110, sent("clear", 250)), (105, sent("raise", 251))],
         [
@@ -482,13 +496,15 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
         count=1,
         first_seen=100,
         last_seen=200,
-        quiet_at=300,
-        quiet_received=300,
+        quiets=((300, 300),),
     )
     assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
-    # An older one never moves it back; a raise before it is stale.
+    # An older one is kept beside it; a raise before either is stale.
     later, effects = step(state, sent("clear", 301), 250)
-    assert (later, [e.reason for e in effects]) == (state, ["clear_not_active"])
+    assert (later.quiets, [e.reason for e in effects]) == (
+        ((300, 300), (250, 301)),
+        ["clear_not_active"],
+    )
     later, effects = step(state, sent("raise", 302, aid="second"), 290)
     assert (later, [e.reason for e in effects]) == (state, ["stale"])
     # So is one in its second received after it; one timed after it opens the next alarm,
@@ -506,11 +522,14 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
     )
 
 
-def test_a_clear_kept_without_its_reception_is_taken_as_received_at_its_time() -> None:
-    """A state stored before the clear's reception was kept (its time then at most its
-    reception): a raise timed before it is stale only when held up at most the window."""
-    stored = AlarmState(quiet_at=100)
-    state, effects = step(stored, sent("raise", 150), 90)  # held up 60 s
-    assert (state, [e.reason for e in effects]) == (stored, ["stale"])
-    state, effects = step(stored, sent("raise", 300), 90)  # held up 210 s
-    assert (state.phase, state.first_seen, [e.kind for e in effects]) == ("active", 90, ["raise"])
+def test_clears_are_kept_while_they_can_make_a_raise_stale_and_at_most_eight() -> None:
+    """One received more than the window before the latest clear can make no raise arriving
+    after it stale; of many in the window, the latest received are kept."""
+    state, _ = step(AlarmState(), sent("clear", 100), 100)
+    state, _ = step(state, sent("clear", 220), 90)  # 120 s later: kept
+    assert state.quiets == ((100, 100), (90, 220))
+    state, _ = step(state, sent("clear", 220.5), 95)
+    assert state.quiets == ((90, 220), (95, 220.5))
+    for i in range(10):
+        state, _ = step(state, sent("clear", 221 + i), 96 + i)
+    assert state.quiets == tuple((96 + i, 221 + i) for i in range(2, 10))
