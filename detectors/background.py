@@ -104,6 +104,16 @@ GAIN_MAX = 3.0
 LIGHT_SETTLED = 8.0
 LIGHT_MIN_SHARE = 0.1
 LIGHT_MIN_PX = 16
+# Changed pixels B has not learned count too when they moved as a light moves them: a light
+# (a building's shadow sweeping over the zone, a street lamp over part of it, rain) keeps B's
+# structure, the frame there being g·B + o with g at least GAIN_FLOOR, within LIGHT_SETTLED on
+# LIGHT_ALIKE_SHARE of them; a pile replaces it (a gain near 0). Kept out, a shadow covering
+# the zone bit by bit left the light of the last clean tenth held, and the whole zone
+# foreground for hours. A light under GAIN_MIN is taken on the same terms (shop lights off,
+# an exposure step to 0.15 ×): its gain is measured and it keeps B's structure.
+GAIN_FLOOR = 0.08
+LIGHT_ALIKE_SHARE = 0.8
+LIGHT_CORR_MIN = 0.3
 # When all but LIGHT_SHOWN_MIN of the pixels are clipped in the frame (over- or under-exposed),
 # the light is one that clips every pixel as the frame does.
 LIGHT_SHOWN_MIN = 0.1
@@ -140,7 +150,7 @@ class BackgroundState:
     polygon: Polygon | None = None
     # The light (gain, offset) S was in over B in the last frame, carried to the B it learned:
     # what a fitted light is checked against. None = not known (a model saved by an earlier
-    # version): the next fitted light is taken as it is.
+    # version): it is taken as (1, 0), the light a model is seeded in.
     light: Light | None = None
 
 
@@ -252,13 +262,16 @@ def _light(
     ``inside`` pixels not foreground still (see LIGHT_MIN_PX): the gain from :func:`_gain`,
     the offset the median of what is left. The ``held`` light (the last frame's) is kept instead
     when the fit is no light change (see GAIN_MIN, LIGHT_LOST_MAX)."""
-    fit = inside  # without a last light (a model saved by an earlier version), as before
-    if held is not None:
-        learned = np.abs(frame - _in_light(base, *held)) <= LIGHT_SETTLED
-        fit = inside & (~changed | learned)
+    # Without a last light (a model saved by an earlier version), the light it was seeded in:
+    # a fit taken as it is kept a pile over most of the zone (found inverted by that version)
+    # as the light from then on.
+    held = held or (1.0, 0.0)
+    learned = np.abs(frame - _in_light(base, *held)) <= LIGHT_SETTLED
+    pending = inside & changed & ~learned
+    fit = inside & (~changed | learned | _alike(frame, base, pending))
     left = np.count_nonzero(fit)
     if left < max(LIGHT_MIN_SHARE * np.count_nonzero(inside), LIGHT_MIN_PX):
-        return held or (1.0, 0.0)
+        return held
     x = base[fit]
     y = frame[fit]
     shows = (y >= LIGHT_BIN) & (y < 256 - LIGHT_BIN)
@@ -269,18 +282,51 @@ def _light(
     ys = y[shows]
     every = -(-xs.size // LIGHT_SAMPLE_PX)  # the gain from a share of the pixels is as good
     gain, measured = _gain(xs[::every], ys[::every])
-    if measured and gain < GAIN_MIN:
-        if held is not None:
-            return held
-        gain = GAIN_MIN  # nothing to keep (a model saved by an earlier version)
     offset = float(np.median(ys - gain * xs))
-    if measured or held is None:
+    if measured and gain < GAIN_MIN and not _keeps_structure(xs, ys, gain, offset):
+        return held
+    if measured:
         return gain, offset
     before = np.abs(y - _in_light(x, *held)) <= threshold
     lost = int(np.count_nonzero(before & (np.abs(y - _in_light(x, gain, offset)) > threshold)))
     if lost > LIGHT_LOST_MAX * int(np.count_nonzero(before)) and lost > LIGHT_LOST_MIN * y.size:
         return held
     return gain, offset
+
+
+def _keeps_structure(x: FloatImage, y: FloatImage, gain: float, offset: float) -> bool:
+    """Whether ``y`` is ``gain``·``x`` + ``offset`` (within LIGHT_SETTLED) on LIGHT_ALIKE_SHARE
+    of the pixels, with a gain of at least GAIN_FLOOR and ``y`` correlated with ``x`` by at
+    least LIGHT_CORR_MIN: a light, not an object over them."""
+    if gain < GAIN_FLOOR or x.size < LIGHT_MIN_PX:
+        return False
+    # The gain of a pile's pixels is noise about 0, a tenth at times where B spans few levels;
+    # their frame does not go with B's grey levels, a light's does, however dim.
+    dx = x.astype(np.float64) - float(np.mean(x))
+    dy = y.astype(np.float64) - float(np.mean(y))
+    spread = math.sqrt(float(np.dot(dx, dx)) * float(np.dot(dy, dy)))
+    if spread == 0.0 or float(np.dot(dx, dy)) < LIGHT_CORR_MIN * spread:
+        return False
+    near = np.abs(y - (gain * x + offset)) <= LIGHT_SETTLED
+    return bool(np.count_nonzero(near) >= LIGHT_ALIKE_SHARE * x.size)
+
+
+def _alike(frame: FloatImage, base: FloatImage, pending: Mask) -> Mask:
+    """The ``pending`` pixels (changed, not learned) that moved as a light of their own moves
+    them (see GAIN_FLOOR): their gain measured over B's grey levels and their structure kept.
+    None when their gain is not shown (one grey level: a pile and a light look alike there)."""
+    none = np.zeros(pending.shape, dtype=bool)
+    if np.count_nonzero(pending) < LIGHT_MIN_PX:
+        return none
+    x = base[pending]
+    y = frame[pending]
+    gain, measured = _gain(x, y)
+    offset = float(np.median(y - gain * x))
+    if not measured or not _keeps_structure(x, y, gain, offset):
+        return none
+    alike = none.copy()
+    alike[pending] = np.abs(y - (gain * x + offset)) <= LIGHT_SETTLED
+    return alike
 
 
 def _carried(gain: float, offset: float, learn: float) -> Light:
@@ -420,7 +466,7 @@ def decode(data: bytes) -> BackgroundState:
             # Models saved before the zone was kept with them have none: taken back once, on
             # the old rule (the same crop shape).
             polygon = _polygon(npz["polygon"]) if "polygon" in npz.files else None
-            # Models saved before the light was kept have none: the next fit is taken as is.
+            # Models saved before the light was kept have none: (1, 0) is checked against.
             light = _light_of(npz["light"]) if "light" in npz.files else None
             state = BackgroundState(
                 npz["background"].astype(np.float32),

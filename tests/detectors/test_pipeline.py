@@ -481,11 +481,13 @@ def test_a_modest_contrast_pile_outlasts_the_default_dwell(rules: dict[str, Any]
         found = pipe.process(T0 + timedelta(seconds=s), SIZE, dets([]), None, gray)
         events += [e for e in found if e.rule == "piled_materials"]
     # Raised 30 min after it settled; learned into the background (learn_s 7200, from the
-    # dwell) a few minutes later, when the episode clears. With learn_s 3600 it was absorbed
-    # before the dwell was over, and nothing was raised.
+    # dwell) a few minutes later, when the episode clears. Being the lane 35 levels darker, the
+    # pile keeps its grey levels' order as a shadow would and counts in the light's fit, which
+    # it draws a little towards itself (cleared 70 s sooner than when it was kept out). With
+    # learn_s 3600 it was absorbed before the dwell was over, and nothing was raised.
     assert [(e.kind, (e.t - T0).total_seconds(), (e.first_seen - T0).total_seconds())
             for e in events] == [
-        ("raise", 2110.0, 310.0), ("update", 2230.0, 310.0), ("clear", 2330.0, 310.0),
+        ("raise", 2110.0, 310.0), ("clear", 2260.0, 310.0),
     ]  # fmt: skip
 
 
