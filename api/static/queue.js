@@ -42,6 +42,7 @@ const state = {
   shownId: null, shownAt: 0,
   reloading: false, // a first page (filters changed) is on its way: see load
   frames: new Map(), // frames that did not load, by hash: see frameFailed
+  thumbTimers: new Map(), paneTimer: null, // frames tried again: see thumbTimer, paneTimer
   detailSeq: 0, // the detail pane's latest read: an answer to an earlier one is dropped
   // What the reviewer wrote in a decision's dialog, by "<case id> <decision>", until that
   // decision goes through: a failed one (network, 5xx, a refused note) opens with it again.
@@ -105,118 +106,167 @@ function evidenceOf(c, kind) {
 }
 
 // The list's thumbnail: the first frame of IMAGE_KINDS that loads (one may not be uploaded yet,
-// or not be had just now). When none does, a placeholder saying why; one for a frame that could
-// not be had is drawn again when that frame is tried again (see retryFrame).
+// not be drawable, or not be had just now). A frame that could not be had is not asked for
+// again until its time comes (see frameFailed): when none is left to try, a placeholder says
+// why, and a timer of its own tries the frame whose time came first (see thumbTimer).
 function thumbnail(c) {
   const all = [...new Set(IMAGE_KINDS.map((kind) => evidenceOf(c, kind)?.sha256).filter(Boolean))];
   if (!all.length) return el('span', { class: 'thumb none' });
-  const placeholder = () => el('span', {
-    class: 'thumb none', 'data-shas': all.join(' '), title: thumbTitle(all),
-  });
-  const shas = all.filter((sha) => frameState(sha) !== 'absent');
-  if (!shas.length) return placeholder();
-  const img = el('img', { class: 'thumb', src: evidenceUrl(shas[0]), alt: c.type, loading: 'lazy' });
-  let next = 1;
-  img.addEventListener('load', () => frameLoaded(shas[next - 1]));
+  const placeholder = () => {
+    const span = el('span', {
+      class: 'thumb none', 'data-shas': all.join(' '), title: thumbTitle(all),
+    });
+    thumbTimer(c, span, all);
+    return span;
+  };
+  const untried = () => all.filter((sha) => frameState(sha) === null);
+  let sha = untried()[0];
+  if (!sha) return placeholder();
+  const img = el('img', { class: 'thumb', src: evidenceUrl(sha), alt: c.type, loading: 'lazy' });
+  img.addEventListener('load', () => frameLoaded(sha));
   img.addEventListener('error', () => {
-    frameFailed(shas[next - 1]);
-    if (next < shas.length) img.src = evidenceUrl(shas[next++]);
+    frameFailed(sha);
+    sha = untried()[0];
+    if (sha) img.src = evidenceUrl(sha);
     else img.replaceWith(placeholder());
   });
   return img;
 }
 
-// A thumbnail placeholder's title: not uploaded only when none of its frames is held.
-const thumbTitle = (shas) => t(
-  shas.every((sha) => frameState(sha) === 'absent') ? 'd.notuploaded' : 'd.unloaded');
+// A thumbnail placeholder's title: not uploaded only when none of its frames is held, not
+// drawable when none can be drawn (or is held), could not be loaded (and is tried again)
+// otherwise.
+function thumbTitle(shas) {
+  const whys = shas.map(frameState);
+  if (whys.every((why) => why === 'absent')) return t('d.notuploaded');
+  if (whys.every((why) => why === 'absent' || why === 'undrawable')) return t('d.undrawable');
+  return t('d.unloaded');
+}
+
+// One timer a placeholder (the last one drawn for its case: the list drawn again drops the
+// others, see renderList): when the earliest of its failing frames is due, that frame alone is
+// tried again. None while the console is logged out (the list is drawn again on logging in),
+// nor for a placeholder no longer on the page.
+function thumbTimer(c, span, shas) {
+  clearTimeout(state.thumbTimers.get(c.id));
+  state.thumbTimers.delete(c.id);
+  const at = dueAt(shas);
+  if (at === null) return;
+  state.thumbTimers.set(c.id, setTimeout(() => {
+    state.thumbTimers.delete(c.id);
+    if (!span.isConnected || !ref.session) return;
+    const sha = shas.find(due);
+    if (sha) state.frames.get(sha).reason = 'retrying';
+    span.replaceWith(thumbnail(c)); // tries that frame, or waits again
+  }, Math.max(0, at - Date.now())));
+}
 
 // ---- frames that did not load ---------------------------------------------------------------
 
 // A frame that did not load is asked for once more, to learn why (an <img> does not tell):
-// 404, the API holds no such file (not uploaded yet), is "absent" until the pane shows a case
-// again (see showDetail); anything else (the store's 503 with Retry-After, a proxy's 502 while
-// the API restarts, a lost session, the network) is "failing": it says so and is tried again
-// with backoff, and at once when the pane shows a case again (a live change to it, say).
-// "asking" while that answer is on its way, "retrying" while the frame is tried again.
+// 404, the API holds no such file (not uploaded yet), is "absent" until the pane shows its case
+// again (see showDetail). The store's 503 (with Retry-After), a 429, a proxy's 502 while the API
+// restarts, a 408, a lost session (401), the network make it "failing": it says so and is tried
+// again, where it is shown, after 1, 2, 5, 10, then every 30 s (or Retry-After when longer),
+// no sooner when the pane shows its case again. An answer with the file (that the browser
+// cannot draw: a cut JPEG passes the store's check) or any other refusal is "undrawable", for
+// good: passed over like an absent one. "asking" while that answer is on its way, "retrying"
+// while the frame is tried again.
 const FRAME_RETRY_MS = [1000, 2000, 5000, 10000, 30000];
+const TRANSIENT = (status) => status >= 500 || [401, 408, 429].includes(status);
 
-// Why a frame is not drawn: 'absent', 'failing', 'asking', or null (draw it). One asked about
-// again after a retry failed still reads as failing meanwhile.
+// Why a frame is not drawn: 'absent', 'undrawable', 'failing', 'asking', or null (draw it). One
+// asked about again after a retry failed still reads as failing meanwhile.
 function frameState(sha) {
   const entry = state.frames.get(sha);
   if (!entry || entry.reason === 'retrying') return null;
   return entry.reason === 'asking' && entry.tries > 0 ? 'failing' : entry.reason;
 }
 
+// Whether a failing frame's time to be tried again has come; when the earliest of shas comes
+// (null: none is failing).
+const due = (sha) => {
+  const entry = state.frames.get(sha);
+  return entry?.reason === 'failing' && entry.until <= Date.now();
+};
+function dueAt(shas) {
+  const times = shas.map((sha) => state.frames.get(sha))
+    .filter((entry) => entry?.reason === 'failing').map((entry) => entry.until);
+  return times.length ? Math.min(...times) : null;
+}
+
 function frameFailed(sha) {
   let entry = state.frames.get(sha);
   if (entry && entry.reason !== 'retrying') return; // known, or being asked
-  entry = { reason: 'asking', tries: entry ? entry.tries : 0, timer: null };
+  entry = { reason: 'asking', tries: entry ? entry.tries : 0, until: 0 };
   state.frames.set(sha, entry);
   askWhy(sha, entry);
 }
 
 async function askWhy(sha, entry) {
   let response = null;
+  let drawable = false;
   try {
     response = await fetch(evidenceUrl(sha), { credentials: 'same-origin' });
+    // Served, yet not drawn: drawable now (it failed in between) or not at all.
+    if (response.ok) {
+      drawable = await createImageBitmap(await response.blob()).then(() => true, () => false);
+    }
   } catch { /* the network: failing */ }
   if (state.frames.get(sha) !== entry) return; // loaded meanwhile, or tried afresh
   if (response?.status === 404) {
     entry.reason = 'absent';
+  } else if (response && !drawable && !TRANSIENT(response.status)) {
+    entry.reason = 'undrawable';
   } else {
     entry.reason = 'failing';
     const after = Number(response?.headers.get('Retry-After')) * 1000 || 0;
     const delay = Math.max(FRAME_RETRY_MS[Math.min(entry.tries, FRAME_RETRY_MS.length - 1)], after);
     entry.tries += 1;
-    entry.timer = setTimeout(() => retryFrame(sha, entry), delay);
+    entry.until = Date.now() + delay;
   }
-  framesChanged(sha, false);
-}
-
-// Try a failing frame again where it is shown; one shown nowhere any more is forgotten.
-function retryFrame(sha, entry) {
-  if (state.frames.get(sha) !== entry) return;
-  clearTimeout(entry.timer);
-  entry.timer = null;
-  if (!usesFrame(state.detail, sha) && !placeholders(sha).length) {
-    state.frames.delete(sha);
-    return;
-  }
-  entry.reason = 'retrying';
-  framesChanged(sha, true);
+  framesChanged(sha);
 }
 
 function frameLoaded(sha) {
-  const entry = state.frames.get(sha);
-  if (!entry) return;
-  clearTimeout(entry.timer);
-  state.frames.delete(sha);
-  // Loaded in one place while another still says it could not be: that one shows it too.
-  if (entry.reason !== 'retrying') framesChanged(sha, true);
+  if (!state.frames.delete(sha)) return;
+  framesChanged(sha); // where it could not be loaded it shows now
 }
 
-// When the pane shows a case (again): absent frames may have been uploaded since, and failing
-// ones are tried again now.
-function retryFrames() {
-  for (const [sha, entry] of state.frames) {
-    if (entry.reason === 'absent') state.frames.delete(sha);
-    else if (entry.reason === 'failing') retryFrame(sha, entry);
+// When the pane shows a case (again): its absent frames may have been uploaded since, and its
+// failing ones whose time has come are tried again now; the others wait for their time.
+function retryFrames(c) {
+  for (const e of c?.evidence || []) {
+    const entry = state.frames.get(e.sha256);
+    if (entry?.reason === 'absent') state.frames.delete(e.sha256);
+    else if (due(e.sha256)) entry.reason = 'retrying';
   }
+}
+
+// The pane's timer: the frames it says could not be loaded are tried again when their time
+// comes (while logged in).
+function paneTimer(shas) {
+  clearTimeout(state.paneTimer);
+  const at = dueAt(shas);
+  if (at === null) return;
+  state.paneTimer = setTimeout(() => {
+    if (!ref.session) return;
+    for (const sha of shas.filter(due)) state.frames.get(sha).reason = 'retrying';
+    renderDetail(); // tries those, or waits again
+  }, Math.max(0, at - Date.now()));
 }
 
 const usesFrame = (c, sha) => Boolean(c?.evidence?.some((e) => e.sha256 === sha));
 const placeholders = (sha) => [...document.querySelectorAll('#queue-body span.thumb[data-shas]')]
   .filter((span) => span.dataset.shas.split(' ').includes(sha));
 
-// Show what is known of a frame now: the pane drawn again, and the thumbnails waiting for it
-// drawn again (retry: it is tried again) or their titles told.
-function framesChanged(sha, retry) {
+// Show what is known of a frame now: the pane and the thumbnails waiting for it drawn again
+// (which asks for no frame before its time).
+function framesChanged(sha) {
   if (usesFrame(state.detail, sha)) renderDetail();
   for (const span of placeholders(sha)) {
     const c = state.items.find((x) => x.id === span.closest('tr')?.dataset.id);
-    if (retry && c) span.replaceWith(thumbnail(c));
-    else span.title = thumbTitle(span.dataset.shas.split(' '));
+    if (c) span.replaceWith(thumbnail(c));
   }
 }
 
@@ -448,6 +498,9 @@ function row(c, index) {
 
 function renderList() {
   const body = $('#queue-body');
+  // Every thumbnail is drawn afresh (with timers of its own): a case no longer listed has none.
+  for (const timer of state.thumbTimers.values()) clearTimeout(timer);
+  state.thumbTimers.clear();
   body.replaceChildren(...state.items.map(row));
   // Nothing listed but a page waits: it is on its way (see drained), not "no matching cases".
   $('#queue-empty').hidden = state.items.length > 0 || Boolean(state.cursor);
@@ -504,9 +557,11 @@ function zoom(src) {
 }
 
 // A frame that fails to load is asked about (see frameFailed) and the detail drawn again, which
-// shows another frame in place of one not uploaded yet, or says it is not there yet, or that it
-// could not be loaded and is tried again.
-const FRAME_TEXT = { absent: 'd.notuploaded', failing: 'd.unloaded' };
+// shows another frame in place of one not uploaded yet or not drawable, or says it is not there
+// yet, or cannot be shown, or that it could not be loaded and is tried again.
+const FRAME_TEXT = {
+  absent: 'd.notuploaded', undrawable: 'd.undrawable', failing: 'd.unloaded',
+};
 
 function figure(ev, caption, cls = '') {
   if (!ev) return null;
@@ -582,18 +637,21 @@ function renderDetail() {
   const pane = $('#detail');
   const c = state.detail;
   if (!c) {
+    clearTimeout(state.paneTimer);
     pane.replaceChildren(el('p', { class: 'muted', text: t('d.none') }));
     return;
   }
   const name = typeName(c.type);
-  // A frame not uploaded yet is passed over for the other one (one that could not be loaded
-  // just now is not: it says so where it goes, and is tried again).
+  // A frame not uploaded yet, or that cannot be drawn, is passed over for the other one (one
+  // that could not be loaded just now is not: it says so where it goes, and is tried again).
   const usable = (...kinds) => kinds.map((k) => evidenceOf(c, k))
-    .find((e) => e && frameState(e.sha256) !== 'absent');
+    .find((e) => e && !['absent', 'undrawable'].includes(frameState(e.sha256)));
   const annotated = usable('annotated');
   const clean = usable('clean', 'snapshot');
   const main = state.annotated ? (annotated || clean) : (clean || annotated);
-  const framed = ['annotated', 'clean', 'snapshot'].some((k) => evidenceOf(c, k));
+  const framed = ['annotated', 'clean', 'snapshot'].map((k) => evidenceOf(c, k)).filter(Boolean);
+  const noFrame = !framed.length ? 'd.noimage'
+    : FRAME_TEXT[framed.some((e) => frameState(e.sha256) === 'absent') ? 'absent' : 'undrawable'];
   const showsAnnotated = main != null && main === annotated;
   const mainKind = showsAnnotated ? t('d.annotated') : t('d.clean');
   // Crops (a scene head trains on them: see docs/scene-heads.md) each in a row of their own;
@@ -631,7 +689,7 @@ function renderDetail() {
             ...(clean ? {} : { disabled: '' }), onclick: () => toggle(false),
           })),
         figure(main, mainKind, 'main'))
-      : el('p', { class: 'muted noframe', text: t(framed ? 'd.notuploaded' : 'd.noimage') }),
+      : el('p', { class: 'muted noframe', text: t(noFrame) }),
     el('div', { class: 'dwell' }, figure(evidenceOf(c, 'first_seen'), t('d.first')), figure(evidenceOf(c, 'latest'), t('d.latest'))),
     crops.length
       ? el('div', { class: 'crops' }, ...crops.map((e) => figure(e, t('d.crop'))))
@@ -647,6 +705,8 @@ function renderDetail() {
     el('h3', { text: t('d.facts') }), facts(c),
     el('h3', { text: t('d.history') }), history(c)];
   pane.replaceChildren(...parts.filter((p) => p != null));
+  paneTimer([main, evidenceOf(c, 'first_seen'), evidenceOf(c, 'latest'), ...crops]
+    .filter(Boolean).map((e) => e.sha256));
 }
 
 // Whether the pane has just come to show this case: its buttons ignore clicks a moment, so a
@@ -697,9 +757,9 @@ function toggle(annotated) {
 // than the one shown (a page read before a decision, say) does not replace it; the latest read
 // does whatever its stamp, which another API instance's clock may have set behind the shown one.
 async function showDetail() {
-  retryFrames(); // a frame uploaded since, or that could not be had then, is tried again
   const seq = ++state.detailSeq;
   const c = state.items[state.selected];
+  retryFrames(c); // a frame uploaded since, or that could not be had then, is tried again
   if (!c) {
     state.detail = null;
     renderDetail();

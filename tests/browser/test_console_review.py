@@ -224,12 +224,7 @@ def test_a_frame_that_cannot_be_had_just_now_is_tried_again_not_called_not_uploa
 
     def evidence(route: Any) -> None:
         if down:
-            route.fulfill(
-                status=503,
-                headers={"Retry-After": "1"},
-                content_type="application/problem+json",
-                body='{"title": "Service Unavailable", "status": 503}',
-            )
+            unavailable(route, "1")
         else:
             route.continue_()
 
@@ -253,6 +248,170 @@ def test_a_frame_that_cannot_be_had_just_now_is_tried_again_not_called_not_uploa
     assert page.locator("#detail .noframe").count() == 0
     ui.shot("loaded-again")
     assert page.evaluate("window.__saidNotUploaded") is False
+
+
+def unavailable(route: Any, retry_after: str) -> None:
+    """The evidence store's answer while it cannot read its files."""
+    route.fulfill(
+        status=503,
+        headers={"Retry-After": retry_after},
+        content_type="application/problem+json",
+        body='{"title": "Service Unavailable", "status": 503}',
+    )
+
+
+def shows_failing(page: Any, cid: str) -> None:
+    """Wait until the pane shows ``cid`` with its 3 frames said not to be had just now."""
+    page.wait_for_selector(f"#detail .detail-head:has-text('{cid}')")
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#detail .noframe.failing')]"
+        f".filter((p) => p.textContent === '{UNLOADED}').length === 3"
+    )
+
+
+def test_frames_that_cannot_be_had_are_not_asked_for_again_before_their_time(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = [  # each with frames of its own: 3 files a case
+        seeder.camera_candidate(
+            [annotate(frames[0], f"first {i}"), annotate(frames[-1], f"latest {i}")],
+            minutes_ago=5 + i,
+            **PARKING,
+        )
+        for i in range(10)
+    ]
+    files = {e["sha256"] for case in cases for e in case["evidence"]}
+    assert len(files) == 30
+    page = ui.page
+    asked: list[tuple[str, str]] = []  # (file, resource type) of each evidence request
+
+    def evidence(route: Any) -> None:
+        asked.append((route.request.url.rsplit("/", 1)[1], route.request.resource_type))
+        unavailable(route, "120")
+
+    page.route("**/api/v1/evidence/*", evidence)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"] for case in cases])
+    # Every file is tried and asked about once: then all of them wait for two minutes.
+    page.wait_for_function(
+        "() => document.querySelectorAll('#queue-body span.thumb[data-shas]').length === 10"
+    )
+    for _ in range(300):
+        if {sha for sha, kind in asked if kind == "fetch"} == files:
+            break
+        page.wait_for_timeout(100)
+    assert {sha for sha, kind in asked if kind == "fetch"} == files
+    order = ui.rows()
+    shows_failing(page, order[0])
+    before = len(asked)
+
+    for cid in order[1:6]:
+        page.keyboard.press("j")
+        shows_failing(page, cid)
+    # Neither the pane nor the list asks for a file before its Retry-After has passed.
+    assert asked[before:] == []
+    assert (
+        page.eval_on_selector_all(
+            "#queue-body span.thumb[data-shas]", "spans => spans.map((s) => s.title)"
+        )
+        == [UNLOADED] * 10
+    )
+
+
+def test_frames_are_not_tried_again_while_logged_out(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    cases = [seeder.camera_candidate(frames, minutes_ago=5 + i, **PARKING) for i in range(2)]
+    page = ui.page
+    asked: list[str] = []
+
+    def evidence(route: Any) -> None:
+        asked.append(route.request.url)
+        unavailable(route, "1")
+
+    page.route("**/api/v1/evidence/*", evidence)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"] for case in cases])
+    order = ui.rows()
+    shows_failing(page, order[0])
+    # The session ends (here by its own hand); the next read is refused and the login form is up.
+    page.evaluate("fetch('/api/v1/session', { method: 'DELETE', credentials: 'same-origin' })")
+    page.keyboard.press("j")
+    page.wait_for_selector("#login:not([hidden])")
+    page.wait_for_timeout(1000)  # what was on its way when the session ended lands
+    before = len(asked)
+    page.wait_for_timeout(6000)  # past the next retries' times (1, 2, 5 s)
+    assert asked[before:] == []
+
+
+def add_evidence(seeder: Any, cid: str, evidence: list[dict[str, Any]]) -> None:
+    """The producer adds ``evidence`` to case ``cid``."""
+    response = seeder.client.patch(
+        f"/candidates/{cid}",
+        json={"evidence": evidence},
+        headers={"Idempotency-Key": str(uuid.uuid4())},
+    )
+    assert response.status_code == 200, response.text
+
+
+def cut_jpeg(jpeg: bytes) -> bytes:
+    """``jpeg`` without its scan: its headers, closed at once (ff d9). Its header reads as a
+    JPEG's; the browser cannot draw it."""
+    return jpeg[: jpeg.index(b"\xff\xda")] + b"\xff\xd9"
+
+
+def test_a_frame_served_that_cannot_be_drawn_gives_way_to_the_clean_one_for_good(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    case = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    other = seeder.camera_candidate(frames, minutes_ago=3, **PARKING)
+    (clean,) = [e["sha256"] for e in case["evidence"] if e["kind"] == "clean"]
+    cut = cut_jpeg(annotate(frames[3], "cut"))
+    sha = hashlib.sha256(cut).hexdigest()
+    stored = seeder.client.put(
+        f"/evidence/{sha}", content=cut, headers={"Content-Type": "image/jpeg"}
+    )
+    assert stored.status_code == 201, stored.text
+    newer = {
+        "sha256": sha,
+        "kind": "annotated",
+        "captured_at": datetime.now(UTC).isoformat(),
+        "width": 1280,
+        "height": 720,
+    }
+    add_evidence(seeder, case["id"], [newer])
+
+    page = ui.page
+    served: list[str] = []  # the resource type of each request for the cut frame
+
+    def count(route: Any) -> None:
+        served.append(route.request.resource_type)
+        route.continue_()
+
+    page.route(f"**/api/v1/evidence/{sha}", count)
+    ui.login("reviewer")
+    ui.wait_rows([case["id"], other["id"]])
+    assert ui.rows() == [other["id"], case["id"]]
+    page.click(f"#queue-body tr[data-id='{case['id']}']")
+    shown = f"#detail:has(.detail-head:has-text('{case['id']}'))"
+    page.wait_for_selector(f"{shown} figure.main figcaption:has-text('原图')")
+    assert loaded_width(page, "#detail figure.main img") == 1280
+    assert page.get_attribute("#detail figure.main img", "src") == f"/api/v1/evidence/{clean}"
+    assert not page.is_enabled("#toggle-annotated")
+    row = f"#queue-body tr[data-id='{case['id']}']"
+    assert loaded_width(page, f"{row} img.thumb") == 1280
+    assert "fetch" in served  # asked about once, and judged
+    judged = len(served)
+
+    # Shown again, and past the first retries' times: the cut frame is not asked for again.
+    page.keyboard.press("k")
+    page.wait_for_selector(f"#detail .detail-head:has-text('{other['id']}')")
+    page.keyboard.press("j")
+    page.wait_for_selector(f"{shown} figure.main figcaption:has-text('原图')")
+    page.wait_for_timeout(3500)
+    assert loaded_width(page, "#detail figure.main img") == 1280
+    assert len(served) == judged
+    ui.shot("cut-frame")
 
 
 def crop_of(jpeg: bytes, box: tuple[int, int, int, int]) -> bytes:
@@ -279,12 +438,7 @@ def test_a_cases_crops_are_shown_and_its_other_files_linked(
         seeder._ref(annotate(frames[3], "better"), "annotated", now),
         *({"sha256": sha, "kind": "crop", "captured_at": now.isoformat()} for sha in crops),
     ]
-    response = seeder.client.patch(
-        f"/candidates/{case['id']}",
-        json={"evidence": added},
-        headers={"Idempotency-Key": str(uuid.uuid4())},
-    )
-    assert response.status_code == 200, response.text
+    add_evidence(seeder, case["id"], added)
 
     page = ui.page
     ui.login("reviewer")
