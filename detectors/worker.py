@@ -788,16 +788,17 @@ class DetectorWorker:
     ) -> None:
         """Dead-letter a frame: ``reason`` a code (the decoder's, as ingest's letters, or the
         worker's own), ``error`` what it alone does not say, left out when empty."""
-        from gridpatrol.ingest.receiver import dead_letter_body
+        from gridpatrol.ingest.receiver import dead_letter_body, publish_fitted
         from gridpatrol.ingest.topics import deadletter_topic
 
         rt.bad += 1
         self.metrics.bad.labels(rt.camera.id).inc()
         log.warning("camera %s: %s %s; sent to the dead-letter topic", rt.camera.id, reason, error)
-        self.conn.publish(
+        # Cut to the broker's packet limit: a letter over it would be refused, and lost.
+        publish_fitted(
+            self.conn,
             deadletter_topic(self.site.mqtt.prefix, self.component_id),
             dead_letter_body(reason, topic, payload, received_at, error),
-            qos=1,
         )
 
     def _judge(self, item: Ready) -> None:

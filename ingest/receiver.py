@@ -5,7 +5,7 @@ bounded queue drops the oldest and counts), takes the cameras' queues in turn so
 does not starve the others, and never stops on bad input: each rejection is
 published to ``{prefix}/deadletter/{component}`` with its reason, the decoder's detail as
 ``error`` and the original bytes (their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are
-more, with their size).
+more, with their size; fewer when the broker's packet limit leaves the letter less room).
 """
 
 from __future__ import annotations
@@ -25,7 +25,12 @@ from gridpatrol.ingest.messages import (
     decode_frame,
 )
 from gridpatrol.ingest.mqtt import Message, MqttConnection
-from gridpatrol.ingest.reliable import ERROR_CHARS, error_text
+from gridpatrol.ingest.reliable import (
+    DEAD_LETTER_LOG_BYTES,
+    ERROR_CHARS,
+    error_text,
+    fit_dead_letter,
+)
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic, wildcard
 
 log = logging.getLogger(__name__)
@@ -110,10 +115,30 @@ class FrameReceiver:
 
 def publish_dead_letter(conn: MqttConnection, reason: str, message: Message, error: str) -> None:
     """Dead-letter ``message`` on the connection's component topic: see
-    :func:`dead_letter_body`."""
+    :func:`dead_letter_body` and :func:`publish_fitted`."""
     topic = deadletter_topic(conn.prefix, conn.component_id)
     body = dead_letter_body(reason, message.topic, message.payload, message.received_at, error)
-    conn.publish(topic, body, qos=1)
+    publish_fitted(conn, topic, body)
+
+
+def publish_fitted(conn: MqttConnection, topic: str, body: bytes) -> bool:
+    """Publish the dead letter ``body`` on ``topic`` at QoS 1, its payload cut further to what
+    the connection's packet limit leaves it (:func:`fit_dead_letter`): the connection refuses
+    a larger one, and under about 88 KiB (a 64 KiB payload in base64) every letter of a large
+    frame would be lost. One that does not fit even without its payload is logged (its first
+    KiB) and not published. Whether the client took it."""
+    most = conn.max_payload(topic, 1)
+    letter = fit_dead_letter(body, most)
+    if letter is None:
+        log.error(
+            "a dead letter is over the %d bytes the broker's packet limit leaves it on %s even "
+            "without its payload; not published: %s",
+            most,
+            topic,
+            body[:DEAD_LETTER_LOG_BYTES].decode(errors="replace"),
+        )
+        return False
+    return conn.publish(topic, letter, qos=1)
 
 
 def dead_letter_body(

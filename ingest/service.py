@@ -197,33 +197,52 @@ class IngestService:
         self._visit(decision.camera_id)
 
     def _visit(self, camera_id: str) -> Frame | None:
-        """A patrol visit: its outcome schedules the next and sets the camera's status."""
+        """A patrol visit: its outcome schedules the next and sets the camera's status. It
+        succeeds only with a frame published: one that cannot be made to fit the broker's
+        packet limit reaches nobody, so the camera is failing as much as one that gives none
+        (and is tried less often rather than decoded and re-encoded at every interval)."""
         output = self.outputs[camera_id]
-        grabbed = self._grab_once(output.camera)
+        grabbed = self._grab_once(output)
         if self.stop_event.is_set():
             return None  # stopping: nothing is said nor published after the shutdown began
-        if grabbed is None:
-            output.stats.failures += 1
-            with self._sched_lock:
-                retry_s = self.scheduler.failed(camera_id)
-            if output.online is not False:  # once per failing streak, not on every visit
-                log.warning(
-                    "camera %s: the patrol visit got no frame from %s (it cannot be opened or "
-                    "returned none); offline until a visit succeeds, next try in %.0f s",
-                    camera_id,
-                    redact(output.camera.source),
-                    retry_s,
-                )
-            output.set_status(False)
+        frame = None if grabbed is None else output.publish(*grabbed)
+        if frame is None:
+            source = redact(output.camera.source)
+            self._visit_failed(
+                output,
+                f"got no frame from {source} (it cannot be opened or returned none)"
+                if grabbed is None
+                else f"got a frame from {source} too large for the broker's packet limit that "
+                "cannot be made to fit (dropped)",
+            )
             return None
         with self._sched_lock:
             self.scheduler.succeeded(camera_id)
-        return output.publish(*grabbed)
+        return frame
 
-    def _grab_once(self, camera: Camera) -> tuple[bytes, int, int] | None:
-        """:func:`grab_once`; None without an open once ingest is stopping: the open would
-        wait for OpenCV's lock behind the others and hold the exit up."""
-        return None if self.stop_event.is_set() else grab_once(camera, self.base_dir)
+    def _visit_failed(self, output: CameraOutput, why: str) -> None:
+        """Take the camera offline and try it less often; ``why`` is what the visit got."""
+        camera_id = output.camera.id
+        output.stats.failures += 1
+        with self._sched_lock:
+            retry_s = self.scheduler.failed(camera_id)
+        if output.online is not False:  # once per failing streak, not on every visit
+            log.warning(
+                "camera %s: the patrol visit %s; offline until a visit succeeds, next try in "
+                "%.0f s",
+                camera_id,
+                why,
+                retry_s,
+            )
+        output.set_status(False)
+
+    def _grab_once(self, output: CameraOutput) -> tuple[bytes, int, int] | None:
+        """:func:`grab_once`, an HTTP snapshot up to the camera's own cap; None without an
+        open once ingest is stopping: the open would wait for OpenCV's lock behind the others
+        and hold the exit up."""
+        if self.stop_event.is_set():
+            return None
+        return grab_once(output.camera, self.base_dir, max_bytes=output.http_max_bytes)
 
     def _grab(self, camera_id: str) -> Frame | None:
         """A snapshot grab: a visit for a patrol camera. A continuous camera's grab opens its
@@ -237,7 +256,7 @@ class IngestService:
             return self._visit(camera_id)
         if output.ended:
             return None
-        grabbed = self._grab_once(output.camera)
+        grabbed = self._grab_once(output)
         if self.stop_event.is_set():
             return None
         if grabbed is None:

@@ -25,6 +25,8 @@ from gridpatrol.ingest.messages import DEAD_LETTER_PAYLOAD_BYTES, FrameHeader, e
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.topics import component_status_topic, deadletter_topic, frame_topic
 
+from ..ingest.test_receiver import BAD_60K, assert_cut_to_fit, packet_limited
+
 SHARED = "mqtt://127.0.0.1:1883"
 T0 = datetime(2026, 5, 4, 2, 0, tzinfo=UTC)
 CAMERA = "yard"
@@ -256,6 +258,32 @@ def test_a_large_malformed_frame_is_dead_lettered_cut_with_its_size(
         "topic": topic,
         "payload_b64": base64.b64encode(text_ts).decode(),
     }
+
+
+def test_a_dead_letter_over_the_packet_limit_is_cut_to_fit(
+    tmp_path: Path, shared_dir: Path, mqtt_prefix: str
+) -> None:
+    """A broker taking 64 KiB: the letter of a 60 KiB frame, 80 KiB in base64, was refused by
+    the connection and lost; it goes out with as much of the payload as fits, saying so."""
+    broker = packet_limited(tmp_path / "broker", 65536)
+    conn = MqttConnection("limit-test", MqttSettings.from_url(broker.url), prefix=mqtt_prefix)
+    status = conn.subscribe(component_status_topic(mqtt_prefix, "detect"), qos=1, maxsize=100)
+    dead_topic = deadletter_topic(mqtt_prefix, "detect")
+    letters = conn.subscribe(dead_topic, qos=1, maxsize=10)
+    assert conn.start(timeout=10)
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix, url=broker.url)
+    topic = frame_topic(mqtt_prefix, CAMERA)
+    try:
+        worker.wait("online status", lambda: _says(status, b"online"))
+        assert conn.publish_wait(topic, BAD_60K, qos=1, timeout=30)
+        message = letters.get(60)
+    finally:
+        worker.stop()
+        conn.stop()
+        broker.stop()
+    assert message is not None, worker.log.read_text()[-3000:]
+    # The worker's limit: the same topic, broker and protocol.
+    assert_cut_to_fit(message, conn.max_payload(dead_topic, 1))
 
 
 def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_status_1(

@@ -3,10 +3,12 @@ the dead letters of what it cannot decode."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -14,11 +16,12 @@ import pytest
 
 from gridpatrol.ingest import receiver as receiver_module
 from gridpatrol.ingest.messages import Frame, FrameHeader, MessageError, encode_frame
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
 from gridpatrol.ingest.receiver import FrameReceiver
 from gridpatrol.ingest.reliable import ERROR_CHARS
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic
 
+from ..conftest import Mosquitto
 from .conftest import SHARED_BROKER
 
 JPEG = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))[1].tobytes()
@@ -124,3 +127,59 @@ def test_a_frame_the_decoder_fails_on_is_dead_lettered_with_the_error(
         error,
     )
     assert receiver.rejected == {reason: 1}
+
+
+def packet_limited(workdir: Path, max_packet_size: int) -> Mosquitto:
+    """A private Mosquitto, started, taking packets of ``max_packet_size`` bytes at most."""
+    workdir.mkdir(exist_ok=True)
+    broker = Mosquitto(workdir, persistence=False)
+    broker.conf.write_text(broker.conf.read_text() + f"max_packet_size {max_packet_size}\n")
+    broker.start()
+    return broker
+
+
+BAD_60K = bytes(range(256)) * 240  # a frame of 60 KiB without the magic
+
+
+def assert_cut_to_fit(message: Message, most: int) -> None:
+    """``message`` is the ``bad_magic`` letter of :data:`BAD_60K` with as much of it as fits
+    in ``most`` bytes, and says so."""
+    assert most - 4 < len(message.payload) <= most  # base64 goes by 4 characters
+    letter = json.loads(message.payload)
+    kept = base64.b64decode(letter["payload_b64"])
+    assert (letter["reason"], letter["payload_bytes"], letter["payload_truncated"]) == (
+        "bad_magic",
+        len(BAD_60K),
+        True,
+    )
+    assert kept == BAD_60K[: len(kept)]
+
+
+def test_a_dead_letter_over_the_packet_limit_is_cut_to_fit(
+    tmp_path: Path, mqtt_prefix: str
+) -> None:
+    """A broker taking 64 KiB: the letter of a 60 KiB frame, 80 KiB in base64, was refused by
+    the connection and lost; it goes out with as much of the payload as fits, saying so."""
+    broker = packet_limited(tmp_path / "broker", 65536)
+    settings = MqttSettings.from_url(broker.url)
+    consumer = MqttConnection("watch", settings, prefix=mqtt_prefix)
+    producer = MqttConnection("camera", settings, prefix=mqtt_prefix)
+    topic = deadletter_topic(mqtt_prefix, "watch")
+    letters = producer.subscribe(topic, qos=1, maxsize=4)
+    receiver = FrameReceiver(consumer, ["a"], maxsize=4)
+    try:
+        assert consumer.start(10) and producer.start(10)
+        assert producer.publish_wait(frame_topic(mqtt_prefix, "a"), BAD_60K, qos=1)
+        deadline = time.monotonic() + 10
+        while not receiver.rejected:
+            assert time.monotonic() < deadline
+            assert receiver.get(0.5) is None
+        message = letters.get(10)
+    finally:
+        producer.stop()
+        consumer.stop()
+        broker.stop()
+    assert receiver.rejected == {"bad_magic": 1}
+    assert consumer.publish_oversize == 0
+    assert message is not None
+    assert_cut_to_fit(message, consumer.max_payload(topic, 1))

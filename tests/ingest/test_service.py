@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gridpatrol.ingest import service as ingest_service
 from gridpatrol.ingest.messages import decode_frame
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, publish_overhead
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
+from gridpatrol.ingest.sources import ENVELOPE_OVERHEAD
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 from gridpatrol.site import parse_site
+
+from ..conftest import Mosquitto
+from .test_receiver import packet_limited
 
 SHARED = "mqtt://127.0.0.1:1883"
 
@@ -120,3 +127,59 @@ def test_a_bad_boost_is_dead_lettered_without_a_patrol_camera_or_a_request(
     ]
     assert service._requests.received == 0
     assert service.bad_requests == 1
+
+
+# A packet limit that leaves a frame's JPEG 300 bytes (past the room for the largest header
+# and a snapshot reply's topic): less than any JPEG, however small, has.
+TINY_JPEG_BUDGET = 300
+
+
+@pytest.fixture
+def tiny_broker(tmp_path: Path, mqtt_prefix: str) -> Iterator[Mosquitto]:
+    """A private Mosquitto whose ``max_packet_size`` no frame of camera p1 fits."""
+    topic = snapshot_topic(mqtt_prefix, "p1")
+    limit = TINY_JPEG_BUDGET + ENVELOPE_OVERHEAD + publish_overhead(topic, 1, v5=True)
+    broker = packet_limited(tmp_path / "broker", limit)
+    yield broker
+    broker.stop()
+
+
+def test_a_patrol_visit_whose_frame_cannot_be_published_fails(
+    tiny_broker: Mosquitto,
+    http_camera: Any,
+    watch: Any,
+    mqtt_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The visit counted as a success before its frame was published: a camera whose every
+    frame was dropped as too large was never offline, nor tried less often."""
+    site = parse_site(
+        "site: {name: Test}\n"
+        f"mqtt: {{prefix: {mqtt_prefix}}}\n"
+        "cameras:\n"
+        f"  - {{id: p1, source: '{http_camera.url}', interval_s: 60, location: {{address: a}}}}\n"
+    )
+    watcher = watch(tiny_broker.url, f"{mqtt_prefix}/#", mqtt_prefix)
+    conn = MqttConnection("ing-tiny", MqttSettings.from_url(tiny_broker.url), prefix=mqtt_prefix)
+    service = IngestService(site, conn, site.cameras)  # not started: the test makes the visits
+    status = f"{mqtt_prefix}/cameras/p1/status"
+    caplog.set_level(logging.WARNING, logger="gridpatrol.ingest.service")
+    try:
+        assert conn.start(10)
+        budget = conn.max_payload(snapshot_topic(mqtt_prefix, "p1"), 1) - ENVELOPE_OVERHEAD
+        assert budget == TINY_JPEG_BUDGET
+        visits = [service._visit("p1"), service._visit("p1")]
+        watcher.collect(lambda s: bool(watcher.payloads(status)), timeout=10)
+    finally:
+        conn.stop()
+    output = service.outputs["p1"]
+    assert visits == [None, None]
+    assert (output.online, output.stats.published, output.stats.failures) == (False, 0, 2)
+    assert service.scheduler._cams["p1"].failures == 2
+    assert watcher.payloads(status) == [b"offline"]
+    assert not watcher.payloads(f"{mqtt_prefix}/cameras/p1/frame")
+    assert [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"] == [
+        f"camera p1: the patrol visit got a frame from {http_camera.url} too large for the "
+        "broker's packet limit that cannot be made to fit (dropped); offline until a visit "
+        "succeeds, next try in 120 s"
+    ]

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from gridpatrol.ingest.messages import decode_frame
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
+from gridpatrol.ingest.sources import HTTP_MAX_BYTES
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
-from gridpatrol.site import load_site
+from gridpatrol.site import Camera, load_site, parse_site
 
 from .conftest import write_clip
 
@@ -40,7 +42,9 @@ class SnapshotCamera:
         assert ok
         self.image = data.tobytes()
 
-    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+    def __call__(
+        self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+    ) -> tuple[bytes, int, int] | None:
         if not threading.current_thread().name.startswith("snapshot"):
             return None
         self.grabs += 1
@@ -67,7 +71,9 @@ class SlowCamera(SnapshotCamera):
 class DeadCamera(SnapshotCamera):
     """Every grab gets no frame (the source cannot be opened)."""
 
-    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+    def __call__(
+        self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+    ) -> tuple[bytes, int, int] | None:
         if threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
         return None
@@ -81,7 +87,9 @@ class SlowDeadCamera(DeadCamera):
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+    def __call__(
+        self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+    ) -> tuple[bytes, int, int] | None:
         if threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
             self.started.set()
@@ -94,11 +102,13 @@ class FlakyCamera(SnapshotCamera):
 
     dead = True
 
-    def __call__(self, camera: object, base_dir: Path | None) -> tuple[bytes, int, int] | None:
+    def __call__(
+        self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+    ) -> tuple[bytes, int, int] | None:
         if self.dead and threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
             return None
-        return super().__call__(camera, base_dir)
+        return super().__call__(camera, base_dir, max_bytes)
 
 
 class FaultyOnceCamera(SnapshotCamera):
@@ -551,3 +561,31 @@ def test_a_grab_beside_a_dead_stream_answers_the_request_alone(
     assert message is not None
     frame = decode_frame(message.payload, topic_camera_id="c1", received_at=datetime.now(UTC))
     assert (frame.header.request_id, frame.header.seq, frame.image) == ("r1", 1, camera.image)
+
+
+def test_visits_and_grabs_take_http_snapshots_up_to_a_raised_packet_limit(
+    mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A patrol visit and a continuous camera's grab fetched at most 16 MiB where the camera's
+    own sampling took up to ``GRIDPATROL_MQTT_MAX_PACKET_SIZE``: a camera whose JPEG was
+    published sampled failed every visit and grab."""
+    limit = 32 * 2**20
+    site = parse_site(
+        f"site: {{name: Test}}\nmqtt: {{prefix: {mqtt_prefix}}}\ncameras:\n{PATROL_P1}"
+        "  - {id: c1, source: 'http://127.0.0.1:9/snap.jpg', fps: 1, location: {address: a}}\n"
+    )
+    conn = MqttConnection("ing-cap", replace(SHARED, max_packet_size=limit), prefix=mqtt_prefix)
+    service = IngestService(site, conn, site.cameras)
+    caps: list[tuple[str, int]] = []
+    image = SnapshotCamera().image
+
+    def grab(
+        camera: Camera, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+    ) -> tuple[bytes, int, int]:
+        caps.append((camera.id, max_bytes))
+        return image, 64, 36
+
+    monkeypatch.setattr(ingest_service, "grab_once", grab)
+    assert service._visit("p1") is not None  # never started: the frame is dropped, not sent
+    assert service._grab("c1") is not None
+    assert caps == [("p1", limit), ("c1", limit)]
