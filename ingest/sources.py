@@ -487,6 +487,9 @@ class FrameFit:
         height, width = int(image.shape[0]), int(image.shape[1])
         resize = self.camera.resize
         base = (int(resize[0]), int(resize[1])) if resize is not None else (width, height)
+        if budget <= 0:  # a limit below the envelope's header: no step can make room
+            self._dropped(came or image.nbytes, *base, budget, "has no room for any frame")
+            return None
         steps = len(self._steps)
         sizes: list[int] = []  # of this frame, at each step tried
         for attempt in range(FIT_STEPS + 1):

@@ -555,3 +555,27 @@ def test_a_handler_failed_letter_that_cannot_fit_at_all_is_dropped_logged(
         "packet limit of 1024 bytes even without its payload; the message is acknowledged "
         'without it: {"reason":"handler_failed",'
     )
+
+
+@pytest.mark.parametrize("budget", [0, -1, -16_000])
+def test_a_limit_leaving_no_room_for_a_frame_drops_it_and_says_so_once(
+    budget: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker limit below the envelope's header leaves a frame no budget at all: each frame
+    is dropped (no step is taken, no error raised) and the reason logged once."""
+    camera = parse_site(
+        "site: {name: Test}\nmqtt: {prefix: t}\ncameras:\n"
+        "  - {id: c1, source: x.mp4, location: {address: a}}\n"
+    ).cameras[0]
+    fit = sources.FrameFit(camera)
+    image = np.full((90, 160, 3), 128, np.uint8)
+    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+        assert [fit.image(image, budget) for _ in range(3)] == [None] * 3
+        assert fit.jpeg(cv2.imencode(".jpg", image)[1].tobytes(), 160, 90, budget) is None
+    assert (fit.quality, fit.scale) == (85, 1.0)
+    assert [
+        r.getMessage().endswith(
+            "has no room for any frame: dropped, as such frames will be (counted); not said again"
+        )
+        for r in caplog.records
+    ] == [True]
