@@ -19,6 +19,7 @@ Protocol (also in docs/scene-heads.md):
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
@@ -702,7 +703,7 @@ def run(args: argparse.Namespace) -> int:
         ModelNotFoundError,
     )
 
-    if args.negative_fps <= 0:
+    if not (math.isfinite(args.negative_fps) and args.negative_fps > 0):
         print(
             f"train-head: --negative-fps must be positive (got {args.negative_fps:g})",
             file=sys.stderr,

@@ -124,9 +124,9 @@ def publish_dead_letter(conn: MqttConnection, reason: str, message: Message, err
 def publish_fitted(conn: MqttConnection, topic: str, body: bytes) -> bool:
     """Publish the dead letter ``body`` on ``topic`` at QoS 1, its payload cut further to what
     the connection's packet limit leaves it (:func:`fit_dead_letter`): the connection refuses
-    a larger one, and under about 88 KiB (a 64 KiB payload in base64) every letter of a large
-    frame would be lost. One that does not fit even without its payload is logged (its first
-    KiB) and not published. Whether the client took it."""
+    a larger one, and under about 86 KiB (a 64 KiB payload is 87,384 bytes in base64) every
+    letter of a large frame would be lost. One that does not fit even without its payload is
+    logged (its first KiB) and not published. Whether the client took it."""
     most = conn.max_payload(topic, 1)
     letter = fit_dead_letter(body, most)
     if letter is None:

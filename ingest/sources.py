@@ -241,8 +241,10 @@ def open_capture(source: str, base_dir: Path | None) -> object:
 
 def rtsp_answers(source: str, timeout: float = RTSP_PROBE_S) -> bool:
     """Whether the RTSP server of ``source`` answers an OPTIONS request (any answer, a refusal
-    of the credentials too) within ``timeout`` s, the connection included. The request carries
-    no credentials. A URL whose host or port cannot be read is left to FFmpeg (True)."""
+    of the credentials too) within ``timeout`` s, the connection included. The request names
+    the server alone (``rtsp://host:port/``): not the URL's user and password, nor its path or
+    query, where cameras take credentials too (``?user=…&password=…``) and which would go out
+    in clear on every probe. A URL whose host or port cannot be read is left to FFmpeg (True)."""
     split = proxies.user_info(source)
     bare = split[0] + split[2] if split is not None else source
     try:
@@ -252,7 +254,8 @@ def rtsp_answers(source: str, timeout: float = RTSP_PROBE_S) -> bool:
         return True
     if not address[0]:
         return True
-    request = f"OPTIONS {bare} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: gridpatrol\r\n\r\n"
+    target = f"{parts.scheme}://{parts.netloc}/"
+    request = f"OPTIONS {target} RTSP/1.0\r\nCSeq: 1\r\nUser-Agent: gridpatrol\r\n\r\n"
     deadline = time.monotonic() + timeout
     try:
         with socket.create_connection(address, timeout=timeout) as sock:

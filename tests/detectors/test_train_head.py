@@ -320,6 +320,10 @@ def small_dataset(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
          "--negative-fps must be positive (got 0)"),
         (["--negatives", "{street}", "--negative-fps", "-1", "--cv-only"],
          "--negative-fps must be positive (got -1)"),
+        (["--negatives", "{street}", "--negative-fps", "nan"],
+         "--negative-fps must be positive (got nan)"),
+        (["--negatives", "{street}", "--negative-fps", "inf", "--cv-only"],
+         "--negative-fps must be positive (got inf)"),
     ],
 )  # fmt: skip
 def test_train_head_refuses_an_unwritable_out_or_a_bad_fps_before_any_work(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gridpatrol.ingest import sources
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
@@ -35,6 +36,7 @@ class SilentRtsp:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"rtsp://127.0.0.1:{self.server.getsockname()[1]}/stream"
         self.closed = threading.Event()
+        self.requests: list[bytes] = []  # the first line of each request received
         self._conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -56,6 +58,7 @@ class SilentRtsp:
                     return
                 if not data:
                     return
+                self.requests.append(data.split(b"\r\n", 1)[0])
                 cseq = re.search(rb"CSeq: *(\d+)", data)
                 if self.options and data.startswith(b"OPTIONS") and cseq is not None:
                     conn.sendall(
@@ -144,3 +147,18 @@ def test_a_camera_that_never_answers_holds_up_no_other_cameras_open(
         conn.stop()
     assert visits >= 10
     assert service.outputs["c1"].stats.published == 0
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/stream", "/cam/realmonitor?channel=1&user=admin&password=hunter2", "/user=admin_password="],
+)
+def test_the_probe_names_the_server_alone(
+    silent_rtsp: Callable[[bool], SilentRtsp], path: str
+) -> None:
+    """The probe went out with the URL's path and query, where cameras take credentials too:
+    in clear, before every open and on every reconnect."""
+    camera = silent_rtsp(True)
+    port = camera.server.getsockname()[1]
+    assert sources.rtsp_answers(f"rtsp://admin:secret@127.0.0.1:{port}{path}")
+    assert camera.requests == [f"OPTIONS rtsp://127.0.0.1:{port}/ RTSP/1.0".encode()]
