@@ -110,7 +110,11 @@ LIGHT_MIN_PX = 16
 # LIGHT_ALIKE_SHARE of them; a pile replaces it (a gain near 0). Kept out, a shadow covering
 # the zone bit by bit left the light of the last clean tenth held, and the whole zone
 # foreground for hours. A light under GAIN_MIN is taken on the same terms (shop lights off,
-# an exposure step to 0.15 ×): its gain is measured and it keeps B's structure.
+# an exposure step to 0.15 ×): its gain is measured and it keeps B's structure. They count
+# when they are under LIGHT_MIN_SHARE of the usable pixels, or when the pixels not changed or
+# learned are: a light over part of the zone keeps B's structure too, and counted as the
+# larger part it set the light of the whole. A shadow over 55 % of a street that B had
+# learned, once gone, left the part never shadowed a fifth too dark, foreground 20–50 min.
 GAIN_FLOOR = 0.08
 LIGHT_ALIKE_SHARE = 0.8
 LIGHT_CORR_MIN = 0.3
@@ -266,9 +270,16 @@ def _light(
     # a fit taken as it is kept a pile over most of the zone (found inverted by that version)
     # as the light from then on.
     held = held or (1.0, 0.0)
+    # A pixel at its B as it is (gain 1) is learned in any light: one the held light (a light
+    # of part of the zone) made foreground, kept out, left the rest to fit that light.
     learned = np.abs(frame - _in_light(base, *held)) <= LIGHT_SETTLED
+    learned |= np.abs(frame - base) <= LIGHT_SETTLED
     pending = inside & changed & ~learned
-    fit = inside & (~changed | learned | _alike(frame, base, pending))
+    fit = inside & (~changed | learned)
+    alike = _alike(frame, base, pending)
+    few = LIGHT_MIN_SHARE * np.count_nonzero(inside)
+    if np.count_nonzero(fit) < few or np.count_nonzero(alike) < few:
+        fit |= alike
     left = np.count_nonzero(fit)
     if left < max(LIGHT_MIN_SHARE * np.count_nonzero(inside), LIGHT_MIN_PX):
         return held
