@@ -405,8 +405,10 @@ def parse_names(raw: object) -> tuple[str, ...]:
 
 
 def parse_imgsz(raw: object, default: int) -> int:
+    """The input's long side from metadata (a side, or [height, width] of a rectangular
+    export): the decode reduction and the feature cells go by the long side."""
     if isinstance(raw, Sequence) and not isinstance(raw, str) and raw:
-        return int(raw[0])
+        return max(int(v) for v in raw)
     return int(raw) if isinstance(raw, int | float | str) and str(raw).isdigit() else default
 
 

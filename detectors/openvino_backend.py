@@ -329,7 +329,11 @@ class OpenVinoBackend:
             # A dynamic export (e.g. ONNX with dynamic axes): fix it at the model's own size.
             model.reshape([1, 3, info.imgsz, info.imgsz])
         self._add_feature_outputs(model)
-        self.size = int(model.input(0).get_partial_shape()[2].get_length())
+        dims = model.input(0).get_partial_shape()
+        # An export of a rectangle (Ultralytics imgsz=(384, 640)) takes only that input: each
+        # image is letterboxed into its own (height, width), not a square of either side.
+        self.input_hw = (int(dims[2].get_length()), int(dims[3].get_length()))
+        self.size = max(self.input_hw)  # the long side, as ModelInfo.imgsz
         self.nc = int(model.output(0).get_partial_shape()[1].get_length()) - 4
         if not info.names:
             self.info = ModelInfo(
@@ -340,14 +344,23 @@ class OpenVinoBackend:
                 tuple(f"class_{i}" for i in range(self.nc)),
                 info.imgsz,
             )
-        self._model = model.clone() if rect else None  # the source of rectangular copies
+        square = self.input_hw[0] == self.input_hw[1]
+        if rect and not square:
+            # Rectangular copies are made from a square export; this one has its own shape.
+            log.info(
+                "model %s: exported for a %d×%d input, which every image is letterboxed into",
+                self.info.name,
+                self.input_hw[1],
+                self.input_hw[0],
+            )
+        self._model = model.clone() if rect and square else None  # for rectangular copies
         self._lock = threading.Lock()
         self._wake: threading.Event | None = None  # the running stream's, set on each result
         self._shapes_lock = threading.Lock()
-        square = self._compile(model, (self.size, self.size))
-        self.requests = len(square.queue)
+        base = self._compile(model, self.input_hw)
+        self.requests = len(base.queue)
         self.device_requests = self.requests - (SPARE_REQUESTS if mode == "throughput" else 0)
-        self._by_shape: dict[tuple[int, int], _Compiled] = {square.hw: square}
+        self._by_shape: dict[tuple[int, int], _Compiled] = {base.hw: base}
         self._shape_of: dict[tuple[int, int], tuple[int, int]] = {}  # image shape -> input
         log.info(
             "model %s %s (sha256 %s…) on %s, %s mode, %d infer requests, %s input",
@@ -357,7 +370,7 @@ class OpenVinoBackend:
             device,
             mode,
             self.requests,
-            "rectangular" if rect else "square",
+            "rectangular" if self._model is not None or not square else "square",
         )
 
     def _compile(self, model: ov.Model, hw: tuple[int, int]) -> _Compiled:
@@ -387,9 +400,8 @@ class OpenVinoBackend:
 
     def input_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
         """The model input (height, width) an image of ``shape`` (h, w) is letterboxed into."""
-        square = (self.size, self.size)
         if self._model is None:
-            return square
+            return self.input_hw
         hw = self._shape_of.get(shape)
         if hw is None:
             with self._shapes_lock:  # a new shape compiles once, whoever asks first
@@ -404,20 +416,20 @@ class OpenVinoBackend:
         if hw in self._by_shape:
             return hw
         if self._model is None or len(self._by_shape) > MAX_SHAPES:
-            return (self.size, self.size)
+            return self.input_hw
         try:
             compiled = self._compile(to_input_shape(self._model.clone(), hw, self.size), hw)
         except (ValueError, RuntimeError) as exc:
             log.warning("model %s: square input only: %s", self.info.name, exc)
             self._model = None
-            return (self.size, self.size)
+            return self.input_hw
         self._by_shape[hw] = compiled
         log.info("model %s compiled for a %d×%d input", self.info.name, hw[1], hw[0])
         return hw
 
     @property
     def compiled_shapes(self) -> list[tuple[int, int]]:
-        """The inputs (height, width) compiled so far, the square one first."""
+        """The inputs (height, width) compiled so far, the export's own first."""
         return list(self._by_shape)
 
     # --- public API ---

@@ -317,7 +317,9 @@ class Ready:
     rt: CameraRuntime
     frame: Frame
     image: NDArray[np.uint8]
-    scale: float  # original pixels per decoded pixel
+    # Original pixels per decoded pixel, (x, y): a reduced decode rounds each side up, so an
+    # odd side shrinks by a little less than the factor and the two axes differ.
+    scale: tuple[float, float]
     gray: NDArray[np.uint8] | None  # None when neither the gate nor a background model needs it
     infer: bool
     result: InferenceResult | None = None
@@ -560,9 +562,10 @@ class DetectorWorker:
         self._in_flight.discard(rt.camera.id)
         self._wake.set()  # the camera's next frame, if one came meanwhile, may go now
         elapsed = time.perf_counter() - item.submitted
-        item.result = _to_original(result, item.scale)
+        h = item.frame.header
+        rt.last_size = (h.width, h.height)
+        item.result = _to_original(result, item.scale, rt.last_size)
         rt.last = item.result
-        rt.last_size = (item.frame.header.width, item.frame.header.height)
         rt.inferred += 1
         rt.latency_s += elapsed
         self.metrics.inferred.labels(rt.camera.id).inc()
@@ -653,7 +656,7 @@ class DetectorWorker:
         if image is None:
             self._bad(rt, topic, payload, received_at, "undecodable_image", "")
             return None
-        scale = h.width / image.shape[1]
+        scale = (h.width / image.shape[1], h.height / image.shape[0])
         if not (self.motion_settings.enabled or rt.pipeline.needs_gray):
             # The small copy costs about a tenth of the worker's CPU; nothing would read it.
             return Ready(rt, frame, image, scale, None, True)
@@ -1365,7 +1368,7 @@ class DetectorWorker:
     ) -> bytes | None:
         from gridpatrol.detectors.evidence import Label, annotate, decode_jpeg, title_for
 
-        full = decode_jpeg(item.frame.image) if item.scale > 1.0 else item.image
+        full = decode_jpeg(item.frame.image) if item.scale != (1.0, 1.0) else item.image
         if full is None:
             return None
         labels = [
@@ -1566,16 +1569,30 @@ def _serial_stream(
             yield item, backend.infer([image])[0]
 
 
-def _to_original(result: InferenceResult, scale: float) -> InferenceResult:
-    """Express a result on a reduced decode in pixels of the original frame."""
-    if scale == 1.0:
+def _to_original(
+    result: InferenceResult, scale: tuple[float, float], size: tuple[int, int]
+) -> InferenceResult:
+    """Express a result on a reduced decode in pixels of the original frame of ``size``
+    (width, height), each axis by its own factor of ``scale`` (x, y), clipped to the frame:
+    a box reaching the decoded image's edge would otherwise end past it (the decoder rounds
+    an odd side up) or short of it."""
+    if scale == (1.0, 1.0):
         return result
+    import numpy as np
+
     from gridpatrol.detectors.types import Detections, InferenceResult, Letterbox
 
+    sx, sy = scale
+    width, height = size
     d = result.detections
     lb = result.letterbox
-    detections = Detections(d.xyxy * scale, d.confidence, d.class_id, d.tracker_id)
-    letterbox = Letterbox(lb.scale / scale, lb.pad_x, lb.pad_y)
+    xyxy = d.xyxy * np.array([sx, sy, sx, sy], dtype=d.xyxy.dtype)
+    np.clip(xyxy[:, 0::2], 0.0, width, out=xyxy[:, 0::2])
+    np.clip(xyxy[:, 1::2], 0.0, height, out=xyxy[:, 1::2])
+    detections = Detections(xyxy, d.confidence, d.class_id, d.tracker_id)
+    # The letterbox keeps one factor: the axes differ by under a decoded pixel over the
+    # frame, and its readers (the heads' feature cells) go by its padding alone.
+    letterbox = Letterbox(lb.scale / sx, lb.pad_x, lb.pad_y)
     return InferenceResult(detections, result.features, letterbox)
 
 

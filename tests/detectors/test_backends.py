@@ -356,3 +356,45 @@ def test_dynamic_input_export_is_fixed_at_the_model_size(
     (a,), (b,) = dynamic.infer([bus]), static.infer([bus])
     np.testing.assert_allclose(a.detections.xyxy, b.detections.xyxy, atol=0.5)
     assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
+
+
+def test_a_rectangular_export_infers_on_its_own_input(
+    shared_dir: Path, tmp_path: Path, bus: NDArray[np.uint8]
+) -> None:
+    """An export of a 640×384 input (Ultralytics imgsz=(384, 640)) letterboxes each image into
+    that rectangle: its results are those of the square export reshaped to it, and a portrait
+    image fits its height."""
+    import openvino as ov
+    import yaml
+
+    from gridpatrol.detectors.rect import to_input_shape
+
+    source = shared_dir / "models" / "yolo11n_int8_openvino_model"
+    model = to_input_shape(ov.Core().read_model(str(source / "yolo11n.xml")), (384, 640), 640)
+    folder = tmp_path / "rect_openvino_model"
+    folder.mkdir()
+    ov.save_model(model, str(folder / "yolo11n.xml"), compress_to_fp16=False)
+    meta = yaml.safe_load((source / "metadata.yaml").read_text())
+    meta["imgsz"] = [384, 640]
+    (folder / "metadata.yaml").write_text(yaml.safe_dump(meta))
+    zidane = np.asarray(cv2.imread(str(ASSETS / "zidane.jpg")), dtype=np.uint8)
+    assert zidane.shape[:2] == (720, 1280)
+    reshaped = load_backend(resolve_model(str(source)), mode="latency", rect=True)
+    (b,) = reshaped.infer([zidane])
+    reshaped.close()
+    for rect in (False, True):
+        exported = load_backend(resolve_model(str(folder)), mode="latency", rect=rect)
+        assert isinstance(exported, OpenVinoBackend)
+        assert exported.info.imgsz == 640
+        (a,), (portrait,) = exported.infer([zidane]), exported.infer([bus])
+        assert exported.compiled_shapes == [(384, 640)]
+        exported.close()
+        assert len(a.detections) >= 2 and a.letterbox == b.letterbox
+        assert a.detections.xyxy.tolist() == b.detections.xyxy.tolist()
+        assert a.detections.class_id.tolist() == b.detections.class_id.tolist()
+        assert portrait.letterbox.scale == 384 / 1080
+        labels = portrait.detections.labels(exported.info.names)
+        assert labels.count("bus") == 1
+        h, w = bus.shape[:2]
+        assert (portrait.detections.xyxy[:, [0, 2]] <= w).all()
+        assert (portrait.detections.xyxy[:, [1, 3]] <= h).all()

@@ -444,3 +444,20 @@ def test_heads_of_an_exported_pt_are_loaded_by_scan(
     assert main(["--log-level", "WARNING", "scan", "--model", str(weights), str(photo)]) == 0
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert set(record["scene"]) == {"garbage"}  # the shipped head, keyed to these weights
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ([640, 640], 640),
+        ([384, 640], 640),
+        ([640, 384], 640),
+        (512, 512),
+        ("320", 320),
+        (None, 640),
+    ],
+)
+def test_imgsz_is_the_long_side_of_the_export(raw: object, expected: int) -> None:
+    """A rectangular export's metadata gives [height, width]: the decode reduction and the
+    feature cells go by its long side, not its height."""
+    assert models.parse_imgsz(raw, 640) == expected
