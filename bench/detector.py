@@ -28,7 +28,9 @@ Frames: 1280×720 JPEG (quality 85) frames of the shared footage.
   frame with fresh sensor noise and JPEG re-encoding per frame): an empty car park for the first
   half, then the crowded street; every camera must still raise its crowd candidate, which
   appears only with the second scene (stationary objects keep their dwell through keyframes).
-- ``rss_mb``: the worker's resident memory while serving the cameras.
+- ``rss_mb``: the worker's resident memory while serving the cameras, read at the end of the
+  pipeline window; ``rss_peak_mb`` its peak since start (``VmHWM``: start-up, model compilation
+  and the warm-up's candidates with their evidence included).
 - ``pipeline_cpu_ms_per_frame``: CPU milliseconds per inferred frame during the pipeline window,
   for the worker, the API, this process (the publisher), the rest (broker, system) and the
   cores' idle time, from ``/proc``; ``raw_cpu_ms_per_frame`` is the runtime alone's (all cores
@@ -260,9 +262,10 @@ class Stack:
         pattern = re.compile(rf"^{name}_total\{{[^}}]*\}} ([0-9.e+]+)$", re.M)
         return sum(float(v) for v in pattern.findall(text))
 
-    def rss_mb(self) -> float:
+    def rss_mb(self, field: str = "VmRSS") -> float:
+        """The worker's resident memory now (``VmRSS``) or its peak so far (``VmHWM``)."""
         status = Path(f"/proc/{self.worker.pid}/status").read_text()
-        match = re.search(r"VmRSS:\s+(\d+) kB", status)
+        match = re.search(rf"{field}:\s+(\d+) kB", status)
         return int(match.group(1)) / 1024 if match else float("nan")
 
     def candidates(self) -> list[dict[str, Any]]:
@@ -495,7 +498,7 @@ def measure_pipeline(
             inferred1, t1 = s.metric("gridpatrol_detect_inferred_frames"), time.perf_counter()
             frames1, cpu1 = s.metric("gridpatrol_detect_frames"), CpuSnapshot.take(s)
             ops1 = s.metric("gridpatrol_detect_candidate_ops")
-            rss = s.rss_mb()
+            rss, rss_peak = s.rss_mb(), s.rss_mb("VmHWM")
         finally:
             pub.stop()
         time.sleep(3)  # let the outbox deliver what it queued
@@ -510,6 +513,7 @@ def measure_pipeline(
             "offered_fps": sent / (t1 - t0),
             "received_fps": (frames1 - frames0) / (t1 - t0),
             "rss_mb": rss,
+            "rss_peak_mb": rss_peak,
             "cpu_ms_per_frame": cpu0.per_frame_ms(cpu1, inferred1 - inferred0),
             "candidates": len(found),
             "cameras_with_candidates": len(raised),
@@ -575,7 +579,8 @@ def main(argv: list[str] | None = None) -> int:
     pipe = measure_pipeline(cameras, street, rate, warm_s, pipe_s, args.square_input)
     say(
         f"pipeline (MQTT→detect→API): {pipe['fps']:.1f} fps inferred of "
-        f"{pipe['offered_fps']:.1f} offered; RSS {pipe['rss_mb']:.0f} MB; "
+        f"{pipe['offered_fps']:.1f} offered; RSS {pipe['rss_mb']:.0f} MB "
+        f"(peak {pipe['rss_peak_mb']:.0f}); "
         f"{pipe['candidates']} candidates, {pipe['candidate_ops']:.0f} candidate operations in "
         "the window"
     )
@@ -610,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_mb_8_cameras" if args.cameras == 8 else f"rss_mb_{args.cameras}_cameras": round(
             pipe["rss_mb"], 1
         ),
+        "rss_peak_mb": round(pipe["rss_peak_mb"], 1),
         "pipeline_offered_fps": round(pipe["offered_fps"], 2),
         "pipeline_received_fps": round(pipe["received_fps"], 2),
         "pipeline_candidates": pipe["candidates"],
