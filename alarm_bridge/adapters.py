@@ -143,6 +143,8 @@ def adapt(
             adapted = _envelope(decoded, sensor, received_at.timestamp())
         elif isinstance(decoded, ThresholdReading):
             adapted = _reading(decoded, sensor, payload)
+        elif (foreign := _foreign_name(payload, sensor_id, registry)) is not None:
+            adapted = Rejected("sensor_id_mismatch", f"n {foreign!r} on {sensor_id!r}")
         else:
             adapted = _senml(decoded, sensor, payload)
         if isinstance(adapted, Rejected):
@@ -412,6 +414,24 @@ def _own_names(payload: bytes, sensor_id: str) -> dict[str, str]:
             name = _without_base(name, sensor_id)
         own.setdefault(base + record.get("n", ""), name or base)
     return own
+
+
+def _foreign_name(payload: bytes, sensor_id: str, registry: Mapping[str, Sensor]) -> str | None:
+    """The first record name of a pack without ``bn`` that begins with another registered
+    sensor's id and one of ``:;./`` (``bf-10:fill`` on ``bf-1``'s topic): the resolved form of
+    a pack whose ``bn`` the decoder would refuse as another sensor's. Names beginning with the
+    topic's own id so are the sensor's, whatever ids are registered beside it."""
+    records = json.loads(payload)
+    if any("bn" in record for record in records):
+        return None  # the decoder checked bn against the topic
+    for record in records:
+        name = record.get("n", "")
+        if _without_base(name, sensor_id) != name:
+            continue
+        for end, char in enumerate(name):
+            if char in BASE_NAME_ENDS and name[:end] != sensor_id and name[:end] in registry:
+                return str(name)
+    return None
 
 
 def _without_base(name: str, sensor_id: str) -> str:

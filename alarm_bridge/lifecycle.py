@@ -56,6 +56,11 @@ SEVERITY_RANK: dict[str, int] = {"WARNING": 0, "MINOR": 1, "MAJOR": 2, "CRITICAL
 # (plus how much longer the clear was held up than the raise) makes no raise stale, and one
 # set back by less only the raises before the clock passes the clear's time again.
 OVERTAKE_WINDOW_S = 120.0
+# A raise stamped in its clear's very second and received within this many seconds after it
+# is taken for a genuine one (a heartbeat clear, then the condition): an overtaken raise is
+# held up by retries (seconds to 90 s), and a device sending only raise and clear would
+# otherwise lose the whole incident.
+TIE_SETTLE_S = 1.0
 # The clears kept at most, the latest received: only a device repeating its state every few
 # seconds sends more in the window, and then the latest are the ones a raise was sent before.
 MAX_QUIETS = 8
@@ -226,15 +231,15 @@ def _overtaken(state: AlarmState, t: float, received_at: float) -> bool:
 
 def _overtaken_by(quiet: Quiet, t: float, received_at: float) -> bool:
     """Whether a raise or update timed ``t``, received at ``received_at``, was sent before the
-    clear ``quiet`` and overtaken by it: timed before it, or at its time and received after it,
-    and held up on its way (its reception minus its time) at most
-    :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times are the device's: an
-    offset of its clock cancels out. A clock stamping whole seconds (RFC 3339 without a
+    clear ``quiet`` and overtaken by it: timed before it, or at its time and received more
+    than :data:`TIE_SETTLE_S` after it, and held up on its way (its reception minus its time)
+    at most :data:`OVERTAKE_WINDOW_S` longer than the clear was. Both times are the device's:
+    an offset of its clock cancels out. A clock stamping whole seconds (RFC 3339 without a
     fraction, epoch seconds) gives a raise and the clear sent in the same second after it one
-    time: the raise received after the clear is taken for overtaken, and a genuine one in the
-    clear's second waits for the device's next update instead."""
+    time: the raise held up by retries is taken for overtaken; one received within a second
+    of the clear, for a genuine raise in the clear's second."""
     quiet_at, quiet_received = quiet
-    if t > quiet_at or (t == quiet_at and received_at <= quiet_received):
+    if t > quiet_at or (t == quiet_at and received_at - quiet_received <= TIE_SETTLE_S):
         return False
     held_longer = (received_at - t) - (quiet_received - quiet_at)
     return held_longer <= OVERTAKE_WINDOW_S

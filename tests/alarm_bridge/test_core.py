@@ -1738,6 +1738,28 @@ def test_a_record_name_is_judged_without_its_base_name(
     assert [(m.n, m.u, m.v) for item in adapted.inputs for m in item.measurements] == expected
 
 
+@pytest.mark.parametrize(
+    ("topic", "name"), [("ns-1", "noise-3;LAeq"), ("noise-3", "ns-1:LAeq"), ("ns-1", "ns-1;LAeq")]
+)
+def test_a_resolved_pack_naming_another_sensor_is_refused_as_with_its_bn(
+    noisy_site: Site, topic: str, name: str
+) -> None:
+    """Resolved names carry the base name a pack with ``bn`` would: another sensor's id there
+    is refused as the decoder refuses that ``bn``, where its reading went to the topic's
+    sensor (a gateway sending one sensor's pack on another's topic)."""
+    adapted = adapt(
+        json.dumps([{"n": name, "u": "dB", "v": 85}]).encode(),
+        sensor_id=topic,
+        registry={s.id: s for s in noisy_site.sensors},
+        received_at=datetime.fromtimestamp(T0, tz=UTC),
+    )
+    if name.startswith(topic):
+        assert isinstance(adapted, Adapted), adapted
+    else:
+        expected = Rejected("sensor_id_mismatch", f"n {name!r} on {topic!r}", heard=True)
+        assert adapted == expected
+
+
 def test_a_record_named_by_its_base_name_alone_is_judged_by_it(site: Site) -> None:
     """Without ``n`` the base name is the record's whole name: a bin's battery named so, in
     %, is no fill."""

@@ -198,6 +198,12 @@ CASES = [
         "normal",
     ),
     Case(
+        "a raise in the second of the clear, received within 1 s of it, is a genuine raise",
+        [(100, sent("clear", 100.2)), (100, sent("raise", 100.9))],
+        ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
+        "active",
+    ),
+    Case(
         "a raise in the second of the clear, held up beyond the window longer, raises",
         [(100, sent("clear", 100.6)), (100, sent("raise", 221))],
         ["ignore:None:0:clear_not_active", "raise:a:1:MAJOR"],
