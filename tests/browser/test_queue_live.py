@@ -277,7 +277,11 @@ def test_the_merge_dialog_merges_into_the_case_chosen_last(
         lambda r: r.url.endswith(f"/candidates/{current['id']}/review")
     ) as sent:
         page.keyboard.press("Enter")
-    assert sent.value.post_data_json == {"decision": "merge", "merge_into": nearby["id"]}
+    assert sent.value.post_data_json == {
+        "decision": "merge",
+        "merge_into": nearby["id"],
+        "expected_status": "new",
+    }
     ui.wait_rows([nearby["id"], pasted["id"]])
     merged = status_of(console, current["id"])
     assert (merged["status"], merged["merged_into"]) == ("merged", nearby["id"])
