@@ -165,7 +165,15 @@ def test_a_frame_not_uploaded_yet_gives_way_to_one_that_is(
     page.select_option("#f-status", "incomplete")
     ui.wait_rows([no_flag["id"], no_frame["id"]])
     for case in (no_flag, no_frame):  # the thumbnail: a frame that is there
-        assert ui.image_width(f"#queue-body tr[data-id='{case['id']}'] img.thumb") == 1280
+        # Read in one go once a frame is drawn: the list drawn again (the filter's page, a live
+        # update) puts a new <img> in, not loaded yet, and a missing frame's <img> is complete
+        # (broken) before its error handler moves it on to the next frame.
+        drawn = page.wait_for_function(
+            "sel => { const i = document.querySelector(sel);"
+            " return i && i.complete && i.naturalWidth > 0 && i.naturalWidth; }",
+            arg=f"#queue-body tr[data-id='{case['id']}'] img.thumb",
+        )
+        assert drawn.json_value() == 1280
 
     # Without its annotated frame, the clean one is shown (and named), and cannot be toggled.
     page.click(f"#queue-body tr[data-id='{no_flag['id']}']")
