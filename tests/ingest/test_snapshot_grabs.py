@@ -501,6 +501,28 @@ def until_offline(statuses: Subscription) -> list[bytes]:
     return seen
 
 
+def subscribed(asker: MqttConnection, topic: str) -> Subscription:
+    """A subscription to ``topic`` the broker has taken on, with nothing left in it:
+    ``subscribe`` does not wait for that, so a publication from another connection right after
+    could reach the broker first and go to no one. Marks go out on ``topic`` until one comes
+    back; the broker keeps one connection's packets in order, so then every later mark comes
+    back too, the last one last."""
+    sub = asker.subscribe(topic, qos=0)
+    marks: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        marks.append(uuid.uuid4().bytes)
+        assert asker.publish(topic, marks[-1], 0)
+        message = sub.get(0.1)
+        if message is not None and message.payload in marks:
+            last = marks[-1]
+            while message is not None and message.payload != last:
+                message = sub.get(10)
+            assert message is not None, f"the last mark on {topic} did not come back"
+            return sub
+    raise AssertionError(f"the subscription to {topic} was not taken on")
+
+
 def reply_to(asker: MqttConnection, replies: Subscription, camera_id: str) -> Message | None:
     asker.publish(snapshot_request_topic(asker.prefix, camera_id), encode_request("r1"), 1)
     return replies.get(10)
@@ -545,7 +567,7 @@ def test_a_grab_beside_a_dead_stream_answers_the_request_alone(
     source = "rtsp://127.0.0.1:9/x"
     served = serving_c1(site_file, mqtt_prefix, "beside", source, camera, monkeypatch, caplog)
     with served as (service, asker, replies, seen):
-        frames = asker.subscribe(f"{mqtt_prefix}/cameras/c1/frame", qos=0)
+        frames = subscribed(asker, f"{mqtt_prefix}/cameras/c1/frame")
         output = service.outputs["c1"]
         stale = output.publish(camera.image, 64, 36, ts=datetime.now(UTC) - timedelta(seconds=5))
         output.set_status(False)  # the stream is lost
