@@ -110,13 +110,15 @@ class Authenticator:
     async def open_session(self, cookie: str) -> ConsoleSession | None:
         """The session of a valid cookie that was not logged out."""
         session = self.read_session(cookie)
-        if session is None:
-            return None
+        return session if session is not None and await self.still_open(session) else None
+
+    async def still_open(self, session: ConsoleSession) -> bool:
+        """Whether ``session`` has neither expired nor been logged out."""
+        if session.expires < time.time():
+            return False
         if self._lookup_inline:
-            revoked = self.revoked(session.sid)
-        else:
-            revoked = await run_in_threadpool(self.revoked, session.sid)
-        return None if revoked else session
+            return not self.revoked(session.sid)
+        return not await run_in_threadpool(self.revoked, session.sid)
 
     def revoked(self, sid: str) -> bool:
         with self._db.read() as db:

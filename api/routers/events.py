@@ -8,6 +8,11 @@ much to replay, when the id is not one of ours, or when the client fell so far b
 its queue overflowed, it gets ``event: reset`` instead: load the list again. After an
 overflow the stream ends there (the browser reconnects from the reset's id).
 
+A stream opened with a console session ends when that session does (logged out on any
+instance, or expired): it is checked before each change is sent and at each keepalive, so a
+browser left open after its reviewer logged out elsewhere sees no more cases. The browser
+reconnects, gets 401 and the console shows its login form.
+
 When the server is told to stop, the stream ends at once: the server would otherwise wait for
 the client to leave, and the browser reconnects (to another instance, or to this one when it
 is back) with the last id it got, so it misses nothing.
@@ -17,18 +22,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
+from gridpatrol.api.auth import ConsoleSession
 from gridpatrol.api.deps import Reviewer, Services, Svc
 from gridpatrol.api.hub import RESET, stopping, unless_stopping
 from gridpatrol.api.metrics import Metrics
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["events"])
 KEEPALIVE_S = 15.0
 # Changes are committed in another order than their updated_at was read, and instances'
@@ -93,6 +102,18 @@ async def events(
     resume = last_event_id or since
     now = services.clock()
     stop = stopping(request.app.state)
+    session: ConsoleSession | None = getattr(request.state, "console_session", None)
+
+    async def ended() -> bool:
+        if session is None:
+            return False
+        try:
+            return not await services.auth.still_open(session)
+        except SQLAlchemyError as exc:
+            # Unchecked is not open: the browser reconnects, and the reconnect's own check
+            # answers 503 until the database is back.
+            log.warning("the event stream of %s ends: %s", session.principal.name, exc)
+            return True
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -105,10 +126,14 @@ async def events(
                         asyncio.wait_for(queue.get(), KEEPALIVE_S), stop
                     )
                 except TimeoutError:
+                    if await ended():
+                        return
                     yield ": keepalive\n\n"
                     continue
-                if event is None:
-                    return  # the server stops: the browser reconnects with the last id
+                if event is None or await ended():
+                    # The server stops, or the session ended: the browser reconnects with
+                    # the last id, or gets 401.
+                    return
                 kind, data = event
                 if kind == RESET:
                     metrics.sse_dropped.inc(data["dropped"])

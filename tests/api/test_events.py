@@ -10,9 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import pytest
 
-from .conftest import body, fresh_jpeg
+from gridpatrol.api.auth import SESSION_COOKIE
+
+from .conftest import TOKENS, body, fresh_jpeg
 
 WAIT_S = 60
 
@@ -30,8 +33,11 @@ Until = Callable[[list[Message]], bool]
 class Stream:
     """``GET /events`` read in a thread until ``until`` holds for what it got, or it ends."""
 
-    def __init__(self, server: Any, until: Until, **request: Any) -> None:
+    def __init__(
+        self, server: Any, until: Until, cookie: str | None = None, **request: Any
+    ) -> None:
         self.server = server
+        self.cookie = cookie
         self.until = until
         self.request = request
         self.messages: list[Message] = []
@@ -43,7 +49,7 @@ class Stream:
 
     def _read(self) -> None:
         with (
-            self.server.client("reviewer") as http,
+            self._client() as http,
             http.stream("GET", "/events", **self.request) as stream,
         ):
             assert stream.status_code == 200
@@ -61,6 +67,13 @@ class Stream:
                         return
                 fields = {}
             self.ended_by_server = True
+
+    def _client(self) -> httpx.Client:
+        if self.cookie is None:
+            client: httpx.Client = self.server.client("reviewer")
+            return client
+        cookies = {SESSION_COOKIE: self.cookie}
+        return httpx.Client(base_url=self.server.url, cookies=cookies, timeout=WAIT_S)
 
     def join(self) -> list[Message]:
         self.thread.join(WAIT_S)
@@ -188,3 +201,23 @@ def test_a_console_that_falls_behind_gets_a_reset_and_so_does_a_long_replay(
 
     far = Stream(server, bool, headers={"Last-Event-ID": before.id}).join()
     assert [(m.kind, m.data) for m in far] == [("reset", {"reason": "too_many"})]
+
+
+def test_a_stream_opened_with_a_session_ends_when_the_session_is_logged_out(server: Any) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        login = http.post("/session", json={"token": TOKENS["reviewer"]})
+        assert login.status_code == 200, login.text
+        cookie = http.cookies[SESSION_COOKIE]
+        csrf = login.json()["csrf_token"]
+    stream = Stream(server, lambda got: False, cookie=cookie)
+    # Logged out in another tab: the cookie the open stream came with is the same session.
+    with httpx.Client(base_url=server.url, cookies={SESSION_COOKIE: cookie}) as http:
+        assert http.delete("/session", headers={"X-CSRF-Token": csrf}).status_code == 204
+    create(server, body(None, upload(server, fresh_jpeg())))
+    assert stream.join() == []
+    assert stream.ended_by_server
+    # A stream opened with a bearer token is not a session's: it goes on.
+    doc = {**body(None, upload(server, fresh_jpeg())), "id": str(uuid.uuid4())}
+    bearer = Stream(server, changed({doc["id"]: "new"}))
+    create(server, doc)
+    assert [m.kind for m in bearer.join()] == ["candidate.created"]
