@@ -34,8 +34,13 @@ class Uptime:
     """Spans that do not count as listening, noticed by looking at the connection.
 
     ``horizon_s``: the longest silence judged (3 x the largest expected_interval_s). A span
-    followed by more listening than that no longer matters: a sensor last heard before it
-    has been judged silent since, or heard again.
+    followed by more listening than that no longer matters under this horizon: a sensor last
+    heard before it has been judged silent since, or heard again. Such spans are merged into
+    the first, not dropped, so that all before the end of the newest of them stays not
+    listened: a later run with a longer horizon (an expected_interval_s added or raised)
+    would otherwise count the listening kept from before them, and the bridge's downtime
+    among them, as listened, and judge a sensor last heard before them silent at once. It
+    counts a sensor heard before them as listened to since then only: less silent, never more.
     """
 
     def __init__(self, horizon_s: float, settle_s: float = SETTLE_S) -> None:
@@ -123,5 +128,8 @@ class Uptime:
             self._gaps[:2] = [(first, last)]
 
     def _prune(self, now: float) -> None:
-        while self._gaps and self.connected_for(self._gaps[0][1], now) > self.horizon_s:
-            self._gaps.pop(0)
+        # Into the first span, not dropped (see the class): the state stays one row, and one
+        # written before this (spans dropped) still restores, as it did.
+        while len(self._gaps) > 1 and self.connected_for(self._gaps[1][1], now) > self.horizon_s:
+            (first, _), (_, last) = self._gaps[:2]
+            self._gaps[:2] = [(first, last)]

@@ -2066,6 +2066,48 @@ def test_a_flapping_link_does_not_restart_the_silence(site: Site, outbox: Outbox
     ]
 
 
+def _site_intervals(mh_1: int, wl_1: int | None) -> Site:
+    """The test site with mh-1's expected_interval_s, and wl-1's (None: not watched)."""
+    text = SITE_YAML.replace("PREFIX", "gridpatrol").replace(
+        "expected_interval_s: 600", f"expected_interval_s: {mh_1}"
+    )
+    wl_1_line = "    expected_interval_s: 300\n"
+    assert wl_1_line in text
+    text = text.replace(wl_1_line, "" if wl_1 is None else f"    expected_interval_s: {wl_1}\n")
+    return parse_site(text, "test-site.yaml")
+
+
+def test_a_longer_horizon_after_a_restart_still_skips_the_downtime_before_it(
+    outbox: Outbox,
+) -> None:
+    """Runs 1 and 2 judge mh-1 only (60 s: a horizon of 180 s); run 3 watches wl-1 too (600 s:
+    1800 s of silence), last heard at T0, before the bridge's hour down between runs 1 and 2.
+    The span of that hour, followed in run 2 by more than 180 s of listening before a link
+    flap, was dropped there: run 3 counted the hour as listened and raised device_offline for
+    wl-1 at its first check. Now it is kept (merged with the spans before it): wl-1 is judged
+    on the listening after it, 230 + 40 s in run 2 and run 3's from T0 + 4170."""
+    h = Harness(_site_intervals(60, None), outbox, settle_s=SETTLE_S)
+    for at in range(int(T0), int(T0) + 101, 10):
+        h.silence(at)
+        if at == int(T0):
+            h.alarm("wl-1", reading("wl-1", 1.0, T0), T0)
+    h.stop(T0 + 100)
+    h = Harness(_site_intervals(60, None), outbox, settle_s=SETTLE_S)  # an hour later
+    for at in range(int(T0) + 3700, int(T0) + 4101, 10):
+        h.silence(at, connects=1 if at < T0 + 4000 else 2)  # the link flapped at T0 + 4000
+    h.stop(T0 + 4100)
+    h = Harness(_site_intervals(60, 600), outbox, settle_s=SETTLE_S)
+    offline: list[str] = []
+    for at in range(int(T0) + 4110, int(T0) + 5801, 10):
+        h.silence(at)
+        creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+        offline = [b["occurred_at"] for b in creates if b["source"]["sensor_id"] == "wl-1"]
+        # Real listening since T0: 40 s in run 1, 270 s in run 2, run 3's from T0 + 4170.
+        assert offline == [] or at - (T0 + 4170) + 310 > 1800, at
+    # T0 + 5710: 270 s + 1540 s = 1810 s (the 40 s of run 1 before the hour are not counted).
+    assert offline == ["2026-09-21T15:48:30Z"]
+
+
 def test_sensor_trace_is_bounded(h: Harness) -> None:
     for i in range(store.TRACE_LEN + 30):
         h.alarm("bf-1", reading("bf-1", 10, T0 + i), T0 + i)
