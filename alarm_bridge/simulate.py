@@ -2,13 +2,14 @@
 
 Each sensor of the site file gets a pattern by kind: manhole covers tilt and are put back
 (device envelopes), water levels rise and fall (SenML packs), bins fill up slowly and are
-emptied (threshold readings), noise wobbles around its thresholds, smoke detectors fire now
-and then; every sensor sometimes goes offline through its last will. The generators are pure:
-``next_message(t)`` returns what to publish at time ``t``. Patterns run from the first ``t`` a
-sensor is asked about, and each starts just before its first alarm (bins nearly full, noise and
-water rising), so a run of a couple of minutes, like the demo's, shows every kind of alarm. A
-sensor without thresholds in the site file judges its own readings and sends envelopes, as smoke
-detectors do: the bridge has nothing to judge its readings against.
+emptied, staying nearly empty for a while (threshold readings), noise wobbles around its
+thresholds, smoke detectors fire now and then; every sensor sometimes goes offline through its
+last will. The generators are pure: ``next_message(t)`` returns what to publish at time ``t``.
+Patterns run from the first ``t`` a sensor is asked about, and each starts just before its first
+alarm (bins nearly full, noise and water rising), so a run of a couple of minutes, like the
+demo's, shows every kind of alarm. A sensor without thresholds in the site file judges its own
+readings and sends envelopes, as smoke detectors do: the bridge has nothing to judge its
+readings against.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from gridpatrol.site import Sensor
 
 BIN_FILL_PER_S = 0.1  # % per second: an empty bin is full in about a quarter of an hour
 BIN_START_MIN, BIN_START_MAX = 88.0, 90.0  # % at the start: at the raise level within 20 s
+# An emptied bin stays nearly empty for this many times its clear_hold_s before it fills
+# again: filling at once, the sample's bin was back at its clear level (60 %) in about 550 s,
+# within its 600 s clear hold, and its bin_full alarm never cleared however often trucks came.
+BIN_EMPTY_HOLD_FACTOR = 1.5
 # Raise level, clear level and unit of a sensor judging its own readings (no thresholds in the
 # site file), by kind: those of the sample site, so its patterns raise and clear as there.
 DEVICE_LEVELS: dict[str, tuple[float, float, str]] = {
@@ -62,6 +67,7 @@ class SimulatedSensor:
     offline_until: float = 0.0
     started: float | None = None
     filled_at: float | None = None
+    emptied_at: float | None = None  # when the truck last came
 
     def next_message(self, t: float) -> Publication | None:
         """What the sensor sends at ``t``; None while it is offline (silent)."""
@@ -99,11 +105,22 @@ class SimulatedSensor:
         if self.filled_at is None:
             self.level = self.rng.uniform(BIN_START_MIN, BIN_START_MAX)
         since = 0.0 if self.filled_at is None else max(0.0, t - self.filled_at)
+        if self.emptied_at is not None and self.filled_at is not None:
+            # Only the time after the emptied bin's rest fills it (see BIN_EMPTY_HOLD_FACTOR).
+            since = max(0.0, t - max(self.filled_at, self.emptied_at + self._bin_rest_s()))
         self.filled_at = t
         self.level = min(100.0, self.level + since * BIN_FILL_PER_S * self.rng.uniform(0.5, 1.5))
         if self.level >= 98 and self.rng.random() < 0.05:
             self.level = self.rng.uniform(2, 8)  # the truck came
+            self.emptied_at = t
         return round(self.level, 1)
+
+    def _bin_rest_s(self) -> float:
+        """How long an emptied bin stays as the truck left it: longer than the bridge holds
+        its clear level before it clears (none for a bin judging its own readings: it clears
+        at the level at once)."""
+        th = self.sensor.thresholds
+        return 0.0 if th is None else BIN_EMPTY_HOLD_FACTOR * th.clear_hold_s
 
     def _noisy(self, elapsed: float) -> float:
         # Wobbles around the raise level with a period of about five minutes, rising first.
