@@ -7,6 +7,7 @@ sums all of them. The database gauges are read at scrape time by the answering w
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -16,9 +17,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow
+
+log = logging.getLogger(__name__)
 
 
 def multiprocess() -> bool:
@@ -68,22 +72,47 @@ class Metrics:
 
 
 class _StorageCollector:
-    """Gauges read from the database at scrape time, so every process reports the truth."""
+    """Gauges read from the database at scrape time, so every process reports the truth.
+
+    While the database cannot be read, a scrape still answers: ``gridpatrol_api_database_up``
+    is 0 and the database gauges are left out. Failing the scrape instead would drop every
+    counter with them, and Prometheus would report the instance down (the wrong fault) and
+    never see the 5xx answers of the outage.
+    """
 
     def __init__(self, db: Database, feed_names: frozenset[str]) -> None:
         self.db = db
         self.feed_names = feed_names
+        # Whether the last scrape failed to read the database: an outage is logged once when
+        # it is first met and once when it ends, not at every scrape.
+        self._down = False
 
     def describe(self) -> list[Any]:
         return []
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        with self.db.read() as session:
-            counts = session.execute(
-                select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
-            ).all()
-            last = session.execute(select(FeedCounterRow.last)).scalar() or 0
-            cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
+        try:
+            with self.db.read() as session:
+                counts = session.execute(
+                    select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
+                ).all()
+                last = session.execute(select(FeedCounterRow.last)).scalar() or 0
+                cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
+        except SQLAlchemyError as exc:
+            if not self._down:
+                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                log.warning(
+                    "metrics: the database cannot be read; its gauges are left out until it "
+                    "can: %s",
+                    reason[0] if reason else type(exc).__name__,
+                )
+            self._down = True
+            yield _database_up(0)
+            return
+        if self._down:
+            log.info("metrics: the database can be read again")
+            self._down = False
+        yield _database_up(1)
         by_status = GaugeMetricFamily(
             "gridpatrol_candidates", "candidates by status", labels=["status"]
         )
@@ -102,6 +131,14 @@ class _StorageCollector:
         for name, position in sorted(positions.items()):
             lag.add_metric([name], last - position)
         yield lag
+
+
+def _database_up(value: int) -> GaugeMetricFamily:
+    return GaugeMetricFamily(
+        "gridpatrol_api_database_up",
+        "1 if this scrape could read the database, else 0 (its gauges are then left out)",
+        value=value,
+    )
 
 
 class MetricsMiddleware:

@@ -13,8 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gridpatrol.api.app import create_app
 from gridpatrol.api.settings import Settings
+from gridpatrol.ingest.broker import free_port
 
-from .conftest import TOKENS
+from .conftest import TOKENS, settings_for
 
 
 def test_hashed_tokens_and_401s(db_url: str, tmp_path: Path) -> None:
@@ -138,6 +139,7 @@ def test_health_metrics_and_types(api: Any) -> None:
         in text
     )
     assert "gridpatrol_feed_last_position 0.0" in text
+    assert "gridpatrol_api_database_up 1.0" in text
     types = api.as_("producer").get("/api/v1/types").json()
     smoke = next(t for t in types if t["type"] == "smoke")
     assert smoke == {
@@ -149,6 +151,32 @@ def test_health_metrics_and_types(api: Any) -> None:
     }
     assert len(types) == 13
     assert api.http.get("/api/v1/types").status_code == 401
+
+
+def test_metrics_answer_while_the_database_is_down(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Nothing listens on the port: every connection is refused, as in a database outage.
+    down = f"postgresql+psycopg://gp:secret@127.0.0.1:{free_port()}/gp"
+    settings = settings_for(down, tmp_path, migrate_on_start=False)
+    with TestClient(create_app(settings)) as http:
+        assert http.get("/api/v1/healthz").status_code == 200
+        scrapes = [http.get("/api/v1/metrics") for _ in range(3)]
+    assert [s.status_code for s in scrapes] == [200, 200, 200]
+    text = scrapes[-1].text
+    assert (
+        'gridpatrol_api_requests_total{method="GET",route="/api/v1/healthz",status="200"} 1.0'
+        in text
+    )
+    assert (
+        'gridpatrol_api_requests_total{method="GET",route="/api/v1/metrics",status="200"} 2.0'
+        in text
+    )
+    assert "gridpatrol_api_database_up 0.0" in text
+    assert "gridpatrol_candidates" not in text and "gridpatrol_feed_" not in text
+    # The outage is logged once, in one line, not at every scrape.
+    failed = [r for r in caplog.records if "the database cannot be read" in r.getMessage()]
+    assert len(failed) == 1 and failed[0].levelname == "WARNING" and failed[0].exc_info is None
 
 
 def test_site_file_policy_applies(db_url: str, tmp_path: Path) -> None:
