@@ -4,10 +4,15 @@ Pure logic with time passed in. Visits are handed out at most ``max_fps`` per se
 cameras whose interval has elapsed, the one with the smallest virtual start time goes next
 (start-time fair queueing, weighted by ``weight``). Each visit advances a camera's virtual time
 by ``1 / weight``, so under overload cameras are visited in proportion to their weight, and a
-camera never comes round more often than its interval. A camera with an active violation can be
-boosted: its weight is multiplied for a while, then falls back by itself. A camera whose visits
-get no frame is tried every 2, 4, then 8 intervals until one succeeds: opening a dead camera
-takes seconds, and a few of them would otherwise hold up the patrol of all the others.
+camera never comes round more often than its interval. A camera its interval holds back keeps
+the credit of the visits it did not take, so that it comes round at its interval when its
+weighted share allows that, but at most one round of the patrol's worth (the virtual time in
+which the camera of least weight gets one visit): a camera idle for long (its interval holding
+it, backing off) cannot then take the budget for more than a round ahead of the others.
+A camera with an active violation can be boosted: its weight is multiplied for a while, then
+falls back by itself. A camera whose visits get no frame is tried every 2, 4, then 8 intervals
+until one succeeds: opening a dead camera takes seconds, and a few of them would otherwise hold
+up the patrol of all the others.
 """
 
 from __future__ import annotations
@@ -102,25 +107,31 @@ class PatrolScheduler:
         if not due:
             wait = min(self._due_in(e, now) for e in self._cams.values())
             return Decision(None, wait)
-        chosen = min(due, key=lambda cid: self._order(cid))
-        self._visit(chosen, now)
+        # The credit a camera may hold: one round, the virtual time of one visit of the camera
+        # of least weight. Not raised to the virtual time itself: that would wipe the credit of
+        # a camera its interval held back while the others were visited, and under overload a
+        # weighted or boosted camera would come round no more often than the rest. Less than a
+        # round is not enough either, as the virtual time moves on in steps of up to a round.
+        floor = self._vtime - max(1.0 / e.weight for e in self._cams.values())
+        chosen = min(due, key=lambda cid: self._order(cid, floor))
+        self._visit(chosen, now, floor)
         return Decision(chosen, 0.0)
 
-    def _order(self, camera_id: str) -> tuple[float, float, str]:
+    def _order(self, camera_id: str, floor: float) -> tuple[float, float, str]:
         """Smallest virtual start first; on a tie, the camera waiting longest."""
         entry = self._cams[camera_id]
         last = entry.last_visit if entry.last_visit is not None else float("-inf")
-        return (max(entry.finish, self._vtime), last, camera_id)
+        return (max(entry.finish, floor), last, camera_id)
 
     def _due_in(self, entry: _Entry, now: float) -> float:
         if entry.last_visit is None:
             return 0.0
         return entry.last_visit + entry.interval_s * _backoff(entry.failures) - now
 
-    def _visit(self, camera_id: str, now: float) -> None:
+    def _visit(self, camera_id: str, now: float, floor: float) -> None:
         entry = self._cams[camera_id]
-        start = max(entry.finish, self._vtime)
-        self._vtime = start
+        start = max(entry.finish, floor)
+        self._vtime = max(self._vtime, start)
         entry.finish = start + 1.0 / self.weight(camera_id, now)
         entry.last_visit = now
         entry.visits += 1

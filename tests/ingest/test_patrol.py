@@ -85,6 +85,49 @@ def test_boost_raises_the_share_then_expires() -> None:
     assert set(after.values()) == {160}
 
 
+def test_a_boost_under_overload_brings_the_camera_round_at_its_interval() -> None:
+    # 100 cameras every 30 s on 2 fps: each comes round every 50 s. Boosted 4 times, p7's
+    # share (one visit every 12.9 s) is more than its interval asks: every 30 s for the boost's
+    # 600 s, 19 or 20 visits as the first falls due 30 s after its last one (12 before, with
+    # its credit wiped while its interval held it back). Then every 50 s again.
+    sched = PatrolScheduler(max_fps=2)
+    for i in range(100):
+        sched.add(f"p{i}", interval_s=30.0)
+    simulate(sched, 0.0, 3000.0)
+    sched.boost("p7", now=3000.0, factor=4.0, duration_s=600.0)
+    during, _ = simulate(sched, 3000.0, 3600.0)
+    assert during["p7"] in (19, 20)
+    assert sum(during.values()) == 1200
+    assert max(n for cid, n in during.items() if cid != "p7") == 12
+    # The credit left is at most a round's: a visit more in the next 600 s, then none.
+    after, _ = simulate(sched, 3600.0, 4200.0)
+    assert after["p7"] == 13
+    later, _ = simulate(sched, 4200.0, 4800.0)
+    assert set(later.values()) == {12}
+
+
+def test_a_camera_held_back_for_long_takes_at_most_a_round_ahead() -> None:
+    # "dead" fails for 1000 s and is tried every 8 s meanwhile: far fewer visits than its
+    # share (one every 2 s). Recovered, it gets its share again, not the 400-odd visits it
+    # missed at the expense of the others: at most one round (a visit) ahead of them.
+    sched = PatrolScheduler(max_fps=2)
+    for cid in ("x", "y", "z", "dead"):
+        sched.add(cid, interval_s=1.0)
+    now, dead_visits = 0.0, 0
+    while now < 1000.0:
+        decision = sched.next(now)
+        if decision.camera_id is None:
+            now += decision.wait_s
+        elif decision.camera_id == "dead":
+            dead_visits += 1
+            sched.failed("dead")
+    assert dead_visits == 127
+    sched.succeeded("dead")
+    visits, _ = simulate(sched, 1000.0, 1100.0)
+    assert visits["dead"] <= 51
+    assert min(visits[cid] for cid in ("x", "y", "z")) >= 49
+
+
 def test_newcomer_gets_no_credit_for_the_past() -> None:
     sched = PatrolScheduler(max_fps=2)
     sched.add("old", interval_s=0.01)
@@ -150,6 +193,10 @@ def test_a_camera_that_cannot_be_scheduled_is_refused() -> None:
         ({f"p{i}": (30.0, 1.0) for i in range(200)} | {"half": (30.0, 0.5)}, 4.0),
         ({"slow": (30.0, 100.0), "fast": (0.5, 1.0)}, 10.0),
         ({"one": (30.0, 1.0), "two": (60.0, 1.0)}, 4.0),
+        # Under overload a camera whose weighted share is more than its interval asks comes
+        # round at its interval (once every 2.0 s when its credit was wiped while held back).
+        ({"a": (1.0, 1.0), "b": (1.0, 1.0), "c": (1.0, 1.0), "hot": (1.0, 5.0)}, 2.0),
+        ({f"p{i}": (30.0, 1.0) for i in range(100)} | {"big": (30.0, 4.0)}, 2.0),
     ],
 )
 def test_expected_revisit_matches_the_scheduler(
