@@ -576,11 +576,14 @@ def decode_senml(
     if not records:
         raise MessageError("bad_senml", "empty pack")
     resolved = _resolve_senml(records, to_utc(received_at))
-    base = next((r.get("bn") for r in records if isinstance(r, dict) and "bn" in r), None)
-    if isinstance(base, str):
-        stem = base.rstrip("/:;.")
-        if valid_id(stem) and stem != topic_sensor_id:
-            raise MessageError("sensor_id_mismatch", f"bn {base!r} on {topic_sensor_id!r}")
+    # Every record's bn, not the first only: a bn further on names the records after it, and
+    # another sensor's there would put its readings (a tilt alarm) on the topic's sensor.
+    for record in records:
+        base = record.get("bn") if isinstance(record, dict) else None
+        if isinstance(base, str):
+            stem = base.rstrip("/:;.")
+            if valid_id(stem) and stem != topic_sensor_id:
+                raise MessageError("sensor_id_mismatch", f"bn {base!r} on {topic_sensor_id!r}")
     return SenMLPack(topic_sensor_id, resolved)
 
 

@@ -462,6 +462,15 @@ def test_senml_relative_time_counts_from_receipt() -> None:
         ([{"n": "x", "v": True}], "bad_senml"),
         ([{"n": "x", "v": 1, "zz": 1}], "bad_senml"),
         ([{"bn": "wl-02/", "n": "level", "v": 1}], "sensor_id_mismatch"),
+        # Another sensor's bn after the topic's own names the records after it.
+        (
+            [{"bn": "wl-01/", "n": "level", "v": 1}, {"bn": "wl-02/", "n": "level", "v": 40}],
+            "sensor_id_mismatch",
+        ),
+        (
+            [{"n": "level", "v": 1}, {"bn": "wl-02:", "n": "level", "v": 40}],
+            "sensor_id_mismatch",
+        ),
         ([{"n": "level\ud800", "v": 1}], "bad_senml"),
         ([{"n": "level", "u": "\udbff", "v": 1}], "bad_senml"),
         ([{"bn": "wl-01/", "bu": "c\udc00m", "n": "level", "v": 1}], "bad_senml"),
