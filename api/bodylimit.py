@@ -58,7 +58,8 @@ class BodyLimit:
         size = 0
         while True:
             message = await receive()
-            if message["type"] != "http.request":  # the client went away
+            if message["type"] != "http.request":
+                # The client went away: nothing to answer (counted as 499 by the metrics).
                 return
             chunk = message.get("body", b"")
             size += len(chunk)

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow
 
 log = logging.getLogger(__name__)
+# The status a request is counted under when its client went away before it was answered.
+CLIENT_CLOSED = 499
 
 
 def multiprocess() -> bool:
@@ -153,7 +155,15 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status = 500
+        status: int | None = None
+        disconnected = False
+
+        async def watch_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def record_status(message: Message) -> None:
             nonlocal status
@@ -162,9 +172,13 @@ class MetricsMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, record_status)
+            await self.app(scope, watch_receive, record_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
+            if status is None:
+                # No answer was started: the client went away before it (nginx's 499, not a
+                # server error that would count towards the 5xx alert), or the app failed.
+                status = CLIENT_CLOSED if disconnected else 500
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.latency.labels(route, method).observe(time.perf_counter() - start)

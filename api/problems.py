@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from gridpatrol.api.evidence import EvidenceError
 
@@ -27,6 +28,7 @@ TITLES = {
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
+    499: "Client Closed Request",
     500: "Internal Server Error",
     503: "Service Unavailable",
     504: "Gateway Timeout",
@@ -110,6 +112,18 @@ def install(app: FastAPI) -> None:
             None,
             request.url.path,
             {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(request: Request, _exc: ClientDisconnect) -> JSONResponse:
+        # The client closed its connection while sending its body (a producer stopped or its
+        # network dropped): nothing failed here and its outbox sends it again. The answer
+        # reaches no one; its status (nginx's 499) is what the request is counted under.
+        log.info(
+            "%s %s: the client went away before its body ended", request.method, request.url.path
+        )
+        return problem_response(
+            499, "the client closed the connection before its body ended", None, request.url.path
         )
 
     @app.exception_handler(Exception)
