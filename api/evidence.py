@@ -63,6 +63,11 @@ VERIFIED_FILES = 4096
 # A file modified this recently (in ns) is verified again at each look (:meth:`_remember`).
 RECENT_NS = 20_000_000
 MEDIA_TYPES = ("image/jpeg", "image/png", "application/json")
+# An upload's temporary file (``.tmp-*`` beside its target) left by a process that died
+# mid-write is deleted at the next start once it is this old (seconds). Not at once: another
+# instance sharing the folder may be writing it now, and no upload writes for an hour.
+STALE_TMP_S = 3600.0
+TMP_PREFIX = ".tmp-"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -146,6 +151,36 @@ class EvidenceStore:
         # hashed again.
         self._verified: OrderedDict[Key, None] = OrderedDict()
         self._lock = threading.Lock()  # uploads and looks run on the event loop and the pool
+        self.sweep_temporaries()
+
+    def sweep_temporaries(self, older_than_s: float = STALE_TMP_S) -> int:
+        """Delete the temporary files of uploads that ended with their process (killed, a
+        power cut) over ``older_than_s`` seconds ago; how many. Nothing else ever would.
+        A folder that cannot be listed is logged and skipped: the store works without this."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        try:
+            folders = [e.path for e in os.scandir(self.root) if len(e.name) == 2 and e.is_dir()]
+        except OSError as exc:
+            log.warning("evidence: %s cannot be listed to delete stale uploads: %s", self.root, exc)
+            return 0
+        for folder in folders:
+            try:
+                with os.scandir(folder) as entries:
+                    stale = [
+                        e.path
+                        for e in entries
+                        if e.name.startswith(TMP_PREFIX)
+                        and e.stat(follow_symlinks=False).st_mtime < cutoff
+                    ]
+                for path in stale:
+                    Path(path).unlink(missing_ok=True)
+                    removed += 1
+            except OSError as exc:
+                log.warning("evidence: stale uploads in %s cannot be deleted: %s", folder, exc)
+        if removed:
+            log.info("evidence: deleted %d unfinished upload(s) of an earlier run", removed)
+        return removed
 
     def path(self, sha256: str) -> Path:
         """The file of a hash; the hash is validated before it becomes part of a path."""
@@ -212,7 +247,7 @@ class EvidenceStore:
             else:
                 _sync_dir(self.root)
             self._dirs.add(target.parent.name)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gridpatrol.api.client import ApiError
+from gridpatrol.api.evidence import EvidenceStore
 
 from .conftest import TOKENS, RoleClient
 
@@ -341,3 +343,18 @@ def test_a_read_error_that_passes_after_commit_does_not_fail_the_answer(
     assert put(api, image, "image/jpeg").status_code == 201
     got = RoleClient(http, TOKENS["reviewer"]).get(f"/api/v1/candidates/{created.json()['id']}")
     assert (got.json()["status"], got.json()["missing_elements"]) == ("new", [])
+
+
+def test_unfinished_uploads_older_than_an_hour_are_deleted_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "evidence"
+    (root / "ab").mkdir(parents=True)
+    old, fresh = root / "ab" / ".tmp-x", root / "ab" / ".tmp-y"
+    old.write_bytes(b"half a jpeg")
+    fresh.write_bytes(b"being written by another instance")
+    two_hours_ago = time.time() - 2 * 3600
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    stored = root / "ab" / ("ab" * 32)
+    stored.write_bytes(b"stored")
+    os.utime(stored, (two_hours_ago, two_hours_ago))
+    EvidenceStore(root)
+    assert sorted(p.name for p in (root / "ab").iterdir()) == [".tmp-y", "ab" * 32]
