@@ -41,8 +41,11 @@ DEFAULT_API_URL = "http://127.0.0.1:8000"
 # Statuses worth retrying: the request may succeed later without any change on our side.
 # 401 and 403 judge the token, not the operation: a rotation half done or a mistyped token on
 # one API instance must hold the outbox until it is mended, never discard it. The outbox also
-# holds for an answer that did not come from the API's route (see _misrouted).
-RETRYABLE = frozenset({401, 403, 408, 409, 425, 429, 500, 502, 503, 504})
+# holds for an answer that did not come from the API's route (see _misrouted). Every 5xx is
+# retried too (see ApiError.retryable): a proxy's or CDN's own (501, 505, 507, 511, 520-524)
+# says nothing of the operation, and failing it for good would lose it. 421 Misdirected
+# Request: the connection reached a server that is not the API's; another one may.
+RETRYABLE = frozenset({401, 403, 408, 409, 421, 425, 429})
 # The longest wait a ``Retry-After`` header gets from the outbox: a proxy's maintenance page
 # asking for an hour would otherwise leave a mended API unused for that long.
 MAX_RETRY_AFTER_S = 120.0
@@ -139,7 +142,8 @@ class ApiError(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.status in RETRYABLE and self.problem.get("type") != ID_TAKEN
+        held = self.status >= 500 or self.status in RETRYABLE
+        return held and self.problem.get("type") != ID_TAKEN
 
 
 class ApiClient:

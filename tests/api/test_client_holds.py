@@ -68,6 +68,25 @@ def assert_delivered(api_server: Any, outbox: Outbox, sha: str, cid: str, seed: 
         assert http.get(f"/evidence/{sha}").content == jpeg(seed)
 
 
+def assert_held(outbox: Outbox, cid: str, seed: int) -> None:
+    """After two failed rounds, the case :func:`queue_case` queued is all pending, nothing
+    settled: the evidence bytes are kept and the candidate is not closed."""
+    wait_for_retries(outbox, 2)
+    stats = outbox.stats()
+    assert (stats["sent"], stats["failed"], stats["depth"]) == (0, 0, 3)
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        rows = conn.execute(
+            "SELECT kind, state, length(payload) FROM outbox_ops ORDER BY seq"
+        ).fetchall()
+        assert [(kind, state) for kind, state, _size in rows] == [
+            ("evidence", "pending"),
+            ("create", "pending"),
+            ("patch", "pending"),
+        ]
+        assert rows[0][2] == len(jpeg(seed))  # the evidence bytes are kept
+        assert not candidate_closed(conn, cid)
+
+
 MISROUTED = re.compile(
     r"outbox hold: evidence [0-9a-f]{64} not delivered \((?P<error>.*); the request did not"
     r" reach the API's route: check GRIDPATROL_API_URL \(the API's base URL, without /api/v1\)"
@@ -99,20 +118,7 @@ def test_a_doubled_api_path_holds_the_outbox_until_mended(
     caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
     outbox.start()
     try:
-        wait_for_retries(outbox, 2)
-        stats = outbox.stats()
-        assert (stats["sent"], stats["failed"], stats["depth"]) == (0, 0, 3)
-        with contextlib.closing(sqlite3.connect(path)) as conn:
-            rows = conn.execute(
-                "SELECT kind, state, length(payload) FROM outbox_ops ORDER BY seq"
-            ).fetchall()
-            assert [(kind, state) for kind, state, _size in rows] == [
-                ("evidence", "pending"),
-                ("create", "pending"),
-                ("patch", "pending"),
-            ]
-            assert rows[0][2] == len(jpeg(1))  # the evidence bytes are kept
-            assert not candidate_closed(conn, cid)
+        assert_held(outbox, cid, 1)
         assert misrouted_errors(caplog) == {"HTTP 404: Not Found"}
         assert_delivered(api_server, outbox, sha, cid, 1)
     finally:
@@ -198,6 +204,24 @@ def test_a_proxy_answer_holds_the_outbox(
         assert_delivered(api_server, outbox, sha, cid, 10 + status)
     finally:
         outbox.stop()
+
+
+@pytest.mark.parametrize("status", [501, 507, 520, 522, 524, 421])
+def test_any_5xx_or_a_misdirected_request_holds_the_outbox(
+    api_server: Any, tmp_path: Path, status: int
+) -> None:
+    """A 5xx outside 500, 502-504 (a CDN's 520-524, a proxy's 501 or 507) or a 421 from a
+    server that is not the API's says nothing of the operation: the queue is held (no
+    evidence erased, no candidate closed), and a mended route delivers everything."""
+    outbox = Outbox(tmp_path / "outbox-5xx.db", mocked(answer_with(status)), component="hold")
+    sha, cid = queue_case(outbox, 20 + status)
+    outbox.start()
+    try:
+        assert_held(outbox, cid, 20 + status)
+        assert_delivered(api_server, outbox, sha, cid, 20 + status)
+    finally:
+        outbox.stop()
+    assert outbox.stats()["sent"] == 3
 
 
 def test_the_client_takes_no_redirect_for_a_success() -> None:
