@@ -1438,6 +1438,9 @@ class DetectorWorker:
     def save_state(self) -> None:
         """Keep the cameras' last frame times and the zones' background models with the outbox
         (every minute, and at stop), in one transaction: the models are on the clock saved.
+        With them go the open episodes whose last sighting moved on since the book was written
+        (_moved_sightings): the book is written with operations, up to ``update_s`` apart, and a
+        restart ends a reloaded episode at the sighting its file holds.
 
         A failure (the file locked beyond the busy timeout, a full disk) is logged with the
         cameras and zones it was for and goes no further: it runs inside the frame source, and
@@ -1456,15 +1459,52 @@ class DetectorWorker:
             )
 
     def _write_state(self, models: Mapping[str, Mapping[tuple[str, float], Any]]) -> None:
-        from gridpatrol.detectors import bg_store
+        from gridpatrol.detectors import bg_store, episodes
 
         timed = [cam_id for cam_id, rt in self.cams.items() if rt.last_ts is not None]
         if not timed and not any(models.values()):
             return
         with self.outbox.transaction() as txn:
+            moved = self._moved_sightings(txn.conn)
+            for ep in moved:  # no operation: only the sighting and the dwell moved
+                episodes.save_episode(txn.conn, ep)
             self._save_clocks(txn.conn, timed)
             for cam_id, states in models.items():
                 bg_store.save(txn.conn, cam_id, states)
+        # Only a committed save moves the book: after a failure the next save tries again.
+        for ep in moved:
+            self.book[ep.key] = ep
+            if ep.key in self._written:  # a waiting episode: its sighting is written up to here
+                self._written[ep.key] = ep.last_event_at
+
+    def _moved_sightings(self, conn: sqlite3.Connection) -> list[Episode]:
+        """The open episodes whose last sighting (and with it the dwell) is later than the one
+        the outbox file holds for them, moved there.
+
+        A followed episode's sighting is the one its rule saw last (or, when the outbox did not
+        take its rule's clear, the one that clear gave): the book moves only with the events
+        written, ``update_s`` apart, and without this a restart would end the episode up to
+        ``update_s`` before the occupancy was last seen. A waiting episode's sighting has moved
+        in the book already (_end_unfollowed): its rule times an occupancy that only may
+        continue it."""
+        from gridpatrol.detectors import episodes
+
+        written = episodes.load_book(conn, set(self.cams))
+        moved = []
+        for rt in self.cams.values():
+            cam = rt.camera.id
+            seen = {(cam, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
+            for key, ep in self.book.items():
+                if key[0] != cam or not ep.open:
+                    continue
+                when = rt.ending.get(key) if key in rt.waiting else seen.get(key)
+                now = ep if when is None else episodes.seen_until(ep, when)
+                old = written.get(key)
+                if old is None or not old.open or old.candidate_id != now.candidate_id:
+                    continue  # nothing of it written (yet): an operation will write it
+                if now.last_event_at > old.last_event_at or now.dwell_s > old.dwell_s:
+                    moved.append(now)
+        return moved
 
     def report_safely(self) -> None:
         """:meth:`report`, a failure (the outbox file unreadable) logged, not raised."""

@@ -627,6 +627,55 @@ def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sightin
     ) in caplog.text
 
 
+def test_a_restart_ends_an_episode_at_the_sighting_of_the_save_at_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Raised at 5 s, the crowd stays until 100 s, no update meanwhile (update_s 120); the
+    worker stops (its state saved) and the restarted one sees the street empty. The reloaded
+    episode ends at the last sighting before the stop, 100 s, with the dwell up to there, not at
+    the raise (the last operation written): the save writes the sighting that moved on."""
+    from gridpatrol.detectors.episodes import load_book
+    from gridpatrol.detectors.types import Detections
+
+    worker, outbox = _worker(tmp_path, CROWD_SITE)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    rt = worker.cams["cam-00"]
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(101):  # a frame a second
+        t = _at(k)
+        for ev in rt.pipeline.process(t, (1280, 720), person):
+            worker._episode(rt, normalise_event(ev), None, person)  # type: ignore[arg-type]
+        rt.last_ts, rt.last_received_at = t, t
+    (raised,) = worker.book.values()
+    assert (raised.reported_at, raised.last_event_at, raised.dwell_s) == (_at(5), _at(5), 5.0)
+    worker.save_state()  # at stop (and every minute)
+    seen = replace(raised, last_event_at=_at(100), dwell_s=100.0)
+    assert worker.book == {raised.key: seen}
+    with outbox.transaction() as txn:
+        assert load_book(txn.conn) == {raised.key: seen}
+    assert _outbox_ops(outbox) == [("create", raised.candidate_id)]  # the save sends nothing
+
+    second, _ = _worker(tmp_path, CROWD_SITE)
+    rt = second.cams["cam-00"]
+    assert (second.book, rt.waiting) == ({raised.key: seen}, {raised.key})
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    second._end_unfollowed(rt, _at(100 + 132 + 1))  # resume window: gap + clear + update_s
+    assert rt.waiting == set()
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT kind, candidate_id, payload FROM outbox_ops ORDER BY seq")
+        ops = rows.fetchall()
+    assert [(kind, cid) for kind, cid, _ in ops] == [
+        ("create", raised.candidate_id),
+        ("patch", raised.candidate_id),
+    ]
+    detection = json.loads(ops[1][2])["detection"]
+    assert (detection["ended_at"], detection["dwell_s"]) == (_at(100).isoformat(), 100.0)
+    assert (
+        f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
+        f"not seen since {_at(100).isoformat()}"
+    ) in caplog.messages
+
+
 PILE_SITE = _zone_site("yard", "{piled_materials: {}}")
 
 
@@ -1249,8 +1298,8 @@ def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
     """The crowd raised at 5 s is still there at 100 s when the worker stops. The camera
     reboots without its clock battery meanwhile and comes back a day behind, a minute later.
     The restarted worker takes the step back as it would within a run: the reloaded episode
-    ends at the last sighting its book knows (the raise), and the crowd still there is a new
-    candidate that references it."""
+    ends at the last sighting its book knows (100 s, saved at stop), and the crowd still there
+    is a new candidate that references it."""
     from gridpatrol.detectors.episodes import CameraClock, load_book, load_clocks
     from gridpatrol.detectors.types import Detections
 
@@ -1261,7 +1310,7 @@ def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
         assert _judge(worker, _at(k), _at(k), person)
     worker.save_state()  # at stop
     (raised,) = worker.book.values()
-    assert (raised.started_at, raised.last_event_at) == (T0, _at(5))
+    assert (raised.started_at, raised.reported_at, raised.last_event_at) == (T0, _at(5), _at(100))
 
     restarted, _ = _worker(tmp_path, CROWD_SITE)
     monkeypatch.setattr(restarted, "_render", lambda *args: ([], {"detection": {}}))
@@ -1290,11 +1339,11 @@ def test_a_camera_clock_that_went_back_while_the_worker_was_down_is_a_jump(
         clocks = load_clocks(txn.conn, {"cam-00"})
         (end,) = txn.conn.execute("SELECT payload FROM outbox_ops WHERE kind = 'patch'").fetchone()
     assert book == {raised.key: fresh}
-    assert json.loads(end)["detection"]["ended_at"] == _at(5).isoformat()
+    assert json.loads(end)["detection"]["ended_at"] == _at(100).isoformat()
     assert clocks == {"cam-00": CameraClock(back + timedelta(seconds=6), _at(166))}
     assert (
         f"camera cam-00: ended candidate {raised.candidate_id} (crowd_gathering in zone kerb): "
-        f"not seen since {_at(5).isoformat()}"
+        f"not seen since {_at(100).isoformat()}"
     ) in caplog.messages
 
 
