@@ -28,7 +28,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.episodes import Episode, Key, Op
-    from gridpatrol.detectors.evidence import EvidenceFile, FrameRing
+    from gridpatrol.detectors.evidence import EvidenceFile, FrameRing, StoredFrame
     from gridpatrol.detectors.models import ModelSpec
     from gridpatrol.detectors.motion import MotionSettings, MotionState
     from gridpatrol.detectors.pipeline import CameraPipeline
@@ -98,6 +98,9 @@ SILENCE_CHECK_S = 1.0  # how often the worker looks for cameras that stopped sen
 # A waiting episode's moving last sighting is written at most this often, also for a rule whose
 # update_s is shorter (0: a patch with every event), which would write with every frame.
 SIGHTING_SAVE_MIN_S = 1.0
+# A rule's times are float seconds: its last sighting (first_seen + dwell_s) may miss the frame
+# time it was taken from by a microsecond or so.
+SIGHTING_ROUNDING = timedelta(milliseconds=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1295,14 +1298,23 @@ class DetectorWorker:
         h = item.frame.header
         if op.kind == "end":
             return [], {"detection": self._end_block(ep)}
-        detection = self._detection(ep, ev, op, (h.width, h.height))
         now = StoredFrame(h.ts, item.frame.image, h.width, h.height)
+        # The clean and annotated frames are those the event's boxes were seen on: a raise
+        # reported after its last sighting (a background rule's dwell completed while its zone's
+        # schedule was off, raised when it opens) would otherwise draw them on a frame that may
+        # show bare ground. The latest frame stays the current one.
+        shot = _sighting_frame(rt.ring, ev, now)
+        detection = self._detection(ep, ev, op, (shot.width, shot.height))
         files: list[EvidenceFile] = []
         if op.better:
-            files.append(EvidenceFile.of("clean", now))
-            annotated = self._annotated(rt, ev, item, detections)
+            files.append(EvidenceFile.of("clean", shot))
+            if shot is now:
+                full = item.image if item.scale == (1.0, 1.0) else None
+                annotated = self._annotated(rt, ev, now, full, detections)
+            else:  # the current frame's detections are not of that frame: only the event's
+                annotated = self._annotated(rt, ev, shot, None, None)
             if annotated is not None:
-                files.append(EvidenceFile("annotated", annotated, h.ts, h.width, h.height))
+                files.append(EvidenceFile.of("annotated", replace(shot, data=annotated)))
         first = rt.ring.at(ep.started_at) if op.kind == "open" else None
         if first is not None:
             files.append(EvidenceFile.of("first_seen", first))
@@ -1364,22 +1376,33 @@ class DetectorWorker:
         return body
 
     def _annotated(
-        self, rt: CameraRuntime, ev: EpisodeEvent, item: Ready, detections: Detections
+        self,
+        rt: CameraRuntime,
+        ev: EpisodeEvent,
+        frame: StoredFrame,
+        full: NDArray[np.uint8] | None,
+        detections: Detections | None,
     ) -> bytes | None:
+        """``frame`` (``full``: its pixels at full size, decoded when None) with the zone, the
+        event's boxes and ``detections`` (those of ``frame``; None: none known) drawn on it."""
         from gridpatrol.detectors.evidence import Label, annotate, decode_jpeg, title_for
 
-        full = decode_jpeg(item.frame.image) if item.scale != (1.0, 1.0) else item.image
+        full = decode_jpeg(frame.data) if full is None else full
         if full is None:
             return None
-        labels = [
-            Label(tuple(float(v) for v in box), f"{name} {conf:.2f}", highlight=False)
-            for box, name, conf in zip(
-                detections.xyxy.tolist(),
-                detections.labels(self.names),
-                detections.confidence.tolist(),
-                strict=True,
-            )
-        ]
+        labels = (
+            []
+            if detections is None
+            else [
+                Label(tuple(float(v) for v in box), f"{name} {conf:.2f}", highlight=False)
+                for box, name, conf in zip(
+                    detections.xyxy.tolist(),
+                    detections.labels(self.names),
+                    detections.confidence.tolist(),
+                    strict=True,
+                )
+            ]
+        )
         for i, box in enumerate(ev.boxes):
             text = ev.labels[i] if i < len(ev.labels) else ev.rule
             labels.append(Label(box, text, highlight=True))
@@ -1389,7 +1412,7 @@ class DetectorWorker:
             labels=labels,
             zone_polygon=[(float(x), float(y)) for x, y in zone.polygon] if zone else None,
             camera_id=rt.camera.id,
-            t=ev.t,
+            t=frame.t,
             tz=self.site.tz,
             title=f"{ev.zone_id}: {title_for(ev.rule, ev.confidence)}",
         )
@@ -1672,6 +1695,19 @@ def _latest_updates(
         for i, r in enumerate(rendered)
         if r[0].kind != "update" or last[r[0].episode.candidate_id] == i
     ]
+
+
+def _sighting_frame(ring: FrameRing, ev: EpisodeEvent, now: StoredFrame) -> StoredFrame:
+    """The frame on which ``ev``'s boxes were seen: ``now``, the frame the event came with, when
+    it is the event's last sighting (``first_seen + dwell_s``); for an event reported after that
+    sighting, the newest frame ``ring`` kept at or before it (a frame after it may no longer
+    show what was seen), or ``now`` when the ring kept none (its clock went back since)."""
+    seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
+    if seen >= now.t - SIGHTING_ROUNDING:
+        return now
+    # FrameRing.at gives the first frame at or after a time; this needs the last one before.
+    kept = [f for f in ring._frames if f.t <= seen + SIGHTING_ROUNDING]
+    return kept[-1] if kept else now
 
 
 def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:

@@ -78,7 +78,9 @@ def test_first_seen_of_a_pile_raised_when_the_schedule_opens_shows_the_pile(
     """A frame every 20 s from 22:00; a pile dumped at 23:30 is removed at 01:00, and the
     schedule opens at 06:00: the rule raises and clears it then, on one frame that shows bare
     ground. The frame ring reaches back over the night (the seven hours off the schedule and
-    the dwell), so the candidate's first_seen frame is one of the pile, not of 05:29."""
+    the dwell), so the candidate's first_seen frame is one of the pile, not of 05:29; so are its
+    clean and annotated frames (the pile's last sighting, whose boxes they carry), while its
+    latest frame is the one of 06:00."""
     worker, outbox = _worker(tmp_path)
     _night(worker, until=at("06:00", 1))
     dumped, removed, until = at("23:30"), at("01:00", 1), at("06:00", 1)
@@ -90,14 +92,23 @@ def test_first_seen_of_a_pile_raised_when_the_schedule_opens_shows_the_pile(
     assert [kind for kind, _ in ops] == ["create", "patch"]
     evidence = {e["kind"]: e for e in json.loads(ops[0][1])["evidence"]}
     assert sorted(evidence) == ["annotated", "clean", "first_seen", "latest"]
-    assert datetime.fromisoformat(evidence["clean"]["captured_at"]) == until
-    first = evidence["first_seen"]
-    seen_at = datetime.fromisoformat(first["captured_at"])
-    assert dumped <= seen_at < removed
-    image = decode_jpeg(blobs[first["sha256"]])
-    assert image is not None
-    # The pile (gray 200 where the street is 80 to 110) fills rows 100-160, columns 80-160.
-    assert float(image[110:150, 90:150].mean()) > 180
+    assert datetime.fromisoformat(evidence["latest"]["captured_at"]) == until
+    latest = decode_jpeg(blobs[evidence["latest"]["sha256"]])
+    assert latest is not None
+    assert float(latest[110:150, 90:150].mean()) < 130  # bare ground at 06:00
+    for kind in ("first_seen", "clean", "annotated"):
+        shown = evidence[kind]
+        assert dumped <= datetime.fromisoformat(shown["captured_at"]) < removed, kind
+        image = decode_jpeg(blobs[shown["sha256"]])
+        assert image is not None
+        # The pile (gray 200 where the street is 80 to 110) fills rows 100-160, columns 80-160.
+        assert float(image[110:150, 90:150].mean()) > 180, kind
+    clean, annotated = evidence["clean"], evidence["annotated"]
+    assert clean["captured_at"] == annotated["captured_at"]
+    detection = json.loads(ops[0][1])["detection"]
+    # The pile's boxes, in pixels of the clean frame that shows it.
+    assert detection["boxes"] == [[80.0, 100.0, 160.0, 160.0]]
+    assert (detection["frame_width"], detection["frame_height"]) == (320, 180)
 
 
 @pytest.mark.parametrize(
