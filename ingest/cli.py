@@ -120,8 +120,16 @@ def _component_id(args: argparse.Namespace) -> str:
 def _selected(cameras: str | None, site: Site) -> list[str] | Literal[False] | None:
     """The ids of ``--cameras`` (None: all), or False after one line when one is not a camera
     of the site file (exit 2: an id that is no topic level would otherwise end in a
-    traceback, one of another site would be waited for in vain)."""
-    wanted = [c for c in cameras.split(",") if c] if cameras else None
+    traceback, one of another site would be waited for in vain) or when it names none."""
+    if cameras is None:
+        return None
+    wanted = [c for c in cameras.split(",") if c]
+    if not wanted:
+        # An empty list is a mistake, never "all": a sharded unit whose variable came out
+        # empty would duplicate the others' cameras (ingest took "" for all), and "," made
+        # ingest publish nothing and exit 0 (watch-frames watched every camera for it).
+        log.error("--cameras %r names no camera; leave it out for all cameras", cameras)
+        return False
     known = {c.id for c in site.cameras}
     unknown = sorted(set(wanted or ()) - known)
     if unknown:

@@ -639,6 +639,26 @@ def test_watch_frames_with_a_camera_id_not_in_the_site_file_exits_2_in_one_line(
     ), line
 
 
+@pytest.mark.parametrize("command", ["ingest", "watch-frames"])
+@pytest.mark.parametrize("cameras", ["", ","])
+def test_a_camera_list_naming_no_camera_exits_2_in_one_line(
+    site_file: Callable[..., Path], gridpatrol_proc: Any, command: str, cameras: str
+) -> None:
+    """Empty, ingest took the list for all cameras (a sharded unit whose variable came out
+    empty duplicated the others) or, as ",", published nothing and exited 0; watch-frames
+    watched every camera."""
+    site = site_file("  - {id: c1, source: mqtt, location: {address: a}}\n")
+    args = [command, "--config", str(site), "--cameras", cameras]
+    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.endswith(
+        f" ERROR gridpatrol.ingest.cli: --cameras {cameras!r} names no camera; leave it out for"
+        " all cameras"
+    ), line
+
+
 FIVE = "cam-01,cam-02,cam-03,cam-04,cam-05"
 FQDN = "substation-gw-07.grid.example"
 
