@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import time
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -228,23 +229,101 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """0: stopped; 1: the database went away while it started (the unit restarts it);
+    2: setup to mend (settings, site file, a database that refused the connection);
+    3: the server could not start (one worker)."""
     from sqlalchemy.exc import OperationalError
 
     from gridpatrol.api.settings import Settings
     from gridpatrol.site import SiteConfigError
 
     try:
-        Settings().check()
+        settings = Settings()
+        settings.check()
+        # A stop while it waits for the database ends with status 0, as a stop while serving.
+        signal.signal(signal.SIGTERM, _stopped)
+        _wait_for_database(settings.database_url)
         return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
         # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).
         log.error("the intake API cannot start: %s", exc)
         return 2
     except OperationalError as exc:
-        # The driver's own first line names host and port (never the password).
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        log.error("the intake API cannot start: the database is not reachable: %s", reason)
+        if database_unreachable(exc):
+            # Reached a moment ago: gone again during the migration. Not setup to mend.
+            log.error("the intake API cannot start: the database went away: %s", _reason(exc))
+            return 1
+        log.error("the intake API cannot start: the database refused it: %s", _reason(exc))
         return 2
+
+
+# What a PostgreSQL server says while it cannot take connections for a while (libpq gives
+# no SQLSTATE for a refused connection, only the server's message). Any other refusal by the
+# server (a password, a role or a database that does not exist, pg_hba.conf) is setup to
+# mend; no answer at all (refused, timed out, a name not resolved yet) is waited for.
+_BUSY_SERVER = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "sorry, too many clients already",
+    "remaining connection slots are reserved",
+)
+WAIT_S = (1.0, 30.0)  # the first and the longest wait between tries
+
+
+def database_unreachable(exc: Exception) -> bool:
+    """Whether a failed PostgreSQL connection may succeed by itself later (no server
+    answered, or one that is starting, stopping or full), not one the server refused."""
+    orig = getattr(exc, "orig", None)
+    if not hasattr(orig, "sqlstate"):  # not psycopg: SQLite, a local file
+        return False
+    message = str(orig)
+    if "fe_sendauth" in message:  # the server wants a password the URL lacks
+        return False
+    return "FATAL:" not in message or any(busy in message for busy in _BUSY_SERVER)
+
+
+def _reason(exc: Exception) -> str:
+    """The driver's first line: it names host and port (never the password)."""
+    orig = getattr(exc, "orig", None)
+    lines = str(orig or exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _wait_for_database(url: str) -> None:
+    """Return once PostgreSQL at ``url`` takes a connection, trying again with backoff while
+    no server answers: after a site's power cut the API may start before its database, and
+    exiting would leave intake down until someone restarts it. A refusal raises at once."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
+
+    from gridpatrol.api.db import make_engine
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return
+    engine = make_engine(url)
+    wait, longest = WAIT_S
+    try:
+        while True:
+            try:
+                with engine.connect():
+                    return
+            except OperationalError as exc:
+                if not database_unreachable(exc):
+                    raise
+                log.warning(
+                    "the database %s is not reachable yet (%s); retrying in %.0f s",
+                    parsed.render_as_string(),
+                    _reason(exc),
+                    wait,
+                )
+            time.sleep(wait)
+            wait = min(wait * 2, longest)
+    finally:
+        engine.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 from gridpatrol.ingest.broker import free_port
 
-from .conftest import LongPoll, Server
+from .conftest import LongPoll, Server, fresh_database
 from .test_intake_consistency import IN_FLIGHT_ITEM
 
 
@@ -200,27 +206,125 @@ def test_the_command_refuses_to_start_without_tokens(tmp_path: Path) -> None:
     assert "no API tokens" in proc.stderr
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_the_command_names_an_unreachable_database(workers: str) -> None:
-    port = free_port()  # nothing listens on it
+class Forwarder:
+    """A TCP port that passes every connection on to ``target``: a database "coming up" at
+    that port the moment it is started."""
+
+    def __init__(self, port: int, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", port))
+        self.open: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by stop()
+            while True:
+                client, _ = self.listener.accept()
+                server = socket.create_connection(self.target)
+                self.open += [client, server]
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        for sock in self.open:
+            sock.close()
+
+
+def api_command(db_url: str, port: int, workers: str, log: Path) -> subprocess.Popen[bytes]:
     env = {
-        "GRIDPATROL_DATABASE_URL": f"postgresql+psycopg://gp:secret@127.0.0.1:{port}/gp",
+        "GRIDPATROL_DATABASE_URL": db_url,
         "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
+        "GRIDPATROL_EVIDENCE_DIR": str(log.parent / "evidence"),
         "PATH": "/usr/bin:/bin",
     }
+    cmd = [sys.executable, "-m", "gridpatrol.cli", "api", "--port", str(port)]
+    with log.open("ab") as out:
+        return subprocess.Popen([*cmd, "--workers", workers], env=env, stdout=out, stderr=out)
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    for _ in range(600):  # a generous bound, no timing assertion
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not within 60 s: {what}")
+
+
+def healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/api/v1/healthz", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_command_waits_for_a_database_that_comes_up_later(
+    workers: str, tmp_path: Path, postgres_url: str
+) -> None:
+    """After a site's power cut the API may start before its database: it waits, saying so,
+    and serves once the database is up, instead of exiting for good."""
+    db_port, api_port, log = free_port(), free_port(), tmp_path / "api.log"
+    with fresh_database("postgres", tmp_path, postgres_url) as url:
+        target = make_url(postgres_url)
+        later = make_url(url).set(port=db_port, password="secret").render_as_string(False)
+        proc = api_command(later, api_port, workers, log)
+        forwarder = None
+        try:
+            waiting = (
+                f"is not reachable yet (connection failed: connection to server at "
+                f'"127.0.0.1", port {db_port} failed: Connection refused); retrying in 1 s'
+            )
+            wait_until(lambda: waiting in log.read_text(), "the waiting warning")
+            assert proc.poll() is None
+            forwarder = Forwarder(db_port, (target.host or "127.0.0.1", target.port or 5432))
+            wait_until(lambda: healthy(api_port), "the API serving")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if forwarder is not None:
+                forwarder.stop()
+    text = log.read_text()
+    assert "Traceback" not in text and "secret" not in text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_command_names_a_database_that_refuses_it(
+    workers: str, tmp_path: Path, postgres_url: str
+) -> None:
+    # The server answers and refuses (no such database): setup to mend, status 2 at once.
+    url = make_url(postgres_url).set(database="gp_nowhere", password="secret")
     proc = subprocess.run(
         [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1", "--workers", workers],
-        env=env,
+        env={
+            "GRIDPATROL_DATABASE_URL": url.render_as_string(False),
+            "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
+            "PATH": "/usr/bin:/bin",
+        },
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert proc.returncode == 2, proc.stderr
     assert (
-        "the intake API cannot start: the database is not reachable: connection failed: "
-        f'connection to server at "127.0.0.1", port {port} failed: Connection refused'
+        "the intake API cannot start: the database refused it: connection failed: connection "
+        f'to server at "{url.host}", port {url.port} failed: FATAL:  database "gp_nowhere" '
+        "does not exist"
     ) in proc.stderr
     assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
+    assert "not reachable yet" not in proc.stderr
 
 
 def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None:
