@@ -18,6 +18,7 @@ import hashlib
 import http.client
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -105,7 +106,7 @@ def register(sub: Any) -> None:
         help="run broker, API, ingest, detector, bridge and simulated sensors on sample footage",
     )
     parser.add_argument(
-        "--duration", type=float, default=None, help="stop after S seconds (default: Ctrl-C)"
+        "--duration", type=run_seconds, default=None, help="stop after S seconds (default: Ctrl-C)"
     )
     parser.add_argument("--no-browser", action="store_true", help="do not open the console")
     parser.add_argument(
@@ -322,6 +323,18 @@ def port_number(text: str) -> int:
     if not 0 < port < 65536:
         raise argparse.ArgumentTypeError(f"must be a port number from 1 to 65535, got {text!r}")
     return port
+
+
+def run_seconds(text: str) -> float:
+    """How long the demo runs, for argparse: a finite number of seconds, 0 or more (0 starts
+    everything and stops it at once). Checked before the work folder is cleared."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text!r}")
+    return value
 
 
 def api_port(requested: int | None) -> int | None:

@@ -636,3 +636,21 @@ def test_an_http_proxy_does_not_carry_the_demos_local_calls(tmp_path: Path) -> N
     assert any(line.startswith("reviewer token:  gp-reviewer-") for line in lines)
     assert lines[-1].startswith("candidates: ")
     assert "could not read the candidates" not in done.stderr
+
+
+@pytest.mark.parametrize("duration", ["-1", "nan", "inf", "soon"])
+def test_a_duration_that_is_no_time_is_refused_before_anything_is_cleared(
+    tmp_path: Path, duration: str
+) -> None:
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    (workdir / ".gridpatrol-demo").write_text("")
+    (workdir / "api.db").write_text("an earlier run")
+    argv = [sys.executable, "-m", "gridpatrol.cli", "demo", "--no-browser"]
+    argv += ["--duration", duration, "--workdir", str(workdir)]
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[-1].endswith(
+        f"argument --duration: must be a number of seconds, 0 or more, got {duration!r}"
+    )
+    assert (workdir / "api.db").read_text() == "an earlier run"
