@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from gridpatrol.ingest.topics import valid_id
 
@@ -58,6 +58,16 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def _is_text(value: str) -> bool:
     """True when ``value`` encodes as UTF-8: no lone surrogate (``"\\ud800"`` in JSON)."""
     return _SURROGATE.search(value) is None
+
+
+def has_control(value: str) -> bool:
+    """True when ``value`` holds a control character (C0, DEL, C1)."""
+    return _CONTROL.search(value) is not None
+
+
+def is_request_id(value: object) -> TypeGuard[str]:
+    """What a frame header takes as its ``request_id``: text of at most 128 characters."""
+    return isinstance(value, str) and len(value) <= 128 and _is_text(value)
 
 
 class MessageError(ValueError):
@@ -252,9 +262,7 @@ def _frame_header(raw: Mapping[str, Any], topic_camera_id: str) -> FrameHeader:
     if content_type != "image/jpeg":
         raise MessageError("bad_content_type", repr(content_type)[:40])
     request_id = raw.get("request_id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or len(request_id) > 128 or not _is_text(request_id)
-    ):
+    if request_id is not None and not is_request_id(request_id):
         raise MessageError("bad_request_id")
     return FrameHeader(
         ts=parse_ts(ts),

@@ -19,6 +19,8 @@ from gridpatrol.ingest.messages import (
     MessageError,
     decode_frame,
     encode_frame,
+    has_control,
+    is_request_id,
     load_json,
 )
 from gridpatrol.ingest.mqtt import MqttConnection
@@ -41,7 +43,11 @@ def parse_request(payload: bytes) -> str:
         raise MessageError("too_large", f"{len(payload)} bytes > {MAX_REQUEST_BYTES}")
     data = load_json(payload)
     request_id = data.get("request_id") if isinstance(data, dict) else None
-    if not isinstance(request_id, str) or not 0 < len(request_id) <= 128:
+    # The reply's header carries the id: one the frame header refuses (a lone surrogate) made
+    # a reply every consumer refused as bad_request_id, so the requester waited in vain. A
+    # control character, which no requester has a reason to send, would forge lines of the
+    # answer's log line.
+    if not is_request_id(request_id) or not request_id or has_control(request_id):
         raise MessageError("bad_request_id", repr(request_id)[:40])
     return request_id
 

@@ -20,6 +20,7 @@ from gridpatrol.ingest.messages import (
     MAX_FRAME_BYTES,
     MAX_JPEG_MARKERS,
     AlarmEnvelope,
+    Frame,
     FrameHeader,
     MessageError,
     SenMLPack,
@@ -31,7 +32,7 @@ from gridpatrol.ingest.messages import (
     encode_frame,
     jpeg_size,
 )
-from gridpatrol.ingest.snapshot import parse_request
+from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.topics import (
     TopicMatch,
     camera_status_topic,
@@ -678,6 +679,30 @@ def test_frame_headers_json_cannot_read_are_message_errors(header: bytes, reason
     with pytest.raises(MessageError) as info:
         decode_frame(payload, topic_camera_id="cam-1", received_at=NOW)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    "request_id",
+    ["\ud800abc", "abc\udfff", "a\nb", "\u0000", "a\u007f", "\u009f", "", "r" * 129, 7],
+)
+def test_a_snapshot_request_id_a_reply_could_not_carry_is_bad_request_id(
+    request_id: object,
+) -> None:
+    """A lone surrogate passed, and the reply frame carrying it was refused by every consumer
+    (bad_request_id) while the requester waited in vain."""
+    with pytest.raises(MessageError) as info:
+        parse_request(json.dumps({"request_id": request_id}).encode())
+    assert info.value.reason == "bad_request_id"
+
+
+@pytest.mark.parametrize("request_id", ["r1", "r" * 128, "请求-1", "\U0001f4f7 cam", "a b"])
+def test_a_snapshot_request_id_taken_comes_back_in_a_reply_the_requester_reads(
+    request_id: str,
+) -> None:
+    taken = parse_request(json.dumps({"request_id": request_id}).encode())
+    frame = Frame(FrameHeader(NOW, 1, "cam-1", 64, 48), jpeg())
+    reply = decode_frame(encode_reply(frame, taken), topic_camera_id="cam-1", received_at=NOW)
+    assert reply.header.request_id == request_id
 
 
 @pytest.mark.parametrize(
