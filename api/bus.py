@@ -36,6 +36,7 @@ from psycopg.conninfo import make_conninfo
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.engine import URL, make_url
 
+from gridpatrol.api.db import CONNECT_TIMEOUT_S, KEEPALIVE
 from gridpatrol.api.hub import Event, Hub
 
 log = logging.getLogger(__name__)
@@ -49,13 +50,11 @@ MAX_BATCH = 500
 LINGER_S = 0.02
 POLL_S = 0.5
 BACKOFF_S = (0.5, 30.0)
-CONNECT_TIMEOUT_S = 5
-# TCP keepalive on both connections: the listener only ever reads, so a connection that died
-# without a reset (a NAT or firewall forgetting it, a failover) would leave it deaf, with no
-# error, until the system's keepalive (two hours) gave up. With these it fails after about a
-# minute of silence from the server, and reconnects. A database URL's own values win.
-KEEPALIVE = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10"}
-KEEPALIVE |= {"keepalives_count": "3"}
+# TCP keepalive on both connections, as on the API's own (gridpatrol.api.db): the listener
+# only ever reads, so a connection that died without a reset (a NAT or firewall forgetting
+# it, a failover) would leave it deaf, with no error, until the system's keepalive (two
+# hours) gave up. With these it fails after about a minute of silence from the server, and
+# reconnects. A database URL's own values win.
 JOIN_TIMEOUT_S = 5.0
 DROP_LOG_EVERY_S = 10.0
 

@@ -159,20 +159,43 @@ class FeedCursorRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+# A PostgreSQL server that takes the TCP connection but does not answer (hung, or a packet
+# filter dropping its replies) fails a new connection after this many seconds, instead of
+# holding the request (and its thread) until the client gives up.
+CONNECT_TIMEOUT_S = 5
+# TCP keepalive, and how long data sent may go unacknowledged (ms), on every PostgreSQL
+# connection: one that died without a reset (a NAT or firewall forgetting it, a failover, a
+# power cut of the server) fails after about half a minute to a minute, not after the
+# system's two hours. Neither cuts a statement that merely runs long (a migration, a
+# retention purge): the server's kernel acknowledges and answers the probes meanwhile.
+# Values in a database URL's query win.
+KEEPALIVE = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10"}
+KEEPALIVE |= {"keepalives_count": "3", "tcp_user_timeout": "30000"}
+# The longest a request waits for a pooled connection when all are in use (a slow or hung
+# database): then it is answered 503 with Retry-After rather than waiting on.
+POOL_TIMEOUT_S = 10.0
+POOL_SIZE, MAX_OVERFLOW = 10, 20
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite gets WAL, a busy timeout and immediate write locks."""
     parsed = make_url(url)
+    pool = {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW, "pool_timeout": POOL_TIMEOUT_S}
     if parsed.get_backend_name() != "sqlite":
         # No pre-ping: it costs a round trip per transaction (a fifth of a post's time).
         # A connection the server dropped fails once, which invalidates the whole pool;
         # idempotent writes run again and other requests get a 503 with Retry-After.
-        connect_args = {"application_name": f"gridpatrol-api-{os.getpid()}"}
-        return create_engine(url, pool_size=10, max_overflow=20, connect_args=connect_args)
+        connect_args: dict[str, Any] = {"application_name": f"gridpatrol-api-{os.getpid()}"}
+        if parsed.get_backend_name() == "postgresql":
+            connect_args |= {
+                k: v
+                for k, v in {**KEEPALIVE, "connect_timeout": str(CONNECT_TIMEOUT_S)}.items()
+                if k not in parsed.query
+            }
+        return create_engine(url, **pool, connect_args=connect_args)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, pool_size=10, max_overflow=20, connect_args={"check_same_thread": False}
-    )
+    engine = create_engine(url, **pool, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:

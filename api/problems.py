@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -109,6 +110,23 @@ def install(app: FastAPI) -> None:
         return problem_response(
             503,
             "the database is unavailable; retry shortly",
+            None,
+            request.url.path,
+            {"Retry-After": "1"},
+        )
+
+    @app.exception_handler(PoolTimeout)
+    async def _database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every pooled connection stayed in use for the pool's timeout: a slow or hung
+        # database. The producer's outbox retries; a 500 would also count as a server bug.
+        log.warning(
+            "database busy on %s %s: no connection free within the pool's timeout",
+            request.method,
+            request.url.path,
+        )
+        return problem_response(
+            503,
+            "the database is busy; retry shortly",
             None,
             request.url.path,
             {"Retry-After": "1"},

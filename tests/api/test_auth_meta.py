@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from gridpatrol.api.app import create_app
+from gridpatrol.api.db import MAX_OVERFLOW, POOL_SIZE
 from gridpatrol.api.settings import Settings
 from gridpatrol.ingest.broker import free_port
 
@@ -243,3 +248,62 @@ def test_feed_lag_for_every_platform_token_from_the_start(api: Any) -> None:
     assert feed_lag(api) == {"test-platform": 2.0, "test-platform2": 2.0}
     assert api.as_("platform").post("/api/v1/feed/ack", json={"cursor": "1"}).status_code == 204
     assert feed_lag(api) == {"test-platform": 1.0, "test-platform2": 2.0}
+
+
+def borrowed_threads(http: TestClient) -> tuple[float, float]:
+    """The app's thread pool: threads taken and its size."""
+    assert http.portal is not None
+
+    def stats() -> tuple[float, float]:
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        return limiter.borrowed_tokens, limiter.total_tokens
+
+    return http.portal.call(stats)
+
+
+def test_a_database_with_no_free_connection_answers_503_and_health_still_answers(
+    api: Any,
+) -> None:
+    """Every pooled connection taken (a slow or hung database): requests wait the pool's
+    timeout, then get 503 with Retry-After (not 500); meanwhile, with every thread of the
+    pool waiting, /healthz still answers."""
+    engine = api.http.app.state.db.engine
+    held = [engine.connect() for _ in range(POOL_SIZE + MAX_OVERFLOW)]
+    reviewer = api.as_("reviewer")
+    try:
+        _, threads = borrowed_threads(api.http)
+        with ThreadPoolExecutor(int(threads)) as pool:
+            waiting = [pool.submit(reviewer.get, "/api/v1/candidates") for _ in range(int(threads))]
+            for _ in range(600):  # until every thread of the app's pool waits for a connection
+                if borrowed_threads(api.http)[0] == threads:
+                    break
+                time.sleep(0.1)
+            assert borrowed_threads(api.http) == (threads, threads)
+            assert api.http.get("/api/v1/healthz").json() == {"status": "ok"}
+            # Answered while they all still wait.
+            assert not any(f.done() for f in waiting)
+            answers = [f.result() for f in waiting]
+    finally:
+        for conn in held:
+            conn.close()
+    assert {(r.status_code, r.headers["Retry-After"]) for r in answers} == {(503, "1")}
+    assert {r.json()["detail"] for r in answers} == {"the database is busy; retry shortly"}
+    assert reviewer.get("/api/v1/candidates").status_code == 200
+
+
+def test_a_database_that_takes_connections_but_never_answers_gets_503(tmp_path: Path) -> None:
+    # The kernel completes the TCP handshake for the listening socket; nothing ever answers.
+    with socket.create_server(("127.0.0.1", 0)) as black_hole:
+        port = black_hole.getsockname()[1]
+        hung = f"postgresql+psycopg://gp:secret@127.0.0.1:{port}/gp"
+        settings = settings_for(hung, tmp_path, migrate_on_start=False)
+        with TestClient(create_app(settings)) as http, ThreadPoolExecutor(1) as pool:
+            headers = {"Authorization": f"Bearer {TOKENS['reviewer']}"}
+            answer = pool.submit(http.get, "/api/v1/candidates", headers=headers)
+            # A generous bound to wait for (the connect timeout is 5 s); before it had none.
+            done, _ = wait([answer], timeout=60)
+            black_hole.close()  # lets a request still waiting end (its connection is reset)
+            assert done, "no answer within 60 s"
+            response = answer.result()
+    assert (response.status_code, response.headers["Retry-After"]) == (503, "1")
+    assert response.json()["detail"] == "the database is unavailable; retry shortly"
