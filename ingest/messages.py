@@ -127,12 +127,17 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
             raise MessageError(f"bad_{field_name}", f"epoch seconds out of range: {seconds}")
         return from_epoch(seconds)
     if isinstance(value, str):
+        # fromisoformat takes far more than RFC 3339 (2026-12-01T12Z, 20261201T120000Z, week
+        # dates, any separator, +0800, +08, a comma before the fraction): the grammar first.
+        form = _RFC3339.fullmatch(value)
+        if form is None:
+            raise MessageError(f"bad_{field_name}", f"not RFC 3339: {value[:40]!r}")
+        if form["offset"] is None:
+            raise MessageError(f"bad_{field_name}", "RFC 3339 time needs an offset or Z")
         try:
             parsed = datetime.fromisoformat(_isoformat_text(value))
-        except ValueError as exc:
+        except ValueError as exc:  # out of range: month 13, 08:00:61
             raise MessageError(f"bad_{field_name}", f"not RFC 3339: {value[:40]!r}") from exc
-        if parsed.tzinfo is None:
-            raise MessageError(f"bad_{field_name}", "RFC 3339 time needs an offset or Z")
         try:
             return parsed.astimezone(UTC)
         except OverflowError as exc:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
@@ -140,6 +145,14 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
     raise MessageError(f"bad_{field_name}", f"expected RFC 3339 or epoch seconds, got {value!r}")
 
 
+# RFC 3339's date-time (section 5.6): full-date, T (or t, or a space as its note allows),
+# full-time with the seconds and an offset (matched as optional here only to say that it is
+# missing). Its fraction may have any number of digits (a nanosecond one is cut to
+# microseconds). ASCII digits only: \d takes any script's.
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
 # A leap second, e.g. 23:59:60.5: after the time's HH:MM:.
 _LEAP_SECOND = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(\.\d+)?")
 # Z or z after the seconds (or their fraction), ending the text.

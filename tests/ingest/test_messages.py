@@ -314,6 +314,10 @@ def test_alarm_epoch_time_and_integer_event_id() -> None:
         ("2026-05-01 16:00:00+08:00", NOW),
         ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
         ("2017-01-01T07:59:60.5+08:00", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        # A fraction of any length: nanoseconds are cut to microseconds.
+        ("2026-05-01T08:00:00.123456789Z", NOW.replace(microsecond=123456)),
+        ("2026-05-01T09:30:00.5+01:30", NOW.replace(microsecond=500000)),
+        ("2026-05-01T07:00:00-01:00", NOW),
     ],
 )
 def test_alarm_rfc3339_times(ts: str, expected: datetime) -> None:
@@ -330,6 +334,19 @@ def test_alarm_rfc3339_times(ts: str, expected: datetime) -> None:
         "2026-05-01T08:00:61Z",
         "2026-05-01T08:00:00zz",
         "2026-05-01T08:00:00",
+        # Forms datetime.fromisoformat takes that RFC 3339 has not.
+        "2026-12-01T12Z",
+        "2026-12-01T12:00Z",
+        "20261201T120000Z",
+        "2026-W49-2T12:00:00Z",
+        "2026-12-01X12:00:00Z",
+        "2026-12-01T12:00:00,5Z",
+        "2026-12-01T12:00:00+0800",
+        "2026-12-01T12:00:00+08",
+        "2026-12-01T12:00:00+08:00:00",
+        "2026-12-01T12:00:00.Z",
+        "２０２６-12-01T12:00:00Z",
+        "2026-12-01T12:00:00Z\n",
     ],
 )
 def test_alarm_times_out_of_rfc3339_are_bad_ts(ts: str) -> None:
