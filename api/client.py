@@ -146,6 +146,19 @@ class ApiError(Exception):
         return held and self.problem.get("type") != ID_TAKEN
 
 
+class NotTheApi(ApiError):
+    """A 2xx answer the API never gives to the request: not a JSON object, or one without
+    what the API's answer holds (an upload's sha256, a candidate's id, one result per item
+    of a batch). A proxy's default backend or another service at ``GRIDPATROL_API_URL``
+    answered it, and nothing reached the API: the outbox holds its queue (see _misrouted)
+    instead of counting the operation delivered."""
+
+    def __init__(self, response: httpx.Response, why: str) -> None:
+        shown = response.text[:200] if why == "not JSON" else ""
+        detail = f"not an answer of the API ({why}){': ' + shown if shown else ''}"
+        super().__init__(response.status_code, {"title": "not the API", "detail": detail})
+
+
 class ApiClient:
     """A typed, synchronous client of ``/api/v1``."""
 
@@ -174,22 +187,34 @@ class ApiClient:
 
     # -- producer ---------------------------------------------------------------------------
 
+    # The producer's requests check that the answer is the API's (see NotTheApi): a 2xx from
+    # anything else would count an operation delivered that never reached it.
+
     def put_evidence(self, data: bytes, content_type: str) -> str:
         sha = hashlib.sha256(data).hexdigest()
-        self._call("PUT", f"/evidence/{sha}", content=data, headers={"Content-Type": content_type})
+        response = self._call(
+            "PUT", f"/evidence/{sha}", content=data, headers={"Content-Type": content_type}
+        )
+        if _object(response).get("sha256") != sha:
+            raise NotTheApi(response, f"no sha256 {sha}")
         return sha
 
     def create_candidate(self, body: JsonDict, idempotency_key: str) -> JsonDict:
-        return self._json("POST", "/candidates", json=body, key=idempotency_key)
+        return self._candidate("POST", "/candidates", json=body, key=idempotency_key)
 
     def create_batch(self, items: list[tuple[str, JsonDict]]) -> list[JsonDict]:
         payload = {"items": [{"idempotency_key": k, "body": b} for k, b in items]}
-        result = self._json("POST", "/candidates/batch", json=payload)
-        results: list[JsonDict] = result["items"]
+        response = self._call("POST", "/candidates/batch", json=payload)
+        results = _object(response).get("items")
+        if not isinstance(results, list) or len(results) != len(items):
+            raise NotTheApi(response, f"not {len(items)} items")
+        if not all(isinstance(r, dict) and isinstance(r.get("status"), int) for r in results):
+            raise NotTheApi(response, "an item without a status")
         return results
 
     def patch_candidate(self, candidate_id: str, patch: JsonDict, idempotency_key: str) -> JsonDict:
-        return self._json("PATCH", f"/candidates/{candidate_id}", json=patch, key=idempotency_key)
+        path = f"/candidates/{candidate_id}"
+        return self._candidate("PATCH", path, json=patch, key=idempotency_key)
 
     # -- reviewer and platform ----------------------------------------------------------------
 
@@ -235,10 +260,20 @@ class ApiClient:
     # -- plumbing ---------------------------------------------------------------------------
 
     def _json(self, method: str, path: str, *, key: str | None = None, **kw: Any) -> JsonDict:
+        return _object(self._keyed(method, path, key, **kw))
+
+    def _candidate(self, method: str, path: str, *, key: str, **kw: Any) -> JsonDict:
+        """The candidate the API answers a create or a PATCH with: one with an id."""
+        response = self._keyed(method, path, key, **kw)
+        data = _object(response)
+        if not isinstance(data.get("id"), str) or not data["id"]:
+            raise NotTheApi(response, "no candidate id")
+        return data
+
+    def _keyed(self, method: str, path: str, key: str | None, **kw: Any) -> httpx.Response:
         if key is not None:
             kw["headers"] = {**kw.get("headers", {}), "Idempotency-Key": key}
-        data: JsonDict = self._call(method, path, **kw).json()
-        return data
+        return self._call(method, path, **kw)
 
     def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
         try:
@@ -261,6 +296,18 @@ class ApiClient:
                 location=response.headers.get("Location") if response.is_redirect else None,
             )
         return response
+
+
+def _object(response: httpx.Response) -> JsonDict:
+    """The JSON object a 2xx answer holds; :class:`NotTheApi` when it holds none: every
+    answer of the API's ``/api/v1`` with a body is one."""
+    try:
+        data = response.json()
+    except ValueError:  # not JSON (a proxy's HTML page), or not UTF-8
+        raise NotTheApi(response, "not JSON") from None
+    if not isinstance(data, dict):
+        raise NotTheApi(response, "not a JSON object")
+    return data
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -1038,7 +1085,8 @@ def _wait(backoff: float, exc: Exception) -> float:
 def _misrouted(exc: ApiError, op: _Op) -> bool:
     """Whether ``exc`` says that the request for ``op`` did not reach the API's route for it:
     a wrong ``GRIDPATROL_API_URL`` (a path doubled, another service), or a proxy that
-    redirects or answers with its default backend (e.g. during a rollout). The outbox holds
+    redirects or answers with its default backend (e.g. during a rollout), a 2xx too
+    (:class:`NotTheApi`). The outbox holds
     its queue then, as for a refused token, and never fails an operation for it.
 
     The API itself answers none of these to an outbox's request: no redirect; no 405 (its
@@ -1048,7 +1096,7 @@ def _misrouted(exc: ApiError, op: _Op) -> bool:
     purges idempotency keys, never candidates), but one can still be gone: a database
     restored from a backup older than the create. So a PATCH's 404 with the API's own problem
     saying it holds no such candidate is a refusal for good; any other 404 is misrouting."""
-    if 300 <= exc.status < 400 or exc.status == 405:
+    if isinstance(exc, NotTheApi) or 300 <= exc.status < 400 or exc.status == 405:
         return True
     if exc.status != 404:
         return False

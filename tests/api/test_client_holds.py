@@ -126,25 +126,31 @@ def test_a_doubled_api_path_holds_the_outbox_until_mended(
     assert outbox.stats()["sent"] == 3
 
 
-def test_a_patch_a_misrouted_404_answers_is_held(api_server: Any, tmp_path: Path) -> None:
+@pytest.mark.parametrize("answer", ["404", "200 {}"])
+def test_a_patch_a_misrouted_answer_is_held(api_server: Any, tmp_path: Path, answer: str) -> None:
     """A PATCH answered 404 by something that is not the API's candidate route (here the API
-    itself at a doubled path) is held: the candidate is not closed, and the update arrives
-    once the URL is mended."""
+    itself at a doubled path), or 200 ``{}`` (no candidate) by a proxy's default backend, is
+    held: the candidate is not closed, and the update arrives once the URL is mended."""
     outbox = Outbox(tmp_path / "outbox-hold.db", producer_client(api_server), component="hold")
+    seed = 2 if answer == "404" else 61
     with outbox.transaction() as txn:
-        sha = txn.add_evidence(jpeg(2), "image/jpeg")
-        cid = txn.create_candidate(candidate("hold-2", sha))
+        sha = txn.add_evidence(jpeg(seed), "image/jpeg")
+        cid = txn.create_candidate(candidate(f"hold-{seed}", sha))
     outbox.start()
     try:
         assert outbox.flush(30)
-        outbox.client = producer_client(api_server, f"{api_server.url}/api/v1")
+        outbox.client = (
+            producer_client(api_server, f"{api_server.url}/api/v1")
+            if answer == "404"
+            else mocked(answer_json({}))
+        )
         with outbox.transaction() as txn:
             txn.patch_candidate(cid, {"detection": {"dwell_s": 40}})
         wait_for_retries(outbox, 2)
         assert (outbox.depth(), outbox.failed()) == (1, [])
         with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
             assert not candidate_closed(conn, cid)
-        assert_delivered(api_server, outbox, sha, cid, 2)
+        assert_delivered(api_server, outbox, sha, cid, seed)
     finally:
         outbox.stop()
 
@@ -224,6 +230,93 @@ def test_any_5xx_or_a_misdirected_request_holds_the_outbox(
     assert outbox.stats()["sent"] == 3
 
 
+def answer_json(body: object) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(200, json=body)
+
+
+@pytest.mark.parametrize("answer", ["html", "empty"])
+def test_a_2xx_from_a_proxy_holds_the_outbox(
+    api_server: Any, tmp_path: Path, answer: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's catch-all backend answering 200 with its page, or with a JSON ``{}``: no
+    evidence counts as uploaded (and is erased), no round ends in an unexpected error; the
+    queue is held with the one-line ERROR, and a mended URL delivers everything."""
+    seed = 40 if answer == "html" else 41
+    handler = answer_with(200) if answer == "html" else answer_json({})
+    outbox = Outbox(tmp_path / "outbox-200.db", mocked(handler), component="hold")
+    sha, cid = queue_case(outbox, seed)
+    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        assert_held(outbox, cid, seed)
+        why = "not JSON): <html>proxy</html>" if answer == "html" else f"no sha256 {sha})"
+        assert misrouted_errors(caplog) == {f"HTTP 200: not an answer of the API ({why}"}
+        assert_delivered(api_server, outbox, sha, cid, seed)
+    finally:
+        outbox.stop()
+    assert outbox.stats()["sent"] == 3
+
+
+class UploadsOnly:
+    """A proxy that routes evidence uploads to the API and answers every candidate request
+    ``answer`` from its default backend."""
+
+    def __init__(self, api_server: Any, answer: object) -> None:
+        self.api = producer_client(api_server)
+        self.answer = answer
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "PUT":
+            sha = self.api.put_evidence(request.read(), request.headers["Content-Type"])
+            return httpx.Response(201, json={"sha256": sha})
+        return httpx.Response(200, json=self.answer)
+
+
+@pytest.mark.parametrize(
+    ("creates", "answer", "why"),
+    [
+        (1, {}, "no candidate id"),
+        (1, ["x"], "not a JSON object"),
+        (2, {"items": []}, "not 2 items"),
+        (2, {"items": [{"body": {}}, {"body": {}}]}, "an item without a status"),
+    ],
+)
+def test_a_create_a_proxy_answers_2xx_is_held(
+    api_server: Any,
+    tmp_path: Path,
+    creates: int,
+    answer: object,
+    why: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Creates (one alone, or a batch) answered 2xx with no candidate, or with a batch
+    result that is not one per item: nothing counts as created, the queue is held with an
+    ERROR saying what to check, and the API gets them once the URL is mended."""
+    outbox = Outbox(
+        tmp_path / "outbox-create.db", mocked(UploadsOnly(api_server, answer)), component="hold"
+    )
+    cases = [queue_case(outbox, 50 + i) for i in range(creates)]
+    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 2)
+        stats = outbox.stats()
+        assert (stats["sent"], stats["failed"], stats["depth"]) == (creates, 0, 2 * creates)
+        held = re.compile(
+            # The round's first operation is named: the evidence it delivered before.
+            r"outbox hold: \w+ \S+ not delivered \(HTTP 200: not an answer of the"
+            rf" API \({re.escape(why)}\); the request did not reach the API's route: check"
+            r" GRIDPATROL_API_URL .*\); retrying in \d+\.\d s"
+        )
+        assert caplog.records
+        messages = [record.getMessage() for record in caplog.records]
+        assert [m for m in messages if not held.fullmatch(m)] == []
+        for i, (sha, cid) in enumerate(cases):
+            assert_delivered(api_server, outbox, sha, cid, 50 + i)
+    finally:
+        outbox.stop()
+
+
 def test_the_client_takes_no_redirect_for_a_success() -> None:
     client = mocked(answer_with(301))
     with pytest.raises(ApiError) as caught:
@@ -246,8 +339,8 @@ class Overloaded:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         with self.lock:
             self.requests += 1
-        if self.up:
-            return httpx.Response(201, json={})
+        if self.up:  # an upload's answer, as the API gives it
+            return httpx.Response(201, json={"sha256": request.url.path.rsplit("/", 1)[1]})
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         return httpx.Response(503, headers=headers, json={"title": "Service Unavailable"})
 
@@ -386,7 +479,7 @@ class Logged:
             )
         if request.method == "POST":
             return httpx.Response(201, json=json.loads(request.content))
-        return httpx.Response(201, json={})
+        return httpx.Response(201, json={"sha256": path.rsplit("/", 1)[1]})
 
     def requests(self, method: str, cid: str) -> list[float]:
         with self.lock:

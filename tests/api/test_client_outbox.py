@@ -990,7 +990,7 @@ def test_the_client_sends_no_request_it_cannot_encode() -> None:
 
     def answer(request: httpx.Request) -> httpx.Response:
         sent.append(request)
-        return httpx.Response(201, json={})
+        return httpx.Response(201, json={"id": "x"})
 
     client = ApiClient("http://api.invalid", "token")
     client._http = httpx.Client(
@@ -999,5 +999,5 @@ def test_the_client_sends_no_request_it_cannot_encode() -> None:
     with pytest.raises(UnsendableOperation) as err:
         client.patch_candidate(str(uuid.uuid4()), {"detection": {"dwell_s": math.inf}}, "k")
     assert str(err.value).endswith(f"no request can carry it: {NOT_JSON}")
-    assert client.create_candidate({"id": "x"}, "k") == {}
+    assert client.create_candidate({"id": "x"}, "k") == {"id": "x"}
     assert [r.method for r in sent] == ["POST"]
