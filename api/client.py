@@ -22,7 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -832,7 +832,7 @@ class Outbox:
             # Before they go out: a crash before the answer resends them as they were too.
             with _write(conn):
                 _pin_groups(conn, patches)
-        futures = [(group, self._senders.submit(self._request_for(group))) for group in groups]
+        futures = [(group, self._submit(group)) for group in groups]
         retry: Exception | None = None
         for group, future in futures:
             try:
@@ -844,6 +844,20 @@ class Outbox:
                     retry = retry or exc
         if retry is not None:
             raise retry
+
+    def _submit(self, group: list[_Op]) -> Future[Any]:
+        """The request for ``group`` handed to the senders; :class:`CancelledError` once
+        stopping, which ends the delivery thread quietly: a stop() during a round (a create
+        batch answered after it) shut the pool down. What is not sent stays pending, a
+        PATCH pinned goes again as it was at the next start."""
+        if self._stop.is_set():
+            raise CancelledError
+        try:
+            return self._senders.submit(self._request_for(group))
+        except RuntimeError:  # the pool shut down between the check and the submit
+            if self._stop.is_set():
+                raise CancelledError from None
+            raise
 
     def _request_for(self, group: list[_Op]) -> Callable[[], Any]:
         assert self.client is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import math
 import socket
 import sqlite3
@@ -860,6 +861,50 @@ def test_a_stop_during_a_rewrite_ends_delivery_before_anything_more_is_sent(
     deliver(Outbox(path, ApiClient(api_server.url, token, timeout=5), component="t"))
     with api_server.client("reviewer") as http:
         assert [http.get(f"/candidates/{c}").json()["references"] for c in ids] == [[held]] * 3
+
+
+class SlowBatch(ApiClient):
+    """The producer's client; its create batches wait for ``release`` once they are ``in``
+    (the API slow to answer them)."""
+
+    def __init__(self, api_server: Any) -> None:
+        super().__init__(api_server.url, api_server.tokens["producer"], timeout=5)
+        self.batch_in = threading.Event()
+        self.release = threading.Event()
+
+    def create_batch(self, items: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+        self.batch_in.set()
+        assert self.release.wait(30)
+        return super().create_batch(items)
+
+
+def test_a_stop_during_a_round_is_quiet_and_loses_nothing(
+    api_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stop() while a create batch waits for its answer, which comes after: the round ends
+    without sending the patches behind it, with no error logged, and the next start
+    delivers them."""
+    path = tmp_path / "outbox-stop.db"
+    client = SlowBatch(api_server)
+    outbox = Outbox(path, client, component="t")
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(130), "image/jpeg")
+        ids = [txn.create_candidate(candidate(f"quiet-{i}", sha)) for i in range(2)]
+        txn.patch_candidate(ids[0], {"detection": {"dwell_s": 40}})
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.client")
+    outbox.start()
+    thread = outbox._thread
+    assert thread is not None and client.batch_in.wait(30)
+    outbox.stop(timeout=0)
+    client.release.set()
+    thread.join(30)
+    assert not thread.is_alive()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert outbox.stats() == {"sent": 3, "retried": 0, "failed": 0, "depth": 1}
+
+    deliver(Outbox(path, producer(api_server, tmp_path, "stop").client, component="t"))
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{ids[0]}").json()["detection"]["dwell_s"] == 40
 
 
 def test_a_rewrite_a_crash_cut_short_is_finished_before_anything_is_sent(
