@@ -7,6 +7,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -62,6 +63,14 @@ def register(sub: Any) -> None:
         "at their last sighting, then drain",
     )
     outbox.add_argument(
+        "--prune-refused",
+        type=_positive,
+        metavar="DAYS",
+        help="forget the refused operations queued more than DAYS days ago, and the aliases "
+        "recorded that long ago, but those of candidates an open episode or the alarm bridge's "
+        "state still names (stop the file's worker first)",
+    )
+    outbox.add_argument(
         "--timeout",
         type=positive_seconds,
         default=120.0,
@@ -72,7 +81,7 @@ def register(sub: Any) -> None:
 
 
 def run_outbox(args: argparse.Namespace) -> int:
-    """0: shown, or drained; 1: not drained in time; 2: no such file, no outbox file, no
+    """0: shown, drained or pruned; 1: not drained in time; 2: no such file, no outbox file, no
     token, in use, or (to drain) not writable."""
     from pathlib import Path
 
@@ -80,7 +89,7 @@ def run_outbox(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"outbox: no such file {path}", file=sys.stderr)
         return 2
-    drain = args.drain or args.end_episodes
+    drain = args.drain or args.end_episodes or args.prune_refused is not None
     # Read only until a drain: showing a file must work for an operator who may read it but
     # not write it (another user's file, a volume mounted read-only), and opening it as an
     # Outbox would create the outbox's tables (and switch to WAL) in a mistyped SQLite file.
@@ -107,11 +116,13 @@ def run_outbox(args: argparse.Namespace) -> int:
 def _run_drain(path: Path, args: argparse.Namespace) -> int:
     from gridpatrol.api.client import ApiClient, Outbox, OutboxBusy
 
-    try:
-        client = ApiClient.from_env()
-    except RuntimeError as exc:
-        print(f"outbox: {exc}", file=sys.stderr)
-        return 2
+    client: ApiClient | None = None
+    if args.prune_refused is None:  # pruning asks no API
+        try:
+            client = ApiClient.from_env()
+        except RuntimeError as exc:
+            print(f"outbox: {exc}", file=sys.stderr)
+            return 2
     box: Outbox | None = None
     try:
         box = Outbox(
@@ -120,6 +131,9 @@ def _run_drain(path: Path, args: argparse.Namespace) -> int:
             component="outbox-cli",
             busy_hint="stop the worker that delivers from it first",
         )
+        if args.prune_refused is not None:
+            _prune(box, args.prune_refused)
+            return 0
         if args.end_episodes:
             _end_episodes(box)
         return _drain(box, args.timeout)
@@ -209,6 +223,38 @@ def _end_episodes(box: Outbox) -> None:
                 f"ended the episode of candidate {ep.candidate_id} ({what}) at its last "
                 f"sighting {at} in the book only: the API refused it for good, no end is sent"
             )
+
+
+def _prune(box: Outbox, days: int) -> None:
+    """Forget the file's old refusals and aliases (see :meth:`Outbox.prune_refused`)."""
+    box.claim()  # not while its worker runs: it may open episodes meanwhile
+    with contextlib.closing(sqlite3.connect(box.path)) as conn:
+        followed = _followed(conn)
+    ops, aliases = box.prune_refused(days * 86400.0, followed)
+    print(f"{box.path}: {ops} refused operation(s) and {aliases} alias(es) forgotten")
+
+
+# A candidate id in the alarm bridge's stored state (a JSON list of the alarm's fields).
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _followed(conn: sqlite3.Connection) -> set[str]:
+    """The candidate ids the producer of an outbox file may still update: a detector's open
+    episodes (and the candidates they reference), the alarm bridge's active or last alarm of
+    each sensor and type, and its coalesced updates not yet queued."""
+    ids: set[str] = set()
+    if _has_table(conn, "detector_episodes"):
+        rows = conn.execute(
+            "SELECT candidate_id, previous_id FROM detector_episodes WHERE ended_at IS NULL"
+        )
+        ids.update(i for row in rows.fetchall() for i in row if i)
+    if _has_table(conn, "bridge_alarm_state"):
+        for (state,) in conn.execute("SELECT state FROM bridge_alarm_state").fetchall():
+            ids.update(_UUID.findall(state.lower()))
+    if _has_table(conn, "bridge_pending_patch"):
+        rows = conn.execute("SELECT candidate_id FROM bridge_pending_patch")
+        ids.update(str(cid) for (cid,) in rows.fetchall())
+    return ids
 
 
 def _drain(box: Outbox, timeout: float) -> int:

@@ -605,6 +605,40 @@ class Outbox:
             {"seq": s, "kind": k, "candidate_id": c, "error": e} for s, k, c, e in rows.fetchall()
         ]
 
+    def prune_refused(self, older_than_s: float, keep: Iterable[str]) -> tuple[int, int]:
+        """Forget the refused operations queued more than ``older_than_s`` ago, and the
+        aliases recorded that long ago: (operations, aliases) deleted. Both are otherwise kept
+        for ever, about 1 KB for each update of a rejected candidate. ``keep``: the candidate
+        ids a producer still follows (an open episode, an alarm's last candidate), whose
+        refusals and aliases stay with the API's ids they stand for: candidate_closed() and
+        api_id() answer from them as long as updates of those candidates may come (a patch
+        sent to a create the API refused could change another event's candidate). Holds the
+        file (see :meth:`claim`): never while its worker runs."""
+        self.claim()
+        before = time.time() - older_than_s
+        conn = self._thread_conn()
+        with _write(conn):
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS outbox_keep (id TEXT PRIMARY KEY)")
+            conn.execute("DELETE FROM outbox_keep")
+            conn.executemany("INSERT OR IGNORE INTO outbox_keep VALUES (?)", [(k,) for k in keep])
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox_keep SELECT server_id FROM outbox_aliases"
+                " WHERE local_id IN (SELECT id FROM outbox_keep)"
+            )
+            ops = conn.execute(
+                "DELETE FROM outbox_ops WHERE state = 'failed' AND created_at < ? AND"
+                " (candidate_id IS NULL OR candidate_id NOT IN (SELECT id FROM outbox_keep))",
+                (before,),
+            ).rowcount
+            # An unfinished rewrite (see _finish_rewrites) keeps its alias until it is done.
+            aliases = conn.execute(
+                "DELETE FROM outbox_aliases WHERE created_at < ? AND local_id NOT IN"
+                " (SELECT id FROM outbox_keep) AND local_id NOT IN"
+                " (SELECT local_id FROM outbox_rewrites)",
+                (before,),
+            ).rowcount
+        return ops, aliases
+
     # -- delivery -----------------------------------------------------------------------------
 
     def claim(self) -> None:

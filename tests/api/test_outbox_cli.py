@@ -12,13 +12,17 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gridpatrol.api.client import Outbox
+from gridpatrol.alarm_bridge import store
+from gridpatrol.alarm_bridge.lifecycle import AlarmState
+from gridpatrol.api.client import Outbox, candidate_closed
 from gridpatrol.detectors import episodes
 
 
@@ -384,3 +388,112 @@ def test_draining_an_outbox_the_operator_may_not_write_is_one_line_and_status_2(
     assert drained.stderr.startswith(f"outbox: {path}: ")
     assert len(drained.stderr.splitlines()) == 1, drained.stderr
     assert listing(path.parent) == before
+
+
+def refused(box: Outbox, queue: str, error: str, days_ago: float) -> str:
+    """A candidate whose create (``queue`` 'create') or patch ('patch') the API refused
+    ``days_ago`` days ago: its id."""
+    with box.transaction() as txn:
+        cid = txn.create_candidate({"type": "illegal_parking"})
+        if queue == "patch":
+            txn.patch_candidate(cid, {"detection": {"dwell_s": 40}})
+        txn.conn.execute(
+            "UPDATE outbox_ops SET state = 'failed', last_error = ?, created_at = ?"
+            " WHERE candidate_id = ? AND kind = ?",
+            (error, time.time() - days_ago * 86400, cid, queue),
+        )
+        txn.conn.execute(
+            "DELETE FROM outbox_ops WHERE state = 'pending' AND candidate_id = ?", (cid,)
+        )
+    return cid
+
+
+def episode(conn: sqlite3.Connection, zone: str, candidate_id: str, ended: bool) -> None:
+    conn.execute(
+        "INSERT INTO detector_episodes (camera_id, zone_id, type, candidate_id, source_event_id,"
+        " started_at, reported_at, last_event_at, best_confidence, dwell_s, ended_at)"
+        " VALUES ('cam-1', ?, 'illegal_parking', ?, ?, 0, 0, 0, 0.9, 40, ?)",
+        (zone, candidate_id, f"cam-1:{zone}", 1.0 if ended else None),
+    )
+
+
+def test_old_refusals_are_pruned_but_those_of_open_episodes(tmp_path: Path) -> None:
+    """--prune-refused DAYS forgets the refused operations and aliases older than DAYS, but
+    those of candidates an open episode still follows: candidate_closed() still answers for
+    them, and for their aliases, so the worker keeps sending nothing of them."""
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    box = Outbox(path, None, component="detect-1-of-2")
+    open_create = refused(box, "create", '422 {"title": "invalid"}', 40)
+    ended_create = refused(box, "create", '422 {"title": "invalid"}', 40)
+    recent_create = refused(box, "create", '422 {"title": "invalid"}', 2)
+    api_open, api_ended = refused(box, "patch", "410 {}", 40), refused(box, "patch", "410 {}", 40)
+    local_open, local_ended = str(uuid.uuid4()), str(uuid.uuid4())
+    with box.transaction() as txn:
+        sha = txn.add_evidence(b"{}", "application/json")
+        txn.conn.execute(
+            "UPDATE outbox_ops SET state = 'failed', last_error = '413 {}', payload = x'',"
+            " created_at = ? WHERE sha256 = ?",
+            (time.time() - 40 * 86400, sha),
+        )
+        pending = txn.create_candidate({"type": "illegal_parking"})  # old but not refused
+        txn.conn.execute("UPDATE outbox_ops SET created_at = 0 WHERE candidate_id = ?", (pending,))
+        txn.conn.executemany(
+            "INSERT INTO outbox_aliases (local_id, server_id, created_at) VALUES (?, ?, ?)",
+            [(local_open, api_open, 0.0), (local_ended, api_ended, 0.0)],
+        )
+        episodes.ensure_schema(txn.conn)
+        episode(txn.conn, "a", open_create, ended=False)
+        episode(txn.conn, "b", ended_create, ended=True)
+        episode(txn.conn, "c", local_open, ended=False)
+        episode(txn.conn, "d", local_ended, ended=True)
+
+    pruned = run(str(path), "--prune-refused", "30")
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    assert pruned.stdout == f"{path}: 3 refused operation(s) and 1 alias(es) forgotten\n"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        closed = [
+            candidate_closed(conn, cid)
+            for cid in (open_create, local_open, recent_create, ended_create, local_ended)
+        ]
+        assert closed == [True, True, True, False, False]
+        kept = conn.execute("SELECT candidate_id, state FROM outbox_ops ORDER BY seq").fetchall()
+        assert kept == [
+            (open_create, "failed"),
+            (recent_create, "failed"),
+            (api_open, "failed"),
+            (pending, "pending"),
+        ]
+        aliases = conn.execute("SELECT local_id, server_id FROM outbox_aliases").fetchall()
+        assert aliases == [(local_open, api_open)]
+
+
+def test_the_alarm_bridges_alarms_keep_their_refusals(tmp_path: Path) -> None:
+    """In the alarm bridge's file, the refusals of each sensor's active or last alarm and of
+    its coalesced updates not yet queued are kept; pruning is refused while the bridge runs."""
+    path = tmp_path / "bridge.db"
+    box = Outbox(path, None, component="alarm_bridge")
+    last, pending, other = (refused(box, "patch", "410 {}", 40) for _ in range(3))
+    with box.transaction() as txn:
+        store.init(txn.conn)
+        store.save_state(txn.conn, "mh-1", "manhole_tilt", AlarmState("normal", alarm_id=last))
+        txn.conn.execute(
+            "INSERT INTO bridge_pending_patch (candidate_id, body, since) VALUES (?, '{}', 0)",
+            (pending,),
+        )
+    running = Outbox(path, None, component="alarm_bridge")
+    running.claim()
+    busy = run(str(path), "--prune-refused", "30")
+    running.stop()
+    assert (busy.returncode, busy.stdout) == (2, "")
+    assert busy.stderr == (
+        f"outbox {path} is in use by another process; stop the worker that delivers from it first\n"
+    )
+
+    pruned = run(str(path), "--prune-refused", "30")
+    assert pruned.stdout == f"{path}: 1 refused operation(s) and 0 alias(es) forgotten\n"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert [candidate_closed(conn, cid) for cid in (last, pending, other)] == [
+            True,
+            True,
+            False,
+        ]
