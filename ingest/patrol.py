@@ -107,12 +107,14 @@ class PatrolScheduler:
         if not due:
             wait = min(self._due_in(e, now) for e in self._cams.values())
             return Decision(None, wait)
-        # The credit a camera may hold: one round, the virtual time of one visit of the camera
-        # of least weight. Not raised to the virtual time itself: that would wipe the credit of
-        # a camera its interval held back while the others were visited, and under overload a
-        # weighted or boosted camera would come round no more often than the rest. Less than a
-        # round is not enough either, as the virtual time moves on in steps of up to a round.
-        floor = self._vtime - max(1.0 / e.weight for e in self._cams.values())
+        # The credit a camera may hold: one round, the virtual time of one visit of the due
+        # camera of least weight. Not raised to the virtual time itself: that would wipe the
+        # credit of a camera its interval held back while the others were visited, and under
+        # overload a weighted or boosted camera would come round no more often than the rest.
+        # Less than a round is not enough either, as the virtual time moves on in steps of up
+        # to a round. Of the due cameras only: a light camera due once a day would otherwise
+        # let one back from failures take a hundred visits in a row.
+        floor = self._vtime - max(1.0 / self._cams[cid].weight for cid in due)
         chosen = min(due, key=lambda cid: self._order(cid, floor))
         self._visit(chosen, now, floor)
         return Decision(chosen, 0.0)

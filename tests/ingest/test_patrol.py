@@ -106,13 +106,17 @@ def test_a_boost_under_overload_brings_the_camera_round_at_its_interval() -> Non
     assert set(later.values()) == {12}
 
 
-def test_a_camera_held_back_for_long_takes_at_most_a_round_ahead() -> None:
+@pytest.mark.parametrize("rare_weight", [None, 0.01])
+def test_a_camera_held_back_for_long_takes_at_most_a_round_ahead(rare_weight: float | None) -> None:
     # "dead" fails for 1000 s and is tried every 8 s meanwhile: far fewer visits than its
     # share (one every 2 s). Recovered, it gets its share again, not the 400-odd visits it
-    # missed at the expense of the others: at most one round (a visit) ahead of them.
+    # missed at the expense of the others: at most one round (a visit) ahead of them. Also
+    # beside a light camera due once a day, which is no part of the round while not due.
     sched = PatrolScheduler(max_fps=2)
     for cid in ("x", "y", "z", "dead"):
         sched.add(cid, interval_s=1.0)
+    if rare_weight is not None:
+        sched.add("rare", interval_s=86400.0, weight=rare_weight)
     now, dead_visits = 0.0, 0
     while now < 1000.0:
         decision = sched.next(now)
