@@ -151,7 +151,7 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
 # microseconds). ASCII digits only: \d takes any script's.
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
-    r"(?P<offset>[Zz]|[+-][0-9]{2}:[0-9]{2})?"
+    r"(?P<offset>[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?"
 )
 # A leap second, e.g. 23:59:60.5: after the time's HH:MM:.
 _LEAP_SECOND = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(\.\d+)?")
@@ -603,9 +603,14 @@ def decode_senml(
         base = record.get("bn") if isinstance(record, dict) else None
         if isinstance(base, str):
             stem = base.rstrip("/:;.")
-            if valid_id(stem) and stem != topic_sensor_id:
+            if valid_id(stem) and not _own_stem(stem, topic_sensor_id):
                 raise MessageError("sensor_id_mismatch", f"bn {base!r} on {topic_sensor_id!r}")
     return SenMLPack(topic_sensor_id, resolved)
+
+
+def _own_stem(stem: str, sensor_id: str) -> bool:
+    """Whether a base name's stem is the sensor's id or a part of it (``mh-0001.gps``)."""
+    return stem == sensor_id or any(stem.startswith(sensor_id + sep) for sep in "/:;.")
 
 
 def _resolve_senml(records: Sequence[object], now: datetime) -> tuple[SenMLRecord, ...]:

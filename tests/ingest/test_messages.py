@@ -345,6 +345,9 @@ def test_alarm_rfc3339_times(ts: str, expected: datetime) -> None:
         "2026-12-01T12:00:00+08",
         "2026-12-01T12:00:00+08:00:00",
         "2026-12-01T12:00:00.Z",
+        # RFC 3339's offset: hour 00-23, minute 00-59 (fromisoformat reads +05:60 as +06:00).
+        "2026-12-01T12:00:00+05:60",
+        "2026-12-01T12:00:00+24:00",
         "２０２６-12-01T12:00:00Z",
         "2026-12-01T12:00:00Z\n",
     ],
@@ -737,3 +740,14 @@ def test_a_snapshot_request_json_cannot_read_is_a_message_error(
     with pytest.raises(MessageError) as info:
         parse_request(payload)
     assert info.value.reason == reason
+
+
+def test_a_base_name_of_a_part_of_the_sensor_is_its_own() -> None:
+    # A base name that is the sensor's id and a part of it (RFC 8428 names are free below it).
+    body = [{"bn": "wl-01.", "n": "battery", "v": 3.1}, {"bn": "wl-01.gps.", "n": "lat", "v": 4}]
+    pack = sensor(body, topic_id="wl-01")
+    assert isinstance(pack, SenMLPack)
+    assert [r.n for r in pack.records] == ["wl-01.battery", "wl-01.gps.lat"]
+    with pytest.raises(MessageError) as err:
+        sensor([*body, {"bn": "wl-01x.", "n": "lat", "v": 4}], topic_id="wl-01")
+    assert err.value.reason == "sensor_id_mismatch"
