@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import re
 import urllib.request
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import httpx
+
+log = logging.getLogger(__name__)
+
+# The no_proxy entries already warned of: a grab asks for its proxy each round, the warning
+# is for the operator once.
+_warned: set[str] = set()
 
 
 class ProxyUnusable(RuntimeError):
@@ -71,29 +78,80 @@ def proxy_for(url: str) -> str | None:
     httpx's own reading of the environment and its URL patterns, so that the choice stays the
     one it made before: a proxy named without a scheme, ``no_proxy`` entries for IPv6 hosts,
     domains and ``*`` among others. They are internal to httpx: its version is pinned. A
-    ``no_proxy`` entry may also be a network (``192.168.1.0/24``), as curl reads it: cameras
-    are named by their addresses on a LAN."""
-    from httpx import URL
+    ``no_proxy`` entry may also be a network (``192.168.1.0/24``, ``fd00::/8``), as curl reads
+    it: cameras are named by their addresses on a LAN; and an IPv6 address in brackets
+    (``[::1]``), as curl takes it. An entry httpx cannot read is left out with a warning, for
+    it would otherwise fail every request (and the start of a service making one)."""
+    from httpx import URL, InvalidURL
     from httpx._utils import URLPattern, get_environment_proxies
 
     target = URL(url)
     if _in_no_proxy_network(target.host):
         return None
-    mounts = [(URLPattern(key), proxy) for key, proxy in get_environment_proxies().items()]
+    # httpx's reading, its no_proxy entries left out: they are read below, as curl does.
+    proxied = get_environment_proxies().items()
+    keys: dict[str, str | None] = {key: proxy for key, proxy in proxied if proxy is not None}
+    if not keys:
+        return None  # no proxy, or a no_proxy of "*"
+    keys.update(dict.fromkeys(_no_proxy_keys()))
+    mounts = []
+    for key, proxy in keys.items():
+        try:
+            mounts.append((URLPattern(key), proxy))
+        except InvalidURL:  # an entry of no_proxy: the proxies' keys are httpx's own schemes
+            _warn_once(key)
     mounts.sort(key=lambda mount: mount[0].priority)  # the most specific first
     return next((proxy for pattern, proxy in mounts if pattern.matches(target)), None)
 
 
+def _no_proxy_entries() -> list[str]:
+    """``no_proxy``'s entries, upper case too (as urllib and httpx read it), without blanks."""
+    entries = urllib.request.getproxies().get("no", "").split(",")
+    return [entry.strip() for entry in entries if entry.strip()]
+
+
+def _no_proxy_keys() -> list[str]:
+    """httpx's pattern keys for the ``no_proxy`` entries naming hosts (its own mapping, see
+    ``httpx._utils.get_environment_proxies``), an IPv6 address in brackets taken without them;
+    a network (an entry with a ``/``) is left to :func:`_in_no_proxy_network`, for httpx
+    would read ``::1/128`` as a host and fail on it."""
+    from httpx._utils import is_ipv4_hostname, is_ipv6_hostname
+
+    keys = []
+    for entry in _no_proxy_entries():
+        if "://" in entry:
+            keys.append(entry)
+            continue
+        if "/" in entry:
+            continue
+        host = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
+        if is_ipv4_hostname(host) or host.lower() == "localhost":
+            keys.append(f"all://{host}")
+        elif is_ipv6_hostname(host):
+            keys.append(f"all://[{host}]")
+        else:
+            keys.append(f"all://*{host}")
+    return keys
+
+
+def _warn_once(key: str) -> None:
+    entry = key.removeprefix("all://").removeprefix("*")
+    if entry not in _warned:
+        _warned.add(entry)
+        log.warning("no_proxy: the entry %r is not a host, domain or network: left out", entry)
+
+
 def _in_no_proxy_network(host: str) -> bool:
-    """Whether ``host`` is an address in a network ``no_proxy`` names (``10.0.0.0/8``)."""
+    """Whether ``host`` is an address in a network ``no_proxy`` names (``10.0.0.0/8``,
+    ``fd00::/8`` or ``[fd00::]/8``)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
         return False  # a name: httpx's patterns judge it
-    entries = urllib.request.getproxies().get("no", "").split(",")
-    for entry in (e.strip() for e in entries if "/" in e):
+    for entry in (e for e in _no_proxy_entries() if "/" in e and "://" not in e):
+        network = re.sub(r"^\[([^\]]*)\]/", r"\1/", entry)  # curl's [fd00::]/8
         with contextlib.suppress(ValueError):
-            if address in ipaddress.ip_network(entry, strict=False):
+            if address in ipaddress.ip_network(network, strict=False):
                 return True
     return False
 
@@ -103,11 +161,13 @@ def transport(url: str) -> httpx.HTTPTransport:
     the environment honoured); :class:`ProxyUnusable` when that proxy cannot be used."""
     import httpx
 
-    proxy = proxy_for(url)
+    httpx.URL(url)  # a URL of ours that cannot be parsed is the caller's to report, as it was
+    proxy = None
     try:
+        proxy = proxy_for(url)
         return httpx.HTTPTransport(proxy=proxy)
     except (ImportError, ValueError, httpx.InvalidURL) as exc:  # socksio missing, a bad URL
-        shown = masked(proxy or "")
+        shown = masked(proxy or "") or "setting"
         # httpx's words on a URL may quote a piece of a password it could not parse ("Invalid
         # port: 'pw'" for user:pw#1@host): said only of a proxy without one.
         said = isinstance(exc, ImportError) or shown == proxy

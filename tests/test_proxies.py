@@ -130,3 +130,31 @@ def test_a_no_proxy_network_holds_the_addresses_in_it(
 )  # fmt: skip
 def test_masked_hides_the_whole_password(url: str, shown: str) -> None:
     assert masked(url) == shown
+
+
+@pytest.mark.parametrize("no_proxy", ["[::1]", "::1/128", "localhost,[::1]", "[::1]/128"])
+def test_an_ipv6_no_proxy_entry_as_curl_takes_it_holds_the_address(
+    env: pytest.MonkeyPatch, no_proxy: str
+) -> None:
+    # A bracketed address or an IPv6 network failed httpx's parsing, at every request.
+    env.setenv("http_proxy", "http://p:1")
+    env.setenv("no_proxy", no_proxy)
+    assert proxy_for("http://[::1]:8000/") is None
+    assert proxy_for("http://10.0.0.5/") == "http://p:1"
+    transport("http://[::1]:8000/")
+    transport("http://10.0.0.5/")
+
+
+def test_a_no_proxy_entry_httpx_cannot_read_is_left_out_with_one_warning(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.setenv("http_proxy", "http://p:1")
+    env.setenv("no_proxy", "cam.lan,a:b:c]:x,10.0.0.0/8")
+    for _ in range(3):
+        assert proxy_for("http://cam.lan/") is None
+        assert proxy_for("http://10.1.2.3/") is None
+        assert proxy_for("http://api.example/") == "http://p:1"
+        transport("http://api.example/")
+    assert [r.getMessage() for r in caplog.records] == [
+        "no_proxy: the entry 'a:b:c]:x' is not a host, domain or network: left out"
+    ]
