@@ -154,7 +154,7 @@ class NotTheApi(ApiError):
     instead of counting the operation delivered."""
 
     def __init__(self, response: httpx.Response, why: str) -> None:
-        shown = response.text[:200] if why == "not JSON" else ""
+        shown = _one_line(response.text) if why == "not JSON" else ""
         detail = f"not an answer of the API ({why}){': ' + shown if shown else ''}"
         super().__init__(response.status_code, {"title": "not the API", "detail": detail})
 
@@ -288,7 +288,7 @@ class ApiClient:
             try:
                 problem = response.json()
             except ValueError:
-                problem = {"title": response.text[:200]}
+                problem = {"title": _one_line(response.text)}
             raise ApiError(
                 response.status_code,
                 problem if isinstance(problem, dict) else {},
@@ -296,6 +296,18 @@ class ApiClient:
                 location=response.headers.get("Location") if response.is_redirect else None,
             )
         return response
+
+
+# Whitespace and control characters: a proxy's page shown in an error keeps none, so its
+# log record stays one line (a journal or a log shipper splits records at line ends).
+_NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """The start of a body that is not the API's (a proxy's HTML page) for an error's
+    detail: at most ``limit`` characters, each run of whitespace or control characters one
+    space."""
+    return _NOT_ONE_LINE.sub(" ", text[: limit * 5]).strip()[:limit]
 
 
 def _object(response: httpx.Response) -> JsonDict:
