@@ -356,6 +356,31 @@ class RuleParams(Strict):
     update_s: float = Field(default=120.0, ge=0, le=MAX_SPAN_S)
     min_confidence: float = Field(default=0.35, ge=0, le=1)
 
+    @model_validator(mode="after")
+    def _default_classes_of_the_model(self, info: ValidationInfo) -> RuleParams:
+        # pydantic does not validate defaults: with a model of other classes, a rule left at
+        # its default classes (COCO's) could never fire, while check-config said it was fine.
+        names: Sequence[str] | None = (info.context or {}).get("class_names")
+        if not names:
+            return self
+        problems = []
+        for key, field in type(self).model_fields.items():
+            checked = any(getattr(m, "func", None) is _known_classes for m in field.metadata)
+            if not checked or key in self.model_fields_set:
+                continue
+            value: list[str] = getattr(self, key)
+            unknown = [n for n in value if n not in names]
+            if unknown:
+                listed = ", ".join(repr(n) for n in unknown)
+                are = "is not a class" if len(unknown) == 1 else "are not classes"
+                problems.append(
+                    f"{key} is by default {value}, and {listed} {are} of the detection model: "
+                    f"set `{key}:` to classes of the model"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class StreetVendingParams(RuleParams):
     """Stationary person(s) with stationary stall props that nobody carries.

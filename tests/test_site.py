@@ -1120,3 +1120,57 @@ def test_a_rule_named_without_a_value_is_rejected_not_turned_off(rule: str) -> N
         f"s.yaml:11: cameras[0].zones[0].rules.{rule}: Value error, {rule} has no value: write "
         f"`{rule}: {{}}` to turn it on with its defaults, or remove the key to leave it off"
     ]
+
+
+def _coco_names() -> tuple[str, ...]:
+    # The 80 COCO classes as Ultralytics ships them: the classes of the reference models.
+    import yaml
+    from ultralytics.utils import ROOT
+
+    raw = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco.yaml").read_text())
+    return tuple(raw["names"][i] for i in sorted(raw["names"]))
+
+
+def test_a_rules_default_classes_are_checked_against_the_model() -> None:
+    text = MINIMAL + ZONE.replace("{{{field}: [{value}]}}", "{{}}").format(rule="illegal_parking")
+    assert parse_site(text).cameras[0].zones[0].rules.illegal_parking is not None
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml", class_names=("person", "garbage"))
+    assert info.value.problems == [
+        "s.yaml:11: cameras[0].zones[0].rules.illegal_parking: Value error, classes is by "
+        "default ['car', 'truck', 'bus'], and 'car', 'truck', 'bus' are not classes of the "
+        "detection model: set `classes:` to classes of the model"
+    ]
+    # The same list written out was refused already; written in the model's classes, it passes.
+    written = MINIMAL + ZONE.format(rule="illegal_parking", field="classes", value="garbage")
+    rules = parse_site(written, class_names=("person", "garbage")).cameras[0].zones[0].rules
+    assert rules.illegal_parking is not None and rules.illegal_parking.classes == ["garbage"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "written", "default"),
+    [
+        ("street_vending", "supporting_props", "props"),
+        ("street_vending", "props", "supporting_props"),
+        ("garbage_overflow", "max_occluded", "occluders"),
+        ("shop_front_occupation", "max_displacement", "classes"),
+        ("non_motor_parking", "max_displacement", "classes"),
+    ],
+)
+def test_every_default_class_list_is_checked(rule: str, written: str, default: str) -> None:
+    value = "0.5" if written.startswith("max_") else "[garbage]"
+    text = MINIMAL + ZONE.replace("[{value}]", value).format(rule=rule, field=written)
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml", class_names=("person", "garbage"))
+    [problem] = info.value.problems
+    assert problem.startswith(
+        f"s.yaml:11: cameras[0].zones[0].rules.{rule}: Value error, {default} is by default ["
+    )
+    assert problem.endswith(f"of the detection model: set `{default}:` to classes of the model")
+
+
+def test_the_sample_site_passes_the_class_check_of_a_coco_model() -> None:
+    names = _coco_names()
+    assert len(names) == 80 and names[2] == "car"
+    site = load_site(REPO / "samples" / "site.yaml", class_names=names)
+    assert site.cameras
