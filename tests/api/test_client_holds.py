@@ -257,6 +257,45 @@ def test_a_2xx_from_a_proxy_holds_the_outbox(
     assert outbox.stats()["sent"] == 3
 
 
+PROXY_PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\n<body>\n\t<center>"
+    b"<h1>502\x0bBad\x1bGateway</h1></center>\n</body>\n</html>\n"
+)
+
+
+@pytest.mark.parametrize("status", [200, 404])
+def test_a_proxys_page_in_an_error_is_one_line(
+    tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A proxy's multi-line HTML page, answered 200 (not JSON) or 404 (its default backend):
+    the ERROR record shows its start on one line, each run of whitespace or control
+    characters one space, so a journal or log shipper keeps the record whole."""
+    outbox = Outbox(tmp_path / "outbox-page.db", mocked(page_with(status)), component="hold")
+    queue_case(outbox, 70 + status)
+    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        wait_for_retries(outbox, 1)
+    finally:
+        outbox.stop()
+    assert caplog.records
+    assert [
+        r.getMessage() for r in caplog.records if re.search(r"[\r\n\x0b\x1b]", r.getMessage())
+    ] == []
+    page = (
+        "<html> <head><title>502 Bad Gateway</title></head> <body> <center>"
+        "<h1>502 Bad Gateway</h1></center> </body> </html>"
+    )
+    why = f"not an answer of the API (not JSON): {page}" if status == 200 else page
+    assert misrouted_errors(caplog) == {f"HTTP {status}: {why}"}
+
+
+def page_with(status: int) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(
+        status, headers={"Content-Type": "text/html"}, content=PROXY_PAGE
+    )
+
+
 class UploadsOnly:
     """A proxy that routes evidence uploads to the API and answers every candidate request
     ``answer`` from its default backend."""
@@ -661,42 +700,3 @@ def test_a_flush_landing_as_a_round_starts_cuts_that_rounds_wait(tmp_path: Path)
         outbox.stop()
     assert kick.landed
     assert outbox.depth() == 1 and outbox.failed() == []
-PROXY_PAGE = (
-    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\n<body>\n\t<center>"
-    b"<h1>502\x0bBad\x1bGateway</h1></center>\n</body>\n</html>\n"
-)
-
-
-@pytest.mark.parametrize("status", [200, 404])
-def test_a_proxys_page_in_an_error_is_one_line(
-    tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
-) -> None:
-    """A proxy's multi-line HTML page, answered 200 (not JSON) or 404 (its default backend):
-    the ERROR record shows its start on one line, each run of whitespace or control
-    characters one space, so a journal or log shipper keeps the record whole."""
-    outbox = Outbox(tmp_path / "outbox-page.db", mocked(page_with(status)), component="hold")
-    queue_case(outbox, 70 + status)
-    caplog.set_level(logging.ERROR, logger="gridpatrol.api.client")
-    outbox.start()
-    try:
-        wait_for_retries(outbox, 1)
-    finally:
-        outbox.stop()
-    assert caplog.records
-    assert [
-        r.getMessage() for r in caplog.records if re.search(r"[\r\n\x0b\x1b]", r.getMessage())
-    ] == []
-    page = (
-        "<html> <head><title>502 Bad Gateway</title></head> <body> <center>"
-        "<h1>502 Bad Gateway</h1></center> </body> </html>"
-    )
-    why = f"not an answer of the API (not JSON): {page}" if status == 200 else page
-    assert misrouted_errors(caplog) == {f"HTTP {status}: {why}"}
-
-
-def page_with(status: int) -> Callable[[httpx.Request], httpx.Response]:
-    return lambda request: httpx.Response(
-        status, headers={"Content-Type": "text/html"}, content=PROXY_PAGE
-    )
-
-
