@@ -67,8 +67,9 @@ def register(sub: Any) -> None:
         type=_positive,
         metavar="DAYS",
         help="forget the refused operations queued more than DAYS days ago, and the aliases "
-        "recorded that long ago, but those of candidates an open episode or the alarm bridge's "
-        "state still names (stop the file's worker first)",
+        "recorded that long ago, but those of candidates the detector's episodes, the alarm "
+        "bridge's state or a pending operation still names (stop the file's worker first; "
+        "not with --drain or --end-episodes)",
     )
     outbox.add_argument(
         "--timeout",
@@ -81,10 +82,19 @@ def register(sub: Any) -> None:
 
 
 def run_outbox(args: argparse.Namespace) -> int:
-    """0: shown, drained or pruned; 1: not drained in time; 2: no such file, no outbox file, no
-    token, in use, or (to drain) not writable."""
+    """0: shown, drained or pruned; 1: not drained in time; 2: --prune-refused with a drain,
+    no such file, no outbox file, no token, in use, or (to drain) not writable."""
     from pathlib import Path
 
+    if args.prune_refused is not None and (args.drain or args.end_episodes):
+        # Pruning delivers nothing and ends no episode: taking one for the other would leave
+        # an operator believing the file drained.
+        print(
+            "outbox: --prune-refused cannot be combined with --drain or --end-episodes: "
+            "run them one after the other",
+            file=sys.stderr,
+        )
+        return 2
     path = Path(args.file)
     if not path.is_file():
         print(f"outbox: no such file {path}", file=sys.stderr)
@@ -239,14 +249,14 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 
 def _followed(conn: sqlite3.Connection) -> set[str]:
-    """The candidate ids the producer of an outbox file may still update: a detector's open
-    episodes (and the candidates they reference), the alarm bridge's active or last alarm of
-    each sensor and type, and its coalesced updates not yet queued."""
+    """The candidate ids the producer of an outbox file may still update or name: a
+    detector's episodes, ended ones too, and the candidates they reference, the alarm
+    bridge's active or last alarm of each sensor and type, and its coalesced updates not yet
+    queued. An ended episode stays in the book until the next one of its key (camera, zone,
+    type) opens and references it, through its alias as the API's id: one row per key."""
     ids: set[str] = set()
     if _has_table(conn, "detector_episodes"):
-        rows = conn.execute(
-            "SELECT candidate_id, previous_id FROM detector_episodes WHERE ended_at IS NULL"
-        )
+        rows = conn.execute("SELECT candidate_id, previous_id FROM detector_episodes")
         ids.update(i for row in rows.fetchall() for i in row if i)
     if _has_table(conn, "bridge_alarm_state"):
         for (state,) in conn.execute("SELECT state FROM bridge_alarm_state").fetchall():

@@ -624,8 +624,10 @@ class Outbox:
         ids a producer still follows (an open episode, an alarm's last candidate), whose
         refusals and aliases stay with the API's ids they stand for: candidate_closed() and
         api_id() answer from them as long as updates of those candidates may come (a patch
-        sent to a create the API refused could change another event's candidate). Holds the
-        file (see :meth:`claim`): never while its worker runs."""
+        sent to a create the API refused could change another event's candidate). So do those
+        of the candidates the pending operations name: delivery fails a pending patch unsent
+        only while its candidate's refused create is in the file. Holds the file (see
+        :meth:`claim`): never while its worker runs."""
         self.claim()
         before = time.time() - older_than_s
         conn = self._thread_conn()
@@ -633,6 +635,10 @@ class Outbox:
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS outbox_keep (id TEXT PRIMARY KEY)")
             conn.execute("DELETE FROM outbox_keep")
             conn.executemany("INSERT OR IGNORE INTO outbox_keep VALUES (?)", [(k,) for k in keep])
+            conn.execute(
+                "INSERT OR IGNORE INTO outbox_keep SELECT candidate_id FROM outbox_ops"
+                " WHERE state = 'pending' AND candidate_id IS NOT NULL"
+            )
             conn.execute(
                 "INSERT OR IGNORE INTO outbox_keep SELECT server_id FROM outbox_aliases"
                 " WHERE local_id IN (SELECT id FROM outbox_keep)"

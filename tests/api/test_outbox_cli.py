@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import shutil
 import signal
@@ -14,16 +15,20 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from gridpatrol.alarm_bridge import store
 from gridpatrol.alarm_bridge.lifecycle import AlarmState
 from gridpatrol.api.client import Outbox, candidate_closed
 from gridpatrol.detectors import episodes
+
+from .test_client_holds import mocked
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -417,17 +422,19 @@ def episode(conn: sqlite3.Connection, zone: str, candidate_id: str, ended: bool)
     )
 
 
-def test_old_refusals_are_pruned_but_those_of_open_episodes(tmp_path: Path) -> None:
+def test_old_refusals_are_pruned_but_those_of_the_episode_book(tmp_path: Path) -> None:
     """--prune-refused DAYS forgets the refused operations and aliases older than DAYS, but
-    those of candidates an open episode still follows: candidate_closed() still answers for
-    them, and for their aliases, so the worker keeps sending nothing of them."""
+    those of candidates the episode book still names, an ended episode's too (the next
+    episode of its key references it): candidate_closed() and the alias still answer for
+    them, so the worker keeps sending nothing of them."""
     path = tmp_path / "outbox-detect-1-of-2.db"
     box = Outbox(path, None, component="detect-1-of-2")
     open_create = refused(box, "create", '422 {"title": "invalid"}', 40)
     ended_create = refused(box, "create", '422 {"title": "invalid"}', 40)
+    gone_create = refused(box, "create", '422 {"title": "invalid"}', 40)
     recent_create = refused(box, "create", '422 {"title": "invalid"}', 2)
-    api_open, api_ended = refused(box, "patch", "410 {}", 40), refused(box, "patch", "410 {}", 40)
-    local_open, local_ended = str(uuid.uuid4()), str(uuid.uuid4())
+    api_open, api_ended, api_gone = (refused(box, "patch", "410 {}", 40) for _ in range(3))
+    local_open, local_ended, local_gone = (str(uuid.uuid4()) for _ in range(3))
     with box.transaction() as txn:
         sha = txn.add_evidence(b"{}", "application/json")
         txn.conn.execute(
@@ -439,7 +446,11 @@ def test_old_refusals_are_pruned_but_those_of_open_episodes(tmp_path: Path) -> N
         txn.conn.execute("UPDATE outbox_ops SET created_at = 0 WHERE candidate_id = ?", (pending,))
         txn.conn.executemany(
             "INSERT INTO outbox_aliases (local_id, server_id, created_at) VALUES (?, ?, ?)",
-            [(local_open, api_open, 0.0), (local_ended, api_ended, 0.0)],
+            [
+                (local_open, api_open, 0.0),
+                (local_ended, api_ended, 0.0),
+                (local_gone, api_gone, 0.0),
+            ],
         )
         episodes.ensure_schema(txn.conn)
         episode(txn.conn, "a", open_create, ended=False)
@@ -455,16 +466,137 @@ def test_old_refusals_are_pruned_but_those_of_open_episodes(tmp_path: Path) -> N
             candidate_closed(conn, cid)
             for cid in (open_create, local_open, recent_create, ended_create, local_ended)
         ]
-        assert closed == [True, True, True, False, False]
+        assert closed == [True, True, True, True, True]
+        assert [candidate_closed(conn, cid) for cid in (gone_create, local_gone)] == [False, False]
         kept = conn.execute("SELECT candidate_id, state FROM outbox_ops ORDER BY seq").fetchall()
         assert kept == [
             (open_create, "failed"),
+            (ended_create, "failed"),
             (recent_create, "failed"),
             (api_open, "failed"),
+            (api_ended, "failed"),
             (pending, "pending"),
         ]
-        aliases = conn.execute("SELECT local_id, server_id FROM outbox_aliases").fetchall()
-        assert aliases == [(local_open, api_open)]
+        aliases = conn.execute(
+            "SELECT local_id, server_id FROM outbox_aliases ORDER BY created_at, rowid"
+        ).fetchall()
+        assert aliases == [(local_open, api_open), (local_ended, api_ended)]
+
+
+@dataclass(frozen=True)
+class Raise:
+    """A rule's raise, as episodes.step takes it."""
+
+    zone_id: str
+    t: datetime
+    kind: str = "raise"
+    rule: str = "illegal_parking"
+    confidence: float = 0.9
+    dwell_s: float = 40.0
+
+    @property
+    def first_seen(self) -> datetime:
+        return self.t
+
+
+def test_the_next_episode_references_an_ended_one_by_the_apis_id_after_a_prune(
+    tmp_path: Path,
+) -> None:
+    """An ended episode whose create the API answered with the candidate it already held
+    (an alias recorded 40 days ago): after --prune-refused 30, the next episode of its key
+    still references it by the API's id, not by the local id the API never stored."""
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    box = Outbox(path, None, component="detect-1-of-2")
+    local, api = str(uuid.uuid4()), str(uuid.uuid4())
+    with box.transaction() as txn:
+        txn.conn.execute(
+            "INSERT INTO outbox_aliases (local_id, server_id, created_at) VALUES (?, ?, ?)",
+            (local, api, time.time() - 40 * 86400),
+        )
+        episodes.ensure_schema(txn.conn)
+        episode(txn.conn, "a", local, ended=True)
+
+    pruned = run(str(path), "--prune-refused", "30")
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    assert pruned.stdout == f"{path}: 0 refused operation(s) and 0 alias(es) forgotten\n"
+
+    box = Outbox(path, None, component="detect-1-of-2")
+    with box.transaction() as txn:
+        book = episodes.load_book(txn.conn)
+        fresh = str(uuid.uuid4())
+        later = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+        _book, ops = episodes.step(
+            book, "cam-1", Raise("a", later), update_s=120, resume_s=60, new_id=lambda: fresh
+        )
+        assert [(op.kind, op.episode.previous_id) for op in ops] == [("open", local)]
+        txn.create_candidate({"type": "illegal_parking", "references": [local]}, fresh)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        (payload,) = conn.execute(
+            "SELECT payload FROM outbox_ops WHERE candidate_id = ?", (fresh,)
+        ).fetchone()
+    assert json.loads(payload)["references"] == [api]
+
+
+def test_a_refused_create_with_pending_patches_is_kept(tmp_path: Path) -> None:
+    """A create refused 40 days ago (409 candidate-id-taken: the id names another producer's
+    candidate) with a patch of it still pending: --prune-refused 30 keeps the refusal, so
+    delivery fails the patch unsent instead of changing the other producer's candidate."""
+    path = tmp_path / "outbox-detect-1-of-2.db"
+    box = Outbox(path, None, component="detect-1-of-2")
+    taken = '409 {"type": "urn:gridpatrol:problem:candidate-id-taken", "status": 409}'
+    cid = refused(box, "create", taken, 40)
+    with box.transaction() as txn:
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 90}})
+        txn.conn.execute(
+            "UPDATE outbox_ops SET created_at = ? WHERE state = 'pending'",
+            (time.time() - 40 * 86400,),
+        )
+
+    pruned = run(str(path), "--prune-refused", "30")
+    assert (pruned.returncode, pruned.stderr) == (0, "")
+    assert pruned.stdout == f"{path}: 0 refused operation(s) and 0 alias(es) forgotten\n"
+
+    sent: list[str] = []
+
+    def api(request: httpx.Request) -> httpx.Response:
+        sent.append(f"{request.method} {request.url.path}")
+        return httpx.Response(200, json={"id": cid})
+
+    box = Outbox(path, mocked(api), component="detect-1-of-2")
+    box.start()
+    try:
+        assert box.flush(30)
+    finally:
+        box.stop()
+    assert sent == []
+    failed = box.failed()
+    assert [(f["kind"], f["candidate_id"]) for f in failed] == [("create", cid), ("patch", cid)]
+    assert failed[1]["error"].startswith("409 ")
+    assert "not sent: the API refused this candidate's create (409 " in failed[1]["error"]
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert candidate_closed(conn, cid)
+
+
+@pytest.mark.parametrize("other", [["--drain"], ["--end-episodes"], ["--drain", "--end-episodes"]])
+def test_pruning_with_a_drain_is_a_usage_error(tmp_path: Path, other: list[str]) -> None:
+    """--prune-refused with --drain or --end-episodes: one line and status 2, the file as it
+    was (pruning took the place of the drain, which reported nothing of it)."""
+    path = tmp_path / "outbox.db"
+    cid = left_behind(path)
+    box = Outbox(path, None, component="detect-1-of-2")
+    with box.transaction() as txn:
+        episodes.ensure_schema(txn.conn)
+        episode(txn.conn, "a", cid, ended=False)
+    before = path.read_bytes()
+    env = {**os.environ, "GRIDPATROL_API_URL": "http://127.0.0.1:9", "GRIDPATROL_API_TOKEN": "t"}
+    done = run(str(path), "--prune-refused", "30", *other, env=env)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (
+        "outbox: --prune-refused cannot be combined with --drain or --end-episodes: "
+        "run them one after the other\n"
+    )
+    assert path.read_bytes() == before
+    assert [ep.candidate_id for ep in episodes.open_episodes(path)] == [cid]
 
 
 def test_the_alarm_bridges_alarms_keep_their_refusals(tmp_path: Path) -> None:
