@@ -47,9 +47,11 @@ def check_config(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.sources import source_kind
 
     site = checked.site
+    # A camera on MQTT sends its own frames: ingest patrols only the others (ingest.service).
+    patrolled = [c for c in site.cameras if source_kind(c.source) != "mqtt"]
     for line in [
         *summarise(site, source_kind),
-        *patrol_overload(site.cameras, site.patrol.max_fps),
+        *patrol_overload(patrolled, site.patrol.max_fps),
         *site_warnings(checked),
         *_source_warnings(checked),
         *_head_warnings(checked),

@@ -1405,7 +1405,12 @@ def summarise(site: Site, source_kind: Callable[[str], str] | None = None) -> li
     if unrouted:
         # A routing table replaces the default one: a partial table leaves types unrouted.
         out.append(f"routing: no unit for {', '.join(unrouted)} (no suggested unit on them)")
-    patrol = [c for c in site.cameras if c.is_patrol]
+    # A camera on MQTT sends its own frames, whatever its interval_s: ingest does not patrol it.
+    patrol = [
+        c
+        for c in site.cameras
+        if c.is_patrol and (source_kind is None or source_kind(c.source) != "mqtt")
+    ]
     out.append(
         f"cameras: {len(site.cameras)} ({len(patrol)} on patrol sharing "
         f"{site.patrol.max_fps:g} fps)"

@@ -1174,3 +1174,19 @@ def test_the_sample_site_passes_the_class_check_of_a_coco_model() -> None:
     assert len(names) == 80 and names[2] == "car"
     site = load_site(REPO / "samples" / "site.yaml", class_names=names)
     assert site.cameras
+
+
+def test_cameras_on_mqtt_take_no_share_of_the_patrol(tmp_path: Path) -> None:
+    # They send their own frames: ingest patrols only the others, whatever their interval_s.
+    text = "site: {name: T, timezone: Asia/Shanghai}\npatrol: {max_fps: 1}\ncameras:\n"
+    text += '  - {id: h1, source: "http://10.0.0.5/s.jpg", interval_s: 2, location: {address: a}}\n'
+    for i in range(8):
+        text += f"  - {{id: m{i}, source: mqtt, interval_s: 2, location: {{address: a}}}}\n"
+    path = tmp_path / "site.yaml"
+    path.write_text(text)
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "cameras: 9 (1 on patrol sharing 1 fps)" in lines
+    assert [line for line in lines if line.startswith("patrol:")] == []
+    assert result.stdout.strip().endswith(f"{path}: OK")
