@@ -134,6 +134,11 @@ class SiteInfo(Strict):
     @field_validator("timezone")
     @classmethod
     def _known_zone(cls, value: str) -> str:
+        if _HOST_ZONE.match(value):
+            raise ValueError(
+                f"{value!r} is not a place's time zone: its meaning depends on the host"
+                f"{_host_zone_hint(value)}"
+            )
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
@@ -148,12 +153,25 @@ _OFFSET = re.compile(r"^(utc|gmt)?\s*[+-]\s*\d{1,2}(:?\d\d)?$", re.IGNORECASE)
 _ETC_GMT = re.compile(r"^Etc/GMT[+-]\d+$")
 
 
+# Files of the host's tz database that are no place's zone: the host's own setting
+# (localtime, posixrules), a placeholder (Factory), or copies that some builds have and others
+# not, right/ counting leap seconds (so an hour of it is not the hour of the place).
+_HOST_ZONE = re.compile(r"^(localtime|factory|posixrules|(posix|right)/.*)$", re.IGNORECASE)
+
+
+def _host_zone_hint(value: str) -> str:
+    place = value.partition("/")[2]
+    if "/" in value and place in available_timezones() and not _HOST_ZONE.match(place):
+        return f" (did you mean {place!r}?)"
+    return ": write the zone of a city, e.g. Asia/Shanghai"
+
+
 def _zone_hint(value: str) -> str:
     if _CHINA.search(value.strip()):
         return ": China's zone is Asia/Shanghai"
     if _OFFSET.match(value.strip()):
         return ": an offset is not a time zone, write the zone of a city, e.g. Asia/Shanghai"
-    zones = {z.lower(): z for z in available_timezones()}
+    zones = {z.lower(): z for z in available_timezones() if not _HOST_ZONE.match(z)}
     close = difflib.get_close_matches(value.lower(), zones, n=1, cutoff=0.8)
     return f" (did you mean {zones[close[0]]!r}?)" if close else ""
 

@@ -1190,3 +1190,24 @@ def test_cameras_on_mqtt_take_no_share_of_the_patrol(tmp_path: Path) -> None:
     assert "cameras: 9 (1 on patrol sharing 1 fps)" in lines
     assert [line for line in lines if line.startswith("patrol:")] == []
     assert result.stdout.strip().endswith(f"{path}: OK")
+
+
+@pytest.mark.parametrize(
+    ("zone", "hint"),
+    [
+        ("localtime", ": write the zone of a city, e.g. Asia/Shanghai"),
+        ("Factory", ": write the zone of a city, e.g. Asia/Shanghai"),
+        ("posixrules", ": write the zone of a city, e.g. Asia/Shanghai"),
+        ("posix/Asia/Shanghai", " (did you mean 'Asia/Shanghai'?)"),
+        ("right/Asia/Shanghai", " (did you mean 'Asia/Shanghai'?)"),
+        ("right/UTC", " (did you mean 'UTC'?)"),
+    ],
+)
+def test_a_zone_whose_meaning_depends_on_the_host_is_refused(zone: str, hint: str) -> None:
+    text = MINIMAL.replace("timezone: Asia/Shanghai", f"timezone: {zone}")
+    with pytest.raises(SiteConfigError) as info:
+        parse_site("# a site\n" + text, "s.yaml")
+    assert info.value.problems == [
+        f"s.yaml:2: site.timezone: Value error, {zone!r} is not a place's time zone: its "
+        f"meaning depends on the host{hint}"
+    ]
