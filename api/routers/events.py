@@ -9,8 +9,9 @@ its queue overflowed, it gets ``event: reset`` instead: load the list again. Aft
 overflow the stream ends there (the browser reconnects from the reset's id).
 
 A stream opened with a console session ends when that session does (logged out on any
-instance, or expired): it is checked before each change is sent and at each keepalive, so a
-browser left open after its reviewer logged out elsewhere sees no more cases. The browser
+instance, or expired): before a change is sent and at each keepalive, its expiry is checked,
+and its logout at most every SESSION_RECHECK_S, so a browser left open after its reviewer
+logged out elsewhere sees no more cases after that. The browser
 reconnects, gets 401 and the console shows its login form.
 
 When the server is told to stop, the stream ends at once: the server would otherwise wait for
@@ -23,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -32,7 +35,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
-from gridpatrol.api.auth import ConsoleSession
+from gridpatrol.api.auth import Authenticator, ConsoleSession
 from gridpatrol.api.deps import Reviewer, Services, Svc
 from gridpatrol.api.hub import RESET, stopping, unless_stopping
 from gridpatrol.api.metrics import Metrics
@@ -44,7 +47,51 @@ KEEPALIVE_S = 15.0
 # clocks differ a little: replay from this much before the last id.
 REPLAY_MARGIN = timedelta(seconds=5)
 REPLAY_MAX = 500
+# How often an open stream asks whether its console session was logged out: a logout ends
+# the streams of its session within this much time (at the next change sent or keepalive).
+SESSION_RECHECK_S = 5.0
 EventId = Annotated[str | None, Query(max_length=200)]
+
+
+@dataclass
+class SessionWatch:
+    """Whether the console session a stream was opened with has ended: its expiry at every
+    ask, its logout (a database lookup) at most every SESSION_RECHECK_S, so a hundred open
+    consoles do not each look it up for every change they are sent."""
+
+    auth: Authenticator
+    session: ConsoleSession | None
+    monotonic: Callable[[], float] = field(default_factory=lambda: time.monotonic)
+    checked: float = field(init=False)
+    failing: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self.checked = self.monotonic()
+
+    async def ended(self) -> bool:
+        session = self.session
+        if session is None:
+            return False  # a bearer token's stream: the token is checked at each connection
+        if session.expires < time.time():
+            return True
+        if self.monotonic() - self.checked < SESSION_RECHECK_S:
+            return False
+        self.checked = self.monotonic()
+        try:
+            open_ = await self.auth.still_open(session)
+        except SQLAlchemyError as exc:
+            # A logout the database cannot record is not recorded either: the stream goes on
+            # (a busy pool would otherwise end every console's stream at once).
+            if not self.failing:
+                log.warning(
+                    "the session of %s's event stream cannot be checked: %s",
+                    session.principal.name,
+                    exc,
+                )
+            self.failing = True
+            return False
+        self.failing = False
+        return not open_
 
 
 def replay_start(value: str) -> datetime | None:
@@ -102,18 +149,7 @@ async def events(
     resume = last_event_id or since
     now = services.clock()
     stop = stopping(request.app.state)
-    session: ConsoleSession | None = getattr(request.state, "console_session", None)
-
-    async def ended() -> bool:
-        if session is None:
-            return False
-        try:
-            return not await services.auth.still_open(session)
-        except SQLAlchemyError as exc:
-            # Unchecked is not open: the browser reconnects, and the reconnect's own check
-            # answers 503 until the database is back.
-            log.warning("the event stream of %s ends: %s", session.principal.name, exc)
-            return True
+    watch = SessionWatch(services.auth, getattr(request.state, "console_session", None))
 
     async def stream() -> AsyncIterator[str]:
         try:
@@ -126,11 +162,11 @@ async def events(
                         asyncio.wait_for(queue.get(), KEEPALIVE_S), stop
                     )
                 except TimeoutError:
-                    if await ended():
+                    if await watch.ended():
                         return
                     yield ": keepalive\n\n"
                     continue
-                if event is None or await ended():
+                if event is None or await watch.ended():
                     # The server stops, or the session ended: the browser reconnects with
                     # the last id, or gets 401.
                     return

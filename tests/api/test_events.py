@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import httpx
 import pytest
 
 from gridpatrol.api.auth import SESSION_COOKIE
+from gridpatrol.api.routers.events import SESSION_RECHECK_S
 
 from .conftest import TOKENS, body, fresh_jpeg
 
@@ -210,6 +212,9 @@ def test_a_stream_opened_with_a_session_ends_when_the_session_is_logged_out(serv
         cookie = http.cookies[SESSION_COOKIE]
         csrf = login.json()["csrf_token"]
     stream = Stream(server, lambda got: False, cookie=cookie)
+    # The stream looks the logout up at most every SESSION_RECHECK_S: once that has passed
+    # since it opened, the next change sent asks.
+    time.sleep(SESSION_RECHECK_S + 0.2)
     # Logged out in another tab: the cookie the open stream came with is the same session.
     with httpx.Client(base_url=server.url, cookies={SESSION_COOKIE: cookie}) as http:
         assert http.delete("/session", headers={"X-CSRF-Token": csrf}).status_code == 204

@@ -3,6 +3,7 @@ server, on every instance."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -25,6 +26,7 @@ from pydantic import ValidationError
 from gridpatrol.api.app import create_app
 from gridpatrol.api.auth import Authenticator
 from gridpatrol.api.db import Database, RevokedSessionRow
+from gridpatrol.api.routers import events
 from gridpatrol.api.settings import Settings
 
 from ..demo.test_compose import database
@@ -436,3 +438,32 @@ def test_a_logout_failing_otherwise_still_deletes_the_cookie(
     )
     errors = [(r.getMessage(), r.exc_info is not None) for r in caplog.records if r.levelno >= 40]
     assert errors == [("the logout of test-reviewer failed", True)]
+
+
+def test_an_event_stream_looks_its_logout_up_at_most_every_recheck_interval(
+    app_of: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    http = app_of()
+    cookie, _ = login(http)
+    auth = http.app.state.services.auth
+    session = auth.read_session(cookie)
+    lookups: list[str] = []
+    looked_up = auth.revoked
+    monkeypatch.setattr(auth, "revoked", lambda sid: lookups.append(sid) or looked_up(sid))
+    now = [1000.0]
+    watch = events.SessionWatch(auth, session, monotonic=lambda: now[0])
+
+    def ask_at(t: float) -> bool:
+        now[0] = 1000.0 + t
+        return asyncio.run(watch.ended())
+
+    assert [ask_at(t) for t in (0.0, 1.0, 4.9)] == [False, False, False]
+    assert lookups == []
+    assert ask_at(events.SESSION_RECHECK_S) is False
+    assert lookups == [session.sid]
+    auth.revoke(session)
+    assert ask_at(events.SESSION_RECHECK_S + 1) is False  # not asked again yet
+    assert ask_at(2 * events.SESSION_RECHECK_S + 0.1) is True
+    assert lookups == [session.sid, session.sid]
+    # A bearer token's stream has no session to watch.
+    assert asyncio.run(events.SessionWatch(auth, None).ended()) is False
