@@ -926,7 +926,7 @@ class _Builder:
             if key_node.tag == MERGE_TAG:
                 merges.append(value_node)
                 continue
-            key = self.scalar(key_node)
+            key = self.key(key_node, path)
             if key in result:
                 line = key_node.start_mark.line + 1
                 raise SiteConfigError(
@@ -937,6 +937,37 @@ class _Builder:
         for value_node in merges:
             self.merge(result, value_node, path)
         return result
+
+    def key(self, node: yaml.Node, path: Path_) -> str:
+        """A mapping's key, which must be text: the schema names every key. A list or a mapping
+        as a key (``? [a, b]``) is no name; an unquoted ``on``, ``12`` or ``~`` is read by YAML
+        as true, a number or null, which no key of the schema is."""
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.ScalarNode):
+            what = "a list" if isinstance(node, yaml.SequenceNode) else "a mapping"
+            raise SiteConfigError(
+                [f"{self.name}:{line}: {_dotted(path)}: a key must be a name, not {what}"]
+            )
+        key = self.scalar(node)
+        if isinstance(key, str):
+            return key
+        written = node.value
+        known = _keys_at(path)
+        # YAML 1.1's on/off in a schedule are its from/to: the hint names the key meant.
+        meant = {"on": "from", "off": "to"}.get(written.lower(), "")
+        hint = (
+            f", or did you mean {meant!r}?"
+            if meant in known
+            else _did_you_mean(written, known).replace(" (", ", or ").rstrip(")")
+        )
+        if not written:
+            said = "YAML reads an empty key as null: write the key's name"
+        elif key is None:
+            said = f"YAML reads the key {written} as null: write the key's name{hint}"
+        else:
+            said = f"YAML reads the key {written} as {_what(key)}: write it in quotes{hint}"
+        shown = _dotted((*path, written or "''"))
+        raise SiteConfigError([f"{self.name}:{line}: {shown}: {said}"])
 
     def merge(self, result: dict[Any, Any], node: yaml.Node, path: Path_) -> None:
         """``<<: *anchor`` or ``<<: [*a, *b]``: the keys the mapping does not set itself, an
@@ -972,6 +1003,17 @@ class _Builder:
         if construct is None:
             return self.constructor.construct_object(node, deep=True)
         return construct(self.constructor, node)
+
+
+def _what(value: Any) -> str:
+    """What YAML made of a plain scalar that is not text, in words (``true``, ``null``)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if isinstance(value, int | float):
+        return f"the number {value}"
+    return f"a {type(value).__name__} ({value})"  # a date, a timestamp
 
 
 def _read_as(text: str, value: Any) -> str:

@@ -1211,3 +1211,45 @@ def test_a_zone_whose_meaning_depends_on_the_host_is_refused(zone: str, hint: st
         f"s.yaml:2: site.timezone: Value error, {zone!r} is not a place's time zone: its "
         f"meaning depends on the host{hint}"
     ]
+
+
+SCHEDULED = (
+    MINIMAL
+    + """\
+    zones:
+      - id: z
+        polygon: [[0, 0], [1, 0], [1, 1]]
+        schedule: SCHEDULE
+        rules: {crowd_gathering: {}}
+"""
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (MINIMAL + "[a, b]: 1\n", "7: (top level): a key must be a name, not a list"),
+        (MINIMAL + "? [a, b]\n: 1\n", "7: (top level): a key must be a name, not a list"),
+        (MINIMAL + "? {a: 1}\n: 1\n", "7: (top level): a key must be a name, not a mapping"),
+        (SCHEDULED.replace("SCHEDULE", "{on: '08:00', to: '10:00'}"),
+         "10: cameras[0].zones[0].schedule.on: YAML reads the key on as true: write it in "
+         "quotes, or did you mean 'from'?"),
+        (SCHEDULED.replace("SCHEDULE", "{from: '08:00', off: '10:00'}"),
+         "10: cameras[0].zones[0].schedule.off: YAML reads the key off as false: write it in "
+         "quotes, or did you mean 'to'?"),
+        (MINIMAL.replace("fps: 2", "fps: 2\n    yes: 1"),
+         "6: cameras[0].yes: YAML reads the key yes as true: write it in quotes"),
+        (MINIMAL.replace("fps: 2", "fps: 2\n    12: 1"),
+         "6: cameras[0].12: YAML reads the key 12 as the number 12: write it in quotes"),
+        (MINIMAL + "~: 1\n", "7: ~: YAML reads the key ~ as null: write the key's name"),
+        (MINIMAL + "? \n: 1\n", "7: '': YAML reads an empty key as null: write the key's name"),
+    ],
+)  # fmt: skip
+def test_a_key_that_yaml_does_not_read_as_text_is_named_as_written(text: str, problem: str) -> None:
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml")
+    assert info.value.problems == [f"s.yaml:{problem}"]
+    # Quoted, it is the key the schedule takes.
+    if "schedule.on" in problem:
+        quoted = text.replace("{on:", "{'from':")
+        assert parse_site(quoted).cameras[0].zones[0].schedule is not None
