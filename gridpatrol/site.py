@@ -1456,8 +1456,14 @@ def summarise(site: Site, source_kind: Callable[[str], str] | None = None) -> li
     zone = site.site.timezone
     out = [f"site: {site.site.name} ({zone}, {utc_offset(zone)}), MQTT prefix {site.mqtt.prefix}/"]
     night = site.policy.night
+    # The API holds nothing when start == end, unlike a zone schedule's from == to (all day).
+    hold = (
+        f"night hold: off (start = end {night.start})"
+        if night.start == night.end
+        else f"night {night.start}-{night.end}"
+    )
     out.append(
-        f"policy: night {night.start}-{night.end}, SLA {site.policy.sla_minutes} min, "
+        f"policy: {hold}, SLA {site.policy.sla_minutes} min, "
         f"urgent {', '.join(site.policy.urgent_types) or '-'}, "
         f"auto-confirm {', '.join(site.policy.auto_confirm) or '-'}"
     )

@@ -1253,3 +1253,23 @@ def test_a_key_that_yaml_does_not_read_as_text_is_named_as_written(text: str, pr
     if "schedule.on" in problem:
         quoted = text.replace("{on:", "{'from':")
         assert parse_site(quoted).cameras[0].zones[0].schedule is not None
+
+
+@pytest.mark.parametrize(
+    ("night", "said"),
+    [
+        ('{start: "00:00", end: "00:00"}', "policy: night hold: off (start = end 00:00), SLA"),
+        ('{start: "22:00", end: "22:00"}', "policy: night hold: off (start = end 22:00), SLA"),
+        ('{start: "22:00", end: "08:00"}', "policy: night 22:00-08:00, SLA"),
+    ],
+)
+def test_a_night_window_of_no_length_is_summarised_as_no_hold(
+    tmp_path: Path, night: str, said: str
+) -> None:
+    # The API holds nothing then, where a zone schedule's from == to is the whole day.
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + f"policy: {{night: {night}}}\n")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    [line] = [line for line in result.stdout.splitlines() if line.startswith("policy:")]
+    assert line.startswith(said)
