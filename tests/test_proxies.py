@@ -85,6 +85,8 @@ def test_a_proxy_that_cannot_be_used_is_one_clear_error(
         ("192.168.1.0/24,localhost", "http://192.168.1.64/snap.jpg", None),
         ("192.168.1.0/24", "http://192.168.2.64/snap.jpg", "socks5://s:1"),
         ("fd00::/8", "http://[fd00::10]:8080/", None),
+        ("[fd00::]/8", "http://[fd00::10]:8080/", None),  # curl's bracketed form
+        ("[fd00::]/8", "http://[fe80::10]:8080/", "socks5://s:1"),
         ("10.0.0.0/8", "http://cam.lan/", "socks5://s:1"),  # a name: not an address in it
         ("10.0.0.0/33,10.1.2.3", "http://10.1.2.3/", None),  # a broken network is no match
     ],
