@@ -85,6 +85,8 @@ class Uptime:
                 self._down_since = now if self._last_up is None else self._last_up
             self._connects = None
             return False
+        if self._last_up is not None and now < self._last_up - STEP_S:
+            self._set_back(now)
         if connects != self._connects:
             off = self._down_since if self._down_since is not None else self._last_up
             # Not after now: a clock set back since an earlier run's last look.
@@ -116,6 +118,19 @@ class Uptime:
             end = self._gaps[-1][1] + step
         self._add_gap(listened_to, end)
         self._prune(now)
+
+    def _set_back(self, now: float) -> None:
+        """The wall clock went back before the last look (in this run or since the one before).
+        The first span holds the spans merged into it (see the class), up to the end of the
+        newest of them, which may lie ahead of a clock set back: it would take all listening
+        from ``now`` to that end for not listened, and a sensor heard after the step would be
+        judged silent only once the clock passed that end again, hours late. So it ends at
+        ``now`` at the latest, what lies before staying not listened; the other spans are
+        kept, as they were. The first connection's settling stays too: the first span may be
+        that alone, not merged."""
+        if self._gaps:
+            begin, end = self._gaps[0]
+            self._gaps[0] = (begin, min(end, max(now, begin + self.settle_s)))
 
     def _add_gap(self, begin: float, end: float) -> None:
         if self._gaps and begin <= self._gaps[-1][1]:

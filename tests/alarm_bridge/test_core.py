@@ -2108,6 +2108,33 @@ def test_a_longer_horizon_after_a_restart_still_skips_the_downtime_before_it(
     assert offline == ["2026-09-21T15:48:30Z"]
 
 
+def test_a_clock_set_back_a_day_judges_a_sensor_heard_after_it_on_time(
+    site: Site, outbox: Outbox
+) -> None:
+    """Three days of a link back every 6 h, wl-1 and mh-1 heard every 5 minutes, then the
+    clock set back a day: wl-1 heard once just after the step is offline 910 s later, as
+    before the bridge kept the stretches of the old link drops (merged into its first
+    stretch, which ran to T0 + 66 h + 60 s: device_offline came 18 h late). mh-1, last heard
+    before the step, stays silent until the clock passes its last message again."""
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    for at in range(int(T0), int(T0) + 3 * 86400, 60):
+        if (at - int(T0)) % 300 == 0:
+            for sensor in ("wl-1", "mh-1"):
+                h.alarm(sensor, reading(sensor, 1.0, at), at)
+        h.silence(at, connects=1 + (at - int(T0)) // 21600)
+    assert [k for k, _, _ in outbox_ops(outbox) if k == "create"] == []
+    stepped = T0 + 2 * 86400  # the clock set back a day, a minute after the last check
+    h.silence(stepped, connects=12)
+    # Not the reading of a day before (wl-1 at T0 + 48 h): a duplicate, no sign of life.
+    h.alarm("wl-1", reading("wl-1", 2.0, stepped + 1), stepped)
+    for at in range(int(stepped) + 10, int(stepped) + 2000, 10):
+        h.silence(at, connects=12)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-23T14:28:30Z"),  # stepped + 910
+    ]
+
+
 def test_sensor_trace_is_bounded(h: Harness) -> None:
     for i in range(store.TRACE_LEN + 30):
         h.alarm("bf-1", reading("bf-1", 10, T0 + i), T0 + i)
