@@ -1518,7 +1518,10 @@ class DetectorWorker:
             cam = rt.camera.id
             seen = {(cam, zone, rule): t for (zone, rule), t in rt.pipeline.last_seen().items()}
             for key, ep in self.book.items():
-                if key[0] != cam or not ep.open:
+                if key[0] != cam or not ep.open or key in rt.unqueued:
+                    # With operations held (rt.unqueued: a raise and clear, maybe another
+                    # occupancy's open after them), the book may still hold an occupancy the
+                    # rule ended, and the rule's sighting be of the next: written only with them.
                     continue
                 when = rt.ending.get(key) if key in rt.waiting else seen.get(key)
                 now = ep if when is None else episodes.seen_until(ep, when)
