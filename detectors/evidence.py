@@ -10,9 +10,9 @@ that is thinned evenly over time, so it covers long dwell times with bounded mem
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import TYPE_CHECKING, Any
 
 import cv2
@@ -93,6 +93,59 @@ class FrameRing:
 
     def latest(self) -> StoredFrame | None:
         return self._frames[-1] if self._frames else None
+
+    def within(self, start: datetime, end: datetime) -> list[StoredFrame]:
+        """The frames kept from ``start`` to ``end``, both included, oldest first."""
+        return [f for f in self._frames if start <= f.t <= end]
+
+
+class SightingFrames:
+    """The frame of the last sighting of each occupancy a rule may raise after it, by key (a
+    zone and rule) and the occupancy's first sighting.
+
+    A background rule of a scheduled zone raises a dwell completed while the schedule is off
+    when it opens, maybe hours after the occupancy was last seen: the frame ring, thinned over
+    that time, may keep no frame of it. Bounded: at most ``per_key`` occupancies of a key, the
+    latest begun (its rule holds at most that many: those it has ended and the one it times).
+    """
+
+    def __init__(self, per_key: int):
+        if per_key < 1:
+            raise ValueError("per_key must be at least 1")
+        self.per_key = per_key
+        self._held: dict[tuple[str, str], dict[datetime, StoredFrame]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(held) for held in self._held.values())
+
+    def seen(self, key: tuple[str, str], first_seen: datetime, frame: StoredFrame) -> None:
+        """``frame`` is the latest sighting of ``key``'s occupancy begun at ``first_seen``."""
+        held = self._held.setdefault(key, {})
+        held[first_seen] = frame
+        while len(held) > self.per_key:
+            del held[min(held)]
+
+    def get(
+        self, key: tuple[str, str], first_seen: datetime, tolerance: timedelta
+    ) -> StoredFrame | None:
+        """The frame kept for ``key``'s occupancy begun at ``first_seen`` (give or take
+        ``tolerance``), if any."""
+        for began, frame in self._held.get(key, {}).items():
+            if abs(began - first_seen) <= tolerance:
+                return frame
+        return None
+
+    def forget(self, drop: Callable[[tuple[str, str], datetime, StoredFrame], bool]) -> None:
+        """Forget the occupancies for which ``drop(key, first_seen, frame)`` is true."""
+        for key, held in list(self._held.items()):
+            for began, frame in list(held.items()):
+                if drop(key, began, frame):
+                    del held[began]
+            if not held:
+                del self._held[key]
+
+    def clear(self) -> None:
+        self._held.clear()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,12 @@ if TYPE_CHECKING:
 
     from gridpatrol.api.client import Outbox
     from gridpatrol.detectors.episodes import Episode, Key, Op
-    from gridpatrol.detectors.evidence import EvidenceFile, FrameRing, StoredFrame
+    from gridpatrol.detectors.evidence import (
+        EvidenceFile,
+        FrameRing,
+        SightingFrames,
+        StoredFrame,
+    )
     from gridpatrol.detectors.models import ModelSpec
     from gridpatrol.detectors.motion import MotionSettings, MotionState
     from gridpatrol.detectors.pipeline import CameraPipeline
@@ -288,6 +293,9 @@ class CameraRuntime:
     sub: Subscription
     pipeline: Any
     ring: FrameRing
+    # The frame of each background rule occupancy's last sighting, while a raise may still come
+    # after it (_keep_sightings): the ring may have thinned it out by then.
+    sightings: SightingFrames
     motion: MotionState
     last: InferenceResult | None = None
     last_size: tuple[int, int] | None = None  # (width, height) of the frame ``last`` is of
@@ -752,14 +760,17 @@ class DetectorWorker:
 
     def _runtime(self, cam: Camera, sub: Subscription) -> CameraRuntime:
         """A camera's fresh processing state: rules, motion gate and frame ring."""
-        from gridpatrol.detectors.evidence import FrameRing
+        from gridpatrol.detectors.evidence import FrameRing, SightingFrames
         from gridpatrol.detectors.motion import MotionState
+        from gridpatrol.detectors.rules import HELD_MAX
 
         return CameraRuntime(
             camera=cam,
             sub=sub,
             pipeline=camera_pipeline(cam, self.site.tz, self.names, self.heads),
             ring=FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(cam)),
+            # A rule holds at most HELD_MAX ended occupancies and times one more.
+            sightings=SightingFrames(per_key=HELD_MAX + 1),
             motion=MotionState(),
             judged_at=self.clock(),
         )
@@ -782,6 +793,7 @@ class DetectorWorker:
         shift = 0.0 if rt.last_ts is None else (ts - rt.last_ts).total_seconds()
         fresh.pipeline.carry_backgrounds(rt.pipeline, shift)
         rt.pipeline, rt.ring, rt.motion, rt.last = fresh.pipeline, fresh.ring, fresh.motion, None
+        rt.sightings = fresh.sightings  # of occupancies the fresh rules know nothing of
 
     def _bad(
         self,
@@ -821,12 +833,60 @@ class DetectorWorker:
             return
         h = item.frame.header
         rt.judged_at = self.clock()
-        rt.ring.add(StoredFrame(h.ts, item.frame.image, h.width, h.height))
-        events = rt.pipeline.process(
-            h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
+        frame = StoredFrame(h.ts, item.frame.image, h.width, h.height)
+        rt.ring.add(frame)
+        events = list(
+            rt.pipeline.process(
+                h.ts, (h.width, h.height), result.detections, self._scene_fn(result), item.gray
+            )
         )
+        self._keep_sightings(rt, frame)
         sure = objects(result.detections)  # evidence draws objects, not boxes kept for tracks
         self._episodes(rt, h.ts, events, item, sure)
+        self._forget_sightings(rt, events)
+
+    def _keep_sightings(self, rt: CameraRuntime, frame: StoredFrame) -> None:
+        """Keep ``frame`` as the last sighting of each background rule occupancy seen on it: a
+        dwell completed while its zone's schedule is off is raised when it opens, maybe hours
+        later, on a frame that may show bare ground, and the ring, thinned over that time
+        (24 frames over the longest time off), may keep no frame of the occupancy."""
+        from gridpatrol.site import StaticForegroundParams
+
+        for (zone, rule), occ in rt.pipeline.occupied().items():
+            params = _rule_params(rt.camera, zone, rule)
+            if not isinstance(params, StaticForegroundParams):
+                continue  # blind while its schedule is off: raised on the frame it saw
+            if abs(occ.seen - frame.t) <= SIGHTING_ROUNDING:
+                rt.sightings.seen((zone, rule), occ.began, frame)
+
+    def _forget_sightings(self, rt: CameraRuntime, events: Iterable[Any]) -> None:
+        """Forget the kept sightings no raise can follow any more: of an occupancy cleared on
+        this frame (its raise, if any, was rendered with it), or over before its dwell
+        completed (it ended silently). At most HELD_MAX + 1 of each rule stay either way: an
+        episode the worker ended (a silent camera) has no clear."""
+        if not len(rt.sightings):
+            return
+        cleared = {
+            (ev.zone_id, ev.rule, ev.first_seen)
+            for ev in map(normalise_event, events)
+            if ev.kind == "clear"
+        }
+        timing = {key: occ.began for key, occ in rt.pipeline.occupied().items()}
+
+        def done(key: tuple[str, str], began: datetime, frame: StoredFrame) -> bool:
+            if any(
+                (zone, rule) == key and abs(first - began) <= SIGHTING_ROUNDING
+                for zone, rule, first in cleared
+            ):
+                return True
+            now = timing.get(key)
+            if now is not None and abs(now - began) <= SIGHTING_ROUNDING:
+                return False  # still timed
+            params = _rule_params(rt.camera, *key)
+            dwell = (frame.t - began).total_seconds()
+            return params is None or dwell < params.dwell_s - SIGHTING_ROUNDING.total_seconds()
+
+        rt.sightings.forget(done)
 
     def _episodes(
         self,
@@ -1303,7 +1363,7 @@ class DetectorWorker:
         # reported after its last sighting (a background rule's dwell completed while its zone's
         # schedule was off, raised when it opens) would otherwise draw them on a frame that may
         # show bare ground. The latest frame stays the current one.
-        shot = _sighting_frame(rt.ring, ev, now)
+        shot = _sighting_frame(rt, ev, now)
         detection = self._detection(ep, ev, op, (shot.width, shot.height))
         files: list[EvidenceFile] = []
         if op.better:
@@ -1700,17 +1760,22 @@ def _latest_updates(
     ]
 
 
-def _sighting_frame(ring: FrameRing, ev: EpisodeEvent, now: StoredFrame) -> StoredFrame:
+def _sighting_frame(rt: CameraRuntime, ev: EpisodeEvent, now: StoredFrame) -> StoredFrame:
     """The frame on which ``ev``'s boxes were seen: ``now``, the frame the event came with, when
-    it is the event's last sighting (``first_seen + dwell_s``); for an event reported after that
-    sighting, the newest frame ``ring`` kept at or before it (a frame after it may no longer
-    show what was seen), or ``now`` when the ring kept none (its clock went back since)."""
+    it is the event's last sighting (``first_seen + dwell_s``). For an event reported after that
+    sighting: the frame of that sighting kept for it (``rt.sightings``), else the newest frame
+    the ring kept within the occupancy (from ``first_seen`` to that sighting: one before it
+    shows what was there before, one after it may no longer show what was seen), else ``now``
+    (no such frame was kept: more than HELD_MAX occupancies of its rule ended after it)."""
     seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
     if seen >= now.t - SIGHTING_ROUNDING:
         return now
-    # FrameRing.at gives the first frame at or after a time; this needs the last one before.
-    kept = [f for f in ring._frames if f.t <= seen + SIGHTING_ROUNDING]
-    return kept[-1] if kept else now
+    start, end = ev.first_seen - SIGHTING_ROUNDING, seen + SIGHTING_ROUNDING
+    kept = rt.sightings.get((ev.zone_id, ev.rule), ev.first_seen, SIGHTING_ROUNDING)
+    if kept is not None and start <= kept.t <= end:
+        return kept
+    within = rt.ring.within(start, end)
+    return within[-1] if within else now
 
 
 def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:

@@ -15,6 +15,7 @@ from gridpatrol.detectors.evidence import (
     EvidenceFile,
     FrameRing,
     Label,
+    SightingFrames,
     StoredFrame,
     annotate,
     decode_jpeg,
@@ -77,6 +78,41 @@ def test_ring_drops_frames_beyond_the_horizon_and_on_clock_reset() -> None:
     ring.add(_frame(5))
     assert [f.data for f in ring._frames] == [b"frame-5"]
     assert FrameRing().at(T0) is None
+
+
+def test_ring_within_gives_the_frames_between_two_times_both_included() -> None:
+    ring = FrameRing(capacity=10, horizon_s=600, keep_recent=2)
+    for s in (0, 10, 20, 30):
+        ring.add(_frame(s))
+    within = ring.within(T0 + timedelta(seconds=10), T0 + timedelta(seconds=25))
+    assert [f.data for f in within] == [b"frame-10", b"frame-20"]
+    assert ring.within(T0 + timedelta(seconds=11), T0 + timedelta(seconds=19)) == []
+
+
+def test_sighting_frames_keep_the_latest_sighting_of_the_latest_occupancies() -> None:
+    """One frame per occupancy (its latest sighting), at most ``per_key`` occupancies of a key:
+    those begun last."""
+    held = SightingFrames(per_key=2)
+    key, other = ("yard", "piled_materials"), ("yard", "shop_front_occupation")
+    began = [T0 + timedelta(seconds=s) for s in (0, 100, 200)]
+    held.seen(key, began[0], _frame(10))
+    held.seen(key, began[0], _frame(20))  # a later sighting of the same occupancy
+    held.seen(other, began[0], _frame(20))
+    assert len(held) == 2
+    tolerance = timedelta(milliseconds=1)
+    found = held.get(key, began[0] + timedelta(microseconds=1), tolerance)
+    assert found is not None and found.data == b"frame-20"
+    held.seen(key, began[1], _frame(110))
+    held.seen(key, began[2], _frame(210))  # a third occupancy: the one begun first goes
+    assert held.get(key, began[0], tolerance) is None
+    assert [held.get(key, b, tolerance) for b in began[1:]] == [_frame(110), _frame(210)]
+    assert len(held) == 3
+    held.forget(lambda k, b, frame: k == key and frame.t < T0 + timedelta(seconds=200))
+    assert (held.get(key, began[1], tolerance), len(held)) == (None, 2)
+    held.clear()
+    assert len(held) == 0
+    with pytest.raises(ValueError):
+        SightingFrames(per_key=0)
 
 
 def test_annotated_frame_is_a_jpeg_with_the_drawing(street_jpeg: bytes) -> None:

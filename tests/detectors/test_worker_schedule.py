@@ -34,10 +34,10 @@ cameras:
 """
 
 
-def _worker(tmp_path: Path) -> tuple[DetectorWorker, Outbox]:
+def _worker(tmp_path: Path, site_text: str = SITE) -> tuple[DetectorWorker, Outbox]:
     from gridpatrol.detectors.motion import MotionSettings
 
-    site = parse_site(SITE)
+    site = parse_site(site_text)
     outbox = Outbox(tmp_path / "outbox-detect.db", None, component="detect")
     worker = DetectorWorker(
         site, site.cameras, _Backend(), {}, outbox, _Conn(),  # type: ignore[arg-type]
@@ -335,3 +335,57 @@ def _queued(outbox: Outbox) -> list[tuple[str, str | None]]:
             "SELECT kind, candidate_id FROM outbox_ops WHERE kind != 'evidence' ORDER BY seq"
         )
         return rows.fetchall()
+
+
+MORNING_SITE = SITE.replace('{from: "06:00", to: "23:00"}', '{from: "06:00", to: "08:00"}')
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_clean_and_annotated_of_a_pile_raised_hours_later_are_of_its_occupancy(
+    tmp_path: Path, kept: bool
+) -> None:
+    """Schedule 06:00-08:00: the ring's 24 frames are spread over 22 hours off and the dwell,
+    about an hour apart. A frame every 60 s from 08:00; a pile in view 00:10-00:50 (its dwell,
+    30 min, completes at 00:40) is raised and cleared at 06:00. The ring keeps no frame of those
+    40 minutes; the frame of the pile's last sighting, kept for the raise, is its clean and
+    annotated frame (not the ring's frame of before the pile, with boxes on bare ground).
+    Without that frame (``kept`` False: forgotten, as after more than 16 later occupancies),
+    they are the current frame of 06:00, as docs/detectors.md says: no frame shows the pile."""
+    worker, outbox = _worker(tmp_path, MORNING_SITE)
+    rt = worker.cams["cam-00"]
+    start, dumped, removed, until = at("08:00"), at("00:10", 1), at("00:50", 1), at("06:00", 1)
+    nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
+    k = 0
+    while (t := start + timedelta(seconds=60 * k)) <= until:
+        if t == until and not kept:
+            rt.sightings.clear()
+        ready = worker._decode(rt, "frame", _payload(k, dumped <= t < removed, t), t)
+        assert ready is not None
+        ready.result = nothing
+        worker._judge(ready)
+        k += 1
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT kind, payload, sha256 FROM outbox_ops ORDER BY seq")
+        queued = rows.fetchall()
+    blobs = {sha: bytes(data) for kind, data, sha in queued if kind == "evidence"}
+    ops = [json.loads(data) for kind, data, _ in queued if kind != "evidence"]
+    assert len(ops) == 2  # the create and its ending
+    evidence = {e["kind"]: e for e in ops[0]["evidence"]}
+    assert sorted(evidence) == ["annotated", "clean", "first_seen", "latest"]
+    detection = ops[0]["detection"]
+    assert datetime.fromisoformat(detection["started_at"]) == dumped
+    last = at("00:49", 1)  # the last frame with the pile
+    assert datetime.fromisoformat(ops[1]["detection"]["ended_at"]) == last
+    assert datetime.fromisoformat(evidence["latest"]["captured_at"]) == until
+    for kind in ("clean", "annotated"):
+        assert datetime.fromisoformat(evidence[kind]["captured_at"]) == (last if kept else until)
+        image = decode_jpeg(blobs[evidence[kind]["sha256"]])
+        assert image is not None
+        # The pile (gray 200 where the street is 80 to 110) fills rows 100-160, columns 80-160.
+        mean = float(image[110:150, 90:150].mean())
+        assert mean > 180 if kept else mean < 130, kind
+    if not kept:  # the very frame: the clean frame is the latest
+        assert evidence["clean"]["sha256"] == evidence["latest"]["sha256"]
+    assert detection["boxes"] == [[80.0, 100.0, 160.0, 160.0]]
+    assert not rt.ring.within(dumped, removed)  # thinned out: no ring frame shows the pile
+    assert len(rt.sightings) == 0  # forgotten once raised and cleared
