@@ -2,14 +2,14 @@
 
 Each sensor of the site file gets a pattern by kind: manhole covers tilt and are put back
 (device envelopes), water levels rise and fall (SenML packs), bins fill up slowly and are
-emptied, staying nearly empty for a while (threshold readings), noise wobbles around its
-thresholds, smoke detectors fire now and then; every sensor sometimes goes offline through its
-last will. The generators are pure: ``next_message(t)`` returns what to publish at time ``t``.
-Patterns run from the first ``t`` a sensor is asked about, and each starts just before its first
-alarm (bins nearly full, noise and water rising), so a run of a couple of minutes, like the
-demo's, shows every kind of alarm. A sensor without thresholds in the site file judges its own
-readings and sends envelopes, as smoke detectors do: the bridge has nothing to judge its
-readings against.
+emptied, staying nearly empty for a while (threshold readings), noise wobbles around its raise
+level in busy spells, with lulls below its clear level between, smoke detectors fire now and
+then; every sensor sometimes goes offline through its last will. The generators are pure:
+``next_message(t)`` returns what to publish at time ``t``. Patterns run from the first ``t`` a
+sensor is asked about, and each starts just before its first alarm (bins nearly full, noise
+and water rising), so a run of a couple of minutes, like the demo's, shows every kind of alarm.
+A sensor without thresholds in the site file judges its own readings and sends envelopes, as
+smoke detectors do: the bridge has nothing to judge its readings against.
 """
 
 from __future__ import annotations
@@ -38,6 +38,14 @@ BIN_START_MIN, BIN_START_MAX = 88.0, 90.0  # % at the start: at the raise level 
 # again: filling at once, the sample's bin was back at its clear level (60 %) in about 550 s,
 # within its 600 s clear hold, and its bin_full alarm never cleared however often trucks came.
 BIN_EMPTY_HOLD_FACTOR = 1.5
+# Noise comes in busy spells of NOISE_BUSY_S around its raise level, each followed by a lull
+# NOISE_LULL_BELOW under its clear level for NOISE_LULL_HOLD_FACTOR times its clear_hold_s (at
+# least NOISE_LULL_MIN_S): wobbling around the raise level alone, it never stayed at its clear
+# level for its hold, and the sample's noise alarm, raised once, never cleared.
+NOISE_BUSY_S = 1200.0
+NOISE_LULL_MIN_S = 300.0
+NOISE_LULL_HOLD_FACTOR = 2.5
+NOISE_LULL_BELOW = 10.0  # dB: 3.3 standard deviations of the wobble, so it stays below
 # Raise level, clear level and unit of a sensor judging its own readings (no thresholds in the
 # site file), by kind: those of the sample site, so its patterns raise and clear as there.
 DEVICE_LEVELS: dict[str, tuple[float, float, str]] = {
@@ -123,10 +131,18 @@ class SimulatedSensor:
         return 0.0 if th is None else BIN_EMPTY_HOLD_FACTOR * th.clear_hold_s
 
     def _noisy(self, elapsed: float) -> float:
-        # Wobbles around the raise level with a period of about five minutes, rising first.
+        # Busy spells wobbling around the raise level with a period of about five minutes,
+        # rising first, each followed by a lull well below the clear level (see NOISE_BUSY_S).
         th = self.sensor.thresholds
-        centre = th.raise_ if th is not None else DEVICE_LEVELS["noise"][0]
-        return round(centre + 6 * math.sin(elapsed / 45.0) + self.rng.gauss(0, 3), 1)
+        raise_at, clear_at = (th.raise_, th.clear) if th is not None else DEVICE_LEVELS["noise"][:2]
+        hold = 0.0 if th is None else th.clear_hold_s
+        lull = max(NOISE_LULL_MIN_S, NOISE_LULL_HOLD_FACTOR * hold)
+        into = elapsed % (NOISE_BUSY_S + lull)
+        # One draw either way: the sensor's later draws (going offline) stay as they were.
+        wobble = self.rng.gauss(0, 3)
+        if into >= NOISE_BUSY_S:
+            return round(clear_at - NOISE_LULL_BELOW + wobble, 1)
+        return round(raise_at + 6 * math.sin(into / 45.0) + wobble, 1)
 
     def _manhole(self, t: float) -> Publication:
         if not self.tilted and self.rng.random() < 0.05:
