@@ -3,6 +3,10 @@
     .venv/bin/python bench/api.py            # SQLite, PostgreSQL with 1 and 2 workers (~2 min)
     .venv/bin/python bench/api.py --quick    # fewer requests
     .venv/bin/python bench/api.py --json     # one JSON object last
+    .venv/bin/python bench/api.py --no-postgres  # bare and SQLite only
+
+PostgreSQL: the server of GRIDPATROL_TEST_POSTGRES_URL (as for the tests), or of
+GRIDPATROL_BENCH_PG (a libpq URL) when set; its user must be allowed to create databases.
 
 Every candidate is of an auto-confirmed, urgent type, so each one reaches the feed at once.
 Each "post" is what a producer does per finding: PUT a ~100 KB JPEG evidence file, then POST a
@@ -21,6 +25,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -28,7 +33,7 @@ import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +46,20 @@ from rawhttp import Connection
 from gridpatrol.ingest.broker import free_port
 
 TOKENS = {"bench-producer": "producer", "bench-reviewer": "reviewer", "bench-platform": "platform"}
-PG_ADMIN_URL = os.environ.get("GRIDPATROL_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_admin_url(environ: Mapping[str, str]) -> str:
+    """The libpq URL the bench creates its databases through: GRIDPATROL_BENCH_PG, else the
+    tests' GRIDPATROL_TEST_POSTGRES_URL (the README has Debian users export it with a password)
+    without its SQLAlchemy driver, which libpq does not read."""
+    if bench := environ.get("GRIDPATROL_BENCH_PG"):
+        return bench
+    tests = environ.get("GRIDPATROL_TEST_POSTGRES_URL") or DEFAULT_PG
+    return re.sub(r"^(postgres(?:ql)?)\+\w+:", r"\1:", tests)
+
+
+PG_ADMIN_URL = pg_admin_url(os.environ)
 
 BARE_APP = textwrap.dedent(
     """
@@ -263,8 +281,31 @@ async def feed(url: str, expected: int) -> float:
     return seen / elapsed
 
 
+def check_postgres() -> None:
+    """Stop before the first phase when PostgreSQL cannot be used, rather than after minutes
+    of bare and SQLite figures that a failed PostgreSQL phase would throw away."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=5).close()
+    except (psycopg.Error, ValueError) as exc:
+        try:
+            shown = make_url(PG_ADMIN_URL).render_as_string(hide_password=True)
+        except ArgumentError:  # a libpq key=value string, which may hold a password
+            shown = "GRIDPATROL_BENCH_PG"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise SystemExit(
+            f"PostgreSQL at {shown} cannot be used ({reason}): set GRIDPATROL_TEST_POSTGRES_URL"
+            " (or GRIDPATROL_BENCH_PG) to a server whose user may create databases,"
+            " or run with --no-postgres"
+        ) from None
+
+
 def create_pg_database() -> tuple[str, Callable[[], None]]:
     import psycopg
+    from sqlalchemy.engine import make_url
 
     name = f"gp_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
@@ -274,9 +315,9 @@ def create_pg_database() -> tuple[str, Callable[[], None]]:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    return PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql:", "postgresql+psycopg:") + (
-        f"/{name}"
-    ), drop
+    # The admin URL's user, password, host and query, on the new database, for SQLAlchemy.
+    url = make_url(PG_ADMIN_URL).set(drivername="postgresql+psycopg", database=name)
+    return url.render_as_string(hide_password=False), drop
 
 
 def measure_backend(
@@ -319,9 +360,23 @@ def main() -> int:
         help="also measure PostgreSQL with this many API worker processes (1: skip)",
     )
     args = parser.parse_args()
+    if not args.no_postgres:
+        check_postgres()
     n = 300 if args.quick else 1500
     image = base_jpeg()
     results: dict[str, Any] = {"jpeg_bytes": len(image), "posts": n, "concurrency": 16}
+    try:
+        measure_all(args, n, image, results)
+    finally:
+        # Also after a failed or interrupted phase: the figures measured before it.
+        if "bare" in results:
+            print_table(results)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def measure_all(args: argparse.Namespace, n: int, image: bytes, results: dict[str, Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="gp-bench-api-") as tmp:
         work = Path(tmp)
         bare_server = start_bare(work)
@@ -347,10 +402,6 @@ def main() -> int:
                     results[label]["workers"] = workers
                 finally:
                     drop()
-    print_table(results)
-    if args.json:
-        print(json.dumps(results))
-    return 0
 
 
 def print_table(results: dict[str, Any]) -> None:
