@@ -39,7 +39,7 @@ import httpx
 
 from gridpatrol.alarm_bridge import loadgen
 from gridpatrol.alarm_bridge.adapters import alarm_id_for
-from gridpatrol.ingest.broker import free_port
+from gridpatrol.ingest.broker import free_port, mosquitto_binary
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.topics import deadletter_topic
 
@@ -77,6 +77,10 @@ class Stack:
         return proc
 
     def start(self) -> None:
+        # Debian installs it in /usr/sbin, which is not on a non-root user's PATH.
+        mosquitto = mosquitto_binary()
+        if mosquitto is None:
+            raise SystemExit("bench/bridge.py needs the mosquitto binary (Debian: mosquitto)")
         conf = self.work / "mosquitto.conf"
         lines = [
             f"listener {self.mqtt_port} 127.0.0.1",
@@ -89,7 +93,7 @@ class Stack:
         if os.geteuid() == 0:
             lines.append("user root")  # the dropped-privilege user cannot write our temp dir
         conf.write_text("\n".join(lines) + "\n")
-        self._spawn(["mosquitto", "-c", str(conf)], {}, "mosquitto.log")
+        self._spawn([mosquitto, "-c", str(conf)], {}, "mosquitto.log")
         cli = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING"]
         api_env = {
             "GRIDPATROL_DATABASE_URL": f"sqlite:///{self.work}/api.db",
