@@ -119,7 +119,9 @@ typecheck: setup
 	@for p in ingest detectors alarm_bridge api; do ln -s "$(CURDIR)/$$p" .typecheck/gridpatrol/$$p; done
 	$(BIN)/mypy
 
-bench: setup
+# The benches use what the tests use (Chromium, Mosquitto, PostgreSQL, the shared footage):
+# name a missing one before a run, not minutes into it.
+bench: setup browser services
 	$(BIN)/python bench/run_all.py
 
 # After upgrading packages in .venv (and a passing make test): pin what passed.

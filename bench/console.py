@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,8 +29,10 @@ from typing import Any
 import cv2
 import httpx
 import numpy as np
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Browser, Page, Playwright, sync_playwright
 
+from api import Server  # bench/api.py: its start-up checks (the scripts import siblings)
+from gridpatrol.chromium import system_chromium
 from gridpatrol.ingest.broker import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,9 +138,11 @@ def api_decisions(client: httpx.Client, ids: list[str]) -> list[float]:
     return times
 
 
-def run(count: int, keep: bool = False) -> dict[str, Any]:
+def start_api(work: Path) -> Server:
+    """``gridpatrol api`` on SQLite in ``work``, logging to ``work/api.log``: an API that exits
+    while starting raises RuntimeError with its exit code and log, one never healthy
+    TimeoutError."""
     port = free_port()
-    work = Path(tempfile.mkdtemp(prefix="gp-bench-console-"))
     env = {
         **os.environ,
         "GRIDPATROL_DATABASE_URL": f"sqlite:///{work}/api.db",
@@ -150,34 +153,29 @@ def run(count: int, keep: bool = False) -> dict[str, Any]:
         ),
     }
     env.pop("GRIDPATROL_MQTT_URL", None)
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gridpatrol.cli",
-            "--log-level",
-            "WARNING",
-            "api",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "gridpatrol.cli", "--log-level", "WARNING", "api"]
+    return Server([*cmd, "--port", str(port)], env, port, work / "api.log")
+
+
+def launch_chromium(pw: Playwright) -> Browser:
+    """The Chromium the browser tests use: GRIDPATROL_CHROMIUM, a `chromium` that runs, else
+    Playwright's own (`make browser` provides one)."""
+    browser: Browser = pw.chromium.launch(executable_path=system_chromium(), args=CHROMIUM_ARGS)
+    return browser
+
+
+def run(count: int, keep: bool = False) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="gp-bench-console-"))
+    server: Server | None = None
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/api/v1/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        server = start_api(work)
+        base = server.url
         images = frames(8)
         auth = {"Authorization": "Bearer bench-producer"}
         with httpx.Client(base_url=f"{base}/api/v1", headers=auth, timeout=30) as producer:
             console_ids = seed(producer, images, count + 1)
         with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            browser = launch_chromium(pw)
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.goto(f"{base}/review")
             page.fill("#token", "bench-reviewer")
@@ -193,10 +191,10 @@ def run(count: int, keep: bool = False) -> dict[str, Any]:
         with httpx.Client(base_url=f"{base}/api/v1", headers=reviewer, timeout=30) as client:
             api = api_decisions(client, api_ids)
     finally:
-        server.terminate()
-        server.wait()
+        if server is not None:
+            server.stop()
         if keep:
-            print(f"database and evidence kept in {work}")
+            print(f"database, evidence and API log kept in {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
     return {

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,23 +17,10 @@ import pytest
 import yaml
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from gridpatrol.chromium import system_chromium
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "browser"
-
-
-def system_chromium() -> str | None:
-    """GRIDPATROL_CHROMIUM, else a `chromium` on PATH that runs; None: Playwright's own Chromium
-    (Ubuntu's `chromium` is a stub of a snap; `make browser` installs Playwright's then)."""
-    if chosen := os.environ.get("GRIDPATROL_CHROMIUM"):
-        return chosen
-    found = shutil.which("chromium")
-    if found is None:
-        return None
-    try:
-        done = subprocess.run([found, "--version"], capture_output=True, timeout=60, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return found if done.returncode == 0 else None
 
 
 CHROMIUM_ARGS = [
