@@ -7,7 +7,6 @@ without the ``socksio`` package, even for a host on 127.0.0.1 or the camera LAN.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import logging
 import re
@@ -122,7 +121,12 @@ def _no_proxy_keys() -> list[str]:
         if "://" in entry:
             keys.append(entry)
             continue
+        # A slash ending the entry ("192.168.1.10/", "cam.lan/") stands for no network: the
+        # host, as httpx read it before networks were.
+        entry = entry.removesuffix("/") if entry.count("/") == 1 else entry
         if "/" in entry:
+            if _network(entry) is None:
+                _warn_once(entry)
             continue
         host = entry[1:-1] if entry.startswith("[") and entry.endswith("]") else entry
         if is_ipv4_hostname(host) or host.lower() == "localhost":
@@ -149,11 +153,18 @@ def _in_no_proxy_network(host: str) -> bool:
     except ValueError:
         return False  # a name: httpx's patterns judge it
     for entry in (e for e in _no_proxy_entries() if "/" in e and "://" not in e):
-        network = re.sub(r"^\[([^\]]*)\]/", r"\1/", entry)  # curl's [fd00::]/8
-        with contextlib.suppress(ValueError):
-            if address in ipaddress.ip_network(network, strict=False):
-                return True
+        network = _network(entry)
+        if network is not None and address in network:
+            return True
     return False
+
+
+def _network(entry: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """The network of a ``no_proxy`` entry with a ``/`` (curl's ``[fd00::]/8`` too), or None."""
+    try:
+        return ipaddress.ip_network(re.sub(r"^\[([^\]]*)\]/", r"\1/", entry), strict=False)
+    except ValueError:
+        return None
 
 
 def transport(url: str) -> httpx.HTTPTransport:

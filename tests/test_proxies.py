@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from gridpatrol import proxies
 from gridpatrol.proxies import ProxyUnusable, masked, proxy_for, transport
 
 VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
@@ -16,6 +17,8 @@ def env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.upper(), raising=False)
+    # Each test sees the warnings of its own no_proxy: they are given once per process.
+    monkeypatch.setattr(proxies, "_warned", set())
     return monkeypatch
 
 
@@ -159,4 +162,19 @@ def test_a_no_proxy_entry_httpx_cannot_read_is_left_out_with_one_warning(
         transport("http://api.example/")
     assert [r.getMessage() for r in caplog.records] == [
         "no_proxy: the entry 'a:b:c]:x' is not a host, domain or network: left out"
+    ]
+
+
+def test_a_no_proxy_entry_ending_in_a_slash_is_its_host_and_a_broken_network_warns(
+    env: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    env.setenv("http_proxy", "http://p:1")
+    env.setenv("no_proxy", "192.168.1.10/,cam.lan/,cam.lan/24,10.0.0.0/33")
+    for _ in range(2):
+        assert proxy_for("http://192.168.1.10/snap.jpg") is None
+        assert proxy_for("http://cam.lan/snap.jpg") is None
+        assert proxy_for("http://10.0.0.1/") == "http://p:1"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"no_proxy: the entry {entry!r} is not a host, domain or network: left out"
+        for entry in ("cam.lan/24", "10.0.0.0/33")
     ]
