@@ -251,9 +251,10 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 def _followed(conn: sqlite3.Connection) -> set[str]:
     """The candidate ids the producer of an outbox file may still update or name: a
     detector's episodes, ended ones too, and the candidates they reference, the alarm
-    bridge's active or last alarm of each sensor and type, and its coalesced updates not yet
-    queued. An ended episode stays in the book until the next one of its key (camera, zone,
-    type) opens and references it, through its alias as the API's id: one row per key."""
+    bridge's active or last alarm of each sensor and type, its coalesced updates not yet
+    queued and the alarms whose snapshot it still awaits. An ended episode stays in the book
+    until the next one of its key (camera, zone, type) opens and references it, through its
+    alias as the API's id: one row per key."""
     ids: set[str] = set()
     if _has_table(conn, "detector_episodes"):
         rows = conn.execute("SELECT candidate_id, previous_id FROM detector_episodes")
@@ -263,6 +264,12 @@ def _followed(conn: sqlite3.Connection) -> set[str]:
             ids.update(_UUID.findall(state.lower()))
     if _has_table(conn, "bridge_pending_patch"):
         rows = conn.execute("SELECT candidate_id FROM bridge_pending_patch")
+        ids.update(str(cid) for (cid,) in rows.fetchall())
+    # An alarm pushed out of bridge_alarm_state may still await its snapshot: the patch that
+    # attaches it is held back only while the alarm's refusal is remembered, otherwise it
+    # would go to the candidate another producer holds under the refused id.
+    if _has_table(conn, "bridge_snapshot_wanted"):
+        rows = conn.execute("SELECT candidate_id FROM bridge_snapshot_wanted")
         ids.update(str(cid) for (cid,) in rows.fetchall())
     return ids
 

@@ -600,11 +600,18 @@ def test_pruning_with_a_drain_is_a_usage_error(tmp_path: Path, other: list[str])
 
 
 def test_the_alarm_bridges_alarms_keep_their_refusals(tmp_path: Path) -> None:
-    """In the alarm bridge's file, the refusals of each sensor's active or last alarm and of
-    its coalesced updates not yet queued are kept; pruning is refused while the bridge runs."""
+    """In the alarm bridge's file, the refusals of each sensor's active or last alarm, of its
+    coalesced updates not yet queued and of the alarms whose snapshot it still awaits (pushed
+    out of the alarm state by later alarms of the sensor and type) are kept; pruning is
+    refused while the bridge runs."""
     path = tmp_path / "bridge.db"
     box = Outbox(path, None, component="alarm_bridge")
     last, pending, other = (refused(box, "patch", "410 {}", 40) for _ in range(3))
+    # Its create refused: the id is another producer's candidate, which the snapshot's patch
+    # must not reach.
+    awaiting = refused(
+        box, "create", "409 exists with another (source.system, source_event_id)", 40
+    )
     with box.transaction() as txn:
         store.init(txn.conn)
         store.save_state(txn.conn, "mh-1", "manhole_tilt", AlarmState("normal", alarm_id=last))
@@ -612,6 +619,7 @@ def test_the_alarm_bridges_alarms_keep_their_refusals(tmp_path: Path) -> None:
             "INSERT INTO bridge_pending_patch (candidate_id, body, since) VALUES (?, '{}', 0)",
             (pending,),
         )
+        store.want_snapshot(txn.conn, awaiting, "cam-1", 0.0)
     running = Outbox(path, None, component="alarm_bridge")
     running.claim()
     busy = run(str(path), "--prune-refused", "30")
@@ -624,7 +632,8 @@ def test_the_alarm_bridges_alarms_keep_their_refusals(tmp_path: Path) -> None:
     pruned = run(str(path), "--prune-refused", "30")
     assert pruned.stdout == f"{path}: 1 refused operation(s) and 0 alias(es) forgotten\n"
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        assert [candidate_closed(conn, cid) for cid in (last, pending, other)] == [
+        assert [candidate_closed(conn, cid) for cid in (last, pending, awaiting, other)] == [
+            True,
             True,
             True,
             False,
