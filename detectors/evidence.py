@@ -4,7 +4,9 @@ A candidate carries the clean frame exactly as received (the original JPEG bytes
 hash proves it came from the camera untouched), an annotated copy (boxes, zone, labels with
 confidence, timestamp and camera id burned in), and the first-seen and latest frames that
 prove the dwell. First-seen frames come from a small per-camera ring of recent clean frames
-that is thinned evenly over time, so it covers long dwell times with bounded memory.
+that is thinned evenly over time, so it covers long dwell times with bounded memory; a raise
+reported after its last sighting may take them from the frames kept for its occupancy instead
+(SightingFrames), when the ring has none within it.
 """
 
 from __future__ import annotations
@@ -100,46 +102,65 @@ class FrameRing:
 
 
 class SightingFrames:
-    """The frame of the last sighting of each occupancy a rule may raise after it, by key (a
-    zone and rule) and the occupancy's first sighting.
+    """The frames of the first and the last sighting of each occupancy a rule may raise after
+    its last sighting, by key (a zone and rule) and the occupancy's first sighting.
 
     A background rule of a scheduled zone raises a dwell completed while the schedule is off
     when it opens, maybe hours after the occupancy was last seen: the frame ring, thinned over
-    that time, may keep no frame of it. Bounded: at most ``per_key`` occupancies of a key, the
-    latest begun (its rule holds at most that many: those it has ended and the one it times).
+    that time, may keep no frame of it, neither for the clean frame nor for first_seen.
+    Bounded: at most ``per_key`` occupancies of a key, the latest begun (its rule holds at most
+    that many: those it has ended and the one it times), two frames each.
     """
 
     def __init__(self, per_key: int):
         if per_key < 1:
             raise ValueError("per_key must be at least 1")
         self.per_key = per_key
-        self._held: dict[tuple[str, str], dict[datetime, StoredFrame]] = {}
+        # first_seen -> (frame of the first sighting, frame of the latest sighting)
+        self._held: dict[tuple[str, str], dict[datetime, tuple[StoredFrame, StoredFrame]]] = {}
 
     def __len__(self) -> int:
+        """The number of occupancies kept (two frames each)."""
         return sum(len(held) for held in self._held.values())
 
     def seen(self, key: tuple[str, str], first_seen: datetime, frame: StoredFrame) -> None:
-        """``frame`` is the latest sighting of ``key``'s occupancy begun at ``first_seen``."""
+        """``frame`` is the latest sighting of ``key``'s occupancy begun at ``first_seen``; the
+        first one given of that occupancy stays its first sighting."""
         held = self._held.setdefault(key, {})
-        held[first_seen] = frame
+        first = held[first_seen][0] if first_seen in held else frame
+        held[first_seen] = (first, frame)
         while len(held) > self.per_key:
             del held[min(held)]
+
+    def _pair(
+        self, key: tuple[str, str], first_seen: datetime, tolerance: timedelta
+    ) -> tuple[StoredFrame, StoredFrame] | None:
+        for began, pair in self._held.get(key, {}).items():
+            if abs(began - first_seen) <= tolerance:
+                return pair
+        return None
 
     def get(
         self, key: tuple[str, str], first_seen: datetime, tolerance: timedelta
     ) -> StoredFrame | None:
-        """The frame kept for ``key``'s occupancy begun at ``first_seen`` (give or take
-        ``tolerance``), if any."""
-        for began, frame in self._held.get(key, {}).items():
-            if abs(began - first_seen) <= tolerance:
-                return frame
-        return None
+        """The latest sighting kept for ``key``'s occupancy begun at ``first_seen`` (give or
+        take ``tolerance``), if any."""
+        pair = self._pair(key, first_seen, tolerance)
+        return pair[1] if pair is not None else None
+
+    def first(
+        self, key: tuple[str, str], first_seen: datetime, tolerance: timedelta
+    ) -> StoredFrame | None:
+        """The first sighting kept for ``key``'s occupancy begun at ``first_seen`` (give or
+        take ``tolerance``), if any."""
+        pair = self._pair(key, first_seen, tolerance)
+        return pair[0] if pair is not None else None
 
     def forget(self, drop: Callable[[tuple[str, str], datetime, StoredFrame], bool]) -> None:
-        """Forget the occupancies for which ``drop(key, first_seen, frame)`` is true."""
+        """Forget the occupancies for which ``drop(key, first_seen, latest frame)`` is true."""
         for key, held in list(self._held.items()):
-            for began, frame in list(held.items()):
-                if drop(key, began, frame):
+            for began, (_, latest) in list(held.items()):
+                if drop(key, began, latest):
                     del held[began]
             if not held:
                 del self._held[key]

@@ -293,8 +293,8 @@ class CameraRuntime:
     sub: Subscription
     pipeline: Any
     ring: FrameRing
-    # The frame of each background rule occupancy's last sighting, while a raise may still come
-    # after it (_keep_sightings): the ring may have thinned it out by then.
+    # The frames of each background rule occupancy's first and last sightings, while a raise may
+    # still come after it (_keep_sightings): the ring may have thinned them out by then.
     sightings: SightingFrames
     motion: MotionState
     last: InferenceResult | None = None
@@ -846,10 +846,11 @@ class DetectorWorker:
         self._forget_sightings(rt, events)
 
     def _keep_sightings(self, rt: CameraRuntime, frame: StoredFrame) -> None:
-        """Keep ``frame`` as the last sighting of each background rule occupancy seen on it: a
-        dwell completed while its zone's schedule is off is raised when it opens, maybe hours
-        later, on a frame that may show bare ground, and the ring, thinned over that time
-        (24 frames over the longest time off), may keep no frame of the occupancy."""
+        """Keep ``frame`` as the last sighting of each background rule occupancy seen on it (and
+        as its first, when it is the first): a dwell completed while its zone's schedule is off
+        is raised when it opens, maybe hours later, on a frame that may show bare ground, and
+        the ring, thinned over that time (24 frames over the longest time off), may keep no
+        frame of the occupancy for its clean or first_seen frame."""
         from gridpatrol.site import StaticForegroundParams
 
         for (zone, rule), occ in rt.pipeline.occupied().items():
@@ -1375,7 +1376,7 @@ class DetectorWorker:
                 annotated = self._annotated(rt, ev, shot, None, None)
             if annotated is not None:
                 files.append(EvidenceFile.of("annotated", replace(shot, data=annotated)))
-        first = rt.ring.at(ep.started_at) if op.kind == "open" else None
+        first = _first_seen_frame(rt, ep, ev) if op.kind == "open" else None
         if first is not None:
             files.append(EvidenceFile.of("first_seen", first))
         files.append(EvidenceFile.of("latest", now))
@@ -1776,6 +1777,23 @@ def _sighting_frame(rt: CameraRuntime, ev: EpisodeEvent, now: StoredFrame) -> St
         return kept
     within = rt.ring.within(start, end)
     return within[-1] if within else now
+
+
+def _first_seen_frame(rt: CameraRuntime, ep: Episode, ev: EpisodeEvent) -> StoredFrame | None:
+    """The ``first_seen`` frame of ``ep``: the ring's first frame at or after its start (else
+    its newest), unless that frame lies outside the occupancy (from its start to ``ev``'s last
+    sighting) and the frame of the occupancy's first sighting was kept for it (a raise reported
+    hours after its last sighting: the ring, thinned over that time, may hold no frame of a
+    short occupancy, and its first frame after the start then shows the ground after)."""
+    first = rt.ring.at(ep.started_at)
+    seen = ev.first_seen + timedelta(seconds=ev.dwell_s)
+    start, end = ep.started_at - SIGHTING_ROUNDING, seen + SIGHTING_ROUNDING
+    if first is not None and start <= first.t <= end:
+        return first  # always so for a raise on its last sighting: the ring holds that frame
+    kept = rt.sightings.first((ev.zone_id, ev.rule), ev.first_seen, SIGHTING_ROUNDING)
+    if kept is not None and start <= kept.t <= end:
+        return kept
+    return first
 
 
 def _rule_params(cam: Camera, zone_id: str, rule: str) -> RuleParams | None:

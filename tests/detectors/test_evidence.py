@@ -89,9 +89,9 @@ def test_ring_within_gives_the_frames_between_two_times_both_included() -> None:
     assert ring.within(T0 + timedelta(seconds=11), T0 + timedelta(seconds=19)) == []
 
 
-def test_sighting_frames_keep_the_latest_sighting_of_the_latest_occupancies() -> None:
-    """One frame per occupancy (its latest sighting), at most ``per_key`` occupancies of a key:
-    those begun last."""
+def test_sighting_frames_keep_the_first_and_latest_sightings_of_the_latest_occupancies() -> None:
+    """Two frames per occupancy (its first and latest sightings), at most ``per_key``
+    occupancies of a key: those begun last."""
     held = SightingFrames(per_key=2)
     key, other = ("yard", "piled_materials"), ("yard", "shop_front_occupation")
     began = [T0 + timedelta(seconds=s) for s in (0, 100, 200)]
@@ -102,13 +102,18 @@ def test_sighting_frames_keep_the_latest_sighting_of_the_latest_occupancies() ->
     tolerance = timedelta(milliseconds=1)
     found = held.get(key, began[0] + timedelta(microseconds=1), tolerance)
     assert found is not None and found.data == b"frame-20"
+    first = held.first(key, began[0] + timedelta(microseconds=1), tolerance)
+    assert first is not None and first.data == b"frame-10"  # later sightings leave it
+    assert held.first(other, began[0], tolerance) == _frame(20)  # seen once: first and latest
     held.seen(key, began[1], _frame(110))
     held.seen(key, began[2], _frame(210))  # a third occupancy: the one begun first goes
-    assert held.get(key, began[0], tolerance) is None
+    assert (held.get(key, began[0], tolerance), held.first(key, began[0], tolerance)) == (None,) * 2
     assert [held.get(key, b, tolerance) for b in began[1:]] == [_frame(110), _frame(210)]
+    assert [held.first(key, b, tolerance) for b in began[1:]] == [_frame(110), _frame(210)]
     assert len(held) == 3
     held.forget(lambda k, b, frame: k == key and frame.t < T0 + timedelta(seconds=200))
     assert (held.get(key, began[1], tolerance), len(held)) == (None, 2)
+    assert held.first(key, began[1], tolerance) is None
     held.clear()
     assert len(held) == 0
     with pytest.raises(ValueError):

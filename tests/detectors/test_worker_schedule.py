@@ -347,10 +347,13 @@ def test_clean_and_annotated_of_a_pile_raised_hours_later_are_of_its_occupancy(
     """Schedule 06:00-08:00: the ring's 24 frames are spread over 22 hours off and the dwell,
     about an hour apart. A frame every 60 s from 08:00; a pile in view 00:10-00:50 (its dwell,
     30 min, completes at 00:40) is raised and cleared at 06:00. The ring keeps no frame of those
-    40 minutes; the frame of the pile's last sighting, kept for the raise, is its clean and
-    annotated frame (not the ring's frame of before the pile, with boxes on bare ground).
-    Without that frame (``kept`` False: forgotten, as after more than 16 later occupancies),
-    they are the current frame of 06:00, as docs/detectors.md says: no frame shows the pile."""
+    40 minutes; the frames of the pile's last and first sightings, kept for the raise, are its
+    clean and annotated frame (not the ring's frame of before the pile, with boxes on bare
+    ground) and its first_seen frame (not the ring's first frame after 00:10, of bare ground
+    after the pile was taken away). Without them (``kept`` False: forgotten, as after more than
+    16 later occupancies), the clean and annotated frames are the current frame of 06:00 and
+    first_seen the ring's first frame after 00:10, as docs/detectors.md says: no frame shows the
+    pile."""
     worker, outbox = _worker(tmp_path, MORNING_SITE)
     rt = worker.cams["cam-00"]
     start, dumped, removed, until = at("08:00"), at("00:10", 1), at("00:50", 1), at("06:00", 1)
@@ -386,6 +389,17 @@ def test_clean_and_annotated_of_a_pile_raised_hours_later_are_of_its_occupancy(
         assert mean > 180 if kept else mean < 130, kind
     if not kept:  # the very frame: the clean frame is the latest
         assert evidence["clean"]["sha256"] == evidence["latest"]["sha256"]
+    first_seen = datetime.fromisoformat(evidence["first_seen"]["captured_at"])
+    # The pile's first sighting; without it, the ring's first frame after 00:10 (ring.at).
+    assert first_seen == (dumped if kept else at("01:28", 1))
+    ring_first = rt.ring.at(dumped)
+    assert ring_first is not None and ring_first.t == at("01:28", 1)
+    if not kept:  # the ring's very frame, as received
+        assert blobs[evidence["first_seen"]["sha256"]] == ring_first.data
+    image = decode_jpeg(blobs[evidence["first_seen"]["sha256"]])
+    assert image is not None
+    mean = float(image[110:150, 90:150].mean())
+    assert mean > 180 if kept else mean < 130
     assert detection["boxes"] == [[80.0, 100.0, 160.0, 160.0]]
     assert not rt.ring.within(dumped, removed)  # thinned out: no ring frame shows the pile
     assert len(rt.sightings) == 0  # forgotten once raised and cleared
