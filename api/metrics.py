@@ -2,15 +2,19 @@
 
 With ``gridpatrol api --workers N`` the parent sets ``PROMETHEUS_MULTIPROC_DIR``: each worker's
 counters and histograms live in files there and every scrape, whichever worker answers it,
-sums all of them. The database gauges are read at scrape time by the answering worker only.
+sums all of them. The database gauges are read at scrape time by the answering worker only,
+within a deadline of their own (``READ_DEADLINE_S``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -25,6 +29,11 @@ from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursor
 log = logging.getLogger(__name__)
 # The status a request is counted under when its client went away before it was answered.
 CLIENT_CLOSED = 499
+# The longest a scrape waits for the database gauges. Prometheus gives a whole scrape 10 s by
+# default: a read waiting for a pooled connection (the pool's own timeout is 10 s) or for a
+# hung server would lose the scrape, and the instance would be reported down with every
+# counter of the outage.
+READ_DEADLINE_S = 2.0
 
 
 def multiprocess() -> bool:
@@ -73,13 +82,26 @@ class Metrics:
             mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
+@dataclass(frozen=True)
+class _Storage:
+    """What one read of the database found."""
+
+    counts: list[tuple[str, int]]
+    last: int
+    cursors: list[tuple[str, int]]
+
+
 class _StorageCollector:
     """Gauges read from the database at scrape time, so every process reports the truth.
 
     While the database cannot be read, a scrape still answers: ``gridpatrol_api_database_up``
     is 0 and the database gauges are left out. Failing the scrape instead would drop every
     counter with them, and Prometheus would report the instance down (the wrong fault) and
-    never see the 5xx answers of the outage.
+    never see the 5xx answers of the outage. The same holds for a database that does not
+    answer within ``READ_DEADLINE_S`` (every pooled connection taken, a hung server): the
+    read goes on in a thread of its own, and a scrape meanwhile waits for that read rather
+    than starting another, so a hung server holds one thread and one connection, not one
+    per scrape.
     """
 
     def __init__(self, db: Database, feed_names: frozenset[str]) -> None:
@@ -88,39 +110,72 @@ class _StorageCollector:
         # Whether the last scrape failed to read the database: an outage is logged once when
         # it is first met and once when it ends, not at every scrape.
         self._down = False
+        self._lock = threading.Lock()
+        self._reading: Future[_Storage] | None = None
 
     def describe(self) -> list[Any]:
         return []
 
+    def _read(self) -> _Storage:
+        with self.db.read() as session:
+            counts = session.execute(
+                select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
+            ).all()
+            last = session.execute(select(FeedCounterRow.last)).scalar() or 0
+            cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
+        return _Storage([(s, n) for s, n in counts], last, [(n, p) for n, p in cursors])
+
+    def _start_read(self) -> Future[_Storage]:
+        """The read in flight, or a new one if none is."""
+        with self._lock:
+            if self._reading is None or self._reading.done():
+                reading: Future[_Storage] = Future()
+
+                def run() -> None:
+                    try:
+                        reading.set_result(self._read())
+                    except BaseException as exc:  # handed to the scrape that waits for it
+                        reading.set_exception(exc)
+
+                # A daemon: a read hung on a dead server must not hold up the process's exit.
+                threading.Thread(target=run, name="metrics-read", daemon=True).start()
+                self._reading = reading
+            return self._reading
+
+    def _mark_down(self, down: bool) -> bool:
+        """Record whether the database could be read; True if that changed. Under the lock:
+        concurrent scrapes (several Prometheus servers) log a change once."""
+        with self._lock:
+            changed, self._down = self._down != down, down
+            return changed
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
-            with self.db.read() as session:
-                counts = session.execute(
-                    select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
-                ).all()
-                last = session.execute(select(FeedCounterRow.last)).scalar() or 0
-                cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
-        except SQLAlchemyError as exc:
-            if not self._down:
-                reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+            storage = self._start_read().result(timeout=READ_DEADLINE_S)
+        except (SQLAlchemyError, TimeoutError) as exc:
+            if self._mark_down(True):
+                if isinstance(exc, SQLAlchemyError):
+                    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+                    reason = lines[0] if lines else type(exc).__name__
+                else:
+                    reason = f"no answer within {READ_DEADLINE_S:g} s"
                 log.warning(
                     "metrics: the database cannot be read; its gauges are left out until it "
                     "can: %s",
-                    reason[0] if reason else type(exc).__name__,
+                    reason,
                 )
-            self._down = True
             yield _database_up(0)
             return
-        if self._down:
+        if self._mark_down(False):
             log.info("metrics: the database can be read again")
-            self._down = False
         yield _database_up(1)
         by_status = GaugeMetricFamily(
             "gridpatrol_candidates", "candidates by status", labels=["status"]
         )
-        for status, count in counts:
+        for status, count in storage.counts:
             by_status.add_metric([status], count)
         yield by_status
+        last = storage.last
         yield GaugeMetricFamily(
             "gridpatrol_feed_last_position", "the last assigned feed position", value=last
         )
@@ -129,7 +184,7 @@ class _StorageCollector:
         )
         # A platform that never acknowledged has no cursor row: it is at position 0, and
         # without a series the alert on its lag could not fire.
-        positions = dict.fromkeys(self.feed_names, 0) | dict(cursors)
+        positions = dict.fromkeys(self.feed_names, 0) | dict(storage.cursors)
         for name, position in sorted(positions.items()):
             lag.add_metric([name], last - position)
         yield lag

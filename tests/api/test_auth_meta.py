@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import socket
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
@@ -14,13 +18,16 @@ import anyio.to_thread
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import make_url
 
+from gridpatrol.api import db as api_db
 from gridpatrol.api.app import create_app
 from gridpatrol.api.db import MAX_OVERFLOW, POOL_SIZE
 from gridpatrol.api.settings import Settings
 from gridpatrol.ingest.broker import free_port
 
-from .conftest import TOKENS, settings_for
+from .conftest import TOKENS, Api, fresh_database, settings_for
+from .test_server import Forwarder
 
 
 def test_hashed_tokens_and_401s(db_url: str, tmp_path: Path) -> None:
@@ -182,6 +189,113 @@ def test_metrics_answer_while_the_database_is_down(
     # The outage is logged once, in one line, not at every scrape.
     failed = [r for r in caplog.records if "the database cannot be read" in r.getMessage()]
     assert len(failed) == 1 and failed[0].levelname == "WARNING" and failed[0].exc_info is None
+
+
+def database_up(http: TestClient) -> float:
+    text = http.get("/api/v1/metrics").text
+    families = text_string_to_metric_families(text)
+    family = next(f for f in families if f.name == "gridpatrol_api_database_up")
+    return family.samples[0].value
+
+
+def test_metrics_answer_while_every_pooled_connection_is_taken(
+    make_api: Callable[..., Api],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A slow database with every pooled connection taken: the scrape answers, with
+    database_up 0, instead of waiting for a connection. The pool's timeout is raised to an
+    hour so that a scrape waiting for the pool shows as one not answered (with its 10 s it
+    would answer after 10 s, Prometheus's whole scrape timeout: the instance reported down)."""
+    caplog.set_level(logging.INFO, logger="gridpatrol.api.metrics")
+    monkeypatch.setattr(api_db, "POOL_TIMEOUT_S", 3600.0)
+    api = make_api()
+    engine = api.http.app.state.db.engine
+    held = [engine.connect() for _ in range(POOL_SIZE + MAX_OVERFLOW)]
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            scrapes = [pool.submit(api.http.get, "/api/v1/metrics") for _ in range(2)]
+            done, _ = wait(scrapes, timeout=60)  # a generous bound, no timing assertion
+        finally:
+            for conn in held:
+                conn.close()
+    assert len(done) == 2, "no answer within 60 s"
+    for scrape in scrapes:
+        text = scrape.result().text
+        assert "gridpatrol_api_database_up 0.0" in text
+        assert "gridpatrol_candidates" not in text and "gridpatrol_feed_" not in text
+    # With connections free again, the gauges are back (within a few scrapes at most).
+    assert any(database_up(api.http) == 1.0 for _ in range(30))
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.api.metrics"]
+    assert lines == [
+        "metrics: the database cannot be read; its gauges are left out until it can: "
+        "no answer within 2 s",
+        "metrics: the database can be read again",
+    ]
+
+
+class Valve(Forwarder):
+    """A TCP port that passes its connections on to ``target`` until ``freeze()``: then no
+    byte more passes either way, while the kernel still acknowledges what is sent to it, as
+    with a hung server."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.port = free_port()
+        super().__init__(self.port, target)
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                self.flowing.wait()
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def stop(self) -> None:
+        """Resets every connection (a shutdown wakes a thread blocked on it; a close alone
+        does not), so that whatever still waits on one ends."""
+        for sock in self.open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        super().stop()
+        self.flowing.set()
+
+
+@pytest.mark.postgres
+def test_metrics_answer_while_the_database_hangs(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that takes the bytes of an open pooled connection and never answers: the
+    scrape answers, with database_up 0 (before it waited as long as the connection lived)."""
+    caplog.set_level(logging.INFO, logger="gridpatrol.api.metrics")
+    target = make_url(postgres_url)
+    valve = Valve((target.host or "127.0.0.1", target.port or 5432))
+    with fresh_database("postgres", tmp_path, postgres_url) as url:
+        through = make_url(url).set(host="127.0.0.1", port=valve.port).render_as_string(False)
+        settings = settings_for(through, tmp_path)
+        with TestClient(create_app(settings)) as http, ThreadPoolExecutor(2) as pool:
+            try:
+                assert database_up(http) == 1.0  # the pooled connection is open
+                valve.freeze()
+                scrapes = [pool.submit(http.get, "/api/v1/metrics") for _ in range(2)]
+                done, _ = wait(scrapes, timeout=60)  # a generous bound, no timing assertion
+            finally:
+                valve.stop()
+            assert len(done) == 2, "no answer within 60 s"
+            for scrape in scrapes:
+                text = scrape.result().text
+                assert "gridpatrol_api_database_up 0.0" in text
+                assert "gridpatrol_candidates" not in text
+    lines = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.api.metrics"]
+    assert lines[0] == (
+        "metrics: the database cannot be read; its gauges are left out until it can: "
+        "no answer within 2 s"
+    )
 
 
 def test_site_file_policy_applies(db_url: str, tmp_path: Path) -> None:
