@@ -135,7 +135,11 @@ class ApiError(Exception):
         self.problem = problem
         self.retry_after = retry_after
         self.location = location
-        detail = problem.get("detail") or problem.get("title") or ""
+        # One line however the problem's text runs (an upstream's traceback passed on in its
+        # detail): a journal or a log shipper splits a record at line ends. ``problem``, and
+        # the refusal the outbox keeps in its file, keep it whole.
+        self.detail = _one_line(str(problem.get("detail") or problem.get("title") or ""), 500)
+        detail = self.detail
         if location is not None:
             detail = f"{detail} (Location: {location})" if detail else f"Location: {location}"
         super().__init__(f"HTTP {status}: {detail}")
@@ -298,15 +302,15 @@ class ApiClient:
         return response
 
 
-# Whitespace and control characters: a proxy's page shown in an error keeps none, so its
-# log record stays one line (a journal or a log shipper splits records at line ends).
+# Whitespace and control characters (line and paragraph separators among them): an error's
+# text keeps none, so its log record stays one line (a journal or a log shipper splits
+# records at line ends).
 _NOT_ONE_LINE = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 
 
 def _one_line(text: str, limit: int = 200) -> str:
-    """The start of a body that is not the API's (a proxy's HTML page) for an error's
-    detail: at most ``limit`` characters, each run of whitespace or control characters one
-    space."""
+    """The start of an error's text (a problem's detail, a proxy's HTML page) as one line:
+    at most ``limit`` characters, each run of whitespace or control characters one space."""
     return _NOT_ONE_LINE.sub(" ", text[: limit * 5]).strip()[:limit]
 
 
@@ -1067,7 +1071,7 @@ class Outbox:
                 "API refused" if exc.status else "failed for good, unsent,",
                 op.kind,
                 op.candidate_id or op.sha256,
-                exc if exc.status else exc.problem.get("detail"),
+                exc if exc.status else exc.detail,
                 op.seq,
             )
 

@@ -296,6 +296,57 @@ def page_with(status: int) -> Callable[[httpx.Request], httpx.Response]:
     )
 
 
+def problem_with(status: int, problem: object) -> Callable[[httpx.Request], httpx.Response]:
+    return lambda request: httpx.Response(status, json=problem)
+
+
+# An upstream's traceback passed on in a problem's detail: line feeds, a CR LF, Unicode's
+# line and paragraph separators (str.splitlines and some log shippers split at those too).
+UPSTREAM = 'upstream said:\nTraceback (most recent call last):\r\n  File "x.py"\u2028Boom\u2029'
+UPSTREAM_SHOWN = 'upstream said: Traceback (most recent call last): File "x.py" Boom'
+
+
+@pytest.mark.parametrize("status", [422, 502])
+def test_a_problems_multi_line_detail_in_an_error_is_one_line(
+    tmp_path: Path, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A JSON problem whose detail runs over several lines: the records of its refusal (422)
+    or of its retry (502) show the detail on one line, each run of whitespace one space,
+    while the file keeps the refusal's problem whole."""
+    problem = {"type": "about:blank", "title": "Unprocessable", "detail": UPSTREAM}
+    outbox = Outbox(
+        tmp_path / "outbox-detail.db", mocked(problem_with(status, problem)), component="hold"
+    )
+    sha, cid = queue_case(outbox, 90 + status)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.client")
+    outbox.start()
+    try:
+        if status == 502:
+            wait_for_retries(outbox, 1)
+        else:
+            assert outbox.flush(30)
+    finally:
+        outbox.stop()
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages
+    assert [m for m in messages if m.splitlines() != [m]] == []
+    if status == 502:
+        assert {m.split("; retrying in ")[0] for m in messages} == {
+            f"outbox hold: evidence {sha} not delivered (HTTP 502: {UPSTREAM_SHOWN})"
+        }
+        return
+    kept = f"422 {json.dumps(problem, ensure_ascii=False)}"
+    refusal = f"not sent: the API refused this candidate's create ({kept})"
+    assert messages == [
+        f"outbox hold: API refused evidence {sha}: HTTP 422: {UPSTREAM_SHOWN} (seq 1)",
+        f"outbox hold: API refused create {cid}: HTTP 422: {UPSTREAM_SHOWN} (seq 2)",
+        f"outbox hold: API refused patch {cid}: HTTP 422: {' '.join(refusal.split())} (seq 3)",
+    ]
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        rows = conn.execute("SELECT kind, last_error FROM outbox_ops ORDER BY seq").fetchall()
+    assert rows[:2] == [("evidence", kept), ("create", kept)]
+
+
 class UploadsOnly:
     """A proxy that routes evidence uploads to the API and answers every candidate request
     ``answer`` from its default backend."""
