@@ -320,10 +320,27 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-# What a PostgreSQL server says while it cannot take connections for a while (libpq gives
-# no SQLSTATE for a refused connection, only the server's message). Any other refusal by the
-# server (a password, a role or a database that does not exist, pg_hba.conf) is setup to
-# mend; no answer at all (refused, timed out, a name not resolved yet) is waited for.
+# What a failed PostgreSQL connection says when it may succeed by itself later (libpq gives no
+# SQLSTATE for a failed connection, only its message). No server answered (refused, timed out,
+# a host name or a route not there yet, a Unix socket not yet created), the connection was
+# lost, or the server cannot take connections for a while. Anything else, from the server (a
+# password, a role or a database that does not exist, pg_hba.conf) or from the client before
+# it (SSL required but not offered, a certificate not verified, a parameter misspelt), is
+# setup to mend: waiting on it would leave intake down without an error.
+_TRANSPORT = (
+    "Connection refused",
+    "Connection timed out",
+    "timeout expired",
+    "could not translate host name",
+    "No route to host",
+    "Network is unreachable",
+    "Connection reset by peer",
+    "server closed the connection unexpectedly",
+    "failed: No such file or directory",  # the server's Unix socket, before it starts
+    "the connection is lost",
+    "SSL SYSCALL error",
+    "SSL connection has been closed unexpectedly",
+)
 _BUSY_SERVER = (
     "the database system is starting up",
     "the database system is shutting down",
@@ -332,20 +349,23 @@ _BUSY_SERVER = (
     "the database system is not accepting connections",
     "sorry, too many clients already",
     "remaining connection slots are reserved",
+    # A role's or a database's CONNECTION LIMIT: after a power cut connections that died
+    # without a reset count against it until the server notices (keepalive, hours by default).
+    "too many connections for",
+    "terminating connection due to administrator command",  # a server stopping mid-session
 )
 WAIT_S = (1.0, 30.0)  # the first and the longest wait between tries
 
 
 def database_unreachable(exc: Exception) -> bool:
     """Whether a failed PostgreSQL connection may succeed by itself later (no server
-    answered, or one that is starting, stopping or full), not one the server refused."""
+    answered, the connection was lost, or the server is starting, stopping or full), not
+    one refused by the server or by the client's own setup."""
     orig = getattr(exc, "orig", None)
     if not hasattr(orig, "sqlstate"):  # not psycopg: SQLite, a local file
         return False
     message = str(orig)
-    if "fe_sendauth" in message:  # the server wants a password the URL lacks
-        return False
-    return "FATAL:" not in message or any(busy in message for busy in _BUSY_SERVER)
+    return any(known in message for known in _TRANSPORT + _BUSY_SERVER)
 
 
 def _reason(exc: Exception) -> str:
@@ -358,7 +378,8 @@ def _reason(exc: Exception) -> str:
 def _wait_for_database(url: str) -> None:
     """Return once PostgreSQL at ``url`` takes a connection, trying again with backoff while
     no server answers: after a site's power cut the API may start before its database, and
-    exiting would leave intake down until someone restarts it. A refusal raises at once."""
+    exiting would leave intake down until someone restarts it. A refusal, by the server or by
+    the client's setup, raises RuntimeError at once."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import OperationalError
 
@@ -376,7 +397,12 @@ def _wait_for_database(url: str) -> None:
                     return
             except OperationalError as exc:
                 if not database_unreachable(exc):
-                    raise
+                    reason = _reason(exc)
+                    # The server's refusals are FATALs; the client's own (SSL, a certificate,
+                    # a parameter) come before any.
+                    if "FATAL:" in reason:
+                        raise RuntimeError(f"the database refused it: {reason}") from exc
+                    raise RuntimeError(f"cannot connect to the database: {reason}") from exc
                 log.warning(
                     "the database %s is not reachable yet (%s); retrying in %.0f s",
                     parsed.render_as_string(),

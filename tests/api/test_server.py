@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from gridpatrol.ingest.broker import free_port
 
@@ -250,6 +250,47 @@ def api_command(db_url: str, port: int, workers: str, log: Path) -> subprocess.P
         return subprocess.Popen([*cmd, "--workers", workers], env=env, stdout=out, stderr=out)
 
 
+def api_command_run(url: URL, workers: str) -> subprocess.CompletedProcess[str]:
+    """``gridpatrol api`` on ``url`` that is expected to end by itself (within 60 s)."""
+    return subprocess.run(
+        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1", "--workers", workers],
+        env={
+            "GRIDPATROL_DATABASE_URL": url.render_as_string(False),
+            "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def waits_then_serves(
+    proc: subprocess.Popen[bytes], log: Path, port: int, waiting: str, release: Callable[[], None]
+) -> None:
+    """The command warns ``waiting`` and goes on waiting until ``release()`` lets it reach its
+    database; then it serves, and a SIGTERM stops it with status 0."""
+    try:
+        wait_until(lambda: waiting in log.read_text(), "the waiting warning")
+        assert proc.poll() is None
+        release()
+        wait_until(lambda: healthy(port), "the API serving")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def refused_at_once(proc: subprocess.CompletedProcess[str], line: str) -> None:
+    """Setup to mend: status 2, said in ``line``, without waiting or a traceback."""
+    assert proc.returncode == 2, proc.stderr
+    assert line in proc.stderr
+    assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
+    assert "not reachable yet" not in proc.stderr
+
+
 def wait_until(check: Callable[[], bool], what: str) -> None:
     for _ in range(600):  # a generous bound, no timing assertion
         if check():
@@ -277,23 +318,20 @@ def test_the_command_waits_for_a_database_that_comes_up_later(
         target = make_url(postgres_url)
         later = make_url(url).set(port=db_port, password="secret").render_as_string(False)
         proc = api_command(later, api_port, workers, log)
-        forwarder = None
+        waiting = (
+            f"is not reachable yet (connection failed: connection to server at "
+            f'"127.0.0.1", port {db_port} failed: Connection refused); retrying in 1 s'
+        )
+        forwarders: list[Forwarder] = []
+
+        def come_up() -> None:
+            target_at = (target.host or "127.0.0.1", target.port or 5432)
+            forwarders.append(Forwarder(db_port, target_at))
+
         try:
-            waiting = (
-                f"is not reachable yet (connection failed: connection to server at "
-                f'"127.0.0.1", port {db_port} failed: Connection refused); retrying in 1 s'
-            )
-            wait_until(lambda: waiting in log.read_text(), "the waiting warning")
-            assert proc.poll() is None
-            forwarder = Forwarder(db_port, (target.host or "127.0.0.1", target.port or 5432))
-            wait_until(lambda: healthy(api_port), "the API serving")
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=30) == 0
+            waits_then_serves(proc, log, api_port, waiting, come_up)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if forwarder is not None:
+            for forwarder in forwarders:
                 forwarder.stop()
     text = log.read_text()
     assert "Traceback" not in text and "secret" not in text
@@ -306,25 +344,68 @@ def test_the_command_names_a_database_that_refuses_it(
 ) -> None:
     # The server answers and refuses (no such database): setup to mend, status 2 at once.
     url = make_url(postgres_url).set(database="gp_nowhere", password="secret")
-    proc = subprocess.run(
-        [sys.executable, "-m", "gridpatrol.cli", "api", "--port", "1", "--workers", workers],
-        env={
-            "GRIDPATROL_DATABASE_URL": url.render_as_string(False),
-            "GRIDPATROL_API_TOKENS": json.dumps({"t": {"role": "admin", "name": "a"}}),
-            "PATH": "/usr/bin:/bin",
-        },
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 2, proc.stderr
-    assert (
+    refused_at_once(
+        api_command_run(url, workers),
         "the intake API cannot start: the database refused it: connection failed: connection "
         f'to server at "{url.host}", port {url.port} failed: FATAL:  database "gp_nowhere" '
-        "does not exist"
-    ) in proc.stderr
-    assert "Traceback" not in proc.stderr and "secret" not in proc.stderr
-    assert "not reachable yet" not in proc.stderr
+        "does not exist",
+    )
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("scope", ["ROLE", "DATABASE"])
+def test_the_command_waits_while_its_connection_limit_is_reached(
+    scope: str, tmp_path: Path, postgres_url: str
+) -> None:
+    """After a power cut, connections that died without a reset count against a role's or a
+    database's CONNECTION LIMIT until the server notices: the API waits (before it exited 2,
+    which the sample unit never restarts) and serves once connections are free."""
+    name = f"gp_limit_{uuid.uuid4().hex[:12]}"
+    api_port, log = free_port(), tmp_path / "api.log"
+    admin = sa.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE ROLE {name} LOGIN PASSWORD 'secret'")  # no superuser
+            conn.exec_driver_sql(f"CREATE DATABASE {name} OWNER {name}")
+            conn.exec_driver_sql(f"ALTER {scope} {name} CONNECTION LIMIT 0")
+        url = make_url(postgres_url).set(username=name, password="secret", database=name)
+        proc = api_command(url.render_as_string(False), api_port, "1", log)
+        waiting = f'FATAL:  too many connections for {scope.lower()} "{name}"); retrying in 1 s'
+
+        def free_connections() -> None:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"ALTER {scope} {name} CONNECTION LIMIT -1")
+
+        waits_then_serves(proc, log, api_port, waiting, free_connections)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {name}")
+        admin.dispose()
+    text = log.read_text()
+    assert "Traceback" not in text and "secret" not in text
+    assert "cannot start" not in text
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_command_names_a_connection_its_own_setup_fails(
+    workers: str, tmp_path: Path, postgres_url: str
+) -> None:
+    """A failure of the client's own before any server answer (here SSL required by the URL,
+    which the server does not offer) is setup to mend: status 2 at once in one line, where
+    before it was waited on for good."""
+    admin = sa.create_engine(postgres_url)
+    with admin.connect() as conn:
+        assert conn.exec_driver_sql("SHOW ssl").scalar() == "off"
+    admin.dispose()
+    url = make_url(postgres_url).set(password="secret").update_query_dict({"sslmode": "require"})
+    refused_at_once(
+        api_command_run(url, workers),
+        "the intake API cannot start: cannot connect to the database: connection failed: "
+        f'connection to server at "{url.host}", port {url.port} failed: server does not '
+        "support SSL, but SSL was required",
+    )
 
 
 def test_concurrent_batches_with_shared_keys(server: Any, api_body: Any) -> None:
