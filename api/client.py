@@ -476,13 +476,13 @@ class OutboxTxn:
 
     def create_candidate(self, body: Mapping[str, Any], candidate_id: str | None = None) -> str:
         cid = str(uuid.UUID(candidate_id or body.get("id") or str(uuid.uuid4())))
-        payload = _queued("create", cid, _in_api_ids(self.conn, {**body, "id": cid}))
+        payload = _queued("create", cid, _in_api_ids(self.conn, cid, {**body, "id": cid}))
         self._insert("create", cid, str(uuid.uuid4()), payload, None, None)
         return cid
 
     def patch_candidate(self, candidate_id: str, patch: Mapping[str, Any]) -> None:
         cid = api_id(self.conn, str(uuid.UUID(candidate_id)))
-        payload = _queued("patch", cid, _in_api_ids(self.conn, dict(patch)))
+        payload = _queued("patch", cid, _in_api_ids(self.conn, cid, dict(patch)))
         self._insert("patch", cid, str(uuid.uuid4()), payload, None, None)
 
     def _insert(
@@ -1210,17 +1210,31 @@ def api_id(conn: sqlite3.Connection, candidate_id: str) -> str:
     return str(row[0]) if row is not None else candidate_id
 
 
+def _rows_for(conn: sqlite3.Connection, query: str, ids: list[str]) -> list[Any]:
+    """The rows of ``query``, whose ``{marks}`` takes the placeholders of ``ids``, over all of
+    ``ids``: 500 at a time, well under SQLite's limit of bound parameters."""
+    rows: list[Any] = []
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows += conn.execute(query.format(marks=",".join("?" * len(chunk))), chunk).fetchall()
+    return rows
+
+
 def _aliases_of(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
     """The recorded aliases of ``ids``, local id → the API's."""
-    aliases: dict[str, str] = {}
-    for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT local_id, server_id FROM outbox_aliases WHERE local_id IN ({marks})", chunk
-        )
-        aliases.update((str(local), str(server)) for local, server in rows.fetchall())
-    return aliases
+    query = "SELECT local_id, server_id FROM outbox_aliases WHERE local_id IN ({marks})"
+    return {str(local): str(server) for local, server in _rows_for(conn, query, ids)}
+
+
+def _refused_creates(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Those of ``ids`` whose create the file holds failed for good: refused by the API, or
+    failed unsent. Not those closed later (a patch answered 410: rejected or merged by a
+    reviewer), which are candidates at the API all the same."""
+    query = (
+        "SELECT candidate_id FROM outbox_ops WHERE kind = 'create' AND state = 'failed'"
+        " AND candidate_id IN ({marks})"
+    )
+    return {str(cid) for (cid,) in _rows_for(conn, query, ids)}
 
 
 # Where a body names candidates besides its own ``id``: ``references``, and ``alarm`` under
@@ -1279,10 +1293,47 @@ def _canonical(value: str) -> str:
         return value
 
 
-def _in_api_ids(conn: sqlite3.Connection, body: JsonDict) -> JsonDict:
-    """``body`` as it is queued: each id it names that has an alias as the API's id."""
-    aliases = _aliases_of(conn, _named_ids(body))
+def _in_api_ids(conn: sqlite3.Connection, cid: str, body: JsonDict) -> JsonDict:
+    """``body`` of candidate ``cid`` as it is queued: each id it names that has an alias as
+    the API's id, and no link to a candidate whose create was refused (see
+    :func:`_without_refused`)."""
+    named = _named_ids(body)
+    refused = _refused_creates(conn, named)
+    if refused:
+        body = _without_refused(cid, body, refused)
+    aliases = _aliases_of(conn, named)
     return _with_api_ids(body, aliases) if aliases else body
+
+
+def _without_refused(cid: str, body: JsonDict, refused: set[str]) -> JsonDict:
+    """``body`` without the references, and the ``alarm.previous_alarm_id`` (null instead),
+    that name a candidate of ``refused``: none of ours has that id at the API. After a 409
+    (another producer's candidate with that id, or for the same event) the id is another
+    producer's candidate, which ours must not be linked to."""
+    new, dropped = dict(body), set[str]()
+    refs = body.get("references")
+    if isinstance(refs, list):
+        gone = {v for v in refs if isinstance(v, str) and _canonical(v) in refused}
+        dropped.update(_canonical(v) for v in gone)
+        kept = [v for v in refs if not (isinstance(v, str) and v in gone)]
+        if kept:
+            new["references"] = kept
+        elif gone:
+            del new["references"]
+    alarm = body.get("alarm")
+    previous = alarm.get("previous_alarm_id") if isinstance(alarm, dict) else None
+    if isinstance(alarm, dict) and isinstance(previous, str) and _canonical(previous) in refused:
+        new["alarm"] = {**alarm, "previous_alarm_id": None}
+        dropped.add(_canonical(previous))
+    if not dropped:
+        return body
+    log.info(
+        "candidate %s: no link to %s, whose create failed for good (its id may be another"
+        " producer's candidate)",
+        cid,
+        ", ".join(sorted(dropped)),
+    )
+    return new
 
 
 def _move_patches(conn: sqlite3.Connection, aliases: Mapping[str, str]) -> None:

@@ -533,18 +533,24 @@ def test_updates_follow_a_create_the_api_answered_with_the_candidate_it_holds(
         f" already held for that event; updates of {again} go to {held}"
     ]
     # Rejected there, it is closed under the producer's id too: its updates stop.
-    with api_server.client("reviewer") as http:
-        decision = {"decision": "reject", "reason_code": "duplicate", "reason": "seen"}
-        assert http.post(f"/candidates/{held}/review", json=decision).status_code == 200
-    with outbox.transaction() as txn:
-        txn.patch_candidate(again, {"detection": {"dwell_s": 50}})
-    deliver(outbox)
+    rejected_then_patched(api_server, outbox, held, again)
     failed = outbox.failed()
     assert [(f["kind"], f["candidate_id"], f["error"][:4]) for f in failed] == [
         ("patch", held, "410 ")
     ]
     with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
         assert candidate_closed(conn, again)
+
+
+def rejected_then_patched(api_server: Any, outbox: Outbox, held: str, cid: str) -> None:
+    """A reviewer rejects the API's candidate ``held``; the producer then patches it, by its
+    own id ``cid``, and the outbox delivers (the patch answered 410)."""
+    with api_server.client("reviewer") as http:
+        decision = {"decision": "reject", "reason_code": "duplicate", "reason": "seen"}
+        assert http.post(f"/candidates/{held}/review", json=decision).status_code == 200
+    with outbox.transaction() as txn:
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 50}})
+    deliver(outbox)
 
 
 def test_batches_stay_under_the_size_limit_and_a_body_over_it_is_refused(
@@ -1046,3 +1052,65 @@ def test_the_client_sends_no_request_it_cannot_encode() -> None:
     assert str(err.value).endswith(f"no request can carry it: {NOT_JSON}")
     assert client.create_candidate({"id": "x"}, "k") == {"id": "x"}
     assert [r.method for r in sent] == ["POST"]
+
+
+def test_no_link_to_a_candidate_whose_create_was_refused(api_server: Any, tmp_path: Path) -> None:
+    """A create refused for good (409: the id is another producer's candidate), then the next
+    episode or alarm, which references it: the create is queued without that reference and
+    with no previous alarm, so it is not linked to the other producer's candidate. A reference
+    to a candidate closed later (rejected by a reviewer: its patch answered 410) is kept: that
+    candidate is the producer's own at the API."""
+    first, second = producer(api_server, tmp_path, "first"), producer(api_server, tmp_path, "two")
+    taken, rejected = str(uuid.uuid4()), str(uuid.uuid4())
+    with first.transaction() as txn:
+        sha = txn.add_evidence(jpeg(80), "image/jpeg")
+        txn.create_candidate(candidate("link-1", sha), taken)
+    deliver(first)
+    with second.transaction() as txn:
+        txn.create_candidate(candidate("link-2", sha), taken)
+        txn.create_candidate(candidate("link-3", sha), rejected)
+    deliver(second)
+    rejected_then_patched(api_server, second, rejected, rejected)
+    assert [(f["kind"], f["candidate_id"], f["error"][:4]) for f in second.failed()] == [
+        ("create", taken, "409 "),
+        ("patch", rejected, "410 "),
+    ]
+    with contextlib.closing(sqlite3.connect(second.path)) as conn:
+        assert (candidate_closed(conn, taken), candidate_closed(conn, rejected)) == (True, True)
+
+    after, kept = str(uuid.uuid4()), str(uuid.uuid4())
+    with second.transaction() as txn:
+        alarm = {"alarm_id": after, "previous_alarm_id": taken.upper()}
+        body = {**candidate("link-4", sha), "references": [taken.upper()], "alarm": alarm}
+        txn.create_candidate(body, after)
+        alarm = {"alarm_id": kept, "previous_alarm_id": rejected}
+        body = {**candidate("link-5", sha), "references": [taken, rejected], "alarm": alarm}
+        txn.create_candidate(body, kept)
+    with contextlib.closing(sqlite3.connect(second.path)) as conn:
+        queued = {
+            cid: json.loads(payload)
+            for cid, payload in conn.execute(
+                "SELECT candidate_id, payload FROM outbox_ops WHERE state = 'pending'"
+            ).fetchall()
+        }
+    assert ("references" in queued[after], queued[after]["alarm"]) == (
+        False,
+        {"alarm_id": after, "previous_alarm_id": None},
+    )
+    assert (queued[kept]["references"], queued[kept]["alarm"]) == (
+        [rejected],
+        {"alarm_id": kept, "previous_alarm_id": rejected},
+    )
+    deliver(second)
+    assert second.stats()["failed"] == 2
+    with api_server.client("reviewer") as http:
+        docs = {cid: http.get(f"/candidates/{cid}").json() for cid in (after, kept, taken)}
+    assert ("references" in docs[after], docs[after]["alarm"]) == (
+        False,
+        {"alarm_id": after, "previous_alarm_id": None},
+    )
+    assert (docs[kept]["references"], docs[kept]["alarm"]["previous_alarm_id"]) == (
+        [rejected],
+        rejected,
+    )
+    assert docs[taken]["source"]["source_event_id"] == "link-1"
