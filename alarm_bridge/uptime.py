@@ -26,6 +26,9 @@ MAX_GAPS = 1000
 # How far the wall clock may advance beyond the monotonic one between two looks before the
 # rest is a step (or a suspend) and not listening: the two clocks are read a moment apart.
 STEP_S = 1.0
+# A wall clock behind the monotonic one by more than this between two looks was set back:
+# the rest of a settling then lies after it (the two clocks are read a moment apart).
+STEP_MATCH_S = 0.001
 
 UptimeState = tuple[float, float, list[tuple[float, float]]]
 
@@ -51,6 +54,10 @@ class Uptime:
         self._connects: int | None = None  # connect count of the current connection
         self._last_up: float | None = None  # the last look while connected
         self._last_tick: float | None = None  # its monotonic clock, in this run
+        # How long the current connection has lasted on the monotonic clock (each look's
+        # advance, none back: without one, the wall clock stands in for it): its settling is
+        # SETTLE_S of that, wherever the wall clock is stepped meanwhile.
+        self._connected_s = 0.0
         self._down_since: float | None = None
 
     def restore(self, state: UptimeState) -> None:
@@ -92,8 +99,10 @@ class Uptime:
             # Not after now: a clock set back since an earlier run's last look.
             self._add_gap(now if off is None else min(off, now), now + self.settle_s)
             self._connects, self._down_since = connects, None
+            self._connected_s = 0.0
             self._prune(now)
         elif self._last_up is not None and self._last_tick is not None:
+            self._connected_s += max(0.0, tick - self._last_tick)
             self._skip_step(self._last_up + max(0.0, tick - self._last_tick), now)
         self._last_up, self._last_tick = now, tick
         return True
@@ -108,16 +117,17 @@ class Uptime:
 
     def _skip_step(self, listened_to: float, now: float) -> None:
         """The wall clock from ``listened_to`` (the last look plus the monotonic time since)
-        to ``now`` is a step, not listening; one within a connection's settling moves the
-        rest of the settling on with it."""
+        to ``now`` is a step, not listening. The rest of the connection's settling, timed on
+        the monotonic clock, lies after ``now`` on the wall clock whichever way it stepped
+        (the span of the settling, on the wall clock, may be far ahead of a clock set back)."""
+        settling = self.settle_s - self._connected_s
         step = now - listened_to
-        if step <= STEP_S:
-            return
-        end = now
-        if self._gaps and self._gaps[-1][1] > listened_to:
-            end = self._gaps[-1][1] + step
-        self._add_gap(listened_to, end)
-        self._prune(now)
+        if step > STEP_S:
+            self._add_gap(listened_to, now)
+        if settling > 0 and (step > STEP_S or step < -STEP_MATCH_S):
+            self._add_gap(now, now + settling)
+        if step > STEP_S:
+            self._prune(now)
 
     def _set_back(self, now: float) -> None:
         """The wall clock went back before the last look (in this run or since the one before).
@@ -126,18 +136,38 @@ class Uptime:
         from ``now`` to that end for not listened, and a sensor heard after the step would be
         judged silent only once the clock passed that end again, hours late. So it ends at
         ``now`` at the latest, what lies before staying not listened; the other spans are
-        kept, as they were. The first connection's settling stays too: the first span may be
-        that alone, not merged."""
+        kept, as they were. All the clock passes again from ``now`` on is listened to, or not,
+        anew, and noted so: the rest of a settling is added after ``now`` (by the look that
+        noticed the step, or the connection that came with it).
+
+        Set back to before the bridge's start, the start moves back with it: the time from
+        ``now`` to the old start is listened to now, and a sensor heard in it would otherwise
+        be judged silent only on the listening after the old start."""
+        if self.started is not None and now < self.started:
+            self.started = now
         if self._gaps:
             begin, end = self._gaps[0]
-            self._gaps[0] = (begin, min(end, max(now, begin + self.settle_s)))
+            if now <= begin:
+                del self._gaps[0]
+            else:
+                self._gaps[0] = (begin, min(end, now))
 
     def _add_gap(self, begin: float, end: float) -> None:
-        if self._gaps and begin <= self._gaps[-1][1]:
-            first, last = self._gaps[-1]
-            self._gaps[-1] = (first, max(last, end))
+        """The span from ``begin`` to ``end`` is not listened to, with those it meets. After
+        a clock set back, a span may begin before others that lie ahead of the clock: it
+        takes them in, from its own beginning (not theirs: the listening between would count
+        as listened)."""
+        if not self._gaps or begin >= self._gaps[-1][0]:
+            if self._gaps and begin <= self._gaps[-1][1]:
+                first, last = self._gaps[-1]
+                self._gaps[-1] = (first, max(last, end))
+            else:
+                self._gaps.append((begin, end))
         else:
-            self._gaps.append((begin, end))
+            met = [(b, e) for b, e in self._gaps if b < end and e > begin]
+            kept = [gap for gap in self._gaps if gap not in met]
+            merged = (min([begin, *(b for b, _ in met)]), max([end, *(e for _, e in met)]))
+            self._gaps = sorted([*kept, merged])
         if len(self._gaps) > MAX_GAPS:
             (first, _), (_, last) = self._gaps[:2]
             self._gaps[:2] = [(first, last)]

@@ -81,9 +81,10 @@ class Harness:
     def alarm(self, sensor: str, payload: bytes, at: float = T0) -> None:
         self.send(f"gridpatrol/sensors/{sensor}/alarm", payload, at)
 
-    def silence(self, now: float, connects: int = 1) -> None:
-        """A look at a connection (a new one when ``connects`` changed), then the check."""
-        assert self.uptime.look(now, True, connects)
+    def silence(self, now: float, connects: int = 1, tick: float | None = None) -> None:
+        """A look at a connection (a new one when ``connects`` changed), then the check;
+        ``tick``: the monotonic clock (None: the wall clock stands in for it)."""
+        assert self.uptime.look(now, True, connects, tick)
         out = BatchResult()
         with self.outbox.transaction() as txn:
             store.init(txn.conn)
@@ -2132,6 +2133,37 @@ def test_a_clock_set_back_a_day_judges_a_sensor_heard_after_it_on_time(
     creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
     assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
         ("wl-1", "2026-09-23T14:28:30Z"),  # stepped + 910
+    ]
+
+
+def test_a_clock_set_back_then_forward_again_judges_a_sensor_on_its_listening(
+    site: Site, outbox: Outbox
+) -> None:
+    """Four hours of wl-1 and mh-1 heard every 5 minutes, the link down from T0 + 3 h to
+    T0 + 3 h 5 min; the clock set back 2 h, wl-1 heard just after, and 120 s later the clock
+    stepped forward the 2 h again. wl-1 is offline after 910 s of listening: the step was
+    taken for a stretch not listened from the start of the link drop's, ahead of the clock
+    set back, and the listening from the step to there counted (device_offline at the step,
+    after 120 s)."""
+    h = Harness(site, outbox, settle_s=SETTLE_S)
+    for at in range(int(T0), int(T0) + 4 * 3600, 10):
+        if 3 * 3600 <= at - T0 < 3 * 3600 + 300:
+            continue  # the link down: the bridge does not check
+        if (at - int(T0)) % 300 == 0:
+            for sensor in ("wl-1", "mh-1"):
+                h.alarm(sensor, reading(sensor, 1.0, at), at)
+        h.silence(at, connects=1 if at - T0 < 3 * 3600 else 2, tick=at - T0)
+    stepped, tick = T0 + 2 * 3600, 4 * 3600.0  # set back 2 h, 10 s after the last check
+    h.silence(stepped, connects=2, tick=tick)
+    h.alarm("wl-1", reading("wl-1", 2.0, stepped + 1), stepped)
+    for k in range(1, 200):
+        h.silence(stepped + 10 * k + (7200 if k >= 12 else 0), connects=2, tick=tick + 10 * k)
+    creates = [b for k, _, b in outbox_ops(outbox) if k == "create"]
+    assert [(b["source"]["sensor_id"], b["occurred_at"]) for b in creates] == [
+        ("wl-1", "2026-09-21T18:28:30Z"),  # stepped + 7200 + 910
+        # Last heard at T0 + 3 h 55 min, before the step back: judged on the listening after
+        # the clock passed the end of the step forward again, T0 + 4 h 2 min (less silent).
+        ("mh-1", "2026-09-21T18:45:30Z"),
     ]
 
 

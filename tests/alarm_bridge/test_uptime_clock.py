@@ -3,11 +3,14 @@ with its clock set right) is not taken for time the bridge listened."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 from gridpatrol.alarm_bridge import store
-from gridpatrol.alarm_bridge.uptime import SETTLE_S, Uptime
+from gridpatrol.alarm_bridge.uptime import SETTLE_S, Uptime, UptimeState
 from gridpatrol.alarm_bridge.worker import Bridge
 from gridpatrol.api.client import Outbox
 from gridpatrol.site import parse_site
@@ -125,3 +128,172 @@ def test_a_clock_set_back_a_day_between_two_runs() -> None:
     assert 910.0 <= _silent_after(uptime, now, 5.0, 3 * 300) <= 910.0 + SETTLE_S
     restored = uptime.state()
     assert restored is not None and restored[2][0] == (T0, now)
+
+
+def test_a_clock_set_back_then_forward_again_is_no_listening() -> None:
+    """Four hours looked at every 10 s, the link down from T0 + 3 h to T0 + 3 h 5 min; the
+    clock set back 2 h, a sensor heard then, and 110 s later the clock stepped forward 2 h
+    again. The step was kept from its start up to the stretch of the link drop, ahead of it,
+    and that stretch's own start: the listening between counted, 3590 s, and a 300 s sensor
+    was judged silent at the step. It is 120 s, and the sensor silent after 910 s."""
+    uptime = Uptime(horizon_s=900, settle_s=SETTLE_S)
+    for k in range(4 * 360):
+        link = not 3 * 3600 <= 10 * k < 3 * 3600 + 300
+        uptime.look(T0 + 10 * k, link, 1 if 10 * k < 3 * 3600 else 2, TICK0 + 10 * k)
+    heard, tick = T0 + 4 * 3600 - 7200, TICK0 + 4 * 3600
+    assert uptime.look(heard, True, 2, tick)
+    for k in range(1, 12):
+        assert uptime.look(heard + 10 * k, True, 2, tick + 10 * k)
+    assert uptime.look(heard + 7200 + 120, True, 2, tick + 120)
+    assert uptime.connected_for(heard, heard + 7200 + 120) == 120.0
+    assert _silent_after(uptime, heard + 7200 + 120, tick + 120, 900 - 120) == 790.0
+
+
+def test_a_clock_set_back_a_day_then_put_right() -> None:
+    """The day's set-back of the tests above, put right 110 s after the sensor was heard: the
+    step forward was merged into the stretch of the last link drop, ahead of the clock, from
+    that stretch's start, and the listening between counted (64790 s: silent at once). It
+    takes that stretch in from its own start: 110 s listened, the sensor silent after 910 s."""
+    uptime = Uptime(horizon_s=5400, settle_s=SETTLE_S)
+    last, tick = _three_days_of_link_drops(uptime)
+    now = last + 10 - DAY
+    assert uptime.look(now, True, 12, tick + 10)
+    for k in range(1, 11):
+        assert uptime.look(now + 10 * k, True, 12, tick + 10 + 10 * k)
+    assert uptime.look(now + DAY + 110, True, 12, tick + 120)
+    assert uptime.connected_for(now, now + DAY + 110) == 110.0
+    assert _silent_after(uptime, now + DAY + 110, tick + 120, 900 - 110) == 800.0
+
+
+def test_a_clock_set_back_to_before_the_start() -> None:
+    """Two hours from T0, the link back at T0 + 1 h, then the clock set back to T0 - 1800:
+    the start moves back with it, and a sensor heard then is silent after 910 s of listening
+    (it was judged on the listening after T0 only, its first connection's settling left out:
+    2770 s late; 2710 s before that settling was kept)."""
+    uptime = Uptime(horizon_s=900, settle_s=SETTLE_S)
+    for k in range(720):
+        assert uptime.look(T0 + 10 * k, True, 1 if 10 * k < 3600 else 2, TICK0 + 10 * k)
+    heard, tick = T0 - 1800, TICK0 + 7200
+    assert uptime.look(heard, True, 2, tick)
+    assert uptime.state() == (heard, heard, [(T0 + 3590, T0 + 3660)])
+    assert _silent_after(uptime, heard, tick, 900) == 910.0
+
+
+# Random histories: the bridge looks every 10 s, its link drops, it restarts (after a crash,
+# on the state saved at most a minute before), the wall clock is stepped back and forward.
+# The truth is kept on a real clock: the seconds listened, each connection's first SETTLE_S
+# left out. A sensor is judged silent only after more than the horizon of them.
+
+LOOK_S = 10.0
+
+
+@dataclass
+class _Run:
+    """A history's real course, the wall clock's offset, the bridge as it is."""
+
+    rng: random.Random
+    horizon_s: float
+    make: Callable[[float], Uptime]
+    real: float = 0.0
+    offset: float = T0
+    uptime: Uptime | None = None
+    saved: UptimeState | None = None
+    saved_at: float = -1e9
+    runs: int = 0
+    connects: int = 0
+    connected: bool = False
+    tick_origin: float = 0.0
+    listened: list[tuple[float, float]] = field(default_factory=list)  # real, settled
+    corrections: list[tuple[float, float]] = field(default_factory=list)  # (real, step)
+
+    def listened_between(self, begin: float, end: float) -> float:
+        return sum(max(0.0, min(e, end) - max(b, begin)) for b, e in self.listened)
+
+
+def _random_history(
+    seed: int, make: Callable[[float], Uptime], hours: float = 6.0
+) -> list[tuple[float, float, float]]:
+    """One history; each silence's first verdict: (when the sensor was last heard, the
+    seconds listened since, the seconds from then to the verdict), on the real clock."""
+    rng = random.Random(seed)
+    run = _Run(rng, rng.choice([900.0, 1800.0, 5400.0]), make)
+    verdicts: list[tuple[float, float, float]] = []
+    heard: tuple[float, float] | None = None  # real, wall
+    judged = False
+    chatty = True
+    down_until = 0.0  # the link, or the bridge, is down until then
+    restart_at: float | None = None
+
+    def start() -> None:
+        uptime = make(run.horizon_s)
+        if run.saved is not None:
+            uptime.restore(run.saved)
+        run.uptime, run.runs, run.connects = uptime, run.runs + 1, 0
+        run.tick_origin = 1000.0 * run.runs - run.real  # each run's own monotonic clock
+
+    start()
+    while run.real < hours * 3600:
+        wall = run.real + run.offset
+        uptime = run.uptime
+        assert uptime is not None
+        up = run.real >= down_until and restart_at is None
+        if up and not run.connected:  # a new connection, settled SETTLE_S later
+            run.connects, run.connected = run.connects + 1, True
+            run.listened.append((run.real + SETTLE_S, run.real + SETTLE_S))
+            run.saved_at = -1e9  # the bridge writes the history when the link comes back
+        tick = run.real + run.tick_origin
+        if restart_at is None and uptime.look(wall, up, run.connects, tick):
+            begin, _ = run.listened[-1]
+            run.listened[-1] = (begin, max(begin, run.real))
+            if run.real - run.saved_at >= 60:
+                run.saved, run.saved_at = uptime.state(), run.real
+            silent = heard is not None and uptime.connected_for(heard[1], wall) > run.horizon_s
+            if heard is not None and silent and not judged:
+                judged = True
+                truth = run.listened_between(heard[0], run.real)
+                verdicts.append((heard[0], truth, run.real - heard[0]))
+            if chatty and rng.random() < 1 / 30:
+                heard, judged = (run.real, wall), False
+        if rng.random() < 1 / 90:
+            chatty = not chatty
+        # What happens before the next look.
+        roll = rng.random()
+        if up and roll < 1 / 720:  # the link drops (the next look sees a new connection)
+            down_until = run.real + rng.choice([5.0, 60.0, 600.0]) * rng.random()
+            run.connected = False
+        elif up and roll < 2 / 720:  # the bridge stops, or crashes
+            if rng.random() < 0.5:  # stopped: else the state of the last save
+                run.saved, run.saved_at = uptime.state(), run.real
+            restart_at = run.real + rng.choice([10.0, 600.0, 3600.0]) * rng.random()
+            run.connected = False
+        elif roll < 2 / 720 + 1 / 200:  # a small step back, the clock slewed
+            run.offset -= rng.uniform(0.1, 5.0)
+        elif roll < 2 / 720 + 1 / 200 + 1 / 1500:  # set back, put right later or not
+            step = rng.choice([60.0, 3600.0, 2 * DAY]) * rng.uniform(0.02, 1.0)
+            run.offset -= step
+            if rng.random() < 0.5:
+                run.corrections.append((run.real + rng.uniform(10.0, 7200.0), step))
+        elif roll < 2 / 720 + 1 / 200 + 2 / 1500:  # set forward
+            run.offset += rng.choice([2.0, 3600.0, 2 * DAY]) * rng.uniform(0.6, 1.0)
+        for at, step in [c for c in run.corrections if c[0] <= run.real + LOOK_S]:
+            run.corrections.remove((at, step))
+            run.offset += step
+        run.real += LOOK_S
+        if restart_at is not None and run.real >= restart_at:
+            restart_at = None
+            start()
+    return verdicts
+
+
+def test_random_histories_never_judge_a_sensor_silent_early() -> None:
+    """200 histories of 6 h: no verdict comes before the horizon of real listening since the
+    sensor was last heard, whatever the link, the restarts and the clock did."""
+    early: list[tuple[int, float, float]] = []
+    count = 0
+    for seed in range(200):
+        verdicts = _random_history(seed, lambda horizon: Uptime(horizon, SETTLE_S))
+        count += len(verdicts)
+        horizon = random.Random(seed).choice([900.0, 1800.0, 5400.0])
+        early += [(seed, truth, horizon) for _, truth, _ in verdicts if truth <= horizon]
+    assert early == []
+    assert count > 500  # the histories do judge sensors silent
