@@ -355,6 +355,16 @@ _BUSY_SERVER = (
     "terminating connection due to administrator command",  # a server stopping mid-session
 )
 WAIT_S = (1.0, 30.0)  # the first and the longest wait between tries
+# libpq gives a server's own answer after "failed: " as "<severity>:  <message>", both in the
+# server's lc_messages: FATAL, or 致命错误, FATAL in German, ...
+_SERVER_ANSWER = re.compile(r"failed: ([^:\n]+):  ")
+_ENGLISH_SEVERITIES = frozenset({"FATAL", "ERROR", "PANIC"})
+
+
+def _server_severity(message: str) -> str | None:
+    """The severity of a server's answer in a failed connection's message, else None."""
+    answer = _SERVER_ANSWER.search(message)
+    return answer.group(1) if answer else None
 
 
 def database_unreachable(exc: Exception) -> bool:
@@ -365,7 +375,13 @@ def database_unreachable(exc: Exception) -> bool:
     if not hasattr(orig, "sqlstate"):  # not psycopg: SQLite, a local file
         return False
     message = str(orig)
-    return any(known in message for known in _TRANSPORT + _BUSY_SERVER)
+    if any(known in message for known in _TRANSPORT + _BUSY_SERVER):
+        return True
+    # A server answering in another language cannot be read: starting, stopping and full are
+    # as likely as a refusal, and exiting would leave intake down after a power cut. Its answer
+    # is in each warning; lc_messages = 'C' (or an English locale) lets a refusal end the start.
+    severity = _server_severity(message)
+    return severity is not None and severity not in _ENGLISH_SEVERITIES
 
 
 def _reason(exc: Exception) -> str:
@@ -398,9 +414,9 @@ def _wait_for_database(url: str) -> None:
             except OperationalError as exc:
                 if not database_unreachable(exc):
                     reason = _reason(exc)
-                    # The server's refusals are FATALs; the client's own (SSL, a certificate,
-                    # a parameter) come before any.
-                    if "FATAL:" in reason:
+                    # The server's refusals are its answers; the client's own (SSL, a
+                    # certificate, a parameter) come before any.
+                    if _server_severity(str(getattr(exc, "orig", exc))) is not None:
                         raise RuntimeError(f"the database refused it: {reason}") from exc
                     raise RuntimeError(f"cannot connect to the database: {reason}") from exc
                 log.warning(

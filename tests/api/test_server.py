@@ -620,3 +620,34 @@ def kill_if_running(srv: Server) -> None:
     if srv.proc is not None and srv.proc.poll() is None:
         srv.proc.kill()
         srv.proc.wait()
+
+
+SERVER = 'connection failed: connection to server at "127.0.0.1", port 5432 failed: '
+
+
+@pytest.mark.parametrize(
+    ("message", "waits"),
+    [
+        # A server answering in its lc_messages: starting, stopping and full read alike.
+        (SERVER + "致命错误:  数据库系统正在关闭", True),
+        (SERVER + '致命错误:  角色 "lim" 的连接过多', True),
+        # German keeps the word FATAL: read as a refusal, as docs/operations.md says.
+        (SERVER + "FATAL:  das Datenbanksystem fährt hoch", False),
+        # In English a refusal is told from a busy server.
+        (SERVER + 'FATAL:  database "gp_nowhere" does not exist', False),
+        (SERVER + 'FATAL:  password authentication failed for user "gp"', False),
+        (SERVER + "FATAL:  the database system is starting up", True),
+        (SERVER + 'FATAL:  too many connections for role "lim"', True),
+        # The client's own setup: no server answered.
+        (SERVER + "server does not support SSL, but SSL was required", False),
+        (SERVER + "Connection refused", True),
+    ],
+)
+def test_a_server_answering_in_another_language_is_waited_on(message: str, waits: bool) -> None:
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from gridpatrol.api.cli import database_unreachable
+
+    exc = OperationalError("connect", {}, psycopg.OperationalError(message))
+    assert database_unreachable(exc) is waits
