@@ -1230,11 +1230,15 @@ def _refused_creates(conn: sqlite3.Connection, ids: list[str]) -> set[str]:
     """Those of ``ids`` whose create the file holds failed for good: refused by the API, or
     failed unsent. Not those closed later (a patch answered 410: rejected or merged by a
     reviewer), which are candidates at the API all the same."""
-    query = (
-        "SELECT candidate_id FROM outbox_ops WHERE kind = 'create' AND state = 'failed'"
-        " AND candidate_id IN ({marks})"
-    )
-    return {str(cid) for (cid,) in _rows_for(conn, query, ids)}
+    return {str(cid) for (cid,) in _rows_for(conn, REFUSED_CREATES, ids)}
+
+
+# SQLite's planner takes the state index for this IN list and walks every failed row (10 ms
+# per queued operation with 10,000 refusals kept): the partial index names the candidate.
+REFUSED_CREATES = (
+    "SELECT candidate_id FROM outbox_ops INDEXED BY outbox_ops_refused_creates"
+    " WHERE kind = 'create' AND state = 'failed' AND candidate_id IN ({marks})"
+)
 
 
 # Where a body names candidates besides its own ``id``: ``references``, and ``alarm`` under

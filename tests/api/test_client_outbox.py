@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from gridpatrol.api.client import (
+    REFUSED_CREATES,
     ApiClient,
     ApiError,
     Outbox,
@@ -1114,3 +1115,16 @@ def test_no_link_to_a_candidate_whose_create_was_refused(api_server: Any, tmp_pa
         rejected,
     )
     assert docs[taken]["source"]["source_event_id"] == "link-1"
+
+
+def test_the_refused_creates_of_a_body_are_looked_up_by_candidate(tmp_path: Path) -> None:
+    # Looked up for every queued operation that names a candidate: by the state index it walks
+    # every refusal the file keeps.
+    path = tmp_path / "outbox.db"
+    Outbox(path, ApiClient("http://127.0.0.1:9", "t"), component="plan").stop()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        query = REFUSED_CREATES.format(marks="?,?")
+        plan = conn.execute(f"EXPLAIN QUERY PLAN {query}", ["a", "b"]).fetchall()
+    assert [row[-1] for row in plan] == [
+        "SEARCH outbox_ops USING INDEX outbox_ops_refused_creates (candidate_id=?)"
+    ]
