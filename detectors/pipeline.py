@@ -465,6 +465,17 @@ class CameraPipeline:
             if st.phase != "idle"
         }
 
+    def held(self) -> dict[tuple[str, str], tuple[datetime, ...]]:
+        """(zone, rule) → the first sightings of the occupancies its rule still holds, whose
+        transitions may yet come (the one it times, those over while the zone's schedule is
+        off); rules holding none are left out. Read-only: the states are not changed."""
+        return {
+            (zr.zone.id, rule): tuple(datetime.fromtimestamp(t, UTC) for t in seen)
+            for zr in self.zones
+            for rule, st in zr.states.items()
+            if (seen := st.held_seen)
+        }
+
     def last_seen(self) -> dict[tuple[str, str], datetime]:
         """(zone, rule) → the last frame time its condition held, for every raised rule (also
         one over while its zone's schedule is off, its clear waiting for the schedule)."""

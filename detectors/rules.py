@@ -379,6 +379,14 @@ class RuleState:
             return self.ended[0].last_seen
         return None
 
+    @property
+    def held_seen(self) -> tuple[float, ...]:
+        """The first sightings of the episodes this state still holds, whose raise, update or
+        clear may yet come: the one timed (dwell running or raised), if any, and those over
+        while nothing could be reported. Of any other no transition can come any more."""
+        timed = (self.first_seen,) if self.phase != "idle" else ()
+        return (*(e.first_seen for e in self.ended), *timed)
+
     def without_raised(self) -> RuleState:
         """This state without the raised episode of ``raised_seen`` (ended elsewhere at that
         sighting): the episodes over while nothing could be reported that were never raised,

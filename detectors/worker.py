@@ -843,49 +843,40 @@ class DetectorWorker:
         self._keep_sightings(rt, frame)
         sure = objects(result.detections)  # evidence draws objects, not boxes kept for tracks
         self._episodes(rt, h.ts, events, item, sure)
-        self._forget_sightings(rt, events)
+        self._forget_sightings(rt)
 
     def _keep_sightings(self, rt: CameraRuntime, frame: StoredFrame) -> None:
         """Keep ``frame`` as the last sighting of each background rule occupancy seen on it (and
         as its first, when it is the first): a dwell completed while its zone's schedule is off
         is raised when it opens, maybe hours later, on a frame that may show bare ground, and
         the ring, thinned over that time (24 frames over the longest time off), may keep no
-        frame of the occupancy for its clean or first_seen frame."""
+        frame of the occupancy for its clean or first_seen frame. A zone without a schedule
+        raises on the last sighting, whose frame is the current one: nothing is kept for it."""
         from gridpatrol.site import StaticForegroundParams
 
+        scheduled = {zone.id for zone in rt.camera.zones if zone.schedule is not None}
         for (zone, rule), occ in rt.pipeline.occupied().items():
+            if zone not in scheduled:
+                continue
             params = _rule_params(rt.camera, zone, rule)
             if not isinstance(params, StaticForegroundParams):
                 continue  # blind while its schedule is off: raised on the frame it saw
             if abs(occ.seen - frame.t) <= SIGHTING_ROUNDING:
                 rt.sightings.seen((zone, rule), occ.began, frame)
 
-    def _forget_sightings(self, rt: CameraRuntime, events: Iterable[Any]) -> None:
-        """Forget the kept sightings no raise can follow any more: of an occupancy cleared on
-        this frame (its raise, if any, was rendered with it), or over before its dwell
-        completed (it ended silently). At most HELD_MAX + 1 of each rule stay either way: an
-        episode the worker ended (a silent camera) has no clear."""
+    def _forget_sightings(self, rt: CameraRuntime) -> None:
+        """Keep only the sightings of occupancies their rule still holds (the one it times, and
+        those over while the zone's schedule is off, whose raise or clear waits for it), run
+        after the frame's events were rendered: no raise can follow any other. So are
+        forgotten an occupancy cleared on this frame, one over before its dwell completed, one
+        the rule dropped past HELD_MAX while the schedule was off, and one the worker ended
+        (a silent camera), which has no clear."""
         if not len(rt.sightings):
             return
-        cleared = {
-            (ev.zone_id, ev.rule, ev.first_seen)
-            for ev in map(normalise_event, events)
-            if ev.kind == "clear"
-        }
-        timing = {key: occ.began for key, occ in rt.pipeline.occupied().items()}
+        held = rt.pipeline.held()
 
-        def done(key: tuple[str, str], began: datetime, frame: StoredFrame) -> bool:
-            if any(
-                (zone, rule) == key and abs(first - began) <= SIGHTING_ROUNDING
-                for zone, rule, first in cleared
-            ):
-                return True
-            now = timing.get(key)
-            if now is not None and abs(now - began) <= SIGHTING_ROUNDING:
-                return False  # still timed
-            params = _rule_params(rt.camera, *key)
-            dwell = (frame.t - began).total_seconds()
-            return params is None or dwell < params.dwell_s - SIGHTING_ROUNDING.total_seconds()
+        def done(key: tuple[str, str], began: datetime, _: StoredFrame) -> bool:
+            return not any(abs(first - began) <= SIGHTING_ROUNDING for first in held.get(key, ()))
 
         rt.sightings.forget(done)
 

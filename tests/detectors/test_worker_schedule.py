@@ -59,13 +59,27 @@ def _night(worker: DetectorWorker, until: datetime, since: datetime = EVENING) -
     """cam-00's frames every 20 s from 22:00 (from ``since`` on) to ``until``, decoded and
     judged as the worker takes them (no objects detected); a pile lies in view from 23:30 to
     01:00."""
+    _frames(worker, EVENING, until, [(at("23:30"), at("01:00", 1))], step_s=20, since=since)
+
+
+def _frames(
+    worker: DetectorWorker,
+    start: datetime,
+    until: datetime,
+    piles: list[tuple[datetime, datetime]],
+    step_s: int = 60,
+    since: datetime | None = None,
+) -> None:
+    """cam-00's frames every ``step_s`` from ``start`` (judged from ``since`` on) to ``until``,
+    decoded and judged as the worker takes them (no objects detected); the pile lies in view
+    over each of ``piles``."""
     rt = worker.cams["cam-00"]
-    dumped, removed = at("23:30"), at("01:00", 1)
     nothing = InferenceResult(Detections.empty(), {}, Letterbox(1.0, 0.0, 0.0))
     k = 0
-    while (t := EVENING + timedelta(seconds=20 * k)) <= until:
-        if t >= since:
-            ready = worker._decode(rt, "frame", _payload(k, dumped <= t < removed, t), t)
+    while (t := start + timedelta(seconds=step_s * k)) <= until:
+        if since is None or t >= since:
+            pile = any(dumped <= t < removed for dumped, removed in piles)
+            ready = worker._decode(rt, "frame", _payload(k, pile, t), t)
             assert ready is not None
             ready.result = nothing
             worker._judge(ready)
@@ -350,10 +364,9 @@ def test_clean_and_annotated_of_a_pile_raised_hours_later_are_of_its_occupancy(
     40 minutes; the frames of the pile's last and first sightings, kept for the raise, are its
     clean and annotated frame (not the ring's frame of before the pile, with boxes on bare
     ground) and its first_seen frame (not the ring's first frame after 00:10, of bare ground
-    after the pile was taken away). Without them (``kept`` False: forgotten, as after more than
-    16 later occupancies), the clean and annotated frames are the current frame of 06:00 and
-    first_seen the ring's first frame after 00:10, as docs/detectors.md says: no frame shows the
-    pile."""
+    after the pile was taken away). Without them (``kept`` False: none kept for it), the clean
+    and annotated frames are the current frame of 06:00 and first_seen the ring's first frame
+    after 00:10, as docs/detectors.md says: no frame shows the pile."""
     worker, outbox = _worker(tmp_path, MORNING_SITE)
     rt = worker.cams["cam-00"]
     start, dumped, removed, until = at("08:00"), at("00:10", 1), at("00:50", 1), at("06:00", 1)
@@ -403,3 +416,72 @@ def test_clean_and_annotated_of_a_pile_raised_hours_later_are_of_its_occupancy(
     assert detection["boxes"] == [[80.0, 100.0, 160.0, 160.0]]
     assert not rt.ring.within(dumped, removed)  # thinned out: no ring frame shows the pile
     assert len(rt.sightings) == 0  # forgotten once raised and cleared
+
+
+def test_the_sightings_of_a_pile_the_rule_dropped_while_the_schedule_was_off_are_forgotten(
+    tmp_path: Path,
+) -> None:
+    """Schedule 06:00-08:00: 17 piles of 40 minutes, 70 minutes apart from 09:00, each dwell
+    (30 min) completed while the schedule is off. The rule holds at most HELD_MAX = 16 of them
+    and drops the oldest unraised one; the 16 it held are raised and cleared at 06:00, each with
+    the frame of its last sighting, kept for it, as the clean frame. Then nothing is kept: the
+    first pile's frames went when the rule dropped it (they stayed until 17 later occupancies of
+    the rule pushed them out, on a quiet zone weeks, about 0.5 MB each)."""
+    from gridpatrol.detectors.rules import HELD_MAX
+
+    worker, outbox = _worker(tmp_path, MORNING_SITE)
+    rt = worker.cams["cam-00"]
+    piles = [
+        (at("09:00") + timedelta(minutes=70 * n), at("09:40") + timedelta(minutes=70 * n))
+        for n in range(HELD_MAX + 1)
+    ]
+    until = at("06:00", 1)
+    _frames(worker, at("08:00"), at("05:59", 1), piles)
+    # Each pile is over, its dwell complete, and held by the rule but the first.
+    assert rt.pipeline.held() == {("corner", "piled_materials"): tuple(d for d, _ in piles[1:])}
+    _frames(worker, until, until, piles)
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT kind, payload FROM outbox_ops ORDER BY seq")
+        ops = [json.loads(data) for kind, data in rows.fetchall() if kind != "evidence"]
+    creates = [op for op in ops if "evidence" in op]
+    assert len(ops) == 2 * HELD_MAX and len(creates) == HELD_MAX  # each raised and ended
+    for op, (dumped, removed) in zip(creates, piles[1:], strict=True):
+        assert datetime.fromisoformat(op["detection"]["started_at"]) == dumped
+        clean = next(e for e in op["evidence"] if e["kind"] == "clean")
+        # The pile's last sighting, a minute before it was taken away.
+        assert datetime.fromisoformat(clean["captured_at"]) == removed - timedelta(minutes=1)
+    assert rt.pipeline.held() == {}
+    assert len(rt.sightings) == 0
+
+
+@pytest.mark.parametrize("schedule", [None, '{from: "06:00", to: "23:00"}'])
+def test_the_sightings_of_a_pile_its_silent_camera_ended_are_forgotten(
+    tmp_path: Path, schedule: str | None
+) -> None:
+    """A pile in view 09:00-09:40 is raised at 09:30 on its last sighting, while the schedule is
+    on (or of a zone without one), then the camera goes silent and the worker ends its episode:
+    the rule has no clear of it. Ten frames of bare ground later, no frame of it is kept. A zone
+    without a schedule keeps none at all (its raises are on their last sighting, the current
+    frame); a scheduled one's went with the episode (they stayed until 17 later occupancies of
+    the rule pushed them out)."""
+    text = SITE.replace('\n        schedule: {from: "06:00", to: "23:00"}', "")
+    if schedule is not None:
+        text = SITE.replace('{from: "06:00", to: "23:00"}', schedule)
+    worker, outbox = _worker(tmp_path, text)
+    rt = worker.cams["cam-00"]
+    dumped, removed = at("09:00"), at("09:40")
+    _frames(worker, at("08:00"), at("09:35"), [(dumped, removed)])
+    held = rt.pipeline.held()
+    assert held == {("corner", "piled_materials"): (dumped,)}
+    assert len(rt.sightings) == (0 if schedule is None else 1)
+    worker._end_silent_camera(rt, 1e6)
+    assert rt.pipeline.held() == {}
+    _frames(worker, at("10:00"), at("10:09"), [])
+    with outbox.transaction() as txn:
+        rows = txn.conn.execute("SELECT kind, payload FROM outbox_ops ORDER BY seq")
+        ops = [json.loads(data) for kind, data in rows.fetchall() if kind != "evidence"]
+    # The create at 09:30, its updates (update_s 120 s) and its ending: no clear came.
+    ended = [("id" in op, "ended_at" in op["detection"]) for op in ops]
+    assert ended == [(True, False), (False, False), (False, False), (False, True)]
+    assert datetime.fromisoformat(ops[-1]["detection"]["ended_at"]) == at("09:35")
+    assert len(rt.sightings) == 0
