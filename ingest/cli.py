@@ -215,7 +215,13 @@ def run_watch(args: argparse.Namespace) -> int:
             print(json.dumps(line), flush=True)
     finally:
         conn.stop()
-    log.info("%d frames, %d dropped, rejected %s", seen, receiver.dropped, dict(receiver.rejected))
+    log.info(
+        "%d frames, %d dropped, rejected %s, of them not dead-lettered (over the limit) %s",
+        seen,
+        receiver.dropped,
+        dict(receiver.rejected),
+        dict(receiver.letters.suppressed),
+    )
     return 1 if refused.is_set() else 0  # refused after a late start: as ingest
 
 

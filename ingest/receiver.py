@@ -6,6 +6,9 @@ does not starve the others, and never stops on bad input: each rejection is
 published to ``{prefix}/deadletter/{component}`` with its reason, the decoder's detail as
 ``error`` and the original bytes (their first :data:`DEAD_LETTER_PAYLOAD_BYTES` when there are
 more, with their size; fewer when the broker's packet limit leaves the letter less room).
+A camera sending garbage gets a letter and a warning line for its first
+:data:`LETTERS_PER_TOPIC` rejections in each :data:`LETTER_WINDOW_S` (and all cameras together
+:data:`LETTERS_PER_WINDOW`); the rest are counted exactly and said in one warning per window.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from gridpatrol.ingest.messages import (
@@ -35,12 +39,79 @@ from gridpatrol.ingest.topics import deadletter_topic, frame_topic, parse_topic,
 
 log = logging.getLogger(__name__)
 
+# Dead letters (each with its warning line) per frame topic, and for all topics together, in
+# each window. A camera publishing garbage at its frame rate, or a faulty one at thousands of
+# messages a second, got a letter of up to 87 KB and a log line for every frame: 2,000 bad
+# frames a second made 2,000 letters and 300 KB of log a second, and 64 KiB ones at 1,000 a
+# second held 150 MB of letters in the client's queue, lost at the exit. The first few of a
+# window tell what is wrong; the counts stay exact.
+LETTERS_PER_TOPIC = 10
+LETTERS_PER_WINDOW = 100
+LETTER_WINDOW_S = 60.0
+
+
+@dataclass
+class LetterLimit:
+    """Which rejections get a dead letter and a warning line: in each window of ``window_s``
+    (from the first rejection after the last window ended), the first ``per_topic`` on each
+    topic, and ``per_window`` in all. The others are counted by reason in :attr:`suppressed`,
+    and said in one warning when their window ends (:meth:`tick`, or the next rejection)."""
+
+    clock: Callable[[], float] = time.monotonic
+    per_topic: int = LETTERS_PER_TOPIC
+    per_window: int = LETTERS_PER_WINDOW
+    window_s: float = LETTER_WINDOW_S
+    # Since the start, by reason.
+    suppressed: Counter[str] = field(default_factory=Counter, init=False)
+    _started: float | None = field(default=None, init=False)  # the current window's start
+    # Only topics that got a letter: at most per_window keys, whatever ids a flood uses.
+    _sent: Counter[str] = field(default_factory=Counter, init=False)
+    # Suppressed in the current window, by reason.
+    _held: Counter[str] = field(default_factory=Counter, init=False)
+
+    def admit(self, topic: str, reason: str) -> bool:
+        """Whether a rejection on ``topic`` gets its letter; counted as suppressed if not."""
+        now = self.clock()
+        self.tick(now)
+        if self._started is None:
+            self._started = now
+        if self._sent[topic] < self.per_topic and self._sent.total() < self.per_window:
+            self._sent[topic] += 1
+            return True
+        self._held[reason] += 1
+        self.suppressed[reason] += 1
+        return False
+
+    def tick(self, now: float | None = None) -> None:
+        """End the current window when its time is up, saying what it suppressed."""
+        now = self.clock() if now is None else now
+        if self._started is None or now - self._started < self.window_s:
+            return
+        if self._held:
+            log.warning(
+                "%d malformed frames in the last %.0f s were not dead-lettered nor logged one "
+                "by one (over %d letters per camera topic, %d in all, in a window): %s",
+                self._held.total(),
+                now - self._started,
+                self.per_topic,
+                self.per_window,
+                dict(self._held),
+            )
+        self._started = None
+        self._sent.clear()
+        self._held.clear()
+
 
 class FrameReceiver:
     def __init__(
-        self, conn: MqttConnection, camera_ids: Sequence[str] | None = None, maxsize: int = 8
+        self,
+        conn: MqttConnection,
+        camera_ids: Sequence[str] | None = None,
+        maxsize: int = 8,
+        letters: LetterLimit | None = None,
     ) -> None:
         self.conn = conn
+        self.letters = letters or LetterLimit()
         filters = (
             [frame_topic(conn.prefix, c) for c in camera_ids]
             if camera_ids
@@ -50,7 +121,7 @@ class FrameReceiver:
         self._wake = threading.Event()
         self.subs = [conn.subscribe(f, qos=0, maxsize=maxsize, wake=self._wake) for f in filters]
         self._next = 0  # the subscription looked at first next time
-        self.rejected: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()  # every rejection, with a letter or not
         self.accepted = 0
 
     @property
@@ -61,6 +132,7 @@ class FrameReceiver:
         """The next valid frame, waiting up to ``timeout`` s in total."""
         deadline = time.monotonic() + timeout
         while True:
+            self.letters.tick()
             # Cleared before looking: an arrival after the look sets it again.
             self._wake.clear()
             if (frame := self._take()) is not None:
@@ -109,6 +181,8 @@ class FrameReceiver:
 
     def reject(self, reason: str, message: Message, error: str = "") -> None:
         self.rejected[reason] += 1
+        if not self.letters.admit(message.topic, reason):
+            return
         publish_dead_letter(self.conn, reason, message, error)
         log.warning("dead-lettered a frame on %s: %s %s", message.topic, reason, error)
 

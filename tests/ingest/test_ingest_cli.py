@@ -172,7 +172,8 @@ def fed(
     proc: Any, watcher: Any, mqtt_prefix: str, bad: list[tuple[str, bytes]], component: str
 ) -> tuple[str, list[dict[str, Any]]]:
     """Publish each (topic, payload) of ``bad``, then a valid frame of c1 (seq 5) that ends
-    ``watch-frames --count 1``; its stderr and its dead letters, one per bad message."""
+    ``watch-frames --count 1``; its stderr and its dead letters (one per bad message, up to
+    10 per camera topic)."""
     good = encode_frame(FrameHeader(datetime.now(UTC), 5, "c1", 160, 90), small_jpeg())
     # The shared broker takes packets past the 16 MiB a connection sends by default.
     settings = replace(MqttSettings.from_url(SHARED), max_packet_size=64 * 2**20)
@@ -186,9 +187,10 @@ def fed(
     code, out, err = proc.wait(120)
     assert code == 0, err
     assert [json.loads(line)["seq"] for line in out.splitlines()] == [5]
-    dead_topic = f"{mqtt_prefix}/deadletter/{component}"
-    seen = watcher.collect(lambda s: len(statuses(s, dead_topic)) >= len(bad), timeout=60)
-    return err, [json.loads(p) for p in statuses(seen, dead_topic)]
+    # Its "offline" leaves after its letters, on the same connection at QoS 1.
+    status = f"{mqtt_prefix}/components/{component}/status"
+    seen = watcher.collect(lambda s: b"offline" in statuses(s, status), timeout=60)
+    return err, [json.loads(p) for p in statuses(seen, f"{mqtt_prefix}/deadletter/{component}")]
 
 
 def test_malformed_frames_are_dead_lettered_and_the_consumer_goes_on(
@@ -249,6 +251,25 @@ def test_a_frame_on_a_topic_whose_id_no_camera_can_have_is_dead_lettered(
     ]
     assert [base64.b64decode(x["payload_b64"]) for x in letters] == [b"anything"] * 2
     assert "rejected {'bad_topic': 2}" in err
+
+
+def test_a_camera_sending_garbage_gets_ten_letters_and_the_closing_line_counts_them_all(
+    site_file: Callable[..., Path], watch: Any, gridpatrol_proc: Any, mqtt_prefix: str
+) -> None:
+    """12 bad frames of c1 within a minute: 10 letters, and the closing line counts the 12 and
+    the 2 that got none."""
+    args = ["--count", "1", "--timeout", "60"]
+    proc, watcher = watching(site_file, watch, gridpatrol_proc, mqtt_prefix, args, "wf-flood")
+    topic = f"{mqtt_prefix}/cameras/c1/frame"
+    bad = [(topic, b"garbage %d" % n) for n in range(12)]
+    err, letters = fed(proc, watcher, mqtt_prefix, bad, "wf-flood")
+    assert [base64.b64decode(x["payload_b64"]) for x in letters] == [
+        b"garbage %d" % n for n in range(10)
+    ]
+    assert (
+        "rejected {'bad_magic': 12}, of them not dead-lettered (over the limit) {'bad_magic': 2}"
+        in err
+    )
 
 
 def test_requests_and_boosts_for_an_id_no_camera_can_have_are_dead_lettered(

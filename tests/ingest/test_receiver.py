@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +18,8 @@ import pytest
 
 from gridpatrol.ingest import receiver as receiver_module
 from gridpatrol.ingest.messages import Frame, FrameHeader, MessageError, encode_frame
-from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
-from gridpatrol.ingest.receiver import FrameReceiver
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
+from gridpatrol.ingest.receiver import FrameReceiver, LetterLimit
 from gridpatrol.ingest.reliable import ERROR_CHARS
 from gridpatrol.ingest.topics import deadletter_topic, frame_topic
 
@@ -183,3 +185,90 @@ def test_a_dead_letter_over_the_packet_limit_is_cut_to_fit(
     assert consumer.publish_oversize == 0
     assert message is not None
     assert_cut_to_fit(message, consumer.max_payload(topic, 1))
+
+
+def consume_until(receiver: FrameReceiver, rejected: int) -> None:
+    """Take frames until ``rejected`` rejections in all (none of them valid)."""
+    deadline = time.monotonic() + 10
+    while receiver.rejected.total() < rejected:
+        assert time.monotonic() < deadline, receiver.rejected
+        assert receiver.get(0.5) is None
+
+
+def letters_up_to(letters: Subscription, topic: str, payload: bytes) -> list[tuple[str, bytes]]:
+    """The (topic, payload) of the dead letters up to the first one of ``payload`` on
+    ``topic``: the consumer's letters leave at QoS 1 in order, so none sent before that one is
+    still on its way."""
+    got: list[tuple[str, bytes]] = []
+    while not got or got[-1] != (topic, payload):
+        message = letters.get(10)
+        assert message is not None, got
+        letter = json.loads(message.payload)
+        got.append((letter["topic"], base64.b64decode(letter["payload_b64"])))
+    return got
+
+
+def test_a_camera_sending_garbage_gets_a_few_letters_and_every_rejection_counted(
+    connections: tuple[MqttConnection, MqttConnection], caplog: pytest.LogCaptureFixture
+) -> None:
+    """30 bad frames of one camera: 10 letters and 10 warnings (one each, before a window of
+    60 s, which this test takes far less than, ends), every one counted; the 3 of another
+    camera each get theirs, and so does the next camera's after them."""
+    consumer, producer = connections
+    prefix = producer.prefix
+    letters = producer.subscribe(deadletter_topic(prefix, "watch"), qos=1, maxsize=1000)
+    receiver = FrameReceiver(consumer, ["a", "b", "c"], maxsize=100)
+    assert consumer.start(10) and producer.start(10)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.receiver"):
+        for camera, count in (("a", 30), ("b", 3)):
+            for _ in range(count):
+                assert producer.publish_wait(frame_topic(prefix, camera), b"garbage", qos=1)
+        consume_until(receiver, 33)
+        assert producer.publish_wait(frame_topic(prefix, "c"), b"garbage", qos=1)
+        consume_until(receiver, 34)
+    got = letters_up_to(letters, frame_topic(prefix, "c"), b"garbage")
+    assert Counter(topic for topic, _ in got) == {
+        frame_topic(prefix, "a"): 10,
+        frame_topic(prefix, "b"): 3,
+        frame_topic(prefix, "c"): 1,
+    }
+    assert receiver.rejected == {"bad_magic": 34}
+    said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.receiver"]
+    assert len(said) == 14
+    assert all(line.startswith("dead-lettered a frame on ") for line in said)
+
+
+def test_letters_over_the_limit_are_said_in_one_warning_when_their_window_ends(
+    connections: tuple[MqttConnection, MqttConnection], caplog: pytest.LogCaptureFixture
+) -> None:
+    """At most 3 letters in a window of 60 s: the 2 bad frames over it are counted, said in
+    one warning once the window is over, and the next bad frame gets its letter again."""
+    consumer, producer = connections
+    prefix = producer.prefix
+    topic = frame_topic(prefix, "a")
+    letters = producer.subscribe(deadletter_topic(prefix, "watch"), qos=1, maxsize=100)
+    now = [1000.0]
+    limit = LetterLimit(clock=lambda: now[0], per_window=3)
+    receiver = FrameReceiver(consumer, ["a"], maxsize=100, letters=limit)
+    assert consumer.start(10) and producer.start(10)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.receiver"):
+        for n in range(1, 6):
+            assert producer.publish_wait(topic, b"garbage %d" % n, qos=1)
+        consume_until(receiver, 5)
+        now[0] += 59.9
+        assert receiver.get(0) is None  # the window is not over yet: nothing said
+        before = len(caplog.records)
+        now[0] += 0.1
+        assert receiver.get(0) is None
+        summary = [r.getMessage() for r in caplog.records[before:]]
+        assert producer.publish_wait(topic, b"garbage 6", qos=1)
+        consume_until(receiver, 6)
+    assert before == 3
+    assert summary == [
+        "2 malformed frames in the last 60 s were not dead-lettered nor logged one by one "
+        "(over 10 letters per camera topic, 3 in all, in a window): {'bad_magic': 2}"
+    ]
+    got = letters_up_to(letters, topic, b"garbage 6")
+    assert got == [(topic, b"garbage %d" % n) for n in (1, 2, 3, 6)]
+    assert receiver.rejected == {"bad_magic": 6}
+    assert limit.suppressed == {"bad_magic": 2}
