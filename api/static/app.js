@@ -110,13 +110,27 @@ function route() {
   else showQueue();
 }
 
+// While the reference (the site's time zone above all) loads after a login, views are not
+// shown: one opened meanwhile (a click on a tab) would read its time filters and show its times
+// in the browser's zone. The view asked for meanwhile is shown once it is loaded.
+let loading = false;
+
+function routeWhenLoaded() {
+  if (ref.session && !loading) route();
+}
+
 async function enter(session) {
   ref.session = session;
   setSession(session);
   $('#who').textContent = `${session.name} · ${session.role}`;
   $('#login').hidden = true;
   $('#app').hidden = false;
-  await loadReference();
+  loading = true;
+  try {
+    await loadReference();
+  } finally {
+    loading = false;
+  }
   initQueue();
   connectEvents(); // every time: after a new login the old stream is closed or refused
   route();
@@ -179,7 +193,7 @@ async function start() {
   applyStatic(document);
   document.querySelectorAll('.lang-toggle').forEach((btn) => btn.addEventListener('click', () => {
     setLang(currentLang() === 'zh' ? 'en' : 'zh');
-    if (ref.session) route();
+    routeWhenLoaded();
   }));
   $('#login-form').addEventListener('submit', login);
   // Enter confirms a dialog from its fields (radio buttons and lists do not submit by
@@ -190,11 +204,15 @@ async function start() {
     $('#dlg-form').requestSubmit();
   });
   $('#logout').addEventListener('click', logout);
-  window.addEventListener('hashchange', () => { if (ref.session) route(); });
+  window.addEventListener('hashchange', routeWhenLoaded);
   window.addEventListener('gp:unauthorized', (ev) => {
     if (!ref.session) return;
     ref.session = null;
+    setSession(null); // nothing is written while signed out
     stopEvents();
+    // A decision's dialog is not left over the login form (what was written in it is kept
+    // for after logging in again: see decideOn).
+    if ($('#dlg').open) $('#dlg').close();
     // The queue keeps its place: after logging in again the same case is selected. Someone
     // else signed in in another tab (the cookie is theirs now) is named.
     const other = ev.detail?.other;
