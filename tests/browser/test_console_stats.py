@@ -99,3 +99,31 @@ def test_precision_is_labelled_by_type_in_both_languages(
     assert page.inner_text("#st-last") == "Last 30 days"
     assert page.inner_text("label:has(#st-since) span") == "Since"
     ui.shot("english")
+
+
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
+def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
+    ui: Any, seeder: Any, frames: list[bytes], browser_timezone: str
+) -> None:
+    # The site's description is held while the reviewer, just logged in, opens the statistics:
+    # they are read, and their window set, once the site's time zone is known, not before in
+    # the browser's (New York, 13 hours from the site's).
+    seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    held: list[Any] = []
+    page.route("**/api/v1/site", lambda route: held.append(route), times=1)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/stats" in r.url else None)
+    ui.login("reviewer")
+    page.click("nav a[data-view=stats]")
+    page.wait_for_function("() => location.hash === '#/stats'")
+    while not held:
+        page.wait_for_timeout(20)
+    assert asked == []
+    before = default_start()
+    with page.expect_request(lambda r: urlsplit(r.url).path == "/api/v1/stats") as first:
+        held[0].continue_()
+    after = default_start()
+    assert window_of(first.value.url) in [{"since": [sent(before)]}, {"since": [sent(after)]}]
+    total(page, "1")
+    assert len(asked) == 1
