@@ -135,3 +135,53 @@ def test_no_alarm_arriving_gives_a_rate_of_zero(
     result = mqtt.bench_alarms_online(types.SimpleNamespace(), 10)
     assert result == {"sent": 10, "received": 0, "per_s": 0.0, "lost": 10}
     assert broker.published == 10
+
+
+class LaggingQueue(Queue):
+    """A consumer behind: the n-th frame comes out 2n s after the start, long after the
+    publishing ends, each within the bench's idle wait of the one before."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.taken = 0
+
+    def get(self, timeout: float | None = None) -> Message | None:
+        due = 1000.0 + 2.0 * (self.taken + 1)
+        if self.items and due <= self.clock.now + (timeout or 0.0):
+            self.clock.now = max(self.clock.now, due)
+            self.taken += 1
+            return self.items.pop(0)
+        self.clock.now += timeout or 0.0
+        return None
+
+
+def test_a_backlog_still_arriving_after_the_publishing_is_taken_and_decoded(
+    bench: Bench, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four frames published by 1 s arrive at 2, 4, 6 and 8 s: all are received and each is
+    decoded, as the frames taken while publishing are, and the rate runs to the last."""
+    mqtt = bench("mqtt")
+    clock = Clock()
+    broker = Broker(clock, set(), 0.25)
+    broker.queue = LaggingQueue(clock)
+    decoded: list[int] = []
+    decode = mqtt.decode_frame
+
+    def counting(payload: bytes, **kw: Any) -> Any:
+        frame = decode(payload, **kw)
+        decoded.append(frame.header.seq)
+        return frame
+
+    monkeypatch.setattr(mqtt, "time", clock)
+    monkeypatch.setattr(mqtt, "MqttConnection", broker.connection)
+    monkeypatch.setattr(mqtt, "decode_frame", counting)
+    jpeg = b"\xff\xd8 stand-in jpeg \xff\xd9"
+    result = mqtt.bench_frames(types.SimpleNamespace(settings=None), jpeg, (1280, 720), 1.0)
+    assert result == {
+        "sent": 4,
+        "received": 4,
+        "per_s": 4 / 8.0,
+        "mb_per_s": 4 * len(jpeg) / 8.0 / 1e6,
+        "lost_pct": 0.0,
+    }
+    assert decoded == [0, 1, 2, 3]
