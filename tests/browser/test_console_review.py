@@ -1024,13 +1024,16 @@ def test_a_digit_in_a_return_note_after_a_reject_dialog_is_only_typed(
     returned_with(ui, console, case["id"], "upload frame 2")
 
 
-def answer_lost(page: Any, cid: str, meanwhile: Callable[[], None] = lambda: None) -> None:
+def answer_lost(page: Any, cid: str, meanwhile: Callable[[], None] = lambda: None) -> list[str]:
     """The next decision sent on ``cid`` is made by the API, then (after ``meanwhile``) a proxy
-    answers 504 for it, having timed out on the API's answer."""
+    answers 504 for it, having timed out on the API's answer. Returns what the route did, as it
+    does it (see taken_as_made)."""
+    steps: list[str] = []
 
     def lost(route: Any) -> None:
-        route.fetch()
+        steps.append(f"API answered {route.fetch().status}")
         meanwhile()
+        steps.append("answered 504")
         route.fulfill(
             status=504,
             content_type="application/problem+json",
@@ -1038,13 +1041,21 @@ def answer_lost(page: Any, cid: str, meanwhile: Callable[[], None] = lambda: Non
         )
 
     page.route(f"**/api/v1/candidates/{cid}/review", lost, times=1)
+    return steps
 
 
-def taken_as_made(ui: Any, shown: str, other: str, done: str) -> None:
+def taken_as_made(ui: Any, shown: str, other: str, done: str, steps: list[str]) -> None:
     """The decision on ``shown`` whose answer was lost told as made (``done`` · its id), and
-    the next case, ``other``, selected."""
+    the next case, ``other``, selected. ``steps`` are answer_lost's: the page has an outcome
+    only once the route answered, unless its request went to the API past the route."""
     page = ui.page
     actionable(page, other)
+    # A decision the route never took was answered 200 by the API itself: the page shows the
+    # same, but nothing after it (the platform's ack) happened, and the asserts on the case
+    # would name the wrong cause.
+    assert steps == ["API answered 200", "answered 504"], (
+        f"the route's steps: {steps} (none: the page's request went to the API past the route)"
+    )
     assert page.inner_text("#toast") == f"{done} · {shown[:8]}"
     assert not page.is_visible("#toast.error")
     assert not page.is_visible("#dlg[open]")
@@ -1061,9 +1072,9 @@ def test_a_rejection_made_whose_answer_was_lost_is_taken_as_made(
     page.wait_for_selector("#dlg[open] input[value=duplicate]")
     page.keyboard.press("4")
     page.fill("#dlg-body input[name=reason]", NOTE)
-    answer_lost(page, shown)
+    steps = answer_lost(page, shown)
     page.keyboard.press("Enter")
-    taken_as_made(ui, shown, other, "已驳回")
+    taken_as_made(ui, shown, other, "已驳回", steps)
     rejected = status_of(console, shown)
     assert (rejected["status"], rejected["review"]) == (
         "rejected",
@@ -1086,9 +1097,9 @@ def test_a_confirmation_whose_answer_was_lost_after_the_platform_pulled_it_is_ta
             acked = platform.post("/feed/ack", json={"cursor": feed["next_cursor"]})
             assert acked.status_code == 204, acked.text
 
-    answer_lost(page, shown, pulled)
+    steps = answer_lost(page, shown, pulled)
     page.keyboard.press("c")
-    taken_as_made(ui, shown, other, "已确认")
+    taken_as_made(ui, shown, other, "已确认", steps)
     case = status_of(console, shown)
     assert case["status"] == "pulled"
     assert [(h["action"], h["who"]) for h in case["history"][-2:]] == [
