@@ -112,8 +112,12 @@ function route() {
 
 // While the reference (the site's time zone above all) loads after a login, views are not
 // shown: one opened meanwhile (a click on a tab) would read its time filters and show its times
-// in the browser's zone. The view asked for meanwhile is shown once it is loaded.
-let loading = false;
+// in the browser's zone. The view asked for meanwhile is shown once it is loaded, or after
+// REFERENCE_WAIT_MS from an API slow to answer (in the browser's zone, shown again in the
+// site's when the answer comes).
+const REFERENCE_WAIT_MS = 5000;
+let loading = 0; // the login whose reference is awaited (0: none)
+let logins = 0;
 
 function routeWhenLoaded() {
   if (ref.session && !loading) route();
@@ -125,12 +129,15 @@ async function enter(session) {
   $('#who').textContent = `${session.name} · ${session.role}`;
   $('#login').hidden = true;
   $('#app').hidden = false;
-  loading = true;
-  try {
-    await loadReference();
-  } finally {
-    loading = false;
-  }
+  const attempt = ++logins;
+  loading = attempt;
+  const loaded = loadReference();
+  const late = await Promise.race([
+    loaded.then(() => false),
+    new Promise((done) => { setTimeout(() => done(true), REFERENCE_WAIT_MS); }),
+  ]);
+  if (loading === attempt) loading = 0;
+  if (late) loaded.then(() => { if (attempt === logins) routeWhenLoaded(); });
   initQueue();
   connectEvents(); // every time: after a new login the old stream is closed or refused
   route();

@@ -127,3 +127,26 @@ def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
     assert window_of(first.value.url) in [{"since": [sent(before)]}, {"since": [sent(after)]}]
     total(page, "1")
     assert len(asked) == 1
+
+
+def test_statistics_are_shown_when_the_site_is_slow_to_be_described_and_again_once_it_is(
+    ui: Any, seeder: Any, frames: list[bytes]
+) -> None:
+    # An API that does not describe the site (its answer lost, say) does not leave the reviewer
+    # without any view: after a few seconds the statistics come, and again once it answers.
+    seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
+    page = ui.page
+    held: list[Any] = []
+    page.route("**/api/v1/site", lambda route: held.append(route), times=1)
+    asked: list[str] = []
+    page.on("request", lambda r: asked.append(r.url) if "/api/v1/stats" in r.url else None)
+    ui.login("reviewer")
+    page.click("nav a[data-view=stats]")
+    total(page, "1")
+    assert page.is_visible("#view-stats")
+    assert len(held) == 1
+    assert len(asked) == 1
+    with page.expect_request(lambda r: urlsplit(r.url).path == "/api/v1/stats"):
+        held[0].continue_()
+    total(page, "1")
+    assert len(asked) == 2
