@@ -19,6 +19,7 @@ Protocol (also in docs/scene-heads.md):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import re
@@ -107,6 +108,16 @@ class Sample:
         # turned by an EXIF Orientation tag, the region would fall on other pixels.
         return decode_image(self.data or b"", cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
 
+    def content_sha256(self) -> str:
+        """The sha256 of the file's or the fetched bytes (of nothing for a file gone since)."""
+        if self.path is None:
+            return hashlib.sha256(self.data or b"").hexdigest()
+        try:
+            return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        except OSError:
+            # Unreadable: extract() skips it; its own name keeps it apart from other files.
+            return f"unreadable:{self.path}"
+
 
 def name_time_ms(name: str) -> int | None:
     """The time in a file name, in ms: 13-digit epoch milliseconds (``…_1495902895486.jpg``),
@@ -170,6 +181,57 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
         Sample(key=str(f.relative_to(root)), label=label, group=g, path=f)
         for (f, label), g in zip(files, groups, strict=True)
     ]
+
+
+def merge_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:
+    """The samples with the groups of byte-identical images merged (union-find on sha256).
+
+    Groups come from names (timestamps) or camera and zone, which say nothing of content: a
+    photo copied under another timestamp, or one crop confirmed for two zones, would
+    otherwise sit in two groups, be trained on in one fold and scored in another, and
+    inflate the CV figures. One progress line counts the copies; one more warns when the
+    copies of an image carry both labels (they are kept, in one group).
+    """
+    parent: dict[str, str] = {}
+
+    def root(group: str) -> str:
+        while parent.get(group, group) != group:
+            group = parent[group]
+        return group
+
+    first: dict[str, Sample] = {}
+    conflicts: list[tuple[Sample, Sample]] = []
+    copies = 0
+    for s in samples:
+        sha = s.content_sha256()
+        seen = first.setdefault(sha, s)
+        if seen is s:
+            continue
+        copies += 1
+        a, b = root(seen.group), root(s.group)
+        if a != b:
+            parent[b] = a  # the group seen first names the merged one
+        if seen.label != s.label and all(c[0] is not seen for c in conflicts):
+            conflicts.append((seen, s))
+    if not copies:
+        return list(samples)
+    merged = [replace(s, group=root(s.group)) for s in samples]
+    before, after = len({s.group for s in samples}), len({s.group for s in merged})
+    progress(
+        f"{_count(copies, 'image')} byte-identical to others: each kept in one CV group with "
+        f"its copies ({before} -> {after} groups)"
+    )
+    if conflicts:
+        seen, other = conflicts[0]
+        progress(
+            f"{_count(len(conflicts), 'image')} with both labels (e.g. {seen.key} and "
+            f"{other.key} are the same image): check their labels"
+        )
+    return merged
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def negative_samples(paths: Sequence[str], fps: float) -> list[Sample]:
@@ -843,12 +905,12 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
             f"{len(found)} reviewed {args.type} candidates, {skipped} skipped, "
             f"{reviews.auto_confirmed} confirmed by the site policy without review (not used)"
         )
-        return found
+        return merge_duplicate_groups(found)
     if not args.dataset:
         raise ValueError("give DATASET_DIR or --from-reviews")
     found = dataset_samples(Path(args.dataset), args.positive or args.name, args.group_gap_min)
     progress(f"{len(found)} images in {args.dataset}")
-    return found
+    return merge_duplicate_groups(found)
 
 
 def _api_url(given: str | None) -> str:

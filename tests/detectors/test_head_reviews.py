@@ -171,3 +171,29 @@ def test_the_report_gives_the_folds_used(shared_dir: Path, tmp_path: Path, api_s
     )
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["cv"]["protocol"] == "grouped nested CV, 4 folds x 1 repeats"
+
+
+def test_one_crop_confirmed_for_two_zones_is_one_group(shared_dir: Path, api_server: Any) -> None:
+    """The same crop confirmed on cam-Z for zones bins-left and bins-right: one image, so one
+    group, not one per camera zone. Counted so before any image is read."""
+    post_reviewed(api_server, shared_dir, lambda i: f"cam-{i % 3}")
+    producer = ApiClient(api_server.url, api_server.tokens["producer"])
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    other = sorted(p for p in (dataset(shared_dir) / "garbage").glob("*.jpg"))
+    data = next(p for p in other if p.name not in GARBAGE).read_bytes()
+    for zone in ("bins-left", "bins-right"):
+        cid = post_candidate(producer, data, "crop", "cam-Z", zone_id=zone)
+        reviewer.review(cid, "confirm")
+    producer.close()
+    reviewer.close()
+    proc = train_from_reviews(api_server, shared_dir, "--cv-only")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        count_line(14, 0),
+        "train-head: 1 image byte-identical to others: each kept in one CV group with its "
+        "copies (5 -> 4 groups)",
+        "train-head: nested cross-validation needs reviewed candidates from at least 4 camera "
+        "zones for each class (the candidates of one camera's zone count once), got 14 "
+        "candidates: confirmed ones from 4 camera zones, false positives from 3",
+    ]
+    assert proc.stdout == ""

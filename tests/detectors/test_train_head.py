@@ -697,3 +697,35 @@ def test_evidence_that_comes_through_on_a_retry_is_trained_on(
     assert all(line.startswith(f"train-head: candidate {cid}: evidence {sha}: ")
                for line in lines[:-2])  # fmt: skip
     assert proxy.evidence_requests == 4
+
+
+def test_copies_of_an_image_share_its_group(shared_dir: Path, tmp_path: Path) -> None:
+    """A photo copied under another timestamp, and a clean photo copied into the garbage
+    folder, are byte-identical to their originals: one group with them (else each copy is
+    trained on in one fold and scored in another). Here that leaves three positive groups,
+    too few, said before the model loads; the image with both labels is named."""
+    copies = {
+        "g_1400000000000.jpg": ("garbage", GARBAGE[2]),
+        "c_1410000000000.jpg": ("clean", CLEAN[0]),
+    }
+    for folder, names in (("garbage", GARBAGE[2:4]), ("clean", CLEAN[:4])):
+        (tmp_path / folder).mkdir()
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, tmp_path / folder / name)
+    for copy, (folder, name) in copies.items():
+        shutil.copy(dataset(shared_dir) / folder / name, tmp_path / "garbage" / copy)
+    proc = train_head(
+        str(tmp_path), "--name", "garbage", "--cv-only", "--folds", "2", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        f"train-head: 8 images in {tmp_path}",
+        "train-head: 2 images byte-identical to others: each kept in one CV group with its "
+        "copies (8 -> 6 groups)",
+        f"train-head: 1 image with both labels (e.g. clean/{CLEAN[0]} and "
+        "garbage/c_1410000000000.jpg are the same image): check their labels",
+        "train-head: nested cross-validation needs at least 4 groups of each class (photos "
+        "taken minutes apart at one place count once), got 3 positive / 4 negative",
+    ]
+    assert proc.stdout == ""
