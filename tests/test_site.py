@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -847,6 +848,32 @@ def test_a_zone_whose_edges_cross_is_rejected(polygon: str, problem: str | None)
     with pytest.raises(SiteConfigError) as info:
         parse_site(text, "s.yaml")
     assert info.value.problems == [f"s.yaml:9: cameras[0].zones[0].polygon: Value error, {problem}"]
+
+
+def circle(points: int) -> list[list[float]]:
+    """A circle traced with this many points, as a zone's polygon."""
+    turn = 2 * math.pi / points
+    return [
+        [round(0.5 + 0.4 * math.cos(k * turn), 4), round(0.5 + 0.4 * math.sin(k * turn), 4)]
+        for k in range(points)
+    ]
+
+
+@pytest.mark.parametrize("points", [1000, 1001, 40_000])
+def test_a_polygon_has_at_most_1000_points(points: int) -> None:
+    # Every pair of edges is checked for a crossing: a 40,000-point circle held the API for
+    # minutes. The file is refused before its points are, naming the limit.
+    zone = ZONE.format(rule="crowd_gathering", field="x", value="").replace("{x: []}", "{}")
+    text = MINIMAL + zone.replace("[[0, 0], [1, 0], [1, 1]]", str(circle(points)))
+    if points <= 1000:
+        assert len(parse_site(text).cameras[0].zones[0].polygon) == points
+        return
+    with pytest.raises(SiteConfigError) as info:
+        parse_site(text, "s.yaml")
+    assert info.value.problems == [
+        f"s.yaml:9: cameras[0].zones[0].polygon: Value error, the polygon has {points} points, "
+        "more than the 1000 a zone may have: trace it with fewer points"
+    ]
 
 
 @pytest.mark.parametrize(

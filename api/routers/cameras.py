@@ -19,12 +19,19 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from gridpatrol.api.deps import Reviewer, services_of
 from gridpatrol.api.problems import Problem
 from gridpatrol.api.schemas import shallow
-from gridpatrol.site import RULE_PARAMS, Camera, Site, SiteConfigError, parse_site
+from gridpatrol.site import (
+    RULE_PARAMS,
+    Camera,
+    Site,
+    SiteConfigError,
+    few_enough_points,
+    parse_site,
+)
 
 if TYPE_CHECKING:
     from gridpatrol.ingest.mqtt import MqttConnection
@@ -38,9 +45,17 @@ _ZONE_KEY_ORDER = ("id", "polygon", "schedule", "rules")
 _HHMM = re.compile(r"\d{1,2}:\d{2}")
 
 
+def _few_enough_points(zone: dict[str, Any]) -> dict[str, Any]:
+    few_enough_points(zone.get("polygon"))
+    return zone
+
+
 class ZonesIn(BaseModel):
     # Each zone nests at most MAX_DEPTH levels: its YAML is written and read again recursively.
-    zones: list[Annotated[dict[str, Any], shallow("a zone")]] = Field(max_length=100)
+    # A polygon's points are counted here too, before any YAML of them is written and read.
+    zones: list[
+        Annotated[dict[str, Any], shallow("a zone"), AfterValidator(_few_enough_points)]
+    ] = Field(max_length=100)
 
 
 class ZonesOut(BaseModel):

@@ -22,11 +22,13 @@ from gridpatrol.ingest.topics import (
     snapshot_topic,
 )
 
+from ..test_site import circle
 from .test_candidates import nested, schema_refusal, too_deep
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "samples" / "site.yaml"
 TRIANGLE = [[0.1, 0.5], [0.4, 0.5], [0.25, 0.9]]
+TRIANGLE_ZONE = {"id": "a", "polygon": TRIANGLE}
 
 
 @pytest.fixture
@@ -196,6 +198,25 @@ def test_a_zone_nested_too_deeply_is_refused_not_a_server_error(site_api: Any) -
         assert response.json() == schema_refusal(
             f"/api/v1{url}", too_deep(["body", "zones", 0], "a zone")
         )
+
+
+def test_a_polygon_of_more_than_1000_points_is_refused_naming_the_limit(site_api: Any) -> None:
+    # Every pair of edges is checked for a crossing: a 40,000-point circle held a worker (and
+    # the server's stop) for more than ten minutes.
+    url = "/cameras/cam-dn-001/zones/validate"
+    zone = {"id": "ring", "polygon": circle(5000), "rules": {"crowd_gathering": {}}}
+    with site_api.client("reviewer") as client:
+        response = client.post(url, json={"zones": [TRIANGLE_ZONE, zone]})
+    assert response.status_code == 422
+    assert response.json() == schema_refusal(
+        f"/api/v1{url}",
+        {
+            "loc": ["body", "zones", 1],
+            "msg": "Value error, the polygon has 5000 points, more than the 1000 a zone may "
+            "have: trace it with fewer points",
+            "type": "value_error",
+        },
+    )
 
 
 SNAPSHOT_SITE = """
