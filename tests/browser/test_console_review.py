@@ -733,7 +733,11 @@ def test_a_write_after_someone_else_logged_in_in_another_tab_is_not_made_as_them
 
 def live_and_actionable(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[Any, str, str]:
     """Two cases listed, live updates on, the selected one ready for a decision: the page,
-    the selected case's id and the other's."""
+    the selected case's id and the other's.
+
+    Decisions pass through a route from the start (one that lets them all by), so that the
+    browser already intercepts them when a test routes one of them."""
+    ui.page.route("**/api/v1/candidates/*/review", lambda route: route.fallback())
     shown, other = two_listed(ui, seeder, frames)
     ui.page.wait_for_selector("#live.on")
     actionable(ui.page, shown)
