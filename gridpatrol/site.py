@@ -35,6 +35,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -506,17 +507,25 @@ class StaticForegroundParams(RuleParams):
         default=default_learn_s(600.0), gt=0, le=MAX_LEARN_S, description=LEARN_S_DOC
     )
 
-    @model_validator(mode="before")
+    @model_validator(mode="wrap")
     @classmethod
-    def _learn_from_the_dwell(cls, data: Any) -> Any:
+    def _learn_from_the_dwell(
+        cls, data: Any, handler: ModelWrapValidatorHandler[StaticForegroundParams]
+    ) -> StaticForegroundParams:
+        derived = False
         if isinstance(data, dict) and "learn_s" not in data:
             dwell = data.get("dwell_s", cls.model_fields["dwell_s"].default)
             # A dwell out of range derives nothing: its own error names the key the user wrote,
             # not a learn_s they never did.
             number = isinstance(dwell, int | float) and not isinstance(dwell, bool)
             if number and 0 <= dwell <= MAX_SPAN_S:
-                return {**data, "learn_s": default_learn_s(dwell)}
-        return data
+                data, derived = {**data, "learn_s": default_learn_s(dwell)}, True
+        params = handler(data)
+        if derived:
+            # Derived, not written: the zones shown back (exclude_unset) leave it out, so a
+            # zone saved again keeps deriving it from its dwell as the file meant.
+            params.__pydantic_fields_set__.discard("learn_s")
+        return params
 
     @model_validator(mode="after")
     def _learn_slower_than_the_dwell(self) -> StaticForegroundParams:

@@ -114,6 +114,27 @@ def test_zone_yaml_is_valid_site_file_text(site_api: Any, tmp_path: Path) -> Non
     assert "cam-dn-002" in check.stdout and "kerb[illegal_parking/crowd_gathering]" in check.stdout
 
 
+def test_the_zones_shown_come_back_as_the_site_file_wrote_them(site_api: Any) -> None:
+    # learn_s left out of the file is derived from dwell_s: shown as written, it would come
+    # back pinned at the old dwell's value (3600 for shop-fronts-east's dwell_s 900).
+    written = {c["id"]: c["zones"] for c in yaml.safe_load(SITE.read_text())["cameras"]}
+    with site_api.client("reviewer") as client:
+        cameras = client.get("/cameras").json()
+        for camera in cameras:
+            url = f"/cameras/{camera['id']}/zones/validate"
+            response = client.post(url, json={"zones": camera["zones"]})
+            assert response.status_code == 200, response.text
+            assert yaml.safe_load(response.json()["yaml"])["zones"] == written[camera["id"]]
+        # A longer dwell set in the editor derives its own learn_s (4 x 2400).
+        shop_fronts = dict(cameras[0]["zones"][2])
+        assert shop_fronts["rules"] == {"shop_front_occupation": {"dwell_s": 900, "min_area": 0.08}}
+        shop_fronts["rules"] = {"shop_front_occupation": {"dwell_s": 2400, "min_area": 0.08}}
+        longer = client.post("/cameras/cam-dn-001/zones/validate", json={"zones": [shop_fronts]})
+    assert [c["id"] for c in cameras] == list(written)
+    assert longer.status_code == 200, longer.text
+    assert "learn_s" not in longer.json()["yaml"]
+
+
 INVALID = [
     (
         {"id": "a", "polygon": TRIANGLE[:2]},
