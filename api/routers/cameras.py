@@ -219,10 +219,12 @@ def close_snapshot_connection() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Zones YAML: flow style for polygons and parameters, as people write the site file by hand.
+# Zones YAML: flow style for polygons and parameters, as people write the site file by hand;
+# only a polygon's points are rounded, every other number is written as sent.
 
 
-def _scalar(value: Any) -> str:
+def _scalar(value: Any, point: bool = False) -> str:
+    """``value`` as a YAML flow scalar; a polygon's coordinate (``point``) to 4 decimals."""
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -232,20 +234,29 @@ def _scalar(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return _scalar(str(value))
+        if not point:  # a rule's parameter as sent: 0.00004 is a min_area, not 0
+            return _plain(value)
+        # A ten-thousandth of the frame is under a pixel at 4K: the editor's clicks lose nothing.
         text = repr(round(value, 4))
         return text if "e" not in text else f"{value:.6f}"
     if _HHMM.fullmatch(str(value)):
         return f'"{value}"'  # quoted, or YAML 1.1 readers may take 12:30 for a number
-    dumped = yaml.safe_dump(str(value), allow_unicode=True, default_flow_style=True, width=10**6)
+    return _plain(str(value))
+
+
+def _plain(value: float | str) -> str:
+    # YAML's own spelling: a float that reads back as itself (4.0e-05, not 4e-05, which YAML
+    # 1.1 reads as a string), a string quoted where it would read as something else.
+    dumped = yaml.safe_dump(value, allow_unicode=True, default_flow_style=True, width=10**6)
     return dumped.removesuffix("\n").removesuffix("\n...")
 
 
-def _flow(value: Any) -> str:
+def _flow(value: Any, point: bool = False) -> str:
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_scalar(k)}: {_flow(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{_scalar(k)}: {_flow(v, point)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_flow(v) for v in value) + "]"
-    return _scalar(value)
+        return "[" + ", ".join(_flow(v, point) for v in value) + "]"
+    return _scalar(value, point)
 
 
 def _zone_lines(zone: dict[str, Any]) -> list[str]:
@@ -257,7 +268,7 @@ def _zone_lines(zone: dict[str, Any]) -> list[str]:
             lines.append("rules:")
             lines += [f"  {_scalar(rule)}: {_flow(params)}" for rule, params in value.items()]
         else:
-            lines.append(f"{_scalar(key)}: {_flow(value)}")
+            lines.append(f"{_scalar(key)}: {_flow(value, point=key == 'polygon')}")
     if not lines:
         return ["- {}"]
     return ["- " + lines[0], *("  " + line for line in lines[1:])]

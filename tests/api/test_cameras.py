@@ -135,6 +135,18 @@ def test_the_zones_shown_come_back_as_the_site_file_wrote_them(site_api: Any) ->
     assert "learn_s" not in longer.json()["yaml"]
 
 
+def test_rule_parameters_are_written_exactly_and_only_points_rounded(site_api: Any) -> None:
+    # Rounded to 4 decimals, min_area 0.00004 was written 0.0 and refused as not above 0.
+    rules = {"piled_materials": {"min_area": 0.00004, "dwell_s": 0.00001}}
+    zone = {"id": "kerb", "polygon": [[0.123456, 0.5], [0.4, 0.5], [0.25, 0.9]], "rules": rules}
+    with site_api.client("reviewer") as client:
+        response = client.post("/cameras/cam-dn-002/zones/validate", json={"zones": [zone]})
+    assert response.status_code == 200, response.text
+    assert yaml.safe_load(response.json()["yaml"])["zones"] == [
+        {"id": "kerb", "polygon": [[0.1235, 0.5], [0.4, 0.5], [0.25, 0.9]], "rules": rules}
+    ]
+
+
 INVALID = [
     (
         {"id": "a", "polygon": TRIANGLE[:2]},
