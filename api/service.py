@@ -1089,7 +1089,7 @@ class CandidateService:
         outcome = Outcome(200, doc, unheld=unheld)
         # A routine update (a detector's dwell time or latest frame, an alarm repeat) changes
         # no required element: its history entry folds into the one before it.
-        answered = sm.answers_return(stored, doc, REQUIRED)
+        answered = sm.answers_return(stored, doc, REQUIRED) or _completes_return(stored, doc)
         if before in ("incomplete", "returned", "new"):
             new = sm.after_supplement(before, not doc["missing_elements"], answered)
             if new != before:
@@ -1107,6 +1107,8 @@ class CandidateService:
             ):
                 self._enter_review(session, row, doc, now, outcome)
             self._wait_for_evidence(session, [outcome])
+            if _waiting(stored) and not _waiting(doc):
+                self._stop_waiting(session, [cid])
         else:
             self._updated(doc, now, who.name, sorted(changes), routine=not answered)
             if row.feed_pos is not None:  # visible already: the platform sees the change
@@ -1164,6 +1166,9 @@ class CandidateService:
             outcome = Outcome(200, doc)
             if decision.decision == "merge":
                 self._merge_into(session, who, row, str(decision.merge_into), now, outcome)
+            # A return records what the case lacks: supplying that (a PATCH, or the upload of
+            # a missing file) answers it, as the note asks (_completes_return).
+            asks = (doc.get("missing_elements") or None) if new == "returned" else None
             doc["status"] = new
             self._history(
                 doc,
@@ -1173,7 +1178,10 @@ class CandidateService:
                 reason=decision.reason,
                 reason_code=decision.reason_code,
                 merge_into=str(decision.merge_into) if decision.merge_into else None,
+                missing_elements=asks,
             )
+            if new in sm.FINAL:
+                self._stop_waiting(session, [cid])
             if new == "rejected":
                 row.reject_reason = decision.reason_code
                 doc["review"] = {"reason_code": decision.reason_code, "reason": decision.reason}
@@ -1248,9 +1256,10 @@ class CandidateService:
         return doc
 
     def evidence_arrived(self, who: Principal, sha256: str) -> int:
-        """Judge the incomplete candidates that wait for this evidence file again, now that
-        the store holds it: those it completes enter review (``new``, or confirmed when their
-        type is auto-confirmed). Returns how many changed.
+        """Judge the candidates that wait for this evidence file again, now that the store
+        holds it: incomplete ones it completes, and returned ones it gives every element they
+        were returned without (:func:`_completes_return`), enter review (``new``, or confirmed
+        when their type is auto-confirmed). Returns how many changed.
 
         Run after every upload of the file, also one that found it there already: a
         candidate created while its file was being stored may have missed the first.
@@ -1274,22 +1283,32 @@ class CandidateService:
                 )
             )
             now = self.clock()
+            done: list[str] = []
             for cid in ids:
                 row = session.scalars(select(CandidateRow).where(CandidateRow.id == cid)).first()
-                if row is None or row.status != "incomplete":
+                stored = json.loads(row.doc) if row is not None else {}
+                if row is None or not (row.status == "incomplete" or _waiting(stored)):
+                    done.append(cid)
                     continue
                 doc = json.loads(row.doc)
-                missing = doc.get("missing_elements")
                 self._derive(doc)
-                if doc["missing_elements"] == missing:
+                if not _waiting(doc):
+                    done.append(cid)
+                if doc["missing_elements"] == stored.get("missing_elements"):
                     continue
                 complete = not doc["missing_elements"]
-                action = "supplemented" if complete else "updated"
+                new = sm.after_supplement(row.status, complete, _completes_return(stored, doc))
+                action = "supplemented" if new != row.status else "updated"
                 self._history(doc, now, who.name, action, fields=["evidence"])
-                if complete:
+                if new == "new":
                     self._enter_review(session, row, doc, now, outcome)
+                else:
+                    doc["status"] = new
                 self._save(row, doc, now)
                 outcome.events.append(_event("candidate.changed", doc))
+            # A case that waits for no file now keeps no row for the others it referred to (a
+            # latest frame replaced before its upload, which may never come).
+            self._stop_waiting(session, done)
         if outcome.events:
             changed = [data["id"] for _kind, data in outcome.events]
             log.info(
@@ -1620,7 +1639,7 @@ class CandidateService:
         return [name for name in doc["missing_elements"] if name not in judged["missing_elements"]]
 
     def _wait_for_evidence(self, session: Session, outcomes: list[Outcome]) -> None:
-        """Note the evidence files incomplete candidates miss, so that each file's upload
+        """Note the evidence files waiting candidates miss, so that each file's upload
         judges them again (:meth:`evidence_arrived`).
 
         Every file the candidate was judged without is noted, also one that has landed since:
@@ -1633,6 +1652,17 @@ class CandidateService:
         ]
         if waiting:
             session.connection().execute(self._insert_missing, waiting)
+
+    @staticmethod
+    def _stop_waiting(session: Session, ids: list[str]) -> None:
+        """Forget the files the candidates ``ids`` waited for, as they wait for none now
+        (complete, rejected, merged): a row kept would stay until a file that may never come
+        is uploaded, and the rows of every case rejected for want of its photo would pile up.
+        """
+        if ids:
+            session.execute(
+                delete(MissingEvidenceRow).where(MissingEvidenceRow.candidate_id.in_(ids))
+            )
 
     def _recheck_evidence(self, who: Principal, outcomes: list[Outcome]) -> None:
         """After commit: judge again candidates whose missing file the store holds by now.
@@ -1831,14 +1861,42 @@ def _incomplete_decision(decision: ReviewIn) -> str | None:
 
 
 def _waits(outcome: Outcome) -> list[str]:
-    """The files an incomplete candidate waits for: those it was judged without."""
+    """The files an incomplete or returned candidate waits for: those it was judged
+    without."""
     return outcome.unheld if _waiting(outcome.doc) else []
 
 
 def _waiting(doc: JsonDict) -> bool:
-    """Whether the candidate ``doc`` is incomplete for want of evidence (a refused batch
-    item's doc is a problem body, which is not)."""
-    return doc.get("status") == "incomplete" and "evidence" in doc.get("missing_elements", ())
+    """Whether the candidate ``doc`` waits for evidence files: incomplete or returned, and
+    missing evidence (a refused batch item's doc is a problem body, which is not). A returned
+    one's upload updates its missing elements; it answers the return only when the return
+    asked for that (:func:`_completes_return`)."""
+    status = doc.get("status")
+    missing = doc.get("missing_elements", ())
+    return status in ("incomplete", "returned") and "evidence" in missing
+
+
+def _return_asks(doc: JsonDict) -> list[str]:
+    """The required elements the returned candidate ``doc`` lacked when it was returned (the
+    return's history entry records them): supplying them completes what the return asked
+    for. Empty for a case returned with every element, or returned before returns recorded
+    them."""
+    for entry in reversed(doc.get("history") or []):
+        if entry.get("action") == "returned":
+            return list(entry.get("missing_elements") or ())
+    return []
+
+
+def _completes_return(before: JsonDict, after: JsonDict) -> bool:
+    """Whether ``after`` (``before`` judged again, by a PATCH or a file's upload) has every
+    element the returned ``before`` still lacked of those it was returned without. A case
+    returned as incomplete ("snapshot missing") is answered by the missing file's upload,
+    not only by a PATCH: a detector or the alarm bridge sends none after its upload."""
+    if before.get("status") != "returned":
+        return False
+    asks = _return_asks(before)
+    lacked = [name for name in asks if name in before.get("missing_elements", ())]
+    return bool(lacked) and not any(name in after["missing_elements"] for name in asks)
 
 
 def _deadlock(exc: DBAPIError) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from pathlib import Path
 from typing import Any
@@ -157,18 +156,27 @@ def test_new_evidence_answers_a_return(api: Any) -> None:
     assert doc.json()["status"] == "new"
 
 
-def test_routine_update_does_not_auto_confirm_a_returned_case(api: Any) -> None:
-    # Created before its photo arrived: incomplete, so a reviewer can return it.
-    sha = hashlib.sha256(api.jpeg(9)).hexdigest()
-    cid = api.create(api.body("s1", sha, ctype="smoke"))["id"]
-    assert api.review(cid, "return", reason="photo?").json()["status"] == "returned"
-    api.put_jpeg(9)
-    doc = api.as_("producer").patch(
+def test_routine_update_does_not_auto_confirm_a_returned_case(
+    make_api: Any, tmp_path: Path
+) -> None:
+    # Returned complete, for what the reviewer's note says (a photo's upload would answer a
+    # case returned for want of it); then its type is made auto-confirmed.
+    before = make_api()
+    cid = new_candidate(before)["id"]
+    assert before.review(cid, "return", reason="wrong place").json()["status"] == "returned"
+    site = tmp_path / "auto.yaml"
+    site.write_text(
+        "site: {name: test, timezone: Asia/Shanghai}\n"
+        "policy:\n  auto_confirm: [smoke, garbage_overflow]\n",
+        encoding="utf-8",
+    )
+    producer = make_api(config=site).as_("producer")
+    doc = producer.patch(
         f"/api/v1/candidates/{cid}",
         json={"detection": {"dwell_s": 900}},
         headers={"Idempotency-Key": "d"},
-    )
-    assert doc.json()["status"] == "returned"
+    ).json()
+    assert (doc["status"], doc["missing_elements"]) == ("returned", [])
 
 
 def test_merge_into_an_existing_candidate(api: Any) -> None:

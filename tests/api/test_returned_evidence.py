@@ -1,0 +1,188 @@
+"""Returned cases and the evidence files they wait for, over HTTP: a case returned for want of
+its photo comes back to review when the photo is uploaded, a returned case's missing elements
+follow its uploads, and a case that waits for no file any more (complete, rejected, merged)
+leaves no row behind in ``missing_evidence``."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from gridpatrol.api.db import MissingEvidenceRow
+
+from .test_intake_consistency import doc_of
+from .test_intake_consistency import put_evidence as upload
+from .test_intake_consistency import unstored_file as unstored
+
+URL = "/api/v1/candidates"
+
+
+def patch(api: Any, cid: str, change: dict[str, Any], key: str) -> dict[str, Any]:
+    response = api.as_("producer").patch(
+        f"{URL}/{cid}", json=change, headers={"Idempotency-Key": key}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def waiting_rows(api: Any) -> list[tuple[str, str]]:
+    """The (file, candidate) pairs the API notes as waiting."""
+    with api.http.app.state.db.read() as session:
+        rows = session.execute(select(MissingEvidenceRow.sha256, MissingEvidenceRow.candidate_id))
+        return sorted((sha, cid) for sha, cid in rows)
+
+
+def steps(doc: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(entry["who"], entry["action"]) for entry in doc["history"]]
+
+
+def returned_for_its_photo(api: Any, ctype: str = "garbage_overflow") -> tuple[str, bytes]:
+    """A case posted before its photo was uploaded, returned by a reviewer for the photo."""
+    data, sha = unstored(api, 31)
+    created = api.create(api.body("e1", sha, ctype=ctype))
+    assert (created["status"], created["missing_elements"]) == ("incomplete", ["evidence"])
+    returned = api.review(created["id"], "return", reason="snapshot missing").json()
+    assert (returned["status"], returned["missing_elements"]) == ("returned", ["evidence"])
+    return created["id"], data
+
+
+@pytest.mark.parametrize(
+    ("ctype", "status", "after"),
+    [
+        ("garbage_overflow", "new", []),
+        ("smoke", "confirmed", [("policy", "auto_confirmed")]),
+    ],
+)
+def test_a_case_returned_for_its_photo_enters_review_when_the_photo_is_uploaded(
+    api: Any, ctype: str, status: str, after: list[tuple[str, str]]
+) -> None:
+    cid, data = returned_for_its_photo(api, ctype)
+    assert upload(api, data).status_code == 201
+    doc = doc_of(api, cid)
+    assert (doc["status"], doc["missing_elements"]) == (status, [])
+    assert steps(doc) == [
+        ("test-producer", "created"),
+        ("test-reviewer", "returned"),
+        ("test-producer", "supplemented"),
+        *after,
+    ]
+    # The return records what the case lacked: what the upload supplied.
+    assert doc["history"][1:3] == [
+        {
+            "at": api.clock.now.isoformat(),
+            "who": "test-reviewer",
+            "action": "returned",
+            "reason": "snapshot missing",
+            "missing_elements": ["evidence"],
+        },
+        {
+            "at": api.clock.now.isoformat(),
+            "who": "test-producer",
+            "action": "supplemented",
+            "fields": ["evidence"],
+        },
+    ]
+    assert waiting_rows(api) == []
+    feed = [c["id"] for c in api.as_("platform").get("/api/v1/feed").json()["items"]]
+    if status == "new":
+        assert feed == []
+        assert api.review(cid, "confirm").json()["status"] == "confirmed"
+    else:
+        assert feed == [cid]
+
+
+def test_a_case_returned_for_its_photo_and_description_waits_for_both(api: Any) -> None:
+    data, sha = unstored(api, 32)
+    cid = api.create(api.body("e1", sha, description=""))["id"]
+    assert api.review(cid, "return", reason="photo, and what is it?").status_code == 200
+    assert upload(api, data).status_code == 201
+    doc = doc_of(api, cid)
+    assert (doc["status"], doc["missing_elements"]) == ("returned", ["description"])
+    assert doc["history"][1]["missing_elements"] == ["description", "evidence"]
+    assert (steps(doc)[-1], doc["history"][-1]["fields"]) == (
+        ("test-producer", "updated"),
+        ["evidence"],
+    )
+    assert waiting_rows(api) == []
+    # A routine update supplies neither: the case stays with its producer.
+    assert patch(api, cid, {"detection": {"dwell_s": 900}}, "dwell")["status"] == "returned"
+    answered = patch(api, cid, {"description": "暴露垃圾 beside the bin"}, "answer")
+    assert (answered["status"], answered["missing_elements"]) == ("new", [])
+
+
+def test_a_returned_case_shows_its_routine_frame_held_once_uploaded_and_stays_returned(
+    api: Any,
+) -> None:
+    cid = api.create(api.body("e1", api.put_jpeg(33)))["id"]
+    assert api.review(cid, "return", reason="wrong place").json()["status"] == "returned"
+    data, sha = unstored(api, 34)
+    updated = patch(api, cid, {"evidence": [{"sha256": sha, "kind": "latest"}]}, "frame")
+    assert (updated["status"], updated["missing_elements"]) == ("returned", ["evidence"])
+    assert upload(api, data).status_code == 201
+    doc = doc_of(api, cid)
+    # The return asked for another place, not for this frame: the case stays returned.
+    assert (doc["status"], doc["missing_elements"]) == ("returned", [])
+    assert steps(doc)[-1] == ("test-producer", "updated")
+    assert waiting_rows(api) == []
+    assert api.review(cid, "confirm").status_code == 409
+
+
+def test_a_patch_that_completes_a_returned_case_answers_its_return(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload stores the photo but its look at the waiting cases fails (a busy database):
+    the producer's PATCH resending the same evidence completes the case, and answers the
+    return as the upload would have."""
+    cid, data = returned_for_its_photo(api)
+    service = api.http.app.state.services.candidates
+
+    def busy(who: Any, sha: str) -> int:
+        raise OperationalError("DELETE FROM missing_evidence", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(service, "evidence_arrived", busy)
+    assert upload(api, data).status_code == 503
+    monkeypatch.undo()
+    sha = hashlib.sha256(data).hexdigest()
+    assert doc_of(api, cid)["missing_elements"] == ["evidence"]
+    doc = patch(api, cid, {"evidence": [{"sha256": sha, "kind": "clean"}]}, "again")
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+    assert steps(doc)[-1] == ("test-producer", "supplemented")
+    assert waiting_rows(api) == []
+
+
+@pytest.mark.parametrize("returned", [False, True])
+@pytest.mark.parametrize("decision", ["reject", "merge"])
+def test_a_case_rejected_or_merged_while_it_waits_for_its_photo_leaves_no_row(
+    api: Any, decision: str, returned: bool
+) -> None:
+    data, sha = unstored(api, 35)
+    cid = api.create(api.body("e1", sha))["id"]
+    target = api.create(api.body("t", api.put_jpeg(36)))["id"]
+    assert waiting_rows(api) == [(sha, cid)]
+    if returned:
+        assert api.review(cid, "return", reason="snapshot missing").status_code == 200
+        assert waiting_rows(api) == [(sha, cid)]
+    extra = {"reason_code": "insufficient_evidence"} if decision == "reject" else {}
+    extra = {"merge_into": target} if decision == "merge" else extra
+    decided = api.review(cid, decision, **extra)
+    assert decided.status_code == 200, decided.text
+    assert waiting_rows(api) == []
+    # The photo uploaded after all changes nothing of the case.
+    assert upload(api, data).status_code == 201
+    assert doc_of(api, cid) == decided.json()
+
+
+def test_a_case_completed_by_a_patch_keeps_no_row_for_the_frame_it_replaced(api: Any) -> None:
+    _data, lost = unstored(api, 37)
+    clean = {"sha256": api.put_jpeg(38), "kind": "clean"}
+    payload = api.body("e1", evidence=[clean, {"sha256": lost, "kind": "latest"}])
+    cid = api.create(payload)["id"]
+    assert waiting_rows(api) == [(lost, cid)]
+    # The detector's next frame replaces the one whose upload never came.
+    doc = patch(api, cid, {"evidence": [{"sha256": api.put_jpeg(39), "kind": "latest"}]}, "f")
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+    assert waiting_rows(api) == []
