@@ -96,6 +96,9 @@ def count_line(reviewed: int, skipped: int, auto: int = 0) -> str:
     )
 
 
+HEAD_ROW = "head (P3/P4/P5/C2PSA SPP mean+max, LR) at per-fold inner thresholds"
+
+
 def check_report(stdout: str, images: int, positive: int) -> None:
     lines = stdout.splitlines()
     assert lines[0].startswith(
@@ -113,12 +116,19 @@ def check_report(stdout: str, images: int, positive: int) -> None:
     rows = {line.split("  ")[0]: line.split()[-6:] for line in lines[2:5]}
     assert set(rows) == {
         "naive probe (mean-pooled C2PSA, LR, t=0.5)",
-        "head (P3/P4/P5/C2PSA SPP mean+max, LR)",
+        HEAD_ROW,
         "same head at threshold 0.5",
     }
     for figures in rows.values():
-        assert all(0.0 <= float(v) <= 1.0 for v in figures)
-    assert lines[5].startswith("final head: C=")
+        assert all(0.0 <= float(v) <= 1.0 for v in figures if v != "n/a")
+    assert lines[5].startswith("(head row: each outer fold at its own inner-CV threshold, ")
+    assert lines[6].startswith("final head: C=")
+
+
+def printed_head_threshold(stdout: str) -> str:
+    """The threshold column of the table's head row."""
+    row = next(line for line in stdout.splitlines() if line.startswith(HEAD_ROW))
+    return row[len(HEAD_ROW) :].split()[0]
 
 
 def test_time_groups_link_photos_minutes_apart() -> None:
@@ -214,7 +224,18 @@ def test_train_head_from_class_folders(shared_dir: Path, tmp_path: Path) -> None
     assert meta["training"]["images"] == 12
     assert meta["training"]["extra_negatives"]["frames"] == 3  # frames 0, 150 and 300
     assert "3 extra negatives (training only)" in proc.stderr
-    assert meta["cv"]["head"].keys() == {"precision", "recall", "accuracy", "fpr", "auc"}
+    figures = {"precision", "recall", "accuracy", "fpr", "auc"}
+    cv = meta["cv"]["head"]
+    assert cv.keys() == figures | {"threshold_mean", "thresholds"}
+    # The CV figures were measured at these thresholds (one per outer fold), not at the
+    # head's own threshold (chosen on all the data); the table gives their mean.
+    assert len(cv["thresholds"]) == 3
+    assert cv["threshold_mean"] == pytest.approx(np.mean(cv["thresholds"]), abs=1e-4)
+    assert float(printed_head_threshold(proc.stdout)) == pytest.approx(
+        cv["threshold_mean"], abs=5e-4
+    )
+    assert meta["cv"]["head_at_0.5"].keys() == figures | {"threshold"}
+    assert meta["cv"]["head_at_0.5"]["threshold"] == 0.5
 
 
 def test_train_head_setup_errors_exit_2(shared_dir: Path, tmp_path: Path) -> None:
