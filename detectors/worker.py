@@ -17,6 +17,7 @@ inside the functions that need them.
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import importlib
 import logging
@@ -432,6 +433,7 @@ class DetectorWorker:
         evidence_max_bytes: int | None = None,
     ) -> None:
         from gridpatrol.detectors import episodes
+        from gridpatrol.ingest.receiver import LetterLimit
         from gridpatrol.ingest.topics import frame_topic
 
         self.site = site
@@ -502,6 +504,11 @@ class DetectorWorker:
         # The operations of _episode_events' last transaction, which _not_queued looks at when
         # it failed: a failed open is a lost alarm, never kept quiet.
         self._tried: Sequence[Op] = ()
+        # A camera publishing garbage got a dead letter and a warning line per frame (about a
+        # thousand a second on a flood): as watch-frames, a few per camera and window, the
+        # others counted. Bad frames by reason, with a letter or not.
+        self.letters = LetterLimit(clock=clock, what="bad frames", logger=log)
+        self.rejected: collections.Counter[str] = collections.Counter()
 
     # -- main loop ------------------------------------------------------------------------------
 
@@ -549,6 +556,7 @@ class DetectorWorker:
                     self._judge_safely(item)
             self._progress()
             self._end_silent()
+            self.letters.tick()
             if not took:
                 yield None
                 # Nothing new: sleep until a frame or a result comes. A fixed short sleep
@@ -811,6 +819,9 @@ class DetectorWorker:
 
         rt.bad += 1
         self.metrics.bad.labels(rt.camera.id).inc()
+        self.rejected[reason] += 1
+        if not self.letters.admit(topic, reason):
+            return
         log.warning("camera %s: %s %s; sent to the dead-letter topic", rt.camera.id, reason, error)
         # Cut to the broker's packet limit: a letter over it would be refused, and lost.
         publish_fitted(
@@ -1608,6 +1619,13 @@ class DetectorWorker:
                 rt.bad,
                 mean_ms,
                 rt.candidates,
+            )
+        if self.rejected:
+            log.info(
+                "%s: bad frames %s, of them not dead-lettered (over the limit) %s",
+                self.component_id,
+                dict(self.rejected),
+                dict(self.letters.suppressed),
             )
 
 

@@ -55,12 +55,17 @@ class LetterLimit:
     """Which rejections get a dead letter and a warning line: in each window of ``window_s``
     (from the first rejection after the last window ended), the first ``per_topic`` on each
     topic, and ``per_window`` in all. The others are counted by reason in :attr:`suppressed`,
-    and said in one warning when their window ends (:meth:`tick`, or the next rejection)."""
+    and said in one warning to ``logger`` when their window ends (:meth:`tick`, or the next
+    rejection), as so many ``what`` over the limit per ``topics``. Safe to share between
+    threads: ingest dead-letters requests and boosts from two."""
 
     clock: Callable[[], float] = time.monotonic
     per_topic: int = LETTERS_PER_TOPIC
     per_window: int = LETTERS_PER_WINDOW
     window_s: float = LETTER_WINDOW_S
+    what: str = "malformed frames"
+    topics: str = "camera topic"
+    logger: logging.Logger = log
     # Since the start, by reason.
     suppressed: Counter[str] = field(default_factory=Counter, init=False)
     _started: float | None = field(default=None, init=False)  # the current window's start
@@ -68,32 +73,44 @@ class LetterLimit:
     _sent: Counter[str] = field(default_factory=Counter, init=False)
     # Suppressed in the current window, by reason.
     _held: Counter[str] = field(default_factory=Counter, init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
 
     def admit(self, topic: str, reason: str) -> bool:
         """Whether a rejection on ``topic`` gets its letter; counted as suppressed if not."""
-        now = self.clock()
-        self.tick(now)
-        if self._started is None:
-            self._started = now
-        if self._sent[topic] < self.per_topic and self._sent.total() < self.per_window:
-            self._sent[topic] += 1
-            return True
-        self._held[reason] += 1
-        self.suppressed[reason] += 1
-        return False
+        with self._lock:
+            now = self.clock()
+            self._tick(now)
+            if self._started is None:
+                self._started = now
+            if self._sent[topic] < self.per_topic and self._sent.total() < self.per_window:
+                self._sent[topic] += 1
+                return True
+            self._held[reason] += 1
+            self.suppressed[reason] += 1
+            return False
+
+    def suppressed_now(self) -> dict[str, int]:
+        """A copy of :attr:`suppressed`, taken while no other thread adds to it."""
+        with self._lock:
+            return dict(self.suppressed)
 
     def tick(self, now: float | None = None) -> None:
         """End the current window when its time is up, saying what it suppressed."""
-        now = self.clock() if now is None else now
+        with self._lock:
+            self._tick(self.clock() if now is None else now)
+
+    def _tick(self, now: float) -> None:
         if self._started is None or now - self._started < self.window_s:
             return
         if self._held:
-            log.warning(
-                "%d malformed frames in the last %.0f s were not dead-lettered nor logged one "
-                "by one (over %d letters per camera topic, %d in all, in a window): %s",
+            self.logger.warning(
+                "%d %s in the last %.0f s were not dead-lettered nor logged one by one (over "
+                "%d letters per %s, %d in all, in a window): %s",
                 self._held.total(),
+                self.what,
                 now - self._started,
                 self.per_topic,
+                self.topics,
                 self.per_window,
                 dict(self._held),
             )

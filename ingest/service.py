@@ -8,6 +8,7 @@ import math
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from gridpatrol.ingest.messages import Frame, MessageError
 from gridpatrol.ingest.mqtt import Message, MqttConnection
 from gridpatrol.ingest.patrol import PatrolScheduler, patrol_overload
-from gridpatrol.ingest.receiver import publish_dead_letter
+from gridpatrol.ingest.receiver import LetterLimit, publish_dead_letter
 from gridpatrol.ingest.reliable import error_text
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
@@ -117,7 +118,12 @@ class IngestService:
         # stretch ends when a grab gets a frame or a request is answered from a fresh stream
         # frame (then no grab is made, and the next outage must warn again).
         self._grab_failing: set[str] = set()
-        self.bad_requests = 0
+        self.bad_requests = 0  # every one, with a letter or not
+        self.rejected: Counter[str] = Counter()  # the same, by reason
+        # A client sending garbage requests or boosts at thousands a second got a letter and a
+        # warning line each: as watch-frames, a few per topic and window, the others counted.
+        self.letters = LetterLimit(what="malformed requests and boosts", topics="topic")
+        self._rejected_lock = threading.Lock()  # the request and the patrol loops reject
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
         )
@@ -307,6 +313,7 @@ class IngestService:
         while not self.stop_event.is_set():
             if not self.patrol:
                 self._apply_boosts()  # nobody else drains them: within 0.5 s of their arrival
+            self.letters.tick()  # says, once their window is over, the letters not sent
             message = self._requests.get(0.5)
             if message is None:
                 continue
@@ -432,7 +439,11 @@ class IngestService:
         log.info("camera %s: answered snapshot request %s", camera_id, request_id)
 
     def _dead_letter(self, reason: str, message: Message, error: str = "") -> None:
-        self.bad_requests += 1
+        with self._rejected_lock:
+            self.bad_requests += 1
+            self.rejected[reason] += 1
+        if not self.letters.admit(message.topic, reason):
+            return
         publish_dead_letter(self.conn, reason, message, error)
         log.warning(
             "dead-lettered %s %s from %s: %s", reason, error, message.topic, message.payload[:60]
@@ -468,14 +479,19 @@ class IngestService:
                 stats.failures,
                 "online" if output.online else "offline",
             )
+        with self._rejected_lock:
+            rejected = dict(self.rejected)
         # Requests and boosts come in faster than they are served only in a storm, and a
         # dropped request is a candidate without its snapshot: say so.
         log.info(
             "ingest: snapshot requests %d received, %d dropped (queue full); patrol boosts %d "
-            "received, %d dropped; %d malformed (dead-lettered)",
+            "received, %d dropped; %d malformed %s, of them not dead-lettered (over the limit) "
+            "%s",
             self._requests.received,
             self._requests.dropped,
             self._boosts.received,
             self._boosts.dropped,
             self.bad_requests,
+            rejected,
+            self.letters.suppressed_now(),
         )

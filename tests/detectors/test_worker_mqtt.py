@@ -260,6 +260,52 @@ def test_a_large_malformed_frame_is_dead_lettered_cut_with_its_size(
     }
 
 
+def test_a_camera_sending_garbage_gets_ten_letters_and_every_bad_frame_counted(
+    tmp_path: Path,
+    shared_dir: Path,
+    mqtt_prefix: str,
+    publisher: tuple[MqttConnection, Subscription],
+) -> None:
+    """15 bad frames of one camera within a minute (12 without the frame magic, then 3 with an
+    RFC 3339 time): the first 10 get their letter and their warning line, the other 5 are
+    counted by reason; the metric and the final tally count all 15."""
+    conn, status = publisher
+    letters = conn.subscribe(deadletter_topic(mqtt_prefix, "detect"), qos=1, maxsize=100)
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix)
+    topic = frame_topic(mqtt_prefix, CAMERA)
+    header = {"ts": "2026-12-01T12:00:00", "seq": 1, "camera_id": CAMERA, "width": 8}
+    raw = json.dumps({**header, "height": 8}).encode()
+    text_ts = b"GPF1" + len(raw).to_bytes(4, "big") + raw + _jpeg(np.zeros((8, 8, 3), np.uint8))
+    frames = [b"garbage %d" % n for n in range(12)] + [text_ts] * 3
+    try:
+        worker.wait("online status", lambda: _says(status, b"online"))
+        # One after the other: a frame arriving before the last one was taken replaces it.
+        for count, frame in enumerate(frames, 1):
+            assert conn.publish_wait(topic, frame, qos=1, timeout=30)
+            worker.wait(f"{count} bad frame(s)", lambda c=count: worker.metric("bad_frames") >= c)
+        assert worker.metric("bad_frames") == 15
+    finally:
+        worker.stop()
+    # Its "offline" leaves after its letters, on the same connection at QoS 1.
+    said = [status.get(10)]
+    while said[-1] is not None and said[-1].payload != b"offline":
+        said.append(status.get(10))
+    assert said[-1] is not None, worker.log.read_text()[-3000:]
+    got = []
+    while (message := letters.get(0)) is not None:
+        got.append(json.loads(message.payload))
+    assert [(x["reason"], base64.b64decode(x["payload_b64"])) for x in got] == [
+        ("bad_magic", b"garbage %d" % n) for n in range(10)
+    ]
+    log = worker.log.read_text()
+    assert log.count("sent to the dead-letter topic") == 10
+    assert (
+        "detect: bad frames {'bad_magic': 12, 'bad_ts': 3}, of them not dead-lettered (over "
+        "the limit) {'bad_magic': 2, 'bad_ts': 3}" in log
+    )
+    assert re.findall(r"camera yard: \d+ frames in, .* (\d+) bad,", log) == ["15"]
+
+
 def test_a_dead_letter_over_the_packet_limit_is_cut_to_fit(
     tmp_path: Path, shared_dir: Path, mqtt_prefix: str
 ) -> None:

@@ -312,7 +312,7 @@ def test_requests_and_boosts_for_an_id_no_camera_can_have_are_dead_lettered(
         for p in statuses(seen, reply_topic)
     ]
     assert [r.header.request_id for r in replies] == ["r1"]
-    assert "; 2 malformed (dead-lettered)" in err
+    assert "; 2 malformed {'bad_topic': 2}, of them not dead-lettered (over the limit) {}" in err
 
 
 def test_a_large_payload_is_dead_lettered_cut_with_its_size(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,6 +129,48 @@ def test_a_bad_boost_is_dead_lettered_without_a_patrol_camera_or_a_request(
     ]
     assert service._requests.received == 0
     assert service.bad_requests == 1
+
+
+def test_a_client_sending_garbage_requests_gets_ten_letters_and_every_one_counted(
+    http_camera: Any, watch: Any, mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """25 malformed snapshot requests for h1 and 3 boosts for an id no camera can have, within
+    a minute: 10 letters and warnings for the requests' topic, 3 for the boosts', the 15 others
+    counted by reason; the closing line counts all 28."""
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    conn, service = start_ingest("ing-flood", http_camera.url, mqtt_prefix)
+    request = snapshot_request_topic(mqtt_prefix, "h1")
+    boost = f"{mqtt_prefix}/cameras/bad id/patrol/boost"
+    try:
+        with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.service"):
+            for n in range(25):
+                assert conn.publish_wait(request, b"not json %d" % n, qos=1)
+            for _ in range(3):
+                assert conn.publish_wait(boost, b"{}", qos=1)
+            deadline = time.monotonic() + 20
+            while service.bad_requests < 28 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            service.stop()
+    finally:
+        conn.stop()
+    # Its "offline" leaves after its letters, on the same connection at QoS 1.
+    status = f"{mqtt_prefix}/components/ing-flood/status"
+    watcher.collect(lambda s: b"offline" in watcher.payloads(status))
+    letters = [json.loads(p) for p in watcher.payloads(f"{mqtt_prefix}/deadletter/ing-flood")]
+    # The request loop drains the boosts between requests: only each topic's order is kept.
+    got = [(x["topic"], base64.b64decode(x["payload_b64"])) for x in letters]
+    assert [payload for topic, payload in got if topic == request] == [
+        b"not json %d" % n for n in range(10)
+    ]
+    assert [payload for topic, payload in got if topic != request] == [b"{}"] * 3
+    assert service.rejected == {"bad_json": 25, "bad_topic": 3}
+    said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
+    assert len([line for line in said if line.startswith("dead-lettered ")]) == 13
+    closing = [line for line in said if line.startswith("ingest: snapshot requests ")]
+    assert closing[-1].endswith(
+        "; 28 malformed {'bad_json': 25, 'bad_topic': 3}, of them not dead-lettered (over the "
+        "limit) {'bad_json': 15}"
+    )
 
 
 # A packet limit that leaves a frame's JPEG 300 bytes (past the room for the largest header
