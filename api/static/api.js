@@ -1,4 +1,6 @@
 // The one place the console talks to the intake API: cookies, CSRF header, RFC 9457 problems.
+import { t } from './i18n.js';
+
 // The session this tab signed in with (name, role, csrf_token): its writes are made as it.
 let session = null;
 
@@ -14,6 +16,11 @@ export function setSession(value) { session = value; }
 
 export async function request(path, options = {}, retried = false) {
   const { method = 'GET', body, accept = 'json' } = options;
+  if (method !== 'GET' && !session && path !== '/session') {
+    // Signed out (the login form is up): a write is not made, even when the browser's cookie
+    // is valid again (logged in again in another tab), as the reviewer could not see it.
+    throw new ApiError(401, { title: 'Unauthorized', status: 401, detail: t('login.expired') });
+  }
   const headers = { Accept: accept === 'json' ? 'application/json' : '*/*' };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && session) headers['X-CSRF-Token'] = session.csrf_token;

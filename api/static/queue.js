@@ -935,7 +935,9 @@ async function decideOn(c, decision, seen) {
   for (;;) {
     let extra = {};
     if (ASK[decision]) {
-      const answer = dialog(title, ASK[decision](state.drafts.get(key), c));
+      const fill = ASK[decision](state.drafts.get(key), c);
+      let read = null;
+      const answer = dialog(title, (body) => (read = fill(body)));
       $('#dlg-error').textContent = failed;
       // The dialog's close event comes a task after it closed: one opened again before that
       // would take it as its own closing (a Cancel) and close at once.
@@ -943,7 +945,13 @@ async function decideOn(c, decision, seen) {
         $('#dlg').addEventListener('close', done, { once: true });
       });
       extra = await answer;
-      if (extra === null) return;
+      if (extra === null) {
+        // Closed as the session was lost (the login form is up): what was written is kept
+        // for this case, for the dialog after logging in again.
+        const written = ref.session ? null : read?.();
+        if (written && !written.invalid) state.drafts.set(key, written);
+        return;
+      }
       state.drafts.set(key, extra);
       await closed;
     }
@@ -1076,7 +1084,9 @@ function onKey(ev) {
     closeZoom();
     return;
   }
-  if (!action) return;
+  // Signed out, the login form is up and the case out of sight: a key pressed on the form
+  // must not decide it (nor open its dialog over the form) once the cookie is valid again.
+  if (!action || !ref.session) return;
   ev.preventDefault();
   // A held key repeats: j/k keep moving, but a decision (or the a toggle) is one press each,
   // so holding c does not confirm the next cases too.
