@@ -33,7 +33,7 @@ from gridpatrol.detectors.rules import (
     step,
     street_vending,
 )
-from gridpatrol.detectors.tracking import Motion, Tracker
+from gridpatrol.detectors.tracking import Motion, Track, Tracker
 from gridpatrol.detectors.types import Detections
 from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
 from gridpatrol.site import (
@@ -223,21 +223,11 @@ class _StillTracker(Tracker):
     still_lost_s: float = 0.0
     still_displacement: float = 0.0
 
-    def _expire(self, t: float) -> None:
-        if self.still_lost_s <= self.lost_s:
-            super()._expire(t)
-            return
-        overdue = [tr for tr in self.tracks if tr.state == "lost" and t - tr.last_t > self.lost_s]
-        if not overdue:
-            return
-        ids = np.asarray([tr.id for tr in overdue], dtype=np.int64)
-        still = self.motion(ids).stationary(self.still_displacement, STATIONARY_MIN_S)
-        gone = {
-            tr.id
-            for tr, kept in zip(overdue, still.tolist(), strict=True)
-            if not kept or t - tr.last_t > self.still_lost_s
-        }
-        self.tracks = [tr for tr in self.tracks if tr.id not in gone]
+    def _keep(self, track: Track, t: float) -> bool:
+        if self.still_lost_s <= self.lost_s or t - track.last_t > self.still_lost_s:
+            return False
+        ids = np.asarray([track.id], dtype=np.int64)
+        return bool(self.motion(ids).stationary(self.still_displacement, STATIONARY_MIN_S)[0])
 
 
 # The rules that judge whether objects are stationary.
@@ -299,6 +289,8 @@ class CameraPipeline:
         self.tracker: Tracker = _StillTracker(
             high_conf=min([Tracker.high_conf, *_rule_floors(camera)]),
             lost_s=max(3.0, PATROL_VISITS * interval),
+            # A car the detector misses on every other frame waits for its next sighting.
+            unconfirmed_s=max(1.0, PATROL_VISITS * interval),
             history_s=max(10.0, PATROL_VISITS * interval),
             still_lost_s=still_lost_s,
             still_displacement=still_displacement,

@@ -5,7 +5,10 @@ live track first, then the low-confidence leftovers are matched to the tracks st
 (occluded or blurred objects keep their id instead of spawning a new one). Matching is IoU
 against a constant-velocity prediction, assigned greedily best-first, never across classes.
 Lost tracks are kept for ``lost_s`` seconds, not frames: frames arrive irregularly (motion
-gate, patrol cameras), so every duration here comes from the injected timestamps.
+gate, patrol cameras), so every duration here comes from the injected timestamps. A track seen
+once waits ``unconfirmed_s`` (1 s at most ``lost_s``) for its second sighting, matched only
+after the confirmed tracks: an object the detector misses on every other frame still becomes
+one track, and a one-frame false positive takes no box another track could have.
 
 Besides ids, the tracker keeps a short position history per track so rules can ask whether an
 object is stationary: displacement measured relative to the object's own size, which works
@@ -152,6 +155,8 @@ class Tracker:
     low_conf: detections between low and high only continue existing tracks.
     first_iou / second_iou: minimum IoU to match in the first / second stage.
     lost_s: how long an unmatched track is kept for re-association.
+    unconfirmed_s: how long a track seen only once is kept (at most ``lost_s``); it takes only
+      the confident detections left over by the tracks seen more than once.
     history_s: the window over which stationarity is measured.
     kept_cover: the share of a detection that must lie inside the last box of a track lost for
       longer than ``lost_s`` (which this tracker never keeps, a subclass's ``_expire`` may) for
@@ -173,6 +178,7 @@ class Tracker:
     first_iou: float = 0.2
     second_iou: float = 0.4
     lost_s: float = 3.0
+    unconfirmed_s: float = 1.0
     history_s: float = 10.0
     kept_cover: float = 0.8
     tracks: list[Track] = field(default_factory=list)
@@ -187,22 +193,35 @@ class Tracker:
         if self.last_t is not None and t < self.last_t:
             # A frame older than the last one (reordered delivery): treat it as simultaneous.
             t = self.last_t
-        self.last_t = t
+        previous = self.last_t
         self._expire(t)
+        self.last_t = t
         conf = detections.confidence
         high = np.flatnonzero(conf >= self.high_conf)
         low = np.flatnonzero((conf >= self.low_conf) & (conf < self.high_conf))
         assigned = np.full(len(detections), -1, dtype=np.int64)
 
-        # Tracks lost for longer than lost_s (only a subclass keeps them) are matched last.
+        # Tracks lost for longer than lost_s (only a subclass keeps them) are matched last, and
+        # tracks seen once that missed a frame since after the confirmed ones: a false positive
+        # lingering where a followed object arrives must not take its box.
         kept = [i for i, tr in enumerate(self.tracks) if self._kept(tr, t)]
-        live = [i for i, tr in enumerate(self.tracks) if not self._kept(tr, t)]
+        waiting = [
+            i
+            for i, tr in enumerate(self.tracks)
+            if tr.state == "new" and previous is not None and tr.last_t < previous
+        ]
+        later = set(kept) | set(waiting)
+        live = [i for i in range(len(self.tracks)) if i not in later]
         pairs, rest, new_high = self._associate(detections, high, live, t, self.first_iou)
         self._apply(detections, pairs, assigned, t)
         # Second stage: only tracks that were being followed (not already lost) pick up weak boxes.
         followed = [i for i in rest if self.tracks[i].state != "lost"]
         pairs2, unmatched, _ = self._associate(detections, low, followed, t, self.second_iou)
         self._apply(detections, pairs2, assigned, t)
+        # Then tracks seen once, before a miss, take confident boxes no confirmed track took.
+        high_left = np.asarray(new_high, dtype=np.intp)
+        pairs_w, _, new_high = self._associate(detections, high_left, waiting, t, self.first_iou)
+        self._apply(detections, pairs_w, assigned, t)
         # Last: tracks kept past lost_s take back boxes within their old one that no other took.
         high_left = np.asarray(new_high, dtype=np.intp)
         pairs3, _, new_high = self._associate(
@@ -212,9 +231,9 @@ class Tracker:
 
         for i in set(unmatched) | (set(rest) - set(followed)):
             track = self.tracks[i]
-            # A track seen once and not confirmed is noise; a followed one waits as lost.
-            track.state = "lost" if track.hits > 1 or track.state == "lost" else track.state
-        self.tracks = [tr for tr in self.tracks if not (tr.state == "new" and tr.last_t < t)]
+            # A followed track waits as lost; one seen once stays unconfirmed (see _expire).
+            if track.hits > 1:
+                track.state = "lost"
         for d in new_high:
             assigned[d] = self._start(detections, int(d), t)
         keep = assigned >= 0
@@ -246,9 +265,23 @@ class Tracker:
         return track.state == "lost" and t - track.last_t > self.lost_s
 
     def _expire(self, t: float) -> None:
+        """Forget lost tracks unmatched for longer than ``lost_s`` (unless ``_keep`` keeps
+        them) and tracks seen once unmatched for longer than ``unconfirmed_s``; called before
+        ``last_t`` moves on to ``t``. A track seen once on the last frame is kept for this one
+        however long ago that was: a camera slower than ``unconfirmed_s`` confirms tracks."""
+        wait = min(self.unconfirmed_s, self.lost_s)
+        previous = t if self.last_t is None else self.last_t
         self.tracks = [
-            tr for tr in self.tracks if tr.state != "lost" or t - tr.last_t <= self.lost_s
+            tr
+            for tr in self.tracks
+            if not (tr.state == "new" and tr.last_t < previous and t - tr.last_t > wait)
+            and not (tr.state == "lost" and t - tr.last_t > self.lost_s and not self._keep(tr, t))
         ]
+
+    def _keep(self, track: Track, t: float) -> bool:
+        """Whether to keep ``track``, lost for longer than ``lost_s``: never here (a subclass
+        may, see ``kept_cover``)."""
+        return False
 
     def _associate(
         self,

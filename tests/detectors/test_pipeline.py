@@ -1020,3 +1020,30 @@ def test_real_street_with_a_composed_stall_raises_one_vending_episode(
     assert sorted(raised.labels) == ["dining table", "person"]
     assert np.asarray(raised.boxes) == pytest.approx(np.stack([vendor, table]), abs=15)
     assert 3.9 <= (raised.first_seen - T0).total_seconds() <= 5.0
+
+
+def kerb(rules: dict[str, float]) -> CameraPipeline:
+    """The pipeline of a 2 fps camera whose whole view is a no-parking zone with ``rules``."""
+    zone = {"id": "kerb", "polygon": WHOLE, "rules": {"illegal_parking": rules}}
+    return CameraPipeline(camera([zone], fps=2), SHANGHAI, NAMES)
+
+
+@pytest.mark.parametrize(
+    ("name", "seen", "expected"),
+    [
+        ("every other frame", lambda k: k % 2 == 0, [("raise", 32.0)]),
+        ("two frames of three", lambda k: k % 3 != 2, [("raise", 32.0)]),
+    ],
+)
+def test_a_car_the_detector_misses_on_some_frames_is_one_track_and_raises(
+    name: str, seen: Callable[[int], bool], expected: list[tuple[str, float]]
+) -> None:
+    """A car parked for 120 s in view of a 2 fps camera, found on some frames only: one track,
+    stationary from 2 s, raised once the dwell of 30 s is over."""
+    pipe = kerb({"dwell_s": 30, "gap_s": 20})
+    events: list[RuleEvent] = []
+    for k in range(241):
+        found = dets([PARKED] if seen(k) else [])
+        events += pipe.process(T0 + timedelta(seconds=k / 2), SIZE, found)
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
+    assert pipe.tracker.next_id == 2, name  # one track id given

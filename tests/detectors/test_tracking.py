@@ -184,12 +184,39 @@ def test_a_track_within_lost_s_wins_over_one_kept_past_it() -> None:
     assert tracker.states() == {1: "lost", 2: "tracked"}
 
 
-def test_unconfirmed_single_detection_is_forgotten() -> None:
-    tracker = Tracker()
+def test_unconfirmed_single_detection_is_forgotten_after_unconfirmed_s() -> None:
+    tracker = Tracker(unconfirmed_s=1.0)
     assert ids(tracker, 0.0, Obj((10, 10, 60, 110))) == [1]
-    assert ids(tracker, 0.2) == []
+    assert ids(tracker, 0.5) == []
+    assert ids(tracker, 1.0) == []
+    assert tracker.states() == {1: "new"}
+    assert ids(tracker, 1.5) == []
     assert tracker.states() == {}
-    assert ids(tracker, 0.4, Obj((10, 10, 60, 110))) == [2]
+    assert ids(tracker, 1.6, Obj((10, 10, 60, 110))) == [2]
+
+
+def test_an_object_detected_on_every_other_frame_keeps_one_track() -> None:
+    """2 fps, the detector finding a parked car on even frames only: one track, stationary."""
+    tracker = Tracker()
+    car = Obj((300, 300, 600, 480), cls=CAR)
+    seen = [ids(tracker, k / 2, *([car] if k % 2 == 0 else [])) for k in range(21)]
+    assert seen == [[1] if k % 2 == 0 else [] for k in range(21)]
+    motion = tracker.motion(np.asarray([1], np.int64))
+    assert motion.observed_s.tolist() == [10.0]
+    assert motion.stationary(0.1, 2.0).tolist() == [True]
+
+
+def test_a_track_seen_once_takes_no_box_a_followed_track_continues() -> None:
+    """A false positive at 1 s lies where a walker (40 px/s) is 1 s later, and matches that
+    box better than the walker's prediction; the walker keeps its box and its id."""
+    tracker = Tracker()
+    for k in range(3):
+        assert ids(tracker, k / 2, walk(20 * k)) == [1]
+    assert ids(tracker, 1.0, walk(40), walk(85)) == [1, 2]  # the false positive, once
+    assert ids(tracker, 1.5, walk(60)) == [1]
+    assert ids(tracker, 2.0, walk(85)) == [1]
+    assert ids(tracker, 2.5, walk(105)) == [1]
+    assert tracker.states() == {1: "tracked"}
 
 
 @pytest.mark.parametrize(
