@@ -25,6 +25,7 @@ from gridpatrol.api.deps import Reviewer, services_of
 from gridpatrol.api.problems import Problem
 from gridpatrol.api.schemas import shallow
 from gridpatrol.site import (
+    MAX_POLYGON_POINTS,
     RULE_PARAMS,
     Camera,
     Site,
@@ -43,6 +44,11 @@ SNAPSHOT_TIMEOUT_S = 5.0
 ZONES_FILE = "zones.yaml"
 _ZONE_KEY_ORDER = ("id", "polygon", "schedule", "rules")
 _HHMM = re.compile(r"\d{1,2}:\d{2}")
+# What one request to the zone editor may hold. A camera has a few zones of tens of points
+# (samples/site.yaml: at most 4 zones of 4 points); the time to write, read back and check
+# them grows with the points in all, whatever zones they are shared among.
+MAX_ZONES = 100
+MAX_REQUEST_POINTS = 10 * MAX_POLYGON_POINTS
 
 
 def _few_enough_points(zone: dict[str, Any]) -> dict[str, Any]:
@@ -50,12 +56,25 @@ def _few_enough_points(zone: dict[str, Any]) -> dict[str, Any]:
     return zone
 
 
+def _points_in_all(zones: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Each polygon may have MAX_POLYGON_POINTS, but 100 of them (100,000 points) took 16.5 s
+    # to write, read back and check: the request as a whole is held to MAX_REQUEST_POINTS.
+    total = sum(len(z["polygon"]) for z in zones if isinstance(z.get("polygon"), list | tuple))
+    if total > MAX_REQUEST_POINTS:
+        raise ValueError(
+            f"the zones have {total} points in all, more than the {MAX_REQUEST_POINTS} one "
+            "camera's zones may have: trace them with fewer points"
+        )
+    return zones
+
+
 class ZonesIn(BaseModel):
     # Each zone nests at most MAX_DEPTH levels: its YAML is written and read again recursively.
     # A polygon's points are counted here too, before any YAML of them is written and read.
-    zones: list[
-        Annotated[dict[str, Any], shallow("a zone"), AfterValidator(_few_enough_points)]
-    ] = Field(max_length=100)
+    zones: Annotated[
+        list[Annotated[dict[str, Any], shallow("a zone"), AfterValidator(_few_enough_points)]],
+        AfterValidator(_points_in_all),
+    ] = Field(max_length=MAX_ZONES)
 
 
 class ZonesOut(BaseModel):
