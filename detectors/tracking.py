@@ -31,6 +31,13 @@ TrackState = Literal["new", "tracked", "lost"]
 
 # Extrapolating a lost track far ahead makes it match the wrong object: cap the prediction.
 _MAX_PREDICT_S = 1.0
+# A velocity is measured over at least this long: a duplicate frame a millisecond later turns
+# 2 px of jitter into 2000 px/s, and a 25 fps camera's jitter into speeds of tens of px/s.
+_MIN_VELOCITY_DT = 0.05
+# The predicted shift is at most this share of the box's width (height) across (down): jitter
+# read as speed and carried over a long gap (a camera dropping from 25 fps to 1 fps) must not
+# push a standing object's prediction off its box (shifted 0.4 of both sides, IoU 0.22).
+_MAX_SHIFT = 0.4
 
 
 def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -117,18 +124,27 @@ class Track:
     id: int
     class_id: int
     box: NDArray[np.float64]  # xyxy at last_t
-    velocity: NDArray[np.float64]  # xyxy per second
+    # Of the box's centre, (x, y) per second: the box keeps its last size. Moving each corner
+    # on its own would extrapolate an edge suddenly hidden (a box 120 px wide becoming 45 px
+    # as a car passes in front) into a box shrinking on.
+    velocity: NDArray[np.float64]
     confidence: float
     state: TrackState
     first_t: float
     last_t: float
     hits: int = 1
+    # (t, cx, cy) the velocity was last measured at: at least _MIN_VELOCITY_DT before the next.
+    anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # (t, cx, cy) samples, the oldest within history_s and always at least two.
     history: list[tuple[float, float, float]] = field(default_factory=list)
 
     def predict(self, t: float) -> NDArray[np.float64]:
-        dt = min(max(t - self.last_t, 0.0), _MAX_PREDICT_S)
-        return self.box + self.velocity * dt
+        predicted: NDArray[np.float64] = _predict([self], t)[0].astype(np.float64)
+        return predicted
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return float(self.box[0] + self.box[2]) / 2, float(self.box[1] + self.box[3]) / 2
 
     @property
     def size(self) -> float:
@@ -318,12 +334,14 @@ class Tracker:
     ) -> None:
         for ti, di in pairs:
             track = self.tracks[ti]
-            box = detections.xyxy[di].astype(np.float64)
-            dt = t - track.last_t
-            if dt > 1e-6:
+            track.box = detections.xyxy[di].astype(np.float64)
+            t0, x0, y0 = track.anchor
+            if t - t0 >= _MIN_VELOCITY_DT:
                 # Smoothed velocity: detections jitter by a few pixels from frame to frame.
-                track.velocity = 0.5 * track.velocity + 0.5 * (box - track.box) / dt
-            track.box = box
+                cx, cy = track.centre
+                step = np.asarray([cx - x0, cy - y0]) / (t - t0)
+                track.velocity = 0.5 * track.velocity + 0.5 * step
+                track.anchor = (t, cx, cy)
             track.last_t = t
             track.confidence = float(detections.confidence[di])
             track.hits += 1
@@ -332,8 +350,7 @@ class Tracker:
             assigned[di] = track.id
 
     def _remember(self, track: Track, t: float) -> None:
-        cx = float(track.box[0] + track.box[2]) / 2
-        cy = float(track.box[1] + track.box[3]) / 2
+        cx, cy = track.centre
         hist = track.history
         if len(hist) >= 2 and t - hist[-2][0] < self.history_s / 20:
             # Enough samples for this stretch already: keep the newest position only.
@@ -348,12 +365,13 @@ class Tracker:
             id=self.next_id,
             class_id=int(detections.class_id[di]),
             box=detections.xyxy[di].astype(np.float64),
-            velocity=np.zeros(4),
+            velocity=np.zeros(2),
             confidence=float(detections.confidence[di]),
             state="new",
             first_t=t,
             last_t=t,
         )
+        track.anchor = (t, *track.centre)
         self._remember(track, t)
         self.next_id += 1
         self.tracks.append(track)
@@ -361,9 +379,12 @@ class Tracker:
 
 
 def _predict(tracks: list[Track], t: float) -> NDArray[np.float32]:
-    """:meth:`Track.predict` of many tracks at once, (N, 4)."""
+    """Where the boxes of ``tracks`` are expected at ``t``, (N, 4): moved along the velocity of
+    their centre for at most _MAX_PREDICT_S, by at most _MAX_SHIFT of their width and height."""
     boxes = np.array([tr.box for tr in tracks])
     velocity = np.array([tr.velocity for tr in tracks])
     dt = np.clip(t - np.array([tr.last_t for tr in tracks]), 0.0, _MAX_PREDICT_S)
-    predicted: NDArray[np.float32] = (boxes + velocity * dt[:, None]).astype(np.float32)
+    limit = _MAX_SHIFT * np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
+    shift = np.clip(velocity * dt[:, None], -limit, limit)
+    predicted: NDArray[np.float32] = (boxes + np.tile(shift, 2)).astype(np.float32)
     return predicted

@@ -1047,3 +1047,18 @@ def test_a_car_the_detector_misses_on_some_frames_is_one_track_and_raises(
         events += pipe.process(T0 + timedelta(seconds=k / 2), SIZE, found)
     assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == expected, name
     assert pipe.tracker.next_id == 2, name  # one track id given
+
+
+def test_a_parked_car_with_duplicate_frames_a_millisecond_later_raises() -> None:
+    """A 2 fps camera sending every third frame twice, the copy 1 ms later with the box moved
+    by 2 px (the detector's jitter): the car keeps one track and raises after its dwell."""
+    pipe = kerb({"dwell_s": 30, "gap_s": 20})
+    moved: Obj = ("car", (302, 300, 602, 480))
+    events: list[RuleEvent] = []
+    for k in range(241):
+        at = T0 + timedelta(seconds=k / 2)
+        events += pipe.process(at, SIZE, dets([PARKED]))
+        if k % 3 == 0:
+            events += pipe.process(at + timedelta(milliseconds=1), SIZE, dets([moved]))
+    assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == [("raise", 32.0)]
+    assert pipe.tracker.next_id == 2

@@ -314,3 +314,37 @@ def test_tracker_invariants(frames: list[tuple[float, list[tuple[float, ...]]]])
         fresh = np.isin(out.tracker_id, list(new))
         assert (out.confidence[fresh] >= tracker.high_conf).all()
         seen_ids |= new
+
+
+def test_a_duplicate_frame_a_millisecond_later_gives_no_speed() -> None:
+    """A frame and its copy 1 ms later, the box jittering by 2 px: no 4000 px/s to carry on."""
+    tracker = Tracker()
+    seen = [
+        ids(tracker, t, Obj((100 + dx, 100, 140 + dx, 200)))
+        for t, dx in ((0.0, 0.0), (0.5, 2.0), (0.501, -2.0), (1.0, 2.0), (1.5, 0.0))
+    ]
+    assert seen == [[1]] * 5
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_standing_person_keeps_the_id_when_the_camera_drops_from_25_to_1_fps(
+    seed: int,
+) -> None:
+    """A person 20 x 50 px, the box jittering by up to 2 px at 25 fps for 4 s, then seen one
+    frame a second for 10 s."""
+    rng = np.random.default_rng(seed)
+    times = [k / 25 for k in range(100)] + [4.0 + k for k in range(11)]
+    tracker = Tracker()
+    seen = set()
+    for t in times:
+        x1, y1, x2, y2 = (np.asarray([300, 200, 320, 250]) + rng.uniform(-2, 2, 4)).tolist()
+        seen |= set(ids(tracker, t, Obj((x1, y1, x2, y2))))
+    assert seen == {1}
+
+
+def test_a_box_half_hidden_at_once_keeps_its_track() -> None:
+    """A parked car 120 px wide; a passing van hides its left part (45 px left) for 2 s."""
+    tracker = Tracker()
+    boxes = [(100, 300, 220, 380)] * 4 + [(175, 300, 220, 380)] * 4 + [(100, 300, 220, 380)] * 2
+    seen = [ids(tracker, k / 2, Obj(box, cls=CAR)) for k, box in enumerate(boxes)]
+    assert seen == [[1]] * len(boxes)
