@@ -643,7 +643,8 @@ class Scores:
         fp = int((pred & (y == 0)).sum())
         auc = float(roc_auc_score(y, prob)) if len(set(y.tolist())) == 2 else float("nan")
         return cls(
-            precision=tp / max(int(pred.sum()), 1),
+            # Nothing predicted positive: no precision (NaN, "n/a" in the table), not 0.
+            precision=tp / int(pred.sum()) if pred.any() else math.nan,
             recall=tp / max(int((y == 1).sum()), 1),
             accuracy=float((pred == (y == 1)).mean()),
             fpr=fp / max(int((y == 0).sum()), 1),
@@ -708,7 +709,16 @@ def _score_names() -> list[str]:
 
 
 def _mean(scores: list[Scores]) -> Scores:
-    return Scores(*(float(np.mean([getattr(s, f) for s in scores])) for f in _score_names()))
+    """The mean over repeats of each figure, of the repeats that have it (NaN if none)."""
+    means: list[float] = []
+    for name in _score_names():
+        known = [v for s in scores if not math.isnan(v := getattr(s, name))]
+        means.append(float(np.mean(known)) if known else math.nan)
+    return Scores(*means)
+
+
+def _figure(value: float, width: int) -> str:
+    return f"{'n/a' if math.isnan(value) else f'{value:.3f}':>{width}}"
 
 
 HEAD_ROW = "head (P3/P4/P5/C2PSA SPP mean+max, LR) at per-fold inner thresholds"
@@ -732,8 +742,8 @@ def format_report(fs: FeatureSet, rep: CvReport, folds: int, repeats: int) -> st
     ]
     for name, thr, s in rows:
         lines.append(
-            f"{name:<{NAME_WIDTH}} {thr:>9} {s.precision:>9.3f} {s.recall:>7.3f} "
-            f"{s.accuracy:>8.3f} {s.fpr:>6.3f} {s.auc:>6.3f}"
+            f"{name:<{NAME_WIDTH}} {thr:>9} {_figure(s.precision, 9)} {_figure(s.recall, 7)} "
+            f"{_figure(s.accuracy, 8)} {_figure(s.fpr, 6)} {_figure(s.auc, 6)}"
         )
     # The row's figures pool each outer fold's test part scored at that fold's own threshold:
     # no single threshold gives them, the final head's included.
@@ -768,7 +778,8 @@ def fit_head(
 
 
 def run(args: argparse.Namespace) -> int:
-    """Exit 0 when trained (or cross-validated), 2 on setup errors."""
+    """Exit 0 when trained (or cross-validated), 2 on setup errors, 1 when the head cannot be
+    written or is no better than chance in cross-validation (not written without --force)."""
     from gridpatrol.detectors.models import (
         MissingExtraError,
         ModelLoadError,
@@ -808,8 +819,16 @@ def run(args: argparse.Namespace) -> int:
         f"final head: C={choice.c:g}, threshold={choice.threshold:.3f} "
         "(inner procedure on all data)"
     )
+    useless = _no_better_than_chance(report)
+    if useless and out is None:
+        progress(f"{useless}: such a head is not written without --force")
     if out is None:
         return 0
+    if useless and not args.force:
+        print(f"train-head: {useless}: not written (--force writes it)", file=sys.stderr)
+        return 1
+    if useless:
+        progress(f"{useless}: written all the same (--force)")
     head = fit_head(fs, args.name, info, choice, _meta(args, fs, report))
     try:
         npz, meta = head.save(out)
@@ -818,6 +837,17 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {npz} and {meta}")
     return 0
+
+
+def _no_better_than_chance(report: CvReport) -> str | None:
+    """Why the cross-validated head is of no use (recall 0 or AUC <= 0.5), None if it may be:
+    shipped to a worker, such a head finds nothing, or finds at random."""
+    head = _mean(report.head)
+    if head.recall == 0:
+        return f"the head found no positive in cross-validation (recall 0, AUC {head.auc:.3f})"
+    if head.auc <= 0.5:
+        return f"the head ranks no better than chance in cross-validation (AUC {head.auc:.3f})"
+    return None
 
 
 # An outer split in two still leaves each class two groups for the inner split.
@@ -969,5 +999,7 @@ def _meta(args: argparse.Namespace, fs: FeatureSet, rep: CvReport) -> dict[str, 
     }
 
 
-def _rounded(scores: Scores) -> dict[str, float]:
-    return {k: round(getattr(scores, k), 4) for k in _score_names()}
+def _rounded(scores: Scores) -> dict[str, float | None]:
+    """The figures for JSON: a missing one (NaN, e.g. no precision) is null."""
+    values = {k: float(getattr(scores, k)) for k in _score_names()}
+    return {k: None if math.isnan(v) else round(v, 4) for k, v in values.items()}

@@ -397,6 +397,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--negative-fps", type=float, default=1.0, help="frames per second taken from videos"
     )
     parser.add_argument("--cv-only", action="store_true", help="report CV figures, write nothing")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write the head even when its CV recall is 0 or its AUC at most 0.5",
+    )
     parser.add_argument("--folds", type=int, default=5, help="outer CV folds (default 5)")
     parser.add_argument("--repeats", type=int, default=3, help="outer CV repeats (default 3)")
     parser.add_argument("--min-recall", type=float, default=0.92)

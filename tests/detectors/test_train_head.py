@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -23,10 +24,13 @@ import pytest
 from gridpatrol.api.client import ApiClient
 from gridpatrol.detectors.features import YOLO11_NODES
 from gridpatrol.detectors.head_training import (
+    CvReport,
     FeatureSet,
     Sample,
+    Scores,
     check_enough,
     choose_threshold,
+    format_report,
     negative_samples,
     nested_cv,
     review_samples,
@@ -207,6 +211,7 @@ def test_train_head_from_class_folders(shared_dir: Path, tmp_path: Path) -> None
     proc = train_head(
         str(root), "--name", "garbage", "--out", str(out), "--folds", "3", "--repeats", "1",
         "--negatives", str(street), "--negative-fps", "0.2",
+        "--force",  # 12 photos are too few for a head better than chance: written all the same
         env=model_env(shared_dir),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -456,7 +461,7 @@ def test_train_head_from_reviewed_candidates(
     proc = train_head(
         "--from-reviews", "--name", "garbage", "--api-url", api_server.url,
         "--token", api_server.tokens["reviewer"], "--out", str(out),
-        "--folds", "2", "--repeats", "1",
+        "--folds", "2", "--repeats", "1", "--force",  # 12 are too few for a head that finds any
         env=model_env(shared_dir),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -750,3 +755,62 @@ def test_copies_of_an_image_share_its_group(shared_dir: Path, tmp_path: Path) ->
         "taken minutes apart at one place count once), got 3 positive / 4 negative",
     ]
     assert proc.stdout == ""
+
+
+def test_a_head_no_better_than_chance_is_written_only_with_force(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """Four garbage and four clean photos, three folds: the head cross-validates to recall 0
+    (AUC 0.188). It is not written (exit 1, one line) unless --force is given."""
+    root = tmp_path / "data"
+    for folder, names in (("garbage", GARBAGE[2:6]), ("clean", CLEAN[:4])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
+    out = tmp_path / "heads" / "garbage"
+    args = (str(root), "--name", "garbage", "--out", str(out), "--folds", "3", "--repeats", "1")
+    refused = train_head(*args, env=model_env(shared_dir))
+    assert refused.returncode == 1, refused.stderr
+    check_report(refused.stdout, images=8, positive=4)
+    head_row = next(line for line in refused.stdout.splitlines() if line.startswith(HEAD_ROW))
+    assert head_row.split()[-5] == "0.000"  # recall
+    auc = head_row.split()[-1]
+    assert refused.stderr.splitlines()[-1] == (
+        f"train-head: the head found no positive in cross-validation (recall 0, AUC {auc}): "
+        "not written (--force writes it)"
+    )
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+
+    forced = train_head(*args, "--force", env=model_env(shared_dir))
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout.splitlines()[:5] == refused.stdout.splitlines()[:5]
+    assert (
+        f"train-head: the head found no positive in cross-validation (recall 0, AUC {auc}): "
+        "written all the same (--force)"
+    ) in forced.stderr.splitlines()
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["cv"]["head"]["recall"] == 0.0
+
+
+def test_precision_is_not_available_when_nothing_is_predicted_positive() -> None:
+    """No image over the threshold: precision is 0/0, printed n/a, not 0.000; over repeats,
+    the mean of those that have one."""
+    y = np.array([1, 1, 0, 0], dtype=np.int64)
+    prob = np.array([0.4, 0.3, 0.2, 0.1])
+    none = Scores.of(y, prob, prob >= 0.9)
+    assert math.isnan(none.precision)
+    assert (none.recall, none.fpr, none.auc) == (0.0, 0.0, 1.0)
+    half = Scores.of(y, prob, prob >= 0.15)  # 3 predicted positive, 2 of them right
+    x = np.zeros((4, 2), dtype=np.float32)
+    fs = FeatureSet(x=x, x_flip=x, x_base=x, y=y, groups=np.arange(4), keys=("a", "b", "c", "d"))
+    report = CvReport(
+        head=[none, half], head_half=[none, none], baseline=[none, none],
+        thresholds=[0.9, 0.15], cs=[1.0, 1.0],
+    )  # fmt: skip
+    rows = format_report(fs, report, 2, 2).splitlines()[2:5]
+    # naive probe, head, head at 0.5: precision and recall
+    assert [row.split()[-5:-3] for row in rows] == [
+        ["n/a", "0.000"],
+        ["0.667", "0.500"],
+        ["n/a", "0.000"],
+    ]
