@@ -33,7 +33,7 @@ from gridpatrol.detectors.rules import (
     step,
     street_vending,
 )
-from gridpatrol.detectors.tracking import Motion, Track, Tracker
+from gridpatrol.detectors.tracking import Motion, Track, Tracker, iou_matrix
 from gridpatrol.detectors.types import Detections
 from gridpatrol.detectors.zones import ZoneGeometry, schedule_active
 from gridpatrol.site import (
@@ -206,6 +206,15 @@ def _bg_params(
     return tuple(bg.BackgroundParams(learn_s=t, max_step_s=step) for t in sorted(learn))
 
 
+# At most this many tracks per camera are kept lost past lost_s, the longest unseen dropped
+# first: with a week's clear_s, every stationary object that ever vanished in place would be
+# kept, matched and judged on every frame (900 tracks, 30 ms a frame after 100 minutes).
+MAX_KEPT_TRACKS = 64
+# A kept track whose place a stationary live track of its class covers this much (IoU) is
+# dropped: what stands there now is another object, or the same one under a new id.
+_TAKEN_IOU = 0.5
+
+
 @dataclass
 class _StillTracker(Tracker):
     """A tracker that keeps a lost track stationary when last seen for up to ``still_lost_s``.
@@ -218,16 +227,70 @@ class _StillTracker(Tracker):
     past ``lost_s`` takes back only a confident box of its class within its last one that no
     other track took (see :class:`Tracker`): a stall a lorry shows bit by bit as it drives off
     comes back on it, a passer-by crossing the spot keeps their own track, not its history.
+
+    Whether a track was stationary is judged once, when it is lost (its history does not
+    change while lost). Kept tracks are dropped once a stationary live track of their class
+    covers their place (IoU 0.5; a passer-by does not), and beyond ``max_kept`` the longest
+    unseen go first.
     """
 
     still_lost_s: float = 0.0
     still_displacement: float = 0.0
+    max_kept: int = MAX_KEPT_TRACKS
+    # Ids of the lost tracks that were stationary when lost.
+    still_ids: set[int] = field(default_factory=set)
+
+    def update(self, detections: Detections, t: float) -> Detections:
+        tracked = super().update(detections, t)
+        self._drop_taken(self.last_t if self.last_t is not None else t)
+        return tracked
+
+    def _lose(self, track: Track) -> None:
+        if self.still_lost_s > self.lost_s and self._stationary([track])[0]:
+            self.still_ids.add(track.id)
+        else:
+            self.still_ids.discard(track.id)
 
     def _keep(self, track: Track, t: float) -> bool:
-        if self.still_lost_s <= self.lost_s or t - track.last_t > self.still_lost_s:
-            return False
-        ids = np.asarray([track.id], dtype=np.int64)
-        return bool(self.motion(ids).stationary(self.still_displacement, STATIONARY_MIN_S)[0])
+        return track.id in self.still_ids and t - track.last_t <= self.still_lost_s
+
+    def _expire(self, t: float) -> None:
+        super()._expire(t)
+        kept = sorted((tr for tr in self.tracks if self._kept(tr, t)), key=lambda tr: tr.last_t)
+        if len(kept) > self.max_kept:
+            self._drop({tr.id for tr in kept[: len(kept) - self.max_kept]})
+        self.still_ids &= {tr.id for tr in self.tracks}
+
+    def _drop_taken(self, t: float) -> None:
+        """Drop the kept tracks whose place a stationary track seen at ``t`` now covers."""
+        kept = [tr for tr in self.tracks if self._kept(tr, t)]
+        live = [tr for tr in self.tracks if tr.last_t == t]
+        if not kept or not live:
+            return
+        iou = iou_matrix(
+            np.asarray([tr.box for tr in kept], np.float32),
+            np.asarray([tr.box for tr in live], np.float32),
+        )
+        same = np.asarray([tr.class_id for tr in kept])[:, None] == np.asarray(
+            [tr.class_id for tr in live]
+        )
+        over = (iou >= _TAKEN_IOU) & same
+        if not over.any():
+            return
+        # Judged only for the live tracks over a kept one: most frames have none.
+        near = np.flatnonzero(over.any(axis=0))
+        still = np.zeros(len(live), dtype=bool)
+        still[near] = self._stationary([live[j] for j in near.tolist()])
+        self._drop({tr.id for tr, row in zip(kept, over, strict=True) if (row & still).any()})
+
+    def _stationary(self, tracks: list[Track]) -> NDArray[np.bool_]:
+        ids = np.asarray([tr.id for tr in tracks], dtype=np.int64)
+        return self.motion(ids).stationary(self.still_displacement, STATIONARY_MIN_S)
+
+    def _drop(self, ids: set[int]) -> None:
+        if ids:
+            self.tracks = [tr for tr in self.tracks if tr.id not in ids]
+            self.still_ids -= ids
 
 
 # The rules that judge whether objects are stationary.

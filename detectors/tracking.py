@@ -248,8 +248,9 @@ class Tracker:
         for i in set(unmatched) | (set(rest) - set(followed)):
             track = self.tracks[i]
             # A followed track waits as lost; one seen once stays unconfirmed (see _expire).
-            if track.hits > 1:
+            if track.hits > 1 and track.state != "lost":
                 track.state = "lost"
+                self._lose(track)
         for d in new_high:
             assigned[d] = self._start(detections, int(d), t)
         keep = assigned >= 0
@@ -298,6 +299,10 @@ class Tracker:
         """Whether to keep ``track``, lost for longer than ``lost_s``: never here (a subclass
         may, see ``kept_cover``)."""
         return False
+
+    def _lose(self, track: Track) -> None:
+        """Called as a followed track turns lost: a subclass that keeps lost tracks judges them
+        once, here, rather than on every frame they stay kept."""
 
     def _associate(
         self,

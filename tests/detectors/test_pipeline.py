@@ -1062,3 +1062,36 @@ def test_a_parked_car_with_duplicate_frames_a_millisecond_later_raises() -> None
             events += pipe.process(at + timedelta(milliseconds=1), SIZE, dets([moved]))
     assert [(e.kind, (e.t - T0).total_seconds()) for e in events] == [("raise", 32.0)]
     assert pipe.tracker.next_id == 2
+
+
+def test_stationary_objects_vanishing_in_place_for_hours_keep_a_bounded_track_count() -> None:
+    """A camera keeping lost stationary tracks for a day (clear_s 86400): every 5 s a car parks
+    somewhere for 5-30 s and vanishes in place (10,000 frames at 2 fps). At most
+    MAX_KEPT_TRACKS tracks are kept lost, the longest unseen dropped first."""
+    pipe = kerb({"dwell_s": 600, "clear_s": 86400})
+    rng = np.random.default_rng(5)
+    cars = [(5.0 * k, 5.0 * k + rng.uniform(5, 30), rng.uniform(0, 1100), rng.uniform(0, 600))
+            for k in range(1001)]  # fmt: skip
+    for k in range(10_000):
+        s = k / 2
+        seen: list[Obj] = [("car", (x, y, x + 150, y + 100)) for a, b, x, y in cars if a <= s < b]
+        pipe.process(T0 + timedelta(seconds=s), SIZE, dets(seen))
+    end = (T0 + timedelta(seconds=4999.5)).timestamp()
+    kept = [tr for tr in pipe.tracker.tracks if tr.state == "lost" and end - tr.last_t > 3]
+    # 64 kept, 2 lost within lost_s (3 s), 3 cars in view.
+    assert (len(kept), len(pipe.tracker.tracks)) == (64, 69)
+
+
+def test_a_kept_track_whose_place_another_parked_car_takes_is_dropped() -> None:
+    """A car vanishes in place and is kept; a larger car parks over its place (IoU 0.6, the old
+    box not within the new one's 80 %): once that one is stationary the kept track goes."""
+    pipe = kerb({"dwell_s": 600, "clear_s": 3600})
+    van: Obj = ("car", (250, 260, 650, 490))
+    kept: list[list[int]] = []
+    for k in range(81):
+        s = k / 2
+        seen = [PARKED] if s < 10 else [van] if s >= 20 else []
+        pipe.process(T0 + timedelta(seconds=s), SIZE, dets(seen))
+        kept.append(sorted(tr.id for tr in pipe.tracker.tracks if tr.state == "lost"))
+    # Lost from 10 s and kept; the van seen from 20 s is stationary from 22 s.
+    assert kept[19:21] == [[], [1]] and kept[43] == [1] and kept[44:] == [[]] * 37
