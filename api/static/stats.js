@@ -102,9 +102,20 @@ function defaultSince() {
   return `${day.toISOString().slice(0, 10)}T00:00`;
 }
 
+// The default window as lastDays set it, and the zone it was set in, while the reviewer keeps it.
+let defaulted = null;
+
 function lastDays() {
   $('#st-since').value = defaultSince();
   $('#st-until').value = '';
+  defaulted = { zone: ref.timezone, since: $('#st-since').value };
+}
+
+// The default window set in another zone (the browser's, while the site's was still unknown),
+// and kept as set: set again in the site's.
+function defaultedElsewhere() {
+  return defaulted !== null && defaulted.zone !== ref.timezone
+    && $('#st-since').value === defaulted.since && !$('#st-until').value;
 }
 
 function period() {
@@ -133,6 +144,8 @@ export function showStats() {
     lastDays();
     form.addEventListener('change', load);
     $('#st-last').addEventListener('click', () => { lastDays(); load(); });
+  } else if (defaultedElsewhere()) {
+    lastDays();
   }
   return load();
 }

@@ -129,11 +129,13 @@ def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
     assert len(asked) == 1
 
 
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
 def test_statistics_are_shown_when_the_site_is_slow_to_be_described_and_again_once_it_is(
-    ui: Any, seeder: Any, frames: list[bytes]
+    ui: Any, seeder: Any, frames: list[bytes], browser_timezone: str
 ) -> None:
     # An API that does not describe the site (its answer lost, say) does not leave the reviewer
-    # without any view: after a few seconds the statistics come, and again once it answers.
+    # without any view: after a few seconds the statistics come, and again once it answers,
+    # their default window then the site's last 30 days, not the browser's.
     seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
     page = ui.page
     held: list[Any] = []
@@ -146,7 +148,12 @@ def test_statistics_are_shown_when_the_site_is_slow_to_be_described_and_again_on
     assert page.is_visible("#view-stats")
     assert len(held) == 1
     assert len(asked) == 1
-    with page.expect_request(lambda r: urlsplit(r.url).path == "/api/v1/stats"):
+    before = default_start()
+    with page.expect_request(lambda r: urlsplit(r.url).path == "/api/v1/stats") as again:
         held[0].continue_()
+    after = default_start()
+    assert window_of(again.value.url) in [{"since": [sent(before)]}, {"since": [sent(after)]}]
+    start = before if window_of(again.value.url) == {"since": [sent(before)]} else after
+    assert page.input_value("#st-since") == start.strftime("%Y-%m-%dT%H:%M")
     total(page, "1")
     assert len(asked) == 2
