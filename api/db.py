@@ -99,10 +99,13 @@ class CandidateRow(Base):
 
 
 class MissingEvidenceRow(Base):
-    """Evidence an incomplete candidate refers to that the store did not hold: its upload
-    judges the candidate again (``CandidateService.evidence_arrived``)."""
+    """Evidence an incomplete or returned candidate refers to that the store did not hold:
+    its upload judges the candidate again (``CandidateService.evidence_arrived``). The rows
+    of a candidate go when it waits for no file any more (complete, rejected, merged)."""
 
     __tablename__ = "missing_evidence"
+    # Those deletes name the candidate only; the key starts with the file.
+    __table_args__ = (Index("ix_missing_evidence_candidate", "candidate_id"),)
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     candidate_id: Mapped[str] = mapped_column(String(36), primary_key=True)

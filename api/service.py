@@ -1089,7 +1089,7 @@ class CandidateService:
         outcome = Outcome(200, doc, unheld=unheld)
         # A routine update (a detector's dwell time or latest frame, an alarm repeat) changes
         # no required element: its history entry folds into the one before it.
-        answered = sm.answers_return(stored, doc, REQUIRED) or _completes_return(stored, doc)
+        answered = sm.answers_return(stored, doc, REQUIRED) or self._completes_return(stored, doc)
         if before in ("incomplete", "returned", "new"):
             new = sm.after_supplement(before, not doc["missing_elements"], answered)
             if new != before:
@@ -1164,11 +1164,13 @@ class CandidateService:
             now = self.clock()
             doc: JsonDict = json.loads(row.doc)
             outcome = Outcome(200, doc)
+            before = row.status
             if decision.decision == "merge":
                 self._merge_into(session, who, row, str(decision.merge_into), now, outcome)
-            # A return records what the case lacks: supplying that (a PATCH, or the upload of
-            # a missing file) answers it, as the note asks (_completes_return).
-            asks = (doc.get("missing_elements") or None) if new == "returned" else None
+            # A return records what the case lacks, also when it lacks nothing ([]): supplying
+            # that (a PATCH, or the upload of a missing file) answers it, as the note asks
+            # (_completes_return). An entry without the list is a return older than that.
+            asks = self._return_asks_now(doc) if new == "returned" else None
             doc["status"] = new
             self._history(
                 doc,
@@ -1180,7 +1182,8 @@ class CandidateService:
                 merge_into=str(decision.merge_into) if decision.merge_into else None,
                 missing_elements=asks,
             )
-            if new in sm.FINAL:
+            if new in sm.FINAL and before in ("incomplete", "returned"):
+                # Only those may wait for a file: a confirmed or new case has no rows.
                 self._stop_waiting(session, [cid])
             if new == "rejected":
                 row.reject_reason = decision.reason_code
@@ -1258,7 +1261,7 @@ class CandidateService:
     def evidence_arrived(self, who: Principal, sha256: str) -> int:
         """Judge the candidates that wait for this evidence file again, now that the store
         holds it: incomplete ones it completes, and returned ones it gives every element they
-        were returned without (:func:`_completes_return`), enter review (``new``, or confirmed
+        were returned without (:meth:`_completes_return`), enter review (``new``, or confirmed
         when their type is auto-confirmed). Returns how many changed.
 
         Run after every upload of the file, also one that found it there already: a
@@ -1297,7 +1300,8 @@ class CandidateService:
                 if doc["missing_elements"] == stored.get("missing_elements"):
                     continue
                 complete = not doc["missing_elements"]
-                new = sm.after_supplement(row.status, complete, _completes_return(stored, doc))
+                answered = self._completes_return(stored, doc, arrived=sha256)
+                new = sm.after_supplement(row.status, complete, answered)
                 action = "supplemented" if new != row.status else "updated"
                 self._history(doc, now, who.name, action, fields=["evidence"])
                 if new == "new":
@@ -1653,6 +1657,43 @@ class CandidateService:
         if waiting:
             session.connection().execute(self._insert_missing, waiting)
 
+    def _return_asks_now(self, doc: JsonDict, arrived: str | None = None) -> list[str]:
+        """The required elements a return of ``doc`` asks for: those it lacks, evidence only
+        while a file other than a ``latest`` frame is not held (``arrived``, the file whose
+        upload is judged, counts as not held yet). A ``latest`` frame is a detector's routine
+        update: neither its upload nor the next one may answer a return, as no PATCH bringing
+        one does (:func:`status.answers_return`)."""
+        photos = [
+            h
+            for e in doc.get("evidence") or []
+            if isinstance(e, dict)
+            and e.get("kind") != "latest"
+            and isinstance(h := e.get("sha256"), str)
+        ]
+        awaited = any(h == arrived or not self.store.has(h) for h in photos)
+        return [n for n in doc.get("missing_elements") or () if n != "evidence" or awaited]
+
+    def _completes_return(
+        self, before: JsonDict, after: JsonDict, arrived: str | None = None
+    ) -> bool:
+        """Whether ``after`` (``before`` judged again, by a PATCH or the upload of the file
+        ``arrived``) has every element the returned ``before`` still lacked of those its
+        return asked for. A case returned as incomplete ("snapshot missing") is answered by
+        the missing file's upload, not only by a PATCH: a detector or the alarm bridge sends
+        none after its upload.
+
+        A return stored before returns recorded what they asked is taken to ask for what
+        ``before`` lacks now, judged as a return now would judge it: nothing else tells, and
+        a case returned for its photo would otherwise never come back.
+        """
+        if before.get("status") != "returned":
+            return False
+        asks = _return_asks(before)
+        if asks is None:
+            asks = self._return_asks_now(before, arrived)
+        lacked = [name for name in asks if name in before.get("missing_elements", ())]
+        return bool(lacked) and not any(name in after["missing_elements"] for name in asks)
+
     @staticmethod
     def _stop_waiting(session: Session, ids: list[str]) -> None:
         """Forget the files the candidates ``ids`` waited for, as they wait for none now
@@ -1870,33 +1911,22 @@ def _waiting(doc: JsonDict) -> bool:
     """Whether the candidate ``doc`` waits for evidence files: incomplete or returned, and
     missing evidence (a refused batch item's doc is a problem body, which is not). A returned
     one's upload updates its missing elements; it answers the return only when the return
-    asked for that (:func:`_completes_return`)."""
+    asked for that (``CandidateService._completes_return``)."""
     status = doc.get("status")
     missing = doc.get("missing_elements", ())
     return status in ("incomplete", "returned") and "evidence" in missing
 
 
-def _return_asks(doc: JsonDict) -> list[str]:
+def _return_asks(doc: JsonDict) -> list[str] | None:
     """The required elements the returned candidate ``doc`` lacked when it was returned (the
-    return's history entry records them): supplying them completes what the return asked
-    for. Empty for a case returned with every element, or returned before returns recorded
-    them."""
+    return's history entry records them, [] for a case returned with every element):
+    supplying them completes what the return asked for. None for a return stored before
+    returns recorded them."""
     for entry in reversed(doc.get("history") or []):
         if entry.get("action") == "returned":
-            return list(entry.get("missing_elements") or ())
-    return []
-
-
-def _completes_return(before: JsonDict, after: JsonDict) -> bool:
-    """Whether ``after`` (``before`` judged again, by a PATCH or a file's upload) has every
-    element the returned ``before`` still lacked of those it was returned without. A case
-    returned as incomplete ("snapshot missing") is answered by the missing file's upload,
-    not only by a PATCH: a detector or the alarm bridge sends none after its upload."""
-    if before.get("status") != "returned":
-        return False
-    asks = _return_asks(before)
-    lacked = [name for name in asks if name in before.get("missing_elements", ())]
-    return bool(lacked) and not any(name in after["missing_elements"] for name in asks)
+            asks = entry.get("missing_elements")
+            return list(asks) if isinstance(asks, list) else None
+    return None
 
 
 def _deadlock(exc: DBAPIError) -> bool:

@@ -91,9 +91,12 @@ def answers_return(
 
 
 def after_supplement(status: str, complete: bool, answered: bool = True) -> str:
-    """The status after a producer's PATCH: complete ones enter review, others wait.
+    """The status after a producer's PATCH or an upload: complete ones enter review, others
+    wait.
 
-    A returned case stays returned until a PATCH ``answered`` it (:func:`answers_return`).
+    A returned case stays returned until it is ``answered``: by a PATCH changing a required
+    element (:func:`answers_return`), or by a PATCH or an upload giving it every element its
+    return asked for (``CandidateService._completes_return``).
     """
     if status == "returned" and not answered:
         return status

@@ -1,19 +1,23 @@
 """Returned cases and the evidence files they wait for, over HTTP: a case returned for want of
-its photo comes back to review when the photo is uploaded, a returned case's missing elements
-follow its uploads, and a case that waits for no file any more (complete, rejected, merged)
-leaves no row behind in ``missing_evidence``."""
+its photo comes back to review when the photo is uploaded (also one returned before returns
+recorded what they asked), a routine latest frame answers no return, a returned case's missing
+elements follow its uploads, and a case that waits for no file any more (complete, rejected,
+merged) leaves no row behind in ``missing_evidence`` (nor, after the migration, one that an
+earlier version left)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.exc import OperationalError
 
-from gridpatrol.api.db import MissingEvidenceRow
+from gridpatrol.api.db import CandidateRow, MissingEvidenceRow
 
+from .test_evidence import migrate
 from .test_intake_consistency import doc_of
 from .test_intake_consistency import put_evidence as upload
 from .test_intake_consistency import unstored_file as unstored
@@ -186,3 +190,109 @@ def test_a_case_completed_by_a_patch_keeps_no_row_for_the_frame_it_replaced(api:
     doc = patch(api, cid, {"evidence": [{"sha256": api.put_jpeg(39), "kind": "latest"}]}, "f")
     assert (doc["status"], doc["missing_elements"]) == ("new", [])
     assert waiting_rows(api) == []
+
+
+def frame(sha: str) -> dict[str, Any]:
+    return {"sha256": sha, "kind": "latest"}
+
+
+@pytest.mark.parametrize("answer", ["upload", "patch"])
+def test_a_routine_frame_answers_no_return_of_a_case_waiting_only_for_its_frame(
+    api: Any, answer: str
+) -> None:
+    """Posted with its clean photo held and its latest frame not yet uploaded (incomplete,
+    evidence missing), returned for another place: neither that frame's upload nor the
+    detector's next frame and dwell time take it from its producer."""
+    clean = {"sha256": api.put_jpeg(41), "kind": "clean"}
+    first, first_sha = unstored(api, 42)
+    cid = api.create(api.body("e1", evidence=[clean, frame(first_sha)]))["id"]
+    returned = api.review(cid, "return", reason="wrong place").json()
+    assert (returned["status"], returned["missing_elements"]) == ("returned", ["evidence"])
+    if answer == "upload":
+        assert upload(api, first).status_code == 201
+    else:
+        # The detector uploads its next frame, then updates the episode with it.
+        change = {"evidence": [frame(api.put_jpeg(43))], "detection": {"dwell_s": 600}}
+        assert patch(api, cid, change, "next")["status"] == "returned"
+    doc = doc_of(api, cid)
+    assert (doc["status"], doc["missing_elements"], steps(doc)[2:]) == (
+        "returned",
+        [],
+        [("test-producer", "updated")],
+    )
+    # The frame is no element the return asks for; a return records what it asks, also none.
+    assert doc["history"][1]["missing_elements"] == []
+    assert waiting_rows(api) == []
+    assert api.review(cid, "confirm").status_code == 409
+
+
+def test_a_case_returned_for_its_clean_photo_with_its_frame_held_comes_back(api: Any) -> None:
+    data, sha = unstored(api, 44)
+    evidence = [{"sha256": sha, "kind": "clean"}, frame(api.put_jpeg(45))]
+    cid = api.create(api.body("e1", evidence=evidence))["id"]
+    returned = api.review(cid, "return", reason="snapshot missing").json()
+    assert returned["history"][-1]["missing_elements"] == ["evidence"]
+    assert upload(api, data).status_code == 201
+    doc = doc_of(api, cid)
+    assert (doc["status"], doc["missing_elements"], steps(doc)[-1]) == (
+        "new",
+        [],
+        ("test-producer", "supplemented"),
+    )
+
+
+def forget_what_the_return_asked(api: Any, cid: str) -> None:
+    """Store the case's return entry as a version that recorded no missing elements did."""
+    with api.http.app.state.db.write() as session:
+        row = session.scalars(select(CandidateRow).where(CandidateRow.id == cid)).one()
+        doc = json.loads(row.doc)
+        assert doc["history"][-1]["action"] == "returned"
+        del doc["history"][-1]["missing_elements"]
+        row.doc = json.dumps(doc)
+
+
+@pytest.mark.parametrize("kind", ["clean", "latest"])
+def test_a_case_returned_before_returns_recorded_what_they_asked(api: Any, kind: str) -> None:
+    """A return with no missing_elements asks for what the case lacks when its file comes,
+    judged as a return is now: its clean photo brings it back, a latest frame does not."""
+    data, sha = unstored(api, 46)
+    evidence = [{"sha256": sha, "kind": kind}]
+    if kind == "latest":
+        evidence.insert(0, {"sha256": api.put_jpeg(47), "kind": "clean"})
+    cid = api.create(api.body("e1", evidence=evidence))["id"]
+    assert api.review(cid, "return", reason="snapshot missing").status_code == 200
+    forget_what_the_return_asked(api, cid)
+    assert upload(api, data).status_code == 201
+    doc = doc_of(api, cid)
+    status = "new" if kind == "clean" else "returned"
+    assert (doc["status"], doc["missing_elements"]) == (status, [])
+    assert doc["history"][-1]["action"] == ("supplemented" if kind == "clean" else "updated")
+    assert waiting_rows(api) == []
+
+
+def test_the_migration_indexes_the_rows_by_case_and_drops_those_of_cases_that_wait_no_more(
+    api: Any,
+) -> None:
+    _data, waits = unstored(api, 48)
+    waiting = api.create(api.body("e1", waits))["id"]
+    _data, lost = unstored(api, 49)
+    rejected = api.create(api.body("e2", lost))["id"]
+    refused = api.review(rejected, "reject", reason_code="insufficient_evidence")
+    assert refused.status_code == 200
+    confirmed = api.create(api.body("e3", api.put_jpeg(50)))["id"]
+    assert api.review(confirmed, "confirm").status_code == 200
+    db = api.http.app.state.db
+    # The rows an earlier version left: a rejected case's, one of a case completed after its
+    # latest frame was replaced, one of a case gone.
+    leftovers = [(lost, rejected), (lost, confirmed), (lost, "0" * 36)]
+    with db.write() as session:
+        session.execute(
+            insert(MissingEvidenceRow), [{"sha256": s, "candidate_id": c} for s, c in leftovers]
+        )
+    migrate(db, "0005", down=True)
+    migrate(db, "head")
+    assert waiting_rows(api) == [(waits, waiting)]
+    indexes = inspect(db.engine).get_indexes("missing_evidence")
+    assert [(i["name"], i["column_names"]) for i in indexes] == [
+        ("ix_missing_evidence_candidate", ["candidate_id"])
+    ]
