@@ -507,7 +507,8 @@ class DetectorWorker:
         # A camera publishing garbage got a dead letter and a warning line per frame (about a
         # thousand a second on a flood): as watch-frames, a few per camera and window, the
         # others counted. Bad frames by reason, with a letter or not.
-        self.letters = LetterLimit(clock=clock, what="bad frames", logger=log)
+        # Its windows follow self.clock even when it is replaced after construction (tests do).
+        self.letters = LetterLimit(clock=lambda: self.clock(), what="bad frames", logger=log)
         self.rejected: collections.Counter[str] = collections.Counter()
 
     # -- main loop ------------------------------------------------------------------------------

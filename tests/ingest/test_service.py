@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 
 from gridpatrol.ingest import service as ingest_service
 from gridpatrol.ingest.messages import decode_frame
-from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings, publish_overhead
+from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, publish_overhead
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
 from gridpatrol.ingest.sources import ENVELOPE_OVERHEAD
@@ -171,6 +172,117 @@ def test_a_client_sending_garbage_requests_gets_ten_letters_and_every_one_counte
         "; 28 malformed {'bad_json': 25, 'bad_topic': 3}, of them not dead-lettered (over the "
         "limit) {'bad_json': 15}"
     )
+
+
+def unstarted_ingest(component_id: str, prefix: str) -> tuple[MqttConnection, IngestService]:
+    """An ingest service whose connection is up but whose loops are not: the test rejects."""
+    site = parse_site(
+        "site: {name: Test}\n"
+        f"mqtt: {{prefix: {prefix}}}\n"
+        "cameras:\n"
+        "  - {id: h1, source: 'http://127.0.0.1:9/none.jpg', fps: 4, location: {address: a}}\n"
+    )
+    conn = MqttConnection(component_id, MqttSettings.from_url(SHARED), prefix=prefix)
+    service = IngestService(site, conn, site.cameras)
+    assert conn.start(10)
+    return conn, service
+
+
+def garbage(topic: str, n: int) -> Message:
+    return Message(topic, b"not json %d" % n, 1, False, datetime.now(UTC), n)
+
+
+FLOOD = 30_000
+
+
+def test_the_progress_line_counts_a_flood_of_rejections_at_one_moment(
+    mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One thread rejects 30,000 requests on two topics while another logs the progress line
+    over and over: every line's malformed total is the sum of its reasons, and of each reason
+    exactly the first 10 had a letter (the others are said not dead-lettered). Read one by one,
+    the figures came from different moments: a rejection counted as malformed and not yet as
+    unlettered, or a stretch of them ('21606 malformed {'bad_json': 21606}, of them not
+    dead-lettered {'bad_json': 24666}')."""
+    # Switch threads as often as possible, so the progress thread reads in mid-flood.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    conn, service = unstarted_ingest("ing-race", mqtt_prefix)
+    service.letters.clock = lambda: 1000.0  # one window, however long the test takes
+    topics = [snapshot_request_topic(mqtt_prefix, "h1"), f"{mqtt_prefix}/cameras/x y/patrol/boost"]
+    reasons = ["bad_json", "bad_topic"]
+    done = threading.Event()
+
+    def flood() -> None:
+        for n in range(FLOOD):
+            service._dead_letter(reasons[n % 2], garbage(topics[n % 2], n))
+        done.set()
+
+    try:
+        with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.service"):
+            flooding = threading.Thread(target=flood)
+            flooding.start()
+            while not done.is_set():
+                service.log_progress()
+            flooding.join()
+            service.log_progress()
+    finally:
+        sys.setswitchinterval(interval)
+        conn.stop()
+    lines = [
+        r.args
+        for r in caplog.records
+        if r.name == "gridpatrol.ingest.service" and r.msg.startswith("ingest: snapshot requests")
+    ]
+    assert len(lines) > 1
+    torn = []
+    for args in lines:
+        assert isinstance(args, tuple)
+        malformed, by_reason, unlettered = args[4:]
+        # One window, one topic per reason: the first 10 of each reason had their letter.
+        lettered = {r: n - unlettered.get(r, 0) for r, n in by_reason.items()}
+        if (
+            malformed != sum(by_reason.values())
+            or not unlettered.keys() <= by_reason.keys()
+            or lettered != {r: min(n, 10) for r, n in by_reason.items()}
+        ):
+            torn.append((malformed, by_reason, unlettered))
+    assert (len(torn), torn[:3]) == (0, [])
+    assert lines[-1][4:] == (
+        FLOOD,
+        {"bad_json": FLOOD // 2, "bad_topic": FLOOD // 2},
+        {"bad_json": FLOOD // 2 - 10, "bad_topic": FLOOD // 2 - 10},
+    )
+
+
+def test_the_letters_window_warning_is_ingest_s_own(
+    mqtt_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """11 garbage requests, then one more 60 s later: the warning for the one over the limit
+    is logged under gridpatrol.ingest.service, with ingest's other lines (it went under
+    gridpatrol.ingest.receiver, where watch-frames logs)."""
+    conn, service = unstarted_ingest("ing-window", mqtt_prefix)
+    now = [1000.0]
+    service.letters.clock = lambda: now[0]
+    topic = snapshot_request_topic(mqtt_prefix, "h1")
+    try:
+        with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest"):
+            for n in range(11):
+                service._dead_letter("bad_json", garbage(topic, n))
+            now[0] += 60.0
+            service._dead_letter("bad_json", garbage(topic, 11))
+    finally:
+        conn.stop()
+    windows = [
+        (r.name, r.getMessage()) for r in caplog.records if "in the last 60 s" in r.getMessage()
+    ]
+    assert windows == [
+        (
+            "gridpatrol.ingest.service",
+            "1 malformed requests and boosts in the last 60 s were not dead-lettered nor logged "
+            "one by one (over 10 letters per topic, 100 in all, in a window): {'bad_json': 1}",
+        )
+    ]
 
 
 # A packet limit that leaves a frame's JPEG 300 bytes (past the room for the largest header
