@@ -25,11 +25,14 @@ from gridpatrol.api.deps import Reviewer, services_of
 from gridpatrol.api.problems import Problem
 from gridpatrol.api.schemas import shallow
 from gridpatrol.site import (
+    LEARN_PER_DWELL,
     MAX_POLYGON_POINTS,
     RULE_PARAMS,
     Camera,
     Site,
     SiteConfigError,
+    StaticForegroundParams,
+    default_learn_s,
     few_enough_points,
     parse_site,
 )
@@ -135,8 +138,23 @@ def list_sensors(request: Request, _who: Reviewer) -> list[dict[str, Any]]:
 
 @router.get("/cameras/rule-schema")
 def rule_schema(_who: Reviewer) -> dict[str, Any]:
-    """JSON schema of every rule's parameters, keyed by rule (candidate type)."""
-    return {name: model.model_json_schema(by_alias=True) for name, model in RULE_PARAMS.items()}
+    """JSON schema of every rule's parameters, keyed by rule (candidate type).
+
+    A ``learn_s`` left out is derived from the zone's ``dwell_s``; its property's
+    ``x-derived`` says how (``max(at_least, per × from)``), so the zone editor shows the value
+    in use rather than the one derived from the default dwell.
+    """
+    schemas: dict[str, Any] = {}
+    for name, model in RULE_PARAMS.items():
+        schema = model.model_json_schema(by_alias=True)
+        if issubclass(model, StaticForegroundParams):
+            schema["properties"]["learn_s"]["x-derived"] = {
+                "from": "dwell_s",
+                "per": LEARN_PER_DWELL,
+                "at_least": default_learn_s(0.0),
+            }
+        schemas[name] = schema
+    return schemas
 
 
 @router.post(

@@ -165,7 +165,29 @@ function h(tag, attrs = {}, ...children) {
   return node;
 }
 
-function paramInput(zone, rule, name, prop) {
+// The value a number left out stands for. One derived from another field (learn_s from dwell_s:
+// max(at_least, per × dwell_s)) follows that field as typed, or its default when it is empty;
+// the schema's own default is derived from the default dwell only.
+function defaultShown(box, rule, prop, props) {
+  const derived = prop['x-derived'];
+  if (!derived) return prop.default;
+  const typed = box.querySelector(`input[name="${rule}.${derived.from}"]`)?.value.trim();
+  const from = typed ? Number(typed) : props[derived.from]?.default;
+  if (!Number.isFinite(from) || from < 0) return prop.default;  // the API refuses such a dwell
+  return Math.max(derived.at_least, derived.per * from);
+}
+
+// The placeholders of the rule's derived fields (those derived from `from` only, when given).
+function showDerived(box, rule, props, from = null) {
+  for (const [name, prop] of Object.entries(props)) {
+    const derived = prop['x-derived'];
+    if (!derived || (from != null && derived.from !== from)) continue;
+    const field = box.querySelector(`input[name="${rule}.${name}"]`);
+    if (field) field.placeholder = String(defaultShown(box, rule, prop, props) ?? '');
+  }
+}
+
+function paramInput(zone, rule, name, prop, props) {
   const value = zone.rules[rule]?.[name];
   const kind = prop.type || (prop.anyOf || []).map((x) => x.type).find((x) => x !== 'null');
   const isList = kind === 'array';
@@ -177,6 +199,8 @@ function paramInput(zone, rule, name, prop) {
     name: `${rule}.${name}`,
     placeholder: isList ? (prop.default || []).join(', ') : String(prop.default ?? ''),
     value: value == null ? '' : (isList ? value.join(', ') : String(value)),
+    // Fields derived from this one show the value they now stand for, while it is typed.
+    oninput: (ev) => showDerived(ev.target.closest('.params'), rule, props, name),
     onchange: (ev) => {
       edited();
       const raw = ev.target.value.trim();
@@ -206,7 +230,11 @@ function rulesForm(zone) {
     const item = h('div', { class: 'rule' }, h('label', { title: schema.description || '' }, check, ` ${name.main} `, h('small', { class: 'muted', text: rule })));
     if (on) {
       const params = h('div', { class: 'params' });
-      for (const [pname, prop] of Object.entries(schema.properties || {})) params.append(paramInput(zone, rule, pname, prop));
+      const props = schema.properties || {};
+      for (const [pname, prop] of Object.entries(props)) {
+        params.append(paramInput(zone, rule, pname, prop, props));
+      }
+      showDerived(params, rule, props);  // once every field is in place: dwell_s may follow
       item.append(params);
     }
     box.append(item);

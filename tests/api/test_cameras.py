@@ -69,6 +69,10 @@ def test_devices_schema_roles_and_snapshot_without_broker(site_api: Any) -> None
         "crowd_gathering",
     }
     assert schema["crowd_gathering"]["properties"]["min_persons"]["default"] == 8
+    # How a learn_s left out is derived, for the zone editor's placeholder.
+    derived = {"from": "dwell_s", "per": 4.0, "at_least": 3600.0}
+    for rule in ("shop_front_occupation", "piled_materials"):
+        assert schema[rule]["properties"]["learn_s"]["x-derived"] == derived
     assert no_broker.status_code == 503
     assert no_broker.headers["content-type"].startswith("application/problem+json")
     assert unknown.status_code == 404

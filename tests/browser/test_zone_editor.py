@@ -344,3 +344,36 @@ def test_an_integer_parameter_is_taken_as_typed_never_cut_to_an_integer(ui: Any)
     zones = yaml.safe_load(validated("1e2", "true"))["zones"]
     assert not page.eval_on_selector(field, "input => input.matches(':invalid')")
     assert zones[drawn]["rules"] == {"crowd_gathering": {"min_persons": 100}}
+
+
+def test_an_empty_learn_s_shows_the_value_derived_from_the_dwell(ui: Any) -> None:
+    # A learn_s left out is max(3600, 4 x dwell_s): the schema's default (3600, 7200) is only
+    # what the default dwell derives, and showed 3600 at a dwell of 2400 where 9600 is in use.
+    page = ui.page
+    new_zone(ui)
+    page.check("#z-form input[name=rule-shop_front_occupation]")
+    page.check("#z-form input[name=rule-piled_materials]")
+
+    def learn(rule: str) -> str | None:
+        return page.get_attribute(f"#z-form input[name='{rule}.learn_s']", "placeholder")
+
+    assert (learn("shop_front_occupation"), learn("piled_materials")) == ("3600", "7200")
+    page.fill("#z-form input[name='shop_front_occupation.dwell_s']", "2400")
+    assert learn("shop_front_occupation") == "9600"  # as it is typed, before it is left
+    page.fill("#z-form input[name='piled_materials.dwell_s']", "600")
+    assert learn("piled_materials") == "3600"  # the floor, not the default dwell's 7200
+    page.press("#z-form input[name='piled_materials.dwell_s']", "Tab")
+    page.fill("#z-form input[name='shop_front_occupation.dwell_s']", "")
+    assert learn("shop_front_occupation") == "3600"  # back to the default dwell's
+    page.fill("#z-form input[name='shop_front_occupation.dwell_s']", "2400")
+    page.press("#z-form input[name='shop_front_occupation.dwell_s']", "Tab")
+    page.check("#z-form input[name=schedule]")  # the form drawn again from the zone
+    assert (learn("shop_front_occupation"), learn("piled_materials")) == ("9600", "3600")
+    ui.shot("learn-s-derived")
+
+    # A zone of the site file: shop-fronts-east waits 900 s, so it learns over 3600 s.
+    page.click("#z-list li:has-text('shop-fronts-east')")
+    assert page.input_value("#z-form input[name='shop_front_occupation.dwell_s']") == "900"
+    assert learn("shop_front_occupation") == "3600"
+    page.fill("#z-form input[name='shop_front_occupation.dwell_s']", "2400")
+    assert learn("shop_front_occupation") == "9600"
