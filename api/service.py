@@ -1297,10 +1297,12 @@ class CandidateService:
                 self._derive(doc)
                 if not _waiting(doc):
                     done.append(cid)
-                if doc["missing_elements"] == stored.get("missing_elements"):
+                # The evidence element stays missing while a latest frame is not held, but the
+                # return may be answered all the same (_completes_return).
+                answered = self._completes_return(stored, doc, arrived=sha256)
+                if doc["missing_elements"] == stored.get("missing_elements") and not answered:
                     continue
                 complete = not doc["missing_elements"]
-                answered = self._completes_return(stored, doc, arrived=sha256)
                 new = sm.after_supplement(row.status, complete, answered)
                 action = "supplemented" if new != row.status else "updated"
                 self._history(doc, now, who.name, action, fields=["evidence"])
@@ -1682,6 +1684,12 @@ class CandidateService:
         the missing file's upload, not only by a PATCH: a detector or the alarm bridge sends
         none after its upload.
 
+        ``after`` is judged as the return judged: evidence is missing only while a file other
+        than a ``latest`` frame is not held. A case returned for its clean photo is answered
+        by the photo although its latest frame is not held yet (it waits for that frame as
+        incomplete): otherwise it would wait for the frame as returned, and for good if each
+        update brings a frame before its upload.
+
         A return stored before returns recorded what they asked is taken to ask for what
         ``before`` lacks now, judged as a return now would judge it: nothing else tells, and
         a case returned for its photo would otherwise never come back.
@@ -1692,7 +1700,8 @@ class CandidateService:
         if asks is None:
             asks = self._return_asks_now(before, arrived)
         lacked = [name for name in asks if name in before.get("missing_elements", ())]
-        return bool(lacked) and not any(name in after["missing_elements"] for name in asks)
+        still = self._return_asks_now(after)
+        return bool(lacked) and not any(name in still for name in asks)
 
     @staticmethod
     def _stop_waiting(session: Session, ids: list[str]) -> None:

@@ -1,9 +1,10 @@
 """Returned cases and the evidence files they wait for, over HTTP: a case returned for want of
 its photo comes back to review when the photo is uploaded (also one returned before returns
-recorded what they asked), a routine latest frame answers no return, a returned case's missing
-elements follow its uploads, and a case that waits for no file any more (complete, rejected,
-merged) leaves no row behind in ``missing_evidence`` (nor, after the migration, one that an
-earlier version left)."""
+recorded what they asked, and one whose latest frame is not held yet, as incomplete), a
+routine latest frame answers no return, a returned case's missing elements follow its
+uploads, and a case that waits for no file any more (complete, rejected, merged) leaves no row
+behind in ``missing_evidence`` (nor, after the migration, one that an earlier version
+left)."""
 
 from __future__ import annotations
 
@@ -135,13 +136,9 @@ def test_a_returned_case_shows_its_routine_frame_held_once_uploaded_and_stays_re
     assert api.review(cid, "confirm").status_code == 409
 
 
-def test_a_patch_that_completes_a_returned_case_answers_its_return(
-    api: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The upload stores the photo but its look at the waiting cases fails (a busy database):
-    the producer's PATCH resending the same evidence completes the case, and answers the
-    return as the upload would have."""
-    cid, data = returned_for_its_photo(api)
+def upload_unjudged(api: Any, monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """Upload ``data`` with its look at the waiting cases failing (a busy database): the
+    store holds the file, and the cases that wait for it are as they were."""
     service = api.http.app.state.services.candidates
 
     def busy(who: Any, sha: str) -> int:
@@ -150,6 +147,16 @@ def test_a_patch_that_completes_a_returned_case_answers_its_return(
     monkeypatch.setattr(service, "evidence_arrived", busy)
     assert upload(api, data).status_code == 503
     monkeypatch.undo()
+
+
+def test_a_patch_that_completes_a_returned_case_answers_its_return(
+    api: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upload stores the photo but its look at the waiting cases fails (a busy database):
+    the producer's PATCH resending the same evidence completes the case, and answers the
+    return as the upload would have."""
+    cid, data = returned_for_its_photo(api)
+    upload_unjudged(api, monkeypatch, data)
     sha = hashlib.sha256(data).hexdigest()
     assert doc_of(api, cid)["missing_elements"] == ["evidence"]
     doc = patch(api, cid, {"evidence": [{"sha256": sha, "kind": "clean"}]}, "again")
@@ -239,6 +246,51 @@ def test_a_case_returned_for_its_clean_photo_with_its_frame_held_comes_back(api:
         [],
         ("test-producer", "supplemented"),
     )
+
+
+@pytest.mark.parametrize("answer", ["upload", "patch"])
+def test_a_case_returned_for_its_clean_photo_comes_back_without_its_frame(
+    api: Any, answer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Returned for its clean photo while its latest frame is not held either: the photo
+    answers the return (no file but a latest frame is missing, as the return judges), and
+    the case waits as incomplete for its frame, however many frames the detector sends
+    before their uploads."""
+    clean, clean_sha = unstored(api, 51)
+    _first, first_sha = unstored(api, 52)
+    photo = {"sha256": clean_sha, "kind": "clean"}
+    cid = api.create(api.body("e1", evidence=[photo, frame(first_sha)]))["id"]
+    returned = api.review(cid, "return", reason="snapshot missing").json()
+    assert returned["history"][-1]["missing_elements"] == ["evidence"]
+    if answer == "upload":
+        assert upload(api, clean).status_code == 201
+        doc = doc_of(api, cid)
+    else:
+        # The photo stored, its upload's look at the waiting cases failed: the detector's
+        # next update, with a frame it has not uploaded yet, resends the photo.
+        upload_unjudged(api, monkeypatch, clean)
+        _next, next_sha = unstored(api, 53)
+        doc = patch(api, cid, {"evidence": [photo, frame(next_sha)]}, "next")
+    assert (doc["status"], doc["missing_elements"], steps(doc)[2:]) == (
+        "incomplete",
+        ["evidence"],
+        [("test-producer", "supplemented")],
+    )
+    # Each routine update brings a frame the store does not hold yet: the case stays
+    # incomplete, and the upload of the frame it names brings it into review.
+    frames = [unstored(api, n) for n in range(54, 57)]
+    for n, (_data, sha) in enumerate(frames):
+        change = {"evidence": [frame(sha)], "detection": {"dwell_s": 600 + n}}
+        changed = patch(api, cid, change, f"frame-{n}")
+        assert (changed["status"], changed["missing_elements"]) == ("incomplete", ["evidence"])
+    assert upload(api, frames[-1][0]).status_code == 201
+    doc = doc_of(api, cid)
+    assert (doc["status"], doc["missing_elements"], steps(doc)[-1]) == (
+        "new",
+        [],
+        ("test-producer", "supplemented"),
+    )
+    assert waiting_rows(api) == []
 
 
 def forget_what_the_return_asked(api: Any, cid: str) -> None:
