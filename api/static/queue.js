@@ -489,7 +489,7 @@ function row(c, index) {
   el('td', { class: 'kind' }, el('div', { text: name.main }),
     el('div', { class: 'muted small', text: name.other })),
   el('td', { class: 'mono', text: sourceId(c) }),
-  el('td', { class: 'place' }, el('div', { text: place(c) })),
+  el('td', { class: 'place' }, el('div', { text: place(c), title: place(c) })),
   el('td', { class: 'age', 'data-at': c.occurred_at || '', text: age(c.occurred_at) }),
   el('td', {}, statusBadge(c.status)));
   if (c._fresh) tr.classList.add('fresh');
