@@ -200,10 +200,16 @@ def merge_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:
         return group
 
     first: dict[str, Sample] = {}
+    # Labels are compared per image and region: one frame's candidates for two zones (one
+    # confirmed, one rejected) share its bytes but show other crops, so their labels agree.
+    first_view: dict[tuple[str, Region | None], Sample] = {}
     conflicts: list[tuple[Sample, Sample]] = []
     copies = 0
     for s in samples:
         sha = s.content_sha256()
+        view = first_view.setdefault((sha, s.region), s)
+        if view.label != s.label and all(c[0] is not view for c in conflicts):
+            conflicts.append((view, s))
         seen = first.setdefault(sha, s)
         if seen is s:
             continue
@@ -211,8 +217,6 @@ def merge_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:
         a, b = root(seen.group), root(s.group)
         if a != b:
             parent[b] = a  # the group seen first names the merged one
-        if seen.label != s.label and all(c[0] is not seen for c in conflicts):
-            conflicts.append((seen, s))
     if not copies:
         return list(samples)
     merged = [replace(s, group=root(s.group)) for s in samples]
@@ -786,11 +790,8 @@ def run(args: argparse.Namespace) -> int:
         ModelNotFoundError,
     )
 
-    if not (math.isfinite(args.negative_fps) and args.negative_fps > 0):
-        print(
-            f"train-head: --negative-fps must be positive (got {args.negative_fps:g})",
-            file=sys.stderr,
-        )
+    if bad := _bad_option(args):
+        print(f"train-head: {bad}", file=sys.stderr)
         return 2
     out = None if args.cv_only else Path(args.out) if args.out else Path("var/heads") / args.name
     try:
@@ -837,6 +838,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {npz} and {meta}")
     return 0
+
+
+def _bad_option(args: argparse.Namespace) -> str | None:
+    """What is wrong with the numeric options, None if nothing: checked before any work, as
+    fewer than 2 folds or no repeat cannot cross-validate, and a target of NaN compares false
+    with every figure (the thresholds fell back to 0.5) and made the head file invalid JSON."""
+    if not (math.isfinite(args.negative_fps) and args.negative_fps > 0):
+        return f"--negative-fps must be positive (got {args.negative_fps:g})"
+    if args.folds < 2:
+        return f"--folds must be at least 2 (got {args.folds})"
+    if args.repeats < 1:
+        return f"--repeats must be at least 1 (got {args.repeats})"
+    for option, value in (("--min-recall", args.min_recall), ("--max-fpr", args.max_fpr)):
+        if not 0.0 <= value <= 1.0:  # NaN too
+            return f"{option} must be a number from 0 to 1 (got {value:g})"
+    return None
 
 
 def _no_better_than_chance(report: CvReport) -> str | None:
@@ -919,14 +936,32 @@ def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[Feat
     )
     try:
         fs = extract(samples, backend, HEAD_RECIPE)
-        extras = negative_samples(args.negatives or [], args.negative_fps)
+        extras = unscored_extras(samples, negative_samples(args.negatives or [], args.negative_fps))
         if extras:
-            progress(f"{len(extras)} extra negatives (training only)")
+            progress(f"{_count(len(extras), 'extra negative')} (training only)")
             ex = extract(extras, backend, HEAD_RECIPE)
             fs = replace(fs, extra=np.vstack([ex.x, ex.x_flip]))
         return fs, backend.info
     finally:
         backend.close()
+
+
+def unscored_extras(scored: Sequence[Sample], extras: Sequence[Sample]) -> list[Sample]:
+    """The extra negatives but those byte-identical to a scored image (said in one line).
+
+    Extras join every training part: one that is a copy of a scored image would be trained on
+    (as a negative) in the very folds that score it, and inflate the CV figures.
+    """
+    if not extras:
+        return []
+    shas = {s.content_sha256() for s in scored}
+    kept = [e for e in extras if e.content_sha256() not in shas]
+    if dropped := len(extras) - len(kept):
+        progress(
+            f"{dropped} of {_count(len(extras), 'extra negative')} byte-identical to scored "
+            "images: not used (they would be trained on in the folds that score them)"
+        )
+    return kept
 
 
 def _samples(args: argparse.Namespace) -> list[Sample]:

@@ -223,7 +223,8 @@ def _staged(target: Path, data: bytes) -> Iterator[Path]:
 
 
 def _json_bytes(doc: Mapping[str, Any]) -> bytes:
-    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    # NaN or Infinity would make a file no strict JSON reader accepts: raise instead.
+    return (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
 def _remove_leftovers(npz: Path, meta: Path) -> None:
@@ -369,7 +370,8 @@ def _skip_other_backbone(meta: Path, head: SceneHead, info: ModelInfo, needed: b
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Train a scene head on pooled detector features and print grouped, nested "
-        "cross-validated precision / recall / accuracy / FPR with the chosen threshold."
+        "cross-validated precision / recall / accuracy / FPR / AUC, each outer fold scored at "
+        "the threshold its own inner CV chose (the head's threshold is chosen on all the data)."
     )
     parser.add_argument("dataset", nargs="?", help="folder of class sub-folders (images)")
     parser.add_argument("--name", required=True, help="head name, e.g. garbage")
@@ -402,10 +404,24 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write the head even when its CV recall is 0 or its AUC at most 0.5",
     )
-    parser.add_argument("--folds", type=int, default=5, help="outer CV folds (default 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="outer CV repeats (default 3)")
-    parser.add_argument("--min-recall", type=float, default=0.92)
-    parser.add_argument("--max-fpr", type=float, default=0.10)
+    parser.add_argument(
+        "--folds", type=int, default=5, help="outer CV folds, at least 2 (default 5)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="outer CV repeats, at least 1 (default 3)"
+    )
+    parser.add_argument(
+        "--min-recall",
+        type=float,
+        default=0.92,
+        help="recall the threshold aims at, from 0 to 1 (default 0.92)",
+    )
+    parser.add_argument(
+        "--max-fpr",
+        type=float,
+        default=0.10,
+        help="false-positive rate the threshold keeps within, from 0 to 1 (default 0.10)",
+    )
     parser.add_argument(
         "--group-gap-min",
         type=float,

@@ -31,10 +31,12 @@ from gridpatrol.detectors.head_training import (
     check_enough,
     choose_threshold,
     format_report,
+    merge_duplicate_groups,
     negative_samples,
     nested_cv,
     review_samples,
     time_groups,
+    unscored_extras,
 )
 from gridpatrol.detectors.heads import SceneHead
 
@@ -350,6 +352,14 @@ def small_dataset(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
          "--negative-fps must be positive (got nan)"),
         (["--negatives", "{street}", "--negative-fps", "inf", "--cv-only"],
          "--negative-fps must be positive (got inf)"),
+        (["--folds", "1"], "--folds must be at least 2 (got 1)"),
+        (["--folds", "0", "--cv-only"], "--folds must be at least 2 (got 0)"),
+        (["--repeats", "0"], "--repeats must be at least 1 (got 0)"),
+        (["--repeats", "-1", "--cv-only"], "--repeats must be at least 1 (got -1)"),
+        (["--max-fpr", "nan"], "--max-fpr must be a number from 0 to 1 (got nan)"),
+        (["--min-recall", "nan"], "--min-recall must be a number from 0 to 1 (got nan)"),
+        (["--max-fpr", "1.5", "--cv-only"], "--max-fpr must be a number from 0 to 1 (got 1.5)"),
+        (["--min-recall=-inf"], "--min-recall must be a number from 0 to 1 (got -inf)"),
     ],
 )  # fmt: skip
 def test_train_head_refuses_an_unwritable_out_or_a_bad_fps_before_any_work(
@@ -813,4 +823,64 @@ def test_precision_is_not_available_when_nothing_is_predicted_positive() -> None
         ["n/a", "0.000"],
         ["0.667", "0.500"],
         ["n/a", "0.000"],
+    ]
+
+
+def test_extra_negatives_that_are_scored_images_are_not_trained_on(
+    shared_dir: Path, small_dataset: Path
+) -> None:
+    """--negatives given the clean photos that are scored: each would be trained on as a
+    negative in the folds that score it. They are not used, said in one line, and the
+    figures are those of the run without them."""
+    args = (str(small_dataset), "--name", "garbage", "--cv-only", "--folds", "3")
+    plain = train_head(*args, "--repeats", "1", env=model_env(shared_dir))
+    assert plain.returncode == 0, plain.stderr
+    proc = train_head(
+        *args, "--repeats", "1", "--negatives", str(small_dataset / "clean"),
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "train-head: 6 of 6 extra negatives byte-identical to scored images: not used (they "
+        "would be trained on in the folds that score them)"
+    ) in proc.stderr.splitlines()
+    assert "(training only)" not in proc.stderr
+    check_report(proc.stdout, images=12, positive=6)
+    assert proc.stdout == plain.stdout
+
+
+def test_only_the_extra_negatives_equal_to_scored_images_are_dropped(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scored = [Sample(key="a", label=0, group="g", data=b"a")]
+    extras = [Sample(key=k, label=0, group="extra:x", data=k.encode()) for k in ("a", "b")]
+    assert [e.key for e in unscored_extras(scored, extras)] == ["b"]
+    assert capsys.readouterr().err.splitlines() == [
+        "train-head: 1 of 2 extra negatives byte-identical to scored images: not used (they "
+        "would be trained on in the folds that score them)"
+    ]
+    assert [e.key for e in unscored_extras(scored, extras[1:])] == ["b"]
+    assert capsys.readouterr().err == ""
+
+
+def test_labels_of_one_frame_are_compared_per_region(capsys: pytest.CaptureFixture[str]) -> None:
+    """One frame's candidates for two zones, one confirmed and one rejected: one group (the
+    same bytes), but no label conflict (other crops); the same crop with both labels is one."""
+    frame = b"the same evidence frame"
+    left, right = (0.0, 0.0, 0.5, 1.0), (0.5, 0.0, 1.0, 1.0)
+    samples = [
+        Sample(key="candidate:1", label=1, group="cam-Z/bins-left", data=frame, region=left),
+        Sample(key="candidate:2", label=0, group="cam-Z/bins-right", data=frame, region=right),
+    ]
+    merged = merge_duplicate_groups(samples)
+    assert {s.group for s in merged} == {"cam-Z/bins-left"}
+    assert capsys.readouterr().err.splitlines() == [
+        "train-head: 1 image byte-identical to others: each kept in one CV group with its "
+        "copies (2 -> 1 groups)"
+    ]
+    again = Sample(key="candidate:3", label=0, group="cam-Y/bins", data=frame, region=left)
+    merge_duplicate_groups([*samples, again])
+    assert capsys.readouterr().err.splitlines()[1:] == [
+        "train-head: 1 image with both labels (e.g. candidate:1 and candidate:3 are the same "
+        "image): check their labels"
     ]
