@@ -853,6 +853,10 @@ def _bad_option(args: argparse.Namespace) -> str | None:
     for option, value in (("--min-recall", args.min_recall), ("--max-fpr", args.max_fpr)):
         if not 0.0 <= value <= 1.0:  # NaN too
             return f"{option} must be a number from 0 to 1 (got {value:g})"
+    # NaN compares false with every gap between two photos (all of them one group), and a
+    # negative gap means nothing.
+    if not (math.isfinite(args.group_gap_min) and args.group_gap_min >= 0):
+        return f"--group-gap-min must be minutes, 0 or more (got {args.group_gap_min:g})"
     return None
 
 

@@ -426,7 +426,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--group-gap-min",
         type=float,
         default=30.0,
-        help="photos whose file-name timestamps are closer than this share a CV group",
+        help="minutes (0 or more): photos whose file-name timestamps are closer share a CV group",
     )
     parser.add_argument("--seed", type=int, default=0)
 

@@ -360,6 +360,9 @@ def small_dataset(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         (["--min-recall", "nan"], "--min-recall must be a number from 0 to 1 (got nan)"),
         (["--max-fpr", "1.5", "--cv-only"], "--max-fpr must be a number from 0 to 1 (got 1.5)"),
         (["--min-recall=-inf"], "--min-recall must be a number from 0 to 1 (got -inf)"),
+        (["--group-gap-min", "nan"], "--group-gap-min must be minutes, 0 or more (got nan)"),
+        (["--group-gap-min=-5", "--cv-only"],
+         "--group-gap-min must be minutes, 0 or more (got -5)"),
     ],
 )  # fmt: skip
 def test_train_head_refuses_an_unwritable_out_or_a_bad_fps_before_any_work(
