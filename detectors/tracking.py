@@ -36,8 +36,11 @@ _MAX_PREDICT_S = 1.0
 _MIN_VELOCITY_DT = 0.05
 # The predicted shift is at most this share of the box's width (height) across (down): jitter
 # read as speed and carried over a long gap (a camera dropping from 25 fps to 1 fps) must not
-# push a standing object's prediction off its box (shifted 0.4 of both sides, IoU 0.22).
+# push a standing object's prediction off its box (shifted 0.4 of both sides, IoU 0.22) ...
 _MAX_SHIFT = 0.4
+# ... unless the object has covered more than that at its pace over its history of at least
+# this long: a walker hidden for half a second behind a pole is where its steps took it.
+_MIN_PACE_S = 0.5
 
 
 def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -385,11 +388,25 @@ class Tracker:
 
 def _predict(tracks: list[Track], t: float) -> NDArray[np.float32]:
     """Where the boxes of ``tracks`` are expected at ``t``, (N, 4): moved along the velocity of
-    their centre for at most _MAX_PREDICT_S, by at most _MAX_SHIFT of their width and height."""
+    their centre for at most _MAX_PREDICT_S, by at most _MAX_SHIFT of their width and height or
+    what their pace (see _pace) covers in that time, whichever is more."""
     boxes = np.array([tr.box for tr in tracks])
     velocity = np.array([tr.velocity for tr in tracks])
     dt = np.clip(t - np.array([tr.last_t for tr in tracks]), 0.0, _MAX_PREDICT_S)
-    limit = _MAX_SHIFT * np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0)
+    pace = np.array([_pace(tr) for tr in tracks]) * dt[:, None]
+    limit = np.maximum(_MAX_SHIFT * np.maximum(boxes[:, 2:] - boxes[:, :2], 0.0), pace)
     shift = np.clip(velocity * dt[:, None], -limit, limit)
     predicted: NDArray[np.float32] = (boxes + np.tile(shift, 2)).astype(np.float32)
     return predicted
+
+
+def _pace(track: Track) -> tuple[float, float]:
+    """How far the track's centre went across and down per second over its whole history, if
+    that spans _MIN_PACE_S: jitter averages out over it, steps do not."""
+    if not track.history:
+        return 0.0, 0.0
+    (t0, x0, y0), (t1, x1, y1) = track.history[0], track.history[-1]
+    span = t1 - t0
+    if span < _MIN_PACE_S:
+        return 0.0, 0.0
+    return abs(x1 - x0) / span, abs(y1 - y0) / span

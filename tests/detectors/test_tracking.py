@@ -348,3 +348,19 @@ def test_a_box_half_hidden_at_once_keeps_its_track() -> None:
     boxes = [(100, 300, 220, 380)] * 4 + [(175, 300, 220, 380)] * 4 + [(100, 300, 220, 380)] * 2
     seen = [ids(tracker, k / 2, Obj(box, cls=CAR)) for k, box in enumerate(boxes)]
     assert seen == [[1]] * len(boxes)
+
+
+@pytest.mark.parametrize(("fps", "hidden_s"), [(25, 0.6), (6, 0.5), (6, 0.84)])
+def test_a_walker_hidden_behind_a_pole_keeps_the_id(fps: int, hidden_s: float) -> None:
+    """A person 40 px wide walking 80 px/s (two widths a second), seen for 2 s, hidden, then
+    seen again where their steps took them: more than the 0.4 of a box a standing object's
+    prediction may move."""
+    seen_until = 2.0
+    times = [k / fps for k in range(int(3.5 * fps))]
+    tracker = Tracker()
+    seen = [
+        ids(tracker, t, walk(100 + 80 * t))
+        for t in times
+        if not seen_until < t <= seen_until + hidden_s
+    ]
+    assert seen == [[1]] * len(seen)
