@@ -377,7 +377,12 @@ def test_a_patrol_boost_out_of_range_is_dead_lettered(
     mqtt_prefix: str,
     tmp_path: Path,
 ) -> None:
-    cams = "  - {id: p1, source: $FOOTAGE, interval_s: 3600, location: {address: a}}\n"
+    # Ten bad boosts on one camera's topic, the rest on another's: ingest letters at most ten
+    # a minute per topic (the others are only counted), and each one's letter is asserted here.
+    cams = "".join(
+        f"  - {{id: {cam}, source: $FOOTAGE, interval_s: 3600, location: {{address: a}}}}\n"
+        for cam in ("p1", "p2")
+    )
     site = site_file(cams)
     component = f"{mqtt_prefix}/components/ing-q/status"
     watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
@@ -386,9 +391,10 @@ def test_a_patrol_boost_out_of_range_is_dead_lettered(
     watcher.collect(lambda s: b"online" in [m.payload for m in s if m.topic == component])
     conn = MqttConnection("worker", MqttSettings.from_url(SHARED), prefix=mqtt_prefix)
     assert conn.start()
-    topic = patrol_boost_topic(mqtt_prefix, "p1")
-    for payload in [*BAD_BOOSTS, b'{"factor": 16, "duration_s": 86400}']:
-        assert conn.publish_wait(topic, payload, qos=1)
+    topic, other = patrol_boost_topic(mqtt_prefix, "p1"), patrol_boost_topic(mqtt_prefix, "p2")
+    for k, payload in enumerate(BAD_BOOSTS):
+        assert conn.publish_wait(topic if k < 10 else other, payload, qos=1)
+    assert conn.publish_wait(topic, b'{"factor": 16, "duration_s": 86400}', qos=1)
     conn.stop()
     # Boosts are applied in order: once the good one is logged, every bad one was judged.
     applied = "camera p1: patrol boosted x16 for 86400 s"
