@@ -101,13 +101,11 @@ def test_precision_is_labelled_by_type_in_both_languages(
     ui.shot("english")
 
 
-@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
-def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
-    ui: Any, seeder: Any, frames: list[bytes], browser_timezone: str
-) -> None:
-    # The site's description is held while the reviewer, just logged in, opens the statistics:
-    # they are read, and their window set, once the site's time zone is known, not before in
-    # the browser's (New York, 13 hours from the site's).
+def stats_opened_while_the_site_is_held(
+    ui: Any, seeder: Any, frames: list[bytes]
+) -> tuple[Any, list[Any], list[str]]:
+    """One case received; the site's description held (its route in the list returned) while
+    the reviewer logs in and opens the statistics; the statistics requests' URLs as sent."""
     seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
     page = ui.page
     held: list[Any] = []
@@ -116,6 +114,17 @@ def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
     page.on("request", lambda r: asked.append(r.url) if "/api/v1/stats" in r.url else None)
     ui.login("reviewer")
     page.click("nav a[data-view=stats]")
+    return page, held, asked
+
+
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
+def test_statistics_opened_before_the_sites_time_zone_is_known_wait_for_it(
+    ui: Any, seeder: Any, frames: list[bytes], browser_timezone: str
+) -> None:
+    # The site's description is held while the reviewer, just logged in, opens the statistics:
+    # they are read, and their window set, once the site's time zone is known, not before in
+    # the browser's (New York, 13 hours from the site's).
+    page, held, asked = stats_opened_while_the_site_is_held(ui, seeder, frames)
     page.wait_for_function("() => location.hash === '#/stats'")
     while not held:
         page.wait_for_timeout(20)
@@ -136,14 +145,7 @@ def test_statistics_are_shown_when_the_site_is_slow_to_be_described_and_again_on
     # An API that does not describe the site (its answer lost, say) does not leave the reviewer
     # without any view: after a few seconds the statistics come, and again once it answers,
     # their default window then the site's last 30 days, not the browser's.
-    seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
-    page = ui.page
-    held: list[Any] = []
-    page.route("**/api/v1/site", lambda route: held.append(route), times=1)
-    asked: list[str] = []
-    page.on("request", lambda r: asked.append(r.url) if "/api/v1/stats" in r.url else None)
-    ui.login("reviewer")
-    page.click("nav a[data-view=stats]")
+    page, held, asked = stats_opened_while_the_site_is_held(ui, seeder, frames)
     total(page, "1")
     assert page.is_visible("#view-stats")
     assert len(held) == 1
