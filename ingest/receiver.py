@@ -190,18 +190,25 @@ class FrameReceiver:
             return None
         except Exception as exc:
             # A payload the decoder did not foresee is dead-lettered too: the consumer goes on.
-            log.exception("a frame on %s could not be decoded", message.topic)
-            self.reject("internal_error", message, error_text(exc))
+            # Its traceback is logged with its letter, under the same limit: one per frame of
+            # a camera sending such frames was a flood.
+            self.reject("internal_error", message, error_text(exc), exc)
             return None
         self.accepted += 1
         return frame
 
-    def reject(self, reason: str, message: Message, error: str = "") -> None:
+    def reject(
+        self, reason: str, message: Message, error: str = "", exc: BaseException | None = None
+    ) -> None:
+        """Count the rejection; dead-letter and log it (with ``exc``'s traceback, if given)
+        when the letter limit admits it."""
         self.rejected[reason] += 1
         if not self.letters.admit(message.topic, reason):
             return
         publish_dead_letter(self.conn, reason, message, error)
-        log.warning("dead-lettered a frame on %s: %s %s", message.topic, reason, error)
+        log.warning(
+            "dead-lettered a frame on %s: %s %s", message.topic, reason, error, exc_info=exc
+        )
 
 
 def publish_dead_letter(conn: MqttConnection, reason: str, message: Message, error: str) -> None:

@@ -309,8 +309,9 @@ class IngestService:
         try:
             handle(message)
         except Exception as exc:
-            log.exception("a message on %s failed", message.topic)
-            self._dead_letter("internal_error", message, error_text(exc))
+            # The traceback goes with the letter, under its limit: a loop failing on every
+            # message of a flood logged one traceback per message.
+            self._dead_letter("internal_error", message, error_text(exc), exc)
 
     def _request_loop(self) -> None:
         while not self.stop_event.is_set():
@@ -441,7 +442,9 @@ class IngestService:
         self.conn.publish(topic, encode_reply(frame, request_id), qos=1)
         log.info("camera %s: answered snapshot request %s", camera_id, request_id)
 
-    def _dead_letter(self, reason: str, message: Message, error: str = "") -> None:
+    def _dead_letter(
+        self, reason: str, message: Message, error: str = "", exc: BaseException | None = None
+    ) -> None:
         with self._rejected_lock:
             self.bad_requests += 1
             self.rejected[reason] += 1
@@ -450,7 +453,12 @@ class IngestService:
             return
         publish_dead_letter(self.conn, reason, message, error)
         log.warning(
-            "dead-lettered %s %s from %s: %s", reason, error, message.topic, message.payload[:60]
+            "dead-lettered %s %s from %s: %s",
+            reason,
+            error,
+            message.topic,
+            message.payload[:60],
+            exc_info=exc,
         )
 
     def _republish_status(self, _conn: MqttConnection) -> None:

@@ -272,3 +272,31 @@ def test_letters_over_the_limit_are_said_in_one_warning_when_their_window_ends(
     assert got == [(topic, b"garbage %d" % n) for n in (1, 2, 3, 6)]
     assert receiver.rejected == {"bad_magic": 6}
     assert limit.suppressed == {"bad_magic": 2}
+
+
+def test_a_decoder_bug_on_every_frame_logs_a_traceback_only_with_each_letter(
+    connections: tuple[MqttConnection, MqttConnection],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """15 frames of one camera that trip an unforeseen error: each is counted, the first 10
+    get a letter and one log record carrying the error's traceback, the other 5 nothing. A
+    traceback for every frame was written however many letters the limit held back."""
+
+    def decode(*_args: object, **_kwargs: object) -> Frame:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(receiver_module, "decode_frame", decode)
+    consumer, producer = connections
+    receiver = FrameReceiver(consumer, ["a"], maxsize=100)
+    assert consumer.start(10) and producer.start(10)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.receiver"):
+        for seq in range(15):
+            publish(producer, "a", seq)
+        consume_until(receiver, 15)
+    assert receiver.rejected == {"internal_error": 15}
+    records = [r for r in caplog.records if r.name == "gridpatrol.ingest.receiver"]
+    assert [r.getMessage().split(": ", 1)[1] for r in records] == [
+        "internal_error RuntimeError: unforeseen"
+    ] * 10
+    assert [type(r.exc_info[1]) if r.exc_info else None for r in records] == [RuntimeError] * 10

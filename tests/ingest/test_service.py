@@ -109,6 +109,44 @@ def test_a_request_that_fails_unforeseen_is_dead_lettered_and_the_next_answered(
     assert [r.header.request_id for r in replies] == ["r2"]
 
 
+def test_requests_that_fail_unforeseen_log_a_traceback_only_with_each_letter(
+    http_camera: Any,
+    watch: Any,
+    mqtt_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """12 snapshot requests of one camera that all fail unforeseen: the first 10 (the letter
+    limit per topic) get a letter and one record with the error's traceback, the other 2 are
+    counted only. Every one of them logged its traceback."""
+
+    def parse(_payload: bytes) -> str:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(ingest_service, "parse_request", parse)
+    watcher = watch(SHARED, f"{mqtt_prefix}/#", mqtt_prefix)
+    request = snapshot_request_topic(mqtt_prefix, "h1")
+    dead_topic = f"{mqtt_prefix}/deadletter/ing-t"
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.service"):
+        conn, service = start_ingest("ing-t", http_camera.url, mqtt_prefix)
+        try:
+            for n in range(12):
+                assert conn.publish_wait(request, b"r%d" % n, qos=1)
+            deadline = time.monotonic() + 10
+            while service.rejected["internal_error"] < 12:
+                assert time.monotonic() < deadline, service.rejected
+                time.sleep(0.05)
+            watcher.collect(lambda s: len(watcher.payloads(dead_topic)) >= 10)
+        finally:
+            service.stop()
+            conn.stop()
+    letters = [json.loads(p) for p in watcher.payloads(dead_topic)]
+    assert [(x["reason"], x["topic"]) for x in letters] == [("internal_error", request)] * 10
+    failed = [r for r in caplog.records if r.getMessage().startswith("dead-lettered internal")]
+    assert [type(r.exc_info[1]) if r.exc_info else None for r in failed] == [RuntimeError] * 10
+    assert not [r for r in caplog.records if r.exc_info and r not in failed]
+
+
 def test_a_bad_boost_is_dead_lettered_without_a_patrol_camera_or_a_request(
     http_camera: Any, watch: Any, mqtt_prefix: str
 ) -> None:
