@@ -573,8 +573,14 @@ class DetectorWorker:
             return None
         try:
             return self._decode(rt, message.topic, message.payload, message.received_at)
-        except Exception:
-            log.exception("camera %s: decoding a frame failed", rt.camera.id)
+        except Exception as exc:
+            # A frame the checks let through but that trips a bug is dead-lettered with its
+            # traceback, under the letters' limit: a camera whose every frame tripped it wrote
+            # a traceback per frame, and the frames went nowhere.
+            from gridpatrol.ingest.reliable import error_text
+
+            reason, error = "internal_error", error_text(exc)
+            self._bad(rt, message.topic, message.payload, message.received_at, reason, error, exc)
             return None
 
     def _done(self, item: Ready, result: InferenceResult) -> None:
@@ -611,15 +617,13 @@ class DetectorWorker:
         self, what: tuple[str, ...] | None, exc: BaseException, msg: str, *args: object
     ) -> None:
         """Log ``msg % args``, which says the failure ``exc``: one of the outbox file (locked,
-        full, an I/O error: no bug) as one line, at most once a minute (UNQUEUED_LOG_S) for each
-        ``what`` (None: each time); any other with its traceback, each time. A full disk fails
-        every frame's operations: a traceback each (hundreds a minute) would bury the log, and
-        fill the disk it is on."""
-        if not _outbox_refusal(exc):
-            log.exception(msg, *args)
-            return
+        full, an I/O error: no bug) as one line, any other (a bug) with its traceback; at most
+        once a minute (UNQUEUED_LOG_S) for each ``what`` (None: each time), saying how many
+        were not logged since. A full disk, or a rule's bug, fails every frame: a line or a
+        traceback each (hundreds a minute) would bury the log, and fill the disk it is on."""
+        bug = None if _outbox_refusal(exc) else exc
         if what is None:
-            log.error(msg, *args)
+            log.error(msg, *args, exc_info=bug)
             return
         now = self.clock()
         logged, missed = self._failures.get(what, (float("-inf"), 0))
@@ -628,7 +632,7 @@ class DetectorWorker:
             return
         self._failures[what] = (now, 0)
         more = f" ({missed} more such failure(s) since the last line)" if missed else ""
-        log.error(msg + "%s", *args, more)
+        log.error(msg + "%s", *args, more, exc_info=bug)
 
     def _count_drops(self, rt: CameraRuntime) -> None:
         dropped = rt.sub.dropped
@@ -812,9 +816,11 @@ class DetectorWorker:
         received_at: datetime,
         reason: str,
         error: str,
+        exc: BaseException | None = None,
     ) -> None:
         """Dead-letter a frame: ``reason`` a code (the decoder's, as ingest's letters, or the
-        worker's own), ``error`` what it alone does not say, left out when empty."""
+        worker's own), ``error`` what it alone does not say, left out when empty; the warning
+        line carries ``exc``'s traceback, if given."""
         from gridpatrol.ingest.receiver import dead_letter_body, publish_fitted
         from gridpatrol.ingest.topics import deadletter_topic
 
@@ -823,7 +829,13 @@ class DetectorWorker:
         self.rejected[reason] += 1
         if not self.letters.admit(topic, reason):
             return
-        log.warning("camera %s: %s %s; sent to the dead-letter topic", rt.camera.id, reason, error)
+        log.warning(
+            "camera %s: %s %s; sent to the dead-letter topic",
+            rt.camera.id,
+            reason,
+            error,
+            exc_info=exc,
+        )
         # Cut to the broker's packet limit: a letter over it would be refused, and lost.
         publish_fitted(
             self.conn,

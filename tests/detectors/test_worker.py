@@ -1264,7 +1264,8 @@ def test_a_failure_of_the_outbox_file_is_told_from_a_bug_by_sqlites_result_code(
     """The crowd raised at 5 s stays in view, its rule updating every second; from 6 s on, for
     10 frames, each transaction fails. A corrupt file (DatabaseError, not OperationalError) is
     no bug: one line without a traceback, however many frames fail. A missing table is a bug,
-    though its error is an OperationalError: a traceback for each frame."""
+    though its error is an OperationalError: the line carries its traceback (and, as the
+    other, is not said again within the minute: a traceback per frame buried the log)."""
     now = [5.0]
     worker, outbox, person = _raised_crowd(tmp_path, monkeypatch, now)
     make = _sqlite_error(tmp_path / "scratch", error)
@@ -1276,17 +1277,13 @@ def test_a_failure_of_the_outbox_file_is_told_from_a_bug_by_sqlites_result_code(
         assert _judge(worker, _at(k), _at(k), person)
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     said = "camera cam-00: the update of rule crowd_gathering in zone kerb at {} was not queued "
+    assert [r.getMessage() for r in errors] == [said.format(_at(6).isoformat()) + f"({message})"]
     if outbox_failure:
-        assert [(r.getMessage(), r.exc_info) for r in errors] == [
-            (said.format(_at(6).isoformat()) + f"({message})", None)
-        ]
+        assert errors[0].exc_info is None
         assert "Traceback" not in caplog.text
     else:
-        assert [r.getMessage() for r in errors] == [
-            said.format(_at(k).isoformat()) + f"({message})" for k in range(6, 16)
-        ]
-        assert all(r.exc_info is not None and r.exc_info[1] is not None for r in errors)
-        assert caplog.text.count("Traceback") == 10
+        assert errors[0].exc_info is not None and errors[0].exc_info[1] is not None
+        assert caplog.text.count("Traceback") == 1
 
 
 @pytest.mark.parametrize(

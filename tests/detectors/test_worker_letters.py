@@ -3,11 +3,18 @@ built."""
 
 from __future__ import annotations
 
+import json
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
+from gridpatrol.ingest.messages import FrameHeader, encode_frame
+from gridpatrol.ingest.mqtt import Message
+from tests.detectors import test_worker
 from tests.detectors.test_worker_schedule import _worker
 
 
@@ -28,3 +35,77 @@ def test_the_letter_window_ends_on_the_clock_the_worker_was_given_later(
         "1 bad frames in the last 60 s were not dead-lettered nor logged one by one (over 10 "
         "letters per camera topic, 100 in all, in a window): {'bad_magic': 1}"
     ]
+
+
+class _Letters:
+    """A connection that takes every dead letter (and subscriptions that deliver nothing)."""
+
+    connected = True
+    connects = 1
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, object]] = []
+
+    def subscribe(self, *args: object, **kwargs: object) -> object:
+        return None
+
+    def max_payload(self, topic: str, qos: int) -> int:
+        return 1 << 20
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        self.sent.append(json.loads(payload))
+        return True
+
+
+class _Frames:
+    """cam-00's subscription holding ``count`` valid frames, a second apart."""
+
+    dropped = 0
+
+    def __init__(self, count: int) -> None:
+        jpeg = cv2.imencode(".jpg", np.zeros((36, 64, 3), np.uint8))[1].tobytes()
+        start = datetime.now(UTC) - timedelta(minutes=1)
+        self.messages = [
+            Message(
+                "gridpatrol/cameras/cam-00/frame",
+                encode_frame(FrameHeader(start + timedelta(seconds=k), k, "cam-00", 64, 36), jpeg),
+                1,
+                False,
+                start + timedelta(seconds=k),
+                k,
+            )
+            for k in range(count)
+        ]
+
+    def get(self, timeout: float) -> Message | None:
+        return self.messages.pop(0) if self.messages else None
+
+
+def test_a_frame_that_trips_a_bug_is_dead_lettered_with_its_traceback_under_the_limit(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """12 valid frames of a camera whose decoding fails unforeseen: each is counted bad, the
+    first 10 get an ``internal_error`` letter with the error and one warning carrying its
+    traceback, the other 2 nothing. Such frames went to no letter, and each logged a
+    traceback, whatever the rate."""
+    from gridpatrol.detectors import evidence
+
+    def decode(*_args: object) -> None:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(evidence, "decode_jpeg", decode)
+    conn = _Letters()
+    worker, _outbox = test_worker._worker(tmp_path, conn=conn)  # type: ignore[arg-type]
+    rt = worker.cams["cam-00"]
+    rt.sub = _Frames(12)  # type: ignore[assignment]
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    assert [worker._take(rt) for _ in range(12)] == [None] * 12
+    assert (rt.bad, dict(worker.rejected)) == (12, {"internal_error": 12})
+    assert [(x["reason"], x["error"]) for x in conn.sent] == [
+        ("internal_error", "RuntimeError: unforeseen")
+    ] * 10
+    records = [r for r in caplog.records if r.name == "gridpatrol.detectors.worker"]
+    assert [r.getMessage() for r in records] == [
+        "camera cam-00: internal_error RuntimeError: unforeseen; sent to the dead-letter topic"
+    ] * 10
+    assert [type(r.exc_info[1]) if r.exc_info else None for r in records] == [RuntimeError] * 10
