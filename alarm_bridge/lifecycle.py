@@ -7,10 +7,18 @@ the worker feeds it decoded inputs and turns the effects into candidate operatio
 input drive it:
 
 * device transitions (alarm envelopes, the device's last will, silence): followed as sent,
-  except one timed before the alarm's ``last_seen`` (a late message: ignored as stale);
+  except one sent before the alarm's last sighting (a late message: ignored as stale);
 * threshold readings: NORMAL -> PENDING (beyond ``raise`` for ``debounce_s``) -> ACTIVE ->
-  CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one timed
-  before the ``last_seen`` of an alarm that is not active (taken before its clear) is stale.
+  CLEARED (beyond ``clear`` held for ``clear_hold_s``), with hysteresis in between; one taken
+  before the last sighting of an alarm that is not active (before its clear) is stale.
+
+Sent (or taken) before the last sighting: timed before its ``last_seen`` and, by the device's
+own time, before the sighting's (``last_device_seen``, see :func:`_before_last`). The two differ
+for a message timed more than a day behind or 300 s ahead of its reception, which is timed at
+its reception: a raise flushed from a day-old buffer and its clear flushed after it, or a raise
+299 s ahead and its clear 301 s ahead, are in the device's order by its own times, while the
+clear's time is before the raise's reception. Either time alone misjudges a clock reset
+between the two (to 2000-01-01: the device's times go back, the receptions on).
 
 While no alarm is active, a device's own clear (an envelope without seq, timed by the device and
 not at its reception) keeps its time and its reception (``quiets``, every such clear received in
@@ -92,6 +100,10 @@ class AlarmState:
     severity: Severity = "MAJOR"
     # Last, with a default: states stored before it (their fields in this order) still load.
     quiets: tuple[Quiet, ...] = ()
+    # The latest own time of the device among the alarm's sightings (its clear's included),
+    # where ``last_seen`` holds the times given them (a message's time moved to its reception);
+    # None in states stored before it was kept: then ``last_seen`` alone orders.
+    last_device_seen: float | None = None
 
     @property
     def active(self) -> bool:
@@ -139,11 +151,38 @@ class Effect:
     reason: str = ""
 
 
-def step(state: AlarmState, event: LifecycleInput, t: float) -> tuple[AlarmState, list[Effect]]:
-    """Advance one (sensor, alarm type) by one input at time ``t`` (epoch seconds)."""
+def step(
+    state: AlarmState, event: LifecycleInput, t: float, device_t: float | None = None
+) -> tuple[AlarmState, list[Effect]]:
+    """Advance one (sensor, alarm type) by one input at time ``t`` (epoch seconds);
+    ``device_t``: the time its device gave it, where ``t`` was moved to its reception (None:
+    ``t``)."""
+    at = _At(t, t if device_t is None else device_t)
     if isinstance(event, DeviceInput):
-        return _device(state, event, t)
-    return _reading(state, event, t)
+        return _device(state, event, at)
+    return _reading(state, event, at)
+
+
+@dataclass(frozen=True)
+class _At:
+    """An input's time (``t``, maybe moved to its reception) and its device's (``own``)."""
+
+    t: float
+    own: float
+
+
+def _before_last(state: AlarmState, at: _At) -> bool:
+    """Whether an input was sent before the alarm's last sighting: timed before its
+    ``last_seen`` and, by the device's own times, before the sighting's (when known). One
+    moved to its reception, the other not, the device's times order them (the same clock, a
+    day behind or minutes ahead); a clock reset in between, the times given them do."""
+    if state.last_seen is None or at.t >= state.last_seen:
+        return False
+    return state.last_device_seen is None or at.own < state.last_device_seen
+
+
+def _latest(own: float, state: AlarmState) -> float:
+    return max(own, state.last_device_seen if state.last_device_seen is not None else own)
 
 
 def _ignore(state: AlarmState, reason: str) -> tuple[AlarmState, list[Effect]]:
@@ -151,7 +190,7 @@ def _ignore(state: AlarmState, reason: str) -> tuple[AlarmState, list[Effect]]:
 
 
 def _raise(
-    state: AlarmState, alarm_id: str, severity: Severity, t: float
+    state: AlarmState, alarm_id: str, severity: Severity, at: _At
 ) -> tuple[AlarmState, list[Effect]]:
     """A new alarm; one that follows a cleared alarm refers to it."""
     new = AlarmState(
@@ -159,56 +198,60 @@ def _raise(
         alarm_id=alarm_id,
         previous_alarm_id=state.alarm_id,
         count=1,
-        first_seen=t,
-        last_seen=t,
+        first_seen=at.t,
+        last_seen=at.t,
         severity=severity,
+        last_device_seen=at.own,
     )
     return new, [Effect("raise", new)]
 
 
-def _repeat(state: AlarmState, severity: Severity, t: float) -> tuple[AlarmState, list[Effect]]:
+def _repeat(state: AlarmState, severity: Severity, at: _At) -> tuple[AlarmState, list[Effect]]:
     """A repeat while active: count it and escalate severity, never de-escalate."""
     escalated = severity if SEVERITY_RANK[severity] > SEVERITY_RANK[state.severity] else None
     new = replace(
         state,
         count=state.count + 1,
-        last_seen=max(t, state.last_seen or t),
+        last_seen=max(at.t, state.last_seen or at.t),
         severity=escalated or state.severity,
         clear_since=None,
+        last_device_seen=_latest(at.own, state),
     )
     return new, [Effect("update", new)]
 
 
-def _clear(state: AlarmState, t: float) -> tuple[AlarmState, list[Effect]]:
+def _clear(state: AlarmState, at: _At) -> tuple[AlarmState, list[Effect]]:
     new = replace(
         state,
         phase="cleared",
         pending_since=None,
         clear_since=None,
-        last_seen=max(t, state.last_seen or t),
+        last_seen=max(at.t, state.last_seen or at.t),
+        last_device_seen=_latest(at.own, state),
     )
     return new, [Effect("clear", new)]
 
 
-def _device(state: AlarmState, event: DeviceInput, t: float) -> tuple[AlarmState, list[Effect]]:
-    if state.last_seen is not None and t < state.last_seen:
+def _device(state: AlarmState, event: DeviceInput, at: _At) -> tuple[AlarmState, list[Effect]]:
+    t = at.t
+    if _before_last(state, at):
         # Sent before the last transition followed (a repeat or the clear): overtaken by it.
         return _ignore(state, "stale")
     if event.transition == "clear":
         if state.active:
-            return _clear(state, t)
+            return _clear(state, at)
         if event.received_at is None:
             return _ignore(state, "clear_not_active")
         # Nothing to clear, but its time is kept: its raise may still be on the way (sent
         # before it, without seq to order them) and must arrive stale, not open an alarm.
         return _ignore(_quiet(state, t, event.received_at), "clear_not_active")
     if state.active:
-        return _repeat(state, event.severity, t)
+        return _repeat(state, event.severity, at)
     if event.received_at is not None and _overtaken(state, t, event.received_at):
         # Sent before a clear that overtook it: the condition it reports is over.
         return _ignore(state, "stale")
     # An update for an alarm we never saw raised (its raise was lost upstream) still is one.
-    return _raise(state, event.new_alarm_id, event.severity, t)
+    return _raise(state, event.new_alarm_id, event.severity, at)
 
 
 def _quiet(state: AlarmState, t: float, received_at: float) -> AlarmState:
@@ -253,9 +296,10 @@ def beyond_clear(value: float, th: Thresholds) -> bool:
     return value <= th.clear if th.rising else value >= th.clear
 
 
-def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmState, list[Effect]]:
+def _reading(state: AlarmState, event: ReadingInput, at: _At) -> tuple[AlarmState, list[Effect]]:
     th = event.thresholds
-    late = state.last_seen is not None and t < state.last_seen
+    t = at.t
+    late = _before_last(state, at)
     if late and (not state.active or not beyond_raise(event.value, th)):
         # Taken before the clear (a buffer flushed late, a resend): it must not reopen the
         # alarm; while it is active, taken before its latest sighting, it must not clear it
@@ -264,12 +308,12 @@ def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmSta
         return _ignore(state, "stale")
     if state.active:
         if beyond_raise(event.value, th):
-            return _repeat(state, event.severity, t)
+            return _repeat(state, event.severity, at)
         if not beyond_clear(event.value, th):
             return replace(state, clear_since=None), []
         since = state.clear_since if state.clear_since is not None else t
         if t - since >= th.clear_hold_s:
-            return _clear(state, t)
+            return _clear(state, at)
         return replace(state, clear_since=since), []
     if not beyond_raise(event.value, th):
         if state.phase == "pending":
@@ -278,7 +322,7 @@ def _reading(state: AlarmState, event: ReadingInput, t: float) -> tuple[AlarmSta
     started = state.pending_since if state.phase == "pending" else None
     pending_since = t if started is None else started
     if t - pending_since >= th.debounce_s:
-        return _raise(state, event.new_alarm_id, event.severity, t)
+        return _raise(state, event.new_alarm_id, event.severity, at)
     return replace(state, phase="pending", pending_since=pending_since), []
 
 

@@ -412,7 +412,7 @@ class BridgeCore:
     def _advance(self, txn: OutboxTxn, item: AlarmInput, now: float, out: BatchResult) -> None:
         view = out.state(txn.conn)
         state = view.state(item.sensor.id, item.alarm_type)
-        new_state, effects = step(state, item.event, item.t)
+        new_state, effects = step(state, item.event, item.t, item.device_t)
         view.set_state(item.sensor.id, item.alarm_type, new_state)
         for effect in effects:
             self._apply(txn, item, effect, now, out)

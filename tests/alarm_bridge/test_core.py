@@ -2254,3 +2254,30 @@ def test_sample_payloads_do_what_their_readme_says(outbox: Outbox) -> None:
     ]
     assert ops[1][1]["alarm"]["count"] == 2 and ops[1][1]["severity"] == "CRITICAL"
     assert h.dead == ["alarm_type_mismatch", "no_thresholds"]
+
+
+FLUSHED_CLEAR_CASES = [
+    # (name, the raise's time, the clear's time, the clear's reception)
+    ("a raise a day old timed at its reception", T0 - 25 * 3600, T0 - 23 * 3600, T0 + 1),
+    ("a raise 299 s ahead, its clear 301 s ahead", T0 + 299, T0 + 302, T0 + 1),
+]
+
+
+@pytest.mark.parametrize(("raised", "cleared", "received"), named(FLUSHED_CLEAR_CASES))
+def test_a_clear_after_a_raise_timed_at_its_reception_clears_it(
+    h: Harness, raised: float, cleared: float, received: float
+) -> None:
+    """mh-1's raise, its time moved to its reception (or kept), then its clear, timed after
+    it by the same clock but moved (or kept) the other way. The device's own times order the
+    two: the clear used to be stale against the raise's time at its reception, and the alarm
+    never cleared."""
+    h.alarm("mh-1", envelope("mh-1", "r1", ts=raised), T0)
+    h.alarm("mh-1", envelope("mh-1", "c1", "clear", ts=cleared), received)
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    assert [(k, c) for k, c, _ in ops] == [
+        ("create", alarm_id_for("mh-1", "manhole_tilt", "e:r1")),
+        ("patch", alarm_id_for("mh-1", "manhole_tilt", "e:r1")),
+    ]
+    assert ops[1][2]["alarm"]["cleared_at"] >= ops[0][2]["occurred_at"]
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, counts.stale) == (1, 1, 0)

@@ -503,6 +503,7 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
         first_seen=100,
         last_seen=200,
         quiets=((300, 300),),
+        last_device_seen=200,
     )
     assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
     # An older one is kept beside it; a raise before either is stale.
@@ -525,6 +526,7 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
         count=1,
         first_seen=301,
         last_seen=301,
+        last_device_seen=301,
     )
 
 
