@@ -337,7 +337,8 @@ class BridgeCore:
             self.counts.duplicates += 1
             return
         view = out.state(txn.conn)
-        self._heard(txn, self.registry[adapted.sensor_id], now, out)
+        if _signs_life(adapted):
+            self._heard(txn, self.registry[adapted.sensor_id], now, out)
         self._note_moved(adapted.inputs[0])
         self._note_unit(adapted)
         order = self._sequence(view, adapted.inputs[0])
@@ -649,6 +650,18 @@ def _may_pass(exc: Exception) -> bool:
     extended codes, such as SQLITE_IOERR_WRITE, carry the primary one in their low byte)."""
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
     return isinstance(code, int) and (code & 0xFF) in PASSING_SQLITE_CODES
+
+
+def _signs_life(adapted: Adapted) -> bool:
+    """Whether a message tells its sensor is alive: all but a ``device_offline`` raise or
+    update (a gateway's word that the device is gone). Taken for one, it cleared the alarm
+    it repeats, and then opened a new one: a candidate per update."""
+    return any(
+        item.alarm_type != DEVICE_OFFLINE
+        or not isinstance(item.event, DeviceInput)
+        or item.event.transition == "clear"
+        for item in adapted.inputs
+    )
 
 
 def _after_last(view: store.StateBatch, item: AlarmInput) -> AlarmInput:

@@ -2281,3 +2281,26 @@ def test_a_clear_after_a_raise_timed_at_its_reception_clears_it(
     assert ops[1][2]["alarm"]["cleared_at"] >= ops[0][2]["occurred_at"]
     counts = h.core.counts
     assert (counts.created, counts.cleared, counts.stale) == (1, 1, 0)
+
+
+def test_a_device_offline_envelope_and_its_updates_are_one_alarm(h: Harness) -> None:
+    """A gateway reports sm-1 offline, then three updates of it: not signs of the sensor's
+    life. Each used to clear the alarm first (the sensor heard) and then open a new one."""
+    h.alarm("sm-1", envelope("sm-1", "o1", alarm_type="device_offline"), T0)
+    for i in range(1, 4):
+        at = T0 + 60 * i
+        h.alarm(
+            "sm-1", envelope("sm-1", f"o{i + 1}", "update", alarm_type="device_offline", ts=at), at
+        )
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    first = alarm_id_for("sm-1", "device_offline", "e:o1")
+    assert [(k, c) for k, c, _ in ops] == [("create", first)] + [("patch", first)] * 3
+    assert [b["alarm"]["count"] for _, _, b in ops[1:]] == [2, 3, 4]
+    assert all("cleared_at" not in b["alarm"] for _, _, b in ops[1:])
+    counts = h.core.counts
+    assert (counts.created, counts.updated, counts.cleared) == (1, 3, 0)
+    # Its clear, and any other message of the sensor, still tells it is back.
+    h.alarm(
+        "sm-1", envelope("sm-1", "o5", "clear", alarm_type="device_offline", ts=T0 + 300), T0 + 300
+    )
+    assert h.core.counts.cleared == 1
