@@ -90,6 +90,7 @@ SERVER_FIELDS = frozenset(
         "stages",
         "merged_into",
         "review",
+        "first_complete_at",
     }
 )
 # A new candidate may bring its own id, so an outbox can refer to it before the server has it.
@@ -1627,9 +1628,10 @@ class CandidateService:
         doc["suggested_unit"] = self.policy.suggested_unit(ctype)
         hashes = sorted(set(_evidence_hashes(doc)))
         unheld = [h for h in hashes if not self.store.has(h)]
-        # A candidate judged complete once keeps its evidence element while one file is held
-        # (an incomplete or returned one needs every file it refers to).
-        passed = doc.get("status") not in ("incomplete", "returned")
+        # A candidate that had its evidence keeps the element while one file is held: a
+        # supplement whose upload never lands must not take it away. One that never entered
+        # review (incomplete, or returned from there) needs every file it refers to.
+        passed = doc.get("status") not in ("incomplete", "returned") or _had_evidence(doc)
         held = set(hashes) - set(unheld)
         doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
         return unheld
@@ -1791,6 +1793,8 @@ class CandidateService:
         defer: list[CandidateRow] | None = None,
     ) -> None:
         doc["status"] = "new"
+        # Complete once: from now on one held file is evidence enough (_had_evidence).
+        doc.setdefault("first_complete_at", now.isoformat())
         if self.policy.auto_confirms(doc.get("type")):
             doc["status"] = "confirmed"
             self._history(doc, now, "policy", "auto_confirmed")
@@ -1924,6 +1928,22 @@ def _waiting(doc: JsonDict) -> bool:
     status = doc.get("status")
     missing = doc.get("missing_elements", ())
     return status in ("incomplete", "returned") and "evidence" in missing
+
+
+def _had_evidence(doc: JsonDict) -> bool:
+    """Whether the candidate ``doc`` passed the evidence check once: it entered review
+    (``first_complete_at``). A case stored before that was recorded tells it by a return that
+    found it lacking nothing (its entry's ``missing_elements`` is []): a ``new`` case, or one
+    incomplete only for an unheld ``latest`` frame, which a return does not ask for and which
+    a ``new`` case need not have either."""
+    if "first_complete_at" in doc:
+        return True
+    return any(
+        isinstance(entry, dict)
+        and entry.get("action") == "returned"
+        and entry.get("missing_elements") == []
+        for entry in doc.get("history") or []
+    )
 
 
 def _return_asks(doc: JsonDict) -> list[str] | None:

@@ -122,15 +122,18 @@ def test_a_case_returned_for_its_photo_and_description_waits_for_both(api: Any) 
 def test_a_returned_case_shows_its_routine_frame_held_once_uploaded_and_stays_returned(
     api: Any,
 ) -> None:
-    cid = api.create(api.body("e1", api.put_jpeg(33)))["id"]
-    assert api.review(cid, "return", reason="wrong place").json()["status"] == "returned"
+    """A case that never had every element (no description): each file it refers to counts
+    until it is held (one that had them needs only one, test_evidence_once_complete)."""
+    cid = api.create(api.body("e1", api.put_jpeg(33), description=""))["id"]
+    assert api.review(cid, "return", reason="what is it?").json()["status"] == "returned"
     data, sha = unstored(api, 34)
     updated = patch(api, cid, {"evidence": [{"sha256": sha, "kind": "latest"}]}, "frame")
-    assert (updated["status"], updated["missing_elements"]) == ("returned", ["evidence"])
+    missing = ["description", "evidence"]
+    assert (updated["status"], updated["missing_elements"]) == ("returned", missing)
     assert upload(api, data).status_code == 201
     doc = doc_of(api, cid)
-    # The return asked for another place, not for this frame: the case stays returned.
-    assert (doc["status"], doc["missing_elements"]) == ("returned", [])
+    # The return asked for a description, not for this frame: the case stays returned.
+    assert (doc["status"], doc["missing_elements"]) == ("returned", ["description"])
     assert steps(doc)[-1] == ("test-producer", "updated")
     assert waiting_rows(api) == []
     assert api.review(cid, "confirm").status_code == 409
