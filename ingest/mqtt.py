@@ -342,6 +342,11 @@ class MqttConnection:
         self.publish_dropped = 0
         self.publish_oversize = 0  # refused as larger than max_packet_size (in publish_dropped)
         self._oversize_said: set[str] = set()  # topics whose oversize publication was logged
+        # Publications of ``latest`` topics (a camera's frames) that the broker does not take:
+        # dropped while the topic's previous one is still unwritten (in publish_dropped).
+        self.publish_behind = 0
+        # Topic -> the client and the paho message info of its last ``latest`` publication.
+        self._unwritten: dict[str, tuple[paho.Client, paho.MQTTMessageInfo]] = {}
         # The Maximum Packet Size of the broker's MQTT 5 CONNACK, None when it gave none.
         self._broker_max_packet: int | None = None
         self.connects = 0
@@ -902,16 +907,35 @@ class MqttConnection:
             )
         return True
 
-    def publish(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> bool:
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str,
+        qos: int = 0,
+        retain: bool = False,
+        *,
+        latest: bool = False,
+    ) -> bool:
         """Queue a publication; False when it was dropped (QoS 0 while disconnected, full queue,
         over the packet limit). Whether a payload is over the limit, :meth:`max_payload` tells
         beforehand (a False that does not say which would be taken for a full queue and tried
-        again for ever)."""
+        again for ever).
+
+        ``latest`` (QoS 0, a camera's frames): only the newest matters, so the publication is
+        dropped (counted in ``publish_behind`` too) while the topic's previous one is still
+        unwritten. A broker that stops reading (hung, a network partition) leaves the
+        connection open: without this, every frame would wait in paho's unbounded queue,
+        counted as published, and the process would grow by the cameras' bitrate."""
         client = self._client
         if client is None or (qos == 0 and not self._connected.is_set()):
             self.publish_dropped += 1
             return False
         if self._oversize(topic, payload, qos):
+            return False
+        latest = latest and qos == 0
+        if latest and self._still_unwritten(client, topic):
+            self.publish_behind += 1
+            self.publish_dropped += 1
             return False
         info = client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN) or (
@@ -919,8 +943,22 @@ class MqttConnection:
         ):
             self.publish_dropped += 1
             return False
+        if latest:
+            self._unwritten[topic] = (client, info)
         self.published += 1
         return True
+
+    def _still_unwritten(self, client: paho.Client, topic: str) -> bool:
+        """Whether the topic's last ``latest`` publication on ``client`` waits to be written.
+        paho marks a QoS 0 publication lost at a reconnection (an error then, not waiting); one
+        of a client since replaced is never written."""
+        held = self._unwritten.get(topic)
+        if held is None or held[0] is not client:
+            return False
+        try:
+            return not held[1].is_published()
+        except (RuntimeError, ValueError):  # lost with its connection, or never queued
+            return False
 
     def publish_wait(
         self,
@@ -984,6 +1022,7 @@ class MqttConnection:
             "published": self.published,
             "publish_dropped": self.publish_dropped,
             "publish_oversize": self.publish_oversize,
+            "publish_behind": self.publish_behind,
             "received": sum(s.received for s in self._subs),
             "dropped": sum(s.dropped for s in self._subs),
             "unrouted": self.unrouted,

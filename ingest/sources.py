@@ -640,7 +640,9 @@ class CameraOutput:
             self.latest = frame
             # Before the frame: a watcher never sees frames of an offline camera.
             self._set_status(True, force=False)
-            sent = self.conn.publish(self.topic, encode_frame(frame.header, frame.image), qos=0)
+            # At most one frame of the camera waits for a broker that stopped reading.
+            payload = encode_frame(frame.header, frame.image)
+            sent = self.conn.publish(self.topic, payload, qos=0, latest=True)
         if sent:
             self.stats.published += 1
         else:
