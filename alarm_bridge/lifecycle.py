@@ -20,24 +20,24 @@ its reception: a raise flushed from a day-old buffer and its clear flushed after
 clear's time is before the raise's reception. Either time alone misjudges a clock reset
 between the two (to 2000-01-01: the device's times go back, the receptions on).
 
-While no alarm is active, a device's own clear (an envelope without seq, timed by the device and
-not at its reception) keeps its time and its reception (``quiets``, every such clear received in
-the last :data:`OVERTAKE_WINDOW_S`): a raise or update of the device's own, alike, timed before
-one of them (or at its time and received after it: see :func:`_overtaken`) and arriving after
-it, held up on its way at most :data:`OVERTAKE_WINDOW_S` longer than that clear, is stale.
-Without that, a clear that overtook its raise was ignored and the raise then opened an alarm
-nothing would clear. The hold-up is the raise's reception minus its time, less the clear's: one
-clock's offset cancels out, so a clock running ahead hides no overtaken raise. A clock set back
-between the two by B makes a raise stale when B is at most the window plus how much longer the
-clear was held up than the raise, and then only until the clock passes the clear's time: time
-stamps going backwards between messages (more than one clock stamping them, two gateways) drop
-genuine raises sent up to that difference after the clear, until the next update. The bridge's
-own downtime is hold-up too: an overtaken raise queued for the bridge (its persistent session)
-while it was down, its clear received before, is held up longer by the downtime and can open an
-alarm. Nothing else keeps or is judged by those times: a reading, the bridge's own transitions
-(``device_offline``), a message ordered by its seq or timed at its reception (its clock too far
-off to compare with another message's) would make a genuine first alarm stale wherever two
-clocks disagree. Those times never date anything.
+A device's own clear (an envelope without seq, timed by the device and not at its reception),
+whether it ended an alarm or found none active, keeps its time and its reception (``quiets``,
+every such clear received in the last :data:`OVERTAKE_WINDOW_S`): a raise or update of the
+device's own, alike, timed before one of them (or at its time and received after it: see
+:func:`_overtaken`) and arriving after it, held up on its way at most :data:`OVERTAKE_WINDOW_S`
+longer than that clear, is stale. Without that, a clear that overtook its raise was ignored and
+the raise then opened an alarm nothing would clear. The hold-up is the raise's reception minus
+its time, less the clear's: one clock's offset cancels out, so a clock running ahead hides no
+overtaken raise. A clock set back between the two by B makes a raise stale when B is at most
+the window plus how much longer the clear was held up than the raise, and then only until the
+clock passes the clear's time: time stamps going backwards between messages (more than one
+clock stamping them, two gateways) drop genuine raises sent up to that difference after the
+clear, until the next update. The bridge's own downtime is hold-up too: an overtaken raise
+queued for the bridge (its persistent session) while it was down, its clear received before, is
+held up longer by the downtime and can open an alarm. Nothing else keeps or is judged by those
+times: a reading, the bridge's own transitions (``device_offline``), a message ordered by its
+seq or timed at its reception (its clock too far off to compare with another message's) would
+make a genuine first alarm stale wherever two clocks disagree. Those times never date anything.
 
 A value between ``clear`` and ``raise`` keeps an ACTIVE alarm active (and restarts its clear
 hold), but breaks a debounce: noise around the raise level must not accumulate into an alarm.
@@ -81,9 +81,10 @@ class AlarmState:
     """Where one (sensor, alarm type) stands; ``alarm_id`` is the active or the last alarm.
 
     ``last_seen`` is the alarm's last sighting, its clear's time once it ended. ``quiets``: the
-    own times and receptions of the device clears with no alarm active that said the condition
-    was over (see :class:`DeviceInput`), those received at most :data:`OVERTAKE_WINDOW_S` before
-    the latest (at most :data:`MAX_QUIETS`), in the order received; a raise drops them
+    own times and receptions of the device clears that said the condition was over, the one
+    that ended the alarm and those with no alarm active (see :class:`DeviceInput`), those
+    received at most :data:`OVERTAKE_WINDOW_S` before the latest (at most
+    :data:`MAX_QUIETS`), in the order received; a raise drops them
     (``last_seen`` then orders). A state stored with the one clear timed last kept (``quiet_at``
     and ``quiet_received``, or ``quiet_at`` alone) loads with it alone (see
     :func:`gridpatrol.alarm_bridge.store.load_state`).
@@ -119,8 +120,8 @@ class DeviceInput:
 
     ``received_at``: the reception of a device's envelope that only its own time orders (it has
     no seq, and that time was not moved to its reception); None for the bridge's own
-    transitions and for other envelopes. Only such a clear keeps its time with nothing active,
-    and only such a raise or update is judged by it.
+    transitions and for other envelopes. Only such a clear keeps its time (ending an alarm or
+    with nothing active), and only such a raise or update is judged by it.
     """
 
     transition: Transition
@@ -239,7 +240,12 @@ def _device(state: AlarmState, event: DeviceInput, at: _At) -> tuple[AlarmState,
         return _ignore(state, "stale")
     if event.transition == "clear":
         if state.active:
-            return _clear(state, at)
+            new, effects = _clear(state, at)
+            if event.received_at is not None:
+                # Kept as a clear with nothing active is: a repeat stamped in its very second,
+                # held up on its way, would otherwise open an alarm nothing clears.
+                new = _quiet(new, t, event.received_at)
+            return new, effects
         if event.received_at is None:
             return _ignore(state, "clear_not_active")
         # Nothing to clear, but its time is kept: its raise may still be on the way (sent

@@ -2304,3 +2304,23 @@ def test_a_device_offline_envelope_and_its_updates_are_one_alarm(h: Harness) -> 
         "sm-1", envelope("sm-1", "o5", "clear", alarm_type="device_offline", ts=T0 + 300), T0 + 300
     )
     assert h.core.counts.cleared == 1
+
+
+def test_an_update_in_its_clears_second_received_later_is_overtaken_by_it(h: Harness) -> None:
+    """mh-1 raised, then its clear and an update stamped in the same second, the update
+    received 10 s after the clear (held up by retries): sent before the clear, it is stale, as
+    it is after a clear with nothing active. A clear that ended the alarm kept no such time,
+    and the update opened a new candidate no clear would end."""
+    h.alarm("mh-1", envelope("mh-1", "r1"), T0)
+    h.alarm("mh-1", envelope("mh-1", "c1", "clear", ts=T0 + 60), T0 + 60)
+    h.alarm("mh-1", envelope("mh-1", "u1", "update", ts=T0 + 60), T0 + 70)
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    first = alarm_id_for("mh-1", "manhole_tilt", "e:r1")
+    assert [(k, c) for k, c, _ in ops] == [("create", first), ("patch", first)]
+    assert ops[1][2]["alarm"]["cleared_at"] == "2026-09-21T14:14:20Z"
+    counts = h.core.counts
+    assert (counts.created, counts.cleared, counts.stale) == (1, 1, 1)
+    # One received within 1 s of the clear is a genuine raise in the clear's second.
+    h.alarm("mh-1", envelope("mh-1", "c2", "clear", ts=T0 + 120), T0 + 120)
+    h.alarm("mh-1", envelope("mh-1", "r2", ts=T0 + 120), T0 + 120.5)
+    assert (counts.created, counts.stale) == (2, 1)

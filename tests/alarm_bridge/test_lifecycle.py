@@ -502,14 +502,14 @@ def test_a_clear_with_nothing_active_keeps_its_time_and_the_last_alarm() -> None
         count=1,
         first_seen=100,
         last_seen=200,
-        quiets=((300, 300),),
+        quiets=((200, 200), (300, 300)),  # the one that ended the alarm too
         last_device_seen=200,
     )
     assert [(e.kind, e.reason) for e in effects] == [("ignore", "clear_not_active")]
     # An older one is kept beside it; a raise before either is stale.
     later, effects = step(state, sent("clear", 301), 250)
     assert (later.quiets, [e.reason for e in effects]) == (
-        ((300, 300), (250, 301)),
+        ((200, 200), (300, 300), (250, 301)),
         ["clear_not_active"],
     )
     later, effects = step(state, sent("raise", 302, aid="second"), 290)
