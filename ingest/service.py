@@ -127,6 +127,9 @@ class IngestService:
         # admit together (always taken before the limit's own lock), so that the progress line
         # never reads a rejection counted in one figure and not yet in another.
         self._rejected_lock = threading.Lock()
+        # Retained requests and boosts, by topic: commands left on the broker, which hands them
+        # over at every subscription (each start and reconnection); ignored, said once a topic.
+        self.stale: Counter[str] = Counter()
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
         )
@@ -289,6 +292,8 @@ class IngestService:
             self._guarded(self._apply_boost, message)
 
     def _apply_boost(self, message: Message) -> None:
+        if self._stale(message, "patrol boost"):
+            return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
@@ -324,6 +329,8 @@ class IngestService:
             self._guarded(self._request, message)
 
     def _request(self, message: Message) -> None:
+        if self._stale(message, "snapshot request"):
+            return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
@@ -442,6 +449,26 @@ class IngestService:
         self.conn.publish(topic, encode_reply(frame, request_id), qos=1)
         log.info("camera %s: answered snapshot request %s", camera_id, request_id)
 
+    def _stale(self, message: Message, what: str) -> bool:
+        """Whether ``message`` is retained, and so ignored. A command is acted on when it is
+        sent; a retained one is handed over again at every subscription: a boost of a day
+        would come back at each start, an old request be answered again. Counted, and said
+        once per topic (the broker hands the same one over at each reconnection)."""
+        if not message.retain:
+            return False
+        with self._rejected_lock:
+            first = message.topic not in self.stale
+            self.stale[message.topic] += 1
+        if first:
+            log.warning(
+                "ignoring a retained %s on %s: a command is acted on when it is sent, not "
+                "again at each start; clear it with an empty retained message on that topic "
+                "(retained ones there are counted, not said again)",
+                what,
+                message.topic,
+            )
+        return True
+
     def _dead_letter(
         self, reason: str, message: Message, error: str = "", exc: BaseException | None = None
     ) -> None:
@@ -496,12 +523,13 @@ class IngestService:
         # dropped request is a candidate without its snapshot: say so.
         log.info(
             "ingest: snapshot requests %d received, %d dropped (queue full); patrol boosts %d "
-            "received, %d dropped; %d malformed %s, of them not dead-lettered (over the limit) "
-            "%s",
+            "received, %d dropped; %d retained (ignored); %d malformed %s, of them not "
+            "dead-lettered (over the limit) %s",
             self._requests.received,
             self._requests.dropped,
             self._boosts.received,
             self._boosts.dropped,
+            sum(self.stale.values()),
             malformed,
             rejected,
             unlettered,

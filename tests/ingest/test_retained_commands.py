@@ -1,0 +1,90 @@
+"""Retained patrol boosts and snapshot requests: commands left on the broker are not acted on
+again at each start and reconnection of ingest."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gridpatrol.ingest.messages import decode_frame
+from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
+from gridpatrol.ingest.service import IngestService
+from gridpatrol.ingest.snapshot import encode_request
+from gridpatrol.ingest.topics import patrol_boost_topic, snapshot_request_topic, snapshot_topic
+from gridpatrol.site import parse_site
+
+from ..conftest import Mosquitto
+from .test_transport import wait_for
+
+PREFIX = "stale"
+
+
+def test_retained_boosts_and_requests_are_ignored_at_each_connection(
+    mosquitto: Mosquitto, http_camera: Any, watch: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="gridpatrol.ingest.service")
+    boost = patrol_boost_topic(PREFIX, "p1")
+    request = snapshot_request_topic(PREFIX, "h1")
+    publisher = MqttConnection("old-cmds", MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
+    assert publisher.start(10)
+    try:
+        assert publisher.publish_wait(
+            boost, b'{"factor": 16, "duration_s": 86400}', qos=1, retain=True
+        )
+        assert publisher.publish_wait(request, encode_request("old-req-1"), qos=1, retain=True)
+    finally:
+        publisher.stop()
+    watcher = watch(mosquitto.url, snapshot_topic(PREFIX, "h1"), PREFIX)
+    site = parse_site(
+        "site: {name: Test}\n"
+        f"mqtt: {{prefix: {PREFIX}}}\n"
+        "cameras:\n"
+        f"  - {{id: h1, source: '{http_camera.url}', fps: 4, location: {{address: a}}}}\n"
+        f"  - {{id: p1, source: '{http_camera.url}', interval_s: 3600, "
+        "location: {address: b}}\n"
+    )
+    conn = MqttConnection("ing-stale", MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
+    service = IngestService(site, conn, site.cameras)
+    assert conn.start(10)
+    service.start()
+    try:
+        wait_for(lambda: service._boosts.received == service._requests.received == 1)
+        # The broker hands them over again at the reconnection: counted, not said again.
+        mosquitto.stop()
+        wait_for(lambda: not conn.connected)
+        mosquitto.start()
+        wait_for(
+            lambda: (
+                service._boosts.received == service._requests.received == 2
+                and watcher.conn.connected
+            )
+        )
+        # Sent now, they are acted on; the queues are in order, so the old ones came first.
+        assert conn.publish_wait(request, encode_request("new-req-1"), qos=1)
+        assert conn.publish_wait(boost, b'{"factor": 2, "duration_s": 600}', qos=1)
+        watcher.collect(lambda seen: bool(seen))
+        wait_for(lambda: service.scheduler.weight("p1", time.monotonic()) == 2.0)
+    finally:
+        service.stop()
+        conn.stop()
+    replies = [
+        decode_frame(m.payload, topic_camera_id="h1", received_at=datetime.now(UTC))
+        for m in watcher.seen
+    ]
+    assert [r.header.request_id for r in replies] == ["new-req-1"]
+    assert service.stale == {boost: 2, request: 2}
+    said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
+    assert [line for line in said if "patrol boosted" in line] == [
+        "camera p1: patrol boosted x2 for 600 s"
+    ]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    stale = [line.split(":")[0] for line in warned if line.startswith("ignoring a retained")]
+    assert sorted(stale) == [
+        f"ignoring a retained patrol boost on {boost}",
+        f"ignoring a retained snapshot request on {request}",
+    ]
+    assert "; 4 retained (ignored); " in said[-1]
