@@ -2073,9 +2073,14 @@ def _stage_time(
     """The time to record for ``stage`` reported ``at`` (None: the server's ``now``), never
     before the stage it follows. Refuse (422) an ``at`` ahead of the server's clock, or before
     the stage it follows or the candidate's creation, by more than the clock skew: arrive_by
-    and the SLA figures are reckoned from it."""
+    and the SLA figures are reckoned from it. The first stage follows the case's arrival in
+    the feed (:func:`_visible_at`)."""
     stages = doc.get("stages", {})
-    previous = datetime.fromisoformat(stages[row.status]) if row.status in stages else None
+    previous: datetime | None
+    if row.status in stages:
+        after, previous = row.status, datetime.fromisoformat(stages[row.status])
+    else:
+        after, previous = _visible_at(doc)
     # Either time may come from a platform's clock, off the server's by up to the skew: the
     # later one keeps an arrival from being recorded before its dispatch.
     if at is None:
@@ -2090,8 +2095,7 @@ def _stage_time(
     if previous is not None and at < previous - STAGE_CLOCK_SKEW:
         raise Problem(
             422,
-            f"{stage} at {at.isoformat()} is before {row.status} at {previous.isoformat()}"
-            f" ({skew})",
+            f"{stage} at {at.isoformat()} is before {after} at {previous.isoformat()} ({skew})",
         )
     if at < row.created_at - STAGE_CLOCK_SKEW:
         raise Problem(
@@ -2100,6 +2104,22 @@ def _stage_time(
             f" at {row.created_at.isoformat()}",
         )
     return at if previous is None else max(at, previous)
+
+
+# History entries by which a confirmed case reaches the feed, and how a refusal names them.
+_VISIBLE_ACTIONS = {"confirmed": "confirmed", "auto_confirmed": "confirmed", "released": "released"}
+
+
+def _visible_at(doc: JsonDict) -> tuple[str, datetime | None]:
+    """When the platform could first see the case, the time its first stage follows: its
+    confirmation, or the end of its night hold (the latest of those entries). Not its
+    ``pulled`` entry: the platform may register a case before it acknowledges the feed, and
+    acknowledge it before it reports the registration."""
+    for entry in reversed(doc.get("history") or []):
+        action = entry.get("action") if isinstance(entry, dict) else None
+        if action in _VISIBLE_ACTIONS:
+            return _VISIBLE_ACTIONS[action], datetime.fromisoformat(entry["at"])
+    return "confirmed", None
 
 
 def _locked_now(session: Session, clock: Callable[[], datetime]) -> datetime:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 
 def stage(api: Any, cid: str, name: str, at: Any = None) -> Any:
@@ -209,6 +211,7 @@ def test_a_stage_without_at_follows_one_dated_ahead(api: Any) -> None:
 
 
 def test_a_stage_dated_before_the_candidate_was_created_is_refused(api: Any) -> None:
+    """Before its creation is before its confirmation too, which the refusal names."""
     cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
     assert api.review(cid, "confirm").status_code == 200
     created = api.clock.now
@@ -219,9 +222,88 @@ def test_a_stage_dated_before_the_candidate_was_created_is_refused(api: Any) -> 
         cid,
         "registered",
         early,
-        f"registered at {early.isoformat()} is before the candidate was created,"
-        f" at {created.isoformat()}",
+        f"registered at {early.isoformat()} is before confirmed at {created.isoformat()}"
+        " (allowing 5 min of clock skew)",
     )
-    # The platform's clock may be a little behind the server's.
+    # The platform's clock may be a little behind the server's: taken as at the confirmation.
     at = created - timedelta(minutes=5)
-    assert stage(api, cid, "registered", at).json()["stages"]["registered"] == at.isoformat()
+    assert stage(api, cid, "registered", at).json()["stages"]["registered"] == created.isoformat()
+
+
+def pull(api: Any) -> None:
+    """The platform reads the feed and acknowledges it: its cases are pulled."""
+    page = api.as_("platform").get("/api/v1/feed").json()
+    ack = api.as_("platform").post("/api/v1/feed/ack", json={"cursor": page["next_cursor"]})
+    assert ack.status_code == 204, ack.text
+
+
+def confirmed_ten_minutes_after_creation(api: Any) -> tuple[str, Any]:
+    """A case created at T and confirmed at T + 10 min; its id and T."""
+    created = api.clock.now
+    cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    api.clock.advance(minutes=10)
+    assert api.review(cid, "confirm").status_code == 200
+    return cid, created
+
+
+@pytest.mark.parametrize("pulled", [False, True])
+def test_registered_is_never_before_the_confirmation(api: Any, pulled: bool) -> None:
+    """Reported at T + 7 min, by a platform's clock 3 min behind the server's: recorded at the
+    confirmation, so arrive_by and the SLA count from when the platform could see the case."""
+    cid, created = confirmed_ten_minutes_after_creation(api)
+    confirmed = created + timedelta(minutes=10)
+    api.clock.advance(minutes=1)
+    if pulled:
+        pull(api)
+    doc = stage(api, cid, "registered", created + timedelta(minutes=7)).json()
+    assert (doc["status"], doc["stages"]) == ("registered", {"registered": confirmed.isoformat()})
+    doc = stage(api, cid, "dispatched", created + timedelta(minutes=8)).json()
+    assert doc["stages"]["dispatched"] == confirmed.isoformat()
+    assert doc["arrive_by"] == (confirmed + timedelta(minutes=15)).isoformat()
+
+
+def test_registered_before_the_pull_is_recorded_as_reported(api: Any) -> None:
+    """The platform may register a case before it acknowledges the feed, and report the
+    registration after: the pull does not date it."""
+    cid, created = confirmed_ten_minutes_after_creation(api)
+    api.clock.advance(minutes=10)
+    pull(api)
+    at = created + timedelta(minutes=12)
+    doc = stage(api, cid, "registered", at).json()
+    assert doc["stages"]["registered"] == at.isoformat()
+
+
+def test_registered_well_before_the_confirmation_is_refused(api: Any) -> None:
+    cid, created = confirmed_ten_minutes_after_creation(api)
+    confirmed = created + timedelta(minutes=10)
+    early = confirmed - timedelta(minutes=5, seconds=1)
+    refused_unchanged(
+        api,
+        cid,
+        "registered",
+        early,
+        f"registered at {early.isoformat()} is before confirmed at {confirmed.isoformat()}"
+        " (allowing 5 min of clock skew)",
+    )
+
+
+def test_registered_follows_the_end_of_the_night_hold(api: Any) -> None:
+    """Confirmed at midnight (site time) and held to 08:00: the platform could not see it
+    before, so a registration is dated from the release."""
+    api.clock.advance(hours=12)
+    cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    held = api.review(cid, "confirm").json()
+    released = datetime.fromisoformat(held["hold_until"])
+    api.clock.now = released + timedelta(minutes=1)
+    pull(api)
+    early = released - timedelta(minutes=6)
+    refused_unchanged(
+        api,
+        cid,
+        "registered",
+        early,
+        f"registered at {early.isoformat()} is before released at"
+        f" {api.clock.now.isoformat()} (allowing 5 min of clock skew)",
+    )
+    doc = stage(api, cid, "registered", released - timedelta(minutes=1)).json()
+    assert doc["stages"]["registered"] == api.clock.now.isoformat()
