@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import hashlib
 import importlib
 import logging
 import os
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from gridpatrol.cli import stop_on_signals
 from gridpatrol.detectors.episodes import CLOCK_RESET_S
-from gridpatrol.ingest.cli import positive_seconds
+from gridpatrol.ingest.cli import ID_HASH_CHARS, MAX_ID, positive_seconds
 
 if TYPE_CHECKING:
     import sqlite3
@@ -152,7 +153,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--heads", help="folder of scene-head files (default: the heads shipped with gridpatrol)"
     )
-    parser.add_argument("--component-id", help="MQTT component id (default detect[-k-of-n])")
+    parser.add_argument(
+        "--component-id",
+        help="MQTT component id (default detect, detect-k-of-n or detect-<camera>-...)",
+    )
     parser.add_argument(
         "--progress-s",
         type=positive_seconds,
@@ -206,12 +210,29 @@ def select_cameras(site: Site, cameras: str | None, shard: str | None) -> list[C
 
 
 def _component_id(args: argparse.Namespace) -> str:
+    """``--component-id``, else ``detect-k-of-n`` for a shard, ``detect-<a>-<b>`` for
+    ``--cameras`` (sorted, as ingest names its own: the same id for the same cameras in any
+    order, and on the status and dead-letter topics the cameras a worker serves), else
+    ``detect``. An id longer than a topic level allows keeps a readable head and a hash of the
+    whole, so two workers whose lists differ only late do not share it."""
     if args.component_id:
         return str(args.component_id)
     if args.shard is not None:
         k, n = parse_shard(args.shard)
         return f"{COMPONENT}-{k}-of-{n}"
-    return COMPONENT
+    cameras = _camera_ids(args.cameras)
+    if not cameras:
+        return COMPONENT
+    full = "-".join([COMPONENT, *cameras])
+    if len(full) <= MAX_ID:
+        return full
+    digest = hashlib.sha256(full.encode()).hexdigest()[:ID_HASH_CHARS]
+    return f"{full[: MAX_ID - ID_HASH_CHARS - 1].rstrip('-_.')}-{digest}"
+
+
+def _camera_ids(cameras: str | None) -> list[str]:
+    """The ids ``--cameras`` names, sorted, each once."""
+    return sorted({c.strip() for c in (cameras or "").split(",") if c.strip()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2083,17 +2104,89 @@ class OutboxUnusable(RuntimeError):
     """The outbox file cannot be opened as one: mend GRIDPATROL_OUTBOX (status 2)."""
 
 
-def _open_outbox(component_id: str) -> Outbox:
-    """The worker's outbox, claimed before the episode book is read: one process per file."""
-    from gridpatrol.api.client import Outbox
+# Said when another process holds the worker's outbox file.
+BUSY_HINT = (
+    "another worker runs on it (one on the same --cameras, --shard or --component-id, or with "
+    "the same GRIDPATROL_OUTBOX): stop it, or give this worker its own GRIDPATROL_OUTBOX"
+)
+
+
+def _open_outbox(component_id: str, cameras: Sequence[str] = ()) -> Outbox:
+    """The worker's outbox, claimed before the episode book is read: one process per file.
+    ``cameras``: the ``--cameras`` list its default component id was derived from."""
+    from gridpatrol.api.client import ApiClient, Outbox
 
     path = Outbox.env_path(component_id)
     try:
-        outbox = Outbox.from_env(component_id)
+        if cameras:
+            _adopt_outbox(component_id, cameras)
+        outbox = Outbox(path, ApiClient.from_env(), component=component_id, busy_hint=BUSY_HINT)
     except (OSError, sqlite3.Error) as exc:  # a folder, another kind of file, no permission
         raise OutboxUnusable(f"the outbox {path} (GRIDPATROL_OUTBOX): {exc}") from exc
     outbox.claim()
     return outbox
+
+
+# The tables of the outbox file that name the cameras whose state it keeps.
+CAMERA_TABLES = ("detector_episodes", "detector_clocks", "detector_backgrounds")
+
+
+def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
+    """Move the file a ``--cameras`` worker used on the id ``detect`` (before the id followed
+    its cameras) to its own default file, so its queued operations and open episodes carry
+    over: only when GRIDPATROL_OUTBOX is unset, its own file is not there yet, no process holds
+    the old one and the old one keeps state of none but these cameras (a worker of every camera
+    keeps its file, and so does a worker of another list)."""
+    import fcntl
+
+    from gridpatrol.api.client import Outbox
+
+    old, new = Path(Outbox.env_path(COMPONENT)), Path(Outbox.env_path(component_id))
+    if os.environ.get("GRIDPATROL_OUTBOX") or new.exists() or not old.is_file():
+        return
+    with old.with_name(old.name + ".lock").open("ab") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # a worker runs on it: it is that worker's
+        named = _cameras_kept(old)
+        if named is None or not named <= set(cameras):
+            log.warning(
+                "%s: the outbox %s keeps state of other cameras (%s) than this worker's; "
+                "it starts on its own file %s",
+                component_id,
+                old,
+                ", ".join(sorted(named - set(cameras))) if named else "unreadable",
+                new,
+            )
+            return
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                Path(f"{old}{suffix}").replace(f"{new}{suffix}")
+    log.warning(
+        "%s: moved the outbox %s to %s, this worker's own file (it kept state of this "
+        "worker's cameras alone)",
+        component_id,
+        old,
+        new,
+    )
+
+
+def _cameras_kept(path: Path) -> set[str] | None:
+    """The cameras whose state the outbox file ``path`` keeps; None when it cannot be read."""
+    try:
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            tables = {
+                row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            }
+            return {
+                str(row[0])
+                for table in CAMERA_TABLES
+                if table in tables
+                for row in conn.execute(f"SELECT DISTINCT camera_id FROM {table}")
+            }
+    except sqlite3.Error:
+        return None
 
 
 def _build(
@@ -2109,7 +2202,8 @@ def _build(
     from gridpatrol.detectors.motion import MotionSettings
     from gridpatrol.detectors.pipeline import detector_conf, warn_missing_heads
 
-    outbox = _open_outbox(component_id)  # before the model takes seconds to load
+    # Before the model takes seconds to load.
+    outbox = _open_outbox(component_id, [] if args.component_id else _camera_ids(args.cameras))
     spec = served_spec(spec)  # heads are keyed to the weights that run (a .pt's IR)
     heads = _load_heads(model_info(spec), args.heads, cameras) if _needs_heads(cameras) else {}
     warn_missing_heads(cameras, heads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -19,12 +20,15 @@ from typing import Any
 
 import pytest
 
-from gridpatrol.api.client import Outbox
+from gridpatrol.api.client import Outbox, OutboxBusy
 from gridpatrol.detectors.episodes import Episode, Op, ensure_schema, save_episode
 from gridpatrol.detectors.types import Detections, ModelInfo
 from gridpatrol.detectors.worker import (
+    BUSY_HINT,
     DetectorWorker,
     EpisodeEvent,
+    _component_id,
+    _open_outbox,
     candidate_detection,
     check_selection,
     normalise_event,
@@ -32,6 +36,7 @@ from gridpatrol.detectors.worker import (
     select_cameras,
     shard_of,
 )
+from gridpatrol.ingest.topics import valid_id
 from gridpatrol.site import parse_site
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,6 +227,11 @@ def _setup_error(run: subprocess.CompletedProcess[str]) -> str:
             "detect: cannot start: the outbox site.yaml (GRIDPATROL_OUTBOX): file is not a "
             "database",
         ),
+        (
+            {"GRIDPATROL_API_TOKEN": ""},
+            ("--cameras", "cam-03,cam-01"),
+            "detect-cam-01-cam-03: cannot start: GRIDPATROL_API_TOKEN is not set",
+        ),
     ],
     ids=[
         "no API token",
@@ -232,6 +242,7 @@ def _setup_error(run: subprocess.CompletedProcess[str]) -> str:
         "negative metrics port flag",
         "outbox a folder",
         "outbox another kind of file",
+        "cameras' own component id",
     ],
 )
 def test_detect_setup_errors_exit_2_with_one_line(
@@ -299,6 +310,93 @@ def test_detect_refuses_a_camera_list_of_no_id(tmp_path: Path) -> None:
     detect = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", site, "--cameras", ","]
     run = _run_producer(tmp_path, detect)
     assert _setup_error(run).endswith("--cameras ',' names no camera of the site")
+
+
+def _args(
+    cameras: str | None = None, shard: str | None = None, component_id: str | None = None
+) -> argparse.Namespace:
+    return argparse.Namespace(cameras=cameras, shard=shard, component_id=component_id)
+
+
+def test_each_camera_list_has_its_own_component_id() -> None:
+    """Workers of different --cameras lists have their own status and dead-letter topics (one
+    killed does not mark the other offline) and their own outbox file; the id names the sorted
+    cameras, so the same list in any order keeps it."""
+    assert _component_id(_args("street")) == "detect-street"
+    assert _component_id(_args("other")) == "detect-other"
+    assert _component_id(_args("street, other,street")) == "detect-other-street"
+    assert _component_id(_args("other,street")) == "detect-other-street"
+    assert _component_id(_args(shard="1/3")) == "detect-1-of-3"
+    assert _component_id(_args("street", component_id="east")) == "east"
+    assert _component_id(_args()) == "detect"
+    # Too long for a topic level: a readable head and a hash of the whole list.
+    many = [f"camera-{i:03d}" for i in range(12)]
+    first = _component_id(_args(",".join(many)))
+    second = _component_id(_args(",".join([*many[:-1], "camera-999"])))
+    assert first.startswith("detect-camera-000-camera-001-camera-002-camera-0")
+    assert len(first) == len(second) == 64
+    assert first != second
+    assert valid_id(first)
+
+
+def _legacy_outbox(tmp_path: Path, cameras: list[str]) -> None:
+    """``var/outbox-detect.db`` in ``tmp_path`` as a ``--cameras`` worker left it when its id
+    was ``detect``: a create waiting and an open episode of each of ``cameras``."""
+    outbox = Outbox(tmp_path / "var" / "outbox-detect.db", None, component="detect")
+    with outbox.transaction() as txn:
+        ensure_schema(txn.conn)
+        txn.create_candidate({"type": "piled_materials"}, "c0ffee00-0000-4000-8000-000000000001")
+        for camera in cameras:
+            save_episode(txn.conn, replace(PILE, camera_id=camera))
+
+
+def test_a_cameras_worker_takes_over_the_outbox_it_used_as_detect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the upgrade a --cameras worker's default file is var/outbox-detect-<cameras>.db:
+    the one it used as ``detect`` moves there, its queued create and open episode with it. A
+    file that keeps state of other cameras stays; each worker of one host starts on its own
+    file, both at once."""
+    from gridpatrol.detectors.episodes import load_book
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    _legacy_outbox(tmp_path, ["cam-00"])
+    street = _open_outbox("detect-cam-00", ["cam-00"])
+    other = _open_outbox("detect-cam-01", ["cam-01"])
+    try:
+        assert street.path == Path("var/outbox-detect-cam-00.db")
+        assert other.path == Path("var/outbox-detect-cam-01.db")
+        assert not (tmp_path / "var" / "outbox-detect.db").exists()
+        assert (street.depth(), other.depth()) == (1, 0)
+        with street.transaction() as txn:
+            assert [ep.camera_id for ep in load_book(txn.conn).values()] == ["cam-00"]
+    finally:
+        street.stop()
+        other.stop()
+    assert caplog.messages == [
+        "detect-cam-00: moved the outbox var/outbox-detect.db to var/outbox-detect-cam-00.db, "
+        "this worker's own file (it kept state of this worker's cameras alone)"
+    ]
+    caplog.clear()
+    _legacy_outbox(tmp_path, ["cam-00", "cam-02"])
+    kept = _open_outbox("detect-cam-02", ["cam-02"])
+    try:
+        assert kept.path == Path("var/outbox-detect-cam-02.db")
+        assert kept.depth() == 0
+        assert (tmp_path / "var" / "outbox-detect.db").exists()
+    finally:
+        kept.stop()
+    assert caplog.messages == [
+        "detect-cam-02: the outbox var/outbox-detect.db keeps state of other cameras (cam-00) "
+        "than this worker's; it starts on its own file var/outbox-detect-cam-02.db"
+    ]
+    # A second worker on the same list is refused, told what to mend.
+    again = _open_outbox("detect-cam-02", ["cam-02"])
+    with pytest.raises(OutboxBusy, match=re.escape("is in use by another process; " + BUSY_HINT)):
+        _open_outbox("detect-cam-02", ["cam-02"])
+    again.stop()
 
 
 def test_a_shard_without_cameras_whose_metrics_port_is_taken_cannot_start(tmp_path: Path) -> None:
