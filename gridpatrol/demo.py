@@ -635,16 +635,27 @@ def _watch(demo: Demo, broker: BrokerHandle, duration: float | None) -> bool:
     return True
 
 
+def _graphical() -> bool:
+    return sys.platform in ("darwin", "win32") or any(
+        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
+    )
+
+
 def _open_console(url: str) -> None:
     # Without a display, webbrowser falls back to a text browser (www-browser, lynx) that takes
     # over the terminal and blocks the demo until it is quit: on a headless SSH session, never.
-    graphical = sys.platform in ("darwin", "win32") or any(
-        os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY")
-    )
-    if graphical:
+    if _graphical():
         import webbrowser
 
         webbrowser.open(url)
+
+
+def _remote_hint(port: int) -> str | None:
+    """How to reach the console from another machine, when this one has no display: the API
+    listens on 127.0.0.1 only (the demo's tokens are printed in the clear)."""
+    if _graphical():
+        return None
+    return f"no display here: from your own machine, ssh -L {port}:127.0.0.1:{port} <this host>"
 
 
 def _signal_status(exc: KeyboardInterrupt) -> int:
@@ -772,6 +783,8 @@ def _run(demo: Demo, broker: BrokerHandle, args: argparse.Namespace) -> int:
         print(f"platform token:  {demo.tokens['platform']}", flush=True)
         print(f"API reference:   {demo.api_url}/api/v1/docs", flush=True)
         print(f"logs:            {workdir / 'logs'}", flush=True)
+        if (hint := _remote_hint(demo.port)) is not None:
+            print(f"{hint}, then open {url}", flush=True)
         if not args.no_browser:
             _open_console(url)
         healthy = _watch(demo, broker, args.duration)

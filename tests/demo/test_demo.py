@@ -597,7 +597,16 @@ def test_without_a_display_the_demo_opens_no_text_browser(tmp_path: Path) -> Non
             os.kill(int(opened.read_text()), signal.SIGKILL)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not opened.exists()
-    assert done.stdout.splitlines()[-1].startswith("candidates: ")
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("candidates: ")
+    # The API listens on 127.0.0.1 only: a user on a remote machine is told how to reach it.
+    (console,) = [line.split()[-1] for line in lines if line.startswith("review console:")]
+    port = console.split(":")[2].split("/")[0]
+    hint = (
+        f"no display here: from your own machine, ssh -L {port}:127.0.0.1:{port} <this host>, "
+        f"then open {console}"
+    )
+    assert lines[lines.index(f"logs:            {tmp_path / 'demo' / 'logs'}") + 1] == hint
 
 
 @pytest.mark.parametrize(
