@@ -746,11 +746,11 @@ def test_an_episode_of_a_camera_moved_off_the_worker_ends(rig: Rig, street: list
     ep = start_crowd_episode(rig, street)
     worker, first = ep.worker, ep.first
 
-    # The outbox file stays, its worker now serves another camera (--cameras changed): no
-    # rule here will ever follow the street's episode again.
+    # The outbox file stays, its worker now serves another camera (--cameras changed, its
+    # component id kept): no rule here will ever follow the street's episode again.
     worker.kill()
     write_site(worker.site, rig.prefix, {"street": [crowd_zone(clear_s=10)], "square": []})
-    worker.args = ("--cameras", "square")
+    worker.args = ("--cameras", "square", "--component-id", "detect")
     worker.start(rig.status)
     assert_ended_at_last_sighting(ep)
     text = worker.text()
