@@ -20,6 +20,7 @@ from gridpatrol.alarm_bridge.uptime import UptimeState
 from gridpatrol.api.client import merge_patches
 
 _STATE_FIELDS = tuple(f.name for f in fields(AlarmState))
+assert _STATE_FIELDS[0] == "phase"  # read by unsilenced() in SQL
 TRACE_LEN = 50  # readings kept per sensor for the sensor-trace evidence
 # Superseded boot_ids remembered per sensor: a message does not wait on the way (at most the
 # broker's one-day session expiry) while its device reboots this many times.
@@ -291,10 +292,31 @@ def watched(conn: sqlite3.Connection) -> dict[str, float]:
     return {s: float(t) for s, t in conn.execute("SELECT sensor_id, since FROM bridge_watched")}
 
 
-def watch(conn: sqlite3.Connection, sensor_id: str, since: float) -> None:
-    conn.execute(
-        "INSERT OR IGNORE INTO bridge_watched (sensor_id, since) VALUES (?, ?)", (sensor_id, since)
+def watch_all(conn: sqlite3.Connection, sensor_ids: Collection[str], since: float) -> None:
+    """Watch from ``since`` each of ``sensor_ids`` not watched yet (one heard before it was
+    watched is judged from its last message, which comes first, as before)."""
+    conn.executemany(
+        "INSERT OR IGNORE INTO bridge_watched (sensor_id, since) VALUES (?, ?)",
+        [(sensor_id, since) for sensor_id in sensor_ids],
     )
+
+
+def unsilenced(conn: sqlite3.Connection) -> list[tuple[str, float]]:
+    """Every watched sensor whose ``device_offline`` is not active, with when it was last heard
+    (else first watched), in one query: a silence check in a mass outage must not load the
+    state of every sensor already offline one by one, every second."""
+    rows = conn.execute(
+        """
+        SELECT w.sensor_id, COALESCE(s.last_heard, w.since)
+        FROM bridge_watched AS w LEFT JOIN bridge_seen AS s ON s.sensor_id = w.sensor_id
+        WHERE NOT EXISTS (  -- a state row's first field is its phase (see save_state)
+            SELECT 1 FROM bridge_alarm_state AS a
+            WHERE a.sensor_id = w.sensor_id AND a.alarm_type = 'device_offline'
+                AND json_extract(a.state, '$[0]') = 'active'
+        )
+        """
+    )
+    return [(sensor_id, float(since)) for sensor_id, since in rows]
 
 
 def forget_unwatched(conn: sqlite3.Connection, sensor_ids: Collection[str]) -> int:

@@ -268,6 +268,17 @@ class BridgeCore:
         self._unit_assumed: set[str] = set()  # sensors already logged for a unit not configured
         # The connection's history last written (its start and spans) and when.
         self._uptime_saved: tuple[float, list[tuple[float, float]], float] | None = None
+        # The silence each sensor with an expected interval may keep (3 x that interval).
+        self._silence_limits = {
+            s.id: SILENCE_FACTOR * s.expected_interval_s
+            for s in site.sensors
+            if s.expected_interval_s is not None
+        }
+        self._site_order = {s.id: i for i, s in enumerate(site.sensors)}
+        self._watching = False  # every sensor of _silence_limits is watched (from a check)
+        # Before when no sensor can fall silent, as of the last full check (at the time and
+        # with the connection history noted with it): see check_silence.
+        self._silence_due: tuple[float, float, object] | None = None
 
     # -- messages -------------------------------------------------------------------------------
 
@@ -550,6 +561,11 @@ class BridgeCore:
     def _heard(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
         """The sensor is alive: silence counts from now, and a device_offline clears."""
         out.state(txn.conn).heard(sensor.id, now)
+        limit = self._silence_limits.get(sensor.id)
+        if self._silence_due is not None and limit is not None:
+            # Listened to for no longer than the clock runs: not silent before now + limit.
+            checked, due, history = self._silence_due
+            self._silence_due = (checked, min(due, now + limit), history)
         self._back_online(txn, sensor, now, out)
 
     def _back_online(self, txn: OutboxTxn, sensor: Sensor, now: float, out: BatchResult) -> None:
@@ -571,23 +587,47 @@ class BridgeCore:
         restarts the count. The bookkeeping is saved here for the next run (see
         :meth:`save_uptime`).
         """
-        heard = store.last_heard(txn.conn)
-        watched = store.watched(txn.conn)
         raised = 0
-        for sensor in self.site.sensors:
-            if sensor.expected_interval_s is None:
-                continue
-            since = heard.get(sensor.id, watched.get(sensor.id))
-            if since is None:  # first watched now (a new sensor, or the bridge's first run)
-                since = now
-                store.watch(txn.conn, sensor.id, now)
-            if uptime.connected_for(since, now) <= SILENCE_FACTOR * sensor.expected_interval_s:
-                continue
-            if out.state(txn.conn).state(sensor.id, DEVICE_OFFLINE).active:
-                continue
-            self._offline(txn, sensor, f"silence:{since:.6f}", True, now, out)
-            raised += 1
+        if not self._silence_checked(uptime, now):
+            raised = self._raise_silent(txn, now, out, uptime)
         self.save_uptime(txn, uptime, now)
+        return raised
+
+    def _silence_checked(self, uptime: Uptime, now: float) -> bool:
+        """Whether no sensor can have fallen silent since the last full check: before the
+        earliest time one could (listening advances no faster than the clock), with the
+        connection history as it was then (a clock set back or a reconnection changes it) and
+        the clock not set back since. A sensor heard meanwhile brings that time forward to
+        its own (see :meth:`_heard`)."""
+        if self._silence_due is None:
+            return False
+        checked, due, history = self._silence_due
+        return checked <= now < due and history == _history(uptime)
+
+    def _raise_silent(self, txn: OutboxTxn, now: float, out: BatchResult, uptime: Uptime) -> int:
+        """Raise the silent sensors' device_offline, found in one query of the sensors not
+        offline yet (a sensor never watched is first watched now: a new sensor, or the
+        bridge's first run), and note when the next could fall silent."""
+        if not self._watching:
+            store.watch_all(txn.conn, self._silence_limits, now)
+            self._watching = True
+        silent: list[tuple[int, str, float]] = []
+        due = float("inf")
+        for sensor_id, since in store.unsilenced(txn.conn):
+            limit = self._silence_limits.get(sensor_id)
+            if limit is None:
+                continue
+            left = limit - uptime.connected_for(since, now)
+            if left >= 0:
+                due = min(due, now + left)
+            else:
+                silent.append((self._site_order[sensor_id], sensor_id, since))
+        raised = 0
+        for _, sensor_id, since in sorted(silent):
+            if not out.state(txn.conn).state(sensor_id, DEVICE_OFFLINE).active:
+                self._offline(txn, self.registry[sensor_id], f"silence:{since:.6f}", True, now, out)
+                raised += 1
+        self._silence_due = (now, due, _history(uptime))
         return raised
 
     def save_uptime(
@@ -650,6 +690,12 @@ def _may_pass(exc: Exception) -> bool:
     extended codes, such as SQLITE_IOERR_WRITE, carry the primary one in their low byte)."""
     code = getattr(exc, "sqlite_errorcode", None) if isinstance(exc, sqlite3.Error) else None
     return isinstance(code, int) and (code & 0xFF) in PASSING_SQLITE_CODES
+
+
+def _history(uptime: Uptime) -> object:
+    """What of the connection history a silence depends on: its start and spans."""
+    state = uptime.state()
+    return None if state is None else (state[0], state[2])
 
 
 def _signs_life(adapted: Adapted) -> bool:

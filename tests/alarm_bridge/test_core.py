@@ -2324,3 +2324,61 @@ def test_an_update_in_its_clears_second_received_later_is_overtaken_by_it(h: Har
     h.alarm("mh-1", envelope("mh-1", "c2", "clear", ts=T0 + 120), T0 + 120)
     h.alarm("mh-1", envelope("mh-1", "r2", ts=T0 + 120), T0 + 120.5)
     assert (counts.created, counts.stale) == (2, 1)
+
+
+def _many_sensors_site(fast: int, slow: int) -> Site:
+    """``fast`` smoke sensors sx-i expected every 60 s (silent after 180 s) and ``slow`` ones
+    sy-i every 200 s (silent after 600 s)."""
+    lines = ["site: {name: 测试街道, timezone: Asia/Shanghai}", "sensors:"]
+    for prefix, count, interval in (("sx", fast, 60), ("sy", slow, 200)):
+        lines += [
+            f"  - {{id: {prefix}-{i}, kind: smoke, location: {{grid_code: G{i}}},"
+            f" expected_interval_s: {interval}}}"
+            for i in range(count)
+        ]
+    return parse_site("\n".join(lines), "many.yaml")
+
+
+def test_a_mass_outage_raises_each_silent_sensor_once_and_then_loads_none(
+    outbox: Outbox,
+) -> None:
+    """40 sensors of 60 s and 10 of 200 s, 10 of the first heard 100 s in: each raised once
+    when silent, and one heard again after its device_offline raised once more. The checks in
+    between, every second, load no sensor's alarm state: they used to load that of every
+    silent sensor, one query each, and took a second a check with 20,000 offline."""
+    h = Harness(_many_sensors_site(40, 10), outbox)
+    h.silence(T0)
+    for i in range(10):
+        h.send(f"gridpatrol/sensors/sx-{i}/status", b"online", T0 + 100)
+    h.silence(T0 + 181)
+    assert sorted(_offline_creates(outbox)) == sorted(
+        (f"sx-{i}", "2026-09-21T14:16:21Z") for i in range(10, 40)
+    )
+    statements: list[str] = []
+    conn = outbox._thread_conn()
+    conn.set_trace_callback(statements.append)
+    try:
+        for at in range(182, 281):
+            h.silence(T0 + at)
+    finally:
+        conn.set_trace_callback(None)
+    assert [s for s in statements if "SELECT state FROM bridge_alarm_state" in s] == []
+    # One look at the sensors not offline, at T0 + 280, when the ten heard could be silent.
+    assert len([s for s in statements if "FROM bridge_watched" in s]) == 1
+    assert len(_offline_creates(outbox)) == 30
+    h.silence(T0 + 281)  # the ten heard at T0 + 100: silent since T0 + 280
+    h.silence(T0 + 601)  # the slow ones
+    h.send("gridpatrol/sensors/sx-0/status", b"online", T0 + 700)  # sx-0 back...
+    for at in range(602, 880, 7):
+        h.silence(T0 + at)
+    h.silence(T0 + 881)  # ...and silent again
+    creates = _offline_creates(outbox)
+    assert len(creates) == len(set(creates)) == 51
+    assert sorted({s for s, _ in creates}) == sorted(
+        [f"sx-{i}" for i in range(40)] + [f"sy-{i}" for i in range(10)]
+    )
+    assert [at for s, at in creates if s == "sx-0"] == [
+        "2026-09-21T14:18:01Z",  # T0 + 281
+        "2026-09-21T14:28:01Z",  # T0 + 881
+    ]
+    assert sorted(at for s, at in creates if s.startswith("sy-")) == ["2026-09-21T14:23:21Z"] * 10
