@@ -510,11 +510,13 @@ class IngestService:
             if last is not None:
                 last[cid] = stats.published
             log.info(
-                "camera %s: %d frames published, %.2f fps, %d dropped, %d source failures, %s",
+                "camera %s: %d frames published, %.2f fps, %d dropped, %d skipped late, %d "
+                "source failures, %s",
                 cid,
                 stats.published,
                 rate,
                 stats.dropped,
+                stats.late,
                 stats.failures,
                 "online" if output.online else "offline",
             )

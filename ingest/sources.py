@@ -432,6 +432,7 @@ class CameraStats:
     published: int = 0
     dropped: int = 0
     failures: int = 0
+    late: int = 0  # a file's samples skipped as due more than a period ago
 
 
 Fitted = tuple[bytes, int, int]  # a JPEG and its width and height
@@ -703,6 +704,8 @@ class CameraPublisher(threading.Thread):
         self.stop_event = stop
         self.base_dir = base_dir
         self.period = 1.0 / self.camera.sample_fps
+        # A file's sample due longer ago than this is skipped (see _play_file_once).
+        self.late_s = self.period
 
     def run(self) -> None:
         kind = source_kind(self.camera.source)
@@ -723,19 +726,23 @@ class CameraPublisher(threading.Thread):
     def _run_file(self) -> None:
         path = resolve_path(self.camera.source, self.base_dir)
         # Monotonic: a step of the wall clock (an NTP correction) would stall or burst replay.
-        start = time.monotonic()
+        # None: the replay's timing starts at the first sample read.
+        start: float | None = None
         offset = 0.0  # file seconds played before the current pass (looping)
         next_sample = 0.0
         while not self.stop_event.is_set():
             played = self._play_file_once(path, start, offset, next_sample)
             if played is None:
                 self._file_missing(path, "cannot open")
+                # Played again from its beginning once back: the offline time is no part of it.
+                start, offset, next_sample = None, 0.0, 0.0
                 continue
-            offset, next_sample, frames = played
+            start, offset, next_sample, frames = played
             if frames == 0 and not self.stop_event.is_set():
                 # Opens but holds no frame (empty, audio only, an unknown codec): looping it
                 # would spin without a pause.
                 self._file_missing(path, "no video frame could be read from")
+                start, offset, next_sample = None, 0.0, 0.0
                 continue
             if not self.camera.loop:
                 log.info("camera %s: end of %s", self.camera.id, path.name)
@@ -767,10 +774,14 @@ class CameraPublisher(threading.Thread):
         )
 
     def _play_file_once(
-        self, path: Path, start: float, offset: float, next_sample: float
-    ) -> tuple[float, float, int] | None:
-        """Play one pass at real speed; returns (offset, next_sample) for the next pass and the
-        number of frames the pass read, or None when the file cannot be opened."""
+        self, path: Path, start: float | None, offset: float, next_sample: float
+    ) -> tuple[float | None, float, float, int] | None:
+        """Play one pass at real speed from ``start`` (monotonic; None: from its first sample);
+        returns (start, offset, next_sample) for the next pass and the number of frames the
+        pass read, or None when the file cannot be opened. A sample due more than a period ago
+        (the process was starved, a publication or the reopen took long) is skipped and
+        counted: played late, a burst of them would go out at once, stamped with times long
+        gone, and the delay would grow with every slow frame."""
         import cv2
 
         cap = cv2.VideoCapture(str(path))
@@ -786,21 +797,32 @@ class CameraPublisher(threading.Thread):
                 moment = offset + position
                 if moment + 1e-6 < next_sample:
                     continue
+                if start is None:
+                    start = time.monotonic() - moment
+                # The file's own timing paces the replay, as a live camera would.
+                due = start + moment
+                if time.monotonic() - due > self.late_s:
+                    self.output.stats.late += 1
+                    next_sample = self._sample_after(next_sample, moment)
+                    continue
                 ok, image = cap.retrieve()
                 if not ok:
                     continue
-                # The file's own timing paces the replay, as a live camera would.
-                due = start + moment
                 if self.stop_event.wait(max(0.0, due - time.monotonic())):
                     break
                 # Stamped as a live camera's: the wall clock's time when the frame was due.
                 ts = time.time() - (time.monotonic() - due)
                 self.output.publish_image(image, datetime.fromtimestamp(ts, UTC))
-                while next_sample <= moment + 1e-6:
-                    next_sample += self.period
+                next_sample = self._sample_after(next_sample, moment)
         finally:
             cap.release()
-        return offset + position + frame_step, next_sample, frames
+        return start, offset + position + frame_step, next_sample, frames
+
+    def _sample_after(self, next_sample: float, moment: float) -> float:
+        """The file moment of the sample after the one at ``moment``."""
+        while next_sample <= moment + 1e-6:
+            next_sample += self.period
+        return next_sample
 
     # -- streams --------------------------------------------------------------------------------
 
