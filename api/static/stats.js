@@ -19,6 +19,7 @@ const label = (key) => (LABELS[key] ? t(LABELS[key]) : key.replaceAll('_', ' '))
 
 function cell(value, column) {
   const td = document.createElement('td');
+  if (column) td.dataset.label = label(column); // a phone shows it before the value
   if (column === 'precision' && typeof value === 'number') td.textContent = `${(value * 100).toFixed(1)} %`;
   else if (column === 'type' && value) td.textContent = typeName(value).main;
   else if (TIMES.has(column) && typeof value === 'string') td.textContent = when(value);
@@ -41,7 +42,8 @@ function table(entries) {
     if (v !== null && typeof v === 'object' && !Array.isArray(v)) Object.keys(v).forEach((k) => columns.add(k));
   }
   const tbl = document.createElement('table');
-  tbl.className = 'stats-table';
+  // A table of more than three columns (the SLA breaches) shows each row as a card on a phone.
+  tbl.className = columns.size > 3 ? 'stats-table wide' : 'stats-table';
   const head = tbl.createTHead().insertRow();
   head.append(document.createElement('th'));
   const cols = columns.size ? [...columns] : [''];

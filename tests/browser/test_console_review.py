@@ -491,18 +491,27 @@ def test_the_next_page_loads_when_every_listed_case_is_decided(
     ui.shot("next-page")
 
 
-@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
-def test_sla_breach_times_are_the_sites_in_a_browser_elsewhere(
-    ui: Any, seeder: Any, frames: list[bytes], console: Any, browser_timezone: str
-) -> None:
-    case = seeder.camera_candidate(frames, minutes_ago=300, **PARKING)
+def sla_breached(
+    seeder: Any, frames: list[bytes], console: Any
+) -> tuple[dict[str, Any], dict[str, datetime]]:
+    """A case confirmed five hours ago and taken on by the platform, which arrived an hour ago,
+    past its SLA; and the times of its stages."""
+    case: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=300, **PARKING)
     review(console, case["id"], decision="confirm")
     now = datetime.now(UTC)
     # A case the platform took on hours ago: the API refuses stage times from before a case
-    # was created, and this one was created just now, so its creation is moved back.
+    # was created or confirmed, and this one was both just now, so both are moved back.
+    back = now - timedelta(hours=5)
     with sqlite3.connect(console.workdir / "api.db") as db:
-        created = (now - timedelta(hours=5)).replace(tzinfo=None)
-        db.execute("UPDATE candidates SET created_at = ? WHERE id = ?", (created, case["id"]))
+        (stored,) = db.execute("SELECT doc FROM candidates WHERE id = ?", (case["id"],)).fetchone()
+        doc = json.loads(stored)
+        for entry in doc["history"]:
+            if entry["action"] == "confirmed":
+                entry["at"] = back.isoformat()
+        db.execute(
+            "UPDATE candidates SET created_at = ?, doc = ? WHERE id = ?",
+            (back.replace(tzinfo=None), json.dumps(doc), case["id"]),
+        )
     at = {
         "registered": now - timedelta(hours=4),
         "dispatched": now - timedelta(hours=3),
@@ -515,6 +524,14 @@ def test_sla_breach_times_are_the_sites_in_a_browser_elsewhere(
                 body["at"] = at[stage].isoformat()
             response = client.post(f"/candidates/{case['id']}/status", json=body)
             assert response.status_code == 200, response.text
+    return case, at
+
+
+@pytest.mark.parametrize("browser_timezone", ["America/New_York"])
+def test_sla_breach_times_are_the_sites_in_a_browser_elsewhere(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any, browser_timezone: str
+) -> None:
+    case, at = sla_breached(seeder, frames, console)
     arrive_by = datetime.fromisoformat(status_of(console, case["id"])["arrive_by"])
     page = ui.page
     ui.login("reviewer")

@@ -67,12 +67,18 @@ def camera_responder(mqtt_url: str, frames: list[bytes]) -> Iterator[list[str]]:
         conn.stop()
 
 
-def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) -> None:
+def zone_editor(ui: Any) -> Any:
+    """The zone editor on cam-dn-001, a reviewer logged in: its tab."""
     page = ui.page
     ui.login("reviewer")
     page.click("nav a[data-view=zones]")
     page.wait_for_selector("#z-camera option[value='cam-dn-001']", state="attached")
     page.select_option("#z-camera", "cam-dn-001")
+    return page
+
+
+def test_draw_a_zone_and_get_valid_yaml(ui: Any, camera_responder: list[str]) -> None:
+    page = zone_editor(ui)
     ui.shot("zones-existing")
 
     page.click("#z-snapshot")
@@ -242,11 +248,7 @@ def test_a_snapshot_arriving_after_a_camera_switch_is_dropped(
 
 def new_zone(ui: Any) -> FloatRect:
     """The zone editor on cam-dn-001, a new zone begun: where its canvas is."""
-    page = ui.page
-    ui.login("reviewer")
-    page.click("nav a[data-view=zones]")
-    page.wait_for_selector("#z-camera option[value='cam-dn-001']", state="attached")
-    page.select_option("#z-camera", "cam-dn-001")
+    page = zone_editor(ui)
     page.click("#z-new")
     box = page.locator("#z-canvas").bounding_box()
     assert box is not None
