@@ -95,9 +95,14 @@ OUTBOX_SQLITE = frozenset(
         ("SQLITE_NOTADB", 26),
     )
 )
-# CLOCK_RESET_S: a frame more than this behind the camera's last one, or ahead of it beyond the
-# time passed between their receptions, is a clock jump: taken only when the next frame follows
-# it. The last frame's time outlives a restart (kept with the episode book).
+# CLOCK_RESET_S: a frame more than this behind the camera's last one, or this far ahead of the
+# camera's clock as its quickest deliveries lately show it (its reception less its time more
+# than this below the least such offset: a frame delivered late, as in a burst after a stall, has
+# a larger one, not a smaller), is a clock jump: taken only when the next frame follows it. The
+# last frame's time outlives a restart (kept with the episode book).
+# The least offset rises this many seconds per second of reception time, so that it follows a
+# camera clock drifting behind the worker's: a forward step still shows as one.
+OFFSET_RISE = 1e-3
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
@@ -280,6 +285,12 @@ def normalise_event(ev: Any) -> EpisodeEvent:
     )
 
 
+def _offset(ts: datetime, received_at: datetime) -> float:
+    """A frame's reception less its time, in seconds: its delivery's delay plus how far the
+    camera's clock is behind the worker's."""
+    return (received_at - ts).total_seconds()
+
+
 @dataclass(frozen=True)
 class ClockJump:
     """A frame whose time jumped away from its camera's clock, held until the next frame
@@ -323,6 +334,9 @@ class CameraRuntime:
     last_size: tuple[int, int] | None = None  # (width, height) of the frame ``last`` is of
     last_ts: datetime | None = None
     last_received_at: datetime | None = None  # the reception of the frame at last_ts
+    # The least of the judged frames' reception less frame time (seconds) lately, risen by
+    # OFFSET_RISE since the frame at last_ts: the camera's clock as its quickest deliveries see it.
+    least_offset: float | None = None
     jump: ClockJump | None = None  # a frame off the camera's clock, waiting for the next one
     out_of_order: int = 0  # frames taken but dropped: late ones, those lost to a clock jump
     frames_in: int = 0
@@ -730,40 +744,52 @@ class DetectorWorker:
         dead-letter topic, one behind counts as a late frame) and the next frame is judged on
         the old clock.
         """
+        offset = _offset(ts, received_at)
         jump, rt.jump = rt.jump, None
         if jump is not None:
             if jump.followed_by(ts, received_at):
                 self._drop(rt)  # the held frame: taken from the slot, never judged
                 self._take_jump(rt, ts, received_at)
-                rt.last_ts, rt.last_received_at = ts, received_at
+                # The new clock as the quicker of its two frames' deliveries shows it.
+                least = min(offset, _offset(jump.ts, jump.received_at))
+                rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, least
                 return True
             self._outlier(rt, jump)
         last, last_received = rt.last_ts, rt.last_received_at
         if last is None or last_received is None:
-            rt.last_ts, rt.last_received_at = ts, received_at
+            rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, offset
             return True
         behind = (last - ts).total_seconds()
-        ahead = -behind - (received_at - last_received).total_seconds()
-        if behind > CLOCK_RESET_S or ahead > CLOCK_RESET_S:
+        least = self._least_offset(rt, received_at)
+        if behind > CLOCK_RESET_S or least - offset > CLOCK_RESET_S:
             rt.jump = ClockJump(ts, received_at, topic, payload)
             return False
         if ts < last:
             self._drop(rt)  # a late frame
             return False
-        rt.last_ts, rt.last_received_at = ts, received_at
+        rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, min(least, offset)
         return True
+
+    @staticmethod
+    def _least_offset(rt: CameraRuntime, received_at: datetime) -> float:
+        """The camera's least offset (CameraRuntime.least_offset) at ``received_at``."""
+        assert rt.last_ts is not None and rt.last_received_at is not None
+        least = rt.least_offset
+        if least is None:  # restored from the book: its last frame's
+            least = _offset(rt.last_ts, rt.last_received_at)
+        passed = (received_at - rt.last_received_at).total_seconds()
+        return least + OFFSET_RISE * max(0.0, passed)
 
     def _take_jump(self, rt: CameraRuntime, ts: datetime, received_at: datetime) -> None:
         """The camera's clock moved to ``ts`` (received at ``received_at``) for good: two frames
         in a row say so."""
-        last, last_received = rt.last_ts, rt.last_received_at
+        last = rt.last_ts
         assert last is not None
         if ts >= last:
-            passed = 0.0 if last_received is None else (received_at - last_received).total_seconds()
             log.warning(
                 "camera %s: clock went ahead %.0f s more than the time between frames",
                 rt.camera.id,
-                (ts - last).total_seconds() - passed,
+                self._least_offset(rt, received_at) - _offset(ts, received_at),
             )
             return
         log.warning(
@@ -1534,6 +1560,7 @@ class DetectorWorker:
         for cam_id, clock in episodes.load_clocks(conn, set(self.cams)).items():
             rt = self.cams[cam_id]
             rt.last_ts, rt.last_received_at = clock.ts, clock.received_at
+            rt.least_offset = _offset(clock.ts, clock.received_at)
 
     def _save_clocks(self, conn: sqlite3.Connection, camera_ids: Iterable[str]) -> None:
         from gridpatrol.detectors import episodes

@@ -1141,6 +1141,32 @@ def test_a_clock_jump_ahead_is_logged_by_how_far_it_outran_the_time_between_fram
     ]
 
 
+def test_frames_delivered_late_in_a_burst_are_no_clock_jump(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame a second, each received at its time, until a network stall: the frame of 10 s
+    arrives at 17 s, with the one of 17 s right behind it. The camera's clock went on as the
+    worker's: both are judged, and no jump is said. A step of the camera's clock 6 s ahead of
+    what the quickest deliveries show is still one (held, then taken when followed)."""
+    from gridpatrol.detectors.types import Detections
+
+    worker, _ = _worker(tmp_path, CROWD_SITE)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    nobody = Detections.empty()
+    for k in range(10):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    assert _judge(worker, _at(10), _at(17), nobody)
+    assert _judge(worker, _at(17), _at(17.1), nobody)
+    assert _judge(worker, _at(18), _at(18), nobody)
+    assert caplog.messages == []
+    assert worker.cams["cam-00"].out_of_order == 0
+    assert not _judge(worker, _at(25.2), _at(19), nobody)
+    assert _judge(worker, _at(26.2), _at(20), nobody)
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 6 s more than the time between frames"
+    ]
+
+
 def _crowd_seen(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, site: str, seen_s: int, until_s: int
 ) -> tuple[DetectorWorker, Outbox]:
