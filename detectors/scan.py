@@ -213,10 +213,35 @@ def read_still(path: Path, as_stored: bool = False) -> Sample:
     is stored on its side); ``as_stored`` ignores the tag, as the worker decodes a camera's
     frames, so that size, boxes and zones are those of the camera's pixels."""
     flags = cv2.IMREAD_COLOR | (cv2.IMREAD_IGNORE_ORIENTATION if as_stored else 0)
+    if _truncated_jpeg(path):
+        raise ScanError(f"{path}: truncated image")
     image = decode_image(path, flags)
     if image is None:
         raise ScanError(f"{path}: not a readable image")
     return Sample(str(path), 0, None, image)
+
+
+def _truncated_jpeg(path: Path) -> bool:
+    """Whether ``path`` is a JPEG that ends before its end-of-image marker (FFD9), trailing zero
+    bytes aside (a card or a transfer pads some files). libjpeg decodes such a file, its
+    missing part grey, with nothing but a warning on stderr: a cut-off upload or copy would be
+    judged as a whole image. A file that cannot be read is left to the decoder to report."""
+    try:
+        with path.open("rb") as file:
+            if file.read(3) != b"\xff\xd8\xff":  # not a JPEG
+                return False
+            end = file.seek(0, os.SEEK_END)
+            while end > 3:  # the last byte that is not padding, read backwards a block at a time
+                start = max(3, end - 65536)
+                file.seek(start)
+                kept = file.read(end - start).rstrip(b"\0")
+                if kept:
+                    file.seek(start + len(kept) - 2)
+                    return file.read(2) != b"\xff\xd9"
+                end = start
+            return True
+    except OSError:
+        return False
 
 
 def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[np.uint8]]]:

@@ -523,6 +523,20 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
     assert f"{broken}: not a readable image" in stderr
 
 
+def test_a_truncated_jpeg_is_reported_and_the_rest_scanned(tmp_path: Path) -> None:
+    """libjpeg decodes a JPEG cut short (its missing part grey) with only a warning: such a file
+    is no whole image. Zero bytes padding a whole JPEG after its end marker are no truncation."""
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes((ASSETS / "bus.jpg").read_bytes()[:20_000])
+    padded = tmp_path / "padded.jpg"
+    padded.write_bytes((ASSETS / "bus.jpg").read_bytes() + bytes(70_000))
+    code, records, stderr = scan(str(cut), str(ASSETS / "zidane.jpg"), str(padded))
+    assert code == 1, stderr
+    assert [Path(r["source"]).name for r in records] == ["zidane.jpg", "padded.jpg"]
+    assert f"scan: {cut}: truncated image\n" in stderr
+    assert (records[1]["width"], records[1]["height"]) == (810, 1080)
+
+
 def test_an_image_too_large_to_decode_is_reported_and_the_rest_scanned(
     tmp_path: Path, write_png: Callable[[Path, int, int], Path]
 ) -> None:
