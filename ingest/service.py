@@ -20,9 +20,10 @@ from gridpatrol.ingest.receiver import LetterLimit, publish_dead_letter
 from gridpatrol.ingest.reliable import error_text
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
+    NO_FRAME,
     CameraOutput,
     CameraPublisher,
-    grab_once,
+    grab_frame,
     redact,
     source_kind,
 )
@@ -217,13 +218,13 @@ class IngestService:
         grabbed = self._grab_once(output)
         if self.stop_event.is_set():
             return None  # stopping: nothing is said nor published after the shutdown began
-        frame = None if grabbed is None else output.publish(*grabbed)
+        frame = None if isinstance(grabbed, str) else output.publish(*grabbed)
         if frame is None:
             source = redact(output.camera.source)
             self._visit_failed(
                 output,
-                f"got no frame from {source} (it cannot be opened or returned none)"
-                if grabbed is None
+                f"got no frame from {source} ({grabbed})"
+                if isinstance(grabbed, str)
                 else f"got a frame from {source} too large for the broker's packet limit that "
                 "cannot be made to fit (dropped)",
             )
@@ -248,13 +249,14 @@ class IngestService:
             )
         output.set_status(False)
 
-    def _grab_once(self, output: CameraOutput) -> tuple[bytes, int, int] | None:
-        """:func:`grab_once`, an HTTP snapshot up to the camera's own cap; None without an
-        open once ingest is stopping: the open would wait for OpenCV's lock behind the others
-        and hold the exit up."""
+    def _grab_once(self, output: CameraOutput) -> tuple[bytes, int, int] | str:
+        """:func:`grab_frame`, an HTTP snapshot up to the camera's own cap (or why it got
+        none, said by the caller once a failing streak); :data:`NO_FRAME` without an open once
+        ingest is stopping: the open would wait for OpenCV's lock behind the others and hold
+        the exit up."""
         if self.stop_event.is_set():
-            return None
-        return grab_once(output.camera, self.base_dir, max_bytes=output.http_max_bytes)
+            return NO_FRAME
+        return grab_frame(output.camera, self.base_dir, max_bytes=output.http_max_bytes)
 
     def _grab(self, camera_id: str) -> Frame | None:
         """A snapshot grab: a visit for a patrol camera. A continuous camera's grab opens its
@@ -271,15 +273,16 @@ class IngestService:
         grabbed = self._grab_once(output)
         if self.stop_event.is_set():
             return None
-        if grabbed is None:
+        if isinstance(grabbed, str):
             output.stats.failures += 1
             if camera_id not in self._grab_failing:  # once a failing stretch, not per request
                 self._grab_failing.add(camera_id)
                 log.warning(
-                    "camera %s: the snapshot grab got no frame from %s (its stream is left as "
-                    "it is; not said again until a grab gets one)",
+                    "camera %s: the snapshot grab got no frame from %s (%sits stream is left "
+                    "as it is; not said again until a grab gets one)",
                     camera_id,
                     redact(output.camera.source),
+                    "" if grabbed == NO_FRAME else f"{grabbed}; ",
                 )
             return None
         if camera_id in self._grab_failing:

@@ -3,8 +3,8 @@
 Each continuously sampled camera runs one thread (:class:`CameraPublisher`) that reads its
 source, samples it at the camera's ``fps``, resizes, encodes JPEG and publishes a frame
 envelope. Streams are drained with ``grab()`` and only the sampled frame is decoded, so a slow
-consumer never makes us fall behind the live picture. :func:`grab_once` is the open-grab-close
-visit used by patrol and by snapshot requests.
+consumer never makes us fall behind the live picture. :func:`grab_frame` is the open-grab-close
+visit used by patrol and by snapshot requests (:func:`grab_once` logs its failure).
 """
 
 from __future__ import annotations
@@ -386,11 +386,28 @@ def _limit(max_bytes: int) -> str:
     return f"the {max_bytes / 2**20:g} MiB limit"
 
 
+# What :func:`grab_frame` says of a source that cannot be opened or returned no frame.
+NO_FRAME = "it cannot be opened or returned none"
+
+
 def grab_once(
     camera: Camera, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
 ) -> tuple[bytes, int, int] | None:
-    """One frame by open-grab-close (patrol visits, snapshots); None when the source failed.
-    An HTTP snapshot may have ``max_bytes`` (:attr:`CameraOutput.http_max_bytes`).
+    """:func:`grab_frame`, None when the source failed (a failure with a cause is logged)."""
+    grabbed = grab_frame(camera, base_dir, max_bytes)
+    if not isinstance(grabbed, str):
+        return grabbed
+    if grabbed != NO_FRAME:
+        log.warning("camera %s: grab from %s failed: %s", camera.id, redact(camera.source), grabbed)
+    return None
+
+
+def grab_frame(
+    camera: Camera, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
+) -> tuple[bytes, int, int] | str:
+    """One frame by open-grab-close (patrol visits, snapshots), or why there is none: the
+    cause of the failure (redacted) or :data:`NO_FRAME`; its caller says it, once a failing
+    streak. An HTTP snapshot may have ``max_bytes`` (:attr:`CameraOutput.http_max_bytes`).
 
     A file is read at the position the wall clock points to (modulo its length), so successive
     visits see the scene move on as a live camera's would.
@@ -404,7 +421,7 @@ def grab_once(
         cap = open_capture(camera.source, base_dir)
         try:
             if not cap.isOpened():  # type: ignore[attr-defined]
-                return None
+                return NO_FRAME
             if kind == "file":
                 count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0  # type: ignore[attr-defined]
                 rate = cap.get(cv2.CAP_PROP_FPS) or 25.0  # type: ignore[attr-defined]
@@ -412,15 +429,11 @@ def grab_once(
                     position = int(time.time() * rate) % int(count)
                     cap.set(cv2.CAP_PROP_POS_FRAMES, position)  # type: ignore[attr-defined]
             ok, image = cap.read()  # type: ignore[attr-defined]
-            return encode_image(image, camera) if ok else None
+            return encode_image(image, camera) if ok else NO_FRAME
         finally:
             cap.release()  # type: ignore[attr-defined]
     except Exception as exc:
-        source = redact(camera.source)
-        log.warning(
-            "camera %s: grab from %s failed: %s", camera.id, source, failure(exc, camera.source)
-        )
-        return None
+        return failure(exc, camera.source)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -377,3 +377,35 @@ def test_a_patrol_visit_whose_frame_cannot_be_published_fails(
         "broker's packet limit that cannot be made to fit (dropped); offline until a visit "
         "succeeds, next try in 120 s"
     ]
+
+
+def test_a_failing_grab_is_warned_of_once_per_failing_streak(
+    mosquitto: Mosquitto, http_camera: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A patrol camera and a continuous one answering 503: five failed visits, five failed
+    snapshot grabs, one warning each, with the cause. The grab warned of its failure on every
+    visit and request beside the streak's warning."""
+    site = parse_site(
+        "site: {name: Test}\n"
+        "mqtt: {prefix: streak}\n"
+        "cameras:\n"
+        f"  - {{id: p1, source: '{http_camera.url}', interval_s: 60, location: {{address: a}}}}\n"
+        f"  - {{id: h1, source: '{http_camera.url}', fps: 1, location: {{address: b}}}}\n"
+    )
+    conn = MqttConnection("ing-streak", MqttSettings.from_url(mosquitto.url), prefix="streak")
+    service = IngestService(site, conn, site.cameras)  # not started: the test makes the grabs
+    http_camera.broken.set()  # 503 to every request
+    caplog.set_level(logging.INFO, logger="gridpatrol.ingest")
+    try:
+        assert conn.start(10)
+        assert [service._grab("p1") for _ in range(5)] == [None] * 5
+        assert [service._grab("h1") for _ in range(5)] == [None] * 5
+    finally:
+        conn.stop()
+    assert [service.outputs[c].stats.failures for c in ("p1", "h1")] == [5, 5]
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"camera p1: the patrol visit got no frame from {http_camera.url} (HTTP 503); offline "
+        "until a visit succeeds, next try in 120 s",
+        f"camera h1: the snapshot grab got no frame from {http_camera.url} (HTTP 503; its stream "
+        "is left as it is; not said again until a grab gets one)",
+    ]

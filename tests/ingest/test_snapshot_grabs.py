@@ -24,7 +24,7 @@ from gridpatrol.ingest.messages import decode_frame
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
-from gridpatrol.ingest.sources import HTTP_MAX_BYTES
+from gridpatrol.ingest.sources import HTTP_MAX_BYTES, NO_FRAME
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 from gridpatrol.site import Camera, load_site, parse_site
 
@@ -34,7 +34,7 @@ SHARED = MqttSettings.from_url("mqtt://127.0.0.1:1883")
 
 
 class SnapshotCamera:
-    """grab_once for snapshot threads, counting the grabs; the patrol's own visits get none."""
+    """grab_frame for snapshot threads, counting the grabs; the patrol's own visits get none."""
 
     def __init__(self) -> None:
         self.grabs = 0
@@ -44,9 +44,9 @@ class SnapshotCamera:
 
     def __call__(
         self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
-    ) -> tuple[bytes, int, int] | None:
+    ) -> tuple[bytes, int, int] | str:
         if not threading.current_thread().name.startswith("snapshot"):
-            return None
+            return NO_FRAME
         self.grabs += 1
         self.grab()
         return self.image, 64, 36
@@ -73,10 +73,10 @@ class DeadCamera(SnapshotCamera):
 
     def __call__(
         self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
-    ) -> tuple[bytes, int, int] | None:
+    ) -> tuple[bytes, int, int] | str:
         if threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
-        return None
+        return NO_FRAME
 
 
 class SlowDeadCamera(DeadCamera):
@@ -89,12 +89,12 @@ class SlowDeadCamera(DeadCamera):
 
     def __call__(
         self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
-    ) -> tuple[bytes, int, int] | None:
+    ) -> tuple[bytes, int, int] | str:
         if threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
             self.started.set()
             assert self.release.wait(30)
-        return None
+        return NO_FRAME
 
 
 class FlakyCamera(SnapshotCamera):
@@ -104,10 +104,10 @@ class FlakyCamera(SnapshotCamera):
 
     def __call__(
         self, camera: object, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
-    ) -> tuple[bytes, int, int] | None:
+    ) -> tuple[bytes, int, int] | str:
         if self.dead and threading.current_thread().name.startswith("snapshot"):
             self.grabs += 1
-            return None
+            return NO_FRAME
         return super().__call__(camera, base_dir, max_bytes)
 
 
@@ -154,7 +154,7 @@ def test_a_burst_of_requests_takes_one_grab_and_every_request_is_answered(
     site_file: Callable[..., Path], mqtt_prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     camera = SlowCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
     with serving(site_file, mqtt_prefix, "grabs") as (service, asker, replies, _):
         ids = [uuid.uuid4().hex for _ in range(5)]
         for request_id in ids:
@@ -209,7 +209,7 @@ def test_a_grab_that_raises_leaves_later_requests_answered(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     camera = FaultyOnceCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
     topic = snapshot_request_topic(mqtt_prefix, "p1")
     first, second = uuid.uuid4().hex, uuid.uuid4().hex
     with (
@@ -242,7 +242,7 @@ def test_a_failed_grab_answers_with_the_newest_frame_only_while_it_is_recent(
     """A requester takes the reply for a fresh picture: the last frame of a camera dead for
     hours must not go on a new alarm."""
     camera = DeadCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
     captured = datetime.now(UTC) - timedelta(seconds=age_s)
     with (
         caplog.at_level(logging.INFO, logger=ingest_service.__name__),
@@ -310,7 +310,7 @@ def serving_c1(
 ) -> Iterator[tuple[IngestService, MqttConnection, Subscription, Subscription]]:
     """:func:`serving` the streaming camera c1 from ``source``, whose grabs are ``camera``'s
     and whose stream frames the test publishes, with the service's info lines captured."""
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
     monkeypatch.setattr(ingest_service, "CameraPublisher", IdlePublisher)
     with (
         caplog.at_level(logging.INFO, logger=ingest_service.__name__),
@@ -459,7 +459,7 @@ def test_a_failed_grab_judges_the_newest_frame_by_each_requests_own_arrival(
     requests that waited for it: a later one must not get a frame captured more than the
     limit before it came."""
     camera = SlowDeadCamera()
-    monkeypatch.setattr(ingest_service, "grab_once", camera)
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
     monkeypatch.setattr(ingest_service, "SNAPSHOT_FALLBACK_MAX_AGE_S", 5.0)
     with (
         caplog.at_level(logging.INFO, logger=ingest_service.__name__),
@@ -607,7 +607,7 @@ def test_visits_and_grabs_take_http_snapshots_up_to_a_raised_packet_limit(
         caps.append((camera.id, max_bytes))
         return image, 64, 36
 
-    monkeypatch.setattr(ingest_service, "grab_once", grab)
+    monkeypatch.setattr(ingest_service, "grab_frame", grab)
     assert service._visit("p1") is not None  # never started: the frame is dropped, not sent
     assert service._grab("c1") is not None
     assert caps == [("p1", limit), ("c1", limit)]
