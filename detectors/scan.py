@@ -104,7 +104,8 @@ def expand(paths: Sequence[str]) -> tuple[list[Path], list[str]]:
     """Files to scan and the problems found on the way (one message each, a failure each).
 
     Given files are taken as they are; folders recursively (images and videos, the suffix in
-    any case), into linked folders too, each folder once (a link back up is no endless loop).
+    any case; hidden files and folders, named ``.*``, left out), into linked folders too, each
+    folder once (a link back up is no endless loop).
     Problems: a given folder that holds none, a folder that cannot be listed, a file that cannot
     be looked at (in a folder that can be listed but not entered, e.g. mode ``r--``), and a
     link with an image's or a video's name that leads nowhere or cannot be followed.
@@ -161,14 +162,19 @@ def _walk(root: Path) -> tuple[list[Path], list[str]]:
                 dirs[:] = []
                 continue
             seen.add((stat.st_dev, stat.st_ino))
-            dirs.sort()
+            # Hidden names are skipped: a camera share or a copied card holds macOS's
+            # AppleDouble files (._IMG_1.jpg, no image) and thumbnail and cache folders.
+            dirs[:] = sorted(name for name in dirs if not name.startswith("."))
             # os.path.islink says no where Path.is_symlink raises: in a folder that can be
             # listed but not entered, whose folders os.walk then names as unlistable.
             subfolders = [Path(folder, name) for name in dirs]
             trees.extend(sub for sub in subfolders if os.path.islink(sub))  # noqa: PTH114
             for name in files:
                 file = Path(folder, name)
-                if file.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES:
+                if (
+                    name.startswith(".")
+                    or file.suffix.lower() not in IMAGE_SUFFIXES | VIDEO_SUFFIXES
+                ):
                     continue
                 try:
                     mode = file.stat().st_mode

@@ -677,6 +677,21 @@ def test_a_folder_reached_by_a_link_too_is_scanned_under_its_own_path(tmp_path: 
     )
 
 
+def test_a_folders_hidden_files_and_folders_are_left_out(tmp_path: Path) -> None:
+    """macOS leaves an AppleDouble ``._a.jpg`` (no image) beside each file it copies, and tools
+    keep caches in hidden folders: a folder's walk skips them; a hidden file named is scanned."""
+    (tmp_path / "._a.jpg").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / ".cache").mkdir()
+    shutil.copy(ASSETS / "zidane.jpg", tmp_path / ".cache" / "b.jpg")
+    shutil.copy(ASSETS / "bus.jpg", tmp_path / "c.jpg")
+    code, records, stderr = scan(str(tmp_path))
+    assert code == 0, stderr
+    assert [r["source"] for r in records] == [str(tmp_path / "c.jpg")]
+    code, records, stderr = scan(str(tmp_path / ".cache" / "b.jpg"))
+    assert code == 0, stderr
+    assert [r["source"] for r in records] == [str(tmp_path / ".cache" / "b.jpg")]
+
+
 def test_a_folder_takes_tiff_stills_whatever_the_suffix_case(tmp_path: Path) -> None:
     zidane = cv2.imread(str(ASSETS / "zidane.jpg"))
     cv2.imwrite(str(tmp_path / "a.png"), zidane)
