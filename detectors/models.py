@@ -82,6 +82,10 @@ class Manifest:
     def entry_for_folder(self, folder: str) -> ManifestEntry | None:
         return next((e for e in self.models.values() if folder in e.folder_names), None)
 
+    def entry_for_hash(self, file: str, sha: str) -> ManifestEntry | None:
+        """The entry that lists ``sha`` as the hash of a file called ``file``."""
+        return next((e for e in self.models.values() if e.sha256.get(file) == sha), None)
+
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
@@ -422,6 +426,8 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
             "model %s: %s differs from the manifest hash (a different export?)", spec.name, weights
         )
     default_size = spec.entry.imgsz if spec.entry else 640
+    if not meta and spec.format == "openvino":
+        raise ModelNotFoundError(_no_metadata_message(spec, sha))
     if not meta:
         log.warning(
             "model %s: no metadata.yaml beside %s (nor metadata in an .onnx); version unknown "
@@ -436,6 +442,27 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
         path=spec.path,
         names=parse_names(meta.get("names")) or tuple(names),
         imgsz=parse_imgsz(meta.get("imgsz"), default_size),
+    )
+
+
+def _no_metadata_message(spec: ModelSpec, sha: str) -> str:
+    """Why an OpenVINO IR without its metadata.yaml is refused: the IR holds no class names
+    (every box would be class_<id>, so no rule that goes by a label could fire) nor the
+    version; the manifest names the known weights, not their classes. Says which model the
+    weights are when the manifest knows their hash, and where its complete folder is looked for."""
+    meta = spec.path.parent / "metadata.yaml"
+    weights = weights_file(spec)
+    known = load_manifest().entry_for_hash(weights.name, sha)
+    whose = (
+        f" (its {weights.name} is that of model {known.name!r}, whose complete folder is "
+        f"{known.openvino_folder})"
+        if known
+        else ""
+    )
+    return (
+        f"{meta} is missing: the OpenVINO IR {spec.path} holds no class names nor version"
+        f"{whose}; copy metadata.yaml from the folder the model was exported into beside "
+        f"{spec.path.name}"
     )
 
 

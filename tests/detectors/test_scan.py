@@ -469,6 +469,17 @@ def test_a_sampling_rate_or_confidence_out_of_range_is_a_setup_error(
          "scan: OpenVINO cannot load model 'yolo11n' from {folder}/yolo11n.xml: Incorrect "
          "weights in bin file!; copy the whole IR folder (yolo11n.xml, yolo11n.bin and "
          "metadata.yaml) again or give another --model"),
+        # Without metadata.yaml every box would be class_<id>: no rule by label could fire.
+        ({"yolo11n.xml": None, "yolo11n.bin": None}, "",
+         "scan: {folder}/metadata.yaml is missing: the OpenVINO IR {folder}/yolo11n.xml holds "
+         "no class names nor version (its yolo11n.bin is that of model 'yolo11n', whose "
+         "complete folder is yolo11n_int8_openvino_model); copy metadata.yaml from the folder "
+         "the model was exported into beside yolo11n.xml"),
+        ({"yolo11n.xml": None, "yolo11n.bin": None}, "yolo11n.xml",
+         "scan: {folder}/metadata.yaml is missing: the OpenVINO IR {folder}/yolo11n.xml holds "
+         "no class names nor version (its yolo11n.bin is that of model 'yolo11n', whose "
+         "complete folder is yolo11n_int8_openvino_model); copy metadata.yaml from the folder "
+         "the model was exported into beside yolo11n.xml"),
     ],
 )  # fmt: skip
 def test_an_incomplete_or_broken_model_is_a_setup_error(
