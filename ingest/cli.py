@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
         "--component-id", help="MQTT component id (default: ingest-<host>, or with the cameras)"
     )
     ingest.add_argument(
-        "--progress-s", type=positive_seconds, default=10.0, help="progress line interval"
+        "--progress-s", type=progress_seconds, default=10.0, help="progress line interval"
     )
     ingest.set_defaults(func=run_ingest)
 
@@ -66,6 +66,22 @@ def positive_seconds(text: str) -> float:
     value = _number(text)
     if not 0 < value < math.inf:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+# The shortest interval between ingest's progress lines: each is one line per camera, and an
+# interval of a nanosecond wrote thousands of lines a second.
+MIN_PROGRESS_S = 1.0
+
+
+def progress_seconds(text: str) -> float:
+    """A progress interval for argparse: a :func:`positive_seconds` of at least
+    :data:`MIN_PROGRESS_S`."""
+    value = positive_seconds(text)
+    if value < MIN_PROGRESS_S:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {MIN_PROGRESS_S:g} second, got {text!r}"
+        )
     return value
 
 

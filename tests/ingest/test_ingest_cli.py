@@ -376,6 +376,11 @@ LIMIT = "must be 0 (none) or a positive number of seconds, got"
         (["ingest", "--progress-s", "0"], f"argument --progress-s: {SECONDS} '0'"),
         (["ingest", "--progress-s", "-5"], f"argument --progress-s: {SECONDS} '-5'"),
         (["ingest", "--progress-s", "nan"], f"argument --progress-s: {SECONDS} 'nan'"),
+        # 1e-9 wrote thousands of lines a second.
+        (["ingest", "--progress-s", "1e-9"],
+         "argument --progress-s: must be at least 1 second, got '1e-9'"),
+        (["ingest", "--progress-s", "0.5"],
+         "argument --progress-s: must be at least 1 second, got '0.5'"),
         (["watch-frames", "--timeout", "-1"], f"argument --timeout: {LIMIT} '-1'"),
         (["watch-frames", "--timeout", "nan"], f"argument --timeout: {LIMIT} 'nan'"),
         (["watch-frames", "--count", "-1"],
