@@ -507,6 +507,27 @@ class CameraPipeline:
             }
         )
 
+    def shift_time(self, shift_s: float) -> None:
+        """Move every time the tracker, the rules and the background models keep by ``shift_s``
+        (the camera's clock stepped that far ahead of the time that passed): the next frame
+        comes right after the last one, and an occupancy in view goes on, neither timed as an
+        absence nor as a silence."""
+        tracker = self.tracker
+        if tracker.last_t is not None:
+            tracker.last_t += shift_s
+        for tr in tracker.tracks:
+            tr.first_t += shift_s
+            tr.last_t += shift_s
+            t, x, y = tr.anchor
+            tr.anchor = (t + shift_s, x, y)
+            tr.history = [(t + shift_s, x, y) for t, x, y in tr.history]
+        for zr in self.zones:
+            zr.states = {rule: _shifted(st, shift_s) for rule, st in zr.states.items()}
+            zr.backgrounds = {
+                learn_s: replace(state, t=state.t + shift_s, start_t=state.start_t + shift_s)
+                for learn_s, state in zr.backgrounds.items()
+            }
+
     def occupied(self) -> dict[tuple[str, str], Occupancy]:
         """(zone, rule) → when the occupancy began and was last seen, for every rule timing a
         dwell or raised."""
@@ -641,6 +662,22 @@ class CameraPipeline:
             frame_confidence=frame.boxes.confidence,
             frame_labels=frame.box_labels,
         )
+
+
+def _shifted(state: RuleState, shift_s: float) -> RuleState:
+    """``state`` with its times moved by ``shift_s``."""
+    missed = state.missed
+    return replace(
+        state,
+        first_seen=state.first_seen + shift_s,
+        last_seen=state.last_seen + shift_s,
+        last_report=state.last_report + shift_s,
+        missed=None if missed is None else (missed[0] + shift_s, missed[1] + shift_s),
+        ended=tuple(
+            replace(e, first_seen=e.first_seen + shift_s, last_seen=e.last_seen + shift_s)
+            for e in state.ended
+        ),
+    )
 
 
 def _covers_foreground(

@@ -113,6 +113,7 @@ SIGHTING_SAVE_MIN_S = 1.0
 # A rule's times are float seconds: its last sighting (first_seen + dwell_s) may miss the frame
 # time it was taken from by a microsecond or so.
 SIGHTING_ROUNDING = timedelta(milliseconds=1)
+EARLIEST, LATEST = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -749,10 +750,12 @@ class DetectorWorker:
         if jump is not None:
             if jump.followed_by(ts, received_at):
                 self._drop(rt)  # the held frame: taken from the slot, never judged
-                self._take_jump(rt, ts, received_at)
+                ahead = self._take_jump(rt, ts, received_at)
                 # The new clock as the quicker of its two frames' deliveries shows it.
                 least = min(offset, _offset(jump.ts, jump.received_at))
                 rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, least
+                if ahead > 0:
+                    self._shift(rt, ahead)
                 return True
             self._outlier(rt, jump)
         last, last_received = rt.last_ts, rt.last_received_at
@@ -780,24 +783,87 @@ class DetectorWorker:
         passed = (received_at - rt.last_received_at).total_seconds()
         return least + OFFSET_RISE * max(0.0, passed)
 
-    def _take_jump(self, rt: CameraRuntime, ts: datetime, received_at: datetime) -> None:
+    def _take_jump(self, rt: CameraRuntime, ts: datetime, received_at: datetime) -> float:
         """The camera's clock moved to ``ts`` (received at ``received_at``) for good: two frames
-        in a row say so."""
-        last = rt.last_ts
+        in a row say so. Of a jump ahead, how far its clock went beyond the time passed between
+        the receptions of the camera's last frame and this one (0 for a jump back)."""
+        last, last_received = rt.last_ts, rt.last_received_at
         assert last is not None
         if ts >= last:
+            if last_received is None:  # no reception kept: nothing to measure the step by
+                return 0.0
             log.warning(
                 "camera %s: clock went ahead %.0f s more than the time between frames",
                 rt.camera.id,
                 self._least_offset(rt, received_at) - _offset(ts, received_at),
             )
-            return
+            return _offset(last, last_received) - _offset(ts, received_at)
         log.warning(
             "camera %s: clock went back %.0f s; its rules start over",
             rt.camera.id,
             (last - ts).total_seconds(),
         )
         self._reset(rt, ts)
+        return 0.0
+
+    def _shift(self, rt: CameraRuntime, ahead_s: float) -> None:
+        """The camera's clock went ``ahead_s`` further than the time that passed (it was
+        stepped forward): the times its rules, tracker, frames and open episodes keep move as
+        far, so an occupancy in view goes on as one episode, neither ended by the false gap nor
+        lasting the longer for it. The moved episodes are written with the camera's clock: a
+        restart reads both on the new clock."""
+        from gridpatrol.detectors import episodes
+        from gridpatrol.detectors.evidence import FrameRing, SightingFrames
+
+        cam, delta = rt.camera.id, timedelta(seconds=ahead_s)
+        rt.pipeline.shift_time(ahead_s)
+        ring = FrameRing(capacity=RING_FRAMES, horizon_s=_horizon_s(rt.camera))
+        for frame in rt.ring.within(EARLIEST, LATEST):
+            ring.add(replace(frame, t=frame.t + delta))
+        held: list[tuple[tuple[str, str], datetime, StoredFrame]] = []
+
+        def keep(key: tuple[str, str], began: datetime, latest: StoredFrame) -> bool:
+            held.append((key, began, latest))
+            return False  # read, not forgotten
+
+        rt.sightings.forget(keep)
+        sightings = SightingFrames(per_key=rt.sightings.per_key)
+        for key, began, latest in held:
+            first = rt.sightings.first(key, began, timedelta(0)) or latest
+            for frame in (first, latest):
+                sightings.seen(key, began + delta, replace(frame, t=frame.t + delta))
+        rt.ring, rt.sightings = ring, sightings
+        rt.ending = {key: t + delta for key, t in rt.ending.items()}
+        moved = [
+            replace(
+                ep,
+                started_at=ep.started_at + delta,
+                reported_at=ep.reported_at + delta,
+                last_event_at=ep.last_event_at + delta,
+            )
+            for ep in self.book.values()
+            if ep.open and ep.camera_id == cam
+        ]
+        for ep in moved:
+            self.book[ep.key] = ep
+        try:
+            with self.outbox.transaction() as txn:
+                for ep in moved:
+                    episodes.save_episode(txn.conn, ep)
+                self._save_clocks(txn.conn, [cam])
+        except Exception as exc:
+            self._failed(
+                None,
+                exc,
+                "camera %s: its open episodes moved to its new clock were not written (%s); "
+                "they are with their next change",
+                cam,
+                exc,
+            )
+            return
+        for ep in moved:
+            if ep.key in self._written:
+                self._written[ep.key] = ep.last_event_at
 
     def _outlier(self, rt: CameraRuntime, jump: ClockJump) -> None:
         """A lone frame off the camera's clock: the frames around it disagree with it."""

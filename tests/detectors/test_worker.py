@@ -1296,6 +1296,38 @@ def _raised_crowd(
     return worker, outbox, person
 
 
+def test_a_camera_clock_stepped_ahead_mid_episode_keeps_one_episode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The crowd raised at 5 s stays in view, a frame a second; after the frame of 20 s the
+    camera's clock is stepped 129 s ahead (its next frame, received at 21 s, is timed 150 s).
+    The jump is taken on the second frame on the new clock, and the rules see no gap: one
+    candidate, never ended, whose dwell is the 40 s that passed, not 169 s."""
+    from gridpatrol.detectors.episodes import load_book
+
+    now = [5.0]
+    worker, outbox, person = _raised_crowd(tmp_path, monkeypatch, now)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    for k in range(6, 21):
+        assert _judge(worker, _at(k), _at(k), person)
+    assert not _judge(worker, _at(150), _at(21), person)  # held: one frame is not enough
+    for k in range(1, 20):
+        assert _judge(worker, _at(150 + k), _at(21 + k), person)
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 129 s more than the time between frames"
+    ]
+    (ep,) = worker.book.values()
+    assert ep.open
+    assert (ep.started_at, ep.last_event_at, ep.dwell_s) == (_at(129), _at(169), 40.0)
+    ops = _outbox_ops(outbox)
+    assert [kind for kind, _ in ops] == ["create"] + ["patch"] * (len(ops) - 1)
+    assert {candidate for _, candidate in ops} == {ep.candidate_id}
+    with outbox.transaction() as txn:
+        bodies = txn.conn.execute("SELECT payload FROM outbox_ops").fetchall()
+        assert not [body for (body,) in bodies if b"ended_at" in bytes(body)]
+        assert load_book(txn.conn, {"cam-00"}) == {ep.key: ep}  # written on the new clock
+
+
 def test_updates_a_full_disk_refuses_are_logged_once_a_minute_without_a_traceback(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
