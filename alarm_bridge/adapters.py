@@ -18,7 +18,12 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from gridpatrol.alarm_bridge.lifecycle import DeviceInput, LifecycleInput, ReadingInput
+from gridpatrol.alarm_bridge.lifecycle import (
+    RESET_CLOCK_BEHIND_S,
+    DeviceInput,
+    LifecycleInput,
+    ReadingInput,
+)
 from gridpatrol.ingest.messages import (
     ALARM_TYPES,
     MAX_SENSOR_BYTES,
@@ -63,9 +68,7 @@ SEQ_REORDER_WINDOW = 1000
 # and its clock may run that far ahead, so its time alone does not tell it from a new boot.
 BOOT_START_SEQS = 100
 # A message without boot_id restarts the seq counter for a clock reset by a reboot only when
-# its own time is at least this far behind the last message's: a reset clock lands at an
-# epoch (2000-01-01, say), while a buffer held up by a device offline is only days old.
-RESET_CLOCK_BEHIND_S = 30 * 86400.0
+# its own time is at least RESET_CLOCK_BEHIND_S (lifecycle) behind the last message's.
 # The seqs the state database can store (SQLite integers are 64-bit signed); beyond them the
 # message is a bad_seq, not a failed batch.
 SEQ_RANGE = range(-(2**63), 2**63)

@@ -18,7 +18,10 @@ for a message timed more than a day behind or 300 s ahead of its reception, whic
 its reception: a raise flushed from a day-old buffer and its clear flushed after it, or a raise
 299 s ahead and its clear 301 s ahead, are in the device's order by its own times, while the
 clear's time is before the raise's reception. Either time alone misjudges a clock reset
-between the two (to 2000-01-01: the device's times go back, the receptions on).
+between the two (to 2000-01-01: the device's times go back, the receptions on). A sighting by
+a reset clock (:data:`RESET_CLOCK_BEHIND_S` behind its reception) keeps its reception as the
+device's time: its own, in 2000, would let a message sent before the reset, arriving late,
+pass for one sent after it.
 
 A device's own clear (an envelope without seq, timed by the device and not at its reception),
 whether it ended an alarm or found none active, keeps its time and its reception (``quiets``,
@@ -72,6 +75,11 @@ TIE_SETTLE_S = 1.0
 # The clears kept at most, the latest received: only a device repeating its state every few
 # seconds sends more in the window, and then the latest are the ones a raise was sent before.
 MAX_QUIETS = 8
+# A clock this far behind a message's reception was reset (by a reboot, to 2000-01-01, say):
+# a buffer held up by a device offline is only days old. A sighting by such a clock keeps
+# its reception as the device's time (``last_device_seen``): its own is before every message
+# sent before the reset. The adapters judge a seq starting over by it too.
+RESET_CLOCK_BEHIND_S = 30 * 86400.0
 
 Quiet = tuple[float, float]  # a device clear's own time and its reception
 
@@ -102,8 +110,9 @@ class AlarmState:
     # Last, with a default: states stored before it (their fields in this order) still load.
     quiets: tuple[Quiet, ...] = ()
     # The latest own time of the device among the alarm's sightings (its clear's included),
-    # where ``last_seen`` holds the times given them (a message's time moved to its reception);
-    # None in states stored before it was kept: then ``last_seen`` alone orders.
+    # where ``last_seen`` holds the times given them (a message's time moved to its reception;
+    # a reset clock's sighting counts at its reception here too, see RESET_CLOCK_BEHIND_S);
+    # None in states stored before it was kept: then ``last_seen`` stands in for it.
     last_device_seen: float | None = None
 
     @property
@@ -182,8 +191,20 @@ def _before_last(state: AlarmState, at: _At) -> bool:
     return state.last_device_seen is None or at.own < state.last_device_seen
 
 
-def _latest(own: float, state: AlarmState) -> float:
-    return max(own, state.last_device_seen if state.last_device_seen is not None else own)
+def _own(at: _At) -> float:
+    """The device's time kept for a sighting: its own, but its reception (``t``) for a reset
+    clock (:data:`RESET_CLOCK_BEHIND_S` behind it), whose time is before every message the
+    device sent before the reset; kept, a late one of those would not be before it."""
+    return at.t if at.t - at.own >= RESET_CLOCK_BEHIND_S else at.own
+
+
+def _latest(at: _At, state: AlarmState) -> float:
+    """The device's time of the alarm's last sighting after this one. A state stored before
+    it was kept has its ``last_seen`` in its place: the message's own time alone would let
+    a later one of its clock, sent before the sighting, end the alarm."""
+    last = state.last_device_seen if state.last_device_seen is not None else state.last_seen
+    own = _own(at)
+    return own if last is None else max(own, last)
 
 
 def _ignore(state: AlarmState, reason: str) -> tuple[AlarmState, list[Effect]]:
@@ -202,7 +223,7 @@ def _raise(
         first_seen=at.t,
         last_seen=at.t,
         severity=severity,
-        last_device_seen=at.own,
+        last_device_seen=_own(at),
     )
     return new, [Effect("raise", new)]
 
@@ -216,7 +237,7 @@ def _repeat(state: AlarmState, severity: Severity, at: _At) -> tuple[AlarmState,
         last_seen=max(at.t, state.last_seen or at.t),
         severity=escalated or state.severity,
         clear_since=None,
-        last_device_seen=_latest(at.own, state),
+        last_device_seen=_latest(at, state),
     )
     return new, [Effect("update", new)]
 
@@ -228,7 +249,7 @@ def _clear(state: AlarmState, at: _At) -> tuple[AlarmState, list[Effect]]:
         pending_since=None,
         clear_since=None,
         last_seen=max(at.t, state.last_seen or at.t),
-        last_device_seen=_latest(at.own, state),
+        last_device_seen=_latest(at, state),
     )
     return new, [Effect("clear", new)]
 

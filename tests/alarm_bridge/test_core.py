@@ -2382,3 +2382,84 @@ def test_a_mass_outage_raises_each_silent_sensor_once_and_then_loads_none(
         "2026-09-21T14:28:01Z",  # T0 + 881
     ]
     assert sorted(at for s, at in creates if s.startswith("sy-")) == ["2026-09-21T14:23:21Z"] * 10
+
+
+Y2000 = 946684800.0  # 2000-01-01T00:00:00Z, where a reset clock starts
+RESET_CLOCK_CASES = [
+    # (name, [(payload, received at)], (created, cleared, stale))
+    (
+        "an update sent before a clear stamped by a reset clock opens nothing",
+        [
+            (envelope("mh-1", "r1", ts=T0), T0),
+            (envelope("mh-1", "c1", "clear", ts=Y2000), T0 + 10),
+            (envelope("mh-1", "u1", "update", ts=T0 + 5), T0 + 12),
+        ],
+        (1, 1, 1),
+    ),
+    (
+        "a clear sent before an update stamped by a reset clock leaves the alarm open",
+        [
+            (envelope("mh-1", "r1", ts=T0), T0),
+            (envelope("mh-1", "u1", "update", ts=Y2000), T0 + 10),
+            (envelope("mh-1", "c1", "clear", ts=T0 + 5), T0 + 12),
+        ],
+        (1, 0, 1),
+    ),
+    (
+        "a reading taken before one stamped by a reset clock that cleared raises nothing",
+        [
+            (reading("mh-1", 20, T0), T0),
+            (reading("mh-1", 2, Y2000), T0 + 10),
+            (reading("mh-1", 20, T0 + 5), T0 + 12),
+        ],
+        (1, 1, 1),
+    ),
+    (
+        "a clear sent before a raise stamped by a reset clock leaves it open",
+        [
+            (envelope("mh-1", "r1", ts=Y2000), T0),
+            (envelope("mh-1", "c1", "clear", ts=T0 - 5), T0 + 3),
+        ],
+        (1, 0, 1),
+    ),
+]
+
+
+@pytest.mark.parametrize(("messages", "counts"), named(RESET_CLOCK_CASES))
+def test_a_message_sent_before_one_stamped_by_a_reset_clock_is_stale(
+    h: Harness, messages: list[tuple[bytes, float]], counts: tuple[int, int, int]
+) -> None:
+    """mh-1's clock is reset to 2000-01-01 for one message, timed at its reception; one sent
+    before it by the clock still right arrives after it. Its device time kept as the sighting's,
+    2000 was before the late one's, which then passed for sent after it: a clear ended the
+    live alarm, an update or reading opened a second candidate no clear would end."""
+    for payload, at in messages:
+        h.alarm("mh-1", payload, at)
+    c = h.core.counts
+    assert (c.created, c.cleared, c.stale) == counts
+    assert h.dead == []
+
+
+@pytest.mark.parametrize("stored_before", [False, True], ids=["as stored", "stored before"])
+def test_an_active_alarm_stored_before_device_times_were_kept_is_not_cleared_by_a_late_reading(
+    h: Harness, stored_before: bool
+) -> None:
+    """mh-1 raised by a reading at T0 + 100, its state stored as it is or as it was before the
+    device's time of the last sighting was kept (one field less). A late reading beyond
+    ``raise`` (T0 + 50) counts, then one beyond ``clear`` at T0 + 60, taken before the
+    raise's, is stale either way: loaded without that time, the repeat used to keep its own
+    (T0 + 50) as the last sighting's, and the late reading cleared the alarm."""
+    h.alarm("mh-1", reading("mh-1", 20, T0 + 100), T0 + 100)
+    if stored_before:
+        with h.outbox.transaction() as txn:
+            query = "SELECT state FROM bridge_alarm_state WHERE sensor_id = 'mh-1'"
+            (row,) = txn.conn.execute(query).fetchone()
+            txn.conn.execute(
+                "UPDATE bridge_alarm_state SET state = ? WHERE sensor_id = 'mh-1'",
+                (json.dumps(json.loads(row)[:-1]),),
+            )
+            assert store.load_state(txn.conn, "mh-1", "manhole_tilt").last_device_seen is None
+    h.alarm("mh-1", reading("mh-1", 20, T0 + 50), T0 + 101)
+    h.alarm("mh-1", reading("mh-1", 2, T0 + 60), T0 + 102)
+    c = h.core.counts
+    assert (c.created, c.updated, c.cleared, c.stale) == (1, 1, 0, 1)
