@@ -93,6 +93,10 @@ SERVER_FIELDS = frozenset(
         "first_complete_at",
     }
 )
+# Server-owned fields an earlier release kept as a client sent them (as any field the schema
+# does not name): refused only once the key is claimed, so that such a request's replay gets
+# its stored answer.
+LATER_OWNED = frozenset({"first_complete_at"})
 # A new candidate may bring its own id, so an outbox can refer to it before the server has it.
 CREATE_OWNED = SERVER_FIELDS - {"id"}
 # A \ud800-style escape in free-form JSON (extra fields, measurements) decodes to a lone
@@ -737,9 +741,16 @@ class CandidateService:
 
     def create(self, who: Principal, key: str | None, parsed: CandidateIn) -> tuple[int, str]:
         body = dump_body(parsed)
-        refuse_server_fields(body, CREATE_OWNED, "a new candidate")
+        refuse_server_fields(body, CREATE_OWNED - LATER_OWNED, "a new candidate")
         digest = request_hash("POST", "/candidates", body)
-        return self.idempotent(who, key, digest, lambda s: self._create(s, who, parsed, body=body))
+
+        def work(session: Session) -> Outcome:
+            # Judged once the key is claimed: a create an earlier release accepted with this
+            # field replays its answer (the 422 takes the claim back with it).
+            refuse_server_fields(body, LATER_OWNED, "a new candidate")
+            return self._create(session, who, parsed, body=body)
+
+        return self.idempotent(who, key, digest, work)
 
     def batch(self, who: Principal, items: list[tuple[Any, Any]]) -> list[JsonDict]:
         """Create many candidates: one transaction claims the keys, one does the work.
@@ -1056,15 +1067,17 @@ class CandidateService:
         self, who: Principal, cid: str, key: str | None, parsed: CandidatePatch
     ) -> tuple[int, str]:
         body = dump_body(parsed)
-        refuse_server_fields(body, SERVER_FIELDS, "a patch")
+        refuse_server_fields(body, SERVER_FIELDS - LATER_OWNED, "a patch")
         digest = request_hash("PATCH", f"/candidates/{cid}", body)
         return self.idempotent(who, key, digest, lambda s: self._patch(s, who, cid, parsed))
 
     def _patch(self, session: Session, who: Principal, cid: str, parsed: CandidatePatch) -> Outcome:
         changes = parsed.model_dump(mode="json", exclude_unset=True)
         # Judged once the key is claimed, not before: a key whose request an earlier release
-        # accepted replays its answer (the 422 takes the claim back with it).
+        # accepted replays its answer (the 422 takes the claim back with it), as does one that
+        # set a field the server owns only since.
         refuse_nulls(changes)
+        refuse_server_fields(changes, LATER_OWNED, "a patch")
         row = self._load(session, cid)
         if row.status not in sm.PATCHABLE:
             # 410, not 409: the refusal is final, so an outbox must not retry it.
@@ -1093,6 +1106,10 @@ class CandidateService:
         answered = sm.answers_return(stored, doc, REQUIRED) or self._completes_return(stored, doc)
         if before in ("incomplete", "returned", "new"):
             new = sm.after_supplement(before, not doc["missing_elements"], answered)
+            if before == "new" and new != before and _first_complete(doc) is None:
+                # Stored as new before the time was recorded: it entered review, and keeps
+                # its evidence if it goes back to incomplete (_had_evidence).
+                doc["first_complete_at"] = now.isoformat()
             if new != before:
                 self._history(doc, now, who.name, "supplemented", fields=sorted(changes))
             else:
@@ -1172,6 +1189,12 @@ class CandidateService:
             # that (a PATCH, or the upload of a missing file) answers it, as the note asks
             # (_completes_return). An entry without the list is a return older than that.
             asks = self._return_asks_now(doc) if new == "returned" else None
+            # A return also records the status it was made from and the files the case had
+            # then (but those a previous return's answer brought and which are still not
+            # held): a file the answer brings must be held for the case to leave returned or
+            # incomplete (_derive).
+            came = before if new == "returned" else None
+            had = self._files_at_return(doc) if new == "returned" else None
             doc["status"] = new
             self._history(
                 doc,
@@ -1182,6 +1205,7 @@ class CandidateService:
                 reason_code=decision.reason_code,
                 merge_into=str(decision.merge_into) if decision.merge_into else None,
                 missing_elements=asks,
+                **{"from": came, "evidence_sha256": had},
             )
             if new in sm.FINAL and before in ("incomplete", "returned"):
                 # Only those may wait for a file: a confirmed or new case has no rows.
@@ -1630,8 +1654,11 @@ class CandidateService:
         unheld = [h for h in hashes if not self.store.has(h)]
         # A candidate that had its evidence keeps the element while one file is held: a
         # supplement whose upload never lands must not take it away. One that never entered
-        # review (incomplete, or returned from there) needs every file it refers to.
-        passed = doc.get("status") not in ("incomplete", "returned") or _had_evidence(doc)
+        # review (incomplete, or returned from there) needs every file it refers to, and one
+        # that did needs the files brought after its last return (what the return asked for).
+        passed = doc.get("status") not in ("incomplete", "returned") or (
+            _had_evidence(doc) and not set(_added_since_return(doc)) & set(unheld)
+        )
         held = set(hashes) - set(unheld)
         doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
         return unheld
@@ -1667,15 +1694,15 @@ class CandidateService:
         upload is judged, counts as not held yet). A ``latest`` frame is a detector's routine
         update: neither its upload nor the next one may answer a return, as no PATCH bringing
         one does (:func:`status.answers_return`)."""
-        photos = [
-            h
-            for e in doc.get("evidence") or []
-            if isinstance(e, dict)
-            and e.get("kind") != "latest"
-            and isinstance(h := e.get("sha256"), str)
-        ]
-        awaited = any(h == arrived or not self.store.has(h) for h in photos)
+        awaited = any(h == arrived or not self.store.has(h) for h in _photos(doc))
         return [n for n in doc.get("missing_elements") or () if n != "evidence" or awaited]
+
+    def _files_at_return(self, doc: JsonDict) -> list[str]:
+        """The files a return of the candidate ``doc`` records as those it had: all but
+        ``latest`` frames, less those the answer to an earlier return brought that are still
+        not held (this return's answer must still bring them)."""
+        owed = {h for h in _added_since_return(doc) if not self.store.has(h)}
+        return sorted({h for h in _photos(doc) if h not in owed})
 
     def _completes_return(
         self, before: JsonDict, after: JsonDict, arrived: str | None = None
@@ -1793,8 +1820,14 @@ class CandidateService:
         defer: list[CandidateRow] | None = None,
     ) -> None:
         doc["status"] = "new"
-        # Complete once: from now on one held file is evidence enough (_had_evidence).
-        doc.setdefault("first_complete_at", now.isoformat())
+        # Complete once: from now on one held file is evidence enough (_had_evidence). A value
+        # the server did not write (a client's, kept by an earlier release) is replaced.
+        if _first_complete(doc) is None:
+            doc["first_complete_at"] = now.isoformat()
+        if _open_return(doc) is not None:
+            # Back in review after a return, which these files answered: a file brought later
+            # is judged as any other (_added_since_return).
+            doc["history"][-1]["evidence_sha256"] = sorted(set(_photos(doc)))
         if self.policy.auto_confirms(doc.get("type")):
             doc["status"] = "confirmed"
             self._history(doc, now, "policy", "auto_confirmed")
@@ -1932,18 +1965,79 @@ def _waiting(doc: JsonDict) -> bool:
 
 def _had_evidence(doc: JsonDict) -> bool:
     """Whether the candidate ``doc`` passed the evidence check once: it entered review
-    (``first_complete_at``). A case stored before that was recorded tells it by a return that
-    found it lacking nothing (its entry's ``missing_elements`` is []): a ``new`` case, or one
-    incomplete only for an unheld ``latest`` frame, which a return does not ask for and which
-    a ``new`` case need not have either."""
-    if "first_complete_at" in doc:
+    (``first_complete_at``, as the server wrote it: :func:`_first_complete`), or a return was
+    made from ``new`` (its entry's ``from``). A case stored before both were recorded tells it
+    by a return that found it lacking nothing (an entry without ``from`` whose
+    ``missing_elements`` is []): a ``new`` case, or one incomplete only for an unheld
+    ``latest`` frame, which a return does not ask for and which a ``new`` case need not have
+    either. A return that records ``from`` is trusted for nothing else: one of an incomplete
+    case lacking only its ``latest`` frame is no sign it entered review."""
+    if _first_complete(doc) is not None:
         return True
-    return any(
-        isinstance(entry, dict)
-        and entry.get("action") == "returned"
-        and entry.get("missing_elements") == []
-        for entry in doc.get("history") or []
+    for entry in doc.get("history") or []:
+        if not isinstance(entry, dict) or entry.get("action") != "returned":
+            continue
+        if entry.get("from") == "new" or (
+            "from" not in entry and entry.get("missing_elements") == []
+        ):
+            return True
+    return False
+
+
+def _first_complete(doc: JsonDict) -> str | None:
+    """The candidate's ``first_complete_at`` if the server wrote it, else None. The server
+    writes it with a history entry of the same time (the create, supplement or upload that
+    brought the case into review) and never before the case was created. A client's value,
+    which an earlier release kept as sent, is no record of anything."""
+    value = doc.get("first_complete_at")
+    if not isinstance(value, str):
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+        created = datetime.fromisoformat(str(doc.get("created_at")))
+    except ValueError:
+        return None
+    if at.tzinfo is None or created.tzinfo is None or at < created:
+        return None
+    written = any(
+        isinstance(entry, dict) and entry.get("at") == value for entry in doc.get("history") or []
     )
+    return value if written else None
+
+
+def _photos(doc: JsonDict) -> list[str]:
+    """The hashes of the candidate's evidence files other than ``latest`` frames."""
+    return [
+        h
+        for e in doc.get("evidence") or []
+        if isinstance(e, dict)
+        and e.get("kind") != "latest"
+        and isinstance(h := e.get("sha256"), str)
+    ]
+
+
+def _open_return(doc: JsonDict) -> list[str] | None:
+    """The files the candidate had at its last return (its entry's ``evidence_sha256``) while
+    that return is not answered yet: None once the case entered review since (that entry
+    records the files it had then), and for a return stored before returns recorded them."""
+    for entry in reversed(doc.get("history") or []):
+        if not isinstance(entry, dict):
+            continue
+        had = entry.get("evidence_sha256")
+        if entry.get("action") == "returned":
+            return list(had) if isinstance(had, list) else None
+        if had is not None:
+            return None
+    return None
+
+
+def _added_since_return(doc: JsonDict) -> list[str]:
+    """The files (other than ``latest`` frames) the candidate got since its last return, while
+    that is not answered (:func:`_open_return`): those the answer must bring."""
+    had = _open_return(doc)
+    if had is None:
+        return []
+    return [h for h in _photos(doc) if h not in had]
 
 
 def _return_asks(doc: JsonDict) -> list[str] | None:

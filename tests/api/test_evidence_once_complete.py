@@ -153,3 +153,150 @@ def test_a_case_that_never_had_its_evidence_still_needs_every_file(api: Api) -> 
     assert put(api, data) == 201
     doc = api.as_("reviewer").get(f"{URL}/{cid}").json()
     assert (doc["status"], doc["missing_elements"]) == ("new", [])
+
+
+def test_a_return_asking_for_a_photo_is_answered_only_once_the_photo_is_held(api: Api) -> None:
+    """A return found nothing missing (its entry's ``missing_elements`` is []) but asked for a
+    photo: a file the answer brings must land before the case is back in review, while a
+    supplement from before the return that never landed still does not hold it up."""
+    created = api.create(api.body(sha=held(api)))
+    cid = created["id"]
+    early = never_uploaded(api)
+    patch(api, cid, {"evidence": [{"sha256": early, "kind": "snapshot"}]})
+    api.clock.advance(minutes=1)
+    returned = api.review(cid, "return", reason="need a clean close-up photo").json()
+    entry = returned["history"][-1]
+    assert (returned["status"], entry["missing_elements"]) == ("returned", [])
+    api.clock.advance(minutes=1)
+    data = fresh_jpeg()
+    clean = hashlib.sha256(data).hexdigest()
+    answered = patch(api, cid, {"evidence": [{"sha256": clean, "kind": "clean"}]})
+    assert (answered["status"], answered["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "confirm").status_code == 409
+    # A routine latest frame that is not held asks for nothing more.
+    latest = {"sha256": never_uploaded(api), "kind": "latest"}
+    assert patch(api, cid, {"evidence": [latest]})["status"] == "incomplete"
+    assert put(api, data) == 201
+    doc = api.as_("reviewer").get(f"{URL}/{cid}").json()
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+    assert steps(doc)[-1] == ("test-producer", "supplemented")
+    assert waiting_rows(api) == []
+    assert api.review(cid, "confirm").status_code == 200
+    # The return recorded the status it was made from and the files the case had then.
+    assert (entry["from"], entry["evidence_sha256"]) == (
+        "new",
+        sorted([created["evidence"][0]["sha256"], early]),
+    )
+
+
+def test_a_file_brought_after_an_answered_return_is_judged_as_one_before_it(api: Api) -> None:
+    """Once the answer brought the case back to review, a later supplement that never lands
+    does not hold it up when it goes back to incomplete and is completed again."""
+    cid = api.create(api.body(sha=held(api)))["id"]
+    assert api.review(cid, "return", reason="need a clean close-up photo").status_code == 200
+    answered = patch(api, cid, {"evidence": [{"sha256": held(api), "kind": "clean"}]})
+    assert (answered["status"], answered["missing_elements"]) == ("new", [])
+    supplement = {"evidence": [{"sha256": never_uploaded(api), "kind": "snapshot"}]}
+    lost = patch(api, cid, {**supplement, "description": ""})
+    assert (lost["status"], lost["missing_elements"]) == ("incomplete", ["description"])
+    again = patch(api, cid, {"description": "at gate 3"})
+    assert (again["status"], again["missing_elements"]) == ("new", [])
+    assert api.review(cid, "confirm").status_code == 200
+
+
+def test_a_return_of_a_case_that_never_entered_review_is_no_sign_it_did(api: Api) -> None:
+    """Incomplete only for a latest frame not held, a return finds nothing missing: the case
+    still never entered review, and the file its answer brings is needed as every other."""
+    evidence = [
+        {"sha256": held(api), "kind": "clean"},
+        {"sha256": never_uploaded(api), "kind": "latest"},
+    ]
+    created = api.create(api.body(evidence=evidence))
+    cid = created["id"]
+    assert (created["status"], created["missing_elements"]) == ("incomplete", ["evidence"])
+    returned = api.review(cid, "return", reason="need a closer photo").json()
+    assert returned["history"][-1]["missing_elements"] == []
+    answered = patch(api, cid, {"evidence": [{"sha256": never_uploaded(api), "kind": "clean"}]})
+    assert (answered["status"], answered["missing_elements"]) == ("incomplete", ["evidence"])
+    assert "first_complete_at" not in answered
+    assert api.review(cid, "confirm").status_code == 409
+
+
+def test_a_case_stored_as_new_that_lost_an_element_keeps_its_evidence(api: Api) -> None:
+    """A case stored as ``new`` before the time it entered review was recorded, taken back to
+    incomplete by a PATCH: it had its evidence, and a supplement that never landed does not
+    keep it from review once the element is back."""
+    cid = api.create(api.body(sha=held(api)))["id"]
+    with api.http.app.state.db.write() as session:
+        row = session.scalars(select(CandidateRow).where(CandidateRow.id == cid)).one()
+        row.doc = row.doc.replace('"first_complete_at"', '"earlier_field"')
+    api.clock.advance(minutes=1)
+    supplement = {"evidence": [{"sha256": never_uploaded(api), "kind": "snapshot"}]}
+    lost = patch(api, cid, {**supplement, "description": ""})
+    assert (lost["status"], lost["missing_elements"]) == ("incomplete", ["description"])
+    lost_at = api.clock.now.isoformat()
+    api.clock.advance(minutes=1)
+    answered = patch(api, cid, {"description": "at gate 3"})
+    assert (answered["status"], answered["missing_elements"]) == ("new", [])
+    assert answered["first_complete_at"] == lost["first_complete_at"] == lost_at
+    assert api.review(cid, "confirm").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "sent", ["2026-11-27T03:59:59+00:00", "2026-11-27T05:00:00", "not a time", 1]
+)
+def test_a_first_complete_at_a_client_sent_is_no_record(
+    api: Api, monkeypatch: pytest.MonkeyPatch, sent: object
+) -> None:
+    """An earlier release kept a ``first_complete_at`` a client sent, as any field it did not
+    name: such a case still needs every file until it enters review."""
+    import gridpatrol.api.service as service
+
+    evidence = [
+        {"sha256": held(api), "kind": "clean"},
+        {"sha256": never_uploaded(api), "kind": "snapshot"},
+    ]
+    monkeypatch.setattr(service, "refuse_server_fields", lambda *args: None)
+    created = api.create({**api.body(evidence=evidence), "first_complete_at": sent})
+    monkeypatch.undo()
+    cid = created["id"]
+    assert (created["status"], created["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "return", reason="say where exactly").status_code == 200
+    answered = patch(api, cid, {"description": "at gate 3"})
+    assert (answered["status"], answered["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "confirm").status_code == 409
+
+
+def test_requests_an_earlier_release_took_with_first_complete_at_replay_their_answers(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The requests that set it then replay their stored answers (an outbox takes a 422 as
+    final); one under a new key is refused, and its refusal does not keep the key."""
+    import gridpatrol.api.service as service
+
+    producer = api.as_("producer")
+    body = {**api.body(sha=held(api)), "first_complete_at": "2026-11-27T04:00:00+00:00"}
+    change = {"first_complete_at": "2026-11-27T04:00:00+00:00"}
+    monkeypatch.setattr(service, "refuse_server_fields", lambda *args: None)
+    first = producer.post(URL, json=body, headers={"Idempotency-Key": "c"})
+    assert first.status_code == 201, first.text
+    cid = first.json()["id"]
+    patched = producer.patch(f"{URL}/{cid}", json=change, headers={"Idempotency-Key": "p"})
+    assert patched.status_code == 200, patched.text
+    monkeypatch.undo()
+    replayed = producer.post(URL, json=body, headers={"Idempotency-Key": "c"})
+    assert (replayed.status_code, replayed.text) == (201, first.text)
+    again = producer.patch(f"{URL}/{cid}", json=change, headers={"Idempotency-Key": "p"})
+    assert (again.status_code, again.text) == (200, patched.text)
+    refused = producer.patch(f"{URL}/{cid}", json=change, headers={"Idempotency-Key": "q"})
+    assert (refused.status_code, refused.json()["detail"]) == (
+        422,
+        "the server owns first_complete_at; a patch cannot set them",
+    )
+    fresh = producer.post(URL, json=body, headers={"Idempotency-Key": "d"})
+    assert (fresh.status_code, fresh.json()["detail"]) == (
+        422,
+        "the server owns first_complete_at; a new candidate cannot set them",
+    )
+    fixed = producer.patch(f"{URL}/{cid}", json={"note": "x"}, headers={"Idempotency-Key": "q"})
+    assert fixed.status_code == 200, fixed.text

@@ -75,7 +75,8 @@ def test_a_case_returned_for_its_photo_enters_review_when_the_photo_is_uploaded(
         ("test-producer", "supplemented"),
         *after,
     ]
-    # The return records what the case lacked: what the upload supplied.
+    # The return records what the case lacked (what the upload supplied), the status it was
+    # returned from and the files it had.
     assert doc["history"][1:3] == [
         {
             "at": api.clock.now.isoformat(),
@@ -83,12 +84,15 @@ def test_a_case_returned_for_its_photo_enters_review_when_the_photo_is_uploaded(
             "action": "returned",
             "reason": "snapshot missing",
             "missing_elements": ["evidence"],
+            "from": "incomplete",
+            "evidence_sha256": [hashlib.sha256(data).hexdigest()],
         },
         {
             "at": api.clock.now.isoformat(),
             "who": "test-producer",
             "action": "supplemented",
             "fields": ["evidence"],
+            "evidence_sha256": [hashlib.sha256(data).hexdigest()],
         },
     ]
     assert waiting_rows(api) == []
