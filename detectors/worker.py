@@ -21,6 +21,7 @@ import collections
 import contextlib
 import hashlib
 import importlib
+import itertools
 import logging
 import os
 import sqlite3
@@ -610,6 +611,12 @@ class DetectorWorker:
         try:
             return self._decode(rt, message.topic, message.payload, message.received_at)
         except Exception as exc:
+            if _outbox_refusal(exc):
+                # The frame is sound: the outbox file refused what it set off (a clock step's
+                # endings).
+                cam = rt.camera.id
+                self._failed(("frame", cam), exc, "camera %s: taking a frame failed: %s", cam, exc)
+                return None
             # A frame the checks let through but that trips a bug is dead-lettered with its
             # traceback, under the letters' limit: a camera whose every frame tripped it wrote
             # a traceback per frame, and the frames went nowhere.
@@ -661,12 +668,15 @@ class DetectorWorker:
         if what is None:
             log.error(msg, *args, exc_info=bug)
             return
+        # A bug and a refusal of the file each have their minute: a full disk's lines must not
+        # keep a bug's traceback from ever being said, nor count it among theirs.
+        key = (*what, "refusal" if bug is None else "bug")
         now = self.clock()
-        logged, missed = self._failures.get(what, (float("-inf"), 0))
+        logged, missed = self._failures.get(key, (float("-inf"), 0))
         if now - logged < UNQUEUED_LOG_S:
-            self._failures[what] = (logged, missed + 1)
+            self._failures[key] = (logged, missed + 1)
             return
-        self._failures[what] = (now, 0)
+        self._failures[key] = (now, 0)
         more = f" ({missed} more such failure(s) since the last line)" if missed else ""
         log.error(msg + "%s", *args, more, exc_info=bug)
 
@@ -1081,7 +1091,12 @@ class DetectorWorker:
         # the last one's would be lost silently. An episode's updates and ending fail frame
         # after frame while the disk is full: said once a minute for each episode.
         what: tuple[str, ...] | None = None
-        if kept is None and before is None and not any(op.kind == "open" for op in self._tried):
+        # A raise that failed before its open was tried (its rendering, say) is a lost alarm
+        # all the same: said each time.
+        opening = any(op.kind == "open" for op in self._tried) or any(
+            ev.kind == "raise" for ev in evs
+        )
+        if kept is None and before is None and not opening:
             ep = self.book.get(key)
             what = ("queue", *key, *(() if ep is None else (ep.candidate_id,)))
         self._failed(
@@ -1452,8 +1467,8 @@ class DetectorWorker:
         # were logged need be remembered (else the failures would grow with every episode).
         ended = [op.episode for op, _ in rendered if op.kind == "end"]
         self._closed -= {ep.candidate_id for ep in ended}
-        for ep in ended:
-            self._failures.pop(("queue", *ep.key, ep.candidate_id), None)
+        for ep, kind in itertools.product(ended, ("refusal", "bug")):
+            self._failures.pop(("queue", *ep.key, ep.candidate_id, kind), None)
         return refused
 
     def _refused(self, conn: sqlite3.Connection, ep: Episode) -> bool:

@@ -1355,6 +1355,16 @@ def test_updates_a_full_disk_refuses_are_logged_once_a_minute_without_a_tracebac
     ]
 
 
+def _two_crowds(worker: DetectorWorker, now: list[float]) -> None:
+    """A frame a second from 0 to 30 s, ``now[0]`` following: a crowd in view until 6 s (its
+    rule raises at 5 s), nobody from 7 s to 19 s, a new crowd from 20 s (raised at 25 s)."""
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(31):
+        now[0] = float(k)
+        crowd = k <= 6 or k >= 20
+        assert _judge(worker, _at(k), _at(k), person if crowd else Detections.empty())
+
+
 def test_each_raise_a_full_disk_refuses_is_logged_even_within_a_minute_of_the_last(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1367,17 +1377,60 @@ def test_each_raise_a_full_disk_refuses_is_logged_even_within_a_minute_of_the_la
     monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
     _failing(monkeypatch, outbox, _sqlite_error(tmp_path / "scratch", "full"))
     caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
-    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
-    for k in range(31):
-        now[0] = float(k)
-        crowd = k <= 6 or k >= 20
-        assert _judge(worker, _at(k), _at(k), person if crowd else Detections.empty())
+    _two_crowds(worker, now)
     assert worker.book == {}
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     said = "camera cam-00: the raise of rule crowd_gathering in zone kerb at {} was not queued "
     assert [(r.levelno, r.getMessage(), r.exc_info) for r in errors] == [
         (logging.ERROR, said.format(_at(5).isoformat()) + "(database or disk is full)", None),
         (logging.ERROR, said.format(_at(25).isoformat()) + "(database or disk is full)", None),
+    ]
+
+
+def test_each_raise_whose_rendering_fails_is_logged_with_its_traceback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the evidence of each raise fails to render (a bug), before its open is
+    tried: each lost alarm is logged with its traceback, the second within the minute of the
+    first too."""
+    now = [0.0]
+    worker, _outbox = _worker(tmp_path, CROWD_SITE, clock=lambda: now[0])
+
+    def render(*_args: object) -> None:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(worker, "_render", render)
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    _two_crowds(worker, now)
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    said = "camera cam-00: the raise of rule crowd_gathering in zone kerb at {} was not queued "
+    assert [(r.getMessage(), r.exc_info[0] if r.exc_info else None) for r in errors] == [
+        (said.format(_at(5).isoformat()) + "(unforeseen)", RuntimeError),
+        (said.format(_at(25).isoformat()) + "(unforeseen)", RuntimeError),
+    ]
+
+
+def test_a_bugs_traceback_is_not_kept_back_by_the_lines_of_a_full_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A failure of one kind at 0, 10, 60, 70 and 120 s, a full disk and a bug in turn: each
+    kind is said once a minute with its own count, the bug with its traceback."""
+    now = [0.0]
+    worker, _outbox = _worker(tmp_path, clock=lambda: now[0])
+    full = _sqlite_error(tmp_path / "scratch", "full")
+    caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
+    for t, exc in ((0, full()), (10, RuntimeError("x")), (60, full()), (70, RuntimeError("y"))):
+        now[0] = float(t)
+        worker._failed(("judge", "cam-00"), exc, "judging failed: %s", exc)
+    now[0] = 120.0
+    worker._failed(("judge", "cam-00"), full(), "judging failed: %s", "again")
+    said = [(r.getMessage(), r.exc_info[0] if r.exc_info else None) for r in caplog.records]
+    assert said == [
+        ("judging failed: database or disk is full", None),
+        ("judging failed: x", RuntimeError),
+        ("judging failed: database or disk is full", None),
+        ("judging failed: y", RuntimeError),
+        ("judging failed: again", None),
     ]
 
 

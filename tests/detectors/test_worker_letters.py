@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from gridpatrol.detectors.types import Detections
 from gridpatrol.ingest.messages import FrameHeader, encode_frame
 from gridpatrol.ingest.mqtt import Message
 from tests.detectors import test_worker
@@ -58,23 +59,26 @@ class _Letters:
 
 
 class _Frames:
-    """cam-00's subscription holding ``count`` valid frames, a second apart."""
+    """cam-00's subscription holding valid frames: ``count`` a second apart, or one for each
+    (camera time, reception) of ``times``."""
 
     dropped = 0
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int = 0, times: list[tuple[datetime, datetime]] | None = None):
         jpeg = cv2.imencode(".jpg", np.zeros((36, 64, 3), np.uint8))[1].tobytes()
         start = datetime.now(UTC) - timedelta(minutes=1)
+        if times is None:
+            times = [(start + timedelta(seconds=k),) * 2 for k in range(count)]
         self.messages = [
             Message(
                 "gridpatrol/cameras/cam-00/frame",
-                encode_frame(FrameHeader(start + timedelta(seconds=k), k, "cam-00", 64, 36), jpeg),
+                encode_frame(FrameHeader(ts, k, "cam-00", 64, 36), jpeg),
                 1,
                 False,
-                start + timedelta(seconds=k),
+                received,
                 k,
             )
-            for k in range(count)
+            for k, (ts, received) in enumerate(times)
         ]
 
     def get(self, timeout: float) -> Message | None:
@@ -109,3 +113,35 @@ def test_a_frame_that_trips_a_bug_is_dead_lettered_with_its_traceback_under_the_
         "camera cam-00: internal_error RuntimeError: unforeseen; sent to the dead-letter topic"
     ] * 10
     assert [type(r.exc_info[1]) if r.exc_info else None for r in records] == [RuntimeError] * 10
+
+
+def test_a_sound_frame_whose_clock_step_the_outbox_refuses_is_no_dead_letter(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crowd raised on cam-00; then its clock steps an hour back (two frames), and ending
+    its episodes fails as the outbox file is locked. The frames are sound: no letter, no bad
+    count, one ERROR line without a traceback."""
+    now = [5.0]
+    conn = _Letters()
+    worker, outbox = test_worker._worker(tmp_path, test_worker.CROWD_SITE, conn=conn)  # type: ignore[arg-type]
+    worker.clock = lambda: now[0]
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    for k in range(7):
+        assert test_worker._judge(worker, test_worker._at(k), test_worker._at(k), person)
+    assert len(worker.book) == 1
+    test_worker._failing(
+        monkeypatch, outbox, test_worker._sqlite_error(tmp_path / "scratch", "locked")
+    )
+    rt = worker.cams["cam-00"]
+    back = test_worker._at(7) - timedelta(hours=1)
+    rt.sub = _Frames(  # type: ignore[assignment]
+        times=[(back + timedelta(seconds=k), test_worker._at(7 + k)) for k in range(2)]
+    )
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    assert [worker._take(rt) for _ in range(2)] == [None] * 2
+    assert (rt.bad, dict(worker.rejected), conn.sent) == (0, {}, [])
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.getMessage(), r.exc_info) for r in errors] == [
+        ("camera cam-00: taking a frame failed: database is locked", None)
+    ]
