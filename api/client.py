@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gridpatrol import proxies
+from gridpatrol.api.schemas import MAX_EVIDENCE_ITEMS
 
 log = logging.getLogger(__name__)
 
@@ -539,6 +540,10 @@ class Outbox:
     MAX_BATCH = 500  # creates per POST /candidates/batch (the API's limit)
     # ... and at most this many bytes of them: half the API's default GRIDPATROL_MAX_BATCH_BYTES.
     MAX_BATCH_BYTES = 8 << 20
+    # A candidate's patches merged into one PATCH: their payloads at most this many bytes, half
+    # the API's default GRIDPATROL_MAX_BODY_BYTES, and their evidence at most the API's limit
+    # (MAX_EVIDENCE_ITEMS); the patches past either go in the next PATCH.
+    MAX_PATCH_BYTES = 512 << 10
     PARALLEL = 8  # evidence uploads and PATCHes of different candidates in flight at once
     # Candidates whose patches one round sends: bounds how long a create that arrives
     # meanwhile waits for the next round; the rest merge further in the meantime.
@@ -809,6 +814,7 @@ class Outbox:
                 patches = [g for g in patches if kicked or self._due(g, now)]
                 patches = patches[: self.MAX_PATCHED]
                 patches = [g for g in (self._sendable(conn, g) for g in patches) if g]
+                patches = [_mergeable(g, self.MAX_PATCH_BYTES) for g in patches]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
@@ -864,12 +870,34 @@ class Outbox:
         except ApiError as exc:
             if _held(exc, ops[0]):
                 raise
-            self._fail(conn, ops, exc)
+            if ops[0].kind == "patch" and len(ops) > 1 and exc.status in (413, 422):
+                self._unmerge(conn, ops, exc)
+            else:
+                self._fail(conn, ops, exc)
             return False
         except UnsendableOperation as exc:
             self._fail(conn, ops, _not_sent(str(exc)))
             return False
         return self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
+
+    def _unmerge(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
+        """A candidate's merged PATCH refused as too large or invalid (413, 422): the merge
+        may be what the API refused (its evidence, its size), not any one of ``ops``. Their
+        first goes next, alone under its own key, the rest after it, each refused alone at
+        most. A 413 or 422 stored nothing under the merged PATCH's key (the API takes the
+        key's claim back with a refusal), so a request under any of their keys is new. The
+        first is pinned (see :func:`_as_sent`) and sent now; held, it goes alone again."""
+        with _write(conn):
+            _pin_groups(conn, [ops[:1]])
+        log.warning(
+            "outbox %s: the merged PATCH of %d updates of candidate %s was refused (%s);"
+            " sending them one at a time",
+            self.component,
+            len(ops),
+            ops[0].candidate_id,
+            exc,
+        )
+        self._settle(conn, ops[:1], self._request_for(ops[:1]), None)
 
     def _forget_deferred(self, now: float) -> None:
         """Forget the held PATCHes not retried for long: their patches settled otherwise or
@@ -1573,6 +1601,23 @@ def _unpin_groups(conn: sqlite3.Connection, ops: list[_Op]) -> None:
         "DELETE FROM outbox_patch_groups WHERE candidate_id = ?",
         [(op.candidate_id,) for op in ops if op.kind == "patch"],
     )
+
+
+def _mergeable(group: list[_Op], max_bytes: int) -> list[_Op]:
+    """``group`` (a candidate's patches in queue order) cut before the patch that would take
+    their merged PATCH past the API's limit of evidence items (see :func:`merge_patches`:
+    clean and annotated frames accumulate) or their payloads past ``max_bytes``; never before
+    the first. The rest go in a later PATCH."""
+    merged: JsonDict = {}
+    size = 0
+    for index, op in enumerate(group):
+        size += len(op.payload)
+        merged = merge_patches(merged, op.body())
+        evidence = merged.get("evidence")
+        items = len(evidence) if isinstance(evidence, list) else 0
+        if index > 0 and (items > MAX_EVIDENCE_ITEMS or size > max_bytes):
+            return group[:index]
+    return group
 
 
 def _patches_by_candidate(ops: list[_Op]) -> list[list[_Op]]:

@@ -168,6 +168,11 @@ class Alarm(Open):
     previous_alarm_id: Short | None = None
 
 
+# The evidence items one create or PATCH may carry (a producer's outbox merges a candidate's
+# queued patches into PATCHes within it).
+MAX_EVIDENCE_ITEMS = 100
+
+
 class CandidatePatch(Open):
     """Elements a producer may send; in a PATCH every one is optional."""
 
@@ -177,7 +182,7 @@ class CandidatePatch(Open):
     location: Location | None = None
     severity: Severity | None = None
     urgency: Literal["immediate", "normal"] | None = None
-    evidence: list[EvidenceRef] | None = Field(default=None, max_length=100)
+    evidence: list[EvidenceRef] | None = Field(default=None, max_length=MAX_EVIDENCE_ITEMS)
     detection: Detection | None = None
     measurements: list[Measurement] | None = None
     alarm: Alarm | None = None

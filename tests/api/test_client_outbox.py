@@ -299,6 +299,81 @@ def test_a_week_of_updates_keeps_one_latest_frame(api_server: Any, tmp_path: Pat
     assert doc["detection"]["dwell_s"] == 150
 
 
+@pytest.mark.parametrize("updates", [30, 50])
+def test_updates_whose_evidence_passes_a_patchs_limit_all_arrive(
+    api_server: Any, tmp_path: Path, updates: int
+) -> None:
+    """An episode's updates queued while the outbox was not delivering, each adding a clean,
+    an annotated and a latest frame: merged into one PATCH, 50 of them would carry 101
+    evidence items, over the API's 100. Every update arrives, the last one's dwell_s last."""
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        first = txn.add_evidence(jpeg(1000), "image/jpeg")
+        cid = txn.create_candidate(candidate("many-frames-1", first))
+    for update in range(1, updates + 1):
+        with outbox.transaction() as txn:
+            frames = [
+                {
+                    "sha256": txn.add_evidence(jpeg(1000 + 3 * update + k), "image/jpeg"),
+                    "kind": kind,
+                }
+                for k, kind in enumerate(("clean", "annotated", "latest"))
+            ]
+            txn.patch_candidate(cid, {"evidence": frames, "detection": {"dwell_s": 10 + update}})
+    deliver(outbox, 60)
+    assert outbox.failed() == []
+    stats = outbox.stats()
+    assert (stats["sent"], stats["failed"], stats["depth"]) == (2 + 4 * updates, 0, 0)
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert doc["detection"]["dwell_s"] == 10 + updates
+    kinds = [e["kind"] for e in doc["evidence"]]
+    assert (kinds.count("clean"), kinds.count("annotated"), kinds.count("latest")) == (
+        1 + updates,
+        updates,
+        1,
+    )
+
+
+def test_a_merged_patch_refused_goes_again_one_update_at_a_time(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A candidate's queued updates, one the API refuses (a top-level null): their merged
+    PATCH gets 422, and they go again unmerged, under their own keys: only that one fails."""
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(1200), "image/jpeg")
+        cid = txn.create_candidate(candidate("refused-in-merge-1", sha))
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 20}})
+        txn.patch_candidate(cid, {"description": None})
+        txn.patch_candidate(cid, {"detection": {"dwell_s": 30}, "severity": "MAJOR"})
+    deliver(outbox)
+    [failed] = outbox.failed()
+    assert (failed["kind"], failed["candidate_id"]) == ("patch", cid)
+    assert failed["error"].startswith("422 ")
+    assert outbox.stats() == {"sent": 4, "retried": 0, "failed": 1, "depth": 0}
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert (doc["detection"]["dwell_s"], doc["severity"]) == (30, "MAJOR")
+    assert doc["description"] == "暴露垃圾 / Garbage overflow"
+
+
+def test_a_candidates_patches_merge_within_the_byte_limit(api_server: Any, tmp_path: Path) -> None:
+    outbox = producer(api_server, tmp_path)
+    outbox.MAX_PATCH_BYTES = 60  # about two of these patches
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(1300), "image/jpeg")
+        cid = txn.create_candidate(candidate("bytes-1", sha))
+        for dwell in range(11, 16):
+            txn.patch_candidate(cid, {"detection": {"dwell_s": dwell}})
+    before = patch_requests(api_server)
+    deliver(outbox)
+    assert outbox.stats() == {"sent": 7, "retried": 0, "failed": 0, "depth": 0}
+    assert patch_requests(api_server) - before == 3  # 2 + 2 + 1
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{cid}").json()["detection"]["dwell_s"] == 15
+
+
 def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path) -> None:
     client = ApiClient("http://127.0.0.1:9", "token")
     first = Outbox(tmp_path / "outbox-shared.db", client, component="a")
