@@ -45,16 +45,18 @@ log = logging.getLogger(__name__)
 # frames a second made 2,000 letters and 300 KB of log a second, and 64 KiB ones at 1,000 a
 # second held 150 MB of letters in the client's queue, lost at the exit. The first few of a
 # window tell what is wrong; the counts stay exact.
-LETTERS_PER_TOPIC = 10
+LETTERS_PER_TOPIC = 10  # and as many again of internal_error, each with its traceback
 LETTERS_PER_WINDOW = 100
 LETTER_WINDOW_S = 60.0
+INTERNAL_ERROR = "internal_error"
 
 
 @dataclass
 class LetterLimit:
     """Which rejections get a dead letter and a warning line: in each window of ``window_s``
     (from the first rejection after the last window ended), the first ``per_topic`` on each
-    topic, and ``per_window`` in all. The others are counted by reason in :attr:`suppressed`,
+    topic, and ``per_window`` in all; as many again of ``internal_error`` (a bug's, logged
+    with its traceback). The others are counted by reason in :attr:`suppressed`,
     and said in one warning to ``logger`` when their window ends (:meth:`tick`, or the next
     rejection), as so many ``what`` over the limit per ``topics``. Safe to share between
     threads: ingest dead-letters requests and boosts from two."""
@@ -69,8 +71,10 @@ class LetterLimit:
     # Since the start, by reason.
     suppressed: Counter[str] = field(default_factory=Counter, init=False)
     _started: float | None = field(default=None, init=False)  # the current window's start
-    # Only topics that got a letter: at most per_window keys, whatever ids a flood uses.
-    _sent: Counter[str] = field(default_factory=Counter, init=False)
+    # Only topics that got a letter: at most 2 * per_window keys, whatever ids a flood uses.
+    # Keyed with whether the letter is of a bug (internal_error): a bug's letters have their
+    # own allowance, else a camera's garbage, using up its topic's, kept every traceback unsaid.
+    _sent: Counter[tuple[str, bool]] = field(default_factory=Counter, init=False)
     # Suppressed in the current window, by reason.
     _held: Counter[str] = field(default_factory=Counter, init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False)
@@ -82,12 +86,16 @@ class LetterLimit:
             self._tick(now)
             if self._started is None:
                 self._started = now
-            if self._sent[topic] < self.per_topic and self._sent.total() < self.per_window:
-                self._sent[topic] += 1
+            key = (topic, reason == INTERNAL_ERROR)
+            if self._sent[key] < self.per_topic and self._kind_total(key[1]) < self.per_window:
+                self._sent[key] += 1
                 return True
             self._held[reason] += 1
             self.suppressed[reason] += 1
             return False
+
+    def _kind_total(self, bug: bool) -> int:
+        return sum(n for (_, of_bug), n in self._sent.items() if of_bug == bug)
 
     def suppressed_now(self) -> dict[str, int]:
         """A copy of :attr:`suppressed`, taken while no other thread adds to it."""

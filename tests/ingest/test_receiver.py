@@ -300,3 +300,39 @@ def test_a_decoder_bug_on_every_frame_logs_a_traceback_only_with_each_letter(
         "internal_error RuntimeError: unforeseen"
     ] * 10
     assert [type(r.exc_info[1]) if r.exc_info else None for r in records] == [RuntimeError] * 10
+
+
+def test_a_bugs_letter_is_not_kept_back_by_a_cameras_garbage(
+    connections: tuple[MqttConnection, MqttConnection],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """12 malformed frames of a camera use up its 10 letters of the window; a frame of it that
+    then trips an unforeseen error still gets its letter, and its warning its traceback."""
+    real = receiver_module.decode_frame
+
+    def decode(payload: bytes, **kwargs: object) -> Frame:
+        if payload == b"boom":
+            raise RuntimeError("unforeseen")
+        return real(payload, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receiver_module, "decode_frame", decode)
+    consumer, producer = connections
+    prefix = producer.prefix
+    topic = frame_topic(prefix, "a")
+    letters = producer.subscribe(deadletter_topic(prefix, "watch"), qos=1, maxsize=100)
+    receiver = FrameReceiver(consumer, ["a"], maxsize=100)
+    assert consumer.start(10) and producer.start(10)
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest.receiver"):
+        for _ in range(12):
+            assert producer.publish_wait(topic, b"garbage", qos=1)
+        consume_until(receiver, 12)
+        assert producer.publish_wait(topic, b"boom", qos=1)
+        consume_until(receiver, 13)
+    got = letters_up_to(letters, topic, b"boom")
+    assert got == [(topic, b"garbage")] * 10 + [(topic, b"boom")]
+    assert receiver.rejected == {"bad_magic": 12, "internal_error": 1}
+    (bug,) = [r for r in caplog.records if r.exc_info]
+    assert bug.getMessage() == f"dead-lettered a frame on {topic}: internal_error " + (
+        "RuntimeError: unforeseen"
+    )
