@@ -576,6 +576,7 @@ class Outbox:
         self._counts_lock = threading.Lock()
         self._backoff = 0.0
         self._retry_in = 0.0  # the wait a failed round asked for before the next one
+        self._paused = False  # ... and whether the API asked for it (see _asks_for_a_pause)
         # Candidates whose PATCH was held (not a refusal): (monotonic time before which it
         # is not sent again, its own backoff). The rest of the queue flows meanwhile.
         self._deferred: dict[str, tuple[float, float]] = {}
@@ -752,21 +753,23 @@ class Outbox:
                     self._retry_in = max(self._retry_in, 1.0)
                 progressed = self._settled() > settled
                 delay, self._retry_in = self._retry_in, 0.0
+                paused, self._paused = self._paused, False
                 if delay <= 0:
                     if progressed:
                         self._backoff = 0.0
                         continue
                     self._wake.wait(self._idle_wait())
                     self._wake.clear()
-                elif progressed:
+                elif progressed and not paused:
                     # Part of the round was held, the rest delivered or refused: the API
                     # answers, so a producer's commit brings the next round forward.
                     self._wake.wait(delay)
                     self._wake.clear()
                 else:
-                    # A round that settled nothing (the API is down, misrouted or asked for
-                    # a pause): only flush() or stop() end the wait, a producer's commit
-                    # (the alarm bridge commits every second) does not.
+                    # A round that settled nothing (the API is down or misrouted), or held by
+                    # the API asking for a pause (429, 503, Retry-After) though uploads of the
+                    # round went through: only flush() or stop() end the wait, a producer's
+                    # commit (the alarm bridge commits every second) does not.
                     self._kick.wait(delay)
         finally:
             conn.close()
@@ -1120,6 +1123,7 @@ class Outbox:
         backoff, or the ``Retry-After`` asked for when that is longer."""
         self._backoff = self._next_backoff(self._backoff)
         self._retry_in = _wait(self._backoff, exc)
+        self._paused = _asks_for_a_pause(exc)
         self._log_retry(conn, op, exc, self._retry_in)
 
     def _defer(self, conn: sqlite3.Connection, group: list[_Op], exc: Exception) -> None:
@@ -1178,6 +1182,15 @@ def _wait(backoff: float, exc: Exception) -> float:
     spreads producers out), or the ``Retry-After`` the API asked for when that is longer."""
     asked = exc.retry_after if isinstance(exc, ApiError) else None
     return max(backoff * random.uniform(0.8, 1.2), asked or 0.0)
+
+
+def _asks_for_a_pause(exc: Exception) -> bool:
+    """Whether ``exc`` is the API (or a proxy before it) asking to be left alone for a while:
+    429, 503 or any answer with ``Retry-After``. The wait it gets is not cut short by a
+    producer's commit, whatever else its round delivered."""
+    if not isinstance(exc, ApiError):
+        return False
+    return exc.retry_after is not None or exc.status in (429, 503)
 
 
 def _misrouted(exc: ApiError, op: _Op) -> bool:

@@ -751,3 +751,61 @@ def test_a_flush_landing_as_a_round_starts_cuts_that_rounds_wait(tmp_path: Path)
         outbox.stop()
     assert kick.landed
     assert outbox.depth() == 1 and outbox.failed() == []
+
+
+class CreatesOverloaded:
+    """A proxy in front of the real API that answers every create 503 with ``Retry-After:
+    30`` until ``up``, and passes the rest (evidence uploads) on."""
+
+    def __init__(self, api_server: Any) -> None:
+        self.api = httpx.Client(base_url=api_server.url, timeout=5)
+        self.creates = 0
+        self.up = False
+        self.lock = threading.Lock()
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.startswith("/api/v1/candidates"):
+            with self.lock:
+                self.creates += 1
+            if not self.up:
+                headers = {"Retry-After": "30"}
+                return httpx.Response(503, headers=headers, json={"title": "Service Unavailable"})
+        headers = {k: v for k, v in request.headers.items() if k not in ("host", "content-length")}
+        passed = self.api.request(
+            request.method, request.url.path, headers=headers, content=request.read()
+        )
+        return httpx.Response(passed.status_code, headers=passed.headers, content=passed.content)
+
+
+def test_commits_do_not_cut_a_pause_the_api_asked_for_when_uploads_went_through(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """The API takes evidence but answers creates 503 with Retry-After: 30, a producer queues
+    a frame and a create every second: the round that delivered its upload waits out the 30 s
+    all the same, rather than going again (a create request) at each of the commits."""
+    proxy = CreatesOverloaded(api_server)
+    client = producer_client(api_server)
+    client._http = httpx.Client(
+        base_url=f"{MOCK_URL}/api/v1",
+        headers={"Authorization": f"Bearer {api_server.tokens['producer']}"},
+        transport=httpx.MockTransport(proxy),
+        timeout=5,
+    )
+    outbox = Outbox(tmp_path / "outbox-paused.db", client, component="paused")
+    outbox.start()
+    try:
+        cases = [queue_case(outbox, 60)]  # the first commit the running outbox sees
+        wait_for_retries(outbox, 1)
+        for seed in range(61, 66):  # a commit a second for 5 s
+            time.sleep(1)
+            cases.append(queue_case(outbox, seed))
+        time.sleep(1)
+        assert 1 <= proxy.creates <= 2
+        assert outbox.stats()["sent"] == 1  # the first round's upload went through
+        proxy.up = True
+        assert outbox.flush(30)
+    finally:
+        outbox.stop()
+    assert outbox.failed() == []
+    for seed, (sha, cid) in enumerate(cases, start=60):
+        assert_delivered(api_server, outbox, sha, cid, seed)
