@@ -228,26 +228,48 @@ def read_still(path: Path, as_stored: bool = False) -> Sample:
 
 
 def _truncated_jpeg(path: Path) -> bool:
-    """Whether ``path`` is a JPEG that ends before its end-of-image marker (FFD9), trailing zero
-    bytes aside (a card or a transfer pads some files). libjpeg decodes such a file, its
-    missing part grey, with nothing but a warning on stderr: a cut-off upload or copy would be
-    judged as a whole image. A file that cannot be read is left to the decoder to report."""
+    """Whether ``path`` is a JPEG whose image data ends before its end-of-image marker (FFD9).
+    libjpeg decodes such a file, its missing part grey, with nothing but a warning on stderr:
+    a cut-off upload or copy would be judged as a whole image. The marker is looked for after
+    the first scan's start, where the data cannot hold it, and anything after it is the file's
+    own business: phones append a motion photo's video or their own trailer. A file that
+    cannot be read, or whose segments do not parse, is left to the decoder to report."""
     try:
-        with path.open("rb") as file:
-            if file.read(3) != b"\xff\xd8\xff":  # not a JPEG
-                return False
-            end = file.seek(0, os.SEEK_END)
-            while end > 3:  # the last byte that is not padding, read backwards a block at a time
-                start = max(3, end - 65536)
-                file.seek(start)
-                kept = file.read(end - start).rstrip(b"\0")
-                if kept:
-                    file.seek(start + len(kept) - 2)
-                    return file.read(2) != b"\xff\xd9"
-                end = start
-            return True
+        data = path.read_bytes()
     except OSError:
         return False
+    if data[:3] != b"\xff\xd8\xff":  # not a JPEG
+        return False
+    try:
+        scan = _first_scan(data)
+    except ValueError:
+        return False
+    return scan is None or data.find(b"\xff\xd9", scan) < 0
+
+
+# Markers without a length: TEM and the restart markers RST0-RST7.
+_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+
+
+def _first_scan(data: bytes) -> int | None:
+    """Where the first start-of-scan segment (FFDA) of the JPEG ``data`` begins, walking its
+    segments from the start-of-image; None when the file ends before it. ValueError when the
+    segments do not parse."""
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            raise ValueError(f"no marker at {at}")
+        if data[at + 1] == 0xFF:  # a fill byte before the marker
+            at += 1
+            continue
+        marker = data[at + 1]
+        if marker == 0xDA:
+            return at
+        if marker in _STANDALONE:
+            at += 2
+            continue
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return None
 
 
 def video_frames(path: Path, fps: float) -> Iterator[tuple[int, float, NDArray[np.uint8]]]:

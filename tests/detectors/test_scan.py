@@ -536,16 +536,26 @@ def test_unreadable_file_is_reported_and_the_rest_scanned(tmp_path: Path) -> Non
 
 def test_a_truncated_jpeg_is_reported_and_the_rest_scanned(tmp_path: Path) -> None:
     """libjpeg decodes a JPEG cut short (its missing part grey) with only a warning: such a file
-    is no whole image. Zero bytes padding a whole JPEG after its end marker are no truncation."""
-    cut = tmp_path / "cut.jpg"
-    cut.write_bytes((ASSETS / "bus.jpg").read_bytes()[:20_000])
-    padded = tmp_path / "padded.jpg"
-    padded.write_bytes((ASSETS / "bus.jpg").read_bytes() + bytes(70_000))
-    code, records, stderr = scan(str(cut), str(ASSETS / "zidane.jpg"), str(padded))
+    is no whole image, whether cut in its image data, just before its end marker or in its
+    headers. What follows a whole JPEG's end marker is no truncation: zero bytes padding it, a
+    phone's trailer, a motion photo's video."""
+    whole = (ASSETS / "bus.jpg").read_bytes()
+    cuts = {"cut.jpg": whole[:20_000], "no_end.jpg": whole[:-2], "headers.jpg": whole[:300]}
+    kept = {
+        "padded.jpg": whole + bytes(70_000),
+        "trailer.jpg": whole + b"SEFH" * 10 + bytes(range(256)) * 20,
+        "motion.jpg": whole + b"\x00\x00\x00\x1cftypmp42" + b"\xff\xd8\x00\x01" * 1000,
+    }
+    for name, data in {**cuts, **kept}.items():
+        (tmp_path / name).write_bytes(data)
+    paths = [str(tmp_path / name) for name in [*cuts, *kept]]
+    code, records, stderr = scan(*paths, str(ASSETS / "zidane.jpg"))
     assert code == 1, stderr
-    assert [Path(r["source"]).name for r in records] == ["zidane.jpg", "padded.jpg"]
-    assert f"scan: {cut}: truncated image\n" in stderr
-    assert (records[1]["width"], records[1]["height"]) == (810, 1080)
+    assert [Path(r["source"]).name for r in records] == [*kept, "zidane.jpg"]
+    assert [line for line in stderr.splitlines() if line.endswith("truncated image")] == [
+        f"scan: {tmp_path / name}: truncated image" for name in cuts
+    ]
+    assert {(r["width"], r["height"]) for r in records[:3]} == {(810, 1080)}
 
 
 def test_an_image_too_large_to_decode_is_reported_and_the_rest_scanned(
