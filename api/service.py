@@ -1190,9 +1190,8 @@ class CandidateService:
             # (_completes_return). An entry without the list is a return older than that.
             asks = self._return_asks_now(doc) if new == "returned" else None
             # A return also records the status it was made from and the files the case had
-            # then (but those a previous return's answer brought and which are still not
-            # held): a file the answer brings must be held for the case to leave returned or
-            # incomplete (_derive).
+            # then (_files_at_return): if its answer brings files, one of them must be held for
+            # the case to leave returned or incomplete (_derive).
             came = before if new == "returned" else None
             had = self._files_at_return(doc) if new == "returned" else None
             doc["status"] = new
@@ -1655,9 +1654,11 @@ class CandidateService:
         # A candidate that had its evidence keeps the element while one file is held: a
         # supplement whose upload never lands must not take it away. One that never entered
         # review (incomplete, or returned from there) needs every file it refers to, and one
-        # that did needs the files brought after its last return (what the return asked for).
+        # that did, if files were brought after its last return (what the return asked for),
+        # needs one of them held: one that never landed does not answer it, nor hold it up.
+        added = _added_since_return(doc)
         passed = doc.get("status") not in ("incomplete", "returned") or (
-            _had_evidence(doc) and not set(_added_since_return(doc)) & set(unheld)
+            _had_evidence(doc) and (not added or any(h not in unheld for h in added))
         )
         held = set(hashes) - set(unheld)
         doc["missing_elements"] = missing_elements(doc, held, any_evidence=passed)
@@ -1699,9 +1700,12 @@ class CandidateService:
 
     def _files_at_return(self, doc: JsonDict) -> list[str]:
         """The files a return of the candidate ``doc`` records as those it had: all but
-        ``latest`` frames, less those the answer to an earlier return brought that are still
-        not held (this return's answer must still bring them)."""
-        owed = {h for h in _added_since_return(doc) if not self.store.has(h)}
+        ``latest`` frames, so that it owes none of them. Only while the answer to an earlier
+        return brought files none of which is held (the case waits for one as incomplete) are
+        those left out: this return's answer, or an upload of one of them, must still bring a
+        held one."""
+        added = _added_since_return(doc)
+        owed = set() if any(self.store.has(h) for h in added) else set(added)
         return sorted({h for h in _photos(doc) if h not in owed})
 
     def _completes_return(
@@ -2033,7 +2037,7 @@ def _open_return(doc: JsonDict) -> list[str] | None:
 
 def _added_since_return(doc: JsonDict) -> list[str]:
     """The files (other than ``latest`` frames) the candidate got since its last return, while
-    that is not answered (:func:`_open_return`): those the answer must bring."""
+    that is not answered (:func:`_open_return`): of those the answer brings, one must be held."""
     had = _open_return(doc)
     if had is None:
         return []

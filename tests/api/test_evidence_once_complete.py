@@ -300,3 +300,76 @@ def test_requests_an_earlier_release_took_with_first_complete_at_replay_their_an
     )
     fixed = producer.patch(f"{URL}/{cid}", json={"note": "x"}, headers={"Idempotency-Key": "q"})
     assert fixed.status_code == 200, fixed.text
+
+
+@pytest.mark.parametrize("unheld", list(SUPPLEMENTS.values()), ids=list(SUPPLEMENTS))
+def test_one_held_file_answers_a_return_whatever_else_the_answer_brought(
+    make_api: Callable[..., Api], unheld: Callable[[Api], str]
+) -> None:
+    """Answered by a detector's annotated frame whose upload never landed, then by a clean
+    photo uploaded: the photo answers the return, the frame is owed by nothing, also not by
+    the case's next return."""
+    api = make_api(max_evidence_bytes=LIMIT)
+    cid = api.create(api.body(sha=held(api)))["id"]
+    api.clock.advance(minutes=1)
+    assert api.review(cid, "return", reason="need a clean close-up photo").status_code == 200
+    frame = unheld(api)
+    detector = patch(api, cid, {"evidence": [{"sha256": frame, "kind": "annotated"}]})
+    assert (detector["status"], detector["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "confirm").status_code == 409
+    operator = patch(api, cid, {"evidence": [{"sha256": held(api), "kind": "clean"}]})
+    assert (operator["status"], operator["missing_elements"]) == ("new", [])
+    assert waiting_rows(api) == []
+    api.clock.advance(minutes=1)
+    returned = api.review(cid, "return", reason="closer still").json()
+    assert (returned["status"], returned["history"][-1]["from"]) == ("returned", "new")
+    assert frame in returned["history"][-1]["evidence_sha256"]
+    again = patch(api, cid, {"evidence": [{"sha256": held(api), "kind": "clean"}]})
+    assert (again["status"], again["missing_elements"]) == ("new", [])
+    confirmed = api.review(cid, "confirm")
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["status"] == "confirmed"
+
+
+def test_a_return_of_a_case_waiting_for_its_answer_still_wants_a_held_file(api: Api) -> None:
+    """Returned again while it waits for the photo its answer brought and that never landed:
+    the new return's answer must bring a held file (a description is not enough), and any
+    held one will do; the unlanded frame is no longer needed."""
+    cid = api.create(api.body(sha=held(api)))["id"]
+    assert api.review(cid, "return", reason="need a clean close-up photo").status_code == 200
+    frame = refused_not_a_jpeg(api)
+    waiting = patch(api, cid, {"evidence": [{"sha256": frame, "kind": "annotated"}]})
+    assert (waiting["status"], waiting["missing_elements"]) == ("incomplete", ["evidence"])
+    returned = api.review(cid, "return", reason="the photo please").json()
+    entry = returned["history"][-1]
+    assert (returned["status"], entry["from"]) == ("returned", "incomplete")
+    assert (frame in entry["evidence_sha256"], entry["missing_elements"]) == (False, ["evidence"])
+    described = patch(api, cid, {"description": "at gate 3"})
+    assert (described["status"], described["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "confirm").status_code == 409
+    other = never_uploaded(api)
+    still = patch(api, cid, {"evidence": [{"sha256": other, "kind": "clean"}]})
+    assert (still["status"], still["missing_elements"]) == ("incomplete", ["evidence"])
+    answered = patch(api, cid, {"evidence": [{"sha256": held(api), "kind": "clean"}]})
+    assert (answered["status"], answered["missing_elements"]) == ("new", [])
+    assert waiting_rows(api) == []
+    assert api.review(cid, "confirm").status_code == 200
+
+
+def test_the_upload_of_one_of_the_files_an_answer_brought_answers_the_return(api: Api) -> None:
+    """An answer naming two photos neither of which is held yet waits for one of them only."""
+    cid = api.create(api.body(sha=held(api)))["id"]
+    assert api.review(cid, "return", reason="need a clean close-up photo").status_code == 200
+    data = fresh_jpeg()
+    photos = [
+        {"sha256": never_uploaded(api), "kind": "snapshot"},
+        {"sha256": hashlib.sha256(data).hexdigest(), "kind": "clean"},
+    ]
+    answered = patch(api, cid, {"evidence": photos})
+    assert (answered["status"], answered["missing_elements"]) == ("incomplete", ["evidence"])
+    assert api.review(cid, "confirm").status_code == 409
+    assert put(api, data) == 201
+    doc = api.as_("reviewer").get(f"{URL}/{cid}").json()
+    assert (doc["status"], doc["missing_elements"]) == ("new", [])
+    assert waiting_rows(api) == []
+    assert api.review(cid, "confirm").status_code == 200
