@@ -426,7 +426,8 @@ def model_info(spec: ModelSpec, names: Sequence[str] = ()) -> ModelInfo:
             "model %s: %s differs from the manifest hash (a different export?)", spec.name, weights
         )
     default_size = spec.entry.imgsz if spec.entry else 640
-    if not meta and spec.format == "openvino":
+    if spec.format == "openvino" and not parse_names(meta.get("names")):
+        # An empty or cut-short metadata.yaml, or one without names, as much as a missing one.
         raise ModelNotFoundError(_no_metadata_message(spec, sha))
     if not meta:
         log.warning(
@@ -459,8 +460,9 @@ def _no_metadata_message(spec: ModelSpec, sha: str) -> str:
         if known
         else ""
     )
+    what = "holds no class names" if meta.is_file() else "is missing"
     return (
-        f"{meta} is missing: the OpenVINO IR {spec.path} holds no class names nor version"
+        f"{meta} {what}: the OpenVINO IR {spec.path} holds no class names nor version"
         f"{whose}; copy metadata.yaml from the folder the model was exported into beside "
         f"{spec.path.name}"
     )

@@ -11,7 +11,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -480,16 +480,27 @@ def test_a_sampling_rate_or_confidence_out_of_range_is_a_setup_error(
          "no class names nor version (its yolo11n.bin is that of model 'yolo11n', whose "
          "complete folder is yolo11n_int8_openvino_model); copy metadata.yaml from the folder "
          "the model was exported into beside yolo11n.xml"),
+        # A metadata.yaml cut short, empty or before its names, is no better than none.
+        *[
+            ({"yolo11n.xml": None, "yolo11n.bin": None, "metadata.yaml": cut}, "",
+             "scan: {folder}/metadata.yaml holds no class names: the OpenVINO IR "
+             "{folder}/yolo11n.xml holds no class names nor version (its yolo11n.bin is that "
+             "of model 'yolo11n', whose complete folder is yolo11n_int8_openvino_model); copy "
+             "metadata.yaml from the folder the model was exported into beside yolo11n.xml")
+            for cut in (0, "names")
+        ],
     ],
 )  # fmt: skip
 def test_an_incomplete_or_broken_model_is_a_setup_error(
-    tmp_path: Path, shared_dir: Path, files: dict[str, int | None], arg: str, message: str
+    tmp_path: Path, shared_dir: Path, files: dict[str, int | str | None], arg: str, message: str
 ) -> None:
     src = shared_dir / "models" / "yolo11n_int8_openvino_model"
     folder = tmp_path / "copy_openvino_model"
     folder.mkdir()
     for name, size in files.items():
-        (folder / name).write_bytes((src / name).read_bytes()[:size])
+        data = (src / name).read_bytes()
+        end = data.index(b"\nnames:") + 1 if size == "names" else size  # up to its names
+        (folder / name).write_bytes(data[: cast(int | None, end)])
     code, records, stderr = scan("--model", str(folder / arg), str(ASSETS / "bus.jpg"))
     assert (code, records) == (2, [])
     assert "Traceback" not in stderr
