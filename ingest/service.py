@@ -49,11 +49,12 @@ SNAPSHOT_THREADS = 2
 
 
 def parse_boost(payload: bytes) -> tuple[float, float]:
-    """``{"factor", "duration_s"}`` (both optional) → (factor, duration_s); a payload out of
-    range raises :class:`MessageError` ``bad_boost``. A NaN would make the patrol's virtual
-    time NaN, and every camera's order with it."""
+    """``{"factor", "duration_s"}`` (both optional: ``{}`` asks for the defaults) →
+    (factor, duration_s); a payload out of range raises :class:`MessageError` ``bad_boost``. A
+    NaN would make the patrol's virtual time NaN, and every camera's order with it. An empty
+    payload is no boost (it is not JSON): the service ignores it before, as a cleared one."""
     try:
-        body = json.loads(payload or b"{}")
+        body = json.loads(payload)
     except (ValueError, RecursionError) as exc:
         raise MessageError("bad_boost", "not JSON") from exc
     if not isinstance(body, dict):
@@ -295,7 +296,7 @@ class IngestService:
             self._guarded(self._apply_boost, message)
 
     def _apply_boost(self, message: Message) -> None:
-        if self._stale(message, "patrol boost"):
+        if self._stale(message, "patrol boost") or self._cleared(message, "patrol boost"):
             return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
@@ -332,7 +333,7 @@ class IngestService:
             self._guarded(self._request, message)
 
     def _request(self, message: Message) -> None:
-        if self._stale(message, "snapshot request"):
+        if self._stale(message, "snapshot request") or self._cleared(message, "snapshot request"):
             return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
@@ -470,6 +471,16 @@ class IngestService:
                 what,
                 message.topic,
             )
+        return True
+
+    def _cleared(self, message: Message, what: str) -> bool:
+        """Whether ``message`` is empty, and so ignored: an empty retained message clears the
+        one retained on its topic, and the broker hands it to the subscribers already there
+        without the flag. Read as a boost, it would be ``{}``'s (the default boost); as a
+        request, a malformed one, dead-lettered."""
+        if message.payload:
+            return False
+        log.debug("ignoring an empty %s on %s (a retained one cleared)", what, message.topic)
         return True
 
     def _dead_letter(

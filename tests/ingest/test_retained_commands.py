@@ -63,10 +63,17 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
                 and watcher.conn.connected
             )
         )
+        # Cleared as the warning says (an empty retained message): the broker hands the empty
+        # message to ingest, subscribed already, without the flag. It is neither the default
+        # boost nor a malformed request.
+        assert conn.publish_wait(boost, b"", qos=1, retain=True)
+        assert conn.publish_wait(request, b"", qos=1, retain=True)
+        wait_for(lambda: service._boosts.received == service._requests.received == 3)
         # Sent now, they are acted on; the queues are in order, so the old ones came first.
         assert conn.publish_wait(request, encode_request("new-req-1"), qos=1)
-        assert conn.publish_wait(boost, b'{"factor": 2, "duration_s": 600}', qos=1)
         watcher.collect(lambda seen: bool(seen))
+        assert service.scheduler.weight("p1", time.monotonic()) == 1.0
+        assert conn.publish_wait(boost, b'{"factor": 2, "duration_s": 600}', qos=1)
         wait_for(lambda: service.scheduler.weight("p1", time.monotonic()) == 2.0)
     finally:
         service.stop()
@@ -77,6 +84,7 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
     ]
     assert [r.header.request_id for r in replies] == ["new-req-1"]
     assert service.stale == {boost: 2, request: 2}
+    assert (service.bad_requests, service.rejected) == (0, {})
     said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
     assert [line for line in said if "patrol boosted" in line] == [
         "camera p1: patrol boosted x2 for 600 s"
@@ -88,3 +96,4 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
         f"ignoring a retained snapshot request on {request}",
     ]
     assert "; 4 retained (ignored); " in said[-1]
+    assert not [line for line in warned if line.startswith("dead-lettered")]
