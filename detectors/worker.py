@@ -760,7 +760,7 @@ class DetectorWorker:
         if jump is not None:
             if jump.followed_by(ts, received_at):
                 self._drop(rt)  # the held frame: taken from the slot, never judged
-                ahead = self._take_jump(rt, ts, received_at)
+                ahead = self._take_jump(rt, ts, received_at, jump.ts)
                 # The new clock as the quicker of its two frames' deliveries shows it.
                 least = min(offset, _offset(jump.ts, jump.received_at))
                 rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, least
@@ -793,21 +793,36 @@ class DetectorWorker:
         passed = (received_at - rt.last_received_at).total_seconds()
         return least + OFFSET_RISE * max(0.0, passed)
 
-    def _take_jump(self, rt: CameraRuntime, ts: datetime, received_at: datetime) -> float:
+    def _take_jump(
+        self, rt: CameraRuntime, ts: datetime, received_at: datetime, held: datetime
+    ) -> float:
         """The camera's clock moved to ``ts`` (received at ``received_at``) for good: two frames
-        in a row say so. Of a jump ahead, how far its clock went beyond the time passed between
-        the receptions of the camera's last frame and this one (0 for a jump back)."""
+        in a row say so (the held one at ``held``, then this one). Of a jump ahead, how far its
+        clock went beyond the time passed between the receptions of the camera's last frame and
+        this one, but never so far that its last frame would come less than two of its frame
+        intervals (``ts`` less ``held``) before this one: a worker's own clock stepped back
+        shortens the time between receptions, not the frames' times (0 for a jump back)."""
         last, last_received = rt.last_ts, rt.last_received_at
         assert last is not None
         if ts >= last:
             if last_received is None:  # no reception kept: nothing to measure the step by
                 return 0.0
+            step = _offset(last, last_received) - _offset(ts, received_at)
+            room = (ts - last).total_seconds() - 2 * (ts - held).total_seconds()
             log.warning(
                 "camera %s: clock went ahead %.0f s more than the time between frames",
                 rt.camera.id,
                 self._least_offset(rt, received_at) - _offset(ts, received_at),
             )
-            return _offset(last, last_received) - _offset(ts, received_at)
+            if room < step - 0.001:  # not one of float rounding
+                log.warning(
+                    "camera %s: its frames' times went only %.0f s ahead; its times move %.0f s"
+                    " (the worker's clock went back?)",
+                    rt.camera.id,
+                    (ts - last).total_seconds(),
+                    max(0.0, room),
+                )
+            return min(step, room)
         log.warning(
             "camera %s: clock went back %.0f s; its rules start over",
             rt.camera.id,

@@ -704,7 +704,8 @@ def test_a_camera_clock_stepping_back_ends_its_episode_at_the_rules_last_sightin
         T0 + timedelta(seconds=5),
     )
     caplog.set_level(logging.INFO, logger="gridpatrol.detectors.worker")
-    worker._take_jump(rt, T0 + timedelta(seconds=100) - timedelta(hours=1), _at(101))
+    back = T0 + timedelta(seconds=100) - timedelta(hours=1)
+    worker._take_jump(rt, back, _at(101), back)
     assert "clock went back 3600 s; its rules start over" in caplog.text
     last_sighting = T0 + timedelta(seconds=100)
     ended = worker.book[raised.key]
@@ -2085,3 +2086,40 @@ def test_first_seen_of_a_six_hour_dwell_is_within_a_ring_interval_of_the_start(
     assert first is not None and first.t == _at(late_s)
     assert (ring.capacity, ring.keep_recent, ring.horizon_s) == (RING_FRAMES, 4, 21650.0)
     assert late_s < ring.horizon_s / (RING_FRAMES - ring.keep_recent)
+
+
+def test_the_worker_clock_stepping_back_moves_no_episode_ahead_of_its_frames(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The crowd raised at 5 s stays until before 40 s, a frame a second; from 21 s on the
+    worker's own clock is 60 s back, so every frame is received 60 s before its time, as if
+    the camera's clock had stepped 60 s ahead. Its frames' times went on a second at a time:
+    nothing moves ahead of them. The episode keeps its start, and each of its events (its
+    updates and its end) has a dwell of 0 or more, first seen at its start; the end's is 39 s."""
+    now = [5.0]
+    worker, _, person = _raised_crowd(tmp_path, monkeypatch, now)
+    sent: list[tuple[str, datetime, datetime, float]] = []
+
+    def render(rt: Any, op: Op, ev: Any, *args: Any) -> tuple[list[Any], dict[str, Any]]:
+        sent.append((op.kind, op.episode.started_at, ev.first_seen, ev.dwell_s))
+        return [], {"detection": {}}
+
+    monkeypatch.setattr(worker, "_render", render)
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    for k in range(6, 21):
+        assert _judge(worker, _at(k), _at(k), person)
+    assert not _judge(worker, _at(21), _at(21 - 60), person)  # held: one frame is not enough
+    for k in range(22, 60):
+        assert _judge(worker, _at(k), _at(k - 60), person if k < 40 else Detections.empty())
+        (ep,) = worker.book.values()
+        assert ep.started_at == _at(0)
+    assert (ep.open, ep.ended_at, ep.dwell_s) == (False, _at(39), 39.0)
+    assert [kind for kind, *_ in sent] == ["update"] * (len(sent) - 1) + ["end"]
+    assert [(started, first) for _, started, first, _ in sent] == [(_at(0), _at(0))] * len(sent)
+    assert [dwell for *_, dwell in sent if dwell < 0] == []
+    assert sent[-1][3] == 39.0
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 60 s more than the time between frames",
+        "camera cam-00: its frames' times went only 2 s ahead; its times move 0 s"
+        " (the worker's clock went back?)",
+    ]
