@@ -21,7 +21,10 @@ clear's time is before the raise's reception. Either time alone misjudges a cloc
 between the two (to 2000-01-01: the device's times go back, the receptions on). A sighting by
 a reset clock (:data:`RESET_CLOCK_BEHIND_S` behind its reception) keeps its reception as the
 device's time: its own, in 2000, would let a message sent before the reset, arriving late,
-pass for one sent after it.
+pass for one sent after it. The clock's later messages count at their own times carried
+forward by as much as it was behind then (``reset_clock_lag``, see :func:`_own`): its
+reception alone would make one sent after that sighting but timed before its reception (a
+pack spread back from its own) stale.
 
 A device's own clear (an envelope without seq, timed by the device and not at its reception),
 whether it ended an alarm or found none active, keeps its time and its reception (``quiets``,
@@ -111,9 +114,13 @@ class AlarmState:
     quiets: tuple[Quiet, ...] = ()
     # The latest own time of the device among the alarm's sightings (its clear's included),
     # where ``last_seen`` holds the times given them (a message's time moved to its reception;
-    # a reset clock's sighting counts at its reception here too, see RESET_CLOCK_BEHIND_S);
+    # a reset clock's first sighting counts at its reception here too, see _own);
     # None in states stored before it was kept: then ``last_seen`` stands in for it.
     last_device_seen: float | None = None
+    # How far a reset clock was behind the reception of its first sighting: its later
+    # messages' own times, carried forward by as much, order them against ``last_device_seen``
+    # (None: no reset clock seen, or a state stored before it was kept).
+    reset_clock_lag: float | None = None
 
     @property
     def active(self) -> bool:
@@ -185,26 +192,45 @@ def _before_last(state: AlarmState, at: _At) -> bool:
     """Whether an input was sent before the alarm's last sighting: timed before its
     ``last_seen`` and, by the device's own times, before the sighting's (when known). One
     moved to its reception, the other not, the device's times order them (the same clock, a
-    day behind or minutes ahead); a clock reset in between, the times given them do."""
+    day behind or minutes ahead); a clock reset in between, the times given them do. A reset
+    clock's own time is carried forward by its lag (:func:`_own`), when one is kept."""
     if state.last_seen is None or at.t >= state.last_seen:
         return False
-    return state.last_device_seen is None or at.own < state.last_device_seen
+    if state.last_device_seen is None:
+        return True
+    lag = state.reset_clock_lag if _reset(at) else None
+    return at.own + (lag or 0.0) < state.last_device_seen
 
 
-def _own(at: _At) -> float:
-    """The device's time kept for a sighting: its own, but its reception (``t``) for a reset
-    clock (:data:`RESET_CLOCK_BEHIND_S` behind it), whose time is before every message the
-    device sent before the reset; kept, a late one of those would not be before it."""
-    return at.t if at.t - at.own >= RESET_CLOCK_BEHIND_S else at.own
+def _reset(at: _At) -> bool:
+    """Whether the input's clock was reset: :data:`RESET_CLOCK_BEHIND_S` behind its time."""
+    return at.t - at.own >= RESET_CLOCK_BEHIND_S
 
 
-def _latest(at: _At, state: AlarmState) -> float:
-    """The device's time of the alarm's last sighting after this one. A state stored before
-    it was kept has its ``last_seen`` in its place: the message's own time alone would let
-    a later one of its clock, sent before the sighting, end the alarm."""
+def _own(at: _At, state: AlarmState) -> tuple[float, float | None]:
+    """The device's time kept for a sighting, and the reset clock's lag kept with it: its own
+    time, but a reset clock's is before every message the device sent before the reset. Its
+    first sighting counts at its time (``t``, its reception) and keeps how far it was behind;
+    its later ones count at their own times carried forward by as much, so they order among
+    themselves by their own times (a pack spread back from its reception before the first
+    sighting's, sent after it) and against a clock that was right by their receptions. A
+    later reset (another reboot) keeps that lag: its messages count earlier than sent, and one
+    timed before ``last_seen`` is stale, as every reset clock's was before the lag was kept."""
+    if not _reset(at):
+        return at.own, state.reset_clock_lag
+    if state.reset_clock_lag is None:
+        return at.t, at.t - at.own
+    return at.own + state.reset_clock_lag, state.reset_clock_lag
+
+
+def _latest(at: _At, state: AlarmState) -> tuple[float, float | None]:
+    """The device's time of the alarm's last sighting after this one, and the reset clock's
+    lag (see :func:`_own`). A state stored before it was kept has its ``last_seen`` in its
+    place: the message's own time alone would let a later one of its clock, sent before the
+    sighting, end the alarm."""
     last = state.last_device_seen if state.last_device_seen is not None else state.last_seen
-    own = _own(at)
-    return own if last is None else max(own, last)
+    own, lag = _own(at, state)
+    return (own if last is None else max(own, last)), lag
 
 
 def _ignore(state: AlarmState, reason: str) -> tuple[AlarmState, list[Effect]]:
@@ -215,6 +241,7 @@ def _raise(
     state: AlarmState, alarm_id: str, severity: Severity, at: _At
 ) -> tuple[AlarmState, list[Effect]]:
     """A new alarm; one that follows a cleared alarm refers to it."""
+    own, lag = _own(at, state)
     new = AlarmState(
         phase="active",
         alarm_id=alarm_id,
@@ -223,7 +250,8 @@ def _raise(
         first_seen=at.t,
         last_seen=at.t,
         severity=severity,
-        last_device_seen=_own(at),
+        last_device_seen=own,
+        reset_clock_lag=lag,
     )
     return new, [Effect("raise", new)]
 
@@ -231,25 +259,29 @@ def _raise(
 def _repeat(state: AlarmState, severity: Severity, at: _At) -> tuple[AlarmState, list[Effect]]:
     """A repeat while active: count it and escalate severity, never de-escalate."""
     escalated = severity if SEVERITY_RANK[severity] > SEVERITY_RANK[state.severity] else None
+    seen, lag = _latest(at, state)
     new = replace(
         state,
         count=state.count + 1,
         last_seen=max(at.t, state.last_seen or at.t),
         severity=escalated or state.severity,
         clear_since=None,
-        last_device_seen=_latest(at, state),
+        last_device_seen=seen,
+        reset_clock_lag=lag,
     )
     return new, [Effect("update", new)]
 
 
 def _clear(state: AlarmState, at: _At) -> tuple[AlarmState, list[Effect]]:
+    seen, lag = _latest(at, state)
     new = replace(
         state,
         phase="cleared",
         pending_since=None,
         clear_since=None,
         last_seen=max(at.t, state.last_seen or at.t),
-        last_device_seen=_latest(at, state),
+        last_device_seen=seen,
+        reset_clock_lag=lag,
     )
     return new, [Effect("clear", new)]
 

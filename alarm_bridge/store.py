@@ -163,19 +163,22 @@ def load_state(conn: sqlite3.Connection, sensor_id: str, alarm_type: str) -> Ala
 
 # The fields of AlarmState before its kept clears: stored rows hold them first, in this order.
 _BEFORE_QUIETS = _STATE_FIELDS.index("quiets")
+# The fields after them, each added later: a row stored before one holds none of it.
+_AFTER_QUIETS = _STATE_FIELDS[_BEFORE_QUIETS + 1 :]
 
 
 def _state(row: list[Any]) -> AlarmState:
     """A stored state row, in the field order of AlarmState. Rows stored before it kept every
     recent clear hold the one clear timed last as its time and reception (11 fields), as its
     time alone (10 fields: then at most its reception, taken for it) or nothing (9 fields);
-    rows stored before the device's time of the last sighting was kept, no such time."""
+    rows stored before the device's time of the last sighting (or a reset clock's lag) was
+    kept, no such time (nor lag)."""
     state, rest = AlarmState(*row[:_BEFORE_QUIETS]), row[_BEFORE_QUIETS:]
     if not rest or rest[0] is None:
         return state
     if isinstance(rest[0], list):
         quiets = tuple((float(t), float(r)) for t, r in rest[0])
-        return replace(state, quiets=quiets, last_device_seen=(rest[1:] or [None])[0])
+        return replace(state, quiets=quiets, **dict(zip(_AFTER_QUIETS, rest[1:], strict=False)))
     received = rest[1] if len(rest) > 1 and rest[1] is not None else rest[0]
     return replace(state, quiets=((float(rest[0]), float(received)),))
 

@@ -2445,10 +2445,10 @@ def test_an_active_alarm_stored_before_device_times_were_kept_is_not_cleared_by_
     h: Harness, stored_before: bool
 ) -> None:
     """mh-1 raised by a reading at T0 + 100, its state stored as it is or as it was before the
-    device's time of the last sighting was kept (one field less). A late reading beyond
-    ``raise`` (T0 + 50) counts, then one beyond ``clear`` at T0 + 60, taken before the
-    raise's, is stale either way: loaded without that time, the repeat used to keep its own
-    (T0 + 50) as the last sighting's, and the late reading cleared the alarm."""
+    device's time of the last sighting was kept (without it and the reset clock's lag). A late
+    reading beyond ``raise`` (T0 + 50) counts, then one beyond ``clear`` at T0 + 60, taken
+    before the raise's, is stale either way: loaded without that time, the repeat used to keep
+    its own (T0 + 50) as the last sighting's, and the late reading cleared the alarm."""
     h.alarm("mh-1", reading("mh-1", 20, T0 + 100), T0 + 100)
     if stored_before:
         with h.outbox.transaction() as txn:
@@ -2456,10 +2456,38 @@ def test_an_active_alarm_stored_before_device_times_were_kept_is_not_cleared_by_
             (row,) = txn.conn.execute(query).fetchone()
             txn.conn.execute(
                 "UPDATE bridge_alarm_state SET state = ? WHERE sensor_id = 'mh-1'",
-                (json.dumps(json.loads(row)[:-1]),),
+                (json.dumps(json.loads(row)[:-2]),),
             )
             assert store.load_state(txn.conn, "mh-1", "manhole_tilt").last_device_seen is None
     h.alarm("mh-1", reading("mh-1", 20, T0 + 50), T0 + 101)
     h.alarm("mh-1", reading("mh-1", 2, T0 + 60), T0 + 102)
     c = h.core.counts
     assert (c.created, c.updated, c.cleared, c.stale) == (1, 1, 0, 1)
+
+
+@pytest.mark.parametrize("behind_days", [29, 31])
+def test_a_pack_spread_back_from_its_reception_clears_after_a_reading_of_a_reset_clock(
+    h: Harness, behind_days: int
+) -> None:
+    """wl-1's clock is ``behind_days`` days behind: a reading beyond ``raise`` (its own time
+    T0 + 100) received at R raises; a pack received at R + 10, a reading beyond ``clear``
+    (T0 + 150) and one beyond ``raise`` (T0 + 300), is timed back from its reception (the
+    first at R - 140). Sent after the raise by the device's clock, it clears and raises
+    again, 30 days or more behind (a reset clock) as less: its first reading used to be stale
+    against the raise kept at its reception, and the clear was lost."""
+    received = T0 + 100 + behind_days * 86400
+    level = {"n": "level", "u": "cm"}
+    h.alarm(
+        "wl-1", json.dumps([{"bn": "wl-1:", "bt": T0 + 100, **level, "v": 20}]).encode(), received
+    )
+    pack = [{"bn": "wl-1:", "bt": T0 + 150, **level, "v": 2}, {"t": 150, **level, "v": 20}]
+    h.alarm("wl-1", json.dumps(pack).encode(), received + 10)
+    ops = [(k, c, b) for k, c, b in outbox_ops(h.outbox) if k != "evidence"]
+    # The batch's patches are flushed after its creates.
+    first, second = ops[0][1], ops[1][1]
+    assert [(k, c) for k, c, _ in ops] == [("create", first), ("create", second), ("patch", first)]
+    assert ops[2][2]["alarm"]["cleared_at"] is not None
+    assert ops[1][2]["alarm"]["previous_alarm_id"] == first != second
+    c = h.core.counts
+    assert (c.created, c.cleared, c.stale) == (2, 1, 0)
+    assert h.dead == []

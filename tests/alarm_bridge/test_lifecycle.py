@@ -541,3 +541,23 @@ def test_clears_are_kept_while_they_can_make_a_raise_stale_and_at_most_eight() -
     for i in range(10):
         state, _ = step(state, sent("clear", 221 + i), 96 + i)
     assert state.quiets == tuple((96 + i, 221 + i) for i in range(2, 10))
+
+
+@pytest.mark.parametrize("behind_days", [29, 31])
+def test_a_pack_spread_back_from_its_reception_orders_by_its_clock_after_a_reset_one(
+    behind_days: int,
+) -> None:
+    """A reading 95 (its own time 100) received ``behind_days`` days later, at R, raises; a
+    pack received at R + 10 holds 45 (own 150) and 95 (own 300), timed back from R + 10 by
+    its spacing (the 45 at R - 140). Sent after the raise by the device's clock, the 45
+    clears and the 95 raises again, its clock reset (30 days or more behind) or not: with
+    the reset clock's raise kept at its reception, the 45, before it, used to be stale."""
+    received = 100 + behind_days * 86400.0
+    state, effects = step(AlarmState(), rd(95, INSTANT), received, 100)
+    assert [e.kind for e in effects] == ["raise"]
+    kinds = []
+    for own, value in ((150, 45), (300, 95)):
+        state, effects = step(state, rd(value, INSTANT, aid="b"), received + 10 - 300 + own, own)
+        kinds += [e.kind for e in effects]
+    assert kinds == ["clear", "raise"]
+    assert (state.alarm_id, state.previous_alarm_id) == ("b", "a")
