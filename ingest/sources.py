@@ -719,6 +719,9 @@ class CameraPublisher(threading.Thread):
         self.period = 1.0 / self.camera.sample_fps
         # A file's sample due longer ago than this is skipped (see _play_file_once).
         self.late_s = self.period
+        # Whether the file's last sample was skipped as late (kept across passes: a pass may
+        # hold a single sample).
+        self._behind = False
 
     def run(self) -> None:
         kind = source_kind(self.camera.source)
@@ -794,7 +797,10 @@ class CameraPublisher(threading.Thread):
         pass read, or None when the file cannot be opened. A sample due more than a period ago
         (the process was starved, a publication or the reopen took long) is skipped and
         counted: played late, a burst of them would go out at once, stamped with times long
-        gone, and the delay would grow with every slow frame."""
+        gone, and the delay would grow with every slow frame. A late sample right after a
+        skipped one restarts the timing from now and is played: the file is read slower than
+        it plays (a decoder slower than real time), and skipping would then never end; it
+        plays slower than real time instead, stamped with current times."""
         import cv2
 
         cap = cv2.VideoCapture(str(path))
@@ -815,9 +821,15 @@ class CameraPublisher(threading.Thread):
                 # The file's own timing paces the replay, as a live camera would.
                 due = start + moment
                 if time.monotonic() - due > self.late_s:
-                    self.output.stats.late += 1
-                    next_sample = self._sample_after(next_sample, moment)
-                    continue
+                    if not self._behind:
+                        self._behind = True
+                        self.output.stats.late += 1
+                        next_sample = self._sample_after(next_sample, moment)
+                        continue
+                    # Behind again after a skip: catching up would starve the camera for good.
+                    start = time.monotonic() - moment
+                    due = start + moment
+                self._behind = False
                 ok, image = cap.retrieve()
                 if not ok:
                     continue

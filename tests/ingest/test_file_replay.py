@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 
@@ -28,14 +29,14 @@ PERIOD_S = 1 / FPS
 
 
 def replaying(
-    mosquitto: Mosquitto, clip: Path, component_id: str
+    mosquitto: Mosquitto, clip: Path, component_id: str, fps: int = FPS
 ) -> tuple[MqttConnection, CameraOutput, list[Frame], threading.Event]:
-    """A looping file camera's output at 10 fps; the frames it publishes are kept in order."""
+    """A looping file camera's output at ``fps``; the frames it publishes are kept in order."""
     site = parse_site(
         "site: {name: Test}\n"
         "mqtt: {prefix: replay}\n"
         "cameras:\n"
-        f"  - {{id: f1, source: '{clip}', fps: {FPS}, loop: true, location: {{address: a}}}}\n"
+        f"  - {{id: f1, source: '{clip}', fps: {fps}, loop: true, location: {{address: a}}}}\n"
     )
     conn = MqttConnection(component_id, MqttSettings.from_url(mosquitto.url), prefix="replay")
     assert conn.start(10)
@@ -131,3 +132,46 @@ def test_a_file_back_after_a_spell_missing_plays_from_then_on(
     assert stamped_within(frames, offline_at[0], back) == []
     assert output.stats.failures >= 1
     assert datetime.fromtimestamp(back, UTC) < frames[before].header.ts
+
+
+class SlowCapture:
+    """A cv2.VideoCapture whose grab() takes 80 ms: a 25 fps file is read at 12.5 fps, slower
+    than it plays (a decoder that cannot keep up with the footage)."""
+
+    real = cv2.VideoCapture
+
+    def __init__(self, *args: Any) -> None:
+        self.cap = self.real(*args)
+
+    def grab(self) -> bool:
+        time.sleep(0.08)
+        return bool(self.cap.grab())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cap, name)
+
+
+def test_a_file_read_slower_than_real_time_plays_on(
+    mosquitto: Mosquitto, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clip = tmp_path / "c25.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 25, (64, 36))
+    for i in range(100):
+        writer.write(np.full((36, 64, 3), (5 * i) % 256, np.uint8))
+    writer.release()
+    monkeypatch.setattr(cv2, "VideoCapture", SlowCapture)
+    # Sampled at 5 fps, each sample takes 5 grabs: 400 ms of reading for 200 ms of footage.
+    conn, output, frames, stop = replaying(mosquitto, clip, "f-slow", fps=5)
+    thread = run(output, stop)
+    try:
+        wait_for(lambda: output.stats.late >= 3)  # behind, more than once
+        first = len(frames)
+        # Once behind, the replay is not starved: it plays on, slower than real time.
+        wait_for(lambda: len(frames) >= first + 5)
+        assert output.online
+    finally:
+        stop.set()
+        thread.join(10)
+        conn.stop()
+    stamps = [f.header.ts for f in frames]
+    assert stamps == sorted(stamps)
