@@ -677,7 +677,10 @@ class Outbox:
         """
         if self._lock_file is not None:
             return
-        handle = self.path.with_name(self.path.name + ".lock").open("ab")
+        # Beside the file itself: a path through a symbolic link (to the file or a folder of
+        # it) must not name a lock of its own.
+        real = self.path.resolve()
+        handle = real.with_name(real.name + ".lock").open("ab")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

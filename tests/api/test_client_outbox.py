@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import socket
 import sqlite3
 import subprocess
@@ -374,13 +375,20 @@ def test_a_candidates_patches_merge_within_the_byte_limit(api_server: Any, tmp_p
         assert http.get(f"/candidates/{cid}").json()["detection"]["dwell_s"] == 15
 
 
-def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path) -> None:
+@pytest.mark.parametrize("linked", [False, True])
+def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path, linked: bool) -> None:
+    """Also when the second names the file through a symbolic link in another folder."""
     client = ApiClient("http://127.0.0.1:9", "token")
-    first = Outbox(tmp_path / "outbox-shared.db", client, component="a")
-    second = Outbox(tmp_path / "outbox-shared.db", client, component="b")
+    path = tmp_path / "outbox-shared.db"
+    first = Outbox(path, client, component="a")
+    if linked:
+        (tmp_path / "b").mkdir()
+        (tmp_path / "b" / path.name).symlink_to(path)
+        path = tmp_path / "b" / path.name
+    second = Outbox(path, client, component="b")
     first.start()
     try:
-        with pytest.raises(OutboxBusy, match=r"outbox-shared\.db is in use by another process"):
+        with pytest.raises(OutboxBusy, match=re.escape(f"outbox {path} is in use by another")):
             second.start()
     finally:
         first.stop()
