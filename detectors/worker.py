@@ -2267,11 +2267,17 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
     old, new = Path(Outbox.env_path(COMPONENT)), Path(Outbox.env_path(component_id))
     if os.environ.get("GRIDPATROL_OUTBOX") or new.exists() or not old.is_file():
         return
-    with old.with_name(old.name + ".lock").open("ab") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return  # a worker runs on it: it is that worker's
+    with contextlib.ExitStack() as locks:
+        for path in (old, new):  # the old file's, then the one a worker on the new file holds
+            lock = locks.enter_context(path.with_name(path.name + ".lock").open("ab"))
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # a worker runs on it: it is that worker's
+        # Again under the locks: a worker on the same list that started at once may have moved
+        # the file meanwhile.
+        if new.exists() or not old.is_file():
+            return
         named = _cameras_kept(old)
         if named is None or not named <= set(cameras):
             log.warning(
@@ -2283,9 +2289,15 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
                 new,
             )
             return
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            with contextlib.suppress(FileNotFoundError):
-                Path(f"{old}{suffix}").replace(f"{new}{suffix}")
+        if not _move_outbox(old, new):
+            log.warning(
+                "%s: the outbox %s was not moved: a file of %s is in its way; it starts on its "
+                "own file",
+                component_id,
+                old,
+                new,
+            )
+            return
     log.warning(
         "%s: moved the outbox %s to %s, this worker's own file (it kept state of this "
         "worker's cameras alone)",
@@ -2295,10 +2307,44 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
     )
 
 
-def _cameras_kept(path: Path) -> set[str] | None:
-    """The cameras whose state the outbox file ``path`` keeps; None when it cannot be read."""
+# The files SQLite keeps beside an outbox file, which move with it.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def _move_outbox(old: Path, new: Path) -> bool:
+    """Move the outbox file ``old`` and the files beside it to ``new``, never over a file
+    there: each is linked under its new name first, and only when all are does ``old`` go (on
+    a file system without links, each is renamed when none is there, under both files' locks).
+    Whether they moved."""
+    pairs = [
+        (Path(f"{old}{suffix}"), Path(f"{new}{suffix}"))
+        for suffix in (*SQLITE_SIDE_FILES, "")  # the file itself last
+        if not suffix or Path(f"{old}{suffix}").exists()
+    ]
+    linked: list[Path] = []
     try:
-        with contextlib.closing(sqlite3.connect(path)) as conn:
+        for source, target in pairs:
+            os.link(source, target)
+            linked.append(target)
+    except OSError as exc:
+        for target in linked:
+            target.unlink()
+        if isinstance(exc, FileExistsError) or any(target.exists() for _, target in pairs):
+            return False
+        for source, target in pairs:
+            source.replace(target)
+        return True
+    for source, _ in reversed(pairs):
+        source.unlink()
+    return True
+
+
+def _cameras_kept(path: Path) -> set[str] | None:
+    """The cameras whose state the outbox file ``path`` keeps; None when it cannot be read
+    (also when it is not there: opened read-only, it is never created)."""
+    try:
+        uri = f"{path.absolute().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
             tables = {
                 row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from gridpatrol.detectors.worker import (
     BUSY_HINT,
     DetectorWorker,
     EpisodeEvent,
+    _cameras_kept,
     _component_id,
     _open_outbox,
     candidate_detection,
@@ -397,6 +399,61 @@ def test_a_cameras_worker_takes_over_the_outbox_it_used_as_detect(
     with pytest.raises(OutboxBusy, match=re.escape("is in use by another process; " + BUSY_HINT)):
         _open_outbox("detect-cam-02", ["cam-02"])
     again.stop()
+
+
+def test_two_workers_on_one_list_starting_at_once_keep_the_moved_outbox(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on the same --cameras list start at once: the second finds the old file
+    there and its own absent, then the first moves the old file to its own and claims it
+    before the second takes the old file's lock. The moved file keeps its queued create and
+    open episode, no empty old file is made, and the second is refused."""
+    import threading
+
+    from gridpatrol.detectors.episodes import load_book
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    _legacy_outbox(tmp_path, ["cam-00"])
+    first_claimed, second_waits = threading.Event(), threading.Event()
+    opened = Path.open
+
+    def gated(self: Path, *args: Any, **kwargs: Any) -> Any:
+        # The second worker's first lock: taken only once the first worker claimed its file.
+        second = threading.current_thread().name == "second"
+        if second and self.name.endswith(".lock") and not second_waits.is_set():
+            second_waits.set()
+            assert first_claimed.wait(30)
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", gated)
+    refused: list[BaseException] = []
+
+    def second() -> None:
+        try:
+            _open_outbox("detect-cam-00", ["cam-00"]).stop()
+        except BaseException as exc:  # what the second worker was told
+            refused.append(exc)
+
+    thread = threading.Thread(target=second, name="second")
+    thread.start()
+    assert second_waits.wait(30)
+    first = _open_outbox("detect-cam-00", ["cam-00"])
+    first_claimed.set()
+    thread.join(30)
+    first.stop()
+    assert [type(exc) for exc in refused] == [OutboxBusy]
+    assert not (tmp_path / "var" / "outbox-detect.db").exists()
+    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "outbox-detect-cam-00.db")) as conn:
+        assert [ep.camera_id for ep in load_book(conn).values()] == ["cam-00"]
+        assert conn.execute("SELECT kind FROM outbox_ops").fetchall() == [("create",)]
+
+
+def test_reading_which_cameras_an_absent_outbox_keeps_creates_no_file(tmp_path: Path) -> None:
+    """Neither cameras nor a file: the old file is not there, and asking does not make it."""
+    assert _cameras_kept(tmp_path / "outbox-detect.db") is None
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_shard_without_cameras_whose_metrics_port_is_taken_cannot_start(tmp_path: Path) -> None:
