@@ -502,6 +502,14 @@ class OutboxTxn:
         )
 
 
+def outbox_lock_path(path: Path) -> Path:
+    """The lock file of the outbox file ``path``, which the process delivering from it holds:
+    beside the file itself, so a path through a symbolic link (to the file or a folder of it)
+    names no lock of its own."""
+    real = path.resolve()
+    return real.with_name(real.name + ".lock")
+
+
 def merge_patches(first: JsonDict, second: JsonDict) -> JsonDict:
     """Combine two consecutive PATCH bodies into one with the same effect.
 
@@ -677,10 +685,7 @@ class Outbox:
         """
         if self._lock_file is not None:
             return
-        # Beside the file itself: a path through a symbolic link (to the file or a folder of
-        # it) must not name a lock of its own.
-        real = self.path.resolve()
-        handle = real.with_name(real.name + ".lock").open("ab")
+        handle = outbox_lock_path(self.path).open("ab")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

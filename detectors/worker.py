@@ -2262,14 +2262,14 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
     keeps its file, and so does a worker of another list)."""
     import fcntl
 
-    from gridpatrol.api.client import Outbox
+    from gridpatrol.api.client import Outbox, outbox_lock_path
 
     old, new = Path(Outbox.env_path(COMPONENT)), Path(Outbox.env_path(component_id))
     if os.environ.get("GRIDPATROL_OUTBOX") or new.exists() or not old.is_file():
         return
     with contextlib.ExitStack() as locks:
         for path in (old, new):  # the old file's, then the one a worker on the new file holds
-            lock = locks.enter_context(path.with_name(path.name + ".lock").open("ab"))
+            lock = locks.enter_context(outbox_lock_path(path).open("ab"))
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -450,6 +450,32 @@ def test_two_workers_on_one_list_starting_at_once_keep_the_moved_outbox(
         assert conn.execute("SELECT kind FROM outbox_ops").fetchall() == [("create",)]
 
 
+def test_an_old_outbox_linked_to_a_file_a_worker_holds_is_not_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """var/outbox-detect.db is a symbolic link to a file a worker of every camera holds through
+    its own path: the lock is the file's, whichever path names it, so the --cameras worker
+    leaves the old file to it and starts on its own."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    real = tmp_path / "disk" / "outbox.db"
+    real.parent.mkdir()
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "outbox-detect.db").symlink_to(real)
+    _legacy_outbox(tmp_path, ["cam-00"])
+    holder = Outbox(real, None, component="detect")
+    holder.claim()
+    try:
+        mine = _open_outbox("detect-cam-00", ["cam-00"])
+        mine.stop()
+    finally:
+        holder.stop()
+    assert (tmp_path / "var" / "outbox-detect.db").is_symlink()
+    assert holder.depth() == 1
+    assert "moved the outbox" not in caplog.text
+
+
 def test_reading_which_cameras_an_absent_outbox_keeps_creates_no_file(tmp_path: Path) -> None:
     """Neither cameras nor a file: the old file is not there, and asking does not make it."""
     assert _cameras_kept(tmp_path / "outbox-detect.db") is None
