@@ -214,10 +214,13 @@ def _own(at: _At, state: AlarmState) -> tuple[float, float | None]:
     its later ones count at their own times carried forward by as much, so they order among
     themselves by their own times (a pack spread back from its reception before the first
     sighting's, sent after it) and against a clock that was right by their receptions. A
-    later reset (another reboot) keeps that lag: its messages count earlier than sent, and one
-    timed before ``last_seen`` is stale, as every reset clock's was before the lag was kept."""
+    message of a clock that is right again (synchronised) ends the reset: the next reset (a
+    reboot) counts anew from its first sighting, as a new alarm's does; the old lag would put
+    its messages days before they were sent. A reset again with no message of a right clock
+    in between keeps the lag: its messages count earlier than sent, and one timed before
+    ``last_seen`` is stale, as every reset clock's was before the lag was kept."""
     if not _reset(at):
-        return at.own, state.reset_clock_lag
+        return at.own, None
     if state.reset_clock_lag is None:
         return at.t, at.t - at.own
     return at.own + state.reset_clock_lag, state.reset_clock_lag
@@ -240,8 +243,9 @@ def _ignore(state: AlarmState, reason: str) -> tuple[AlarmState, list[Effect]]:
 def _raise(
     state: AlarmState, alarm_id: str, severity: Severity, at: _At
 ) -> tuple[AlarmState, list[Effect]]:
-    """A new alarm; one that follows a cleared alarm refers to it."""
-    own, lag = _own(at, state)
+    """A new alarm; one that follows a cleared alarm refers to it. It keeps no reset clock's
+    lag of the alarm before: a reset now is one of its own."""
+    own, lag = _own(at, replace(state, reset_clock_lag=None))
     new = AlarmState(
         phase="active",
         alarm_id=alarm_id,

@@ -2422,6 +2422,26 @@ RESET_CLOCK_CASES = [
         ],
         (1, 0, 1),
     ),
+    (
+        "a clear sent before a second reset's update leaves the alarm open",
+        [
+            (envelope("mh-1", "r1", ts=Y2000), T0),
+            (envelope("mh-1", "u1", "update", ts=T0 + 100), T0 + 100),  # synchronised
+            (envelope("mh-1", "u2", "update", ts=Y2000 + 30), T0 + 200),  # rebooted
+            (envelope("mh-1", "c1", "clear", ts=T0 + 150), T0 + 205),
+        ],
+        (1, 0, 1),
+    ),
+    (
+        "a clear sent before a reset clock's raise of a later alarm leaves it open",
+        [
+            (envelope("mh-1", "r1", ts=Y2000), T0),
+            (envelope("mh-1", "c1", "clear", ts=T0 + 100), T0 + 100),  # synchronised
+            (envelope("mh-1", "r2", ts=Y2000 + 30), T0 + 40 * DAY),  # rebooted
+            (envelope("mh-1", "c2", "clear", ts=T0 + 40 * DAY - 10), T0 + 40 * DAY + 5),
+        ],
+        (2, 1, 1),
+    ),
 ]
 
 
