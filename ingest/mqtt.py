@@ -59,6 +59,15 @@ MQTT_MAX_PACKET_SIZE = 268435455 + 5  # the largest remaining length and its fix
 # the broker first, an authentication backend that comes up after the broker. Slow, so an
 # account lock-out policy sees few attempts.
 AUTH_RETRY_S = (30, 120)
+# The publications of a ``latest`` topic (a camera's frames) that may wait unwritten before the
+# next is dropped. A broker that keeps up still leaves a short backlog at times: every camera's
+# frames share the one socket, so a frame waits behind the others' (16 cameras of 1.5 MB frames
+# at 25 fps on a local broker dropped 3-21 % when only one could wait, and had up to 3 waiting
+# when a frame came, with none dropped, when any number could). A count rather than bytes: it
+# bounds how stale the frames that wait get (4 periods) as well as the memory they hold (4
+# frames a camera, 6 MB of 1.5 MB frames; a byte cap would let a small-frame camera lag
+# seconds behind).
+LATEST_UNWRITTEN = 4
 
 # Topics whose matching subscriptions are remembered (per subscription list). paho's
 # topic_matches_sub builds a matcher per call, a few microseconds per subscription and message.
@@ -343,10 +352,11 @@ class MqttConnection:
         self.publish_oversize = 0  # refused as larger than max_packet_size (in publish_dropped)
         self._oversize_said: set[str] = set()  # topics whose oversize publication was logged
         # Publications of ``latest`` topics (a camera's frames) that the broker does not take:
-        # dropped while the topic's previous one is still unwritten (in publish_dropped).
+        # dropped while LATEST_UNWRITTEN of the topic's are still unwritten (in publish_dropped).
         self.publish_behind = 0
-        # Topic -> the client and the paho message info of its last ``latest`` publication.
-        self._unwritten: dict[str, tuple[paho.Client, paho.MQTTMessageInfo]] = {}
+        # Topic -> the client and the paho message info of its ``latest`` publications that
+        # were unwritten when last looked at, oldest first.
+        self._unwritten: dict[str, list[tuple[paho.Client, paho.MQTTMessageInfo]]] = {}
         # The Maximum Packet Size of the broker's MQTT 5 CONNACK, None when it gave none.
         self._broker_max_packet: int | None = None
         self.connects = 0
@@ -922,8 +932,9 @@ class MqttConnection:
         again for ever).
 
         ``latest`` (QoS 0, a camera's frames): only the newest matters, so the publication is
-        dropped (counted in ``publish_behind`` too) while the topic's previous one is still
-        unwritten. A broker that stops reading (hung, a network partition) leaves the
+        dropped (counted in ``publish_behind`` too) while ``LATEST_UNWRITTEN`` of the topic's
+        are still unwritten: a short backlog goes through, a stalled broker holds no more than
+        that per topic. A broker that stops reading (hung, a network partition) leaves the
         connection open: without this, every frame would wait in paho's unbounded queue,
         counted as published, and the process would grow by the cameras' bitrate."""
         client = self._client
@@ -933,7 +944,7 @@ class MqttConnection:
         if self._oversize(topic, payload, qos):
             return False
         latest = latest and qos == 0
-        if latest and self._still_unwritten(client, topic):
+        if latest and len(self._still_unwritten(client, topic)) >= LATEST_UNWRITTEN:
             self.publish_behind += 1
             self.publish_dropped += 1
             return False
@@ -944,21 +955,23 @@ class MqttConnection:
             self.publish_dropped += 1
             return False
         if latest:
-            self._unwritten[topic] = (client, info)
+            self._unwritten.setdefault(topic, []).append((client, info))
         self.published += 1
         return True
 
-    def _still_unwritten(self, client: paho.Client, topic: str) -> bool:
-        """Whether the topic's last ``latest`` publication on ``client`` waits to be written.
-        paho marks a QoS 0 publication lost at a reconnection (an error then, not waiting); one
-        of a client since replaced is never written."""
-        held = self._unwritten.get(topic)
-        if held is None or held[0] is not client:
-            return False
-        try:
-            return not held[1].is_published()
-        except (RuntimeError, ValueError):  # lost with its connection, or never queued
-            return False
+    def _still_unwritten(
+        self, client: paho.Client, topic: str
+    ) -> list[tuple[paho.Client, paho.MQTTMessageInfo]]:
+        """The topic's ``latest`` publications on ``client`` that wait to be written; the
+        others are forgotten. paho marks a QoS 0 publication lost at a reconnection (an error
+        then, not waiting); one of a client since replaced is never written."""
+        held = [
+            (owner, info)
+            for owner, info in self._unwritten.get(topic, ())
+            if owner is client and not _written(info)
+        ]
+        self._unwritten[topic] = held
+        return held
 
     def publish_wait(
         self,
@@ -1086,3 +1099,12 @@ def mqtt_started(logger: logging.Logger, command: str, conn: MqttConnection) -> 
         logger.error("%s: cannot start: %s", command, exc)
         return False
     return True
+
+
+def _written(info: paho.MQTTMessageInfo) -> bool:
+    """Whether paho wrote a QoS 0 publication, or will never: lost with its connection (an
+    error), or never queued."""
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):
+        return True
