@@ -821,15 +821,25 @@ class Outbox:
                 window = self._patches_up_to(conn, ops[-1].seq) if aliased else ops
                 now = time.monotonic()
                 self._forget_deferred(now)
-                patches = _as_sent(conn, _patches_by_candidate(window))
+                patches, restored = _as_sent(conn, _patches_by_candidate(window))
                 patches = [g for g in patches if kicked or self._due(g, now)]
                 patches = patches[: self.MAX_PATCHED]
                 patches = [g for g in (self._sendable(conn, g) for g in patches) if g]
-                patches = [_mergeable(g, self.MAX_PATCH_BYTES) for g in patches]
+                patches = [self._cut(g, restored) for g in patches]
                 self._send_in_parallel(conn, self._without_refused_creates(conn, patches))
         except (httpx.TransportError, ApiError) as exc:
             # Senders settle refusals themselves; what reaches here is worth retrying.
             self._retry_later(conn, ops[0], exc)
+
+    def _cut(self, group: list[_Op], restored: set[str]) -> list[_Op]:
+        """The patches of ``group`` its candidate's next PATCH carries. A PATCH out without a
+        definite answer (``restored``, see :func:`_as_sent`) goes again exactly as recorded,
+        whatever its size (an earlier version merged without limits): the same body under the
+        same key, which the API replays or applies once; refused, it is unmerged (see
+        :meth:`_unmerge`). Any other within the API's limits (see :func:`_mergeable`)."""
+        if (group[0].candidate_id or "") in restored:
+            return group
+        return _mergeable(group, self.MAX_PATCH_BYTES)
 
     def _patches_up_to(self, conn: sqlite3.Connection, seq: int) -> list[_Op]:
         """The pending patches up to ``seq``, as the file holds them now: the window is the
@@ -1567,18 +1577,18 @@ def _round(ops: list[_Op], max_creates: int, max_bytes: int) -> list[_Op]:
     return ops
 
 
-def _as_sent(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op]]:
+def _as_sent(conn: sqlite3.Connection, groups: list[list[_Op]]) -> tuple[list[list[_Op]], set[str]]:
     """``groups`` (a candidate's patches each) with each candidate that has a PATCH out
     without a definite answer (see ``outbox_patch_groups``) cut back to the patches of that
-    PATCH: the retry carries the same body under the same key, which the API replays or
-    applies once, and never a larger merge under a new key (which the API would apply
-    beside the first, the first perhaps applied later and older values winning). Patches
-    queued since wait for the next round. A candidate whose patches of that PATCH are not
-    all in the window (never expected: the window holds the oldest pending operations) is
-    left for a later round."""
+    PATCH, and the ids of those candidates: the retry carries the same body under the same
+    key, which the API replays or applies once, and never a larger or smaller merge under a
+    new key (which the API would apply beside the first, the first perhaps applied later and
+    older values winning). Patches queued since wait for the next round. A candidate whose
+    patches of that PATCH are not all in the window (never expected: the window holds the
+    oldest pending operations) is left for a later round."""
     ids = [group[0].candidate_id for group in groups]
     if not ids:
-        return groups
+        return groups, set()
     pinned: dict[str, set[int]] = {}
     for start in range(0, len(ids), 500):  # well under SQLite's limit of bound parameters
         chunk = ids[start : start + 500]
@@ -1589,8 +1599,9 @@ def _as_sent(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op
         ).fetchall()
         pinned.update((str(cid), {int(seq) for seq in json.loads(seqs)}) for cid, seqs in rows)
     if not pinned:
-        return groups
+        return groups, set()
     kept: list[list[_Op]] = []
+    restored: set[str] = set()
     for group in groups:
         seqs = pinned.get(group[0].candidate_id or "")
         if seqs is None:
@@ -1599,12 +1610,13 @@ def _as_sent(conn: sqlite3.Connection, groups: list[list[_Op]]) -> list[list[_Op
         sent = [op for op in group if op.seq in seqs]
         if len(sent) == len(seqs):
             kept.append(sent)
+            restored.add(group[0].candidate_id or "")
         elif not sent:  # settled by a version that kept no groups: nothing is out
             conn.execute(
                 "DELETE FROM outbox_patch_groups WHERE candidate_id = ?", (group[0].candidate_id,)
             )
             kept.append(group)
-    return kept
+    return kept, restored
 
 
 def _pin_groups(conn: sqlite3.Connection, groups: list[list[_Op]]) -> None:

@@ -375,6 +375,48 @@ def test_a_candidates_patches_merge_within_the_byte_limit(api_server: Any, tmp_p
         assert http.get(f"/candidates/{cid}").json()["detection"]["dwell_s"] == 15
 
 
+def test_a_patch_recorded_out_goes_again_as_it_was_whatever_its_size(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """A file an earlier version left with a PATCH out and no answer (stopped or killed while
+    it was on its way): 1800 updates of a candidate merged into one PATCH, over 512 KiB of
+    updates merging into a small body, which the API applied. It goes again exactly as it
+    was, one PATCH under its key, which the API replays: no part of it is applied again under
+    another key, and the last value stays."""
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(1400), "image/jpeg")
+        cid = txn.create_candidate(candidate("recorded-out-1", sha))
+    deliver(outbox)
+    note = "x" * 320
+    with outbox.transaction() as txn:
+        for update in range(1, 1801):
+            txn.patch_candidate(cid, {"description": note, "detection": {"dwell_s": 10 + update}})
+    with contextlib.closing(sqlite3.connect(tmp_path / "outbox-test.db")) as conn, conn:
+        rows = conn.execute(
+            "SELECT seq, idempotency_key, payload FROM outbox_ops WHERE kind = 'patch' ORDER BY seq"
+        ).fetchall()
+        assert len(rows) == 1800
+        assert sum(len(payload) for _s, _k, payload in rows) > Outbox.MAX_PATCH_BYTES
+        conn.execute(
+            "INSERT INTO outbox_patch_groups (candidate_id, seqs) VALUES (?, ?)",
+            (cid, json.dumps([seq for seq, _k, _p in rows])),
+        )
+    body: dict[str, Any] = {}
+    for _seq, _key, payload in rows:
+        body = merge_patches(body, json.loads(payload))
+    client = ApiClient(api_server.url, api_server.tokens["producer"], timeout=5)
+    with contextlib.closing(client):
+        client.patch_candidate(cid, body, rows[-1][1])
+    before = patch_requests(api_server)
+    deliver(outbox, 60)
+    assert patch_requests(api_server) - before == 1
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 1802, "retried": 0, "failed": 0, "depth": 0}
+    with api_server.client("reviewer") as http:
+        assert http.get(f"/candidates/{cid}").json()["detection"]["dwell_s"] == 1810
+
+
 @pytest.mark.parametrize("linked", [False, True])
 def test_one_process_at_a_time_delivers_from_an_outbox_file(tmp_path: Path, linked: bool) -> None:
     """Also when the second names the file through a symbolic link in another folder."""
