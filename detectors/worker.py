@@ -2259,13 +2259,17 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
     its cameras) to its own default file, so its queued operations and open episodes carry
     over: only when GRIDPATROL_OUTBOX is unset, its own file is not there yet, no process holds
     the old one and the old one keeps state of none but these cameras (a worker of every camera
-    keeps its file, and so does a worker of another list)."""
+    keeps its file, and so does a worker of another list). A move a crash cut short is ended
+    on the next start: the old name of a file linked under the new one goes, and side files
+    under the new name without the file are put back."""
     import fcntl
 
-    from gridpatrol.api.client import Outbox, outbox_lock_path
+    from gridpatrol.api.client import Outbox, OutboxBusy, outbox_lock_path
 
     old, new = Path(Outbox.env_path(COMPONENT)), Path(Outbox.env_path(component_id))
-    if os.environ.get("GRIDPATROL_OUTBOX") or new.exists() or not old.is_file():
+    if os.environ.get("GRIDPATROL_OUTBOX") or not old.is_file():
+        return
+    if new.exists() and not old.samefile(new):
         return
     with contextlib.ExitStack() as locks:
         for path in (old, new):  # the old file's, then the one a worker on the new file holds
@@ -2273,23 +2277,34 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                if path == old and new.exists() and old.samefile(new):
+                    # A move cut short left the file under both names and a worker of the
+                    # old name delivers from it: this one may not as well.
+                    raise OutboxBusy(
+                        f"outbox {new} is in use by another process (as {old}); {BUSY_HINT}"
+                    ) from None
                 return  # a worker runs on it: it is that worker's
         # Again under the locks: a worker on the same list that started at once may have moved
         # the file meanwhile.
-        if new.exists() or not old.is_file():
+        if not old.is_file():
             return
-        named = _cameras_kept(old)
-        if named is None or not named <= set(cameras):
-            log.warning(
-                "%s: the outbox %s keeps state of other cameras (%s) than this worker's; "
-                "it starts on its own file %s",
-                component_id,
-                old,
-                ", ".join(sorted(named - set(cameras))) if named else "unreadable",
-                new,
-            )
+        linked = new.exists()  # a move that stopped after linking the file under its new name
+        if linked and not old.samefile(new):
             return
-        if not _move_outbox(old, new):
+        if not linked:
+            _put_back_side_files(old, new)
+            named = _cameras_kept(old)
+            if named is None or not named <= set(cameras):
+                log.warning(
+                    "%s: the outbox %s keeps state of other cameras (%s) than this worker's; "
+                    "it starts on its own file %s",
+                    component_id,
+                    old,
+                    ", ".join(sorted(named - set(cameras))) if named else "unreadable",
+                    new,
+                )
+                return
+        if not _move_outbox(old, new, linked):
             log.warning(
                 "%s: the outbox %s was not moved: a file of %s is in its way; it starts on its "
                 "own file",
@@ -2307,35 +2322,51 @@ def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
     )
 
 
-# The files SQLite keeps beside an outbox file, which move with it.
+# The files SQLite keeps beside an outbox file.
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
-def _move_outbox(old: Path, new: Path) -> bool:
-    """Move the outbox file ``old`` and the files beside it to ``new``, never over a file
-    there: each is linked under its new name first, and only when all are does ``old`` go (on
-    a file system without links, each is renamed when none is there, under both files' locks).
-    Whether they moved."""
-    pairs = [
-        (Path(f"{old}{suffix}"), Path(f"{new}{suffix}"))
-        for suffix in (*SQLITE_SIDE_FILES, "")  # the file itself last
-        if not suffix or Path(f"{old}{suffix}").exists()
-    ]
-    linked: list[Path] = []
-    try:
-        for source, target in pairs:
-            os.link(source, target)
-            linked.append(target)
-    except OSError as exc:
-        for target in linked:
-            target.unlink()
-        if isinstance(exc, FileExistsError) or any(target.exists() for _, target in pairs):
+def _put_back_side_files(old: Path, new: Path) -> None:
+    """Side files of ``new`` while the file ``new`` is absent are left by a move a crash cut
+    short (before the file itself moved): the old file's, linked or renamed there. Each goes
+    back to its old name, or only its new name goes when the old one is still there."""
+    for suffix in SQLITE_SIDE_FILES:
+        source, target = Path(f"{new}{suffix}"), Path(f"{old}{suffix}")
+        if not source.exists():
+            continue
+        if target.exists():
+            source.unlink()
+        else:
+            source.rename(target)
+
+
+def _move_outbox(old: Path, new: Path, linked: bool) -> bool:
+    """Move the outbox file ``old`` to ``new``, never over a file there (under both files'
+    locks); ``linked`` when it is there already under both names. All its data goes into the
+    file itself first (a checkpoint of its write-ahead log), so the file alone moves: linked
+    under its new name, then its old name unlinked (renamed where the file system has no
+    links), then the old side files removed; a crash at any step leaves the data under one
+    name or the other. Whether it moved (False: a file in the way, or the log not emptied)."""
+    with contextlib.closing(sqlite3.connect(old)) as conn:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if busy:
+        return False
+    renamed = False
+    if not linked:
+        try:
+            os.link(old, new)
+        except FileExistsError:
             return False
-        for source, target in pairs:
-            source.replace(target)
-        return True
-    for source, _ in reversed(pairs):
-        source.unlink()
+        except OSError:  # no links on this file system: renamed, when nothing is there
+            if new.exists():
+                return False
+            old.rename(new)
+            renamed = True
+    if not renamed:
+        old.unlink()
+    for suffix in SQLITE_SIDE_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{old}{suffix}").unlink()
     return True
 
 

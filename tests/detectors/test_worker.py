@@ -2206,3 +2206,126 @@ def test_the_worker_clock_stepping_back_moves_no_episode_ahead_of_its_frames(
         "camera cam-00: its frames' times went only 2 s ahead; its times move 0 s"
         " (the worker's clock went back?)",
     ]
+
+
+def _legacy_outbox_in_its_log(tmp_path: Path) -> None:
+    """``var/outbox-detect.db`` as _legacy_outbox leaves it (a create and an episode of
+    cam-00), but as a worker killed before its write-ahead log went into the file: all of it
+    in ``var/outbox-detect.db-wal``."""
+    scratch = tmp_path / "scratch"
+    db = scratch / "var" / "outbox-detect.db"
+    db.parent.mkdir(parents=True)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    with contextlib.closing(sqlite3.connect(db)) as reader:  # no checkpoint while it is open
+        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
+        _legacy_outbox(scratch, ["cam-00"])
+        (tmp_path / "var").mkdir()
+        for suffix in ("", "-wal"):
+            shutil.copy(f"{db}{suffix}", tmp_path / "var" / f"outbox-detect.db{suffix}")
+    alone = scratch / "without-its-log.db"
+    shutil.copy(db, alone)
+    with contextlib.closing(sqlite3.connect(alone)) as conn:
+        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
+
+
+def _assert_moved(run: Path) -> None:
+    """The worker of cam-00 starts on its own file holding the old file's create and episode,
+    under its name alone."""
+    from gridpatrol.detectors.episodes import load_book
+
+    outbox = _open_outbox("detect-cam-00", ["cam-00"])
+    try:
+        assert outbox.depth() == 1
+        with outbox.transaction() as txn:
+            assert [ep.camera_id for ep in load_book(txn.conn).values()] == ["cam-00"]
+    finally:
+        outbox.stop()
+    assert not (run / "var" / "outbox-detect.db").exists()
+    assert (run / "var" / "outbox-detect-cam-00.db").stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["links", "no-links"])
+def test_a_move_of_the_old_outbox_cut_short_by_a_crash_ends_on_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
+) -> None:
+    """The worker is killed right after each step of the move in turn (each link, unlink and
+    rename of a file), the old file's data still in its write-ahead log, on a file system with
+    links and on one without: its next start moves what is left, so it starts on its own file
+    with the queued create and the open episode, and the old name is gone."""
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    real = {name: getattr(os, name) for name in ("link", "unlink", "rename", "replace")}
+    crashes = 0
+    while True:
+        run = tmp_path / f"run-{crashes}"
+        run.mkdir()
+        monkeypatch.chdir(run)
+        _legacy_outbox_in_its_log(run)
+        done = [0]
+
+        def step(
+            name: str, kill_at: int = crashes + 1, done: list[int] = done
+        ) -> Callable[..., None]:
+            def call(*args: Any, **kwargs: Any) -> None:
+                if name == "link" and not links:
+                    raise PermissionError(1, "Operation not permitted")
+                real[name](*args, **kwargs)
+                done[0] += 1
+                if done[0] == kill_at:
+                    raise SystemExit("killed")
+
+            return call
+
+        with monkeypatch.context() as crash:
+            for name in real:
+                crash.setattr(os, name, step(name))
+            try:
+                _open_outbox("detect-cam-00", ["cam-00"]).stop()
+            except SystemExit:
+                crashes += 1
+            else:
+                _assert_moved(run)
+                break
+        _assert_moved(run)
+    assert crashes == (2 if links else 1)
+
+
+@pytest.mark.parametrize("how", ["linked", "renamed"])
+def test_side_files_a_cut_short_move_left_under_the_new_name_go_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    """A move killed after it took only the old file's write-ahead log to the new name
+    (linked, or renamed without links), the data still in that log: the next start puts it
+    back and moves the file, with the queued create and the open episode."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    _legacy_outbox_in_its_log(tmp_path)
+    wal = tmp_path / "var" / "outbox-detect.db-wal"
+    (os.link if how == "linked" else os.rename)(
+        wal, tmp_path / "var" / "outbox-detect-cam-00.db-wal"
+    )
+    _assert_moved(tmp_path)
+
+
+def test_an_old_outbox_left_under_both_names_and_held_as_the_old_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A move killed after linking the file under its new name, and a worker of every camera
+    started on the old name since: the --cameras worker would deliver from the same file, so
+    it is refused (the old name stays until that worker stops)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    _legacy_outbox(tmp_path, ["cam-00"])
+    old = tmp_path / "var" / "outbox-detect.db"
+    os.link(old, tmp_path / "var" / "outbox-detect-cam-00.db")
+    holder = Outbox(old, None, component="detect")
+    holder.claim()
+    try:
+        with pytest.raises(OutboxBusy, match=re.escape("in use by another process (as ")):
+            _open_outbox("detect-cam-00", ["cam-00"])
+    finally:
+        holder.stop()
+    _assert_moved(tmp_path)
