@@ -339,6 +339,9 @@ class CameraRuntime:
     # The least of the judged frames' reception less frame time (seconds) lately, risen by
     # OFFSET_RISE since the frame at last_ts: the camera's clock as its quickest deliveries see it.
     least_offset: float | None = None
+    # Seconds between the camera's last two frames taken in order (None before two): how far
+    # apart its frames come, to bound the step of a clock jump by.
+    interval_s: float | None = None
     jump: ClockJump | None = None  # a frame off the camera's clock, waiting for the next one
     out_of_order: int = 0  # frames taken but dropped: late ones, those lost to a clock jump
     frames_in: int = 0
@@ -764,6 +767,7 @@ class DetectorWorker:
                 # The new clock as the quicker of its two frames' deliveries shows it.
                 least = min(offset, _offset(jump.ts, jump.received_at))
                 rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, least
+                rt.interval_s = (ts - jump.ts).total_seconds() or rt.interval_s
                 if ahead > 0:
                     self._shift(rt, ahead)
                 return True
@@ -780,6 +784,7 @@ class DetectorWorker:
         if ts < last:
             self._drop(rt)  # a late frame
             return False
+        rt.interval_s = (ts - last).total_seconds() or rt.interval_s
         rt.last_ts, rt.last_received_at, rt.least_offset = ts, received_at, min(least, offset)
         return True
 
@@ -799,30 +804,37 @@ class DetectorWorker:
         """The camera's clock moved to ``ts`` (received at ``received_at``) for good: two frames
         in a row say so (the held one at ``held``, then this one). Of a jump ahead, how far its
         clock went beyond the time passed between the receptions of the camera's last frame and
-        this one, but never so far that its last frame would come less than two of its frame
-        intervals (``ts`` less ``held``) before this one: a worker's own clock stepped back
-        shortens the time between receptions, not the frames' times (0 for a jump back)."""
+        this one (0 for a jump back). A worker's own clock stepped back shortens the time
+        between receptions, not the frames' times: a step that would bring the last frame more
+        than one frame interval nearer this one than two intervals is cut to that. The interval
+        is the lesser of the camera's last one before the jump and ``ts`` less ``held``, so
+        frames lost after the held one leave more room, never less."""
         last, last_received = rt.last_ts, rt.last_received_at
         assert last is not None
         if ts >= last:
             if last_received is None:  # no reception kept: nothing to measure the step by
                 return 0.0
             step = _offset(last, last_received) - _offset(ts, received_at)
-            room = (ts - last).total_seconds() - 2 * (ts - held).total_seconds()
+            # The frames' interval: the lesser of the camera's before the jump and the new
+            # clock's two frames' (frames lost before the jump or after the held one widen one).
+            seen = (rt.interval_s, (ts - held).total_seconds())
+            interval = min((s for s in seen if s is not None and s > 0), default=0.0)
+            room = (ts - last).total_seconds() - 2 * interval
             log.warning(
                 "camera %s: clock went ahead %.0f s more than the time between frames",
                 rt.camera.id,
                 self._least_offset(rt, received_at) - _offset(ts, received_at),
             )
-            if room < step - 0.001:  # not one of float rounding
-                log.warning(
-                    "camera %s: its frames' times went only %.0f s ahead; its times move %.0f s"
-                    " (the worker's clock went back?)",
-                    rt.camera.id,
-                    (ts - last).total_seconds(),
-                    max(0.0, room),
-                )
-            return min(step, room)
+            if step <= room + interval:  # a frame interval's leeway: jitter of the receptions
+                return step
+            log.warning(
+                "camera %s: its stored times move only %.0f s, as far as its frames went"
+                " (%.0f s ahead)",
+                rt.camera.id,
+                max(0.0, room),
+                (ts - last).total_seconds(),
+            )
+            return room
         log.warning(
             "camera %s: clock went back %.0f s; its rules start over",
             rt.camera.id,

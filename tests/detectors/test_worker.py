@@ -2203,8 +2203,7 @@ def test_the_worker_clock_stepping_back_moves_no_episode_ahead_of_its_frames(
     assert sent[-1][3] == 39.0
     assert caplog.messages == [
         "camera cam-00: clock went ahead 60 s more than the time between frames",
-        "camera cam-00: its frames' times went only 2 s ahead; its times move 0 s"
-        " (the worker's clock went back?)",
+        "camera cam-00: its stored times move only 0 s, as far as its frames went (2 s ahead)",
     ]
 
 
@@ -2329,3 +2328,51 @@ def test_an_old_outbox_left_under_both_names_and_held_as_the_old_one_is_refused(
     finally:
         holder.stop()
     _assert_moved(tmp_path)
+
+
+def test_frames_lost_after_a_camera_clock_step_do_not_cut_the_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crowd seen from 0 s, a frame a second (its rule clears after 30 s); after the frame
+    of 20 s the camera's clock steps 8 s ahead (its next frame, received at 21 s, is timed
+    29 s), and the frames received from 22 s to 30 s are lost. The step counts in full: the
+    episode moves 8 s ahead, its start 8 s, its end's dwell the 39 s the person stayed."""
+    site = _zone_site(
+        "kerb",
+        "{crowd_gathering: {min_persons: 1, dwell_s: 5, gap_s: 2, clear_s: 30, update_s: 1}}",
+    )
+    worker, _ = _worker(tmp_path, site, clock=lambda: 0.0)
+    monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
+    person = Detections.from_arrays([[100, 100, 200, 400]], [0.9], [0])
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    for k in range(21):
+        assert _judge(worker, _at(k), _at(k), person)
+    assert not _judge(worker, _at(29), _at(21), person)  # held: one frame is not enough
+    for k in range(31, 80):
+        assert _judge(worker, _at(k + 8), _at(k), person if k < 40 else Detections.empty())
+    (ep,) = worker.book.values()
+    assert (ep.open, ep.started_at, ep.ended_at, ep.dwell_s) == (False, _at(8), _at(47), 39.0)
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 8 s more than the time between frames"
+    ]
+
+
+def test_a_camera_clock_step_received_with_jitter_is_taken_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame a second until 20 s; the camera's clock steps 30 s ahead, its next two frames
+    (51 s and 52 s) received 50 ms off their second (21.05 s and 21.95 s): the step is taken
+    as the receptions show it, in one line."""
+    worker, _ = _worker(tmp_path, CROWD_SITE)
+    shifts: list[float] = []
+    monkeypatch.setattr(worker, "_shift", lambda rt, ahead_s: shifts.append(ahead_s))
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    nobody = Detections.empty()
+    for k in range(21):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    assert not _judge(worker, _at(51), _at(21.05), nobody)  # held: one frame is not enough
+    assert _judge(worker, _at(52), _at(21.95), nobody)
+    assert shifts == [pytest.approx(30.05)]
+    assert caplog.messages == [
+        "camera cam-00: clock went ahead 30 s more than the time between frames"
+    ]
