@@ -588,6 +588,9 @@ class Outbox:
         # Candidates whose PATCH was held (not a refusal): (monotonic time before which it
         # is not sent again, its own backoff). The rest of the queue flows meanwhile.
         self._deferred: dict[str, tuple[float, float]] = {}
+        # Candidates whose merged PATCH was refused (see _unmerge): the seq of its last
+        # patch, up to which their patches go one a PATCH.
+        self._unmerged: dict[str, int] = {}
         self._senders = self._new_senders()
         self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
@@ -836,9 +839,16 @@ class Outbox:
         definite answer (``restored``, see :func:`_as_sent`) goes again exactly as recorded,
         whatever its size (an earlier version merged without limits): the same body under the
         same key, which the API replays or applies once; refused, it is unmerged (see
-        :meth:`_unmerge`). Any other within the API's limits (see :func:`_mergeable`)."""
-        if (group[0].candidate_id or "") in restored:
+        :meth:`_unmerge`). The patches of a merged PATCH refused go one a PATCH, up to its
+        last. Any other within the API's limits (see :func:`_mergeable`)."""
+        cid = group[0].candidate_id or ""
+        if cid in restored:
             return group
+        last = self._unmerged.get(cid)
+        if last is not None:
+            if group[0].seq <= last:
+                return group[:1]
+            del self._unmerged[cid]
         return _mergeable(group, self.MAX_PATCH_BYTES)
 
     def _patches_up_to(self, conn: sqlite3.Connection, seq: int) -> list[_Op]:
@@ -903,16 +913,19 @@ class Outbox:
 
     def _unmerge(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
         """A candidate's merged PATCH refused as too large or invalid (413, 422): the merge
-        may be what the API refused (its evidence, its size), not any one of ``ops``. Their
-        first goes next, alone under its own key, the rest after it, each refused alone at
-        most. A 413 or 422 stored nothing under the merged PATCH's key (the API takes the
-        key's claim back with a refusal), so a request under any of their keys is new. The
-        first is pinned (see :func:`_as_sent`) and sent now; held, it goes alone again."""
+        may be what the API refused (its evidence, its size), not any one of ``ops``. Each
+        goes again alone under its own key, in order, refused alone at most: the candidate's
+        patches up to the last of ``ops`` go one a PATCH (see :meth:`_cut`), so N of them
+        cost N requests, not a merge of the rest refused again after each. A 413 or 422
+        stored nothing under the merged PATCH's key (the API takes the key's claim back with
+        a refusal), so a request under any of their keys is new. The first is pinned (see
+        :func:`_as_sent`) and sent now; held, it goes alone again."""
+        self._unmerged[ops[0].candidate_id or ""] = ops[-1].seq
         with _write(conn):
             _pin_groups(conn, [ops[:1]])
         log.warning(
             "outbox %s: the merged PATCH of %d updates of candidate %s was refused (%s);"
-            " sending them one at a time",
+            " sending each of them alone",
             self.component,
             len(ops),
             ops[0].candidate_id,
@@ -1125,10 +1138,13 @@ class Outbox:
             )
 
     def _undefer(self, ops: list[_Op]) -> None:
-        """Forget the held PATCHes of the candidates whose patches among ``ops`` settled."""
+        """Forget the held PATCHes of the candidates whose patches among ``ops`` settled, and
+        the refused merges whose last patch did."""
         for op in ops:
             if op.kind == "patch" and op.candidate_id:
                 self._deferred.pop(op.candidate_id, None)
+                if self._unmerged.get(op.candidate_id) == op.seq:
+                    del self._unmerged[op.candidate_id]
 
     def _next_backoff(self, backoff: float) -> float:
         """The nominal backoff after ``backoff``: 0.5 s, 1 s, 2 s... up to MAX_BACKOFF_S. It

@@ -359,6 +359,31 @@ def test_a_merged_patch_refused_goes_again_one_update_at_a_time(
     assert doc["description"] == "暴露垃圾 / Garbage overflow"
 
 
+def test_a_merged_patch_refused_costs_one_request_an_update(
+    api_server: Any, tmp_path: Path
+) -> None:
+    """100 updates of a candidate and one the API refuses (a top-level null), queued while
+    the outbox was not delivering: their merged PATCH gets 422, then each goes alone once,
+    never a merge of the rest refused again after each."""
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(1250), "image/jpeg")
+        cid = txn.create_candidate(candidate("refused-in-merge-2", sha))
+        for update in range(1, 101):
+            txn.patch_candidate(cid, {"detection": {"dwell_s": 10 + update}})
+        txn.patch_candidate(cid, {"urgency": None})
+    before = patch_requests(api_server)
+    deliver(outbox, 60)
+    assert patch_requests(api_server) - before <= 103
+    [failed] = outbox.failed()
+    assert (failed["kind"], failed["candidate_id"]) == ("patch", cid)
+    assert failed["error"].startswith("422 ")
+    assert outbox.stats() == {"sent": 102, "retried": 0, "failed": 1, "depth": 0}
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert (doc["detection"]["dwell_s"], doc["urgency"]) == (110, "normal")
+
+
 def test_a_candidates_patches_merge_within_the_byte_limit(api_server: Any, tmp_path: Path) -> None:
     outbox = producer(api_server, tmp_path)
     outbox.MAX_PATCH_BYTES = 60  # about two of these patches
