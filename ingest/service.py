@@ -132,6 +132,7 @@ class IngestService:
         # Retained requests and boosts, by topic: commands left on the broker, which hands them
         # over at every subscription (each start and reconnection); ignored, said once a topic.
         self.stale: Counter[str] = Counter()
+        self._cleared_said: set[str] = set()  # topics whose empty message was logged
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
         )
@@ -296,11 +297,13 @@ class IngestService:
             self._guarded(self._apply_boost, message)
 
     def _apply_boost(self, message: Message) -> None:
-        if self._stale(message, "patrol boost") or self._cleared(message, "patrol boost"):
+        if self._stale(message, "patrol boost"):
             return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
+            return
+        if self._cleared(message, "patrol boost"):
             return
         if match.id not in self.outputs or not self.outputs[match.id].camera.is_patrol:
             return
@@ -333,11 +336,13 @@ class IngestService:
             self._guarded(self._request, message)
 
     def _request(self, message: Message) -> None:
-        if self._stale(message, "snapshot request") or self._cleared(message, "snapshot request"):
+        if self._stale(message, "snapshot request"):
             return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
+            return
+        if self._cleared(message, "snapshot request"):
             return
         if match.id not in self.outputs:
             return  # another ingest process serves that camera
@@ -477,10 +482,22 @@ class IngestService:
         """Whether ``message`` is empty, and so ignored: an empty retained message clears the
         one retained on its topic, and the broker hands it to the subscribers already there
         without the flag. Read as a boost, it would be ``{}``'s (the default boost); as a
-        request, a malformed one, dead-lettered."""
+        request, a malformed one, dead-lettered. Said at INFO once a topic, so that a client
+        sending an empty boost on purpose learns that ``{}`` asks for the default one. Checked
+        after the topic: an empty message on a malformed topic is dead-lettered."""
         if message.payload:
             return False
-        log.debug("ignoring an empty %s on %s (a retained one cleared)", what, message.topic)
+        with self._rejected_lock:
+            first = message.topic not in self._cleared_said
+            self._cleared_said.add(message.topic)
+        if first:
+            log.info(
+                "ignoring an empty %s on %s: taken for a retained one cleared (empty "
+                "ones there are not said again)%s",
+                what,
+                message.topic,
+                "; {} asks for the default boost" if what == "patrol boost" else "",
+            )
         return True
 
     def _dead_letter(

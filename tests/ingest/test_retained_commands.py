@@ -69,6 +69,11 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
         assert conn.publish_wait(boost, b"", qos=1, retain=True)
         assert conn.publish_wait(request, b"", qos=1, retain=True)
         wait_for(lambda: service._boosts.received == service._requests.received == 3)
+        # Another empty boost is taken for a cleared one too, said once a topic; one on a topic
+        # no camera can have is still a malformed topic.
+        assert conn.publish_wait(boost, b"", qos=1)
+        assert conn.publish_wait(f"{PREFIX}/cameras/bad id/patrol/boost", b"", qos=1)
+        wait_for(lambda: service._boosts.received == 5)
         # Sent now, they are acted on; the queues are in order, so the old ones came first.
         assert conn.publish_wait(request, encode_request("new-req-1"), qos=1)
         watcher.collect(lambda seen: bool(seen))
@@ -84,7 +89,7 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
     ]
     assert [r.header.request_id for r in replies] == ["new-req-1"]
     assert service.stale == {boost: 2, request: 2}
-    assert (service.bad_requests, service.rejected) == (0, {})
+    assert (service.bad_requests, service.rejected) == (1, {"bad_topic": 1})
     said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
     assert [line for line in said if "patrol boosted" in line] == [
         "camera p1: patrol boosted x2 for 600 s"
@@ -96,4 +101,12 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
         f"ignoring a retained snapshot request on {request}",
     ]
     assert "; 4 retained (ignored); " in said[-1]
-    assert not [line for line in warned if line.startswith("dead-lettered")]
+    letters = [line.split(":")[0] for line in warned if line.startswith("dead-lettered")]
+    assert letters == [f"dead-lettered bad_topic  from {PREFIX}/cameras/bad id/patrol/boost"]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert sorted(line for line in infos if line.startswith("ignoring an empty")) == [
+        f"ignoring an empty patrol boost on {boost}: taken for a retained one cleared (empty "
+        "ones there are not said again); {} asks for the default boost",
+        f"ignoring an empty snapshot request on {request}: taken for a retained one cleared "
+        "(empty ones there are not said again)",
+    ]
