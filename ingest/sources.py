@@ -722,6 +722,10 @@ class CameraPublisher(threading.Thread):
         # Whether the file's last sample was skipped as late (kept across passes: a pass may
         # hold a single sample).
         self._behind = False
+        # Whether the file's last published sample had to wait for its due time (it was read
+        # ahead of it). A late sample after one that did not wait was made late by the decoder,
+        # not a stall: skipping it would not catch up, as grab() reads every frame it skips.
+        self._waited = True
 
     def run(self) -> None:
         kind = source_kind(self.camera.source)
@@ -797,10 +801,12 @@ class CameraPublisher(threading.Thread):
         pass read, or None when the file cannot be opened. A sample due more than a period ago
         (the process was starved, a publication or the reopen took long) is skipped and
         counted: played late, a burst of them would go out at once, stamped with times long
-        gone, and the delay would grow with every slow frame. A late sample right after a
-        skipped one restarts the timing from now and is played: the file is read slower than
-        it plays (a decoder slower than real time), and skipping would then never end; it
-        plays slower than real time instead, stamped with current times."""
+        gone, and the delay would grow with every slow frame. Only a stall is skipped so: a
+        late sample after a published one that did not have to wait for its due time, or right
+        after a skipped one, restarts the timing from now and is played. The file is then read
+        slower than it plays (a decoder slower than real time): skipping would never catch up,
+        as grab() still reads every frame of the skipped sample, and would lose every other
+        sample for good; it plays slower than real time instead, stamped with current times."""
         import cv2
 
         cap = cv2.VideoCapture(str(path))
@@ -821,18 +827,20 @@ class CameraPublisher(threading.Thread):
                 # The file's own timing paces the replay, as a live camera would.
                 due = start + moment
                 if time.monotonic() - due > self.late_s:
-                    if not self._behind:
+                    if self._waited and not self._behind:  # a stall: skipped, caught up
                         self._behind = True
                         self.output.stats.late += 1
                         next_sample = self._sample_after(next_sample, moment)
                         continue
-                    # Behind again after a skip: catching up would starve the camera for good.
+                    # The decoder is behind, or behind again after a skip: skipping would
+                    # starve the camera for good.
                     start = time.monotonic() - moment
                     due = start + moment
                 self._behind = False
                 ok, image = cap.retrieve()
                 if not ok:
                     continue
+                self._waited = due > time.monotonic()
                 if self.stop_event.wait(max(0.0, due - time.monotonic())):
                     break
                 # Stamped as a live camera's: the wall clock's time when the frame was due.
