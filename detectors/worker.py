@@ -2251,10 +2251,10 @@ def _open_outbox(component_id: str, cameras: Sequence[str] = ()) -> Outbox:
     ``cameras``: the ``--cameras`` list its default component id was derived from."""
     from gridpatrol.api.client import ApiClient, Outbox
 
-    path = Outbox.env_path(component_id)
+    path = Path(Outbox.env_path(component_id))
     try:
         if cameras:
-            _adopt_outbox(component_id, cameras)
+            path = _outbox_path(component_id, cameras)
         outbox = Outbox(path, ApiClient.from_env(), component=component_id, busy_hint=BUSY_HINT)
     except (OSError, sqlite3.Error) as exc:  # a folder, another kind of file, no permission
         raise OutboxUnusable(f"the outbox {path} (GRIDPATROL_OUTBOX): {exc}") from exc
@@ -2266,120 +2266,39 @@ def _open_outbox(component_id: str, cameras: Sequence[str] = ()) -> Outbox:
 CAMERA_TABLES = ("detector_episodes", "detector_clocks", "detector_backgrounds")
 
 
-def _adopt_outbox(component_id: str, cameras: Sequence[str]) -> None:
-    """Move the file a ``--cameras`` worker used on the id ``detect`` (before the id followed
-    its cameras) to its own default file, so its queued operations and open episodes carry
-    over: only when GRIDPATROL_OUTBOX is unset, its own file is not there yet, no process holds
-    the old one and the old one keeps state of none but these cameras (a worker of every camera
-    keeps its file, and so does a worker of another list). A move a crash cut short is ended
-    on the next start: the old name of a file linked under the new one goes, and side files
-    under the new name without the file are put back."""
-    import fcntl
+def _outbox_path(component_id: str, cameras: Sequence[str]) -> Path:
+    """The outbox file of a ``--cameras`` worker on its default id: its own default file, but
+    the one it used as ``detect`` (before the id followed its cameras) while its own is not
+    there yet and that one keeps state of its cameras and no other's: its queued operations
+    and open episodes are there. Nothing is moved, so nothing a crash or another process can
+    cut short: a second worker of the list is refused that file, as one of its own."""
+    from gridpatrol.api.client import Outbox
 
-    from gridpatrol.api.client import Outbox, OutboxBusy, outbox_lock_path
-
-    old, new = Path(Outbox.env_path(COMPONENT)), Path(Outbox.env_path(component_id))
-    if os.environ.get("GRIDPATROL_OUTBOX") or not old.is_file():
-        return
-    if new.exists() and not old.samefile(new):
-        return
-    with contextlib.ExitStack() as locks:
-        for path in (old, new):  # the old file's, then the one a worker on the new file holds
-            lock = locks.enter_context(outbox_lock_path(path).open("ab"))
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if path == old and new.exists() and old.samefile(new):
-                    # A move cut short left the file under both names and a worker of the
-                    # old name delivers from it: this one may not as well.
-                    raise OutboxBusy(
-                        f"outbox {new} is in use by another process (as {old}); {BUSY_HINT}"
-                    ) from None
-                return  # a worker runs on it: it is that worker's
-        # Again under the locks: a worker on the same list that started at once may have moved
-        # the file meanwhile.
-        if not old.is_file():
-            return
-        linked = new.exists()  # a move that stopped after linking the file under its new name
-        if linked and not old.samefile(new):
-            return
-        if not linked:
-            _put_back_side_files(old, new)
-            named = _cameras_kept(old)
-            if named is None or not named <= set(cameras):
-                log.warning(
-                    "%s: the outbox %s keeps state of other cameras (%s) than this worker's; "
-                    "it starts on its own file %s",
-                    component_id,
-                    old,
-                    ", ".join(sorted(named - set(cameras))) if named else "unreadable",
-                    new,
-                )
-                return
-        if not _move_outbox(old, new, linked):
+    own = Path(Outbox.env_path(component_id))
+    old = Path(Outbox.env_path(COMPONENT))
+    if os.environ.get("GRIDPATROL_OUTBOX") or own.exists() or not old.is_file():
+        return own
+    named = _cameras_kept(old)
+    if not named or not named <= set(cameras):
+        if named:
             log.warning(
-                "%s: the outbox %s was not moved: a file of %s is in its way; it starts on its "
-                "own file",
+                "%s: the outbox %s keeps state of other cameras (%s) than this worker's; it "
+                "starts on its own file %s",
                 component_id,
                 old,
-                new,
+                ", ".join(sorted(named - set(cameras))),
+                own,
             )
-            return
+        return own
     log.warning(
-        "%s: moved the outbox %s to %s, this worker's own file (it kept state of this "
-        "worker's cameras alone)",
+        "%s: goes on with the outbox %s, which keeps the state of its cameras alone (its own "
+        "default is %s; GRIDPATROL_OUTBOX=%s keeps this one)",
         component_id,
         old,
-        new,
+        own,
+        old,
     )
-
-
-# The files SQLite keeps beside an outbox file.
-SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-def _put_back_side_files(old: Path, new: Path) -> None:
-    """Side files of ``new`` while the file ``new`` is absent are left by a move a crash cut
-    short (before the file itself moved): the old file's, linked or renamed there. Each goes
-    back to its old name, or only its new name goes when the old one is still there."""
-    for suffix in SQLITE_SIDE_FILES:
-        source, target = Path(f"{new}{suffix}"), Path(f"{old}{suffix}")
-        if not source.exists():
-            continue
-        if target.exists():
-            source.unlink()
-        else:
-            source.rename(target)
-
-
-def _move_outbox(old: Path, new: Path, linked: bool) -> bool:
-    """Move the outbox file ``old`` to ``new``, never over a file there (under both files'
-    locks); ``linked`` when it is there already under both names. All its data goes into the
-    file itself first (a checkpoint of its write-ahead log), so the file alone moves: linked
-    under its new name, then its old name unlinked (renamed where the file system has no
-    links), then the old side files removed; a crash at any step leaves the data under one
-    name or the other. Whether it moved (False: a file in the way, or the log not emptied)."""
-    with contextlib.closing(sqlite3.connect(old)) as conn:
-        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    if busy:
-        return False
-    renamed = False
-    if not linked:
-        try:
-            os.link(old, new)
-        except FileExistsError:
-            return False
-        except OSError:  # no links on this file system: renamed, when nothing is there
-            if new.exists():
-                return False
-            old.rename(new)
-            renamed = True
-    if not renamed:
-        old.unlink()
-    for suffix in SQLITE_SIDE_FILES:
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{old}{suffix}").unlink()
-    return True
+    return old
 
 
 def _cameras_kept(path: Path) -> set[str] | None:

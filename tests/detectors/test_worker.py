@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,6 @@ from gridpatrol.api.client import Outbox, OutboxBusy
 from gridpatrol.detectors.episodes import Episode, Op, ensure_schema, save_episode
 from gridpatrol.detectors.types import Detections, ModelInfo
 from gridpatrol.detectors.worker import (
-    BUSY_HINT,
     DetectorWorker,
     EpisodeEvent,
     _cameras_kept,
@@ -352,13 +350,14 @@ def _legacy_outbox(tmp_path: Path, cameras: list[str]) -> None:
             save_episode(txn.conn, replace(PILE, camera_id=camera))
 
 
-def test_a_cameras_worker_takes_over_the_outbox_it_used_as_detect(
+def test_a_cameras_worker_goes_on_with_the_outbox_it_used_as_detect(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """After the upgrade a --cameras worker's default file is var/outbox-detect-<cameras>.db:
-    the one it used as ``detect`` moves there, its queued create and open episode with it. A
-    file that keeps state of other cameras stays; each worker of one host starts on its own
-    file, both at once."""
+    """After the upgrade a --cameras worker's default file is var/outbox-detect-<cameras>.db;
+    while that is not there, it goes on with var/outbox-detect.db when that keeps its cameras'
+    state alone (its queued create and open episode), nothing moved. A worker of another list
+    starts on its own file, both at once; a file that keeps state of other cameras is left to
+    them; a second worker of the list is refused the file, told what to mend."""
     from gridpatrol.detectors.episodes import load_book
 
     monkeypatch.chdir(tmp_path)
@@ -368,112 +367,58 @@ def test_a_cameras_worker_takes_over_the_outbox_it_used_as_detect(
     street = _open_outbox("detect-cam-00", ["cam-00"])
     other = _open_outbox("detect-cam-01", ["cam-01"])
     try:
-        assert street.path == Path("var/outbox-detect-cam-00.db")
+        assert street.path == Path("var/outbox-detect.db")
         assert other.path == Path("var/outbox-detect-cam-01.db")
-        assert not (tmp_path / "var" / "outbox-detect.db").exists()
         assert (street.depth(), other.depth()) == (1, 0)
         with street.transaction() as txn:
             assert [ep.camera_id for ep in load_book(txn.conn).values()] == ["cam-00"]
+        with pytest.raises(OutboxBusy, match=re.escape("is in use by another process; ")):
+            _open_outbox("detect-cam-00", ["cam-00"])
     finally:
         street.stop()
         other.stop()
+    assert not (tmp_path / "var" / "outbox-detect-cam-00.db").exists()
+    going_on = (
+        "detect-cam-00: goes on with the outbox var/outbox-detect.db, which keeps the state of "
+        "its cameras alone (its own default is var/outbox-detect-cam-00.db; "
+        "GRIDPATROL_OUTBOX=var/outbox-detect.db keeps this one)"
+    )
     assert caplog.messages == [
-        "detect-cam-00: moved the outbox var/outbox-detect.db to var/outbox-detect-cam-00.db, "
-        "this worker's own file (it kept state of this worker's cameras alone)"
+        going_on,
+        "detect-cam-01: the outbox var/outbox-detect.db keeps state of other cameras (cam-00) "
+        "than this worker's; it starts on its own file var/outbox-detect-cam-01.db",
+        going_on,
     ]
     caplog.clear()
+    (tmp_path / "var" / "outbox-detect.db").unlink()
     _legacy_outbox(tmp_path, ["cam-00", "cam-02"])
     kept = _open_outbox("detect-cam-02", ["cam-02"])
     try:
         assert kept.path == Path("var/outbox-detect-cam-02.db")
         assert kept.depth() == 0
-        assert (tmp_path / "var" / "outbox-detect.db").exists()
     finally:
         kept.stop()
     assert caplog.messages == [
         "detect-cam-02: the outbox var/outbox-detect.db keeps state of other cameras (cam-00) "
         "than this worker's; it starts on its own file var/outbox-detect-cam-02.db"
     ]
-    # A second worker on the same list is refused, told what to mend.
-    again = _open_outbox("detect-cam-02", ["cam-02"])
-    with pytest.raises(OutboxBusy, match=re.escape("is in use by another process; " + BUSY_HINT)):
-        _open_outbox("detect-cam-02", ["cam-02"])
-    again.stop()
 
 
-def test_two_workers_on_one_list_starting_at_once_keep_the_moved_outbox(
+def test_a_cameras_worker_whose_own_outbox_is_there_keeps_to_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Two workers on the same --cameras list start at once: the second finds the old file
-    there and its own absent, then the first moves the old file to its own and claims it
-    before the second takes the old file's lock. The moved file keeps its queued create and
-    open episode, no empty old file is made, and the second is refused."""
-    import threading
-
-    from gridpatrol.detectors.episodes import load_book
-
+    """Its own default file there (it ran on it before), the old file is no concern of the
+    worker's; nor is an old file that keeps no camera's state."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
     monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
+    _legacy_outbox(tmp_path, [])
+    assert _open_outbox("detect-cam-00", ["cam-00"]).path == Path("var/outbox-detect-cam-00.db")
+    (tmp_path / "var" / "outbox-detect.db").unlink()
     _legacy_outbox(tmp_path, ["cam-00"])
-    first_claimed, second_waits = threading.Event(), threading.Event()
-    opened = Path.open
-
-    def gated(self: Path, *args: Any, **kwargs: Any) -> Any:
-        # The second worker's first lock: taken only once the first worker claimed its file.
-        second = threading.current_thread().name == "second"
-        if second and self.name.endswith(".lock") and not second_waits.is_set():
-            second_waits.set()
-            assert first_claimed.wait(30)
-        return opened(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "open", gated)
-    refused: list[BaseException] = []
-
-    def second() -> None:
-        try:
-            _open_outbox("detect-cam-00", ["cam-00"]).stop()
-        except BaseException as exc:  # what the second worker was told
-            refused.append(exc)
-
-    thread = threading.Thread(target=second, name="second")
-    thread.start()
-    assert second_waits.wait(30)
-    first = _open_outbox("detect-cam-00", ["cam-00"])
-    first_claimed.set()
-    thread.join(30)
-    first.stop()
-    assert [type(exc) for exc in refused] == [OutboxBusy]
-    assert not (tmp_path / "var" / "outbox-detect.db").exists()
-    with contextlib.closing(sqlite3.connect(tmp_path / "var" / "outbox-detect-cam-00.db")) as conn:
-        assert [ep.camera_id for ep in load_book(conn).values()] == ["cam-00"]
-        assert conn.execute("SELECT kind FROM outbox_ops").fetchall() == [("create",)]
-
-
-def test_an_old_outbox_linked_to_a_file_a_worker_holds_is_not_moved(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """var/outbox-detect.db is a symbolic link to a file a worker of every camera holds through
-    its own path: the lock is the file's, whichever path names it, so the --cameras worker
-    leaves the old file to it and starts on its own."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
-    real = tmp_path / "disk" / "outbox.db"
-    real.parent.mkdir()
-    (tmp_path / "var").mkdir()
-    (tmp_path / "var" / "outbox-detect.db").symlink_to(real)
-    _legacy_outbox(tmp_path, ["cam-00"])
-    holder = Outbox(real, None, component="detect")
-    holder.claim()
-    try:
-        mine = _open_outbox("detect-cam-00", ["cam-00"])
-        mine.stop()
-    finally:
-        holder.stop()
-    assert (tmp_path / "var" / "outbox-detect.db").is_symlink()
-    assert holder.depth() == 1
-    assert "moved the outbox" not in caplog.text
+    outbox = _open_outbox("detect-cam-00", ["cam-00"])
+    outbox.stop()
+    assert (outbox.path, outbox.depth()) == (Path("var/outbox-detect-cam-00.db"), 0)
 
 
 def test_reading_which_cameras_an_absent_outbox_keeps_creates_no_file(tmp_path: Path) -> None:
@@ -2205,129 +2150,6 @@ def test_the_worker_clock_stepping_back_moves_no_episode_ahead_of_its_frames(
         "camera cam-00: clock went ahead 60 s more than the time between frames",
         "camera cam-00: its stored times move only 0 s, as far as its frames went (2 s ahead)",
     ]
-
-
-def _legacy_outbox_in_its_log(tmp_path: Path) -> None:
-    """``var/outbox-detect.db`` as _legacy_outbox leaves it (a create and an episode of
-    cam-00), but as a worker killed before its write-ahead log went into the file: all of it
-    in ``var/outbox-detect.db-wal``."""
-    scratch = tmp_path / "scratch"
-    db = scratch / "var" / "outbox-detect.db"
-    db.parent.mkdir(parents=True)
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-    with contextlib.closing(sqlite3.connect(db)) as reader:  # no checkpoint while it is open
-        reader.execute("SELECT count(*) FROM sqlite_master").fetchall()
-        _legacy_outbox(scratch, ["cam-00"])
-        (tmp_path / "var").mkdir()
-        for suffix in ("", "-wal"):
-            shutil.copy(f"{db}{suffix}", tmp_path / "var" / f"outbox-detect.db{suffix}")
-    alone = scratch / "without-its-log.db"
-    shutil.copy(db, alone)
-    with contextlib.closing(sqlite3.connect(alone)) as conn:
-        assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []
-
-
-def _assert_moved(run: Path) -> None:
-    """The worker of cam-00 starts on its own file holding the old file's create and episode,
-    under its name alone."""
-    from gridpatrol.detectors.episodes import load_book
-
-    outbox = _open_outbox("detect-cam-00", ["cam-00"])
-    try:
-        assert outbox.depth() == 1
-        with outbox.transaction() as txn:
-            assert [ep.camera_id for ep in load_book(txn.conn).values()] == ["cam-00"]
-    finally:
-        outbox.stop()
-    assert not (run / "var" / "outbox-detect.db").exists()
-    assert (run / "var" / "outbox-detect-cam-00.db").stat().st_nlink == 1
-
-
-@pytest.mark.parametrize("links", [True, False], ids=["links", "no-links"])
-def test_a_move_of_the_old_outbox_cut_short_by_a_crash_ends_on_the_next_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, links: bool
-) -> None:
-    """The worker is killed right after each step of the move in turn (each link, unlink and
-    rename of a file), the old file's data still in its write-ahead log, on a file system with
-    links and on one without: its next start moves what is left, so it starts on its own file
-    with the queued create and the open episode, and the old name is gone."""
-    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
-    real = {name: getattr(os, name) for name in ("link", "unlink", "rename", "replace")}
-    crashes = 0
-    while True:
-        run = tmp_path / f"run-{crashes}"
-        run.mkdir()
-        monkeypatch.chdir(run)
-        _legacy_outbox_in_its_log(run)
-        done = [0]
-
-        def step(
-            name: str, kill_at: int = crashes + 1, done: list[int] = done
-        ) -> Callable[..., None]:
-            def call(*args: Any, **kwargs: Any) -> None:
-                if name == "link" and not links:
-                    raise PermissionError(1, "Operation not permitted")
-                real[name](*args, **kwargs)
-                done[0] += 1
-                if done[0] == kill_at:
-                    raise SystemExit("killed")
-
-            return call
-
-        with monkeypatch.context() as crash:
-            for name in real:
-                crash.setattr(os, name, step(name))
-            try:
-                _open_outbox("detect-cam-00", ["cam-00"]).stop()
-            except SystemExit:
-                crashes += 1
-            else:
-                _assert_moved(run)
-                break
-        _assert_moved(run)
-    assert crashes == (2 if links else 1)
-
-
-@pytest.mark.parametrize("how", ["linked", "renamed"])
-def test_side_files_a_cut_short_move_left_under_the_new_name_go_back(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
-) -> None:
-    """A move killed after it took only the old file's write-ahead log to the new name
-    (linked, or renamed without links), the data still in that log: the next start puts it
-    back and moves the file, with the queued create and the open episode."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
-    _legacy_outbox_in_its_log(tmp_path)
-    wal = tmp_path / "var" / "outbox-detect.db-wal"
-    (os.link if how == "linked" else os.rename)(
-        wal, tmp_path / "var" / "outbox-detect-cam-00.db-wal"
-    )
-    _assert_moved(tmp_path)
-
-
-def test_an_old_outbox_left_under_both_names_and_held_as_the_old_one_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A move killed after linking the file under its new name, and a worker of every camera
-    started on the old name since: the --cameras worker would deliver from the same file, so
-    it is refused (the old name stays until that worker stops)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("GRIDPATROL_OUTBOX", raising=False)
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "tok-producer")
-    _legacy_outbox(tmp_path, ["cam-00"])
-    old = tmp_path / "var" / "outbox-detect.db"
-    os.link(old, tmp_path / "var" / "outbox-detect-cam-00.db")
-    holder = Outbox(old, None, component="detect")
-    holder.claim()
-    try:
-        with pytest.raises(OutboxBusy, match=re.escape("in use by another process (as ")):
-            _open_outbox("detect-cam-00", ["cam-00"])
-    finally:
-        holder.stop()
-    _assert_moved(tmp_path)
 
 
 def test_frames_lost_after_a_camera_clock_step_do_not_cut_the_step(
