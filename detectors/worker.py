@@ -104,6 +104,10 @@ OUTBOX_SQLITE = frozenset(
 # The least offset rises this many seconds per second of reception time, so that it follows a
 # camera clock drifting behind the worker's: a forward step still shows as one.
 OFFSET_RISE = 1e-3
+# How far a camera's step may outrun the room its frames leave (jitter of the receptions): less
+# than CLOCK_RESET_S, so that the worker's own clock stepped back far enough to make a jump is
+# always cut, whatever the camera's frame rate.
+JUMP_JITTER_S = 1.0
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
@@ -806,7 +810,7 @@ class DetectorWorker:
         clock went beyond the time passed between the receptions of the camera's last frame and
         this one (0 for a jump back). A worker's own clock stepped back shortens the time
         between receptions, not the frames' times: a step that would bring the last frame more
-        than one frame interval nearer this one than two intervals is cut to that. The interval
+        than JUMP_JITTER_S nearer this one than two frame intervals is cut to that. The interval
         is the lesser of the camera's last one before the jump and ``ts`` less ``held``, so
         frames lost after the held one leave more room, never less."""
         last, last_received = rt.last_ts, rt.last_received_at
@@ -825,7 +829,7 @@ class DetectorWorker:
                 rt.camera.id,
                 self._least_offset(rt, received_at) - _offset(ts, received_at),
             )
-            if step <= room + interval:  # a frame interval's leeway: jitter of the receptions
+            if step <= room + JUMP_JITTER_S:
                 return step
             log.warning(
                 "camera %s: its stored times move only %.0f s, as far as its frames went"

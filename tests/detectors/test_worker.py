@@ -2179,6 +2179,27 @@ def test_frames_lost_after_a_camera_clock_step_do_not_cut_the_step(
     ]
 
 
+def test_a_sparse_cameras_frames_move_nothing_when_the_workers_clock_steps_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A frame every 10 s until 200 s; the worker's own clock steps 8 s back, so the next two
+    frames (210 s and 220 s) are received at 202 s and 212 s: their times went no further than
+    the frames' interval, so nothing moves (a leeway of a frame interval took the 8 s whole)."""
+    worker, _ = _worker(tmp_path, CROWD_SITE)
+    shifts: list[float] = []
+    monkeypatch.setattr(worker, "_shift", lambda rt, ahead_s: shifts.append(ahead_s))
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    nobody = Detections.empty()
+    for k in range(0, 201, 10):
+        assert _judge(worker, _at(k), _at(k), nobody)
+    assert not _judge(worker, _at(210), _at(202), nobody)  # held: one frame is not enough
+    assert _judge(worker, _at(220), _at(212), nobody)
+    assert [s for s in shifts if s > 0] == []
+    assert caplog.messages[-1] == (
+        "camera cam-00: its stored times move only 0 s, as far as its frames went (20 s ahead)"
+    )
+
+
 def test_a_camera_clock_step_received_with_jitter_is_taken_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
