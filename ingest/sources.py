@@ -654,7 +654,8 @@ class CameraOutput:
             self.latest = frame
             # Before the frame: a watcher never sees frames of an offline camera.
             self._set_status(True, force=False)
-            # At most one frame of the camera waits for a broker that stopped reading.
+            # At most LATEST_UNWRITTEN frames of the camera wait for a broker that stopped
+            # reading; a newer one is dropped while they do (see MqttConnection.publish).
             payload = encode_frame(frame.header, frame.image)
             sent = self.conn.publish(self.topic, payload, qos=0, latest=True)
         if sent:
