@@ -2255,15 +2255,27 @@ def _open_outbox(component_id: str, cameras: Sequence[str] = ()) -> Outbox:
     ``cameras``: the ``--cameras`` list its default component id was derived from."""
     from gridpatrol.api.client import ApiClient, Outbox
 
-    path = Path(Outbox.env_path(component_id))
+    own = path = Path(Outbox.env_path(component_id))
     try:
         if cameras:
             path = _outbox_path(component_id, cameras)
-        outbox = Outbox(path, ApiClient.from_env(), component=component_id, busy_hint=BUSY_HINT)
+        hint = BUSY_HINT if path == own else _old_outbox_hint(own)
+        outbox = Outbox(path, ApiClient.from_env(), component=component_id, busy_hint=hint)
     except (OSError, sqlite3.Error) as exc:  # a folder, another kind of file, no permission
         raise OutboxUnusable(f"the outbox {path} (GRIDPATROL_OUTBOX): {exc}") from exc
     outbox.claim()
     return outbox
+
+
+def _old_outbox_hint(own: Path) -> str:
+    """What to do when the file a ``--cameras`` worker went on with (:func:`_outbox_path`) is
+    held: the other process may be a worker of every camera, not one of the same list."""
+    return (
+        f"this worker went on with it as it keeps the state of its cameras alone and its own "
+        f"file {own} is not there yet; another worker runs on it (one of every camera, or of "
+        f"the same --cameras): stop that one, or set GRIDPATROL_OUTBOX={own} to start this one "
+        f"on its own file"
+    )
 
 
 # The tables of the outbox file that name the cameras whose state it keeps.
