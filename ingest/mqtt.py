@@ -64,9 +64,9 @@ AUTH_RETRY_S = (30, 120)
 # frames share the one socket, so a frame waits behind the others' (16 cameras of 1.5 MB frames
 # at 25 fps on a local broker dropped 3-21 % when only one could wait, and had up to 3 waiting
 # when a frame came, with none dropped, when any number could). A count rather than bytes: it
-# bounds how stale the frames that wait get (4 periods) as well as the memory they hold (4
-# frames a camera, 6 MB of 1.5 MB frames; a byte cap would let a small-frame camera lag
-# seconds behind).
+# bounds the memory they hold (4 frames a camera, 6 MB of 1.5 MB frames) and, while the broker
+# reads, how stale they get (4 periods; a byte cap would let a small-frame camera lag seconds
+# behind). After a stall the frames that waited go out first, as old as the stall.
 LATEST_UNWRITTEN = 4
 
 # Topics whose matching subscriptions are remembered (per subscription list). paho's

@@ -303,9 +303,9 @@ class IngestService:
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
             return
-        if self._cleared(message, "patrol boost"):
-            return
         if match.id not in self.outputs or not self.outputs[match.id].camera.is_patrol:
+            return  # not a patrol camera of this process: another's, or nobody's
+        if self._cleared(message, "patrol boost"):
             return
         try:
             factor, duration = parse_boost(message.payload)
@@ -342,10 +342,10 @@ class IngestService:
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
             return
-        if self._cleared(message, "snapshot request"):
-            return
         if match.id not in self.outputs:
             return  # another ingest process serves that camera
+        if self._cleared(message, "snapshot request"):
+            return
         try:
             request_id = parse_request(message.payload)
         except MessageError as exc:
@@ -484,7 +484,9 @@ class IngestService:
         without the flag. Read as a boost, it would be ``{}``'s (the default boost); as a
         request, a malformed one, dead-lettered. Said at INFO once a topic, so that a client
         sending an empty boost on purpose learns that ``{}`` asks for the default one. Checked
-        after the topic: an empty message on a malformed topic is dead-lettered."""
+        after the topic (an empty message on a malformed topic is dead-lettered) and after the
+        camera: only for this process's cameras, so the topics said are at most two a camera,
+        whatever ids a flood of empty messages uses."""
         if message.payload:
             return False
         with self._rejected_lock:

@@ -73,7 +73,11 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
         # no camera can have is still a malformed topic.
         assert conn.publish_wait(boost, b"", qos=1)
         assert conn.publish_wait(f"{PREFIX}/cameras/bad id/patrol/boost", b"", qos=1)
-        wait_for(lambda: service._boosts.received == 5)
+        # Empty ones of a camera this process does not serve are no concern of it: neither said
+        # nor kept (a flood of them on ever new ids would keep and say each).
+        assert conn.publish_wait(patrol_boost_topic(PREFIX, "elsewhere"), b"", qos=1)
+        assert conn.publish_wait(snapshot_request_topic(PREFIX, "elsewhere"), b"", qos=1)
+        wait_for(lambda: service._boosts.received == 6 and service._requests.received == 4)
         # Sent now, they are acted on; the queues are in order, so the old ones came first.
         assert conn.publish_wait(request, encode_request("new-req-1"), qos=1)
         watcher.collect(lambda seen: bool(seen))
@@ -103,6 +107,7 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
     assert "; 4 retained (ignored); " in said[-1]
     letters = [line.split(":")[0] for line in warned if line.startswith("dead-lettered")]
     assert letters == [f"dead-lettered bad_topic  from {PREFIX}/cameras/bad id/patrol/boost"]
+    assert service._cleared_said == {boost, request}
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert sorted(line for line in infos if line.startswith("ignoring an empty")) == [
         f"ignoring an empty patrol boost on {boost}: taken for a retained one cleared (empty "
