@@ -556,6 +556,9 @@ class Outbox:
     # Candidates whose patches one round sends: bounds how long a create that arrives
     # meanwhile waits for the next round; the rest merge further in the meantime.
     MAX_PATCHED = 4 * PARALLEL
+    # Candidates whose byte cap for merges (see _split) is remembered; the oldest is
+    # forgotten past this, its next merge too large refused and split once more.
+    MAX_CAPPED = 1000
     MAX_BACKOFF_S = 30.0
     # Pending bodies one transaction of the rewrite after an alias reads (_rewrite_unsent):
     # a producer waits about that long for the write lock, never for a whole backlog.
@@ -591,6 +594,9 @@ class Outbox:
         # Candidates whose merged PATCH was refused (see _unmerge): the seq of its last
         # patch, up to which their patches go one a PATCH.
         self._unmerged: dict[str, int] = {}
+        # Candidates whose merged PATCH was refused as too large (see _split): the payload
+        # bytes their later merges keep within, below MAX_PATCH_BYTES.
+        self._capped: dict[str, int] = {}
         self._senders = self._new_senders()
         self._lock_file: BinaryIO | None = None
         with contextlib.closing(self._connect()) as conn:
@@ -839,8 +845,9 @@ class Outbox:
         definite answer (``restored``, see :func:`_as_sent`) goes again exactly as recorded,
         whatever its size (an earlier version merged without limits): the same body under the
         same key, which the API replays or applies once; refused, it is unmerged (see
-        :meth:`_unmerge`). The patches of a merged PATCH refused go one a PATCH, up to its
-        last. Any other within the API's limits (see :func:`_mergeable`)."""
+        :meth:`_unmerge`). The patches of a merged PATCH refused as invalid go one a PATCH, up
+        to its last. Any other within the API's limits (see :func:`_mergeable`), and within
+        the candidate's cap once a merge of it was refused as too large (see :meth:`_split`)."""
         cid = group[0].candidate_id or ""
         if cid in restored:
             return group
@@ -849,7 +856,7 @@ class Outbox:
             if group[0].seq <= last:
                 return group[:1]
             del self._unmerged[cid]
-        return _mergeable(group, self.MAX_PATCH_BYTES)
+        return _mergeable(group, self._capped.get(cid, self.MAX_PATCH_BYTES))
 
     def _patches_up_to(self, conn: sqlite3.Connection, seq: int) -> list[_Op]:
         """The pending patches up to ``seq``, as the file holds them now: the window is the
@@ -901,7 +908,10 @@ class Outbox:
         except ApiError as exc:
             if _held(exc, ops[0]):
                 raise
-            if ops[0].kind == "patch" and len(ops) > 1 and exc.status in (413, 422):
+            merged = ops[0].kind == "patch" and len(ops) > 1
+            if merged and exc.status == 413:
+                self._split(conn, ops, exc)
+            elif merged and exc.status == 422:
                 self._unmerge(conn, ops, exc)
             else:
                 self._fail(conn, ops, exc)
@@ -912,14 +922,14 @@ class Outbox:
         return self._done(conn, ops, _aliased((op, answer) for op in ops), sent_to)
 
     def _unmerge(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
-        """A candidate's merged PATCH refused as too large or invalid (413, 422): the merge
-        may be what the API refused (its evidence, its size), not any one of ``ops``. Each
-        goes again alone under its own key, in order, refused alone at most: the candidate's
-        patches up to the last of ``ops`` go one a PATCH (see :meth:`_cut`), so N of them
-        cost N requests, not a merge of the rest refused again after each. A 413 or 422
-        stored nothing under the merged PATCH's key (the API takes the key's claim back with
-        a refusal), so a request under any of their keys is new. The first is pinned (see
-        :func:`_as_sent`) and sent now; held, it goes alone again."""
+        """A candidate's merged PATCH refused as invalid (422): the merge may be what the API
+        refused (its evidence), or any one of ``ops``. Each goes again alone under its own
+        key, in order, refused alone at most: the candidate's patches up to the last of
+        ``ops`` go one a PATCH (see :meth:`_cut`), so N of them cost N requests, not a merge
+        of the rest refused again after each. A 422 stored nothing under the merged PATCH's
+        key (the API takes the key's claim back with a refusal), so a request under any of
+        their keys is new. The first is pinned (see :func:`_as_sent`) and sent now; held, it
+        goes alone again."""
         self._unmerged[ops[0].candidate_id or ""] = ops[-1].seq
         with _write(conn):
             _pin_groups(conn, [ops[:1]])
@@ -932,6 +942,38 @@ class Outbox:
             exc,
         )
         self._settle(conn, ops[:1], self._request_for(ops[:1]), None)
+
+    def _split(self, conn: sqlite3.Connection, ops: list[_Op], exc: ApiError) -> None:
+        """A candidate's merged PATCH refused as too large (413): its body is over the API's
+        GRIDPATROL_MAX_BODY_BYTES, set below what MAX_PATCH_BYTES assumes; none of ``ops``
+        need be. The candidate's merges keep within half the refused updates' bytes from now
+        on (halved again at another 413, down to one update a PATCH, which a 413 refuses for
+        good), so its updates go in a few smaller merges rather than one a PATCH. A 413
+        stored nothing under the merged PATCH's key (the API takes the key's claim back with
+        a refusal), so a request under any of their keys is new. The first merge within the
+        cap is pinned (see :func:`_as_sent`) and sent now; held, it goes again as it is."""
+        cid = ops[0].candidate_id or ""
+        size = sum(len(op.payload) for op in ops)
+        # A PATCH restored as it went (see _cut) may be over the cap: never raise it. Popped
+        # and set again, the candidate is the last the MAX_CAPPED bound forgets.
+        cap = min(max(1, size // 2), self._capped.pop(cid, size))
+        self._capped[cid] = cap
+        while len(self._capped) > self.MAX_CAPPED:
+            del self._capped[next(iter(self._capped))]
+        first = _mergeable(ops, cap)
+        with _write(conn):
+            _pin_groups(conn, [first])
+        log.warning(
+            "outbox %s: the merged PATCH of %d updates (%d bytes) of candidate %s was refused"
+            " as too large (%s); sending them in smaller merges, of at most %d bytes of updates",
+            self.component,
+            len(ops),
+            size,
+            cid,
+            exc,
+            cap,
+        )
+        self._settle(conn, first, self._request_for(first), None)
 
     def _forget_deferred(self, now: float) -> None:
         """Forget the held PATCHes not retried for long: their patches settled otherwise or

@@ -384,6 +384,41 @@ def test_a_merged_patch_refused_costs_one_request_an_update(
     assert (doc["detection"]["dwell_s"], doc["urgency"]) == (110, "normal")
 
 
+def test_a_merged_patch_too_large_is_split_not_sent_one_update_at_a_time(
+    api_server: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 updates of a candidate, each adding a clean frame, queued while the outbox was not
+    delivering, against an API whose GRIDPATROL_MAX_BODY_BYTES is 8192: the merge of the first
+    100 (about 11 kB) is refused with 413 and the candidate's merges are halved, rather than
+    each of its updates sent alone: a few PATCHes, none refused, the last dwell_s arrives."""
+    api_server.stop()
+    api_server.env["GRIDPATROL_MAX_BODY_BYTES"] = "8192"
+    api_server.start()
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.client")
+    outbox = producer(api_server, tmp_path)
+    with outbox.transaction() as txn:
+        sha = txn.add_evidence(jpeg(1270), "image/jpeg")
+        cid = txn.create_candidate(candidate("too-large-1", sha))
+    for update in range(1, 201):
+        with outbox.transaction() as txn:
+            frame = {"sha256": txn.add_evidence(jpeg(1270 + update), "image/jpeg"), "kind": "clean"}
+            txn.patch_candidate(cid, {"evidence": [frame], "detection": {"dwell_s": update}})
+    deliver(outbox, 60)
+    assert outbox.failed() == []
+    assert outbox.stats() == {"sent": 402, "retried": 0, "failed": 0, "depth": 0}
+    # 1 merge of 100 refused, then merges of about 50: not 2 refused and 200 alone.
+    assert api_requests(api_server, 'method="PATCH"', 'status="413"') == 1
+    assert api_requests(api_server, 'method="PATCH"') <= 10
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert "merged PATCH of 100 updates (" in warning
+    assert f"of candidate {cid} was refused as too large (HTTP 413" in warning
+    assert "sending them in smaller merges, of at most " in warning
+    with api_server.client("reviewer") as http:
+        doc = http.get(f"/candidates/{cid}").json()
+    assert doc["detection"]["dwell_s"] == 200
+    assert [e["kind"] for e in doc["evidence"]] == ["clean"] * 201
+
+
 def test_a_candidates_patches_merge_within_the_byte_limit(api_server: Any, tmp_path: Path) -> None:
     outbox = producer(api_server, tmp_path)
     outbox.MAX_PATCH_BYTES = 60  # about two of these patches
