@@ -4,7 +4,7 @@ Each continuously sampled camera runs one thread (:class:`CameraPublisher`) that
 source, samples it at the camera's ``fps``, resizes, encodes JPEG and publishes a frame
 envelope. Streams are drained with ``grab()`` and only the sampled frame is decoded, so a slow
 consumer never makes us fall behind the live picture. :func:`grab_frame` is the open-grab-close
-visit used by patrol and by snapshot requests (:func:`grab_once` logs its failure).
+visit used by patrol and by snapshot requests.
 """
 
 from __future__ import annotations
@@ -388,18 +388,6 @@ def _limit(max_bytes: int) -> str:
 
 # What :func:`grab_frame` says of a source that cannot be opened or returned no frame.
 NO_FRAME = "it cannot be opened or returned none"
-
-
-def grab_once(
-    camera: Camera, base_dir: Path | None, max_bytes: int = HTTP_MAX_BYTES
-) -> tuple[bytes, int, int] | None:
-    """:func:`grab_frame`, None when the source failed (a failure with a cause is logged)."""
-    grabbed = grab_frame(camera, base_dir, max_bytes)
-    if not isinstance(grabbed, str):
-        return grabbed
-    if grabbed != NO_FRAME:
-        log.warning("camera %s: grab from %s failed: %s", camera.id, redact(camera.source), grabbed)
-    return None
 
 
 def grab_frame(

@@ -22,18 +22,22 @@ import pytest
 from gridpatrol.ingest import sources
 from gridpatrol.ingest.messages import Frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
-from gridpatrol.ingest.sources import CameraOutput, CameraPublisher, grab_once
-from gridpatrol.site import Camera, parse_site
+from gridpatrol.ingest.service import IngestService
+from gridpatrol.ingest.sources import CameraOutput, CameraPublisher, grab_frame
+from gridpatrol.site import Camera, Site, parse_site
 
 from .test_transport import make_certificates
 
 
-def site_camera(source: str, rate: str = "interval_s: 1") -> Camera:
-    site = parse_site(
+def one_camera_site(source: str, rate: str = "interval_s: 1") -> Site:
+    return parse_site(
         "site: {name: Test}\nmqtt: {prefix: t}\ncameras:\n"
         f"  - {{id: h1, source: '{source}', {rate}, location: {{address: a}}}}\n"
     )
-    return site.cameras[0]
+
+
+def site_camera(source: str, rate: str = "interval_s: 1") -> Camera:
+    return one_camera_site(source, rate).cameras[0]
 
 
 class RawServer:
@@ -89,24 +93,37 @@ def raw_server() -> Iterator[Callable[..., RawServer]]:
         server.sock.close()
 
 
-def failed_grab(camera: Camera, bound_s: float, caplog: pytest.LogCaptureFixture) -> list[str]:
-    """grab_once in a thread, asserted to return no frame within ``bound_s``; the warnings."""
+def failed_grab(source: str, bound_s: float, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """A patrol visit of camera h1 at ``source`` in a thread, asserted to get no frame within
+    ``bound_s``; the warnings ingest logged (the visit's streak warning carries the cause)."""
+    site = one_camera_site(source)
+    conn = MqttConnection("ing-grab", MqttSettings.from_url("mqtt://127.0.0.1:1883"))
+    service = IngestService(site, conn, site.cameras)  # not started: the test makes the visit
     out: list[object] = []
     done = threading.Event()
 
     def run() -> None:
-        out.append(grab_once(camera, None))
+        out.append(service._grab("h1"))
         done.set()
 
-    with caplog.at_level(logging.WARNING, logger=sources.__name__):
+    with caplog.at_level(logging.WARNING, logger="gridpatrol.ingest"):
         threading.Thread(target=run, daemon=True).start()
         assert done.wait(bound_s)
     assert out == [None]
+    assert service.outputs["h1"].stats.failures == 1
     return [
         r.getMessage()
         for r in caplog.records
-        if r.name == sources.__name__ and r.levelno == logging.WARNING
+        if r.name.startswith("gridpatrol.ingest") and r.levelno == logging.WARNING
     ]
+
+
+def visit_warning(shown: str, cause: str) -> str:
+    """What a failed patrol visit of camera h1 (interval 1 s) warns, ``shown`` its source."""
+    return (
+        f"camera h1: the patrol visit got no frame from {shown} ({cause}); offline until a "
+        "visit succeeds, next try in 2 s"
+    )
 
 
 class SteppingClock:
@@ -138,8 +155,8 @@ def test_a_snapshot_trickling_in_is_given_up_at_the_deadline(
     server = raw_server(trickle)
     # Each reading of the clock is 3 s later: the deadline passes after a few chunks.
     monkeypatch.setattr(sources, "time", SimpleNamespace(monotonic=SteppingClock(3).monotonic))
-    assert failed_grab(site_camera(server.url), 10, caplog) == [
-        f"camera h1: grab from {server.url} failed: no complete response within 10 s"
+    assert failed_grab(server.url, 10, caplog) == [
+        visit_warning(server.url, "no complete response within 10 s")
     ]
 
 
@@ -170,8 +187,8 @@ def test_a_snapshot_trickling_its_headers_is_given_up_at_the_deadline(
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))
     server = raw_server(trickle, tls)
     monkeypatch.setattr(sources, "HTTP_DEADLINE_S", 0.5)
-    assert failed_grab(site_camera(server.url), 60, caplog) == [
-        f"camera h1: grab from {server.url} failed: no complete response within 0.5 s"
+    assert failed_grab(server.url, 60, caplog) == [
+        visit_warning(server.url, "no complete response within 0.5 s")
     ]
     # Cut then, not given up only when the camera stopped by itself.
     assert server.answered.wait(30)
@@ -195,8 +212,8 @@ def test_a_snapshot_cut_at_the_deadline_is_not_taken_for_a_whole_one(
 
     server = raw_server(stalls)
     monkeypatch.setattr(sources, "HTTP_DEADLINE_S", 0.5)  # httpx's read timeout stays 10 s
-    assert failed_grab(site_camera(server.url), 60, caplog) == [
-        f"camera h1: grab from {server.url} failed: no complete response within 0.5 s"
+    assert failed_grab(server.url, 60, caplog) == [
+        visit_warning(server.url, "no complete response within 0.5 s")
     ]
 
 
@@ -208,9 +225,8 @@ def test_a_snapshot_declared_over_the_cap_is_refused_before_its_body(
         server.stop.wait(30)  # the body would come now
 
     server = raw_server(huge)
-    assert failed_grab(site_camera(server.url), 30, caplog) == [
-        f"camera h1: grab from {server.url} failed: the response is 419430400 bytes, over the "
-        "16 MiB limit"
+    assert failed_grab(server.url, 30, caplog) == [
+        visit_warning(server.url, "the response is 419430400 bytes, over the 16 MiB limit")
     ]
 
 
@@ -225,8 +241,8 @@ def test_a_snapshot_of_no_declared_length_is_read_only_up_to_the_cap(
             server.body(conn, chunk)
 
     server = raw_server(endless)
-    assert failed_grab(site_camera(server.url), 60, caplog) == [
-        f"camera h1: grab from {server.url} failed: the response goes on past the 16 MiB limit"
+    assert failed_grab(server.url, 60, caplog) == [
+        visit_warning(server.url, "the response goes on past the 16 MiB limit")
     ]
     # Reading stopped there: the rest never left the camera (socket buffers hold a few MiB).
     assert server.answered.wait(30)
@@ -292,9 +308,7 @@ def test_a_refused_snapshot_is_logged_by_its_status_without_the_url_it_was_asked
     netloc = http_camera.url.split("/")[2]
     source = f"http://admin:S3cret@{netloc}/snap.jpg?user=admin&pwd=S3cret"
     shown = f"http://***@{netloc}/snap.jpg?user=***&pwd=***"
-    assert failed_grab(site_camera(source), 30, caplog) == [
-        f"camera h1: grab from {shown} failed: HTTP 503"
-    ]
+    assert failed_grab(source, 30, caplog) == [visit_warning(shown, "HTTP 503")]
 
 
 def test_a_refused_snapshot_says_why_without_the_credentials(
@@ -308,9 +322,11 @@ def test_a_refused_snapshot_says_why_without_the_credentials(
     port = closed.getsockname()[1]
     closed.close()
     source = f"http://admin:S3cret@127.0.0.1:{port}/snap.jpg?user=admin&pwd=S3cret"
-    assert failed_grab(site_camera(source), 30, caplog) == [
-        f"camera h1: grab from http://***@127.0.0.1:{port}/snap.jpg?user=***&pwd=*** failed:"
-        " ConnectError: [Errno 111] Connection refused"
+    assert failed_grab(source, 30, caplog) == [
+        visit_warning(
+            f"http://***@127.0.0.1:{port}/snap.jpg?user=***&pwd=***",
+            "ConnectError: [Errno 111] Connection refused",
+        )
     ]
 
 
@@ -320,9 +336,12 @@ def test_a_url_a_password_breaks_is_said_without_a_piece_of_it(
 ) -> None:
     """httpx takes the password's first piece for a port ("Invalid port: 'Pa'")."""
     source = f"http://admin:{password}@127.0.0.1:1/snap.jpg"
-    said = failed_grab(site_camera(source), 30, caplog)
-    assert [line.split(" failed: ")[1] for line in said] == [
-        "InvalidURL: the URL cannot be parsed (percent-encode # ? / @ in a password)"
+    said = failed_grab(source, 30, caplog)
+    assert said == [
+        visit_warning(
+            "http://***@127.0.0.1:1/snap.jpg",
+            "InvalidURL: the URL cannot be parsed (percent-encode # ? / @ in a password)",
+        )
     ]
     assert "Pa" not in said[0]
 
@@ -498,16 +517,18 @@ def test_a_camera_no_proxy_names_is_grabbed_directly_beside_a_socks_all_proxy(
     http_camera: Any, socks_shell: pytest.MonkeyPatch
 ) -> None:
     socks_shell.setenv("no_proxy", "127.0.0.1")
-    grabbed = grab_once(site_camera(http_camera.url), None)
-    assert grabbed is not None and grabbed[0][:2] == b"\xff\xd8"
+    grabbed = grab_frame(site_camera(http_camera.url), None)
+    assert not isinstance(grabbed, str) and grabbed[0][:2] == b"\xff\xd8"
 
 
 def test_a_camera_behind_a_socks_proxy_without_the_extra_says_what_to_install(
     http_camera: Any, socks_shell: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert failed_grab(site_camera(http_camera.url), 30, caplog) == [
-        f"camera h1: grab from {http_camera.url} failed: the environment's proxy"
-        f" socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}"
+    assert failed_grab(http_camera.url, 30, caplog) == [
+        visit_warning(
+            http_camera.url,
+            f"the environment's proxy socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}",
+        )
     ]
 
 
@@ -516,9 +537,11 @@ def test_a_camera_behind_a_socks_proxy_without_the_extra_keeps_its_credentials_o
 ) -> None:
     """The proxy's error names the proxy alone: the camera is named by the log line, redacted."""
     source = "http://admin@cam.example/s.cgi?user=admin&pwd=S3cret"
-    said = failed_grab(site_camera(source), 30, caplog)
+    said = failed_grab(source, 30, caplog)
     assert said == [
-        "camera h1: grab from http://***@cam.example/s.cgi?user=***&pwd=*** failed: the"
-        f" environment's proxy socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}"
+        visit_warning(
+            "http://***@cam.example/s.cgi?user=***&pwd=***",
+            f"the environment's proxy socks5://127.0.0.1:1 cannot be used: {NO_SOCKSIO}",
+        )
     ]
     assert "S3cret" not in caplog.text and "admin@" not in caplog.text
