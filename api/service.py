@@ -276,6 +276,9 @@ class _BatchItem(NamedTuple):
     key: str
     digest: str  # the request hash
     parsed: CandidateIn
+    # A server-owned field an earlier release kept (LATER_OWNED): refused only where a single
+    # POST's would be, once the key is looked up, so that a replay gets its stored answer.
+    refusal: Problem | None = None
 
 
 @dataclass
@@ -479,6 +482,15 @@ def refuse_server_fields(body: JsonDict, owned: frozenset[str], what: str) -> No
     found = sorted(owned & body.keys())
     if found:
         raise Problem(422, f"the server owns {', '.join(found)}; {what} cannot set them")
+
+
+def _refusal(body: JsonDict, owned: frozenset[str], what: str) -> Problem | None:
+    """:func:`refuse_server_fields`' refusal of ``body``, kept for later; None if none."""
+    try:
+        refuse_server_fields(body, owned, what)
+    except Problem as exc:
+        return exc
+    return None
 
 
 def refuse_nulls(body: JsonDict) -> None:
@@ -702,17 +714,21 @@ class CandidateService:
         self,
         session: Session,
         who: str,
-        key: str,
-        digest: str,
+        item: _BatchItem,
         known: dict[str, IdempotencyRow],
     ) -> tuple[int, JsonDict] | None:
-        """Claim a batch item's key (None) or return its stored response; raise 422 / 409.
+        """Claim a batch item's key (None) or return its stored response; raise 422 / 409,
+        or the item's ``refusal`` where its key would be claimed (as a single POST's work
+        refuses it, taking its claim back).
 
         ``known`` holds the rows of the batch's keys, loaded in one query.
         """
+        key, digest = item.key, item.digest
         row = known.get(key)
         now = self.clock()
         if row is None:
+            if item.refusal is not None:
+                raise item.refusal
             session.add(
                 IdempotencyRow(
                     key=key, principal=who, request_hash=digest, state="in_flight", created_at=now
@@ -721,6 +737,8 @@ class CandidateService:
             return None
         stored = _stored_response(row, digest, now)
         if stored is None:
+            if item.refusal is not None:
+                raise item.refusal
             self._take_over(session, who, key, row.created_at, now)
         return stored
 
@@ -784,13 +802,14 @@ class CandidateService:
             try:
                 parsed = parse_candidate(body)
                 body_json = dump_body(parsed)
-                refuse_server_fields(body_json, CREATE_OWNED, "a new candidate")
+                refuse_server_fields(body_json, CREATE_OWNED - LATER_OWNED, "a new candidate")
                 canonical = canonical_json(body_json)
                 if len(canonical) > self.max_body_bytes:
                     limit = self.max_body_bytes
                     raise Problem(413, f"a candidate body is limited to {limit} bytes")
                 digest = request_hash("POST", "/candidates", body_json, canonical)
-                valid.append(_BatchItem(index, check_item_key(key), digest, parsed))
+                refusal = _refusal(body_json, LATER_OWNED, "a new candidate")
+                valid.append(_BatchItem(index, check_item_key(key), digest, parsed, refusal))
             except Problem as exc:
                 results[index] = problem_item(exc)
         return valid
@@ -879,7 +898,7 @@ class CandidateService:
         seen: dict[str, tuple[int, str]] = {}
         # By key, then item: the first item of a repeated key stays the first.
         for item in sorted(todo, key=lambda v: (v.key, v.position)):
-            index, key, digest, _parsed = item
+            index, key, digest = item.position, item.key, item.digest
             if key in held:
                 try:
                     stored = _done_text(known.get(key), digest)
@@ -892,7 +911,7 @@ class CandidateService:
             else:
                 seen[key] = (index, digest)
                 try:
-                    replay = self._claim_in(session, who, key, digest, known)
+                    replay = self._claim_in(session, who, item, known)
                 except Problem as exc:
                     claims.refuse(index, exc)
                     continue

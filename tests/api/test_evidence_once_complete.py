@@ -5,14 +5,19 @@ it refers to."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
+import sqlite3
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from gridpatrol.api.client import Outbox
 from gridpatrol.api.db import CandidateRow, MissingEvidenceRow
 
 from .conftest import Api, fresh_jpeg
@@ -300,6 +305,48 @@ def test_requests_an_earlier_release_took_with_first_complete_at_replay_their_an
     )
     fixed = producer.patch(f"{URL}/{cid}", json={"note": "x"}, headers={"Idempotency-Key": "q"})
     assert fixed.status_code == 200, fixed.text
+
+
+def test_a_batch_an_earlier_release_took_with_first_complete_at_replays_its_answers(
+    api: Api, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A batch replayed as a producer's outbox sends it again (its queued keys and bodies, the
+    answer to the first attempt lost) gets the first answer of every item, also of one that
+    set the field; a new item that sets it is refused as a single POST is, keeping no key."""
+    import gridpatrol.api.service as service
+
+    producer = api.as_("producer")
+    sha = held(api)
+    outbox = Outbox(tmp_path / "outbox-replay.db", None, component="replay")
+    with outbox.transaction() as txn:
+        txn.create_candidate(api.body(sha=sha))
+        txn.create_candidate({**api.body(sha=sha), "first_complete_at": "2026-11-27T04:00:00Z"})
+    with contextlib.closing(sqlite3.connect(outbox.path)) as conn:
+        queued = conn.execute(
+            "SELECT idempotency_key, payload FROM outbox_ops WHERE kind = 'create' ORDER BY seq"
+        ).fetchall()
+    outbox.stop()
+    # As ApiClient.create_batch sends the outbox's creates.
+    batch = {"items": [{"idempotency_key": k, "body": json.loads(p)} for k, p in queued]}
+    monkeypatch.setattr(service, "refuse_server_fields", lambda *args: None)
+    first = producer.post(f"{URL}/batch", json=batch)
+    monkeypatch.undo()
+    assert [item["status"] for item in first.json()["items"]] == [201, 201], first.text
+    replayed = producer.post(f"{URL}/batch", json=batch)
+    assert (replayed.status_code, replayed.json()) == (207, first.json())
+
+    fresh = {**api.body(sha=sha), "first_complete_at": "2026-11-27T04:00:00Z"}
+    single = producer.post(URL, json=fresh, headers={"Idempotency-Key": "single"})
+    assert single.status_code == 422, single.text
+    refusal = {k: v for k, v in single.json().items() if k != "instance"}
+    assert refusal["detail"] == "the server owns first_complete_at; a new candidate cannot set them"
+    item = {"idempotency_key": "new", "body": fresh}
+    for _attempt in range(2):  # the refusal keeps no key: it is judged again
+        refused = producer.post(f"{URL}/batch", json={"items": [item, item]})
+        assert refused.json()["items"] == [{"status": 422, "body": refusal}] * 2
+    fixed = {"idempotency_key": "new", "body": api.body(sha=sha)}
+    created = producer.post(f"{URL}/batch", json={"items": [fixed]})
+    assert created.json()["items"][0]["status"] == 201, created.text
 
 
 @pytest.mark.parametrize("unheld", list(SUPPLEMENTS.values()), ids=list(SUPPLEMENTS))
