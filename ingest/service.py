@@ -129,8 +129,9 @@ class IngestService:
         # admit together (always taken before the limit's own lock), so that the progress line
         # never reads a rejection counted in one figure and not yet in another.
         self._rejected_lock = threading.Lock()
-        # Retained requests and boosts, by topic: commands left on the broker, which hands them
-        # over at every subscription (each start and reconnection); ignored, said once a topic.
+        # Retained requests and boosts of this process's cameras, by topic: commands left on
+        # the broker, which hands them over at every subscription (each start and
+        # reconnection); ignored, said once a topic. Read and written under _rejected_lock.
         self.stale: Counter[str] = Counter()
         self._cleared_said: set[str] = set()  # topics whose empty message was logged
         self._requests = conn.subscribe(
@@ -297,14 +298,14 @@ class IngestService:
             self._guarded(self._apply_boost, message)
 
     def _apply_boost(self, message: Message) -> None:
-        if self._stale(message, "patrol boost"):
-            return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
             return
         if match.id not in self.outputs or not self.outputs[match.id].camera.is_patrol:
             return  # not a patrol camera of this process: another's, or nobody's
+        if self._stale(message, "patrol boost"):
+            return
         if self._cleared(message, "patrol boost"):
             return
         try:
@@ -336,14 +337,14 @@ class IngestService:
             self._guarded(self._request, message)
 
     def _request(self, message: Message) -> None:
-        if self._stale(message, "snapshot request"):
-            return
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
             self._dead_letter("bad_topic", message)
             return
         if match.id not in self.outputs:
             return  # another ingest process serves that camera
+        if self._stale(message, "snapshot request"):
+            return
         if self._cleared(message, "snapshot request"):
             return
         try:
@@ -462,7 +463,10 @@ class IngestService:
         """Whether ``message`` is retained, and so ignored. A command is acted on when it is
         sent; a retained one is handed over again at every subscription: a boost of a day
         would come back at each start, an old request be answered again. Counted, and said
-        once per topic (the broker hands the same one over at each reconnection)."""
+        once per topic (the broker hands the same one over at each reconnection). Checked
+        after the topic (a retained message on a malformed topic is dead-lettered) and after
+        the camera: only for this process's cameras, so the topics kept are at most two a
+        camera, whatever ids the retained messages of other processes' cameras use."""
         if not message.retain:
             return False
         with self._rejected_lock:
@@ -554,6 +558,8 @@ class IngestService:
                 "online" if output.online else "offline",
             )
         malformed, rejected, unlettered = self.rejections()
+        with self._rejected_lock:  # a topic's first retained message would resize the map
+            retained = sum(self.stale.values())
         # Requests and boosts come in faster than they are served only in a storm, and a
         # dropped request is a candidate without its snapshot: say so.
         log.info(
@@ -564,7 +570,7 @@ class IngestService:
             self._requests.dropped,
             self._boosts.received,
             self._boosts.dropped,
-            sum(self.stale.values()),
+            retained,
             malformed,
             rejected,
             unlettered,

@@ -23,6 +23,23 @@ from .test_transport import wait_for
 PREFIX = "stale"
 
 
+def patrol_camera(source: str) -> str:
+    """The site's lines of patrol camera p1, visited once an hour."""
+    return f"  - {{id: p1, source: '{source}', interval_s: 3600, location: {{address: b}}}}\n"
+
+
+def started_service(
+    mosquitto: Mosquitto, client_id: str, cameras: str
+) -> tuple[IngestService, MqttConnection]:
+    """Ingest of the site of ``cameras`` (its lines), started on ``mosquitto``."""
+    site = parse_site(f"site: {{name: Test}}\nmqtt: {{prefix: {PREFIX}}}\ncameras:\n{cameras}")
+    conn = MqttConnection(client_id, MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
+    service = IngestService(site, conn, site.cameras)
+    assert conn.start(10)
+    service.start()
+    return service, conn
+
+
 def test_retained_boosts_and_requests_are_ignored_at_each_connection(
     mosquitto: Mosquitto, http_camera: Any, watch: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -39,18 +56,12 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
     finally:
         publisher.stop()
     watcher = watch(mosquitto.url, snapshot_topic(PREFIX, "h1"), PREFIX)
-    site = parse_site(
-        "site: {name: Test}\n"
-        f"mqtt: {{prefix: {PREFIX}}}\n"
-        "cameras:\n"
+    service, conn = started_service(
+        mosquitto,
+        "ing-stale",
         f"  - {{id: h1, source: '{http_camera.url}', fps: 4, location: {{address: a}}}}\n"
-        f"  - {{id: p1, source: '{http_camera.url}', interval_s: 3600, "
-        "location: {address: b}}\n"
+        + patrol_camera(http_camera.url),
     )
-    conn = MqttConnection("ing-stale", MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
-    service = IngestService(site, conn, site.cameras)
-    assert conn.start(10)
-    service.start()
     try:
         wait_for(lambda: service._boosts.received == service._requests.received == 1)
         # The broker hands them over again at the reconnection: counted, not said again.
@@ -115,3 +126,59 @@ def test_retained_boosts_and_requests_are_ignored_at_each_connection(
         f"ignoring an empty snapshot request on {request}: taken for a retained one cleared "
         "(empty ones there are not said again)",
     ]
+
+
+def test_retained_boosts_and_requests_of_cameras_served_elsewhere_are_no_concern(
+    mosquitto: Mosquitto, http_camera: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retained boosts and requests of cameras this process does not serve (another process's,
+    or ids no camera has) are neither said nor kept: they were kept and said before the
+    process looked at the camera, one topic each, so ever new ids grew the map without bound.
+    Its own camera's are ignored and said once a topic; one on a topic no camera can have is
+    dead-lettered."""
+    caplog.set_level(logging.INFO, logger="gridpatrol.ingest.service")
+    boost = patrol_boost_topic(PREFIX, "p1")
+    request = snapshot_request_topic(PREFIX, "p1")
+    elsewhere = [f"elsewhere{n}" for n in range(5)]
+    retained = [boost, request, f"{PREFIX}/cameras/bad id/patrol/boost"]
+    retained += [patrol_boost_topic(PREFIX, cid) for cid in elsewhere]
+    retained += [snapshot_request_topic(PREFIX, cid) for cid in elsewhere]
+    publisher = MqttConnection("old-cmds", MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
+    assert publisher.start(10)
+    try:
+        for topic in retained:
+            payload = encode_request("old") if "request" in topic else b'{"factor": 16}'
+            assert publisher.publish_wait(topic, payload, qos=1, retain=True)
+    finally:
+        publisher.stop()
+    service, conn = started_service(mosquitto, "ing-elsewhere", patrol_camera(http_camera.url))
+    try:
+        # 7 boosts (the own camera's, the bad id's, 5 elsewhere) and 6 requests a connection.
+        wait_for(lambda: (service._boosts.received, service._requests.received) == (7, 6))
+        mosquitto.stop()
+        wait_for(lambda: not conn.connected)
+        mosquitto.start()
+        wait_for(lambda: (service._boosts.received, service._requests.received) == (14, 12))
+        assert service.scheduler.weight("p1", time.monotonic()) == 1.0
+        # Sent now, one of each is acted on; the queues are in order, so the old ones are done.
+        assert conn.publish_wait(boost, b'{"factor": 2, "duration_s": 600}', qos=1)
+        assert conn.publish_wait(request, encode_request(""), qos=1)
+        wait_for(
+            lambda: (
+                service.scheduler.weight("p1", time.monotonic()) == 2.0
+                and service.rejected["bad_request_id"] == 1
+            )
+        )
+    finally:
+        service.stop()
+        conn.stop()
+    assert service.stale == {boost: 2, request: 2}
+    assert service.rejected == {"bad_topic": 2, "bad_request_id": 1}
+    said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sorted(line.split(":")[0] for line in warned if "retained" in line) == [
+        f"ignoring a retained patrol boost on {boost}",
+        f"ignoring a retained snapshot request on {request}",
+    ]
+    assert "; 4 retained (ignored); " in said[-1]
+    assert not [line for line in said if "elsewhere" in line]
