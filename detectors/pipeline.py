@@ -82,6 +82,18 @@ class RuleEvent:
 
 
 @dataclass(frozen=True)
+class Sighting:
+    """A raised episode whose condition a frame shows: what it shows, and since when the
+    episode lasts (its dwell verified, its candidate raised)."""
+
+    rule: str
+    zone_id: str
+    confidence: float
+    boxes: tuple[Box, ...]
+    first_seen: datetime
+
+
+@dataclass(frozen=True)
 class Violation:
     """A violation judged on a single image (``gridpatrol scan``)."""
 
@@ -541,6 +553,19 @@ class CameraPipeline:
             if st.phase != "idle"
         }
 
+    def seen(self, t: datetime) -> list[Sighting]:
+        """The raised episodes whose condition the frame at ``t`` (the last one processed)
+        showed, zone by zone in rule order. An episode raised but not seen on it (in a gap,
+        or raised on a frame without the condition) is left out, as is one that cleared or
+        whose dwell still runs. Read-only: the states are not changed."""
+        ts = t.timestamp()
+        return [
+            Sighting(rule, zr.zone.id, st.last.confidence, st.last.boxes, _at(st.first_seen, t))
+            for zr in self.zones
+            for rule, st in zr.states.items()
+            if st.phase == "active" and st.last_seen == ts and st.last is not None
+        ]
+
     def held(self) -> dict[tuple[str, str], tuple[datetime, ...]]:
         """(zone, rule) → the first sightings of the occupancies its rule still holds, whose
         transitions may yet come (the one it times, those over while the zone's schedule is
@@ -583,7 +608,7 @@ class CameraPipeline:
             dwell_s=tr.dwell_s,
             boxes=tr.presence.boxes,
             track_ids=tr.presence.track_ids,
-            first_seen=datetime.fromtimestamp(tr.first_seen, tz=t.tzinfo),
+            first_seen=_at(tr.first_seen, t),
             labels=tr.presence.labels,
         )
 
@@ -662,6 +687,11 @@ class CameraPipeline:
             frame_confidence=frame.boxes.confidence,
             frame_labels=frame.box_labels,
         )
+
+
+def _at(ts: float, like: datetime) -> datetime:
+    """The epoch time ``ts`` in the timezone of ``like``."""
+    return datetime.fromtimestamp(ts, tz=like.tzinfo)
 
 
 def _shifted(state: RuleState, shift_s: float) -> RuleState:

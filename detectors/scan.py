@@ -8,12 +8,12 @@ decoded as stored (the tag ignored) as the worker decodes them, so that size, bo
 are the camera's. With ``--config --camera`` the rules judge a still within each of that
 camera's zones, with the zone's parameters but no dwell or schedule (a still has neither a
 duration nor a time; ``dwell_verified: false``), and a video runs through the camera's full
-pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, its
-raised / updated violations carrying ``dwell_verified: true``. With ``--config --camera`` the
-detector keeps boxes down to the confidence the worker keeps for that camera (lower than
-``--conf`` when a rule's ``min_confidence`` or the tracker's weak boxes ask for it), and the
-pipeline is the worker's, so a video is judged on the detections the worker would judge;
-``detections`` lists only the boxes at or above ``--conf`` in every mode.
+pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, each
+frame listing the raised episodes it shows (``dwell_verified: true``). With ``--config
+--camera`` the detector keeps boxes down to the confidence the worker keeps for that camera
+(lower than ``--conf`` when a rule's ``min_confidence`` or the tracker's weak boxes ask for
+it), and the pipeline is the worker's, so a video is judged on the detections the worker would
+judge; ``detections`` lists only the boxes at or above ``--conf`` in every mode.
 """
 
 from __future__ import annotations
@@ -503,18 +503,20 @@ class Judge:
             lambda region: self.scene(result, region),
             small_gray(sample.image),
         )
+        # A frame lists what is in violation on it: every raised episode it shows, whether or
+        # not the worker would send a raise or an update on it.
+        sent = {(ev.zone_id, ev.rule): ev.kind for ev in events if ev.kind != "clear"}
         return [
             {
-                "type": ev.rule,
-                "confidence": round(float(ev.confidence), 4),
-                "zone": ev.zone_id,
-                "bbox": [round(float(v), 1) for v in _union(ev.boxes, size)],
+                "type": s.rule,
+                "confidence": round(float(s.confidence), 4),
+                "zone": s.zone_id,
+                "bbox": [round(float(v), 1) for v in _union(s.boxes, size)],
                 "dwell_verified": True,
-                "event": ev.kind,
-                "dwell_s": round(float(ev.dwell_s), 1),
+                "event": sent.get((s.zone_id, s.rule)),
+                "dwell_s": round((t - s.first_seen).total_seconds(), 1),
             }
-            for ev in events
-            if ev.kind in ("raise", "update")
+            for s in pipeline.seen(t)
         ]
 
 

@@ -328,6 +328,84 @@ def test_site_camera_runs_the_pipeline_with_dwell(shared_dir: Path, tmp_path: Pa
     assert sum(v["event"] == "raise" for _, v in found) == 1  # one episode, then updates
 
 
+CROWD = (
+    CAMERA
+    + """\
+      - id: plaza
+        polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+        rules:
+          crowd_gathering: {min_persons: 5, dwell_s: 5, gap_s: 2, clear_s: 3, update_s: 4}
+"""
+)
+
+
+def street_and_gaps(shared_dir: Path, path: Path) -> list[float]:
+    """A 2 fps video of the street (10 s: the crowd raises at 5 s), its first frame blurred
+    beyond recognition (nobody: a gap) for 0.5 s, the street for 2 s, blurred for 4 s (longer
+    than clear_s: the episode clears) and the street again for 3 s (a new occupancy whose
+    dwell has not completed). Returns each frame's time: where it shows the crowd, or None."""
+    cap = cv2.VideoCapture(str(shared_dir / "footage" / "pedestrian_street_1080p.mp4"))
+    native = cap.get(cv2.CAP_PROP_FPS)
+    street: list[np.ndarray] = []
+    for index in range(round(10 * native)):
+        ok, frame = cap.read()
+        assert ok
+        if index % round(native / 2) == 0:  # 2 fps
+            street.append(frame)
+    cap.release()
+    assert len(street) == 20
+    blur = cv2.GaussianBlur(street[0], (151, 151), 0)
+    frames = [*street, blur, *street[16:20], *[blur] * 8, *street[:6]]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 2.0, (1920, 1080))
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    return [0.5 * k for k in range(len(frames))]
+
+
+@pytest.mark.slow
+def test_each_video_frame_lists_the_raised_episodes_it_shows(
+    shared_dir: Path, tmp_path: Path
+) -> None:
+    """A frame's violations are what is in violation on it: the crowd's episode on every frame
+    that shows it from its raise on, with that frame's boxes and confidence (not only on the
+    frames where the worker would send a raise or an update); none before the dwell is
+    verified, none on a frame of a gap while the episode stays open, none once it cleared
+    (the crowd back afterwards is a new occupancy whose dwell runs)."""
+    site = tmp_path / "site.yaml"
+    site.write_text(CROWD)
+    clip = tmp_path / "street.mp4"
+    times = street_and_gaps(shared_dir, clip)
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", "--fps", "2", "--conf", "0.35",
+        "--start", "2026-05-04T10:00:00+08:00", str(clip),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert [r["ts"] for r in records] == times
+    listed = {r["ts"]: r["violations"] for r in records if r["violations"]}
+    # 5.0-9.5: raised at 5 s, seen every frame; 10.0: the gap; 10.5-12.0: seen again;
+    # 12.5-16.0: gone, cleared at 15.0; 16.5-19.0: back, a dwell of 2.5 s at most.
+    assert sorted(listed) == [5.0 + 0.5 * k for k in range(10)] + [10.5, 11.0, 11.5, 12.0]
+    events = {ts: v["event"] for ts, (v,) in listed.items() if v["event"]}
+    assert events == {5.0: "raise", 9.0: "update"}  # update_s 4 after the raise
+    for record in records:
+        if record["ts"] not in listed:
+            continue
+        (violation,) = listed[record["ts"]]
+        persons = [d for d in record["detections"] if d["label"] == "person"]
+        boxes = np.asarray([d["bbox"] for d in persons])
+        top = sorted((d["confidence"] for d in persons), reverse=True)[:5]
+        assert violation == {
+            "type": "crowd_gathering",
+            "confidence": pytest.approx(np.mean(top), abs=1e-3),
+            "zone": "plaza",
+            "bbox": [*boxes[:, :2].min(axis=0).tolist(), *boxes[:, 2:].max(axis=0).tolist()],
+            "dwell_verified": True,
+            "event": violation["event"],
+            "dwell_s": record["ts"],  # one episode since the first frame
+        }
+
+
 ZONES = (
     CAMERA
     + """\
