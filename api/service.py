@@ -234,6 +234,17 @@ def request_hash(method: str, path: str, body: Any, canonical: bytes | None = No
     return digest.hexdigest()
 
 
+def sent_size(body: Any) -> int:
+    """The bytes of ``body`` as a request carries it in compact JSON (httpx, the producers'
+    outbox); a lone surrogate, which only an escape can carry, counts as its escape. 0 for a
+    body nested too deeply to encode, which parsing refuses."""
+    try:
+        sent = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+    except RecursionError:
+        return 0
+    return len(sent.encode("utf-8", "backslashreplace"))
+
+
 def dump_body(parsed: CandidatePatch) -> JsonDict:
     """A parsed body as JSON values, the fields it set only."""
     try:
@@ -800,14 +811,16 @@ class CandidateService:
         valid: list[_BatchItem] = []
         for index, (key, body) in enumerate(items):
             try:
+                # First, as the app's BodyLimit refuses a single POST before reading it, and
+                # of the body as sent, as that limit counts it: an item is refused where
+                # the same body posted alone (as the outbox sends a lone create) would be.
+                if sent_size(body) > self.max_body_bytes:
+                    limit = self.max_body_bytes
+                    raise Problem(413, f"a candidate body is limited to {limit} bytes")
                 parsed = parse_candidate(body)
                 body_json = dump_body(parsed)
                 refuse_server_fields(body_json, CREATE_OWNED - LATER_OWNED, "a new candidate")
-                canonical = canonical_json(body_json)
-                if len(canonical) > self.max_body_bytes:
-                    limit = self.max_body_bytes
-                    raise Problem(413, f"a candidate body is limited to {limit} bytes")
-                digest = request_hash("POST", "/candidates", body_json, canonical)
+                digest = request_hash("POST", "/candidates", body_json)
                 refusal = _refusal(body_json, LATER_OWNED, "a new candidate")
                 valid.append(_BatchItem(index, check_item_key(key), digest, parsed, refusal))
             except Problem as exc:
@@ -1885,6 +1898,12 @@ class CandidateService:
         # The counter row's lock (PostgreSQL) or the database write lock (SQLite) is held to
         # commit, so positions become visible in order and without gaps.
         conn = session.connection()
+        moved = [r.id for r in rows if r.feed_pos is not None]
+        if moved:
+            # A new position replaces the old one: the feed lists each candidate once, at its
+            # latest change. An ack up to the old position no longer marks it pulled: the
+            # platform reads it again at the new one, whose ack does.
+            conn.execute(delete(FeedRow).where(FeedRow.candidate_id.in_(moved)))
         last = conn.execute(_ADVANCE_FEED, {"n": len(rows)}).scalar_one()
         first = last - len(rows) + 1
         for position, row in enumerate(rows, start=first):

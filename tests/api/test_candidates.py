@@ -922,6 +922,41 @@ def test_bodies_over_the_size_limits_are_refused_and_not_stored(make_api: Any) -
     assert api.as_("reviewer").get(f"{URL}/{cid}").json() == small.json()
 
 
+def test_a_batch_item_is_refused_for_its_size_where_a_single_post_would_be(
+    make_api: Any,
+) -> None:
+    """An item is measured as the same body posted alone is (its bytes as sent, as the outbox
+    sends a lone create) and first, as a single POST is refused before it is read."""
+    api = make_api(max_body_bytes=4096)
+    producer = api.as_("producer")
+    sha = api.put_jpeg()
+    limit = "a candidate body is limited to 4096 bytes"
+
+    def sized(event: str, size: int, **override: Any) -> dict[str, Any]:
+        out = api.body(event, sha, **override)
+        sent = len(json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode())
+        return {**out, "description": out["description"] + "x" * (size - sent)}
+
+    def answers(bodies: list[dict[str, Any]]) -> list[tuple[int, str | None]]:
+        alone = [post(api, b, key=f"alone-{i}") for i, b in enumerate(bodies)]
+        items = [{"idempotency_key": f"item-{i}", "body": b} for i, b in enumerate(bodies)]
+        batch = producer.post(f"{URL}/batch", json={"items": items}).json()["items"]
+        single = [(r.status_code, r.json().get("detail")) for r in alone]
+        assert [(r["status"], r["body"].get("detail")) for r in batch] == single
+        return single
+
+    over = [
+        sized("o1", 4097),
+        sized("o2", 4097, hold_until="2026-11-27T00:00:00+00:00"),
+        sized("o3", 4097, severity="CATASTROPHIC"),
+    ]
+    assert answers(over) == [(413, limit)] * 3
+    assert post(api, sized("a1", 4096), key="a1").status_code == 201
+    at_limit = {"idempotency_key": "a2", "body": sized("a2", 4096)}
+    accepted = producer.post(f"{URL}/batch", json={"items": [at_limit]}).json()["items"]
+    assert accepted[0]["status"] == 201, accepted
+
+
 def test_a_batch_item_without_a_usable_key_is_refused_alone(api: Any) -> None:
     sha = api.put_jpeg()
     items: list[dict[str, Any]] = [
