@@ -1,4 +1,5 @@
-# gridpatrol developer entry points. `make demo` and `make test` work on a fresh machine.
+# gridpatrol developer entry points. `make demo` and `make test` work on a fresh machine; the demo
+# installs only what it needs (no PyTorch when a model is at hand), the tests the full set.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,12 +8,19 @@ export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 
 .PHONY: setup links browser services demo test pytest lint format typecheck bench clean constraints
 
-# The environment: the project with the Ultralytics extra (reference backend, training) and
-# the development tools, at the versions in constraints.txt. Re-run when either file changes.
+# The environments, at the versions in constraints.txt; each re-run when either file changes.
+# .installed: the project alone, all the demo needs with a model at hand. .installed-dev: with
+# the Ultralytics extra (reference backend, .pt loading, export, training; PyTorch, several GB)
+# and the development tools, for the tests; it holds the project too, so it stamps both.
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.python-version
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c constraints.txt -e '.[ultralytics,dev]'
+	$(BIN)/pip install -q -c constraints.txt -e .
 	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml constraints.txt $(VENV)/.python-version
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[ultralytics,dev]'
+	touch $(VENV)/.installed $@
 
 # The venv itself, made again when it is not one $(PYTHON) would make: a first setup that failed
 # half-way (no python3-venv: ensurepip fails after bin/python exists, so there is no bin/pip),
@@ -39,7 +47,7 @@ $(VENV)/.python-version: FORCE
 
 FORCE:
 
-setup: $(VENV)/.installed links
+setup: $(VENV)/.installed-dev links
 
 # Weights and footage are never committed: link the shared copies when they are beside us. A
 # real folder of the same name (weights put there by hand) is kept; any other failure stops.
@@ -82,7 +90,18 @@ browser:
 	  fi; \
 	fi
 
-demo: setup
+# The demo's detector needs the Ultralytics extra only when no weights it runs without it are at
+# hand (GRIDPATROL_MODEL, else the manifest's default in models/, $GRIDPATROL_SHARED/models or
+# the cache; not a .pt): it then downloads and exports the model. The package resolves it.
+MODEL_AT_HAND := import sys; from gridpatrol.detectors.models import resolve_model, \
+  ultralytics_available; \
+  sys.exit(not ultralytics_available() and resolve_model(download=False).format == "pt")
+demo: $(VENV)/.installed links
+	@$(BIN)/python -c '$(MODEL_AT_HAND)' 2>/dev/null || { \
+	  echo "no model at hand (models/README.md): installing the ultralytics extra (PyTorch," \
+	    "several GB) to download and export one"; \
+	  $(BIN)/pip install -q -c constraints.txt -e '.[ultralytics]' || \
+	    echo "installing the ultralytics extra failed: the demo has no model to run" >&2; }
 	$(BIN)/gridpatrol demo
 
 test: setup lint pytest

@@ -142,7 +142,8 @@ def test_a_whole_venv_from_before_the_stamp_is_kept_without_installing_again(
     root = _checkout(tmp_path)
     python = _python(tmp_path, "python3", (3, 11, 7), ensurepip=True)
     subprocess.run([python, "-m", "venv", str(root / ".venv")], check=True)
-    (root / ".venv" / ".installed").touch()
+    for stamp in (".installed", ".installed-dev"):  # the project, and the tests' full set
+        (root / ".venv" / stamp).touch()
     done = _make(root, python)
     assert done.returncode == 0, done.stderr
     assert "making .venv" not in done.stdout
@@ -159,6 +160,100 @@ def _run(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
         text=True,
         timeout=60,
     )
+
+
+# The venv's Python for the demo's model check: this environment's, with the ultralytics extra
+# hidden (find_spec gives None for a module set to None), as in a venv the demo made.
+PYTHON_WITHOUT_ULTRALYTICS = """\
+#!/bin/sh
+[ "$1" = -c ] || exit 2
+exec {real} -c 'import sys; sys.modules["ultralytics"] = None; exec(sys.argv[1])' "$2"
+"""
+DEMO_INSTALL = ["install -q --upgrade pip", "install -q -c constraints.txt -e ."]
+
+
+def _demo_checkout(tmp_path: Path) -> Path:
+    """A checkout whose venv was made (pip and gridpatrol record their calls) but not set up."""
+    root = _checkout(tmp_path)
+    (root / "models").mkdir()
+    bin_dir = root / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").write_text(PYTHON_WITHOUT_ULTRALYTICS.format(real=sys.executable))
+    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path / "pip.log"}"\n')
+    for tool in ("python", "pip"):
+        (bin_dir / tool).chmod(0o755)
+    _logging_tool(bin_dir, "gridpatrol")
+    return root
+
+
+def _make_with(root: Path, target: str, shared: Path) -> subprocess.CompletedProcess[str]:
+    """``make target`` with the models the demo finds only where this test puts them."""
+    return _run(
+        root,
+        target,
+        f"PYTHON={sys.executable}",
+        GRIDPATROL_SHARED=str(shared),
+        GRIDPATROL_MODELS_DIR=str(root / "models"),
+        GRIDPATROL_CACHE=str(root.parent / "cache"),
+        GRIDPATROL_MODEL="",
+    )
+
+
+def _demo_runs(root: Path) -> list[str]:
+    return (root / ".venv" / "calls.log").read_text().splitlines()
+
+
+def test_the_demo_installs_the_project_alone_where_a_model_is_at_hand(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """The shared models linked into models/: no Ultralytics (PyTorch) for the demo; the tests'
+    setup then tops the same venv up, and a demo after it installs nothing more."""
+    root = _demo_checkout(tmp_path)
+    done = _make_with(root, "demo", shared_dir)
+    assert done.returncode == 0, done.stderr
+    assert "no model at hand" not in done.stdout
+    assert _pip_calls(tmp_path) == DEMO_INSTALL
+    assert _demo_runs(root) == ["gridpatrol demo"]
+
+    topped = _make_with(root, "setup", shared_dir)
+    assert topped.returncode == 0, topped.stderr
+    assert _pip_calls(tmp_path) == DEMO_INSTALL + INSTALL
+
+    again = _make_with(root, "demo", shared_dir)
+    assert again.returncode == 0, again.stderr
+    assert _pip_calls(tmp_path) == DEMO_INSTALL + INSTALL
+    assert _demo_runs(root) == ["gridpatrol demo", "gridpatrol demo"]
+
+
+def test_the_demo_after_the_tests_setup_installs_nothing(tmp_path: Path, shared_dir: Path) -> None:
+    root = _demo_checkout(tmp_path)
+    assert _make_with(root, "setup", shared_dir).returncode == 0
+    done = _make_with(root, "demo", shared_dir)
+    assert done.returncode == 0, done.stderr
+    assert _pip_calls(tmp_path) == INSTALL
+    assert _demo_runs(root) == ["gridpatrol demo"]
+
+
+def test_the_demo_installs_the_ultralytics_extra_where_no_model_is_at_hand(
+    tmp_path: Path,
+) -> None:
+    """No shared models, nothing in models/ or the cache: the extra that downloads and exports
+    the manifest's model is installed first, and the demo says so."""
+    root = _demo_checkout(tmp_path)
+    done = _make_with(root, "demo", tmp_path / "no-shared")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        *(f".venv/bin/pip {call}" for call in DEMO_INSTALL),
+        "touch .venv/.installed",
+        "no model at hand (models/README.md): installing the ultralytics extra (PyTorch, "
+        "several GB) to download and export one",
+        ".venv/bin/gridpatrol demo",
+    ]
+    assert _pip_calls(tmp_path) == [
+        *DEMO_INSTALL,
+        "install -q -c constraints.txt -e .[ultralytics]",
+    ]
+    assert _demo_runs(root) == ["gridpatrol demo"]
 
 
 def test_links_keeps_a_models_folder_of_its_own_and_links_the_rest(tmp_path: Path) -> None:
