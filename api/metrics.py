@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow
+from gridpatrol.api.db import CandidateRow, Database, FeedCounterRow, FeedCursorRow, FeedRow
 
 log = logging.getLogger(__name__)
 # The status a request is counted under when its client went away before it was answered.
@@ -88,7 +88,8 @@ class _Storage:
 
     counts: list[tuple[str, int]]
     last: int
-    cursors: list[tuple[str, int]]
+    # Per token name, the candidates in the feed after its acknowledged cursor.
+    lags: list[tuple[str, int]]
 
 
 class _StorageCollector:
@@ -122,8 +123,20 @@ class _StorageCollector:
                 select(CandidateRow.status, func.count()).group_by(CandidateRow.status)
             ).all()
             last = session.execute(select(FeedCounterRow.last)).scalar() or 0
-            cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position)).all()
-        return _Storage([(s, n) for s, n in counts], last, [(n, p) for n, p in cursors])
+            cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position))
+            # A platform that never acknowledged has no cursor row: it is at position 0, and
+            # without a series the alert on its lag could not fire.
+            positions = dict.fromkeys(self.feed_names, 0) | dict(cursors.tuples())
+            # Counted, not the last position minus the cursor: a candidate changed again
+            # took a new position and left its old one, so positions run ahead of the cases.
+            behind = {
+                position: session.execute(
+                    select(func.count()).select_from(FeedRow).where(FeedRow.position > position)
+                ).scalar_one()
+                for position in set(positions.values())
+            }
+        lags = [(name, behind[position]) for name, position in sorted(positions.items())]
+        return _Storage([(s, n) for s, n in counts], last, lags)
 
     def _start_read(self) -> Future[_Storage]:
         """The read in flight, or a new one if none is."""
@@ -180,13 +193,12 @@ class _StorageCollector:
             "gridpatrol_feed_last_position", "the last assigned feed position", value=last
         )
         lag = GaugeMetricFamily(
-            "gridpatrol_feed_lag", "feed positions not yet acknowledged, per token", labels=["name"]
+            "gridpatrol_feed_lag",
+            "candidates in the feed not yet acknowledged, per token",
+            labels=["name"],
         )
-        # A platform that never acknowledged has no cursor row: it is at position 0, and
-        # without a series the alert on its lag could not fire.
-        positions = dict.fromkeys(self.feed_names, 0) | dict(storage.cursors)
-        for name, position in sorted(positions.items()):
-            lag.add_metric([name], last - position)
+        for name, behind in storage.lags:
+            lag.add_metric([name], behind)
         yield lag
 
 

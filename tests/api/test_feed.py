@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import event
 
 from .conftest import LongPoll
+from .test_auth_meta import feed_lag
 from .test_candidates import WatchedLock
 
 FEED = "/api/v1/feed"
@@ -82,7 +83,37 @@ def test_a_visible_change_gets_a_new_position(api: Any) -> None:
     assert [c["id"] for c in page["items"]] == [a]
     assert page["items"][0]["detection"]["dwell_s"] == 600
     assert page["next_cursor"] == "3"
-    assert [c["id"] for c in feed(api)["items"]] == [a, b, a]
+    assert [c["id"] for c in feed(api)["items"]] == [b, a]
+
+
+def test_the_feed_lists_a_case_once_at_its_latest_change(api: Any) -> None:
+    """A detector's routine updates of a confirmed case each move it in the feed: a platform
+    reading from before it gets it once, as it is now, and its lag counts it once."""
+    a = confirmed(api, "a")
+    b = confirmed(api, "b")
+    for dwell in range(1, 21):
+        patched = api.as_("producer").patch(
+            f"/api/v1/candidates/{a}",
+            json={"detection": {"dwell_s": dwell}},
+            headers={"Idempotency-Key": f"dwell-{dwell}"},
+        )
+        assert patched.status_code == 200, patched.text
+    page = feed(api, role="platform2", cursor="0")
+    assert [c["id"] for c in page["items"]] == [b, a]
+    assert page["items"][1]["detection"]["dwell_s"] == 20
+    assert page["next_cursor"] == "22"
+    assert feed(api, role="platform2", cursor="2") == {
+        "items": [page["items"][1]],
+        "next_cursor": "22",
+    }
+    assert feed_lag(api) == {"test-platform": 2.0, "test-platform2": 2.0}
+    # Position 1 was a's before its updates: acknowledging it passes nothing the platform has.
+    assert api.as_("platform").post(f"{FEED}/ack", json={"cursor": "1"}).status_code == 204
+    assert doc_of(api, a)["status"] == "confirmed"
+    assert feed_lag(api) == {"test-platform": 2.0, "test-platform2": 2.0}
+    assert api.as_("platform").post(f"{FEED}/ack", json={"cursor": "22"}).status_code == 204
+    assert [doc_of(api, cid)["status"] for cid in (a, b)] == ["pulled", "pulled"]
+    assert feed_lag(api) == {"test-platform": 0.0, "test-platform2": 2.0}
 
 
 def test_night_hold_until_the_window_ends(api: Any) -> None:
@@ -244,14 +275,17 @@ def test_a_release_loses_no_concurrent_update(make_api: Any) -> None:
     releases = [partial(feed, apis[i % 2]) for i in range(4)]
     patches = [partial(patch, apis[i % 2], cid) for i, cid in enumerate(ids)]
     assert together(releases + patches)[len(releases) :] == [200] * len(ids)
-    positions = [c["id"] for c in feed(apis[0], limit=1000)["items"]]
+    page = feed(apis[0], limit=1000)
+    assert sorted(c["id"] for c in page["items"]) == sorted(ids)
+    moved = 0
     for cid in ids:
         doc = doc_of(apis[0], cid)
         assert doc["description"] == f"patched {cid}"
         assert (actions(doc, "released"), actions(doc, "updated")) == (1, 1)
-        # Patched after its release, a visible candidate gets a second position.
         order = [h["action"] for h in doc["history"] if h["action"] in ("released", "updated")]
-        assert positions.count(cid) == (2 if order == ["released", "updated"] else 1)
+        moved += order == ["released", "updated"]
+    # Patched after its release, a visible candidate moves to a new position.
+    assert page["next_cursor"] == str(len(ids) + moved)
 
 
 def test_an_ack_loses_no_concurrent_update(make_api: Any) -> None:
@@ -268,9 +302,18 @@ def test_an_ack_loses_no_concurrent_update(make_api: Any) -> None:
         assert list(doc["stages"]) == ["registered"]
     for cid in patched:
         doc = doc_of(apis[0], cid)
-        assert doc["status"] == "pulled"
         assert doc["description"] == f"patched {cid}"
-        assert (actions(doc, "pulled"), actions(doc, "updated")) == (1, 1)
+        pulled = actions(doc, "pulled")
+        assert (doc["status"], pulled, actions(doc, "updated")) in (
+            ("pulled", 1, 1),
+            # Moved past position 30 before the ack read it: pulled once the platform
+            # acknowledges its new position.
+            ("confirmed", 0, 1),
+        )
+    assert ack(apis[1], "platform", int(feed(apis[0])["next_cursor"])) == 204
+    for cid in patched:
+        doc = doc_of(apis[0], cid)
+        assert (doc["status"], actions(doc, "pulled"), actions(doc, "updated")) == ("pulled", 1, 1)
 
 
 def test_concurrent_acks_of_one_token_keep_the_furthest_cursor(make_api: Any) -> None:
