@@ -46,7 +46,7 @@ from gridpatrol.api.client import (
     _checked_url,
 )
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
-from gridpatrol.detectors.heads import SceneHead, _pair
+from gridpatrol.detectors.heads import SceneHead, _pair, head_stem
 from gridpatrol.detectors.types import Backend, ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -793,7 +793,7 @@ def run(args: argparse.Namespace) -> int:
     if bad := _bad_option(args):
         print(f"train-head: {bad}", file=sys.stderr)
         return 2
-    out = None if args.cv_only else Path(args.out) if args.out else Path("var/heads") / args.name
+    out = None if args.cv_only else head_stem(args.out or "var/heads/", args.name)
     try:
         if out is not None:
             check_writable(out)  # before the features, which take long

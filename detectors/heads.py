@@ -195,6 +195,20 @@ _RESERVED = frozenset(
 )
 
 
+def head_stem(out: str | Path, name: str) -> Path:
+    """The path stem of the pair a head named ``name`` is written to for ``--out OUT``.
+
+    ``OUT`` is the stem itself, unless it names a folder (one that exists, or a path ending
+    in ``/``): then the pair goes into it as ``<name>.npz`` / ``<name>.json``, where
+    ``--heads OUT`` finds it, not beside the folder as ``OUT.npz``.
+    """
+    text = os.fspath(out)
+    path = Path(text)
+    if text.endswith(("/", os.sep)) or path.is_dir():
+        return path / name
+    return path
+
+
 def _pair(path: Path) -> tuple[Path, Path]:
     stem = path.with_suffix("") if path.suffix in {".npz", ".json"} else path
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
@@ -378,7 +392,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--positive", help="positive class sub-folder (default: the folder named like --name)"
     )
-    parser.add_argument("--out", help="output path stem (default: var/heads/<name>)")
+    parser.add_argument(
+        "--out",
+        help="output path stem, or a folder (existing, or ending in /) to write <name>.npz and "
+        "<name>.json in (default: var/heads/<name>)",
+    )
     parser.add_argument("--model", help="detector model (path or name; see models/README.md)")
     parser.add_argument(
         "--from-reviews",

@@ -887,3 +887,26 @@ def test_labels_of_one_frame_are_compared_per_region(capsys: pytest.CaptureFixtu
         "train-head: 1 image with both labels (e.g. candidate:1 and candidate:3 are the same "
         "image): check their labels"
     ]
+
+
+@pytest.mark.parametrize(("given", "made"), [("new/", False), ("existing", True)])
+def test_out_a_folder_writes_the_head_inside_it(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path, given: str, made: bool
+) -> None:
+    """--out naming a folder (a path ending in / or an existing folder) writes
+    <folder>/garbage.npz and .json, where --heads <folder> finds them, not <folder>.npz."""
+    folder = tmp_path / given.rstrip("/")
+    if made:
+        folder.mkdir()
+    proc = train_head(
+        str(small_dataset), "--name", "garbage", "--out", f"{tmp_path}/{given}",
+        "--folds", "3", "--repeats", "1", "--force", env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"wrote {folder}/garbage.npz and {folder}/garbage.json"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        folder.name,
+        f"{folder.name}/garbage.json",
+        f"{folder.name}/garbage.npz",
+    ]
+    assert SceneHead.load(folder / "garbage.json").name == "garbage"
