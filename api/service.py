@@ -1284,13 +1284,20 @@ class CandidateService:
         outcome.events.append(_event("candidate.changed", tdoc))
 
     def set_stage(self, who: Principal, cid: str, report: StatusIn) -> JsonDict:
+        # A hold that has ended is released first, as a feed read releases it: the case is the
+        # platform's from then on.
+        self.release_held()
         with self.db.write() as session:
             row = self._load(session, cid)
+            doc: JsonDict = json.loads(row.doc)
+            if row.feed_pos is None and row.hold_until is not None:
+                # Held for the night: the platform is not to have it before the window ends
+                # (it may know the id from GET /candidates), so it cannot register it either.
+                raise Problem(409, f"candidate {cid} is held until {doc['hold_until']}")
             try:
                 new = sm.advance(row.status, report.stage)
             except sm.IllegalTransition as exc:
                 raise Problem(409, str(exc)) from exc
-            doc: JsonDict = json.loads(row.doc)
             if new is None:
                 return doc
             now = self.clock()

@@ -117,11 +117,13 @@ def registered(api: Any) -> str:
     return cid
 
 
-def refused_unchanged(api: Any, cid: str, name: str, at: Any, detail: str) -> None:
+def refused_unchanged(
+    api: Any, cid: str, name: str, at: Any, detail: str, status: int = 422
+) -> None:
     before = api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()
     refused = stage(api, cid, name, at)
     assert (refused.status_code, refused.headers["content-type"]) == (
-        422,
+        status,
         "application/problem+json",
     )
     assert refused.json()["detail"] == detail
@@ -307,3 +309,24 @@ def test_registered_follows_the_end_of_the_night_hold(api: Any) -> None:
     )
     doc = stage(api, cid, "registered", released - timedelta(minutes=1)).json()
     assert doc["stages"]["registered"] == api.clock.now.isoformat()
+
+
+def test_a_case_held_for_the_night_takes_no_stage(api: Any) -> None:
+    """Confirmed at midnight (site time) and not urgent: held to 08:00, and the platform is not
+    to have it before. A stage reported meanwhile is refused; after 08:00 it is taken (with no
+    feed read between), dated from the release."""
+    api.clock.advance(hours=12)
+    cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    hold_until = api.review(cid, "confirm").json()["hold_until"]
+    assert datetime.fromisoformat(hold_until) > api.clock.now
+    for name in ("registered", "dispatched"):
+        detail = f"candidate {cid} is held until {hold_until}"
+        refused_unchanged(api, cid, name, None, detail, status=409)
+    api.clock.now = datetime.fromisoformat(hold_until) + timedelta(minutes=1)
+    doc = stage(api, cid, "registered").json()
+    assert (doc["status"], doc["stages"]) == (
+        "registered",
+        {"registered": api.clock.now.isoformat()},
+    )
+    assert [h["action"] for h in doc["history"][-2:]] == ["released", "registered"]
+
