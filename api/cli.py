@@ -297,18 +297,18 @@ def run(args: argparse.Namespace) -> int:
     3: the server could not start (one worker)."""
     from sqlalchemy.exc import OperationalError
 
-    from gridpatrol.api.settings import Settings
+    from gridpatrol.api.settings import load_settings
     from gridpatrol.site import SiteConfigError
 
     try:
-        settings = Settings()
+        settings = load_settings()
         settings.check()
         # A stop while it waits for the database ends with status 0, as a stop while serving.
         signal.signal(signal.SIGTERM, _stopped)
         _wait_for_database(settings.database_url)
         return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
-        # ValueError covers invalid GRIDPATROL_* settings (pydantic names the field).
+        # ValueError covers invalid GRIDPATROL_* settings, each named, no value quoted.
         log.error("the intake API cannot start: %s", exc)
         return 2
     except OperationalError as exc:

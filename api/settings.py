@@ -10,9 +10,9 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gridpatrol.site import Policy, Site, load_site
@@ -26,6 +26,10 @@ _SHA256_HEX = re.compile(r"[0-9A-Fa-f]{64}")
 URL_FORM = "dialect+driver://user:password@host:port/name"
 DEFAULT_IDEMPOTENCY_RETENTION_S = 7 * 24 * 3600
 MAX_IDEMPOTENCY_RETENTION_S = 10 * 365 * 24 * 3600
+MIN_SESSION_SECRET_CHARS = 32
+MAX_SESSION_MAX_AGE_S = 366 * 24 * 3600
+# The placeholders of samples/systemd/api.env: a copy left unedited must not start.
+_PLACEHOLDER = "CHANGE-ME"
 
 
 class TokenEntry(BaseModel):
@@ -94,6 +98,34 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("session_secret")
+    @classmethod
+    def _secret_strong(cls, value: str) -> str:
+        # Anyone who knows the key signs a session cookie for any configured token digest, and
+        # those digests are meant to sit in configuration files (sha256:<hex>).
+        if _PLACEHOLDER.lower() in value.lower():
+            raise ValueError(
+                "GRIDPATROL_SESSION_SECRET is still the placeholder of samples/systemd/api.env: "
+                "set it to 64 random hexadecimal characters (openssl rand -hex 32)"
+            )
+        if len(value) < MIN_SESSION_SECRET_CHARS:
+            raise ValueError(
+                f"GRIDPATROL_SESSION_SECRET must be at least {MIN_SESSION_SECRET_CHARS} "
+                "characters: set it to 64 random hexadecimal characters (openssl rand -hex 32)"
+            )
+        return value
+
+    @field_validator("session_max_age_s")
+    @classmethod
+    def _max_age_in_range(cls, value: int) -> int:
+        # Past about a year the expiry of a logged-out session is no date the database holds.
+        if not 0 < value <= MAX_SESSION_MAX_AGE_S:
+            raise ValueError(
+                "GRIDPATROL_SESSION_MAX_AGE_S must be a number of seconds from 1 to "
+                f"{MAX_SESSION_MAX_AGE_S} (366 days), got {value}"
+            )
+        return value
+
     @field_validator("session_cookie_secure", mode="before")
     @classmethod
     def _secure_lower(cls, value: object) -> object:
@@ -134,6 +166,22 @@ class Settings(BaseSettings):
             )
             return None
         return load_site(self.config)
+
+
+def load_settings() -> Settings:
+    """The settings of the environment; a ValueError naming each invalid variable otherwise,
+    without the values pydantic quotes (a session secret, a token written as a key)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ValueError("; ".join(_described(error) for error in exc.errors())) from None
+
+
+def _described(error: Any) -> str:
+    variable = f"GRIDPATROL_{str(error['loc'][0]).upper()}" if error["loc"] else "GRIDPATROL_*"
+    if error["type"] == "value_error":
+        return str(error["ctx"]["error"])  # ours: each names its variable
+    return f"{variable}: {error['msg']}"
 
 
 def _hashed_token(token: str, entry: TokenEntry) -> bytes:

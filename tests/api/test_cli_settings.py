@@ -16,13 +16,37 @@ SAMPLE_ENV = Path(__file__).resolve().parents[2] / "samples" / "systemd" / "api.
 
 def sample_tokens() -> str:
     """GRIDPATROL_API_TOKENS as samples/systemd/api.env ships it, placeholders and all."""
-    lines = SAMPLE_ENV.read_text().splitlines()
-    return next(line for line in lines if line.startswith("GRIDPATROL_API_TOKENS=")).split("=", 1)[
-        1
-    ]
+    return sample_setting("GRIDPATROL_API_TOKENS")
 
 
 HEX_SUFFIX = "gp-s3cret-token"  # a token written where its hash belongs
+
+
+def sample_setting(name: str) -> str:
+    """A setting's value as samples/systemd/api.env ships it."""
+    lines = SAMPLE_ENV.read_text().splitlines()
+    return next(line for line in lines if line.startswith(f"{name}=")).split("=", 1)[1]
+
+
+SHORT_SECRET = (
+    "GRIDPATROL_SESSION_SECRET must be at least 32 characters: set it to 64 random hexadecimal "
+    "characters (openssl rand -hex 32)"
+)
+MAX_AGE = "GRIDPATROL_SESSION_MAX_AGE_S must be a number of seconds from 1 to 31622400 (366 days)"
+
+# A session secret is never printed: whoever knows it signs session cookies.
+SESSION_CASES = [
+    # An empty key: a cookie is forged from a token's sha256: entry alone.
+    ("GRIDPATROL_SESSION_SECRET", "", SHORT_SECRET),
+    ("GRIDPATROL_SESSION_SECRET", "s3cret-of-31-characters-xxxxxxx", SHORT_SECRET),
+    ("GRIDPATROL_SESSION_SECRET", sample_setting("GRIDPATROL_SESSION_SECRET"),
+     "GRIDPATROL_SESSION_SECRET is still the placeholder of samples/systemd/api.env: set it "
+     "to 64 random hexadecimal characters (openssl rand -hex 32)"),
+    ("GRIDPATROL_SESSION_MAX_AGE_S", "-60", f"{MAX_AGE}, got -60"),
+    ("GRIDPATROL_SESSION_MAX_AGE_S", "0", f"{MAX_AGE}, got 0"),
+    ("GRIDPATROL_SESSION_MAX_AGE_S", "1000000000000", f"{MAX_AGE}, got 1000000000000"),
+    ("GRIDPATROL_SESSION_MAX_AGE_S", "31622401", f"{MAX_AGE}, got 31622401"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -59,6 +83,7 @@ HEX_SUFFIX = "gp-s3cret-token"  # a token written where its hash belongs
         ("GRIDPATROL_API_TOKENS", sample_tokens(),
          "GRIDPATROL_API_TOKENS: the sha256: entry named 'workers' has 16 characters after "
          "sha256:, not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
+        *SESSION_CASES,
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -70,6 +95,8 @@ def test_a_setting_that_cannot_work_stops_the_api_with_status_2(
     (line,) = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert line.endswith(f" ERROR gridpatrol.api.cli: the intake API cannot start: {says}")
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+    if setting == "GRIDPATROL_SESSION_SECRET" and value:
+        assert value not in done.stderr
 
 
 def run_api(
@@ -130,3 +157,20 @@ def test_a_port_out_of_range_is_refused(tmp_path: Path, port: str) -> None:
         f"gridpatrol api: error: argument --port: must be a port number from 1 to 65535, got "
         f"{port!r}"
     )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("GRIDPATROL_SESSION_SECRET", "0123456789abcdef0123456789abcdef"),
+        ("GRIDPATROL_SESSION_MAX_AGE_S", "1"),
+        ("GRIDPATROL_SESSION_MAX_AGE_S", "31622400"),
+    ],
+)
+def test_session_settings_in_range_pass_the_checks(
+    tmp_path: Path, setting: str, value: str
+) -> None:
+    done = run_api(tmp_path, {setting: value}, [])
+    assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
+    assert "intake API ready: database sqlite" in done.stderr
+    assert " ERROR gridpatrol" not in done.stderr
