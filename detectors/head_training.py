@@ -46,7 +46,7 @@ from gridpatrol.api.client import (
     _checked_url,
 )
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
-from gridpatrol.detectors.heads import SceneHead, _pair, head_stem
+from gridpatrol.detectors.heads import SceneHead, _pair, head_on_disk, head_stem
 from gridpatrol.detectors.types import Backend, ModelInfo
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
@@ -797,6 +797,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if out is not None:
             check_writable(out)  # before the features, which take long
+            check_replaceable(out, args.name, args.force)
         samples = _samples(args)
         check_samples(samples, args.from_reviews)  # before the features, which take long
         fs, info = _features(args, samples)
@@ -831,6 +832,8 @@ def run(args: argparse.Namespace) -> int:
     if useless:
         progress(f"{useless}: written all the same (--force)")
     head = fit_head(fs, args.name, info, choice, _meta(args, fs, report))
+    if replaced := head_on_disk(out):
+        progress(f"replacing {replaced.describe()}")
     try:
         npz, meta = head.save(out)
     except OSError as exc:  # checked at the start; the disk filled up or the folder went since
@@ -930,6 +933,18 @@ def check_writable(out: Path) -> None:
             raise OSError(f"--out {out}: cannot write {path}, it is a folder")
         if path.exists() and not os.access(path, os.W_OK):
             raise OSError(f"--out {out}: cannot write {path}: permission denied")
+
+
+def check_replaceable(out: Path, name: str, force: bool) -> None:
+    """Raise :class:`ValueError` when ``out`` holds a file of another head, or one that is no
+    head file, unless ``force``: a mistyped ``--name`` or ``--out`` must not silently replace
+    a working head. A head of the same name is replaced (said when written)."""
+    found = head_on_disk(out)
+    if force or found is None or found.name == name:
+        return
+    raise ValueError(
+        f"--out {out}: {found.describe()} is not head {name}: not replaced (--force replaces it)"
+    )
 
 
 def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[FeatureSet, ModelInfo]:

@@ -209,6 +209,38 @@ def head_stem(out: str | Path, name: str) -> Path:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class HeadOnDisk:
+    """What a save at a stem would replace: the file, and the head's name and ``trained_at``
+    as its JSON gives them (``name`` None: no scene head file, e.g. some other JSON)."""
+
+    path: Path
+    name: str | None
+    trained_at: str
+
+    def describe(self) -> str:
+        if self.name is None:
+            return f"{self.path} (not a scene head file)"
+        return f"{self.path} (head {self.name}, trained {self.trained_at})"
+
+
+def head_on_disk(stem: Path) -> HeadOnDisk | None:
+    """The head file a save at ``stem`` would replace, None when neither file exists.
+
+    Only the JSON is read (not the weights): a pair a killed save left mismatched is still
+    named by what its JSON says."""
+    npz, meta = _pair(stem)
+    try:
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return HeadOnDisk(npz, None, "unknown") if npz.exists() else None
+    except (OSError, ValueError):
+        return HeadOnDisk(meta, None, "unknown")
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or "name" not in doc:
+        return HeadOnDisk(meta, None, "unknown")
+    return HeadOnDisk(meta, str(doc["name"]), str(doc.get("trained_at", "unknown")))
+
+
 def _pair(path: Path) -> tuple[Path, Path]:
     stem = path.with_suffix("") if path.suffix in {".npz", ".json"} else path
     return stem.with_name(stem.name + ".npz"), stem.with_name(stem.name + ".json")
@@ -420,7 +452,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--force",
         action="store_true",
-        help="write the head even when its CV recall is 0 or its AUC at most 0.5",
+        help="write the head even when its CV recall is 0 or its AUC at most 0.5, or over a "
+        "file of another head (or one that is no head file)",
     )
     parser.add_argument(
         "--folds", type=int, default=5, help="outer CV folds, at least 2 (default 5)"

@@ -24,6 +24,7 @@ import pytest
 from gridpatrol.api.client import ApiClient
 from gridpatrol.detectors.features import YOLO11_NODES
 from gridpatrol.detectors.head_training import (
+    HEAD_RECIPE,
     CvReport,
     FeatureSet,
     Sample,
@@ -910,3 +911,41 @@ def test_out_a_folder_writes_the_head_inside_it(
         f"{folder.name}/garbage.npz",
     ]
     assert SceneHead.load(folder / "garbage.json").name == "garbage"
+
+
+def test_a_head_file_is_replaced_with_notice_and_another_heads_only_with_force(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """--name garbage --out heads/trash over the trash head: refused before any work (exit 2)
+    unless --force; a head written over an existing one says which it replaced."""
+    stem = tmp_path / "heads" / "trash"
+    zeros = np.zeros(3, dtype=np.float32)
+    SceneHead(
+        name="trash", threshold=0.5, recipe=HEAD_RECIPE, model_name="yolo11n",
+        backbone_sha256="0" * 64, mean=zeros, std=zeros + 1, weights=zeros, bias=0.0,
+        meta={"trained_at": "2026-11-30T10:00:00+00:00"},
+    ).save(stem)  # fmt: skip
+    before = {p.name: p.read_bytes() for p in stem.parent.iterdir()}
+    args = (str(small_dataset), "--name", "garbage", "--out", str(stem), "--folds", "3")
+    refused = train_head(*args, "--repeats", "1", env=model_env(shared_dir))
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.splitlines() == [
+        f"train-head: --out {stem}: {stem}.json (head trash, trained 2026-11-30T10:00:00+00:00)"
+        " is not head garbage: not replaced (--force replaces it)"
+    ]
+    assert refused.stdout == ""
+    assert {p.name: p.read_bytes() for p in stem.parent.iterdir()} == before
+
+    forced = train_head(*args, "--repeats", "1", "--force", env=model_env(shared_dir))
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stderr.splitlines()[-1] == (
+        f"train-head: replacing {stem}.json (head trash, trained 2026-11-30T10:00:00+00:00)"
+    )
+    trained_at = json.loads(stem.with_suffix(".json").read_text())["trained_at"]
+    assert SceneHead.load(stem).name == "garbage"
+
+    again = train_head(*args, "--repeats", "1", "--force", env=model_env(shared_dir))
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.splitlines()[-1] == (
+        f"train-head: replacing {stem}.json (head garbage, trained {trained_at})"
+    )
