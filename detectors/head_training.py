@@ -26,6 +26,7 @@ import re
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
@@ -47,9 +48,11 @@ from gridpatrol.api.client import (
 )
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair, head_on_disk, head_stem
+
+# The images scan reads (.tif too): one set, so a folder trains on what scan would judge.
+from gridpatrol.detectors.scan import IMAGE_SUFFIXES
 from gridpatrol.detectors.types import Backend, ModelInfo
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
 C_GRID = (0.0003, 0.001, 0.003, 0.01, 0.03)
 BASELINE_RECIPE = PoolingRecipe(nodes=(YOLO11_NODES["c2psa"],), levels=(1,), stats=("mean",))
 HEAD_RECIPE = PoolingRecipe()
@@ -163,12 +166,17 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
         raise ValueError(
             f"{root} has no sub-folder {positive!r} (found: {', '.join(f.name for f in folders)})"
         )
-    files = [
-        (f, int(folder.name == positive))
-        for folder in folders
-        for f in sorted(folder.rglob("*"))
-        if f.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    files: list[tuple[Path, int]] = []
+    ignored: Counter[str] = Counter()
+    for folder in folders:
+        for f in sorted(folder.rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append((f, int(folder.name == positive)))
+            elif f.is_file():
+                ignored[f.suffix.lower() or "(no extension)"] += 1
+    if ignored:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
+        progress(f"{_count(ignored.total(), 'file')} ignored, not images ({kinds})")
     names = [f.name for f, _ in files]
     unstamped = sum(name_time_ms(n) is None for n in names)
     if unstamped * 2 > len(names):

@@ -949,3 +949,31 @@ def test_a_head_file_is_replaced_with_notice_and_another_heads_only_with_force(
     assert again.stderr.splitlines()[-1] == (
         f"train-head: replacing {stem}.json (head garbage, trained {trained_at})"
     )
+
+
+def test_tif_images_are_trained_on_and_other_files_counted(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """scan reads .tif / .tiff: train-head takes them too (here half of each class), and says
+    how many files of a class folder it ignored, by extension."""
+    root = tmp_path / "data"
+    for i, image in enumerate(sorted(small_dataset.rglob("*.jpg"))):
+        (root / image.parent.name).mkdir(parents=True, exist_ok=True)
+        suffix = (".jpg", ".tif", ".TIFF")[i % 3]
+        target = root / image.parent.name / (image.stem + suffix)
+        assert cv2.imwrite(str(target.with_suffix(suffix.lower())), cv2.imread(str(image)))
+        target.with_suffix(suffix.lower()).rename(target)
+    (root / "garbage" / "notes.txt").write_text("where these were taken")
+    (root / "clean" / "street.mp4").write_bytes(b"")
+    (root / "clean" / "README").write_text("clean scenes")
+    proc = train_head(
+        str(root), "--name", "garbage", "--cv-only", "--folds", "3", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[:2] == [
+        "train-head: 3 files ignored, not images ((no extension) 1, .mp4 1, .txt 1)",
+        f"train-head: 12 images in {root}",
+    ]
+    assert "train-head: features 12/12" in proc.stderr
+    check_report(proc.stdout, images=12, positive=6)
