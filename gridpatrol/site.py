@@ -401,12 +401,27 @@ class RuleParams(Strict):
         return self
 
 
+# Classes that never make a stall: street furniture (benches) and what every passer-by carries.
+# In props they would raise a stall for anyone sitting on a bench or holding a cup.
+NEVER_PROPS = ("bench", "handbag", "backpack", "bottle", "cup")
+
+
+def _none_of(value: list[str], refused: Sequence[str], what: str, why: str) -> list[str]:
+    named = [n for n in value if n in refused]
+    if named:
+        listed = ", ".join(repr(n) for n in named)
+        are = "is never" if len(named) == 1 else "are never"
+        raise ValueError(f"{listed} {are} {what} ({why}): remove {listed}")
+    return value
+
+
 class StreetVendingParams(RuleParams):
     """Stationary person(s) with stationary stall props that nobody carries.
 
     min_persons: stationary persons with a prop near them. min_props: stall props near them.
     props: COCO classes that count as stall props (benches, handbags, backpacks, bottles and
-    cups never do: they are street furniture or what every passer-by carries).
+    cups never do: they are street furniture or what every passer-by carries, and are refused
+    here and in supporting_props).
     supporting_props: props that count only together with another prop not in this list (a
     person on a chair, beside a parked bicycle or with a suitcase is not a stall by itself).
     max_displacement: a track is stationary while its centre stays within this fraction of
@@ -429,6 +444,12 @@ class StreetVendingParams(RuleParams):
     supporting_props: ClassNames = Field(
         default=["chair", "suitcase", "bicycle", "motorcycle", "truck"]
     )
+
+    @field_validator("props", "supporting_props")
+    @classmethod
+    def _never_a_prop(cls, value: list[str]) -> list[str]:
+        why = "benches are street furniture; handbags, backpacks, bottles and cups are what "
+        return _none_of(value, NEVER_PROPS, "a stall prop", why + "every passer-by carries")
 
     @model_validator(mode="after")
     def _a_prop_that_stands_alone(self) -> StreetVendingParams:
@@ -542,11 +563,16 @@ class ShopFrontParams(StaticForegroundParams):
     """New static objects (tables, racks, goods) in a shop-front zone.
 
     classes: COCO classes counted when stationary and absent from the learned background
-    (benches are street furniture and are not counted). max_displacement: as for vending.
+    (benches are street furniture: refused here). max_displacement: as for vending.
     """
 
     classes: ClassNames = Field(default=["dining table", "chair", "potted plant", "suitcase"])
     max_displacement: float = Field(default=0.3, gt=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _never_a_bench(cls, value: list[str]) -> list[str]:
+        return _none_of(value, ("bench",), "a shop's goods", "benches are street furniture")
 
 
 class PiledMaterialsParams(StaticForegroundParams):

@@ -1300,3 +1300,52 @@ def test_a_night_window_of_no_length_is_summarised_as_no_hold(
     assert result.returncode == 0, result.stderr
     [line] = [line for line in result.stdout.splitlines() if line.startswith("policy:")]
     assert line.startswith(said)
+
+
+@pytest.mark.parametrize(
+    ("rule", "field", "value", "problem"),
+    [
+        (
+            "street_vending",
+            "props",
+            "umbrella, bench",
+            "street_vending.props: Value error, 'bench' is never a stall prop",
+        ),
+        (
+            "street_vending",
+            "props",
+            "umbrella, bench, handbag, backpack, bottle, cup",
+            "street_vending.props: Value error, 'bench', 'handbag', 'backpack', 'bottle', 'cup' "
+            "are never a stall prop",
+        ),
+        (
+            "street_vending",
+            "supporting_props",
+            "chair, backpack",
+            "street_vending.supporting_props: Value error, 'backpack' is never a stall prop",
+        ),
+        (
+            "shop_front_occupation",
+            "classes",
+            "dining table, bench",
+            "shop_front_occupation.classes: Value error, 'bench' is never a shop's goods "
+            "(benches are street furniture): remove 'bench'",
+        ),
+    ],
+)
+def test_classes_that_never_make_a_stall_or_goods_are_refused(
+    tmp_path: Path, rule: str, field: str, value: str, problem: str
+) -> None:
+    """A bench in props raised street_vending for anyone sitting on it, and check-config said
+    OK: the classes the rules say never count are refused, named at the zone's rule."""
+    path = tmp_path / "site.yaml"
+    path.write_text(MINIMAL + ZONE.format(rule=rule, field=field, value=value))
+    with pytest.raises(SiteConfigError) as info:
+        load_site(path)
+    [said] = info.value.problems
+    assert said.startswith(f"{path}:11: cameras[0].zones[0].rules.{problem}")
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [said, f"{path}: INVALID (1 problem(s))"]
+    path.write_text(MINIMAL + ZONE.format(rule=rule, field=field, value="umbrella, chair"))
+    assert getattr(load_site(path).cameras[0].zones[0].rules, rule) is not None
