@@ -1298,10 +1298,11 @@ class CandidateService:
                 new = sm.advance(row.status, report.stage)
             except sm.IllegalTransition as exc:
                 raise Problem(409, str(exc)) from exc
-            if new is None:
-                return doc
             now = self.clock()
-            at = _stage_time(row, doc, new, report.at, now)
+            if new is None:
+                _refuse_another_time(row, doc, report, now)
+                return doc
+            at = _stage_time(row, doc, new, report.at, now, _follows(row.status, doc))
             doc["status"] = new
             doc.setdefault("stages", {})[new] = at.isoformat()
             if new == "dispatched":
@@ -2210,20 +2211,48 @@ def compute_stats(rows: Iterable[Any], now: datetime, policy: SitePolicy) -> Jso
     }
 
 
+def _follows(status: str, doc: JsonDict) -> tuple[str, datetime | None]:
+    """The stage a report made at ``status`` follows, and its time: that stage's, or for the
+    first stage the case's arrival in the feed (:func:`_visible_at`)."""
+    stages = doc.get("stages", {})
+    if status in stages:
+        return status, datetime.fromisoformat(stages[status])
+    return _visible_at(doc)
+
+
+def _refuse_another_time(row: CandidateRow, doc: JsonDict, report: StatusIn, now: datetime) -> None:
+    """Refuse (409) a report of the stage the case is at with an ``at`` that would not record
+    the time it has: a correction, which would otherwise be answered 200 with the first time
+    kept (and arrive_by, the SLA figures with it). Without ``at``, or with the one that
+    recorded it, it is a replay."""
+    if report.at is None:
+        return
+    stage = report.stage
+    recorded = doc["stages"][stage]
+    index = sm.STAGES.index(stage)
+    before = sm.STAGES[index - 1] if index else "confirmed"
+    at = _stage_time(row, doc, stage, report.at, now, _follows(before, doc))
+    if at != datetime.fromisoformat(recorded):
+        raise Problem(
+            409,
+            f"{stage} is recorded at {recorded}; a report of it at {report.at.isoformat()}"
+            " does not change it",
+        )
+
+
 def _stage_time(
-    row: CandidateRow, doc: JsonDict, stage: str, at: datetime | None, now: datetime
+    row: CandidateRow,
+    doc: JsonDict,
+    stage: str,
+    at: datetime | None,
+    now: datetime,
+    follows: tuple[str, datetime | None],
 ) -> datetime:
     """The time to record for ``stage`` reported ``at`` (None: the server's ``now``), never
-    before the stage it follows. Refuse (422) an ``at`` ahead of the server's clock, or before
-    the stage it follows or the candidate's creation, by more than the clock skew: arrive_by
-    and the SLA figures are reckoned from it. The first stage follows the case's arrival in
-    the feed (:func:`_visible_at`)."""
-    stages = doc.get("stages", {})
-    previous: datetime | None
-    if row.status in stages:
-        after, previous = row.status, datetime.fromisoformat(stages[row.status])
-    else:
-        after, previous = _visible_at(doc)
+    before the stage it ``follows`` (:func:`_follows`). Refuse (422) an ``at`` ahead of the
+    server's clock, or before that stage or the candidate's creation, by more than the clock
+    skew: arrive_by and the SLA figures are reckoned from it."""
+    after, previous = follows
     # Either time may come from a platform's clock, off the server's by up to the skew: the
     # later one keeps an arrival from being recorded before its dispatch.
     if at is None:

@@ -330,3 +330,39 @@ def test_a_case_held_for_the_night_takes_no_stage(api: Any) -> None:
     )
     assert [h["action"] for h in doc["history"][-2:]] == ["released", "registered"]
 
+
+def test_a_stage_again_at_another_time_is_refused_naming_the_recorded_one(api: Any) -> None:
+    """A platform correcting its dispatch time must not be told it succeeded while arrive_by
+    and the SLA keep the first time; the same report again (or without ``at``) is a replay."""
+    cid = registered(api)
+    dispatched = api.clock.now + timedelta(minutes=1)
+    first = stage(api, cid, "dispatched", dispatched)
+    assert first.status_code == 200
+    doc = first.json()
+    assert doc["arrive_by"] == (dispatched + timedelta(minutes=15)).isoformat()
+    api.clock.advance(minutes=3)
+    later = dispatched + timedelta(minutes=2)
+    refused_unchanged(
+        api,
+        cid,
+        "dispatched",
+        later,
+        f"dispatched is recorded at {dispatched.isoformat()}; a report of it at"
+        f" {later.isoformat()} does not change it",
+        status=409,
+    )
+    for at in (dispatched, None):
+        again = stage(api, cid, "dispatched", at)
+        assert (again.status_code, again.json()) == (200, doc)
+
+
+def test_a_replay_of_a_stage_recorded_later_than_reported_is_answered_as_before(api: Any) -> None:
+    """Reported before the confirmation (a platform's clock behind), recorded at it: the same
+    report again is a replay, not another time."""
+    cid, created = confirmed_ten_minutes_after_creation(api)
+    api.clock.advance(minutes=1)
+    at = created + timedelta(minutes=7)
+    doc = stage(api, cid, "registered", at).json()
+    assert doc["stages"]["registered"] == (created + timedelta(minutes=10)).isoformat()
+    again = stage(api, cid, "registered", at)
+    assert (again.status_code, again.json()) == (200, doc)
