@@ -313,7 +313,7 @@ class _BatchClaims:
         if first[1] == digest:
             self.repeats.append((index, first[0]))
         else:
-            self.refuse(index, Problem(422, "this Idempotency-Key was used with another body"))
+            self.refuse(index, Problem(422, OTHER_BODY))
 
     def add(self, item: _BatchItem, replay: tuple[int, JsonDict] | None) -> None:
         """An item whose key was claimed (no ``replay``) or answered with a stored response."""
@@ -908,6 +908,8 @@ class CandidateService:
             IdempotencyRow.principal == who, IdempotencyRow.key.in_(keys)
         )
         known = {row.key: row for row in session.scalars(found)}
+        # The item that claimed or replayed each key. A refused item is not recorded: its
+        # key is left as it was, so a later item with it is judged as its single POST would be.
         seen: dict[str, tuple[int, str]] = {}
         # By key, then item: the first item of a repeated key stays the first.
         for item in sorted(todo, key=lambda v: (v.key, v.position)):
@@ -922,12 +924,12 @@ class CandidateService:
             elif key in seen:
                 claims.repeat(index, digest, seen[key])
             else:
-                seen[key] = (index, digest)
                 try:
                     replay = self._claim_in(session, who, item, known)
                 except Problem as exc:
                     claims.refuse(index, exc)
                     continue
+                seen[key] = (index, digest)
                 claims.add(item, replay)
 
     def _locked_elsewhere(self, session: Session, who: str, keys: list[str]) -> set[str]:

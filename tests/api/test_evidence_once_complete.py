@@ -349,6 +349,43 @@ def test_a_batch_an_earlier_release_took_with_first_complete_at_replays_its_answ
     assert created.json()["items"][0]["status"] == 201, created.text
 
 
+def test_an_item_refused_for_first_complete_at_leaves_its_key_to_the_next_item(
+    api: Api,
+) -> None:
+    """An item refused for the field keeps no key in its batch either: a later item with that
+    key is judged as the next single POST would be, and a replay of the batch answers as those
+    POSTs sent again do (the refused body now meets the key of another one)."""
+    producer = api.as_("producer")
+    sha = held(api)
+    owned = {**api.body(sha=sha), "first_complete_at": "2026-11-27T04:00:00Z"}
+    valid = api.body(sha=sha)
+    # The same as single POSTs, of another event (the batch's would be found as created).
+    alone = [{**owned, "source": api.body()["source"]}, api.body(sha=sha)]
+
+    def singles() -> list[tuple[int, Any]]:
+        answers = []
+        for body in alone:
+            response = producer.post(URL, json=body, headers={"Idempotency-Key": "alone"})
+            answers.append((response.status_code, response.json().get("detail")))
+        return answers
+
+    items = [{"idempotency_key": "k1", "body": owned}, {"idempotency_key": "k1", "body": valid}]
+    first = producer.post(f"{URL}/batch", json={"items": items})
+    replayed = producer.post(f"{URL}/batch", json={"items": items})
+    got = [
+        [(item["status"], item["body"].get("detail")) for item in answer.json()["items"]]
+        for answer in (first, replayed)
+    ]
+    created = first.json()["items"][1]["body"]
+    assert got == [
+        [(422, "the server owns first_complete_at; a new candidate cannot set them"), (201, None)],
+        [(422, "this Idempotency-Key was used with another request body"), (201, None)],
+    ], first.text
+    assert got == [singles(), singles()]
+    assert replayed.json()["items"][1]["body"] == created
+    assert api.as_("reviewer").get(f"{URL}/{created['id']}").json() == created
+
+
 @pytest.mark.parametrize("unheld", list(SUPPLEMENTS.values()), ids=list(SUPPLEMENTS))
 def test_one_held_file_answers_a_return_whatever_else_the_answer_brought(
     make_api: Callable[..., Api], unheld: Callable[[Api], str]
