@@ -9,11 +9,12 @@ are the camera's. With ``--config --camera`` the rules judge a still within each
 camera's zones, with the zone's parameters but no dwell or schedule (a still has neither a
 duration nor a time; ``dwell_verified: false``), and a video runs through the camera's full
 pipeline (tracking, zones, schedules, dwell) with timestamps from the video position, each
-frame listing the raised episodes it shows (``dwell_verified: true``). With ``--config
---camera`` the detector keeps boxes down to the confidence the worker keeps for that camera
-(lower than ``--conf`` when a rule's ``min_confidence`` or the tracker's weak boxes ask for
-it), and the pipeline is the worker's, so a video is judged on the detections the worker would
-judge; ``detections`` lists only the boxes at or above ``--conf`` in every mode.
+frame listing the raised episodes it shows and the raises sent on it of episodes it does not
+show (``dwell_verified: true``). With ``--config --camera`` the detector keeps boxes down to
+the confidence the worker keeps for that camera (lower than ``--conf`` when a rule's
+``min_confidence`` or the tracker's weak boxes ask for it), and the pipeline is the worker's,
+so a video is judged on the detections the worker would judge; ``detections`` lists only the
+boxes at or above ``--conf`` in every mode.
 """
 
 from __future__ import annotations
@@ -504,20 +505,49 @@ class Judge:
             small_gray(sample.image),
         )
         # A frame lists what is in violation on it: every raised episode it shows, whether or
-        # not the worker would send a raise or an update on it.
-        sent = {(ev.zone_id, ev.rule): ev.kind for ev in events if ev.kind != "clear"}
-        return [
-            {
-                "type": s.rule,
-                "confidence": round(float(s.confidence), 4),
-                "zone": s.zone_id,
-                "bbox": [round(float(v), 1) for v in _union(s.boxes, size)],
-                "dwell_verified": True,
-                "event": sent.get((s.zone_id, s.rule)),
-                "dwell_s": round((t - s.first_seen).total_seconds(), 1),
-            }
-            for s in pipeline.seen(t)
+        # not the worker would send a raise or an update on it. It also lists every raise the
+        # worker sends on it of an episode it does not show (one over, or whose dwell
+        # completed, while the zone's schedule was off, raised when the schedule opens): that
+        # raise makes a candidate, and no other frame lists it.
+        shown = pipeline.seen(t)
+        sent = {
+            (ev.zone_id, ev.rule, ev.first_seen): ev.kind for ev in events if ev.kind != "clear"
+        }
+        keys: set[tuple[str, str, datetime]] = set()
+        listed: list[dict[str, Any]] = []
+        for s in shown:
+            key = (s.zone_id, s.rule, s.first_seen)
+            keys.add(key)
+            dwell_s = (t - s.first_seen).total_seconds()
+            listed.append(
+                _listed(s.rule, s.zone_id, s.confidence, s.boxes, size, sent.get(key), dwell_s)
+            )
+        return listed + [
+            _listed(ev.rule, ev.zone_id, ev.confidence, ev.boxes, size, "raise", ev.dwell_s)
+            for ev in events
+            if ev.kind == "raise" and (ev.zone_id, ev.rule, ev.first_seen) not in keys
         ]
+
+
+def _listed(
+    rule: str,
+    zone_id: str,
+    confidence: float,
+    boxes: Sequence[Sequence[float]],
+    size: tuple[int, int],
+    event: str | None,
+    dwell_s: float,
+) -> dict[str, Any]:
+    """A video frame's violation: a raised episode, its dwell verified."""
+    return {
+        "type": rule,
+        "confidence": round(float(confidence), 4),
+        "zone": zone_id,
+        "bbox": [round(float(v), 1) for v in _union(boxes, size)],
+        "dwell_verified": True,
+        "event": event,
+        "dwell_s": round(float(dwell_s), 1),
+    }
 
 
 def _union(boxes: Sequence[Sequence[float]], size: tuple[int, int]) -> tuple[float, ...]:

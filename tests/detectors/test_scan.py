@@ -406,6 +406,76 @@ def test_each_video_frame_lists_the_raised_episodes_it_shows(
         }
 
 
+YARD = (
+    CAMERA
+    + """\
+      - id: corner
+        polygon: [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]]
+        rules:
+          piled_materials: {dwell_s: 5, learn_s: 600, clear_s: 3, gap_s: 2, update_s: 10}
+        schedule: {from: "06:00", to: "23:00"}
+"""
+)
+
+
+def yard(path: Path, dumped_s: float, removed_s: float) -> None:
+    """A 61 s, 1 fps video of a bare yard (640x360, a grey ramp with noise), a dark pile on
+    its lower left (columns 160-320, rows 200-320) from ``dumped_s`` to ``removed_s``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 1.0, (640, 360))
+    ground = np.tile(np.linspace(60, 140, 640, dtype=np.float32), (360, 1))
+    for k in range(61):
+        image = ground.copy()
+        if dumped_s <= k < removed_s:
+            image[200:320, 160:320] = 20
+        noise = np.random.default_rng(k).normal(0, 2, image.shape)
+        gray = np.clip(image + noise, 0, 255).astype(np.uint8)
+        writer.write(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    writer.release()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "removed_s",
+    [
+        52.0,  # over at 55 s, while the schedule is off: raised and cleared when it opens
+        59.0,  # gone a second before the schedule opens: its completed dwell raises then
+    ],
+    ids=["over-while-off", "gone-as-it-opens"],
+)
+def test_a_pile_raised_when_the_schedule_opens_is_listed_on_that_frame(
+    tmp_path: Path, removed_s: float
+) -> None:
+    """The video starts at 05:59 and the yard's schedule opens at 06:00 (60 s). A pile dumped
+    at 32 s (learned as foreground some seconds later) completes its dwell while the schedule
+    is off and is gone by 06:00: the rule raises it on the frame of 06:00, which does not show
+    it, and the worker sends a candidate then. That frame lists the raise, with the pile's
+    boxes; no other frame lists anything."""
+    site = tmp_path / "site.yaml"
+    site.write_text(YARD)
+    clip = tmp_path / "pile.avi"
+    yard(clip, 32.0, removed_s)
+    code, records, stderr = scan(
+        "--config", str(site), "--camera", "street", "--fps", "1",
+        "--start", "2026-05-04T05:59:00+08:00", str(clip),
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert [r["ts"] for r in records] == [float(k) for k in range(61)]
+    listed = {r["ts"]: r["violations"] for r in records if r["violations"]}
+    assert sorted(listed) == [60.0]
+    (violation,) = listed[60.0]
+    dwell_s = violation.pop("dwell_s")
+    assert violation == {
+        "type": "piled_materials",
+        "confidence": pytest.approx(2 / 3, abs=1e-4),
+        "zone": "corner",
+        "bbox": [160.0, 200.0, 320.0, 320.0],
+        "dwell_verified": True,
+        "event": "raise",
+    }
+    # From its first sighting to its last: a completed dwell, within the pile's time.
+    assert 5.0 <= dwell_s <= removed_s - 32.0
+
+
 ZONES = (
     CAMERA
     + """\
