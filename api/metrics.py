@@ -126,7 +126,7 @@ class _StorageCollector:
             cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position))
             # A platform that never acknowledged has no cursor row: it is at position 0, and
             # without a series the alert on its lag could not fire.
-            positions = dict.fromkeys(self.feed_names, 0) | dict(cursors.tuples().all())
+            positions = dict.fromkeys(self.feed_names, 0) | dict(cursors.all())
             # Counted, not the last position minus the cursor: a candidate changed again
             # took a new position and left its old one, so positions run ahead of the cases.
             behind = {
