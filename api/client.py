@@ -244,10 +244,13 @@ class ApiClient:
         return self._json("POST", f"/candidates/{candidate_id}/review", json=body)
 
     def set_status(self, candidate_id: str, stage: str, at: datetime | None = None) -> JsonDict:
-        when = (at or datetime.now(UTC)).isoformat()
-        return self._json(
-            "POST", f"/candidates/{candidate_id}/status", json={"stage": stage, "at": when}
-        )
+        """Report ``stage``, dated ``at`` or, without it, by the server when it records it: the
+        same call again (a retry after a lost answer) is then a replay, answered as the first
+        was, where a time of the caller's clock at each call would be refused as another."""
+        body: JsonDict = {"stage": stage}
+        if at is not None:
+            body["at"] = at.isoformat()
+        return self._json("POST", f"/candidates/{candidate_id}/status", json=body)
 
     def feed(self, cursor: str | None = None, limit: int = 100, wait: float = 0) -> JsonDict:
         params: dict[str, str | int | float] = {"limit": limit, "wait": wait}

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+
+from gridpatrol.api.client import ApiClient
+
+from .conftest import body, fresh_jpeg
 
 
 def stage(api: Any, cid: str, name: str, at: Any = None) -> Any:
@@ -366,3 +371,20 @@ def test_a_replay_of_a_stage_recorded_later_than_reported_is_answered_as_before(
     assert doc["stages"]["registered"] == (created + timedelta(minutes=10)).isoformat()
     again = stage(api, cid, "registered", at)
     assert (again.status_code, again.json()) == (200, doc)
+
+
+def test_the_clients_stage_report_sent_again_is_answered_as_the_first(api_server: Any) -> None:
+    """ApiClient.set_status without ``at`` leaves the time to the server: the same call again
+    (a retry after a lost answer) is a replay, not a report of another time."""
+    producer = ApiClient(api_server.url, api_server.tokens["producer"], timeout=10)
+    platform = ApiClient(api_server.url, api_server.tokens["platform"], timeout=10)
+    try:
+        sha = producer.put_evidence(fresh_jpeg(), "image/jpeg")
+        created = producer.create_candidate(body(sha=sha, ctype="smoke"), uuid.uuid4().hex)
+        assert created["status"] == "confirmed"  # auto-confirmed, never held
+        first = platform.set_status(str(created["id"]), "registered")
+        assert first["status"] == "registered"
+        assert platform.set_status(str(created["id"]), "registered") == first
+    finally:
+        producer.close()
+        platform.close()
