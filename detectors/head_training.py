@@ -160,20 +160,33 @@ def time_groups(names: Sequence[str], gap_min: float) -> list[str]:
 
 
 def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
-    """Images of ``root``'s class sub-folders; ``positive`` is label 1, every other folder 0."""
-    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    """Images of ``root``'s class sub-folders; ``positive`` is label 1, every other folder 0.
+
+    Hidden folders and files and ``__MACOSX`` are no classes and hold no images
+    (:func:`_listed`); a class folder without images is ignored. The classes, the empty
+    folders and the files that are no images are said in a line each."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and _listed(p.name))
     if positive not in {f.name for f in folders}:
         raise ValueError(
             f"{root} has no sub-folder {positive!r} (found: {', '.join(f.name for f in folders)})"
         )
     files: list[tuple[Path, int]] = []
     ignored: Counter[str] = Counter()
-    for folder in folders:
-        for f in sorted(folder.rglob("*")):
+    counts: dict[str, int] = {}
+    for folder in folders:  # in name order, as the CV splits have always seen them
+        images = 0
+        for f in _folder_files(folder):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 files.append((f, int(folder.name == positive)))
-            elif f.is_file():
+                images += 1
+            else:
                 ignored[f.suffix.lower() or "(no extension)"] += 1
+        counts[folder.name] = images
+    classes = [f"{positive} (positive, {counts[positive]})"]
+    classes += [f"{name} ({n})" for name, n in counts.items() if n and name != positive]
+    progress(f"classes: {', '.join(classes)}")
+    if empty := [name for name, n in counts.items() if not n and name != positive]:
+        progress(f"class folders without images, ignored: {', '.join(empty)}")
     if ignored:
         kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
         progress(f"{_count(ignored.total(), 'file')} ignored, not images ({kinds})")
@@ -189,6 +202,22 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
         Sample(key=str(f.relative_to(root)), label=label, group=g, path=f)
         for (f, label), g in zip(files, groups, strict=True)
     ]
+
+
+def _listed(name: str) -> bool:
+    """Whether a folder's entry is walked for images: not a hidden name (``.ipynb_checkpoints``,
+    macOS's ``._IMG_1.jpg``), as scan's folder walk, nor ``__MACOSX``, the AppleDouble folder a
+    zip made on a Mac unpacks to: neither is a class, nor holds photos of one."""
+    return not name.startswith(".") and name != "__MACOSX"
+
+
+def _folder_files(folder: Path) -> list[Path]:
+    """The files under ``folder`` (recursive, sorted) but those :func:`_listed` leaves out."""
+    found: list[Path] = []
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if _listed(d)]
+        found += [Path(top, n) for n in names if _listed(n)]
+    return sorted(found)
 
 
 def merge_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:

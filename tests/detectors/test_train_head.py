@@ -180,7 +180,8 @@ def test_a_dataset_of_names_without_timestamps_is_said_to_group_by_name(
     )
     proc = train_head(str(tmp_path), "--name", "garbage", "--cv-only", env=model_env(shared_dir))
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.splitlines()[:2] == [
+    assert proc.stderr.splitlines()[:3] == [
+        "train-head: classes: garbage (positive, 2), clean (3)",
         "train-head: 4 of 5 file names carry no timestamp: grouping by file name only: "
         "near-duplicates may straddle folds",
         f"train-head: 5 images in {tmp_path}",
@@ -760,6 +761,7 @@ def test_copies_of_an_image_share_its_group(shared_dir: Path, tmp_path: Path) ->
     )  # fmt: skip
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines() == [
+        "train-head: classes: garbage (positive, 4), clean (4)",
         f"train-head: 8 images in {tmp_path}",
         "train-head: 2 images byte-identical to others: each kept in one CV group with its "
         "copies (8 -> 6 groups)",
@@ -951,6 +953,14 @@ def test_a_head_file_is_replaced_with_notice_and_another_heads_only_with_force(
     )
 
 
+def quick_cv(root: Path, shared_dir: Path) -> subprocess.CompletedProcess[str]:
+    """``train-head ROOT --name garbage --cv-only``, 3 folds, 1 repeat."""
+    return train_head(
+        str(root), "--name", "garbage", "--cv-only", "--folds", "3", "--repeats", "1",
+        env=model_env(shared_dir),
+    )  # fmt: skip
+
+
 def test_tif_images_are_trained_on_and_other_files_counted(
     shared_dir: Path, small_dataset: Path, tmp_path: Path
 ) -> None:
@@ -966,14 +976,40 @@ def test_tif_images_are_trained_on_and_other_files_counted(
     (root / "garbage" / "notes.txt").write_text("where these were taken")
     (root / "clean" / "street.mp4").write_bytes(b"")
     (root / "clean" / "README").write_text("clean scenes")
-    proc = train_head(
-        str(root), "--name", "garbage", "--cv-only", "--folds", "3", "--repeats", "1",
-        env=model_env(shared_dir),
-    )  # fmt: skip
+    proc = quick_cv(root, shared_dir)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines()[:2] == [
+    assert proc.stderr.splitlines()[:3] == [
+        "train-head: classes: garbage (positive, 6), clean (6)",
         "train-head: 3 files ignored, not images ((no extension) 1, .mp4 1, .txt 1)",
         f"train-head: 12 images in {root}",
     ]
     assert "train-head: features 12/12" in proc.stderr
+    check_report(proc.stdout, images=12, positive=6)
+
+
+def test_hidden_and_empty_folders_are_no_classes(
+    shared_dir: Path, small_dataset: Path, tmp_path: Path
+) -> None:
+    """A notebook's .ipynb_checkpoints, a Mac zip's __MACOSX (AppleDouble ._ files) and a
+    hidden thumbnail folder inside a class hold no class and no photos; an empty class folder
+    is ignored; the classes are listed with their image counts."""
+    root = tmp_path / "data"
+    shutil.copytree(small_dataset, root)
+    some = sorted((root / "clean").iterdir())[:2]
+    for hidden in (".ipynb_checkpoints", "__MACOSX/garbage", "garbage/.thumbs", "clean/__MACOSX"):
+        (root / hidden).mkdir(parents=True)
+        for image in some:
+            shutil.copy(image, root / hidden / image.name)
+    (root / "garbage" / f"._{some[0].name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "old").mkdir()
+    (root / "rubbish").mkdir()
+    (root / "rubbish" / "list.csv").write_text("name,label")
+    proc = quick_cv(root, shared_dir)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[:4] == [
+        "train-head: classes: garbage (positive, 6), clean (6)",
+        "train-head: class folders without images, ignored: old, rubbish",
+        "train-head: 1 file ignored, not images (.csv 1)",
+        f"train-head: 12 images in {root}",
+    ]
     check_report(proc.stdout, images=12, positive=6)
