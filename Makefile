@@ -11,7 +11,9 @@ export GRIDPATROL_SHARED ?= $(abspath $(SHARED))
 # The environments, at the versions in constraints.txt; each re-run when either file changes.
 # .installed: the project alone, all the demo needs with a model at hand. .installed-dev: with
 # the Ultralytics extra (reference backend, .pt loading, export, training; PyTorch, several GB)
-# and the development tools, for the tests; it holds the project too, so it stamps both.
+# and the development tools, for the tests; it holds the project too, so it stamps both. Every
+# target that runs a tool of the full set (psycopg, playwright, ruff, mypy, pytest) depends on
+# .installed-dev, so none runs before or while it is installed.
 $(VENV)/.installed: pyproject.toml constraints.txt $(VENV)/.python-version
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e .
@@ -74,7 +76,7 @@ CHROMIUM_RUNS := command -v chromium >/dev/null && chromium --version >/dev/null
 PLAYWRIGHTS := import os, sys; from playwright.sync_api import sync_playwright; \
   pw = sync_playwright().start(); there = os.path.exists(pw.chromium.executable_path); \
   pw.stop(); sys.exit(not there)
-browser:
+browser: $(VENV)/.installed-dev
 	@if [ -z "$$GRIDPATROL_CHROMIUM" ] && ! { $(CHROMIUM_RUNS); } && \
 	  ! $(BIN)/python -c '$(PLAYWRIGHTS)' 2>/dev/null; then \
 	  echo "installing Debian's chromium for the browser tests"; \
@@ -93,10 +95,14 @@ browser:
 # The demo's detector needs the Ultralytics extra only when no weights it runs without it are at
 # hand (GRIDPATROL_MODEL, else the manifest's default in models/, $GRIDPATROL_SHARED/models or
 # the cache; not a .pt): it then downloads and exports the model. The package resolves it.
+# With a target of the full set on the same command line the demo uses that install: one pip at
+# a time writes into the venv.
+DEV_GOALS := setup test pytest lint format typecheck bench constraints services browser
+DEMO_ENV := $(VENV)/$(if $(filter $(DEV_GOALS),$(MAKECMDGOALS)),.installed-dev,.installed)
 MODEL_AT_HAND := import sys; from gridpatrol.detectors.models import resolve_model, \
   ultralytics_available; \
   sys.exit(not ultralytics_available() and resolve_model(download=False).format == "pt")
-demo: $(VENV)/.installed links
+demo: $(DEMO_ENV) links
 	@$(BIN)/python -c '$(MODEL_AT_HAND)' 2>/dev/null || { \
 	  echo "no model at hand (models/README.md): installing the ultralytics extra (PyTorch," \
 	    "several GB) to download and export one"; \
@@ -111,7 +117,7 @@ pytest: setup browser services
 
 # The suite runs against real services and the shared assets; say which one is missing instead
 # of a wall of errors.
-services:
+services: $(VENV)/.installed-dev
 	@for d in models footage datasets; do [ -d "$(GRIDPATROL_SHARED)/$$d" ] || \
 	  { echo "the tests need the shared assets (models/, footage/, datasets/):" \
 	    "$(GRIDPATROL_SHARED)/$$d is missing; put them at ../shared beside the checkout," \

@@ -6,11 +6,14 @@ of the checkout's root."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -162,45 +165,148 @@ def _run(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
     )
 
 
-# The venv's Python for the demo's model check: this environment's, with the ultralytics extra
-# hidden (find_spec gives None for a module set to None), as in a venv the demo made.
-PYTHON_WITHOUT_ULTRALYTICS = """\
+# The venv's Python: this environment's, with the modules a venv the demo made lacks hidden
+# (find_spec gives None, an import fails, for a module set to None): the ultralytics extra, and
+# the development tools (psycopg, playwright) until the fake pip has installed the full set.
+VENV_PYTHON = """\
 #!/bin/sh
 [ "$1" = -c ] || exit 2
-exec {real} -c 'import sys; sys.modules["ultralytics"] = None; exec(sys.argv[1])' "$2"
+exec {real} -c 'import os, sys
+for name in {hidden} + ([] if os.path.exists("{dev_marker}") else {dev_only}):
+    sys.modules[name] = None
+exec(sys.argv[1])' "$2"
+"""
+DEV_ONLY = ["psycopg", "playwright"]
+# The venv's pip: logs its arguments to pip.log; with a pause, it also logs to pip-spans.log
+# when it starts and ends, taking a second in between, as a real install takes its time.
+VENV_PIP = """\
+#!/bin/sh
+echo "$*" >> "{log}"
+if [ -n "{pause}" ]; then echo "start $*" >> "{spans}"; sleep 1; echo "end $*" >> "{spans}"; fi
+case "$*" in *"[ultralytics,dev]"*) touch "{dev_marker}";; esac
 """
 DEMO_INSTALL = ["install -q --upgrade pip", "install -q -c constraints.txt -e ."]
 
 
-def _demo_checkout(tmp_path: Path) -> Path:
-    """A checkout whose venv was made (pip and gridpatrol record their calls) but not set up."""
+def _demo_checkout(
+    tmp_path: Path, *, pause: bool = False, hidden: tuple[str, ...] = ("ultralytics",)
+) -> Path:
+    """A checkout whose venv was made (pip and gridpatrol record their calls, the tools of the
+    full set do nothing) but not set up."""
     root = _checkout(tmp_path)
     (root / "models").mkdir()
     bin_dir = root / ".venv" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "python").write_text(PYTHON_WITHOUT_ULTRALYTICS.format(real=sys.executable))
-    (bin_dir / "pip").write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path / "pip.log"}"\n')
+    marker = root / ".venv" / "dev-tools-installed"
+    (bin_dir / "python").write_text(
+        VENV_PYTHON.format(
+            real=sys.executable,
+            hidden=json.dumps(list(hidden)),
+            dev_only=json.dumps(DEV_ONLY),
+            dev_marker=marker,
+        )
+    )
+    (bin_dir / "pip").write_text(
+        VENV_PIP.format(
+            log=tmp_path / "pip.log",
+            pause="1" if pause else "",
+            spans=tmp_path / "pip-spans.log",
+            dev_marker=marker,
+        )
+    )
     for tool in ("python", "pip"):
         (bin_dir / tool).chmod(0o755)
-    _logging_tool(bin_dir, "gridpatrol")
+    for tool in ("gridpatrol", "ruff", "mypy", "pytest", "playwright"):
+        _logging_tool(bin_dir, tool)
     return root
 
 
-def _make_with(root: Path, target: str, shared: Path) -> subprocess.CompletedProcess[str]:
+def _stamp(root: Path) -> None:
+    """Mark the venv of a _demo_checkout set up with the full set, as ``make setup`` leaves it."""
+    venv = root / ".venv"
+    (venv / ".python-version").write_text(f"{sys.version_info.major}.{sys.version_info.minor}\n")
+    for stamp in (".installed", ".installed-dev", "dev-tools-installed"):
+        (venv / stamp).touch()
+
+
+def _make_with(
+    root: Path, target: str, shared: Path, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
     """``make target`` with the models the demo finds only where this test puts them."""
+    defaults = {
+        "GRIDPATROL_MODELS_DIR": str(root / "models"),
+        "GRIDPATROL_CACHE": str(root.parent / "cache"),
+        "GRIDPATROL_MODEL": "",
+        "GRIDPATROL_CHROMIUM": "/usr/bin/chromium",  # named: make browser installs none
+    }
     return _run(
         root,
+        *args,
         target,
         f"PYTHON={sys.executable}",
-        GRIDPATROL_SHARED=str(shared),
-        GRIDPATROL_MODELS_DIR=str(root / "models"),
-        GRIDPATROL_CACHE=str(root.parent / "cache"),
-        GRIDPATROL_MODEL="",
+        **{**defaults, **env, "GRIDPATROL_SHARED": str(shared)},
     )
 
 
+def _tool_calls(root: Path) -> list[str]:
+    log = root / ".venv" / "calls.log"
+    return log.read_text().splitlines() if log.exists() else []
+
+
 def _demo_runs(root: Path) -> list[str]:
-    return (root / ".venv" / "calls.log").read_text().splitlines()
+    return [call for call in _tool_calls(root) if call.startswith("gridpatrol ")]
+
+
+def _pip_spans(tmp_path: Path) -> list[str]:
+    return (tmp_path / "pip-spans.log").read_text().splitlines()
+
+
+def _one_at_a_time(calls: list[str]) -> list[str]:
+    return [f"{edge} {call}" for call in calls for edge in ("start", "end")]
+
+
+TEST_TOOLS = ["ruff check .", "ruff format --check .", "mypy ", "pytest tests"]
+
+
+def test_the_demo_and_the_tests_in_parallel_install_one_at_a_time(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """``make -j2 demo test`` on a fresh venv: two pips writing into one venv at once lose
+    files (a real pair of ``pip install -e .`` left no .venv/bin/gridpatrol). The demo takes
+    the tests' full install instead of its own, so there is one."""
+    root = _demo_checkout(tmp_path, pause=True)
+    done = _make_with(root, "test", shared_dir, "-j2", "demo")
+    assert done.returncode == 0, done.stderr
+    assert _pip_spans(tmp_path) == _one_at_a_time(INSTALL)
+    assert _pip_calls(tmp_path) == INSTALL
+    assert sorted(_tool_calls(root)) == sorted(["gridpatrol demo", *TEST_TOOLS])
+
+
+def test_parallel_tests_after_the_demo_wait_for_the_full_install(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """After ``make demo`` (the project alone), ``make -j4 test``: the checks of the services
+    and the browser import psycopg and playwright, which only the full set brings."""
+    root = _demo_checkout(tmp_path, pause=True)
+    assert _make_with(root, "demo", shared_dir).returncode == 0
+    done = _make_with(root, "test", shared_dir, "-j4")
+    assert done.returncode == 0, done.stderr
+    assert _pip_spans(tmp_path) == _one_at_a_time(DEMO_INSTALL + INSTALL)
+    assert _pip_calls(tmp_path) == DEMO_INSTALL + INSTALL
+    assert sorted(_tool_calls(root)) == sorted(["gridpatrol demo", *TEST_TOOLS])
+
+
+@pytest.mark.parametrize("target", ["services", "browser"])
+def test_services_and_browser_after_the_demo_install_the_full_set_first(
+    tmp_path: Path, shared_dir: Path, target: str
+) -> None:
+    """Not 'the tests need PostgreSQL' where psycopg is what is missing."""
+    root = _demo_checkout(tmp_path)
+    assert _make_with(root, "demo", shared_dir).returncode == 0
+    done = _make_with(root, target, shared_dir)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith("\ntouch .venv/.installed .venv/.installed-dev\n")
+    assert _pip_calls(tmp_path) == DEMO_INSTALL + INSTALL
 
 
 def test_the_demo_installs_the_project_alone_where_a_model_is_at_hand(
@@ -309,9 +415,10 @@ def test_links_stops_when_any_link_cannot_be_made(tmp_path: Path) -> None:
 
 
 def test_services_names_the_missing_shared_assets(tmp_path: Path) -> None:
-    root = _checkout(tmp_path)
+    root = _demo_checkout(tmp_path)
+    _stamp(root)
     missing = tmp_path / "elsewhere"
-    done = _run(root, "services", GRIDPATROL_SHARED=str(missing))
+    done = _run(root, "services", f"PYTHON={sys.executable}", GRIDPATROL_SHARED=str(missing))
     assert done.returncode != 0
     assert done.stderr.splitlines()[0] == (
         f"the tests need the shared assets (models/, footage/, datasets/): {missing}/models is"
@@ -323,13 +430,13 @@ def test_services_names_the_missing_shared_assets(tmp_path: Path) -> None:
 def test_services_passes_with_the_shared_assets_beside_the_checkout(tmp_path: Path) -> None:
     """CI's layout: a clone with ``../shared`` beside it and no GRIDPATROL_SHARED set. The
     services the suite runs against are the real ones, reached with this environment's Python."""
-    root = _checkout(tmp_path)
-    (root / ".venv").symlink_to(sys.prefix)  # the venv running the tests
+    root = _demo_checkout(tmp_path)  # its Python is the one running the tests
+    _stamp(root)
     for name in ("models", "footage", "datasets"):
         (tmp_path / "shared" / name).mkdir(parents=True)
     env = {k: v for k, v in os.environ.items() if k not in ("GRIDPATROL_SHARED", "SHARED")}
     done = subprocess.run(
-        ["make", "--no-print-directory", "services"],
+        ["make", "--no-print-directory", "services", f"PYTHON={sys.executable}"],
         cwd=root,
         env=env,
         capture_output=True,
@@ -353,18 +460,18 @@ def _browser(
 ) -> tuple[subprocess.CompletedProcess[str], str]:
     """``make browser`` where the `chromium` on PATH does not run (Ubuntu's snap stub, no
     snapd) and Playwright's Chromium is not installed yet; apt, sudo and Playwright are fakes."""
-    root = _checkout(tmp_path)
+    # The full set installed, but `import playwright…` fails as where its Chromium is not there.
+    root = _demo_checkout(tmp_path, hidden=("ultralytics", "playwright"))
+    _stamp(root)
     tools = tmp_path / "bin"
     _logging_tool(tools, "chromium", chromium_status)
     _logging_tool(tools, "apt-get", apt_status)
     tools.joinpath("sudo").write_text('#!/bin/sh\nexec "$@"\n')
     tools.joinpath("sudo").chmod(0o755)
-    _logging_tool(root / ".venv" / "bin", "python", 1)  # `import playwright…`: not installed
-    _logging_tool(root / ".venv" / "bin", "playwright")
     path = f"{tools}{os.pathsep}{os.environ['PATH']}"
     env = {k: v for k, v in os.environ.items() if k != "GRIDPATROL_CHROMIUM"}
     done = subprocess.run(
-        ["make", "--no-print-directory", "browser"],
+        ["make", "--no-print-directory", "browser", f"PYTHON={sys.executable}"],
         cwd=root,
         env={**env, "PATH": path},
         capture_output=True,
