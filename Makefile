@@ -94,20 +94,25 @@ browser: $(VENV)/.installed-dev
 
 # The demo's detector needs the Ultralytics extra only when no weights it runs without it are at
 # hand (GRIDPATROL_MODEL, else the manifest's default in models/, $GRIDPATROL_SHARED/models or
-# the cache; not a .pt): it then downloads and exports the model. The package resolves it.
-# With a target of the full set on the same command line the demo uses that install: one pip at
-# a time writes into the venv.
+# the cache; not a .pt) and downloads are allowed: it then downloads and exports the model. The
+# package decides (extra_would_help): status 10 in that case; any other failure (GRIDPATROL_MODEL
+# that does not exist, an incomplete IR, GRIDPATROL_OFFLINE with nothing at hand) stops with
+# the resolver's message, as PyTorch would not help there. With a target of the full set on the
+# same command line the demo uses that install: one pip at a time writes into the venv.
 DEV_GOALS := setup test pytest lint format typecheck bench constraints services browser
 DEMO_ENV := $(VENV)/$(if $(filter $(DEV_GOALS),$(MAKECMDGOALS)),.installed-dev,.installed)
-MODEL_AT_HAND := import sys; from gridpatrol.detectors.models import resolve_model, \
-  ultralytics_available; \
-  sys.exit(not ultralytics_available() and resolve_model(download=False).format == "pt")
+MODEL_CHECK := import sys; from gridpatrol.detectors.models import extra_would_help; \
+  status, why = extra_would_help(); print(why, file=sys.stderr) if why else None; sys.exit(status)
 demo: $(DEMO_ENV) links
-	@$(BIN)/python -c '$(MODEL_AT_HAND)' 2>/dev/null || { \
+	@$(BIN)/python -c '$(MODEL_CHECK)'; status=$$?; \
+	if [ $$status = 10 ]; then \
 	  echo "no model at hand (models/README.md): installing the ultralytics extra (PyTorch," \
 	    "several GB) to download and export one"; \
 	  $(BIN)/pip install -q -c constraints.txt -e '.[ultralytics]' || \
-	    echo "installing the ultralytics extra failed: the demo has no model to run" >&2; }
+	    echo "installing the ultralytics extra failed: the demo has no model to run" >&2; \
+	elif [ $$status != 0 ]; then \
+	  echo "the demo cannot run as it is (above): installing the ultralytics extra would not" \
+	    "help, so nothing was installed" >&2; exit 1; fi
 	$(BIN)/gridpatrol demo
 
 test: setup lint pytest

@@ -51,6 +51,11 @@ class ModelLoadError(RuntimeError):
     """The weights are there but the runtime cannot read them (a broken or partial copy)."""
 
 
+class DownloadNeedsExtraError(ModelNotFoundError):
+    """No weights on disk and downloads allowed, but the ultralytics extra that downloads and
+    exports them is not installed: installing it would help, unlike other missing models."""
+
+
 @dataclass(frozen=True, slots=True)
 class ManifestEntry:
     name: str
@@ -272,7 +277,7 @@ def _download_and_export(entry: ManifestEntry) -> Path:
             _not_found_message(entry, "downloads are off (GRIDPATROL_OFFLINE)")
         )
     if not ultralytics_available():
-        raise ModelNotFoundError(
+        raise DownloadNeedsExtraError(
             _not_found_message(
                 entry, "the ultralytics extra that downloads weights is not installed"
             )
@@ -536,6 +541,31 @@ def load_backend(
 
 def ultralytics_available() -> bool:
     return importlib.util.find_spec("ultralytics") is not None
+
+
+# The status ``make demo`` installs the ultralytics extra on; see extra_would_help.
+NEEDS_ULTRALYTICS = 10
+
+
+def extra_would_help(arg: str | None = None) -> tuple[int, str]:
+    """Whether the model ``arg`` (else GRIDPATROL_MODEL, else the manifest's default) runs as
+    installed, for ``make demo``: ``(0, "")`` when it does, or when the ultralytics extra is
+    there (it downloads and exports what is missing itself); ``(NEEDS_ULTRALYTICS, "")`` when
+    installing the extra is what would help (a .pt, or no weights on disk and downloads
+    allowed); ``(1, message)`` with the resolver's own message when it would not (a path that
+    does not exist, an incomplete IR, GRIDPATROL_OFFLINE with nothing on disk), as installing
+    several GB of PyTorch there would only hide the cause."""
+    if ultralytics_available():
+        return 0, ""
+    try:
+        # Without the extra nothing can be downloaded: the resolver stops where a download
+        # would start, with DownloadNeedsExtraError, or earlier with the reason there is none.
+        spec = resolve_model(arg)
+    except DownloadNeedsExtraError:
+        return NEEDS_ULTRALYTICS, ""
+    except ModelNotFoundError as exc:
+        return 1, str(exc)
+    return (NEEDS_ULTRALYTICS, "") if spec.format == "pt" else (0, "")
 
 
 def _require_ultralytics(what: str) -> None:

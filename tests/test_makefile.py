@@ -237,6 +237,7 @@ def _make_with(
         "GRIDPATROL_MODELS_DIR": str(root / "models"),
         "GRIDPATROL_CACHE": str(root.parent / "cache"),
         "GRIDPATROL_MODEL": "",
+        "GRIDPATROL_OFFLINE": "",
         "GRIDPATROL_CHROMIUM": "/usr/bin/chromium",  # named: make browser installs none
     }
     return _run(
@@ -360,6 +361,70 @@ def test_the_demo_installs_the_ultralytics_extra_where_no_model_is_at_hand(
         "install -q -c constraints.txt -e .[ultralytics]",
     ]
     assert _demo_runs(root) == ["gridpatrol demo"]
+
+
+def _incomplete_ir(root: Path) -> None:
+    """The default's IR folder in models/ with its .xml and without its .bin."""
+    folder = root / "models" / "yolo11n_int8_openvino_model"
+    folder.mkdir()
+    (folder / "yolo11n.xml").write_text("<net/>")
+
+
+@pytest.mark.parametrize(
+    ("env", "models_at_hand", "prepare", "said"),
+    [
+        (
+            {"GRIDPATROL_MODEL": "/missing"},
+            True,
+            None,
+            "model '/missing' (environment) does not exist: give an OpenVINO IR folder, an .xml,"
+            " .onnx or .pt file, or one of ['yolo11n', 'yolov8n']",
+        ),
+        (
+            {"GRIDPATROL_OFFLINE": "1"},
+            False,
+            None,
+            "; downloads are off (GRIDPATROL_OFFLINE).\nFix one of:\n  1. put the OpenVINO IR"
+            " folder yolo11n_int8_openvino_model/",
+        ),
+        (
+            {},
+            False,
+            _incomplete_ir,
+            "yolo11n_int8_openvino_model is an incomplete OpenVINO IR: yolo11n.xml is there but"
+            " its weights yolo11n.bin are missing; copy the whole folder",
+        ),
+    ],
+    ids=["model-missing", "offline-no-model", "ir-without-bin"],
+)
+def test_the_demo_installs_no_pytorch_where_it_would_not_help(
+    tmp_path: Path,
+    shared_dir: Path,
+    env: dict[str, str],
+    models_at_hand: bool,
+    prepare: object,
+    said: str,
+) -> None:
+    """A GRIDPATROL_MODEL that does not exist, downloads forbidden with nothing at hand, an IR
+    without its weights: installing the ultralytics extra (several GB) cannot help, so the demo
+    stops with the resolver's reason instead of installing it and hiding that."""
+    root = _demo_checkout(tmp_path)
+    if callable(prepare):
+        prepare(root)
+    shared = shared_dir if models_at_hand else tmp_path / "no-shared"
+    done = _make_with(root, "demo", shared, **env)
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-2:] == [
+        "the demo cannot run as it is (above): installing the ultralytics extra would not help,"
+        " so nothing was installed",
+        done.stderr.splitlines()[-1],
+    ]
+    assert done.stderr.splitlines()[-1].endswith("demo] Error 1")
+    assert "no model at hand" not in done.stdout
+    assert _pip_calls(tmp_path) == DEMO_INSTALL
+    assert _demo_runs(root) == []
 
 
 def test_links_keeps_a_models_folder_of_its_own_and_links_the_rest(tmp_path: Path) -> None:

@@ -16,11 +16,13 @@ import yaml
 
 from gridpatrol.detectors import models
 from gridpatrol.detectors.models import (
+    NEEDS_ULTRALYTICS,
     MissingExtraError,
     ModelLoadError,
     ModelNotFoundError,
     ModelSpec,
     class_names,
+    extra_would_help,
     file_sha256,
     load_backend,
     load_manifest,
@@ -380,6 +382,53 @@ def test_ultralytics_name_without_extra_or_weights(
     monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
     with pytest.raises(ModelNotFoundError, match="ultralytics extra that downloads weights"):
         resolve_model("yolo11n")
+
+
+@pytest.mark.parametrize(
+    ("env", "weights", "expected"),
+    [
+        ({}, None, (0, "")),  # the shared IR
+        ({"GRIDPATROL_SHARED": "{tmp}/elsewhere"}, None, (NEEDS_ULTRALYTICS, "")),
+        ({"GRIDPATROL_MODEL": "{tmp}/custom.pt"}, "custom.pt", (NEEDS_ULTRALYTICS, "")),
+        (
+            {"GRIDPATROL_MODEL": "{tmp}/custom.pt", "GRIDPATROL_OFFLINE": "1"},
+            "custom.pt",
+            (NEEDS_ULTRALYTICS, ""),  # on disk: loading it downloads nothing
+        ),
+        (
+            {"GRIDPATROL_SHARED": "{tmp}/elsewhere", "GRIDPATROL_OFFLINE": "1"},
+            None,
+            (1, "; downloads are off (GRIDPATROL_OFFLINE).\n"),
+        ),
+        ({"GRIDPATROL_MODEL": "{tmp}/missing"}, None, (1, "(environment) does not exist")),
+        (
+            {"GRIDPATROL_MODEL": "{tmp}/copy_openvino_model/yolo11n.xml"},
+            "copy_openvino_model/yolo11n.xml",
+            (1, "is an incomplete OpenVINO IR"),
+        ),
+    ],
+    ids=["ir-at-hand", "nothing", "pt", "pt-offline", "nothing-offline", "missing", "no-bin"],
+)
+def test_the_extra_would_help_only_where_it_downloads_or_loads_the_model(
+    isolated: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    env: dict[str, str],
+    weights: str | None,
+    expected: tuple[int, str],
+) -> None:
+    """What ``make demo`` installs the ultralytics extra (PyTorch, several GB) on."""
+    monkeypatch.setattr(models, "ultralytics_available", lambda: False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(tmp=isolated))
+    if weights:
+        (isolated / weights).parent.mkdir(parents=True, exist_ok=True)
+        (isolated / weights).write_bytes(b"weights")
+    status, why = extra_would_help()
+    assert (status, expected[1] in why, bool(why)) == (expected[0], True, bool(expected[1]))
+
+    # With the extra installed, the demo downloads, exports or says what is wrong itself.
+    monkeypatch.setattr(models, "ultralytics_available", lambda: True)
+    assert extra_would_help() == (0, "")
 
 
 def test_ultralytics_weights_name_maps_to_the_manifest_entry(isolated: Path) -> None:
