@@ -29,7 +29,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as day_time
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -1025,8 +1026,9 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
         url = _api_url(args.api_url)
         token = args.token or os.environ.get("GRIDPATROL_API_TOKEN", "")
         client = ApiClient(url, token)
+        since = since_param(args.since) if args.since else None
         try:
-            reviews = review_samples(client, args.type, args.since)
+            reviews = review_samples(client, args.type, since)
         except httpx.HTTPError as exc:
             raise OSError(f"intake API at {proxies.masked(url)}: {exc}") from exc
         finally:
@@ -1042,6 +1044,29 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
     found = dataset_samples(Path(args.dataset), args.positive or args.name, args.group_gap_min)
     progress(f"{len(found)} images in {args.dataset}")
     return merge_duplicate_groups(found)
+
+
+def since_param(text: str) -> str:
+    """``--since`` as the API takes it, an ISO 8601 instant: a date alone is its midnight UTC;
+    a time without a UTC offset is refused (:class:`ValueError`) rather than read in some
+    zone, as the API would refuse it with a bare 422."""
+    try:
+        return datetime.combine(date.fromisoformat(text), day_time(), UTC).isoformat()
+    except ValueError:
+        pass  # not a date alone
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(
+            f"--since {text}: not an ISO 8601 date or time (e.g. 2026-12-01, or "
+            "2026-12-01T08:00:00+01:00)"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(
+            f"--since {text}: a time needs its UTC offset (e.g. {text}Z or {text}+01:00); a "
+            "date alone means its midnight UTC"
+        )
+    return at.isoformat()
 
 
 def _api_url(given: str | None) -> str:

@@ -437,7 +437,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--api-url", help="intake API (default GRIDPATROL_API_URL)")
     parser.add_argument("--token", help="reviewer token (default GRIDPATROL_API_TOKEN)")
-    parser.add_argument("--since", help="only candidates created since (ISO 8601)")
+    parser.add_argument(
+        "--since",
+        help="only candidates created since: an ISO 8601 date (its midnight UTC) or a time "
+        "with its UTC offset, e.g. 2026-12-01 or 2026-12-01T08:00Z",
+    )
     parser.add_argument("--type", default="garbage_overflow", help="candidate type (reviews)")
     parser.add_argument(
         "--negatives",

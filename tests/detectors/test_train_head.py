@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -1013,3 +1014,30 @@ def test_hidden_and_empty_folders_are_no_classes(
         f"train-head: 12 images in {root}",
     ]
     check_report(proc.stdout, images=12, positive=6)
+
+
+def test_since_is_a_date_or_a_time_with_its_offset(shared_dir: Path, api_server: Any) -> None:
+    """--since 2026-12-01 is that day's midnight UTC (the API takes only an instant: it
+    answered a bare 422); a time without an offset is refused naming --since, before any
+    request."""
+    cid, _ = one_confirmed_candidate(shared_dir, api_server)
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    created = datetime.fromisoformat(reviewer.get_candidate(cid)["created_at"])
+    reviewer.close()
+    day = created.astimezone(UTC).date()
+    few = "train-head: need at least 2 images of each class, got {} positive / 0 negative"
+    minute_before = (created - timedelta(minutes=1)).astimezone(UTC)
+    for since, found in (
+        (day.isoformat(), 1),
+        ((day + timedelta(days=1)).isoformat(), 0),
+        (minute_before.strftime("%Y-%m-%dT%H:%M:%SZ"), 1),
+    ):
+        proc = train_from_reviews(api_server, shared_dir, "--since", since)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.splitlines() == [count_line(found, 0), few.format(found)]
+    proc = train_from_reviews(api_server, shared_dir, "--since", "2026-12-01T08:00")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "train-head: --since 2026-12-01T08:00: a time needs its UTC offset (e.g. "
+        "2026-12-01T08:00Z or 2026-12-01T08:00+01:00); a date alone means its midnight UTC"
+    ]
