@@ -30,6 +30,9 @@ async def feed(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     wait: Annotated[float, Query(ge=0, le=30)] = 0,
 ) -> Response:
+    """Confirmed candidates after ``cursor`` (by default the token's acknowledged one), in the
+    order they became visible: each once, at its latest position (a visible change moves a
+    case to the end). Cases held for the night enter it when the window ends."""
     hub = services.hub
     hub.bind(asyncio.get_running_loop())
     deadline = time.monotonic() + wait
