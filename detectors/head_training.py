@@ -987,10 +987,17 @@ def check_replaceable(out: Path, name: str, force: bool) -> None:
 
 def _features(args: argparse.Namespace, samples: Sequence[Sample]) -> tuple[FeatureSet, ModelInfo]:
     from gridpatrol.detectors.models import load_backend, resolve_model
+    from gridpatrol.detectors.openvino_backend import FeatureNodeError
 
-    backend = load_backend(
-        resolve_model(args.model), feature_nodes=HEAD_RECIPE.nodes, mode="latency"
-    )
+    spec = resolve_model(args.model)
+    try:
+        backend = load_backend(spec, feature_nodes=HEAD_RECIPE.nodes, mode="latency")
+    except FeatureNodeError as exc:
+        raise ValueError(
+            f"the head recipe reads feature maps of the Ultralytics YOLO11 OpenVINO export "
+            f"(yolo11n, …); model {spec.name} ({spec.path}) lacks them (no node "
+            f"{exc.node!r}): give a YOLO11 --model or GRIDPATROL_MODEL, see docs/scene-heads.md"
+        ) from exc
     try:
         fs = extract(samples, backend, HEAD_RECIPE)
         extras = unscored_extras(samples, negative_samples(args.negatives or [], args.negative_fps))

@@ -294,6 +294,15 @@ def to_detections(
     )
 
 
+class FeatureNodeError(ValueError):
+    """A feature node (``feature_nodes``) the model's graph does not hold: the node names
+    belong to another backbone or export."""
+
+    def __init__(self, node: str, graph: str) -> None:
+        super().__init__(f"feature node {node!r} is not in {graph}")
+        self.node = node
+
+
 @dataclass(frozen=True, slots=True)
 class _Compiled:
     """The model compiled for one input (height, width), with its inference queue."""
@@ -394,7 +403,7 @@ class OpenVinoBackend:
         for name in self.feature_nodes:
             op = by_name.get(name)
             if op is None:
-                raise ValueError(f"feature node {name!r} is not in {model.get_friendly_name()}")
+                raise FeatureNodeError(name, model.get_friendly_name())
             outputs.append(feature_branch(op.output(0)))
         model.add_outputs(outputs)
 

@@ -1041,3 +1041,21 @@ def test_since_is_a_date_or_a_time_with_its_offset(shared_dir: Path, api_server:
         "train-head: --since 2026-12-01T08:00: a time needs its UTC offset (e.g. "
         "2026-12-01T08:00Z or 2026-12-01T08:00+01:00); a date alone means its midnight UTC"
     ]
+
+
+def test_a_model_without_the_yolo11_feature_nodes_is_named(
+    shared_dir: Path, small_dataset: Path
+) -> None:
+    """YOLOv8n's OpenVINO export has none of the YOLO11 nodes the head recipe reads: one line
+    saying so, naming the model and where to read more (exit 2), not a bare graph error."""
+    folder = shared_dir / "models" / "yolov8n_int8_openvino_model"
+    env = {**os.environ, "GRIDPATROL_MODEL": str(folder)}
+    proc = train_head(str(small_dataset), "--name", "garbage", "--cv-only", env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines()[-1] == (
+        "train-head: the head recipe reads feature maps of the Ultralytics YOLO11 OpenVINO "
+        f"export (yolo11n, …); model yolov8n ({folder}/yolov8n.xml) lacks them (no node "
+        f"{HEAD_RECIPE.nodes[0]!r}): give a YOLO11 --model or GRIDPATROL_MODEL, see "
+        "docs/scene-heads.md"
+    )
+    assert proc.stdout == ""
