@@ -46,6 +46,9 @@ MAX_BOOST_S = 86400.0
 SNAPSHOT_FALLBACK_MAX_AGE_S = 120.0
 # Snapshot grabs under way at once; the others wait for a free thread.
 SNAPSHOT_THREADS = 2
+# Topics no camera can have whose retained request or boost a process dead-letters once:
+# retained ones on further such topics (ever new ids) are only counted, so the set is bounded.
+RETAINED_BAD_TOPICS = 256
 
 
 def parse_boost(payload: bytes) -> tuple[float, float]:
@@ -134,6 +137,11 @@ class IngestService:
         # reconnection); ignored, said once a topic. Read and written under _rejected_lock.
         self.stale: Counter[str] = Counter()
         self._cleared_said: set[str] = set()  # topics whose empty message was logged
+        # Topics no camera can have whose retained message was dead-lettered: the broker hands
+        # it over again at every subscription, and a letter and a warning at each were noise.
+        # Under _rejected_lock, as stale_bad: the hand-overs not dead-lettered.
+        self._bad_retained: set[str] = set()
+        self.stale_bad: int = 0
         self._requests = conn.subscribe(
             wildcard(conn.prefix, "snapshot_request"), qos=1, maxsize=100
         )
@@ -300,7 +308,7 @@ class IngestService:
     def _apply_boost(self, message: Message) -> None:
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
-            self._dead_letter("bad_topic", message)
+            self._bad_topic(message, "patrol boost")
             return
         if match.id not in self.outputs or not self.outputs[match.id].camera.is_patrol:
             return  # not a patrol camera of this process: another's, or nobody's
@@ -339,7 +347,7 @@ class IngestService:
     def _request(self, message: Message) -> None:
         match = parse_topic(self.conn.prefix, message.topic)
         if match is None:  # an id no camera can have (the filter takes any level)
-            self._dead_letter("bad_topic", message)
+            self._bad_topic(message, "snapshot request")
             return
         if match.id not in self.outputs:
             return  # another ingest process serves that camera
@@ -482,6 +490,33 @@ class IngestService:
             )
         return True
 
+    def _bad_topic(self, message: Message, what: str) -> None:
+        """Dead-letter ``message``, on a topic no camera can have, as ``bad_topic``. A retained
+        one is handed over again at every subscription (each start and reconnection): it is
+        dead-lettered once per topic for the process's life, the letter and the warning saying
+        it is retained and how to clear it, and only counted as retained (ignored) after that,
+        as are those on topics past the first RETAINED_BAD_TOPICS."""
+        if not message.retain:
+            self._dead_letter("bad_topic", message)
+            return
+        with self._rejected_lock:
+            first = (
+                message.topic not in self._bad_retained
+                and len(self._bad_retained) < RETAINED_BAD_TOPICS
+            )
+            if first:
+                self._bad_retained.add(message.topic)
+            else:
+                self.stale_bad += 1
+        if first:
+            self._dead_letter(
+                "bad_topic",
+                message,
+                f"a retained {what}, handed over again at every connection and dead-lettered "
+                "only this once; an empty retained message on its topic clears it: "
+                f"mosquitto_pub -r -n -t '{message.topic}'",
+            )
+
     def _cleared(self, message: Message, what: str) -> bool:
         """Whether ``message`` is empty, and so ignored: an empty retained message clears the
         one retained on its topic, and the broker hands it to the subscribers already there
@@ -559,7 +594,7 @@ class IngestService:
             )
         malformed, rejected, unlettered = self.rejections()
         with self._rejected_lock:  # a topic's first retained message would resize the map
-            retained = sum(self.stale.values())
+            retained = sum(self.stale.values()) + self.stale_bad
         # Requests and boosts come in faster than they are served only in a storm, and a
         # dropped request is a candidate without its snapshot: say so.
         log.info(

@@ -3,6 +3,8 @@ again at each start and reconnection of ingest."""
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -14,7 +16,12 @@ from gridpatrol.ingest.messages import decode_frame
 from gridpatrol.ingest.mqtt import MqttConnection, MqttSettings
 from gridpatrol.ingest.service import IngestService
 from gridpatrol.ingest.snapshot import encode_request
-from gridpatrol.ingest.topics import patrol_boost_topic, snapshot_request_topic, snapshot_topic
+from gridpatrol.ingest.topics import (
+    deadletter_topic,
+    patrol_boost_topic,
+    snapshot_request_topic,
+    snapshot_topic,
+)
 from gridpatrol.site import parse_site
 
 from ..conftest import Mosquitto
@@ -135,7 +142,7 @@ def test_retained_boosts_and_requests_of_cameras_served_elsewhere_are_no_concern
     or ids no camera has) are neither said nor kept: they were kept and said before the
     process looked at the camera, one topic each, so ever new ids grew the map without bound.
     Its own camera's are ignored and said once a topic; one on a topic no camera can have is
-    dead-lettered."""
+    dead-lettered once."""
     caplog.set_level(logging.INFO, logger="gridpatrol.ingest.service")
     boost = patrol_boost_topic(PREFIX, "p1")
     request = snapshot_request_topic(PREFIX, "p1")
@@ -173,12 +180,84 @@ def test_retained_boosts_and_requests_of_cameras_served_elsewhere_are_no_concern
         service.stop()
         conn.stop()
     assert service.stale == {boost: 2, request: 2}
-    assert service.rejected == {"bad_topic": 2, "bad_request_id": 1}
+    # The bad topic's retained boost: dead-lettered at the first hand-over, counted after.
+    assert service.rejected == {"bad_topic": 1, "bad_request_id": 1}
     said = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.ingest.service"]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert sorted(line.split(":")[0] for line in warned if "retained" in line) == [
+    assert sorted(line.split(":")[0] for line in warned if "ignoring a retained" in line) == [
         f"ignoring a retained patrol boost on {boost}",
         f"ignoring a retained snapshot request on {request}",
     ]
-    assert "; 4 retained (ignored); " in said[-1]
+    assert "; 5 retained (ignored); " in said[-1]
     assert not [line for line in said if "elsewhere" in line]
+
+
+def test_a_retained_message_on_a_bad_topic_is_dead_lettered_once(
+    mosquitto: Mosquitto, http_camera: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A retained boost and a retained request on topics no camera can have come back at
+    every connection: each is dead-lettered once for the process's life, its letter and its
+    warning saying that it is retained and how to clear it, and later hand-overs are counted
+    as retained (ignored). Live ones on those topics are dead-lettered each time, as before."""
+    caplog.set_level(logging.INFO, logger="gridpatrol.ingest.service")
+    boost = f"{PREFIX}/cameras/bad id1/patrol/boost"
+    request = f"{PREFIX}/cameras/bad id1/snapshot/request"
+    publisher = MqttConnection("old-cmds", MqttSettings.from_url(mosquitto.url), prefix=PREFIX)
+    assert publisher.start(10)
+    try:
+        assert publisher.publish_wait(boost, b'{"factor": 16}', qos=1, retain=True)
+        assert publisher.publish_wait(request, encode_request("old"), qos=1, retain=True)
+    finally:
+        publisher.stop()
+    # A persistent session: the letters published while it reconnects wait for it.
+    letters = MqttConnection(
+        "letters", MqttSettings.from_url(mosquitto.url), prefix=PREFIX, persistent=True
+    )
+    sub = letters.subscribe(deadletter_topic(PREFIX, "ing-bad"), qos=1, maxsize=1000)
+    assert letters.start(10)
+    service, conn = started_service(mosquitto, "ing-bad", patrol_camera(http_camera.url))
+    got: dict[bytes, dict[str, Any]] = {}  # by body: QoS 1 may deliver one twice
+    try:
+        wait_for(lambda: (service._boosts.received, service._requests.received) == (1, 1))
+        mosquitto.stop()
+        wait_for(lambda: not conn.connected)
+        mosquitto.start()
+        wait_for(lambda: (service._boosts.received, service._requests.received) == (2, 2))
+        # Live ones after the hand-overs: each loop letters in order, so once theirs came, any
+        # letter of the hand-overs came before.
+        assert conn.publish_wait(boost, b'{"factor": 2}', qos=1)
+        assert conn.publish_wait(request, encode_request("new"), qos=1)
+
+        def live_lettered() -> bool:
+            while (message := sub.get(0.1)) is not None:
+                got[message.payload] = json.loads(message.payload)
+            payloads = {base64.b64decode(g["payload_b64"]) for g in got.values()}
+            return {b'{"factor": 2}', encode_request("new")} <= payloads
+
+        wait_for(live_lettered)
+    finally:
+        service.stop()
+        conn.stop()
+        letters.stop()
+    hint = (
+        "handed over again at every connection and dead-lettered only this once; an empty "
+        "retained message on its topic clears it: mosquitto_pub -r -n -t"
+    )
+    assert sorted((g["reason"], g["topic"], g.get("error", "")) for g in got.values()) == [
+        ("bad_topic", boost, ""),
+        ("bad_topic", boost, f"a retained patrol boost, {hint} '{boost}'"),
+        ("bad_topic", request, ""),
+        ("bad_topic", request, f"a retained snapshot request, {hint} '{request}'"),
+    ]
+    assert (service.bad_requests, service.rejected) == (4, {"bad_topic": 4})
+    said = [r for r in caplog.records if r.name == "gridpatrol.ingest.service"]
+    warned = [r.getMessage() for r in said if r.levelno == logging.WARNING]
+    assert sorted(line.split(" from ")[0] for line in warned) == [
+        "dead-lettered bad_topic ",
+        "dead-lettered bad_topic ",
+        f"dead-lettered bad_topic a retained patrol boost, {hint} '{boost}'",
+        f"dead-lettered bad_topic a retained snapshot request, {hint} '{request}'",
+    ]
+    service.log_progress()
+    progress = caplog.records[-1].getMessage()
+    assert "; 2 retained (ignored); 4 malformed {'bad_topic': 4}, " in progress
