@@ -271,13 +271,17 @@ class ReviewIn(BaseModel):
     """A reviewer's decision. ``expected_status``, the status the reviewer saw the case in,
     makes it conditional: a case whose status is another by now (another reviewer returned it,
     say) is refused with 409, not decided on a view that is out of date. Without it the
-    decision applies to the case as it is (as for clients written before it)."""
+    decision applies to the case as it is (as for clients written before it).
+    ``expected_updated_at``, the ``updated_at`` of the case as the reviewer read it, makes it
+    conditional on what the reviewer judged as well: a case changed since other than by routine
+    updates (``changed_since`` in api/service.py) is refused with 409 too."""
 
     decision: Decision
     reason_code: RejectReason | None = None
     reason: Text | None = None
     merge_into: uuid.UUID | None = None
     expected_status: StatusName | None = None
+    expected_updated_at: Instant | None = None
 
 
 class StatusIn(BaseModel):

@@ -1213,8 +1213,19 @@ class CandidateService:
                 raise Problem(
                     409, f"cannot {action} a candidate that is {row.status} (expected {expected})"
                 )
-            now = self.clock()
             doc: JsonDict = json.loads(row.doc)
+            read_at = decision.expected_updated_at
+            if read_at is not None and changed_since(doc, read_at):
+                # The same in its status, but not what the reviewer judged: another type or
+                # evidence a producer sent, or a return answered by then.
+                raise Problem(
+                    409,
+                    f"cannot {decision.decision} candidate {cid}: it changed since it was read"
+                    f" (it is {row.status}, updated at {doc['updated_at']})",
+                    candidate_status=row.status,
+                    updated_at=doc["updated_at"],
+                )
+            now = self.clock()
             outcome = Outcome(200, doc)
             before = row.status
             if decision.decision == "merge":
@@ -1972,6 +1983,31 @@ class CandidateService:
         row.updated_at = now
         row.doc = json.dumps(doc, ensure_ascii=False)
         return row.doc
+
+
+def _routine(entry: JsonDict) -> bool:
+    """Whether a history entry is that of routine updates (CandidateService._updated)."""
+    return entry.get("action") == "updated" and "count" in entry
+
+
+def changed_since(doc: JsonDict, read_at: datetime) -> bool:
+    """Whether a case changed in what its reviewer judges since the version of it updated at
+    ``read_at`` (that version's ``updated_at``).
+
+    Every such change (a status, another type, location or evidence other than a ``latest``
+    frame, a merge into it) records a history entry dated when it was made; routine updates (a
+    detector's dwell time or latest frame, an alarm repeat) do not count, so that a console
+    deciding a case a detector updates every few seconds is not refused each time. A
+    ``read_at`` after the case's ``updated_at`` is no version it had (or the server's clock
+    went back since): it counts as changed, as nothing tells it was not.
+    """
+    updated = datetime.fromisoformat(doc["updated_at"])
+    if read_at == updated:
+        return False
+    if read_at > updated:
+        return True
+    history = doc.get("history") or []
+    return any(datetime.fromisoformat(h["at"]) > read_at for h in history if not _routine(h))
 
 
 def _incomplete_decision(decision: ReviewIn) -> str | None:

@@ -42,6 +42,7 @@ const STRINGS = {
     's.dispatched': '已派遣', 's.arrived': '已到场', 's.resolved': '已处置', 's.verified': '已核查',
     's.closed': '已结案', 'ok.confirm': '已确认', 'ok.reject': '已驳回', 'ok.return': '已退回',
     'ok.merge': '已合并', 'err.conflict': '状态已变化，无法执行',
+    'err.changed': '此线索在您查看后已有变化，未执行；已重新载入，请核对后再处理',
     'err.notallowed': '当前状态不能执行此操作', 'st.counts': '数量',
     'st.precision': '准确率', 'st.sla': '超时未到场', 'st.by_type': '按类型', 'st.by_camera': '按摄像头',
     'st.by_status': '按状态', 'st.by_day': '按日期', 'st.total': '合计', 'st.last_days': '最近 30 天',
@@ -108,6 +109,8 @@ const STRINGS = {
     's.resolved': 'Resolved', 's.verified': 'Verified', 's.closed': 'Closed',
     'ok.confirm': 'Confirmed', 'ok.reject': 'Rejected', 'ok.return': 'Returned',
     'ok.merge': 'Merged', 'err.conflict': 'The candidate changed; not applied',
+    'err.changed':
+      'The case changed since you read it; not applied. It is shown as it is now: check it again',
     'err.notallowed': 'Not possible in the current status',
     'st.counts': 'Counts', 'st.precision': 'Precision', 'st.sla': 'SLA breaches',
     'st.by_type': 'By type', 'st.by_camera': 'By camera', 'st.by_status': 'By status',

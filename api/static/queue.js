@@ -905,11 +905,12 @@ async function decide(decision) {
     toast(decidedElsewhere(c), true);
     return;
   }
-  // The status the reviewer sees the case in: the pane's copy (read in full after the list's,
-  // and what its buttons are judged on) when it shows this case.
-  const seen = (state.detail?.id === c.id ? state.detail : c).status;
-  if (!allowed({ status: seen }, decision)) {
-    toast(`${t('err.notallowed')} (${t(`s.${seen}`)})`, true);
+  // The case as the reviewer sees it: the pane's copy (read in full after the list's, and
+  // what its buttons are judged on) when it shows this case.
+  const shown = state.detail?.id === c.id ? state.detail : c;
+  const seen = { status: shown.status, updated_at: shown.updated_at };
+  if (!allowed(seen, decision)) {
+    toast(`${t('err.notallowed')} (${t(`s.${seen.status}`)})`, true);
     return;
   }
   state.busy = true;
@@ -926,7 +927,8 @@ const ASK = { reject: reasonPicker, return: returnNote, merge: mergePicker };
 // Decide c. A decision that fails (the network, a 5xx, a note refused) opens its dialog again,
 // with what was written and why it failed, until it goes through or the reviewer cancels; the
 // note is kept for the case until then (a lost session: the dialog after logging in again).
-// seen: the status the reviewer decided on, which the decision is sent on the condition of.
+// seen: the status and updated_at of the case the reviewer decided on, which the decision is
+// sent on the condition of.
 async function decideOn(c, decision, seen) {
   // The title names the case: the one decided is the one the dialog was opened for.
   const title = `${t(`dlg.${decision}`)} · ${c.id.slice(0, 8)}`;
@@ -972,12 +974,16 @@ async function decideOn(c, decision, seen) {
 
 // Send a decision: null when it was made (told by its answer, or by the case read again when
 // the answer was lost), or refused as the case changed elsewhere (shown so); what went wrong
-// otherwise. It is made only on the case still in the status seen (expected_status): one
+// otherwise. It is made only on the case still as seen (expected_status, and expected_updated_at
+// for what else it judged: its type and evidence, a detector's routine updates aside): one
 // changed meanwhile unheard (a live event missed, or not come yet) is refused with 409, not
-// decided over what another reviewer did (a return and its note to the producer, say).
+// decided over what another reviewer did (a return and its note to the producer, say) or on
+// a type and evidence the reviewer never saw.
 async function send(c, decision, extra, seen) {
   state.deciding = c.id;
-  const body = { decision, ...extra, expected_status: seen };
+  const body = {
+    decision, ...extra, expected_status: seen.status, expected_updated_at: seen.updated_at,
+  };
   try {
     made(c, decision, await post(`/candidates/${c.id}/review`, body));
   } catch (err) {
@@ -992,7 +998,10 @@ async function send(c, decision, extra, seen) {
     // changed elsewhere: one that left the list stays shown until the reviewer moves on.
     let current;
     try { current = await get(`/candidates/${c.id}`); } catch { current = null; }
-    if (decision === 'merge' && current?.status === seen && allowed(current, 'merge')) {
+    // The API names the case's updated_at when the case is what changed since it was read.
+    const changed = err.problem?.updated_at !== undefined;
+    if (decision === 'merge' && !changed && current?.status === seen.status
+        && allowed(current, 'merge')) {
       // The case was not what changed: the case to merge into became final meanwhile. The
       // dialog opens again saying so, for another one to be chosen.
       const key = `${c.id} ${decision}`;
@@ -1000,7 +1009,9 @@ async function send(c, decision, extra, seen) {
       applyUpdate(current, false, true);
       return err.message;
     }
-    toast(`${t('err.conflict')}: ${err.message}`, true);
+    // Changed otherwise than in its status (another type or evidence, say): what the reviewer
+    // judged is not what is there, which the case shown again tells.
+    toast(changed ? t('err.changed') : `${t('err.conflict')}: ${err.message}`, true);
     if (current) applyUpdate(current, false, true);
   } finally {
     state.deciding = null;

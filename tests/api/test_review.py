@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -432,3 +433,99 @@ def test_a_decision_without_expected_status_applies_to_the_case_as_it_is(api: An
     assert api.as_("reviewer").get(f"/api/v1/candidates/{cid}").json()["status"] == "returned"
     rejected = api.review(cid, "reject", reason_code="duplicate")
     assert (rejected.status_code, rejected.json()["status"]) == (200, "rejected")
+
+
+def test_a_decision_on_a_case_changed_since_it_was_read_is_refused(api: Any) -> None:
+    """The status alone does not tell a case changed: returned and supplemented since, or
+    given another type while new, it is new again, but not the case the reviewer judged."""
+    cid = new_candidate(api)["id"]
+    url = f"/api/v1/candidates/{cid}"
+    producer = api.as_("producer")
+    keys = iter(range(100))
+
+    def patch(change: dict[str, Any]) -> dict[str, Any]:
+        api.clock.advance(seconds=30)
+        sent = producer.patch(url, json=change, headers={"Idempotency-Key": f"k{next(keys)}"})
+        assert sent.status_code == 200, sent.text
+        return dict(sent.json())
+
+    def read() -> dict[str, Any]:
+        return dict(api.as_("reviewer").get(url).json())
+
+    # Reviewer A reads the case; reviewer B returns it; its producer sends another type and
+    # one more frame, which answers the return: it is new again.
+    seen = read()
+    api.clock.advance(seconds=30)
+    returned = api.as_("admin").post(f"{url}/review", json={"decision": "return", "reason": "x?"})
+    assert returned.status_code == 200
+    snapshot = {"sha256": api.put_jpeg(5), "kind": "snapshot"}
+    again = patch({"type": "illegal_dumping", "evidence": [snapshot]})
+    assert (again["status"], again["history"][-1]["action"]) == ("new", "supplemented")
+    before = read()
+
+    def decide(decision: str, on: dict[str, Any], **extra: Any) -> Any:
+        return api.review(
+            cid,
+            decision,
+            expected_status=on["status"],
+            expected_updated_at=on["updated_at"],
+            **extra,
+        )
+
+    target = new_candidate(api, "t")["id"]
+    for decision, extra in [
+        ("confirm", {}),
+        ("reject", {"reason_code": "duplicate"}),
+        ("return", {"reason": "which bin?"}),
+        ("merge", {"merge_into": target}),
+    ]:
+        refused = decide(decision, seen, **extra)
+        assert refused.status_code == 409, decision
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json() == {
+            "type": "about:blank",
+            "title": "Conflict",
+            "status": 409,
+            "detail": f"cannot {decision} candidate {cid}: it changed since it was read"
+            f" (it is new, updated at {before['updated_at']})",
+            "instance": f"{url}/review",
+            "candidate_status": "new",
+            "updated_at": before["updated_at"],
+        }
+    assert read() == before
+
+    # Another type while it stays new is as much a change.
+    seen = read()
+    patch({"type": "garbage_overflow"})
+    changed = read()
+    assert decide("confirm", seen).status_code == 409
+    assert read() == changed
+
+    # Routine updates (a detector's dwell time, a latest frame) leave what was judged as it
+    # was: a decision on the case read before them goes through.
+    seen = read()
+    patch({"detection": {"dwell_s": 600}})
+    patch({"evidence": [{"sha256": api.put_jpeg(6), "kind": "latest"}]})
+    assert read()["updated_at"] != seen["updated_at"]
+    confirmed = decide("confirm", seen)
+    assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")
+    assert [h["action"] for h in confirmed.json()["history"]] == [
+        "created",
+        "returned",
+        "supplemented",
+        "updated",
+        "updated",
+        "confirmed",
+    ]
+
+
+def test_expected_updated_at_of_a_version_the_case_never_had_is_refused(api: Any) -> None:
+    doc = new_candidate(api)
+    cid = doc["id"]
+    later = (api.clock.now + timedelta(seconds=1)).isoformat()
+    refused = api.review(cid, "confirm", expected_updated_at=later)
+    assert (refused.status_code, refused.json()["candidate_status"]) == (409, "new")
+    naive = api.review(cid, "confirm", expected_updated_at="2026-11-27T12:00:00")
+    assert naive.status_code == 422
+    confirmed = api.review(cid, "confirm", expected_updated_at=doc["updated_at"])
+    assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")

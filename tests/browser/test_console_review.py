@@ -1150,21 +1150,29 @@ def test_a_merge_into_a_case_that_became_final_meanwhile_asks_for_another(
     assert page.input_value("#dlg-body input[name=merge_id]") == ""
 
 
+def returned_unheard(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> tuple[Any, dict[str, Any]]:
+    """A new case, the only one listed and ready for a decision, which another reviewer then
+    returns: no live updates reach this tab (a missed event, or one not come yet), so it shows
+    the case as it was read. The page and the case as it was listed."""
+    page = ui.page
+    page.route("**/api/v1/events*", lambda route: route.abort())
+    case = one_listed(ui, seeder, frames)
+    actionable(page, case["id"])
+    with console.client("admin") as client:
+        answer = client.post(
+            f"/candidates/{case['id']}/review", json={"decision": "return", "reason": NOTE}
+        )
+        assert answer.status_code == 200, answer.text
+    return page, case
+
+
 def test_a_decision_on_a_case_returned_meanwhile_unheard_is_refused_and_shown_as_returned(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
-    page = ui.page
-    # No live updates reach this tab (a missed event, or one not come yet): it shows the case
-    # as new after another reviewer has returned it.
-    page.route("**/api/v1/events*", lambda route: route.abort())
-    case = one_listed(ui, seeder, frames)
+    page, case = returned_unheard(ui, seeder, frames, console)
     cid = case["id"]
-    actionable(page, cid)
-    with console.client("admin") as client:
-        answer = client.post(
-            f"/candidates/{cid}/review", json={"decision": "return", "reason": NOTE}
-        )
-        assert answer.status_code == 200, answer.text
     open_dialog(ui, "r", case)
     page.keyboard.press("1")
     page.keyboard.press("Enter")
@@ -1184,6 +1192,66 @@ def test_a_decision_on_a_case_returned_meanwhile_unheard_is_refused_and_shown_as
     assert [(h["action"], h["who"], h.get("reason")) for h in shown["history"]] == [
         ("created", "test-producer", None),
         ("returned", "test-admin", NOTE),
+    ]
+
+
+def producer_patch(console: Any, cid: str, change: dict[str, Any]) -> dict[str, Any]:
+    with console.client("producer") as client:
+        answer = client.patch(
+            f"/candidates/{cid}", json=change, headers={"Idempotency-Key": str(uuid.uuid4())}
+        )
+        assert answer.status_code == 200, answer.text
+        result: dict[str, Any] = answer.json()
+        return result
+
+
+def test_a_decision_on_a_case_changed_meanwhile_unheard_is_refused_and_shown_as_it_is(
+    ui: Any, seeder: Any, frames: list[bytes], console: Any
+) -> None:
+    page, case = returned_unheard(ui, seeder, frames, console)
+    cid = case["id"]
+    assert page.inner_text("#detail .detail-head h2") == "机动车乱停放 Illegal parking"
+    # Its producer answers the return with another type and one more frame: it is new again,
+    # the status this tab shows, but not the case it shows.
+    snapshot = {"sha256": seeder.evidence(frames[3]), "kind": "snapshot"}
+    changed = producer_patch(console, cid, {"type": "street_vending", "evidence": [snapshot]})
+    assert changed["status"] == "new"
+
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{cid}/review")) as sent:
+        page.keyboard.press("c")
+    assert sent.value.status == 409
+    page.wait_for_selector("#toast:not([hidden])")
+    told = "此线索在您查看后已有变化，未执行；已重新载入，请核对后再处理"
+    assert page.inner_text("#toast") == told
+    # Shown again as it is now, still to be decided.
+    page.wait_for_selector("#detail .detail-head h2:has-text('占道经营')")
+    assert page.inner_text("#detail .detail-head h2") == "占道经营 Street vending"
+    assert (ui.rows(), ui.selected()) == ([cid], cid)
+    actionable(page, cid)
+    assert page.locator("#decided-elsewhere").count() == 0
+    ui.shot("changed-meanwhile")
+    assert status_of(console, cid) == changed
+
+    # A detector's routine update meanwhile (dwell time, a fresh latest frame) leaves what the
+    # reviewer judged as it was: confirmed on the case as shown.
+    latest = {"sha256": seeder.evidence(frames[4]), "kind": "latest"}
+    producer_patch(console, cid, {"detection": {"dwell_s": 900.0}, "evidence": [latest]})
+    with page.expect_response(lambda r: r.url.endswith(f"/candidates/{cid}/review")) as sent:
+        page.keyboard.press("c")
+    assert sent.value.status == 200
+    assert sent.value.request.post_data_json == {
+        "decision": "confirm",
+        "expected_status": "new",
+        "expected_updated_at": changed["updated_at"],
+    }
+    ui.wait_rows([])
+    shown = status_of(console, cid)
+    assert [(h["action"], h["who"]) for h in shown["history"]] == [
+        ("created", "test-producer"),
+        ("returned", "test-admin"),
+        ("supplemented", "test-producer"),
+        ("updated", "test-producer"),
+        ("confirmed", "test-reviewer"),
     ]
 
 

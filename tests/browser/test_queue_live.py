@@ -281,6 +281,7 @@ def test_the_merge_dialog_merges_into_the_case_chosen_last(
         "decision": "merge",
         "merge_into": nearby["id"],
         "expected_status": "new",
+        "expected_updated_at": current["updated_at"],
     }
     ui.wait_rows([nearby["id"], pasted["id"]])
     merged = status_of(console, current["id"])
