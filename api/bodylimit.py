@@ -4,10 +4,16 @@ A body whose ``Content-Length`` is over the limit is answered 413 at once; a chu
 counted as it arrives and answered 413 as soon as it passes the limit. Every write is limited
 (``max_body_bytes``; a candidate batch ``max_batch_bytes``), whether or not it needs a login:
 ``POST /session`` reads its body before it knows the caller. Evidence uploads have a limit of
-their own (``max_evidence_bytes``, in the evidence router).
+their own (``max_evidence_bytes``, in the evidence router). Each item of a batch is held to
+``max_body_bytes`` by its body's bytes as the batch carries them (:func:`item_body_sizes`), as
+the same bytes posted alone would be.
 """
 
 from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -86,3 +92,126 @@ def _content_length(scope: Scope) -> int | None:
         if name == b"content-length":
             return int(value) if value.isdigit() else None
     return None
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+# The rest of a string after its opening quote, up to and with its closing quote.
+_STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_BRACKET_OR_QUOTE = re.compile(r'[\[\]{}"]')
+_SCALAR = re.compile(r"[^,\]}\s]*")
+_DECODER = json.JSONDecoder()
+
+
+def item_body_sizes(raw: bytes) -> list[int]:
+    """The bytes of each item's ``body`` in a ``POST /candidates/batch`` request body, as sent
+    (0 for an item without one): what the same body posted alone would carry.
+
+    ``raw`` is JSON the app parsed already (with :func:`json.loads`, duplicate names taking
+    the last value, as here) into an object whose ``items`` is a list of objects. It is read
+    once, in time linear in its size. ValueError if it is not such JSON.
+    """
+    encoding = json.detect_encoding(raw)
+    text = raw.decode(encoding, "surrogatepass")
+    # Counted in the request's own encoding (a UTF-16 or UTF-32 BOM opens the request, not an
+    # item).
+    unit = "utf-16-le" if "16" in encoding else "utf-32-le" if "32" in encoding else "utf-8"
+    sizes: list[int] = []
+
+    def member(name: str, at: int) -> int:
+        if name != "items":
+            return _skip(text, at)
+        if text[at] != "[":
+            raise ValueError("items is not a list")
+        sizes.clear()
+        return _array(text, at, item)
+
+    def item(at: int) -> int:
+        sizes.append(0)
+        return _object(text, at, field)
+
+    def field(name: str, at: int) -> int:
+        end = _skip(text, at)
+        if name == "body":
+            sizes[-1] = len(text[at:end].encode(unit, "surrogatepass"))
+        return end
+
+    try:
+        _object(text, _after(_SPACE, text, 0), member)
+    except IndexError as exc:
+        raise ValueError("the batch ends early") from exc
+    return sizes
+
+
+def _after(pattern: re.Pattern[str], text: str, at: int) -> int:
+    """The end of ``pattern`` matched at ``at``."""
+    found = pattern.match(text, at)
+    if found is None:
+        raise ValueError(f"unexpected text at {at}")
+    return found.end()
+
+
+def _skip(text: str, at: int) -> int:
+    """The end of the JSON value that starts at ``at``."""
+    try:
+        return int(_DECODER.raw_decode(text, at)[1])
+    except RecursionError:
+        # Nested deeper than the parser goes from here (the app's parse ran from a shallower
+        # stack): found by its brackets instead, slower but at any depth.
+        pass
+    depth = 0
+    while True:
+        found = _BRACKET_OR_QUOTE.search(text, at)
+        if found is None:
+            raise ValueError(f"the value at {at} does not end")
+        at = found.end()
+        if found[0] == '"':
+            at = _after(_STRING_REST, text, at)
+        elif found[0] in "[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0:
+                return at
+
+
+def _next(text: str, at: int, close: str) -> tuple[int, bool]:
+    """After a member or element ending at ``at``: where the next one starts (False), or the
+    end of its object or array, past its ``close`` (True)."""
+    at = _after(_SPACE, text, at)
+    if text[at] == close:
+        return at + 1, True
+    if text[at] != ",":
+        raise ValueError(f"expected , or {close} at {at}")
+    return _after(_SPACE, text, at + 1), False
+
+
+def _object(text: str, at: int, member: Callable[[str, int], int]) -> int:
+    """Walk the object at ``at``: ``member(name, value start)`` returns its value's end.
+    The object's end."""
+    if text[at] != "{":
+        raise ValueError(f"expected an object at {at}")
+    start = _after(_SPACE, text, at + 1)
+    if text[start] == "}":
+        return start + 1
+    closed = False
+    while not closed:
+        if text[start] != '"':
+            raise ValueError(f"expected a name at {start}")
+        name, at = _DECODER.raw_decode(text, start)
+        at = _after(_SPACE, text, at)
+        if text[at] != ":":
+            raise ValueError(f"expected : at {at}")
+        start, closed = _next(text, member(name, _after(_SPACE, text, at + 1)), "}")
+    return start
+
+
+def _array(text: str, at: int, element: Callable[[int], int]) -> int:
+    """Walk the array at ``at``: ``element(start)`` returns the element's end. The array's
+    end."""
+    start = _after(_SPACE, text, at + 1)
+    if text[start] == "]":
+        return start + 1
+    closed = False
+    while not closed:
+        start, closed = _next(text, element(start), "]")
+    return start

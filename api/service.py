@@ -234,17 +234,6 @@ def request_hash(method: str, path: str, body: Any, canonical: bytes | None = No
     return digest.hexdigest()
 
 
-def sent_size(body: Any) -> int:
-    """The bytes of ``body`` as a request carries it in compact JSON (httpx, the producers'
-    outbox); a lone surrogate, which only an escape can carry, counts as its escape. 0 for a
-    body nested too deeply to encode, which parsing refuses."""
-    try:
-        sent = json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-    except RecursionError:
-        return 0
-    return len(sent.encode("utf-8", "backslashreplace"))
-
-
 def dump_body(parsed: CandidatePatch) -> JsonDict:
     """A parsed body as JSON values, the fields it set only."""
     try:
@@ -781,8 +770,9 @@ class CandidateService:
 
         return self.idempotent(who, key, digest, work)
 
-    def batch(self, who: Principal, items: list[tuple[Any, Any]]) -> list[JsonDict]:
+    def batch(self, who: Principal, items: list[tuple[Any, Any, int]]) -> list[JsonDict]:
         """Create many candidates: one transaction claims the keys, one does the work.
+        ``items``: each item's key, body and the body's bytes as the request carried it.
 
         Each item's key is held in :class:`KeysInFlight` and, on PostgreSQL, by its advisory
         lock while the keys are claimed (then by its committed claim): an item whose key
@@ -805,16 +795,17 @@ class CandidateService:
         return [r for r in results if r is not None]
 
     def _batch_items(
-        self, items: list[tuple[Any, Any]], results: list[JsonDict | None]
+        self, items: list[tuple[Any, Any, int]], results: list[JsonDict | None]
     ) -> list[_BatchItem]:
         """The items that can be claimed; the refusals of the others go to ``results``."""
         valid: list[_BatchItem] = []
-        for index, (key, body) in enumerate(items):
+        for index, (key, body, size) in enumerate(items):
             try:
                 # First, as the app's BodyLimit refuses a single POST before reading it, and
-                # of the body as sent, as that limit counts it: an item is refused where
-                # the same body posted alone (as the outbox sends a lone create) would be.
-                if sent_size(body) > self.max_body_bytes:
+                # by the body's bytes as sent, as that limit counts them (a re-encoding may
+                # write numbers, escapes and spaces otherwise): an item is refused where the
+                # same bytes posted alone (as the outbox sends a lone create) would be.
+                if size > self.max_body_bytes:
                     limit = self.max_body_bytes
                     raise Problem(413, f"a candidate body is limited to {limit} bytes")
                 parsed = parse_candidate(body)

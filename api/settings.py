@@ -10,10 +10,10 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gridpatrol.site import Policy, Site, load_site
 
@@ -54,8 +54,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///./var/gridpatrol.db"
     evidence_dir: Path = Path("./var/evidence")
-    # token (or "sha256:<hex>" of a token) -> {"role", "name"}
-    api_tokens: dict[str, TokenEntry] = Field(default_factory=dict)
+    # token (or "sha256:<hex>" of a token) -> {"role", "name"}; its JSON read by _json_tokens,
+    # whose errors quote no part of it, a token or a key (NoDecode: not by pydantic-settings).
+    api_tokens: Annotated[dict[str, TokenEntry], NoDecode] = Field(default_factory=dict)
     config: Path | None = None
     # The detection model (GRIDPATROL_MODEL, as for the workers): the zone editor checks the
     # classes a rule names against it when its weights are on this machine.
@@ -135,8 +136,22 @@ class Settings(BaseSettings):
     @classmethod
     def _json_tokens(cls, value: object) -> object:
         if isinstance(value, str):
-            return json.loads(value) if value.strip() else {}
-        return value
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"GRIDPATROL_API_TOKENS is malformed JSON: {exc.msg} at line {exc.lineno} "
+                    f"column {exc.colno}"
+                ) from None
+        return _token_entries(value) if isinstance(value, dict) else value
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _empty_config_unset(cls, value: object) -> object:
+        # An empty GRIDPATROL_CONFIG= (an env file's line left blank) would be the path ".".
+        return None if isinstance(value, str) and not value.strip() else value
 
     def token_digests(self) -> list[tuple[bytes, TokenEntry]]:
         """Configured tokens as SHA-256 digests, so presented tokens compare in constant time."""
@@ -182,6 +197,25 @@ def _described(error: Any) -> str:
     if error["type"] == "value_error":
         return str(error["ctx"]["error"])  # ours: each names its variable
     return f"{variable}: {error['msg']}"
+
+
+def _token_entries(raw: dict[Any, Any]) -> dict[str, TokenEntry]:
+    """The entries of GRIDPATROL_API_TOKENS; a wrong one is named by its ``name`` or its
+    position, never by its key, which may be the token itself."""
+    entries = {}
+    for position, (token, entry) in enumerate(raw.items(), 1):
+        try:
+            entries[str(token)] = TokenEntry.model_validate(entry)
+        except ValidationError as exc:
+            name = entry.get("name") if isinstance(entry, dict) else None
+            named = isinstance(name, str) and name.strip()
+            which = f"named {name!r}" if named else f"at position {position}"
+            wrong = "; ".join(
+                ": ".join([".".join(map(str, e["loc"])), e["msg"]]).lstrip(": ")
+                for e in exc.errors()
+            )
+            raise ValueError(f"GRIDPATROL_API_TOKENS: the entry {which}: {wrong}") from None
+    return entries
 
 
 def _hashed_token(token: str, entry: TokenEntry) -> bytes:

@@ -8,6 +8,7 @@ import logging
 import threading
 import tracemalloc
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -955,6 +956,56 @@ def test_a_batch_item_is_refused_for_its_size_where_a_single_post_would_be(
     at_limit = {"idempotency_key": "a2", "body": sized("a2", 4096)}
     accepted = producer.post(f"{URL}/batch", json={"items": [at_limit]}).json()["items"]
     assert accepted[0]["status"] == 201, accepted
+
+
+def test_a_batch_item_is_measured_by_its_bytes_as_sent(make_api: Any) -> None:
+    """An item is held to the limit by the bytes of its body as the batch carries them, as the
+    same bytes posted alone are, not by the JSON the server would write of it: a client may
+    write a number or a character otherwise (1e-7 as JavaScript and Go write it, 1e-07 in
+    Python; non-ASCII escaped, with a space after each separator)."""
+    api = make_api(max_body_bytes=4096)
+    producer = api.as_("producer")
+    sha = api.put_jpeg()
+    limit = "a candidate body is limited to 4096 bytes"
+    as_json = {"Content-Type": "application/json"}
+
+    def compact(body: dict[str, Any]) -> bytes:
+        """As the server would write it, and httpx sends it."""
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def js(body: dict[str, Any]) -> bytes:
+        return compact(body).replace(b'"x":1e-07', b'"x":1e-7')
+
+    def escaped(body: dict[str, Any]) -> bytes:
+        return json.dumps(body, separators=(", ", ": ")).encode()
+
+    def sized(size: int, pad: str, write: Callable[[dict[str, Any]], bytes]) -> dict[str, Any]:
+        """A body of an event of its own, of ``size`` bytes as ``write`` writes it."""
+        detection = {"model": "yolo11n", "score": 0.8, "x": 1e-7}
+        body = api.body(uuid.uuid4().hex, sha, description="", detection=detection)
+        body["description"] = pad * ((size - len(write(body))) // len(pad.encode()))
+        body["description"] += "x" * (size - len(write(body)))
+        assert len(write(body)) == size
+        return body
+
+    def answers(send: Callable[[], bytes]) -> list[tuple[int, str | None]]:
+        """The answers to a body ``send`` writes, posted alone and as a batch's item."""
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        alone = producer.post(URL, content=send(), headers={**as_json, **key})
+        item_key = uuid.uuid4().hex.encode()
+        batch = b'{"items": [{"idempotency_key": "%s", "body": %s}]}' % (item_key, send())
+        item = producer.post(f"{URL}/batch", content=batch, headers=as_json).json()["items"][0]
+        return [
+            (alone.status_code, alone.json().get("detail")),
+            (item["status"], item["body"].get("detail")),
+        ]
+
+    assert b'"x":1e-07}' in compact(sized(4096, "x", js)), "Python writes 1e-07"
+    assert answers(lambda: js(sized(4096, "x", js))) == [(201, None)] * 2
+    assert answers(lambda: js(sized(4097, "x", js))) == [(413, limit)] * 2
+    # 4096 bytes as the server would write it, over 7000 as this client sends it.
+    assert len(escaped(sized(4096, "暴", compact))) > 7000
+    assert answers(lambda: escaped(sized(4096, "暴", compact))) == [(413, limit)] * 2
 
 
 def test_a_batch_item_without_a_usable_key_is_refused_alone(api: Any) -> None:

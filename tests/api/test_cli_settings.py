@@ -47,6 +47,22 @@ SESSION_CASES = [
     ("GRIDPATROL_SESSION_MAX_AGE_S", "1000000000000", f"{MAX_AGE}, got 1000000000000"),
     ("GRIDPATROL_SESSION_MAX_AGE_S", "31622401", f"{MAX_AGE}, got 31622401"),
 ]  # fmt: skip
+# A key may be the token itself: an entry is named by its name, or else its position.
+TOKEN_CASES = [
+    ("GRIDPATROL_API_TOKENS", json.dumps({"gp-TOPSECRET-s3cret": {"role": "reviwer",
+                                                                  "name": "wang"}}),
+     "GRIDPATROL_API_TOKENS: the entry named 'wang': role: Input should be 'producer', "
+     "'reviewer', 'platform' or 'admin'"),
+    ("GRIDPATROL_API_TOKENS", json.dumps({"t": ADMIN, "gp-TOPSECRET-s3cret": {"role": "admin"}}),
+     "GRIDPATROL_API_TOKENS: the entry at position 2: name: Field required"),
+    ("GRIDPATROL_API_TOKENS", json.dumps({"gp-TOPSECRET-s3cret": "admin"}),
+     "GRIDPATROL_API_TOKENS: the entry at position 1: Input should be a valid dictionary or "
+     "instance of TokenEntry"),
+    ("GRIDPATROL_API_TOKENS", json.dumps({"gp-TOPSECRET-s3cret": ADMIN})[:-1],
+     "GRIDPATROL_API_TOKENS is malformed JSON: Expecting ',' delimiter at line 1 column 55"),
+    ("GRIDPATROL_API_TOKENS", json.dumps(["gp-TOPSECRET-s3cret"]),
+     "GRIDPATROL_API_TOKENS: Input should be a valid dictionary"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -84,6 +100,7 @@ SESSION_CASES = [
          "GRIDPATROL_API_TOKENS: the sha256: entry named 'workers' has 16 characters after "
          "sha256:, not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
         *SESSION_CASES,
+        *TOKEN_CASES,
     ],
 )  # fmt: skip
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -95,6 +112,7 @@ def test_a_setting_that_cannot_work_stops_the_api_with_status_2(
     (line,) = [line for line in done.stderr.splitlines() if " ERROR " in line]
     assert line.endswith(f" ERROR gridpatrol.api.cli: the intake API cannot start: {says}")
     assert "Traceback" not in done.stderr and "s3cret" not in done.stderr
+    assert "TOPSECRET" not in done.stderr
     if setting == "GRIDPATROL_SESSION_SECRET" and value:
         assert value not in done.stderr
 
@@ -172,5 +190,16 @@ def test_session_settings_in_range_pass_the_checks(
 ) -> None:
     done = run_api(tmp_path, {setting: value}, [])
     assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
+    assert "intake API ready: database sqlite" in done.stderr
+    assert " ERROR gridpatrol" not in done.stderr
+
+
+def test_an_empty_site_file_setting_is_taken_as_unset(tmp_path: Path) -> None:
+    done = run_api(tmp_path, {"GRIDPATROL_CONFIG": ""}, [])
+    assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
+    assert (
+        " WARNING gridpatrol.api.settings: GRIDPATROL_CONFIG is not set: using the default "
+        "policy and Asia/Shanghai" in done.stderr
+    )
     assert "intake API ready: database sqlite" in done.stderr
     assert " ERROR gridpatrol" not in done.stderr
