@@ -24,6 +24,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import (
     BigInteger,
+    Connection,
     DateTime,
     Engine,
     Index,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -178,6 +180,8 @@ KEEPALIVE |= {"keepalives_count": "3", "tcp_user_timeout": "30000"}
 # database): then it is answered 503 with Retry-After rather than waiting on.
 POOL_TIMEOUT_S = 10.0
 POOL_SIZE, MAX_OVERFLOW = 10, 20
+# pg_advisory_lock key held while one process migrates (any constant no other lock uses).
+MIGRATION_LOCK = 0x67705F6D6967  # "gp_mig"
 
 
 def make_engine(url: str) -> Engine:
@@ -256,10 +260,33 @@ class Database:
         ini = files("gridpatrol.api").joinpath("alembic.ini")
         cfg = Config(str(ini))
         cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn, self._migration_lock(conn), conn.begin():
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("database %s migrated to head", make_url(self.url).render_as_string())
+
+    @contextmanager
+    def _migration_lock(self, conn: Connection) -> Iterator[None]:
+        """On PostgreSQL, hold MIGRATION_LOCK on ``conn`` for the session: two API processes
+        starting on a fresh database would both create Alembic's version table, and the
+        second failed on pg_type's unique index. The second now waits, then finds the schema
+        at head. (One key for every schema of a database: other deployments only wait.)"""
+        if self.dialect != "postgresql":
+            yield
+            return
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        conn.commit()  # a session lock: it outlives this transaction
+        try:
+            yield
+        finally:
+            try:
+                conn.rollback()
+                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                conn.commit()
+            except Exception:
+                # A connection the unlock failed on (the server went away mid-migration) is
+                # closed, which releases the lock; it never goes back to the pool holding it.
+                conn.invalidate()
 
     @contextmanager
     def write(self) -> Iterator[Session]:
