@@ -669,6 +669,7 @@ class CameraPipeline:
         if zr.needs_scene and scene_fn is not None:
             scene = scene_fn(zr.geometry.bbox)
         assert tracked.tracker_id is not None
+        polygon = np.asarray(zr.geometry.polygon, np.float32) * np.asarray([w, h], np.float32)
         return ZoneObservation(
             xyxy=tracked.xyxy[idx],
             confidence=tracked.confidence[idx],
@@ -679,6 +680,7 @@ class CameraPipeline:
             new_object=new_object,
             zone_box=zone_box,
             zone_area_px=float(zr.geometry.area(frame_size)),
+            zone_polygon=polygon,
             scene=scene,
             head_thresholds=self.head_thresholds,
             static_fraction=static_fraction,

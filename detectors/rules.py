@@ -68,6 +68,8 @@ class ZoneObservation:
     head_thresholds: Mapping[str, float] = field(default_factory=dict)
     static_fraction: float | None = None
     static_bbox: Box | None = None
+    # The zone's polygon in the frame's pixels, (N, 2); None: the zone is its box.
+    zone_polygon: NDArray[np.float32] | None = None
     # Every detection of the frame, inside the zone or not: what may stand in front of it.
     frame_xyxy: NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     frame_confidence: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
@@ -293,13 +295,82 @@ def _static_confidence(area: float, min_area: float) -> float:
     return min(1.0, 0.5 + 0.25 * (area / min_area - 1.0))
 
 
+def _shoelace(points: NDArray[np.float64]) -> float:
+    """The area of the polygon ``points`` (N, 2)."""
+    if len(points) < 3:
+        return 0.0
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
+
+
+def _clip(points: NDArray[np.float64], axis: int, bound: float, below: bool) -> NDArray[np.float64]:
+    """The polygon ``points`` cut to the half-plane ``points[:, axis]`` <= ``bound`` (``below``)
+    or >= it (Sutherland–Hodgman, one edge of the window). A concave polygon may come out with
+    edges running to and fro along the bound: they enclose nothing, so its area is right."""
+    if len(points) == 0:
+        return points
+    v = points[:, axis]
+    inside = v <= bound if below else v >= bound
+    after = np.roll(points, -1, axis=0)
+    after_inside = np.roll(inside, -1)
+    with np.errstate(divide="ignore", invalid="ignore"):  # edges along the bound: not used
+        share = (bound - v) / (after[:, axis] - v)
+        crossing = points + share[:, None] * (after - points)
+    crossing[:, axis] = bound
+    # Each edge gives its crossing of the bound where it has one, then its end point if kept.
+    out = np.stack([crossing, after], axis=1)
+    keep = np.stack([inside != after_inside, after_inside], axis=1)
+    kept: NDArray[np.float64] = out[keep]
+    return kept
+
+
+def _covered(obs: ZoneObservation, objects: NDArray[np.bool_]) -> float:
+    """The share of the zone that the union of the ``objects``' boxes covers.
+
+    The union is cut into the disjoint cells of the grid its boxes' edges draw (runs of
+    covered cells in a row joined), and each is clipped from the zone's polygon exactly: a box
+    reaching out of the zone counts only inside it, and boxes overlapping count once.
+    """
+    if obs.zone_polygon is None:
+        x1, y1, x2, y2 = obs.zone_box
+        zone = np.asarray([[x1, y1], [x2, y1], [x2, y2], [x1, y2]], np.float64)
+    else:
+        zone = np.asarray(obs.zone_polygon, np.float64).reshape(-1, 2)
+    zone_area = _shoelace(zone)
+    boxes = obs.xyxy[objects].astype(np.float64)
+    if zone_area <= 0 or len(boxes) == 0:
+        return 0.0
+    xs, ys = np.unique(boxes[:, [0, 2]]), np.unique(boxes[:, [1, 3]])
+    cx, cy = (xs[:-1] + xs[1:]) / 2, (ys[:-1] + ys[1:]) / 2
+    cells = np.asarray(
+        (
+            (boxes[:, None, None, 0] <= cx[None, None, :])
+            & (cx[None, None, :] <= boxes[:, None, None, 2])
+            & (boxes[:, None, None, 1] <= cy[None, :, None])
+            & (cy[None, :, None] <= boxes[:, None, None, 3])
+        ).any(axis=0),
+        dtype=bool,
+    )
+    covered = 0.0
+    for row, filled in enumerate(cells):
+        edges = np.flatnonzero(np.diff(np.concatenate([[False], filled, [False]])))
+        for start, end in edges.reshape(-1, 2).tolist():
+            piece = zone
+            for axis, bound, below in (
+                (0, xs[start], False),
+                (0, xs[end], True),
+                (1, ys[row], False),
+                (1, ys[row + 1], True),
+            ):
+                piece = _clip(piece, axis, float(bound), below)
+            covered += _shoelace(piece)
+    return min(covered / zone_area, 1.0)
+
+
 def _static_presence(
     obs: ZoneObservation, p: StaticForegroundParams, objects: NDArray[np.bool_]
 ) -> Presence | None:
-    area = obs.static_fraction or 0.0
-    if objects.any() and obs.zone_area_px > 0:
-        wh = obs.xyxy[objects, 2:] - obs.xyxy[objects, :2]
-        area += float((wh[:, 0] * wh[:, 1]).sum()) / obs.zone_area_px
+    area = (obs.static_fraction or 0.0) + _covered(obs, objects)
     if area < p.min_area:
         return None
     found = _presence(obs, objects, _static_confidence(area, p.min_area))

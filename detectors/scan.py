@@ -481,6 +481,7 @@ class Judge:
             new_object=np.ones(len(idx), dtype=bool),
             zone_box=(zx1 * w, zy1 * h, zx2 * w, zy2 * h),
             zone_area_px=float(geometry.area(size)),
+            zone_polygon=np.asarray(geometry.polygon, np.float32) * np.asarray([w, h], np.float32),
             scene=self.scene(result, geometry.bbox) if scored else {},
             head_thresholds=self.thresholds,
             frame_xyxy=det.xyxy,

@@ -687,6 +687,65 @@ def test_static_foreground_rules(
     assert (piled_materials(obs, PiledMaterialsParams()) is not None) is piled
 
 
+SQUARE = ((0, 0), (100, 0), (100, 100), (0, 100))
+TRIANGLE = ((0, 0), (100, 0), (0, 100))  # the half of the square above its diagonal
+L_SHAPE = ((0, 0), (100, 0), (100, 50), (50, 50), (50, 100), (0, 100))  # concave, 7500 px²
+
+
+@pytest.mark.parametrize(
+    ("polygon", "boxes", "min_area", "covered"),
+    [
+        # 1100 px² of box, 600 of them inside the zone: 6 %, not the 11 % the box holds.
+        (SQUARE, [(40, 90, 150, 100)], 0.1, None),
+        (SQUARE, [(40, 90, 150, 100)], 0.05, 0.06),
+        # Two detections of one table cover its 15 % once, not 30 %.
+        (SQUARE, [(0, 0, 100, 15), (0, 0, 100, 15)], 0.2, None),
+        # Overlapping boxes: 20 % together, not 24 %.
+        (SQUARE, [(0, 0, 60, 20), (40, 0, 100, 20)], 0.21, None),
+        (SQUARE, [(0, 0, 60, 20), (40, 0, 100, 20)], 0.2, 0.2),
+        (SQUARE, [(0, 0, 100, 25)], 0.2, 0.25),
+        (SQUARE, [(-50, -50, 150, 150)], 0.2, 1.0),
+        # Any polygon: the box's part below the triangle's diagonal is out of the zone.
+        (TRIANGLE, [(50, 50, 100, 100)], 0.01, None),
+        (TRIANGLE, [(0, 0, 50, 50)], 0.4, 0.5),
+        (TRIANGLE, [(0, 0, 100, 100)], 0.2, 1.0),
+        (L_SHAPE, [(50, 50, 100, 100)], 0.01, None),
+        (L_SHAPE, [(25, 25, 75, 75)], 0.2, 1875 / 7500),
+    ],
+)
+def test_shop_front_counts_the_zone_its_objects_cover(
+    polygon: tuple[tuple[float, float], ...],
+    boxes: list[tuple[float, float, float, float]],
+    min_area: float,
+    covered: float | None,
+) -> None:
+    """The new objects must cover min_area of the zone: their boxes' union within its polygon,
+    not the boxes' areas summed, in the zone or not."""
+    n = len(boxes)
+    xy = np.asarray(polygon, np.float32)
+    obs = ZoneObservation(
+        xyxy=np.asarray(boxes, np.float32),
+        confidence=np.full(n, 0.8, np.float32),
+        labels=("dining table",) * n,
+        track_id=np.arange(1, n + 1, dtype=np.int64),
+        displacement=np.zeros(n, np.float32),
+        observed_s=np.full(n, 10.0, np.float32),
+        new_object=np.ones(n, bool),
+        zone_box=(*xy.min(axis=0).tolist(), *xy.max(axis=0).tolist()),
+        zone_area_px=10_000.0,
+        static_fraction=0.0,
+        zone_polygon=xy,
+    )
+    found = shop_front_occupation(obs, ShopFrontParams(min_area=min_area))
+    if covered is None:
+        assert found is None
+    else:
+        assert found is not None
+        expected = min(1.0, 0.5 + 0.25 * (covered / min_area - 1.0))
+        assert found.confidence == pytest.approx(expected)
+        assert found.labels == ("dining table",) * n
+
+
 def test_static_confidence_grows_with_area() -> None:
     small = piled_materials(observe(static=0.05), PiledMaterialsParams())
     large = piled_materials(observe(static=0.2), PiledMaterialsParams())
