@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import queue
+import shlex
 import threading
 import time
 from collections import Counter
@@ -17,7 +18,7 @@ from gridpatrol.ingest.messages import Frame, MessageError
 from gridpatrol.ingest.mqtt import Message, MqttConnection
 from gridpatrol.ingest.patrol import PatrolScheduler, patrol_overload
 from gridpatrol.ingest.receiver import LetterLimit, publish_dead_letter
-from gridpatrol.ingest.reliable import error_text
+from gridpatrol.ingest.reliable import ERROR_CHARS, error_text
 from gridpatrol.ingest.snapshot import encode_reply, parse_request
 from gridpatrol.ingest.sources import (
     NO_FRAME,
@@ -84,6 +85,22 @@ def _boost_number(body: dict[str, object], key: str, default: float) -> float:
     return number
 
 
+def retained_bad_topic_error(what: str, topic: str) -> str:
+    """The ``error`` of the letter of a retained ``what`` on ``topic``, one no camera can have:
+    that it is retained, and the command that clears it, the topic quoted for a POSIX shell
+    (a quote or a space in it is an id no camera can have, so a common case). A command that
+    would be cut at ERROR_CHARS, as the letter's error is, is left out: a cut one would run
+    with the topic's start, or not at all."""
+    said = (
+        f"a retained {what}, handed over again at every connection and dead-lettered only this "
+        "once; an empty retained message on its topic clears it"
+    )
+    command = f": mosquitto_pub -r -n -t {shlex.quote(topic)}"
+    if len(said) + len(command) <= ERROR_CHARS:
+        return said + command
+    return said + " (mosquitto_pub -r -n -t with the letter's topic, too long to quote here)"
+
+
 class IngestService:
     """Publishes every camera of ``cameras`` whose source is not ``mqtt``."""
 
@@ -95,6 +112,7 @@ class IngestService:
         *,
         base_dir: Path | None = None,
         progress_s: float = 10.0,
+        letters: LetterLimit | None = None,
     ) -> None:
         self.site = site
         self.conn = conn
@@ -127,7 +145,10 @@ class IngestService:
         self.rejected: Counter[str] = Counter()  # the same, by reason
         # A client sending garbage requests or boosts at thousands a second got a letter and a
         # warning line each: as watch-frames, a few per topic and window, the others counted.
-        self.letters = LetterLimit(what="malformed requests and boosts", topics="topic", logger=log)
+        # ``letters`` is another limit: a test's, with a clock of its own to end a window.
+        self.letters = letters or LetterLimit(
+            what="malformed requests and boosts", topics="topic", logger=log
+        )
         # The request and the patrol loops reject. Held around the counts and the limit's
         # admit together (always taken before the limit's own lock), so that the progress line
         # never reads a rejection counted in one figure and not yet in another.
@@ -139,7 +160,9 @@ class IngestService:
         self._cleared_said: set[str] = set()  # topics whose empty message was logged
         # Topics no camera can have whose retained message was dead-lettered: the broker hands
         # it over again at every subscription, and a letter and a warning at each were noise.
-        # Under _rejected_lock, as stale_bad: the hand-overs not dead-lettered.
+        # Only those whose letter the limit admitted (one refused must get its letter at a
+        # later hand-over), till an empty message clears the topic. Under _rejected_lock, as
+        # stale_bad: the hand-overs not dead-lettered.
         self._bad_retained: set[str] = set()
         self.stale_bad: int = 0
         self._requests = conn.subscribe(
@@ -493,29 +516,38 @@ class IngestService:
     def _bad_topic(self, message: Message, what: str) -> None:
         """Dead-letter ``message``, on a topic no camera can have, as ``bad_topic``. A retained
         one is handed over again at every subscription (each start and reconnection): it is
-        dead-lettered once per topic for the process's life, the letter and the warning saying
-        it is retained and how to clear it, and only counted as retained (ignored) after that,
-        as are those on topics past the first RETAINED_BAD_TOPICS."""
+        dead-lettered once per topic, the letter and the warning saying it is retained and how
+        to clear it, and only counted as retained (ignored) after that, as are those on topics
+        past the first RETAINED_BAD_TOPICS. A topic is taken as lettered only when the letter
+        limit admitted its letter, and forgotten when the empty message that clears it comes
+        (without the flag, as the broker hands it to subscribers already there): that one is
+        the fix the letter asked for, said at INFO, not a new fault to dead-letter."""
+        topic = message.topic
         if not message.retain:
+            if not message.payload:
+                with self._rejected_lock:
+                    cleared = topic in self._bad_retained
+                    self._bad_retained.discard(topic)
+                if cleared:
+                    log.info(
+                        "the retained %s on %s was cleared (an empty message there, not "
+                        "dead-lettered); a retained one there again is dead-lettered again",
+                        what,
+                        topic,
+                    )
+                    return
             self._dead_letter("bad_topic", message)
             return
         with self._rejected_lock:
-            first = (
-                message.topic not in self._bad_retained
-                and len(self._bad_retained) < RETAINED_BAD_TOPICS
-            )
-            if first:
-                self._bad_retained.add(message.topic)
-            else:
+            known = topic in self._bad_retained or len(self._bad_retained) >= RETAINED_BAD_TOPICS
+            if known:
                 self.stale_bad += 1
-        if first:
-            self._dead_letter(
-                "bad_topic",
-                message,
-                f"a retained {what}, handed over again at every connection and dead-lettered "
-                "only this once; an empty retained message on its topic clears it: "
-                f"mosquitto_pub -r -n -t '{message.topic}'",
-            )
+        if known:
+            return
+        if self._dead_letter("bad_topic", message, retained_bad_topic_error(what, topic)):
+            with self._rejected_lock:
+                if len(self._bad_retained) < RETAINED_BAD_TOPICS:
+                    self._bad_retained.add(topic)
 
     def _cleared(self, message: Message, what: str) -> bool:
         """Whether ``message`` is empty, and so ignored: an empty retained message clears the
@@ -543,13 +575,15 @@ class IngestService:
 
     def _dead_letter(
         self, reason: str, message: Message, error: str = "", exc: BaseException | None = None
-    ) -> None:
+    ) -> bool:
+        """Count the rejection; dead-letter and log it when the letter limit admits it, and
+        say whether it did."""
         with self._rejected_lock:
             self.bad_requests += 1
             self.rejected[reason] += 1
             admitted = self.letters.admit(message.topic, reason)
         if not admitted:
-            return
+            return False
         publish_dead_letter(self.conn, reason, message, error)
         log.warning(
             "dead-lettered %s %s from %s: %s",
@@ -559,6 +593,7 @@ class IngestService:
             message.payload[:60],
             exc_info=exc,
         )
+        return True
 
     def _republish_status(self, _conn: MqttConnection) -> None:
         # A broker without persistence forgets retained statuses when it restarts.
