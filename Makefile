@@ -94,11 +94,12 @@ browser: $(VENV)/.installed-dev
 
 # The demo's detector needs the Ultralytics extra only when no weights it runs without it are at
 # hand (GRIDPATROL_MODEL, else the manifest's default in models/, $GRIDPATROL_SHARED/models or
-# the cache; not a .pt) and downloads are allowed: it then downloads and exports the model. The
-# package decides (extra_would_help): status 10 in that case; any other failure (GRIDPATROL_MODEL
-# that does not exist, an incomplete IR, GRIDPATROL_OFFLINE with nothing at hand) stops with
-# the resolver's message, as PyTorch would not help there. With a target of the full set on the
-# same command line the demo uses that install: one pip at a time writes into the venv.
+# the cache; not a .pt) and downloads are allowed, or its Ultralytics weights are in the cache: it
+# then downloads and exports the model. The package decides (extra_would_help): status 10 in that
+# case; any other failure (GRIDPATROL_MODEL that does not exist, a .pt name Ultralytics does not
+# publish, an incomplete IR, GRIDPATROL_OFFLINE with nothing at hand) stops with the resolver's
+# message, as PyTorch would not help there. With a target of the full set on the same command
+# line the demo uses that install: one pip at a time writes into the venv.
 DEV_GOALS := setup test pytest lint format typecheck bench constraints services browser
 DEMO_ENV := $(VENV)/$(if $(filter $(DEV_GOALS),$(MAKECMDGOALS)),.installed-dev,.installed)
 MODEL_CHECK := import sys; from gridpatrol.detectors.models import extra_would_help; \
@@ -111,8 +112,8 @@ demo: $(DEMO_ENV) links
 	  $(BIN)/pip install -q -c constraints.txt -e '.[ultralytics]' || \
 	    echo "installing the ultralytics extra failed: the demo has no model to run" >&2; \
 	elif [ $$status != 0 ]; then \
-	  echo "the demo cannot run as it is (above): installing the ultralytics extra would not" \
-	    "help, so nothing was installed" >&2; exit 1; fi
+	  echo "the demo cannot run as it is (above), and the ultralytics extra was not installed:" \
+	    "it would not help" >&2; exit 1; fi
 	$(BIN)/gridpatrol demo
 
 test: setup lint pytest

@@ -19,6 +19,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -191,7 +192,7 @@ def resolve_model(
             path = Path(explicit).expanduser()
             if path.exists():
                 return spec_from_path(path, source, manifest)
-            if path.suffix == ".pt" and path.parent == Path():
+            if _downloadable(explicit):
                 entry = ManifestEntry(path.stem, path.name, f"{path.stem}_openvino_model")
             else:
                 raise ModelNotFoundError(
@@ -203,6 +204,24 @@ def resolve_model(
     if entry is None:
         raise ModelNotFoundError(f"models/manifest.yaml: default {manifest.default!r} not listed")
     return _resolve_entry(entry, manifest, download)
+
+
+# Ultralytics' own detection weights, for when its list of published names cannot be read (the
+# extra is not installed): the current families at their five sizes, all of them in that list.
+PUBLISHED_WEIGHTS = re.compile(r"yolo(v8|11|12|26)[nsmlx]\.pt")
+
+
+def _downloadable(name: str) -> bool:
+    """Whether Ultralytics would download ``name``: a bare file name (a path with a folder, even
+    ``./``, is a file the user has, or not) that it publishes. Any other .pt that is not there
+    would only fail after the extra (several GB) was installed for it."""
+    if "/" in name or (os.altsep and os.altsep in name) or not name.endswith(".pt"):
+        return False
+    if ultralytics_available():
+        from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+        return name in GITHUB_ASSETS_NAMES
+    return PUBLISHED_WEIGHTS.fullmatch(name) is not None
 
 
 def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) -> ModelSpec:
@@ -265,22 +284,29 @@ def _not_found_message(entry: ManifestEntry, why: str) -> str:
         f"(`make links` links it from $GRIDPATROL_SHARED/models);\n"
         f"  2. pass --model PATH or set GRIDPATROL_MODEL=PATH to an OpenVINO IR folder, "
         f".xml, .onnx or .pt file;\n"
-        f"  3. put {entry.ultralytics} into {cache_dir()}/ (or allow internet access) and "
+        f"  3. put {entry.ultralytics} into {cache_dir()}/ "
+        f"({'or unset GRIDPATROL_OFFLINE' if _offline() else 'or allow internet access'}) and "
         f"install the extra: pip install 'gridpatrol[ultralytics]'; it is exported to "
         f"OpenVINO once into {cache_dir()}/."
     )
 
 
+def _offline() -> bool:
+    return os.environ.get("GRIDPATROL_OFFLINE", "") not in ("", "0")
+
+
 def _download_and_export(entry: ManifestEntry) -> Path:
-    if os.environ.get("GRIDPATROL_OFFLINE", "") not in ("", "0"):
+    # Weights already in the cache are exported where they are: that downloads nothing, so
+    # GRIDPATROL_OFFLINE does not stand in its way (the not-found message tells users to do so).
+    cached = (cache_dir() / entry.ultralytics).is_file()
+    if _offline() and not cached:
         raise ModelNotFoundError(
             _not_found_message(entry, "downloads are off (GRIDPATROL_OFFLINE)")
         )
     if not ultralytics_available():
+        does = f"exports {cache_dir() / entry.ultralytics}" if cached else "downloads weights"
         raise DownloadNeedsExtraError(
-            _not_found_message(
-                entry, "the ultralytics extra that downloads weights is not installed"
-            )
+            _not_found_message(entry, f"the ultralytics extra that {does} is not installed")
         )
     from gridpatrol.detectors import ultralytics_backend
 
@@ -551,10 +577,11 @@ def extra_would_help(arg: str | None = None) -> tuple[int, str]:
     """Whether the model ``arg`` (else GRIDPATROL_MODEL, else the manifest's default) runs as
     installed, for ``make demo``: ``(0, "")`` when it does, or when the ultralytics extra is
     there (it downloads and exports what is missing itself); ``(NEEDS_ULTRALYTICS, "")`` when
-    installing the extra is what would help (a .pt, or no weights on disk and downloads
-    allowed); ``(1, message)`` with the resolver's own message when it would not (a path that
-    does not exist, an incomplete IR, GRIDPATROL_OFFLINE with nothing on disk), as installing
-    several GB of PyTorch there would only hide the cause."""
+    installing the extra is what would help (a .pt, the Ultralytics weights in the cache, or no
+    weights on disk and downloads allowed); ``(1, message)`` with the resolver's own message
+    when it would not (a path that does not exist, a .pt name Ultralytics does not publish, an
+    incomplete IR, GRIDPATROL_OFFLINE with nothing on disk), as installing several GB of
+    PyTorch there would only hide the cause."""
     if ultralytics_available():
         return 0, ""
     try:

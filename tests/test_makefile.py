@@ -341,13 +341,22 @@ def test_the_demo_after_the_tests_setup_installs_nothing(tmp_path: Path, shared_
     assert _demo_runs(root) == ["gridpatrol demo"]
 
 
+@pytest.mark.parametrize(
+    ("env", "cached"),
+    [({}, False), ({"GRIDPATROL_OFFLINE": "1"}, True)],
+    ids=["nothing-at-hand", "offline-weights-in-cache"],
+)
 def test_the_demo_installs_the_ultralytics_extra_where_no_model_is_at_hand(
-    tmp_path: Path,
+    tmp_path: Path, env: dict[str, str], cached: bool
 ) -> None:
-    """No shared models, nothing in models/ or the cache: the extra that downloads and exports
-    the manifest's model is installed first, and the demo says so."""
+    """No shared models, nothing in models/ or the cache, or downloads off with the manifest's
+    Ultralytics weights in the cache: the extra that downloads or exports the manifest's model
+    is installed first, and the demo says so."""
     root = _demo_checkout(tmp_path)
-    done = _make_with(root, "demo", tmp_path / "no-shared")
+    if cached:
+        (tmp_path / "cache" / "models").mkdir(parents=True)
+        (tmp_path / "cache" / "models" / "yolo11n.pt").write_bytes(b"weights")
+    done = _make_with(root, "demo", tmp_path / "no-shared", **env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         *(f".venv/bin/pip {call}" for call in DEMO_INSTALL),
@@ -381,6 +390,13 @@ def _incomplete_ir(root: Path) -> None:
             " .onnx or .pt file, or one of ['yolo11n', 'yolov8n']",
         ),
         (
+            {"GRIDPATROL_MODEL": "./mymodel.pt"},
+            True,
+            None,
+            "model './mymodel.pt' (environment) does not exist: give an OpenVINO IR folder, an"
+            " .xml, .onnx or .pt file, or one of ['yolo11n', 'yolov8n']",
+        ),
+        (
             {"GRIDPATROL_OFFLINE": "1"},
             False,
             None,
@@ -395,7 +411,7 @@ def _incomplete_ir(root: Path) -> None:
             " its weights yolo11n.bin are missing; copy the whole folder",
         ),
     ],
-    ids=["model-missing", "offline-no-model", "ir-without-bin"],
+    ids=["model-missing", "unpublished-pt", "offline-no-model", "ir-without-bin"],
 )
 def test_the_demo_installs_no_pytorch_where_it_would_not_help(
     tmp_path: Path,
@@ -417,8 +433,8 @@ def test_the_demo_installs_no_pytorch_where_it_would_not_help(
     assert said in done.stderr
     assert "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-2:] == [
-        "the demo cannot run as it is (above): installing the ultralytics extra would not help,"
-        " so nothing was installed",
+        "the demo cannot run as it is (above), and the ultralytics extra was not installed: it"
+        " would not help",
         done.stderr.splitlines()[-1],
     ]
     assert done.stderr.splitlines()[-1].endswith("demo] Error 1")

@@ -401,13 +401,35 @@ def test_ultralytics_name_without_extra_or_weights(
             (1, "; downloads are off (GRIDPATROL_OFFLINE).\n"),
         ),
         ({"GRIDPATROL_MODEL": "{tmp}/missing"}, None, (1, "(environment) does not exist")),
+        ({"GRIDPATROL_MODEL": "./mymodel.pt"}, None, (1, "(environment) does not exist")),
+        ({"GRIDPATROL_MODEL": "mymodel.pt"}, None, (1, "(environment) does not exist")),
+        ({"GRIDPATROL_MODEL": "./yolov8s.pt"}, None, (1, "(environment) does not exist")),
+        ({"GRIDPATROL_MODEL": "yolov8s.pt"}, None, (NEEDS_ULTRALYTICS, "")),  # published
+        (
+            {"GRIDPATROL_SHARED": "{tmp}/elsewhere", "GRIDPATROL_OFFLINE": "1"},
+            "cache/models/yolo11n.pt",
+            (NEEDS_ULTRALYTICS, ""),  # exporting the cached weights downloads nothing
+        ),
         (
             {"GRIDPATROL_MODEL": "{tmp}/copy_openvino_model/yolo11n.xml"},
             "copy_openvino_model/yolo11n.xml",
             (1, "is an incomplete OpenVINO IR"),
         ),
     ],
-    ids=["ir-at-hand", "nothing", "pt", "pt-offline", "nothing-offline", "missing", "no-bin"],
+    ids=[
+        "ir-at-hand",
+        "nothing",
+        "pt",
+        "pt-offline",
+        "nothing-offline",
+        "missing",
+        "unpublished-pt-in-cwd",
+        "unpublished-pt-name",
+        "published-pt-in-cwd",
+        "published-pt-name",
+        "pt-in-cache-offline",
+        "no-bin",
+    ],
 )
 def test_the_extra_would_help_only_where_it_downloads_or_loads_the_model(
     isolated: Path,
@@ -431,6 +453,68 @@ def test_the_extra_would_help_only_where_it_downloads_or_loads_the_model(
     assert extra_would_help() == (0, "")
 
 
+def _export_by_copying(monkeypatch: pytest.MonkeyPatch, shared_dir: Path) -> list[tuple[str, Path]]:
+    """Ultralytics' download and export replaced by copying the shared IR into the cache, which
+    is what they leave behind; the list gets the weights and cache of every call."""
+    from gridpatrol.detectors import ultralytics_backend
+
+    calls: list[tuple[str, Path]] = []
+
+    def fake_export(weights: str, cache: Path) -> Path:
+        calls.append((weights, cache))
+        folder = cache / f"{Path(weights).stem}_openvino_model"
+        shutil.copytree(shared_dir / "models" / "yolo11n_int8_openvino_model", folder)
+        return folder
+
+    monkeypatch.setattr(ultralytics_backend, "export_openvino", fake_export)
+    return calls
+
+
+@pytest.mark.parametrize("available", [True, False], ids=["with-extra", "without-extra"])
+def test_the_weights_ultralytics_publishes_are_known_without_it(
+    isolated: Path, monkeypatch: pytest.MonkeyPatch, available: bool
+) -> None:
+    """A .pt that is not there is downloaded only by a name Ultralytics publishes, given without
+    a folder. Without the extra its list of those names cannot be read: the names taken for
+    downloadable then are all in it, and any other is refused the same both ways."""
+    from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
+
+    known = [f"yolo{v}{k}.pt" for v in ("v8", "11", "12", "26") for k in "nsmlx"]
+    assert set(known) <= GITHUB_ASSETS_NAMES
+    monkeypatch.setattr(models, "ultralytics_available", lambda: available)
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
+    for name in known:  # taken for Ultralytics' name: looked for, then downloaded
+        with pytest.raises(ModelNotFoundError, match=r"; this command does not download\.\n"):
+            resolve_model(name, download=False)
+    for name in ("mymodel.pt", "./mymodel.pt", "./yolo11s.pt", "yolov9n.pt", "yolo11s.onnx"):
+        with pytest.raises(ModelNotFoundError, match=r"\(argument\) does not exist"):
+            resolve_model(name, download=False)
+
+
+def test_cached_weights_are_exported_offline(
+    isolated: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRIDPATROL_OFFLINE with yolo11n.pt in the cache, as the not-found message says to put it:
+    the weights are exported there, which downloads nothing."""
+    monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
+    monkeypatch.setenv("GRIDPATROL_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="downloads are off") as refused:
+        resolve_model(None)
+    cache = isolated / "cache" / "models"
+    assert f"put yolo11n.pt into {cache}/ (or unset GRIDPATROL_OFFLINE) and" in str(refused.value)
+    assert "internet" not in str(refused.value)
+    cache.mkdir(parents=True)
+    (cache / "yolo11n.pt").write_bytes(b"weights")
+    calls = _export_by_copying(monkeypatch, shared_dir)
+    spec = resolve_model(None)
+    assert calls == [("yolo11n.pt", cache)]
+    assert (spec.name, spec.source, spec.path) == (
+        "yolo11n",
+        "download",
+        cache / "yolo11n_openvino_model" / "yolo11n.xml",
+    )
+
+
 def test_ultralytics_weights_name_maps_to_the_manifest_entry(isolated: Path) -> None:
     spec = resolve_model("yolo11n.pt")  # no file of that name here: the manifest entry's folder
     assert (spec.name, spec.format) == ("yolo11n", "openvino")
@@ -447,18 +531,8 @@ def test_download_and_export_happen_once_then_the_cache_is_used(
 ) -> None:
     """No internet here: the Ultralytics download + export is replaced by copying the shared
     export into the cache, which is what a successful export leaves behind."""
-    from gridpatrol.detectors import ultralytics_backend
-
     monkeypatch.setenv("GRIDPATROL_SHARED", str(isolated / "elsewhere"))
-    calls: list[tuple[str, Path]] = []
-
-    def fake_export(weights: str, cache: Path) -> Path:
-        calls.append((weights, cache))
-        folder = cache / f"{Path(weights).stem}_openvino_model"
-        shutil.copytree(shared_dir / "models" / "yolo11n_int8_openvino_model", folder)
-        return folder
-
-    monkeypatch.setattr(ultralytics_backend, "export_openvino", fake_export)
+    calls = _export_by_copying(monkeypatch, shared_dir)
     first = resolve_model(None)
     assert calls == [("yolo11n.pt", isolated / "cache" / "models")]
     assert first.source == "download" and first.name == "yolo11n"
