@@ -1588,14 +1588,22 @@ class CandidateService:
         """Confirmed candidates at positions (previous, cursor], locked in id order.
 
         Locked because the ack rewrites their documents: a concurrent PATCH or stage report
-        must not be overwritten (after waiting, PostgreSQL checks the status again).
+        must not be overwritten. After waiting for a row, PostgreSQL checks the conditions on
+        the row itself again, not the subquery on ``feed`` (read before the wait): so the
+        position is asked of the row too, or a case a PATCH moved past ``cursor`` meanwhile
+        would be pulled by the ack of the position it left.
         """
         positions = select(FeedRow.candidate_id).where(
             FeedRow.position > previous, FeedRow.position <= cursor
         )
         return (
             select(CandidateRow)
-            .where(CandidateRow.id.in_(positions), CandidateRow.status == "confirmed")
+            .where(
+                CandidateRow.id.in_(positions),
+                CandidateRow.status == "confirmed",
+                CandidateRow.feed_pos > previous,
+                CandidateRow.feed_pos <= cursor,
+            )
             .order_by(CandidateRow.id)
             .with_for_update(of=CandidateRow)
         )

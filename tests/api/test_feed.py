@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.pool import NullPool
 
 from .conftest import LongPoll
 from .test_auth_meta import feed_lag
 from .test_candidates import WatchedLock
+from .test_intake_consistency import on_postgres_only
 
 FEED = "/api/v1/feed"
 SH = ZoneInfo("Asia/Shanghai")
@@ -327,6 +332,69 @@ def test_concurrent_acks_of_one_token_keep_the_furthest_cursor(make_api: Any) ->
         assert together(calls) == [204] * len(cursors)
         assert feed(apis[0]) == {"items": [], "next_cursor": str(last)}
         assert all(actions(doc_of(apis[0], cid), "pulled") == 1 for cid in ids)
+
+
+@contextmanager
+def side_connections(db_url: str) -> Iterator[tuple[sa.Connection, sa.Connection]]:
+    """A connection to hold locks as another worker's transaction would, and one in autocommit
+    to watch who waits for whom (pg_stat_activity is read once per transaction)."""
+    engine = sa.create_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as holder, engine.connect() as watcher:
+            yield holder, watcher.execution_options(isolation_level="AUTOCOMMIT")
+    finally:
+        engine.dispose()
+
+
+def backend_of(conn: sa.Connection) -> int:
+    return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def waiting_for(watcher: sa.Connection, pid: int) -> int:
+    """The backend that waits for a lock ``pid`` holds, once one does."""
+    query = sa.text(
+        "SELECT pid FROM pg_stat_activity WHERE CAST(:pid AS integer) = ANY(pg_blocking_pids(pid))"
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        waiter = watcher.execute(query, {"pid": pid}).scalar()
+        if waiter is not None:
+            return int(waiter)
+        time.sleep(0.02)
+    raise AssertionError(f"no backend came to wait for backend {pid}")
+
+
+@on_postgres_only
+def test_an_ack_of_the_position_a_case_is_leaving_does_not_pull_it(
+    make_api: Any, db_url: str
+) -> None:
+    """The ack of a case's old position, while a PATCH moves it, leaves it to the ack of its
+    new position: the ack's look at the feed was taken before it waited for the case."""
+    apis = [make_api(), make_api()]
+    a, b = batch(apis[0], 2, "smoke")  # auto-confirmed: positions 1 and 2
+    with side_connections(db_url) as (holder, watcher), ThreadPoolExecutor(2) as pool:
+        with holder.begin():
+            # A create or release in another worker, holding the feed counter.
+            holder.exec_driver_sql("SELECT last FROM feed_counter WHERE id = 1 FOR UPDATE")
+            patched = pool.submit(patch, apis[0], a)
+            # The PATCH holds A and has taken it from position 1; it waits for the counter.
+            patching = waiting_for(watcher, backend_of(holder))
+            acked = pool.submit(ack, apis[1], "platform", 1)
+            # The ack found A at position 1 and waits for the PATCH's lock on it.
+            waiting_for(watcher, patching)
+        assert (patched.result(timeout=60), acked.result(timeout=60)) == (200, 204)
+    doc = doc_of(apis[0], a)
+    assert (doc["description"], doc["status"], actions(doc, "pulled")) == (
+        f"patched {a}",
+        "confirmed",
+        0,
+    )
+    page = feed(apis[0], cursor="1")
+    assert ([c["id"] for c in page["items"]], page["next_cursor"]) == ([b, a], "3")
+    assert ack(apis[0], "platform", 3) == 204
+    for cid in (a, b):
+        doc = doc_of(apis[0], cid)
+        assert (doc["status"], actions(doc, "pulled")) == ("pulled", 1)
 
 
 def test_crossed_merges_one_wins_the_other_is_refused(make_api: Any) -> None:
