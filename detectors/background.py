@@ -43,6 +43,10 @@ FloatImage = NDArray[np.float32]
 Mask = NDArray[np.bool_]
 Polygon = tuple[tuple[float, float], ...]
 Light = tuple[float, float]  # gain, offset: S ≈ gain·B + offset
+CropBox = tuple[int, int, int, int]  # c1, r1, c2, r2 in the small frame's pixels
+
+# The static mask is cleaned by an opening of this many pixels square (of the small frame).
+OPEN_PX = 3
 
 
 @dataclass(frozen=True)
@@ -172,18 +176,37 @@ def _alpha(dt: float, tau: float) -> float:
     return 1.0 - math.exp(-max(dt, 0.0) / tau)
 
 
-def _open(mask: Mask) -> Mask:
-    """3×3 morphological opening: drops isolated pixels (noise, compression artefacts)."""
-    padded = np.pad(mask, 1, constant_values=False)
+def crop_of(bbox: tuple[float, float, float, float], small: tuple[int, int]) -> CropBox:
+    """The pixels (c1, r1, c2, r2) of the small frame of ``small`` (width, height) a zone of the
+    normalized ``bbox`` is modelled on: at least one pixel each way."""
+    x1, y1, x2, y2 = bbox
+    c1, r1 = int(x1 * small[0]), int(y1 * small[1])
+    c2, r2 = max(math.ceil(x2 * small[0]), c1 + 1), max(math.ceil(y2 * small[1]), r1 + 1)
+    return c1, r1, c2, r2
+
+
+def eroded(mask: Mask) -> Mask:
+    """The pixels whose OPEN_PX × OPEN_PX block lies within ``mask`` (outside it is False)."""
+    reach = OPEN_PX // 2
+    padded = np.pad(mask, reach, constant_values=False)
     h, w = mask.shape
-    eroded = np.ones_like(mask)
-    for dy in range(3):
-        for dx in range(3):
-            eroded &= padded[dy : dy + h, dx : dx + w]
-    padded = np.pad(eroded, 1, constant_values=False)
+    out = np.ones_like(mask)
+    for dy in range(OPEN_PX):
+        for dx in range(OPEN_PX):
+            out &= padded[dy : dy + h, dx : dx + w]
+    return out
+
+
+def _open(mask: Mask) -> Mask:
+    """OPEN_PX × OPEN_PX morphological opening: drops isolated pixels (noise, compression
+    artefacts). Nothing survives it where the zone's own mask (within its crop) holds no such
+    block: the site file refuses a background rule on a zone that thin."""
+    reach = OPEN_PX // 2
+    padded = np.pad(eroded(mask), reach, constant_values=False)
+    h, w = mask.shape
     dilated = np.zeros_like(mask)
-    for dy in range(3):
-        for dx in range(3):
+    for dy in range(OPEN_PX):
+        for dx in range(OPEN_PX):
             dilated |= padded[dy : dy + h, dx : dx + w]
     return dilated
 

@@ -624,9 +624,7 @@ class CameraPipeline:
         if not zr.bg_params or gray is None:
             return {}
         small = (gray.shape[1], gray.shape[0])
-        x1, y1, x2, y2 = zr.geometry.bbox
-        c1, r1 = int(x1 * small[0]), int(y1 * small[1])
-        c2, r2 = max(int(np.ceil(x2 * small[0])), c1 + 1), max(int(np.ceil(y2 * small[1])), r1 + 1)
+        c1, r1, c2, r2 = bg.crop_of(zr.geometry.bbox, small)
         crop = gray[r1:r2, c1:c2]
         zone_mask = zr.geometry.mask(small)[r1:r2, c1:c2]
         w, h = frame_size

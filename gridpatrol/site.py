@@ -1333,6 +1333,55 @@ def _duplicate_ids(
     return problems
 
 
+def _too_thin(site: Site, lines: Mapping[Path_, int], name: str) -> list[tuple[int, str]]:
+    """A problem for every background rule on a zone too thin for the background model.
+
+    The model works on the zone's crop of a small grey frame and cleans its static foreground
+    with an opening: a zone whose mask there holds no block of the opening's size loses every
+    pixel to it, so its rule could never raise (a strip 2 % of the frame tall, 21 px at 1080p,
+    is 2 px tall at 90). Judged as the model sees it: the zone's mask in its crop, eroded.
+    """
+    wanted = [
+        (i, j, camera, zone, rule)
+        for i, camera in enumerate(site.cameras)
+        for j, zone in enumerate(camera.zones)
+        for rule in BACKGROUND_RULES
+        if getattr(zone.rules, rule) is not None
+    ]
+    if not wanted:
+        return []
+    # Here, not at the top: the CLI's modules stay light until they run.
+    from gridpatrol.detectors.background import OPEN_PX, crop_of, eroded
+    from gridpatrol.detectors.motion import SMALL_SIZE
+    from gridpatrol.detectors.zones import ZoneGeometry
+
+    width, height = SMALL_SIZE
+    problems = []
+    for i, j, camera, zone, rule in wanted:
+        geometry = ZoneGeometry.of(zone.polygon)
+        c1, r1, c2, r2 = crop_of(geometry.bbox, SMALL_SIZE)
+        mask = geometry.mask(SMALL_SIZE)[r1:r2, c1:c2]
+        if eroded(mask).any():
+            continue
+        loc = ("cameras", i, "zones", j, "rules", rule)
+        line = _line_for(loc, lines)
+        # A rectangle as tall and wide as the block holds one wherever it lies (its rounded
+        # edges lose at most half a pixel each).
+        size = OPEN_PX
+        problems.append(
+            (
+                line,
+                f"{name}:{line}: {_dotted(loc)}: camera {camera.id!r} zone {zone.id!r} is too "
+                f"thin for {rule}, which could never raise: the background model sees it in its "
+                f"{width}\u00d7{height} grey frame, where it is {int(mask.any(axis=1).sum())} px "
+                f"tall and {int(mask.any(axis=0).sum())} px wide and holds no block of "
+                f"{OPEN_PX}\u00d7{OPEN_PX} px, the least the model keeps; draw it at least "
+                f"{size / height:.1%} of the frame's height and {size / width:.1%} of its width",
+            )
+        )
+    return problems
+
+
 def parse_site(text: str, name: str = "<site>", class_names: Sequence[str] | None = None) -> Site:
     """Validate site-file text; raise :class:`SiteConfigError` naming file, line and field.
 
@@ -1399,8 +1448,9 @@ def _parse(text: str, name: str, class_names: Sequence[str] | None) -> SiteFile:
             line = _line_for(loc, lines)
             problems.append((line, f"{name}:{line}: {_dotted(loc)}: {msg}"))
         raise SiteConfigError([p for _, p in sorted(problems, key=lambda p: p[0])]) from exc
-    if duplicates:
-        raise SiteConfigError([p for _, p in sorted(duplicates, key=lambda p: p[0])])
+    problems = duplicates + _too_thin(site, lines, name)
+    if problems:
+        raise SiteConfigError([p for _, p in sorted(problems, key=lambda p: p[0])])
     return SiteFile(site, name, lines)
 
 

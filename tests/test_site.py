@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from gridpatrol.site import CANDIDATE_TYPES, SiteConfigError, Thresholds, load_site, parse_site
@@ -1349,3 +1350,69 @@ def test_classes_that_never_make_a_stall_or_goods_are_refused(
     assert result.stderr.splitlines() == [said, f"{path}: INVALID (1 problem(s))"]
     path.write_text(MINIMAL + ZONE.format(rule=rule, field=field, value="umbrella, chair"))
     assert getattr(load_site(path).cameras[0].zones[0].rules, rule) is not None
+
+
+def _strip(zone: str, top: float, bottom: float) -> str:
+    return (
+        f"      - id: {zone}\n"
+        f"        polygon: [[0, {top}], [1, {top}], [1, {bottom}], [0, {bottom}]]\n"
+        "        rules:\n"
+        "          piled_materials: {}\n"
+        "          shop_front_occupation: {}\n"
+    )
+
+
+def _static_foreground_of(top: float, bottom: float) -> int:
+    """Pixels of static foreground the background model finds in a strip zone that a dark
+    pile fills, as the pipeline crops it from the small frame."""
+    from gridpatrol.detectors import background as bg
+    from gridpatrol.detectors.motion import SMALL_SIZE
+    from gridpatrol.detectors.zones import ZoneGeometry
+
+    geometry = ZoneGeometry.of([(0, top), (1, top), (1, bottom), (0, bottom)])
+    c1, r1, c2, r2 = bg.crop_of(geometry.bbox, SMALL_SIZE)
+    zone = geometry.mask(SMALL_SIZE)[r1:r2, c1:c2]
+    nothing = np.zeros(zone.shape, dtype=bool)
+    ground = np.random.default_rng(7).integers(100, 200, zone.shape, dtype=np.uint8)
+    piled = ground.copy()
+    piled[:, 40:80] = 20  # a quarter of the strip's length
+    state, static = None, nothing
+    for t in range(121):
+        crop = piled if t > 60 else ground
+        state, static = bg.step(state, crop, float(t), zone, nothing, bg.BackgroundParams())
+    return int(static.sum())
+
+
+def test_a_zone_too_thin_for_the_background_model_is_refused(tmp_path: Path) -> None:
+    """At the background model's 160x90 a strip 2 % of the frame tall (21 px at 1080p) is 2 px
+    tall, and the model's 3x3 opening takes every pixel of static foreground from it: its rules
+    could never raise, and check-config said OK. Such a zone is refused, named with its camera
+    and rule; one 3.4 % tall (and the strip 0.80-0.825, 3 px there) passes."""
+    path = tmp_path / "site.yaml"
+    zones = MINIMAL + "    zones:\n" + _strip("ok", 0.80, 0.825)
+    path.write_text(zones + _strip("strip", 0.81, 0.83))
+    advice = (
+        "is too thin for {rule}, which could never raise: the background model sees it in its "
+        "160\u00d790 grey frame, where it is 2 px tall and 160 px wide and holds no block of "
+        "3\u00d73 px, the least the model keeps; draw it at least 3.3% of the frame's height "
+        "and 1.9% of its width"
+    )
+    expected = [
+        f"{path}:{line}: cameras[0].zones[1].rules.{rule}: camera 'c1' zone 'strip' "
+        + advice.format(rule=rule)
+        for line, rule in ((16, "piled_materials"), (17, "shop_front_occupation"))
+    ]
+    with pytest.raises(SiteConfigError) as info:
+        load_site(path)
+    assert info.value.problems == expected
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [*expected, f"{path}: INVALID (2 problem(s))"]
+    # The model agrees: a pile over the refused strip leaves nothing, over the others it shows.
+    assert _static_foreground_of(0.81, 0.83) == 0
+    assert _static_foreground_of(0.80, 0.825) > 0
+    assert _static_foreground_of(0.81, 0.844) > 0
+    path.write_text(zones + _strip("z", 0.81, 0.844))
+    assert [z.id for z in load_site(path).cameras[0].zones] == ["ok", "z"]
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
