@@ -306,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         # A stop while it waits for the database ends with status 0, as a stop while serving.
         signal.signal(signal.SIGTERM, _stopped)
         _wait_for_database(settings.database_url)
+        if args.workers == 1 and not settings.migrate_on_start:  # --workers N migrates anyway
+            _check_at_head(settings.database_url)
         return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
         # ValueError covers invalid GRIDPATROL_* settings, each named, no value quoted.
@@ -429,6 +431,17 @@ def _wait_for_database(url: str) -> None:
             wait = min(wait * 2, longest)
     finally:
         engine.dispose()
+
+
+def _check_at_head(url: str) -> None:
+    """SchemaMismatch unless the database is at this release's last revision."""
+    from gridpatrol.api.db import Database
+
+    db = Database(url)
+    try:
+        db.check_at_head()
+    finally:
+        db.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     BigInteger,
     Connection,
@@ -225,6 +227,21 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+MIGRATIONS = files("gridpatrol.api").joinpath("migrations")
+
+
+class SchemaMismatch(RuntimeError):
+    """The database's schema is not one this release can serve or migrate."""
+
+
+def _revisions(conn: Connection) -> tuple[str | None, str, set[str]]:
+    """The database's Alembic revision, this release's last one, and all it knows."""
+    script = ScriptDirectory(str(MIGRATIONS))
+    current = MigrationContext.configure(conn).get_current_revision()
+    known = {rev.revision for rev in script.walk_revisions()}
+    return current, str(script.get_current_head()), known
+
+
 class Database:
     """The engine and session factory of one app; the only owner of the DB connection."""
 
@@ -254,16 +271,35 @@ class Database:
         return self._sqlite_lock is not None and not self._sqlite_lock.locked()
 
     def migrate(self) -> None:
-        """Apply every Alembic migration (idempotent; run at start)."""
+        """Apply every Alembic migration (idempotent; run at start). :class:`SchemaMismatch`
+        when the database is at a revision this release does not know (a newer release's)."""
         # Alembic's own INFO lines (plugin setup, each step) drown the service's start-up log.
         logging.getLogger("alembic").setLevel(logging.WARNING)
         ini = files("gridpatrol.api").joinpath("alembic.ini")
         cfg = Config(str(ini))
-        cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
+        cfg.set_main_option("script_location", str(MIGRATIONS))
         with self.engine.connect() as conn, self._migration_lock(conn), conn.begin():
+            current, head, known = _revisions(conn)
+            if current is not None and current not in known:
+                # Alembic's "Can't locate revision" traceback would end the process with status
+                # 1, which systemd restarts for ever: no restart mends it.
+                raise SchemaMismatch(
+                    f"database at revision {current}, this release knows up to {head}"
+                )
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         log.info("database %s migrated to head", make_url(self.url).render_as_string())
+
+    def check_at_head(self) -> None:
+        """:class:`SchemaMismatch` unless the database is at this release's last revision: a
+        start that does not migrate would otherwise say ready and answer requests with 503."""
+        with self.engine.connect() as conn:
+            current, head, _known = _revisions(conn)
+        if current != head:
+            raise SchemaMismatch(
+                f"database at revision {current or 'none (never migrated)'}, this release needs "
+                f"{head}; GRIDPATROL_MIGRATE_ON_START is false, so nothing migrates it"
+            )
 
     @contextmanager
     def _migration_lock(self, conn: Connection) -> Iterator[None]:

@@ -9,8 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
+
+from .conftest import DATABASES, fresh_database
+from .test_migrate_concurrently import head
 
 ADMIN = {"role": "admin", "name": "a"}
+
 SAMPLE_ENV = Path(__file__).resolve().parents[2] / "samples" / "systemd" / "api.env"
 
 
@@ -203,3 +208,71 @@ def test_an_empty_site_file_setting_is_taken_as_unset(tmp_path: Path) -> None:
     )
     assert "intake API ready: database sqlite" in done.stderr
     assert " ERROR gridpatrol" not in done.stderr
+
+
+def at_revision(url: str, revision: str | None) -> None:
+    """Stamp the empty database at ``url`` with ``revision`` (no table for None)."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            if revision is not None:
+                conn.exec_driver_sql(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"
+                )
+                conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{revision}')")
+    finally:
+        engine.dispose()
+
+
+def start_refused(done: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a start refused with status 2, after 'cannot start: '."""
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "intake API ready" not in done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    return line.split(" ERROR gridpatrol.api.cli: the intake API cannot start: ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("kind", "workers"),
+    [
+        ("sqlite", "1"),
+        pytest.param("postgres", "1", marks=pytest.mark.postgres),
+        pytest.param("postgres", "2", marks=pytest.mark.postgres),
+    ],
+)
+def test_a_database_of_a_newer_release_stops_the_api_with_status_2(
+    tmp_path: Path, postgres_url: str, kind: str, workers: str
+) -> None:
+    with fresh_database(kind, tmp_path, postgres_url) as url:
+        at_revision(url, "0099")
+        done = run_api(tmp_path, {"GRIDPATROL_DATABASE_URL": url}, ["--workers", workers])
+    assert start_refused(done) == f"database at revision 0099, this release knows up to {head()}"
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+@pytest.mark.parametrize(
+    ("revision", "said"), [(None, "none (never migrated)"), ("0001", "0001"), ("0099", "0099")]
+)
+def test_a_start_without_migrations_needs_the_database_at_head(
+    tmp_path: Path, postgres_url: str, kind: str, revision: str | None, said: str
+) -> None:
+    settings = {"GRIDPATROL_MIGRATE_ON_START": "false"}
+    with fresh_database(kind, tmp_path, postgres_url) as url:
+        at_revision(url, revision)
+        done = run_api(tmp_path, {**settings, "GRIDPATROL_DATABASE_URL": url}, [])
+    assert start_refused(done) == (
+        f"database at revision {said}, this release needs {head()}; "
+        "GRIDPATROL_MIGRATE_ON_START is false, so nothing migrates it"
+    )
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_a_start_without_migrations_serves_a_database_at_head(
+    tmp_path: Path, postgres_url: str, kind: str
+) -> None:
+    with fresh_database(kind, tmp_path, postgres_url) as url:
+        run_api(tmp_path, {"GRIDPATROL_DATABASE_URL": url}, [])  # migrates it
+        settings = {"GRIDPATROL_MIGRATE_ON_START": "false", "GRIDPATROL_DATABASE_URL": url}
+        done = run_api(tmp_path, settings, [])
+    assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
+    assert "intake API ready" in done.stderr and "migrated to head" not in done.stderr
