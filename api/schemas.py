@@ -274,7 +274,7 @@ class ReviewIn(BaseModel):
     decision applies to the case as it is (as for clients written before it).
     ``expected_updated_at``, the ``updated_at`` of the case as the reviewer read it, makes it
     conditional on what the reviewer judged as well: a case changed since other than by routine
-    updates (``changed_since`` in api/service.py) is refused with 409 too."""
+    updates (``_changed_since_read`` in api/service.py) is refused with 409 too."""
 
     decision: Decision
     reason_code: RejectReason | None = None

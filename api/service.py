@@ -118,6 +118,9 @@ NEAR_INTAKE_DELAY = timedelta(hours=1)
 # report is refused as dated wrongly. More would let a dispatch dated ahead push arrive_by out
 # and hide the breach.
 STAGE_CLOCK_SKEW = timedelta(minutes=5)
+# How much later than its last one a case's next write is stamped at least (_case_now): a
+# millisecond, so that a value read back cut to milliseconds still tells two versions apart.
+CASE_TIME_STEP = timedelta(milliseconds=1)
 
 
 # Hot-path statements, built once.
@@ -1107,8 +1110,8 @@ class CandidateService:
         if row.status not in sm.PATCHABLE:
             # 410, not 409: the refusal is final, so an outbox must not retry it.
             raise Problem(410, f"candidate {cid} is {row.status}; it takes no more updates")
-        now = self.clock()
         stored = json.loads(row.doc)
+        now = _case_now(self.clock(), stored)
         before = row.status
         doc = merge_patches(stored, changes)
         unheld = self._derive(doc)
@@ -1206,7 +1209,7 @@ class CandidateService:
                 )
             doc: JsonDict = json.loads(row.doc)
             read_at = decision.expected_updated_at
-            if read_at is not None and changed_since(doc, read_at):
+            if read_at is not None and _changed_since_read(doc, read_at):
                 # The same in its status, but not what the reviewer judged: another type or
                 # evidence a producer sent, or a return answered by then.
                 raise Problem(
@@ -1216,7 +1219,7 @@ class CandidateService:
                     candidate_status=row.status,
                     updated_at=doc["updated_at"],
                 )
-            now = self.clock()
+            now = _case_now(self.clock(), doc)
             outcome = Outcome(200, doc)
             before = row.status
             if decision.decision == "merge":
@@ -1278,11 +1281,12 @@ class CandidateService:
             raise Problem(409, f"cannot merge into candidate {target_id}: it is {target.status}")
         tdoc = json.loads(target.doc)
         tdoc["references"] = [*tdoc.get("references", []), row.id]
-        self._history(tdoc, now, who.name, "merged_from", source=row.id)
+        at = _case_now(now, tdoc)
+        self._history(tdoc, at, who.name, "merged_from", source=row.id)
         if target.feed_pos is not None:  # visible already: the platform sees the change
             self._assign_positions(session, [target], now)
             outcome.feed = True
-        self._save(target, tdoc, now)
+        self._save(target, tdoc, at)
         json_doc = outcome.doc
         json_doc["merged_into"] = target_id
         outcome.events.append(_event("candidate.changed", tdoc))
@@ -1314,8 +1318,10 @@ class CandidateService:
                 doc["arrive_by"] = row.arrive_by.isoformat()
             if new == "arrived":
                 row.arrived_at = at
-            self._history(doc, now, who.name, new, at=at.isoformat())
-            self._save(row, doc, now)
+            # The report is judged and dated by the clock; the case's time stays in order.
+            stamp = _case_now(now, doc)
+            self._history(doc, stamp, who.name, new, at=at.isoformat())
+            self._save(row, doc, stamp)
         log.info(
             "candidate %s %s (reported by %s)",
             cid,
@@ -1373,12 +1379,13 @@ class CandidateService:
                 complete = not doc["missing_elements"]
                 new = sm.after_supplement(row.status, complete, answered)
                 action = "supplemented" if new != row.status else "updated"
-                self._history(doc, now, who.name, action, fields=["evidence"])
+                at = _case_now(now, stored)
+                self._history(doc, at, who.name, action, fields=["evidence"])
                 if new == "new":
-                    self._enter_review(session, row, doc, now, outcome)
+                    self._enter_review(session, row, doc, at, outcome)
                 else:
                     doc["status"] = new
-                self._save(row, doc, now)
+                self._save(row, doc, at)
                 outcome.events.append(_event("candidate.changed", doc))
             # A case that waits for no file now keeps no row for the others it referred to (a
             # latest frame replaced before its upload, which may never come).
@@ -1551,8 +1558,9 @@ class CandidateService:
                 for row in session.scalars(self._pulled(previous, cursor)):
                     doc = json.loads(row.doc)
                     doc["status"] = "pulled"
-                    self._history(doc, now, who.name, "pulled")
-                    self._save(row, doc, now)
+                    at = _case_now(now, doc)
+                    self._history(doc, at, who.name, "pulled")
+                    self._save(row, doc, at)
                     events.append(_event("candidate.changed", doc))
         self.hub.publish(events)
 
@@ -1636,8 +1644,9 @@ class CandidateService:
                 self._assign_positions(session, rows, now)
                 for row in rows:
                     doc = json.loads(row.doc)
-                    self._history(doc, now, "policy", "released")
-                    self._save(row, doc, now)
+                    at = _case_now(now, doc)
+                    self._history(doc, at, "policy", "released")
+                    self._save(row, doc, at)
                     events.append(_event("candidate.changed", doc))
         if events:
             ids = [data["id"] for _kind, data in events]
@@ -1989,24 +1998,68 @@ def _routine(entry: JsonDict) -> bool:
     return entry.get("action") == "updated" and "count" in entry
 
 
-def changed_since(doc: JsonDict, read_at: datetime) -> bool:
+def _case_now(now: datetime, doc: JsonDict) -> datetime:
+    """The time to stamp a write of the case ``doc`` (as stored) at: ``now``, but at least
+    CASE_TIME_STEP after its ``updated_at``.
+
+    Instances behind a load balancer stamp a case with their own clocks, which differ: without
+    this, a write on an instance behind the one before would date the case, and its history
+    entry, before what it already had, and a decision's expected_updated_at
+    (:func:`_changed_since_read`) would take an earlier change for a later one or miss it.
+    Every write of a case is so later than the one before, its entries never before those of
+    the version it changes (the entries of one write share its instant).
+    """
+    last = doc.get("updated_at")
+    return max(now, datetime.fromisoformat(last) + CASE_TIME_STEP) if last else now
+
+
+def _precision_us(doc: JsonDict, value: datetime) -> int:
+    """The precision of the case's time ``value`` as a client sent it, in microseconds: 1 when
+    it has digits below the millisecond, 1000 when it has milliseconds (as JavaScript's Date
+    keeps them), and for a whole second a second, unless it is an instant the case recorded
+    (the server writes such an instant, exact, without a fraction)."""
+    if value.microsecond % 1000:
+        return 1
+    if value.microsecond:
+        return 1000
+    history = doc.get("history") or []
+    recorded = {doc.get("created_at"), *(t for h in history for t in (h["at"], h.get("last_at")))}
+    return 1 if value in {datetime.fromisoformat(t) for t in recorded if t} else 1_000_000
+
+
+def _floored(value: datetime, precision_us: int) -> datetime:
+    return value - timedelta(microseconds=value.microsecond % precision_us)
+
+
+def _changed_since_read(doc: JsonDict, read_at: datetime) -> bool:
     """Whether a case changed in what its reviewer judges since the version of it updated at
-    ``read_at`` (that version's ``updated_at``).
+    ``read_at`` (that version's ``updated_at``, as given: exact, or cut to milliseconds or
+    seconds).
 
     Every such change (a status, another type, location or evidence other than a ``latest``
     frame, a merge into it) records a history entry dated when it was made; routine updates (a
     detector's dwell time or latest frame, an alarm repeat) do not count, so that a console
     deciding a case a detector updates every few seconds is not refused each time. A
-    ``read_at`` after the case's ``updated_at`` is no version it had (or the server's clock
-    went back since): it counts as changed, as nothing tells it was not.
+    ``read_at`` after the case's ``updated_at`` is no version it had: it counts as changed, as
+    nothing tells it was not.
+
+    Times are compared at ``read_at``'s precision: the entry of the version read, at its
+    exact instant, is not after that instant cut to milliseconds. As writes of a case are at
+    least a millisecond apart (:func:`_case_now`), a later change still counts at millisecond
+    precision; at a second's, one in the same second as the version read does not.
     """
     updated = datetime.fromisoformat(doc["updated_at"])
     if read_at == updated:
         return False
-    if read_at > updated:
+    precision = _precision_us(doc, read_at)
+    if read_at > _floored(updated, precision):
         return True
     history = doc.get("history") or []
-    return any(datetime.fromisoformat(h["at"]) > read_at for h in history if not _routine(h))
+    return any(
+        _floored(datetime.fromisoformat(h["at"]), precision) > read_at
+        for h in history
+        if not _routine(h)
+    )
 
 
 def _incomplete_decision(decision: ReviewIn) -> str | None:

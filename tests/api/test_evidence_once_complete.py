@@ -135,6 +135,7 @@ def test_a_case_stored_before_entering_review_was_recorded_is_judged_by_its_retu
         row.doc = row.doc.replace('"first_complete_at"', '"earlier_field"')
     returned = api.review(cid, "return", reason="say where exactly").json()
     assert (returned["status"], returned["history"][-1]["missing_elements"]) == ("returned", [])
+    api.clock.advance(seconds=1)
     answered = patch(api, cid, {"description": "at gate 3"})
     assert (answered["status"], answered["missing_elements"]) == ("new", [])
     assert answered["first_complete_at"] == api.clock.now.isoformat()

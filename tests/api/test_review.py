@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,13 @@ def new_candidate(api: Any, event: str = "e1", **kw: Any) -> dict[str, Any]:
     return dict(api.create(api.body(event, api.put_jpeg(), **kw)))
 
 
+def later_by_a_millisecond(at: str) -> str:
+    return (datetime.fromisoformat(at) + timedelta(milliseconds=1)).isoformat()
+
+
 def test_confirm_records_history(api: Any) -> None:
     cid = new_candidate(api)["id"]
+    api.clock.advance(seconds=1)
     response = api.review(cid, "confirm", reason="clearly garbage")
     assert response.status_code == 200
     doc = response.json()
@@ -368,7 +373,8 @@ def test_routine_updates_fold_into_one_history_entry_until_another_entry(api: An
     assert [(h["action"], h.get("count"), h["at"], h.get("last_at")) for h in final["history"]] == [
         ("created", None, start, None),
         ("updated", 5, first, last),
-        ("confirmed", None, last, None),
+        # At the clock's time of the last update: a millisecond after it (_case_now).
+        ("confirmed", None, later_by_a_millisecond(last), None),
         ("updated", 3, again, later),
         ("updated", None, changed["at"], None),
         ("updated", 2, after, api.clock.now.isoformat()),
@@ -517,6 +523,77 @@ def test_a_decision_on_a_case_changed_since_it_was_read_is_refused(api: Any) -> 
         "updated",
         "confirmed",
     ]
+
+
+def _patcher(api: Any, cid: str) -> Any:
+    """A producer PATCH of ``cid`` at the clock's time, checked to succeed."""
+    url = f"/api/v1/candidates/{cid}"
+
+    def patch(change: dict[str, Any]) -> dict[str, Any]:
+        key = {"Idempotency-Key": str(uuid.uuid4())}
+        sent = api.as_("producer").patch(url, json=change, headers=key)
+        assert sent.status_code == 200, sent.text
+        return dict(sent.json())
+
+    return patch
+
+
+def test_a_routine_update_on_an_instance_whose_clock_is_behind_is_no_change(api: Any) -> None:
+    """Instances behind a load balancer stamp a case with their own clocks: a write on one
+    whose clock is behind is still dated after what the case had, so a decision on the case
+    as read before a routine update goes through."""
+    doc = new_candidate(api)
+    cid = doc["id"]
+    api.clock.advance(seconds=-1)
+    updated = _patcher(api, cid)({"detection": {"dwell_s": 600}})
+    confirmed = api.review(cid, "confirm", expected_updated_at=doc["updated_at"])
+    assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")
+    after = later_by_a_millisecond(doc["updated_at"])
+    assert updated["updated_at"] == updated["history"][-1]["at"] == after
+    assert confirmed.json()["history"][-1]["at"] == later_by_a_millisecond(after)
+
+
+def test_a_retype_on_an_instance_whose_clock_is_behind_is_a_change(api: Any) -> None:
+    """A retype stamped by an instance whose clock is behind, then a routine update by one
+    ahead: the retype is still after the version read, and the decision is refused."""
+    doc = new_candidate(api)
+    cid = doc["id"]
+    patch = _patcher(api, cid)
+    api.clock.advance(seconds=-1)
+    assert patch({"type": "illegal_dumping"})["type"] == "illegal_dumping"
+    api.clock.advance(seconds=2)
+    now = patch({"detection": {"dwell_s": 600}})
+    refused = api.review(cid, "confirm", expected_updated_at=doc["updated_at"])
+    assert (refused.status_code, refused.json()["updated_at"]) == (409, now["updated_at"])
+    times = [datetime.fromisoformat(h["at"]) for h in now["history"]]
+    assert times == sorted(times)
+    assert len(set(times)) == len(times)
+
+
+def test_expected_updated_at_cut_to_milliseconds_or_seconds_is_the_version_read(api: Any) -> None:
+    """A client that keeps times to the millisecond (JavaScript's Date) or the second sends
+    the value cut: the case's own entry at the instant read is not a change since."""
+    api.clock.now += timedelta(microseconds=637929)
+    for event, cut in [("e1", 23), ("e2", 19)]:
+        doc = new_candidate(api, event)
+        assert doc["updated_at"].endswith(".637929+00:00")
+        read = doc["updated_at"][:cut] + "Z"
+        confirmed = api.review(doc["id"], "confirm", expected_updated_at=read)
+        assert (confirmed.status_code, confirmed.json()["status"]) == (200, "confirmed")
+
+    # A retype at the same instant by this server's clock is still later, by a millisecond.
+    doc = new_candidate(api, "e3")
+    _patcher(api, doc["id"])({"type": "illegal_dumping"})
+    read = doc["updated_at"][:23] + "Z"
+    refused = api.review(doc["id"], "confirm", expected_updated_at=read)
+    assert (refused.status_code, refused.json()["candidate_status"]) == (409, "new")
+    # To the second, a retype in a later second.
+    doc = new_candidate(api, "e4")
+    api.clock.advance(seconds=1)
+    _patcher(api, doc["id"])({"type": "illegal_dumping"})
+    read = doc["updated_at"][:19] + "Z"
+    refused = api.review(doc["id"], "confirm", expected_updated_at=read)
+    assert (refused.status_code, refused.json()["candidate_status"]) == (409, "new")
 
 
 def test_expected_updated_at_of_a_version_the_case_never_had_is_refused(api: Any) -> None:

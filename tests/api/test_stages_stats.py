@@ -118,6 +118,8 @@ def test_stats_list_the_latest_sla_breaches_and_count_them_all(api: Any) -> None
 def registered(api: Any) -> str:
     cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
     assert api.review(cid, "confirm").status_code == 200
+    # Later than the confirmation, which is a millisecond after the creation (_case_now).
+    api.clock.advance(seconds=1)
     assert stage(api, cid, "registered").status_code == 200
     return cid
 
@@ -220,6 +222,7 @@ def test_a_stage_without_at_follows_one_dated_ahead(api: Any) -> None:
 def test_a_stage_dated_before_the_candidate_was_created_is_refused(api: Any) -> None:
     """Before its creation is before its confirmation too, which the refusal names."""
     cid = str(api.create(api.body(None, api.put_jpeg()))["id"])
+    api.clock.advance(seconds=1)
     assert api.review(cid, "confirm").status_code == 200
     created = api.clock.now
     api.clock.advance(hours=1)
