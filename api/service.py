@@ -1298,10 +1298,20 @@ class CandidateService:
         with self.db.write() as session:
             row = self._load(session, cid)
             doc: JsonDict = json.loads(row.doc)
+            released = False
             if row.feed_pos is None and row.hold_until is not None:
-                # Held for the night: the platform is not to have it before the window ends
-                # (it may know the id from GET /candidates), so it cannot register it either.
-                raise Problem(409, f"candidate {cid} is held until {doc['hold_until']}")
+                held_at = self.clock()
+                if row.hold_until > held_at:
+                    # Held for the night: the platform is not to have it before the window ends
+                    # (it may know the id from GET /candidates), so it cannot register it
+                    # either.
+                    raise Problem(409, f"candidate {cid} is held until {doc['hold_until']}")
+                if row.status in sm.VISIBLE:
+                    # The window has ended, but the release above skipped the case: another
+                    # writer had it then. Now that this transaction holds it, it is released
+                    # here, as a release would, and the report goes on.
+                    (doc,) = self._release_rows(session, [row], held_at)
+                    released = True
             try:
                 new = sm.advance(row.status, report.stage)
             except sm.IllegalTransition as exc:
@@ -1322,6 +1332,9 @@ class CandidateService:
             stamp = _case_now(now, doc)
             self._history(doc, stamp, who.name, new, at=at.isoformat())
             self._save(row, doc, stamp)
+        if released:
+            self._log_released([cid])
+            self.hub.feed_changed()
         log.info(
             "candidate %s %s (reported by %s)",
             cid,
@@ -1641,24 +1654,36 @@ class CandidateService:
                 )
             )
             if rows:
-                self._assign_positions(session, rows, now)
-                for row in rows:
-                    doc = json.loads(row.doc)
-                    at = _case_now(now, doc)
-                    self._history(doc, at, "policy", "released")
-                    self._save(row, doc, at)
-                    events.append(_event("candidate.changed", doc))
+                docs = self._release_rows(session, rows, now)
+                events = [_event("candidate.changed", doc) for doc in docs]
         if events:
-            ids = [data["id"] for _kind, data in events]
-            log.info(
-                "night hold ended for %d candidate(s): %s",
-                len(ids),
-                " ".join(ids),
-                extra={"candidate_ids": ids},
-            )
+            self._log_released([data["id"] for _kind, data in events])
             self.hub.publish(events)
             self.hub.feed_changed()
         return len(events)
+
+    def _release_rows(
+        self, session: Session, rows: list[CandidateRow], now: datetime
+    ) -> list[JsonDict]:
+        """Give held ``rows``, locked and due by ``now``, their feed positions; their documents."""
+        self._assign_positions(session, rows, now)
+        docs: list[JsonDict] = []
+        for row in rows:
+            doc = json.loads(row.doc)
+            at = _case_now(now, doc)
+            self._history(doc, at, "policy", "released")
+            self._save(row, doc, at)
+            docs.append(doc)
+        return docs
+
+    @staticmethod
+    def _log_released(ids: list[str]) -> None:
+        log.info(
+            "night hold ended for %d candidate(s): %s",
+            len(ids),
+            " ".join(ids),
+            extra={"candidate_ids": ids},
+        )
 
     # -- statistics --------------------------------------------------------------------------
 

@@ -397,6 +397,44 @@ def test_an_ack_of_the_position_a_case_is_leaving_does_not_pull_it(
         assert (doc["status"], actions(doc, "pulled")) == ("pulled", 1)
 
 
+@on_postgres_only
+def test_a_stage_after_the_night_hold_waits_for_another_writer_and_releases_the_case(
+    api: Any, db_url: str
+) -> None:
+    """The report's release skips a case another writer has (it is placing or changing it);
+    the report, once it holds the case itself, releases it as the window has ended, instead of
+    refusing it as held until a time already past."""
+    (cid,) = held(api, 1)
+    api.clock.now = MORNING + timedelta(minutes=1)
+    later = MORNING + timedelta(minutes=2)
+    with side_connections(db_url) as (holder, watcher), ThreadPoolExecutor(1) as pool:
+        with holder.begin():
+            holder.execute(
+                sa.text("SELECT id FROM candidates WHERE id = :id FOR UPDATE"), {"id": cid}
+            )
+            reported = pool.submit(
+                api.as_("platform").post,
+                f"/api/v1/candidates/{cid}/status",
+                json={"stage": "registered"},
+            )
+            waiting_for(watcher, backend_of(holder))
+            api.clock.now = later  # the time the report gets the case
+        response = reported.result(timeout=60)
+    assert response.status_code == 200, response.text
+    doc = response.json()
+    assert doc == doc_of(api, cid)
+    released, registered = doc["history"][-2:]
+    assert (released["action"], released["who"]) == ("released", "policy")
+    assert registered["action"] == "registered"
+    assert datetime.fromisoformat(released["at"]) == later
+    assert datetime.fromisoformat(registered["at"]) >= later
+    assert doc["status"] == "registered"
+    assert datetime.fromisoformat(doc["stages"]["registered"]) >= later
+    assert actions(doc, "released") == 1
+    page = feed(api)
+    assert ([c["id"] for c in page["items"]], page["next_cursor"]) == ([cid], "1")
+
+
 def test_crossed_merges_one_wins_the_other_is_refused(make_api: Any) -> None:
     """A into B and B into A at once: one merge goes through, the other finds its target
     merged (409), never a deadlock (503)."""
