@@ -97,8 +97,10 @@ def _content_length(scope: Scope) -> int | None:
 _SPACE = re.compile(r"[ \t\n\r]*")
 # The rest of a string after its opening quote, up to and with its closing quote.
 _STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-_BRACKET_OR_QUOTE = re.compile(r'[\[\]{}"]')
-_SCALAR = re.compile(r"[^,\]}\s]*")
+# A whole string (so that brackets in it are not counted) or a bracket.
+_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+# A number, true, false or null (NaN and Infinity too, as json.loads takes them).
+_SCALAR = re.compile(r"[^,\]}\s]+")
 _DECODER = json.JSONDecoder()
 
 
@@ -107,8 +109,11 @@ def item_body_sizes(raw: bytes) -> list[int]:
     (0 for an item without one): what the same body posted alone would carry.
 
     ``raw`` is JSON the app parsed already (with :func:`json.loads`, duplicate names taking
-    the last value, as here) into an object whose ``items`` is a list of objects. It is read
-    once, in time linear in its size. ValueError if it is not such JSON.
+    the last value, as here) into an object whose last ``items`` is a list of objects; an
+    earlier ``items`` may be any value, and is passed over. It is read once, in time linear in
+    its size, without building its values: the app's parse of it is alive meanwhile, and a
+    second one would double the objects every garbage collection walks. ValueError if it is
+    not such JSON.
     """
     encoding = json.detect_encoding(raw)
     text = raw.decode(encoding, "surrogatepass")
@@ -120,13 +125,16 @@ def item_body_sizes(raw: bytes) -> list[int]:
     def member(name: str, at: int) -> int:
         if name != "items":
             return _skip(text, at)
-        if text[at] != "[":
-            raise ValueError("items is not a list")
+        # Only the last items counts, as in the parse: an earlier one is forgotten.
         sizes.clear()
+        if text[at] != "[":
+            return _skip(text, at)
         return _array(text, at, item)
 
     def item(at: int) -> int:
         sizes.append(0)
+        if text[at] != "{":
+            return _skip(text, at)
         return _object(text, at, field)
 
     def field(name: str, at: int) -> int:
@@ -151,27 +159,23 @@ def _after(pattern: re.Pattern[str], text: str, at: int) -> int:
 
 
 def _skip(text: str, at: int) -> int:
-    """The end of the JSON value that starts at ``at``."""
-    try:
-        return int(_DECODER.raw_decode(text, at)[1])
-    except RecursionError:
-        # Nested deeper than the parser goes from here (the app's parse ran from a shallower
-        # stack): found by its brackets instead, slower but at any depth.
-        pass
+    """The end of the JSON value that starts at ``at``, found without building it, at any
+    depth."""
+    first = text[at]
+    if first == '"':
+        return _after(_STRING_REST, text, at + 1)
+    if first not in "[{":
+        return _after(_SCALAR, text, at)
     depth = 0
-    while True:
-        found = _BRACKET_OR_QUOTE.search(text, at)
-        if found is None:
-            raise ValueError(f"the value at {at} does not end")
-        at = found.end()
-        if found[0] == '"':
-            at = _after(_STRING_REST, text, at)
-        elif found[0] in "[{":
+    for found in _STRING_OR_BRACKET.finditer(text, at):
+        token = found[0]
+        if token == "[" or token == "{":
             depth += 1
-        else:
+        elif token == "]" or token == "}":
             depth -= 1
             if depth == 0:
-                return at
+                return found.end()
+    raise ValueError(f"the value at {at} does not end")
 
 
 def _next(text: str, at: int, close: str) -> tuple[int, bool]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator
 
@@ -24,6 +26,7 @@ from gridpatrol.api.schemas import (
     canonical_candidate_id,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["candidates"])
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 CandidateId = Annotated[
@@ -64,7 +67,14 @@ def create_batch(
     raw: Annotated[bytes, Depends(request_body)],
 ) -> JSONResponse:
     # Each item is held to the body limit by its bytes as sent, as a single POST is.
-    sizes = item_body_sizes(raw)
+    try:
+        sizes = item_body_sizes(raw)
+    except ValueError as exc:
+        # The parse took what the measure cannot read: answered as the parse answers JSON it
+        # cannot read (422), not as a server error.
+        log.warning("a batch the parse took cannot be measured by item: %s", exc)
+        error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error"}
+        raise RequestValidationError([{**error, "input": {}, "ctx": {"error": str(exc)}}]) from exc
     items = zip(batch.items, sizes, strict=True)
     results = services.candidates.batch(
         who, [(item.idempotency_key, item.body, size) for item, size in items]
