@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -184,6 +185,19 @@ POOL_TIMEOUT_S = 10.0
 POOL_SIZE, MAX_OVERFLOW = 10, 20
 # pg_advisory_lock key held while one process migrates (any constant no other lock uses).
 MIGRATION_LOCK = 0x67705F6D6967  # "gp_mig"
+# pg_locks shows a bigint advisory key as its high 32 bits (classid), its low 32 bits (objid)
+# and objsubid 1 (a pair of int keys has objsubid 2).
+_LOCK_HOLDER = text(
+    "SELECT l.pid, a.application_name FROM pg_locks l"
+    " LEFT JOIN pg_stat_activity a ON a.pid = l.pid"
+    " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+    " AND l.classid::bigint = :high AND l.objid::bigint = :low"
+    " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+# The first and the longest pause between tries of the migration lock; a start still waiting
+# after LOCK_WARN_AFTER_S says who holds it, and again every LOCK_WARN_EVERY_S.
+LOCK_POLL_S = (0.05, 1.0)
+LOCK_WARN_AFTER_S, LOCK_WARN_EVERY_S = 2.0, 30.0
 
 
 def make_engine(url: str) -> Engine:
@@ -240,6 +254,45 @@ def _revisions(conn: Connection) -> tuple[str | None, str, set[str]]:
     current = MigrationContext.configure(conn).get_current_revision()
     known = {rev.revision for rev in script.walk_revisions()}
     return current, str(script.get_current_head()), known
+
+
+def _take_migration_lock(conn: Connection) -> None:
+    """Take MIGRATION_LOCK on ``conn``, trying again with a short backoff: a blocking
+    pg_advisory_lock would wait for ever without a word while a slow or hung migration in any
+    schema of the database holds it. A start still waiting says which backend holds it."""
+    started = time.monotonic()
+    warn_at = started + LOCK_WARN_AFTER_S
+    pause, longest = LOCK_POLL_S
+    while True:
+        taken = conn.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": MIGRATION_LOCK}
+        ).scalar_one()
+        conn.commit()  # a session lock: it outlives this transaction
+        if taken:
+            return
+        now = time.monotonic()
+        if now >= warn_at:
+            holder = conn.execute(
+                _LOCK_HOLDER,
+                {"high": MIGRATION_LOCK >> 32, "low": MIGRATION_LOCK & 0xFFFFFFFF},
+            ).first()
+            conn.commit()
+            who = (
+                f"PostgreSQL backend pid {holder[0]} (application_name {holder[1] or ''!r})"
+                if holder is not None
+                else "a session that has just let it go"
+            )
+            log.warning(
+                "waiting %.0f s so far for the database migration lock, held by %s: another "
+                "process is migrating a schema of this database (pg_advisory_lock key %d "
+                "covers them all)",
+                now - started,
+                who,
+                MIGRATION_LOCK,
+            )
+            warn_at = now + LOCK_WARN_EVERY_S
+        time.sleep(pause)
+        pause = min(pause * 2, longest)
 
 
 class Database:
@@ -310,19 +363,33 @@ class Database:
         if self.dialect != "postgresql":
             yield
             return
-        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
-        conn.commit()  # a session lock: it outlives this transaction
+        try:
+            _take_migration_lock(conn)
+        except BaseException:
+            # A stop signal may land after the server granted the lock: closing the
+            # connection releases it, where the pool would keep it held.
+            conn.invalidate()
+            raise
         try:
             yield
         finally:
             try:
                 conn.rollback()
-                conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+                released = conn.execute(
+                    text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK}
+                ).scalar_one()
                 conn.commit()
             except Exception:
                 # A connection the unlock failed on (the server went away mid-migration) is
                 # closed, which releases the lock; it never goes back to the pool holding it.
                 conn.invalidate()
+            else:
+                if not released:
+                    log.warning(
+                        "the database migration lock was no longer held by this process when "
+                        "it released it (its session was reset?); migrations of other "
+                        "processes may have run alongside"
+                    )
 
     @contextmanager
     def write(self) -> Iterator[Session]:
