@@ -151,7 +151,8 @@ def _bus(settings: Settings, db: Database, hub: Hub, metrics: Metrics) -> Bus | 
 
 def prepare_workers(settings: Settings, workers: int) -> dict[str, str]:
     """In the parent of ``gridpatrol api --workers N``, before it spawns them: check the
-    settings, migrate once, and return the environment the workers must share.
+    settings, migrate once (or, with GRIDPATROL_MIGRATE_ON_START false, check that the
+    database is at head), and return the environment the workers must share.
 
     Tokens and the session secret are fixed here, so a generated token or a console cookie is
     valid on every worker; the workers skip migrations and relay notifications over the bus.
@@ -165,7 +166,10 @@ def prepare_workers(settings: Settings, workers: int) -> dict[str, str]:
     site_policy(settings.load_site())  # a broken site file stops the parent, not each worker
     db = Database(settings.database_url)
     try:
-        db.migrate()
+        if settings.migrate_on_start:
+            db.migrate()
+        else:
+            db.check_at_head()
     finally:
         db.dispose()
     tokens = {token: entry.model_dump() for token, entry in settings.api_tokens.items()}

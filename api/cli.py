@@ -14,6 +14,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,6 @@ from gridpatrol.demo import port_number
 from gridpatrol.ingest.cli import positive_seconds
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from gridpatrol.api.client import Outbox
 
 log = logging.getLogger(__name__)
@@ -295,6 +294,9 @@ def run(args: argparse.Namespace) -> int:
     """0: stopped; 1: the database went away while it started (the unit restarts it);
     2: setup to mend (settings, site file, a database that refused the connection);
     3: the server could not start (one worker)."""
+    # Alembic logs its plugin set-up at import and its context at every look at a revision;
+    # the start-up log says what it does itself (as _log_config does in each worker).
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from sqlalchemy.exc import OperationalError
 
     from gridpatrol.api.settings import load_settings
@@ -306,7 +308,8 @@ def run(args: argparse.Namespace) -> int:
         # A stop while it waits for the database ends with status 0, as a stop while serving.
         signal.signal(signal.SIGTERM, _stopped)
         _wait_for_database(settings.database_url)
-        if args.workers == 1 and not settings.migrate_on_start:  # --workers N migrates anyway
+        # With --workers N the parent checks it in prepare_workers.
+        if args.workers == 1 and not settings.migrate_on_start:
             _check_at_head(settings.database_url)
         return _serve(args) if args.workers == 1 else _serve_workers(args)
     except (RuntimeError, SiteConfigError, ValueError) as exc:
@@ -435,8 +438,20 @@ def _wait_for_database(url: str) -> None:
 
 def _check_at_head(url: str) -> None:
     """SchemaMismatch unless the database is at this release's last revision."""
-    from gridpatrol.api.db import Database
+    from sqlalchemy.engine import make_url
 
+    from gridpatrol.api.db import Database, SchemaMismatch
+
+    parsed = make_url(url)
+    name = parsed.database
+    sqlite_file = parsed.get_backend_name() == "sqlite" and name not in (None, "", ":memory:")
+    # Connecting would create an empty database there (a mistyped path, say), which a start
+    # that does not migrate can only refuse: say which file is missing instead.
+    if sqlite_file and not Path(str(name)).is_file():
+        raise SchemaMismatch(
+            f"the SQLite database {Path(str(name)).resolve()} does not exist; "
+            "GRIDPATROL_MIGRATE_ON_START is false, so nothing creates it"
+        )
     db = Database(url)
     try:
         db.check_at_head()

@@ -248,6 +248,12 @@ class SchemaMismatch(RuntimeError):
     """The database's schema is not one this release can serve or migrate."""
 
 
+def _quiet_alembic() -> None:
+    # Alembic's own INFO lines (plugin setup, the context, each step) drown the service's
+    # start-up log.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def _revisions(conn: Connection) -> tuple[str | None, str, set[str]]:
     """The database's Alembic revision, this release's last one, and all it knows."""
     script = ScriptDirectory(str(MIGRATIONS))
@@ -326,8 +332,7 @@ class Database:
     def migrate(self) -> None:
         """Apply every Alembic migration (idempotent; run at start). :class:`SchemaMismatch`
         when the database is at a revision this release does not know (a newer release's)."""
-        # Alembic's own INFO lines (plugin setup, each step) drown the service's start-up log.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        _quiet_alembic()
         ini = files("gridpatrol.api").joinpath("alembic.ini")
         cfg = Config(str(ini))
         cfg.set_main_option("script_location", str(MIGRATIONS))
@@ -346,12 +351,16 @@ class Database:
     def check_at_head(self) -> None:
         """:class:`SchemaMismatch` unless the database is at this release's last revision: a
         start that does not migrate would otherwise say ready and answer requests with 503."""
+        _quiet_alembic()
         with self.engine.connect() as conn:
-            current, head, _known = _revisions(conn)
+            current, head, known = _revisions(conn)
+        if current is not None and current not in known:
+            # A newer release's: starting this one with migrations on does not mend it either.
+            raise SchemaMismatch(f"database at revision {current}, this release knows up to {head}")
         if current != head:
             raise SchemaMismatch(
                 f"database at revision {current or 'none (never migrated)'}, this release needs "
-                f"{head}; GRIDPATROL_MIGRATE_ON_START is false, so nothing migrates it"
+                f"{head}; start one instance with GRIDPATROL_MIGRATE_ON_START=true to migrate it"
             )
 
     @contextmanager

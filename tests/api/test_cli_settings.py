@@ -6,10 +6,14 @@ import json
 import socket
 import subprocess
 import sys
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
 
 from .conftest import DATABASES, fresh_database
 from .test_migrate_concurrently import head
@@ -249,21 +253,78 @@ def test_a_database_of_a_newer_release_stops_the_api_with_status_2(
     assert start_refused(done) == f"database at revision 0099, this release knows up to {head()}"
 
 
-@pytest.mark.parametrize("kind", DATABASES)
+BEHIND = "start one instance with GRIDPATROL_MIGRATE_ON_START=true to migrate it"
+
+
+def revision_of(url: str) -> str | None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
-    ("revision", "said"), [(None, "none (never migrated)"), ("0001", "0001"), ("0099", "0099")]
+    ("kind", "workers"),
+    [
+        ("sqlite", "1"),
+        pytest.param("postgres", "1", marks=pytest.mark.postgres),
+        pytest.param("postgres", "2", marks=pytest.mark.postgres),
+    ],
+)
+@pytest.mark.parametrize(
+    ("revision", "says"),
+    [
+        (None, "database at revision none (never migrated), this release needs {head}; " + BEHIND),
+        ("0001", "database at revision 0001, this release needs {head}; " + BEHIND),
+        # A newer release's: no start of this one mends it, with migrations on or off.
+        ("0099", "database at revision 0099, this release knows up to {head}"),
+    ],
 )
 def test_a_start_without_migrations_needs_the_database_at_head(
-    tmp_path: Path, postgres_url: str, kind: str, revision: str | None, said: str
+    tmp_path: Path, postgres_url: str, kind: str, workers: str, revision: str | None, says: str
 ) -> None:
     settings = {"GRIDPATROL_MIGRATE_ON_START": "false"}
     with fresh_database(kind, tmp_path, postgres_url) as url:
-        at_revision(url, revision)
-        done = run_api(tmp_path, {**settings, "GRIDPATROL_DATABASE_URL": url}, [])
+        if revision == "0001":
+            migrate_to(url, revision)  # its tables too: an upgrade would succeed
+        else:
+            at_revision(url, revision)
+        done = run_api(
+            tmp_path, {**settings, "GRIDPATROL_DATABASE_URL": url}, ["--workers", workers]
+        )
+        assert revision_of(url) == revision  # nothing migrated it
+    assert start_refused(done) == says.format(head=head())
+    assert "Context impl" not in done.stderr and " INFO alembic" not in done.stderr
+
+
+def migrate_to(url: str, revision: str) -> None:
+    engine = sa.create_engine(url)
+    cfg = Config(str(files("gridpatrol.api").joinpath("alembic.ini")))
+    cfg.set_main_option("script_location", str(files("gridpatrol.api").joinpath("migrations")))
+    try:
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
+def test_a_start_without_migrations_refuses_a_sqlite_file_that_is_not_there(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "typo.db"
+    settings = {
+        "GRIDPATROL_MIGRATE_ON_START": "false",
+        "GRIDPATROL_DATABASE_URL": f"sqlite:///{typo}",
+    }
+    done = run_api(tmp_path, settings, [])
     assert start_refused(done) == (
-        f"database at revision {said}, this release needs {head()}; "
-        "GRIDPATROL_MIGRATE_ON_START is false, so nothing migrates it"
+        f"the SQLite database {typo} does not exist; GRIDPATROL_MIGRATE_ON_START is false, so "
+        "nothing creates it"
     )
+    assert not typo.exists()
 
 
 @pytest.mark.parametrize("kind", DATABASES)
