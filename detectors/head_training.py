@@ -47,6 +47,7 @@ from gridpatrol.api.client import (
     ApiError,
     _checked_url,
 )
+from gridpatrol.api.schemas import _plausible
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair, head_on_disk, head_stem
 
@@ -167,6 +168,11 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
     (:func:`_listed`); a class folder without images is ignored. The classes, the empty
     folders and the files that are no images are said in a line each."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _listed(p.name))
+    if not _listed(positive) and (root / positive).is_dir():
+        raise ValueError(
+            f"{root / positive}: hidden folders (names starting with '.') and __MACOSX are "
+            "skipped, so it is no class: rename it to name the positive class"
+        )
     if positive not in {f.name for f in folders}:
         raise ValueError(
             f"{root} has no sub-folder {positive!r} (found: {', '.join(f.name for f in folders)})"
@@ -190,7 +196,11 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
         progress(f"class folders without images, ignored: {', '.join(empty)}")
     if ignored:
         kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
-        progress(f"{_count(ignored.total(), 'file')} ignored, not images ({kinds})")
+        # Only the suffix is read: an image saved without one is left out too.
+        progress(
+            f"{_count(ignored.total(), 'file')} ignored, without an image suffix "
+            f"({', '.join(sorted(IMAGE_SUFFIXES))}): {kinds}"
+        )
     names = [f.name for f, _ in files]
     unstamped = sum(name_time_ms(n) is None for n in names)
     if unstamped * 2 > len(names):
@@ -213,9 +223,22 @@ def _listed(name: str) -> bool:
 
 
 def _folder_files(folder: Path) -> list[Path]:
-    """The files under ``folder`` (recursive, sorted) but those :func:`_listed` leaves out."""
+    """The files under ``folder`` (recursive, sorted) but those :func:`_listed` leaves out.
+
+    Linked folders are walked, as scan's folder walk reads them (a share mounted by a link);
+    a folder reached again (a link back up, or a second link to it) is walked once."""
     found: list[Path] = []
-    for top, dirs, names in os.walk(folder):
+    seen: set[tuple[int, int]] = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        try:
+            stat = Path(top).stat()
+        except OSError:
+            dirs[:] = []
+            continue
+        if (stat.st_dev, stat.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((stat.st_dev, stat.st_ino))
         dirs[:] = [d for d in dirs if _listed(d)]
         found += [Path(top, n) for n in names if _listed(n)]
     return sorted(found)
@@ -277,12 +300,14 @@ def _count(n: int, noun: str) -> str:
 
 
 def negative_samples(paths: Sequence[str], fps: float) -> list[Sample]:
-    """Extra negatives: image folders (recursive) or videos sampled at ``fps``."""
+    """Extra negatives: image folders (walked as the class folders are, :func:`_folder_files`)
+    or videos sampled at ``fps``."""
     out: list[Sample] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files = sorted(f for f in path.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            # The class folders' walk: no hidden copies, no AppleDouble files, linked folders.
+            files = [f for f in _folder_files(path) if f.suffix.lower() in IMAGE_SUFFIXES]
             out += [Sample(key=str(f), label=0, group=f"extra:{path}", path=f) for f in files]
         elif path.is_file():
             out += _video_samples(path, fps)
@@ -1054,13 +1079,23 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
 
 
 def since_param(text: str) -> str:
-    """``--since`` as the API takes it, an ISO 8601 instant: a date alone is its midnight UTC;
-    a time without a UTC offset is refused (:class:`ValueError`) rather than read in some
-    zone, as the API would refuse it with a bare 422."""
+    """``--since`` as the API takes it, an ISO 8601 instant in UTC: a date alone is its
+    midnight UTC; a time without a UTC offset, or outside the years the API takes, is refused
+    (:class:`ValueError`) rather than read in some zone, as the API would refuse it with a
+    bare 422."""
     try:
-        return datetime.combine(date.fromisoformat(text), day_time(), UTC).isoformat()
+        at = datetime.combine(date.fromisoformat(text), day_time(), UTC)
     except ValueError:
-        pass  # not a date alone
+        at = _since_time(text)  # not a date alone
+    try:
+        # The API's own check of an instant (its years); it gives the instant in UTC, whose
+        # offset the API reads, where one with seconds (+05:30:15) it does not.
+        return _plausible(at).isoformat()
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"--since {text}: {exc}") from None
+
+
+def _since_time(text: str) -> datetime:
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -1073,7 +1108,7 @@ def since_param(text: str) -> str:
             f"--since {text}: a time needs its UTC offset (e.g. {text}Z or {text}+01:00); a "
             "date alone means its midnight UTC"
         )
-    return at.isoformat()
+    return at
 
 
 def _api_url(given: str | None) -> str:

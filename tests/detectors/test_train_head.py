@@ -12,7 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -32,11 +32,13 @@ from gridpatrol.detectors.head_training import (
     Scores,
     check_enough,
     choose_threshold,
+    dataset_samples,
     format_report,
     merge_duplicate_groups,
     negative_samples,
     nested_cv,
     review_samples,
+    since_param,
     time_groups,
     unscored_extras,
 )
@@ -981,7 +983,8 @@ def test_tif_images_are_trained_on_and_other_files_counted(
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[:3] == [
         "train-head: classes: garbage (positive, 6), clean (6)",
-        "train-head: 3 files ignored, not images ((no extension) 1, .mp4 1, .txt 1)",
+        "train-head: 3 files ignored, without an image suffix (.bmp, .jpeg, .jpg, .png, .tif, "
+        ".tiff, .webp): (no extension) 1, .mp4 1, .txt 1",
         f"train-head: 12 images in {root}",
     ]
     assert "train-head: features 12/12" in proc.stderr
@@ -1010,7 +1013,8 @@ def test_hidden_and_empty_folders_are_no_classes(
     assert proc.stderr.splitlines()[:4] == [
         "train-head: classes: garbage (positive, 6), clean (6)",
         "train-head: class folders without images, ignored: old, rubbish",
-        "train-head: 1 file ignored, not images (.csv 1)",
+        "train-head: 1 file ignored, without an image suffix (.bmp, .jpeg, .jpg, .png, .tif, "
+        ".tiff, .webp): .csv 1",
         f"train-head: 12 images in {root}",
     ]
     check_report(proc.stdout, images=12, positive=6)
@@ -1059,3 +1063,105 @@ def test_a_model_without_the_yolo11_feature_nodes_is_named(
         "docs/scene-heads.md"
     )
     assert proc.stdout == ""
+
+
+SUFFIXES = ".bmp, .jpeg, .jpg, .png, .tif, .tiff, .webp"
+
+
+def test_negative_folders_are_walked_as_class_folders(shared_dir: Path, tmp_path: Path) -> None:
+    """--negatives skips a notebook's .ipynb_checkpoints copies and a Mac zip's __MACOSX and
+    AppleDouble ._ files, as the class folders do: each photo is one sample."""
+    neg = tmp_path / "neg"
+    neg.mkdir()
+    for name in CLEAN[:3]:
+        shutil.copy(dataset(shared_dir) / "clean" / name, neg / name)
+    for hidden in (".ipynb_checkpoints", "__MACOSX"):
+        (neg / hidden).mkdir()
+        for name in CLEAN[:3]:
+            shutil.copy(neg / name, neg / hidden / name)
+            (neg / hidden / f"._{name}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (neg / f"._{CLEAN[0]}").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    found = negative_samples([str(neg)], fps=1.0)
+    assert [(s.key, s.label, s.group) for s in found] == [
+        (str(neg / name), 0, f"extra:{neg}") for name in sorted(CLEAN[:3])
+    ]
+
+
+def test_since_outside_the_apis_years_is_refused_and_sent_in_utc(
+    shared_dir: Path, api_server: Any
+) -> None:
+    """The API takes instants within its years (1900-9000) and offsets in hours and minutes:
+    --since beyond them is refused naming --since, before any request (it got a bare 422),
+    and a time whose offset has seconds is sent in UTC."""
+    for text in ("1899-12-31", "9999-12-31", "0226-12-01", "9000-12-31T23:00-05:00"):
+        with pytest.raises(ValueError, match=r"^--since \S+: ") as caught:
+            since_param(text)
+        assert str(caught.value) == (
+            f"--since {text}: the time must lie between the years 1900 and 9000"
+        )
+    proc = train_from_reviews(api_server, shared_dir, "--since", "0226-12-01")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "train-head: --since 0226-12-01: the time must lie between the years 1900 and 9000"
+    ]
+    assert since_param("2026-12-01T08:00+05:30:15") == "2026-12-01T02:29:45+00:00"
+    cid, _ = one_confirmed_candidate(shared_dir, api_server)
+    reviewer = ApiClient(api_server.url, api_server.tokens["reviewer"])
+    created = datetime.fromisoformat(reviewer.get_candidate(cid)["created_at"])
+    zone = timezone(timedelta(hours=5, minutes=30, seconds=15))
+    for shift, listed in ((timedelta(minutes=-1), [cid]), (timedelta(minutes=1), [])):
+        since = since_param((created + shift).astimezone(zone).isoformat())
+        page = reviewer.list_candidates(type="garbage_overflow", since=since)
+        assert [item["id"] for item in page["items"]] == listed
+    reviewer.close()
+
+
+def test_linked_folders_in_a_class_folder_are_walked(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sub-folder linked into a class folder holds photos of the class, as scan reads it;
+    a link back up (a loop) or a second link to it walks it once."""
+    root, elsewhere = tmp_path / "data", tmp_path / "share"
+    for folder, names in (("garbage", GARBAGE[:3]), ("clean", CLEAN[:3])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
+    elsewhere.mkdir()
+    for name in GARBAGE[3:]:
+        shutil.copy(dataset(shared_dir) / "garbage" / name, elsewhere / name)
+    (root / "garbage" / "share").symlink_to(elsewhere, target_is_directory=True)
+    (root / "garbage" / "again").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "up").symlink_to(root / "garbage", target_is_directory=True)
+    found = dataset_samples(root, "garbage", gap_min=30.0)
+    keys = sorted(s.key for s in found if s.label == 1)
+    assert len(keys) == 6
+    assert keys[3:] == sorted(f"garbage/{n}" for n in GARBAGE[:3])
+    assert {Path(k).name for k in keys[:3]} == set(GARBAGE[3:])
+    assert capsys.readouterr().err.splitlines()[0] == (
+        "train-head: classes: garbage (positive, 6), clean (3)"
+    )
+
+
+def test_a_hidden_positive_folder_and_files_without_an_image_suffix_are_said_so(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--positive .garbage names a folder skipped as hidden: said so, not "has no sub-folder";
+    a photo saved without a suffix is counted as a file without an image suffix."""
+    root = tmp_path / "data"
+    for folder, names in ((".garbage", GARBAGE[:2]), ("clean", CLEAN[:2])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder.lstrip(".") / name, root / folder / name)
+    with pytest.raises(ValueError) as caught:
+        dataset_samples(root, ".garbage", gap_min=30.0)
+    assert str(caught.value) == (
+        f"{root / '.garbage'}: hidden folders (names starting with '.') and __MACOSX are "
+        "skipped, so it is no class: rename it to name the positive class"
+    )
+    (root / ".garbage").rename(root / "garbage")
+    shutil.copy(root / "garbage" / GARBAGE[0], root / "garbage" / "IMG_0001")
+    assert len(dataset_samples(root, "garbage", gap_min=30.0)) == 4
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "train-head: classes: garbage (positive, 2), clean (2)",
+        f"train-head: 1 file ignored, without an image suffix ({SUFFIXES}): (no extension) 1",
+    ]
