@@ -139,7 +139,7 @@ class Settings(BaseSettings):
             if not value.strip():
                 return {}
             try:
-                value = json.loads(value)
+                value = json.loads(value, object_pairs_hook=_WrittenObject)
             except json.JSONDecodeError as exc:
                 raise ValueError(
                     f"GRIDPATROL_API_TOKENS is malformed JSON: {exc.msg} at line {exc.lineno} "
@@ -199,9 +199,27 @@ def _described(error: Any) -> str:
     return f"{variable}: {error['msg']}"
 
 
+class _WrittenObject(dict[str, Any]):
+    """A JSON object that also keeps its members as written: a plain dict keeps only the last
+    of a repeated key, silently dropping an entry and shifting the positions of the others."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]) -> None:
+        super().__init__(pairs)
+        self.pairs = pairs
+
+
 def _token_entries(raw: dict[Any, Any]) -> dict[str, TokenEntry]:
     """The entries of GRIDPATROL_API_TOKENS; a wrong one is named by its ``name`` or its
-    position, never by its key, which may be the token itself."""
+    position as written, never by its key, which may be the token itself."""
+    if isinstance(raw, _WrittenObject):
+        first: dict[str, int] = {}
+        for position, (token, _entry) in enumerate(raw.pairs, 1):
+            if token in first:
+                raise ValueError(
+                    f"GRIDPATROL_API_TOKENS: the entry at position {position} has the same key "
+                    f"as the entry at position {first[token]}; each token may appear once"
+                )
+            first[token] = position
     entries = {}
     for position, (token, entry) in enumerate(raw.items(), 1):
         try:

@@ -71,6 +71,19 @@ TOKEN_CASES = [
      "GRIDPATROL_API_TOKENS is malformed JSON: Expecting ',' delimiter at line 1 column 55"),
     ("GRIDPATROL_API_TOKENS", json.dumps(["gp-TOPSECRET-s3cret"]),
      "GRIDPATROL_API_TOKENS: Input should be a valid dictionary"),
+    # A repeated key: JSON parsers keep one of the two entries, whichever they like.
+    ("GRIDPATROL_API_TOKENS",
+     '{"gp-TOPSECRET-s3cret": {"role": "admin", "name": "a"}, "t": {"role": "admin", "name": '
+     '"b"}, "gp-TOPSECRET-s3cret": {"role": "producer", "name": "c"}}',
+     "GRIDPATROL_API_TOKENS: the entry at position 3 has the same key as the entry at position "
+     "1; each token may appear once"),
+    # Positions as written: the first repeat found is the 4th entry, of the 1st one's key.
+    ("GRIDPATROL_API_TOKENS",
+     '{"t": {"role": "admin", "name": "a"}, "gp-TOPSECRET-s3cret": {"role": "admin", "name": '
+     '"b"}, "u": {"role": "admin", "name": "c"}, "t": {"role": "admin", "name": "d"}, '
+     '"gp-TOPSECRET-s3cret": {"role": "admin", "name": "e"}}',
+     "GRIDPATROL_API_TOKENS: the entry at position 4 has the same key as the entry at position "
+     "1; each token may appear once"),
 ]  # fmt: skip
 
 
