@@ -121,6 +121,17 @@ STAGE_CLOCK_SKEW = timedelta(minutes=5)
 # How much later than its last one a case's next write is stamped at least (_case_now): a
 # millisecond, so that a value read back cut to milliseconds still tells two versions apart.
 CASE_TIME_STEP = timedelta(milliseconds=1)
+# How far ahead of this instance's clock a write is stamped at most to stay after the case's
+# last one (_case_now). One write from an instance whose clock is ahead (or before an NTP step
+# back) would otherwise date every later write of the case ahead, on every instance: stage
+# reports refused as dated before it, arrive_by late, and an event stream's replay from its id
+# missing other cases' changes. 2 s, as instances a second apart must stay in order; it must
+# stay below the replay's margin (api/routers/events.py checks it).
+CASE_CLOCK_LEAD = timedelta(seconds=2)
+# Cases whose capped step was logged (_case_now): once per case, bounded.
+_LEAD_WARNED: dict[str, None] = {}
+_LEAD_WARNED_MAX = 4096
+_LEAD_WARNED_LOCK = threading.Lock()
 
 
 # Hot-path statements, built once.
@@ -1328,7 +1339,8 @@ class CandidateService:
                 doc["arrive_by"] = row.arrive_by.isoformat()
             if new == "arrived":
                 row.arrived_at = at
-            # The report is judged and dated by the clock; the case's time stays in order.
+            # The case's updated_at stays in order; the entry is dated at the stage's own
+            # time (its at overrides the stamp), as the console's history shows it.
             stamp = _case_now(now, doc)
             self._history(doc, stamp, who.name, new, at=at.isoformat())
             self._save(row, doc, stamp)
@@ -2032,10 +2044,35 @@ def _case_now(now: datetime, doc: JsonDict) -> datetime:
     entry, before what it already had, and a decision's expected_updated_at
     (:func:`_changed_since_read`) would take an earlier change for a later one or miss it.
     Every write of a case is so later than the one before, its entries never before those of
-    the version it changes (the entries of one write share its instant).
+    the version it changes (the entries of one write share its instant), as long as the
+    instances' clocks are less than CASE_CLOCK_LEAD apart: a write is never stamped further
+    ahead of ``now`` than that, so one dated ahead does not carry every later one with it.
     """
     last = doc.get("updated_at")
-    return max(now, datetime.fromisoformat(last) + CASE_TIME_STEP) if last else now
+    if not last:
+        return now
+    after = datetime.fromisoformat(last) + CASE_TIME_STEP
+    if after <= now + CASE_CLOCK_LEAD:
+        return max(now, after)
+    _warn_case_ahead(str(doc.get("id")), after - CASE_TIME_STEP - now)
+    return now + CASE_CLOCK_LEAD
+
+
+def _warn_case_ahead(cid: str, ahead: timedelta) -> None:
+    with _LEAD_WARNED_LOCK:
+        if cid in _LEAD_WARNED:
+            return
+        if len(_LEAD_WARNED) >= _LEAD_WARNED_MAX:
+            del _LEAD_WARNED[next(iter(_LEAD_WARNED))]
+        _LEAD_WARNED[cid] = None
+    log.warning(
+        "candidate %s: its last write is dated %.3f s ahead of this instance's clock (clock"
+        " skew between instances); this write is stamped %.0f s ahead of the clock, before it",
+        cid,
+        ahead.total_seconds(),
+        CASE_CLOCK_LEAD.total_seconds(),
+        extra={"candidate_id": cid, "ahead_s": ahead.total_seconds()},
+    )
 
 
 def _precision_us(doc: JsonDict, value: datetime) -> int:

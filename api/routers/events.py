@@ -39,6 +39,7 @@ from gridpatrol.api.auth import Authenticator, ConsoleSession
 from gridpatrol.api.deps import Reviewer, Services, Svc
 from gridpatrol.api.hub import RESET, stopping, unless_stopping
 from gridpatrol.api.metrics import Metrics
+from gridpatrol.api.service import CASE_CLOCK_LEAD
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1", tags=["events"])
@@ -46,6 +47,10 @@ KEEPALIVE_S = 15.0
 # Changes are committed in another order than their updated_at was read, and instances'
 # clocks differ a little: replay from this much before the last id.
 REPLAY_MARGIN = timedelta(seconds=5)
+# A write may be stamped up to CASE_CLOCK_LEAD ahead of its instance's clock: the margin must
+# cover it, or a replay from such an event's id would miss changes other instances made.
+if CASE_CLOCK_LEAD >= REPLAY_MARGIN:
+    raise RuntimeError("CASE_CLOCK_LEAD must stay below REPLAY_MARGIN")
 REPLAY_MAX = 500
 # How often an open stream asks whether its console session was logged out: a logout ends
 # the streams of its session within this much time (at the next change sent or keepalive).

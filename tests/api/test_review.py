@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from gridpatrol.api.routers.events import replay
 
 
 def new_candidate(api: Any, event: str = "e1", **kw: Any) -> dict[str, Any]:
@@ -568,6 +572,45 @@ def test_a_retype_on_an_instance_whose_clock_is_behind_is_a_change(api: Any) -> 
     times = [datetime.fromisoformat(h["at"]) for h in now["history"]]
     assert times == sorted(times)
     assert len(set(times)) == len(times)
+
+
+def test_one_write_on_an_instance_whose_clock_is_ahead_does_not_date_later_ones_ahead(
+    api: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A routine update on an instance 10 minutes ahead, then a confirm on one in time: the
+    confirm is stamped at most CASE_CLOCK_LEAD (2 s) ahead of its clock, not after the update,
+    so a stage reported after it is accepted and a replay from its event id sees other cases
+    changed since."""
+    caplog.set_level(logging.WARNING, logger="gridpatrol.api.service")
+    start = api.clock.now
+    cid = new_candidate(api)["id"]
+    api.clock.now = start + timedelta(minutes=10)
+    _patcher(api, cid)({"detection": {"dwell_s": 600}})
+    api.clock.now = start + timedelta(seconds=10)
+    confirmed = api.review(cid, "confirm")
+    assert confirmed.status_code == 200, confirmed.text
+    assert confirmed.json()["updated_at"] == (start + timedelta(seconds=12)).isoformat()
+    warned = [r.getMessage() for r in caplog.records if r.name == "gridpatrol.api.service"]
+    assert warned == [
+        f"candidate {cid}: its last write is dated 590.000 s ahead of this instance's clock"
+        " (clock skew between instances); this write is stamped 2 s ahead of the clock,"
+        " before it"
+    ]
+
+    registered_at = (start + timedelta(seconds=20)).isoformat()
+    registered = api.as_("platform").post(
+        f"/api/v1/candidates/{cid}/status", json={"stage": "registered", "at": registered_at}
+    )
+    assert registered.status_code == 200, registered.text
+    assert registered.json()["stages"]["registered"] == registered_at
+
+    api.clock.now = start + timedelta(seconds=30)
+    other = new_candidate(api, "e2")
+    event_id = f"{confirmed.json()['updated_at']}|{cid}"
+    services = api.http.app.state.services
+    messages = asyncio.run(replay(services, event_id, api.clock.now))
+    replayed = [m.split("\n", 1)[0] for m in messages]
+    assert f"id: {other['updated_at']}|{other['id']}" in replayed
 
 
 def test_expected_updated_at_cut_to_milliseconds_or_seconds_is_the_version_read(api: Any) -> None:
