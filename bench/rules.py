@@ -2,10 +2,14 @@
 compared with the OpenVINO inference of the same frame, measured in the same run.
 
     .venv/bin/python bench/rules.py [--quick] [--json]
+    .venv/bin/python bench/rules.py --covered [--json]
 
 Frames: the pedestrian street (1920×1080) from the shared footage, inferred once with the
 OpenVINO backend in latency mode; the pipeline then replays those detections through a camera
 with four zones using all seven rules (so the background model and every evaluator run).
+
+--covered times alone the share of a shop-front zone its objects' boxes cover (run per zone
+and frame), for 10, 20 and 100 scattered boxes in an upright rectangle and a concave zone.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import os
 import statistics
 import sys
 import time
+import timeit
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -25,6 +31,7 @@ import numpy as np
 
 from gridpatrol.detectors.models import load_backend, resolve_model
 from gridpatrol.detectors.pipeline import CameraPipeline
+from gridpatrol.detectors.rules import ZoneObservation, _covered
 from gridpatrol.detectors.types import Detections
 from gridpatrol.site import Camera
 
@@ -89,11 +96,47 @@ def run(names: tuple[str, ...], frames: Frames) -> list[tuple[float, float]]:
     return took
 
 
+def covered_us() -> dict[str, float]:
+    """Median microseconds of one ``_covered`` call, by zone shape and number of boxes."""
+    rng = np.random.default_rng(0)
+    zones = {
+        "box": [(0, 0), (500, 0), (500, 300), (0, 300)],
+        "concave": [(3, 7), (997, 7), (997, 611), (700, 611), (700, 200), (300, 200),
+                    (300, 611), (3, 611)],
+    }  # fmt: skip
+    found = {}
+    for n in (10, 20, 100):
+        corner, size = rng.integers(0, 1000, (n, 2)), rng.integers(5, 120, (n, 2))
+        boxes = np.concatenate([corner, corner + size], axis=1).astype(np.float32)
+        for shape, polygon in zones.items():
+            xy = np.asarray(polygon, np.float32)
+            obs = ZoneObservation(
+                xyxy=boxes, confidence=np.ones(n, np.float32), labels=("chair",) * n,
+                track_id=np.arange(n, dtype=np.int64), displacement=np.zeros(n, np.float32),
+                observed_s=np.ones(n, np.float32), new_object=np.ones(n, bool),
+                zone_box=(*xy.min(axis=0).tolist(), *xy.max(axis=0).tolist()),
+                zone_area_px=1.0, zone_polygon=xy,
+            )  # fmt: skip
+            timer = timeit.Timer(partial(_covered, obs, np.ones(n, bool)))
+            calls, _ = timer.autorange()
+            runs = timer.repeat(5, calls)
+            found[f"covered_us_{shape}_{n}"] = round(statistics.median(runs) / calls * 1e6, 1)
+    return found
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="60 frames instead of the clip")
     parser.add_argument("--json", action="store_true", help="print one JSON object last")
+    parser.add_argument("--covered", action="store_true", help="time the covered share alone")
     args = parser.parse_args()
+    if args.covered:
+        costs = covered_us()
+        for key, value in costs.items():
+            print(f"{key:>22}: {value}", file=sys.stderr)
+        if args.json:
+            print(json.dumps(costs))
+        return 0
     names, frames, (infer_wall, infer_cpu) = load_frames(60 if args.quick else 300)
     took = run(names, frames)
     wall = [w for w, _ in took]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gridpatrol.detectors.rules import (
+    COVER_CELLS,
     EVALUATORS,
     HELD_MAX,
     Presence,
@@ -742,8 +743,51 @@ def test_shop_front_counts_the_zone_its_objects_cover(
     else:
         assert found is not None
         expected = min(1.0, 0.5 + 0.25 * (covered / min_area - 1.0))
-        assert found.confidence == pytest.approx(expected)
+        # A zone that is its box is measured exactly, any other on COVER_CELLS cells across.
+        off = 0.0 if polygon == SQUARE else 1 / COVER_CELLS
+        assert found.confidence == pytest.approx(expected, abs=0.25 * off / min_area + 1e-9)
         assert found.labels == ("dining table",) * n
+
+
+# Concave, its edges off the 128-cell grid over its 994 × 604 px box: 435,976 px².
+U_SHAPE = ((3, 7), (997, 7), (997, 611), (700, 611), (700, 200), (300, 200), (300, 611), (3, 611))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_zone_covered_by_many_boxes_is_measured_within_a_cell(seed: int) -> None:
+    """100 scattered boxes, overlapping and reaching out of a concave zone: the share covered
+    is within one cell's width (1/128) of the exact share, which whole-pixel coordinates let
+    a one-pixel mask give."""
+    rng = np.random.default_rng(seed)
+    corner, size = rng.integers(0, 1000, (100, 2)), rng.integers(5, 120, (100, 2))
+    boxes = np.concatenate([corner, corner + size], axis=1)
+    zone = np.zeros((700, 1100), np.uint8)
+    zone[7:611, 3:997] = 1
+    zone[200:611, 300:700] = 0
+    union = np.zeros_like(zone)
+    for x1, y1, x2, y2 in boxes.tolist():
+        union[y1:y2, x1:x2] = 1
+    assert int(zone.sum()) == 435_976
+    exact = int((zone & union).sum()) / int(zone.sum())
+    xy = np.asarray(U_SHAPE, np.float32)
+    obs = ZoneObservation(
+        xyxy=boxes.astype(np.float32),
+        confidence=np.full(100, 0.8, np.float32),
+        labels=("dining table",) * 100,
+        track_id=np.arange(1, 101, dtype=np.int64),
+        displacement=np.zeros(100, np.float32),
+        observed_s=np.full(100, 10.0, np.float32),
+        new_object=np.ones(100, bool),
+        zone_box=(*xy.min(axis=0).tolist(), *xy.max(axis=0).tolist()),
+        zone_area_px=435_976.0,
+        static_fraction=0.0,
+        zone_polygon=xy,
+    )
+    found = shop_front_occupation(obs, ShopFrontParams(min_area=0.2))
+    assert found is not None and found.confidence < 1.0
+    covered = 0.2 * (1 + (found.confidence - 0.5) / 0.25)
+    assert 0.2 < exact < 0.6
+    assert covered == pytest.approx(exact, abs=1 / COVER_CELLS)
 
 
 def test_static_confidence_grows_with_area() -> None:
