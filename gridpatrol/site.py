@@ -1365,18 +1365,33 @@ def _too_thin(site: Site, lines: Mapping[Path_, int], name: str) -> list[tuple[i
             continue
         loc = ("cameras", i, "zones", j, "rules", rule)
         line = _line_for(loc, lines)
+        xs = sorted({x for x, _ in zone.polygon})
+        ys = sorted({y for _, y in zone.polygon})
         # A rectangle as tall and wide as the block holds one wherever it lies (its rounded
-        # edges lose at most half a pixel each).
-        size = OPEN_PX
+        # edges lose at most half a pixel each); another shape can be far larger and still
+        # nowhere that wide (a slanted band), so only its width across can be asked for.
+        upright = len(zone.polygon) == 4 and len(xs) == 2 and len(ys) == 2
+        across = (
+            f"it is {int(mask.any(axis=1).sum())} px tall and {int(mask.any(axis=0).sum())} "
+            "px wide and "
+            if upright
+            else f"no part of it is {OPEN_PX} px across, so it "
+        )
+        advice = (
+            f"draw it at least {OPEN_PX / height:.1%} of the frame's height and "
+            f"{OPEN_PX / width:.1%} of its width"
+            if upright
+            else f"draw it at least {OPEN_PX} px across in the {width}\u00d7{height} frame "
+            f"({OPEN_PX / height:.1%} of the frame's height, {OPEN_PX / width:.1%} of its "
+            "width, measured across the zone)"
+        )
         problems.append(
             (
                 line,
                 f"{name}:{line}: {_dotted(loc)}: camera {camera.id!r} zone {zone.id!r} is too "
                 f"thin for {rule}, which could never raise: the background model sees it in its "
-                f"{width}\u00d7{height} grey frame, where it is {int(mask.any(axis=1).sum())} px "
-                f"tall and {int(mask.any(axis=0).sum())} px wide and holds no block of "
-                f"{OPEN_PX}\u00d7{OPEN_PX} px, the least the model keeps; draw it at least "
-                f"{size / height:.1%} of the frame's height and {size / width:.1%} of its width",
+                f"{width}\u00d7{height} grey frame, where {across}holds no block of "
+                f"{OPEN_PX}\u00d7{OPEN_PX} px, the least the model keeps; {advice}",
             )
         )
     return problems

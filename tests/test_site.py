@@ -1416,3 +1416,32 @@ def test_a_zone_too_thin_for_the_background_model_is_refused(tmp_path: Path) -> 
     assert [z.id for z in load_site(path).cameras[0].zones] == ["ok", "z"]
     result = run_cli("check-config", str(path))
     assert result.returncode == 0, result.stderr
+
+
+def test_a_slanted_band_too_thin_is_refused_for_its_width_across(tmp_path: Path) -> None:
+    """A band 2 % of the frame wide slanting from corner to corner spans 72 x 128 px of the
+    160x90 frame yet holds no 3x3 block anywhere: the refusal quoted that span and asked for a
+    height and width the band already has. It now says no part of it is 3 px across."""
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MINIMAL + "    zones:\n"
+        "      - id: band\n"
+        "        polygon: [[0.1, 0.1], [0.12, 0.1], [0.9, 0.9], [0.88, 0.9]]\n"
+        "        rules:\n"
+        "          piled_materials: {}\n"
+    )
+    expected = (
+        f"{path}:11: cameras[0].zones[0].rules.piled_materials: camera 'c1' zone 'band' is too "
+        "thin for piled_materials, which could never raise: the background model sees it in "
+        "its 160\u00d790 grey frame, where no part of it is 3 px across, so it holds no block "
+        "of 3\u00d73 px, the least the model keeps; draw it at least 3 px across in the "
+        "160\u00d790 frame (3.3% of the frame's height, 1.9% of its width, measured across the "
+        "zone)"
+    )
+    with pytest.raises(SiteConfigError) as info:
+        load_site(path)
+    assert info.value.problems == [expected]
+    assert "72 px tall" not in expected
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [expected, f"{path}: INVALID (1 problem(s))"]
