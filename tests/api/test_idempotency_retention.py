@@ -197,7 +197,7 @@ def test_the_api_does_not_start_with_a_retention_of_zero(tmp_path: Any) -> None:
     done = run_api(tmp_path, {"GRIDPATROL_IDEMPOTENCY_RETENTION_S": "0"}, [])
     assert done.returncode == 2, done.stderr[-3000:]
     assert (
-        "Value error, GRIDPATROL_IDEMPOTENCY_RETENTION_S must be a number of seconds from 1 to "
-        "315360000 (10 years), got 0"
+        "the intake API cannot start: GRIDPATROL_IDEMPOTENCY_RETENTION_S must be a number of "
+        "seconds from 1 to 315360000 (10 years), got 0\n"
     ) in done.stderr
     assert "Traceback" not in done.stderr
