@@ -192,13 +192,18 @@ def resolve_model(
             path = Path(explicit).expanduser()
             if path.exists():
                 return spec_from_path(path, source, manifest)
-            if _downloadable(explicit):
+            if _bare_pt(explicit):
                 entry = ManifestEntry(path.stem, path.name, f"{path.stem}_openvino_model")
-            else:
-                raise ModelNotFoundError(
-                    f"model {explicit!r} ({source}) does not exist: give an OpenVINO IR folder, "
-                    f"an .xml, .onnx or .pt file, or one of {sorted(manifest.models)}"
-                )
+                # On disk first: its export already in a models folder or the cache needs no
+                # look at Ultralytics' published names, whose import brings in torch.
+                if (local := _local_spec(entry, manifest)) is not None:
+                    return local
+                if _downloadable(explicit):
+                    return _resolve_entry(entry, manifest, download)
+            raise ModelNotFoundError(
+                f"model {explicit!r} ({source}) does not exist: give an OpenVINO IR folder, "
+                f"an .xml, .onnx or .pt file, or one of {sorted(manifest.models)}"
+            )
         return _resolve_entry(entry, manifest, download)
     entry = manifest.entry(manifest.default)
     if entry is None:
@@ -211,17 +216,24 @@ def resolve_model(
 PUBLISHED_WEIGHTS = re.compile(r"yolo(v8|11|12|26)[nsmlx]\.pt")
 
 
+def _bare_pt(name: str) -> bool:
+    """A .pt file name without a folder: a path with one, even ``./``, is a file the user has,
+    or not, never a name for Ultralytics."""
+    return not ("/" in name or (os.altsep and os.altsep in name)) and name.endswith(".pt")
+
+
 def _downloadable(name: str) -> bool:
-    """Whether Ultralytics would download ``name``: a bare file name (a path with a folder, even
-    ``./``, is a file the user has, or not) that it publishes. Any other .pt that is not there
-    would only fail after the extra (several GB) was installed for it."""
-    if "/" in name or (os.altsep and os.altsep in name) or not name.endswith(".pt"):
+    """Whether Ultralytics would download ``name``: a bare .pt name that it publishes. Any other
+    .pt that is not there would only fail after the extra (several GB) was installed for it."""
+    if not _bare_pt(name):
         return False
+    if PUBLISHED_WEIGHTS.fullmatch(name) is not None:
+        return True  # known without importing Ultralytics' list, and with it torch
     if ultralytics_available():
         from ultralytics.utils.downloads import GITHUB_ASSETS_NAMES
 
         return name in GITHUB_ASSETS_NAMES
-    return PUBLISHED_WEIGHTS.fullmatch(name) is not None
+    return False
 
 
 def spec_from_path(path: Path, source: str, manifest: Manifest | None = None) -> ModelSpec:
@@ -260,13 +272,20 @@ def _require_weights(xml: Path) -> None:
         )
 
 
-def _resolve_entry(entry: ManifestEntry, manifest: Manifest, download: bool = True) -> ModelSpec:
+def _local_spec(entry: ManifestEntry, manifest: Manifest) -> ModelSpec | None:
+    """The entry's OpenVINO folder in the first search directory that has it, else None."""
     for directory in search_dirs():
         for name in entry.folder_names:
             candidate = directory / name
             if candidate.is_dir() and any(candidate.glob("*.xml")):
                 spec = spec_from_path(candidate, f"local:{directory}", manifest)
                 return ModelSpec(entry.name, spec.path, spec.format, spec.source, entry)
+    return None
+
+
+def _resolve_entry(entry: ManifestEntry, manifest: Manifest, download: bool = True) -> ModelSpec:
+    if (local := _local_spec(entry, manifest)) is not None:
+        return local
     if not download:
         raise ModelNotFoundError(_not_found_message(entry, "this command does not download"))
     exported = _download_and_export(entry)

@@ -491,6 +491,34 @@ def test_the_weights_ultralytics_publishes_are_known_without_it(
             resolve_model(name, download=False)
 
 
+def test_a_published_name_exported_in_the_cache_starts_without_torch(
+    tmp_path: Path, shared_dir: Path
+) -> None:
+    """GRIDPATROL_MODEL=yolo11s.pt, not in the manifest, with its export already in the cache:
+    found on disk without reading Ultralytics' list of names, whose import brings in torch."""
+    env = _no_weights_env(tmp_path) | {"GRIDPATROL_MODEL": "yolo11s.pt"}
+    cache = tmp_path / "nothing" / "cache" / "models"
+    cache.mkdir(parents=True)
+    export = cache / "yolo11s_openvino_model"
+    export.symlink_to(shared_dir / "models" / "yolo11n_int8_openvino_model")
+    code = (
+        "import sys; from gridpatrol.detectors.models import resolve_model; "
+        "spec = resolve_model(); "
+        "print(spec.name, spec.format, spec.source, spec.path.parent.name, 'torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == [
+        "yolo11s",
+        "openvino",
+        f"local:{cache}",
+        "yolo11n_int8_openvino_model",  # spec_from_path resolves the link
+        "False",
+    ]
+
+
 def test_cached_weights_are_exported_offline(
     isolated: Path, shared_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
