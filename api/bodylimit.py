@@ -97,8 +97,11 @@ def _content_length(scope: Scope) -> int | None:
 _SPACE = re.compile(r"[ \t\n\r]*")
 # The rest of a string after its opening quote, up to and with its closing quote.
 _STRING_REST = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"', re.S)
-# A whole string (so that brackets in it are not counted) or a bracket.
-_STRING_OR_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
+# Everything up to the next bracket outside a string, and that bracket (group 1): the text
+# between brackets, strings whole (a bracket in one is not counted), is passed over inside the
+# regex engine, so the walk in Python steps through brackets only. Possessive, so that a
+# failed match (no bracket left) gives up without backtracking.
+_TO_BRACKET = re.compile(r'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+([\[\]{}])', re.S)
 # A number, true, false or null (NaN and Infinity too, as json.loads takes them).
 _SCALAR = re.compile(r"[^,\]}\s]+")
 _DECODER = json.JSONDecoder()
@@ -167,14 +170,15 @@ def _skip(text: str, at: int) -> int:
     if first not in "[{":
         return _after(_SCALAR, text, at)
     depth = 0
-    for found in _STRING_OR_BRACKET.finditer(text, at):
-        token = found[0]
-        if token == "[" or token == "{":
+    end = at
+    while (found := _TO_BRACKET.match(text, end)) is not None:
+        end = found.end()
+        if found[1] in "[{":
             depth += 1
-        elif token == "]" or token == "}":
+        else:
             depth -= 1
             if depth == 0:
-                return found.end()
+                return end
     raise ValueError(f"the value at {at} does not end")
 
 
