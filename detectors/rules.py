@@ -33,6 +33,8 @@ from gridpatrol.site import (
     ShopFrontParams,
     StaticForegroundParams,
     StreetVendingParams,
+    fills_its_box,
+    polygon_area,
 )
 
 Box = tuple[float, float, float, float]
@@ -295,14 +297,6 @@ def _static_confidence(area: float, min_area: float) -> float:
     return min(1.0, 0.5 + 0.25 * (area / min_area - 1.0))
 
 
-def _shoelace(points: NDArray[np.float64]) -> float:
-    """The area of the polygon ``points`` (N, 2)."""
-    if len(points) < 3:
-        return 0.0
-    x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y)))
-
-
 # Cells across the zone's box on each axis when its polygon is not that box: the covered share
 # is then measured at cell centres, off by the cells the zone's and the boxes' edges cross.
 COVER_CELLS = 128
@@ -377,15 +371,14 @@ def _covered(obs: ZoneObservation, objects: NDArray[np.bool_]) -> float:
     if obs.zone_polygon is None:
         return _covered_box(obs.zone_box, boxes)
     zone = np.asarray(obs.zone_polygon, np.float64).reshape(-1, 2)
-    x1, y1 = zone.min(axis=0).tolist()
-    x2, y2 = zone.max(axis=0).tolist()
-    box_area = (x2 - x1) * (y2 - y1)
-    zone_area = _shoelace(zone)
-    if zone_area <= 0:
-        return 0.0
+    points = zone.tolist()
     # A polygon as large as its box is that box (a concave one is smaller).
-    if zone_area >= box_area * (1 - 1e-9):
+    if fills_its_box(points):
+        x1, y1 = zone.min(axis=0).tolist()
+        x2, y2 = zone.max(axis=0).tolist()
         return _covered_box((x1, y1, x2, y2), boxes)
+    if polygon_area(points) <= 0:
+        return 0.0
     return _covered_polygon(zone, boxes)
 
 

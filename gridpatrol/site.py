@@ -658,6 +658,25 @@ def few_enough_points(value: object) -> object:
     return value
 
 
+def polygon_area(points: Sequence[Sequence[float]]) -> float:
+    """The area of the closed polygon ``points`` (shoelace; a repeated first point adds none)."""
+    n = len(points)
+    twice = sum(
+        points[k][0] * points[(k + 1) % n][1] - points[(k + 1) % n][0] * points[k][1]
+        for k in range(n)
+    )
+    return 0.5 * abs(twice) if n >= 3 else 0.0
+
+
+def fills_its_box(points: Sequence[Sequence[float]]) -> bool:
+    """Whether the polygon is its own upright bounding box, however many points draw it (a
+    repeated first point, a point along an edge): only then is its area the box's."""
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    box = (max(xs) - min(xs)) * (max(ys) - min(ys))
+    return polygon_area(points) >= box * (1 - 1e-9)
+
+
 def _crossing_edges(points: Sequence[Point]) -> tuple[int, int, int, int] | None:
     """The first two edges of the closed polygon that cross, by their points' indices.
 
@@ -1365,12 +1384,10 @@ def _too_thin(site: Site, lines: Mapping[Path_, int], name: str) -> list[tuple[i
             continue
         loc = ("cameras", i, "zones", j, "rules", rule)
         line = _line_for(loc, lines)
-        xs = sorted({x for x, _ in zone.polygon})
-        ys = sorted({y for _, y in zone.polygon})
         # A rectangle as tall and wide as the block holds one wherever it lies (its rounded
         # edges lose at most half a pixel each); another shape can be far larger and still
         # nowhere that wide (a slanted band), so only its width across can be asked for.
-        upright = len(zone.polygon) == 4 and len(xs) == 2 and len(ys) == 2
+        upright = fills_its_box(zone.polygon)
         across = (
             f"it is {int(mask.any(axis=1).sum())} px tall and {int(mask.any(axis=0).sum())} "
             "px wide and "

@@ -1418,6 +1418,37 @@ def test_a_zone_too_thin_for_the_background_model_is_refused(tmp_path: Path) -> 
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.parametrize(
+    "polygon",
+    [
+        "[[0.1, 0.81], [0.9, 0.81], [0.9, 0.83], [0.1, 0.83], [0.1, 0.81]]",
+        "[[0.1, 0.81], [0.5, 0.81], [0.9, 0.81], [0.9, 0.83], [0.1, 0.83]]",
+    ],
+    ids=["closed", "point-along-an-edge"],
+)
+def test_an_upright_strip_drawn_with_more_points_is_refused_for_its_height(
+    tmp_path: Path, polygon: str
+) -> None:
+    """An upright strip drawn with its first point repeated at the end, or with a point along
+    an edge, is a rectangle: it is told its height and width, not that it is slanted."""
+    path = tmp_path / "site.yaml"
+    path.write_text(
+        MINIMAL + "    zones:\n"
+        "      - id: strip\n"
+        f"        polygon: {polygon}\n"
+        "        rules:\n"
+        "          piled_materials: {}\n"
+    )
+    expected = (
+        f"{path}:11: cameras[0].zones[0].rules.piled_materials: camera 'c1' zone 'strip' is "
+        "too thin for piled_materials, which could never raise: the background model sees it "
+        "in its 160\u00d790 grey frame, where it is 2 px tall and 128 px wide and holds no "
+        "block of 3\u00d73 px, the least the model keeps; draw it at least 3.3% of the frame's "
+        "height and 1.9% of its width"
+    )
+    _refused_with(path, expected)
+
+
 def test_a_slanted_band_too_thin_is_refused_for_its_width_across(tmp_path: Path) -> None:
     """A band 2 % of the frame wide slanting from corner to corner spans 72 x 128 px of the
     160x90 frame yet holds no 3x3 block anywhere: the refusal quoted that span and asked for a
@@ -1438,10 +1469,16 @@ def test_a_slanted_band_too_thin_is_refused_for_its_width_across(tmp_path: Path)
         "160\u00d790 frame (3.3% of the frame's height, 1.9% of its width, measured across the "
         "zone)"
     )
+    assert "72 px tall" not in expected
+    _refused_with(path, expected)
+
+
+def _refused_with(path: Path, expected: str) -> None:
+    """The site file is refused with the one problem ``expected``, by load_site and by
+    check-config alike."""
     with pytest.raises(SiteConfigError) as info:
         load_site(path)
     assert info.value.problems == [expected]
-    assert "72 px tall" not in expected
     result = run_cli("check-config", str(path))
     assert result.returncode == 1
     assert result.stderr.splitlines() == [expected, f"{path}: INVALID (1 problem(s))"]
