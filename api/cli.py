@@ -441,15 +441,15 @@ def _check_at_head(url: str) -> None:
     from sqlalchemy.engine import make_url
 
     from gridpatrol.api.db import Database, SchemaMismatch
+    from gridpatrol.api.settings import sqlite_path
 
-    parsed = make_url(url)
-    name = parsed.database
-    sqlite_file = parsed.get_backend_name() == "sqlite" and name not in (None, "", ":memory:")
+    path = sqlite_path(make_url(url))
     # Connecting would create an empty database there (a mistyped path, say), which a start
     # that does not migrate can only refuse: say which file is missing instead.
-    if sqlite_file and not Path(str(name)).is_file():
+    if path is not None and not path.is_file():
+        missing = "is not a file" if path.exists() else "does not exist"
         raise SchemaMismatch(
-            f"the SQLite database {Path(str(name)).resolve()} does not exist; "
+            f"the SQLite database {path.resolve()} {missing}; "
             "GRIDPATROL_MIGRATE_ON_START is false, so nothing creates it"
         )
     db = Database(url)

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
 from alembic import command
@@ -42,6 +41,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
+
+from gridpatrol.api.settings import sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,9 @@ def make_engine(url: str) -> Engine:
                 if k not in parsed.query
             }
         return create_engine(url, **pool, connect_args=connect_args)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(parsed)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, **pool, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")

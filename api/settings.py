@@ -10,12 +10,16 @@ import secrets
 import string
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+from urllib.parse import unquote
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gridpatrol.site import Policy, Site, load_site
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
 
@@ -279,11 +283,32 @@ def check_database_url(url: str) -> None:
             "GRIDPATROL_DATABASE_URL: SQLAlchemy knows no database or driver of that name "
             "(postgresql+psycopg, sqlite)"
         ) from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+    path = sqlite_path(parsed)
+    if path is not None:
         try:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # SQLite URLs hold a path, no password
             raise ValueError(f"GRIDPATROL_DATABASE_URL: {exc}") from None
+
+
+def sqlite_path(parsed: URL) -> Path | None:
+    """The file of a SQLite URL, or None for another database or an in-memory one. With
+    ``uri=true`` SQLite reads the name as a ``file:`` URI (its own query already taken off by
+    SQLAlchemy): the file is the URI's path, not a folder called ``file:``."""
+    from sqlalchemy import util
+
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or name in (None, "", ":memory:"):
+        return None
+    if not util.asbool(parsed.query.get("uri", "false")) or not name.startswith("file:"):
+        return Path(name)
+    if parsed.query.get("mode") == "memory":
+        return None
+    path = name.removeprefix("file:")
+    if path.startswith("//"):  # file://host/path: SQLite takes only an empty host or localhost
+        path = "/" + path[2:].partition("/")[2]
+    path = unquote(path)
+    return None if path in ("", ":memory:") else Path(path)
 
 
 def site_policy(site: Site | None) -> tuple[Policy, str]:

@@ -324,20 +324,37 @@ def migrate_to(url: str, revision: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize(
+    ("name", "missing"), [("typo.db", "does not exist"), ("", "is not a file")]
+)
 def test_a_start_without_migrations_refuses_a_sqlite_file_that_is_not_there(
-    tmp_path: Path,
+    tmp_path: Path, name: str, missing: str
 ) -> None:
-    typo = tmp_path / "typo.db"
+    path = tmp_path / name  # "": the test's folder
     settings = {
         "GRIDPATROL_MIGRATE_ON_START": "false",
-        "GRIDPATROL_DATABASE_URL": f"sqlite:///{typo}",
+        "GRIDPATROL_DATABASE_URL": f"sqlite:///{path}",
     }
     done = run_api(tmp_path, settings, [])
     assert start_refused(done) == (
-        f"the SQLite database {typo} does not exist; GRIDPATROL_MIGRATE_ON_START is false, so "
+        f"the SQLite database {path} {missing}; GRIDPATROL_MIGRATE_ON_START is false, so "
         "nothing creates it"
     )
-    assert not typo.exists()
+    assert path.is_dir() if not name else not path.exists()
+
+
+def test_a_start_without_migrations_serves_a_sqlite_uri_filename_at_head(tmp_path: Path) -> None:
+    # With uri=true SQLite opens the path after file: (relative to the working directory).
+    run_api(tmp_path, {"GRIDPATROL_DATABASE_URL": f"sqlite:///{tmp_path}/rel/new.db"}, [])
+    assert revision_of(f"sqlite:///{tmp_path}/rel/new.db") == head()
+    settings = {
+        "GRIDPATROL_MIGRATE_ON_START": "false",
+        "GRIDPATROL_DATABASE_URL": "sqlite:///file:rel/new.db?mode=ro&uri=true",
+    }
+    done = run_api(tmp_path, settings, [])
+    assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
+    assert "intake API ready" in done.stderr and "migrated to head" not in done.stderr
+    assert not (tmp_path / "file:rel").exists()
 
 
 @pytest.mark.parametrize("kind", DATABASES)
