@@ -1230,11 +1230,12 @@ class CandidateService:
                     candidate_status=row.status,
                     updated_at=doc["updated_at"],
                 )
-            now = _case_now(self.clock(), doc)
+            clock = self.clock()
+            now = _case_now(clock, doc)
             outcome = Outcome(200, doc)
             before = row.status
             if decision.decision == "merge":
-                self._merge_into(session, who, row, str(decision.merge_into), now, outcome)
+                self._merge_into(session, who, row, str(decision.merge_into), clock, outcome)
             # A return records what the case lacks, also when it lacks nothing ([]): supplying
             # that (a PATCH, or the upload of a missing file) answers it, as the note asks
             # (_completes_return). An entry without the list is a return older than that.
@@ -1282,9 +1283,11 @@ class CandidateService:
         who: Principal,
         row: CandidateRow,
         target_id: str,
-        now: datetime,
+        clock: datetime,
         outcome: Outcome,
     ) -> None:
+        """Record the merge of ``row`` into ``target_id``; ``clock`` is the instance's clock
+        reading, not the source's stamp (which can be CASE_CLOCK_LEAD ahead of it already)."""
         if target_id == row.id:
             raise Problem(422, "a candidate cannot be merged into itself")
         target = self._load(session, target_id, status=422)
@@ -1292,10 +1295,10 @@ class CandidateService:
             raise Problem(409, f"cannot merge into candidate {target_id}: it is {target.status}")
         tdoc = json.loads(target.doc)
         tdoc["references"] = [*tdoc.get("references", []), row.id]
-        at = _case_now(now, tdoc)
+        at = _case_now(clock, tdoc)
         self._history(tdoc, at, who.name, "merged_from", source=row.id)
         if target.feed_pos is not None:  # visible already: the platform sees the change
-            self._assign_positions(session, [target], now)
+            self._assign_positions(session, [target], at)
             outcome.feed = True
         self._save(target, tdoc, at)
         json_doc = outcome.doc
@@ -2105,10 +2108,13 @@ def _changed_since_read(doc: JsonDict, read_at: datetime) -> bool:
     ``read_at`` after the case's ``updated_at`` is no version it had: it counts as changed, as
     nothing tells it was not.
 
-    Times are compared at ``read_at``'s precision: the entry of the version read, at its
-    exact instant, is not after that instant cut to milliseconds. As writes of a case are at
-    least a millisecond apart (:func:`_case_now`), a later change still counts at millisecond
-    precision; at a second's, one in the same second as the version read does not.
+    A change is one recorded after the version read in the history's order, not one dated
+    after it: with instances' clocks more than CASE_CLOCK_LEAD apart, a later write can be
+    dated before the version read (:func:`_case_now`). Only a ``read_at`` no entry has is
+    compared by time. Times are compared at ``read_at``'s precision: the entry of the version
+    read, at its exact instant, is that instant cut to milliseconds. As writes of a case are
+    at least a millisecond apart (:func:`_case_now`), a later change still counts at
+    millisecond precision; at a second's, one in the same second as the version read does not.
     """
     updated = datetime.fromisoformat(doc["updated_at"])
     if read_at == updated:
@@ -2117,11 +2123,28 @@ def _changed_since_read(doc: JsonDict, read_at: datetime) -> bool:
     if read_at > _floored(updated, precision):
         return True
     history = doc.get("history") or []
+    read = _version_read(history, read_at, precision)
+    if read is not None:
+        return any(not _routine(h) for h in history[read + 1 :])
     return any(
         _floored(datetime.fromisoformat(h["at"]), precision) > read_at
         for h in history
         if not _routine(h)
     )
+
+
+def _version_read(history: list[JsonDict], read_at: datetime, precision: int) -> int | None:
+    """The position in ``history`` of the last entry of the version updated at ``read_at`` (at
+    ``precision``): one dated then, or a run of routine updates from ``at`` to ``last_at``
+    that holds it. None if no entry does (the version of a stage report, dated at its own
+    time)."""
+    for i in range(len(history) - 1, -1, -1):
+        entry = history[i]
+        first = _floored(datetime.fromisoformat(entry["at"]), precision)
+        last = _floored(datetime.fromisoformat(entry.get("last_at") or entry["at"]), precision)
+        if first <= read_at <= last:
+            return i
+    return None
 
 
 def _incomplete_decision(decision: ReviewIn) -> str | None:

@@ -613,6 +613,49 @@ def test_one_write_on_an_instance_whose_clock_is_ahead_does_not_date_later_ones_
     assert f"id: {other['updated_at']}|{other['id']}" in replayed
 
 
+def test_a_merge_after_writes_dated_ahead_stamps_its_target_at_most_the_lead_ahead(
+    api: Any,
+) -> None:
+    """Source and target both last written on an instance 10 minutes ahead: a merge on one in
+    time stamps each of them CASE_CLOCK_LEAD (2 s) ahead of its clock, the target not a
+    further 2 s after the source's stamp."""
+    start = api.clock.now
+    source = new_candidate(api, "e1")["id"]
+    target = new_candidate(api, "e2")["id"]
+    api.clock.now = start + timedelta(minutes=10)
+    _patcher(api, source)({"detection": {"dwell_s": 600}})
+    _patcher(api, target)({"detection": {"dwell_s": 600}})
+    api.clock.now = start + timedelta(seconds=10)
+    merged = api.review(source, "merge", merge_into=target)
+    assert merged.status_code == 200, merged.text
+    lead = (start + timedelta(seconds=12)).isoformat()
+    assert merged.json()["updated_at"] == lead
+    got = api.as_("reviewer").get(f"/api/v1/candidates/{target}").json()
+    assert (got["updated_at"], got["history"][-1]["at"]) == (lead, lead)
+
+
+def test_a_change_dated_before_the_version_read_by_a_clock_behind_still_counts(api: Any) -> None:
+    """Instances 3 s apart: a retype on the one behind, after a version dated by the one ahead,
+    is stamped (capped) before that version; a later routine update dates the case after it.
+    The retype still counts as changed since the version read."""
+    start = api.clock.now
+    cid = new_candidate(api)["id"]
+    api.clock.now = start + timedelta(seconds=3)
+    read = _patcher(api, cid)({"detection": {"dwell_s": 30}})["updated_at"]
+    assert read == (start + timedelta(seconds=3)).isoformat()
+    api.clock.now = start + timedelta(milliseconds=500)
+    retyped = _patcher(api, cid)({"type": "illegal_dumping"})
+    assert retyped["updated_at"] == (start + timedelta(milliseconds=2500)).isoformat()
+    api.clock.now = start + timedelta(seconds=4)
+    _patcher(api, cid)({"detection": {"dwell_s": 40}})
+    refused = api.review(cid, "confirm", expected_updated_at=read)
+    assert refused.status_code == 409, refused.text
+    assert refused.json()["detail"] == (
+        f"cannot confirm candidate {cid}: it changed since it was read (it is new, updated at"
+        f" {(start + timedelta(seconds=4)).isoformat()})"
+    )
+
+
 def test_expected_updated_at_cut_to_milliseconds_or_seconds_is_the_version_read(api: Any) -> None:
     """A client that keeps times to the millisecond (JavaScript's Date) or the second sends
     the value cut: the case's own entry at the instant read is not a change since."""
