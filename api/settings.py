@@ -160,11 +160,20 @@ class Settings(BaseSettings):
     def token_digests(self) -> list[tuple[bytes, TokenEntry]]:
         """Configured tokens as SHA-256 digests, so presented tokens compare in constant time."""
         out = []
-        for token, entry in self.api_tokens.items():
+        first: dict[bytes, int] = {}
+        for position, (token, entry) in enumerate(self.api_tokens.items(), 1):
             if token.startswith("sha256:"):
                 digest = _hashed_token(token, entry)
             else:
                 digest = hashlib.sha256(token.encode()).digest()
+            # A token and its sha256: (in either case of hex) are two keys but one token: the
+            # last of them would decide its role.
+            if digest in first:
+                raise ValueError(
+                    f"GRIDPATROL_API_TOKENS: the entry at position {position} is the same token "
+                    f"as the entry at position {first[digest]}; each token may appear once"
+                )
+            first[digest] = position
             out.append((digest, entry))
         return out
 
@@ -217,13 +226,21 @@ def _token_entries(raw: dict[Any, Any]) -> dict[str, TokenEntry]:
     position as written, never by its key, which may be the token itself."""
     if isinstance(raw, _WrittenObject):
         first: dict[str, int] = {}
-        for position, (token, _entry) in enumerate(raw.pairs, 1):
+        for position, (token, entry) in enumerate(raw.pairs, 1):
             if token in first:
                 raise ValueError(
                     f"GRIDPATROL_API_TOKENS: the entry at position {position} has the same key "
                     f"as the entry at position {first[token]}; each token may appear once"
                 )
             first[token] = position
+            # A field written twice is as silent: the last "role" of an entry would decide.
+            fields = [field for field, _value in getattr(entry, "pairs", [])]
+            twice = next((f for i, f in enumerate(fields) if f in fields[:i]), None)
+            if twice is not None:
+                raise ValueError(
+                    f"GRIDPATROL_API_TOKENS: the entry at position {position} has the field "
+                    f"{twice} twice; each field may appear once"
+                )
     entries = {}
     for position, (token, entry) in enumerate(raw.items(), 1):
         try:

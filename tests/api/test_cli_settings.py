@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import socket
 import subprocess
@@ -83,6 +84,23 @@ TOKEN_CASES = [
      '"b"}, "u": {"role": "admin", "name": "c"}, "t": {"role": "admin", "name": "d"}, '
      '"gp-TOPSECRET-s3cret": {"role": "admin", "name": "e"}}',
      "GRIDPATROL_API_TOKENS: the entry at position 4 has the same key as the entry at position "
+     "1; each token may appear once"),
+    # A field written twice: the last would decide, silently.
+    ("GRIDPATROL_API_TOKENS",
+     '{"t": {"role": "admin", "name": "a"}, "gp-TOPSECRET-s3cret": {"role": "admin", "role": '
+     '"producer", "name": "b"}}',
+     "GRIDPATROL_API_TOKENS: the entry at position 2 has the field role twice; each field may "
+     "appear once"),
+    ("GRIDPATROL_API_TOKENS",
+     '{"gp-TOPSECRET-s3cret": {"role": "admin", "role": "producer", "name": "a"}}',
+     "GRIDPATROL_API_TOKENS: the entry at position 1 has the field role twice; each field may "
+     "appear once"),
+    # One token as two keys: as written and as its digest (upper-case hex).
+    ("GRIDPATROL_API_TOKENS",
+     json.dumps({"gp-TOPSECRET-s3cret": ADMIN, "u": {"role": "admin", "name": "b"},
+                 "sha256:" + hashlib.sha256(b"gp-TOPSECRET-s3cret").hexdigest().upper():
+                 {"role": "producer", "name": "c"}}),
+     "GRIDPATROL_API_TOKENS: the entry at position 3 is the same token as the entry at position "
      "1; each token may appear once"),
 ]  # fmt: skip
 
