@@ -166,7 +166,8 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
 
     Hidden folders and files and ``__MACOSX`` are no classes and hold no images
     (:func:`_listed`); a class folder without images is ignored. The classes, the empty
-    folders and the files that are no images are said in a line each."""
+    folders, the linked folders not followed (:func:`_folder_files`) and the files that are no
+    images are said in a line each."""
     folders = sorted(p for p in root.iterdir() if p.is_dir() and _listed(p.name))
     if not _listed(positive) and (root / positive).is_dir():
         raise ValueError(
@@ -180,9 +181,12 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
     files: list[tuple[Path, int]] = []
     ignored: Counter[str] = Counter()
     counts: dict[str, int] = {}
+    linked: list[str] = []
     for folder in folders:  # in name order, as the CV splits have always seen them
         images = 0
-        for f in _folder_files(folder):
+        folder_files, folder_links = _folder_files(folder)
+        linked += [str(d.relative_to(root)) for d in folder_links]
+        for f in folder_files:
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 files.append((f, int(folder.name == positive)))
                 images += 1
@@ -194,6 +198,7 @@ def dataset_samples(root: Path, positive: str, gap_min: float) -> list[Sample]:
     progress(f"classes: {', '.join(classes)}")
     if empty := [name for name, n in counts.items() if not n and name != positive]:
         progress(f"class folders without images, ignored: {', '.join(empty)}")
+    _say_linked_folders(linked)
     if ignored:
         kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(ignored.items()))
         # Only the suffix is read: an image saved without one is left out too.
@@ -222,26 +227,30 @@ def _listed(name: str) -> bool:
     return not name.startswith(".") and name != "__MACOSX"
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """The files under ``folder`` (recursive, sorted) but those :func:`_listed` leaves out.
+def _folder_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """The files under ``folder`` (recursive, sorted) but those :func:`_listed` leaves out, and
+    the linked folders left unwalked (sorted).
 
-    Linked folders are walked, as scan's folder walk reads them (a share mounted by a link);
-    a folder reached again (a link back up, or a second link to it) is walked once."""
+    A linked file counts as a file. A linked folder is not followed: one linking back up to the
+    dataset or to another class folder would train that class's photos under this label, and
+    one folder reached both directly and by a link would be kept at whichever path the walk met
+    first, moving samples between CV folds for the same seed. The caller says which were left
+    out (:func:`_say_linked_folders`), so nothing is dropped silently."""
     found: list[Path] = []
-    seen: set[tuple[int, int]] = set()
-    for top, dirs, names in os.walk(folder, followlinks=True):
-        try:
-            stat = Path(top).stat()
-        except OSError:
-            dirs[:] = []
-            continue
-        if (stat.st_dev, stat.st_ino) in seen:
-            dirs[:] = []
-            continue
-        seen.add((stat.st_dev, stat.st_ino))
+    linked: list[Path] = []
+    for top, dirs, names in os.walk(folder):
         dirs[:] = [d for d in dirs if _listed(d)]
+        linked += [Path(top, d) for d in dirs if Path(top, d).is_symlink()]
         found += [Path(top, n) for n in names if _listed(n)]
-    return sorted(found)
+    return sorted(found), sorted(linked)
+
+
+def _say_linked_folders(linked: Sequence[str]) -> None:
+    if linked:
+        progress(
+            f"{_count(len(linked), 'linked folder')} not followed: {', '.join(linked)} "
+            "(link the images, or copy the folder)"
+        )
 
 
 def merge_duplicate_groups(samples: Sequence[Sample]) -> list[Sample]:
@@ -303,16 +312,20 @@ def negative_samples(paths: Sequence[str], fps: float) -> list[Sample]:
     """Extra negatives: image folders (walked as the class folders are, :func:`_folder_files`)
     or videos sampled at ``fps``."""
     out: list[Sample] = []
+    linked: list[str] = []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            # The class folders' walk: no hidden copies, no AppleDouble files, linked folders.
-            files = [f for f in _folder_files(path) if f.suffix.lower() in IMAGE_SUFFIXES]
+            # The class folders' walk: no hidden copies, no AppleDouble files, no linked folders.
+            found, links = _folder_files(path)
+            files = [f for f in found if f.suffix.lower() in IMAGE_SUFFIXES]
+            linked += [str(d) for d in links]
             out += [Sample(key=str(f), label=0, group=f"extra:{path}", path=f) for f in files]
         elif path.is_file():
             out += _video_samples(path, fps)
         else:
             raise ValueError(f"--negatives {path}: no such file or folder")
+    _say_linked_folders(linked)
     return out
 
 
@@ -1092,7 +1105,18 @@ def since_param(text: str) -> str:
         # offset the API reads, where one with seconds (+05:30:15) it does not.
         return _plausible(at).isoformat()
     except (ValueError, OverflowError) as exc:
-        raise ValueError(f"--since {text}: {exc}") from None
+        raise ValueError(f"--since {text}: {exc}{_in_utc(at)}") from None
+
+
+def _in_utc(at: datetime) -> str:
+    """`` (in UTC: ...)`` where the offset moves the instant, as the API checks it in UTC: the
+    years' bound then applies to a day the text does not show (1900-01-01T00:30+01:00)."""
+    if not at.utcoffset():
+        return ""
+    try:
+        return f" (in UTC: {at.astimezone(UTC).isoformat()})"
+    except (ValueError, OverflowError):
+        return ""  # beyond the datetime range in UTC: the years' bound says enough
 
 
 def _since_time(text: str) -> datetime:

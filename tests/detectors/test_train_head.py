@@ -1093,11 +1093,17 @@ def test_since_outside_the_apis_years_is_refused_and_sent_in_utc(
     """The API takes instants within its years (1900-9000) and offsets in hours and minutes:
     --since beyond them is refused naming --since, before any request (it got a bare 422),
     and a time whose offset has seconds is sent in UTC."""
-    for text in ("1899-12-31", "9999-12-31", "0226-12-01", "9000-12-31T23:00-05:00"):
+    for text, utc in (
+        ("1899-12-31", ""),
+        ("9999-12-31", ""),
+        ("0226-12-01", ""),
+        ("9000-12-31T23:00-05:00", " (in UTC: 9001-01-01T04:00:00+00:00)"),
+        ("1900-01-01T00:30+01:00", " (in UTC: 1899-12-31T23:30:00+00:00)"),
+    ):
         with pytest.raises(ValueError, match=r"^--since \S+: ") as caught:
             since_param(text)
         assert str(caught.value) == (
-            f"--since {text}: the time must lie between the years 1900 and 9000"
+            f"--since {text}: the time must lie between the years 1900 and 9000{utc}"
         )
     proc = train_from_reviews(api_server, shared_dir, "--since", "0226-12-01")
     assert proc.returncode == 2, proc.stderr
@@ -1116,11 +1122,12 @@ def test_since_outside_the_apis_years_is_refused_and_sent_in_utc(
     reviewer.close()
 
 
-def test_linked_folders_in_a_class_folder_are_walked(
+def test_linked_folders_in_a_class_folder_are_skipped_and_said(
     shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A sub-folder linked into a class folder holds photos of the class, as scan reads it;
-    a link back up (a loop) or a second link to it walks it once."""
+    """A folder linked into a class folder (or into a --negatives folder) is not walked: where
+    it leads is not known to hold that class. The folders left out are said in one line; a
+    linked file still counts."""
     root, elsewhere = tmp_path / "data", tmp_path / "share"
     for folder, names in (("garbage", GARBAGE[:3]), ("clean", CLEAN[:3])):
         (root / folder).mkdir(parents=True)
@@ -1131,15 +1138,46 @@ def test_linked_folders_in_a_class_folder_are_walked(
         shutil.copy(dataset(shared_dir) / "garbage" / name, elsewhere / name)
     (root / "garbage" / "share").symlink_to(elsewhere, target_is_directory=True)
     (root / "garbage" / "again").symlink_to(elsewhere, target_is_directory=True)
+    (root / "garbage" / GARBAGE[3]).symlink_to(elsewhere / GARBAGE[3])
     (elsewhere / "up").symlink_to(root / "garbage", target_is_directory=True)
     found = dataset_samples(root, "garbage", gap_min=30.0)
     keys = sorted(s.key for s in found if s.label == 1)
-    assert len(keys) == 6
-    assert keys[3:] == sorted(f"garbage/{n}" for n in GARBAGE[:3])
-    assert {Path(k).name for k in keys[:3]} == set(GARBAGE[3:])
-    assert capsys.readouterr().err.splitlines()[0] == (
-        "train-head: classes: garbage (positive, 6), clean (3)"
+    assert keys == sorted(f"garbage/{n}" for n in GARBAGE[:4])
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "train-head: classes: garbage (positive, 4), clean (3)",
+        "train-head: 2 linked folders not followed: garbage/again, garbage/share (link the "
+        "images, or copy the folder)",
+    ]
+    extras = negative_samples([str(elsewhere)], fps=1.0)
+    assert sorted(s.key for s in extras) == sorted(str(elsewhere / n) for n in GARBAGE[3:])
+    assert capsys.readouterr().err.splitlines() == [
+        f"train-head: 1 linked folder not followed: {elsewhere / 'up'} (link the images, or "
+        "copy the folder)"
+    ]
+
+
+def test_a_link_to_the_dataset_in_a_class_folder_adds_no_other_class(
+    shared_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """garbage/root_link -> .. would walk clean's photos again as positives (contradictory
+    labels); it is left out and said."""
+    root = tmp_path / "data"
+    for folder, names in (("garbage", GARBAGE[:3]), ("clean", CLEAN[:3])):
+        (root / folder).mkdir(parents=True)
+        for name in names:
+            shutil.copy(dataset(shared_dir) / folder / name, root / folder / name)
+    (root / "garbage" / "root_link").symlink_to("..", target_is_directory=True)
+    found = dataset_samples(root, "garbage", gap_min=30.0)
+    assert sorted(s.key for s in found if s.label == 1) == sorted(
+        f"garbage/{n}" for n in GARBAGE[:3]
     )
+    assert sorted(s.key for s in found if s.label == 0) == sorted(f"clean/{n}" for n in CLEAN[:3])
+    assert not [s.key for s in found if "root_link" in s.key]
+    assert capsys.readouterr().err.splitlines()[:2] == [
+        "train-head: classes: garbage (positive, 3), clean (3)",
+        "train-head: 1 linked folder not followed: garbage/root_link (link the images, or copy "
+        "the folder)",
+    ]
 
 
 def test_a_hidden_positive_folder_and_files_without_an_image_suffix_are_said_so(
