@@ -1058,7 +1058,7 @@ def test_a_model_without_the_yolo11_feature_nodes_is_named(
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.splitlines()[-1] == (
         "train-head: the head recipe reads feature maps of the Ultralytics YOLO11 OpenVINO "
-        f"export (yolo11n, …); model yolov8n ({folder}/yolov8n.xml) lacks them (no node "
+        f"export (yolo11n, …); model yolov8n ({folder.resolve()}/yolov8n.xml) lacks them (no node "
         f"{HEAD_RECIPE.nodes[0]!r}): give a YOLO11 --model or GRIDPATROL_MODEL, see "
         "docs/scene-heads.md"
     )
