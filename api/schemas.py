@@ -38,15 +38,19 @@ Short = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_NUL)]
 Id = Annotated[str, Field(pattern=ID_PATTERN)]
 
 
-def _plausible(value: datetime) -> datetime:
-    """Aware instants within years 1900-9000, in UTC (arithmetic on them cannot overflow)."""
+def plausible_instant(value: datetime) -> datetime:
+    """An aware instant the API takes, in UTC: one outside the years 1900-9000 (after moving
+    it to UTC) is refused with a ValueError saying so. Every time in a request body or query is
+    checked by it (``Instant``), so arithmetic on stored times cannot overflow; a client that
+    checks a time before sending it (``gridpatrol train-head --since``) calls it too, instead
+    of copying its bounds."""
     value = value.astimezone(UTC) if 1 < value.year < 9999 else value
     if not 1900 <= value.year <= 9000:
         raise ValueError("the time must lie between the years 1900 and 9000")
     return value
 
 
-Instant = Annotated[AwareDatetime, AfterValidator(_plausible)]
+Instant = Annotated[AwareDatetime, AfterValidator(plausible_instant)]
 
 
 def _known_status(value: str) -> str:

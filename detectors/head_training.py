@@ -47,7 +47,7 @@ from gridpatrol.api.client import (
     ApiError,
     _checked_url,
 )
-from gridpatrol.api.schemas import _plausible
+from gridpatrol.api.schemas import plausible_instant
 from gridpatrol.detectors.features import YOLO11_NODES, PoolingRecipe, Region, pooled_features
 from gridpatrol.detectors.heads import SceneHead, _pair, head_on_disk, head_stem
 
@@ -1103,7 +1103,7 @@ def since_param(text: str) -> str:
     try:
         # The API's own check of an instant (its years); it gives the instant in UTC, whose
         # offset the API reads, where one with seconds (+05:30:15) it does not.
-        return _plausible(at).isoformat()
+        return plausible_instant(at).isoformat()
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"--since {text}: {exc}{_in_utc(at)}") from None
 
