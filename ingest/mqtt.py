@@ -129,9 +129,18 @@ class MqttSettings:
                 "broker URL must be mqtt://[user:password@]host[:port] or mqtts://… with no "
                 f"path, query or fragment, got {shown!r}"
             )
+        # An empty host (a variable of the URL that came out empty) or port 0 was taken for
+        # 127.0.0.1 or the scheme's port: a broker nobody configured got the frames, and the
+        # credentials of the URL.
+        if not parts.hostname:
+            raise MqttConfigError(
+                f"broker URL {shown!r} names no host: mqtt://[user:password@]host[:port]"
+            )
+        if port == 0:
+            raise MqttConfigError(f"broker URL {shown!r}: port 0 is no broker's port")
         tls = parts.scheme in ("mqtts", "ssl")
         return cls(
-            host=parts.hostname or "127.0.0.1",
+            host=parts.hostname,
             port=port or (8883 if tls else 1883),
             tls=tls,
             username=unquote(parts.username) if parts.username else None,

@@ -406,6 +406,19 @@ def test_an_interval_or_limit_out_of_range_exits_2_before_connecting(
         (["ingest"], "http://127.0.0.1:1883",
          "ingest: cannot start: broker URL must be mqtt:// or mqtts://, got "
          "'http://127.0.0.1:1883'"),
+        # An empty host (a variable of the URL that came out empty) or port 0 was taken for
+        # 127.0.0.1 or port 1883: ingest published to a broker nobody configured.
+        (["ingest"], "mqtt://gp:s3cret@:18839",
+         "ingest: cannot start: broker URL 'mqtt://gp:***@:18839' names no host: "
+         "mqtt://[user:password@]host[:port]"),
+        (["watch-frames"], "mqtt://:18839",
+         "watch-frames: cannot start: broker URL 'mqtt://:18839' names no host: "
+         "mqtt://[user:password@]host[:port]"),
+        (["ingest"], "mqtts://127.0.0.1:0",
+         "ingest: cannot start: broker URL 'mqtts://127.0.0.1:0': port 0 is no broker's port"),
+        (["watch-frames"], "mqtts://gp:s3cret@127.0.0.1:0",
+         "watch-frames: cannot start: broker URL 'mqtts://gp:***@127.0.0.1:0': port 0 is no "
+         "broker's port"),
         (["ingest", "--component-id", "ingest 1"], SHARED,
          "ingest: cannot start: component id 'ingest 1' is not an MQTT topic level: 1-64 of the "
          "letters A-Z a-z, the digits 0-9 and _ . -"),
