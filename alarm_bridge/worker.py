@@ -304,8 +304,21 @@ class BridgeCore:
         """
         self.counts.received += 1
         match = parse_topic(self.prefix, topic)
+        if match is None and retained:
+            # A retained copy on a topic whose sensor id is not valid is replayed on every
+            # subscription (each reconnection, each restart): dead-lettered when it was sent
+            # live, it would be dead-lettered again each time.
+            if topic.endswith("/alarm"):
+                self.counts.retained_alarms += 1
+                log.info("retained copy on %s ignored", topic)
+            else:
+                self.counts.ignored += 1
+            return
         if match is not None and match.kind == "sensor_status":
             status = payload.strip().lower().decode("utf-8", "replace")
+            if status not in ("online", "offline") and retained:
+                self.counts.ignored += 1  # replayed as above: dead-lettered when sent live
+                return
             if status not in ("online", "offline"):
                 why = Rejected("bad_status", "expected online or offline")
                 self.reject(out, why, topic, payload, received_at)

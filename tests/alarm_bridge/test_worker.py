@@ -466,6 +466,64 @@ def test_a_live_status_of_an_unknown_sensor_is_dead_lettered_a_retained_one_igno
     assert outbox_ops(outbox) == []
 
 
+def test_a_retained_bad_status_or_topic_is_dead_lettered_only_when_sent_live(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A status that is neither online nor offline, and messages on topics whose sensor id is
+    not valid, left retained on the broker: replayed on every subscription, they were
+    dead-lettered again at every restart and reconnection of the bridge. Sent live they are
+    dead letters; their retained copies are ignored and counted, as a retained alarm is."""
+    settings = MqttSettings.from_url(mosquitto.url)
+    site = make_site("gridpatrol")
+    outbox = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
+    bad_status = sensor_status_topic("gridpatrol", "bf-1")
+    bad_alarm = "gridpatrol/sensors/bad$id/alarm"
+    bad_will = "gridpatrol/sensors/bad$id/status"
+    pub = MqttConnection("bad-pub", settings, prefix="gridpatrol")
+    watch = MqttConnection("bad-watch", settings, prefix="gridpatrol")
+    dead = watch.subscribe(deadletter_topic("gridpatrol", "alarm_bridge"), qos=1)
+    assert pub.start(10) and watch.start(10)
+    letters: list[tuple[str, str]] = []
+    runs: list[tuple[int, int, int, int]] = []
+    try:
+        conn = MqttConnection("alarm_bridge", settings, prefix="gridpatrol")
+        bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+        assert conn.start(10)
+        try:
+            for topic, payload in ((bad_status, b"{}"), (bad_alarm, b"{}"), (bad_will, b"x")):
+                assert pub.publish_wait(topic, payload, qos=1, retain=True)  # sent live
+            _pump(bridge, 3)
+        finally:
+            conn.stop()
+        for _ in range(3):
+            letter = dead.get(timeout=20)
+            assert letter is not None
+            body = json.loads(letter.payload)
+            letters.append((body["reason"], body["topic"]))
+        for _restart in range(2):
+            conn = MqttConnection("alarm_bridge", settings, prefix="gridpatrol")
+            bridge = Bridge(site, outbox, conn, None, progress_s=3600)
+            assert conn.start(10)
+            try:
+                _pump(bridge, 3)  # the three retained copies
+            finally:
+                conn.stop()
+            counts = bridge.core.counts
+            runs.append((counts.dead_letters, counts.ignored, counts.retained_alarms))
+    finally:
+        pub.stop()
+        watch.stop()
+    assert letters == [
+        ("bad_status", bad_status),
+        ("bad_topic", bad_alarm),
+        ("bad_topic", bad_will),
+    ]
+    assert runs == [(0, 2, 1), (0, 2, 1)]
+    with outbox.transaction() as txn:
+        waiting = txn.conn.execute("SELECT COUNT(*) FROM bridge_dead_letter").fetchone()[0]
+    assert waiting == 0
+
+
 def test_the_progress_line_says_what_was_not_used_and_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
