@@ -42,7 +42,7 @@ from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
-from gridpatrol.api.settings import sqlite_path
+from gridpatrol.api.settings import IN_MEMORY, in_memory, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,9 @@ def make_engine(url: str) -> Engine:
                 if k not in parsed.query
             }
         return create_engine(url, **pool, connect_args=connect_args)
+    if in_memory(parsed):
+        # Its pool would hand each thread a database of its own (and refuse the pool options).
+        raise ValueError(IN_MEMORY)
     path = sqlite_path(parsed)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

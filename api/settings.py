@@ -180,7 +180,9 @@ class Settings(BaseSettings):
     def check(self) -> None:
         """A ValueError naming the setting when the database URL, a token entry or the
         evidence folder cannot work: said before anything is migrated or served."""
-        check_database_url(self.database_url)
+        # Without migrations nothing may be created: the start then refuses a SQLite file (and
+        # a folder) that is not there, naming it, rather than leave an empty folder behind.
+        check_database_url(self.database_url, make_folder=self.migrate_on_start)
         self.token_digests()
         try:
             self.evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -278,10 +280,18 @@ def _not_hex(text: str) -> str:
     return f"has a character that is no hexadecimal digit at position {position} after sha256:"
 
 
-def check_database_url(url: str) -> None:
-    """A ValueError naming GRIDPATROL_DATABASE_URL, when SQLAlchemy cannot use it or cannot
-    make the folder of its SQLite file. The messages are ours: SQLAlchemy's and Python's can
-    quote parts of the URL (``int()`` on a port that is a password: ``gp:s3cret/gp``)."""
+IN_MEMORY = (
+    "GRIDPATROL_DATABASE_URL names an in-memory SQLite database, which loses every candidate "
+    "at a stop (and each connection would have one of its own): name a file, such as "
+    "sqlite:///./var/gridpatrol.db"
+)
+
+
+def check_database_url(url: str, *, make_folder: bool = True) -> None:
+    """A ValueError naming GRIDPATROL_DATABASE_URL, when SQLAlchemy cannot use it, it names an
+    in-memory SQLite database, or the folder of its SQLite file cannot be made (with
+    ``make_folder``). The messages are ours: SQLAlchemy's and Python's can quote parts of the
+    URL (``int()`` on a port that is a password: ``gp:s3cret/gp``)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -300,8 +310,10 @@ def check_database_url(url: str) -> None:
             "GRIDPATROL_DATABASE_URL: SQLAlchemy knows no database or driver of that name "
             "(postgresql+psycopg, sqlite)"
         ) from None
+    if in_memory(parsed):
+        raise ValueError(IN_MEMORY)
     path = sqlite_path(parsed)
-    if path is not None:
+    if path is not None and make_folder:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # SQLite URLs hold a path, no password
@@ -326,6 +338,11 @@ def sqlite_path(parsed: URL) -> Path | None:
         path = "/" + path[2:].partition("/")[2]
     path = unquote(path)
     return None if path in ("", ":memory:") else Path(path)
+
+
+def in_memory(parsed: URL) -> bool:
+    """Whether a URL names a SQLite database held in memory (or in a temporary file) only."""
+    return parsed.get_backend_name() == "sqlite" and sqlite_path(parsed) is None
 
 
 def site_policy(site: Site | None) -> tuple[Policy, str]:

@@ -38,6 +38,11 @@ def sample_setting(name: str) -> str:
     return next(line for line in lines if line.startswith(f"{name}=")).split("=", 1)[1]
 
 
+IN_MEMORY = (
+    "GRIDPATROL_DATABASE_URL names an in-memory SQLite database, which loses every candidate "
+    "at a stop (and each connection would have one of its own): name a file, such as "
+    "sqlite:///./var/gridpatrol.db"
+)
 SHORT_SECRET = (
     "GRIDPATROL_SESSION_SECRET must be at least 32 characters: set it to 64 random hexadecimal "
     "characters (openssl rand -hex 32)"
@@ -123,6 +128,10 @@ TOKEN_CASES = [
          "(postgresql+psycopg, sqlite)"),
         ("GRIDPATROL_DATABASE_URL", "sqlite:////proc/nope/gp.db",
          "GRIDPATROL_DATABASE_URL: [Errno 2] No such file or directory: '/proc/nope'"),
+        # Lost at every stop, and SQLAlchemy's pool for it refused the pool's options.
+        *[("GRIDPATROL_DATABASE_URL", url, IN_MEMORY) for url in (
+            "sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
+            "sqlite:///file:gp?mode=memory&cache=shared&uri=true")],
         ("GRIDPATROL_EVIDENCE_DIR", "/proc/nope/ev",
          "GRIDPATROL_EVIDENCE_DIR /proc/nope/ev: [Errno 2] No such file or directory: "
          "'/proc/nope'"),
@@ -343,7 +352,8 @@ def migrate_to(url: str, revision: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "missing"), [("typo.db", "does not exist"), ("", "is not a file")]
+    ("name", "missing"),
+    [("typo.db", "does not exist"), ("", "is not a file"), ("typo/sub/gp.db", "does not exist")],
 )
 def test_a_start_without_migrations_refuses_a_sqlite_file_that_is_not_there(
     tmp_path: Path, name: str, missing: str
@@ -359,6 +369,8 @@ def test_a_start_without_migrations_refuses_a_sqlite_file_that_is_not_there(
         "nothing creates it"
     )
     assert path.is_dir() if not name else not path.exists()
+    # Nothing is created, not even the folder of a mistyped path.
+    assert not (tmp_path / "typo").exists()
 
 
 def test_a_start_without_migrations_serves_a_sqlite_uri_filename_at_head(tmp_path: Path) -> None:
