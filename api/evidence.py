@@ -240,14 +240,14 @@ class EvidenceStore:
         # Torn by a crash, or unreadable: replaced by these bytes.
         damaged = stored is not None or unreadable is not None
         if target.parent.name not in self._dirs:
-            try:
-                target.parent.mkdir()
-            except FileExistsError:
-                pass
-            else:
-                _sync_dir(self.root)
-            self._dirs.add(target.parent.name)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
+            self._make_folder(target.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
+        except FileNotFoundError:
+            # Removed since this process made or saw it (an offline job deleting old evidence
+            # may take an emptied folder too): every upload to it would fail until a restart.
+            self._make_folder(target.parent)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -276,6 +276,16 @@ class EvidenceStore:
         elif created:
             log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
         return Stored(sha256, media, len(data), created, width, height)
+
+    def _make_folder(self, folder: Path) -> None:
+        """Make a fan-out folder unless it is there, its name durable, and remember it."""
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            pass
+        else:
+            _sync_dir(self.root)
+        self._dirs.add(folder.name)
 
     def get(self, sha256: str) -> tuple[bytes, str]:
         """The bytes of ``sha256`` and their media type, always read and hashed: served bytes

@@ -358,3 +358,20 @@ def test_unfinished_uploads_older_than_an_hour_are_deleted_at_start(tmp_path: Pa
     os.utime(stored, (two_hours_ago, two_hours_ago))
     EvidenceStore(root)
     assert sorted(p.name for p in (root / "ab").iterdir()) == [".tmp-y", "ab" * 32]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_upload_after_its_folder_was_removed_makes_it_again(api: Any) -> None:
+    """An offline job deleting old evidence may remove a fan-out folder it emptied: the API
+    that made or saw it stores the next upload to it, rather than answering 500 until a
+    restart (its producer's outbox would retry for ever)."""
+    image = api.jpeg(11)
+    sha = hashlib.sha256(image).hexdigest()
+    assert put(api, image, "image/jpeg").status_code == 201
+    folder = stored_file(api, sha).parent
+    stored_file(api, sha).unlink()
+    folder.rmdir()
+    response = put(api, image, "image/jpeg")
+    assert response.status_code == 201, response.text
+    assert stored_file(api, sha).read_bytes() == image
+    assert api.as_("reviewer").get(f"{URL}/{sha}").content == image
