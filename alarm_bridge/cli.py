@@ -14,10 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gridpatrol.cli import stop_on_signals
 from gridpatrol.ingest.cli import positive_seconds
+
+if TYPE_CHECKING:
+    from gridpatrol.ingest.mqtt import MqttConnection
 
 log = logging.getLogger(__name__)
 
@@ -267,16 +270,35 @@ def run_simulate(args: argparse.Namespace) -> int:
                 log.info("simulate-sensors: %d messages, %.1f/s", sent, sent / (now - start))
                 last_report = now
     finally:
-        # QoS 1 publications leave in order: once this one is acknowledged, all earlier are.
-        # The wait is bounded below the demo's stop timeout, so a lost broker cannot hold it.
-        if not refused.is_set() and not conn.publish_wait(
-            conn.status_topic, b"online", qos=1, retain=True, timeout=FINAL_ACK_TIMEOUT_S
-        ):
+        acknowledged = refused.is_set() or _final_ack(conn)
+        reached = conn.connects > 0
+        if not acknowledged and reached:
             log.warning(
                 "simulate-sensors: the broker did not acknowledge the last messages within "
                 "%.0f s; some of them may not have arrived",
                 FINAL_ACK_TIMEOUT_S,
             )
         conn.stop()
+    if not reached:
+        # Held in the client's memory only, lost with the process: none of them was sent.
+        log.error(
+            "simulate-sensors: the broker %s was never reached; none of the %d messages was sent",
+            conn.settings.url,
+            sent,
+        )
+        return 1
     log.info("simulate-sensors: %d messages in %.1f s", sent, time.monotonic() - start)
     return 1 if refused.is_set() else 0  # refused after the start: the unit restarts
+
+
+def _final_ack(conn: MqttConnection) -> bool:
+    """Whether the broker acknowledged everything published, waiting up to
+    :data:`FINAL_ACK_TIMEOUT_S` (below the demo's stop timeout, so a lost broker cannot hold
+    it) for a connection that is down to come back: QoS 1 publications leave in order, so once
+    a last one is acknowledged all earlier are. Without the connection the publication fails
+    at once, and the messages held for a broker coming back were dropped at once."""
+    deadline = time.monotonic() + FINAL_ACK_TIMEOUT_S
+    if not conn.wait_connected(FINAL_ACK_TIMEOUT_S):
+        return False
+    left = max(0.0, deadline - time.monotonic())
+    return conn.publish_wait(conn.status_topic, b"online", qos=1, retain=True, timeout=left)

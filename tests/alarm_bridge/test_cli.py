@@ -89,6 +89,26 @@ def test_refusals(args: list[str], env_drop: str, message: str, tmp_path: Path) 
     assert message in done.stderr
 
 
+def test_simulated_sensors_never_reaching_the_broker_say_none_was_sent_and_exit_1(
+    tmp_path: Path,
+) -> None:
+    """No broker the whole run: the messages wait in the client's memory and are lost with
+    the process. The run said "25 messages in 5.0 s", warned that the broker "did not
+    acknowledge the last messages within 10 s" without waiting, and exited 0."""
+    env = {**os.environ, "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:9"}  # nothing listens
+    command = ["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "5"]
+    done = run([*command, "--duration", "1"], env)
+    assert done.returncode == 1
+    lines = [line.split(" ", 3)[3] for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(lines) == 1
+    assert re.fullmatch(  # as many messages as were due in the second before the end
+        r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: the broker mqtt://127\.0\.0\.1:9 was"
+        r" never reached; none of the [1-5] messages was sent",
+        lines[0],
+    )
+    assert "did not acknowledge" not in done.stderr
+
+
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "GRIDPATROL_STATE_DIR": str(tmp_path), "GRIDPATROL_API_TOKEN": "t"}
     running = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")
