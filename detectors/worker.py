@@ -1397,7 +1397,8 @@ class DetectorWorker:
         no camera's frames can arrive, and ending every episode then would raise each scene
         still there as a second candidate once frames come back. After a (re)connect, the
         first connect included, every camera's silence is counted from the check that sees
-        it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect)."""
+        it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect). A camera
+        with a frame in inference is not silent, however long its result takes."""
         now = self.clock()
         if now - self._silence_checked < SILENCE_CHECK_S:
             return
@@ -1413,6 +1414,11 @@ class DetectorWorker:
                 rt.judged_at = now
             return
         for rt in self.cams.values():
+            if rt.camera.id in self._in_flight:
+                # Its frame waits for its result (a host far behind, a new input shape being
+                # compiled): the camera sent it, and the worker is what is slow. Judged, that
+                # frame says whether the occupancy is still there.
+                continue
             try:
                 self._end_silent_camera(rt, now - rt.judged_at)
             except Exception as exc:

@@ -1219,17 +1219,13 @@ def _crowd_seen(
     return worker, outbox
 
 
-def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The crowd raised at 5 s is in view when the worker's own broker connection drops for
-    300 s, far beyond its rule's gap_s + clear_s (12 s): no camera's frame can arrive, so no
-    camera is silent and the episode stays open. After the reconnect its silence counts from
-    then: it ends only once the camera sent nothing for 12 s more."""
-    from gridpatrol.detectors.types import Detections
-
-    now = [1000.0]
-    conn = _Conn()
+def _crowd_raised_at_1005(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, conn: _Conn, now: list[float]
+) -> tuple[DetectorWorker, Outbox, Episode]:
+    """A worker of CROWD_SITE on the clock ``now`` whose cam-00 sent a frame with a person a
+    second from 0 s, each judged at 1000 s + its time: the crowd raised at 5 s (evidence not
+    rendered); the open episode."""
+    now[0] = 1000.0
     worker, outbox = _worker(tmp_path, CROWD_SITE, conn, lambda: now[0])
     monkeypatch.setattr(worker, "_render", lambda *args: ([], {"detection": {}}))
     rt = worker.cams["cam-00"]
@@ -1240,6 +1236,19 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
         rt.judged_at = now[0]  # as DetectorWorker._judge does
     (raised,) = worker.book.values()
     assert raised.open
+    return worker, outbox, raised
+
+
+def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is in view when the worker's own broker connection drops for
+    300 s, far beyond its rule's gap_s + clear_s (12 s): no camera's frame can arrive, so no
+    camera is silent and the episode stays open. After the reconnect its silence counts from
+    then: it ends only once the camera sent nothing for 12 s more."""
+    now = [1000.0]
+    conn = _Conn()
+    worker, outbox, raised = _crowd_raised_at_1005(tmp_path, monkeypatch, conn, now)
     conn.connected = False
     now[0] += 300.0
     worker._end_silent()
@@ -1256,6 +1265,38 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
     ended = worker.book[raised.key]
     assert (ended.candidate_id, ended.ended_at) == (raised.candidate_id, _at(5))
     assert _outbox_ops(outbox) == [("create", raised.candidate_id), ("patch", raised.candidate_id)]
+
+
+def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is in view; the camera's frame of 6 s is taken for inference
+    and its result takes 20 s to come (a host far behind, or the first frame of a new input
+    shape being compiled), longer than the rule's gap_s + clear_s (12 s). The camera sent that
+    frame: it is not silent, and its episode stays open until the frame is judged."""
+    import cv2
+    import numpy as np
+
+    from gridpatrol.ingest.messages import FrameHeader, encode_frame
+    from gridpatrol.ingest.mqtt import Message, Subscription
+
+    now = [1000.0]
+    worker, _, raised = _crowd_raised_at_1005(tmp_path, monkeypatch, _Conn(), now)
+    rt = worker.cams["cam-00"]
+    ok, image = cv2.imencode(".jpg", np.full((180, 320, 3), 128, np.uint8))
+    assert ok
+    header = FrameHeader(ts=_at(6), seq=6, camera_id="cam-00", width=320, height=180)
+    sub = Subscription("gridpatrol/cameras/cam-00/frame", 0, 1)
+    payload = encode_frame(header, image.tobytes())
+    sub._put(Message(sub.topic_filter, payload, 0, False, _at(6), 0))
+    rt.sub = sub
+    now[0] = 1006.0
+    source = worker._source()
+    item, _ = next(source)  # taken, in the inference queue
+    assert item.rt is rt and item.infer
+    now[0] = 1026.0
+    assert next(source) is None  # nothing else to take; the silence check has run
+    assert worker.book == {raised.key: raised}
 
 
 def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
