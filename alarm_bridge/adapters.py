@@ -147,7 +147,9 @@ def adapt(
         elif isinstance(decoded, ThresholdReading):
             adapted = _reading(decoded, sensor, payload)
         elif (foreign := _foreign_name(payload, sensor_id, registry)) is not None:
-            adapted = Rejected("sensor_id_mismatch", f"n {foreign!r} on {sensor_id!r}")
+            # Another sensor's pack, as a bn naming it is (the decoder's refusal): no sign
+            # that the topic's sensor is alive.
+            return Rejected("sensor_id_mismatch", f"n {foreign!r} on {sensor_id!r}")
         else:
             adapted = _senml(decoded, sensor, payload)
         if isinstance(adapted, Rejected):

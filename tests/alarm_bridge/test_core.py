@@ -1757,8 +1757,34 @@ def test_a_resolved_pack_naming_another_sensor_is_refused_as_with_its_bn(
     if name.startswith(topic):
         assert isinstance(adapted, Adapted), adapted
     else:
-        expected = Rejected("sensor_id_mismatch", f"n {name!r} on {topic!r}", heard=True)
+        expected = Rejected("sensor_id_mismatch", f"n {name!r} on {topic!r}")
         assert adapted == expected
+
+
+@pytest.mark.parametrize(
+    "pack",
+    [
+        [{"n": "mh-1:tilt", "u": "deg", "v": 40}],
+        [{"bn": "mh-1:", "n": "tilt", "u": "deg", "v": 40}],
+    ],
+    ids=["resolved", "with bn"],
+)
+def test_another_sensors_pack_on_a_topic_is_no_sign_of_its_sensors_life(
+    h: Harness, pack: list[dict[str, Any]]
+) -> None:
+    """A gateway sends mh-1's pack on wl-1's topic after wl-1's last will: refused as
+    sensor_id_mismatch in both forms, and wl-1 is still offline. In resolved form (no bn) it
+    counted as wl-1 heard: its device_offline cleared, its silence restarted, while with the
+    bn it did not."""
+    h.send("gridpatrol/sensors/wl-1/status", b"offline", T0)
+    h.send("gridpatrol/sensors/wl-1/alarm", json.dumps(pack).encode(), T0 + 60)
+    assert h.dead == ["sensor_id_mismatch"]
+    ops = outbox_ops(h.outbox)
+    assert [kind for kind, _, _ in ops] == ["evidence", "create"]  # no clear patch
+    assert ops[1][2]["type"] == "device_offline"
+    with h.outbox.transaction() as txn:
+        assert store.load_state(txn.conn, "wl-1", "device_offline").active
+        assert "wl-1" not in store.last_heard(txn.conn)
 
 
 def test_a_record_named_by_its_base_name_alone_is_judged_by_it(site: Site) -> None:
