@@ -304,12 +304,26 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
             f"GRIDPATROL_DATABASE_URL: its port is not a number ({URL_FORM})"
         ) from None
     try:
-        parsed.get_dialect()
+        dialect = parsed.get_dialect()
     except ArgumentError:
         raise ValueError(
             "GRIDPATROL_DATABASE_URL: SQLAlchemy knows no database or driver of that name "
             "(postgresql+psycopg, sqlite)"
         ) from None
+    # Else the start ends in an ImportError traceback with status 1, which systemd restarts
+    # for ever: no restart installs a driver.
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise ValueError(
+            f"GRIDPATROL_DATABASE_URL: its driver is not installed ({exc}); use "
+            "postgresql+psycopg or sqlite"
+        ) from None
+    if getattr(dialect, "is_async", False):
+        raise ValueError(
+            "GRIDPATROL_DATABASE_URL names an asyncio driver, which the API cannot use; use "
+            "postgresql+psycopg or sqlite"
+        )
     if in_memory(parsed):
         raise ValueError(IN_MEMORY)
     path = sqlite_path(parsed)

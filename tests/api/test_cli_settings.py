@@ -128,6 +128,16 @@ TOKEN_CASES = [
          "(postgresql+psycopg, sqlite)"),
         ("GRIDPATROL_DATABASE_URL", "sqlite:////proc/nope/gp.db",
          "GRIDPATROL_DATABASE_URL: [Errno 2] No such file or directory: '/proc/nope'"),
+        # No restart installs a driver: status 2, not an ImportError traceback (status 1).
+        ("GRIDPATROL_DATABASE_URL", "mysql://gp:s3cret@db/gp",
+         "GRIDPATROL_DATABASE_URL: its driver is not installed (No module named 'MySQLdb'); "
+         "use postgresql+psycopg or sqlite"),
+        ("GRIDPATROL_DATABASE_URL", "postgresql+pg8000://gp:s3cret@db/gp",
+         "GRIDPATROL_DATABASE_URL: its driver is not installed (No module named 'pg8000'); "
+         "use postgresql+psycopg or sqlite"),
+        ("GRIDPATROL_DATABASE_URL", "postgresql+psycopg_async://gp:s3cret@db/gp",
+         "GRIDPATROL_DATABASE_URL names an asyncio driver, which the API cannot use; use "
+         "postgresql+psycopg or sqlite"),
         # Lost at every stop, and SQLAlchemy's pool for it refused the pool's options.
         *[("GRIDPATROL_DATABASE_URL", url, IN_MEMORY) for url in (
             "sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
