@@ -178,11 +178,13 @@ def run_ingest(args: argparse.Namespace) -> int:
     # still ends the run in order.
     stop_on_signals(service.stop_event)
     refused = stop_when_refused(log, "ingest", service.stop_event, conn)
-    if not mqtt_started(log, "ingest", conn):
+    if not mqtt_started(log, "ingest", conn, service.stop_event):
         return 2
-    service.start()
     try:
-        service.wait()
+        # Stopped while the start waited for the broker: no camera starts after the signal.
+        if not service.stop_event.is_set():
+            service.start()
+            service.wait()
     finally:
         service.stop()
         conn.stop()
@@ -215,7 +217,7 @@ def run_watch(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     refused = stop_when_refused(log, "watch-frames", stop, conn)
-    if not mqtt_started(log, "watch-frames", conn):
+    if not mqtt_started(log, "watch-frames", conn, stop):
         return 2
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
     seen = 0

@@ -411,19 +411,23 @@ class MqttConnection:
         key = (self.settings.host, self.settings.port)
         return MQTTProtocolVersion.MQTTv311 if key in _V311_BROKERS else MQTTProtocolVersion.MQTTv5
 
-    def start(self, timeout: float = 10.0) -> bool:
+    def start(self, timeout: float = 10.0, stop: threading.Event | None = None) -> bool:
         """Connect in the background; True once connected within ``timeout``.
 
-        False means the broker is not reachable yet: paho keeps retrying with backoff.
+        False means the broker is not reachable yet: paho keeps retrying with backoff. The
+        wait ends as well once ``stop`` is set (the command got SIGTERM): False, unsaid.
         Raises :class:`MqttAuthError` on refused credentials.
         """
         self._stopping = False
         self._starting = True
+        stopped = stop or threading.Event()
         try:
             self._open()
             # Each change of protocol gets a fresh timeout: 5, 3.1.1 when 5 goes unanswered,
             # 5 again when 3.1.1 shows a slow broker, 3.1.1 when the broker refuses 5.
-            while not self._stopping and not self._wait_first(timeout):
+            while not self._stopping and not self._wait_first(timeout, stopped):
+                if stopped.is_set():
+                    break
                 if not self._switch_wanted.is_set():
                     break
                 self._switch()
@@ -435,6 +439,8 @@ class MqttConnection:
                 late = self._switch_wanted.is_set() and not self._stopping
         if late and not refused:
             threading.Thread(target=self._switch, name="mqtt-switch", daemon=True).start()
+        if stopped.is_set() and not refused and not self._connected.is_set():
+            return False  # stopping: no "retrying in the background", no TLS probe
         return self._result(refused)
 
     def _request_switch(self, why: str, said: str) -> None:
@@ -466,10 +472,12 @@ class MqttConnection:
         if not self._stopping:
             self._open()
 
-    def _wait_first(self, timeout: float) -> bool:
+    def _wait_first(self, timeout: float, stop: threading.Event) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._connected.is_set() or self._switch_wanted.is_set() or self.auth_failed:
+                break
+            if stop.is_set():
                 break
             time.sleep(0.02)
         return self._connected.is_set()
@@ -1096,14 +1104,20 @@ def stop_when_refused(
     return refused
 
 
-def mqtt_started(logger: logging.Logger, command: str, conn: MqttConnection) -> bool:
+def mqtt_started(
+    logger: logging.Logger,
+    command: str,
+    conn: MqttConnection,
+    stop: threading.Event | None = None,
+) -> bool:
     """Start ``conn``; False, after one line on the command's ``logger`` with the broker's
     reason, when the broker refused the credentials (exit 2: retrying would lock the account
     out, so mend and restart). The commands install their signal handlers before this: the
-    start can wait for an unreachable broker."""
+    start can wait for an unreachable broker, and ends its wait once ``stop`` (set by them)
+    is set; the command then checks ``stop`` and starts nothing."""
     logger.info("%s: connecting to %s", command, conn.settings.url)
     try:
-        conn.start()
+        conn.start(stop=stop)
     except MqttAuthError as exc:
         logger.error("%s: cannot start: %s", command, exc)
         return False

@@ -574,7 +574,40 @@ def test_refused_credentials_exit_2_with_one_line(
 def test_a_command_stopped_while_connecting_ends_cleanly(
     gridpatrol_proc: Any, tmp_path: Path, command: list[str], summary: str
 ) -> None:
-    with socket.socket() as sock:  # a port nothing listens on: the start waits for it
+    returncode, err = stopped_while_connecting(gridpatrol_proc, tmp_path, command)
+    assert returncode == 0, err
+    # Its last line is its normal summary, written after the start gave up waiting.
+    assert re.fullmatch(r"\S+ \S+" + summary, err.splitlines()[-1]), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["ingest", "watch-frames"])
+def test_a_command_stopped_while_connecting_starts_nothing_after_the_signal(
+    gridpatrol_proc: Any, tmp_path: Path, command: str
+) -> None:
+    """The start waited its whole 10 s for the broker after a SIGTERM, then said it went on
+    retrying in the background and, for ingest, started its cameras: nothing of that may
+    follow the signal."""
+    returncode, err = stopped_while_connecting(gridpatrol_proc, tmp_path, [command])
+    assert returncode == 0, err
+    said = err.splitlines()
+    after = said[next(i for i, line in enumerate(said) if "signal 15" in line) + 1 :]
+    # Neither "not reachable yet; retrying in the background" nor, for ingest, "ingest: 4
+    # continuous and 0 patrol camera(s) sharing 4 fps" and its cameras' threads.
+    assert [line for line in after if "reachable" in line or "sharing" in line] == [], err
+    last = after[-1].split(" INFO ")[1]
+    if command == "ingest":
+        assert last.startswith("gridpatrol.ingest.service: ingest: snapshot requests 0"), err
+    else:
+        assert last.startswith("gridpatrol.ingest.cli: 0 frames, 0 dropped"), err
+
+
+def stopped_while_connecting(
+    gridpatrol_proc: Any, tmp_path: Path, command: list[str]
+) -> tuple[int, str]:
+    """Run ``command`` on the sample site against a port nothing listens on (the start waits
+    for it), SIGTERM it once it says it is connecting; its status and its log."""
+    with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"mqtt://127.0.0.1:{port}"
@@ -584,10 +617,7 @@ def test_a_command_stopped_while_connecting_ends_cleanly(
     assert any(connecting in line for line in lines), lines
     proc.signal(signal.SIGTERM)
     returncode, _, err = proc.wait(60)
-    assert returncode == 0, err
-    # Its last line is its normal summary, written after the start gave up waiting.
-    assert re.fullmatch(r"\S+ \S+" + summary, err.splitlines()[-1]), err
-    assert "Traceback" not in err
+    return returncode, err
 
 
 @pytest.mark.parametrize("command", ["ingest", "watch-frames"])
