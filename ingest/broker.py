@@ -142,7 +142,10 @@ def start_mosquitto(
     return BrokerHandle(url, "mosquitto", _stopper(proc, workdir), proc, log_path)
 
 
-def start_amqtt(port: int | None = None, log_path: Path | None = None) -> BrokerHandle:
+def start_amqtt(
+    port: int | None = None, log_path: Path | None = None, why: str = ""
+) -> BrokerHandle:
+    """The embedded amqtt broker; ``why`` it was started, for its warning (none: not said)."""
     port = port or free_port()
     # -P: -m would put the working directory first on sys.path, and where that is a checkout
     # its gridpatrol/ folder would hide the installed gridpatrol (as for the demo's components).
@@ -150,9 +153,10 @@ def start_amqtt(port: int | None = None, log_path: Path | None = None) -> Broker
     proc = _spawn(cmd, log_path)
     _started(proc, port, 20.0, None)
     log.warning(
-        "no broker configured and no mosquitto binary: started the embedded amqtt broker "
-        "(pid %d) on 127.0.0.1:%d (MQTT 3.1.1 only, no persistence: sessions and queued "
-        "messages are lost when it stops; use Mosquitto or EMQX in production)",
+        "%sstarted the embedded amqtt broker (pid %d) on 127.0.0.1:%d (MQTT 3.1.1 only, no "
+        "persistence: sessions and queued messages are lost when it stops; use Mosquitto or "
+        "EMQX in production)",
+        f"{why}: " if why else "",
         proc.pid,
         port,
     )
@@ -186,8 +190,18 @@ def ensure_broker(
             return BrokerHandle(url, "configured")
         log.warning("configured broker %s is not reachable; starting one", settings.url)
     binary = mosquitto_binary() if use_mosquitto else None
+    # Said with the warning: "no broker configured" was said of an amqtt broker asked for
+    # (gridpatrol broker --amqtt), a configured broker and a mosquitto binary there.
+    if not use_mosquitto:
+        why = "as asked"
+    elif url and use_configured:
+        why = "no mosquitto binary"
+    else:
+        why = "no broker configured and no mosquitto binary"
     handle = (
-        start_mosquitto(binary, log_path=log_path) if binary else start_amqtt(log_path=log_path)
+        start_mosquitto(binary, log_path=log_path)
+        if binary
+        else start_amqtt(log_path=log_path, why=why)
     )
     os.environ["GRIDPATROL_MQTT_URL"] = handle.url
     return handle
