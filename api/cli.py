@@ -297,13 +297,15 @@ def run(args: argparse.Namespace) -> int:
     # Alembic logs its plugin set-up at import and its context at every look at a revision;
     # the start-up log says what it does itself (as _log_config does in each worker).
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import DatabaseError
 
     from gridpatrol.api.settings import load_settings
     from gridpatrol.site import SiteConfigError
 
+    url: str | None = None
     try:
         settings = load_settings()
+        url = settings.database_url
         settings.check()
         # A stop while it waits for the database ends with status 0, as a stop while serving.
         signal.signal(signal.SIGTERM, _stopped)
@@ -316,12 +318,15 @@ def run(args: argparse.Namespace) -> int:
         # ValueError covers invalid GRIDPATROL_* settings, each named, no value quoted.
         log.error("the intake API cannot start: %s", exc)
         return 2
-    except OperationalError as exc:
+    except DatabaseError as exc:
+        # Not only OperationalError: a SQLite file that is no database (a backup, a config
+        # file named by mistake) raises DatabaseError, whose traceback and status 1 systemd
+        # restarts for ever.
         if database_unreachable(exc):
             # Reached a moment ago: gone again during the migration. Not setup to mend.
             log.error("the intake API cannot start: the database went away: %s", _reason(exc))
             return 1
-        log.error("the intake API cannot start: the database refused it: %s", _reason(exc))
+        log.error("the intake API cannot start: %s", _refusal(url, exc))
         return 2
 
 
@@ -387,6 +392,19 @@ def database_unreachable(exc: Exception) -> bool:
     # is in each warning; lc_messages = 'C' (or an English locale) lets a refusal end the start.
     severity = _server_severity(message)
     return severity is not None and severity not in _ENGLISH_SEVERITIES
+
+
+def _refusal(url: str | None, exc: Exception) -> str:
+    """What a database that cannot be used said; a SQLite file is named by its path, which
+    SQLite's own messages (``unable to open database file``) leave out."""
+    from sqlalchemy.engine import make_url
+
+    from gridpatrol.api.settings import sqlite_path
+
+    path = sqlite_path(make_url(url)) if url is not None else None
+    if path is not None:
+        return f"the SQLite database {path.resolve()} cannot be used: {_reason(exc)}"
+    return f"the database refused it: {_reason(exc)}"
 
 
 def _reason(exc: Exception) -> str:

@@ -407,3 +407,30 @@ def test_a_start_without_migrations_serves_a_database_at_head(
         done = run_api(tmp_path, settings, [])
     assert done.returncode == 3, done.stderr[-3000:]  # ready, then the port the test holds
     assert "intake API ready" in done.stderr and "migrated to head" not in done.stderr
+
+
+@pytest.mark.parametrize("migrate", ["true", "false"])
+def test_a_sqlite_file_that_is_no_database_stops_the_api_with_status_2(
+    tmp_path: Path, migrate: str
+) -> None:
+    # A file named by mistake (a config file, a compressed backup): no restart mends it.
+    path = tmp_path / "gp.db"
+    path.write_text("[api]\nport = 8000\n" * 100)
+    settings = {
+        "GRIDPATROL_MIGRATE_ON_START": migrate,
+        "GRIDPATROL_DATABASE_URL": f"sqlite:///{path}",
+    }
+    done = run_api(tmp_path, settings, [])
+    assert start_refused(done) == (
+        f"the SQLite database {path} cannot be used: file is not a database"
+    )
+    assert path.read_text() == "[api]\nport = 8000\n" * 100
+
+
+def test_a_sqlite_file_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "gp.db"
+    folder.mkdir()  # a folder where the file belongs
+    done = run_api(tmp_path, {"GRIDPATROL_DATABASE_URL": f"sqlite:///{folder}"}, [])
+    assert start_refused(done) == (
+        f"the SQLite database {folder} cannot be used: unable to open database file"
+    )
