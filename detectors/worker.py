@@ -1398,7 +1398,8 @@ class DetectorWorker:
         still there as a second candidate once frames come back. After a (re)connect, the
         first connect included, every camera's silence is counted from the check that sees
         it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect). A camera
-        with a frame in inference is not silent, however long its result takes."""
+        with a frame in inference, or waiting in its slot, is not silent, however long the
+        worker takes to judge it."""
         now = self.clock()
         if now - self._silence_checked < SILENCE_CHECK_S:
             return
@@ -1414,10 +1415,11 @@ class DetectorWorker:
                 rt.judged_at = now
             return
         for rt in self.cams.values():
-            if rt.camera.id in self._in_flight:
-                # Its frame waits for its result (a host far behind, a new input shape being
-                # compiled): the camera sent it, and the worker is what is slow. Judged, that
-                # frame says whether the occupancy is still there.
+            if rt.camera.id in self._in_flight or len(rt.sub):
+                # Its frame waits for its result, or in its slot for the processing thread (a
+                # host far behind, a new input shape being compiled): the camera sent it, and
+                # the worker is what is slow. Judged, that frame says whether the occupancy is
+                # still there; a bad one is no sign of life.
                 continue
             try:
                 self._end_silent_camera(rt, now - rt.judged_at)

@@ -601,6 +601,9 @@ class _Sub:
 
     dropped = 0
 
+    def __len__(self) -> int:
+        return 0
+
 
 class _Backend:
     info = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
@@ -1297,6 +1300,30 @@ def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
     now[0] = 1026.0
     assert next(source) is None  # nothing else to take; the silence check has run
     assert worker.book == {raised.key: raised}
+
+
+def test_a_camera_whose_frame_waits_in_its_slot_is_not_silent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is in view; the camera's frame of 6 s came, but the processing
+    thread was busy for 20 s (another camera's new input shape compiling, evidence rendered and
+    written on a slow disk), longer than the rule's gap_s + clear_s (12 s), and the frame still
+    waits in the camera's slot when the silence check runs. The camera is not silent: its
+    episode stays open, and that frame, taken next, says whether the crowd is still there."""
+    from gridpatrol.ingest.mqtt import Message, Subscription
+
+    now = [1000.0]
+    worker, _, raised = _crowd_raised_at_1005(tmp_path, monkeypatch, _Conn(), now)
+    sub = Subscription("gridpatrol/cameras/cam-00/frame", 0, 1)
+    sub._put(Message(sub.topic_filter, b"a frame", 0, False, _at(6), 0))
+    worker.cams["cam-00"].sub = sub
+    now[0] = 1026.0
+    worker._end_silent()
+    assert worker.book == {raised.key: raised}
+    sub.get(0)  # taken, and found bad or not judged: nothing waits any more
+    now[0] = 1027.0
+    worker._end_silent()
+    assert worker.book[raised.key].ended_at == _at(5)
 
 
 def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
