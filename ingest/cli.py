@@ -157,6 +157,7 @@ def _selected(cameras: str | None, site: Site) -> list[str] | Literal[False] | N
 def run_ingest(args: argparse.Namespace) -> int:
     from gridpatrol.ingest.mqtt import mqtt_connection, mqtt_started, stop_when_refused
     from gridpatrol.ingest.service import IngestService
+    from gridpatrol.ingest.sources import source_kind
     from gridpatrol.site import SiteConfigError, load_site
 
     try:
@@ -168,6 +169,15 @@ def run_ingest(args: argparse.Namespace) -> int:
     if wanted is False:
         return 2
     cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
+    if all(source_kind(c.source) == "mqtt" for c in cameras):
+        # Nothing to publish: it exited 0 at once, and a unit that restarts it on any exit
+        # but status 2 started it again every few seconds for ever.
+        log.error(
+            "ingest: no camera to publish: the source of %s is mqtt (a camera that publishes "
+            "its own frames)",
+            [c.id for c in cameras],
+        )
+        return 2
     conn = mqtt_connection(log, "ingest", _component_id(args), site.mqtt.prefix)
     if conn is None:
         return 2

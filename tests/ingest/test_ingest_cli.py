@@ -728,6 +728,30 @@ def test_a_camera_list_naming_no_camera_exits_2_in_one_line(
     ), line
 
 
+@pytest.mark.parametrize(("cameras", "selected"), [(None, "['c1']"), ("c1,c3", "['c1', 'c3']")])
+def test_ingest_with_only_cameras_that_publish_their_own_frames_exits_2_in_one_line(
+    site_file: Callable[..., Path], gridpatrol_proc: Any, cameras: str | None, selected: str
+) -> None:
+    """Nothing to publish, ingest exited 0 at once, and the sample unit (Restart=always)
+    started it again every few seconds for ever."""
+    site = site_file(
+        "  - {id: c1, source: mqtt, location: {address: a}}\n"
+        "  - {id: c2, source: x.mp4, fps: 1, location: {address: a}}\n"
+        "  - {id: c3, source: MQTT, location: {address: a}}\n"
+        if cameras
+        else "  - {id: c1, source: mqtt, location: {address: a}}\n"
+    )
+    args = ["ingest", "--config", str(site), *(["--cameras", cameras] if cameras else [])]
+    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.endswith(
+        " ERROR gridpatrol.ingest.cli: ingest: no camera to publish: the source of "
+        f"{selected} is mqtt (a camera that publishes its own frames)"
+    ), line
+
+
 FIVE = "cam-01,cam-02,cam-03,cam-04,cam-05"
 FQDN = "substation-gw-07.grid.example"
 
