@@ -11,11 +11,16 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
+from starlette.staticfiles import StaticFiles
 
 from gridpatrol import __version__
 from gridpatrol.api import problems
@@ -51,6 +56,13 @@ ROUTERS = (
     "gridpatrol.api.routers.console",
     "gridpatrol.api.routers.cameras",
 )
+
+OPENAPI_URL = "/api/v1/openapi.json"
+DOCS_URL = "/api/v1/docs"
+# Swagger UI's script, style and icon as the fastapi-offline package ships them: FastAPI's own
+# page loads them from a CDN, which a centre's network without internet access does not reach.
+DOCS_ASSETS_URL = "/api/v1/docs-assets"
+DOCS_ASSETS = Path(str(files("fastapi_offline").joinpath("static")))
 
 
 def utc_now() -> datetime:
@@ -114,10 +126,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         title="gridpatrol intake API",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/api/v1/docs",
-        openapi_url="/api/v1/openapi.json",
+        docs_url=None,  # served by _add_docs_page, from the installation
+        openapi_url=OPENAPI_URL,
         redoc_url=None,
     )
+    _add_docs_page(app)
     app.state.services = services
     app.state.db = db
     app.state.metrics = metrics
@@ -131,6 +144,23 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         app.include_router(importlib.import_module(name).router)
     log.info("intake API ready: database %s, evidence in %s", db.dialect, settings.evidence_dir)
     return app
+
+
+def _add_docs_page(app: FastAPI) -> None:
+    """The interactive reference at DOCS_URL, readable without a token as FastAPI's own is."""
+    app.mount(DOCS_ASSETS_URL, StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
+
+    @app.get(DOCS_URL, include_in_schema=False)
+    def docs_page(request: Request) -> HTMLResponse:
+        # Behind a proxy that strips a prefix, the URLs carry it as FastAPI's own page does.
+        root = str(request.scope.get("root_path", "")).rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=root + OPENAPI_URL,
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_ASSETS_URL}/favicon.png",
+        )
 
 
 def feed_names(settings: Settings) -> list[str]:
