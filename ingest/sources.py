@@ -774,6 +774,8 @@ class CameraPublisher(threading.Thread):
         self.stop_event.wait(MAX_BACKOFF_S)
 
     def _lookup_hint(self, path: Path) -> str:
+        if path.is_dir():  # a folder of footage: no retry will open it
+            return ": a folder, not a video file (name one of its files)"
         # A relative source that works from one directory and not another is the usual cause.
         if path.exists() or _expanded(self.camera.source).is_absolute():
             return ""

@@ -227,6 +227,23 @@ def test_a_missing_footage_file_says_where_it_was_looked_up(
     ) in err
 
 
+def test_a_footage_folder_for_a_source_is_said_to_be_a_folder(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    shared_dir: Path,
+) -> None:
+    """A folder of footage named as a camera's source was only "cannot open", every 30 s."""
+    folder = shared_dir / "footage"
+    site = site_file(f"  - {{id: f1, source: '{folder}', fps: 1, location: {{address: a}}}}\n")
+    err = ingest_until_offline(site, "f1", watch, gridpatrol_proc, mqtt_prefix)
+    assert (
+        f"camera f1: cannot open {folder}: a folder, not a video file (name one of its files); "
+        "retrying in 30 s"
+    ) in err, err
+
+
 def test_a_failing_patrol_camera_is_named_once_per_failing_streak_and_backs_off(
     site_file: Callable[..., Path],
     watch: Any,
