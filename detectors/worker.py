@@ -595,6 +595,12 @@ class DetectorWorker:
                 took = True
                 if item.infer:
                     self._in_flight.add(rt.camera.id)
+                    # The first frame of a size compiles the model for its input shape (about
+                    # 0.7 s, seconds on a loaded host): done before the clock starts, it is no
+                    # part of that frame's inference latency (the histogram, the progress line).
+                    input_shape = getattr(self.backend, "input_shape", None)
+                    if callable(input_shape):
+                        input_shape(item.image.shape[:2])
                     item.submitted = time.perf_counter()
                     yield item, item.image
                 else:
