@@ -411,12 +411,18 @@ class Metrics:
         )
         self.dropped = Counter(
             "gridpatrol_detect_dropped_frames",
-            "Frames replaced by a newer one before processing, or older than the last one",
+            "Frames replaced by a newer one before processing, older than the last one, or held "
+            "back by a clock jump that was taken",
             labels,
             registry=self.registry,
         )
+        # Not only undecodable ones: a camera whose clock runs ahead sends sound JPEGs.
         self.bad = Counter(
-            "gridpatrol_detect_bad_frames", "Undecodable frames", labels, registry=self.registry
+            "gridpatrol_detect_bad_frames",
+            "Frames refused (malformed, undecodable, another size than their header says, timed "
+            "ahead of their reception or off the camera's clock), dead-lettered or not",
+            labels,
+            registry=self.registry,
         )
         self.latency = Histogram(
             "gridpatrol_detect_inference_seconds",

@@ -1371,6 +1371,17 @@ def test_compiling_a_new_input_shape_is_no_part_of_a_frames_inference_latency(
     assert rt.latency_s == pytest.approx(0.012)
 
 
+def test_the_metrics_say_what_a_bad_and_a_dropped_frame_are() -> None:
+    """A camera whose clock runs more than 5 minutes ahead sends sound JPEGs, every one refused
+    (future_ts): the help of the bad-frame counter must not send the operator after a decoder."""
+    from gridpatrol.detectors.worker import Metrics
+
+    helps = {m.name: m.documentation for m in Metrics().registry.collect()}
+    assert "undecodable" in helps["gridpatrol_detect_bad_frames"]
+    assert "timed ahead of their reception" in helps["gridpatrol_detect_bad_frames"]
+    assert "clock jump" in helps["gridpatrol_detect_dropped_frames"]
+
+
 def _sqlite_error(scratch: Path, what: str) -> Callable[[], sqlite3.Error]:
     """A maker of SQLite's own error ``what`` (with its result code), each time made anew by
     doing what fails that way on a database file in ``scratch``: "full" (a file at its largest),
