@@ -270,7 +270,13 @@ def run_simulate(args: argparse.Namespace) -> int:
                 log.info("simulate-sensors: %d messages, %.1f/s", sent, sent / (now - start))
                 last_report = now
     finally:
-        acknowledged = refused.is_set() or _final_ack(conn)
+        # Refused: the refusal said it, and nothing more will be taken. Nothing sent and no
+        # connection: nothing is held, so nothing to wait for.
+        acknowledged = refused.is_set() or (sent == 0 and not conn.connected)
+        if not acknowledged:
+            # The signal that ended the run is spent: one during the wait ends the wait.
+            stop.clear()
+            acknowledged = _final_ack(conn, stop)
         reached = conn.connects > 0
         if not acknowledged and reached:
             log.warning(
@@ -279,7 +285,7 @@ def run_simulate(args: argparse.Namespace) -> int:
                 FINAL_ACK_TIMEOUT_S,
             )
         conn.stop()
-    if not reached:
+    if not reached and sent and not refused.is_set():
         # Held in the client's memory only, lost with the process: none of them was sent.
         log.error(
             "simulate-sensors: the broker %s was never reached; none of the %d messages was sent",
@@ -291,14 +297,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     return 1 if refused.is_set() else 0  # refused after the start: the unit restarts
 
 
-def _final_ack(conn: MqttConnection) -> bool:
+def _final_ack(conn: MqttConnection, stop: threading.Event) -> bool:
     """Whether the broker acknowledged everything published, waiting up to
     :data:`FINAL_ACK_TIMEOUT_S` (below the demo's stop timeout, so a lost broker cannot hold
     it) for a connection that is down to come back: QoS 1 publications leave in order, so once
     a last one is acknowledged all earlier are. Without the connection the publication fails
-    at once, and the messages held for a broker coming back were dropped at once."""
+    at once, and the messages held for a broker coming back were dropped at once. ``stop``
+    set (a signal) ends the wait for the connection."""
     deadline = time.monotonic() + FINAL_ACK_TIMEOUT_S
-    if not conn.wait_connected(FINAL_ACK_TIMEOUT_S):
-        return False
+    if not conn.connected:
+        log.info(
+            "simulate-sensors: waiting up to %.0f s for the broker %s to take the messages "
+            "held (Ctrl-C ends the wait)",
+            FINAL_ACK_TIMEOUT_S,
+            conn.settings.url,
+        )
+    while not conn.wait_connected(0.1):
+        if stop.is_set():
+            log.info("simulate-sensors: stopped waiting for the broker")
+            return False
+        if time.monotonic() >= deadline:
+            return False
     left = max(0.0, deadline - time.monotonic())
     return conn.publish_wait(conn.status_topic, b"online", qos=1, retain=True, timeout=left)

@@ -6,10 +6,12 @@ import argparse
 import logging
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -107,6 +109,51 @@ def test_simulated_sensors_never_reaching_the_broker_say_none_was_sent_and_exit_
         lines[0],
     )
     assert "did not acknowledge" not in done.stderr
+
+
+def test_a_signal_while_simulated_sensors_wait_for_the_broker_at_their_end_ends_the_wait(
+    tmp_path: Path,
+) -> None:
+    """At its end the run waits up to 10 s for a broker that is down to take what it holds.
+    A SIGTERM or Ctrl-C during that wait was ignored (the run's stop event was already set):
+    the operator waited the whole 10 s. It now ends the wait, and the run says what was lost."""
+    env = {**os.environ, "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:9"}  # nothing listens
+    command = ["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "5"]
+    log_path = tmp_path / "err"
+    with log_path.open("w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gridpatrol.cli", *command, "--duration", "1"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            text=True,
+        )
+    try:
+        waiting = "simulate-sensors: waiting up to 10 s for the broker mqtt://127.0.0.1:9"
+        for _ in range(600):  # until the wait begins, or the run ended without one
+            if waiting in log_path.read_text() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert waiting in log_path.read_text(), log_path.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    said = log_path.read_text().splitlines()
+    begun = next(i for i, line in enumerate(said) if waiting in line)
+    after = [line.split(" ", 3)[3] for line in said[begun + 1 :]]
+    assert after[0] == "gridpatrol.cli: gridpatrol: signal 15, shutting down"
+    assert (
+        after[1] == "gridpatrol.alarm_bridge.cli: simulate-sensors: stopped waiting for the broker"
+    )
+    assert re.fullmatch(
+        r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: the broker mqtt://127\.0\.0\.1:9 was"
+        r" never reached; none of the [1-5] messages was sent",
+        after[2],
+    )
+    assert len(after) == 3
 
 
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
