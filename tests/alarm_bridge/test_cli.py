@@ -286,7 +286,9 @@ def test_credentials_refused_after_a_start_that_found_no_broker_exit_1_in_one_li
 
     args = _bridge_args(tmp_path, mqtt_prefix, monkeypatch)
 
-    def start(conn: MqttConnection, timeout: float = 10.0) -> bool:
+    def start(
+        conn: MqttConnection, timeout: float = 10.0, stop: threading.Event | None = None
+    ) -> bool:
         error = MqttAuthError(REFUSED.format(conn.component_id))
         if conn.component_id == "alarm_bridge":
             for hook in conn._refusal_hooks:  # refused after the start returned
@@ -334,7 +336,9 @@ def test_the_media_connection_refused_at_its_start_exits_by_what_the_session_sta
 
     args = _bridge_args(tmp_path, mqtt_prefix, monkeypatch)
 
-    def start(conn: MqttConnection, timeout: float = 10.0) -> bool:
+    def start(
+        conn: MqttConnection, timeout: float = 10.0, stop: threading.Event | None = None
+    ) -> bool:
         if conn.component_id == "alarm_bridge":
             if session_up:
                 conn._connected.set()
