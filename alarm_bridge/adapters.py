@@ -422,17 +422,16 @@ def _own_names(payload: bytes, sensor_id: str) -> dict[str, str]:
 
 
 def _foreign_name(payload: bytes, sensor_id: str, registry: Mapping[str, Sensor]) -> str | None:
-    """The first record name without a base name (``bn``, none yet or an empty one) that
-    begins with another registered sensor's id and one of ``:;./`` (``bf-10:fill`` on
-    ``bf-1``'s topic): the resolved form of a record whose ``bn`` the decoder would refuse as
-    another sensor's. Names beginning with the topic's own id so are the sensor's, whatever
-    ids are registered beside it."""
+    """The first record name, with its base name (``bn``) before it, that begins with
+    another registered sensor's id and one of ``:;./`` (``bf-10:fill`` on ``bf-1``'s topic):
+    the resolved form of a record whose ``bn`` the decoder refuses as another sensor's, or a
+    ``bn`` of more than that id and its separator (``sm-1:det:``), which the decoder, judging
+    the whole ``bn`` as an id, lets through. Names beginning with the topic's own id so are
+    the sensor's, whatever ids are registered beside it."""
     base = ""
     for record in json.loads(payload):
         base = record.get("bn", base)
-        if base:
-            continue  # the decoder checked this bn against the topic; the name follows it
-        name = record.get("n", "")
+        name = base + record.get("n", "")
         if _without_base(name, sensor_id) != name:
             continue
         for end, char in enumerate(name):

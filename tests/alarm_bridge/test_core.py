@@ -1766,8 +1766,10 @@ def test_a_resolved_pack_naming_another_sensor_is_refused_as_with_its_bn(
     [
         [{"n": "mh-1:tilt", "u": "deg", "v": 40}],
         [{"bn": "mh-1:", "n": "tilt", "u": "deg", "v": 40}],
+        [{"bn": "mh-1:probe:", "n": "tilt", "u": "deg", "v": 40}],
+        [{"bn": "", "n": "mh-1:probe:tilt", "u": "deg", "v": 40}],
     ],
-    ids=["resolved", "with bn"],
+    ids=["resolved", "with bn", "with a bn of two levels", "resolved, two levels"],
 )
 def test_another_sensors_pack_on_a_topic_is_no_sign_of_its_sensors_life(
     h: Harness, pack: list[dict[str, Any]]
@@ -1785,6 +1787,21 @@ def test_another_sensors_pack_on_a_topic_is_no_sign_of_its_sensors_life(
     with h.outbox.transaction() as txn:
         assert store.load_state(txn.conn, "wl-1", "device_offline").active
         assert "wl-1" not in store.last_heard(txn.conn)
+
+
+@pytest.mark.parametrize("base", ["sm-1:", "sm-1:det:", "sm-1/det;", "sm-1.det:"])
+def test_another_sensors_reading_with_a_base_name_raises_nothing_on_the_topics_sensor(
+    h: Harness, base: str
+) -> None:
+    """sm-1's smoke reading sent on sm-2's topic (a gateway mixing its sensors up): a bn of
+    more than the id and its separator (``sm-1:det:``) passed the decoder's check of the
+    bn, which looks at the whole bn only, and raised a smoke alarm on sm-2."""
+    pack = [{"bn": base, "n": "smoke", "v": 1}]
+    h.send("gridpatrol/sensors/sm-2/alarm", json.dumps(pack).encode(), T0)
+    assert h.dead == ["sensor_id_mismatch"]
+    assert outbox_ops(h.outbox) == []
+    with h.outbox.transaction() as txn:
+        assert "sm-2" not in store.last_heard(txn.conn)
 
 
 def test_a_record_named_by_its_base_name_alone_is_judged_by_it(site: Site) -> None:
