@@ -12,7 +12,9 @@ one track, and a one-frame false positive takes no box another track could have.
 
 Besides ids, the tracker keeps a short position history per track so rules can ask whether an
 object is stationary: displacement measured relative to the object's own size, which works
-at any distance from the camera.
+at any distance from the camera. A walk straight away from or towards the camera moves the
+box's centre little against its size, so a box that shrank while its top and bottom both rose
+(or grew while both sank) counts as moved in depth, see :func:`_walked_in_depth`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ _MAX_SHIFT = 0.4
 # ... unless the object has covered more than that at its pace over its history of at least
 # this long: a walker hidden for half a second behind a pole is where its steps took it.
 _MIN_PACE_S = 0.5
+# A box whose height changed by at least this share of the larger of the two heights, while its
+# top edge moved by at least _DEPTH_TOP of that change the same way as the height (up as it
+# shrank, down as it grew), went away from or towards the camera (see _walked_in_depth).
+_DEPTH_SCALE = 0.1
+_DEPTH_TOP = 0.25
 
 
 def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -140,6 +147,8 @@ class Track:
     anchor: tuple[float, float, float] = (0.0, 0.0, 0.0)
     # (t, cx, cy) samples, the oldest within history_s and always at least two.
     history: list[tuple[float, float, float]] = field(default_factory=list)
+    # (top, bottom) of the box at each sample of ``history``, in the same order.
+    extents: list[tuple[float, float]] = field(default_factory=list)
 
     def predict(self, t: float) -> NDArray[np.float64]:
         predicted: NDArray[np.float64] = _predict([self], t)[0].astype(np.float64)
@@ -159,7 +168,9 @@ class Track:
 class Motion:
     """How far each track moved recently, relative to its size."""
 
-    displacement: NDArray[np.float32]  # max distance of the centre over the window / size
+    # Max distance of the centre over the window / size; infinite for a track that walked away
+    # from or towards the camera over it (see _walked_in_depth).
+    displacement: NDArray[np.float32]
     observed_s: NDArray[np.float32]  # span of the history the displacement covers
 
     def stationary(self, max_displacement: float, min_observed_s: float) -> NDArray[np.bool_]:
@@ -271,7 +282,7 @@ class Tracker:
             # A few dozen samples per track: plain floats beat building an array per track.
             t_now, cx, cy = track.history[-1]
             far = max(math.hypot(x - cx, y - cy) for _, x, y in track.history)
-            disp[k] = far / track.size
+            disp[k] = math.inf if _walked_in_depth(track.extents) else far / track.size
             span[k] = t_now - track.history[0][0]
         return Motion(disp, span)
 
@@ -359,14 +370,18 @@ class Tracker:
 
     def _remember(self, track: Track, t: float) -> None:
         cx, cy = track.centre
-        hist = track.history
+        hist, extents = track.history, track.extents
+        extent = (float(track.box[1]), float(track.box[3]))
         if len(hist) >= 2 and t - hist[-2][0] < self.history_s / 20:
             # Enough samples for this stretch already: keep the newest position only.
             hist[-1] = (t, cx, cy)
+            extents[-1] = extent
         else:
             hist.append((t, cx, cy))
-        while len(track.history) > 2 and t - track.history[1][0] >= self.history_s:
-            track.history.pop(0)
+            extents.append(extent)
+        while len(hist) > 2 and t - hist[1][0] >= self.history_s:
+            hist.pop(0)
+            extents.pop(0)
 
     def _start(self, detections: Detections, di: int, t: float) -> int:
         track = Track(
@@ -398,6 +413,31 @@ def _predict(tracks: list[Track], t: float) -> NDArray[np.float32]:
     shift = np.clip(velocity * dt[:, None], -limit, limit)
     predicted: NDArray[np.float32] = (boxes + np.tile(shift, 2)).astype(np.float32)
     return predicted
+
+
+def _walked_in_depth(extents: list[tuple[float, float]]) -> bool:
+    """Whether the box went away from or towards the camera between an earlier sample of
+    ``extents`` ((top, bottom) per sample) and the latest one.
+
+    Seen from a camera above head height, a person walking away shrinks while both feet and
+    head rise in the image (towards the horizon), and grows while both sink walking closer: the
+    top edge moves the same way as the height changes, by (camera height / person height - 1)
+    times that change, at least _DEPTH_TOP of it from 1.25 person heights up (2.1 m). The
+    centre moves less than half a box in seconds of such a walk. Someone sitting down or
+    bending over shrinks while the top sinks and the feet stay; standing up, they grow while
+    the top rises; a passer-by hiding the legs shrinks the box from below while the top stays:
+    none of these is a walk, and swaying barely changes the height at all.
+    """
+    if len(extents) < 2:
+        return False
+    top_now, bottom_now = extents[-1]
+    h_now = max(bottom_now - top_now, 1.0)
+    for top, bottom in extents[:-1]:
+        h = max(bottom - top, 1.0)
+        grown = h_now - h
+        if abs(grown) >= _DEPTH_SCALE * max(h, h_now) and (top_now - top) / grown >= _DEPTH_TOP:
+            return True
+    return False
 
 
 def _pace(track: Track) -> tuple[float, float]:
