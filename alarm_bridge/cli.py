@@ -280,9 +280,11 @@ def run_simulate(args: argparse.Namespace) -> int:
         reached = conn.connects > 0
         if not acknowledged and reached:
             log.warning(
-                "simulate-sensors: the broker did not acknowledge the last messages within "
-                "%.0f s; some of them may not have arrived",
-                FINAL_ACK_TIMEOUT_S,
+                "simulate-sensors: the broker did not acknowledge the last messages %s; some "
+                "of them may not have arrived",
+                "before the wait was ended"
+                if stop.is_set()
+                else f"within {FINAL_ACK_TIMEOUT_S:.0f} s",
             )
         conn.stop()
     if not reached and sent and not refused.is_set():

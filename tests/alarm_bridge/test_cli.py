@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,8 @@ from gridpatrol.api.client import Outbox
 from gridpatrol.cli import build_parser
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.site import PREFIX_PATTERN
+
+from ..conftest import Mosquitto
 
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
@@ -111,49 +114,89 @@ def test_simulated_sensors_never_reaching_the_broker_say_none_was_sent_and_exit_
     assert "did not acknowledge" not in done.stderr
 
 
-def test_a_signal_while_simulated_sensors_wait_for_the_broker_at_their_end_ends_the_wait(
-    tmp_path: Path,
-) -> None:
-    """At its end the run waits up to 10 s for a broker that is down to take what it holds.
-    A SIGTERM or Ctrl-C during that wait was ignored (the run's stop event was already set):
-    the operator waited the whole 10 s. It now ends the wait, and the run says what was lost."""
-    env = {**os.environ, "GRIDPATROL_MQTT_URL": "mqtt://127.0.0.1:9"}  # nothing listens
+def _signalled_in_the_final_wait(
+    tmp_path: Path, url: str, duration: str, lose_broker: Callable[[], None] | None = None
+) -> list[str]:
+    """simulate-sensors on the sample site for ``duration`` s against ``url``; once connected,
+    ``lose_broker`` is called; SIGTERM once it says it waits for the broker at its end. Its
+    status and the lines after the one saying it waits (without time and level)."""
+    env = {**os.environ, "GRIDPATROL_MQTT_URL": url}
     command = ["simulate-sensors", "--config", str(SAMPLE_SITE), "--rate", "5"]
     log_path = tmp_path / "err"
     with log_path.open("w") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gridpatrol.cli", *command, "--duration", "1"],
+            [sys.executable, "-m", "gridpatrol.cli", *command, "--duration", duration],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
             text=True,
         )
-    try:
-        waiting = "simulate-sensors: waiting up to 10 s for the broker mqtt://127.0.0.1:9"
-        for _ in range(600):  # until the wait begins, or the run ended without one
-            if waiting in log_path.read_text() or proc.poll() is not None:
+
+    def logged(text: str) -> bool:
+        for _ in range(600):  # until it is said, or the run ended without it
+            if text in log_path.read_text() or proc.poll() is not None:
                 break
             time.sleep(0.1)
-        assert waiting in log_path.read_text(), log_path.read_text()
+        return text in log_path.read_text()
+
+    waiting = f"simulate-sensors: waiting up to 10 s for the broker {url}"
+    try:
+        if lose_broker is not None:
+            assert logged(f"simulate-sensors: connected to {url}"), log_path.read_text()
+            lose_broker()
+        assert logged(waiting), log_path.read_text()
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(60) == 1
+        status = proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
     said = log_path.read_text().splitlines()
     begun = next(i for i, line in enumerate(said) if waiting in line)
-    after = [line.split(" ", 3)[3] for line in said[begun + 1 :]]
-    assert after[0] == "gridpatrol.cli: gridpatrol: signal 15, shutting down"
-    assert (
-        after[1] == "gridpatrol.alarm_bridge.cli: simulate-sensors: stopped waiting for the broker"
-    )
+    return [str(status), *(line.split(" ", 3)[3] for line in said[begun + 1 :])]
+
+
+def test_a_signal_while_simulated_sensors_wait_for_the_broker_at_their_end_ends_the_wait(
+    tmp_path: Path,
+) -> None:
+    """At its end the run waits up to 10 s for a broker that is down to take what it holds.
+    A SIGTERM or Ctrl-C during that wait was ignored (the run's stop event was already set):
+    the operator waited the whole 10 s. It now ends the wait, and the run says what was lost."""
+    status, *after = _signalled_in_the_final_wait(tmp_path, "mqtt://127.0.0.1:9", "1")
+    assert status == "1"
+    assert after[:2] == [
+        "gridpatrol.cli: gridpatrol: signal 15, shutting down",
+        "gridpatrol.alarm_bridge.cli: simulate-sensors: stopped waiting for the broker",
+    ]
     assert re.fullmatch(
         r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: the broker mqtt://127\.0\.0\.1:9 was"
         r" never reached; none of the [1-5] messages was sent",
         after[2],
     )
     assert len(after) == 3
+
+
+def test_a_signal_ending_the_final_wait_for_a_lost_broker_is_said_so(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The broker reached, then lost: the warning said the broker had not acknowledged the
+    last messages "within 10 s" also when a signal had ended the wait before."""
+    status, *after = _signalled_in_the_final_wait(
+        tmp_path, mosquitto.url, "3", lambda: mosquitto.stop(kill=True)
+    )
+    assert status == "0"
+    assert after[:2] == [
+        "gridpatrol.cli: gridpatrol: signal 15, shutting down",
+        "gridpatrol.alarm_bridge.cli: simulate-sensors: stopped waiting for the broker",
+    ]
+    assert after[2] == (
+        "gridpatrol.alarm_bridge.cli: simulate-sensors: the broker did not acknowledge the last"
+        " messages before the wait was ended; some of them may not have arrived"
+    )
+    assert re.fullmatch(
+        r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: \d+ messages in .*", after[3]
+    )
+    assert len(after) == 4
 
 
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
