@@ -364,6 +364,9 @@ class CameraRuntime:
     # redo (a raise cleared on the same frame: its rule is idle): tried again with each frame.
     unqueued: dict[Key, Unqueued] = field(default_factory=dict)
     judged_at: float = 0.0  # the worker's clock when a frame of the camera was last judged
+    # The worker's clock when the processing thread last looked at the camera's slot: a frame
+    # waiting there came after it, and only the time up to it counts as the camera's silence.
+    visited_at: float = 0.0
 
 
 @dataclass
@@ -624,6 +627,7 @@ class DetectorWorker:
     def _take(self, rt: CameraRuntime) -> Ready | None:
         """The camera's newest pending frame, decoded and gated; None when there is none."""
         self._count_drops(rt)
+        rt.visited_at = self.clock()
         message = rt.sub.get(0)
         if message is None:
             return None
@@ -952,6 +956,7 @@ class DetectorWorker:
             sightings=SightingFrames(per_key=HELD_MAX + 1),
             motion=MotionState(),
             judged_at=self.clock(),
+            visited_at=self.clock(),
         )
 
     def _reset(self, rt: CameraRuntime, ts: datetime) -> None:
@@ -1410,8 +1415,9 @@ class DetectorWorker:
         still there as a second candidate once frames come back. After a (re)connect, the
         first connect included, every camera's silence is counted from the check that sees
         it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect). A camera
-        with a frame in inference, or waiting in its slot, is not silent, however long the
-        worker takes to judge it."""
+        with a frame in inference is not silent, however long the worker takes to judge it;
+        one with a frame waiting in its slot is silent only up to when the worker last looked
+        at its slot (a refused frame is no sign of life)."""
         now = self.clock()
         if now - self._silence_checked < SILENCE_CHECK_S:
             return
@@ -1427,14 +1433,21 @@ class DetectorWorker:
                 rt.judged_at = now
             return
         for rt in self.cams.values():
-            if rt.camera.id in self._in_flight or len(rt.sub):
-                # Its frame waits for its result, or in its slot for the processing thread (a
-                # host far behind, a new input shape being compiled): the camera sent it, and
-                # the worker is what is slow. Judged, that frame says whether the occupancy is
-                # still there; a bad one is no sign of life.
+            if rt.camera.id in self._in_flight:
+                # Its frame waits for its result (a host far behind, a new input shape being
+                # compiled): the camera sent it, and the worker is what is slow. Judged, that
+                # frame says whether the occupancy is still there.
                 continue
+            silent_s = now - rt.judged_at
+            if len(rt.sub):
+                # A frame waits in its slot: it came after the processing thread last looked
+                # (held up meanwhile by another camera's compile or evidence), and only says
+                # something once taken. Up to that look the camera's silence counts: a camera
+                # whose every frame is refused, sent faster than the passes, has one waiting
+                # at each check, and is as silent as one that sends none.
+                silent_s = rt.visited_at - rt.judged_at
             try:
-                self._end_silent_camera(rt, now - rt.judged_at)
+                self._end_silent_camera(rt, silent_s)
             except Exception as exc:
                 cam = rt.camera.id
                 self._failed(

@@ -2350,3 +2350,43 @@ def test_a_camera_clock_step_received_with_jitter_is_taken_whole(
     assert caplog.messages == [
         "camera cam-00: clock went ahead 30 s more than the time between frames"
     ]
+
+
+class _Lettering(_Conn):
+    """An up connection that takes every dead letter."""
+
+    def max_payload(self, topic: str, qos: int) -> int:
+        return 1 << 20
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0) -> bool:
+        return True
+
+
+def test_a_camera_whose_every_frame_is_refused_is_silent_however_fast_they_come(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The crowd raised at 5 s is in view; then every frame the camera sends is refused (here
+    undecodable), and it sends them faster than the worker's passes over its cameras: each
+    time one is taken, the next is already there, so one always waits in the slot when the
+    silence check runs. No frame of the camera is judged: its episode ends at its last
+    sighting once none was for the rule's gap_s + clear_s (12 s), as a camera sending none."""
+    from gridpatrol.ingest.mqtt import Message, Subscription
+
+    now = [1000.0]
+    worker, _, raised = _crowd_raised_at_1005(tmp_path, monkeypatch, _Lettering(), now)
+
+    class Flooding(Subscription):
+        def get(self, timeout: float | None = None) -> Message | None:
+            message = super().get(timeout)
+            self._put(Message(self.topic_filter, b"a frame", 0, False, _at(now[0] - 1000), 0))
+            return message
+
+    sub = Flooding("gridpatrol/cameras/cam-00/frame", 0, 1, wake=worker._wake)
+    sub._put(Message(sub.topic_filter, b"a frame", 0, False, _at(6), 0))
+    worker.cams["cam-00"].sub = sub
+    source = worker._source()
+    for k in range(6, 30):
+        now[0] = 1000.0 + k
+        assert next(source) is None  # a bad frame taken, and the silence checked
+    ended = worker.book[raised.key]
+    assert (ended.candidate_id, ended.ended_at) == (raised.candidate_id, _at(5))
