@@ -1877,9 +1877,10 @@ def candidate_detection(
     """
     from gridpatrol.detectors.evidence import detection_block
 
-    keep = not better or not ev.boxes
     known = previous is not None and "boxes" in previous
-    kept = previous if keep and previous and known else None
+    # A better snapshot's clean frame is new: boxes of another frame would be drawn on it,
+    # so it goes with its event's boxes, none when the event names none.
+    kept = previous if not better and previous and known else None
     block = detection_block(
         model=model.name,
         model_version=model.version,

@@ -545,6 +545,28 @@ def _sent(boxes: tuple[tuple[float, float, float, float], ...]) -> dict[str, obj
             "frame_height": 2160}  # fmt: skip
 
 
+def _street_update(
+    best: float,
+    confidence: float,
+    boxes: tuple[tuple[float, float, float, float], ...],
+    track_ids: tuple[int, ...],
+) -> tuple[Episode, EpisodeEvent]:
+    """An open crowd episode of camera street whose best snapshot so far is ``best``, and an
+    update of it at 9 s seeing ``confidence`` with ``boxes``."""
+    ep = Episode(
+        camera_id="street", zone_id="whole-street", type="crowd_gathering", candidate_id="c1",
+        source_event_id="street:whole-street:crowd_gathering:1", started_at=T0,
+        reported_at=T0 + timedelta(seconds=9), last_event_at=T0 + timedelta(seconds=9),
+        best_confidence=best, dwell_s=9.0,
+    )  # fmt: skip
+    ev = EpisodeEvent(
+        kind="update", rule="crowd_gathering", zone_id="whole-street",
+        t=T0 + timedelta(seconds=9), confidence=confidence, dwell_s=9.0, first_seen=T0,
+        boxes=boxes, track_ids=track_ids, labels=("person",) * len(boxes),
+    )  # fmt: skip
+    return ep, ev
+
+
 @pytest.mark.parametrize(
     ("previous", "better", "boxes"),
     [
@@ -561,17 +583,7 @@ def _sent(boxes: tuple[tuple[float, float, float, float], ...]) -> dict[str, obj
 def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
     previous: dict[str, object] | None, better: bool, boxes: tuple[tuple[float, ...], ...] | None
 ) -> None:
-    ep = Episode(
-        camera_id="street", zone_id="whole-street", type="crowd_gathering", candidate_id="c1",
-        source_event_id="street:whole-street:crowd_gathering:1", started_at=T0,
-        reported_at=T0 + timedelta(seconds=9), last_event_at=T0 + timedelta(seconds=9),
-        best_confidence=0.7, dwell_s=9.0,
-    )  # fmt: skip
-    ev = EpisodeEvent(
-        kind="update", rule="crowd_gathering", zone_id="whole-street",
-        t=T0 + timedelta(seconds=9), confidence=0.6, dwell_s=9.0, first_seen=T0, boxes=NOW,
-        track_ids=(4,), labels=("person",),
-    )  # fmt: skip
+    ep, ev = _street_update(0.7, 0.6, NOW, (4,))
     model = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
     block = candidate_detection(ep, ev, better, previous, model, (1280, 720))
     if boxes is None:
@@ -583,6 +595,21 @@ def test_an_update_sends_the_boxes_of_its_clean_frame_or_none(
         size = (1280, 720) if boxes == NOW else (3840, 2160)
         assert (block["frame_width"], block["frame_height"]) == size
     assert (block["dwell_s"], block["score"], block["started_at"]) == (9.0, 0.7, T0.isoformat())
+
+
+@pytest.mark.parametrize("previous", [_sent(BEST), None])
+def test_a_better_snapshot_without_boxes_sends_none_of_the_previous_frames_boxes(
+    previous: dict[str, object] | None,
+) -> None:
+    """An update with a better confidence sends a new clean frame (DetectorWorker._render):
+    when its event names no boxes, the boxes of the candidate's previous clean frame (another
+    frame, of another size) would be drawn on it by whoever reads them. The block says the
+    new frame has none, in that frame's size."""
+    ep, ev = _street_update(0.8, 0.8, (), ())
+    model = ModelInfo("yolo11n", "8.3", "ab" * 32, Path("m"), ("person",), 640)
+    block = candidate_detection(ep, ev, True, previous, model, (1280, 720))
+    assert (block["boxes"], block["track_ids"]) == ([], [])
+    assert (block["frame_width"], block["frame_height"]) == (1280, 720)
 
 
 class _Conn:
