@@ -111,6 +111,9 @@ JUMP_JITTER_S = 1.0
 MAX_AHEAD_S = 300.0  # a frame timed further after its reception is refused (a wrong clock)
 BACKGROUND_SAVE_S = 60.0  # a crash loses at most this much of the background models' learning
 WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames and results)
+# Preparing the model for a frame's input shape longer than this is logged: a compile for a new
+# shape (about 0.7 s); a shape already compiled is a dictionary lookup.
+PREPARE_LOG_S = 0.1
 SILENCE_CHECK_S = 1.0  # how often the worker looks for cameras that stopped sending frames
 # A waiting episode's moving last sighting is written at most this often, also for a rule whose
 # update_s is shorter (0: a patch with every event), which would write with every frame.
@@ -609,7 +612,7 @@ class DetectorWorker:
                     # part of that frame's inference latency (the histogram, the progress line).
                     input_shape = getattr(self.backend, "input_shape", None)
                     if callable(input_shape):
-                        input_shape(item.image.shape[:2])
+                        self._prepare_shape(rt, input_shape, item.image.shape[:2])
                     item.submitted = time.perf_counter()
                     yield item, item.image
                 else:
@@ -623,6 +626,29 @@ class DetectorWorker:
                 # left the inference queue empty for up to its length, and cost wake-ups.
                 self._wake.wait(WAKE_TIMEOUT_S)
                 self._wake.clear()
+
+    def _prepare_shape(
+        self,
+        rt: CameraRuntime,
+        input_shape: Callable[[tuple[int, int]], object],
+        shape: tuple[int, int],
+    ) -> None:
+        """Have the backend prepare the model for images of ``shape`` (h, w). A compile it
+        takes is no part of the latency metrics: its time is logged instead, so an operator can
+        still tell what held the worker's frames up (a compile for every new size of a camera
+        sending ever new sizes, seconds each on a loaded host)."""
+        started = time.perf_counter()
+        input_shape(shape)
+        spent = time.perf_counter() - started
+        if spent >= PREPARE_LOG_S:
+            log.info(
+                "camera %s: preparing the model for a %d×%d image took %.1f s (a new input "
+                "shape compiled; not counted as inference latency)",
+                rt.camera.id,
+                shape[1],
+                shape[0],
+                spent,
+            )
 
     def _take(self, rt: CameraRuntime) -> Ready | None:
         """The camera's newest pending frame, decoded and gated; None when there is none."""
