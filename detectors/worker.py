@@ -114,6 +114,11 @@ WAKE_TIMEOUT_S = 0.05  # the idle loop's longest sleep (it also wakes on frames 
 # Preparing the model for a frame's input shape longer than this is logged: a compile for a new
 # shape (about 0.7 s); a shape already compiled is a dictionary lookup.
 PREPARE_LOG_S = 0.1
+# How long a frame in inference keeps its camera from being silent: a compile on a loaded host
+# takes seconds, a host far behind as many inference times as it has requests; a result still
+# not there after this is an inference stuck (a device hung), which would keep the camera's
+# episodes open for ever.
+IN_FLIGHT_MAX_S = 60.0
 SILENCE_CHECK_S = 1.0  # how often the worker looks for cameras that stopped sending frames
 # A waiting episode's moving last sighting is written at most this often, also for a rule whose
 # update_s is shorter (0: a patch with every event), which would write with every frame.
@@ -370,6 +375,8 @@ class CameraRuntime:
     # The worker's clock when the processing thread last looked at the camera's slot: a frame
     # waiting there came after it, and only the time up to it counts as the camera's silence.
     visited_at: float = 0.0
+    in_flight_at: float = 0.0  # the worker's clock when its frame in inference was submitted
+    stuck_said: bool = False  # whether that frame's wait beyond IN_FLIGHT_MAX_S was logged
 
 
 @dataclass
@@ -607,6 +614,7 @@ class DetectorWorker:
                 took = True
                 if item.infer:
                     self._in_flight.add(rt.camera.id)
+                    rt.in_flight_at, rt.stuck_said = self.clock(), False
                     # The first frame of a size compiles the model for its input shape (about
                     # 0.7 s, seconds on a loaded host): done before the clock starts, it is no
                     # part of that frame's inference latency (the histogram, the progress line).
@@ -1441,7 +1449,8 @@ class DetectorWorker:
         still there as a second candidate once frames come back. After a (re)connect, the
         first connect included, every camera's silence is counted from the check that sees
         it (a dead camera's episodes end ``gap_s + clear_s`` after the reconnect). A camera
-        with a frame in inference is not silent, however long the worker takes to judge it;
+        with a frame in inference is not silent for IN_FLIGHT_MAX_S (an inference stuck longer
+        is logged);
         one with a frame waiting in its slot is silent only up to when the worker last looked
         at its slot (a refused frame is no sign of life)."""
         now = self.clock()
@@ -1459,7 +1468,7 @@ class DetectorWorker:
                 rt.judged_at = now
             return
         for rt in self.cams.values():
-            if rt.camera.id in self._in_flight:
+            if rt.camera.id in self._in_flight and not self._stuck(rt, now):
                 # Its frame waits for its result (a host far behind, a new input shape being
                 # compiled): the camera sent it, and the worker is what is slow. Judged, that
                 # frame says whether the occupancy is still there.
@@ -1480,6 +1489,22 @@ class DetectorWorker:
                     ("silent", cam), exc, "camera %s: ending the episodes of a silent camera "
                     "failed: %s", cam, exc
                 )  # fmt: skip
+
+    def _stuck(self, rt: CameraRuntime, now: float) -> bool:
+        """Whether the camera's frame in inference has waited for its result longer than
+        IN_FLIGHT_MAX_S (said once per frame): its silence counts again."""
+        waited = now - rt.in_flight_at
+        if waited <= IN_FLIGHT_MAX_S:
+            return False
+        if not rt.stuck_said:
+            rt.stuck_said = True
+            log.error(
+                "camera %s: its frame has waited %.0f s for its inference result (the model "
+                "runtime stuck?); the camera's silence counts again",
+                rt.camera.id,
+                waited,
+            )
+        return True
 
     def _end_silent_camera(self, rt: CameraRuntime, silent_s: float) -> None:
         from gridpatrol.detectors import episodes

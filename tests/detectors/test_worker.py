@@ -1298,12 +1298,14 @@ def test_a_broker_outage_ends_no_episode_and_silence_counts_from_the_reconnect(
 
 
 def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The crowd raised at 5 s is in view; the camera's frame of 6 s is taken for inference
     and its result takes 20 s to come (a host far behind, or the first frame of a new input
     shape being compiled), longer than the rule's gap_s + clear_s (12 s). The camera sent that
-    frame: it is not silent, and its episode stays open until the frame is judged."""
+    frame: it is not silent, and its episode stays open until the frame is judged. A result
+    that has not come after IN_FLIGHT_MAX_S (60 s) is an inference stuck: said once, and the
+    camera's silence counts again, so its episode ends at its last sighting."""
     import cv2
     import numpy as np
 
@@ -1327,6 +1329,17 @@ def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
     now[0] = 1026.0
     assert next(source) is None  # nothing else to take; the silence check has run
     assert worker.book == {raised.key: raised}
+    caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    now[0] = 1066.0
+    assert next(source) is None
+    assert worker.book == {raised.key: raised}
+    for now[0] in (1067.0, 1068.0):
+        assert next(source) is None
+    assert worker.book[raised.key].ended_at == _at(5)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        "camera cam-00: its frame has waited 61 s for its inference result (the model runtime "
+        "stuck?); the camera's silence counts again"
+    ]
 
 
 def test_a_camera_whose_frame_waits_in_its_slot_is_not_silent(
