@@ -142,6 +142,7 @@ class IngestService:
         # frame (then no grab is made, and the next outage must warn again).
         self._grab_failing: set[str] = set()
         self.bad_requests = 0  # every one, with a letter or not
+        self.replies_refused = 0  # snapshot replies the connection did not take
         self.rejected: Counter[str] = Counter()  # the same, by reason
         # A client sending garbage requests or boosts at thousands a second got a letter and a
         # warning line each: as watch-frames, a few per topic and window, the others counted.
@@ -487,7 +488,18 @@ class IngestService:
 
     def _reply(self, camera_id: str, frame: Frame, request_id: str) -> None:
         topic = snapshot_topic(self.conn.prefix, camera_id)
-        self.conn.publish(topic, encode_reply(frame, request_id), qos=1)
+        if not self.conn.publish(topic, encode_reply(frame, request_id), qos=1):
+            # Refused by the connection (its queue full while the broker is away, or over the
+            # packet limit): the requester waits in vain, so it is no answer.
+            with self._rejected_lock:
+                self.replies_refused += 1
+            log.warning(
+                "camera %s: snapshot request %s not answered: the connection refused the reply "
+                "(its queue is full or the reply is over the packet limit)",
+                camera_id,
+                request_id,
+            )
+            return
         log.info("camera %s: answered snapshot request %s", camera_id, request_id)
 
     def _stale(self, message: Message, what: str) -> bool:
@@ -630,14 +642,16 @@ class IngestService:
         malformed, rejected, unlettered = self.rejections()
         with self._rejected_lock:  # a topic's first retained message would resize the map
             retained = sum(self.stale.values()) + self.stale_bad
+            refused = self.replies_refused
         # Requests and boosts come in faster than they are served only in a storm, and a
         # dropped request is a candidate without its snapshot: say so.
         log.info(
-            "ingest: snapshot requests %d received, %d dropped (queue full); patrol boosts %d "
-            "received, %d dropped; %d retained (ignored); %d malformed %s, of them not "
-            "dead-lettered (over the limit) %s",
+            "ingest: snapshot requests %d received, %d dropped (queue full); %d snapshot "
+            "replies refused by the connection; patrol boosts %d received, %d dropped; %d "
+            "retained (ignored); %d malformed %s, of them not dead-lettered (over the limit) %s",
             self._requests.received,
             self._requests.dropped,
+            refused,
             self._boosts.received,
             self._boosts.dropped,
             retained,

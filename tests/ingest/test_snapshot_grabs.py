@@ -28,6 +28,7 @@ from gridpatrol.ingest.sources import HTTP_MAX_BYTES, NO_FRAME
 from gridpatrol.ingest.topics import snapshot_request_topic, snapshot_topic
 from gridpatrol.site import Camera, load_site, parse_site
 
+from ..conftest import Mosquitto
 from .conftest import write_clip
 
 SHARED = MqttSettings.from_url("mqtt://127.0.0.1:1883")
@@ -611,3 +612,53 @@ def test_visits_and_grabs_take_http_snapshots_up_to_a_raised_packet_limit(
     assert service._visit("p1") is not None  # never started: the frame is dropped, not sent
     assert service._grab("c1") is not None
     assert caps == [("p1", limit), ("c1", limit)]
+
+
+def test_a_snapshot_reply_the_connection_refuses_is_said_and_counted_not_answered(
+    site_file: Callable[..., Path],
+    mqtt_prefix: str,
+    mosquitto: Mosquitto,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    camera = SnapshotCamera()
+    monkeypatch.setattr(ingest_service, "grab_frame", camera)
+    site = load_site(site_file(PATROL_P1))
+    settings = MqttSettings.from_url(mosquitto.url)
+    served = MqttConnection("ing-refused", settings, prefix=mqtt_prefix, max_queued_messages=1)
+    service = IngestService(site, served, site.cameras)
+    assert served.start(10)
+    mosquitto.stop(kill=True)  # the broker is away: QoS 1 publications wait in the queue
+    deadline = time.monotonic() + 30
+    while served._connected.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not served._connected.is_set()
+    # Fill the connection's queue of one: the reply finds it full.
+    filled = [served.publish(f"{mqtt_prefix}/filler", b"x", qos=1) for _ in range(2)]
+    assert filled == [True, False]
+    request_id = uuid.uuid4().hex
+    topic = snapshot_request_topic(mqtt_prefix, "p1")
+    with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.service"):
+        service.start()
+        try:
+            request = encode_request(request_id)
+            service._requests._put(Message(topic, request, 1, False, datetime.now(UTC), 1))
+            while request_id not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.02)
+            service.log_progress()
+        finally:
+            service.stop()
+            served.stop()
+    lines = [(r.levelname, r.getMessage()) for r in caplog.records if request_id in r.getMessage()]
+    assert lines == [
+        (
+            "WARNING",
+            f"camera p1: snapshot request {request_id} not answered: the connection refused "
+            "the reply (its queue is full or the reply is over the packet limit)",
+        )
+    ]
+    assert camera.grabs == 1
+    assert (
+        "snapshot requests 1 received, 0 dropped (queue full); 1 snapshot replies refused by "
+        "the connection;" in caplog.text
+    )
