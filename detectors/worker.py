@@ -1468,18 +1468,20 @@ class DetectorWorker:
                 rt.judged_at = now
             return
         for rt in self.cams.values():
-            if rt.camera.id in self._in_flight and not self._stuck(rt, now):
+            in_flight = rt.camera.id in self._in_flight
+            if in_flight and not self._stuck(rt, now):
                 # Its frame waits for its result (a host far behind, a new input shape being
                 # compiled): the camera sent it, and the worker is what is slow. Judged, that
                 # frame says whether the occupancy is still there.
                 continue
             silent_s = now - rt.judged_at
-            if len(rt.sub):
+            if len(rt.sub) and not in_flight:
                 # A frame waits in its slot: it came after the processing thread last looked
                 # (held up meanwhile by another camera's compile or evidence), and only says
                 # something once taken. Up to that look the camera's silence counts: a camera
                 # whose every frame is refused, sent faster than the passes, has one waiting
-                # at each check, and is as silent as one that sends none.
+                # at each check, and is as silent as one that sends none. Behind a stuck
+                # inference its frames wait for ever: they say nothing.
                 silent_s = rt.visited_at - rt.judged_at
             try:
                 self._end_silent_camera(rt, silent_s)

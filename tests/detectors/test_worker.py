@@ -1305,7 +1305,8 @@ def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
     shape being compiled), longer than the rule's gap_s + clear_s (12 s). The camera sent that
     frame: it is not silent, and its episode stays open until the frame is judged. A result
     that has not come after IN_FLIGHT_MAX_S (60 s) is an inference stuck: said once, and the
-    camera's silence counts again, so its episode ends at its last sighting."""
+    camera's silence counts again (its next frame, waiting behind it, says nothing), so its
+    episode ends at its last sighting."""
     import cv2
     import numpy as np
 
@@ -1330,6 +1331,9 @@ def test_a_camera_whose_frame_is_being_inferred_is_not_silent(
     assert next(source) is None  # nothing else to take; the silence check has run
     assert worker.book == {raised.key: raised}
     caplog.set_level(logging.WARNING, logger="gridpatrol.detectors.worker")
+    # The camera goes on sending: its next frame waits in its slot behind the one in inference.
+    later = encode_frame(replace(header, ts=_at(7), seq=7), image.tobytes())
+    sub._put(Message(sub.topic_filter, later, 0, False, _at(7), 0))
     now[0] = 1066.0
     assert next(source) is None
     assert worker.book == {raised.key: raised}
