@@ -43,11 +43,16 @@ _MAX_SHIFT = 0.4
 # ... unless the object has covered more than that at its pace over its history of at least
 # this long: a walker hidden for half a second behind a pole is where its steps took it.
 _MIN_PACE_S = 0.5
-# A box whose height changed by at least this share of the larger of the two heights, while its
-# top edge moved by at least _DEPTH_TOP of that change the same way as the height (up as it
-# shrank, down as it grew), went away from or towards the camera (see _walked_in_depth).
+# A box whose height's trend over the window changed it by at least this share of the larger
+# fitted height, while its top edge's trend moved it by at least _DEPTH_TOP of that change the
+# same way (up as it shrank, down as it grew), went away from or towards the camera ...
 _DEPTH_SCALE = 0.1
 _DEPTH_TOP = 0.25
+# ... when that trend explains at least this share of the height's variance over at least
+# _DEPTH_MIN_SAMPLES samples: a still person's box jitters 5-20 % in height from frame to frame,
+# top edge too, and some pair of jittered samples would pass the two tests above.
+_DEPTH_FIT = 0.6
+_DEPTH_MIN_SAMPLES = 4
 
 
 def iou_matrix(a: NDArray[np.float32], b: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -282,7 +287,8 @@ class Tracker:
             # A few dozen samples per track: plain floats beat building an array per track.
             t_now, cx, cy = track.history[-1]
             far = max(math.hypot(x - cx, y - cy) for _, x, y in track.history)
-            disp[k] = math.inf if _walked_in_depth(track.extents) else far / track.size
+            walked = _walked_in_depth(track.history, track.extents)
+            disp[k] = math.inf if walked else far / track.size
             span[k] = t_now - track.history[0][0]
         return Motion(disp, span)
 
@@ -415,9 +421,11 @@ def _predict(tracks: list[Track], t: float) -> NDArray[np.float32]:
     return predicted
 
 
-def _walked_in_depth(extents: list[tuple[float, float]]) -> bool:
-    """Whether the box went away from or towards the camera between an earlier sample of
-    ``extents`` ((top, bottom) per sample) and the latest one.
+def _walked_in_depth(
+    history: list[tuple[float, float, float]], extents: list[tuple[float, float]]
+) -> bool:
+    """Whether the box went away from or towards the camera over the window: ``extents``
+    ((top, bottom) per sample, at the times of ``history``) follow such a trend.
 
     Seen from a camera above head height, a person walking away shrinks while both feet and
     head rise in the image (towards the horizon), and grows while both sink walking closer: the
@@ -426,18 +434,33 @@ def _walked_in_depth(extents: list[tuple[float, float]]) -> bool:
     centre moves less than half a box in seconds of such a walk. Someone sitting down or
     bending over shrinks while the top sinks and the feet stay; standing up, they grow while
     the top rises; a passer-by hiding the legs shrinks the box from below while the top stays:
-    none of these is a walk, and swaying barely changes the height at all.
+    none of these is a walk, and swaying barely changes the height at all. The trends are
+    least-squares lines over the whole window, not any two samples: a still person's jittered
+    box has some pair of samples that looks like a step in depth, but no line that fits.
     """
-    if len(extents) < 2:
+    n = len(extents)
+    if n < _DEPTH_MIN_SAMPLES:
         return False
-    top_now, bottom_now = extents[-1]
-    h_now = max(bottom_now - top_now, 1.0)
-    for top, bottom in extents[:-1]:
-        h = max(bottom - top, 1.0)
-        grown = h_now - h
-        if abs(grown) >= _DEPTH_SCALE * max(h, h_now) and (top_now - top) / grown >= _DEPTH_TOP:
-            return True
-    return False
+    # A few dozen samples per track: plain floats beat building an array per track.
+    ts = [t for t, _, _ in history]
+    tops = [top for top, _ in extents]
+    heights = [max(bottom - top, 1.0) for top, bottom in extents]
+    t_mean, top_mean, h_mean = sum(ts) / n, sum(tops) / n, sum(heights) / n
+    dts = [t - t_mean for t in ts]
+    var_t = sum(d * d for d in dts)
+    var_h = sum((h - h_mean) ** 2 for h in heights)
+    if var_t <= 0.0 or var_h <= 0.0:
+        return False
+    slope_h = sum(d * (h - h_mean) for d, h in zip(dts, heights, strict=True)) / var_t
+    slope_top = sum(d * (top - top_mean) for d, top in zip(dts, tops, strict=True)) / var_t
+    grown = slope_h * (ts[-1] - ts[0])
+    larger = max(h_mean + slope_h * dts[0], h_mean + slope_h * dts[-1])
+    explained = slope_h * slope_h * var_t / var_h
+    return (
+        abs(grown) >= _DEPTH_SCALE * larger
+        and slope_top / slope_h >= _DEPTH_TOP
+        and explained >= _DEPTH_FIT
+    )
 
 
 def _pace(track: Track) -> tuple[float, float]:
