@@ -388,6 +388,8 @@ def _limit(max_bytes: int) -> str:
 
 # What :func:`grab_frame` says of a source that cannot be opened or returned no frame.
 NO_FRAME = "it cannot be opened or returned none"
+# What is said of a folder named as a camera's source: no retry or visit will open it.
+FOLDER = "a folder, not a video file (name one of its files)"
 
 
 def grab_frame(
@@ -409,7 +411,9 @@ def grab_frame(
         cap = open_capture(camera.source, base_dir)
         try:
             if not cap.isOpened():  # type: ignore[attr-defined]
-                return NO_FRAME
+                # A folder of footage: told as the publisher tells it, not as a file missing.
+                folder = kind == "file" and resolve_path(camera.source, base_dir).is_dir()
+                return FOLDER if folder else NO_FRAME
             if kind == "file":
                 count = cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0  # type: ignore[attr-defined]
                 rate = cap.get(cv2.CAP_PROP_FPS) or 25.0  # type: ignore[attr-defined]
@@ -775,7 +779,7 @@ class CameraPublisher(threading.Thread):
 
     def _lookup_hint(self, path: Path) -> str:
         if path.is_dir():  # a folder of footage: no retry will open it
-            return ": a folder, not a video file (name one of its files)"
+            return f": {FOLDER}"
         # A relative source that works from one directory and not another is the usual cause.
         if path.exists() or _expanded(self.camera.source).is_absolute():
             return ""

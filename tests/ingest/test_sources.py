@@ -17,7 +17,9 @@ import numpy as np
 from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.messages import Frame, decode_frame
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings
+from gridpatrol.ingest.sources import FOLDER, NO_FRAME, grab_frame
 from gridpatrol.ingest.topics import patrol_boost_topic
+from gridpatrol.site import Camera
 
 SHARED = "mqtt://127.0.0.1:1883"
 
@@ -242,6 +244,30 @@ def test_a_footage_folder_for_a_source_is_said_to_be_a_folder(
         f"camera f1: cannot open {folder}: a folder, not a video file (name one of its files); "
         "retrying in 30 s"
     ) in err, err
+
+
+def test_a_footage_folder_for_a_patrol_camera_or_a_grab_is_said_to_be_a_folder(
+    site_file: Callable[..., Path],
+    watch: Any,
+    gridpatrol_proc: Any,
+    mqtt_prefix: str,
+    shared_dir: Path,
+) -> None:
+    """A patrol visit or a snapshot grab of a folder said only "it cannot be opened or
+    returned none", as of a file that might appear."""
+    folder = shared_dir / "footage"
+    site = site_file(
+        f"  - {{id: p1, source: '{folder}', interval_s: 60, location: {{address: a}}}}\n"
+    )
+    err = ingest_until_offline(site, "p1", watch, gridpatrol_proc, mqtt_prefix)
+    assert (
+        f"camera p1: the patrol visit got no frame from {folder} (a folder, not a video file "
+        "(name one of its files)); offline until a visit succeeds"
+    ) in err, err
+    # A relative one is looked up from the site file's folder, as the publisher does.
+    camera = Camera.model_validate({"id": "f1", "source": "footage", "location": {"address": "a"}})
+    assert grab_frame(camera, shared_dir) == FOLDER
+    assert grab_frame(camera, shared_dir / "nothing") == NO_FRAME
 
 
 def test_a_failing_patrol_camera_is_named_once_per_failing_streak_and_backs_off(
