@@ -169,6 +169,9 @@ def run_ingest(args: argparse.Namespace) -> int:
     if wanted is False:
         return 2
     cameras = [c for c in site.cameras if wanted is None or c.id in wanted]
+    if not cameras:  # "the source of [] is mqtt" was said of a site without cameras
+        log.error("ingest: no camera to publish: the site has no camera")
+        return 2
     if all(source_kind(c.source) == "mqtt" for c in cameras):
         # Nothing to publish: it exited 0 at once, and a unit that restarts it on any exit
         # but status 2 started it again every few seconds for ever.

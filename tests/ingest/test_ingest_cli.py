@@ -752,6 +752,19 @@ def test_ingest_with_only_cameras_that_publish_their_own_frames_exits_2_in_one_l
     ), line
 
 
+def test_ingest_of_a_site_without_cameras_exits_2_saying_so(
+    site_file: Callable[..., Path], gridpatrol_proc: Any
+) -> None:
+    """It said "the source of [] is mqtt" of a site that names no camera at all."""
+    proc = gridpatrol_proc(["ingest", "--config", str(site_file("  []\n"))], "mqtt://127.0.0.1:1")
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.endswith(
+        " ERROR gridpatrol.ingest.cli: ingest: no camera to publish: the site has no camera"
+    ), line
+
+
 FIVE = "cam-01,cam-02,cam-03,cam-04,cam-05"
 FQDN = "substation-gw-07.grid.example"
 
