@@ -172,7 +172,10 @@ class MqttSettings:
     def url(self) -> str:
         """The URL without the password, for logs."""
         user = f"{self.username}@" if self.username else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+        # An IPv6 address in brackets: 'mqtt://::1:1883' reads as no URL, and cannot be used
+        # as GRIDPATROL_MQTT_URL.
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}"
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context; :class:`MqttConfigError`, naming the file and its variable, when

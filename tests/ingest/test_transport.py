@@ -853,3 +853,24 @@ def test_a_resend_is_marked_dup_on_a_resumed_session_and_a_lost_session_starts_a
         (b"0", 2, True, True),
         (b"1", 3, False, False),
     ]
+
+
+def test_a_broker_at_an_ipv6_address_is_named_by_a_url_that_can_be_used(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """'connected to mqtt://::1:1883' was logged: no URL, and refused as GRIDPATROL_MQTT_URL."""
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} ::1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(["mosquitto", "-c", str(conf)], stderr=subprocess.DEVNULL)
+    conn = MqttConnection("ing-v6", MqttSettings.from_url(f"mqtt://gp:pw@[::1]:{port}"))
+    try:
+        with caplog.at_level(logging.INFO, logger="gridpatrol.ingest.mqtt"):
+            assert conn.start(10)
+    finally:
+        conn.stop()
+        broker.terminate()
+        broker.wait(10)
+    url = f"mqtt://gp@[::1]:{port}"
+    assert f"ing-v6: connected to {url} (MQTT 5" in caplog.text
+    assert (MqttSettings.from_url(url).host, MqttSettings.from_url(url).port) == ("::1", port)
