@@ -592,8 +592,17 @@ def cancel(page: Any) -> None:
     )
 
 
+def decisions_intercepted(page: Any) -> None:
+    """Route decisions from the start through a route that lets them all by: a route added
+    only just before a decision is sent can miss it (the browser starts intercepting
+    requests with the page's first route), and the decision is made instead of failing."""
+    page.route("**/api/v1/candidates/*/review", lambda route: route.fallback())
+
+
 def one_listed(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
-    """A new case, the only one listed after logging in."""
+    """A new case, the only one listed after logging in, its decisions intercepted (see
+    decisions_intercepted)."""
+    decisions_intercepted(ui.page)
     case: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
     ui.login("reviewer")
     ui.wait_rows([case["id"]])
@@ -750,11 +759,9 @@ def test_a_write_after_someone_else_logged_in_in_another_tab_is_not_made_as_them
 
 def live_and_actionable(ui: Any, seeder: Any, frames: list[bytes]) -> tuple[Any, str, str]:
     """Two cases listed, live updates on, the selected one ready for a decision: the page,
-    the selected case's id and the other's.
-
-    Decisions pass through a route from the start (one that lets them all by), so that the
-    browser already intercepts them when a test routes one of them."""
-    ui.page.route("**/api/v1/candidates/*/review", lambda route: route.fallback())
+    the selected case's id and the other's, its decisions intercepted (see
+    decisions_intercepted)."""
+    decisions_intercepted(ui.page)
     shown, other = two_listed(ui, seeder, frames)
     ui.page.wait_for_selector("#live.on")
     actionable(ui.page, shown)
