@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock = utc_now) -> F
         db.migrate()
     store = EvidenceStore(settings.evidence_dir)
     hub = Hub()
-    metrics = Metrics(db, feed_names(settings))
+    metrics = Metrics(db, feed_names(settings), feed_names(settings, role="admin"))
     bus = _bus(settings, db, hub, metrics)
     services = Services(
         settings=settings,
@@ -163,9 +163,10 @@ def _add_docs_page(app: FastAPI) -> None:
         )
 
 
-def feed_names(settings: Settings) -> list[str]:
-    """The names of the platform tokens: each has a feed cursor of its own."""
-    return sorted({e.name for e in settings.api_tokens.values() if e.role == "platform"})
+def feed_names(settings: Settings, role: str = "platform") -> list[str]:
+    """The names of the tokens of ``role`` (platform, or admin): each has a feed cursor of
+    its own once it acknowledges."""
+    return sorted({e.name for e in settings.api_tokens.values() if e.role == role})
 
 
 def _bus(settings: Settings, db: Database, hub: Hub, metrics: Metrics) -> Bus | None:

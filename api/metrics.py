@@ -41,9 +41,12 @@ def multiprocess() -> bool:
 
 
 class Metrics:
-    def __init__(self, db: Database, feed_names: Iterable[str] = ()) -> None:
+    def __init__(
+        self, db: Database, feed_names: Iterable[str] = (), ack_names: Iterable[str] = ()
+    ) -> None:
         """``feed_names``: the platform tokens' names, whose feed lag is reported from the
-        start, before their first ack."""
+        start, before their first ack. ``ack_names``: the other tokens' names that may
+        acknowledge (admins), whose lag is reported once they have."""
         self.registry = CollectorRegistry()
         # In multiprocess mode the collector below reports this process's values from its
         # file; registering the metrics as well would count them twice.
@@ -74,7 +77,8 @@ class Metrics:
         )
         if multiprocess():
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
-        self.registry.register(_StorageCollector(db, frozenset(feed_names)))
+        collector = _StorageCollector(db, frozenset(feed_names), frozenset(ack_names))
+        self.registry.register(collector)
 
     def close(self) -> None:
         """At the worker's exit: drop its live-gauge files (its counters keep counting)."""
@@ -105,9 +109,12 @@ class _StorageCollector:
     per scrape.
     """
 
-    def __init__(self, db: Database, feed_names: frozenset[str]) -> None:
+    def __init__(self, db: Database, feed_names: frozenset[str], ack_names: frozenset[str]) -> None:
         self.db = db
         self.feed_names = feed_names
+        # A cursor of a name no longer configured (a withdrawn token) is left out: its lag
+        # would grow for ever and fire the alert on a platform that no longer pulls.
+        self.known = feed_names | ack_names
         # Whether the last scrape failed to read the database: an outage is logged once when
         # it is first met and once when it ends, not at every scrape.
         self._down = False
@@ -126,7 +133,8 @@ class _StorageCollector:
             cursors = session.execute(select(FeedCursorRow.name, FeedCursorRow.position))
             # A platform that never acknowledged has no cursor row: it is at position 0, and
             # without a series the alert on its lag could not fire.
-            positions = dict.fromkeys(self.feed_names, 0) | dict(cursors.all())
+            known = {name: at for name, at in cursors.all() if name in self.known}
+            positions = dict.fromkeys(self.feed_names, 0) | known
             # Counted, not the last position minus the cursor: a candidate changed again
             # took a new position and left its old one, so positions run ahead of the cases.
             behind = {

@@ -90,12 +90,8 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) ->
 
 
 def settings_for(db_url: str, tmp_path: Path, **extra: Any) -> Settings:
-    return Settings(
-        database_url=db_url,
-        evidence_dir=tmp_path / "evidence",
-        api_tokens=token_config(),  # type: ignore[arg-type]
-        **extra,
-    )
+    extra.setdefault("api_tokens", token_config())
+    return Settings(database_url=db_url, evidence_dir=tmp_path / "evidence", **extra)
 
 
 class RoleClient:

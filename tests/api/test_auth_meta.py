@@ -26,7 +26,7 @@ from gridpatrol.api.db import MAX_OVERFLOW, POOL_SIZE
 from gridpatrol.api.settings import Settings
 from gridpatrol.ingest.broker import free_port
 
-from .conftest import TOKENS, Api, fresh_database, settings_for
+from .conftest import TOKENS, Api, fresh_database, settings_for, token_config
 from .test_server import Forwarder
 
 
@@ -362,6 +362,21 @@ def test_feed_lag_for_every_platform_token_from_the_start(api: Any) -> None:
     assert feed_lag(api) == {"test-platform": 2.0, "test-platform2": 2.0}
     assert api.as_("platform").post("/api/v1/feed/ack", json={"cursor": "1"}).status_code == 204
     assert feed_lag(api) == {"test-platform": 1.0, "test-platform2": 2.0}
+
+
+def test_feed_lag_leaves_out_tokens_no_longer_configured(make_api: Callable[..., Api]) -> None:
+    # An admin and the second platform acknowledge; then the second platform's token is
+    # withdrawn. Its cursor stays in the database, but a lag series for it would grow for
+    # ever and fire the lag alert on a platform that no longer pulls.
+    api = make_api()
+    api.create(api.body("a", api.put_jpeg(), ctype="smoke"))  # auto-confirmed
+    for role in ("platform2", "admin"):
+        assert api.as_(role).post("/api/v1/feed/ack", json={"cursor": "1"}).status_code == 204
+    assert feed_lag(api) == {"test-admin": 0.0, "test-platform": 1.0, "test-platform2": 0.0}
+    tokens = token_config()
+    del tokens[TOKENS["platform2"]]
+    again = make_api(api_tokens=tokens)
+    assert feed_lag(again) == {"test-admin": 0.0, "test-platform": 1.0}
 
 
 def borrowed_threads(http: TestClient) -> tuple[float, float]:
