@@ -65,6 +65,20 @@ def has_control(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+def _not_finite(value: object) -> str | None:
+    """Why a float is no number to take, or None: JSON's ``NaN`` and ``Infinity``, which
+    Python's json reads, and a literal past the float range (``1e999``, read as infinity)."""
+    if not isinstance(value, float) or math.isfinite(value):
+        return None
+    return "not a number (NaN)" if math.isnan(value) else "not finite"
+
+
+def _shown(value: object, name: str) -> str:
+    """A refused value as its error says it: NaN and infinity in words, others as written."""
+    why = _not_finite(value)
+    return f"{name} is {why}" if why else repr(value)[:40]
+
+
 def is_request_id(value: object) -> TypeGuard[str]:
     """What a frame header takes as its ``request_id``: text of at most 128 characters."""
     return isinstance(value, str) and len(value) <= 128 and _is_text(value)
@@ -123,7 +137,9 @@ def parse_ts(value: object, field_name: str = "ts") -> datetime:
             seconds = float(value)
         except OverflowError as exc:  # an integer of hundreds of digits
             raise MessageError(f"bad_{field_name}", "epoch seconds out of range") from exc
-        if not math.isfinite(seconds) or not 0 <= seconds < _MAX_EPOCH:
+        if (why := _not_finite(seconds)) is not None:
+            raise MessageError(f"bad_{field_name}", f"{field_name} is {why}")
+        if not 0 <= seconds < _MAX_EPOCH:
             raise MessageError(f"bad_{field_name}", f"epoch seconds out of range: {seconds}")
         return from_epoch(seconds)
     if isinstance(value, str):
@@ -270,7 +286,7 @@ def _frame_header(raw: Mapping[str, Any], topic_camera_id: str) -> FrameHeader:
         raise MessageError("bad_ts", "frame ts must be epoch seconds")
     seq = raw.get("seq")
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise MessageError("bad_seq", repr(seq))
+        raise MessageError("bad_seq", _shown(seq, "seq"))
     content_type = raw.get("content_type", "image/jpeg")
     if content_type != "image/jpeg":
         raise MessageError("bad_content_type", repr(content_type)[:40])
@@ -290,7 +306,7 @@ def _frame_header(raw: Mapping[str, Any], topic_camera_id: str) -> FrameHeader:
 
 def _dimension(value: object, name: str, most: int = MAX_DIMENSION) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= most:
-        raise MessageError(f"bad_{name}", repr(value)[:40])
+        raise MessageError(f"bad_{name}", _shown(value, name))
     return value
 
 
@@ -483,8 +499,8 @@ def _reading(data: Mapping[str, Any], topic_sensor_id: str) -> ThresholdReading:
     if extra:
         raise MessageError("unknown_field", ", ".join(extra)[:80])
     value = data["value"]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise MessageError("bad_value", repr(value)[:40])
+    if isinstance(value, bool) or not isinstance(value, int | float) or _not_finite(value):
+        raise MessageError("bad_value", _shown(value, "value"))
     return ThresholdReading(_sensor_id(data, topic_sensor_id), float(value), parse_ts(data["ts"]))
 
 
@@ -520,7 +536,7 @@ def _alarm(data: Mapping[str, Any], topic_sensor_id: str, received_at: datetime)
         or _CONTROL.search(event_id)
         or not _is_text(event_id)
     ):
-        raise MessageError("bad_event_id", repr(event_id)[:40])
+        raise MessageError("bad_event_id", _shown(event_id, "event_id"))
     alarm_type = data.get("alarm_type")
     if not isinstance(alarm_type, str) or alarm_type not in ALARM_TYPES:
         raise MessageError("unknown_alarm_type", repr(alarm_type)[:40])
@@ -552,7 +568,7 @@ def _optional_int(value: object, name: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise MessageError(f"bad_{name}", repr(value)[:40])
+        raise MessageError(f"bad_{name}", _shown(value, name))
     return value
 
 
@@ -569,25 +585,28 @@ def _optional_location(value: object) -> Mapping[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise MessageError("bad_location", "expected an object")
-    if not _all_text(value):
-        raise MessageError("bad_location", "a string with a lone surrogate")
+    if (fault := _location_fault(value)) is not None:
+        raise MessageError("bad_location", fault)
     return value
 
 
-def _all_text(value: object) -> bool:
-    """True when no string in the JSON value ``value`` (keys included) holds a lone surrogate."""
+def _location_fault(value: object) -> str | None:
+    """What no JSON value in a location may be, or None: a string (a key too) holding a lone
+    surrogate, or a NaN or infinite number, which :meth:`AlarmEnvelope.encode` would write as
+    no strict JSON parser reads it."""
     todo = [value]
     while todo:
         item = todo.pop()
-        if isinstance(item, str):
-            if not _is_text(item):
-                return False
-        elif isinstance(item, dict):
+        if isinstance(item, str) and not _is_text(item):
+            return "a string with a lone surrogate"
+        if (why := _not_finite(item)) is not None:
+            return f"a number is {why}"
+        if isinstance(item, dict):
             todo.extend(item)
             todo.extend(item.values())
         elif isinstance(item, list):
             todo.extend(item)
-    return True
+    return None
 
 
 def decode_senml(
@@ -652,10 +671,10 @@ def _senml_field(value: object, key: str, index: int) -> Any:
     numeric = types != (bool,) and isinstance(value, bool)
     if numeric or not isinstance(value, types):
         raise MessageError("bad_senml", f"record {index}: {key} has the wrong type")
-    if isinstance(value, float) and not math.isfinite(value):
-        # Only a literal past the float range (1e999) decodes to infinity: too large for a
-        # float, bad_value as in every other field.
-        raise MessageError("bad_value", f"record {index}: {key} is too large for a float")
+    if (why := _not_finite(value)) is not None:
+        # NaN, Infinity or a literal past the float range (1e999): bad_value as in every
+        # other field, the error saying which.
+        raise MessageError("bad_value", f"record {index}: {key} is {why}")
     if isinstance(value, str) and not _is_text(value):
         raise MessageError("bad_senml", f"record {index}: {key} holds a lone surrogate")
     return value

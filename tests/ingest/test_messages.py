@@ -751,3 +751,65 @@ def test_a_base_name_of_a_part_of_the_sensor_is_its_own() -> None:
     with pytest.raises(MessageError) as err:
         sensor([*body, {"bn": "wl-01x.", "n": "lat", "v": 4}], topic_id="wl-01")
     assert err.value.reason == "sensor_id_mismatch"
+
+
+def alarm_with(field: str, value: str) -> bytes:
+    """ALARM, its ``field`` written as the JSON ``value`` (NaN, Infinity: no json.dumps)."""
+    raw = json.dumps({**ALARM, "measurements": [], field: "@"}).encode()
+    return raw.replace(b'"@"', value.encode())
+
+
+def header_with(field: str, value: str) -> bytes:
+    raw = json.dumps({**GOOD, field: "@"}).encode().replace(b'"@"', value.encode())
+    return b"GPF1" + len(raw).to_bytes(4, "big") + raw + jpeg()
+
+
+NAN_INF = [("NaN", "not a number (NaN)"), ("Infinity", "not finite"), ("-Infinity", "not finite")]
+
+
+@pytest.mark.parametrize(("literal", "why"), NAN_INF)
+@pytest.mark.parametrize(
+    ("template", "reason", "detail"),
+    [
+        (b'[{"n": "level", "v": @}]', "bad_value", "record 0: v is "),
+        (b'[{"n": "level", "s": @}]', "bad_value", "record 0: s is "),
+        (b'[{"n": "level", "bv": @, "v": 1}]', "bad_value", "record 0: bv is "),
+        (b'[{"n": "level", "bs": @, "s": 1}]', "bad_value", "record 0: bs is "),
+        (b'[{"n": "level", "v": 1, "t": @}]', "bad_value", "record 0: t is "),
+        (b'[{"n": "level", "v": 1, "bt": @}]', "bad_value", "record 0: bt is "),
+        (b'[{"n": "level", "v": 1, "ut": @}]', "bad_value", "record 0: ut is "),
+        (b'[{"n": "level", "v": 1}, {"n": "level", "v": @}]', "bad_value", "record 1: v is "),
+        (b'{"sensor_id": "mh-0001", "value": @, "ts": 1}', "bad_value", "value is "),
+        (b'{"sensor_id": "mh-0001", "value": 1, "ts": @}', "bad_ts", "ts is "),
+        (alarm_with("ts", "@"), "bad_ts", "ts is "),
+        (alarm_with("seq", "@"), "bad_seq", "seq is "),
+        (alarm_with("event_id", "@"), "bad_event_id", "event_id is "),
+        (alarm_with("measurements", '[{"n": "tilt", "v": @}]'), "bad_value", "record 0: v is "),
+        (alarm_with("location", '{"lat": @, "lon": 121.4}'), "bad_location", "a number is "),
+        (alarm_with("location", '{"at": [31.2, @]}'), "bad_location", "a number is "),
+    ],
+)
+def test_a_nan_or_infinite_sensor_number_is_refused_saying_so(
+    template: bytes, reason: str, detail: str, literal: str, why: str
+) -> None:
+    """Python's json reads NaN and Infinity; the error said "too large for a float" (of a NaN
+    too) or showed a bare ``nan``, and a NaN in a location passed."""
+    with pytest.raises(MessageError) as err:
+        sensor(template.replace(b"@", literal.encode()))
+    assert (err.value.reason, err.value.detail) == (reason, detail + why)
+
+
+@pytest.mark.parametrize(("literal", "why"), NAN_INF)
+@pytest.mark.parametrize("field", ["ts", "seq", "width", "height"])
+def test_a_nan_or_infinite_frame_header_number_is_refused_saying_so(
+    field: str, literal: str, why: str
+) -> None:
+    with pytest.raises(MessageError) as err:
+        decode_frame(header_with(field, literal), topic_camera_id="cam-1", received_at=NOW)
+    assert (err.value.reason, err.value.detail) == (f"bad_{field}", f"{field} is {why}")
+
+
+def test_a_number_past_the_float_range_is_said_not_finite() -> None:
+    with pytest.raises(MessageError) as err:
+        sensor(b'[{"n": "level", "v": 1e999}]')
+    assert (err.value.reason, err.value.detail) == ("bad_value", "record 0: v is not finite")
