@@ -482,7 +482,7 @@ def _sensor_payload(data: Any, topic_sensor_id: str, received_at: datetime) -> S
         raise MessageError("bad_shape", "expected an object or a SenML array")
     if "schema" in data:
         return _alarm(data, topic_sensor_id, received_at)
-    if {"sensor_id", "value", "ts"} <= data.keys():
+    if "value" in data:  # a threshold reading, however incomplete: say what it lacks
         return _reading(data, topic_sensor_id)
     raise MessageError("unknown_payload", "neither gridalarm/1, SenML nor a threshold reading")
 
@@ -498,6 +498,9 @@ def _reading(data: Mapping[str, Any], topic_sensor_id: str) -> ThresholdReading:
     extra = sorted(set(data) - {"sensor_id", "value", "ts"})
     if extra:
         raise MessageError("unknown_field", ", ".join(extra)[:80])
+    for key in ("sensor_id", "ts"):
+        if key not in data:
+            raise MessageError(f"bad_{key}", f"the reading has no {key}")
     value = data["value"]
     if isinstance(value, bool) or not isinstance(value, int | float) or _not_finite(value):
         raise MessageError("bad_value", _shown(value, "value"))

@@ -813,3 +813,27 @@ def test_a_number_past_the_float_range_is_said_not_finite() -> None:
     with pytest.raises(MessageError) as err:
         sensor(b'[{"n": "level", "v": 1e999}]')
     assert (err.value.reason, err.value.detail) == ("bad_value", "record 0: v is not finite")
+
+
+@pytest.mark.parametrize(
+    ("body", "reason", "detail"),
+    [
+        ({"sensor_id": "mh-0001", "value": 17}, "bad_ts", "the reading has no ts"),
+        ({"value": 17, "ts": 1}, "bad_sensor_id", "the reading has no sensor_id"),
+        ({"value": 17}, "bad_sensor_id", "the reading has no sensor_id"),
+        ({"value": 17, "t": 1}, "unknown_field", "t"),
+    ],
+)
+def test_a_threshold_reading_without_a_field_is_refused_naming_it(
+    body: dict[str, object], reason: str, detail: str
+) -> None:
+    """It was unknown_payload 'neither gridalarm/1, SenML nor a threshold reading'."""
+    with pytest.raises(MessageError) as err:
+        sensor(body)
+    assert (err.value.reason, err.value.detail) == (reason, detail)
+
+
+def test_an_object_without_a_value_nor_a_schema_is_still_an_unknown_payload() -> None:
+    with pytest.raises(MessageError) as err:
+        sensor({"sensor_id": "mh-0001", "ts": 1})
+    assert err.value.reason == "unknown_payload"
