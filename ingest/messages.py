@@ -97,15 +97,39 @@ class MessageError(ValueError):
 # JSON
 
 
+class _RepeatedKey(Exception):
+    """An object of the payload names ``key`` twice (not a ValueError: json.loads lets it out)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refused when a key repeats: json.loads keeps its last value, other
+    readers the first, so the payload would mean what its reader picks."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                raise _RepeatedKey(key)
+            seen.add(key)
+    return obj
+
+
 def load_json(payload: bytes, reason: str = "bad_json") -> Any:
     """The JSON value of ``payload``; :class:`MessageError` for anything ``json.loads`` refuses.
 
-    ``reason`` for bytes that are not UTF-8 JSON and for nesting deeper than the parser
-    recurses (``[`` * 5000 raises RecursionError); ``bad_value`` for an integer of more digits
-    than Python converts (4300), which raises a plain ValueError. Both fit in any size cap.
+    ``reason`` for bytes that are not UTF-8 JSON, for nesting deeper than the parser recurses
+    (``[`` * 5000 raises RecursionError) and for an object with a repeated key;
+    ``bad_value`` for an integer of more digits than Python converts (4300), which raises a
+    plain ValueError. All fit in any size cap.
     """
     try:
-        return json.loads(payload.decode("utf-8"))
+        return json.loads(payload.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _RepeatedKey as exc:
+        raise MessageError(reason, f"repeated key {exc.key[:60]!r}") from exc
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MessageError(reason, str(exc)[:80]) from exc
     except RecursionError as exc:

@@ -837,3 +837,49 @@ def test_an_object_without_a_value_nor_a_schema_is_still_an_unknown_payload() ->
     with pytest.raises(MessageError) as err:
         sensor({"sensor_id": "mh-0001", "ts": 1})
     assert err.value.reason == "unknown_payload"
+
+
+def again(body: object, member: str, repeat: str) -> bytes:
+    """``body`` as JSON with ``repeat`` written after its ``member`` (json.dumps repeats none)."""
+    raw = json.dumps(body).encode()
+    assert member.encode() in raw
+    return raw.replace(member.encode(), f"{member}, {repeat}".encode(), 1)
+
+
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b'{"sensor_id": "mh-0001", "value": 1, "value": 40, "ts": 1}', "repeated key 'value'"),
+        (b'{"sensor_id": "mh-0001", "value": 1, "ts": 1, "ts": 1}', "repeated key 'ts'"),
+        (b'[{"bn": "mh-0001/", "n": "tilt", "v": 1, "v": 40}]', "repeated key 'v'"),
+        (b'[{"n": "tilt", "v": 1}, {"n": "tilt", "n": "x", "v": 2}]', "repeated key 'n'"),
+        (
+            again(ALARM, '"transition": "raise"', '"transition": "clear"'),
+            "repeated key 'transition'",
+        ),
+        (
+            again({**ALARM, "location": {"lat": 31.2}}, '"lat": 31.2', '"lat": 0'),
+            "repeated key 'lat'",
+        ),
+    ],
+)
+def test_a_sensor_payload_with_a_repeated_key_is_dead_lettered_naming_it(
+    payload: bytes, detail: str
+) -> None:
+    """json.loads kept the last value of a repeated key: a reading of 1 or of 40, a raise or
+    a clear, as the reader picks. The bridge now dead-letters it as bad_json."""
+    registry = {s.id: s for s in parse_site(BRIDGE_SITE).sensors}
+    rejected = adapt(payload, sensor_id="mh-0001", registry=registry, received_at=NOW)
+    assert isinstance(rejected, Rejected)
+    assert (rejected.reason, rejected.detail) == ("bad_json", detail)
+
+
+def test_a_frame_header_or_snapshot_request_with_a_repeated_key_is_refused_naming_it() -> None:
+    raw = again(GOOD, '"camera_id": "cam-1"', '"camera_id": "cam-2"')
+    payload = b"GPF1" + len(raw).to_bytes(4, "big") + raw + jpeg()
+    with pytest.raises(MessageError) as err:
+        decode_frame(payload, topic_camera_id="cam-1", received_at=NOW)
+    assert (err.value.reason, err.value.detail) == ("bad_header_json", "repeated key 'camera_id'")
+    with pytest.raises(MessageError) as err:
+        parse_request(b'{"request_id": "r1", "request_id": "r2"}')
+    assert (err.value.reason, err.value.detail) == ("bad_json", "repeated key 'request_id'")
