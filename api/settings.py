@@ -292,8 +292,10 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
     in-memory SQLite database, or the folder of its SQLite file cannot be made (with
     ``make_folder``). The messages are ours: SQLAlchemy's and Python's can quote parts of the
     URL (``int()`` on a port that is a password: ``gp:s3cret/gp``)."""
+    from sqlalchemy import util
+    from sqlalchemy.dialects import plugins
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
     try:
         parsed = make_url(url)
@@ -324,6 +326,15 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
             "GRIDPATROL_DATABASE_URL names an asyncio driver, which the API cannot use; use "
             "postgresql+psycopg or sqlite"
         )
+    # Else create_engine ends the start in a NoSuchModuleError traceback with status 1.
+    for name in util.to_list(parsed.query.get("plugin", ())):
+        try:
+            plugins.load(name)
+        except NoSuchModuleError:
+            raise ValueError(
+                f"GRIDPATROL_DATABASE_URL: its query names plugin={name}, which no installed "
+                "package provides; remove it from the URL"
+            ) from None
     if in_memory(parsed):
         raise ValueError(IN_MEMORY)
     path = sqlite_path(parsed)

@@ -138,6 +138,13 @@ TOKEN_CASES = [
         ("GRIDPATROL_DATABASE_URL", "postgresql+psycopg_async://gp:s3cret@db/gp",
          "GRIDPATROL_DATABASE_URL names an asyncio driver, which the API cannot use; use "
          "postgresql+psycopg or sqlite"),
+        # create_engine would raise NoSuchModuleError: a traceback and status 1.
+        ("GRIDPATROL_DATABASE_URL", "sqlite:///gp.db?plugin=nope",
+         "GRIDPATROL_DATABASE_URL: its query names plugin=nope, which no installed package "
+         "provides; remove it from the URL"),
+        ("GRIDPATROL_DATABASE_URL", "postgresql+psycopg://gp:s3cret@db/gp?plugin=nope",
+         "GRIDPATROL_DATABASE_URL: its query names plugin=nope, which no installed package "
+         "provides; remove it from the URL"),
         # Lost at every stop, and SQLAlchemy's pool for it refused the pool's options.
         *[("GRIDPATROL_DATABASE_URL", url, IN_MEMORY) for url in (
             "sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
