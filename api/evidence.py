@@ -239,15 +239,7 @@ class EvidenceStore:
             return Stored(sha256, media, len(data), False, width, height)
         # Torn by a crash, or unreadable: replaced by these bytes.
         damaged = stored is not None or unreadable is not None
-        if target.parent.name not in self._dirs:
-            self._make_folder(target.parent)
-        try:
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
-        except FileNotFoundError:
-            # Removed since this process made or saw it (an offline job deleting old evidence
-            # may take an emptied folder too): every upload to it would fail until a restart.
-            self._make_folder(target.parent)
-            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=TMP_PREFIX)
+        fd, tmp = self._temporary(sha256, target.parent)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
@@ -276,6 +268,43 @@ class EvidenceStore:
         elif created:
             log.info("evidence %s stored (%s, %d bytes)", sha256, media, len(data))
         return Stored(sha256, media, len(data), created, width, height)
+
+    def _temporary(self, sha256: str, folder: Path) -> tuple[int, str]:
+        """A new temporary file in the fan-out folder ``folder``, made unless it is there;
+        503 naming the path when it cannot be (see :meth:`_cannot_store`)."""
+        try:
+            if folder.name not in self._dirs:
+                self._make_folder(folder)
+            try:
+                return tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+            except FileNotFoundError:
+                # Removed since this process made or saw it (an offline job deleting old
+                # evidence may take an emptied folder too): every upload to it would fail
+                # until a restart.
+                self._make_folder(folder)
+                return tempfile.mkstemp(dir=folder, prefix=TMP_PREFIX)
+        except OSError as exc:
+            raise self._cannot_store(sha256, folder, exc) from None
+
+    def _cannot_store(self, sha256: str, folder: Path, exc: OSError) -> EvidenceError:
+        """503 for an upload whose folder cannot be written, logged once as an ERROR: only an
+        operator mends it, and the producer's outbox keeps the upload until then.
+
+        A missing root is not made again here, as a fan-out folder is: it is gone only when
+        removed whole (all the evidence with it) or when its file system is not mounted, and
+        one made then would hold uploads in the folder beneath the mount point, hidden once
+        the file system is mounted again."""
+        if not self.root.exists():
+            why = f"the evidence folder {self.root} is missing (removed, or not mounted)"
+        elif exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            in_way = self.root if not self.root.is_dir() else folder
+            why = f"{in_way} is not a folder (a file is in the way)"
+        else:
+            why = f"{folder}: {exc.strerror or exc}"
+        log.error("evidence %s cannot be stored: %s", sha256, why)
+        return EvidenceError(
+            503, "Service Unavailable", f"evidence {sha256} cannot be stored: {why}"
+        )
 
     def _make_folder(self, folder: Path) -> None:
         """Make a fan-out folder unless it is there, its name durable, and remember it."""

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -375,3 +376,65 @@ def test_an_upload_after_its_folder_was_removed_makes_it_again(api: Any) -> None
     assert response.status_code == 201, response.text
     assert stored_file(api, sha).read_bytes() == image
     assert api.as_("reviewer").get(f"{URL}/{sha}").content == image
+
+
+def refused_for_a_folder(api: Any, caplog: pytest.LogCaptureFixture, data: bytes, why: str) -> None:
+    """The upload of ``data`` is answered 503 saying ``why``, in one ERROR line: no traceback,
+    and the producer's outbox keeps the upload to send again."""
+    sha = hashlib.sha256(data).hexdigest()
+    caplog.clear()
+    response = put(api, data, "application/json")
+    assert response.status_code == 503, response.text
+    assert response.headers["retry-after"] == "1"
+    assert response.json() == {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": f"evidence {sha} cannot be stored: {why}",
+        "instance": f"{URL}/{sha}",
+    }
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [(r.name, r.getMessage()) for r in errors] == [
+        ("gridpatrol.api.evidence", f"evidence {sha} cannot be stored: {why}")
+    ]
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_an_upload_while_the_evidence_folder_is_missing_is_503_naming_it(
+    api: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store removed whole, or a file system not mounted: the folder is not made again (a
+    folder made beneath a mount point hides its uploads once the file system is back)."""
+    root = Path(api.http.app.state.services.store.root)
+    before, after = b'{"before": 1}', b'{"after": 2}'  # in folders 15 and 5e
+    assert put(api, before, "application/json").status_code == 201
+    shutil.rmtree(root)
+    why = f"the evidence folder {root} is missing (removed, or not mounted)"
+    refused_for_a_folder(api, caplog, before, why)  # a folder it made
+    refused_for_a_folder(api, caplog, after, why)  # one it did not
+    assert not root.exists()
+    root.mkdir()  # mounted again
+    assert put(api, before, "application/json").status_code == 201
+    assert put(api, after, "application/json").status_code == 201
+
+
+@pytest.mark.parametrize("in_way", ["fan-out folder", "root"])
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_file_where_an_evidence_folder_belongs_is_503_naming_it(
+    api: Any, caplog: pytest.LogCaptureFixture, in_way: str
+) -> None:
+    root = Path(api.http.app.state.services.store.root)
+    data = b'{"in the way": 3}'
+    sha = hashlib.sha256(data).hexdigest()
+    path = root / sha[:2]
+    if in_way == "root":
+        assert put(api, data, "application/json").status_code == 201
+        shutil.rmtree(root)
+        path = root
+    path.write_bytes(b"not a folder")
+    refused_for_a_folder(api, caplog, data, f"{path} is not a folder (a file is in the way)")
+    assert path.read_bytes() == b"not a folder"
+    path.unlink()
+    root.mkdir(exist_ok=True)
+    assert put(api, data, "application/json").status_code == 201
+    assert api.as_("reviewer").get(f"{URL}/{sha}").content == data
