@@ -164,17 +164,24 @@ def run_bridge(args: argparse.Namespace) -> int:
     stop_on_signals(stop)
     threading.Thread(target=_relay_stop, args=(stop, bridge.stop), daemon=True).start()
     refused = stop_when_refused(log, "bridge", stop, mqtt, media)
-    if not mqtt_started(log, "bridge", mqtt):
+    if not mqtt_started(log, "bridge", mqtt, stop):
         mqtt.stop()
         outbox.stop()
         return 2
+    if stop.is_set():
+        # Stopped while the start waited for the broker: the media connection and the bridge
+        # do not start after the signal.
+        mqtt.stop()
+        outbox.stop()
+        log.info("bridge: stopped (outbox depth %d)", outbox.depth())
+        return 1 if refused.is_set() else 0
     # Whether the session connection's start found the broker. If not (it timed out), a broker
     # that came up since may refuse the media connection as it starts, before the session
     # connection's backoff brings it back: a refusal after a start that found no broker too.
     first_up = mqtt.connected
     log.info("bridge: connecting to %s", media.settings.url)
     try:
-        media.start()
+        media.start(stop=stop)
     except MqttAuthError as exc:
         # Stopped first: once its network thread has ended, the session connection's refusal
         # hook either said it already (`stopping`) or never will, so one line in all.
@@ -234,7 +241,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     stop = threading.Event()
     stop_on_signals(stop)
     refused = stop_when_refused(log, "simulate-sensors", stop, conn)
-    if not mqtt_started(log, "simulate-sensors", conn):
+    if not mqtt_started(log, "simulate-sensors", conn, stop):
         return 2
     start = time.monotonic()
     sent = 0

@@ -2293,7 +2293,7 @@ def run(args: argparse.Namespace) -> int:
 def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
     """A worker without cameras: online on the broker (and its metrics served) until SIGTERM or
     SIGINT, without the model or the outbox file. Exit status as :func:`_serve`'s."""
-    from gridpatrol.ingest.mqtt import MqttAuthError, stop_when_refused
+    from gridpatrol.ingest.mqtt import mqtt_started, stop_when_refused
 
     stop = threading.Event()
     stop_on_signals(stop, component_id)
@@ -2304,10 +2304,9 @@ def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
         except OSError as exc:  # the port in use: as a worker with cameras says (_build)
             log.error("%s: cannot start: %s", component_id, exc)
             return 1
-    try:
-        conn.start()
-    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
-        log.error("%s: cannot start: %s", component_id, exc)
+    # Refused credentials: retrying would lock the account out, so mend and restart (2). A
+    # signal while the start waits for the broker ends the wait.
+    if not mqtt_started(log, component_id, conn, stop):
         return 2
     stop.wait()
     conn.stop()
@@ -2494,16 +2493,15 @@ def _load_heads(info: Any, folder: str | None, cameras: Sequence[Camera]) -> dic
 def _serve(
     worker: DetectorWorker, backend: Backend, conn: MqttConnection, args: argparse.Namespace
 ) -> int:
-    from gridpatrol.ingest.mqtt import MqttAuthError, stop_when_refused
+    from gridpatrol.ingest.mqtt import mqtt_started, stop_when_refused
 
     stop_on_signals(worker.stop_event, worker.component_id)
     # A broker not reachable at the start that refuses the credentials later: stop, rather
     # than run on without a connection (exit 1, as ingest: the unit restarts).
     refused = stop_when_refused(log, worker.component_id, worker.stop_event, conn)
-    try:
-        conn.start()
-    except MqttAuthError as exc:  # retrying would lock the account out: mend and restart
-        log.error("%s: cannot start: %s", worker.component_id, exc)
+    # Refused credentials: retrying would lock the account out, so mend and restart (2). A
+    # signal while the start waits for the broker ends the wait; run() then returns at once.
+    if not mqtt_started(log, worker.component_id, conn, worker.stop_event):
         worker.outbox.stop()
         backend.close()
         return 2

@@ -25,10 +25,12 @@ from gridpatrol.alarm_bridge import cli as bridge_cli
 from gridpatrol.alarm_bridge.worker import Bridge
 from gridpatrol.api.client import Outbox
 from gridpatrol.cli import build_parser
+from gridpatrol.ingest.broker import free_port
 from gridpatrol.ingest.mqtt import Message, MqttConnection, MqttSettings, Subscription
 from gridpatrol.site import PREFIX_PATTERN
 
 from ..conftest import Mosquitto
+from ..ingest.conftest import IngestProcess
 
 SAMPLE_SITE = Path(__file__).resolve().parents[2] / "samples" / "site.yaml"
 
@@ -197,6 +199,45 @@ def test_a_signal_ending_the_final_wait_for_a_lost_broker_is_said_so(
         r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: \d+ messages in .*", after[3]
     )
     assert len(after) == 4
+
+
+@pytest.mark.parametrize(
+    ("command", "after"),
+    [
+        (["bridge"], r"gridpatrol\.alarm_bridge\.cli: bridge: stopped \(outbox depth 0\)"),
+        (["simulate-sensors", "--rate", "1"],
+         r"gridpatrol\.alarm_bridge\.cli: simulate-sensors: 0 messages in [0-9.]+ s"),
+    ],
+    ids=["bridge", "simulate-sensors"],
+)  # fmt: skip
+def test_a_signal_while_the_start_waits_for_the_broker_ends_the_wait(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], after: str
+) -> None:
+    """A SIGTERM while the start waited for a broker not reachable yet was acted on only after
+    the whole wait (10 s, and the bridge's media connection 10 s more): 'not reachable yet;
+    retrying in the background' followed the signal, and the bridge went on to start. The
+    wait now ends at the signal: its closing line alone follows it, and the status is 0."""
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: the start waits for it
+    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
+    log_path = tmp_path / "err"
+    proc = IngestProcess([*command, "--config", str(SAMPLE_SITE)], url, log_path)
+    connecting = f"{command[0]}: connecting to {url}"
+    try:
+        lines = proc.wait_for(lambda lines: any(connecting in line for line in lines), 30)
+        assert any(connecting in line for line in lines), lines
+        proc.signal(signal.SIGTERM)
+        status, _, _ = proc.wait(60)
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(10)
+    said = [line.split(" ", 3)[3] for line in log_path.read_text().splitlines()]
+    begun = said.index(f"gridpatrol.alarm_bridge.cli: {connecting}")
+    assert said[begun + 1] == "gridpatrol.cli: gridpatrol: signal 15, shutting down", said
+    assert len(said) == begun + 3, said
+    assert re.fullmatch(after, said[-1]), said
+    assert status == 0, said
 
 
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:

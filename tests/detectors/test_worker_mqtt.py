@@ -364,6 +364,48 @@ def test_credentials_refused_by_a_broker_that_came_up_late_stop_detect_with_stat
     assert "Traceback" not in text
 
 
+@pytest.mark.parametrize(
+    ("args", "component", "after"),
+    [
+        ((), "detect", [
+            "camera yard: 0 frames in, 0 inferred, 0 skipped, 0 dropped, 0 bad, 0 ms mean "
+            "inference latency, 0 candidate(s)",
+            "detect: stopped (outbox flushed, 0 operation(s) left for the next start)",
+        ]),
+        (("--shard", "3/4"), "detect-3-of-4", ["detect-3-of-4: stopped"]),
+    ],
+    ids=["cameras", "idle shard"],
+)  # fmt: skip
+def test_a_signal_while_the_start_waits_for_the_broker_ends_the_wait(
+    tmp_path: Path,
+    shared_dir: Path,
+    mqtt_prefix: str,
+    args: tuple[str, ...],
+    component: str,
+    after: list[str],
+) -> None:
+    """A SIGTERM while the start waited for a broker not reachable yet was acted on only after
+    the whole wait (10 s): 'not reachable yet; retrying in the background' followed the
+    signal. The start now says it connects, as the other commands do, and the signal ends its
+    wait: the worker's closing lines alone follow it, and the status is 0."""
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: the start waits for it
+    worker = Detect(tmp_path, shared_dir, mqtt_prefix, url, args)
+    connecting = f"{component}: connecting to {url}"
+    try:
+        worker.wait("connecting line", lambda: connecting in worker.log.read_text())
+        worker.proc.terminate()
+        returncode = worker.proc.wait(60)
+    finally:
+        worker.stop()
+    said = [line.split(" ", 3)[3] for line in worker.log.read_text().splitlines()]
+    begun = said.index(f"gridpatrol.detectors.worker: {connecting}")
+    assert said[begun + 1 :] == [
+        f"gridpatrol.cli: {component}: signal 15, shutting down",
+        *(f"gridpatrol.detectors.worker: {line}" for line in after),
+    ], said
+    assert returncode == 0, said
+
+
 def test_a_shard_without_cameras_stays_online_idle_and_stops_with_status_0(
     tmp_path: Path, shared_dir: Path, mqtt_prefix: str
 ) -> None:
