@@ -60,7 +60,12 @@ def register(sub: Any) -> None:
     sim.add_argument(
         "--duration", type=positive_seconds, default=None, help="seconds (default: forever)"
     )
-    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument(
+        "--seed",
+        type=int,
+        default=1,
+        help="whole number seeding the random values, tilts and drop-outs (default 1)",
+    )
     sim.set_defaults(func=run_simulate)
 
 

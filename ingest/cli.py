@@ -51,7 +51,11 @@ def register(sub: Any) -> None:
     watch.add_argument(
         "--timeout", type=seconds_or_zero, default=0, help="stop after this many seconds (0: never)"
     )
-    watch.add_argument("--component-id", default="watch-frames")
+    watch.add_argument(
+        "--component-id",
+        default="watch-frames",
+        help="MQTT component id, naming its status and dead-letter topics (default: watch-frames)",
+    )
     watch.set_defaults(func=run_watch)
 
     broker = sub.add_parser(

@@ -240,6 +240,17 @@ def test_a_signal_while_the_start_waits_for_the_broker_ends_the_wait(
     assert status == 0, said
 
 
+def test_simulate_sensors_help_says_what_the_seed_does_and_its_default() -> None:
+    """``--seed`` was listed in ``simulate-sensors --help`` without a word."""
+    # Wide enough for argparse not to wrap the help, which it does at hyphens too.
+    done = run(["simulate-sensors", "--help"], {**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0
+    (line,) = [" ".join(x.split()) for x in done.stdout.splitlines() if x.startswith("  --seed")]
+    assert line == (
+        "--seed SEED whole number seeding the random values, tilts and drop-outs (default 1)"
+    ), done.stdout
+
+
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
     env = {**os.environ, "GRIDPATROL_STATE_DIR": str(tmp_path), "GRIDPATROL_API_TOKEN": "t"}
     running = Outbox(tmp_path / "bridge.db", None, component="alarm_bridge")

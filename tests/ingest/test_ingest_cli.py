@@ -799,3 +799,19 @@ def test_the_default_component_id_is_a_topic_level_of_its_own_for_each_camera_se
     made = _component_id(argparse.Namespace(component_id=None, cameras=cameras))
     assert made == component_id
     assert valid_id(made)
+
+
+def test_watch_frames_help_says_what_its_component_id_names_and_its_default(
+    gridpatrol_proc: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--component-id`` was listed in ``watch-frames --help`` without a word."""
+    # Wide enough for argparse not to wrap the help, which it does at hyphens too.
+    monkeypatch.setenv("COLUMNS", "200")
+    returncode, out, _ = gridpatrol_proc(["watch-frames", "--help"]).wait(30)
+    assert returncode == 0
+    # The last option; its help goes on the next line, below the others' column.
+    options = " ".join(out.split("options:", 1)[1].split())
+    assert options.endswith(
+        "--component-id COMPONENT_ID MQTT component id, naming its status and dead-letter "
+        "topics (default: watch-frames)"
+    ), out
