@@ -187,7 +187,8 @@ class Settings(BaseSettings):
         try:
             self.evidence_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ValueError(f"GRIDPATROL_EVIDENCE_DIR {self.evidence_dir}: {exc}") from None
+            why = _not_a_folder(self.evidence_dir, exc)
+            raise ValueError(f"GRIDPATROL_EVIDENCE_DIR {self.evidence_dir}: {why}") from None
 
     def load_site(self) -> Site | None:
         if self.config is None:
@@ -285,6 +286,16 @@ IN_MEMORY = (
     "at a stop (and each connection would have one of its own): name a file, such as "
     "sqlite:///./var/gridpatrol.db"
 )
+
+
+def _not_a_folder(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be made a folder. The system's words ("File exists", "Not a
+    directory") do not say which file is in the way; this does."""
+    if isinstance(exc, FileExistsError | NotADirectoryError):
+        for part in (path, *path.parents):
+            if part.exists() and not part.is_dir():
+                return f"{part} is a file, not a folder"
+    return str(exc)
 
 
 def check_database_url(url: str, *, make_folder: bool = True) -> None:

@@ -152,6 +152,11 @@ TOKEN_CASES = [
         ("GRIDPATROL_EVIDENCE_DIR", "/proc/nope/ev",
          "GRIDPATROL_EVIDENCE_DIR /proc/nope/ev: [Errno 2] No such file or directory: "
          "'/proc/nope'"),
+        # Not "[Errno 17] File exists" nor "[Errno 20] Not a directory": which file is in the way.
+        ("GRIDPATROL_EVIDENCE_DIR", "/etc/passwd",
+         "GRIDPATROL_EVIDENCE_DIR /etc/passwd: /etc/passwd is a file, not a folder"),
+        ("GRIDPATROL_EVIDENCE_DIR", "/etc/passwd/ev",
+         "GRIDPATROL_EVIDENCE_DIR /etc/passwd/ev: /etc/passwd is a file, not a folder"),
         ("GRIDPATROL_API_TOKENS", json.dumps({"sha256:abcd": ADMIN}),
          "GRIDPATROL_API_TOKENS: the sha256: entry named 'a' has 4 characters after sha256:, "
          "not 64; it must be the 64 hexadecimal digits of the token's SHA-256"),
