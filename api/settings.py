@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from gridpatrol.site import Policy, Site, load_site
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import URL
+    from sqlalchemy.engine import URL, Dialect
 
 log = logging.getLogger(__name__)
 
@@ -346,6 +346,7 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
                 f"GRIDPATROL_DATABASE_URL: its query names plugin={name}, which no installed "
                 "package provides; remove it from the URL"
             ) from None
+    _check_query(dialect, parsed)
     if in_memory(parsed):
         raise ValueError(IN_MEMORY)
     path = sqlite_path(parsed)
@@ -354,6 +355,20 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:  # SQLite URLs hold a path, no password
             raise ValueError(f"GRIDPATROL_DATABASE_URL: {exc}") from None
+
+
+def _check_query(dialect: type[Dialect], parsed: URL) -> None:
+    """The options of the URL's query as the driver will read them (``timeout=abc``,
+    ``check_same_thread=maybe``): their ValueError would not name the setting."""
+    from sqlalchemy import util
+
+    try:
+        dialect().create_connect_args(parsed)
+        util.asbool(parsed.query.get("uri", "false"))  # read by sqlite_path
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"GRIDPATROL_DATABASE_URL: an option of its query cannot be read ({exc})"
+        ) from None
 
 
 def sqlite_path(parsed: URL) -> Path | None:

@@ -145,6 +145,14 @@ TOKEN_CASES = [
         ("GRIDPATROL_DATABASE_URL", "postgresql+psycopg://gp:s3cret@db/gp?plugin=nope",
          "GRIDPATROL_DATABASE_URL: its query names plugin=nope, which no installed package "
          "provides; remove it from the URL"),
+        # The driver's options: Python's words alone did not name the setting.
+        *[("GRIDPATROL_DATABASE_URL", f"sqlite:///gp.db?{option}",
+           f"GRIDPATROL_DATABASE_URL: an option of its query cannot be read ({says})")
+          for option, says in (
+            ("timeout=abc", "could not convert string to float: 'abc'"),
+            ("check_same_thread=maybe", "String is not true/false: 'maybe'"),
+            ("uri=maybe", "String is not true/false: 'maybe'"),
+            ("detect_types=x", "invalid literal for int() with base 10: 'x'"))],
         # Lost at every stop, and SQLAlchemy's pool for it refused the pool's options.
         *[("GRIDPATROL_DATABASE_URL", url, IN_MEMORY) for url in (
             "sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
