@@ -11,11 +11,13 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -2221,12 +2223,15 @@ class _ServeConn:
 
     def __init__(self, calls: list[str]) -> None:
         self.calls = calls
+        # Named in the line saying it connects.
+        self.settings = SimpleNamespace(url="mqtt://127.0.0.1:1883")
 
     def on_refused(self, hook: object) -> None:
         pass
 
-    def start(self) -> None:
+    def start(self, stop: threading.Event | None = None) -> bool:
         self.calls.append("connect")
+        return True
 
     def stop(self) -> None:
         self.calls.append("disconnect")
