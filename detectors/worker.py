@@ -465,11 +465,22 @@ class Metrics:
         for counter in (self.frames, self.inferred, self.skipped, self.dropped, self.bad):
             counter.labels(camera_id)
 
-    def serve(self, port: int) -> None:
+    def serve(self, port: int, setting: str) -> None:
+        """Serve the metrics on ``port``, chosen by ``setting`` (the flag or the variable);
+        :class:`MetricsPortError` when it cannot be bound (in use, or a privileged port)."""
         from prometheus_client import start_http_server
 
-        start_http_server(port, registry=self.registry)
+        try:
+            start_http_server(port, registry=self.registry)
+        except OSError as exc:
+            raise MetricsPortError(
+                f"the metrics port {port} ({setting}): {exc.strerror or exc}"
+            ) from exc
         log.info("metrics on :%d/metrics", port)
+
+
+class MetricsPortError(RuntimeError):
+    """The metrics port cannot be served: mend the setting that chose it (status 2)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -2168,6 +2179,11 @@ def evidence_max_bytes_from_env() -> int:
     return value
 
 
+def metrics_port_setting(flag: int | None) -> str:
+    """The setting that chose the metrics port, as :func:`resolve_metrics_port` reads them."""
+    return "--metrics-port" if flag is not None else "GRIDPATROL_METRICS_PORT"
+
+
 def resolve_metrics_port(flag: int | None) -> int:
     """``--metrics-port`` when given, else ``GRIDPATROL_METRICS_PORT`` (0 = off, also when
     unset); ValueError when it is not a port number, a setup error like any other."""
@@ -2270,7 +2286,7 @@ def run(args: argparse.Namespace) -> int:
             args.shard,
             len(site.cameras),
         )
-        return _idle(component_id, conn, port)
+        return _idle(component_id, conn, port, metrics_port_setting(args.metrics_port))
     try:
         worker, backend = _build(args, site, cameras, component_id, spec, conn, port)
     except (
@@ -2279,9 +2295,10 @@ def run(args: argparse.Namespace) -> int:
         MissingExtraError,
         OutboxBusy,
         OutboxUnusable,
+        MetricsPortError,
     ) as exc:
         # Setup the operator must mend (weights, the extra a .pt needs, another worker on the
-        # file): as scan does.
+        # file, the metrics port in use): as scan does.
         log.error("%s: cannot start: %s", component_id, exc)
         return 2
     except Exception as exc:
@@ -2290,7 +2307,7 @@ def run(args: argparse.Namespace) -> int:
     return _serve(worker, backend, conn, args)
 
 
-def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
+def _idle(component_id: str, conn: MqttConnection, metrics_port: int, setting: str) -> int:
     """A worker without cameras: online on the broker (and its metrics served) until SIGTERM or
     SIGINT, without the model or the outbox file. Exit status as :func:`_serve`'s."""
     from gridpatrol.ingest.mqtt import mqtt_started, stop_when_refused
@@ -2300,10 +2317,10 @@ def _idle(component_id: str, conn: MqttConnection, metrics_port: int) -> int:
     refused = stop_when_refused(log, component_id, stop, conn)
     if metrics_port:  # the scrape target stays up: an idle shard is no worker down
         try:
-            Metrics().serve(metrics_port)
-        except OSError as exc:  # the port in use: as a worker with cameras says (_build)
+            Metrics().serve(metrics_port, setting)
+        except MetricsPortError as exc:  # the port in use: as a worker with cameras says (run)
             log.error("%s: cannot start: %s", component_id, exc)
-            return 1
+            return 2
     # Refused credentials: retrying would lock the account out, so mend and restart (2). A
     # signal while the start waits for the broker ends the wait.
     if not mqtt_started(log, component_id, conn, stop):
@@ -2447,7 +2464,7 @@ def _build(
     backend = load_backend(spec, feature_nodes=nodes, rect=not args.square_input, conf=conf)
     metrics = Metrics()
     if metrics_port:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_port_setting(args.metrics_port))
     worker = DetectorWorker(
         site,
         cameras,

@@ -437,8 +437,10 @@ def test_reading_which_cameras_an_absent_outbox_keeps_creates_no_file(tmp_path: 
 
 
 def test_a_shard_without_cameras_whose_metrics_port_is_taken_cannot_start(tmp_path: Path) -> None:
-    """The sample site leaves shard 3/4 without cameras; its metrics port is in use: status 1
-    and one line, as a worker with cameras says it (no traceback)."""
+    """The sample site leaves shard 3/4 without cameras; its metrics port is in use: status 2
+    (the setting must be mended) and one line naming the port and the setting, as a worker
+    with cameras says it (no traceback). It said '[Errno 98] Address already in use' alone,
+    with status 1."""
     import socket
 
     site = str(REPO / "samples" / "site.yaml")
@@ -449,9 +451,12 @@ def test_a_shard_without_cameras_whose_metrics_port_is_taken_cannot_start(tmp_pa
         detect = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", site,
                   "--shard", "3/4", "--metrics-port", str(port)]  # fmt: skip
         run = _run_producer(tmp_path, detect)
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 2, run.stderr
     (error,) = [line for line in run.stderr.splitlines() if " ERROR " in line]
-    assert error.endswith("detect-3-of-4: cannot start: [Errno 98] Address already in use")
+    assert error.endswith(
+        f" ERROR gridpatrol.detectors.worker: detect-3-of-4: cannot start: the metrics port {port}"
+        " (--metrics-port): Address already in use"
+    ), error
     assert "Traceback" not in run.stderr
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -43,14 +44,18 @@ class Detect:
         prefix: str,
         url: str = SHARED,
         args: Sequence[str] = (),
+        port: int | None = None,
+        setting: str = "--metrics-port",
     ) -> None:
+        """Its metrics on ``port`` (default a free one), given by ``setting``: the flag or
+        ``GRIDPATROL_METRICS_PORT``."""
         site = tmp_path / "site.yaml"
         site.write_text(
             f"site: {{name: test}}\nmqtt: {{prefix: {prefix}}}\ncameras:\n"
             f"  - id: {CAMERA}\n    source: mqtt\n    location: {{address: here}}\n",
             encoding="utf-8",
         )
-        self.port = free_port()
+        self.port = port or free_port()
         self.log = tmp_path / "detect.log"
         env = {
             **os.environ,
@@ -59,11 +64,13 @@ class Detect:
             "GRIDPATROL_API_TOKEN": "tok-producer",
             "GRIDPATROL_OUTBOX": str(tmp_path / "outbox-detect.db"),
             "GRIDPATROL_MODEL": str(shared_dir / "models" / "yolo11n_int8_openvino_model"),
+            "GRIDPATROL_METRICS_PORT": str(self.port),
         }
+        flag = ["--metrics-port", str(self.port)] if setting == "--metrics-port" else []
         cmd = [sys.executable, "-m", "gridpatrol.cli", "detect", "--config", str(site)]
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [*cmd, "--metrics-port", str(self.port), "--progress-s", "3600", *args],
+                [*cmd, *flag, "--progress-s", "3600", *args],
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -404,6 +411,32 @@ def test_a_signal_while_the_start_waits_for_the_broker_ends_the_wait(
         *(f"gridpatrol.detectors.worker: {line}" for line in after),
     ], said
     assert returncode == 0, said
+
+
+@pytest.mark.parametrize("setting", ["--metrics-port", "GRIDPATROL_METRICS_PORT"])
+def test_a_metrics_port_in_use_exits_2_naming_the_port_and_its_setting(
+    tmp_path: Path, shared_dir: Path, mqtt_prefix: str, setting: str
+) -> None:
+    """It said 'detect: cannot start: [Errno 98] Address already in use', naming neither the
+    port nor where it was set, with status 1 (the unit restarts into the same error). An idle
+    shard says it as well (test_worker)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        worker = Detect(tmp_path, shared_dir, mqtt_prefix, port=port, setting=setting)
+        try:
+            returncode = worker.proc.wait(120)
+        finally:
+            worker.stop()
+    said = worker.log.read_text().splitlines()
+    (line,) = [x for x in said if " ERROR " in x]
+    assert line.split(" ", 2)[2] == (
+        f"ERROR gridpatrol.detectors.worker: detect: cannot start: the metrics port {port} "
+        f"({setting}): Address already in use"
+    ), said
+    assert returncode == 2, said
+    assert "Traceback" not in worker.log.read_text()
 
 
 def test_a_shard_without_cameras_stays_online_idle_and_stops_with_status_0(
