@@ -311,6 +311,15 @@ class Ui:
         return value
 
 
+def intercepted(page: Page, *urls: str | Callable[[str], bool]) -> None:
+    """Route requests to ``urls`` from the start through a route that lets them all by, so that
+    a route a test adds later catches the one it is meant to: when the page's first route is
+    added just before a request is sent, the browser can send that request past it (it starts
+    intercepting requests with the page's first route), and the request goes through as is."""
+    for url in urls:
+        page.route(url, lambda route: route.fallback())
+
+
 @pytest.fixture
 def ui(console: Any, page: Page, shots: Shots) -> Ui:
     # The server first, so the tab (with its open event stream) closes before the server stops.

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from .conftest import intercepted
 from .test_console import PARKING, status_of
 from .test_console_review import actionable, live_and_actionable, wait_held
 from .test_queue_live import is_list, review
@@ -288,8 +289,10 @@ def test_a_case_held_as_decided_elsewhere_stays_so_when_it_changes_again_during_
 
 
 def fifty_one(ui: Any, seeder: Any, frames: list[bytes]) -> list[str]:
-    """51 cases, newest first; logged in, the first page (50) listed and live updates on."""
+    """51 cases, newest first; logged in, the first page (50) listed and live updates on; list
+    loads intercepted (see intercepted), so that held_list holds the one it is meant to."""
     ui.page.add_init_script(RECORD_EVENTS)
+    intercepted(ui.page, is_list)
     cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(51)]
     ui.login("reviewer")
     page = ui.page
@@ -513,6 +516,7 @@ def test_more_after_a_kept_case_of_a_later_page_keeps_the_list_newest_first(
     ui: Any, seeder: Any, frames: list[bytes]
 ) -> None:
     ui.page.add_init_script(RECORD_EVENTS)
+    intercepted(ui.page, is_list)  # so that away_and_back holds the reload
     cases = [seeder.camera_candidate(frames, minutes_ago=9, **PARKING) for _ in range(52)]
     ui.login("reviewer")
     page = ui.page

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
-from .conftest import annotate
+from .conftest import annotate, intercepted
 from .test_console import PARKING, SITE_TZ, VENDING, status_of
-from .test_queue_live import STAGES, is_list, review
+from .test_queue_live import STAGES, is_list, is_lookup, review
 
 pytestmark = [pytest.mark.browser]
 
@@ -593,10 +593,9 @@ def cancel(page: Any) -> None:
 
 
 def decisions_intercepted(page: Any) -> None:
-    """Route decisions from the start through a route that lets them all by: a route added
-    only just before a decision is sent can miss it (the browser starts intercepting
-    requests with the page's first route), and the decision is made instead of failing."""
-    page.route("**/api/v1/candidates/*/review", lambda route: route.fallback())
+    """Decisions intercepted from the start (see intercepted): a route added only just before
+    a decision is sent can miss it, and the decision is made instead of failing."""
+    intercepted(page, "**/api/v1/candidates/*/review")
 
 
 def one_listed(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
@@ -702,6 +701,7 @@ def test_more_is_hidden_while_the_list_reloads(
     for _ in range(51):
         seeder.camera_candidate(frames, minutes_ago=9, **PARKING)
     page = ui.page
+    intercepted(page, is_list)  # so that the reload below is held
     ui.login("reviewer")
     page.wait_for_function("() => document.querySelectorAll('#queue-body tr').length === 50")
     page.wait_for_selector("#queue-more:not([hidden])")
@@ -877,6 +877,7 @@ def test_a_merge_id_is_taken_in_any_spelling_of_a_uuid(
 def test_a_merge_id_whose_lookup_failed_is_sent_on_ok(
     ui: Any, seeder: Any, frames: list[bytes], console: Any
 ) -> None:
+    intercepted(ui.page, is_lookup)  # so that the pasted id's lookup below fails
     page, shown, other = open_merge(ui, seeder, frames)
     problem = '{"title": "Internal Server Error", "status": 500}'
     page.route(

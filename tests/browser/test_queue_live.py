@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import annotate
+from .conftest import annotate, intercepted
 from .test_console import PARKING, VENDING, status_of
 
 pytestmark = [pytest.mark.browser]
@@ -45,6 +45,7 @@ def test_a_case_saved_while_the_list_loads_stays_listed(
 ) -> None:
     first = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
     page = ui.page
+    intercepted(page, is_list)  # so that the load below is held
     ui.login("reviewer")
     ui.wait_rows([first["id"]])
     page.wait_for_selector("#live.on")
@@ -304,7 +305,9 @@ def answer_one(page: Any, held: list[Any]) -> None:
 
 
 def listed_and_live(ui: Any, seeder: Any, frames: list[bytes]) -> dict[str, Any]:
-    """One case, listed in a console whose event stream is open."""
+    """One case, listed in a console whose event stream is open, its lookups intercepted (see
+    intercepted), so that a route added later holds the ones it is meant to."""
+    intercepted(ui.page, is_lookup)
     first: dict[str, Any] = seeder.camera_candidate(frames, minutes_ago=5, **PARKING)
     ui.login("reviewer")
     ui.wait_rows([first["id"]])
