@@ -693,19 +693,25 @@ def test_credentials_refused_by_a_broker_that_came_up_late_exit_1_with_one_line(
     assert "Traceback" not in err
 
 
+def exits_2_saying(gridpatrol_proc: Any, args: list[str], says: str) -> None:
+    """``gridpatrol <args>`` exits 2 before connecting, its only output one line on stderr
+    that ends with the CLI's error ``says``."""
+    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
+    returncode, out, err = proc.wait(30)
+    assert (returncode, out) == (2, "")
+    (line,) = err.splitlines()
+    assert line.endswith(f" ERROR gridpatrol.ingest.cli: {says}"), line
+
+
 def test_watch_frames_with_a_camera_id_not_in_the_site_file_exits_2_in_one_line(
     site_file: Callable[..., Path], gridpatrol_proc: Any
 ) -> None:
     """An id that is no topic level ended in a ValueError traceback from the topic builder."""
     site = site_file("  - {id: c1, source: mqtt, location: {address: a}}\n")
     args = ["watch-frames", "--config", str(site), "--cameras", "bad id,c1"]
-    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
-    returncode, out, err = proc.wait(30)
-    assert (returncode, out) == (2, "")
-    (line,) = err.splitlines()
-    assert line.endswith(
-        " ERROR gridpatrol.ingest.cli: unknown camera id(s) ['bad id']; the site file has ['c1']"
-    ), line
+    exits_2_saying(
+        gridpatrol_proc, args, "unknown camera id(s) ['bad id']; the site file has ['c1']"
+    )
 
 
 @pytest.mark.parametrize("command", ["ingest", "watch-frames"])
@@ -718,14 +724,8 @@ def test_a_camera_list_naming_no_camera_exits_2_in_one_line(
     watched every camera."""
     site = site_file("  - {id: c1, source: mqtt, location: {address: a}}\n")
     args = [command, "--config", str(site), "--cameras", cameras]
-    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
-    returncode, out, err = proc.wait(30)
-    assert (returncode, out) == (2, "")
-    (line,) = err.splitlines()
-    assert line.endswith(
-        f" ERROR gridpatrol.ingest.cli: --cameras {cameras!r} names no camera; leave it out for"
-        " all cameras"
-    ), line
+    says = f"--cameras {cameras!r} names no camera; leave it out for all cameras"
+    exits_2_saying(gridpatrol_proc, args, says)
 
 
 @pytest.mark.parametrize(("cameras", "selected"), [(None, "['c1']"), ("c1,c3", "['c1', 'c3']")])
@@ -742,27 +742,20 @@ def test_ingest_with_only_cameras_that_publish_their_own_frames_exits_2_in_one_l
         else "  - {id: c1, source: mqtt, location: {address: a}}\n"
     )
     args = ["ingest", "--config", str(site), *(["--cameras", cameras] if cameras else [])]
-    proc = gridpatrol_proc(args, "mqtt://127.0.0.1:1")  # never connected to
-    returncode, out, err = proc.wait(30)
-    assert (returncode, out) == (2, "")
-    (line,) = err.splitlines()
-    assert line.endswith(
-        " ERROR gridpatrol.ingest.cli: ingest: no camera to publish: the source of "
-        f"{selected} is mqtt (a camera that publishes its own frames)"
-    ), line
+    exits_2_saying(
+        gridpatrol_proc,
+        args,
+        f"ingest: no camera to publish: the source of {selected} is mqtt (a camera that"
+        " publishes its own frames)",
+    )
 
 
 def test_ingest_of_a_site_without_cameras_exits_2_saying_so(
     site_file: Callable[..., Path], gridpatrol_proc: Any
 ) -> None:
     """It said "the source of [] is mqtt" of a site that names no camera at all."""
-    proc = gridpatrol_proc(["ingest", "--config", str(site_file("  []\n"))], "mqtt://127.0.0.1:1")
-    returncode, out, err = proc.wait(30)
-    assert (returncode, out) == (2, "")
-    (line,) = err.splitlines()
-    assert line.endswith(
-        " ERROR gridpatrol.ingest.cli: ingest: no camera to publish: the site has no camera"
-    ), line
+    args = ["ingest", "--config", str(site_file("  []\n"))]
+    exits_2_saying(gridpatrol_proc, args, "ingest: no camera to publish: the site has no camera")
 
 
 FIVE = "cam-01,cam-02,cam-03,cam-04,cam-05"
