@@ -1,7 +1,9 @@
 // Console entry: session, navigation, shared reference data, toasts and the modal dialog.
 import { ApiError, get, request, setSession } from './api.js';
 import { applyStatic, currentLang, setLang, t, tf } from './i18n.js';
-import { connectEvents, initQueue, showQueue, stopEvents } from './queue.js';
+import {
+  connectEvents, initQueue, showQueue, signedIn, stopEvents,
+} from './queue.js';
 import { showStats } from './stats.js';
 import { showZones } from './zones.js';
 
@@ -126,6 +128,7 @@ function routeWhenLoaded() {
 async function enter(session) {
   ref.session = session;
   setSession(session);
+  signedIn(session.name);
   $('#who').textContent = `${session.name} · ${session.role}`;
   $('#login').hidden = true;
   $('#app').hidden = false;

@@ -1283,10 +1283,15 @@ export function stopEvents() {
 
 // ---- entry points ---------------------------------------------------------------------------
 
+// A note is its writer's: another reviewer signing in on this tab is not offered it. Called
+// as the login is taken, before it reads the site and the lists: a key pressed meanwhile
+// already opens a dialog.
+export function signedIn(name) {
+  if (name !== state.reviewer) state.drafts.clear();
+  state.reviewer = name;
+}
+
 export function initQueue() {
-  // A note is its writer's: another reviewer signing in on this tab is not offered it.
-  if (ref.session?.name !== state.reviewer) state.drafts.clear();
-  state.reviewer = ref.session?.name ?? null;
   if (state.initialised) return;
   fillFilters();
   state.initialised = true;
