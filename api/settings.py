@@ -359,8 +359,11 @@ def check_database_url(url: str, *, make_folder: bool = True) -> None:
 
 def _check_query(dialect: type[Dialect], parsed: URL) -> None:
     """The options of the URL's query as the driver will read them (``timeout=abc``,
-    ``check_same_thread=maybe``): their ValueError would not name the setting."""
+    ``check_same_thread=maybe``), and its form (a SQLite URL with a user or a host, a
+    PostgreSQL ``port=`` that is no number): their errors would not name the setting, and
+    create_engine's ArgumentError ended the start in a traceback with status 1."""
     from sqlalchemy import util
+    from sqlalchemy.exc import ArgumentError
 
     try:
         dialect().create_connect_args(parsed)
@@ -369,6 +372,15 @@ def _check_query(dialect: type[Dialect], parsed: URL) -> None:
         raise ValueError(
             f"GRIDPATROL_DATABASE_URL: an option of its query cannot be read ({exc})"
         ) from None
+    except ArgumentError as exc:
+        # pysqlite's words quote the whole URL over four lines; PostgreSQL's its hosts and ports.
+        why = (
+            "a SQLite URL has no user, password, host or port: sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db"
+            if parsed.get_backend_name() == "sqlite"
+            else str(exc)
+        )
+        raise ValueError(f"GRIDPATROL_DATABASE_URL: the driver cannot read it ({why})") from None
 
 
 def sqlite_path(parsed: URL) -> Path | None:

@@ -153,6 +153,13 @@ TOKEN_CASES = [
             ("check_same_thread=maybe", "String is not true/false: 'maybe'"),
             ("uri=maybe", "String is not true/false: 'maybe'"),
             ("detect_types=x", "invalid literal for int() with base 10: 'x'"))],
+        # create_engine would raise ArgumentError: a traceback and status 1.
+        ("GRIDPATROL_DATABASE_URL", "sqlite://gp:s3cret@localhost/gp.db",
+         "GRIDPATROL_DATABASE_URL: the driver cannot read it (a SQLite URL has no user, "
+         "password, host or port: sqlite:///relative/path.db or sqlite:////absolute/path.db)"),
+        ("GRIDPATROL_DATABASE_URL", "postgresql+psycopg://gp:s3cret@/gp?host=db&port=abc",
+         "GRIDPATROL_DATABASE_URL: the driver cannot read it (Received non-integer port "
+         "arguments: ('abc',))"),
         # Lost at every stop, and SQLAlchemy's pool for it refused the pool's options.
         *[("GRIDPATROL_DATABASE_URL", url, IN_MEMORY) for url in (
             "sqlite:///:memory:", "sqlite://", "sqlite:///file::memory:?uri=true",
