@@ -627,7 +627,8 @@ def _location_fault(value: object) -> str | None:
         if isinstance(item, str) and not _is_text(item):
             return "a string with a lone surrogate"
         if (why := _not_finite(item)) is not None:
-            return f"a number is {why}"
+            # "a value", not "a number": a NaN is "not a number (NaN)".
+            return f"a value is {why}"
         if isinstance(item, dict):
             todo.extend(item)
             todo.extend(item.values())

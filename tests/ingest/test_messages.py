@@ -785,8 +785,8 @@ NAN_INF = [("NaN", "not a number (NaN)"), ("Infinity", "not finite"), ("-Infinit
         (alarm_with("seq", "@"), "bad_seq", "seq is "),
         (alarm_with("event_id", "@"), "bad_event_id", "event_id is "),
         (alarm_with("measurements", '[{"n": "tilt", "v": @}]'), "bad_value", "record 0: v is "),
-        (alarm_with("location", '{"lat": @, "lon": 121.4}'), "bad_location", "a number is "),
-        (alarm_with("location", '{"at": [31.2, @]}'), "bad_location", "a number is "),
+        (alarm_with("location", '{"lat": @, "lon": 121.4}'), "bad_location", "a value is "),
+        (alarm_with("location", '{"at": [31.2, @]}'), "bad_location", "a value is "),
     ],
 )
 def test_a_nan_or_infinite_sensor_number_is_refused_saying_so(
