@@ -20,6 +20,7 @@ from gridpatrol.cli import stop_on_signals
 from gridpatrol.ingest.cli import positive_seconds
 
 if TYPE_CHECKING:
+    from gridpatrol.api.client import Outbox
     from gridpatrol.ingest.mqtt import MqttConnection
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,7 @@ def run_bridge(args: argparse.Namespace) -> int:
     if stop.is_set():
         # Stopped while the start waited for the broker: the media connection and the bridge
         # do not start after the signal.
-        mqtt.stop()
-        outbox.stop()
-        log.info("bridge: stopped (outbox depth %d)", outbox.depth())
-        return 1 if refused.is_set() else 0
+        return _stopped_at_start(mqtt, outbox, refused)
     # Whether the session connection's start found the broker. If not (it timed out), a broker
     # that came up since may refuse the media connection as it starts, before the session
     # connection's backoff brings it back: a refusal after a start that found no broker too.
@@ -200,6 +198,11 @@ def run_bridge(args: argparse.Namespace) -> int:
             log.error("bridge: %s: %s", "stopping" if late else "cannot start", exc)
         outbox.stop()
         return 1 if late else 2
+    if stop.is_set():
+        # Stopped while the media connection's start waited for a broker the session
+        # connection's start did not find either: the bridge does not start after the signal.
+        media.stop()
+        return _stopped_at_start(mqtt, outbox, refused)
     outbox.start()
     log.info("bridge: %d sensors, state %s, broker %s", len(site.sensors), state, mqtt.settings.url)
     try:
@@ -216,6 +219,15 @@ def run_bridge(args: argparse.Namespace) -> int:
     log.info("bridge: stopped (outbox depth %d)", outbox.depth())
     # Refused after a start that found no broker: 1, so the unit restarts (an authentication
     # backend up after the broker); credentials refused at that start exit 2.
+    return 1 if refused.is_set() else 0
+
+
+def _stopped_at_start(mqtt: MqttConnection, outbox: Outbox, refused: threading.Event) -> int:
+    """The bridge stopped (a signal, or credentials refused by a broker not reachable at the
+    start) before its work started: the closing line, and its status."""
+    mqtt.stop()
+    outbox.stop()
+    log.info("bridge: stopped (outbox depth %d)", outbox.depth())
     return 1 if refused.is_set() else 0
 
 

@@ -201,6 +201,32 @@ def test_a_signal_ending_the_final_wait_for_a_lost_broker_is_said_so(
     assert len(after) == 4
 
 
+def _signalled_while_connecting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], connects: int
+) -> tuple[list[str], int]:
+    """Start ``command`` against a broker that nothing serves, send SIGTERM once it has said
+    ``connecting to`` ``connects`` times: what it logged after the last of them (without the
+    time and level) and its status."""
+    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: each start waits for it
+    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
+    log_path = tmp_path / "err"
+    proc = IngestProcess([*command, "--config", str(SAMPLE_SITE)], url, log_path)
+    connecting = f"gridpatrol.alarm_bridge.cli: {command[0]}: connecting to {url}"
+    try:
+        lines = proc.wait_for(lambda lines: sum(connecting in x for x in lines) == connects, 60)
+        assert sum(connecting in line for line in lines) == connects, lines
+        proc.signal(signal.SIGTERM)
+        status, _, _ = proc.wait(60)
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.kill()
+            proc.proc.wait(10)
+    said = [line.split(" ", 3)[3] for line in log_path.read_text().splitlines()]
+    last = len(said) - 1 - said[::-1].index(connecting)
+    return said[last + 1 :], status
+
+
 @pytest.mark.parametrize(
     ("command", "after"),
     [
@@ -217,25 +243,9 @@ def test_a_signal_while_the_start_waits_for_the_broker_ends_the_wait(
     the whole wait (10 s, and the bridge's media connection 10 s more): 'not reachable yet;
     retrying in the background' followed the signal, and the bridge went on to start. The
     wait now ends at the signal: its closing line alone follows it, and the status is 0."""
-    url = f"mqtt://127.0.0.1:{free_port()}"  # nothing listens: the start waits for it
-    monkeypatch.setenv("GRIDPATROL_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("GRIDPATROL_API_TOKEN", "t")
-    log_path = tmp_path / "err"
-    proc = IngestProcess([*command, "--config", str(SAMPLE_SITE)], url, log_path)
-    connecting = f"{command[0]}: connecting to {url}"
-    try:
-        lines = proc.wait_for(lambda lines: any(connecting in line for line in lines), 30)
-        assert any(connecting in line for line in lines), lines
-        proc.signal(signal.SIGTERM)
-        status, _, _ = proc.wait(60)
-    finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait(10)
-    said = [line.split(" ", 3)[3] for line in log_path.read_text().splitlines()]
-    begun = said.index(f"gridpatrol.alarm_bridge.cli: {connecting}")
-    assert said[begun + 1] == "gridpatrol.cli: gridpatrol: signal 15, shutting down", said
-    assert len(said) == begun + 3, said
+    said, status = _signalled_while_connecting(tmp_path, monkeypatch, command, 1)
+    assert said[0] == "gridpatrol.cli: gridpatrol: signal 15, shutting down", said
+    assert len(said) == 2, said
     assert re.fullmatch(after, said[-1]), said
     assert status == 0, said
 
@@ -249,6 +259,22 @@ def test_simulate_sensors_help_says_what_the_seed_does_and_its_default() -> None
     assert line == (
         "--seed SEED whole number seeding the random values, tilts and drop-outs (default 1)"
     ), done.stdout
+
+
+def test_a_signal_while_the_media_connection_waits_for_the_broker_starts_no_bridge(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session connection's start did not find the broker ('not reachable yet'), and the
+    media connection's start ('connecting to' again) waits for it too: a SIGTERM meanwhile
+    ended that wait, but the bridge went on to start ('bridge: 6 sensors, state …' after the
+    signal) before stopping. Its closing line alone now follows the signal, and the status is
+    0."""
+    said, status = _signalled_while_connecting(tmp_path, monkeypatch, ["bridge"], 2)
+    assert said == [
+        "gridpatrol.cli: gridpatrol: signal 15, shutting down",
+        "gridpatrol.alarm_bridge.cli: bridge: stopped (outbox depth 0)",
+    ], said
+    assert status == 0, said
 
 
 def test_a_second_bridge_on_one_state_directory_is_refused(tmp_path: Path) -> None:
